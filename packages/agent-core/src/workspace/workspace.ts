@@ -1,0 +1,67 @@
+/** Result of running a command in a workspace. */
+export interface ExecResult {
+  /** Exit code, or null when the process was killed by a signal. */
+  exitCode: number | null;
+  /** Combined stdout and stderr in arrival order, capped at `maxOutputBytes` (a marker says what was cut). */
+  output: string;
+  timedOut: boolean;
+  aborted: boolean;
+  /** True when the output cap cut part of the output. */
+  truncated: boolean;
+  durationMs: number;
+}
+
+export interface ExecOptions {
+  /** Working directory relative to the workspace root. Defaults to the root. */
+  cwd?: string;
+  /** Kill the whole process tree after this many milliseconds. Default 120 000. */
+  timeoutMs?: number;
+  /** Keep at most this many bytes of output. Default 100 000. */
+  maxOutputBytes?: number;
+  env?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+export interface ListFilesOptions {
+  /** A glob relative to the root (picomatch syntax), e.g. `src/**\/*.ts`. Default: every file. */
+  pattern?: string;
+  /** At most this many paths. Default 1000. */
+  limit?: number;
+}
+
+export interface CommitOptions {
+  author?: { name: string; email: string };
+  /** Commit even when nothing changed. Default false. */
+  allowEmpty?: boolean;
+}
+
+/**
+ * One checkout an agent works in. Every path argument is relative to `root` and is refused
+ * with `PathOutsideWorkspaceError` when it would resolve outside it (`..`, absolute paths,
+ * or symlinks that lead out).
+ *
+ * @example
+ * const ws = await LocalWorkspace.open("/path/to/repo");
+ * await ws.writeFile("src/hello.ts", "export const hi = 1;\n");
+ * const { output } = await ws.exec("git status --short");
+ */
+export interface Workspace {
+  /** Absolute, real path of the checkout. */
+  readonly root: string;
+  /** Absolute path for `path`, after checking it stays inside the root. */
+  resolvePath(path: string): Promise<string>;
+  readFile(path: string): Promise<string>;
+  /** Writes atomically (temporary file + rename), creating parent folders. */
+  writeFile(path: string, content: string): Promise<void>;
+  exists(path: string): Promise<boolean>;
+  /** Files (not folders) relative to the root, sorted, honouring .gitignore; never lists `.git`. */
+  listFiles(options?: ListFilesOptions): Promise<string[]>;
+  /** Runs a shell command; never throws for a non-zero exit, only for a bad `cwd`. */
+  exec(command: string, options?: ExecOptions): Promise<ExecResult>;
+  /** Name of the checked-out branch. */
+  currentBranch(): Promise<string>;
+  /** Commit id of HEAD. */
+  head(): Promise<string>;
+  /** Stages everything and commits; returns the new commit id, or null when there was nothing to commit. */
+  commit(message: string, options?: CommitOptions): Promise<string | null>;
+}

@@ -1,0 +1,3 @@
+export { openDatabase, type Database, type DatabaseKind, type DatabaseOptions } from "./db/database.js";
+export { PGliteDialect } from "./db/pglite-dialect.js";
+export { migrateToLatest, type MigrationSet, type MigrateOptions } from "./db/migrations.js";

@@ -1,0 +1,60 @@
+import { randomBytes } from "node:crypto";
+import pg from "pg";
+import { afterAll, beforeAll, describe } from "vitest";
+import { openDatabase, type Database } from "../db/database.js";
+
+/** The PostgreSQL server the suites run against. */
+export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test";
+
+export interface DatabaseFixture {
+  kind: "postgres" | "pglite";
+  /** The open database; valid inside tests (after `beforeAll`). */
+  readonly database: Database;
+  /** The PostgreSQL URL and schema of this suite (postgres only), for opening more connections. */
+  url?: string;
+  schema?: string;
+}
+
+/**
+ * Runs one suite against real PostgreSQL (a fresh schema, dropped afterwards) and against
+ * in-memory PGlite, so every storage implementation passes the same contract.
+ *
+ * @example
+ * describeEachDatabase("ledger", (fixture) => {
+ *   beforeAll(() => migrateToLatest(fixture.database.db, [creditMigrations]));
+ *   it("...", async () => { await fixture.database.db.selectFrom("ledger_accounts") ... });
+ * });
+ */
+export function describeEachDatabase(name: string, suite: (fixture: DatabaseFixture) => void): void {
+  for (const kind of ["postgres", "pglite"] as const) {
+    describe(`${name} [${kind}]`, () => {
+      let database: Database | undefined;
+      const fixture: DatabaseFixture = {
+        kind,
+        get database() {
+          if (!database) throw new Error("database is not open yet (use it inside tests or hooks)");
+          return database;
+        },
+      };
+      beforeAll(async () => {
+        if (kind === "postgres") {
+          fixture.url = TEST_DATABASE_URL;
+          fixture.schema = `t_${randomBytes(6).toString("hex")}`;
+          database = await openDatabase({ url: TEST_DATABASE_URL, schema: fixture.schema });
+        } else {
+          database = await openDatabase();
+        }
+      });
+      afterAll(async () => {
+        await database?.close();
+        if (kind === "postgres" && fixture.schema) {
+          const client = new pg.Client({ connectionString: TEST_DATABASE_URL });
+          await client.connect();
+          await client.query(`drop schema if exists "${fixture.schema}" cascade`);
+          await client.end();
+        }
+      });
+      suite(fixture);
+    });
+  }
+}

@@ -1,0 +1,35 @@
+import { fileURLToPath } from "node:url";
+import { defineConfig } from "vitest/config";
+
+const src = (path: string) => fileURLToPath(new URL(path, import.meta.url));
+
+/** Workspace names resolve to their sources, so tests never need a build. */
+const alias = {
+  "@keen/agent-core/testing": src("./packages/agent-core/src/testing/index.ts"),
+  "@keen/agent-core": src("./packages/agent-core/src/index.ts"),
+  "@keen/gateway-kit": src("./packages/gateway-kit/src/index.ts"),
+  "@keen/server": src("./packages/server/src/index.ts"),
+  "@keen/cli": src("./packages/cli/src/index.ts"),
+};
+
+const project = (name: string, root: string) => ({
+  extends: true as const,
+  test: { name, include: [`${root}/**/*.test.ts`] },
+});
+
+export default defineConfig({
+  resolve: { alias },
+  test: {
+    exclude: ["**/node_modules/**", "**/dist/**"],
+    testTimeout: 30_000,
+    hookTimeout: 60_000,
+    projects: [
+      project("agent-core", "packages/agent-core/src"),
+      project("gateway-kit", "packages/gateway-kit/src"),
+      project("server", "packages/server/src"),
+      project("cli", "packages/cli/src"),
+      project("examples", "examples"),
+      project("smoke", "test/smoke"),
+    ],
+  },
+});
