@@ -55,7 +55,7 @@ export function defineTool<Schema extends z.ZodType>(definition: ToolDefinition<
   return {
     name: definition.name,
     description: definition.description,
-    input: definition.input,
+    input: definition.input as z.ZodType<z.infer<Schema>>,
     readOnly: definition.readOnly ?? false,
     execute: definition.execute,
   };
