@@ -1,0 +1,212 @@
+import { z } from "zod";
+import { Usage } from "./model/model.js";
+
+/** Fields every event carries. `seq` is strictly increasing per run, starting at 0, with no gaps. */
+const envelope = {
+  runId: z.string(),
+  agentId: z.string(),
+  seq: z.number().int().nonnegative(),
+  /** ISO-8601 timestamp. */
+  at: z.string(),
+};
+
+export const Phase = z.enum(["EXPLORE", "PLAN", "SUMMON", "COMPLETE", "RUN"]);
+export type Phase = z.infer<typeof Phase>;
+
+export const RunStatus = z.enum(["success", "failed", "aborted", "error"]);
+export type RunStatus = z.infer<typeof RunStatus>;
+
+export const RunStartedEvent = z.object({
+  ...envelope,
+  type: z.literal("run.started"),
+  vision: z.string(),
+  model: z.string(),
+  repo: z.string(),
+  branch: z.string(),
+});
+export type RunStartedEvent = z.infer<typeof RunStartedEvent>;
+
+export const RunCompletedEvent = z.object({
+  ...envelope,
+  type: z.literal("run.completed"),
+  status: RunStatus,
+  summary: z.string(),
+  usage: Usage,
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
+  durationMs: z.number().nonnegative(),
+});
+export type RunCompletedEvent = z.infer<typeof RunCompletedEvent>;
+
+export const AgentSpawnedEvent = z.object({
+  ...envelope,
+  type: z.literal("agent.spawned"),
+  parentId: z.string().nullable(),
+  branch: z.string(),
+  depth: z.number().int().nonnegative(),
+  title: z.string(),
+});
+export type AgentSpawnedEvent = z.infer<typeof AgentSpawnedEvent>;
+
+export const AgentPhaseEvent = z.object({
+  ...envelope,
+  type: z.literal("agent.phase"),
+  phase: Phase,
+  previous: Phase.nullable(),
+});
+export type AgentPhaseEvent = z.infer<typeof AgentPhaseEvent>;
+
+export const AgentCompletedEvent = z.object({
+  ...envelope,
+  type: z.literal("agent.completed"),
+  status: RunStatus,
+  summary: z.string(),
+  /** Usage of this agent and all its descendants. */
+  usage: Usage,
+});
+export type AgentCompletedEvent = z.infer<typeof AgentCompletedEvent>;
+
+export const ModelTextEvent = z.object({
+  ...envelope,
+  type: z.literal("model.text"),
+  /** The text the model wrote in one response (after streaming finished). */
+  text: z.string(),
+});
+export type ModelTextEvent = z.infer<typeof ModelTextEvent>;
+
+export const ModelUsageEvent = z.object({
+  ...envelope,
+  type: z.literal("model.usage"),
+  model: z.string(),
+  requestId: z.string(),
+  /** Usage of this one request. */
+  usage: Usage,
+  /** Running total for this agent. */
+  agentTotal: Usage,
+  stopReason: z.string(),
+});
+export type ModelUsageEvent = z.infer<typeof ModelUsageEvent>;
+
+export const ModelRetryEvent = z.object({
+  ...envelope,
+  type: z.literal("model.retry"),
+  attempt: z.number().int().positive(),
+  delayMs: z.number().nonnegative(),
+  reason: z.string(),
+  status: z.number().int().optional(),
+});
+export type ModelRetryEvent = z.infer<typeof ModelRetryEvent>;
+
+export const ToolStartedEvent = z.object({
+  ...envelope,
+  type: z.literal("tool.started"),
+  toolUseId: z.string(),
+  name: z.string(),
+  input: z.unknown(),
+});
+export type ToolStartedEvent = z.infer<typeof ToolStartedEvent>;
+
+export const ToolCompletedEvent = z.object({
+  ...envelope,
+  type: z.literal("tool.completed"),
+  toolUseId: z.string(),
+  name: z.string(),
+  isError: z.boolean(),
+  /** The result the model sees, cut to a few KiB for the event. */
+  output: z.string(),
+  durationMs: z.number().nonnegative(),
+});
+export type ToolCompletedEvent = z.infer<typeof ToolCompletedEvent>;
+
+export const GitCommitEvent = z.object({
+  ...envelope,
+  type: z.literal("git.commit"),
+  branch: z.string(),
+  sha: z.string(),
+  message: z.string(),
+});
+export type GitCommitEvent = z.infer<typeof GitCommitEvent>;
+
+export const GitBranchEvent = z.object({
+  ...envelope,
+  type: z.literal("git.branch"),
+  branch: z.string(),
+  from: z.string(),
+  worktree: z.string(),
+});
+export type GitBranchEvent = z.infer<typeof GitBranchEvent>;
+
+export const GitMergeEvent = z.object({
+  ...envelope,
+  type: z.literal("git.merge"),
+  branch: z.string(),
+  into: z.string(),
+  result: z.enum(["merged", "resolved", "rolled_back"]),
+  conflictedFiles: z.array(z.string()),
+  sha: z.string().nullable(),
+});
+export type GitMergeEvent = z.infer<typeof GitMergeEvent>;
+
+export const ValidationResultEvent = z.object({
+  ...envelope,
+  type: z.literal("validation.result"),
+  command: z.string(),
+  passed: z.boolean(),
+  exitCode: z.number().int().nullable(),
+  output: z.string(),
+});
+export type ValidationResultEvent = z.infer<typeof ValidationResultEvent>;
+
+export const LimitReachedEvent = z.object({
+  ...envelope,
+  type: z.literal("limit.reached"),
+  limit: z.enum(["maxDepth", "maxChildren", "maxAgents", "maxTurns", "tokenBudget"]),
+  value: z.number(),
+  detail: z.string(),
+});
+export type LimitReachedEvent = z.infer<typeof LimitReachedEvent>;
+
+export const ContextPrunedEvent = z.object({
+  ...envelope,
+  type: z.literal("context.pruned"),
+  clearedToolResults: z.number().int().nonnegative(),
+  compactedMessages: z.number().int().nonnegative(),
+  tokensBefore: z.number().int().nonnegative(),
+  tokensAfter: z.number().int().nonnegative(),
+});
+export type ContextPrunedEvent = z.infer<typeof ContextPrunedEvent>;
+
+/** Every event keen emits, discriminated by `type`. */
+export const KeenEvent = z.discriminatedUnion("type", [
+  RunStartedEvent,
+  RunCompletedEvent,
+  AgentSpawnedEvent,
+  AgentPhaseEvent,
+  AgentCompletedEvent,
+  ModelTextEvent,
+  ModelUsageEvent,
+  ModelRetryEvent,
+  ToolStartedEvent,
+  ToolCompletedEvent,
+  GitCommitEvent,
+  GitBranchEvent,
+  GitMergeEvent,
+  ValidationResultEvent,
+  LimitReachedEvent,
+  ContextPrunedEvent,
+]);
+export type KeenEvent = z.infer<typeof KeenEvent>;
+
+export type KeenEventType = KeenEvent["type"];
+export type KeenEventOf<T extends KeenEventType> = Extract<KeenEvent, { type: T }>;
+
+/** An event before the run stamps it with `runId`, `seq` and `at`. */
+export type KeenEventInput = KeenEvent extends infer E
+  ? E extends KeenEvent
+    ? Omit<E, "runId" | "seq" | "at">
+    : never
+  : never;
+
+/** Parses and validates an event, e.g. one read back from NDJSON or a database. */
+export function parseEvent(value: unknown): KeenEvent {
+  return KeenEvent.parse(value);
+}

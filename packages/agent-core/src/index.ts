@@ -1,0 +1,10 @@
+export * from "./errors.js";
+export * from "./events.js";
+export * from "./model/model.js";
+export { anthropic, AnthropicModel, type AnthropicModelOptions } from "./model/anthropic.js";
+export { defaultRetryPolicy, retryDelay, parseRetryAfter, type RetryPolicy } from "./model/retry.js";
+export * from "./tools/define-tool.js";
+export type * from "./workspace/workspace.js";
+export { EventStream } from "./run/event-stream.js";
+export { runConversation, type ConversationOptions, type ConversationResult } from "./run/conversation.js";
+export { startRun, ROOT_AGENT_ID, type Run, type RunOptions, type RunResult } from "./run/start-run.js";

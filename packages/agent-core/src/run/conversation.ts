@@ -1,0 +1,172 @@
+import { AbortedError } from "../errors.js";
+import type { KeenEventInput } from "../events.js";
+import {
+  addUsage,
+  emptyUsage,
+  type ContentBlock,
+  type Message,
+  type Model,
+  type ModelResponse,
+  type ToolResultBlock,
+  type ToolUseBlock,
+  type Usage,
+} from "../model/model.js";
+import { executeTool, toolSpec, type Tool } from "../tools/define-tool.js";
+import type { Workspace } from "../workspace/workspace.js";
+
+/** Longest tool output put in a `tool.completed` event; the model still gets the whole result. */
+const EVENT_OUTPUT_LIMIT = 4_000;
+
+export interface ConversationOptions {
+  agentId: string;
+  model: Model;
+  system: string;
+  /** The conversation so far; it is extended in place, turn by turn. */
+  messages: Message[];
+  tools: Tool<any>[];
+  workspace: Workspace;
+  emit: (event: KeenEventInput) => void;
+  signal: AbortSignal;
+  maxTurns: number;
+  maxTokens: number;
+  thinking?: { budgetTokens: number };
+  /** A successful call to one of these tools ends the conversation (phase-closing tools). */
+  closingTools?: ReadonlySet<string>;
+  /** Usage of this agent before this conversation (for running totals). */
+  usageBefore?: Usage;
+  /** Called after every completed turn, e.g. to snapshot state. */
+  onTurn?: (turn: number) => void | Promise<void>;
+}
+
+export interface ConversationResult {
+  /** `done`: the model stopped calling tools; `closed`: a closing tool was called; `max_turns`: the turn limit hit. */
+  outcome: "done" | "closed" | "max_turns";
+  /** The closing tool call, when `outcome` is `closed`. */
+  closingCall?: { name: string; input: unknown };
+  /** The text of the model's last response. */
+  finalText: string;
+  turns: number;
+  usage: Usage;
+}
+
+/**
+ * The tool-use loop: ask the model, run the tools it calls, send the results back, until it
+ * answers without tools, calls a closing tool, or runs out of turns. Thinking blocks are
+ * kept in the assistant turns exactly as received.
+ */
+export async function runConversation(options: ConversationOptions): Promise<ConversationResult> {
+  const { agentId, model, messages, emit, signal } = options;
+  const toolsByName = new Map(options.tools.map((tool) => [tool.name, tool]));
+  const specs = options.tools.map(toolSpec);
+  let usage = emptyUsage();
+  let agentTotal = options.usageBefore ?? emptyUsage();
+  let finalText = "";
+
+  for (let turn = 1; turn <= options.maxTurns; turn++) {
+    if (signal.aborted) throw new AbortedError();
+    const response = await requestResponse(options, specs);
+    usage = addUsage(usage, response.usage);
+    agentTotal = addUsage(agentTotal, response.usage);
+    emit({
+      type: "model.usage",
+      agentId,
+      model: response.model,
+      requestId: response.id,
+      usage: response.usage,
+      agentTotal,
+      stopReason: response.stopReason,
+    });
+    finalText = textOf(response.content);
+    if (finalText) emit({ type: "model.text", agentId, text: finalText });
+    messages.push({ role: "assistant", content: response.content });
+
+    const calls = response.content.filter((block): block is ToolUseBlock => block.type === "tool_use");
+    if (calls.length === 0) {
+      if (response.stopReason === "pause_turn") {
+        await options.onTurn?.(turn);
+        continue;
+      }
+      await options.onTurn?.(turn);
+      return { outcome: "done", finalText, turns: turn, usage };
+    }
+
+    const results: ToolResultBlock[] = [];
+    let closingCall: ConversationResult["closingCall"];
+    for (const call of calls) {
+      if (signal.aborted) throw new AbortedError();
+      const result = await runToolCall(options, toolsByName, call);
+      results.push(result);
+      if (!result.is_error && options.closingTools?.has(call.name) && !closingCall) {
+        closingCall = { name: call.name, input: call.input };
+      }
+    }
+    messages.push({ role: "user", content: results });
+    await options.onTurn?.(turn);
+    if (closingCall) return { outcome: "closed", closingCall, finalText, turns: turn, usage };
+  }
+  return { outcome: "max_turns", finalText, turns: options.maxTurns, usage };
+}
+
+async function requestResponse(options: ConversationOptions, specs: ReturnType<typeof toolSpec>[]): Promise<ModelResponse> {
+  const request = {
+    system: options.system,
+    messages: options.messages,
+    tools: specs,
+    maxTokens: options.maxTokens,
+    ...(options.thinking ? { thinking: options.thinking } : {}),
+  };
+  let response: ModelResponse | undefined;
+  for await (const part of options.model.stream(request, { signal: options.signal })) {
+    if (part.type === "retry") {
+      options.emit({
+        type: "model.retry",
+        agentId: options.agentId,
+        attempt: part.attempt,
+        delayMs: part.delayMs,
+        reason: part.reason,
+        ...(part.status !== undefined ? { status: part.status } : {}),
+      });
+    } else if (part.type === "response") {
+      response = part.response;
+    }
+  }
+  if (!response) throw new Error(`Model ${options.model.id} ended its stream without a response`);
+  return response;
+}
+
+async function runToolCall(options: ConversationOptions, tools: Map<string, Tool<any>>, call: ToolUseBlock): Promise<ToolResultBlock> {
+  const started = performance.now();
+  options.emit({ type: "tool.started", agentId: options.agentId, toolUseId: call.id, name: call.name, input: call.input });
+  const tool = tools.get(call.name);
+  const result = tool
+    ? await executeTool(tool, call.input, {
+        workspace: options.workspace,
+        signal: options.signal,
+        agentId: options.agentId,
+        toolUseId: call.id,
+      })
+    : { content: `Unknown tool "${call.name}". Available tools: ${[...tools.keys()].join(", ")}`, isError: true };
+  options.emit({
+    type: "tool.completed",
+    agentId: options.agentId,
+    toolUseId: call.id,
+    name: call.name,
+    isError: result.isError,
+    output: result.content.length > EVENT_OUTPUT_LIMIT ? `${result.content.slice(0, EVENT_OUTPUT_LIMIT)}…` : result.content,
+    durationMs: Math.round(performance.now() - started),
+  });
+  return {
+    type: "tool_result",
+    tool_use_id: call.id,
+    content: result.content || "(no output)",
+    ...(result.isError ? { is_error: true } : {}),
+  };
+}
+
+function textOf(content: ContentBlock[]): string {
+  return content
+    .filter((block) => block.type === "text")
+    .map((block) => (block as { text: string }).text)
+    .join("\n")
+    .trim();
+}
