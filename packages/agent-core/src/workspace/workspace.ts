@@ -65,3 +65,38 @@ export interface Workspace {
   /** Stages everything and commits; returns the new commit id, or null when there was nothing to commit. */
   commit(message: string, options?: CommitOptions): Promise<string | null>;
 }
+
+/** Outcome of merging a branch into a workspace's current branch. */
+export type MergeResult =
+  | { status: "merged"; sha: string }
+  /** The merge stopped with conflicts; the workspace is mid-merge until `commitMerge` or `abortMerge`. */
+  | { status: "conflict"; files: string[] };
+
+/**
+ * A workspace that can host child agents: git worktrees for branches, merges and rollback.
+ * Optional capabilities of a `Workspace`; the SUMMON phase needs them.
+ */
+export interface ForkableWorkspace extends Workspace {
+  /**
+   * Creates `branch` at this workspace's HEAD (or reuses it when it already exists, for resume)
+   * and a worktree for it; returns a workspace on that worktree.
+   */
+  fork(branch: string): Promise<ForkableWorkspace>;
+  /** Merges `branch` into the current branch with `--no-ff` and `message`. */
+  merge(branch: string, message: string): Promise<MergeResult>;
+  /** Stages everything and concludes a merge whose conflicts were resolved; returns the merge commit. */
+  commitMerge(message: string): Promise<string>;
+  /** Abandons a merge in progress (no-op when none is). */
+  abortMerge(): Promise<void>;
+  /** Resets the current branch and the work tree to `sha`, removing untracked files. */
+  resetTo(sha: string): Promise<void>;
+  /** Files with unresolved conflicts, relative to the root. */
+  conflictedFiles(): Promise<string[]>;
+  /** Removes this workspace's worktree (never the main checkout); branches are kept. */
+  dispose(): Promise<void>;
+}
+
+export function isForkable(workspace: Workspace): workspace is ForkableWorkspace {
+  const candidate = workspace as Partial<ForkableWorkspace>;
+  return typeof candidate.fork === "function" && typeof candidate.merge === "function" && typeof candidate.resetTo === "function";
+}
