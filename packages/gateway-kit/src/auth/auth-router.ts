@@ -109,7 +109,7 @@ export function authRouter(input: AuthRouterOptions): Router {
   const optionalUser = authenticate({ service, methods: ["jwt"], optional: true });
 
   router.use(errorHandler());
-  router.use(bodyParser({ enableTypes: ["json"], jsonLimit: bodyLimit, encoding: "utf-8" }));
+  router.use(bodyParser({ enableTypes: ["json"], jsonLimit: bodyLimit, encoding: "utf-8", parsedMethods: ["POST", "PUT", "PATCH", "DELETE"] }));
 
   router.post("/signup", async (ctx) => {
     const body = parse(SignupBody, ctx.request.body);
