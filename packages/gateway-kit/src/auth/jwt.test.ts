@@ -1,5 +1,5 @@
 import { createHmac } from "node:crypto";
-import { exportSPKI, SignJWT, generateKeyPair } from "jose";
+import { exportSPKI, SignJWT, generateKeyPair, type CryptoKey } from "jose";
 import { describe, expect, it } from "vitest";
 import { HttpError } from "../http-error.js";
 import { createAccessTokens, JwtKeySet } from "./jwt.js";
