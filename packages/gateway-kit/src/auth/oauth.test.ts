@@ -1,0 +1,139 @@
+import { createHash, randomBytes } from "node:crypto";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { describeEachDatabase } from "../testing/each-database.js";
+import { migrateForTests, PASSWORD, signup, startTestApp, uniqueEmail, type TestApp } from "./test-app.js";
+
+interface FakeProfile {
+  github?: { user: { id: number; name: string; email: string | null }; emails: Array<{ email: string; primary: boolean; verified: boolean }> };
+  google?: { sub: string; email: string; email_verified: boolean };
+}
+
+/** A local OAuth provider: authorize (issues a code bound to the PKCE challenge), token and user-info endpoints. */
+async function startFakeProvider() {
+  const codes = new Map<string, { challenge: string; redirectUri: string; profile: FakeProfile }>();
+  const tokens = new Map<string, FakeProfile>();
+  let next: FakeProfile = {};
+  const tokenRequests: Array<Record<string, string>> = [];
+  const server: Server = createServer(async (req, res) => {
+    const url = new URL(req.url!, "http://127.0.0.1");
+    const json = (status: number, body: unknown) => {
+      res.writeHead(status, { "content-type": "application/json" });
+      res.end(JSON.stringify(body));
+    };
+    if (url.pathname === "/authorize") {
+      const code = randomBytes(8).toString("hex");
+      codes.set(code, { challenge: url.searchParams.get("code_challenge")!, redirectUri: url.searchParams.get("redirect_uri")!, profile: next });
+      const back = new URL(url.searchParams.get("redirect_uri")!);
+      back.searchParams.set("code", code);
+      back.searchParams.set("state", url.searchParams.get("state")!);
+      res.writeHead(302, { location: back.toString() });
+      return res.end();
+    }
+    if (url.pathname === "/token" && req.method === "POST") {
+      let raw = "";
+      for await (const chunk of req) raw += chunk;
+      const form = Object.fromEntries(new URLSearchParams(raw));
+      tokenRequests.push(form);
+      const grant = codes.get(form.code ?? "");
+      codes.delete(form.code ?? "");
+      const pkceOk = grant && createHash("sha256").update(form.code_verifier ?? "").digest("base64url") === grant.challenge;
+      if (!grant || !pkceOk || form.client_secret !== "shh" || form.redirect_uri !== grant.redirectUri) return json(400, { error: "invalid_grant" });
+      const token = randomBytes(8).toString("hex");
+      tokens.set(token, grant.profile);
+      return json(200, { access_token: token, token_type: "bearer" });
+    }
+    const profile = tokens.get((req.headers.authorization ?? "").replace(/^Bearer /, ""));
+    if (!profile) return json(401, { error: "bad token" });
+    if (url.pathname === "/gh/user" && profile.github) return json(200, profile.github.user);
+    if (url.pathname === "/gh/emails" && profile.github) return json(200, profile.github.emails);
+    if (url.pathname === "/google/userinfo" && profile.google) return json(200, profile.google);
+    return json(404, {});
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return {
+    base,
+    tokenRequests,
+    setProfile: (profile: FakeProfile) => void (next = profile),
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+describeEachDatabase("OAuth", (fixture) => {
+  let app: TestApp;
+  let provider: Awaited<ReturnType<typeof startFakeProvider>>;
+  beforeAll(async () => {
+    await migrateForTests(fixture);
+    provider = await startFakeProvider();
+    const common = { clientId: "keen-client", clientSecret: "shh", authorizeUrl: `${provider.base}/authorize`, tokenUrl: `${provider.base}/token` };
+    app = await startTestApp(fixture, {
+      oauth: {
+        github: { ...common, redirectUri: "http://localhost/auth/oauth/github/callback", userInfoUrl: `${provider.base}/gh/user`, emailsUrl: `${provider.base}/gh/emails` },
+        google: { ...common, redirectUri: "http://localhost/auth/oauth/google/callback", userInfoUrl: `${provider.base}/google/userinfo` },
+      },
+    });
+  });
+  afterAll(async () => {
+    await app?.close();
+    await provider?.close();
+  });
+
+  /** Plays the browser: start → provider authorize → back to our callback. */
+  async function signIn(name: "github" | "google", profile: FakeProfile) {
+    provider.setProfile(profile);
+    const start = await app.request("GET", `/auth/oauth/${name}/start`);
+    expect(start.status).toBe(302);
+    const authorize = new URL(start.headers.get("location")!);
+    expect(authorize.searchParams.get("code_challenge_method")).toBe("S256");
+    expect(authorize.searchParams.get("state")).toBeTruthy();
+    const redirect = await fetch(authorize, { redirect: "manual" });
+    const back = new URL(redirect.headers.get("location")!);
+    const callback = await app.request("GET", `${back.pathname}${back.search}`);
+    return { callback, state: back.searchParams.get("state")!, code: back.searchParams.get("code")! };
+  }
+
+  it("creates a user from a verified GitHub email, with PKCE, and signs the same account in again", async () => {
+    const email = uniqueEmail("gh");
+    const profile = { github: { user: { id: 4242, name: "Octo", email: null }, emails: [{ email, primary: true, verified: true }] } };
+    const first = await signIn("github", profile);
+    expect(first.callback.status).toBe(200);
+    expect(first.callback.body.status).toBe("authenticated");
+    expect(provider.tokenRequests.at(-1)).toMatchObject({ grant_type: "authorization_code", client_id: "keen-client" });
+    const me = await app.request("GET", "/auth/me", { token: first.callback.body.accessToken });
+    expect(me.body.user).toMatchObject({ email, emailVerified: true });
+
+    const again = await signIn("github", profile);
+    const me2 = await app.request("GET", "/auth/me", { token: again.callback.body.accessToken });
+    expect(me2.body.user.id).toBe(me.body.user.id);
+
+    // The state is single-use.
+    const replay = await app.request("GET", `/auth/oauth/github/callback?code=${again.code}&state=${again.state}`);
+    expect(replay.status).toBe(400);
+    expect(replay.body.error.code).toBe("invalid_state");
+  });
+
+  it("links Google to an existing account only by a verified email", async () => {
+    const existing = await signup(app);
+    const unverified = await signIn("google", { google: { sub: "g-unverified", email: existing.email, email_verified: false } });
+    expect(unverified.callback.status).toBe(403);
+    expect(unverified.callback.body.error.code).toBe("email_not_verified");
+
+    const linked = await signIn("google", { google: { sub: `g-${existing.user.id}`, email: existing.email.toUpperCase(), email_verified: true } });
+    expect(linked.callback.status).toBe(200);
+    const me = await app.request("GET", "/auth/me", { token: linked.callback.body.accessToken });
+    expect(me.body.user.id).toBe(existing.user.id);
+    // The password still works too.
+    expect((await app.request("POST", "/auth/login", { body: { email: existing.email, password: PASSWORD } })).status).toBe(200);
+  });
+
+  it("refuses forged state, unknown providers and provider denials with 4xx", async () => {
+    expect((await app.request("GET", "/auth/oauth/github/callback?code=abc&state=forged")).status).toBe(400);
+    expect((await app.request("GET", "/auth/oauth/github/callback")).status).toBe(400);
+    expect((await app.request("GET", "/auth/oauth/myspace/start")).status).toBe(404);
+    expect((await app.request("GET", "/auth/oauth/github/callback?error=access_denied")).body.error.code).toBe("oauth_denied");
+    const json = await app.request("GET", "/auth/oauth/google/start?mode=json");
+    expect(json.body.url).toContain(`${provider.base}/authorize`);
+  });
+});
