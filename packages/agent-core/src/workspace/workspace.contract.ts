@@ -1,0 +1,167 @@
+import { mkdtemp, symlink, writeFile, readdir } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { beforeEach, describe, expect, it } from "vitest";
+import type { Workspace } from "./workspace.js";
+
+/**
+ * The behaviour every `Workspace` implementation must have. `create` gets a fresh git
+ * repository folder (with README.md committed) and returns a workspace over it.
+ */
+export function runWorkspaceContract(name: string, setup: () => Promise<{ dir: string; workspace: Workspace }>): void {
+  describe(`Workspace contract: ${name}`, () => {
+    let dir: string;
+    let ws: Workspace;
+    beforeEach(async () => {
+      ({ dir, workspace: ws } = await setup());
+    });
+
+    describe("path confinement", () => {
+      it("refuses absolute paths", async () => {
+        await expect(ws.readFile("/etc/passwd")).rejects.toMatchObject({ code: "path_outside_workspace" });
+        await expect(ws.writeFile(join(dir, "x.txt"), "x")).rejects.toMatchObject({ code: "path_outside_workspace" });
+      });
+
+      it("refuses .. escapes, also through inner segments", async () => {
+        for (const path of ["../x", "a/../../x", "./../../etc/passwd", ".."]) {
+          await expect(ws.writeFile(path, "x"), path).rejects.toMatchObject({ code: "path_outside_workspace" });
+        }
+        await expect(ws.exec("pwd", { cwd: "../" })).rejects.toMatchObject({ code: "path_outside_workspace" });
+      });
+
+      it("refuses NUL bytes and .git internals", async () => {
+        await expect(ws.readFile("README.md\0.txt")).rejects.toMatchObject({ code: "path_outside_workspace" });
+        await expect(ws.writeFile(".git/config", "x")).rejects.toMatchObject({ code: "path_outside_workspace" });
+      });
+
+      it("refuses a symlinked file that points outside", async () => {
+        const outside = await mkdtemp(join(tmpdir(), "keen-outside-"));
+        await writeFile(join(outside, "secret.txt"), "secret");
+        await symlink(join(outside, "secret.txt"), join(dir, "link.txt"));
+        await expect(ws.readFile("link.txt")).rejects.toMatchObject({ code: "path_outside_workspace" });
+        await expect(ws.writeFile("link.txt", "overwrite")).rejects.toMatchObject({ code: "path_outside_workspace" });
+      });
+
+      it("refuses writes through a symlinked folder that points outside, even to new files", async () => {
+        const outside = await mkdtemp(join(tmpdir(), "keen-outside-"));
+        await symlink(outside, join(dir, "out"));
+        await expect(ws.writeFile("out/new/deep.txt", "x")).rejects.toMatchObject({ code: "path_outside_workspace" });
+        await expect(ws.readFile("out/anything")).rejects.toMatchObject({ code: "path_outside_workspace" });
+        expect(await readdir(outside)).toEqual([]);
+      });
+
+      it("refuses a dangling symlink that would point outside", async () => {
+        await symlink("/nonexistent-keen-target/file", join(dir, "dangling"));
+        await expect(ws.writeFile("dangling", "x")).rejects.toMatchObject({ code: "path_outside_workspace" });
+      });
+
+      it("allows symlinks that stay inside", async () => {
+        await ws.writeFile("docs/real.md", "inside\n");
+        await symlink(join(dir, "docs"), join(dir, "alias"));
+        expect(await ws.readFile("alias/real.md")).toBe("inside\n");
+      });
+    });
+
+    describe("files", () => {
+      it("writes atomically, creating folders, and reads back", async () => {
+        await ws.writeFile("a/b/c.txt", "one\n");
+        await ws.writeFile("a/b/c.txt", "two\n");
+        expect(await ws.readFile("a/b/c.txt")).toBe("two\n");
+        expect((await readdir(join(dir, "a/b"))).filter((f) => f.endsWith(".tmp"))).toEqual([]);
+        expect(await ws.exists("a/b/c.txt")).toBe(true);
+        expect(await ws.exists("a/b/missing.txt")).toBe(false);
+      });
+
+      it("gives a clear error for a missing file", async () => {
+        await expect(ws.readFile("nope.txt")).rejects.toMatchObject({ code: "file_not_found" });
+      });
+
+      it("lists files honouring .gitignore (nested too), never .git, sorted, with glob and limit", async () => {
+        await ws.writeFile(".gitignore", "build/\n*.log\n");
+        await ws.writeFile("build/out.js", "x");
+        await ws.writeFile("debug.log", "x");
+        await ws.writeFile("src/a.ts", "x");
+        await ws.writeFile("src/b.ts", "x");
+        await ws.writeFile("src/gen/.gitignore", "*.gen.ts\n");
+        await ws.writeFile("src/gen/x.gen.ts", "x");
+        expect(await ws.listFiles()).toEqual([".gitignore", "README.md", "src/a.ts", "src/b.ts", "src/gen/.gitignore"]);
+        expect(await ws.listFiles({ pattern: "src/*.ts" })).toEqual(["src/a.ts", "src/b.ts"]);
+        expect(await ws.listFiles({ limit: 2 })).toHaveLength(2);
+      });
+    });
+
+    describe("commands", () => {
+      it("returns exit codes and combined output without throwing", async () => {
+        const ok = await ws.exec("echo out; echo err 1>&2; exit 3");
+        expect(ok.exitCode).toBe(3);
+        expect(ok.output).toContain("out");
+        expect(ok.output).toContain("err");
+        expect(ok.timedOut).toBe(false);
+      });
+
+      it("runs in the workspace root or a confined cwd, with extra env", async () => {
+        await ws.writeFile("sub/f.txt", "x");
+        expect((await ws.exec("pwd")).output.trim()).toBe(ws.root);
+        expect((await ws.exec("ls", { cwd: "sub" })).output.trim()).toBe("f.txt");
+        expect((await ws.exec('printf "$KEEN_X"', { env: { KEEN_X: "42" } })).output).toBe("42");
+      });
+
+      it("caps output with a marker saying how much was cut", async () => {
+        const result = await ws.exec("head -c 50000 /dev/zero | tr '\\0' a", { maxOutputBytes: 1000 });
+        expect(result.truncated).toBe(true);
+        expect(result.output).toMatch(/\[… 49000 bytes of output truncated …\]/);
+        expect(result.output.replace(/\n\[…[^\]]*\]\n/, "")).toBe("a".repeat(1000));
+      });
+
+      it("kills the whole process tree on timeout", async () => {
+        const result = await ws.exec("sleep 30 & echo $! > bg.pid; sleep 30", { timeoutMs: 300 });
+        expect(result.timedOut).toBe(true);
+        const pid = Number((await ws.readFile("bg.pid")).trim());
+        await expectGone(pid);
+      });
+
+      it("kills the whole process tree on abort, promptly", async () => {
+        const controller = new AbortController();
+        const pending = ws.exec("sh -c 'sleep 30 & echo $! > bg2.pid; wait'", { signal: controller.signal });
+        await waitFor(() => ws.exists("bg2.pid"));
+        controller.abort();
+        const result = await pending;
+        expect(result.aborted).toBe(true);
+        await expectGone(Number((await ws.readFile("bg2.pid")).trim()));
+      });
+    });
+
+    describe("git", () => {
+      it("reports the branch, commits changes and returns null when nothing changed", async () => {
+        expect(await ws.currentBranch()).toBe("main");
+        const before = await ws.head();
+        await ws.writeFile("new.txt", "x\n");
+        const sha = await ws.commit("Add new.txt", { author: { name: "A", email: "a@x" } });
+        expect(sha).toMatch(/^[0-9a-f]{40}$/);
+        expect(sha).not.toBe(before);
+        expect(await ws.head()).toBe(sha);
+        expect(await ws.commit("nothing")).toBeNull();
+      });
+    });
+  });
+}
+
+async function waitFor(check: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if (await check()) return;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  throw new Error("condition not met");
+}
+
+async function expectGone(pid: number): Promise<void> {
+  expect(Number.isInteger(pid) && pid > 0).toBe(true);
+  await waitFor(async () => {
+    try {
+      process.kill(pid, 0);
+      return false;
+    } catch {
+      return true;
+    }
+  });
+}
