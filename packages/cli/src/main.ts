@@ -12,6 +12,10 @@ Commands:
   demo              run a scripted agent offline on a sample repository
   help              show this help
 
+Examples:
+  keen run "Add input validation to the signup form" --repo ~/code/app
+  keen demo
+
 Run "keen <command> --help" for a command's options.`;
 
 /**

@@ -13,7 +13,7 @@ import {
 import { defaultRetryPolicy, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from "./retry.js";
 
 export interface AnthropicModelOptions {
-  /** Model id, e.g. `claude-sonnet-4-5`. */
+  /** Model id, e.g. `claude-sonnet-5-5`. */
   model: string;
   /** Defaults to `ANTHROPIC_API_KEY`. */
   apiKey?: string;
@@ -42,7 +42,7 @@ const RETRYABLE_STATUS = new Set([408, 409, 429, 500, 502, 503, 504, 529]);
  * retry is visible as a `retry` stream part.
  *
  * @example
- * const model = anthropic({ model: "claude-sonnet-4-5" });
+ * const model = anthropic({ model: "claude-sonnet-5-5" });
  * const run = startRun({ vision: "Add a README", repo: ".", model });
  */
 export function anthropic(options: AnthropicModelOptions): Model {

@@ -129,7 +129,7 @@ export interface ModelCallOptions {
  * }
  */
 export interface Model {
-  /** Provider and model id, e.g. `anthropic:claude-sonnet-4-5`. */
+  /** Provider and model id, e.g. `anthropic:claude-sonnet-5-5`. */
   readonly id: string;
   /** Context window in tokens, used for pruning decisions. */
   readonly contextWindow: number;

@@ -62,7 +62,7 @@ export const ROOT_AGENT_ID = "root";
  * const run = startRun({
  *   vision: "Add a CONTRIBUTING.md",
  *   workspace: await LocalWorkspace.open("."),
- *   model: anthropic({ model: "claude-sonnet-4-5" }),
+ *   model: anthropic({ model: "claude-sonnet-5-5" }),
  *   tools: builtinTools(),
  * });
  * for await (const event of run) console.log(event.type);

@@ -9,7 +9,7 @@ Runs one agent on a git repository until it is done, then commits its work.
 
 Options:
   --repo DIR         the git repository to work in (default: current directory)
-  --model ID         Claude model id (default: claude-sonnet-4-5, or KEEN_MODEL)
+  --model ID         Claude model id (default: claude-sonnet-5-5, or KEEN_MODEL)
   --max-turns N      most model turns (default 50)
   --no-commit        leave the changes uncommitted
   --json             print every event as one JSON line on stdout
@@ -17,7 +17,7 @@ Options:
 
 Environment: ANTHROPIC_API_KEY (required), ANTHROPIC_BASE_URL (optional).`;
 
-export const DEFAULT_MODEL = "claude-sonnet-4-5";
+export const DEFAULT_MODEL = "claude-sonnet-5-5";
 
 export interface RunCommandOptions {
   /** Use this model instead of building one from flags and the environment (e.g. `keen demo`). */

@@ -1,0 +1,14 @@
+/**
+ * Offline testing for keen and for apps that embed it: a loopback server that speaks the
+ * Anthropic Messages API, driven by a script or a policy, for use with the real SDK.
+ */
+export {
+  startMessagesServer,
+  type MessagesServer,
+  type MessagesServerOptions,
+  type PolicyContext,
+  type RecordedRequest,
+  type ReplyPolicy,
+} from "./messages-server.js";
+export { reply, errorTypeFor, type Fault, type ReplyBlock, type ScriptedReply } from "./replies.js";
+export { estimateTokens, CACHE_LOOKBACK_BLOCKS, CACHE_TTL_MS, type CacheUsage } from "./prompt-cache.js";
