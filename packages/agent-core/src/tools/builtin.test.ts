@@ -1,0 +1,112 @@
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { z } from "zod";
+import { beforeEach, describe, expect, it } from "vitest";
+import { LocalWorkspace } from "../workspace/local-workspace.js";
+import { createTestRepo } from "../workspace/test-repo.js";
+import { defineTool, executeTool, toolSpec, type Tool } from "./define-tool.js";
+import { builtinTools, readOnlyTools, runCommandTool } from "./index.js";
+
+let ws: LocalWorkspace;
+let dir: string;
+beforeEach(async () => {
+  dir = await createTestRepo({ "README.md": "# title\nline two\nline three\n", "src/app.ts": "const a = 1;\nconst b = 2;\nconst a2 = 1;\n" });
+  ws = await LocalWorkspace.open(dir);
+});
+
+const tool = (name: string): Tool<any> => builtinTools().find((t) => t.name === name)!;
+const call = (name: string, input: unknown, signal = new AbortController().signal) =>
+  executeTool(tool(name), input, { workspace: ws, signal, agentId: "root", toolUseId: "toolu_1" });
+
+describe("defineTool and executeTool", () => {
+  it("validates names and descriptions when defined", () => {
+    expect(() => defineTool({ name: "bad name", description: "x", input: z.object({}), execute: () => "" })).toThrow(TypeError);
+    expect(() => defineTool({ name: "ok", description: " ", input: z.object({}), execute: () => "" })).toThrow(TypeError);
+  });
+
+  it("turns a thrown error and a returned error into is_error results", async () => {
+    const throws = defineTool({ name: "boom", description: "fails", input: z.object({}), execute: () => { throw new Error("kaput"); } });
+    const returns = defineTool({ name: "soft", description: "fails softly", input: z.object({}), execute: () => ({ content: "not today", isError: true }) });
+    const ctx = { workspace: ws, signal: new AbortController().signal, agentId: "root", toolUseId: "t" };
+    expect(await executeTool(throws, {}, ctx)).toEqual({ content: "boom failed: kaput", isError: true });
+    expect(await executeTool(returns, {}, ctx)).toEqual({ content: "not today", isError: true });
+  });
+
+  it("describes each built-in tool to the model with a JSON schema", () => {
+    const specs = builtinTools().map(toolSpec);
+    expect(specs.map((s) => s.name)).toEqual(["read_file", "list_files", "search_files", "write_file", "edit_file", "run_command"]);
+    const edit = specs.find((s) => s.name === "edit_file")!;
+    expect(edit.inputSchema).toMatchObject({ type: "object", required: ["path", "old_string", "new_string"] });
+    expect(edit.inputSchema.$schema).toBeUndefined();
+    expect(readOnlyTools().every((t) => t.readOnly)).toBe(true);
+    expect(builtinTools().filter((t) => !t.readOnly).map((t) => t.name)).toEqual(["write_file", "edit_file", "run_command"]);
+  });
+});
+
+describe("built-in tools", () => {
+  it("read_file numbers lines, reads windows and refuses binaries and escapes", async () => {
+    expect((await call("read_file", { path: "README.md" })).content).toBe("1\t# title\n2\tline two\n3\tline three\n");
+    expect((await call("read_file", { path: "README.md", offset: 2, limit: 1 })).content).toBe("2\tline two\n");
+    expect(await call("read_file", { path: "README.md", offset: 9 })).toMatchObject({ isError: true });
+    await writeFile(join(dir, "bin.dat"), Buffer.from([0, 1, 2, 0]));
+    expect((await call("read_file", { path: "bin.dat" })).content).toMatch(/binary/);
+    const escape = await call("read_file", { path: "../../etc/passwd" });
+    expect(escape.isError).toBe(true);
+    expect(escape.content).toMatch(/outside the workspace/);
+    expect((await call("read_file", {})).content).toMatch(/Invalid input for read_file: path/);
+  });
+
+  it("write_file creates and replaces files", async () => {
+    expect((await call("write_file", { path: "new/dir/f.txt", content: "a\nb\n" })).content).toBe("Created new/dir/f.txt (2 lines)");
+    expect((await call("write_file", { path: "new/dir/f.txt", content: "c\n" })).content).toBe("Replaced new/dir/f.txt (1 lines)");
+    expect(await ws.readFile("new/dir/f.txt")).toBe("c\n");
+  });
+
+  it("edit_file replaces a unique string, and explains 0 or several matches", async () => {
+    expect((await call("edit_file", { path: "src/app.ts", old_string: "const b = 2;", new_string: "const b = 3;" })).content).toBe("Edited src/app.ts: replaced 1 occurrence");
+    expect(await ws.readFile("src/app.ts")).toBe("const a = 1;\nconst b = 3;\nconst a2 = 1;\n");
+    const none = await call("edit_file", { path: "src/app.ts", old_string: "const z", new_string: "x" });
+    expect(none).toMatchObject({ isError: true });
+    expect(none.content).toMatch(/not found/);
+    const many = await call("edit_file", { path: "src/app.ts", old_string: " = 1;", new_string: " = 9;" });
+    expect(many.isError).toBe(true);
+    expect(many.content).toMatch(/occurs 2 times/);
+    expect(await ws.readFile("src/app.ts")).toBe("const a = 1;\nconst b = 3;\nconst a2 = 1;\n");
+    expect((await call("edit_file", { path: "src/app.ts", old_string: " = 1;", new_string: " = 9;", replace_all: true })).content).toMatch(/replaced 2 occurrences/);
+    expect(await ws.readFile("src/app.ts")).toBe("const a = 9;\nconst b = 3;\nconst a2 = 9;\n");
+    // `$` patterns in the replacement are literal text.
+    await call("edit_file", { path: "src/app.ts", old_string: "const b = 3;", new_string: "const b = '$&';" });
+    expect(await ws.readFile("src/app.ts")).toContain("const b = '$&';");
+  });
+
+  it("list_files honours .gitignore and globs", async () => {
+    await ws.writeFile(".gitignore", "dist/\n");
+    await ws.writeFile("dist/out.js", "x");
+    expect((await call("list_files", {})).content.split("\n")).toEqual([".gitignore", "README.md", "src/app.ts"]);
+    expect((await call("list_files", { pattern: "src/**" })).content).toBe("src/app.ts");
+    expect((await call("list_files", { pattern: "*.nope" })).content).toBe("No files match *.nope");
+  });
+
+  it("search_files finds regex matches as path:line: text and reports bad patterns", async () => {
+    expect((await call("search_files", { pattern: "const a\\d?" })).content).toBe("src/app.ts:1: const a = 1;\nsrc/app.ts:3: const a2 = 1;");
+    expect((await call("search_files", { pattern: "TITLE", case_insensitive: true })).content).toBe("README.md:1: # title");
+    expect((await call("search_files", { pattern: "const", glob: "*.md" })).content).toMatch(/No matches/);
+    const bad = await call("search_files", { pattern: "(" });
+    expect(bad.isError).toBe(true);
+    expect(bad.content).toMatch(/Invalid regular expression/);
+  });
+
+  it("run_command reports exit codes, errors, timeouts and truncation", async () => {
+    const ok = await call("run_command", { command: "echo hi" });
+    expect(ok).toEqual({ content: "hi\n\n[exit code 0]", isError: false });
+    const failing = await call("run_command", { command: "echo nope >&2; exit 4" });
+    expect(failing).toEqual({ content: "nope\n\n[exit code 4]", isError: true });
+    const slow = await executeTool(runCommandTool({ maxTimeoutMs: 200 }), { command: "sleep 5", timeout_ms: 60_000 }, { workspace: ws, signal: new AbortController().signal, agentId: "root", toolUseId: "t" });
+    expect(slow.isError).toBe(true);
+    expect(slow.content).toMatch(/timed out after 200 ms \(process tree killed\)/);
+    const big = await executeTool(runCommandTool({ maxOutputBytes: 100 }), { command: "seq 1 1000" }, { workspace: ws, signal: new AbortController().signal, agentId: "root", toolUseId: "t" });
+    expect(big.content).toMatch(/bytes of output truncated/);
+    expect(big.content).toMatch(/^1\n2\n/);
+    expect(big.content).toMatch(/1000\n\n\[exit code 0\]$/);
+  });
+});
