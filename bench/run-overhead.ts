@@ -1,0 +1,63 @@
+/**
+ * In-process overhead of keen's agent loop: a scripted 20-turn run at zero model latency,
+ * next to the same 20 requests made with the bare SDK against the same offline server.
+ *
+ *   npx tsx bench/run-overhead.ts [--turns 20] [--rounds 5]
+ */
+import { parseArgs } from "node:util";
+import Anthropic from "@anthropic-ai/sdk";
+import { anthropic, builtinTools, LocalWorkspace, startRun } from "../packages/agent-core/src/index.js";
+import { reply, startMessagesServer } from "../packages/agent-core/src/testing/index.js";
+import { createTestRepo } from "../packages/agent-core/src/workspace/test-repo.js";
+
+const { values } = parseArgs({ options: { turns: { type: "string", default: "20" }, rounds: { type: "string", default: "5" } } });
+const turns = Number(values.turns);
+const rounds = Number(values.rounds);
+
+const files = Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`src/module-${i}.ts`, `export const value${i} = ${i};\n`.repeat(20)]));
+const policy = (_request: unknown, { index }: { index: number }) =>
+  index % turns < turns - 1 ? reply.toolUse("read_file", { path: `src/module-${index % 10}.ts` }) : reply.text("done");
+
+async function keenRound(): Promise<number> {
+  const server = await startMessagesServer({ policy });
+  const dir = await createTestRepo(files);
+  const workspace = await LocalWorkspace.open(dir);
+  const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "bench", baseURL: server.url });
+  const started = performance.now();
+  const run = startRun({ vision: "Read the modules", workspace, model, tools: builtinTools(), maxTurns: turns + 1, commit: false });
+  const result = await run.result;
+  const elapsed = performance.now() - started;
+  await server.close();
+  if (result.status !== "success" || server.requests.length !== turns) throw new Error(`bench run failed: ${result.status}`);
+  return elapsed;
+}
+
+async function bareRound(): Promise<number> {
+  const server = await startMessagesServer({ policy: () => reply.text("done") });
+  const client = new Anthropic({ apiKey: "bench", baseURL: server.url, maxRetries: 0 });
+  const started = performance.now();
+  for (let i = 0; i < turns; i++) {
+    await client.messages.stream({ model: "claude-sonnet-5-5", max_tokens: 100, messages: [{ role: "user", content: `turn ${i}` }] }).finalMessage();
+  }
+  const elapsed = performance.now() - started;
+  await server.close();
+  return elapsed;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+await keenRound(); // warm-up: module loading and JIT
+await bareRound();
+const keen: number[] = [];
+const bare: number[] = [];
+for (let i = 0; i < rounds; i++) {
+  keen.push(await keenRound());
+  bare.push(await bareRound());
+}
+const keenPerTurn = median(keen) / turns;
+const barePerTurn = median(bare) / turns;
+console.log(`scripted run: ${turns} turns × ${rounds} rounds, zero model latency, Node ${process.version}`);
+console.log(`keen agent loop      ${keenPerTurn.toFixed(2)} ms/turn (median round ${median(keen).toFixed(0)} ms)`);
+console.log(`bare SDK requests    ${barePerTurn.toFixed(2)} ms/turn (median round ${median(bare).toFixed(0)} ms)`);
+console.log(`keen overhead        ${(keenPerTurn - barePerTurn).toFixed(2)} ms/turn (${(keenPerTurn / barePerTurn).toFixed(2)}× the bare SDK)`);
+console.log(`peak RSS             ${(process.resourceUsage().maxRSS / 1024).toFixed(1)} MiB`);
