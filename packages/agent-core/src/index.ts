@@ -8,3 +8,4 @@ export * from "./workspace/index.js";
 export { EventStream } from "./run/event-stream.js";
 export { runConversation, type ConversationOptions, type ConversationResult } from "./run/conversation.js";
 export { startRun, ROOT_AGENT_ID, type Run, type RunOptions, type RunResult } from "./run/start-run.js";
+export * from "./lifecycle/index.js";

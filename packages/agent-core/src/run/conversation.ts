@@ -34,6 +34,8 @@ export interface ConversationOptions {
   closingTools?: ReadonlySet<string>;
   /** Usage of this agent before this conversation (for running totals). */
   usageBefore?: Usage;
+  /** Called with each response's usage as soon as it arrives. */
+  onUsage?: (usage: Usage) => void;
   /** Called after every completed turn, e.g. to snapshot state. */
   onTurn?: (turn: number) => void | Promise<void>;
 }
@@ -67,6 +69,7 @@ export async function runConversation(options: ConversationOptions): Promise<Con
     const response = await requestResponse(options, specs);
     usage = addUsage(usage, response.usage);
     agentTotal = addUsage(agentTotal, response.usage);
+    options.onUsage?.(response.usage);
     emit({
       type: "model.usage",
       agentId,

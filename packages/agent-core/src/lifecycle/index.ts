@@ -1,0 +1,16 @@
+export { startTask, resumeTask, type TaskOptions, type ResumeOptions, type TaskResult, type TaskRun } from "./start-task.js";
+export { TaskSnapshot, TaskLimits, AgentState, MergeState } from "./task-state.js";
+export { childBranch, subtaskLabel, agentIdForBranch, SUMMON_PREFIX } from "./branch-names.js";
+export {
+  finishExploreTool,
+  submitPlanTool,
+  completeTaskTool,
+  completeMergeTool,
+  FinishExploreInput,
+  SubmitPlanInput,
+  CompleteTaskInput,
+  CompleteMergeInput,
+  Subtask,
+} from "./phase-tools.js";
+export { analyzeProject, formatAnalysis, type ProjectAnalysis } from "./project-analysis.js";
+export { LIFECYCLE_SYSTEM_PROMPT } from "./prompts.js";
