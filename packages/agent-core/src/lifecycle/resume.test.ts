@@ -1,0 +1,83 @@
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { execa, type ResultPromise } from "execa";
+import { afterEach, describe, expect, it } from "vitest";
+import { startMessagesServer, type MessagesServer } from "../testing/index.js";
+import { createTestRepo } from "../workspace/test-repo.js";
+import { done, explore, plan, scenarioPolicy, write, type Scenario } from "./testing/scenario.js";
+
+const entry = fileURLToPath(new URL("./testing/task-process.ts", import.meta.url));
+const repoRoot = fileURLToPath(new URL("../../../..", import.meta.url));
+
+const scenario: Scenario = {
+  root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "Alpha" }, { title: "Beta" }])], complete_task: [write("SUMMARY.md", "alpha and beta\n"), done()] },
+  A: { complete_task: [write("alpha.txt", "a1\n"), write("alpha2.txt", "a2\n"), done("Alpha done.")] },
+  B: { complete_task: [write("beta.txt", "b1\n"), write("beta2.txt", "b2\n"), done("Beta done.")] },
+};
+
+let server: MessagesServer | undefined;
+afterEach(async () => {
+  await server?.close();
+  server = undefined;
+});
+
+function taskProcess(config: Record<string, unknown>): ResultPromise {
+  return execa(process.execPath, ["--import", "tsx", entry, JSON.stringify(config)], { cwd: repoRoot, reject: false, timeout: 60_000 });
+}
+
+async function branchTrees(dir: string): Promise<Record<string, string>> {
+  const branches = (await execa("git", ["branch", "--format=%(refname:short)"], { cwd: dir })).stdout.split("\n");
+  const trees: Record<string, string> = {};
+  for (const branch of branches) trees[branch] = (await execa("git", ["rev-parse", `${branch}^{tree}`], { cwd: dir })).stdout;
+  return trees;
+}
+
+describe("resume after SIGKILL", () => {
+  it("continues a killed run to the same branches, without re-running finished agents", async () => {
+    // The reference: one uninterrupted run.
+    server = await startMessagesServer({ policy: scenarioPolicy(scenario) });
+    const referenceRepo = await createTestRepo();
+    const snapshots = await mkdtemp(join(tmpdir(), "keen-snap-"));
+    const reference = await taskProcess({ mode: "start", repo: referenceRepo, baseURL: server.url, snapshotPath: join(snapshots, "ref.json"), vision: "Build it" });
+    expect(reference.exitCode, String(reference.stderr)).toBe(0);
+    await server.close();
+
+    // The same run, killed while B waits for its second turn.
+    const calls: string[] = [];
+    let child: ResultPromise | undefined;
+    let killed = false;
+    server = await startMessagesServer({
+      policy: scenarioPolicy(scenario, {
+        onRequest: async (agent, phase, turn) => {
+          calls.push(`${killed ? "after" : "before"}:${agent}:${phase}:${turn}`);
+          if (!killed && agent === "B" && phase === "complete_task" && turn === 1) {
+            killed = true;
+            child!.kill("SIGKILL");
+            await new Promise((resolve) => setTimeout(resolve, 200));
+          }
+        },
+      }),
+    });
+    const repo = await createTestRepo();
+    const snapshotPath = join(snapshots, "run.json");
+    child = taskProcess({ mode: "start", repo, baseURL: server.url, snapshotPath, vision: "Build it" });
+    const first = await child;
+    expect(first.signal).toBe("SIGKILL");
+
+    const resumed = await taskProcess({ mode: "resume", repo, baseURL: server.url, snapshotPath, vision: "Build it" });
+    expect(resumed.exitCode, String(resumed.stderr)).toBe(0);
+    const after = calls.filter((c) => c.startsWith("after:"));
+    // A had finished: it never asks again. B repeats only its interrupted turn, then goes on.
+    expect(after.some((c) => c.includes(":A:"))).toBe(false);
+    expect(after.filter((c) => c.includes(":B:"))).toEqual(["after:B:complete_task:1", "after:B:complete_task:2"]);
+    // Event numbering continues where the killed process stopped.
+    const { firstSeq } = JSON.parse(resumed.stdout) as { firstSeq: number };
+    expect(firstSeq).toBeGreaterThan(0);
+
+    expect(await branchTrees(repo)).toEqual(await branchTrees(referenceRepo));
+    const worktrees = (await execa("git", ["worktree", "list"], { cwd: repo })).stdout.split("\n");
+    expect(worktrees).toHaveLength(1);
+  });
+});
