@@ -1,0 +1,1 @@
+export { noAudit, type AuditEventInput, type AuditSink } from "./audit-sink.js";
