@@ -8,19 +8,24 @@ const HELP = `keen: autonomous coding agents on your git repositories
 Usage: keen <command> [options]
 
 Commands:
-  run "<vision>"    run an agent on a repository (needs ANTHROPIC_API_KEY)
-  demo              run a scripted agent offline on a sample repository
+  run "<vision>"    run a tree of agents on a repository (needs ANTHROPIC_API_KEY)
+  run --resume FILE continue an interrupted run from its snapshot
+  demo              watch a scripted agent tree work offline on a sample repository
   help              show this help
 
 Examples:
-  keen run "Add input validation to the signup form" --repo ~/code/app
+  keen run "Add input validation to the signup form" --repo ~/code/app --validate "npm test"
+  keen run --resume ~/code/app/.git/keen/runs/run_….json
   keen demo
 
 Run "keen <command> --help" for a command's options.`;
 
 /**
  * Runs the keen command line and resolves to its exit code: 0 on success, 1 when a run
- * fails, 2 for a usage error (printed as one line).
+ * fails, 2 for a usage error (printed as one line), 130 when interrupted.
+ *
+ * @example
+ * process.exitCode = await main(["demo", "--json"]);
  */
 export async function main(argv: string[], io: Io = processIo): Promise<number> {
   const [command, ...rest] = argv;

@@ -6,8 +6,12 @@ export function describeEvent(event: KeenEvent): string | null {
   switch (event.type) {
     case "run.started":
       return `keen ▸ ${event.vision.split("\n")[0]}\n  repo ${event.repo} · branch ${event.branch} · model ${event.model}`;
+    case "agent.spawned":
+      return event.parentId === null ? null : `[${event.agentId}] spawned by ${event.parentId} on ${event.branch} (depth ${event.depth}): ${event.title}`;
     case "agent.phase":
       return event.phase === "RUN" ? null : `${who}phase ${event.phase}`;
+    case "agent.completed":
+      return `${who}agent ${event.status}: ${firstLine(event.summary)}`;
     case "model.text":
       return `${who}${indent(event.text)}`;
     case "model.retry":
@@ -18,6 +22,15 @@ export function describeEvent(event: KeenEvent): string | null {
       return event.isError ? `${who}✗ ${event.name}: ${event.output.split("\n")[0]}` : null;
     case "git.commit":
       return `${who}commit ${event.sha.slice(0, 10)} on ${event.branch}`;
+    case "git.branch":
+      return `${who}branch ${event.branch} from ${event.from}`;
+    case "git.merge": {
+      const files = event.conflictedFiles.length ? ` (conflict in ${event.conflictedFiles.join(", ")})` : "";
+      const result = { merged: "merged", resolved: "merged, conflict resolved", rolled_back: "rolled back" }[event.result];
+      return `${who}merge ${event.branch} into ${event.into}: ${result}${files}`;
+    }
+    case "validation.result":
+      return `${who}validation ${event.passed ? "passed" : `failed (exit ${event.exitCode ?? "none"})`}: ${event.command}`;
     case "limit.reached":
       return `${who}limit ${event.limit} reached: ${event.detail}`;
     case "run.completed":
@@ -34,6 +47,11 @@ export function formatUsage(usage: Usage): string {
 function brief(input: unknown): string {
   const text = JSON.stringify(input) ?? "";
   return text.length > 100 ? `${text.slice(0, 99)}…` : text;
+}
+
+function firstLine(text: string): string {
+  const line = text.trim().split("\n")[0] ?? "";
+  return line.length > 160 ? `${line.slice(0, 159)}…` : line;
 }
 
 function indent(text: string): string {

@@ -1,0 +1,133 @@
+import type { KeenEvent, TaskResult, TaskRun } from "@keen/agent-core";
+import type { Io } from "./cli-error.js";
+import { describeEvent } from "./render.js";
+import type { SnapshotFile } from "./snapshot-file.js";
+import { LiveTreeView } from "./tree/live-view.js";
+import { agentsInOrder, reduceTree, type TreeState } from "./tree/tree-state.js";
+import { formatTokens } from "./tree/tree-view.js";
+
+/** `json`: NDJSON events on stdout; `live`: the agent tree redrawn in place; `lines`: a line per event. */
+export type OutputMode = "json" | "live" | "lines";
+
+/**
+ * Picks the output: NDJSON when asked, the live tree on a terminal, plain lines otherwise.
+ * `KEEN_FORCE_TTY=1` forces the live view (tests, terminals that hide themselves), and
+ * `KEEN_FORCE_TTY=0` turns it off.
+ */
+export function outputMode(io: Io, json: boolean): OutputMode {
+  if (json) return "json";
+  const forced = io.env.KEEN_FORCE_TTY;
+  if (forced === "1") return "live";
+  if (forced === "0") return "lines";
+  return io.isTTY ? "live" : "lines";
+}
+
+export interface TaskSessionOptions {
+  io: Io;
+  mode: OutputMode;
+  snapshot: SnapshotFile;
+  /** The tree before the first event: empty for a new run, from the snapshot for a resumed one. */
+  tree: TreeState;
+  /** Starts (or resumes) the task; called once. */
+  launch: () => TaskRun;
+  /** Repository the run works in, for the closing hint. */
+  repo: string;
+}
+
+export interface TaskSessionResult {
+  exitCode: number;
+  result: TaskResult;
+  tree: TreeState;
+  interrupted: boolean;
+}
+
+/** Exit code after Ctrl-C, as shells report a process ended by SIGINT. */
+export const INTERRUPTED_EXIT_CODE = 130;
+
+/**
+ * Runs a task to its end while showing it: prints events in the chosen mode, keeps the
+ * snapshot file current, and turns the first SIGINT or SIGTERM into a clean stop (children
+ * aborted, their work committed on their branches, the last resumable snapshot kept). A second
+ * signal exits at once.
+ */
+export async function runTaskSession(options: TaskSessionOptions): Promise<TaskSessionResult> {
+  const { io, mode, snapshot } = options;
+  const columns = () => Number(io.env.COLUMNS) || process.stdout.columns || 80;
+  const view = mode === "live" ? new LiveTreeView({ write: io.stdout, columns, color: !io.env.NO_COLOR }) : undefined;
+  let tree = options.tree;
+  let interrupted = false;
+
+  const run = options.launch();
+  const onSignal = () => {
+    if (interrupted) {
+      view?.release();
+      io.stderr(`keen: stopped at once; resume with: keen run --resume ${quote(snapshot.path)}\n`);
+      process.exit(INTERRUPTED_EXIT_CODE);
+    }
+    interrupted = true;
+    snapshot.freeze();
+    run.abort("interrupted");
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+
+  try {
+    for await (const event of run as AsyncIterable<KeenEvent>) {
+      if (mode === "json") {
+        io.stdout(`${JSON.stringify(event)}\n`);
+        continue;
+      }
+      tree = reduceTree(tree, event);
+      if (view) view.update(tree);
+      else {
+        const line = describeEvent(event);
+        if (line) io.stdout(`${line}\n`);
+      }
+    }
+    const result = await run.result;
+    view?.finish(tree);
+
+    if (snapshot.error) io.stderr(`keen: could not save the snapshot to ${snapshot.path}: ${snapshot.error.message}\n`);
+    if (interrupted) {
+      io.stderr(`keen: interrupted; agents stopped, snapshot saved at ${snapshot.path}; resume with: keen run --resume ${quote(snapshot.path)}\n`);
+      return { exitCode: INTERRUPTED_EXIT_CODE, result, tree, interrupted };
+    }
+    if (mode !== "json") io.stdout(closingSummary(tree, result, options.repo, snapshot.path));
+    if (result.status === "success") return { exitCode: 0, result, tree, interrupted };
+    io.stderr(`keen: task ${result.status}: ${oneLine(result.error?.message ?? result.summary)}\n`);
+    return { exitCode: 1, result, tree, interrupted };
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    view?.release();
+  }
+}
+
+/** What happened and where to look: status, branches with their merge results, the snapshot. */
+function closingSummary(tree: TreeState, result: TaskResult, repo: string, snapshotPath: string): string {
+  const agents = agentsInOrder(tree);
+  const seconds = tree.durationMs !== undefined ? ` in ${(tree.durationMs / 1000).toFixed(1)} s` : "";
+  const branches = result.agents
+    .filter((agent) => agent.parentId !== null)
+    .map((agent) => {
+      const merge = result.agents.find((a) => a.id === agent.parentId)?.merges[agent.id]?.status;
+      return `${agent.branch} (${merge === "rolled_back" ? "rolled back, kept" : merge === "skipped" || merge === undefined ? "not merged" : merge})`;
+    });
+  const lines = [
+    "",
+    `${result.status}${seconds} · ${agents.length} agent${agents.length === 1 ? "" : "s"} · tokens ${formatTokens(result.usage)}`,
+    `branch ${result.branch}${result.commit ? ` at ${result.commit.slice(0, 10)}` : ""}${branches.length ? `; child branches: ${branches.join(", ")}` : ""}`,
+    `snapshot ${snapshotPath}`,
+    `history: git -C ${quote(repo)} log --graph --oneline --all`,
+  ];
+  return `${lines.join("\n")}\n`;
+}
+
+function oneLine(text: string): string {
+  return text.replace(/\s+/g, " ").trim();
+}
+
+/** Quotes a path for a shell when it needs it. */
+export function quote(path: string): string {
+  return /^[\w@%+=:,./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
+}
