@@ -1,1 +1,22 @@
-export {};
+export { validate, type FieldIssue, type RequestPart, type RequestSchemas, type ValidatedRequest } from "./validate.js";
+export {
+  defaultInstructionRules,
+  findInstructionViolation,
+  normaliseInstruction,
+  patternRule,
+  screenInstructions,
+  type InstructionRule,
+  type InstructionViolation,
+  type ScreenInstructionsOptions,
+} from "./instructions.js";
+export {
+  defaultSecretPatterns,
+  defaultSensitiveKeys,
+  redactResponses,
+  redactSecrets,
+  redactSecretsDeep,
+  redactStream,
+  type RedactDeepOptions,
+  type RedactOptions,
+  type SecretPattern,
+} from "./redact.js";
