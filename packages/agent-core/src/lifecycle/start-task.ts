@@ -3,8 +3,9 @@ import { AbortedError, ConfigError, KeenError, isKeenError } from "../errors.js"
 import type { KeenEventInput, RunStatus } from "../events.js";
 import { addUsage, emptyUsage, totalInputTokens, type Message, type Model, type Usage } from "../model/model.js";
 import { runConversation, type ConversationResult } from "../run/conversation.js";
+import type { ContextSettings, ContextTracker } from "../run/context.js";
 import { EventStream } from "../run/event-stream.js";
-import type { Run, RunResult } from "../run/start-run.js";
+import { contextTracker, type Run, type RunResult } from "../run/start-run.js";
 import { builtinTools, readOnlyTools, type RunCommandOptions } from "../tools/index.js";
 import type { Tool } from "../tools/define-tool.js";
 import { isForkable, type ForkableWorkspace, type Workspace } from "../workspace/workspace.js";
@@ -41,6 +42,10 @@ export interface TaskOptions {
   maxTokens?: number;
   thinking?: { budgetTokens: number };
   runCommand?: RunCommandOptions;
+  /** Context window in tokens for pruning decisions. Default: the model's `contextWindow`. */
+  contextWindow?: number;
+  /** When and how far each agent's conversation is pruned, or `false` to never prune. */
+  context?: Omit<ContextSettings, "contextWindow"> | false;
   signal?: AbortSignal;
   runId?: string;
   /** Called with the whole tree's state after every turn and step; persist it to resume later. */
@@ -117,6 +122,8 @@ function checkConcurrency(value: number | undefined): number {
 }
 
 function launch(snapshot: TaskSnapshot, options: TaskOptions, fresh: boolean): TaskRun {
+  // Invalid context settings fail here, before anything runs.
+  contextTracker(options.model, options.contextWindow, options.context);
   const events = new EventStream(snapshot.runId, { startSeq: snapshot.nextSeq });
   const controller = new AbortController();
   const onOuterAbort = () => controller.abort(options.signal?.reason ?? new AbortedError("aborted by caller"));
@@ -149,6 +156,8 @@ class BudgetSpent extends KeenError {
 class Orchestrator {
   private readonly agents = new Map<string, AgentState>();
   private readonly workspaces = new Map<string, Workspace>();
+  /** Context size per agent, followed across its phases. */
+  private readonly contexts = new Map<string, ContextTracker | undefined>();
   private analysis: string | undefined;
   private budgetSpent = false;
   private snapshotQueue: Promise<void> = Promise.resolve();
@@ -342,6 +351,7 @@ class Orchestrator {
         maxTokens: this.options.maxTokens ?? 8192,
         ...(this.options.thinking ? { thinking: this.options.thinking } : {}),
         closingTools: new Set([closingTool]),
+        ...this.contextOption(agent),
         usageBefore: agent.usage,
         onTurn: async () => {
           await this.snapshot();
@@ -362,8 +372,14 @@ class Orchestrator {
     }
   }
 
+  private contextOption(agent: AgentState): { context?: ContextTracker } {
+    if (!this.contexts.has(agent.id)) this.contexts.set(agent.id, contextTracker(this.options.model, this.options.contextWindow, this.options.context));
+    const context = this.contexts.get(agent.id);
+    return context ? { context } : {};
+  }
+
   private async explore(agent: AgentState, workspace: Workspace): Promise<void> {
-    const { closingCall } = await this.converse(agent, workspace, [...readOnlyTools(), finishExploreTool], "finish_explore");
+    const { closingCall } = await this.converse(agent, workspace, [...readOnlyTools(this.readOnlyToolOptions()), finishExploreTool], "finish_explore");
     const input = closingCall.input as FinishExploreInput;
     agent.explore = input;
     if (input.next_phase === "PLAN" && agent.depth < this.state.limits.maxDepth) {
@@ -377,7 +393,7 @@ class Orchestrator {
 
   private async plan(agent: AgentState): Promise<void> {
     const workspace = this.workspaces.get(agent.id)!;
-    const { closingCall } = await this.converse(agent, workspace, [...readOnlyTools(), submitPlanTool], "submit_plan");
+    const { closingCall } = await this.converse(agent, workspace, [...readOnlyTools(this.readOnlyToolOptions()), submitPlanTool], "submit_plan");
     const plan = closingCall.input as SubmitPlanInput;
     agent.plan = plan;
     if (plan.subtasks.length === 0) return this.nextPhase(agent, "COMPLETE", "the plan has no subtasks");
@@ -604,6 +620,10 @@ class Orchestrator {
 
   private treeUsage(agent: AgentState): Usage {
     return agent.children.reduce((sum, id) => addUsage(sum, this.treeUsage(this.agents.get(id)!)), agent.usage);
+  }
+
+  private readOnlyToolOptions() {
+    return this.options.runCommand ? { runCommand: this.options.runCommand } : {};
   }
 
   private authorOption() {

@@ -19,7 +19,10 @@ export interface AnthropicModelOptions {
   apiKey?: string;
   /** Defaults to `ANTHROPIC_BASE_URL`, then the public API. */
   baseURL?: string;
-  /** Context window in tokens. Default 200 000 (pass 1 000 000 for models run with the 1M context beta). */
+  /**
+   * Context window in tokens. Default 200 000, or 1 000 000 when `headers` turn on the 1M
+   * context beta (an `anthropic-beta` value starting with `context-1m`).
+   */
   contextWindow?: number;
   /** Retry behaviour for 429, 529, 5xx and dropped connections or streams. */
   retry?: Partial<RetryPolicy>;
@@ -63,7 +66,10 @@ export class AnthropicModel implements Model {
     if (!apiKey) throw new ConfigError("anthropic(): no API key (pass `apiKey` or set ANTHROPIC_API_KEY)");
     this.modelName = options.model;
     this.id = `anthropic:${options.model}`;
-    this.contextWindow = options.contextWindow ?? 200_000;
+    if (options.contextWindow !== undefined && (!Number.isInteger(options.contextWindow) || options.contextWindow <= 0)) {
+      throw new ConfigError("anthropic(): `contextWindow` must be a positive integer");
+    }
+    this.contextWindow = options.contextWindow ?? defaultContextWindow(options.headers);
     this.retry = { ...defaultRetryPolicy, ...options.retry };
     this.caching = options.promptCaching ?? true;
     this.client = new Anthropic({
@@ -105,6 +111,36 @@ export class AnthropicModel implements Model {
           ...(failure.status !== undefined ? { status: failure.status } : {}),
         };
         await sleep(delayMs, signal);
+      }
+    }
+  }
+
+  /**
+   * Counts the input tokens of a request with the API's `count_tokens` endpoint (free of charge,
+   * no model run). Failures are retried like `stream`.
+   */
+  async countTokens(request: ModelRequest, options: ModelCallOptions = {}): Promise<number> {
+    const { model, messages, system, tools, thinking, tool_choice } = this.toParams(request);
+    const params: Anthropic.MessageCountTokensParams = {
+      model,
+      messages,
+      ...(system !== undefined ? { system } : {}),
+      ...(tools ? { tools } : {}),
+      ...(thinking ? { thinking } : {}),
+      ...(tool_choice ? { tool_choice } : {}),
+    };
+    for (let attempt = 0; ; attempt++) {
+      if (options.signal?.aborted) throw new AbortedError();
+      try {
+        const counted = await this.client.messages.countTokens(params, options.signal ? { signal: options.signal } : {});
+        return counted.input_tokens;
+      } catch (error) {
+        if (options.signal?.aborted || error instanceof Anthropic.APIUserAbortError) throw new AbortedError();
+        const failure = classify(error);
+        if (!failure.retryable || attempt >= this.retry.maxRetries) {
+          throw new ModelError(`count_tokens: ${failure.reason}`, { status: failure.status, retryable: failure.retryable, cause: error });
+        }
+        await sleep(retryDelay(this.retry, attempt + 1, failure.retryAfterMs), options.signal);
       }
     }
   }
@@ -168,6 +204,11 @@ export class AnthropicModel implements Model {
       ...(request.thinking ? { thinking: { type: "enabled", budget_tokens: request.thinking.budgetTokens } } : {}),
     };
   }
+}
+
+function defaultContextWindow(headers: Record<string, string> | undefined): number {
+  const beta = Object.entries(headers ?? {}).find(([name]) => name.toLowerCase() === "anthropic-beta")?.[1] ?? "";
+  return beta.split(",").some((value) => value.trim().startsWith("context-1m")) ? 1_000_000 : 200_000;
 }
 
 function toApiMessage(message: Message): Anthropic.MessageParam {

@@ -134,6 +134,11 @@ export interface Model {
   /** Context window in tokens, used for pruning decisions. */
   readonly contextWindow: number;
   stream(request: ModelRequest, options?: ModelCallOptions): AsyncIterable<ModelStreamEvent>;
+  /**
+   * Exact input tokens `request` would use, when the provider can count them without running
+   * the model. Optional: without it, keen estimates from the last response's usage.
+   */
+  countTokens?(request: ModelRequest, options?: ModelCallOptions): Promise<number>;
 }
 
 /** Drains a model stream and returns its final response. */

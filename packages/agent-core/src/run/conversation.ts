@@ -6,6 +6,7 @@ import {
   type ContentBlock,
   type Message,
   type Model,
+  type ModelRequest,
   type ModelResponse,
   type ToolResultBlock,
   type ToolUseBlock,
@@ -13,6 +14,7 @@ import {
 } from "../model/model.js";
 import { executeTool, toolSpec, type Tool } from "../tools/define-tool.js";
 import type { Workspace } from "../workspace/workspace.js";
+import type { ContextTracker } from "./context.js";
 
 /** Longest tool output put in a `tool.completed` event; the model still gets the whole result. */
 const EVENT_OUTPUT_LIMIT = 4_000;
@@ -36,6 +38,11 @@ export interface ConversationOptions {
   usageBefore?: Usage;
   /** Called with each response's usage as soon as it arrives. */
   onUsage?: (usage: Usage) => void;
+  /**
+   * Follows the agent's context size and prunes `messages` in place before a request that would
+   * come near the window (a `context.pruned` event reports it). Omit to never prune.
+   */
+  context?: ContextTracker;
   /** Called after every completed turn, e.g. to snapshot state. */
   onTurn?: (turn: number) => void | Promise<void>;
 }
@@ -111,13 +118,17 @@ export async function runConversation(options: ConversationOptions): Promise<Con
 }
 
 async function requestResponse(options: ConversationOptions, specs: ReturnType<typeof toolSpec>[]): Promise<ModelResponse> {
-  const request = {
+  const request: ModelRequest = {
     system: options.system,
     messages: options.messages,
     tools: specs,
     maxTokens: options.maxTokens,
     ...(options.thinking ? { thinking: options.thinking } : {}),
   };
+  if (options.context) {
+    const pruned = await options.context.beforeRequest(request, { signal: options.signal });
+    if (pruned) options.emit({ type: "context.pruned", agentId: options.agentId, ...pruned });
+  }
   let response: ModelResponse | undefined;
   for await (const part of options.model.stream(request, { signal: options.signal })) {
     if (part.type === "retry") {
@@ -134,6 +145,7 @@ async function requestResponse(options: ConversationOptions, specs: ReturnType<t
     }
   }
   if (!response) throw new Error(`Model ${options.model.id} ended its stream without a response`);
+  options.context?.record(request, response.usage);
   return response;
 }
 

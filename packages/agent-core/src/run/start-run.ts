@@ -4,6 +4,7 @@ import type { KeenEvent, KeenEventOf, KeenEventType, RunStatus } from "../events
 import { addUsage, emptyUsage, type Model, type Usage } from "../model/model.js";
 import type { Tool } from "../tools/define-tool.js";
 import type { Workspace } from "../workspace/workspace.js";
+import { ContextTracker, type ContextSettings } from "./context.js";
 import { runConversation } from "./conversation.js";
 import { EventStream } from "./event-stream.js";
 
@@ -23,6 +24,13 @@ export interface RunOptions {
   maxTokens?: number;
   /** Extended thinking budget per response. */
   thinking?: { budgetTokens: number };
+  /** Context window in tokens for pruning decisions. Default: the model's `contextWindow`. */
+  contextWindow?: number;
+  /**
+   * When and how far the conversation is pruned as it nears the window (old tool results
+   * cleared, then older turns compacted into a summary), or `false` to never prune.
+   */
+  context?: Omit<ContextSettings, "contextWindow"> | false;
   /** Commit the agent's changes on the current branch when it ends. Default true. */
   commit?: boolean | { author: { name: string; email: string } };
   signal?: AbortSignal;
@@ -72,6 +80,7 @@ export function startRun(options: RunOptions): Run {
   if (!options.vision?.trim()) throw new ConfigError("startRun(): `vision` must not be empty");
   const maxTurns = options.maxTurns ?? 50;
   if (!Number.isInteger(maxTurns) || maxTurns < 1) throw new ConfigError("startRun(): `maxTurns` must be a positive integer");
+  const context = contextTracker(options.model, options.contextWindow, options.context);
   const runId = options.runId ?? `run_${randomUUID()}`;
   const events = new EventStream(runId);
   const controller = new AbortController();
@@ -79,7 +88,7 @@ export function startRun(options: RunOptions): Run {
   if (options.signal?.aborted) controller.abort(options.signal.reason);
   else options.signal?.addEventListener("abort", onOuterAbort, { once: true });
 
-  const result = execute(options, events, controller.signal, maxTurns).finally(() => {
+  const result = execute(options, events, controller.signal, maxTurns, context).finally(() => {
     options.signal?.removeEventListener("abort", onOuterAbort);
     events.close();
   });
@@ -96,7 +105,13 @@ export function startRun(options: RunOptions): Run {
   };
 }
 
-async function execute(options: RunOptions, events: EventStream, signal: AbortSignal, maxTurns: number): Promise<RunResult> {
+/** The tracker for one agent's context, or undefined when pruning is off. Throws `ConfigError` on bad settings. */
+export function contextTracker(model: Model, contextWindow: number | undefined, settings: Omit<ContextSettings, "contextWindow"> | false | undefined): ContextTracker | undefined {
+  if (settings === false) return undefined;
+  return new ContextTracker(model, { ...settings, ...(contextWindow !== undefined ? { contextWindow } : {}) });
+}
+
+async function execute(options: RunOptions, events: EventStream, signal: AbortSignal, maxTurns: number, context: ContextTracker | undefined): Promise<RunResult> {
   const started = performance.now();
   const { workspace, model } = options;
   const agentId = ROOT_AGENT_ID;
@@ -125,6 +140,7 @@ async function execute(options: RunOptions, events: EventStream, signal: AbortSi
       maxTurns,
       maxTokens: options.maxTokens ?? 8192,
       ...(options.thinking ? { thinking: options.thinking } : {}),
+      ...(context ? { context } : {}),
     });
     summary = conversation.finalText;
     if (conversation.outcome === "max_turns") {

@@ -1,0 +1,376 @@
+import { z } from "zod";
+import { ConfigError } from "../errors.js";
+import {
+  totalInputTokens,
+  type ContentBlock,
+  type Message,
+  type Model,
+  type ModelRequest,
+  type ToolResultBlock,
+  type ToolSpec,
+  type ToolUseBlock,
+  type Usage,
+} from "../model/model.js";
+
+/**
+ * When and how far a conversation is pruned. Fractions are of the context window.
+ */
+export const ContextSettings = z
+  .object({
+    /** Context window in tokens; defaults to the model's `contextWindow`. */
+    contextWindow: z.number().int().positive().optional(),
+    /** Prune when the next request would fill this fraction of the window. Default 0.8. */
+    pruneAt: z.number().gt(0).max(1).default(0.8),
+    /** Prune down to this fraction of the window. Default 0.5. */
+    target: z.number().gt(0).max(1).default(0.5),
+    /** The newest assistant turns (with their tool results) that are never pruned. Default 2, at least 1. */
+    keepTurns: z.number().int().min(1).default(2),
+  })
+  .refine((s) => s.target < s.pruneAt, { message: "`target` must be below `pruneAt`", path: ["target"] });
+export type ContextSettings = z.input<typeof ContextSettings>;
+
+/** Marks the text block that holds the summary of compacted turns, so a later compaction extends it. */
+export const COMPACTED_SUMMARY_HEADER = "[Earlier conversation compacted to save context]";
+const CLEARED_PREFIX = "[tool result cleared to save context";
+/** Longest summary of compacted turns; older lines are dropped first. */
+const SUMMARY_LIMIT_CHARS = 12_000;
+
+/** Rough tokens of a text: one per four characters, at least one per block. */
+export function estimateTextTokens(text: string): number {
+  return Math.max(1, Math.ceil(text.length / 4));
+}
+
+function blockText(block: ContentBlock): string {
+  switch (block.type) {
+    case "text":
+      return block.text;
+    case "thinking":
+      return block.thinking + block.signature;
+    case "redacted_thinking":
+      return block.data;
+    case "tool_use":
+      return block.name + JSON.stringify(block.input ?? {});
+    case "tool_result":
+      return typeof block.content === "string" ? block.content : block.content.map((part) => part.text).join("\n");
+  }
+}
+
+/** Estimated tokens of one message (the same rule for every provider; calibrated against real usage). */
+export function estimateMessageTokens(message: Message): number {
+  if (typeof message.content === "string") return estimateTextTokens(message.content);
+  return message.content.reduce((sum, block) => sum + estimateTextTokens(blockText(block)), 0);
+}
+
+/** Estimated tokens of a whole request: tools, system prompt and messages. */
+export function estimateRequestTokens(request: { system: string; tools: ToolSpec[]; messages: Message[] }): number {
+  let sum = estimateTextTokens(request.system);
+  for (const tool of request.tools) sum += estimateTextTokens(tool.name + tool.description + JSON.stringify(tool.inputSchema));
+  for (const message of request.messages) sum += estimateMessageTokens(message);
+  return sum;
+}
+
+function hasThinking(message: Message): boolean {
+  return typeof message.content !== "string" && message.content.some((b) => b.type === "thinking" || b.type === "redacted_thinking");
+}
+
+/**
+ * Checks that a message list is acceptable to the Messages API: it starts with a user message,
+ * roles alternate, and every `tool_use` is answered by a `tool_result` in the next message (and
+ * only there). Returns a description of the first problem, or null.
+ *
+ * @example
+ * const problem = conversationProblem(messages);
+ * if (problem) throw new Error(problem);
+ */
+export function conversationProblem(messages: readonly Message[]): string | null {
+  if (messages.length === 0) return "the conversation is empty";
+  let open: string[] = [];
+  for (const [i, message] of messages.entries()) {
+    const expected = i % 2 === 0 ? "user" : "assistant";
+    if (message.role !== expected) return `message ${i} is from the ${message.role}, expected the ${expected}`;
+    const blocks = typeof message.content === "string" ? [] : message.content;
+    if (typeof message.content === "string" ? !message.content : blocks.length === 0) return `message ${i} is empty`;
+    if (message.role === "user") {
+      const answered = blocks.filter((b): b is ToolResultBlock => b.type === "tool_result").map((b) => b.tool_use_id);
+      const stray = answered.find((id) => !open.includes(id));
+      if (stray) return `message ${i} answers tool_use ${stray}, which the previous message did not call`;
+      const unanswered = open.filter((id) => !answered.includes(id));
+      if (unanswered.length) return `message ${i} leaves tool_use ${unanswered.join(", ")} unanswered`;
+      open = [];
+    } else {
+      if (blocks.some((b) => b.type === "tool_result")) return `message ${i} is from the assistant but holds a tool_result`;
+      open = blocks.filter((b): b is ToolUseBlock => b.type === "tool_use").map((b) => b.id);
+    }
+  }
+  return null;
+}
+
+export interface PruneOptions {
+  /** Tokens of the request as it stands (real or estimated). */
+  tokens: number;
+  /** Tokens to get down to. */
+  target: number;
+  /** The newest assistant turns (and the tool results answering them) to leave untouched. At least 1. */
+  keepTurns: number;
+  /** Real tokens per estimated token, from the last response's usage. Default 1. */
+  scale?: number;
+}
+
+export interface PruneResult {
+  /** The pruned conversation; messages that were not changed are the same objects as before. */
+  messages: Message[];
+  /** `tool_result` blocks whose content was replaced by a placeholder. */
+  clearedToolResults: number;
+  /** Messages removed and folded into the summary at the start of the conversation. */
+  compactedMessages: number;
+  tokensBefore: number;
+  /** Estimated from what was removed. */
+  tokensAfter: number;
+}
+
+/**
+ * Shrinks a conversation towards `target` tokens without invalidating it: first the content of
+ * old `tool_result` blocks is replaced by a one-line placeholder (oldest first), then, if that
+ * is not enough, the oldest turns after the first message are folded into a summary appended to
+ * the first message. Assistant turns are never edited: each is kept exactly as received (so
+ * thinking signatures still verify) or removed whole, and the newest `keepTurns` turns are kept.
+ * The input is not modified.
+ *
+ * @example
+ * const { messages: pruned, clearedToolResults } = pruneConversation(messages, { tokens: 170_000, target: 100_000, keepTurns: 2 });
+ */
+export function pruneConversation(messages: readonly Message[], options: PruneOptions): PruneResult {
+  if (!Number.isInteger(options.keepTurns) || options.keepTurns < 1) throw new ConfigError("pruneConversation(): `keepTurns` must be a positive integer");
+  const scale = options.scale && options.scale > 0 ? options.scale : 1;
+  const out = [...messages];
+  let tokens = options.tokens;
+  const result = (clearedToolResults: number, compactedMessages: number): PruneResult => ({
+    messages: out,
+    clearedToolResults,
+    compactedMessages,
+    tokensBefore: options.tokens,
+    tokensAfter: Math.max(0, Math.round(tokens)),
+  });
+  if (tokens <= options.target) return result(0, 0);
+
+  const assistantIndexes = out.flatMap((m, i) => (m.role === "assistant" ? [i] : []));
+  // Everything from the oldest kept assistant turn on is left alone.
+  const protectedFrom = assistantIndexes.length >= options.keepTurns ? assistantIndexes[assistantIndexes.length - options.keepTurns]! : 0;
+
+  // 1. Clear old tool results, oldest first.
+  let cleared = 0;
+  for (let i = 1; i < protectedFrom && tokens > options.target; i++) {
+    const message = out[i]!;
+    if (message.role !== "user" || typeof message.content === "string") continue;
+    const calls = toolCallsOf(out[i - 1]);
+    let changed = false;
+    const content = message.content.map((block) => {
+      if (block.type !== "tool_result" || tokens <= options.target) return block;
+      const text = blockText(block);
+      if (text.startsWith(CLEARED_PREFIX)) return block;
+      const placeholder = clearedPlaceholder(calls.get(block.tool_use_id), text);
+      const saved = estimateTextTokens(text) - estimateTextTokens(placeholder);
+      if (saved <= 0) return block;
+      tokens -= saved * scale;
+      cleared++;
+      changed = true;
+      return { ...block, content: placeholder };
+    });
+    if (changed) out[i] = { role: "user", content };
+  }
+  if (tokens <= options.target) return result(cleared, 0);
+
+  // 2. Fold the oldest turns into a summary: drop out[1..cut) where out[cut] is an assistant turn,
+  //    so the first message is followed by an assistant turn and no tool_use loses its result.
+  const candidates = assistantIndexes.filter((i) => i >= 3 && i <= protectedFrom && out[i - 1]?.role === "user");
+  if (candidates.length === 0 || out[0]?.role !== "user") return result(cleared, 0);
+  const removedTokens = prefixSums(out.map(estimateMessageTokens));
+  let chosen: { cut: number; first: Message; saved: number } | undefined;
+  for (const cut of candidates) {
+    const first = withSummary(out[0]!, out.slice(1, cut), messages);
+    const saved = removedTokens[cut]! - removedTokens[1]! + estimateMessageTokens(out[0]!) - estimateMessageTokens(first);
+    if (saved <= 0) continue;
+    const enough = tokens - saved * scale <= options.target;
+    if (!chosen || saved > chosen.saved || enough) chosen = { cut, first, saved };
+    if (enough) break;
+  }
+  if (!chosen) return result(cleared, 0);
+  tokens -= chosen.saved * scale;
+  out.splice(0, chosen.cut, chosen.first);
+  return result(cleared, chosen.cut - 1);
+}
+
+function prefixSums(values: number[]): number[] {
+  const sums = [0];
+  for (const value of values) sums.push(sums.at(-1)! + value);
+  return sums;
+}
+
+function toolCallsOf(message: Message | undefined): Map<string, ToolUseBlock> {
+  const calls = new Map<string, ToolUseBlock>();
+  if (message?.role === "assistant" && typeof message.content !== "string") {
+    for (const block of message.content) if (block.type === "tool_use") calls.set(block.id, block);
+  }
+  return calls;
+}
+
+/** `[tool result cleared to save context: read_file src/x.ts, 12 kB]` */
+function clearedPlaceholder(call: ToolUseBlock | undefined, text: string): string {
+  const what = call ? [call.name, inputHint(call.input)].filter(Boolean).join(" ") : "earlier tool call";
+  return `${CLEARED_PREFIX}: ${what}, ${formatSize(Buffer.byteLength(text))}]`;
+}
+
+/** The first short string in a tool input (a path, a pattern, a command), to say what a call was about. */
+function inputHint(input: unknown): string {
+  if (!input || typeof input !== "object") return "";
+  for (const value of Object.values(input as Record<string, unknown>)) {
+    if (typeof value === "string" && value.trim()) return clip(value.trim().split("\n")[0]!, 80);
+  }
+  return "";
+}
+
+function formatSize(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  return `${Math.round(bytes / 1024)} kB`;
+}
+
+function clip(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
+}
+
+/** The first message with a summary of `dropped` appended (or merged into the summary it already has). */
+function withSummary(first: Message, dropped: Message[], all: readonly Message[]): Message {
+  const blocks = typeof first.content === "string" ? [{ type: "text" as const, text: first.content }] : [...first.content];
+  const existing = blocks.findIndex((b) => b.type === "text" && b.text.startsWith(COMPACTED_SUMMARY_HEADER));
+  const earlier = existing >= 0 ? (blocks[existing] as { text: string }).text.split("\n").slice(2) : [];
+  const lines = [...earlier, ...summaryLines(dropped, all)];
+  let body = lines.join("\n");
+  if (body.length > SUMMARY_LIMIT_CHARS) {
+    // Keep the newest lines: they matter most to the work in progress.
+    body = `(older steps omitted)\n${body.slice(body.length - SUMMARY_LIMIT_CHARS).replace(/^[^\n]*\n/, "")}`;
+  }
+  const text = `${COMPACTED_SUMMARY_HEADER}\nWhat happened before the turns that follow, oldest first:\n${body}`;
+  if (existing >= 0) blocks[existing] = { type: "text", text };
+  else blocks.push({ type: "text", text });
+  return { role: "user", content: blocks };
+}
+
+function summaryLines(dropped: Message[], all: readonly Message[]): string[] {
+  const results = new Map<string, ToolResultBlock>();
+  for (const message of all) {
+    if (message.role === "user" && typeof message.content !== "string") {
+      for (const block of message.content) if (block.type === "tool_result") results.set(block.tool_use_id, block);
+    }
+  }
+  const lines: string[] = [];
+  for (const message of dropped) {
+    const blocks: ContentBlock[] = typeof message.content === "string" ? [{ type: "text", text: message.content }] : message.content;
+    for (const block of blocks) {
+      if (block.type === "text" && block.text.trim()) {
+        lines.push(`- ${message.role === "user" ? "User" : "You"}: ${clip(block.text.trim().replace(/\s+/g, " "), 400)}`);
+      } else if (block.type === "tool_use") {
+        const result = results.get(block.id);
+        const outcome = !result ? "no result" : result.is_error ? `error: ${clip(blockText(result).split("\n")[0] ?? "", 160)}` : `ok, ${formatSize(Buffer.byteLength(blockText(result)))}`;
+        lines.push(`- You called ${block.name}(${clip(JSON.stringify(block.input ?? {}), 200)}) → ${outcome}`);
+      }
+    }
+  }
+  return lines;
+}
+
+/** What one pruning did, in the shape of the `context.pruned` event. */
+export interface ContextPruneReport {
+  clearedToolResults: number;
+  compactedMessages: number;
+  tokensBefore: number;
+  tokensAfter: number;
+}
+
+/**
+ * Follows the context size of one agent's conversation across requests (and phases) and
+ * prunes the conversation in place when the next request would come near the window.
+ *
+ * The size of the last request is known exactly from its usage (input + cache write + cache
+ * read); what was added since is estimated, scaled by how far the estimate was off last time.
+ * When nothing is known yet and the estimate is large, the model's `countTokens` is asked.
+ *
+ * @example
+ * const context = new ContextTracker(model, { contextWindow: 200_000 });
+ * await runConversation({ ...options, context });
+ * console.log(context.contextTokens);
+ */
+export class ContextTracker {
+  readonly contextWindow: number;
+  readonly pruneAt: number;
+  readonly target: number;
+  readonly keepTurns: number;
+  /** Input tokens of the last request (uncached + cache write + cache read), or undefined before the first. */
+  contextTokens: number | undefined;
+  private estimateAtLast = 0;
+  private scale = 1;
+
+  constructor(
+    private readonly model: Model,
+    settings: ContextSettings = {},
+  ) {
+    const parsed = ContextSettings.safeParse(settings);
+    if (!parsed.success) throw new ConfigError(`Invalid context settings: ${parsed.error.issues.map((i) => `${i.path.join(".") || "settings"}: ${i.message}`).join("; ")}`);
+    this.contextWindow = parsed.data.contextWindow ?? model.contextWindow;
+    if (!Number.isInteger(this.contextWindow) || this.contextWindow <= 0) throw new ConfigError(`Invalid context window ${this.contextWindow} for ${model.id}`);
+    this.pruneAt = parsed.data.pruneAt;
+    this.target = parsed.data.target;
+    this.keepTurns = parsed.data.keepTurns;
+  }
+
+  /** Records the usage of a request that was just answered. */
+  record(request: Pick<ModelRequest, "system" | "tools" | "messages">, usage: Usage): void {
+    this.contextTokens = totalInputTokens(usage);
+    this.estimateAtLast = estimateRequestTokens(request);
+    if (this.contextTokens > 0 && this.estimateAtLast > 0) this.scale = this.contextTokens / this.estimateAtLast;
+  }
+
+  /** The expected input tokens of `request`: the last real size plus an estimate of what changed. */
+  expectedTokens(request: Pick<ModelRequest, "system" | "tools" | "messages">): number {
+    const estimate = estimateRequestTokens(request);
+    if (this.contextTokens === undefined) return Math.round(estimate * this.scale);
+    return Math.max(0, Math.round(this.contextTokens + (estimate - this.estimateAtLast) * this.scale));
+  }
+
+  /**
+   * Prunes `request.messages` in place when the request would pass the threshold (which leaves
+   * room for `maxTokens` of output). Returns what was done, or null when nothing was needed.
+   */
+  async beforeRequest(request: ModelRequest, options: { signal?: AbortSignal } = {}): Promise<ContextPruneReport | null> {
+    const threshold = Math.min(this.pruneAt * this.contextWindow, this.contextWindow - request.maxTokens);
+    let tokens = this.expectedTokens(request);
+    // Before the first answer only an uncalibrated estimate exists; ask for the real count when it matters.
+    if (this.contextTokens === undefined && tokens >= threshold / 2 && this.model.countTokens) {
+      tokens = await this.model.countTokens(request, options);
+      this.contextTokens = tokens;
+      this.estimateAtLast = estimateRequestTokens(request);
+      if (this.estimateAtLast > 0) this.scale = tokens / this.estimateAtLast;
+    }
+    if (tokens < threshold) return null;
+
+    const target = Math.min(this.target * this.contextWindow, threshold);
+    const pruned = pruneConversation(request.messages, { tokens, target, keepTurns: this.keepTurns, scale: this.scale });
+    if (pruned.clearedToolResults === 0 && pruned.compactedMessages === 0) return null;
+    request.messages.splice(0, request.messages.length, ...pruned.messages);
+
+    // The exact size after pruning, when the model can count it, keeps later estimates honest.
+    const tokensAfter = this.model.countTokens ? await this.model.countTokens(request, options) : pruned.tokensAfter;
+    this.contextTokens = tokensAfter;
+    this.estimateAtLast = estimateRequestTokens(request);
+    return {
+      clearedToolResults: pruned.clearedToolResults,
+      compactedMessages: pruned.compactedMessages,
+      tokensBefore: Math.round(tokens),
+      tokensAfter: Math.round(tokensAfter),
+    };
+  }
+}
+
+/** Whether an assistant message carries thinking that must be passed back unchanged. */
+export function isThinkingTurn(message: Message): boolean {
+  return message.role === "assistant" && hasThinking(message);
+}
