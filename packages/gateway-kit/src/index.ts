@@ -11,3 +11,4 @@ export * from "./billing/index.js";
 export * from "./limits/index.js";
 export * from "./screening/index.js";
 export * from "./privacy/index.js";
+export * from "./budgets/index.js";

@@ -1,0 +1,309 @@
+import { randomUUID } from "node:crypto";
+import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
+import { z } from "zod";
+import { periodWindow } from "./periods.js";
+import type { BudgetTables } from "./tables.js";
+import {
+  BudgetExceededError,
+  BudgetInput,
+  BudgetPeriod,
+  BudgetScope,
+  DEFAULT_THRESHOLDS,
+  BudgetKeyConflictError,
+  BudgetAmount,
+  BudgetThresholds,
+  type Budget,
+  type BudgetAlert,
+  type BudgetChargeResult,
+  type BudgetNotifier,
+  type Budgets,
+  type BudgetStatus,
+} from "./types.js";
+
+type Db = Kysely<BudgetTables>;
+type Trx = Transaction<BudgetTables>;
+
+const BudgetsOptions = z
+  .object({
+    /** Where alerts go. Without one, alerts are still recorded and can be delivered later. */
+    notifier: z.custom<BudgetNotifier>((v) => typeof (v as BudgetNotifier)?.notify === "function", "notifier must have notify()").optional(),
+    /** Default alert thresholds in percent. Default 50, 80, 100. */
+    thresholds: BudgetThresholds.default([...DEFAULT_THRESHOLDS]),
+    /** Called when a notifier throws; the alert stays pending for `deliverPendingAlerts`. */
+    onNotifyError: z.custom<(error: unknown, alert: BudgetAlert) => void>((v) => typeof v === "function").optional(),
+    now: z.custom<() => Date>((v) => typeof v === "function").default(() => () => new Date()),
+  })
+  .strict();
+export type BudgetsOptions = z.input<typeof BudgetsOptions>;
+
+const Scopes = z.array(BudgetScope).max(20);
+const IdempotencyKey = z.string().min(1).max(200);
+
+function parse<T extends z.ZodType>(schema: T, value: unknown, what: string): z.output<T> {
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw new TypeError(`Invalid ${what}: ${z.prettifyError(parsed.error)}`);
+  return parsed.data;
+}
+
+const toNumber = (v: string | number | bigint): number => Number(v);
+
+function toBudget(row: Selectable<BudgetTables["budgets"]>): Budget {
+  return {
+    id: row.id,
+    scope: { kind: row.scope_kind as Budget["scope"]["kind"], id: row.scope_id },
+    period: row.period as Budget["period"],
+    limit: toNumber(row.limit_micros),
+    thresholds: JSON.parse(row.thresholds) as number[],
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+/** Canonical text of a scope list, so a replayed key can be compared with its first use. */
+function canonicalScopes(scopes: BudgetScope[]): string {
+  const keys = [...new Set(scopes.map((s) => `${s.kind}:${s.id}`))].sort();
+  return JSON.stringify(keys);
+}
+
+function statusOf(budget: Budget, spent: number, at: Date): BudgetStatus {
+  const window = periodWindow(budget.period, at);
+  return {
+    budget,
+    periodKey: window.key,
+    periodStart: window.start,
+    resetsAt: window.end,
+    spent,
+    remaining: Math.max(0, budget.limit - spent),
+  };
+}
+
+/** BudgetThresholds reached at `spent`, in integer arithmetic (no float rounding at the boundary). */
+function reached(thresholds: number[], spent: number, limit: number): number[] {
+  const s = BigInt(spent) * 100n;
+  return thresholds.filter((t) => s >= BigInt(t) * BigInt(limit));
+}
+
+/**
+ * The kysely (PostgreSQL or PGlite) implementation of `Budgets`. Run `budgetMigrations` first.
+ * Charges lock the spend rows of their budgets in id order, so concurrent charges serialise per
+ * budget without deadlocks; `commit` adds only where `spent + amount <= limit` holds at update time.
+ *
+ * @example
+ * const budgets = createKyselyBudgets(db, { notifier: webhookNotifier({ url, secret }) });
+ * await budgets.setBudget({ scope: { kind: "team", id: teamId }, period: "monthly", limit: 50_000_000 });
+ * await budgets.check(scopes, estimate);              // 402 before the run when it cannot fit
+ * await budgets.record(scopes, actualCost, `run:${runId}`); // after the run is charged
+ */
+export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {}): Budgets {
+  const options = parse(BudgetsOptions, input, "budgets options");
+  const kdb = db as Db;
+  const now = options.now;
+
+  async function budgetsOf(q: Db | Trx, scopes: BudgetScope[]): Promise<Budget[]> {
+    if (scopes.length === 0) return [];
+    const rows = await q
+      .selectFrom("budgets")
+      .selectAll()
+      .where((eb) => eb.or(scopes.map((s) => eb.and([eb("scope_kind", "=", s.kind), eb("scope_id", "=", s.id)]))))
+      .orderBy("id")
+      .execute();
+    return rows.map(toBudget);
+  }
+
+  async function statuses(q: Db | Trx, scopes: BudgetScope[], at: Date): Promise<BudgetStatus[]> {
+    const budgets = await budgetsOf(q, scopes);
+    if (budgets.length === 0) return [];
+    const keys = budgets.map((b) => ({ b, key: periodWindow(b.period, at).key }));
+    const rows = await q
+      .selectFrom("budget_spend")
+      .select(["budget_id", "period_key", "spent_micros"])
+      .where((eb) => eb.or(keys.map(({ b, key }) => eb.and([eb("budget_id", "=", b.id), eb("period_key", "=", key)]))))
+      .execute();
+    const spent = new Map(rows.map((r) => [`${r.budget_id}|${r.period_key}`, toNumber(r.spent_micros)]));
+    return keys.map(({ b, key }) => statusOf(b, spent.get(`${b.id}|${key}`) ?? 0, at));
+  }
+
+  async function deliver(alerts: BudgetAlert[]): Promise<number> {
+    if (!options.notifier) return 0;
+    let delivered = 0;
+    for (const alert of alerts) {
+      const where = (q: any) =>
+        q.where("budget_id", "=", alert.budget.id).where("period_key", "=", alert.periodKey).where("threshold", "=", alert.threshold);
+      try {
+        await options.notifier.notify(alert);
+        await where(kdb.updateTable("budget_alerts").set((eb) => ({ delivered_at: now(), attempts: eb("attempts", "+", 1), last_error: null }))).execute();
+        delivered += 1;
+      } catch (error) {
+        const message = error instanceof Error ? error.message : String(error);
+        await where(kdb.updateTable("budget_alerts").set((eb) => ({ attempts: eb("attempts", "+", 1), last_error: message.slice(0, 1000) }))).execute();
+        options.onNotifyError?.(error, alert);
+      }
+    }
+    return delivered;
+  }
+
+  async function charge(mode: "record" | "commit", scopesIn: BudgetScope[], amountIn: number, keyIn: string): Promise<BudgetChargeResult> {
+    const scopes = parse(Scopes, scopesIn, "budget scopes");
+    const amount = parse(BudgetAmount, amountIn, "amount (micro-credits)");
+    const key = parse(IdempotencyKey, keyIn, "idempotency key");
+    const at = now();
+    const canonical = canonicalScopes(scopes);
+
+    const result = await kdb.transaction().execute(async (trx) => {
+      const inserted = await trx
+        .insertInto("budget_charges")
+        .values({ idempotency_key: key, amount_micros: amount, scopes: canonical, mode, created_at: at })
+        .onConflict((oc) => oc.column("idempotency_key").doNothing())
+        .returning("idempotency_key")
+        .executeTakeFirst();
+      if (!inserted) {
+        const first = await trx.selectFrom("budget_charges").selectAll().where("idempotency_key", "=", key).executeTakeFirstOrThrow();
+        if (toNumber(first.amount_micros) !== amount || first.scopes !== canonical) throw new BudgetKeyConflictError(key);
+        return { replayed: true, statuses: await statuses(trx, scopes, at), alerts: [] };
+      }
+
+      const budgets = await budgetsOf(trx, scopes);
+      const out: BudgetStatus[] = [];
+      const alerts: BudgetAlert[] = [];
+      for (const budget of budgets) {
+        const periodKey = periodWindow(budget.period, at).key;
+        await trx
+          .insertInto("budget_spend")
+          .values({ budget_id: budget.id, period_key: periodKey, spent_micros: 0 })
+          .onConflict((oc) => oc.columns(["budget_id", "period_key"]).doNothing())
+          .execute();
+        let update = trx
+          .updateTable("budget_spend")
+          .set({ spent_micros: sql`spent_micros + ${amount}` })
+          .where("budget_id", "=", budget.id)
+          .where("period_key", "=", periodKey);
+        if (mode === "commit") {
+          // Re-evaluated after any row lock wait, so a concurrent commit is always counted.
+          update = update.where(sql<boolean>`spent_micros + ${amount} <= (select limit_micros from budgets where id = ${budget.id})`);
+        }
+        const row = await update.returning("spent_micros").executeTakeFirst();
+        if (!row) {
+          const current = await trx
+            .selectFrom("budget_spend")
+            .select("spent_micros")
+            .where("budget_id", "=", budget.id)
+            .where("period_key", "=", periodKey)
+            .executeTakeFirstOrThrow();
+          throw new BudgetExceededError(statusOf(budget, toNumber(current.spent_micros), at), amount);
+        }
+        const spent = toNumber(row.spent_micros);
+        out.push(statusOf(budget, spent, at));
+        const crossed = reached(budget.thresholds, spent, budget.limit);
+        if (amount > 0 && crossed.length > 0) {
+          const fired = await trx
+            .insertInto("budget_alerts")
+            .values(
+              crossed.map((threshold) => ({
+                budget_id: budget.id,
+                period_key: periodKey,
+                threshold,
+                spent_micros: spent,
+                limit_micros: budget.limit,
+                fired_at: at,
+              })),
+            )
+            .onConflict((oc) => oc.columns(["budget_id", "period_key", "threshold"]).doNothing())
+            .returning("threshold")
+            .execute();
+          for (const { threshold } of fired) {
+            alerts.push({ id: `${budget.id}:${periodKey}:${threshold}`, budget, periodKey, threshold, spent, limit: budget.limit, firedAt: at });
+          }
+        }
+      }
+      return { replayed: false, statuses: out, alerts };
+    });
+    // Delivery happens after commit: the alert row is the record that it fired; a failed
+    // delivery stays pending rather than undoing the charge.
+    await deliver(result.alerts);
+    return result;
+  }
+
+  return {
+    async setBudget(raw) {
+      const input = parse(BudgetInput, raw, "budget");
+      const at = now();
+      const row = await kdb
+        .insertInto("budgets")
+        .values({
+          id: randomUUID(),
+          scope_kind: input.scope.kind,
+          scope_id: input.scope.id,
+          period: input.period,
+          limit_micros: input.limit,
+          thresholds: JSON.stringify(input.thresholds ?? options.thresholds),
+          created_at: at,
+          updated_at: at,
+        })
+        .onConflict((oc) =>
+          oc.columns(["scope_kind", "scope_id", "period"]).doUpdateSet((eb) => ({
+            limit_micros: eb.ref("excluded.limit_micros"),
+            thresholds: eb.ref("excluded.thresholds"),
+            updated_at: eb.ref("excluded.updated_at"),
+          })),
+        )
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      return toBudget(row);
+    },
+    async removeBudget(scopeIn, periodIn) {
+      const scope = parse(BudgetScope, scopeIn, "budget scope");
+      const period = parse(BudgetPeriod, periodIn, "budget period");
+      const result = await kdb
+        .deleteFrom("budgets")
+        .where("scope_kind", "=", scope.kind)
+        .where("scope_id", "=", scope.id)
+        .where("period", "=", period)
+        .executeTakeFirst();
+      return Number(result.numDeletedRows) > 0;
+    },
+    listBudgets: async (scopes) => budgetsOf(kdb, parse(Scopes, scopes, "budget scopes")),
+    status: async (scopes) => statuses(kdb, parse(Scopes, scopes, "budget scopes"), now()),
+    async check(scopesIn, estimateIn) {
+      const scopes = parse(Scopes, scopesIn, "budget scopes");
+      const estimate = parse(BudgetAmount, estimateIn, "estimate (micro-credits)");
+      const all = await statuses(kdb, scopes, now());
+      const short = all.filter((s) => s.spent + estimate > s.budget.limit).sort((a, b) => a.remaining - b.remaining);
+      if (short[0]) throw new BudgetExceededError(short[0], estimate);
+      return all;
+    },
+    record: (scopes, amount, key) => charge("record", scopes, amount, key),
+    commit: (scopes, amount, key) => charge("commit", scopes, amount, key),
+    async deliverPendingAlerts() {
+      const rows = await kdb
+        .selectFrom("budget_alerts")
+        .innerJoin("budgets", "budgets.id", "budget_alerts.budget_id")
+        .selectAll("budgets")
+        .select([
+          "budget_alerts.period_key",
+          "budget_alerts.threshold",
+          "budget_alerts.spent_micros as alert_spent",
+          "budget_alerts.limit_micros as alert_limit",
+          "budget_alerts.fired_at",
+        ])
+        .where("budget_alerts.delivered_at", "is", null)
+        .orderBy("budget_alerts.fired_at")
+        .orderBy("budget_alerts.budget_id")
+        .orderBy("budget_alerts.threshold")
+        .limit(500)
+        .execute();
+      const alerts = rows.map((r): BudgetAlert => {
+        const budget = toBudget(r);
+        return {
+          id: `${budget.id}:${r.period_key}:${r.threshold}`,
+          budget,
+          periodKey: r.period_key,
+          threshold: r.threshold,
+          spent: toNumber(r.alert_spent),
+          limit: toNumber(r.alert_limit),
+          firedAt: r.fired_at,
+        };
+      });
+      return deliver(alerts);
+    },
+  };
+}

@@ -1,0 +1,151 @@
+import { z } from "zod";
+import { HttpError } from "../http-error.js";
+
+/** An amount in micro-credits: a non-negative safe integer, never a float. */
+export const BudgetAmount = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+
+/** Who a budget applies to. */
+export const BudgetScope = z
+  .object({
+    kind: z.enum(["user", "team", "project"]),
+    id: z.string().min(1).max(200),
+  })
+  .strict();
+export type BudgetScope = z.infer<typeof BudgetScope>;
+
+/** `daily` and `monthly` reset at UTC midnight and on the 1st; `total` never resets. */
+export const BudgetPeriod = z.enum(["daily", "monthly", "total"]);
+export type BudgetPeriod = z.infer<typeof BudgetPeriod>;
+
+/** Alert thresholds in percent of the limit; 100 means "limit reached". Above 100 is allowed for overspend alerts. */
+export const BudgetThresholds = z
+  .array(z.number().int().min(1).max(1000))
+  .max(20)
+  .transform((t) => [...new Set(t)].sort((a, b) => a - b));
+
+export const DEFAULT_THRESHOLDS: readonly number[] = [50, 80, 100];
+
+export const BudgetInput = z
+  .object({
+    scope: BudgetScope,
+    period: BudgetPeriod,
+    /** The most that may be spent in one period, in micro-credits. */
+    limit: BudgetAmount,
+    /** Percentages at which an alert fires; defaults to the service's thresholds (50, 80, 100). */
+    thresholds: BudgetThresholds.optional(),
+  })
+  .strict();
+export type BudgetInput = z.input<typeof BudgetInput>;
+
+export interface Budget {
+  id: string;
+  scope: BudgetScope;
+  period: BudgetPeriod;
+  limit: number;
+  thresholds: number[];
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+/** A budget's spend in the period that contains "now". */
+export interface BudgetStatus {
+  budget: Budget;
+  periodKey: string;
+  periodStart: Date | null;
+  /** When the period resets; `null` for `total`. */
+  resetsAt: Date | null;
+  spent: number;
+  /** `limit - spent`, never below zero. */
+  remaining: number;
+}
+
+/** A threshold crossed for the first time in a period. */
+export interface BudgetAlert {
+  /** Stable per budget, period and threshold, so receivers can drop duplicates. */
+  id: string;
+  budget: Budget;
+  periodKey: string;
+  threshold: number;
+  spent: number;
+  limit: number;
+  firedAt: Date;
+}
+
+/** Delivers alerts. Implementations: `webhookNotifier`, `emailNotifier`, or your own. */
+export interface BudgetNotifier {
+  notify(alert: BudgetAlert): Promise<void>;
+}
+
+/**
+ * A run or charge would take a budget past its limit. Renders as 402 `budget_exceeded` with
+ * the scope, period, limit, what is spent and what remains.
+ */
+export class BudgetExceededError extends HttpError {
+  readonly remaining: number;
+  constructor(status: BudgetStatus, requested: number) {
+    const { scope, period, limit } = status.budget;
+    super(
+      402,
+      "budget_exceeded",
+      `The ${period} budget of ${scope.kind} ${scope.id} has ${status.remaining} micro-credits left of ${limit}; ` +
+        `this needs ${requested}`,
+      {
+        scope,
+        period,
+        limit,
+        spent: status.spent,
+        remaining: status.remaining,
+        requested,
+        resetsAt: status.resetsAt?.toISOString() ?? null,
+      },
+    );
+    this.name = "BudgetExceededError";
+    this.remaining = status.remaining;
+  }
+}
+
+/** The same idempotency key was used with a different amount or scopes. Renders as 409. */
+export class BudgetKeyConflictError extends HttpError {
+  constructor(key: string) {
+    super(409, "idempotency_conflict", `Idempotency key "${key}" was already used for a different charge`, { idempotencyKey: key });
+    this.name = "BudgetKeyConflictError";
+  }
+}
+
+/** What `record` and `commit` return. */
+export interface BudgetChargeResult {
+  /** True when the key had been used before: nothing was charged this time. */
+  replayed: boolean;
+  statuses: BudgetStatus[];
+  /** Alerts this charge fired (empty on replay). */
+  alerts: BudgetAlert[];
+}
+
+/**
+ * Budgets per user, team and project, independent of how credits are stored or paid for.
+ */
+export interface Budgets {
+  /** Creates or replaces the budget of a scope for a period. */
+  setBudget(input: BudgetInput): Promise<Budget>;
+  removeBudget(scope: BudgetScope, period: BudgetPeriod): Promise<boolean>;
+  listBudgets(scopes: BudgetScope[]): Promise<Budget[]>;
+  /** The current period's spend of every budget of these scopes. */
+  status(scopes: BudgetScope[]): Promise<BudgetStatus[]>;
+  /**
+   * Throws `BudgetExceededError` (402) when `estimate` does not fit in every budget of the
+   * scopes. Advisory: two concurrent checks can both pass; use `commit` to charge atomically.
+   */
+  check(scopes: BudgetScope[], estimate: number): Promise<BudgetStatus[]>;
+  /**
+   * Adds what a finished run cost to every budget of the scopes, even past the limit (the
+   * work is done). A repeated key charges nothing and returns `replayed: true`.
+   */
+  record(scopes: BudgetScope[], amount: number, idempotencyKey: string): Promise<BudgetChargeResult>;
+  /**
+   * Adds `amount` only if every budget of the scopes has room for it, atomically: concurrent
+   * commits never take a budget past its limit. Throws `BudgetExceededError` and charges nothing otherwise.
+   */
+  commit(scopes: BudgetScope[], amount: number, idempotencyKey: string): Promise<BudgetChargeResult>;
+  /** Retries alerts whose delivery failed; returns how many were delivered. */
+  deliverPendingAlerts(): Promise<number>;
+}
