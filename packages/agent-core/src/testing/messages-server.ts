@@ -38,6 +38,11 @@ export interface MessagesServerOptions {
   minCacheableTokens?: number;
   /** Default 0 (a free port). */
   port?: number;
+  /**
+   * Reject an assistant turn with thinking blocks that comes back different from how it was
+   * issued (stricter than the API, which checks only the signatures). Default true.
+   */
+  checkThinkingTurns?: boolean;
 }
 
 export interface MessagesServer {
@@ -64,9 +69,14 @@ export interface MessagesServer {
 export async function startMessagesServer(options: MessagesServerOptions = {}): Promise<MessagesServer> {
   if (!options.script && !options.policy) throw new TypeError("startMessagesServer(): pass a `script` or a `policy`");
   const script = [...(options.script ?? [])];
+  const checkThinkingTurns = options.checkThinkingTurns ?? true;
   const cache = new PromptCache(options.now ?? Date.now, options.minCacheableTokens ?? 0);
   const secret = randomBytes(32);
   const issuedRedacted = new Set<string>();
+  /** Assistant turns with thinking, as issued, by their first thinking signature or redacted data. */
+  const issuedThinkingTurns = new Map<string, string>();
+  /** tool_use ids issued in a turn that starts with thinking. */
+  const thinkingToolUses = new Set<string>();
   const requests: RecordedRequest[] = [];
   const sockets = new Set<Socket>();
   let messageIndex = 0;
@@ -132,6 +142,13 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
 
     const cacheUsage = cache.account(flattenRequest(body));
     const content = (scripted.content ?? []).map((block, i) => toApiBlock(block, index, i));
+    const thinkingKey = turnKey(content);
+    if (thinkingKey) {
+      issuedThinkingTurns.set(thinkingKey, canonicalContent(content));
+      if (content[0]?.type === "thinking" || content[0]?.type === "redacted_thinking") {
+        for (const block of content) if (block.type === "tool_use") thinkingToolUses.add(block.id);
+      }
+    }
     const output_tokens = content.reduce((sum, block) => sum + estimateTokens(JSON.stringify(block)), 0);
     const usage = { ...cacheUsage, output_tokens };
     const stopReason = scripted.stopReason ?? (content.some((b) => b.type === "tool_use") ? "tool_use" : "end_turn");
@@ -189,12 +206,16 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
     (body.tools ?? []).forEach(countBreakpoint);
     if (Array.isArray(body.system)) body.system.forEach(countBreakpoint);
     let previousToolUses: string[] = [];
-    for (const [i, message] of (body.messages as any[]).entries()) {
+    const messages = body.messages as any[];
+    for (const [i, message] of messages.entries()) {
       const expectedRole = i % 2 === 0 ? "user" : "assistant";
       if (message?.role !== expectedRole) return `messages.${i}.role: roles must alternate starting with "user" (got "${message?.role}")`;
       const content = typeof message.content === "string" ? [] : message.content;
       if (!Array.isArray(content)) return `messages.${i}.content: must be a string or an array of blocks`;
       content.forEach(countBreakpoint);
+      for (const [j, block] of content.entries()) {
+        if (block?.type === "text" && (typeof block.text !== "string" || block.text.length === 0)) return `messages.${i}.content.${j}: text content blocks must be non-empty`;
+      }
       if (message.role === "user") {
         const answered = content.filter((b: any) => b?.type === "tool_result").map((b: any) => b.tool_use_id);
         for (const id of answered) {
@@ -216,6 +237,28 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
             return `messages.${i}.content.${j}: cache_control cannot be set on thinking blocks`;
           }
         }
+        // A turn with thinking goes back exactly as it was issued, or not at all.
+        const key = turnKey(content);
+        const issued = key ? issuedThinkingTurns.get(key) : undefined;
+        if (issued !== undefined && checkThinkingTurns && canonicalContent(content) !== issued) {
+          return `messages.${i}.content: an assistant turn with thinking blocks was changed; pass it back exactly as received or drop the whole turn`;
+        }
+      }
+    }
+    // In a tool-use loop the latest assistant turn must keep its thinking.
+    const last = messages.at(-1);
+    const lastAssistant = messages.at(-2);
+    if (
+      body.thinking?.type === "enabled" &&
+      last?.role === "user" &&
+      Array.isArray(last.content) &&
+      last.content.some((b: any) => b?.type === "tool_result") &&
+      Array.isArray(lastAssistant?.content) &&
+      lastAssistant.content.some((b: any) => b?.type === "tool_use" && thinkingToolUses.has(b.id))
+    ) {
+      const first = lastAssistant.content[0];
+      if (first?.type !== "thinking" && first?.type !== "redacted_thinking") {
+        return `messages.${messages.length - 2}.content.0.type: Expected \`thinking\` or \`redacted_thinking\`, but found \`${first?.type}\`. When \`thinking\` is enabled, a final \`assistant\` message must start with a thinking block.`;
       }
     }
     if (breakpoints > 4) return `A maximum of 4 blocks with cache_control may be provided. Found ${breakpoints}.`;
@@ -236,6 +279,24 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
         server.close(() => resolve());
       }),
   };
+}
+
+/** Identifies an assistant turn with thinking: its first signature or redacted data. */
+function turnKey(content: any[]): string | undefined {
+  for (const block of content) {
+    if (block?.type === "thinking" && typeof block.signature === "string") return `s:${block.signature}`;
+    if (block?.type === "redacted_thinking" && typeof block.data === "string") return `r:${block.data}`;
+  }
+  return undefined;
+}
+
+/** A turn's blocks without cache markers, with keys in a fixed order. */
+function canonicalContent(content: any[]): string {
+  return JSON.stringify(content, (key, value) => {
+    if (key === "cache_control") return undefined;
+    if (!value || typeof value !== "object" || Array.isArray(value)) return value;
+    return Object.fromEntries(Object.entries(value as Record<string, unknown>).sort(([a], [b]) => a.localeCompare(b)));
+  });
 }
 
 async function streamMessage(res: ServerResponse, message: Record<string, any>, requestId: string, eventDelayMs: number, cutAfter?: number): Promise<void> {
