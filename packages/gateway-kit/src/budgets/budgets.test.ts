@@ -206,7 +206,7 @@ describeEachDatabase("budgets", (fixture) => {
       expect(await ok.json()).toEqual({ remaining: 1000, scopes: [{ kind: "user", id: userId }, t] });
       const refused = await fetch(`${base}/?estimate=1001`);
       expect(refused.status).toBe(402);
-      const body = await refused.json();
+      const body = (await refused.json()) as any;
       expect(body.error.code).toBe("budget_exceeded");
       expect(body.error.details).toMatchObject({ remaining: 1000, requested: 1001, limit: 5000, period: "monthly" });
       expect(body.error.message).toContain("1000 micro-credits left");

@@ -76,7 +76,8 @@ export function tokenCost(tokens: number, pricePerMillion: number): number {
 
 /**
  * The default policy: among tiers whose window holds the input plus the wanted output, take
- * the preferred tier or else the first in the list (cheapest first) that the budget covers.
+ * the preferred tier (when the budget covers it in full) or else the first in the list (cheapest
+ * first) that the budget covers.
  * When the budget covers the input but not all of the output, the output allowance shrinks
  * down to `minOutputTokens` before the request is refused. Refusals: 413
  * `context_too_large` when no window fits, 402 `budget_insufficient` when no tier is affordable.
@@ -110,10 +111,12 @@ export const defaultCostPolicy: CostPolicy = (request, tiers) => {
       output = Math.min(room, Math.max(0, affordable));
       cheapest = Math.min(cheapest, inputCost + tokenCost(Math.min(minOutput, room), tier.outputPrice));
       if (left < 0 || output < Math.min(minOutput, room)) continue;
+      // A preference is a wish, not a need: it is not worth cutting the output for.
+      if (tier.name === request.preferredTier && output < room && ordered.length > 1) continue;
     }
     const estimatedCost = inputCost + tokenCost(output, tier.outputPrice);
     const why =
-      tier === fitting[0]
+      tier === tiers[0]
         ? `${tier.name} context holds ${input} input tokens`
         : tier.name === request.preferredTier
           ? `${tier.name} context was asked for`
