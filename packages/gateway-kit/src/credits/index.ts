@@ -1,1 +1,5 @@
-export {};
+export * from "./errors.js";
+export * from "./ledger.js";
+export { createKyselyLedger, type KyselyLedgerOptions } from "./kysely-ledger.js";
+export { creditMigrations, SYSTEM_ACCOUNTS } from "./migrations.js";
+export type { CreditTables } from "./tables.js";

@@ -1,0 +1,80 @@
+import { HttpError } from "../http-error.js";
+
+/**
+ * The wallet holds fewer credits than the operation needs. Nothing was written.
+ * `available` is the wallet balance seen just after the refusal.
+ *
+ * @example
+ * try { await ledger.reserve({ account, amount, idempotencyKey, ttlMs }); }
+ * catch (e) { if (e instanceof InsufficientCreditsError) console.log(e.available); }
+ */
+export class InsufficientCreditsError extends HttpError {
+  readonly available: number;
+  readonly requested: number;
+  constructor(accountId: string, requested: number, available: number) {
+    super(402, "insufficient_credits", `Account ${accountId} has ${available} micro-credits available; ${requested} needed`, {
+      accountId,
+      requested,
+      available,
+    });
+    this.name = "InsufficientCreditsError";
+    this.available = available;
+    this.requested = requested;
+  }
+}
+
+/** No reservation has this id. */
+export class ReservationNotFoundError extends HttpError {
+  constructor(readonly reservationId: string) {
+    super(404, "reservation_not_found", `Reservation ${reservationId} does not exist`, { reservationId });
+    this.name = "ReservationNotFoundError";
+  }
+}
+
+/** The reservation was already settled, released or expired by another operation. */
+export class ReservationClosedError extends HttpError {
+  constructor(
+    readonly reservationId: string,
+    readonly reservationStatus: string,
+  ) {
+    super(409, "reservation_closed", `Reservation ${reservationId} is already ${reservationStatus}`, { reservationId, status: reservationStatus });
+    this.name = "ReservationClosedError";
+  }
+}
+
+/** The idempotency key was used before with different parameters; the first write stands. */
+export class IdempotencyConflictError extends HttpError {
+  constructor(readonly idempotencyKey: string) {
+    super(409, "idempotency_conflict", `Idempotency key "${idempotencyKey}" was already used with different parameters`, {
+      idempotencyKey,
+    });
+    this.name = "IdempotencyConflictError";
+  }
+}
+
+/** No ledger account has this id, or it is of a kind the operation cannot use. */
+export class AccountNotFoundError extends HttpError {
+  constructor(
+    readonly accountId: string,
+    reason = "does not exist",
+  ) {
+    super(404, "account_not_found", `Ledger account ${accountId} ${reason}`, { accountId });
+    this.name = "AccountNotFoundError";
+  }
+}
+
+/** A ledger call was given malformed input (a non-integer amount, an empty key, ...). */
+export class LedgerInputError extends HttpError {
+  constructor(message: string, issues?: unknown) {
+    super(400, "invalid_request", message, issues === undefined ? undefined : { issues });
+    this.name = "LedgerInputError";
+  }
+}
+
+/** The price list has no entry for this model. */
+export class UnknownModelError extends HttpError {
+  constructor(readonly model: string) {
+    super(422, "unknown_model", `No price is configured for model "${model}"`, { model });
+    this.name = "UnknownModelError";
+  }
+}

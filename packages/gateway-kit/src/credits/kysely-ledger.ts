@@ -1,0 +1,451 @@
+import { createHash, randomUUID } from "node:crypto";
+import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
+import { z } from "zod";
+import {
+  AccountNotFoundError,
+  IdempotencyConflictError,
+  InsufficientCreditsError,
+  LedgerInputError,
+  ReservationClosedError,
+  ReservationNotFoundError,
+} from "./errors.js";
+import type {
+  AccountKind,
+  CloseOptions,
+  Ledger,
+  LedgerAccount,
+  LedgerCheck,
+  LedgerEntry,
+  MicroCredits,
+  ReserveInput,
+  Reservation,
+  ReservationStatus,
+  Settlement,
+  SweepOptions,
+  TransferInput,
+  TransferKind,
+  TransferResult,
+  WalletOwner,
+  WalletTransferInput,
+} from "./ledger.js";
+import { SYSTEM_ACCOUNT_KINDS } from "./ledger.js";
+import { SYSTEM_ACCOUNTS } from "./migrations.js";
+import type { CreditTables } from "./tables.js";
+
+type Db = Kysely<CreditTables>;
+type ReservationRow = Selectable<CreditTables["ledger_reservations"]>;
+
+const Amount = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
+const Key = z.string().min(1).max(255);
+const Id = z.string().min(1).max(255);
+
+const TransferInputSchema = z.object({ account: Id, amount: Amount, idempotencyKey: Key });
+const WalletTransferSchema = z.object({ from: Id, to: Id, amount: Amount, idempotencyKey: Key });
+const ReserveSchema = z.object({
+  account: Id,
+  amount: Amount,
+  idempotencyKey: Key,
+  ttlMs: z.number().int().positive().max(366 * 24 * 3600 * 1000),
+  reference: z.string().max(255).optional(),
+});
+const ActualSchema = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+const CloseSchema = z.object({ idempotencyKey: Key.optional() }).optional();
+
+function parse<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
+  const result = schema.safeParse(value);
+  if (!result.success) {
+    throw new LedgerInputError(`Invalid ${what}: ${result.error.issues.map((i) => `${i.path.join(".") || "value"} ${i.message}`).join("; ")}`, result.error.issues);
+  }
+  return result.data;
+}
+
+/** Reads a bigint column (string from pg, number or bigint from PGlite) as a safe integer. */
+function micro(value: unknown): MicroCredits {
+  const n = typeof value === "number" ? value : Number(value);
+  if (!Number.isSafeInteger(n)) throw new RangeError(`Ledger amount ${String(value)} is outside the safe integer range`);
+  return n;
+}
+
+function hashRequest(kind: string, params: readonly unknown[]): string {
+  return createHash("sha256").update(JSON.stringify([kind, ...params])).digest("base64url");
+}
+
+const RETRYABLE = new Set(["40001", "40P01"]);
+
+function sqlState(error: unknown): string | undefined {
+  const code = (error as { code?: unknown })?.code;
+  return typeof code === "string" ? code : undefined;
+}
+
+const isSystem = (kind: string) => (SYSTEM_ACCOUNT_KINDS as readonly string[]).includes(kind);
+const isSystemId = (id: string) => id.startsWith("system:");
+const holdIdOf = (walletId: string) => `hold:${walletId}`;
+
+interface Leg {
+  kind: "grant" | "purchase" | "transfer" | "reserve" | "charge" | "release" | "overage" | "expire";
+  from: string;
+  to: string;
+  amount: MicroCredits;
+}
+
+export interface KyselyLedgerOptions {
+  /** Attempts for a transaction that hits a serialization failure or deadlock. Default 10. */
+  maxAttempts?: number;
+}
+
+/**
+ * The kysely (PostgreSQL or PGlite) ledger. Run `creditMigrations` first.
+ *
+ * Given a `Kysely` instance, each call runs in its own transaction and is retried on
+ * serialization failures and deadlocks. Given a `Transaction`, calls join it (no retry), so a
+ * host can write to the ledger and its own tables atomically.
+ *
+ * @example
+ * const ledger = createKyselyLedger(db);
+ * const wallet = await ledger.openWallet({ userId: "u_1" });
+ * await ledger.grant({ account: wallet.id, amount: 5_000_000, idempotencyKey: "welcome:u_1" });
+ * const hold = await ledger.reserve({ account: wallet.id, amount: 2_000_000, idempotencyKey: "run:r1", ttlMs: 3_600_000 });
+ * await ledger.settle(hold.id, 1_234_567);
+ */
+export function createKyselyLedger(db: Kysely<any>, options: KyselyLedgerOptions = {}): Ledger {
+  return new KyselyLedger(db as Db, options.maxAttempts ?? 10);
+}
+
+class KyselyLedger implements Ledger {
+  constructor(
+    private readonly db: Db,
+    private readonly maxAttempts: number,
+  ) {}
+
+  private async tx<T>(work: (trx: Transaction<CreditTables> | Db) => Promise<T>): Promise<T> {
+    if (this.db.isTransaction) return work(this.db);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.db.transaction().execute(work);
+      } catch (error) {
+        const state = sqlState(error);
+        if (!state || !RETRYABLE.has(state) || attempt >= this.maxAttempts) throw error;
+        await new Promise((resolve) => setTimeout(resolve, Math.random() * Math.min(100, 2 ** attempt)));
+      }
+    }
+  }
+
+  /**
+   * Claims the idempotency key, runs `work` and stores its result, all in one transaction. A key
+   * already claimed by a committed operation returns that operation's stored result.
+   */
+  private async operation<T>(
+    key: string,
+    kind: string,
+    params: readonly unknown[],
+    work: (trx: Transaction<CreditTables> | Db) => Promise<T>,
+    revive: (stored: any) => T = (stored) => stored as T,
+  ): Promise<T> {
+    const hash = hashRequest(kind, params);
+    return this.tx(async (trx) => {
+      const claimed = await trx
+        .insertInto("ledger_operations")
+        .values({ idempotency_key: key, kind, request_hash: hash })
+        .onConflict((oc) => oc.column("idempotency_key").doNothing())
+        .returning("idempotency_key")
+        .executeTakeFirst();
+      if (!claimed) {
+        const prior = await trx
+          .selectFrom("ledger_operations")
+          .select(["kind", "request_hash", "result"])
+          .where("idempotency_key", "=", key)
+          .executeTakeFirstOrThrow();
+        if (prior.kind !== kind || prior.request_hash !== hash || prior.result == null) throw new IdempotencyConflictError(key);
+        const stored = typeof prior.result === "string" ? JSON.parse(prior.result) : prior.result;
+        return revive(stored);
+      }
+      const result = await work(trx);
+      await trx.updateTable("ledger_operations").set({ result: JSON.stringify(result) }).where("idempotency_key", "=", key).execute();
+      return result;
+    });
+  }
+
+  /** Locks the given accounts in the global order (non-system by id, then system) and returns their rows. */
+  private async lockAccounts(trx: Transaction<CreditTables> | Db, ids: string[]) {
+    const rows = await trx
+      .selectFrom("ledger_accounts")
+      .select(["id", "kind", "balance", "wallet_id"])
+      .where("id", "in", ids)
+      .orderBy("id")
+      .forUpdate()
+      .execute();
+    return new Map(rows.map((row) => [row.id, { ...row, balance: micro(row.balance) }]));
+  }
+
+  /** Writes one transaction row and two entries per leg; entries go in lock order so concurrent writers never deadlock. */
+  private async writeLegs(trx: Transaction<CreditTables> | Db, operationKey: string, legs: Leg[], reservationId: string | null): Promise<string[]> {
+    const ids = legs.map(() => randomUUID());
+    await trx
+      .insertInto("ledger_transactions")
+      .values(legs.map((leg, i) => ({ id: ids[i]!, operation_key: operationKey, kind: leg.kind, reservation_id: reservationId })))
+      .execute();
+    const entries = legs.flatMap((leg, i) => [
+      { transaction_id: ids[i]!, account_id: leg.from, amount: -leg.amount },
+      { transaction_id: ids[i]!, account_id: leg.to, amount: leg.amount },
+    ]);
+    entries.sort((a, b) => Number(isSystemId(a.account_id)) - Number(isSystemId(b.account_id)) || (a.account_id < b.account_id ? -1 : a.account_id > b.account_id ? 1 : 0));
+    await trx.insertInto("ledger_entries").values(entries).execute();
+    return ids;
+  }
+
+  async openWallet(owner: WalletOwner): Promise<LedgerAccount> {
+    const parsed = parse(z.union([z.object({ userId: Id }), z.object({ teamId: Id })]), owner, "wallet owner");
+    const kind: AccountKind = "userId" in parsed ? "user_wallet" : "team_wallet";
+    const ownerId = "userId" in parsed ? parsed.userId : parsed.teamId;
+    return this.tx(async (trx) => {
+      const id = randomUUID();
+      const inserted = await trx
+        .insertInto("ledger_accounts")
+        .values({ id, kind, owner_id: ownerId })
+        .onConflict((oc) => oc.columns(["kind", "owner_id"]).doNothing())
+        .returning("id")
+        .executeTakeFirst();
+      if (inserted) await trx.insertInto("ledger_accounts").values({ id: holdIdOf(id), kind: "hold", wallet_id: id }).execute();
+      const row = await trx.selectFrom("ledger_accounts").selectAll().where("kind", "=", kind).where("owner_id", "=", ownerId).executeTakeFirstOrThrow();
+      return toAccount(row);
+    });
+  }
+
+  async getAccount(id: string): Promise<LedgerAccount> {
+    const row = await this.db.selectFrom("ledger_accounts").selectAll().where("id", "=", parse(Id, id, "account id")).executeTakeFirst();
+    if (!row) throw new AccountNotFoundError(id);
+    return toAccount(row);
+  }
+
+  async grant(input: TransferInput): Promise<TransferResult> {
+    const { account, amount, idempotencyKey } = parse(TransferInputSchema, input, "grant");
+    return this.move("grant", SYSTEM_ACCOUNTS.grants, account, amount, idempotencyKey);
+  }
+
+  async purchase(input: TransferInput): Promise<TransferResult> {
+    const { account, amount, idempotencyKey } = parse(TransferInputSchema, input, "purchase");
+    return this.move("purchase", SYSTEM_ACCOUNTS.purchases, account, amount, idempotencyKey);
+  }
+
+  async transfer(input: WalletTransferInput): Promise<TransferResult> {
+    const { from, to, amount, idempotencyKey } = parse(WalletTransferSchema, input, "transfer");
+    if (from === to) throw new LedgerInputError("A transfer needs two different accounts");
+    return this.move("transfer", from, to, amount, idempotencyKey);
+  }
+
+  private move(kind: TransferKind, from: string, to: string, amount: MicroCredits, key: string): Promise<TransferResult> {
+    return this.operation(key, kind, [from, to, amount], async (trx) => {
+      const wallets = [from, to].filter((id) => !isSystemId(id));
+      const locked = await this.lockAccounts(trx, wallets);
+      for (const id of wallets) {
+        const row = locked.get(id);
+        if (!row || row.kind === "hold" || isSystem(row.kind)) throw new AccountNotFoundError(id, row ? `is a ${row.kind} account, not a wallet` : undefined);
+      }
+      if (!isSystemId(from)) {
+        const available = locked.get(from)!.balance;
+        if (available < amount) throw new InsufficientCreditsError(from, amount, available);
+      }
+      const [transactionId] = await this.writeLegs(trx, key, [{ kind, from, to, amount }], null);
+      return { transactionId: transactionId!, kind, from, to, amount, idempotencyKey: key };
+    });
+  }
+
+  async reserve(input: ReserveInput): Promise<Reservation> {
+    const { account, amount, idempotencyKey, ttlMs, reference } = parse(ReserveSchema, input, "reservation");
+    return this.operation(
+      idempotencyKey,
+      "reserve",
+      [account, amount, ttlMs, reference ?? null],
+      async (trx) => {
+        const hold = holdIdOf(account);
+        const locked = await this.lockAccounts(trx, [account]);
+        const wallet = locked.get(account);
+        if (!wallet || (wallet.kind !== "user_wallet" && wallet.kind !== "team_wallet")) {
+          throw new AccountNotFoundError(account, wallet ? `is a ${wallet.kind} account, not a wallet` : undefined);
+        }
+        if (wallet.balance < amount) throw new InsufficientCreditsError(account, amount, wallet.balance);
+        const id = randomUUID();
+        const [transactionId] = await this.writeLegs(trx, idempotencyKey, [{ kind: "reserve", from: account, to: hold, amount }], id);
+        const row = await trx
+          .insertInto("ledger_reservations")
+          .values({
+            id,
+            account_id: account,
+            hold_account_id: hold,
+            amount,
+            status: "open",
+            reference: reference ?? null,
+            idempotency_key: idempotencyKey,
+            expires_at: sql<Date>`now() + ${ttlMs} * interval '1 millisecond'`,
+          })
+          .returningAll()
+          .executeTakeFirstOrThrow();
+        return toReservation(row, transactionId!);
+      },
+      (stored: Reservation) => ({ ...stored, expiresAt: new Date(stored.expiresAt) }),
+    );
+  }
+
+  async settle(reservationId: string, actual: MicroCredits, options?: CloseOptions): Promise<Settlement> {
+    const id = parse(Id, reservationId, "reservation id");
+    const amount = parse(ActualSchema, actual, "actual amount");
+    const key = parse(CloseSchema, options, "options")?.idempotencyKey ?? `settle:${id}`;
+    return this.operation(key, "settle", [id, amount], async (trx) => this.close(trx, key, await this.lockReservation(trx, id), "settled", amount));
+  }
+
+  async release(reservationId: string, options?: CloseOptions): Promise<Settlement> {
+    const id = parse(Id, reservationId, "reservation id");
+    const key = parse(CloseSchema, options, "options")?.idempotencyKey ?? `release:${id}`;
+    return this.operation(key, "release", [id], async (trx) => this.close(trx, key, await this.lockReservation(trx, id), "released", 0));
+  }
+
+  async sweepExpiredReservations(options: SweepOptions = {}): Promise<Settlement[]> {
+    const limit = parse(z.number().int().positive().max(10_000), options.limit ?? 500, "sweep limit");
+    return this.tx(async (trx) => {
+      const due = await trx
+        .selectFrom("ledger_reservations")
+        .selectAll()
+        .where("status", "=", "open")
+        .where("expires_at", "<=", sql<Date>`now()`)
+        .orderBy("account_id")
+        .orderBy("id")
+        .limit(limit)
+        .forUpdate()
+        .skipLocked()
+        .execute();
+      const settlements: Settlement[] = [];
+      for (const row of due) {
+        const key = `expire:${row.id}`;
+        await trx.insertInto("ledger_operations").values({ idempotency_key: key, kind: "expire", request_hash: hashRequest("expire", [row.id]) }).execute();
+        const settlement = await this.close(trx, key, row, "expired", 0);
+        await trx.updateTable("ledger_operations").set({ result: JSON.stringify(settlement) }).where("idempotency_key", "=", key).execute();
+        settlements.push(settlement);
+      }
+      return settlements;
+    });
+  }
+
+  private async lockReservation(trx: Transaction<CreditTables> | Db, id: string): Promise<ReservationRow> {
+    const row = await trx.selectFrom("ledger_reservations").selectAll().where("id", "=", id).forUpdate().executeTakeFirst();
+    if (!row) throw new ReservationNotFoundError(id);
+    if (row.status !== "open") throw new ReservationClosedError(id, row.status);
+    return row;
+  }
+
+  private async close(
+    trx: Transaction<CreditTables> | Db,
+    key: string,
+    row: ReservationRow,
+    status: Settlement["status"],
+    actual: MicroCredits,
+  ): Promise<Settlement> {
+    const reserved = micro(row.amount);
+    const fromHold = Math.min(actual, reserved);
+    const rest = reserved - fromHold;
+    const over = actual - fromHold;
+    let overage = 0;
+    if (over > 0) {
+      const wallet = (await this.lockAccounts(trx, [row.account_id])).get(row.account_id)!;
+      overage = Math.min(over, wallet.balance);
+    }
+    const legs: Leg[] = [];
+    if (fromHold > 0) legs.push({ kind: "charge", from: row.hold_account_id, to: SYSTEM_ACCOUNTS.revenue, amount: fromHold });
+    if (rest > 0) legs.push({ kind: status === "expired" ? "expire" : "release", from: row.hold_account_id, to: row.account_id, amount: rest });
+    if (overage > 0) legs.push({ kind: "overage", from: row.account_id, to: SYSTEM_ACCOUNTS.revenue, amount: overage });
+    const transactionIds = await this.writeLegs(trx, key, legs, row.id);
+    const charged = fromHold + overage;
+    const shortfall = over - overage;
+    await trx
+      .updateTable("ledger_reservations")
+      .set({ status, charged, released: rest, shortfall, closed_at: sql<Date>`now()` })
+      .where("id", "=", row.id)
+      .execute();
+    return { reservationId: row.id, accountId: row.account_id, status, reserved, charged, released: rest, shortfall, transactionIds, idempotencyKey: key };
+  }
+
+  async getReservation(id: string): Promise<Reservation> {
+    const row = await this.db
+      .selectFrom("ledger_reservations as r")
+      .innerJoin("ledger_transactions as t", (join) => join.onRef("t.reservation_id", "=", "r.id").on("t.kind", "=", "reserve"))
+      .selectAll("r")
+      .select("t.id as transaction_id")
+      .where("r.id", "=", parse(Id, id, "reservation id"))
+      .executeTakeFirst();
+    if (!row) throw new ReservationNotFoundError(id);
+    return toReservation(row, row.transaction_id);
+  }
+
+  async listEntries(accountId: string, options: { limit?: number; beforeId?: string } = {}): Promise<LedgerEntry[]> {
+    const limit = parse(z.number().int().positive().max(1000), options.limit ?? 100, "limit");
+    let query = this.db
+      .selectFrom("ledger_entries as e")
+      .innerJoin("ledger_transactions as t", "t.id", "e.transaction_id")
+      .select(["e.id", "e.transaction_id", "e.account_id", "e.amount", "e.created_at", "t.kind", "t.reservation_id"])
+      .where("e.account_id", "=", parse(Id, accountId, "account id"))
+      .orderBy("e.id", "desc")
+      .limit(limit);
+    if (options.beforeId !== undefined) query = query.where("e.id", "<", sql<string>`${parse(z.string().regex(/^\d+$/), options.beforeId, "cursor")}::bigint`);
+    const rows = await query.execute();
+    return rows.map((row) => ({
+      id: String(row.id),
+      transactionId: row.transaction_id,
+      transactionKind: row.kind,
+      accountId: row.account_id,
+      amount: micro(row.amount),
+      reservationId: row.reservation_id,
+      createdAt: row.created_at,
+    }));
+  }
+
+  async verify(): Promise<LedgerCheck> {
+    const db = this.db as Kysely<any>;
+    const total = await sql<{ total: string | number | null }>`select coalesce(sum(amount), 0)::text as total from ledger_entries`.execute(db);
+    const unbalanced = await sql<{ id: string }>`
+      select t.id from ledger_transactions t left join ledger_entries e on e.transaction_id = t.id
+      group by t.id having count(e.id) <> 2 or coalesce(sum(e.amount), 0) <> 0`.execute(db);
+    const outOfStep = await sql<{ id: string; balance: string; total: string }>`
+      select a.id, a.balance::text as balance, coalesce(sum(e.amount), 0)::text as total
+      from ledger_accounts a left join ledger_entries e on e.account_id = a.id
+      group by a.id, a.balance having a.balance <> coalesce(sum(e.amount), 0)`.execute(db);
+    const negative = await sql<{ id: string }>`
+      select id from ledger_accounts where balance < 0 and kind not in ('revenue', 'grants', 'purchases')`.execute(db);
+    const sumOfEntries = micro(total.rows[0]?.total ?? 0);
+    const check: LedgerCheck = {
+      ok: false,
+      sumOfEntries,
+      unbalancedTransactions: unbalanced.rows.map((r) => r.id),
+      accountsOutOfStep: outOfStep.rows.map((r) => ({ accountId: r.id, balance: micro(r.balance), sumOfEntries: micro(r.total) })),
+      negativeWallets: negative.rows.map((r) => r.id),
+    };
+    check.ok = sumOfEntries === 0 && check.unbalancedTransactions.length === 0 && check.accountsOutOfStep.length === 0 && check.negativeWallets.length === 0;
+    return check;
+  }
+}
+
+function toAccount(row: Selectable<CreditTables["ledger_accounts"]>): LedgerAccount {
+  return {
+    id: row.id,
+    kind: row.kind as AccountKind,
+    ownerId: row.owner_id,
+    walletId: row.wallet_id,
+    balance: micro(row.balance),
+    createdAt: row.created_at,
+  };
+}
+
+function toReservation(row: ReservationRow, transactionId: string): Reservation {
+  return {
+    id: row.id,
+    accountId: row.account_id,
+    holdAccountId: row.hold_account_id,
+    amount: micro(row.amount),
+    status: row.status as ReservationStatus,
+    reference: row.reference,
+    expiresAt: new Date(row.expires_at),
+    charged: row.charged == null ? null : micro(row.charged),
+    released: row.released == null ? null : micro(row.released),
+    shortfall: row.shortfall == null ? null : micro(row.shortfall),
+    idempotencyKey: row.idempotency_key,
+    transactionId,
+  };
+}
