@@ -1,0 +1,57 @@
+/** Shared by the CLI's process tests: the `keen` command as a real child process, and sample repositories. */
+import { mkdtemp, readdir, writeFile, mkdir } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { execa, type ResultPromise } from "execa";
+import { KeenEvent } from "@keen/agent-core";
+
+/** The CLI runs from source through tsx (which honours the tsconfig paths), from the repo root. */
+export const repoRoot = fileURLToPath(new URL("../../../..", import.meta.url));
+const entry = fileURLToPath(new URL("../bin.ts", import.meta.url));
+
+export const identity = { GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@t", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@t" };
+
+export function keen(args: string[], env: Record<string, string | undefined> = {}, options: { timeout?: number } = {}): ResultPromise<{ reject: false }> {
+  return execa(process.execPath, ["--import", "tsx", entry, ...args], {
+    cwd: repoRoot,
+    reject: false,
+    env: { ANTHROPIC_API_KEY: undefined, ANTHROPIC_BASE_URL: undefined, KEEN_FORCE_TTY: undefined, KEEN_MODEL: undefined, ...env },
+    extendEnv: true,
+    timeout: options.timeout ?? 90_000,
+  }) as ResultPromise<{ reject: false }>;
+}
+
+/** A git repository on `main` with the given files committed. */
+export async function gitRepo(files: Record<string, string> = { "README.md": "# sample\n" }): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), "keen-cli-"));
+  await execa("git", ["init", "-q", "-b", "main"], { cwd: dir });
+  for (const [path, content] of Object.entries(files)) {
+    await mkdir(dirname(join(dir, path)), { recursive: true });
+    await writeFile(join(dir, path), content);
+  }
+  await execa("git", ["add", "-A"], { cwd: dir });
+  await execa("git", ["commit", "-qm", "init"], { cwd: dir, env: identity });
+  return dir;
+}
+
+export const git = (dir: string, ...args: string[]) => execa("git", args, { cwd: dir }).then((r) => r.stdout.trim());
+
+export async function branches(dir: string): Promise<string[]> {
+  return (await git(dir, "branch", "--format=%(refname:short)")).split("\n").sort();
+}
+
+/** Every stdout line must be one event of the schema. */
+export function parseNdjson(stdout: string): KeenEvent[] {
+  return stdout
+    .trim()
+    .split("\n")
+    .filter((line) => line !== "")
+    .map((line) => KeenEvent.parse(JSON.parse(line)));
+}
+
+/** The snapshot files a run left in the repository's default location. */
+export async function snapshotFiles(dir: string): Promise<string[]> {
+  const runs = join(dir, ".git", "keen", "runs");
+  return (await readdir(runs)).filter((name) => name.endsWith(".json")).map((name) => join(runs, name));
+}
