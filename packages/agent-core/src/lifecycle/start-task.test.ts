@@ -90,8 +90,8 @@ describe("startTask", () => {
     const base = await setup({ root: { finish_explore: [explore("PLAN")], submit_plan: [plan([])] } });
     await runTask(base);
     const toolsOf = (i: number) => base.server.requests[i]!.body.tools.map((t: { name: string }) => t.name).sort();
-    expect(toolsOf(0)).toEqual(["finish_explore", "list_files", "read_file", "search_files"]);
-    expect(toolsOf(1)).toEqual(["list_files", "read_file", "search_files", "submit_plan"]);
+    expect(toolsOf(0)).toEqual(["finish_explore", "list_files", "read_file", "run_command", "search_files"]);
+    expect(toolsOf(1)).toEqual(["list_files", "read_file", "run_command", "search_files", "submit_plan"]);
     expect(toolsOf(2)).toEqual(["complete_task", "edit_file", "list_files", "read_file", "run_command", "search_files", "write_file"]);
     // The first message carries the project overview.
     expect(base.server.requests[0]!.body.messages[0].content[0].text).toMatch(/Repository overview:[\s\S]*README\.md/);

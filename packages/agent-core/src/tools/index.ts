@@ -19,7 +19,13 @@ export function builtinTools(options: { runCommand?: RunCommandOptions } = {}): 
   return [readFileTool, listFilesTool, searchFilesTool, writeFileTool, editFileTool, runCommandTool(options.runCommand)];
 }
 
-/** Tools that never change the workspace (for exploring and planning). */
-export function readOnlyTools(): Tool<any>[] {
-  return [readFileTool, listFilesTool, searchFilesTool];
+/**
+ * Tools that never change the workspace (for exploring and planning), including a read-only
+ * `run_command` (it needs a sandboxed workspace; without one it answers with an error).
+ *
+ * @example
+ * startRun({ vision: "Explain the build", workspace, model, tools: readOnlyTools({ runCommand: { maxTimeoutMs: 30_000 } }) });
+ */
+export function readOnlyTools(options: { runCommand?: RunCommandOptions } = {}): Tool<any>[] {
+  return [readFileTool, listFilesTool, searchFilesTool, runCommandTool({ ...options.runCommand, readOnly: true })];
 }

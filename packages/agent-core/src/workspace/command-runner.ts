@@ -8,6 +8,18 @@ export interface CommandRunOptions {
   maxOutputBytes: number;
   env?: Record<string, string>;
   signal?: AbortSignal;
+  /**
+   * The workspace's root folder (the agent's checkout). A sandboxed runner leaves only this
+   * folder writable. Defaults to `cwd`.
+   */
+  root?: string;
+  /**
+   * Folders the command needs to read even where a sandbox hides the rest of their parent, such
+   * as a worktree's common git dir. A sandboxed runner mounts them read-only.
+   */
+  readOnlyPaths?: string[];
+  /** Mount `root` read-only too. Only runners with `enforcesReadOnly` may be asked for this. */
+  readOnly?: boolean;
 }
 
 /**
@@ -16,6 +28,11 @@ export interface CommandRunOptions {
  */
 export interface CommandRunner {
   run(command: string, options: CommandRunOptions): Promise<ExecResult>;
+  /**
+   * True when `run` guarantees that a `readOnly` command cannot change the workspace. A workspace
+   * refuses read-only commands on a runner without it rather than pretend.
+   */
+  readonly enforcesReadOnly?: boolean;
 }
 
 /** Grace period between SIGTERM and SIGKILL for a timed-out or aborted process tree. */

@@ -7,9 +7,10 @@ import { LocalWorkspace } from "./local-workspace.js";
 import { createTestRepo } from "./test-repo.js";
 import { runWorkspaceContract } from "./workspace.contract.js";
 
-runWorkspaceContract("LocalWorkspace", async () => {
+// The sandboxed variant runs the same contract in sandbox-runner.test.ts.
+runWorkspaceContract("LocalWorkspace without a sandbox", async () => {
   const dir = await createTestRepo();
-  return { dir, workspace: await LocalWorkspace.open(dir) };
+  return { dir, workspace: await LocalWorkspace.open(dir, { sandbox: false }) };
 });
 
 describe("LocalWorkspace", () => {

@@ -5,6 +5,8 @@ import { execa } from "execa";
 import picomatch from "picomatch";
 import { KeenError, PathOutsideWorkspaceError } from "../errors.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
+import { assertSandboxAvailable, sandboxRunner, type SandboxOptions } from "./sandbox-runner.js";
+import { isLeaseLive, ownLease, parseLease, parseWorktreeList, recoverWorktrees, salvageRef, type RecoveryReport } from "./worktree-recovery.js";
 import type {
   CommitOptions,
   ExecOptions,
@@ -15,8 +17,22 @@ import type {
 } from "./workspace.js";
 
 export interface LocalWorkspaceOptions {
-  /** Runs `exec` commands; defaults to the local (unsandboxed) runner. */
+  /**
+   * Run `exec` commands under bubblewrap (`true`, the default, or options for `sandboxRunner`).
+   * When bwrap is missing or unusable, `open` throws `SandboxUnavailableError`; pass `false` to
+   * run commands directly on the host instead. Forks inherit the setting, each with its own
+   * worktree as the only writable folder.
+   */
+  sandbox?: boolean | SandboxOptions;
+  /** Runs `exec` commands; when given it wins over `sandbox`. */
   commandRunner?: CommandRunner;
+  /**
+   * The recovery pass `open` runs on a main checkout: worktrees of dead keen processes are
+   * removed (their uncommitted work kept under `refs/keen/salvage/<branch>` and restored by the
+   * next `fork` of that branch) and git lock files no git process holds are deleted once older
+   * than `staleLockMs` (default 10 000). `false` skips it.
+   */
+  recovery?: false | { staleLockMs?: number };
   /** Author and committer when the repository has no identity configured. */
   defaultIdentity?: { name: string; email: string };
   /** Where child worktrees go. Default: `<git dir>/keen/worktrees`. */
@@ -25,8 +41,15 @@ export interface LocalWorkspaceOptions {
 
 const CONFLICT_MARKER = /^(<{7}|>{7}|={7})( |$)/m;
 const DEFAULT_IDENTITY = { name: "keen", email: "keen@localhost" };
+const DEFAULT_IDENTITY_ENV = {
+  GIT_AUTHOR_NAME: DEFAULT_IDENTITY.name,
+  GIT_AUTHOR_EMAIL: DEFAULT_IDENTITY.email,
+  GIT_COMMITTER_NAME: DEFAULT_IDENTITY.name,
+  GIT_COMMITTER_EMAIL: DEFAULT_IDENTITY.email,
+};
 const DEFAULT_TIMEOUT_MS = 120_000;
 const DEFAULT_OUTPUT_BYTES = 100_000;
+const DEFAULT_STALE_LOCK_MS = 10_000;
 
 /** Serialises git operations that take repository-wide locks (worktrees, branches, refs). */
 const repoLocks = new Map<string, Promise<unknown>>();
@@ -48,14 +71,26 @@ function withRepoLock<T>(key: string, task: () => Promise<T>): Promise<T> {
  * await ws.merge("summon-A", "Merge summon-A");
  */
 export class LocalWorkspace implements ForkableWorkspace {
+  /** What the recovery pass of `open` cleaned up (empty for forks and when it was skipped). */
+  recovered: RecoveryReport = { removedWorktrees: [], salvagedBranches: [], removedLocks: [] };
+
   private constructor(
     readonly root: string,
     private readonly commonDir: string,
     private readonly options: LocalWorkspaceOptions,
     private readonly isFork: boolean,
+    private readonly runner: CommandRunner,
   ) {}
 
-  /** Opens a git work tree; refuses a missing folder or one that is not a git repository. */
+  /** True when commands run under the bubblewrap sandbox. */
+  get sandboxed(): boolean {
+    return this.options.commandRunner === undefined && this.options.sandbox !== false;
+  }
+
+  /**
+   * Opens a git work tree; refuses a missing folder or one that is not a git repository, and
+   * (unless `sandbox: false` or a `commandRunner` is given) a machine where bubblewrap cannot run.
+   */
   static async open(dir: string, options: LocalWorkspaceOptions = {}): Promise<LocalWorkspace> {
     const absolute = resolve(dir);
     let info;
@@ -70,10 +105,33 @@ export class LocalWorkspace implements ForkableWorkspace {
     const [top, common] = probe.stdout.split("\n");
     const root = await realpath(top!);
     const commonDir = await realpath(resolve(absolute, common!));
-    const workspace = new LocalWorkspace(root, commonDir, options, false);
-    // Forget worktrees whose folders vanished (for example after a crash).
-    await workspace.git(["worktree", "prune"]);
+    let runner = options.commandRunner;
+    if (!runner && options.sandbox !== false) {
+      const sandbox = typeof options.sandbox === "object" ? options.sandbox : {};
+      runner = sandboxRunner(sandbox);
+      await assertSandboxAvailable(sandbox.bwrapPath ? { bwrapPath: sandbox.bwrapPath } : {});
+    }
+    const workspace = new LocalWorkspace(root, commonDir, options, false, runner ?? localCommandRunner);
+    const mainRoot = dirname(commonDir);
+    if (options.recovery !== false && root === mainRoot) {
+      workspace.recovered = await withRepoLock(commonDir, () =>
+        recoverWorktrees({
+          commonDir,
+          root,
+          worktreesDir: workspace.worktreesDir,
+          staleLockMs: (options.recovery || {}).staleLockMs ?? DEFAULT_STALE_LOCK_MS,
+          identityEnv: DEFAULT_IDENTITY_ENV,
+        }),
+      );
+    } else {
+      // Forget worktrees whose folders vanished.
+      await workspace.git(["worktree", "prune"]);
+    }
     return workspace;
+  }
+
+  private get worktreesDir(): string {
+    return resolve(this.options.worktreesDir ?? join(this.commonDir, "keen", "worktrees"));
   }
 
   async resolvePath(path: string): Promise<string> {
@@ -169,9 +227,18 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async exec(command: string, options: ExecOptions = {}): Promise<ExecResult> {
     const cwd = await this.resolvePath(options.cwd ?? ".");
-    const runner = this.options.commandRunner ?? localCommandRunner;
+    const runner = this.runner;
+    if (options.readOnly && !runner.enforcesReadOnly) {
+      throw new KeenError(
+        "read_only_unavailable",
+        "Read-only commands need the sandbox, and this workspace runs commands without one (sandbox: false), so nothing would stop a command from changing files. Use read_file, list_files and search_files instead.",
+      );
+    }
     return runner.run(command, {
       cwd,
+      root: this.root,
+      readOnlyPaths: [this.commonDir],
+      ...(options.readOnly ? { readOnly: true } : {}),
       timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
       maxOutputBytes: options.maxOutputBytes ?? DEFAULT_OUTPUT_BYTES,
       ...(options.env ? { env: options.env } : {}),
@@ -199,30 +266,42 @@ export class LocalWorkspace implements ForkableWorkspace {
   async fork(branch: string): Promise<LocalWorkspace> {
     const valid = await execa("git", ["check-ref-format", "--branch", branch], { cwd: this.root, reject: false });
     if (valid.exitCode !== 0) throw new KeenError("invalid_branch", `"${branch}" is not a valid branch name`);
-    const dir = join(this.options.worktreesDir ?? join(this.commonDir, "keen", "worktrees"), branch);
+    const dir = join(this.worktreesDir, branch);
     return withRepoLock(this.commonDir, async () => {
-      const existing = await this.worktreeFor(branch);
-      if (existing) return this.child(existing);
+      const existing = parseWorktreeList(await this.git(["worktree", "list", "--porcelain"])).find((entry) => entry.branch === branch);
+      if (existing) {
+        // Take over a worktree whose owner died; leave one a live process holds as it is.
+        const lease = parseLease(existing.locked ?? undefined);
+        if (existing.path !== this.root && (!lease || !isLeaseLive(lease))) {
+          await execa("git", ["worktree", "unlock", existing.path], { cwd: this.root, reject: false });
+          await this.git(["worktree", "lock", "--reason", ownLease(), existing.path]);
+        }
+        return this.child(existing.path);
+      }
       await mkdir(dirname(dir), { recursive: true });
       const branchExists = (await execa("git", ["rev-parse", "--verify", "-q", `refs/heads/${branch}`], { cwd: this.root, reject: false })).exitCode === 0;
-      await this.git(branchExists ? ["worktree", "add", "-q", dir, branch] : ["worktree", "add", "-q", "-b", branch, dir, "HEAD"]);
+      // The lock's reason is the lease: it names this process, so a later recovery pass knows when the worktree is abandoned.
+      const lock = ["--lock", "--reason", ownLease()];
+      await this.git(branchExists ? ["worktree", "add", "-q", ...lock, dir, branch] : ["worktree", "add", "-q", ...lock, "-b", branch, dir, "HEAD"]);
+      if (branchExists) await this.restoreSalvage(dir, branch);
       return this.child(dir);
     });
   }
 
-  private async child(dir: string): Promise<LocalWorkspace> {
-    return new LocalWorkspace(await realpath(dir), this.commonDir, this.options, true);
+  /** Puts back the uncommitted work a recovery pass saved for `branch`, when the branch has not moved since. */
+  private async restoreSalvage(dir: string, branch: string): Promise<void> {
+    const ref = salvageRef(branch);
+    const saved = await execa("git", ["rev-parse", "--verify", "-q", ref], { cwd: dir, reject: false });
+    if (saved.exitCode !== 0) return;
+    const parent = await execa("git", ["rev-parse", `${saved.stdout.trim()}^`], { cwd: dir, reject: false });
+    const head = await execa("git", ["rev-parse", "HEAD"], { cwd: dir, reject: false });
+    if (parent.stdout.trim() !== head.stdout.trim()) return; // Kept for inspection: it no longer applies cleanly.
+    await execa("git", ["read-tree", "-m", "-u", "HEAD", saved.stdout.trim()], { cwd: dir });
+    await execa("git", ["update-ref", "-d", ref], { cwd: dir });
   }
 
-  /** The folder of the worktree that has `branch` checked out, if any. */
-  private async worktreeFor(branch: string): Promise<string | undefined> {
-    const list = await this.git(["worktree", "list", "--porcelain"]);
-    let path: string | undefined;
-    for (const line of list.split("\n")) {
-      if (line.startsWith("worktree ")) path = line.slice("worktree ".length);
-      else if (line === `branch refs/heads/${branch}`) return path;
-    }
-    return undefined;
+  private async child(dir: string): Promise<LocalWorkspace> {
+    return new LocalWorkspace(await realpath(dir), this.commonDir, this.options, true, this.runner);
   }
 
   async merge(branch: string, message: string): Promise<MergeResult> {
@@ -269,7 +348,8 @@ export class LocalWorkspace implements ForkableWorkspace {
   async dispose(): Promise<void> {
     if (!this.isFork) return;
     await withRepoLock(this.commonDir, async () => {
-      await execa("git", ["worktree", "remove", "--force", this.root], { cwd: dirname(this.commonDir), reject: false });
+      // Twice --force: the worktree is locked with keen's lease.
+      await execa("git", ["worktree", "remove", "--force", "--force", this.root], { cwd: dirname(this.commonDir), reject: false });
       await rm(this.root, { recursive: true, force: true });
       await execa("git", ["worktree", "prune"], { cwd: dirname(this.commonDir), reject: false });
     });

@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, symlink, writeFile, readdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -113,21 +114,24 @@ export function runWorkspaceContract(name: string, setup: () => Promise<{ dir: s
         expect(result.output.replace(/\n\[…[^\]]*\]\n/, "")).toBe("a".repeat(1000));
       });
 
+      // A unique sleep duration finds the background process on the host, also when the
+      // workspace runs commands in their own PID namespace (where `$!` means nothing to us).
       it("kills the whole process tree on timeout", async () => {
-        const result = await ws.exec("sleep 30 & echo $! > bg.pid; sleep 30", { timeoutMs: 300 });
+        const needle = uniqueSleep();
+        const result = await ws.exec(`sleep ${needle} & sleep 30`, { timeoutMs: 300 });
         expect(result.timedOut).toBe(true);
-        const pid = Number((await ws.readFile("bg.pid")).trim());
-        await expectGone(pid);
+        await waitFor(async () => hostPidsRunning(needle).length === 0);
       });
 
       it("kills the whole process tree on abort, promptly", async () => {
+        const needle = uniqueSleep();
         const controller = new AbortController();
-        const pending = ws.exec("sh -c 'sleep 30 & echo $! > bg2.pid; wait'", { signal: controller.signal });
-        await waitFor(() => ws.exists("bg2.pid"));
+        const pending = ws.exec(`sh -c 'sleep ${needle} & wait'`, { signal: controller.signal });
+        await waitFor(async () => hostPidsRunning(needle).length > 0);
         controller.abort();
         const result = await pending;
         expect(result.aborted).toBe(true);
-        await expectGone(Number((await ws.readFile("bg2.pid")).trim()));
+        await waitFor(async () => hostPidsRunning(needle).length === 0);
       });
     });
 
@@ -154,14 +158,20 @@ async function waitFor(check: () => Promise<boolean>): Promise<void> {
   throw new Error("condition not met");
 }
 
-async function expectGone(pid: number): Promise<void> {
-  expect(Number.isInteger(pid) && pid > 0).toBe(true);
-  await waitFor(async () => {
+let sleeps = 0;
+function uniqueSleep(): string {
+  return `30.${process.pid}${++sleeps}`;
+}
+
+/** Host PIDs whose command line has `argument` as one of its arguments. */
+function hostPidsRunning(argument: string): number[] {
+  const pids: number[] = [];
+  for (const pid of readdirSync("/proc").filter((name) => /^\d+$/.test(name))) {
     try {
-      process.kill(pid, 0);
-      return false;
+      if (readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(argument)) pids.push(Number(pid));
     } catch {
-      return true;
+      // Exited while we looked.
     }
-  });
+  }
+  return pids;
 }

@@ -20,6 +20,12 @@ export interface ExecOptions {
   maxOutputBytes?: number;
   env?: Record<string, string>;
   signal?: AbortSignal;
+  /**
+   * The command must not change the workspace: under a sandbox the checkout is mounted
+   * read-only. A workspace that cannot guarantee this refuses the command (code
+   * `read_only_unavailable`) rather than run it.
+   */
+  readOnly?: boolean;
 }
 
 export interface ListFilesOptions {
