@@ -1,1 +1,20 @@
 export { noAudit, type AuditEventInput, type AuditSink } from "./audit-sink.js";
+export { canonicalJson } from "./canonical-json.js";
+export { auditMigrations } from "./migrations.js";
+export {
+  AUDIT_GENESIS_HASH,
+  AuditEventError,
+  appendAuditEvent,
+  auditPiiDigest,
+  auditRowHash,
+  createAuditLog,
+  listAuditEvents,
+  scrubAuditPii,
+  verifyAuditChain,
+  type AuditChainProblem,
+  type AuditChainReport,
+  type AuditLog,
+  type AuditLogOptions,
+  type AuditRecord,
+} from "./audit-log.js";
+export { auditRequests, type AuditRequestsOptions } from "./audit-requests.js";

@@ -1,0 +1,295 @@
+import { createHash, randomBytes } from "node:crypto";
+import { sql, type Kysely } from "kysely";
+import type { AuditEventInput, AuditSink } from "./audit-sink.js";
+import { canonicalJson } from "./canonical-json.js";
+
+/** The hash a chain starts from (the `prev_hash` of sequence 1). */
+export const AUDIT_GENESIS_HASH = "0".repeat(64);
+
+/** The chain a tenant's events go to: the tenant id, or `""` for system events (`tenantId: null`). */
+const tenantKey = (tenantId: string | null) => tenantId ?? "";
+
+const ACTION = /^[^\u0000-\u001f\u007f]{1,200}$/;
+const RESULTS = new Set(["success", "failure", "denied"]);
+
+/** An audit event as stored, with its place in the chain. Personal fields are null once scrubbed. */
+export interface AuditRecord {
+  tenantId: string | null;
+  seq: number;
+  at: Date;
+  action: string;
+  result: AuditEventInput["result"];
+  actorId: string | null;
+  target: string | null;
+  ip: string | null;
+  requestId: string | null;
+  details: Record<string, unknown> | null;
+  piiDigest: string;
+  prevHash: string;
+  hash: string;
+  /** When erasure or retention removed the personal fields; null while they are intact. */
+  scrubbedAt: Date | null;
+}
+
+/** A bad audit event (unknown result, malformed action, details JSON cannot hold). */
+export class AuditEventError extends TypeError {
+  constructor(message: string) {
+    super(message);
+    this.name = "AuditEventError";
+  }
+}
+
+const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest("hex");
+
+/**
+ * The commitment to an event's personal fields: SHA-256 over a per-row random salt, a newline and
+ * the canonical JSON of `{ actor, details, ip, requestId, target }`. The salt is erased with the
+ * fields, after which the digest reveals nothing guessable (not even a 32-bit IPv4 address).
+ */
+export function auditPiiDigest(salt: string, pii: { actorId: string | null; target: string | null; ip: string | null; requestId: string | null; details: unknown }): string {
+  return sha256(`${salt}\n${canonicalJson({ actor: pii.actorId, details: pii.details ?? null, ip: pii.ip, requestId: pii.requestId, target: pii.target })}`);
+}
+
+/**
+ * A row's chain hash: SHA-256 of the canonical JSON of
+ * `{ v: 1, tenant, seq, at (ISO 8601, ms), action, result, pii: piiDigest, prev: prevHash }`.
+ * Personal fields enter only through `piiDigest`, so scrubbing them leaves every hash valid.
+ */
+export function auditRowHash(row: { tenantKey: string; seq: number; at: Date; action: string; result: string; piiDigest: string; prevHash: string }): string {
+  return sha256(
+    canonicalJson({ v: 1, tenant: row.tenantKey, seq: row.seq, at: row.at.toISOString(), action: row.action, result: row.result, pii: row.piiDigest, prev: row.prevHash }),
+  );
+}
+
+function checkEvent(event: AuditEventInput): string | null {
+  if (typeof event !== "object" || event === null) throw new AuditEventError("An audit event must be an object");
+  if (typeof event.action !== "string" || !ACTION.test(event.action)) throw new AuditEventError(`Invalid audit action ${JSON.stringify(event.action)}`);
+  if (!RESULTS.has(event.result)) throw new AuditEventError(`Invalid audit result ${JSON.stringify(event.result)} (success, failure or denied)`);
+  if (event.tenantId !== null && (typeof event.tenantId !== "string" || event.tenantId === "")) throw new AuditEventError("tenantId must be a non-empty string or null");
+  if (event.details === undefined || event.details === null) return null;
+  if (typeof event.details !== "object" || Array.isArray(event.details)) throw new AuditEventError("details must be a plain object");
+  try {
+    return canonicalJson(event.details);
+  } catch (error) {
+    throw new AuditEventError(`details cannot be stored: ${(error as Error).message}`);
+  }
+}
+
+/**
+ * Appends one event to its tenant's chain inside the given transaction. The tenant's head row
+ * is locked (`SELECT … FOR UPDATE`) for the rest of the transaction, so concurrent appends queue
+ * instead of forking the chain. Use it to record an event atomically with the change it describes.
+ *
+ * @example
+ * await db.transaction().execute(async (trx) => {
+ *   await trx.updateTable("teams").set({ name }).where("id", "=", teamId).execute();
+ *   await appendAuditEvent(trx, { tenantId: teamId, actorId, action: "team.rename", target: `team:${teamId}`, result: "success" });
+ * });
+ */
+export async function appendAuditEvent(trx: Kysely<any>, event: AuditEventInput, at: Date = new Date()): Promise<AuditRecord> {
+  const details = checkEvent(event);
+  const key = tenantKey(event.tenantId);
+  await trx.insertInto("audit_heads").values({ tenant_key: key, seq: 0, hash: AUDIT_GENESIS_HASH }).onConflict((oc) => oc.column("tenant_key").doNothing()).execute();
+  const head = await trx.selectFrom("audit_heads").select(["seq", "hash"]).where("tenant_key", "=", key).forUpdate().executeTakeFirstOrThrow();
+  const seq = Number(head.seq) + 1;
+  // Millisecond precision, so the timestamp read back hashes the same as the one written.
+  const when = new Date(Math.floor(at.getTime()));
+  const salt = randomBytes(16).toString("hex");
+  const pii = { actorId: event.actorId ?? null, target: event.target ?? null, ip: event.ip ?? null, requestId: event.requestId ?? null, details: details === null ? null : JSON.parse(details) };
+  const piiDigest = auditPiiDigest(salt, pii);
+  const hash = auditRowHash({ tenantKey: key, seq, at: when, action: event.action, result: event.result, piiDigest, prevHash: head.hash });
+  await trx
+    .insertInto("audit_log")
+    .values({
+      tenant_key: key,
+      seq,
+      at: when,
+      action: event.action,
+      result: event.result,
+      actor_id: pii.actorId,
+      target: pii.target,
+      ip: pii.ip,
+      request_id: pii.requestId,
+      details,
+      pii_salt: salt,
+      pii_digest: piiDigest,
+      prev_hash: head.hash,
+      hash,
+    })
+    .execute();
+  await trx.updateTable("audit_heads").set({ seq, hash }).where("tenant_key", "=", key).execute();
+  return { tenantId: event.tenantId, seq, at: when, ...pii, result: event.result, action: event.action, details: pii.details, piiDigest, prevHash: head.hash, hash, scrubbedAt: null };
+}
+
+export interface AuditLogOptions {
+  /** Clock for event timestamps (tests move it by hand). Default `() => new Date()`. */
+  now?: () => Date;
+}
+
+/** The kysely audit log: an `AuditSink` plus reading and verifying. */
+export interface AuditLog extends AuditSink {
+  /** Appends and returns the stored record. */
+  append(event: AuditEventInput): Promise<AuditRecord>;
+  /** A tenant's events in sequence order, `limit` at a time after `afterSeq`. */
+  list(tenantId: string | null, options?: { afterSeq?: number; limit?: number }): Promise<AuditRecord[]>;
+  verify(tenantId: string | null): Promise<AuditChainReport>;
+}
+
+/**
+ * An append-only, hash-chained audit log in the `auditMigrations` tables, one chain per tenant.
+ * Each append is its own short transaction (or joins the one it is given when `db` is a
+ * transaction).
+ *
+ * @example
+ * const audit = createAuditLog(db);
+ * const auth = createAuthService({ stores, keys, issuer, audience, audit });
+ * app.use(auditRequests(audit));
+ * (await audit.verify(teamId)).ok; // true
+ */
+export function createAuditLog(db: Kysely<any>, options: AuditLogOptions = {}): AuditLog {
+  const now = options.now ?? (() => new Date());
+  const append = (event: AuditEventInput) => {
+    checkEvent(event);
+    return db.isTransaction ? appendAuditEvent(db, event, now()) : db.transaction().execute((trx) => appendAuditEvent(trx, event, now()));
+  };
+  return {
+    append,
+    record: async (event) => void (await append(event)),
+    list: (tenantId, o = {}) => listAuditEvents(db, tenantId, o),
+    verify: (tenantId) => verifyAuditChain(db, tenantId),
+  };
+}
+
+function toRecord(row: any): AuditRecord {
+  return {
+    tenantId: row.tenant_key === "" ? null : row.tenant_key,
+    seq: Number(row.seq),
+    at: new Date(row.at),
+    action: row.action,
+    result: row.result,
+    actorId: row.actor_id,
+    target: row.target,
+    ip: row.ip,
+    requestId: row.request_id,
+    details: row.details === null ? null : JSON.parse(row.details),
+    piiDigest: row.pii_digest,
+    prevHash: row.prev_hash,
+    hash: row.hash,
+    scrubbedAt: row.scrubbed_at === null ? null : new Date(row.scrubbed_at),
+  };
+}
+
+/**
+ * Reads a tenant's events in sequence order.
+ *
+ * @example
+ * const page = await listAuditEvents(db, teamId, { afterSeq: 100, limit: 50 });
+ */
+export async function listAuditEvents(db: Kysely<any>, tenantId: string | null, options: { afterSeq?: number; limit?: number } = {}): Promise<AuditRecord[]> {
+  const limit = Math.min(Math.max(options.limit ?? 100, 1), 10_000);
+  const rows = await db
+    .selectFrom("audit_log")
+    .selectAll()
+    .where("tenant_key", "=", tenantKey(tenantId))
+    .where("seq", ">", options.afterSeq ?? 0)
+    .orderBy("seq")
+    .limit(limit)
+    .execute();
+  return rows.map(toRecord);
+}
+
+/** Why a chain failed to verify. */
+export type AuditChainProblem =
+  /** A sequence number is missing (a row was deleted) or out of place. */
+  | "sequence_gap"
+  /** `prev_hash` is not the previous row's hash (rows swapped, inserted or re-chained). */
+  | "broken_link"
+  /** The personal fields no longer match their digest (edited actor, ip, target, details …). */
+  | "payload_mismatch"
+  /** The row's own fields (time, action, result, digest) no longer match its hash. */
+  | "hash_mismatch"
+  /** The head row disagrees with the last row (rows removed from the end). */
+  | "head_mismatch";
+
+export type AuditChainReport =
+  | { ok: true; tenantId: string | null; rows: number; headHash: string }
+  | { ok: false; tenantId: string | null; rows: number; seq: number; problem: AuditChainProblem; message: string };
+
+/**
+ * Walks a tenant's chain from sequence 1 and returns `ok`, or the first row that does not
+ * verify and why. Scrubbed rows still verify their place in the chain and their non-personal
+ * fields; only their (erased) personal fields can no longer be checked against the digest.
+ *
+ * @example
+ * const report = await verifyAuditChain(db, teamId);
+ * if (!report.ok) console.error(`audit row ${report.seq}: ${report.problem}`);
+ */
+export async function verifyAuditChain(db: Kysely<any>, tenantId: string | null): Promise<AuditChainReport> {
+  const key = tenantKey(tenantId);
+  let expectedSeq = 1;
+  let prevHash = AUDIT_GENESIS_HASH;
+  const fail = (seq: number, problem: AuditChainProblem, message: string): AuditChainReport => ({ ok: false, tenantId, rows: expectedSeq - 1, seq, problem, message });
+  for (;;) {
+    const rows = await db.selectFrom("audit_log").selectAll().where("tenant_key", "=", key).where("seq", ">=", expectedSeq).orderBy("seq").limit(1000).execute();
+    for (const row of rows) {
+      const seq = Number(row.seq);
+      if (seq !== expectedSeq) return fail(expectedSeq, "sequence_gap", `Row ${expectedSeq} is missing (next is ${seq})`);
+      if (row.prev_hash !== prevHash) return fail(seq, "broken_link", `Row ${seq} does not link to row ${seq - 1}`);
+      if (row.scrubbed_at === null) {
+        let details: unknown = null;
+        try {
+          details = row.details === null ? null : JSON.parse(row.details);
+        } catch {
+          return fail(seq, "payload_mismatch", `Row ${seq} has unreadable details`);
+        }
+        const digest = row.pii_salt === null ? "" : auditPiiDigest(row.pii_salt, { actorId: row.actor_id, target: row.target, ip: row.ip, requestId: row.request_id, details });
+        if (digest !== row.pii_digest) return fail(seq, "payload_mismatch", `Row ${seq}'s actor, target, ip, request id or details were changed`);
+      }
+      const hash = auditRowHash({ tenantKey: key, seq, at: new Date(row.at), action: row.action, result: row.result, piiDigest: row.pii_digest, prevHash: row.prev_hash });
+      if (hash !== row.hash) return fail(seq, "hash_mismatch", `Row ${seq}'s time, action or result were changed`);
+      prevHash = row.hash;
+      expectedSeq++;
+    }
+    if (rows.length < 1000) break;
+  }
+  const head = await db.selectFrom("audit_heads").select(["seq", "hash"]).where("tenant_key", "=", key).executeTakeFirst();
+  const headSeq = head ? Number(head.seq) : 0;
+  if (headSeq !== expectedSeq - 1 || (head && head.hash !== prevHash)) {
+    return fail(Math.min(headSeq, expectedSeq), "head_mismatch", `The chain head is at ${headSeq} but rows end at ${expectedSeq - 1}`);
+  }
+  return { ok: true, tenantId, rows: expectedSeq - 1, headHash: prevHash };
+}
+
+/**
+ * Erases the personal fields (actor, target, ip, request id, details and the salt) of the audit
+ * rows matching `where`, keeping every hash: the chain still verifies. Runs inside the given
+ * transaction; the database trigger lets only this shape of update through. Returns the number of
+ * rows scrubbed.
+ *
+ * @example
+ * await db.transaction().execute((trx) => scrubAuditPii(trx, { actorId: userId, at }));
+ */
+export async function scrubAuditPii(trx: Kysely<any>, where: { actorId?: string; targets?: string[]; before?: Date }, at: Date = new Date()): Promise<number> {
+  if (!trx.isTransaction) throw new TypeError("scrubAuditPii must run inside a transaction");
+  if (where.actorId === undefined && !where.targets?.length && where.before === undefined) throw new TypeError("scrubAuditPii needs actorId, targets or before");
+  await sql`select set_config('keen.audit_scrub', 'on', true)`.execute(trx);
+  try {
+    const result = await trx
+      .updateTable("audit_log")
+      .set({ actor_id: null, target: null, ip: null, request_id: null, details: null, pii_salt: null, scrubbed_at: at })
+      .where("scrubbed_at", "is", null)
+      .where((eb) => {
+        const ors = [];
+        if (where.actorId !== undefined) ors.push(eb("actor_id", "=", where.actorId));
+        if (where.targets?.length) ors.push(eb("target", "in", where.targets));
+        const who = ors.length ? eb.or(ors) : eb.lit(true);
+        return where.before !== undefined ? eb.and([who, eb("at", "<", where.before)]) : who;
+      })
+      .executeTakeFirst();
+    return Number(result.numUpdatedRows);
+  } finally {
+    // Closes the window for the rest of the transaction; after a failed update the transaction
+    // is aborted, which ends the (transaction-local) setting anyway.
+    await sql`select set_config('keen.audit_scrub', 'off', true)`.execute(trx).catch(() => {});
+  }
+}
