@@ -97,7 +97,7 @@ describe("keen CLI usage", () => {
   });
 });
 
-describe("keen run: the full lifecycle against the offline Messages API", () => {
+describe("keen run: the full lifecycle against the offline Messages API", { timeout: 120_000 }, () => {
   it("runs a three-level tree, prints only NDJSON on stdout, merges the branches and keeps a snapshot", async () => {
     const tree: ScriptedTask = {
       title: "Docs and code",
