@@ -1,4 +1,4 @@
-import { Migrator, type Kysely, type Migration, type MigrationResultSet } from "kysely";
+import { Migrator, sql, type Kysely, type Migration, type MigrationResultSet } from "kysely";
 
 /** Named migrations; names sort in the order they run, e.g. `gk_auth_0001_users`. */
 export type MigrationSet = Record<string, Migration>;
@@ -24,9 +24,13 @@ export async function migrateToLatest(db: Kysely<any>, sets: MigrationSet[], opt
     }
   }
   const tableName = options.tableName ?? "gateway_kit_migrations";
+  // kysely looks for its bookkeeping tables in every schema unless told which one; name the
+  // current schema so a database with several schemas (one per tenant or test) is not confused.
+  const { rows } = await sql<{ schema: string }>`select current_schema() as schema`.execute(db);
   const migrator = new Migrator({
     db,
     provider: { getMigrations: async () => all },
+    migrationTableSchema: rows[0]!.schema,
     migrationTableName: tableName,
     migrationLockTableName: `${tableName}_lock`,
   });
