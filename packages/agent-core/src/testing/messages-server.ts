@@ -73,8 +73,8 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
   const cache = new PromptCache(options.now ?? Date.now, options.minCacheableTokens ?? 0);
   const secret = randomBytes(32);
   const issuedRedacted = new Set<string>();
-  /** Assistant turns with thinking, as issued, by their first thinking signature or redacted data. */
-  const issuedThinkingTurns = new Map<string, string>();
+  /** Assistant turns with thinking, as issued, by their first thinking signature or redacted data (equal thinking signs equally). */
+  const issuedThinkingTurns = new Map<string, Set<string>>();
   /** tool_use ids issued in a turn that starts with thinking. */
   const thinkingToolUses = new Set<string>();
   const requests: RecordedRequest[] = [];
@@ -144,7 +144,9 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
     const content = (scripted.content ?? []).map((block, i) => toApiBlock(block, index, i));
     const thinkingKey = turnKey(content);
     if (thinkingKey) {
-      issuedThinkingTurns.set(thinkingKey, canonicalContent(content));
+      const turns = issuedThinkingTurns.get(thinkingKey) ?? new Set<string>();
+      turns.add(canonicalContent(content));
+      issuedThinkingTurns.set(thinkingKey, turns);
       if (content[0]?.type === "thinking" || content[0]?.type === "redacted_thinking") {
         for (const block of content) if (block.type === "tool_use") thinkingToolUses.add(block.id);
       }
@@ -240,7 +242,7 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
         // A turn with thinking goes back exactly as it was issued, or not at all.
         const key = turnKey(content);
         const issued = key ? issuedThinkingTurns.get(key) : undefined;
-        if (issued !== undefined && checkThinkingTurns && canonicalContent(content) !== issued) {
+        if (issued !== undefined && checkThinkingTurns && !issued.has(canonicalContent(content))) {
           return `messages.${i}.content: an assistant turn with thinking blocks was changed; pass it back exactly as received or drop the whole turn`;
         }
       }
