@@ -1,1 +1,11 @@
-export {};
+export { limitMigrations } from "./migrations.js";
+export type { LimitTables } from "./tables.js";
+export {
+  bucketResult,
+  createKyselyRateLimitStore,
+  createMemoryRateLimitStore,
+  type RateLimitResult,
+  type RateLimitRule,
+  type RateLimitStore,
+} from "./rate-limit-store.js";
+export { rateLimit, type RateLimitOptions, type RateLimitState } from "./rate-limit.js";

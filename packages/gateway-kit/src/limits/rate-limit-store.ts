@@ -1,0 +1,119 @@
+import { sql, type Kysely } from "kysely";
+import type { LimitTables } from "./tables.js";
+
+/**
+ * A token bucket: holds at most `limit` tokens and refills `limit` tokens every `windowMs`,
+ * evenly. A request takes `cost` tokens (usually 1), so bursts up to `limit` pass and the
+ * sustained rate is `limit / windowMs`.
+ */
+export interface RateLimitRule {
+  limit: number;
+  windowMs: number;
+}
+
+/** The bucket after one `consume`. */
+export interface RateLimitResult {
+  allowed: boolean;
+  limit: number;
+  /** Whole tokens left after this request. */
+  remaining: number;
+  /** Until the bucket is full again. */
+  resetMs: number;
+  /** Until enough tokens for this request are back; 0 when allowed. */
+  retryAfterMs: number;
+}
+
+/**
+ * Where buckets live. `createMemoryRateLimitStore` serves one process;
+ * `createKyselyRateLimitStore` shares buckets across processes through PostgreSQL.
+ */
+export interface RateLimitStore {
+  /** Refills the bucket up to `nowMs`, then takes `cost` tokens if there are enough, atomically. */
+  consume(key: string, rule: RateLimitRule, cost: number, nowMs: number): Promise<RateLimitResult>;
+  /** Forgets buckets untouched since `beforeMs` (they would be full anyway); returns how many. */
+  prune(beforeMs: number): Promise<number>;
+}
+
+/** Derives the public numbers from the bucket's tokens after a consume. */
+export function bucketResult(tokens: number, allowed: boolean, rule: RateLimitRule, cost: number): RateLimitResult {
+  const perMs = rule.limit / rule.windowMs;
+  return {
+    allowed,
+    limit: rule.limit,
+    remaining: Math.max(0, Math.floor(tokens + 1e-9)),
+    resetMs: Math.max(0, Math.ceil((rule.limit - tokens) / perMs)),
+    retryAfterMs: allowed ? 0 : Math.max(1, Math.ceil((Math.min(cost, rule.limit) - tokens) / perMs)),
+  };
+}
+
+/**
+ * An in-process token-bucket store. Buckets of different processes are independent; use the
+ * PostgreSQL store when several processes serve the same users.
+ *
+ * @example
+ * app.use(rateLimit({ store: createMemoryRateLimitStore(), limit: 60, windowMs: 60_000 }));
+ */
+export function createMemoryRateLimitStore(): RateLimitStore {
+  const buckets = new Map<string, { tokens: number; updatedMs: number }>();
+  return {
+    async consume(key, rule, cost, nowMs) {
+      const perMs = rule.limit / rule.windowMs;
+      const bucket = buckets.get(key);
+      let tokens = rule.limit;
+      let updatedMs = nowMs;
+      if (bucket) {
+        tokens = Math.min(rule.limit, bucket.tokens + Math.max(0, nowMs - bucket.updatedMs) * perMs);
+        updatedMs = Math.max(bucket.updatedMs, nowMs);
+      }
+      const allowed = tokens >= cost;
+      if (allowed) tokens -= cost;
+      buckets.set(key, { tokens, updatedMs });
+      return bucketResult(tokens, allowed, rule, cost);
+    },
+    async prune(beforeMs) {
+      let removed = 0;
+      for (const [key, bucket] of buckets) {
+        if (bucket.updatedMs < beforeMs) {
+          buckets.delete(key);
+          removed += 1;
+        }
+      }
+      return removed;
+    },
+  };
+}
+
+/**
+ * A token-bucket store in PostgreSQL (or PGlite): each `consume` is one `INSERT … ON CONFLICT
+ * DO UPDATE` that refills and takes tokens under the row lock, so concurrent requests from any
+ * number of processes never take more tokens than the bucket holds. Run `limitMigrations` first.
+ *
+ * @example
+ * const store = createKyselyRateLimitStore(db);
+ * app.use(rateLimit({ store, limit: 600, windowMs: 60_000, by: "api_key" }));
+ */
+export function createKyselyRateLimitStore(db: Kysely<any>): RateLimitStore {
+  const kdb = db as Kysely<LimitTables>;
+  return {
+    async consume(key, rule, cost, nowMs) {
+      const limit = sql`${rule.limit}::float8`;
+      const need = sql`${cost}::float8`;
+      const now = sql`${Math.trunc(nowMs)}::int8`;
+      const refilled = sql`least(${limit}, b.tokens + greatest(0, ${now} - b.updated_ms) * ${rule.limit / rule.windowMs}::float8)`;
+      const result = await sql<{ tokens: number; allowed: boolean }>`
+        insert into rate_limit_buckets as b (key, tokens, updated_ms, allowed)
+        values (${key}, case when ${need} <= ${limit} then ${limit} - ${need} else ${limit} end, ${now}, ${need} <= ${limit})
+        on conflict (key) do update set
+          tokens = case when ${refilled} >= ${need} then ${refilled} - ${need} else ${refilled} end,
+          allowed = ${refilled} >= ${need},
+          updated_ms = greatest(b.updated_ms, ${now})
+        returning tokens, allowed`.execute(kdb);
+      const row = result.rows[0]!;
+      return bucketResult(Number(row.tokens), row.allowed, rule, cost);
+    },
+    async prune(beforeMs) {
+      const result = await kdb.deleteFrom("rate_limit_buckets").where("updated_ms", "<", Math.trunc(beforeMs)).executeTakeFirst();
+      return Number(result.numDeletedRows);
+    },
+  };
+}

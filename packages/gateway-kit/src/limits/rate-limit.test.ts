@@ -1,0 +1,131 @@
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openDatabase, type Database } from "../db/database.js";
+import { migrateToLatest } from "../db/migrations.js";
+import { describeEachDatabase } from "../testing/each-database.js";
+import { limitMigrations } from "./migrations.js";
+import { rateLimit } from "./rate-limit.js";
+import { createKyselyRateLimitStore, createMemoryRateLimitStore, type RateLimitStore } from "./rate-limit-store.js";
+import { ManualClock, serve } from "./test-server.js";
+
+/** One contract for every store. */
+function storeContract(newStore: () => RateLimitStore) {
+  const rule = { limit: 10, windowMs: 10_000 }; // one token per second
+
+  it("lets a burst of `limit` through, then refuses until tokens come back", async () => {
+    const store = newStore();
+    const key = randomUUID();
+    const t0 = 1_000_000;
+    const results = [];
+    for (let i = 0; i < 11; i++) results.push(await store.consume(key, rule, 1, t0));
+    expect(results.map((r) => r.allowed)).toEqual([...Array(10).fill(true), false]);
+    expect(results.map((r) => r.remaining)).toEqual([9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0]);
+    expect(results[10]).toMatchObject({ limit: 10, retryAfterMs: 1000, resetMs: 10_000 });
+
+    expect((await store.consume(key, rule, 1, t0 + 999)).allowed).toBe(false);
+    const back = await store.consume(key, rule, 1, t0 + 2_500); // 2.5 tokens back, one taken
+    expect(back).toMatchObject({ allowed: true, remaining: 1 });
+    // Refill stops at the limit, however long the bucket sits.
+    expect(await store.consume(key, rule, 1, t0 + 3_600_000)).toMatchObject({ allowed: true, remaining: 9 });
+  });
+
+  it("keeps buckets apart, charges costs, never refills on a clock that goes backwards, and prunes idle buckets", async () => {
+    const store = newStore();
+    const a = randomUUID();
+    const b = randomUUID();
+    expect(await store.consume(a, rule, 6, 5_000)).toMatchObject({ allowed: true, remaining: 4 });
+    expect(await store.consume(a, rule, 6, 5_000)).toMatchObject({ allowed: false, remaining: 4, retryAfterMs: 2000 });
+    expect(await store.consume(b, rule, 1, 5_000)).toMatchObject({ allowed: true, remaining: 9 });
+    expect(await store.consume(a, rule, 1, 1_000)).toMatchObject({ allowed: true, remaining: 3 });
+    // A cost above the limit can never pass.
+    expect((await store.consume(randomUUID(), rule, 11, 5_000)).allowed).toBe(false);
+    expect(await store.prune(4_000)).toBe(0);
+    expect(await store.prune(6_000)).toBeGreaterThanOrEqual(2);
+    expect(await store.consume(a, rule, 1, 5_000)).toMatchObject({ remaining: 9 });
+  });
+}
+
+describe("memory rate-limit store", () => storeContract(createMemoryRateLimitStore));
+
+describeEachDatabase("PostgreSQL rate-limit store", (fixture) => {
+  beforeAll(() => migrateToLatest(fixture.database.db, [limitMigrations]));
+  describe("contract", () => storeContract(() => createKyselyRateLimitStore(fixture.database.db)));
+
+  if (fixture.kind === "postgres") {
+    describe("across processes", () => {
+      const pools: Database[] = [];
+      beforeAll(async () => {
+        for (let i = 0; i < 2; i++) pools.push(await openDatabase({ url: fixture.url!, schema: fixture.schema!, maxConnections: 8 }));
+      });
+      afterAll(async () => {
+        for (const p of pools) await p.close();
+      });
+
+      it("admits exactly `limit` of 200 concurrent requests spread over two connection pools", async () => {
+        const stores = pools.map((p) => createKyselyRateLimitStore(p.db));
+        const key = randomUUID();
+        const rule = { limit: 50, windowMs: 3_600_000 };
+        const at = 10_000_000;
+        const results = await Promise.all(Array.from({ length: 200 }, (_, i) => stores[i % 2]!.consume(key, rule, 1, at)));
+        expect(results.filter((r) => r.allowed)).toHaveLength(50);
+        expect(Math.min(...results.map((r) => r.remaining))).toBe(0);
+      });
+    });
+  }
+
+  it("limits per user and per API key through the middleware, with RateLimit headers and 429 + Retry-After", async () => {
+    const clock = new ManualClock();
+    const store = createKyselyRateLimitStore(fixture.database.db);
+    const app = await serve((koa) => {
+      koa.use(rateLimit({ store, limit: 5, windowMs: 60_000, by: "user", now: clock.now, name: `u${fixture.kind}` }));
+      koa.use(rateLimit({ store, limit: 2, windowMs: 60_000, by: "api_key", now: clock.now, name: `k${fixture.kind}` }));
+      koa.use((ctx) => {
+        ctx.body = { ok: true, rateLimit: ctx.state.rateLimit?.name };
+      });
+    });
+    try {
+      const alice = { userId: `alice-${randomUUID()}` };
+      const viaKey = { ...alice, via: "api_key" as const, apiKeyId: randomUUID() };
+      const first = await app.fetch("/", { principal: alice });
+      expect(first.status).toBe(200);
+      expect(Object.fromEntries(["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "ratelimit-policy"].map((h) => [h, first.headers.get(h)]))).toEqual({
+        "ratelimit-limit": "5",
+        "ratelimit-remaining": "4",
+        "ratelimit-reset": "12",
+        "ratelimit-policy": "5;w=60",
+      });
+      // The key's own bucket (2) is tighter than the user's, so its headers win.
+      const k1 = await app.fetch("/", { principal: viaKey });
+      expect([k1.status, k1.headers.get("ratelimit-limit"), k1.headers.get("ratelimit-remaining")]).toEqual([200, "2", "1"]);
+      await app.fetch("/", { principal: viaKey });
+      const k3 = await app.fetch("/", { principal: viaKey });
+      expect(k3.status).toBe(429);
+      expect(k3.headers.get("retry-after")).toBe("30");
+      expect(k3.headers.get("ratelimit-remaining")).toBe("0");
+      expect(k3.body.error).toMatchObject({ code: "rate_limited", details: { limit: 2, windowSeconds: 60, retryAfterSeconds: 30 } });
+      // The same user without the key still has budget in the user bucket: 5 - 4 taken so far.
+      const u = await app.fetch("/", { principal: alice });
+      expect([u.status, u.headers.get("ratelimit-remaining")]).toEqual([200, "0"]);
+      const refused = await app.fetch("/", { principal: alice });
+      expect([refused.status, refused.headers.get("retry-after")]).toEqual([429, "12"]);
+      clock.advance(12_000);
+      expect((await app.fetch("/", { principal: alice })).status).toBe(200);
+      // Another user is untouched; anonymous callers are limited by IP.
+      expect((await app.fetch("/", { principal: { userId: randomUUID() } })).headers.get("ratelimit-remaining")).toBe("4");
+      expect((await app.fetch("/")).headers.get("ratelimit-remaining")).toBe("4");
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe("rateLimit options", () => {
+  it("throws a TypeError for bad options at creation", () => {
+    const store = createMemoryRateLimitStore();
+    expect(() => rateLimit({ store, limit: 0, windowMs: 60_000 })).toThrow(TypeError);
+    expect(() => rateLimit({ store, limit: 10, windowMs: 10 })).toThrow(TypeError);
+    expect(() => rateLimit({ store: {} as never, limit: 10, windowMs: 60_000 })).toThrow(TypeError);
+    expect(() => rateLimit({ store, limit: 10, windowMs: 60_000, by: "team" as never })).toThrow(TypeError);
+    expect(() => rateLimit({ store, limit: 10, windowMs: 60_000, extra: 1 } as never)).toThrow(TypeError);
+  });
+});
