@@ -230,3 +230,36 @@ describeEachDatabase("credits ledger", (fixture) => {
     });
   });
 });
+
+describeEachDatabase("credits data rights", (fixture) => {
+  it("exports a user's wallets, balances, entries and reservations, and erasure keeps the ledger balanced", async () => {
+    const { creditsDataRights } = await import("./data-rights.js");
+    const db = fixture.database.db;
+    await migrateToLatest(db, [creditMigrations]);
+    const ledger = createKyselyLedger(db);
+    const userId = `u_${randomUUID()}`;
+    const wallet = await ledger.openWallet({ userId });
+    const stranger = await ledger.openWallet({ userId: `u_${randomUUID()}` });
+    await ledger.grant({ account: wallet.id, amount: 9_000, idempotencyKey: key("g") });
+    await ledger.grant({ account: stranger.id, amount: 1, idempotencyKey: key("g") });
+    const r = await ledger.reserve({ account: wallet.id, amount: 2_000, idempotencyKey: key("r"), ttlMs: 60_000, reference: "run_9" });
+    await ledger.settle(r.id, 500);
+
+    const archive = (await creditsDataRights.export(db, userId)) as any;
+    expect(JSON.parse(JSON.stringify(archive))).toEqual(archive);
+    expect(archive.accounts.map((a: any) => [a.kind, a.balance])).toEqual([
+      ["user_wallet", "8500"],
+      ["hold", "0"],
+    ]);
+    expect(archive.entries.map((e: any) => `${e.kind} ${e.amount}`).sort()).toEqual(
+      ["grant 9000", "reserve -2000", "reserve 2000", "charge -500", "release -1500", "release 1500"].sort(),
+    );
+    expect(archive.reservations).toEqual([expect.objectContaining({ id: r.id, status: "settled", charged: "500", reference: "run_9" })]);
+    expect(JSON.stringify(archive)).not.toContain(stranger.id);
+    expect(await creditsDataRights.export(db, "nobody")).toEqual({ accounts: [], entries: [], reservations: [] });
+
+    await db.transaction().execute((trx) => creditsDataRights.erase(trx, userId));
+    expect((await ledger.getAccount(wallet.id)).balance).toBe(8_500);
+    expect((await ledger.verify()).ok).toBe(true);
+  });
+});
