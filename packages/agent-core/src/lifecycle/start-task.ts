@@ -46,6 +46,13 @@ export interface TaskOptions {
   contextWindow?: number;
   /** When and how far each agent's conversation is pruned, or `false` to never prune. */
   context?: Omit<ContextSettings, "contextWindow"> | false;
+  /**
+   * Show the model every lifecycle tool in every phase, in one fixed order, and refuse calls the
+   * phase does not allow. The tool list is the start of the prompt-cache prefix, so a fixed list
+   * lets the cached conversation survive phase changes. Default false: each phase shows only
+   * its own tools.
+   */
+  stableTools?: boolean;
   signal?: AbortSignal;
   runId?: string;
   /** Called with the whole tree's state after every turn and step; persist it to resume later. */
@@ -344,6 +351,7 @@ class Orchestrator {
         system: LIFECYCLE_SYSTEM_PROMPT,
         messages: agent.messages,
         tools,
+        ...(this.options.stableTools ? { offeredTools: this.allLifecycleTools() } : {}),
         workspace,
         emit: (event) => this.emit(event),
         signal: this.signal,
@@ -370,6 +378,24 @@ class Orchestrator {
       reminded = true;
       appendUserText(agent.messages, reminderMessage(closingTool));
     }
+  }
+
+  private lifecycleTools: Tool<any>[] | undefined;
+
+  /** Every tool of every phase, first occurrence of a name winning, in an order that never changes. */
+  private allLifecycleTools(): Tool<any>[] {
+    if (!this.lifecycleTools) {
+      const all = [
+        ...builtinTools(this.options.runCommand ? { runCommand: this.options.runCommand } : {}),
+        ...(this.options.tools ?? []),
+        finishExploreTool,
+        submitPlanTool,
+        completeTaskTool,
+        completeMergeTool,
+      ];
+      this.lifecycleTools = all.filter((tool, i) => all.findIndex((other) => other.name === tool.name) === i);
+    }
+    return this.lifecycleTools;
   }
 
   private contextOption(agent: AgentState): { context?: ContextTracker } {

@@ -18,17 +18,25 @@ afterEach(async () => {
 const ofType = <T extends KeenEvent["type"]>(events: KeenEvent[], type: T) => events.filter((e): e is KeenEventOf<T> => e.type === type);
 const inputTotal = (r: RecordedRequest) => r.usage!.input_tokens + r.usage!.cache_creation_input_tokens + r.usage!.cache_read_input_tokens;
 
+/** The phase's closing tool, told by the tools a request offers. */
 function phaseOf(request: Record<string, any>): string {
   const names = new Set<string>((request.tools ?? []).map((t: { name: string }) => t.name));
   return ["finish_explore", "submit_plan", "complete_task", "complete_merge"].find((name) => names.has(name)) ?? "none";
 }
 
+/** The phase's closing tool, told by the last phase instruction in the conversation (when every phase offers every tool). */
+function phaseFromMessages(request: Record<string, any>): string {
+  const text = JSON.stringify(request.messages);
+  const phases = [...text.matchAll(/Phase (EXPLORE|PLAN|COMPLETE)/g)].map((m) => m[1]);
+  return { EXPLORE: "finish_explore", PLAN: "submit_plan", COMPLETE: "complete_task" }[phases.at(-1) ?? "EXPLORE"]!;
+}
+
 /** Replies per agent and phase, in order; the turn is counted per agent and phase (agents run one request at a time). */
-function phasePolicy(replies: Record<string, Record<string, (turn: number) => ScriptedReply>>): ReplyPolicy {
+function phasePolicy(replies: Record<string, Record<string, (turn: number) => ScriptedReply>>, phaseOfRequest = phaseOf): ReplyPolicy {
   const turns = new Map<string, number>();
   return (request) => {
     const agent = agentOf(request);
-    const phase = phaseOf(request);
+    const phase = phaseOfRequest(request);
     const key = `${agent}/${phase}`;
     const turn = turns.get(key) ?? 0;
     turns.set(key, turn + 1);
@@ -62,8 +70,7 @@ async function run(options: Partial<TaskOptions>, policy: ReplyPolicy, fileCount
 }
 
 describe("context across the lifecycle", () => {
-  it("keeps the prompt cache effective across phases and agents of a tree", async () => {
-    const policy = phasePolicy({
+  const treeReplies = (): Record<string, Record<string, (turn: number) => ScriptedReply>> => ({
       root: {
         finish_explore: (t) => (t < 4 ? read(t) : explore("PLAN")),
         submit_plan: (t) => (t < 1 ? read(4) : reply.toolUse("submit_plan", { approach: "Split.", subtasks: [{ title: "One", instructions: "Do one" }, { title: "Two", instructions: "Do two" }] })),
@@ -78,14 +85,21 @@ describe("context across the lifecycle", () => {
         complete_task: (t) => (t < 2 ? reply.toolUse("write_file", { path: `b${t}.txt`, content: "b\n" }) : reply.toolUse("complete_task", { summary: "B done.", status: "success" })),
       },
     });
-    const { result } = await run({ maxConcurrency: 1 }, policy, 6);
-    expect(result.error).toBeUndefined();
-    expect(result.status).toBe("success");
+
+  /** Share of all input tokens read from the cache, and the requests, after checking every request was accepted. */
+  function cacheReadRatio(): { ratio: number; requests: RecordedRequest[] } {
     const requests = server!.requests.filter((r) => r.path === "/v1/messages");
     expect(requests.every((r) => r.status === 200)).toBe(true);
     const total = requests.reduce((n, r) => n + inputTotal(r), 0);
     const cached = requests.reduce((n, r) => n + r.usage!.cache_read_input_tokens, 0);
-    const ratio = cached / total;
+    return { ratio: cached / total, requests };
+  }
+
+  it("keeps the prompt cache effective across phases and agents of a tree", async () => {
+    const { result } = await run({ maxConcurrency: 1 }, phasePolicy(treeReplies()), 6);
+    expect(result.error).toBeUndefined();
+    expect(result.status).toBe("success");
+    const { ratio, requests } = cacheReadRatio();
     // Phase changes swap the tool list, which the cache keys on first; the conversation still
     // reads most of its input from the cache.
     expect(ratio).toBeGreaterThanOrEqual(0.6);
@@ -98,7 +112,30 @@ describe("context across the lifecycle", () => {
     }
     // The system prompt is the same for every agent and phase, so tools + system stay cacheable.
     expect(new Set(requests.map((r) => JSON.stringify(r.body.system))).size).toBe(1);
-    console.log(`cache-read ratio across ${requests.length} requests of a 3-agent, multi-phase run: ${(ratio * 100).toFixed(1)}%`);
+    console.log(`cache-read ratio across ${requests.length} requests of a 3-agent, multi-phase run (tools per phase): ${(ratio * 100).toFixed(1)}%`);
+  });
+
+  it("with stableTools, shows one tool list in every phase, refuses out-of-phase calls, and reads more from the cache", async () => {
+    const replies = treeReplies();
+    const explore = replies.root!.finish_explore!;
+    // First the root tries to write while exploring.
+    replies.root!.finish_explore = (t) => (t === 0 ? reply.toolUse("write_file", { path: "early.txt", content: "too soon\n" }) : explore(t - 1));
+    const { result, workspace } = await run({ maxConcurrency: 1, stableTools: true }, phasePolicy(replies, phaseFromMessages), 6);
+    expect(result.error).toBeUndefined();
+    expect(result.status).toBe("success");
+    const { ratio, requests } = cacheReadRatio();
+    expect(new Set(requests.map((r) => JSON.stringify(r.body.tools))).size).toBe(1);
+    expect(requests[0]!.body.tools.map((t: { name: string }) => t.name)).toEqual([
+      "read_file", "list_files", "search_files", "write_file", "edit_file", "run_command",
+      "finish_explore", "submit_plan", "complete_task", "complete_merge",
+    ]);
+    const refusal = requests[1]!.body.messages.at(-1).content[0];
+    expect(refusal).toMatchObject({ type: "tool_result", is_error: true });
+    expect(refusal.content).toMatch(/^write_file cannot be used at this point\. Tools you can use now: read_file, list_files, search_files/);
+    await expect(workspace.readFile("early.txt")).rejects.toThrow();
+    // Only each agent's first request misses the conversation part of the prefix.
+    expect(ratio).toBeGreaterThanOrEqual(0.8);
+    console.log(`cache-read ratio across ${requests.length} requests of a 3-agent, multi-phase run (stable tools): ${(ratio * 100).toFixed(1)}%`);
   });
 
   it("prunes an agent's conversation across phases, saves the pruned conversation in snapshots, and resumes from it", async () => {

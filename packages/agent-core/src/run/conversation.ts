@@ -25,7 +25,14 @@ export interface ConversationOptions {
   system: string;
   /** The conversation so far; it is extended in place, turn by turn. */
   messages: Message[];
+  /** Tools the model may call now. */
   tools: Tool<any>[];
+  /**
+   * Tools shown to the model, when they differ from `tools` (default: `tools`). Showing one
+   * fixed list keeps the prompt-cache prefix stable; a call to a tool shown but not in `tools`
+   * is answered with an error naming the tools that can be used now.
+   */
+  offeredTools?: Tool<any>[];
   workspace: Workspace;
   emit: (event: KeenEventInput) => void;
   signal: AbortSignal;
@@ -66,7 +73,7 @@ export interface ConversationResult {
 export async function runConversation(options: ConversationOptions): Promise<ConversationResult> {
   const { agentId, model, messages, emit, signal } = options;
   const toolsByName = new Map(options.tools.map((tool) => [tool.name, tool]));
-  const specs = options.tools.map(toolSpec);
+  const specs = (options.offeredTools ?? options.tools).map(toolSpec);
   let usage = emptyUsage();
   let agentTotal = options.usageBefore ?? emptyUsage();
   let finalText = "";
@@ -160,7 +167,9 @@ async function runToolCall(options: ConversationOptions, tools: Map<string, Tool
         agentId: options.agentId,
         toolUseId: call.id,
       })
-    : { content: `Unknown tool "${call.name}". Available tools: ${[...tools.keys()].join(", ")}`, isError: true };
+    : options.offeredTools?.some((offered) => offered.name === call.name)
+      ? { content: `${call.name} cannot be used at this point. Tools you can use now: ${[...tools.keys()].join(", ")}`, isError: true }
+      : { content: `Unknown tool "${call.name}". Available tools: ${[...tools.keys()].join(", ")}`, isError: true };
   options.emit({
     type: "tool.completed",
     agentId: options.agentId,
