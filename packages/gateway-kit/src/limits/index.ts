@@ -9,3 +9,17 @@ export {
   type RateLimitStore,
 } from "./rate-limit-store.js";
 export { rateLimit, type RateLimitOptions, type RateLimitState } from "./rate-limit.js";
+export {
+  ConcurrencyLimitError,
+  createKyselyRunSlotStore,
+  createMemoryRunSlotStore,
+  createRunSlots,
+  RunSlotLostError,
+  type RunSlot,
+  type RunSlots,
+  type RunSlotsOptions,
+  type RunSlotStore,
+  type SlotAcquireResult,
+  type SlotHold,
+} from "./run-slots.js";
+export { concurrencyLimit, type ConcurrencyLimitOptions } from "./concurrency-limit.js";

@@ -1,0 +1,185 @@
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openDatabase, type Database } from "../db/database.js";
+import { migrateToLatest } from "../db/migrations.js";
+import { describeEachDatabase } from "../testing/each-database.js";
+import { concurrencyLimit } from "./concurrency-limit.js";
+import { limitMigrations } from "./migrations.js";
+import { ConcurrencyLimitError, createKyselyRunSlotStore, createMemoryRunSlotStore, createRunSlots, RunSlotLostError, type RunSlotStore } from "./run-slots.js";
+import { ManualClock, serve } from "./test-server.js";
+
+function slotContract(newStore: () => RunSlotStore) {
+  it("holds at most `limit` runs per user and per team, and frees a slot on release", async () => {
+    const clock = new ManualClock();
+    const slots = createRunSlots({ store: newStore(), limits: { user: 2, team: 3 }, leaseMs: 10_000, now: clock.now });
+    const team = randomUUID();
+    const [ann, bob] = [randomUUID(), randomUUID()];
+    const a1 = await slots.acquire({ runId: randomUUID(), userId: ann, teamId: team });
+    await slots.acquire({ runId: randomUUID(), userId: ann, teamId: team });
+    const refused = await slots.acquire({ runId: randomUUID(), userId: ann, teamId: team }).catch((e) => e);
+    expect(refused).toBeInstanceOf(ConcurrencyLimitError);
+    expect(refused).toMatchObject({ status: 429, code: "too_many_concurrent_runs", details: { scope: "user", limit: 2, active: 2 } });
+    await slots.acquire({ runId: randomUUID(), userId: bob, teamId: team });
+    const teamFull = await slots.acquire({ runId: randomUUID(), userId: bob, teamId: team }).catch((e) => e);
+    expect(teamFull.details).toEqual({ scope: "team", limit: 3, active: 3 });
+    // Refused acquires took nothing: the counts are unchanged.
+    expect(await slots.active({ userId: bob })).toBe(1);
+    expect(await slots.active({ teamId: team })).toBe(3);
+
+    await a1.release();
+    expect(await slots.active({ userId: ann })).toBe(1);
+    await slots.acquire({ runId: randomUUID(), userId: bob, teamId: team });
+    // Without a team, only the user's limit applies; acquiring again for the same run is a renewal.
+    const solo = randomUUID();
+    const runId = randomUUID();
+    await slots.acquire({ runId, userId: solo });
+    await slots.acquire({ runId, userId: solo });
+    expect(await slots.active({ userId: solo })).toBe(1);
+  });
+
+  it("reclaims a crashed run's slot when its lease is not renewed, and the late renewal fails", async () => {
+    const clock = new ManualClock();
+    const slots = createRunSlots({ store: newStore(), limits: { user: 1 }, leaseMs: 5_000, now: clock.now });
+    const user = randomUUID();
+    const crashed = await slots.acquire({ runId: randomUUID(), userId: user });
+    clock.advance(3_000);
+    await crashed.renew(); // heartbeat: now lives until +8 s
+    expect(crashed.expiresAt.getTime()).toBe(clock.ms + 5_000);
+    clock.advance(4_999);
+    await expect(slots.acquire({ runId: randomUUID(), userId: user })).rejects.toBeInstanceOf(ConcurrencyLimitError);
+    clock.advance(1); // lease over: the process stopped renewing
+    expect(await slots.active({ userId: user })).toBe(0);
+    const next = await slots.acquire({ runId: randomUUID(), userId: user });
+    await expect(crashed.renew()).rejects.toBeInstanceOf(RunSlotLostError);
+    expect(await slots.active({ userId: user })).toBe(1);
+    clock.advance(60_000);
+    expect(await slots.reclaimExpired()).toBeGreaterThanOrEqual(1);
+    await expect(next.renew()).rejects.toBeInstanceOf(RunSlotLostError);
+  });
+}
+
+describe("memory run slots", () => slotContract(createMemoryRunSlotStore));
+
+describe("run slot options", () => {
+  it("throws a TypeError for bad options at creation", () => {
+    const store = createMemoryRunSlotStore();
+    expect(() => createRunSlots({ store, limits: {} })).toThrow(TypeError);
+    expect(() => createRunSlots({ store, limits: { user: 0 } })).toThrow(TypeError);
+    expect(() => createRunSlots({ store, limits: { user: 1 }, leaseMs: 5 })).toThrow(TypeError);
+    expect(() => concurrencyLimit({ slots: {} as never })).toThrow(TypeError);
+    expect(() => concurrencyLimit({ slots: createRunSlots({ store, limits: { user: 1 } }), hold: "forever" as never })).toThrow(TypeError);
+  });
+
+  it("keeps a live slot renewed with keepAlive and reports a lost one", async () => {
+    const store = createMemoryRunSlotStore();
+    const slots = createRunSlots({ store, limits: { user: 1 }, leaseMs: 300 });
+    const user = randomUUID();
+    const slot = await slots.acquire({ runId: randomUUID(), userId: user });
+    const stop = slot.keepAlive(60);
+    await new Promise((r) => setTimeout(r, 700));
+    expect(await slots.active({ userId: user })).toBe(1);
+    stop();
+    await new Promise((r) => setTimeout(r, 400));
+    expect(await slots.active({ userId: user })).toBe(0);
+    // A heartbeat that finds its lease gone stops and says so.
+    const lost = await new Promise<RunSlotLostError>((resolve) => slot.keepAlive(50, resolve));
+    expect(lost).toBeInstanceOf(RunSlotLostError);
+  });
+});
+
+describeEachDatabase("PostgreSQL run slots", (fixture) => {
+  beforeAll(() => migrateToLatest(fixture.database.db, [limitMigrations]));
+  describe("contract", () => slotContract(() => createKyselyRunSlotStore(fixture.database.db)));
+
+  if (fixture.kind === "postgres") {
+    describe("across processes", () => {
+      const pools: Database[] = [];
+      beforeAll(async () => {
+        for (let i = 0; i < 2; i++) pools.push(await openDatabase({ url: fixture.url!, schema: fixture.schema!, maxConnections: 8 }));
+      });
+      afterAll(async () => {
+        for (const p of pools) await p.close();
+      });
+
+      it("gives out exactly `limit` slots to 40 concurrent acquires from two pools", async () => {
+        const services = pools.map((p) => createRunSlots({ store: createKyselyRunSlotStore(p.db), limits: { user: 3, team: 5 } }));
+        const user = randomUUID();
+        const team = randomUUID();
+        const results = await Promise.allSettled(
+          Array.from({ length: 40 }, (_, i) => services[i % 2]!.acquire({ runId: randomUUID(), userId: i % 4 === 0 ? randomUUID() : user, teamId: team })),
+        );
+        const held = results.filter((r) => r.status === "fulfilled").length;
+        expect(held).toBe(5);
+        expect(await services[0]!.active({ userId: user })).toBeLessThanOrEqual(3);
+        expect(await services[1]!.active({ teamId: team })).toBe(5);
+        expect(results.filter((r) => r.status === "rejected").every((r) => (r as PromiseRejectedResult).reason instanceof ConcurrencyLimitError)).toBe(true);
+      });
+    });
+  }
+
+  it("holds a slot while a response streams and frees it when the response ends or fails", async () => {
+    const slots = createRunSlots({ store: createKyselyRunSlotStore(fixture.database.db), limits: { user: 1 } });
+    const gates = new Map<string, () => void>();
+    const app = await serve((koa) => {
+      koa.use(concurrencyLimit({ slots, runId: (ctx) => String(ctx.query.run) }));
+      koa.use(async (ctx) => {
+        if (ctx.query.fail) throw new Error("run crashed");
+        await new Promise<void>((resolve) => gates.set(String(ctx.query.run), resolve));
+        ctx.body = { runId: ctx.state.runSlot?.runId };
+      });
+    });
+    const principal = { userId: randomUUID() };
+    try {
+      const first = app.fetch("/?run=r1", { principal });
+      while (!gates.has("r1")) await new Promise((r) => setTimeout(r, 10));
+      const second = await app.fetch("/?run=r2", { principal });
+      expect(second.status).toBe(429);
+      expect(second.body.error).toMatchObject({ code: "too_many_concurrent_runs", details: { scope: "user", limit: 1, active: 1 } });
+      gates.get("r1")!();
+      expect((await first).body).toEqual({ runId: "r1" });
+      await waitFor(async () => (await slots.active(principal)) === 0);
+      expect((await app.fetch("/?run=r3&fail=1", { principal })).status).toBe(500);
+      await waitFor(async () => (await slots.active(principal)) === 0);
+      expect((await app.fetch("/", { principal: undefined })).status).toBe(401);
+    } finally {
+      for (const open of gates.values()) open();
+      await app.close();
+    }
+  });
+
+  it("keeps a slot past the response in manual mode until the host releases it", async () => {
+    const slots = createRunSlots({ store: createKyselyRunSlotStore(fixture.database.db), limits: { user: 1 } });
+    const app = await serve((koa) => {
+      koa.use(async (ctx, next) => {
+        if (ctx.method === "DELETE") {
+          ctx.body = { released: await slots.release(ctx.path.slice(1)) };
+          return;
+        }
+        await next();
+      });
+      koa.use(concurrencyLimit({ slots, hold: "manual" }));
+      koa.use((ctx) => {
+        ctx.status = 202;
+        ctx.body = { runId: ctx.state.runSlot!.runId };
+      });
+    });
+    const principal = { userId: randomUUID() };
+    try {
+      const started = await app.fetch("/", { method: "POST", principal });
+      expect(started.status).toBe(202);
+      expect((await app.fetch("/", { method: "POST", principal })).status).toBe(429);
+      expect((await app.fetch(`/${started.body.runId}`, { method: "DELETE", principal })).body).toEqual({ released: true });
+      expect((await app.fetch("/", { method: "POST", principal })).status).toBe(202);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs = 3000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
