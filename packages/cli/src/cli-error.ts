@@ -13,6 +13,8 @@ export interface Io {
   env: NodeJS.ProcessEnv;
   /** True when stdout is a terminal (live views, colours). */
   isTTY: boolean;
+  /** Width of the terminal, when stdout is one (read again before every redraw). */
+  columns?: () => number | undefined;
 }
 
 export const processIo: Io = {
@@ -20,4 +22,5 @@ export const processIo: Io = {
   stderr: (text) => process.stderr.write(text),
   env: process.env,
   isTTY: Boolean(process.stdout.isTTY),
+  columns: () => process.stdout.columns,
 };

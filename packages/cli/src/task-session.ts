@@ -52,7 +52,7 @@ export const INTERRUPTED_EXIT_CODE = 130;
  */
 export async function runTaskSession(options: TaskSessionOptions): Promise<TaskSessionResult> {
   const { io, mode, snapshot } = options;
-  const columns = () => Number(io.env.COLUMNS) || process.stdout.columns || 80;
+  const columns = () => io.columns?.() || Number(io.env.COLUMNS) || 80;
   const view = mode === "live" ? new LiveTreeView({ write: io.stdout, columns, color: !io.env.NO_COLOR }) : undefined;
   let tree = options.tree;
   let interrupted = false;

@@ -57,6 +57,8 @@ describe("renderTree", () => {
     const narrow = renderTree(tree, { width: 60 }).split("\n");
     expect(narrow[1]).toMatch(/^root {7}Add far… {2}main/);
     expect(narrow[1]!.endsWith("…")).toBe(true);
+    // The header keeps the run's status and time in sight; the vision gives way.
+    expect(renderTree(tree, { width: 40, elapsedMs: 1500 }).split("\n")[0]).toBe("keen ▸ Add farewell()… · running · 1.5 s");
   });
 
   it("colours statuses only when asked", () => {

@@ -62,7 +62,7 @@ export function renderTree(state: TreeState, options: RenderTreeOptions = {}): s
   // Narrow terminals give up title width first; whatever is still too wide is cut at the edge.
   if (fixed + titleWidth > width) titleWidth = Math.max(MIN_TITLE, width - fixed);
 
-  const lines: Segment[][] = [header(state, options.elapsedMs)];
+  const lines: Segment[][] = [header(state, options.elapsedMs, width)];
   for (const row of rows) {
     lines.push([
       { text: row.name.padEnd(nameWidth + 2) },
@@ -121,16 +121,15 @@ function treePrefix(state: TreeState, agent: AgentNode): string {
   return parts.join("");
 }
 
-function header(state: TreeState, elapsedMs: number | undefined): Segment[] {
-  const vision = state.vision.trim().split("\n")[0] ?? "";
-  const status = state.status === "running" ? "running" : state.status;
+/** `keen ▸ <vision> · <status> · <time>`: the vision gives way so the status stays visible. */
+function header(state: TreeState, elapsedMs: number | undefined, width: number): Segment[] {
   const seconds = state.durationMs ?? elapsedMs;
-  return [
-    { text: "keen ▸ ", style: "bold" },
-    { text: vision },
-    { text: ` · ${status}`, style: state.status === "success" ? "green" : state.status === "running" ? "yellow" : "red" },
-    ...(seconds !== undefined ? [{ text: ` · ${(seconds / 1000).toFixed(1)} s`, style: "dim" as const }] : []),
-  ];
+  const status: Segment = { text: ` · ${state.status}`, style: state.status === "success" ? "green" : state.status === "running" ? "yellow" : "red" };
+  const time: Segment[] = seconds !== undefined ? [{ text: ` · ${(seconds / 1000).toFixed(1)} s`, style: "dim" }] : [];
+  const prefix = "keen ▸ ";
+  const room = width - prefix.length - status.text.length - time.reduce((n, s) => n + s.text.length, 0);
+  const vision = fit(state.vision.trim().split("\n")[0] ?? "", Math.max(MIN_TITLE, room));
+  return [{ text: prefix, style: "bold" }, { text: vision }, status, ...time];
 }
 
 function footer(state: TreeState, agents: AgentNode[]): Segment[][] {
