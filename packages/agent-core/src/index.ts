@@ -7,5 +7,17 @@ export * from "./tools/index.js";
 export * from "./workspace/index.js";
 export { EventStream } from "./run/event-stream.js";
 export { runConversation, type ConversationOptions, type ConversationResult } from "./run/conversation.js";
+export {
+  ContextTracker,
+  ContextSettings,
+  pruneConversation,
+  conversationProblem,
+  estimateMessageTokens,
+  estimateRequestTokens,
+  COMPACTED_SUMMARY_HEADER,
+  type ContextPruneReport,
+  type PruneOptions,
+  type PruneResult,
+} from "./run/context.js";
 export { startRun, ROOT_AGENT_ID, type Run, type RunOptions, type RunResult } from "./run/start-run.js";
 export * from "./lifecycle/index.js";
