@@ -20,7 +20,7 @@ const LEASE_PREFIX = "keen lease";
 
 /** The lease text for this process. */
 export function ownLease(): string {
-  return `${LEASE_PREFIX} pid=${process.pid} start=${processStart(process.pid) ?? "-"} host=${hostname()}`;
+  return `${LEASE_PREFIX} pid=${process.pid} start=${processStart(process.pid) ?? "-"} host=${hostName()}`;
 }
 
 export function parseLease(reason: string | undefined): WorktreeLease | undefined {
@@ -31,11 +31,16 @@ export function parseLease(reason: string | undefined): WorktreeLease | undefine
 
 /** True when the lease's owner may still be running (unknown hosts count as running). */
 export function isLeaseLive(lease: WorktreeLease): boolean {
-  if (lease.host !== hostname()) return true;
+  if (lease.host !== hostName()) return true;
   if (!isProcessAlive(lease.pid)) return false;
   if (lease.start === null) return true;
   const start = processStart(lease.pid);
   return start === null || start === lease.start;
+}
+
+/** The host name, or "-" where none is set (containers). */
+function hostName(): string {
+  return hostname().replace(/\s+/g, "") || "-";
 }
 
 function isProcessAlive(pid: number): boolean {
