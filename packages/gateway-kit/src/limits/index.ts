@@ -23,3 +23,15 @@ export {
   type SlotHold,
 } from "./run-slots.js";
 export { concurrencyLimit, type ConcurrencyLimitOptions } from "./concurrency-limit.js";
+export {
+  enforceDirectoryQuotas,
+  enforceQuota,
+  measureDirectory,
+  meteredBody,
+  quota,
+  QuotaExceededError,
+  QuotaName,
+  type DirectoryUsage,
+  type MeasureOptions,
+  type QuotaOptions,
+} from "./quota.js";
