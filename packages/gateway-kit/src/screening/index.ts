@@ -20,3 +20,12 @@ export {
   type RedactOptions,
   type SecretPattern,
 } from "./redact.js";
+export {
+  ArchiveLimits,
+  ArchiveRejectedError,
+  screenArchive,
+  screenUploads,
+  type ArchiveProblem,
+  type ArchiveReport,
+  type ScreenedUpload,
+} from "./uploads.js";
