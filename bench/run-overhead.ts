@@ -21,7 +21,7 @@ const policy = (_request: unknown, { index }: { index: number }) =>
 async function keenRound(): Promise<number> {
   const server = await startMessagesServer({ policy });
   const dir = await createTestRepo(files);
-  const workspace = await LocalWorkspace.open(dir);
+  const workspace = await LocalWorkspace.open(dir, { sandbox: false });
   const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "bench", baseURL: server.url });
   const started = performance.now();
   const run = startRun({ vision: "Read the modules", workspace, model, tools: builtinTools(), maxTurns: turns + 1, commit: false });

@@ -44,7 +44,7 @@ function sampleFiles(count: number): Record<string, string> {
 /** Part 1: keen's fork + merge against plain git, alternating, on the same repository. */
 async function forkMerge(): Promise<void> {
   const dir = await createTestRepo(sampleFiles(fileCount));
-  const workspace = await LocalWorkspace.open(dir);
+  const workspace = await LocalWorkspace.open(dir, { sandbox: false });
   const git = (cwd: string, ...args: string[]) => execa("git", args, { cwd, env: TEST_GIT_IDENTITY });
 
   const keenRound = async (i: number) => {
@@ -106,7 +106,7 @@ async function tree(): Promise<void> {
   for (let i = 0; i <= rounds; i++) {
     const server = await startMessagesServer({ policy: scenarioPolicy(scenario) });
     const dir = await createTestRepo(sampleFiles(200));
-    const workspace = await LocalWorkspace.open(dir);
+    const workspace = await LocalWorkspace.open(dir, { sandbox: false });
     const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "bench", baseURL: server.url });
     const started = performance.now();
     const run = startTask({ vision: "Build the app", workspace, model, maxConcurrency: 2, limits: { maxDepth: 2 } });
