@@ -35,3 +35,16 @@ export {
   type MeasureOptions,
   type QuotaOptions,
 } from "./quota.js";
+export {
+  anomalyGuard,
+  createAnomalyDetector,
+  createMemoryAnomalyStateStore,
+  UsageAnomalyError,
+  type AnomalyDetector,
+  type AnomalyDetectorOptions,
+  type AnomalyEvent,
+  type AnomalyGuardOptions,
+  type AnomalyState,
+  type AnomalyStateStore,
+  type AnomalyVerdict,
+} from "./anomaly.js";

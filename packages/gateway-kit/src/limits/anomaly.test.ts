@@ -1,0 +1,128 @@
+import { describe, expect, it } from "vitest";
+import { anomalyGuard, createAnomalyDetector, type AnomalyEvent } from "./anomaly.js";
+import { ManualClock, serve } from "./test-server.js";
+
+const MINUTE = 60_000;
+
+/** `perMinute[i]` requests in minute i, evenly spread. */
+async function feed(detector: ReturnType<typeof createAnomalyDetector>, clock: ManualClock, subject: string, perMinute: number[]) {
+  for (const n of perMinute) {
+    const start = Math.floor(clock.ms / MINUTE) * MINUTE;
+    for (let i = 0; i < n; i++) {
+      clock.ms = start + Math.floor((i * MINUTE) / Math.max(1, n));
+      await detector.observe(subject, 1);
+    }
+    clock.ms = start + MINUTE;
+  }
+}
+
+describe("anomaly detector", () => {
+  it("learns a user's own baseline, then flags a burst far above it once per bucket", async () => {
+    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const events: AnomalyEvent[] = [];
+    const detector = createAnomalyDetector({ now: clock.now, onAnomaly: (e) => void events.push(e) });
+    // A steady 10 ± 2 requests a minute for 30 minutes.
+    await feed(detector, clock, "user:ann", Array.from({ length: 30 }, (_, i) => 10 + ((i % 5) - 2)));
+    expect(events).toEqual([]);
+
+    // 18 in a minute is within the user's normal spread.
+    await feed(detector, clock, "user:ann", [18]);
+    expect(events).toEqual([]);
+
+    const verdicts = [];
+    for (let i = 0; i < 60; i++) verdicts.push(await detector.observe("user:ann", 1));
+    const first = verdicts.findIndex((v) => v.anomalous);
+    expect(first).toBeGreaterThan(18);
+    expect(first).toBeLessThan(30);
+    expect(verdicts[first]!.threshold).toBeCloseTo(events[0]!.threshold);
+    expect(events).toHaveLength(1);
+    expect(events[0]).toMatchObject({ type: "usage.anomaly", subject: "user:ann", metric: "requests", observed: first + 1, blocked: false });
+    expect(events[0]!.baseline.buckets).toBe(31);
+    expect(events[0]!.baseline.mean).toBeGreaterThan(9);
+    expect(events[0]!.baseline.mean).toBeLessThan(12);
+
+    // Another user with a much higher normal rate is not flagged at the same level.
+    await feed(detector, clock, "user:bot", Array(20).fill(100));
+    await feed(detector, clock, "user:bot", [110]);
+    expect(events).toHaveLength(1);
+  });
+
+  it("stays quiet while learning and ignores idle time in the baseline", async () => {
+    const clock = new ManualClock();
+    const events: AnomalyEvent[] = [];
+    const detector = createAnomalyDetector({ now: clock.now, minBuckets: 5, onAnomaly: (e) => void events.push(e) });
+    await feed(detector, clock, "user:new", [5, 500, 5]);
+    expect(events).toEqual([]);
+    const learning = await detector.check("user:new");
+    expect(learning).toMatchObject({ learning: true, threshold: undefined, anomalous: false });
+    await feed(detector, clock, "user:ann", [10, 10, 10, 10, 10]);
+    clock.advance(12 * 3600_000); // a night away
+    await feed(detector, clock, "user:ann", [12]);
+    expect(events).toEqual([]);
+  });
+
+  it("blocks a flagged user through the middleware with 429 until the bucket ends", async () => {
+    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const events: AnomalyEvent[] = [];
+    const detector = createAnomalyDetector({ now: clock.now, block: true, minBuckets: 5, onAnomaly: (e) => void events.push(e) });
+    await feed(detector, clock, "user:ann", [4, 4, 4, 4, 4]);
+    const app = await serve((koa) => {
+      koa.use(anomalyGuard({ detector, now: clock.now }));
+      koa.use((ctx) => {
+        ctx.body = { ok: true };
+      });
+    });
+    try {
+      const principal = { userId: "ann" };
+      const statuses: number[] = [];
+      for (let i = 0; i < 12; i++) statuses.push((await app.fetch("/", { principal })).status);
+      // Threshold: 4 + 4·max(0, 0.25·4) = 8, so the 9th request in the minute is refused.
+      expect(statuses).toEqual([...Array(8).fill(200), ...Array(4).fill(429)]);
+      clock.advance(15_000);
+      const refused = await app.fetch("/", { principal });
+      expect(refused.body.error).toMatchObject({ code: "usage_anomaly", details: { metric: "requests", threshold: 8 } });
+      expect(refused.headers.get("retry-after")).toBe("45");
+      expect(events).toHaveLength(1);
+      expect(events[0]).toMatchObject({ blocked: true, threshold: 8, observed: 9 });
+      // Others are unaffected; the next minute starts afresh.
+      expect((await app.fetch("/", { principal: { userId: "bob" } })).status).toBe(200);
+      clock.advance(45_000);
+      expect((await app.fetch("/", { principal })).status).toBe(200);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it("flags spend reported after runs and refuses the next request when blocking", async () => {
+    const clock = new ManualClock(Date.UTC(2026, 10, 25, 0, 0, 0));
+    const HOUR = 3600_000;
+    const events: AnomalyEvent[] = [];
+    const spendAt = createAnomalyDetector({ metric: "spend", bucketMs: HOUR, minBuckets: 3, block: true, now: clock.now, onAnomaly: (e) => void events.push(e) });
+    for (const micros of [200_000, 250_000, 180_000, 220_000]) {
+      await spendAt.observe("user:ann", micros);
+      clock.advance(HOUR);
+    }
+    expect((await spendAt.observe("user:ann", 300_000)).anomalous).toBe(false);
+    expect((await spendAt.observe("user:ann", 5_000_000)).anomalous).toBe(true);
+    expect(events[0]).toMatchObject({ metric: "spend", subject: "user:ann" });
+    const app = await serve((koa) => {
+      koa.use(anomalyGuard({ detector: spendAt, amount: () => 0, now: clock.now }));
+      koa.use((ctx) => {
+        ctx.body = { ok: true };
+      });
+    });
+    try {
+      expect((await app.fetch("/", { principal: { userId: "ann" } })).status).toBe(429);
+      expect((await app.fetch("/")).status).toBe(200);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it("validates options and amounts", async () => {
+    expect(() => createAnomalyDetector({ alpha: 1 })).toThrow(TypeError);
+    expect(() => createAnomalyDetector({ bucketMs: 10 })).toThrow(TypeError);
+    expect(() => anomalyGuard({ detector: {} as never })).toThrow(TypeError);
+    await expect(createAnomalyDetector().observe("u", -1)).rejects.toThrow(TypeError);
+  });
+});

@@ -1,0 +1,217 @@
+import type { Middleware, ParameterizedContext } from "koa";
+import { z } from "zod";
+import { HttpError } from "../http-error.js";
+import { clock, fn, parseOptions } from "./options.js";
+
+/** Raised the first time in a bucket that a subject's usage passes its threshold. */
+export interface AnomalyEvent {
+  type: "usage.anomaly";
+  /** Whose usage, e.g. `user:<id>`. */
+  subject: string;
+  /** What was measured, e.g. `requests` or `spend`. */
+  metric: string;
+  bucketStart: Date;
+  bucketMs: number;
+  /** Usage so far in this bucket. */
+  observed: number;
+  threshold: number;
+  baseline: { mean: number; stdDev: number; buckets: number };
+  /** Whether the detector refuses further usage in this bucket. */
+  blocked: boolean;
+  at: Date;
+}
+
+export interface AnomalyVerdict {
+  anomalous: boolean;
+  /** True while fewer than `minBuckets` active buckets are known: nothing is flagged yet. */
+  learning: boolean;
+  observed: number;
+  threshold: number | undefined;
+  /** When the current bucket ends. */
+  bucketEnd: Date;
+}
+
+/** The per-subject state of the detector. */
+export interface AnomalyState {
+  bucketStart: number;
+  current: number;
+  mean: number;
+  variance: number;
+  buckets: number;
+  flagged: boolean;
+}
+
+/** Where per-subject baselines live. The default keeps them in memory (per process). */
+export interface AnomalyStateStore {
+  get(subject: string): Promise<AnomalyState | undefined> | AnomalyState | undefined;
+  set(subject: string, state: AnomalyState): Promise<void> | void;
+}
+
+/** An in-memory state store that forgets the least recently used subject beyond `maxSubjects`. */
+export function createMemoryAnomalyStateStore(maxSubjects = 100_000): AnomalyStateStore {
+  const states = new Map<string, AnomalyState>();
+  return {
+    get(subject) {
+      const state = states.get(subject);
+      if (state) {
+        states.delete(subject);
+        states.set(subject, state);
+      }
+      return state;
+    },
+    set(subject, state) {
+      states.delete(subject);
+      states.set(subject, state);
+      if (states.size > maxSubjects) states.delete(states.keys().next().value!);
+    },
+  };
+}
+
+const AnomalyOptions = z
+  .object({
+    metric: z.string().min(1).max(40).default("requests"),
+    /** Usage is summed per bucket of this length. Default 1 min. */
+    bucketMs: z.number().int().min(1000).max(24 * 3600_000).default(60_000),
+    /** Weight of the newest bucket in the moving mean and variance. Default 0.1. */
+    alpha: z.number().gt(0).lt(1).default(0.1),
+    /** Flag usage above mean + k·σ. Default 4. */
+    k: z.number().gt(0).max(100).default(4),
+    /** σ is taken as at least this fraction of the mean, so a very regular user is not flagged for a small rise. Default 0.25. */
+    minStdDevRatio: z.number().min(0).max(10).default(0.25),
+    /** Active buckets to learn from before anything is flagged. Default 10. */
+    minBuckets: z.number().int().min(1).max(10_000).default(10),
+    /** Usage at or below this is never flagged, whatever the baseline. Default 0. */
+    minAmount: z.number().min(0).default(0),
+    /** Refuse further usage in a flagged bucket. Default false (only report). */
+    block: z.boolean().default(false),
+    onAnomaly: fn<(event: AnomalyEvent) => void | Promise<void>>().optional(),
+    store: z.custom<AnomalyStateStore>((v) => typeof (v as AnomalyStateStore)?.get === "function").optional(),
+    now: clock(),
+  })
+  .strict();
+export type AnomalyDetectorOptions = z.input<typeof AnomalyOptions>;
+
+export interface AnomalyDetector {
+  readonly metric: string;
+  readonly blocks: boolean;
+  /** Adds `amount` of usage for `subject` now and says whether the bucket is anomalous. */
+  observe(subject: string, amount: number): Promise<AnomalyVerdict>;
+  /** The verdict for the current bucket without adding usage. */
+  check(subject: string): Promise<AnomalyVerdict>;
+}
+
+/**
+ * A per-subject usage-rate detector. Usage is summed per bucket; the baseline is an
+ * exponentially weighted mean and variance over the subject's *active* buckets (idle time
+ * does not drag the baseline to zero). A bucket whose usage passes
+ * `max(minAmount, mean + k·max(σ, minStdDevRatio·mean))` is flagged: `onAnomaly` is called
+ * once for it and, with `block`, further usage in it is refused. A flagged bucket is learned
+ * from only up to the threshold, so a sustained attack cannot quickly teach the baseline.
+ *
+ * @example
+ * const spend = createAnomalyDetector({ metric: "spend", bucketMs: 3_600_000, block: true, onAnomaly: (e) => audit.record(e) });
+ * await spend.observe(`user:${userId}`, chargedMicros);
+ */
+export function createAnomalyDetector(input: AnomalyDetectorOptions = {}): AnomalyDetector {
+  const o = parseOptions(AnomalyOptions, input, "anomaly detector");
+  const store = o.store ?? createMemoryAnomalyStateStore();
+  const thresholdOf = (s: AnomalyState) => Math.max(o.minAmount, s.mean + o.k * Math.max(Math.sqrt(s.variance), o.minStdDevRatio * s.mean));
+
+  async function observe(subject: string, amount: number): Promise<AnomalyVerdict> {
+    if (!Number.isFinite(amount) || amount < 0) throw new TypeError(`Usage amount must be a non-negative number, got ${amount}`);
+    const at = o.now();
+    const bucketStart = Math.floor(at.getTime() / o.bucketMs) * o.bucketMs;
+    const state: AnomalyState = { ...((await store.get(subject)) ?? { bucketStart, current: 0, mean: 0, variance: 0, buckets: 0, flagged: false }) };
+    if (bucketStart > state.bucketStart) {
+      if (state.current > 0) {
+        const x = state.flagged ? Math.min(state.current, thresholdOf(state)) : state.current;
+        if (state.buckets === 0) {
+          state.mean = x;
+          state.variance = 0;
+        } else {
+          const diff = x - state.mean;
+          const step = o.alpha * diff;
+          state.mean += step;
+          state.variance = (1 - o.alpha) * (state.variance + diff * step);
+        }
+        state.buckets += 1;
+      }
+      state.bucketStart = bucketStart;
+      state.current = 0;
+      state.flagged = false;
+    }
+    state.current += amount;
+    const learning = state.buckets < o.minBuckets;
+    const threshold = learning ? undefined : thresholdOf(state);
+    const anomalous = threshold !== undefined && state.current > threshold;
+    let event: AnomalyEvent | undefined;
+    if (anomalous && !state.flagged) {
+      state.flagged = true;
+      event = {
+        type: "usage.anomaly",
+        subject,
+        metric: o.metric,
+        bucketStart: new Date(bucketStart),
+        bucketMs: o.bucketMs,
+        observed: state.current,
+        threshold: threshold!,
+        baseline: { mean: state.mean, stdDev: Math.sqrt(state.variance), buckets: state.buckets },
+        blocked: o.block,
+        at,
+      };
+    }
+    await store.set(subject, state);
+    if (event) await o.onAnomaly?.(event);
+    return { anomalous: state.flagged, learning, observed: state.current, threshold, bucketEnd: new Date(bucketStart + o.bucketMs) };
+  }
+
+  return { metric: o.metric, blocks: o.block, observe, check: (subject) => observe(subject, 0) };
+}
+
+/** A flagged subject was refused. Renders as 429 `usage_anomaly` with `Retry-After` (the end of the bucket). */
+export class UsageAnomalyError extends HttpError {
+  constructor(metric: string, verdict: AnomalyVerdict, now: Date) {
+    const retryAfter = Math.max(1, Math.ceil((verdict.bucketEnd.getTime() - now.getTime()) / 1000));
+    super(
+      429,
+      "usage_anomaly",
+      `Unusually high ${metric} for this account; further use is paused for ${retryAfter} s`,
+      { metric, observed: verdict.observed, threshold: verdict.threshold, retryAfterSeconds: retryAfter },
+      { "Retry-After": String(retryAfter) },
+    );
+    this.name = "UsageAnomalyError";
+  }
+}
+
+type Ctx = ParameterizedContext;
+
+const GuardOptions = z
+  .object({
+    detector: z.custom<AnomalyDetector>((v) => typeof (v as AnomalyDetector)?.observe === "function", "detector must come from createAnomalyDetector"),
+    /** Whose usage this is. Default the principal's user; requests without one pass. */
+    subject: fn<(ctx: Ctx) => string | undefined>().optional(),
+    /** Usage this request adds. Default 1 (request rate); 0 only checks a flag set elsewhere, e.g. by spend. */
+    amount: fn<(ctx: Ctx) => number>().optional(),
+    now: clock(),
+  })
+  .strict();
+export type AnomalyGuardOptions = z.input<typeof GuardOptions>;
+
+/**
+ * Feeds each request into an anomaly detector and, when the detector blocks and the caller
+ * is flagged, refuses with 429 `usage_anomaly`.
+ *
+ * @example
+ * const requests = createAnomalyDetector({ block: true, onAnomaly: (e) => log.warn(e) });
+ * router.use(authenticate({ service }), anomalyGuard({ detector: requests }));
+ */
+export function anomalyGuard(input: AnomalyGuardOptions): Middleware {
+  const { detector, subject, amount, now } = parseOptions(GuardOptions, input, "anomalyGuard");
+  return async (ctx, next) => {
+    const who = subject ? subject(ctx) : ctx.state.principal ? `user:${ctx.state.principal.userId}` : undefined;
+    if (who === undefined) return next();
+    const verdict = await detector.observe(who, amount ? amount(ctx) : 1);
+    if (verdict.anomalous && detector.blocks) throw new UsageAnomalyError(detector.metric, verdict, now());
+    await next();
+  };
+}
