@@ -1,1 +1,13 @@
-export {};
+export { createStripeClient, StripeClientOptions } from "./stripe-client.js";
+export { billingMigrations, type BillingTables } from "./migrations.js";
+export {
+  CHECKOUT_METADATA,
+  createCreditCheckout,
+  CreditCheckoutOptions,
+  CreditPack,
+  type CreditCheckout,
+  type StartCheckoutInput,
+  type StartedCheckout,
+} from "./checkout.js";
+export { processStripeEvent, stripeWebhook, StripeWebhookOptions, type ProcessedEvent, type WebhookOutcome } from "./webhook.js";
+export { createUsageMeter, MeterReportInput, type UsageMeter } from "./meter.js";

@@ -1,0 +1,38 @@
+import Stripe from "stripe";
+import { z } from "zod";
+
+export const StripeClientOptions = z.object({
+  /** Secret API key, `sk_live_...` or `sk_test_...`. */
+  apiKey: z.string().min(1),
+  /** API host; point it at a local fake in tests. Default Stripe's. */
+  host: z.string().min(1).optional(),
+  port: z.union([z.number().int().positive(), z.string().regex(/^\d+$/)]).optional(),
+  protocol: z.enum(["http", "https"]).optional(),
+  /** Retries of failed requests (the SDK adds idempotency keys to them). Default 2. */
+  maxNetworkRetries: z.number().int().min(0).max(10).optional(),
+  /** Request timeout in milliseconds. Default 30 s. */
+  timeoutMs: z.number().int().positive().optional(),
+});
+export type StripeClientOptions = z.input<typeof StripeClientOptions>;
+
+/**
+ * A Stripe SDK client with a configurable endpoint, so the same code talks to Stripe in
+ * production and to a local fake in tests.
+ *
+ * @example
+ * const stripe = createStripeClient({ apiKey: process.env.STRIPE_SECRET_KEY! });
+ * const local = createStripeClient({ apiKey: "sk_test_x", host: "127.0.0.1", port: 12111, protocol: "http" });
+ */
+export function createStripeClient(options: StripeClientOptions): Stripe {
+  const parsed = StripeClientOptions.safeParse(options);
+  if (!parsed.success) throw new TypeError(`Invalid Stripe client options: ${parsed.error.message}`);
+  const o = parsed.data;
+  return new Stripe(o.apiKey, {
+    maxNetworkRetries: o.maxNetworkRetries ?? 2,
+    timeout: o.timeoutMs ?? 30_000,
+    telemetry: false,
+    ...(o.host !== undefined ? { host: o.host } : {}),
+    ...(o.port !== undefined ? { port: o.port } : {}),
+    ...(o.protocol !== undefined ? { protocol: o.protocol } : {}),
+  });
+}
