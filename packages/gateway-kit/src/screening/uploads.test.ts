@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { errorHandler } from "../http-error.js";
 import { ArchiveRejectedError, screenArchive, screenUploads, type ArchiveLimits } from "./uploads.js";
 
-type TarEntry = tar.Headers & { content?: Buffer | string };
+type TarEntry = Partial<tar.Header> & { name: string; content?: Buffer | string };
 
 /** A real tarball built with tar-stream, optionally gzipped. */
 async function makeTar(entries: TarEntry[], gzip = false): Promise<Buffer> {
@@ -254,7 +254,7 @@ describe("screenUploads() middleware", () => {
     app.use(errorHandler());
     app.use(screenUploads({ maxCompressedBytes: 64 * 1024 }));
     app.use((ctx) => {
-      ctx.body = { report: ctx.state.upload!.report, bytes: ctx.state.upload!.body.length };
+      ctx.body = { report: ctx.state.screenedUpload!.report, bytes: ctx.state.screenedUpload!.body.length };
     });
     const server = createServer(app.callback());
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));

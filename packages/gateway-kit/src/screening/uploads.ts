@@ -382,7 +382,7 @@ export async function screenArchive(source: Source, limits: ArchiveLimits = {}):
   return screenTar(head, rest, format === "tar.gz", parsed);
 }
 
-/** The screened upload `screenUploads()` puts on `ctx.state.upload`. */
+/** The screened upload `screenUploads()` puts on `ctx.state.screenedUpload`. */
 export interface ScreenedUpload {
   body: Buffer;
   report: ArchiveReport;
@@ -391,19 +391,20 @@ export interface ScreenedUpload {
 declare module "koa" {
   interface DefaultState {
     /** A screened archive upload, set by `screenUploads()`. */
-    upload?: ScreenedUpload;
+    screenedUpload?: ScreenedUpload;
   }
 }
 
 /**
  * Reads a raw archive request body (`Content-Type` `application/gzip`, `application/x-tar`,
  * `application/zip` or `application/octet-stream`), screens it with `screenArchive`, and puts
- * the bytes and the report on `ctx.state.upload`. A `Content-Length` over the limit is refused
- * before reading; a body that grows past it is cut off at the limit.
+ * the bytes and the report on `ctx.state.screenedUpload`. A `Content-Length` over the limit is
+ * refused before reading; a body that grows past it is cut off at the limit. When `quota()` ran
+ * first, the body is read from its metered `ctx.state.upload`, so both limits apply.
  *
  * @example
  * router.post("/projects/:id/repository", screenUploads({ maxCompressedBytes: 50 * 1024 * 1024 }), async (ctx) => {
- *   await unpackInto(workspace, ctx.state.upload!.body);
+ *   await unpackInto(workspace, ctx.state.screenedUpload!.body);
  * });
  */
 export function screenUploads(limits: ArchiveLimits = {}): Middleware {
@@ -418,14 +419,14 @@ export function screenUploads(limits: ArchiveLimits = {}): Middleware {
     }
     const chunks: Buffer[] = [];
     let size = 0;
-    for await (const chunk of ctx.req) {
+    for await (const chunk of ctx.state.upload ?? ctx.req) {
       size += (chunk as Buffer).length;
       if (size > parsed.maxCompressedBytes) throw new ArchiveRejectedError("archive_too_large", `The upload is larger than ${parsed.maxCompressedBytes} bytes`);
       chunks.push(chunk as Buffer);
     }
     const body = Buffer.concat(chunks);
     const report = await screenArchive(body, parsed);
-    ctx.state.upload = { body, report };
+    ctx.state.screenedUpload = { body, report };
     await next();
   };
 }
