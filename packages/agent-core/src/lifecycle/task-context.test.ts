@@ -2,6 +2,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import type { KeenEvent, KeenEventOf } from "../events.js";
 import { anthropic } from "../model/anthropic.js";
 import { COMPACTED_SUMMARY_HEADER, conversationProblem } from "../run/context.js";
+import { flattenRequest } from "../testing/prompt-cache.js";
 import { reply, startMessagesServer, type MessagesServer, type RecordedRequest, type ReplyPolicy, type ScriptedReply } from "../testing/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
@@ -169,6 +170,16 @@ describe("context across the lifecycle", () => {
       expect(event.tokensAfter).toBeLessThan(event.tokensBefore);
     }
     expect(pruned.some((e) => e.compactedMessages > 0)).toBe(true);
+    // After each pruning the next request still reads tools, system prompt and the task from the cache.
+    const afterPrunings = requests.flatMap((r, i) => (r.path === "/v1/messages/count_tokens" ? [requests[i + 1]!] : []));
+    expect(afterPrunings).toHaveLength(pruned.length);
+    for (const request of afterPrunings) {
+      const blocks = flattenRequest(request.body);
+      const taskEnd = request.body.tools.length + request.body.system.length;
+      const stablePrefix = blocks.slice(0, taskEnd + 1).reduce((n, b) => n + b.tokens, 0);
+      expect(request.usage!.cache_read_input_tokens).toBeGreaterThanOrEqual(stablePrefix);
+      expect(request.usage!.cache_read_input_tokens).toBeLessThan(inputTotal(request));
+    }
     // No request came near the window, in any phase.
     for (const request of requests.filter((r) => r.path === "/v1/messages")) expect(inputTotal(request) + 2048).toBeLessThanOrEqual(contextWindow);
 

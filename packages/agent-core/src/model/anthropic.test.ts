@@ -72,13 +72,13 @@ describe("anthropic model", () => {
     expect(last.response.id).toMatch(/^req_/);
   });
 
-  it("places at most four cache breakpoints: tools, system and the last two user turns", async () => {
+  it("places at most four cache breakpoints: system, the start of the first message and the last two user turns", async () => {
     const model = await modelFor([reply.text("ok")]);
     await collectResponse(
       model.stream({
         ...request,
         messages: [
-          { role: "user", content: "one" },
+          { role: "user", content: [{ type: "text", text: "one" }, { type: "text", text: "one, more" }] },
           { role: "assistant", content: [{ type: "text", text: "two" }] },
           { role: "user", content: "three" },
           { role: "assistant", content: [{ type: "text", text: "four" }] },
@@ -89,8 +89,10 @@ describe("anthropic model", () => {
     const body = server!.requests[0]!.body;
     const marked = JSON.stringify(body).match(/cache_control/g) ?? [];
     expect(marked).toHaveLength(4);
-    expect(body.tools.at(-1).cache_control).toEqual({ type: "ephemeral" });
+    expect(body.tools.some((tool: { cache_control?: unknown }) => tool.cache_control)).toBe(false);
     expect(body.system.at(-1).cache_control).toEqual({ type: "ephemeral" });
+    expect(body.messages[0].content[0].cache_control).toEqual({ type: "ephemeral" });
+    expect(body.messages[0].content[1].cache_control).toBeUndefined();
     expect(body.messages[2].content.at(-1).cache_control).toEqual({ type: "ephemeral" });
     expect(body.messages[4].content.at(-1).cache_control).toEqual({ type: "ephemeral" });
     expect(body.messages[4].content[0].cache_control).toBeUndefined();

@@ -178,17 +178,21 @@ export class AnthropicModel implements Model {
     yield { type: "response", response };
   }
 
-  /** Builds API parameters, with at most four cache breakpoints: tools, system, and the last two user turns. */
+  /**
+   * Builds API parameters, with at most four cache breakpoints: the system prompt (which caches
+   * the tools before it too), the first block of the first message (the task, which survives
+   * when later turns are pruned), and the last block of the two newest user turns.
+   */
   toParams(request: ModelRequest): Anthropic.MessageCreateParamsNonStreaming {
     const cache = this.caching ? { cache_control: { type: "ephemeral" as const } } : {};
-    const tools: Anthropic.Tool[] = request.tools.map((tool, i) => ({
+    const tools: Anthropic.Tool[] = request.tools.map((tool) => ({
       name: tool.name,
       description: tool.description,
       input_schema: tool.inputSchema as Anthropic.Tool.InputSchema,
-      ...(i === request.tools.length - 1 ? cache : {}),
     }));
     const messages = request.messages.map(toApiMessage);
     if (this.caching) {
+      if (messages[0]) markFirstBlock(messages[0]);
       // The newest breakpoint caches the whole conversation; the one before it keeps a
       // cache hit within the API's 20-block lookback when a turn adds many blocks.
       const userTurns = messages.flatMap((m, i) => (m.role === "user" ? [i] : [])).slice(-2);
@@ -217,6 +221,12 @@ function toApiMessage(message: Message): Anthropic.MessageParam {
   }
   // Blocks are copied as they are: thinking signatures must reach the API byte for byte.
   return { role: message.role, content: message.content.map((block) => ({ ...block })) as Anthropic.ContentBlockParam[] };
+}
+
+function markFirstBlock(message: Anthropic.MessageParam): void {
+  if (typeof message.content === "string") return;
+  const block = message.content.find((b) => b.type !== "thinking" && b.type !== "redacted_thinking" && !(b.type === "text" && !b.text));
+  if (block) (block as { cache_control?: unknown }).cache_control = { type: "ephemeral" };
 }
 
 function markLastBlock(message: Anthropic.MessageParam): void {

@@ -4,7 +4,8 @@ import { isKeenError } from "../errors.js";
 import type { KeenEvent, KeenEventOf } from "../events.js";
 import { anthropic } from "../model/anthropic.js";
 import type { ContentBlock, Message } from "../model/model.js";
-import { reply, startMessagesServer, type MessagesServer, type RecordedRequest, type ReplyPolicy } from "../testing/index.js";
+import { flattenRequest } from "../testing/prompt-cache.js";
+import { CACHE_LOOKBACK_BLOCKS, reply, startMessagesServer, type MessagesServer, type RecordedRequest, type ReplyPolicy } from "../testing/index.js";
 import { builtinTools } from "../tools/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
@@ -284,6 +285,33 @@ describe("context management in a run (offline server, real SDK)", () => {
     const firstAfter = messagesRequests.findIndex((r) => usageTotal(r) === pruned[0]!.tokensAfter);
     const next = messagesRequests[firstAfter + 1]!;
     expect(next.usage!.cache_read_input_tokens).toBeGreaterThanOrEqual(usageTotal(messagesRequests[firstAfter]!) - 10);
+  });
+
+  it("after a pruning, the next request still reads tools, system prompt and the task from the cache", async () => {
+    // Three calls a turn and four kept turns: the kept tail is longer than the API's 20-block
+    // lookback, so only a breakpoint at the task itself can find the cached start.
+    const policy: ReplyPolicy = (_request, { index }) =>
+      index < 16 ? reply.toolUses(["read_file", { path: `src/mod${index % 4}.ts`, limit: 30 }], ["list_files", {}], ["read_file", { path: "README.md" }]) : reply.text("done");
+    server = await startMessagesServer({ policy });
+    const workspace = await LocalWorkspace.open(await createTestRepo(bigFiles(4)));
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url, retry: { maxRetries: 0 } });
+    const vision = `Survey the modules. ${"Background on the task. ".repeat(40)}`;
+    const run = startRun({ vision, workspace, model, tools: builtinTools(), maxTokens: 1024, contextWindow: 8_000, context: { keepTurns: 4 } });
+    const events: KeenEvent[] = [];
+    for await (const event of run) events.push(event);
+    expect((await run.result).status).toBe("success");
+    expect(server.requests.filter((r) => r.status !== 200)).toEqual([]);
+    const pruned = ofType(events, "context.pruned");
+    expect(pruned.length).toBeGreaterThanOrEqual(1);
+    const afterPrunings = server.requests.flatMap((r, i) => (r.path === "/v1/messages/count_tokens" ? [server!.requests[i + 1]!] : []));
+    expect(afterPrunings).toHaveLength(pruned.length);
+    for (const request of afterPrunings) {
+      const blocks = flattenRequest(request.body);
+      const task = request.body.tools.length + request.body.system.length;
+      expect(blocks.length - task).toBeGreaterThan(CACHE_LOOKBACK_BLOCKS + 1);
+      const stablePrefix = blocks.slice(0, task + 1).reduce((n, b) => n + b.tokens, 0);
+      expect(request.usage!.cache_read_input_tokens).toBeGreaterThanOrEqual(stablePrefix);
+    }
   });
 
   it("never prunes with context: false, and lets the window be exceeded", async () => {
