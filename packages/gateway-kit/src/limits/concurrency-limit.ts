@@ -22,7 +22,8 @@ const ConcurrencyLimitOptions = z
     /**
      * `response`: the slot is held (and kept alive) while the response is being sent, e.g. a
      * run streamed over SSE, and released when it ends or the client goes away.
-     * `manual`: the slot outlives the request (a queued run); the host releases it when the run ends.
+     * `manual`: the slot outlives a successful request (a queued run); the host releases it
+     * when the run ends. A request that fails releases it at once.
      */
     hold: z.enum(["response", "manual"]).default("response"),
   })
@@ -47,7 +48,13 @@ export function concurrencyLimit(input: ConcurrencyLimitOptions): Middleware {
     const slot = await options.slots.acquire({ runId, userId: principal.userId, teamId: principal.teamId });
     ctx.state.runSlot = slot;
     if (options.hold === "manual") {
-      await next();
+      try {
+        await next();
+      } catch (error) {
+        // The run never started: give the slot back now rather than when its lease lapses.
+        await slot.release().catch(() => undefined);
+        throw error;
+      }
       return;
     }
     const stop = slot.keepAlive();

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openDatabase, type Database } from "../db/database.js";
 import { migrateToLatest } from "../db/migrations.js";
+import { HttpError } from "../http-error.js";
 import { describeEachDatabase } from "../testing/each-database.js";
 import { concurrencyLimit } from "./concurrency-limit.js";
 import { limitMigrations } from "./migrations.js";
@@ -159,12 +160,16 @@ describeEachDatabase("PostgreSQL run slots", (fixture) => {
       });
       koa.use(concurrencyLimit({ slots, hold: "manual" }));
       koa.use((ctx) => {
+        if (ctx.query.invalid) throw new HttpError(400, "invalid_run", "No vision given");
         ctx.status = 202;
         ctx.body = { runId: ctx.state.runSlot!.runId };
       });
     });
     const principal = { userId: randomUUID() };
     try {
+      // A request that fails after taking the slot gives it back.
+      expect((await app.fetch("/?invalid=1", { method: "POST", principal })).status).toBe(400);
+      expect(await slots.active(principal)).toBe(0);
       const started = await app.fetch("/", { method: "POST", principal });
       expect(started.status).toBe(202);
       expect((await app.fetch("/", { method: "POST", principal })).status).toBe(429);
