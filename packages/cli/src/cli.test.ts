@@ -1,6 +1,7 @@
-import { mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { access, mkdir, mkdtemp, readFile, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { execa } from "execa";
 import { afterEach, describe, expect, it } from "vitest";
 import { TaskSnapshot, type KeenEvent, type KeenEventOf } from "@keen/agent-core";
 import { reply, startMessagesServer, type MessagesServer } from "@keen/agent-core/testing";
@@ -231,5 +232,41 @@ describe("keen run: the full lifecycle against the offline Messages API", { time
     expect(result.exitCode).toBe(1);
     expect(result.stderr.trim().split("\n")).toHaveLength(1);
     expect(result.stderr).toMatch(/^keen: task (error|failed): .*401/);
+  });
+});
+
+describe("keen run: the sandbox", { timeout: 120_000 }, () => {
+  const exists = (path: string) => access(path).then(() => true, () => false);
+
+  it("runs commands under bubblewrap by default: a validation command cannot write outside the worktree", async () => {
+    server = await startMessagesServer({ policy: scriptedTreePolicy({ title: "Check", instructions: "Check" }) });
+    const env = { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url, KEEN_FORCE_TTY: "0" };
+    const outside = await mkdtemp(join(tmpdir(), "keen-outside-"));
+    const validate = `echo escaped > ${join(outside, "escape.txt")}; exit 0`;
+
+    const sandboxed = await keen(["run", "Check", "--repo", await gitRepo(), "--validate", validate], env);
+    expect(sandboxed.exitCode, sandboxed.stderr).toBe(0);
+    expect(sandboxed.stdout).toContain("validation passed");
+    expect(sandboxed.stdout).not.toContain("sandbox off");
+    expect(await exists(join(outside, "escape.txt"))).toBe(false);
+
+    // The same command without the sandbox does write there: the check above can fail.
+    const open = await keen(["run", "Check", "--repo", await gitRepo(), "--validate", validate, "--no-sandbox"], env);
+    expect(open.exitCode, open.stderr).toBe(0);
+    expect(open.stdout).toContain("sandbox off");
+    expect(await readFile(join(outside, "escape.txt"), "utf8")).toBe("escaped\n");
+  });
+
+  it("refuses to run unsandboxed silently where bubblewrap is missing: one line, exit 2, --no-sandbox named", async () => {
+    // A PATH with git but no bwrap.
+    const bin = await mkdtemp(join(tmpdir(), "keen-bin-"));
+    await mkdir(bin, { recursive: true });
+    await symlink((await execa("sh", ["-c", "command -v git"])).stdout.trim(), join(bin, "git"));
+    const repo = await gitRepo();
+    const result = await keen(["run", "Check", "--repo", repo], { ANTHROPIC_API_KEY: "k", PATH: bin });
+    expect(result.exitCode).toBe(2);
+    expect(result.stderr.trim().split("\n")).toHaveLength(1);
+    expect(result.stderr).toMatch(/^keen: cannot sandbox commands here \(.+\); install bubblewrap, or pass --no-sandbox to run them unsandboxed/);
+    expect(await snapshotFiles(repo).catch(() => [])).toEqual([]);
   });
 });

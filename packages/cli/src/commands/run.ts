@@ -7,7 +7,6 @@ import {
   LocalWorkspace,
   resumeTask,
   startTask,
-  type LocalWorkspaceOptions,
   type Model,
   type TaskLimits,
   type TaskSnapshot,
@@ -205,15 +204,17 @@ function buildModel(id: string, env: NodeJS.ProcessEnv): Model {
 }
 
 /**
- * Opens the repository. `sandbox` is passed through to the workspace, which runs commands
- * under bubblewrap when it is on and refuses to start when bubblewrap is missing.
+ * Opens the repository. With `sandbox` on, the workspace runs commands under bubblewrap and
+ * refuses to open where bubblewrap cannot run; that becomes a one-line usage error here.
  */
 export async function openRepo(dir: string, sandbox: boolean): Promise<LocalWorkspace> {
-  const options: LocalWorkspaceOptions & { sandbox?: boolean } = { sandbox };
   try {
-    return await LocalWorkspace.open(dir, options);
+    return await LocalWorkspace.open(dir, { sandbox });
   } catch (error) {
-    if (isKeenError(error, "sandbox_unavailable")) throw new UsageError(`${oneLine(error.message)} (install bubblewrap, or pass --no-sandbox)`);
+    if (isKeenError(error, "sandbox_unavailable")) {
+      const reason = /sandboxed here: (.+?)\. Install/.exec(error.message)?.[1] ?? "bubblewrap cannot run";
+      throw new UsageError(`cannot sandbox commands here (${oneLine(reason)}); install bubblewrap, or pass --no-sandbox to run them unsandboxed`);
+    }
     if (isKeenError(error)) throw new UsageError(oneLine(error.message));
     throw error;
   }
