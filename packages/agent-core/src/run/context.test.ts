@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { isKeenError } from "../errors.js";
 import type { KeenEvent, KeenEventOf } from "../events.js";
 import { anthropic } from "../model/anthropic.js";
-import type { ContentBlock, Message } from "../model/model.js";
+import type { ContentBlock, Message, Model } from "../model/model.js";
 import { flattenRequest } from "../testing/prompt-cache.js";
 import { CACHE_LOOKBACK_BLOCKS, reply, startMessagesServer, type MessagesServer, type RecordedRequest, type ReplyPolicy } from "../testing/index.js";
 import { builtinTools } from "../tools/index.js";
@@ -311,6 +311,30 @@ describe("context management in a run (offline server, real SDK)", () => {
       expect(blocks.length - task).toBeGreaterThan(CACHE_LOOKBACK_BLOCKS + 1);
       const stablePrefix = blocks.slice(0, task + 1).reduce((n, b) => n + b.tokens, 0);
       expect(request.usage!.cache_read_input_tokens).toBeGreaterThanOrEqual(stablePrefix);
+    }
+  });
+
+  it("works from estimates alone with a model that cannot count tokens", async () => {
+    const policy: ReplyPolicy = (_request, { index }) => (index < 12 ? reply.toolUse("read_file", { path: `src/mod${index % 6}.ts` }) : reply.text("ok"));
+    server = await startMessagesServer({ policy });
+    const workspace = await LocalWorkspace.open(await createTestRepo(bigFiles(6)));
+    const inner = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+    // Another provider: streaming only, no countTokens.
+    const model: Model = { id: "other:model", contextWindow: 9_000, stream: (request, options) => inner.stream(request, options) };
+    const run = startRun({ vision: "Read", workspace, model, tools: builtinTools(), maxTokens: 1024 });
+    const events: KeenEvent[] = [];
+    for await (const event of run) events.push(event);
+    expect((await run.result).status).toBe("success");
+    expect(server.requests.filter((r) => r.status !== 200)).toEqual([]);
+    expect(server.requests.some((r) => r.path === "/v1/messages/count_tokens")).toBe(false);
+    const pruned = ofType(events, "context.pruned");
+    expect(pruned.length).toBeGreaterThanOrEqual(1);
+    for (const event of pruned) {
+      // The request that followed: the estimate is calibrated on real usage, so it is close.
+      const next = events.find((e): e is KeenEventOf<"model.usage"> => e.type === "model.usage" && e.seq > event.seq)!;
+      const actual = next.usage.inputTokens + next.usage.cacheCreationInputTokens + next.usage.cacheReadInputTokens;
+      expect(Math.abs(event.tokensAfter - actual) / actual).toBeLessThan(0.1);
+      expect(actual + 1024).toBeLessThanOrEqual(9_000);
     }
   });
 

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { ConfigError } from "../errors.js";
+import { ConfigError, isKeenError } from "../errors.js";
 import {
   totalInputTokens,
   type ContentBlock,
@@ -322,6 +322,17 @@ export class ContextTracker {
     this.keepTurns = parsed.data.keepTurns;
   }
 
+  /** The model's exact count, or undefined when it cannot count or counting failed (the estimate stands in). */
+  private async count(request: ModelRequest, signal: AbortSignal | undefined): Promise<number | undefined> {
+    if (!this.model.countTokens) return undefined;
+    try {
+      return await this.model.countTokens(request, signal ? { signal } : {});
+    } catch (error) {
+      if (signal?.aborted || isKeenError(error, "aborted")) throw error;
+      return undefined;
+    }
+  }
+
   /** Records the usage of a request that was just answered. */
   record(request: Pick<ModelRequest, "system" | "tools" | "messages">, usage: Usage): void {
     this.contextTokens = totalInputTokens(usage);
@@ -344,11 +355,14 @@ export class ContextTracker {
     const threshold = Math.min(this.pruneAt * this.contextWindow, this.contextWindow - request.maxTokens);
     let tokens = this.expectedTokens(request);
     // Before the first answer only an uncalibrated estimate exists; ask for the real count when it matters.
-    if (this.contextTokens === undefined && tokens >= threshold / 2 && this.model.countTokens) {
-      tokens = await this.model.countTokens(request, options);
-      this.contextTokens = tokens;
-      this.estimateAtLast = estimateRequestTokens(request);
-      if (this.estimateAtLast > 0) this.scale = tokens / this.estimateAtLast;
+    if (this.contextTokens === undefined && tokens >= threshold / 2) {
+      const counted = await this.count(request, options.signal);
+      if (counted !== undefined) {
+        tokens = counted;
+        this.contextTokens = counted;
+        this.estimateAtLast = estimateRequestTokens(request);
+        if (this.estimateAtLast > 0) this.scale = counted / this.estimateAtLast;
+      }
     }
     if (tokens < threshold) return null;
 
@@ -358,7 +372,7 @@ export class ContextTracker {
     request.messages.splice(0, request.messages.length, ...pruned.messages);
 
     // The exact size after pruning, when the model can count it, keeps later estimates honest.
-    const tokensAfter = this.model.countTokens ? await this.model.countTokens(request, options) : pruned.tokensAfter;
+    const tokensAfter = (await this.count(request, options.signal)) ?? pruned.tokensAfter;
     this.contextTokens = tokensAfter;
     this.estimateAtLast = estimateRequestTokens(request);
     return {
