@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from "node:crypto";
-import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
+import { sql, type Kysely, type RawBuilder, type Selectable, type Transaction } from "kysely";
 import { z } from "zod";
 import {
   AccountNotFoundError,
@@ -80,6 +80,8 @@ function sqlState(error: unknown): string | undefined {
 const isSystem = (kind: string) => (SYSTEM_ACCOUNT_KINDS as readonly string[]).includes(kind);
 const isSystemId = (id: string) => id.startsWith("system:");
 const holdIdOf = (walletId: string) => `hold:${walletId}`;
+/** The order legs are written in, and replayed transaction ids are listed in. */
+const LEG_ORDER = ["grant", "purchase", "transfer", "reserve", "charge", "release", "expire", "overage"];
 
 interface Leg {
   kind: "grant" | "purchase" | "transfer" | "reserve" | "charge" | "release" | "overage" | "expire";
@@ -131,15 +133,16 @@ class KyselyLedger implements Ledger {
   }
 
   /**
-   * Claims the idempotency key, runs `work` and stores its result, all in one transaction. A key
-   * already claimed by a committed operation returns that operation's stored result.
+   * Claims the idempotency key and runs `work` in one transaction. A key already claimed by a
+   * committed operation with the same parameters replays that operation's result from the rows it
+   * wrote (the parameters are equal, so only generated ids need looking up).
    */
   private async operation<T>(
     key: string,
     kind: string,
     params: readonly unknown[],
     work: (trx: Transaction<CreditTables> | Db) => Promise<T>,
-    revive: (stored: any) => T = (stored) => stored as T,
+    replay: (trx: Transaction<CreditTables> | Db) => Promise<T>,
   ): Promise<T> {
     const hash = hashRequest(kind, params);
     return this.tx(async (trx) => {
@@ -152,17 +155,20 @@ class KyselyLedger implements Ledger {
       if (!claimed) {
         const prior = await trx
           .selectFrom("ledger_operations")
-          .select(["kind", "request_hash", "result"])
+          .select(["kind", "request_hash"])
           .where("idempotency_key", "=", key)
           .executeTakeFirstOrThrow();
-        if (prior.kind !== kind || prior.request_hash !== hash || prior.result == null) throw new IdempotencyConflictError(key);
-        const stored = typeof prior.result === "string" ? JSON.parse(prior.result) : prior.result;
-        return revive(stored);
+        if (prior.kind !== kind || prior.request_hash !== hash) throw new IdempotencyConflictError(key);
+        return replay(trx);
       }
-      const result = await work(trx);
-      await trx.updateTable("ledger_operations").set({ result: JSON.stringify(result) }).where("idempotency_key", "=", key).execute();
-      return result;
+      return work(trx);
     });
+  }
+
+  /** Transaction ids an operation wrote, in leg order. */
+  private async transactionsOf(trx: Transaction<CreditTables> | Db, key: string): Promise<string[]> {
+    const rows = await trx.selectFrom("ledger_transactions").select(["id", "kind"]).where("operation_key", "=", key).execute();
+    return rows.sort((a, b) => LEG_ORDER.indexOf(a.kind) - LEG_ORDER.indexOf(b.kind)).map((r) => r.id);
   }
 
   /** Locks the given accounts in the global order (non-system by id, then system) and returns their rows. */
@@ -177,20 +183,31 @@ class KyselyLedger implements Ledger {
     return new Map(rows.map((row) => [row.id, { ...row, balance: micro(row.balance) }]));
   }
 
-  /** Writes one transaction row and two entries per leg; entries go in lock order so concurrent writers never deadlock. */
-  private async writeLegs(trx: Transaction<CreditTables> | Db, operationKey: string, legs: Leg[], reservationId: string | null): Promise<string[]> {
+  /**
+   * Writes one transaction row and two entries per leg, plus an optional last statement, in a
+   * single round trip. Entries go in lock order (wallets and holds by id, then system accounts),
+   * so the balance updates of concurrent writers never deadlock.
+   */
+  private async writeLegs<R = never>(
+    trx: Transaction<CreditTables> | Db,
+    operationKey: string,
+    legs: Leg[],
+    reservationId: string | null,
+    last?: RawBuilder<R>,
+  ): Promise<{ ids: string[]; rows: R[] }> {
     const ids = legs.map(() => randomUUID());
-    await trx
-      .insertInto("ledger_transactions")
-      .values(legs.map((leg, i) => ({ id: ids[i]!, operation_key: operationKey, kind: leg.kind, reservation_id: reservationId })))
-      .execute();
     const entries = legs.flatMap((leg, i) => [
-      { transaction_id: ids[i]!, account_id: leg.from, amount: -leg.amount },
-      { transaction_id: ids[i]!, account_id: leg.to, amount: leg.amount },
+      { transaction: ids[i]!, account: leg.from, amount: -leg.amount },
+      { transaction: ids[i]!, account: leg.to, amount: leg.amount },
     ]);
-    entries.sort((a, b) => Number(isSystemId(a.account_id)) - Number(isSystemId(b.account_id)) || (a.account_id < b.account_id ? -1 : a.account_id > b.account_id ? 1 : 0));
-    await trx.insertInto("ledger_entries").values(entries).execute();
-    return ids;
+    entries.sort((a, b) => Number(isSystemId(a.account)) - Number(isSystemId(b.account)) || (a.account < b.account ? -1 : a.account > b.account ? 1 : 0));
+    const transactions = sql.join(legs.map((leg, i) => sql`(${ids[i]}, ${operationKey}, ${leg.kind}, ${reservationId})`));
+    const values = sql.join(entries.map((e) => sql`(${e.transaction}, ${e.account}, ${e.amount})`));
+    const result = await sql<R>`
+      with t as (insert into ledger_transactions (id, operation_key, kind, reservation_id) values ${transactions}),
+      e as (insert into ledger_entries (transaction_id, account_id, amount) values ${values})
+      ${last ?? sql`select 1`}`.execute(trx);
+    return { ids, rows: result.rows };
   }
 
   async openWallet(owner: WalletOwner): Promise<LedgerAccount> {
@@ -245,9 +262,9 @@ class KyselyLedger implements Ledger {
         const available = locked.get(from)!.balance;
         if (available < amount) throw new InsufficientCreditsError(from, amount, available);
       }
-      const [transactionId] = await this.writeLegs(trx, key, [{ kind, from, to, amount }], null);
-      return { transactionId: transactionId!, kind, from, to, amount, idempotencyKey: key };
-    });
+      const { ids } = await this.writeLegs(trx, key, [{ kind, from, to, amount }], null);
+      return { transactionId: ids[0]!, kind, from, to, amount, idempotencyKey: key };
+    }, async (trx) => ({ transactionId: (await this.transactionsOf(trx, key))[0]!, kind, from, to, amount, idempotencyKey: key }));
   }
 
   async reserve(input: ReserveInput): Promise<Reservation> {
@@ -265,24 +282,21 @@ class KyselyLedger implements Ledger {
         }
         if (wallet.balance < amount) throw new InsufficientCreditsError(account, amount, wallet.balance);
         const id = randomUUID();
-        const [transactionId] = await this.writeLegs(trx, idempotencyKey, [{ kind: "reserve", from: account, to: hold, amount }], id);
-        const row = await trx
-          .insertInto("ledger_reservations")
-          .values({
-            id,
-            account_id: account,
-            hold_account_id: hold,
-            amount,
-            status: "open",
-            reference: reference ?? null,
-            idempotency_key: idempotencyKey,
-            expires_at: sql<Date>`now() + ${ttlMs} * interval '1 millisecond'`,
-          })
-          .returningAll()
-          .executeTakeFirstOrThrow();
-        return toReservation(row, transactionId!);
+        const { ids, rows } = await this.writeLegs(
+          trx,
+          idempotencyKey,
+          [{ kind: "reserve", from: account, to: hold, amount }],
+          id,
+          sql<ReservationRow>`insert into ledger_reservations (id, account_id, hold_account_id, amount, status, reference, idempotency_key, expires_at)
+            values (${id}, ${account}, ${hold}, ${amount}, 'open', ${reference ?? null}, ${idempotencyKey}, now() + ${ttlMs} * interval '1 millisecond')
+            returning *`,
+        );
+        return toReservation(rows[0]!, ids[0]!);
       },
-      (stored: Reservation) => ({ ...stored, expiresAt: new Date(stored.expiresAt) }),
+      async (trx) => {
+        const row = await trx.selectFrom("ledger_reservations").selectAll().where("idempotency_key", "=", idempotencyKey).executeTakeFirstOrThrow();
+        return toReservation(row, (await this.transactionsOf(trx, idempotencyKey))[0]!);
+      },
     );
   }
 
@@ -290,13 +304,25 @@ class KyselyLedger implements Ledger {
     const id = parse(Id, reservationId, "reservation id");
     const amount = parse(ActualSchema, actual, "actual amount");
     const key = parse(CloseSchema, options, "options")?.idempotencyKey ?? `settle:${id}`;
-    return this.operation(key, "settle", [id, amount], async (trx) => this.close(trx, key, await this.lockReservation(trx, id), "settled", amount));
+    return this.operation(
+      key,
+      "settle",
+      [id, amount],
+      async (trx) => this.close(trx, key, await this.lockReservation(trx, id), "settled", amount),
+      (trx) => this.replayClose(trx, key, id),
+    );
   }
 
   async release(reservationId: string, options?: CloseOptions): Promise<Settlement> {
     const id = parse(Id, reservationId, "reservation id");
     const key = parse(CloseSchema, options, "options")?.idempotencyKey ?? `release:${id}`;
-    return this.operation(key, "release", [id], async (trx) => this.close(trx, key, await this.lockReservation(trx, id), "released", 0));
+    return this.operation(
+      key,
+      "release",
+      [id],
+      async (trx) => this.close(trx, key, await this.lockReservation(trx, id), "released", 0),
+      (trx) => this.replayClose(trx, key, id),
+    );
   }
 
   async sweepExpiredReservations(options: SweepOptions = {}): Promise<Settlement[]> {
@@ -317,9 +343,7 @@ class KyselyLedger implements Ledger {
       for (const row of due) {
         const key = `expire:${row.id}`;
         await trx.insertInto("ledger_operations").values({ idempotency_key: key, kind: "expire", request_hash: hashRequest("expire", [row.id]) }).execute();
-        const settlement = await this.close(trx, key, row, "expired", 0);
-        await trx.updateTable("ledger_operations").set({ result: JSON.stringify(settlement) }).where("idempotency_key", "=", key).execute();
-        settlements.push(settlement);
+        settlements.push(await this.close(trx, key, row, "expired", 0));
       }
       return settlements;
     });
@@ -352,15 +376,32 @@ class KyselyLedger implements Ledger {
     if (fromHold > 0) legs.push({ kind: "charge", from: row.hold_account_id, to: SYSTEM_ACCOUNTS.revenue, amount: fromHold });
     if (rest > 0) legs.push({ kind: status === "expired" ? "expire" : "release", from: row.hold_account_id, to: row.account_id, amount: rest });
     if (overage > 0) legs.push({ kind: "overage", from: row.account_id, to: SYSTEM_ACCOUNTS.revenue, amount: overage });
-    const transactionIds = await this.writeLegs(trx, key, legs, row.id);
     const charged = fromHold + overage;
     const shortfall = over - overage;
-    await trx
-      .updateTable("ledger_reservations")
-      .set({ status, charged, released: rest, shortfall, closed_at: sql<Date>`now()` })
-      .where("id", "=", row.id)
-      .execute();
-    return { reservationId: row.id, accountId: row.account_id, status, reserved, charged, released: rest, shortfall, transactionIds, idempotencyKey: key };
+    const { ids } = await this.writeLegs(
+      trx,
+      key,
+      legs,
+      row.id,
+      sql`update ledger_reservations set status = ${status}, charged = ${charged}, released = ${rest}, shortfall = ${shortfall}, closed_at = now()
+        where id = ${row.id}`,
+    );
+    return { reservationId: row.id, accountId: row.account_id, status, reserved, charged, released: rest, shortfall, transactionIds: ids, idempotencyKey: key };
+  }
+
+  private async replayClose(trx: Transaction<CreditTables> | Db, key: string, id: string): Promise<Settlement> {
+    const row = await trx.selectFrom("ledger_reservations").selectAll().where("id", "=", id).executeTakeFirstOrThrow();
+    return {
+      reservationId: row.id,
+      accountId: row.account_id,
+      status: row.status as Settlement["status"],
+      reserved: micro(row.amount),
+      charged: micro(row.charged),
+      released: micro(row.released),
+      shortfall: micro(row.shortfall),
+      transactionIds: await this.transactionsOf(trx, key),
+      idempotencyKey: key,
+    };
   }
 
   async getReservation(id: string): Promise<Reservation> {

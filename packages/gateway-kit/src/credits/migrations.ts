@@ -41,7 +41,6 @@ export const creditMigrations: MigrationSet = {
           idempotency_key text primary key,
           kind text not null,
           request_hash text not null,
-          result jsonb,
           created_at timestamptz not null default now()
         )`.execute(db);
       await sql`

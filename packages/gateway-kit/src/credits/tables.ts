@@ -23,7 +23,6 @@ export interface CreditTables {
     idempotency_key: string;
     kind: string;
     request_hash: string;
-    result: ColumnType<unknown, string | null | undefined, string>;
     created_at: Generated<Date>;
   };
   ledger_transactions: {

@@ -1,0 +1,118 @@
+// Reserve+settle pairs per second on the credits ledger with 32 concurrent clients, next to
+// pgbench's TPC-B-like tps with 32 clients on the same PostgreSQL database, in one run.
+// Run: npx tsx bench/ledger.ts   (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/test;
+// SECONDS per measurement, default 10; SHARED_WALLET=1 to have every client spend from one wallet)
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import pg from "pg";
+import { createKyselyLedger, creditMigrations, migrateToLatest, openDatabase } from "../packages/gateway-kit/src/index.js";
+
+const run = promisify(execFile);
+const URL_ = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test";
+const CLIENTS = 32;
+const SECONDS = Number(process.env.SECONDS ?? 10);
+const SHARED = process.env.SHARED_WALLET === "1";
+const LEDGER_SCHEMA = "bench_ledger";
+const PGBENCH_SCHEMA = "bench_pgbench";
+const PGBENCH = process.env.PGBENCH ?? "/usr/bin/pgbench";
+
+async function admin(statement: string): Promise<void> {
+  const client = new pg.Client({ connectionString: URL_ });
+  await client.connect();
+  try {
+    await client.query(statement);
+  } finally {
+    await client.end();
+  }
+}
+
+async function benchLedger(): Promise<{ pairsPerSecond: number; pairs: number; refused: number; ok: boolean }> {
+  await admin(`drop schema if exists ${LEDGER_SCHEMA} cascade`);
+  const database = await openDatabase({ url: URL_, schema: LEDGER_SCHEMA, maxConnections: CLIENTS });
+  try {
+    await migrateToLatest(database.db, [creditMigrations]);
+    const ledger = createKyselyLedger(database.db);
+    const wallets: string[] = [];
+    for (let i = 0; i < (SHARED ? 1 : CLIENTS); i++) {
+      const wallet = await ledger.openWallet({ userId: `bench_user_${i}` });
+      await ledger.grant({ account: wallet.id, amount: 1_000_000_000_000, idempotencyKey: `bench:grant:${i}` });
+      wallets.push(wallet.id);
+    }
+    let pairs = 0;
+    let refused = 0;
+    let measuring = false;
+    let stop = false;
+    const client = async (n: number) => {
+      const account = wallets[SHARED ? 0 : n]!;
+      for (let i = 0; !stop; i++) {
+        try {
+          const hold = await ledger.reserve({ account, amount: 50_000, idempotencyKey: `bench:${n}:${i}`, ttlMs: 60_000 });
+          await ledger.settle(hold.id, 31_337);
+          if (measuring) pairs += 1;
+        } catch (error) {
+          refused += 1;
+          if (refused > 100) throw error;
+        }
+      }
+    };
+    const clients = Array.from({ length: CLIENTS }, (_, n) => client(n));
+    await new Promise((resolve) => setTimeout(resolve, 2_000)); // warm-up
+    measuring = true;
+    const started = process.hrtime.bigint();
+    await new Promise((resolve) => setTimeout(resolve, SECONDS * 1_000));
+    measuring = false;
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const counted = pairs;
+    stop = true;
+    await Promise.all(clients);
+    const check = await ledger.verify();
+    return { pairsPerSecond: counted / seconds, pairs: counted, refused, ok: check.ok };
+  } finally {
+    await database.close();
+    await admin(`drop schema if exists ${LEDGER_SCHEMA} cascade`);
+  }
+}
+
+async function benchPgbench(): Promise<{ tps: number; output: string }> {
+  const url = new globalThis.URL(URL_);
+  const env = {
+    ...process.env,
+    PGHOST: url.hostname,
+    PGPORT: url.port || "5432",
+    PGUSER: decodeURIComponent(url.username || "postgres"),
+    PGDATABASE: url.pathname.slice(1),
+    // pgbench's tables go to their own schema of the same database.
+    PGOPTIONS: `-c search_path=${PGBENCH_SCHEMA}`,
+  };
+  if (url.password) Object.assign(env, { PGPASSWORD: decodeURIComponent(url.password) });
+  await admin(`drop schema if exists ${PGBENCH_SCHEMA} cascade`);
+  await admin(`create schema ${PGBENCH_SCHEMA}`);
+  try {
+    await run(PGBENCH, ["-i", "-q", "-s", "1"], { env });
+    const { stdout } = await run(PGBENCH, ["-c", String(CLIENTS), "-j", "2", "-T", String(SECONDS)], { env, maxBuffer: 16 * 1024 * 1024 });
+    const match = /tps = ([\d.]+) \(without initial connection time\)/.exec(stdout) ?? /tps = ([\d.]+)/.exec(stdout);
+    if (!match) throw new Error(`Could not read tps from pgbench output:\n${stdout}`);
+    return { tps: Number(match[1]), output: stdout };
+  } finally {
+    await admin(`drop schema if exists ${PGBENCH_SCHEMA} cascade`);
+  }
+}
+
+const ledgerResult = await benchLedger();
+const pgbenchResult = await benchPgbench();
+const { rows } = await (async () => {
+  const client = new pg.Client({ connectionString: URL_ });
+  await client.connect();
+  try {
+    return await client.query<{ version: string }>("select version()");
+  } finally {
+    await client.end();
+  }
+})();
+
+console.log(`PostgreSQL: ${rows[0]!.version.split(",")[0]}`);
+console.log(`clients: ${CLIENTS}, ${SECONDS} s each, wallets: ${SHARED ? "one shared" : "one per client"}`);
+console.log(`ledger reserve+settle: ${ledgerResult.pairsPerSecond.toFixed(0)} pairs/s (${ledgerResult.pairs} pairs, ${(ledgerResult.pairsPerSecond * 2).toFixed(0)} ledger transactions/s, ledger balanced: ${ledgerResult.ok})`);
+console.log(`pgbench (TPC-B-like, scale 1, -c ${CLIENTS} -j 2): ${pgbenchResult.tps.toFixed(0)} tps`);
+console.log(`ratio: ${(ledgerResult.pairsPerSecond / pgbenchResult.tps).toFixed(2)} reserve+settle pairs per pgbench transaction`);
+if (!ledgerResult.ok) process.exitCode = 1;
