@@ -90,11 +90,13 @@ export function createKyselyRunSlotStore(db: Kysely<any>): RunSlotStore {
       const keys = sorted.map((h) => h.key);
       return kdb.transaction().execute(async (trx) => {
         for (const key of keys) await sql`select pg_advisory_xact_lock(hashtextextended(${`gk_run_slots:${key}`}, 0))`.execute(trx);
-        await trx.deleteFrom("run_slots").where("scope_key", "in", keys).where("lease_expires_at", "<=", now).execute();
+        // Expired leases are dropped and live ones read in one statement (both see the same snapshot).
         const rows = await trx
+          .with("reclaimed", (q) => q.deleteFrom("run_slots").where("scope_key", "in", keys).where("lease_expires_at", "<=", now).returning("run_id"))
           .selectFrom("run_slots")
           .select(["scope_key", "run_id"])
           .where("scope_key", "in", keys)
+          .where("lease_expires_at", ">", now)
           .execute();
         const mine = new Set(rows.filter((r) => r.run_id === runId).map((r) => r.scope_key));
         for (const hold of sorted) {
@@ -107,8 +109,6 @@ export function createKyselyRunSlotStore(db: Kysely<any>): RunSlotStore {
           .values(keys.map((key) => ({ run_id: runId, scope_key: key, acquired_at: now, lease_expires_at: expiresAt })))
           .onConflict((oc) => oc.columns(["run_id", "scope_key"]).doUpdateSet({ lease_expires_at: expiresAt }))
           .execute();
-        // Keys the run held before and does not ask for now are renewed too: a run is one lease.
-        await trx.updateTable("run_slots").set({ lease_expires_at: expiresAt }).where("run_id", "=", runId).execute();
         return { acquired: true as const, expiresAt };
       });
     },
