@@ -77,7 +77,7 @@ function checkEvent(event: AuditEventInput): string | null {
 
 /**
  * Appends one event to its tenant's chain inside the given transaction. The tenant's head row
- * is locked (`SELECT … FOR UPDATE`) for the rest of the transaction, so concurrent appends queue
+ * is locked (an upsert on `audit_heads`) for the rest of the transaction, so concurrent appends queue
  * instead of forking the chain. Use it to record an event atomically with the change it describes.
  *
  * @example
@@ -89,8 +89,14 @@ function checkEvent(event: AuditEventInput): string | null {
 export async function appendAuditEvent(trx: Kysely<any>, event: AuditEventInput, at: Date = new Date()): Promise<AuditRecord> {
   const details = checkEvent(event);
   const key = tenantKey(event.tenantId);
-  await trx.insertInto("audit_heads").values({ tenant_key: key, seq: 0, hash: AUDIT_GENESIS_HASH }).onConflict((oc) => oc.column("tenant_key").doNothing()).execute();
-  const head = await trx.selectFrom("audit_heads").select(["seq", "hash"]).where("tenant_key", "=", key).forUpdate().executeTakeFirstOrThrow();
+  // One round trip creates the head on first use, locks it until commit, and reads it: a
+  // concurrent append for the same tenant waits here and then sees this append's head.
+  const head = await trx
+    .insertInto("audit_heads")
+    .values({ tenant_key: key, seq: 0, hash: AUDIT_GENESIS_HASH })
+    .onConflict((oc) => oc.column("tenant_key").doUpdateSet({ seq: sql`audit_heads.seq` }))
+    .returning(["seq", "hash"])
+    .executeTakeFirstOrThrow();
   const seq = Number(head.seq) + 1;
   // Millisecond precision, so the timestamp read back hashes the same as the one written.
   const when = new Date(Math.floor(at.getTime()));
@@ -98,26 +104,30 @@ export async function appendAuditEvent(trx: Kysely<any>, event: AuditEventInput,
   const pii = { actorId: event.actorId ?? null, target: event.target ?? null, ip: event.ip ?? null, requestId: event.requestId ?? null, details: details === null ? null : JSON.parse(details) };
   const piiDigest = auditPiiDigest(salt, pii);
   const hash = auditRowHash({ tenantKey: key, seq, at: when, action: event.action, result: event.result, piiDigest, prevHash: head.hash });
+  // The row and the new head in one statement.
   await trx
-    .insertInto("audit_log")
-    .values({
-      tenant_key: key,
-      seq,
-      at: when,
-      action: event.action,
-      result: event.result,
-      actor_id: pii.actorId,
-      target: pii.target,
-      ip: pii.ip,
-      request_id: pii.requestId,
-      details,
-      pii_salt: salt,
-      pii_digest: piiDigest,
-      prev_hash: head.hash,
-      hash,
-    })
+    .with("appended", (db) =>
+      db.insertInto("audit_log").values({
+        tenant_key: key,
+        seq,
+        at: when,
+        action: event.action,
+        result: event.result,
+        actor_id: pii.actorId,
+        target: pii.target,
+        ip: pii.ip,
+        request_id: pii.requestId,
+        details,
+        pii_salt: salt,
+        pii_digest: piiDigest,
+        prev_hash: head.hash,
+        hash,
+      }),
+    )
+    .updateTable("audit_heads")
+    .set({ seq, hash })
+    .where("tenant_key", "=", key)
     .execute();
-  await trx.updateTable("audit_heads").set({ seq, hash }).where("tenant_key", "=", key).execute();
   return { tenantId: event.tenantId, seq, at: when, ...pii, result: event.result, action: event.action, details: pii.details, piiDigest, prevHash: head.hash, hash, scrubbedAt: null };
 }
 
