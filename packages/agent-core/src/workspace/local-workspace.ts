@@ -71,8 +71,7 @@ function withRepoLock<T>(key: string, task: () => Promise<T>): Promise<T> {
  * await ws.merge("summon-A", "Merge summon-A");
  */
 export class LocalWorkspace implements ForkableWorkspace {
-  /** What the recovery pass of `open` cleaned up (empty for forks and when it was skipped). */
-  recovered: RecoveryReport = { removedWorktrees: [], salvagedBranches: [], removedLocks: [] };
+  private recovery: RecoveryReport = { removedWorktrees: [], salvagedBranches: [], removedLocks: [] };
 
   private constructor(
     readonly root: string,
@@ -81,6 +80,11 @@ export class LocalWorkspace implements ForkableWorkspace {
     private readonly isFork: boolean,
     private readonly runner: CommandRunner,
   ) {}
+
+  /** What the recovery pass of `open` cleaned up (empty for forks and when it was skipped). */
+  get recovered(): RecoveryReport {
+    return this.recovery;
+  }
 
   /** True when commands run under the bubblewrap sandbox. */
   get sandboxed(): boolean {
@@ -114,7 +118,7 @@ export class LocalWorkspace implements ForkableWorkspace {
     const workspace = new LocalWorkspace(root, commonDir, options, false, runner ?? localCommandRunner);
     const mainRoot = dirname(commonDir);
     if (options.recovery !== false && root === mainRoot) {
-      workspace.recovered = await withRepoLock(commonDir, () =>
+      workspace.recovery = await withRepoLock(commonDir, () =>
         recoverWorktrees({
           commonDir,
           root,
@@ -237,7 +241,8 @@ export class LocalWorkspace implements ForkableWorkspace {
     return runner.run(command, {
       cwd,
       root: this.root,
-      readOnlyPaths: [this.commonDir],
+      // The main checkout (holding the common git dir) stays visible read-only from every fork.
+      readOnlyPaths: [...new Set([dirname(this.commonDir), this.commonDir])],
       ...(options.readOnly ? { readOnly: true } : {}),
       timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
       maxOutputBytes: options.maxOutputBytes ?? DEFAULT_OUTPUT_BYTES,
