@@ -314,6 +314,47 @@ describe("context management in a run (offline server, real SDK)", () => {
     }
   });
 
+  it("with summary: model, asks the model for the summary in a request of its own and counts its usage", async () => {
+    const reads = 12;
+    let summaries = 0;
+    const policy: ReplyPolicy = (request, { index }) => {
+      if (!request.tools?.length) return reply.text(`Summary ${++summaries}: read modules so far; each exports numbered values.`);
+      const turn = index - summaries;
+      if (turn >= reads) return reply.text("Read every module.");
+      return reply.blocks(reply.thinking(`Module ${turn} next. ${"Weighing the options. ".repeat(80)}`), reply.toolUseBlock("read_file", { path: `src/mod${turn}.ts` }));
+    };
+    server = await startMessagesServer({ policy });
+    const workspace = await LocalWorkspace.open(await createTestRepo(bigFiles(reads)));
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url, retry: { maxRetries: 0 } });
+    const run = startRun({ vision: "Read every module", workspace, model, tools: builtinTools(), thinking: { budgetTokens: 1024 }, maxTokens: 2048, contextWindow: 12_000, context: { keepTurns: 3, summary: "model" } });
+    const events: KeenEvent[] = [];
+    for await (const event of run) events.push(event);
+    const result = await run.result;
+    expect(result.status).toBe("success");
+    expect(server.requests.filter((r) => r.status !== 200)).toEqual([]);
+
+    const compactions = ofType(events, "context.pruned").filter((e) => e.compactedMessages > 0);
+    expect(compactions.length).toBeGreaterThanOrEqual(1);
+    expect(summaries).toBe(compactions.length);
+    const summaryRequests = server.requests.filter((r) => r.path === "/v1/messages" && !r.body.tools?.length);
+    expect(summaryRequests).toHaveLength(summaries);
+    // The summary request holds the task and the compacted turns as text, and nothing else.
+    const first = summaryRequests[0]!.body;
+    expect(first.thinking).toBeUndefined();
+    expect(first.messages).toHaveLength(1);
+    expect(first.messages[0].content[0].text).toMatch(/^TASK: Read every module/);
+    expect(first.messages[0].content[0].text).toContain('AGENT CALLS read_file {"path":"src/mod0.ts"}');
+    // The second summary request sees the first summary.
+    expect(summaryRequests.length).toBeGreaterThanOrEqual(2);
+    expect(summaryRequests[1]!.body.messages[0].content[0].text).toContain("EARLIER SUMMARY: [Earlier conversation compacted");
+    // The conversation carries the model's words, and the usage of those requests is counted.
+    const last = server.requests.at(-1)!.body;
+    expect(last.messages[0].content[1].text).toBe(`${COMPACTED_SUMMARY_HEADER}\nSummary ${summaries}: read modules so far; each exports numbered values.`);
+    const usageEvents = ofType(events, "model.usage");
+    expect(usageEvents).toHaveLength(reads + 1 + summaries);
+    expect(result.usage.outputTokens).toBe(usageEvents.reduce((n, e) => n + e.usage.outputTokens, 0));
+  });
+
   it("works from estimates alone with a model that cannot count tokens", async () => {
     const policy: ReplyPolicy = (_request, { index }) => (index < 12 ? reply.toolUse("read_file", { path: `src/mod${index % 6}.ts` }) : reply.text("ok"));
     server = await startMessagesServer({ policy });

@@ -1,8 +1,11 @@
 import { z } from "zod";
 import { ConfigError, isKeenError } from "../errors.js";
 import {
+  collectResponse,
   totalInputTokens,
   type ContentBlock,
+  type ModelResponse,
+  type TextBlock,
   type Message,
   type Model,
   type ModelRequest,
@@ -25,6 +28,11 @@ export const ContextSettings = z
     target: z.number().gt(0).max(1).default(0.5),
     /** The newest assistant turns (with their tool results) that are never pruned. Default 2, at least 1. */
     keepTurns: z.number().int().min(1).default(2),
+    /**
+     * Who writes the summary of compacted turns: `structured` (default) lists the steps without a
+     * model call; `model` asks the model in a separate request (falling back to `structured` if it fails).
+     */
+    summary: z.enum(["structured", "model"]).default("structured"),
   })
   .refine((s) => s.target < s.pruneAt, { message: "`target` must be below `pruneAt`", path: ["target"] });
 export type ContextSettings = z.input<typeof ContextSettings>;
@@ -304,6 +312,7 @@ export class ContextTracker {
   readonly pruneAt: number;
   readonly target: number;
   readonly keepTurns: number;
+  readonly summary: "structured" | "model";
   /** Input tokens of the last request (uncached + cache write + cache read), or undefined before the first. */
   contextTokens: number | undefined;
   private estimateAtLast = 0;
@@ -320,6 +329,7 @@ export class ContextTracker {
     this.pruneAt = parsed.data.pruneAt;
     this.target = parsed.data.target;
     this.keepTurns = parsed.data.keepTurns;
+    this.summary = parsed.data.summary;
   }
 
   /** The model's exact count, or undefined when it cannot count or counting failed (the estimate stands in). */
@@ -351,7 +361,7 @@ export class ContextTracker {
    * Prunes `request.messages` in place when the request would pass the threshold (which leaves
    * room for `maxTokens` of output). Returns what was done, or null when nothing was needed.
    */
-  async beforeRequest(request: ModelRequest, options: { signal?: AbortSignal } = {}): Promise<ContextPruneReport | null> {
+  async beforeRequest(request: ModelRequest, options: { signal?: AbortSignal } = {}): Promise<(ContextPruneReport & { summaryResponse?: ModelResponse }) | null> {
     const threshold = Math.min(this.pruneAt * this.contextWindow, this.contextWindow - request.maxTokens);
     let tokens = this.expectedTokens(request);
     // Before the first answer only an uncalibrated estimate exists; ask for the real count when it matters.
@@ -369,6 +379,12 @@ export class ContextTracker {
     const target = Math.min(this.target * this.contextWindow, threshold);
     const pruned = pruneConversation(request.messages, { tokens, target, keepTurns: this.keepTurns, scale: this.scale });
     if (pruned.clearedToolResults === 0 && pruned.compactedMessages === 0) return null;
+    let summaryResponse: ModelResponse | undefined;
+    if (pruned.compactedMessages > 0 && this.summary === "model") {
+      summaryResponse = await this.writeSummary(request.messages.slice(0, 1 + pruned.compactedMessages), options.signal);
+      const text = summaryResponse ? textOf(summaryResponse.content) : "";
+      if (text) pruned.messages[0] = replaceSummary(pruned.messages[0]!, `${COMPACTED_SUMMARY_HEADER}\n${text}`);
+    }
     request.messages.splice(0, request.messages.length, ...pruned.messages);
 
     // The exact size after pruning, when the model can count it, keeps later estimates honest.
@@ -380,8 +396,75 @@ export class ContextTracker {
       compactedMessages: pruned.compactedMessages,
       tokensBefore: Math.round(tokens),
       tokensAfter: Math.round(tokensAfter),
+      ...(summaryResponse ? { summaryResponse } : {}),
     };
   }
+
+  /**
+   * Asks the model, in a request of its own, to summarise `messages` (the first message and the
+   * turns being compacted). Returns undefined when the request fails: the structured summary stays.
+   */
+  private async writeSummary(messages: Message[], signal: AbortSignal | undefined): Promise<ModelResponse | undefined> {
+    const request: ModelRequest = {
+      system: SUMMARY_SYSTEM_PROMPT,
+      messages: [{ role: "user", content: `${transcript(messages)}\n\nWrite the summary now.` }],
+      tools: [],
+      maxTokens: SUMMARY_MAX_TOKENS,
+    };
+    try {
+      return await collectResponse(this.model.stream(request, signal ? { signal } : {}));
+    } catch (error) {
+      if (signal?.aborted || isKeenError(error, "aborted")) throw error;
+      return undefined;
+    }
+  }
+}
+
+const SUMMARY_MAX_TOKENS = 2048;
+/** Longest tool result shown to the model when it writes a summary. */
+const TRANSCRIPT_RESULT_CHARS = 1_500;
+
+const SUMMARY_SYSTEM_PROMPT = `You condense the earlier part of a software engineering agent's working session so the agent can continue without it.
+The transcript starts with the agent's task (which the agent keeps) and may hold an earlier summary. Write a summary, in plain text, of at most 400 words that keeps what the agent needs to go on: what it learned about the code (files, functions, facts with their paths), what it changed, commands it ran and their outcomes, decisions made and why, and what was still open. Do not restate the task. Do not invent anything.`;
+
+/** The conversation as plain text for the summary request, with long tool results cut. */
+function transcript(messages: Message[]): string {
+  const calls = new Map<string, ToolUseBlock>();
+  const parts: string[] = [];
+  for (const [i, message] of messages.entries()) {
+    const blocks: ContentBlock[] = typeof message.content === "string" ? [{ type: "text", text: message.content }] : message.content;
+    for (const block of blocks) {
+      if (block.type === "text" && block.text.trim()) {
+        const label = i === 0 ? (block.text.startsWith(COMPACTED_SUMMARY_HEADER) ? "EARLIER SUMMARY" : "TASK") : message.role === "user" ? "USER" : "AGENT";
+        parts.push(`${label}: ${block.text.trim()}`);
+      } else if (block.type === "tool_use") {
+        calls.set(block.id, block);
+        parts.push(`AGENT CALLS ${block.name} ${JSON.stringify(block.input ?? {})}`);
+      } else if (block.type === "tool_result") {
+        const text = blockText(block);
+        const cut = text.length > TRANSCRIPT_RESULT_CHARS ? `${text.slice(0, TRANSCRIPT_RESULT_CHARS)}\n[… ${text.length - TRANSCRIPT_RESULT_CHARS} more characters]` : text;
+        parts.push(`RESULT of ${calls.get(block.tool_use_id)?.name ?? "tool"}${block.is_error ? " (error)" : ""}:\n${cut}`);
+      }
+    }
+  }
+  return parts.join("\n\n");
+}
+
+function textOf(content: ContentBlock[]): string {
+  return content
+    .filter((block): block is TextBlock => block.type === "text")
+    .map((block) => block.text)
+    .join("\n")
+    .trim();
+}
+
+/** `first` with its summary block replaced by `text`. */
+function replaceSummary(first: Message, text: string): Message {
+  const blocks = typeof first.content === "string" ? [{ type: "text" as const, text: first.content }] : [...first.content];
+  const index = blocks.findIndex((b) => b.type === "text" && b.text.startsWith(COMPACTED_SUMMARY_HEADER));
+  if (index >= 0) blocks[index] = { type: "text", text };
+  else blocks.push({ type: "text", text });
+  return { role: "user", content: blocks };
 }
 
 /** Whether an assistant message carries thinking that must be passed back unchanged. */

@@ -78,9 +78,8 @@ export async function runConversation(options: ConversationOptions): Promise<Con
   let agentTotal = options.usageBefore ?? emptyUsage();
   let finalText = "";
 
-  for (let turn = 1; turn <= options.maxTurns; turn++) {
-    if (signal.aborted) throw new AbortedError();
-    const response = await requestResponse(options, specs);
+  // Every response counts, including a summary written while pruning.
+  const account = (response: ModelResponse) => {
     usage = addUsage(usage, response.usage);
     agentTotal = addUsage(agentTotal, response.usage);
     options.onUsage?.(response.usage);
@@ -93,6 +92,12 @@ export async function runConversation(options: ConversationOptions): Promise<Con
       agentTotal,
       stopReason: response.stopReason,
     });
+  };
+
+  for (let turn = 1; turn <= options.maxTurns; turn++) {
+    if (signal.aborted) throw new AbortedError();
+    const response = await requestResponse(options, specs, account);
+    account(response);
     finalText = textOf(response.content);
     if (finalText) emit({ type: "model.text", agentId, text: finalText });
     messages.push({ role: "assistant", content: response.content });
@@ -124,7 +129,7 @@ export async function runConversation(options: ConversationOptions): Promise<Con
   return { outcome: "max_turns", finalText, turns: options.maxTurns, usage };
 }
 
-async function requestResponse(options: ConversationOptions, specs: ReturnType<typeof toolSpec>[]): Promise<ModelResponse> {
+async function requestResponse(options: ConversationOptions, specs: ReturnType<typeof toolSpec>[], onResponseUsage: (response: ModelResponse) => void): Promise<ModelResponse> {
   const request: ModelRequest = {
     system: options.system,
     messages: options.messages,
@@ -134,7 +139,11 @@ async function requestResponse(options: ConversationOptions, specs: ReturnType<t
   };
   if (options.context) {
     const pruned = await options.context.beforeRequest(request, { signal: options.signal });
-    if (pruned) options.emit({ type: "context.pruned", agentId: options.agentId, ...pruned });
+    if (pruned) {
+      const { summaryResponse, ...report } = pruned;
+      if (summaryResponse) onResponseUsage(summaryResponse);
+      options.emit({ type: "context.pruned", agentId: options.agentId, ...report });
+    }
   }
   let response: ModelResponse | undefined;
   for await (const part of options.model.stream(request, { signal: options.signal })) {
