@@ -133,26 +133,31 @@ class KyselyLedger implements Ledger {
   }
 
   /**
-   * Claims the idempotency key and runs `work` in one transaction. A key already claimed by a
-   * committed operation with the same parameters replays that operation's result from the rows it
-   * wrote (the parameters are equal, so only generated ids need looking up).
+   * Claims the idempotency key, locks the rows the operation works on and runs `work`, in one
+   * transaction; the claim and the lock share a round trip. `lock` is a SELECT ... FOR UPDATE that
+   * also selects `(select count(*) from claim)::int as claimed`.
+   *
+   * A key already claimed by a committed operation with the same parameters replays that
+   * operation's result from the rows it wrote (the parameters are equal, so only generated ids
+   * need looking up). When `lock` finds no rows, `work` reports the missing row.
    */
-  private async operation<T>(
+  private async operation<T, L extends { claimed: number }>(
     key: string,
     kind: string,
     params: readonly unknown[],
-    work: (trx: Transaction<CreditTables> | Db) => Promise<T>,
+    lock: RawBuilder<L>,
+    work: (trx: Transaction<CreditTables> | Db, locked: L[]) => Promise<T>,
     replay: (trx: Transaction<CreditTables> | Db) => Promise<T>,
   ): Promise<T> {
     const hash = hashRequest(kind, params);
     return this.tx(async (trx) => {
-      const claimed = await trx
-        .insertInto("ledger_operations")
-        .values({ idempotency_key: key, kind, request_hash: hash })
-        .onConflict((oc) => oc.column("idempotency_key").doNothing())
-        .returning("idempotency_key")
-        .executeTakeFirst();
-      if (!claimed) {
+      const { rows } = await sql<L>`
+        with claim as (
+          insert into ledger_operations (idempotency_key, kind, request_hash) values (${key}, ${kind}, ${hash})
+          on conflict (idempotency_key) do nothing returning 1
+        )
+        ${lock}`.execute(trx);
+      if (rows.length > 0 && rows[0]!.claimed === 0) {
         const prior = await trx
           .selectFrom("ledger_operations")
           .select(["kind", "request_hash"])
@@ -161,8 +166,15 @@ class KyselyLedger implements Ledger {
         if (prior.kind !== kind || prior.request_hash !== hash) throw new IdempotencyConflictError(key);
         return replay(trx);
       }
-      return work(trx);
+      return work(trx, rows);
     });
+  }
+
+  /** The lock query for `operation`: wallets and holds in id order (the global lock order). */
+  private lockAccountsQuery(ids: string[]) {
+    return sql<{ id: string; kind: string; balance: string | number; claimed: number }>`
+      select a.id, a.kind, a.balance, (select count(*) from claim)::int as claimed
+      from ledger_accounts a where a.id in (${sql.join(ids)}) order by a.id for update of a`;
   }
 
   /** Transaction ids an operation wrote, in leg order. */
@@ -251,9 +263,9 @@ class KyselyLedger implements Ledger {
   }
 
   private move(kind: TransferKind, from: string, to: string, amount: MicroCredits, key: string): Promise<TransferResult> {
-    return this.operation(key, kind, [from, to, amount], async (trx) => {
-      const wallets = [from, to].filter((id) => !isSystemId(id));
-      const locked = await this.lockAccounts(trx, wallets);
+    const wallets = [from, to].filter((id) => !isSystemId(id));
+    return this.operation(key, kind, [from, to, amount], this.lockAccountsQuery(wallets), async (trx, rows) => {
+      const locked = new Map(rows.map((row) => [row.id, { ...row, balance: micro(row.balance) }]));
       for (const id of wallets) {
         const row = locked.get(id);
         if (!row || row.kind === "hold" || isSystem(row.kind)) throw new AccountNotFoundError(id, row ? `is a ${row.kind} account, not a wallet` : undefined);
@@ -273,16 +285,16 @@ class KyselyLedger implements Ledger {
       idempotencyKey,
       "reserve",
       [account, amount, ttlMs, reference ?? null],
-      async (trx) => {
+      this.lockAccountsQuery([account]),
+      async (trx, locked) => {
         const hold = holdIdOf(account);
-        const locked = await this.lockAccounts(trx, [account]);
-        const wallet = locked.get(account);
+        const wallet = locked[0] && { ...locked[0], balance: micro(locked[0].balance) };
         if (!wallet || (wallet.kind !== "user_wallet" && wallet.kind !== "team_wallet")) {
           throw new AccountNotFoundError(account, wallet ? `is a ${wallet.kind} account, not a wallet` : undefined);
         }
         if (wallet.balance < amount) throw new InsufficientCreditsError(account, amount, wallet.balance);
         const id = randomUUID();
-        const { ids, rows } = await this.writeLegs(
+        const { ids, rows } = await this.writeLegs<ReservationRow>(
           trx,
           idempotencyKey,
           [{ kind: "reserve", from: account, to: hold, amount }],
@@ -308,7 +320,8 @@ class KyselyLedger implements Ledger {
       key,
       "settle",
       [id, amount],
-      async (trx) => this.close(trx, key, await this.lockReservation(trx, id), "settled", amount),
+      this.lockReservationQuery(id),
+      async (trx, rows) => this.close(trx, key, this.openReservation(id, rows[0]), "settled", amount),
       (trx) => this.replayClose(trx, key, id),
     );
   }
@@ -320,7 +333,8 @@ class KyselyLedger implements Ledger {
       key,
       "release",
       [id],
-      async (trx) => this.close(trx, key, await this.lockReservation(trx, id), "released", 0),
+      this.lockReservationQuery(id),
+      async (trx, rows) => this.close(trx, key, this.openReservation(id, rows[0]), "released", 0),
       (trx) => this.replayClose(trx, key, id),
     );
   }
@@ -349,8 +363,12 @@ class KyselyLedger implements Ledger {
     });
   }
 
-  private async lockReservation(trx: Transaction<CreditTables> | Db, id: string): Promise<ReservationRow> {
-    const row = await trx.selectFrom("ledger_reservations").selectAll().where("id", "=", id).forUpdate().executeTakeFirst();
+  private lockReservationQuery(id: string) {
+    return sql<ReservationRow & { claimed: number }>`
+      select r.*, (select count(*) from claim)::int as claimed from ledger_reservations r where r.id = ${id} for update of r`;
+  }
+
+  private openReservation(id: string, row: ReservationRow | undefined): ReservationRow {
     if (!row) throw new ReservationNotFoundError(id);
     if (row.status !== "open") throw new ReservationClosedError(id, row.status);
     return row;
