@@ -146,6 +146,17 @@ describeEachDatabase("audit log", (fixture) => {
     await expect(scrubAuditPii(db, { actorId: "u_1" })).rejects.toThrow(/inside a transaction/);
   });
 
+  it("masks secrets in details and target before storing them", async () => {
+    const token = `ghp_${"A1b2C3d4".repeat(5)}`;
+    await audit.record({ tenantId: "team_secret", actorId: "u", action: "webhook.call", target: `https://bot:${token}@hooks.example/x`, result: "failure", details: { error: `bad credentials ${token}`, headers: { Authorization: "Bearer abcdefghijklmnopqrstuvwxyz" } } });
+    const [row] = await audit.list("team_secret");
+    expect(row).toMatchObject({
+      target: "https://bot:[REDACTED:url_password]@hooks.example/x",
+      details: { error: "bad credentials [REDACTED:github_token]", headers: { Authorization: "[REDACTED:sensitive_field]" } },
+    });
+    expect(await audit.verify("team_secret")).toMatchObject({ ok: true, rows: 1 });
+  });
+
   it("rejects malformed events with a typed error and stores nothing", async () => {
     await expect(audit.record({ tenantId: "team_bad", actorId: null, action: "x", result: "maybe" as never })).rejects.toBeInstanceOf(AuditEventError);
     await expect(audit.record({ tenantId: "team_bad", actorId: null, action: "x", result: "success", details: { n: 1n } })).rejects.toThrow(/details cannot be stored/);

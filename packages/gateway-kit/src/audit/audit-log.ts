@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { sql, type Kysely } from "kysely";
 import type { AuditEventInput, AuditSink } from "./audit-sink.js";
+import { redactSecrets, redactSecretsDeep } from "../screening/redact.js";
 import { canonicalJson } from "./canonical-json.js";
 
 /** The hash a chain starts from (the `prev_hash` of sequence 1). */
@@ -134,6 +135,11 @@ export async function appendAuditEvent(trx: Kysely<any>, event: AuditEventInput,
 export interface AuditLogOptions {
   /** Clock for event timestamps (tests move it by hand). Default `() => new Date()`. */
   now?: () => Date;
+  /**
+   * Mask secrets (`redactSecretsDeep`) in `details` and `target` before they are stored, in case a
+   * caller passes a token along. Default true.
+   */
+  redact?: boolean;
 }
 
 /** The kysely audit log: an `AuditSink` plus reading and verifying. */
@@ -158,8 +164,12 @@ export interface AuditLog extends AuditSink {
  */
 export function createAuditLog(db: Kysely<any>, options: AuditLogOptions = {}): AuditLog {
   const now = options.now ?? (() => new Date());
-  const append = (event: AuditEventInput) => {
-    checkEvent(event);
+  const redact = options.redact ?? true;
+  const append = (input: AuditEventInput) => {
+    checkEvent(input);
+    const event: AuditEventInput = redact
+      ? { ...input, target: typeof input.target === "string" ? redactSecrets(input.target) : input.target, ...(input.details ? { details: redactSecretsDeep(input.details) } : {}) }
+      : input;
     return db.isTransaction ? appendAuditEvent(db, event, now()) : db.transaction().execute((trx) => appendAuditEvent(trx, event, now()));
   };
   return {

@@ -1,4 +1,5 @@
 import type { Kysely } from "kysely";
+import { appendAuditEvent } from "../audit/audit-log.js";
 import type { DataRightsContributor } from "./contributor.js";
 
 /** The archive `exportUserData` returns; `JSON.stringify` it to hand it over. */
@@ -72,20 +73,49 @@ export async function exportUserData(db: Kysely<any>, userId: string, contributo
   return { format: "keen.user-data/1", userId, exportedAt, sections };
 }
 
+export interface EraseUserDataOptions {
+  now?: () => Date;
+  /**
+   * Records a `privacy.erase` event (target `user:<id>`, the contributor names in details) in the
+   * audit log, in the same transaction. The actor is kept unless it is the erased user; no ip is
+   * stored, so the record of the erasure holds no personal data of the user.
+   */
+  recordIn?: { tenantId?: string | null; actorId: string | null; requestId?: string | null };
+}
+
 /**
  * Erases or anonymises a user's personal data (GDPR art. 17) through every contributor, in ONE
  * transaction: if any contributor fails, nothing is erased. Contributors keep what must survive
  * (ledger totals, the audit chain's hashes) and drop or scrub the rest.
  *
  * @example
- * await eraseUserData(db, userId, [authDataRights(), auditDataRights(), ledgerDataRights]);
+ * await eraseUserData(db, userId, [authDataRights(), auditDataRights(), ledgerDataRights], {
+ *   recordIn: { tenantId: null, actorId: adminId, requestId: ctx.state.requestId },
+ * });
  */
-export async function eraseUserData(db: Kysely<any>, userId: string, contributors: readonly DataRightsContributor[], options: { now?: () => Date } = {}): Promise<UserErasureReport> {
+export async function eraseUserData(db: Kysely<any>, userId: string, contributors: readonly DataRightsContributor[], options: EraseUserDataOptions = {}): Promise<UserErasureReport> {
   checkUserId(userId);
   checkContributors(contributors);
   const erasedAt = (options.now ?? (() => new Date()))().toISOString();
+  const names = contributors.map((c) => c.name);
   await db.transaction().execute(async (trx) => {
     for (const contributor of contributors) await contributor.erase(trx, userId);
+    const trail = options.recordIn;
+    if (trail) {
+      await appendAuditEvent(
+        trx,
+        {
+          tenantId: trail.tenantId ?? null,
+          actorId: trail.actorId === userId ? null : trail.actorId,
+          action: "privacy.erase",
+          target: `user:${userId}`,
+          result: "success",
+          requestId: trail.requestId ?? null,
+          details: { contributors: names },
+        },
+        new Date(erasedAt),
+      );
+    }
   });
-  return { userId, erasedAt, contributors: contributors.map((c) => c.name) };
+  return { userId, erasedAt, contributors: names };
 }

@@ -114,8 +114,10 @@ describeEachDatabase("privacy", (fixture) => {
     expect(before).toContain(subject.email);
     expect(before).toContain("198.51.100.33");
 
-    const report = await eraseUserData(db, subject.userId, contributors());
+    const report = await eraseUserData(db, subject.userId, contributors(), { recordIn: { tenantId: subject.teamId, actorId: subject.userId, requestId: "req-erase" } });
     expect(report).toMatchObject({ userId: subject.userId, contributors: ["auth", "audit", "wallet"] });
+    const trail = (await audit.list(subject.teamId, { limit: 1000 })).at(-1)!;
+    expect(trail).toMatchObject({ action: "privacy.erase", target: `user:${subject.userId}`, actorId: null, ip: null, requestId: "req-erase", details: { contributors: ["auth", "audit", "wallet"] } });
 
     const after = await dump(db);
     for (const leftover of [subject.email, "198.51.100.33", subject.displayName, `${subject.displayName}'s laptop`, "+447700900133", `ada-${subject.userId}@users.noreply.example`, subject.key.slice(5, 17)]) {
@@ -133,7 +135,7 @@ describeEachDatabase("privacy", (fixture) => {
     expect(await verifyAuditChain(db, null)).toMatchObject({ ok: true });
     const scrubbed = await db.selectFrom("audit_log").select(["action", "scrubbed_at"]).where("tenant_key", "=", subject.teamId).execute();
     expect(scrubbed.length).toBeGreaterThan(3);
-    expect(scrubbed.every((r) => r.scrubbed_at !== null)).toBe(true);
+    expect(scrubbed.filter((r) => r.action !== "privacy.erase").every((r) => r.scrubbed_at !== null)).toBe(true);
     // The account is unusable and its sessions are gone.
     expect((await app.request("POST", "/auth/login", { body: { email: subject.email, password: PASSWORD } })).status).toBe(401);
     expect((await app.request("GET", "/v1/sessions", { headers: { authorization: `Bearer ${subject.key}` } })).status).toBe(401);
