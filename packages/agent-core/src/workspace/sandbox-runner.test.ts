@@ -1,8 +1,8 @@
 import { randomBytes } from "node:crypto";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
-import { homedir } from "node:os";
+import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -148,6 +148,23 @@ describe("sandboxRunner", () => {
     expect(result.output).toContain("home=/tmp/home");
     expect(existsSync(join("/tmp", name))).toBe(false);
     expect((await childA.exec(`test -e /tmp/${name}`)).exitCode).toBe(1);
+  });
+
+  it("hides paths it is asked to hide, keeping the workspace visible", async () => {
+    const secrets = join(dir, ".git", "keen-secrets");
+    await mkdir(secrets, { recursive: true });
+    await writeFile(join(secrets, "token"), "s3cret\n");
+    const check = `cat '${join(secrets, "token")}'`;
+    expect((await childA.exec(check)).output).toBe("s3cret\n"); // the main checkout is readable by default
+    const hiding = await LocalWorkspace.open(childA.root, { sandbox: { hidePaths: [secrets, tmpdir()] }, recovery: false });
+    const hidden = await hiding.exec(check);
+    expect(hidden.exitCode).not.toBe(0);
+    expect(hidden.output).not.toContain("s3cret");
+    // The workspace under the hidden /tmp is still there, and writable.
+    const inside = await hiding.exec("cat README.md && echo y > hidden-ok.txt");
+    expect(inside.output).toBe("# sandbox\n");
+    expect(await readFile(join(childA.root, "hidden-ok.txt"), "utf8")).toBe("y\n");
+    await rm(secrets, { recursive: true });
   });
 
   it("passes only a small environment, plus what the caller sets", async () => {

@@ -24,6 +24,11 @@ export interface SandboxOptions {
   extraReadOnlyPaths?: string[];
   /** Absolute paths to leave writable besides the workspace root (for example a shared build cache). */
   extraWritablePaths?: string[];
+  /**
+   * Absolute paths to replace with an empty folder, such as the real home with its credentials
+   * (`[os.homedir()]`). The workspace and the paths above stay visible when they lie inside one.
+   */
+  hidePaths?: string[];
   /** Environment variables passed through from keen's own environment. Default: PATH, locale, TERM, TZ, USER, LOGNAME, SHELL. */
   passEnv?: string[];
   /** The bubblewrap binary. Default `bwrap` on PATH. */
@@ -39,6 +44,7 @@ const SandboxOptionsSchema = z.object({
   readOnly: z.boolean().optional(),
   extraReadOnlyPaths: z.array(AbsolutePath).optional(),
   extraWritablePaths: z.array(AbsolutePath).optional(),
+  hidePaths: z.array(AbsolutePath).optional(),
   passEnv: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/)).optional(),
   bwrapPath: z.string().min(1).optional(),
 });
@@ -159,11 +165,19 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
       // Git metadata outside the root (a worktree's common dir) stays readable but not writable,
       // also when it lives under /tmp, which the private /tmp would otherwise hide.
       const readable = [...(runOptions.readOnlyPaths ?? []), ...(settings.extraReadOnlyPaths ?? [])].filter((path) => existsSync(path));
+      const writable = (settings.extraWritablePaths ?? []).filter((path) => existsSync(path));
+      const mounted = [root, ...readable, ...writable];
+      // A hidden folder that holds mounted ones is hidden first and the mounts made inside it;
+      // any other is hidden last, so a mount of its parent cannot bring it back.
+      const hidden = (settings.hidePaths ?? []).filter((path) => existsSync(path));
+      const hideFirst = hidden.filter((path) => mounted.some((inner) => inner === path || isInside(path, inner)));
+      for (const path of hideFirst) args.push("--tmpfs", path);
       for (const path of readable) args.push("--ro-bind", path, path);
       args.push(readOnly ? "--ro-bind" : "--bind", root, root);
       // A main checkout holds its git dir inside the root; mount it read-only again on top.
       for (const path of readable) if (isInside(root, path)) args.push("--ro-bind", path, path);
-      for (const path of settings.extraWritablePaths ?? []) if (existsSync(path)) args.push("--bind", path, path);
+      for (const path of writable) args.push("--bind", path, path);
+      for (const path of hidden) if (!hideFirst.includes(path)) args.push("--tmpfs", path);
       args.push("--chdir", runOptions.cwd, "--clearenv");
       const env: Record<string, string> = { HOME: SANDBOX_HOME, TMPDIR: "/tmp" };
       for (const name of settings.passEnv ?? DEFAULT_PASS_ENV) {
