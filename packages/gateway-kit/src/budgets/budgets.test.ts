@@ -181,6 +181,53 @@ describeEachDatabase("budgets", (fixture) => {
     await expect(budgets.setBudget({ scope: a, period: "weekly" as never, limit: 1 })).rejects.toThrow(TypeError);
   });
 
+  it("reserves an estimate atomically and settles it to the actual cost in the period it was made in", async () => {
+    const { alerts, notifier } = collecting();
+    const local = new Clock(Date.UTC(2026, 10, 25, 23, 59, 0));
+    const budgets = createKyselyBudgets(fixture.database.db, { now: local.now, notifier });
+    const u = user();
+    await budgets.setBudget({ scope: u, period: "daily", limit: 1000 });
+    const a = `res-${randomUUID()}`;
+    const b = `res-${randomUUID()}`;
+    await budgets.reserve([u], 600, a);
+    await expect(budgets.reserve([u], 500, b)).rejects.toMatchObject({ status: 402, details: { remaining: 400 } });
+    await budgets.reserve([u], 400, b);
+    expect(alerts.map((x) => x.threshold)).toEqual([50, 80, 100]);
+
+    // The run of `a` cost less: the rest comes back to the same day, even after midnight.
+    local.ms += 5 * 60_000;
+    const settled = await budgets.settle(a, 250);
+    expect(settled).toMatchObject({ replayed: false, reserved: 600, settled: 250 });
+    expect(settled.statuses[0]).toMatchObject({ periodKey: "2026-11-25", spent: 650 });
+    expect((await budgets.status([u]))[0]).toMatchObject({ periodKey: "2026-11-26", spent: 0 });
+    expect(await budgets.settle(a, 250)).toMatchObject({ replayed: true });
+    await expect(budgets.settle(a, 251)).rejects.toBeInstanceOf(BudgetKeyConflictError);
+    // The run of `b` cost more than reserved: recorded past the limit (the work is done), no alert twice.
+    expect((await budgets.settle(b, 900)).statuses[0]!.spent).toBe(1150);
+    expect(alerts).toHaveLength(3);
+
+    await expect(budgets.settle(`res-${randomUUID()}`, 1)).rejects.toMatchObject({ status: 404, code: "budget_reservation_not_found" });
+    const recorded = `rec-${randomUUID()}`;
+    await budgets.record([u], 1, recorded);
+    await expect(budgets.settle(recorded, 1)).rejects.toMatchObject({ status: 404 });
+    await expect(budgets.reserve([u], 1, recorded)).rejects.toBeInstanceOf(BudgetKeyConflictError);
+  });
+
+  it("releases reservations whose runs never settled", async () => {
+    const local = new Clock();
+    const budgets = createKyselyBudgets(fixture.database.db, { now: local.now });
+    const t = team();
+    await budgets.setBudget({ scope: t, period: "total", limit: 100 });
+    const stale = `res-${randomUUID()}`;
+    await budgets.reserve([t], 70, stale);
+    local.ms += 3600_000;
+    await budgets.reserve([t], 30, `res-${randomUUID()}`);
+    await expect(budgets.reserve([t], 1, `res-${randomUUID()}`)).rejects.toBeInstanceOf(BudgetExceededError);
+    expect(await budgets.releaseStaleReservations(new Date(local.ms - 30 * 60_000))).toBeGreaterThanOrEqual(1);
+    expect((await budgets.status([t]))[0]!.spent).toBe(30);
+    expect(await budgets.settle(stale, 0)).toMatchObject({ replayed: true, settled: 0 });
+  });
+
   it("answers 402 through the middleware and hands the remaining budget to the route", async () => {
     const budgets = createKyselyBudgets(fixture.database.db, { now: clock.now });
     const t = team();
@@ -239,6 +286,20 @@ describeEachDatabase("budgets", (fixture) => {
         expect((await services[0]!.status([t]))[0]!.spent).toBe(500);
         const charges = await fixture.database.db.selectFrom("budget_charges").select("idempotency_key").where("idempotency_key", "like", "c-%").execute();
         expect(charges).toHaveLength(50);
+      });
+
+      it("never overspends with concurrent reservations, and settling frees what was not used", async () => {
+        const services = pools.map((p) => createKyselyBudgets(p.db, { now: clock.now }));
+        const t = team();
+        await services[0]!.setBudget({ scope: t, period: "daily", limit: 300 });
+        const keys = Array.from({ length: 100 }, () => `r-${randomUUID()}`);
+        const results = await Promise.allSettled(keys.map((key, i) => services[i % 2]!.reserve([t], 10, key)));
+        const admitted = keys.filter((_, i) => results[i]!.status === "fulfilled");
+        expect(admitted).toHaveLength(30);
+        await Promise.all(admitted.map((key, i) => services[i % 2]!.settle(key, 4)));
+        expect((await services[1]!.status([t]))[0]!.spent).toBe(120);
+        const more = await Promise.allSettled(Array.from({ length: 40 }, (_, i) => services[i % 2]!.reserve([t], 10, `r-${randomUUID()}`)));
+        expect(more.filter((r) => r.status === "fulfilled")).toHaveLength(18);
       });
 
       it("fires a threshold once when many processes cross it together", async () => {

@@ -6,6 +6,7 @@ import type { BudgetTables } from "./tables.js";
 import {
   BudgetExceededError,
   BudgetInput,
+  BudgetReservationNotFoundError,
   BudgetPeriod,
   BudgetScope,
   DEFAULT_THRESHOLDS,
@@ -17,6 +18,7 @@ import {
   type BudgetChargeResult,
   type BudgetNotifier,
   type Budgets,
+  type BudgetSettlement,
   type BudgetStatus,
 } from "./types.js";
 
@@ -142,7 +144,28 @@ export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {})
     return delivered;
   }
 
-  async function charge(mode: "record" | "commit", scopesIn: BudgetScope[], amountIn: number, keyIn: string): Promise<BudgetChargeResult> {
+  async function fireAlerts(trx: Trx, budget: Budget, periodKey: string, spent: number, at: Date): Promise<BudgetAlert[]> {
+    const crossed = reached(budget.thresholds, spent, budget.limit);
+    if (crossed.length === 0) return [];
+    const fired = await trx
+      .insertInto("budget_alerts")
+      .values(
+        crossed.map((threshold) => ({
+          budget_id: budget.id,
+          period_key: periodKey,
+          threshold,
+          spent_micros: spent,
+          limit_micros: budget.limit,
+          fired_at: at,
+        })),
+      )
+      .onConflict((oc) => oc.columns(["budget_id", "period_key", "threshold"]).doNothing())
+      .returning("threshold")
+      .execute();
+    return fired.map(({ threshold }) => ({ id: `${budget.id}:${periodKey}:${threshold}`, budget, periodKey, threshold, spent, limit: budget.limit, firedAt: at }));
+  }
+
+  async function charge(mode: "record" | "commit" | "reserve", scopesIn: BudgetScope[], amountIn: number, keyIn: string): Promise<BudgetChargeResult> {
     const scopes = parse(Scopes, scopesIn, "budget scopes");
     const amount = parse(BudgetAmount, amountIn, "amount (micro-credits)");
     const key = parse(IdempotencyKey, keyIn, "idempotency key");
@@ -150,23 +173,24 @@ export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {})
     const canonical = canonicalScopes(scopes);
 
     const result = await kdb.transaction().execute(async (trx) => {
+      const budgets = await budgetsOf(trx, scopes);
+      const parts = budgets.map((b) => ({ budgetId: b.id, periodKey: periodWindow(b.period, at).key }));
       const inserted = await trx
         .insertInto("budget_charges")
-        .values({ idempotency_key: key, amount_micros: amount, scopes: canonical, mode, created_at: at })
+        .values({ idempotency_key: key, amount_micros: amount, scopes: canonical, mode, created_at: at, parts: JSON.stringify(parts) })
         .onConflict((oc) => oc.column("idempotency_key").doNothing())
         .returning("idempotency_key")
         .executeTakeFirst();
       if (!inserted) {
         const first = await trx.selectFrom("budget_charges").selectAll().where("idempotency_key", "=", key).executeTakeFirstOrThrow();
-        if (toNumber(first.amount_micros) !== amount || first.scopes !== canonical) throw new BudgetKeyConflictError(key);
+        if (toNumber(first.amount_micros) !== amount || first.scopes !== canonical || first.mode !== mode) throw new BudgetKeyConflictError(key);
         return { replayed: true, statuses: await statuses(trx, scopes, at), alerts: [] };
       }
 
-      const budgets = await budgetsOf(trx, scopes);
       const out: BudgetStatus[] = [];
       const alerts: BudgetAlert[] = [];
-      for (const budget of budgets) {
-        const periodKey = periodWindow(budget.period, at).key;
+      for (const [i, budget] of budgets.entries()) {
+        const periodKey = parts[i]!.periodKey;
         await trx
           .insertInto("budget_spend")
           .values({ budget_id: budget.id, period_key: periodKey, spent_micros: 0 })
@@ -177,7 +201,7 @@ export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {})
           .set({ spent_micros: sql`spent_micros + ${amount}` })
           .where("budget_id", "=", budget.id)
           .where("period_key", "=", periodKey);
-        if (mode === "commit") {
+        if (mode !== "record") {
           // Re-evaluated after any row lock wait, so a concurrent commit is always counted.
           update = update.where(sql<boolean>`spent_micros + ${amount} <= (select limit_micros from budgets where id = ${budget.id})`);
         }
@@ -193,32 +217,76 @@ export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {})
         }
         const spent = toNumber(row.spent_micros);
         out.push(statusOf(budget, spent, at));
-        const crossed = reached(budget.thresholds, spent, budget.limit);
-        if (amount > 0 && crossed.length > 0) {
-          const fired = await trx
-            .insertInto("budget_alerts")
-            .values(
-              crossed.map((threshold) => ({
-                budget_id: budget.id,
-                period_key: periodKey,
-                threshold,
-                spent_micros: spent,
-                limit_micros: budget.limit,
-                fired_at: at,
-              })),
-            )
-            .onConflict((oc) => oc.columns(["budget_id", "period_key", "threshold"]).doNothing())
-            .returning("threshold")
-            .execute();
-          for (const { threshold } of fired) {
-            alerts.push({ id: `${budget.id}:${periodKey}:${threshold}`, budget, periodKey, threshold, spent, limit: budget.limit, firedAt: at });
-          }
-        }
+        if (amount > 0) alerts.push(...(await fireAlerts(trx, budget, periodKey, spent, at)));
       }
       return { replayed: false, statuses: out, alerts };
     });
     // Delivery happens after commit: the alert row is the record that it fired; a failed
     // delivery stays pending rather than undoing the charge.
+    await deliver(result.alerts);
+    return result;
+  }
+
+  async function settle(keyIn: string, actualIn: number): Promise<BudgetSettlement> {
+    const key = parse(IdempotencyKey, keyIn, "idempotency key");
+    const actual = parse(BudgetAmount, actualIn, "actual amount (micro-credits)");
+    const at = now();
+    const result = await kdb.transaction().execute(async (trx) => {
+      const row = await trx
+        .selectFrom("budget_charges")
+        .selectAll()
+        .where("idempotency_key", "=", key)
+        .where("mode", "=", "reserve")
+        .forUpdate()
+        .executeTakeFirst();
+      if (!row) throw new BudgetReservationNotFoundError(key);
+      const reserved = toNumber(row.amount_micros);
+      const parts = JSON.parse(row.parts) as Array<{ budgetId: string; periodKey: string }>;
+      const budgets = new Map(
+        parts.length === 0
+          ? []
+          : (await trx.selectFrom("budgets").selectAll().where("id", "in", parts.map((p) => p.budgetId)).execute()).map((r) => [r.id, toBudget(r)] as const),
+      );
+      const current = async () => {
+        const out: BudgetStatus[] = [];
+        for (const part of parts) {
+          const budget = budgets.get(part.budgetId);
+          if (!budget) continue;
+          const spend = await trx
+            .selectFrom("budget_spend")
+            .select("spent_micros")
+            .where("budget_id", "=", part.budgetId)
+            .where("period_key", "=", part.periodKey)
+            .executeTakeFirst();
+          out.push(statusOf(budget, spend ? toNumber(spend.spent_micros) : 0, row.created_at));
+        }
+        return out;
+      };
+      if (row.settled_at) {
+        if (toNumber(row.settled_micros!) !== actual) throw new BudgetKeyConflictError(key);
+        return { replayed: true, reserved, settled: actual, statuses: await current(), alerts: [] };
+      }
+      const delta = actual - reserved;
+      const out: BudgetStatus[] = [];
+      const alerts: BudgetAlert[] = [];
+      for (const part of [...parts].sort((a, b) => (a.budgetId < b.budgetId ? -1 : 1))) {
+        const budget = budgets.get(part.budgetId);
+        if (!budget) continue; // removed since: nothing to correct
+        const updated = await trx
+          .updateTable("budget_spend")
+          .set({ spent_micros: sql`greatest(0, spent_micros + ${delta})` })
+          .where("budget_id", "=", part.budgetId)
+          .where("period_key", "=", part.periodKey)
+          .returning("spent_micros")
+          .executeTakeFirst();
+        if (!updated) continue;
+        const spent = toNumber(updated.spent_micros);
+        out.push(statusOf(budget, spent, row.created_at));
+        if (delta > 0) alerts.push(...(await fireAlerts(trx, budget, part.periodKey, spent, at)));
+      }
+      await trx.updateTable("budget_charges").set({ settled_micros: actual, settled_at: at }).where("idempotency_key", "=", key).execute();
+      return { replayed: false, reserved, settled: actual, statuses: out, alerts };
+    });
     await deliver(result.alerts);
     return result;
   }
@@ -273,6 +341,25 @@ export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {})
     },
     record: (scopes, amount, key) => charge("record", scopes, amount, key),
     commit: (scopes, amount, key) => charge("commit", scopes, amount, key),
+    reserve: (scopes, estimate, key) => charge("reserve", scopes, estimate, key),
+    settle,
+    async releaseStaleReservations(before) {
+      const open = await kdb
+        .selectFrom("budget_charges")
+        .select("idempotency_key")
+        .where("mode", "=", "reserve")
+        .where("settled_at", "is", null)
+        .where("created_at", "<", before)
+        .orderBy("created_at")
+        .limit(1000)
+        .execute();
+      let released = 0;
+      for (const { idempotency_key } of open) {
+        const result = await settle(idempotency_key, 0);
+        if (!result.replayed) released += 1;
+      }
+      return released;
+    },
     async deliverPendingAlerts() {
       const rows = await kdb
         .selectFrom("budget_alerts")

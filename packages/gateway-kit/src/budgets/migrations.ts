@@ -56,4 +56,24 @@ export const budgetMigrations: MigrationSet = {
       await db.schema.createIndex("budget_alerts_pending_idx").on("budget_alerts").column("fired_at").where(sql.ref("delivered_at"), "is", null).execute();
     },
   },
+  gk_budgets_0002_reservations: {
+    up: async (db: Kysely<any>) => {
+      // `reserve` charges an estimate up front and `settle` later corrects it to the actual
+      // cost, in the periods the reservation was made in (kept in `parts`).
+      await db.schema.alterTable("budget_charges").dropConstraint("budget_charges_mode_check").execute();
+      await db.schema
+        .alterTable("budget_charges")
+        .addCheckConstraint("budget_charges_mode_check", sql`mode in ('record', 'commit', 'reserve')`)
+        .execute();
+      await db.schema.alterTable("budget_charges").addColumn("parts", "text", (c) => c.notNull().defaultTo("[]")).execute();
+      await db.schema.alterTable("budget_charges").addColumn("settled_micros", "bigint").execute();
+      await db.schema.alterTable("budget_charges").addColumn("settled_at", "timestamptz").execute();
+      await db.schema
+        .createIndex("budget_charges_open_idx")
+        .on("budget_charges")
+        .column("created_at")
+        .where(sql<boolean>`mode = 'reserve' and settled_at is null`)
+        .execute();
+    },
+  },
 };

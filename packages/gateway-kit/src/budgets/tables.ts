@@ -18,7 +18,17 @@ export interface BudgetTables {
     updated_at: Timestamp;
   };
   budget_spend: { budget_id: string; period_key: string; spent_micros: Int8 };
-  budget_charges: { idempotency_key: string; amount_micros: Int8; scopes: string; mode: string; created_at: Timestamp };
+  budget_charges: {
+    idempotency_key: string;
+    amount_micros: Int8;
+    scopes: string;
+    mode: string;
+    created_at: Timestamp;
+    /** JSON `[{ budgetId, periodKey }]`: where the amount went. */
+    parts: ColumnType<string, string | undefined, string>;
+    settled_micros: ColumnType<string | number | bigint | null, number | null | undefined, number | null>;
+    settled_at: NullableTimestamp;
+  };
   budget_alerts: {
     budget_id: string;
     period_key: string;

@@ -112,12 +112,30 @@ export class BudgetKeyConflictError extends HttpError {
   }
 }
 
-/** What `record` and `commit` return. */
+/** No open reservation has this key. Renders as 404 `budget_reservation_not_found`. */
+export class BudgetReservationNotFoundError extends HttpError {
+  constructor(key: string) {
+    super(404, "budget_reservation_not_found", `No budget reservation with key "${key}"`, { idempotencyKey: key });
+    this.name = "BudgetReservationNotFoundError";
+  }
+}
+
+/** What `record`, `commit` and `reserve` return. */
 export interface BudgetChargeResult {
   /** True when the key had been used before: nothing was charged this time. */
   replayed: boolean;
   statuses: BudgetStatus[];
   /** Alerts this charge fired (empty on replay). */
+  alerts: BudgetAlert[];
+}
+
+/** What `settle` returns. */
+export interface BudgetSettlement {
+  replayed: boolean;
+  reserved: number;
+  settled: number;
+  /** The budgets the reservation charged, in the periods it was made in, after settling. */
+  statuses: BudgetStatus[];
   alerts: BudgetAlert[];
 }
 
@@ -146,6 +164,19 @@ export interface Budgets {
    * commits never take a budget past its limit. Throws `BudgetExceededError` and charges nothing otherwise.
    */
   commit(scopes: BudgetScope[], amount: number, idempotencyKey: string): Promise<BudgetChargeResult>;
+  /**
+   * Like `commit` (atomic, refused with 402 when it does not fit), but the amount is an
+   * estimate to be corrected by `settle`. Concurrent reservations never overspend a budget.
+   */
+  reserve(scopes: BudgetScope[], estimate: number, idempotencyKey: string): Promise<BudgetChargeResult>;
+  /**
+   * Replaces a reservation's estimate with the actual cost, in the periods it was reserved in
+   * (less is given back, more is added even past the limit: the work is done). Settling again
+   * with the same amount is a replay; with another, a 409. `settle(key, 0)` releases it.
+   */
+  settle(idempotencyKey: string, actual: number): Promise<BudgetSettlement>;
+  /** Releases reservations still open that were made before `before` (their runs died); returns how many. */
+  releaseStaleReservations(before: Date): Promise<number>;
   /** Retries alerts whose delivery failed; returns how many were delivered. */
   deliverPendingAlerts(): Promise<number>;
 }
