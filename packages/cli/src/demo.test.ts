@@ -98,6 +98,26 @@ describe("keen demo", { timeout: 120_000 }, () => {
     expect(out).toContain(`The sample repository is at ${dir}`);
   });
 
+  it("stops on Ctrl-C with exit 130, leaving the terminal's cursor visible and saying where the repository is", async () => {
+    const dir = await demoDir();
+    const child = keen(["demo", "--dir", dir, "--pace", "400"], { KEEN_FORCE_TTY: "1", COLUMNS: "90", NO_COLOR: "1" });
+    // Interrupt once the live view has drawn a frame with the children running.
+    await new Promise<void>((resolve) => {
+      let seen = "";
+      child.stdout!.on("data", (chunk: Buffer) => {
+        seen += chunk.toString("utf8");
+        if (seen.includes("summon-B")) resolve();
+      });
+    });
+    child.kill("SIGINT");
+    const result = await child;
+    expect(result.exitCode).toBe(130);
+    expect(result.stderr).toBe(`keen: interrupted; agents stopped, the sample repository is at ${dir}`);
+    expect(result.stdout.endsWith("\x1b[?25h")).toBe(true);
+    expect(result.stdout).toMatch(/· aborted · \d+\.\d s/);
+    expect(await git(dir, "status", "--porcelain")).toBe("");
+  });
+
   it("refuses a folder that already holds files", async () => {
     const result = await keen(["demo", "--dir", repoRoot]);
     expect(result.exitCode).toBe(2);

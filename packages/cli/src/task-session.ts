@@ -32,6 +32,8 @@ export interface TaskSessionOptions {
   launch: () => TaskRun;
   /** Repository the run works in, for the closing hint. */
   repo: string;
+  /** What to say after an interrupt; by default how to resume with `keen run --resume`. */
+  interruptedMessage?: string;
 }
 
 export interface TaskSessionResult {
@@ -56,12 +58,13 @@ export async function runTaskSession(options: TaskSessionOptions): Promise<TaskS
   const view = mode === "live" ? new LiveTreeView({ write: io.stdout, columns, color: !io.env.NO_COLOR }) : undefined;
   let tree = options.tree;
   let interrupted = false;
+  const resumeHint = `resume with: keen run --resume ${quote(snapshot.path)}`;
 
   const run = options.launch();
   const onSignal = () => {
     if (interrupted) {
       view?.release();
-      io.stderr(`keen: stopped at once; resume with: keen run --resume ${quote(snapshot.path)}\n`);
+      io.stderr(`keen: stopped at once; ${options.interruptedMessage ?? resumeHint}\n`);
       process.exit(INTERRUPTED_EXIT_CODE);
     }
     interrupted = true;
@@ -89,7 +92,7 @@ export async function runTaskSession(options: TaskSessionOptions): Promise<TaskS
 
     if (snapshot.error) io.stderr(`keen: could not save the snapshot to ${snapshot.path}: ${snapshot.error.message}\n`);
     if (interrupted) {
-      io.stderr(`keen: interrupted; agents stopped, snapshot saved at ${snapshot.path}; resume with: keen run --resume ${quote(snapshot.path)}\n`);
+      io.stderr(`keen: interrupted; agents stopped, ${options.interruptedMessage ?? `snapshot saved at ${snapshot.path}; ${resumeHint}`}\n`);
       return { exitCode: INTERRUPTED_EXIT_CODE, result, tree, interrupted };
     }
     if (mode !== "json") io.stdout(closingSummary(tree, result, options.repo, snapshot.path));

@@ -67,6 +67,8 @@ export async function demoCommand(argv: string[], io: Io): Promise<number> {
       snapshot,
       repo: dir,
       tree: emptyTree(),
+      // A demo cannot be resumed: its scripted server goes away with this process.
+      interruptedMessage: `the sample repository is at ${dir}`,
       launch: () =>
         startTask({
           vision: DEMO_VISION,

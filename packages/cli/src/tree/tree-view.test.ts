@@ -57,6 +57,9 @@ describe("renderTree", () => {
     const narrow = renderTree(tree, { width: 60 }).split("\n");
     expect(narrow[1]).toMatch(/^root {7}Add far… {2}main/);
     expect(narrow[1]!.endsWith("…")).toBe(true);
+    // Middling widths keep 20 columns of title and cut the token counts at the edge instead.
+    const middling = renderTree(tree, { width: 90 }).split("\n");
+    expect(middling[1]).toMatch(/^root {7}Add farewell\(\) and … {2}main {8}SUMMON {2}running {13}in 1\.2k out 310 …$/);
     // The header keeps the run's status and time in sight; the vision gives way.
     expect(renderTree(tree, { width: 40, elapsedMs: 1500 }).split("\n")[0]).toBe("keen ▸ Add farewell()… · running · 1.5 s");
   });

@@ -33,6 +33,8 @@ const STATUS_STYLE: Record<AgentDisplayStatus, Style> = {
 };
 
 const MIN_TITLE = 8;
+/** Titles keep this many columns before the token counts at the right edge give way. */
+const KEPT_TITLE = 20;
 const MAX_TITLE = 36;
 
 /**
@@ -59,8 +61,12 @@ export function renderTree(state: TreeState, options: RenderTreeOptions = {}): s
   const tokensWidth = Math.max(0, ...rows.map((r) => r.tokens.length));
   const fixed = nameWidth + branchWidth + phaseWidth + statusWidth + tokensWidth + 2 * 5;
   let titleWidth = Math.min(MAX_TITLE, Math.max(0, ...rows.map((r) => r.title.length)));
-  // Narrow terminals give up title width first; whatever is still too wide is cut at the edge.
-  if (fixed + titleWidth > width) titleWidth = Math.max(MIN_TITLE, width - fixed);
+  // Narrow terminals shrink titles down to KEPT_TITLE, then cut token counts at the edge, and
+  // only on very narrow ones shrink titles further.
+  if (fixed + titleWidth > width) {
+    const withoutTokens = width - (fixed - tokensWidth);
+    titleWidth = Math.max(MIN_TITLE, Math.min(titleWidth, Math.max(width - fixed, Math.min(KEPT_TITLE, withoutTokens))));
+  }
 
   const lines: Segment[][] = [header(state, options.elapsedMs, width)];
   for (const row of rows) {
