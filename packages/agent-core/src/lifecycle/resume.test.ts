@@ -73,7 +73,7 @@ describe("resume after SIGKILL", () => {
     expect(after.some((c) => c.includes(":A:"))).toBe(false);
     expect(after.filter((c) => c.includes(":B:"))).toEqual(["after:B:complete_task:1", "after:B:complete_task:2"]);
     // Event numbering continues where the killed process stopped.
-    const { firstSeq } = JSON.parse(resumed.stdout) as { firstSeq: number };
+    const { firstSeq } = JSON.parse(String(resumed.stdout)) as { firstSeq: number };
     expect(firstSeq).toBeGreaterThan(0);
 
     expect(await branchTrees(repo)).toEqual(await branchTrees(referenceRepo));
