@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
@@ -11,6 +12,8 @@ export interface BudgetState {
   statuses: BudgetStatus[];
   /** The least any budget of the scopes has left; `undefined` when no budget applies. */
   remaining: number | undefined;
+  /** In `reserve` mode: the key to `settle` the reservation with once the run's cost is known. */
+  reservationKey?: string;
 }
 
 declare module "koa" {
@@ -43,6 +46,14 @@ const BudgetGuardOptions = z
     estimate: fn<(ctx: Ctx) => number | Promise<number>>(),
     /** Which budgets apply. Default: the principal's user and team (`budgetScopesOf`). */
     scopes: fn<(ctx: Ctx) => BudgetScope[] | Promise<BudgetScope[]>>().optional(),
+    /**
+     * `check` (default): refuse what does not fit, hold nothing. `reserve`: also reserve the
+     * estimate atomically, so concurrent requests cannot overspend; settle it later with
+     * `budgets.settle(ctx.state.budget.reservationKey, actual)`. A failed request releases it.
+     */
+    mode: z.enum(["check", "reserve"]).default("check"),
+    /** The reservation's idempotency key in `reserve` mode. Default a random UUID. */
+    reservationKey: fn<(ctx: Ctx) => string>().optional(),
   })
   .strict();
 export type BudgetGuardOptions = z.input<typeof BudgetGuardOptions>;
@@ -51,6 +62,7 @@ export type BudgetGuardOptions = z.input<typeof BudgetGuardOptions>;
  * Refuses a request with 402 `budget_exceeded` (details: scope, period, limit, spent,
  * remaining, requested, resetsAt) when its estimated cost does not fit in the caller's
  * budgets, and puts the budget state on `ctx.state.budget` for the route (e.g. for `routeByCost`).
+ * With `mode: "reserve"` the estimate is also reserved, to be settled when the run is charged.
  *
  * @example
  * router.post("/v1/runs", authenticate({ service }), budgetGuard({ budgets, estimate: (ctx) => estimateRun(ctx.request.body) }), startRun);
@@ -58,7 +70,7 @@ export type BudgetGuardOptions = z.input<typeof BudgetGuardOptions>;
 export function budgetGuard(input: BudgetGuardOptions): Middleware {
   const parsed = BudgetGuardOptions.safeParse(input);
   if (!parsed.success) throw new TypeError(`Invalid budgetGuard options: ${z.prettifyError(parsed.error)}`);
-  const { budgets, estimate, scopes } = parsed.data;
+  const { budgets, estimate, scopes, mode, reservationKey } = parsed.data;
   return async (ctx, next) => {
     let applicable: BudgetScope[];
     if (scopes) applicable = await scopes(ctx);
@@ -69,9 +81,21 @@ export function budgetGuard(input: BudgetGuardOptions): Middleware {
     }
     const amount = await estimate(ctx);
     if (!Number.isSafeInteger(amount) || amount < 0) throw new TypeError(`budgetGuard estimate must be a non-negative integer, got ${amount}`);
-    const statuses = await budgets.check(applicable, amount);
+    if (mode === "check") {
+      const statuses = await budgets.check(applicable, amount);
+      const remaining = statuses.length ? Math.min(...statuses.map((s) => s.remaining)) : undefined;
+      ctx.state.budget = { scopes: applicable, estimate: amount, statuses, remaining };
+      return next();
+    }
+    const key = reservationKey ? reservationKey(ctx) : randomUUID();
+    const { statuses } = await budgets.reserve(applicable, amount, key);
     const remaining = statuses.length ? Math.min(...statuses.map((s) => s.remaining)) : undefined;
-    ctx.state.budget = { scopes: applicable, estimate: amount, statuses, remaining };
-    await next();
+    ctx.state.budget = { scopes: applicable, estimate: amount, statuses, remaining, reservationKey: key };
+    try {
+      await next();
+    } catch (error) {
+      await budgets.settle(key, 0).catch(() => undefined);
+      throw error;
+    }
   };
 }

@@ -262,6 +262,35 @@ describeEachDatabase("budgets", (fixture) => {
     }
   });
 
+  it("reserves at the door in reserve mode, releases on a failed request, and settles later", async () => {
+    const budgets = createKyselyBudgets(fixture.database.db, { now: clock.now });
+    const t = team();
+    await budgets.setBudget({ scope: t, period: "total", limit: 1000 });
+    const app = new Koa();
+    app.use(errorHandler());
+    app.use(budgetGuard({ budgets, scopes: () => [t], estimate: () => 400, mode: "reserve" }));
+    app.use((ctx) => {
+      if (ctx.query.fail) throw new Error("queue down");
+      ctx.body = { key: ctx.state.budget?.reservationKey, remaining: ctx.state.budget?.remaining };
+    });
+    const server = createServer(app.callback());
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const first = (await (await fetch(base)).json()) as { key: string; remaining: number };
+      expect(first.remaining).toBe(600);
+      expect((await fetch(`${base}/?fail=1`)).status).toBe(500);
+      expect((await budgets.status([t]))[0]!.spent).toBe(400);
+      expect((await fetch(base)).status).toBe(200);
+      expect((await fetch(base)).status).toBe(402);
+      await budgets.settle(first.key, 100);
+      expect((await fetch(base)).status).toBe(200);
+      expect((await budgets.status([t]))[0]!.spent).toBe(900);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   if (fixture.kind === "postgres") {
     describe("under concurrency, over separate connection pools", () => {
       const pools: Array<Awaited<ReturnType<typeof openDatabase>>> = [];
