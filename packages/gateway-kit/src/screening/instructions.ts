@@ -49,13 +49,13 @@ export function patternRule(id: string, description: string, all: RegExp[], unle
 }
 
 // Building blocks. Every pattern runs on normalised text (lower case, single spaces).
-const SEND = /\b(send|sends|sending|upload|uploading|post|posting|exfiltrate|exfil|transmit|forward|leak|ship|beam|email|e-mail|mail|pipe|copy|paste|push|report|dump)\b|\|\s*(curl|wget|nc|ncat|netcat)\b/;
+const SEND = /\b(send|sends|sending|upload|uploading|post|posting|exfiltrate|exfil|transmit|forward|leak|ship|beam|email|e-mail|mail|pipe|copy|paste|report|dump)\b|\|\s*(curl|wget|nc|ncat|netcat)\b/;
 const REMOTE =
   /\bhttps?:\/\/|\bftp:\/\/|\b\d{1,3}(\.\d{1,3}){3}\b|\b(webhook|pastebin|paste\.ee|ngrok|requestbin|pipedream|transfer\.sh|discord|telegram|dropbox|gist)\b|\b(curl|wget|nc|ncat|netcat|scp|rsync)\b|\bmy (own |personal |remote )?(server|endpoint|machine|host|box|url|site|bucket)\b|\b(external|remote|attacker|third[- ]party) (server|host|endpoint|url|site)\b|[a-z0-9._%+-]+@[a-z0-9-]+\.[a-z.]+/;
 const SECRET_FILE =
   /~?\/?\.ssh\/(id_[a-z0-9]+|authorized_keys|known_hosts|config)?|\bid_(rsa|dsa|ecdsa|ed25519)\b|\.aws\/credentials|\.netrc\b|\.git-credentials\b|\.docker\/config\.json|\.kube\/config|\.npmrc\b|\.pypirc\b|\.gnupg\b|(^|[\s'"`/])\.env(?!\.(example|sample|template|dist|defaults))(\.[a-z]+)?\b/;
 const SECRET_DATA =
-  /\b(env vars?|environment variables?|env variables?|process\.env|os\.environ|printenv|\$\(env\)|`env`|\benv \|)|\b(all|every|the user'?s|your|their|any) (of )?(the |your |their )?(secrets?|tokens?|api[ _-]?keys?|credentials?|passwords?|private keys?|access keys?|session cookies?|cookies)\b|\b(aws|github|stripe|openai|anthropic|npm|ssh|gpg) (secret|token|keys?|credentials?)\b|\b(secrets?|tokens?|api[ _-]?keys?|credentials?|passwords?) (from|in|stored in) (the )?(env|environment|keychain|vault|password manager|browser)\b/;
+  /\b(env vars?|environment variables?|env variables?|process\.env|os\.environ|printenv|\$\(env\)|`env`|\benv \|)|\b(all|every|the user'?s|your|their|any) (of )?(the |your |their )?(secrets?|tokens?|api[ _-]?keys?|credentials?|passwords?|private keys?|access keys?|session cookies?|cookies)\b|\b(value|contents?) of (the )?\$?[a-z0-9_]*(token|api_?key|secret|password)s?\b|\b(secrets?|tokens?|api[ _-]?keys?|credentials?|passwords?) (from|in|stored in) (the )?(keychain|vault|password manager|browser)\b/;
 
 /**
  * The default rule set: exfiltrating secrets, attacking other hosts, and escaping the
@@ -72,22 +72,22 @@ export const defaultInstructionRules: readonly InstructionRule[] = [
     /\b(curl|wget|fetch|iwr|invoke-webrequest)\b[^|;\n]*\|\s*(sudo )?(ba|z|da|k)?sh\b|\b(curl|wget)\b[^|;\n]*\|\s*(sudo )?(python3?|perl|ruby|node|iex)\b|\b(ba)?sh <\(\s*(curl|wget)\b/,
   ]),
   patternRule("attack.port_scan", "Scans ports or networks", [
-    /\b(nmap|masscan|zmap|rustscan)\b|\b(run|perform|do|launch|start|conduct|carry out|execute)( a| an)?( full| quick| stealth| syn)? (port|network|subnet|vulnerability) ?scans?\b|\bport ?scan (of|on|against)\b|\bscan (all |every |the |their )?(open )?(ports|hosts|subnet|network)( on| of| in| at)\b|\bscan \d{1,3}(\.\d{1,3}){3}/,
+    /\b(nmap|masscan|zmap|rustscan)\b|\b(run|perform|do|launch|start|conduct|carry out|execute)( a| an)?( full| quick| stealth| syn)? (port|network|subnet|vulnerability) ?scans?\b|\bport ?scan (of|on|against)\b|\bscan (all |every |the |their )?(open )?ports (on|of|at)\b|\bscan (the |their )?(subnet|network|ip range) \d{1,3}\.|\bscan \d{1,3}(\.\d{1,3}){3}/,
   ]),
   patternRule("attack.denial_of_service", "Floods or takes down a host (denial of service)", [
-    /\b(launch|perform|run|start|do|execute|carry out|mount|conduct|initiate)( a| an)? (d?dos|denial[- ]of[- ]service|syn flood|udp flood|http flood|flood attack|slowloris)\b|\bd?dos (attack )?(against |on )?(the |their )?[a-z0-9-]+\.[a-z]{2,}\b|\b(flood|hammer|overwhelm|crash|take down|knock (out|offline)|bring down)( the| their)? ([a-z0-9-]+\.[a-z]{2,}|server|website|site|host|api|endpoint)s?\b.*\b(requests|packets|traffic|connections|offline|down)\b|\bhping3?\b.*--flood|\bsend (millions|thousands|billions) of (requests|packets)\b/,
+    /\b(launch|perform|run|start|do|execute|carry out|mount|conduct|initiate)( a| an)? (d?dos|denial[- ]of[- ]service|syn flood|udp flood|http flood|flood attack|slowloris)\b|\bd?dos (attack )?(against |on )?(the |their )?[a-z0-9-]+\.[a-z]{2,}\b|\b(flood|overwhelm|hammer) ([a-z0-9-]+\.[a-z]{2,}|their [a-z]+|the (target|victim))( server| site| website| api)? with\b|\b(take|knock|bring) (down|offline) ([a-z0-9-]+\.[a-z]{2,}|their (server|site|website|api|service)s?)\b|\b(take|knock|bring) ([a-z0-9-]+\.[a-z]{2,}|their (server|site|website|api|service)s?) (down|offline)\b|\bhping3?\b.*--flood|\bsend (millions|thousands|billions) of (requests|packets) (to|at)\b/,
   ]),
   patternRule("attack.brute_force", "Brute-forces or sprays credentials against a service", [
-    /\bbrute[- ]?forc(e|ing) (the |their |a |an )?((admin|root|user|users'?|their) )?(login|password|credentials?|ssh|account|admin|auth|accounts|passwords)s?( page| panel| form)? (of|on|for|at|against)\b|\bbrute[- ]?forc(e|ing) [a-z0-9-]+\.[a-z]{2,}|\b(hydra|medusa|hashcat|john the ripper|patator|crowbar)\b|\bcredential stuffing (attack )?(against|on)\b|\bpassword spray(ing)? (against|on)\b|\bcrack (the |their )?(password|login|account)s? (of|on|for)\b/,
+    /\bbrute[- ]?forc(e|ing) (the |their |a |an )?((admin|root|user|users'?|their) )?(login|password|credentials?|ssh|account|admin|auth|accounts|passwords)s?( page| panel| form)? (of|on|for|at|against)\b|\bbrute[- ]?forc(e|ing) [a-z0-9-]+\.[a-z]{2,}|\b(hydra|medusa|patator|crowbar|ncrack)\b.*\b(ssh|ftp|rdp|smb|telnet|login|password|passwords|wordlist|rockyou)\b|\bhashcat\b|\bjohn the ripper\b|\bcredential stuffing (attack )?(against|on)\b|\bpassword spray(ing)? (against|on)\b|\bcrack (the |their )?(password|login|account)s? (of|on|for)\b/,
   ]),
   patternRule("escape.system_files", "Reads or writes system files outside the workspace", [
-    /\/etc\/(shadow|passwd|sudoers|gshadow|master\.passwd)\b|\/proc\/(self|\d+|1)\/(environ|mem|root|cwd)\b|\/var\/run\/docker\.sock|\/run\/docker\.sock|\/root\/|\bc:\\windows\\system32\\config\b/,
+    /\/etc\/(shadow|passwd|sudoers|gshadow|master\.passwd)\b|\/proc\/(self|\d+|1)\/(environ|mem|root|cwd)\b|\/var\/run\/docker\.sock|\/run\/docker\.sock|\/root\/\.(ssh|aws|bash_history|gnupg)\b|\bc:\\windows\\system32\\config\b/,
   ]),
   patternRule("escape.path_traversal", "Walks out of the workspace with ../ paths or absolute paths into other homes", [
-    /(\.\.[/\\]){3,}|(\.\.[/\\])+(etc|root|home|users|var|proc|usr|bin|\.ssh|\.aws)\b|(^|\s)(\/home\/|\/users\/)[a-z0-9._-]+\/|\b(read|write|list|open|access|cat|copy|delete|modify|explore|browse|cd into) .{0,40}\b(outside|above|beyond) (of )?(the |this |my |your )?(workspace|repo|repository|project|working directory|sandbox|checkout)\b/,
+    /(\.\.[/\\]){3,}(?=$|[\s'"`]|(etc|root|home|proc|var|usr|tmp|\.ssh|\.aws)\b)|(\.\.[/\\]){2,}(etc|root|home|proc|\.ssh|\.aws)\b|(\.\.[/\\])+(\.ssh|\.aws)\b|\b(read|write|list|open|access|cat|copy|delete|modify|explore|browse|cd into) .{0,40}\b(outside|above|beyond) (of )?(the |this |my |your )?(workspace|repo|repository|project|working directory|sandbox|checkout)\b/,
   ]),
   patternRule("escape.sandbox", "Tries to break out of the sandbox or container", [
-    /\b(break|breaking|escape|escaping|get|getting) (out )?(of )?(the |this |your |its )?(sandbox|container|jail|chroot|vm|bubblewrap|bwrap|namespace)\b|\bcontainer[- ]escape\b|\bsandbox[- ](escape|breakout)\b|\bnsenter\b|\b(disable|bypass|turn off|circumvent|get around) (the |your )?(sandbox|seccomp|apparmor|selinux|confinement|workspace restrictions?)\b|\bmount (the )?host\b|--privileged\b|\bdocker\.sock\b|\bcap_sys_admin\b/,
+    /\b(break|breaking|get|getting|climb|climbing) out of (the |this |your |its )?(sandbox|container|jail|chroot|vm|bubblewrap|bwrap|namespace)\b|\b(escape|escaping) (from )?(the |this |your |its )?(sandbox|container|jail|chroot|bubblewrap|bwrap)\b(?! (name|id|label|tag|path|image|string|arg|argument|value|field|variable|output|command)s?\b)|\bcontainer[- ]escape\b|\bsandbox[- ](escape|breakout)\b|\bnsenter\b|\b(disable|bypass|turn off|circumvent|get around) (the |your )?(sandbox|seccomp|apparmor|selinux|confinement|workspace restrictions?)\b|\bmount (the )?host'?s? (root|\/ )|--privileged\b|\bdocker\.sock\b|\bcap_sys_admin\b/,
   ]),
 ];
 
