@@ -5,3 +5,4 @@ export { creditMigrations, SYSTEM_ACCOUNTS } from "./migrations.js";
 export type { CreditTables } from "./tables.js";
 export { createPriceList, DEFAULT_MODEL_PRICES, priceUsage, PriceListOptions, type ModelPrice, type PriceList, type TokenUsage } from "./pricing.js";
 export { creditsDataRights } from "./data-rights.js";
+export { creditGuard, type CreditGuardOptions } from "./credit-guard.js";
