@@ -198,6 +198,25 @@ describe("sandboxRunner", () => {
     expect(allowed.output.trim()).toBe("67108864");
   });
 
+  it("stops a runaway node process at the memory limit", async () => {
+    const limited = await LocalWorkspace.open(dir, { sandbox: { memoryBytes: 512 * 1024 * 1024 }, recovery: false });
+    const result = await limited.exec(`node -e "const a = []; for (;;) a.push(Buffer.alloc(1 << 20, 1))"`, { timeoutMs: 30_000 });
+    expect(result.timedOut).toBe(false);
+    expect(result.exitCode).not.toBe(0);
+    expect(result.durationMs).toBeLessThan(20_000);
+  });
+
+  it("limits address space only when asked, since WebAssembly reserves far more than it uses", async () => {
+    // Node's fetch and many build tools use WebAssembly; each memory reserves ~10 GiB of address space.
+    const wasm = `node -e "const ms = []; for (let i = 0; i < 4; i++) ms.push(new WebAssembly.Memory({ initial: 1 })); console.log('wasm ok')"`;
+    const byDefault = await childA.exec(wasm, { timeoutMs: 20_000 });
+    expect(byDefault.output.trim(), byDefault.output).toBe("wasm ok");
+    const tight = await LocalWorkspace.open(dir, { sandbox: { addressSpaceBytes: 8 * 1024 ** 3 }, recovery: false });
+    const refused = await tight.exec(wasm, { timeoutMs: 20_000 });
+    expect(refused.exitCode).not.toBe(0);
+    expect(refused.output).toContain("could not allocate memory");
+  });
+
   it("kills the whole process tree on timeout", async () => {
     const needle = `31.${Date.now() % 100000}`;
     const result = await childA.exec(`sleep ${needle} & sleep 30`, { timeoutMs: 500 });

@@ -8,16 +8,26 @@ import type { ExecResult } from "./workspace.js";
 
 /**
  * How `sandboxRunner` confines commands. Every field is optional; the defaults give no network,
- * a read-only system, only the workspace root writable, 600 s of CPU time and 8 GiB of address
- * space per process.
+ * a read-only system, only the workspace root writable, 600 s of CPU time and 8 GiB of memory
+ * per process.
  */
 export interface SandboxOptions {
   /** Allow network access. Default `false`: the command gets its own network namespace with only a loopback device. */
   network?: boolean;
   /** CPU seconds per process (`RLIMIT_CPU`); SIGXCPU at the limit, SIGKILL one second later. Default 600; `Infinity` for none. */
   cpuSeconds?: number;
-  /** Address space per process in bytes (`RLIMIT_AS`). Default 8 GiB; `Infinity` for none. */
+  /**
+   * Memory per process in bytes: the data limit (`RLIMIT_DATA`), which counts the private writable
+   * memory a process maps (heap, anonymous mappings), not address space it only reserves. Default
+   * 8 GiB; `Infinity` for none.
+   */
   memoryBytes?: number;
+  /**
+   * Address space per process in bytes (`RLIMIT_AS`). Default `Infinity`: V8 reserves about 10 GiB
+   * of address space for every WebAssembly memory (Node's own `fetch` uses one), so a tight
+   * address-space limit breaks ordinary JavaScript tooling. Set it for commands known not to.
+   */
+  addressSpaceBytes?: number;
   /** Mount the workspace root read-only for every command this runner runs. Default `false`. */
   readOnly?: boolean;
   /** Absolute paths to make visible read-only (for example a toolchain under a hidden folder). */
@@ -41,6 +51,7 @@ const SandboxOptionsSchema = z.object({
   network: z.boolean().optional(),
   cpuSeconds: Limit.optional(),
   memoryBytes: Limit.optional(),
+  addressSpaceBytes: Limit.optional(),
   readOnly: z.boolean().optional(),
   extraReadOnlyPaths: z.array(AbsolutePath).optional(),
   extraWritablePaths: z.array(AbsolutePath).optional(),
@@ -153,7 +164,11 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
   const settings = parsed.data;
   const bwrapPath = settings.bwrapPath ?? "bwrap";
   const cpuSeconds = settings.cpuSeconds ?? DEFAULT_CPU_SECONDS;
-  const memoryBytes = settings.memoryBytes ?? DEFAULT_MEMORY_BYTES;
+  const limits = {
+    cpuSeconds,
+    memoryBytes: settings.memoryBytes ?? DEFAULT_MEMORY_BYTES,
+    addressSpaceBytes: settings.addressSpaceBytes ?? Infinity,
+  };
 
   return {
     enforcesReadOnly: true,
@@ -186,7 +201,7 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
       }
       Object.assign(env, runOptions.env);
       for (const [name, value] of Object.entries(env)) args.push("--setenv", name, value);
-      args.push("--", "/bin/sh", "-c", limitScript(cpuSeconds, memoryBytes), "keen-sandbox", command);
+      args.push("--", "/bin/sh", "-c", limitScript(limits), "keen-sandbox", command);
 
       const { env: _env, ...rest } = runOptions;
       const result = await runInProcessGroup(bwrapPath, args, rest);
@@ -202,10 +217,12 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
  * The shell prologue that applies the limits before running the command. The hard CPU limit is
  * one second above the soft one, so a process first gets SIGXCPU (an exit status we can name).
  */
-function limitScript(cpuSeconds: number, memoryBytes: number): string {
+function limitScript(limits: { cpuSeconds: number; memoryBytes: number; addressSpaceBytes: number }): string {
+  const kib = (bytes: number) => Math.max(1, Math.floor(bytes / 1024));
   const steps: string[] = [];
-  if (Number.isFinite(cpuSeconds)) steps.push(`ulimit -t ${cpuSeconds + 1}`, `ulimit -S -t ${cpuSeconds}`);
-  if (Number.isFinite(memoryBytes)) steps.push(`ulimit -v ${Math.max(1, Math.floor(memoryBytes / 1024))}`);
+  if (Number.isFinite(limits.cpuSeconds)) steps.push(`ulimit -t ${limits.cpuSeconds + 1}`, `ulimit -S -t ${limits.cpuSeconds}`);
+  if (Number.isFinite(limits.memoryBytes)) steps.push(`ulimit -d ${kib(limits.memoryBytes)}`);
+  if (Number.isFinite(limits.addressSpaceBytes)) steps.push(`ulimit -v ${kib(limits.addressSpaceBytes)}`);
   steps.push('exec /bin/sh -c "$1"');
   return steps.join(" && ");
 }
