@@ -107,6 +107,11 @@ describe("redactSecretsDeep", () => {
     expect(event.output.stdout).toContain(github);
   });
 
+  it("copies shared references like JSON does", () => {
+    const shared = { note: github };
+    expect(redactSecretsDeep({ a: shared, b: [shared, shared] })).toEqual({ a: { note: "[REDACTED:github_token]" }, b: [{ note: "[REDACTED:github_token]" }, { note: "[REDACTED:github_token]" }] });
+  });
+
   it("survives cycles", () => {
     const a: Record<string, unknown> = { token: "t", note: github };
     a.self = a;

@@ -85,7 +85,8 @@ const keyForm = (key: string) => key.toLowerCase().replace(/[-_]/g, "");
 /**
  * Returns a copy of a JSON-like value with every string passed through `redactSecrets` and
  * the values of sensitive keys (`password`, `authorization`, …) masked whole. Keys themselves,
- * numbers and booleans are kept; the input is not modified. Handles cycles by dropping repeats.
+ * numbers and booleans are kept; the input is not modified. A reference back to an enclosing
+ * object (a cycle) becomes `undefined`; shared, non-cyclic references are copied like JSON would.
  *
  * @example
  * redactSecretsDeep({ type: "tool.completed", output: "token ghp_...", headers: { authorization: "x" } });
@@ -98,17 +99,23 @@ export function redactSecretsDeep<T>(value: T, options: RedactDeepOptions = {}):
     return endings.some((ending) => form.endsWith(ending));
   };
   const mask = options.mask ?? defaultMask;
-  const seen = new WeakSet<object>();
+  const ancestors = new Set<object>();
   const walk = (v: unknown, key: string | undefined): unknown => {
     if (typeof v === "string") return key !== undefined && v !== "" && isSensitive(key) ? mask("sensitive_field") : redactSecrets(v, options);
     if (v === null || typeof v !== "object") return v;
     if (v instanceof Date) return v;
-    if (seen.has(v)) return undefined;
-    seen.add(v);
-    if (Array.isArray(v)) return v.map((item) => walk(item, undefined));
     if (typeof (v as { toJSON?: unknown }).toJSON === "function") return walk((v as { toJSON(): unknown }).toJSON(), key);
-    const out: Record<string, unknown> = {};
-    for (const [k, item] of Object.entries(v)) out[k] = walk(item, k);
+    // Only the objects on the current path count as a cycle; shared references are copied twice.
+    if (ancestors.has(v)) return undefined;
+    ancestors.add(v);
+    let out: unknown;
+    if (Array.isArray(v)) out = v.map((item) => walk(item, undefined));
+    else {
+      const copy: Record<string, unknown> = {};
+      for (const [k, item] of Object.entries(v)) copy[k] = walk(item, k);
+      out = copy;
+    }
+    ancestors.delete(v);
     return out;
   };
   return walk(value, undefined) as T;
