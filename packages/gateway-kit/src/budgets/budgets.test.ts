@@ -226,6 +226,16 @@ describeEachDatabase("budgets", (fixture) => {
     expect(await budgets.releaseStaleReservations(new Date(local.ms - 30 * 60_000))).toBeGreaterThanOrEqual(1);
     expect((await budgets.status([t]))[0]!.spent).toBe(30);
     expect(await budgets.settle(stale, 0)).toMatchObject({ replayed: true, settled: 0 });
+
+    // Forgetting old idempotency records keeps open reservations.
+    const open = `res-${randomUUID()}`;
+    await budgets.setBudget({ scope: t, period: "total", limit: 200 });
+    await budgets.reserve([t], 10, open);
+    local.ms += 3600_000;
+    expect(await budgets.forgetCharges(new Date(local.ms))).toBeGreaterThanOrEqual(2);
+    const left = await fixture.database.db.selectFrom("budget_charges").select("idempotency_key").where("idempotency_key", "in", [stale, open]).execute();
+    expect(left.map((r) => r.idempotency_key)).toEqual([open]);
+    expect((await budgets.settle(open, 10)).replayed).toBe(false);
   });
 
   it("answers 402 through the middleware and hands the remaining budget to the route", async () => {

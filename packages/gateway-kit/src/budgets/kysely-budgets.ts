@@ -360,6 +360,14 @@ export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {})
       }
       return released;
     },
+    async forgetCharges(before) {
+      const result = await kdb
+        .deleteFrom("budget_charges")
+        .where("created_at", "<", before)
+        .where((eb) => eb.or([eb("mode", "!=", "reserve"), eb("settled_at", "is not", null)]))
+        .executeTakeFirst();
+      return Number(result.numDeletedRows);
+    },
     async deliverPendingAlerts() {
       const rows = await kdb
         .selectFrom("budget_alerts")

@@ -177,6 +177,11 @@ export interface Budgets {
   settle(idempotencyKey: string, actual: number): Promise<BudgetSettlement>;
   /** Releases reservations still open that were made before `before` (their runs died); returns how many. */
   releaseStaleReservations(before: Date): Promise<number>;
+  /**
+   * Forgets the idempotency records of charges made before `before` (open reservations are
+   * kept), bounding the table; a key older than that would charge again. Returns how many.
+   */
+  forgetCharges(before: Date): Promise<number>;
   /** Retries alerts whose delivery failed; returns how many were delivered. */
   deliverPendingAlerts(): Promise<number>;
 }

@@ -48,15 +48,21 @@ export function bucketResult(tokens: number, allowed: boolean, rule: RateLimitRu
 
 /**
  * An in-process token-bucket store. Buckets of different processes are independent; use the
- * PostgreSQL store when several processes serve the same users.
+ * PostgreSQL store when several processes serve the same users. Buckets that have refilled
+ * completely are dropped as it goes, so memory follows the active callers.
  *
  * @example
  * app.use(rateLimit({ store: createMemoryRateLimitStore(), limit: 60, windowMs: 60_000 }));
  */
 export function createMemoryRateLimitStore(): RateLimitStore {
-  const buckets = new Map<string, { tokens: number; updatedMs: number }>();
+  const buckets = new Map<string, { tokens: number; updatedMs: number; fullAtMs: number }>();
+  let consumes = 0;
   return {
     async consume(key, rule, cost, nowMs) {
+      // Now and then, forget buckets that have refilled completely: they equal a fresh one.
+      if (++consumes % 1000 === 0) {
+        for (const [k, b] of buckets) if (b.fullAtMs <= nowMs) buckets.delete(k);
+      }
       const perMs = rule.limit / rule.windowMs;
       const bucket = buckets.get(key);
       let tokens = rule.limit;
@@ -67,8 +73,9 @@ export function createMemoryRateLimitStore(): RateLimitStore {
       }
       const allowed = tokens >= cost;
       if (allowed) tokens -= cost;
-      buckets.set(key, { tokens, updatedMs });
-      return bucketResult(tokens, allowed, rule, cost);
+      const result = bucketResult(tokens, allowed, rule, cost);
+      buckets.set(key, { tokens, updatedMs, fullAtMs: updatedMs + result.resetMs });
+      return result;
     },
     async prune(beforeMs) {
       let removed = 0;

@@ -45,7 +45,19 @@ function storeContract(newStore: () => RateLimitStore) {
   });
 }
 
-describe("memory rate-limit store", () => storeContract(createMemoryRateLimitStore));
+describe("memory rate-limit store", () => {
+  storeContract(createMemoryRateLimitStore);
+
+  it("forgets refilled buckets as it goes, which behave like fresh ones", async () => {
+    const store = createMemoryRateLimitStore();
+    const rule = { limit: 2, windowMs: 1000 };
+    for (let i = 0; i < 999; i++) await store.consume(`idle-${i}`, rule, 1, 0);
+    // The 1000th consume sweeps; every idle bucket is full again by t = 500 ms.
+    await store.consume("busy", rule, 2, 10_000);
+    expect(await store.prune(Number.MAX_SAFE_INTEGER)).toBe(1);
+    expect(await store.consume("idle-1", rule, 1, 10_000)).toMatchObject({ allowed: true, remaining: 1 });
+  });
+});
 
 describeEachDatabase("PostgreSQL rate-limit store", (fixture) => {
   beforeAll(() => migrateToLatest(fixture.database.db, [limitMigrations]));
