@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { bodyParser } from "@koa/bodyparser";
 import Koa from "koa";
 import type Stripe from "stripe";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -223,6 +224,47 @@ describeEachDatabase("stripe billing", (fixture) => {
       const foreign = await deliver(event("checkout.session.completed", { id: "cs_test_foreign", object: "checkout.session", payment_status: "paid", metadata: {} }));
       expect(foreign.body).toMatchObject({ received: true, outcome: "ignored" });
       expect((await deliver(event("customer.created", { id: "cus_1", object: "customer" }))).body.outcome).toBe("ignored");
+    });
+  });
+
+  describe("webhook mounting", () => {
+    const serve = async (app: Koa) => {
+      const srv = createServer(app.callback());
+      await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", resolve));
+      return { srv, url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}/hook` };
+    };
+
+    it("still verifies when a body parser ran first, using the raw text it kept", async () => {
+      const app = new Koa();
+      app.use(errorHandler());
+      app.use(bodyParser());
+      app.use(stripeWebhook({ stripe, db: db(), signingSecret: SECRET }));
+      const { srv, url } = await serve(app);
+      try {
+        const { started, session } = await startPaid();
+        const payload = event("checkout.session.completed", session);
+        const res = await fetch(url, { method: "POST", headers: { "content-type": "application/json", "stripe-signature": sign(payload) }, body: payload });
+        expect(res.status).toBe(200);
+        expect(await balanceOf(started.accountId)).toBe(10_000_000);
+      } finally {
+        await new Promise((resolve) => srv.close(resolve));
+      }
+    });
+
+    it("refuses bodies over the limit with 413 and bad options at creation", async () => {
+      const app = new Koa();
+      app.use(errorHandler());
+      app.use(stripeWebhook({ stripe, db: db(), signingSecret: SECRET, maxBodyBytes: 1_000 }));
+      const { srv, url } = await serve(app);
+      try {
+        const payload = event("customer.created", { id: "cus_big", object: "customer", description: "x".repeat(5_000) });
+        const res = await fetch(url, { method: "POST", headers: { "stripe-signature": sign(payload) }, body: payload });
+        expect(res.status).toBe(413);
+      } finally {
+        await new Promise((resolve) => srv.close(resolve));
+      }
+      expect(() => stripeWebhook({ stripe, db: db(), signingSecret: "" })).toThrow(TypeError);
+      expect(() => stripeWebhook({ stripe, db: db(), signingSecret: SECRET, toleranceSeconds: 0 })).toThrow(TypeError);
     });
   });
 
