@@ -166,6 +166,22 @@ describe("screenArchive: tarballs", () => {
     expect(performance.now() - started).toBeLessThan(5_000);
   });
 
+  it("stops reading the source once it has decided", async () => {
+    const bomb = await makeTar([{ name: "zeros.bin", content: Buffer.alloc(64 * 1024 * 1024) }], true);
+    let pulled = 0;
+    const source = Readable.from(
+      (function* () {
+        for (let i = 0; i < bomb.length; i += 1024) {
+          pulled += 1024;
+          yield bomb.subarray(i, i + 1024);
+        }
+      })(),
+    );
+    expect(await rejection(source)).toMatchObject({ code: "archive_bomb" });
+    expect(pulled).toBeLessThan(bomb.length / 2);
+    expect(source.destroyed).toBe(true);
+  });
+
   it("caps the total unpacked size and each entry, on bytes actually read", async () => {
     const files = await makeTar([{ name: "a.bin", content: Buffer.alloc(300_000, 1) }, { name: "b.bin", content: Buffer.alloc(300_000, 2) }], true);
     expect(await rejection(files, { maxUncompressedBytes: 500_000 })).toMatchObject({ status: 413, code: "archive_uncompressed_too_large", entry: "b.bin" });

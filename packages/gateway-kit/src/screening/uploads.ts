@@ -198,11 +198,16 @@ async function* compressedBytes(head: Buffer, rest: AsyncIterator<Uint8Array>, l
     if (counter.bytes > limits.maxCompressedBytes) throw new ArchiveRejectedError("archive_too_large", `The upload is larger than ${limits.maxCompressedBytes} bytes`);
     return chunk;
   };
-  if (head.length) yield take(head);
-  for (;;) {
-    const next = await rest.next();
-    if (next.done) return;
-    yield take(Buffer.from(next.value));
+  try {
+    if (head.length) yield take(head);
+    for (;;) {
+      const next = await rest.next();
+      if (next.done) return;
+      yield take(Buffer.from(next.value));
+    }
+  } finally {
+    // Stops (and closes) the caller's stream when screening ends early.
+    await rest.return?.();
   }
 }
 
