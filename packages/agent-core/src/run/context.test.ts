@@ -349,7 +349,9 @@ describe("context management in a run (offline server, real SDK)", () => {
     expect(summaryRequests[1]!.body.messages[0].content[0].text).toContain("EARLIER SUMMARY: [Earlier conversation compacted");
     // The conversation carries the model's words, and the usage of those requests is counted.
     const last = server.requests.at(-1)!.body;
-    expect(last.messages[0].content[1].text).toBe(`${COMPACTED_SUMMARY_HEADER}\nSummary ${summaries}: read modules so far; each exports numbered values.`);
+    expect(last.messages[0].content[1].text).toBe(
+      `${COMPACTED_SUMMARY_HEADER}\nSummary of what happened before the turns that follow:\nSummary ${summaries}: read modules so far; each exports numbered values.`,
+    );
     const usageEvents = ofType(events, "model.usage");
     expect(usageEvents).toHaveLength(reads + 1 + summaries);
     expect(result.usage.outputTokens).toBe(usageEvents.reduce((n, e) => n + e.usage.outputTokens, 0));

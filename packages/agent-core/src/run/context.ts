@@ -193,18 +193,30 @@ export function pruneConversation(messages: readonly Message[], options: PruneOp
   const candidates = assistantIndexes.filter((i) => i >= 3 && i <= protectedFrom && out[i - 1]?.role === "user");
   if (candidates.length === 0 || out[0]?.role !== "user") return result(cleared, 0);
   const removedTokens = prefixSums(out.map(estimateMessageTokens));
-  let chosen: { cut: number; first: Message; saved: number } | undefined;
+  const results = toolResultsOf(messages);
+  const { blocks: firstBlocks, summaryIndex, earlier } = splitFirst(out[0]!);
+  const firstWithoutSummary = estimateMessageTokens(out[0]!) - (summaryIndex >= 0 ? estimateTextTokens(blockText(firstBlocks[summaryIndex]!)) : 0);
+  // Summary length for each cut, grown line by line instead of rebuilt (conversations can be long).
+  let bodyChars = earlier.length ? earlier.join("\n").length : -1;
+  let next = 1;
+  let chosen: { cut: number; saved: number } | undefined;
   for (const cut of candidates) {
-    const first = withSummary(out[0]!, out.slice(1, cut), messages);
-    const saved = removedTokens[cut]! - removedTokens[1]! + estimateMessageTokens(out[0]!) - estimateMessageTokens(first);
+    for (; next < cut; next++) for (const line of summaryLines(out[next]!, results)) bodyChars += line.length + 1;
+    const summaryTokens = estimateTextTokens(`${SUMMARY_INTRO}\n`) + Math.ceil(Math.min(Math.max(bodyChars, 0), SUMMARY_LIMIT_CHARS + 32) / 4);
+    const saved = removedTokens[cut]! - removedTokens[1]! + estimateMessageTokens(out[0]!) - (firstWithoutSummary + summaryTokens);
     if (saved <= 0) continue;
     const enough = tokens - saved * scale <= options.target;
-    if (!chosen || saved > chosen.saved || enough) chosen = { cut, first, saved };
+    if (!chosen || saved > chosen.saved || enough) chosen = { cut, saved };
     if (enough) break;
   }
   if (!chosen) return result(cleared, 0);
-  tokens -= chosen.saved * scale;
-  out.splice(0, chosen.cut, chosen.first);
+  // Build the chosen summary for real and check that it does save what it should.
+  const lines = [...earlier, ...out.slice(1, chosen.cut).flatMap((message) => summaryLines(message, results))];
+  const first = withSummaryText(firstBlocks, summaryIndex, `${SUMMARY_INTRO}\n${capSummary(lines.join("\n"))}`);
+  const saved = removedTokens[chosen.cut]! - removedTokens[1]! + estimateMessageTokens(out[0]!) - estimateMessageTokens(first);
+  if (saved <= 0) return result(cleared, 0);
+  tokens -= saved * scale;
+  out.splice(0, chosen.cut, first);
   return result(cleared, chosen.cut - 1);
 }
 
@@ -246,41 +258,51 @@ function clip(text: string, max: number): string {
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
-/** The first message with a summary of `dropped` appended (or merged into the summary it already has). */
-function withSummary(first: Message, dropped: Message[], all: readonly Message[]): Message {
-  const blocks = typeof first.content === "string" ? [{ type: "text" as const, text: first.content }] : [...first.content];
-  const existing = blocks.findIndex((b) => b.type === "text" && b.text.startsWith(COMPACTED_SUMMARY_HEADER));
-  const earlier = existing >= 0 ? (blocks[existing] as { text: string }).text.split("\n").slice(2) : [];
-  const lines = [...earlier, ...summaryLines(dropped, all)];
-  let body = lines.join("\n");
-  if (body.length > SUMMARY_LIMIT_CHARS) {
-    // Keep the newest lines: they matter most to the work in progress.
-    body = `(older steps omitted)\n${body.slice(body.length - SUMMARY_LIMIT_CHARS).replace(/^[^\n]*\n/, "")}`;
-  }
-  const text = `${COMPACTED_SUMMARY_HEADER}\nWhat happened before the turns that follow, oldest first:\n${body}`;
-  if (existing >= 0) blocks[existing] = { type: "text", text };
-  else blocks.push({ type: "text", text });
-  return { role: "user", content: blocks };
+/** The first line of a listed summary, after the header. */
+const SUMMARY_INTRO = `${COMPACTED_SUMMARY_HEADER}\nWhat happened before the turns that follow, oldest first:`;
+
+/** The first message's blocks, where its summary block is (-1 for none), and that summary's lines after its two header lines. */
+function splitFirst(first: Message): { blocks: ContentBlock[]; summaryIndex: number; earlier: string[] } {
+  const blocks: ContentBlock[] = typeof first.content === "string" ? [{ type: "text", text: first.content }] : [...first.content];
+  const summaryIndex = blocks.findIndex((b) => b.type === "text" && b.text.startsWith(COMPACTED_SUMMARY_HEADER));
+  const earlier = summaryIndex >= 0 ? (blocks[summaryIndex] as TextBlock).text.split("\n").slice(2) : [];
+  return { blocks, summaryIndex, earlier };
 }
 
-function summaryLines(dropped: Message[], all: readonly Message[]): string[] {
+function withSummaryText(blocks: ContentBlock[], summaryIndex: number, text: string): Message {
+  const content = [...blocks];
+  if (summaryIndex >= 0) content[summaryIndex] = { type: "text", text };
+  else content.push({ type: "text", text });
+  return { role: "user", content };
+}
+
+/** Keeps the newest lines of a long summary: they matter most to the work in progress. */
+function capSummary(body: string): string {
+  if (body.length <= SUMMARY_LIMIT_CHARS) return body;
+  return `(older steps omitted)\n${body.slice(body.length - SUMMARY_LIMIT_CHARS).replace(/^[^\n]*\n/, "")}`;
+}
+
+function toolResultsOf(messages: readonly Message[]): Map<string, ToolResultBlock> {
   const results = new Map<string, ToolResultBlock>();
-  for (const message of all) {
+  for (const message of messages) {
     if (message.role === "user" && typeof message.content !== "string") {
       for (const block of message.content) if (block.type === "tool_result") results.set(block.tool_use_id, block);
     }
   }
+  return results;
+}
+
+/** Summary lines for one compacted message: what was said, and each tool call with how it went. */
+function summaryLines(message: Message, results: ReadonlyMap<string, ToolResultBlock>): string[] {
+  const blocks: ContentBlock[] = typeof message.content === "string" ? [{ type: "text", text: message.content }] : message.content;
   const lines: string[] = [];
-  for (const message of dropped) {
-    const blocks: ContentBlock[] = typeof message.content === "string" ? [{ type: "text", text: message.content }] : message.content;
-    for (const block of blocks) {
-      if (block.type === "text" && block.text.trim()) {
-        lines.push(`- ${message.role === "user" ? "User" : "You"}: ${clip(block.text.trim().replace(/\s+/g, " "), 400)}`);
-      } else if (block.type === "tool_use") {
-        const result = results.get(block.id);
-        const outcome = !result ? "no result" : result.is_error ? `error: ${clip(blockText(result).split("\n")[0] ?? "", 160)}` : `ok, ${formatSize(Buffer.byteLength(blockText(result)))}`;
-        lines.push(`- You called ${block.name}(${clip(JSON.stringify(block.input ?? {}), 200)}) → ${outcome}`);
-      }
+  for (const block of blocks) {
+    if (block.type === "text" && block.text.trim()) {
+      lines.push(`- ${message.role === "user" ? "User" : "You"}: ${clip(block.text.trim().replace(/\s+/g, " "), 400)}`);
+    } else if (block.type === "tool_use") {
+      const result = results.get(block.id);
+      const outcome = !result ? "no result" : result.is_error ? `error: ${clip(blockText(result).split("\n")[0] ?? "", 160)}` : `ok, ${formatSize(Buffer.byteLength(blockText(result)))}`;
+      lines.push(`- You called ${block.name}(${clip(JSON.stringify(block.input ?? {}), 200)}) → ${outcome}`);
     }
   }
   return lines;
@@ -383,7 +405,7 @@ export class ContextTracker {
     if (pruned.compactedMessages > 0 && this.summary === "model") {
       summaryResponse = await this.writeSummary(request.messages.slice(0, 1 + pruned.compactedMessages), options.signal);
       const text = summaryResponse ? textOf(summaryResponse.content) : "";
-      if (text) pruned.messages[0] = replaceSummary(pruned.messages[0]!, `${COMPACTED_SUMMARY_HEADER}\n${text}`);
+      if (text) pruned.messages[0] = replaceSummary(pruned.messages[0]!, `${COMPACTED_SUMMARY_HEADER}\nSummary of what happened before the turns that follow:\n${text}`);
     }
     request.messages.splice(0, request.messages.length, ...pruned.messages);
 
