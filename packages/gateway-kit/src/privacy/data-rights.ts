@@ -55,7 +55,7 @@ function toJson(value: unknown): unknown {
  * 20). All sections are read in one repeatable-read transaction, so they describe the same moment.
  *
  * @example
- * const archive = await exportUserData(db, userId, [authDataRights(), auditDataRights(), ledgerDataRights]);
+ * const archive = await exportUserData(db, userId, [authDataRights(), auditDataRights(), creditsDataRights]);
  * ctx.set("content-disposition", `attachment; filename="keen-${userId}.json"`);
  * ctx.body = archive;
  */
@@ -89,7 +89,7 @@ export interface EraseUserDataOptions {
  * (ledger totals, the audit chain's hashes) and drop or scrub the rest.
  *
  * @example
- * await eraseUserData(db, userId, [authDataRights(), auditDataRights(), ledgerDataRights], {
+ * await eraseUserData(db, userId, [authDataRights(), auditDataRights(), creditsDataRights], {
  *   recordIn: { tenantId: null, actorId: adminId, requestId: ctx.state.requestId },
  * });
  */

@@ -87,7 +87,7 @@ export function gatewayRetentionRules(settings: RetentionSettings = {}): Retenti
  * error is rethrown after the others ran.
  *
  * @example
- * setInterval(() => purgeExpired(db, [...gatewayRetentionRules(), ...ledgerRetentionRules]).catch(log), 3_600_000);
+ * setInterval(() => purgeExpired(db, [...gatewayRetentionRules(), ...myRetentionRules]).catch(log), 3_600_000);
  */
 export async function purgeExpired(db: Kysely<any>, rules: readonly RetentionRule[] = gatewayRetentionRules(), options: { now?: () => Date } = {}): Promise<Record<string, number>> {
   const names = new Set<string>();
