@@ -212,4 +212,31 @@ describe("context across the lifecycle", () => {
     expect(firstMessages).toHaveLength(savedMessages.length);
     expect(JSON.stringify(firstMessages)).toContain(COMPACTED_SUMMARY_HEADER);
   });
+
+  it("follows each agent's context on its own: a child with a long conversation is pruned, its parent is not", async () => {
+    const policy = phasePolicy({
+      root: {
+        finish_explore: () => explore("PLAN"),
+        submit_plan: () => reply.toolUse("submit_plan", { approach: "Delegate.", subtasks: [{ title: "Survey", instructions: "Read every part" }] }),
+        complete_task: () => reply.toolUse("complete_task", { summary: "Merged the survey.", status: "success" }),
+      },
+      A: {
+        finish_explore: (t) => (t < 14 ? read(t % 6) : explore("COMPLETE")),
+        complete_task: (t) => (t < 1 ? reply.toolUse("write_file", { path: "survey.md", content: "# Survey\n" }) : reply.toolUse("complete_task", { summary: "Surveyed.", status: "success" })),
+      },
+    });
+    const { events, result } = await run({ contextWindow: 10_000, maxTokens: 1024 }, policy, 6);
+    expect(result.error).toBeUndefined();
+    expect(result.status).toBe("success");
+    expect(server!.requests.filter((r) => r.status !== 200)).toEqual([]);
+    const pruned = ofType(events, "context.pruned");
+    expect(pruned.length).toBeGreaterThanOrEqual(1);
+    expect(new Set(pruned.map((e) => e.agentId))).toEqual(new Set(["A"]));
+    expect(ofType(events, "git.merge").map((e) => e.result)).toEqual(["merged"]);
+    // The child's requests stayed inside the window; the root's conversation was never touched.
+    for (const request of server!.requests.filter((r) => r.path === "/v1/messages")) {
+      expect(inputTotal(request) + 1024).toBeLessThanOrEqual(10_000);
+      if (agentOf(request.body) === "root") expect(JSON.stringify(request.body.messages)).not.toContain("cleared to save context");
+    }
+  });
 });
