@@ -4,6 +4,7 @@ import { Router } from "@koa/router";
 import Koa from "koa";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openDatabase } from "../db/database.js";
 import { migrateToLatest } from "../db/migrations.js";
 import { errorHandler, HttpError } from "../http-error.js";
 import { describeEachDatabase } from "../testing/each-database.js";
@@ -128,6 +129,25 @@ describeEachDatabase("audit log", (fixture) => {
     expect(rows.map((r) => r.seq)).toEqual(Array.from({ length: 100 }, (_, i) => i + 1));
     expect(new Set(rows.map((r) => r.prevHash)).size).toBe(100);
     expect(await audit.verify("team_busy")).toMatchObject({ ok: true, rows: 100 });
+  });
+
+  it("does not fork across two connection pools (two server processes) while a scrub runs", async () => {
+    const other = fixture.kind === "postgres" ? await openDatabase({ url: fixture.url!, schema: fixture.schema!, maxConnections: 5 }) : undefined;
+    try {
+      const second = createAuditLog((other ?? fixture.database).db);
+      const { db } = fixture.database;
+      await Promise.all([
+        ...Array.from({ length: 40 }, (_, i) => (i % 2 ? audit : second).record({ tenantId: "team_pools", actorId: i % 4 === 0 ? "leaver" : `u${i}`, action: "api.call", result: "success", ip: "198.51.100.1" })),
+        db.transaction().execute((trx) => scrubAuditPii(trx, { actorId: "leaver" })),
+      ]);
+      await db.transaction().execute((trx) => scrubAuditPii(trx, { actorId: "leaver" }));
+      const rows = await listAuditEvents(db, "team_pools", { limit: 1000 });
+      expect(rows.map((r) => r.seq)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
+      expect(rows.filter((r) => r.scrubbedAt !== null)).toHaveLength(10);
+      expect(await verifyAuditChain(db, "team_pools")).toMatchObject({ ok: true, rows: 40 });
+    } finally {
+      await other?.close();
+    }
   });
 
   it("scrubs personal fields and the chain still verifies", async () => {
