@@ -1,5 +1,10 @@
-import { describe, expect, it } from "vitest";
-import { anomalyGuard, createAnomalyDetector, type AnomalyEvent } from "./anomaly.js";
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openDatabase, type Database } from "../db/database.js";
+import { migrateToLatest } from "../db/migrations.js";
+import { describeEachDatabase } from "../testing/each-database.js";
+import { anomalyGuard, createAnomalyDetector, createKyselyAnomalyStateStore, type AnomalyEvent } from "./anomaly.js";
+import { limitMigrations } from "./migrations.js";
 import { ManualClock, serve } from "./test-server.js";
 
 const MINUTE = 60_000;
@@ -125,4 +130,52 @@ describe("anomaly detector", () => {
     expect(() => anomalyGuard({ detector: {} as never })).toThrow(TypeError);
     await expect(createAnomalyDetector().observe("u", -1)).rejects.toThrow(TypeError);
   });
+});
+
+describeEachDatabase("anomaly baselines in PostgreSQL", (fixture) => {
+  beforeAll(() => migrateToLatest(fixture.database.db, [limitMigrations]));
+
+  it("keeps request and spend baselines apart for the same user and survives a new detector", async () => {
+    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const store = createKyselyAnomalyStateStore(fixture.database.db);
+    const user = `user:${randomUUID()}`;
+    const requests = createAnomalyDetector({ store, now: clock.now, minBuckets: 3 });
+    const spend = createAnomalyDetector({ store, metric: "spend", now: clock.now, minBuckets: 3 });
+    await feed(requests, clock, user, [5, 5, 5]);
+    expect((await spend.check(user)).learning).toBe(true);
+    // A detector created later (a restarted process) continues from the stored baseline.
+    const restarted = createAnomalyDetector({ store, now: clock.now, minBuckets: 3 });
+    const verdict = await restarted.check(user);
+    expect(verdict).toMatchObject({ learning: false, threshold: 10 });
+  });
+
+  if (fixture.kind === "postgres") {
+    describe("across processes", () => {
+      const pools: Database[] = [];
+      beforeAll(async () => {
+        for (let i = 0; i < 2; i++) pools.push(await openDatabase({ url: fixture.url!, schema: fixture.schema!, maxConnections: 4 }));
+      });
+      afterAll(async () => {
+        for (const p of pools) await p.close();
+      });
+
+      it("sees a burst split over two processes whole, and reports it once", async () => {
+        const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+        const events: AnomalyEvent[] = [];
+        const detectors = pools.map((p) =>
+          createAnomalyDetector({ store: createKyselyAnomalyStateStore(p.db), now: clock.now, minBuckets: 5, onAnomaly: (e) => void events.push(e) }),
+        );
+        const user = `user:${randomUUID()}`;
+        for (let minute = 0; minute < 5; minute++) {
+          await Promise.all(Array.from({ length: 6 }, (_, i) => detectors[i % 2]!.observe(user, 1)));
+          clock.advance(MINUTE);
+        }
+        // 6 a minute: threshold 6 + 4·1.5 = 12. Each process alone sees 10 of the 20 below it.
+        const verdicts = await Promise.all(Array.from({ length: 20 }, (_, i) => detectors[i % 2]!.observe(user, 1)));
+        expect(verdicts.filter((v) => v.anomalous).length).toBeGreaterThanOrEqual(8);
+        expect(events).toHaveLength(1);
+        expect(events[0]).toMatchObject({ observed: 13, threshold: 12 });
+      });
+    });
+  }
 });

@@ -1,7 +1,9 @@
+import type { Kysely } from "kysely";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
 import { clock, fn, parseOptions } from "./options.js";
+import type { LimitTables } from "./tables.js";
 
 /** Raised the first time in a bucket that a subject's usage passes its threshold. */
 export interface AnomalyEvent {
@@ -41,28 +43,57 @@ export interface AnomalyState {
   flagged: boolean;
 }
 
-/** Where per-subject baselines live. The default keeps them in memory (per process). */
+/**
+ * Where per-subject baselines live. `update` must apply `step` atomically per subject (no
+ * other update of the same subject in between), so concurrent observations are all counted.
+ */
 export interface AnomalyStateStore {
-  get(subject: string): Promise<AnomalyState | undefined> | AnomalyState | undefined;
-  set(subject: string, state: AnomalyState): Promise<void> | void;
+  update(subject: string, step: (state: AnomalyState | undefined) => AnomalyState): Promise<AnomalyState>;
 }
 
-/** An in-memory state store that forgets the least recently used subject beyond `maxSubjects`. */
+/**
+ * Baselines in this process's memory, forgetting the least recently used subject beyond
+ * `maxSubjects`. Each process learns from the traffic it sees.
+ *
+ * @example
+ * createAnomalyDetector({ store: createMemoryAnomalyStateStore(10_000) });
+ */
 export function createMemoryAnomalyStateStore(maxSubjects = 100_000): AnomalyStateStore {
   const states = new Map<string, AnomalyState>();
   return {
-    get(subject) {
-      const state = states.get(subject);
-      if (state) {
-        states.delete(subject);
-        states.set(subject, state);
-      }
-      return state;
-    },
-    set(subject, state) {
+    async update(subject, step) {
+      const next = step(states.get(subject));
       states.delete(subject);
-      states.set(subject, state);
+      states.set(subject, next);
       if (states.size > maxSubjects) states.delete(states.keys().next().value!);
+      return next;
+    },
+  };
+}
+
+/**
+ * Baselines in PostgreSQL (or PGlite), shared by every process: each update locks the
+ * subject's row for the read-modify-write, so a burst spread over several processes is seen
+ * whole and flagged once. Run `limitMigrations` first.
+ *
+ * @example
+ * createAnomalyDetector({ store: createKyselyAnomalyStateStore(db), block: true });
+ */
+export function createKyselyAnomalyStateStore(db: Kysely<any>): AnomalyStateStore {
+  const kdb = db as Kysely<LimitTables>;
+  return {
+    update(subject, step) {
+      return kdb.transaction().execute(async (trx) => {
+        await trx
+          .insertInto("anomaly_states")
+          .values({ subject, state: "null" })
+          .onConflict((oc) => oc.column("subject").doNothing())
+          .execute();
+        const row = await trx.selectFrom("anomaly_states").select("state").where("subject", "=", subject).forUpdate().executeTakeFirstOrThrow();
+        const next = step((JSON.parse(row.state) as AnomalyState | null) ?? undefined);
+        await trx.updateTable("anomaly_states").set({ state: JSON.stringify(next) }).where("subject", "=", subject).execute();
+        return next;
+      });
     },
   };
 }
@@ -85,7 +116,8 @@ const AnomalyOptions = z
     /** Refuse further usage in a flagged bucket. Default false (only report). */
     block: z.boolean().default(false),
     onAnomaly: fn<(event: AnomalyEvent) => void | Promise<void>>().optional(),
-    store: z.custom<AnomalyStateStore>((v) => typeof (v as AnomalyStateStore)?.get === "function").optional(),
+    /** Where baselines live. Default in memory; `createKyselyAnomalyStateStore` shares them across processes. */
+    store: z.custom<AnomalyStateStore>((v) => typeof (v as AnomalyStateStore)?.update === "function", "store must implement AnomalyStateStore").optional(),
     now: clock(),
   })
   .strict();
@@ -121,46 +153,50 @@ export function createAnomalyDetector(input: AnomalyDetectorOptions = {}): Anoma
     if (!Number.isFinite(amount) || amount < 0) throw new TypeError(`Usage amount must be a non-negative number, got ${amount}`);
     const at = o.now();
     const bucketStart = Math.floor(at.getTime() / o.bucketMs) * o.bucketMs;
-    const state: AnomalyState = { ...((await store.get(subject)) ?? { bucketStart, current: 0, mean: 0, variance: 0, buckets: 0, flagged: false }) };
-    if (bucketStart > state.bucketStart) {
-      if (state.current > 0) {
-        const x = state.flagged ? Math.min(state.current, thresholdOf(state)) : state.current;
-        if (state.buckets === 0) {
-          state.mean = x;
-          state.variance = 0;
-        } else {
-          const diff = x - state.mean;
-          const step = o.alpha * diff;
-          state.mean += step;
-          state.variance = (1 - o.alpha) * (state.variance + diff * step);
-        }
-        state.buckets += 1;
-      }
-      state.bucketStart = bucketStart;
-      state.current = 0;
-      state.flagged = false;
-    }
-    state.current += amount;
-    const learning = state.buckets < o.minBuckets;
-    const threshold = learning ? undefined : thresholdOf(state);
-    const anomalous = threshold !== undefined && state.current > threshold;
     let event: AnomalyEvent | undefined;
-    if (anomalous && !state.flagged) {
-      state.flagged = true;
-      event = {
-        type: "usage.anomaly",
-        subject,
-        metric: o.metric,
-        bucketStart: new Date(bucketStart),
-        bucketMs: o.bucketMs,
-        observed: state.current,
-        threshold: threshold!,
-        baseline: { mean: state.mean, stdDev: Math.sqrt(state.variance), buckets: state.buckets },
-        blocked: o.block,
-        at,
-      };
-    }
-    await store.set(subject, state);
+    let learning = true;
+    let threshold: number | undefined;
+    const state = await store.update(`${o.metric}:${subject}`, (previous) => {
+      const state: AnomalyState = { ...(previous ?? { bucketStart, current: 0, mean: 0, variance: 0, buckets: 0, flagged: false }) };
+      event = undefined;
+      if (bucketStart > state.bucketStart) {
+        if (state.current > 0) {
+          const x = state.flagged ? Math.min(state.current, thresholdOf(state)) : state.current;
+          if (state.buckets === 0) {
+            state.mean = x;
+            state.variance = 0;
+          } else {
+            const diff = x - state.mean;
+            const step = o.alpha * diff;
+            state.mean += step;
+            state.variance = (1 - o.alpha) * (state.variance + diff * step);
+          }
+          state.buckets += 1;
+        }
+        state.bucketStart = bucketStart;
+        state.current = 0;
+        state.flagged = false;
+      }
+      state.current += amount;
+      learning = state.buckets < o.minBuckets;
+      threshold = learning ? undefined : thresholdOf(state);
+      if (threshold !== undefined && state.current > threshold && !state.flagged) {
+        state.flagged = true;
+        event = {
+          type: "usage.anomaly",
+          subject,
+          metric: o.metric,
+          bucketStart: new Date(bucketStart),
+          bucketMs: o.bucketMs,
+          observed: state.current,
+          threshold,
+          baseline: { mean: state.mean, stdDev: Math.sqrt(state.variance), buckets: state.buckets },
+          blocked: o.block,
+          at,
+        };
+      }
+      return state;
+    });
     if (event) await o.onAnomaly?.(event);
     return { anomalous: state.flagged, learning, observed: state.current, threshold, bucketEnd: new Date(bucketStart + o.bucketMs) };
   }

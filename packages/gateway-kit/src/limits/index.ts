@@ -38,6 +38,7 @@ export {
 export {
   anomalyGuard,
   createAnomalyDetector,
+  createKyselyAnomalyStateStore,
   createMemoryAnomalyStateStore,
   UsageAnomalyError,
   type AnomalyDetector,

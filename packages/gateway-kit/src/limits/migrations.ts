@@ -2,7 +2,7 @@ import type { Kysely } from "kysely";
 import type { MigrationSet } from "../db/migrations.js";
 
 /**
- * The tables behind the PostgreSQL rate-limit store and the run-slot store.
+ * The tables behind the PostgreSQL rate-limit, run-slot and anomaly-baseline stores.
  *
  * @example
  * await migrateToLatest(db, [limitMigrations]);
@@ -29,6 +29,16 @@ export const limitMigrations: MigrationSet = {
         .addPrimaryKeyConstraint("run_slots_pk", ["run_id", "scope_key"])
         .execute();
       await db.schema.createIndex("run_slots_scope_idx").on("run_slots").columns(["scope_key", "lease_expires_at"]).execute();
+    },
+  },
+  gk_limits_0002_anomaly_states: {
+    up: async (db: Kysely<any>) => {
+      // One JSON state (bucket, moving mean and variance) per metric and subject.
+      await db.schema
+        .createTable("anomaly_states")
+        .addColumn("subject", "text", (c) => c.primaryKey())
+        .addColumn("state", "text", (c) => c.notNull())
+        .execute();
     },
   },
 };

@@ -10,4 +10,5 @@ export interface LimitTables {
     allowed: boolean;
   };
   run_slots: { run_id: string; scope_key: string; acquired_at: Date; lease_expires_at: Date };
+  anomaly_states: { subject: string; state: string };
 }
