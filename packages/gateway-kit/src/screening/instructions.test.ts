@@ -102,6 +102,8 @@ describe("findInstructionViolation", () => {
     expect(findInstructionViolation("describe the production database", [rule])).toBeUndefined();
     expect(() => patternRule("Bad Id", "x", [/x/])).toThrow(TypeError);
     expect(() => screenInstructions({ rules: [rule, rule] })).toThrow(/duplicate rule id/);
+    expect(() => screenInstructions({ text: "vision" as never })).toThrow(/text must be a function/);
+    expect(() => screenInstructions({ audit: {} as never })).toThrow(/AuditSink/);
   });
 
   it("has unique ids in the default set", () => {

@@ -164,6 +164,8 @@ export function screenInstructions(options: ScreenInstructionsOptions = {}): Mid
     if (ids.has(rule.id)) throw new TypeError(`screenInstructions: duplicate rule id "${rule.id}"`);
     ids.add(rule.id);
   }
+  if (options.text !== undefined && typeof options.text !== "function") throw new TypeError("screenInstructions: text must be a function (ctx) => string | string[]");
+  if (options.audit !== undefined && typeof options.audit?.record !== "function") throw new TypeError("screenInstructions: audit must be an AuditSink");
   const pick = options.text ?? defaultText;
   const audit = options.audit ?? noAudit;
   return async (ctx, next) => {
