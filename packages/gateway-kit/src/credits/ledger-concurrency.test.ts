@@ -87,6 +87,30 @@ describe("credits ledger under concurrency [postgres]", () => {
     expect((await ledger.verify()).ok).toBe(true);
   });
 
+  it("expires each reservation once when several sweepers run at the same time as settlements", async () => {
+    const wallet = await ledger.openWallet({ userId: `u_${randomUUID()}` });
+    await ledger.grant({ account: wallet.id, amount: 100 * 100, idempotencyKey: `g:${wallet.id}` });
+    const reservations = await Promise.all(
+      Array.from({ length: 100 }, (_, i) => ledger.reserve({ account: wallet.id, amount: 100, idempotencyKey: `r:${wallet.id}:${i}`, ttlMs: 1 })),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const [late, ...sweeps] = await Promise.all([
+      Promise.allSettled(reservations.slice(0, 20).map((r) => ledger.settle(r.id, 30))),
+      ...Array.from({ length: 4 }, () => ledger.sweepExpiredReservations({ limit: 40 })),
+    ]);
+    let remaining = await ledger.sweepExpiredReservations();
+    while (remaining.some((s) => s.accountId === wallet.id)) remaining = await ledger.sweepExpiredReservations();
+    const expired = (sweeps as Awaited<ReturnType<Ledger["sweepExpiredReservations"]>>[]).flat().filter((s) => s.accountId === wallet.id);
+    const settled = (late as PromiseSettledResult<unknown>[]).filter((o) => o.status === "fulfilled").length;
+    const ids = new Set(expired.map((s) => s.reservationId));
+    expect(ids.size).toBe(expired.length);
+    const statuses = await Promise.all(reservations.map((r) => ledger.getReservation(r.id)));
+    expect(statuses.filter((r) => r.status === "settled")).toHaveLength(settled);
+    expect(statuses.filter((r) => r.status === "expired")).toHaveLength(100 - settled);
+    expect(await balance(wallet.id)).toBe(10_000 - settled * 30);
+    expect((await ledger.verify()).ok).toBe(true);
+  });
+
   it("moves credits both ways between wallets at once without losing any", async () => {
     const a = await ledger.openWallet({ userId: `u_${randomUUID()}` });
     const b = await ledger.openWallet({ teamId: `t_${randomUUID()}` });
