@@ -17,6 +17,7 @@ import {
   isThinkingTurn,
   pruneConversation,
 } from "./context.js";
+import { startTask } from "../lifecycle/start-task.js";
 import { startRun } from "./start-run.js";
 
 let server: MessagesServer | undefined;
@@ -204,6 +205,19 @@ describe("ContextTracker settings", () => {
       expect(isKeenError(error, "config_error")).toBe(true);
     }
     expect(() => anthropic({ model: "m", apiKey: "k", contextWindow: 0 })).toThrow(/contextWindow/);
+  });
+
+  it("refuses, when created, a maxTokens that leaves no room in the window", async () => {
+    server = await startMessagesServer({ script: [reply.text("never")] });
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+    const workspace = await LocalWorkspace.open(await createTestRepo());
+    const problem = /maxTokens \(8192\) must be below the context window \(4000 tokens\)/;
+    expect(() => startRun({ vision: "x", workspace, model, tools: [], contextWindow: 4_000 })).toThrow(problem);
+    expect(() => startTask({ vision: "x", workspace, model, contextWindow: 4_000 })).toThrow(problem);
+    // The tool loop checks it too, for hosts that drive runConversation themselves.
+    const context = new ContextTracker(model, { contextWindow: 4_000 });
+    await expect(context.beforeRequest({ system: "s", messages: [{ role: "user", content: "hi" }], tools: [], maxTokens: 4_000 })).rejects.toMatchObject({ code: "config_error" });
+    expect(server.requests).toHaveLength(0);
   });
 
   it("uses the model's window by default, 1M with the 1M context beta header", () => {

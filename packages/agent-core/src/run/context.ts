@@ -384,6 +384,9 @@ export class ContextTracker {
    * room for `maxTokens` of output). Returns what was done, or null when nothing was needed.
    */
   async beforeRequest(request: ModelRequest, options: { signal?: AbortSignal } = {}): Promise<(ContextPruneReport & { summaryResponse?: ModelResponse }) | null> {
+    if (request.maxTokens >= this.contextWindow) {
+      throw new ConfigError(`maxTokens (${request.maxTokens}) must be below the context window (${this.contextWindow} tokens): the answer has to fit next to the conversation`);
+    }
     const threshold = Math.min(this.pruneAt * this.contextWindow, this.contextWindow - request.maxTokens);
     let tokens = this.expectedTokens(request);
     // Before the first answer only an uncalibrated estimate exists; ask for the real count when it matters.
