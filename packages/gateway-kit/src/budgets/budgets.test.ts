@@ -238,6 +238,40 @@ describeEachDatabase("budgets", (fixture) => {
     expect((await budgets.settle(open, 10)).replayed).toBe(false);
   });
 
+  it("posts a signed webhook to a real HTTP endpoint once per threshold, end to end", async () => {
+    const secret = "whsec-e2e-0123456789";
+    const posts: Array<{ body: string; signature: string }> = [];
+    const receiver = createServer((req, res) => {
+      let body = "";
+      req.setEncoding("utf8");
+      req.on("data", (c) => (body += c));
+      req.on("end", () => {
+        posts.push({ body, signature: String(req.headers["keen-signature"]) });
+        res.statusCode = 200;
+        res.end("ok");
+      });
+    });
+    await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/budget-alerts`;
+    try {
+      const budgets = createKyselyBudgets(fixture.database.db, { now: clock.now, notifier: webhookNotifier({ url, secret }) });
+      const p = { kind: "project" as const, id: `proj-${randomUUID()}` };
+      const budget = await budgets.setBudget({ scope: p, period: "monthly", limit: 1_000_000 });
+      await budgets.record([p], 600_000, randomUUID());
+      await budgets.record([p], 100_000, randomUUID());
+      await budgets.record([p], 100_000, randomUUID());
+      expect(posts.map((x) => JSON.parse(x.body).threshold)).toEqual([50, 80]);
+      for (const post of posts) expect(verifyBudgetWebhook({ body: post.body, header: post.signature, secret })).toBe(true);
+      const delivered = await fixture.database.db.selectFrom("budget_alerts").select(["threshold", "delivered_at"]).where("budget_id", "=", budget.id).orderBy("threshold").execute();
+      expect(delivered.map((d) => [d.threshold, d.delivered_at !== null])).toEqual([
+        [50, true],
+        [80, true],
+      ]);
+    } finally {
+      await new Promise((r) => receiver.close(r));
+    }
+  });
+
   it("answers 402 through the middleware and hands the remaining budget to the route", async () => {
     const budgets = createKyselyBudgets(fixture.database.db, { now: clock.now });
     const t = team();
