@@ -10,6 +10,8 @@ export const CHECKOUT_METADATA = {
   account: "keen_account_id",
   credits: "keen_credits",
   pack: "keen_pack_id",
+  /** `user:<id>` or `team:<id>`. */
+  owner: "keen_owner",
 } as const;
 
 export const CreditPack = z.object({
@@ -86,7 +88,13 @@ export function createCreditCheckout(options: CreditCheckoutOptions): CreditChec
       const pack = packs.find((p) => p.id === input.packId);
       if (!pack) throw new HttpError(400, "unknown_pack", `No credit pack "${input.packId}"`, { packId: input.packId });
       const wallet = await ledger.openWallet(input.owner);
-      const metadata = { [CHECKOUT_METADATA.account]: wallet.id, [CHECKOUT_METADATA.credits]: String(pack.credits), [CHECKOUT_METADATA.pack]: pack.id };
+      const owner = "userId" in input.owner ? `user:${input.owner.userId}` : `team:${input.owner.teamId}`;
+      const metadata = {
+        [CHECKOUT_METADATA.account]: wallet.id,
+        [CHECKOUT_METADATA.credits]: String(pack.credits),
+        [CHECKOUT_METADATA.pack]: pack.id,
+        [CHECKOUT_METADATA.owner]: owner,
+      };
       const session = await stripe.checkout.sessions.create(
         {
           mode: "payment",

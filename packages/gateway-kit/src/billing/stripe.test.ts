@@ -84,7 +84,7 @@ describeEachDatabase("stripe billing", (fixture) => {
       expect(sent.body).toMatchObject({
         mode: "payment",
         client_reference_id: wallet.id,
-        metadata: { keen_account_id: wallet.id, keen_credits: "100000000", keen_pack_id: "team" },
+        metadata: { keen_account_id: wallet.id, keen_credits: "100000000", keen_pack_id: "team", keen_owner: `user:${userId}` },
         line_items: [{ quantity: "1", price_data: { currency: "usd", unit_amount: "9000", product_data: { name: "100 credits" } } }],
       });
       const row = await db().selectFrom("billing_checkouts").selectAll().where("session_id", "=", started.sessionId).executeTakeFirstOrThrow();
