@@ -99,6 +99,25 @@ describe("quota middleware", () => {
     workspaceBytes = 0;
   });
 
+  it("leaves ctx.req whole for a body parser when the route does not read ctx.state.upload", async () => {
+    const parsed = await serve((koa) => {
+      koa.use(quota({ maxUploadBytes: 1024 * 1024 }));
+      koa.use(async (ctx) => {
+        let text = "";
+        for await (const chunk of ctx.req) text += String(chunk);
+        const body = JSON.parse(text) as { vision: string };
+        ctx.body = { length: body.vision.length };
+      });
+    });
+    try {
+      // Large enough to fill stream buffers several times over.
+      const res = await parsed.fetch("/", { method: "POST", body: JSON.stringify({ vision: "v".repeat(300_000) }) });
+      expect(res.body).toEqual({ length: 300_000 });
+    } finally {
+      await parsed.close();
+    }
+  });
+
   it("validates its options at creation", () => {
     expect(() => quota({ maxUploadBytes: -1 })).toThrow(TypeError);
     expect(() => quota({ limits: { fileCount: 10 } })).toThrow(/usage/);

@@ -167,7 +167,7 @@ export type QuotaOptions = z.input<typeof QuotaOptions>;
 
 declare module "koa" {
   interface DefaultState {
-    /** The request body metered against `maxUploadBytes`; read the upload from here, not `ctx.req`. */
+    /** The request body metered against `maxUploadBytes`, attached when first read; read a streamed upload from here, not `ctx.req`. */
     upload?: Readable;
   }
 }
@@ -195,7 +195,14 @@ export function quota(input: QuotaOptions): Middleware {
         ctx.req.resume();
         throw new QuotaExceededError("uploadBytes", max, Number(declared));
       }
-      ctx.state.upload = meteredBody(ctx.req, max);
+      // Attached on first read: piping `ctx.req` eagerly would take the body away from a
+      // parser that reads `ctx.req` itself.
+      let metered: Readable | undefined;
+      Object.defineProperty(ctx.state, "upload", {
+        configurable: true,
+        enumerable: false,
+        get: () => (metered ??= meteredBody(ctx.req, max)),
+      });
     }
     if (options.usage) {
       const usage = await options.usage(ctx);
