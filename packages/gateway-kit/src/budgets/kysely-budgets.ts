@@ -129,17 +129,22 @@ export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {})
     if (!options.notifier) return 0;
     let delivered = 0;
     for (const alert of alerts) {
-      const where = (q: any) =>
-        q.where("budget_id", "=", alert.budget.id).where("period_key", "=", alert.periodKey).where("threshold", "=", alert.threshold);
+      let outcome: { delivered_at: Date; last_error: null } | { last_error: string };
       try {
         await options.notifier.notify(alert);
-        await where(kdb.updateTable("budget_alerts").set((eb) => ({ delivered_at: now(), attempts: eb("attempts", "+", 1), last_error: null }))).execute();
+        outcome = { delivered_at: now(), last_error: null };
         delivered += 1;
       } catch (error) {
-        const message = error instanceof Error ? error.message : String(error);
-        await where(kdb.updateTable("budget_alerts").set((eb) => ({ attempts: eb("attempts", "+", 1), last_error: message.slice(0, 1000) }))).execute();
+        outcome = { last_error: (error instanceof Error ? error.message : String(error)).slice(0, 1000) };
         options.onNotifyError?.(error, alert);
       }
+      await kdb
+        .updateTable("budget_alerts")
+        .set((eb) => ({ ...outcome, attempts: eb("attempts", "+", 1) }))
+        .where("budget_id", "=", alert.budget.id)
+        .where("period_key", "=", alert.periodKey)
+        .where("threshold", "=", alert.threshold)
+        .execute();
     }
     return delivered;
   }
@@ -368,7 +373,7 @@ export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {})
         .executeTakeFirst();
       return Number(result.numDeletedRows);
     },
-    async deliverPendingAlerts() {
+    async deliverPendingAlerts(olderThanMs = 60_000) {
       const rows = await kdb
         .selectFrom("budget_alerts")
         .innerJoin("budgets", "budgets.id", "budget_alerts.budget_id")
@@ -381,6 +386,8 @@ export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {})
           "budget_alerts.fired_at",
         ])
         .where("budget_alerts.delivered_at", "is", null)
+        // Fresh alerts are still being delivered by the charge that fired them.
+        .where("budget_alerts.fired_at", "<=", new Date(now().getTime() - olderThanMs))
         .orderBy("budget_alerts.fired_at")
         .orderBy("budget_alerts.budget_id")
         .orderBy("budget_alerts.threshold")

@@ -182,6 +182,10 @@ export interface Budgets {
    * kept), bounding the table; a key older than that would charge again. Returns how many.
    */
   forgetCharges(before: Date): Promise<number>;
-  /** Retries alerts whose delivery failed; returns how many were delivered. */
-  deliverPendingAlerts(): Promise<number>;
+  /**
+   * Retries alerts whose delivery failed and that fired at least `olderThanMs` ago (default
+   * 60 s, leaving fresh ones to the charge that is delivering them); returns how many were
+   * delivered. Delivery is at least once: receivers drop repeats by the alert id.
+   */
+  deliverPendingAlerts(olderThanMs?: number): Promise<number>;
 }
