@@ -5,7 +5,7 @@ import { anthropic } from "../model/anthropic.js";
 import { reply, startMessagesServer, type MessagesServer, type ReplyPolicy, type ScriptedReply } from "../testing/index.js";
 import { builtinTools } from "../tools/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
-import { createTestRepo } from "../workspace/test-repo.js";
+import { createTestRepo, hostPidsRunning } from "../workspace/test-repo.js";
 import { startRun, type RunOptions } from "./start-run.js";
 
 let server: MessagesServer | undefined;
@@ -148,20 +148,25 @@ describe("startRun", () => {
   });
 
   it("kills a running command's process tree when aborted", async () => {
-    const base = await setup({ script: [reply.toolUse("run_command", { command: "sleep 30 & echo $! > bg.pid; wait" }), reply.text("never")] });
+    // A unique sleep argument finds the background process on the host, sandboxed or not.
+    const needle = `30.${process.pid}7`;
+    const base = await setup({ script: [reply.toolUse("run_command", { command: `sleep ${needle} & wait` }), reply.text("never")] });
     const run = go(base, "long command", { commit: false });
-    run.on("tool.started", () => setTimeout(() => run.abort(), 300));
-    const result = await run.result;
-    expect(result.status).toBe("aborted");
-    const pid = Number((await base.workspace.readFile("bg.pid")).trim());
-    let alive = true;
-    for (let i = 0; i < 100 && alive; i++) {
-      try {
-        process.kill(pid, 0);
-        await new Promise((r) => setTimeout(r, 20));
-      } catch {
-        alive = false;
+    let seen = false;
+    run.on("tool.started", async () => {
+      for (let i = 0; i < 250 && !seen; i++) {
+        seen = hostPidsRunning(needle).length > 0;
+        if (!seen) await new Promise((r) => setTimeout(r, 20));
       }
+      run.abort();
+    });
+    const result = await run.result;
+    expect(seen).toBe(true);
+    expect(result.status).toBe("aborted");
+    let alive = hostPidsRunning(needle).length > 0;
+    for (let i = 0; i < 100 && alive; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      alive = hostPidsRunning(needle).length > 0;
     }
     expect(alive).toBe(false);
   });

@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, mkdir, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -22,4 +23,20 @@ export async function createTestRepo(files: Record<string, string> = { "README.m
   await execa("git", ["add", "-A"], { cwd: dir });
   await execa("git", ["commit", "-q", "-m", "initial"], { cwd: dir, env: TEST_GIT_IDENTITY });
   return dir;
+}
+
+/**
+ * Host process ids whose command line has `argument` as one of its arguments. Tests find a
+ * command's processes this way because a sandboxed command sees its own pid namespace.
+ */
+export function hostPidsRunning(argument: string): number[] {
+  const pids: number[] = [];
+  for (const pid of readdirSync("/proc").filter((name) => /^\d+$/.test(name))) {
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(argument)) pids.push(Number(pid));
+    } catch {
+      // Exited while we looked.
+    }
+  }
+  return pids;
 }

@@ -1,8 +1,8 @@
-import { readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, symlink, writeFile, readdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeEach, describe, expect, it } from "vitest";
+import { hostPidsRunning } from "./test-repo.js";
 import type { Workspace } from "./workspace.js";
 
 /**
@@ -161,17 +161,4 @@ async function waitFor(check: () => Promise<boolean>): Promise<void> {
 let sleeps = 0;
 function uniqueSleep(): string {
   return `30.${process.pid}${++sleeps}`;
-}
-
-/** Host PIDs whose command line has `argument` as one of its arguments. */
-function hostPidsRunning(argument: string): number[] {
-  const pids: number[] = [];
-  for (const pid of readdirSync("/proc").filter((name) => /^\d+$/.test(name))) {
-    try {
-      if (readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(argument)) pids.push(Number(pid));
-    } catch {
-      // Exited while we looked.
-    }
-  }
-  return pids;
 }
