@@ -3,10 +3,9 @@ import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import Koa from "koa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openDatabase } from "../db/database.js";
 import { migrateToLatest } from "../db/migrations.js";
 import { errorHandler } from "../http-error.js";
-import { describeEachDatabase } from "../testing/each-database.js";
+import { describeEachDatabase, separatePools } from "../testing/each-database.js";
 import { budgetGuard } from "./budget-guard.js";
 import { createKyselyBudgets } from "./kysely-budgets.js";
 import { budgetMigrations } from "./migrations.js";
@@ -341,13 +340,7 @@ describeEachDatabase("budgets", (fixture) => {
 
   if (fixture.kind === "postgres") {
     describe("under concurrency, over separate connection pools", () => {
-      const pools: Array<Awaited<ReturnType<typeof openDatabase>>> = [];
-      beforeAll(async () => {
-        for (let i = 0; i < 2; i++) pools.push(await openDatabase({ url: fixture.url!, schema: fixture.schema!, maxConnections: 10 }));
-      });
-      afterAll(async () => {
-        for (const p of pools) await p.close();
-      });
+      const pools = separatePools(fixture, 2, { maxConnections: 10 });
 
       it("admits concurrent commits only up to the limit", async () => {
         const services = pools.map((p) => createKyselyBudgets(p.db, { now: clock.now }));

@@ -1,8 +1,7 @@
 import { randomUUID } from "node:crypto";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openDatabase, type Database } from "../db/database.js";
+import { beforeAll, describe, expect, it } from "vitest";
 import { migrateToLatest } from "../db/migrations.js";
-import { describeEachDatabase } from "../testing/each-database.js";
+import { describeEachDatabase, separatePools } from "../testing/each-database.js";
 import { anomalyGuard, createAnomalyDetector, createKyselyAnomalyStateStore, type AnomalyEvent } from "./anomaly.js";
 import { limitMigrations } from "./migrations.js";
 import { ManualClock, serve } from "./test-server.js";
@@ -151,13 +150,7 @@ describeEachDatabase("anomaly baselines in PostgreSQL", (fixture) => {
 
   if (fixture.kind === "postgres") {
     describe("across processes", () => {
-      const pools: Database[] = [];
-      beforeAll(async () => {
-        for (let i = 0; i < 2; i++) pools.push(await openDatabase({ url: fixture.url!, schema: fixture.schema!, maxConnections: 4 }));
-      });
-      afterAll(async () => {
-        for (const p of pools) await p.close();
-      });
+      const pools = separatePools(fixture, 2, { maxConnections: 4 });
 
       it("sees a burst split over two processes whole, and reports it once", async () => {
         const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));

@@ -1,8 +1,7 @@
 import { randomUUID } from "node:crypto";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openDatabase, type Database } from "../db/database.js";
+import { beforeAll, describe, expect, it } from "vitest";
 import { migrateToLatest } from "../db/migrations.js";
-import { describeEachDatabase } from "../testing/each-database.js";
+import { describeEachDatabase, separatePools } from "../testing/each-database.js";
 import { limitMigrations } from "./migrations.js";
 import { rateLimit } from "./rate-limit.js";
 import { createKyselyRateLimitStore, createMemoryRateLimitStore, type RateLimitStore } from "./rate-limit-store.js";
@@ -65,13 +64,7 @@ describeEachDatabase("PostgreSQL rate-limit store", (fixture) => {
 
   if (fixture.kind === "postgres") {
     describe("across processes", () => {
-      const pools: Database[] = [];
-      beforeAll(async () => {
-        for (let i = 0; i < 2; i++) pools.push(await openDatabase({ url: fixture.url!, schema: fixture.schema!, maxConnections: 8 }));
-      });
-      afterAll(async () => {
-        for (const p of pools) await p.close();
-      });
+      const pools = separatePools(fixture, 2, { maxConnections: 8 });
 
       it("admits exactly `limit` of 200 concurrent requests spread over two connection pools", async () => {
         const stores = pools.map((p) => createKyselyRateLimitStore(p.db));

@@ -1,9 +1,8 @@
 import { randomUUID } from "node:crypto";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openDatabase, type Database } from "../db/database.js";
+import { beforeAll, describe, expect, it } from "vitest";
 import { migrateToLatest } from "../db/migrations.js";
 import { HttpError } from "../http-error.js";
-import { describeEachDatabase } from "../testing/each-database.js";
+import { describeEachDatabase, separatePools } from "../testing/each-database.js";
 import { concurrencyLimit } from "./concurrency-limit.js";
 import { limitMigrations } from "./migrations.js";
 import { ConcurrencyLimitError, createKyselyRunSlotStore, createMemoryRunSlotStore, createRunSlots, RunSlotLostError, type RunSlotStore } from "./run-slots.js";
@@ -94,13 +93,7 @@ describeEachDatabase("PostgreSQL run slots", (fixture) => {
 
   if (fixture.kind === "postgres") {
     describe("across processes", () => {
-      const pools: Database[] = [];
-      beforeAll(async () => {
-        for (let i = 0; i < 2; i++) pools.push(await openDatabase({ url: fixture.url!, schema: fixture.schema!, maxConnections: 8 }));
-      });
-      afterAll(async () => {
-        for (const p of pools) await p.close();
-      });
+      const pools = separatePools(fixture, 2, { maxConnections: 8 });
 
       it("gives out exactly `limit` slots to 40 concurrent acquires from two pools", async () => {
         const services = pools.map((p) => createRunSlots({ store: createKyselyRunSlotStore(p.db), limits: { user: 3, team: 5 } }));

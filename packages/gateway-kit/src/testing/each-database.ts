@@ -58,3 +58,26 @@ export function describeEachDatabase(name: string, suite: (fixture: DatabaseFixt
     });
   }
 }
+
+/**
+ * Opens `count` more connection pools on a PostgreSQL suite's schema, standing in for other
+ * server processes; call inside a describe block of a postgres fixture. The pools open
+ * before the block's tests and close after them.
+ *
+ * @example
+ * const pools = separatePools(fixture, 2, { maxConnections: 8 });
+ * it("...", async () => { const [a, b] = pools; ... });
+ */
+export function separatePools(fixture: DatabaseFixture, count: number, options: { maxConnections?: number } = {}): Database[] {
+  const pools: Database[] = [];
+  beforeAll(async () => {
+    if (!fixture.url || !fixture.schema) throw new Error("separatePools() needs a postgres fixture");
+    for (let i = 0; i < count; i++) {
+      pools.push(await openDatabase({ url: fixture.url, schema: fixture.schema, maxConnections: options.maxConnections ?? 8 }));
+    }
+  });
+  afterAll(async () => {
+    for (const pool of pools.splice(0)) await pool.close();
+  });
+  return pools;
+}
