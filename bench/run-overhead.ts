@@ -1,6 +1,8 @@
 /**
  * In-process overhead of keen's agent loop: a scripted 20-turn run at zero model latency,
- * next to the same 20 requests made with the bare SDK against the same offline server.
+ * next to the bare SDK sending the very same 20 request bodies (recorded from the keen run,
+ * conversation growing turn by turn) to the same kind of offline server, so the server's own
+ * work is alike on both sides and the difference is keen's.
  *
  *   npx tsx bench/run-overhead.ts [--turns 20] [--rounds 5]
  */
@@ -18,6 +20,8 @@ const files = Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`src/modu
 const policy = (_request: unknown, { index }: { index: number }) =>
   index % turns < turns - 1 ? reply.toolUse("read_file", { path: `src/module-${index % 10}.ts` }) : reply.text("done");
 
+let recorded: Array<Record<string, any>> = [];
+
 async function keenRound(): Promise<number> {
   const server = await startMessagesServer({ policy });
   const dir = await createTestRepo(files);
@@ -29,15 +33,17 @@ async function keenRound(): Promise<number> {
   const elapsed = performance.now() - started;
   await server.close();
   if (result.status !== "success" || server.requests.length !== turns) throw new Error(`bench run failed: ${result.status}`);
+  recorded = server.requests.map((r) => r.body);
   return elapsed;
 }
 
 async function bareRound(): Promise<number> {
-  const server = await startMessagesServer({ policy: () => reply.text("done") });
+  const server = await startMessagesServer({ policy });
   const client = new Anthropic({ apiKey: "bench", baseURL: server.url, maxRetries: 0 });
   const started = performance.now();
-  for (let i = 0; i < turns; i++) {
-    await client.messages.stream({ model: "claude-sonnet-5-5", max_tokens: 100, messages: [{ role: "user", content: `turn ${i}` }] }).finalMessage();
+  for (const body of recorded) {
+    const { stream: _stream, ...params } = body;
+    await client.messages.stream(params as Anthropic.MessageStreamParams).finalMessage();
   }
   const elapsed = performance.now() - started;
   await server.close();
