@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
+import { fn, parseOptions } from "../limits/options.js";
 import type { Principal } from "../principal.js";
 import type { Budgets, BudgetScope, BudgetStatus } from "./types.js";
 
@@ -37,7 +38,6 @@ export function budgetScopesOf(principal: Principal, projectId?: string): Budget
 }
 
 type Ctx = ParameterizedContext;
-const fn = <T>() => z.custom<T>((v) => typeof v === "function");
 
 const BudgetGuardOptions = z
   .object({
@@ -68,9 +68,7 @@ export type BudgetGuardOptions = z.input<typeof BudgetGuardOptions>;
  * router.post("/v1/runs", authenticate({ service }), budgetGuard({ budgets, estimate: (ctx) => estimateRun(ctx.request.body) }), startRun);
  */
 export function budgetGuard(input: BudgetGuardOptions): Middleware {
-  const parsed = BudgetGuardOptions.safeParse(input);
-  if (!parsed.success) throw new TypeError(`Invalid budgetGuard options: ${z.prettifyError(parsed.error)}`);
-  const { budgets, estimate, scopes, mode, reservationKey } = parsed.data;
+  const { budgets, estimate, scopes, mode, reservationKey } = parseOptions(BudgetGuardOptions, input, "budgetGuard");
   return async (ctx, next) => {
     let applicable: BudgetScope[];
     if (scopes) applicable = await scopes(ctx);

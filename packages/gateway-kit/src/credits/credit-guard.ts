@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
+import { fn, parseOptions } from "../limits/options.js";
 import { ReservationClosedError } from "./errors.js";
 import type { Ledger, Reservation } from "./ledger.js";
 
@@ -13,7 +14,6 @@ declare module "koa" {
 }
 
 type Ctx = ParameterizedContext;
-const fn = <T>() => z.custom<T>((v) => typeof v === "function");
 
 const CreditGuardOptions = z
   .object({
@@ -45,18 +45,17 @@ export type CreditGuardOptions = z.input<typeof CreditGuardOptions>;
  *   async (ctx) => { await queue.add({ reservationId: ctx.state.reservation!.id }); ctx.status = 202; });
  */
 export function creditGuard(input: CreditGuardOptions): Middleware {
-  const parsed = CreditGuardOptions.safeParse(input);
-  if (!parsed.success) throw new TypeError(`Invalid creditGuard options: ${z.prettifyError(parsed.error)}`);
-  const { ledger, estimate, ttlMs = 3_600_000 } = parsed.data;
+  const options = parseOptions(CreditGuardOptions, input, "creditGuard");
+  const { ledger, estimate, ttlMs = 3_600_000 } = options;
   const account =
-    parsed.data.account ??
+    options.account ??
     (async (ctx: Ctx) => {
       const principal = ctx.state.principal;
       if (!principal) throw new HttpError(401, "unauthenticated", "creditGuard needs an authenticated principal");
       return (await ledger.openWallet(principal.teamId ? { teamId: principal.teamId } : { userId: principal.userId })).id;
     });
   const keyOf =
-    parsed.data.idempotencyKey ??
+    options.idempotencyKey ??
     ((ctx: Ctx) => {
       const header = ctx.get("idempotency-key");
       const who = ctx.state.principal?.userId ?? "anonymous";
