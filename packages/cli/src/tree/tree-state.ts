@@ -1,4 +1,4 @@
-import type { KeenEvent, Phase, RunStatus, TaskSnapshot, Usage } from "@keen/agent-core";
+import { emptyUsage, type KeenEvent, type Phase, type RunStatus, type TaskSnapshot, type Usage } from "@keen/agent-core";
 
 /** How an agent looks on screen: the lifecycle status, refined by what happened to its merge. */
 export type AgentDisplayStatus = "running" | "completed" | "failed" | "aborted" | "error" | "rolled back";
@@ -46,8 +46,6 @@ export interface TreeState {
   lastSeq: number;
 }
 
-const ZERO: Usage = { inputTokens: 0, outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 };
-
 /** The state before any event arrived. */
 export function emptyTree(): TreeState {
   return { runId: null, vision: "", repo: null, model: null, status: "running", agents: {}, roots: [], limits: [], lastSeq: -1 };
@@ -78,7 +76,7 @@ export function reduceTree(state: TreeState, event: KeenEvent): TreeState {
         branch: event.branch,
         phase: null,
         conflictedFiles: [],
-        usage: ZERO,
+        usage: emptyUsage(),
         children: [],
       };
       const agents = { ...state.agents, [node.id]: node };

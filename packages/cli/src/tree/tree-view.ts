@@ -1,4 +1,4 @@
-import type { Usage } from "@keen/agent-core";
+import { addUsage, emptyUsage, type Usage } from "@keen/agent-core";
 import { agentsInOrder, displayStatus, type AgentDisplayStatus, type AgentNode, type TreeState } from "./tree-state.js";
 
 export interface RenderTreeOptions {
@@ -142,7 +142,7 @@ function footer(state: TreeState, agents: AgentNode[]): Segment[][] {
   const running = agents.filter((a) => a.status === undefined).length;
   const merges = agents.filter((a) => a.merge);
   const count = (result: AgentNode["merge"]) => merges.filter((a) => a.merge === result).length;
-  const total = state.usage ?? agents.reduce((sum, a) => addUsage(sum, a.usage), { inputTokens: 0, outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 });
+  const total = state.usage ?? agents.reduce((sum, a) => addUsage(sum, a.usage), emptyUsage());
   const parts = [
     `${agents.length} agent${agents.length === 1 ? "" : "s"}${running ? `, ${running} running` : ""}`,
     `merges ${merges.length}${count("resolved") ? `, ${count("resolved")} resolved` : ""}${count("rolled_back") ? `, ${count("rolled_back")} rolled back` : ""}`,
@@ -160,15 +160,6 @@ function footer(state: TreeState, agents: AgentNode[]): Segment[][] {
   for (const limit of state.limits.slice(-2)) lines.push([{ text: `limit ${limit}`, style: "yellow" }]);
   if (state.error && state.status !== "success") lines.push([{ text: `${state.error.code}: ${state.error.message}`, style: "red" }]);
   return lines;
-}
-
-function addUsage(a: Usage, b: Usage): Usage {
-  return {
-    inputTokens: a.inputTokens + b.inputTokens,
-    outputTokens: a.outputTokens + b.outputTokens,
-    cacheCreationInputTokens: a.cacheCreationInputTokens + b.cacheCreationInputTokens,
-    cacheReadInputTokens: a.cacheReadInputTokens + b.cacheReadInputTokens,
-  };
 }
 
 /** `in 12.3k out 940 cache w 2.1k r 48k`: compact enough for one column. */
