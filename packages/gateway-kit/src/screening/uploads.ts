@@ -245,12 +245,9 @@ async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped:
         case "file":
         case "contiguous-file":
         case null:
-        case undefined: {
+        case undefined:
           checker.report.files++;
-          const meter = checker.meter(path || header.name, undefined);
-          for await (const chunk of entry) meter((chunk as Buffer).length);
-          continue;
-        }
+          break;
         case "directory":
           checker.report.directories++;
           break;
@@ -267,7 +264,8 @@ async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped:
         default:
           throw new ArchiveRejectedError("archive_special_file", `Entry ${path} has the unsupported type ${String(header.type)}`, path);
       }
-      // Links, directories and devices carry no data; drain whatever the header claims anyway.
+      // Files are metered as they stream; links and directories carry no data, but whatever
+      // their header claims is drained through the same meter.
       const meter = checker.meter(path || header.name, undefined);
       for await (const chunk of entry) meter((chunk as Buffer).length);
     }
