@@ -1,7 +1,7 @@
 import { createHmac, randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
-import { estimateTokens, flattenRequest, PromptCache, type CacheUsage } from "./prompt-cache.js";
+import { canonical, estimateTokens, flattenRequest, PromptCache, type CacheUsage } from "./prompt-cache.js";
 import { errorTypeFor, type ReplyBlock, type ScriptedReply } from "./replies.js";
 
 /** A request the server received, as parsed, with what it answered. */
@@ -145,7 +145,7 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
     const thinkingKey = turnKey(content);
     if (thinkingKey) {
       const turns = issuedThinkingTurns.get(thinkingKey) ?? new Set<string>();
-      turns.add(canonicalContent(content));
+      turns.add(canonical(content));
       issuedThinkingTurns.set(thinkingKey, turns);
       if (content[0]?.type === "thinking" || content[0]?.type === "redacted_thinking") {
         for (const block of content) if (block.type === "tool_use") thinkingToolUses.add(block.id);
@@ -242,7 +242,7 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
         // A turn with thinking goes back exactly as it was issued, or not at all.
         const key = turnKey(content);
         const issued = key ? issuedThinkingTurns.get(key) : undefined;
-        if (issued !== undefined && checkThinkingTurns && !issued.has(canonicalContent(content))) {
+        if (issued !== undefined && checkThinkingTurns && !issued.has(canonical(content))) {
           return `messages.${i}.content: an assistant turn with thinking blocks was changed; pass it back exactly as received or drop the whole turn`;
         }
       }
@@ -290,15 +290,6 @@ function turnKey(content: any[]): string | undefined {
     if (block?.type === "redacted_thinking" && typeof block.data === "string") return `r:${block.data}`;
   }
   return undefined;
-}
-
-/** A turn's blocks without cache markers, with keys in a fixed order. */
-function canonicalContent(content: any[]): string {
-  return JSON.stringify(content, (key, value) => {
-    if (key === "cache_control") return undefined;
-    if (!value || typeof value !== "object" || Array.isArray(value)) return value;
-    return Object.fromEntries(Object.entries(value as Record<string, unknown>).sort(([a], [b]) => a.localeCompare(b)));
-  });
 }
 
 async function streamMessage(res: ServerResponse, message: Record<string, any>, requestId: string, eventDelayMs: number, cutAfter?: number): Promise<void> {

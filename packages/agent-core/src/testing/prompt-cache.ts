@@ -5,8 +5,8 @@ export function estimateTokens(text: string): number {
   return Math.max(1, Math.ceil(text.length / 4));
 }
 
-/** Blocks are compared without their cache_control markers. */
-function canonical(value: unknown): string {
+/** Blocks are compared without their cache_control markers, with keys in a fixed order. */
+export function canonical(value: unknown): string {
   return JSON.stringify(value, (key, inner) => (key === "cache_control" ? undefined : sortKeys(inner)));
 }
 
