@@ -76,13 +76,16 @@ export function rateLimit(input: RateLimitOptions): Middleware {
     const cost = options.cost ? options.cost(ctx) : 1;
     if (!Number.isFinite(cost) || cost < 0) throw new TypeError(`rateLimit cost must be a non-negative number, got ${cost}`);
     const result = await options.store.consume(`${name}:${key}`, rule, cost, options.now().getTime());
+    const headers = {
+      "RateLimit-Limit": String(result.limit),
+      "RateLimit-Remaining": String(result.remaining),
+      "RateLimit-Reset": String(Math.ceil(result.resetMs / 1000)),
+      "RateLimit-Policy": `${result.limit};w=${windowSeconds}`,
+    };
     const previous = ctx.state.rateLimit;
     if (!previous || !result.allowed || result.remaining < previous.remaining) {
       ctx.state.rateLimit = { ...result, name, windowMs: options.windowMs };
-      ctx.set("RateLimit-Limit", String(result.limit));
-      ctx.set("RateLimit-Remaining", String(result.remaining));
-      ctx.set("RateLimit-Reset", String(Math.ceil(result.resetMs / 1000)));
-      ctx.set("RateLimit-Policy", `${result.limit};w=${windowSeconds}`);
+      ctx.set(headers);
     }
     if (!result.allowed) {
       const retryAfter = Math.max(1, Math.ceil(result.retryAfterMs / 1000));
@@ -91,13 +94,7 @@ export function rateLimit(input: RateLimitOptions): Middleware {
         "rate_limited",
         `Rate limit of ${result.limit} requests per ${windowSeconds} s exceeded (${name}); retry in ${retryAfter} s`,
         { limit: result.limit, windowSeconds, retryAfterSeconds: retryAfter, scope: name },
-        {
-          "Retry-After": String(retryAfter),
-          "RateLimit-Limit": String(result.limit),
-          "RateLimit-Remaining": "0",
-          "RateLimit-Reset": String(Math.ceil(result.resetMs / 1000)),
-          "RateLimit-Policy": `${result.limit};w=${windowSeconds}`,
-        },
+        { "Retry-After": String(retryAfter), ...headers, "RateLimit-Remaining": "0" },
       );
     }
     await next();
