@@ -212,7 +212,7 @@ export function pruneConversation(messages: readonly Message[], options: PruneOp
   if (!chosen) return result(cleared, 0);
   // Build the chosen summary for real and check that it does save what it should.
   const lines = [...earlier, ...out.slice(1, chosen.cut).flatMap((message) => summaryLines(message, results))];
-  const first = withSummaryText(firstBlocks, summaryIndex, `${SUMMARY_INTRO}\n${capSummary(lines.join("\n"))}`);
+  const first = withSummaryText(out[0]!, `${SUMMARY_INTRO}\n${capSummary(lines.join("\n"))}`);
   const saved = removedTokens[chosen.cut]! - removedTokens[1]! + estimateMessageTokens(out[0]!) - estimateMessageTokens(first);
   if (saved <= 0) return result(cleared, 0);
   tokens -= saved * scale;
@@ -269,11 +269,12 @@ function splitFirst(first: Message): { blocks: ContentBlock[]; summaryIndex: num
   return { blocks, summaryIndex, earlier };
 }
 
-function withSummaryText(blocks: ContentBlock[], summaryIndex: number, text: string): Message {
-  const content = [...blocks];
-  if (summaryIndex >= 0) content[summaryIndex] = { type: "text", text };
-  else content.push({ type: "text", text });
-  return { role: "user", content };
+/** `first` with its summary block replaced by `text`, or with `text` appended when it has none. */
+function withSummaryText(first: Message, text: string): Message {
+  const { blocks, summaryIndex } = splitFirst(first);
+  if (summaryIndex >= 0) blocks[summaryIndex] = { type: "text", text };
+  else blocks.push({ type: "text", text });
+  return { role: "user", content: blocks };
 }
 
 /** Keeps the newest lines of a long summary: they matter most to the work in progress. */
@@ -408,7 +409,7 @@ export class ContextTracker {
     if (pruned.compactedMessages > 0 && this.summary === "model") {
       summaryResponse = await this.writeSummary(request.messages.slice(0, 1 + pruned.compactedMessages), options.signal);
       const text = summaryResponse ? textOf(summaryResponse.content) : "";
-      if (text) pruned.messages[0] = replaceSummary(pruned.messages[0]!, `${COMPACTED_SUMMARY_HEADER}\nSummary of what happened before the turns that follow:\n${text}`);
+      if (text) pruned.messages[0] = withSummaryText(pruned.messages[0]!, `${COMPACTED_SUMMARY_HEADER}\nSummary of what happened before the turns that follow:\n${text}`);
     }
     request.messages.splice(0, request.messages.length, ...pruned.messages);
 
@@ -481,15 +482,6 @@ function textOf(content: ContentBlock[]): string {
     .map((block) => block.text)
     .join("\n")
     .trim();
-}
-
-/** `first` with its summary block replaced by `text`. */
-function replaceSummary(first: Message, text: string): Message {
-  const blocks = typeof first.content === "string" ? [{ type: "text" as const, text: first.content }] : [...first.content];
-  const index = blocks.findIndex((b) => b.type === "text" && b.text.startsWith(COMPACTED_SUMMARY_HEADER));
-  if (index >= 0) blocks[index] = { type: "text", text };
-  else blocks.push({ type: "text", text });
-  return { role: "user", content: blocks };
 }
 
 /** Whether an assistant message carries thinking that must be passed back unchanged. */
