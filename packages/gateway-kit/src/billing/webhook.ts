@@ -3,6 +3,7 @@ import { sql, type Kysely, type Transaction } from "kysely";
 import type Stripe from "stripe";
 import { z } from "zod";
 import { createKyselyLedger } from "../credits/kysely-ledger.js";
+import { retryTransaction } from "../credits/retry-transaction.js";
 import { HttpError } from "../http-error.js";
 import { CHECKOUT_METADATA } from "./checkout.js";
 import type { BillingTables } from "./migrations.js";
@@ -32,8 +33,6 @@ export const StripeWebhookOptions = z.object({
   onProcessed: z.custom<(event: ProcessedEvent) => void>((value) => typeof value === "function").optional(),
 });
 export type StripeWebhookOptions = z.input<typeof StripeWebhookOptions>;
-
-const RETRYABLE = new Set(["40001", "40P01"]);
 
 async function readRawBody(ctx: Parameters<Middleware>[0], limit: number): Promise<Buffer> {
   const req = ctx.req;
@@ -111,15 +110,7 @@ export function stripeWebhook(options: StripeWebhookOptions): Middleware {
  * const result = await processStripeEvent(db, await stripe.webhooks.constructEventAsync(raw, sig, secret));
  */
 export async function processStripeEvent(db: Kysely<any>, event: Stripe.Event): Promise<ProcessedEvent> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await db.transaction().execute((trx) => applyEvent(trx as Transaction<BillingTables>, event));
-    } catch (error) {
-      const code = (error as { code?: unknown })?.code;
-      if (typeof code !== "string" || !RETRYABLE.has(code) || attempt >= 10) throw error;
-      await new Promise((resolve) => setTimeout(resolve, Math.random() * Math.min(100, 2 ** attempt)));
-    }
-  }
+  return retryTransaction(db as Kysely<BillingTables>, (trx) => applyEvent(trx, event), 10);
 }
 
 async function applyEvent(trx: Transaction<BillingTables>, event: Stripe.Event): Promise<ProcessedEvent> {

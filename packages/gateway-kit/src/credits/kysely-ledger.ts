@@ -30,6 +30,7 @@ import type {
 } from "./ledger.js";
 import { SYSTEM_ACCOUNT_KINDS } from "./ledger.js";
 import { SYSTEM_ACCOUNTS } from "./migrations.js";
+import { retryTransaction } from "./retry-transaction.js";
 import type { CreditTables } from "./tables.js";
 
 type Db = Kysely<CreditTables>;
@@ -68,13 +69,6 @@ function micro(value: unknown): MicroCredits {
 
 function hashRequest(kind: string, params: readonly unknown[]): string {
   return createHash("sha256").update(JSON.stringify([kind, ...params])).digest("base64url");
-}
-
-const RETRYABLE = new Set(["40001", "40P01"]);
-
-function sqlState(error: unknown): string | undefined {
-  const code = (error as { code?: unknown })?.code;
-  return typeof code === "string" ? code : undefined;
 }
 
 const isSystem = (kind: string) => (SYSTEM_ACCOUNT_KINDS as readonly string[]).includes(kind);
@@ -121,15 +115,7 @@ class KyselyLedger implements Ledger {
 
   private async tx<T>(work: (trx: Transaction<CreditTables> | Db) => Promise<T>): Promise<T> {
     if (this.db.isTransaction) return work(this.db);
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await this.db.transaction().execute(work);
-      } catch (error) {
-        const state = sqlState(error);
-        if (!state || !RETRYABLE.has(state) || attempt >= this.maxAttempts) throw error;
-        await new Promise((resolve) => setTimeout(resolve, Math.random() * Math.min(100, 2 ** attempt)));
-      }
-    }
+    return retryTransaction(this.db, work, this.maxAttempts);
   }
 
   /**
