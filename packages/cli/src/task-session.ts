@@ -126,7 +126,8 @@ function closingSummary(tree: TreeState, result: TaskResult, repo: string, snaps
   return `${lines.join("\n")}\n`;
 }
 
-function oneLine(text: string): string {
+/** Collapses whitespace (newlines included) so a message fits on one line. */
+export function oneLine(text: string): string {
   return text.replace(/\s+/g, " ").trim();
 }
 

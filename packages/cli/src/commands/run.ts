@@ -13,7 +13,7 @@ import {
 } from "@keen/agent-core";
 import { UsageError, type Io } from "../cli-error.js";
 import { defaultSnapshotPath, readSnapshotFile, repoOfSnapshotPath, SnapshotFile } from "../snapshot-file.js";
-import { outputMode, quote, runTaskSession } from "../task-session.js";
+import { oneLine, outputMode, quote, runTaskSession } from "../task-session.js";
 import { emptyTree, treeFromSnapshot } from "../tree/tree-state.js";
 
 export const RUN_HELP = `Usage: keen run "<vision>" [options]
@@ -231,8 +231,4 @@ async function checkResumable(snapshot: TaskSnapshot, workspace: LocalWorkspace,
   if (branch !== root.branch) {
     throw new UsageError(`${repo} is on branch ${branch} but ${snapshot.runId} works on ${root.branch}; check it out (or pass --repo) first`);
   }
-}
-
-function oneLine(text: string): string {
-  return text.replace(/\s+/g, " ").trim();
 }
