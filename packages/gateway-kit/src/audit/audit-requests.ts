@@ -1,5 +1,4 @@
 import type { Middleware, ParameterizedContext } from "koa";
-import { HttpError } from "../http-error.js";
 import type { AuditEventInput, AuditSink } from "./audit-sink.js";
 
 export interface AuditRequestsOptions {
@@ -37,7 +36,9 @@ export function auditRequests(sink: AuditSink, options: AuditRequestsOptions = {
       await next();
       status = ctx.status;
     } catch (error) {
-      status = error instanceof HttpError ? error.status : typeof (error as { status?: unknown })?.status === "number" ? (error as { status: number }).status : 500;
+      // HttpError and the errors koa raises carry their status as `status`.
+      const thrown = (error as { status?: unknown } | null)?.status;
+      status = typeof thrown === "number" ? thrown : 500;
       throw error;
     } finally {
       const principal = ctx.state.principal;
