@@ -14,6 +14,7 @@ import {
   type ToolUseBlock,
   type Usage,
 } from "../model/model.js";
+import { textOf } from "./conversation.js";
 
 /**
  * When and how far a conversation is pruned. Fractions are of the context window.
@@ -474,14 +475,6 @@ function transcript(messages: Message[]): string {
     }
   }
   return parts.join("\n\n");
-}
-
-function textOf(content: ContentBlock[]): string {
-  return content
-    .filter((block): block is TextBlock => block.type === "text")
-    .map((block) => block.text)
-    .join("\n")
-    .trim();
 }
 
 /** Whether an assistant message carries thinking that must be passed back unchanged. */

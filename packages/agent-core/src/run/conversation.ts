@@ -9,6 +9,7 @@ import {
   type ModelRequest,
   type ModelResponse,
   type ToolResultBlock,
+  type TextBlock,
   type ToolUseBlock,
   type Usage,
 } from "../model/model.js";
@@ -196,10 +197,11 @@ async function runToolCall(options: ConversationOptions, tools: Map<string, Tool
   };
 }
 
-function textOf(content: ContentBlock[]): string {
+/** The text blocks of a response, joined and trimmed. */
+export function textOf(content: ContentBlock[]): string {
   return content
-    .filter((block) => block.type === "text")
-    .map((block) => (block as { text: string }).text)
+    .filter((block): block is TextBlock => block.type === "text")
+    .map((block) => block.text)
     .join("\n")
     .trim();
 }
