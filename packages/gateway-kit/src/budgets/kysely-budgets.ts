@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
 import { z } from "zod";
+import { clock, fn, parseOptions } from "../limits/options.js";
 import { periodWindow } from "./periods.js";
 import type { BudgetTables } from "./tables.js";
 import {
@@ -32,8 +33,8 @@ const BudgetsOptions = z
     /** Default alert thresholds in percent. Default 50, 80, 100. */
     thresholds: BudgetThresholds.default([...DEFAULT_THRESHOLDS]),
     /** Called when a notifier throws; the alert stays pending for `deliverPendingAlerts`. */
-    onNotifyError: z.custom<(error: unknown, alert: BudgetAlert) => void>((v) => typeof v === "function").optional(),
-    now: z.custom<() => Date>((v) => typeof v === "function").default(() => () => new Date()),
+    onNotifyError: fn<(error: unknown, alert: BudgetAlert) => void>().optional(),
+    now: clock(),
   })
   .strict();
 export type BudgetsOptions = z.input<typeof BudgetsOptions>;
@@ -97,7 +98,7 @@ function reached(thresholds: number[], spent: number, limit: number): number[] {
  * await budgets.record(scopes, actualCost, `run:${runId}`); // after the run is charged
  */
 export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {}): Budgets {
-  const options = parse(BudgetsOptions, input, "budgets options");
+  const options = parseOptions(BudgetsOptions, input, "budgets");
   const kdb = db as Db;
   const now = options.now;
 

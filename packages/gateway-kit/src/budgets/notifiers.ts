@@ -1,12 +1,7 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { z } from "zod";
+import { clock, fn, parseOptions } from "../limits/options.js";
 import type { BudgetAlert, BudgetNotifier } from "./types.js";
-
-function parse<T extends z.ZodType>(schema: T, value: unknown, what: string): z.output<T> {
-  const parsed = schema.safeParse(value);
-  if (!parsed.success) throw new TypeError(`Invalid ${what}: ${z.prettifyError(parsed.error)}`);
-  return parsed.data;
-}
 
 /** The JSON body of a budget alert, as the webhook sends it. */
 export function budgetAlertPayload(alert: BudgetAlert) {
@@ -88,8 +83,8 @@ const WebhookOptions = z
     timeoutMs: z.number().int().min(1).max(120_000).default(10_000),
     /** Extra headers, e.g. an authorization token of the receiver. */
     headers: z.record(z.string(), z.string()).default({}),
-    fetch: z.custom<typeof fetch>((v) => typeof v === "function").optional(),
-    now: z.custom<() => Date>((v) => typeof v === "function").default(() => () => new Date()),
+    fetch: fn<typeof fetch>().optional(),
+    now: clock(),
   })
   .strict();
 export type WebhookNotifierOptions = z.input<typeof WebhookOptions>;
@@ -103,7 +98,7 @@ export type WebhookNotifierOptions = z.input<typeof WebhookOptions>;
  * createKyselyBudgets(db, { notifier: webhookNotifier({ url: "https://ops.example.com/hooks/keen", secret }) });
  */
 export function webhookNotifier(input: WebhookNotifierOptions): BudgetNotifier {
-  const options = parse(WebhookOptions, input, "webhook notifier options");
+  const options = parseOptions(WebhookOptions, input, "webhook notifier");
   const doFetch = options.fetch ?? fetch;
   return {
     async notify(alert) {
@@ -148,7 +143,7 @@ const EmailOptions = z
   .object({
     sender: z.custom<EmailSender>((v) => typeof (v as EmailSender)?.send === "function", "sender must have send()"),
     /** Who is told about an alert, e.g. the team's owners. An empty list sends nothing. */
-    recipients: z.custom<(alert: BudgetAlert) => string[] | Promise<string[]>>((v) => typeof v === "function"),
+    recipients: fn<(alert: BudgetAlert) => string[] | Promise<string[]>>(),
   })
   .strict();
 export type EmailNotifierOptions = z.input<typeof EmailOptions>;
@@ -162,7 +157,7 @@ const formatCredits = (micros: number) => (micros / 1_000_000).toLocaleString("e
  * emailNotifier({ sender: smtpSender, recipients: async (a) => ownersOf(a.budget.scope) });
  */
 export function emailNotifier(input: EmailNotifierOptions): BudgetNotifier {
-  const { sender, recipients } = parse(EmailOptions, input, "email notifier options");
+  const { sender, recipients } = parseOptions(EmailOptions, input, "email notifier");
   return {
     async notify(alert) {
       const to = await recipients(alert);

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
+import { fn, parseOptions } from "../limits/options.js";
 import { BudgetAmount } from "./types.js";
 
 const Tokens = z.number().int().min(0).max(100_000_000);
@@ -134,7 +135,7 @@ export const defaultCostPolicy: CostPolicy = (request, tiers) => {
 const RouterOptions = z
   .object({
     tiers: z.array(ContextTier).min(1).default([...DEFAULT_CONTEXT_TIERS]),
-    policy: z.custom<CostPolicy>((v) => typeof v === "function").default(() => defaultCostPolicy),
+    policy: fn<CostPolicy>().default(() => defaultCostPolicy),
   })
   .strict()
   .refine((o) => new Set(o.tiers.map((t) => t.name)).size === o.tiers.length, { message: "tier names must be unique" });
@@ -151,9 +152,7 @@ export type CostRouterOptions = z.input<typeof RouterOptions>;
  * model.stream({ model: route.model, max_tokens: route.maxOutputTokens, ...route.tier.params, ... });
  */
 export function createCostRouter(input: CostRouterOptions = {}): (request: CostRouteRequest) => CostRoute {
-  const parsed = RouterOptions.safeParse(input);
-  if (!parsed.success) throw new TypeError(`Invalid cost router options: ${z.prettifyError(parsed.error)}`);
-  const { tiers, policy } = parsed.data;
+  const { tiers, policy } = parseOptions(RouterOptions, input, "cost router");
   return (raw) => {
     const request = CostRouteRequest.safeParse(raw);
     if (!request.success) throw new HttpError(400, "invalid_route_request", z.prettifyError(request.error));
