@@ -1,4 +1,4 @@
-import type { Kysely } from "kysely";
+import { sql, type Kysely } from "kysely";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
@@ -84,12 +84,13 @@ export function createKyselyAnomalyStateStore(db: Kysely<any>): AnomalyStateStor
   return {
     update(subject, step) {
       return kdb.transaction().execute(async (trx) => {
-        await trx
+        // One round trip creates the row on first use, locks it until commit, and reads it.
+        const row = await trx
           .insertInto("anomaly_states")
           .values({ subject, state: "null" })
-          .onConflict((oc) => oc.column("subject").doNothing())
-          .execute();
-        const row = await trx.selectFrom("anomaly_states").select("state").where("subject", "=", subject).forUpdate().executeTakeFirstOrThrow();
+          .onConflict((oc) => oc.column("subject").doUpdateSet({ state: sql`anomaly_states.state` }))
+          .returning("state")
+          .executeTakeFirstOrThrow();
         const next = step((JSON.parse(row.state) as AnomalyState | null) ?? undefined);
         await trx.updateTable("anomaly_states").set({ state: JSON.stringify(next) }).where("subject", "=", subject).execute();
         return next;
