@@ -41,12 +41,6 @@ export interface LocalWorkspaceOptions {
 
 const CONFLICT_MARKER = /^(<{7}|>{7}|={7})( |$)/m;
 const DEFAULT_IDENTITY = { name: "keen", email: "keen@localhost" };
-const DEFAULT_IDENTITY_ENV = {
-  GIT_AUTHOR_NAME: DEFAULT_IDENTITY.name,
-  GIT_AUTHOR_EMAIL: DEFAULT_IDENTITY.email,
-  GIT_COMMITTER_NAME: DEFAULT_IDENTITY.name,
-  GIT_COMMITTER_EMAIL: DEFAULT_IDENTITY.email,
-};
 const DEFAULT_TIMEOUT_MS = 120_000;
 const DEFAULT_OUTPUT_BYTES = 100_000;
 const DEFAULT_STALE_LOCK_MS = 10_000;
@@ -124,7 +118,7 @@ export class LocalWorkspace implements ForkableWorkspace {
           root,
           worktreesDir: workspace.worktreesDir,
           staleLockMs: (options.recovery || {}).staleLockMs ?? DEFAULT_STALE_LOCK_MS,
-          identityEnv: DEFAULT_IDENTITY_ENV,
+          identityEnv: gitIdentityEnv(DEFAULT_IDENTITY),
         }),
       );
     } else {
@@ -367,12 +361,7 @@ export class LocalWorkspace implements ForkableWorkspace {
       if (configured.exitCode === 0 && configured.stdout.trim()) return {};
       identity = this.options.defaultIdentity ?? DEFAULT_IDENTITY;
     }
-    return {
-      GIT_AUTHOR_NAME: identity.name,
-      GIT_AUTHOR_EMAIL: identity.email,
-      GIT_COMMITTER_NAME: identity.name,
-      GIT_COMMITTER_EMAIL: identity.email,
-    };
+    return gitIdentityEnv(identity);
   }
 
   private async git(args: string[], env: Record<string, string> = {}): Promise<string> {
@@ -390,4 +379,14 @@ function fileError(path: string, error: unknown): KeenError {
   if (code === "EISDIR") return new KeenError("is_a_directory", `${path} is a folder, not a file`);
   if (code === "EACCES") return new KeenError("permission_denied", `Permission denied: ${path}`);
   return new KeenError("file_error", `${path}: ${error instanceof Error ? error.message : String(error)}`);
+}
+
+/** The environment that makes git author and commit as `identity`. */
+function gitIdentityEnv(identity: { name: string; email: string }): Record<string, string> {
+  return {
+    GIT_AUTHOR_NAME: identity.name,
+    GIT_AUTHOR_EMAIL: identity.email,
+    GIT_COMMITTER_NAME: identity.name,
+    GIT_COMMITTER_EMAIL: identity.email,
+  };
 }
