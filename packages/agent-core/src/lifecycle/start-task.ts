@@ -386,7 +386,7 @@ class Orchestrator {
   private allLifecycleTools(): Tool<any>[] {
     if (!this.lifecycleTools) {
       const all = [
-        ...builtinTools(this.options.runCommand ? { runCommand: this.options.runCommand } : {}),
+        ...builtinTools(this.toolOptions()),
         ...(this.options.tools ?? []),
         finishExploreTool,
         submitPlanTool,
@@ -405,7 +405,7 @@ class Orchestrator {
   }
 
   private async explore(agent: AgentState, workspace: Workspace): Promise<void> {
-    const { closingCall } = await this.converse(agent, workspace, [...readOnlyTools(this.readOnlyToolOptions()), finishExploreTool], "finish_explore");
+    const { closingCall } = await this.converse(agent, workspace, [...readOnlyTools(this.toolOptions()), finishExploreTool], "finish_explore");
     const input = closingCall.input as FinishExploreInput;
     agent.explore = input;
     if (input.next_phase === "PLAN" && agent.depth < this.state.limits.maxDepth) {
@@ -419,7 +419,7 @@ class Orchestrator {
 
   private async plan(agent: AgentState): Promise<void> {
     const workspace = this.workspaces.get(agent.id)!;
-    const { closingCall } = await this.converse(agent, workspace, [...readOnlyTools(this.readOnlyToolOptions()), submitPlanTool], "submit_plan");
+    const { closingCall } = await this.converse(agent, workspace, [...readOnlyTools(this.toolOptions()), submitPlanTool], "submit_plan");
     const plan = closingCall.input as SubmitPlanInput;
     agent.plan = plan;
     if (plan.subtasks.length === 0) return this.nextPhase(agent, "COMPLETE", "the plan has no subtasks");
@@ -543,7 +543,7 @@ class Orchestrator {
       parent.messages,
       `${problem}\nChild ${child.id} ("${child.title}") reported: ${child.summary ?? "(no summary)"}\nResolve it with the file tools (remove every conflict marker), then call complete_merge.`,
     );
-    const tools = [...builtinTools(this.options.runCommand ? { runCommand: this.options.runCommand } : {}), completeMergeTool];
+    const tools = [...builtinTools(this.toolOptions()), completeMergeTool];
     const { closingCall } = await this.converse(parent, workspace, tools, "complete_merge");
     const note = (closingCall.input as { summary: string }).summary;
     const conflicted = await workspace.conflictedFiles();
@@ -575,7 +575,7 @@ class Orchestrator {
   }
 
   private async complete(agent: AgentState, workspace: Workspace): Promise<void> {
-    const tools = [...builtinTools(this.options.runCommand ? { runCommand: this.options.runCommand } : {}), ...(this.options.tools ?? []), completeTaskTool];
+    const tools = [...builtinTools(this.toolOptions()), ...(this.options.tools ?? []), completeTaskTool];
     let { closingCall } = await this.converse(agent, workspace, tools, "complete_task");
     let input = closingCall.input as CompleteTaskInput;
     if (input.status === "success" && (await this.validate(agent, workspace)) === false) {
@@ -648,7 +648,7 @@ class Orchestrator {
     return agent.children.reduce((sum, id) => addUsage(sum, this.treeUsage(this.agents.get(id)!)), agent.usage);
   }
 
-  private readOnlyToolOptions() {
+  private toolOptions() {
     return this.options.runCommand ? { runCommand: this.options.runCommand } : {};
   }
 
