@@ -51,6 +51,10 @@ const ReserveSchema = z.object({
 });
 const ActualSchema = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 const CloseSchema = z.object({ idempotencyKey: Key.optional() }).optional();
+const WalletOwnerSchema = z.union([z.object({ userId: Id }), z.object({ teamId: Id })]);
+const SweepLimit = z.number().int().positive().max(10_000);
+const EntriesLimit = z.number().int().positive().max(1000);
+const EntryCursor = z.string().regex(/^\d+$/);
 
 function parse<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
   const result = schema.safeParse(value);
@@ -209,7 +213,7 @@ class KyselyLedger implements Ledger {
   }
 
   async openWallet(owner: WalletOwner): Promise<LedgerAccount> {
-    const parsed = parse(z.union([z.object({ userId: Id }), z.object({ teamId: Id })]), owner, "wallet owner");
+    const parsed = parse(WalletOwnerSchema, owner, "wallet owner");
     const kind: AccountKind = "userId" in parsed ? "user_wallet" : "team_wallet";
     const ownerId = "userId" in parsed ? parsed.userId : parsed.teamId;
     return this.tx(async (trx) => {
@@ -326,7 +330,7 @@ class KyselyLedger implements Ledger {
   }
 
   async sweepExpiredReservations(options: SweepOptions = {}): Promise<Settlement[]> {
-    const limit = parse(z.number().int().positive().max(10_000), options.limit ?? 500, "sweep limit");
+    const limit = parse(SweepLimit, options.limit ?? 500, "sweep limit");
     return this.tx(async (trx) => {
       const due = await trx
         .selectFrom("ledger_reservations")
@@ -421,7 +425,7 @@ class KyselyLedger implements Ledger {
   }
 
   async listEntries(accountId: string, options: { limit?: number; beforeId?: string } = {}): Promise<LedgerEntry[]> {
-    const limit = parse(z.number().int().positive().max(1000), options.limit ?? 100, "limit");
+    const limit = parse(EntriesLimit, options.limit ?? 100, "limit");
     let query = this.db
       .selectFrom("ledger_entries as e")
       .innerJoin("ledger_transactions as t", "t.id", "e.transaction_id")
@@ -429,7 +433,7 @@ class KyselyLedger implements Ledger {
       .where("e.account_id", "=", parse(Id, accountId, "account id"))
       .orderBy("e.id", "desc")
       .limit(limit);
-    if (options.beforeId !== undefined) query = query.where("e.id", "<", sql<string>`${parse(z.string().regex(/^\d+$/), options.beforeId, "cursor")}::bigint`);
+    if (options.beforeId !== undefined) query = query.where("e.id", "<", sql<string>`${parse(EntryCursor, options.beforeId, "cursor")}::bigint`);
     const rows = await query.execute();
     return rows.map((row) => ({
       id: String(row.id),

@@ -56,6 +56,7 @@ const UsageSchema = z.object({
   cacheCreationInputTokens: Count,
   cacheReadInputTokens: Count,
 });
+const EstimateSchema = z.object({ inputTokens: Count, maxOutputTokens: Count });
 
 export const PriceListOptions = z.object({
   /** Prices to add or override, keyed by model id. */
@@ -133,7 +134,7 @@ export function createPriceList(options: PriceListOptions = {}): PriceList {
       ]);
     },
     maxCost(model, estimate) {
-      const e = z.object({ inputTokens: Count, maxOutputTokens: Count }).safeParse(estimate);
+      const e = EstimateSchema.safeParse(estimate);
       if (!e.success) throw new LedgerInputError(`Invalid estimate: ${e.error.message}`, e.error.issues);
       const p = priceOf(model);
       const promptRate: keyof ModelPrice = p.cacheWrite > p.input ? "cacheWrite" : "input";
