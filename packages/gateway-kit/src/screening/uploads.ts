@@ -378,11 +378,14 @@ async function screenZip(head: Buffer, rest: AsyncIterator<Uint8Array>, limits: 
  * }
  */
 export async function screenArchive(source: Source, limits: ArchiveLimits = {}): Promise<ArchiveReport> {
-  const parsed = parseLimits(limits);
+  return screen(source, parseLimits(limits));
+}
+
+async function screen(source: Source, limits: Limits): Promise<ArchiveReport> {
   const { head, rest } = await sniff(source);
   const format = formatOf(head);
-  if (format === "zip") return screenZip(head, rest, parsed);
-  return screenTar(head, rest, format === "tar.gz", parsed);
+  if (format === "zip") return screenZip(head, rest, limits);
+  return screenTar(head, rest, format === "tar.gz", limits);
 }
 
 /** The screened upload `screenUploads()` puts on `ctx.state.screenedUpload`. */
@@ -428,7 +431,8 @@ export function screenUploads(limits: ArchiveLimits = {}): Middleware {
       chunks.push(chunk as Buffer);
     }
     const body = Buffer.concat(chunks);
-    const report = await screenArchive(body, parsed);
+    // The limits were checked when the middleware was created.
+    const report = await screen(body, parsed);
     ctx.state.screenedUpload = { body, report };
     await next();
   };
