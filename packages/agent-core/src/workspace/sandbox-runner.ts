@@ -1,9 +1,10 @@
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { isAbsolute, relative, resolve, sep } from "node:path";
+import { isAbsolute, resolve } from "node:path";
 import { z } from "zod";
 import { ConfigError, KeenError } from "../errors.js";
 import { runInProcessGroup, type CommandRunner, type CommandRunOptions } from "./command-runner.js";
+import { isInside } from "./is-inside.js";
 import type { ExecResult } from "./workspace.js";
 
 /**
@@ -225,9 +226,4 @@ function limitScript(limits: { cpuSeconds: number; memoryBytes: number; addressS
   if (Number.isFinite(limits.addressSpaceBytes)) steps.push(`ulimit -v ${kib(limits.addressSpaceBytes)}`);
   steps.push('exec /bin/sh -c "$1"');
   return steps.join(" && ");
-}
-
-function isInside(root: string, path: string): boolean {
-  const rel = relative(root, path);
-  return rel !== "" && !rel.startsWith(`..${sep}`) && rel !== ".." && !isAbsolute(rel);
 }

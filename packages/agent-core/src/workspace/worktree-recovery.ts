@@ -1,8 +1,9 @@
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { lstat, readdir, readFile, rm, rmdir, stat } from "node:fs/promises";
 import { hostname } from "node:os";
-import { basename, join, relative, sep, isAbsolute } from "node:path";
+import { basename, join } from "node:path";
 import { execa } from "execa";
+import { isInside } from "./is-inside.js";
 
 /**
  * Who holds a keen worktree: written as the reason of git's own worktree lock
@@ -275,11 +276,6 @@ function liveGitProcessIn(places: string[]): boolean {
     if (places.some((place) => cwd === place || isInside(place, cwd))) return true;
   }
   return false;
-}
-
-function isInside(parent: string, path: string): boolean {
-  const rel = relative(parent, path);
-  return rel !== "" && rel !== ".." && !rel.startsWith(`..${sep}`) && !isAbsolute(rel);
 }
 
 async function exists(path: string): Promise<boolean> {
