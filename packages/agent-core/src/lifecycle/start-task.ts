@@ -130,7 +130,7 @@ function checkConcurrency(value: number | undefined): number {
 
 function launch(snapshot: TaskSnapshot, options: TaskOptions, fresh: boolean): TaskRun {
   // Invalid context settings fail here, before anything runs.
-  contextTracker(options.model, options.contextWindow, options.context, options.maxTokens ?? 8192);
+  contextTracker(options);
   const events = new EventStream(snapshot.runId, { startSeq: snapshot.nextSeq });
   const controller = new AbortController();
   const onOuterAbort = () => controller.abort(options.signal?.reason ?? new AbortedError("aborted by caller"));
@@ -399,7 +399,7 @@ class Orchestrator {
   }
 
   private contextOption(agent: AgentState): { context?: ContextTracker } {
-    if (!this.contexts.has(agent.id)) this.contexts.set(agent.id, contextTracker(this.options.model, this.options.contextWindow, this.options.context, this.options.maxTokens ?? 8192));
+    if (!this.contexts.has(agent.id)) this.contexts.set(agent.id, contextTracker(this.options));
     const context = this.contexts.get(agent.id);
     return context ? { context } : {};
   }

@@ -80,7 +80,7 @@ export function startRun(options: RunOptions): Run {
   if (!options.vision?.trim()) throw new ConfigError("startRun(): `vision` must not be empty");
   const maxTurns = options.maxTurns ?? 50;
   if (!Number.isInteger(maxTurns) || maxTurns < 1) throw new ConfigError("startRun(): `maxTurns` must be a positive integer");
-  const context = contextTracker(options.model, options.contextWindow, options.context, options.maxTokens ?? 8192);
+  const context = contextTracker(options);
   const runId = options.runId ?? `run_${randomUUID()}`;
   const events = new EventStream(runId);
   const controller = new AbortController();
@@ -109,7 +109,8 @@ export function startRun(options: RunOptions): Run {
  * The tracker for one agent's context, or undefined when pruning is off. Throws `ConfigError` on
  * bad settings, including a `maxTokens` that leaves no room in the window.
  */
-export function contextTracker(model: Model, contextWindow: number | undefined, settings: Omit<ContextSettings, "contextWindow"> | false | undefined, maxTokens: number): ContextTracker | undefined {
+export function contextTracker(options: Pick<RunOptions, "model" | "contextWindow" | "context" | "maxTokens">): ContextTracker | undefined {
+  const { model, contextWindow, context: settings, maxTokens = 8192 } = options;
   if (settings === false) return undefined;
   const tracker = new ContextTracker(model, { ...settings, ...(contextWindow !== undefined ? { contextWindow } : {}) });
   if (maxTokens >= tracker.contextWindow) {
