@@ -28,7 +28,6 @@ import type {
   WalletOwner,
   WalletTransferInput,
 } from "./ledger.js";
-import { SYSTEM_ACCOUNT_KINDS } from "./ledger.js";
 import { SYSTEM_ACCOUNTS } from "./migrations.js";
 import { retryTransaction } from "./retry-transaction.js";
 import type { CreditTables } from "./tables.js";
@@ -75,7 +74,12 @@ function hashRequest(kind: string, params: readonly unknown[]): string {
   return createHash("sha256").update(JSON.stringify([kind, ...params])).digest("base64url");
 }
 
-const isSystem = (kind: string) => (SYSTEM_ACCOUNT_KINDS as readonly string[]).includes(kind);
+/** A locked account row that must be a user or team wallet, with its balance read as a number. */
+function lockedWallet<R extends { kind: string; balance: string | number }>(id: string, row: R | undefined): R & { balance: MicroCredits } {
+  if (!row || (row.kind !== "user_wallet" && row.kind !== "team_wallet")) throw new AccountNotFoundError(id, row ? `is a ${row.kind} account, not a wallet` : undefined);
+  return { ...row, balance: micro(row.balance) };
+}
+
 const isSystemId = (id: string) => id.startsWith("system:");
 const holdIdOf = (walletId: string) => `hold:${walletId}`;
 /** The order legs are written in, and replayed transaction ids are listed in. */
@@ -255,15 +259,9 @@ class KyselyLedger implements Ledger {
   private move(kind: TransferKind, from: string, to: string, amount: MicroCredits, key: string): Promise<TransferResult> {
     const wallets = [from, to].filter((id) => !isSystemId(id));
     return this.operation(key, kind, [from, to, amount], this.lockAccountsQuery(wallets), async (trx, rows) => {
-      const locked = new Map(rows.map((row) => [row.id, { ...row, balance: micro(row.balance) }]));
-      for (const id of wallets) {
-        const row = locked.get(id);
-        if (!row || row.kind === "hold" || isSystem(row.kind)) throw new AccountNotFoundError(id, row ? `is a ${row.kind} account, not a wallet` : undefined);
-      }
-      if (!isSystemId(from)) {
-        const available = locked.get(from)!.balance;
-        if (available < amount) throw new InsufficientCreditsError(from, amount, available);
-      }
+      const locked = wallets.map((id) => lockedWallet(id, rows.find((row) => row.id === id)));
+      // `wallets` lists `from` first when it is not a system account.
+      if (!isSystemId(from) && locked[0]!.balance < amount) throw new InsufficientCreditsError(from, amount, locked[0]!.balance);
       const { ids } = await this.writeLegs(trx, key, [{ kind, from, to, amount }], null);
       return { transactionId: ids[0]!, kind, from, to, amount, idempotencyKey: key };
     }, async (trx) => ({ transactionId: (await this.transactionsOf(trx, key))[0]!, kind, from, to, amount, idempotencyKey: key }));
@@ -278,10 +276,7 @@ class KyselyLedger implements Ledger {
       this.lockAccountsQuery([account]),
       async (trx, locked) => {
         const hold = holdIdOf(account);
-        const wallet = locked[0] && { ...locked[0], balance: micro(locked[0].balance) };
-        if (!wallet || (wallet.kind !== "user_wallet" && wallet.kind !== "team_wallet")) {
-          throw new AccountNotFoundError(account, wallet ? `is a ${wallet.kind} account, not a wallet` : undefined);
-        }
+        const wallet = lockedWallet(account, locked[0]);
         if (wallet.balance < amount) throw new InsufficientCreditsError(account, amount, wallet.balance);
         const id = randomUUID();
         const { ids, rows } = await this.writeLegs<ReservationRow>(
