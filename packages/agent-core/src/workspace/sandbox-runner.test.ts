@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
 import { homedir, tmpdir } from "node:os";
@@ -10,7 +10,7 @@ import { executeTool } from "../tools/define-tool.js";
 import { readOnlyTools, runCommandTool } from "../tools/index.js";
 import { LocalWorkspace } from "./local-workspace.js";
 import { isSandboxAvailable, sandboxRunner, SandboxUnavailableError } from "./sandbox-runner.js";
-import { createTestRepo } from "./test-repo.js";
+import { createTestRepo, hostPidsRunning } from "./test-repo.js";
 import { runWorkspaceContract } from "./workspace.contract.js";
 
 runWorkspaceContract("LocalWorkspace in the sandbox", async () => {
@@ -19,19 +19,6 @@ runWorkspaceContract("LocalWorkspace in the sandbox", async () => {
 });
 
 const marker = () => randomBytes(6).toString("hex");
-
-/** Host processes whose command line contains `needle` (the sandbox's PIDs are not the host's). */
-function hostProcessesWith(needle: string): number[] {
-  const found: number[] = [];
-  for (const pid of readdirSync("/proc").filter((name) => /^\d+$/.test(name))) {
-    try {
-      if (readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(needle)) found.push(Number(pid));
-    } catch {
-      // Exited while we looked.
-    }
-  }
-  return found;
-}
 
 async function waitFor(check: () => boolean | Promise<boolean>, what: string): Promise<void> {
   for (let i = 0; i < 250; i++) {
@@ -221,18 +208,18 @@ describe("sandboxRunner", () => {
     const needle = `31.${Date.now() % 100000}`;
     const result = await childA.exec(`sleep ${needle} & sleep 30`, { timeoutMs: 500 });
     expect(result.timedOut).toBe(true);
-    await waitFor(() => hostProcessesWith(needle).length === 0, "the background sleep to die");
+    await waitFor(() => hostPidsRunning(needle).length === 0, "the background sleep to die");
   });
 
   it("kills the whole process tree on abort", async () => {
     const needle = `32.${Date.now() % 100000}`;
     const controller = new AbortController();
     const pending = childA.exec(`sh -c 'sleep ${needle} & wait'`, { signal: controller.signal });
-    await waitFor(() => hostProcessesWith(needle).length > 0, "the sleep to start");
+    await waitFor(() => hostPidsRunning(needle).length > 0, "the sleep to start");
     controller.abort();
     const result = await pending;
     expect(result.aborted).toBe(true);
-    await waitFor(() => hostProcessesWith(needle).length === 0, "the sleep to die");
+    await waitFor(() => hostPidsRunning(needle).length === 0, "the sleep to die");
   });
 
   it("mounts the worktree read-only for a read-only command", async () => {
