@@ -356,6 +356,13 @@ export class ContextTracker {
     this.summary = parsed.data.summary;
   }
 
+  /** Throws `ConfigError` when `maxTokens` of answer leave no room for the conversation in the window. */
+  checkMaxTokens(maxTokens: number): void {
+    if (maxTokens >= this.contextWindow) {
+      throw new ConfigError(`maxTokens (${maxTokens}) must be below the context window (${this.contextWindow} tokens): the answer has to fit next to the conversation`);
+    }
+  }
+
   /** The model's exact count, or undefined when it cannot count or counting failed (the estimate stands in). */
   private async count(request: ModelRequest, signal: AbortSignal | undefined): Promise<number | undefined> {
     if (!this.model.countTokens) return undefined;
@@ -386,9 +393,7 @@ export class ContextTracker {
    * room for `maxTokens` of output). Returns what was done, or null when nothing was needed.
    */
   async beforeRequest(request: ModelRequest, options: { signal?: AbortSignal } = {}): Promise<(ContextPruneReport & { summaryResponse?: ModelResponse }) | null> {
-    if (request.maxTokens >= this.contextWindow) {
-      throw new ConfigError(`maxTokens (${request.maxTokens}) must be below the context window (${this.contextWindow} tokens): the answer has to fit next to the conversation`);
-    }
+    this.checkMaxTokens(request.maxTokens);
     const threshold = Math.min(this.pruneAt * this.contextWindow, this.contextWindow - request.maxTokens);
     let tokens = this.expectedTokens(request);
     // Before the first answer only an uncalibrated estimate exists; ask for the real count when it matters.

@@ -113,9 +113,7 @@ export function contextTracker(options: Pick<RunOptions, "model" | "contextWindo
   const { model, contextWindow, context: settings, maxTokens = 8192 } = options;
   if (settings === false) return undefined;
   const tracker = new ContextTracker(model, { ...settings, ...(contextWindow !== undefined ? { contextWindow } : {}) });
-  if (maxTokens >= tracker.contextWindow) {
-    throw new ConfigError(`maxTokens (${maxTokens}) must be below the context window (${tracker.contextWindow} tokens): the answer has to fit next to the conversation`);
-  }
+  tracker.checkMaxTokens(maxTokens);
   return tracker;
 }
 
