@@ -16,11 +16,11 @@ const LEDGER_SCHEMA = "bench_ledger";
 const PGBENCH_SCHEMA = "bench_pgbench";
 const PGBENCH = process.env.PGBENCH ?? "/usr/bin/pgbench";
 
-async function admin(statement: string): Promise<void> {
+async function admin<R extends pg.QueryResultRow = pg.QueryResultRow>(statement: string): Promise<R[]> {
   const client = new pg.Client({ connectionString: URL_ });
   await client.connect();
   try {
-    await client.query(statement);
+    return (await client.query<R>(statement)).rows;
   } finally {
     await client.end();
   }
@@ -100,15 +100,7 @@ async function benchPgbench(): Promise<{ tps: number; output: string }> {
 
 const ledgerResult = await benchLedger();
 const pgbenchResult = await benchPgbench();
-const { rows } = await (async () => {
-  const client = new pg.Client({ connectionString: URL_ });
-  await client.connect();
-  try {
-    return await client.query<{ version: string }>("select version()");
-  } finally {
-    await client.end();
-  }
-})();
+const rows = await admin<{ version: string }>("select version()");
 
 console.log(`PostgreSQL: ${rows[0]!.version.split(",")[0]}`);
 console.log(`clients: ${CLIENTS}, ${SECONDS} s each, wallets: ${SHARED ? "one shared" : "one per client"}`);
