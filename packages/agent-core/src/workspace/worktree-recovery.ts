@@ -212,7 +212,9 @@ async function containsWorktree(dir: string): Promise<boolean> {
   return false;
 }
 
-const TOP_LEVEL_LOCKS = ["index.lock", "HEAD.lock", "ORIG_HEAD.lock", "MERGE_HEAD.lock", "config.lock", "packed-refs.lock", "shallow.lock"];
+/** Locks git takes in a worktree's own git dir; the common dir has them too (for the main checkout) and more. */
+const WORKTREE_LOCKS = ["index.lock", "HEAD.lock", "ORIG_HEAD.lock", "MERGE_HEAD.lock"];
+const TOP_LEVEL_LOCKS = [...WORKTREE_LOCKS, "config.lock", "packed-refs.lock", "shallow.lock"];
 
 /**
  * Git lock files older than the threshold, when no git process works in this repository. Git
@@ -221,7 +223,7 @@ const TOP_LEVEL_LOCKS = ["index.lock", "HEAD.lock", "ORIG_HEAD.lock", "MERGE_HEA
 async function removeStaleLocks(options: RecoveryOptions, worktrees: string[]): Promise<string[]> {
   const candidates: string[] = TOP_LEVEL_LOCKS.map((name) => join(options.commonDir, name));
   for (const name of await readdir(join(options.commonDir, "worktrees")).catch(() => [] as string[])) {
-    for (const lock of ["index.lock", "HEAD.lock", "ORIG_HEAD.lock", "MERGE_HEAD.lock"]) candidates.push(join(options.commonDir, "worktrees", name, lock));
+    for (const lock of WORKTREE_LOCKS) candidates.push(join(options.commonDir, "worktrees", name, lock));
   }
   candidates.push(...(await findLocks(join(options.commonDir, "refs"))), ...(await findLocks(join(options.commonDir, "logs"))));
   const now = Date.now();
