@@ -223,22 +223,21 @@ function toApiMessage(message: Message): Anthropic.MessageParam {
   return { role: message.role, content: message.content.map((block) => ({ ...block })) as Anthropic.ContentBlockParam[] };
 }
 
+/** Thinking blocks cannot carry cache_control, and empty text blocks are rejected. */
+function cacheable(block: Anthropic.ContentBlockParam): boolean {
+  return block.type !== "thinking" && block.type !== "redacted_thinking" && !(block.type === "text" && !block.text);
+}
+
 function markFirstBlock(message: Anthropic.MessageParam): void {
   if (typeof message.content === "string") return;
-  const block = message.content.find((b) => b.type !== "thinking" && b.type !== "redacted_thinking" && !(b.type === "text" && !b.text));
+  const block = message.content.find(cacheable);
   if (block) (block as { cache_control?: unknown }).cache_control = { type: "ephemeral" };
 }
 
 function markLastBlock(message: Anthropic.MessageParam): void {
   if (typeof message.content === "string") return;
-  for (let i = message.content.length - 1; i >= 0; i--) {
-    const block = message.content[i]!;
-    // Thinking blocks cannot carry cache_control, and empty text blocks are rejected.
-    if (block.type === "thinking" || block.type === "redacted_thinking") continue;
-    if (block.type === "text" && !block.text) continue;
-    (block as { cache_control?: unknown }).cache_control = { type: "ephemeral" };
-    return;
-  }
+  const block = message.content.findLast(cacheable);
+  if (block) (block as { cache_control?: unknown }).cache_control = { type: "ephemeral" };
 }
 
 function fromApiBlock(block: Anthropic.ContentBlock): ContentBlock | undefined {
