@@ -1,9 +1,12 @@
 import { reply } from "@keen/agent-core/testing";
 import type { ScriptedTask } from "./scripted-tree.js";
 
+/** The README up to its Usage section, which the children of the demo both fill in (and so conflict). */
+const README_HEAD = "# greeter\n\nA tiny module that greets people.\n\n## Usage\n\n";
+
 /** The sample project: a greeting module whose README has nothing under Usage yet. */
 export const SAMPLE_FILES: Record<string, string> = {
-  "README.md": "# greeter\n\nA tiny module that greets people.\n\n## Usage\n\nNothing documented yet.\n",
+  "README.md": `${README_HEAD}Nothing documented yet.\n`,
   "package.json": `${JSON.stringify({ name: "greeter", version: "1.0.0", type: "module", scripts: { test: "node --test" } }, null, 2)}\n`,
   "src/greet.js": "export function greet(name) {\n  return `Hello, ${name}!`;\n}\n",
   ".gitignore": "node_modules/\n",
@@ -32,7 +35,6 @@ test("farewell() says goodbye by name", () => {
 });
 `;
 
-const README_HEAD = "# greeter\n\nA tiny module that greets people.\n\n## Usage\n\n";
 const GREET_DOCS = '```js\nimport { greet } from "./src/greet.js";\ngreet("Ada"); // "Hello, Ada!"\n```\n';
 const FAREWELL_DOCS = '```js\nimport { farewell } from "./src/farewell.js";\nfarewell("Ada"); // "Goodbye, Ada!"\n```\n';
 
