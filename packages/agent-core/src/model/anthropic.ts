@@ -120,15 +120,8 @@ export class AnthropicModel implements Model {
    * no model run). Failures are retried like `stream`.
    */
   async countTokens(request: ModelRequest, options: ModelCallOptions = {}): Promise<number> {
-    const { model, messages, system, tools, thinking, tool_choice } = this.toParams(request);
-    const params: Anthropic.MessageCountTokensParams = {
-      model,
-      messages,
-      ...(system !== undefined ? { system } : {}),
-      ...(tools ? { tools } : {}),
-      ...(thinking ? { thinking } : {}),
-      ...(tool_choice ? { tool_choice } : {}),
-    };
+    // The request as `stream` sends it, less the output limit, which counting does not take.
+    const { max_tokens: _, ...params } = this.toParams(request);
     for (let attempt = 0; ; attempt++) {
       if (options.signal?.aborted) throw new AbortedError();
       try {
