@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { ConfigError, isKeenError } from "../errors.js";
+import type { ContextPrunedEvent } from "../events.js";
 import {
   collectResponse,
   totalInputTokens,
@@ -310,13 +311,8 @@ function summaryLines(message: Message, results: ReadonlyMap<string, ToolResultB
   return lines;
 }
 
-/** What one pruning did, in the shape of the `context.pruned` event. */
-export interface ContextPruneReport {
-  clearedToolResults: number;
-  compactedMessages: number;
-  tokensBefore: number;
-  tokensAfter: number;
-}
+/** What one pruning did: the `context.pruned` event without what the run stamps on it. */
+export type ContextPruneReport = Omit<ContextPrunedEvent, "type" | "runId" | "agentId" | "seq" | "at">;
 
 /**
  * Follows the context size of one agent's conversation across requests (and phases) and
