@@ -79,8 +79,9 @@ export function estimateRequestTokens(request: { system: string; tools: ToolSpec
   return sum;
 }
 
-function hasThinking(message: Message): boolean {
-  return typeof message.content !== "string" && message.content.some((b) => b.type === "thinking" || b.type === "redacted_thinking");
+/** Whether an assistant message carries thinking that must be passed back unchanged. */
+export function isThinkingTurn(message: Message): boolean {
+  return message.role === "assistant" && typeof message.content !== "string" && message.content.some((b) => b.type === "thinking" || b.type === "redacted_thinking");
 }
 
 /**
@@ -476,9 +477,4 @@ function transcript(messages: Message[]): string {
     }
   }
   return parts.join("\n\n");
-}
-
-/** Whether an assistant message carries thinking that must be passed back unchanged. */
-export function isThinkingTurn(message: Message): boolean {
-  return message.role === "assistant" && hasThinking(message);
 }
