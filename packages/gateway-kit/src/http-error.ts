@@ -62,17 +62,27 @@ export function errorHandler(options: ErrorHandlerOptions = {}): Middleware {
   };
 }
 
+/**
+ * The status `errorHandler()` answers a thrown error with: an `HttpError`'s own, the 4xx that
+ * koa and its body parsers attach to theirs, and 500 for everything else.
+ */
+export function errorStatus(error: unknown): number {
+  if (error instanceof HttpError) return error.status;
+  const status = (error as { status?: unknown } | null)?.status;
+  return typeof status === "number" && status >= 400 && status < 500 ? status : 500;
+}
+
 function toErrorBody(error: unknown): { status: number; body: ErrorBody } {
+  const status = errorStatus(error);
   if (error instanceof HttpError) {
     const inner: ErrorBody["error"] = { code: error.code, message: error.message };
     if (error.details) inner.details = error.details;
-    return { status: error.status, body: { error: inner } };
+    return { status, body: { error: inner } };
   }
   // Errors raised by koa and its body parsers carry an `expose`d 4xx status.
-  const status = (error as { status?: unknown })?.status;
-  if (typeof status === "number" && status >= 400 && status < 500) {
+  if (status < 500) {
     const message = (error as { expose?: boolean }).expose ? String((error as Error).message) : "Bad request";
     return { status, body: { error: { code: "bad_request", message } } };
   }
-  return { status: 500, body: { error: { code: "internal_error", message: "Internal server error" } } };
+  return { status, body: { error: { code: "internal_error", message: "Internal server error" } } };
 }

@@ -206,6 +206,9 @@ describeEachDatabase("audit log", (fixture) => {
         throw new HttpError(403, "forbidden", "no");
       });
       router.get("/health", (ctx) => void (ctx.body = "ok"));
+      router.get("/upstream", () => {
+        throw Object.assign(new Error("upstream down"), { status: 503 });
+      });
       app.use(router.routes());
       const server = createServer(app.callback());
       await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -229,6 +232,13 @@ describeEachDatabase("audit log", (fixture) => {
       const anonymous = (await audit.list(null, { limit: 1000 })).at(-1)!;
       expect(anonymous).toMatchObject({ action: "GET (unmatched)", target: "/nowhere", result: "failure", ip: "192.0.2.45", actorId: null, details: { status: 404 } });
       expect(await audit.verify("team_http")).toMatchObject({ ok: true, rows: 2 });
+    });
+
+    it("records the status the client got, also for a foreign error carrying its own 5xx", async () => {
+      const response = await fetch(`${url}/upstream`, { headers: { "x-forwarded-for": "192.0.2.46" } });
+      expect(response.status).toBe(500);
+      const row = (await audit.list(null, { limit: 1000 })).at(-1)!;
+      expect(row).toMatchObject({ action: "GET /upstream", result: "failure", ip: "192.0.2.46", details: { status: 500 } });
     });
   });
 });

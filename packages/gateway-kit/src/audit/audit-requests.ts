@@ -1,5 +1,6 @@
 import type { Middleware, ParameterizedContext } from "koa";
 import type { AuditEventInput, AuditSink } from "./audit-sink.js";
+import { errorStatus } from "../http-error.js";
 
 export interface AuditRequestsOptions {
   /** Requests not to record, e.g. health checks. */
@@ -36,9 +37,8 @@ export function auditRequests(sink: AuditSink, options: AuditRequestsOptions = {
       await next();
       status = ctx.status;
     } catch (error) {
-      // HttpError and the errors koa raises carry their status as `status`.
-      const thrown = (error as { status?: unknown } | null)?.status;
-      status = typeof thrown === "number" ? thrown : 500;
+      // The status errorHandler() will answer with, so the log and the response agree.
+      status = errorStatus(error);
       throw error;
     } finally {
       const principal = ctx.state.principal;
