@@ -12,16 +12,16 @@ import {
   HttpError,
   JwtKeySet,
   loadInTenant,
+  defineMigrations,
   migrateToLatest,
   requirePermission,
   requireScope,
   type Database,
-  type MigrationSet,
   type PasswordHashingOptions,
 } from "@keen/gateway-kit";
 
 /** The app's own table: agent runs, each owned by a team. */
-const runMigrations: MigrationSet = {
+const runMigrations = defineMigrations("app", {
   app_0001_runs: {
     up: async (db) => {
       await db.schema
@@ -33,7 +33,7 @@ const runMigrations: MigrationSet = {
         .execute();
     },
   },
-};
+});
 
 export interface AppOptions {
   database: Database;

@@ -1,6 +1,6 @@
 export { openDatabase, type Database, type DatabaseKind, type DatabaseOptions } from "./db/database.js";
 export { PGliteDialect } from "./db/pglite-dialect.js";
-export { migrateToLatest, type MigrationSet, type MigrateOptions } from "./db/migrations.js";
+export { defineMigrations, migrateToLatest, migrationTableName, type MigrationSet, type MigrateOptions, type MigrationReport } from "./db/migrations.js";
 export { HttpError, errorHandler, type ErrorBody, type ErrorHandlerOptions } from "./http-error.js";
 export type { Principal } from "./principal.js";
 export * from "./audit/index.js";

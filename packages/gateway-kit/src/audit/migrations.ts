@@ -1,5 +1,5 @@
 import { sql, type Kysely } from "kysely";
-import type { MigrationSet } from "../db/migrations.js";
+import { defineMigrations } from "../db/migrations.js";
 
 /**
  * The audit log tables: `audit_log` (one row per event, chained per tenant) and `audit_heads`
@@ -10,7 +10,7 @@ import type { MigrationSet } from "../db/migrations.js";
  * @example
  * await migrateToLatest(db, [authMigrations, auditMigrations]);
  */
-export const auditMigrations: MigrationSet = {
+export const auditMigrations = defineMigrations("gk_audit", {
   gk_audit_0001_log: {
     up: async (db: Kysely<any>) => {
       await db.schema
@@ -59,4 +59,4 @@ export const auditMigrations: MigrationSet = {
       await sql`create trigger audit_log_no_truncate before truncate on audit_log for each statement execute function gk_audit_guard()`.execute(db);
     },
   },
-};
+});

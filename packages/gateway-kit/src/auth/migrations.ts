@@ -1,5 +1,5 @@
 import { sql, type Kysely } from "kysely";
-import type { MigrationSet } from "../db/migrations.js";
+import { defineMigrations } from "../db/migrations.js";
 
 const ROLES = sql`role in ('owner', 'admin', 'member', 'viewer')`;
 
@@ -10,7 +10,7 @@ const ROLES = sql`role in ('owner', 'admin', 'member', 'viewer')`;
  * @example
  * await migrateToLatest(db, [authMigrations]);
  */
-export const authMigrations: MigrationSet = {
+export const authMigrations = defineMigrations("gk_auth", {
   gk_auth_0001_identity: {
     up: async (db: Kysely<any>) => {
       const now = sql`now()`;
@@ -144,4 +144,4 @@ export const authMigrations: MigrationSet = {
         .execute();
     },
   },
-};
+});

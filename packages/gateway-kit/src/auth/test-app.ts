@@ -6,7 +6,7 @@ import Koa from "koa";
 import { Router } from "@koa/router";
 import { sql } from "kysely";
 import type { AuditEventInput, AuditSink } from "../audit/audit-sink.js";
-import { migrateToLatest } from "../db/migrations.js";
+import { defineMigrations, migrateToLatest } from "../db/migrations.js";
 import { errorHandler } from "../http-error.js";
 import type { DatabaseFixture } from "../testing/each-database.js";
 import { authRouter } from "./auth-router.js";
@@ -47,7 +47,7 @@ export interface TestApp {
 export async function migrateForTests(fixture: DatabaseFixture): Promise<void> {
   await migrateToLatest(fixture.database.db, [
     authMigrations,
-    {
+    defineMigrations("zz_test", {
       zz_test_0001_projects: {
         up: async (db) => {
           await db.schema
@@ -58,7 +58,7 @@ export async function migrateForTests(fixture: DatabaseFixture): Promise<void> {
             .execute();
         },
       },
-    },
+    }),
   ]);
 }
 

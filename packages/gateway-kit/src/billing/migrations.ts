@@ -1,5 +1,5 @@
 import { sql, type ColumnType, type Generated, type Kysely } from "kysely";
-import type { MigrationSet } from "../db/migrations.js";
+import { defineMigrations } from "../db/migrations.js";
 
 /**
  * Tables for Stripe billing: the checkout sessions this app started and every webhook event it
@@ -8,7 +8,7 @@ import type { MigrationSet } from "../db/migrations.js";
  * @example
  * await migrateToLatest(db, [creditMigrations, billingMigrations]);
  */
-export const billingMigrations: MigrationSet = {
+export const billingMigrations = defineMigrations("gk_billing", {
   gk_credits_0100_stripe_billing: {
     up: async (db: Kysely<any>) => {
       await sql`
@@ -35,7 +35,7 @@ export const billingMigrations: MigrationSet = {
       await sql`create index billing_checkouts_account_idx on billing_checkouts (account_id)`.execute(db);
     },
   },
-};
+});
 
 export interface BillingTables {
   stripe_events: { id: string; type: string; stripe_created_at: ColumnType<Date, Date, Date>; received_at: Generated<Date>; outcome: string };

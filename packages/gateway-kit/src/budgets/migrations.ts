@@ -1,5 +1,5 @@
 import { sql, type Kysely } from "kysely";
-import type { MigrationSet } from "../db/migrations.js";
+import { defineMigrations } from "../db/migrations.js";
 
 /**
  * The tables behind `createKyselyBudgets`: budget definitions, spend per period, the
@@ -9,7 +9,7 @@ import type { MigrationSet } from "../db/migrations.js";
  * @example
  * await migrateToLatest(db, [budgetMigrations]);
  */
-export const budgetMigrations: MigrationSet = {
+export const budgetMigrations = defineMigrations("gk_budgets", {
   gk_budgets_0001_budgets: {
     up: async (db: Kysely<any>) => {
       const now = sql`now()`;
@@ -76,4 +76,4 @@ export const budgetMigrations: MigrationSet = {
         .execute();
     },
   },
-};
+});

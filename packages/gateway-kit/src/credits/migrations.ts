@@ -1,5 +1,5 @@
 import { sql, type Kysely } from "kysely";
-import type { MigrationSet } from "../db/migrations.js";
+import { defineMigrations } from "../db/migrations.js";
 
 /** Ids of the system accounts the first migration creates. */
 export const SYSTEM_ACCOUNTS = {
@@ -19,7 +19,7 @@ export const SYSTEM_ACCOUNTS = {
  * @example
  * await migrateToLatest(db, [creditMigrations]);
  */
-export const creditMigrations: MigrationSet = {
+export const creditMigrations = defineMigrations("gk_credits", {
   gk_credits_0001_ledger: {
     up: async (db: Kysely<any>) => {
       await sql`
@@ -142,4 +142,4 @@ export const creditMigrations: MigrationSet = {
         (${SYSTEM_ACCOUNTS.purchases}, 'purchases')`.execute(db);
     },
   },
-};
+});

@@ -1,12 +1,12 @@
-import { sql } from "kysely";
+import { Migrator, sql, type Kysely } from "kysely";
 import { beforeAll, expect, it } from "vitest";
-import { migrateToLatest } from "./migrations.js";
+import { defineMigrations, migrateToLatest, migrationTableName } from "./migrations.js";
 import { describeEachDatabase } from "../testing/each-database.js";
 
 describeEachDatabase("database", (fixture) => {
   beforeAll(async () => {
     await migrateToLatest(fixture.database.db, [
-      {
+      defineMigrations("t_items", {
         t_0001_items: {
           up: async (db) => {
             await db.schema
@@ -16,7 +16,7 @@ describeEachDatabase("database", (fixture) => {
               .execute();
           },
         },
-      },
+      }),
     ]);
   });
 
@@ -56,6 +56,89 @@ describeEachDatabase("database", (fixture) => {
 
   it("refuses a duplicate migration name", async () => {
     const m = { up: async () => {} };
-    await expect(migrateToLatest(fixture.database.db, [{ a: m }, { a: m }])).rejects.toThrow(/Duplicate/);
+    await expect(migrateToLatest(fixture.database.db, [defineMigrations("t_a", { a: m }), defineMigrations("t_b", { a: m })])).rejects.toThrow(/Duplicate/);
+    await expect(migrateToLatest(fixture.database.db, [defineMigrations("t_a", { a: m }), defineMigrations("t_a", { b: m })])).rejects.toThrow(/twice/);
+  });
+
+  it("refuses a module name that is not a plain identifier", () => {
+    expect(() => defineMigrations("x; drop table users", {})).toThrow(/Invalid migration module name/);
+  });
+});
+
+/** A migration that creates one table, and remembers that it ran. */
+function table(name: string, ran: string[]) {
+  return {
+    up: async (db: Kysely<any>) => {
+      ran.push(name);
+      await db.schema.createTable(name).addColumn("id", "integer").execute();
+    },
+  };
+}
+
+describeEachDatabase("migrations per module", (fixture) => {
+  it("ships a new migration in an early-sorting module after later-sorting modules have run", async () => {
+    const { db } = fixture.database;
+    const ran: string[] = [];
+    const auth1 = { m_auth_0001: table("m_auth_a", ran) };
+    const budgets1 = { m_budgets_0001: table("m_budgets_a", ran) };
+    await migrateToLatest(db, [defineMigrations("m_auth", auth1), defineMigrations("m_budgets", budgets1)]);
+    // A later release adds a migration to the module whose names sort first.
+    const reports = await migrateToLatest(db, [
+      defineMigrations("m_auth", { ...auth1, m_auth_0004: table("m_auth_b", ran) }),
+      defineMigrations("m_budgets", budgets1),
+    ]);
+    expect(ran).toEqual(["m_auth_a", "m_budgets_a", "m_auth_b"]);
+    expect(reports.map((r) => [r.module, r.results.map((x) => x.migrationName)])).toEqual([
+      ["m_auth", ["m_auth_0004"]],
+      ["m_budgets", []],
+    ]);
+    const tables = await sql<{ table_name: string }>`select table_name from information_schema.tables
+      where table_schema = current_schema() and table_name like 'm\_%migrations%' order by 1`.execute(db);
+    expect(tables.rows.map((r) => r.table_name)).toEqual([
+      migrationTableName("m_auth"),
+      `${migrationTableName("m_auth")}_lock`,
+      migrationTableName("m_budgets"),
+      `${migrationTableName("m_budgets")}_lock`,
+    ]);
+  });
+
+  it("upgrades a database migrated with the shared table of earlier versions in place", async () => {
+    const { db } = fixture.database;
+    const ran: string[] = [];
+    const auth1 = { u_auth_0001: table("u_auth_a", ran) };
+    const budgets1 = { u_budgets_0001: table("u_budgets_a", ran) };
+    const host1 = { app_0001_runs: table("u_app_runs", ran) };
+    // Earlier versions ran every module's migrations through one kysely table.
+    const legacy = new Migrator({
+      db,
+      provider: { getMigrations: async () => ({ ...auth1, ...budgets1, ...host1 }) },
+      migrationTableName: "u_legacy_migrations",
+      migrationLockTableName: "u_legacy_migrations_lock",
+      migrationTableSchema: (await sql<{ s: string }>`select current_schema() as s`.execute(db)).rows[0]!.s,
+    });
+    expect((await legacy.migrateToLatest()).error).toBeUndefined();
+    expect(ran).toEqual(["u_app_runs", "u_auth_a", "u_budgets_a"]);
+
+    await migrateToLatest(
+      db,
+      [
+        defineMigrations("u_auth", { ...auth1, u_auth_0002: table("u_auth_b", ran) }),
+        defineMigrations("u_budgets", budgets1),
+        defineMigrations("u_app", { ...host1, app_0002_more: table("u_app_more", ran) }),
+      ],
+      { legacyTableName: "u_legacy_migrations" },
+    );
+    // Nothing already run runs again; only the new migrations do.
+    expect(ran).toEqual(["u_app_runs", "u_auth_a", "u_budgets_a", "u_auth_b", "u_app_more"]);
+    const adopted = await db.selectFrom(migrationTableName("u_budgets")).select("name").execute();
+    expect(adopted).toEqual([{ name: "u_budgets_0001" }]);
+  });
+
+  it("runs each module under its own lock, so concurrent starts migrate once", async () => {
+    const { db } = fixture.database;
+    const ran: string[] = [];
+    const set = defineMigrations("c_mod", { c_0001: table("c_once", ran) });
+    await Promise.all([migrateToLatest(db, [set]), migrateToLatest(db, [set]), migrateToLatest(db, [set])]);
+    expect(ran).toEqual(["c_once"]);
   });
 });

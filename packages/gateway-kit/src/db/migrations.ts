@@ -1,44 +1,124 @@
-import { Migrator, sql, type Kysely, type Migration, type MigrationResultSet } from "kysely";
+import { Migrator, sql, type Kysely, type Migration, type MigrationProvider, type MigrationResult } from "kysely";
 
-/** Named migrations; names sort in the order they run, e.g. `gk_auth_0001_users`. */
-export type MigrationSet = Record<string, Migration>;
+/**
+ * One module's migrations. Each module keeps its own kysely bookkeeping tables
+ * (`<module>_migrations` and `<module>_migrations_lock`), so a module can ship a new migration
+ * whatever the other modules (gateway-kit's or the host's) have run: kysely requires the
+ * migrations already run *in one table* to be a prefix of the sorted names.
+ */
+export interface MigrationSet extends MigrationProvider {
+  /** Module name: lower-case letters, digits and `_`, e.g. `gk_auth` or `app`. */
+  readonly module: string;
+  /** The migrations by name; names sort in the order they run, e.g. `gk_auth_0001_users`. */
+  readonly migrations: Readonly<Record<string, Migration>>;
+}
 
 export interface MigrateOptions {
-  /** kysely's bookkeeping table. Default `gateway_kit_migrations`, so a host app's own migrations stay separate. */
-  tableName?: string;
+  /**
+   * The shared bookkeeping table of earlier versions, which held every module's migrations in
+   * one list. When it exists, each module's table is seeded from its rows once, so an existing
+   * database upgrades in place. Default `gateway_kit_migrations`; `false` skips the check.
+   */
+  legacyTableName?: string | false;
+}
+
+/** What `migrateToLatest` did, per module, in the order the modules were given. */
+export interface MigrationReport {
+  module: string;
+  /** The migrations run now (already-run ones are not listed). */
+  results: MigrationResult[];
+}
+
+const MODULE_NAME = /^[a-z][a-z0-9_]{0,40}$/;
+
+/**
+ * Names a module's migrations, for `migrateToLatest`.
+ *
+ * @example
+ * export const appMigrations = defineMigrations("app", {
+ *   app_0001_runs: { up: (db) => db.schema.createTable("runs").addColumn("id", "text", (c) => c.primaryKey()).execute() },
+ * });
+ * await migrateToLatest(db, [authMigrations, appMigrations]);
+ */
+export function defineMigrations(module: string, migrations: Record<string, Migration>): MigrationSet {
+  if (!MODULE_NAME.test(module)) throw new TypeError(`Invalid migration module name "${module}" (lower-case letters, digits and _)`);
+  const frozen = Object.freeze({ ...migrations });
+  return Object.freeze({ module, migrations: frozen, getMigrations: async () => frozen });
+}
+
+/** The bookkeeping table of a module. */
+export function migrationTableName(module: string): string {
+  return `${module}_migrations`;
 }
 
 /**
- * Runs every pending migration of the given sets, in name order, in one transaction each.
- * Throws with the failing migration's name when one fails.
+ * Runs every pending migration of each module, module by module in the order given (a module
+ * that builds on another's tables comes after it), each migration in its own transaction and
+ * each module under its own lock. Throws with the failing module and migration when one fails;
+ * the modules before it stay migrated.
  *
  * @example
- * await migrateToLatest(db, [authMigrations, creditMigrations]);
+ * await migrateToLatest(db, [authMigrations, creditMigrations, billingMigrations, appMigrations]);
  */
-export async function migrateToLatest(db: Kysely<any>, sets: MigrationSet[], options: MigrateOptions = {}): Promise<MigrationResultSet> {
-  const all: MigrationSet = {};
+export async function migrateToLatest(db: Kysely<any>, sets: MigrationSet[], options: MigrateOptions = {}): Promise<MigrationReport[]> {
+  const modules = new Set<string>();
+  const names = new Set<string>();
   for (const set of sets) {
-    for (const [name, migration] of Object.entries(set)) {
-      if (all[name]) throw new Error(`Duplicate migration name "${name}"`);
-      all[name] = migration;
+    if (modules.has(set.module)) throw new Error(`Migration module "${set.module}" is listed twice`);
+    modules.add(set.module);
+    for (const name of Object.keys(set.migrations)) {
+      if (names.has(name)) throw new Error(`Duplicate migration name "${name}"`);
+      names.add(name);
     }
   }
-  const tableName = options.tableName ?? "gateway_kit_migrations";
   // kysely looks for its bookkeeping tables in every schema unless told which one; name the
   // current schema so a database with several schemas (one per tenant or test) is not confused.
   const { rows } = await sql<{ schema: string }>`select current_schema() as schema`.execute(db);
-  const migrator = new Migrator({
-    db,
-    provider: { getMigrations: async () => all },
-    migrationTableSchema: rows[0]!.schema,
-    migrationTableName: tableName,
-    migrationLockTableName: `${tableName}_lock`,
-  });
-  const result = await migrator.migrateToLatest();
-  if (result.error) {
-    const failed = result.results?.find((r) => r.status === "Error");
-    const cause = result.error instanceof Error ? result.error.message : String(result.error);
-    throw new Error(`Migration ${failed?.migrationName ?? "(unknown)"} failed: ${cause}`, { cause: result.error });
+  const schema = rows[0]!.schema;
+  const legacy = options.legacyTableName ?? "gateway_kit_migrations";
+  const reports: MigrationReport[] = [];
+  for (const set of sets) {
+    const tableName = migrationTableName(set.module);
+    if (legacy !== false) await adoptLegacyRows(db, schema, legacy, tableName, Object.keys(set.migrations));
+    const migrator = new Migrator({
+      db,
+      provider: set,
+      migrationTableSchema: schema,
+      migrationTableName: tableName,
+      migrationLockTableName: `${tableName}_lock`,
+    });
+    const result = await migrator.migrateToLatest();
+    if (result.error) {
+      const failed = result.results?.find((r) => r.status === "Error");
+      const cause = result.error instanceof Error ? result.error.message : String(result.error);
+      throw new Error(`Migration ${set.module}/${failed?.migrationName ?? "(unknown)"} failed: ${cause}`, { cause: result.error });
+    }
+    reports.push({ module: set.module, results: result.results ?? [] });
   }
-  return result;
+  return reports;
+}
+
+/**
+ * Seeds a module's new bookkeeping table from the shared table of earlier versions: the rows
+ * naming this module's migrations, with their original timestamps. Runs only while the module's
+ * table does not exist yet, so it happens once; the shared table is left as it is.
+ */
+async function adoptLegacyRows(db: Kysely<any>, schema: string, legacy: string, tableName: string, names: string[]): Promise<void> {
+  if (names.length === 0) return;
+  const exists = async (table: string) =>
+    (await sql<{ found: string | null }>`select to_regclass(${`"${schema}"."${table}"`}) as found`.execute(db)).rows[0]?.found != null;
+  if ((await exists(tableName)) || !(await exists(legacy))) return;
+  await db.transaction().execute(async (trx) => {
+    // The same shape kysely's Migrator creates, so it takes the table over as its own.
+    await trx.schema
+      .withSchema(schema)
+      .createTable(tableName)
+      .ifNotExists()
+      .addColumn("name", "varchar(255)", (c) => c.notNull().primaryKey())
+      .addColumn("timestamp", "varchar(255)", (c) => c.notNull())
+      .execute();
+    await sql`insert into ${sql.table(`${schema}.${tableName}`)} (name, timestamp)
+      select name, timestamp from ${sql.table(`${schema}.${legacy}`)} where name in (${sql.join(names)})
+      on conflict (name) do nothing`.execute(trx);
+  });
 }

@@ -1,5 +1,5 @@
 import type { Kysely } from "kysely";
-import type { MigrationSet } from "../db/migrations.js";
+import { defineMigrations } from "../db/migrations.js";
 
 /**
  * The tables behind the PostgreSQL rate-limit, run-slot and anomaly-baseline stores.
@@ -7,7 +7,7 @@ import type { MigrationSet } from "../db/migrations.js";
  * @example
  * await migrateToLatest(db, [limitMigrations]);
  */
-export const limitMigrations: MigrationSet = {
+export const limitMigrations = defineMigrations("gk_limits", {
   gk_limits_0001_rate_limits_and_slots: {
     up: async (db: Kysely<any>) => {
       // One token bucket per key; `updated_ms` is the clock of the process that last touched it.
@@ -41,4 +41,4 @@ export const limitMigrations: MigrationSet = {
         .execute();
     },
   },
-};
+});

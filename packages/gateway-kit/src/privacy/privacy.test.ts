@@ -2,7 +2,7 @@ import { sql, type Kysely } from "kysely";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { createAuditLog, verifyAuditChain, type AuditLog } from "../audit/audit-log.js";
 import { auditMigrations } from "../audit/migrations.js";
-import { migrateToLatest } from "../db/migrations.js";
+import { defineMigrations, migrateToLatest } from "../db/migrations.js";
 import { authMigrations } from "../auth/migrations.js";
 import { PASSWORD, signup, startTestApp, uniqueEmail, type TestApp } from "../auth/test-app.js";
 import { totpCode } from "../auth/totp.js";
@@ -41,7 +41,7 @@ describeEachDatabase("privacy", (fixture) => {
     await migrateToLatest(fixture.database.db, [
       authMigrations,
       auditMigrations,
-      {
+      defineMigrations("zz_test", {
         zz_test_0002_wallet: {
           up: async (db) => {
             await db.schema
@@ -53,7 +53,7 @@ describeEachDatabase("privacy", (fixture) => {
               .execute();
           },
         },
-      },
+      }),
     ]);
     audit = createAuditLog(fixture.database.db);
     app = await startTestApp(fixture, { audit });
