@@ -39,11 +39,12 @@ describe("built packages", () => {
     it(`@keen/${name} has declaration files for every export condition`, () => {
       const dir = join(root, "packages", name);
       const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as {
-        exports: Record<string, { import: ExportCondition; require: ExportCondition } | string>;
+        exports: Record<string, { import: ExportCondition; require?: ExportCondition } | string>;
       };
       for (const entry of Object.values(pkg.exports)) {
         if (typeof entry === "string") continue;
         for (const condition of [entry.import, entry.require]) {
+          if (!condition) continue; // an ESM-only entry
           expect(existsSync(join(dir, condition.types)), condition.types).toBe(true);
           expect(existsSync(join(dir, condition.default)), condition.default).toBe(true);
         }

@@ -1,5 +1,6 @@
 export { openDatabase, type Database, type DatabaseKind, type DatabaseOptions } from "./db/database.js";
 export { PGliteDialect } from "./db/pglite-dialect.js";
+export { MissingDependencyError, OPTIONAL_DEPENDENCIES, type OptionalDependency } from "./optional-dependency.js";
 export { defineMigrations, migrateToLatest, migrationTableName, type MigrationSet, type MigrateOptions, type MigrationReport } from "./db/migrations.js";
 export { HttpError, errorHandler, type ErrorBody, type ErrorHandlerOptions } from "./http-error.js";
 export type { Principal } from "./principal.js";

@@ -1,4 +1,5 @@
-import { hash, verify, type Algorithm } from "@node-rs/argon2";
+import type { Algorithm } from "@node-rs/argon2";
+import { loadOptional } from "../optional-dependency.js";
 import { z } from "zod";
 
 /** Argon2id cost parameters. */
@@ -39,9 +40,12 @@ export function createPasswordHasher(options: PasswordHashingOptions = {}): Pass
   if (!parsed.success) throw new TypeError(`Invalid password hashing options: ${z.prettifyError(parsed.error)}`);
   const params = { ...parsed.data, algorithm: ARGON2ID };
   let dummy: Promise<string> | undefined;
+  const argon2 = () => loadOptional<typeof import("@node-rs/argon2")>("@node-rs/argon2");
+  const hash = async (password: string) => (await argon2()).hash(password, params);
   return {
-    hash: (password) => hash(password, params),
+    hash,
     async verify(passwordHash, password) {
+      const { verify } = await argon2();
       try {
         // argon2's verify compares digests in constant time.
         return await verify(passwordHash, password);
@@ -50,7 +54,8 @@ export function createPasswordHasher(options: PasswordHashingOptions = {}): Pass
       }
     },
     async verifyDummy(password) {
-      dummy ??= hash("keen-dummy-password", params);
+      dummy ??= hash("keen-dummy-password");
+      const { verify } = await argon2();
       await verify(await dummy, password).catch(() => false);
     },
   };

@@ -1,16 +1,15 @@
-import {
-  generateAuthenticationOptions,
-  generateRegistrationOptions,
-  verifyAuthenticationResponse,
-  verifyRegistrationResponse,
-  type AuthenticationResponseJSON,
-  type AuthenticatorTransportFuture,
-  type PublicKeyCredentialCreationOptionsJSON,
-  type PublicKeyCredentialRequestOptionsJSON,
-  type RegistrationResponseJSON,
+import type {
+  AuthenticationResponseJSON,
+  AuthenticatorTransportFuture,
+  PublicKeyCredentialCreationOptionsJSON,
+  PublicKeyCredentialRequestOptionsJSON,
+  RegistrationResponseJSON,
 } from "@simplewebauthn/server";
 import { z } from "zod";
+import { loadOptional } from "../optional-dependency.js";
 import type { MfaFactorRecord } from "./stores.js";
+
+const simpleWebAuthn = () => loadOptional<typeof import("@simplewebauthn/server")>("@simplewebauthn/server");
 
 /** Relying-party settings for WebAuthn. */
 export const WebAuthnOptions = z
@@ -54,7 +53,7 @@ export async function registrationOptions(
   user: { id: string; email: string },
   existing: MfaFactorRecord[],
 ): Promise<PublicKeyCredentialCreationOptionsJSON> {
-  return generateRegistrationOptions({
+  return (await simpleWebAuthn()).generateRegistrationOptions({
     rpName: options.rpName,
     rpID: options.rpID,
     userName: user.email,
@@ -68,7 +67,7 @@ export async function registrationOptions(
 }
 
 export async function verifyRegistration(options: WebAuthnOptions, response: WebAuthnResponse, expectedChallenge: string) {
-  const result = await verifyRegistrationResponse({
+  const result = await (await simpleWebAuthn()).verifyRegistrationResponse({
     response: response as unknown as RegistrationResponseJSON,
     expectedChallenge,
     expectedOrigin: options.origins,
@@ -86,7 +85,7 @@ export async function verifyRegistration(options: WebAuthnOptions, response: Web
 }
 
 export async function authenticationOptions(options: WebAuthnOptions, factors: MfaFactorRecord[]): Promise<PublicKeyCredentialRequestOptionsJSON> {
-  return generateAuthenticationOptions({
+  return (await simpleWebAuthn()).generateAuthenticationOptions({
     rpID: options.rpID,
     allowCredentials: factors
       .filter((f) => f.kind === "webauthn" && f.credentialId)
@@ -101,7 +100,7 @@ export async function verifyAuthentication(
   expectedChallenge: string,
   factor: MfaFactorRecord,
 ): Promise<{ newCounter: number } | undefined> {
-  const result = await verifyAuthenticationResponse({
+  const result = await (await simpleWebAuthn()).verifyAuthenticationResponse({
     response: response as unknown as AuthenticationResponseJSON,
     expectedChallenge,
     expectedOrigin: options.origins,

@@ -1,5 +1,6 @@
-import Stripe from "stripe";
+import type Stripe from "stripe";
 import { z } from "zod";
+import { requireOptional } from "../optional-dependency.js";
 
 export const StripeClientOptions = z.object({
   /** Secret API key, `sk_live_...` or `sk_test_...`. */
@@ -27,7 +28,8 @@ export function createStripeClient(options: StripeClientOptions): Stripe {
   const parsed = StripeClientOptions.safeParse(options);
   if (!parsed.success) throw new TypeError(`Invalid Stripe client options: ${parsed.error.message}`);
   const o = parsed.data;
-  return new Stripe(o.apiKey, {
+  const StripeSdk = requireOptional<typeof import("stripe")>("stripe").default;
+  return new StripeSdk(o.apiKey, {
     maxNetworkRetries: o.maxNetworkRetries ?? 2,
     timeout: o.timeoutMs ?? 30_000,
     telemetry: false,

@@ -1,5 +1,5 @@
 import { Kysely, PostgresDialect, type Dialect } from "kysely";
-import pg from "pg";
+import { loadOptional } from "../optional-dependency.js";
 import { PGliteDialect } from "./pglite-dialect.js";
 
 export type DatabaseKind = "postgres" | "pglite";
@@ -37,6 +37,7 @@ export async function openDatabase<DB = any>(options: DatabaseOptions = {}): Pro
   let kind: DatabaseKind;
   if (options.url) {
     kind = "postgres";
+    const { default: pg } = await loadOptional<typeof import("pg")>("pg");
     if (options.schema) {
       const setup = new pg.Client({ connectionString: options.url });
       await setup.connect();
@@ -54,7 +55,7 @@ export async function openDatabase<DB = any>(options: DatabaseOptions = {}): Pro
     dialect = new PostgresDialect({ pool });
   } else {
     kind = "pglite";
-    const { PGlite } = await import("@electric-sql/pglite");
+    const { PGlite } = await loadOptional<typeof import("@electric-sql/pglite")>("@electric-sql/pglite");
     const pglite = await PGlite.create(options.dataDir);
     if (options.schema) {
       await pglite.exec(`create schema if not exists "${options.schema}"; set search_path to "${options.schema}"`);

@@ -3,8 +3,9 @@ import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
 import type { Middleware } from "koa";
-import * as tar from "tar-stream";
-import yauzl from "yauzl";
+import type * as TarStream from "tar-stream";
+import type * as Yauzl from "yauzl";
+import { loadOptional } from "../optional-dependency.js";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
 
@@ -214,6 +215,7 @@ async function* compressedBytes(head: Buffer, rest: AsyncIterator<Uint8Array>, l
 async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped: boolean, limits: Limits): Promise<ArchiveReport> {
   const counter = { bytes: 0 };
   const checker = new EntryChecker(limits);
+  const tar = await loadOptional<typeof TarStream>("tar-stream");
   const extract = tar.extract();
   let unpacked = 0;
   // The whole-archive ratio: judged on the tar stream coming out of gunzip against the bytes fed in.
@@ -301,7 +303,8 @@ async function screenZip(head: Buffer, rest: AsyncIterator<Uint8Array>, limits: 
     throw asArchiveError(error);
   }
   const buffer = Buffer.concat(chunks);
-  let zip: yauzl.ZipFile;
+  const { default: yauzl } = await loadOptional<{ default: typeof Yauzl }>("yauzl");
+  let zip: Yauzl.ZipFile;
   try {
     zip = await yauzl.fromBufferPromise(buffer, { lazyEntries: true, decodeStrings: false, validateEntrySizes: true, strictFileNames: false });
   } catch (error) {

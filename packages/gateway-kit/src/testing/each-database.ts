@@ -1,5 +1,4 @@
 import { randomBytes } from "node:crypto";
-import pg from "pg";
 import { afterAll, beforeAll, describe } from "vitest";
 import { openDatabase, type Database } from "../db/database.js";
 
@@ -48,6 +47,7 @@ export function describeEachDatabase(name: string, suite: (fixture: DatabaseFixt
       afterAll(async () => {
         await database?.close();
         if (kind === "postgres" && fixture.schema) {
+          const { default: pg } = await import("pg");
           const client = new pg.Client({ connectionString: TEST_DATABASE_URL });
           await client.connect();
           await client.query(`drop schema if exists "${fixture.schema}" cascade`);
