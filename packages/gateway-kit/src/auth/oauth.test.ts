@@ -80,18 +80,22 @@ describeEachDatabase("OAuth", (fixture) => {
     await provider?.close();
   });
 
-  /** Plays the browser: start → provider authorize → back to our callback. */
+  /** The `name=value` pairs a browser would send back from a response's Set-Cookie headers. */
+  const cookiesOf = (headers: Headers) => headers.getSetCookie().map((c) => c.split(";")[0]!).join("; ");
+
+  /** Plays the browser: start → provider authorize → back to our callback, carrying the start's cookie. */
   async function signIn(name: "github" | "google", profile: FakeProfile) {
     provider.setProfile(profile);
     const start = await app.request("GET", `/auth/oauth/${name}/start`);
     expect(start.status).toBe(302);
+    const cookie = cookiesOf(start.headers);
     const authorize = new URL(start.headers.get("location")!);
     expect(authorize.searchParams.get("code_challenge_method")).toBe("S256");
     expect(authorize.searchParams.get("state")).toBeTruthy();
     const redirect = await fetch(authorize, { redirect: "manual" });
     const back = new URL(redirect.headers.get("location")!);
-    const callback = await app.request("GET", `${back.pathname}${back.search}`);
-    return { callback, state: back.searchParams.get("state")!, code: back.searchParams.get("code")! };
+    const callback = await app.request("GET", `${back.pathname}${back.search}`, { headers: { cookie } });
+    return { callback, cookie, state: back.searchParams.get("state")!, code: back.searchParams.get("code")! };
   }
 
   it("creates a user from a verified GitHub email, with PKCE, and signs the same account in again", async () => {
@@ -109,7 +113,7 @@ describeEachDatabase("OAuth", (fixture) => {
     expect(me2.body.user.id).toBe(me.body.user.id);
 
     // The state is single-use.
-    const replay = await app.request("GET", `/auth/oauth/github/callback?code=${again.code}&state=${again.state}`);
+    const replay = await app.request("GET", `/auth/oauth/github/callback?code=${again.code}&state=${again.state}`, { headers: { cookie: again.cookie } });
     expect(replay.status).toBe(400);
     expect(replay.body.error.code).toBe("invalid_state");
   });
@@ -119,6 +123,8 @@ describeEachDatabase("OAuth", (fixture) => {
     const unverified = await signIn("google", { google: { sub: "g-unverified", email: existing.email, email_verified: false } });
     expect(unverified.callback.status).toBe(403);
     expect(unverified.callback.body.error.code).toBe("email_not_verified");
+    // Only an account whose own address was verified is linked (see the pre-hijacking test).
+    await app.service.stores.users.markEmailVerified(existing.user.id);
 
     const linked = await signIn("google", { google: { sub: `g-${existing.user.id}`, email: existing.email.toUpperCase(), email_verified: true } });
     expect(linked.callback.status).toBe(200);
