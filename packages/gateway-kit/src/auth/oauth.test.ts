@@ -134,6 +134,53 @@ describeEachDatabase("OAuth", (fixture) => {
     expect((await app.request("POST", "/auth/login", { body: { email: existing.email, password: PASSWORD } })).status).toBe(200);
   });
 
+  it("binds the state to the browser that started the sign-in: a callback URL opened elsewhere signs nobody in (login CSRF)", async () => {
+    // The attacker runs the flow with their own provider account and stops before the callback.
+    provider.setProfile({ github: { user: { id: 9001, name: "Mallory", email: null }, emails: [{ email: uniqueEmail("mallory"), primary: true, verified: true }] } });
+    const start = await app.request("GET", "/auth/oauth/github/start");
+    const setCookie = start.headers.getSetCookie().join("\n");
+    expect(setCookie).toMatch(/keen_oauth_github=/);
+    expect(setCookie).toMatch(/httponly/i);
+    expect(setCookie).toMatch(/samesite=lax/i);
+    expect(setCookie).toMatch(/path=\/auth\/oauth\/github/i);
+    const attackerCookie = cookiesOf(start.headers);
+    const redirect = await fetch(new URL(start.headers.get("location")!), { redirect: "manual" });
+    const back = new URL(redirect.headers.get("location")!);
+    const callbackPath = `${back.pathname}${back.search}`;
+
+    // The victim's browser opens the link: without the cookie, or with the cookie of its own sign-in.
+    const bare = await app.request("GET", callbackPath);
+    expect(bare.status).toBe(400);
+    expect(bare.body.error.code).toBe("invalid_state");
+    expect(bare.body.accessToken).toBeUndefined();
+    const victimStart = await app.request("GET", "/auth/oauth/github/start");
+    const crossed = await app.request("GET", callbackPath, { headers: { cookie: cookiesOf(victimStart.headers) } });
+    expect(crossed.status).toBe(400);
+    expect(crossed.body.accessToken).toBeUndefined();
+
+    // A HEAD (a link preview) answers without spending the state; the starting browser still completes.
+    const head = await app.request("HEAD", callbackPath, { headers: { cookie: attackerCookie } });
+    expect(head.status).toBeLessThan(300);
+    const own = await app.request("GET", callbackPath, { headers: { cookie: attackerCookie } });
+    expect(own.status).toBe(200);
+    expect(own.headers.get("cache-control")).toBe("no-store");
+    expect(own.headers.getSetCookie().join("\n")).toMatch(/keen_oauth_github=;/);
+  });
+
+  it("never links a provider to an account whose email was never verified (pre-hijacking)", async () => {
+    // The attacker registers the victim's address first, with a password of their own.
+    const victimEmail = uniqueEmail("victim");
+    const attacker = await signup(app, victimEmail);
+    const result = await signIn("google", { google: { sub: `g-victim-${attacker.user.id}`, email: victimEmail, email_verified: true } });
+    expect(result.callback.status).toBe(409);
+    expect(result.callback.body.error.code).toBe("account_email_unverified");
+    expect(result.callback.body.accessToken).toBeUndefined();
+    const row = await fixture.database.db.selectFrom("users").select("email_verified").where("id", "=", attacker.user.id).executeTakeFirstOrThrow();
+    expect(row.email_verified).toBe(false);
+    const links = await fixture.database.db.selectFrom("oauth_accounts").selectAll().where("user_id", "=", attacker.user.id).execute();
+    expect(links).toEqual([]);
+  });
+
   it("refuses forged state, unknown providers and provider denials with 4xx", async () => {
     expect((await app.request("GET", "/auth/oauth/github/callback?code=abc&state=forged")).status).toBe(400);
     expect((await app.request("GET", "/auth/oauth/github/callback")).status).toBe(400);
