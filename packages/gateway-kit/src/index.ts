@@ -3,6 +3,7 @@ export { PGliteDialect } from "./db/pglite-dialect.js";
 export { migrateToLatest, type MigrationSet, type MigrateOptions } from "./db/migrations.js";
 export { HttpError, errorHandler, type ErrorBody, type ErrorHandlerOptions } from "./http-error.js";
 export type { Principal } from "./principal.js";
+export * from "./http/index.js";
 export * from "./audit/index.js";
 export type { DataRightsContributor } from "./privacy/contributor.js";
 export * from "./auth/index.js";

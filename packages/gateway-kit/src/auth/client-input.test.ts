@@ -104,7 +104,7 @@ describeEachDatabase("auth routes and hostile client input", (fixture) => {
       // Client errors are still answered by the router itself, in the one JSON shape.
       const bad = await fetch(`${base}/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: "{" });
       expect(bad.status).toBe(400);
-      expect((await bad.json()).error.code).toBeTruthy();
+      expect(((await bad.json()) as { error: { code: string } }).error.code).toBeTruthy();
     } finally {
       await new Promise<void>((resolve) => server.close(() => resolve()));
     }
