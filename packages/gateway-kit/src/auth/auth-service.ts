@@ -582,6 +582,8 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
         return {
           revokedSessions: await tx.refreshTokens.revokeUserSessions(user.id, "password_change", at, principal.sessionId),
           revokedApiKeys: config.revokeApiKeysOnPasswordChange ? await tx.apiKeys.revokeUserKeys(user.id, at) : 0,
+          // A second-factor challenge begun with the old password must not outlive it.
+          endedChallenges: await tx.flows.deleteForUser(user.id),
         };
       });
       if (revokedApiKeys > 0) evictUser(user.id);
@@ -595,12 +597,13 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
      */
     async signOutEverywhere(principal: Principal, input: { includeApiKeys?: boolean | undefined } = {}, meta: RequestMeta = {}) {
       const at = now();
-      const result = await stores.transaction(async (tx) => ({
+      const { endedChallenges, ...result } = await stores.transaction(async (tx) => ({
         revokedSessions: await tx.refreshTokens.revokeUserSessions(principal.userId, "signed_out_everywhere", at),
         revokedApiKeys: input.includeApiKeys ? await tx.apiKeys.revokeUserKeys(principal.userId, at) : 0,
+        endedChallenges: await tx.flows.deleteForUser(principal.userId),
       }));
       evictUser(principal.userId);
-      await audit({ tenantId: principal.teamId ?? null, actorId: principal.userId, action: "auth.sign_out_everywhere", target: `user:${principal.userId}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null, details: result });
+      await audit({ tenantId: principal.teamId ?? null, actorId: principal.userId, action: "auth.sign_out_everywhere", target: `user:${principal.userId}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null, details: { ...result, endedChallenges } });
       return result;
     },
 

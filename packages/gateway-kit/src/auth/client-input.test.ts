@@ -68,6 +68,21 @@ describeEachDatabase("auth routes and hostile client input", (fixture) => {
     expect(tried).toBeGreaterThan(40);
   });
 
+  it("answers deeply nested, oversized and mistyped bodies with 4xx", async () => {
+    const nested = `{"email":${"[".repeat(20_000)}${"]".repeat(20_000)},"password":"x"}`;
+    const deep = await app.request("POST", "/auth/login", { rawBody: nested, headers: { "content-type": "application/json" } });
+    expect(deep.status).toBe(400);
+    const huge = await app.request("POST", "/auth/signup", { rawBody: JSON.stringify({ email: "big@example.com", password: "p".repeat(200_000) }), headers: { "content-type": "application/json" } });
+    expect(huge.status).toBe(413);
+    const text = await app.request("POST", "/auth/login", { rawBody: "email=a@example.com", headers: { "content-type": "text/plain" } });
+    expect(text.status).toBe(400);
+    for (const expiresAt of ["NaN", "-1", "275760-09-13T00:00:00.001Z", 1e308]) {
+      const user = await signup(app);
+      const res = await app.request("POST", "/auth/api-keys", { token: user.accessToken, body: { name: "ci", scopes: ["sessions:read"], expiresAt } });
+      expect(res.status, String(expiresAt)).toBe(400);
+    }
+  });
+
   it("marks every token response Cache-Control: no-store", async () => {
     const user = await signup(app);
     const login = await app.request("POST", "/auth/login", { body: { email: user.email, password: "correct horse battery" } });

@@ -2,7 +2,8 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { authDataRights } from "../privacy/auth-contributor.js";
 import { eraseUserData } from "../privacy/data-rights.js";
 import { describeEachDatabase } from "../testing/each-database.js";
-import { addMember, enrolSmsFactor, lastSmsCode, migrateForTests, PASSWORD, signup, startTestApp, uniqueEmail, type TestApp } from "./test-app.js";
+import { totpCode } from "./totp.js";
+import { addMember, enrolSmsFactor, enrolTotpFactor, lastSmsCode, migrateForTests, PASSWORD, signup, startTestApp, uniqueEmail, type TestApp } from "./test-app.js";
 
 describeEachDatabase("credentials that must not survive", (fixture) => {
   let app: TestApp;
@@ -42,6 +43,21 @@ describeEachDatabase("credentials that must not survive", (fixture) => {
     } finally {
       await keeping.close();
     }
+  });
+
+  it("ends a second-factor challenge begun with the old password when the password changes", async () => {
+    const user = await signup(app);
+    const { secret } = await enrolTotpFactor(app, user.accessToken);
+    app.clock.advance(60_000);
+    // Someone holding the old password got as far as the second factor ...
+    const pending = await app.request("POST", "/auth/login", { body: { email: user.email, password: PASSWORD } });
+    expect(pending.body.status).toBe("mfa_required");
+    const change = await app.request("POST", "/auth/password", { token: user.accessToken, body: { currentPassword: PASSWORD, newPassword: "a different passphrase" } });
+    expect(change.status).toBe(200);
+    // ... and cannot finish with it after the change.
+    const late = await app.request("POST", "/auth/login/mfa", { body: { challengeToken: pending.body.challengeToken, method: "totp", code: totpCode(secret, app.clock.now()) } });
+    expect(late.status).toBe(401);
+    expect(late.body.error.code).toBe("invalid_challenge");
   });
 
   it("signs out everywhere: every session and refresh family, and API keys when asked", async () => {

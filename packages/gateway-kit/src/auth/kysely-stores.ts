@@ -557,6 +557,10 @@ function build(db: Db, inTransaction: boolean): AuthStores {
       async delete(id) {
         await db.deleteFrom("auth_flows").where("id", "=", id).execute();
       },
+      async deleteForUser(userId) {
+        const result = await db.deleteFrom("auth_flows").where("user_id", "=", userId).executeTakeFirst();
+        return Number(result.numDeletedRows);
+      },
     },
     counters: {
       async hit(key, windowStart, limit) {

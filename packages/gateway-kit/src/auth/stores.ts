@@ -256,6 +256,8 @@ export interface AuthFlowStore {
    */
   claimAttempt(id: string, kind: string, maxAttempts: number, now: Date): Promise<AuthFlowRecord | undefined>;
   delete(id: string): Promise<void>;
+  /** Deletes every pending flow of a user (e.g. MFA challenges begun with a password that just changed); returns how many. */
+  deleteForUser(userId: string): Promise<number>;
 }
 
 /**
