@@ -491,6 +491,8 @@ function build(db: Db, inTransaction: boolean): AuthStores {
         });
       },
       async release(key, threshold) {
+        // Back to no failures: no row, so successful logins leave no trace of their address.
+        await db.deleteFrom("login_attempts").where("key", "=", key).where("failures", "<=", 1).execute();
         await db
           .updateTable("login_attempts")
           .set((eb) => ({
