@@ -222,7 +222,8 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
     const windowOf = (w: { windowSeconds: number }) => new Date(Math.floor(atMs / (w.windowSeconds * 1000)) * w.windowSeconds * 1000);
     const rules: Array<{ key: string; limit: number; windowStart: Date }> = [
       { key: "sms:all", limit: limits.global.limit, windowStart: windowOf(limits.global) },
-      { key: `sms:phone:${phone}`, limit: limits.perNumber.limit, windowStart: windowOf(limits.perNumber) },
+      // Hashed: the counter table need not hold phone numbers.
+      { key: `sms:phone:${sha256Hex(phone)}`, limit: limits.perNumber.limit, windowStart: windowOf(limits.perNumber) },
       { key: `sms:user:${userId}`, limit: limits.perAccount.limit, windowStart: windowOf(limits.perAccount) },
       ...(challengeId ? [{ key: `sms:challenge:${challengeId}`, limit: limits.perChallenge, windowStart: new Date(0) }] : []),
     ];

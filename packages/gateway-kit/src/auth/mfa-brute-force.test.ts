@@ -131,6 +131,38 @@ describeEachDatabase("second-factor brute force", (fixture) => {
     }
   });
 
+  it("checks at most mfaMaxAttempts SMS enrolment codes under 100 concurrent guesses", async () => {
+    const user = await signup(app);
+    const phone = "+447700900203";
+    const enrol = await app.request("POST", "/auth/mfa/sms", { token: user.accessToken, body: { phone } });
+    const code = lastSmsCode(app, phone);
+    const wrong = code === "000000" ? "111111" : "000000";
+    const results = await Promise.all(
+      Array.from({ length: 100 }, () => app.request("POST", "/auth/mfa/sms/verify", { token: user.accessToken, body: { factorId: enrol.body.factorId, code: wrong } })),
+    );
+    expect(results.every((r) => r.status === 400)).toBe(true);
+    const right = await app.request("POST", "/auth/mfa/sms/verify", { token: user.accessToken, body: { factorId: enrol.body.factorId, code } });
+    expect(right.status).toBe(400);
+  });
+
+  it("accepts one recovery code once when it is sent on 20 challenges at the same moment", async () => {
+    const user = await signup(app);
+    const { recoveryCodes } = await enrolTotpFactor(app, user.accessToken);
+    const challenges: string[] = [];
+    for (let i = 0; i < 20; i++) challenges.push((await login(user.email)).body.challengeToken);
+    const results = await Promise.all(challenges.map((challengeToken) => mfa({ challengeToken, method: "recovery_code", code: recoveryCodes[0] })));
+    expect(results.filter((r) => r.status === 200)).toHaveLength(1);
+  });
+
+  it("creates one account when the same signup arrives 50 times at once", async () => {
+    const email = `twin-${Date.now()}@example.com`;
+    const results = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => app.request("POST", "/auth/signup", { body: { email: i % 2 ? email : ` ${email.toUpperCase()} `, password: PASSWORD } })),
+    );
+    expect(results.filter((r) => r.status === 201)).toHaveLength(1);
+    expect(results.filter((r) => r.status === 409)).toHaveLength(49);
+  });
+
   it("voids an SMS login code when its factor is deleted", async () => {
     const user = await signup(app);
     const phone = "+447700900202";
