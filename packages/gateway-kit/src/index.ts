@@ -4,6 +4,7 @@ export { MissingDependencyError, OPTIONAL_DEPENDENCIES, type OptionalDependency 
 export { defineMigrations, migrateToLatest, migrationTableName, type MigrationSet, type MigrateOptions, type MigrationReport } from "./db/migrations.js";
 export { HttpError, errorHandler, type ErrorBody, type ErrorHandlerOptions } from "./http-error.js";
 export type { Principal } from "./principal.js";
+export * from "./http/index.js";
 export * from "./audit/index.js";
 export type { DataRightsContributor } from "./privacy/contributor.js";
 export * from "./auth/index.js";

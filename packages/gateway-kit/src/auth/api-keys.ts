@@ -92,6 +92,11 @@ export class ApiKeyCache<T> {
     this.entries.delete(prefix);
   }
 
+  /** Drops every entry `matches` selects, e.g. all keys of one user. */
+  evict(matches: (value: T) => boolean): void {
+    for (const [prefix, entry] of this.entries) if (matches(entry.value)) this.entries.delete(prefix);
+  }
+
   clear(): void {
     this.entries.clear();
   }

@@ -1,8 +1,9 @@
 import { bodyParser } from "@koa/bodyparser";
 import { Router } from "@koa/router";
-import type { ParameterizedContext } from "koa";
+import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
-import { errorHandler, HttpError } from "../http-error.js";
+import { requestIp } from "../http/client-ip.js";
+import { errorHandler, errorStatus, HttpError } from "../http-error.js";
 import type { Principal } from "../principal.js";
 import { authenticate } from "./authenticate.js";
 import { MfaProof, type AuthService, type RequestMeta } from "./auth-service.js";
@@ -11,9 +12,17 @@ import { WebAuthnResponse } from "./webauthn.js";
 
 const Id = z.string().min(1).max(100);
 const Password = z.string().min(1).max(256);
+/** Names people will see (display names, key names, factor labels): no control or bidi-override characters. */
+const Label = z
+  .string()
+  .trim()
+  .min(1)
+  .max(100)
+  .regex(/^[^\p{Cc}\u202A-\u202E\u2066-\u2069]*$/u, "Must not contain control characters");
+const ProviderParam = z.string().regex(/^[a-z0-9_-]{1,40}$/, "Unknown provider");
 
 /** Request bodies of the auth routes. */
-export const SignupBody = z.object({ email: Email, password: NewPassword, displayName: z.string().trim().min(1).max(100).optional() });
+export const SignupBody = z.object({ email: Email, password: NewPassword, displayName: Label.optional() });
 export type SignupBody = z.infer<typeof SignupBody>;
 export const LoginBody = z.object({ email: Email, password: Password, teamId: Id.optional() });
 export type LoginBody = z.infer<typeof LoginBody>;
@@ -30,12 +39,12 @@ export type LogoutBody = z.infer<typeof LogoutBody>;
 export const PasswordChangeBody = z.object({ currentPassword: Password, newPassword: NewPassword });
 export type PasswordChangeBody = z.infer<typeof PasswordChangeBody>;
 export const CreateApiKeyBody = z.object({
-  name: z.string().trim().min(1).max(100),
+  name: Label,
   scopes: z.array(z.string().regex(/^[a-z_]+:[a-z_]+$/, "Scopes look like `sessions:read`")).min(1).max(32),
   expiresAt: z.iso.datetime({ offset: true }).optional(),
 });
 export type CreateApiKeyBody = z.infer<typeof CreateApiKeyBody>;
-export const TotpEnrolBody = z.object({ label: z.string().trim().min(1).max(100).optional() });
+export const TotpEnrolBody = z.object({ label: Label.optional() });
 export type TotpEnrolBody = z.infer<typeof TotpEnrolBody>;
 export const FactorCodeBody = z.object({ factorId: Id, code: z.string().min(1).max(16) });
 export type FactorCodeBody = z.infer<typeof FactorCodeBody>;
@@ -43,10 +52,12 @@ export const SmsEnrolBody = z.object({ phone: z.string().min(1).max(20) });
 export type SmsEnrolBody = z.infer<typeof SmsEnrolBody>;
 export const PasswordConfirmBody = z.object({ password: z.string().max(256).default("") });
 export type PasswordConfirmBody = z.infer<typeof PasswordConfirmBody>;
-export const WebAuthnRegisterBody = z.object({ response: WebAuthnResponse, label: z.string().trim().min(1).max(100).optional() });
+export const WebAuthnRegisterBody = z.object({ response: WebAuthnResponse, label: Label.optional() });
 export type WebAuthnRegisterBody = z.infer<typeof WebAuthnRegisterBody>;
 export const OAuthCallbackQuery = z.object({ code: z.string().min(1).max(2000), state: z.string().min(1).max(200) });
 export type OAuthCallbackQuery = z.infer<typeof OAuthCallbackQuery>;
+export const SignOutEverywhereBody = z.object({ includeApiKeys: z.boolean().default(false) });
+export type SignOutEverywhereBody = z.infer<typeof SignOutEverywhereBody>;
 
 const AuthRouterOptions = z
   .object({
@@ -59,6 +70,26 @@ const AuthRouterOptions = z
   .strict();
 export type AuthRouterOptions = z.input<typeof AuthRouterOptions>;
 
+// NUL (PostgreSQL text cannot hold it) and unpaired UTF-16 surrogates (not text at all).
+const INVALID_TEXT = /\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/** The path of the first string in `value` that is not valid text, or undefined. */
+function invalidTextAt(value: unknown, path: string[] = [], depth = 0): string[] | undefined {
+  if (typeof value === "string") return INVALID_TEXT.test(value) ? path : undefined;
+  if (depth > 32 || value === null || typeof value !== "object") return undefined;
+  for (const [key, inner] of Object.entries(value)) {
+    if (INVALID_TEXT.test(key)) return [...path, key];
+    const found = invalidTextAt(inner, [...path, key], depth + 1);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+/**
+ * The one gate every client input of the auth routes passes (bodies, path ids, queries): the
+ * schema, then a text check on every string, so nothing the database or a log cannot hold gets
+ * past the edge as anything but a 400.
+ */
 function parse<T extends z.ZodType>(schema: T, value: unknown): z.output<T> {
   const parsed = schema.safeParse(value ?? {});
   if (!parsed.success) {
@@ -68,12 +99,44 @@ function parse<T extends z.ZodType>(schema: T, value: unknown): z.output<T> {
       issues: parsed.error.issues.map((i) => ({ path: i.path.map(String), message: i.message })),
     });
   }
+  const bad = invalidTextAt(parsed.data);
+  if (bad) {
+    const where = bad.length ? `${bad.join(".")}: ` : "";
+    throw new HttpError(400, "invalid_request", `${where}Must be valid text without NUL characters`, { issues: [{ path: bad, message: "Invalid text" }] });
+  }
   return parsed.data;
 }
 
 function metaOf(ctx: ParameterizedContext): RequestMeta {
-  return { ip: ctx.ip || undefined, userAgent: ctx.get("user-agent") || undefined, requestId: ctx.state.requestId };
+  const userAgent = ctx.get("user-agent");
+  return {
+    ip: requestIp(ctx),
+    userAgent: userAgent && !INVALID_TEXT.test(userAgent) ? userAgent : undefined,
+    requestId: typeof ctx.state.requestId === "string" ? ctx.state.requestId : undefined,
+  };
 }
+
+/**
+ * Renders client errors (4xx) in the one JSON shape and lets everything else propagate to the
+ * host's error handler and logger, which must see the unexpected.
+ */
+function renderClientErrors(): Middleware {
+  const render = errorHandler();
+  return async (ctx, next) => {
+    let unexpected: { error: unknown } | undefined;
+    await render(ctx, async () => {
+      try {
+        await next();
+      } catch (error) {
+        if (errorStatus(error) >= 500) unexpected = { error };
+        else throw error;
+      }
+    });
+    if (unexpected) throw unexpected.error;
+  };
+}
+
+const oauthCookie = (provider: string) => `keen_oauth_${provider.replace(/[^a-z0-9]/g, "_")}`;
 
 function principalOf(ctx: ParameterizedContext): Principal {
   const principal = ctx.state.principal;
@@ -108,7 +171,13 @@ export function authRouter(input: AuthRouterOptions): Router {
   const signedIn = authenticate({ service, methods: ["jwt"] });
   const optionalUser = authenticate({ service, methods: ["jwt"], optional: true });
 
-  router.use(errorHandler());
+  router.use(renderClientErrors());
+  // Every answer here is personal (tokens, keys, sessions): never stored by a browser or proxy (RFC 6749 §5.1).
+  router.use(async (ctx, next) => {
+    ctx.set("Cache-Control", "no-store");
+    ctx.set("Pragma", "no-cache");
+    await next();
+  });
   router.use(bodyParser({ enableTypes: ["json"], jsonLimit: bodyLimit, encoding: "utf-8", parsedMethods: ["POST", "PUT", "PATCH", "DELETE"] }));
 
   router.post("/signup", async (ctx) => {
@@ -161,6 +230,11 @@ export function authRouter(input: AuthRouterOptions): Router {
   router.post("/password", signedIn, async (ctx) => {
     const principal = userSession(ctx);
     ctx.body = await service.changePassword(principal, parse(PasswordChangeBody, ctx.request.body), metaOf(ctx));
+  });
+
+  router.post("/logout/everywhere", signedIn, async (ctx) => {
+    const body = parse(SignOutEverywhereBody, ctx.request.body);
+    ctx.body = await service.signOutEverywhere(userSession(ctx), body, metaOf(ctx));
   });
 
   router.get("/sessions", signedIn, async (ctx) => {
@@ -243,7 +317,22 @@ export function authRouter(input: AuthRouterOptions): Router {
   });
 
   router.get("/oauth/:provider/start", async (ctx) => {
-    const { url } = await service.oauthStart(parse(Id, ctx.params.provider));
+    const provider = parse(ProviderParam, ctx.params.provider);
+    if (ctx.method === "HEAD") {
+      ctx.status = 204;
+      return;
+    }
+    const { url, browserBinding, expiresInSeconds } = await service.oauthStart(provider);
+    // Binds the state to this browser: HttpOnly (no script reads it), SameSite=Lax (sent on the
+    // provider's top-level redirect back, not on cross-site subrequests), scoped to this provider's paths.
+    ctx.cookies.set(oauthCookie(provider), browserBinding, {
+      httpOnly: true,
+      sameSite: "lax",
+      secure: ctx.secure,
+      path: `${prefix}/oauth/${provider}`,
+      maxAge: expiresInSeconds * 1000,
+      overwrite: true,
+    });
     if (ctx.query.mode === "json") {
       ctx.body = { url };
       return;
@@ -255,12 +344,21 @@ export function authRouter(input: AuthRouterOptions): Router {
     if (typeof ctx.query.error === "string") {
       throw new HttpError(400, "oauth_denied", "The provider did not authorise the sign-in", { reason: ctx.query.error.slice(0, 100) });
     }
+    const provider = parse(ProviderParam, ctx.params.provider);
+    // Link previews and prefetchers send HEAD: it must not spend the one-time state.
+    if (ctx.method === "HEAD") {
+      ctx.status = 204;
+      return;
+    }
     const query = parse(OAuthCallbackQuery, ctx.query);
-    ctx.body = await service.oauthCallback(parse(Id, ctx.params.provider), query, metaOf(ctx));
+    const browserBinding = ctx.cookies.get(oauthCookie(provider));
+    ctx.cookies.set(oauthCookie(provider), null, { path: `${prefix}/oauth/${provider}`, httpOnly: true, sameSite: "lax", secure: ctx.secure });
+    ctx.body = await service.oauthCallback(provider, { code: query.code, state: query.state, browserBinding: browserBinding || undefined }, metaOf(ctx));
   });
 
   router.get("/.well-known/jwks.json", async (ctx) => {
     ctx.set("Cache-Control", "public, max-age=300");
+    ctx.remove("Pragma");
     ctx.body = service.keys.jwks();
   });
 

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { z } from "zod";
 import { noAudit, type AuditEventInput, type AuditSink } from "../audit/audit-sink.js";
+import { normaliseIp } from "../http/client-ip.js";
 import { HttpError } from "../http-error.js";
 import type { Principal } from "../principal.js";
 import { ApiKeyCache, mintApiKey, parseApiKey, secretMatches } from "./api-keys.js";
@@ -8,14 +9,31 @@ import { createAccessTokens, JwtKeySet, type AccessTokens } from "./jwt.js";
 import { createLoginLimiter, type LoginLimiterOptions, type LoginLimiter, type LoginSubject } from "./login-limiter.js";
 import { authorizeUrl, fetchProfile, OAuthProviderName, resolveProvider, type OAuthProvider, type OAuthProviderOptions } from "./oauth.js";
 import { createPasswordHasher, PasswordHashingOptions, type PasswordHasher } from "./password.js";
-import { effectiveScopes, permissionsForRole, type Role } from "./permissions.js";
+import { effectiveScopes, permissionsForRole, Role } from "./permissions.js";
 import { digestsEqual, randomBase32, randomToken, sha256Hex } from "./secrets.js";
 import { newSmsCode, PHONE_NUMBER, type SmsSender } from "./sms.js";
-import { DuplicateError, type ApiKeyRecord, type AuthStores, type MfaFactorRecord, type SessionRecord, type UserRecord } from "./stores.js";
+import { DuplicateError, LastOwnerError, type ApiKeyRecord, type AuthStores, type MfaFactorRecord, type SessionRecord, type UserRecord } from "./stores.js";
 import { matchTotpStep, newTotpSecret } from "./totp.js";
 import * as webauthn from "./webauthn.js";
 
 const Seconds = z.number().int().positive();
+
+const SendWindow = z.object({ limit: z.number().int().min(1).max(1_000_000), windowSeconds: Seconds.max(31 * 86_400) }).strict();
+
+/** Caps on text messages, against SMS pumping (toll fraud through your sender). */
+export const SmsLimitsOptions = z
+  .object({
+    /** Texts one account may trigger (enrolment and login codes). Default 5 per hour. */
+    perAccount: SendWindow.default({ limit: 5, windowSeconds: 3600 }),
+    /** Texts one phone number may receive, whoever asks. Default 5 per hour. */
+    perNumber: SendWindow.default({ limit: 5, windowSeconds: 3600 }),
+    /** Texts in all, across every account: the host's ceiling on spend. Default 1000 per hour. */
+    global: SendWindow.default({ limit: 1000, windowSeconds: 3600 }),
+    /** Login codes one MFA challenge may send. Default 3. */
+    perChallenge: z.number().int().min(1).max(100).default(3),
+  })
+  .strict();
+export type SmsLimitsOptions = z.input<typeof SmsLimitsOptions>;
 
 /** Options of `createAuthService`, checked when it is created. */
 export const AuthServiceOptions = z.object({
@@ -48,6 +66,12 @@ export const AuthServiceOptions = z.object({
   webauthn: webauthn.WebAuthnOptions.optional(),
   oauth: z.partialRecord(OAuthProviderName, z.custom<OAuthProviderOptions>((v) => typeof v === "object" && v !== null)).optional(),
   sms: z.custom<SmsSender>((v) => typeof (v as SmsSender)?.send === "function", "sms must be an SmsSender").optional(),
+  /** Caps on SMS sends; see `SmsLimitsOptions`. */
+  smsLimits: SmsLimitsOptions.default(SmsLimitsOptions.parse({})),
+  /** A password change also revokes the user's API keys. Default true. */
+  revokeApiKeysOnPasswordChange: z.boolean().default(true),
+  /** Lifetime of an OAuth sign-in's state (and its browser cookie). Default 600 s. */
+  oauthStateTtlSeconds: Seconds.max(3600).default(600),
   fetch: z.custom<typeof fetch>((v) => typeof v === "function").optional(),
   now: z.custom<() => Date>((v) => typeof v === "function").optional(),
   /** Called when the audit sink fails; the auth operation itself still completes. */
@@ -106,6 +130,13 @@ interface CachedKey {
 }
 
 const RECOVERY_CODE_COUNT = 10;
+
+/** Internal: one SMS cap is full (rolls the send's other counts back). */
+class SmsCapReached extends Error {
+  constructor(readonly key: string) {
+    super(key);
+  }
+}
 
 /** The auth service: every operation behind the auth routes and `authenticate()`. */
 export type AuthService = ReturnType<typeof buildAuthService>;
@@ -170,10 +201,53 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
     return user;
   }
 
-  async function checkPassword(user: UserRecord, password: string): Promise<void> {
+  /**
+   * Every re-authentication with the password goes through the brute-force limiter: counted
+   * before the check, taken back when right, so a session holder cannot guess at full speed.
+   */
+  async function checkPassword(user: UserRecord, password: string, meta: RequestMeta): Promise<void> {
+    const subject: LoginSubject = { account: user.email, ip: meta.ip };
+    await limiter.begin(subject);
     if (!user.passwordHash || !(await hasher.verify(user.passwordHash, password))) {
+      await audit({ tenantId: null, actorId: user.id, action: "auth.password_check", target: `user:${user.id}`, result: "failure", ip: meta.ip ?? null, requestId: meta.requestId ?? null });
       throw new HttpError(403, "invalid_password", "Current password is incorrect");
     }
+    await limiter.release(subject);
+  }
+
+  /** Counts one SMS send against each cap at once; refuses with 429 `sms_limit` if any is full. */
+  async function claimSmsSend(userId: string, phone: string, challengeId?: string): Promise<void> {
+    const limits = config.smsLimits;
+    const atMs = now().getTime();
+    const windowOf = (w: { windowSeconds: number }) => new Date(Math.floor(atMs / (w.windowSeconds * 1000)) * w.windowSeconds * 1000);
+    const rules: Array<{ key: string; limit: number; windowStart: Date }> = [
+      { key: "sms:all", limit: limits.global.limit, windowStart: windowOf(limits.global) },
+      // Hashed: the counter table need not hold phone numbers.
+      { key: `sms:phone:${sha256Hex(phone)}`, limit: limits.perNumber.limit, windowStart: windowOf(limits.perNumber) },
+      { key: `sms:user:${userId}`, limit: limits.perAccount.limit, windowStart: windowOf(limits.perAccount) },
+      ...(challengeId ? [{ key: `sms:challenge:${challengeId}`, limit: limits.perChallenge, windowStart: new Date(0) }] : []),
+    ];
+    const refusedBy = await stores
+      .transaction(async (tx) => {
+        for (const rule of rules) {
+          // Throwing rolls the other counts of this send back.
+          if (!(await tx.counters.hit(rule.key, rule.windowStart, rule.limit))) throw new SmsCapReached(rule.key);
+        }
+        return undefined;
+      })
+      .catch((error: unknown) => {
+        if (error instanceof SmsCapReached) return error.key;
+        throw error;
+      });
+    if (refusedBy) {
+      const scope = refusedBy.split(":")[1];
+      throw new HttpError(429, "sms_limit", "Too many text messages; try again later or use another factor", { scope });
+    }
+  }
+
+  /** Drops a user's API keys from this process's cache (after erasure, sign-out everywhere, a password change). */
+  function evictUser(userId: string): void {
+    keyCache.evict((cached) => cached.key.userId === userId);
   }
 
   /** Starts a session (a refresh-token family) and issues the first token pair. */
@@ -190,7 +264,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
         lastSeenAt: at,
         expiresAt: new Date(at.getTime() + config.sessionMaxAgeSeconds * 1000),
         userAgent: meta.userAgent?.slice(0, 512) ?? null,
-        ip: meta.ip ?? null,
+        ip: normaliseIp(meta.ip) ?? null,
       });
       await tx.refreshTokens.addToken({ id: randomUUID(), sessionId, tokenHash: sha256Hex(refreshToken), createdAt: at });
     });
@@ -212,8 +286,11 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
   }
 
   /** Completes a first factor: either tokens, or a challenge when MFA is enrolled. */
-  async function afterFirstFactor(user: UserRecord, teamId: string | null, meta: RequestMeta, via: string): Promise<LoginResult> {
+  async function afterFirstFactor(user: UserRecord, teamId: string | null, meta: RequestMeta, via: string, attempt?: LoginSubject): Promise<LoginResult> {
     const factors = await confirmedFactors(user.id);
+    // The account's counter is cleared only by a complete login; a right password with a
+    // second factor still to come only takes its own count back.
+    if (attempt) await (factors.length === 0 ? limiter.reset(attempt) : limiter.release(attempt));
     if (factors.length === 0) {
       const pair = await startSession(user.id, teamId, meta);
       await audit({ tenantId: teamId, actorId: user.id, action: "auth.login", target: `session:${pair.sessionId}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null, details: { via } });
@@ -342,24 +419,39 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
 
     async login(input: { email: string; password: string; teamId?: string | undefined }, meta: RequestMeta = {}): Promise<LoginResult> {
       const subject: LoginSubject = { account: input.email, ip: meta.ip };
-      await limiter.check(subject);
+      await limiter.begin(subject);
       const user = await stores.users.findByEmail(input.email);
       let ok = false;
       if (user?.passwordHash) ok = await hasher.verify(user.passwordHash, input.password);
       else await hasher.verifyDummy(input.password);
       if (!user || !ok) {
-        await limiter.recordFailure(subject);
+        // Already counted by begin().
         await audit({ tenantId: null, actorId: user?.id ?? null, action: "auth.login", target: user ? `user:${user.id}` : null, result: "failure", ip: meta.ip ?? null, requestId: meta.requestId ?? null });
         throw new HttpError(401, "invalid_credentials", "Email or password is incorrect");
       }
-      await limiter.recordSuccess(subject);
-      const teamId = await chooseTeam(user.id, input.teamId);
-      return afterFirstFactor(user, teamId, meta, "password");
+      let teamId: string | null;
+      try {
+        teamId = await chooseTeam(user.id, input.teamId);
+      } catch (error) {
+        await limiter.release(subject);
+        throw error;
+      }
+      return afterFirstFactor(user, teamId, meta, "password", subject);
     },
 
-    /** Second login step: a challenge token plus one factor. */
+    /**
+     * Second login step: a challenge token plus one factor. The attempt is counted first, on the
+     * challenge (at most `mfaMaxAttempts` checks, however many arrive at once) and against the
+     * account's lockout; the counts are cleared only when the login completes.
+     */
     async completeMfaLogin(input: { challengeToken: string } & MfaProof, meta: RequestMeta = {}): Promise<TokenPair> {
-      const { flow, user } = await loadChallenge(input.challengeToken);
+      const invalidChallenge = () => new HttpError(401, "invalid_challenge", "MFA challenge is invalid or expired");
+      const flow = await stores.flows.claimAttempt(sha256Hex(input.challengeToken), "mfa_login", config.mfaMaxAttempts, now());
+      if (!flow?.userId) throw invalidChallenge();
+      const user = await stores.users.findById(flow.userId);
+      if (!user) throw invalidChallenge();
+      const subject: LoginSubject = { account: user.email, ip: meta.ip };
+      await limiter.begin(subject);
       const factors = await confirmedFactors(user.id);
       let used: string | undefined;
       if (input.method === "totp") {
@@ -369,10 +461,9 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
         if (await stores.mfa.consumeRecoveryCode(user.id, hash, now())) used = "recovery_code";
       } else if (input.method === "sms") {
         const expected = flow.data.smsCodeHash;
-        const factorId = flow.data.smsFactorId;
-        if (typeof expected === "string" && typeof factorId === "string" && digestsEqual(sha256Hex(input.code.trim()), expected)) {
-          used = factorId;
-        }
+        // The code is only as good as the factor it was sent for: deleted or re-numbered, it is void.
+        const factor = factors.find((f) => f.kind === "sms" && f.id === flow.data.smsFactorId && f.phone === flow.data.smsPhone);
+        if (typeof expected === "string" && factor && digestsEqual(sha256Hex(input.code.trim()), expected)) used = factor.id;
       } else {
         const options = webauthnConfig();
         const expected = flow.data.webauthnChallenge;
@@ -383,16 +474,13 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
         }
       }
       if (!used) {
-        const attempts = await stores.flows.addAttempt(flow.id);
-        if (attempts >= config.mfaMaxAttempts) await stores.flows.delete(flow.id);
-        await limiter.recordFailure({ account: user.email, ip: meta.ip });
+        if (flow.attempts >= config.mfaMaxAttempts) await stores.flows.delete(flow.id);
         await audit({ tenantId: null, actorId: user.id, action: "auth.mfa", target: `user:${user.id}`, result: "failure", ip: meta.ip ?? null, requestId: meta.requestId ?? null, details: { method: input.method } });
         throw new HttpError(401, "invalid_mfa_code", "The second factor was not accepted");
       }
       // Consuming the challenge makes it single-use even if two requests raced past the checks.
-      if (!(await stores.flows.take(flow.id, "mfa_login", now()))) {
-        throw new HttpError(401, "invalid_challenge", "MFA challenge is invalid or expired");
-      }
+      if (!(await stores.flows.take(flow.id, "mfa_login", now()))) throw invalidChallenge();
+      await limiter.reset(subject);
       const teamId = typeof flow.data.teamId === "string" ? flow.data.teamId : null;
       const pair = await startSession(user.id, teamId, meta);
       await audit({ tenantId: teamId, actorId: user.id, action: "auth.login", target: `session:${pair.sessionId}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null, details: { via: flow.data.via, mfa: input.method } });
@@ -419,8 +507,9 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       const { flow, user } = await loadChallenge(challengeToken);
       const factor = (await confirmedFactors(user.id)).find((f) => f.id === factorId && f.kind === "sms");
       if (!factor?.phone) throw notFound("Factor");
+      await claimSmsSend(user.id, factor.phone, flow.id);
       const code = newSmsCode();
-      await stores.flows.update(flow.id, { ...flow.data, smsCodeHash: sha256Hex(code), smsFactorId: factor.id });
+      await stores.flows.update(flow.id, { ...flow.data, smsCodeHash: sha256Hex(code), smsFactorId: factor.id, smsPhone: factor.phone });
       await sender.send(factor.phone, `Your keen sign-in code is ${code}`);
     },
 
@@ -480,25 +569,86 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       await audit({ tenantId: session.teamId, actorId: session.userId, action: "auth.logout", target: `session:${session.id}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null });
     },
 
-    /** Changes the password and ends every other session of the user. */
+    /**
+     * Changes the password, ends every other session of the user and (unless
+     * `revokeApiKeysOnPasswordChange` is false) revokes their API keys.
+     */
     async changePassword(principal: Principal, input: { currentPassword: string; newPassword: string }, meta: RequestMeta = {}) {
       const user = await requireUser(principal);
-      const subject = { account: user.email, ip: meta.ip };
-      await limiter.check(subject);
-      try {
-        await checkPassword(user, input.currentPassword);
-      } catch (error) {
-        await limiter.recordFailure(subject);
-        throw error;
-      }
+      await checkPassword(user, input.currentPassword, meta);
       const passwordHash = await hasher.hash(input.newPassword);
       const at = now();
-      const revoked = await stores.transaction(async (tx) => {
+      const { revokedSessions, revokedApiKeys } = await stores.transaction(async (tx) => {
         await tx.users.setPassword(user.id, passwordHash, at);
-        return tx.refreshTokens.revokeUserSessions(user.id, "password_change", at, principal.sessionId);
+        return {
+          revokedSessions: await tx.refreshTokens.revokeUserSessions(user.id, "password_change", at, principal.sessionId),
+          revokedApiKeys: config.revokeApiKeysOnPasswordChange ? await tx.apiKeys.revokeUserKeys(user.id, at) : 0,
+          // A second-factor challenge begun with the old password must not outlive it.
+          endedChallenges: await tx.flows.deleteForUser(user.id),
+        };
       });
-      await audit({ tenantId: principal.teamId ?? null, actorId: user.id, action: "auth.password_change", target: `user:${user.id}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null, details: { revokedSessions: revoked } });
-      return { revokedSessions: revoked };
+      if (revokedApiKeys > 0) evictUser(user.id);
+      await audit({ tenantId: principal.teamId ?? null, actorId: user.id, action: "auth.password_change", target: `user:${user.id}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null, details: { revokedSessions, revokedApiKeys } });
+      return { revokedSessions, revokedApiKeys };
+    },
+
+    /**
+     * Signs the user out everywhere: ends every session (the current one too, and with them
+     * their refresh-token families) and, with `includeApiKeys`, revokes every API key of the user.
+     */
+    async signOutEverywhere(principal: Principal, input: { includeApiKeys?: boolean | undefined } = {}, meta: RequestMeta = {}) {
+      const at = now();
+      const { endedChallenges, ...result } = await stores.transaction(async (tx) => ({
+        revokedSessions: await tx.refreshTokens.revokeUserSessions(principal.userId, "signed_out_everywhere", at),
+        revokedApiKeys: input.includeApiKeys ? await tx.apiKeys.revokeUserKeys(principal.userId, at) : 0,
+        endedChallenges: await tx.flows.deleteForUser(principal.userId),
+      }));
+      evictUser(principal.userId);
+      await audit({ tenantId: principal.teamId ?? null, actorId: principal.userId, action: "auth.sign_out_everywhere", target: `user:${principal.userId}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null, details: { ...result, endedChallenges } });
+      return result;
+    },
+
+    /**
+     * Forgets what this process caches about a user's credentials, so an API key of a user just
+     * erased (`eraseUserData`) or changed outside this service stops working now rather than
+     * after `apiKeyCacheTtlMs`. Other processes drop it within that TTL.
+     *
+     * @example
+     * await eraseUserData(db, userId, [authDataRights(), auditDataRights()]);
+     * auth.evictUser(userId);
+     */
+    evictUser,
+
+    /**
+     * Changes a member's role. The team always keeps an owner: demoting the last one is refused
+     * with 409 `last_owner`.
+     */
+    async setMemberRole(teamId: string, userId: string, role: Role, meta: RequestMeta & { actorId?: string } = {}) {
+      const parsedRole = Role.safeParse(role);
+      if (!parsedRole.success) throw new HttpError(400, "invalid_request", "Unknown role");
+      try {
+        if (!(await stores.teams.setRole(teamId, userId, parsedRole.data))) throw notFound("Member");
+      } catch (error) {
+        if (error instanceof LastOwnerError) throw new HttpError(409, "last_owner", "A team must keep at least one owner");
+        throw error;
+      }
+      keyCache.evict((cached) => cached.key.userId === userId && cached.key.teamId === teamId);
+      await audit({ tenantId: teamId, actorId: meta.actorId ?? null, action: "team.role_change", target: `user:${userId}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null, details: { role: parsedRole.data } });
+    },
+
+    /**
+     * Removes a member from a team and revokes their API keys there (a later re-invite does not
+     * bring them back). The last owner cannot be removed: 409 `last_owner`.
+     */
+    async removeMember(teamId: string, userId: string, meta: RequestMeta & { actorId?: string } = {}) {
+      try {
+        if (!(await stores.teams.removeMember(teamId, userId, now()))) throw notFound("Member");
+      } catch (error) {
+        if (error instanceof LastOwnerError) throw new HttpError(409, "last_owner", "A team must keep at least one owner");
+        throw error;
+      }
+      keyCache.evict((cached) => cached.key.userId === userId && cached.key.teamId === teamId);
+      await audit({ tenantId: teamId, actorId: meta.actorId ?? null, action: "team.member_remove", target: `user:${userId}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null });
     },
 
     async listSessions(principal: Principal) {
@@ -656,6 +806,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
     async enrolSms(principal: Principal, phone: string) {
       const sender = smsSender();
       if (!PHONE_NUMBER.test(phone)) throw new HttpError(400, "invalid_request", "Phone number must be in E.164 form, e.g. +447700900123");
+      await claimSmsSend(principal.userId, phone);
       const id = randomUUID();
       const at = now();
       const code = newSmsCode();
@@ -672,9 +823,10 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       const factor = await stores.mfa.findFactor(factorId);
       if (!factor || factor.userId !== principal.userId || factor.kind !== "sms" || factor.confirmedAt) throw notFound("Factor");
       const flowId = `sms_enrol:${factor.id}`;
-      const flow = await stores.flows.peek(flowId, "sms_enrol", now());
+      // Counted before the comparison, atomically: concurrent guesses get mfaMaxAttempts checks in all.
+      const flow = await stores.flows.claimAttempt(flowId, "sms_enrol", config.mfaMaxAttempts, now());
       if (!flow || flow.userId !== principal.userId || !digestsEqual(sha256Hex(code.trim()), String(flow.data.codeHash))) {
-        if (flow && (await stores.flows.addAttempt(flowId)) >= config.mfaMaxAttempts) await stores.flows.delete(flowId);
+        if (flow && flow.attempts >= config.mfaMaxAttempts) await stores.flows.delete(flowId);
         throw new HttpError(400, "invalid_mfa_code", "The code is not valid");
       }
       await stores.flows.delete(flowId);
@@ -716,7 +868,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       const user = await requireUser(principal);
       const factor = await stores.mfa.findFactor(factorId);
       if (!factor || factor.userId !== user.id) throw notFound("Factor");
-      if (user.passwordHash) await checkPassword(user, password);
+      if (user.passwordHash) await checkPassword(user, password, meta);
       await stores.mfa.deleteFactor(factor.id);
       if ((await confirmedFactors(user.id)).length === 0) await stores.mfa.replaceRecoveryCodes(user.id, [], now());
       await audit({ tenantId: principal.teamId ?? null, actorId: user.id, action: "mfa.disable", target: `mfa_factor:${factor.id}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null, details: { kind: factor.kind } });
@@ -724,34 +876,57 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
 
     async regenerateRecoveryCodes(principal: Principal, password: string, meta: RequestMeta = {}) {
       const user = await requireUser(principal);
-      if (user.passwordHash) await checkPassword(user, password);
+      if (user.passwordHash) await checkPassword(user, password, meta);
       if ((await confirmedFactors(user.id)).length === 0) throw new HttpError(400, "mfa_not_enrolled", "Enrol a second factor first");
       const codes = await issueRecoveryCodes(user.id);
       await audit({ tenantId: principal.teamId ?? null, actorId: user.id, action: "mfa.recovery_codes", target: `user:${user.id}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null });
       return codes;
     },
 
-    /** Where to send the browser to sign in with a provider (authorization code + PKCE + state). */
-    async oauthStart(providerName: string): Promise<{ url: string }> {
+    /**
+     * Where to send the browser to sign in with a provider (authorization code + PKCE + state),
+     * and `browserBinding`: a secret the caller must keep in the initiating browser (the router
+     * sets it as an HttpOnly, SameSite cookie) and hand back to `oauthCallback`. The state and
+     * the PKCE verifier are only usable together with it, so a callback URL carrying someone
+     * else's code and state signs no other browser in (login CSRF).
+     */
+    async oauthStart(providerName: string): Promise<{ url: string; browserBinding: string; expiresInSeconds: number }> {
       const provider = providers.get(providerName as OAuthProviderName);
       if (!provider) throw notFound("OAuth provider");
       const state = randomToken(24);
       const verifier = randomToken(48);
+      const browserBinding = randomToken(32);
       const at = now();
-      await stores.flows.put({ id: sha256Hex(state), kind: `oauth:${provider.name}`, userId: null, data: { verifier }, attempts: 0, expiresAt: new Date(at.getTime() + 600_000) }, at);
-      return { url: authorizeUrl(provider, state, verifier) };
+      const ttl = config.oauthStateTtlSeconds;
+      await stores.flows.put(
+        { id: sha256Hex(state), kind: `oauth:${provider.name}`, userId: null, data: { verifier, bindingHash: sha256Hex(browserBinding) }, attempts: 0, expiresAt: new Date(at.getTime() + ttl * 1000) },
+        at,
+      );
+      return { url: authorizeUrl(provider, state, verifier), browserBinding, expiresInSeconds: ttl };
     },
 
     /**
      * Finishes an OAuth sign-in: checks state, exchanges the code with PKCE, then signs in the
      * linked user, links an existing user by verified email, or creates one.
      */
-    async oauthCallback(providerName: string, input: { code: string; state: string }, meta: RequestMeta = {}): Promise<LoginResult> {
+    async oauthCallback(
+      providerName: string,
+      input: { code: string; state: string; browserBinding: string | undefined },
+      meta: RequestMeta = {},
+    ): Promise<LoginResult> {
       const provider = providers.get(providerName as OAuthProviderName);
       if (!provider) throw notFound("OAuth provider");
-      const flow = await stores.flows.take(sha256Hex(input.state), `oauth:${provider.name}`, now());
+      const invalidState = () => new HttpError(400, "invalid_state", "OAuth state is invalid or expired");
+      const kind = `oauth:${provider.name}`;
+      const stateId = sha256Hex(input.state);
+      const pending = await stores.flows.peek(stateId, kind, now());
+      // Checked before the state is consumed: a browser that did not start this sign-in cannot burn it either.
+      if (!pending || typeof pending.data.bindingHash !== "string" || !input.browserBinding || !digestsEqual(sha256Hex(input.browserBinding), pending.data.bindingHash)) {
+        throw new HttpError(400, "invalid_state", "This sign-in was not started in this browser, or it expired; start again");
+      }
+      const flow = await stores.flows.take(stateId, kind, now());
       const verifier = flow?.data.verifier;
-      if (typeof verifier !== "string") throw new HttpError(400, "invalid_state", "OAuth state is invalid or expired");
+      if (typeof verifier !== "string") throw invalidState();
       const profile = await fetchProfile(provider, input.code, verifier, fetchImpl);
       const at = now();
       const linked = await stores.oauthAccounts.find(provider.name, profile.subject);
@@ -762,6 +937,17 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
         }
         const email = profile.email.normalize("NFKC").trim().toLowerCase();
         const existing = await stores.users.findByEmail(email);
+        if (existing && !existing.emailVerified) {
+          // Account pre-hijacking: whoever signed up with this address never proved they own it,
+          // and linking would hand the provider's owner an account whose password, sessions and
+          // keys someone else may hold. Refuse; the owner of the address proves it first.
+          await audit({ tenantId: null, actorId: existing.id, action: "auth.oauth_link", target: `user:${existing.id}`, result: "denied", ip: meta.ip ?? null, requestId: meta.requestId ?? null, details: { provider: provider.name, reason: "email_unverified" } });
+          throw new HttpError(
+            409,
+            "account_email_unverified",
+            "An account with this email exists but its address was never verified; sign in to it with its password and verify the address before linking a provider",
+          );
+        }
         const created = await stores.transaction(async (tx) => {
           let target = existing;
           if (!target) {
@@ -770,8 +956,6 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
             target = await tx.users.create({ id: userId, email, emailVerified: true, passwordHash: null, displayName: profile.name }, at);
             await tx.teams.create({ id: teamId, name: "Personal", personal: true }, at);
             await tx.teams.addMember(teamId, userId, "owner", at);
-          } else if (!target.emailVerified) {
-            await tx.users.markEmailVerified(target.id);
           }
           await tx.oauthAccounts.link({ provider: provider.name, subject: profile.subject, userId: target.id, email }, at);
           return target;

@@ -1,9 +1,10 @@
 import { randomUUID } from "node:crypto";
-import type { Kysely, Selectable, Transaction } from "kysely";
+import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
 import { Role } from "./permissions.js";
 import type { AuthTables } from "./tables.js";
 import {
   DuplicateError,
+  LastOwnerError,
   type ApiKeyRecord,
   type AuthFlowRecord,
   type AuthStores,
@@ -87,6 +88,17 @@ export function createKyselyAuthStores(db: Kysely<any>): AuthStores {
 }
 
 function build(db: Db, inTransaction: boolean): AuthStores {
+  /** Runs `work` in a transaction, or in the caller's when these stores already are. */
+  const atomically = <T>(work: (inner: Db) => Promise<T>): Promise<T> =>
+    inTransaction ? work(db) : db.transaction().execute((trx) => work(trx));
+
+  /** Locks the team row, then refuses when `userId` is its only owner. */
+  async function guardLastOwner(inner: Db, teamId: string, userId: string): Promise<void> {
+    await inner.selectFrom("teams").select("id").where("id", "=", teamId).forUpdate().executeTakeFirst();
+    const owners = await inner.selectFrom("memberships").select("user_id").where("team_id", "=", teamId).where("role", "=", "owner").execute();
+    if (owners.length === 1 && owners[0]!.user_id === userId) throw new LastOwnerError(teamId);
+  }
+
   const stores: AuthStores = {
     users: {
       async create(user, at) {
@@ -133,13 +145,31 @@ function build(db: Db, inTransaction: boolean): AuthStores {
         await db.insertInto("memberships").values({ team_id: teamId, user_id: userId, role, created_at: at }).execute();
       },
       async setRole(teamId, userId, role) {
-        const result = await db
-          .updateTable("memberships")
-          .set({ role })
-          .where("team_id", "=", teamId)
-          .where("user_id", "=", userId)
-          .executeTakeFirst();
-        return Number(result.numUpdatedRows) > 0;
+        return atomically(async (inner) => {
+          if (role !== "owner") await guardLastOwner(inner, teamId, userId);
+          const result = await inner
+            .updateTable("memberships")
+            .set({ role })
+            .where("team_id", "=", teamId)
+            .where("user_id", "=", userId)
+            .executeTakeFirst();
+          return Number(result.numUpdatedRows) > 0;
+        });
+      },
+      async removeMember(teamId, userId, at) {
+        return atomically(async (inner) => {
+          await guardLastOwner(inner, teamId, userId);
+          const result = await inner.deleteFrom("memberships").where("team_id", "=", teamId).where("user_id", "=", userId).executeTakeFirst();
+          if (Number(result.numDeletedRows) === 0) return false;
+          await inner
+            .updateTable("api_keys")
+            .set({ revoked_at: at })
+            .where("team_id", "=", teamId)
+            .where("user_id", "=", userId)
+            .where("revoked_at", "is", null)
+            .execute();
+          return true;
+        });
       },
       async roleOf(userId, teamId) {
         const row = await db
@@ -281,7 +311,10 @@ function build(db: Db, inTransaction: boolean): AuthStores {
       async findForVerification(prefix) {
         const row = await db
           .selectFrom("api_keys as k")
-          .leftJoin("memberships as m", (join) => join.onRef("m.team_id", "=", "k.team_id").onRef("m.user_id", "=", "k.user_id"))
+          // A membership newer than the key (the owner left and came back) does not revive it.
+          .leftJoin("memberships as m", (join) =>
+            join.onRef("m.team_id", "=", "k.team_id").onRef("m.user_id", "=", "k.user_id").onRef("m.created_at", "<=", "k.created_at"),
+          )
           .selectAll("k")
           .select("m.role as owner_role")
           .where("k.prefix", "=", prefix)
@@ -307,6 +340,12 @@ function build(db: Db, inTransaction: boolean): AuthStores {
           .where("revoked_at", "is", null)
           .executeTakeFirst();
         return Number(result.numUpdatedRows) === 1;
+      },
+      async revokeUserKeys(userId, at, teamId) {
+        let query = db.updateTable("api_keys").set({ revoked_at: at }).where("user_id", "=", userId).where("revoked_at", "is", null);
+        if (teamId) query = query.where("team_id", "=", teamId);
+        const result = await query.executeTakeFirst();
+        return Number(result.numUpdatedRows);
       },
       async touch(id, at) {
         await db.updateTable("api_keys").set({ last_used_at: at }).where("id", "=", id).execute();
@@ -431,27 +470,37 @@ function build(db: Db, inTransaction: boolean): AuthStores {
         const row = await db.selectFrom("login_attempts").selectAll().where("key", "=", key).executeTakeFirst();
         return row && { failures: row.failures, lockedUntil: row.locked_until };
       },
-      async recordFailure(key, at, resetBefore) {
-        const row = await db
-          .insertInto("login_attempts")
-          .values({ key, failures: 1, last_failure_at: at })
-          .onConflict((oc) =>
-            oc.column("key").doUpdateSet((eb) => ({
-              failures: eb
-                .case()
-                .when("login_attempts.last_failure_at", "<", resetBefore)
-                .then(1)
-                .else(eb("login_attempts.failures", "+", 1))
-                .end(),
-              last_failure_at: at,
-            })),
-          )
-          .returning("failures")
-          .executeTakeFirstOrThrow();
-        return row.failures;
+      async claim(key, at, policy) {
+        return atomically(async (inner) => {
+          await inner
+            .insertInto("login_attempts")
+            .values({ key, failures: 0, last_failure_at: at })
+            .onConflict((oc) => oc.column("key").doNothing())
+            .execute();
+          // The row lock serialises concurrent claims of one key: each sees the others' counts.
+          const row = await inner.selectFrom("login_attempts").selectAll().where("key", "=", key).forUpdate().executeTakeFirstOrThrow();
+          if (row.locked_until && row.locked_until.getTime() > at.getTime()) return { allowed: false as const, lockedUntil: row.locked_until };
+          const failures = row.last_failure_at.getTime() < policy.resetBefore.getTime() ? 1 : row.failures + 1;
+          const lockout = policy.lockoutMs(failures);
+          await inner
+            .updateTable("login_attempts")
+            .set({ failures, last_failure_at: at, locked_until: lockout > 0 ? new Date(at.getTime() + lockout) : null })
+            .where("key", "=", key)
+            .execute();
+          return { allowed: true as const, failures };
+        });
       },
-      async lock(key, until) {
-        await db.updateTable("login_attempts").set({ locked_until: until }).where("key", "=", key).execute();
+      async release(key, threshold) {
+        // Back to no failures: no row, so successful logins leave no trace of their address.
+        await db.deleteFrom("login_attempts").where("key", "=", key).where("failures", "<=", 1).execute();
+        await db
+          .updateTable("login_attempts")
+          .set((eb) => ({
+            failures: sql<number>`greatest(${eb.ref("failures")} - 1, 0)`,
+            locked_until: eb.case().when("failures", "<=", threshold).then(null).else(eb.ref("locked_until")).end(),
+          }))
+          .where("key", "=", key)
+          .execute();
       },
       async clear(key) {
         await db.deleteFrom("login_attempts").where("key", "=", key).execute();
@@ -495,17 +544,44 @@ function build(db: Db, inTransaction: boolean): AuthStores {
       async update(id, data) {
         await db.updateTable("auth_flows").set({ data: JSON.stringify(data) }).where("id", "=", id).execute();
       },
-      async addAttempt(id) {
+      async claimAttempt(id, kind, maxAttempts, now) {
         const row = await db
           .updateTable("auth_flows")
           .set((eb) => ({ attempts: eb("attempts", "+", 1) }))
           .where("id", "=", id)
-          .returning("attempts")
+          .where("kind", "=", kind)
+          .where("expires_at", ">", now)
+          .where("attempts", "<", maxAttempts)
+          .returningAll()
           .executeTakeFirst();
-        return row?.attempts ?? Number.POSITIVE_INFINITY;
+        return row && toFlow(row);
       },
       async delete(id) {
         await db.deleteFrom("auth_flows").where("id", "=", id).execute();
+      },
+      async deleteForUser(userId) {
+        const result = await db.deleteFrom("auth_flows").where("user_id", "=", userId).executeTakeFirst();
+        return Number(result.numDeletedRows);
+      },
+    },
+    counters: {
+      async hit(key, windowStart, limit) {
+        // One statement: a new window starts over at 1; a full one is left alone and returns no row.
+        const row = await db
+          .insertInto("auth_counters")
+          .values({ key, window_start: windowStart, count: 1 })
+          .onConflict((oc) =>
+            oc
+              .column("key")
+              .doUpdateSet((eb) => ({
+                count: eb.case().when("auth_counters.window_start", "=", windowStart).then(eb("auth_counters.count", "+", 1)).else(1).end(),
+                window_start: windowStart,
+              }))
+              .where((eb) => eb.or([eb("auth_counters.window_start", "<>", windowStart), eb("auth_counters.count", "<", limit)])),
+          )
+          .returning("count")
+          .executeTakeFirst();
+        return row !== undefined && row.count <= limit;
       },
     },
     async transaction(work) {

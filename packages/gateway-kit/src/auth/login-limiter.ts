@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
+import { ipLimitKey } from "../http/client-ip.js";
 import type { LoginAttemptStore } from "./stores.js";
 
 export const LoginLimiterOptions = z
@@ -23,26 +24,52 @@ export type LoginLimiterOptions = z.input<typeof LoginLimiterOptions>;
 export interface LoginSubject {
   /** The normalised account identifier (email). */
   account: string;
+  /** The client's address; IPv6 addresses are counted by their /64 (see `ipLimitKey`). */
   ip: string | undefined;
 }
 
-/** Counts login failures per account and per IP and locks them out exponentially. */
+/**
+ * Counts credential attempts per account and per IP and locks them out exponentially. Every
+ * attempt is counted as a failure *before* its credential is checked (`begin`), atomically, so
+ * concurrent guesses cannot slip past a lockout; a right credential takes its count back
+ * (`release`) and a completed login clears the account (`reset`).
+ */
 export interface LoginLimiter {
-  /** Throws 429 `too_many_attempts` with `Retry-After` while the account or the IP is locked. */
+  /** Throws 429 `too_many_attempts` with `Retry-After` while the account or the IP is locked (reads only). */
   check(subject: LoginSubject): Promise<void>;
-  recordFailure(subject: LoginSubject): Promise<void>;
-  /** Clears the account's counter (the IP's stays, so one good login does not launder an attacker's IP). */
-  recordSuccess(subject: LoginSubject): Promise<void>;
+  /** Counts one attempt against the account and the IP; throws 429 while either is locked. */
+  begin(subject: LoginSubject): Promise<void>;
+  /** The credential of a `begin`-counted attempt was right: takes that count back from the account and the IP. */
+  release(subject: LoginSubject): Promise<void>;
+  /**
+   * A login completed, every factor included: clears the account's counter and takes back the
+   * IP's count (the IP keeps earlier failures, so one good login does not launder an attacker's IP).
+   */
+  reset(subject: LoginSubject): Promise<void>;
+}
+
+function tooManyAttempts(untilMs: number, atMs: number): HttpError {
+  const retryAfter = Math.max(1, Math.ceil((untilMs - atMs) / 1000));
+  return new HttpError(
+    429,
+    "too_many_attempts",
+    "Too many failed login attempts; try again later",
+    { retryAfterSeconds: retryAfter },
+    { "Retry-After": String(retryAfter) },
+  );
 }
 
 /**
- * A brute-force limiter for logins: after `accountFailures` failures for one account (or
- * `ipFailures` from one IP) each further failure locks it for `baseLockoutMs * 2^n`, capped at
- * `maxLockoutMs`. Unknown accounts are counted like known ones, so lockouts reveal nothing.
+ * A brute-force limiter for logins and every other password or second-factor check: after
+ * `accountFailures` failures for one account (or `ipFailures` from one IP) each further failure
+ * locks it for `baseLockoutMs * 2^n`, capped at `maxLockoutMs`. Unknown accounts are counted
+ * like known ones, so lockouts reveal nothing.
  *
  * @example
  * const limiter = createLoginLimiter(stores.loginAttempts, { accountFailures: 5 });
- * await limiter.check({ account: email, ip: ctx.ip });
+ * await limiter.begin({ account: email, ip });
+ * if (!(await passwordMatches())) throw new HttpError(401, "invalid_credentials", "…"); // stays counted
+ * await limiter.reset({ account: email, ip });
  */
 export function createLoginLimiter(store: LoginAttemptStore, options: LoginLimiterOptions = {}, now: () => Date = () => new Date()): LoginLimiter {
   const parsed = LoginLimiterOptions.safeParse(options);
@@ -50,8 +77,10 @@ export function createLoginLimiter(store: LoginAttemptStore, options: LoginLimit
   const config = parsed.data;
   const keysOf = (subject: LoginSubject) => [
     { key: `account:${subject.account}`, threshold: config.accountFailures },
-    ...(subject.ip ? [{ key: `ip:${subject.ip}`, threshold: config.ipFailures }] : []),
+    ...(subject.ip ? [{ key: `ip:${ipLimitKey(subject.ip)}`, threshold: config.ipFailures }] : []),
   ];
+  const lockoutFor = (threshold: number) => (failures: number) =>
+    failures < threshold ? 0 : Math.min(config.baseLockoutMs * 2 ** Math.min(failures - threshold, 30), config.maxLockoutMs);
   return {
     async check(subject) {
       const at = now().getTime();
@@ -61,31 +90,24 @@ export function createLoginLimiter(store: LoginAttemptStore, options: LoginLimit
         const lockedUntil = state?.lockedUntil?.getTime() ?? 0;
         if (lockedUntil > at) until = Math.max(until, lockedUntil);
       }
-      if (until > 0) {
-        const retryAfter = Math.max(1, Math.ceil((until - at) / 1000));
-        throw new HttpError(
-          429,
-          "too_many_attempts",
-          "Too many failed login attempts; try again later",
-          { retryAfterSeconds: retryAfter },
-          { "Retry-After": String(retryAfter) },
-        );
-      }
+      if (until > 0) throw tooManyAttempts(until, at);
     },
-    async recordFailure(subject) {
+    async begin(subject) {
       const at = now();
       const resetBefore = new Date(at.getTime() - config.resetAfterMs);
-      for (const { key, threshold } of keysOf(subject)) {
-        const failures = await store.recordFailure(key, at, resetBefore);
-        if (failures >= threshold) {
-          const exponent = Math.min(failures - threshold, 30);
-          const lockout = Math.min(config.baseLockoutMs * 2 ** exponent, config.maxLockoutMs);
-          await store.lock(key, new Date(at.getTime() + lockout));
-        }
+      // The IP first: a locked-out address adds nothing to the account it aims at.
+      for (const { key, threshold } of keysOf(subject).reverse()) {
+        const claimed = await store.claim(key, at, { resetBefore, lockoutMs: lockoutFor(threshold) });
+        if (!claimed.allowed) throw tooManyAttempts(claimed.lockedUntil.getTime(), at.getTime());
       }
     },
-    async recordSuccess(subject) {
-      await store.clear(`account:${subject.account}`);
+    async release(subject) {
+      for (const { key, threshold } of keysOf(subject)) await store.release(key, threshold);
+    },
+    async reset(subject) {
+      const [account, ...ip] = keysOf(subject);
+      await store.clear(account!.key);
+      for (const { key, threshold } of ip) await store.release(key, threshold);
     },
   };
 }

@@ -144,4 +144,15 @@ export const authMigrations = defineMigrations("gk_auth", {
         .execute();
     },
   },
+  gk_auth_0004_counters: {
+    up: async (db: Kysely<any>) => {
+      // Fixed-window counters: SMS sends per account, per phone number and in all.
+      await db.schema
+        .createTable("auth_counters")
+        .addColumn("key", "text", (c) => c.primaryKey())
+        .addColumn("window_start", "timestamptz", (c) => c.notNull())
+        .addColumn("count", "integer", (c) => c.notNull())
+        .execute();
+    },
+  },
 });

@@ -80,18 +80,22 @@ describeEachDatabase("OAuth", (fixture) => {
     await provider?.close();
   });
 
-  /** Plays the browser: start → provider authorize → back to our callback. */
+  /** The `name=value` pairs a browser would send back from a response's Set-Cookie headers. */
+  const cookiesOf = (headers: Headers) => headers.getSetCookie().map((c) => c.split(";")[0]!).join("; ");
+
+  /** Plays the browser: start → provider authorize → back to our callback, carrying the start's cookie. */
   async function signIn(name: "github" | "google", profile: FakeProfile) {
     provider.setProfile(profile);
     const start = await app.request("GET", `/auth/oauth/${name}/start`);
     expect(start.status).toBe(302);
+    const cookie = cookiesOf(start.headers);
     const authorize = new URL(start.headers.get("location")!);
     expect(authorize.searchParams.get("code_challenge_method")).toBe("S256");
     expect(authorize.searchParams.get("state")).toBeTruthy();
     const redirect = await fetch(authorize, { redirect: "manual" });
     const back = new URL(redirect.headers.get("location")!);
-    const callback = await app.request("GET", `${back.pathname}${back.search}`);
-    return { callback, state: back.searchParams.get("state")!, code: back.searchParams.get("code")! };
+    const callback = await app.request("GET", `${back.pathname}${back.search}`, { headers: { cookie } });
+    return { callback, cookie, state: back.searchParams.get("state")!, code: back.searchParams.get("code")! };
   }
 
   it("creates a user from a verified GitHub email, with PKCE, and signs the same account in again", async () => {
@@ -109,7 +113,7 @@ describeEachDatabase("OAuth", (fixture) => {
     expect(me2.body.user.id).toBe(me.body.user.id);
 
     // The state is single-use.
-    const replay = await app.request("GET", `/auth/oauth/github/callback?code=${again.code}&state=${again.state}`);
+    const replay = await app.request("GET", `/auth/oauth/github/callback?code=${again.code}&state=${again.state}`, { headers: { cookie: again.cookie } });
     expect(replay.status).toBe(400);
     expect(replay.body.error.code).toBe("invalid_state");
   });
@@ -119,6 +123,8 @@ describeEachDatabase("OAuth", (fixture) => {
     const unverified = await signIn("google", { google: { sub: "g-unverified", email: existing.email, email_verified: false } });
     expect(unverified.callback.status).toBe(403);
     expect(unverified.callback.body.error.code).toBe("email_not_verified");
+    // Only an account whose own address was verified is linked (see the pre-hijacking test).
+    await app.service.stores.users.markEmailVerified(existing.user.id);
 
     const linked = await signIn("google", { google: { sub: `g-${existing.user.id}`, email: existing.email.toUpperCase(), email_verified: true } });
     expect(linked.callback.status).toBe(200);
@@ -126,6 +132,53 @@ describeEachDatabase("OAuth", (fixture) => {
     expect(me.body.user.id).toBe(existing.user.id);
     // The password still works too.
     expect((await app.request("POST", "/auth/login", { body: { email: existing.email, password: PASSWORD } })).status).toBe(200);
+  });
+
+  it("binds the state to the browser that started the sign-in: a callback URL opened elsewhere signs nobody in (login CSRF)", async () => {
+    // The attacker runs the flow with their own provider account and stops before the callback.
+    provider.setProfile({ github: { user: { id: 9001, name: "Mallory", email: null }, emails: [{ email: uniqueEmail("mallory"), primary: true, verified: true }] } });
+    const start = await app.request("GET", "/auth/oauth/github/start");
+    const setCookie = start.headers.getSetCookie().join("\n");
+    expect(setCookie).toMatch(/keen_oauth_github=/);
+    expect(setCookie).toMatch(/httponly/i);
+    expect(setCookie).toMatch(/samesite=lax/i);
+    expect(setCookie).toMatch(/path=\/auth\/oauth\/github/i);
+    const attackerCookie = cookiesOf(start.headers);
+    const redirect = await fetch(new URL(start.headers.get("location")!), { redirect: "manual" });
+    const back = new URL(redirect.headers.get("location")!);
+    const callbackPath = `${back.pathname}${back.search}`;
+
+    // The victim's browser opens the link: without the cookie, or with the cookie of its own sign-in.
+    const bare = await app.request("GET", callbackPath);
+    expect(bare.status).toBe(400);
+    expect(bare.body.error.code).toBe("invalid_state");
+    expect(bare.body.accessToken).toBeUndefined();
+    const victimStart = await app.request("GET", "/auth/oauth/github/start");
+    const crossed = await app.request("GET", callbackPath, { headers: { cookie: cookiesOf(victimStart.headers) } });
+    expect(crossed.status).toBe(400);
+    expect(crossed.body.accessToken).toBeUndefined();
+
+    // A HEAD (a link preview) answers without spending the state; the starting browser still completes.
+    const head = await app.request("HEAD", callbackPath, { headers: { cookie: attackerCookie } });
+    expect(head.status).toBeLessThan(300);
+    const own = await app.request("GET", callbackPath, { headers: { cookie: attackerCookie } });
+    expect(own.status).toBe(200);
+    expect(own.headers.get("cache-control")).toBe("no-store");
+    expect(own.headers.getSetCookie().join("\n")).toMatch(/keen_oauth_github=;/);
+  });
+
+  it("never links a provider to an account whose email was never verified (pre-hijacking)", async () => {
+    // The attacker registers the victim's address first, with a password of their own.
+    const victimEmail = uniqueEmail("victim");
+    const attacker = await signup(app, victimEmail);
+    const result = await signIn("google", { google: { sub: `g-victim-${attacker.user.id}`, email: victimEmail, email_verified: true } });
+    expect(result.callback.status).toBe(409);
+    expect(result.callback.body.error.code).toBe("account_email_unverified");
+    expect(result.callback.body.accessToken).toBeUndefined();
+    const row = await fixture.database.db.selectFrom("users").select("email_verified").where("id", "=", attacker.user.id).executeTakeFirstOrThrow();
+    expect(row.email_verified).toBe(false);
+    const links = await fixture.database.db.selectFrom("oauth_accounts").selectAll().where("user_id", "=", attacker.user.id).execute();
+    expect(links).toEqual([]);
   });
 
   it("refuses forged state, unknown providers and provider denials with 4xx", async () => {

@@ -48,7 +48,17 @@ export interface MembershipRecord {
 export interface TeamStore {
   create(team: TeamRecord, at: Date): Promise<TeamRecord>;
   addMember(teamId: string, userId: string, role: Role, at: Date): Promise<void>;
+  /**
+   * Changes a member's role. Throws `LastOwnerError` when it would leave the team without an
+   * owner (checked under a lock on the team, so two owners demoting each other cannot both win);
+   * false when the user is not a member.
+   */
   setRole(teamId: string, userId: string, role: Role): Promise<boolean>;
+  /**
+   * Removes a member and revokes every API key they hold in the team, atomically. Throws
+   * `LastOwnerError` for the team's last owner; false when the user is not a member.
+   */
+  removeMember(teamId: string, userId: string, at: Date): Promise<boolean>;
   roleOf(userId: string, teamId: string): Promise<Role | undefined>;
   memberships(userId: string): Promise<MembershipRecord[]>;
 }
@@ -121,6 +131,8 @@ export interface ApiKeyStore {
   findById(id: string): Promise<ApiKeyRecord | undefined>;
   list(teamId: string, userId?: string): Promise<ApiKeyRecord[]>;
   revoke(id: string, at: Date): Promise<boolean>;
+  /** Revokes every live key of a user (in one team, or in all); returns how many. */
+  revokeUserKeys(userId: string, at: Date, teamId?: string): Promise<number>;
   touch(id: string, at: Date): Promise<void>;
 }
 
@@ -173,18 +185,46 @@ export interface LoginAttemptState {
   lockedUntil: Date | null;
 }
 
+/** How `LoginAttemptStore.claim` counts: when old failures are forgotten and how long a count locks. */
+export interface LoginAttemptPolicy {
+  /** Failures last counted before this are forgotten (the count starts over at 1). */
+  resetBefore: Date;
+  /** The lockout a count of `failures` earns, in ms; 0 for none. */
+  lockoutMs(failures: number): number;
+}
+
 /**
- * Failure counters behind the login brute-force limiter.
+ * Failure counters behind the login brute-force limiter. An attempt is counted *before* its
+ * credential is checked, in one atomic step that refuses while the key is locked, so a burst of
+ * concurrent guesses cannot all pass a check made before any of them is counted.
  *
  * @example
- * const state = await stores.loginAttempts.recordFailure("ip:127.0.0.1", now, resetBefore);
+ * const claimed = await stores.loginAttempts.claim("account:ada@example.com", now, policy);
+ * if (!claimed.allowed) throw tooManyAttempts(claimed.lockedUntil);
  */
 export interface LoginAttemptStore {
   get(key: string): Promise<LoginAttemptState | undefined>;
-  /** Adds one failure (starting over when the last one is older than `resetBefore`) and returns the new count. */
-  recordFailure(key: string, at: Date, resetBefore: Date): Promise<number>;
-  lock(key: string, until: Date): Promise<void>;
+  /**
+   * Atomically: refuses while `lockedUntil` is in the future; otherwise adds one failure
+   * (starting over when the last is older than `policy.resetBefore`) and locks the key for
+   * `policy.lockoutMs(failures)`.
+   */
+  claim(key: string, at: Date, policy: LoginAttemptPolicy): Promise<{ allowed: true; failures: number } | { allowed: false; lockedUntil: Date }>;
+  /** Takes back one claimed failure (the credential was right); lifts the lock when the count falls below `threshold`. */
+  release(key: string, threshold: number): Promise<void>;
   clear(key: string): Promise<void>;
+}
+
+/**
+ * Fixed-window counters (SMS sends per account, per number, in all), each step one atomic
+ * conditional update.
+ *
+ * @example
+ * const ok = await stores.counters.hit("sms:phone:+447700900123", windowStart, 5);
+ */
+export interface CounterStore {
+  /** Adds one to `key`'s count in the window starting at `windowStart`, unless it already reached `limit`; true when counted. */
+  hit(key: string, windowStart: Date, limit: number): Promise<boolean>;
 }
 
 export interface AuthFlowRecord {
@@ -209,9 +249,15 @@ export interface AuthFlowStore {
   /** Deletes and returns an unexpired flow of that kind; undefined when absent, expired or already taken. */
   take(id: string, kind: string, now: Date): Promise<AuthFlowRecord | undefined>;
   update(id: string, data: Record<string, unknown>): Promise<void>;
-  /** Adds a failed attempt and returns the new count. */
-  addAttempt(id: string): Promise<number>;
+  /**
+   * Counts one attempt on an unexpired flow of that kind, atomically, unless it already has
+   * `maxAttempts`; returns the flow as it is after counting, or undefined when refused. Count
+   * first, then check the code: concurrent guesses can never check more than `maxAttempts`.
+   */
+  claimAttempt(id: string, kind: string, maxAttempts: number, now: Date): Promise<AuthFlowRecord | undefined>;
   delete(id: string): Promise<void>;
+  /** Deletes every pending flow of a user (e.g. MFA challenges begun with a password that just changed); returns how many. */
+  deleteForUser(userId: string): Promise<number>;
 }
 
 /**
@@ -230,7 +276,16 @@ export interface AuthStores {
   oauthAccounts: OAuthAccountStore;
   loginAttempts: LoginAttemptStore;
   flows: AuthFlowStore;
+  counters: CounterStore;
   transaction<T>(work: (stores: AuthStores) => Promise<T>): Promise<T>;
+}
+
+/** Raised by a team store when a change would leave a team with no owner. */
+export class LastOwnerError extends Error {
+  constructor(readonly teamId: string) {
+    super(`Team ${teamId} must keep at least one owner`);
+    this.name = "LastOwnerError";
+  }
 }
 
 /** Raised by a store when a unique value (an email, a credential id) already exists. */

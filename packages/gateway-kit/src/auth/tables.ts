@@ -66,6 +66,7 @@ export interface AuthTables {
   recovery_codes: { id: string; user_id: string; code_hash: string; used_at: NullableTimestamp; created_at: Timestamp };
   oauth_accounts: { provider: string; subject: string; user_id: string; email: string | null; created_at: Timestamp };
   login_attempts: { key: string; failures: number; locked_until: NullableTimestamp; last_failure_at: Timestamp };
+  auth_counters: { key: string; window_start: Timestamp; count: number };
   auth_flows: {
     id: string;
     kind: string;

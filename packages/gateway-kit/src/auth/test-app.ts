@@ -169,3 +169,29 @@ export async function addMember(app: TestApp, teamId: string, userId: string, ro
 }
 
 export { sql };
+
+/** Enrols and confirms a TOTP factor through the API. */
+export async function enrolTotpFactor(app: TestApp, token: string) {
+  const { totpCode } = await import("./totp.js");
+  const enrol = await app.request("POST", "/auth/mfa/totp", { token, body: {} });
+  if (enrol.status !== 201) throw new Error(`totp enrol failed: ${enrol.status}`);
+  const confirm = await app.request("POST", "/auth/mfa/totp/verify", { token, body: { factorId: enrol.body.factorId, code: totpCode(enrol.body.secret, app.clock.now()) } });
+  if (confirm.status !== 200) throw new Error(`totp confirm failed: ${confirm.status}`);
+  return { factorId: enrol.body.factorId as string, secret: enrol.body.secret as string, recoveryCodes: confirm.body.recoveryCodes as string[] };
+}
+
+/** The six-digit code of the last text sent to `phone`. */
+export function lastSmsCode(app: TestApp, phone: string): string {
+  const message = app.smsMessages.filter((m) => m.phone === phone).at(-1);
+  if (!message) throw new Error(`no text sent to ${phone}`);
+  return /(\d{6})/.exec(message.message)![1]!;
+}
+
+/** Enrols and confirms an SMS factor through the API. */
+export async function enrolSmsFactor(app: TestApp, token: string, phone: string) {
+  const enrol = await app.request("POST", "/auth/mfa/sms", { token, body: { phone } });
+  if (enrol.status !== 201) throw new Error(`sms enrol failed: ${enrol.status} ${JSON.stringify(enrol.body)}`);
+  const confirm = await app.request("POST", "/auth/mfa/sms/verify", { token, body: { factorId: enrol.body.factorId, code: lastSmsCode(app, phone) } });
+  if (confirm.status !== 200) throw new Error(`sms confirm failed: ${confirm.status}`);
+  return { factorId: enrol.body.factorId as string };
+}

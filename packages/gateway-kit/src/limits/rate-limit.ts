@@ -1,5 +1,6 @@
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
+import { ipLimitKey, requestIp } from "../http/client-ip.js";
 import { HttpError } from "../http-error.js";
 import { clock, fn, parseOptions } from "./options.js";
 import type { RateLimitResult, RateLimitStore } from "./rate-limit-store.js";
@@ -45,10 +46,11 @@ function keyOf(by: z.output<typeof RateLimitOptions>["by"], ctx: Ctx): string | 
   switch (by) {
     case "api_key":
       return principal?.apiKeyId ? `key:${principal.apiKeyId}` : undefined;
+    // Addresses come from requestIp() (trusted hops only, validated) and count IPv6 by its /64.
     case "user":
-      return principal ? `user:${principal.userId}` : `ip:${ctx.ip}`;
+      return principal ? `user:${principal.userId}` : `ip:${ipLimitKey(requestIp(ctx))}`;
     case "ip":
-      return `ip:${ctx.ip}`;
+      return `ip:${ipLimitKey(requestIp(ctx))}`;
   }
 }
 
