@@ -15,7 +15,10 @@ import {
   type ToolUseBlock,
   type Usage,
 } from "../model/model.js";
+import { blockText, estimateMessageTokens, estimateRequestTokens, estimateTextTokens } from "../model/estimate.js";
 import { textOf } from "./conversation.js";
+
+export { estimateMessageTokens, estimateRequestTokens, estimateTextTokens };
 
 /**
  * When and how far a conversation is pruned. Fractions are of the context window.
@@ -44,40 +47,6 @@ export const COMPACTED_SUMMARY_HEADER = "[Earlier conversation compacted to save
 const CLEARED_PREFIX = "[tool result cleared to save context";
 /** Longest summary of compacted turns; older lines are dropped first. */
 const SUMMARY_LIMIT_CHARS = 12_000;
-
-/** Rough tokens of a text: one per four characters, at least one per block. */
-export function estimateTextTokens(text: string): number {
-  return Math.max(1, Math.ceil(text.length / 4));
-}
-
-function blockText(block: ContentBlock): string {
-  switch (block.type) {
-    case "text":
-      return block.text;
-    case "thinking":
-      return block.thinking + block.signature;
-    case "redacted_thinking":
-      return block.data;
-    case "tool_use":
-      return block.name + JSON.stringify(block.input ?? {});
-    case "tool_result":
-      return typeof block.content === "string" ? block.content : block.content.map((part) => part.text).join("\n");
-  }
-}
-
-/** Estimated tokens of one message (the same rule for every provider; calibrated against real usage). */
-export function estimateMessageTokens(message: Message): number {
-  if (typeof message.content === "string") return estimateTextTokens(message.content);
-  return message.content.reduce((sum, block) => sum + estimateTextTokens(blockText(block)), 0);
-}
-
-/** Estimated tokens of a whole request: tools, system prompt and messages. */
-export function estimateRequestTokens(request: { system: string; tools: ToolSpec[]; messages: Message[] }): number {
-  let sum = estimateTextTokens(request.system);
-  for (const tool of request.tools) sum += estimateTextTokens(tool.name + tool.description + JSON.stringify(tool.inputSchema));
-  for (const message of request.messages) sum += estimateMessageTokens(message);
-  return sum;
-}
 
 /** Whether an assistant message carries thinking that must be passed back unchanged. */
 export function isThinkingTurn(message: Message): boolean {
