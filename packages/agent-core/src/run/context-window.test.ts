@@ -1,13 +1,15 @@
 import { afterEach, describe, expect, it } from "vitest";
 import type { KeenEvent, KeenEventOf } from "../events.js";
 import { anthropic } from "../model/anthropic.js";
-import type { ToolResultBlock, ToolUseBlock } from "../model/model.js";
+import { KeenError } from "../errors.js";
+import type { Message, ModelRequest, ToolResultBlock, ToolUseBlock } from "../model/model.js";
 import { flattenRequest } from "../testing/prompt-cache.js";
 import { reply, startMessagesServer, type MessagesServer, type RecordedRequest, type ReplyPolicy } from "../testing/index.js";
 import { builtinTools } from "../tools/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
-import { capToolResults } from "./conversation.js";
+import { ContextTracker } from "./context.js";
+import { capToolResults, runConversation, type RequestEstimate } from "./conversation.js";
 import { startRun, type RunOptions } from "./start-run.js";
 
 let server: MessagesServer | undefined;
@@ -121,5 +123,118 @@ describe("capToolResults", () => {
     expect(Math.abs(texts[0]!.length - texts[2]!.length)).toBeLessThan(40);
     expect(texts.reduce((n, t) => n + Math.ceil(t.length / 4), 0)).toBeLessThanOrEqual(5_100);
     expect(cut.map((r) => r.tool_use_id)).toEqual(["a", "b", "c"]);
+  });
+});
+
+describe("ContextTracker when the newest turns are too large", () => {
+  const task = { role: "user" as const, content: "Do the work." };
+  const turn = (id: string, input: unknown, result: string) => [
+    { role: "assistant" as const, content: [{ type: "tool_use" as const, id, name: "write_file", input }] },
+    { role: "user" as const, content: [{ type: "tool_result" as const, tool_use_id: id, content: result }] },
+  ];
+  async function tracker(contextWindow: number) {
+    server = await startMessagesServer({ script: [] });
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+    return new ContextTracker(model, { contextWindow, keepTurns: 2 });
+  }
+
+  it("clears a kept turn's result (never the newest turn's) when the kept turns alone pass the threshold", async () => {
+    const context = await tracker(20_000);
+    const messages: Message[] = [task, ...turn("a", { path: "a" }, "A".repeat(40_000)), ...turn("b", { path: "b" }, "B".repeat(28_000))];
+    const request = { system: "s", tools: [], messages, maxTokens: 2048 };
+    const report = await context.beforeRequest(request);
+    expect(report).toMatchObject({ clearedToolResults: 1, compactedMessages: 0 });
+    expect(report!.tokensAfter).toBeLessThan(context.threshold(2048));
+    expect(JSON.stringify(messages[2])).toMatch(/tool result cleared to save context: write_file a, 39 kB/);
+    expect(messages[4]).toEqual(turn("b", { path: "b" }, "B".repeat(28_000))[1]);
+    expect(request.maxTokens).toBe(2048);
+  });
+
+  it("gives the answer only the room left when the newest turn alone fills the window, and refuses when nothing is left", async () => {
+    const context = await tracker(20_000);
+    // The newest turn (a large tool input the model wrote) weighs about 17k tokens.
+    const messages: Message[] = [task, ...turn("a", { path: "a", content: "x".repeat(68_000) }, "ok")];
+    const request: ModelRequest = { system: "s", tools: [], messages, maxTokens: 4096 };
+    await context.beforeRequest(request);
+    const input = await anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server!.url }).countTokens!(request);
+    expect(request.maxTokens).toBeLessThan(4096);
+    expect(request.maxTokens).toBeGreaterThanOrEqual(1024);
+    expect(input + request.maxTokens).toBeLessThanOrEqual(20_000);
+
+    const overflowing: ModelRequest = { system: "s", tools: [], messages: [task, ...turn("b", { path: "b", content: "x".repeat(80_000) }, "ok")], maxTokens: 4096 };
+    await expect(new ContextTracker(context["model"], { contextWindow: 20_000 }).beforeRequest(overflowing)).rejects.toMatchObject({ code: "context_overflow" });
+  });
+});
+
+describe("usage the server spent on requests that were aborted", () => {
+  it("is reported as model.usage and counted in the result, and beforeModelRequest sees each request's estimate first", async () => {
+    // The second request streams slowly; the run is aborted in the middle of it.
+    server = await startMessagesServer({ script: [reply.toolUse("list_files", {}), reply.slow(0, reply.text("a long answer ".repeat(80)), 15)] });
+    const workspace = await LocalWorkspace.open(await createTestRepo());
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url, retry: { maxRetries: 0 } });
+    const estimates: RequestEstimate[] = [];
+    const events: KeenEvent[] = [];
+    const messages: Message[] = [{ role: "user", content: "List the files" }];
+    const controller = new AbortController();
+    const conversation = runConversation({
+      agentId: "root",
+      model,
+      system: "You are a test.",
+      messages,
+      tools: builtinTools(),
+      workspace,
+      emit: (event) => events.push(event as KeenEvent),
+      signal: controller.signal,
+      maxTurns: 5,
+      maxTokens: 1024,
+      beforeModelRequest: (estimate) => {
+        estimates.push(estimate);
+      },
+    });
+    const started = Date.now();
+    while (server.requests.length < 2 && Date.now() - started < 5_000) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 150));
+    controller.abort();
+    await expect(conversation).rejects.toMatchObject({ code: "aborted" });
+
+    expect(estimates).toHaveLength(2);
+    expect(estimates[1]!.maxOutputTokens).toBe(1024);
+    expect(estimates[1]!.inputTokens).toBeGreaterThan(estimates[0]!.inputTokens);
+    const usages = events.filter((e): e is Extract<KeenEvent, { type: "model.usage" }> => e.type === "model.usage");
+    expect(usages.map((e) => e.stopReason)).toEqual(["tool_use", "aborted"]);
+    const served = server.requests[1]!.usage!;
+    expect(usages[1]!.usage.inputTokens + usages[1]!.usage.cacheCreationInputTokens + usages[1]!.usage.cacheReadInputTokens).toBe(
+      served.input_tokens + served.cache_creation_input_tokens + served.cache_read_input_tokens,
+    );
+    expect(usages[1]!.usage.outputTokens).toBeGreaterThan(1);
+    expect(usages[1]!.agentTotal.outputTokens).toBe(usages[0]!.usage.outputTokens + usages[1]!.usage.outputTokens);
+  });
+
+  it("a budget check in beforeModelRequest stops before the request is sent", async () => {
+    server = await startMessagesServer({ script: [reply.toolUse("list_files", {}), reply.text("never sent")] });
+    const workspace = await LocalWorkspace.open(await createTestRepo());
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url, retry: { maxRetries: 0 } });
+    let spent = 0;
+    let budget: number | undefined;
+    const conversation = runConversation({
+      agentId: "root",
+      model,
+      system: "You are a test.",
+      messages: [{ role: "user", content: "List the files" }],
+      tools: builtinTools(),
+      workspace,
+      emit: () => {},
+      onUsage: (usage) => (spent += usage.inputTokens + usage.cacheCreationInputTokens + usage.cacheReadInputTokens + usage.outputTokens),
+      signal: new AbortController().signal,
+      maxTurns: 5,
+      maxTokens: 1024,
+      beforeModelRequest: ({ inputTokens, maxOutputTokens }) => {
+        // Room for exactly the first request at its worst.
+        budget ??= inputTokens + maxOutputTokens;
+        if (spent + inputTokens + maxOutputTokens > budget) throw new KeenError("token_budget", "over budget");
+      },
+    });
+    await expect(conversation).rejects.toMatchObject({ code: "token_budget" });
+    expect(server.requests).toHaveLength(1);
   });
 });
