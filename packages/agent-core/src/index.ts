@@ -6,7 +6,7 @@ export { defaultRetryPolicy, retryDelay, mayRetry, parseRetryAfter, resolveRetry
 export * from "./tools/index.js";
 export * from "./workspace/index.js";
 export { EventStream } from "./run/event-stream.js";
-export { runConversation, type ConversationOptions, type ConversationResult } from "./run/conversation.js";
+export { runConversation, capToolResults, type ConversationOptions, type ConversationResult, type RequestEstimate } from "./run/conversation.js";
 export {
   ContextTracker,
   ContextSettings,
