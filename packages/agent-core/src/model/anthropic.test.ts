@@ -254,7 +254,7 @@ describe("anthropic model", () => {
         for await (const part of model.stream(request, { signal: controller.signal })) parts.push(part);
       })(),
     ).rejects.toMatchObject({ code: "aborted" });
-    expect(parts).toEqual([{ type: "attempt_usage", outcome: "aborted", estimated: true, usage: { inputTokens: expect.any(Number), outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 } }]);
+    expect(parts).toEqual([{ type: "attempt_usage", outcome: "aborted", estimated: true, model: "claude-sonnet-5-5", usage: { inputTokens: expect.any(Number), outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 } }]);
     const sent = (parts[0] as AttemptUsagePart).usage.inputTokens;
     expect(sent).toBeGreaterThan(0);
     // The estimate is of the request that went out.

@@ -119,14 +119,14 @@ export class AnthropicModel implements Model {
       } catch (error) {
         if (signal?.aborted || error instanceof APIUserAbortError) {
           // The server may have started on the request: count what it reported, or what was sent.
-          yield attemptUsage(progress, "aborted", () => estimateRequestTokens(request));
+          yield attemptUsage(progress, params.model, "aborted", () => estimateRequestTokens(request));
           throw new AbortedError();
         }
         const failure = classify(error, APIError);
         const delayMs = retryDelay(this.retry, attempt + 1, failure.retryAfterMs);
         const retrying = failure.retryable && mayRetry(this.retry, attempt + 1, delayMs, startedAt);
         // A stream that broke after the server started answering still cost tokens.
-        if (progress.usage) yield attemptUsage(progress, retrying ? "retried" : "failed");
+        if (progress.usage) yield attemptUsage(progress, params.model, retrying ? "retried" : "failed");
         if (!retrying) throw giveUp(failure, attempt + 1, error);
         yield {
           type: "retry",
@@ -363,12 +363,12 @@ interface AttemptProgress {
  * The usage of an attempt that did not produce the response: the server's numbers (output at
  * least what streamed), or, before the server said anything, the estimated input that was sent.
  */
-function attemptUsage(progress: AttemptProgress, outcome: AttemptUsagePart["outcome"], estimateInput?: () => number): AttemptUsagePart {
+function attemptUsage(progress: AttemptProgress, model: string, outcome: AttemptUsagePart["outcome"], estimateInput?: () => number): AttemptUsagePart {
   const streamed = Math.ceil(progress.streamedChars / 4);
   const usage: Usage = progress.usage
     ? { ...progress.usage, outputTokens: Math.max(progress.usage.outputTokens, streamed) }
     : { ...emptyUsage(), inputTokens: estimateInput?.() ?? 0 };
-  return { type: "attempt_usage", usage, outcome, estimated: !progress.usage, ...(progress.requestId ? { requestId: progress.requestId } : {}) };
+  return { type: "attempt_usage", usage, outcome, estimated: !progress.usage, model, ...(progress.requestId ? { requestId: progress.requestId } : {}) };
 }
 
 /** The error for a request that will not be retried (any more). */

@@ -140,6 +140,8 @@ export interface AttemptUsagePart {
   /** `aborted` by the signal; `retried` after a broken stream; `failed` when that was the last attempt. */
   outcome: "aborted" | "retried" | "failed";
   estimated: boolean;
+  /** The model as the provider names it in responses (e.g. `claude-sonnet-5-5`). */
+  model: string;
   requestId?: string;
 }
 

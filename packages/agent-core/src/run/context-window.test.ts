@@ -202,6 +202,7 @@ describe("usage the server spent on requests that were aborted", () => {
     expect(estimates[1]!.inputTokens).toBeGreaterThan(estimates[0]!.inputTokens);
     const usages = events.filter((e): e is Extract<KeenEvent, { type: "model.usage" }> => e.type === "model.usage");
     expect(usages.map((e) => e.stopReason)).toEqual(["tool_use", "aborted"]);
+    expect(usages[1]!.model).toBe(usages[0]!.model);
     const served = server.requests[1]!.usage!;
     expect(usages[1]!.usage.inputTokens + usages[1]!.usage.cacheCreationInputTokens + usages[1]!.usage.cacheReadInputTokens).toBe(
       served.input_tokens + served.cache_creation_input_tokens + served.cache_read_input_tokens,

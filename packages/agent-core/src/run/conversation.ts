@@ -174,7 +174,7 @@ async function requestResponse(
   let response: ModelResponse | undefined;
   for await (const part of options.model.stream(request, { signal: options.signal })) {
     if (part.type === "attempt_usage") {
-      onResponseUsage({ model: options.model.id, id: part.requestId ?? "", usage: part.usage, stopReason: part.outcome });
+      onResponseUsage({ model: part.model, id: part.requestId ?? "", usage: part.usage, stopReason: part.outcome });
     } else if (part.type === "retry") {
       options.emit({
         type: "model.retry",
