@@ -2,8 +2,8 @@ import { z } from "zod";
 import { ConfigError, isKeenError, KeenError } from "../errors.js";
 import type { ContextPrunedEvent } from "../events.js";
 import {
-  collectResponse,
   totalInputTokens,
+  type AttemptUsagePart,
   type CacheBreakpoint,
   type ContentBlock,
   type ModelResponse,
@@ -395,7 +395,10 @@ export class ContextTracker {
    * the earliest changed block readable. Returns what was done, or null when nothing was needed.
    * Throws a `context_overflow` error when even pruning cannot make the request fit the window.
    */
-  async beforeRequest(request: ModelRequest, options: { signal?: AbortSignal } = {}): Promise<(ContextPruneReport & { summaryResponse?: ModelResponse }) | null> {
+  async beforeRequest(
+    request: ModelRequest,
+    options: { signal?: AbortSignal; onAttemptUsage?: (part: AttemptUsagePart) => void } = {},
+  ): Promise<(ContextPruneReport & { summaryResponse?: ModelResponse }) | null> {
     this.checkMaxTokens(request.maxTokens);
     const threshold = this.threshold(request.maxTokens);
     let tokens = this.expectedTokens(request);
@@ -436,7 +439,7 @@ export class ContextTracker {
     }
     let summaryResponse: ModelResponse | undefined;
     if (pruned.compactedMessages > 0 && this.summary === "model") {
-      summaryResponse = await this.writeSummary(request.messages.slice(0, 1 + pruned.compactedMessages), options.signal);
+      summaryResponse = await this.writeSummary(request.messages.slice(0, 1 + pruned.compactedMessages), options.signal, options.onAttemptUsage);
       const text = summaryResponse ? textOf(summaryResponse.content) : "";
       if (text) pruned.messages[0] = withSummaryText(pruned.messages[0]!, `${COMPACTED_SUMMARY_HEADER}\nSummary of what happened before the turns that follow:\n${text}`);
     }
@@ -496,7 +499,7 @@ export class ContextTracker {
    * Asks the model, in a request of its own, to summarise `messages` (the first message and the
    * turns being compacted). Returns undefined when the request fails: the structured summary stays.
    */
-  private async writeSummary(messages: Message[], signal: AbortSignal | undefined): Promise<ModelResponse | undefined> {
+  private async writeSummary(messages: Message[], signal: AbortSignal | undefined, onAttemptUsage?: (part: AttemptUsagePart) => void): Promise<ModelResponse | undefined> {
     const request: ModelRequest = {
       system: SUMMARY_SYSTEM_PROMPT,
       messages: [{ role: "user", content: `${transcript(messages)}\n\nWrite the summary now.` }],
@@ -504,7 +507,13 @@ export class ContextTracker {
       maxTokens: SUMMARY_MAX_TOKENS,
     };
     try {
-      return await collectResponse(this.model.stream(request, signal ? { signal } : {}));
+      let response: ModelResponse | undefined;
+      for await (const part of this.model.stream(request, signal ? { signal } : {})) {
+        // Tokens of an aborted or broken summary request are spent all the same.
+        if (part.type === "attempt_usage") onAttemptUsage?.(part);
+        else if (part.type === "response") response = part.response;
+      }
+      return response;
     } catch (error) {
       if (signal?.aborted || isKeenError(error, "aborted")) throw error;
       return undefined;

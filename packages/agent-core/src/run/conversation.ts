@@ -160,7 +160,10 @@ async function requestResponse(
     ...(options.thinking ? { thinking: options.thinking } : {}),
   };
   if (options.context) {
-    const pruned = await options.context.beforeRequest(request, { signal: options.signal });
+    const pruned = await options.context.beforeRequest(request, {
+      signal: options.signal,
+      onAttemptUsage: (part) => onResponseUsage({ model: part.model, id: part.requestId ?? "", usage: part.usage, stopReason: part.outcome }),
+    });
     if (pruned) {
       const { summaryResponse, ...report } = pruned;
       if (summaryResponse) onResponseUsage(summaryResponse);
