@@ -124,6 +124,18 @@ describe("capToolResults", () => {
     expect(texts.reduce((n, t) => n + Math.ceil(t.length / 4), 0)).toBeLessThanOrEqual(5_100);
     expect(cut.map((r) => r.tool_use_id)).toEqual(["a", "b", "c"]);
   });
+
+  it("cuts one long line (no line break near) without splitting a character made of two UTF-16 units", () => {
+    const calls = [call("a", "read_file", { path: "emoji.json", offset: 1 })];
+    for (let shift = 0; shift < 2; shift++) {
+      const text = `${"x".repeat(shift)}${"😀".repeat(20_000)}`;
+      const [cut] = capToolResults([result("a", text)], calls, 2_000);
+      const content = cut!.content as string;
+      expect(content).not.toMatch(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])/);
+      expect(Buffer.from(content, "utf8").toString("utf8")).toBe(content);
+      expect(content).toMatch(/Read on with read_file \{ path: "emoji\.json", offset: 1 \}/);
+    }
+  });
 });
 
 describe("ContextTracker when the newest turns are too large", () => {

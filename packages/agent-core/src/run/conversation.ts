@@ -262,6 +262,8 @@ function truncated(text: string, chars: number, call: ToolUseBlock | undefined):
   let kept = text.slice(0, chars);
   const lineEnd = kept.lastIndexOf("\n");
   if (lineEnd >= chars * 0.8) kept = kept.slice(0, lineEnd + 1);
+  // Never end on half of a surrogate pair: a lone surrogate is not valid text for the API.
+  else if (/[\uD800-\uDBFF]$/.test(kept)) kept = kept.slice(0, -1);
   const shown = `the first ${kept.length} of ${text.length} characters`;
   return `${kept}${kept.endsWith("\n") || !kept ? "" : "\n"}[Output cut to fit the context window: this shows ${shown}. ${readOnHint(kept, call)}]`;
 }
