@@ -12,7 +12,6 @@ import {
   type Model,
   type ModelRequest,
   type ToolResultBlock,
-  type ToolSpec,
   type ToolUseBlock,
   type Usage,
 } from "../model/model.js";
