@@ -292,7 +292,7 @@ class KyselyLedger implements Ledger {
       },
       async (trx) => {
         const row = await trx.selectFrom("ledger_reservations").selectAll().where("idempotency_key", "=", idempotencyKey).executeTakeFirstOrThrow();
-        return toReservation(row, (await this.transactionsOf(trx, idempotencyKey))[0]!);
+        return { ...toReservation(row, (await this.transactionsOf(trx, idempotencyKey))[0]!), replayed: true };
       },
     );
   }

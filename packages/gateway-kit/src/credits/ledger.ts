@@ -76,6 +76,11 @@ export interface Reservation {
   shortfall: MicroCredits | null;
   idempotencyKey: string;
   transactionId: string;
+  /**
+   * Set by `reserve` when its idempotency key had already been used: this call did not create the
+   * hold, so it must not release it either (the request that created it owns it).
+   */
+  replayed?: boolean;
 }
 
 export interface Settlement {
