@@ -15,6 +15,19 @@ export const StripeClientOptions = z.object({
 });
 export type StripeClientOptions = z.input<typeof StripeClientOptions>;
 
+const modes = new WeakMap<Stripe, boolean>();
+
+/**
+ * Whether a client from `createStripeClient` uses a live key (`sk_live_…`, `rk_live_…`); undefined
+ * for clients made elsewhere. The webhook compares it with each event's `livemode`.
+ *
+ * @example
+ * stripeLivemodeOf(createStripeClient({ apiKey: "sk_test_x" })); // false
+ */
+export function stripeLivemodeOf(client: Stripe): boolean | undefined {
+  return modes.get(client);
+}
+
 /**
  * A Stripe SDK client with a configurable endpoint, so the same code talks to Stripe in
  * production and to a local fake in tests.
@@ -27,7 +40,7 @@ export function createStripeClient(options: StripeClientOptions): Stripe {
   const parsed = StripeClientOptions.safeParse(options);
   if (!parsed.success) throw new TypeError(`Invalid Stripe client options: ${parsed.error.message}`);
   const o = parsed.data;
-  return new Stripe(o.apiKey, {
+  const client = new Stripe(o.apiKey, {
     maxNetworkRetries: o.maxNetworkRetries ?? 2,
     timeout: o.timeoutMs ?? 30_000,
     telemetry: false,
@@ -35,4 +48,6 @@ export function createStripeClient(options: StripeClientOptions): Stripe {
     ...(o.port !== undefined ? { port: o.port } : {}),
     ...(o.protocol !== undefined ? { protocol: o.protocol } : {}),
   });
+  modes.set(client, /^(sk|rk)_live_/.test(o.apiKey));
+  return client;
 }

@@ -95,7 +95,7 @@ function checkHeadroom(id: string, balance: MicroCredits, amount: MicroCredits):
   }
 }
 
-/** The database's bound on balances (migration 0002) surfaced as a typed error, e.g. for system accounts. */
+/** The database's bound on balances (migration 0200) surfaced as a typed error, e.g. for system accounts. */
 function boundError(error: unknown): unknown {
   const e = error as { code?: unknown; constraint?: unknown; message?: unknown };
   if (e?.code === "23514" && (e.constraint === "ledger_accounts_safe_balance" || String(e.message).includes("ledger_accounts_safe_balance"))) {

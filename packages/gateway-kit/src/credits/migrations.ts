@@ -142,7 +142,7 @@ export const creditMigrations: MigrationSet = {
         (${SYSTEM_ACCOUNTS.purchases}, 'purchases')`.execute(db);
     },
   },
-  gk_credits_0002_reversals_and_bounds: {
+  gk_credits_0200_reversals_and_bounds: {
     up: async (db: Kysely<any>) => {
       // Every balance stays within the safe-integer range the API reads amounts in.
       await sql`alter table ledger_accounts add constraint ledger_accounts_safe_balance
