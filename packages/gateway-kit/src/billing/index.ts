@@ -11,3 +11,4 @@ export {
 } from "./checkout.js";
 export { processStripeEvent, stripeWebhook, StripeWebhookOptions, type ProcessedEvent, type ProcessStripeEventOptions, type WebhookOutcome } from "./webhook.js";
 export { createUsageMeter, MeterReportInput, type UsageMeter } from "./meter.js";
+export { billingDataRights } from "./data-rights.js";
