@@ -3,6 +3,8 @@ export {
   defaultInstructionRules,
   findInstructionViolation,
   normaliseInstruction,
+  collectBodyText,
+  type BodyTextLimits,
   patternRule,
   screenInstructions,
   type InstructionRule,
