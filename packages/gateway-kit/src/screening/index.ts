@@ -12,7 +12,11 @@ export {
   type ScreenInstructionsOptions,
 } from "./instructions.js";
 export {
+  authOwnerSecretFields,
   defaultSecretPatterns,
+  markOwnerSecrets,
+  ownerSecrets,
+  type RedactStreamOptions,
   defaultSensitiveKeys,
   redactResponses,
   redactSecrets,
