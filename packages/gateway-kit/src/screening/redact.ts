@@ -358,7 +358,7 @@ export function markOwnerSecrets(ctx: ParameterizedContext, fields: readonly str
  * app.use(ownerSecrets(authRouter({ service, prefix: "/auth" }).routes()));   // tokens and new keys pass
  * app.use(api.routes());                                                       // everything else is masked
  */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a router's routes() carries its own context type
+// `any`: a router's routes() carries its own context type.
 export function ownerSecrets(inner: Middleware<any, any>, fields: readonly string[] = authOwnerSecretFields): Middleware {
   if (typeof inner !== "function") throw new TypeError("ownerSecrets: wrap a middleware, e.g. router.routes()");
   const marked = [...fields];
