@@ -212,7 +212,7 @@ const REMOTE = new RegExp(
   ].join("|"),
 );
 const SECRET_FILE =
-  /~?\/?\.ssh\b|\bid_(rsa|dsa|ecdsa|ed25519)\b|\.aws\/credentials|\.netrc\b|\.git-credentials\b|\.docker\/config\.json|\.kube\/config|\.npmrc\b|\.pypirc\b|\.gnupg\b|(?<![a-z0-9_-])\.env(?!\.(example|sample|template|dist|defaults))(\.[a-z]{1,20})?\b/;
+  /~?\/?\.ssh\b|\bssh (private )?keys?\b|\bid_(rsa|dsa|ecdsa|ed25519)\b|\.aws\/credentials|\.netrc\b|\.git-credentials\b|\.docker\/config\.json|\.kube\/config|\.npmrc\b|\.pypirc\b|\.gnupg\b|(?<![a-z0-9_-])\.env(?!\.(example|sample|template|dist|defaults))(\.[a-z]{1,20})?\b/;
 const SECRET_DATA = new RegExp(
   [
     /\b(env vars?|environment variables?|env variables?|process\.env|os\.environ|printenv|\$\(env\)|`env`)/.source,
@@ -227,7 +227,7 @@ const SECRETISH =
   /(?<![a-z0-9_-])\.env\b(?!\.(example|sample|template))|\b(tokens?|secrets?|credentials?|api[ _-]?keys?|private keys?|passwords?|access keys?|deploy keys?|secret keys?|id_rsa)\b|\b[a-z0-9]{1,30}_(token|key|secret)\b/;
 const PUBLISH = /\b(create|creates|push|pushes|pushing|pushed|commit|commits|committing|publish|publishes|upload|post|paste|open a (pull request|pr)|add|copy|put|include|includes|make)\b/;
 const PUBLIC =
-  /\bpublic\b(?! (half|key|keys|part|portion|ssh key|api|method|interface|domain|holidays?))|\b(my|personal|own) (personal )?(fork|account|repo|repository)\b|\bgist\b|\bpastebin\b|\bsomeone[- ]else\b/;
+  /\bpublicly\b|\bpublic\b(?! (half|key|keys|part|portion|ssh key|api|method|interface|domain|holidays?))|\b(my|personal|own) (personal )?(fork|account|repo|repository)\b|\bgist\b|\bpastebin\b|\bsomeone[- ]else\b/;
 // A named remote host: a domain with a known top-level domain, or an IPv4 address.
 const HOST =
   /(?<=[a-z0-9])\.(com|net|org|io|dev|app|co|xyz|ru|cn|info|biz|me|us|uk|de|fr|gov|edu|example|test|site|online|shop|store|tech|ai)(?![.-]?[a-z0-9])|\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b/;
@@ -242,7 +242,10 @@ const NAMED_TARGET = new RegExp(`${HOST.source}|${THEIR_SERVICE.source}`);
  */
 export const defaultInstructionRules: readonly InstructionRule[] = [
   intentRule("exfiltration.secret_files", "Sends credential files (SSH keys, cloud credentials, .env) off the machine", [clause([SECRET_FILE, SEND, REMOTE], 200)]),
-  intentRule("exfiltration.secrets", "Sends environment variables, tokens or keys to a remote destination", [clause([SECRET_DATA, SEND, REMOTE], 200)]),
+  intentRule("exfiltration.secrets", "Sends environment variables, tokens or keys to a remote destination", [
+    clause([SECRET_DATA, SEND, REMOTE], 200),
+    clause([/\bexfiltrat\w*|\bexfil\b/, SECRETISH], 80),
+  ]),
   intentRule("exfiltration.secret_publish", "Publishes tokens or keys (a public fork, repository, gist or page)", [clause([SECRETISH, PUBLISH, PUBLIC], 120)]),
   intentRule("exfiltration.reverse_shell", "Opens a reverse shell, a backdoor or a raw socket back to a remote host", [
     clause([/\b(reverse|bind)[- ]shells?\b|\/dev\/(tcp|udp)\/|\bmeterpreter\b|\bbackdoors?\b|\b(shell|that) (that )?connects? back\b|\bconnects? back to\b|\bc2 (server|channel)\b|\bcommand[- ]and[- ]control\b/]),
