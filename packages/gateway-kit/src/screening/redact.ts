@@ -34,7 +34,7 @@ export const defaultSecretPatterns: readonly SecretPattern[] = [
   // `Bearer`/`Basic` in any case (headers are case-insensitive, logs often lower-case them); `Token` capitalised only, as prose says "token" a lot.
   { kind: "bearer_token", pattern: /(?<keep>(?<![A-Za-z0-9])(?:[Bb][Ee][Aa][Rr][Ee][Rr]|[Bb][Aa][Ss][Ii][Cc]|Token)[ \t]{1,10})(?<secret>[A-Za-z0-9._~+/-]{16,}=*)/g },
   // scheme://user:password@host — the password only; `postgres://postgres@host` has none.
-  { kind: "url_password", pattern: /(?<keep>\b[a-z][a-z0-9+.-]{0,30}:\/\/[^\s:/@'"<>]{1,256}:)(?<secret>[^\s@/'"<>]{1,256})(?=@)/gi },
+  { kind: "url_password", pattern: /(?<keep>(?<![a-z0-9+.-])[a-z][a-z0-9+.-]{0,30}:\/\/[^\s:/@'"<>]{1,256}:)(?<secret>[^\s@/'"<>]{1,256})(?=@)/gi },
   // ?access_token=…, &api_key=…, ;password=… in URLs and query strings.
   {
     kind: "url_parameter",
