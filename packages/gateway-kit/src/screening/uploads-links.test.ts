@@ -123,6 +123,13 @@ describe("symlink chains", () => {
   });
 });
 
+describe("names", () => {
+  it("refuses entry names and link targets longer than PATH_MAX", async () => {
+    expect(await verdict(await makeTar([{ name: `${"d/".repeat(2100)}f`, content: "x" }]))).toMatchObject({ code: "archive_unsafe_path" });
+    expect(await verdict(await makeTar([link("l", "a/".repeat(2100))]))).toMatchObject({ code: "archive_unsafe_link" });
+  });
+});
+
 describe("zip headers", () => {
   const etc = Buffer.from("../../../../../../../../etc");
 

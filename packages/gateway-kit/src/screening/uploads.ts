@@ -85,6 +85,8 @@ function safeEntryPath(raw: string): string {
   const shown = raw.slice(0, 300);
   if (raw.length === 0) throw new ArchiveRejectedError("archive_unsafe_path", "An entry has an empty name", shown);
   if (raw.includes("\0")) throw new ArchiveRejectedError("archive_unsafe_path", `Entry name contains a NUL byte: ${JSON.stringify(shown)}`, shown);
+  // Longer than PATH_MAX: no extractor can create it, and a megabyte-long pax name only costs us.
+  if (raw.length > 4096) throw new ArchiveRejectedError("archive_unsafe_path", `Entry name is longer than 4096 characters: ${shown}…`, shown);
   const name = raw.replace(/\\/g, "/");
   if (name.startsWith("/") || /^[A-Za-z]:/.test(name)) throw new ArchiveRejectedError("archive_unsafe_path", `Entry ${shown} has an absolute path`, shown);
   const parts = name.split("/").filter((p) => p !== "" && p !== ".");
@@ -160,7 +162,7 @@ class EntryChecker {
     if (path === "") throw new ArchiveRejectedError("archive_unsafe_link", "The archive root itself is a symlink", path);
     const t = target.replace(/\\/g, "/");
     const shown = t.slice(0, 200);
-    if (t === "" || t.includes("\0")) throw new ArchiveRejectedError("archive_unsafe_link", `Symlink ${path} has an empty or invalid target`, path);
+    if (t === "" || t.includes("\0") || t.length > 4096) throw new ArchiveRejectedError("archive_unsafe_link", `Symlink ${path} has an empty, invalid or over-long target`, path);
     if (t.startsWith("/") || /^[A-Za-z]:/.test(t)) throw new ArchiveRejectedError("archive_unsafe_link", `Symlink ${path} points to the absolute path ${shown}`, path);
     const parts = t.split("/").filter((p) => p !== "" && p !== ".");
     let climbs = 0;
