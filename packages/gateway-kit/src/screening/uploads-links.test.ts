@@ -124,6 +124,12 @@ describe("symlink chains", () => {
 });
 
 describe("names", () => {
+  it("shows terminal escapes and bidi overrides in a refused name as visible escapes", async () => {
+    const error = await verdict(await makeTar([{ name: "../\u001b]0;pwned\u0007\u202eevil", content: "x" }]));
+    expect(error).toMatchObject({ code: "archive_unsafe_path", entry: "../\\u{1b}]0;pwned\\u{7}\\u{202e}evil" });
+    expect((error as ArchiveRejectedError).message).not.toMatch(/[\u001b\u0007\u202e]/);
+  });
+
   it("refuses entry names and link targets longer than PATH_MAX", async () => {
     expect(await verdict(await makeTar([{ name: `${"d/".repeat(2100)}f`, content: "x" }]))).toMatchObject({ code: "archive_unsafe_path" });
     expect(await verdict(await makeTar([link("l", "a/".repeat(2100))]))).toMatchObject({ code: "archive_unsafe_link" });

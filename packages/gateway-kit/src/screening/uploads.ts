@@ -31,11 +31,19 @@ export class ArchiveRejectedError extends HttpError {
   readonly problem: ArchiveProblem;
   readonly entry: string | undefined;
   constructor(problem: ArchiveProblem, message: string, entry?: string) {
+    // Names come from the archive: terminal escapes and bidi overrides are shown as \u{…}.
+    entry = entry === undefined ? undefined : printable(entry);
+    message = printable(message);
     super(SIZE_PROBLEMS.has(problem) ? 413 : 422, problem, message, entry === undefined ? {} : { entry });
     this.name = "ArchiveRejectedError";
     this.problem = problem;
     this.entry = entry;
   }
+}
+
+/** Control characters (C0, DEL, C1) and bidirectional overrides as visible `\u{…}` escapes. */
+function printable(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u{${c.codePointAt(0)!.toString(16)}}`);
 }
 
 const Bytes = z.number().int().positive();
