@@ -96,7 +96,7 @@ describe("sandboxRunner", () => {
     expect(status.output).toContain("initial");
     const commit = await childA.exec("git add work.txt && git -c user.name=x -c user.email=x@x commit -qm sneaky");
     expect(commit.exitCode).not.toBe(0);
-    expect(await childA.commit("work")).toMatch(/^[0-9a-f]{40}$/);
+    expect((await childA.commit("work")).sha).toMatch(/^[0-9a-f]{40}$/);
   });
 
   it("cannot open a socket: no TCP to a server on the host, no DNS", async () => {

@@ -140,11 +140,12 @@ export function runWorkspaceContract(name: string, setup: () => Promise<{ dir: s
         expect(await ws.currentBranch()).toBe("main");
         const before = await ws.head();
         await ws.writeFile("new.txt", "x\n");
-        const sha = await ws.commit("Add new.txt", { author: { name: "A", email: "a@x" } });
+        const { sha, skipped } = await ws.commit("Add new.txt", { author: { name: "A", email: "a@x" } });
+        expect(skipped).toEqual([]);
         expect(sha).toMatch(/^[0-9a-f]{40}$/);
         expect(sha).not.toBe(before);
         expect(await ws.head()).toBe(sha);
-        expect(await ws.commit("nothing")).toBeNull();
+        expect(await ws.commit("nothing")).toEqual({ sha: null, skipped: [] });
       });
     });
   });
