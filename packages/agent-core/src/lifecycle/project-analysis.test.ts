@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { mkdtemp, symlink, writeFile } from "node:fs/promises";
+import { mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
@@ -24,7 +24,9 @@ describe("analyzeProject", () => {
   });
 
   it("skips a README that is a FIFO instead of blocking", async () => {
-    const dir = await createTestRepo({ "a.py": "x\n" });
+    // A tracked README replaced by a FIFO in the working tree: git still lists it.
+    const dir = await createTestRepo({ "a.py": "x\n", README: "hello\n" });
+    await rm(join(dir, "README"));
     execFileSync("mkfifo", [join(dir, "README")]);
     const analysis = await analyzeProject(await LocalWorkspace.open(dir, { sandbox: false }));
     expect(analysis.files).toContain("README");
