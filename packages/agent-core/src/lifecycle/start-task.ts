@@ -161,6 +161,7 @@ class BudgetSpent extends KeenError {
 }
 
 class Orchestrator {
+  private resumed = false;
   private readonly agents = new Map<string, AgentState>();
   private readonly workspaces = new Map<string, Workspace>();
   /** Context size per agent, followed across its phases. */
@@ -230,6 +231,7 @@ class Orchestrator {
       } else {
         root = this.agents.get("root");
         if (!root) throw new ConfigError("resumeTask(): the snapshot has no root agent");
+        this.resumed = true;
         await this.cleanUpInterruptedMerges(rootWorkspace);
       }
       this.workspaces.set("root", rootWorkspace);
@@ -464,7 +466,8 @@ class Orchestrator {
     for (const child of children) {
       if (child.phase === "DONE" && this.workspaces.has(child.id)) continue;
       const fresh = child.messages.length === 0;
-      const childWorkspace = await workspace.fork(child.branch);
+      // A resumed run re-attaches to the branches its snapshot names; a fresh run never reuses one.
+      const childWorkspace = await workspace.fork(child.branch, this.resumed ? { reattach: true } : {});
       this.workspaces.set(child.id, childWorkspace);
       if (fresh) {
         this.emit({ type: "git.branch", agentId: child.id, branch: child.branch, from: agent.branch, worktree: childWorkspace.root });

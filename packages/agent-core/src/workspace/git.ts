@@ -91,7 +91,15 @@ export function gitRaw(target: GitTarget, args: string[], options: GitCallOption
 export async function git(target: GitTarget, args: string[], options: GitCallOptions = {}): Promise<string> {
   const result = await gitRaw(target, args, options);
   if (result.exitCode !== 0) {
-    throw new KeenError("git_failed", `git ${args[0]} failed: ${String(result.stderr || result.stdout).trim()}`);
+    const output = String(result.stderr || result.stdout).trim();
+    const lock = /Unable to create '([^']+\.lock)': File exists/.exec(output);
+    if (lock) {
+      throw new KeenError(
+        "git_locked",
+        `git ${args[0]} could not run: ${lock[1]} exists, so a git process is working in this repository. keen removes such a lock on open once no git process is alive; wait for the other process to finish and try again.`,
+      );
+    }
+    throw new KeenError("git_failed", `git ${args[0]} failed: ${output}`);
   }
   return String(result.stdout);
 }

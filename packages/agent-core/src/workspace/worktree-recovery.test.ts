@@ -100,6 +100,9 @@ describe("worktree recovery after a crash", () => {
     expect(await worktreeCount(repo)).toBe(2);
     expect(existsSync(join(repo, ".git", "keen", "worktrees", "summon-A", "wip.txt"))).toBe(true);
     expect(existsSync(join(repo, ".git", "index.lock"))).toBe(true);
+    // keen's own git calls say what is going on instead of git's generic "File exists".
+    await ws.writeFile("mine.txt", "x\n");
+    await expect(ws.commit("blocked")).rejects.toMatchObject({ code: "git_locked", message: expect.stringMatching(/a git process is working in this repository/) });
     // Once both are gone, the next open cleans up.
     await killed(git);
     await killed(holderProcess);
