@@ -10,12 +10,12 @@ export const READ_MAX_BYTES = 16 * 1024 * 1024;
 export const readFileTool = defineTool({
   name: "read_file",
   description:
-    "Read a text file from the repository. Lines come numbered (`  12\\tcode`). For long files pass `offset` (1-based first line) and `limit` (number of lines) to read a window; when one line is longer than a page, `char_offset` starts within the line at `offset`.",
+    "Read a text file from the repository. Lines come numbered (`  12\\tcode`). For long files pass `offset` (1-based first line) and `limit` (number of lines) to read a window.",
   input: z.object({
     path: z.string().min(1).describe("Path relative to the repository root"),
     offset: z.number().int().min(1).optional().describe("First line to return, 1-based"),
     limit: z.number().int().min(1).optional().describe("Number of lines to return"),
-    char_offset: z.number().int().min(0).optional().describe("Start this many characters into the first line (for very long lines)"),
+    char_offset: z.number().int().min(0).optional().describe("Characters to skip in the first line"),
   }),
   readOnly: true,
   async execute({ path, offset, limit, char_offset }, { workspace, signal }) {
