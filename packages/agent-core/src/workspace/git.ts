@@ -57,6 +57,9 @@ export function gitEnv(target: GitTarget, extra: Record<string, string> = {}): R
     GIT_WORK_TREE: target.workTree,
     GIT_OPTIONAL_LOCKS: "0",
     GIT_TERMINAL_PROMPT: "0",
+    // Never wait for a person: no editor, no pager.
+    GIT_EDITOR: ":",
+    GIT_PAGER: "cat",
     GIT_LITERAL_PATHSPECS: "1",
     ...extra,
   };
@@ -83,7 +86,7 @@ export function gitRaw(target: GitTarget, args: string[], options: GitCallOption
     extendEnv: false,
     reject: false,
     stripFinalNewline: false,
-    ...(options.input !== undefined ? { input: options.input } : {}),
+    ...(options.input !== undefined ? { input: options.input } : { stdin: "ignore" as const }),
   }) as Promise<Result<{ reject: false; stripFinalNewline: false }>>;
 }
 

@@ -172,7 +172,7 @@ const ETC_ENTRIES = [
   "networks", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "ssl", "ca-certificates",
   "ca-certificates.conf", "pki", "crypto-policies", "alternatives", "os-release", "debian_version", "lsb-release",
   "mime.types", "magic", "magic.mime", "inputrc", "bash.bashrc", "profile", "profile.d", "shells", "terminfo",
-  "locale.alias", "locale.conf", "default/locale", "environment", "fonts", "gitconfig", "java-17-openjdk", "python3",
+  "locale.alias", "locale.conf", "default/locale", "fonts", "gitconfig", "java-17-openjdk", "python3",
 ];
 
 interface ViewSettings {
