@@ -150,6 +150,8 @@ export const ValidationResultEvent = z.object({
   ...envelope,
   type: z.literal("validation.result"),
   command: z.string(),
+  /** Who asked for the check: the user's validation (always run) or the agent's plan (in addition). */
+  source: z.enum(["user", "plan"]).optional(),
   passed: z.boolean(),
   exitCode: z.number().int().nullable(),
   output: z.string(),

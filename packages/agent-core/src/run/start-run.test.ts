@@ -124,7 +124,7 @@ describe("startRun", () => {
     run.on("limit.reached", (event) => limits.push(`${event.limit}=${event.value}`));
     const result = await run.result;
     expect(result.status).toBe("failed");
-    expect(result.error).toEqual({ code: "max_turns", message: "The agent did not finish within 3 turns" });
+    expect(result.error).toEqual({ code: "max_turns", message: "Agent root did not finish RUN within 3 turns" });
     expect(limits).toEqual(["maxTurns=3"]);
     expect(base.server.requests).toHaveLength(3);
   });
