@@ -42,7 +42,11 @@ export function launchRun(config: EngineConfig): TaskRun {
   const { state, settings } = config;
   // Invalid context settings fail here, before anything runs.
   contextTracker(settings);
-  const events = new EventStream(state.runId, { startSeq: state.nextSeq });
+  const events = new EventStream(state.runId, {
+    startSeq: state.nextSeq,
+    ...(settings.eventLog ? { log: settings.eventLog } : {}),
+    ...(settings.eventWindow !== undefined ? { window: settings.eventWindow } : {}),
+  });
   const controller = new AbortController();
   const onOuterAbort = () => controller.abort(config.signal?.reason ?? new AbortedError("aborted by caller"));
   if (config.signal?.aborted) onOuterAbort();
@@ -58,7 +62,7 @@ export function launchRun(config: EngineConfig): TaskRun {
   result.catch(() => {});
   return {
     runId: state.runId,
-    events,
+    events: events.reader(),
     result,
     on: (type, listener) => events.on(type, listener),
     abort: (reason = "aborted by caller") => controller.abort(new AbortedError(reason)),
@@ -74,6 +78,8 @@ async function execute(tree: AgentTree, config: EngineConfig): Promise<TaskResul
   let root: AgentState | undefined;
   let failure: RunResult["error"];
   try {
+    // A resumed run's log may hold events numbered after its snapshot: never number one twice.
+    await tree.events.continueAfterLog();
     if (fresh) {
       const branch = await workspace.currentBranch();
       tree.emit({ type: "run.started", agentId: "root", vision: state.vision, model: settings.model.id, repo: workspace.root, branch });
@@ -89,10 +95,17 @@ async function execute(tree: AgentTree, config: EngineConfig): Promise<TaskResul
   } catch (caught) {
     failure = { code: isKeenError(caught) ? caught.code : "internal_error", message: caught instanceof Error ? caught.message : String(caught) };
   }
-  const { status, summary, error } = outcome(tree, root, failure);
+  let { status, summary, error } = outcome(tree, root, failure);
   const usage = root ? tree.treeUsage(root) : emptyUsage();
   await tree.snapshot();
   tree.emit({ type: "run.completed", agentId: "root", status, summary, usage, ...(error ? { error } : {}), durationMs: Math.round(performance.now() - started) });
+  try {
+    await tree.events.flush();
+  } catch (caught) {
+    // The run's record is incomplete: say so rather than report a clean end.
+    status = "error";
+    error = { code: "event_log_failed", message: `Events could not be stored: ${caught instanceof Error ? caught.message : String(caught)}` };
+  }
   return {
     runId: state.runId,
     status,

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { ConfigError } from "../errors.js";
 import type { Model } from "../model/model.js";
 import type { ContextSettings } from "../run/context.js";
+import type { EventLog } from "../run/event-log.js";
 import type { Tool } from "../tools/define-tool.js";
 import type { RunCommandOptions } from "../tools/index.js";
 import type { Workspace } from "../workspace/workspace.js";
@@ -50,6 +51,14 @@ export interface TaskOptions {
   runId?: string;
   /** Called with the whole tree's state after every turn and step; persist it to resume later. */
   onSnapshot?: (snapshot: TaskSnapshot) => void | Promise<void>;
+  /**
+   * Where the run's events are kept. Default: the last 10 000 in memory. Give a durable log
+   * (e.g. `NdjsonEventLog` beside the snapshot) and the same log on resume, and a resumed run
+   * numbers its events strictly after the last one emitted, even after a crash.
+   */
+  eventLog?: EventLog;
+  /** Most events held in memory for fast reading. Default 1000. */
+  eventWindow?: number;
 }
 
 const DEFAULT_LIMITS: TaskLimits = { maxDepth: 2, maxChildren: 4, maxAgents: 10, maxTurnsPerPhase: 30 };

@@ -1,6 +1,7 @@
 import type { KeenEventInput } from "../events.js";
 import { addUsage, emptyUsage, type Model, type Usage } from "../model/model.js";
 import type { ContextSettings, ContextTracker } from "../run/context.js";
+import type { EventLog } from "../run/event-log.js";
 import type { EventStream } from "../run/event-stream.js";
 import type { Tool } from "../tools/define-tool.js";
 import { builtinTools, type RunCommandOptions } from "../tools/index.js";
@@ -29,6 +30,10 @@ export interface EngineSettings {
   context?: Omit<ContextSettings, "contextWindow"> | false;
   stableTools?: boolean;
   onSnapshot?: (snapshot: TaskSnapshot) => void | Promise<void>;
+  /** Where the run's events are kept. Default: the last 10 000 in memory. */
+  eventLog?: EventLog;
+  /** Most events held in memory for fast reading. Default 1000. */
+  eventWindow?: number;
 }
 
 /**

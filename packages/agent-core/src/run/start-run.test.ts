@@ -184,6 +184,22 @@ describe("startRun", () => {
     expect(result.commit).toBeNull();
   });
 
+  it("exposes events read-only: a consumer that breaks off or tries to close them cannot break the run", async () => {
+    const base = await setup({ script: [reply.toolUse("list_files", {}), reply.text("done")] });
+    const run = go(base, "list");
+    expect((run.events as unknown as { close?: unknown }).close).toBeUndefined();
+    expect((run.events as unknown as { emit?: unknown }).emit).toBeUndefined();
+    for await (const event of run) if (event.type === "run.started") break; // an early return() from one consumer
+    const texts: string[] = [];
+    run.on("model.text", (event) => texts.push(event.text)); // typed: event.text is a string
+    const result = await run.result;
+    expect(result.status).toBe("success");
+    expect(texts).toEqual(["done"]);
+    const all: string[] = [];
+    for await (const event of run.events.iterate()) all.push(event.type);
+    expect(all.at(-1)).toBe("run.completed");
+  });
+
   it("refuses an empty vision", async () => {
     const base = await setup({ script: [] });
     expect(() => go(base, "  ")).toThrow(/vision/);

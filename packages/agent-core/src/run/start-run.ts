@@ -10,7 +10,8 @@ import type { Model, Usage } from "../model/model.js";
 import type { Tool } from "../tools/define-tool.js";
 import type { Workspace } from "../workspace/workspace.js";
 import type { ContextSettings } from "./context.js";
-import type { EventStream } from "./event-stream.js";
+import type { EventLog } from "./event-log.js";
+import type { EventReader } from "./event-stream.js";
 
 export interface RunOptions {
   /** What the agent should achieve. */
@@ -39,6 +40,10 @@ export interface RunOptions {
   commit?: boolean | { author: { name: string; email: string } };
   signal?: AbortSignal;
   runId?: string;
+  /** Where the run's events are kept. Default: the last 10 000 in memory. */
+  eventLog?: EventLog;
+  /** Most events held in memory for fast reading. Default 1000. */
+  eventWindow?: number;
 }
 
 export interface RunResult {
@@ -58,7 +63,8 @@ export interface RunResult {
  */
 export interface Run extends AsyncIterable<KeenEvent> {
   readonly runId: string;
-  readonly events: EventStream;
+  /** The run's events, read-only: a consumer cannot end or break the run through them. */
+  readonly events: EventReader;
   readonly result: Promise<RunResult>;
   on<T extends KeenEventType>(type: T, listener: (event: KeenEventOf<T>) => void): () => void;
   abort(reason?: string): void;
@@ -108,6 +114,8 @@ export function startRun(options: RunOptions): Run {
       ...(options.thinking ? { thinking: options.thinking } : {}),
       ...(options.contextWindow !== undefined ? { contextWindow: options.contextWindow } : {}),
       ...(options.context !== undefined ? { context: options.context } : {}),
+      ...(options.eventLog ? { eventLog: options.eventLog } : {}),
+      ...(options.eventWindow !== undefined ? { eventWindow: options.eventWindow } : {}),
     },
     ...(options.signal ? { signal: options.signal } : {}),
     system: runSystemPrompt(options.workspace.root, options.instructions),
