@@ -23,7 +23,11 @@ const envelope = {
 export const Phase = z.enum(["EXPLORE", "PLAN", "SUMMON", "COMPLETE", "RUN"]);
 export type Phase = z.infer<typeof Phase>;
 
-export const RunStatus = z.enum(["success", "failed", "aborted", "error"]);
+/**
+ * How a run or an agent ended. `interrupted`: the model could not be reached after every retry
+ * (overload, network); the run stopped with its state saved and can be resumed.
+ */
+export const RunStatus = z.enum(["success", "failed", "aborted", "error", "interrupted"]);
 export type RunStatus = z.infer<typeof RunStatus>;
 
 export const RunStartedEvent = z.object({

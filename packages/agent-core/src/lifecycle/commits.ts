@@ -36,11 +36,12 @@ export function commitMessage(subject: string, ...paragraphs: Array<string | und
  * Keeps whatever the agent left in its worktree in one commit on its branch (also after a
  * failure or an abort), and emits `git.commit` only for a commit that was made.
  */
-export async function commitWork(tree: AgentTree, agent: AgentState, workspace: Workspace): Promise<void> {
+export async function commitWork(tree: AgentTree, agent: AgentState, workspace: Workspace, statusOverride?: string): Promise<void> {
   if (tree.settings.commit === false) return;
   try {
     if (isForkable(workspace)) await workspace.abortMerge();
-    const status = agent.status && agent.status !== "success" ? `Status: ${agent.status}` : undefined;
+    const statusText = statusOverride ?? agent.status;
+    const status = statusText && statusText !== "success" ? `Status: ${statusText}` : undefined;
     const message = commitMessage(agent.title, agent.summary, status, `Agent: ${agent.id} (keen)`);
     const sha = await workspace.commit(message, tree.authorOption());
     if (sha) {

@@ -124,6 +124,9 @@ function outcome(tree: AgentTree, root: AgentState | undefined, failure: RunResu
     const error = { code: "token_budget", message: `The token budget of ${tree.state.limits.tokenBudget} tokens was spent` };
     return { status: "failed", summary: root?.summary || error.message, error };
   }
+  if (tree.interruption) {
+    return { status: "interrupted", summary: `Interrupted, resumable: ${tree.interruption.message}`, error: tree.interruption };
+  }
   if (failure || !root) {
     const error = failure ?? { code: "internal_error", message: "The run has no root agent" };
     return { status: "error", summary: error.message, error };

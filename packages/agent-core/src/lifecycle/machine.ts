@@ -10,7 +10,7 @@
  *
  * Adding a phase: its name in `Phase` (events.ts), its module under phases/, and its row here.
  */
-import { AbortedError, isKeenError, KeenError } from "../errors.js";
+import { AbortedError, isKeenError, KeenError, ModelError } from "../errors.js";
 import type { Phase } from "../events.js";
 import type { Workspace } from "../workspace/workspace.js";
 import { agentTag } from "./agent-tag.js";
@@ -67,6 +67,13 @@ export async function driveAgent(
       await tree.snapshot();
     }
   } catch (caught) {
+    if (isInterruption(tree, caught)) {
+      // The model is unreachable: stop here, keep the phase, keep the work; a resume goes on from it.
+      tree.interrupt(caught);
+      await commitWork(tree, agent, workspace, "interrupted");
+      await tree.snapshot();
+      return;
+    }
     enter(tree, agent, failureStep(tree, caught), { force: true });
   }
   await commitWork(tree, agent, workspace);
@@ -92,6 +99,12 @@ function enter(tree: AgentTree, agent: AgentState, step: Step, { force = false }
   appendUserText(agent.messages, text);
   agent.phase = step.next;
   tree.emit({ type: "agent.phase", agentId: agent.id, phase: step.next, previous: from });
+}
+
+/** A model failure that retries could not ride out (overload, network), or the stop it caused in other agents. */
+function isInterruption(tree: AgentTree, caught: unknown): boolean {
+  if (tree.interruption) return true;
+  return caught instanceof ModelError && caught.retryable && !tree.signal.aborted;
 }
 
 /** How an agent ends when its phase throws: stopped (abort, budget), failed, or an error. */

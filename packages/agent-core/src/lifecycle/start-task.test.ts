@@ -4,10 +4,11 @@ import { execa } from "execa";
 import { afterEach, describe, expect, it } from "vitest";
 import type { KeenEvent, KeenEventOf } from "../events.js";
 import { anthropic } from "../model/anthropic.js";
-import { reply, startMessagesServer, type MessagesServer } from "../testing/index.js";
+import { reply, requestPosition, startMessagesServer, type MessagesServer } from "../testing/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
-import { startTask, type TaskOptions } from "./start-task.js";
+import { resumeTask, startTask, type TaskOptions } from "./start-task.js";
+import type { TaskSnapshot } from "./task-state.js";
 import { agentOf, done, explore, plan, scenarioPolicy, write, type Scenario } from "./testing/scenario.js";
 
 let server: MessagesServer | undefined;
@@ -32,6 +33,7 @@ async function runTask(base: Awaited<ReturnType<typeof setup>>, extra: Partial<T
 }
 
 const ofType = <T extends KeenEvent["type"]>(events: KeenEvent[], type: T) => events.filter((e): e is KeenEventOf<T> => e.type === type);
+const base64 = async (dir: string, path: string) => (await readFile(join(dir, path))).toString("base64");
 const git = (dir: string, ...args: string[]) => execa("git", args, { cwd: dir }).then((r) => r.stdout.trim());
 
 describe("startTask", () => {
@@ -300,6 +302,37 @@ describe("startTask", () => {
       const branch = events.find((e) => e.type === "git.branch" && e.agentId === id)!;
       expect(spawned.seq).toBeLessThan(branch.seq);
     }
+  });
+
+  it("ends interrupted, not error, when the model stays overloaded after its retries, and resumes from there", async () => {
+    let overloaded = true;
+    const policy = scenarioPolicy({
+      root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])] },
+      A: { complete_task: [write("a.txt", "a\n"), write("a2.txt", "a2\n"), done()] },
+    });
+    server = await startMessagesServer({
+      policy: (request, context) => {
+        const { agent, turn } = requestPosition(request);
+        if (overloaded && agent === "A" && turn === 1) return reply.error(529);
+        return policy(request, context);
+      },
+    });
+    const dir = await createTestRepo({ "README.md": "# app\n" });
+    const workspace = await LocalWorkspace.open(dir);
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url, retry: { baseDelayMs: 5, maxRetries: 1 } });
+    let saved: TaskSnapshot | undefined;
+    const first = await startTask({ vision: "Build", workspace, model, onSnapshot: (s) => void (saved = s) }).result;
+    expect(first.status).toBe("interrupted");
+    expect(first.error?.code).toBe("model_error");
+    expect(saved!.agents.find((a) => a.id === "root")!.phase).not.toBe("DONE");
+    expect(saved!.agents.find((a) => a.id === "A")!.phase).toBe("COMPLETE");
+    expect(await git(dir, "show", "summon-A:a.txt")).toBe("a");
+    expect((await git(dir, "worktree", "list")).split("\n")).toHaveLength(1);
+
+    overloaded = false;
+    const second = await resumeTask(saved!, { workspace, model }).result;
+    expect(second.status).toBe("success");
+    expect(await base64(dir, "a2.txt")).toBe(Buffer.from("a2\n").toString("base64"));
   });
 
   it("aborts mid-tree: every agent stops, work is committed, the run is aborted", async () => {

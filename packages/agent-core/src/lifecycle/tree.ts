@@ -1,3 +1,4 @@
+import { AbortedError, isKeenError } from "../errors.js";
 import type { KeenEventInput } from "../events.js";
 import { addUsage, emptyUsage, type Model, type Usage } from "../model/model.js";
 import type { ContextSettings, ContextTracker } from "../run/context.js";
@@ -52,6 +53,8 @@ export class AgentTree {
   private lifecycleTools: Tool<any>[] | undefined;
   /** Cached repository overview of the root workspace. */
   overview: string | undefined;
+  /** Why the run was interrupted (resumable), once it is. */
+  interruption: { code: string; message: string } | undefined;
   /** Runs one agent to its end; set by the engine (the state machine's driver). */
   drive!: (agent: AgentState, workspace: Workspace) => Promise<void>;
 
@@ -70,6 +73,17 @@ export class AgentTree {
     });
     this.model = this.budget.guard(settings.model);
     this.snapshots = new SnapshotQueue(settings.onSnapshot);
+  }
+
+  /**
+   * Stops every agent because the model cannot be reached (after its retries), keeping each
+   * agent's phase so the run can be resumed. The first call wins.
+   */
+  interrupt(cause: unknown): void {
+    if (this.interruption) return;
+    const message = cause instanceof Error ? cause.message : String(cause);
+    this.interruption = { code: isKeenError(cause) ? cause.code : "model_error", message };
+    this.controller.abort(new AbortedError(`Interrupted: ${message}`));
   }
 
   get signal(): AbortSignal {

@@ -171,13 +171,13 @@ describe("startRun", () => {
     expect(alive).toBe(false);
   });
 
-  it("ends with status error and a typed code when the model keeps failing", async () => {
+  it("ends interrupted (resumable) with a typed code when the model stays overloaded after its retries", async () => {
     const base = await setup({ script: [reply.error(529), reply.error(529), reply.error(529)] });
     const run = go(base, "anything");
     const retries: number[] = [];
     run.on("model.retry", (event) => retries.push(event.attempt));
     const result = await run.result;
-    expect(result.status).toBe("error");
+    expect(result.status).toBe("interrupted");
     expect(result.error?.code).toBe("model_error");
     expect(result.error?.message).toMatch(/529 overloaded_error/);
     expect(retries).toEqual([1, 2]);
