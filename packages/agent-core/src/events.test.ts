@@ -21,5 +21,8 @@ describe("the event protocol", () => {
     const event = { protocol: 99, runId: "r", agentId: "root", seq: 0, at: new Date(0).toISOString(), type: "model.text", text: "x" };
     expect(() => KeenEvent.parse(event)).toThrow();
     expect(KeenEvent.parse({ ...event, protocol: PROTOCOL_VERSION }).protocol).toBe(PROTOCOL_VERSION);
+    // Stored before the field existed: read as version 1.
+    const { protocol: _omitted, ...older } = event;
+    expect(KeenEvent.parse(older).protocol).toBe(1);
   });
 });

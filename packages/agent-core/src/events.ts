@@ -12,7 +12,8 @@ export const PROTOCOL_VERSION = 1;
  * gaps, and is never reused — also across a resume when the run has a durable `EventLog`.
  */
 const envelope = {
-  protocol: z.literal(PROTOCOL_VERSION),
+  /** Always written; an event stored before the field existed reads as version 1. */
+  protocol: z.literal(PROTOCOL_VERSION).default(PROTOCOL_VERSION),
   runId: z.string(),
   agentId: z.string(),
   seq: z.number().int().nonnegative(),

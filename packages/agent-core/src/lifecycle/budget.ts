@@ -73,12 +73,16 @@ export class TokenBudget {
   guard(model: Model): Model {
     if (this.limit === undefined && this.usd?.limit === undefined) return model;
     const budget = this;
-    return Object.assign(Object.create(model) as Model, {
-      stream(request: ModelRequest, options?: Parameters<Model["stream"]>[1]) {
+    const guarded: Model = {
+      id: model.id,
+      contextWindow: model.contextWindow,
+      stream(request, options) {
         budget.checkBefore(request);
         return model.stream(request, options);
       },
-    });
+      ...(model.countTokens ? { countTokens: (request: ModelRequest, options?: Parameters<Model["stream"]>[1]) => model.countTokens!(request, options) } : {}),
+    };
+    return guarded;
   }
 
   private stop(limit: "tokenBudget" | "costBudget", detail: string): void {
