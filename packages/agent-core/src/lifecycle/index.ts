@@ -4,7 +4,9 @@ export { Step } from "./step.js";
 export { TRANSITIONS } from "./machine.js";
 export { agentTag } from "./agent-tag.js";
 export { commitMessage } from "./commits.js";
-export { childBranch, subtaskLabel, agentIdForBranch, SUMMON_PREFIX } from "./branch-names.js";
+export { costUsd, modelPrice, MODEL_PRICES, type ModelPrice } from "./pricing.js";
+export { runBranchName } from "./engine.js";
+export { childBranch, subtaskLabel, agentIdForBranch, SUMMON_PREFIX, AGENTS_SUFFIX } from "./branch-names.js";
 export {
   finishExploreTool,
   submitPlanTool,

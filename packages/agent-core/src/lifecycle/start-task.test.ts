@@ -225,8 +225,11 @@ describe("startTask", () => {
       expect(statuses).toEqual({ A: "aborted", B: "aborted", root: "aborted" });
       expect(await git(base.dir, "show", "summon-A:a.txt")).toBe("a");
       expect(await git(base.dir, "show", "summon-B:b.txt")).toBe("b");
-      const spent = ofType(events, "model.usage").reduce((n, e) => n + e.usage.inputTokens + e.usage.outputTokens + e.usage.cacheCreationInputTokens + e.usage.cacheReadInputTokens, 0);
-      expect(spent).toBeGreaterThanOrEqual(25_000);
+      const totals = ofType(events, "model.usage").map((e) => e.usage.inputTokens + e.usage.outputTokens + e.usage.cacheCreationInputTokens + e.usage.cacheReadInputTokens);
+      const spent = totals.reduce((n, t) => n + t, 0);
+      // Checked before sending: the run stops near the budget, over it by at most the requests already in flight (one per running child).
+      expect(spent).toBeGreaterThan(25_000 / 2);
+      expect(spent).toBeLessThanOrEqual(25_000 + 2 * Math.max(...totals));
     });
   });
 
