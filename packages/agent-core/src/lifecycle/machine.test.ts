@@ -98,3 +98,14 @@ describe("commitMessage", () => {
     expect(commitMessage("\u0000\u0001")).toBe("keen: work");
   });
 });
+
+describe("the price table", () => {
+  it("prices every kind of token by model family, and knows when it does not know a model", async () => {
+    const { costUsd } = await import("./pricing.js");
+    const million = { inputTokens: 1_000_000, outputTokens: 1_000_000, cacheCreationInputTokens: 1_000_000, cacheReadInputTokens: 1_000_000 };
+    expect(costUsd("anthropic:claude-sonnet-4-5", million)).toBeCloseTo(3 + 15 + 3.75 + 0.3, 6);
+    expect(costUsd("claude-haiku-4-5", million)).toBeCloseTo(1 + 5 + 1.25 + 0.1, 6);
+    expect(costUsd("claude-3-5-haiku-latest", { ...million, outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 })).toBeCloseTo(0.8, 6);
+    expect(costUsd("some-other-model", million)).toBeUndefined();
+  });
+});
