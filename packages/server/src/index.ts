@@ -1,7 +1,7 @@
 export { ServerConfig, ConfigError, loadConfig, parseConfig, settingsHelp, SETTINGS, type ServerConfigInput } from "./config.js";
 export { ServerError, statusOf, type ServerErrorCode } from "./errors.js";
 export { createServer, type CreateServerOptions, type KeenServer } from "./server.js";
-export { startServer, migrateOnly, type StartOptions } from "./start.js";
+export { startServer, startWorker, migrateOnly, type StartOptions } from "./start.js";
 export { migrateServer, serverMigrations, SERVER_MIGRATION_TABLE } from "./db/migrations.js";
 export { inProcessQueue, pgBossQueue, type JobQueue, type JobHandler } from "./queue/job-queue.js";
 export { localEventBus, postgresEventBus, type EventBus, type RunNotice, type StoredEvent } from "./events/event-bus.js";

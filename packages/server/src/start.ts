@@ -1,4 +1,4 @@
-import { loadConfig, type ServerConfigInput } from "./config.js";
+import { ConfigError, loadConfig, type ServerConfigInput } from "./config.js";
 import { migrateServer } from "./db/migrations.js";
 import { openDatabase } from "@keen/gateway-kit";
 import { join } from "node:path";
@@ -66,4 +66,27 @@ export async function migrateOnly(options: Pick<StartOptions, "env" | "flags"> =
   } finally {
     await database.close();
   }
+}
+
+/**
+ * Starts a worker alone, as `keen worker` does: no HTTP, it only executes run jobs from the
+ * shared PostgreSQL queue, and hands its runs back (checkpointed) on SIGTERM.
+ *
+ * @example
+ * const { stopped } = await startWorker({ env: process.env });
+ */
+export async function startWorker(options: Omit<StartOptions, "onReady"> = {}): Promise<{ server: KeenServer; stopped: Promise<void> }> {
+  const config = loadConfig({ env: options.env ?? process.env, flags: options.flags ?? {} });
+  if (!config.databaseUrl) throw new ConfigError("keen worker needs DATABASE_URL: a worker alone shares its queue through PostgreSQL");
+  if (config.workers === 0) throw new ConfigError("invalid --workers (KEEN_WORKERS): a worker process needs at least 1");
+  const server = await createServer(config);
+  server.logger.info({ workerId: server.worker.workerId, queue: server.queue.kind }, "worker ready");
+  let resolveStopped!: () => void;
+  const stopped = new Promise<void>((resolve) => (resolveStopped = resolve));
+  if (options.signals !== false) {
+    const stop = () => void server.close().finally(resolveStopped);
+    process.once("SIGTERM", stop);
+    process.once("SIGINT", stop);
+  }
+  return { server, stopped };
 }
