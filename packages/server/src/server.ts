@@ -61,6 +61,8 @@ export interface KeenServer {
   readonly runs: RunService;
   readonly worker: RunWorker;
   readonly queue: JobQueue;
+  /** Where run events are announced (in process, or LISTEN/NOTIFY on PostgreSQL). */
+  readonly bus: EventBus;
   readonly logger: Logger;
   /** Starts listening on the configured host and port; resolves to the base URL. */
   listen(): Promise<string>;
@@ -248,6 +250,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       runs,
       worker,
       queue,
+      bus,
       logger,
       listen: () =>
         new Promise((resolve, reject) => {

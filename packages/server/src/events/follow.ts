@@ -50,6 +50,8 @@ export async function* followRun(log: RunEventLog, bus: EventBus, runId: string,
   const unsubscribe = bus.subscribe(runId, onNotice);
   const onAbort = () => wake?.();
   options.signal?.addEventListener("abort", onAbort, { once: true });
+  // Set when a wait timed out: the run's state is read again (a lost `ended` notice only delays).
+  let checkState = true;
   try {
     while (!options.signal?.aborted) {
       if (buffered.length > 0 && !dirty) {
@@ -63,37 +65,42 @@ export async function* followRun(log: RunEventLog, bus: EventBus, runId: string,
         yield event;
         continue;
       }
-      dirty = false;
-      buffered = [];
-      const page = await log.page(runId, cursor, pageSize);
-      for (const event of page) {
-        if (options.signal?.aborted) return;
-        cursor = event.seq;
-        yield event;
-      }
-      if (page.length === pageSize) {
-        dirty = true;
-        continue;
-      }
-      if (buffered.length > 0 || dirty) continue;
-      // Caught up. A finished run has written every event before its state changed.
-      const status = ended ? "ended" : await log.status(runId);
-      if (status === undefined) return;
-      if (status === "ended" || isTerminal(status)) {
-        const rest = await log.page(runId, cursor, pageSize);
-        if (rest.length === 0) return;
-        dirty = true;
+      if (dirty) {
+        // Catch up from the table; notices that arrive meanwhile land in the buffer or set dirty again.
+        dirty = false;
         buffered = [];
-        for (const event of rest) {
+        const page = await log.page(runId, cursor, pageSize);
+        for (const event of page) {
+          if (options.signal?.aborted) return;
           cursor = event.seq;
           yield event;
         }
+        if (page.length === pageSize) dirty = true;
         continue;
       }
-      if (buffered.length > 0 || dirty) continue;
+      if (ended || checkState) {
+        checkState = false;
+        // A finished run wrote every event before its state changed: one last page, then the end.
+        const status = ended ? "ended" : await log.status(runId);
+        if (status === undefined) return;
+        if (status === "ended" || isTerminal(status)) {
+          const rest = await log.page(runId, cursor, pageSize);
+          if (rest.length === 0) return;
+          for (const event of rest) {
+            if (options.signal?.aborted) return;
+            cursor = event.seq;
+            yield event;
+          }
+          buffered = [];
+          dirty = true;
+          continue;
+        }
+        if (buffered.length > 0 || dirty) continue;
+      }
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           dirty = true;
+          checkState = true;
           resolve();
         }, pollMs);
         wake = () => {

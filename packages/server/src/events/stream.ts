@@ -19,9 +19,19 @@ export interface StreamDeps {
   onOpen(): () => void;
 }
 
-/** The JSON a client receives for one event: the agent-core event, numbered by the server. */
+const serialised = new WeakMap<StoredEvent, string>();
+
+/**
+ * The JSON a client receives for one event: the agent-core event, numbered by the server.
+ * Live events are one object shared by every follower in the process, so it is built once.
+ */
 export function eventJson(event: StoredEvent): string {
-  return JSON.stringify({ ...event.payload, runId: event.runId, seq: event.seq, type: event.type, agentId: event.agentId, at: event.at });
+  let text = serialised.get(event);
+  if (text === undefined) {
+    text = JSON.stringify({ ...event.payload, runId: event.runId, seq: event.seq, type: event.type, agentId: event.agentId, at: event.at });
+    serialised.set(event, text);
+  }
+  return text;
 }
 
 /** A cursor from `Last-Event-ID` (a reconnecting EventSource) or `?after=`; the header wins. */
