@@ -65,6 +65,24 @@ describeEachDatabase("server foundation", (database) => {
     expect((await api(t.url, "/v1/credits", { headers: account.headers })).body.balance).toBe(0);
   });
 
+  it("serves an OpenAPI 3.1 document that lists exactly the mounted /v1 routes", async () => {
+    const res = await api(t.url, "/v1/openapi.json");
+    expect(res.status).toBe(200);
+    expect(res.body.openapi).toBe("3.1.0");
+    const documented = new Set<string>();
+    for (const [path, ops] of Object.entries(res.body.paths as Record<string, Record<string, unknown>>)) {
+      for (const method of Object.keys(ops)) documented.add(`${method.toUpperCase()} ${path}`);
+    }
+    const mounted = new Set<string>();
+    for (const layer of t.server.api.stack) {
+      for (const method of layer.methods) if (method !== "HEAD") mounted.add(`${method} ${String(layer.path).replace(/:([A-Za-z_]+)/g, "{$1}")}`);
+    }
+    expect([...documented].sort()).toEqual([...mounted].sort());
+    const create = res.body.paths["/v1/runs"].post.requestBody.content["application/json"].schema;
+    expect(create.required).toEqual(expect.arrayContaining(["vision", "repo"]));
+    expect(create.additionalProperties).toBe(false);
+  });
+
   it("answers bad bodies with 4xx and the one error shape", async () => {
     const account = await signup(t.url);
     for (const body of ["{", "[]", JSON.stringify({ vision: 5 }), JSON.stringify({ vision: "x", repo: { url: "https://e.com/a" }, extra: 1 })]) {

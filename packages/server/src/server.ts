@@ -30,6 +30,7 @@ import Koa from "koa";
 import type { Kysely } from "kysely";
 import { pino, type DestinationStream, type Logger } from "pino";
 import { z } from "zod";
+import { GrantCreditsBody } from "./admin-input.js";
 import { parseConfig, type ServerConfig, type ServerConfigInput } from "./config.js";
 import { migrateServer } from "./db/migrations.js";
 import type { ServerTables } from "./db/tables.js";
@@ -39,6 +40,7 @@ import { RunEventLog } from "./events/event-log.js";
 import { attachWebSocketStreams, type StreamDeps } from "./events/stream.js";
 import { edge } from "./http/edge.js";
 import { createMetrics } from "./http/metrics.js";
+import { openApiDocument } from "./http/openapi.js";
 import { inProcessQueue, pgBossQueue, type JobQueue } from "./queue/job-queue.js";
 import { mountRunRoutes, RUN_SCOPES } from "./runs/routes.js";
 import { createRunService, RUN_QUEUE, type RunService } from "./runs/run-service.js";
@@ -64,6 +66,8 @@ export interface KeenServer {
   /** Where run events are announced (in process, or LISTEN/NOTIFY on PostgreSQL). */
   readonly bus: EventBus;
   readonly logger: Logger;
+  /** The authenticated `/v1` router (its routes are the API the OpenAPI document describes). */
+  readonly api: Router;
   /** Starts listening on the configured host and port; resolves to the base URL. */
   listen(): Promise<string>;
   /** Stops taking requests and work, checkpoints running runs, ends streams, closes the database. */
@@ -88,14 +92,6 @@ async function signingKeys(db: Kysely<ServerTables>): Promise<JwtKeySet> {
   const signing = (typeof row!.value === "string" ? JSON.parse(row!.value) : row!.value) as Record<string, string>;
   return JwtKeySet.fromJwks({ algorithm: "EdDSA", signing });
 }
-
-const GrantBody = z
-  .object({
-    teamId: z.string().uuid(),
-    amount: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
-    idempotencyKey: z.string().min(8).max(200),
-  })
-  .strict();
 
 /**
  * Builds the whole server on one config: database (PGlite under the data dir, or PostgreSQL),
@@ -185,6 +181,10 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       ctx.type = metrics.registry.contentType;
       ctx.body = await metrics.registry.metrics();
     });
+    const document = openApiDocument();
+    probes.get("/v1/openapi.json", (ctx) => {
+      ctx.body = document;
+    });
     app.use(probes.routes());
 
     // Sign-up, login, tokens, MFA, sessions, API keys: gateway-kit's router, under /v1/auth.
@@ -221,7 +221,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
 
     api.post("/admin/credits/grant", bodyParser({ enableTypes: ["json"], jsonLimit: "16kb" }), async (ctx) => {
       if (!(await isAdmin(ctx.state.principal!))) throw new ServerError("not_found", "Not found");
-      const parsed = GrantBody.safeParse(ctx.request.body);
+      const parsed = GrantCreditsBody.safeParse(ctx.request.body);
       if (!parsed.success) throw new ServerError("invalid_request", z.prettifyError(parsed.error).split("\n").join(" "));
       const team = await (db as Kysely<any>).selectFrom("teams").select("id").where("id", "=", parsed.data.teamId).executeTakeFirst();
       if (!team) throw new ServerError("not_found", "Team not found");
@@ -252,6 +252,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       queue,
       bus,
       logger,
+      api,
       listen: () =>
         new Promise((resolve, reject) => {
           http.once("error", reject);
