@@ -119,4 +119,43 @@ describe("a worker killed mid-run", () => {
       await db.end();
     }
   }, 240_000);
+
+  it("on a graceful stop, hands a running run back checkpointed; the next server finishes it", async () => {
+    const settings = { databaseUrl: TEST_DATABASE_URL, databaseSchema: schema, modelBaseUrl: model.url, localMode: true, workspacesDir: join(dataDir, "shared") };
+    const a = await startTestServer({ ...settings, workers: 1 });
+    const owner = await signup(a.url);
+    // Credits straight from the ledger: this suite's admin was made in the first test.
+    const wallet = await a.server.ledger.openWallet({ teamId: owner.teamId });
+    await a.server.ledger.grant({ account: wallet.id, amount: 20_000_000, idempotencyKey: `g-${owner.teamId}` });
+    const repo = await createTestRepo();
+    const created = await api(a.url, "/v1/runs", { headers: owner.headers, body: { vision: "Write notes", repo: { path: repo } } });
+    const runId = created.body.id as string;
+    const db = a.server.database.db;
+    await eventually(async () => {
+      const row = await db.selectFrom("runs").select(["status", "snapshot"]).where("id", "=", runId).executeTakeFirst();
+      return row?.status === "running" && row.snapshot !== null;
+    }, 60_000, "a checkpoint");
+    const stopping = Date.now();
+    await a.stop();
+    expect(Date.now() - stopping).toBeLessThan(10_000);
+
+    const b = await startTestServer({ ...settings, workers: 1 });
+    try {
+      const handedBack = await b.server.database.db.selectFrom("runs").select(["status"]).where("id", "=", runId).executeTakeFirstOrThrow();
+      // Handed back (or already taken by b's worker), never finished by the stopping server.
+      expect(["queued", "running"]).toContain(handedBack.status);
+      const final = await eventually(async () => {
+        const run = await api(b.url, `/v1/runs/${runId}`, { headers: owner.headers });
+        return ["succeeded", "failed", "cancelled"].includes(run.body.status) ? run.body : undefined;
+      }, 90_000, "the handed-back run to finish");
+      expect(final.status).toBe("succeeded");
+      const row = await b.server.database.db.selectFrom("runs").select(["attempt", "reservation_id"]).where("id", "=", runId).executeTakeFirstOrThrow();
+      expect(row.attempt).toBe(2);
+      const reservation = await b.server.ledger.getReservation(row.reservation_id!);
+      expect(reservation.charged).toBe(final.cost);
+      expect((await api(b.url, "/v1/credits", { headers: owner.headers })).body.balance).toBe(20_000_000 - final.cost);
+    } finally {
+      await b.stop();
+    }
+  }, 240_000);
 });

@@ -42,7 +42,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
   const { db, config, ledger, slots, queue, bus, priceList, logger, metrics } = deps;
   const workerId = `worker_${randomUUID()}`;
   const log = new RunEventLog(db);
-  const active = new Map<string, { controller: AbortController; shuttingDown: boolean }>();
+  const active = new Map<string, { controller: AbortController; handingOver: boolean }>();
   let sweeper: NodeJS.Timeout | undefined;
   let stopping = false;
 
@@ -132,7 +132,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
     const run = await claim(runId);
     if (!run) return;
     const controller = new AbortController();
-    const entry = { controller, shuttingDown: false };
+    const entry = { controller, handingOver: false };
     active.set(run.id, entry);
     metrics.runsActive.inc();
     const runLog = logger.child({ runId: run.id, attempt: run.attempt });
@@ -146,8 +146,12 @@ export function createRunWorker(deps: RunWorkerDeps) {
         .returning("cancel_requested")
         .executeTakeFirst()
         .then((row) => {
-          // Lost the run to another worker, or asked to cancel: stop.
-          if (!row || row.cancel_requested) controller.abort(new Error(row ? "cancelled" : "lost"));
+          if (!row) {
+            // Another worker took the run over (this one looked dead): stop without settling or
+            // recording anything; the run is the other worker's now.
+            entry.handingOver = true;
+            controller.abort(new Error("lost"));
+          } else if (row.cancel_requested) controller.abort(new Error("cancelled"));
         })
         .catch((error) => runLog.warn({ err: error }, "heartbeat failed"));
       void slots.renew(run.id).catch(() => {});
@@ -177,14 +181,18 @@ export function createRunWorker(deps: RunWorkerDeps) {
           writer.write(event as never);
           if (event.type === "model.usage") metrics.tokens.inc(event.usage.inputTokens + event.usage.outputTokens + event.usage.cacheCreationInputTokens + event.usage.cacheReadInputTokens);
         },
-        onSnapshot: ({ value, agents }) =>
+        onSnapshot: ({ value, agents }) => {
+          // A snapshot taken after a shutdown abort records agents as aborted; the next worker
+          // must resume from the last one before it.
+          if (entry.handingOver) return;
           writer.after(async () => {
             await db.updateTable("runs").set({ snapshot: JSON.stringify(value), heartbeat_at: new Date() }).where("id", "=", run.id).where("worker_id", "=", workerId).execute();
             await saveAgents(run.id, run.model, agents);
-          }),
+          });
+        },
       });
       await writer.flush();
-      if (entry.shuttingDown) {
+      if (entry.handingOver) {
         // This process is stopping: hand the run back, checkpointed, for the next worker.
         await db.updateTable("runs").set({ status: "queued", worker_id: null }).where("id", "=", run.id).where("worker_id", "=", workerId).execute();
         return;
@@ -201,7 +209,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
       runLog.info({ status: result.status, charged }, "run finished");
     } catch (error) {
       await writer.flush().catch(() => {});
-      if (entry.shuttingDown) return;
+      if (entry.handingOver) return;
       const reason = error instanceof ServerError ? { code: error.code, message: error.message } : { code: "internal_error", message: "The run stopped on a server error" };
       runLog.error({ err: error }, "run failed");
       const charged = await settle(run, { inputTokens: 0, outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 }).catch(() => 0);
@@ -243,7 +251,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
       stopping = true;
       if (sweeper) clearInterval(sweeper);
       for (const entry of active.values()) {
-        entry.shuttingDown = true;
+        entry.handingOver = true;
         entry.controller.abort(new Error("server stopping"));
       }
     },
