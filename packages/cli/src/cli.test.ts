@@ -40,6 +40,17 @@ describe("keen CLI usage", () => {
     }
   });
 
+  it("prints a command's help for keen help COMMAND, the same as COMMAND --help", async () => {
+    for (const command of ["run", "runs", "demo"]) {
+      const viaHelp = await inProcess(["help", command]);
+      const viaFlag = await inProcess([command, "--help"]);
+      expect(viaHelp.code).toBe(0);
+      expect(viaHelp.stdout).toBe(viaFlag.stdout);
+      expect(viaHelp.stdout).toMatch(new RegExp(`^Usage: keen ${command}\\b`));
+    }
+    expect((await inProcess(["help"])).stdout).toContain("keen help <command>");
+  });
+
   it("refuses an unknown command and a bad flag from the real process with one line and exit 2", async () => {
     for (const args of [["frobnicate"], ["run", "x", "--max-depth", "deep"]]) {
       const result = await keen(args, { ANTHROPIC_API_KEY: "k" });
@@ -51,7 +62,22 @@ describe("keen CLI usage", () => {
   });
 
   it.each([
-    [["run", "x", "--bogus"], /Unknown option '--bogus'/],
+    [["run", "x", "--bogus"], /^keen: unknown option --bogus \(see keen help run\)$/m],
+    [["run", "x", "--max-dept", "2"], /unknown option --max-dept \(did you mean --max-depth\?\)/],
+    [["run", "x", "--no-sandbx"], /unknown option --no-sandbx \(did you mean --no-sandbox\?\)/],
+    [["run", "x", "--validat", "npm test"], /did you mean --validate\?/],
+    [["demo", "--jsno"], /unknown option --jsno \(did you mean --json\?\) \(see keen help demo\)/],
+    [["runs", "--prnue"], /did you mean --prune\?/],
+    [["runs", "extra"], /keen runs takes no arguments besides its options, got "extra"/],
+    [["rn", "x"], /unknown command "rn" \(did you mean run\?\)/],
+    [["help", "bogus"], /no help for "bogus": the commands are run, runs, demo/],
+    [["run", "x", "--max-depth", "-1"], /^keen: --max-depth must be a non-negative integer, got "-1"$/m],
+    [["run", "x", "--max-agents", "-5"], /--max-agents must be a positive integer, got "-5"/],
+    [["run", "x", "--token-budget", "-1e3"], /--token-budget must be a positive integer, got "-1e3"/],
+    [["run", "x", "--concurrency", "-"], /--concurrency must be a positive integer, got "-"/],
+    [["run", "x", "--max-depth", "99999999999999999999"], /--max-depth must be a non-negative integer/],
+    [["run", "--resume", "a.json", "--last"], /--resume and --last both say which run to continue; give one/],
+    [["run", "-", "more"], /give the vision either as text or as "-"/],
     [["run", "--repo", "."], /missing the vision/],
     [["run", "x", "--max-depth", "1.5"], /--max-depth must be a non-negative integer, got "1.5"/],
     [["run", "x", "--max-depth=-1"], /--max-depth must be a non-negative integer, got "-1"/],
@@ -63,7 +89,7 @@ describe("keen CLI usage", () => {
     [["run", "x", "--on-conflict", "merge"], /--on-conflict must be resolve or rollback, got "merge"/],
     [["run", "x", "--validate", " "], /--validate needs a command/],
     [["run", "x", "--sandbox", "--no-sandbox"], /contradict/],
-    [["run", "x", "--max-depth"], /argument missing/],
+    [["run", "x", "--max-depth"], /--max-depth needs a value \(argument missing\)/],
     [["run", "--resume", "/nonexistent/run.json"], /cannot read snapshot \/nonexistent\/run\.json: no such file/],
     [["run", "again", "--resume", "run.json"], /give no vision with it/],
     [["run", "--resume", "run.json", "--max-depth", "3"], /--max-depth is fixed by the snapshot/],

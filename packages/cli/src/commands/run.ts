@@ -1,23 +1,30 @@
 import { randomUUID } from "node:crypto";
-import { resolve } from "node:path";
-import { parseArgs } from "node:util";
+import { access, readFile } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
+import { execa } from "execa";
 import {
   anthropic,
   isKeenError,
   LocalWorkspace,
   resumeTask,
   startTask,
+  type KeenEventOf,
   type Model,
   type TaskLimits,
   type TaskSnapshot,
 } from "@keen/agent-core";
-import { UsageError, type Io } from "../cli-error.js";
+import { parseCommandArgs } from "../args.js";
+import { UsageError, type CommandIo } from "../cli-error.js";
+import { checkModelEndpoint } from "../model-check.js";
+import { findRun, recordPathOf, RunRecord, writeRecord } from "../run-records.js";
 import { defaultSnapshotPath, readSnapshotFile, repoOfSnapshotPath, SnapshotFile } from "../snapshot-file.js";
-import { oneLine, outputMode, quote, runTaskSession } from "../task-session.js";
+import { oneLine, outputMode, quote, runTaskSession, type TaskSessionResult } from "../task-session.js";
 import { emptyTree, treeFromSnapshot } from "../tree/tree-state.js";
 
 export const RUN_HELP = `Usage: keen run "<vision>" [options]
-       keen run --resume FILE [--repo DIR]
+       keen run - [options]                 (the vision from standard input)
+       keen run --resume FILE|ID [--repo DIR]
+       keen run --last [--repo DIR]         (resume the newest interrupted run)
 
 Runs the full lifecycle on a git repository: the root agent explores, plans, hands subtasks
 to child agents on their own branches (summon-A, summon-A-B, …), merges their work back with
@@ -37,11 +44,14 @@ Options:
   --sandbox              run commands under bubblewrap: no network, only the worktree writable (default)
   --no-sandbox           run commands without the sandbox
   --snapshot FILE        where to keep the run's snapshot (default <repo>/.git/keen/runs/<run id>.json)
-  --resume FILE          continue the run saved in FILE
+  --resume FILE|ID       continue a saved run: its snapshot file, or its id (see keen runs)
+  --last                 continue the newest interrupted run of the repository
   --json                 print every event as one JSON line on stdout, and nothing else
   -h, --help             show this help
 
-Exit codes: 0 success, 1 the task failed, 2 bad usage, 130 interrupted (resumable).
+Before anything is written, one count_tokens request checks the endpoint and the key.
+Exit codes: 0 success, 1 the task failed, 2 bad usage, 3 the model endpoint refused the key
+or cannot be reached, 130 interrupted (resumable).
 Environment: ANTHROPIC_API_KEY (required), ANTHROPIC_BASE_URL, KEEN_MODEL, KEEN_FORCE_TTY=1|0.`;
 
 export const DEFAULT_MODEL = "claude-sonnet-5-5";
@@ -49,34 +59,69 @@ export const DEFAULT_MODEL = "claude-sonnet-5-5";
 /** Flags that shape a run; a resumed run keeps the values in its snapshot. */
 const RUN_SHAPE_FLAGS = ["max-depth", "max-children", "max-agents", "max-turns", "token-budget", "concurrency", "validate", "on-conflict"] as const;
 
+const RUN_OPTIONS = {
+  repo: { type: "string" },
+  model: { type: "string" },
+  "max-depth": { type: "string" },
+  "max-children": { type: "string" },
+  "max-agents": { type: "string" },
+  "max-turns": { type: "string" },
+  "token-budget": { type: "string" },
+  concurrency: { type: "string" },
+  validate: { type: "string" },
+  "on-conflict": { type: "string" },
+  sandbox: { type: "boolean" },
+  "no-sandbox": { type: "boolean" },
+  snapshot: { type: "string" },
+  resume: { type: "string" },
+  last: { type: "boolean" },
+  json: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** The longest vision read from standard input. */
+const MAX_STDIN_VISION = 1_000_000;
+
 export interface RunCommandOptions {
-  /** Use this model instead of building one from flags and the environment. */
+  /** Use this model instead of building one from flags and the environment (no endpoint check). */
   model?: Model;
 }
 
-export async function runCommand(argv: string[], io: Io, options: RunCommandOptions = {}): Promise<number> {
-  const { values, positionals } = parseFlags(argv);
+export async function runCommand(argv: string[], io: CommandIo, options: RunCommandOptions = {}): Promise<number> {
+  const { values, positionals } = parseCommandArgs(argv, RUN_OPTIONS, "run");
   if (values.help) {
     io.stdout(`${RUN_HELP}\n`);
     return 0;
   }
   if (values.sandbox && values["no-sandbox"]) throw new UsageError("--sandbox and --no-sandbox contradict each other");
   const sandbox = !values["no-sandbox"];
-  const vision = positionals.join(" ").trim();
   const settings = readSettings(values);
+  const modelId = values.model ?? io.env.KEEN_MODEL ?? DEFAULT_MODEL;
 
-  if (values.resume !== undefined) {
-    if (vision) throw new UsageError("--resume continues a saved run; give no vision with it");
+  if (values.resume !== undefined || values.last) {
+    if (values.resume !== undefined && values.last) throw new UsageError("--resume and --last both say which run to continue; give one");
+    if (positionals.length) throw new UsageError("--resume continues a saved run; give no vision with it");
     const fixed = RUN_SHAPE_FLAGS.filter((flag) => values[flag] !== undefined);
     if (fixed.length) throw new UsageError(`--${fixed[0]} is fixed by the snapshot and cannot change on --resume`);
-    const snapshotPath = resolve(values.resume);
+    const snapshotPath = await resumeTarget(values.resume, values.repo);
     const saved = await readSnapshotFile(snapshotPath);
     const repo = resolve(values.repo ?? repoOfSnapshotPath(snapshotPath) ?? process.cwd());
-    const model = options.model ?? buildModel(values.model ?? io.env.KEEN_MODEL ?? DEFAULT_MODEL, io.env);
+    const model = options.model ?? buildModel(modelId, io.env);
     const workspace = await openRepo(repo, sandbox);
     await checkResumable(saved, workspace, repo);
+    if (!options.model) await checkEndpoint(modelId, io.env);
     const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : snapshotPath);
     const mode = outputMode(io, Boolean(values.json));
+    const recordPath = recordPathOf(snapshot.path);
+    const previous = await readRecord(recordPath);
+    const record: RunRecord = {
+      ...(previous ?? { runId: saved.runId, vision: saved.vision, repo: workspace.root, startedAt: new Date().toISOString(), snapshot: snapshot.path }),
+      pid: process.pid,
+      model: modelId,
+      status: undefined,
+      finishedAt: undefined,
+    };
+    await writeRecord(recordPath, record);
     announce(io, mode, `resuming ${saved.runId} from ${snapshotPath}`, snapshot.path, sandbox);
     const session = await runTaskSession({
       io,
@@ -84,18 +129,40 @@ export async function runCommand(argv: string[], io: Io, options: RunCommandOpti
       snapshot,
       repo,
       tree: treeFromSnapshot(saved),
+      ...(record.base ? { base: record.base } : {}),
       launch: () => resumeTask(saved, { workspace, model, onSnapshot: (s) => snapshot.write(s) }),
     });
+    await finishRecord(recordPath, record, session);
     return session.exitCode;
   }
 
-  if (!vision) throw new UsageError('missing the vision: keen run "<what to do>" --repo DIR');
-  const model = options.model ?? buildModel(values.model ?? io.env.KEEN_MODEL ?? DEFAULT_MODEL, io.env);
+  let vision = positionals.join(" ").trim();
+  if (positionals.includes("-")) {
+    if (positionals.length > 1) throw new UsageError('give the vision either as text or as "-" (read from standard input), not both');
+    vision = (await readVisionFromStdin(io)).trim();
+    if (!vision) throw new UsageError('the vision read from standard input ("-") is empty');
+  }
+  if (!vision) throw new UsageError('missing the vision: keen run "<what to do>" --repo DIR (or keen run - to read it from standard input)');
+  const model = options.model ?? buildModel(modelId, io.env);
   const repo = resolve(values.repo ?? process.cwd());
   const workspace = await openRepo(repo, sandbox);
+  if (!options.model) await checkEndpoint(modelId, io.env);
   const runId = `run_${randomUUID()}`;
   const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : await defaultSnapshotPath(workspace.root, runId));
   const mode = outputMode(io, Boolean(values.json));
+  const base = await headCommit(workspace.root);
+  const recordPath = recordPathOf(values.snapshot ? await defaultSnapshotPath(workspace.root, runId) : snapshot.path);
+  const record: RunRecord = {
+    runId,
+    vision,
+    repo: workspace.root,
+    startedAt: new Date().toISOString(),
+    pid: process.pid,
+    model: modelId,
+    snapshot: snapshot.path,
+    ...(base ? { base } : {}),
+  };
+  await writeRecord(recordPath, record);
   // Configuration errors surface before anything is printed or written.
   const launch = () =>
     startTask({
@@ -110,18 +177,83 @@ export async function runCommand(argv: string[], io: Io, options: RunCommandOpti
       onSnapshot: (s) => snapshot.write(s),
     });
   announce(io, mode, `run ${runId}`, snapshot.path, sandbox);
-  const session = await runTaskSession({ io, mode, snapshot, repo: workspace.root, tree: emptyTree(), launch });
+  const session = await runTaskSession({ io, mode, snapshot, repo: workspace.root, tree: emptyTree(), launch, ...(base ? { base } : {}) });
+  await finishRecord(recordPath, record, session);
   return session.exitCode;
 }
 
+/** The snapshot `--resume VALUE` or `--last` means: a file path, or a run id in the repository's runs folder. */
+async function resumeTarget(value: string | undefined, repoFlag: string | undefined): Promise<string> {
+  if (value !== undefined) {
+    if (!value.trim()) throw new UsageError("--resume needs a snapshot file or a run id, got an empty string");
+    const looksLikePath = value.includes("/") || value.endsWith(".json") || value.startsWith(".");
+    if (looksLikePath || (await fileExists(value))) return resolve(value);
+  }
+  const repo = resolve(repoFlag ?? process.cwd());
+  const runsDir = dirname(await defaultSnapshotPath(repo, "x"));
+  const run = await findRun(runsDir, value !== undefined ? { id: value } : { last: true });
+  return run.snapshotPath;
+}
+
+async function fileExists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function readVisionFromStdin(io: CommandIo): Promise<string> {
+  if (!io.readStdin) throw new UsageError('cannot read the vision from standard input here; give it as text');
+  const text = await io.readStdin();
+  if (text.length > MAX_STDIN_VISION) throw new UsageError(`the vision read from standard input is longer than ${MAX_STDIN_VISION} characters`);
+  return text;
+}
+
+async function headCommit(repo: string): Promise<string | undefined> {
+  const result = await execa("git", ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], { cwd: repo, reject: false });
+  return result.exitCode === 0 ? result.stdout.trim() : undefined;
+}
+
+async function readRecord(path: string): Promise<RunRecord | undefined> {
+  try {
+    const parsed = RunRecord.safeParse(JSON.parse(await readFile(path, "utf8")));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Records how the run ended (an interrupted run stays resumable: no final status). */
+async function finishRecord(path: string, record: RunRecord, session: TaskSessionResult): Promise<void> {
+  if (session.interrupted) {
+    await writeRecord(path, { ...record, status: "interrupted", usage: session.result.usage });
+    return;
+  }
+  const completed = session.completed as (KeenEventOf<"run.completed"> & { costUsd?: number; branch?: string }) | undefined;
+  await writeRecord(path, {
+    ...record,
+    status: session.result.status,
+    finishedAt: new Date().toISOString(),
+    branch: completed?.branch ?? session.result.branch,
+    head: session.result.commit,
+    usage: session.result.usage,
+    ...(typeof completed?.costUsd === "number" ? { costUsd: completed.costUsd } : {}),
+  });
+}
+
+/** One cheap request before anything is written: a refused key or a dead URL ends here, with exit code 3. */
+async function checkEndpoint(model: string, env: NodeJS.ProcessEnv): Promise<void> {
+  await checkModelEndpoint({ apiKey: env.ANTHROPIC_API_KEY ?? "", model, ...(env.ANTHROPIC_BASE_URL ? { baseURL: env.ANTHROPIC_BASE_URL } : {}) });
+}
+
 /** Says where the snapshot is and how to resume, before the run starts. */
-function announce(io: Io, mode: "json" | "live" | "lines", what: string, snapshotPath: string, sandbox: boolean): void {
+function announce(io: CommandIo, mode: "json" | "live" | "lines", what: string, snapshotPath: string, sandbox: boolean): void {
   const text = `keen: ${what} · snapshot ${snapshotPath} (resume: keen run --resume ${quote(snapshotPath)})${sandbox ? "" : " · sandbox off"}\n`;
   if (mode === "json") io.stderr(text);
   else io.stdout(text);
 }
 
-type Flags = ReturnType<typeof parseFlags>["values"];
+type Flags = ReturnType<typeof parseCommandArgs<typeof RUN_OPTIONS>>["values"];
 
 interface Settings {
   limits: Partial<TaskLimits>;
@@ -165,36 +297,6 @@ function integerFlag(values: Flags, name: (typeof RUN_SHAPE_FLAGS)[number], min:
     throw new UsageError(`--${name} must be a ${min === 0 ? "non-negative" : "positive"} integer, got "${raw}"`);
   }
   return value;
-}
-
-function parseFlags(argv: string[]) {
-  try {
-    return parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        repo: { type: "string" },
-        model: { type: "string" },
-        "max-depth": { type: "string" },
-        "max-children": { type: "string" },
-        "max-agents": { type: "string" },
-        "max-turns": { type: "string" },
-        "token-budget": { type: "string" },
-        concurrency: { type: "string" },
-        validate: { type: "string" },
-        "on-conflict": { type: "string" },
-        sandbox: { type: "boolean" },
-        "no-sandbox": { type: "boolean" },
-        snapshot: { type: "string" },
-        resume: { type: "string" },
-        json: { type: "boolean" },
-        help: { type: "boolean", short: "h" },
-      },
-    });
-  } catch (error) {
-    throw new UsageError(`${(error as Error).message.split("\n")[0]} (see keen run --help)`);
-  }
 }
 
 function buildModel(id: string, env: NodeJS.ProcessEnv): Model {
