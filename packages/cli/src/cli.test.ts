@@ -261,6 +261,63 @@ describe("keen run: the full lifecycle against the offline Messages API", { time
   });
 });
 
+describe("keen run: the vision from stdin, the endpoint check, the closing screen", { timeout: 120_000 }, () => {
+  it("reads the vision from standard input with keen run -", async () => {
+    server = await startMessagesServer({ policy: scriptedTreePolicy({ title: "Stdin", instructions: "Stdin" }) });
+    const dir = await gitRepo();
+    const vision = "Add a CHANGELOG\n\nKeep it short; mention \"-\" flags.\n";
+    const result = await keen(["run", "-", "--repo", dir, "--json", "--no-sandbox"], { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url }, { input: vision });
+    expect(result.exitCode, result.stderr).toBe(0);
+    expect(parseNdjson(result.stdout)[0]).toMatchObject({ type: "run.started", vision: vision.trim() });
+
+    const empty = await keen(["run", "-", "--repo", dir, "--no-sandbox"], { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url }, { input: " \n" });
+    expect(empty.exitCode).toBe(2);
+    expect(empty.stderr.trim()).toBe('keen: the vision read from standard input ("-") is empty');
+  });
+
+  it("ends with exit 3 and a line naming the URL when the key is refused or the endpoint is unreachable, before writing anything", async () => {
+    server = await startMessagesServer({ apiKey: "the-right-key", policy: scriptedTreePolicy({ title: "x", instructions: "x" }) });
+    const dir = await gitRepo();
+    const refused = await keen(["run", "anything", "--repo", dir, "--no-sandbox"], { ANTHROPIC_API_KEY: "wrong", ANTHROPIC_BASE_URL: server.url });
+    expect(refused.exitCode).toBe(3);
+    expect(refused.stderr.trim()).toBe(`keen: the model endpoint ${server.url} refused the API key (401: invalid x-api-key)`);
+    expect(refused.stdout).toBe("");
+    // One cheap request, and no model turn.
+    expect(server.requests.map((r) => [r.path, r.status])).toEqual([["/v1/messages/count_tokens", 401]]);
+
+    // A port nothing listens on.
+    const closed = await startMessagesServer({ script: [] });
+    const deadUrl = closed.url;
+    await closed.close();
+    const unreachable = await keen(["run", "anything", "--repo", dir, "--no-sandbox"], { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: deadUrl });
+    expect(unreachable.exitCode).toBe(3);
+    expect(unreachable.stderr.trim()).toMatch(new RegExp(`^keen: cannot reach the model endpoint ${deadUrl.replace(/[.]/g, "\\.")} \\(ECONNREFUSED\\)$`));
+    // Neither wrote a snapshot, a record or a branch.
+    expect(await snapshotFiles(dir).catch(() => [])).toEqual([]);
+    expect(await access(join(dir, ".git", "keen")).then(() => true, () => false)).toBe(false);
+    expect(await branches(dir)).toEqual(["main"]);
+  });
+
+  it("ends with the agent's summary and a diff stat of what the run changed", async () => {
+    const tree: ScriptedTask = {
+      title: "Two files",
+      instructions: "Two files",
+      subtasks: [{ title: "Docs", instructions: "Write docs.", work: [write("docs/guide.md", "# Guide\nline\n")] }],
+      work: [write("src/app.js", "export const app = 1;\n")],
+      summary: "Added the guide and the app module.\nBoth are merged.",
+    };
+    server = await startMessagesServer({ policy: scriptedTreePolicy(tree) });
+    const dir = await gitRepo();
+    const result = await keen(["run", "Two files", "--repo", dir, "--no-sandbox"], { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url, KEEN_FORCE_TTY: "0" });
+    expect(result.exitCode, result.stderr).toBe(0);
+    const closing = result.stdout.slice(result.stdout.lastIndexOf("\nsuccess in "));
+    expect(closing).toContain("Added the guide and the app module.\nBoth are merged.");
+    expect(closing).toMatch(/^ {2}docs\/guide\.md \| 2 \+\+$/m);
+    expect(closing).toMatch(/^ {2}src\/app\.js +\| 1 \+$/m);
+    expect(closing).toMatch(/^ {2}2 files changed, 3 insertions\(\+\)$/m);
+  });
+});
+
 describe("keen run: the sandbox", { timeout: 120_000 }, () => {
   const exists = (path: string) => access(path).then(() => true, () => false);
 

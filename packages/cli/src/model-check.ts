@@ -49,10 +49,19 @@ export async function checkModelEndpoint(options: ModelCheckOptions): Promise<vo
       throw new ModelUnavailableError(`the model endpoint ${url} refused the API key (${error.status}: ${detail})`, url);
     }
     if (error instanceof Anthropic.APIConnectionError) {
-      const cause = (error.cause as { code?: string; message?: string } | undefined) ?? {};
-      const reason = error instanceof Anthropic.APIConnectionTimeoutError ? "timed out" : (cause.code ?? cause.message ?? error.message);
+      const reason = error instanceof Anthropic.APIConnectionTimeoutError ? "timed out" : connectionReason(error);
       throw new ModelUnavailableError(`cannot reach the model endpoint ${url} (${reason})`, url);
     }
     // Anything else: the endpoint answered, so it is reachable and the key was not refused.
   }
+}
+
+/** The most specific reason in an error's cause chain: `ECONNREFUSED`, `ENOTFOUND`, … */
+function connectionReason(error: unknown): string {
+  let message: string | undefined;
+  for (let current = error as { code?: unknown; message?: string; cause?: unknown } | undefined, depth = 0; current && depth < 5; current = current.cause as typeof current, depth++) {
+    if (typeof current.code === "string" && /^E[A-Z]+$/.test(current.code)) return current.code;
+    message = current.message ?? message;
+  }
+  return message ?? "connection failed";
 }

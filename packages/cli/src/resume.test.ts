@@ -1,10 +1,11 @@
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
+import { dirname } from "node:path";
 import type { ResultPromise } from "execa";
 import { afterEach, describe, expect, it } from "vitest";
 import { TaskSnapshot } from "@keen/agent-core";
 import { reply, startMessagesServer, type MessagesServer } from "@keen/agent-core/testing";
 import { scriptedTreePolicy, type ScriptedTask } from "./demo/scripted-tree.js";
-import { branches, git, gitRepo, keen, parseNdjson, snapshotFiles } from "./testing/keen-process.js";
+import { branches, git, gitRepo, keen, keenInProcess, parseNdjson, snapshotFiles } from "./testing/keen-process.js";
 
 const write = (path: string, content: string) => reply.toolUse("write_file", { path, content });
 
@@ -125,5 +126,44 @@ describe("keen run --resume", { timeout: 120_000 }, () => {
     const result = await keen(["run", "--resume", snapshotPath!, "--no-sandbox"], env);
     expect(result.exitCode).toBe(2);
     expect(result.stderr.trim()).toMatch(/^keen: \S+ is on branch elsewhere but run_\S+ works on main; check it out \(or pass --repo\) first$/);
+  });
+
+  it("lists runs with keen runs, resumes the newest interrupted one with --last and by id, and prunes finished ones", async () => {
+    const { dir, env } = await interruptedRun("SIGKILL");
+    const [snapshotPath] = await snapshotFiles(dir);
+    const runId = TaskSnapshot.parse(JSON.parse(await readFile(snapshotPath!, "utf8"))).runId;
+
+    const listed = await keenInProcess(["runs", "--repo", dir, "--json"]);
+    expect(listed.exitCode, listed.stderr).toBe(0);
+    const [run, ...rest] = listed.stdout.trim().split("\n").map((line) => JSON.parse(line));
+    expect(rest).toEqual([]);
+    expect(run).toMatchObject({ runId, vision: "Alpha and beta", status: "interrupted", branch: "main", snapshot: snapshotPath });
+    expect(run.tokens).toBeGreaterThan(0);
+    expect(Date.now() - Date.parse(run.startedAt)).toBeLessThan(10 * 60_000);
+    const table = await keenInProcess(["runs", "--repo", dir]);
+    expect(table.stdout).toMatch(/^ID +STATUS +BRANCH +TOKENS +COST +STARTED \(UTC\) +VISION$/m);
+    expect(table.stdout).toMatch(new RegExp(`^${runId} +interrupted +main +\\S+ +- +\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d +Alpha and beta$`, "m"));
+
+    // Nothing finished yet: prune keeps the interrupted run.
+    expect((await keenInProcess(["runs", "--repo", dir, "--prune"])).stdout.trim()).toBe("no finished runs to remove");
+    expect(await snapshotFiles(dir)).toEqual([snapshotPath]);
+
+    // An unknown id is refused with a pointer to keen runs; --last finds the interrupted run.
+    expect((await keenInProcess(["run", "--resume", "run_nope", "--repo", dir, "--no-sandbox"], env)).stderr).toMatch(/^keen: no run "run_nope" in .*\(see keen runs\)$/);
+    const resumed = await keen(["run", "--last", "--repo", dir, "--no-sandbox"], { ...env, KEEN_FORCE_TTY: "0" });
+    expect(resumed.exitCode, resumed.stderr).toBe(0);
+    expect(resumed.stdout).toContain(`resuming ${runId} from ${snapshotPath}`);
+    await expectFinished(dir);
+
+    const after = JSON.parse((await keenInProcess(["runs", "--repo", dir, "--json"])).stdout);
+    expect(after).toMatchObject({ runId, status: "success", startedAt: run.startedAt });
+    // A finished run is not resumed again, by id prefix either, and --last finds nothing.
+    expect((await keenInProcess(["run", "--resume", runId.slice(0, 12), "--repo", dir, "--no-sandbox"], env)).stderr).toMatch(/already finished \(success\); nothing to resume/);
+    expect((await keenInProcess(["run", "--last", "--repo", dir, "--no-sandbox"], env)).stderr).toMatch(/^keen: no interrupted run to resume in /);
+
+    const pruned = await keenInProcess(["runs", "--repo", dir, "--prune"]);
+    expect(pruned.stdout.trim()).toBe(`removed 1 finished run: ${runId}`);
+    expect(await readdir(dirname(snapshotPath!))).toEqual([]);
+    expect((await keenInProcess(["runs", "--repo", dir])).stdout).toMatch(/^no runs in /);
   });
 });

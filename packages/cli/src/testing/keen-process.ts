@@ -55,7 +55,7 @@ export function parseNdjson(stdout: string): KeenEvent[] {
 /** The snapshot files a run left in the repository's default location. */
 export async function snapshotFiles(dir: string): Promise<string[]> {
   const runs = join(dir, ".git", "keen", "runs");
-  return (await readdir(runs)).filter((name) => name.endsWith(".json")).map((name) => join(runs, name));
+  return (await readdir(runs)).filter((name) => name.endsWith(".json") && !name.endsWith(".info.json")).map((name) => join(runs, name));
 }
 
 /**
@@ -79,3 +79,12 @@ export function keenOnTerminal(args: string[], env: Record<string, string | unde
 /** The escape sequences keen's live view writes itself: cursor up, clear line/below, colours, cursor visibility. */
 // eslint-disable-next-line no-control-regex
 export const OWN_SEQUENCES = /\x1b\[(?:\?25[lh]|\d*A|2K|J|\d+(?:;\d+)*m)/g;
+
+/** Runs `main` in this process with captured output: for commands that never start a run. */
+export async function keenInProcess(argv: string[], env: NodeJS.ProcessEnv = {}) {
+  const { main } = await import("../main.js");
+  let stdout = "";
+  let stderr = "";
+  const exitCode = await main(argv, { stdout: (s) => void (stdout += s), stderr: (s) => void (stderr += s), env, isTTY: false });
+  return { exitCode, stdout, stderr };
+}
