@@ -37,11 +37,23 @@ export class AbortedError extends KeenError {
 export class ModelError extends KeenError {
   readonly status: number | undefined;
   readonly retryable: boolean;
-  constructor(message: string, options: { status?: number; retryable?: boolean; cause?: unknown } = {}) {
-    super("model_error", message, { cause: options.cause });
+  constructor(message: string, options: { status?: number; retryable?: boolean; cause?: unknown; code?: string } = {}) {
+    super(options.code ?? "model_error", message, { cause: options.cause });
     this.name = "ModelError";
     this.status = options.status;
     this.retryable = options.retryable ?? false;
+  }
+}
+
+/**
+ * The provider stayed unavailable (overloaded, rate limited, failing with 5xx or unreachable)
+ * until the retry policy was spent. Nothing was wrong with the request: the work can resume
+ * later, so a run ends `interrupted` rather than `error`. Code `model_unavailable`.
+ */
+export class ModelUnavailableError extends ModelError {
+  constructor(message: string, options: { status?: number; cause?: unknown } = {}) {
+    super(message, { ...options, retryable: true, code: "model_unavailable" });
+    this.name = "ModelUnavailableError";
   }
 }
 

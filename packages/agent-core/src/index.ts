@@ -2,7 +2,7 @@ export * from "./errors.js";
 export * from "./events.js";
 export * from "./model/model.js";
 export { anthropic, AnthropicModel, type AnthropicModelOptions } from "./model/anthropic.js";
-export { defaultRetryPolicy, retryDelay, parseRetryAfter, type RetryPolicy } from "./model/retry.js";
+export { defaultRetryPolicy, retryDelay, mayRetry, parseRetryAfter, resolveRetryPolicy, simulatedClock, type RetryPolicy } from "./model/retry.js";
 export * from "./tools/index.js";
 export * from "./workspace/index.js";
 export { EventStream } from "./run/event-stream.js";

@@ -1,7 +1,9 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { reply, startMessagesServer, type MessagesServer, type ScriptedReply } from "../testing/index.js";
+import { ModelError } from "../errors.js";
 import { anthropic } from "./anthropic.js";
-import { collectResponse, type ModelRequest, type ModelStreamEvent } from "./model.js";
+import { collectResponse, type AttemptUsagePart, type ModelRequest, type ModelStreamEvent } from "./model.js";
+import { defaultRetryPolicy, simulatedClock } from "./retry.js";
 
 let server: MessagesServer | undefined;
 afterEach(async () => {
@@ -129,13 +131,14 @@ describe("anthropic model", () => {
     expect(second!.receivedAt - first!.receivedAt).toBeGreaterThanOrEqual(990);
   });
 
-  it("gives up after the configured number of retries with a typed error", async () => {
+  it("gives up after the configured number of retries with a model_unavailable error", async () => {
     const model = await modelFor([reply.error(529), reply.error(529), reply.error(529)], { ...fastRetry, maxRetries: 2 });
     const parts: ModelStreamEvent[] = [];
     const error = await (async () => {
       for await (const part of model.stream(request)) parts.push(part);
     })().catch((e) => e);
-    expect(error).toMatchObject({ code: "model_error", status: 529, retryable: true });
+    expect(error).toMatchObject({ code: "model_unavailable", status: 529, retryable: true });
+    expect(error).toBeInstanceOf(ModelError);
     expect(error.message).toMatch(/gave up after 3 attempts/);
     expect(parts.filter((p) => p.type === "retry")).toHaveLength(2);
     expect(server!.requests).toHaveLength(3);
@@ -167,5 +170,131 @@ describe("anthropic model", () => {
     setTimeout(() => controller.abort(), 200);
     await expect(collectResponse(model.stream(request, { signal: controller.signal }))).rejects.toMatchObject({ code: "aborted" });
     expect(Date.now() - started).toBeLessThan(1200);
+  });
+
+  it("by default rides out a minute of overload (on a simulated clock), then answers", async () => {
+    const clock = simulatedClock();
+    // Overloaded for the first minute of simulated time; the shortest jitter makes the most attempts.
+    server = await startMessagesServer({ policy: () => (clock.now() < 60_000 ? reply.error(529) : reply.text("back")) });
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url, retry: { now: clock.now, sleep: clock.sleep, random: () => 0 } });
+    const parts = await drain(model.stream(request));
+    const retries = parts.filter((p) => p.type === "retry");
+    expect(parts.at(-1)).toMatchObject({ type: "response", response: { content: [{ type: "text", text: "back" }] } });
+    expect(retries.length).toBeGreaterThan(5);
+    expect(retries.length).toBeLessThanOrEqual(defaultRetryPolicy.maxRetries);
+    expect(clock.now()).toBeGreaterThanOrEqual(60_000);
+    expect(clock.now()).toBeLessThanOrEqual(defaultRetryPolicy.maxRetryTimeMs);
+  });
+
+  it("gives up on endless overload within the total retry time, with a model_unavailable error", async () => {
+    const clock = simulatedClock();
+    server = await startMessagesServer({ policy: () => reply.error(529) });
+    const model = anthropic({
+      model: "claude-sonnet-5-5",
+      apiKey: "test",
+      baseURL: server.url,
+      retry: { now: clock.now, sleep: clock.sleep, maxRetries: 1_000, maxRetryTimeMs: 90_000, random: () => 1 },
+    });
+    const error = await collectResponse(model.stream(request)).catch((e) => e);
+    expect(error).toMatchObject({ code: "model_unavailable", status: 529, retryable: true, name: "ModelUnavailableError" });
+    expect(error.message).toMatch(/529 overloaded_error.*gave up after \d+ attempts/);
+    // No wait was started that would have ended past the limit.
+    expect(clock.now()).toBeLessThanOrEqual(90_000);
+    expect(clock.now()).toBeGreaterThan(60_000);
+    expect(server!.requests.length).toBeLessThan(20);
+  });
+
+  it("reports an unreachable server as model_unavailable once retries are spent, and a bad request as model_error", async () => {
+    server = await startMessagesServer({ script: [] });
+    const url = server.url;
+    await server.close();
+    server = undefined;
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: url, retry: { ...fastRetry, maxRetries: 2 } });
+    const unreachable = await collectResponse(model.stream(request)).catch((e) => e);
+    expect(unreachable).toMatchObject({ code: "model_unavailable", retryable: true });
+    expect(unreachable.message).toMatch(/connection error.*gave up after 3 attempts/);
+    const invalid = await (await modelFor([reply.error(400, "invalid_request_error", "prompt is too long")])).stream(request);
+    await expect(collectResponse(invalid)).rejects.toMatchObject({ code: "model_error", status: 400, retryable: false });
+  });
+
+  it("refuses a nonsensical retry policy with a ConfigError", () => {
+    expect(() => anthropic({ model: "m", apiKey: "k", retry: { maxRetries: -1 } })).toThrow(expect.objectContaining({ code: "config_error" }));
+    expect(() => anthropic({ model: "m", apiKey: "k", retry: { maxRetryTimeMs: Number.NaN } })).toThrow(/maxRetryTimeMs/);
+    expect(() => anthropic({ model: "m", apiKey: "k", retry: { maxRetries: 1.5 } })).toThrow(/integer/);
+  });
+
+  it("reports the server's usage of a request aborted mid-stream", async () => {
+    const model = await modelFor([reply.slow(0, reply.text("a long answer ".repeat(50)), 20)]);
+    const controller = new AbortController();
+    const parts: ModelStreamEvent[] = [];
+    const error = await (async () => {
+      for await (const part of model.stream(request, { signal: controller.signal })) {
+        parts.push(part);
+        if (parts.filter((p) => p.type === "text_delta").length === 3) controller.abort();
+      }
+    })().catch((e) => e);
+    expect(error).toMatchObject({ code: "aborted" });
+    const lost = parts.filter((p): p is AttemptUsagePart => p.type === "attempt_usage");
+    expect(lost).toHaveLength(1);
+    const served = server!.requests[0]!.usage!;
+    expect(lost[0]).toMatchObject({ outcome: "aborted", estimated: false, requestId: expect.stringMatching(/^req_/) });
+    // Input as the server counted it; output at least what streamed before the abort.
+    expect(lost[0]!.usage).toMatchObject({ inputTokens: served.input_tokens, cacheCreationInputTokens: served.cache_creation_input_tokens, cacheReadInputTokens: served.cache_read_input_tokens });
+    const streamed = parts.flatMap((p) => (p.type === "text_delta" ? [p.text] : [])).join("");
+    expect(lost[0]!.usage.outputTokens).toBeGreaterThanOrEqual(Math.ceil(streamed.length / 4));
+  });
+
+  it("counts what was sent for a request aborted before the server answered", async () => {
+    const model = await modelFor([reply.slow(2_000, reply.text("late"))]);
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 100);
+    const parts: ModelStreamEvent[] = [];
+    await expect(
+      (async () => {
+        for await (const part of model.stream(request, { signal: controller.signal })) parts.push(part);
+      })(),
+    ).rejects.toMatchObject({ code: "aborted" });
+    expect(parts).toEqual([{ type: "attempt_usage", outcome: "aborted", estimated: true, usage: { inputTokens: expect.any(Number), outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 } }]);
+    const sent = (parts[0] as AttemptUsagePart).usage.inputTokens;
+    expect(sent).toBeGreaterThan(0);
+    // The estimate is of the request that went out.
+    const counted = await anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server!.url }).countTokens!(request);
+    expect(Math.abs(sent - counted) / counted).toBeLessThan(0.5);
+  });
+
+  it("reports the usage of a stream that broke after it started, before retrying", async () => {
+    // Events spaced out so the ones before the cut reach the client.
+    const model = await modelFor([reply.slow(0, reply.cut(6, reply.text("partial answer that breaks")), 5), reply.text("recovered")]);
+    const parts = await drain(model.stream(request));
+    const kinds = parts.filter((p) => p.type === "attempt_usage" || p.type === "retry" || p.type === "response").map((p) => p.type);
+    expect(kinds).toEqual(["attempt_usage", "retry", "response"]);
+    const lost = parts[parts.findIndex((p) => p.type === "attempt_usage")] as AttemptUsagePart;
+    expect(lost).toMatchObject({ outcome: "retried", estimated: false });
+    expect(lost.usage.inputTokens + lost.usage.cacheCreationInputTokens).toBe(server!.requests[0]!.usage!.input_tokens + server!.requests[0]!.usage!.cache_creation_input_tokens);
+  });
+
+  it("puts named cache breakpoints before the task and the second-newest turn, never more than four", async () => {
+    const model = await modelFor([reply.text("ok")]);
+    const messages: ModelRequest["messages"] = [
+      { role: "user", content: [{ type: "text", text: "task" }] },
+      { role: "assistant", content: [{ type: "thinking", thinking: "t", signature: "s" }, { type: "tool_use", id: "a", name: "read_file", input: {} }] },
+      { role: "user", content: [{ type: "tool_result", tool_use_id: "a", content: "one" }] },
+      { role: "assistant", content: [{ type: "tool_use", id: "b", name: "read_file", input: {} }] },
+      { role: "user", content: [{ type: "tool_result", tool_use_id: "b", content: "two" }] },
+      { role: "assistant", content: [{ type: "text", text: "three" }] },
+      { role: "user", content: "four" },
+    ];
+    const body = (model as unknown as { toParams(r: ModelRequest): any }).toParams({
+      ...request,
+      messages,
+      // A thinking block cannot carry a breakpoint: the nearest block before it that can takes it.
+      cacheBreakpoints: [{ message: 3, block: 0 }, { message: 2, block: 0 }, { message: 99, block: 0 }],
+    });
+    const marks = body.messages.flatMap((m: any, i: number) => m.content.flatMap((b: any, j: number) => (b.cache_control ? [`${i}.${j}`] : [])));
+    expect(marks).toEqual(["2.0", "3.0", "6.0"]);
+    const plain = (model as unknown as { toParams(r: ModelRequest): any }).toParams({ ...request, messages, cacheBreakpoints: [{ message: 1, block: 0 }] });
+    const plainMarks = plain.messages.flatMap((m: any, i: number) => m.content.flatMap((b: any, j: number) => (b.cache_control ? [`${i}.${j}`] : [])));
+    // message 1 block 0 is thinking: the task block before it is named; then the second-newest user turn.
+    expect(plainMarks).toEqual(["0.0", "4.0", "6.0"]);
   });
 });

@@ -1,6 +1,10 @@
-import Anthropic from "@anthropic-ai/sdk";
-import { AbortedError, ConfigError, ModelError } from "../errors.js";
+import type Anthropic from "@anthropic-ai/sdk";
+import { AbortedError, ConfigError, ModelError, ModelUnavailableError } from "../errors.js";
+import { estimateRequestTokens } from "./estimate.js";
 import {
+  emptyUsage,
+  type AttemptUsagePart,
+  type CacheBreakpoint,
   type ContentBlock,
   type Message,
   type Model,
@@ -10,7 +14,14 @@ import {
   type ModelStreamEvent,
   type Usage,
 } from "./model.js";
-import { defaultRetryPolicy, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from "./retry.js";
+import { mayRetry, parseRetryAfter, resolveRetryPolicy, retryDelay, type RetryPolicy } from "./retry.js";
+
+type AnthropicModule = typeof import("@anthropic-ai/sdk");
+let sdkModule: Promise<AnthropicModule> | undefined;
+/** The SDK is loaded on the first request, so that importing keen does not pay for it. */
+function loadSdk(): Promise<AnthropicModule> {
+  return (sdkModule ??= import("@anthropic-ai/sdk"));
+}
 
 export interface AnthropicModelOptions {
   /** Model id, e.g. `claude-sonnet-5-5`. */
@@ -24,7 +35,10 @@ export interface AnthropicModelOptions {
    * context beta (an `anthropic-beta` value starting with `context-1m`).
    */
   contextWindow?: number;
-  /** Retry behaviour for 429, 529, 5xx and dropped connections or streams. */
+  /**
+   * Retry behaviour for 429, 529, 5xx and dropped connections or streams. The default rides out
+   * about a minute of overload; when retries are spent a `ModelUnavailableError` is thrown.
+   */
   retry?: Partial<RetryPolicy>;
   /** Per-request timeout in ms. Default 10 minutes. */
   timeoutMs?: number;
@@ -55,7 +69,8 @@ export function anthropic(options: AnthropicModelOptions): Model {
 export class AnthropicModel implements Model {
   readonly id: string;
   readonly contextWindow: number;
-  private readonly client: Anthropic;
+  private client: Promise<Anthropic> | undefined;
+  private readonly clientOptions: ConstructorParameters<typeof Anthropic>[0];
   private readonly retry: RetryPolicy;
   private readonly caching: boolean;
   private readonly modelName: string;
@@ -70,9 +85,11 @@ export class AnthropicModel implements Model {
       throw new ConfigError("anthropic(): `contextWindow` must be a positive integer");
     }
     this.contextWindow = options.contextWindow ?? defaultContextWindow(options.headers);
-    this.retry = { ...defaultRetryPolicy, ...options.retry };
+    const retry = resolveRetryPolicy(options.retry);
+    if (typeof retry === "string") throw new ConfigError(`anthropic(): ${retry}`);
+    this.retry = retry;
     this.caching = options.promptCaching ?? true;
-    this.client = new Anthropic({
+    this.clientOptions = {
       apiKey,
       baseURL: options.baseURL ?? process.env.ANTHROPIC_BASE_URL ?? null,
       // Retries happen here, not in the SDK, so each one is reported and usage is counted once.
@@ -80,29 +97,37 @@ export class AnthropicModel implements Model {
       timeout: options.timeoutMs ?? 600_000,
       ...(options.headers ? { defaultHeaders: options.headers } : {}),
       ...(options.fetch ? { fetch: options.fetch } : {}),
-    });
+    };
+  }
+
+  private sdk(): Promise<Anthropic> {
+    return (this.client ??= loadSdk().then(({ default: Sdk }) => new Sdk(this.clientOptions)));
   }
 
   async *stream(request: ModelRequest, options: ModelCallOptions = {}): AsyncGenerator<ModelStreamEvent> {
     const params = this.toParams(request);
     const signal = options.signal;
+    const { APIError, APIUserAbortError } = await loadSdk();
+    const client = await this.sdk();
+    const startedAt = this.retry.now();
     for (let attempt = 0; ; attempt++) {
       if (signal?.aborted) throw new AbortedError();
+      const progress: AttemptProgress = { streamedChars: 0 };
       try {
-        yield* this.attempt(params, signal);
+        yield* this.attempt(client, params, progress, signal);
         return;
       } catch (error) {
-        if (signal?.aborted || error instanceof Anthropic.APIUserAbortError) throw new AbortedError();
-        const failure = classify(error);
-        if (!failure.retryable || attempt >= this.retry.maxRetries) {
-          const tries = attempt + 1;
-          throw new ModelError(`${failure.reason}${failure.retryable ? ` (gave up after ${tries} attempts)` : ""}`, {
-            status: failure.status,
-            retryable: failure.retryable,
-            cause: error,
-          });
+        if (signal?.aborted || error instanceof APIUserAbortError) {
+          // The server may have started on the request: count what it reported, or what was sent.
+          yield attemptUsage(progress, "aborted", () => estimateRequestTokens(request));
+          throw new AbortedError();
         }
+        const failure = classify(error, APIError);
         const delayMs = retryDelay(this.retry, attempt + 1, failure.retryAfterMs);
+        const retrying = failure.retryable && mayRetry(this.retry, attempt + 1, delayMs, startedAt);
+        // A stream that broke after the server started answering still cost tokens.
+        if (progress.usage) yield attemptUsage(progress, retrying ? "retried" : "failed");
+        if (!retrying) throw giveUp(failure, attempt + 1, error);
         yield {
           type: "retry",
           attempt: attempt + 1,
@@ -110,7 +135,7 @@ export class AnthropicModel implements Model {
           reason: failure.reason,
           ...(failure.status !== undefined ? { status: failure.status } : {}),
         };
-        await sleep(delayMs, signal);
+        await this.retry.sleep(delayMs, signal);
       }
     }
   }
@@ -122,33 +147,60 @@ export class AnthropicModel implements Model {
   async countTokens(request: ModelRequest, options: ModelCallOptions = {}): Promise<number> {
     // The request as `stream` sends it, less the output limit, which counting does not take.
     const { max_tokens: _, ...params } = this.toParams(request);
+    const { APIError, APIUserAbortError } = await loadSdk();
+    const client = await this.sdk();
+    const startedAt = this.retry.now();
     for (let attempt = 0; ; attempt++) {
       if (options.signal?.aborted) throw new AbortedError();
       try {
-        const counted = await this.client.messages.countTokens(params, options.signal ? { signal: options.signal } : {});
+        const counted = await client.messages.countTokens(params, options.signal ? { signal: options.signal } : {});
         return counted.input_tokens;
       } catch (error) {
-        if (options.signal?.aborted || error instanceof Anthropic.APIUserAbortError) throw new AbortedError();
-        const failure = classify(error);
-        if (!failure.retryable || attempt >= this.retry.maxRetries) {
-          throw new ModelError(`count_tokens: ${failure.reason}`, { status: failure.status, retryable: failure.retryable, cause: error });
+        if (options.signal?.aborted || error instanceof APIUserAbortError) throw new AbortedError();
+        const failure = classify(error, APIError);
+        const delayMs = retryDelay(this.retry, attempt + 1, failure.retryAfterMs);
+        if (!failure.retryable || !mayRetry(this.retry, attempt + 1, delayMs, startedAt)) {
+          throw giveUp({ ...failure, reason: `count_tokens: ${failure.reason}` }, attempt + 1, error);
         }
-        await sleep(retryDelay(this.retry, attempt + 1, failure.retryAfterMs), options.signal);
+        await this.retry.sleep(delayMs, options.signal);
       }
     }
   }
 
-  private async *attempt(params: Anthropic.MessageCreateParamsNonStreaming, signal?: AbortSignal): AsyncGenerator<ModelStreamEvent> {
-    const stream = this.client.messages.stream(params, signal ? { signal } : {});
+  private async *attempt(client: Anthropic, params: Anthropic.MessageCreateParamsNonStreaming, progress: AttemptProgress, signal?: AbortSignal): AsyncGenerator<ModelStreamEvent> {
+    const stream = client.messages.stream(params, signal ? { signal } : {});
     for await (const event of stream) {
+      progress.requestId ??= stream.request_id ?? undefined;
       switch (event.type) {
+        case "message_start":
+          progress.usage = usageOf(event.message.usage);
+          break;
+        case "message_delta":
+          // Delta usage is cumulative; input fields appear when the server revises them.
+          if (progress.usage) {
+            const delta = event.usage;
+            progress.usage = {
+              inputTokens: delta.input_tokens ?? progress.usage.inputTokens,
+              outputTokens: delta.output_tokens ?? progress.usage.outputTokens,
+              cacheCreationInputTokens: delta.cache_creation_input_tokens ?? progress.usage.cacheCreationInputTokens,
+              cacheReadInputTokens: delta.cache_read_input_tokens ?? progress.usage.cacheReadInputTokens,
+            };
+          }
+          break;
         case "content_block_start":
           yield { type: "block_start", index: event.index, block: fromApiBlock(event.content_block) ?? { type: "text", text: "" } };
           break;
         case "content_block_delta":
-          if (event.delta.type === "text_delta") yield { type: "text_delta", index: event.index, text: event.delta.text };
-          else if (event.delta.type === "thinking_delta") yield { type: "thinking_delta", index: event.index, thinking: event.delta.thinking };
-          else if (event.delta.type === "input_json_delta") yield { type: "tool_input_delta", index: event.index, partialJson: event.delta.partial_json };
+          if (event.delta.type === "text_delta") {
+            progress.streamedChars += event.delta.text.length;
+            yield { type: "text_delta", index: event.index, text: event.delta.text };
+          } else if (event.delta.type === "thinking_delta") {
+            progress.streamedChars += event.delta.thinking.length;
+            yield { type: "thinking_delta", index: event.index, thinking: event.delta.thinking };
+          } else if (event.delta.type === "input_json_delta") {
+            progress.streamedChars += event.delta.partial_json.length;
+            yield { type: "tool_input_delta", index: event.index, partialJson: event.delta.partial_json };
+          }
           break;
         case "content_block_stop":
           yield { type: "block_stop", index: event.index };
@@ -173,8 +225,11 @@ export class AnthropicModel implements Model {
 
   /**
    * Builds API parameters, with at most four cache breakpoints: the system prompt (which caches
-   * the tools before it too), the first block of the first message (the task, which survives
-   * when later turns are pruned), and the last block of the two newest user turns.
+   * the tools before it too) and the last block of the newest user turn always; then the blocks
+   * the request names in `cacheBreakpoints`; then, while slots are left, the first block of the
+   * first message (the task, which survives when later turns are pruned) and the last block of
+   * the second-newest user turn (a cache hit within the API's 20-block lookback when a turn adds
+   * many blocks).
    */
   toParams(request: ModelRequest): Anthropic.MessageCreateParamsNonStreaming {
     const cache = this.caching ? { cache_control: { type: "ephemeral" as const } } : {};
@@ -184,13 +239,7 @@ export class AnthropicModel implements Model {
       input_schema: tool.inputSchema as Anthropic.Tool.InputSchema,
     }));
     const messages = request.messages.map(toApiMessage);
-    if (this.caching) {
-      if (messages[0]) markFirstBlock(messages[0]);
-      // The newest breakpoint caches the whole conversation; the one before it keeps a
-      // cache hit within the API's 20-block lookback when a turn adds many blocks.
-      const userTurns = messages.flatMap((m, i) => (m.role === "user" ? [i] : [])).slice(-2);
-      for (const index of userTurns) markLastBlock(messages[index]!);
-    }
+    if (this.caching) placeBreakpoints(messages, request.cacheBreakpoints ?? []);
     return {
       model: this.modelName,
       max_tokens: request.maxTokens,
@@ -201,6 +250,41 @@ export class AnthropicModel implements Model {
       ...(request.thinking ? { thinking: { type: "enabled", budget_tokens: request.thinking.budgetTokens } } : {}),
     };
   }
+}
+
+/** Breakpoints in messages: the system prompt holds one of the API's four. */
+const MESSAGE_BREAKPOINTS = 3;
+
+function placeBreakpoints(messages: Anthropic.MessageParam[], hints: readonly CacheBreakpoint[]): void {
+  const marked = new Set<Anthropic.ContentBlockParam>();
+  const mark = (block: Anthropic.ContentBlockParam | undefined) => {
+    if (!block || marked.size >= MESSAGE_BREAKPOINTS || marked.has(block)) return;
+    (block as { cache_control?: unknown }).cache_control = { type: "ephemeral" };
+    marked.add(block);
+  };
+  const userTurns = messages.flatMap((m, i) => (m.role === "user" ? [i] : [])).slice(-2);
+  const newest = userTurns.at(-1);
+  if (newest !== undefined) mark(lastCacheable(messages, newest, Number.POSITIVE_INFINITY));
+  for (const hint of hints) {
+    if (Number.isInteger(hint.message) && Number.isInteger(hint.block) && hint.message >= 0 && hint.message < messages.length && hint.block >= 0) {
+      mark(lastCacheable(messages, hint.message, hint.block));
+    }
+  }
+  const task = messages[0] && typeof messages[0].content !== "string" ? messages[0].content.find(cacheable) : undefined;
+  const previous = userTurns.length > 1 ? lastCacheable(messages, userTurns[0]!, Number.POSITIVE_INFINITY) : undefined;
+  // Named breakpoints already cover the task's prefix; the lookback helper matters more then.
+  for (const block of hints.length ? [previous, task] : [task, previous]) mark(block);
+}
+
+/** The last block that can carry cache_control at or before `messages[message].content[block]`. */
+function lastCacheable(messages: Anthropic.MessageParam[], message: number, block: number): Anthropic.ContentBlockParam | undefined {
+  for (let m = message; m >= 0; m--) {
+    const content = messages[m]!.content;
+    if (typeof content === "string") continue;
+    for (let b = Math.min(block, content.length - 1); b >= 0; b--) if (cacheable(content[b]!)) return content[b];
+    block = Number.POSITIVE_INFINITY;
+  }
+  return undefined;
 }
 
 function defaultContextWindow(headers: Record<string, string> | undefined): number {
@@ -219,18 +303,6 @@ function toApiMessage(message: Message): Anthropic.MessageParam {
 /** Thinking blocks cannot carry cache_control, and empty text blocks are rejected. */
 function cacheable(block: Anthropic.ContentBlockParam): boolean {
   return block.type !== "thinking" && block.type !== "redacted_thinking" && !(block.type === "text" && !block.text);
-}
-
-function markFirstBlock(message: Anthropic.MessageParam): void {
-  if (typeof message.content === "string") return;
-  const block = message.content.find(cacheable);
-  if (block) (block as { cache_control?: unknown }).cache_control = { type: "ephemeral" };
-}
-
-function markLastBlock(message: Anthropic.MessageParam): void {
-  if (typeof message.content === "string") return;
-  const block = message.content.findLast(cacheable);
-  if (block) (block as { cache_control?: unknown }).cache_control = { type: "ephemeral" };
 }
 
 function fromApiBlock(block: Anthropic.ContentBlock): ContentBlock | undefined {
@@ -264,8 +336,8 @@ interface Failure {
   retryAfterMs?: number;
 }
 
-function classify(error: unknown): Failure {
-  if (error instanceof Anthropic.APIError && error.status !== undefined) {
+function classify(error: unknown, APIError: AnthropicModule["APIError"]): Failure {
+  if (error instanceof APIError && error.status !== undefined) {
     const type = error.type ?? "api_error";
     const retryAfterMs = parseRetryAfter(error.headers);
     return {
@@ -278,4 +350,30 @@ function classify(error: unknown): Failure {
   // Connection failures, timeouts and streams cut before message_stop carry no status.
   const message = error instanceof Error ? error.message : String(error);
   return { retryable: true, reason: `connection error: ${message}` };
+}
+
+/** What one attempt got before it ended: the server's usage once the stream started, and how much streamed. */
+interface AttemptProgress {
+  usage?: Usage;
+  streamedChars: number;
+  requestId?: string;
+}
+
+/**
+ * The usage of an attempt that did not produce the response: the server's numbers (output at
+ * least what streamed), or, before the server said anything, the estimated input that was sent.
+ */
+function attemptUsage(progress: AttemptProgress, outcome: AttemptUsagePart["outcome"], estimateInput?: () => number): AttemptUsagePart {
+  const streamed = Math.ceil(progress.streamedChars / 4);
+  const usage: Usage = progress.usage
+    ? { ...progress.usage, outputTokens: Math.max(progress.usage.outputTokens, streamed) }
+    : { ...emptyUsage(), inputTokens: estimateInput?.() ?? 0 };
+  return { type: "attempt_usage", usage, outcome, estimated: !progress.usage, ...(progress.requestId ? { requestId: progress.requestId } : {}) };
+}
+
+/** The error for a request that will not be retried (any more). */
+function giveUp(failure: Failure, attempts: number, cause: unknown): ModelError {
+  if (!failure.retryable) return new ModelError(failure.reason, { ...(failure.status !== undefined ? { status: failure.status } : {}), retryable: false, cause });
+  const message = `${failure.reason} (gave up after ${attempts} attempt${attempts === 1 ? "" : "s"}; the model is unavailable for now and the work can be resumed)`;
+  return new ModelUnavailableError(message, { ...(failure.status !== undefined ? { status: failure.status } : {}), cause });
 }

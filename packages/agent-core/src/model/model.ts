@@ -88,6 +88,19 @@ export interface ModelRequest {
   thinking?: { budgetTokens: number };
   /** Force or forbid tool use. Defaults to letting the model choose. */
   toolChoice?: "auto" | "any" | "none";
+  /**
+   * Blocks that should end a cached prefix, besides the provider's own choice (the system prompt
+   * and the newest turns), most important first. Context pruning names the end of what it left
+   * unchanged, so the request right after a pruning still reads that prefix from the cache.
+   * Providers without prompt caching ignore it; a position that does not exist is skipped.
+   */
+  cacheBreakpoints?: CacheBreakpoint[];
+}
+
+/** A content block by position: `messages[message].content[block]`. */
+export interface CacheBreakpoint {
+  message: number;
+  block: number;
 }
 
 export type StopReason = "end_turn" | "tool_use" | "max_tokens" | "stop_sequence" | "pause_turn" | "refusal" | string;
@@ -111,7 +124,24 @@ export type ModelStreamEvent =
   | { type: "block_start"; index: number; block: ContentBlock }
   | { type: "block_stop"; index: number }
   | { type: "retry"; attempt: number; delayMs: number; reason: string; status?: number }
+  | AttemptUsagePart
   | { type: "response"; response: ModelResponse };
+
+/**
+ * Tokens spent on an attempt that did not produce the response: it was aborted, or its stream
+ * broke after the server had started answering and the request was sent again. The usage is the
+ * server's own (from the stream's start and delta events, plus what streamed since) when the
+ * stream got that far; otherwise (`estimated`) it is the estimated input of what was sent.
+ * Emitted before the `retry` part or before the `AbortedError` is thrown.
+ */
+export interface AttemptUsagePart {
+  type: "attempt_usage";
+  usage: Usage;
+  /** `aborted` by the signal; `retried` after a broken stream; `failed` when that was the last attempt. */
+  outcome: "aborted" | "retried" | "failed";
+  estimated: boolean;
+  requestId?: string;
+}
 
 export interface ModelCallOptions {
   signal?: AbortSignal;
@@ -119,8 +149,10 @@ export interface ModelCallOptions {
 
 /**
  * The plug-in point for language model providers. `stream` yields parts as they arrive and
- * ends with exactly one `response` part; it throws `ModelError` when retries are exhausted
- * and `AbortedError` when the signal fires.
+ * ends with exactly one `response` part; it throws `ModelError` when the request fails,
+ * `ModelUnavailableError` (code `model_unavailable`) when retries on overload, rate limits, server
+ * errors or network failures are spent, and `AbortedError` when the signal fires. Tokens spent
+ * on attempts that produced no response are reported as `attempt_usage` parts.
  *
  * @example
  * for await (const part of model.stream(request, { signal })) {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { defaultRetryPolicy, parseRetryAfter, retryDelay, sleep } from "./retry.js";
+import { defaultRetryPolicy, mayRetry, parseRetryAfter, retryDelay, simulatedClock, sleep } from "./retry.js";
 
 describe("retry policy", () => {
   const fixed = (r: number) => ({ ...defaultRetryPolicy, baseDelayMs: 100, maxDelayMs: 5_000, random: () => r });
@@ -31,5 +31,24 @@ describe("retry policy", () => {
     setTimeout(() => controller.abort(), 20);
     await expect(sleep(10_000, controller.signal)).rejects.toMatchObject({ code: "aborted" });
     expect(Date.now() - started).toBeLessThan(5_000);
+  });
+
+  it("by default keeps retrying for more than a minute, even at the shortest jitter, and stops within the total time", () => {
+    const policy = { ...defaultRetryPolicy, random: () => 0 };
+    let waited = 0;
+    let attempt = 1;
+    for (; mayRetry({ ...policy, now: () => waited }, attempt, retryDelay(policy, attempt), 0); attempt++) waited += retryDelay(policy, attempt);
+    expect(waited).toBeGreaterThan(60_000);
+    expect(waited).toBeLessThanOrEqual(policy.maxRetryTimeMs);
+    expect(attempt - 1).toBe(policy.maxRetries);
+  });
+
+  it("refuses a retry past maxRetries or one whose wait would end past maxRetryTimeMs", () => {
+    const clock = simulatedClock(1_000);
+    const policy = { ...defaultRetryPolicy, maxRetries: 3, maxRetryTimeMs: 10_000, now: clock.now };
+    expect(mayRetry(policy, 3, 100, 1_000)).toBe(true);
+    expect(mayRetry(policy, 4, 100, 1_000)).toBe(false);
+    expect(mayRetry(policy, 1, 10_000, 1_000)).toBe(true);
+    expect(mayRetry(policy, 1, 10_001, 1_000)).toBe(false);
   });
 });

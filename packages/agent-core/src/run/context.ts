@@ -1,9 +1,10 @@
 import { z } from "zod";
-import { ConfigError, isKeenError } from "../errors.js";
+import { ConfigError, isKeenError, KeenError } from "../errors.js";
 import type { ContextPrunedEvent } from "../events.js";
 import {
   collectResponse,
   totalInputTokens,
+  type CacheBreakpoint,
   type ContentBlock,
   type ModelResponse,
   type TextBlock,
@@ -15,7 +16,10 @@ import {
   type ToolUseBlock,
   type Usage,
 } from "../model/model.js";
+import { blockText, estimateMessageTokens, estimateRequestTokens, estimateTextTokens } from "../model/estimate.js";
 import { textOf } from "./conversation.js";
+
+export { estimateMessageTokens, estimateRequestTokens, estimateTextTokens };
 
 /**
  * When and how far a conversation is pruned. Fractions are of the context window.
@@ -44,40 +48,6 @@ export const COMPACTED_SUMMARY_HEADER = "[Earlier conversation compacted to save
 const CLEARED_PREFIX = "[tool result cleared to save context";
 /** Longest summary of compacted turns; older lines are dropped first. */
 const SUMMARY_LIMIT_CHARS = 12_000;
-
-/** Rough tokens of a text: one per four characters, at least one per block. */
-export function estimateTextTokens(text: string): number {
-  return Math.max(1, Math.ceil(text.length / 4));
-}
-
-function blockText(block: ContentBlock): string {
-  switch (block.type) {
-    case "text":
-      return block.text;
-    case "thinking":
-      return block.thinking + block.signature;
-    case "redacted_thinking":
-      return block.data;
-    case "tool_use":
-      return block.name + JSON.stringify(block.input ?? {});
-    case "tool_result":
-      return typeof block.content === "string" ? block.content : block.content.map((part) => part.text).join("\n");
-  }
-}
-
-/** Estimated tokens of one message (the same rule for every provider; calibrated against real usage). */
-export function estimateMessageTokens(message: Message): number {
-  if (typeof message.content === "string") return estimateTextTokens(message.content);
-  return message.content.reduce((sum, block) => sum + estimateTextTokens(blockText(block)), 0);
-}
-
-/** Estimated tokens of a whole request: tools, system prompt and messages. */
-export function estimateRequestTokens(request: { system: string; tools: ToolSpec[]; messages: Message[] }): number {
-  let sum = estimateTextTokens(request.system);
-  for (const tool of request.tools) sum += estimateTextTokens(tool.name + tool.description + JSON.stringify(tool.inputSchema));
-  for (const message of request.messages) sum += estimateMessageTokens(message);
-  return sum;
-}
 
 /** Whether an assistant message carries thinking that must be passed back unchanged. */
 export function isThinkingTurn(message: Message): boolean {
@@ -177,11 +147,9 @@ export function pruneConversation(messages: readonly Message[], options: PruneOp
     let changed = false;
     const content = message.content.map((block) => {
       if (block.type !== "tool_result" || tokens <= options.target) return block;
-      const text = blockText(block);
-      if (text.startsWith(CLEARED_PREFIX)) return block;
-      const placeholder = clearedPlaceholder(calls.get(block.tool_use_id), text);
-      const saved = estimateTextTokens(text) - estimateTextTokens(placeholder);
+      const saved = clearingSaves(block, calls.get(block.tool_use_id));
       if (saved <= 0) return block;
+      const placeholder = clearedPlaceholder(calls.get(block.tool_use_id), blockText(block));
       tokens -= saved * scale;
       cleared++;
       changed = true;
@@ -235,6 +203,13 @@ function toolCallsOf(message: Message | undefined): Map<string, ToolUseBlock> {
     for (const block of message.content) if (block.type === "tool_use") calls.set(block.id, block);
   }
   return calls;
+}
+
+/** Estimated tokens clearing a tool result would save: none when it is cleared already or tiny. */
+function clearingSaves(block: ToolResultBlock, call: ToolUseBlock | undefined): number {
+  const text = blockText(block);
+  if (text.startsWith(CLEARED_PREFIX)) return 0;
+  return estimateTextTokens(text) - estimateTextTokens(clearedPlaceholder(call, text));
 }
 
 /** `[tool result cleared to save context: read_file src/x.ts, 12 kB]` */
@@ -385,13 +360,44 @@ export class ContextTracker {
     return Math.max(0, Math.round(this.contextTokens + (estimate - this.estimateAtLast) * this.scale));
   }
 
+  /** The request size at which pruning starts: `pruneAt` of the window, or less when `maxTokens` needs the room. */
+  threshold(maxTokens: number): number {
+    return Math.min(this.pruneAt * this.contextWindow, this.contextWindow - maxTokens);
+  }
+
+  /**
+   * How many estimated tokens (one per four characters) the tool results of the turn just
+   * appended to `request.messages` may take in all. The newest `keepTurns` turns are never
+   * pruned, so each gets a share of the pruning target: whatever the tools return, pruning can
+   * always bring the conversation back under the threshold, and a request never outgrows the window.
+   * Results over the budget are cut by `runConversation` (see `capToolResults`).
+   */
+  toolOutputBudget(request: Pick<ModelRequest, "system" | "tools" | "messages" | "maxTokens">): number {
+    const { messages } = request;
+    const threshold = this.threshold(request.maxTokens) / this.scale;
+    const target = Math.min(this.target * this.contextWindow / this.scale, threshold);
+    const base = estimateRequestTokens({ system: request.system, tools: request.tools, messages: messages.slice(0, 1) });
+    const assistants = messages.flatMap((m, i) => (i > 0 && m.role === "assistant" ? [i] : []));
+    const keptFrom = assistants.length >= this.keepTurns ? assistants[assistants.length - this.keepTurns]! : Math.max(1, assistants[0] ?? 1);
+    const kept = messages.slice(keptFrom).reduce((sum, m) => sum + estimateMessageTokens(m), 0);
+    const turn = messages.length > 1 ? estimateMessageTokens(messages.at(-1)!) : 0;
+    // A fair share per kept turn, and never more than what is left beside the turns kept already.
+    // At most half the gap between target and threshold, too: after a pruning at least two turns
+    // fit before the next, and every request between prunings reads the one before it from the cache.
+    const share = Math.min((target - base) / this.keepTurns, (threshold - target) / 2) - turn;
+    const left = target - base - kept;
+    return Math.max(MIN_TOOL_OUTPUT_TOKENS, Math.floor(Math.min(share, left)));
+  }
+
   /**
    * Prunes `request.messages` in place when the request would pass the threshold (which leaves
-   * room for `maxTokens` of output). Returns what was done, or null when nothing was needed.
+   * room for `maxTokens` of output), and names the cache breakpoints that keep the prefix up to
+   * the earliest changed block readable. Returns what was done, or null when nothing was needed.
+   * Throws a `context_overflow` error when even pruning cannot make the request fit the window.
    */
   async beforeRequest(request: ModelRequest, options: { signal?: AbortSignal } = {}): Promise<(ContextPruneReport & { summaryResponse?: ModelResponse }) | null> {
     this.checkMaxTokens(request.maxTokens);
-    const threshold = Math.min(this.pruneAt * this.contextWindow, this.contextWindow - request.maxTokens);
+    const threshold = this.threshold(request.maxTokens);
     let tokens = this.expectedTokens(request);
     // Before the first answer only an uncalibrated estimate exists; ask for the real count when it matters.
     if (this.contextTokens === undefined && tokens >= threshold / 2) {
@@ -403,11 +409,31 @@ export class ContextTracker {
         if (this.estimateAtLast > 0) this.scale = counted / this.estimateAtLast;
       }
     }
-    if (tokens < threshold) return null;
+    if (tokens < threshold) {
+      this.nameBreakpoints(request, []);
+      this.fitOutput(request, tokens);
+      return null;
+    }
 
     const target = Math.min(this.target * this.contextWindow, threshold);
-    const pruned = pruneConversation(request.messages, { tokens, target, keepTurns: this.keepTurns, scale: this.scale });
-    if (pruned.clearedToolResults === 0 && pruned.compactedMessages === 0) return null;
+    const before = [...request.messages];
+    let pruned = pruneConversation(request.messages, { tokens, target, keepTurns: this.keepTurns, scale: this.scale });
+    // Turns kept whole can themselves outweigh the window (long thinking, large tool inputs):
+    // then only the newest turn, which the model is working on, stays untouched.
+    if (pruned.tokensAfter >= threshold && this.keepTurns > 1) {
+      const again = pruneConversation(pruned.messages, { tokens: pruned.tokensAfter, target, keepTurns: 1, scale: this.scale });
+      pruned = {
+        ...again,
+        tokensBefore: pruned.tokensBefore,
+        clearedToolResults: pruned.clearedToolResults + again.clearedToolResults,
+        compactedMessages: pruned.compactedMessages + again.compactedMessages,
+      };
+    }
+    if (pruned.clearedToolResults === 0 && pruned.compactedMessages === 0) {
+      this.nameBreakpoints(request, []);
+      this.fitOutput(request, tokens);
+      return null;
+    }
     let summaryResponse: ModelResponse | undefined;
     if (pruned.compactedMessages > 0 && this.summary === "model") {
       summaryResponse = await this.writeSummary(request.messages.slice(0, 1 + pruned.compactedMessages), options.signal);
@@ -415,11 +441,13 @@ export class ContextTracker {
       if (text) pruned.messages[0] = withSummaryText(pruned.messages[0]!, `${COMPACTED_SUMMARY_HEADER}\nSummary of what happened before the turns that follow:\n${text}`);
     }
     request.messages.splice(0, request.messages.length, ...pruned.messages);
+    this.nameBreakpoints(request, before);
 
     // The exact size after pruning, when the model can count it, keeps later estimates honest.
     const tokensAfter = (await this.count(request, options.signal)) ?? pruned.tokensAfter;
     this.contextTokens = tokensAfter;
     this.estimateAtLast = estimateRequestTokens(request);
+    this.fitOutput(request, tokensAfter);
     return {
       clearedToolResults: pruned.clearedToolResults,
       compactedMessages: pruned.compactedMessages,
@@ -427,6 +455,41 @@ export class ContextTracker {
       tokensAfter: Math.round(tokensAfter),
       ...(summaryResponse ? { summaryResponse } : {}),
     };
+  }
+
+  /**
+   * Input and output together never pass the window: when the input is too large for the full
+   * `maxTokens`, the answer gets what is left, down to a floor; below that the request is refused.
+   */
+  private fitOutput(request: ModelRequest, tokens: number): void {
+    const margin = Math.ceil(this.contextWindow * WINDOW_MARGIN);
+    const room = this.contextWindow - Math.ceil(tokens) - margin;
+    if (request.maxTokens <= room) return;
+    const floor = (request.thinking?.budgetTokens ?? 0) + MIN_OUTPUT_TOKENS;
+    if (room < floor) {
+      throw new KeenError(
+        "context_overflow",
+        `The conversation needs about ${Math.ceil(tokens)} tokens, which leaves no room for an answer in the ${this.contextWindow}-token context window even after pruning`,
+      );
+    }
+    request.maxTokens = room;
+  }
+
+  /**
+   * Names cache breakpoints for `request`. Tool results are cleared oldest first, so the next
+   * pruning will change the first result that clearing would still shrink: the block before it
+   * ends a prefix that stays as it is, and every request caches it. Right after a pruning
+   * (`before` holds the messages as they were) the last block before the earliest change is named
+   * too, so the pruned request reads what the requests before it cached.
+   */
+  private nameBreakpoints(request: ModelRequest, before: readonly Message[]): void {
+    const points: CacheBreakpoint[] = [];
+    const unchanged = before.length ? earliestChange(before, request.messages) : undefined;
+    if (unchanged) points.push(unchanged);
+    const stable = beforeNextClearing(request.messages);
+    if (stable && !points.some((p) => p.message === stable.message && p.block === stable.block)) points.push(stable);
+    if (points.length) request.cacheBreakpoints = points;
+    else delete request.cacheBreakpoints;
   }
 
   /**
@@ -450,7 +513,52 @@ export class ContextTracker {
 }
 
 const SUMMARY_MAX_TOKENS = 2048;
-/** Longest tool result shown to the model when it writes a summary. */
+/** Least tool output a turn is given, however full the window (estimated tokens). */
+const MIN_TOOL_OUTPUT_TOKENS = 256;
+/** Least room for an answer before a request is refused as too large. */
+const MIN_OUTPUT_TOKENS = 1024;
+/** Share of the window kept free for estimation error when fitting the output limit. */
+const WINDOW_MARGIN = 0.02;
+
+function blocksOf(message: Message): readonly unknown[] {
+  return typeof message.content === "string" ? [message.content] : message.content;
+}
+
+/** The position of the last block before the first that differs (by identity) between two conversations. */
+function earliestChange(before: readonly Message[], after: readonly Message[]): CacheBreakpoint | undefined {
+  let last: CacheBreakpoint | undefined;
+  for (const [i, message] of after.entries()) {
+    const old = before[i];
+    if (old === message) {
+      last = { message: i, block: blocksOf(message).length - 1 };
+      continue;
+    }
+    if (!old || old.role !== message.role || typeof old.content === "string" || typeof message.content === "string") return last;
+    const oldBlocks = old.content;
+    for (const [j, block] of message.content.entries()) {
+      if (oldBlocks[j] !== block) return last;
+      last = { message: i, block: j };
+    }
+    return last;
+  }
+  return last;
+}
+
+/**
+ * The block before the first tool result that clearing would still shrink (the first message
+ * aside), or undefined when there is none.
+ */
+function beforeNextClearing(messages: readonly Message[]): CacheBreakpoint | undefined {
+  for (let i = 1; i < messages.length; i++) {
+    const message = messages[i]!;
+    if (message.role !== "user" || typeof message.content === "string") continue;
+    const calls = toolCallsOf(messages[i - 1]);
+    const j = message.content.findIndex((block) => block.type === "tool_result" && clearingSaves(block, calls.get(block.tool_use_id)) > 0);
+    if (j > 0) return { message: i, block: j - 1 };
+    if (j === 0) return { message: i - 1, block: blocksOf(messages[i - 1]!).length - 1 };
+  }
+  return undefined;
+}/** Longest tool result shown to the model when it writes a summary. */
 const TRANSCRIPT_RESULT_CHARS = 1_500;
 
 const SUMMARY_SYSTEM_PROMPT = `You condense the earlier part of a software engineering agent's working session so the agent can continue without it.

@@ -15,6 +15,7 @@ import {
 } from "../model/model.js";
 import { executeTool, toolSpec, type Tool } from "../tools/define-tool.js";
 import type { Workspace } from "../workspace/workspace.js";
+import { estimateRequestTokens, estimateTextTokens } from "../model/estimate.js";
 import type { ContextTracker } from "./context.js";
 
 /** Longest tool output put in a `tool.completed` event; the model still gets the whole result. */
@@ -53,6 +54,20 @@ export interface ConversationOptions {
   context?: ContextTracker;
   /** Called after every completed turn, e.g. to snapshot state. */
   onTurn?: (turn: number) => void | Promise<void>;
+  /**
+   * Called right before each model request is sent (after pruning) with its estimated size, so a
+   * host can check a budget before spending it; throwing stops the conversation with that error.
+   */
+  beforeModelRequest?: (estimate: RequestEstimate) => void | Promise<void>;
+}
+
+/** What a request is about to cost at most: its estimated input and the output it allows. */
+export interface RequestEstimate {
+  agentId: string;
+  /** Estimated input tokens (calibrated on earlier responses when a context tracker is used). */
+  inputTokens: number;
+  /** The request's output limit: the most output tokens it can cost. */
+  maxOutputTokens: number;
 }
 
 export interface ConversationResult {
@@ -79,8 +94,9 @@ export async function runConversation(options: ConversationOptions): Promise<Con
   let agentTotal = options.usageBefore ?? emptyUsage();
   let finalText = "";
 
-  // Every response counts, including a summary written while pruning.
-  const account = (response: ModelResponse) => {
+  // Every response counts, including a summary written while pruning, and so do attempts that
+  // were aborted or broke after the server had started on them (stop reason `aborted`, `retried`, `failed`).
+  const account = (response: Pick<ModelResponse, "model" | "id" | "usage" | "stopReason">) => {
     usage = addUsage(usage, response.usage);
     agentTotal = addUsage(agentTotal, response.usage);
     options.onUsage?.(response.usage);
@@ -123,14 +139,19 @@ export async function runConversation(options: ConversationOptions): Promise<Con
         closingCall = { name: call.name, input: call.input };
       }
     }
-    messages.push({ role: "user", content: results });
+    const budget = options.context?.toolOutputBudget({ system: options.system, tools: specs, messages, maxTokens: options.maxTokens });
+    messages.push({ role: "user", content: budget === undefined ? results : capToolResults(results, calls, budget) });
     await options.onTurn?.(turn);
     if (closingCall) return { outcome: "closed", closingCall, finalText, turns: turn, usage };
   }
   return { outcome: "max_turns", finalText, turns: options.maxTurns, usage };
 }
 
-async function requestResponse(options: ConversationOptions, specs: ReturnType<typeof toolSpec>[], onResponseUsage: (response: ModelResponse) => void): Promise<ModelResponse> {
+async function requestResponse(
+  options: ConversationOptions,
+  specs: ReturnType<typeof toolSpec>[],
+  onResponseUsage: (response: Pick<ModelResponse, "model" | "id" | "usage" | "stopReason">) => void,
+): Promise<ModelResponse> {
   const request: ModelRequest = {
     system: options.system,
     messages: options.messages,
@@ -146,9 +167,15 @@ async function requestResponse(options: ConversationOptions, specs: ReturnType<t
       options.emit({ type: "context.pruned", agentId: options.agentId, ...report });
     }
   }
+  if (options.beforeModelRequest) {
+    const inputTokens = options.context ? options.context.expectedTokens(request) : estimateRequestTokens(request);
+    await options.beforeModelRequest({ agentId: options.agentId, inputTokens, maxOutputTokens: request.maxTokens });
+  }
   let response: ModelResponse | undefined;
   for await (const part of options.model.stream(request, { signal: options.signal })) {
-    if (part.type === "retry") {
+    if (part.type === "attempt_usage") {
+      onResponseUsage({ model: options.model.id, id: part.requestId ?? "", usage: part.usage, stopReason: part.outcome });
+    } else if (part.type === "retry") {
       options.emit({
         type: "model.retry",
         agentId: options.agentId,
@@ -195,6 +222,65 @@ async function runToolCall(options: ConversationOptions, tools: Map<string, Tool
     content: result.content || "(no output)",
     ...(result.isError ? { is_error: true } : {}),
   };
+}
+
+/**
+ * Fits one turn's tool results into `budget` estimated tokens (one per four characters): when
+ * they are larger together, the largest are cut to a common length, at a line break where one is
+ * near, each with a note saying what was left out and how to read on. Smaller results stay whole.
+ */
+export function capToolResults(results: ToolResultBlock[], calls: readonly ToolUseBlock[], budget: number): ToolResultBlock[] {
+  const texts = results.map((result) => (typeof result.content === "string" ? result.content : result.content.map((part) => part.text).join("\n")));
+  const sizes = texts.map(estimateTextTokens);
+  if (sizes.reduce((a, b) => a + b, 0) <= budget) return results;
+  // The common cut: the largest level at which everything fits (smaller results keep all they have).
+  const sorted = [...sizes].sort((a, b) => a - b);
+  let level = 0;
+  let below = 0;
+  for (const [i, size] of sorted.entries()) {
+    const rest = sorted.length - i;
+    if (below + size * rest > budget) {
+      level = Math.floor((budget - below) / rest);
+      break;
+    }
+    below += size;
+  }
+  return results.map((result, i) => {
+    if (sizes[i]! <= level) return result;
+    const call = calls.find((c) => c.id === result.tool_use_id);
+    return { ...result, content: truncated(texts[i]!, Math.max(0, level - NOTE_TOKENS) * 4, call) };
+  });
+}
+
+/** Room kept for the note after a cut result. */
+const NOTE_TOKENS = 80;
+
+function truncated(text: string, chars: number, call: ToolUseBlock | undefined): string {
+  let kept = text.slice(0, chars);
+  const lineEnd = kept.lastIndexOf("\n");
+  if (lineEnd >= chars * 0.8) kept = kept.slice(0, lineEnd + 1);
+  const shown = `the first ${kept.length} of ${text.length} characters`;
+  return `${kept}${kept.endsWith("\n") || !kept ? "" : "\n"}[Output cut to fit the context window: this shows ${shown}. ${readOnHint(kept, call)}]`;
+}
+
+/** How to get the part of a tool's output that was cut. */
+function readOnHint(kept: string, call: ToolUseBlock | undefined): string {
+  const input = (call?.input ?? {}) as Record<string, unknown>;
+  switch (call?.name) {
+    case "read_file": {
+      // read_file numbers its lines: `  12\tcode`.
+      const numbered = [...kept.matchAll(/^\s*(\d+)\t/gm)].at(-1);
+      const next = numbered ? Number(numbered[1]) + (kept.endsWith("\n") ? 1 : 0) : Number(input.offset ?? 1);
+      return `Read on with read_file { path: ${JSON.stringify(input.path ?? "")}, offset: ${next} } and a limit of lines.`;
+    }
+    case "run_command":
+      return "Narrow the output (grep, head, tail), or redirect it to a file and read that in parts.";
+    case "search_files":
+    case "list_files":
+      return "Narrow the pattern or the path to see the rest.";
+    default:
+      return "Ask for less at a time to see the rest.";
+  }
 }
 
 /** The text blocks of a response, joined and trimmed. */

@@ -178,7 +178,7 @@ describe("startRun", () => {
     run.on("model.retry", (event) => retries.push(event.attempt));
     const result = await run.result;
     expect(result.status).toBe("error");
-    expect(result.error?.code).toBe("model_error");
+    expect(result.error?.code).toBe("model_unavailable");
     expect(result.error?.message).toMatch(/529 overloaded_error/);
     expect(retries).toEqual([1, 2]);
     expect(result.commit).toBeNull();
