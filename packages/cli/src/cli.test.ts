@@ -76,6 +76,7 @@ describe("keen CLI usage", () => {
     [["run", "x", "--token-budget", "-1e3"], /--token-budget must be a positive integer, got "-1e3"/],
     [["run", "x", "--concurrency", "-"], /--concurrency must be a positive integer, got "-"/],
     [["run", "x", "--max-depth", "99999999999999999999"], /--max-depth must be a non-negative integer/],
+    [["run", "x", "--max-retries", "-1"], /--max-retries must be a non-negative integer, got "-1"/],
     [["run", "--resume", "a.json", "--last"], /--resume and --last both say which run to continue; give one/],
     [["run", "-", "more"], /give the vision either as text or as "-"/],
     [["run", "--repo", "."], /missing the vision/],
@@ -315,6 +316,33 @@ describe("keen run: the vision from stdin, the endpoint check, the closing scree
     expect(closing).toMatch(/^ {2}docs\/guide\.md \| 2 \+\+$/m);
     expect(closing).toMatch(/^ {2}src\/app\.js +\| 1 \+$/m);
     expect(closing).toMatch(/^ {2}2 files changed, 3 insertions\(\+\)$/m);
+  });
+});
+
+describe("keen run --max-retries", { timeout: 120_000 }, () => {
+  /** The scripted tree, after `faults` overloaded answers (529) to the first model requests. */
+  function overloadedThen(faults: number) {
+    const policy = scriptedTreePolicy({ title: "Retry", instructions: "Retry" });
+    let failed = 0;
+    return startMessagesServer({
+      policy: (request, context) => (failed++ < faults ? reply.error(529, "overloaded_error", "Overloaded") : policy(request, context)),
+    });
+  }
+  const messages = (s: MessagesServer) => s.requests.filter((r) => r.path === "/v1/messages");
+
+  it("retries an overloaded request as often as asked, and not at all with 0", async () => {
+    server = await overloadedThen(2);
+    const retried = await keen(["run", "Retry", "--repo", await gitRepo(), "--json", "--no-sandbox", "--max-retries", "2"], { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url });
+    expect(retried.exitCode, retried.stderr).toBe(0);
+    expect(parseNdjson(retried.stdout).filter((e) => e.type === "model.retry")).toHaveLength(2);
+    expect(messages(server).map((r) => r.status).slice(0, 3)).toEqual([529, 529, 200]);
+    await server.close();
+
+    server = await overloadedThen(1);
+    const none = await keen(["run", "Retry", "--repo", await gitRepo(), "--json", "--no-sandbox", "--max-retries", "0"], { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url });
+    expect(none.exitCode).not.toBe(0);
+    expect(parseNdjson(none.stdout).filter((e) => e.type === "model.retry")).toEqual([]);
+    expect(messages(server).map((r) => r.status)).toEqual([529]);
   });
 });
 

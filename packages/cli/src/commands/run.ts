@@ -43,6 +43,8 @@ Options:
   --on-conflict POLICY   resolve (the parent model fixes it) or rollback (default resolve)
   --sandbox              run commands under bubblewrap: no network, only the worktree writable (default)
   --no-sandbox           run commands without the sandbox
+  --max-retries N        retries of a failed model request (overload, rate limit, network) before
+                         the run stops (default 10, within two minutes; 0 disables them)
   --snapshot FILE        where to keep the run's snapshot (default <repo>/.git/keen/runs/<run id>.json)
   --resume FILE|ID       continue a saved run: its snapshot file, or its id (see keen runs)
   --last                 continue the newest interrupted run of the repository
@@ -72,6 +74,7 @@ const RUN_OPTIONS = {
   "on-conflict": { type: "string" },
   sandbox: { type: "boolean" },
   "no-sandbox": { type: "boolean" },
+  "max-retries": { type: "string" },
   snapshot: { type: "string" },
   resume: { type: "string" },
   last: { type: "boolean" },
@@ -106,7 +109,7 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
     const snapshotPath = await resumeTarget(values.resume, values.repo);
     const saved = await readSnapshotFile(snapshotPath);
     const repo = resolve(values.repo ?? repoOfSnapshotPath(snapshotPath) ?? process.cwd());
-    const model = options.model ?? buildModel(modelId, io.env);
+    const model = options.model ?? buildModel(modelId, io.env, settings.maxRetries);
     const workspace = await openRepo(repo, sandbox);
     await checkResumable(saved, workspace, repo);
     if (!options.model) await checkEndpoint(modelId, io.env);
@@ -143,7 +146,7 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
     if (!vision) throw new UsageError('the vision read from standard input ("-") is empty');
   }
   if (!vision) throw new UsageError('missing the vision: keen run "<what to do>" --repo DIR (or keen run - to read it from standard input)');
-  const model = options.model ?? buildModel(modelId, io.env);
+  const model = options.model ?? buildModel(modelId, io.env, settings.maxRetries);
   const repo = resolve(values.repo ?? process.cwd());
   const workspace = await openRepo(repo, sandbox);
   if (!options.model) await checkEndpoint(modelId, io.env);
@@ -257,6 +260,7 @@ type Flags = ReturnType<typeof parseCommandArgs<typeof RUN_OPTIONS>>["values"];
 
 interface Settings {
   limits: Partial<TaskLimits>;
+  maxRetries?: number;
   concurrency?: number;
   onConflict?: "resolve" | "rollback";
   validate?: string;
@@ -275,6 +279,7 @@ function readSettings(values: Flags): Settings {
   const tokenBudget = integerFlag(values, "token-budget", 1);
   if (tokenBudget !== undefined) limits.tokenBudget = tokenBudget;
   const concurrency = integerFlag(values, "concurrency", 1);
+  const maxRetries = integerFlag(values, "max-retries", 0);
   const onConflict = values["on-conflict"];
   if (onConflict !== undefined && onConflict !== "resolve" && onConflict !== "rollback") {
     throw new UsageError(`--on-conflict must be resolve or rollback, got "${onConflict}"`);
@@ -283,13 +288,14 @@ function readSettings(values: Flags): Settings {
   if (validate !== undefined && !validate.trim()) throw new UsageError("--validate needs a command, got an empty string");
   return {
     limits,
+    ...(maxRetries !== undefined ? { maxRetries } : {}),
     ...(concurrency !== undefined ? { concurrency } : {}),
     ...(onConflict ? { onConflict } : {}),
     ...(validate ? { validate } : {}),
   };
 }
 
-function integerFlag(values: Flags, name: (typeof RUN_SHAPE_FLAGS)[number], min: 0 | 1): number | undefined {
+function integerFlag(values: Flags, name: (typeof RUN_SHAPE_FLAGS)[number] | "max-retries", min: 0 | 1): number | undefined {
   const raw = values[name];
   if (raw === undefined) return undefined;
   const value = /^\d+$/.test(raw.trim()) ? Number(raw) : Number.NaN;
@@ -299,10 +305,15 @@ function integerFlag(values: Flags, name: (typeof RUN_SHAPE_FLAGS)[number], min:
   return value;
 }
 
-function buildModel(id: string, env: NodeJS.ProcessEnv): Model {
+function buildModel(id: string, env: NodeJS.ProcessEnv, maxRetries?: number): Model {
   const apiKey = env.ANTHROPIC_API_KEY;
   if (!apiKey) throw new UsageError("ANTHROPIC_API_KEY is not set (export it, or try the offline `keen demo`)");
-  return anthropic({ model: id, apiKey, ...(env.ANTHROPIC_BASE_URL ? { baseURL: env.ANTHROPIC_BASE_URL } : {}) });
+  return anthropic({
+    model: id,
+    apiKey,
+    ...(env.ANTHROPIC_BASE_URL ? { baseURL: env.ANTHROPIC_BASE_URL } : {}),
+    ...(maxRetries !== undefined ? { retry: { maxRetries } } : {}),
+  });
 }
 
 /**
