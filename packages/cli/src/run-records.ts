@@ -1,5 +1,5 @@
 import { readdir, readFile, rename, rm, stat, writeFile, mkdir } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { basename, dirname, isAbsolute, join } from "node:path";
 import { z } from "zod";
 import { addUsage, emptyUsage, TaskSnapshot, Usage } from "@keen/agent-core";
 import { UsageError } from "./cli-error.js";
@@ -94,13 +94,11 @@ export async function listRuns(runsDir: string): Promise<RunListing[]> {
     return [];
   }
   const out: RunListing[] = [];
-  for (const name of names) {
-    if (!name.endsWith(".json") || name.endsWith(".info.json")) continue;
-    const snapshotPath = join(runsDir, name);
+  const seen = new Set<string>();
+  const add = async (snapshotPath: string, recordPath: string, record: RunRecord | undefined) => {
     const snapshot = await readJson(snapshotPath, TaskSnapshot);
-    if (!snapshot) continue;
-    const recordPath = recordPathOf(snapshotPath);
-    const record = await readJson(recordPath, RunRecord);
+    if (!snapshot || seen.has(snapshotPath)) return;
+    seen.add(snapshotPath);
     const root = snapshot.agents.find((agent) => agent.parentId === null);
     const done = root?.phase === "DONE";
     const status = done ? (root?.status ?? "finished") : record && record.status === undefined && processAlive(record.pid) ? "running" : "interrupted";
@@ -117,18 +115,31 @@ export async function listRuns(runsDir: string): Promise<RunListing[]> {
       snapshotPath,
       recordPath,
     });
+  };
+  for (const name of names) {
+    if (!name.endsWith(".json") || name.endsWith(".info.json")) continue;
+    const snapshotPath = join(runsDir, name);
+    await add(snapshotPath, recordPathOf(snapshotPath), await readJson(recordPathOf(snapshotPath), RunRecord));
+  }
+  // Runs whose snapshot was kept elsewhere (`--snapshot FILE`) are found through their record.
+  for (const name of names) {
+    if (!name.endsWith(".info.json")) continue;
+    const record = await readJson(join(runsDir, name), RunRecord);
+    if (record && isAbsolute(record.snapshot)) await add(record.snapshot, join(runsDir, name), record);
   }
   return out.sort((a, b) => b.startedAt.getTime() - a.startedAt.getTime());
 }
 
-/** Removes the files of finished runs (snapshot, record and anything else named after the run). */
+/**
+ * Removes finished runs: their record, and their snapshot when it lies in the runs folder (a
+ * snapshot kept elsewhere with `--snapshot` is the user's file and stays). Files are named from
+ * the folder's own listing, never from a snapshot's contents.
+ */
 export async function pruneRuns(runsDir: string): Promise<RunListing[]> {
   const finished = (await listRuns(runsDir)).filter((run) => run.finished);
-  const names = await readdir(runsDir).catch(() => [] as string[]);
   for (const run of finished) {
-    for (const name of names) {
-      if (name === `${run.runId}.json` || name.startsWith(`${run.runId}.`)) await rm(join(runsDir, name), { force: true });
-    }
+    if (dirname(run.snapshotPath) === runsDir) await rm(run.snapshotPath, { force: true });
+    if (dirname(run.recordPath) === runsDir) await rm(run.recordPath, { force: true });
   }
   return finished;
 }

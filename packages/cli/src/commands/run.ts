@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { access, readFile } from "node:fs/promises";
-import { dirname, resolve } from "node:path";
+import { basename, dirname, resolve } from "node:path";
 import { execa } from "execa";
 import {
   anthropic,
@@ -115,7 +115,9 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
     if (!options.model) await checkEndpoint(modelId, io.env);
     const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : snapshotPath);
     const mode = outputMode(io, Boolean(values.json));
-    const recordPath = recordPathOf(snapshot.path);
+    // The record lives in the runs folder, under a name that cannot leave it whatever the snapshot says.
+    const recordName = /^[\w-]+$/.test(saved.runId) ? saved.runId : basename(snapshotPath, ".json");
+    const recordPath = recordPathOf(await defaultSnapshotPath(workspace.root, recordName));
     const previous = await readRecord(recordPath);
     const record: RunRecord = {
       ...(previous ?? { runId: saved.runId, vision: saved.vision, repo: workspace.root, startedAt: new Date().toISOString(), snapshot: snapshot.path }),
