@@ -149,7 +149,7 @@ describe("keen run --resume", { timeout: 120_000 }, () => {
     expect(await snapshotFiles(dir)).toEqual([snapshotPath]);
 
     // An unknown id is refused with a pointer to keen runs; --last finds the interrupted run.
-    expect((await keenInProcess(["run", "--resume", "run_nope", "--repo", dir, "--no-sandbox"], env)).stderr).toMatch(/^keen: no run "run_nope" in .*\(see keen runs\)$/);
+    expect((await keenInProcess(["run", "--resume", "run_nope", "--repo", dir, "--no-sandbox"], env)).stderr.trim()).toMatch(/^keen: no run "run_nope" in .*\(see keen runs\)$/);
     const resumed = await keen(["run", "--last", "--repo", dir, "--no-sandbox"], { ...env, KEEN_FORCE_TTY: "0" });
     expect(resumed.exitCode, resumed.stderr).toBe(0);
     expect(resumed.stdout).toContain(`resuming ${runId} from ${snapshotPath}`);
