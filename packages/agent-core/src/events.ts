@@ -1,8 +1,18 @@
 import { z } from "zod";
 import { Usage } from "./model/model.js";
 
-/** Fields every event carries. `seq` is strictly increasing per run, starting at 0, with no gaps. */
+/**
+ * The version of the event protocol: the envelope and every event type below. It changes when
+ * a field is removed or changes meaning (adding optional fields or new event types does not).
+ */
+export const PROTOCOL_VERSION = 1;
+
+/**
+ * Fields every event carries. `seq` is strictly increasing per run, starting at 0, with no
+ * gaps, and is never reused — also across a resume when the run has a durable `EventLog`.
+ */
 const envelope = {
+  protocol: z.literal(PROTOCOL_VERSION),
   runId: z.string(),
   agentId: z.string(),
   seq: z.number().int().nonnegative(),
@@ -13,7 +23,11 @@ const envelope = {
 export const Phase = z.enum(["EXPLORE", "PLAN", "SUMMON", "COMPLETE", "RUN"]);
 export type Phase = z.infer<typeof Phase>;
 
-export const RunStatus = z.enum(["success", "failed", "aborted", "error"]);
+/**
+ * How a run or an agent ended. `interrupted`: the model could not be reached after every retry
+ * (overload, network); the run stopped with its state saved and can be resumed.
+ */
+export const RunStatus = z.enum(["success", "failed", "aborted", "error", "interrupted"]);
 export type RunStatus = z.infer<typeof RunStatus>;
 
 export const RunStartedEvent = z.object({
@@ -150,6 +164,8 @@ export const ValidationResultEvent = z.object({
   ...envelope,
   type: z.literal("validation.result"),
   command: z.string(),
+  /** Who asked for the check: the user's validation (always run) or the agent's plan (in addition). */
+  source: z.enum(["user", "plan"]).optional(),
   passed: z.boolean(),
   exitCode: z.number().int().nullable(),
   output: z.string(),
@@ -199,14 +215,25 @@ export type KeenEvent = z.infer<typeof KeenEvent>;
 export type KeenEventType = KeenEvent["type"];
 export type KeenEventOf<T extends KeenEventType> = Extract<KeenEvent, { type: T }>;
 
-/** An event before the run stamps it with `runId`, `seq` and `at`. */
+/** An event before the run stamps it with `protocol`, `runId`, `seq` and `at`. */
 export type KeenEventInput = KeenEvent extends infer E
   ? E extends KeenEvent
-    ? Omit<E, "runId" | "seq" | "at">
+    ? Omit<E, "protocol" | "runId" | "seq" | "at">
     : never
   : never;
 
 /** Parses and validates an event, e.g. one read back from NDJSON or a database. */
 export function parseEvent(value: unknown): KeenEvent {
   return KeenEvent.parse(value);
+}
+
+/**
+ * The JSON Schema (draft 2020-12) of `KeenEvent`, generated from the zod schemas, for consumers
+ * that do not use TypeScript (a server storing events, a dashboard in another language).
+ *
+ * @example
+ * await writeFile("keen-event.schema.json", JSON.stringify(keenEventJsonSchema(), null, 2));
+ */
+export function keenEventJsonSchema(): Record<string, unknown> {
+  return z.toJSONSchema(KeenEvent, { target: "draft-2020-12", io: "output", unrepresentable: "any" }) as Record<string, unknown>;
 }
