@@ -40,6 +40,7 @@ describe("run records", () => {
     const dir = await mkdtemp(join(tmpdir(), "keen-runs-"));
     const put = (name: string, value: unknown) => writeFile(join(dir, name), typeof value === "string" ? value : JSON.stringify(value));
     await put("run_done.json", snapshot("run_done", true));
+    await put("run_done.events.ndjson", "");
     // A finished snapshot whose id is empty: naming files after it would match every dotfile.
     await put("odd.json", snapshot("", true));
     await put("run_open.json", snapshot("run_open", false));

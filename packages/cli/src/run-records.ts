@@ -131,14 +131,17 @@ export async function listRuns(runsDir: string): Promise<RunListing[]> {
 }
 
 /**
- * Removes finished runs: their record, and their snapshot when it lies in the runs folder (a
+ * Removes finished runs: their record, and their snapshot and event log when they lie in the runs folder (a
  * snapshot kept elsewhere with `--snapshot` is the user's file and stays). Files are named from
  * the folder's own listing, never from a snapshot's contents.
  */
 export async function pruneRuns(runsDir: string): Promise<RunListing[]> {
   const finished = (await listRuns(runsDir)).filter((run) => run.finished);
   for (const run of finished) {
-    if (dirname(run.snapshotPath) === runsDir) await rm(run.snapshotPath, { force: true });
+    if (dirname(run.snapshotPath) === runsDir) {
+      await rm(run.snapshotPath, { force: true });
+      await rm(join(runsDir, `${basename(run.snapshotPath, ".json")}.events.ndjson`), { force: true });
+    }
     if (dirname(run.recordPath) === runsDir) await rm(run.recordPath, { force: true });
   }
   return finished;

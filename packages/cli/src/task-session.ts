@@ -1,6 +1,7 @@
 import { execa } from "execa";
 import type { KeenEvent, KeenEventOf, TaskResult, TaskRun } from "@keen/agent-core";
 import type { CommandIo, Io } from "./cli-error.js";
+import { MODEL_UNAVAILABLE_EXIT_CODE } from "./model-check.js";
 import { describeEvent } from "./render.js";
 import type { SnapshotFile } from "./snapshot-file.js";
 import { LiveTreeView } from "./tree/live-view.js";
@@ -106,9 +107,15 @@ export async function runTaskSession(options: TaskSessionOptions): Promise<TaskS
       const stat = options.base && result.commit ? await diffStat(options.repo, options.base, result.commit) : undefined;
       io.stdout(closingSummary(tree, result, options.repo, snapshot.path, stat));
     }
-    if (result.status === "success") return { exitCode: 0, result, tree, interrupted, ...(completed ? { completed } : {}) };
+    const done = { result, tree, interrupted, ...(completed ? { completed } : {}) };
+    if (result.status === "success") return { exitCode: 0, ...done };
+    if (result.status === "interrupted") {
+      // The model stayed unavailable after its retries: the run stopped where it can go on.
+      io.stderr(`keen: run interrupted: ${oneLine(result.error?.message ?? result.summary)}; ${options.interruptedMessage ?? resumeHint}\n`);
+      return { exitCode: result.error?.code === "model_unavailable" ? MODEL_UNAVAILABLE_EXIT_CODE : 1, ...done };
+    }
     io.stderr(`keen: task ${result.status}: ${oneLine(result.error?.message ?? result.summary)}\n`);
-    return { exitCode: 1, result, tree, interrupted, ...(completed ? { completed } : {}) };
+    return { exitCode: 1, ...done };
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);

@@ -1,11 +1,12 @@
 import { randomUUID } from "node:crypto";
-import { access, readFile } from "node:fs/promises";
-import { basename, dirname, resolve } from "node:path";
+import { access, mkdir, readFile } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
 import { execa } from "execa";
 import {
   anthropic,
   isKeenError,
   LocalWorkspace,
+  NdjsonEventLog,
   resumeTask,
   startTask,
   type KeenEventOf,
@@ -127,6 +128,7 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
       finishedAt: undefined,
     };
     await writeRecord(recordPath, record);
+    const eventLog = await openEventLog(snapshot.path);
     announce(io, mode, `resuming ${saved.runId} from ${snapshotPath}`, snapshot.path, sandbox);
     const session = await runTaskSession({
       io,
@@ -135,8 +137,8 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
       repo,
       tree: treeFromSnapshot(saved),
       ...(record.base ? { base: record.base } : {}),
-      launch: () => resumeTask(saved, { workspace, model, onSnapshot: (s) => snapshot.write(s) }),
-    });
+      launch: () => resumeTask(saved, { workspace, model, eventLog, onSnapshot: (s) => snapshot.write(s) }),
+    }).finally(() => eventLog.close());
     await finishRecord(recordPath, record, session);
     return session.exitCode;
   }
@@ -168,6 +170,7 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
     ...(base ? { base } : {}),
   };
   await writeRecord(recordPath, record);
+  const eventLog = await openEventLog(snapshot.path);
   // Configuration errors surface before anything is printed or written.
   const launch = () =>
     startTask({
@@ -179,12 +182,30 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
       ...(settings.concurrency !== undefined ? { maxConcurrency: settings.concurrency } : {}),
       ...(settings.onConflict ? { onConflict: settings.onConflict } : {}),
       ...(settings.validate ? { validation: { command: settings.validate } } : {}),
+      eventLog,
       onSnapshot: (s) => snapshot.write(s),
     });
   announce(io, mode, `run ${runId}`, snapshot.path, sandbox);
-  const session = await runTaskSession({ io, mode, snapshot, repo: workspace.root, tree: emptyTree(), launch, ...(base ? { base } : {}) });
+  const session = await runTaskSession({ io, mode, snapshot, repo: workspace.root, tree: emptyTree(), launch, ...(base ? { base } : {}) }).finally(() =>
+    eventLog.close(),
+  );
   await finishRecord(recordPath, record, session);
   return session.exitCode;
+}
+
+/**
+ * The run's events, kept beside its snapshot (`<run>.events.ndjson`): a resumed run reads the last
+ * seq from it and numbers its events strictly after, even when the process died between a
+ * snapshot and the next event.
+ */
+async function openEventLog(snapshotPath: string): Promise<NdjsonEventLog> {
+  const path = join(dirname(snapshotPath), `${basename(snapshotPath, ".json")}.events.ndjson`);
+  await mkdir(dirname(path), { recursive: true });
+  try {
+    return await NdjsonEventLog.open(path);
+  } catch (error) {
+    throw new UsageError(`cannot open the event log ${path}: ${oneLine((error as Error).message)}`);
+  }
 }
 
 /** The snapshot `--resume VALUE` or `--last` means: a file path, or a run id in the repository's runs folder. */
