@@ -46,6 +46,12 @@ export const RunCompletedEvent = z.object({
   status: RunStatus,
   summary: z.string(),
   usage: Usage,
+  /** What the run's usage cost in US dollars (keen's price table), when the model's price is known. */
+  costUsd: z.number().nonnegative().optional(),
+  /** The branch holding the run's result (the run branch, or the checkout's branch). */
+  branch: z.string().optional(),
+  /** The commit at the head of `branch` when the run ended. */
+  head: z.string().optional(),
   error: z.object({ code: z.string(), message: z.string() }).optional(),
   durationMs: z.number().nonnegative(),
 });
@@ -149,6 +155,21 @@ export const GitBranchEvent = z.object({
 });
 export type GitBranchEvent = z.infer<typeof GitBranchEvent>;
 
+/** Files keen left out of a commit (or of a run's first commit with `includeUncommitted`), and why. */
+export const GitSkippedEvent = z.object({
+  ...envelope,
+  type: z.literal("git.skipped"),
+  branch: z.string(),
+  files: z.array(
+    z.object({
+      path: z.string(),
+      reason: z.enum(["credential", "too_large", "temp_file", "not_regular"]),
+      detail: z.string().optional(),
+    }),
+  ),
+});
+export type GitSkippedEvent = z.infer<typeof GitSkippedEvent>;
+
 export const GitMergeEvent = z.object({
   ...envelope,
   type: z.literal("git.merge"),
@@ -175,7 +196,7 @@ export type ValidationResultEvent = z.infer<typeof ValidationResultEvent>;
 export const LimitReachedEvent = z.object({
   ...envelope,
   type: z.literal("limit.reached"),
-  limit: z.enum(["maxDepth", "maxChildren", "maxAgents", "maxTurns", "tokenBudget"]),
+  limit: z.enum(["maxDepth", "maxChildren", "maxAgents", "maxTurns", "tokenBudget", "costBudget"]),
   value: z.number(),
   detail: z.string(),
 });
@@ -205,6 +226,7 @@ export const KeenEvent = z.discriminatedUnion("type", [
   ToolCompletedEvent,
   GitCommitEvent,
   GitBranchEvent,
+  GitSkippedEvent,
   GitMergeEvent,
   ValidationResultEvent,
   LimitReachedEvent,

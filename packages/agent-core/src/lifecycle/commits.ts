@@ -1,4 +1,4 @@
-import { isForkable, type Workspace } from "../workspace/workspace.js";
+import { commitOutcome, isForkable, type CommitResult, type Workspace } from "../workspace/workspace.js";
 import type { AgentState } from "./task-state.js";
 import type { AgentTree } from "./tree.js";
 
@@ -43,7 +43,7 @@ export async function commitWork(tree: AgentTree, agent: AgentState, workspace: 
     const statusText = statusOverride ?? agent.status;
     const status = statusText && statusText !== "success" ? `Status: ${statusText}` : undefined;
     const message = commitMessage(agent.title, agent.summary, status, `Agent: ${agent.id} (keen)`);
-    const sha = await workspace.commit(message, tree.authorOption());
+    const { sha } = await commitAndReport(tree, agent, workspace, message);
     if (sha) {
       agent.commit = sha;
       tree.emit({ type: "git.commit", agentId: agent.id, branch: agent.branch, sha, message: message.split("\n")[0]! });
@@ -55,4 +55,13 @@ export async function commitWork(tree: AgentTree, agent: AgentState, workspace: 
     agent.summary = `Could not commit the work: ${caught instanceof Error ? caught.message : String(caught)}`;
     agent.error = { code: "commit_failed", message: agent.summary };
   }
+}
+
+/** Commits in `agent`'s workspace and emits `git.skipped` for every file the commit left out. */
+export async function commitAndReport(tree: AgentTree, agent: AgentState, workspace: Workspace, message: string): Promise<CommitResult> {
+  const result = commitOutcome(await workspace.commit(message, tree.authorOption()));
+  if (result.skipped.length > 0) {
+    tree.emit({ type: "git.skipped", agentId: agent.id, branch: agent.branch, files: result.skipped.map((file) => ({ ...file })) });
+  }
+  return result;
 }

@@ -4,7 +4,7 @@ import { builtinTools } from "../tools/index.js";
 import { agentTag } from "./agent-tag.js";
 import { appendUserText, converse } from "./converse.js";
 import { completeMergeTool } from "./phase-tools.js";
-import { commitMessage } from "./commits.js";
+import { commitAndReport, commitMessage } from "./commits.js";
 import type { AgentState } from "./task-state.js";
 import type { AgentTree } from "./tree.js";
 
@@ -71,7 +71,7 @@ export async function mergeChild(tree: AgentTree, parent: AgentState, workspace:
   const merge = parent.merges[child.id]!;
   if (merge.status === "in_progress" && merge.preMergeSha) await workspace.resetTo(merge.preMergeSha);
   // The parent's own uncommitted edits (there should be none in SUMMON) must not mix into the merge.
-  await workspace.commit(commitMessage(`keen: ${parent.id} work before merging ${child.branch}`), tree.authorOption());
+  await commitAndReport(tree, parent, workspace, commitMessage(`keen: ${parent.id} work before merging ${child.branch}`));
   merge.preMergeSha = await workspace.head();
   merge.status = "in_progress";
   await tree.snapshot();
@@ -117,6 +117,6 @@ async function resolveMerge(tree: AgentTree, parent: AgentState, workspace: Fork
   const note = (closingCall!.input as { summary: string }).summary;
   const conflicted = await workspace.conflictedFiles();
   if (conflicted.length > 0) return workspace.commitMerge(commitMessage(`Merge ${child.branch}: ${child.title}`, note));
-  const sha = await workspace.commit(commitMessage(`Fix after merging ${child.branch}`, note), tree.authorOption());
+  const { sha } = await commitAndReport(tree, parent, workspace, commitMessage(`Fix after merging ${child.branch}`, note));
   return sha ?? (await workspace.head());
 }

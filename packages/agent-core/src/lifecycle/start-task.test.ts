@@ -1,4 +1,4 @@
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
 import { afterEach, describe, expect, it } from "vitest";
@@ -333,6 +333,69 @@ describe("startTask", () => {
     const second = await resumeTask(saved!, { workspace, model }).result;
     expect(second.status).toBe("success");
     expect(await base64(dir, "a2.txt")).toBe(Buffer.from("a2\n").toString("base64"));
+  });
+
+  describe("on a run branch", () => {
+    it("never writes the user's checkout: a dirty repository keeps every byte and its status; the result is on keen/<id>", async () => {
+      const base = await setup({
+        root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])], complete_task: [write("root.txt", "root\n"), done()] },
+        A: { complete_task: [write("a.txt", "a\n"), done()] },
+      });
+      await writeFile(join(base.dir, "README.md"), "# app\nwork in progress\n");
+      await writeFile(join(base.dir, ".env.local"), "ANTHROPIC_API_KEY=sk-ant-secret\n");
+      const statusBefore = await git(base.dir, "status", "--porcelain");
+      const headBefore = await git(base.dir, "rev-parse", "HEAD");
+      const { result, events } = await runTask(base, { branch: true, runId: "run_1a2b3c4d-0000-4000-8000-000000000000" });
+      expect(result.status).toBe("success");
+      expect(result.branch).toBe("keen/1a2b3c4d");
+      expect(await git(base.dir, "status", "--porcelain")).toBe(statusBefore);
+      expect(await git(base.dir, "rev-parse", "HEAD")).toBe(headBefore);
+      expect(await git(base.dir, "branch", "--show-current")).toBe("main");
+      expect(await readFile(join(base.dir, "README.md"), "utf8")).toBe("# app\nwork in progress\n");
+      expect(await readFile(join(base.dir, ".env.local"), "utf8")).toBe("ANTHROPIC_API_KEY=sk-ant-secret\n");
+      expect(await base.workspace.exists("a.txt")).toBe(false);
+      // The run branch holds the work, and none of the user's uncommitted files.
+      const files = (await git(base.dir, "ls-tree", "-r", "--name-only", "keen/1a2b3c4d")).split("\n");
+      expect(files).toEqual(["README.md", "a.txt", "root.txt"]);
+      expect(await git(base.dir, "show", "keen/1a2b3c4d:README.md")).toBe("# app");
+      expect(ofType(events, "agent.spawned").map((e) => [e.agentId, e.branch])).toEqual([
+        ["root", "keen/1a2b3c4d"],
+        ["A", "keen/1a2b3c4d-agents/summon-A"],
+      ]);
+      const completed = ofType(events, "run.completed")[0]!;
+      expect(completed).toMatchObject({ branch: "keen/1a2b3c4d", head: await git(base.dir, "rev-parse", "keen/1a2b3c4d") });
+      expect(completed.costUsd).toBeGreaterThan(0);
+      expect((await git(base.dir, "worktree", "list")).split("\n")).toHaveLength(1);
+    });
+
+    it("a second run starts fresh from the moved HEAD: every child sees the new commits", async () => {
+      const scenario = {
+        root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])] },
+        A: { complete_task: [write("a.txt", "a\n"), done()] },
+      };
+      const base = await setup(scenario);
+      const first = await runTask(base, { branch: true });
+      expect(first.result.status).toBe("success");
+      await writeFile(join(base.dir, "moved.txt"), "new on main\n");
+      await git(base.dir, "add", "moved.txt");
+      await git(base.dir, "commit", "-qm", "main moved");
+      const second = await runTask(base, { branch: true });
+      expect(second.result.status).toBe("success");
+      expect(second.result.branch).not.toBe(first.result.branch);
+      const child = ofType(second.events, "agent.spawned").find((e) => e.agentId === "A")!.branch;
+      expect(child).toBe(`${second.result.branch}-agents/summon-A`);
+      expect(await git(base.dir, "show", `${child}:moved.txt`)).toBe("new on main");
+      expect(await git(base.dir, "show", `${second.result.branch}:moved.txt`)).toBe("new on main");
+    });
+  });
+
+  it("stops at maxBudgetUsd, priced from keen's table", async () => {
+    const base = await setup({ root: { finish_explore: Array.from({ length: 30 }, () => reply.toolUse("list_files", {})) } });
+    const { result, events } = await runTask(base, { limits: { maxBudgetUsd: 0.01 } });
+    expect(result.status).toBe("failed");
+    expect(result.error?.code).toBe("cost_budget");
+    expect(ofType(events, "limit.reached").map((e) => e.limit)).toEqual(["costBudget"]);
+    expect(ofType(events, "run.completed")[0]!.costUsd).toBeLessThanOrEqual(0.01 * 1.5);
   });
 
   it("aborts mid-tree: every agent stops, work is committed, the run is aborted", async () => {

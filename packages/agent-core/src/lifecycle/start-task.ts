@@ -59,6 +59,16 @@ export interface TaskOptions {
   eventLog?: EventLog;
   /** Most events held in memory for fast reading. Default 1000. */
   eventWindow?: number;
+  /**
+   * Work on a run branch in its own worktree, never in the given checkout: `true` for
+   * `keen/<short run id>` (children on `keen/<id>-agents/summon-A`, …), or a branch name. The
+   * checkout is only read. Without it the root works in the given checkout (as before).
+   */
+  branch?: string | true;
+  /** Commit-ish the run branch starts from. Default: the checkout's HEAD. */
+  base?: string;
+  /** Copy the checkout's uncommitted and untracked (non-ignored) files into the run branch as its first commit. */
+  includeUncommitted?: boolean;
 }
 
 const DEFAULT_LIMITS: TaskLimits = { maxDepth: 2, maxChildren: 4, maxAgents: 10, maxTurnsPerPhase: 30 };
@@ -98,7 +108,7 @@ export function startTask(options: TaskOptions): TaskRun {
   return launchLifecycle(state, options);
 }
 
-export interface ResumeOptions extends Omit<TaskOptions, "vision" | "limits" | "maxConcurrency" | "onConflict" | "validation" | "runId"> {}
+export interface ResumeOptions extends Omit<TaskOptions, "vision" | "limits" | "maxConcurrency" | "onConflict" | "validation" | "runId" | "branch" | "base" | "includeUncommitted"> {}
 
 /**
  * Continues a run from a snapshot (of any readable version), in this or another process:

@@ -48,6 +48,8 @@ export const TaskLimits = z.object({
   maxTurnsPerPhase: z.number().int().positive(),
   /** Most tokens (input + output + cache write + cache read) for the whole run. */
   tokenBudget: z.number().int().positive().optional(),
+  /** Most US dollars the whole run may cost (keen's price table; needs a model it knows). */
+  maxBudgetUsd: z.number().positive().optional(),
 });
 export type TaskLimits = z.infer<typeof TaskLimits>;
 
@@ -71,6 +73,8 @@ const CurrentSnapshot = z.object({
   agents: z.array(AgentState),
   /** The commit the run started from (its base), when known. */
   base: z.string().optional(),
+  /** The root's run branch, when the run works on one (`branch` option): resume re-attaches to it. */
+  runBranch: z.string().optional(),
 });
 
 /**

@@ -10,6 +10,7 @@ import type { Workspace } from "../workspace/workspace.js";
 import { BudgetSpent, TokenBudget } from "./budget.js";
 import { contextTracker } from "./context-tracker.js";
 import { completeMergeTool, completeTaskTool, finishExploreTool, submitPlanTool } from "./phase-tools.js";
+import { modelPrice } from "./pricing.js";
 import { SnapshotQueue } from "./snapshots.js";
 import type { AgentState, TaskSnapshot } from "./task-state.js";
 
@@ -35,6 +36,15 @@ export interface EngineSettings {
   eventLog?: EventLog;
   /** Most events held in memory for fast reading. Default 1000. */
   eventWindow?: number;
+  /**
+   * Work on a run branch in its own worktree instead of in the given checkout: `true` for
+   * `keen/<short run id>`, or a name. The checkout is only read (its HEAD, or `base`).
+   */
+  branch?: string | true;
+  /** Commit-ish the run branch starts from. Default: the checkout's HEAD. */
+  base?: string;
+  /** Copy the checkout's uncommitted and untracked (non-ignored) files into the run branch as its first commit. */
+  includeUncommitted?: boolean;
 }
 
 /**
@@ -67,10 +77,17 @@ export class AgentTree {
     readonly system: string,
   ) {
     for (const agent of state.agents) this.agents.set(agent.id, agent);
-    this.budget = new TokenBudget(state.limits.tokenBudget, state.tokensSpent, (detail) => {
-      this.events.emit({ type: "limit.reached", agentId: "root", limit: "tokenBudget", value: state.limits.tokenBudget!, detail });
-      this.controller.abort(new BudgetSpent(state.limits.tokenBudget!));
-    });
+    const spentBefore = state.agents.reduce((sum, agent) => addUsage(sum, agent.usage), emptyUsage());
+    this.budget = new TokenBudget(
+      state.limits.tokenBudget,
+      state.tokensSpent,
+      (limit, detail) => {
+        const value = limit === "tokenBudget" ? state.limits.tokenBudget! : state.limits.maxBudgetUsd!;
+        this.events.emit({ type: "limit.reached", agentId: "root", limit, value, detail });
+        this.controller.abort(new BudgetSpent(limit === "tokenBudget" ? `${value} tokens` : `$${value}`));
+      },
+      { limit: state.limits.maxBudgetUsd, price: modelPrice(settings.model.id), spentBefore },
+    );
     this.model = this.budget.guard(settings.model);
     this.snapshots = new SnapshotQueue(settings.onSnapshot);
   }

@@ -44,6 +44,16 @@ export interface RunOptions {
   eventLog?: EventLog;
   /** Most events held in memory for fast reading. Default 1000. */
   eventWindow?: number;
+  /** Work on a run branch in its own worktree (see `TaskOptions.branch`): `true` for `keen/<short run id>`, or a name. */
+  branch?: string | true;
+  /** Commit-ish the run branch starts from. Default: the checkout's HEAD. */
+  base?: string;
+  /** Copy the checkout's uncommitted and untracked files into the run branch as its first commit. */
+  includeUncommitted?: boolean;
+  /** Most tokens (all kinds) the run may use; checked before each request. */
+  tokenBudget?: number;
+  /** Most US dollars the run may cost (keen's price table). */
+  maxBudgetUsd?: number;
 }
 
 export interface RunResult {
@@ -54,6 +64,8 @@ export interface RunResult {
   branch: string;
   /** The commit holding the agent's work, or null when nothing changed or committing was off. */
   commit: string | null;
+  /** What the run cost in US dollars (keen's price table), when the model's price is known. */
+  costUsd?: number;
   error?: { code: string; message: string };
 }
 
@@ -95,7 +107,14 @@ export function startRun(options: RunOptions): Run {
     runId: options.runId ?? `run_${randomUUID()}`,
     vision: options.vision,
     nextSeq: 0,
-    limits: { maxDepth: 0, maxChildren: 1, maxAgents: 1, maxTurnsPerPhase: maxTurns },
+    limits: {
+      maxDepth: 0,
+      maxChildren: 1,
+      maxAgents: 1,
+      maxTurnsPerPhase: maxTurns,
+      ...(options.tokenBudget !== undefined ? { tokenBudget: options.tokenBudget } : {}),
+      ...(options.maxBudgetUsd !== undefined ? { maxBudgetUsd: options.maxBudgetUsd } : {}),
+    },
     maxConcurrency: 1,
     onConflict: "rollback",
     tokensSpent: 0,
@@ -116,6 +135,9 @@ export function startRun(options: RunOptions): Run {
       ...(options.context !== undefined ? { context: options.context } : {}),
       ...(options.eventLog ? { eventLog: options.eventLog } : {}),
       ...(options.eventWindow !== undefined ? { eventWindow: options.eventWindow } : {}),
+      ...(options.branch !== undefined ? { branch: options.branch } : {}),
+      ...(options.base !== undefined ? { base: options.base } : {}),
+      ...(options.includeUncommitted ? { includeUncommitted: true } : {}),
     },
     ...(options.signal ? { signal: options.signal } : {}),
     system: runSystemPrompt(options.workspace.root, options.instructions),

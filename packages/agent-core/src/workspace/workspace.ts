@@ -68,8 +68,45 @@ export interface Workspace {
   currentBranch(): Promise<string>;
   /** Commit id of HEAD. */
   head(): Promise<string>;
-  /** Stages everything and commits; returns the new commit id, or null when there was nothing to commit. */
-  commit(message: string, options?: CommitOptions): Promise<string | null>;
+  /**
+   * Stages everything and commits; returns the new commit id (or null when there was nothing to
+   * commit) — as a `CommitResult` naming the files it left out, or as the bare id.
+   */
+  commit(message: string, options?: CommitOptions): Promise<CommitResult | string | null>;
+}
+
+/** Why `commit` (or `includeUncommitted`) left a file out. */
+export type SkippedReason = "credential" | "too_large" | "temp_file" | "not_regular";
+export interface SkippedFile {
+  path: string;
+  reason: SkippedReason;
+  detail?: string;
+}
+/** What `commit` did: the new commit (null when nothing was committed) and the files it left out. */
+export interface CommitResult {
+  sha: string | null;
+  skipped: SkippedFile[];
+}
+/** What `fork(..., { includeUncommitted: true })` copied into the new worktree, and what it left out. */
+export interface ForkResult {
+  included: string[];
+  skipped: SkippedFile[];
+}
+export interface ForkOptions {
+  /** Commit-ish to create the branch at. Default: this workspace's HEAD. */
+  from?: string;
+  /**
+   * Resume: attach to the existing branch (and its worktree when this process or a dead one owns
+   * it). Refuses a worktree leased by another live process (code `worktree_in_use`). Without it
+   * an existing branch → code `branch_exists`.
+   */
+  reattach?: boolean;
+  /**
+   * Copy the source checkout's tracked modifications and untracked non-ignored files into the
+   * new worktree as a first commit, without changing the source's working tree, index or stash.
+   * Credential-looking files are left out.
+   */
+  includeUncommitted?: boolean;
 }
 
 /** Outcome of merging a branch into a workspace's current branch. */
@@ -87,7 +124,9 @@ export interface ForkableWorkspace extends Workspace {
    * Creates `branch` at this workspace's HEAD (or reuses it when it already exists, for resume)
    * and a worktree for it; returns a workspace on that worktree.
    */
-  fork(branch: string): Promise<ForkableWorkspace>;
+  fork(branch: string, options?: ForkOptions): Promise<ForkableWorkspace>;
+  /** What the last `fork` with `includeUncommitted` copied and left out, when the workspace reports it. */
+  readonly lastForkReport?: ForkResult;
   /** Merges `branch` into the current branch with `--no-ff` and `message`. */
   merge(branch: string, message: string): Promise<MergeResult>;
   /** Stages everything and concludes a merge whose conflicts were resolved; returns the merge commit. */
@@ -105,4 +144,9 @@ export interface ForkableWorkspace extends Workspace {
 export function isForkable(workspace: Workspace): workspace is ForkableWorkspace {
   const candidate = workspace as Partial<ForkableWorkspace>;
   return typeof candidate.fork === "function" && typeof candidate.merge === "function" && typeof candidate.resetTo === "function";
+}
+
+/** A commit's outcome in one shape, whichever form the workspace returned. */
+export function commitOutcome(result: CommitResult | string | null): CommitResult {
+  return result !== null && typeof result === "object" ? result : { sha: result, skipped: [] };
 }

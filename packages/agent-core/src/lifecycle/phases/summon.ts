@@ -25,7 +25,8 @@ export const summonPhase: PhaseDefinition = {
         if (child.phase === "DONE" && tree.workspaces.has(child.id)) continue;
         const fresh = child.messages.length === 0;
         if (fresh) tree.emitSpawn(child);
-        const childWorkspace = await workspace.fork(child.branch);
+        // A new child's branch is created fresh from the parent's head; a resumed one is re-attached.
+        const childWorkspace = await workspace.fork(child.branch, fresh ? {} : { reattach: true });
         forked.push(childWorkspace);
         tree.workspaces.set(child.id, childWorkspace);
         if (fresh) tree.emit({ type: "git.branch", agentId: child.id, branch: child.branch, from: agent.branch, worktree: childWorkspace.root });
@@ -78,7 +79,7 @@ async function createChildren(tree: AgentTree, agent: AgentState): Promise<void>
       id: agent.parentId === null ? subtaskLabel(index) : `${agent.id}-${subtaskLabel(index)}`,
       parentId: agent.id,
       depth: agent.depth + 1,
-      branch: childBranch(agent.branch, index, agent.parentId === null),
+      branch: childBranch(agent.branch, index, agent.parentId === null, tree.state.runBranch !== undefined),
       title: subtask.title,
       instructions: subtask.instructions + (subtask.paths?.length ? `\n\nExpected to touch: ${subtask.paths.join(", ")}` : ""),
       phase: "EXPLORE",
