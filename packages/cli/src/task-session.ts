@@ -105,7 +105,7 @@ export async function runTaskSession(options: TaskSessionOptions): Promise<TaskS
     }
     if (mode !== "json") {
       const stat = options.base && result.commit ? await diffStat(options.repo, options.base, result.commit) : undefined;
-      io.stdout(closingSummary(tree, result, options.repo, snapshot.path, stat));
+      io.stdout(closingSummary(tree, result, options.repo, snapshot.path, stat, completed?.costUsd));
     }
     const done = { result, tree, interrupted, ...(completed ? { completed } : {}) };
     if (result.status === "success") return { exitCode: 0, ...done };
@@ -146,7 +146,7 @@ function dieBy(signal: NodeJS.Signals): never {
 }
 
 /** What happened and where to look: status, the agent's summary, the changes, branches with their merge results, the snapshot. */
-function closingSummary(tree: TreeState, result: TaskResult, repo: string, snapshotPath: string, stat?: string): string {
+function closingSummary(tree: TreeState, result: TaskResult, repo: string, snapshotPath: string, stat?: string, costUsd?: number): string {
   const agents = agentsInOrder(tree);
   const seconds = tree.durationMs !== undefined ? ` in ${(tree.durationMs / 1000).toFixed(1)} s` : "";
   const branches = result.agents
@@ -157,7 +157,7 @@ function closingSummary(tree: TreeState, result: TaskResult, repo: string, snaps
     });
   const lines = [
     "",
-    `${result.status}${seconds} · ${agents.length} agent${agents.length === 1 ? "" : "s"} · tokens ${formatTokens(result.usage)}`,
+    `${result.status}${seconds} · ${agents.length} agent${agents.length === 1 ? "" : "s"} · tokens ${formatTokens(result.usage)}${costUsd !== undefined ? ` · $${costUsd.toFixed(costUsd < 1 ? 4 : 2)}` : ""}`,
     ...(result.summary.trim() ? ["", result.summary.trim(), ""] : []),
     ...(stat ? [stat] : []),
     `branch ${result.branch}${result.commit ? ` at ${result.commit.slice(0, 10)}` : ""}${branches.length ? `; child branches: ${branches.join(", ")}` : ""}`,

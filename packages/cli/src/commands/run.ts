@@ -14,12 +14,13 @@ import {
   type TaskLimits,
   type TaskSnapshot,
 } from "@keen/agent-core";
+import { applyRunBranch } from "../apply.js";
 import { parseCommandArgs } from "../args.js";
 import { UsageError, type CommandIo } from "../cli-error.js";
 import { checkModelEndpoint } from "../model-check.js";
 import { findRun, recordPathOf, RunRecord, writeRecord } from "../run-records.js";
 import { defaultSnapshotPath, readSnapshotFile, repoOfSnapshotPath, SnapshotFile } from "../snapshot-file.js";
-import { oneLine, outputMode, quote, runTaskSession, type TaskSessionResult } from "../task-session.js";
+import { oneLine, outputMode, quote, runTaskSession, type OutputMode, type TaskSessionResult } from "../task-session.js";
 import { emptyTree, treeFromSnapshot } from "../tree/tree-state.js";
 
 export const RUN_HELP = `Usage: keen run "<vision>" [options]
@@ -28,8 +29,9 @@ export const RUN_HELP = `Usage: keen run "<vision>" [options]
        keen run --last [--repo DIR]         (resume the newest interrupted run)
 
 Runs the full lifecycle on a git repository: the root agent explores, plans, hands subtasks
-to child agents on their own branches (summon-A, summon-A-B, …), merges their work back with
-validation, and commits. On a terminal the agent tree is shown live.
+to child agents on their own branches, merges their work back with validation, and commits.
+Everything happens on a new run branch (keen/<short run id>) in its own worktree: your working
+tree, index, stash and current branch are never touched. On a terminal the tree is shown live.
 
 Options:
   --repo DIR             the git repository to work in (default: current directory)
@@ -44,6 +46,13 @@ Options:
   --on-conflict POLICY   resolve (the parent model fixes it) or rollback (default resolve)
   --sandbox              run commands under bubblewrap: no network, only the worktree writable (default)
   --no-sandbox           run commands without the sandbox
+  --branch NAME          the run branch to create (default keen/<short run id>); must not exist
+  --base REF             the commit the run branch starts from (default HEAD)
+  --include-uncommitted  copy your uncommitted and untracked (non-ignored) files into the run
+                         branch as its first commit (otherwise the run sees only commits)
+  --apply                when the run succeeds, merge its branch into your current branch, only
+                         if that checkout is clean (otherwise say why and how to take it)
+  --max-budget-usd N     stop every agent once the run has cost N US dollars (keen's price table)
   --max-retries N        retries of a failed model request (overload, rate limit, network) before
                          the run stops (default 10, within two minutes; 0 disables them)
   --snapshot FILE        where to keep the run's snapshot (default <repo>/.git/keen/runs/<run id>.json)
@@ -60,7 +69,7 @@ Environment: ANTHROPIC_API_KEY (required), ANTHROPIC_BASE_URL, KEEN_MODEL, KEEN_
 export const DEFAULT_MODEL = "claude-sonnet-5-5";
 
 /** Flags that shape a run; a resumed run keeps the values in its snapshot. */
-const RUN_SHAPE_FLAGS = ["max-depth", "max-children", "max-agents", "max-turns", "token-budget", "concurrency", "validate", "on-conflict"] as const;
+const RUN_SHAPE_FLAGS = ["max-depth", "max-children", "max-agents", "max-turns", "token-budget", "max-budget-usd", "concurrency", "validate", "on-conflict", "branch", "base", "include-uncommitted"] as const;
 
 const RUN_OPTIONS = {
   repo: { type: "string" },
@@ -76,6 +85,11 @@ const RUN_OPTIONS = {
   sandbox: { type: "boolean" },
   "no-sandbox": { type: "boolean" },
   "max-retries": { type: "string" },
+  "max-budget-usd": { type: "string" },
+  branch: { type: "string" },
+  base: { type: "string" },
+  "include-uncommitted": { type: "boolean" },
+  apply: { type: "boolean" },
   snapshot: { type: "string" },
   resume: { type: "string" },
   last: { type: "boolean" },
@@ -140,6 +154,7 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
       launch: () => resumeTask(saved, { workspace, model, eventLog, onSnapshot: (s) => snapshot.write(s) }),
     }).finally(() => eventLog.close());
     await finishRecord(recordPath, record, session);
+    await takeResult(io, mode, repo, record.base, session, Boolean(values.apply));
     return session.exitCode;
   }
 
@@ -157,7 +172,8 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
   const runId = `run_${randomUUID()}`;
   const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : await defaultSnapshotPath(workspace.root, runId));
   const mode = outputMode(io, Boolean(values.json));
-  const base = await headCommit(workspace.root);
+  const base = await resolveCommit(workspace.root, settings.base ?? "HEAD");
+  if (settings.base !== undefined && !base) throw new UsageError(`--base ${settings.base} is not a commit in ${workspace.root}`);
   const recordPath = recordPathOf(values.snapshot ? await defaultSnapshotPath(workspace.root, runId) : snapshot.path);
   const record: RunRecord = {
     runId,
@@ -182,6 +198,10 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
       ...(settings.concurrency !== undefined ? { maxConcurrency: settings.concurrency } : {}),
       ...(settings.onConflict ? { onConflict: settings.onConflict } : {}),
       ...(settings.validate ? { validation: { command: settings.validate } } : {}),
+      // The run works on its own branch and worktree; the user's checkout is only read.
+      branch: settings.branch ?? true,
+      ...(base ? { base } : {}),
+      ...(values["include-uncommitted"] ? { includeUncommitted: true } : {}),
       eventLog,
       onSnapshot: (s) => snapshot.write(s),
     });
@@ -190,7 +210,30 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
     eventLog.close(),
   );
   await finishRecord(recordPath, record, session);
+  await takeResult(io, mode, workspace.root, base, session, Boolean(values.apply));
   return session.exitCode;
+}
+
+/**
+ * After a run: how to review and take its branch, or with `--apply`, the merge into the user's
+ * current branch (only into a clean checkout; otherwise why not). Nothing after an interrupt.
+ */
+async function takeResult(io: CommandIo, mode: OutputMode, repo: string, base: string | undefined, session: TaskSessionResult, apply: boolean): Promise<void> {
+  const branch = session.completed?.branch;
+  if (session.interrupted || !branch || session.result.status === "interrupted") return;
+  const say = (text: string) => (mode === "json" ? io.stderr(`keen: ${text}\n`) : io.stdout(`${text}\n`));
+  const r = quote(repo);
+  const b = quote(branch);
+  if (base) say(`review: git -C ${r} diff ${base.slice(0, 12)}...${b}`);
+  if (session.result.status !== "success") {
+    if (apply) say(`not applied: the run ended ${session.result.status}; its work so far is on ${branch}`);
+    return;
+  }
+  if (!apply) {
+    say(`take it: git -C ${r} merge ${b}`);
+    return;
+  }
+  say((await applyRunBranch(repo, branch)).message);
 }
 
 /**
@@ -235,8 +278,9 @@ async function readVisionFromStdin(io: CommandIo): Promise<string> {
   return text;
 }
 
-async function headCommit(repo: string): Promise<string | undefined> {
-  const result = await execa("git", ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], { cwd: repo, reject: false });
+/** The commit `ref` names in `repo`, or undefined. `ref` is passed after `--end-of-options`, so it is never taken as an option. */
+async function resolveCommit(repo: string, ref: string): Promise<string | undefined> {
+  const result = await execa("git", ["rev-parse", "--verify", "--quiet", "--end-of-options", `${ref}^{commit}`], { cwd: repo, reject: false });
   return result.exitCode === 0 ? result.stdout.trim() : undefined;
 }
 
@@ -283,6 +327,8 @@ type Flags = ReturnType<typeof parseCommandArgs<typeof RUN_OPTIONS>>["values"];
 
 interface Settings {
   limits: Partial<TaskLimits>;
+  branch?: string;
+  base?: string;
   maxRetries?: number;
   concurrency?: number;
   onConflict?: "resolve" | "rollback";
@@ -301,6 +347,16 @@ function readSettings(values: Flags): Settings {
   if (maxTurns !== undefined) limits.maxTurnsPerPhase = maxTurns;
   const tokenBudget = integerFlag(values, "token-budget", 1);
   if (tokenBudget !== undefined) limits.tokenBudget = tokenBudget;
+  const budgetUsd = values["max-budget-usd"];
+  if (budgetUsd !== undefined) {
+    const value = /^\d+(\.\d+)?$/.test(budgetUsd.trim()) ? Number(budgetUsd) : Number.NaN;
+    if (!Number.isFinite(value) || value <= 0) throw new UsageError(`--max-budget-usd must be a positive number of dollars, got "${budgetUsd}"`);
+    limits.maxBudgetUsd = value;
+  }
+  const branch = values.branch;
+  if (branch !== undefined && !branch.trim()) throw new UsageError("--branch needs a branch name, got an empty string");
+  const base = values.base;
+  if (base !== undefined && !base.trim()) throw new UsageError("--base needs a commit, branch or tag, got an empty string");
   const concurrency = integerFlag(values, "concurrency", 1);
   const maxRetries = integerFlag(values, "max-retries", 0);
   const onConflict = values["on-conflict"];
@@ -311,6 +367,8 @@ function readSettings(values: Flags): Settings {
   if (validate !== undefined && !validate.trim()) throw new UsageError("--validate needs a command, got an empty string");
   return {
     limits,
+    ...(branch !== undefined ? { branch } : {}),
+    ...(base !== undefined ? { base } : {}),
     ...(maxRetries !== undefined ? { maxRetries } : {}),
     ...(concurrency !== undefined ? { concurrency } : {}),
     ...(onConflict ? { onConflict } : {}),
@@ -318,7 +376,9 @@ function readSettings(values: Flags): Settings {
   };
 }
 
-function integerFlag(values: Flags, name: (typeof RUN_SHAPE_FLAGS)[number] | "max-retries", min: 0 | 1): number | undefined {
+type IntegerFlag = "max-depth" | "max-children" | "max-agents" | "max-turns" | "token-budget" | "concurrency" | "max-retries";
+
+function integerFlag(values: Flags, name: IntegerFlag, min: 0 | 1): number | undefined {
   const raw = values[name];
   if (raw === undefined) return undefined;
   const value = /^\d+$/.test(raw.trim()) ? Number(raw) : Number.NaN;
