@@ -8,7 +8,7 @@ import { reply, startMessagesServer, type MessagesServer } from "@keen/agent-cor
 import type { Io } from "./cli-error.js";
 import { scriptedTreePolicy, type ScriptedTask } from "./demo/scripted-tree.js";
 import { main } from "./main.js";
-import { branches, git, gitRepo, keen, parseNdjson, snapshotFiles } from "./testing/keen-process.js";
+import { branches, git, gitRepo, identity, keen, parseNdjson, snapshotFiles } from "./testing/keen-process.js";
 
 const ofType = <T extends KeenEvent["type"]>(events: KeenEvent[], type: T) => events.filter((e): e is KeenEventOf<T> => e.type === type);
 const write = (path: string, content: string) => reply.toolUse("write_file", { path, content });
@@ -149,21 +149,26 @@ describe("keen run: the full lifecycle against the offline Messages API", { time
     const events = parseNdjson(result.stdout);
     expect(events.map((e) => e.seq)).toEqual(events.map((_, i) => i));
     expect(events[0]!.type).toBe("run.started");
+    // The run works on its own branch; children beside it.
+    const rb = (events[0] as KeenEventOf<"run.started">).branch;
+    expect(rb).toMatch(/^keen\/[0-9a-f]{8}$/);
+    const kid = (name: string) => `${rb}-agents/${name}`;
     expect(events.at(-1)).toMatchObject({ type: "run.completed", status: "success", summary: "Everything merged." });
     expect(ofType(events, "agent.spawned").map((e) => [e.agentId, e.parentId, e.branch, e.depth])).toEqual([
-      ["root", null, "main", 0],
-      ["A", "root", "summon-A", 1],
-      ["B", "root", "summon-B", 1],
-      ["A-A", "A", "summon-A-A", 2],
+      ["root", null, rb, 0],
+      ["A", "root", kid("summon-A"), 1],
+      ["B", "root", kid("summon-B"), 1],
+      ["A-A", "A", kid("summon-A-A"), 2],
     ]);
     expect(ofType(events, "git.merge").map((e) => [e.branch, e.into, e.result])).toEqual([
-      ["summon-A-A", "summon-A", "merged"],
-      ["summon-A", "main", "merged"],
-      ["summon-B", "main", "merged"],
+      [kid("summon-A-A"), kid("summon-A"), "merged"],
+      [kid("summon-A"), rb, "merged"],
+      [kid("summon-B"), rb, "merged"],
     ]);
 
-    expect(await branches(dir)).toEqual(["main", "summon-A", "summon-A-A", "summon-B"]);
-    expect(await git(dir, "ls-tree", "-r", "--name-only", "main")).toBe("README.md\ndocs/guide.md\ndocs/index.md\nsrc/feature.js");
+    expect(await branches(dir)).toEqual(["main", rb, kid("summon-A"), kid("summon-A-A"), kid("summon-B")].sort());
+    expect(await git(dir, "ls-tree", "-r", "--name-only", rb)).toBe("README.md\ndocs/guide.md\ndocs/index.md\nsrc/feature.js");
+    expect(await git(dir, "ls-tree", "-r", "--name-only", "main")).toBe("README.md");
     expect(await git(dir, "status", "--porcelain")).toBe("");
     expect((await git(dir, "worktree", "list")).split("\n")).toHaveLength(1);
 
@@ -171,7 +176,11 @@ describe("keen run: the full lifecycle against the offline Messages API", { time
     const [snapshotPath, ...others] = await snapshotFiles(dir);
     expect(others).toEqual([]);
     expect(snapshotPath).toContain(`${events[0]!.runId}.json`);
-    expect(result.stderr).toBe(`keen: run ${events[0]!.runId} · snapshot ${snapshotPath} (resume: keen run --resume ${snapshotPath}) · sandbox off`);
+    expect(result.stderr.split("\n")).toEqual([
+      `keen: run ${events[0]!.runId} · snapshot ${snapshotPath} (resume: keen run --resume ${snapshotPath}) · sandbox off`,
+      expect.stringMatching(new RegExp(`^keen: review: git -C ${dir} diff [0-9a-f]{12}\\.\\.\\.${rb}$`)),
+      `keen: take it: git -C ${dir} merge ${rb}`,
+    ]);
     const snapshot = TaskSnapshot.parse(JSON.parse(await readFile(snapshotPath!, "utf8")));
     expect(snapshot.agents.map((a) => [a.id, a.phase, a.status])).toEqual([
       ["root", "DONE", "success"],
@@ -209,18 +218,21 @@ describe("keen run: the full lifecycle against the offline Messages API", { time
     });
     expect(result.exitCode, result.stderr).toBe(0);
     const events = parseNdjson(result.stdout);
+    const rb = (events[0] as KeenEventOf<"run.started">).branch;
+    const kid = (name: string) => `${rb}-agents/${name}`;
     expect(ofType(events, "limit.reached").map((e) => e.limit)).toEqual(["maxChildren", "maxDepth"]);
     expect(ofType(events, "git.merge").map((e) => [e.branch, e.result, e.conflictedFiles])).toEqual([
-      ["summon-A", "merged", []],
-      ["summon-B", "rolled_back", ["shared.txt"]],
+      [kid("summon-A"), "merged", []],
+      [kid("summon-B"), "rolled_back", ["shared.txt"]],
     ]);
     expect(ofType(events, "validation.result").every((e) => e.command === "test -f shared.txt" && e.passed)).toBe(true);
     expect(ofType(events, "validation.result").length).toBeGreaterThanOrEqual(3);
     // One child at a time: every request of A comes before the first of B.
     expect(order.lastIndexOf("A")).toBeLessThan(order.indexOf("B"));
-    expect(await branches(dir)).toEqual(["main", "summon-A", "summon-B"]);
-    expect(await git(dir, "show", "main:shared.txt")).toBe("one");
-    expect(await git(dir, "show", "summon-B:shared.txt")).toBe("two");
+    expect(await branches(dir)).toEqual(["main", rb, kid("summon-A"), kid("summon-B")].sort());
+    expect(await git(dir, "show", `${rb}:shared.txt`)).toBe("one");
+    expect(await git(dir, "show", `${kid("summon-B")}:shared.txt`)).toBe("two");
+    expect(await git(dir, "show", "main:shared.txt")).toBe("base");
     const snapshot = TaskSnapshot.parse(JSON.parse(await readFile(snapshotPath, "utf8")));
     expect(snapshot.limits).toMatchObject({ maxDepth: 1, maxChildren: 2 });
     expect(snapshot).toMatchObject({ maxConcurrency: 1, onConflict: "rollback", validation: { command: "test -f shared.txt" } });
@@ -247,9 +259,9 @@ describe("keen run: the full lifecycle against the offline Messages API", { time
     // Plain progress lines without a terminal.
     expect(result.stdout).toContain("limit maxAgents reached");
     expect(result.stdout).toContain("limit tokenBudget reached");
-    expect(result.stdout).toContain("[A] spawned by root on summon-A (depth 1): Busy");
+    expect(result.stdout).toMatch(/^\[A\] spawned by root on keen\/[0-9a-f]{8}-agents\/summon-A \(depth 1\): Busy$/m);
     expect(result.stdout).not.toContain("\x1b[");
-    expect(await branches(dir)).toEqual(["main", "summon-A"]);
+    expect((await branches(dir)).map((b) => b.replace(/^keen\/[0-9a-f]{8}/, "keen/ID"))).toEqual(["keen/ID", "keen/ID-agents/summon-A", "main"]);
   });
 
   it("fails cleanly with a one-line reason when the model refuses the key", async () => {
@@ -316,6 +328,63 @@ describe("keen run: the vision from stdin, the endpoint check, the closing scree
     expect(closing).toMatch(/^ {2}docs\/guide\.md \| 2 \+\+$/m);
     expect(closing).toMatch(/^ {2}src\/app\.js +\| 1 \+$/m);
     expect(closing).toMatch(/^ {2}2 files changed, 3 insertions\(\+\)$/m);
+  });
+});
+
+describe("keen run: the run branch and taking its result", { timeout: 120_000 }, () => {
+  const hello: ScriptedTask = { title: "Hello", instructions: "Hello", work: [write("hello.txt", "hello\n")], summary: "Wrote hello.txt." };
+
+  it("leaves a dirty checkout byte-identical, works on keen/<id>, and says how to take the result; --apply refuses the dirty checkout", async () => {
+    server = await startMessagesServer({ policy: scriptedTreePolicy(hello) });
+    const dir = await gitRepo();
+    await writeFile(join(dir, "README.md"), "# my work in progress\n");
+    await writeFile(join(dir, ".env.local"), "ANTHROPIC_API_KEY=sk-secret\n");
+    const head = await git(dir, "rev-parse", "HEAD");
+    const status = await git(dir, "status", "--porcelain");
+    const env = { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url, KEEN_FORCE_TTY: "0" };
+    const result = await keen(["run", "Write hello.txt", "--repo", dir, "--no-sandbox", "--max-depth", "0", "--apply"], env);
+    expect(result.exitCode, result.stderr).toBe(0);
+    const runBranch = /take it with: git -C \S+ merge (keen\/\S+)/.exec(result.stdout)?.[1];
+    expect(runBranch, result.stdout).toMatch(/^keen\/[0-9a-f]{8}/);
+    expect(result.stdout).toContain(`review: git -C ${dir} diff ${head.slice(0, 12)}...${runBranch}`);
+    expect(result.stdout).toContain(`not applied: ${dir} has uncommitted or untracked files (README.md, .env.local); commit or stash them, then take it with: git -C ${dir} merge ${runBranch}`);
+    // The user's checkout: same branch, same commit, same status, same bytes.
+    expect(await git(dir, "branch", "--show-current")).toBe("main");
+    expect(await git(dir, "rev-parse", "HEAD")).toBe(head);
+    expect(await git(dir, "status", "--porcelain")).toBe(status);
+    expect(await readFile(join(dir, "README.md"), "utf8")).toBe("# my work in progress\n");
+    expect(await readFile(join(dir, ".env.local"), "utf8")).toBe("ANTHROPIC_API_KEY=sk-secret\n");
+    // The result is on the run branch, without the user's uncommitted files.
+    expect(await git(dir, "ls-tree", "-r", "--name-only", runBranch!)).toBe("README.md\nhello.txt");
+    expect(await git(dir, "show", `${runBranch}:README.md`)).toBe("# sample");
+    // keen runs shows it with its branch.
+    const listed = JSON.parse((await inProcess(["runs", "--repo", dir, "--json"])).stdout);
+    expect(listed).toMatchObject({ status: "success", branch: runBranch });
+  });
+
+  it("--apply merges the run branch into a clean checkout; --branch and --base choose the branch", async () => {
+    server = await startMessagesServer({ policy: scriptedTreePolicy(hello) });
+    const dir = await gitRepo();
+    const first = await git(dir, "rev-parse", "HEAD");
+    await writeFile(join(dir, "later.txt"), "later\n");
+    await execa("git", ["add", "later.txt"], { cwd: dir });
+    await execa("git", ["commit", "-qm", "later"], { cwd: dir, env: identity });
+    const env = { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url, KEEN_FORCE_TTY: "0" };
+
+    const chosen = await keen(["run", "Write hello.txt", "--repo", dir, "--no-sandbox", "--max-depth", "0", "--branch", "feature/hello", "--base", first], env);
+    expect(chosen.exitCode, chosen.stderr).toBe(0);
+    expect(await git(dir, "ls-tree", "-r", "--name-only", "feature/hello")).toBe("README.md\nhello.txt");
+    expect(chosen.stdout).toContain(`take it: git -C ${dir} merge feature/hello`);
+    // An existing branch is never reused.
+    const again = await keen(["run", "Write hello.txt", "--repo", dir, "--no-sandbox", "--max-depth", "0", "--branch", "feature/hello"], env);
+    expect(again.exitCode).not.toBe(0);
+    expect(await git(dir, "ls-tree", "-r", "--name-only", "feature/hello")).toBe("README.md\nhello.txt");
+
+    const applied = await keen(["run", "Write hello.txt", "--repo", dir, "--no-sandbox", "--max-depth", "0", "--apply"], env);
+    expect(applied.exitCode, applied.stderr).toBe(0);
+    expect(applied.stdout).toMatch(/^applied: merged keen\/\S+ into main \((fast-forward|merge commit), now at [0-9a-f]{10}\)$/m);
+    expect(await readFile(join(dir, "hello.txt"), "utf8")).toBe("hello\n");
+    expect(await git(dir, "status", "--porcelain")).toBe("");
   });
 });
 

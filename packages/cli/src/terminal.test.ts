@@ -53,7 +53,8 @@ describe("keen run on a real terminal", { timeout: 120_000 }, () => {
         work: [reply.toolUse("write_file", { path: "wide-漢字.txt", content: "x\n" }, { text: `Writing 漢字 ${HOSTILE}` })],
       },
       {
-        title: `Evil ${HOSTILE.replace("\x00", "")} title`,
+        // Titles with control characters are refused by the lifecycle itself; the rest is not.
+        title: "Evil title",
         instructions: "Write the evil file.",
         work: [reply.toolUse("write_file", { path: "evil\x1b[2J\u202e.txt", content: "x\n" }, { text: `model says ${HOSTILE}` })],
         // No NUL here: the summary goes into a commit message.
@@ -87,7 +88,7 @@ describe("keen run on a real terminal", { timeout: 120_000 }, () => {
     expect(live.exitCode, live.stdout).toBe(0);
     expect(live.stdout).toContain("\x1b[?25l");
     expectNoForeignControls(live.stdout);
-    expect(live.stdout).toContain("Evil \\x1b]0;pwned\\x07\\x1b[2J");
+    expect(live.stdout).toContain("Hostile \\x1b]0;vision\\x07");
     expect(live.stdout).toContain("All merged \\x1b]0;pwned");
   });
 

@@ -423,6 +423,8 @@ async function checkResumable(snapshot: TaskSnapshot, workspace: LocalWorkspace,
   if (root.phase === "DONE") {
     throw new UsageError(`${snapshot.runId} already finished (${root.status ?? "unknown status"}); nothing to resume`);
   }
+  // A run on its own run branch re-attaches its worktree; the user's checkout may be on any branch.
+  if (snapshot.runBranch) return;
   const branch = await workspace.currentBranch();
   if (branch !== root.branch) {
     throw new UsageError(`${repo} is on branch ${branch} but ${snapshot.runId} works on ${root.branch}; check it out (or pass --repo) first`);
