@@ -362,7 +362,7 @@ describe("keen run: the run branch and taking its result", { timeout: 120_000 },
     expect(listed).toMatchObject({ status: "success", branch: runBranch });
   });
 
-  it("--apply merges the run branch into a clean checkout; --branch and --base choose the branch", async () => {
+  it("--apply merges the run branch into a clean checkout; --branch names the branch and is never reused", async () => {
     server = await startMessagesServer({ policy: scriptedTreePolicy(hello) });
     const dir = await gitRepo();
     const first = await git(dir, "rev-parse", "HEAD");
@@ -371,14 +371,20 @@ describe("keen run: the run branch and taking its result", { timeout: 120_000 },
     await execa("git", ["commit", "-qm", "later"], { cwd: dir, env: identity });
     const env = { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url, KEEN_FORCE_TTY: "0" };
 
-    const chosen = await keen(["run", "Write hello.txt", "--repo", dir, "--no-sandbox", "--max-depth", "0", "--branch", "feature/hello", "--base", first], env);
+    const chosen = await keen(["run", "Write hello.txt", "--repo", dir, "--no-sandbox", "--max-depth", "0", "--branch", "feature/hello"], env);
     expect(chosen.exitCode, chosen.stderr).toBe(0);
-    expect(await git(dir, "ls-tree", "-r", "--name-only", "feature/hello")).toBe("README.md\nhello.txt");
+    expect(await git(dir, "ls-tree", "-r", "--name-only", "feature/hello")).toBe("README.md\nhello.txt\nlater.txt");
+    // --base must name a commit; the check runs before anything is written.
+    const badBase = await keen(["run", "Write hello.txt", "--repo", dir, "--no-sandbox", "--base", "no-such-ref"], env);
+    expect(badBase.exitCode).toBe(2);
+    expect(badBase.stderr.trim()).toBe(`keen: --base no-such-ref is not a commit in ${dir}`);
+    expect(first).toMatch(/^[0-9a-f]{40}$/);
     expect(chosen.stdout).toContain(`take it: git -C ${dir} merge feature/hello`);
     // An existing branch is never reused.
     const again = await keen(["run", "Write hello.txt", "--repo", dir, "--no-sandbox", "--max-depth", "0", "--branch", "feature/hello"], env);
-    expect(again.exitCode).not.toBe(0);
-    expect(await git(dir, "ls-tree", "-r", "--name-only", "feature/hello")).toBe("README.md\nhello.txt");
+    expect(again.exitCode).toBe(2);
+    expect(again.stderr.trim()).toBe(`keen: branch feature/hello already exists in ${dir}; a run never reuses a branch: pick another --branch, or delete that one`);
+    expect(await git(dir, "ls-tree", "-r", "--name-only", "feature/hello")).toBe("README.md\nhello.txt\nlater.txt");
 
     const applied = await keen(["run", "Write hello.txt", "--repo", dir, "--no-sandbox", "--max-depth", "0", "--apply"], env);
     expect(applied.exitCode, applied.stderr).toBe(0);

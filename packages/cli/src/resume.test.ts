@@ -139,6 +139,7 @@ describe("keen run --resume", { timeout: 120_000 }, () => {
     expect(result.exitCode, result.stderr).toBe(0);
     expect(await git(dir, "branch", "--show-current")).toBe("elsewhere");
     await git(dir, "checkout", "-q", "main");
+    await git(dir, "branch", "-q", "-D", "elsewhere");
     await expectFinished(dir);
   });
 

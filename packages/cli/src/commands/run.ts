@@ -172,6 +172,7 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
   const runId = `run_${randomUUID()}`;
   const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : await defaultSnapshotPath(workspace.root, runId));
   const mode = outputMode(io, Boolean(values.json));
+  if (settings.branch !== undefined) await checkNewBranch(workspace.root, settings.branch);
   const base = await resolveCommit(workspace.root, settings.base ?? "HEAD");
   if (settings.base !== undefined && !base) throw new UsageError(`--base ${settings.base} is not a commit in ${workspace.root}`);
   const recordPath = recordPathOf(values.snapshot ? await defaultSnapshotPath(workspace.root, runId) : snapshot.path);
@@ -276,6 +277,14 @@ async function readVisionFromStdin(io: CommandIo): Promise<string> {
   const text = await io.readStdin();
   if (text.length > MAX_STDIN_VISION) throw new UsageError(`the vision read from standard input is longer than ${MAX_STDIN_VISION} characters`);
   return text;
+}
+
+/** `--branch NAME` must be a valid branch name that does not exist yet: a run never reuses a branch. */
+async function checkNewBranch(repo: string, name: string): Promise<void> {
+  const valid = await execa("git", ["check-ref-format", "--branch", name], { cwd: repo, reject: false });
+  if (valid.exitCode !== 0 || name.startsWith("-")) throw new UsageError(`--branch "${name}" is not a valid branch name`);
+  const exists = await execa("git", ["rev-parse", "--verify", "--quiet", `refs/heads/${name}`], { cwd: repo, reject: false });
+  if (exists.exitCode === 0) throw new UsageError(`branch ${name} already exists in ${repo}; a run never reuses a branch: pick another --branch, or delete that one`);
 }
 
 /** The commit `ref` names in `repo`, or undefined. `ref` is passed after `--end-of-options`, so it is never taken as an option. */
