@@ -1,37 +1,52 @@
 import { createRequire } from "node:module";
-import { UsageError, processIo, type Io } from "./cli-error.js";
-import { demoCommand } from "./commands/demo.js";
-import { runCommand } from "./commands/run.js";
-import { serveCommand, migrateCommand, workerCommand } from "./commands/server.js";
+import { closestOption } from "./args.js";
+import { humanIo, UsageError, processIo, type Io } from "./cli-error.js";
+import { DEMO_HELP, demoCommand } from "./commands/demo.js";
+import { RUN_HELP, runCommand } from "./commands/run.js";
+import { RUNS_HELP, runsCommand } from "./commands/runs.js";
+import { migrateCommand, serveCommand, workerCommand } from "./commands/server.js";
+import { MODEL_UNAVAILABLE_EXIT_CODE, ModelUnavailableError } from "./model-check.js";
 
 const HELP = `keen: autonomous coding agents on your git repositories
 
 Usage: keen <command> [options]
 
 Commands:
-  run "<vision>"    run a tree of agents on a repository (needs ANTHROPIC_API_KEY)
-  run --resume FILE continue an interrupted run from its snapshot
-  demo              watch a scripted agent tree work offline on a sample repository
-  serve             start the keen server (REST API, event streams, run workers)
-  migrate           bring the server's database up to date
-  worker            execute server runs alone, against DATABASE_URL
-  help              show this help
+  run "<vision>"       run a tree of agents on a repository (needs ANTHROPIC_API_KEY)
+  run -                the same, reading the vision from standard input
+  run --resume FILE|ID continue an interrupted run (--last: the newest one)
+  runs                 list the runs saved in a repository (--prune removes finished ones)
+  demo                 watch a scripted agent tree work offline on a sample repository
+  serve                start the keen server (REST API, event streams, run workers)
+  migrate              bring the server's database up to date
+  worker               execute server runs alone, against DATABASE_URL
+  help [COMMAND]       show this help, or a command's
 
 Examples:
   keen run "Add input validation to the signup form" --repo ~/code/app --validate "npm test"
-  keen run --resume ~/code/app/.git/keen/runs/run_….json
+  keen run --last --repo ~/code/app
   keen demo
 
-Run "keen <command> --help" for a command's options.`;
+Run "keen help <command>" for a command's options.`;
+
+const COMMAND_HELP: Record<string, string> = { run: RUN_HELP, runs: RUNS_HELP, demo: DEMO_HELP };
+/** The server's commands print their own help, built from the server's settings. */
+const SERVER_COMMANDS: Record<string, (argv: string[], io: Io) => Promise<number>> = {
+  serve: serveCommand,
+  migrate: migrateCommand,
+  worker: workerCommand,
+};
 
 /**
  * Runs the keen command line and resolves to its exit code: 0 on success, 1 when a run
- * fails, 2 for a usage error (printed as one line), 130 when interrupted.
+ * fails, 2 for a usage error (printed as one line), 3 when the model endpoint refuses the key
+ * or cannot be reached, 130 when interrupted.
  *
  * @example
  * process.exitCode = await main(["demo", "--json"]);
  */
-export async function main(argv: string[], io: Io = processIo): Promise<number> {
+export async function main(argv: string[], output: Io = processIo): Promise<number> {
+  const io = humanIo(output);
   const [command, ...rest] = argv;
   try {
     switch (command) {
@@ -39,14 +54,25 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await runCommand(rest, io);
       case "demo":
         return await demoCommand(rest, io);
+      case "runs":
+        return await runsCommand(rest, io);
       case "serve":
-        return await serveCommand(rest, io);
       case "migrate":
-        return await migrateCommand(rest, io);
       case "worker":
-        return await workerCommand(rest, io);
+        return await SERVER_COMMANDS[command]!(rest, io);
+      case "help": {
+        const topic = rest[0];
+        if (topic === undefined) {
+          io.stdout(`${HELP}\n`);
+          return 0;
+        }
+        if (Object.hasOwn(SERVER_COMMANDS, topic)) return await SERVER_COMMANDS[topic]!(["--help"], io);
+        const help = Object.hasOwn(COMMAND_HELP, topic) ? COMMAND_HELP[topic] : undefined;
+        if (!help) throw new UsageError(`no help for "${topic}": the commands are ${[...Object.keys(COMMAND_HELP), ...Object.keys(SERVER_COMMANDS)].join(", ")}`);
+        io.stdout(`${help}\n`);
+        return 0;
+      }
       case undefined:
-      case "help":
       case "--help":
       case "-h":
         io.stdout(`${HELP}\n`);
@@ -55,13 +81,20 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       case "-v":
         io.stdout(`${version()}\n`);
         return 0;
-      default:
-        throw new UsageError(`unknown command "${command}" (see keen help)`);
+      default: {
+        const commands = [...Object.keys(COMMAND_HELP), ...Object.keys(SERVER_COMMANDS)];
+        const near = closestOption(command, Object.fromEntries(commands.map((name) => [name, { type: "boolean" as const }])));
+        throw new UsageError(`unknown command "${command}"${near ? ` (did you mean ${near.slice(2)}?)` : ""} (see keen help)`);
+      }
     }
   } catch (error) {
     if (error instanceof UsageError) {
       io.stderr(`keen: ${error.message}\n`);
       return 2;
+    }
+    if (error instanceof ModelUnavailableError) {
+      io.stderr(`keen: ${error.message}\n`);
+      return MODEL_UNAVAILABLE_EXIT_CODE;
     }
     io.stderr(`keen: ${error instanceof Error ? error.message : String(error)}\n`);
     return 1;

@@ -1,10 +1,11 @@
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
+import { dirname } from "node:path";
 import type { ResultPromise } from "execa";
 import { afterEach, describe, expect, it } from "vitest";
 import { TaskSnapshot } from "@keen/agent-core";
 import { reply, startMessagesServer, type MessagesServer } from "@keen/agent-core/testing";
 import { scriptedTreePolicy, type ScriptedTask } from "./demo/scripted-tree.js";
-import { branches, git, gitRepo, keen, parseNdjson, snapshotFiles } from "./testing/keen-process.js";
+import { branches, git, gitRepo, keen, keenInProcess, parseNdjson, snapshotFiles } from "./testing/keen-process.js";
 
 const write = (path: string, content: string) => reply.toolUse("write_file", { path, content });
 
@@ -53,10 +54,21 @@ async function interruptedRun(signal: "SIGKILL" | "SIGINT") {
   return { dir, env, calls, first };
 }
 
+/** The run's branch, as its snapshot names it. */
+async function runBranchOf(dir: string): Promise<string> {
+  const [snapshotPath] = await snapshotFiles(dir);
+  const rb = TaskSnapshot.parse(JSON.parse(await readFile(snapshotPath!, "utf8"))).runBranch;
+  expect(rb).toMatch(/^keen\/[0-9a-f]{8}$/);
+  return rb!;
+}
+
 async function expectFinished(dir: string) {
-  expect(await branches(dir)).toEqual(["main", "summon-A", "summon-B"]);
-  expect(await git(dir, "ls-tree", "-r", "--name-only", "main")).toBe("README.md\nSUMMARY.md\nalpha.txt\nalpha2.txt\nbeta.txt\nbeta2.txt");
-  expect(await git(dir, "show", "main:beta2.txt")).toBe("b2");
+  const rb = await runBranchOf(dir);
+  expect(await branches(dir)).toEqual(["main", rb, `${rb}-agents/summon-A`, `${rb}-agents/summon-B`].sort());
+  expect(await git(dir, "ls-tree", "-r", "--name-only", rb)).toBe("README.md\nSUMMARY.md\nalpha.txt\nalpha2.txt\nbeta.txt\nbeta2.txt");
+  expect(await git(dir, "show", `${rb}:beta2.txt`)).toBe("b2");
+  // The user's checkout never moved.
+  expect(await git(dir, "ls-tree", "-r", "--name-only", "main")).toBe("README.md");
   expect(await git(dir, "status", "--porcelain")).toBe("");
   expect((await git(dir, "worktree", "list")).split("\n")).toHaveLength(1);
 }
@@ -77,14 +89,15 @@ describe("keen run --resume", { timeout: 120_000 }, () => {
     const resumed = await keen(["run", "--resume", snapshotPath!, "--json", "--no-sandbox"], env);
     expect(resumed.exitCode, resumed.stderr).toBe(0);
     const events = parseNdjson(resumed.stdout);
-    // Numbering continues after the killed process's last saved event.
-    expect(events[0]!.seq).toBe(saved.nextSeq);
-    expect(events.map((e) => e.seq)).toEqual(events.map((_, i) => saved.nextSeq + i));
+    // Numbering continues strictly after the killed process's last emitted event (kept in the event log).
+    const lastKilled = killedEvents.at(-1)!.seq;
+    expect(events[0]!.seq).toBeGreaterThan(lastKilled);
+    expect(events.map((e) => e.seq)).toEqual(events.map((_, i) => events[0]!.seq + i));
     expect(events.at(-1)).toMatchObject({ type: "run.completed", status: "success", summary: "Both merged." });
     expect(events.filter((e) => e.type === "agent.spawned")).toEqual([]);
     expect(events.filter((e) => e.type === "git.merge").map((e) => e.type === "git.merge" && [e.branch, e.result])).toEqual([
-      ["summon-A", "merged"],
-      ["summon-B", "merged"],
+      [`${saved.runBranch}-agents/summon-A`, "merged"],
+      [`${saved.runBranch}-agents/summon-B`, "merged"],
     ]);
     // Alpha had finished and never asks again; beta repeats only its interrupted turn.
     const after = calls.filter((c) => c.startsWith("after:"));
@@ -114,16 +127,58 @@ describe("keen run --resume", { timeout: 120_000 }, () => {
     const resumed = await keen(["run", "--resume", snapshotPath!, "--no-sandbox", "--repo", dir], { ...env, KEEN_FORCE_TTY: "0" });
     expect(resumed.exitCode, resumed.stderr).toBe(0);
     expect(resumed.stdout).toContain(`resuming ${saved.runId} from ${snapshotPath}`);
-    expect(resumed.stdout).toContain("merge summon-B into main: merged");
+    expect(resumed.stdout).toContain(`merge ${saved.runBranch}-agents/summon-B into ${saved.runBranch}: merged`);
     await expectFinished(dir);
   });
 
-  it("refuses to resume on another branch than the run's", async () => {
+  it("resumes on its run branch whatever branch the user's checkout is on now, and leaves the checkout there", async () => {
     const { dir, env } = await interruptedRun("SIGKILL");
     const [snapshotPath] = await snapshotFiles(dir);
     await git(dir, "checkout", "-q", "-b", "elsewhere");
-    const result = await keen(["run", "--resume", snapshotPath!, "--no-sandbox"], env);
-    expect(result.exitCode).toBe(2);
-    expect(result.stderr.trim()).toMatch(/^keen: \S+ is on branch elsewhere but run_\S+ works on main; check it out \(or pass --repo\) first$/);
+    const result = await keen(["run", "--resume", snapshotPath!, "--no-sandbox", "--json"], env);
+    expect(result.exitCode, result.stderr).toBe(0);
+    expect(await git(dir, "branch", "--show-current")).toBe("elsewhere");
+    await git(dir, "checkout", "-q", "main");
+    await git(dir, "branch", "-q", "-D", "elsewhere");
+    await expectFinished(dir);
+  });
+
+  it("lists runs with keen runs, resumes the newest interrupted one with --last and by id, and prunes finished ones", async () => {
+    const { dir, env } = await interruptedRun("SIGKILL");
+    const [snapshotPath] = await snapshotFiles(dir);
+    const runId = TaskSnapshot.parse(JSON.parse(await readFile(snapshotPath!, "utf8"))).runId;
+
+    const listed = await keenInProcess(["runs", "--repo", dir, "--json"]);
+    expect(listed.exitCode, listed.stderr).toBe(0);
+    const [run, ...rest] = listed.stdout.trim().split("\n").map((line) => JSON.parse(line));
+    expect(rest).toEqual([]);
+    expect(run).toMatchObject({ runId, vision: "Alpha and beta", status: "interrupted", branch: await runBranchOf(dir), snapshot: snapshotPath });
+    expect(run.tokens).toBeGreaterThan(0);
+    expect(Date.now() - Date.parse(run.startedAt)).toBeLessThan(10 * 60_000);
+    const table = await keenInProcess(["runs", "--repo", dir]);
+    expect(table.stdout).toMatch(/^ID +STATUS +BRANCH +TOKENS +COST +STARTED \(UTC\) +VISION$/m);
+    expect(table.stdout).toMatch(new RegExp(`^${runId} +interrupted +keen/[0-9a-f]{8} +\\S+ +- +\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d +Alpha and beta$`, "m"));
+
+    // Nothing finished yet: prune keeps the interrupted run.
+    expect((await keenInProcess(["runs", "--repo", dir, "--prune"])).stdout.trim()).toBe("no finished runs to remove");
+    expect(await snapshotFiles(dir)).toEqual([snapshotPath]);
+
+    // An unknown id is refused with a pointer to keen runs; --last finds the interrupted run.
+    expect((await keenInProcess(["run", "--resume", "run_nope", "--repo", dir, "--no-sandbox"], env)).stderr.trim()).toMatch(/^keen: no run "run_nope" in .*\(see keen runs\)$/);
+    const resumed = await keen(["run", "--last", "--repo", dir, "--no-sandbox"], { ...env, KEEN_FORCE_TTY: "0" });
+    expect(resumed.exitCode, resumed.stderr).toBe(0);
+    expect(resumed.stdout).toContain(`resuming ${runId} from ${snapshotPath}`);
+    await expectFinished(dir);
+
+    const after = JSON.parse((await keenInProcess(["runs", "--repo", dir, "--json"])).stdout);
+    expect(after).toMatchObject({ runId, status: "success", startedAt: run.startedAt });
+    // A finished run is not resumed again, by id prefix either, and --last finds nothing.
+    expect((await keenInProcess(["run", "--resume", runId.slice(0, 12), "--repo", dir, "--no-sandbox"], env)).stderr).toMatch(/already finished \(success\); nothing to resume/);
+    expect((await keenInProcess(["run", "--last", "--repo", dir, "--no-sandbox"], env)).stderr).toMatch(/^keen: no interrupted run to resume in /);
+
+    const pruned = await keenInProcess(["runs", "--repo", dir, "--prune"]);
+    expect(pruned.stdout.trim()).toBe(`removed 1 finished run: ${runId}`);
+    expect(await readdir(dirname(snapshotPath!))).toEqual([]);
+    expect((await keenInProcess(["runs", "--repo", dir])).stdout).toMatch(/^no runs in /);
   });
 });

@@ -1,5 +1,7 @@
-import type { KeenEvent, TaskResult, TaskRun } from "@keen/agent-core";
-import type { Io } from "./cli-error.js";
+import { execa } from "execa";
+import type { KeenEvent, KeenEventOf, TaskResult, TaskRun } from "@keen/agent-core";
+import type { CommandIo, Io } from "./cli-error.js";
+import { MODEL_UNAVAILABLE_EXIT_CODE } from "./model-check.js";
 import { describeEvent } from "./render.js";
 import type { SnapshotFile } from "./snapshot-file.js";
 import { LiveTreeView } from "./tree/live-view.js";
@@ -23,7 +25,7 @@ export function outputMode(io: Io, json: boolean): OutputMode {
 }
 
 export interface TaskSessionOptions {
-  io: Io;
+  io: CommandIo;
   mode: OutputMode;
   snapshot: SnapshotFile;
   /** The tree before the first event: empty for a new run, from the snapshot for a resumed one. */
@@ -34,6 +36,8 @@ export interface TaskSessionOptions {
   repo: string;
   /** What to say after an interrupt; by default how to resume with `keen run --resume`. */
   interruptedMessage?: string;
+  /** The commit the run started from, for the closing diff stat. */
+  base?: string;
 }
 
 export interface TaskSessionResult {
@@ -41,6 +45,8 @@ export interface TaskSessionResult {
   result: TaskResult;
   tree: TreeState;
   interrupted: boolean;
+  /** The run's `run.completed` event, when it arrived. */
+  completed?: KeenEventOf<"run.completed">;
 }
 
 /** Exit code after Ctrl-C, as shells report a process ended by SIGINT. */
@@ -55,17 +61,18 @@ export const INTERRUPTED_EXIT_CODE = 130;
 export async function runTaskSession(options: TaskSessionOptions): Promise<TaskSessionResult> {
   const { io, mode, snapshot } = options;
   const columns = () => io.columns?.() || Number(io.env.COLUMNS) || 80;
-  const view = mode === "live" ? new LiveTreeView({ write: io.stdout, columns, color: !io.env.NO_COLOR }) : undefined;
+  const view = mode === "live" ? new LiveTreeView({ write: io.raw, columns, color: !io.env.NO_COLOR }) : undefined;
   let tree = options.tree;
   let interrupted = false;
+  let completed: KeenEventOf<"run.completed"> | undefined;
   const resumeHint = `resume with: keen run --resume ${quote(snapshot.path)}`;
 
   const run = options.launch();
-  const onSignal = () => {
+  const onSignal = (signal: NodeJS.Signals) => {
     if (interrupted) {
       view?.release();
       io.stderr(`keen: stopped at once; ${options.interruptedMessage ?? resumeHint}\n`);
-      process.exit(INTERRUPTED_EXIT_CODE);
+      dieBy(signal);
     }
     interrupted = true;
     snapshot.freeze();
@@ -76,8 +83,9 @@ export async function runTaskSession(options: TaskSessionOptions): Promise<TaskS
 
   try {
     for await (const event of run as AsyncIterable<KeenEvent>) {
+      if (event.type === "run.completed") completed = event;
       if (mode === "json") {
-        io.stdout(`${JSON.stringify(event)}\n`);
+        io.raw(`${JSON.stringify(event)}\n`);
         continue;
       }
       tree = reduceTree(tree, event);
@@ -93,12 +101,21 @@ export async function runTaskSession(options: TaskSessionOptions): Promise<TaskS
     if (snapshot.error) io.stderr(`keen: could not save the snapshot to ${snapshot.path}: ${snapshot.error.message}\n`);
     if (interrupted) {
       io.stderr(`keen: interrupted; agents stopped, ${options.interruptedMessage ?? `snapshot saved at ${snapshot.path}; ${resumeHint}`}\n`);
-      return { exitCode: INTERRUPTED_EXIT_CODE, result, tree, interrupted };
+      return { exitCode: INTERRUPTED_EXIT_CODE, result, tree, interrupted, ...(completed ? { completed } : {}) };
     }
-    if (mode !== "json") io.stdout(closingSummary(tree, result, options.repo, snapshot.path));
-    if (result.status === "success") return { exitCode: 0, result, tree, interrupted };
+    if (mode !== "json") {
+      const stat = options.base && result.commit ? await diffStat(options.repo, options.base, result.commit) : undefined;
+      io.stdout(closingSummary(tree, result, options.repo, snapshot.path, stat, completed?.costUsd));
+    }
+    const done = { result, tree, interrupted, ...(completed ? { completed } : {}) };
+    if (result.status === "success") return { exitCode: 0, ...done };
+    if (result.status === "interrupted") {
+      // The model stayed unavailable after its retries: the run stopped where it can go on.
+      io.stderr(`keen: run interrupted: ${oneLine(result.error?.message ?? result.summary)}; ${options.interruptedMessage ?? resumeHint}\n`);
+      return { exitCode: result.error?.code === "model_unavailable" ? MODEL_UNAVAILABLE_EXIT_CODE : 1, ...done };
+    }
     io.stderr(`keen: task ${result.status}: ${oneLine(result.error?.message ?? result.summary)}\n`);
-    return { exitCode: 1, result, tree, interrupted };
+    return { exitCode: 1, ...done };
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
@@ -106,8 +123,30 @@ export async function runTaskSession(options: TaskSessionOptions): Promise<TaskS
   }
 }
 
-/** What happened and where to look: status, branches with their merge results, the snapshot. */
-function closingSummary(tree: TreeState, result: TaskResult, repo: string, snapshotPath: string): string {
+/**
+ * `git diff --stat` between the run's starting commit and its result, in the user's repository.
+ * Read-only (two commits, no working tree); no external diff drivers or text conversions run.
+ */
+async function diffStat(repo: string, base: string, head: string): Promise<string | undefined> {
+  if (base === head) return undefined;
+  const result = await execa("git", ["-c", "core.fsmonitor=false", "diff", "--no-ext-diff", "--no-textconv", "--stat=100", base, head, "--"], { cwd: repo, reject: false });
+  return result.exitCode === 0 && result.stdout.trim() ? result.stdout.replace(/^\s+/gm, "  ").trimEnd() : undefined;
+}
+
+/**
+ * Ends the process at once by the signal it received, as if it had no handler (a shell reports
+ * 130 for SIGINT). `process.exit()` is not enough: it waits for libuv's threadpool at exit, so
+ * one thread blocked in a read (a FIFO, a hung network file system) would hold the process.
+ */
+function dieBy(signal: NodeJS.Signals): never {
+  process.removeAllListeners(signal);
+  process.kill(process.pid, signal);
+  // The signal is delivered before kill() returns for the calling thread; this is not reached.
+  process.exit(INTERRUPTED_EXIT_CODE);
+}
+
+/** What happened and where to look: status, the agent's summary, the changes, branches with their merge results, the snapshot. */
+function closingSummary(tree: TreeState, result: TaskResult, repo: string, snapshotPath: string, stat?: string, costUsd?: number): string {
   const agents = agentsInOrder(tree);
   const seconds = tree.durationMs !== undefined ? ` in ${(tree.durationMs / 1000).toFixed(1)} s` : "";
   const branches = result.agents
@@ -118,7 +157,9 @@ function closingSummary(tree: TreeState, result: TaskResult, repo: string, snaps
     });
   const lines = [
     "",
-    `${result.status}${seconds} · ${agents.length} agent${agents.length === 1 ? "" : "s"} · tokens ${formatTokens(result.usage)}`,
+    `${result.status}${seconds} · ${agents.length} agent${agents.length === 1 ? "" : "s"} · tokens ${formatTokens(result.usage)}${costUsd !== undefined ? ` · $${costUsd.toFixed(costUsd < 1 ? 4 : 2)}` : ""}`,
+    ...(result.summary.trim() ? ["", result.summary.trim(), ""] : []),
+    ...(stat ? [stat] : []),
     `branch ${result.branch}${result.commit ? ` at ${result.commit.slice(0, 10)}` : ""}${branches.length ? `; child branches: ${branches.join(", ")}` : ""}`,
     `snapshot ${snapshotPath}`,
     `history: git -C ${quote(repo)} log --graph --oneline --all`,

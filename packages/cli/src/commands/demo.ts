@@ -2,11 +2,11 @@ import { randomUUID } from "node:crypto";
 import { mkdir, mkdtemp, readdir, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
-import { parseArgs } from "node:util";
 import { execa } from "execa";
 import { anthropic, startTask } from "@keen/agent-core";
 import { startMessagesServer } from "@keen/agent-core/testing";
-import { UsageError, type Io } from "../cli-error.js";
+import { parseCommandArgs } from "../args.js";
+import { UsageError, type CommandIo } from "../cli-error.js";
 import { DEMO_TREE, DEMO_VALIDATION, DEMO_VISION, SAMPLE_FILES } from "../demo/sample-tree.js";
 import { scriptedTreePolicy } from "../demo/scripted-tree.js";
 import { defaultSnapshotPath, SnapshotFile } from "../snapshot-file.js";
@@ -27,17 +27,13 @@ Options:
   --json      print every event as one JSON line on stdout
   -h, --help  show this help`;
 
-export async function demoCommand(argv: string[], io: Io): Promise<number> {
-  let values: { dir?: string; pace?: string; json?: boolean; help?: boolean };
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      options: { dir: { type: "string" }, pace: { type: "string" }, json: { type: "boolean" }, help: { type: "boolean", short: "h" } },
-    }));
-  } catch (error) {
-    throw new UsageError(`${(error as Error).message.split("\n")[0]} (see keen demo --help)`);
-  }
+export async function demoCommand(argv: string[], io: CommandIo): Promise<number> {
+  const { values } = parseCommandArgs(
+    argv,
+    { dir: { type: "string" }, pace: { type: "string" }, json: { type: "boolean" }, help: { type: "boolean", short: "h" } },
+    "demo",
+    false,
+  );
   if (values.help) {
     io.stdout(`${DEMO_HELP}\n`);
     return 0;

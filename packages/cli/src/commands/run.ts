@@ -1,28 +1,38 @@
 import { randomUUID } from "node:crypto";
-import { resolve } from "node:path";
-import { parseArgs } from "node:util";
+import { access, mkdir, readFile } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
+import { execa } from "execa";
 import {
   anthropic,
   isKeenError,
   LocalWorkspace,
+  NdjsonEventLog,
   resumeTask,
   startTask,
+  type KeenEventOf,
   type Model,
   type SandboxOptions,
   type TaskLimits,
   type TaskSnapshot,
 } from "@keen/agent-core";
-import { UsageError, type Io } from "../cli-error.js";
+import { applyRunBranch } from "../apply.js";
+import { parseCommandArgs } from "../args.js";
+import { UsageError, type CommandIo } from "../cli-error.js";
+import { checkModelEndpoint } from "../model-check.js";
+import { findRun, recordPathOf, RunRecord, writeRecord } from "../run-records.js";
 import { defaultSnapshotPath, readSnapshotFile, repoOfSnapshotPath, SnapshotFile } from "../snapshot-file.js";
-import { oneLine, outputMode, quote, runTaskSession } from "../task-session.js";
+import { oneLine, outputMode, quote, runTaskSession, type OutputMode, type TaskSessionResult } from "../task-session.js";
 import { emptyTree, treeFromSnapshot } from "../tree/tree-state.js";
 
 export const RUN_HELP = `Usage: keen run "<vision>" [options]
-       keen run --resume FILE [--repo DIR]
+       keen run - [options]                 (the vision from standard input)
+       keen run --resume FILE|ID [--repo DIR]
+       keen run --last [--repo DIR]         (resume the newest interrupted run)
 
 Runs the full lifecycle on a git repository: the root agent explores, plans, hands subtasks
-to child agents on their own branches (summon-A, summon-A-B, …), merges their work back with
-validation, and commits. On a terminal the agent tree is shown live.
+to child agents on their own branches, merges their work back with validation, and commits.
+Everything happens on a new run branch (keen/<short run id>) in its own worktree: your working
+tree, index, stash and current branch are never touched. On a terminal the tree is shown live.
 
 Options:
   --repo DIR             the git repository to work in (default: current directory)
@@ -39,50 +49,106 @@ Options:
   --no-sandbox           run commands without the sandbox
   --sandbox-read PATH    also show PATH read-only inside the sandbox (repeatable; by default it shows
                          only system tool folders and the worktree, no home folders)
+  --branch NAME          the run branch to create (default keen/<short run id>); must not exist
+  --base REF             the commit the run branch starts from (default HEAD)
+  --include-uncommitted  copy your uncommitted and untracked (non-ignored) files into the run
+                         branch as its first commit (otherwise the run sees only commits)
+  --apply                when the run succeeds, merge its branch into your current branch, only
+                         if that checkout is clean (otherwise say why and how to take it)
+  --max-budget-usd N     stop every agent once the run has cost N US dollars (keen's price table)
+  --max-retries N        retries of a failed model request (overload, rate limit, network) before
+                         the run stops (default 10, within two minutes; 0 disables them)
   --snapshot FILE        where to keep the run's snapshot (default <repo>/.git/keen/runs/<run id>.json)
-  --resume FILE          continue the run saved in FILE
+  --resume FILE|ID       continue a saved run: its snapshot file, or its id (see keen runs)
+  --last                 continue the newest interrupted run of the repository
   --json                 print every event as one JSON line on stdout, and nothing else
   -h, --help             show this help
 
-Exit codes: 0 success, 1 the task failed, 2 bad usage, 130 interrupted (resumable).
+Before anything is written, one count_tokens request checks the endpoint and the key.
+Exit codes: 0 success, 1 the task failed, 2 bad usage, 3 the model endpoint refused the key
+or cannot be reached, 130 interrupted (resumable).
 Environment: ANTHROPIC_API_KEY (required), ANTHROPIC_BASE_URL, KEEN_MODEL, KEEN_FORCE_TTY=1|0.`;
 
 export const DEFAULT_MODEL = "claude-sonnet-5-5";
 
 /** Flags that shape a run; a resumed run keeps the values in its snapshot. */
-const RUN_SHAPE_FLAGS = ["max-depth", "max-children", "max-agents", "max-turns", "token-budget", "concurrency", "validate", "on-conflict"] as const;
+const RUN_SHAPE_FLAGS = ["max-depth", "max-children", "max-agents", "max-turns", "token-budget", "max-budget-usd", "concurrency", "validate", "on-conflict", "branch", "base", "include-uncommitted"] as const;
+
+const RUN_OPTIONS = {
+  repo: { type: "string" },
+  model: { type: "string" },
+  "max-depth": { type: "string" },
+  "max-children": { type: "string" },
+  "max-agents": { type: "string" },
+  "max-turns": { type: "string" },
+  "token-budget": { type: "string" },
+  concurrency: { type: "string" },
+  validate: { type: "string" },
+  "on-conflict": { type: "string" },
+  sandbox: { type: "boolean" },
+  "no-sandbox": { type: "boolean" },
+  "sandbox-read": { type: "string", multiple: true },
+  "max-retries": { type: "string" },
+  "max-budget-usd": { type: "string" },
+  branch: { type: "string" },
+  base: { type: "string" },
+  "include-uncommitted": { type: "boolean" },
+  apply: { type: "boolean" },
+  snapshot: { type: "string" },
+  resume: { type: "string" },
+  last: { type: "boolean" },
+  json: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** The longest vision read from standard input. */
+const MAX_STDIN_VISION = 1_000_000;
 
 export interface RunCommandOptions {
-  /** Use this model instead of building one from flags and the environment. */
+  /** Use this model instead of building one from flags and the environment (no endpoint check). */
   model?: Model;
 }
 
-export async function runCommand(argv: string[], io: Io, options: RunCommandOptions = {}): Promise<number> {
-  const { values, positionals } = parseFlags(argv);
+export async function runCommand(argv: string[], io: CommandIo, options: RunCommandOptions = {}): Promise<number> {
+  const { values, positionals } = parseCommandArgs(argv, RUN_OPTIONS, "run");
   if (values.help) {
     io.stdout(`${RUN_HELP}\n`);
     return 0;
   }
   if (values.sandbox && values["no-sandbox"]) throw new UsageError("--sandbox and --no-sandbox contradict each other");
-  const sandbox = !values["no-sandbox"];
   const readPaths = values["sandbox-read"] ?? [];
-  if (!sandbox && readPaths.length) throw new UsageError("--sandbox-read widens the sandbox; it means nothing with --no-sandbox");
-  const sandboxSetting: boolean | SandboxOptions = sandbox && readPaths.length ? { extraReadOnlyPaths: readPaths.map((path) => resolve(path)) } : sandbox;
-  const vision = positionals.join(" ").trim();
+  if (values["no-sandbox"] && readPaths.length) throw new UsageError("--sandbox-read widens the sandbox; it means nothing with --no-sandbox");
+  const sandbox: boolean | SandboxOptions = values["no-sandbox"] ? false : readPaths.length ? { extraReadOnlyPaths: readPaths.map((path) => resolve(path)) } : true;
   const settings = readSettings(values);
+  const modelId = values.model ?? io.env.KEEN_MODEL ?? DEFAULT_MODEL;
 
-  if (values.resume !== undefined) {
-    if (vision) throw new UsageError("--resume continues a saved run; give no vision with it");
+  if (values.resume !== undefined || values.last) {
+    if (values.resume !== undefined && values.last) throw new UsageError("--resume and --last both say which run to continue; give one");
+    if (positionals.length) throw new UsageError("--resume continues a saved run; give no vision with it");
     const fixed = RUN_SHAPE_FLAGS.filter((flag) => values[flag] !== undefined);
     if (fixed.length) throw new UsageError(`--${fixed[0]} is fixed by the snapshot and cannot change on --resume`);
-    const snapshotPath = resolve(values.resume);
+    const snapshotPath = await resumeTarget(values.resume, values.repo);
     const saved = await readSnapshotFile(snapshotPath);
     const repo = resolve(values.repo ?? repoOfSnapshotPath(snapshotPath) ?? process.cwd());
-    const model = options.model ?? buildModel(values.model ?? io.env.KEEN_MODEL ?? DEFAULT_MODEL, io.env);
-    const workspace = await openRepo(repo, sandboxSetting);
+    const model = options.model ?? buildModel(modelId, io.env, settings.maxRetries);
+    const workspace = await openRepo(repo, sandbox);
     await checkResumable(saved, workspace, repo);
+    if (!options.model) await checkEndpoint(modelId, io.env);
     const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : snapshotPath);
     const mode = outputMode(io, Boolean(values.json));
+    // The record lives in the runs folder, under a name that cannot leave it whatever the snapshot says.
+    const recordName = /^[\w-]+$/.test(saved.runId) ? saved.runId : basename(snapshotPath, ".json");
+    const recordPath = recordPathOf(await defaultSnapshotPath(workspace.root, recordName));
+    const previous = await readRecord(recordPath);
+    const record: RunRecord = {
+      ...(previous ?? { runId: saved.runId, vision: saved.vision, repo: workspace.root, startedAt: new Date().toISOString(), snapshot: snapshot.path }),
+      pid: process.pid,
+      model: modelId,
+      status: undefined,
+      finishedAt: undefined,
+    };
+    await writeRecord(recordPath, record);
+    const eventLog = await openEventLog(snapshot.path);
     announce(io, mode, `resuming ${saved.runId} from ${snapshotPath}`, snapshot.path, sandbox);
     const session = await runTaskSession({
       io,
@@ -90,18 +156,44 @@ export async function runCommand(argv: string[], io: Io, options: RunCommandOpti
       snapshot,
       repo,
       tree: treeFromSnapshot(saved),
-      launch: () => resumeTask(saved, { workspace, model, onSnapshot: (s) => snapshot.write(s) }),
-    });
+      ...(record.base ? { base: record.base } : {}),
+      launch: () => resumeTask(saved, { workspace, model, eventLog, onSnapshot: (s) => snapshot.write(s) }),
+    }).finally(() => eventLog.close());
+    await finishRecord(recordPath, record, session);
+    await takeResult(io, mode, repo, record.base, session, Boolean(values.apply));
     return session.exitCode;
   }
 
-  if (!vision) throw new UsageError('missing the vision: keen run "<what to do>" --repo DIR');
-  const model = options.model ?? buildModel(values.model ?? io.env.KEEN_MODEL ?? DEFAULT_MODEL, io.env);
+  let vision = positionals.join(" ").trim();
+  if (positionals.includes("-")) {
+    if (positionals.length > 1) throw new UsageError('give the vision either as text or as "-" (read from standard input), not both');
+    vision = (await readVisionFromStdin(io)).trim();
+    if (!vision) throw new UsageError('the vision read from standard input ("-") is empty');
+  }
+  if (!vision) throw new UsageError('missing the vision: keen run "<what to do>" --repo DIR (or keen run - to read it from standard input)');
+  const model = options.model ?? buildModel(modelId, io.env, settings.maxRetries);
   const repo = resolve(values.repo ?? process.cwd());
-  const workspace = await openRepo(repo, sandboxSetting);
+  const workspace = await openRepo(repo, sandbox);
+  if (!options.model) await checkEndpoint(modelId, io.env);
   const runId = `run_${randomUUID()}`;
   const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : await defaultSnapshotPath(workspace.root, runId));
   const mode = outputMode(io, Boolean(values.json));
+  if (settings.branch !== undefined) await checkNewBranch(workspace.root, settings.branch);
+  const base = await resolveCommit(workspace.root, settings.base ?? "HEAD");
+  if (settings.base !== undefined && !base) throw new UsageError(`--base ${settings.base} is not a commit in ${workspace.root}`);
+  const recordPath = recordPathOf(values.snapshot ? await defaultSnapshotPath(workspace.root, runId) : snapshot.path);
+  const record: RunRecord = {
+    runId,
+    vision,
+    repo: workspace.root,
+    startedAt: new Date().toISOString(),
+    pid: process.pid,
+    model: modelId,
+    snapshot: snapshot.path,
+    ...(base ? { base } : {}),
+  };
+  await writeRecord(recordPath, record);
+  const eventLog = await openEventLog(snapshot.path);
   // Configuration errors surface before anything is printed or written.
   const launch = () =>
     startTask({
@@ -113,24 +205,146 @@ export async function runCommand(argv: string[], io: Io, options: RunCommandOpti
       ...(settings.concurrency !== undefined ? { maxConcurrency: settings.concurrency } : {}),
       ...(settings.onConflict ? { onConflict: settings.onConflict } : {}),
       ...(settings.validate ? { validation: { command: settings.validate } } : {}),
+      // The run works on its own branch and worktree; the user's checkout is only read.
+      branch: settings.branch ?? true,
+      ...(base ? { base } : {}),
+      ...(values["include-uncommitted"] ? { includeUncommitted: true } : {}),
+      eventLog,
       onSnapshot: (s) => snapshot.write(s),
     });
   announce(io, mode, `run ${runId}`, snapshot.path, sandbox);
-  const session = await runTaskSession({ io, mode, snapshot, repo: workspace.root, tree: emptyTree(), launch });
+  const session = await runTaskSession({ io, mode, snapshot, repo: workspace.root, tree: emptyTree(), launch, ...(base ? { base } : {}) }).finally(() =>
+    eventLog.close(),
+  );
+  await finishRecord(recordPath, record, session);
+  await takeResult(io, mode, workspace.root, base, session, Boolean(values.apply));
   return session.exitCode;
 }
 
+/**
+ * After a run: how to review and take its branch, or with `--apply`, the merge into the user's
+ * current branch (only into a clean checkout; otherwise why not). Nothing after an interrupt.
+ */
+async function takeResult(io: CommandIo, mode: OutputMode, repo: string, base: string | undefined, session: TaskSessionResult, apply: boolean): Promise<void> {
+  const branch = session.completed?.branch;
+  if (session.interrupted || !branch || session.result.status === "interrupted") return;
+  const say = (text: string) => (mode === "json" ? io.stderr(`keen: ${text}\n`) : io.stdout(`${text}\n`));
+  const r = quote(repo);
+  const b = quote(branch);
+  if (base) say(`review: git -C ${r} diff ${base.slice(0, 12)}...${b}`);
+  if (session.result.status !== "success") {
+    if (apply) say(`not applied: the run ended ${session.result.status}; its work so far is on ${branch}`);
+    return;
+  }
+  if (!apply) {
+    say(`take it: git -C ${r} merge ${b}`);
+    return;
+  }
+  say((await applyRunBranch(repo, branch)).message);
+}
+
+/**
+ * The run's events, kept beside its snapshot (`<run>.events.ndjson`): a resumed run reads the last
+ * seq from it and numbers its events strictly after, even when the process died between a
+ * snapshot and the next event.
+ */
+async function openEventLog(snapshotPath: string): Promise<NdjsonEventLog> {
+  const path = join(dirname(snapshotPath), `${basename(snapshotPath, ".json")}.events.ndjson`);
+  await mkdir(dirname(path), { recursive: true });
+  try {
+    return await NdjsonEventLog.open(path);
+  } catch (error) {
+    throw new UsageError(`cannot open the event log ${path}: ${oneLine((error as Error).message)}`);
+  }
+}
+
+/** The snapshot `--resume VALUE` or `--last` means: a file path, or a run id in the repository's runs folder. */
+async function resumeTarget(value: string | undefined, repoFlag: string | undefined): Promise<string> {
+  if (value !== undefined) {
+    if (!value.trim()) throw new UsageError("--resume needs a snapshot file or a run id, got an empty string");
+    const looksLikePath = value.includes("/") || value.endsWith(".json") || value.startsWith(".");
+    if (looksLikePath || (await fileExists(value))) return resolve(value);
+  }
+  const repo = resolve(repoFlag ?? process.cwd());
+  const runsDir = dirname(await defaultSnapshotPath(repo, "x"));
+  const run = await findRun(runsDir, value !== undefined ? { id: value } : { last: true });
+  return run.snapshotPath;
+}
+
+async function fileExists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function readVisionFromStdin(io: CommandIo): Promise<string> {
+  if (!io.readStdin) throw new UsageError('cannot read the vision from standard input here; give it as text');
+  const text = await io.readStdin();
+  if (text.length > MAX_STDIN_VISION) throw new UsageError(`the vision read from standard input is longer than ${MAX_STDIN_VISION} characters`);
+  return text;
+}
+
+/** `--branch NAME` must be a valid branch name that does not exist yet: a run never reuses a branch. */
+async function checkNewBranch(repo: string, name: string): Promise<void> {
+  const valid = await execa("git", ["check-ref-format", "--branch", name], { cwd: repo, reject: false });
+  if (valid.exitCode !== 0 || name.startsWith("-")) throw new UsageError(`--branch "${name}" is not a valid branch name`);
+  const exists = await execa("git", ["rev-parse", "--verify", "--quiet", `refs/heads/${name}`], { cwd: repo, reject: false });
+  if (exists.exitCode === 0) throw new UsageError(`branch ${name} already exists in ${repo}; a run never reuses a branch: pick another --branch, or delete that one`);
+}
+
+/** The commit `ref` names in `repo`, or undefined. `ref` is passed after `--end-of-options`, so it is never taken as an option. */
+async function resolveCommit(repo: string, ref: string): Promise<string | undefined> {
+  const result = await execa("git", ["rev-parse", "--verify", "--quiet", "--end-of-options", `${ref}^{commit}`], { cwd: repo, reject: false });
+  return result.exitCode === 0 ? result.stdout.trim() : undefined;
+}
+
+async function readRecord(path: string): Promise<RunRecord | undefined> {
+  try {
+    const parsed = RunRecord.safeParse(JSON.parse(await readFile(path, "utf8")));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Records how the run ended (an interrupted run stays resumable: no final status). */
+async function finishRecord(path: string, record: RunRecord, session: TaskSessionResult): Promise<void> {
+  if (session.interrupted) {
+    await writeRecord(path, { ...record, status: "interrupted", usage: session.result.usage });
+    return;
+  }
+  const completed = session.completed as (KeenEventOf<"run.completed"> & { costUsd?: number; branch?: string }) | undefined;
+  await writeRecord(path, {
+    ...record,
+    status: session.result.status,
+    finishedAt: new Date().toISOString(),
+    branch: completed?.branch ?? session.result.branch,
+    head: session.result.commit,
+    usage: session.result.usage,
+    ...(typeof completed?.costUsd === "number" ? { costUsd: completed.costUsd } : {}),
+  });
+}
+
+/** One cheap request before anything is written: a refused key or a dead URL ends here, with exit code 3. */
+async function checkEndpoint(model: string, env: NodeJS.ProcessEnv): Promise<void> {
+  await checkModelEndpoint({ apiKey: env.ANTHROPIC_API_KEY ?? "", model, ...(env.ANTHROPIC_BASE_URL ? { baseURL: env.ANTHROPIC_BASE_URL } : {}) });
+}
+
 /** Says where the snapshot is and how to resume, before the run starts. */
-function announce(io: Io, mode: "json" | "live" | "lines", what: string, snapshotPath: string, sandbox: boolean): void {
+function announce(io: CommandIo, mode: "json" | "live" | "lines", what: string, snapshotPath: string, sandbox: boolean | SandboxOptions): void {
   const text = `keen: ${what} · snapshot ${snapshotPath} (resume: keen run --resume ${quote(snapshotPath)})${sandbox ? "" : " · sandbox off"}\n`;
   if (mode === "json") io.stderr(text);
   else io.stdout(text);
 }
 
-type Flags = ReturnType<typeof parseFlags>["values"];
+type Flags = ReturnType<typeof parseCommandArgs<typeof RUN_OPTIONS>>["values"];
 
 interface Settings {
   limits: Partial<TaskLimits>;
+  branch?: string;
+  base?: string;
+  maxRetries?: number;
   concurrency?: number;
   onConflict?: "resolve" | "rollback";
   validate?: string;
@@ -148,7 +362,18 @@ function readSettings(values: Flags): Settings {
   if (maxTurns !== undefined) limits.maxTurnsPerPhase = maxTurns;
   const tokenBudget = integerFlag(values, "token-budget", 1);
   if (tokenBudget !== undefined) limits.tokenBudget = tokenBudget;
+  const budgetUsd = values["max-budget-usd"];
+  if (budgetUsd !== undefined) {
+    const value = /^\d+(\.\d+)?$/.test(budgetUsd.trim()) ? Number(budgetUsd) : Number.NaN;
+    if (!Number.isFinite(value) || value <= 0) throw new UsageError(`--max-budget-usd must be a positive number of dollars, got "${budgetUsd}"`);
+    limits.maxBudgetUsd = value;
+  }
+  const branch = values.branch;
+  if (branch !== undefined && !branch.trim()) throw new UsageError("--branch needs a branch name, got an empty string");
+  const base = values.base;
+  if (base !== undefined && !base.trim()) throw new UsageError("--base needs a commit, branch or tag, got an empty string");
   const concurrency = integerFlag(values, "concurrency", 1);
+  const maxRetries = integerFlag(values, "max-retries", 0);
   const onConflict = values["on-conflict"];
   if (onConflict !== undefined && onConflict !== "resolve" && onConflict !== "rollback") {
     throw new UsageError(`--on-conflict must be resolve or rollback, got "${onConflict}"`);
@@ -157,13 +382,18 @@ function readSettings(values: Flags): Settings {
   if (validate !== undefined && !validate.trim()) throw new UsageError("--validate needs a command, got an empty string");
   return {
     limits,
+    ...(branch !== undefined ? { branch } : {}),
+    ...(base !== undefined ? { base } : {}),
+    ...(maxRetries !== undefined ? { maxRetries } : {}),
     ...(concurrency !== undefined ? { concurrency } : {}),
     ...(onConflict ? { onConflict } : {}),
     ...(validate ? { validate } : {}),
   };
 }
 
-function integerFlag(values: Flags, name: (typeof RUN_SHAPE_FLAGS)[number], min: 0 | 1): number | undefined {
+type IntegerFlag = "max-depth" | "max-children" | "max-agents" | "max-turns" | "token-budget" | "concurrency" | "max-retries";
+
+function integerFlag(values: Flags, name: IntegerFlag, min: 0 | 1): number | undefined {
   const raw = values[name];
   if (raw === undefined) return undefined;
   const value = /^\d+$/.test(raw.trim()) ? Number(raw) : Number.NaN;
@@ -173,41 +403,15 @@ function integerFlag(values: Flags, name: (typeof RUN_SHAPE_FLAGS)[number], min:
   return value;
 }
 
-function parseFlags(argv: string[]) {
-  try {
-    return parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        repo: { type: "string" },
-        model: { type: "string" },
-        "max-depth": { type: "string" },
-        "max-children": { type: "string" },
-        "max-agents": { type: "string" },
-        "max-turns": { type: "string" },
-        "token-budget": { type: "string" },
-        concurrency: { type: "string" },
-        validate: { type: "string" },
-        "on-conflict": { type: "string" },
-        sandbox: { type: "boolean" },
-        "no-sandbox": { type: "boolean" },
-        "sandbox-read": { type: "string", multiple: true },
-        snapshot: { type: "string" },
-        resume: { type: "string" },
-        json: { type: "boolean" },
-        help: { type: "boolean", short: "h" },
-      },
-    });
-  } catch (error) {
-    throw new UsageError(`${(error as Error).message.split("\n")[0]} (see keen run --help)`);
-  }
-}
-
-function buildModel(id: string, env: NodeJS.ProcessEnv): Model {
+function buildModel(id: string, env: NodeJS.ProcessEnv, maxRetries?: number): Model {
   const apiKey = env.ANTHROPIC_API_KEY;
   if (!apiKey) throw new UsageError("ANTHROPIC_API_KEY is not set (export it, or try the offline `keen demo`)");
-  return anthropic({ model: id, apiKey, ...(env.ANTHROPIC_BASE_URL ? { baseURL: env.ANTHROPIC_BASE_URL } : {}) });
+  return anthropic({
+    model: id,
+    apiKey,
+    ...(env.ANTHROPIC_BASE_URL ? { baseURL: env.ANTHROPIC_BASE_URL } : {}),
+    ...(maxRetries !== undefined ? { retry: { maxRetries } } : {}),
+  });
 }
 
 /**
@@ -234,6 +438,8 @@ async function checkResumable(snapshot: TaskSnapshot, workspace: LocalWorkspace,
   if (root.phase === "DONE") {
     throw new UsageError(`${snapshot.runId} already finished (${root.status ?? "unknown status"}); nothing to resume`);
   }
+  // A run on its own run branch re-attaches its worktree; the user's checkout may be on any branch.
+  if (snapshot.runBranch) return;
   const branch = await workspace.currentBranch();
   if (branch !== root.branch) {
     throw new UsageError(`${repo} is on branch ${branch} but ${snapshot.runId} works on ${root.branch}; check it out (or pass --repo) first`);

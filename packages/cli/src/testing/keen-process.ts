@@ -12,8 +12,10 @@ const entry = fileURLToPath(new URL("../bin.ts", import.meta.url));
 
 export const identity = { GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@t", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@t" };
 
-export function keen(args: string[], env: Record<string, string | undefined> = {}, options: { timeout?: number } = {}): ResultPromise<{ reject: false }> {
-  return execa(process.execPath, ["--import", "tsx", entry, ...args], {
+export function keen(args: string[], env: Record<string, string | undefined> = {}, options: { timeout?: number; preload?: string; input?: string } = {}): ResultPromise<{ reject: false }> {
+  const preload = options.preload ? ["--import", options.preload] : [];
+  return execa(process.execPath, [...preload, "--import", "tsx", entry, ...args], {
+    ...(options.input !== undefined ? { input: options.input } : {}),
     cwd: repoRoot,
     reject: false,
     env: { ANTHROPIC_API_KEY: undefined, ANTHROPIC_BASE_URL: undefined, KEEN_FORCE_TTY: undefined, KEEN_MODEL: undefined, ...env },
@@ -53,5 +55,36 @@ export function parseNdjson(stdout: string): KeenEvent[] {
 /** The snapshot files a run left in the repository's default location. */
 export async function snapshotFiles(dir: string): Promise<string[]> {
   const runs = join(dir, ".git", "keen", "runs");
-  return (await readdir(runs)).filter((name) => name.endsWith(".json")).map((name) => join(runs, name));
+  return (await readdir(runs)).filter((name) => name.endsWith(".json") && !name.endsWith(".info.json")).map((name) => join(runs, name));
+}
+
+/**
+ * Runs `keen` on a real pseudo-terminal `columns` wide (through util-linux `script`), so the
+ * process sees `isTTY` and the width exactly as in a user's terminal. Returns everything the
+ * terminal received.
+ */
+export function keenOnTerminal(args: string[], env: Record<string, string | undefined> = {}, options: { columns?: number; timeout?: number } = {}) {
+  const quoted = args.map((arg) => `'${arg.replace(/'/g, `'\\''`)}'`).join(" ");
+  const command = `stty cols ${options.columns ?? 80}; exec ${process.execPath} --import tsx packages/cli/src/bin.ts ${quoted}`;
+  return execa("script", ["-qfec", command, "/dev/null"], {
+    cwd: repoRoot,
+    reject: false,
+    env: { ANTHROPIC_API_KEY: undefined, ANTHROPIC_BASE_URL: undefined, KEEN_FORCE_TTY: undefined, KEEN_MODEL: undefined, COLUMNS: undefined, ...env },
+    extendEnv: true,
+    timeout: options.timeout ?? 90_000,
+    stdin: "ignore",
+  });
+}
+
+/** The escape sequences keen's live view writes itself: cursor up, clear line/below, colours, cursor visibility. */
+// eslint-disable-next-line no-control-regex
+export const OWN_SEQUENCES = /\x1b\[(?:\?25[lh]|\d*A|2K|J|\d+(?:;\d+)*m)/g;
+
+/** Runs `main` in this process with captured output: for commands that never start a run. */
+export async function keenInProcess(argv: string[], env: NodeJS.ProcessEnv = {}) {
+  const { main } = await import("../main.js");
+  let stdout = "";
+  let stderr = "";
+  const exitCode = await main(argv, { stdout: (s) => void (stdout += s), stderr: (s) => void (stderr += s), env, isTTY: false });
+  return { exitCode, stdout, stderr };
 }

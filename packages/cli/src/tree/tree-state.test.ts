@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { KeenEvent, type KeenEventInput, type TaskSnapshot, type Usage } from "@keen/agent-core";
+import { KeenEvent, PROTOCOL_VERSION, type KeenEventInput, type TaskSnapshot, type Usage } from "@keen/agent-core";
 import { agentsInOrder, displayStatus, emptyTree, reduceTree, treeFromSnapshot, type TreeState } from "./tree-state.js";
 
 const usage = (inputTokens: number, outputTokens: number, cacheCreationInputTokens = 0, cacheReadInputTokens = 0): Usage => ({
@@ -11,7 +11,7 @@ const usage = (inputTokens: number, outputTokens: number, cacheCreationInputToke
 
 /** Stamps events like a run does, and checks each against the real schema. */
 function stamp(inputs: KeenEventInput[], firstSeq = 0): KeenEvent[] {
-  return inputs.map((input, i) => KeenEvent.parse({ ...input, runId: "run_1", seq: firstSeq + i, at: new Date(0).toISOString() }));
+  return inputs.map((input, i) => KeenEvent.parse({ ...input, protocol: PROTOCOL_VERSION, runId: "run_1", seq: firstSeq + i, at: new Date(0).toISOString() }));
 }
 
 const spawn = (agentId: string, parentId: string | null, branch: string, depth: number, title: string): KeenEventInput => ({

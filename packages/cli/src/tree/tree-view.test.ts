@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { KeenEvent, type KeenEventInput, type Usage } from "@keen/agent-core";
+import { KeenEvent, PROTOCOL_VERSION, type KeenEventInput, type Usage } from "@keen/agent-core";
 import { LiveTreeView } from "./live-view.js";
 import { emptyTree, reduceTree, type TreeState } from "./tree-state.js";
 import { formatTokens, renderTree, visibleWidth } from "./tree-view.js";
@@ -8,7 +8,7 @@ const usage = (i: number, o: number, w = 0, r = 0): Usage => ({ inputTokens: i, 
 
 function treeOf(inputs: KeenEventInput[]): TreeState {
   return inputs
-    .map((input, seq) => KeenEvent.parse({ ...input, runId: "run_1", seq, at: new Date(0).toISOString() }))
+    .map((input, seq) => KeenEvent.parse({ ...input, protocol: PROTOCOL_VERSION, runId: "run_1", seq, at: new Date(0).toISOString() }))
     .reduce(reduceTree, emptyTree());
 }
 
@@ -115,7 +115,7 @@ describe("LiveTreeView", () => {
   it("coalesces a burst of updates into at most one redraw per interval", async () => {
     const writes: string[] = [];
     const view = new LiveTreeView({ write: (s) => writes.push(s), columns: () => 80, intervalMs: 40, color: false });
-    const events = sample.map((input, seq) => KeenEvent.parse({ ...input, runId: "run_1", seq, at: new Date(0).toISOString() }));
+    const events = sample.map((input, seq) => KeenEvent.parse({ ...input, protocol: PROTOCOL_VERSION, runId: "run_1", seq, at: new Date(0).toISOString() }));
     let tree = emptyTree();
     for (const event of events) view.update((tree = reduceTree(tree, event)));
     expect(view.frames).toBe(1);

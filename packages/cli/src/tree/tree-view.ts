@@ -1,4 +1,5 @@
 import { addUsage, emptyUsage, type Usage } from "@keen/agent-core";
+import { displayWidth, fitWidth, padWidth, takeWidth, terminalLine } from "../terminal-text.js";
 import { agentsInOrder, displayStatus, type AgentDisplayStatus, type AgentNode, type TreeState } from "./tree-state.js";
 
 export interface RenderTreeOptions {
@@ -55,13 +56,13 @@ export function renderTree(state: TreeState, options: RenderTreeOptions = {}): s
   const agents = agentsInOrder(state);
   const rows = agents.map((agent) => agentColumns(state, agent));
 
-  const nameWidth = Math.max(0, ...rows.map((r) => r.name.length));
-  const branchWidth = Math.max(0, ...rows.map((r) => r.branch.length));
-  const phaseWidth = Math.max(0, ...rows.map((r) => r.phase.length));
-  const statusWidth = Math.max(0, ...rows.map((r) => r.status.length));
-  const tokensWidth = Math.max(0, ...rows.map((r) => r.tokens.length));
+  const nameWidth = Math.max(0, ...rows.map((r) => displayWidth(r.name)));
+  const branchWidth = Math.max(0, ...rows.map((r) => displayWidth(r.branch)));
+  const phaseWidth = Math.max(0, ...rows.map((r) => displayWidth(r.phase)));
+  const statusWidth = Math.max(0, ...rows.map((r) => displayWidth(r.status)));
+  const tokensWidth = Math.max(0, ...rows.map((r) => displayWidth(r.tokens)));
   const fixed = nameWidth + branchWidth + phaseWidth + statusWidth + tokensWidth + 2 * 5;
-  let titleWidth = Math.min(MAX_TITLE, Math.max(0, ...rows.map((r) => r.title.length)));
+  let titleWidth = Math.min(MAX_TITLE, Math.max(0, ...rows.map((r) => displayWidth(r.title))));
   // Narrow terminals shrink titles down to KEPT_TITLE, then cut token counts at the edge, and
   // only on very narrow ones shrink titles further.
   if (fixed + titleWidth > width) {
@@ -72,11 +73,11 @@ export function renderTree(state: TreeState, options: RenderTreeOptions = {}): s
   const lines: Segment[][] = [header(state, options.elapsedMs, width)];
   for (const row of rows) {
     lines.push([
-      { text: row.name.padEnd(nameWidth + 2) },
-      { text: fit(row.title, titleWidth).padEnd(titleWidth + 2) },
-      { text: row.branch.padEnd(branchWidth + 2), style: "cyan" },
-      { text: row.phase.padEnd(phaseWidth + 2) },
-      { text: row.status.padEnd(statusWidth + 2), style: STATUS_STYLE[row.display] },
+      { text: padWidth(row.name, nameWidth + 2) },
+      { text: padWidth(fitWidth(row.title, titleWidth), titleWidth + 2) },
+      { text: padWidth(row.branch, branchWidth + 2), style: "cyan" },
+      { text: padWidth(row.phase, phaseWidth + 2) },
+      { text: padWidth(row.status, statusWidth + 2), style: STATUS_STYLE[row.display] },
       { text: row.tokens, style: "dim" },
     ]);
   }
@@ -97,13 +98,14 @@ interface Columns {
 function agentColumns(state: TreeState, agent: AgentNode): Columns {
   const display = displayStatus(agent);
   let status: string = display;
-  if (display === "running" && agent.activeTool) status = `running ${agent.activeTool}`;
+  if (display === "running" && agent.activeTool) status = `running ${terminalLine(agent.activeTool)}`;
   if (agent.merge === "merged") status += " · merged";
   if (agent.merge === "resolved") status += " · resolved";
   return {
-    name: treePrefix(state, agent) + agent.id,
-    title: agent.title,
-    branch: agent.branch,
+    // Everything here came from the event stream: shown escaped, on one line.
+    name: treePrefix(state, agent) + terminalLine(agent.id),
+    title: terminalLine(agent.title),
+    branch: terminalLine(agent.branch),
     phase: agent.phase ?? "",
     status,
     display,
@@ -134,8 +136,8 @@ function header(state: TreeState, elapsedMs: number | undefined, width: number):
   const status: Segment = { text: ` · ${state.status}`, style: state.status === "success" ? "green" : state.status === "running" ? "yellow" : "red" };
   const time: Segment[] = seconds !== undefined ? [{ text: ` · ${(seconds / 1000).toFixed(1)} s`, style: "dim" }] : [];
   const prefix = "keen ▸ ";
-  const room = width - prefix.length - status.text.length - time.reduce((n, s) => n + s.text.length, 0);
-  const vision = fit(state.vision.trim().split("\n")[0] ?? "", Math.max(MIN_TITLE, room));
+  const room = width - displayWidth(prefix) - displayWidth(status.text) - time.reduce((n, s) => n + displayWidth(s.text), 0);
+  const vision = fitWidth(terminalLine(state.vision.trim().split("\n")[0] ?? ""), Math.max(MIN_TITLE, room));
   return [{ text: prefix, style: "bold" }, { text: vision }, status, ...time];
 }
 
@@ -155,11 +157,11 @@ function footer(state: TreeState, agents: AgentNode[]): Segment[][] {
     lines.push([
       { text: "validation ", style: "dim" },
       { text: v.passed ? "passed" : "failed", style: v.passed ? "green" : "red" },
-      { text: ` (${v.agentId}): ${v.command}`, style: "dim" },
+      { text: terminalLine(` (${v.agentId}): ${v.command}`), style: "dim" },
     ]);
   }
-  for (const limit of state.limits.slice(-2)) lines.push([{ text: `limit ${limit}`, style: "yellow" }]);
-  if (state.error && state.status !== "success") lines.push([{ text: `${state.error.code}: ${state.error.message}`, style: "red" }]);
+  for (const limit of state.limits.slice(-2)) lines.push([{ text: terminalLine(`limit ${limit}`), style: "yellow" }]);
+  if (state.error && state.status !== "success") lines.push([{ text: terminalLine(`${state.error.code}: ${state.error.message}`), style: "red" }]);
   return lines;
 }
 
@@ -175,20 +177,17 @@ function compact(n: number): string {
   return `${(n / 1_000_000).toFixed(1)}M`;
 }
 
-function fit(text: string, width: number): string {
-  return text.length <= width ? text : `${text.slice(0, Math.max(0, width - 1))}…`;
-}
-
-/** Cuts a line of segments to `width` visible characters, marking the cut with an ellipsis. */
+/** Cuts a line of segments to `width` terminal columns, marking the cut with an ellipsis. */
 function cut(segments: Segment[], width: number): Segment[] {
-  const total = segments.reduce((n, s) => n + s.text.length, 0);
+  const total = segments.reduce((n, s) => n + displayWidth(s.text), 0);
   if (total <= width) return segments;
   const out: Segment[] = [];
   let room = width - 1;
   for (const segment of segments) {
     if (room <= 0) break;
-    out.push({ ...segment, text: segment.text.slice(0, room) });
-    room -= segment.text.length;
+    const taken = takeWidth(segment.text, room);
+    out.push({ ...segment, text: taken.text });
+    room -= displayWidth(segment.text);
   }
   out.push({ text: "…" });
   return out;
@@ -198,8 +197,8 @@ function paint(segments: Segment[], color: boolean): string {
   return segments.map((s) => (color && s.style && s.text.trim() ? `${ANSI[s.style][0]}${s.text}${ANSI[s.style][1]}` : s.text)).join("");
 }
 
-/** Visible width of a rendered line: ANSI escapes do not count. */
+/** Terminal columns of a rendered line: ANSI escapes take none, wide characters and emoji two. */
 export function visibleWidth(line: string): number {
   // eslint-disable-next-line no-control-regex
-  return line.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "").length;
+  return displayWidth(line.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, ""));
 }

@@ -1,0 +1,67 @@
+import Anthropic from "@anthropic-ai/sdk";
+
+/** Exit code when the model endpoint refuses the key or cannot be reached. */
+export const MODEL_UNAVAILABLE_EXIT_CODE = 3;
+
+/** The endpoint is unusable: the key is refused, or nothing answers at the URL. */
+export class ModelUnavailableError extends Error {
+  constructor(
+    message: string,
+    readonly url: string,
+  ) {
+    super(message);
+    this.name = "ModelUnavailableError";
+  }
+}
+
+export interface ModelCheckOptions {
+  apiKey: string;
+  model: string;
+  /** Default: the SDK's, `https://api.anthropic.com`. */
+  baseURL?: string;
+  /** Default 15 s. */
+  timeoutMs?: number;
+}
+
+/**
+ * Checks the model endpoint and key with one `count_tokens` request (free of charge, no model
+ * run) and no retries, so a wrong key or URL ends a run before anything is written. Throws
+ * {@link ModelUnavailableError} for 401/403 and for an unreachable endpoint; any other answer
+ * (a proxy without `count_tokens`, an overload) is not conclusive and lets the run start, where
+ * the model's own retries apply.
+ *
+ * @example
+ * await checkModelEndpoint({ apiKey: process.env.ANTHROPIC_API_KEY!, model: "claude-sonnet-5-5" });
+ */
+export async function checkModelEndpoint(options: ModelCheckOptions): Promise<void> {
+  const client = new Anthropic({
+    apiKey: options.apiKey,
+    baseURL: options.baseURL ?? null,
+    maxRetries: 0,
+    timeout: options.timeoutMs ?? 15_000,
+  });
+  const url = client.baseURL;
+  try {
+    await client.messages.countTokens({ model: options.model, messages: [{ role: "user", content: "ping" }] });
+  } catch (error) {
+    if (error instanceof Anthropic.AuthenticationError || error instanceof Anthropic.PermissionDeniedError) {
+      const detail = (error.error as { error?: { message?: string } } | undefined)?.error?.message ?? error.message;
+      throw new ModelUnavailableError(`the model endpoint ${url} refused the API key (${error.status}: ${detail})`, url);
+    }
+    if (error instanceof Anthropic.APIConnectionError) {
+      const reason = error instanceof Anthropic.APIConnectionTimeoutError ? "timed out" : connectionReason(error);
+      throw new ModelUnavailableError(`cannot reach the model endpoint ${url} (${reason})`, url);
+    }
+    // Anything else: the endpoint answered, so it is reachable and the key was not refused.
+  }
+}
+
+/** The most specific reason in an error's cause chain: `ECONNREFUSED`, `ENOTFOUND`, … */
+function connectionReason(error: unknown): string {
+  let message: string | undefined;
+  for (let current = error as { code?: unknown; message?: string; cause?: unknown } | undefined, depth = 0; current && depth < 5; current = current.cause as typeof current, depth++) {
+    if (typeof current.code === "string" && /^E[A-Z]+$/.test(current.code)) return current.code;
+    message = current.message ?? message;
+  }
+  return message ?? "connection failed";
+}
