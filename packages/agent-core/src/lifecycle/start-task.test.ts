@@ -326,7 +326,7 @@ describe("startTask", () => {
     let saved: TaskSnapshot | undefined;
     const first = await startTask({ vision: "Build", workspace, model, onSnapshot: (s) => void (saved = s) }).result;
     expect(first.status).toBe("interrupted");
-    expect(first.error?.code).toBe("model_error");
+    expect(first.error?.code).toBe("model_unavailable");
     expect(saved!.agents.find((a) => a.id === "root")!.phase).not.toBe("DONE");
     expect(saved!.agents.find((a) => a.id === "A")!.phase).toBe("COMPLETE");
     expect(await git(dir, "show", "summon-A:a.txt")).toBe("a");
