@@ -91,6 +91,7 @@ describe("keen CLI usage", () => {
     [["run", "x", "--validate", " "], /--validate needs a command/],
     [["run", "x", "--sandbox", "--no-sandbox"], /contradict/],
     [["run", "x", "--no-sandbox", "--sandbox-read", "/opt"], /means nothing with --no-sandbox/],
+    [["run", "x", "--base", "main", "--include-uncommitted"], /cannot start from another --base/],
     [["run", "x", "--max-depth"], /--max-depth needs a value \(argument missing\)/],
     [["run", "--resume", "/nonexistent/run.json"], /cannot read snapshot \/nonexistent\/run\.json: no such file/],
     [["run", "again", "--resume", "run.json"], /give no vision with it/],

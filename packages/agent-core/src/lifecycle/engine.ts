@@ -223,14 +223,18 @@ async function openRunBranch(tree: AgentTree, root: AgentState, { fresh }: { fre
   if (!isForkable(checkout)) throw new ConfigError("A run branch needs a workspace that can fork (such as LocalWorkspace)");
   const { state, settings } = tree;
   if (!fresh) return checkout.fork(root.branch, { reattach: true });
-  state.base = await checkout.head();
+  const from = settings.base ?? (await checkout.head());
+  // Carried-over work sits on the checkout's HEAD, so the workspace refuses it with another base.
   const worktree = await checkout.fork(root.branch, {
     ...(settings.base ? { from: settings.base } : {}),
     ...(settings.includeUncommitted ? { includeUncommitted: true } : {}),
   });
+  // The commit the run starts from, as a sha where it can be read: with carried-over work the
+  // worktree's head is the commit holding that work, one above the base.
+  state.base = settings.includeUncommitted ? from : await worktree.head();
   state.runBranch = root.branch;
-  tree.emit({ type: "git.branch", agentId: root.id, branch: root.branch, from: settings.base ?? state.base, worktree: worktree.root });
-  const report = checkout.lastForkReport;
+  tree.emit({ type: "git.branch", agentId: root.id, branch: root.branch, from: state.base, worktree: worktree.root });
+  const report = worktree.lastForkReport;
   if (settings.includeUncommitted && report && report.skipped.length > 0) {
     tree.emit({ type: "git.skipped", agentId: root.id, branch: root.branch, files: report.skipped.map((file) => ({ ...file })) });
   }

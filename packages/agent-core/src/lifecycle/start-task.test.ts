@@ -390,6 +390,36 @@ describe("startTask", () => {
       expect(await git(base.dir, "show", `${child}:moved.txt`)).toBe("new on main");
       expect(await git(base.dir, "show", `${second.result.branch}:moved.txt`)).toBe("new on main");
     });
+
+    it("starts from --base when given, and carries uncommitted work only when asked, never a credential", async () => {
+      const scenario = {
+        root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])] },
+        A: { complete_task: [write("a.txt", "a\n"), done()] },
+      };
+      const base = await setup(scenario);
+      const first = await git(base.dir, "rev-parse", "HEAD");
+      await writeFile(join(base.dir, "later.txt"), "after the base\n");
+      await git(base.dir, "add", "later.txt");
+      await git(base.dir, "commit", "-qm", "later");
+      const fromBase = await runTask(base, { branch: true, base: first });
+      expect(fromBase.result.status).toBe("success");
+      expect(ofType(fromBase.events, "git.branch").find((e) => e.agentId === "root")!.from).toBe(first);
+      expect(await git(base.dir, "merge-base", first, fromBase.result.branch!)).toBe(first);
+      expect(await git(base.dir, "ls-tree", "--name-only", fromBase.result.branch!)).not.toContain("later.txt");
+
+      await writeFile(join(base.dir, "README.md"), "# app\nwork in progress\n");
+      await writeFile(join(base.dir, ".env.local"), "ANTHROPIC_API_KEY=sk-ant-secret\n");
+      const statusBefore = await git(base.dir, "status", "--porcelain");
+      const carried = await runTask(base, { branch: true, includeUncommitted: true });
+      expect(carried.result.error).toBeUndefined();
+      expect(carried.result.status).toBe("success");
+      const branch = carried.result.branch!;
+      expect(await git(base.dir, "show", `${branch}:README.md`)).toBe("# app\nwork in progress");
+      expect(await git(base.dir, "ls-tree", "--name-only", branch)).not.toContain(".env.local");
+      expect(ofType(carried.events, "git.skipped").flatMap((e) => e.files)).toEqual([expect.objectContaining({ path: ".env.local", reason: "credential" })]);
+      // The user's checkout is as it was.
+      expect(await git(base.dir, "status", "--porcelain")).toBe(statusBefore);
+    });
   });
 
   it("stops at maxBudgetUsd, priced from keen's table", async () => {

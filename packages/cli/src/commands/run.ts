@@ -173,8 +173,10 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
   if (!vision) throw new UsageError('missing the vision: keen run "<what to do>" --repo DIR (or keen run - to read it from standard input)');
   const model = options.model ?? buildModel(modelId, io.env, settings.maxRetries);
   const repo = resolve(values.repo ?? process.cwd());
-  const workspace = await openRepo(repo, sandbox);
+  // The endpoint is checked before the repository is opened: opening takes keen's repository
+  // lock, and a refused key must leave nothing behind.
   if (!options.model) await checkEndpoint(modelId, io.env);
+  const workspace = await openRepo(repo, sandbox);
   const runId = `run_${randomUUID()}`;
   const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : await defaultSnapshotPath(workspace.root, runId));
   const mode = outputMode(io, Boolean(values.json));
@@ -372,6 +374,9 @@ function readSettings(values: Flags): Settings {
   if (branch !== undefined && !branch.trim()) throw new UsageError("--branch needs a branch name, got an empty string");
   const base = values.base;
   if (base !== undefined && !base.trim()) throw new UsageError("--base needs a commit, branch or tag, got an empty string");
+  if (base !== undefined && values["include-uncommitted"]) {
+    throw new UsageError("--include-uncommitted carries work from your checkout's HEAD; it cannot start from another --base");
+  }
   const concurrency = integerFlag(values, "concurrency", 1);
   const maxRetries = integerFlag(values, "max-retries", 0);
   const onConflict = values["on-conflict"];
