@@ -265,6 +265,41 @@ async function* compressedBytes(head: Buffer, rest: AsyncIterator<Uint8Array>, l
   }
 }
 
+/**
+ * Pax keywords the screen accepts. GNU tar honours keywords tar-stream ignores (`GNU.sparse.name`
+ * renames an entry, `GNU.sparse.*` changes how its data is laid out, `hdrcharset` how its names
+ * are decoded), so any keyword outside this list could make GNU tar unpack something other than
+ * what was screened. The accepted ones either name the entry the way both read it (`path`,
+ * `linkpath`, `size`) or cannot change where or what is written.
+ */
+const PAX_KEYWORDS = new Set(["path", "linkpath", "size", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "comment", "SCHILY.dev", "SCHILY.ino", "SCHILY.nlink", "SCHILY.fflags", "LIBARCHIVE.creationtime", "RHT.security.selinux"]);
+const PAX_KEYWORD_PREFIXES = ["SCHILY.xattr.", "LIBARCHIVE.xattr.", "SCHILY.acl."];
+/**
+ * A global pax header applies to every later entry in GNU tar, but tar-stream only merges it into
+ * entries that carry their own pax header: a global `linkpath`, `path` or `size` would reach GNU
+ * tar unscreened. Only keywords that cannot move, rename or resize anything may be global
+ * (`git archive` writes the commit id as a global `comment`).
+ */
+const PAX_GLOBAL_KEYWORDS = new Set(["comment", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname"]);
+/** Values tar-stream and GNU tar both read the same way; `parseInt` would also take "512abc", which GNU tar refuses. */
+const PAX_NUMERIC = /^(0|[1-9][0-9]{0,17})$/;
+
+function checkPax(records: Record<string, string> | null | undefined, global: boolean, path: string): void {
+  if (!records) return;
+  for (const [key, value] of Object.entries(records)) {
+    const allowed = global ? PAX_GLOBAL_KEYWORDS.has(key) : PAX_KEYWORDS.has(key) || PAX_KEYWORD_PREFIXES.some((prefix) => key.startsWith(prefix));
+    if (!allowed) {
+      throw new ArchiveRejectedError("archive_unsupported", `Entry ${path} has the ${global ? "global " : ""}pax keyword ${JSON.stringify(key.slice(0, 100))}, which the screen does not accept`, path);
+    }
+    if ((key === "size" || key === "uid" || key === "gid") && !PAX_NUMERIC.test(value)) {
+      throw new ArchiveRejectedError("archive_corrupt", `Entry ${path} has the malformed pax ${key} ${JSON.stringify(value.slice(0, 40))}`, path);
+    }
+  }
+}
+
+/** Entry types that carry no data in GNU tar, whatever size their header declares. */
+const DATALESS = new Set(["symlink", "link", "directory", "character-device", "block-device", "fifo"]);
+
 async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped: boolean, limits: Limits): Promise<ArchiveReport> {
   const counter = { bytes: 0 };
   const checker = new EntryChecker(limits);
@@ -296,11 +331,17 @@ async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped:
     for await (const entry of extract) {
       const { header } = entry;
       const path = checker.begin(header.name);
+      // tar-stream keeps the last global header here and does not expose it otherwise.
+      checkPax((extract as unknown as { _paxGlobal?: Record<string, string> | null })._paxGlobal, true, path);
+      checkPax(header.pax, false, path);
+      // GNU tar reads no data after a link or directory header, so the bytes tar-stream would
+      // skip as "data" are the next header to GNU tar: a second archive hidden in the first.
+      if (header.type && DATALESS.has(header.type) && header.size !== 0) {
+        throw new ArchiveRejectedError("archive_corrupt", `Entry ${path} is a ${header.type} that declares ${header.size} bytes of data`, path);
+      }
       switch (header.type) {
         case "file":
         case "contiguous-file":
-        case null:
-        case undefined:
           checker.report.files++;
           checker.accept(path);
           break;
@@ -318,6 +359,11 @@ async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped:
         case "block-device":
         case "fifo":
           throw new ArchiveRejectedError("archive_special_file", `Entry ${path} is a ${header.type}, which an upload may not contain`, path);
+        case null:
+        case undefined:
+          // GNU sparse files (S), dump directories (D), volume labels (V), continuations (M) and
+          // vendor types: GNU tar lays out their data (or further header blocks) its own way.
+          throw new ArchiveRejectedError("archive_unsupported", `Entry ${path} has a tar entry type the screen does not accept (sparse, dump directory, volume label or vendor type)`, path);
         default:
           throw new ArchiveRejectedError("archive_special_file", `Entry ${path} has the unsupported type ${String(header.type)}`, path);
       }
@@ -459,6 +505,13 @@ async function screenZip(head: Buffer, rest: AsyncIterator<Uint8Array>, limits: 
       } finally {
         stream.destroy();
       }
+    }
+    // yauzl stops after the number of records the end record counts; Info-ZIP's unzip reads the
+    // directory until it runs out of records. Records past the count would be unpacked unscreened.
+    const after = (zip as unknown as { readEntryCursor: number }).readEntryCursor;
+    const signature = after + 4 <= buffer.length ? buffer.readUInt32LE(after) : 0;
+    if (signature !== 0x06054b50 && signature !== 0x06064b50) {
+      throw new ArchiveRejectedError("archive_corrupt", `The zip's central directory holds more records than its end record counts (${zip.entryCount})`);
     }
   } catch (error) {
     if (error instanceof ArchiveRejectedError) throw error;
