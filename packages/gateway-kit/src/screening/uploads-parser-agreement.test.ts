@@ -1,6 +1,9 @@
 // Archives that two parsers read differently: the screen must see what GNU tar and Info-ZIP unzip
 // will unpack, or refuse. Each attack is first shown to escape with the real extractor.
 import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { extractForReal, makeTar, makeZip, paxRecords, rawTarEntry, rawTarHeader, tarEnd } from "./archive-fixtures.js";
 import { ArchiveRejectedError, screenArchive } from "./uploads.js";
@@ -98,6 +101,33 @@ describe.skipIf(!hasUnzip)("zip central directories unzip reads further than the
 
   it("refuses a central directory with more records than the end record counts", async () => {
     expect(await verdict(withHiddenLink())).toMatchObject({ status: 422, code: "archive_corrupt" });
+  });
+
+  const hasZip = (() => {
+    try {
+      execFileSync("zip", ["-v"], { stdio: "ignore" });
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+
+  it.skipIf(!hasZip)("still accepts what Info-ZIP zip writes: zip64 end records (-fz) and data descriptors (written to a pipe)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "keen-zip-"));
+    try {
+      mkdirSync(join(dir, "src", "d"), { recursive: true });
+      writeFileSync(join(dir, "src", "d", "a.txt"), "hello\n".repeat(1000));
+      symlinkSync("d/a.txt", join(dir, "src", "l"));
+      execFileSync("zip", ["-qry", "-fz", join(dir, "z64.zip"), "."], { cwd: join(dir, "src") });
+      const z64 = readFileSync(join(dir, "z64.zip"));
+      expect(z64.includes(Buffer.from([0x50, 0x4b, 0x06, 0x06]))).toBe(true);
+      expect(await screenArchive(z64)).toMatchObject({ files: 1, directories: 1, symlinks: 1 });
+      const piped = execFileSync("sh", ["-c", "zip -qr - . | cat"], { cwd: join(dir, "src") });
+      expect(piped.readUInt16LE(6) & 0x8).toBe(0x8);
+      expect(await screenArchive(piped)).toMatchObject({ files: 2, directories: 1, symlinks: 0 });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("still accepts a plain zip", async () => {
