@@ -41,6 +41,16 @@ const tarAttacks: Array<[string, Buffer]> = [
   ["a hard link that declares data", Buffer.concat([rawTarEntry({ name: "f" }, "x"), rawTarHeader({ name: "h", type: "1", linkname: "f", size: 512 }), hidden, tarEnd()])],
   ["a directory that declares data", Buffer.concat([rawTarHeader({ name: "dd/", type: "5", size: 512 }), hidden, tarEnd()])],
   ["a pax size that gives a symlink data", Buffer.concat([paxEntry([["size", "512"]]), rawTarHeader({ name: "l", type: "2", linkname: "x" }), hidden, tarEnd()])],
+  ["a pax record missing its newline, which GNU tar skips (falling back to the ustar name)", Buffer.concat([
+    rawTarEntry({ name: "PaxHeaders/x", type: "x" }, Buffer.concat([paxRecords([["path", "d1/d2/d3/l"]]).subarray(0, -1), Buffer.from("X")])),
+    rawTarEntry({ name: "l", type: "2", linkname: "../../.." }),
+    tarEnd(),
+  ])],
+  ["a pax record longer than its header, which GNU tar skips", Buffer.concat([
+    rawTarEntry({ name: "PaxHeaders/x", type: "x" }, "99 path=d1/d2/d3/l\n"),
+    rawTarEntry({ name: "l", type: "2", linkname: "../../.." }),
+    tarEnd(),
+  ])],
 ];
 
 describe("tar entries GNU tar and the screen would read differently", () => {
@@ -63,6 +73,16 @@ describe("tar entries GNU tar and the screen would read differently", () => {
   ])("refuses %s instead of treating it as a file", async (_, type) => {
     const result = await verdict(Buffer.concat([rawTarEntry({ name: "f", type }, "data"), tarEnd()]));
     expect(result).toMatchObject({ status: 422, code: "archive_unsupported" });
+  });
+
+  it("refuses a global pax header with a keyword other than comment or times, even with no entry after it", async () => {
+    expect(await verdict(Buffer.concat([rawTarEntry({ name: "f" }, "x"), paxGlobal([["path", "x"]]), tarEnd()]))).toMatchObject({ status: 422, code: "archive_unsupported" });
+  });
+
+  it("refuses a pax size GNU tar would not read as a number", async () => {
+    const archive = Buffer.concat([paxEntry([["size", "512abc"]]), rawTarHeader({ name: "f" }), hidden, tarEnd()]);
+    expect(extractForReal(archive, "tar").escapes.length).toBeGreaterThan(0);
+    expect(await verdict(archive)).toMatchObject({ status: 422, code: "archive_corrupt" });
   });
 
   it("refuses pax keywords that change an entry in ways the screen cannot follow", async () => {

@@ -297,6 +297,28 @@ function checkPax(records: Record<string, string> | null | undefined, global: bo
   }
 }
 
+/**
+ * Parses a pax header body the way GNU tar does, refusing what GNU tar would skip as malformed:
+ * tar-stream trusts each record's length and drops its last byte unseen, so a record without its
+ * newline (or longer than the header) is applied by tar-stream and ignored by GNU tar, which
+ * then unpacks the entry under its ustar name.
+ */
+function strictPax(body: Buffer, global: boolean): void {
+  const records: Record<string, string> = {};
+  for (let at = 0; at < body.length; ) {
+    const space = body.indexOf(0x20, at);
+    const digits = space < 0 ? "" : body.subarray(at, space).toString("latin1");
+    const length = /^[1-9][0-9]{0,7}$/.test(digits) ? Number(digits) : 0;
+    const end = at + length;
+    const record = length > 0 && end <= body.length && body[end - 1] === 0x0a ? body.subarray(space + 1, end - 1).toString("utf8") : undefined;
+    const equals = record?.indexOf("=") ?? -1;
+    if (record === undefined || equals < 1) throw new ArchiveRejectedError("archive_corrupt", `A pax ${global ? "global " : ""}header has a malformed record at byte ${at}`);
+    records[record.slice(0, equals)] = record.slice(equals + 1);
+    at = end;
+  }
+  checkPax(records, global, "");
+}
+
 /** Entry types that carry no data in GNU tar, whatever size their header declares. */
 const DATALESS = new Set(["symlink", "link", "directory", "character-device", "block-device", "fifo"]);
 
@@ -305,6 +327,16 @@ async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped:
   const checker = new EntryChecker(limits);
   const tar = await loadOptional<typeof TarStream>("tar-stream");
   const extract = tar.extract();
+  // tar-stream neither exposes a pax header's bytes nor a global header at all, so both are
+  // checked where it decodes them; an error thrown here fails the extraction like a corrupt header.
+  const internals = extract as unknown as { _header: { type: string } | null; _decodeLongHeader?: (body: Buffer) => void };
+  const decodeLongHeader = internals._decodeLongHeader;
+  if (typeof decodeLongHeader !== "function") throw new Error("tar-stream no longer decodes long headers in _decodeLongHeader; pax screening needs updating");
+  internals._decodeLongHeader = function (this: typeof internals, body: Buffer) {
+    const type = this._header?.type;
+    if (type === "pax-header" || type === "pax-global-header") strictPax(body, type === "pax-global-header");
+    decodeLongHeader.call(this, body);
+  };
   let unpacked = 0;
   // The whole-archive ratio: judged on the tar stream coming out of gunzip against the bytes fed in.
   const ratioGuard = async function* (source: AsyncIterable<Buffer>) {
@@ -331,8 +363,6 @@ async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped:
     for await (const entry of extract) {
       const { header } = entry;
       const path = checker.begin(header.name);
-      // tar-stream keeps the last global header here and does not expose it otherwise.
-      checkPax((extract as unknown as { _paxGlobal?: Record<string, string> | null })._paxGlobal, true, path);
       checkPax(header.pax, false, path);
       // GNU tar reads no data after a link or directory header, so the bytes tar-stream would
       // skip as "data" are the next header to GNU tar: a second archive hidden in the first.
