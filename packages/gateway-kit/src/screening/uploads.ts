@@ -363,7 +363,7 @@ async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped:
     for await (const entry of extract) {
       const { header } = entry;
       const path = checker.begin(header.name);
-      checkPax(header.pax, false, path);
+      checkPax(header.pax as Record<string, string> | undefined, false, path);
       // GNU tar reads no data after a link or directory header, so the bytes tar-stream would
       // skip as "data" are the next header to GNU tar: a second archive hidden in the first.
       if (header.type && DATALESS.has(header.type) && header.size !== 0) {
