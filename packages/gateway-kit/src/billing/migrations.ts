@@ -67,6 +67,8 @@ export const billingMigrations = defineMigrations("gk_billing", {
       await sql`alter table billing_reversals alter column session_id drop not null`.execute(db);
       await sql`alter table billing_reversals add column payment_intent_id text`.execute(db);
       await sql`alter table billing_reversals add column currency text`.execute(db);
+      // A refund that failed or was cancelled: final, so a late "pending" snapshot cannot count it again.
+      await sql`alter table billing_reversals add column voided_at timestamptz`.execute(db);
       await sql`create index billing_reversals_unclaimed_idx on billing_reversals (payment_intent_id) where session_id is null`.execute(db);
       // A charge's cumulative refunded amount seen before its checkout was granted.
       await sql`
@@ -109,6 +111,7 @@ export interface BillingTables {
     session_id: string | null;
     payment_intent_id: ColumnType<string | null, string | null | undefined, string | null>;
     currency: ColumnType<string | null, string | null | undefined, string | null>;
+    voided_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
     kind: "refund" | "dispute";
     amount_cents: ColumnType<string | number | bigint, number, number>;
     reinstated_at: ColumnType<Date | null, Date | null | undefined, Date | null>;

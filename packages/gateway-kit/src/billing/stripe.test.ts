@@ -343,6 +343,24 @@ describeEachDatabase("stripe billing", (fixture) => {
       expect((await ledger.verify()).ok).toBe(true);
     });
 
+    it("a refund that failed stays failed when an older pending snapshot of it arrives later", async () => {
+      const a = await startPaid();
+      expect((await deliver(event("checkout.session.completed", a.session))).body.outcome).toBe("granted");
+      const refund = await stripe.refunds.create({ payment_intent: a.session.payment_intent as string, amount: 500 });
+      expect((await deliver(event("refund.updated", { ...refund, status: "failed" }))).status).toBe(200);
+      expect((await deliver(event("refund.created", { ...refund, status: "pending" }))).status).toBe(200);
+      expect(await balanceOf(a.started.accountId)).toBe(10_000_000);
+      // In order, the failure gives the credits back.
+      const b = await startPaid();
+      expect((await deliver(event("checkout.session.completed", b.session))).body.outcome).toBe("granted");
+      const second = await stripe.refunds.create({ payment_intent: b.session.payment_intent as string, amount: 500 });
+      expect((await deliver(event("refund.created", { ...second, status: "pending" }))).body.outcome).toBe("reversed");
+      expect(await balanceOf(b.started.accountId)).toBe(5_000_000);
+      expect((await deliver(event("refund.updated", { ...second, status: "failed" }))).body.outcome).toBe("reinstated");
+      expect(await balanceOf(b.started.accountId)).toBe(10_000_000);
+      expect((await ledger.verify()).ok).toBe(true);
+    });
+
     it("a refund in another currency recorded before the completion is not counted", async () => {
       const { started, session } = await startPaid();
       const refund = await stripe.refunds.create({ payment_intent: session.payment_intent as string, amount: 500 });

@@ -250,12 +250,24 @@ async function dispatch(trx: Trx, event: Stripe.Event, result: ProcessedEvent): 
       const paymentIntentId = idOf(refund.payment_intent);
       const checkout = await checkoutOfPayment(trx, paymentIntentId, refund.currency);
       if (!checkout && !paymentIntentId) return;
-      // A refund that failed or was cancelled gave nothing back.
-      const counts = refund.status !== "failed" && refund.status !== "canceled";
+      // A refund that failed or was cancelled gave nothing back, and stays so: both states are
+      // final, so a "pending" snapshot delivered after them is an old one.
+      const voided = refund.status === "failed" || refund.status === "canceled";
       await trx
         .insertInto("billing_reversals")
-        .values({ id: refund.id, ...owner(checkout, paymentIntentId, refund.currency), kind: "refund", amount_cents: counts ? refund.amount : 0 })
-        .onConflict((oc) => oc.column("id").doUpdateSet({ amount_cents: counts ? refund.amount : 0 }))
+        .values({
+          id: refund.id,
+          ...owner(checkout, paymentIntentId, refund.currency),
+          kind: "refund",
+          amount_cents: voided ? 0 : refund.amount,
+          voided_at: voided ? sql<Date>`now()` : null,
+        })
+        .onConflict((oc) =>
+          oc.column("id").doUpdateSet({
+            amount_cents: sql`case when billing_reversals.voided_at is null and excluded.voided_at is null then excluded.amount_cents else 0 end`,
+            voided_at: sql<Date>`coalesce(billing_reversals.voided_at, excluded.voided_at)`,
+          }),
+        )
         .execute();
       if (checkout) await finish(trx, checkout.session_id, result);
       return;
