@@ -120,6 +120,9 @@ export function createMemoryRateLimitStore(): RateLimitStore {
  * surrogates are stored as U+FFFD, so two different keys would share a bucket. Such keys are
  * stored as a digest of their exact UTF-16 code units; ordinary keys stay readable (and erasable
  * by prefix).
+ *
+ * @example
+ * await db.deleteFrom("rate_limit_buckets").where("key", "=", storedRateLimitKey(`login:${email}`)).execute();
  */
 export function storedRateLimitKey(key: string): string {
   if (key.length <= 512 && !/\p{Cs}/u.test(key)) return key;
