@@ -150,6 +150,41 @@ describe.skipIf(!hasUnzip)("zip central directories unzip reads further than the
     }
   });
 
+  /**
+   * Two central directories: the end record points yauzl at a decoy directory (a harmless link),
+   * while Info-ZIP's unzip finds the real one just before the end record, takes the difference
+   * as bytes prepended to the archive and shifts every offset by it, reaching a second local
+   * header whose link leads out. Four `PK\x06\x06` bytes after the decoy mimic a zip64 end record.
+   */
+  const withDecoyDirectory = () => {
+    const decoy = makeZip([{ name: "l", data: Buffer.from("x".repeat(outside.length)), mode: 0o120777 }]);
+    const real = makeZip([{ name: "l", data: Buffer.from(outside), mode: 0o120777 }]);
+    const localLength = decoy.readUInt32LE(decoy.length - 6);
+    const cdLength = decoy.readUInt32LE(decoy.length - 10);
+    const marker = Buffer.from([0x50, 0x4b, 0x06, 0x06]);
+    const decoyLocal = decoy.subarray(0, localLength);
+    const decoyCd = decoy.subarray(localLength, localLength + cdLength);
+    const realLocal = real.subarray(0, localLength);
+    const realCd = Buffer.from(real.subarray(localLength, localLength + cdLength));
+    const F = decoyLocal.length;
+    const R = F + decoyCd.length + marker.length;
+    const C = R + realLocal.length;
+    realCd.writeUInt32LE(R - (C - F), 42);
+    const end = Buffer.from(decoy.subarray(decoy.length - 22));
+    end.writeUInt32LE(F, 16);
+    return Buffer.concat([decoyLocal, decoyCd, marker, realLocal, realCd, end]);
+  };
+
+  it("the attack is real: a decoy central directory shows yauzl one link target and unzip another", () => {
+    expect(extractForReal(withDecoyDirectory(), "zip").escapes.map((e) => e.link)).toEqual(["l"]);
+  });
+
+  it("refuses a zip whose central directory does not end where its end record begins", async () => {
+    expect(await verdict(withDecoyDirectory())).toMatchObject({ status: 422, code: "archive_corrupt" });
+    const prepended = Buffer.concat([Buffer.from("#!/bin/sh\nexit 0\n"), makeZip([{ name: "a.txt", data: Buffer.from("a") }])]);
+    expect(await verdict(prepended)).not.toBe("accepted");
+  });
+
   it("still accepts a plain zip", async () => {
     expect(await screenArchive(makeZip([{ name: "a.txt", data: Buffer.from("a") }, { name: "b/", mode: 0o40755 }]))).toMatchObject({ files: 1, directories: 1 });
   });

@@ -466,6 +466,47 @@ async function checkLocalHeader(zip: Yauzl.ZipFile, entry: Yauzl.Entry, path: st
   for (const name of unicode) if (nameShape(name) !== shape) refuse(`the name (its Unicode path field says ${JSON.stringify(name.slice(0, 200))})`);
 }
 
+/**
+ * Checks that the central directory yauzl read is the one Info-ZIP's unzip will read. yauzl
+ * starts at the offset the end record declares and stops after the count it gives; unzip reads
+ * records until they run out, and when the directory it finds before the end record is not at
+ * the declared offset it takes the difference as bytes prepended to the archive and shifts every
+ * offset by it, so a decoy directory could show the screen other entries (or other data) than
+ * unzip unpacks. The records read must therefore end exactly where the end record (or the zip64
+ * end record) begins, start exactly at the declared offset, and the end record's comment must
+ * reach the end of the file. Self-extracting archives (bytes before the zip) are refused too.
+ */
+function checkDirectoryBounds(buffer: Buffer, recordsEnd: number, entryCount: number): void {
+  const refuse = (why: string): never => {
+    throw new ArchiveRejectedError("archive_corrupt", `The zip's central directory is ambiguous: ${why}`);
+  };
+  // The end record yauzl used: the last signature within reach of the end, as yauzl searches.
+  let end = -1;
+  for (let i = buffer.length - 22; i >= Math.max(0, buffer.length - 22 - 0xffff); i--) {
+    if (buffer.readUInt32LE(i) === 0x06054b50) {
+      end = i;
+      break;
+    }
+  }
+  if (end < 0) refuse("no end record");
+  if (end + 22 + buffer.readUInt16LE(end + 20) !== buffer.length) refuse("the end record's comment does not reach the end of the file");
+  let directoryEnd = end;
+  let size = BigInt(buffer.readUInt32LE(end + 12));
+  let offset = BigInt(buffer.readUInt32LE(end + 16));
+  if (end >= 20 && buffer.readUInt32LE(end - 20) === 0x07064b50) {
+    const record = buffer.readBigUInt64LE(end - 20 + 8);
+    if (record > BigInt(end - 56)) refuse("the zip64 end record is out of place");
+    directoryEnd = Number(record);
+    if (buffer.readUInt32LE(directoryEnd) !== 0x06064b50) refuse("no zip64 end record where its locator points");
+    size = buffer.readBigUInt64LE(directoryEnd + 40);
+    offset = buffer.readBigUInt64LE(directoryEnd + 48);
+    // The zip64 end record (56 bytes and its extensible data) and its locator fill the gap exactly.
+    if (BigInt(directoryEnd) + 12n + buffer.readBigUInt64LE(directoryEnd + 4) !== BigInt(end - 20)) refuse("bytes between the zip64 end record and its locator");
+  }
+  if (recordsEnd !== directoryEnd) refuse(`its ${entryCount} records end at byte ${recordsEnd}, but the end record is at byte ${directoryEnd}`);
+  if (offset + size !== BigInt(directoryEnd)) refuse("the declared offset and size do not lead to the end record (bytes before the archive, or a second directory)");
+}
+
 async function screenZip(head: Buffer, rest: AsyncIterator<Uint8Array>, limits: Limits): Promise<ArchiveReport> {
   // A zip's directory is at its end, so it is read whole (within the upload cap) before any check.
   const counter = { bytes: 0 };
@@ -536,13 +577,7 @@ async function screenZip(head: Buffer, rest: AsyncIterator<Uint8Array>, limits: 
         stream.destroy();
       }
     }
-    // yauzl stops after the number of records the end record counts; Info-ZIP's unzip reads the
-    // directory until it runs out of records. Records past the count would be unpacked unscreened.
-    const after = (zip as unknown as { readEntryCursor: number }).readEntryCursor;
-    const signature = after + 4 <= buffer.length ? buffer.readUInt32LE(after) : 0;
-    if (signature !== 0x06054b50 && signature !== 0x06064b50) {
-      throw new ArchiveRejectedError("archive_corrupt", `The zip's central directory holds more records than its end record counts (${zip.entryCount})`);
-    }
+    checkDirectoryBounds(buffer, (zip as unknown as { readEntryCursor: number }).readEntryCursor, zip.entryCount);
   } catch (error) {
     if (error instanceof ArchiveRejectedError) throw error;
     // yauzl reports a declared size that the data does not match, bad CRCs and truncated data here.
