@@ -60,6 +60,26 @@ export const billingMigrations = defineMigrations("gk_billing", {
       await sql`create index billing_reversals_session_idx on billing_reversals (session_id)`.execute(db);
     },
   },
+  gk_credits_0400_billing_early_reversals: {
+    up: async (db: Kysely<any>) => {
+      // A refund or dispute can be delivered before the checkout's completion names its payment:
+      // it is kept under its payment until the grant claims it.
+      await sql`alter table billing_reversals alter column session_id drop not null`.execute(db);
+      await sql`alter table billing_reversals add column payment_intent_id text`.execute(db);
+      await sql`alter table billing_reversals add column currency text`.execute(db);
+      // A refund that failed or was cancelled: final, so a late "pending" snapshot cannot count it again.
+      await sql`alter table billing_reversals add column voided_at timestamptz`.execute(db);
+      await sql`create index billing_reversals_unclaimed_idx on billing_reversals (payment_intent_id) where session_id is null`.execute(db);
+      // A charge's cumulative refunded amount seen before its checkout was granted.
+      await sql`
+        create table billing_early_refunds (
+          payment_intent_id text primary key,
+          currency text not null,
+          refunded_cents bigint not null check (refunded_cents >= 0),
+          created_at timestamptz not null default now()
+        )`.execute(db);
+    },
+  },
 });
 
 export interface BillingTables {
@@ -80,9 +100,18 @@ export interface BillingTables {
     reversed_credits: ColumnType<string | number | bigint, number | undefined, number>;
     adjustments: ColumnType<number, number | undefined, number>;
   };
+  billing_early_refunds: {
+    payment_intent_id: string;
+    currency: string;
+    refunded_cents: ColumnType<string | number | bigint, number, number>;
+    created_at: Generated<Date>;
+  };
   billing_reversals: {
     id: string;
-    session_id: string;
+    session_id: string | null;
+    payment_intent_id: ColumnType<string | null, string | null | undefined, string | null>;
+    currency: ColumnType<string | null, string | null | undefined, string | null>;
+    voided_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
     kind: "refund" | "dispute";
     amount_cents: ColumnType<string | number | bigint, number, number>;
     reinstated_at: ColumnType<Date | null, Date | null | undefined, Date | null>;

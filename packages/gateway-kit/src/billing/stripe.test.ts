@@ -312,6 +312,64 @@ describeEachDatabase("stripe billing", (fixture) => {
     });
   });
 
+  describe("webhook events out of order", () => {
+    const checkoutRow = (sessionId: string) => db().selectFrom("billing_checkouts").selectAll().where("session_id", "=", sessionId).executeTakeFirstOrThrow();
+
+    it("a refund delivered before the checkout's completion is still taken back once the checkout is granted", async () => {
+      const { started, session } = await startPaid();
+      const paymentIntent = session.payment_intent as string;
+      const refund = await stripe.refunds.create({ payment_intent: paymentIntent, amount: 400 });
+      // Stripe retries a failed delivery for days: the refund can arrive first.
+      expect((await deliver(event("refund.created", refund))).status).toBe(200);
+      expect((await deliver(event("charge.refunded", fake.charges.get(paymentIntent)!))).status).toBe(200);
+      const granted = await deliver(event("checkout.session.completed", session));
+      expect(granted.body.outcome).toBe("granted");
+      expect(await balanceOf(started.accountId)).toBe(10_000_000 - 4_000_000);
+      expect(Number((await checkoutRow(started.sessionId)).reversed_credits)).toBe(4_000_000);
+      expect((await ledger.verify()).ok).toBe(true);
+    });
+
+    it("a dispute delivered before the completion, concurrently with it, is still taken back", async () => {
+      const { started, session } = await startPaid();
+      const dispute = fake.createDispute(session.payment_intent as string);
+      expect((await deliver(event("charge.dispute.created", dispute))).status).toBe(200);
+      const burst = await Promise.all([
+        deliver(event("checkout.session.completed", session)),
+        ...Array.from({ length: 8 }, (_, i) => deliver(event(i % 2 ? "charge.dispute.created" : "charge.dispute.funds_withdrawn", dispute))),
+      ]);
+      expect(burst.every((r) => r.status === 200)).toBe(true);
+      expect(await balanceOf(started.accountId)).toBe(0);
+      expect((await checkoutRow(started.sessionId)).status).toBe("refunded");
+      expect((await ledger.verify()).ok).toBe(true);
+    });
+
+    it("a refund that failed stays failed when an older pending snapshot of it arrives later", async () => {
+      const a = await startPaid();
+      expect((await deliver(event("checkout.session.completed", a.session))).body.outcome).toBe("granted");
+      const refund = await stripe.refunds.create({ payment_intent: a.session.payment_intent as string, amount: 500 });
+      expect((await deliver(event("refund.updated", { ...refund, status: "failed" }))).status).toBe(200);
+      expect((await deliver(event("refund.created", { ...refund, status: "pending" }))).status).toBe(200);
+      expect(await balanceOf(a.started.accountId)).toBe(10_000_000);
+      // In order, the failure gives the credits back.
+      const b = await startPaid();
+      expect((await deliver(event("checkout.session.completed", b.session))).body.outcome).toBe("granted");
+      const second = await stripe.refunds.create({ payment_intent: b.session.payment_intent as string, amount: 500 });
+      expect((await deliver(event("refund.created", { ...second, status: "pending" }))).body.outcome).toBe("reversed");
+      expect(await balanceOf(b.started.accountId)).toBe(5_000_000);
+      expect((await deliver(event("refund.updated", { ...second, status: "failed" }))).body.outcome).toBe("reinstated");
+      expect(await balanceOf(b.started.accountId)).toBe(10_000_000);
+      expect((await ledger.verify()).ok).toBe(true);
+    });
+
+    it("a refund in another currency recorded before the completion is not counted", async () => {
+      const { started, session } = await startPaid();
+      const refund = await stripe.refunds.create({ payment_intent: session.payment_intent as string, amount: 500 });
+      expect((await deliver(event("refund.created", { ...refund, currency: "eur" }))).status).toBe(200);
+      expect((await deliver(event("checkout.session.completed", session))).body.outcome).toBe("granted");
+      expect(await balanceOf(started.accountId)).toBe(10_000_000);
+    });
+  });
+
   describe("webhook mounting", () => {
     const serve = async (app: Koa) => {
       const srv = createServer(app.callback());

@@ -224,8 +224,18 @@ async function dispatch(trx: Trx, event: Stripe.Event, result: ProcessedEvent): 
       return;
     case "charge.refunded": {
       const charge = event.data.object;
-      const checkout = await checkoutOfPayment(trx, idOf(charge.payment_intent), charge.currency);
-      if (!checkout) return;
+      const paymentIntentId = idOf(charge.payment_intent);
+      const checkout = await checkoutOfPayment(trx, paymentIntentId, charge.currency);
+      if (!checkout) {
+        if (paymentIntentId) {
+          await trx
+            .insertInto("billing_early_refunds")
+            .values({ payment_intent_id: paymentIntentId, currency: charge.currency, refunded_cents: charge.amount_refunded })
+            .onConflict((oc) => oc.column("payment_intent_id").doUpdateSet({ refunded_cents: sql`greatest(billing_early_refunds.refunded_cents, excluded.refunded_cents)` }))
+            .execute();
+        }
+        return;
+      }
       // amount_refunded is cumulative: keep the largest seen, so an old snapshot changes nothing.
       await trx
         .updateTable("billing_checkouts")
@@ -237,39 +247,57 @@ async function dispatch(trx: Trx, event: Stripe.Event, result: ProcessedEvent): 
     case "refund.created":
     case "refund.updated": {
       const refund = event.data.object;
-      const checkout = await checkoutOfPayment(trx, idOf(refund.payment_intent), refund.currency);
-      if (!checkout) return;
-      // A refund that failed or was cancelled gave nothing back.
-      const counts = refund.status !== "failed" && refund.status !== "canceled";
+      const paymentIntentId = idOf(refund.payment_intent);
+      const checkout = await checkoutOfPayment(trx, paymentIntentId, refund.currency);
+      if (!checkout && !paymentIntentId) return;
+      // A refund that failed or was cancelled gave nothing back, and stays so: both states are
+      // final, so a "pending" snapshot delivered after them is an old one.
+      const voided = refund.status === "failed" || refund.status === "canceled";
       await trx
         .insertInto("billing_reversals")
-        .values({ id: refund.id, session_id: checkout.session_id, kind: "refund", amount_cents: counts ? refund.amount : 0 })
-        .onConflict((oc) => oc.column("id").doUpdateSet({ amount_cents: counts ? refund.amount : 0 }))
+        .values({
+          id: refund.id,
+          ...owner(checkout, paymentIntentId, refund.currency),
+          kind: "refund",
+          amount_cents: voided ? 0 : refund.amount,
+          voided_at: voided ? sql<Date>`now()` : null,
+        })
+        .onConflict((oc) =>
+          oc.column("id").doUpdateSet({
+            amount_cents: sql`case when billing_reversals.voided_at is null and excluded.voided_at is null then excluded.amount_cents else 0 end`,
+            voided_at: sql<Date>`coalesce(billing_reversals.voided_at, excluded.voided_at)`,
+          }),
+        )
         .execute();
-      return finish(trx, checkout.session_id, result);
+      if (checkout) await finish(trx, checkout.session_id, result);
+      return;
     }
     case "charge.dispute.created":
     case "charge.dispute.funds_withdrawn": {
       const dispute = event.data.object;
-      const checkout = await checkoutOfPayment(trx, idOf(dispute.payment_intent), dispute.currency);
-      if (!checkout) return;
+      const paymentIntentId = idOf(dispute.payment_intent);
+      const checkout = await checkoutOfPayment(trx, paymentIntentId, dispute.currency);
+      if (!checkout && !paymentIntentId) return;
       await trx
         .insertInto("billing_reversals")
-        .values({ id: dispute.id, session_id: checkout.session_id, kind: "dispute", amount_cents: dispute.amount })
+        .values({ id: dispute.id, ...owner(checkout, paymentIntentId, dispute.currency), kind: "dispute", amount_cents: dispute.amount })
         .onConflict((oc) => oc.column("id").doNothing())
         .execute();
-      return finish(trx, checkout.session_id, result);
+      if (checkout) await finish(trx, checkout.session_id, result);
+      return;
     }
     case "charge.dispute.funds_reinstated": {
       const dispute = event.data.object;
-      const checkout = await checkoutOfPayment(trx, idOf(dispute.payment_intent), dispute.currency);
-      if (!checkout) return;
+      const paymentIntentId = idOf(dispute.payment_intent);
+      const checkout = await checkoutOfPayment(trx, paymentIntentId, dispute.currency);
+      if (!checkout && !paymentIntentId) return;
       await trx
         .insertInto("billing_reversals")
-        .values({ id: dispute.id, session_id: checkout.session_id, kind: "dispute", amount_cents: dispute.amount, reinstated_at: sql<Date>`now()` })
+        .values({ id: dispute.id, ...owner(checkout, paymentIntentId, dispute.currency), kind: "dispute", amount_cents: dispute.amount, reinstated_at: sql<Date>`now()` })
         .onConflict((oc) => oc.column("id").doUpdateSet({ reinstated_at: sql<Date>`coalesce(billing_reversals.reinstated_at, now())` }))
         .execute();
-      return finish(trx, checkout.session_id, result);
+      if (checkout) await finish(trx, checkout.session_id, result);
+      return;
     }
     default:
       return;
@@ -300,9 +328,26 @@ async function recordedCheckout(trx: Trx, session: Stripe.Checkout.Session): Pro
   return row;
 }
 
+/**
+ * Serialises everything about one payment: a refund or dispute looking for its checkout and the
+ * grant that names the checkout's payment, so an early refund is either seen by the grant or
+ * finds the checkout it belongs to, never neither.
+ */
+async function lockPayment(trx: Trx, paymentIntentId: string): Promise<void> {
+  await sql`select pg_advisory_xact_lock(hashtextextended(${`gk_billing_payment:${paymentIntentId}`}, 0))`.execute(trx);
+}
+
+/**
+ * Who a refund or dispute row belongs to: its checkout, or, when it arrived before the checkout's
+ * completion named the payment, the payment itself until the grant claims it.
+ */
+const owner = (checkout: CheckoutRow | null, paymentIntentId: string | null, currency: string) =>
+  checkout ? { session_id: checkout.session_id } : { session_id: null, payment_intent_id: paymentIntentId, currency };
+
 /** The recorded checkout a refund or dispute is about, by its payment; null when none matches. */
 async function checkoutOfPayment(trx: Trx, paymentIntentId: string | null, currency: string | null | undefined): Promise<CheckoutRow | null> {
   if (!paymentIntentId) return null;
+  await lockPayment(trx, paymentIntentId);
   const row = (await trx.selectFrom("billing_checkouts").selectAll().where("payment_intent_id", "=", paymentIntentId).forUpdate().executeTakeFirst()) as
     | CheckoutRow
     | undefined;
@@ -326,6 +371,7 @@ async function grantCheckout(trx: Trx, checkout: CheckoutRow, session: Stripe.Ch
   const ledger = createKyselyLedger(trx);
   const grant = await ledger.purchase({ account: checkout.account_id, amount: credits, idempotencyKey: `stripe:checkout:${session.id}` });
   const paymentIntentId = idOf(session.payment_intent);
+  if (paymentIntentId) await lockPayment(trx, paymentIntentId);
   await trx
     .updateTable("billing_checkouts")
     .set({
@@ -335,8 +381,37 @@ async function grantCheckout(trx: Trx, checkout: CheckoutRow, session: Stripe.Ch
     })
     .where("session_id", "=", session.id)
     .execute();
+  if (paymentIntentId) await claimEarlyReversals(trx, checkout, paymentIntentId);
   await trx.updateTable("billing_checkouts").set({ status: "paid" }).where("session_id", "=", session.id).where("status", "in", ["open", "pending", "failed", "expired"]).execute();
   return { accountId: checkout.account_id, credits, transactionId: grant.transactionId };
+}
+
+/**
+ * Attaches the refunds and disputes that arrived before the checkout's completion named its
+ * payment (Stripe does not promise order, and retries a failed delivery for days); those in
+ * another currency than the checkout stay unclaimed, as they would have been refused.
+ */
+async function claimEarlyReversals(trx: Trx, checkout: CheckoutRow, paymentIntentId: string): Promise<void> {
+  await trx
+    .updateTable("billing_reversals")
+    .set({ session_id: checkout.session_id })
+    .where("session_id", "is", null)
+    .where("payment_intent_id", "=", paymentIntentId)
+    .where(sql<boolean>`lower(currency) = lower(${checkout.currency})`)
+    .execute();
+  const early = await trx
+    .deleteFrom("billing_early_refunds")
+    .where("payment_intent_id", "=", paymentIntentId)
+    .where(sql<boolean>`lower(currency) = lower(${checkout.currency})`)
+    .returning("refunded_cents")
+    .executeTakeFirst();
+  if (early) {
+    await trx
+      .updateTable("billing_checkouts")
+      .set({ refunded_cents: sql`greatest(refunded_cents, ${early.refunded_cents})` })
+      .where("session_id", "=", checkout.session_id)
+      .execute();
+  }
 }
 
 /**

@@ -4,6 +4,7 @@ export {
   bucketResult,
   createKyselyRateLimitStore,
   createMemoryRateLimitStore,
+  storedRateLimitKey,
   type RateLimitResult,
   type RateLimitRule,
   type RateLimitStore,

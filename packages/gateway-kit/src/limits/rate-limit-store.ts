@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { sql, type Kysely } from "kysely";
 import { HttpError } from "../http-error.js";
 import type { LimitTables } from "./tables.js";
@@ -114,6 +115,21 @@ export function createMemoryRateLimitStore(): RateLimitStore {
 }
 
 /**
+ * The key a bucket is stored under. A key can come from the client (an e-mail address, a header a
+ * custom `by` reads): past a B-tree index row's size PostgreSQL refuses it, and unpaired UTF-16
+ * surrogates are stored as U+FFFD, so two different keys would share a bucket. Such keys are
+ * stored as a digest of their exact UTF-16 code units; ordinary keys stay readable (and erasable
+ * by prefix).
+ *
+ * @example
+ * await db.deleteFrom("rate_limit_buckets").where("key", "=", storedRateLimitKey(`login:${email}`)).execute();
+ */
+export function storedRateLimitKey(key: string): string {
+  if (key.length <= 512 && !/\p{Cs}/u.test(key)) return key;
+  return `#sha256:${createHash("sha256").update(key, "utf16le").digest("hex")}`;
+}
+
+/**
  * A token-bucket store in PostgreSQL (or PGlite): each `consume` is one `INSERT … ON CONFLICT
  * DO UPDATE` that refills and takes tokens under the row lock, so concurrent requests from any
  * number of processes never take more tokens than the bucket holds. Run `limitMigrations` first.
@@ -133,7 +149,7 @@ export function createKyselyRateLimitStore(db: Kysely<any>): RateLimitStore {
       const refilled = sql`least(${limit}, b.tokens + greatest(0, ${now} - b.updated_ms) * ${rule.limit / rule.windowMs}::float8)`;
       const result = await sql<{ tokens: number; allowed: boolean }>`
         insert into rate_limit_buckets as b (key, tokens, updated_ms, allowed)
-        values (${key}, case when ${need} <= ${limit} then ${limit} - ${need} else ${limit} end, ${now}, ${need} <= ${limit})
+        values (${storedRateLimitKey(key)}, case when ${need} <= ${limit} then ${limit} - ${need} else ${limit} end, ${now}, ${need} <= ${limit})
         on conflict (key) do update set
           tokens = case when ${refilled} >= ${need} then ${refilled} - ${need} else ${refilled} end,
           allowed = ${refilled} >= ${need},

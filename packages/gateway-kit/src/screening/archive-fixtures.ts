@@ -180,3 +180,45 @@ export function extractForReal(archive: Buffer, kind: "tar" | "zip"): Extraction
     rmSync(base, { recursive: true, force: true });
   }
 }
+
+/** A hand-written ustar header block, for archives tar-stream's packer refuses to write. */
+export function rawTarHeader(h: { name: string; type?: string; size?: number; linkname?: string; mode?: number }): Buffer {
+  const block = Buffer.alloc(512);
+  block.write(h.name, 0, 100, "utf8");
+  block.write(`${(h.mode ?? 0o644).toString(8).padStart(7, "0")}\0`, 100);
+  block.write("0000000\0", 108);
+  block.write("0000000\0", 116);
+  block.write(`${(h.size ?? 0).toString(8).padStart(11, "0")}\0`, 124);
+  block.write("00000000000\0", 136);
+  block.write("        ", 148);
+  block.write(h.type ?? "0", 156, 1, "latin1");
+  block.write(h.linkname ?? "", 157, 100, "utf8");
+  block.write("ustar\0", 257);
+  block.write("00", 263);
+  let sum = 0;
+  for (const byte of block) sum += byte;
+  block.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
+  return block;
+}
+
+/** A header and its data padded to 512 bytes; `size` defaults to the data's length. */
+export function rawTarEntry(h: { name: string; type?: string; size?: number; linkname?: string }, data: Buffer | string = ""): Buffer {
+  const bytes = Buffer.from(data);
+  return Buffer.concat([rawTarHeader({ ...h, size: h.size ?? bytes.length }), bytes, Buffer.alloc((512 - (bytes.length % 512)) % 512)]);
+}
+
+/** The body of a pax extended header (`x` or `g`). */
+export function paxRecords(records: Array<[string, string]>): Buffer {
+  return Buffer.concat(
+    records.map(([key, value]) => {
+      const body = ` ${key}=${value}\n`;
+      const bodyBytes = Buffer.byteLength(body);
+      let length = bodyBytes + 1;
+      while (String(length).length + bodyBytes !== length) length = String(length).length + bodyBytes;
+      return Buffer.from(`${length}${body}`, "utf8");
+    }),
+  );
+}
+
+/** The two zero blocks that end a tarball. */
+export const tarEnd = () => Buffer.alloc(1024);

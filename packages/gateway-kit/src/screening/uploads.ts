@@ -265,11 +265,78 @@ async function* compressedBytes(head: Buffer, rest: AsyncIterator<Uint8Array>, l
   }
 }
 
+/**
+ * Pax keywords the screen accepts. GNU tar honours keywords tar-stream ignores (`GNU.sparse.name`
+ * renames an entry, `GNU.sparse.*` changes how its data is laid out, `hdrcharset` how its names
+ * are decoded), so any keyword outside this list could make GNU tar unpack something other than
+ * what was screened. The accepted ones either name the entry the way both read it (`path`,
+ * `linkpath`, `size`) or cannot change where or what is written.
+ */
+const PAX_KEYWORDS = new Set(["path", "linkpath", "size", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "comment", "SCHILY.dev", "SCHILY.ino", "SCHILY.nlink", "SCHILY.fflags", "LIBARCHIVE.creationtime", "RHT.security.selinux"]);
+const PAX_KEYWORD_PREFIXES = ["SCHILY.xattr.", "LIBARCHIVE.xattr.", "SCHILY.acl."];
+/**
+ * A global pax header applies to every later entry in GNU tar, but tar-stream only merges it into
+ * entries that carry their own pax header: a global `linkpath`, `path` or `size` would reach GNU
+ * tar unscreened. Only keywords that cannot move, rename or resize anything may be global
+ * (`git archive` writes the commit id as a global `comment`).
+ */
+const PAX_GLOBAL_KEYWORDS = new Set(["comment", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname"]);
+/** Values tar-stream and GNU tar both read the same way; `parseInt` would also take "512abc", which GNU tar refuses. */
+const PAX_NUMERIC = /^(0|[1-9][0-9]{0,17})$/;
+
+function checkPax(records: Record<string, string> | null | undefined, global: boolean, path: string): void {
+  if (!records) return;
+  for (const [key, value] of Object.entries(records)) {
+    const allowed = global ? PAX_GLOBAL_KEYWORDS.has(key) : PAX_KEYWORDS.has(key) || PAX_KEYWORD_PREFIXES.some((prefix) => key.startsWith(prefix));
+    if (!allowed) {
+      throw new ArchiveRejectedError("archive_unsupported", `Entry ${path} has the ${global ? "global " : ""}pax keyword ${JSON.stringify(key.slice(0, 100))}, which the screen does not accept`, path);
+    }
+    if ((key === "size" || key === "uid" || key === "gid") && !PAX_NUMERIC.test(value)) {
+      throw new ArchiveRejectedError("archive_corrupt", `Entry ${path} has the malformed pax ${key} ${JSON.stringify(value.slice(0, 40))}`, path);
+    }
+  }
+}
+
+/**
+ * Parses a pax header body the way GNU tar does, refusing what GNU tar would skip as malformed:
+ * tar-stream trusts each record's length and drops its last byte unseen, so a record without its
+ * newline (or longer than the header) is applied by tar-stream and ignored by GNU tar, which
+ * then unpacks the entry under its ustar name.
+ */
+function strictPax(body: Buffer, global: boolean): void {
+  const records: Record<string, string> = {};
+  for (let at = 0; at < body.length; ) {
+    const space = body.indexOf(0x20, at);
+    const digits = space < 0 ? "" : body.subarray(at, space).toString("latin1");
+    const length = /^[1-9][0-9]{0,7}$/.test(digits) ? Number(digits) : 0;
+    const end = at + length;
+    const record = length > 0 && end <= body.length && body[end - 1] === 0x0a ? body.subarray(space + 1, end - 1).toString("utf8") : undefined;
+    const equals = record?.indexOf("=") ?? -1;
+    if (record === undefined || equals < 1) throw new ArchiveRejectedError("archive_corrupt", `A pax ${global ? "global " : ""}header has a malformed record at byte ${at}`);
+    records[record.slice(0, equals)] = record.slice(equals + 1);
+    at = end;
+  }
+  checkPax(records, global, "");
+}
+
+/** Entry types that carry no data in GNU tar, whatever size their header declares. */
+const DATALESS = new Set(["symlink", "link", "directory", "character-device", "block-device", "fifo"]);
+
 async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped: boolean, limits: Limits): Promise<ArchiveReport> {
   const counter = { bytes: 0 };
   const checker = new EntryChecker(limits);
   const tar = await loadOptional<typeof TarStream>("tar-stream");
   const extract = tar.extract();
+  // tar-stream neither exposes a pax header's bytes nor a global header at all, so both are
+  // checked where it decodes them; an error thrown here fails the extraction like a corrupt header.
+  const internals = extract as unknown as { _header: { type: string } | null; _decodeLongHeader?: (body: Buffer) => void };
+  const decodeLongHeader = internals._decodeLongHeader;
+  if (typeof decodeLongHeader !== "function") throw new Error("tar-stream no longer decodes long headers in _decodeLongHeader; pax screening needs updating");
+  internals._decodeLongHeader = function (this: typeof internals, body: Buffer) {
+    const type = this._header?.type;
+    if (type === "pax-header" || type === "pax-global-header") strictPax(body, type === "pax-global-header");
+    decodeLongHeader.call(this, body);
+  };
   let unpacked = 0;
   // The whole-archive ratio: judged on the tar stream coming out of gunzip against the bytes fed in.
   const ratioGuard = async function* (source: AsyncIterable<Buffer>) {
@@ -296,11 +363,15 @@ async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped:
     for await (const entry of extract) {
       const { header } = entry;
       const path = checker.begin(header.name);
+      checkPax(header.pax as Record<string, string> | undefined, false, path);
+      // GNU tar reads no data after a link or directory header, so the bytes tar-stream would
+      // skip as "data" are the next header to GNU tar: a second archive hidden in the first.
+      if (header.type && DATALESS.has(header.type) && header.size !== 0) {
+        throw new ArchiveRejectedError("archive_corrupt", `Entry ${path} is a ${header.type} that declares ${header.size} bytes of data`, path);
+      }
       switch (header.type) {
         case "file":
         case "contiguous-file":
-        case null:
-        case undefined:
           checker.report.files++;
           checker.accept(path);
           break;
@@ -318,6 +389,11 @@ async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped:
         case "block-device":
         case "fifo":
           throw new ArchiveRejectedError("archive_special_file", `Entry ${path} is a ${header.type}, which an upload may not contain`, path);
+        case null:
+        case undefined:
+          // GNU sparse files (S), dump directories (D), volume labels (V), continuations (M) and
+          // vendor types: GNU tar lays out their data (or further header blocks) its own way.
+          throw new ArchiveRejectedError("archive_unsupported", `Entry ${path} has a tar entry type the screen does not accept (sparse, dump directory, volume label or vendor type)`, path);
         default:
           throw new ArchiveRejectedError("archive_special_file", `Entry ${path} has the unsupported type ${String(header.type)}`, path);
       }
@@ -390,6 +466,47 @@ async function checkLocalHeader(zip: Yauzl.ZipFile, entry: Yauzl.Entry, path: st
   for (const name of unicode) if (nameShape(name) !== shape) refuse(`the name (its Unicode path field says ${JSON.stringify(name.slice(0, 200))})`);
 }
 
+/**
+ * Checks that the central directory yauzl read is the one Info-ZIP's unzip will read. yauzl
+ * starts at the offset the end record declares and stops after the count it gives; unzip reads
+ * records until they run out, and when the directory it finds before the end record is not at
+ * the declared offset it takes the difference as bytes prepended to the archive and shifts every
+ * offset by it, so a decoy directory could show the screen other entries (or other data) than
+ * unzip unpacks. The records read must therefore end exactly where the end record (or the zip64
+ * end record) begins, start exactly at the declared offset, and the end record's comment must
+ * reach the end of the file. Self-extracting archives (bytes before the zip) are refused too.
+ */
+function checkDirectoryBounds(buffer: Buffer, recordsEnd: number, entryCount: number): void {
+  const refuse = (why: string): never => {
+    throw new ArchiveRejectedError("archive_corrupt", `The zip's central directory is ambiguous: ${why}`);
+  };
+  // The end record yauzl used: the last signature within reach of the end, as yauzl searches.
+  let end = -1;
+  for (let i = buffer.length - 22; i >= Math.max(0, buffer.length - 22 - 0xffff); i--) {
+    if (buffer.readUInt32LE(i) === 0x06054b50) {
+      end = i;
+      break;
+    }
+  }
+  if (end < 0) refuse("no end record");
+  if (end + 22 + buffer.readUInt16LE(end + 20) !== buffer.length) refuse("the end record's comment does not reach the end of the file");
+  let directoryEnd = end;
+  let size = BigInt(buffer.readUInt32LE(end + 12));
+  let offset = BigInt(buffer.readUInt32LE(end + 16));
+  if (end >= 20 && buffer.readUInt32LE(end - 20) === 0x07064b50) {
+    const record = buffer.readBigUInt64LE(end - 20 + 8);
+    if (record > BigInt(end - 56)) refuse("the zip64 end record is out of place");
+    directoryEnd = Number(record);
+    if (buffer.readUInt32LE(directoryEnd) !== 0x06064b50) refuse("no zip64 end record where its locator points");
+    size = buffer.readBigUInt64LE(directoryEnd + 40);
+    offset = buffer.readBigUInt64LE(directoryEnd + 48);
+    // The zip64 end record (56 bytes and its extensible data) and its locator fill the gap exactly.
+    if (BigInt(directoryEnd) + 12n + buffer.readBigUInt64LE(directoryEnd + 4) !== BigInt(end - 20)) refuse("bytes between the zip64 end record and its locator");
+  }
+  if (recordsEnd !== directoryEnd) refuse(`its ${entryCount} records end at byte ${recordsEnd}, but the end record is at byte ${directoryEnd}`);
+  if (offset + size !== BigInt(directoryEnd)) refuse("the declared offset and size do not lead to the end record (bytes before the archive, or a second directory)");
+}
+
 async function screenZip(head: Buffer, rest: AsyncIterator<Uint8Array>, limits: Limits): Promise<ArchiveReport> {
   // A zip's directory is at its end, so it is read whole (within the upload cap) before any check.
   const counter = { bytes: 0 };
@@ -460,6 +577,7 @@ async function screenZip(head: Buffer, rest: AsyncIterator<Uint8Array>, limits: 
         stream.destroy();
       }
     }
+    checkDirectoryBounds(buffer, (zip as unknown as { readEntryCursor: number }).readEntryCursor, zip.entryCount);
   } catch (error) {
     if (error instanceof ArchiveRejectedError) throw error;
     // yauzl reports a declared size that the data does not match, bad CRCs and truncated data here.
