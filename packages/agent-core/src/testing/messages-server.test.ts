@@ -222,7 +222,7 @@ describe("offline Messages API server, through the real SDK", () => {
       const ask = (extra: Partial<Anthropic.MessageCreateParamsNonStreaming>) =>
         client.messages.create({ model: MODEL, max_tokens: 2048, tools, system: system(bigSystem), messages, ...extra });
       const first = (await ask({})).usage;
-      const systemPrefix = first.cache_creation_input_tokens - Math.ceil("Question. ".repeat(500).length / 4);
+      const systemPrefix = first.cache_creation_input_tokens! - Math.ceil("Question. ".repeat(500).length / 4);
       expect((await ask({})).usage.cache_read_input_tokens).toBe(first.cache_creation_input_tokens);
       expect((await ask({ tool_choice: { type: "any" } })).usage.cache_read_input_tokens).toBe(systemPrefix);
       expect((await ask({ thinking: { type: "enabled", budget_tokens: 1024 } })).usage.cache_read_input_tokens).toBe(systemPrefix);
