@@ -102,6 +102,19 @@ describe("startTask", () => {
     expect(requests[0]!.body.messages[0].content[0].text).not.toContain("README.md");
   });
 
+  it("merges a child that changed nothing as a no-op instead of failing the run", async () => {
+    const base = await setup({ root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }, { title: "Two" }])] } });
+    const head = await base.workspace.head();
+    const { result, events } = await runTask(base);
+    expect(result.error).toBeUndefined();
+    expect(result.status).toBe("success");
+    // Both merges succeed and leave HEAD where it was: there was nothing to bring in.
+    expect(ofType(events, "git.merge").map((e) => [e.branch, e.result, e.sha])).toEqual([
+      ["summon-A", "merged", head],
+      ["summon-B", "merged", head],
+    ]);
+  });
+
   it("resolves a merge conflict with the parent model", async () => {
     const base = await setup(
       {
