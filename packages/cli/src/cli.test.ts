@@ -251,13 +251,14 @@ describe("keen run: the full lifecycle against the offline Messages API", { time
     };
     server = await startMessagesServer({ policy: scriptedTreePolicy(tree) });
     const dir = await gitRepo();
-    const result = await keen(["run", "Budget", "--repo", dir, "--no-sandbox", "--max-agents", "2", "--token-budget", "2500"], {
+    // Enough for the root's two requests and the child's first (each carries every tool and the overview), not more.
+    const result = await keen(["run", "Budget", "--repo", dir, "--no-sandbox", "--max-agents", "2", "--token-budget", "6000"], {
       ANTHROPIC_API_KEY: "k",
       ANTHROPIC_BASE_URL: server.url,
       KEEN_FORCE_TTY: "0",
     });
     expect(result.exitCode).toBe(1);
-    expect(result.stderr).toBe("keen: task failed: The token budget of 2500 tokens was spent");
+    expect(result.stderr).toBe("keen: task failed: The token budget of 6000 tokens was spent");
     // Plain progress lines without a terminal.
     expect(result.stdout).toContain("limit maxAgents reached");
     expect(result.stdout).toContain("limit tokenBudget reached");

@@ -8,7 +8,7 @@ import type { AgentState } from "./task-state.js";
 import type { AgentTree } from "./tree.js";
 
 export interface ConverseOptions {
-  /** Tools the agent may call now. */
+  /** Tools the agent may call now; with a closing tool, every lifecycle tool is shown and the others are refused. */
   tools: Tool<any>[];
   /** The tool that ends this step. Without one, the conversation ends when the model stops calling tools. */
   closingTool?: string;
@@ -35,7 +35,9 @@ export async function converse(tree: AgentTree, agent: AgentState, workspace: Wo
       system: tree.system,
       messages: agent.messages,
       tools: options.tools,
-      ...(settings.stableTools && options.closingTool ? { offeredTools: tree.allLifecycleTools() } : {}),
+      // A lifecycle step shows every lifecycle tool, always in one order, so the cached prefix
+      // survives phase changes; the tools of this step are the ones that run.
+      ...(options.closingTool ? { offeredTools: tree.allLifecycleTools() } : {}),
       workspace,
       emit: (event) => tree.emit(event),
       signal: tree.signal,

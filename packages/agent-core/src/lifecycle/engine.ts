@@ -26,8 +26,11 @@ export interface EngineConfig {
   state: TaskSnapshot;
   settings: EngineSettings;
   signal?: AbortSignal;
-  /** The system prompt of every agent. */
-  system: string;
+  /**
+   * The system prompt of every agent, or how to build it from the root's workspace once the run
+   * has one (before any request, also on resume): one text for the whole run.
+   */
+  system: string | ((tree: AgentTree, workspace: Workspace) => Promise<string>);
   /** The root agent of a new run: its title and the phase it starts in. */
   root: { title: string; phase: Phase };
   /** The first user message of an agent, ending with its first phase's `instruction`. */
@@ -54,7 +57,7 @@ export function launchRun(config: EngineConfig): TaskRun {
   if (config.signal?.aborted) onOuterAbort();
   else config.signal?.addEventListener("abort", onOuterAbort, { once: true });
 
-  const tree = new AgentTree(state, settings, events, controller, config.system);
+  const tree = new AgentTree(state, settings, events, controller, typeof config.system === "string" ? config.system : "");
   tree.drive = (agent, workspace) => driveAgent(tree, agent, workspace, (a, w, instruction) => config.firstMessage(tree, a, w, instruction));
   const result = execute(tree, config).finally(() => {
     config.signal?.removeEventListener("abort", onOuterAbort);
@@ -102,6 +105,7 @@ async function execute(tree: AgentTree, config: EngineConfig): Promise<TaskResul
       await reopenWorkspaces(tree, workspace);
     }
     tree.workspaces.set("root", workspace);
+    if (typeof config.system === "function") tree.system = await config.system(tree, workspace);
     await tree.drive(root, workspace);
   } catch (caught) {
     failure = { code: isKeenError(caught) ? caught.code : "internal_error", message: caught instanceof Error ? caught.message : String(caught) };

@@ -2,10 +2,13 @@ import type { Phase } from "../events.js";
 import { agentTag } from "./agent-tag.js";
 import type { AgentState } from "./task-state.js";
 
-/** One system prompt for every agent and phase of a run, so its cache entry is shared. */
+/**
+ * The fixed part of the lifecycle's system prompt. It names no agent, phase or branch: every
+ * agent of every run sends it unchanged (see `lifecycleSystemPrompt`).
+ */
 export const LIFECYCLE_SYSTEM_PROMPT = `You are keen, an autonomous software engineer working in a git repository, possibly as one agent in a tree of agents.
 
-Every agent works in phases, and each phase offers only its own tools:
+Every agent works in phases. Every tool is listed in every phase, but each phase accepts only its own; a call the phase does not accept is refused and changes nothing. The latest tag line keen wrote into your conversation names your current phase.
 - EXPLORE: read the code that matters for your task, then call finish_explore.
 - PLAN: decide whether the work splits into independent subtasks that other agents can do in parallel on their own branches (they are merged back into yours in order), then call submit_plan. Give no subtasks when the task is small or tightly coupled.
 - COMPLETE: do the remaining work yourself with the file and command tools, check it, then call complete_task.
@@ -13,16 +16,33 @@ When a merge of a child's branch conflicts, you resolve it with the file tools a
 
 Paths are relative to your checkout's root. Make focused changes, keep the project's style, and run its checks when it has them. Do not commit: keen commits your work when you finish.`;
 
+/** Heads the repository overview inside the system prompt. */
+export const OVERVIEW_HEADING = "Repository overview (as the run started; your checkout may have changed since):";
+
 /**
- * The first user message of a lifecycle agent: its place in the tree, its task, the repository
- * overview, then the tag line and the instruction of its first phase.
+ * The system prompt of every agent of a lifecycle run: the fixed instructions, then the
+ * repository overview, taken once per run. It is the whole shared cache prefix after the tools,
+ * so it holds nothing that differs between agents or phases: each agent's place, task, tag line
+ * and phase instructions come after it, in the agent's own messages.
+ *
+ * @example
+ * const system = lifecycleSystemPrompt(formatAnalysis(await analyzeProject(workspace)));
  */
-export function firstMessage(agent: AgentState, vision: string, analysis: string, phaseInstruction: string): string {
+export function lifecycleSystemPrompt(overview: string): string {
+  return `${LIFECYCLE_SYSTEM_PROMPT}\n\n${OVERVIEW_HEADING}\n${overview}`;
+}
+
+/**
+ * The first user message of a lifecycle agent: its place in the tree and its task, then the tag
+ * line and the instruction of its first phase. The repository overview is in the shared system
+ * prompt, not here.
+ */
+export function firstMessage(agent: AgentState, vision: string, phaseInstruction: string): string {
   const role =
     agent.parentId === null
       ? `You are the root agent (branch ${agent.branch}).`
       : `You are agent ${agent.id} at depth ${agent.depth}, on branch ${agent.branch}, working on one subtask of a larger task.\nThe overall goal: ${vision}`;
-  return [role, `\nYour task:\n${agent.instructions}`, `\nRepository overview:\n${analysis}`, `\n${agentTag(agent.id, agent.phase as Phase)}`, phaseInstruction].join("\n");
+  return [role, `\nYour task:\n${agent.instructions}`, `\n${agentTag(agent.id, agent.phase as Phase)}`, phaseInstruction].join("\n");
 }
 
 /** The system prompt of the single-agent loop. */

@@ -88,15 +88,31 @@ describe("startTask", () => {
     expect(ofType(events, "run.completed")[0]!.usage.outputTokens).toBe(rootUsage);
   });
 
-  it("offers each phase only its own tools", async () => {
-    const base = await setup({ root: { finish_explore: [explore("PLAN")], submit_plan: [plan([])] } });
+  it("shows every lifecycle tool in every phase, and runs only the phase's own", async () => {
+    const base = await setup({ root: { finish_explore: [write("early.txt", "no\n"), explore("PLAN")], submit_plan: [plan([])] } });
     await runTask(base);
-    const toolsOf = (i: number) => base.server.requests[i]!.body.tools.map((t: { name: string }) => t.name).sort();
-    expect(toolsOf(0)).toEqual(["finish_explore", "list_files", "read_file", "run_command", "search_files"]);
-    expect(toolsOf(1)).toEqual(["list_files", "read_file", "run_command", "search_files", "submit_plan"]);
-    expect(toolsOf(2)).toEqual(["complete_task", "edit_file", "list_files", "read_file", "run_command", "search_files", "write_file"]);
-    // The first message carries the project overview.
-    expect(base.server.requests[0]!.body.messages[0].content[0].text).toMatch(/Repository overview:[\s\S]*README\.md/);
+    const requests = base.server.requests.filter((r) => r.path === "/v1/messages");
+    const all = ["complete_merge", "complete_task", "edit_file", "finish_explore", "list_files", "read_file", "run_command", "search_files", "submit_plan", "write_file"];
+    for (const request of requests) expect(request.body.tools.map((t: { name: string }) => t.name).sort()).toEqual(all);
+    const allowed = (i: number) => String(requests[i]!.body.messages.at(-1).content[0].content).split("now: ")[1]!.split(", ").sort();
+    expect(allowed(1)).toEqual(["finish_explore", "list_files", "read_file", "run_command", "search_files"]);
+    await expect(base.workspace.readFile("early.txt")).rejects.toThrow();
+    // The system prompt carries the project overview; the first message does not.
+    expect(requests[0]!.body.system[0].text).toMatch(/Repository overview[^\n]*:[\s\S]*README\.md/);
+    expect(requests[0]!.body.messages[0].content[0].text).not.toContain("README.md");
+  });
+
+  it("merges a child that changed nothing as a no-op instead of failing the run", async () => {
+    const base = await setup({ root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }, { title: "Two" }])] } });
+    const head = await base.workspace.head();
+    const { result, events } = await runTask(base);
+    expect(result.error).toBeUndefined();
+    expect(result.status).toBe("success");
+    // Both merges succeed and leave HEAD where it was: there was nothing to bring in.
+    expect(ofType(events, "git.merge").map((e) => [e.branch, e.result, e.sha])).toEqual([
+      ["summon-A", "merged", head],
+      ["summon-B", "merged", head],
+    ]);
   });
 
   it("resolves a merge conflict with the parent model", async () => {
@@ -143,7 +159,8 @@ describe("startTask", () => {
     expect(await readFile(join(base.dir, "shared.txt"), "utf8")).toBe("one\n");
     expect(await git(base.dir, "show", "summon-B:shared.txt")).toBe("two");
     expect(await git(base.dir, "status", "--porcelain")).toBe("");
-    expect(base.server.requests.some((r) => r.body.tools.some((t: { name: string }) => t.name === "complete_merge"))).toBe(false);
+    // No merge was handed to the model to resolve.
+    expect(base.server.requests.some((r) => requestPosition(r.body).phase === "SUMMON")).toBe(false);
   });
 
   it("rolls back a merge whose validation fails, and tells the parent", async () => {

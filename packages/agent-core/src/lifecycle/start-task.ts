@@ -8,9 +8,8 @@ import type { RunCommandOptions } from "../tools/index.js";
 import type { Workspace } from "../workspace/workspace.js";
 import { launchRun, type TaskResult, type TaskRun } from "./engine.js";
 import { analyzeProject, formatAnalysis } from "./project-analysis.js";
-import { firstMessage, LIFECYCLE_SYSTEM_PROMPT } from "./prompts.js";
+import { firstMessage, lifecycleSystemPrompt } from "./prompts.js";
 import { readSnapshot, SNAPSHOT_VERSION, TaskLimits, type TaskSnapshot } from "./task-state.js";
-import type { AgentTree } from "./tree.js";
 
 export type { TaskResult, TaskRun } from "./engine.js";
 
@@ -40,13 +39,6 @@ export interface TaskOptions {
   contextWindow?: number;
   /** When and how far each agent's conversation is pruned, or `false` to never prune. */
   context?: Omit<ContextSettings, "contextWindow"> | false;
-  /**
-   * Show the model every lifecycle tool in every phase, in one fixed order, and refuse calls the
-   * phase does not allow. The tool list is the start of the prompt-cache prefix, so a fixed list
-   * lets the cached conversation survive phase changes. Default false: each phase shows only
-   * its own tools.
-   */
-  stableTools?: boolean;
   signal?: AbortSignal;
   runId?: string;
   /** Called with the whole tree's state after every turn and step; persist it to resume later. */
@@ -129,19 +121,12 @@ function launchLifecycle(state: TaskSnapshot, options: TaskOptions): TaskRun {
     state,
     settings: { ...options, ...(state.validation ? { validation: state.validation } : {}), onConflict: state.onConflict },
     ...(options.signal ? { signal: options.signal } : {}),
-    system: LIFECYCLE_SYSTEM_PROMPT,
+    // One system prompt for the whole run, repository overview included, taken from the root's
+    // checkout: every agent's requests share tools + system as their cached prefix.
+    system: async (_tree, workspace) => lifecycleSystemPrompt(formatAnalysis(await analyzeProject(workspace))),
     root: { title: firstLine(state.vision), phase: "EXPLORE" },
-    firstMessage: async (tree, agent, workspace, instruction) => firstMessage(agent, state.vision, await projectOverview(tree, workspace), instruction),
+    firstMessage: async (_tree, agent, _workspace, instruction) => firstMessage(agent, state.vision, instruction),
   });
-}
-
-/** The repository overview; the root workspace's is computed once per run. */
-async function projectOverview(tree: AgentTree, workspace: Workspace): Promise<string> {
-  const isRoot = workspace === tree.settings.workspace;
-  if (isRoot && tree.overview) return tree.overview;
-  const text = formatAnalysis(await analyzeProject(workspace));
-  if (isRoot) tree.overview = text;
-  return text;
 }
 
 function checkConcurrency(value: number | undefined): number {

@@ -88,42 +88,17 @@ describe("context across the lifecycle", () => {
     expect(result.error).toBeUndefined();
     expect(result.status).toBe("success");
     const { ratio, requests } = cacheReadRatio();
-    // Phase changes swap the tool list, which the cache keys on first; the conversation still
-    // reads most of its input from the cache.
-    expect(ratio).toBeGreaterThanOrEqual(0.6);
-    // Within a phase every request after the first reads everything the previous one sent.
+    // One tool list and one system prompt for every phase and agent: only each agent's first
+    // message and each turn's new blocks are read fresh (here mostly whole files of ~1100 tokens).
+    expect(new Set(requests.map((r) => JSON.stringify(r.body.tools))).size).toBe(1);
+    expect(new Set(requests.map((r) => JSON.stringify(r.body.system))).size).toBe(1);
+    expect(ratio).toBeGreaterThanOrEqual(0.8);
+    // Every request after an agent's first reads everything its previous request sent, across phase changes too.
     for (const [i, request] of requests.entries()) {
       const previous = requests.slice(0, i).reverse().find((r) => agentOf(r.body) === agentOf(request.body));
-      if (previous && phaseOf(previous.body) === phaseOf(request.body)) {
-        expect(request.usage!.cache_read_input_tokens, `request ${i}`).toBeGreaterThanOrEqual(inputTotal(previous));
-      }
+      if (previous) expect(request.usage!.cache_read_input_tokens, `request ${i}`).toBeGreaterThanOrEqual(inputTotal(previous));
     }
-    // The system prompt is the same for every agent and phase, so tools + system stay cacheable.
-    expect(new Set(requests.map((r) => JSON.stringify(r.body.system))).size).toBe(1);
-    console.log(`cache-read ratio across ${requests.length} requests of a 3-agent, multi-phase run (tools per phase): ${(ratio * 100).toFixed(1)}%`);
-  });
-
-  it("with stableTools, shows one tool list in every phase, refuses out-of-phase calls, and reads more from the cache", async () => {
-    const replies = treeReplies();
-    const explore = replies.root!.finish_explore!;
-    // First the root tries to write while exploring.
-    replies.root!.finish_explore = (t) => (t === 0 ? reply.toolUse("write_file", { path: "early.txt", content: "too soon\n" }) : explore(t - 1));
-    const { result, workspace } = await run({ maxConcurrency: 1, stableTools: true }, phasePolicy(replies), 6);
-    expect(result.error).toBeUndefined();
-    expect(result.status).toBe("success");
-    const { ratio, requests } = cacheReadRatio();
-    expect(new Set(requests.map((r) => JSON.stringify(r.body.tools))).size).toBe(1);
-    expect(requests[0]!.body.tools.map((t: { name: string }) => t.name)).toEqual([
-      "read_file", "list_files", "search_files", "write_file", "edit_file", "run_command",
-      "finish_explore", "submit_plan", "complete_task", "complete_merge",
-    ]);
-    const refusal = requests[1]!.body.messages.at(-1).content[0];
-    expect(refusal).toMatchObject({ type: "tool_result", is_error: true });
-    expect(refusal.content).toMatch(/^write_file cannot be used at this point\. Tools you can use now: read_file, list_files, search_files/);
-    await expect(workspace.readFile("early.txt")).rejects.toThrow();
-    // Only each agent's first request misses the conversation part of the prefix.
-    expect(ratio).toBeGreaterThanOrEqual(0.8);
-    console.log(`cache-read ratio across ${requests.length} requests of a 3-agent, multi-phase run (stable tools): ${(ratio * 100).toFixed(1)}%`);
+    console.log(`cache-read ratio across ${requests.length} requests of a 3-agent, multi-phase run: ${(ratio * 100).toFixed(1)}%`);
   });
 
   it("prunes an agent's conversation across phases, saves the pruned conversation in snapshots, and resumes from it", async () => {

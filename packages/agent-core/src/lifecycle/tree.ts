@@ -30,7 +30,6 @@ export interface EngineSettings {
   runCommand?: RunCommandOptions;
   contextWindow?: number;
   context?: Omit<ContextSettings, "contextWindow"> | false;
-  stableTools?: boolean;
   onSnapshot?: (snapshot: TaskSnapshot) => void | Promise<void>;
   /** Where the run's events are kept. Default: the last 10 000 in memory. */
   eventLog?: EventLog;
@@ -61,8 +60,6 @@ export class AgentTree {
   private readonly contexts = new Map<string, ContextTracker | undefined>();
   private readonly snapshots: SnapshotQueue;
   private lifecycleTools: Tool<any>[] | undefined;
-  /** Cached repository overview of the root workspace. */
-  overview: string | undefined;
   /** Why the run was interrupted (resumable), once it is. */
   interruption: { code: string; message: string } | undefined;
   /** Runs one agent to its end; set by the engine (the state machine's driver). */
@@ -73,8 +70,8 @@ export class AgentTree {
     readonly settings: EngineSettings,
     readonly events: EventStream,
     readonly controller: AbortController,
-    /** The system prompt of every agent and phase. */
-    readonly system: string,
+    /** The system prompt of every agent and phase; set once before the root's first request. */
+    public system: string,
   ) {
     for (const agent of state.agents) this.agents.set(agent.id, agent);
     const spentBefore = state.agents.reduce((sum, agent) => addUsage(sum, agent.usage), emptyUsage());

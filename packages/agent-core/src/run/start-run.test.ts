@@ -105,7 +105,11 @@ describe("startRun", () => {
     const turns = 30;
     const base = await setup(
       { policy: (_request, { index }) => (index < turns - 1 ? reply.toolUse("read_file", { path: `docs/page-${index % 5}.md` }) : reply.text("done")) },
-      Object.fromEntries(Array.from({ length: 5 }, (_, i) => [`docs/page-${i}.md`, `# Page ${i}\n${"Some documentation text. ".repeat(4)}\n`])),
+      {
+        // The API caches no prefix under 1024 tokens: the README (in the overview of the system prompt) makes tools + system longer.
+        "README.md": `# Docs\n\n${"How the documentation is organised and kept up to date. ".repeat(30)}\n`,
+        ...Object.fromEntries(Array.from({ length: 5 }, (_, i) => [`docs/page-${i}.md`, `# Page ${i}\n${"Some documentation text. ".repeat(4)}\n`])),
+      },
     );
     const result = await go(base, "read the docs", { maxTurns: turns + 5 }).result;
     expect(result.status).toBe("success");

@@ -2,6 +2,8 @@ import { randomUUID } from "node:crypto";
 import { ConfigError } from "../errors.js";
 import type { KeenEvent, KeenEventOf, KeenEventType, RunStatus } from "../events.js";
 import { agentTag } from "../lifecycle/agent-tag.js";
+import { analyzeProject, formatAnalysis } from "../lifecycle/project-analysis.js";
+import { OVERVIEW_HEADING } from "../lifecycle/prompts.js";
 import { launchRun } from "../lifecycle/engine.js";
 import { runSystemPrompt } from "../lifecycle/prompts.js";
 import { firstLine } from "../lifecycle/start-task.js";
@@ -140,7 +142,9 @@ export function startRun(options: RunOptions): Run {
       ...(options.includeUncommitted ? { includeUncommitted: true } : {}),
     },
     ...(options.signal ? { signal: options.signal } : {}),
-    system: runSystemPrompt(options.workspace.root, options.instructions),
+    // The repository overview is part of the system prompt, as in the lifecycle: the cached
+    // prefix (tools + system) is the same for every turn and the agent need not list files first.
+    system: async (_tree, workspace) => `${runSystemPrompt(options.workspace.root, options.instructions)}\n\n${OVERVIEW_HEADING}\n${formatAnalysis(await analyzeProject(workspace))}`,
     root: { title: firstLine(options.vision), phase: "RUN" },
     firstMessage: async (_tree, agent, _workspace) => `${options.vision}\n\n${agentTag(agent.id, "RUN")}`,
   });

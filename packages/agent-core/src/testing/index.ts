@@ -11,6 +11,6 @@ export {
   type ReplyPolicy,
 } from "./messages-server.js";
 export { reply, errorTypeFor, type Fault, type ReplyBlock, type ScriptedReply } from "./replies.js";
-export { estimateTokens, CACHE_LOOKBACK_BLOCKS, CACHE_TTL_MS, type CacheUsage } from "./prompt-cache.js";
+export { estimateTokens, minCacheableTokens, CACHE_LOOKBACK_BLOCKS, CACHE_TTL_MS, type CacheUsage } from "./prompt-cache.js";
 export { requestPosition, type RequestPosition } from "./request-position.js";
 export { runEventLogContract, sampleEvent, type ContractTestApi } from "./event-log-contract.js";

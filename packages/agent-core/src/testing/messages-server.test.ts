@@ -1,6 +1,7 @@
 import Anthropic from "@anthropic-ai/sdk";
 import { afterEach, describe, expect, it } from "vitest";
 import { startMessagesServer, type MessagesServer, type MessagesServerOptions } from "./messages-server.js";
+import { minCacheableTokens } from "./prompt-cache.js";
 import { reply } from "./replies.js";
 
 const MODEL = "claude-sonnet-5-5";
@@ -181,7 +182,7 @@ describe("offline Messages API server, through the real SDK", () => {
 
     it("finds an earlier entry only within 20 blocks before a breakpoint", async () => {
       const { client } = await start({ policy: () => reply.text("ok") });
-      const block = (label: string, i: number): Anthropic.TextBlockParam => ({ type: "text", text: `${label} ${i} `.repeat(20) });
+      const block = (label: string, i: number): Anthropic.TextBlockParam => ({ type: "text", text: `${label} ${i} `.repeat(200) });
       const conversation = (label: string, total: number): Anthropic.TextBlockParam[] => {
         const content = Array.from({ length: total }, (_, i) => block(i < 5 ? "shared" : label, i));
         content[total - 1] = { ...content[total - 1]!, cache_control: { type: "ephemeral" } };
@@ -193,6 +194,38 @@ describe("offline Messages API server, through the real SDK", () => {
       expect((await ask(conversation("near", 24))).usage.cache_read_input_tokens).toBe(shared.cache_creation_input_tokens);
       // 25 blocks: index 24 looks back only to index 5; the entry at 4 is out of reach.
       expect((await ask(conversation("far", 25))).usage.cache_read_input_tokens).toBe(0);
+    });
+
+    it("caches no prefix shorter than the model's documented minimum", async () => {
+      const { client } = await start({ policy: () => reply.text("ok") });
+      const ask = (model: string, tokens: number) =>
+        client.messages.create({ model, max_tokens: 10, system: system("x".repeat(tokens * 4)), messages: [user("q")] });
+      expect(minCacheableTokens(MODEL)).toBe(1024);
+      expect((await ask(MODEL, 1000)).usage.cache_creation_input_tokens).toBe(0);
+      expect((await ask(MODEL, 1000)).usage.cache_read_input_tokens).toBe(0);
+      expect((await ask(MODEL, 1024)).usage.cache_creation_input_tokens).toBe(1024);
+      // Haiku 4.5 needs 4096 tokens.
+      expect((await ask("claude-haiku-4-5", 3000)).usage.cache_creation_input_tokens).toBe(0);
+      expect((await ask("claude-haiku-4-5", 4096)).usage.cache_creation_input_tokens).toBe(4096);
+    });
+
+    it("lets a test set its own minimum", async () => {
+      const { client } = await start({ policy: () => reply.text("ok"), minCacheableTokens: 0 });
+      const tiny = await client.messages.create({ model: MODEL, max_tokens: 10, system: system("short"), messages: [user("q")] });
+      expect(tiny.usage.cache_creation_input_tokens).toBe(2);
+    });
+
+    it("keeps tools and system cached but not the messages when tool_choice or thinking changes", async () => {
+      const { client } = await start({ policy: () => reply.text("ok") });
+      const messages: Anthropic.MessageParam[] = [{ role: "user", content: [{ type: "text", text: "Question. ".repeat(500), cache_control: { type: "ephemeral" } }] }];
+      const tools: Anthropic.Tool[] = [{ name: "look", description: "Looks", input_schema: { type: "object", properties: {} } }];
+      const ask = (extra: Partial<Anthropic.MessageCreateParamsNonStreaming>) =>
+        client.messages.create({ model: MODEL, max_tokens: 2048, tools, system: system(bigSystem), messages, ...extra });
+      const first = (await ask({})).usage;
+      const systemPrefix = first.cache_creation_input_tokens! - Math.ceil("Question. ".repeat(500).length / 4);
+      expect((await ask({})).usage.cache_read_input_tokens).toBe(first.cache_creation_input_tokens);
+      expect((await ask({ tool_choice: { type: "any" } })).usage.cache_read_input_tokens).toBe(systemPrefix);
+      expect((await ask({ thinking: { type: "enabled", budget_tokens: 1024 } })).usage.cache_read_input_tokens).toBe(systemPrefix);
     });
 
     it("refuses more than four breakpoints", async () => {

@@ -34,7 +34,7 @@ export interface MessagesServerOptions {
   apiKey?: string;
   /** Clock for the prompt cache (ms). Default `Date.now`. */
   now?: () => number;
-  /** Smallest prefix (tokens) that is cached. Default 0. */
+  /** Smallest prefix (tokens) that is cached. Default: the documented minimum of the request's model (`minCacheableTokens`). */
   minCacheableTokens?: number;
   /** Default 0 (a free port). */
   port?: number;
@@ -70,7 +70,7 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
   if (!options.script && !options.policy) throw new TypeError("startMessagesServer(): pass a `script` or a `policy`");
   const script = [...(options.script ?? [])];
   const checkThinkingTurns = options.checkThinkingTurns ?? true;
-  const cache = new PromptCache(options.now ?? Date.now, options.minCacheableTokens ?? 0);
+  const cache = new PromptCache(options.now ?? Date.now, options.minCacheableTokens);
   const secret = randomBytes(32);
   const issuedRedacted = new Set<string>();
   /** Assistant turns with thinking, as issued, by their first thinking signature or redacted data (equal thinking signs equally). */
@@ -140,7 +140,7 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
       return fail(fault.status, fault.errorType ?? errorTypeFor(fault.status), fault.message ?? "Simulated error", fault.retryAfter !== undefined ? { "retry-after": String(fault.retryAfter) } : {});
     }
 
-    const cacheUsage = cache.account(flattenRequest(body));
+    const cacheUsage = cache.account(flattenRequest(body), String(body.model ?? ""));
     const content = (scripted.content ?? []).map((block, i) => toApiBlock(block, index, i));
     const thinkingKey = turnKey(content);
     if (thinkingKey) {

@@ -24,8 +24,21 @@ export interface PrefixBlock {
 }
 
 /**
+ * Smallest prefix (in tokens) the API caches for a model, as Anthropic documents it: a shorter
+ * prefix is processed without being cached, even at a breakpoint.
+ */
+export function minCacheableTokens(model: string): number {
+  if (/haiku-4-5|opus-4-[56]/.test(model)) return 4096;
+  if (/haiku/.test(model)) return 2048;
+  if (/opus-5/.test(model)) return 512;
+  return 1024;
+}
+
+/**
  * Flattens a Messages API request into the order the API caches it in: tools, then system
- * blocks, then each message's content blocks.
+ * blocks, then each message's content blocks. Changing \`tool_choice\` or the thinking settings
+ * keeps tools and system cached but not the messages, so both are part of the first message
+ * block's key.
  */
 export function flattenRequest(body: Record<string, any>): PrefixBlock[] {
   const raw: Array<{ value: unknown; text: string; breakpoint: boolean }> = [];
@@ -35,10 +48,13 @@ export function flattenRequest(body: Record<string, any>): PrefixBlock[] {
   const system = body.system;
   if (typeof system === "string") raw.push({ value: system, text: system, breakpoint: false });
   else for (const block of (system as any[] | undefined) ?? []) raw.push({ value: block, text: block?.text ?? canonical(block), breakpoint: hasCacheControl(block) });
+  let first = true;
   for (const message of (body.messages as any[] | undefined) ?? []) {
     const content = typeof message.content === "string" ? [{ type: "text", text: message.content }] : (message.content ?? []);
     for (const block of content) {
-      raw.push({ value: { role: message.role, block }, text: blockText(block), breakpoint: hasCacheControl(block) });
+      const value = first ? { role: message.role, block, settings: { tool_choice: body.tool_choice ?? null, thinking: body.thinking ?? null } } : { role: message.role, block };
+      first = false;
+      raw.push({ value, text: blockText(block), breakpoint: hasCacheControl(block) });
     }
   }
   let hash = createHash("sha256").update(String(body.model ?? "")).digest("hex");
@@ -89,11 +105,13 @@ export class PromptCache {
   private readonly entries = new Map<string, number>();
   constructor(
     private readonly now: () => number,
-    private readonly minTokens = 0,
+    /** Smallest cached prefix; default the documented minimum of each request's model. */
+    private readonly minTokens?: number,
   ) {}
 
-  account(blocks: PrefixBlock[]): CacheUsage {
+  account(blocks: PrefixBlock[], model = ""): CacheUsage {
     const now = this.now();
+    const minTokens = this.minTokens ?? minCacheableTokens(model);
     const cumulative: number[] = [];
     let sum = 0;
     for (const block of blocks) cumulative.push((sum += block.tokens));
@@ -115,7 +133,7 @@ export class PromptCache {
 
     let written = read;
     for (const point of breakpoints) {
-      if (point <= hit || cumulative[point]! < this.minTokens) continue;
+      if (point <= hit || cumulative[point]! < minTokens) continue;
       this.entries.set(blocks[point]!.prefixHash, now + CACHE_TTL_MS);
       written = Math.max(written, cumulative[point]!);
     }

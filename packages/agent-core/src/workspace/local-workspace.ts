@@ -470,7 +470,15 @@ export class LocalWorkspace implements ForkableWorkspace {
       const result = await gitRaw(this.target, ["merge", "--no-ff", "--no-verify", "-m", commitText(message), "--end-of-options", branch], {
         env: await this.identityEnv(),
       });
-      if (result.exitCode === 0) return { status: "merged", sha: await this.verifiedHead(before) };
+      if (result.exitCode === 0) {
+        // A branch with nothing new ("Already up to date") merges as a no-op: HEAD stays where it was.
+        const after = await this.headOrNull();
+        if (after !== null && after === before) {
+          const contained = await gitRaw(this.target, ["merge-base", "--is-ancestor", "--end-of-options", branch, after]);
+          if (contained.exitCode === 0) return { status: "merged", sha: after };
+        }
+        return { status: "merged", sha: await this.verifiedHead(before) };
+      }
       const files = await this.conflictedFiles();
       if (files.length > 0) return { status: "conflict", files };
       await this.abortMerge();
