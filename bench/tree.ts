@@ -39,7 +39,7 @@ const fileCount = Number(values.files);
 const rounds = Number(values.rounds);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const peakRssMiB = () => process.resourceUsage().maxRSS / 1024;
-const row = (label: string, value: string) => console.log(`  ${label.padEnd(58)}${value}`);
+const row = (label: string, value: string) => console.log(`  ${label.padEnd(72)}${value}`);
 
 function sampleFiles(count: number): Record<string, string> {
   const files: Record<string, string> = {};
