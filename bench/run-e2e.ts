@@ -31,7 +31,7 @@ const fileCount = Number(values.files);
 const keenBin = resolve("packages/cli/bin/keen.js");
 const bareLoop = resolve("bench/support/bare-loop.mjs");
 const rssPreload = resolve("bench/support/report-rss.mjs");
-for (const built of ["packages/cli/dist/main.js", "packages/agent-core/dist/index.js"]) {
+for (const built of ["packages/cli/bundle/main.js", "packages/agent-core/dist/index.js"]) {
   if (!existsSync(built)) throw new Error(`${built} is missing: run \`npm run build -w @keen/agent-core -w @keen/cli\` first`);
 }
 
