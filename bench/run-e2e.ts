@@ -7,13 +7,16 @@
  * - wall time from spawn to exit;
  * - fixed start cost: spawn until the server receives the first request;
  * - loop time: first request until exit, and keen's cost per turn beyond the bare loop's;
- * - peak RSS of the process (read by bench/support/report-rss.mjs);
+ * - peak RSS and CPU time of the process (read by bench/support/report-rss.mjs; git and
+ *   commands it starts are not counted);
  * - cached share of input over requests 2..n, and the uncached input tokens there.
  *
  * keen's lifecycle needs one more request than the bare loop (the explore phase ends with
  * `finish_explore`), so keen's per-turn cost is spread over the bare loop's four turns.
  *
  *   npm run build -w @keen/agent-core -w @keen/cli && npx tsx bench/run-e2e.ts [--rounds 7] [--files 50]
+ *
+ * `--bin PATH` measures another build of the `keen` bin (e.g. a copy made before a change).
  */
 import { spawn } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
@@ -25,10 +28,12 @@ import { done, explore, scenarioPolicy, write } from "../packages/agent-core/src
 import { reply, startMessagesServer, type MessagesServer, type ReplyPolicy } from "../packages/agent-core/src/testing/index.js";
 import { createTestRepo } from "../packages/agent-core/src/workspace/test-repo.js";
 
-const { values } = parseArgs({ options: { rounds: { type: "string", default: "7" }, files: { type: "string", default: "50" } } });
+const { values } = parseArgs({
+  options: { rounds: { type: "string", default: "7" }, files: { type: "string", default: "50" }, bin: { type: "string", default: "packages/cli/bin/keen.js" } },
+});
 const rounds = Math.max(5, Number(values.rounds));
 const fileCount = Number(values.files);
-const keenBin = resolve("packages/cli/bin/keen.js");
+const keenBin = resolve(values.bin);
 const bareLoop = resolve("bench/support/bare-loop.mjs");
 const rssPreload = resolve("bench/support/report-rss.mjs");
 for (const built of ["packages/cli/bundle/main.js", "packages/agent-core/dist/index.js"]) {
@@ -65,6 +70,7 @@ interface Round {
   loop: number;
   requests: number;
   rssMiB: number;
+  cpuMs: number;
   cachedShare: number;
   uncached: number;
 }
@@ -114,10 +120,11 @@ async function oneRound(side: "keen" | "bare"): Promise<Round> {
   const note = await readFile(join(repo, "notes/hello.md"), "utf8").catch(() => "");
   if (side === "bare" && note !== NOTE) throw new Error("the bare loop did not write the note");
   const start = server.requests[0]!.receivedAt - startedAt;
-  const rssMiB = Number(await readFile(rssFile, "utf8")) / 1024;
+  const { maxRssKiB, cpuMs } = JSON.parse(await readFile(rssFile, "utf8")) as { maxRssKiB: number; cpuMs: number };
+  const rssMiB = maxRssKiB / 1024;
   await rm(scratch, { recursive: true, force: true });
   await rm(repo, { recursive: true, force: true });
-  return { wall, start, loop: wall - start, requests: server.requests.length, rssMiB, ...cacheFigures(server) };
+  return { wall, start, loop: wall - start, requests: server.requests.length, rssMiB, cpuMs, ...cacheFigures(server) };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -145,6 +152,7 @@ row(
   `${(pick(bare, "loop") / BARE_TURNS).toFixed(1)} ms`,
   `+${((pick(keen, "loop") - pick(bare, "loop")) / BARE_TURNS).toFixed(1)} ms`,
 );
+row("CPU time of the process (user + system)", ms(pick(keen, "cpuMs")), ms(pick(bare, "cpuMs")), `${(pick(keen, "cpuMs") / pick(bare, "cpuMs")).toFixed(2)}×`);
 row("peak RSS", `${pick(keen, "rssMiB").toFixed(0)} MiB`, `${pick(bare, "rssMiB").toFixed(0)} MiB`, `${(pick(keen, "rssMiB") / pick(bare, "rssMiB")).toFixed(2)}×`);
 row("cached share of input, requests 2..n", pick(keen, "cachedShare").toFixed(2), pick(bare, "cachedShare").toFixed(2), "");
 row("uncached input tokens, requests 2..n", pick(keen, "uncached").toFixed(0), pick(bare, "uncached").toFixed(0), "");
