@@ -161,6 +161,7 @@ class BudgetSpent extends KeenError {
 }
 
 class Orchestrator {
+  private resumed = false;
   private readonly agents = new Map<string, AgentState>();
   private readonly workspaces = new Map<string, Workspace>();
   /** Context size per agent, followed across its phases. */
@@ -230,6 +231,7 @@ class Orchestrator {
       } else {
         root = this.agents.get("root");
         if (!root) throw new ConfigError("resumeTask(): the snapshot has no root agent");
+        this.resumed = true;
         await this.cleanUpInterruptedMerges(rootWorkspace);
       }
       this.workspaces.set("root", rootWorkspace);
@@ -464,7 +466,8 @@ class Orchestrator {
     for (const child of children) {
       if (child.phase === "DONE" && this.workspaces.has(child.id)) continue;
       const fresh = child.messages.length === 0;
-      const childWorkspace = await workspace.fork(child.branch);
+      // A resumed run re-attaches to the branches its snapshot names; a fresh run never reuses one.
+      const childWorkspace = await workspace.fork(child.branch, this.resumed ? { reattach: true } : {});
       this.workspaces.set(child.id, childWorkspace);
       if (fresh) {
         this.emit({ type: "git.branch", agentId: child.id, branch: child.branch, from: agent.branch, worktree: childWorkspace.root });
@@ -548,7 +551,7 @@ class Orchestrator {
     const note = (closingCall.input as { summary: string }).summary;
     const conflicted = await workspace.conflictedFiles();
     if (conflicted.length > 0) return workspace.commitMerge(`Merge ${child.branch}: ${child.title}\n\n${note}`);
-    const sha = await workspace.commit(`Fix after merging ${child.branch}\n\n${note}`, this.authorOption());
+    const { sha } = await workspace.commit(`Fix after merging ${child.branch}\n\n${note}`, this.authorOption());
     return sha ?? (await workspace.head());
   }
 
@@ -611,7 +614,7 @@ class Orchestrator {
     try {
       if (isForkable(workspace)) await workspace.abortMerge();
       const message = `${agent.title}\n\n${agent.summary ?? ""}${agent.status && agent.status !== "success" ? `\n\nStatus: ${agent.status}` : ""}\n\nAgent: ${agent.id} (keen)`;
-      const sha = await workspace.commit(message.replace(/\n{3,}/g, "\n\n"), this.authorOption());
+      const { sha } = await workspace.commit(message.replace(/\n{3,}/g, "\n\n"), this.authorOption());
       if (sha) {
         agent.commit = sha;
         this.emit({ type: "git.commit", agentId: agent.id, branch: agent.branch, sha, message: agent.title });
@@ -630,7 +633,7 @@ class Orchestrator {
     for (const agent of this.agents.values()) {
       for (const [childId, merge] of Object.entries(agent.merges)) {
         if (merge.status !== "in_progress" || !merge.preMergeSha) continue;
-        const workspace = agent.id === "root" ? root : await root.fork(agent.branch);
+        const workspace = agent.id === "root" ? root : await root.fork(agent.branch, { reattach: true });
         await workspace.resetTo(merge.preMergeSha);
         merge.status = "pending";
         void childId;
@@ -639,7 +642,7 @@ class Orchestrator {
     // Agents that were running are continued; their worktrees are reopened by fork().
     for (const agent of this.agents.values()) {
       if (agent.id !== "root" && !this.workspaces.has(agent.id) && agent.phase !== "DONE") {
-        this.workspaces.set(agent.id, await root.fork(agent.branch));
+        this.workspaces.set(agent.id, await root.fork(agent.branch, { reattach: true }));
       }
     }
   }

@@ -172,7 +172,7 @@ async function execute(options: RunOptions, events: EventStream, signal: AbortSi
   if (options.commit !== false && status !== "error") {
     try {
       const author = typeof options.commit === "object" ? options.commit.author : undefined;
-      commit = await workspace.commit(commitMessage(options.vision, status, summary), author ? { author } : {});
+      commit = (await workspace.commit(commitMessage(options.vision, status, summary), author ? { author } : {})).sha;
       if (commit) emit({ type: "git.commit", agentId, branch, sha: commit, message: firstLine(options.vision) });
     } catch (caught) {
       status = "error";
