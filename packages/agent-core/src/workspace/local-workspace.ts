@@ -363,7 +363,7 @@ export class LocalWorkspace implements ForkableWorkspace {
       throw new KeenError("invalid_option", "includeUncommitted starts from this checkout's HEAD; it cannot be combined with from");
     }
     const dir = join(this.worktreesDir, branch);
-    return withRepoLock(this.commonDir, async () => {
+    const created = await withRepoLock(this.commonDir, async (): Promise<{ child: LocalWorkspace; checkout: boolean }> => {
       // The refs around the name and the start commit are looked up at once; the start only counts for a new branch.
       const plainStart = options.includeUncommitted ? undefined : (options.from ?? "HEAD");
       const [nearby, plainStartCommit] = await Promise.all([
@@ -377,11 +377,11 @@ export class LocalWorkspace implements ForkableWorkspace {
       }
       if (branchExists) {
         const existing = parseWorktreeList(await git(this.target, ["worktree", "list", "--porcelain", "-z"]), "\0").find((entry) => entry.branch === branch);
-        if (existing) return this.reattachWorktree(existing.path, existing.locked, branch);
+        if (existing) return { child: await this.reattachWorktree(existing.path, existing.locked, branch), checkout: false };
         await mkdir(dirname(dir), { recursive: true });
         await git(this.target, ["worktree", "add", "-q", "--lock", "--reason", ownLease(), dir, branch]);
         await this.restoreSalvage(dir, branch);
-        return this.child(dir);
+        return { child: await this.child(dir), checkout: false };
       }
       let start = options.from ?? "HEAD";
       let report: ForkReport | undefined;
@@ -390,11 +390,23 @@ export class LocalWorkspace implements ForkableWorkspace {
       if (startCommit.exitCode !== 0) throw new KeenError("invalid_ref", `"${start}" does not name a commit`);
       await mkdir(dirname(dir), { recursive: true });
       // The lock's reason is the lease: it names this process, so a later recovery pass knows when the worktree is abandoned.
-      await git(this.target, ["worktree", "add", "-q", "--lock", "--reason", ownLease(), "-b", branch, dir, oneLine(String(startCommit.stdout))]);
+      // Only the branch and the registration need the repository lock; the files are checked out after it is released.
+      await git(this.target, ["worktree", "add", "-q", "--no-checkout", "--lock", "--reason", ownLease(), "-b", branch, dir, oneLine(String(startCommit.stdout))]);
       const child = await this.child(dir);
       child.forkReport = report;
-      return child;
+      return { child, checkout: true };
     });
+    if (created.checkout) {
+      // What `worktree add` does itself after registering, here outside the lock, so forks of one
+      // repository check out their files in parallel. The worktree is new, locked with this
+      // process's lease and not yet handed out: nothing else writes its index or files.
+      const checkedOut = await gitRaw(created.child.target, ["reset", "-q", "--hard"]);
+      if (checkedOut.exitCode !== 0) {
+        await created.child.dispose().catch(() => {});
+        throw new KeenError("git_failed", `git reset failed while checking out ${branch}: ${String(checkedOut.stderr || checkedOut.stdout).trim()}`);
+      }
+    }
+    return created.child;
   }
 
   /**
