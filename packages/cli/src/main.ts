@@ -2,6 +2,7 @@ import { createRequire } from "node:module";
 import { UsageError, processIo, type Io } from "./cli-error.js";
 import { demoCommand } from "./commands/demo.js";
 import { runCommand } from "./commands/run.js";
+import { serveCommand, migrateCommand, workerCommand } from "./commands/server.js";
 
 const HELP = `keen: autonomous coding agents on your git repositories
 
@@ -11,6 +12,9 @@ Commands:
   run "<vision>"    run a tree of agents on a repository (needs ANTHROPIC_API_KEY)
   run --resume FILE continue an interrupted run from its snapshot
   demo              watch a scripted agent tree work offline on a sample repository
+  serve             start the keen server (REST API, event streams, run workers)
+  migrate           bring the server's database up to date
+  worker            execute server runs alone, against DATABASE_URL
   help              show this help
 
 Examples:
@@ -35,6 +39,12 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await runCommand(rest, io);
       case "demo":
         return await demoCommand(rest, io);
+      case "serve":
+        return await serveCommand(rest, io);
+      case "migrate":
+        return await migrateCommand(rest, io);
+      case "worker":
+        return await workerCommand(rest, io);
       case undefined:
       case "help":
       case "--help":

@@ -1,2 +1,11 @@
-// The reference server lands with its own issue; the package is private until then.
-export {};
+export { ServerConfig, ConfigError, loadConfig, parseConfig, settingsHelp, SETTINGS, type ServerConfigInput } from "./config.js";
+export { ServerError, statusOf, type ServerErrorCode } from "./errors.js";
+export { createServer, type CreateServerOptions, type KeenServer } from "./server.js";
+export { startServer, startWorker, migrateOnly, type StartOptions } from "./start.js";
+export { migrateServer, serverMigrations, SERVER_MIGRATION_TABLE } from "./db/migrations.js";
+export { inProcessQueue, pgBossQueue, type JobQueue, type JobHandler } from "./queue/job-queue.js";
+export { localEventBus, postgresEventBus, type EventBus, type RunNotice, type StoredEvent } from "./events/event-bus.js";
+export { followRun, type FollowOptions } from "./events/follow.js";
+export { RunEventLog, RunEventWriter } from "./events/event-log.js";
+export type { RunView, AgentView } from "./runs/run-service.js";
+export type { ServerErrorBody } from "./http/edge.js";

@@ -1,0 +1,54 @@
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig, settingsHelp, SETTINGS } from "./config.js";
+
+describe("loadConfig", () => {
+  it("starts on embedded defaults with no settings at all", () => {
+    const config = loadConfig({ env: {} });
+    expect(config.port).toBe(8080);
+    expect(config.databaseUrl).toBeUndefined();
+    expect(config.workspacesDir).toBe(`${config.dataDir}/workspaces`);
+  });
+
+  it("takes env variables and lets flags win", () => {
+    const config = loadConfig({ env: { PORT: "9000", KEEN_DATA_DIR: "/tmp/a", KEEN_ADMIN_EMAILS: "A@x.io, b@y.io" }, flags: { port: "9100" } });
+    expect(config.port).toBe(9100);
+    expect(config.dataDir).toBe("/tmp/a");
+    expect(config.adminEmails).toEqual(["a@x.io", "b@y.io"]);
+  });
+
+  it.each([
+    [{ PORT: "eighty" }, /--port \(PORT\)/],
+    [{ PORT: "70000" }, /--port/],
+    [{ PORT: "-1" }, /--port/],
+    [{ PORT: "1.5" }, /--port/],
+    [{ DATABASE_URL: "mysql://x" }, /--database-url \(DATABASE_URL\): must be a postgres:\/\/ URL/],
+    [{ KEEN_DATABASE_SCHEMA: "x; drop table users" }, /--database-schema/],
+    [{ LOG_LEVEL: "loud" }, /--log-level/],
+    [{ KEEN_WORKERS: "NaN" }, /--workers/],
+    [{ KEEN_RUN_RESERVE: "9007199254740993" }, /--run-reserve/],
+    [{ KEEN_SANDBOX: "maybe" }, /--sandbox/],
+    [{ ANTHROPIC_BASE_URL: "file:///etc/passwd" }, /--model-base-url/],
+  ])("refuses %j with one line naming the setting", (env, reason) => {
+    let error: unknown;
+    try {
+      loadConfig({ env });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toMatch(reason);
+    expect((error as Error).message).not.toContain("\n");
+  });
+
+  it("refuses unknown flags", () => {
+    expect(() => loadConfig({ flags: { prot: 1 } as never })).toThrow(/unknown setting prot/);
+  });
+
+  it("lists every setting in the help text", () => {
+    const help = settingsHelp();
+    for (const setting of SETTINGS) {
+      expect(help).toContain(setting.flag);
+      expect(help).toContain(setting.env);
+    }
+  });
+});

@@ -1,0 +1,140 @@
+import { resolve } from "node:path";
+import { z } from "zod";
+
+/** One setting: its env variable, its flag, and what it does (printed by `keen serve --help`). */
+interface Setting {
+  key: keyof ServerConfigInput;
+  env: string;
+  flag: string;
+  help: string;
+}
+
+const Port = z.coerce.number().int().min(0).max(65_535);
+const Millis = z.coerce.number().int().min(10).max(24 * 3600_000);
+const Bool = z.union([z.boolean(), z.enum(["true", "false", "1", "0"]).transform((v) => v === "true" || v === "1")]);
+const MicroCredits = z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+
+/**
+ * Every server setting, validated once. Paths are made absolute; defaults make `keen serve`
+ * start with no set-up (PGlite and workspaces under the data dir).
+ */
+export const ServerConfig = z
+  .object({
+    port: Port.default(8080),
+    host: z.string().min(1).max(255).default("127.0.0.1"),
+    dataDir: z.string().min(1).default(".keen-server").transform((p) => resolve(p)),
+    /** PostgreSQL connection string; absent means an embedded PGlite database under `dataDir`. */
+    databaseUrl: z.string().regex(/^postgres(ql)?:\/\//, "must be a postgres:// URL").optional(),
+    /** PostgreSQL schema (search_path) to keep the server's tables in. */
+    databaseSchema: z.string().regex(/^[a-z_][a-z0-9_]{0,62}$/, "must be a lower-case SQL identifier").optional(),
+    workspacesDir: z.string().min(1).optional(),
+    modelBaseUrl: z.url({ protocol: /^https?$/ }).optional(),
+    modelApiKey: z.string().min(1).optional(),
+    model: z.string().min(1).max(100).default("claude-opus-4-5"),
+    logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+    /** Accept `repo: { path }` from any signed-in user (a single-user machine). */
+    localMode: Bool.default(false),
+    /** Emails of server admins (credit grants, `repo.path` runs). */
+    adminEmails: z
+      .union([z.array(z.string()), z.string().transform((s) => s.split(",").map((e) => e.trim()).filter(Boolean))])
+      .default([])
+      .transform((list) => list.map((e) => e.toLowerCase())),
+    /** Runs executed at once by this process; 0 makes it an API-only process. */
+    workers: z.coerce.number().int().min(0).max(64).default(2),
+    /** Credits held when a run is created, settled to the actual price when it ends. */
+    runReserve: MicroCredits.default(5_000_000),
+    /** Concurrent runs per user. */
+    maxRunsPerUser: z.coerce.number().int().min(1).max(1000).default(2),
+    heartbeatMs: Millis.default(5_000),
+    /** A running run whose heartbeat is older than this is taken over by another worker. */
+    staleAfterMs: Millis.default(30_000),
+    sseHeartbeatMs: Millis.default(15_000),
+    /** Events a stream connection buffers before it falls back to paging from the table. */
+    streamBuffer: z.coerce.number().int().min(1).max(100_000).default(1_000),
+    /** Run jobs through `in-process` (PGlite) or `pg-boss` (PostgreSQL). Default: by database. */
+    queue: z.enum(["in-process", "pg-boss"]).optional(),
+    /** Run commands under bubblewrap. Only turn off on a machine without it, never in production. */
+    sandbox: Bool.default(true),
+  })
+  .strict()
+  .transform((c) => ({ ...c, workspacesDir: resolve(c.workspacesDir ?? `${c.dataDir}/workspaces`) }));
+
+export type ServerConfig = z.output<typeof ServerConfig>;
+export type ServerConfigInput = z.input<typeof ServerConfig>;
+
+/** Env variables and flags, in the order `--help` lists them. */
+export const SETTINGS: readonly Setting[] = [
+  { key: "port", env: "PORT", flag: "--port", help: "TCP port (default 8080; 0 picks a free one)" },
+  { key: "host", env: "KEEN_HOST", flag: "--host", help: "interface to listen on (default 127.0.0.1)" },
+  { key: "dataDir", env: "KEEN_DATA_DIR", flag: "--data-dir", help: "embedded database and workspaces (default ./.keen-server)" },
+  { key: "databaseUrl", env: "DATABASE_URL", flag: "--database-url", help: "PostgreSQL URL; without it PGlite runs under the data dir" },
+  { key: "databaseSchema", env: "KEEN_DATABASE_SCHEMA", flag: "--database-schema", help: "PostgreSQL schema for the server's tables" },
+  { key: "workspacesDir", env: "KEEN_WORKSPACES_DIR", flag: "--workspaces-dir", help: "root of <user>/<run> checkouts (default <data dir>/workspaces)" },
+  { key: "modelBaseUrl", env: "ANTHROPIC_BASE_URL", flag: "--model-base-url", help: "Messages API base URL" },
+  { key: "modelApiKey", env: "ANTHROPIC_API_KEY", flag: "--model-api-key", help: "Messages API key (never shown to runs)" },
+  { key: "model", env: "KEEN_MODEL", flag: "--model", help: "default model (default claude-opus-4-5)" },
+  { key: "logLevel", env: "LOG_LEVEL", flag: "--log-level", help: "fatal|error|warn|info|debug|trace|silent (default info)" },
+  { key: "localMode", env: "KEEN_LOCAL_MODE", flag: "--local-mode", help: "let any user run on a local path (single-user machines)" },
+  { key: "adminEmails", env: "KEEN_ADMIN_EMAILS", flag: "--admin-emails", help: "comma-separated emails of server admins" },
+  { key: "workers", env: "KEEN_WORKERS", flag: "--workers", help: "runs this process executes at once; 0 = API only (default 2)" },
+  { key: "runReserve", env: "KEEN_RUN_RESERVE", flag: "--run-reserve", help: "micro-credits held per run until it settles (default 5000000)" },
+  { key: "maxRunsPerUser", env: "KEEN_MAX_RUNS_PER_USER", flag: "--max-runs-per-user", help: "concurrent runs per user (default 2)" },
+  { key: "heartbeatMs", env: "KEEN_HEARTBEAT_MS", flag: "--heartbeat-ms", help: "worker heartbeat interval (default 5000)" },
+  { key: "staleAfterMs", env: "KEEN_STALE_AFTER_MS", flag: "--stale-after-ms", help: "heartbeat age after which a run is taken over (default 30000)" },
+  { key: "sseHeartbeatMs", env: "KEEN_STREAM_HEARTBEAT_MS", flag: "--stream-heartbeat-ms", help: "idle stream keep-alive interval (default 15000)" },
+  { key: "streamBuffer", env: "KEEN_STREAM_BUFFER", flag: "--stream-buffer", help: "events buffered per stream connection (default 1000)" },
+  { key: "queue", env: "KEEN_QUEUE", flag: "--queue", help: "in-process|pg-boss (default: pg-boss on PostgreSQL)" },
+  { key: "sandbox", env: "KEEN_SANDBOX", flag: "--sandbox", help: "run agent commands under bubblewrap (default true)" },
+];
+
+/** A setting that failed validation; `message` is one line naming the env variable or flag. */
+export class ConfigError extends Error {
+  readonly code = "invalid_config";
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+/**
+ * Builds the config from env variables and flags (flags win) through the one schema.
+ * Throws `ConfigError` with a one-line reason on the first bad value.
+ *
+ * @example
+ * const config = loadConfig({ env: process.env, flags: { port: "9000" } });
+ */
+export function loadConfig(sources: { env?: Record<string, string | undefined>; flags?: Partial<Record<keyof ServerConfigInput, unknown>> } = {}): ServerConfig {
+  const env = sources.env ?? {};
+  const input: Record<string, unknown> = {};
+  for (const setting of SETTINGS) {
+    const value = env[setting.env];
+    if (value !== undefined && value !== "") input[setting.key] = value;
+  }
+  for (const [key, value] of Object.entries(sources.flags ?? {})) {
+    if (value !== undefined) input[key] = value;
+  }
+  return parseConfig(input);
+}
+
+/**
+ * Validates a config object (as `createServer` takes it).
+ *
+ * @example
+ * const config = parseConfig({ port: 0, dataDir: "/tmp/keen" });
+ */
+export function parseConfig(input: ServerConfigInput | Record<string, unknown>): ServerConfig {
+  const parsed = ServerConfig.safeParse(input);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0]!;
+  const key = String(issue.path[0] ?? "");
+  const setting = SETTINGS.find((s) => s.key === key);
+  const name = setting ? `${setting.flag} (${setting.env})` : key || "config";
+  const reason = issue.code === "unrecognized_keys" ? `unknown setting ${issue.keys.join(", ")}` : issue.message;
+  throw new ConfigError(`invalid ${name}: ${reason}`.replace(/\s+/g, " "));
+}
+
+/** The `--help` text listing every setting. */
+export function settingsHelp(): string {
+  const width = Math.max(...SETTINGS.map((s) => s.flag.length)) + 2;
+  return SETTINGS.map((s) => `  ${s.flag.padEnd(width)}${s.help} [${s.env}]`).join("\n");
+}

@@ -1,0 +1,100 @@
+import {
+  auditMigrations,
+  authMigrations,
+  creditMigrations,
+  limitMigrations,
+  defineMigrations,
+  migrateToLatest,
+  migrationTableName,
+  type MigrationSet,
+} from "@keen/gateway-kit";
+import { sql, type Kysely } from "kysely";
+
+/** The server's own migrations, tracked in their own table so they never mix with gateway-kit's. */
+export const serverMigrations = defineMigrations("keen_server", {
+  server_0001_runs: {
+    async up(db) {
+      await db.schema
+        .createTable("runs")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("team_id", "text", (c) => c.notNull())
+        .addColumn("user_id", "text", (c) => c.notNull())
+        .addColumn("vision", "text", (c) => c.notNull())
+        .addColumn("repo", "jsonb", (c) => c.notNull())
+        .addColumn("options", "jsonb", (c) => c.notNull())
+        .addColumn("model", "text", (c) => c.notNull())
+        .addColumn("status", "text", (c) => c.notNull().check(sql`status in ('queued','running','succeeded','failed','cancelled')`))
+        .addColumn("snapshot", "jsonb")
+        .addColumn("reservation_id", "text")
+        .addColumn("charged", "bigint")
+        .addColumn("usage", "jsonb")
+        .addColumn("error", "jsonb")
+        .addColumn("summary", "text")
+        .addColumn("base_commit", "text")
+        .addColumn("head_commit", "text")
+        .addColumn("branch", "text")
+        .addColumn("worker_id", "text")
+        .addColumn("attempt", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("heartbeat_at", "timestamptz")
+        .addColumn("cancel_requested", "boolean", (c) => c.notNull().defaultTo(false))
+        .addColumn("created_at", "timestamptz", (c) => c.notNull())
+        .addColumn("started_at", "timestamptz")
+        .addColumn("finished_at", "timestamptz")
+        .execute();
+      // Listing is per tenant, newest first, paged by (created_at, id).
+      await db.schema.createIndex("runs_team_created").on("runs").columns(["team_id", "created_at", "id"]).execute();
+      await db.schema.createIndex("runs_status_heartbeat").on("runs").columns(["status", "heartbeat_at"]).execute();
+
+      await db.schema
+        .createTable("run_agents")
+        .addColumn("run_id", "text", (c) => c.notNull().references("runs.id").onDelete("cascade"))
+        .addColumn("agent_id", "text", (c) => c.notNull())
+        .addColumn("parent_id", "text")
+        .addColumn("depth", "integer", (c) => c.notNull())
+        .addColumn("branch", "text", (c) => c.notNull())
+        .addColumn("title", "text", (c) => c.notNull())
+        .addColumn("phase", "text", (c) => c.notNull())
+        .addColumn("status", "text")
+        .addColumn("usage", "jsonb", (c) => c.notNull())
+        .addColumn("cost", "bigint", (c) => c.notNull())
+        .addPrimaryKeyConstraint("run_agents_pk", ["run_id", "agent_id"])
+        .execute();
+
+      await db.schema
+        .createTable("run_events")
+        .addColumn("run_id", "text", (c) => c.notNull().references("runs.id").onDelete("cascade"))
+        .addColumn("seq", "integer", (c) => c.notNull().check(sql`seq > 0`))
+        .addColumn("type", "text", (c) => c.notNull())
+        .addColumn("agent_id", "text", (c) => c.notNull())
+        .addColumn("payload", "jsonb", (c) => c.notNull())
+        .addColumn("at", "timestamptz", (c) => c.notNull())
+        // One number per event per run: a second writer of the same seq fails instead of forking the log.
+        .addPrimaryKeyConstraint("run_events_pk", ["run_id", "seq"])
+        .execute();
+
+      await db.schema
+        .createTable("server_settings")
+        .addColumn("name", "text", (c) => c.primaryKey())
+        .addColumn("value", "jsonb", (c) => c.notNull())
+        .execute();
+    },
+  },
+});
+
+/** The gateway-kit modules the server uses; they migrate through gateway-kit's own runner. */
+const GATEWAY_KIT_SETS: MigrationSet[] = [authMigrations, creditMigrations, limitMigrations, auditMigrations];
+
+export const SERVER_MIGRATION_TABLE = migrationTableName(serverMigrations.module);
+
+/**
+ * Brings the database up to date: gateway-kit's modules first (ours are read beside theirs), then
+ * the server's own, each module with its own bookkeeping table. The one place the server migrates.
+ *
+ * @example
+ * await migrateServer(database.db);
+ */
+export async function migrateServer(db: Kysely<any>): Promise<{ applied: string[] }> {
+  const reports = await migrateToLatest(db, [...GATEWAY_KIT_SETS, serverMigrations]);
+  const applied = reports.flatMap((report) => report.results.filter((r) => r.status === "Success").map((r) => r.migrationName));
+  return { applied };
+}

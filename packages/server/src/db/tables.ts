@@ -1,0 +1,72 @@
+import type { ColumnType, Generated } from "kysely";
+
+type Timestamp = ColumnType<Date, Date | string, Date | string>;
+type Json<T = unknown> = ColumnType<T, string, string>;
+
+export type RunState = "queued" | "running" | "succeeded" | "failed" | "cancelled";
+
+export interface RunsTable {
+  id: string;
+  team_id: string;
+  user_id: string;
+  vision: string;
+  /** `{ url, ref? }` or `{ path }`. */
+  repo: Json<Record<string, unknown>>;
+  options: Json<Record<string, unknown>>;
+  model: string;
+  status: RunState;
+  /** agent-core's TaskSnapshot after the last turn, for resume. */
+  snapshot: Json<unknown> | null;
+  reservation_id: string | null;
+  /** Micro-credits charged at settlement; null until settled. */
+  charged: ColumnType<string | number | null, number | null, number | null>;
+  usage: Json<Record<string, number>> | null;
+  error: Json<{ code: string; message: string }> | null;
+  summary: string | null;
+  /** The commit the run started from, and the one its work ended on. */
+  base_commit: string | null;
+  head_commit: string | null;
+  branch: string | null;
+  worker_id: string | null;
+  attempt: Generated<number>;
+  heartbeat_at: Timestamp | null;
+  cancel_requested: Generated<boolean>;
+  created_at: Timestamp;
+  started_at: Timestamp | null;
+  finished_at: Timestamp | null;
+}
+
+export interface RunAgentsTable {
+  run_id: string;
+  agent_id: string;
+  parent_id: string | null;
+  depth: number;
+  branch: string;
+  title: string;
+  phase: string;
+  status: string | null;
+  usage: Json<Record<string, number>>;
+  cost: ColumnType<string | number, number, number>;
+}
+
+export interface RunEventsTable {
+  run_id: string;
+  /** The server's own gap-free number for the event within its run, from 1. */
+  seq: number;
+  type: string;
+  agent_id: string;
+  payload: Json<Record<string, unknown>>;
+  at: Timestamp;
+}
+
+export interface ServerSettingsTable {
+  name: string;
+  value: Json<unknown>;
+}
+
+export interface ServerTables {
+  runs: RunsTable;
+  run_agents: RunAgentsTable;
+  run_events: RunEventsTable;
+  server_settings: ServerSettingsTable;
+}

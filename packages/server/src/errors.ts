@@ -1,0 +1,44 @@
+/** Codes the server's domain code throws; only the HTTP edge (`statusOf`) knows their statuses. */
+export type ServerErrorCode =
+  | "not_found"
+  | "invalid_request"
+  | "forbidden"
+  | "run_not_cancellable"
+  | "run_not_finished"
+  | "repository_unavailable"
+  | "insufficient_credits"
+  | "unavailable";
+
+/**
+ * A coded domain error. Routes and services throw it; the error edge answers with the status
+ * `statusOf(code)` gives and the one error body.
+ *
+ * @example
+ * throw new ServerError("run_not_cancellable", "Run run_1 already finished");
+ */
+export class ServerError extends Error {
+  constructor(
+    readonly code: ServerErrorCode,
+    message: string,
+    readonly details?: Record<string, unknown>,
+  ) {
+    super(message);
+    this.name = "ServerError";
+  }
+}
+
+const STATUS: Record<ServerErrorCode, number> = {
+  not_found: 404,
+  invalid_request: 400,
+  forbidden: 403,
+  run_not_cancellable: 409,
+  run_not_finished: 409,
+  repository_unavailable: 422,
+  insufficient_credits: 402,
+  unavailable: 503,
+};
+
+/** The HTTP status of a domain error code. */
+export function statusOf(code: ServerErrorCode): number {
+  return STATUS[code];
+}

@@ -1,0 +1,261 @@
+import { randomUUID } from "node:crypto";
+import type { Ledger, PriceList, Principal, RunSlots } from "@keen/gateway-kit";
+import type { Kysely, Selectable } from "kysely";
+import type { ServerConfig } from "../config.js";
+import type { RunAgentsTable, RunsTable, ServerTables } from "../db/tables.js";
+import { ServerError } from "../errors.js";
+import type { EventBus } from "../events/event-bus.js";
+import type { JobQueue } from "../queue/job-queue.js";
+import type { CreateRunBody } from "./run-input.js";
+
+export const RUN_QUEUE = "keen-runs";
+
+export interface RunJob {
+  runId: string;
+}
+
+export type RunRow = Selectable<RunsTable>;
+
+/** A run as the API shows it. */
+export interface RunView {
+  id: string;
+  status: RunsTable["status"];
+  vision: string;
+  repo: Record<string, unknown>;
+  options: Record<string, unknown>;
+  model: string;
+  teamId: string;
+  userId: string;
+  branch: string | null;
+  baseCommit: string | null;
+  headCommit: string | null;
+  summary: string | null;
+  error: { code: string; message: string } | null;
+  usage: Record<string, number> | null;
+  /** Micro-credits charged at settlement. */
+  cost: number | null;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+}
+
+export interface AgentView {
+  id: string;
+  parentId: string | null;
+  depth: number;
+  branch: string;
+  title: string;
+  phase: string;
+  status: string | null;
+  usage: Record<string, number>;
+  cost: number;
+  children: AgentView[];
+}
+
+const json = <T>(value: unknown): T => (typeof value === "string" ? JSON.parse(value) : value) as T;
+const iso = (value: Date | string | null) => (value === null ? null : new Date(value).toISOString());
+
+export function runView(row: RunRow): RunView {
+  return {
+    id: row.id,
+    status: row.status,
+    vision: row.vision,
+    repo: json(row.repo),
+    options: json(row.options),
+    model: row.model,
+    teamId: row.team_id,
+    userId: row.user_id,
+    branch: row.branch,
+    baseCommit: row.base_commit,
+    headCommit: row.head_commit,
+    summary: row.summary,
+    error: row.error === null ? null : json(row.error),
+    usage: row.usage === null ? null : json(row.usage),
+    cost: row.charged === null ? null : Number(row.charged),
+    createdAt: iso(row.created_at)!,
+    startedAt: iso(row.started_at),
+    finishedAt: iso(row.finished_at),
+  };
+}
+
+/** Builds the agent tree from flat rows (parents before children is not assumed). */
+export function agentTree(rows: Selectable<RunAgentsTable>[]): AgentView[] {
+  const views = new Map<string, AgentView>();
+  for (const r of rows) {
+    views.set(r.agent_id, {
+      id: r.agent_id,
+      parentId: r.parent_id,
+      depth: r.depth,
+      branch: r.branch,
+      title: r.title,
+      phase: r.phase,
+      status: r.status,
+      usage: json(r.usage),
+      cost: Number(r.cost),
+      children: [],
+    });
+  }
+  const roots: AgentView[] = [];
+  for (const view of views.values()) {
+    const parent = view.parentId ? views.get(view.parentId) : undefined;
+    if (parent) parent.children.push(view);
+    else roots.push(view);
+  }
+  return roots;
+}
+
+export interface RunServiceDeps {
+  db: Kysely<ServerTables>;
+  config: ServerConfig;
+  ledger: Ledger;
+  slots: RunSlots;
+  queue: JobQueue;
+  bus: EventBus;
+  priceList: PriceList;
+  isAdmin(principal: Principal): Promise<boolean>;
+}
+
+function encodeCursor(row: { created_at: Date | string; id: string }): string {
+  return Buffer.from(`${new Date(row.created_at).toISOString()}|${row.id}`).toString("base64url");
+}
+
+function decodeCursor(cursor: string): { createdAt: Date; id: string } {
+  const text = Buffer.from(cursor, "base64url").toString("utf8");
+  const [at, id] = text.split("|");
+  const createdAt = new Date(at ?? "");
+  if (!id || Number.isNaN(createdAt.getTime()) || !/^run_[0-9a-f-]{36}$/.test(id)) throw new ServerError("invalid_request", "cursor is not one this API returned");
+  return { createdAt, id };
+}
+
+/**
+ * Runs as a domain: create (slot, reservation, row, job — all or nothing), read within a
+ * tenant, list, cancel. Throws coded errors; knows nothing of HTTP.
+ *
+ * @example
+ * const runs = createRunService(deps);
+ * const run = await runs.create(principal, { vision: "Add a README", repo: { url: "https://git.example/app.git" }, options: {} });
+ */
+export function createRunService(deps: RunServiceDeps) {
+  const { db, config, ledger, slots, queue } = deps;
+
+  async function load(principal: Principal, runId: string): Promise<RunRow> {
+    // Another tenant's run and a missing one look the same.
+    if (!principal.teamId || !/^run_[0-9a-f-]{36}$/.test(runId)) throw new ServerError("not_found", "Run not found");
+    const row = await db.selectFrom("runs").selectAll().where("id", "=", runId).where("team_id", "=", principal.teamId).executeTakeFirst();
+    if (!row) throw new ServerError("not_found", "Run not found");
+    return row;
+  }
+
+  return {
+    load,
+
+    async create(principal: Principal, body: CreateRunBody): Promise<RunView> {
+      if (!principal.teamId) throw new ServerError("forbidden", "Choose a team before starting a run");
+      if ("path" in body.repo && !config.localMode && !(await deps.isAdmin(principal))) {
+        throw new ServerError("forbidden", "repo.path is for server admins (or local mode); send repo.url");
+      }
+      const model = body.options.model ?? config.model;
+      deps.priceList.priceOf(model); // an unknown model is refused before anything is held
+      const runId = `run_${randomUUID()}`;
+      // Concurrency slot, then credits, then the row: each step undone if a later one fails.
+      const slot = await slots.acquire({ runId, userId: principal.userId, teamId: principal.teamId });
+      let reservationId: string | undefined;
+      try {
+        const wallet = await ledger.openWallet({ teamId: principal.teamId });
+        const reservation = await ledger.reserve({
+          account: wallet.id,
+          amount: config.runReserve,
+          idempotencyKey: `run:${runId}:reserve`,
+          ttlMs: 7 * 24 * 3600_000,
+          reference: runId,
+        });
+        reservationId = reservation.id;
+        const row = await db
+          .insertInto("runs")
+          .values({
+            id: runId,
+            team_id: principal.teamId,
+            user_id: principal.userId,
+            vision: body.vision,
+            repo: JSON.stringify(body.repo),
+            options: JSON.stringify(body.options),
+            model,
+            status: "queued",
+            snapshot: null,
+            reservation_id: reservation.id,
+            charged: null,
+            usage: null,
+            error: null,
+            summary: null,
+            base_commit: null,
+            head_commit: null,
+            branch: null,
+            worker_id: null,
+            heartbeat_at: null,
+            created_at: new Date(),
+            started_at: null,
+            finished_at: null,
+          })
+          .returningAll()
+          .executeTakeFirstOrThrow();
+        // A failed enqueue leaves a queued row that the recovery sweep enqueues again.
+        await queue.send<RunJob>(RUN_QUEUE, { runId }, { key: runId }).catch(() => {});
+        return runView(row);
+      } catch (error) {
+        if (reservationId) await ledger.release(reservationId).catch(() => {});
+        await slot.release().catch(() => {});
+        throw error;
+      }
+    },
+
+    async get(principal: Principal, runId: string): Promise<RunView & { agents: AgentView[] }> {
+      const row = await load(principal, runId);
+      const agents = await db.selectFrom("run_agents").selectAll().where("run_id", "=", row.id).orderBy("agent_id").execute();
+      return { ...runView(row), agents: agentTree(agents) };
+    },
+
+    async list(principal: Principal, query: { limit: number; cursor?: string | undefined }): Promise<{ runs: RunView[]; nextCursor: string | null }> {
+      if (!principal.teamId) return { runs: [], nextCursor: null };
+      let q = db.selectFrom("runs").selectAll().where("team_id", "=", principal.teamId);
+      if (query.cursor) {
+        const { createdAt, id } = decodeCursor(query.cursor);
+        q = q.where((eb) => eb.or([eb("created_at", "<", createdAt), eb.and([eb("created_at", "=", createdAt), eb("id", "<", id)])]));
+      }
+      const rows = await q.orderBy("created_at", "desc").orderBy("id", "desc").limit(query.limit + 1).execute();
+      const page = rows.slice(0, query.limit);
+      return { runs: page.map(runView), nextCursor: rows.length > query.limit ? encodeCursor(page.at(-1)!) : null };
+    },
+
+    /**
+     * Cancels a queued run at once (its hold released, its slot freed) or asks the worker of a
+     * running one to stop; the worker settles what was used.
+     */
+    async cancel(principal: Principal, runId: string): Promise<RunView> {
+      const row = await load(principal, runId);
+      const queued = await db
+        .updateTable("runs")
+        .set({ status: "cancelled", cancel_requested: true, finished_at: new Date(), charged: 0 })
+        .where("id", "=", row.id)
+        .where("status", "=", "queued")
+        .returningAll()
+        .executeTakeFirst();
+      if (queued) {
+        if (queued.reservation_id) await ledger.release(queued.reservation_id);
+        await slots.release(queued.id);
+        await deps.bus.publish({ runId: queued.id, lastSeq: 0, ended: true });
+        return runView(queued);
+      }
+      const running = await db
+        .updateTable("runs")
+        .set({ cancel_requested: true })
+        .where("id", "=", row.id)
+        .where("status", "=", "running")
+        .returningAll()
+        .executeTakeFirst();
+      if (!running) throw new ServerError("run_not_cancellable", `Run ${row.id} already ${row.status}`);
+      return runView(running);
+    },
+  };
+}
+
+export type RunService = ReturnType<typeof createRunService>;

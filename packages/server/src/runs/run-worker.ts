@@ -1,0 +1,264 @@
+import { randomUUID } from "node:crypto";
+import { IdempotencyConflictError, ReservationClosedError, type Ledger, type PriceList, type RunSlots } from "@keen/gateway-kit";
+import { sql, type Kysely } from "kysely";
+import type { Logger } from "pino";
+import type { ServerConfig } from "../config.js";
+import type { RunState, ServerTables } from "../db/tables.js";
+import { ServerError } from "../errors.js";
+import type { EventBus } from "../events/event-bus.js";
+import { RunEventLog, RunEventWriter } from "../events/event-log.js";
+import type { ServerMetrics } from "../http/metrics.js";
+import type { JobQueue } from "../queue/job-queue.js";
+import { executeRun, type AgentRecord, type ExecuteRunResult, type RunUsage } from "./execute-run.js";
+import { headCommit, provisionCheckout, runFolders } from "./provision.js";
+import { RUN_QUEUE, type RunJob, type RunRow } from "./run-service.js";
+
+export interface RunWorkerDeps {
+  db: Kysely<ServerTables>;
+  config: ServerConfig;
+  ledger: Ledger;
+  slots: RunSlots;
+  queue: JobQueue;
+  bus: EventBus;
+  priceList: PriceList;
+  logger: Logger;
+  metrics: ServerMetrics;
+}
+
+const json = <T>(value: unknown): T => (typeof value === "string" ? JSON.parse(value) : value) as T;
+
+/**
+ * Executes run jobs: claims the run row (one worker per run, however often the job is
+ * delivered), provisions its checkout, runs agent-core, writes every event before it is
+ * published, checkpoints the snapshot, heartbeats, and settles the run's credits once.
+ *
+ * @example
+ * const worker = createRunWorker(deps);
+ * await worker.start();
+ * // …
+ * await worker.stop();
+ */
+export function createRunWorker(deps: RunWorkerDeps) {
+  const { db, config, ledger, slots, queue, bus, priceList, logger, metrics } = deps;
+  const workerId = `worker_${randomUUID()}`;
+  const log = new RunEventLog(db);
+  const active = new Map<string, { controller: AbortController; handingOver: boolean }>();
+  let sweeper: NodeJS.Timeout | undefined;
+  let stopping = false;
+
+  /** Takes the run if it waits, or if its worker stopped heartbeating. One statement, so one winner. */
+  async function claim(runId: string): Promise<RunRow | undefined> {
+    const now = new Date();
+    const stale = new Date(now.getTime() - config.staleAfterMs);
+    return db
+      .updateTable("runs")
+      .set({ status: "running", worker_id: workerId, heartbeat_at: now, attempt: sql`attempt + 1`, started_at: sql`coalesce(started_at, ${now})` })
+      .where("id", "=", runId)
+      .where("cancel_requested", "=", false)
+      .where((eb) => eb.or([eb("status", "=", "queued"), eb.and([eb("status", "=", "running"), eb("heartbeat_at", "<", stale)])]))
+      .returningAll()
+      .executeTakeFirst();
+  }
+
+  async function settle(run: RunRow, usage: RunUsage): Promise<number> {
+    const price = priceList.priceUsage(run.model, usage);
+    if (!run.reservation_id) return 0;
+    try {
+      const settlement = await ledger.settle(run.reservation_id, price);
+      return settlement.charged;
+    } catch (error) {
+      // Settled already (an earlier attempt got this far): that settlement stands.
+      if (error instanceof IdempotencyConflictError || error instanceof ReservationClosedError) {
+        const reservation = await ledger.getReservation(run.reservation_id);
+        return reservation.charged ?? 0;
+      }
+      throw error;
+    }
+  }
+
+  async function saveAgents(runId: string, model: string, agents: AgentRecord[]): Promise<void> {
+    if (agents.length === 0) return;
+    await db
+      .insertInto("run_agents")
+      .values(
+        agents.map((a) => ({
+          run_id: runId,
+          agent_id: a.id,
+          parent_id: a.parentId,
+          depth: a.depth,
+          branch: a.branch,
+          title: a.title,
+          phase: a.phase,
+          status: a.status,
+          usage: JSON.stringify(a.usage),
+          cost: priceList.priceUsage(model, a.usage),
+        })),
+      )
+      .onConflict((oc) =>
+        oc.columns(["run_id", "agent_id"]).doUpdateSet((eb) => ({
+          phase: eb.ref("excluded.phase"),
+          status: eb.ref("excluded.status"),
+          usage: eb.ref("excluded.usage"),
+          cost: eb.ref("excluded.cost"),
+          branch: eb.ref("excluded.branch"),
+        })),
+      )
+      .execute();
+  }
+
+  async function finish(run: RunRow, state: RunState, fields: { usage?: RunUsage; charged: number; summary?: string | null; error?: { code: string; message: string } | null; headCommit?: string | null }, lastSeq: number) {
+    await db
+      .updateTable("runs")
+      .set({
+        status: state,
+        charged: fields.charged,
+        usage: fields.usage ? JSON.stringify(fields.usage) : null,
+        summary: fields.summary ?? null,
+        error: fields.error ? JSON.stringify(fields.error) : null,
+        ...(fields.headCommit ? { head_commit: fields.headCommit } : {}),
+        finished_at: new Date(),
+        heartbeat_at: new Date(),
+      })
+      .where("id", "=", run.id)
+      .where("worker_id", "=", workerId)
+      .execute();
+    await slots.release(run.id).catch(() => {});
+    await bus.publish({ runId: run.id, lastSeq, ended: true });
+    metrics.creditsCharged.inc(fields.charged);
+  }
+
+  async function execute(runId: string): Promise<void> {
+    if (stopping) throw new ServerError("unavailable", "worker is stopping");
+    const run = await claim(runId);
+    if (!run) return;
+    const controller = new AbortController();
+    const entry = { controller, handingOver: false };
+    active.set(run.id, entry);
+    metrics.runsActive.inc();
+    const runLog = logger.child({ runId: run.id, attempt: run.attempt });
+    const writer = new RunEventWriter(run.id, await log.nextSeq(run.id), log, bus, (events) => metrics.eventsWritten.inc(events.length));
+    const heartbeat = setInterval(() => {
+      void db
+        .updateTable("runs")
+        .set({ heartbeat_at: new Date() })
+        .where("id", "=", run.id)
+        .where("worker_id", "=", workerId)
+        .returning("cancel_requested")
+        .executeTakeFirst()
+        .then((row) => {
+          if (!row) {
+            // Another worker took the run over (this one looked dead): stop without settling or
+            // recording anything; the run is the other worker's now.
+            entry.handingOver = true;
+            controller.abort(new Error("lost"));
+          } else if (row.cancel_requested) controller.abort(new Error("cancelled"));
+        })
+        .catch((error) => runLog.warn({ err: error }, "heartbeat failed"));
+      void slots.renew(run.id).catch(() => {});
+    }, config.heartbeatMs);
+    heartbeat.unref();
+    try {
+      const repo = json<{ url: string; ref?: string } | { path: string }>(run.repo);
+      const folders = runFolders(config.workspacesDir, run.user_id, run.id);
+      const resuming = run.snapshot !== null;
+      const head = await provisionCheckout(folders, repo, resuming);
+      if (!resuming) {
+        await db.updateTable("runs").set({ base_commit: head.baseCommit, branch: head.branch }).where("id", "=", run.id).execute();
+      }
+      const options = json<{ maxDepth?: number; maxChildren?: number; validate?: string; onConflict?: "resolve" | "rollback" }>(run.options);
+      let result: ExecuteRunResult;
+      result = await executeRun({
+        runId: run.id,
+        checkout: folders.checkout,
+        worktreesDir: folders.worktrees,
+        vision: run.vision,
+        model: { id: run.model, baseUrl: config.modelBaseUrl, apiKey: config.modelApiKey },
+        options,
+        snapshot: run.snapshot === null ? undefined : json(run.snapshot),
+        sandbox: config.sandbox,
+        signal: controller.signal,
+        onEvent: (event) => {
+          writer.write(event as never);
+          if (event.type === "model.usage") metrics.tokens.inc(event.usage.inputTokens + event.usage.outputTokens + event.usage.cacheCreationInputTokens + event.usage.cacheReadInputTokens);
+        },
+        onSnapshot: ({ value, agents }) => {
+          // A snapshot taken after a shutdown abort records agents as aborted; the next worker
+          // must resume from the last one before it.
+          if (entry.handingOver) return;
+          writer.after(async () => {
+            await db.updateTable("runs").set({ snapshot: JSON.stringify(value), heartbeat_at: new Date() }).where("id", "=", run.id).where("worker_id", "=", workerId).execute();
+            await saveAgents(run.id, run.model, agents);
+          });
+        },
+      });
+      await writer.flush();
+      if (entry.handingOver) {
+        // This process is stopping: hand the run back, checkpointed, for the next worker.
+        await db.updateTable("runs").set({ status: "queued", worker_id: null }).where("id", "=", run.id).where("worker_id", "=", workerId).execute();
+        return;
+      }
+      await saveAgents(run.id, run.model, result.agents);
+      const charged = await settle(run, result.usage);
+      const cancelled = result.status === "aborted";
+      await finish(
+        run,
+        result.status === "success" ? "succeeded" : cancelled ? "cancelled" : "failed",
+        { usage: result.usage, charged, summary: result.summary, error: result.error ?? null, headCommit: await headCommit(folders.checkout).catch(() => null) },
+        writer.lastSeq,
+      );
+      runLog.info({ status: result.status, charged }, "run finished");
+    } catch (error) {
+      await writer.flush().catch(() => {});
+      if (entry.handingOver) return;
+      const reason = error instanceof ServerError ? { code: error.code, message: error.message } : { code: "internal_error", message: "The run stopped on a server error" };
+      runLog.error({ err: error }, "run failed");
+      const charged = await settle(run, { inputTokens: 0, outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 }).catch(() => 0);
+      await finish(run, "failed", { charged, error: reason }, writer.lastSeq).catch((e) => runLog.error({ err: e }, "could not record the failure"));
+    } finally {
+      clearInterval(heartbeat);
+      active.delete(run.id);
+      metrics.runsActive.dec();
+    }
+  }
+
+  /** Enqueues runs nobody is executing: queued ones (a lost job) and ones whose worker went quiet. */
+  async function recover(): Promise<number> {
+    const stale = new Date(Date.now() - config.staleAfterMs);
+    const rows = await db
+      .selectFrom("runs")
+      .select("id")
+      .where((eb) => eb.or([eb("status", "=", "queued"), eb.and([eb("status", "=", "running"), eb("heartbeat_at", "<", stale)])]))
+      .where("cancel_requested", "=", false)
+      .limit(500)
+      .execute();
+    for (const row of rows) await queue.send<RunJob>(RUN_QUEUE, { runId: row.id }, { key: row.id });
+    return rows.length;
+  }
+
+  return {
+    workerId,
+    execute,
+    recover,
+    async start(): Promise<void> {
+      if (config.workers === 0) return;
+      await queue.work<RunJob>(RUN_QUEUE, config.workers, (job) => execute(job.runId));
+      await recover();
+      sweeper = setInterval(() => void recover().catch((error) => logger.warn({ err: error }, "recovery sweep failed")), config.staleAfterMs);
+      sweeper.unref();
+    },
+    /** Stops taking runs; running ones are checkpointed and handed back for another worker. */
+    async stop(): Promise<void> {
+      stopping = true;
+      if (sweeper) clearInterval(sweeper);
+      for (const entry of active.values()) {
+        entry.handingOver = true;
+        entry.controller.abort(new Error("server stopping"));
+      }
+    },
+    get activeRuns(): number {
+      return active.size;
+    },
+  };
+}
+
+export type RunWorker = ReturnType<typeof createRunWorker>;

@@ -1,0 +1,281 @@
+import { webcrypto } from "node:crypto";
+import { mkdir } from "node:fs/promises";
+import { createServer as createHttpServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { join } from "node:path";
+import { bodyParser } from "@koa/bodyparser";
+import { Router } from "@koa/router";
+import {
+  auditRequests,
+  authenticate,
+  authRouter,
+  createAuditLog,
+  createAuthService,
+  createKyselyAuthStores,
+  createKyselyLedger,
+  createKyselyRateLimitStore,
+  createKyselyRunSlotStore,
+  createPriceList,
+  createRunSlots,
+  JwtKeySet,
+  openDatabase,
+  rateLimit,
+  type AuthService,
+  type Database,
+  type Ledger,
+  type PasswordHashingOptions,
+  type Principal,
+} from "@keen/gateway-kit";
+import Koa from "koa";
+import type { Kysely } from "kysely";
+import { pino, type DestinationStream, type Logger } from "pino";
+import { z } from "zod";
+import { GrantCreditsBody } from "./admin-input.js";
+import { parseConfig, type ServerConfig, type ServerConfigInput } from "./config.js";
+import { migrateServer } from "./db/migrations.js";
+import type { ServerTables } from "./db/tables.js";
+import { ServerError } from "./errors.js";
+import { localEventBus, postgresEventBus, type EventBus } from "./events/event-bus.js";
+import { RunEventLog } from "./events/event-log.js";
+import { attachWebSocketStreams, type StreamDeps } from "./events/stream.js";
+import { edge } from "./http/edge.js";
+import { createMetrics } from "./http/metrics.js";
+import { openApiDocument } from "./http/openapi.js";
+import { inProcessQueue, pgBossQueue, type JobQueue } from "./queue/job-queue.js";
+import { mountRunRoutes, RUN_SCOPES } from "./runs/routes.js";
+import { createRunService, RUN_QUEUE, type RunService } from "./runs/run-service.js";
+import { createRunWorker, type RunWorker } from "./runs/run-worker.js";
+
+export interface CreateServerOptions {
+  /** Where log lines go (default stdout). */
+  logDestination?: DestinationStream;
+  /** Lower password-hashing cost, for tests only. */
+  passwordHashing?: PasswordHashingOptions;
+}
+
+export interface KeenServer {
+  readonly config: ServerConfig;
+  readonly app: Koa;
+  readonly http: Server;
+  readonly database: Database;
+  readonly auth: AuthService;
+  readonly ledger: Ledger;
+  readonly runs: RunService;
+  readonly worker: RunWorker;
+  readonly queue: JobQueue;
+  /** Where run events are announced (in process, or LISTEN/NOTIFY on PostgreSQL). */
+  readonly bus: EventBus;
+  readonly logger: Logger;
+  /** The authenticated `/v1` router (its routes are the API the OpenAPI document describes). */
+  readonly api: Router;
+  /** Starts listening on the configured host and port; resolves to the base URL. */
+  listen(): Promise<string>;
+  /** Stops taking requests and work, checkpoints running runs, ends streams, closes the database. */
+  close(): Promise<void>;
+}
+
+/** Loads the token-signing key every server process shares, creating it on first start. */
+async function signingKeys(db: Kysely<ServerTables>): Promise<JwtKeySet> {
+  const read = () => db.selectFrom("server_settings").select("value").where("name", "=", "jwt_signing_key").executeTakeFirst();
+  let row = await read();
+  if (!row) {
+    const fresh = await JwtKeySet.generate({ algorithm: "EdDSA" });
+    // WebCrypto adds key_ops/ext, which would stop the public half from importing for verify.
+    const { key_ops: _ops, ext: _ext, ...jwk } = await webcrypto.subtle.exportKey("jwk", fresh.signingKey().key as webcrypto.CryptoKey);
+    await db
+      .insertInto("server_settings")
+      .values({ name: "jwt_signing_key", value: JSON.stringify({ ...jwk, kid: fresh.currentKid }) })
+      .onConflict((oc) => oc.column("name").doNothing())
+      .execute();
+    row = await read();
+  }
+  const signing = (typeof row!.value === "string" ? JSON.parse(row!.value) : row!.value) as Record<string, string>;
+  return JwtKeySet.fromJwks({ algorithm: "EdDSA", signing });
+}
+
+/**
+ * Builds the whole server on one config: database (PGlite under the data dir, or PostgreSQL),
+ * migrations, gateway-kit's services, the job queue, the run worker, and the Koa app. Call
+ * `listen()` to serve; tests may use `app.callback()` instead.
+ *
+ * @example
+ * const server = await createServer({ port: 0, dataDir: "/tmp/keen", modelBaseUrl: "http://127.0.0.1:9999", modelApiKey: "test" });
+ * const url = await server.listen();
+ */
+export async function createServer(input: ServerConfigInput | ServerConfig, options: CreateServerOptions = {}): Promise<KeenServer> {
+  const config = parseConfig(input as ServerConfigInput);
+  const logger = pino({ level: config.logLevel, base: { service: "keen-server" } }, options.logDestination);
+  await mkdir(config.dataDir, { recursive: true });
+  await mkdir(config.workspacesDir, { recursive: true });
+  const database = config.databaseUrl
+    ? await openDatabase<ServerTables>({ url: config.databaseUrl, ...(config.databaseSchema ? { schema: config.databaseSchema } : {}) })
+    : await openDatabase<ServerTables>({ dataDir: join(config.dataDir, "db") });
+  const db = database.db as Kysely<ServerTables>;
+  const cleanups: Array<() => Promise<void>> = [() => database.close()];
+  try {
+    await migrateServer(db);
+    const audit = createAuditLog(db);
+    const auth = createAuthService({
+      stores: createKyselyAuthStores(db),
+      keys: await signingKeys(db),
+      issuer: "keen-server",
+      audience: "keen-api",
+      audit,
+      ...(options.passwordHashing ? { passwordHashing: options.passwordHashing } : {}),
+    });
+    const ledger = createKyselyLedger(db);
+    const slots = createRunSlots({ store: createKyselyRunSlotStore(db), limits: { user: config.maxRunsPerUser }, leaseMs: Math.max(config.staleAfterMs * 2, 60_000) });
+    const priceList = createPriceList();
+    const queueKind = config.queue ?? (database.kind === "postgres" ? "pg-boss" : "in-process");
+    if (queueKind === "pg-boss" && !config.databaseUrl) throw new ServerError("invalid_request", "the pg-boss queue needs DATABASE_URL");
+    const queue =
+      queueKind === "pg-boss"
+        ? pgBossQueue({ url: config.databaseUrl!, schema: `${config.databaseSchema ?? "keen"}_jobs`, onError: (error) => logger.warn({ err: error }, "job queue error") })
+        : inProcessQueue();
+    await queue.start();
+    cleanups.unshift(() => queue.stop());
+    const bus: EventBus =
+      database.kind === "postgres"
+        ? await postgresEventBus({ url: config.databaseUrl!, ...(config.databaseSchema ? { schema: config.databaseSchema } : {}), onError: (error) => logger.warn({ err: error }, "event bus error") })
+        : localEventBus();
+    cleanups.unshift(() => bus.close());
+    const metrics = createMetrics({ queueDepth: () => queue.depth(RUN_QUEUE) });
+    const adminEmails = new Set(config.adminEmails);
+    const isAdmin = async (principal: Principal) => {
+      if (adminEmails.size === 0) return false;
+      const user = await auth.stores.users.findById(principal.userId);
+      return !!user && adminEmails.has(user.email.toLowerCase());
+    };
+    const runs = createRunService({ db, config, ledger, slots, queue, bus, priceList, isAdmin });
+    const worker = createRunWorker({ db, config, ledger, slots, queue, bus, priceList, logger, metrics });
+    const eventLog = new RunEventLog(db);
+    const streams = new Set<AbortController>();
+    const stream: StreamDeps = {
+      config,
+      log: eventLog,
+      bus,
+      runs,
+      streams,
+      onOpen: () => {
+        metrics.streamsOpen.inc();
+        return () => metrics.streamsOpen.dec();
+      },
+    };
+
+    let ready = false;
+    let stopping = false;
+    const app = new Koa({ proxy: false });
+    app.silent = true;
+    app.use(edge({ logger, metrics }));
+
+    const probes = new Router();
+    probes.get("/healthz", (ctx) => {
+      ctx.body = { status: "ok" };
+    });
+    probes.get("/readyz", async (ctx) => {
+      if (!ready || stopping) throw new ServerError("unavailable", stopping ? "The server is stopping" : "The server is starting");
+      await db.selectFrom("server_settings").select("name").limit(1).execute();
+      ctx.body = { status: "ready" };
+    });
+    probes.get("/metrics", async (ctx) => {
+      ctx.type = metrics.registry.contentType;
+      ctx.body = await metrics.registry.metrics();
+    });
+    const document = openApiDocument();
+    probes.get("/v1/openapi.json", (ctx) => {
+      ctx.body = document;
+    });
+    app.use(probes.routes());
+
+    // Sign-up, login, tokens, MFA, sessions, API keys: gateway-kit's router, under /v1/auth.
+    const authRoutes = authRouter({ service: auth, prefix: "/v1/auth" });
+    app.use(authRoutes.routes()).use(authRoutes.allowedMethods());
+
+    // The API pipeline, in this order for every request: request id (edge) → authenticate →
+    // audit (records the outcome of everything below) → rate limit → validate → screen →
+    // slot and credit reservation (run create) → handler.
+    const api = new Router({ prefix: "/v1" });
+    api.use(authenticate({ service: auth }));
+    api.use(auditRequests(audit, { onError: (error) => logger.warn({ err: error }, "audit write failed") }));
+    api.use(rateLimit({ store: createKyselyRateLimitStore(db), limit: 600, windowMs: 60_000, by: "user" }));
+
+    api.get("/me", async (ctx) => {
+      const principal = ctx.state.principal!;
+      const user = await auth.stores.users.findById(principal.userId);
+      if (!user) throw new ServerError("not_found", "User not found");
+      ctx.body = {
+        user: { id: user.id, email: user.email, displayName: user.displayName },
+        teamId: principal.teamId ?? null,
+        via: principal.via,
+        scopes: principal.scopes,
+        admin: await isAdmin(principal),
+      };
+    });
+
+    api.get("/credits", async (ctx) => {
+      const principal = ctx.state.principal!;
+      if (!principal.teamId) throw new ServerError("not_found", "No team selected");
+      const wallet = await ledger.openWallet({ teamId: principal.teamId });
+      ctx.body = { teamId: principal.teamId, balance: wallet.balance };
+    });
+
+    api.post("/admin/credits/grant", bodyParser({ enableTypes: ["json"], jsonLimit: "16kb" }), async (ctx) => {
+      if (!(await isAdmin(ctx.state.principal!))) throw new ServerError("not_found", "Not found");
+      const parsed = GrantCreditsBody.safeParse(ctx.request.body);
+      if (!parsed.success) throw new ServerError("invalid_request", z.prettifyError(parsed.error).split("\n").join(" "));
+      const team = await (db as Kysely<any>).selectFrom("teams").select("id").where("id", "=", parsed.data.teamId).executeTakeFirst();
+      if (!team) throw new ServerError("not_found", "Team not found");
+      const wallet = await ledger.openWallet({ teamId: parsed.data.teamId });
+      const grant = await ledger.grant({ account: wallet.id, amount: parsed.data.amount, idempotencyKey: `admin-grant:${parsed.data.idempotencyKey}` });
+      ctx.status = 201;
+      ctx.body = { transactionId: grant.transactionId, teamId: parsed.data.teamId, amount: grant.amount, balance: (await ledger.getAccount(wallet.id)).balance };
+    });
+
+    mountRunRoutes(api, { runs, audit, stream, workspacesDir: config.workspacesDir });
+    app.use(api.routes()).use(api.allowedMethods());
+
+    const http = createHttpServer(app.callback());
+    attachWebSocketStreams(http, { ...stream, auth, scopes: RUN_SCOPES });
+    await worker.start();
+    ready = true;
+
+    let closing: Promise<void> | undefined;
+    const server: KeenServer = {
+      config,
+      app,
+      http,
+      database,
+      auth,
+      ledger,
+      runs,
+      worker,
+      queue,
+      bus,
+      logger,
+      api,
+      listen: () =>
+        new Promise((resolve, reject) => {
+          http.once("error", reject);
+          http.listen(config.port, config.host, () => {
+            const { port } = http.address() as AddressInfo;
+            resolve(`http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${port}`);
+          });
+        }),
+      close: () =>
+        (closing ??= (async () => {
+          stopping = true;
+          http.close();
+          await worker.stop();
+          for (const controller of streams) controller.abort();
+          await queue.stop(8_000);
+          http.closeAllConnections();
+          for (const cleanup of cleanups.splice(0)) await cleanup().catch((error) => logger.warn({ err: error }, "shutdown step failed"));
+          logger.info("stopped");
+        })()),
+    };
+    return server;
+  } catch (error) {
+    for (const cleanup of cleanups) await cleanup().catch(() => {});
+    throw error;
+  }
+}

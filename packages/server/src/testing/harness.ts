@@ -1,0 +1,208 @@
+/** Test fixtures for the server's suites: databases, repositories, a running server, clients. */
+import { randomBytes } from "node:crypto";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { execa } from "execa";
+import pg from "pg";
+import { afterAll, beforeAll, describe } from "vitest";
+import type { ServerConfigInput } from "../config.js";
+import { createServer, type KeenServer } from "../server.js";
+
+export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test";
+
+export interface DatabaseChoice {
+  kind: "postgres" | "pglite";
+  /** Config settings that point a server at this suite's database. */
+  readonly settings: Partial<ServerConfigInput>;
+}
+
+async function admin(sql: string): Promise<void> {
+  const client = new pg.Client({ connectionString: TEST_DATABASE_URL });
+  await client.connect();
+  try {
+    await client.query(sql);
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * Runs a suite against PostgreSQL (a fresh schema, and a fresh schema for pg-boss, both
+ * dropped afterwards) and against PGlite under a fresh data dir.
+ */
+export function describeEachDatabase(name: string, suite: (choice: DatabaseChoice) => void): void {
+  for (const kind of ["postgres", "pglite"] as const) {
+    describe(`${name} [${kind}]`, () => {
+      const schema = `t_${randomBytes(6).toString("hex")}`;
+      const choice: DatabaseChoice = {
+        kind,
+        settings: kind === "postgres" ? { databaseUrl: TEST_DATABASE_URL, databaseSchema: schema } : {},
+      };
+      afterAll(async () => {
+        if (kind === "postgres") {
+          await admin(`drop schema if exists "${schema}" cascade`);
+          await admin(`drop schema if exists "${schema}_jobs" cascade`);
+        }
+      });
+      suite(choice);
+    });
+  }
+}
+
+export const TEST_GIT_IDENTITY = {
+  GIT_AUTHOR_NAME: "keen test",
+  GIT_AUTHOR_EMAIL: "test@keen.localhost",
+  GIT_COMMITTER_NAME: "keen test",
+  GIT_COMMITTER_EMAIL: "test@keen.localhost",
+};
+
+/** A real git repository in a temporary folder with `files` committed on `main`. */
+export async function createTestRepo(files: Record<string, string> = { "README.md": "# app\n" }): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), "keen-server-repo-"));
+  await execa("git", ["init", "-q", "-b", "main"], { cwd: dir });
+  for (const [path, content] of Object.entries(files)) {
+    await mkdir(dirname(join(dir, path)), { recursive: true });
+    await writeFile(join(dir, path), content);
+  }
+  await execa("git", ["add", "-A"], { cwd: dir });
+  await execa("git", ["commit", "-q", "-m", "initial"], { cwd: dir, env: TEST_GIT_IDENTITY });
+  return dir;
+}
+
+export const ADMIN_EMAIL = "admin@keen.test";
+
+/** A server on a free port with a temporary data dir; closed and removed by `stop()`. */
+export async function startTestServer(settings: Partial<ServerConfigInput> = {}): Promise<{ server: KeenServer; url: string; dataDir: string; stop(): Promise<void> }> {
+  const dataDir = await mkdtemp(join(tmpdir(), "keen-server-data-"));
+  const server = await createServer(
+    { port: 0, dataDir, modelApiKey: "test", model: "claude-haiku-4-5", adminEmails: [ADMIN_EMAIL], logLevel: "silent", heartbeatMs: 200, ...settings },
+    { passwordHashing: { memoryCost: 8, timeCost: 1 } },
+  );
+  const url = await server.listen();
+  return {
+    server,
+    url,
+    dataDir,
+    async stop() {
+      await server.close();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** `beforeAll`/`afterAll` around a test server. */
+export function useTestServer(settings: () => Partial<ServerConfigInput>): { readonly url: string; readonly server: KeenServer } {
+  let started: Awaited<ReturnType<typeof startTestServer>> | undefined;
+  beforeAll(async () => {
+    started = await startTestServer(settings());
+  });
+  afterAll(async () => {
+    await started?.stop();
+  });
+  return {
+    get url() {
+      return started!.url;
+    },
+    get server() {
+      return started!.server;
+    },
+  };
+}
+
+export interface Account {
+  userId: string;
+  teamId: string;
+  accessToken: string;
+  headers: Record<string, string>;
+}
+
+/** Signs a new user up and returns their token and team. */
+export async function signup(url: string, email = `u${randomBytes(5).toString("hex")}@keen.test`): Promise<Account> {
+  const res = await fetch(`${url}/v1/auth/signup`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email, password: "correct horse battery staple" }),
+  });
+  if (res.status !== 201) throw new Error(`signup failed: ${res.status} ${await res.text()}`);
+  const body = (await res.json()) as { user: { id: string }; accessToken: string; teamId: string };
+  return { userId: body.user.id, teamId: body.teamId, accessToken: body.accessToken, headers: { authorization: `Bearer ${body.accessToken}` } };
+}
+
+export async function api<T = any>(url: string, path: string, init: { method?: string; headers?: Record<string, string>; body?: unknown } = {}): Promise<{ status: number; body: T; headers: Headers }> {
+  const res = await fetch(`${url}${path}`, {
+    method: init.method ?? (init.body === undefined ? "GET" : "POST"),
+    headers: { ...(init.body !== undefined ? { "content-type": "application/json" } : {}), ...init.headers },
+    ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}),
+  });
+  const text = await res.text();
+  let body: unknown = text;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // Not JSON (a diff, metrics).
+  }
+  return { status: res.status, body: body as T, headers: res.headers };
+}
+
+export interface SseFrame {
+  id?: string;
+  event: string;
+  data: string;
+}
+
+/**
+ * Reads an SSE response until `stop(frame)` says so or the stream ends; returns the frames
+ * (comments and `retry:` lines skipped).
+ */
+export async function readSse(url: string, headers: Record<string, string>, stop: (frame: SseFrame, all: SseFrame[]) => boolean = () => false): Promise<{ status: number; frames: SseFrame[] }> {
+  const controller = new AbortController();
+  const res = await fetch(url, { headers: { accept: "text/event-stream", ...headers }, signal: controller.signal });
+  const frames: SseFrame[] = [];
+  if (res.status !== 200 || !res.body) return { status: res.status, frames };
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  try {
+    while (true) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end: number;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const raw = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const frame: SseFrame = { event: "message", data: "" };
+        let hasData = false;
+        for (const line of raw.split("\n")) {
+          if (line.startsWith(":") || line.startsWith("retry:")) continue;
+          const colon = line.indexOf(":");
+          const field = line.slice(0, colon);
+          const value = line.slice(colon + 1).replace(/^ /, "");
+          if (field === "id") frame.id = value;
+          else if (field === "event") frame.event = value;
+          else if (field === "data") {
+            frame.data += (hasData ? "\n" : "") + value;
+            hasData = true;
+          }
+        }
+        if (!hasData) continue;
+        frames.push(frame);
+        if (stop(frame, frames)) return { status: res.status, frames };
+      }
+    }
+  } finally {
+    controller.abort();
+  }
+  return { status: res.status, frames };
+}
+
+/** Polls until `check` returns a value, or fails after `timeoutMs`. */
+export async function eventually<T>(check: () => Promise<T | undefined | false>, timeoutMs = 20_000, what = "condition"): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const value = await check();
+    if (value) return value;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
