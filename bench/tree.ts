@@ -1,22 +1,29 @@
 /**
- * Cost of keen's git plumbing and of a whole agent tree:
+ * Cost of keen's git plumbing and of agent trees, each beside its reference, in one run:
  *
- *  1. one fork + merge on a repository of 2,000 files (worktree on a new branch, one file
- *     written and committed in it, `--no-ff` merge back, worktree removed), next to the
- *     same steps done with plain git commands in the same run;
+ *  1. fork + merge of one child on a repository of 2,000 files (worktree on a new branch, one
+ *     file written and committed in it, `--no-ff` merge back, worktree removed), next to the
+ *     same steps done with plain git commands and with a `git clone --local` in their place;
+ *     and a sparse worktree holding only the paths a subtask names, next to `clone --local`;
  *  2. wall time and peak RSS of a scripted 7-agent tree (root → 2 children → 4 grandchildren)
- *     at zero model latency against the offline Messages API server.
+ *     at zero model latency against the offline Messages API server;
+ *  3. a root with 10 children at zero model latency next to 10 concurrent single-agent runs
+ *     in one process (each on its own repository of the same size);
+ *  4. memory per extra in-process agent: a root holding 1 child and one holding 10, every
+ *     child parked on a model request, measured after a forced GC.
  *
- * Each part runs in its own Node process so its peak RSS is its own.
+ * Medians of `--rounds` after a warm-up; the sides of each comparison alternate within one
+ * run. Each part runs in its own Node process so its peak RSS is its own.
  *
- *   npx tsx bench/tree.ts [--files 2000] [--rounds 7]
+ *   npx tsx bench/tree.ts [--files 2000] [--rounds 7] [--part fork-merge|sparse|tree|fan-out|memory]
  */
 import { execFileSync } from "node:child_process";
 import { rm } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { execa } from "execa";
 import { anthropic, LocalWorkspace, startTask } from "../packages/agent-core/src/index.js";
-import { done, explore, plan, scenarioPolicy, write } from "../packages/agent-core/src/lifecycle/testing/scenario.js";
+import { subtaskLabel } from "../packages/agent-core/src/lifecycle/branch-names.js";
+import { done, explore, plan, scenarioPolicy, write, type Scenario } from "../packages/agent-core/src/lifecycle/testing/scenario.js";
 import { startMessagesServer } from "../packages/agent-core/src/testing/index.js";
 import { createTestRepo, TEST_GIT_IDENTITY } from "../packages/agent-core/src/workspace/test-repo.js";
 
@@ -25,13 +32,14 @@ const { values } = parseArgs({
     files: { type: "string", default: "2000" },
     rounds: { type: "string", default: "7" },
     part: { type: "string" },
+    agents: { type: "string", default: "1" },
   },
 });
 const fileCount = Number(values.files);
 const rounds = Number(values.rounds);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const peakRssMiB = () => process.resourceUsage().maxRSS / 1024;
-const row = (label: string, value: string) => console.log(`  ${label.padEnd(58)}${value}`);
+const row = (label: string, value: string) => console.log(`  ${label.padEnd(72)}${value}`);
 
 function sampleFiles(count: number): Record<string, string> {
   const files: Record<string, string> = {};
@@ -41,11 +49,12 @@ function sampleFiles(count: number): Record<string, string> {
   return files;
 }
 
-/** Part 1: keen's fork + merge against plain git, alternating, on the same repository. */
+/** Part 1: keen's fork + merge against plain git and against `clone --local`, alternating, on the same repository. */
 async function forkMerge(): Promise<void> {
   const dir = await createTestRepo(sampleFiles(fileCount));
   const workspace = await LocalWorkspace.open(dir, { sandbox: false });
   const git = (cwd: string, ...args: string[]) => execa("git", args, { cwd, env: TEST_GIT_IDENTITY });
+  const writeNote = (cwd: string, name: string, i: number) => execa("sh", ["-c", `mkdir -p notes && echo "round ${i}" > notes/${name}-${i}.md`], { cwd });
 
   const keenRound = async (i: number) => {
     const started = performance.now();
@@ -61,31 +70,113 @@ async function forkMerge(): Promise<void> {
     const started = performance.now();
     const tree = `${dir}.wt-${i}`;
     await git(dir, "worktree", "add", "-q", "-b", `plain-${i}`, tree);
-    await execa("sh", ["-c", `mkdir -p notes && echo "round ${i}" > notes/git-${i}.md`], { cwd: tree });
+    await writeNote(tree, "git", i);
     await git(tree, "add", "-A");
     await git(tree, "commit", "-q", "-m", `Round ${i}`);
     await git(dir, "merge", "--no-ff", "-q", "-m", `Merge plain-${i}`, `plain-${i}`);
     await git(dir, "worktree", "remove", "--force", tree);
     return performance.now() - started;
   };
+  const cloneRound = async (i: number) => {
+    const started = performance.now();
+    const clone = `${dir}.clone-${i}`;
+    await git(dir, "clone", "-q", "--local", dir, clone);
+    await writeNote(clone, "clone", i);
+    await git(clone, "add", "-A");
+    await git(clone, "commit", "-q", "-m", `Round ${i}`);
+    await git(dir, "fetch", "-q", clone, "HEAD");
+    await git(dir, "merge", "--no-ff", "-q", "-m", `Merge clone-${i}`, "FETCH_HEAD");
+    await rm(clone, { recursive: true, force: true });
+    return performance.now() - started;
+  };
 
   const files = (await git(dir, "ls-files")).stdout.split("\n").length;
   await keenRound(0); // warm-up: file system caches, module loading
   await gitRound(0);
+  await cloneRound(0);
   const keen: number[] = [];
   const plain: number[] = [];
+  const cloned: number[] = [];
   for (let i = 1; i <= rounds; i++) {
     keen.push(await keenRound(i));
     plain.push(await gitRound(i));
+    cloned.push(await cloneRound(i));
   }
   await rm(dir, { recursive: true, force: true });
   const k = median(keen);
   const p = median(plain);
-  console.log(`fork + merge, repository of ${files} files, median of ${rounds} rounds`);
-  row("keen   fork → write → commit → merge --no-ff → dispose", `${k.toFixed(1)} ms`);
-  row("git    worktree add → commit → merge --no-ff → remove", `${p.toFixed(1)} ms`);
-  row("keen / plain git", `${(k / p).toFixed(2)}×`);
+  const c = median(cloned);
+  console.log(`fork + merge of one child, repository of ${files} files, median of ${rounds} rounds`);
+  row("keen         fork → write → commit → merge --no-ff → dispose", `${k.toFixed(1)} ms`);
+  row("plain git    worktree add → commit → merge --no-ff → remove", `${p.toFixed(1)} ms`);
+  row("clone        clone --local → commit → fetch → merge → rm", `${c.toFixed(1)} ms`);
+  row("keen / plain git (target ≤ 1.00×)", `${(k / p).toFixed(2)}×`);
+  row("keen / clone --local (target ≤ 0.60×)", `${(k / c).toFixed(2)}×`);
   row("peak RSS of this part", `${peakRssMiB().toFixed(1)} MiB`);
+}
+
+/**
+ * Part 1b: a worktree holding only the paths a subtask names. keen's side uses
+ * `fork(branch, { paths })` when the workspace offers it; the plain git side builds the same
+ * sparse worktree by hand; both against `clone --local`, which copies the whole checkout.
+ */
+async function sparse(): Promise<void> {
+  const dir = await createTestRepo(sampleFiles(fileCount));
+  const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+  const git = (cwd: string, ...args: string[]) => execa("git", args, { cwd, env: TEST_GIT_IDENTITY });
+  const paths = ["src/dir-3/"];
+  const fork = workspace.fork.bind(workspace) as (branch: string, options?: Record<string, unknown>) => ReturnType<typeof workspace.fork>;
+  let keenFiles = 0;
+
+  const keenRound = async (i: number) => {
+    const started = performance.now();
+    const child = await fork(`sparse-K${i}`, { paths });
+    const elapsed = performance.now() - started;
+    keenFiles = (await git(child.root, "ls-files", "-t")).stdout.split("\n").filter((line) => line.startsWith("H ")).length;
+    await child.dispose();
+    return elapsed;
+  };
+  const gitRound = async (i: number) => {
+    const started = performance.now();
+    const tree = `${dir}.sparse-${i}`;
+    await git(dir, "worktree", "add", "-q", "--no-checkout", "-b", `sparse-plain-${i}`, tree);
+    await git(tree, "sparse-checkout", "set", "--no-cone", ...paths.map((p) => `/${p}`));
+    await git(tree, "checkout", "-q");
+    const elapsed = performance.now() - started;
+    await git(dir, "worktree", "remove", "--force", tree);
+    return elapsed;
+  };
+  const cloneRound = async (i: number) => {
+    const started = performance.now();
+    const clone = `${dir}.clone-${i}`;
+    await git(dir, "clone", "-q", "--local", dir, clone);
+    const elapsed = performance.now() - started;
+    await rm(clone, { recursive: true, force: true });
+    return elapsed;
+  };
+
+  await keenRound(0);
+  await gitRound(0);
+  await cloneRound(0);
+  const keen: number[] = [];
+  const plain: number[] = [];
+  const cloned: number[] = [];
+  for (let i = 1; i <= rounds; i++) {
+    keen.push(await keenRound(i));
+    plain.push(await gitRound(i));
+    cloned.push(await cloneRound(i));
+  }
+  await rm(dir, { recursive: true, force: true });
+  const k = median(keen);
+  const p = median(plain);
+  const c = median(cloned);
+  const total = fileCount;
+  console.log(`worktree for a subtask naming ${paths.join(", ")} (${keenFiles} of ${total} files checked out by keen), median of ${rounds} rounds`);
+  row("keen         fork(branch, { paths })", `${k.toFixed(1)} ms`);
+  row("plain git    worktree add --no-checkout → sparse-checkout → checkout", `${p.toFixed(1)} ms`);
+  row("clone        clone --local", `${c.toFixed(1)} ms`);
+  row("keen / clone --local (target ≤ 0.20×)", `${(k / c).toFixed(2)}×`);
+  row("sparse plain git / clone --local", `${(p / c).toFixed(2)}×`);
 }
 
 /** Part 2: a scripted 7-agent tree, zero model latency. */
@@ -125,11 +216,145 @@ async function tree(): Promise<void> {
   row("peak RSS of this part", `${peakRssMiB().toFixed(1)} MiB`);
 }
 
+/** A root that plans `count` children, each writing one file; or the same leaf work as single runs. */
+function fanOutScenario(count: number): Scenario {
+  const scenario: Scenario = {
+    root: {
+      finish_explore: [explore("PLAN")],
+      submit_plan: [plan(Array.from({ length: count }, (_, i) => ({ title: `Part ${subtaskLabel(i)}` })))],
+      complete_task: [done("All merged.")],
+    },
+  };
+  for (let i = 0; i < count; i++) {
+    const label = subtaskLabel(i);
+    scenario[label] = { complete_task: [write(`src/part-${label}.ts`, `export const part${label} = true;\n`), done(`Part ${label} written.`)] };
+  }
+  return scenario;
+}
+
+/** Part 3: a root with 10 children against 10 concurrent single-agent runs in this process. */
+async function fanOut(): Promise<void> {
+  const count = 10;
+  const treeRound = async () => {
+    const server = await startMessagesServer({ policy: scenarioPolicy(fanOutScenario(count)) });
+    const dir = await createTestRepo(sampleFiles(200));
+    const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "bench", baseURL: server.url });
+    const started = performance.now();
+    const run = startTask({ vision: "Build the parts", workspace, model, maxConcurrency: count, limits: { maxDepth: 1, maxChildren: count, maxAgents: count + 1 } });
+    let merged = 0;
+    run.on("git.merge", (event) => void (event.result === "merged" && merged++));
+    const result = await run.result;
+    const elapsed = performance.now() - started;
+    await server.close();
+    await rm(dir, { recursive: true, force: true });
+    if (result.status !== "success" || merged !== count) throw new Error(`fan-out run failed: ${result.status}, ${merged} merges`);
+    return elapsed;
+  };
+  const singlesRound = async () => {
+    const server = await startMessagesServer({
+      policy: scenarioPolicy({ root: { complete_task: [write("src/part.ts", "export const part = true;\n"), done("Part written.")] } }),
+    });
+    const dirs = await Promise.all(Array.from({ length: count }, () => createTestRepo(sampleFiles(200))));
+    const workspaces = await Promise.all(dirs.map((dir) => LocalWorkspace.open(dir, { sandbox: false })));
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "bench", baseURL: server.url });
+    const started = performance.now();
+    const results = await Promise.all(
+      workspaces.map((workspace) => startTask({ vision: "Write the part", workspace, model, limits: { maxDepth: 0 } }).result),
+    );
+    const elapsed = performance.now() - started;
+    await server.close();
+    await Promise.all(dirs.map((dir) => rm(dir, { recursive: true, force: true })));
+    if (results.some((r) => r.status !== "success")) throw new Error("a single run failed");
+    return elapsed;
+  };
+  await treeRound(); // warm-up
+  await singlesRound();
+  const tree: number[] = [];
+  const singles: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    tree.push(await treeRound());
+    singles.push(await singlesRound());
+  }
+  const t = median(tree);
+  const s = median(singles);
+  console.log(`fan-out: a root with ${count} children vs ${count} concurrent single-agent runs, zero model latency, median of ${rounds} rounds`);
+  row(`root → ${count} children (explore, plan, ${count} forks + merges, complete)`, `${t.toFixed(0)} ms`);
+  row(`${count} × single-agent run at once (explore, write, complete)`, `${s.toFixed(0)} ms`);
+  row("tree / single runs (target ≤ 1.50×)", `${(t / s).toFixed(2)}×`);
+  row("peak RSS of this part", `${peakRssMiB().toFixed(1)} MiB`);
+}
+
+/**
+ * Part 4 probe: a root with `agents` children, every child parked on its first request of the
+ * complete phase; when all are parked, GC and read memory, then let them finish. Prints JSON.
+ */
+async function memoryProbe(agents: number): Promise<void> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) throw new Error("the memory probe needs --expose-gc");
+  let parked = 0;
+  let release!: () => void;
+  const released = new Promise<void>((done) => (release = done));
+  let reading: { heap: number; rss: number } | undefined;
+  const server = await startMessagesServer({
+    policy: scenarioPolicy(fanOutScenario(agents), {
+      onRequest: async (agent, phase, turn) => {
+        if (agent === "root" || phase !== "complete_task" || turn !== 0) return;
+        if (++parked === agents) {
+          gc();
+          gc();
+          const usage = process.memoryUsage();
+          reading = { heap: usage.heapUsed + usage.external + usage.arrayBuffers, rss: usage.rss };
+          release();
+        }
+        await released;
+      },
+    }),
+  });
+  const dir = await createTestRepo(sampleFiles(200));
+  const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+  const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "bench", baseURL: server.url });
+  const run = startTask({ vision: "Build the parts", workspace, model, maxConcurrency: agents, limits: { maxDepth: 1, maxChildren: agents, maxAgents: agents + 1 } });
+  const result = await run.result;
+  await server.close();
+  await rm(dir, { recursive: true, force: true });
+  if (result.status !== "success" || !reading) throw new Error(`memory probe run failed: ${result.status}`);
+  console.log(JSON.stringify(reading));
+}
+
+/** Part 4: memory per extra agent, from probes with 1 and 10 children in fresh processes. */
+function memory(): void {
+  const probe = (agents: number) =>
+    JSON.parse(
+      execFileSync(process.execPath, [...process.execArgv, "--expose-gc", process.argv[1]!, "--part", "memory-probe", "--agents", String(agents)], { encoding: "utf8" }),
+    ) as { heap: number; rss: number };
+  probe(1); // warm-up
+  const one: Array<{ heap: number; rss: number }> = [];
+  const ten: Array<{ heap: number; rss: number }> = [];
+  const samples = Math.max(5, Math.min(rounds, 7));
+  for (let i = 0; i < samples; i++) {
+    one.push(probe(1));
+    ten.push(probe(10));
+  }
+  const MiB = 1024 * 1024;
+  const heapPer = (median(ten.map((r) => r.heap)) - median(one.map((r) => r.heap))) / 9 / MiB;
+  const rssPer = (median(ten.map((r) => r.rss)) - median(one.map((r) => r.rss))) / 9 / MiB;
+  console.log(`memory per extra in-process agent (root + 1 child vs root + 10 children, all parked on a request), median of ${samples}`);
+  row("JS heap + external after GC, per extra agent (≈ 1 MiB)", `${heapPer.toFixed(2)} MiB`);
+  row("RSS, per extra agent", `${rssPer.toFixed(2)} MiB`);
+  row("RSS with root + 10 children", `${(median(ten.map((r) => r.rss)) / MiB).toFixed(1)} MiB`);
+}
+
+const PARTS = ["fork-merge", "sparse", "tree", "fan-out", "memory"] as const;
 if (values.part === "fork-merge") await forkMerge();
+else if (values.part === "sparse") await sparse();
 else if (values.part === "tree") await tree();
+else if (values.part === "fan-out") await fanOut();
+else if (values.part === "memory") memory();
+else if (values.part === "memory-probe") await memoryProbe(Number(values.agents));
 else {
   console.log(`Node ${process.version}, git ${execFileSync("git", ["--version"]).toString().trim().replace("git version ", "")}`);
-  for (const part of ["fork-merge", "tree"]) {
+  for (const part of PARTS) {
     execFileSync(process.execPath, [...process.execArgv, process.argv[1]!, "--part", part, "--files", String(fileCount), "--rounds", String(rounds)], {
       stdio: "inherit",
     });

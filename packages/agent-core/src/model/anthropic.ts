@@ -98,6 +98,9 @@ export class AnthropicModel implements Model {
       ...(options.headers ? { defaultHeaders: options.headers } : {}),
       ...(options.fetch ? { fetch: options.fetch } : {}),
     };
+    // Start loading the SDK now, so it overlaps the run's set-up (git, repository analysis)
+    // instead of delaying the first request. A failure to load surfaces on that request.
+    loadSdk().catch(() => {});
   }
 
   private sdk(): Promise<Anthropic> {

@@ -10,6 +10,7 @@ import { DEFAULT_MAX_FILE_BYTES, isCredentialName, stageChanges } from "./commit
 import { git, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
+import { readHeadFromFiles } from "./read-head.js";
 import { readRegularFile } from "./safe-read.js";
 import { assertSandboxAvailable, sandboxRunner, type SandboxOptions } from "./sandbox-runner.js";
 import {
@@ -311,16 +312,19 @@ export class LocalWorkspace implements ForkableWorkspace {
       const { skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes });
       const staged = await gitRaw(this.target, ["diff", "--cached", "--quiet"]);
       if (staged.exitCode === 0 && !options.allowEmpty) return { sha: null, skipped };
-      const before = await this.headOrNull();
+      const [before, env] = await Promise.all([this.headOrNull(), this.identityEnv(options.author)]);
       await git(this.target, ["commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"], {
-        env: await this.identityEnv(options.author),
+        env,
         input: commitText(message),
       });
       return { sha: await this.verifiedHead(before), skipped };
     });
   }
 
+  /** HEAD's commit, or null when HEAD names none. Read from the ref files when they answer plainly. */
   private async headOrNull(): Promise<string | null> {
+    const fromFiles = await readHeadFromFiles(this.gitDir, this.commonDir);
+    if (fromFiles) return fromFiles;
     const result = await gitRaw(this.target, ["rev-parse", "-q", "--verify", "HEAD^{commit}"]);
     return result.exitCode === 0 ? oneLine(String(result.stdout)) : null;
   }
@@ -330,6 +334,7 @@ export class LocalWorkspace implements ForkableWorkspace {
    * before: a commit keen reports must exist where it says.
    */
   private async verifiedHead(before: string | null): Promise<string> {
+    // The id may come from the ref files; cat-file below checks that it names a commit of this repository.
     const sha = await this.headOrNull();
     if (!sha || sha === before) throw new KeenError("git_failed", "git commit reported success but HEAD did not move");
     const inCommon = await gitRaw({ gitDir: this.commonDir, workTree: dirname(this.commonDir) }, ["cat-file", "-e", `${sha}^{commit}`]);
@@ -358,44 +363,69 @@ export class LocalWorkspace implements ForkableWorkspace {
       throw new KeenError("invalid_option", "includeUncommitted starts from this checkout's HEAD; it cannot be combined with from");
     }
     const dir = join(this.worktreesDir, branch);
-    return withRepoLock(this.commonDir, async () => {
-      const branchExists = (await gitRaw(this.target, ["rev-parse", "--verify", "-q", `refs/heads/${branch}`])).exitCode === 0;
+    const created = await withRepoLock(this.commonDir, async (): Promise<{ child: LocalWorkspace; checkout: boolean }> => {
+      // The refs around the name and the start commit are looked up at once; the start only counts for a new branch.
+      const plainStart = options.includeUncommitted ? undefined : (options.from ?? "HEAD");
+      const [nearby, plainStartCommit] = await Promise.all([
+        this.refsAround(branch),
+        plainStart === undefined ? undefined : gitRaw(this.target, ["rev-parse", "--verify", "-q", `${plainStart}^{commit}`]),
+      ]);
+      const branchExists = nearby.exists;
       if (!options.reattach) {
-        const clash = branchExists ? `refs/heads/${branch}` : await this.clashingRef(branch);
+        const clash = branchExists ? `refs/heads/${branch}` : nearby.clash;
         if (clash) throw new KeenError("branch_exists", `Branch "${branch}" cannot be created: ${clash} exists; keen never reuses a branch it did not just create`);
       }
       if (branchExists) {
         const existing = parseWorktreeList(await git(this.target, ["worktree", "list", "--porcelain", "-z"]), "\0").find((entry) => entry.branch === branch);
-        if (existing) return this.reattachWorktree(existing.path, existing.locked, branch);
+        if (existing) return { child: await this.reattachWorktree(existing.path, existing.locked, branch), checkout: false };
         await mkdir(dirname(dir), { recursive: true });
         await git(this.target, ["worktree", "add", "-q", "--lock", "--reason", ownLease(), dir, branch]);
         await this.restoreSalvage(dir, branch);
-        return this.child(dir);
+        return { child: await this.child(dir), checkout: false };
       }
       let start = options.from ?? "HEAD";
       let report: ForkReport | undefined;
       if (options.includeUncommitted) ({ start, report } = await this.snapshotUncommitted(branch));
-      const startCommit = await gitRaw(this.target, ["rev-parse", "--verify", "-q", `${start}^{commit}`]);
+      const startCommit = plainStartCommit ?? (await gitRaw(this.target, ["rev-parse", "--verify", "-q", `${start}^{commit}`]));
       if (startCommit.exitCode !== 0) throw new KeenError("invalid_ref", `"${start}" does not name a commit`);
       await mkdir(dirname(dir), { recursive: true });
       // The lock's reason is the lease: it names this process, so a later recovery pass knows when the worktree is abandoned.
-      await git(this.target, ["worktree", "add", "-q", "--lock", "--reason", ownLease(), "-b", branch, dir, oneLine(String(startCommit.stdout))]);
+      // Only the branch and the registration need the repository lock; the files are checked out after it is released.
+      await git(this.target, ["worktree", "add", "-q", "--no-checkout", "--lock", "--reason", ownLease(), "-b", branch, dir, oneLine(String(startCommit.stdout))]);
       const child = await this.child(dir);
       child.forkReport = report;
-      return child;
+      return { child, checkout: true };
     });
+    if (created.checkout) {
+      // What `worktree add` does itself after registering, here outside the lock, so forks of one
+      // repository check out their files in parallel. The worktree is new, locked with this
+      // process's lease and not yet handed out: nothing else writes its index or files.
+      const checkedOut = await gitRaw(created.child.target, ["reset", "-q", "--hard"]);
+      if (checkedOut.exitCode !== 0) {
+        await created.child.dispose().catch(() => {});
+        throw new KeenError("git_failed", `git reset failed while checking out ${branch}: ${String(checkedOut.stderr || checkedOut.stdout).trim()}`);
+      }
+    }
+    return created.child;
   }
 
-  /** An existing ref `branch` would clash with as file/folder (`a/b` when creating `a`, or `a` when creating `a/b`). */
-  private async clashingRef(branch: string): Promise<string | null> {
-    const below = nulSeparated(await git(this.target, ["for-each-ref", "--format=%(refname)%00", `refs/heads/${branch}/`])).map((ref) => ref.trim()).filter(Boolean);
-    if (below.length > 0) return below[0]!;
+  /**
+   * With one `for-each-ref`: whether `refs/heads/<branch>` exists, and an existing ref it would
+   * clash with as file/folder (`a/b` when creating `a`, or `a` when creating `a/b`). A pattern
+   * matches the ref itself and every ref below it; `branch` passed check-ref-format, so it holds
+   * no glob characters.
+   */
+  private async refsAround(branch: string): Promise<{ exists: boolean; clash: string | null }> {
+    const own = `refs/heads/${branch}`;
     const parts = branch.split("/");
-    for (let i = 1; i < parts.length; i++) {
-      const prefix = `refs/heads/${parts.slice(0, i).join("/")}`;
-      if ((await gitRaw(this.target, ["rev-parse", "--verify", "-q", prefix])).exitCode === 0) return prefix;
-    }
-    return null;
+    const prefixes = parts.slice(1).map((_, i) => `refs/heads/${parts.slice(0, i + 1).join("/")}`);
+    const refs = new Set(
+      nulSeparated(await git(this.target, ["for-each-ref", "--format=%(refname)%00", own, ...prefixes]))
+        .map((ref) => ref.trim())
+        .filter(Boolean),
+    );
+    const below = [...refs].filter((ref) => ref.startsWith(`${own}/`)).sort();
+    return { exists: refs.has(own), clash: below[0] ?? prefixes.find((prefix) => refs.has(prefix)) ?? null };
   }
 
   /** Resume: attach to the worktree already on `branch`, when it is keen's and no other live process holds it. */
@@ -466,10 +496,8 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async merge(branch: string, message: string): Promise<MergeResult> {
     return this.locked(async () => {
-      const before = await this.headOrNull();
-      const result = await gitRaw(this.target, ["merge", "--no-ff", "--no-verify", "-m", commitText(message), "--end-of-options", branch], {
-        env: await this.identityEnv(),
-      });
+      const [before, env] = await Promise.all([this.headOrNull(), this.identityEnv()]);
+      const result = await gitRaw(this.target, ["merge", "--no-ff", "--no-verify", "-m", commitText(message), "--end-of-options", branch], { env });
       if (result.exitCode === 0) {
         // A branch with nothing new ("Already up to date") merges as a no-op: HEAD stays where it was.
         const after = await this.headOrNull();
@@ -546,10 +574,12 @@ export class LocalWorkspace implements ForkableWorkspace {
     if (!this.isFork) return;
     const main: GitTarget = { gitDir: this.commonDir, workTree: dirname(this.commonDir) };
     await withRepoLock(this.commonDir, async () => {
-      // Unlock first (the lease), so the registration is pruned even when removal fails, e.g. on a
-      // `.git` file the agent rewrote; then remove the folder ourselves.
+      // Doubly forced, remove takes a locked worktree and its registration in one step.
+      const removed = await gitRaw(main, ["worktree", "remove", "--force", "--force", this.root]);
+      if (removed.exitCode === 0 && (await lstat(this.root).catch(() => null)) === null) return;
+      // Removal failed (e.g. on a `.git` file the agent rewrote): unlock (the lease) so the
+      // registration is pruned, and remove the folder ourselves.
       await gitRaw(main, ["worktree", "unlock", this.root]);
-      await gitRaw(main, ["worktree", "remove", "--force", "--force", this.root]);
       await rm(this.root, { recursive: true, force: true });
       await gitRaw(main, ["worktree", "prune"]);
     });

@@ -9,7 +9,8 @@ import type { AgentTree } from "../tree.js";
 
 /**
  * SUMMON: create the planned children (within the limits), fork a branch and worktree for each,
- * run them at most `maxConcurrency` at a time, merge the successful ones in order, and report.
+ * run them at most `maxConcurrency` at a time, merge the successful ones in child order (each
+ * as soon as it and the ones before it are done), and report.
  * Every child worktree is disposed however the phase ends. Safe to repeat after a resume.
  */
 export const summonPhase: PhaseDefinition = {
@@ -20,34 +21,52 @@ export const summonPhase: PhaseDefinition = {
     const children = agent.children.map((id) => tree.agents.get(id)!);
     const forked: ForkableWorkspace[] = [];
     try {
-      // Fork every child first (fork serialises on the repository), then run them under the limit.
-      for (const child of children) {
-        if (child.phase === "DONE" && tree.workspaces.has(child.id)) continue;
-        const fresh = child.messages.length === 0;
-        if (fresh) tree.emitSpawn(child);
-        // A new child's branch is created fresh from the parent's head; a resumed one is re-attached.
-        const childWorkspace = await workspace.fork(child.branch, fresh ? {} : { reattach: true });
-        forked.push(childWorkspace);
-        tree.workspaces.set(child.id, childWorkspace);
-        if (fresh) tree.emit({ type: "git.branch", agentId: child.id, branch: child.branch, from: agent.branch, worktree: childWorkspace.root });
+      // Fork every child first, all at once: fork holds the repository lock only to create the
+      // branch and register the worktree, so the checkouts run in parallel. Events keep child order.
+      const toFork = children.filter((child) => !(child.phase === "DONE" && tree.workspaces.has(child.id)));
+      const fresh = new Set(toFork.filter((child) => child.messages.length === 0).map((child) => child.id));
+      for (const child of toFork) if (fresh.has(child.id)) tree.emitSpawn(child);
+      // A new child's branch is created fresh from the parent's head; a resumed one is re-attached.
+      const forks = await Promise.allSettled(toFork.map((child) => workspace.fork(child.branch, fresh.has(child.id) ? {} : { reattach: true })));
+      for (const [i, outcome] of forks.entries()) {
+        if (outcome.status === "fulfilled") {
+          forked.push(outcome.value);
+          tree.workspaces.set(toFork[i]!.id, outcome.value);
+        }
       }
-      await runPool(
+      const failed = forks.find((outcome): outcome is PromiseRejectedResult => outcome.status === "rejected");
+      if (failed) throw failed.reason;
+      for (const child of toFork) {
+        if (fresh.has(child.id)) tree.emit({ type: "git.branch", agentId: child.id, branch: child.branch, from: agent.branch, worktree: tree.workspaces.get(child.id)!.root });
+      }
+
+      // Merge in child order, each as soon as it and every child before it have finished, while
+      // later children still run.
+      const finished = new Map<string, Promise<void>>();
+      const pool = runPool(
         children.filter((child) => child.phase !== "DONE"),
         tree.state.maxConcurrency,
         (child) => tree.drive(child, tree.workspaces.get(child.id)!),
+        (child, done) => finished.set(child.id, done),
       );
-      if (tree.signal.aborted) throw tree.signal.reason ?? new AbortedError();
-
-      for (const child of children) {
-        const merge = agent.merges[child.id]!;
-        if (merge.status !== "pending" && merge.status !== "in_progress") continue;
-        if (child.status !== "success") {
-          merge.status = "skipped";
-          continue;
+      try {
+        for (const child of children) {
+          await finished.get(child.id);
+          if (tree.signal.aborted) throw tree.signal.reason ?? new AbortedError();
+          const merge = agent.merges[child.id]!;
+          if (merge.status !== "pending" && merge.status !== "in_progress") continue;
+          if (child.status !== "success") {
+            merge.status = "skipped";
+            continue;
+          }
+          await mergeChild(tree, agent, workspace, child);
+          await tree.snapshot();
         }
-        await mergeChild(tree, agent, workspace, child);
-        await tree.snapshot();
+      } finally {
+        // No worktree is disposed while a child still works in it.
+        await pool;
       }
+      if (tree.signal.aborted) throw tree.signal.reason ?? new AbortedError();
     } finally {
       // Also after an abort or a budget stop: no worktree is left locked behind.
       const toDispose = new Set<ForkableWorkspace>(forked);
@@ -90,13 +109,19 @@ async function createChildren(tree: AgentTree, agent: AgentState): Promise<void>
   await tree.snapshot();
 }
 
-/** Runs `task` over `items`, at most `limit` at a time; never rejects (tasks handle their own failures). */
-async function runPool<T>(items: T[], limit: number, task: (item: T) => Promise<void>): Promise<void> {
+/**
+ * Runs `task` over `items`, at most `limit` at a time; never rejects (tasks handle their own
+ * failures). `track` receives, up front and for every item, a promise that settles when its task has.
+ */
+async function runPool<T>(items: T[], limit: number, task: (item: T) => Promise<void>, track: (item: T, done: Promise<void>) => void = () => {}): Promise<void> {
+  const settle = new Map<T, () => void>();
+  for (const item of items) track(item, new Promise<void>((resolve) => settle.set(item, resolve)));
   let next = 0;
   const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
     while (next < items.length) {
       const item = items[next++]!;
       await task(item).catch(() => {});
+      settle.get(item)!();
     }
   });
   await Promise.all(workers);

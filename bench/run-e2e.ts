@@ -1,0 +1,159 @@
+/**
+ * `keen run` end to end, as a user starts it, beside a bare `@anthropic-ai/sdk` streaming loop
+ * doing the same scripted task (list files, write a file, run a command, finish) against the
+ * same kind of offline Messages API server (zero model latency, prompt-cache simulation).
+ *
+ * Each round starts both as fresh processes, alternating, and reports per side:
+ * - wall time from spawn to exit;
+ * - fixed start cost: spawn until the server receives the first request;
+ * - loop time: first request until exit, and keen's cost per turn beyond the bare loop's;
+ * - peak RSS and CPU time of the process (read by bench/support/report-rss.mjs; git and
+ *   commands it starts are not counted);
+ * - cached share of input over requests 2..n, and the uncached input tokens there.
+ *
+ * keen's lifecycle needs one more request than the bare loop (the explore phase ends with
+ * `finish_explore`), so keen's per-turn cost is spread over the bare loop's four turns.
+ *
+ *   npm run build -w @keen/agent-core -w @keen/cli && npx tsx bench/run-e2e.ts [--rounds 7] [--files 50]
+ *
+ * `--bin PATH` measures another build of the `keen` bin (e.g. a copy made before a change).
+ */
+import { spawn } from "node:child_process";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { done, explore, scenarioPolicy, write } from "../packages/agent-core/src/lifecycle/testing/scenario.js";
+import { reply, startMessagesServer, type MessagesServer, type ReplyPolicy } from "../packages/agent-core/src/testing/index.js";
+import { createTestRepo } from "../packages/agent-core/src/workspace/test-repo.js";
+
+const { values } = parseArgs({
+  options: { rounds: { type: "string", default: "7" }, files: { type: "string", default: "50" }, bin: { type: "string", default: "packages/cli/bin/keen.js" } },
+});
+const rounds = Math.max(5, Number(values.rounds));
+const fileCount = Number(values.files);
+const keenBin = resolve(values.bin);
+const bareLoop = resolve("bench/support/bare-loop.mjs");
+const rssPreload = resolve("bench/support/report-rss.mjs");
+for (const built of ["packages/cli/bundle/main.js", "packages/agent-core/dist/index.js"]) {
+  if (!existsSync(built)) throw new Error(`${built} is missing: run \`npm run build -w @keen/agent-core -w @keen/cli\` first`);
+}
+
+const TASK = "Write notes/hello.md saying hello, then show it with cat.";
+const NOTE = "# Hello\n\nWritten by the scripted task.\n";
+const BARE_TURNS = 4;
+
+/** keen: explore (list files, finish_explore) then complete (write, run, complete_task). */
+const keenPolicy = (): ReplyPolicy =>
+  scenarioPolicy({
+    root: {
+      finish_explore: [reply.toolUse("list_files", {}), explore("COMPLETE")],
+      complete_task: [write("notes/hello.md", NOTE), reply.toolUse("run_command", { command: "cat notes/hello.md" }), done("Wrote and showed the note.")],
+    },
+  });
+
+/** The bare loop: one tool per turn. */
+const barePolicy = (): ReplyPolicy => {
+  const script = [
+    reply.toolUse("list_files", {}),
+    reply.toolUse("write_file", { path: "notes/hello.md", content: NOTE }),
+    reply.toolUse("run_command", { command: "cat notes/hello.md" }),
+    reply.toolUse("finish", { summary: "Wrote and showed the note." }),
+  ];
+  return (_request, { index }) => script[index] ?? reply.text("done");
+};
+
+interface Round {
+  wall: number;
+  start: number;
+  loop: number;
+  requests: number;
+  rssMiB: number;
+  cpuMs: number;
+  cachedShare: number;
+  uncached: number;
+}
+
+function sampleFiles(count: number): Record<string, string> {
+  const files: Record<string, string> = { "README.md": "# sample\n" };
+  for (let i = 0; i < count; i++) files[`src/part-${i}.ts`] = `export const part${i} = ${i};\n`;
+  return files;
+}
+
+function cacheFigures(server: MessagesServer): { cachedShare: number; uncached: number } {
+  let cached = 0;
+  let total = 0;
+  let uncached = 0;
+  for (const request of server.requests.slice(1)) {
+    const usage = request.usage;
+    if (!usage) continue;
+    cached += usage.cache_read_input_tokens;
+    uncached += usage.input_tokens + usage.cache_creation_input_tokens;
+    total += usage.input_tokens + usage.cache_creation_input_tokens + usage.cache_read_input_tokens;
+  }
+  return { cachedShare: total ? cached / total : 0, uncached };
+}
+
+async function oneRound(side: "keen" | "bare"): Promise<Round> {
+  const server = await startMessagesServer({ policy: side === "keen" ? keenPolicy() : barePolicy() });
+  const repo = await createTestRepo(sampleFiles(fileCount));
+  const scratch = await mkdtemp(join(tmpdir(), "keen-bench-"));
+  const rssFile = join(scratch, "rss");
+  const args =
+    side === "keen"
+      ? [keenBin, "run", TASK, "--repo", repo, "--no-sandbox", "--json", "--max-depth", "0"]
+      : [bareLoop, repo, TASK];
+  const env = { ...process.env, ANTHROPIC_API_KEY: "bench", ANTHROPIC_BASE_URL: server.url, KEEN_BENCH_RSS_FILE: rssFile, KEEN_FORCE_TTY: "0" };
+  const startedAt = Date.now();
+  const started = performance.now();
+  const child = spawn(process.execPath, ["--import", rssPreload, ...args], { env, stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (chunk) => (stderr += chunk));
+  const code = await new Promise<number | null>((settle) => child.on("exit", settle));
+  const wall = performance.now() - started;
+  await server.close();
+  const expected = side === "keen" ? BARE_TURNS + 1 : BARE_TURNS;
+  if (code !== 0 || server.requests.length !== expected) {
+    throw new Error(`${side} round failed: exit ${code}, ${server.requests.length} requests (expected ${expected})\n${stderr}`);
+  }
+  const note = await readFile(join(repo, "notes/hello.md"), "utf8").catch(() => "");
+  if (side === "bare" && note !== NOTE) throw new Error("the bare loop did not write the note");
+  const start = server.requests[0]!.receivedAt - startedAt;
+  const { maxRssKiB, cpuMs } = JSON.parse(await readFile(rssFile, "utf8")) as { maxRssKiB: number; cpuMs: number };
+  const rssMiB = maxRssKiB / 1024;
+  await rm(scratch, { recursive: true, force: true });
+  await rm(repo, { recursive: true, force: true });
+  return { wall, start, loop: wall - start, requests: server.requests.length, rssMiB, cpuMs, ...cacheFigures(server) };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const pick = (rs: Round[], key: keyof Round) => median(rs.map((r) => r[key]));
+
+await oneRound("keen"); // warm-up: file system caches
+await oneRound("bare");
+const keen: Round[] = [];
+const bare: Round[] = [];
+for (let i = 0; i < rounds; i++) {
+  keen.push(await oneRound("keen"));
+  bare.push(await oneRound("bare"));
+}
+
+const row = (label: string, k: string, b: string, ratio: string) => console.log(`  ${label.padEnd(40)}${k.padStart(12)}${b.padStart(12)}${ratio.padStart(12)}`);
+const ms = (x: number) => `${x.toFixed(0)} ms`;
+console.log(`keen run, scripted task (${BARE_TURNS} turns; keen sends ${keen[0]!.requests} requests), ${fileCount + 1}-file repository, median of ${rounds} rounds after a warm-up, Node ${process.version}`);
+row("", "keen run", "bare SDK", "keen/bare");
+row("wall time, spawn → exit", ms(pick(keen, "wall")), ms(pick(bare, "wall")), `${(pick(keen, "wall") / pick(bare, "wall")).toFixed(2)}×`);
+row("fixed start cost, spawn → first request", ms(pick(keen, "start")), ms(pick(bare, "start")), `+${(pick(keen, "start") - pick(bare, "start")).toFixed(0)} ms`);
+row("loop, first request → exit", ms(pick(keen, "loop")), ms(pick(bare, "loop")), `${(pick(keen, "loop") / pick(bare, "loop")).toFixed(2)}×`);
+row(
+  `per turn (loop ÷ ${BARE_TURNS})`,
+  `${(pick(keen, "loop") / BARE_TURNS).toFixed(1)} ms`,
+  `${(pick(bare, "loop") / BARE_TURNS).toFixed(1)} ms`,
+  `+${((pick(keen, "loop") - pick(bare, "loop")) / BARE_TURNS).toFixed(1)} ms`,
+);
+row("CPU time of the process (user + system)", ms(pick(keen, "cpuMs")), ms(pick(bare, "cpuMs")), `${(pick(keen, "cpuMs") / pick(bare, "cpuMs")).toFixed(2)}×`);
+row("peak RSS", `${pick(keen, "rssMiB").toFixed(0)} MiB`, `${pick(bare, "rssMiB").toFixed(0)} MiB`, `${(pick(keen, "rssMiB") / pick(bare, "rssMiB")).toFixed(2)}×`);
+row("cached share of input, requests 2..n", pick(keen, "cachedShare").toFixed(2), pick(bare, "cachedShare").toFixed(2), "");
+row("uncached input tokens, requests 2..n", pick(keen, "uncached").toFixed(0), pick(bare, "uncached").toFixed(0), "");
+console.log("  targets: wall ≤ 1.30×, start ≤ +80 ms, per turn ≤ +5 ms");
