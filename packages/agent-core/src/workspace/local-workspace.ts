@@ -190,7 +190,12 @@ export class LocalWorkspace implements ForkableWorkspace {
     return full;
   }
 
-  /** Resolves symlinks along the existing part of `full` and checks the result stays inside. */
+  /**
+   * Resolves symlinks along the existing part of `full` and checks where the path really lands:
+   * inside the root, and not in its `.git` (a link the agent made, `d -> .`, must not let keen's
+   * own file writes on the host reach the `.git` file the sandbox mounts read-only, or a main
+   * checkout's git dir with its config and hooks).
+   */
   private async assertNoSymlinkEscape(original: string, full: string): Promise<void> {
     let current = full;
     while (true) {
@@ -214,6 +219,9 @@ export class LocalWorkspace implements ForkableWorkspace {
         real = await realpath(current);
       }
       if (!this.contains(real)) throw new PathOutsideWorkspaceError(original, "a symbolic link leads outside the workspace");
+      // The part that does not exist yet is created below the resolved part.
+      const landing = join(real, relative(current, full));
+      if (this.inGitDir(landing)) throw new PathOutsideWorkspaceError(original, "it leads into the .git folder, which is off limits");
       return;
     }
   }
@@ -221,6 +229,14 @@ export class LocalWorkspace implements ForkableWorkspace {
   private contains(absolute: string): boolean {
     const rel = relative(this.root, absolute);
     return rel === "" || (!rel.startsWith(`..${sep}`) && rel !== ".." && !isAbsolute(rel));
+  }
+
+  /** True for the root's `.git` (file or folder), anything below it, and this checkout's git dirs. */
+  private inGitDir(absolute: string): boolean {
+    const first = relative(this.root, absolute).split(sep)[0];
+    if (first === ".git") return true;
+    // A git dir kept inside the checkout under another name (a fork's worktree lies inside the common dir, not the reverse).
+    return [this.gitDir, this.commonDir].some((dir) => isInside(this.root, dir) && (absolute === dir || isInside(dir, absolute)));
   }
 
   async readFile(path: string, options: ReadFileOptions = {}): Promise<string> {

@@ -1,0 +1,136 @@
+import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, symlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { execa } from "execa";
+import { beforeAll, describe, expect, it } from "vitest";
+import { LocalWorkspace } from "./local-workspace.js";
+import { createTestRepo, hostPidsRunning } from "./test-repo.js";
+
+const gitIn = async (dir: string, ...args: string[]) => (await execa("git", args, { cwd: dir })).stdout;
+
+describe("keen's file tools never reach the git dir through a link the agent made", () => {
+  it("a worktree's read-only .git file cannot be rewritten through `d -> .`", async () => {
+    const dir = await createTestRepo();
+    const ws = await LocalWorkspace.open(dir);
+    const child = await ws.fork("keen/link0001");
+    const before = await readFile(join(child.root, ".git"), "utf8");
+    // Inside the sandbox the .git file is read-only, but a link to the root is an ordinary file.
+    expect((await child.exec("ln -s . d && ln -s .git g && ln -s \"$PWD\" abs")).exitCode).toBe(0);
+    for (const path of ["d/.git", "d/d/.git", "abs/.git", "g", "d/.git/x"]) {
+      await expect(child.writeFile(path, "gitdir: /tmp/evil\n"), path).rejects.toMatchObject({ code: "path_outside_workspace" });
+    }
+    await expect(child.readFile("d/.git")).rejects.toMatchObject({ code: "path_outside_workspace" });
+    expect(await readFile(join(child.root, ".git"), "utf8")).toBe(before);
+    // Ordinary paths through the same link still work.
+    await child.writeFile("d/ok.txt", "fine\n");
+    expect(await child.readFile("ok.txt")).toBe("fine\n");
+  });
+
+  it("a main checkout's git config cannot be written through a link, so no filter of the agent's runs on the host", async () => {
+    const dir = await createTestRepo();
+    const proof = join(await mkdtemp(join(tmpdir(), "keen-proof-")), "filter-ran");
+    const ws = await LocalWorkspace.open(dir);
+    expect((await ws.exec("ln -s . d")).exitCode).toBe(0);
+    const config = await readFile(join(dir, ".git", "config"), "utf8");
+    await expect(ws.writeFile("d/.git/config", `${config}[filter "x"]\n\tclean = touch ${proof}; cat\n`)).rejects.toMatchObject({ code: "path_outside_workspace" });
+    await expect(ws.writeFile("d/.git/hooks/post-commit", "#!/bin/sh\n")).rejects.toMatchObject({ code: "path_outside_workspace" });
+    await ws.writeFile(".gitattributes", "* filter=x\n");
+    await ws.writeFile("a.txt", "a\n");
+    await ws.commit("work");
+    expect(existsSync(proof)).toBe(false);
+    expect(await readFile(join(dir, ".git", "config"), "utf8")).toBe(config);
+  });
+});
+
+describe("commit with names git takes but UTF-8 does not", () => {
+  it("a file whose name is not valid UTF-8 never makes the commit fail; the rest is committed and the name reported", async () => {
+    const dir = await createTestRepo();
+    const ws = await LocalWorkspace.open(dir);
+    const child = await ws.fork("keen/name0001");
+    const made = await child.exec("printf x > \"$(printf 'bad\\377name')\" && echo ok > good.txt && printf y > \"$(printf -- '-lead\\nline')\"");
+    expect(made.exitCode, made.output).toBe(0);
+    const { sha, skipped } = await child.commit("work with odd names");
+    expect(sha).toMatch(/^[0-9a-f]{40}$/);
+    const committed = (await gitIn(dir, "ls-tree", "-r", "-z", "--name-only", sha!)).split("\0").filter(Boolean).sort();
+    expect(committed).toEqual(["-lead\nline", "README.md", "good.txt"]);
+    expect(skipped).toEqual([expect.objectContaining({ reason: "invalid_name" })]);
+  });
+});
+
+describe("what the sandbox can fill", () => {
+  let ws: LocalWorkspace;
+  beforeAll(async () => {
+    ws = await LocalWorkspace.open(await createTestRepo(), { sandbox: { tmpBytes: 8 * 1024 * 1024 } });
+  });
+
+  it("/dev/shm and /run are bounded like /tmp, and /dev itself is read-only", async () => {
+    for (const path of ["/dev/shm/big", "/run/big", "/tmp/big"]) {
+      const result = await ws.exec(`head -c 20000000 /dev/zero > ${path}; ls -l ${path}`);
+      expect(result.output, path).toMatch(/No space left on device/);
+    }
+    const dev = await ws.exec("echo x > /dev/newfile");
+    expect(dev.exitCode).not.toBe(0);
+    expect(dev.output).toMatch(/Read-only file system/);
+    // Devices still work.
+    const devices = await ws.exec("echo x > /dev/null && head -c 4 /dev/urandom | wc -c && python3 -c 'import os; os.openpty()' 2>&1 || true");
+    expect(devices.output).toContain("4");
+    expect(devices.output).not.toMatch(/Error|denied/);
+  });
+});
+
+describe("things that hold", () => {
+  it("a daemon started by a command dies with it", async () => {
+    const ws = await LocalWorkspace.open(await createTestRepo());
+    const tag = `3${Math.floor(Math.random() * 1e6)}`;
+    const result = await ws.exec(`setsid sh -c 'sleep ${tag} &'; nohup sleep ${tag} >/dev/null 2>&1 & trap '' TERM; echo started`);
+    expect(result.output).toContain("started");
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(hostPidsRunning(tag)).toEqual([]);
+  });
+
+  it("a hard link to anything outside the worktree cannot be made from inside", async () => {
+    const dir = await createTestRepo();
+    const ws = await LocalWorkspace.open(dir);
+    const child = await ws.fork("keen/hard0001");
+    for (const target of ["/usr/bin/env", join(dir, ".git", "config"), join(dir, "README.md"), "/etc/passwd"]) {
+      const result = await child.exec(`ln '${target}' linked`);
+      expect(result.exitCode, `${target}: ${result.output}`).not.toBe(0);
+      expect(result.output).toMatch(/Invalid cross-device link|Operation not permitted|Read-only/);
+    }
+  });
+
+  it("the common git dir is read-only from inside: objects, refs, packed-refs and worktree entries", async () => {
+    const dir = await createTestRepo();
+    const ws = await LocalWorkspace.open(dir);
+    const child = await ws.fork("keen/common0001");
+    const common = join(dir, ".git");
+    const writes = [
+      `echo x > '${common}/packed-refs'`,
+      `echo 0000000000000000000000000000000000000000 > '${common}/refs/heads/main'`,
+      `mkdir '${common}/objects/zz'`,
+      `echo gitdir: /tmp > '${common}/worktrees/common0001/gitdir'`,
+      `echo x > '${common}/worktrees/common0001/HEAD'`,
+      `echo x > '${common}/config'`,
+      `echo x > '${common}/info/attributes'`,
+    ];
+    for (const command of writes) {
+      const result = await child.exec(command);
+      expect(result.exitCode, command).not.toBe(0);
+    }
+    await symlink("/etc", join(dir, "outside-link")).catch(() => {});
+    expect((await child.exec("git status --porcelain")).exitCode).toBe(0);
+  });
+
+  it("a FIFO in place of a tracked file does not block commit or merge", async () => {
+    const dir = await createTestRepo({ "a.txt": "a\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("keen/fifo0001");
+    await execa("rm", [join(child.root, "a.txt")]);
+    execFileSync("mkfifo", [join(child.root, "a.txt")]);
+    await writeFile(join(child.root, "b.txt"), "b\n");
+    const { skipped } = await child.commit("fifo");
+    expect(skipped).toContainEqual(expect.objectContaining({ path: "a.txt", reason: "not_regular" }));
+  });
+});
