@@ -23,7 +23,10 @@ export interface SandboxOptions {
    * host file system read-only, minus `hidePaths` (what older versions did).
    */
   hostView?: "minimal" | "full";
-  /** Size of the private /tmp (which also holds HOME) in bytes. Default 512 MiB. */
+  /**
+   * Size of the private /tmp (which also holds HOME) in bytes, and of the private /dev/shm; /run
+   * gets at most 64 MiB. Default 512 MiB. All three are memory-backed (tmpfs).
+   */
   tmpBytes?: number;
   /**
    * Most processes the command may have running at once. Enforced with a cgroup `pids`
@@ -86,6 +89,8 @@ const SandboxOptionsSchema = z.object({
 const DEFAULT_CPU_SECONDS = 600;
 const DEFAULT_MEMORY_BYTES = 8 * 1024 ** 3;
 const DEFAULT_TMP_BYTES = 512 * 1024 * 1024;
+/** Most of /run's tmpfs: it holds sockets and pid files, never bulk data. */
+const RUN_BYTES = 64 * 1024 * 1024;
 const DEFAULT_MAX_PROCESSES = 256;
 const DEFAULT_PASS_ENV = ["PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "USER", "LOGNAME", "SHELL"];
 /** Where HOME points inside the sandbox: a folder on the private /tmp, gone when the command ends. */
@@ -185,10 +190,14 @@ interface ViewSettings {
 function baseArgs(view: ViewSettings): string[] {
   return [
     ...hostMounts(view.hostView),
+    // bwrap's /dev and any tmpfs without --size may grow to half the host's memory: /dev is made
+    // read-only (device nodes still work) and every writable tmpfs gets a size.
     "--dev", "/dev",
+    "--remount-ro", "/dev",
+    "--size", String(view.tmpBytes), "--tmpfs", "/dev/shm",
     "--proc", "/proc",
     "--size", String(view.tmpBytes), "--tmpfs", "/tmp",
-    ...(existsSync("/run") ? ["--tmpfs", "/run"] : []),
+    ...(existsSync("/run") ? ["--size", String(Math.min(view.tmpBytes, RUN_BYTES)), "--tmpfs", "/run"] : []),
     ...(view.network ? [] : ["--unshare-net"]),
     "--unshare-pid",
     "--unshare-ipc",
