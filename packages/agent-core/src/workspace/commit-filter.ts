@@ -1,7 +1,7 @@
 import { lstat, realpath } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { KeenError } from "../errors.js";
-import { git, nulSeparated, type GitTarget } from "./git.js";
+import { git, gitBytes, nulSeparatedNames, type GitTarget } from "./git.js";
 import { readRegularFile } from "./safe-read.js";
 import type { SkippedFile } from "./workspace.js";
 
@@ -69,15 +69,18 @@ export interface StageReport {
 /**
  * Stages a checkout's changes the way `git add -A` would, minus what keen must never commit:
  * credential-looking files (by name or content), files over `maxFileBytes`, keen's own
- * atomic-write temp files, and anything that is not a regular file or a symlink (FIFOs, sockets,
- * devices, nested repositories). Symlinks are staged as links; their targets are never read.
+ * atomic-write temp files, anything that is not a regular file or a symlink (FIFOs, sockets,
+ * devices, nested repositories), and names that are not valid UTF-8. Symlinks are staged as links; their targets are never read.
  * Content is read through `readRegularFile`, so a file swapped for a FIFO cannot block keen.
  */
 export async function stageChanges(target: GitTarget, options: StageOptions): Promise<StageReport> {
   const env = options.env ?? {};
-  const candidates = nulSeparated(await git(target, ["ls-files", "-z", "--modified", "--others", "--exclude-standard"], { env }));
+  const listed = nulSeparatedNames(await gitBytes(target, ["ls-files", "-z", "--modified", "--others", "--exclude-standard"], { env }));
+  const candidates = listed.names;
   const staged: string[] = [];
   const skipped: SkippedFile[] = [];
+  // Named here as a string could only be misnamed: git would not find it, and the whole add would fail.
+  for (const path of new Set(listed.invalid)) skipped.push({ path, reason: "invalid_name", detail: "its name is not valid UTF-8" });
   const realDirs = new Map<string, boolean>();
   const dirIsReal = async (dir: string): Promise<boolean> => {
     let known = realDirs.get(dir);

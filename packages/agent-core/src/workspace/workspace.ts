@@ -36,7 +36,7 @@ export interface ListFilesOptions {
 }
 
 /** Why `commit` (or `fork` with `includeUncommitted`) left a file out. */
-export type SkippedReason = "credential" | "too_large" | "temp_file" | "not_regular";
+export type SkippedReason = "credential" | "too_large" | "temp_file" | "not_regular" | "invalid_name";
 
 /** A file keen did not commit, and why. */
 export interface SkippedFile {
