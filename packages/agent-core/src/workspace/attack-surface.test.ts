@@ -1,7 +1,7 @@
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, symlink, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdtemp, readdir, readFile, symlink, writeFile } from "node:fs/promises";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -132,5 +132,45 @@ describe("things that hold", () => {
     await writeFile(join(child.root, "b.txt"), "b\n");
     const { skipped } = await child.commit("fifo");
     expect(skipped).toContainEqual(expect.objectContaining({ path: "a.txt", reason: "not_regular" }));
+  });
+});
+
+describe("a merge left half done by a killed keen", () => {
+  async function conflictedParent() {
+    const dir = await createTestRepo({ "shared.txt": "base\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const parent = await ws.fork("keen/kill0001");
+    const child = await ws.fork("keen/kill0001-agents/summon-A");
+    await child.writeFile("shared.txt", "child\n");
+    await child.commit("child");
+    await parent.writeFile("shared.txt", "parent\n");
+    await parent.commit("parent");
+    await parent.writeFile("notes.txt", "agent wip\n");
+    expect(await parent.merge("keen/kill0001-agents/summon-A", "merge")).toMatchObject({ status: "conflict" });
+    return { dir, parent };
+  }
+
+  it("is rolled back by recovery, never salvaged as work: its conflict markers do not reach a commit", async () => {
+    const { dir } = await conflictedParent();
+    // The owner died (a lease naming this pid with another start time is a dead process's).
+    for (const name of await readdir(join(dir, ".git", "worktrees"))) {
+      await writeFile(join(dir, ".git", "worktrees", name, "locked"), `keen lease pid=${process.pid} start=1 host=${hostname().replace(/\s+/g, "") || "-"}`);
+    }
+    const again = await LocalWorkspace.open(dir, { sandbox: false });
+    expect(again.recovered.salvagedBranches).toEqual(["keen/kill0001"]);
+    const resumed = await again.fork("keen/kill0001", { reattach: true });
+    expect(await resumed.readFile("shared.txt")).toBe("parent\n");
+    expect(await resumed.readFile("notes.txt")).toBe("agent wip\n");
+    const { sha } = await resumed.commit("after resume");
+    expect(await gitIn(dir, "show", `${sha}:shared.txt`)).toBe("parent");
+    // An ordinary commit on the parent's work, not a merge commit with the child's half.
+    expect((await gitIn(dir, "rev-list", "--parents", "-n", "1", sha!)).split(" ")).toHaveLength(2);
+  });
+
+  it("commit refuses while paths are unmerged, rather than record markers as a resolution", async () => {
+    const { parent } = await conflictedParent();
+    await expect(parent.commit("oops")).rejects.toMatchObject({ code: "merge_unresolved" });
+    await parent.abortMerge();
+    expect((await parent.commit("wip")).sha).toMatch(/^[0-9a-f]{40}$/);
   });
 });

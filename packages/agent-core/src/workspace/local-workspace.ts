@@ -324,6 +324,11 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async commit(message: string, options: CommitOptions = {}): Promise<CommitResult> {
     return this.locked(async () => {
+      // Staging an unmerged path would record it with its conflict markers as resolved.
+      const unmerged = await this.conflictedFiles();
+      if (unmerged.length > 0) {
+        throw new KeenError("merge_unresolved", `A merge is in progress with conflicts in ${unmerged.join(", ")}; finish it with commitMerge or roll it back with abortMerge`);
+      }
       const { skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes });
       const staged = await gitRaw(this.target, ["diff", "--cached", "--quiet"]);
       if (staged.exitCode === 0 && !options.allowEmpty) return { sha: null, skipped };

@@ -101,7 +101,8 @@ export interface Workspace {
    * (`.env*`, `*.pem`, `id_rsa*`, `*.key`, key-shaped content), files over the workspace's size
    * limit, keen's atomic-write temp files (`.keen-*.tmp`) and non-regular files. Those stay in the
    * checkout, uncommitted, and are listed in `skipped`. `sha` is the new commit, or null when
-   * nothing was left to commit.
+   * nothing was left to commit. While a merge has unmerged paths it refuses (`merge_unresolved`):
+   * staging them would record their conflict markers as a resolution.
    */
   commit(message: string, options?: CommitOptions): Promise<CommitResult>;
 }
