@@ -80,6 +80,20 @@ describe("what the sandbox can fill", () => {
   });
 });
 
+describe("the host kernel's settings and state", () => {
+  it("no sysctl of the host can be written from inside, also as root (core_pattern would run a program on the host)", async () => {
+    const ws = await LocalWorkspace.open(await createTestRepo());
+    // Each write puts back the value already there, so the host is unchanged even if the sandbox failed.
+    for (const path of ["/proc/sys/vm/swappiness", "/proc/sys/kernel/core_pattern", "/proc/sys/fs/protected_symlinks"]) {
+      const result = await ws.exec(`v=$(cat ${path}) && printf '%s\n' "$v" > ${path}; echo "rc=$?"`);
+      expect(result.output, path).toMatch(/Read-only file system|Permission denied/);
+      expect(result.output, path).not.toContain("rc=0");
+    }
+    // Still readable: tools read limits from there.
+    expect((await ws.exec("cat /proc/sys/kernel/pid_max")).exitCode).toBe(0);
+  });
+});
+
 describe("things that hold", () => {
   it("a daemon started by a command dies with it", async () => {
     const ws = await LocalWorkspace.open(await createTestRepo());

@@ -196,6 +196,10 @@ function baseArgs(view: ViewSettings): string[] {
     "--remount-ro", "/dev",
     "--size", String(view.tmpBytes), "--tmpfs", "/dev/shm",
     "--proc", "/proc",
+    // bwrap covers /proc/sys only when the folder itself is writable, which it never is (0555);
+    // its files are, for uid 0, and most sysctls check nothing more: as root, `kernel/core_pattern`
+    // alone would run a program of the agent's on the host. Read-only, for everyone.
+    "--ro-bind", "/proc/sys", "/proc/sys",
     "--size", String(view.tmpBytes), "--tmpfs", "/tmp",
     ...(existsSync("/run") ? ["--size", String(Math.min(view.tmpBytes, RUN_BYTES)), "--tmpfs", "/run"] : []),
     ...(view.network ? [] : ["--unshare-net"]),
