@@ -1,13 +1,15 @@
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readdir, readFile, symlink, writeFile } from "node:fs/promises";
+import { mkdtemp, open, readdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { execa } from "execa";
 import { beforeAll, describe, expect, it } from "vitest";
 import { LocalWorkspace } from "./local-workspace.js";
 import { createTestRepo, hostPidsRunning } from "./test-repo.js";
 
+const repoRoot = fileURLToPath(new URL("../../../..", import.meta.url));
 const gitIn = async (dir: string, ...args: string[]) => (await execa("git", args, { cwd: dir })).stdout;
 
 describe("keen's file tools never reach the git dir through a link the agent made", () => {
@@ -91,6 +93,55 @@ describe("the host kernel's settings and state", () => {
     }
     // Still readable: tools read limits from there.
     expect((await ws.exec("cat /proc/sys/kernel/pid_max")).exitCode).toBe(0);
+  });
+});
+
+describe("the kernel keyring", () => {
+  it("cannot be read or written from inside: no key outlives a command or passes between sandboxes", async () => {
+    const ws = await LocalWorkspace.open(await createTestRepo());
+    const name = `keen-probe-${Math.floor(Math.random() * 1e9)}`;
+    // add_key, keyctl and request_key through syscall(2), for x86-64 and arm64, then the 32-bit x86 entry point.
+    const script = `
+import ctypes, platform, os
+libc = ctypes.CDLL(None, use_errno=True)
+nr = {"x86_64": (248, 250), "aarch64": (217, 219)}[platform.machine()]
+key = libc.syscall(nr[0], b"user", b"${name}", b"secret", 6, -4)
+print("add_key", key, os.strerror(ctypes.get_errno()))
+print("keyctl", libc.syscall(nr[1], 0, -4, 0, 0, 0), os.strerror(ctypes.get_errno()))
+`;
+    await writeFile(join(ws.root, "keys.py"), script);
+    const result = await ws.exec("python3 keys.py; cat /proc/keys");
+    expect(result.output).toMatch(/add_key -1 Operation not permitted/);
+    expect(result.output).toMatch(/keyctl -1 Operation not permitted/);
+    expect(await readFile("/proc/keys", "utf8").catch(() => "")).not.toContain(name);
+  });
+});
+
+describe("file descriptors keen inherited", () => {
+  it("never reach a sandboxed command: an inherited folder would open the whole host", async () => {
+    const dir = await createTestRepo();
+    const outside = await mkdtemp(join(tmpdir(), "keen-outside-"));
+    await writeFile(join(outside, "secret.txt"), "host secret\n");
+    const folder = await open(outside, "r");
+    const file = await open(join(outside, "secret.txt"), "r");
+    try {
+      const helper = fileURLToPath(new URL("./testing/exec-with-inherited-fds.ts", import.meta.url));
+      const command = "ls /proc/self/fd; for n in 40 41 200; do cat /proc/self/fd/$n/secret.txt /proc/self/fd/$n 2>/dev/null; done; echo end";
+      // The helper (a keen process) inherits the folder as fds 40 and 200 and the file as 41.
+      const stdio: Array<"ignore" | "pipe" | number> = ["ignore", "pipe", "pipe"];
+      for (let fd = 3; fd <= 200; fd++) stdio.push("ignore");
+      stdio[40] = folder.fd;
+      stdio[41] = file.fd;
+      stdio[200] = folder.fd;
+      const result = await execa(process.execPath, ["--import", "tsx", helper, dir, command], { cwd: repoRoot, stdio, reject: false });
+      expect(result.stdout, result.stderr).toContain("end");
+      expect(result.stdout).not.toContain("host secret");
+      const fds = result.stdout.split("\n").filter((line) => /^\d+$/.test(line)).map(Number);
+      expect(fds.filter((fd) => fd > 3)).toEqual([]);
+    } finally {
+      await folder.close();
+      await file.close();
+    }
   });
 });
 

@@ -5,6 +5,7 @@ import { z } from "zod";
 import { ConfigError, KeenError } from "../errors.js";
 import { runInProcessGroup, type CommandRunner, type CommandRunOptions } from "./command-runner.js";
 import { isInside } from "./is-inside.js";
+import { sandboxSeccompProgram } from "./seccomp.js";
 import type { ExecResult } from "./workspace.js";
 
 /**
@@ -315,9 +316,21 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
 
       const { env: _env, ...rest } = runOptions;
       const cgroup = Number.isFinite(maxProcesses) ? createPidsCgroup(maxProcesses) : null;
-      const result = cgroup
-        ? await runInProcessGroup("/bin/sh", ["-c", 'echo $$ > "$1" && shift && exec "$@"', "keen-cgroup", join(cgroup, "cgroup.procs"), bwrapPath, ...args], { ...rest, replaceEnv: bwrapEnv() })
-        : await runInProcessGroup(bwrapPath, args, { ...rest, replaceEnv: bwrapEnv() });
+      const seccomp = sandboxSeccompProgram();
+      // bwrap reads the program from fd 3 and installs it last, just before the command runs.
+      if (seccomp) args.unshift("--seccomp", "3");
+      // bwrap passes every open file descriptor through, and Node's spawn leaves open those keen
+      // inherited without close-on-exec (a launcher's log file, a folder: `/proc/self/fd/N/..`
+      // would be the host's file system). A shell closes them all before bwrap starts, and
+      // moves itself into the cgroup first.
+      const starter = starterShell();
+      const script = [cgroup ? 'echo $$ > "$1"' : "true", "shift", closeFdsScript(starter, seccomp ? [3] : []), 'exec "$@"'].join(" && ");
+      const result = await runInProcessGroup(
+        starter.path,
+        ["-c", script, "keen-sandbox", cgroup ? join(cgroup, "cgroup.procs") : "-", bwrapPath, ...args],
+        { ...rest, replaceEnv: bwrapEnv() },
+        seccomp ?? undefined,
+      );
       if (cgroup) await removeCgroup(cgroup);
       if (result.exitCode === SIGXCPU_EXIT && Number.isFinite(cpuSeconds)) {
         return { ...result, output: `${result.output}\n[stopped by the sandbox: CPU time limit of ${cpuSeconds} s reached]\n` };
@@ -342,6 +355,30 @@ function limitScript(limits: { cpuSeconds: number; memoryBytes: number; addressS
   if (Number.isFinite(limits.addressSpaceBytes)) steps.push(`ulimit -v ${kib(limits.addressSpaceBytes)}`);
   steps.push('exec /bin/sh -c "$1"');
   return steps.join(" && ");
+}
+
+interface StarterShell {
+  path: string;
+  /** bash can close any descriptor; dash (`/bin/sh` on Debian) only single-digit ones. */
+  anyDescriptor: boolean;
+}
+
+let starter: StarterShell | undefined;
+
+/** The shell that starts bwrap: bash where the host has it, else /bin/sh. */
+function starterShell(): StarterShell {
+  starter ??= ["/bin/bash", "/usr/bin/bash"].filter((path) => existsSync(path)).map((path) => ({ path, anyDescriptor: true }))[0] ?? { path: "/bin/sh", anyDescriptor: false };
+  return starter;
+}
+
+/** Shell code that closes every descriptor above stderr except `keep`. */
+function closeFdsScript(shell: StarterShell, keep: number[]): string {
+  const kept = [0, 1, 2, ...keep].join("|");
+  if (shell.anyDescriptor) {
+    return `{ for fd in /proc/self/fd/*; do fd=\${fd##*/}; case $fd in ${kept}) ;; *) eval "exec $fd>&-" 2>/dev/null;; esac; done; true; }`;
+  }
+  const closable = [3, 4, 5, 6, 7, 8, 9].filter((fd) => !keep.includes(fd));
+  return `exec ${closable.map((fd) => `${fd}>&-`).join(" ")}`;
 }
 
 let cgroupCounter = 0;
