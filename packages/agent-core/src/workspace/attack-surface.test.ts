@@ -145,6 +145,20 @@ describe("file descriptors keen inherited", () => {
   });
 });
 
+describe("globs from the model", () => {
+  it("match in linear time: a backtracking pattern over long names cannot stall every agent", async () => {
+    const dir = await createTestRepo({ [`${"a".repeat(200)}/${"a".repeat(250)}`]: "x\n", "src/app.ts": "x\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const started = performance.now();
+    expect(await ws.listFiles({ pattern: "*a*a*a*a*a*a*a*a*a*a*a*b" })).toEqual([]);
+    expect(await ws.listFiles({ pattern: "**/a*a*a*a*a*a*a*a*/**/a*a*a*a*a*a*a*b" })).toEqual([]);
+    // picomatch took 4.8 s for the first pattern on one 255-character name; this bound is generous.
+    expect(performance.now() - started).toBeLessThan(2000);
+    expect(await ws.listFiles({ pattern: "src/**/*.{ts,tsx}" })).toEqual(["src/app.ts"]);
+    await expect(ws.listFiles({ pattern: "{a,b}{a,b}{a,b}{a,b}{a,b}{a,b}{a,b}{a,b}{a,b}" })).rejects.toMatchObject({ code: "invalid_glob" });
+  });
+});
+
 describe("things that hold", () => {
   it("a daemon started by a command dies with it", async () => {
     const ws = await LocalWorkspace.open(await createTestRepo());

@@ -3,10 +3,10 @@ import { lstat, mkdir, mkdtemp, readlink, realpath, rename, rm, stat, writeFile 
 import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { execa } from "execa";
-import picomatch from "picomatch";
 import { KeenError, PathOutsideWorkspaceError } from "../errors.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, stageChanges } from "./commit-filter.js";
+import { compileGlob } from "./glob.js";
 import { git, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
@@ -280,7 +280,7 @@ export class LocalWorkspace implements ForkableWorkspace {
     const limit = options.limit ?? 1000;
     const listed = await git(this.target, ["ls-files", "-z", "--cached", "--others", "--exclude-standard"]);
     const deleted = new Set((await git(this.target, ["ls-files", "-z", "--deleted"])).split("\0"));
-    const match = options.pattern ? picomatch(options.pattern, { dot: true }) : undefined;
+    const match = options.pattern ? compileGlob(options.pattern) : undefined;
     const files = [...new Set(listed.split("\0"))]
       .filter((file) => file && !deleted.has(file) && (!match || match(file)))
       .sort();

@@ -29,7 +29,7 @@ export interface ExecOptions {
 }
 
 export interface ListFilesOptions {
-  /** A glob relative to the root (picomatch syntax), e.g. `src/**\/*.ts`. Default: every file. */
+  /** A glob relative to the root (`*`, `**`, `?`, `[…]`, `{a,b}`), e.g. `src/**\/*.ts`; matched in linear time. Default: every file. */
   pattern?: string;
   /** At most this many paths. Default 1000. */
   limit?: number;
