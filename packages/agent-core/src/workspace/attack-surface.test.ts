@@ -1,4 +1,4 @@
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, open, readdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
@@ -128,12 +128,13 @@ describe("file descriptors keen inherited", () => {
       const helper = fileURLToPath(new URL("./testing/exec-with-inherited-fds.ts", import.meta.url));
       const command = "ls /proc/self/fd; for n in 40 41 200; do cat /proc/self/fd/$n/secret.txt /proc/self/fd/$n 2>/dev/null; done; echo end";
       // The helper (a keen process) inherits the folder as fds 40 and 200 and the file as 41.
-      const stdio: Array<"ignore" | "pipe" | number> = ["ignore", "pipe", "pipe"];
-      for (let fd = 3; fd <= 200; fd++) stdio.push("ignore");
-      stdio[40] = folder.fd;
-      stdio[41] = file.fd;
-      stdio[200] = folder.fd;
-      const result = await execa(process.execPath, ["--import", "tsx", helper, dir, command], { cwd: repoRoot, stdio, reject: false });
+      const extra: Array<"ignore" | number> = [];
+      for (let fd = 3; fd <= 200; fd++) extra.push("ignore");
+      extra[40 - 3] = folder.fd;
+      extra[41 - 3] = file.fd;
+      extra[200 - 3] = folder.fd;
+      // node's own spawn: execa takes no raw descriptors for extra stdio slots.
+      const result = spawnSync(process.execPath, ["--import", "tsx", helper, dir, command], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe", ...extra], encoding: "utf8" });
       expect(result.stdout, result.stderr).toContain("end");
       expect(result.stdout).not.toContain("host secret");
       const fds = result.stdout.split("\n").filter((line) => /^\d+$/.test(line)).map(Number);

@@ -98,8 +98,8 @@ export function runInProcessGroup(file: string, args: string[], options: Command
     if (options.signal?.aborted) onAbort();
     else options.signal?.addEventListener("abort", onAbort, { once: true });
 
-    child.stdout.on("data", (chunk: Buffer) => output.push(chunk));
-    child.stderr.on("data", (chunk: Buffer) => output.push(chunk));
+    child.stdout!.on("data", (chunk: Buffer) => output.push(chunk));
+    child.stderr!.on("data", (chunk: Buffer) => output.push(chunk));
 
     const finish = (exitCode: number | null) => {
       if (settled) return;
