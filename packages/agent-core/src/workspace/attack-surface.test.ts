@@ -61,6 +61,20 @@ describe("commit with names git takes but UTF-8 does not", () => {
   });
 });
 
+describe("commit with names git itself refuses", () => {
+  it("`.GIT/config`, `.git.`, `.git `, `GIT~1/…` and a `.gitmodules` link are left out; the rest is committed", async () => {
+    const dir = await createTestRepo();
+    const ws = await LocalWorkspace.open(dir);
+    const child = await ws.fork("keen/refused0001");
+    const made = await child.exec("mkdir .GIT GIT~1 && echo x > .GIT/config && echo x > GIT~1/config && echo x > '.git.' && echo x > '.git ' && ln -s good.txt .gitmodules && echo ok > good.txt");
+    expect(made.exitCode, made.output).toBe(0);
+    const { sha, skipped } = await child.commit("work");
+    expect(sha).toMatch(/^[0-9a-f]{40}$/);
+    expect((await gitIn(dir, "ls-tree", "-r", "--name-only", sha!)).split("\n").sort()).toEqual(["README.md", "good.txt"]);
+    expect(skipped.map(({ path, reason }) => `${path}:${reason}`).sort()).toEqual([".GIT/config:invalid_name", ".git :invalid_name", ".git.:invalid_name", ".gitmodules:invalid_name", "GIT~1/config:invalid_name"]);
+  });
+});
+
 describe("what the sandbox can fill", () => {
   let ws: LocalWorkspace;
   beforeAll(async () => {

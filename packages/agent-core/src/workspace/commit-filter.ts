@@ -1,7 +1,7 @@
 import { lstat, realpath } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { KeenError } from "../errors.js";
-import { git, gitBytes, nulSeparatedNames, type GitTarget } from "./git.js";
+import { gitBytes, gitRaw, nulSeparatedNames, type GitTarget } from "./git.js";
 import { readRegularFile } from "./safe-read.js";
 import type { SkippedFile } from "./workspace.js";
 
@@ -70,7 +70,7 @@ export interface StageReport {
  * Stages a checkout's changes the way `git add -A` would, minus what keen must never commit:
  * credential-looking files (by name or content), files over `maxFileBytes`, keen's own
  * atomic-write temp files, anything that is not a regular file or a symlink (FIFOs, sockets,
- * devices, nested repositories), and names that are not valid UTF-8. Symlinks are staged as links; their targets are never read.
+ * devices, nested repositories), names that are not valid UTF-8, and names git refuses. Symlinks are staged as links; their targets are never read.
  * Content is read through `readRegularFile`, so a file swapped for a FIFO cannot block keen.
  */
 export async function stageChanges(target: GitTarget, options: StageOptions): Promise<StageReport> {
@@ -138,10 +138,19 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
     staged.push(path);
   }
 
-  if (staged.length > 0) {
-    await git(target, ["add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"], { env, input: staged.join("\0") });
+  if (staged.length === 0) return { staged, skipped };
+  const add = (paths: string[]) => gitRaw(target, ["add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"], { env, input: paths.join("\0") });
+  const all = await add(staged);
+  if (all.exitCode === 0) return { staged, skipped };
+  // git refuses some names outright (`.GIT/…`, `.git.`, `GIT~1/…`, a `.gitmodules` link) and then
+  // adds nothing. One at a time, so a refused name costs only itself, never the whole commit.
+  const added: string[] = [];
+  for (const path of staged) {
+    const one = await add([path]);
+    if (one.exitCode === 0) added.push(path);
+    else skipped.push({ path, reason: "invalid_name", detail: `git refuses it: ${String(one.stderr || one.stdout).trim().split("\n")[0]}` });
   }
-  return { staged, skipped };
+  return { staged: added, skipped };
 }
 
 /** Refuses an option combination early, with a coded error. */
