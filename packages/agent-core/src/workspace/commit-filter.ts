@@ -1,12 +1,15 @@
 import { lstat, realpath } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { KeenError } from "../errors.js";
-import { gitBytes, gitRaw, nulSeparatedNames, type GitTarget } from "./git.js";
+import { git, gitBytes, gitRaw, nulSeparatedNames, type GitTarget } from "./git.js";
 import { readRegularFile } from "./safe-read.js";
 import type { SkippedFile } from "./workspace.js";
 
 /** Largest file keen commits on an agent's behalf, unless the workspace says otherwise. */
 export const DEFAULT_MAX_FILE_BYTES = 5 * 1024 * 1024;
+
+/** How git says it will not take a path into the index at all. */
+const REFUSED_PATH = /^error: invalid path '/m;
 
 /** Names of atomic-write temporary files (`writeFile` makes them next to their target). */
 const TEMP_FILE = /^\.keen-[0-9a-f]+\.tmp$/;
@@ -139,16 +142,23 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
   }
 
   if (staged.length === 0) return { staged, skipped };
-  const add = (paths: string[]) => gitRaw(target, ["add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"], { env, input: paths.join("\0") });
-  const all = await add(staged);
+  const args = ["add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"];
+  const all = await gitRaw(target, args, { env, input: staged.join("\0") });
   if (all.exitCode === 0) return { staged, skipped };
+  // Any other failure (a lock, a broken repository) is reported as such, with git's own wording.
+  if (!REFUSED_PATH.test(String(all.stderr))) await git(target, args, { env, input: staged.join("\0") });
   // git refuses some names outright (`.GIT/…`, `.git.`, `GIT~1/…`, a `.gitmodules` link) and then
   // adds nothing. One at a time, so a refused name costs only itself, never the whole commit.
   const added: string[] = [];
   for (const path of staged) {
-    const one = await add([path]);
-    if (one.exitCode === 0) added.push(path);
-    else skipped.push({ path, reason: "invalid_name", detail: `git refuses it: ${String(one.stderr || one.stdout).trim().split("\n")[0]}` });
+    const one = await gitRaw(target, args, { env, input: path });
+    if (one.exitCode === 0) {
+      added.push(path);
+    } else if (REFUSED_PATH.test(String(one.stderr))) {
+      skipped.push({ path, reason: "invalid_name", detail: `git refuses it: ${String(one.stderr).trim().split("\n")[0]}` });
+    } else {
+      await git(target, args, { env, input: path });
+    }
   }
   return { staged: added, skipped };
 }
