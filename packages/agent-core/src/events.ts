@@ -164,7 +164,7 @@ export const GitSkippedEvent = z.object({
   files: z.array(
     z.object({
       path: z.string(),
-      reason: z.enum(["credential", "too_large", "temp_file", "not_regular"]),
+      reason: z.enum(["credential", "too_large", "temp_file", "not_regular", "invalid_name"]),
       detail: z.string().optional(),
     }),
   ),

@@ -154,3 +154,17 @@ describe("built-in tools", () => {
     expect(big.content).toMatch(/1000\n\n\[exit code 0\]$/);
   });
 });
+
+describe("search_files with a backtracking pattern", () => {
+  it("gives up at its deadline with a clear error instead of stalling every agent, and stays usable", async () => {
+    await writeFile(join(dir, "long.txt"), `${"a".repeat(40)}!\n`);
+    const started = performance.now();
+    const slow = await call("search_files", { pattern: "(a+)+b" });
+    expect(slow.isError).toBe(true);
+    expect(slow.content).toMatch(/took longer than 10 s/);
+    // The bound is the tool's own deadline plus room for a loaded machine.
+    expect(performance.now() - started).toBeLessThan(20_000);
+    // The event loop stayed free meanwhile; the next search works.
+    expect((await call("search_files", { pattern: "a{40}!" })).content).toBe(`long.txt:1: ${"a".repeat(40)}!`);
+  }, 30_000);
+});

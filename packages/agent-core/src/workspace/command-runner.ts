@@ -54,8 +54,12 @@ export const localCommandRunner: CommandRunner = {
   run: (command, options) => runInProcessGroup("/bin/sh", ["-c", command], options),
 };
 
-/** Spawns `file args` detached (a new process group) and collects capped, interleaved output. */
-export function runInProcessGroup(file: string, args: string[], options: CommandRunOptions): Promise<ExecResult> {
+/**
+ * Spawns `file args` detached (a new process group) and collects capped, interleaved output.
+ * `fd3`, when given, is written to a pipe the process reads as file descriptor 3 (bubblewrap
+ * takes its seccomp program that way).
+ */
+export function runInProcessGroup(file: string, args: string[], options: CommandRunOptions, fd3?: Buffer): Promise<ExecResult> {
   const started = performance.now();
   return new Promise<ExecResult>((resolve) => {
     const output = new CappedOutput(options.maxOutputBytes);
@@ -68,8 +72,14 @@ export function runInProcessGroup(file: string, args: string[], options: Command
       cwd: options.cwd,
       env: options.replaceEnv ?? { ...process.env, ...options.env },
       detached: true,
-      stdio: ["ignore", "pipe", "pipe"],
+      stdio: fd3 ? ["ignore", "pipe", "pipe", "pipe"] : ["ignore", "pipe", "pipe"],
     });
+    if (fd3) {
+      const input = child.stdio[3] as NodeJS.WritableStream & { on(event: "error", listener: () => void): unknown };
+      // The process may exit before reading it (bwrap failing early); that is reported through its exit.
+      input.on("error", () => {});
+      input.end(fd3);
+    }
 
     const killTree = () => {
       if (child.pid === undefined) return;
@@ -88,8 +98,8 @@ export function runInProcessGroup(file: string, args: string[], options: Command
     if (options.signal?.aborted) onAbort();
     else options.signal?.addEventListener("abort", onAbort, { once: true });
 
-    child.stdout.on("data", (chunk: Buffer) => output.push(chunk));
-    child.stderr.on("data", (chunk: Buffer) => output.push(chunk));
+    child.stdout!.on("data", (chunk: Buffer) => output.push(chunk));
+    child.stderr!.on("data", (chunk: Buffer) => output.push(chunk));
 
     const finish = (exitCode: number | null) => {
       if (settled) return;

@@ -1,12 +1,15 @@
 import { lstat, realpath } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { KeenError } from "../errors.js";
-import { git, nulSeparated, type GitTarget } from "./git.js";
+import { git, gitBytes, gitRaw, nulSeparatedNames, type GitTarget } from "./git.js";
 import { readRegularFile } from "./safe-read.js";
 import type { SkippedFile } from "./workspace.js";
 
 /** Largest file keen commits on an agent's behalf, unless the workspace says otherwise. */
 export const DEFAULT_MAX_FILE_BYTES = 5 * 1024 * 1024;
+
+/** How git says it will not take a path into the index at all. */
+const REFUSED_PATH = /^error: invalid path '/m;
 
 /** Names of atomic-write temporary files (`writeFile` makes them next to their target). */
 const TEMP_FILE = /^\.keen-[0-9a-f]+\.tmp$/;
@@ -69,15 +72,18 @@ export interface StageReport {
 /**
  * Stages a checkout's changes the way `git add -A` would, minus what keen must never commit:
  * credential-looking files (by name or content), files over `maxFileBytes`, keen's own
- * atomic-write temp files, and anything that is not a regular file or a symlink (FIFOs, sockets,
- * devices, nested repositories). Symlinks are staged as links; their targets are never read.
+ * atomic-write temp files, anything that is not a regular file or a symlink (FIFOs, sockets,
+ * devices, nested repositories), names that are not valid UTF-8, and names git refuses. Symlinks are staged as links; their targets are never read.
  * Content is read through `readRegularFile`, so a file swapped for a FIFO cannot block keen.
  */
 export async function stageChanges(target: GitTarget, options: StageOptions): Promise<StageReport> {
   const env = options.env ?? {};
-  const candidates = nulSeparated(await git(target, ["ls-files", "-z", "--modified", "--others", "--exclude-standard"], { env }));
+  const listed = nulSeparatedNames(await gitBytes(target, ["ls-files", "-z", "--modified", "--others", "--exclude-standard"], { env }));
+  const candidates = listed.names;
   const staged: string[] = [];
   const skipped: SkippedFile[] = [];
+  // Named here as a string could only be misnamed: git would not find it, and the whole add would fail.
+  for (const path of new Set(listed.invalid)) skipped.push({ path, reason: "invalid_name", detail: "its name is not valid UTF-8" });
   const realDirs = new Map<string, boolean>();
   const dirIsReal = async (dir: string): Promise<boolean> => {
     let known = realDirs.get(dir);
@@ -135,10 +141,26 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
     staged.push(path);
   }
 
-  if (staged.length > 0) {
-    await git(target, ["add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"], { env, input: staged.join("\0") });
+  if (staged.length === 0) return { staged, skipped };
+  const args = ["add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"];
+  const all = await gitRaw(target, args, { env, input: staged.join("\0") });
+  if (all.exitCode === 0) return { staged, skipped };
+  // Any other failure (a lock, a broken repository) is reported as such, with git's own wording.
+  if (!REFUSED_PATH.test(String(all.stderr))) await git(target, args, { env, input: staged.join("\0") });
+  // git refuses some names outright (`.GIT/…`, `.git.`, `GIT~1/…`, a `.gitmodules` link) and then
+  // adds nothing. One at a time, so a refused name costs only itself, never the whole commit.
+  const added: string[] = [];
+  for (const path of staged) {
+    const one = await gitRaw(target, args, { env, input: path });
+    if (one.exitCode === 0) {
+      added.push(path);
+    } else if (REFUSED_PATH.test(String(one.stderr))) {
+      skipped.push({ path, reason: "invalid_name", detail: `git refuses it: ${String(one.stderr).trim().split("\n")[0]}` });
+    } else {
+      await git(target, args, { env, input: path });
+    }
   }
-  return { staged, skipped };
+  return { staged: added, skipped };
 }
 
 /** Refuses an option combination early, with a coded error. */

@@ -90,6 +90,50 @@ export function gitRaw(target: GitTarget, args: string[], options: GitCallOption
   }) as Promise<Result<{ reject: false; stripFinalNewline: false }>>;
 }
 
+/**
+ * Runs one hardened git command and returns stdout as bytes; throws `KeenError` code `git_failed`
+ * for a non-zero exit. For output that holds file names, which git passes on as raw bytes that
+ * need not be UTF-8.
+ */
+export async function gitBytes(target: GitTarget, args: string[], options: GitCallOptions = {}): Promise<Buffer> {
+  const result = await execa("git", [...HARDENING, ...args], {
+    cwd: options.cwd ?? target.workTree,
+    env: gitEnv(target, options.env),
+    extendEnv: false,
+    reject: false,
+    encoding: "buffer",
+    stripFinalNewline: false,
+    ...(options.input !== undefined ? { input: options.input } : { stdin: "ignore" as const }),
+  });
+  if (result.exitCode !== 0) throw new KeenError("git_failed", `git ${args[0]} failed: ${Buffer.from(result.stderr).toString("utf8").trim()}`);
+  return Buffer.from(result.stdout);
+}
+
+/**
+ * Splits NUL-separated raw output into names, setting aside those that are not valid UTF-8: such
+ * a name cannot round-trip through a string (it would come back with U+FFFD in place of its
+ * bytes), so keen neither opens nor stages it.
+ */
+export function nulSeparatedNames(output: Buffer): { names: string[]; invalid: string[] } {
+  const names: string[] = [];
+  const invalid: string[] = [];
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  let start = 0;
+  while (start < output.length) {
+    let end = output.indexOf(0, start);
+    if (end === -1) end = output.length;
+    const raw = output.subarray(start, end);
+    start = end + 1;
+    if (raw.length === 0) continue;
+    try {
+      names.push(decoder.decode(raw));
+    } catch {
+      invalid.push(raw.toString("utf8"));
+    }
+  }
+  return { names, invalid };
+}
+
 /** Runs one hardened git command; throws `KeenError` code `git_failed` for a non-zero exit. Returns stdout as is. */
 export async function git(target: GitTarget, args: string[], options: GitCallOptions = {}): Promise<string> {
   const result = await gitRaw(target, args, options);

@@ -3,10 +3,10 @@ import { lstat, mkdir, mkdtemp, readlink, realpath, rename, rm, stat, writeFile 
 import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { execa } from "execa";
-import picomatch from "picomatch";
 import { KeenError, PathOutsideWorkspaceError } from "../errors.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, stageChanges } from "./commit-filter.js";
+import { compileGlob } from "./glob.js";
 import { git, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
@@ -191,7 +191,12 @@ export class LocalWorkspace implements ForkableWorkspace {
     return full;
   }
 
-  /** Resolves symlinks along the existing part of `full` and checks the result stays inside. */
+  /**
+   * Resolves symlinks along the existing part of `full` and checks where the path really lands:
+   * inside the root, and not in its `.git` (a link the agent made, `d -> .`, must not let keen's
+   * own file writes on the host reach the `.git` file the sandbox mounts read-only, or a main
+   * checkout's git dir with its config and hooks).
+   */
   private async assertNoSymlinkEscape(original: string, full: string): Promise<void> {
     let current = full;
     while (true) {
@@ -215,6 +220,9 @@ export class LocalWorkspace implements ForkableWorkspace {
         real = await realpath(current);
       }
       if (!this.contains(real)) throw new PathOutsideWorkspaceError(original, "a symbolic link leads outside the workspace");
+      // The part that does not exist yet is created below the resolved part.
+      const landing = join(real, relative(current, full));
+      if (this.inGitDir(landing)) throw new PathOutsideWorkspaceError(original, "it leads into the .git folder, which is off limits");
       return;
     }
   }
@@ -222,6 +230,14 @@ export class LocalWorkspace implements ForkableWorkspace {
   private contains(absolute: string): boolean {
     const rel = relative(this.root, absolute);
     return rel === "" || (!rel.startsWith(`..${sep}`) && rel !== ".." && !isAbsolute(rel));
+  }
+
+  /** True for the root's `.git` (file or folder), anything below it, and this checkout's git dirs. */
+  private inGitDir(absolute: string): boolean {
+    const first = relative(this.root, absolute).split(sep)[0];
+    if (first === ".git") return true;
+    // A git dir kept inside the checkout under another name (a fork's worktree lies inside the common dir, not the reverse).
+    return [this.gitDir, this.commonDir].some((dir) => isInside(this.root, dir) && (absolute === dir || isInside(dir, absolute)));
   }
 
   async readFile(path: string, options: ReadFileOptions = {}): Promise<string> {
@@ -265,7 +281,7 @@ export class LocalWorkspace implements ForkableWorkspace {
     const limit = options.limit ?? 1000;
     const listed = await git(this.target, ["ls-files", "-z", "--cached", "--others", "--exclude-standard"]);
     const deleted = new Set((await git(this.target, ["ls-files", "-z", "--deleted"])).split("\0"));
-    const match = options.pattern ? picomatch(options.pattern, { dot: true }) : undefined;
+    const match = options.pattern ? compileGlob(options.pattern) : undefined;
     const files = [...new Set(listed.split("\0"))]
       .filter((file) => file && !deleted.has(file) && (!match || match(file)))
       .sort();
@@ -309,6 +325,11 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async commit(message: string, options: CommitOptions = {}): Promise<CommitResult> {
     return this.locked(async () => {
+      // Staging an unmerged path would record it with its conflict markers as resolved.
+      const unmerged = await this.conflictedFiles();
+      if (unmerged.length > 0) {
+        throw new KeenError("merge_unresolved", `A merge is in progress with conflicts in ${unmerged.join(", ")}; finish it with commitMerge or roll it back with abortMerge`);
+      }
       const { skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes });
       const staged = await gitRaw(this.target, ["diff", "--cached", "--quiet"]);
       if (staged.exitCode === 0 && !options.allowEmpty) return { sha: null, skipped };

@@ -5,6 +5,7 @@ import { z } from "zod";
 import { ConfigError, KeenError } from "../errors.js";
 import { runInProcessGroup, type CommandRunner, type CommandRunOptions } from "./command-runner.js";
 import { isInside } from "./is-inside.js";
+import { sandboxSeccompProgram } from "./seccomp.js";
 import type { ExecResult } from "./workspace.js";
 
 /**
@@ -23,7 +24,10 @@ export interface SandboxOptions {
    * host file system read-only, minus `hidePaths` (what older versions did).
    */
   hostView?: "minimal" | "full";
-  /** Size of the private /tmp (which also holds HOME) in bytes. Default 512 MiB. */
+  /**
+   * Size of the private /tmp (which also holds HOME) in bytes, and of the private /dev/shm; /run
+   * gets at most 64 MiB. Default 512 MiB. All three are memory-backed (tmpfs).
+   */
   tmpBytes?: number;
   /**
    * Most processes the command may have running at once. Enforced with a cgroup `pids`
@@ -86,6 +90,8 @@ const SandboxOptionsSchema = z.object({
 const DEFAULT_CPU_SECONDS = 600;
 const DEFAULT_MEMORY_BYTES = 8 * 1024 ** 3;
 const DEFAULT_TMP_BYTES = 512 * 1024 * 1024;
+/** Most of /run's tmpfs: it holds sockets and pid files, never bulk data. */
+const RUN_BYTES = 64 * 1024 * 1024;
 const DEFAULT_MAX_PROCESSES = 256;
 const DEFAULT_PASS_ENV = ["PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "USER", "LOGNAME", "SHELL"];
 /** Where HOME points inside the sandbox: a folder on the private /tmp, gone when the command ends. */
@@ -185,10 +191,18 @@ interface ViewSettings {
 function baseArgs(view: ViewSettings): string[] {
   return [
     ...hostMounts(view.hostView),
+    // bwrap's /dev and any tmpfs without --size may grow to half the host's memory: /dev is made
+    // read-only (device nodes still work) and every writable tmpfs gets a size.
     "--dev", "/dev",
+    "--remount-ro", "/dev",
+    "--size", String(view.tmpBytes), "--tmpfs", "/dev/shm",
     "--proc", "/proc",
+    // bwrap covers /proc/sys only when the folder itself is writable, which it never is (0555);
+    // its files are, for uid 0, and most sysctls check nothing more: as root, `kernel/core_pattern`
+    // alone would run a program of the agent's on the host. Read-only, for everyone.
+    "--ro-bind", "/proc/sys", "/proc/sys",
     "--size", String(view.tmpBytes), "--tmpfs", "/tmp",
-    ...(existsSync("/run") ? ["--tmpfs", "/run"] : []),
+    ...(existsSync("/run") ? ["--size", String(Math.min(view.tmpBytes, RUN_BYTES)), "--tmpfs", "/run"] : []),
     ...(view.network ? [] : ["--unshare-net"]),
     "--unshare-pid",
     "--unshare-ipc",
@@ -302,9 +316,21 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
 
       const { env: _env, ...rest } = runOptions;
       const cgroup = Number.isFinite(maxProcesses) ? createPidsCgroup(maxProcesses) : null;
-      const result = cgroup
-        ? await runInProcessGroup("/bin/sh", ["-c", 'echo $$ > "$1" && shift && exec "$@"', "keen-cgroup", join(cgroup, "cgroup.procs"), bwrapPath, ...args], { ...rest, replaceEnv: bwrapEnv() })
-        : await runInProcessGroup(bwrapPath, args, { ...rest, replaceEnv: bwrapEnv() });
+      const seccomp = sandboxSeccompProgram();
+      // bwrap reads the program from fd 3 and installs it last, just before the command runs.
+      if (seccomp) args.unshift("--seccomp", "3");
+      // bwrap passes every open file descriptor through, and Node's spawn leaves open those keen
+      // inherited without close-on-exec (a launcher's log file, a folder: `/proc/self/fd/N/..`
+      // would be the host's file system). A shell closes them all before bwrap starts, and
+      // moves itself into the cgroup first.
+      const starter = starterShell();
+      const script = [cgroup ? 'echo $$ > "$1"' : "true", "shift", closeFdsScript(starter, seccomp ? [3] : []), 'exec "$@"'].join(" && ");
+      const result = await runInProcessGroup(
+        starter.path,
+        ["-c", script, "keen-sandbox", cgroup ? join(cgroup, "cgroup.procs") : "-", bwrapPath, ...args],
+        { ...rest, replaceEnv: bwrapEnv() },
+        seccomp ?? undefined,
+      );
       if (cgroup) await removeCgroup(cgroup);
       if (result.exitCode === SIGXCPU_EXIT && Number.isFinite(cpuSeconds)) {
         return { ...result, output: `${result.output}\n[stopped by the sandbox: CPU time limit of ${cpuSeconds} s reached]\n` };
@@ -329,6 +355,30 @@ function limitScript(limits: { cpuSeconds: number; memoryBytes: number; addressS
   if (Number.isFinite(limits.addressSpaceBytes)) steps.push(`ulimit -v ${kib(limits.addressSpaceBytes)}`);
   steps.push('exec /bin/sh -c "$1"');
   return steps.join(" && ");
+}
+
+interface StarterShell {
+  path: string;
+  /** bash can close any descriptor; dash (`/bin/sh` on Debian) only single-digit ones. */
+  anyDescriptor: boolean;
+}
+
+let starter: StarterShell | undefined;
+
+/** The shell that starts bwrap: bash where the host has it, else /bin/sh. */
+function starterShell(): StarterShell {
+  starter ??= ["/bin/bash", "/usr/bin/bash"].filter((path) => existsSync(path)).map((path) => ({ path, anyDescriptor: true }))[0] ?? { path: "/bin/sh", anyDescriptor: false };
+  return starter;
+}
+
+/** Shell code that closes every descriptor above stderr except `keep`. */
+function closeFdsScript(shell: StarterShell, keep: number[]): string {
+  const kept = [0, 1, 2, ...keep].join("|");
+  if (shell.anyDescriptor) {
+    return `{ for fd in /proc/self/fd/*; do fd=\${fd##*/}; case $fd in ${kept}) ;; *) eval "exec $fd>&-" 2>/dev/null;; esac; done; true; }`;
+  }
+  const closable = [3, 4, 5, 6, 7, 8, 9].filter((fd) => !keep.includes(fd));
+  return `exec ${closable.map((fd) => `${fd}>&-`).join(" ")}`;
 }
 
 let cgroupCounter = 0;

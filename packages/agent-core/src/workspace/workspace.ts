@@ -29,14 +29,14 @@ export interface ExecOptions {
 }
 
 export interface ListFilesOptions {
-  /** A glob relative to the root (picomatch syntax), e.g. `src/**\/*.ts`. Default: every file. */
+  /** A glob relative to the root (`*`, `**`, `?`, `[…]`, `{a,b}`), e.g. `src/**\/*.ts`; matched in linear time. Default: every file. */
   pattern?: string;
   /** At most this many paths. Default 1000. */
   limit?: number;
 }
 
 /** Why `commit` (or `fork` with `includeUncommitted`) left a file out. */
-export type SkippedReason = "credential" | "too_large" | "temp_file" | "not_regular";
+export type SkippedReason = "credential" | "too_large" | "temp_file" | "not_regular" | "invalid_name";
 
 /** A file keen did not commit, and why. */
 export interface SkippedFile {
@@ -101,7 +101,8 @@ export interface Workspace {
    * (`.env*`, `*.pem`, `id_rsa*`, `*.key`, key-shaped content), files over the workspace's size
    * limit, keen's atomic-write temp files (`.keen-*.tmp`) and non-regular files. Those stay in the
    * checkout, uncommitted, and are listed in `skipped`. `sha` is the new commit, or null when
-   * nothing was left to commit.
+   * nothing was left to commit. While a merge has unmerged paths it refuses (`merge_unresolved`):
+   * staging them would record their conflict markers as a resolution.
    */
   commit(message: string, options?: CommitOptions): Promise<CommitResult>;
 }

@@ -193,9 +193,18 @@ export async function removeTempFiles(root: string): Promise<void> {
 /**
  * Records uncommitted changes (tracked and untracked) of a worktree as a commit under
  * `refs/keen/salvage/<branch>`, leaving out what `commit` would (credentials, oversized and
- * temp files), through git calls that never read the worktree's `.git` file.
+ * temp files) and any merge the process left in progress, through git calls that never read the
+ * worktree's `.git` file.
  */
 async function salvage(target: GitTarget, branch: string, identityEnv: Record<string, string>): Promise<boolean> {
+  // A merge the dead process left half done is not the agent's work: staging it would save its
+  // conflict markers as if they were edits. Roll it back first, keeping the agent's own changes.
+  const merging = await gitRaw(target, ["rev-parse", "-q", "--verify", "MERGE_HEAD"]);
+  if (merging.exitCode === 0) await gitRaw(target, ["merge", "--abort"]);
+  if (String((await gitRaw(target, ["ls-files", "-u", "-z"])).stdout) !== "") {
+    if ((await gitRaw(target, ["reset", "-q", "--merge"])).exitCode !== 0) return false;
+    if (String((await gitRaw(target, ["ls-files", "-u", "-z"])).stdout) !== "") return false;
+  }
   try {
     await stageChanges(target, { maxFileBytes: DEFAULT_MAX_FILE_BYTES });
   } catch {
