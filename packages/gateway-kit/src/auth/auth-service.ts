@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { z } from "zod";
 import { noAudit, type AuditEventInput, type AuditSink } from "../audit/audit-sink.js";
 import { normaliseIp } from "../http/client-ip.js";
-import { HttpError } from "../http-error.js";
+import { AuthError, ConfigError } from "../errors.js";
 import type { Principal } from "../principal.js";
 import { ApiKeyCache, mintApiKey, parseApiKey, secretMatches } from "./api-keys.js";
 import { createAccessTokens, JwtKeySet, type AccessTokens } from "./jwt.js";
@@ -143,7 +143,7 @@ export type AuthService = ReturnType<typeof buildAuthService>;
 
 /**
  * Creates the auth service over your stores and keys. Options are validated here; a bad option
- * throws a TypeError.
+ * throws a `ConfigError`.
  *
  * @example
  * const auth = createAuthService({
@@ -155,9 +155,9 @@ export type AuthService = ReturnType<typeof buildAuthService>;
  */
 export function createAuthService(options: AuthServiceOptions) {
   const parsed = AuthServiceOptions.safeParse(options);
-  if (!parsed.success) throw new TypeError(`Invalid auth service options: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new ConfigError(`Invalid auth service options: ${z.prettifyError(parsed.error)}`);
   if (parsed.data.sessionIdleTimeoutSeconds > parsed.data.sessionMaxAgeSeconds) {
-    throw new TypeError("sessionIdleTimeoutSeconds cannot exceed sessionMaxAgeSeconds");
+    throw new ConfigError("sessionIdleTimeoutSeconds cannot exceed sessionMaxAgeSeconds");
   }
   return buildAuthService(parsed.data);
 }
@@ -192,8 +192,8 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
   }
 
   const unauthenticated = (message = "Authentication required") =>
-    new HttpError(401, "unauthenticated", message, undefined, { "WWW-Authenticate": 'Bearer realm="keen"' });
-  const notFound = (what: string) => new HttpError(404, "not_found", `${what} not found`);
+    new AuthError("unauthenticated", message);
+  const notFound = (what: string) => new AuthError("not_found", `${what} not found`);
 
   async function requireUser(principal: Principal): Promise<UserRecord> {
     const user = await stores.users.findById(principal.userId);
@@ -210,7 +210,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
     await limiter.begin(subject);
     if (!user.passwordHash || !(await hasher.verify(user.passwordHash, password))) {
       await audit({ tenantId: null, actorId: user.id, action: "auth.password_check", target: `user:${user.id}`, result: "failure", ip: meta.ip ?? null, requestId: meta.requestId ?? null });
-      throw new HttpError(403, "invalid_password", "Current password is incorrect");
+      throw new AuthError("invalid_password", "Current password is incorrect");
     }
     await limiter.release(subject);
   }
@@ -241,7 +241,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       });
     if (refusedBy) {
       const scope = refusedBy.split(":")[1];
-      throw new HttpError(429, "sms_limit", "Too many text messages; try again later or use another factor", { scope });
+      throw new AuthError("sms_limit", "Too many text messages; try again later or use another factor", { details: { scope } });
     }
   }
 
@@ -275,7 +275,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
   async function chooseTeam(userId: string, requested: string | undefined): Promise<string | null> {
     const memberships = await stores.teams.memberships(userId);
     if (requested) {
-      if (!memberships.some((m) => m.teamId === requested)) throw new HttpError(403, "not_a_member", "You are not a member of that team");
+      if (!memberships.some((m) => m.teamId === requested)) throw new AuthError("not_a_member", "You are not a member of that team");
       return requested;
     }
     return memberships[0]?.teamId ?? null;
@@ -318,9 +318,9 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
 
   async function loadChallenge(challengeToken: string) {
     const flow = await stores.flows.peek(sha256Hex(challengeToken), "mfa_login", now());
-    if (!flow || !flow.userId) throw new HttpError(401, "invalid_challenge", "MFA challenge is invalid or expired");
+    if (!flow || !flow.userId) throw new AuthError("invalid_challenge", "MFA challenge is invalid or expired");
     const user = await stores.users.findById(flow.userId);
-    if (!user) throw new HttpError(401, "invalid_challenge", "MFA challenge is invalid or expired");
+    if (!user) throw new AuthError("invalid_challenge", "MFA challenge is invalid or expired");
     return { flow, user };
   }
 
@@ -377,12 +377,12 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
   }
 
   function webauthnConfig(): webauthn.WebAuthnOptions {
-    if (!config.webauthn) throw new HttpError(404, "not_found", "WebAuthn is not enabled");
+    if (!config.webauthn) throw new AuthError("not_found", "WebAuthn is not enabled");
     return config.webauthn;
   }
 
   function smsSender(): SmsSender {
-    if (!config.sms) throw new HttpError(404, "not_found", "SMS factor is not enabled");
+    if (!config.sms) throw new AuthError("not_found", "SMS factor is not enabled");
     return config.sms;
   }
 
@@ -409,7 +409,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
           await tx.teams.addMember(teamId, userId, "owner", at);
         });
       } catch (error) {
-        if (error instanceof DuplicateError) throw new HttpError(409, "email_taken", "An account with that email already exists");
+        if (error instanceof DuplicateError) throw new AuthError("email_taken", "An account with that email already exists");
         throw error;
       }
       await audit({ tenantId: teamId, actorId: userId, action: "auth.signup", target: `user:${userId}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null });
@@ -427,7 +427,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       if (!user || !ok) {
         // Already counted by begin().
         await audit({ tenantId: null, actorId: user?.id ?? null, action: "auth.login", target: user ? `user:${user.id}` : null, result: "failure", ip: meta.ip ?? null, requestId: meta.requestId ?? null });
-        throw new HttpError(401, "invalid_credentials", "Email or password is incorrect");
+        throw new AuthError("invalid_credentials", "Email or password is incorrect");
       }
       let teamId: string | null;
       try {
@@ -445,7 +445,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
      * account's lockout; the counts are cleared only when the login completes.
      */
     async completeMfaLogin(input: { challengeToken: string } & MfaProof, meta: RequestMeta = {}): Promise<TokenPair> {
-      const invalidChallenge = () => new HttpError(401, "invalid_challenge", "MFA challenge is invalid or expired");
+      const invalidChallenge = () => new AuthError("invalid_challenge", "MFA challenge is invalid or expired");
       const flow = await stores.flows.claimAttempt(sha256Hex(input.challengeToken), "mfa_login", config.mfaMaxAttempts, now());
       if (!flow?.userId) throw invalidChallenge();
       const user = await stores.users.findById(flow.userId);
@@ -476,7 +476,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       if (!used) {
         if (flow.attempts >= config.mfaMaxAttempts) await stores.flows.delete(flow.id);
         await audit({ tenantId: null, actorId: user.id, action: "auth.mfa", target: `user:${user.id}`, result: "failure", ip: meta.ip ?? null, requestId: meta.requestId ?? null, details: { method: input.method } });
-        throw new HttpError(401, "invalid_mfa_code", "The second factor was not accepted");
+        throw new AuthError("invalid_mfa_code", "The second factor was not accepted");
       }
       // Consuming the challenge makes it single-use even if two requests raced past the checks.
       if (!(await stores.flows.take(flow.id, "mfa_login", now()))) throw invalidChallenge();
@@ -495,7 +495,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       const options = webauthnConfig();
       const { flow, user } = await loadChallenge(challengeToken);
       const factors = (await confirmedFactors(user.id)).filter((f) => f.kind === "webauthn");
-      if (factors.length === 0) throw new HttpError(400, "no_webauthn_factor", "No security key is registered");
+      if (factors.length === 0) throw new AuthError("no_webauthn_factor", "No security key is registered");
       const request = await webauthn.authenticationOptions(options, factors);
       await stores.flows.update(flow.id, { ...flow.data, webauthnChallenge: request.challenge });
       return request;
@@ -514,7 +514,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
     },
 
     async refresh(refreshToken: string, meta: RequestMeta = {}): Promise<TokenPair> {
-      const invalid = () => new HttpError(401, "invalid_refresh_token", "Refresh token is invalid or expired");
+      const invalid = () => new AuthError("invalid_refresh_token", "Refresh token is invalid or expired");
       if (!refreshToken.startsWith("rt_") || refreshToken.length > 100) throw invalid();
       const found = await stores.refreshTokens.findByHash(sha256Hex(refreshToken));
       if (!found) throw invalid();
@@ -532,11 +532,11 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       if (session.revokedAt !== null) throw invalid();
       if (session.expiresAt.getTime() <= at.getTime()) {
         await revokeFamily("max_age");
-        throw new HttpError(401, "session_expired", "Session expired; sign in again");
+        throw new AuthError("session_expired", "Session expired; sign in again");
       }
       if (at.getTime() - session.lastSeenAt.getTime() > config.sessionIdleTimeoutSeconds * 1000) {
         await revokeFamily("idle");
-        throw new HttpError(401, "session_expired", "Session expired; sign in again");
+        throw new AuthError("session_expired", "Session expired; sign in again");
       }
       const next = `rt_${randomToken(32)}`;
       const rotated = await stores.transaction(async (tx) => {
@@ -563,7 +563,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       if (input.refreshToken) session = (await stores.refreshTokens.findByHash(sha256Hex(input.refreshToken)))?.session;
       if (!session && input.principal?.sessionId) session = await stores.refreshTokens.findSession(input.principal.sessionId);
       if (!session || (input.principal && input.principal.userId !== session.userId)) {
-        throw new HttpError(401, "invalid_refresh_token", "No session to end");
+        throw new AuthError("invalid_refresh_token", "No session to end");
       }
       await stores.refreshTokens.revokeSession(session.id, "logout", now());
       await audit({ tenantId: session.teamId, actorId: session.userId, action: "auth.logout", target: `session:${session.id}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null });
@@ -625,11 +625,11 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
      */
     async setMemberRole(teamId: string, userId: string, role: Role, meta: RequestMeta & { actorId?: string } = {}) {
       const parsedRole = Role.safeParse(role);
-      if (!parsedRole.success) throw new HttpError(400, "invalid_request", "Unknown role");
+      if (!parsedRole.success) throw new AuthError("invalid_request", "Unknown role");
       try {
         if (!(await stores.teams.setRole(teamId, userId, parsedRole.data))) throw notFound("Member");
       } catch (error) {
-        if (error instanceof LastOwnerError) throw new HttpError(409, "last_owner", "A team must keep at least one owner");
+        if (error instanceof LastOwnerError) throw new AuthError("last_owner", "A team must keep at least one owner");
         throw error;
       }
       keyCache.evict((cached) => cached.key.userId === userId && cached.key.teamId === teamId);
@@ -644,7 +644,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       try {
         if (!(await stores.teams.removeMember(teamId, userId, now()))) throw notFound("Member");
       } catch (error) {
-        if (error instanceof LastOwnerError) throw new HttpError(409, "last_owner", "A team must keep at least one owner");
+        if (error instanceof LastOwnerError) throw new AuthError("last_owner", "A team must keep at least one owner");
         throw error;
       }
       keyCache.evict((cached) => cached.key.userId === userId && cached.key.teamId === teamId);
@@ -674,14 +674,14 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       input: { name: string; scopes: string[]; expiresAt?: Date | undefined },
       meta: RequestMeta = {},
     ): Promise<ApiKeyView & { key: string }> {
-      if (!principal.teamId) throw new HttpError(403, "forbidden", "API keys belong to a team; sign in to one");
+      if (!principal.teamId) throw new AuthError("forbidden", "API keys belong to a team; sign in to one");
       const held = new Set(principal.scopes);
       // A key can only carry rights its creator holds right now: scopes narrow, never widen.
       const missing = input.scopes.find((s) => !held.has(s));
-      if (missing) throw new HttpError(403, "forbidden", `Missing permission ${missing}`, { missing });
+      if (missing) throw new AuthError("forbidden", `Missing permission ${missing}`, { details: { missing } });
       const at = now();
       if (input.expiresAt && input.expiresAt.getTime() <= at.getTime()) {
-        throw new HttpError(400, "invalid_request", "expiresAt must be in the future");
+        throw new AuthError("invalid_request", "expiresAt must be in the future");
       }
       const minted = mintApiKey();
       const record: ApiKeyRecord = {
@@ -726,7 +726,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
     /** Verifies an API key and returns its principal; throws 401 `invalid_api_key` otherwise. */
     async verifyApiKey(presented: string): Promise<Principal> {
       const invalid = (message = "Invalid API key") =>
-        new HttpError(401, "invalid_api_key", message, undefined, { "WWW-Authenticate": 'Bearer realm="keen", error="invalid_token"' });
+        new AuthError("invalid_api_key", message);
       const parsedKey = parseApiKey(presented);
       if (!parsedKey) throw invalid();
       let found = keyCache.get(parsedKey.prefix);
@@ -762,7 +762,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
         claims.teamId ? stores.teams.roleOf(claims.userId, claims.teamId) : Promise.resolve(undefined),
       ]);
       if (!session || session.userId !== claims.userId || !sessionIsLive(session, now())) {
-        throw new HttpError(401, "session_revoked", "The session of this token has ended", undefined, { "WWW-Authenticate": 'Bearer error="invalid_token"' });
+        throw new AuthError("session_revoked", "The session of this token has ended");
       }
       return {
         userId: claims.userId,
@@ -798,14 +798,14 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       if (!factor || factor.userId !== principal.userId || factor.kind !== "totp" || factor.confirmedAt) throw notFound("Factor");
       const step = factor.secret ? matchTotpStep(factor.secret, code.trim(), now()) : undefined;
       if (step === undefined || !(await stores.mfa.advanceTotpStep(factor.id, step))) {
-        throw new HttpError(400, "invalid_mfa_code", "The code is not valid");
+        throw new AuthError("invalid_enrolment_code", "The code is not valid");
       }
       return confirmFactor(principal, factor, meta);
     },
 
     async enrolSms(principal: Principal, phone: string) {
       const sender = smsSender();
-      if (!PHONE_NUMBER.test(phone)) throw new HttpError(400, "invalid_request", "Phone number must be in E.164 form, e.g. +447700900123");
+      if (!PHONE_NUMBER.test(phone)) throw new AuthError("invalid_request", "Phone number must be in E.164 form, e.g. +447700900123");
       await claimSmsSend(principal.userId, phone);
       const id = randomUUID();
       const at = now();
@@ -827,7 +827,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       const flow = await stores.flows.claimAttempt(flowId, "sms_enrol", config.mfaMaxAttempts, now());
       if (!flow || flow.userId !== principal.userId || !digestsEqual(sha256Hex(code.trim()), String(flow.data.codeHash))) {
         if (flow && flow.attempts >= config.mfaMaxAttempts) await stores.flows.delete(flowId);
-        throw new HttpError(400, "invalid_mfa_code", "The code is not valid");
+        throw new AuthError("invalid_enrolment_code", "The code is not valid");
       }
       await stores.flows.delete(flowId);
       return confirmFactor(principal, factor, meta);
@@ -846,9 +846,9 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       const options = webauthnConfig();
       const challenge = webauthn.challengeOf(response);
       const flow = challenge ? await stores.flows.take(sha256Hex(challenge), "webauthn_register", now()) : undefined;
-      if (!challenge || !flow || flow.userId !== principal.userId) throw new HttpError(400, "invalid_challenge", "Registration challenge is invalid or expired");
+      if (!challenge || !flow || flow.userId !== principal.userId) throw new AuthError("invalid_registration_challenge", "Registration challenge is invalid or expired");
       const verified = await webauthn.verifyRegistration(options, response, challenge).catch(() => undefined);
-      if (!verified) throw new HttpError(400, "webauthn_failed", "The security key response could not be verified");
+      if (!verified) throw new AuthError("webauthn_failed", "The security key response could not be verified");
       const id = randomUUID();
       const at = now();
       try {
@@ -857,7 +857,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
           at,
         );
       } catch (error) {
-        if (error instanceof DuplicateError) throw new HttpError(409, "credential_exists", "That security key is already registered");
+        if (error instanceof DuplicateError) throw new AuthError("credential_exists", "That security key is already registered");
         throw error;
       }
       const factor = (await stores.mfa.findFactor(id))!;
@@ -877,7 +877,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
     async regenerateRecoveryCodes(principal: Principal, password: string, meta: RequestMeta = {}) {
       const user = await requireUser(principal);
       if (user.passwordHash) await checkPassword(user, password, meta);
-      if ((await confirmedFactors(user.id)).length === 0) throw new HttpError(400, "mfa_not_enrolled", "Enrol a second factor first");
+      if ((await confirmedFactors(user.id)).length === 0) throw new AuthError("mfa_not_enrolled", "Enrol a second factor first");
       const codes = await issueRecoveryCodes(user.id);
       await audit({ tenantId: principal.teamId ?? null, actorId: user.id, action: "mfa.recovery_codes", target: `user:${user.id}`, result: "success", ip: meta.ip ?? null, requestId: meta.requestId ?? null });
       return codes;
@@ -916,13 +916,13 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
     ): Promise<LoginResult> {
       const provider = providers.get(providerName as OAuthProviderName);
       if (!provider) throw notFound("OAuth provider");
-      const invalidState = () => new HttpError(400, "invalid_state", "OAuth state is invalid or expired");
+      const invalidState = () => new AuthError("invalid_state", "OAuth state is invalid or expired");
       const kind = `oauth:${provider.name}`;
       const stateId = sha256Hex(input.state);
       const pending = await stores.flows.peek(stateId, kind, now());
       // Checked before the state is consumed: a browser that did not start this sign-in cannot burn it either.
       if (!pending || typeof pending.data.bindingHash !== "string" || !input.browserBinding || !digestsEqual(sha256Hex(input.browserBinding), pending.data.bindingHash)) {
-        throw new HttpError(400, "invalid_state", "This sign-in was not started in this browser, or it expired; start again");
+        throw new AuthError("invalid_state", "This sign-in was not started in this browser, or it expired; start again");
       }
       const flow = await stores.flows.take(stateId, kind, now());
       const verifier = flow?.data.verifier;
@@ -933,7 +933,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
       let user = linked ? await stores.users.findById(linked.userId) : undefined;
       if (!user) {
         if (!profile.email || !profile.emailVerified) {
-          throw new HttpError(403, "email_not_verified", "The provider did not confirm a verified email address");
+          throw new AuthError("email_not_verified", "The provider did not confirm a verified email address");
         }
         const email = profile.email.normalize("NFKC").trim().toLowerCase();
         const existing = await stores.users.findByEmail(email);
@@ -942,8 +942,7 @@ function buildAuthService(config: z.output<typeof AuthServiceOptions>) {
           // and linking would hand the provider's owner an account whose password, sessions and
           // keys someone else may hold. Refuse; the owner of the address proves it first.
           await audit({ tenantId: null, actorId: existing.id, action: "auth.oauth_link", target: `user:${existing.id}`, result: "denied", ip: meta.ip ?? null, requestId: meta.requestId ?? null, details: { provider: provider.name, reason: "email_unverified" } });
-          throw new HttpError(
-            409,
+          throw new AuthError(
             "account_email_unverified",
             "An account with this email exists but its address was never verified; sign in to it with its password and verify the address before linking a provider",
           );
