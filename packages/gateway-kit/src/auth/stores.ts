@@ -143,7 +143,9 @@ export interface MfaFactorRecord {
   userId: string;
   kind: FactorKind;
   label: string | null;
+  /** A TOTP secret as stored: sealed with the key `secretKeyId` names, or plain base32 when that is null. */
   secret: string | null;
+  secretKeyId: string | null;
   phone: string | null;
   credentialId: string | null;
   publicKey: string | null;
@@ -169,6 +171,8 @@ export interface MfaStore {
   confirmFactor(id: string, at: Date): Promise<void>;
   deleteFactor(id: string): Promise<boolean>;
   advanceTotpStep(id: string, step: number): Promise<boolean>;
+  /** Replaces a TOTP secret's stored form (re-sealing it) only if it is still `expected`; false otherwise. */
+  resealSecret(id: string, expected: { secret: string; keyId: string | null }, next: { secret: string; keyId: string }): Promise<boolean>;
   updateCounter(id: string, counter: number): Promise<boolean>;
   replaceRecoveryCodes(userId: string, codeHashes: string[], at: Date): Promise<void>;
   consumeRecoveryCode(userId: string, codeHash: string, at: Date): Promise<boolean>;
