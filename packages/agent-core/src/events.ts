@@ -1,8 +1,19 @@
 import { z } from "zod";
 import { Usage } from "./model/model.js";
 
-/** Fields every event carries. `seq` is strictly increasing per run, starting at 0, with no gaps. */
+/**
+ * The version of the event protocol: the envelope and every event type below. It changes when
+ * a field is removed or changes meaning (adding optional fields or new event types does not).
+ */
+export const PROTOCOL_VERSION = 1;
+
+/**
+ * Fields every event carries. `seq` is strictly increasing per run, starting at 0, with no
+ * gaps, and is never reused — also across a resume when the run has a durable `EventLog`.
+ */
 const envelope = {
+  /** Always written; an event stored before the field existed reads as version 1. */
+  protocol: z.literal(PROTOCOL_VERSION).default(PROTOCOL_VERSION),
   runId: z.string(),
   agentId: z.string(),
   seq: z.number().int().nonnegative(),
@@ -13,7 +24,11 @@ const envelope = {
 export const Phase = z.enum(["EXPLORE", "PLAN", "SUMMON", "COMPLETE", "RUN"]);
 export type Phase = z.infer<typeof Phase>;
 
-export const RunStatus = z.enum(["success", "failed", "aborted", "error"]);
+/**
+ * How a run or an agent ended. `interrupted`: the model could not be reached after every retry
+ * (overload, network); the run stopped with its state saved and can be resumed.
+ */
+export const RunStatus = z.enum(["success", "failed", "aborted", "error", "interrupted"]);
 export type RunStatus = z.infer<typeof RunStatus>;
 
 export const RunStartedEvent = z.object({
@@ -32,6 +47,12 @@ export const RunCompletedEvent = z.object({
   status: RunStatus,
   summary: z.string(),
   usage: Usage,
+  /** What the run's usage cost in US dollars (keen's price table), when the model's price is known. */
+  costUsd: z.number().nonnegative().optional(),
+  /** The branch holding the run's result (the run branch, or the checkout's branch). */
+  branch: z.string().optional(),
+  /** The commit at the head of `branch` when the run ended. */
+  head: z.string().optional(),
   error: z.object({ code: z.string(), message: z.string() }).optional(),
   durationMs: z.number().nonnegative(),
 });
@@ -135,6 +156,21 @@ export const GitBranchEvent = z.object({
 });
 export type GitBranchEvent = z.infer<typeof GitBranchEvent>;
 
+/** Files keen left out of a commit (or of a run's first commit with `includeUncommitted`), and why. */
+export const GitSkippedEvent = z.object({
+  ...envelope,
+  type: z.literal("git.skipped"),
+  branch: z.string(),
+  files: z.array(
+    z.object({
+      path: z.string(),
+      reason: z.enum(["credential", "too_large", "temp_file", "not_regular"]),
+      detail: z.string().optional(),
+    }),
+  ),
+});
+export type GitSkippedEvent = z.infer<typeof GitSkippedEvent>;
+
 export const GitMergeEvent = z.object({
   ...envelope,
   type: z.literal("git.merge"),
@@ -150,6 +186,8 @@ export const ValidationResultEvent = z.object({
   ...envelope,
   type: z.literal("validation.result"),
   command: z.string(),
+  /** Who asked for the check: the user's validation (always run) or the agent's plan (in addition). */
+  source: z.enum(["user", "plan"]).optional(),
   passed: z.boolean(),
   exitCode: z.number().int().nullable(),
   output: z.string(),
@@ -159,7 +197,7 @@ export type ValidationResultEvent = z.infer<typeof ValidationResultEvent>;
 export const LimitReachedEvent = z.object({
   ...envelope,
   type: z.literal("limit.reached"),
-  limit: z.enum(["maxDepth", "maxChildren", "maxAgents", "maxTurns", "tokenBudget"]),
+  limit: z.enum(["maxDepth", "maxChildren", "maxAgents", "maxTurns", "tokenBudget", "costBudget"]),
   value: z.number(),
   detail: z.string(),
 });
@@ -189,6 +227,7 @@ export const KeenEvent = z.discriminatedUnion("type", [
   ToolCompletedEvent,
   GitCommitEvent,
   GitBranchEvent,
+  GitSkippedEvent,
   GitMergeEvent,
   ValidationResultEvent,
   LimitReachedEvent,
@@ -199,14 +238,25 @@ export type KeenEvent = z.infer<typeof KeenEvent>;
 export type KeenEventType = KeenEvent["type"];
 export type KeenEventOf<T extends KeenEventType> = Extract<KeenEvent, { type: T }>;
 
-/** An event before the run stamps it with `runId`, `seq` and `at`. */
+/** An event before the run stamps it with `protocol`, `runId`, `seq` and `at`. */
 export type KeenEventInput = KeenEvent extends infer E
   ? E extends KeenEvent
-    ? Omit<E, "runId" | "seq" | "at">
+    ? Omit<E, "protocol" | "runId" | "seq" | "at">
     : never
   : never;
 
 /** Parses and validates an event, e.g. one read back from NDJSON or a database. */
 export function parseEvent(value: unknown): KeenEvent {
   return KeenEvent.parse(value);
+}
+
+/**
+ * The JSON Schema (draft 2020-12) of `KeenEvent`, generated from the zod schemas, for consumers
+ * that do not use TypeScript (a server storing events, a dashboard in another language).
+ *
+ * @example
+ * await writeFile("keen-event.schema.json", JSON.stringify(keenEventJsonSchema(), null, 2));
+ */
+export function keenEventJsonSchema(): Record<string, unknown> {
+  return z.toJSONSchema(KeenEvent, { target: "draft-2020-12", io: "output", unrepresentable: "any" }) as Record<string, unknown>;
 }

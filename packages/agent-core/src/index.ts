@@ -5,7 +5,8 @@ export { anthropic, AnthropicModel, type AnthropicModelOptions } from "./model/a
 export { defaultRetryPolicy, retryDelay, mayRetry, parseRetryAfter, resolveRetryPolicy, simulatedClock, type RetryPolicy } from "./model/retry.js";
 export * from "./tools/index.js";
 export * from "./workspace/index.js";
-export { EventStream } from "./run/event-stream.js";
+export { EventStream, type EventReader, type EventStreamOptions } from "./run/event-stream.js";
+export { MemoryEventLog, NdjsonEventLog, EventsEvictedError, type EventLog } from "./run/event-log.js";
 export { runConversation, capToolResults, type ConversationOptions, type ConversationResult, type RequestEstimate } from "./run/conversation.js";
 export {
   ContextTracker,

@@ -35,7 +35,7 @@ describe("keen CLI usage", () => {
     expect(result.stdout).toContain("keen run");
     expect(result.stdout).toContain("--resume FILE");
     const runHelp = await inProcess(["run", "--help"]);
-    for (const flag of ["--max-depth", "--max-children", "--max-agents", "--max-turns", "--token-budget", "--concurrency", "--validate", "--on-conflict", "--no-sandbox", "--resume", "--snapshot", "--json"]) {
+    for (const flag of ["--max-depth", "--max-children", "--max-agents", "--max-turns", "--token-budget", "--concurrency", "--validate", "--on-conflict", "--no-sandbox", "--sandbox-read", "--resume", "--snapshot", "--json"]) {
       expect(runHelp.stdout).toContain(flag);
     }
   });
@@ -63,6 +63,7 @@ describe("keen CLI usage", () => {
     [["run", "x", "--on-conflict", "merge"], /--on-conflict must be resolve or rollback, got "merge"/],
     [["run", "x", "--validate", " "], /--validate needs a command/],
     [["run", "x", "--sandbox", "--no-sandbox"], /contradict/],
+    [["run", "x", "--no-sandbox", "--sandbox-read", "/opt"], /means nothing with --no-sandbox/],
     [["run", "x", "--max-depth"], /argument missing/],
     [["run", "--resume", "/nonexistent/run.json"], /cannot read snapshot \/nonexistent\/run\.json: no such file/],
     [["run", "again", "--resume", "run.json"], /give no vision with it/],

@@ -18,4 +18,11 @@ describe("branch names", () => {
     expect(agentIdForBranch("summon-A-B")).toBe("A-B");
     expect(agentIdForBranch("main")).toBe("root");
   });
+
+  it("on a run branch, puts children beside it in <run branch>-agents/, the seed's names last", () => {
+    expect(childBranch("keen/1a2b3c4d", 0, true, true)).toBe("keen/1a2b3c4d-agents/summon-A");
+    expect(childBranch("keen/1a2b3c4d-agents/summon-A", 1, false, true)).toBe("keen/1a2b3c4d-agents/summon-A-B");
+    expect(agentIdForBranch("keen/1a2b3c4d-agents/summon-A-B")).toBe("A-B");
+    expect(agentIdForBranch("keen/1a2b3c4d")).toBe("root");
+  });
 });

@@ -1,6 +1,12 @@
 export { startTask, resumeTask, type TaskOptions, type ResumeOptions, type TaskResult, type TaskRun } from "./start-task.js";
-export { TaskSnapshot, TaskLimits, AgentState, MergeState } from "./task-state.js";
-export { childBranch, subtaskLabel, agentIdForBranch, SUMMON_PREFIX } from "./branch-names.js";
+export { TaskSnapshot, TaskLimits, AgentState, MergeState, readSnapshot, SNAPSHOT_VERSION, READABLE_SNAPSHOT_VERSIONS } from "./task-state.js";
+export { Step } from "./step.js";
+export { TRANSITIONS } from "./machine.js";
+export { agentTag } from "./agent-tag.js";
+export { commitMessage } from "./commits.js";
+export { costUsd, modelPrice, MODEL_PRICES, type ModelPrice } from "./pricing.js";
+export { runBranchName } from "./engine.js";
+export { childBranch, subtaskLabel, agentIdForBranch, SUMMON_PREFIX, AGENTS_SUFFIX } from "./branch-names.js";
 export {
   finishExploreTool,
   submitPlanTool,

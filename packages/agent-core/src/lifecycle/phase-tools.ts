@@ -9,7 +9,9 @@ export const FinishExploreInput = z.object({
 export type FinishExploreInput = z.infer<typeof FinishExploreInput>;
 
 export const Subtask = z.object({
-  title: z.string().min(1).max(120),
+  // A title names a branch's commits and shows in terminals: one line, no control characters.
+  // eslint-disable-next-line no-control-regex
+  title: z.string().trim().min(1).max(120).regex(/^[^\u0000-\u001f\u007f-\u009f]*$/, "must be one line without control characters"),
   instructions: z.string().min(1).describe("Everything a fresh engineer needs to do this subtask alone"),
   paths: z.array(z.string()).optional().describe("Files or folders the subtask is expected to touch"),
 });

@@ -24,9 +24,19 @@ const MANIFESTS: Array<[file: string, manager: string]> = [
   ["pom.xml", "maven"], ["build.gradle", "gradle"], ["Gemfile", "bundler"], ["composer.json", "composer"], ["Makefile", "make"],
 ];
 
+/** Largest README or package.json the analysis reads. */
+const MANIFEST_MAX_BYTES = 1024 * 1024;
+
 /**
  * What an agent is told about a repository before it starts: a capped file list, the
- * languages and package managers in use, likely test commands and the README's opening.
+ * languages and package managers in use, likely test commands and the README's opening. Never
+ * fails over one file: an unreadable README or package.json (a symlink leaving the repository, a
+ * FIFO, an oversized file) is left out, and files are only read through the workspace, which
+ * never follows a link out of it.
+ *
+ * @example
+ * const analysis = await analyzeProject(await LocalWorkspace.open("."));
+ * console.log(formatAnalysis(analysis));
  */
 export async function analyzeProject(workspace: Workspace, options: { maxFiles?: number; readmeChars?: number } = {}): Promise<ProjectAnalysis> {
   const maxFiles = options.maxFiles ?? 300;
@@ -46,7 +56,7 @@ export async function analyzeProject(workspace: Workspace, options: { maxFiles?:
   const testCommands: string[] = [];
   if (present.has("package.json")) {
     try {
-      const pkg = JSON.parse(await workspace.readFile("package.json")) as { scripts?: Record<string, string> };
+      const pkg = JSON.parse(await workspace.readFile("package.json", { maxBytes: MANIFEST_MAX_BYTES })) as { scripts?: Record<string, string> };
       if (pkg.scripts?.test) testCommands.push(`${packageManagers.find((m) => ["pnpm", "yarn", "bun"].includes(m)) ?? "npm"} test`);
     } catch {
       // An unreadable package.json just means no detected test command.
@@ -60,9 +70,13 @@ export async function analyzeProject(workspace: Workspace, options: { maxFiles?:
   const readmeName = listed.find((file) => /^readme(\.[a-z]+)?$/i.test(file));
   let readme: string | null = null;
   if (readmeName) {
-    const text = await workspace.readFile(readmeName);
-    const limit = options.readmeChars ?? 2_000;
-    readme = text.length > limit ? `${text.slice(0, limit)}\n…` : text;
+    try {
+      const text = await workspace.readFile(readmeName, { maxBytes: MANIFEST_MAX_BYTES });
+      const limit = options.readmeChars ?? 2_000;
+      readme = text.length > limit ? `${text.slice(0, limit)}\n…` : text;
+    } catch {
+      // A README that is a link out of the repository, a FIFO, huge or unreadable is simply not shown.
+    }
   }
   return { files, truncated: listed.length > maxFiles, languages, packageManagers, testCommands, readme };
 }

@@ -1,3 +1,5 @@
+import type { Phase } from "../events.js";
+import { agentTag } from "./agent-tag.js";
 import type { AgentState } from "./task-state.js";
 
 /** One system prompt for every agent and phase of a run, so its cache entry is shared. */
@@ -11,25 +13,40 @@ When a merge of a child's branch conflicts, you resolve it with the file tools a
 
 Paths are relative to your checkout's root. Make focused changes, keep the project's style, and run its checks when it has them. Do not commit: keen commits your work when you finish.`;
 
-/** The first user message of an agent: its task, its place in the tree, and the repository overview. */
-export function firstMessage(agent: AgentState, vision: string, analysis: string): string {
+/**
+ * The first user message of a lifecycle agent: its place in the tree, its task, the repository
+ * overview, then the tag line and the instruction of its first phase.
+ */
+export function firstMessage(agent: AgentState, vision: string, analysis: string, phaseInstruction: string): string {
   const role =
     agent.parentId === null
       ? `You are the root agent (branch ${agent.branch}).`
       : `You are agent ${agent.id} at depth ${agent.depth}, on branch ${agent.branch}, working on one subtask of a larger task.\nThe overall goal: ${vision}`;
-  return [
-    role,
-    `\nYour task:\n${agent.instructions}`,
-    `\nRepository overview:\n${analysis}`,
-    `\nPhase EXPLORE: look at what you need, then call finish_explore.`,
-  ].join("\n");
+  return [role, `\nYour task:\n${agent.instructions}`, `\nRepository overview:\n${analysis}`, `\n${agentTag(agent.id, agent.phase as Phase)}`, phaseInstruction].join("\n");
 }
 
-export function phaseMessage(phase: "PLAN" | "COMPLETE", reason?: string): string {
-  if (phase === "PLAN") return "Phase PLAN: decide how to split the work, then call submit_plan.";
-  return `Phase COMPLETE${reason ? ` (${reason})` : ""}: do the work, check it, then call complete_task.`;
+/** The system prompt of the single-agent loop. */
+export function runSystemPrompt(root: string, instructions?: string): string {
+  return [
+    "You are keen, an autonomous software engineer working in a git repository.",
+    `The repository is checked out at ${root}; every path you pass to a tool is relative to it.`,
+    "Work in small verified steps: look before you change, make focused edits, and run the project's own checks when they exist.",
+    "Use the tools to read, search, edit files and run commands. When the task is done, reply with a short summary of what you changed and how you checked it, without calling a tool.",
+    instructions?.trim() ? `\nAdditional instructions:\n${instructions.trim()}` : "",
+  ].join("\n");
 }
 
 export function reminderMessage(closingTool: string): string {
   return `You answered without calling a tool. To finish this phase you must call ${closingTool}. Do so now.`;
+}
+
+/** What the parent reads after its children finished: each child's outcome and merge. */
+export function childrenReport(agent: AgentState, agents: ReadonlyMap<string, AgentState>): string {
+  const lines = agent.children.map((id) => {
+    const child = agents.get(id)!;
+    const merge = agent.merges[id]!;
+    const mergeText = { merged: "merged", resolved: "merged after resolving", rolled_back: "rolled back (branch kept)", skipped: "not merged", pending: "not merged", in_progress: "not merged" }[merge.status];
+    return `- ${child.id} "${child.title}" on ${child.branch}: ${child.status ?? "unknown"}, ${mergeText}. ${child.summary ?? ""}`.trim();
+  });
+  return `Your subtasks finished:\n${lines.join("\n")}`;
 }

@@ -4,7 +4,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { execa, type ResultPromise } from "execa";
 import { afterEach, describe, expect, it } from "vitest";
-import { startMessagesServer, type MessagesServer } from "../testing/index.js";
+import { readFile } from "node:fs/promises";
+import { reply, requestPosition, startMessagesServer, type MessagesServer } from "../testing/index.js";
 import { createTestRepo } from "../workspace/test-repo.js";
 import { done, explore, plan, scenarioPolicy, write, type Scenario } from "./testing/scenario.js";
 
@@ -80,4 +81,47 @@ describe("resume after SIGKILL", () => {
     const worktrees = (await execa("git", ["worktree", "list"], { cwd: repo })).stdout.split("\n");
     expect(worktrees).toHaveLength(1);
   }, 120_000); // three task processes; on a busy machine each start costs seconds
+
+  it("never numbers an event twice: SIGKILL after a snapshot and a later event, then resume", async () => {
+    let child: ResultPromise | undefined;
+    let phase: "fault" | "kill" | "done" = "fault";
+    const policy = scenarioPolicy(scenario);
+    server = await startMessagesServer({
+      policy: async (request, context) => {
+        const { agent, phase: step, turn } = requestPosition(request);
+        if (agent === "B" && step === "COMPLETE" && turn === 1) {
+          // First an overload: keen emits model.retry (an event after the last snapshot) and asks again.
+          if (phase === "fault") {
+            phase = "kill";
+            return reply.error(529);
+          }
+          if (phase === "kill") {
+            phase = "done";
+            child!.kill("SIGKILL");
+            await new Promise((resolve) => setTimeout(resolve, 200));
+          }
+        }
+        return policy(request, context);
+      },
+    });
+    const repo = await createTestRepo();
+    const snapshotPath = join(await mkdtemp(join(tmpdir(), "keen-snap-")), "run.json");
+    child = taskProcess({ mode: "start", repo, baseURL: server.url, snapshotPath, vision: "Build it" });
+    expect((await child).signal).toBe("SIGKILL");
+
+    const seqsOf = async () => (await readFile(`${snapshotPath}.events.ndjson`, "utf8")).trim().split("\n").map((line) => JSON.parse(line) as { seq: number; type: string });
+    const beforeResume = await seqsOf();
+    const snapshotSeq = (JSON.parse(await readFile(snapshotPath, "utf8")) as { nextSeq: number }).nextSeq;
+    const lastEmitted = beforeResume.at(-1)!.seq;
+    // The situation under test: events were emitted after the last snapshot.
+    expect(lastEmitted).toBeGreaterThanOrEqual(snapshotSeq);
+    expect(beforeResume.at(-1)!.type).toBe("model.retry");
+
+    const resumed = await taskProcess({ mode: "resume", repo, baseURL: server.url, snapshotPath, vision: "Build it" });
+    expect(resumed.exitCode, String(resumed.stderr)).toBe(0);
+    const { firstSeq } = JSON.parse(String(resumed.stdout)) as { firstSeq: number };
+    expect(firstSeq).toBe(lastEmitted + 1);
+    const all = (await seqsOf()).map((e) => e.seq);
+    expect(all).toEqual(all.map((_, i) => i));
+  }, 120_000);
 });

@@ -1,13 +1,14 @@
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
 import { afterEach, describe, expect, it } from "vitest";
 import type { KeenEvent, KeenEventOf } from "../events.js";
 import { anthropic } from "../model/anthropic.js";
-import { reply, startMessagesServer, type MessagesServer } from "../testing/index.js";
+import { reply, requestPosition, startMessagesServer, type MessagesServer } from "../testing/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
-import { startTask, type TaskOptions } from "./start-task.js";
+import { resumeTask, startTask, type TaskOptions } from "./start-task.js";
+import type { TaskSnapshot } from "./task-state.js";
 import { agentOf, done, explore, plan, scenarioPolicy, write, type Scenario } from "./testing/scenario.js";
 
 let server: MessagesServer | undefined;
@@ -32,6 +33,7 @@ async function runTask(base: Awaited<ReturnType<typeof setup>>, extra: Partial<T
 }
 
 const ofType = <T extends KeenEvent["type"]>(events: KeenEvent[], type: T) => events.filter((e): e is KeenEventOf<T> => e.type === type);
+const base64 = async (dir: string, path: string) => (await readFile(join(dir, path))).toString("base64");
 const git = (dir: string, ...args: string[]) => execa("git", args, { cwd: dir }).then((r) => r.stdout.trim());
 
 describe("startTask", () => {
@@ -223,9 +225,180 @@ describe("startTask", () => {
       expect(statuses).toEqual({ A: "aborted", B: "aborted", root: "aborted" });
       expect(await git(base.dir, "show", "summon-A:a.txt")).toBe("a");
       expect(await git(base.dir, "show", "summon-B:b.txt")).toBe("b");
-      const spent = ofType(events, "model.usage").reduce((n, e) => n + e.usage.inputTokens + e.usage.outputTokens + e.usage.cacheCreationInputTokens + e.usage.cacheReadInputTokens, 0);
-      expect(spent).toBeGreaterThanOrEqual(25_000);
+      const totals = ofType(events, "model.usage").map((e) => e.usage.inputTokens + e.usage.outputTokens + e.usage.cacheCreationInputTokens + e.usage.cacheReadInputTokens);
+      const spent = totals.reduce((n, t) => n + t, 0);
+      // Checked before sending: the run stops near the budget, over it by at most the requests already in flight (one per running child).
+      expect(spent).toBeGreaterThan(25_000 / 2);
+      expect(spent).toBeLessThanOrEqual(25_000 + 2 * Math.max(...totals));
     });
+  });
+
+  describe("the user's validation", () => {
+    it("always runs: a plan's own command is added, never used instead (root only)", async () => {
+      const base = await setup({ root: { finish_explore: [explore("PLAN")], submit_plan: [plan([], "true")], complete_task: [write("x.txt", "x\n"), done()] } });
+      const { result, events } = await runTask(base, { validation: { command: "test -e never-there.txt" } });
+      const checks = ofType(events, "validation.result").map((e) => [e.command, e.source, e.passed]);
+      expect(checks).toContainEqual(["test -e never-there.txt", "user", false]);
+      expect(result.status).toBe("failed");
+    });
+
+    it("always runs in a tree: a plan validation of `true` cannot let a breaking child through", async () => {
+      const base = await setup({
+        root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "Good" }, { title: "Bad" }], "true")] },
+        A: { complete_task: [write("good.txt", "ok\n"), done()] },
+        B: { complete_task: [write("bad.txt", "breaks\n"), done()] },
+      });
+      const { events } = await runTask(base, { onConflict: "rollback", validation: { command: "test ! -e bad.txt" } });
+      // B's own completion already runs the user's check (the plan's `true` beside it) and fails it: B is never merged.
+      const ofB = ofType(events, "validation.result").filter((e) => e.agentId === "B");
+      expect(ofB.map((e) => `${e.source}:${e.command}:${e.passed}`)).toContain("user:test ! -e bad.txt:false");
+      expect(ofType(events, "agent.completed").find((e) => e.agentId === "B")!.status).toBe("failed");
+      expect(ofType(events, "git.merge").map((e) => [e.branch, e.result])).toEqual([["summon-A", "merged"]]);
+      const ofRoot = ofType(events, "validation.result").filter((e) => e.agentId === "root");
+      expect(ofRoot.map((e) => `${e.source}:${e.command}:${e.passed}`)).toEqual(expect.arrayContaining(["user:test ! -e bad.txt:true", "plan:true:true"]));
+      expect(await base.workspace.exists("bad.txt")).toBe(false);
+    });
+  });
+
+  it("checks the token budget before sending: a budget smaller than the first request sends nothing", async () => {
+    const base = await setup({ root: { finish_explore: [explore("COMPLETE")] } });
+    const { result, events } = await runTask(base, { limits: { tokenBudget: 100 } });
+    expect(base.server.requests).toHaveLength(0);
+    expect(result.status).toBe("failed");
+    expect(result.error?.code).toBe("token_budget");
+    expect(ofType(events, "limit.reached").map((e) => e.limit)).toEqual(["tokenBudget"]);
+  });
+
+  it("after a budget stop mid-tree, every child worktree is disposed", async () => {
+    const base = await setup({
+      root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }, { title: "Two" }, { title: "Three" }])] },
+      A: { complete_task: Array.from({ length: 30 }, () => reply.toolUse("list_files", {})) },
+      B: { complete_task: Array.from({ length: 30 }, () => reply.toolUse("list_files", {})) },
+      C: { complete_task: Array.from({ length: 30 }, () => reply.toolUse("list_files", {})) },
+    });
+    const { result } = await runTask(base, { limits: { tokenBudget: 20_000 }, maxConcurrency: 3 });
+    expect(result.error?.code).toBe("token_budget");
+    expect((await git(base.dir, "worktree", "list")).split("\n")).toHaveLength(1);
+  });
+
+  it("refuses a subtask title with control characters (the model is told), and keeps every child's work", async () => {
+    const base = await setup({
+      root: {
+        finish_explore: [explore("PLAN")],
+        submit_plan: [plan([{ title: "Bad\u0000title\u001b[2J" }]), plan([{ title: "Good title" }])],
+      },
+      A: { complete_task: [write("a.txt", "a\n"), done("Done\u0000 with \u0007 bells")] },
+    });
+    const { result, events } = await runTask(base);
+    expect(result.status).toBe("success");
+    const refused = ofType(events, "tool.completed").find((e) => e.name === "submit_plan" && e.isError);
+    expect(refused?.output).toMatch(/control characters/);
+    expect(ofType(events, "git.merge").map((e) => [e.branch, e.result])).toEqual([["summon-A", "merged"]]);
+    expect(await git(base.dir, "show", "summon-A:a.txt")).toBe("a");
+  });
+
+  it("announces each child (agent.spawned) before its git.branch event", async () => {
+    const base = await setup({ root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }, { title: "Two" }])] } });
+    const { events } = await runTask(base);
+    for (const id of ["A", "B"]) {
+      const spawned = events.find((e) => e.type === "agent.spawned" && e.agentId === id)!;
+      const branch = events.find((e) => e.type === "git.branch" && e.agentId === id)!;
+      expect(spawned.seq).toBeLessThan(branch.seq);
+    }
+  });
+
+  it("ends interrupted, not error, when the model stays overloaded after its retries, and resumes from there", async () => {
+    let overloaded = true;
+    const policy = scenarioPolicy({
+      root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])] },
+      A: { complete_task: [write("a.txt", "a\n"), write("a2.txt", "a2\n"), done()] },
+    });
+    server = await startMessagesServer({
+      policy: (request, context) => {
+        const { agent, turn } = requestPosition(request);
+        if (overloaded && agent === "A" && turn === 1) return reply.error(529);
+        return policy(request, context);
+      },
+    });
+    const dir = await createTestRepo({ "README.md": "# app\n" });
+    const workspace = await LocalWorkspace.open(dir);
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url, retry: { baseDelayMs: 5, maxRetries: 1 } });
+    let saved: TaskSnapshot | undefined;
+    const first = await startTask({ vision: "Build", workspace, model, onSnapshot: (s) => void (saved = s) }).result;
+    expect(first.status).toBe("interrupted");
+    expect(first.error?.code).toBe("model_error");
+    expect(saved!.agents.find((a) => a.id === "root")!.phase).not.toBe("DONE");
+    expect(saved!.agents.find((a) => a.id === "A")!.phase).toBe("COMPLETE");
+    expect(await git(dir, "show", "summon-A:a.txt")).toBe("a");
+    expect((await git(dir, "worktree", "list")).split("\n")).toHaveLength(1);
+
+    overloaded = false;
+    const second = await resumeTask(saved!, { workspace, model }).result;
+    expect(second.status).toBe("success");
+    expect(await base64(dir, "a2.txt")).toBe(Buffer.from("a2\n").toString("base64"));
+  });
+
+  describe("on a run branch", () => {
+    it("never writes the user's checkout: a dirty repository keeps every byte and its status; the result is on keen/<id>", async () => {
+      const base = await setup({
+        root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])], complete_task: [write("root.txt", "root\n"), done()] },
+        A: { complete_task: [write("a.txt", "a\n"), done()] },
+      });
+      await writeFile(join(base.dir, "README.md"), "# app\nwork in progress\n");
+      await writeFile(join(base.dir, ".env.local"), "ANTHROPIC_API_KEY=sk-ant-secret\n");
+      const statusBefore = await git(base.dir, "status", "--porcelain");
+      const headBefore = await git(base.dir, "rev-parse", "HEAD");
+      const { result, events } = await runTask(base, { branch: true, runId: "run_1a2b3c4d-0000-4000-8000-000000000000" });
+      expect(result.status).toBe("success");
+      expect(result.branch).toBe("keen/1a2b3c4d");
+      expect(await git(base.dir, "status", "--porcelain")).toBe(statusBefore);
+      expect(await git(base.dir, "rev-parse", "HEAD")).toBe(headBefore);
+      expect(await git(base.dir, "branch", "--show-current")).toBe("main");
+      expect(await readFile(join(base.dir, "README.md"), "utf8")).toBe("# app\nwork in progress\n");
+      expect(await readFile(join(base.dir, ".env.local"), "utf8")).toBe("ANTHROPIC_API_KEY=sk-ant-secret\n");
+      expect(await base.workspace.exists("a.txt")).toBe(false);
+      // The run branch holds the work, and none of the user's uncommitted files.
+      const files = (await git(base.dir, "ls-tree", "-r", "--name-only", "keen/1a2b3c4d")).split("\n");
+      expect(files).toEqual(["README.md", "a.txt", "root.txt"]);
+      expect(await git(base.dir, "show", "keen/1a2b3c4d:README.md")).toBe("# app");
+      expect(ofType(events, "agent.spawned").map((e) => [e.agentId, e.branch])).toEqual([
+        ["root", "keen/1a2b3c4d"],
+        ["A", "keen/1a2b3c4d-agents/summon-A"],
+      ]);
+      const completed = ofType(events, "run.completed")[0]!;
+      expect(completed).toMatchObject({ branch: "keen/1a2b3c4d", head: await git(base.dir, "rev-parse", "keen/1a2b3c4d") });
+      expect(completed.costUsd).toBeGreaterThan(0);
+      expect((await git(base.dir, "worktree", "list")).split("\n")).toHaveLength(1);
+    });
+
+    it("a second run starts fresh from the moved HEAD: every child sees the new commits", async () => {
+      const scenario = {
+        root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])] },
+        A: { complete_task: [write("a.txt", "a\n"), done()] },
+      };
+      const base = await setup(scenario);
+      const first = await runTask(base, { branch: true });
+      expect(first.result.status).toBe("success");
+      await writeFile(join(base.dir, "moved.txt"), "new on main\n");
+      await git(base.dir, "add", "moved.txt");
+      await git(base.dir, "commit", "-qm", "main moved");
+      const second = await runTask(base, { branch: true });
+      expect(second.result.status).toBe("success");
+      expect(second.result.branch).not.toBe(first.result.branch);
+      const child = ofType(second.events, "agent.spawned").find((e) => e.agentId === "A")!.branch;
+      expect(child).toBe(`${second.result.branch}-agents/summon-A`);
+      expect(await git(base.dir, "show", `${child}:moved.txt`)).toBe("new on main");
+      expect(await git(base.dir, "show", `${second.result.branch}:moved.txt`)).toBe("new on main");
+    });
+  });
+
+  it("stops at maxBudgetUsd, priced from keen's table", async () => {
+    const base = await setup({ root: { finish_explore: Array.from({ length: 30 }, () => reply.toolUse("list_files", {})) } });
+    const { result, events } = await runTask(base, { limits: { maxBudgetUsd: 0.01 } });
+    expect(result.status).toBe("failed");
+    expect(result.error?.code).toBe("cost_budget");
+    expect(ofType(events, "limit.reached").map((e) => e.limit)).toEqual(["costBudget"]);
+    expect(ofType(events, "run.completed")[0]!.costUsd).toBeLessThanOrEqual(0.01 * 1.5);
   });
 
   it("aborts mid-tree: every agent stops, work is committed, the run is aborted", async () => {

@@ -8,7 +8,7 @@ import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
 import { resumeTask, startTask, type TaskOptions } from "./start-task.js";
 import type { TaskSnapshot } from "./task-state.js";
-import { agentOf } from "./testing/scenario.js";
+import { agentOf, phaseOf } from "./testing/scenario.js";
 
 let server: MessagesServer | undefined;
 afterEach(async () => {
@@ -19,25 +19,12 @@ afterEach(async () => {
 const ofType = <T extends KeenEvent["type"]>(events: KeenEvent[], type: T) => events.filter((e): e is KeenEventOf<T> => e.type === type);
 const inputTotal = (r: RecordedRequest) => r.usage!.input_tokens + r.usage!.cache_creation_input_tokens + r.usage!.cache_read_input_tokens;
 
-/** The phase's closing tool, told by the tools a request offers. */
-function phaseOf(request: Record<string, any>): string {
-  const names = new Set<string>((request.tools ?? []).map((t: { name: string }) => t.name));
-  return ["finish_explore", "submit_plan", "complete_task", "complete_merge"].find((name) => names.has(name)) ?? "none";
-}
-
-/** The phase's closing tool, told by the last phase instruction in the conversation (when every phase offers every tool). */
-function phaseFromMessages(request: Record<string, any>): string {
-  const text = JSON.stringify(request.messages);
-  const phases = [...text.matchAll(/Phase (EXPLORE|PLAN|COMPLETE)/g)].map((m) => m[1]);
-  return { EXPLORE: "finish_explore", PLAN: "submit_plan", COMPLETE: "complete_task" }[phases.at(-1) ?? "EXPLORE"]!;
-}
-
 /** Replies per agent and phase, in order; the turn is counted per agent and phase (agents run one request at a time). */
-function phasePolicy(replies: Record<string, Record<string, (turn: number) => ScriptedReply>>, phaseOfRequest = phaseOf): ReplyPolicy {
+function phasePolicy(replies: Record<string, Record<string, (turn: number) => ScriptedReply>>): ReplyPolicy {
   const turns = new Map<string, number>();
   return (request) => {
     const agent = agentOf(request);
-    const phase = phaseOfRequest(request);
+    const phase = phaseOf(request);
     const key = `${agent}/${phase}`;
     const turn = turns.get(key) ?? 0;
     turns.set(key, turn + 1);
@@ -121,7 +108,7 @@ describe("context across the lifecycle", () => {
     const explore = replies.root!.finish_explore!;
     // First the root tries to write while exploring.
     replies.root!.finish_explore = (t) => (t === 0 ? reply.toolUse("write_file", { path: "early.txt", content: "too soon\n" }) : explore(t - 1));
-    const { result, workspace } = await run({ maxConcurrency: 1, stableTools: true }, phasePolicy(replies, phaseFromMessages), 6);
+    const { result, workspace } = await run({ maxConcurrency: 1, stableTools: true }, phasePolicy(replies), 6);
     expect(result.error).toBeUndefined();
     expect(result.status).toBe("success");
     const { ratio, requests } = cacheReadRatio();

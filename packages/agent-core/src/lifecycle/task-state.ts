@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { KeenError } from "../errors.js";
 import { Phase, RunStatus } from "../events.js";
 import { Message, Usage } from "../model/model.js";
 import { FinishExploreInput, SubmitPlanInput } from "./phase-tools.js";
@@ -31,6 +32,8 @@ export const AgentState = z.object({
   /** This agent's own usage (children not included). */
   usage: Usage,
   commit: z.string().nullable().optional(),
+  /** Why the agent ended as it did, when it did not succeed. */
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
 });
 export type AgentState = z.infer<typeof AgentState>;
 
@@ -45,11 +48,18 @@ export const TaskLimits = z.object({
   maxTurnsPerPhase: z.number().int().positive(),
   /** Most tokens (input + output + cache write + cache read) for the whole run. */
   tokenBudget: z.number().int().positive().optional(),
+  /** Most US dollars the whole run may cost (keen's price table; needs a model it knows). */
+  maxBudgetUsd: z.number().positive().optional(),
 });
 export type TaskLimits = z.infer<typeof TaskLimits>;
 
-export const TaskSnapshot = z.object({
-  version: z.literal(1),
+/** The snapshot format this version of keen writes. */
+export const SNAPSHOT_VERSION = 2;
+/** Snapshot formats this version of keen reads (older ones are upgraded by `readSnapshot`). */
+export const READABLE_SNAPSHOT_VERSIONS = [1, 2] as const;
+
+const CurrentSnapshot = z.object({
+  version: z.literal(SNAPSHOT_VERSION),
   runId: z.string(),
   vision: z.string(),
   /** The seq the next event gets, so a resumed run continues the numbering. */
@@ -61,5 +71,45 @@ export const TaskSnapshot = z.object({
   /** Tokens spent so far, against `limits.tokenBudget`. */
   tokensSpent: z.number().int().nonnegative(),
   agents: z.array(AgentState),
+  /** The commit the run started from (its base), when known. */
+  base: z.string().optional(),
+  /** The root's run branch, when the run works on one (`branch` option): resume re-attaches to it. */
+  runBranch: z.string().optional(),
 });
-export type TaskSnapshot = z.infer<typeof TaskSnapshot>;
+
+/**
+ * The state of a whole run, as handed to `onSnapshot`. Parsing accepts every readable version
+ * and upgrades it to the current one (see `upgradeSnapshot`).
+ */
+export const TaskSnapshot = z.preprocess((value) => upgradeSnapshot(value), CurrentSnapshot);
+export type TaskSnapshot = z.infer<typeof CurrentSnapshot>;
+
+/**
+ * The upgrade steps, one per version: version 2 added optional fields (`base`, an agent's
+ * `error`), so a version-1 snapshot upgrades by its version number alone. Values of other
+ * versions pass through unchanged (and fail validation, naming the version).
+ */
+function upgradeSnapshot(value: unknown): unknown {
+  if (value === null || typeof value !== "object") return value;
+  let current = value as Record<string, unknown>;
+  if (current.version === 1) current = { ...current, version: 2 };
+  return current;
+}
+
+/**
+ * Reads a snapshot of any readable version and returns it in the current format; a version it
+ * cannot read fails with code `snapshot_version`, naming the versions it can.
+ *
+ * @example
+ * const snapshot = readSnapshot(JSON.parse(await readFile("run.json", "utf8")));
+ */
+export function readSnapshot(value: unknown): TaskSnapshot {
+  const version = (value as { version?: unknown } | null)?.version;
+  if (!READABLE_SNAPSHOT_VERSIONS.includes(version as never)) {
+    throw new KeenError(
+      "snapshot_version",
+      `This snapshot has version ${JSON.stringify(version)}; this keen reads versions ${READABLE_SNAPSHOT_VERSIONS.join(", ")}`,
+    );
+  }
+  return TaskSnapshot.parse(value);
+}

@@ -287,7 +287,7 @@ function summaryLines(message: Message, results: ReadonlyMap<string, ToolResultB
 }
 
 /** What one pruning did: the `context.pruned` event without what the run stamps on it. */
-export type ContextPruneReport = Omit<ContextPrunedEvent, "type" | "runId" | "agentId" | "seq" | "at">;
+export type ContextPruneReport = Omit<ContextPrunedEvent, "type" | "protocol" | "runId" | "agentId" | "seq" | "at">;
 
 /**
  * Follows the context size of one agent's conversation across requests (and phases) and

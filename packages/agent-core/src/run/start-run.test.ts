@@ -124,7 +124,7 @@ describe("startRun", () => {
     run.on("limit.reached", (event) => limits.push(`${event.limit}=${event.value}`));
     const result = await run.result;
     expect(result.status).toBe("failed");
-    expect(result.error).toEqual({ code: "max_turns", message: "The agent did not finish within 3 turns" });
+    expect(result.error).toEqual({ code: "max_turns", message: "Agent root did not finish RUN within 3 turns" });
     expect(limits).toEqual(["maxTurns=3"]);
     expect(base.server.requests).toHaveLength(3);
   });
@@ -171,17 +171,33 @@ describe("startRun", () => {
     expect(alive).toBe(false);
   });
 
-  it("ends with status error and a typed code when the model keeps failing", async () => {
+  it("ends interrupted (resumable) with a typed code when the model stays overloaded after its retries", async () => {
     const base = await setup({ script: [reply.error(529), reply.error(529), reply.error(529)] });
     const run = go(base, "anything");
     const retries: number[] = [];
     run.on("model.retry", (event) => retries.push(event.attempt));
     const result = await run.result;
-    expect(result.status).toBe("error");
+    expect(result.status).toBe("interrupted");
     expect(result.error?.code).toBe("model_unavailable");
     expect(result.error?.message).toMatch(/529 overloaded_error/);
     expect(retries).toEqual([1, 2]);
     expect(result.commit).toBeNull();
+  });
+
+  it("exposes events read-only: a consumer that breaks off or tries to close them cannot break the run", async () => {
+    const base = await setup({ script: [reply.toolUse("list_files", {}), reply.text("done")] });
+    const run = go(base, "list");
+    expect((run.events as unknown as { close?: unknown }).close).toBeUndefined();
+    expect((run.events as unknown as { emit?: unknown }).emit).toBeUndefined();
+    for await (const event of run) if (event.type === "run.started") break; // an early return() from one consumer
+    const texts: string[] = [];
+    run.on("model.text", (event) => texts.push(event.text)); // typed: event.text is a string
+    const result = await run.result;
+    expect(result.status).toBe("success");
+    expect(texts).toEqual(["done"]);
+    const all: string[] = [];
+    for await (const event of run.events.iterate()) all.push(event.type);
+    expect(all.at(-1)).toBe("run.completed");
   });
 
   it("refuses an empty vision", async () => {

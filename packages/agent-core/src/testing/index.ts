@@ -12,3 +12,5 @@ export {
 } from "./messages-server.js";
 export { reply, errorTypeFor, type Fault, type ReplyBlock, type ScriptedReply } from "./replies.js";
 export { estimateTokens, CACHE_LOOKBACK_BLOCKS, CACHE_TTL_MS, type CacheUsage } from "./prompt-cache.js";
+export { requestPosition, type RequestPosition } from "./request-position.js";
+export { runEventLogContract, sampleEvent, type ContractTestApi } from "./event-log-contract.js";

@@ -1,4 +1,5 @@
-import { writeFile } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { symlink, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { beforeEach, describe, expect, it } from "vitest";
@@ -54,6 +55,49 @@ describe("built-in tools", () => {
     expect(escape.isError).toBe(true);
     expect(escape.content).toMatch(/outside the workspace/);
     expect((await call("read_file", {})).content).toMatch(/Invalid input for read_file: path/);
+  });
+
+  it("read_file refuses a FIFO, a socket-like special file and a link to /dev/zero at once, without hanging", async () => {
+    execFileSync("mkfifo", [join(dir, "pipe")]);
+    const fifo = await call("read_file", { path: "pipe" });
+    expect(fifo.isError).toBe(true);
+    expect(fifo.content).toMatch(/not a regular file \(a FIFO\)/);
+    // search_files walks untracked files too; the FIFO is skipped, not waited on.
+    expect((await call("search_files", { pattern: "title" })).content).toContain("README.md:1");
+    await symlink("/dev/zero", join(dir, "zero"));
+    expect((await call("read_file", { path: "zero" })).isError).toBe(true);
+    await expect(ws.readFile("pipe")).rejects.toMatchObject({ code: "not_regular_file" });
+  });
+
+  it("read_file refuses a file over its size cap before loading it, and stops when aborted", async () => {
+    await writeFile(join(dir, "huge.txt"), "");
+    await truncate(join(dir, "huge.txt"), 200 * 1024 * 1024); // sparse: 200 MB that cost no disk
+    const before = process.memoryUsage().rss;
+    const huge = await call("read_file", { path: "huge.txt" });
+    expect(huge.isError).toBe(true);
+    expect(huge.content).toMatch(/larger than \d+ bytes/);
+    expect(process.memoryUsage().rss - before).toBeLessThan(50 * 1024 * 1024);
+    const controller = new AbortController();
+    controller.abort();
+    await expect(ws.readFile("README.md", { signal: controller.signal })).rejects.toMatchObject({ code: "aborted" });
+  });
+
+  it("read_file pages through a line longer than a page by characters, and the hint makes progress", async () => {
+    const line = Array.from({ length: 450_000 }, (_, i) => String.fromCharCode(97 + (i % 26))).join("");
+    await writeFile(join(dir, "bundle.min.js"), `${line}\nsecond line\n`);
+    let input: Record<string, unknown> = { path: "bundle.min.js" };
+    let collected = "";
+    for (let page = 0; page < 5; page++) {
+      const { content, isError } = await call("read_file", input);
+      expect(isError).toBeFalsy();
+      const hint = /Read on with offset (\d+) and char_offset (\d+)/.exec(content);
+      collected += content.split("\n")[0]!.replace(/^\s*1\t/, "");
+      if (!hint) break;
+      expect(Number(hint[2])).toBe(collected.length);
+      input = { path: "bundle.min.js", offset: Number(hint[1]), char_offset: Number(hint[2]) };
+    }
+    expect(collected).toBe(line);
+    expect((await call("read_file", { path: "bundle.min.js", offset: 2 })).content).toBe("2\tsecond line\n");
   });
 
   it("write_file creates and replaces files", async () => {

@@ -20,6 +20,11 @@ export interface CommandRunOptions {
   readOnlyPaths?: string[];
   /** Mount `root` read-only too. Only runners with `enforcesReadOnly` may be asked for this. */
   readOnly?: boolean;
+  /**
+   * The spawned process's whole environment, instead of keen's own plus `env`. A sandbox runner
+   * starts bubblewrap this way so nothing of keen's environment is visible inside.
+   */
+  replaceEnv?: Record<string, string>;
 }
 
 /**
@@ -61,7 +66,7 @@ export function runInProcessGroup(file: string, args: string[], options: Command
 
     const child = spawn(file, args, {
       cwd: options.cwd,
-      env: { ...process.env, ...options.env },
+      env: options.replaceEnv ?? { ...process.env, ...options.env },
       detached: true,
       stdio: ["ignore", "pipe", "pipe"],
     });

@@ -39,14 +39,15 @@ describe("LocalWorkspace", () => {
     }
   });
 
-  it("forks a worktree on a new branch, merges it back with --no-ff, and reuses it on a second fork", async () => {
+  it("forks a worktree on a new branch, merges it back with --no-ff, and reattaches to it only when asked", async () => {
     const dir = await createTestRepo();
     const ws = await LocalWorkspace.open(dir);
     const child = await ws.fork("summon-A");
     expect(await child.currentBranch()).toBe("summon-A");
     await child.writeFile("child.txt", "from child\n");
     await child.commit("child work");
-    const again = await ws.fork("summon-A");
+    await expect(ws.fork("summon-A")).rejects.toMatchObject({ code: "branch_exists" });
+    const again = await ws.fork("summon-A", { reattach: true });
     expect(again.root).toBe(child.root);
     const merged = await ws.merge("summon-A", "Merge summon-A");
     expect(merged.status).toBe("merged");
@@ -66,7 +67,7 @@ describe("LocalWorkspace", () => {
     await child.writeFile("shared.txt", "child\n");
     await child.commit("child edit");
     await ws.writeFile("shared.txt", "parent\n");
-    const before = (await ws.commit("parent edit"))!;
+    const before = (await ws.commit("parent edit")).sha!;
     const result = await ws.merge("summon-A", "Merge summon-A");
     expect(result).toEqual({ status: "conflict", files: ["shared.txt"] });
     await ws.resetTo(before);

@@ -1,19 +1,39 @@
 import { randomBytes } from "node:crypto";
-import { lstat, mkdir, readFile, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { execa } from "execa";
 import picomatch from "picomatch";
 import { KeenError, PathOutsideWorkspaceError } from "../errors.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
+import { DEFAULT_MAX_FILE_BYTES, isCredentialName, stageChanges } from "./commit-filter.js";
+import { git, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
+import { isInside } from "./is-inside.js";
+import { withRepoLock } from "./repo-lock.js";
+import { readRegularFile } from "./safe-read.js";
 import { assertSandboxAvailable, sandboxRunner, type SandboxOptions } from "./sandbox-runner.js";
-import { isLeaseLive, ownLease, parseLease, parseWorktreeList, recoverWorktrees, salvageRef, type RecoveryReport } from "./worktree-recovery.js";
+import {
+  isLeaseLive,
+  ownLease,
+  parseLease,
+  parseWorktreeList,
+  recoverWorktrees,
+  removeTempFiles,
+  salvageRef,
+  worktreeGitDir,
+  type RecoveryReport,
+} from "./worktree-recovery.js";
 import type {
   CommitOptions,
+  CommitResult,
   ExecOptions,
   ExecResult,
   ForkableWorkspace,
+  ForkOptions,
+  ForkReport,
   ListFilesOptions,
   MergeResult,
+  ReadFileOptions,
 } from "./workspace.js";
 
 export interface LocalWorkspaceOptions {
@@ -29,30 +49,31 @@ export interface LocalWorkspaceOptions {
   /**
    * The recovery pass `open` runs on a main checkout: worktrees of dead keen processes are
    * removed (their uncommitted work kept under `refs/keen/salvage/<branch>` and restored by the
-   * next `fork` of that branch) and git lock files no git process holds are deleted once older
-   * than `staleLockMs` (default 10 000). `false` skips it.
+   * next `fork(branch, { reattach: true })`), keen's atomic-write temp files in them are deleted,
+   * and git lock files are deleted when a scan of /proc shows no git process working in the
+   * repository (their writer is provably dead), once older than `staleLockMs` (default 0: at
+   * once). Where /proc cannot be read, locks are left alone. `false` skips the pass.
    */
   recovery?: false | { staleLockMs?: number };
   /** Author and committer when the repository has no identity configured. */
   defaultIdentity?: { name: string; email: string };
   /** Where child worktrees go. Default: `<git dir>/keen/worktrees`. */
   worktreesDir?: string;
+  /** `commit` leaves files larger than this out (reported in `skipped`). Default 5 MB. */
+  maxFileBytes?: number;
 }
 
 const CONFLICT_MARKER = /^(<{7}|>{7}|={7})( |$)/m;
 const DEFAULT_IDENTITY = { name: "keen", email: "keen@localhost" };
 const DEFAULT_TIMEOUT_MS = 120_000;
 const DEFAULT_OUTPUT_BYTES = 100_000;
-const DEFAULT_STALE_LOCK_MS = 10_000;
+const DEFAULT_STALE_LOCK_MS = 0;
+const DEFAULT_READ_BYTES = 10 * 1024 * 1024;
+/** Longest conflicted file `commitMerge` inspects for markers. */
+const MAX_MERGE_FILE_BYTES = 50 * 1024 * 1024;
 
-/** Serialises git operations that take repository-wide locks (worktrees, branches, refs). */
-const repoLocks = new Map<string, Promise<unknown>>();
-function withRepoLock<T>(key: string, task: () => Promise<T>): Promise<T> {
-  const previous = repoLocks.get(key) ?? Promise.resolve();
-  const next = previous.catch(() => {}).then(task);
-  repoLocks.set(key, next.catch(() => {}));
-  return next;
-}
+/** Per checkout (git dir): git writes of this process, one at a time. */
+const checkoutQueues = new Map<string, Promise<unknown>>();
 
 /**
  * A workspace over a local git checkout, and the worktrees forked from it for child agents.
@@ -66,14 +87,26 @@ function withRepoLock<T>(key: string, task: () => Promise<T>): Promise<T> {
  */
 export class LocalWorkspace implements ForkableWorkspace {
   private recovery: RecoveryReport = { removedWorktrees: [], salvagedBranches: [], removedLocks: [] };
+  private forkReport: ForkReport | undefined;
 
   private constructor(
     readonly root: string,
     private readonly commonDir: string,
+    /** This checkout's own git dir, found from the common dir (never from the agent-writable `.git` file). */
+    private readonly gitDir: string,
     private readonly options: LocalWorkspaceOptions,
     private readonly isFork: boolean,
     private readonly runner: CommandRunner,
   ) {}
+
+  /** For a workspace made by `fork` with `includeUncommitted`: what was carried over into its first commit. */
+  get lastForkReport(): ForkReport | undefined {
+    return this.forkReport;
+  }
+
+  private get target(): GitTarget {
+    return { gitDir: this.gitDir, workTree: this.root };
+  }
 
   /** What the recovery pass of `open` cleaned up (empty for forks and when it was skipped). */
   get recovered(): RecoveryReport {
@@ -98,18 +131,30 @@ export class LocalWorkspace implements ForkableWorkspace {
       throw new KeenError("workspace_not_found", `Workspace folder ${absolute} does not exist`);
     }
     if (!info.isDirectory()) throw new KeenError("workspace_not_found", `${absolute} is not a folder`);
-    const probe = await execa("git", ["rev-parse", "--show-toplevel", "--git-common-dir"], { cwd: absolute, reject: false });
-    if (probe.exitCode !== 0) throw new KeenError("not_a_git_repository", `${absolute} is not a git repository (run git init first)`);
-    const [top, common] = probe.stdout.split("\n");
-    const root = await realpath(top!);
-    const commonDir = await realpath(resolve(absolute, common!));
+    // One value per call, with only the final newline removed: a path may itself contain newlines.
+    const probe = async (flag: string) => {
+      const result = await execa("git", ["-c", "core.fsmonitor=false", "rev-parse", "--path-format=absolute", flag], {
+        cwd: absolute,
+        reject: false,
+        stripFinalNewline: false,
+        env: withoutRepositoryVariables(),
+        extendEnv: false,
+      });
+      if (result.exitCode !== 0) throw new KeenError("not_a_git_repository", `${absolute} is not a git repository (run git init first)`);
+      return realpath(oneLine(result.stdout));
+    };
+    const root = await probe("--show-toplevel");
+    const commonDir = await probe("--git-common-dir");
+    // A linked worktree's own git dir is looked up in the common dir, which only git writes.
+    const gitDir = (await probe("--git-dir")) === commonDir ? commonDir : await worktreeGitDir(commonDir, root);
+    if (!gitDir) throw new KeenError("not_a_git_repository", `${absolute} is not a worktree its repository (${commonDir}) knows`);
     let runner = options.commandRunner;
     if (!runner && options.sandbox !== false) {
       const sandbox = typeof options.sandbox === "object" ? options.sandbox : {};
       runner = sandboxRunner(sandbox);
       await assertSandboxAvailable(sandbox.bwrapPath ? { bwrapPath: sandbox.bwrapPath } : {});
     }
-    const workspace = new LocalWorkspace(root, commonDir, options, false, runner ?? localCommandRunner);
+    const workspace = new LocalWorkspace(root, commonDir, gitDir, options, false, runner ?? localCommandRunner);
     const mainRoot = dirname(commonDir);
     if (options.recovery !== false && root === mainRoot) {
       workspace.recovery = await withRepoLock(commonDir, () =>
@@ -123,7 +168,7 @@ export class LocalWorkspace implements ForkableWorkspace {
       );
     } else {
       // Forget worktrees whose folders vanished.
-      await workspace.git(["worktree", "prune"]);
+      await git(workspace.target, ["worktree", "prune"]);
     }
     return workspace;
   }
@@ -178,11 +223,14 @@ export class LocalWorkspace implements ForkableWorkspace {
     return rel === "" || (!rel.startsWith(`..${sep}`) && rel !== ".." && !isAbsolute(rel));
   }
 
-  async readFile(path: string): Promise<string> {
+  async readFile(path: string, options: ReadFileOptions = {}): Promise<string> {
     const full = await this.resolvePath(path);
     try {
-      return await readFile(full, "utf8");
+      const bytes = await readRegularFile(full, { maxBytes: options.maxBytes ?? DEFAULT_READ_BYTES, ...(options.signal ? { signal: options.signal } : {}) });
+      return bytes.toString("utf8");
     } catch (error) {
+      // Name the file as the caller did, not by its host path.
+      if (error instanceof KeenError) throw new KeenError(error.code, error.message.split(full).join(path));
       throw fileError(path, error);
     }
   }
@@ -214,8 +262,8 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async listFiles(options: ListFilesOptions = {}): Promise<string[]> {
     const limit = options.limit ?? 1000;
-    const listed = await this.git(["ls-files", "-z", "--cached", "--others", "--exclude-standard"]);
-    const deleted = new Set((await this.git(["ls-files", "-z", "--deleted"])).split("\0"));
+    const listed = await git(this.target, ["ls-files", "-z", "--cached", "--others", "--exclude-standard"]);
+    const deleted = new Set((await git(this.target, ["ls-files", "-z", "--deleted"])).split("\0"));
     const match = options.pattern ? picomatch(options.pattern, { dot: true }) : undefined;
     const files = [...new Set(listed.split("\0"))]
       .filter((file) => file && !deleted.has(file) && (!match || match(file)))
@@ -246,131 +294,283 @@ export class LocalWorkspace implements ForkableWorkspace {
   }
 
   async currentBranch(): Promise<string> {
-    const result = await execa("git", ["symbolic-ref", "--short", "-q", "HEAD"], { cwd: this.root, reject: false });
-    return result.exitCode === 0 ? result.stdout.trim() : "HEAD";
+    const result = await gitRaw(this.target, ["symbolic-ref", "--short", "-q", "HEAD"]);
+    return result.exitCode === 0 ? oneLine(String(result.stdout)) : "HEAD";
   }
 
   async head(): Promise<string> {
-    return (await this.git(["rev-parse", "HEAD"])).trim();
+    return (await git(this.target, ["rev-parse", "HEAD"])).trim();
   }
 
-  async commit(message: string, options: CommitOptions = {}): Promise<string | null> {
-    await this.git(["add", "-A"]);
-    const staged = await execa("git", ["diff", "--cached", "--quiet"], { cwd: this.root, reject: false });
-    if (staged.exitCode === 0 && !options.allowEmpty) return null;
-    await this.git(["commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-m", message], await this.identityEnv(options.author));
-    return this.head();
+  private get maxFileBytes(): number {
+    return this.options.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES;
   }
 
-  async fork(branch: string): Promise<LocalWorkspace> {
-    const valid = await execa("git", ["check-ref-format", "--branch", branch], { cwd: this.root, reject: false });
-    if (valid.exitCode !== 0) throw new KeenError("invalid_branch", `"${branch}" is not a valid branch name`);
+  async commit(message: string, options: CommitOptions = {}): Promise<CommitResult> {
+    return this.locked(async () => {
+      const { skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes });
+      const staged = await gitRaw(this.target, ["diff", "--cached", "--quiet"]);
+      if (staged.exitCode === 0 && !options.allowEmpty) return { sha: null, skipped };
+      const before = await this.headOrNull();
+      await git(this.target, ["commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"], {
+        env: await this.identityEnv(options.author),
+        input: commitText(message),
+      });
+      return { sha: await this.verifiedHead(before), skipped };
+    });
+  }
+
+  private async headOrNull(): Promise<string | null> {
+    const result = await gitRaw(this.target, ["rev-parse", "-q", "--verify", "HEAD^{commit}"]);
+    return result.exitCode === 0 ? oneLine(String(result.stdout)) : null;
+  }
+
+  /**
+   * The commit HEAD now names, checked to be a commit of this repository that was not HEAD
+   * before: a commit keen reports must exist where it says.
+   */
+  private async verifiedHead(before: string | null): Promise<string> {
+    const sha = await this.headOrNull();
+    if (!sha || sha === before) throw new KeenError("git_failed", "git commit reported success but HEAD did not move");
+    const inCommon = await gitRaw({ gitDir: this.commonDir, workTree: dirname(this.commonDir) }, ["cat-file", "-e", `${sha}^{commit}`]);
+    if (inCommon.exitCode !== 0) throw new KeenError("git_failed", `Commit ${sha} is not in the repository at ${this.commonDir}`);
+    return sha;
+  }
+
+  /** Serialises git writes to one checkout within this process (its index and HEAD). */
+  private locked<T>(task: () => Promise<T>): Promise<T> {
+    const previous = checkoutQueues.get(this.gitDir) ?? Promise.resolve();
+    const next = previous.catch(() => {}).then(task);
+    checkoutQueues.set(this.gitDir, next.catch(() => {}));
+    return next;
+  }
+
+  /**
+   * Forks a worktree on `branch`. The branch is made fresh (at HEAD, `options.from`, or a commit
+   * of this checkout's uncommitted work with `includeUncommitted`); an existing branch or a name
+   * clashing with an existing ref is refused with `branch_exists` unless `reattach` is set.
+   * The report of `includeUncommitted` is on the returned workspace as `lastForkReport`.
+   */
+  async fork(branch: string, options: ForkOptions = {}): Promise<LocalWorkspace> {
+    const valid = await gitRaw(this.target, ["check-ref-format", "--branch", branch]);
+    if (valid.exitCode !== 0 || branch.startsWith("-")) throw new KeenError("invalid_branch", `"${branch}" is not a valid branch name`);
+    if (options.includeUncommitted && options.from !== undefined) {
+      throw new KeenError("invalid_option", "includeUncommitted starts from this checkout's HEAD; it cannot be combined with from");
+    }
     const dir = join(this.worktreesDir, branch);
     return withRepoLock(this.commonDir, async () => {
-      const existing = parseWorktreeList(await this.git(["worktree", "list", "--porcelain"])).find((entry) => entry.branch === branch);
-      if (existing) {
-        // Take over a worktree whose owner died; leave one a live process holds as it is.
-        const lease = parseLease(existing.locked ?? undefined);
-        if (existing.path !== this.root && (!lease || !isLeaseLive(lease))) {
-          await execa("git", ["worktree", "unlock", existing.path], { cwd: this.root, reject: false });
-          await this.git(["worktree", "lock", "--reason", ownLease(), existing.path]);
-        }
-        return this.child(existing.path);
+      const branchExists = (await gitRaw(this.target, ["rev-parse", "--verify", "-q", `refs/heads/${branch}`])).exitCode === 0;
+      if (!options.reattach) {
+        const clash = branchExists ? `refs/heads/${branch}` : await this.clashingRef(branch);
+        if (clash) throw new KeenError("branch_exists", `Branch "${branch}" cannot be created: ${clash} exists; keen never reuses a branch it did not just create`);
       }
+      if (branchExists) {
+        const existing = parseWorktreeList(await git(this.target, ["worktree", "list", "--porcelain", "-z"]), "\0").find((entry) => entry.branch === branch);
+        if (existing) return this.reattachWorktree(existing.path, existing.locked, branch);
+        await mkdir(dirname(dir), { recursive: true });
+        await git(this.target, ["worktree", "add", "-q", "--lock", "--reason", ownLease(), dir, branch]);
+        await this.restoreSalvage(dir, branch);
+        return this.child(dir);
+      }
+      let start = options.from ?? "HEAD";
+      let report: ForkReport | undefined;
+      if (options.includeUncommitted) ({ start, report } = await this.snapshotUncommitted(branch));
+      const startCommit = await gitRaw(this.target, ["rev-parse", "--verify", "-q", `${start}^{commit}`]);
+      if (startCommit.exitCode !== 0) throw new KeenError("invalid_ref", `"${start}" does not name a commit`);
       await mkdir(dirname(dir), { recursive: true });
-      const branchExists = (await execa("git", ["rev-parse", "--verify", "-q", `refs/heads/${branch}`], { cwd: this.root, reject: false })).exitCode === 0;
       // The lock's reason is the lease: it names this process, so a later recovery pass knows when the worktree is abandoned.
-      const lock = ["--lock", "--reason", ownLease()];
-      await this.git(branchExists ? ["worktree", "add", "-q", ...lock, dir, branch] : ["worktree", "add", "-q", ...lock, "-b", branch, dir, "HEAD"]);
-      if (branchExists) await this.restoreSalvage(dir, branch);
-      return this.child(dir);
+      await git(this.target, ["worktree", "add", "-q", "--lock", "--reason", ownLease(), "-b", branch, dir, oneLine(String(startCommit.stdout))]);
+      const child = await this.child(dir);
+      child.forkReport = report;
+      return child;
     });
+  }
+
+  /** An existing ref `branch` would clash with as file/folder (`a/b` when creating `a`, or `a` when creating `a/b`). */
+  private async clashingRef(branch: string): Promise<string | null> {
+    const below = nulSeparated(await git(this.target, ["for-each-ref", "--format=%(refname)%00", `refs/heads/${branch}/`])).map((ref) => ref.trim()).filter(Boolean);
+    if (below.length > 0) return below[0]!;
+    const parts = branch.split("/");
+    for (let i = 1; i < parts.length; i++) {
+      const prefix = `refs/heads/${parts.slice(0, i).join("/")}`;
+      if ((await gitRaw(this.target, ["rev-parse", "--verify", "-q", prefix])).exitCode === 0) return prefix;
+    }
+    return null;
+  }
+
+  /** Resume: attach to the worktree already on `branch`, when it is keen's and no other live process holds it. */
+  private async reattachWorktree(path: string, locked: string | null, branch: string): Promise<LocalWorkspace> {
+    if (!isInside(this.worktreesDir, path)) {
+      throw new KeenError("worktree_in_use", `Branch "${branch}" is checked out in ${path}, which keen did not create; it is left alone`);
+    }
+    const lease = parseLease(locked ?? undefined);
+    const own = lease !== undefined && lease.pid === process.pid && lease.host === parseLease(ownLease())!.host;
+    if (lease && !own && isLeaseLive(lease)) {
+      throw new KeenError("worktree_in_use", `The worktree of "${branch}" (${path}) is in use by another keen process (pid ${lease.pid})`);
+    }
+    if (!own) {
+      const gitDir = await worktreeGitDir(this.commonDir, path);
+      if (gitDir) {
+        // Its owner is dead: so is any writer of its index lock.
+        await rm(join(gitDir, "index.lock"), { force: true });
+        await rm(join(gitDir, "locked"), { force: true });
+      }
+      await git(this.target, ["worktree", "lock", "--reason", ownLease(), path]);
+      await removeTempFiles(path);
+    }
+    return this.child(path);
+  }
+
+  /**
+   * Commits this checkout's tracked modifications and untracked, non-ignored files (minus
+   * credentials and what `commit` would also leave out) on top of HEAD, through a temporary
+   * index: the checkout's own index, working tree and stash are never written.
+   */
+  private async snapshotUncommitted(branch: string): Promise<{ start: string; report: ForkReport }> {
+    const indexDir = await mkdtempIndexDir();
+    const env = { GIT_INDEX_FILE: join(indexDir, "index") };
+    try {
+      await git(this.target, ["read-tree", "HEAD"], { env });
+      const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes, env });
+      const head = await this.head();
+      if (staged.length === 0) return { start: head, report: { included: [], skipped } };
+      const tree = (await git(this.target, ["write-tree"], { env })).trim();
+      const message = `keen: uncommitted work carried into ${branch}`;
+      const commit = (await git(this.target, ["commit-tree", tree, "-p", head, "-F", "-"], { env: { ...env, ...(await this.identityEnv()) }, input: message })).trim();
+      return { start: commit, report: { included: staged.sort(), skipped } };
+    } finally {
+      await rm(indexDir, { recursive: true, force: true });
+    }
   }
 
   /** Puts back the uncommitted work a recovery pass saved for `branch`, when the branch has not moved since. */
   private async restoreSalvage(dir: string, branch: string): Promise<void> {
+    const target = { gitDir: (await worktreeGitDir(this.commonDir, dir))!, workTree: await realpath(dir) };
     const ref = salvageRef(branch);
-    const saved = await execa("git", ["rev-parse", "--verify", "-q", ref], { cwd: dir, reject: false });
+    const saved = await gitRaw(target, ["rev-parse", "--verify", "-q", ref]);
     if (saved.exitCode !== 0) return;
-    const parent = await execa("git", ["rev-parse", `${saved.stdout.trim()}^`], { cwd: dir, reject: false });
-    const head = await execa("git", ["rev-parse", "HEAD"], { cwd: dir, reject: false });
-    if (parent.stdout.trim() !== head.stdout.trim()) return; // Kept for inspection: it no longer applies cleanly.
-    await execa("git", ["read-tree", "-m", "-u", "HEAD", saved.stdout.trim()], { cwd: dir });
-    await execa("git", ["update-ref", "-d", ref], { cwd: dir });
+    const sha = oneLine(String(saved.stdout));
+    const parent = await gitRaw(target, ["rev-parse", `${sha}^`]);
+    const head = await gitRaw(target, ["rev-parse", "HEAD"]);
+    if (String(parent.stdout) !== String(head.stdout)) return; // Kept for inspection: it no longer applies cleanly.
+    await git(target, ["read-tree", "-m", "-u", "HEAD", sha]);
+    await git(target, ["update-ref", "-d", ref]);
   }
 
   private async child(dir: string): Promise<LocalWorkspace> {
-    return new LocalWorkspace(await realpath(dir), this.commonDir, this.options, true, this.runner);
+    const root = await realpath(dir);
+    const gitDir = await worktreeGitDir(this.commonDir, root);
+    if (!gitDir) throw new KeenError("git_failed", `git does not list ${root} as a worktree of ${this.commonDir}`);
+    return new LocalWorkspace(root, this.commonDir, gitDir, this.options, true, this.runner);
   }
 
   async merge(branch: string, message: string): Promise<MergeResult> {
-    const result = await execa("git", ["merge", "--no-ff", "--no-verify", "-m", message, branch], {
-      cwd: this.root,
-      reject: false,
-      env: await this.identityEnv(),
+    return this.locked(async () => {
+      const before = await this.headOrNull();
+      const result = await gitRaw(this.target, ["merge", "--no-ff", "--no-verify", "-m", commitText(message), "--end-of-options", branch], {
+        env: await this.identityEnv(),
+      });
+      if (result.exitCode === 0) return { status: "merged", sha: await this.verifiedHead(before) };
+      const files = await this.conflictedFiles();
+      if (files.length > 0) return { status: "conflict", files };
+      await this.abortMerge();
+      throw new KeenError("merge_failed", `Merging ${branch} failed: ${String(result.stderr || result.stdout).trim()}`);
     });
-    if (result.exitCode === 0) return { status: "merged", sha: await this.head() };
-    const files = await this.conflictedFiles();
-    if (files.length > 0) return { status: "conflict", files };
-    await this.abortMerge();
-    throw new KeenError("merge_failed", `Merging ${branch} failed: ${(result.stderr || result.stdout).trim()}`);
   }
 
   async commitMerge(message: string): Promise<string> {
-    const left: string[] = [];
-    for (const file of await this.conflictedFiles()) {
-      const text = await readFile(join(this.root, file), "utf8").catch(() => "");
-      if (CONFLICT_MARKER.test(text)) left.push(file);
+    return this.locked(async () => {
+      const conflicted = await this.conflictedFiles();
+      const left: string[] = [];
+      for (const file of conflicted) {
+        const problem = await this.unresolved(file);
+        if (problem) left.push(`${file} (${problem})`);
+      }
+      if (left.length > 0) throw new KeenError("merge_unresolved", `Conflicts remain in ${left.join(", ")}`);
+      const { skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes });
+      const stillConflicted = await this.conflictedFiles();
+      if (stillConflicted.length > 0) {
+        const why = skipped.filter((file) => stillConflicted.includes(file.path)).map((file) => `${file.path} (${file.reason})`);
+        throw new KeenError("merge_unresolved", `Conflicts remain in ${(why.length ? why : stillConflicted).join(", ")}`);
+      }
+      const before = await this.headOrNull();
+      await git(this.target, ["commit", "-q", "--no-verify", "-F", "-"], { env: await this.identityEnv(), input: commitText(message) });
+      return this.verifiedHead(before);
+    });
+  }
+
+  /**
+   * Why a conflicted path is not resolved, or null when it is. Read on the host without following
+   * a symlink or opening anything but a regular file inside the checkout: a path whose folders
+   * lead elsewhere, a FIFO or a device is never opened.
+   */
+  private async unresolved(file: string): Promise<string | null> {
+    const full = join(this.root, file);
+    const parent = await realpath(dirname(full)).catch(() => null);
+    if (parent !== null && parent !== dirname(full)) return "a folder on its path is a symbolic link";
+    const info = await lstat(full).catch(() => null);
+    if (!info || info.isSymbolicLink()) return null; // Deleted, or a link git records as its target text.
+    if (!info.isFile()) return "not a regular file";
+    try {
+      const text = (await readRegularFile(full, { maxBytes: MAX_MERGE_FILE_BYTES })).toString("utf8");
+      return CONFLICT_MARKER.test(text) ? "conflict markers" : null;
+    } catch (error) {
+      return error instanceof Error ? error.message : String(error);
     }
-    if (left.length > 0) throw new KeenError("merge_unresolved", `Conflict markers remain in ${left.join(", ")}`);
-    await this.git(["add", "-A"]);
-    await this.git(["commit", "-q", "--no-verify", "-m", message], await this.identityEnv());
-    return this.head();
   }
 
   async abortMerge(): Promise<void> {
-    const inMerge = await execa("git", ["rev-parse", "-q", "--verify", "MERGE_HEAD"], { cwd: this.root, reject: false });
-    if (inMerge.exitCode === 0) await this.git(["merge", "--abort"]);
+    const inMerge = await gitRaw(this.target, ["rev-parse", "-q", "--verify", "MERGE_HEAD"]);
+    if (inMerge.exitCode === 0) await git(this.target, ["merge", "--abort"]);
   }
 
   async resetTo(sha: string): Promise<void> {
     await this.abortMerge();
-    await this.git(["reset", "-q", "--hard", sha]);
-    await this.git(["clean", "-q", "-fd"]);
+    await git(this.target, ["reset", "-q", "--hard", sha]);
+    await git(this.target, ["clean", "-q", "-fd"]);
   }
 
   async conflictedFiles(): Promise<string[]> {
-    const out = await this.git(["diff", "--name-only", "--diff-filter=U", "-z"]);
-    return out.split("\0").filter(Boolean);
+    return nulSeparated(await git(this.target, ["diff", "--name-only", "--diff-filter=U", "-z"]));
   }
 
   async dispose(): Promise<void> {
     if (!this.isFork) return;
+    const main: GitTarget = { gitDir: this.commonDir, workTree: dirname(this.commonDir) };
     await withRepoLock(this.commonDir, async () => {
-      // Twice --force: the worktree is locked with keen's lease.
-      await execa("git", ["worktree", "remove", "--force", "--force", this.root], { cwd: dirname(this.commonDir), reject: false });
+      // Unlock first (the lease), so the registration is pruned even when removal fails, e.g. on a
+      // `.git` file the agent rewrote; then remove the folder ourselves.
+      await gitRaw(main, ["worktree", "unlock", this.root]);
+      await gitRaw(main, ["worktree", "remove", "--force", "--force", this.root]);
       await rm(this.root, { recursive: true, force: true });
-      await execa("git", ["worktree", "prune"], { cwd: dirname(this.commonDir), reject: false });
+      await gitRaw(main, ["worktree", "prune"]);
     });
   }
 
   private async identityEnv(author?: { name: string; email: string }): Promise<Record<string, string>> {
     let identity = author;
     if (!identity) {
-      const configured = await execa("git", ["config", "user.email"], { cwd: this.root, reject: false });
-      if (configured.exitCode === 0 && configured.stdout.trim()) return {};
+      const configured = await gitRaw(this.target, ["config", "user.email"]);
+      if (configured.exitCode === 0 && String(configured.stdout).trim()) return {};
       identity = this.options.defaultIdentity ?? DEFAULT_IDENTITY;
     }
     return gitIdentityEnv(identity);
   }
+}
 
-  private async git(args: string[], env: Record<string, string> = {}): Promise<string> {
-    const result = await execa("git", args, { cwd: this.root, reject: false, env, stripFinalNewline: false });
-    if (result.exitCode !== 0) {
-      throw new KeenError("git_failed", `git ${args[0]} failed: ${(result.stderr || result.stdout).trim()}`);
-    }
-    return result.stdout;
-  }
+/**
+ * A commit message git can take: control characters other than newline and tab (a NUL would make
+ * git fail and lose the commit) become spaces.
+ */
+function commitText(message: string): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = message.replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, " ");
+  return clean.trim() === "" ? "keen commit" : clean;
+}
+
+/** A private folder for a temporary index file. */
+function mkdtempIndexDir(): Promise<string> {
+  return mkdtemp(join(tmpdir(), "keen-index-"));
 }
 
 function fileError(path: string, error: unknown): KeenError {
@@ -378,6 +578,7 @@ function fileError(path: string, error: unknown): KeenError {
   if (code === "ENOENT") return new KeenError("file_not_found", `File not found: ${path}`);
   if (code === "EISDIR") return new KeenError("is_a_directory", `${path} is a folder, not a file`);
   if (code === "EACCES") return new KeenError("permission_denied", `Permission denied: ${path}`);
+  if (code === "ELOOP") return new KeenError("not_regular_file", `${path} is a symbolic link; read the file it points to instead`);
   return new KeenError("file_error", `${path}: ${error instanceof Error ? error.message : String(error)}`);
 }
 

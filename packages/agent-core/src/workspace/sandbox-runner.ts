@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { isAbsolute, resolve } from "node:path";
+import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from "node:fs";
+import { isAbsolute, join, resolve } from "node:path";
 import { z } from "zod";
 import { ConfigError, KeenError } from "../errors.js";
 import { runInProcessGroup, type CommandRunner, type CommandRunOptions } from "./command-runner.js";
@@ -9,10 +9,29 @@ import type { ExecResult } from "./workspace.js";
 
 /**
  * How `sandboxRunner` confines commands. Every field is optional; the defaults give no network,
- * a read-only system, only the workspace root writable, 600 s of CPU time and 8 GiB of memory
- * per process.
+ * only the system's read-only tool folders (`/usr`, `/opt`, a few files of `/etc`) and the
+ * workspace (writable), an empty HOME, a private 512 MiB /tmp, 600 s of CPU time and 8 GiB of
+ * memory per process, and at most 256 processes.
  */
 export interface SandboxOptions {
+  /**
+   * What of the host's file system the command sees. `"minimal"` (the default): `/usr` (and the
+   * `/bin`, `/lib` … links into it), `/opt`, `/sys`, and from `/etc` only what tools need
+   * (`passwd`, `group`, `hosts`, `resolv.conf`, TLS certificates, `alternatives`, …, never
+   * `shadow` or credential files), plus the workspace and the paths named below. Home folders,
+   * `/root`, `/var`, `/srv`, `/mnt` and the rest of `/etc` are not there. `"full"`: the whole
+   * host file system read-only, minus `hidePaths` (what older versions did).
+   */
+  hostView?: "minimal" | "full";
+  /** Size of the private /tmp (which also holds HOME) in bytes. Default 512 MiB. */
+  tmpBytes?: number;
+  /**
+   * Most processes the command may have running at once. Enforced with a cgroup `pids`
+   * controller where keen may create one (as root on most hosts), otherwise with
+   * `RLIMIT_NPROC`, which counts per user namespace and does not apply to root. Default 256;
+   * `Infinity` for none.
+   */
+  maxProcesses?: number;
   /** Allow network access. Default `false`: the command gets its own network namespace with only a loopback device. */
   network?: boolean;
   /** CPU seconds per process (`RLIMIT_CPU`); SIGXCPU at the limit, SIGKILL one second later. Default 600; `Infinity` for none. */
@@ -49,6 +68,9 @@ export interface SandboxOptions {
 const AbsolutePath = z.string().refine((path) => isAbsolute(path), "must be an absolute path");
 const Limit = z.union([z.number().int().positive(), z.literal(Infinity)]);
 const SandboxOptionsSchema = z.object({
+  hostView: z.enum(["minimal", "full"]).optional(),
+  tmpBytes: z.number().int().min(1024 * 1024).optional(),
+  maxProcesses: Limit.optional(),
   network: z.boolean().optional(),
   cpuSeconds: Limit.optional(),
   memoryBytes: Limit.optional(),
@@ -63,6 +85,8 @@ const SandboxOptionsSchema = z.object({
 
 const DEFAULT_CPU_SECONDS = 600;
 const DEFAULT_MEMORY_BYTES = 8 * 1024 ** 3;
+const DEFAULT_TMP_BYTES = 512 * 1024 * 1024;
+const DEFAULT_MAX_PROCESSES = 256;
 const DEFAULT_PASS_ENV = ["PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "USER", "LOGNAME", "SHELL"];
 /** Where HOME points inside the sandbox: a folder on the private /tmp, gone when the command ends. */
 export const SANDBOX_HOME = "/tmp/home";
@@ -110,9 +134,9 @@ function sandboxProblem(bwrapPath: string): Promise<string | null> {
 }
 
 function probeBwrap(bwrapPath: string): Promise<string | null> {
-  const args = [...baseArgs(false), "--", "/bin/sh", "-c", "exit 0"];
+  const args = [...baseArgs({ network: false, hostView: "minimal", tmpBytes: DEFAULT_TMP_BYTES }), "--", "/bin/sh", "-c", "exit 0"];
   return new Promise((resolvePromise) => {
-    const child = spawn(bwrapPath, args, { stdio: ["ignore", "ignore", "pipe"], timeout: PROBE_TIMEOUT_MS });
+    const child = spawn(bwrapPath, args, { stdio: ["ignore", "ignore", "pipe"], timeout: PROBE_TIMEOUT_MS, env: bwrapEnv() });
     let stderr = "";
     child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
     child.on("error", (error: NodeJS.ErrnoException) => {
@@ -125,15 +149,47 @@ function probeBwrap(bwrapPath: string): Promise<string | null> {
   });
 }
 
-/** Namespace and hardening flags shared by the trial run and real commands. */
-function baseArgs(network: boolean): string[] {
+/**
+ * bubblewrap's own environment. bwrap becomes PID 1 inside the sandbox, and its environment is
+ * readable there (`/proc/1/environ`), so it gets nothing of keen's (no API keys): only PATH to
+ * find itself. The command's environment comes from `--setenv` after `--clearenv`.
+ */
+function bwrapEnv(): Record<string, string> {
+  return { PATH: process.env.PATH ?? "/usr/bin:/bin" };
+}
+
+/** Top-level folders that are links into /usr on merged-/usr systems, or folders of their own on older ones. */
+const SYSTEM_FOLDERS = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+/** Read-only tool folders besides /usr. */
+const TOOL_FOLDERS = ["/opt", "/sys", "/nix/store", "/snap"];
+/**
+ * The entries of /etc that ordinary tools read: name service, TLS trust, dynamic linker, time
+ * zone, shells and terminal data, Debian's `alternatives` links. Not `shadow`, `gshadow`, `ssh`,
+ * `npmrc`, `pip.conf`, `sudoers` or anything else that holds secrets or site credentials.
+ */
+const ETC_ENTRIES = [
+  "passwd", "group", "hosts", "hostname", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf", "services", "protocols",
+  "networks", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "ssl", "ca-certificates",
+  "ca-certificates.conf", "pki", "crypto-policies", "alternatives", "os-release", "debian_version", "lsb-release",
+  "mime.types", "magic", "magic.mime", "inputrc", "bash.bashrc", "profile", "profile.d", "shells", "terminfo",
+  "locale.alias", "locale.conf", "default/locale", "fonts", "gitconfig", "java-17-openjdk", "python3",
+];
+
+interface ViewSettings {
+  network: boolean;
+  hostView: "minimal" | "full";
+  tmpBytes: number;
+}
+
+/** Namespace, hardening and file-system flags shared by the trial run and real commands. */
+function baseArgs(view: ViewSettings): string[] {
   return [
-    "--ro-bind", "/", "/",
+    ...hostMounts(view.hostView),
     "--dev", "/dev",
     "--proc", "/proc",
-    "--tmpfs", "/tmp",
+    "--size", String(view.tmpBytes), "--tmpfs", "/tmp",
     ...(existsSync("/run") ? ["--tmpfs", "/run"] : []),
-    ...(network ? [] : ["--unshare-net"]),
+    ...(view.network ? [] : ["--unshare-net"]),
     "--unshare-pid",
     "--unshare-ipc",
     "--unshare-uts",
@@ -142,6 +198,33 @@ function baseArgs(network: boolean): string[] {
     "--new-session",
     "--cap-drop", "ALL",
   ];
+}
+
+/** What of the host file system is visible before the workspace is mounted. */
+function hostMounts(view: "minimal" | "full"): string[] {
+  if (view === "full") return ["--ro-bind", "/", "/"];
+  const args = ["--ro-bind", "/usr", "/usr"];
+  for (const path of SYSTEM_FOLDERS) {
+    const info = lstatOrNull(path);
+    if (info?.isSymbolicLink()) args.push("--symlink", readlinkSync(path), path);
+    else if (info?.isDirectory()) args.push("--ro-bind", path, path);
+  }
+  for (const path of TOOL_FOLDERS) if (existsSync(path)) args.push("--ro-bind", path, path);
+  args.push("--dir", "/etc");
+  for (const entry of ETC_ENTRIES) {
+    const path = `/etc/${entry}`;
+    if (existsSync(path)) args.push("--ro-bind", path, path);
+  }
+  args.push("--dir", "/var", "--symlink", "../tmp", "/var/tmp");
+  return args;
+}
+
+function lstatOrNull(path: string): ReturnType<typeof lstatSync> | null {
+  try {
+    return lstatSync(path);
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -165,10 +248,17 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
   const settings = parsed.data;
   const bwrapPath = settings.bwrapPath ?? "bwrap";
   const cpuSeconds = settings.cpuSeconds ?? DEFAULT_CPU_SECONDS;
+  const maxProcesses = settings.maxProcesses ?? DEFAULT_MAX_PROCESSES;
   const limits = {
     cpuSeconds,
     memoryBytes: settings.memoryBytes ?? DEFAULT_MEMORY_BYTES,
     addressSpaceBytes: settings.addressSpaceBytes ?? Infinity,
+    maxProcesses,
+  };
+  const view: ViewSettings = {
+    network: settings.network === true,
+    hostView: settings.hostView ?? "minimal",
+    tmpBytes: settings.tmpBytes ?? DEFAULT_TMP_BYTES,
   };
 
   return {
@@ -177,7 +267,7 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
       await assertSandboxAvailable({ bwrapPath });
       const root = resolve(runOptions.root ?? runOptions.cwd);
       const readOnly = settings.readOnly === true || runOptions.readOnly === true;
-      const args = [...baseArgs(settings.network === true), "--dir", SANDBOX_HOME];
+      const args = [...baseArgs(view), "--dir", SANDBOX_HOME];
       // Git metadata outside the root (a worktree's common dir) stays readable but not writable,
       // also when it lives under /tmp, which the private /tmp would otherwise hide.
       const readable = [...(runOptions.readOnlyPaths ?? []), ...(settings.extraReadOnlyPaths ?? [])].filter((path) => existsSync(path));
@@ -190,10 +280,16 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
       for (const path of hideFirst) args.push("--tmpfs", path);
       for (const path of readable) args.push("--ro-bind", path, path);
       args.push(readOnly ? "--ro-bind" : "--bind", root, root);
+      // The checkout's `.git` (a worktree's pointer file, or a main checkout's folder) is read-only
+      // inside, so no command can point it at a repository of its own.
+      const dotGit = join(root, ".git");
+      if (lstatOrNull(dotGit)) args.push("--ro-bind", dotGit, dotGit);
       // A main checkout holds its git dir inside the root; mount it read-only again on top.
       for (const path of readable) if (isInside(root, path)) args.push("--ro-bind", path, path);
       for (const path of writable) args.push("--bind", path, path);
       for (const path of hidden) if (!hideFirst.includes(path)) args.push("--tmpfs", path);
+      // The sandbox's own root (holding /etc, /var and the mount points) is read-only too.
+      if (view.hostView === "minimal") args.push("--remount-ro", "/");
       args.push("--chdir", runOptions.cwd, "--clearenv");
       const env: Record<string, string> = { HOME: SANDBOX_HOME, TMPDIR: "/tmp" };
       for (const name of settings.passEnv ?? DEFAULT_PASS_ENV) {
@@ -205,7 +301,11 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
       args.push("--", "/bin/sh", "-c", limitScript(limits), "keen-sandbox", command);
 
       const { env: _env, ...rest } = runOptions;
-      const result = await runInProcessGroup(bwrapPath, args, rest);
+      const cgroup = Number.isFinite(maxProcesses) ? createPidsCgroup(maxProcesses) : null;
+      const result = cgroup
+        ? await runInProcessGroup("/bin/sh", ["-c", 'echo $$ > "$1" && shift && exec "$@"', "keen-cgroup", join(cgroup, "cgroup.procs"), bwrapPath, ...args], { ...rest, replaceEnv: bwrapEnv() })
+        : await runInProcessGroup(bwrapPath, args, { ...rest, replaceEnv: bwrapEnv() });
+      if (cgroup) await removeCgroup(cgroup);
       if (result.exitCode === SIGXCPU_EXIT && Number.isFinite(cpuSeconds)) {
         return { ...result, output: `${result.output}\n[stopped by the sandbox: CPU time limit of ${cpuSeconds} s reached]\n` };
       }
@@ -218,12 +318,76 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
  * The shell prologue that applies the limits before running the command. The hard CPU limit is
  * one second above the soft one, so a process first gets SIGXCPU (an exit status we can name).
  */
-function limitScript(limits: { cpuSeconds: number; memoryBytes: number; addressSpaceBytes: number }): string {
+function limitScript(limits: { cpuSeconds: number; memoryBytes: number; addressSpaceBytes: number; maxProcesses: number }): string {
   const kib = (bytes: number) => Math.max(1, Math.floor(bytes / 1024));
   const steps: string[] = [];
+  // RLIMIT_NPROC (dash spells it -p): counted per user namespace, so it bounds this sandbox
+  // alone when bwrap runs unprivileged; the kernel never applies it to root.
+  if (Number.isFinite(limits.maxProcesses)) steps.push(`ulimit -p ${limits.maxProcesses}`);
   if (Number.isFinite(limits.cpuSeconds)) steps.push(`ulimit -t ${limits.cpuSeconds + 1}`, `ulimit -S -t ${limits.cpuSeconds}`);
   if (Number.isFinite(limits.memoryBytes)) steps.push(`ulimit -d ${kib(limits.memoryBytes)}`);
   if (Number.isFinite(limits.addressSpaceBytes)) steps.push(`ulimit -v ${kib(limits.addressSpaceBytes)}`);
   steps.push('exec /bin/sh -c "$1"');
   return steps.join(" && ");
+}
+
+let cgroupCounter = 0;
+
+/**
+ * A fresh cgroup with the `pids` controller capped at `max`, or null where keen may not make one
+ * (no cgroup file system, no permission, cgroup v2 without a delegated `pids` controller). The
+ * sandbox is started inside it, so every process in the sandbox counts against the cap, root
+ * or not.
+ */
+function createPidsCgroup(max: number): string | null {
+  for (const base of pidsCgroupBases()) {
+    const dir = join(base, `keen-${process.pid}-${++cgroupCounter}`);
+    try {
+      mkdirSync(dir);
+    } catch {
+      continue;
+    }
+    try {
+      writeFileSync(join(dir, "pids.max"), String(max));
+      return dir;
+    } catch {
+      try {
+        rmdirSync(dir);
+      } catch {
+        // Left for the system to clean up.
+      }
+    }
+  }
+  return null;
+}
+
+/** Where this process's cgroup with the pids controller lives (v1 first, then v2). */
+function pidsCgroupBases(): string[] {
+  let lines: string[];
+  try {
+    lines = readFileSync("/proc/self/cgroup", "utf8").split("\n");
+  } catch {
+    return [];
+  }
+  const bases: string[] = [];
+  for (const line of lines) {
+    const [, controllers, path] = line.split(":", 3) as [string, string | undefined, string | undefined];
+    if (path === undefined) continue;
+    if (controllers?.split(",").includes("pids")) bases.push(join("/sys/fs/cgroup/pids", path));
+    else if (controllers === "") bases.push(join("/sys/fs/cgroup", path), join("/sys/fs/cgroup/unified", path));
+  }
+  return bases.filter((base) => existsSync(join(base, "cgroup.procs")));
+}
+
+/** Removes a cgroup once its processes are gone (they are killed with the sandbox's process group). */
+async function removeCgroup(dir: string): Promise<void> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    try {
+      rmdirSync(dir);
+      return;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
 }

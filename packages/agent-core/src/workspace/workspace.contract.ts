@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { mkdtemp, symlink, writeFile, readdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -77,6 +78,14 @@ export function runWorkspaceContract(name: string, setup: () => Promise<{ dir: s
         await expect(ws.readFile("nope.txt")).rejects.toMatchObject({ code: "file_not_found" });
       });
 
+      it("refuses a FIFO at once instead of blocking, and a file over maxBytes before loading it", async () => {
+        execFileSync("mkfifo", [join(dir, "pipe")]);
+        await expect(ws.readFile("pipe")).rejects.toMatchObject({ code: "not_regular_file" });
+        await ws.writeFile("big.txt", "x".repeat(2048));
+        await expect(ws.readFile("big.txt", { maxBytes: 1024 })).rejects.toMatchObject({ code: "file_too_large" });
+        expect(await ws.readFile("big.txt", { maxBytes: 4096 })).toHaveLength(2048);
+      });
+
       it("lists files honouring .gitignore (nested too), never .git, sorted, with glob and limit", async () => {
         await ws.writeFile(".gitignore", "build/\n*.log\n");
         await ws.writeFile("build/out.js", "x");
@@ -140,11 +149,29 @@ export function runWorkspaceContract(name: string, setup: () => Promise<{ dir: s
         expect(await ws.currentBranch()).toBe("main");
         const before = await ws.head();
         await ws.writeFile("new.txt", "x\n");
-        const sha = await ws.commit("Add new.txt", { author: { name: "A", email: "a@x" } });
+        const { sha, skipped } = await ws.commit("Add new.txt", { author: { name: "A", email: "a@x" } });
+        expect(skipped).toEqual([]);
         expect(sha).toMatch(/^[0-9a-f]{40}$/);
         expect(sha).not.toBe(before);
         expect(await ws.head()).toBe(sha);
-        expect(await ws.commit("nothing")).toBeNull();
+        expect(await ws.commit("nothing")).toEqual({ sha: null, skipped: [] });
+      });
+
+      it("never commits credential-looking files or keen's temp files, and names them in skipped", async () => {
+        await ws.writeFile("ok.txt", "fine\n");
+        await ws.writeFile(".env", "TOKEN=1\n");
+        await ws.writeFile("keys/deploy.key", "k\n");
+        await ws.writeFile("src/key.ts", 'export const k = "-----BEGIN OPENSSH PRIVATE KEY-----";\n');
+        await writeFile(join(dir, ".keen-abcdef012345.tmp"), "partial");
+        const { sha, skipped } = await ws.commit("Add ok.txt", { author: { name: "A", email: "a@x" } });
+        expect(sha).toMatch(/^[0-9a-f]{40}$/);
+        expect(skipped.map((file) => `${file.path}:${file.reason}`).sort()).toEqual([
+          ".env:credential",
+          ".keen-abcdef012345.tmp:temp_file",
+          "keys/deploy.key:credential",
+          "src/key.ts:credential",
+        ]);
+        expect(await ws.exists(".env")).toBe(true);
       });
     });
   });

@@ -35,6 +35,29 @@ export interface ListFilesOptions {
   limit?: number;
 }
 
+/** Why `commit` (or `fork` with `includeUncommitted`) left a file out. */
+export type SkippedReason = "credential" | "too_large" | "temp_file" | "not_regular";
+
+/** A file keen did not commit, and why. */
+export interface SkippedFile {
+  path: string;
+  reason: SkippedReason;
+  detail?: string;
+}
+
+/** What `commit` did: the new commit (null when nothing was staged) and the files it left out. */
+export interface CommitResult {
+  sha: string | null;
+  skipped: SkippedFile[];
+}
+
+export interface ReadFileOptions {
+  /** Refuse files larger than this many bytes (code `file_too_large`). Default 10 MiB. */
+  maxBytes?: number;
+  /** Abandons the read (code `aborted`). */
+  signal?: AbortSignal;
+}
+
 export interface CommitOptions {
   author?: { name: string; email: string };
   /** Commit even when nothing changed. Default false. */
@@ -56,7 +79,12 @@ export interface Workspace {
   readonly root: string;
   /** Absolute path for `path`, after checking it stays inside the root. */
   resolvePath(path: string): Promise<string>;
-  readFile(path: string): Promise<string>;
+  /**
+   * Reads a regular file as UTF-8. Refuses anything else (FIFOs, sockets, devices: code
+   * `not_regular_file`) by checking the opened descriptor, and files over `maxBytes` before
+   * loading them (code `file_too_large`).
+   */
+  readFile(path: string, options?: ReadFileOptions): Promise<string>;
   /** Writes atomically (temporary file + rename), creating parent folders. */
   writeFile(path: string, content: string): Promise<void>;
   exists(path: string): Promise<boolean>;
@@ -68,8 +96,14 @@ export interface Workspace {
   currentBranch(): Promise<string>;
   /** Commit id of HEAD. */
   head(): Promise<string>;
-  /** Stages everything and commits; returns the new commit id, or null when there was nothing to commit. */
-  commit(message: string, options?: CommitOptions): Promise<string | null>;
+  /**
+   * Stages every change and commits it, except what keen never commits: credential-looking files
+   * (`.env*`, `*.pem`, `id_rsa*`, `*.key`, key-shaped content), files over the workspace's size
+   * limit, keen's atomic-write temp files (`.keen-*.tmp`) and non-regular files. Those stay in the
+   * checkout, uncommitted, and are listed in `skipped`. `sha` is the new commit, or null when
+   * nothing was left to commit.
+   */
+  commit(message: string, options?: CommitOptions): Promise<CommitResult>;
 }
 
 /** Outcome of merging a branch into a workspace's current branch. */
@@ -78,19 +112,50 @@ export type MergeResult =
   /** The merge stopped with conflicts; the workspace is mid-merge until `commitMerge` or `abortMerge`. */
   | { status: "conflict"; files: string[] };
 
+export interface ForkOptions {
+  /** Commit-ish to create the branch at. Default: this workspace's HEAD. */
+  from?: string;
+  /**
+   * Resume: attach to the existing branch (and its worktree when this process or a dead one owns
+   * it; a live process's worktree is refused with code `worktree_in_use`). Without it, a branch
+   * that exists, or a name that clashes with an existing ref as file/folder, is refused with code
+   * `branch_exists`.
+   */
+  reattach?: boolean;
+  /**
+   * Copy this checkout's tracked modifications and untracked, non-ignored files into the new
+   * worktree as a first commit, leaving this checkout's working tree, index and stash as they
+   * are. Credential-looking files are left out. What was included is in `lastForkReport`.
+   */
+  includeUncommitted?: boolean;
+}
+
+/** What `fork` with `includeUncommitted` carried over, on the forked workspace as `lastForkReport`. */
+export interface ForkReport {
+  included: string[];
+  skipped: SkippedFile[];
+}
+
 /**
  * A workspace that can host child agents: git worktrees for branches, merges and rollback.
  * Optional capabilities of a `Workspace`; the SUMMON phase needs them.
  */
 export interface ForkableWorkspace extends Workspace {
   /**
-   * Creates `branch` at this workspace's HEAD (or reuses it when it already exists, for resume)
-   * and a worktree for it; returns a workspace on that worktree.
+   * Creates `branch` fresh at this workspace's HEAD (or `options.from`) and a worktree for it;
+   * returns a workspace on that worktree. An existing branch is only used with `reattach`.
+   * Never changes this checkout's working tree, index, stash or current branch.
    */
-  fork(branch: string): Promise<ForkableWorkspace>;
+  fork(branch: string, options?: ForkOptions): Promise<ForkableWorkspace>;
+  /** For a workspace made by `fork` with `includeUncommitted`: what was carried over. Otherwise undefined. */
+  readonly lastForkReport?: ForkReport;
   /** Merges `branch` into the current branch with `--no-ff` and `message`. */
   merge(branch: string, message: string): Promise<MergeResult>;
-  /** Stages everything and concludes a merge whose conflicts were resolved; returns the merge commit. */
+  /**
+   * Concludes a merge whose conflicts were resolved; returns the merge commit. Resolutions are
+   * read without following symlinks or opening non-regular files; a conflicted path that is
+   * neither a regular file nor a symlink, or still has markers, is refused (`merge_unresolved`).
+   */
   commitMerge(message: string): Promise<string>;
   /** Abandons a merge in progress (no-op when none is). */
   abortMerge(): Promise<void>;

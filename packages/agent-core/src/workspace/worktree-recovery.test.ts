@@ -84,7 +84,8 @@ describe("worktree recovery after a crash", () => {
     // Branches survive, and the next fork of summon-A gets its uncommitted file back.
     const branches = (await execa("git", ["branch", "--format=%(refname:short)"], { cwd: repo })).stdout.split("\n");
     expect(branches.sort()).toEqual(["main", "summon-A", "summon-A-A", "summon-B"]);
-    const again = await ws.fork("summon-A");
+    await expect(ws.fork("summon-A")).rejects.toMatchObject({ code: "branch_exists" });
+    const again = await ws.fork("summon-A", { reattach: true });
     expect(await again.readFile("wip.txt")).toBe("work in progress\n");
     expect((await execa("git", ["for-each-ref", "refs/keen/salvage"], { cwd: repo })).stdout).toBe("");
     await again.dispose();
@@ -99,6 +100,9 @@ describe("worktree recovery after a crash", () => {
     expect(await worktreeCount(repo)).toBe(2);
     expect(existsSync(join(repo, ".git", "keen", "worktrees", "summon-A", "wip.txt"))).toBe(true);
     expect(existsSync(join(repo, ".git", "index.lock"))).toBe(true);
+    // keen's own git calls say what is going on instead of git's generic "File exists".
+    await ws.writeFile("mine.txt", "x\n");
+    await expect(ws.commit("blocked")).rejects.toMatchObject({ code: "git_locked", message: expect.stringMatching(/a git process is working in this repository/) });
     // Once both are gone, the next open cleans up.
     await killed(git);
     await killed(holderProcess);
@@ -108,10 +112,20 @@ describe("worktree recovery after a crash", () => {
     expect(existsSync(join(repo, ".git", "index.lock"))).toBe(false);
   });
 
-  it("leaves young lock files alone, so a git process that just started is not disturbed", async () => {
+  it("clears a lock whose writer was killed at once on open, not after a wait", async () => {
     const repo = await createTestRepo();
     await killed(await gitHoldingIndexLock(repo));
+    // Default options: no waiting period. The lock is young, but no git process is alive to own it.
     const ws = await LocalWorkspace.open(repo, { sandbox: false });
+    expect(ws.recovered.removedLocks).toEqual([join(ws.root, ".git", "index.lock")]);
+    await ws.writeFile("after.txt", "x\n");
+    expect((await ws.commit("works at once")).sha).toMatch(/^[0-9a-f]{40}$/);
+  });
+
+  it("still leaves a lock younger than staleLockMs alone when asked to wait", async () => {
+    const repo = await createTestRepo();
+    await killed(await gitHoldingIndexLock(repo));
+    const ws = await LocalWorkspace.open(repo, { sandbox: false, recovery: { staleLockMs: 60_000 } });
     expect(ws.recovered.removedLocks).toEqual([]);
     expect(existsSync(join(repo, ".git", "index.lock"))).toBe(true);
   });

@@ -1,8 +1,9 @@
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
-import { lstat, readdir, readFile, rm, rmdir, stat } from "node:fs/promises";
+import { lstat, readdir, readFile, realpath, rm, rmdir, stat } from "node:fs/promises";
 import { hostname } from "node:os";
-import { basename, join } from "node:path";
-import { execa } from "execa";
+import { basename, dirname, join, resolve } from "node:path";
+import { DEFAULT_MAX_FILE_BYTES, isTempFile, stageChanges } from "./commit-filter.js";
+import { gitRaw, oneLine, type GitTarget } from "./git.js";
 import { isInside } from "./is-inside.js";
 
 /**
@@ -69,11 +70,11 @@ export interface WorktreeEntry {
   locked: string | null;
 }
 
-/** Parses `git worktree list --porcelain`. */
-export function parseWorktreeList(text: string): WorktreeEntry[] {
+/** Parses `git worktree list --porcelain` (lines end with `separator`: "\0" for `-z`, so paths may hold newlines). */
+export function parseWorktreeList(text: string, separator = "\n"): WorktreeEntry[] {
   const entries: WorktreeEntry[] = [];
   let current: WorktreeEntry | undefined;
-  for (const line of text.split("\n")) {
+  for (const line of text.split(separator)) {
     if (line.startsWith("worktree ")) {
       current = { path: line.slice("worktree ".length), branch: null, locked: null };
       entries.push(current);
@@ -119,8 +120,9 @@ export function salvageRef(branch: string): string {
  */
 export async function recoverWorktrees(options: RecoveryOptions): Promise<RecoveryReport> {
   const report: RecoveryReport = { removedWorktrees: [], salvagedBranches: [], removedLocks: [] };
-  const git = (args: string[], cwd = options.root, env: Record<string, string> = {}) => execa("git", args, { cwd, reject: false, env });
-  const listed = parseWorktreeList((await git(["worktree", "list", "--porcelain"])).stdout);
+  const main: GitTarget = { gitDir: options.commonDir, workTree: options.root };
+  const git = (args: string[]) => gitRaw(main, args);
+  const listed = parseWorktreeList(String((await git(["worktree", "list", "--porcelain", "-z"])).stdout), "\0");
   const keep = new Set<string>();
 
   for (const entry of listed) {
@@ -131,8 +133,11 @@ export async function recoverWorktrees(options: RecoveryOptions): Promise<Recove
     }
     const gitDir = await worktreeGitDir(options.commonDir, entry.path);
     if (gitDir) await rm(join(gitDir, "index.lock"), { force: true });
-    if (entry.branch && (await exists(join(entry.path, ".git")))) {
-      if (await salvage(entry.path, entry.branch, options.identityEnv, git)) report.salvagedBranches.push(entry.branch);
+    // Keen's own half-written temp files are never work worth keeping.
+    await removeTempFiles(entry.path);
+    if (entry.branch && gitDir && (await exists(entry.path))) {
+      const target = { gitDir, workTree: entry.path };
+      if (await salvage(target, entry.branch, options.identityEnv)) report.salvagedBranches.push(entry.branch);
     }
     if (gitDir) await rm(join(gitDir, "locked"), { force: true });
     await git(["worktree", "remove", "--force", "--force", entry.path]);
@@ -158,31 +163,55 @@ async function isStale(entry: WorktreeEntry, options: RecoveryOptions): Promise<
   return info !== null && Date.now() - info.mtimeMs > options.staleLockMs;
 }
 
-/** The per-worktree git dir (`<common>/worktrees/<name>`) of the worktree at `path`. */
-async function worktreeGitDir(commonDir: string, path: string): Promise<string | undefined> {
+/**
+ * The per-worktree git dir (`<common>/worktrees/<name>`) of the worktree at `path`, found through
+ * the `gitdir` files git keeps in the common dir, never through the worktree's own `.git` file
+ * (which whoever works in the worktree can rewrite).
+ */
+export async function worktreeGitDir(commonDir: string, path: string): Promise<string | undefined> {
   const worktrees = join(commonDir, "worktrees");
+  const wanted = await realpath(path).catch(() => resolve(path));
   for (const name of await readdir(worktrees).catch(() => [] as string[])) {
-    const gitdirFile = await readFile(join(worktrees, name, "gitdir"), "utf8").catch(() => "");
-    if (gitdirFile.trim() === join(path, ".git")) return join(worktrees, name);
+    const gitdirFile = await readFile(join(worktrees, name, "gitdir"), "utf8").catch(() => null);
+    if (gitdirFile === null) continue;
+    const listed = dirname(oneLine(gitdirFile));
+    if (listed === wanted || listed === resolve(path) || (await realpath(listed).catch(() => null)) === wanted) return join(worktrees, name);
   }
   return undefined;
 }
 
-/** Records uncommitted changes (tracked and untracked) of a worktree as a commit under `refs/keen/salvage/<branch>`. */
-async function salvage(
-  path: string,
-  branch: string,
-  identityEnv: Record<string, string>,
-  git: (args: string[], cwd?: string, env?: Record<string, string>) => Promise<{ exitCode?: number; stdout: string }>,
-): Promise<boolean> {
-  if ((await git(["add", "-A"], path)).exitCode !== 0) return false;
-  const tree = (await git(["write-tree"], path)).stdout.trim();
-  const head = (await git(["rev-parse", "HEAD"], path)).stdout.trim();
-  const headTree = (await git(["rev-parse", "HEAD^{tree}"], path)).stdout.trim();
+/** Deletes keen's atomic-write temp files (`.keen-*.tmp`) anywhere in a checkout, without following links. */
+export async function removeTempFiles(root: string): Promise<void> {
+  for (const entry of await readdir(root, { withFileTypes: true }).catch(() => [])) {
+    if (entry.name === ".git") continue;
+    const path = join(root, entry.name);
+    if (entry.isDirectory()) await removeTempFiles(path);
+    else if (entry.isFile() && isTempFile(entry.name)) await rm(path, { force: true });
+  }
+}
+
+/**
+ * Records uncommitted changes (tracked and untracked) of a worktree as a commit under
+ * `refs/keen/salvage/<branch>`, leaving out what `commit` would (credentials, oversized and
+ * temp files), through git calls that never read the worktree's `.git` file.
+ */
+async function salvage(target: GitTarget, branch: string, identityEnv: Record<string, string>): Promise<boolean> {
+  try {
+    await stageChanges(target, { maxFileBytes: DEFAULT_MAX_FILE_BYTES });
+  } catch {
+    return false;
+  }
+  const value = async (args: string[], env: Record<string, string> = {}, input?: string) => {
+    const result = await gitRaw(target, args, { env, ...(input !== undefined ? { input } : {}) });
+    return result.exitCode === 0 ? String(result.stdout).trim() : "";
+  };
+  const tree = await value(["write-tree"]);
+  const head = await value(["rev-parse", "HEAD"]);
+  const headTree = await value(["rev-parse", "HEAD^{tree}"]);
   if (!tree || !head || tree === headTree) return false;
-  const commit = await git(["commit-tree", tree, "-p", head, "-m", `keen: uncommitted work of ${branch}, saved after its process died`], path, identityEnv);
-  if (commit.exitCode !== 0) return false;
-  return (await git(["update-ref", salvageRef(branch), commit.stdout.trim()], path)).exitCode === 0;
+  const commit = await value(["commit-tree", tree, "-p", head, "-F", "-"], identityEnv, `keen: uncommitted work of ${branch}, saved after its process died`);
+  if (!commit) return false;
+  return (await gitRaw(target, ["update-ref", salvageRef(branch), commit])).exitCode === 0;
 }
 
 async function removeOrphanFolders(dir: string, keep: Set<string>, report: RecoveryReport): Promise<void> {
@@ -217,8 +246,10 @@ const WORKTREE_LOCKS = ["index.lock", "HEAD.lock", "ORIG_HEAD.lock", "MERGE_HEAD
 const TOP_LEVEL_LOCKS = [...WORKTREE_LOCKS, "config.lock", "packed-refs.lock", "shallow.lock"];
 
 /**
- * Git lock files older than the threshold, when no git process works in this repository. Git
- * deletes its locks when it exits, even on errors; one left behind means a git process was killed.
+ * Git lock files (at least `staleLockMs` old) when no git process works in this repository. Git
+ * deletes its locks when it exits, even on errors; one that existed before a scan of /proc found
+ * no git process here was left by a killed one, so it goes at once. A lock replaced between the
+ * look and the removal (another inode or time) is left alone.
  */
 async function removeStaleLocks(options: RecoveryOptions, worktrees: string[]): Promise<string[]> {
   const candidates: string[] = TOP_LEVEL_LOCKS.map((name) => join(options.commonDir, name));
@@ -227,16 +258,22 @@ async function removeStaleLocks(options: RecoveryOptions, worktrees: string[]): 
   }
   candidates.push(...(await findLocks(join(options.commonDir, "refs"))), ...(await findLocks(join(options.commonDir, "logs"))));
   const now = Date.now();
-  const old: string[] = [];
+  const old: Array<{ path: string; ino: number; mtimeMs: number }> = [];
   for (const path of candidates) {
     const info = await stat(path).catch(() => null);
-    if (info && now - info.mtimeMs >= options.staleLockMs) old.push(path);
+    if (info && now - info.mtimeMs >= options.staleLockMs) old.push({ path, ino: info.ino, mtimeMs: info.mtimeMs });
   }
   if (old.length === 0) return [];
   const places = [options.root, options.commonDir, options.worktreesDir, ...worktrees];
   if (liveGitProcessIn(places)) return [];
-  for (const path of old) await rm(path, { force: true });
-  return old;
+  const removed: string[] = [];
+  for (const lock of old) {
+    const info = await stat(lock.path).catch(() => null);
+    if (!info || info.ino !== lock.ino || info.mtimeMs !== lock.mtimeMs) continue;
+    await rm(lock.path, { force: true });
+    removed.push(lock.path);
+  }
+  return removed;
 }
 
 async function findLocks(dir: string): Promise<string[]> {

@@ -8,6 +8,7 @@ import {
   resumeTask,
   startTask,
   type Model,
+  type SandboxOptions,
   type TaskLimits,
   type TaskSnapshot,
 } from "@keen/agent-core";
@@ -36,6 +37,8 @@ Options:
   --on-conflict POLICY   resolve (the parent model fixes it) or rollback (default resolve)
   --sandbox              run commands under bubblewrap: no network, only the worktree writable (default)
   --no-sandbox           run commands without the sandbox
+  --sandbox-read PATH    also show PATH read-only inside the sandbox (repeatable; by default it shows
+                         only system tool folders and the worktree, no home folders)
   --snapshot FILE        where to keep the run's snapshot (default <repo>/.git/keen/runs/<run id>.json)
   --resume FILE          continue the run saved in FILE
   --json                 print every event as one JSON line on stdout, and nothing else
@@ -62,6 +65,9 @@ export async function runCommand(argv: string[], io: Io, options: RunCommandOpti
   }
   if (values.sandbox && values["no-sandbox"]) throw new UsageError("--sandbox and --no-sandbox contradict each other");
   const sandbox = !values["no-sandbox"];
+  const readPaths = values["sandbox-read"] ?? [];
+  if (!sandbox && readPaths.length) throw new UsageError("--sandbox-read widens the sandbox; it means nothing with --no-sandbox");
+  const sandboxSetting: boolean | SandboxOptions = sandbox && readPaths.length ? { extraReadOnlyPaths: readPaths.map((path) => resolve(path)) } : sandbox;
   const vision = positionals.join(" ").trim();
   const settings = readSettings(values);
 
@@ -73,7 +79,7 @@ export async function runCommand(argv: string[], io: Io, options: RunCommandOpti
     const saved = await readSnapshotFile(snapshotPath);
     const repo = resolve(values.repo ?? repoOfSnapshotPath(snapshotPath) ?? process.cwd());
     const model = options.model ?? buildModel(values.model ?? io.env.KEEN_MODEL ?? DEFAULT_MODEL, io.env);
-    const workspace = await openRepo(repo, sandbox);
+    const workspace = await openRepo(repo, sandboxSetting);
     await checkResumable(saved, workspace, repo);
     const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : snapshotPath);
     const mode = outputMode(io, Boolean(values.json));
@@ -92,7 +98,7 @@ export async function runCommand(argv: string[], io: Io, options: RunCommandOpti
   if (!vision) throw new UsageError('missing the vision: keen run "<what to do>" --repo DIR');
   const model = options.model ?? buildModel(values.model ?? io.env.KEEN_MODEL ?? DEFAULT_MODEL, io.env);
   const repo = resolve(values.repo ?? process.cwd());
-  const workspace = await openRepo(repo, sandbox);
+  const workspace = await openRepo(repo, sandboxSetting);
   const runId = `run_${randomUUID()}`;
   const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : await defaultSnapshotPath(workspace.root, runId));
   const mode = outputMode(io, Boolean(values.json));
@@ -186,6 +192,7 @@ function parseFlags(argv: string[]) {
         "on-conflict": { type: "string" },
         sandbox: { type: "boolean" },
         "no-sandbox": { type: "boolean" },
+        "sandbox-read": { type: "string", multiple: true },
         snapshot: { type: "string" },
         resume: { type: "string" },
         json: { type: "boolean" },
@@ -207,7 +214,7 @@ function buildModel(id: string, env: NodeJS.ProcessEnv): Model {
  * Opens the repository. With `sandbox` on, the workspace runs commands under bubblewrap and
  * refuses to open where bubblewrap cannot run; that becomes a one-line usage error here.
  */
-export async function openRepo(dir: string, sandbox: boolean): Promise<LocalWorkspace> {
+export async function openRepo(dir: string, sandbox: boolean | SandboxOptions): Promise<LocalWorkspace> {
   try {
     return await LocalWorkspace.open(dir, { sandbox });
   } catch (error) {

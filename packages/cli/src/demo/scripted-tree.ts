@@ -1,8 +1,8 @@
-import { reply, type ReplyPolicy, type ScriptedReply } from "@keen/agent-core/testing";
+import { reply, requestPosition, type ReplyPolicy, type ScriptedReply } from "@keen/agent-core/testing";
 
 /**
- * One agent of a scripted lifecycle run. Its `instructions` must be unique in the tree: the
- * policy finds which agent sent a request by looking for them in its first message.
+ * One agent of a scripted lifecycle run. The policy tells agents apart by the tag keen writes
+ * into each agent's messages (`requestPosition`), so instructions may repeat.
  */
 export interface ScriptedTask {
   title: string;
@@ -45,19 +45,22 @@ export interface ScriptedTreeOptions {
  * });
  */
 export function scriptedTreePolicy(root: ScriptedTask, options: ScriptedTreeOptions = {}): ReplyPolicy {
-  const named = nameTasks(root);
+  const tasks = new Map(nameTasks(root));
   return async (request) => {
-    const phase = closingToolOf(request);
-    const first = messageText(request.messages?.[0]);
-    // The most deeply nested match wins: a child's first message also quotes the overall goal.
-    const match = named.filter(([name, task]) => name !== "root" && first.includes(task.instructions)).at(-1) ?? named[0]!;
-    const [agent, task] = match;
-    const turn = turnInPhase(request.messages ?? []);
+    const position = requestPosition(request);
+    const phase = CLOSING_TOOL[position.phase];
+    if (!phase) throw new Error(`the scripted tree has no replies for phase ${position.phase}`);
+    const task = tasks.get(position.agent);
+    if (!task) throw new Error(`the scripted tree has no agent ${position.agent}`);
+    const { agent, turn } = position;
     await options.onRequest?.({ agent, phase, turn });
     if (options.delayMs) await new Promise((resolve) => setTimeout(resolve, options.delayMs));
     return replyFor(task, phase, turn);
   };
 }
+
+/** The step each tagged phase stands for. */
+const CLOSING_TOOL: Record<string, ClosingTool> = { EXPLORE: "finish_explore", PLAN: "submit_plan", SUMMON: "complete_merge", COMPLETE: "complete_task" };
 
 function replyFor(task: ScriptedTask, phase: ClosingTool, turn: number): ScriptedReply {
   const planned = (task.subtasks?.length ?? 0) > 0;
@@ -89,33 +92,4 @@ function nameTasks(root: ScriptedTask): Array<[string, ScriptedTask]> {
 
 function letter(index: number): string {
   return String.fromCharCode(65 + index);
-}
-
-/** A phase is told apart by the closing tool it offers. */
-function closingToolOf(request: Record<string, any>): ClosingTool {
-  const names = new Set<string>((request.tools ?? []).map((tool: { name: string }) => tool.name));
-  for (const name of ["complete_merge", "finish_explore", "submit_plan", "complete_task"] as const) if (names.has(name)) return name;
-  throw new Error("the request offers no phase-closing tool");
-}
-
-function messageText(message: { content?: unknown } | undefined): string {
-  const content = message?.content;
-  if (typeof content === "string") return content;
-  if (!Array.isArray(content)) return "";
-  return content
-    .filter((block: { type?: string }) => block.type === "text")
-    .map((block: { text: string }) => block.text)
-    .join("\n");
-}
-
-/**
- * Assistant turns since the last user message that carries text: a new phase, a merge to
- * resolve or a reminder always arrives as text, while tool results alone continue a phase.
- */
-function turnInPhase(messages: Array<{ role: string; content: unknown }>): number {
-  let start = 0;
-  messages.forEach((message, index) => {
-    if (message.role === "user" && messageText(message).trim() !== "") start = index;
-  });
-  return messages.slice(start).filter((message) => message.role === "assistant").length;
 }

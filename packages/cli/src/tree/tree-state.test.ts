@@ -143,7 +143,7 @@ describe("treeFromSnapshot", () => {
       ...extra,
     });
     const snapshot: TaskSnapshot = {
-      version: 1,
+      version: 2,
       runId: "run_9",
       vision: "Build it",
       nextSeq: 40,

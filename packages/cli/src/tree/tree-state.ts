@@ -1,7 +1,7 @@
 import { emptyUsage, type KeenEvent, type Phase, type RunStatus, type TaskSnapshot, type Usage } from "@keen/agent-core";
 
 /** How an agent looks on screen: the lifecycle status, refined by what happened to its merge. */
-export type AgentDisplayStatus = "running" | "completed" | "failed" | "aborted" | "error" | "rolled back";
+export type AgentDisplayStatus = "running" | "completed" | "failed" | "aborted" | "error" | "interrupted" | "rolled back";
 
 /** One agent of the tree, as far as the event stream has told. */
 export interface AgentNode {

@@ -29,6 +29,7 @@ const STATUS_STYLE: Record<AgentDisplayStatus, Style> = {
   failed: "red",
   error: "red",
   aborted: "dim",
+  interrupted: "yellow",
   "rolled back": "magenta",
 };
 

@@ -66,7 +66,7 @@ describeEachDatabase("audit log", (fixture) => {
     expect(rows.map((r) => r.seq)).toEqual([1, 2, 3, 4, 5]);
     expect(rows[1]!.prevHash).toBe(rows[0]!.hash);
     expect(rows[4]).toMatchObject({ tenantId: "team_a", action: "api_key.create", actorId: "u_2", ip: "198.51.100.5", details: { i: 5, scopes: ["sessions:read"] }, scrubbedAt: null });
-    expect(await audit.verify("team_a")).toEqual({ ok: true, tenantId: "team_a", rows: 5, headHash: rows[4]!.hash });
+    expect(await audit.verify("team_a")).toEqual({ ok: true, tenantId: "team_a", rows: 5, headHash: rows[4]!.hash, scrubs: { records: 0, rows: 0 } });
     expect(await audit.verify(null)).toMatchObject({ ok: true, rows: 1 });
     expect(await audit.verify("team_nobody")).toMatchObject({ ok: true, rows: 0 });
   });
@@ -142,9 +142,10 @@ describeEachDatabase("audit log", (fixture) => {
       ]);
       await db.transaction().execute((trx) => scrubAuditPii(trx, { actorId: "leaver" }));
       const rows = await listAuditEvents(db, "team_pools", { limit: 1000 });
-      expect(rows.map((r) => r.seq)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
+      expect(rows.map((r) => r.seq)).toEqual(Array.from({ length: rows.length }, (_, i) => i + 1));
+      expect(rows.filter((r) => r.action === "api.call")).toHaveLength(40);
       expect(rows.filter((r) => r.scrubbedAt !== null)).toHaveLength(10);
-      expect(await verifyAuditChain(db, "team_pools")).toMatchObject({ ok: true, rows: 40 });
+      expect(await verifyAuditChain(db, "team_pools")).toMatchObject({ ok: true, rows: rows.length, scrubs: { rows: 10 } });
     } finally {
       await other?.close();
     }
@@ -159,12 +160,64 @@ describeEachDatabase("audit log", (fixture) => {
     const gone = rows.filter((r) => r.scrubbedAt !== null);
     expect(gone.map((r) => r.seq)).toEqual([1, 4]);
     expect(gone[0]).toMatchObject({ actorId: null, ip: null, target: null, requestId: null, details: null, action: "api_key.create", result: "success" });
-    expect(await audit.verify("team_gdpr")).toMatchObject({ ok: true, rows: 6 });
+    // The scrub is itself on the chain, naming the rows it blanked and nothing personal.
+    expect(rows[6]).toMatchObject({ seq: 7, action: "audit.scrub", actorId: null, ip: null, details: { seqs: [[1, 1], [4, 4]], count: 2 } });
+    expect(await audit.verify("team_gdpr")).toMatchObject({ ok: true, rows: 7, scrubs: { records: 1, rows: 2 } });
+    // Scrub records are never scrubbed themselves.
+    expect(await db.transaction().execute((trx) => scrubAuditPii(trx, { before: new Date(Date.now() + 86_400_000) }))).toBeGreaterThan(0);
+    expect((await listAuditEvents(db, "team_gdpr"))[6]!.details).toEqual({ seqs: [[1, 1], [4, 4]], count: 2 });
+    expect(await audit.verify("team_gdpr")).toMatchObject({ ok: true, scrubs: { records: 2, rows: 6 } });
     // A scrubbed row's action is still protected by the chain.
     await tamper(sql`update audit_log set action = 'auth.logout' where tenant_key = 'team_gdpr' and seq = 4`);
     expect(await audit.verify("team_gdpr")).toMatchObject({ ok: false, seq: 4, problem: "hash_mismatch" });
     await expect(scrubAuditPii(db, { actorId: "u_1" })).rejects.toThrow(/inside a transaction/);
   });
+
+  it("shows a scrub done behind its back: rows blanked by setting keen.audit_scrub directly fail verification", async () => {
+    await seed("team_sneak", 4, "sneak");
+    const { db } = fixture.database;
+    // The attack: the table owner's credentials, the scrub switch, a plain UPDATE, no record.
+    await db.transaction().execute(async (trx) => {
+      await sql`select set_config('keen.audit_scrub', 'on', true)`.execute(trx);
+      await sql`update audit_log set actor_id = null, target = null, ip = null, request_id = null, details = null, pii_salt = null, scrubbed_at = now()
+        where tenant_key = 'team_sneak' and seq = 2`.execute(trx);
+    });
+    expect(await audit.verify("team_sneak")).toMatchObject({ ok: false, seq: 2, problem: "unrecorded_scrub" });
+  });
+
+  if (fixture.kind === "postgres") {
+    it("lets an application role that does not own the tables scrub only through gk_audit_scrub", async () => {
+      await seed("team_role", 3, "role");
+      const { db } = fixture.database;
+      const role = `keen_app_${Math.random().toString(36).slice(2, 10)}`;
+      const schema = sql.id(fixture.schema!);
+      await sql`create role ${sql.id(role)}`.execute(db);
+      try {
+        await sql`grant usage on schema ${schema} to ${sql.id(role)}`.execute(db);
+        await sql`grant select, insert, update on audit_log, audit_heads to ${sql.id(role)}`.execute(db);
+        await sql`grant execute on function gk_audit_scrub(text, text[], timestamptz, timestamptz, text[]) to ${sql.id(role)}`.execute(db);
+        // With UPDATE granted and the switch on, a direct blanking is still refused.
+        await expect(
+          db.transaction().execute(async (trx) => {
+            await sql`set local role ${sql.id(role)}`.execute(trx);
+            await sql`select set_config('keen.audit_scrub', 'on', true)`.execute(trx);
+            await sql`update audit_log set actor_id = null, target = null, ip = null, request_id = null, details = null, pii_salt = null, scrubbed_at = now()
+              where tenant_key = 'team_role'`.execute(trx);
+          }),
+        ).rejects.toThrow(/append-only/);
+        // Through the function (and so with a record on the chain) it works.
+        const scrubbed = await db.transaction().execute(async (trx) => {
+          await sql`set local role ${sql.id(role)}`.execute(trx);
+          return scrubAuditPii(trx, { actorId: "role_1" });
+        });
+        expect(scrubbed).toBe(1);
+        expect(await audit.verify("team_role")).toMatchObject({ ok: true, rows: 4, scrubs: { records: 1, rows: 1 } });
+      } finally {
+        await sql`drop owned by ${sql.id(role)}`.execute(db);
+        await sql`drop role ${sql.id(role)}`.execute(db);
+      }
+    });
+  }
 
   it("masks secrets in details and target before storing them", async () => {
     const token = `ghp_${"A1b2C3d4".repeat(5)}`;

@@ -229,10 +229,19 @@ export type AuditChainProblem =
   /** The row's own fields (time, action, result, digest) no longer match its hash. */
   | "hash_mismatch"
   /** The head row disagrees with the last row (rows removed from the end). */
-  | "head_mismatch";
+  | "head_mismatch"
+  /** A row's personal fields were blanked without the `audit.scrub` record every scrub appends. */
+  | "unrecorded_scrub";
 
 export type AuditChainReport =
-  | { ok: true; tenantId: string | null; rows: number; headHash: string }
+  | {
+      ok: true;
+      tenantId: string | null;
+      rows: number;
+      headHash: string;
+      /** The `audit.scrub` records in the chain and how many rows they account for. */
+      scrubs: { records: number; rows: number };
+    }
   | { ok: false; tenantId: string | null; rows: number; seq: number; problem: AuditChainProblem; message: string };
 
 /**
@@ -248,6 +257,10 @@ export async function verifyAuditChain(db: Kysely<any>, tenantId: string | null)
   const key = tenantKey(tenantId);
   let expectedSeq = 1;
   let prevHash = AUDIT_GENESIS_HASH;
+  // Scrubbed rows not yet accounted for by a later audit.scrub record.
+  const unaccounted = new Set<number>();
+  let scrubRecords = 0;
+  let scrubbedRows = 0;
   const fail = (seq: number, problem: AuditChainProblem, message: string): AuditChainReport => ({ ok: false, tenantId, rows: expectedSeq - 1, seq, problem, message });
   for (;;) {
     const rows = await db.selectFrom("audit_log").selectAll().where("tenant_key", "=", key).where("seq", ">=", expectedSeq).orderBy("seq").limit(1000).execute();
@@ -264,6 +277,24 @@ export async function verifyAuditChain(db: Kysely<any>, tenantId: string | null)
         }
         const digest = row.pii_salt === null ? "" : auditPiiDigest(row.pii_salt, { actorId: row.actor_id, target: row.target, ip: row.ip, requestId: row.request_id, details });
         if (digest !== row.pii_digest) return fail(seq, "payload_mismatch", `Row ${seq}'s actor, target, ip, request id or details were changed`);
+        if (row.action === AUDIT_SCRUB_ACTION) {
+          scrubRecords++;
+          const ranges = (details as { seqs?: unknown } | null)?.seqs;
+          if (Array.isArray(ranges)) {
+            for (const range of ranges) {
+              if (!Array.isArray(range) || range.length !== 2) continue;
+              const [from, to] = range.map(Number) as [number, number];
+              if (to - from > unaccounted.size) {
+                for (const s of [...unaccounted]) if (s >= from && s <= to) unaccounted.delete(s);
+              } else {
+                for (let s = from; s <= to; s++) unaccounted.delete(s);
+              }
+            }
+          }
+        }
+      } else {
+        scrubbedRows++;
+        unaccounted.add(seq);
       }
       const hash = auditRowHash({ tenantKey: key, seq, at: new Date(row.at), action: row.action, result: row.result, piiDigest: row.pii_digest, prevHash: row.prev_hash });
       if (hash !== row.hash) return fail(seq, "hash_mismatch", `Row ${seq}'s time, action or result were changed`);
@@ -277,39 +308,73 @@ export async function verifyAuditChain(db: Kysely<any>, tenantId: string | null)
   if (headSeq !== expectedSeq - 1 || (head && head.hash !== prevHash)) {
     return fail(Math.min(headSeq, expectedSeq), "head_mismatch", `The chain head is at ${headSeq} but rows end at ${expectedSeq - 1}`);
   }
-  return { ok: true, tenantId, rows: expectedSeq - 1, headHash: prevHash };
+  if (unaccounted.size > 0) {
+    const first = Math.min(...unaccounted);
+    return { ok: false, tenantId, rows: expectedSeq - 1, seq: first, problem: "unrecorded_scrub", message: `Row ${first}'s personal fields were erased without a scrub record` };
+  }
+  return { ok: true, tenantId, rows: expectedSeq - 1, headHash: prevHash, scrubs: { records: scrubRecords, rows: scrubbedRows } };
+}
+
+/** The action of the chain record every scrub leaves behind. */
+export const AUDIT_SCRUB_ACTION = "audit.scrub";
+
+/** Sorted sequence numbers as inclusive ranges: [1, 2, 3, 7] → [[1, 3], [7, 7]]. */
+function toRanges(seqs: number[]): [number, number][] {
+  const ranges: [number, number][] = [];
+  for (const seq of [...seqs].sort((a, b) => a - b)) {
+    const last = ranges.at(-1);
+    if (last && seq === last[1] + 1) last[1] = seq;
+    else ranges.push([seq, seq]);
+  }
+  return ranges;
+}
+
+export interface AuditScrubWhere {
+  /** Rows the user performed. */
+  actorId?: string;
+  /** Rows about these targets, e.g. `user:<id>`. */
+  targets?: string[];
+  /** Rows recorded from these client addresses. */
+  ips?: string[];
+  /** Only rows older than this; alone, every row older than this (retention). */
+  before?: Date;
 }
 
 /**
  * Erases the personal fields (actor, target, ip, request id, details and the salt) of the audit
- * rows matching `where`, keeping every hash: the chain still verifies. Runs inside the given
- * transaction; the database trigger lets only this shape of update through. Returns the number of
- * rows scrubbed.
+ * rows matching `where`, keeping every hash, and appends one `audit.scrub` record per affected
+ * chain naming the scrubbed sequence numbers (no personal data), all in the given transaction.
+ * `verifyAuditChain` then shows the scrubs, and reports any scrubbed row no record accounts for.
+ *
+ * The update runs inside the `gk_audit_scrub` database function (SECURITY DEFINER, owned by the
+ * role that ran the migrations); the table's trigger lets a scrub through only there. Run the
+ * application as a role that does not own the tables and grant it `EXECUTE` on that function:
+ * then the application's credentials cannot blank rows any other way. Returns the number of rows
+ * scrubbed.
  *
  * @example
- * await db.transaction().execute((trx) => scrubAuditPii(trx, { actorId: userId, at }));
+ * await db.transaction().execute((trx) => scrubAuditPii(trx, { actorId: userId }));
  */
-export async function scrubAuditPii(trx: Kysely<any>, where: { actorId?: string; targets?: string[]; before?: Date }, at: Date = new Date()): Promise<number> {
+export async function scrubAuditPii(trx: Kysely<any>, where: AuditScrubWhere, at: Date = new Date()): Promise<number> {
   if (!trx.isTransaction) throw new TypeError("scrubAuditPii must run inside a transaction");
-  if (where.actorId === undefined && !where.targets?.length && where.before === undefined) throw new TypeError("scrubAuditPii needs actorId, targets or before");
-  await sql`select set_config('keen.audit_scrub', 'on', true)`.execute(trx);
-  try {
-    const result = await trx
-      .updateTable("audit_log")
-      .set({ actor_id: null, target: null, ip: null, request_id: null, details: null, pii_salt: null, scrubbed_at: at })
-      .where("scrubbed_at", "is", null)
-      .where((eb) => {
-        const ors = [];
-        if (where.actorId !== undefined) ors.push(eb("actor_id", "=", where.actorId));
-        if (where.targets?.length) ors.push(eb("target", "in", where.targets));
-        const who = ors.length ? eb.or(ors) : eb.lit(true);
-        return where.before !== undefined ? eb.and([who, eb("at", "<", where.before)]) : who;
-      })
-      .executeTakeFirst();
-    return Number(result.numUpdatedRows);
-  } finally {
-    // Closes the window for the rest of the transaction; after a failed update the transaction
-    // is aborted, which ends the (transaction-local) setting anyway.
-    await sql`select set_config('keen.audit_scrub', 'off', true)`.execute(trx).catch(() => {});
+  const targets = where.targets?.length ? where.targets : null;
+  const ips = where.ips?.length ? where.ips : null;
+  if (where.actorId === undefined && !targets && !ips && where.before === undefined) throw new TypeError("scrubAuditPii needs actorId, targets, ips or before");
+  const when = new Date(Math.floor(at.getTime()));
+  const { rows } = await sql<{ tenant_key: string; seq: string | number }>`
+    select tenant_key, seq from gk_audit_scrub(${where.actorId ?? null}, ${targets}::text[], ${where.before ?? null}::timestamptz, ${when}::timestamptz, ${ips}::text[])`.execute(trx);
+  const byTenant = new Map<string, number[]>();
+  for (const row of rows) {
+    const list = byTenant.get(row.tenant_key) ?? [];
+    list.push(Number(row.seq));
+    byTenant.set(row.tenant_key, list);
   }
+  for (const [key, seqs] of [...byTenant].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    await appendAuditEvent(
+      trx,
+      { tenantId: key === "" ? null : key, actorId: null, action: AUDIT_SCRUB_ACTION, result: "success", details: { seqs: toRanges(seqs), count: seqs.length } },
+      when,
+    );
+  }
+  return rows.length;
 }

@@ -3,6 +3,7 @@ export { canonicalJson } from "./canonical-json.js";
 export { auditMigrations } from "./migrations.js";
 export {
   AUDIT_GENESIS_HASH,
+  AUDIT_SCRUB_ACTION,
   AuditEventError,
   appendAuditEvent,
   auditPiiDigest,
@@ -16,5 +17,6 @@ export {
   type AuditLog,
   type AuditLogOptions,
   type AuditRecord,
+  type AuditScrubWhere,
 } from "./audit-log.js";
 export { auditRequests, type AuditRequestsOptions } from "./audit-requests.js";

@@ -1,5 +1,6 @@
 // A small Stripe API stand-in for tests: it answers the real SDK's requests for checkout
-// sessions and billing meter events over HTTP, with Stripe's error shape and idempotent replays.
+// sessions, refunds, charges and billing meter events over HTTP, with Stripe's error shape and
+// idempotent replays.
 import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -12,6 +13,10 @@ export interface FakeStripe {
   sessions: Map<string, Record<string, any>>;
   /** Meter events, one per distinct identifier. */
   meterEvents: Map<string, Record<string, any>>;
+  /** The charge of each paid session, by payment intent id. */
+  charges: Map<string, Record<string, any>>;
+  /** Opens a dispute on a paid session's charge, as a card holder's bank would; returns the dispute object. */
+  createDispute(paymentIntentId: string, amount?: number): Record<string, any>;
   requests: { method: string; path: string; idempotencyKey: string | undefined; body: Record<string, any> }[];
   /** Marks a session paid (or another payment status) as Stripe would once the buyer pays. */
   completeSession(id: string, paymentStatus?: "paid" | "unpaid" | "no_payment_required"): Record<string, any>;
@@ -46,6 +51,7 @@ async function read(req: IncomingMessage): Promise<string> {
 export async function startFakeStripe(apiKey = "sk_test_fake"): Promise<FakeStripe> {
   const sessions = new Map<string, Record<string, any>>();
   const meterEvents = new Map<string, Record<string, any>>();
+  const charges = new Map<string, Record<string, any>>();
   const replies = new Map<string, { status: number; body: unknown }>();
   const requests: FakeStripe["requests"] = [];
 
@@ -82,6 +88,34 @@ export async function startFakeStripe(apiKey = "sk_test_fake"): Promise<FakeStri
     if (method === "GET" && sessionMatch) {
       const session = sessions.get(decodeURIComponent(sessionMatch[1]!));
       return session ? { status: 200, body: session } : error(404, `No such checkout.session: '${sessionMatch[1]}'`, "id", "resource_missing");
+    }
+    if (method === "POST" && path === "/v1/refunds") {
+      const charge = [...charges.values()].find((c) => c.payment_intent === body.payment_intent || c.id === body.charge);
+      if (!charge) return error(404, `No such payment_intent: '${body.payment_intent ?? body.charge}'`, "payment_intent", "resource_missing");
+      const left = charge.amount - charge.amount_refunded;
+      const amount = body.amount === undefined ? left : Number(body.amount);
+      if (!Number.isInteger(amount) || amount <= 0 || amount > left) {
+        return error(400, `Refund amount (${amount}) is greater than unrefunded amount on charge (${left})`, "amount", "charge_already_refunded");
+      }
+      charge.amount_refunded += amount;
+      charge.refunded = charge.amount_refunded === charge.amount;
+      const refund = {
+        id: id("re"),
+        object: "refund",
+        amount,
+        charge: charge.id,
+        payment_intent: charge.payment_intent,
+        currency: charge.currency,
+        status: "succeeded",
+        created: Math.floor(Date.now() / 1000),
+        metadata: body.metadata ?? {},
+      };
+      return { status: 200, body: refund };
+    }
+    const chargeMatch = /^\/v1\/charges\/([^/]+)$/.exec(path);
+    if (method === "GET" && chargeMatch) {
+      const charge = [...charges.values()].find((c) => c.id === decodeURIComponent(chargeMatch[1]!));
+      return charge ? { status: 200, body: charge } : error(404, `No such charge: '${chargeMatch[1]}'`, "id", "resource_missing");
     }
     if (method === "POST" && path === "/v1/billing/meter_events") {
       if (!body.event_name || !body.payload?.stripe_customer_id || body.payload?.value === undefined) {
@@ -133,13 +167,45 @@ export async function startFakeStripe(apiKey = "sk_test_fake"): Promise<FakeStri
     clientOptions: { apiKey, host: "127.0.0.1", port, protocol: "http", maxNetworkRetries: 0 },
     sessions,
     meterEvents,
+    charges,
     requests,
     completeSession(sessionId, paymentStatus = "paid") {
       const session = sessions.get(sessionId);
       if (!session) throw new Error(`No session ${sessionId}`);
       session.status = "complete";
       session.payment_status = paymentStatus;
+      if (paymentStatus === "paid" && !session.payment_intent) {
+        session.payment_intent = id("pi");
+        charges.set(session.payment_intent, {
+          id: id("ch"),
+          object: "charge",
+          amount: session.amount_total,
+          amount_refunded: 0,
+          currency: session.currency,
+          payment_intent: session.payment_intent,
+          refunded: false,
+          paid: true,
+          livemode: false,
+          created: Math.floor(Date.now() / 1000),
+        });
+      }
       return { ...session };
+    },
+    createDispute(paymentIntentId, amount) {
+      const charge = charges.get(paymentIntentId);
+      if (!charge) throw new Error(`No charge for ${paymentIntentId}`);
+      return {
+        id: id("dp"),
+        object: "dispute",
+        amount: amount ?? charge.amount,
+        charge: charge.id,
+        payment_intent: paymentIntentId,
+        currency: charge.currency,
+        reason: "fraudulent",
+        status: "needs_response",
+        livemode: false,
+        created: Math.floor(Date.now() / 1000),
+      };
     },
     close: () => new Promise<void>((resolve, reject) => server.close((e) => (e ? reject(e) : resolve()))),
   };

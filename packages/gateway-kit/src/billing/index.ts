@@ -1,4 +1,4 @@
-export { createStripeClient, StripeClientOptions } from "./stripe-client.js";
+export { createStripeClient, StripeClientOptions, stripeLivemodeOf } from "./stripe-client.js";
 export { billingMigrations, type BillingTables } from "./migrations.js";
 export {
   CHECKOUT_METADATA,
@@ -9,5 +9,6 @@ export {
   type StartCheckoutInput,
   type StartedCheckout,
 } from "./checkout.js";
-export { processStripeEvent, stripeWebhook, StripeWebhookOptions, type ProcessedEvent, type WebhookOutcome } from "./webhook.js";
+export { processStripeEvent, stripeWebhook, StripeWebhookOptions, type ProcessedEvent, type ProcessStripeEventOptions, type WebhookOutcome } from "./webhook.js";
 export { createUsageMeter, MeterReportInput, type UsageMeter } from "./meter.js";
+export { billingDataRights } from "./data-rights.js";

@@ -35,6 +35,31 @@ export const billingMigrations = defineMigrations("gk_billing", {
       await sql`create index billing_checkouts_account_idx on billing_checkouts (account_id)`.execute(db);
     },
   },
+  gk_credits_0300_billing_reversals: {
+    up: async (db: Kysely<any>) => {
+      // The payment a checkout was paid with, so refunds and disputes find their checkout, and
+      // how many of its credits have been taken back so far.
+      await sql`alter table billing_checkouts add column payment_intent_id text`.execute(db);
+      await sql`alter table billing_checkouts add column refunded_cents bigint not null default 0`.execute(db);
+      await sql`alter table billing_checkouts add column reversed_credits bigint not null default 0`.execute(db);
+      await sql`alter table billing_checkouts add column adjustments integer not null default 0`.execute(db);
+      await sql`alter table billing_checkouts drop constraint billing_checkouts_status_check`.execute(db);
+      await sql`alter table billing_checkouts add constraint billing_checkouts_status_check
+        check (status in ('open', 'pending', 'paid', 'failed', 'expired', 'refunded', 'disputed'))`.execute(db);
+      await sql`create unique index billing_checkouts_payment_intent_idx on billing_checkouts (payment_intent_id) where payment_intent_id is not null`.execute(db);
+      // One row per Stripe refund or dispute: a refund counted once however many events name it.
+      await sql`
+        create table billing_reversals (
+          id text primary key,
+          session_id text not null references billing_checkouts (session_id),
+          kind text not null check (kind in ('refund', 'dispute')),
+          amount_cents bigint not null check (amount_cents >= 0),
+          reinstated_at timestamptz,
+          created_at timestamptz not null default now()
+        )`.execute(db);
+      await sql`create index billing_reversals_session_idx on billing_reversals (session_id)`.execute(db);
+    },
+  },
 });
 
 export interface BillingTables {
@@ -50,5 +75,17 @@ export interface BillingTables {
     grant_transaction_id: ColumnType<string | null, string | null | undefined, string | null>;
     created_at: Generated<Date>;
     completed_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
+    payment_intent_id: ColumnType<string | null, string | null | undefined, string | null>;
+    refunded_cents: ColumnType<string | number | bigint, number | undefined, number>;
+    reversed_credits: ColumnType<string | number | bigint, number | undefined, number>;
+    adjustments: ColumnType<number, number | undefined, number>;
+  };
+  billing_reversals: {
+    id: string;
+    session_id: string;
+    kind: "refund" | "dispute";
+    amount_cents: ColumnType<string | number | bigint, number, number>;
+    reinstated_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
+    created_at: Generated<Date>;
   };
 }

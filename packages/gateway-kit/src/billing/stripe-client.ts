@@ -16,6 +16,19 @@ export const StripeClientOptions = z.object({
 });
 export type StripeClientOptions = z.input<typeof StripeClientOptions>;
 
+const modes = new WeakMap<Stripe, boolean>();
+
+/**
+ * Whether a client from `createStripeClient` uses a live key (`sk_live_…`, `rk_live_…`); undefined
+ * for clients made elsewhere. The webhook compares it with each event's `livemode`.
+ *
+ * @example
+ * stripeLivemodeOf(createStripeClient({ apiKey: "sk_test_x" })); // false
+ */
+export function stripeLivemodeOf(client: Stripe): boolean | undefined {
+  return modes.get(client);
+}
+
 /**
  * A Stripe SDK client with a configurable endpoint, so the same code talks to Stripe in
  * production and to a local fake in tests.
@@ -29,7 +42,7 @@ export function createStripeClient(options: StripeClientOptions): Stripe {
   if (!parsed.success) throw new TypeError(`Invalid Stripe client options: ${parsed.error.message}`);
   const o = parsed.data;
   const StripeSdk = requireOptional<typeof import("stripe")>("stripe").default;
-  return new StripeSdk(o.apiKey, {
+  const client = new StripeSdk(o.apiKey, {
     maxNetworkRetries: o.maxNetworkRetries ?? 2,
     timeout: o.timeoutMs ?? 30_000,
     telemetry: false,
@@ -37,4 +50,6 @@ export function createStripeClient(options: StripeClientOptions): Stripe {
     ...(o.port !== undefined ? { port: o.port } : {}),
     ...(o.protocol !== undefined ? { protocol: o.protocol } : {}),
   });
+  modes.set(client, /^(sk|rk)_live_/.test(o.apiKey));
+  return client;
 }

@@ -3,7 +3,7 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { bodyParser } from "@koa/bodyparser";
 import Koa from "koa";
-import type Stripe from "stripe";
+import Stripe from "stripe";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createKyselyLedger } from "../credits/kysely-ledger.js";
 import type { Ledger } from "../credits/ledger.js";
@@ -200,30 +200,115 @@ describeEachDatabase("stripe billing", (fixture) => {
       expect(await balanceOf(second.started.accountId)).toBe(10_000_000);
     });
 
-    it("records the event only together with its grant: a failed grant leaves nothing, and the retry succeeds", async () => {
+    it("grants only for a checkout this app recorded: an unknown session, a Connect event or another mode gets nothing", async () => {
       const userId = `u_${randomUUID()}`;
       const wallet = await ledger.openWallet({ userId });
-      const ghost = `missing-${randomUUID()}`;
+      // Signed by Stripe, carrying our metadata keys, but never started through createCreditCheckout.
+      const ghost = { id: `cs_test_${randomUUID()}`, object: "checkout.session", payment_status: "paid", amount_total: 1, currency: "usd", metadata: { keen_account_id: wallet.id, keen_credits: "999000000" } };
       const eventId = `evt_${randomUUID()}`;
-      const session = { id: `cs_test_${randomUUID()}`, object: "checkout.session", payment_status: "paid", metadata: { keen_account_id: ghost, keen_credits: "5000" } };
-      const failed = await deliver(event("checkout.session.completed", session, eventId));
-      expect(failed.status).toBe(404);
-      expect(await eventRows(eventId)).toBe(0);
-      // Same event id, now pointing at a real wallet (as after the host repaired its data).
-      const fixed = { ...session, metadata: { keen_account_id: wallet.id, keen_credits: "5000" } };
-      expect((await deliver(event("checkout.session.completed", fixed, eventId))).status).toBe(200);
+      const results = await Promise.all(Array.from({ length: 10 }, () => deliver(event("checkout.session.completed", ghost, eventId))));
+      expect(results.every((r) => r.status === 200 && r.body.outcome === "refused")).toBe(true);
       expect(await eventRows(eventId)).toBe(1);
-      expect(await balanceOf(wallet.id)).toBe(5_000);
+      // A Connect event (another account's session) and a live-mode event for a test-mode key.
+      const { started, session } = await startPaid();
+      const connect = JSON.stringify({ ...JSON.parse(event("checkout.session.completed", session)), account: "acct_other" });
+      expect((await deliver(connect)).body.outcome).toBe("refused");
+      const live = JSON.stringify({ ...JSON.parse(event("checkout.session.completed", session)), livemode: true });
+      expect((await deliver(live)).body.outcome).toBe("refused");
+      expect(await balanceOf(wallet.id)).toBe(0);
+      expect(await balanceOf(started.accountId)).toBe(0);
+      // The genuine event still grants afterwards.
+      expect((await deliver(event("checkout.session.completed", session))).body.outcome).toBe("granted");
+      expect(await balanceOf(started.accountId)).toBe(10_000_000);
+      expect(processed.filter((p) => p.outcome === "refused").map((p) => p.reason)).toEqual(
+        expect.arrayContaining([expect.stringContaining("not created by this app"), expect.stringContaining("connected account"), expect.stringContaining("live-mode")]),
+      );
     });
 
-    it("refuses metadata that does not match the session this app created, and ignores foreign sessions", async () => {
+    it("refuses a session whose metadata, amount or currency differ from the recorded checkout, and ignores foreign sessions", async () => {
       const { started, session } = await startPaid();
       const forged = { ...session, metadata: { ...session.metadata, keen_credits: "999000000" } };
-      expect((await deliver(event("checkout.session.completed", forged))).status).toBe(400);
+      expect((await deliver(event("checkout.session.completed", forged))).body.outcome).toBe("refused");
+      expect((await deliver(event("checkout.session.completed", { ...session, amount_total: 1 }))).body.outcome).toBe("refused");
+      expect((await deliver(event("checkout.session.completed", { ...session, currency: "jpy" }))).body.outcome).toBe("refused");
       expect(await balanceOf(started.accountId)).toBe(0);
       const foreign = await deliver(event("checkout.session.completed", { id: "cs_test_foreign", object: "checkout.session", payment_status: "paid", metadata: {} }));
       expect(foreign.body).toMatchObject({ received: true, outcome: "ignored" });
       expect((await deliver(event("customer.created", { id: "cus_1", object: "customer" }))).body.outcome).toBe("ignored");
+      expect(() => stripeWebhook({ stripe: new Stripe("sk_test_other"), db: db(), signingSecret: SECRET })).toThrow(/livemode/);
+    });
+
+    const paidAndGranted = async () => {
+      const { started, session } = await startPaid();
+      expect((await deliver(event("checkout.session.completed", session))).body.outcome).toBe("granted");
+      return { started, session, paymentIntent: session.payment_intent as string };
+    };
+    const checkoutRow = (sessionId: string) => db().selectFrom("billing_checkouts").selectAll().where("session_id", "=", sessionId).executeTakeFirstOrThrow();
+
+    it("takes refunded credits back once, however often and in whatever order refund.created and charge.refunded arrive (50 concurrent copies)", async () => {
+      const { started, paymentIntent } = await paidAndGranted();
+      const refund = await stripe.refunds.create({ payment_intent: paymentIntent });
+      expect(refund).toMatchObject({ object: "refund", amount: 1_000, payment_intent: paymentIntent });
+      const charge = fake.charges.get(paymentIntent)!;
+      expect(charge.amount_refunded).toBe(1_000);
+      const refundEvent = event("refund.created", refund);
+      const chargeEvent = event("charge.refunded", charge);
+      const burst = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => deliver(i % 3 === 0 ? refundEvent : i % 3 === 1 ? chargeEvent : event(i % 2 ? "charge.refunded" : "refund.created", i % 2 ? charge : refund))),
+      );
+      expect(burst.every((r) => r.status === 200)).toBe(true);
+      expect(await balanceOf(started.accountId)).toBe(0);
+      const row = await checkoutRow(started.sessionId);
+      expect(row.status).toBe("refunded");
+      expect(Number(row.reversed_credits)).toBe(10_000_000);
+      const reversals = (await ledger.listEntries(started.accountId)).filter((e) => e.transactionKind === "reversal");
+      expect(reversals).toHaveLength(1);
+      expect((await ledger.verify()).ok).toBe(true);
+      // A late paid snapshot of the same session grants nothing again.
+      expect((await deliver(event("checkout.session.async_payment_succeeded", fake.sessions.get(started.sessionId)!))).status).toBe(200);
+      expect(await balanceOf(started.accountId)).toBe(0);
+    });
+
+    it("reverses a partial refund in proportion, and a refund of spent credits becomes debt that freezes the wallet", async () => {
+      const a = await paidAndGranted();
+      const partial = await stripe.refunds.create({ payment_intent: a.paymentIntent, amount: 333 });
+      expect((await deliver(event("refund.created", partial))).body.outcome).toBe("reversed");
+      // 10,000,000 credits x 333/1000, rounded up.
+      expect(await balanceOf(a.started.accountId)).toBe(10_000_000 - 3_330_000);
+      expect((await deliver(event("charge.refunded", fake.charges.get(a.paymentIntent)!))).body.outcome).toBe("ignored");
+      expect((await checkoutRow(a.started.sessionId)).status).toBe("paid");
+
+      const b = await paidAndGranted();
+      const run = await ledger.reserve({ account: b.started.accountId, amount: 8_000_000, idempotencyKey: randomUUID(), ttlMs: 60_000 });
+      await ledger.settle(run.id, 8_000_000);
+      const full = await stripe.refunds.create({ payment_intent: b.paymentIntent });
+      const res = await deliver(event("refund.created", full));
+      expect(res.body.outcome).toBe("reversed");
+      expect(processed.find((p) => p.eventId && p.adjustment?.sessionId === b.started.sessionId)?.adjustment).toMatchObject({ credits: 10_000_000, debt: 8_000_000 });
+      expect(await ledger.getAccount(b.started.accountId)).toMatchObject({ balance: 0, debt: 8_000_000 });
+      await expect(ledger.reserve({ account: b.started.accountId, amount: 1, idempotencyKey: randomUUID(), ttlMs: 1000 })).rejects.toMatchObject({ code: "wallet_in_debt" });
+      // A refund for a payment this app never recorded changes nothing.
+      expect((await deliver(event("refund.created", { ...full, id: "re_other", payment_intent: "pi_unknown" }))).body.outcome).toBe("ignored");
+      expect((await ledger.verify()).ok).toBe(true);
+    });
+
+    it("takes disputed credits back once for dispute.created and funds_withdrawn (50 concurrent copies) and gives them back when the dispute is won", async () => {
+      const { started, paymentIntent } = await paidAndGranted();
+      const dispute = fake.createDispute(paymentIntent);
+      const burst = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => deliver(event(i % 2 ? "charge.dispute.created" : "charge.dispute.funds_withdrawn", dispute))),
+      );
+      expect(burst.every((r) => r.status === 200)).toBe(true);
+      expect(burst.filter((r) => r.body.outcome === "reversed")).toHaveLength(1);
+      expect(await balanceOf(started.accountId)).toBe(0);
+      expect((await checkoutRow(started.sessionId)).status).toBe("refunded");
+      const won = await Promise.all(Array.from({ length: 10 }, () => deliver(event("charge.dispute.funds_reinstated", { ...dispute, status: "won" }))));
+      expect(won.filter((r) => r.body.outcome === "reinstated")).toHaveLength(1);
+      expect(await balanceOf(started.accountId)).toBe(10_000_000);
+      expect((await checkoutRow(started.sessionId)).status).toBe("paid");
+      // A dispute in another currency than the checkout is refused.
+      expect((await deliver(event("charge.dispute.created", { ...dispute, id: "dp_eur", currency: "eur" }))).body.outcome).toBe("refused");
+      expect((await ledger.verify()).ok).toBe(true);
     });
   });
 

@@ -7,8 +7,16 @@ import { retryTransaction } from "../credits/retry-transaction.js";
 import { HttpError } from "../http-error.js";
 import { CHECKOUT_METADATA } from "./checkout.js";
 import type { BillingTables } from "./migrations.js";
+import { stripeLivemodeOf } from "./stripe-client.js";
 
-export type WebhookOutcome = "granted" | "pending" | "failed" | "expired" | "ignored";
+/**
+ * What the webhook did with an event: `granted` credits for a paid checkout, moved a checkout to
+ * `pending`/`failed`/`expired`, `reversed` credits after a refund or dispute (or `reinstated`
+ * them when a dispute was won), `refused` a signed event that does not match what this app
+ * recorded (unknown checkout, other amount or currency, other mode, another Stripe account), or
+ * `ignored` one it has no use for.
+ */
+export type WebhookOutcome = "granted" | "pending" | "failed" | "expired" | "reversed" | "reinstated" | "refused" | "ignored";
 
 export interface ProcessedEvent {
   eventId: string;
@@ -18,6 +26,10 @@ export interface ProcessedEvent {
   duplicate: boolean;
   /** Set when credits were granted (or had already been granted for this session). */
   grant?: { accountId: string; credits: number; transactionId: string };
+  /** Set when credits were taken back or given back: the change this event made, in micro-credits. */
+  adjustment?: { accountId: string; sessionId: string; credits: number; reversedTotal: number; debt: number };
+  /** Why an event was refused. */
+  reason?: string;
 }
 
 export const StripeWebhookOptions = z.object({
@@ -29,6 +41,11 @@ export const StripeWebhookOptions = z.object({
   toleranceSeconds: z.number().int().positive().max(3600).optional(),
   /** Largest accepted body. Default 1 MiB. */
   maxBodyBytes: z.number().int().positive().optional(),
+  /**
+   * Whether the configured key is a live one; events whose `livemode` differs are refused.
+   * Default: read from a client made by `createStripeClient`; required for other clients.
+   */
+  livemode: z.boolean().optional(),
   /** Called after an event committed, e.g. to log or notify. Errors are ignored. */
   onProcessed: z.custom<(event: ProcessedEvent) => void>((value) => typeof value === "function").optional(),
 });
@@ -69,6 +86,8 @@ export function stripeWebhook(options: StripeWebhookOptions): Middleware {
   const parsed = StripeWebhookOptions.safeParse(options);
   if (!parsed.success) throw new TypeError(`Invalid stripeWebhook options: ${parsed.error.message}`);
   const { stripe, db, toleranceSeconds = 300, maxBodyBytes = 1024 * 1024, onProcessed } = parsed.data;
+  const livemode = parsed.data.livemode ?? stripeLivemodeOf(stripe);
+  if (livemode === undefined) throw new TypeError("Invalid stripeWebhook options: pass livemode (true for a live key) for a Stripe client not made by createStripeClient");
   const secrets = Array.isArray(parsed.data.signingSecret) ? parsed.data.signingSecret : [parsed.data.signingSecret];
 
   return async (ctx) => {
@@ -90,7 +109,7 @@ export function stripeWebhook(options: StripeWebhookOptions): Middleware {
       const message = failure instanceof Error ? failure.message : "signature verification failed";
       throw new HttpError(400, "invalid_signature", `Stripe signature rejected: ${message}`);
     }
-    const processed = await processStripeEvent(db, event);
+    const processed = await processStripeEvent(db, event, { livemode });
     try {
       onProcessed?.(processed);
     } catch {
@@ -101,19 +120,52 @@ export function stripeWebhook(options: StripeWebhookOptions): Middleware {
   };
 }
 
-/**
- * Applies one verified Stripe event: records its id and, for a paid checkout session, grants the
- * credits named in its metadata, in one transaction (retried on serialization failures). Exposed
- * for hosts that receive events another way (e.g. a queue).
- *
- * @example
- * const result = await processStripeEvent(db, await stripe.webhooks.constructEventAsync(raw, sig, secret));
- */
-export async function processStripeEvent(db: Kysely<any>, event: Stripe.Event): Promise<ProcessedEvent> {
-  return retryTransaction(db as Kysely<BillingTables>, (trx) => applyEvent(trx, event), 10);
+export interface ProcessStripeEventOptions {
+  /** The mode of the configured key; an event of the other mode is refused. Unchecked when omitted. */
+  livemode?: boolean;
 }
 
-async function applyEvent(trx: Transaction<BillingTables>, event: Stripe.Event): Promise<ProcessedEvent> {
+/**
+ * Applies one verified Stripe event: records its id and, in the same transaction (retried on
+ * serialization failures), grants the credits of a paid checkout this app recorded, or takes
+ * them back after a refund or dispute. Exposed for hosts that receive events another way (e.g. a
+ * queue).
+ *
+ * Credits are granted only for a checkout session `createCreditCheckout` recorded, with the
+ * credits and wallet of that record (the event's metadata must agree, and so must its amount,
+ * currency and mode). Refunds (`charge.refunded`, `refund.created`) and disputes
+ * (`charge.dispute.created`, `charge.dispute.funds_withdrawn`) take back the matching share of
+ * the checkout's credits with a ledger reversal, once per refund or dispute however many events
+ * describe it; `charge.dispute.funds_reinstated` (a won dispute) gives it back.
+ *
+ * @example
+ * const result = await processStripeEvent(db, await stripe.webhooks.constructEventAsync(raw, sig, secret), { livemode: false });
+ */
+export async function processStripeEvent(db: Kysely<any>, event: Stripe.Event, options: ProcessStripeEventOptions = {}): Promise<ProcessedEvent> {
+  return retryTransaction(db as Kysely<BillingTables>, (trx) => applyEvent(trx, event, options), 10);
+}
+
+type Trx = Transaction<BillingTables>;
+type CheckoutRow = {
+  session_id: string;
+  account_id: string;
+  credits: string | number | bigint;
+  amount_total: string | number | bigint;
+  currency: string;
+  status: string;
+  grant_transaction_id: string | null;
+  payment_intent_id: string | null;
+  refunded_cents: string | number | bigint;
+  reversed_credits: string | number | bigint;
+  adjustments: number;
+};
+
+const idOf = (value: unknown): string | null =>
+  typeof value === "string" ? value : value && typeof value === "object" && typeof (value as { id?: unknown }).id === "string" ? (value as { id: string }).id : null;
+
+class Refusal extends Error {}
+
+async function applyEvent(trx: Trx, event: Stripe.Event, options: ProcessStripeEventOptions): Promise<ProcessedEvent> {
   const claimed = await trx
     .insertInto("stripe_events")
     .values({ id: event.id, type: event.type, stripe_created_at: new Date(event.created * 1000), outcome: "ignored" })
@@ -125,41 +177,142 @@ async function applyEvent(trx: Transaction<BillingTables>, event: Stripe.Event):
     return { eventId: event.id, type: event.type, outcome: prior.outcome as WebhookOutcome, duplicate: true };
   }
   const result: ProcessedEvent = { eventId: event.id, type: event.type, outcome: "ignored", duplicate: false };
-  switch (event.type) {
-    case "checkout.session.completed":
-    case "checkout.session.async_payment_succeeded": {
-      const session = event.data.object;
-      const paid = session.payment_status === "paid" || session.payment_status === "no_payment_required";
-      if (!session.metadata?.[CHECKOUT_METADATA.account]) {
-        // A session some other integration on the same Stripe account created: not ours to grant.
-        break;
-      }
-      if (paid) {
-        result.grant = await grantSession(trx, session);
-        result.outcome = "granted";
-      } else {
-        await setStatus(trx, session.id, "pending");
-        result.outcome = "pending";
-      }
-      break;
+  try {
+    if (options.livemode !== undefined && event.livemode !== options.livemode) {
+      throw new Refusal(`a ${event.livemode ? "live" : "test"}-mode event for a ${options.livemode ? "live" : "test"}-mode key`);
     }
-    case "checkout.session.async_payment_failed":
-      await setStatus(trx, event.data.object.id, "failed");
-      result.outcome = "failed";
-      break;
-    case "checkout.session.expired":
-      await setStatus(trx, event.data.object.id, "expired");
-      result.outcome = "expired";
-      break;
-    default:
-      break;
+    // Checkouts are created on this app's own Stripe account; a Connect event is about someone else's.
+    if ((event as { account?: unknown }).account) throw new Refusal("an event of a connected account");
+    await dispatch(trx, event, result);
+  } catch (error) {
+    if (!(error instanceof Refusal)) throw error;
+    result.outcome = "refused";
+    result.reason = error.message;
+    delete result.grant;
+    delete result.adjustment;
   }
   if (result.outcome !== "ignored") await trx.updateTable("stripe_events").set({ outcome: result.outcome }).where("id", "=", event.id).execute();
   return result;
 }
 
+async function dispatch(trx: Trx, event: Stripe.Event, result: ProcessedEvent): Promise<void> {
+  switch (event.type) {
+    case "checkout.session.completed":
+    case "checkout.session.async_payment_succeeded": {
+      const session = event.data.object;
+      if (!session.metadata?.[CHECKOUT_METADATA.account]) return; // another integration's session: not ours
+      const checkout = await recordedCheckout(trx, session);
+      const paid = session.payment_status === "paid" || session.payment_status === "no_payment_required";
+      if (paid) {
+        result.grant = await grantCheckout(trx, checkout, session);
+        result.outcome = "granted";
+        const adjustment = await reconcile(trx, checkout.session_id);
+        if (adjustment) result.adjustment = adjustment;
+      } else {
+        await setStatus(trx, session.id, "pending");
+        result.outcome = "pending";
+      }
+      return;
+    }
+    case "checkout.session.async_payment_failed":
+      await setStatus(trx, event.data.object.id, "failed");
+      result.outcome = "failed";
+      return;
+    case "checkout.session.expired":
+      await setStatus(trx, event.data.object.id, "expired");
+      result.outcome = "expired";
+      return;
+    case "charge.refunded": {
+      const charge = event.data.object;
+      const checkout = await checkoutOfPayment(trx, idOf(charge.payment_intent), charge.currency);
+      if (!checkout) return;
+      // amount_refunded is cumulative: keep the largest seen, so an old snapshot changes nothing.
+      await trx
+        .updateTable("billing_checkouts")
+        .set({ refunded_cents: sql`greatest(refunded_cents, ${charge.amount_refunded})` })
+        .where("session_id", "=", checkout.session_id)
+        .execute();
+      return finish(trx, checkout.session_id, result);
+    }
+    case "refund.created":
+    case "refund.updated": {
+      const refund = event.data.object;
+      const checkout = await checkoutOfPayment(trx, idOf(refund.payment_intent), refund.currency);
+      if (!checkout) return;
+      // A refund that failed or was cancelled gave nothing back.
+      const counts = refund.status !== "failed" && refund.status !== "canceled";
+      await trx
+        .insertInto("billing_reversals")
+        .values({ id: refund.id, session_id: checkout.session_id, kind: "refund", amount_cents: counts ? refund.amount : 0 })
+        .onConflict((oc) => oc.column("id").doUpdateSet({ amount_cents: counts ? refund.amount : 0 }))
+        .execute();
+      return finish(trx, checkout.session_id, result);
+    }
+    case "charge.dispute.created":
+    case "charge.dispute.funds_withdrawn": {
+      const dispute = event.data.object;
+      const checkout = await checkoutOfPayment(trx, idOf(dispute.payment_intent), dispute.currency);
+      if (!checkout) return;
+      await trx
+        .insertInto("billing_reversals")
+        .values({ id: dispute.id, session_id: checkout.session_id, kind: "dispute", amount_cents: dispute.amount })
+        .onConflict((oc) => oc.column("id").doNothing())
+        .execute();
+      return finish(trx, checkout.session_id, result);
+    }
+    case "charge.dispute.funds_reinstated": {
+      const dispute = event.data.object;
+      const checkout = await checkoutOfPayment(trx, idOf(dispute.payment_intent), dispute.currency);
+      if (!checkout) return;
+      await trx
+        .insertInto("billing_reversals")
+        .values({ id: dispute.id, session_id: checkout.session_id, kind: "dispute", amount_cents: dispute.amount, reinstated_at: sql<Date>`now()` })
+        .onConflict((oc) => oc.column("id").doUpdateSet({ reinstated_at: sql<Date>`coalesce(billing_reversals.reinstated_at, now())` }))
+        .execute();
+      return finish(trx, checkout.session_id, result);
+    }
+    default:
+      return;
+  }
+}
+
+async function finish(trx: Trx, sessionId: string, result: ProcessedEvent): Promise<void> {
+  const adjustment = await reconcile(trx, sessionId);
+  if (!adjustment) return;
+  result.adjustment = adjustment;
+  result.outcome = adjustment.credits < 0 ? "reinstated" : "reversed";
+}
+
+/** The checkout this app recorded for a session, locked; refuses a session it never created or one whose details differ. */
+async function recordedCheckout(trx: Trx, session: Stripe.Checkout.Session): Promise<CheckoutRow> {
+  const row = (await trx.selectFrom("billing_checkouts").selectAll().where("session_id", "=", session.id).forUpdate().executeTakeFirst()) as CheckoutRow | undefined;
+  if (!row) throw new Refusal(`checkout session ${session.id} was not created by this app`);
+  const metadata = session.metadata ?? {};
+  if (metadata[CHECKOUT_METADATA.account] !== row.account_id || metadata[CHECKOUT_METADATA.credits] !== String(row.credits)) {
+    throw new Refusal(`checkout session ${session.id} names another wallet or amount of credits than the one this app created`);
+  }
+  if (session.amount_total != null && Number(session.amount_total) !== Number(row.amount_total)) {
+    throw new Refusal(`checkout session ${session.id} was paid ${session.amount_total}, not the recorded ${String(row.amount_total)}`);
+  }
+  if (session.currency != null && session.currency.toLowerCase() !== row.currency.toLowerCase()) {
+    throw new Refusal(`checkout session ${session.id} was paid in ${session.currency}, not the recorded ${row.currency}`);
+  }
+  return row;
+}
+
+/** The recorded checkout a refund or dispute is about, by its payment; null when none matches. */
+async function checkoutOfPayment(trx: Trx, paymentIntentId: string | null, currency: string | null | undefined): Promise<CheckoutRow | null> {
+  if (!paymentIntentId) return null;
+  const row = (await trx.selectFrom("billing_checkouts").selectAll().where("payment_intent_id", "=", paymentIntentId).forUpdate().executeTakeFirst()) as
+    | CheckoutRow
+    | undefined;
+  if (!row) return null;
+  if (currency && currency.toLowerCase() !== row.currency.toLowerCase()) throw new Refusal(`a ${currency} refund or dispute for a ${row.currency} checkout`);
+  return row;
+}
+
 /** Moves a session forward only: a late `expired` or `pending` never overrides `paid`. */
-async function setStatus(trx: Transaction<BillingTables>, sessionId: string, status: "pending" | "failed" | "expired") {
+async function setStatus(trx: Trx, sessionId: string, status: "pending" | "failed" | "expired") {
   await trx
     .updateTable("billing_checkouts")
     .set({ status, ...(status === "pending" ? {} : { completed_at: sql<Date>`now()` }) })
@@ -168,23 +321,69 @@ async function setStatus(trx: Transaction<BillingTables>, sessionId: string, sta
     .execute();
 }
 
-async function grantSession(trx: Transaction<BillingTables>, session: Stripe.Checkout.Session) {
-  const metadata = session.metadata ?? {};
-  const accountId = metadata[CHECKOUT_METADATA.account];
-  const credits = Number(metadata[CHECKOUT_METADATA.credits]);
-  if (!accountId || !Number.isSafeInteger(credits) || credits <= 0) {
-    throw new HttpError(400, "invalid_checkout_metadata", `Checkout session ${session.id} has no usable credit metadata`);
-  }
-  const recorded = await trx.selectFrom("billing_checkouts").select(["account_id", "credits"]).where("session_id", "=", session.id).executeTakeFirst();
-  if (recorded && (recorded.account_id !== accountId || Number(recorded.credits) !== credits)) {
-    throw new HttpError(400, "checkout_mismatch", `Checkout session ${session.id} does not match the session this app created`);
-  }
+async function grantCheckout(trx: Trx, checkout: CheckoutRow, session: Stripe.Checkout.Session) {
+  const credits = Number(checkout.credits);
   const ledger = createKyselyLedger(trx);
-  const grant = await ledger.purchase({ account: accountId, amount: credits, idempotencyKey: `stripe:checkout:${session.id}` });
+  const grant = await ledger.purchase({ account: checkout.account_id, amount: credits, idempotencyKey: `stripe:checkout:${session.id}` });
+  const paymentIntentId = idOf(session.payment_intent);
   await trx
     .updateTable("billing_checkouts")
-    .set({ status: "paid", grant_transaction_id: grant.transactionId, completed_at: sql<Date>`now()` })
+    .set({
+      grant_transaction_id: grant.transactionId,
+      completed_at: sql<Date>`coalesce(completed_at, now())`,
+      ...(paymentIntentId ? { payment_intent_id: paymentIntentId } : {}),
+    })
     .where("session_id", "=", session.id)
     .execute();
-  return { accountId, credits, transactionId: grant.transactionId };
+  await trx.updateTable("billing_checkouts").set({ status: "paid" }).where("session_id", "=", session.id).where("status", "in", ["open", "pending", "failed", "expired"]).execute();
+  return { accountId: checkout.account_id, credits, transactionId: grant.transactionId };
+}
+
+/**
+ * Brings the credits taken back from a checkout in line with what Stripe has refunded or holds
+ * in open disputes: the checkout's credits times the share of its amount, rounded up. A rise is
+ * reversed in the ledger, a fall (a won dispute) given back; each adjustment has its own
+ * idempotency key, numbered under the checkout's row lock. Nothing happens before the grant.
+ */
+async function reconcile(trx: Trx, sessionId: string): Promise<ProcessedEvent["adjustment"]> {
+  const row = (await trx.selectFrom("billing_checkouts").selectAll().where("session_id", "=", sessionId).forUpdate().executeTakeFirstOrThrow()) as CheckoutRow;
+  if (!row.grant_transaction_id) return undefined;
+  const sums = await trx
+    .selectFrom("billing_reversals")
+    .select([
+      sql<string>`coalesce(sum(amount_cents) filter (where kind = 'refund'), 0)::text`.as("refunds"),
+      sql<string>`coalesce(sum(amount_cents) filter (where kind = 'dispute' and reinstated_at is null), 0)::text`.as("disputes"),
+    ])
+    .where("session_id", "=", sessionId)
+    .executeTakeFirstOrThrow();
+  const total = BigInt(row.amount_total);
+  const credits = BigInt(row.credits);
+  // Refunds arrive both as refund objects and as a charge's cumulative total: the larger of the two
+  // counts each refund once.
+  const refunded = BigInt(sums.refunds) > BigInt(row.refunded_cents) ? BigInt(sums.refunds) : BigInt(row.refunded_cents);
+  const disputed = BigInt(sums.disputes);
+  let cents = refunded + disputed;
+  if (cents > total) cents = total;
+  const target = total === 0n ? 0n : (credits * cents + total - 1n) / total;
+  const delta = Number(target - BigInt(row.reversed_credits));
+  const status = cents >= total && total > 0n ? "refunded" : disputed > 0n ? "disputed" : "paid";
+  if (delta === 0) {
+    if (row.status !== status) await trx.updateTable("billing_checkouts").set({ status }).where("session_id", "=", sessionId).execute();
+    return undefined;
+  }
+  const ledger = createKyselyLedger(trx);
+  const key = `stripe:adjust:${sessionId}:${row.adjustments + 1}`;
+  let debt = 0;
+  if (delta > 0) {
+    const reversal = await ledger.reverse({ account: row.account_id, amount: delta, idempotencyKey: key, reason: disputed > 0n && refunded === 0n ? "dispute" : "refund" });
+    debt = reversal.debt;
+  } else {
+    await ledger.purchase({ account: row.account_id, amount: -delta, idempotencyKey: key });
+  }
+  await trx
+    .updateTable("billing_checkouts")
+    .set({ reversed_credits: Number(target), adjustments: row.adjustments + 1, status })
+    .where("session_id", "=", sessionId)
+    .execute();
+  return { accountId: row.account_id, sessionId, credits: delta, reversedTotal: Number(target), debt };
 }

@@ -78,7 +78,10 @@ export function budgetGuard(input: BudgetGuardOptions): Middleware {
       applicable = budgetScopesOf(principal);
     }
     const amount = await estimate(ctx);
-    if (!Number.isSafeInteger(amount) || amount < 0) throw new TypeError(`budgetGuard estimate must be a non-negative integer, got ${amount}`);
+    // The estimate usually comes from the request body: junk there is the client's error.
+    if (typeof amount !== "number" || !Number.isSafeInteger(amount) || amount < 0) {
+      throw new HttpError(400, "invalid_estimate", "The request's estimated cost is not a non-negative whole number of micro-credits");
+    }
     if (mode === "check") {
       const statuses = await budgets.check(applicable, amount);
       const remaining = statuses.length ? Math.min(...statuses.map((s) => s.remaining)) : undefined;
@@ -86,13 +89,14 @@ export function budgetGuard(input: BudgetGuardOptions): Middleware {
       return next();
     }
     const key = reservationKey ? reservationKey(ctx) : randomUUID();
-    const { statuses } = await budgets.reserve(applicable, amount, key);
+    const { statuses, replayed } = await budgets.reserve(applicable, amount, key);
     const remaining = statuses.length ? Math.min(...statuses.map((s) => s.remaining)) : undefined;
     ctx.state.budget = { scopes: applicable, estimate: amount, statuses, remaining, reservationKey: key };
     try {
       await next();
     } catch (error) {
-      await budgets.settle(key, 0).catch(() => undefined);
+      // A request that reused another's reservation key did not make the reservation: it is not its to free.
+      if (!replayed) await budgets.settle(key, 0).catch(() => undefined);
       throw error;
     }
   };

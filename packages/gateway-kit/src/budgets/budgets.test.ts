@@ -178,10 +178,15 @@ describeEachDatabase("budgets", (fixture) => {
     // Whichever budget is updated first, the refusal of the other undoes it.
     await expect(budgets.commit([a, b], 50, randomUUID())).rejects.toBeInstanceOf(BudgetExceededError);
     expect((await budgets.status([a, b])).map((s) => s.spent)).toEqual([0, 0]);
-    await expect(budgets.record([a], 1.5, randomUUID())).rejects.toThrow(TypeError);
-    await expect(budgets.record([a], -1, randomUUID())).rejects.toThrow(TypeError);
-    await expect(budgets.record([{ kind: "org" as never, id: "x" }], 1, randomUUID())).rejects.toThrow(TypeError);
-    await expect(budgets.setBudget({ scope: a, period: "weekly" as never, limit: 1 })).rejects.toThrow(TypeError);
+    const invalid = { status: 400, code: "invalid_request", name: "BudgetInputError" };
+    await expect(budgets.record([a], 1.5, randomUUID())).rejects.toMatchObject(invalid);
+    await expect(budgets.record([a], -1, randomUUID())).rejects.toMatchObject(invalid);
+    await expect(budgets.record([{ kind: "org" as never, id: "x" }], 1, randomUUID())).rejects.toMatchObject(invalid);
+    await expect(budgets.setBudget({ scope: a, period: "weekly" as never, limit: 1 })).rejects.toMatchObject(invalid);
+    // A NUL byte (e.g. a project id from the path) is refused before PostgreSQL sees it.
+    await expect(budgets.record([{ kind: "project", id: "p\u0000x" }], 1, randomUUID())).rejects.toMatchObject(invalid);
+    await expect(budgets.record([a], 1, "k\u0000")).rejects.toMatchObject(invalid);
+    expect((await budgets.status([a]))[0]!.spent).toBe(0);
   });
 
   it("reserves an estimate atomically and settles it to the actual cost in the period it was made in", async () => {
@@ -304,6 +309,12 @@ describeEachDatabase("budgets", (fixture) => {
       expect(body.error.code).toBe("budget_exceeded");
       expect(body.error.details).toMatchObject({ remaining: 1000, requested: 1001, limit: 5000, period: "monthly" });
       expect(body.error.message).toContain("1000 micro-credits left");
+      // Junk estimates are the client's error: 400, never a 500.
+      for (const estimate of ["junk", "-1", "1.5", "1e400"]) {
+        const bad = await fetch(`${base}/?estimate=${estimate}`);
+        expect(bad.status, estimate).toBe(400);
+        expect(((await bad.json()) as any).error.code).toBe("invalid_estimate");
+      }
     } finally {
       await new Promise((r) => server.close(r));
     }
@@ -333,6 +344,33 @@ describeEachDatabase("budgets", (fixture) => {
       await budgets.settle(first.key, 100);
       expect((await fetch(base)).status).toBe(200);
       expect((await budgets.status([t]))[0]!.spent).toBe(900);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+  });
+
+  it("in reserve mode, a failing request that reused another's reservation key leaves that reservation alone", async () => {
+    const budgets = createKyselyBudgets(fixture.database.db, { now: clock.now });
+    const t = team();
+    await budgets.setBudget({ scope: t, period: "total", limit: 1000 });
+    const app = new Koa();
+    app.use(errorHandler());
+    app.use(budgetGuard({ budgets, scopes: () => [t], estimate: () => 400, mode: "reserve", reservationKey: (ctx) => `run:${ctx.get("idempotency-key")}` }));
+    app.use((ctx) => {
+      if (ctx.query.fail) throw new Error("bad body");
+      ctx.body = { key: ctx.state.budget?.reservationKey };
+    });
+    const server = createServer(app.callback());
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      expect((await fetch(base, { headers: { "idempotency-key": "k1" } })).status).toBe(200);
+      const retries = await Promise.all(Array.from({ length: 10 }, () => fetch(`${base}/?fail=1`, { headers: { "idempotency-key": "k1" } })));
+      expect(retries.every((r) => r.status === 500)).toBe(true);
+      // Still reserved: the owner settles it.
+      expect((await budgets.status([t]))[0]!.spent).toBe(400);
+      await budgets.settle("run:k1", 350);
+      expect((await budgets.status([t]))[0]!.spent).toBe(350);
     } finally {
       await new Promise((r) => server.close(r));
     }

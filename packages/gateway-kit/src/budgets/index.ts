@@ -30,3 +30,4 @@ export {
   type CostRoute,
   type CostRouterOptions,
 } from "./route-by-cost.js";
+export { budgetsDataRights } from "./data-rights.js";

@@ -6,6 +6,7 @@ import { periodWindow } from "./periods.js";
 import type { BudgetTables } from "./tables.js";
 import {
   BudgetExceededError,
+  BudgetInputError,
   BudgetInput,
   BudgetReservationNotFoundError,
   BudgetPeriod,
@@ -40,11 +41,11 @@ const BudgetsOptions = z
 export type BudgetsOptions = z.input<typeof BudgetsOptions>;
 
 const Scopes = z.array(BudgetScope).max(20);
-const IdempotencyKey = z.string().min(1).max(200);
+const IdempotencyKey = z.string().min(1).max(200).regex(/^[^\u0000]*$/, "must not contain NUL");
 
 function parse<T extends z.ZodType>(schema: T, value: unknown, what: string): z.output<T> {
   const parsed = schema.safeParse(value);
-  if (!parsed.success) throw new TypeError(`Invalid ${what}: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new BudgetInputError(`Invalid ${what}: ${z.prettifyError(parsed.error)}`);
   return parsed.data;
 }
 

@@ -8,7 +8,7 @@ export const BudgetAmount = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)
 export const BudgetScope = z
   .object({
     kind: z.enum(["user", "team", "project"]),
-    id: z.string().min(1).max(200),
+    id: z.string().min(1).max(200).regex(/^[^\u0000]*$/, "must not contain NUL"),
   })
   .strict();
 export type BudgetScope = z.infer<typeof BudgetScope>;
@@ -101,6 +101,17 @@ export class BudgetExceededError extends HttpError {
     );
     this.name = "BudgetExceededError";
     this.remaining = status.remaining;
+  }
+}
+
+/**
+ * A budget call got malformed input (a negative or fractional amount, an unknown scope kind, an id
+ * with a NUL byte, ...). Renders as 400 `invalid_request`; nothing was written.
+ */
+export class BudgetInputError extends HttpError {
+  constructor(message: string) {
+    super(400, "invalid_request", message);
+    this.name = "BudgetInputError";
   }
 }
 

@@ -26,7 +26,7 @@ describeEachDatabase("creditGuard", (fixture) => {
       ctx.state.principal = { userId: ctx.get("x-user"), via: "api_key", scopes: [] };
       await next();
     });
-    app.use(creditGuard({ ledger, estimate: (ctx) => Number(ctx.query.estimate ?? 1_000) }));
+    app.use(creditGuard({ ledger, estimate: (ctx) => (ctx.query.estimate === "junk" ? ("lots" as never) : Number(ctx.query.estimate ?? 1_000)) }));
     app.use(async (ctx) => {
       if (ctx.query.fail) throw new HttpError(503, "queue_full", "Try again");
       ctx.status = 202;
@@ -85,6 +85,34 @@ describeEachDatabase("creditGuard", (fixture) => {
     expect(late.body.error.code).toBe("reservation_closed");
     const different = await call(userId, "?estimate=900", { "idempotency-key": "abc" });
     expect(different.body.error.code).toBe("idempotency_conflict");
+  });
+
+  it("never releases a hold another request created: a failing retry with the same Idempotency-Key leaves it to its owner", async () => {
+    const { userId, wallet } = await funded(2_000);
+    const first = await call(userId, "?estimate=700", { "idempotency-key": "owned" });
+    expect(first.status).toBe(202);
+    // The attack: retries that reuse the key and make the route fail (a bad body, say), all at once.
+    const retries = await Promise.all(Array.from({ length: 20 }, () => call(userId, "?estimate=700&fail=1", { "idempotency-key": "owned" })));
+    expect(retries.every((r) => r.status === 503)).toBe(true);
+    expect((await ledger.getReservation(first.body.reservation.id)).status).toBe("open");
+    expect((await ledger.getAccount(`hold:${wallet.id}`)).balance).toBe(700);
+    // The worker can still charge the run.
+    expect(await ledger.settle(first.body.reservation.id, 600)).toMatchObject({ status: "settled", charged: 600, released: 100 });
+    expect((await ledger.getAccount(wallet.id)).balance).toBe(1_400);
+    // The request that did create a hold still releases it when its route fails.
+    const own = await call(userId, "?estimate=300&fail=1", { "idempotency-key": "fresh" });
+    expect(own.status).toBe(503);
+    expect((await ledger.getAccount(wallet.id)).balance).toBe(1_400);
+  });
+
+  it("answers 400 to an estimate that is not a positive whole number, and holds nothing", async () => {
+    const { userId, wallet } = await funded(2_000);
+    for (const estimate of ["junk", "-5", "0", "1.5", "NaN", "1e300"]) {
+      const res = await call(userId, `?estimate=${estimate}`);
+      expect(res.status, estimate).toBe(400);
+      expect(res.body.error.code).toBe("invalid_estimate");
+    }
+    expect((await ledger.getAccount(wallet.id)).balance).toBe(2_000);
   });
 
   it("validates its options when created", () => {

@@ -64,6 +64,9 @@ export function creditGuard(input: CreditGuardOptions): Middleware {
 
   return async (ctx, next) => {
     const amount = await estimate(ctx);
+    if (!Number.isSafeInteger(amount) || amount <= 0) {
+      throw new HttpError(400, "invalid_estimate", "The request's estimated cost is not a positive whole number of micro-credits");
+    }
     const reservation = await ledger.reserve({ account: await account(ctx), amount, idempotencyKey: keyOf(ctx), ttlMs });
     // A retried request whose first attempt already finished gets its closed reservation back.
     if (reservation.status !== "open") throw new ReservationClosedError(reservation.id, reservation.status);
@@ -71,8 +74,10 @@ export function creditGuard(input: CreditGuardOptions): Middleware {
     try {
       await next();
     } catch (error) {
-      // If the release fails too, the sweeper frees the hold when it expires.
-      await ledger.release(reservation.id).catch(() => undefined);
+      // Only the request that created the hold releases it: a retry that reused the key must not
+      // pull the credits from under the first request's run. If the release fails too, the
+      // sweeper frees the hold when it expires.
+      if (!reservation.replayed) await ledger.release(reservation.id).catch(() => undefined);
       throw error;
     }
   };

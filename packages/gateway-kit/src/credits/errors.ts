@@ -23,6 +23,23 @@ export class InsufficientCreditsError extends HttpError {
   }
 }
 
+/**
+ * The wallet owes credits a refund or chargeback took back after they were spent; it cannot
+ * spend (reserve, transfer out) until later credits have paid `debt`. Nothing was written.
+ */
+export class WalletInDebtError extends HttpError {
+  constructor(
+    readonly accountId: string,
+    readonly debt: number,
+  ) {
+    super(402, "wallet_in_debt", `Account ${accountId} owes ${debt} micro-credits from a refund or chargeback; add credits to settle it first`, {
+      accountId,
+      debt,
+    });
+    this.name = "WalletInDebtError";
+  }
+}
+
 /** No reservation has this id. */
 export class ReservationNotFoundError extends HttpError {
   constructor(readonly reservationId: string) {

@@ -8,6 +8,7 @@ import {
   LedgerInputError,
   ReservationClosedError,
   ReservationNotFoundError,
+  WalletInDebtError,
 } from "./errors.js";
 import type {
   AccountKind,
@@ -19,6 +20,8 @@ import type {
   MicroCredits,
   ReserveInput,
   Reservation,
+  ReversalInput,
+  ReversalResult,
   ReservationStatus,
   Settlement,
   SweepOptions,
@@ -36,8 +39,9 @@ type Db = Kysely<CreditTables>;
 type ReservationRow = Selectable<CreditTables["ledger_reservations"]>;
 
 const Amount = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
-const Key = z.string().min(1).max(255);
-const Id = z.string().min(1).max(255);
+// PostgreSQL text cannot hold NUL: refuse it here rather than fail in the driver.
+const Key = z.string().min(1).max(255).regex(/^[^\u0000]*$/, "must not contain NUL");
+const Id = z.string().min(1).max(255).regex(/^[^\u0000]*$/, "must not contain NUL");
 
 const TransferInputSchema = z.object({ account: Id, amount: Amount, idempotencyKey: Key });
 const WalletTransferSchema = z.object({ from: Id, to: Id, amount: Amount, idempotencyKey: Key });
@@ -48,6 +52,7 @@ const ReserveSchema = z.object({
   ttlMs: z.number().int().positive().max(366 * 24 * 3600 * 1000),
   reference: z.string().max(255).optional(),
 });
+const ReversalSchema = z.object({ account: Id, amount: Amount, idempotencyKey: Key, reason: z.enum(["refund", "dispute"]) });
 const ActualSchema = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 const CloseSchema = z.object({ idempotencyKey: Key.optional() }).optional();
 const WalletOwnerSchema = z.union([z.object({ userId: Id }), z.object({ teamId: Id })]);
@@ -74,19 +79,38 @@ function hashRequest(kind: string, params: readonly unknown[]): string {
   return createHash("sha256").update(JSON.stringify([kind, ...params])).digest("base64url");
 }
 
-/** A locked account row that must be a user or team wallet, with its balance read as a number. */
-function lockedWallet<R extends { kind: string; balance: string | number }>(id: string, row: R | undefined): R & { balance: MicroCredits } {
+/** A locked account row that must be a user or team wallet, with its balance and debt read as numbers. */
+function lockedWallet<R extends { kind: string; balance: string | number; debt: string | number }>(
+  id: string,
+  row: R | undefined,
+): R & { balance: MicroCredits; debt: MicroCredits } {
   if (!row || (row.kind !== "user_wallet" && row.kind !== "team_wallet")) throw new AccountNotFoundError(id, row ? `is a ${row.kind} account, not a wallet` : undefined);
-  return { ...row, balance: micro(row.balance) };
+  return { ...row, balance: micro(row.balance), debt: micro(row.debt) };
+}
+
+/** Refuses a credit that would take a wallet's balance past the largest safe integer. */
+function checkHeadroom(id: string, balance: MicroCredits, amount: MicroCredits): void {
+  if (balance + amount > Number.MAX_SAFE_INTEGER) {
+    throw new LedgerInputError(`Account ${id} would hold more than ${Number.MAX_SAFE_INTEGER} micro-credits`);
+  }
+}
+
+/** The database's bound on balances (migration 0200) surfaced as a typed error, e.g. for system accounts. */
+function boundError(error: unknown): unknown {
+  const e = error as { code?: unknown; constraint?: unknown; message?: unknown };
+  if (e?.code === "23514" && (e.constraint === "ledger_accounts_safe_balance" || String(e.message).includes("ledger_accounts_safe_balance"))) {
+    return new LedgerInputError(`The amount would take an account past ${Number.MAX_SAFE_INTEGER} micro-credits`);
+  }
+  return error;
 }
 
 const isSystemId = (id: string) => id.startsWith("system:");
 const holdIdOf = (walletId: string) => `hold:${walletId}`;
 /** The order legs are written in, and replayed transaction ids are listed in. */
-const LEG_ORDER = ["grant", "purchase", "transfer", "reserve", "charge", "release", "expire", "overage"];
+const LEG_ORDER = ["grant", "purchase", "transfer", "reserve", "charge", "release", "expire", "overage", "reversal", "repayment"];
 
 interface Leg {
-  kind: "grant" | "purchase" | "transfer" | "reserve" | "charge" | "release" | "overage" | "expire";
+  kind: "grant" | "purchase" | "transfer" | "reserve" | "charge" | "release" | "overage" | "expire" | "reversal" | "repayment";
   from: string;
   to: string;
   amount: MicroCredits;
@@ -122,8 +146,12 @@ class KyselyLedger implements Ledger {
   ) {}
 
   private async tx<T>(work: (trx: Transaction<CreditTables> | Db) => Promise<T>): Promise<T> {
-    if (this.db.isTransaction) return work(this.db);
-    return retryTransaction(this.db, work, this.maxAttempts);
+    try {
+      if (this.db.isTransaction) return await work(this.db);
+      return await retryTransaction(this.db, work, this.maxAttempts);
+    } catch (error) {
+      throw boundError(error);
+    }
   }
 
   /**
@@ -166,8 +194,9 @@ class KyselyLedger implements Ledger {
 
   /** The lock query for `operation`: wallets and holds in id order (the global lock order). */
   private lockAccountsQuery(ids: string[]) {
-    return sql<{ id: string; kind: string; balance: string | number; claimed: number }>`
-      select a.id, a.kind, a.balance, (select count(*) from claim)::int as claimed
+    if (ids.length === 0) throw new LedgerInputError("The operation names no wallet");
+    return sql<{ id: string; kind: string; balance: string | number; debt: string | number; claimed: number }>`
+      select a.id, a.kind, a.balance, a.debt, (select count(*) from claim)::int as claimed
       from ledger_accounts a where a.id in (${sql.join(ids)}) order by a.id for update of a`;
   }
 
@@ -181,12 +210,12 @@ class KyselyLedger implements Ledger {
   private async lockAccounts(trx: Transaction<CreditTables> | Db, ids: string[]) {
     const rows = await trx
       .selectFrom("ledger_accounts")
-      .select(["id", "kind", "balance", "wallet_id"])
+      .select(["id", "kind", "balance", "debt", "wallet_id"])
       .where("id", "in", ids)
       .orderBy("id")
       .forUpdate()
       .execute();
-    return new Map(rows.map((row) => [row.id, { ...row, balance: micro(row.balance) }]));
+    return new Map(rows.map((row) => [row.id, { ...row, balance: micro(row.balance), debt: micro(row.debt) }]));
   }
 
   /**
@@ -253,18 +282,61 @@ class KyselyLedger implements Ledger {
   async transfer(input: WalletTransferInput): Promise<TransferResult> {
     const { from, to, amount, idempotencyKey } = parse(WalletTransferSchema, input, "transfer");
     if (from === to) throw new LedgerInputError("A transfer needs two different accounts");
+    // Only grant() and purchase() draw on system accounts: a transfer from one would skip the
+    // balance check and mint credits for whoever chose the source.
+    if (isSystemId(from)) throw new AccountNotFoundError(from, "is a system account; transfers move credits between wallets only");
     return this.move("transfer", from, to, amount, idempotencyKey);
   }
 
   private move(kind: TransferKind, from: string, to: string, amount: MicroCredits, key: string): Promise<TransferResult> {
-    const wallets = [from, to].filter((id) => !isSystemId(id));
+    if (isSystemId(to)) throw new AccountNotFoundError(to, "is a system account, not a wallet");
+    const source = isSystemId(from) ? undefined : from;
+    const wallets = source ? [from, to] : [to];
     return this.operation(key, kind, [from, to, amount], this.lockAccountsQuery(wallets), async (trx, rows) => {
-      const locked = wallets.map((id) => lockedWallet(id, rows.find((row) => row.id === id)));
-      // `wallets` lists `from` first when it is not a system account.
-      if (!isSystemId(from) && locked[0]!.balance < amount) throw new InsufficientCreditsError(from, amount, locked[0]!.balance);
-      const { ids } = await this.writeLegs(trx, key, [{ kind, from, to, amount }], null);
+      const target = lockedWallet(to, rows.find((row) => row.id === to));
+      if (source) {
+        const wallet = lockedWallet(source, rows.find((row) => row.id === source));
+        if (wallet.debt > 0) throw new WalletInDebtError(source, wallet.debt);
+        if (wallet.balance < amount) throw new InsufficientCreditsError(source, amount, wallet.balance);
+      }
+      checkHeadroom(to, target.balance, amount);
+      // Credits arriving at a wallet in debt pay the debt first.
+      const repaid = Math.min(target.debt, amount);
+      const legs: Leg[] = [{ kind, from, to, amount }];
+      if (repaid > 0) legs.push({ kind: "repayment", from: to, to: SYSTEM_ACCOUNTS.purchases, amount: repaid });
+      const { ids } = await this.writeLegs(trx, key, legs, null);
+      if (repaid > 0) await trx.updateTable("ledger_accounts").set({ debt: sql`debt - ${repaid}` }).where("id", "=", to).execute();
       return { transactionId: ids[0]!, kind, from, to, amount, idempotencyKey: key };
     }, async (trx) => ({ transactionId: (await this.transactionsOf(trx, key))[0]!, kind, from, to, amount, idempotencyKey: key }));
+  }
+
+  async reverse(input: ReversalInput): Promise<ReversalResult> {
+    const { account, amount, idempotencyKey, reason } = parse(ReversalSchema, input, "reversal");
+    if (isSystemId(account)) throw new AccountNotFoundError(account, "is a system account, not a wallet");
+    return this.operation(
+      idempotencyKey,
+      "reverse",
+      [account, amount, reason],
+      this.lockAccountsQuery([account]),
+      async (trx, rows) => {
+        const wallet = lockedWallet(account, rows[0]);
+        const recovered = Math.min(amount, wallet.balance);
+        const debt = amount - recovered;
+        if (wallet.debt + debt > Number.MAX_SAFE_INTEGER) throw new LedgerInputError(`Account ${account} would owe more than ${Number.MAX_SAFE_INTEGER} micro-credits`);
+        let transactionId: string | null = null;
+        if (recovered > 0) {
+          transactionId = (await this.writeLegs(trx, idempotencyKey, [{ kind: "reversal", from: account, to: SYSTEM_ACCOUNTS.purchases, amount: recovered }], null)).ids[0]!;
+        }
+        await trx.insertInto("ledger_reversals").values({ idempotency_key: idempotencyKey, account_id: account, reason, amount, recovered, debt }).execute();
+        if (debt > 0) await trx.updateTable("ledger_accounts").set({ debt: sql`debt + ${debt}` }).where("id", "=", account).execute();
+        return { account, amount, reason, recovered, debt, transactionId, idempotencyKey };
+      },
+      async (trx) => {
+        const row = await trx.selectFrom("ledger_reversals").selectAll().where("idempotency_key", "=", idempotencyKey).executeTakeFirstOrThrow();
+        const [transactionId] = await this.transactionsOf(trx, idempotencyKey);
+        return { account, amount, reason, recovered: micro(row.recovered), debt: micro(row.debt), transactionId: transactionId ?? null, idempotencyKey };
+      },
+    );
   }
 
   async reserve(input: ReserveInput): Promise<Reservation> {
@@ -277,6 +349,7 @@ class KyselyLedger implements Ledger {
       async (trx, locked) => {
         const hold = holdIdOf(account);
         const wallet = lockedWallet(account, locked[0]);
+        if (wallet.debt > 0) throw new WalletInDebtError(account, wallet.debt);
         if (wallet.balance < amount) throw new InsufficientCreditsError(account, amount, wallet.balance);
         const id = randomUUID();
         const { ids, rows } = await this.writeLegs<ReservationRow>(
@@ -292,7 +365,7 @@ class KyselyLedger implements Ledger {
       },
       async (trx) => {
         const row = await trx.selectFrom("ledger_reservations").selectAll().where("idempotency_key", "=", idempotencyKey).executeTakeFirstOrThrow();
-        return toReservation(row, (await this.transactionsOf(trx, idempotencyKey))[0]!);
+        return { ...toReservation(row, (await this.transactionsOf(trx, idempotencyKey))[0]!), replayed: true };
       },
     );
   }
@@ -306,7 +379,13 @@ class KyselyLedger implements Ledger {
       "settle",
       [id, amount],
       this.lockReservationQuery(id),
-      async (trx, rows) => this.close(trx, key, this.openReservation(id, rows[0]), "settled", amount),
+      async (trx, rows) => {
+        const row = this.openReservation(id, rows[0]);
+        // A lapsed hold belongs to the sweeper: settling it late would charge a run that was
+        // already given up on (and race the sweeper's release).
+        if (rows[0]!.lapsed) throw new ReservationClosedError(id, "expired");
+        return this.close(trx, key, row, "settled", amount);
+      },
       (trx) => this.replayClose(trx, key, id),
     );
   }
@@ -349,8 +428,8 @@ class KyselyLedger implements Ledger {
   }
 
   private lockReservationQuery(id: string) {
-    return sql<ReservationRow & { claimed: number }>`
-      select r.*, (select count(*) from claim)::int as claimed from ledger_reservations r where r.id = ${id} for update of r`;
+    return sql<ReservationRow & { lapsed: boolean; claimed: number }>`
+      select r.*, r.expires_at <= now() as lapsed, (select count(*) from claim)::int as claimed from ledger_reservations r where r.id = ${id} for update of r`;
   }
 
   private openReservation(id: string, row: ReservationRow | undefined): ReservationRow {
@@ -371,16 +450,22 @@ class KyselyLedger implements Ledger {
     const rest = reserved - fromHold;
     const over = actual - fromHold;
     let overage = 0;
-    if (over > 0) {
+    let repaid = 0;
+    if (over > 0 || rest > 0) {
       const wallet = (await this.lockAccounts(trx, [row.account_id])).get(row.account_id)!;
-      overage = Math.min(over, wallet.balance);
+      // A wallet in debt is frozen: usage above the hold is not drawn from it, and credits the
+      // hold returns pay the debt first.
+      overage = wallet.debt > 0 ? 0 : Math.min(over, wallet.balance);
+      repaid = Math.min(wallet.debt, rest);
     }
     const legs: Leg[] = [];
     if (fromHold > 0) legs.push({ kind: "charge", from: row.hold_account_id, to: SYSTEM_ACCOUNTS.revenue, amount: fromHold });
     if (rest > 0) legs.push({ kind: status === "expired" ? "expire" : "release", from: row.hold_account_id, to: row.account_id, amount: rest });
     if (overage > 0) legs.push({ kind: "overage", from: row.account_id, to: SYSTEM_ACCOUNTS.revenue, amount: overage });
+    if (repaid > 0) legs.push({ kind: "repayment", from: row.account_id, to: SYSTEM_ACCOUNTS.purchases, amount: repaid });
     const charged = fromHold + overage;
     const shortfall = over - overage;
+    if (repaid > 0) await trx.updateTable("ledger_accounts").set({ debt: sql`debt - ${repaid}` }).where("id", "=", row.account_id).execute();
     const { ids } = await this.writeLegs(
       trx,
       key,
@@ -473,6 +558,7 @@ function toAccount(row: Selectable<CreditTables["ledger_accounts"]>): LedgerAcco
     ownerId: row.owner_id,
     walletId: row.wallet_id,
     balance: micro(row.balance),
+    debt: micro(row.debt),
     createdAt: row.created_at,
   };
 }

@@ -1,7 +1,9 @@
 /**
  * Amounts are integer micro-credits (1 credit = 1,000,000 micro-credits) carried as JavaScript
- * numbers. Every amount is checked to be a safe integer (|n| < 2^53, about 9 billion credits);
- * the database stores `bigint`.
+ * numbers. Every amount is checked to be a safe integer (|n| < 2^53, about 9 billion credits),
+ * and so is every balance: a write that would take any account (wallet or system) past
+ * ±(2^53 − 1) is refused with `LedgerInputError`. The database stores `bigint` and enforces the
+ * same bound, so every value read back is exact.
  */
 export type MicroCredits = number;
 
@@ -19,6 +21,11 @@ export interface LedgerAccount {
   /** For a hold: the wallet it belongs to. */
   walletId: string | null;
   balance: MicroCredits;
+  /**
+   * Credits a refund or chargeback took back that the wallet no longer held (they were spent).
+   * While it is above zero the wallet is frozen for spending; credits that arrive pay it first.
+   */
+  debt: MicroCredits;
   createdAt: Date;
 }
 
@@ -49,6 +56,31 @@ export interface TransferResult {
   idempotencyKey: string;
 }
 
+/** Why paid credits are taken back: the payment was refunded, or disputed by the card holder. */
+export type ReversalReason = "refund" | "dispute";
+
+export interface ReversalInput {
+  /** The wallet the paid credits went to. */
+  account: string;
+  /** Micro-credits to take back. */
+  amount: MicroCredits;
+  idempotencyKey: string;
+  reason: ReversalReason;
+}
+
+export interface ReversalResult {
+  account: string;
+  amount: MicroCredits;
+  reason: ReversalReason;
+  /** Taken back from the wallet's balance (to the `purchases` system account). */
+  recovered: MicroCredits;
+  /** The rest, which the wallet had already spent: added to its `debt`. */
+  debt: MicroCredits;
+  /** The reversal transaction; null when nothing could be recovered. */
+  transactionId: string | null;
+  idempotencyKey: string;
+}
+
 export interface ReserveInput {
   /** The wallet to draw from. */
   account: string;
@@ -76,6 +108,11 @@ export interface Reservation {
   shortfall: MicroCredits | null;
   idempotencyKey: string;
   transactionId: string;
+  /**
+   * Set by `reserve` when its idempotency key had already been used: this call did not create the
+   * hold, so it must not release it either (the request that created it owns it).
+   */
+  replayed?: boolean;
 }
 
 export interface Settlement {
@@ -136,14 +173,29 @@ export interface Ledger {
   grant(input: TransferInput): Promise<TransferResult>;
   /** Paid credits from the `purchases` system account. */
   purchase(input: TransferInput): Promise<TransferResult>;
-  /** Wallet to wallet, e.g. a user topping up a team. */
+  /**
+   * Wallet to wallet, e.g. a user topping up a team. Both sides must be user or team wallets: a
+   * system account is never a source or destination (`grant` and `purchase` are the only ways
+   * credits are issued), so a caller-chosen `from` cannot mint credits.
+   */
   transfer(input: WalletTransferInput): Promise<TransferResult>;
-  /** Moves `amount` from the wallet to its hold. Throws `InsufficientCreditsError` when it cannot. */
+  /**
+   * Takes paid credits back after a refund or chargeback, as a balanced entry from the wallet
+   * to the `purchases` system account. What the wallet no longer holds is recorded as `debt`
+   * (the balance never goes negative); a wallet in debt cannot reserve or transfer out
+   * (`WalletInDebtError`), and later grants, purchases and incoming transfers pay the debt first.
+   */
+  reverse(input: ReversalInput): Promise<ReversalResult>;
+  /**
+   * Moves `amount` from the wallet to its hold. Throws `InsufficientCreditsError` when it cannot,
+   * `WalletInDebtError` when the wallet owes reversed credits.
+   */
   reserve(input: ReserveInput): Promise<Reservation>;
   /**
    * Charges `actual` to revenue and returns the rest of the hold to the wallet. Usage above the
    * reservation is drawn from the wallet as far as its balance allows; the remainder is reported
-   * as `shortfall` and not charged.
+   * as `shortfall` and not charged. A reservation whose `expiresAt` has passed cannot be settled,
+   * even before the sweeper has released it (`ReservationClosedError` with status `expired`).
    */
   settle(reservationId: string, actual: MicroCredits, options?: CloseOptions): Promise<Settlement>;
   /** Returns the whole hold to the wallet (cancelled or crashed run). */

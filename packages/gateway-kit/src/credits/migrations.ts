@@ -142,4 +142,30 @@ export const creditMigrations = defineMigrations("gk_credits", {
         (${SYSTEM_ACCOUNTS.purchases}, 'purchases')`.execute(db);
     },
   },
+  gk_credits_0200_reversals_and_bounds: {
+    up: async (db: Kysely<any>) => {
+      // Every balance stays within the safe-integer range the API reads amounts in.
+      await sql`alter table ledger_accounts add constraint ledger_accounts_safe_balance
+        check (balance between -9007199254740991 and 9007199254740991)`.execute(db);
+      // What a refund or chargeback took back after the credits were spent. Only wallets owe.
+      await sql`alter table ledger_accounts add column debt bigint not null default 0`.execute(db);
+      await sql`alter table ledger_accounts add constraint ledger_accounts_debt
+        check (debt between 0 and 9007199254740991 and (debt = 0 or kind in ('user_wallet', 'team_wallet')))`.execute(db);
+      await sql`alter table ledger_transactions drop constraint ledger_transactions_kind_check`.execute(db);
+      await sql`alter table ledger_transactions add constraint ledger_transactions_kind_check
+        check (kind in ('grant', 'purchase', 'transfer', 'reserve', 'charge', 'release', 'overage', 'expire', 'reversal', 'repayment'))`.execute(db);
+      await sql`
+        create table ledger_reversals (
+          idempotency_key text primary key references ledger_operations (idempotency_key),
+          account_id text not null references ledger_accounts (id),
+          reason text not null check (reason in ('refund', 'dispute')),
+          amount bigint not null check (amount > 0),
+          recovered bigint not null check (recovered >= 0),
+          debt bigint not null check (debt >= 0),
+          created_at timestamptz not null default now(),
+          check (recovered + debt = amount)
+        )`.execute(db);
+      await sql`create index ledger_reversals_account_idx on ledger_reversals (account_id)`.execute(db);
+    },
+  },
 });

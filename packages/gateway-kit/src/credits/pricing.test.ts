@@ -91,6 +91,12 @@ describe("pricing", () => {
     expect(() => priceUsage("claude-sonnet-4", usage({ inputTokens: -1 }))).toThrow(LedgerInputError);
     expect(() => priceUsage("claude-sonnet-4", usage({ outputTokens: 1.5 }))).toThrow(LedgerInputError);
     expect(() => priceUsage("claude-sonnet", usage({}))).toThrow(UnknownModelError);
+    // A request body's junk (no model, a number, a token count that overflows) is a 400, never a TypeError or RangeError.
+    const list = createPriceList();
+    for (const model of [undefined, 42, "", "x".repeat(1_000)]) {
+      expect(() => list.maxCost(model as never, { inputTokens: 1, maxOutputTokens: 1 })).toThrow(LedgerInputError);
+    }
+    expect(() => list.maxCost("claude-opus-4", { inputTokens: Number.MAX_SAFE_INTEGER, maxOutputTokens: Number.MAX_SAFE_INTEGER })).toThrow(LedgerInputError);
   });
 
   it("bounds a call before it runs", () => {

@@ -106,6 +106,8 @@ export function createPriceList(options: PriceListOptions = {}): PriceList {
     return keys.find((key) => bare.startsWith(`${key}-`));
   };
   const priceOf = (model: string) => {
+    // The model name usually comes from a request body: anything but a sane string is the client's error.
+    if (typeof model !== "string" || model.length === 0 || model.length > 200) throw new LedgerInputError(`Invalid model ${JSON.stringify(typeof model === "string" ? model.slice(0, 50) : typeof model)}`);
     const key = resolve(model);
     if (key === undefined) throw new UnknownModelError(model);
     return { model: key, ...table.get(key)! };
@@ -116,7 +118,7 @@ export function createPriceList(options: PriceListOptions = {}): PriceList {
     numerator *= BigInt(10_000 + markupBps);
     const denominator = BigInt(M) * 10_000n;
     const result = (numerator + denominator - 1n) / denominator;
-    if (result > BigInt(Number.MAX_SAFE_INTEGER)) throw new RangeError("Charge exceeds the safe integer range");
+    if (result > BigInt(Number.MAX_SAFE_INTEGER)) throw new LedgerInputError(`The charge exceeds ${Number.MAX_SAFE_INTEGER} micro-credits`);
     return Number(result);
   };
 

@@ -17,6 +17,16 @@ export interface CreditTables {
     owner_id: string | null;
     wallet_id: string | null;
     balance: ColumnType<string | number | bigint, never, never>;
+    debt: ColumnType<string | number | bigint, never, number | bigint | string>;
+    created_at: Generated<Date>;
+  };
+  ledger_reversals: {
+    idempotency_key: string;
+    account_id: string;
+    reason: string;
+    amount: Micro;
+    recovered: Micro;
+    debt: Micro;
     created_at: Generated<Date>;
   };
   ledger_operations: {

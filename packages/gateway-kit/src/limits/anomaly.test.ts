@@ -127,7 +127,72 @@ describe("anomaly detector", () => {
     expect(() => createAnomalyDetector({ alpha: 1 })).toThrow(TypeError);
     expect(() => createAnomalyDetector({ bucketMs: 10 })).toThrow(TypeError);
     expect(() => anomalyGuard({ detector: {} as never })).toThrow(TypeError);
-    await expect(createAnomalyDetector().observe("u", -1)).rejects.toThrow(TypeError);
+    await expect(createAnomalyDetector().observe("u", -1)).rejects.toMatchObject({ name: "AnomalyInputError", status: 400 });
+    await expect(createAnomalyDetector().observe("u", Number.NaN)).rejects.toMatchObject({ status: 400 });
+    await expect(createAnomalyDetector().observe("u\u0000", 1)).rejects.toMatchObject({ status: 400 });
+  });
+});
+
+/** Learns `base` a minute for `learn` minutes, then ramps by `growth` a minute; returns the per-minute rate at the first flag. */
+async function ramp(detector: ReturnType<typeof createAnomalyDetector>, clock: ManualClock, subject: string, base: number, growth: number, minutes: number, learn = 15) {
+  for (let i = 0; i < learn; i++) {
+    await detector.observe(subject, base + (i % 3) - 1);
+    clock.advance(MINUTE);
+  }
+  let rate = base;
+  for (let i = 0; i < minutes; i++) {
+    rate *= 1 + growth;
+    const n = Math.round(rate);
+    // The minute's usage arrives in ten parts, as requests would.
+    for (let part = 0; part < 10; part++) {
+      const verdict = await detector.observe(subject, n / 10);
+      if (verdict.anomalous) return { flaggedAt: n, minute: i + 1 };
+    }
+    clock.advance(MINUTE);
+  }
+  return { flaggedAt: undefined, minute: undefined };
+}
+
+describe("anomaly detector against slow ramps", () => {
+  it("flags +20% a minute from a learned 10/min long before it reaches 1,100/min", async () => {
+    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const events: AnomalyEvent[] = [];
+    const detector = createAnomalyDetector({ now: clock.now, onAnomaly: (e) => void events.push(e) });
+    const { flaggedAt, minute } = await ramp(detector, clock, "user:ramp", 10, 0.2, 25);
+    expect(minute).toBeDefined();
+    expect(flaggedAt!).toBeLessThanOrEqual(60);
+    expect(events[0]).toMatchObject({ subject: "user:ramp" });
+  });
+
+  it("flags a slower ramp (+5% a minute, +2% a minute) too, once it outgrows the growth the host allows", async () => {
+    for (const growth of [0.05, 0.02]) {
+      const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+      const detector = createAnomalyDetector({ now: clock.now });
+      const { flaggedAt } = await ramp(detector, clock, `user:slow-${growth}`, 10, growth, 300);
+      expect(flaggedAt, `+${growth * 100}%/min`).toBeDefined();
+      // Flagged once the ramp outgrows 4x a level allowed to double each hour.
+      expect(flaggedAt!).toBeLessThan(300);
+    }
+  });
+
+  it("lets growth within maxGrowthPerHour pass: 10/min growing 0.5% a minute for three hours is not flagged", async () => {
+    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const events: AnomalyEvent[] = [];
+    const detector = createAnomalyDetector({ now: clock.now, onAnomaly: (e) => void events.push(e) });
+    const { flaggedAt } = await ramp(detector, clock, "user:growing", 10, 0.005, 180);
+    expect(flaggedAt).toBeUndefined();
+    expect(events).toEqual([]);
+  });
+
+  it("holds an absolute ceiling from the first request, even while learning", async () => {
+    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const detector = createAnomalyDetector({ now: clock.now, maxAmount: 100, maxGrowthPerHour: Number.POSITIVE_INFINITY, block: true });
+    const first = await detector.observe("user:new", 100);
+    expect(first).toMatchObject({ learning: true, anomalous: false, threshold: 100 });
+    expect(await detector.observe("user:new", 1)).toMatchObject({ learning: true, anomalous: true });
+    // With the growth rule off, the ceiling alone still stops the ramp of a user with a baseline.
+    const { flaggedAt } = await ramp(detector, clock, "user:ceiling", 10, 0.2, 40);
+    expect(flaggedAt!).toBeLessThanOrEqual(110);
   });
 });
 
@@ -146,6 +211,13 @@ describeEachDatabase("anomaly baselines in PostgreSQL", (fixture) => {
     const restarted = createAnomalyDetector({ store, now: clock.now, minBuckets: 3 });
     const verdict = await restarted.check(user);
     expect(verdict).toMatchObject({ learning: false, threshold: 10 });
+  });
+
+  it("flags a +20%/min ramp with baselines kept in the database", async () => {
+    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const detector = createAnomalyDetector({ store: createKyselyAnomalyStateStore(fixture.database.db), now: clock.now });
+    const { flaggedAt } = await ramp(detector, clock, `user:${randomUUID()}`, 10, 0.2, 25);
+    expect(flaggedAt!).toBeLessThanOrEqual(60);
   });
 
   if (fixture.kind === "postgres") {

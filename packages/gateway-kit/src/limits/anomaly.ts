@@ -41,6 +41,12 @@ export interface AnomalyState {
   variance: number;
   buckets: number;
   flagged: boolean;
+  /**
+   * The growth-limited level: follows the learned mean down at once but up by at most
+   * `maxGrowthPerHour`, so a slow ramp cannot carry the threshold with it. Missing in states
+   * written before it existed (the mean stands in).
+   */
+  reference?: number;
 }
 
 /**
@@ -114,6 +120,19 @@ const AnomalyOptions = z
     minBuckets: z.number().int().min(1).max(10_000).default(10),
     /** Usage at or below this is never flagged, whatever the baseline. Default 0. */
     minAmount: z.number().min(0).default(0),
+    /**
+     * An absolute ceiling: a bucket above it is flagged whatever the baseline, even while
+     * learning. Default none.
+     */
+    maxAmount: z.number().positive().optional(),
+    /**
+     * Rate-of-growth rule: a bucket above `growthFactor` × the growth-limited level is flagged.
+     * The level follows the learned mean, but rises at most by this factor per hour of wall time.
+     * Default 2 (a subject's normal level may double each hour); `Infinity` turns the rule off.
+     */
+    maxGrowthPerHour: z.union([z.number().gt(1), z.custom<number>((v) => v === Number.POSITIVE_INFINITY)]).default(2),
+    /** How far above the growth-limited level a bucket may go. Default 4. */
+    growthFactor: z.number().gt(1).default(4),
     /** Refuse further usage in a flagged bucket. Default false (only report). */
     block: z.boolean().default(false),
     onAnomaly: fn<(event: AnomalyEvent) => void | Promise<void>>().optional(),
@@ -141,6 +160,12 @@ export interface AnomalyDetector {
  * once for it and, with `block`, further usage in it is refused. A flagged bucket is learned
  * from only up to the threshold, so a sustained attack cannot quickly teach the baseline.
  *
+ * A slow ramp inflates σ and so the statistical threshold; two more rules stop it. The
+ * growth rule keeps a level that follows the mean but rises at most `maxGrowthPerHour` per hour,
+ * and flags a bucket above `growthFactor` times that level (a ramp of +20% a minute from 10/min is
+ * flagged within about 10 minutes with the defaults). `maxAmount` is an absolute ceiling that
+ * holds from the first request.
+ *
  * @example
  * const spend = createAnomalyDetector({ metric: "spend", bucketMs: 3_600_000, block: true, onAnomaly: (e) => audit.record(e) });
  * await spend.observe(`user:${userId}`, chargedMicros);
@@ -148,10 +173,22 @@ export interface AnomalyDetector {
 export function createAnomalyDetector(input: AnomalyDetectorOptions = {}): AnomalyDetector {
   const o = parseOptions(AnomalyOptions, input, "anomaly detector");
   const store = o.store ?? createMemoryAnomalyStateStore();
-  const thresholdOf = (s: AnomalyState) => Math.max(o.minAmount, s.mean + o.k * Math.max(Math.sqrt(s.variance), o.minStdDevRatio * s.mean));
+  const ceiling = o.maxAmount ?? Number.POSITIVE_INFINITY;
+  const perBucketGrowth = Number.isFinite(o.maxGrowthPerHour) ? o.maxGrowthPerHour ** (o.bucketMs / 3_600_000) : Number.POSITIVE_INFINITY;
+  /**
+   * The lowest of: the statistical threshold (mean + k·σ, which a ramp inflates through σ), the
+   * growth threshold (growthFactor × growth-limited level) and the absolute ceiling; never below
+   * `minAmount` unless the ceiling is lower.
+   */
+  const thresholdOf = (s: AnomalyState) => {
+    const statistical = s.mean + o.k * Math.max(Math.sqrt(s.variance), o.minStdDevRatio * s.mean);
+    const growth = Number.isFinite(o.growthFactor) ? o.growthFactor * (s.reference ?? s.mean) : Number.POSITIVE_INFINITY;
+    return Math.min(ceiling, Math.max(o.minAmount, Math.min(statistical, growth)));
+  };
 
   async function observe(subject: string, amount: number): Promise<AnomalyVerdict> {
-    if (!Number.isFinite(amount) || amount < 0) throw new TypeError(`Usage amount must be a non-negative number, got ${amount}`);
+    if (typeof amount !== "number" || !Number.isFinite(amount) || amount < 0) throw new AnomalyInputError(`Usage amount must be a non-negative finite number, got ${String(amount)}`);
+    if (typeof subject !== "string" || subject.length === 0 || subject.length > 500 || subject.includes("\u0000")) throw new AnomalyInputError("A usage subject must be a non-empty string without NUL");
     const at = o.now();
     const bucketStart = Math.floor(at.getTime() / o.bucketMs) * o.bucketMs;
     let event: AnomalyEvent | undefined;
@@ -163,14 +200,18 @@ export function createAnomalyDetector(input: AnomalyDetectorOptions = {}): Anoma
       if (bucketStart > state.bucketStart) {
         if (state.current > 0) {
           const x = state.flagged ? Math.min(state.current, thresholdOf(state)) : state.current;
+          const elapsed = Math.max(1, (bucketStart - state.bucketStart) / o.bucketMs);
           if (state.buckets === 0) {
             state.mean = x;
             state.variance = 0;
+            state.reference = x;
           } else {
             const diff = x - state.mean;
             const step = o.alpha * diff;
             state.mean += step;
             state.variance = (1 - o.alpha) * (state.variance + diff * step);
+            // Down at once, up no faster than the allowed growth over the time that passed.
+            state.reference = Math.min(state.mean, (state.reference ?? state.mean) * perBucketGrowth ** elapsed);
           }
           state.buckets += 1;
         }
@@ -180,7 +221,8 @@ export function createAnomalyDetector(input: AnomalyDetectorOptions = {}): Anoma
       }
       state.current += amount;
       learning = state.buckets < o.minBuckets;
-      threshold = learning ? undefined : thresholdOf(state);
+      // The ceiling holds from the first request; the learned rules once there is a baseline.
+      threshold = learning ? (o.maxAmount === undefined ? undefined : o.maxAmount) : thresholdOf(state);
       if (threshold !== undefined && state.current > threshold && !state.flagged) {
         state.flagged = true;
         event = {
@@ -203,6 +245,14 @@ export function createAnomalyDetector(input: AnomalyDetectorOptions = {}): Anoma
   }
 
   return { metric: o.metric, blocks: o.block, observe, check: (subject) => observe(subject, 0) };
+}
+
+/** A usage amount or subject the detector cannot count (negative, NaN, empty, NUL). Renders as 400. */
+export class AnomalyInputError extends HttpError {
+  constructor(message: string) {
+    super(400, "invalid_request", message);
+    this.name = "AnomalyInputError";
+  }
 }
 
 /** A flagged subject was refused. Renders as 429 `usage_anomaly` with `Retry-After` (the end of the bucket). */

@@ -1,4 +1,5 @@
 import { sql, type Kysely } from "kysely";
+import { HttpError } from "../http-error.js";
 import type { LimitTables } from "./tables.js";
 
 /**
@@ -34,6 +35,27 @@ export interface RateLimitStore {
   prune(beforeMs: number): Promise<number>;
 }
 
+/**
+ * A `consume` call with a cost or rule a bucket cannot take (zero, negative, fractional, NaN or
+ * infinite cost; a non-positive limit or window). Such a call would refill the bucket instead of
+ * draining it, so it is refused before the store is touched.
+ */
+export class RateLimitInputError extends HttpError {
+  constructor(message: string) {
+    super(400, "invalid_request", message);
+    this.name = "RateLimitInputError";
+  }
+}
+
+/** Refuses costs and rules that are not positive safe integers (limit, cost) and a positive finite window. */
+export function checkConsume(key: string, rule: RateLimitRule, cost: number, nowMs: number): void {
+  if (typeof nowMs !== "number" || !Number.isFinite(nowMs)) throw new RateLimitInputError(`A rate-limit clock reading must be a finite number, got ${String(nowMs)}`);
+  if (typeof key !== "string" || key.length === 0 || key.includes("\u0000")) throw new RateLimitInputError("A rate-limit key must be a non-empty string without NUL");
+  if (typeof cost !== "number" || !Number.isSafeInteger(cost) || cost <= 0) throw new RateLimitInputError(`A rate-limit cost must be a positive whole number, got ${String(cost)}`);
+  if (typeof rule?.limit !== "number" || !Number.isSafeInteger(rule.limit) || rule.limit <= 0) throw new RateLimitInputError(`A rate-limit limit must be a positive whole number, got ${String(rule?.limit)}`);
+  if (typeof rule.windowMs !== "number" || !Number.isFinite(rule.windowMs) || rule.windowMs <= 0) throw new RateLimitInputError(`A rate-limit window must be a positive number of milliseconds, got ${String(rule.windowMs)}`);
+}
+
 /** Derives the public numbers from the bucket's tokens after a consume. */
 export function bucketResult(tokens: number, allowed: boolean, rule: RateLimitRule, cost: number): RateLimitResult {
   const perMs = rule.limit / rule.windowMs;
@@ -59,6 +81,7 @@ export function createMemoryRateLimitStore(): RateLimitStore {
   let consumes = 0;
   return {
     async consume(key, rule, cost, nowMs) {
+      checkConsume(key, rule, cost, nowMs);
       // Now and then, forget buckets that have refilled completely: they equal a fresh one.
       if (++consumes % 1000 === 0) {
         for (const [k, b] of buckets) if (b.fullAtMs <= nowMs) buckets.delete(k);
@@ -103,6 +126,7 @@ export function createKyselyRateLimitStore(db: Kysely<any>): RateLimitStore {
   const kdb = db as Kysely<LimitTables>;
   return {
     async consume(key, rule, cost, nowMs) {
+      checkConsume(key, rule, cost, nowMs);
       const limit = sql`${rule.limit}::float8`;
       const need = sql`${cost}::float8`;
       const now = sql`${Math.trunc(nowMs)}::int8`;

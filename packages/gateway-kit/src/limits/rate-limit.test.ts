@@ -42,6 +42,23 @@ function storeContract(newStore: () => RateLimitStore) {
     expect(await store.prune(6_000)).toBeGreaterThanOrEqual(2);
     expect(await store.consume(a, rule, 1, 5_000)).toMatchObject({ remaining: 9 });
   });
+
+  it("refuses a cost that would refill the bucket (negative, zero, fractional, NaN) with a typed error, and the bucket stays drained", async () => {
+    const store = newStore();
+    const key = randomUUID();
+    for (let i = 0; i < 10; i++) await store.consume(key, rule, 1, 7_000);
+    expect((await store.consume(key, rule, 1, 7_000)).allowed).toBe(false);
+    for (const cost of [-1_000, -1, 0, 0.5, Number.NaN, Number.POSITIVE_INFINITY, "1" as never]) {
+      await expect(store.consume(key, rule, cost, 7_000), String(cost)).rejects.toMatchObject({ name: "RateLimitInputError", status: 400, code: "invalid_request" });
+    }
+    for (const bad of [{ limit: -10, windowMs: 10_000 }, { limit: 10, windowMs: 0 }, { limit: Number.NaN, windowMs: 10_000 }]) {
+      await expect(store.consume(key, bad, 1, 7_000)).rejects.toMatchObject({ name: "RateLimitInputError" });
+    }
+    await expect(store.consume(key, rule, 1, Number.NaN)).rejects.toMatchObject({ name: "RateLimitInputError" });
+    await expect(store.consume("", rule, 1, 7_000)).rejects.toMatchObject({ name: "RateLimitInputError" });
+    // Nothing was given back.
+    expect((await store.consume(key, rule, 1, 7_000)).allowed).toBe(false);
+  });
 }
 
 describe("memory rate-limit store", () => {

@@ -1,5 +1,6 @@
 import type { Kysely } from "kysely";
 import type { DataRightsContributor } from "./contributor.js";
+import { eraseIpTraces, userIpAddresses } from "./ip-traces.js";
 
 /** The address an erased user's `users.email` becomes: unique, undeliverable (RFC 2606 `.invalid`). */
 export const erasedEmail = (userId: string) => `erased-${userId}@erased.invalid`;
@@ -14,13 +15,17 @@ export const erasedEmail = (userId: string) => `erased-${userId}@erased.invalid`
  * Erasure: the `users` row stays, so ledger entries and memberships of others keep a valid
  * reference, but its email becomes `erased-<id>@erased.invalid` and its name and password hash are
  * cleared; sessions (and their refresh tokens), API keys, MFA factors, recovery codes, OAuth
- * links, pending auth flows, memberships and the lockout counters for the user's email and
- * session IPs are deleted; personal teams named after the user are renamed "Personal".
+ * links, pending auth flows and memberships are deleted, and so are the lockout counters for the
+ * user's email and for every address recorded for them (sessions and audit rows), the rate-limit
+ * buckets keyed by those addresses or the user id, and the personal fields of audit rows recorded
+ * from those addresses (see `eraseIpTraces`); personal teams named after the user are renamed
+ * "Personal".
  *
  * @example
  * await eraseUserData(db, userId, [authDataRights(), auditDataRights()]);
  */
-export function authDataRights(): DataRightsContributor {
+export function authDataRights(options: { now?: () => Date } = {}): DataRightsContributor {
+  const now = options.now ?? (() => new Date());
   return {
     name: "auth",
     async export(db: Kysely<any>, userId: string) {
@@ -78,10 +83,12 @@ export function authDataRights(): DataRightsContributor {
     async erase(db: Kysely<any>, userId: string) {
       const user = await db.selectFrom("users").select(["email"]).where("id", "=", userId).forUpdate().executeTakeFirst();
       if (!user) return;
-      const ips = await db.selectFrom("auth_sessions").select("ip").distinct().where("user_id", "=", userId).where("ip", "is not", null).execute();
+      // Addresses from sessions and from audit rows (signup and login IPs outlive their sessions).
+      const ips = await userIpAddresses(db, userId);
       const oauthEmails = await db.selectFrom("oauth_accounts").select("email").where("user_id", "=", userId).where("email", "is not", null).execute();
-      const lockoutKeys = [`account:${user.email}`, ...oauthEmails.map((r) => `account:${r.email}`), ...ips.map((r) => `ip:${r.ip}`)];
+      const lockoutKeys = [`account:${user.email}`, ...oauthEmails.map((r) => `account:${r.email}`)];
       await db.deleteFrom("login_attempts").where("key", "in", lockoutKeys).execute();
+      await eraseIpTraces(db, userId, ips, now());
       await db.deleteFrom("auth_flows").where("user_id", "=", userId).execute();
       await db.deleteFrom("oauth_accounts").where("user_id", "=", userId).execute();
       await db.deleteFrom("mfa_factors").where("user_id", "=", userId).execute();

@@ -1,6 +1,7 @@
-import type { Kysely } from "kysely";
+import { sql, type Kysely } from "kysely";
 import { z } from "zod";
 import { scrubAuditPii } from "../audit/audit-log.js";
+import { tableExists } from "./ip-traces.js";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
@@ -15,23 +16,41 @@ export interface RetentionRule {
 
 const Days = z.number().int().positive().max(36_500);
 
-/** Retention periods, in days, for the gateway-kit tables. */
+/** Retention periods, in days, for the gateway-kit tables (auth, audit, limits, budgets, billing). */
 export const RetentionSettings = z
   .object({
     /** Audit events keep their personal fields (actor, ip, target, details) this long; the chain itself stays. Default 365. */
     auditDetails: Days.default(365),
-    /** Sessions (and their refresh tokens) are deleted this long after they expired or were revoked. Default 30. */
+    /**
+     * Sessions (and their refresh tokens, and so their IP and user agent) are deleted this long after
+     * they expired, were revoked or were last used (a session that idled out is never revoked).
+     * Keep it at least the auth service's idle timeout (default 7 days). Default 30.
+     */
     sessions: Days.default(30),
     /** Login lockout counters are deleted this long after their last failure, once unlocked. Default 30. */
     loginAttempts: Days.default(30),
     /** Pending auth flows (MFA challenges, OAuth state) are deleted this long after they expired. Default 1. */
     authFlows: Days.default(1),
+    /** Rate-limit buckets (keyed by IP, user or API key) are deleted this long after their last use. Default 1. */
+    rateLimitBuckets: Days.default(1),
+    /** Anomaly baselines are deleted this long after the subject's last active bucket. Default 90. */
+    anomalyStates: Days.default(90),
+    /** Run slots whose lease ran out this long ago are deleted. Default 1. */
+    runSlots: Days.default(1),
+    /** Budget charge records (idempotency keys, settled reservations) and delivered alerts are deleted after this. Default 400. */
+    budgetRecords: Days.default(400),
+    /** Processed Stripe webhook event ids are deleted after this (Stripe retries for 3 days). Default 90. */
+    stripeEvents: Days.default(90),
+    /** Checkouts that were never paid (open, expired, failed) are deleted after this; paid ones are financial records and stay. Default 90. */
+    abandonedCheckouts: Days.default(90),
   })
   .strict();
 export type RetentionSettings = z.input<typeof RetentionSettings>;
 
 /**
- * The retention rules for the auth and audit tables, from settings in days.
+ * The retention rules for the gateway-kit tables, from settings in days. Rules for tables a host
+ * did not migrate (limits, budgets, billing) report 0. Ledger rows are financial records and have
+ * no rule: they hold no personal data.
  *
  * @example
  * const rules = gatewayRetentionRules({ auditDetails: 180, sessions: 14 });
@@ -53,7 +72,7 @@ export function gatewayRetentionRules(settings: RetentionSettings = {}): Retenti
       async purge(trx, cutoff) {
         const result = await trx
           .deleteFrom("auth_sessions")
-          .where((eb) => eb.or([eb("expires_at", "<", cutoff), eb("revoked_at", "<", cutoff)]))
+          .where((eb) => eb.or([eb("expires_at", "<", cutoff), eb("revoked_at", "<", cutoff), eb("last_seen_at", "<", cutoff)]))
           .executeTakeFirst();
         return Number(result.numDeletedRows);
       },
@@ -77,6 +96,77 @@ export function gatewayRetentionRules(settings: RetentionSettings = {}): Retenti
         const result = await trx.deleteFrom("auth_flows").where("expires_at", "<", cutoff).executeTakeFirst();
         return Number(result.numDeletedRows);
       },
+    },
+    ...moduleRetentionRules(s),
+  ];
+}
+
+/** Runs `purge` only when the host migrated `table`; otherwise reports 0. */
+function ifTable(table: string, purge: RetentionRule["purge"]): RetentionRule["purge"] {
+  return async (trx, cutoff, now) => ((await tableExists(trx, table)) ? purge(trx, cutoff, now) : 0);
+}
+
+const deleted = (result: { numDeletedRows: bigint }) => Number(result.numDeletedRows);
+
+/** Rules for the limits, budgets and billing tables; each is skipped when its table is absent. */
+function moduleRetentionRules(s: z.output<typeof RetentionSettings>): RetentionRule[] {
+  return [
+    {
+      name: "rate_limit_buckets",
+      days: s.rateLimitBuckets,
+      purge: ifTable("rate_limit_buckets", async (trx, cutoff) =>
+        deleted(await trx.deleteFrom("rate_limit_buckets").where("updated_ms", "<", cutoff.getTime()).executeTakeFirst()),
+      ),
+    },
+    {
+      name: "anomaly_states",
+      days: s.anomalyStates,
+      purge: ifTable("anomaly_states", async (trx, cutoff) =>
+        deleted(
+          await trx
+            .deleteFrom("anomaly_states")
+            .where(sql<boolean>`case when state like '{%' then (state::json ->> 'bucketStart')::float8 < ${cutoff.getTime()} else false end`)
+            .executeTakeFirst(),
+        ),
+      ),
+    },
+    {
+      name: "run_slots",
+      days: s.runSlots,
+      purge: ifTable("run_slots", async (trx, cutoff) => deleted(await trx.deleteFrom("run_slots").where("lease_expires_at", "<", cutoff).executeTakeFirst())),
+    },
+    {
+      name: "budget_records",
+      days: s.budgetRecords,
+      purge: ifTable("budget_charges", async (trx, cutoff) => {
+        const charges = await trx
+          .deleteFrom("budget_charges")
+          .where("created_at", "<", cutoff)
+          // An open reservation still has to be settled or swept.
+          .where((eb) => eb.or([eb("mode", "<>", "reserve"), eb("settled_at", "is not", null)]))
+          .executeTakeFirst();
+        const alerts = await trx.deleteFrom("budget_alerts").where("fired_at", "<", cutoff).where("delivered_at", "is not", null).executeTakeFirst();
+        return deleted(charges) + deleted(alerts);
+      }),
+    },
+    {
+      name: "stripe_events",
+      days: s.stripeEvents,
+      purge: ifTable("stripe_events", async (trx, cutoff) => deleted(await trx.deleteFrom("stripe_events").where("received_at", "<", cutoff).executeTakeFirst())),
+    },
+    {
+      name: "abandoned_checkouts",
+      days: s.abandonedCheckouts,
+      purge: ifTable("billing_checkouts", async (trx, cutoff) =>
+        deleted(
+          await trx
+            .deleteFrom("billing_checkouts")
+            .where("created_at", "<", cutoff)
+            .where("status", "in", ["open", "expired", "failed"])
+            .where("grant_transaction_id", "is", null)
+            .executeTakeFirst(),
+        ),
+      ),
     },
   ];
 }

@@ -3,6 +3,8 @@ export {
   defaultInstructionRules,
   findInstructionViolation,
   normaliseInstruction,
+  collectBodyText,
+  type BodyTextLimits,
   patternRule,
   screenInstructions,
   type InstructionRule,
@@ -10,7 +12,11 @@ export {
   type ScreenInstructionsOptions,
 } from "./instructions.js";
 export {
+  authOwnerSecretFields,
   defaultSecretPatterns,
+  markOwnerSecrets,
+  ownerSecrets,
+  type RedactStreamOptions,
   defaultSensitiveKeys,
   redactResponses,
   redactSecrets,

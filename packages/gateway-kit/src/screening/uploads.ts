@@ -32,11 +32,19 @@ export class ArchiveRejectedError extends HttpError {
   readonly problem: ArchiveProblem;
   readonly entry: string | undefined;
   constructor(problem: ArchiveProblem, message: string, entry?: string) {
+    // Names come from the archive: terminal escapes and bidi overrides are shown as \u{…}.
+    entry = entry === undefined ? undefined : printable(entry);
+    message = printable(message);
     super(SIZE_PROBLEMS.has(problem) ? 413 : 422, problem, message, entry === undefined ? {} : { entry });
     this.name = "ArchiveRejectedError";
     this.problem = problem;
     this.entry = entry;
   }
+}
+
+/** Control characters (C0, DEL, C1) and bidirectional overrides as visible `\u{…}` escapes. */
+function printable(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u{${c.codePointAt(0)!.toString(16)}}`);
 }
 
 const Bytes = z.number().int().positive();
@@ -86,6 +94,8 @@ function safeEntryPath(raw: string): string {
   const shown = raw.slice(0, 300);
   if (raw.length === 0) throw new ArchiveRejectedError("archive_unsafe_path", "An entry has an empty name", shown);
   if (raw.includes("\0")) throw new ArchiveRejectedError("archive_unsafe_path", `Entry name contains a NUL byte: ${JSON.stringify(shown)}`, shown);
+  // Longer than PATH_MAX: no extractor can create it, and a megabyte-long pax name only costs us.
+  if (raw.length > 4096) throw new ArchiveRejectedError("archive_unsafe_path", `Entry name is longer than 4096 characters: ${shown}…`, shown);
   const name = raw.replace(/\\/g, "/");
   if (name.startsWith("/") || /^[A-Za-z]:/.test(name)) throw new ArchiveRejectedError("archive_unsafe_path", `Entry ${shown} has an absolute path`, shown);
   const parts = name.split("/").filter((p) => p !== "" && p !== ".");
@@ -93,9 +103,27 @@ function safeEntryPath(raw: string): string {
   return parts.join("/");
 }
 
-/** Tracks entries across the archive: link targets and paths that run through symlinks. */
+/** The form two names take when compared: case and Unicode form folded, as on case-insensitive disks. */
+const fold = (path: string) => path.normalize("NFC").toLowerCase();
+
+/**
+ * Tracks entries across the archive: which paths are symlinks, which are (or sit under) other
+ * entries, and whether a new link could lead out of the root.
+ *
+ * A link is judged by the only rule that holds whatever the other links turn out to be, in any
+ * order: its target, with `.` components dropped, may climb with `..` only at its start, and no
+ * further than the directories the link itself sits in. `s/..` is refused even when `s` is not
+ * (yet) a link, because a later entry can make it one (`s -> .`, and `s/..` is the parent of the
+ * root). Together with the two path rules (nothing is written through a symlink, and no symlink
+ * takes the place of a path already used), every link resolves inside the root: its parent is a
+ * real directory, its leading `..` stay within it, and every later component either descends into
+ * a real directory or is itself such a link.
+ */
 class EntryChecker {
-  private readonly symlinks = new Set<string>();
+  /** Folded paths of symlinks. */
+  private readonly symlinks = new Map<string, string>();
+  /** Folded paths of every entry and every directory above one. */
+  private readonly used = new Set<string>();
   /** Packed size of the whole archive, when known up front (zip), for a running whole-archive ratio. */
   archiveBytes: number | undefined;
   report: Omit<ArchiveReport, "format" | "compressedBytes">;
@@ -103,13 +131,20 @@ class EntryChecker {
     this.report = { uncompressedBytes: 0, entries: 0, files: 0, directories: 0, symlinks: 0, hardlinks: 0 };
   }
 
-  private throughSymlink(path: string): string | undefined {
-    const parts = path.split("/");
-    for (let i = 1; i < parts.length; i++) {
-      const prefix = parts.slice(0, i).join("/");
-      if (this.symlinks.has(prefix)) return prefix;
+  /** The symlink `path` runs through or replaces, if any. */
+  private throughSymlink(path: string, includeSelf: boolean): string | undefined {
+    const parts = fold(path).split("/");
+    for (let i = 1; i <= parts.length; i++) {
+      if (i === parts.length && !includeSelf) break;
+      const link = this.symlinks.get(parts.slice(0, i).join("/"));
+      if (link !== undefined) return link;
     }
     return undefined;
+  }
+
+  private markUsed(path: string): void {
+    const parts = fold(path).split("/");
+    for (let i = 1; i <= parts.length; i++) this.used.add(parts.slice(0, i).join("/"));
   }
 
   /** Counts and checks an entry; returns its normalised path. */
@@ -119,19 +154,36 @@ class EntryChecker {
       throw new ArchiveRejectedError("archive_too_many_entries", `The archive has more than ${this.limits.maxEntries} entries`, rawName.slice(0, 300));
     }
     const path = safeEntryPath(rawName);
-    const via = path === "" ? undefined : this.throughSymlink(path);
+    if (path === "") return path;
+    const via = this.throughSymlink(path, true);
+    if (via === path) throw new ArchiveRejectedError("archive_unsafe_link", `Entry ${path} takes the place of the symlink ${via}`, path);
     if (via !== undefined) throw new ArchiveRejectedError("archive_unsafe_link", `Entry ${path} is written through the symlink ${via}`, path);
     return path;
   }
 
+  /** Records a non-link entry once it is accepted. */
+  accept(path: string): void {
+    if (path !== "") this.markUsed(path);
+  }
+
   symlink(path: string, target: string): void {
     if (!this.limits.allowSymlinks) throw new ArchiveRejectedError("archive_unsafe_link", `Entry ${path} is a symlink, and symlinks are not accepted`, path);
+    if (path === "") throw new ArchiveRejectedError("archive_unsafe_link", "The archive root itself is a symlink", path);
     const t = target.replace(/\\/g, "/");
-    if (t === "" || t.includes("\0")) throw new ArchiveRejectedError("archive_unsafe_link", `Symlink ${path} has an empty or invalid target`, path);
-    if (t.startsWith("/") || /^[A-Za-z]:/.test(t)) throw new ArchiveRejectedError("archive_unsafe_link", `Symlink ${path} points to the absolute path ${t.slice(0, 200)}`, path);
-    const resolved = posix.normalize(posix.join(posix.dirname(path), t));
-    if (resolved === ".." || resolved.startsWith("../")) throw new ArchiveRejectedError("archive_unsafe_link", `Symlink ${path} points outside the archive (${t.slice(0, 200)})`, path);
-    this.symlinks.add(path);
+    const shown = t.slice(0, 200);
+    if (t === "" || t.includes("\0") || t.length > 4096) throw new ArchiveRejectedError("archive_unsafe_link", `Symlink ${path} has an empty, invalid or over-long target`, path);
+    if (t.startsWith("/") || /^[A-Za-z]:/.test(t)) throw new ArchiveRejectedError("archive_unsafe_link", `Symlink ${path} points to the absolute path ${shown}`, path);
+    const parts = t.split("/").filter((p) => p !== "" && p !== ".");
+    let climbs = 0;
+    while (climbs < parts.length && parts[climbs] === "..") climbs++;
+    if (parts.slice(climbs).includes("..")) {
+      throw new ArchiveRejectedError("archive_unsafe_link", `Symlink ${path} has a .. after another component (${shown}); through a link that could lead anywhere`, path);
+    }
+    const depth = path.split("/").length - 1;
+    if (climbs > depth) throw new ArchiveRejectedError("archive_unsafe_link", `Symlink ${path} points outside the archive (${shown})`, path);
+    if (this.used.has(fold(path))) throw new ArchiveRejectedError("archive_unsafe_link", `Symlink ${path} takes the place of an entry already in the archive`, path);
+    this.symlinks.set(fold(path), path);
+    this.markUsed(path);
     this.report.symlinks++;
   }
 
@@ -142,8 +194,9 @@ class EntryChecker {
     } catch {
       throw new ArchiveRejectedError("archive_unsafe_link", `Hard link ${path} points outside the archive (${target.slice(0, 200)})`, path);
     }
-    const via = this.throughSymlink(resolved) ?? (this.symlinks.has(resolved) ? resolved : undefined);
+    const via = this.throughSymlink(resolved, true);
     if (via !== undefined) throw new ArchiveRejectedError("archive_unsafe_link", `Hard link ${path} points through the symlink ${via}`, path);
+    this.markUsed(path);
     this.report.hardlinks++;
   }
 
@@ -249,9 +302,11 @@ async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped:
         case null:
         case undefined:
           checker.report.files++;
+          checker.accept(path);
           break;
         case "directory":
           checker.report.directories++;
+          checker.accept(path);
           break;
         case "symlink":
           checker.symlink(path, header.linkname ?? "");
@@ -291,7 +346,49 @@ function asArchiveError(error: unknown): ArchiveRejectedError {
 const S_IFMT = 0o170000;
 const S_IFLNK = 0o120000;
 const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
 const SPECIAL: Record<number, string> = { 0o020000: "character-device", 0o060000: "block-device", 0o010000: "fifo", 0o140000: "socket" };
+
+
+/** Info-ZIP's Unicode Path extra field: a UTF-8 name some extractors use instead of the header's. */
+function unicodePaths(extra: Buffer): string[] {
+  const names: string[] = [];
+  for (let at = 0; at + 4 <= extra.length; ) {
+    const id = extra.readUInt16LE(at);
+    const size = extra.readUInt16LE(at + 2);
+    const data = extra.subarray(at + 4, at + 4 + size);
+    if (id === 0x7075 && data.length >= 5) names.push(data.subarray(5).toString("utf8"));
+    at += 4 + size;
+  }
+  return names;
+}
+
+/** A name's shape for comparison: separators unified, each run of non-ASCII characters as one `*`. */
+const nameShape = (name: string) => name.replace(/\\/g, "/").replace(/[^\x00-\x7f]+/g, "*");
+
+/**
+ * Checks that the local header agrees with the central directory. Extractors differ in which
+ * one they read (Info-ZIP's unzip takes the central name, streaming extractors the local one),
+ * so a zip whose two copies disagree would be screened under one name and unpacked under the other.
+ */
+async function checkLocalHeader(zip: Yauzl.ZipFile, entry: Yauzl.Entry, path: string): Promise<void> {
+  const local = await zip.readLocalFileHeaderPromise(entry);
+  const refuse = (what: string) => {
+    throw new ArchiveRejectedError("archive_unsafe_path", `Entry ${path}: the local header and the central directory disagree on ${what}`, path);
+  };
+  if (!Buffer.from(local.fileName).equals(Buffer.from(entry.fileNameRaw))) refuse("the name");
+  if ((local.generalPurposeBitFlag & 0x801) !== (entry.generalPurposeBitFlag & 0x801)) refuse("the encryption or UTF-8 flag");
+  if (local.compressionMethod !== entry.compressionMethod) refuse("the compression method");
+  // Without a data descriptor (bit 3) the local header carries the real CRC and sizes too.
+  if ((local.generalPurposeBitFlag & 0x8) === 0 && local.crc32 !== entry.crc32) refuse("the CRC");
+  // Every spelling of the name an extractor might pick must have the same shape.
+  const shape = nameShape(Buffer.from(entry.fileNameRaw).toString("latin1"));
+  const unicode = [
+    ...unicodePaths(Buffer.from(local.extraField)),
+    ...entry.extraFields.filter((f) => f.id === 0x7075 && f.data.length >= 5).map((f) => f.data.subarray(5).toString("utf8")),
+  ];
+  for (const name of unicode) if (nameShape(name) !== shape) refuse(`the name (its Unicode path field says ${JSON.stringify(name.slice(0, 200))})`);
+}
 
 async function screenZip(head: Buffer, rest: AsyncIterator<Uint8Array>, limits: Limits): Promise<ArchiveReport> {
   // A zip's directory is at its end, so it is read whole (within the upload cap) before any check.
@@ -327,16 +424,23 @@ async function screenZip(head: Buffer, rest: AsyncIterator<Uint8Array>, limits: 
       if (entry.compressionMethod !== 0 && entry.compressionMethod !== 8) {
         throw new ArchiveRejectedError("archive_unsupported", `Entry ${path} uses compression method ${entry.compressionMethod} (only stored and deflate are accepted)`, path);
       }
-      const madeOnUnix = entry.versionMadeBy >> 8 === 3;
-      const mode = madeOnUnix ? (entry.externalFileAttributes >>> 16) & S_IFMT : 0;
-      if (SPECIAL[mode]) throw new ArchiveRejectedError("archive_special_file", `Entry ${path} is a ${SPECIAL[mode]}, which an upload may not contain`, path);
-      const isDir = raw.endsWith("/") || raw.endsWith("\\") || mode === S_IFDIR;
-      if (isDir) {
+      await checkLocalHeader(zip, entry, path);
+      // The mode bits are honoured whatever host the zip claims to come from: Info-ZIP's unzip
+      // creates a link from them for Unix and several other hosts (VMS, Atari, BeOS, AtheOS …).
+      const fileType = (entry.externalFileAttributes >>> 16) & S_IFMT;
+      if (SPECIAL[fileType]) throw new ArchiveRejectedError("archive_special_file", `Entry ${path} is a ${SPECIAL[fileType]}, which an upload may not contain`, path);
+      if (fileType !== 0 && fileType !== S_IFREG && fileType !== S_IFDIR && fileType !== S_IFLNK) {
+        throw new ArchiveRejectedError("archive_special_file", `Entry ${path} has the unknown file type 0o${fileType.toString(8)}`, path);
+      }
+      const namedAsDir = raw.endsWith("/") || raw.endsWith("\\");
+      if (fileType === S_IFLNK && namedAsDir) throw new ArchiveRejectedError("archive_unsafe_link", `Entry ${path} is both a directory and a symlink`, path);
+      if (namedAsDir || fileType === S_IFDIR) {
         checker.report.directories++;
+        checker.accept(path);
         continue;
       }
       const stream = await zip.openReadStreamPromise(entry);
-      if (mode === S_IFLNK) {
+      if (fileType === S_IFLNK) {
         const target: Buffer[] = [];
         let size = 0;
         for await (const chunk of stream) {
@@ -348,6 +452,7 @@ async function screenZip(head: Buffer, rest: AsyncIterator<Uint8Array>, limits: 
         continue;
       }
       checker.report.files++;
+      checker.accept(path);
       const meter = checker.meter(path, entry.compressedSize);
       try {
         for await (const chunk of stream) meter((chunk as Buffer).length);

@@ -1,39 +1,24 @@
-import { reply, type ReplyPolicy, type ScriptedReply } from "../../testing/index.js";
+import { reply, requestPosition, type ReplyPolicy, type ScriptedReply } from "../../testing/index.js";
 
-/** The closing tools, which tell which phase a request belongs to. */
+/** The closing tools, one per kind of step a scripted agent answers. */
 export type PhaseKey = "finish_explore" | "submit_plan" | "complete_task" | "complete_merge";
 
 /** Per agent id, per phase: the replies in order. A missing entry ends the phase with a default. */
 export type Scenario = Record<string, Partial<Record<PhaseKey, ScriptedReply[]>>>;
 
-const PHASE_MARKERS = ["Phase EXPLORE", "Phase PLAN", "Phase COMPLETE", "complete_merge.", "call complete_task again"];
+const KEY_OF_PHASE: Record<string, PhaseKey> = { EXPLORE: "finish_explore", PLAN: "submit_plan", SUMMON: "complete_merge", COMPLETE: "complete_task" };
 
-/** Which agent sent a request: read from its first user message. */
+/** Which agent sent a request, read from keen's agent tag. */
 export function agentOf(request: Record<string, any>): string {
-  const first = request.messages?.[0];
-  const text = typeof first?.content === "string" ? first.content : (first?.content?.find((b: any) => b.type === "text")?.text ?? "");
-  return /^You are agent (\S+) at depth/m.exec(text)?.[1] ?? "root";
+  return requestPosition(request).agent;
 }
 
-function phaseOf(request: Record<string, any>): PhaseKey {
-  const names = new Set<string>((request.tools ?? []).map((t: { name: string }) => t.name));
-  for (const key of ["complete_merge", "finish_explore", "submit_plan", "complete_task"] as const) if (names.has(key)) return key;
-  throw new Error("request offers no closing tool");
-}
-
-function userText(message: any): string {
-  if (typeof message.content === "string") return message.content;
-  return message.content.filter((b: any) => b.type === "text").map((b: any) => b.text).join("\n");
-}
-
-/** How many assistant turns this phase already had: counted from the last phase instruction. */
-function turnInPhase(request: Record<string, any>): number {
-  const messages: any[] = request.messages;
-  let start = 0;
-  messages.forEach((message, i) => {
-    if (message.role === "user" && PHASE_MARKERS.some((marker) => userText(message).includes(marker))) start = i;
-  });
-  return messages.slice(start).filter((m) => m.role === "assistant").length;
+/** The step a request belongs to (by its closing tool), read from keen's agent tag. */
+export function phaseOf(request: Record<string, any>): PhaseKey {
+  const { phase } = requestPosition(request);
+  const key = KEY_OF_PHASE[phase];
+  if (!key) throw new Error(`no scenario step for phase ${phase}`);
+  return key;
 }
 
 const DEFAULTS: Record<PhaseKey, ScriptedReply> = {
@@ -49,9 +34,8 @@ const DEFAULTS: Record<PhaseKey, ScriptedReply> = {
  */
 export function scenarioPolicy(scenario: Scenario, hooks: { onRequest?: (agent: string, phase: PhaseKey, turn: number) => void | Promise<void> } = {}): ReplyPolicy {
   return async (request) => {
-    const agent = agentOf(request);
+    const { agent, turn } = requestPosition(request);
     const phase = phaseOf(request);
-    const turn = turnInPhase(request);
     await hooks.onRequest?.(agent, phase, turn);
     const replies = scenario[agent]?.[phase] ?? [];
     return replies[turn] ?? DEFAULTS[phase];

@@ -11,9 +11,9 @@ export const editFileTool = defineTool({
     new_string: z.string().describe("Replacement text"),
     replace_all: z.boolean().optional().describe("Replace every occurrence"),
   }),
-  async execute({ path, old_string, new_string, replace_all }, { workspace }) {
+  async execute({ path, old_string, new_string, replace_all }, { workspace, signal }) {
     if (old_string === new_string) return { content: "old_string and new_string are identical; nothing to change", isError: true };
-    const text = await workspace.readFile(path);
+    const text = await workspace.readFile(path, { signal });
     const count = countOccurrences(text, old_string);
     if (count === 0) return { content: `old_string was not found in ${path}; read the file and copy the text exactly`, isError: true };
     if (count > 1 && !replace_all) {

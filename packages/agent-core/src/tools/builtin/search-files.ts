@@ -29,11 +29,12 @@ export const searchFilesTool = defineTool({
       if (signal.aborted || hits.length > max) break;
       let text: string;
       try {
-        text = await workspace.readFile(file);
+        // Capped before loading: a large file (or a FIFO) is skipped without being read.
+        text = await workspace.readFile(file, { maxBytes: MAX_SEARCH_BYTES, signal });
       } catch {
         continue;
       }
-      if (text.length > MAX_SEARCH_BYTES || text.includes("\0")) continue;
+      if (text.includes("\0")) continue;
       const lines = text.split("\n");
       for (let i = 0; i < lines.length && hits.length <= max; i++) {
         if (regex.test(lines[i]!)) hits.push(`${file}:${i + 1}: ${lines[i]!.slice(0, 300)}`);

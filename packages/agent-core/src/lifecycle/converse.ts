@@ -1,0 +1,74 @@
+import { KeenError } from "../errors.js";
+import { addUsage, type Message } from "../model/model.js";
+import { runConversation, type ConversationResult } from "../run/conversation.js";
+import type { Tool } from "../tools/define-tool.js";
+import type { Workspace } from "../workspace/workspace.js";
+import { reminderMessage } from "./prompts.js";
+import type { AgentState } from "./task-state.js";
+import type { AgentTree } from "./tree.js";
+
+export interface ConverseOptions {
+  /** Tools the agent may call now. */
+  tools: Tool<any>[];
+  /** The tool that ends this step. Without one, the conversation ends when the model stops calling tools. */
+  closingTool?: string;
+}
+
+export type ConverseResult = ConversationResult & { closingCall?: { name: string; input: unknown } };
+
+/**
+ * Runs the agent's conversation for one step of a phase: until its closing tool is called (one
+ * reminder when the model answers without it, then `phase_failed`), or, with no closing tool,
+ * until the model stops calling tools. Running out of turns raises `max_turns` after a
+ * `limit.reached` event. Snapshots after every turn.
+ */
+export async function converse(tree: AgentTree, agent: AgentState, workspace: Workspace, options: ConverseOptions): Promise<ConverseResult> {
+  const { limits } = tree.state;
+  const { settings } = tree;
+  let reminded = false;
+  let turnsLeft = limits.maxTurnsPerPhase;
+  const context = tree.contextFor(agent);
+  while (true) {
+    const result = await runConversation({
+      agentId: agent.id,
+      model: tree.model,
+      system: tree.system,
+      messages: agent.messages,
+      tools: options.tools,
+      ...(settings.stableTools && options.closingTool ? { offeredTools: tree.allLifecycleTools() } : {}),
+      workspace,
+      emit: (event) => tree.emit(event),
+      signal: tree.signal,
+      maxTurns: turnsLeft,
+      maxTokens: settings.maxTokens ?? 8192,
+      ...(settings.thinking ? { thinking: settings.thinking } : {}),
+      ...(options.closingTool ? { closingTools: new Set([options.closingTool]) } : {}),
+      ...(context ? { context } : {}),
+      usageBefore: agent.usage,
+      onTurn: () => tree.snapshot(),
+      onUsage: (usage) => {
+        agent.usage = addUsage(agent.usage, usage);
+      },
+    });
+    turnsLeft -= result.turns;
+    if (result.outcome === "closed" && result.closingCall) return result;
+    if (result.outcome === "done" && !options.closingTool) return result;
+    if (result.outcome === "max_turns" || turnsLeft <= 0) {
+      tree.emit({ type: "limit.reached", agentId: agent.id, limit: "maxTurns", value: limits.maxTurnsPerPhase, detail: `Agent ${agent.id} used all its turns in ${agent.phase}` });
+      throw new KeenError("max_turns", `Agent ${agent.id} did not finish ${agent.phase} within ${limits.maxTurnsPerPhase} turns`);
+    }
+    if (reminded) throw new KeenError("phase_failed", `Agent ${agent.id} ended ${agent.phase} without calling ${options.closingTool}`);
+    reminded = true;
+    appendUserText(agent.messages, reminderMessage(options.closingTool!));
+  }
+}
+
+/** Adds text to the conversation as (or appended to) the last user message. */
+export function appendUserText(messages: Message[], text: string): void {
+  const last = messages.at(-1);
+  if (last?.role === "user") {
+    last.content = typeof last.content === "string" ? `${last.content}\n\n${text}` : [...last.content, { type: "text", text }];
+  } else {
+    messages.push({ role: "user", content: text });
+  }
+}

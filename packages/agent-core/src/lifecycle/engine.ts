@@ -1,0 +1,239 @@
+import { AbortedError, ConfigError, isKeenError } from "../errors.js";
+import type { Phase, RunStatus } from "../events.js";
+import { emptyUsage } from "../model/model.js";
+import { EventStream } from "../run/event-stream.js";
+import type { Run, RunResult } from "../run/start-run.js";
+import { createHash } from "node:crypto";
+import { isForkable, type ForkableWorkspace, type Workspace } from "../workspace/workspace.js";
+import { costUsd } from "./pricing.js";
+import { contextTracker } from "./context-tracker.js";
+import { driveAgent } from "./machine.js";
+import type { AgentState, TaskSnapshot } from "./task-state.js";
+import { AgentTree, type EngineSettings } from "./tree.js";
+
+export interface TaskResult extends RunResult {
+  /** Final state of every agent in the tree. */
+  agents: AgentState[];
+}
+
+export interface TaskRun extends Omit<Run, "result"> {
+  readonly result: Promise<TaskResult>;
+}
+
+/** What distinguishes one kind of run (the lifecycle tree, the single loop) for the engine. */
+export interface EngineConfig {
+  /** The run's state: new (no agents) or read from a snapshot. */
+  state: TaskSnapshot;
+  settings: EngineSettings;
+  signal?: AbortSignal;
+  /** The system prompt of every agent. */
+  system: string;
+  /** The root agent of a new run: its title and the phase it starts in. */
+  root: { title: string; phase: Phase };
+  /** The first user message of an agent, ending with its first phase's `instruction`. */
+  firstMessage(tree: AgentTree, agent: AgentState, workspace: Workspace, instruction: string): Promise<string>;
+}
+
+/**
+ * The one run engine: wires the caller's abort signal, emits `run.started`, drives the root
+ * agent through the state machine (children are driven from SUMMON), maps the outcome to the
+ * run's status and error, and emits `run.completed`. `startTask`, `resumeTask` and `startRun`
+ * are configurations of it.
+ */
+export function launchRun(config: EngineConfig): TaskRun {
+  const { state, settings } = config;
+  // Invalid context settings fail here, before anything runs.
+  contextTracker(settings);
+  const events = new EventStream(state.runId, {
+    startSeq: state.nextSeq,
+    ...(settings.eventLog ? { log: settings.eventLog } : {}),
+    ...(settings.eventWindow !== undefined ? { window: settings.eventWindow } : {}),
+  });
+  const controller = new AbortController();
+  const onOuterAbort = () => controller.abort(config.signal?.reason ?? new AbortedError("aborted by caller"));
+  if (config.signal?.aborted) onOuterAbort();
+  else config.signal?.addEventListener("abort", onOuterAbort, { once: true });
+
+  const tree = new AgentTree(state, settings, events, controller, config.system);
+  tree.drive = (agent, workspace) => driveAgent(tree, agent, workspace, (a, w, instruction) => config.firstMessage(tree, a, w, instruction));
+  const result = execute(tree, config).finally(() => {
+    config.signal?.removeEventListener("abort", onOuterAbort);
+    events.close();
+  });
+  // The result is also reported through events; an unobserved rejection must not crash the host.
+  result.catch(() => {});
+  return {
+    runId: state.runId,
+    events: events.reader(),
+    result,
+    on: (type, listener) => events.on(type, listener),
+    abort: (reason = "aborted by caller") => controller.abort(new AbortedError(reason)),
+    [Symbol.asyncIterator]: () => events.iterate(),
+  };
+}
+
+async function execute(tree: AgentTree, config: EngineConfig): Promise<TaskResult> {
+  const started = performance.now();
+  const { state, settings } = tree;
+  const fresh = state.agents.length === 0;
+  let workspace = settings.workspace;
+  let runWorktree: ForkableWorkspace | undefined;
+  let root: AgentState | undefined;
+  let failure: RunResult["error"];
+  try {
+    // A resumed run's log may hold events numbered after its snapshot: never number one twice.
+    await tree.events.continueAfterLog();
+    if (fresh) {
+      const branch = settings.branch === undefined ? await workspace.currentBranch() : runBranchName(settings.branch, state.runId);
+      tree.emit({ type: "run.started", agentId: "root", vision: state.vision, model: settings.model.id, repo: workspace.root, branch });
+      root = tree.createAgent({ id: "root", parentId: null, depth: 0, branch, title: config.root.title, instructions: state.vision, phase: config.root.phase });
+      tree.emitSpawn(root);
+      if (settings.branch !== undefined) {
+        runWorktree = await openRunBranch(tree, root, { fresh: true });
+        workspace = runWorktree;
+      }
+    } else {
+      root = tree.agents.get("root");
+      if (!root) throw new ConfigError("resumeTask(): the snapshot has no root agent");
+      if (state.runBranch) {
+        runWorktree = await openRunBranch(tree, root, { fresh: false });
+        workspace = runWorktree;
+      }
+      await reopenWorkspaces(tree, workspace);
+    }
+    tree.workspaces.set("root", workspace);
+    await tree.drive(root, workspace);
+  } catch (caught) {
+    failure = { code: isKeenError(caught) ? caught.code : "internal_error", message: caught instanceof Error ? caught.message : String(caught) };
+  }
+  let head: string | undefined;
+  try {
+    head = await workspace.head();
+  } catch {
+    head = undefined;
+  }
+  // The result lives on the run branch; its worktree is not needed any more.
+  if (runWorktree) await runWorktree.dispose().catch(() => {});
+  let { status, summary, error } = outcome(tree, root, failure);
+  const usage = root ? tree.treeUsage(root) : emptyUsage();
+  const cost = costUsd(settings.model.id, usage);
+  await tree.snapshot();
+  tree.emit({
+    type: "run.completed",
+    agentId: "root",
+    status,
+    summary,
+    usage,
+    ...(cost !== undefined ? { costUsd: cost } : {}),
+    ...(root ? { branch: root.branch } : {}),
+    ...(head ? { head } : {}),
+    ...(error ? { error } : {}),
+    durationMs: Math.round(performance.now() - started),
+  });
+  try {
+    await tree.events.flush();
+  } catch (caught) {
+    // The run's record is incomplete: say so rather than report a clean end.
+    status = "error";
+    error = { code: "event_log_failed", message: `Events could not be stored: ${caught instanceof Error ? caught.message : String(caught)}` };
+  }
+  return {
+    runId: state.runId,
+    status,
+    summary,
+    usage,
+    ...(cost !== undefined ? { costUsd: cost } : {}),
+    branch: root?.branch ?? "HEAD",
+    commit: root?.commit ?? null,
+    ...(error ? { error } : {}),
+    agents: [...tree.agents.values()],
+  };
+}
+
+/** The run's status, summary and error, from the root agent's end (the one place they are decided). */
+function outcome(tree: AgentTree, root: AgentState | undefined, failure: RunResult["error"]): { status: RunStatus; summary: string; error?: RunResult["error"] } {
+  if (tree.budget.isSpent) {
+    const error =
+      tree.budget.stoppedBy === "costBudget"
+        ? { code: "cost_budget", message: `The budget of $${tree.state.limits.maxBudgetUsd} was spent` }
+        : { code: "token_budget", message: `The token budget of ${tree.state.limits.tokenBudget} tokens was spent` };
+    return { status: "failed", summary: root?.summary || error.message, error };
+  }
+  if (tree.interruption) {
+    return { status: "interrupted", summary: `Interrupted, resumable: ${tree.interruption.message}`, error: tree.interruption };
+  }
+  if (failure || !root) {
+    const error = failure ?? { code: "internal_error", message: "The run has no root agent" };
+    return { status: "error", summary: error.message, error };
+  }
+  const status = root.status ?? "error";
+  const summary = root.summary ?? "";
+  if (status === "success") return { status, summary };
+  if (status === "aborted") {
+    const reason = tree.signal.reason;
+    const error = { code: "aborted", message: reason instanceof Error ? reason.message : typeof reason === "string" ? reason : "aborted" };
+    return { status, summary: summary || error.message, error };
+  }
+  const error = root.error ?? { code: status === "failed" ? "agent_failed" : "agent_error", message: summary || `The root agent ended with status ${status}` };
+  return { status, summary: summary || error.message, error };
+}
+
+/**
+ * A resumed run may find a parent mid-merge: put it back at its pre-merge commit. Agents that
+ * were running get their worktrees back.
+ */
+async function reopenWorkspaces(tree: AgentTree, root: Workspace): Promise<void> {
+  if (!isForkable(root)) return;
+  const reopen = async (agent: AgentState) => {
+    let workspace = tree.workspaces.get(agent.id);
+    if (!workspace) {
+      workspace = await root.fork(agent.branch, { reattach: true });
+      tree.workspaces.set(agent.id, workspace);
+    }
+    return workspace as ForkableWorkspace;
+  };
+  for (const agent of tree.agents.values()) {
+    for (const merge of Object.values(agent.merges)) {
+      if (merge.status !== "in_progress" || !merge.preMergeSha) continue;
+      const workspace = agent.id === "root" ? root : await reopen(agent);
+      await workspace.resetTo(merge.preMergeSha);
+      merge.status = "pending";
+    }
+  }
+  // Only branches this run's snapshot names are re-attached.
+  for (const agent of tree.agents.values()) {
+    if (agent.id !== "root" && agent.phase !== "DONE") await reopen(agent);
+  }
+}
+
+/** `keen/<8 hex chars of the run id>`, or the name the caller chose. */
+export function runBranchName(branch: string | true, runId: string): string {
+  if (branch !== true) return branch;
+  const hex = runId.replace(/^run_/, "").replace(/-/g, "").toLowerCase();
+  const short = /^[0-9a-f]{8}/.test(hex) ? hex.slice(0, 8) : createHash("sha256").update(runId).digest("hex").slice(0, 8);
+  return `keen/${short}`;
+}
+
+/**
+ * Opens the root's worktree on its run branch: created fresh from the checkout's HEAD (or
+ * `base`) for a new run, re-attached on resume. The user's checkout is only read.
+ */
+async function openRunBranch(tree: AgentTree, root: AgentState, { fresh }: { fresh: boolean }): Promise<ForkableWorkspace> {
+  const checkout = tree.settings.workspace;
+  if (!isForkable(checkout)) throw new ConfigError("A run branch needs a workspace that can fork (such as LocalWorkspace)");
+  const { state, settings } = tree;
+  if (!fresh) return checkout.fork(root.branch, { reattach: true });
+  state.base = await checkout.head();
+  const worktree = await checkout.fork(root.branch, {
+    ...(settings.base ? { from: settings.base } : {}),
+    ...(settings.includeUncommitted ? { includeUncommitted: true } : {}),
+  });
+  state.runBranch = root.branch;
+  tree.emit({ type: "git.branch", agentId: root.id, branch: root.branch, from: settings.base ?? state.base, worktree: worktree.root });
+  const report = checkout.lastForkReport;
+  if (settings.includeUncommitted && report && report.skipped.length > 0) {
+    tree.emit({ type: "git.skipped", agentId: root.id, branch: root.branch, files: report.skipped.map((file) => ({ ...file })) });
+  }
+  await tree.snapshot();
+  return worktree;
+}

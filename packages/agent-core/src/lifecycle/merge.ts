@@ -1,0 +1,122 @@
+import { AbortedError } from "../errors.js";
+import type { Workspace, ForkableWorkspace } from "../workspace/workspace.js";
+import { builtinTools } from "../tools/index.js";
+import { agentTag } from "./agent-tag.js";
+import { appendUserText, converse } from "./converse.js";
+import { completeMergeTool } from "./phase-tools.js";
+import { commitAndReport, commitMessage } from "./commits.js";
+import type { AgentState } from "./task-state.js";
+import type { AgentTree } from "./tree.js";
+
+const VALIDATION_OUTPUT_LIMIT = 4_000;
+
+/** One validation command and who asked for it. */
+export interface ValidationCheck {
+  command: string;
+  source: "user" | "plan";
+}
+
+/**
+ * The checks that guard an agent's work: the user's validation always, then the agent's plan's
+ * own command when it differs. A plan may add a check; it can never replace or weaken the user's.
+ */
+export function validationChecks(tree: AgentTree, agent: AgentState): ValidationCheck[] {
+  const checks: ValidationCheck[] = [];
+  const user = tree.state.validation?.command;
+  if (user) checks.push({ command: user, source: "user" });
+  const planned = agent.plan?.validation?.command;
+  if (planned && planned !== user) checks.push({ command: planned, source: "plan" });
+  return checks;
+}
+
+/**
+ * Runs every validation check (all of them, so each result is reported); returns undefined when
+ * there is none, false when any fails. Each check emits `validation.result` naming its command.
+ */
+export async function validate(tree: AgentTree, agent: AgentState, workspace: Workspace): Promise<boolean | undefined> {
+  const checks = validationChecks(tree, agent);
+  if (checks.length === 0) return undefined;
+  let passedAll = true;
+  for (const check of checks) {
+    const result = await workspace.exec(check.command, { timeoutMs: tree.state.validation?.timeoutMs ?? 600_000, signal: tree.signal });
+    if (result.aborted) throw tree.signal.reason ?? new AbortedError();
+    const passed = result.exitCode === 0 && !result.timedOut;
+    passedAll &&= passed;
+    tree.emit({
+      type: "validation.result",
+      agentId: agent.id,
+      command: check.command,
+      source: check.source,
+      passed,
+      exitCode: result.exitCode,
+      output: result.output.length > VALIDATION_OUTPUT_LIMIT ? `…${result.output.slice(-VALIDATION_OUTPUT_LIMIT)}` : result.output,
+    });
+  }
+  return passedAll;
+}
+
+/** The failing checks, for the message that asks the agent to fix them. */
+export function describeChecks(tree: AgentTree, agent: AgentState): string {
+  return validationChecks(tree, agent)
+    .map((check) => `\`${check.command}\``)
+    .join(" and ");
+}
+
+/**
+ * Merges a finished child into its parent: a conflict or a failing validation is resolved by the
+ * parent's model (policy `resolve`) or rolled back to the pre-merge commit. Safe to repeat after
+ * a resume: an interrupted merge restarts from its recorded pre-merge commit.
+ */
+export async function mergeChild(tree: AgentTree, parent: AgentState, workspace: ForkableWorkspace, child: AgentState): Promise<void> {
+  const merge = parent.merges[child.id]!;
+  if (merge.status === "in_progress" && merge.preMergeSha) await workspace.resetTo(merge.preMergeSha);
+  // The parent's own uncommitted edits (there should be none in SUMMON) must not mix into the merge.
+  await commitAndReport(tree, parent, workspace, commitMessage(`keen: ${parent.id} work before merging ${child.branch}`));
+  merge.preMergeSha = await workspace.head();
+  merge.status = "in_progress";
+  await tree.snapshot();
+
+  const result = await workspace.merge(child.branch, commitMessage(`Merge ${child.branch}: ${child.title}`));
+  const conflicted = result.status === "conflict" ? result.files : [];
+  let outcome: "merged" | "resolved" | "rolled_back" = "merged";
+  let sha: string | null = result.status === "merged" ? result.sha : null;
+
+  const resolve = async (problem: string): Promise<boolean> => {
+    if (tree.state.onConflict !== "resolve") return false;
+    try {
+      sha = await resolveMerge(tree, parent, workspace, child, problem);
+      return (await validate(tree, parent, workspace)) !== false;
+    } catch (caught) {
+      if (tree.signal.aborted) throw caught;
+      return false;
+    }
+  };
+
+  if (result.status === "conflict") {
+    outcome = (await resolve(`Merging ${child.branch} into ${parent.branch} conflicted in: ${conflicted.join(", ")}.`)) ? "resolved" : "rolled_back";
+  } else if ((await validate(tree, parent, workspace)) === false) {
+    const problem = `After merging ${child.branch} into ${parent.branch}, the validation (${describeChecks(tree, parent)}) fails. Fix the code so it passes.`;
+    outcome = (await resolve(problem)) ? "resolved" : "rolled_back";
+  }
+  if (outcome === "rolled_back") {
+    await workspace.resetTo(merge.preMergeSha);
+    sha = null;
+  }
+  merge.status = outcome;
+  tree.emit({ type: "git.merge", agentId: parent.id, branch: child.branch, into: parent.branch, result: outcome, conflictedFiles: conflicted, sha });
+}
+
+/** The parent model fixes a conflicted or failing merge with file tools, ending with complete_merge. */
+async function resolveMerge(tree: AgentTree, parent: AgentState, workspace: ForkableWorkspace, child: AgentState, problem: string): Promise<string> {
+  appendUserText(
+    parent.messages,
+    `${agentTag(parent.id, "SUMMON")}\n${problem}\nChild ${child.id} ("${child.title}") reported: ${child.summary ?? "(no summary)"}\nResolve it with the file tools (remove every conflict marker), then call complete_merge.`,
+  );
+  const tools = [...builtinTools(tree.toolOptions()), completeMergeTool];
+  const { closingCall } = await converse(tree, parent, workspace, { tools, closingTool: "complete_merge" });
+  const note = (closingCall!.input as { summary: string }).summary;
+  const conflicted = await workspace.conflictedFiles();
+  if (conflicted.length > 0) return workspace.commitMerge(commitMessage(`Merge ${child.branch}: ${child.title}`, note));
+  const { sha } = await commitAndReport(tree, parent, workspace, commitMessage(`Fix after merging ${child.branch}`, note));
+  return sha ?? (await workspace.head());
+}

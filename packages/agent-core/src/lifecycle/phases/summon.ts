@@ -1,0 +1,103 @@
+import { AbortedError, ConfigError } from "../../errors.js";
+import { isForkable, type ForkableWorkspace } from "../../workspace/workspace.js";
+import { childBranch, subtaskLabel } from "../branch-names.js";
+import { mergeChild } from "../merge.js";
+import type { PhaseDefinition } from "../phase.js";
+import { childrenReport } from "../prompts.js";
+import type { AgentState } from "../task-state.js";
+import type { AgentTree } from "../tree.js";
+
+/**
+ * SUMMON: create the planned children (within the limits), fork a branch and worktree for each,
+ * run them at most `maxConcurrency` at a time, merge the successful ones in order, and report.
+ * Every child worktree is disposed however the phase ends. Safe to repeat after a resume.
+ */
+export const summonPhase: PhaseDefinition = {
+  instruction: (note) => `Phase SUMMON${note ? ` (${note})` : ""}: your subtasks are running.`,
+  async run(tree, agent, workspace) {
+    if (!isForkable(workspace)) throw new ConfigError("Subtasks need a workspace that can fork (such as LocalWorkspace)");
+    if (agent.children.length === 0) await createChildren(tree, agent);
+    const children = agent.children.map((id) => tree.agents.get(id)!);
+    const forked: ForkableWorkspace[] = [];
+    try {
+      // Fork every child first (fork serialises on the repository), then run them under the limit.
+      for (const child of children) {
+        if (child.phase === "DONE" && tree.workspaces.has(child.id)) continue;
+        const fresh = child.messages.length === 0;
+        if (fresh) tree.emitSpawn(child);
+        // A new child's branch is created fresh from the parent's head; a resumed one is re-attached.
+        const childWorkspace = await workspace.fork(child.branch, fresh ? {} : { reattach: true });
+        forked.push(childWorkspace);
+        tree.workspaces.set(child.id, childWorkspace);
+        if (fresh) tree.emit({ type: "git.branch", agentId: child.id, branch: child.branch, from: agent.branch, worktree: childWorkspace.root });
+      }
+      await runPool(
+        children.filter((child) => child.phase !== "DONE"),
+        tree.state.maxConcurrency,
+        (child) => tree.drive(child, tree.workspaces.get(child.id)!),
+      );
+      if (tree.signal.aborted) throw tree.signal.reason ?? new AbortedError();
+
+      for (const child of children) {
+        const merge = agent.merges[child.id]!;
+        if (merge.status !== "pending" && merge.status !== "in_progress") continue;
+        if (child.status !== "success") {
+          merge.status = "skipped";
+          continue;
+        }
+        await mergeChild(tree, agent, workspace, child);
+        await tree.snapshot();
+      }
+    } finally {
+      // Also after an abort or a budget stop: no worktree is left locked behind.
+      const toDispose = new Set<ForkableWorkspace>(forked);
+      for (const child of children) {
+        const childWorkspace = tree.workspaces.get(child.id);
+        if (childWorkspace && isForkable(childWorkspace)) toDispose.add(childWorkspace);
+      }
+      for (const childWorkspace of toDispose) await childWorkspace.dispose().catch(() => {});
+    }
+    return { next: "COMPLETE", report: childrenReport(agent, tree.agents) };
+  },
+};
+
+/** Turns the plan's subtasks into child agents, cut to the tree's limits (with events). */
+async function createChildren(tree: AgentTree, agent: AgentState): Promise<void> {
+  const { limits } = tree.state;
+  let subtasks = agent.plan!.subtasks;
+  if (subtasks.length > limits.maxChildren) {
+    tree.emit({ type: "limit.reached", agentId: agent.id, limit: "maxChildren", value: limits.maxChildren, detail: `${subtasks.length} subtasks planned; only the first ${limits.maxChildren} run` });
+    subtasks = subtasks.slice(0, limits.maxChildren);
+  }
+  const room = limits.maxAgents - tree.agents.size;
+  if (subtasks.length > room) {
+    tree.emit({ type: "limit.reached", agentId: agent.id, limit: "maxAgents", value: limits.maxAgents, detail: `The tree may hold ${limits.maxAgents} agents; ${Math.max(0, room)} more can start` });
+    subtasks = subtasks.slice(0, Math.max(0, room));
+  }
+  for (const [index, subtask] of subtasks.entries()) {
+    const child = tree.createAgent({
+      id: agent.parentId === null ? subtaskLabel(index) : `${agent.id}-${subtaskLabel(index)}`,
+      parentId: agent.id,
+      depth: agent.depth + 1,
+      branch: childBranch(agent.branch, index, agent.parentId === null, tree.state.runBranch !== undefined),
+      title: subtask.title,
+      instructions: subtask.instructions + (subtask.paths?.length ? `\n\nExpected to touch: ${subtask.paths.join(", ")}` : ""),
+      phase: "EXPLORE",
+    });
+    agent.children.push(child.id);
+    agent.merges[child.id] = { status: "pending" };
+  }
+  await tree.snapshot();
+}
+
+/** Runs `task` over `items`, at most `limit` at a time; never rejects (tasks handle their own failures). */
+async function runPool<T>(items: T[], limit: number, task: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const item = items[next++]!;
+      await task(item).catch(() => {});
+    }
+  });
+  await Promise.all(workers);
+}

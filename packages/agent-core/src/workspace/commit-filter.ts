@@ -1,0 +1,147 @@
+import { lstat, realpath } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import { KeenError } from "../errors.js";
+import { git, nulSeparated, type GitTarget } from "./git.js";
+import { readRegularFile } from "./safe-read.js";
+import type { SkippedFile } from "./workspace.js";
+
+/** Largest file keen commits on an agent's behalf, unless the workspace says otherwise. */
+export const DEFAULT_MAX_FILE_BYTES = 5 * 1024 * 1024;
+
+/** Names of atomic-write temporary files (`writeFile` makes them next to their target). */
+const TEMP_FILE = /^\.keen-[0-9a-f]+\.tmp$/;
+
+/** File names that hold credentials by convention. */
+const CREDENTIAL_NAMES = [
+  /^\.env(\..*)?$/i,
+  /\.pem$/i,
+  /\.key$/i,
+  /\.p12$/i,
+  /\.pfx$/i,
+  /^id_(rsa|dsa|ecdsa|ed25519)(\..*)?$/i,
+  /^\.netrc$/i,
+  /^\.pgpass$/i,
+  /^\.git-credentials$/i,
+];
+
+/** Content of common secret formats: private keys, cloud and API tokens. */
+const CREDENTIAL_CONTENT = [
+  /-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----/,
+  /\b(?:AKIA|ASIA)[0-9A-Z]{16}\b/,
+  /\bsk-ant-[A-Za-z0-9_-]{20,}/,
+  /\bsk-(?:proj-)?[A-Za-z0-9]{32,}/,
+  /\bgh[pousr]_[A-Za-z0-9]{36,}/,
+  /\bgithub_pat_[A-Za-z0-9_]{40,}/,
+  /\bxox[abposr]-[A-Za-z0-9-]{10,}/,
+  /\b[rs]k_live_[A-Za-z0-9]{16,}/,
+  /\bAIza[0-9A-Za-z_-]{35}\b/,
+  /"private_key"\s*:\s*"-----BEGIN/,
+];
+
+/** True for a keen atomic-write temporary file. */
+export function isTempFile(path: string): boolean {
+  return TEMP_FILE.test(basename(path));
+}
+
+/** True when the file's name marks it as a credential (`.env*`, `*.pem`, `id_rsa*`, `*.key`, …). */
+export function isCredentialName(path: string): boolean {
+  const name = basename(path);
+  return CREDENTIAL_NAMES.some((pattern) => pattern.test(name));
+}
+
+/** True when `text` contains something shaped like a private key or an API token. */
+export function containsCredential(text: string): boolean {
+  return CREDENTIAL_CONTENT.some((pattern) => pattern.test(text));
+}
+
+export interface StageOptions {
+  maxFileBytes: number;
+  /** Extra environment for the git calls (for example a temporary `GIT_INDEX_FILE`). */
+  env?: Record<string, string>;
+}
+
+export interface StageReport {
+  /** Paths staged (added, modified or deleted). */
+  staged: string[];
+  skipped: SkippedFile[];
+}
+
+/**
+ * Stages a checkout's changes the way `git add -A` would, minus what keen must never commit:
+ * credential-looking files (by name or content), files over `maxFileBytes`, keen's own
+ * atomic-write temp files, and anything that is not a regular file or a symlink (FIFOs, sockets,
+ * devices, nested repositories). Symlinks are staged as links; their targets are never read.
+ * Content is read through `readRegularFile`, so a file swapped for a FIFO cannot block keen.
+ */
+export async function stageChanges(target: GitTarget, options: StageOptions): Promise<StageReport> {
+  const env = options.env ?? {};
+  const candidates = nulSeparated(await git(target, ["ls-files", "-z", "--modified", "--others", "--exclude-standard"], { env }));
+  const staged: string[] = [];
+  const skipped: SkippedFile[] = [];
+  const realDirs = new Map<string, boolean>();
+  const dirIsReal = async (dir: string): Promise<boolean> => {
+    let known = realDirs.get(dir);
+    if (known === undefined) {
+      const full = join(target.workTree, dir);
+      known = (await realpath(full).catch(() => null)) === full;
+      realDirs.set(dir, known);
+    }
+    return known;
+  };
+
+  for (const raw of new Set(candidates)) {
+    const path = raw.endsWith("/") ? raw.slice(0, -1) : raw;
+    const full = join(target.workTree, path);
+    // A leading folder replaced by a symlink: git records the path as deleted without reading through the link.
+    if (!(await dirIsReal(dirname(path) === "." ? "" : dirname(path)))) {
+      staged.push(path);
+      continue;
+    }
+    const info = await lstat(full).catch(() => null);
+    if (!info || info.isSymbolicLink()) {
+      staged.push(path); // A deletion, or a link stored as its target text.
+      continue;
+    }
+    if (isTempFile(path)) {
+      skipped.push({ path, reason: "temp_file" });
+      continue;
+    }
+    if (!info.isFile()) {
+      skipped.push({ path, reason: "not_regular", detail: info.isDirectory() ? "a nested repository" : "not a regular file" });
+      continue;
+    }
+    if (isCredentialName(path)) {
+      skipped.push({ path, reason: "credential", detail: "its name marks it as a credential file" });
+      continue;
+    }
+    if (info.size > options.maxFileBytes) {
+      skipped.push({ path, reason: "too_large", detail: `${info.size} bytes, over the limit of ${options.maxFileBytes}` });
+      continue;
+    }
+    let content: Buffer;
+    try {
+      content = await readRegularFile(full, { maxBytes: options.maxFileBytes });
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (code === "file_too_large") skipped.push({ path, reason: "too_large", detail: `over the limit of ${options.maxFileBytes} bytes` });
+      else if (code === "ENOENT") staged.push(path);
+      else skipped.push({ path, reason: "not_regular", detail: error instanceof Error ? error.message : String(error) });
+      continue;
+    }
+    if (containsCredential(content.toString("latin1"))) {
+      skipped.push({ path, reason: "credential", detail: "its content looks like a private key or token" });
+      continue;
+    }
+    staged.push(path);
+  }
+
+  if (staged.length > 0) {
+    await git(target, ["add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"], { env, input: staged.join("\0") });
+  }
+  return { staged, skipped };
+}
+
+/** Refuses an option combination early, with a coded error. */
+export function invalidOption(message: string): KeenError {
+  return new KeenError("invalid_option", message);
+}

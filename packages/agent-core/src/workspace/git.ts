@@ -1,0 +1,118 @@
+import { execa, type Result } from "execa";
+import { KeenError } from "../errors.js";
+
+/**
+ * Where one git call works: the git dir and work tree are always passed explicitly, so git never
+ * reads a checkout's `.git` file (a sandboxed agent can write that file and point it at a
+ * repository of its own, with hooks and an fsmonitor command that would then run on the host).
+ */
+export interface GitTarget {
+  /** The per-worktree git dir (`<common>/worktrees/<name>`), or the common dir for a main checkout. */
+  gitDir: string;
+  /** The checkout's root. */
+  workTree: string;
+}
+
+/**
+ * Settings on every git call keen makes: no hooks, no fsmonitor command, no untracked cache
+ * (it is written into the index), and nothing that reaches out to the network. The repository's
+ * config lives in the common git dir, which the sandbox mounts read-only, so no agent can add a
+ * filter or diff driver either.
+ */
+const HARDENING = [
+  "-c", "core.hooksPath=/dev/null",
+  "-c", "core.fsmonitor=false",
+  "-c", "core.untrackedCache=false",
+  "-c", "protocol.allow=never",
+];
+
+/**
+ * The variables that tie a git process to one repository (`git rev-parse --local-env-vars`). An
+ * inherited one (keen started from a git hook, say) must not redirect keen's git calls.
+ */
+const REPOSITORY_VARIABLES = new Set([
+  "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_OBJECT_DIRECTORY",
+  "GIT_DIR", "GIT_WORK_TREE", "GIT_IMPLICIT_WORK_TREE", "GIT_GRAFT_FILE", "GIT_INDEX_FILE", "GIT_NO_REPLACE_OBJECTS",
+  "GIT_REPLACE_REF_BASE", "GIT_PREFIX", "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_COMMON_DIR",
+]);
+
+/** keen's own environment without repository-bound git variables. */
+export function withoutRepositoryVariables(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [name, value] of Object.entries(process.env)) {
+    if (value !== undefined && !REPOSITORY_VARIABLES.has(name)) env[name] = value;
+  }
+  return env;
+}
+
+/**
+ * The environment of a keen git call: the explicit target, plus `GIT_OPTIONAL_LOCKS=0` so that
+ * read-only commands (`status`, `diff`) never refresh and rewrite the index of the user's
+ * checkout, and literal pathspecs (a file named `*` means that file).
+ */
+export function gitEnv(target: GitTarget, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    ...withoutRepositoryVariables(),
+    GIT_DIR: target.gitDir,
+    GIT_WORK_TREE: target.workTree,
+    GIT_OPTIONAL_LOCKS: "0",
+    GIT_TERMINAL_PROMPT: "0",
+    // Never wait for a person: no editor, no pager.
+    GIT_EDITOR: ":",
+    GIT_PAGER: "cat",
+    GIT_LITERAL_PATHSPECS: "1",
+    ...extra,
+  };
+}
+
+export interface GitCallOptions {
+  env?: Record<string, string>;
+  /** Written to git's stdin. */
+  input?: string;
+  /** Working directory (inside the work tree). Default: the work tree root. */
+  cwd?: string;
+}
+
+/**
+ * Runs one hardened git command and returns the raw result (never throws for a non-zero exit).
+ * execa rather than simple-git: measured at the same cost (100 × `git rev-parse HEAD`: 4.8 ms per
+ * call with either), but simple-git cannot feed git's stdin, which the NUL-separated pathspec
+ * lists (`--pathspec-from-file=- --pathspec-file-nul`) need.
+ */
+export function gitRaw(target: GitTarget, args: string[], options: GitCallOptions = {}): Promise<Result<{ reject: false; stripFinalNewline: false }>> {
+  return execa("git", [...HARDENING, ...args], {
+    cwd: options.cwd ?? target.workTree,
+    env: gitEnv(target, options.env),
+    extendEnv: false,
+    reject: false,
+    stripFinalNewline: false,
+    ...(options.input !== undefined ? { input: options.input } : { stdin: "ignore" as const }),
+  }) as Promise<Result<{ reject: false; stripFinalNewline: false }>>;
+}
+
+/** Runs one hardened git command; throws `KeenError` code `git_failed` for a non-zero exit. Returns stdout as is. */
+export async function git(target: GitTarget, args: string[], options: GitCallOptions = {}): Promise<string> {
+  const result = await gitRaw(target, args, options);
+  if (result.exitCode !== 0) {
+    const output = String(result.stderr || result.stdout).trim();
+    const lock = /Unable to create '([^']+\.lock)': File exists/.exec(output);
+    if (lock) {
+      throw new KeenError(
+        "git_locked",
+        `git ${args[0]} could not run: ${lock[1]} exists, so a git process is working in this repository. keen removes such a lock on open once no git process is alive; wait for the other process to finish and try again.`,
+      );
+    }
+    throw new KeenError("git_failed", `git ${args[0]} failed: ${output}`);
+  }
+  return String(result.stdout);
+}
+
+/** Git's output for a single path or value: exactly one trailing newline removed, so a path may itself contain newlines. */
+export function oneLine(output: string): string {
+  return output.endsWith("\n") ? output.slice(0, -1) : output;
+}
+
+/** Splits NUL-separated output (`-z`). */
+export function nulSeparated(output: string): string[] {
+  return output.split("\0").filter((entry) => entry !== "");
+}
