@@ -7,6 +7,7 @@ import { describe, expect, it } from "vitest";
 import { AUTH_ERROR_CODES, AuthError, ConfigError, GatewayError } from "./errors.js";
 import { errorHandler, errorHeaders, errorStatus, errorStatuses, HttpError } from "./http-error.js";
 import { MissingDependencyError } from "./optional-dependency.js";
+import { ARCHIVE_PROBLEMS } from "./screening/uploads.js";
 
 const SRC = new URL(".", import.meta.url).pathname;
 
@@ -31,7 +32,7 @@ async function serve(app: Koa, path: string): Promise<{ status: number; headers:
 
 describe("error codes and the status table", () => {
   it("has a status for every code the auth module, options checks and optional dependencies throw", () => {
-    const codes = [...AUTH_ERROR_CODES, new ConfigError("x").code, new MissingDependencyError("stripe").code];
+    const codes = [...AUTH_ERROR_CODES, ...ARCHIVE_PROBLEMS, new ConfigError("x").code, new MissingDependencyError("stripe").code];
     const missing = codes.filter((code) => !Object.hasOwn(errorStatuses, code));
     expect(missing).toEqual([]);
   });
@@ -42,9 +43,24 @@ describe("error codes and the status table", () => {
     for (const file of sourceFiles()) {
       const text = readFileSync(file, "utf8");
       for (const match of text.matchAll(/new (?:AuthError|GatewayError)\(\s*"([a-z_]+)"/g)) thrown.add(match[1]!);
+      // Subclasses pass their code (or a choice of two) as super's first argument.
+      if (/extends (?:GatewayError|ConfigError)\b/.test(text)) {
+        for (const match of text.matchAll(/super\(\s*((?:\w+ \? )?"[a-z_]+"(?: : "[a-z_]+")?)/g)) {
+          for (const literal of match[1]!.matchAll(/"([a-z_]+)"/g)) thrown.add(literal[1]!);
+        }
+      }
     }
     expect(thrown.size).toBeGreaterThan(20);
     expect([...thrown].filter((code) => !Object.hasOwn(errorStatuses, code))).toEqual([]);
+  });
+
+  it("makes every error class a module exports a coded GatewayError", async () => {
+    const exported = (Object.values(await import("./index.js")) as unknown[]).filter(
+      (value): value is { prototype: object; name: string } => typeof value === "function" && value.prototype instanceof Error,
+    );
+    // No plain Error or TypeError reaches a host uncoded.
+    expect(exported.filter((cls) => cls !== GatewayError && !(cls.prototype instanceof GatewayError)).map((cls) => cls.name)).toEqual([]);
+    expect(exported.length).toBeGreaterThan(15);
   });
 
   it("keeps HTTP out of the auth services: only the router and the middleware know statuses", () => {

@@ -88,6 +88,7 @@ export const errorStatuses = {
   oauth_provider_error: 502,
   // Credits and budgets.
   insufficient_credits: 402,
+  wallet_in_debt: 402,
   reservation_not_found: 404,
   reservation_closed: 409,
   idempotency_conflict: 409,
@@ -95,14 +96,28 @@ export const errorStatuses = {
   unknown_model: 422,
   budget_exceeded: 402,
   budget_reservation_not_found: 404,
+  budget_webhook_failed: 502,
   // Limits.
   too_many_concurrent_runs: 429,
   run_slot_lost: 409,
   usage_anomaly: 429,
   quota_exceeded: 422,
-  upload_too_large: 413,
-  // Screening.
-  archive_rejected: 422,
+  // The client is still sending a body too large to read: end the connection after answering.
+  upload_too_large: { status: 413, headers: { Connection: "close" } },
+  // Screening: archive uploads.
+  archive_too_large: 413,
+  archive_uncompressed_too_large: 413,
+  archive_entry_too_large: 413,
+  archive_too_many_entries: 422,
+  archive_bomb: 422,
+  archive_unsafe_path: 422,
+  archive_unsafe_link: 422,
+  archive_special_file: 422,
+  archive_unsupported: 422,
+  archive_corrupt: 422,
+  // Store and audit invariants a caller hit.
+  duplicate: 409,
+  invalid_audit_event: 500,
 } satisfies ErrorStatuses;
 
 function mappingOf(error: GatewayError, statuses: ErrorStatuses): ErrorMapping | undefined {

@@ -1,3 +1,4 @@
+import { GatewayError } from "../errors.js";
 import type { Role } from "./permissions.js";
 
 /** A user account; `passwordHash` is null for accounts created through OAuth only. */
@@ -285,17 +286,17 @@ export interface AuthStores {
 }
 
 /** Raised by a team store when a change would leave a team with no owner. */
-export class LastOwnerError extends Error {
+export class LastOwnerError extends GatewayError {
   constructor(readonly teamId: string) {
-    super(`Team ${teamId} must keep at least one owner`);
+    super("last_owner", `Team ${teamId} must keep at least one owner`, { details: { teamId } });
     this.name = "LastOwnerError";
   }
 }
 
 /** Raised by a store when a unique value (an email, a credential id) already exists. */
-export class DuplicateError extends Error {
+export class DuplicateError extends GatewayError {
   constructor(message: string) {
-    super(message);
+    super("duplicate", message);
     this.name = "DuplicateError";
   }
 }
