@@ -2,7 +2,18 @@ export { openDatabase, type Database, type DatabaseKind, type DatabaseOptions } 
 export { PGliteDialect } from "./db/pglite-dialect.js";
 export { MissingDependencyError, OPTIONAL_DEPENDENCIES, type OptionalDependency } from "./optional-dependency.js";
 export { defineMigrations, migrateToLatest, migrationTableName, type MigrationSet, type MigrateOptions, type MigrationReport } from "./db/migrations.js";
-export { HttpError, errorHandler, type ErrorBody, type ErrorHandlerOptions } from "./http-error.js";
+export { AUTH_ERROR_CODES, AuthError, ConfigError, GatewayError, type AuthErrorCode } from "./errors.js";
+export {
+  HttpError,
+  errorHandler,
+  errorHeaders,
+  errorStatus,
+  errorStatuses,
+  type ErrorBody,
+  type ErrorHandlerOptions,
+  type ErrorMapping,
+  type ErrorStatuses,
+} from "./http-error.js";
 export type { Principal } from "./principal.js";
 export * from "./http/index.js";
 export * from "./audit/index.js";

@@ -1,4 +1,5 @@
 import { createRequire } from "node:module";
+import { GatewayError } from "./errors.js";
 
 /**
  * The packages gateway-kit loads only where a feature needs them. They are optional peer
@@ -17,13 +18,16 @@ export const OPTIONAL_DEPENDENCIES = {
 export type OptionalDependency = keyof typeof OPTIONAL_DEPENDENCIES;
 
 /** Thrown when a feature's optional peer dependency is not installed; `code` is `missing_dependency`. */
-export class MissingDependencyError extends Error {
-  readonly code = "missing_dependency";
+export class MissingDependencyError extends GatewayError {
+  declare readonly code: "missing_dependency";
   constructor(
     readonly packageName: OptionalDependency,
     cause?: unknown,
   ) {
-    super(`${OPTIONAL_DEPENDENCIES[packageName]} needs the package "${packageName}": install it with npm install ${packageName}`, { cause });
+    super("missing_dependency", `${OPTIONAL_DEPENDENCIES[packageName]} needs the package "${packageName}": install it with npm install ${packageName}`, {
+      details: { packageName },
+      cause,
+    });
     this.name = "MissingDependencyError";
   }
 }

@@ -1,3 +1,4 @@
+import { GatewayError } from "../errors.js";
 import { createHash, randomBytes } from "node:crypto";
 import { sql, type Kysely } from "kysely";
 import type { AuditEventInput, AuditSink } from "./audit-sink.js";
@@ -33,9 +34,9 @@ export interface AuditRecord {
 }
 
 /** A bad audit event (unknown result, malformed action, details JSON cannot hold). */
-export class AuditEventError extends TypeError {
+export class AuditEventError extends GatewayError {
   constructor(message: string) {
-    super(message);
+    super("invalid_audit_event", message);
     this.name = "AuditEventError";
   }
 }

@@ -1,12 +1,15 @@
 import type { Middleware, ParameterizedContext } from "koa";
 import type { AuditEventInput, AuditSink } from "./audit-sink.js";
-import { errorStatus } from "../http-error.js";
+import { ConfigError } from "../errors.js";
+import { errorStatus, errorStatuses, type ErrorStatuses } from "../http-error.js";
 
 export interface AuditRequestsOptions {
   /** Requests not to record, e.g. health checks. */
   skip?: (ctx: ParameterizedContext) => boolean;
   /** Called when the sink fails; the response is not affected. Default: rethrow nothing, drop silently. */
   onError?: (error: unknown, event: AuditEventInput) => void;
+  /** The host's own codes, as given to `errorHandler({ statuses })`, so the log and the response agree. */
+  statuses?: ErrorStatuses;
 }
 
 function resultOf(status: number): AuditEventInput["result"] {
@@ -28,7 +31,8 @@ function resultOf(status: number): AuditEventInput["result"] {
  * app.use(authenticate({ service })).use(router.routes());
  */
 export function auditRequests(sink: AuditSink, options: AuditRequestsOptions = {}): Middleware {
-  if (typeof sink?.record !== "function") throw new TypeError("auditRequests needs an AuditSink");
+  if (typeof sink?.record !== "function") throw new ConfigError("auditRequests needs an AuditSink");
+  const statuses = options.statuses ?? errorStatuses;
   return async (ctx, next) => {
     if (options.skip?.(ctx)) return next();
     const started = performance.now();
@@ -38,7 +42,7 @@ export function auditRequests(sink: AuditSink, options: AuditRequestsOptions = {
       status = ctx.status;
     } catch (error) {
       // The status errorHandler() will answer with, so the log and the response agree.
-      status = errorStatus(error);
+      status = errorStatus(error, statuses);
       throw error;
     } finally {
       const principal = ctx.state.principal;

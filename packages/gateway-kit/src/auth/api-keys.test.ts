@@ -1,3 +1,4 @@
+import { ConfigError } from "../errors.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { describeEachDatabase } from "../testing/each-database.js";
 import { mintApiKey, parseApiKey, secretMatches } from "./api-keys.js";
@@ -23,9 +24,9 @@ describe("API key format", () => {
 
 describe("middleware options", () => {
   it("throws a TypeError for bad options at creation", () => {
-    expect(() => authenticate({ service: {} as never })).toThrow(TypeError);
-    expect(() => requireScope()).toThrow(TypeError);
-    expect(() => requireScope("Not A Scope!")).toThrow(TypeError);
+    expect(() => authenticate({ service: {} as never })).toThrow(ConfigError);
+    expect(() => requireScope()).toThrow(ConfigError);
+    expect(() => requireScope("Not A Scope!")).toThrow(ConfigError);
     expect(() => requirePermission("billing:steal" as never)).toThrow(/Unknown permission/);
   });
 });

@@ -1,3 +1,4 @@
+import { ConfigError } from "../errors.js";
 import { bodyParser } from "@koa/bodyparser";
 import { Router } from "@koa/router";
 import type { Middleware, ParameterizedContext } from "koa";
@@ -165,7 +166,7 @@ function userSession(ctx: ParameterizedContext): Principal & { sessionId: string
  */
 export function authRouter(input: AuthRouterOptions): Router {
   const parsed = AuthRouterOptions.safeParse(input);
-  if (!parsed.success) throw new TypeError(`Invalid authRouter options: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new ConfigError(`Invalid authRouter options: ${z.prettifyError(parsed.error)}`);
   const { service, prefix, bodyLimit } = parsed.data;
   const router = new Router(prefix ? { prefix } : {});
   const signedIn = authenticate({ service, methods: ["jwt"] });

@@ -1,3 +1,4 @@
+import { ConfigError } from "../errors.js";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
@@ -19,7 +20,7 @@ export type AuthenticateOptions = z.input<typeof AuthenticateOptions>;
 
 function options<T extends z.ZodType>(schema: T, value: unknown, name: string): z.output<T> {
   const parsed = schema.safeParse(value);
-  if (!parsed.success) throw new TypeError(`Invalid ${name} options: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new ConfigError(`Invalid ${name} options: ${z.prettifyError(parsed.error)}`);
   return parsed.data;
 }
 
@@ -86,9 +87,9 @@ function requirePrincipal(ctx: ParameterizedContext): Principal {
  * router.post("/v1/sessions", authenticate({ service }), requireScope("sessions:write"), createSession);
  */
 export function requireScope(...scopes: string[]): Middleware {
-  if (scopes.length === 0) throw new TypeError("requireScope needs at least one scope");
+  if (scopes.length === 0) throw new ConfigError("requireScope needs at least one scope");
   for (const scope of scopes) {
-    if (typeof scope !== "string" || !SCOPE.test(scope)) throw new TypeError(`Invalid scope ${JSON.stringify(scope)}`);
+    if (typeof scope !== "string" || !SCOPE.test(scope)) throw new ConfigError(`Invalid scope ${JSON.stringify(scope)}`);
   }
   return async (ctx, next) => {
     const principal = requirePrincipal(ctx);
@@ -112,10 +113,10 @@ export function requireScope(...scopes: string[]): Middleware {
  * router.post("/v1/team/members", authenticate({ service }), requirePermission("team:manage"), addMember);
  */
 export function requirePermission(...permissions: Permission[]): Middleware {
-  if (permissions.length === 0) throw new TypeError("requirePermission needs at least one permission");
+  if (permissions.length === 0) throw new ConfigError("requirePermission needs at least one permission");
   for (const permission of permissions) {
     if (!Permission.safeParse(permission).success) {
-      throw new TypeError(`Unknown permission ${JSON.stringify(permission)}; known: ${Permission.options.join(", ")}`);
+      throw new ConfigError(`Unknown permission ${JSON.stringify(permission)}; known: ${Permission.options.join(", ")}`);
     }
   }
   return async (ctx, next) => {

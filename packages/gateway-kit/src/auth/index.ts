@@ -1,3 +1,4 @@
+export { AUTH_ERROR_CODES, AuthError, type AuthErrorCode } from "../errors.js";
 export { authMigrations } from "./migrations.js";
 export type { AuthTables } from "./tables.js";
 export {

@@ -1,19 +1,22 @@
 import { createHmac } from "node:crypto";
 import { exportSPKI, SignJWT, generateKeyPair, type CryptoKey } from "jose";
 import { describe, expect, it } from "vitest";
-import { HttpError } from "../http-error.js";
+import { AuthError, ConfigError } from "../errors.js";
+import { errorHeaders, errorStatus } from "../http-error.js";
 import { createAccessTokens, JwtKeySet } from "./jwt.js";
 import { TestClock } from "./test-app.js";
 
 const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString("base64url");
 
-async function rejection(promise: Promise<unknown>): Promise<HttpError> {
+async function rejection(promise: Promise<unknown>): Promise<AuthError & { status: number }> {
   const error = await promise.then(
     () => undefined,
     (e: unknown) => e,
   );
-  expect(error).toBeInstanceOf(HttpError);
-  return error as HttpError;
+  // A domain error, not an HTTP one: the status is the edge's decision.
+  expect(error).toBeInstanceOf(AuthError);
+  expect(error).not.toHaveProperty("status");
+  return Object.assign(error as AuthError, { status: errorStatus(error) });
 }
 
 describe("access tokens", () => {
@@ -102,6 +105,7 @@ describe("access tokens", () => {
     const expired = await rejection(tokens.verify(good));
     expect(expired.code).toBe("token_expired");
     expect(expired.status).toBe(401);
+    expect(errorHeaders(expired)["WWW-Authenticate"]).toBe('Bearer error="invalid_token", error_description="expired"');
   });
 
   it("rejects a token that is not yet valid", async () => {
@@ -137,8 +141,8 @@ describe("access tokens", () => {
     const restoredTokens = createAccessTokens({ keys: restored, issuer: "https://keen.test", audience: "keen-api", now: clock.now });
     const old = (await tokens.sign({ userId: "u", sessionId: "s" })).token;
     expect(await restoredTokens.verify(old)).toMatchObject({ userId: "u" });
-    await expect(JwtKeySet.generate({ algorithm: "HS256" as never })).rejects.toThrow(TypeError);
-    expect(() => createAccessTokens({ keys, issuer: "", audience: "a" })).toThrow(TypeError);
-    expect(() => createAccessTokens({ keys: {} as never, issuer: "i", audience: "a" })).toThrow(TypeError);
+    await expect(JwtKeySet.generate({ algorithm: "HS256" as never })).rejects.toThrow(ConfigError);
+    expect(() => createAccessTokens({ keys, issuer: "", audience: "a" })).toThrow(ConfigError);
+    expect(() => createAccessTokens({ keys: {} as never, issuer: "i", audience: "a" })).toThrow(ConfigError);
   });
 });

@@ -1,7 +1,7 @@
+import { AuthError, ConfigError } from "../errors.js";
 import { randomUUID } from "node:crypto";
 import { errors, exportJWK, generateKeyPair, importJWK, jwtVerify, SignJWT, type CryptoKey, type JWK, type KeyObject } from "jose";
 import { z } from "zod";
-import { HttpError } from "../http-error.js";
 
 /** Asymmetric algorithms an access token may be signed with. Symmetric ones are refused on purpose. */
 export const JwtAlgorithm = z.enum(["EdDSA", "ES256", "ES384", "RS256", "PS256"]);
@@ -59,14 +59,14 @@ export class JwtKeySet {
   }): Promise<JwtKeySet> {
     const algorithm = parseAlgorithm(options.algorithm);
     const { signing } = options;
-    if (!signing.kid) throw new TypeError("The signing JWK needs a kid");
-    if (!signing.d) throw new TypeError("The signing JWK must be a private key");
+    if (!signing.kid) throw new ConfigError("The signing JWK needs a kid");
+    if (!signing.d) throw new ConfigError("The signing JWK must be a private key");
     const key = (await importJWK(signing, algorithm)) as Key;
     const set = new JwtKeySet(algorithm, { kid: signing.kid, key }, options.now ?? (() => new Date()));
     const { d: _d, p: _p, q: _q, dp: _dp, dq: _dq, qi: _qi, ...publicPart } = signing;
     await set.addVerificationKey(signing.kid, (await importJWK(publicPart, algorithm)) as Key, null);
     for (const entry of options.verifying ?? []) {
-      if (!entry.jwk.kid) throw new TypeError("Every verification JWK needs a kid");
+      if (!entry.jwk.kid) throw new ConfigError("Every verification JWK needs a kid");
       await set.addVerificationKey(entry.jwk.kid, (await importJWK(entry.jwk, algorithm)) as Key, entry.retireAt ?? null);
     }
     return set;
@@ -83,7 +83,7 @@ export class JwtKeySet {
    */
   async rotate(options: { retireAfterSeconds: number }): Promise<string> {
     if (!Number.isFinite(options.retireAfterSeconds) || options.retireAfterSeconds < 0) {
-      throw new TypeError("retireAfterSeconds must be a non-negative number");
+      throw new ConfigError("retireAfterSeconds must be a non-negative number");
     }
     const previous = this.verifying.get(this.signing.kid);
     if (previous) previous.retireAt = new Date(this.now().getTime() + options.retireAfterSeconds * 1000);
@@ -127,7 +127,7 @@ export class JwtKeySet {
 
 function parseAlgorithm(value: unknown): JwtAlgorithm {
   const parsed = JwtAlgorithm.safeParse(value);
-  if (!parsed.success) throw new TypeError(`Unsupported JWT algorithm ${JSON.stringify(value)}; use one of ${JwtAlgorithm.options.join(", ")}`);
+  if (!parsed.success) throw new ConfigError(`Unsupported JWT algorithm ${JSON.stringify(value)}; use one of ${JwtAlgorithm.options.join(", ")}`);
   return parsed.data;
 }
 
@@ -154,7 +154,7 @@ export const ACCESS_TOKEN_TYPE = "at+jwt";
 export interface AccessTokens {
   readonly ttlSeconds: number;
   sign(claims: AccessTokenClaims): Promise<{ token: string; expiresAt: Date }>;
-  /** Returns the claims or throws a 401 `HttpError` (`token_expired` or `invalid_token`). */
+  /** Returns the claims or throws an `AuthError` (`token_expired` or `invalid_token`). */
   verify(token: string): Promise<AccessTokenClaims>;
 }
 
@@ -170,9 +170,9 @@ export interface AccessTokens {
 export function createAccessTokens(
   options: z.input<typeof AccessTokenOptions> & { keys: JwtKeySet; now?: () => Date },
 ): AccessTokens {
-  if (!(options.keys instanceof JwtKeySet)) throw new TypeError("createAccessTokens needs a JwtKeySet as `keys`");
+  if (!(options.keys instanceof JwtKeySet)) throw new ConfigError("createAccessTokens needs a JwtKeySet as `keys`");
   const parsed = AccessTokenOptions.safeParse(options);
-  if (!parsed.success) throw new TypeError(`Invalid access token options: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new ConfigError(`Invalid access token options: ${z.prettifyError(parsed.error)}`);
   const { issuer, audience, ttlSeconds, clockToleranceSeconds } = parsed.data;
   const { keys } = options;
   const now = options.now ?? (() => new Date());
@@ -220,7 +220,7 @@ export function createAccessTokens(
         if (payload.tid !== undefined && typeof payload.tid !== "string") throw new TokenRejected("bad_claims", "Malformed claims");
         return { userId: payload.sub, sessionId: payload.sid, ...(payload.tid ? { teamId: payload.tid as string } : {}) };
       } catch (error) {
-        throw toHttpError(error);
+        throw toAuthError(error);
       }
     },
   };
@@ -235,10 +235,10 @@ class TokenRejected extends Error {
   }
 }
 
-function toHttpError(error: unknown): HttpError {
-  const challenge = (code: string) => ({ "WWW-Authenticate": `Bearer error="invalid_token", error_description="${code}"` });
+/** The edge answers both with 401 and a `WWW-Authenticate` naming the reason (see `errorStatuses`). */
+function toAuthError(error: unknown): AuthError {
   if (error instanceof errors.JWTExpired) {
-    return new HttpError(401, "token_expired", "Access token expired", { reason: "expired" }, challenge("expired"));
+    return new AuthError("token_expired", "Access token expired", { details: { reason: "expired" } });
   }
   let reason = "invalid";
   if (error instanceof TokenRejected) reason = error.reason;
@@ -246,5 +246,5 @@ function toHttpError(error: unknown): HttpError {
   else if (error instanceof errors.JWSSignatureVerificationFailed) reason = "bad_signature";
   else if (error instanceof errors.JWTClaimValidationFailed) reason = `bad_claim_${error.claim}`;
   else if (error instanceof errors.JWSInvalid || error instanceof errors.JWTInvalid) reason = "malformed";
-  return new HttpError(401, "invalid_token", "Invalid access token", { reason }, challenge(reason));
+  return new AuthError("invalid_token", "Invalid access token", { details: { reason } });
 }

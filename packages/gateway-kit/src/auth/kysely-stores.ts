@@ -58,6 +58,7 @@ function toFactor(row: Row<"mfa_factors">): MfaFactorRecord {
     kind: row.kind as FactorKind,
     label: row.label,
     secret: row.secret,
+    secretKeyId: row.secret_key_id ?? null,
     phone: row.phone,
     credentialId: row.credential_id,
     publicKey: row.public_key,
@@ -362,6 +363,7 @@ function build(db: Db, inTransaction: boolean): AuthStores {
               kind: factor.kind,
               label: factor.label,
               secret: factor.secret,
+              secret_key_id: factor.secretKeyId,
               phone: factor.phone,
               credential_id: factor.credentialId,
               public_key: factor.publicKey,
@@ -402,6 +404,16 @@ function build(db: Db, inTransaction: boolean): AuthStores {
           .set({ last_used_step: step })
           .where("id", "=", id)
           .where("last_used_step", "<", step)
+          .executeTakeFirst();
+        return Number(result.numUpdatedRows) === 1;
+      },
+      async resealSecret(id, expected, next) {
+        const result = await db
+          .updateTable("mfa_factors")
+          .set({ secret: next.secret, secret_key_id: next.keyId })
+          .where("id", "=", id)
+          .where("secret", "=", expected.secret)
+          .where((eb) => (expected.keyId === null ? eb("secret_key_id", "is", null) : eb("secret_key_id", "=", expected.keyId)))
           .executeTakeFirst();
         return Number(result.numUpdatedRows) === 1;
       },

@@ -1,5 +1,5 @@
+import { AuthError, ConfigError } from "../errors.js";
 import { z } from "zod";
-import { HttpError } from "../http-error.js";
 import { ipLimitKey } from "../http/client-ip.js";
 import type { LoginAttemptStore } from "./stores.js";
 
@@ -48,15 +48,12 @@ export interface LoginLimiter {
   reset(subject: LoginSubject): Promise<void>;
 }
 
-function tooManyAttempts(untilMs: number, atMs: number): HttpError {
+function tooManyAttempts(untilMs: number, atMs: number): AuthError {
   const retryAfter = Math.max(1, Math.ceil((untilMs - atMs) / 1000));
-  return new HttpError(
-    429,
-    "too_many_attempts",
-    "Too many failed login attempts; try again later",
-    { retryAfterSeconds: retryAfter },
-    { "Retry-After": String(retryAfter) },
-  );
+  return new AuthError("too_many_attempts", "Too many failed login attempts; try again later", {
+    details: { retryAfterSeconds: retryAfter },
+    retryAfterSeconds: retryAfter,
+  });
 }
 
 /**
@@ -68,12 +65,12 @@ function tooManyAttempts(untilMs: number, atMs: number): HttpError {
  * @example
  * const limiter = createLoginLimiter(stores.loginAttempts, { accountFailures: 5 });
  * await limiter.begin({ account: email, ip });
- * if (!(await passwordMatches())) throw new HttpError(401, "invalid_credentials", "…"); // stays counted
+ * if (!(await passwordMatches())) throw new AuthError("invalid_credentials", "…"); // stays counted
  * await limiter.reset({ account: email, ip });
  */
 export function createLoginLimiter(store: LoginAttemptStore, options: LoginLimiterOptions = {}, now: () => Date = () => new Date()): LoginLimiter {
   const parsed = LoginLimiterOptions.safeParse(options);
-  if (!parsed.success) throw new TypeError(`Invalid login limiter options: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new ConfigError(`Invalid login limiter options: ${z.prettifyError(parsed.error)}`);
   const config = parsed.data;
   const keysOf = (subject: LoginSubject) => [
     { key: `account:${subject.account}`, threshold: config.accountFailures },

@@ -155,4 +155,11 @@ export const authMigrations = defineMigrations("gk_auth", {
         .execute();
     },
   },
+  gk_auth_0005_totp_secret_key_id: {
+    up: async (db: Kysely<any>) => {
+      // TOTP secrets are sealed with AES-256-GCM; the key id names the key, for rotation. Rows
+      // written before stay plain (null key id) until their next use re-seals them.
+      await db.schema.alterTable("mfa_factors").addColumn("secret_key_id", "text").execute();
+    },
+  },
 });

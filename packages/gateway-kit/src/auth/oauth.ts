@@ -1,6 +1,6 @@
+import { AuthError, ConfigError } from "../errors.js";
 import { createHash } from "node:crypto";
 import { z } from "zod";
-import { HttpError } from "../http-error.js";
 
 /** Providers with built-in profile mapping. */
 export const OAuthProviderName = z.enum(["github", "google"]);
@@ -54,7 +54,7 @@ export interface OAuthProvider {
 
 export function resolveProvider(name: OAuthProviderName, options: OAuthProviderOptions): OAuthProvider {
   const parsed = OAuthProviderOptions.safeParse(options);
-  if (!parsed.success) throw new TypeError(`Invalid OAuth options for ${name}: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new ConfigError(`Invalid OAuth options for ${name}: ${z.prettifyError(parsed.error)}`);
   const defaults = DEFAULTS[name];
   const o = parsed.data;
   return {
@@ -105,8 +105,8 @@ const GoogleUser = z.object({
   name: z.string().nullish(),
 });
 
-function upstreamError(message: string): HttpError {
-  return new HttpError(502, "oauth_provider_error", message);
+function upstreamError(message: string): AuthError {
+  return new AuthError("oauth_provider_error", message);
 }
 
 async function getJson(fetchImpl: typeof fetch, url: string, init: RequestInit): Promise<unknown> {

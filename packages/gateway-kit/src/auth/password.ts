@@ -1,3 +1,4 @@
+import { ConfigError } from "../errors.js";
 import type { Algorithm } from "@node-rs/argon2";
 import { loadOptional } from "../optional-dependency.js";
 import { z } from "zod";
@@ -37,7 +38,7 @@ export interface PasswordHasher {
  */
 export function createPasswordHasher(options: PasswordHashingOptions = {}): PasswordHasher {
   const parsed = PasswordHashingOptions.safeParse(options);
-  if (!parsed.success) throw new TypeError(`Invalid password hashing options: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new ConfigError(`Invalid password hashing options: ${z.prettifyError(parsed.error)}`);
   const params = { ...parsed.data, algorithm: ARGON2ID };
   let dummy: Promise<string> | undefined;
   const argon2 = () => loadOptional<typeof import("@node-rs/argon2")>("@node-rs/argon2");

@@ -1,3 +1,4 @@
+import { ConfigError } from "../errors.js";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { describeEachDatabase } from "../testing/each-database.js";
 import { migrateForTests, PASSWORD, signup, startTestApp, uniqueEmail, type TestApp } from "./test-app.js";
@@ -34,7 +35,7 @@ describeEachDatabase("auth sessions", (fixture) => {
     const { createPasswordHasher } = await import("./password.js");
     const hash = await createPasswordHasher().hash("some long password");
     expect(hash).toMatch(/^\$argon2id\$v=19\$m=19456,t=2,p=1\$/);
-    expect(() => createPasswordHasher({ memoryCost: 1 })).toThrow(TypeError);
+    expect(() => createPasswordHasher({ memoryCost: 1 })).toThrow(ConfigError);
   });
 
   it("rejects bad sign-up bodies with 400 and one error shape", async () => {

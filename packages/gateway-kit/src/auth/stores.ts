@@ -1,3 +1,4 @@
+import { GatewayError } from "../errors.js";
 import type { Role } from "./permissions.js";
 
 /** A user account; `passwordHash` is null for accounts created through OAuth only. */
@@ -143,7 +144,9 @@ export interface MfaFactorRecord {
   userId: string;
   kind: FactorKind;
   label: string | null;
+  /** A TOTP secret as stored: sealed with the key `secretKeyId` names, or plain base32 when that is null. */
   secret: string | null;
+  secretKeyId: string | null;
   phone: string | null;
   credentialId: string | null;
   publicKey: string | null;
@@ -169,6 +172,8 @@ export interface MfaStore {
   confirmFactor(id: string, at: Date): Promise<void>;
   deleteFactor(id: string): Promise<boolean>;
   advanceTotpStep(id: string, step: number): Promise<boolean>;
+  /** Replaces a TOTP secret's stored form (re-sealing it) only if it is still `expected`; false otherwise. */
+  resealSecret(id: string, expected: { secret: string; keyId: string | null }, next: { secret: string; keyId: string }): Promise<boolean>;
   updateCounter(id: string, counter: number): Promise<boolean>;
   replaceRecoveryCodes(userId: string, codeHashes: string[], at: Date): Promise<void>;
   consumeRecoveryCode(userId: string, codeHash: string, at: Date): Promise<boolean>;
@@ -281,17 +286,17 @@ export interface AuthStores {
 }
 
 /** Raised by a team store when a change would leave a team with no owner. */
-export class LastOwnerError extends Error {
+export class LastOwnerError extends GatewayError {
   constructor(readonly teamId: string) {
-    super(`Team ${teamId} must keep at least one owner`);
+    super("last_owner", `Team ${teamId} must keep at least one owner`, { details: { teamId } });
     this.name = "LastOwnerError";
   }
 }
 
 /** Raised by a store when a unique value (an email, a credential id) already exists. */
-export class DuplicateError extends Error {
+export class DuplicateError extends GatewayError {
   constructor(message: string) {
-    super(message);
+    super("duplicate", message);
     this.name = "DuplicateError";
   }
 }

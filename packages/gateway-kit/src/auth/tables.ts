@@ -54,6 +54,7 @@ export interface AuthTables {
     kind: string;
     label: string | null;
     secret: string | null;
+    secret_key_id: ColumnType<string | null, string | null | undefined, string | null>;
     phone: string | null;
     credential_id: string | null;
     public_key: string | null;

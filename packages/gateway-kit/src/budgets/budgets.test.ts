@@ -12,6 +12,10 @@ import { budgetMigrations } from "./migrations.js";
 import { combineNotifiers, emailNotifier, verifyBudgetWebhook, webhookNotifier, type EmailMessage } from "./notifiers.js";
 import { periodWindow } from "./periods.js";
 import { BudgetExceededError, BudgetKeyConflictError, type BudgetAlert, type BudgetScope } from "./types.js";
+import { errorStatus } from "../http-error.js";
+
+/** A domain error as the HTTP edge answers it: its fields plus the status from the code table. */
+const atEdge = (error: unknown) => ({ ...(error as object), message: (error as Error).message, status: errorStatus(error) });
 
 const team = (): BudgetScope => ({ kind: "team", id: `team-${randomUUID()}` });
 const user = (): BudgetScope => ({ kind: "user", id: `user-${randomUUID()}` });
@@ -63,7 +67,7 @@ describeEachDatabase("budgets", (fixture) => {
     ]);
     const error = await budgets.check([t, u], 50_001).catch((e) => e);
     expect(error).toBeInstanceOf(BudgetExceededError);
-    expect(error.status).toBe(402);
+    expect(errorStatus(error)).toBe(402);
     expect(error.code).toBe("budget_exceeded");
     expect(error.details).toMatchObject({ scope: u, period: "daily", limit: 300_000, spent: 250_000, remaining: 50_000, requested: 50_001 });
     expect(error.details.resetsAt).toBe("2026-11-26T00:00:00.000Z");
@@ -87,11 +91,11 @@ describeEachDatabase("budgets", (fixture) => {
     expect(again.statuses[0]!.spent).toBe(70);
     const conflict = await budgets.record([t], 71, key).catch((e) => e);
     expect(conflict).toBeInstanceOf(BudgetKeyConflictError);
-    expect(conflict.status).toBe(409);
+    expect(errorStatus(conflict)).toBe(409);
     // `record` takes what a finished run cost, even past the limit; `commit` refuses.
     await budgets.record([t], 50, `run-${randomUUID()}`);
     expect((await budgets.status([t]))[0]).toMatchObject({ spent: 120, remaining: 0 });
-    await expect(budgets.commit([t], 1, `run-${randomUUID()}`)).rejects.toMatchObject({ status: 402 });
+    expect(atEdge(await (budgets.commit([t], 1, `run-${randomUUID()}`)).catch((e: unknown) => e))).toMatchObject({ status: 402 });
   });
 
   it("starts each daily and monthly period afresh and keeps totals", async () => {
@@ -179,13 +183,13 @@ describeEachDatabase("budgets", (fixture) => {
     await expect(budgets.commit([a, b], 50, randomUUID())).rejects.toBeInstanceOf(BudgetExceededError);
     expect((await budgets.status([a, b])).map((s) => s.spent)).toEqual([0, 0]);
     const invalid = { status: 400, code: "invalid_request", name: "BudgetInputError" };
-    await expect(budgets.record([a], 1.5, randomUUID())).rejects.toMatchObject(invalid);
-    await expect(budgets.record([a], -1, randomUUID())).rejects.toMatchObject(invalid);
-    await expect(budgets.record([{ kind: "org" as never, id: "x" }], 1, randomUUID())).rejects.toMatchObject(invalid);
-    await expect(budgets.setBudget({ scope: a, period: "weekly" as never, limit: 1 })).rejects.toMatchObject(invalid);
+    expect(atEdge(await (budgets.record([a], 1.5, randomUUID())).catch((e: unknown) => e))).toMatchObject(invalid);
+    expect(atEdge(await (budgets.record([a], -1, randomUUID())).catch((e: unknown) => e))).toMatchObject(invalid);
+    expect(atEdge(await (budgets.record([{ kind: "org" as never, id: "x" }], 1, randomUUID())).catch((e: unknown) => e))).toMatchObject(invalid);
+    expect(atEdge(await (budgets.setBudget({ scope: a, period: "weekly" as never, limit: 1 })).catch((e: unknown) => e))).toMatchObject(invalid);
     // A NUL byte (e.g. a project id from the path) is refused before PostgreSQL sees it.
-    await expect(budgets.record([{ kind: "project", id: "p\u0000x" }], 1, randomUUID())).rejects.toMatchObject(invalid);
-    await expect(budgets.record([a], 1, "k\u0000")).rejects.toMatchObject(invalid);
+    expect(atEdge(await (budgets.record([{ kind: "project", id: "p\u0000x" }], 1, randomUUID())).catch((e: unknown) => e))).toMatchObject(invalid);
+    expect(atEdge(await (budgets.record([a], 1, "k\u0000")).catch((e: unknown) => e))).toMatchObject(invalid);
     expect((await budgets.status([a]))[0]!.spent).toBe(0);
   });
 
@@ -198,7 +202,7 @@ describeEachDatabase("budgets", (fixture) => {
     const a = `res-${randomUUID()}`;
     const b = `res-${randomUUID()}`;
     await budgets.reserve([u], 600, a);
-    await expect(budgets.reserve([u], 500, b)).rejects.toMatchObject({ status: 402, details: { remaining: 400 } });
+    expect(atEdge(await (budgets.reserve([u], 500, b)).catch((e: unknown) => e))).toMatchObject({ status: 402, details: { remaining: 400 } });
     await budgets.reserve([u], 400, b);
     expect(alerts.map((x) => x.threshold)).toEqual([50, 80, 100]);
 
@@ -214,10 +218,10 @@ describeEachDatabase("budgets", (fixture) => {
     expect((await budgets.settle(b, 900)).statuses[0]!.spent).toBe(1150);
     expect(alerts).toHaveLength(3);
 
-    await expect(budgets.settle(`res-${randomUUID()}`, 1)).rejects.toMatchObject({ status: 404, code: "budget_reservation_not_found" });
+    expect(atEdge(await (budgets.settle(`res-${randomUUID()}`, 1)).catch((e: unknown) => e))).toMatchObject({ status: 404, code: "budget_reservation_not_found" });
     const recorded = `rec-${randomUUID()}`;
     await budgets.record([u], 1, recorded);
-    await expect(budgets.settle(recorded, 1)).rejects.toMatchObject({ status: 404 });
+    expect(atEdge(await (budgets.settle(recorded, 1)).catch((e: unknown) => e))).toMatchObject({ status: 404 });
     await expect(budgets.reserve([u], 1, recorded)).rejects.toBeInstanceOf(BudgetKeyConflictError);
   });
 
@@ -492,7 +496,8 @@ describe("notifiers", () => {
 
   it("throws on a non-2xx answer or an unreachable URL, so the alert stays pending", async () => {
     answer = 500;
-    await expect(webhookNotifier({ url, secret }).notify(alert)).rejects.toMatchObject({ name: "BudgetWebhookError", status: 500 });
+    // `status` here is the webhook's own answer; the error's code is what the edge maps.
+    await expect(webhookNotifier({ url, secret }).notify(alert)).rejects.toMatchObject({ name: "BudgetWebhookError", code: "budget_webhook_failed", status: 500 });
     answer = 204;
     await expect(webhookNotifier({ url: "http://127.0.0.1:1/", secret, timeoutMs: 2000 }).notify(alert)).rejects.toThrow(/unreachable/);
   });

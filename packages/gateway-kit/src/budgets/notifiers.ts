@@ -1,3 +1,4 @@
+import { GatewayError } from "../errors.js";
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { z } from "zod";
 import { clock, fn, parseOptions } from "../limits/options.js";
@@ -65,10 +66,11 @@ export function verifyBudgetWebhook(input: {
 }
 
 /** A webhook answered with a non-2xx status or could not be reached. */
-export class BudgetWebhookError extends Error {
+export class BudgetWebhookError extends GatewayError {
+  /** The webhook's own response status, when it answered. */
   readonly status: number | undefined;
   constructor(message: string, status?: number) {
-    super(message);
+    super("budget_webhook_failed", message, { details: status === undefined ? undefined : { responseStatus: status } });
     this.name = "BudgetWebhookError";
     this.status = status;
   }

@@ -1,5 +1,5 @@
+import { GatewayError } from "../errors.js";
 import { z } from "zod";
-import { HttpError } from "../http-error.js";
 
 /** An amount in micro-credits: a non-negative safe integer, never a float. */
 export const BudgetAmount = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
@@ -80,23 +80,24 @@ export interface BudgetNotifier {
  * A run or charge would take a budget past its limit. Renders as 402 `budget_exceeded` with
  * the scope, period, limit, what is spent and what remains.
  */
-export class BudgetExceededError extends HttpError {
+export class BudgetExceededError extends GatewayError {
   readonly remaining: number;
   constructor(status: BudgetStatus, requested: number) {
     const { scope, period, limit } = status.budget;
     super(
-      402,
       "budget_exceeded",
       `The ${period} budget of ${scope.kind} ${scope.id} has ${status.remaining} micro-credits left of ${limit}; ` +
         `this needs ${requested}`,
       {
-        scope,
-        period,
-        limit,
-        spent: status.spent,
-        remaining: status.remaining,
-        requested,
-        resetsAt: status.resetsAt?.toISOString() ?? null,
+        details: {
+          scope,
+          period,
+          limit,
+          spent: status.spent,
+          remaining: status.remaining,
+          requested,
+          resetsAt: status.resetsAt?.toISOString() ?? null,
+        },
       },
     );
     this.name = "BudgetExceededError";
@@ -108,25 +109,25 @@ export class BudgetExceededError extends HttpError {
  * A budget call got malformed input (a negative or fractional amount, an unknown scope kind, an id
  * with a NUL byte, ...). Renders as 400 `invalid_request`; nothing was written.
  */
-export class BudgetInputError extends HttpError {
+export class BudgetInputError extends GatewayError {
   constructor(message: string) {
-    super(400, "invalid_request", message);
+    super("invalid_request", message);
     this.name = "BudgetInputError";
   }
 }
 
 /** The same idempotency key was used with a different amount or scopes. Renders as 409. */
-export class BudgetKeyConflictError extends HttpError {
+export class BudgetKeyConflictError extends GatewayError {
   constructor(key: string) {
-    super(409, "idempotency_conflict", `Idempotency key "${key}" was already used for a different charge`, { idempotencyKey: key });
+    super("idempotency_conflict", `Idempotency key "${key}" was already used for a different charge`, { details: { idempotencyKey: key } });
     this.name = "BudgetKeyConflictError";
   }
 }
 
 /** No open reservation has this key. Renders as 404 `budget_reservation_not_found`. */
-export class BudgetReservationNotFoundError extends HttpError {
+export class BudgetReservationNotFoundError extends GatewayError {
   constructor(key: string) {
-    super(404, "budget_reservation_not_found", `No budget reservation with key "${key}"`, { idempotencyKey: key });
+    super("budget_reservation_not_found", `No budget reservation with key "${key}"`, { details: { idempotencyKey: key } });
     this.name = "BudgetReservationNotFoundError";
   }
 }

@@ -5,6 +5,10 @@ import { describeEachDatabase } from "../testing/each-database.js";
 import { createKyselyLedger } from "./kysely-ledger.js";
 import type { Ledger } from "./ledger.js";
 import { creditMigrations, SYSTEM_ACCOUNTS } from "./migrations.js";
+import { errorStatus } from "../http-error.js";
+
+/** A domain error as the HTTP edge answers it: its fields plus the status from the code table. */
+const atEdge = (error: unknown) => ({ ...(error as object), message: (error as Error).message, status: errorStatus(error) });
 
 const MAX = Number.MAX_SAFE_INTEGER;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -26,7 +30,7 @@ describeEachDatabase("ledger edges", (fixture) => {
     const target = await wallet();
     const before = await ledger.getAccount(SYSTEM_ACCOUNTS.revenue);
     for (const from of [SYSTEM_ACCOUNTS.grants, SYSTEM_ACCOUNTS.purchases, SYSTEM_ACCOUNTS.revenue, "system:anything"]) {
-      await expect(ledger.transfer({ from, to: target, amount: 1_000_000, idempotencyKey: randomUUID() })).rejects.toMatchObject({ status: 404, code: "account_not_found" });
+      expect(atEdge(await (ledger.transfer({ from, to: target, amount: 1_000_000, idempotencyKey: randomUUID() })).catch((e: unknown) => e))).toMatchObject({ status: 404, code: "account_not_found" });
     }
     const source = await wallet(500);
     await expect(ledger.transfer({ from: source, to: SYSTEM_ACCOUNTS.revenue, amount: 100, idempotencyKey: randomUUID() })).rejects.toMatchObject({ code: "account_not_found" });
@@ -40,11 +44,11 @@ describeEachDatabase("ledger edges", (fixture) => {
   it("answers a grant or purchase to a system account or a hold with a typed error, not an SQL error", async () => {
     const w = await wallet();
     for (const account of [SYSTEM_ACCOUNTS.revenue, SYSTEM_ACCOUNTS.grants, "system:x", `hold:${w}`]) {
-      await expect(ledger.grant({ account, amount: 5, idempotencyKey: randomUUID() })).rejects.toMatchObject({ name: "AccountNotFoundError", status: 404 });
-      await expect(ledger.purchase({ account, amount: 5, idempotencyKey: randomUUID() })).rejects.toMatchObject({ name: "AccountNotFoundError", status: 404 });
+      expect(atEdge(await (ledger.grant({ account, amount: 5, idempotencyKey: randomUUID() })).catch((e: unknown) => e))).toMatchObject({ name: "AccountNotFoundError", status: 404 });
+      expect(atEdge(await (ledger.purchase({ account, amount: 5, idempotencyKey: randomUUID() })).catch((e: unknown) => e))).toMatchObject({ name: "AccountNotFoundError", status: 404 });
     }
     // NUL bytes never reach the driver.
-    await expect(ledger.grant({ account: "a\u0000b", amount: 5, idempotencyKey: "k" })).rejects.toMatchObject({ name: "LedgerInputError", status: 400 });
+    expect(atEdge(await (ledger.grant({ account: "a\u0000b", amount: 5, idempotencyKey: "k" })).catch((e: unknown) => e))).toMatchObject({ name: "LedgerInputError", status: 400 });
     await expect(ledger.getAccount("a\u0000b")).rejects.toMatchObject({ name: "LedgerInputError" });
   });
 
@@ -53,7 +57,7 @@ describeEachDatabase("ledger edges", (fixture) => {
     const hold = await ledger.reserve({ account: w, amount: 600, idempotencyKey: randomUUID(), ttlMs: 1 });
     await sleep(20);
     const attempts = await Promise.allSettled(Array.from({ length: 10 }, () => ledger.settle(hold.id, 600)));
-    for (const a of attempts) expect(a).toMatchObject({ status: "rejected", reason: { name: "ReservationClosedError", status: 409 } });
+    for (const a of attempts) expect(a.status === "rejected" ? atEdge(a.reason) : a).toMatchObject({ name: "ReservationClosedError", status: 409 });
     expect((await ledger.getReservation(hold.id)).status).toBe("open");
     const swept = await ledger.sweepExpiredReservations();
     expect(swept.find((s) => s.reservationId === hold.id)).toMatchObject({ status: "expired", charged: 0, released: 600 });
@@ -75,7 +79,7 @@ describeEachDatabase("ledger edges", (fixture) => {
     await expect(ledger.reverse({ ...input, amount: 5 })).rejects.toMatchObject({ code: "idempotency_conflict" });
 
     // Frozen: no new holds, no transfers out.
-    await expect(ledger.reserve({ account: w, amount: 1, idempotencyKey: randomUUID(), ttlMs: 1000 })).rejects.toMatchObject({ name: "WalletInDebtError", status: 402, code: "wallet_in_debt" });
+    expect(atEdge(await (ledger.reserve({ account: w, amount: 1, idempotencyKey: randomUUID(), ttlMs: 1000 })).catch((e: unknown) => e))).toMatchObject({ name: "WalletInDebtError", status: 402, code: "wallet_in_debt" });
     const other = await wallet();
     await expect(ledger.transfer({ from: w, to: other, amount: 1, idempotencyKey: randomUUID() })).rejects.toMatchObject({ code: "wallet_in_debt" });
 
@@ -115,10 +119,10 @@ describeEachDatabase("ledger amounts near 2^53", (fixture) => {
     const a = (await ledger.openWallet({ userId: "big-a" })).id;
     const b = (await ledger.openWallet({ userId: "big-b" })).id;
     await ledger.grant({ account: a, amount: MAX, idempotencyKey: "a1" });
-    await expect(ledger.grant({ account: a, amount: 1, idempotencyKey: "a2" })).rejects.toMatchObject({ name: "LedgerInputError", status: 400 });
+    expect(atEdge(await (ledger.grant({ account: a, amount: 1, idempotencyKey: "a2" })).catch((e: unknown) => e))).toMatchObject({ name: "LedgerInputError", status: 400 });
     await expect(ledger.grant({ account: a, amount: MAX + 1, idempotencyKey: "a3" })).rejects.toMatchObject({ name: "LedgerInputError" });
     // The grants account is at -(2^53 - 1): one more grant anywhere would pass the bound.
-    await expect(ledger.grant({ account: b, amount: 1, idempotencyKey: "b1" })).rejects.toMatchObject({ name: "LedgerInputError", status: 400 });
+    expect(atEdge(await (ledger.grant({ account: b, amount: 1, idempotencyKey: "b1" })).catch((e: unknown) => e))).toMatchObject({ name: "LedgerInputError", status: 400 });
     // A transfer that would overflow the receiving wallet is refused too.
     await ledger.purchase({ account: b, amount: 10, idempotencyKey: "b2" });
     await expect(ledger.transfer({ from: b, to: a, amount: 5, idempotencyKey: "t1" })).rejects.toMatchObject({ name: "LedgerInputError" });

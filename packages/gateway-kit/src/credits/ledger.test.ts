@@ -14,6 +14,10 @@ import {
 import { createKyselyLedger } from "./kysely-ledger.js";
 import type { Ledger } from "./ledger.js";
 import { creditMigrations, SYSTEM_ACCOUNTS } from "./migrations.js";
+import { errorStatus } from "../http-error.js";
+
+/** A domain error as the HTTP edge answers it: its fields plus the status from the code table. */
+const atEdge = (error: unknown) => ({ ...(error as object), message: (error as Error).message, status: errorStatus(error) });
 
 const key = (label: string) => `${label}:${randomUUID()}`;
 
@@ -93,7 +97,7 @@ describeEachDatabase("credits ledger", (fixture) => {
     const k = key("t");
     const error = await ledger.transfer({ from: wallet.id, to: other.id, amount: 1_001, idempotencyKey: k }).catch((e) => e);
     expect(error).toBeInstanceOf(InsufficientCreditsError);
-    expect(error).toMatchObject({ available: 1_000, requested: 1_001, status: 402 });
+    expect(atEdge(error)).toMatchObject({ available: 1_000, requested: 1_001, status: 402 });
     await expect(ledger.reserve({ account: wallet.id, amount: 5_000, idempotencyKey: key("r"), ttlMs: 1000 })).rejects.toMatchObject({
       available: 1_000,
     });

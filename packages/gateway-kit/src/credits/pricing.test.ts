@@ -1,6 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { LedgerInputError, UnknownModelError } from "./errors.js";
 import { createPriceList, DEFAULT_MODEL_PRICES, priceUsage, type TokenUsage } from "./pricing.js";
+import { errorStatus } from "../http-error.js";
+
+/** A domain error as the HTTP edge answers it: its fields plus the status from the code table. */
+const atEdge = (error: unknown) => ({ ...(error as object), message: (error as Error).message, status: errorStatus(error) });
 
 const usage = (u: Partial<TokenUsage>): TokenUsage => ({ inputTokens: 0, outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0, ...u });
 
@@ -87,7 +91,7 @@ describe("pricing", () => {
       }
     })();
     expect(error).toBeInstanceOf(UnknownModelError);
-    expect(error).toMatchObject({ model: "gpt-unknown", status: 422, code: "unknown_model" });
+    expect(atEdge(error)).toMatchObject({ model: "gpt-unknown", status: 422, code: "unknown_model" });
     expect(() => priceUsage("claude-sonnet-4", usage({ inputTokens: -1 }))).toThrow(LedgerInputError);
     expect(() => priceUsage("claude-sonnet-4", usage({ outputTokens: 1.5 }))).toThrow(LedgerInputError);
     expect(() => priceUsage("claude-sonnet", usage({}))).toThrow(UnknownModelError);

@@ -1,3 +1,4 @@
+import { ConfigError } from "../errors.js";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import Koa from "koa";
@@ -77,7 +78,7 @@ describe("client IP addresses", () => {
     expect(await check({ trustedProxies: ["127.0.0.0/8", "203.0.113.0/24"] }, false, "6.6.6.6, 203.0.113.5")).toBe("6.6.6.6");
     // Junk where the client should be yields no address, never the junk.
     expect(await check(undefined, true, "x".repeat(8000))).toBe("none");
-    expect(() => clientIp({ trustedProxies: ["10.0.0.0/99"] })).toThrow(TypeError);
+    expect(() => clientIp({ trustedProxies: ["10.0.0.0/99"] })).toThrow(ConfigError);
   });
 });
 

@@ -1,3 +1,4 @@
+import { ConfigError } from "../errors.js";
 import { BlockList, isIP } from "node:net";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
@@ -105,7 +106,7 @@ function buildResolver(options: z.output<typeof ClientIpOptions>): Resolver {
       const family = normal && isIP(normal) === 6 ? "ipv6" : "ipv4";
       const prefix = bits === undefined ? undefined : Number(bits);
       if (!normal || (prefix !== undefined && (!Number.isInteger(prefix) || prefix < 0 || prefix > (family === "ipv6" ? 128 : 32)))) {
-        throw new TypeError(`Invalid clientIp options: trustedProxies entry ${JSON.stringify(entry)} is not an address or CIDR range`);
+        throw new ConfigError(`Invalid clientIp options: trustedProxies entry ${JSON.stringify(entry)} is not an address or CIDR range`);
       }
       if (prefix === undefined) trusted.addAddress(normal, family);
       else trusted.addSubnet(normal, prefix, family);
@@ -148,7 +149,7 @@ function buildResolver(options: z.output<typeof ClientIpOptions>): Resolver {
  */
 export function clientIp(input: ClientIpOptions = {}): Middleware {
   const parsed = ClientIpOptions.safeParse(input);
-  if (!parsed.success) throw new TypeError(`Invalid clientIp options: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new ConfigError(`Invalid clientIp options: ${z.prettifyError(parsed.error)}`);
   const resolve = buildResolver(parsed.data);
   return async (ctx, next) => {
     const ip = resolve(ctx);

@@ -1,3 +1,4 @@
+import { ConfigError } from "../errors.js";
 import type { Middleware } from "koa";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
@@ -25,7 +26,7 @@ export type SecurityHeadersOptions = z.input<typeof SecurityHeadersOptions>;
  */
 export function securityHeaders(input: SecurityHeadersOptions = {}): Middleware {
   const parsed = SecurityHeadersOptions.safeParse(input);
-  if (!parsed.success) throw new TypeError(`Invalid securityHeaders options: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new ConfigError(`Invalid securityHeaders options: ${z.prettifyError(parsed.error)}`);
   const { hstsMaxAgeSeconds, contentSecurityPolicy } = parsed.data;
   return async (ctx, next) => {
     ctx.set({

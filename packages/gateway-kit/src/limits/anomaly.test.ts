@@ -5,6 +5,10 @@ import { describeEachDatabase, separatePools } from "../testing/each-database.js
 import { anomalyGuard, createAnomalyDetector, createKyselyAnomalyStateStore, type AnomalyEvent } from "./anomaly.js";
 import { limitMigrations } from "./migrations.js";
 import { ManualClock, serve } from "./test-server.js";
+import { errorStatus } from "../http-error.js";
+
+/** A domain error as the HTTP edge answers it: its fields plus the status from the code table. */
+const atEdge = (error: unknown) => ({ ...(error as object), message: (error as Error).message, status: errorStatus(error) });
 
 const MINUTE = 60_000;
 
@@ -127,9 +131,9 @@ describe("anomaly detector", () => {
     expect(() => createAnomalyDetector({ alpha: 1 })).toThrow(TypeError);
     expect(() => createAnomalyDetector({ bucketMs: 10 })).toThrow(TypeError);
     expect(() => anomalyGuard({ detector: {} as never })).toThrow(TypeError);
-    await expect(createAnomalyDetector().observe("u", -1)).rejects.toMatchObject({ name: "AnomalyInputError", status: 400 });
-    await expect(createAnomalyDetector().observe("u", Number.NaN)).rejects.toMatchObject({ status: 400 });
-    await expect(createAnomalyDetector().observe("u\u0000", 1)).rejects.toMatchObject({ status: 400 });
+    expect(atEdge(await (createAnomalyDetector().observe("u", -1)).catch((e: unknown) => e))).toMatchObject({ name: "AnomalyInputError", status: 400 });
+    expect(atEdge(await (createAnomalyDetector().observe("u", Number.NaN)).catch((e: unknown) => e))).toMatchObject({ status: 400 });
+    expect(atEdge(await (createAnomalyDetector().observe("u\u0000", 1)).catch((e: unknown) => e))).toMatchObject({ status: 400 });
   });
 });
 

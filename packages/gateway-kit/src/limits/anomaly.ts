@@ -1,7 +1,7 @@
+import { GatewayError } from "../errors.js";
 import { sql, type Kysely } from "kysely";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
-import { HttpError } from "../http-error.js";
 import { clock, fn, parseOptions } from "./options.js";
 import type { LimitTables } from "./tables.js";
 
@@ -248,24 +248,21 @@ export function createAnomalyDetector(input: AnomalyDetectorOptions = {}): Anoma
 }
 
 /** A usage amount or subject the detector cannot count (negative, NaN, empty, NUL). Renders as 400. */
-export class AnomalyInputError extends HttpError {
+export class AnomalyInputError extends GatewayError {
   constructor(message: string) {
-    super(400, "invalid_request", message);
+    super("invalid_request", message);
     this.name = "AnomalyInputError";
   }
 }
 
 /** A flagged subject was refused. Renders as 429 `usage_anomaly` with `Retry-After` (the end of the bucket). */
-export class UsageAnomalyError extends HttpError {
+export class UsageAnomalyError extends GatewayError {
   constructor(metric: string, verdict: AnomalyVerdict, now: Date) {
     const retryAfter = Math.max(1, Math.ceil((verdict.bucketEnd.getTime() - now.getTime()) / 1000));
-    super(
-      429,
-      "usage_anomaly",
-      `Unusually high ${metric} for this account; further use is paused for ${retryAfter} s`,
-      { metric, observed: verdict.observed, threshold: verdict.threshold, retryAfterSeconds: retryAfter },
-      { "Retry-After": String(retryAfter) },
-    );
+    super("usage_anomaly", `Unusually high ${metric} for this account; further use is paused for ${retryAfter} s`, {
+      details: { metric, observed: verdict.observed, threshold: verdict.threshold, retryAfterSeconds: retryAfter },
+      retryAfterSeconds: retryAfter,
+    });
     this.name = "UsageAnomalyError";
   }
 }

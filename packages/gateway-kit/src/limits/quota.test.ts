@@ -4,6 +4,10 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { enforceDirectoryQuotas, measureDirectory, quota, QuotaExceededError } from "./quota.js";
 import { serve, type Served } from "./test-server.js";
+import { errorStatus } from "../http-error.js";
+
+/** A domain error as the HTTP edge answers it: its fields plus the status from the code table. */
+const atEdge = (error: unknown) => ({ ...(error as object), message: (error as Error).message, status: errorStatus(error) });
 
 let dir: string;
 beforeAll(async () => {
@@ -34,7 +38,7 @@ describe("measureDirectory", () => {
     await expect(enforceDirectoryQuotas(join(dir, "repo"), { repositoryBytes: 2000, fileCount: 10 })).resolves.toMatchObject({ files: 5 });
     const files = await enforceDirectoryQuotas(join(dir, "repo"), { fileCount: 3 }, { exclude: [".git"] }).catch((e) => e);
     expect(files).toBeInstanceOf(QuotaExceededError);
-    expect(files).toMatchObject({ status: 422, code: "quota_exceeded", details: { quota: "fileCount", limit: 3, actual: 4 } });
+    expect(atEdge(files)).toMatchObject({ status: 422, code: "quota_exceeded", details: { quota: "fileCount", limit: 3, actual: 4 } });
     expect(files.message).toBe("The file count quota is 3 files; this would need at least 4 files");
     const bytes = await enforceDirectoryQuotas(join(dir, "repo"), { repositoryBytes: 1000 }).catch((e) => e);
     expect(bytes.details).toMatchObject({ quota: "repositoryBytes", limit: 1000 });

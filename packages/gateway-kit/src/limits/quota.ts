@@ -1,9 +1,9 @@
+import { GatewayError } from "../errors.js";
 import { lstat, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { Transform, type Readable } from "node:stream";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
-import { HttpError } from "../http-error.js";
 import { fn, parseOptions } from "./options.js";
 
 /** The quotas checked at the door. */
@@ -24,16 +24,14 @@ const unit = (quota: QuotaName, n: number) => (quota === "fileCount" ? `${n} fil
  * a repository, file count or workspace over its quota as 422 `quota_exceeded`. Both carry
  * `{ quota, limit, actual }` (`actual` is a lower bound when counting stopped early).
  */
-export class QuotaExceededError extends HttpError {
+export class QuotaExceededError extends GatewayError {
   readonly quota: QuotaName;
   constructor(quota: QuotaName, limit: number, actual: number) {
     const upload = quota === "uploadBytes";
     super(
-      upload ? 413 : 422,
       upload ? "upload_too_large" : "quota_exceeded",
       `The ${LABELS[quota]} quota is ${unit(quota, limit)}; this would need ${upload ? "" : "at least "}${unit(quota, actual)}`,
-      { quota, limit, actual },
-      upload ? { Connection: "close" } : {},
+      { details: { quota, limit, actual } },
     );
     this.name = "QuotaExceededError";
     this.quota = quota;

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
+import { GatewayError } from "../errors.js";
 import { sql, type Kysely } from "kysely";
-import { HttpError } from "../http-error.js";
 import type { LimitTables } from "./tables.js";
 
 /**
@@ -41,9 +41,9 @@ export interface RateLimitStore {
  * infinite cost; a non-positive limit or window). Such a call would refill the bucket instead of
  * draining it, so it is refused before the store is touched.
  */
-export class RateLimitInputError extends HttpError {
+export class RateLimitInputError extends GatewayError {
   constructor(message: string) {
-    super(400, "invalid_request", message);
+    super("invalid_request", message);
     this.name = "RateLimitInputError";
   }
 }

@@ -6,6 +6,10 @@ import { limitMigrations } from "./migrations.js";
 import { rateLimit } from "./rate-limit.js";
 import { createKyselyRateLimitStore, createMemoryRateLimitStore, type RateLimitStore } from "./rate-limit-store.js";
 import { ManualClock, serve } from "./test-server.js";
+import { errorStatus } from "../http-error.js";
+
+/** A domain error as the HTTP edge answers it: its fields plus the status from the code table. */
+const atEdge = (error: unknown) => ({ ...(error as object), message: (error as Error).message, status: errorStatus(error) });
 
 /** One contract for every store. */
 function storeContract(newStore: () => RateLimitStore) {
@@ -49,7 +53,7 @@ function storeContract(newStore: () => RateLimitStore) {
     for (let i = 0; i < 10; i++) await store.consume(key, rule, 1, 7_000);
     expect((await store.consume(key, rule, 1, 7_000)).allowed).toBe(false);
     for (const cost of [-1_000, -1, 0, 0.5, Number.NaN, Number.POSITIVE_INFINITY, "1" as never]) {
-      await expect(store.consume(key, rule, cost, 7_000), String(cost)).rejects.toMatchObject({ name: "RateLimitInputError", status: 400, code: "invalid_request" });
+      expect(atEdge(await store.consume(key, rule, cost, 7_000).catch((e: unknown) => e)), String(cost)).toMatchObject({ name: "RateLimitInputError", status: 400, code: "invalid_request" });
     }
     for (const bad of [{ limit: -10, windowMs: 10_000 }, { limit: 10, windowMs: 0 }, { limit: Number.NaN, windowMs: 10_000 }]) {
       await expect(store.consume(key, bad, 1, 7_000)).rejects.toMatchObject({ name: "RateLimitInputError" });

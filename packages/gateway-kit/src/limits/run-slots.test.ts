@@ -7,6 +7,10 @@ import { concurrencyLimit } from "./concurrency-limit.js";
 import { limitMigrations } from "./migrations.js";
 import { ConcurrencyLimitError, createKyselyRunSlotStore, createMemoryRunSlotStore, createRunSlots, RunSlotLostError, type RunSlotStore } from "./run-slots.js";
 import { ManualClock, serve } from "./test-server.js";
+import { errorStatus } from "../http-error.js";
+
+/** A domain error as the HTTP edge answers it: its fields plus the status from the code table. */
+const atEdge = (error: unknown) => ({ ...(error as object), message: (error as Error).message, status: errorStatus(error) });
 
 function slotContract(newStore: () => RunSlotStore) {
   it("holds at most `limit` runs per user and per team, and frees a slot on release", async () => {
@@ -18,7 +22,7 @@ function slotContract(newStore: () => RunSlotStore) {
     await slots.acquire({ runId: randomUUID(), userId: ann, teamId: team });
     const refused = await slots.acquire({ runId: randomUUID(), userId: ann, teamId: team }).catch((e) => e);
     expect(refused).toBeInstanceOf(ConcurrencyLimitError);
-    expect(refused).toMatchObject({ status: 429, code: "too_many_concurrent_runs", details: { scope: "user", limit: 2, active: 2 } });
+    expect(atEdge(refused)).toMatchObject({ status: 429, code: "too_many_concurrent_runs", details: { scope: "user", limit: 2, active: 2 } });
     await slots.acquire({ runId: randomUUID(), userId: bob, teamId: team });
     const teamFull = await slots.acquire({ runId: randomUUID(), userId: bob, teamId: team }).catch((e) => e);
     expect(teamFull.details).toEqual({ scope: "team", limit: 3, active: 3 });

@@ -1,6 +1,6 @@
+import { GatewayError } from "../errors.js";
 import { sql, type Kysely } from "kysely";
 import { z } from "zod";
-import { HttpError } from "../http-error.js";
 import { clock, parseOptions } from "./options.js";
 import type { LimitTables } from "./tables.js";
 
@@ -144,21 +144,19 @@ export function createKyselyRunSlotStore(db: Kysely<any>): RunSlotStore {
 }
 
 /** The caller already runs as many runs as allowed. Renders as 429 `too_many_concurrent_runs`. */
-export class ConcurrencyLimitError extends HttpError {
+export class ConcurrencyLimitError extends GatewayError {
   constructor(scope: string, limit: number, active: number) {
-    super(429, "too_many_concurrent_runs", `The ${scope} already has ${active} of ${limit} concurrent runs; wait for one to finish`, {
-      scope,
-      limit,
-      active,
+    super("too_many_concurrent_runs", `The ${scope} already has ${active} of ${limit} concurrent runs; wait for one to finish`, {
+      details: { scope, limit, active },
     });
     this.name = "ConcurrencyLimitError";
   }
 }
 
 /** A run's lease expired (its heartbeat stopped too long) and its slot may be taken by another run. */
-export class RunSlotLostError extends Error {
+export class RunSlotLostError extends GatewayError {
   constructor(runId: string) {
-    super(`The slot of run ${runId} expired before it was renewed`);
+    super("run_slot_lost", `The slot of run ${runId} expired before it was renewed`, { details: { runId } });
     this.name = "RunSlotLostError";
   }
 }

@@ -1,6 +1,10 @@
+import { createHash } from "node:crypto";
 import type { Kysely } from "kysely";
 import type { DataRightsContributor } from "./contributor.js";
-import { eraseIpTraces, userIpAddresses } from "./ip-traces.js";
+import { eraseIpTraces, tableExists, userIpAddresses } from "./ip-traces.js";
+
+/** How the auth service keys a phone number's SMS counter (a SHA-256 hex digest, never the number). */
+const phoneCounterKey = (phone: string) => `sms:phone:${createHash("sha256").update(phone, "utf8").digest("hex")}`;
 
 /** The address an erased user's `users.email` becomes: unique, undeliverable (RFC 2606 `.invalid`). */
 export const erasedEmail = (userId: string) => `erased-${userId}@erased.invalid`;
@@ -89,6 +93,12 @@ export function authDataRights(options: { now?: () => Date } = {}): DataRightsCo
       const lockoutKeys = [`account:${user.email}`, ...oauthEmails.map((r) => `account:${r.email}`)];
       await db.deleteFrom("login_attempts").where("key", "in", lockoutKeys).execute();
       await eraseIpTraces(db, userId, ips, now());
+      if (await tableExists(db, "auth_counters")) {
+        // SMS caps count per user and per (hashed) phone number: both are the user's.
+        const phones = await db.selectFrom("mfa_factors").select("phone").where("user_id", "=", userId).where("phone", "is not", null).execute();
+        const counterKeys = [`sms:user:${userId}`, ...phones.map((r) => phoneCounterKey(r.phone as string))];
+        await db.deleteFrom("auth_counters").where("key", "in", counterKeys).execute();
+      }
       await db.deleteFrom("auth_flows").where("user_id", "=", userId).execute();
       await db.deleteFrom("oauth_accounts").where("user_id", "=", userId).execute();
       await db.deleteFrom("mfa_factors").where("user_id", "=", userId).execute();

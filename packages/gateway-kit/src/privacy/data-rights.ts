@@ -1,3 +1,4 @@
+import { ConfigError } from "../errors.js";
 import type { Kysely } from "kysely";
 import { appendAuditEvent } from "../audit/audit-log.js";
 import type { DataRightsContributor } from "./contributor.js";
@@ -19,7 +20,7 @@ export interface UserErasureReport {
 }
 
 /** A contributor list that cannot work (no contributors, duplicate or empty names, missing methods). */
-export class DataRightsConfigError extends TypeError {
+export class DataRightsConfigError extends ConfigError {
   constructor(message: string) {
     super(message);
     this.name = "DataRightsConfigError";

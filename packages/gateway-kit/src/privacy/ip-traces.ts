@@ -1,5 +1,6 @@
 import { sql, type Kysely } from "kysely";
 import { scrubAuditPii } from "../audit/audit-log.js";
+import { ipLimitKey } from "../http/client-ip.js";
 
 /** Whether a table exists in the current search path (a host may not run every module's migrations). */
 export async function tableExists(db: Kysely<any>, table: string): Promise<boolean> {
@@ -31,18 +32,21 @@ export async function userIpAddresses(db: Kysely<any>, userId: string): Promise<
 }
 
 /**
- * Removes what the gateway keeps keyed by a user's addresses and id: login lockout counters
- * (`ip:<address>`), rate-limit buckets (`…:ip:<address>`, `…:user:<id>`) and the personal fields
+ * Removes what the gateway keeps keyed by a user's addresses and id: login lockout counters and
+ * rate-limit buckets (keyed as the limiters key them, by `ipLimitKey`: an IPv6 client by its /64;
+ * `…:user:<id>`; the raw address too, as older versions keyed it) and the personal fields
  * of audit rows recorded from those addresses (the unauthenticated signup and login requests
  * included; rows of other people from the same address are scrubbed too, their action and time
  * stay). Tables a host did not migrate are skipped.
  */
 export async function eraseIpTraces(db: Kysely<any>, userId: string, ips: readonly string[], at: Date): Promise<void> {
-  if (ips.length > 0 && (await tableExists(db, "login_attempts"))) {
-    await db.deleteFrom("login_attempts").where("key", "in", ips.map((ip) => `ip:${ip}`)).execute();
+  // The key the limiters use (see `ipLimitKey`) and the raw address, which earlier versions used.
+  const ipKeys = [...new Set(ips.flatMap((ip) => [ip, ipLimitKey(ip)]))].filter((key) => key !== "unknown");
+  if (ipKeys.length > 0 && (await tableExists(db, "login_attempts"))) {
+    await db.deleteFrom("login_attempts").where("key", "in", ipKeys.map((key) => `ip:${key}`)).execute();
   }
   if (await tableExists(db, "rate_limit_buckets")) {
-    const patterns = [`%:user:${escapeLike(userId)}`, ...ips.map((ip) => `%:ip:${escapeLike(ip)}`)];
+    const patterns = [`%:user:${escapeLike(userId)}`, ...ipKeys.map((key) => `%:ip:${escapeLike(key)}`)];
     await db
       .deleteFrom("rate_limit_buckets")
       .where((eb) => eb.or(patterns.map((p) => eb("key", "like", p))))

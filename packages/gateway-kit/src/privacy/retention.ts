@@ -29,6 +29,12 @@ export const RetentionSettings = z
     sessions: Days.default(30),
     /** Login lockout counters are deleted this long after their last failure, once unlocked. Default 30. */
     loginAttempts: Days.default(30),
+    /**
+     * SMS counters (per user, per hashed number, in all) are deleted once their window started this
+     * long ago; keep it longer than the longest `smsLimits` window (at most 31 days). Default 32.
+     * A challenge's counter goes with its challenge.
+     */
+    authCounters: Days.default(32),
     /** Pending auth flows (MFA challenges, OAuth state) are deleted this long after they expired. Default 1. */
     authFlows: Days.default(1),
     /** Rate-limit buckets (keyed by IP, user or API key) are deleted this long after their last use. Default 1. */
@@ -88,6 +94,26 @@ export function gatewayRetentionRules(settings: RetentionSettings = {}): Retenti
           .executeTakeFirst();
         return Number(result.numDeletedRows);
       },
+    },
+    {
+      name: "auth_counters",
+      days: s.authCounters,
+      purge: ifTable("auth_counters", async (trx, cutoff) => {
+        const windows = await trx
+          .deleteFrom("auth_counters")
+          .where("key", "not like", "sms:challenge:%")
+          .where("window_start", "<", cutoff)
+          .executeTakeFirst();
+        // Per-challenge counters have no window: they live exactly as long as their challenge.
+        const challenges = await trx
+          .deleteFrom("auth_counters")
+          .where("key", "like", "sms:challenge:%")
+          .where(({ not, exists, selectFrom, ref }) =>
+            not(exists(selectFrom("auth_flows").select("auth_flows.id").where(sql<string>`'sms:challenge:' || auth_flows.id`, "=", ref("auth_counters.key")))),
+          )
+          .executeTakeFirst();
+        return deleted(windows) + deleted(challenges);
+      }),
     },
     {
       name: "auth_flows",

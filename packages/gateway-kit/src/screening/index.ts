@@ -31,6 +31,7 @@ export {
   ArchiveRejectedError,
   screenArchive,
   screenUploads,
+  ARCHIVE_PROBLEMS,
   type ArchiveProblem,
   type ArchiveReport,
   type ScreenedUpload,

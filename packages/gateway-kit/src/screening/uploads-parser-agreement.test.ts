@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { extractForReal, makeTar, makeZip, paxRecords, rawTarEntry, rawTarHeader, tarEnd } from "./archive-fixtures.js";
+import { errorStatus } from "../http-error.js";
 import { ArchiveRejectedError, screenArchive } from "./uploads.js";
 
 const hasUnzip = (() => {
@@ -61,7 +62,7 @@ describe("tar entries GNU tar and the screen would read differently", () => {
   it.each(tarAttacks)("refuses %s, without hanging", async (_, archive) => {
     const result = await verdict(archive);
     expect(result).not.toBe("accepted");
-    expect((result as ArchiveRejectedError).status).toBe(422);
+    expect(errorStatus(result as ArchiveRejectedError)).toBe(422);
   });
 
   it.each([

@@ -7,6 +7,10 @@ import * as tar from "tar-stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { errorHandler } from "../http-error.js";
 import { ArchiveRejectedError, screenArchive, screenUploads, type ArchiveLimits } from "./uploads.js";
+import { errorStatus } from "../http-error.js";
+
+/** A domain error as the HTTP edge answers it: its fields plus the status from the code table. */
+const atEdge = (error: unknown) => ({ ...(error as object), message: (error as Error).message, status: errorStatus(error) });
 
 type TarEntry = Partial<tar.Header> & { name: string; content?: Buffer | string };
 
@@ -128,7 +132,7 @@ describe("screenArchive: tarballs", () => {
     ["repo\\..\\..\\evil.sh", "archive_unsafe_path"],
   ])("refuses the entry %s", async (name, code) => {
     const error = await rejection(await makeTar([{ name: "ok.txt", content: "fine" }, { name, content: "x" }], true));
-    expect(error).toMatchObject({ status: 422, code, entry: name });
+    expect(atEdge(error)).toMatchObject({ status: 422, code, entry: name });
   });
 
   it.each<[string, TarEntry]>([
@@ -138,7 +142,7 @@ describe("screenArchive: tarballs", () => {
     ["a hard link to an absolute path", { name: "repo/passwd", type: "link", linkname: "/etc/passwd" }],
   ])("refuses %s", async (_, entry) => {
     const error = await rejection(await makeTar([{ name: "repo/", type: "directory" }, entry]));
-    expect(error).toMatchObject({ status: 422, code: "archive_unsafe_link", entry: entry.name });
+    expect(atEdge(error)).toMatchObject({ status: 422, code: "archive_unsafe_link", entry: entry.name });
   });
 
   it("refuses a file written through a symlink, even one that looks inside", async () => {
@@ -153,7 +157,7 @@ describe("screenArchive: tarballs", () => {
 
   it.each<[TarEntry["type"]]>([["character-device"], ["block-device"], ["fifo"]])("refuses a %s", async (type) => {
     const error = await rejection(await makeTar([{ name: "dev/thing", type, devmajor: 1, devminor: 3 }]));
-    expect(error).toMatchObject({ status: 422, code: "archive_special_file", entry: "dev/thing" });
+    expect(atEdge(error)).toMatchObject({ status: 422, code: "archive_special_file", entry: "dev/thing" });
   });
 
   it("stops a gzip bomb while streaming", async () => {
@@ -162,7 +166,7 @@ describe("screenArchive: tarballs", () => {
     expect(bomb.length).toBeLessThan(200 * 1024);
     const started = performance.now();
     const error = await rejection(bomb);
-    expect(error).toMatchObject({ status: 422, code: "archive_bomb" });
+    expect(atEdge(error)).toMatchObject({ status: 422, code: "archive_bomb" });
     expect(performance.now() - started).toBeLessThan(5_000);
   });
 
@@ -184,21 +188,21 @@ describe("screenArchive: tarballs", () => {
 
   it("caps the total unpacked size and each entry, on bytes actually read", async () => {
     const files = await makeTar([{ name: "a.bin", content: Buffer.alloc(300_000, 1) }, { name: "b.bin", content: Buffer.alloc(300_000, 2) }], true);
-    expect(await rejection(files, { maxUncompressedBytes: 500_000 })).toMatchObject({ status: 413, code: "archive_uncompressed_too_large", entry: "b.bin" });
-    expect(await rejection(files, { maxEntryBytes: 200_000 })).toMatchObject({ status: 413, code: "archive_entry_too_large", entry: "a.bin" });
+    expect(atEdge(await rejection(files, { maxUncompressedBytes: 500_000 }))).toMatchObject({ status: 413, code: "archive_uncompressed_too_large", entry: "b.bin" });
+    expect(atEdge(await rejection(files, { maxEntryBytes: 200_000 }))).toMatchObject({ status: 413, code: "archive_entry_too_large", entry: "a.bin" });
   });
 
   it("caps the upload size and the entry count", async () => {
     const many = await makeTar(Array.from({ length: 12 }, (_, i) => ({ name: `f${i}.txt`, content: "x" })));
-    expect(await rejection(many, { maxCompressedBytes: 4096 })).toMatchObject({ status: 413, code: "archive_too_large" });
-    expect(await rejection(many, { maxEntries: 10 })).toMatchObject({ status: 422, code: "archive_too_many_entries", entry: "f10.txt" });
+    expect(atEdge(await rejection(many, { maxCompressedBytes: 4096 }))).toMatchObject({ status: 413, code: "archive_too_large" });
+    expect(atEdge(await rejection(many, { maxEntries: 10 }))).toMatchObject({ status: 422, code: "archive_too_many_entries", entry: "f10.txt" });
   });
 
   it("refuses what is not an archive, and corrupt gzip", async () => {
-    expect(await rejection(Buffer.from("#!/bin/sh\nrm -rf /\n"))).toMatchObject({ status: 422, code: "archive_unsupported" });
+    expect(atEdge(await rejection(Buffer.from("#!/bin/sh\nrm -rf /\n")))).toMatchObject({ status: 422, code: "archive_unsupported" });
     const gz = await makeTar(repo, true);
     const broken = Buffer.concat([gz.subarray(0, 40), Buffer.alloc(200, 0x55)]);
-    expect(await rejection(broken)).toMatchObject({ status: 422, code: "archive_corrupt" });
+    expect(atEdge(await rejection(broken))).toMatchObject({ status: 422, code: "archive_corrupt" });
   });
 
   it("validates its limits", async () => {
@@ -223,7 +227,7 @@ describe("screenArchive: zips", () => {
   it.each(["../../evil.sh", "/tmp/evil", "C:\\evil.dll", "a/../../evil"])("refuses the entry %s", async (name) => {
     const error = await rejection(makeZip([{ name, data: Buffer.from("x") }]));
     // yauzl reads zip names with / as the separator.
-    expect(error).toMatchObject({ status: 422, code: "archive_unsafe_path", entry: name.replace(/\\/g, "/") });
+    expect(atEdge(error)).toMatchObject({ status: 422, code: "archive_unsafe_path", entry: name.replace(/\\/g, "/") });
   });
 
   it("refuses a symlink pointing outside and special files", async () => {
@@ -234,20 +238,20 @@ describe("screenArchive: zips", () => {
 
   it("stops a deflate bomb", async () => {
     const error = await rejection(makeZip([{ name: "zeros.bin", data: Buffer.alloc(64 * 1024 * 1024), deflate: true }]));
-    expect(error).toMatchObject({ status: 422, code: "archive_bomb", entry: "zeros.bin" });
+    expect(atEdge(error)).toMatchObject({ status: 422, code: "archive_bomb", entry: "zeros.bin" });
   });
 
   it("stops an overlapping-entry bomb (many directory records, one payload)", async () => {
     const zip = makeZip([{ name: "z.bin", data: Buffer.alloc(1024 * 1024), deflate: true }], { centralCopies: 300 });
     expect(zip.length).toBeLessThan(30_000);
     const error = await rejection(zip);
-    expect(error).toMatchObject({ status: 422, code: "archive_bomb" });
+    expect(atEdge(error)).toMatchObject({ status: 422, code: "archive_bomb" });
   });
 
   it("does not trust declared sizes", async () => {
     // Claims 10 bytes, inflates to 1 MiB: refused as corrupt, naming the entry.
     const liar = makeZip([{ name: "small.txt", data: Buffer.alloc(1024 * 1024, 7), deflate: true, declaredSize: 10 }]);
-    expect(await rejection(liar)).toMatchObject({ status: 422, code: "archive_corrupt", entry: "small.txt" });
+    expect(atEdge(await rejection(liar))).toMatchObject({ status: 422, code: "archive_corrupt", entry: "small.txt" });
     // Claims a size under the cap, really 600 kB: refused whichever check meets the real bytes first.
     const big = makeZip([{ name: "big.bin", data: Buffer.alloc(600_000, 7), deflate: true, declaredSize: 400_000 }]);
     const error = await rejection(big, { maxEntryBytes: 500_000 });
@@ -258,7 +262,7 @@ describe("screenArchive: zips", () => {
   it("refuses encrypted entries and too many entries", async () => {
     expect(await rejection(makeZip([{ name: "secret.txt", data: Buffer.alloc(20), deflate: true, encrypted: true }]))).toMatchObject({ code: "archive_unsupported", entry: "secret.txt" });
     const many = makeZip(Array.from({ length: 11 }, (_, i) => ({ name: `f${i}`, data: Buffer.from("x") })));
-    expect(await rejection(many, { maxEntries: 10 })).toMatchObject({ status: 422, code: "archive_too_many_entries" });
+    expect(atEdge(await rejection(many, { maxEntries: 10 }))).toMatchObject({ status: 422, code: "archive_too_many_entries" });
   });
 });
 

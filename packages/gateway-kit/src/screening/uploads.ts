@@ -1,3 +1,4 @@
+import { GatewayError } from "../errors.js";
 import { posix } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -10,32 +11,33 @@ import { z } from "zod";
 import { HttpError } from "../http-error.js";
 
 /** Why an archive was refused. 413 codes are about size, 422 codes about content. */
-export type ArchiveProblem =
-  | "archive_too_large"
-  | "archive_uncompressed_too_large"
-  | "archive_entry_too_large"
-  | "archive_too_many_entries"
-  | "archive_bomb"
-  | "archive_unsafe_path"
-  | "archive_unsafe_link"
-  | "archive_special_file"
-  | "archive_unsupported"
-  | "archive_corrupt";
-
-const SIZE_PROBLEMS = new Set<ArchiveProblem>(["archive_too_large", "archive_uncompressed_too_large", "archive_entry_too_large"]);
+/** Every reason an archive upload is refused; each is the `code` of its `ArchiveRejectedError`. */
+export const ARCHIVE_PROBLEMS = [
+  "archive_too_large",
+  "archive_uncompressed_too_large",
+  "archive_entry_too_large",
+  "archive_too_many_entries",
+  "archive_bomb",
+  "archive_unsafe_path",
+  "archive_unsafe_link",
+  "archive_special_file",
+  "archive_unsupported",
+  "archive_corrupt",
+] as const;
+export type ArchiveProblem = (typeof ARCHIVE_PROBLEMS)[number];
 
 /**
- * An upload that failed screening: 413 for the size limits, 422 for everything else.
+ * An upload that failed screening; its `code` is the problem. At HTTP: 413 for the size limits, 422 for everything else.
  * `details.entry` names the offending entry when there is one.
  */
-export class ArchiveRejectedError extends HttpError {
+export class ArchiveRejectedError extends GatewayError {
   readonly problem: ArchiveProblem;
   readonly entry: string | undefined;
   constructor(problem: ArchiveProblem, message: string, entry?: string) {
     // Names come from the archive: terminal escapes and bidi overrides are shown as \u{…}.
     entry = entry === undefined ? undefined : printable(entry);
     message = printable(message);
-    super(SIZE_PROBLEMS.has(problem) ? 413 : 422, problem, message, entry === undefined ? {} : { entry });
+    super(problem, message, { details: entry === undefined ? {} : { entry } });
     this.name = "ArchiveRejectedError";
     this.problem = problem;
     this.entry = entry;
