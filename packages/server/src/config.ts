@@ -45,6 +45,8 @@ export const ServerConfig = z
     runReserve: MicroCredits.default(5_000_000),
     /** Concurrent runs per user. */
     maxRunsPerUser: z.coerce.number().int().min(1).max(1000).default(2),
+    maxUploadBytes: z.coerce.number().int().min(1024).default(100 * 1024 * 1024),
+    maxWorkspaceBytes: z.coerce.number().int().min(1024).default(5 * 1024 * 1024 * 1024),
     heartbeatMs: Millis.default(5_000),
     /** A running run whose heartbeat is older than this is taken over by another worker. */
     staleAfterMs: Millis.default(30_000),
@@ -79,6 +81,8 @@ export const SETTINGS: readonly Setting[] = [
   { key: "workers", env: "KEEN_WORKERS", flag: "--workers", help: "runs this process executes at once; 0 = API only (default 2)" },
   { key: "runReserve", env: "KEEN_RUN_RESERVE", flag: "--run-reserve", help: "micro-credits held per run until it settles (default 5000000)" },
   { key: "maxRunsPerUser", env: "KEEN_MAX_RUNS_PER_USER", flag: "--max-runs-per-user", help: "concurrent runs per user (default 2)" },
+  { key: "maxUploadBytes", env: "KEEN_MAX_UPLOAD_BYTES", flag: "--max-upload-bytes", help: "largest repository upload, as sent (default 100 MiB)" },
+  { key: "maxWorkspaceBytes", env: "KEEN_MAX_WORKSPACE_BYTES", flag: "--max-workspace-bytes", help: "disk a user's workspaces and uploads may use (default 5 GiB)" },
   { key: "heartbeatMs", env: "KEEN_HEARTBEAT_MS", flag: "--heartbeat-ms", help: "worker heartbeat interval (default 5000)" },
   { key: "staleAfterMs", env: "KEEN_STALE_AFTER_MS", flag: "--stale-after-ms", help: "heartbeat age after which a run is taken over (default 30000)" },
   { key: "sseHeartbeatMs", env: "KEEN_STREAM_HEARTBEAT_MS", flag: "--stream-heartbeat-ms", help: "idle stream keep-alive interval (default 15000)" },

@@ -79,6 +79,28 @@ export const serverMigrations = defineMigrations("keen_server", {
         .execute();
     },
   },
+  server_0002_uploads: {
+    async up(db) {
+      await db.schema
+        .createTable("uploads")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("team_id", "text", (c) => c.notNull())
+        .addColumn("user_id", "text", (c) => c.notNull())
+        .addColumn("format", "text", (c) => c.notNull())
+        .addColumn("compressed_bytes", "bigint", (c) => c.notNull())
+        .addColumn("uncompressed_bytes", "bigint", (c) => c.notNull())
+        .addColumn("files", "integer", (c) => c.notNull())
+        .addColumn("commit", "text", (c) => c.notNull())
+        .addColumn("created_at", "timestamptz", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("uploads_team").on("uploads").columns(["team_id", "created_at"]).execute();
+      await db.schema
+        .createTable("user_preferences")
+        .addColumn("user_id", "text", (c) => c.primaryKey())
+        .addColumn("keep_workspaces", "boolean", (c) => c.notNull().defaultTo(false))
+        .execute();
+    },
+  },
 });
 
 /** The gateway-kit modules the server uses; they migrate through gateway-kit's own runner. */

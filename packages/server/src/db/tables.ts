@@ -64,7 +64,29 @@ export interface ServerSettingsTable {
   value: Json<unknown>;
 }
 
+/** A screened repository upload, unpacked into a fresh repository a run can start from. */
+export interface UploadsTable {
+  id: string;
+  team_id: string;
+  user_id: string;
+  format: string;
+  compressed_bytes: ColumnType<string | number, number, number>;
+  uncompressed_bytes: ColumnType<string | number, number, number>;
+  files: number;
+  /** The commit of the fresh repository made from the upload's files. */
+  commit: string;
+  created_at: Timestamp;
+}
+
+/** Per-user choices, e.g. whether deleting a run keeps its workspace on disk. */
+export interface UserPreferencesTable {
+  user_id: string;
+  keep_workspaces: Generated<boolean>;
+}
+
 export interface ServerTables {
+  uploads: UploadsTable;
+  user_preferences: UserPreferencesTable;
   runs: RunsTable;
   run_agents: RunAgentsTable;
   run_events: RunEventsTable;

@@ -4,7 +4,7 @@ import { execa } from "execa";
 import { ServerError } from "../errors.js";
 
 /** Git with hooks, fsmonitor and external diff drivers off: nothing in the repository steers it. */
-const SAFE_GIT = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "protocol.ext.allow=never"];
+export const SAFE_GIT = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "protocol.ext.allow=never"];
 
 export interface RunFolders {
   root: string;
@@ -89,4 +89,19 @@ export async function diffCommits(checkout: string, from: string, to: string): P
 /** The commit the checkout's HEAD points at. */
 export async function headCommit(checkout: string): Promise<string> {
   return (await describeHead(checkout)).baseCommit;
+}
+
+/**
+ * Writes a git bundle of `branch` from the checkout to `file` and checks that the bundle's tip is
+ * `head` (the run's recorded result); the checkout is only read.
+ */
+export async function bundleBranch(checkout: string, branch: string, head: string, file: string): Promise<void> {
+  if (!/^[0-9a-f]{40,64}$/.test(head)) throw new ServerError("invalid_request", "not a commit id");
+  if (branch !== "HEAD" && !/^(?!-)[A-Za-z0-9._\/-]{1,200}$/.test(branch)) throw new ServerError("repository_unavailable", "The run's branch has an unusable name");
+  const env = { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: checkout, GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", GIT_DIR: join(checkout, ".git") };
+  const options = { cwd: checkout, reject: false, env, extendEnv: false, stdin: "ignore" } as const;
+  const tip = await execa("git", [...SAFE_GIT, "rev-parse", "--verify", "--end-of-options", `${branch}^{commit}`], options);
+  if (tip.exitCode !== 0 || tip.stdout.trim() !== head) throw new ServerError("repository_unavailable", "The run's workspace no longer holds its result");
+  const bundle = await execa("git", [...SAFE_GIT, "bundle", "create", "--quiet", file, branch], options);
+  if (bundle.exitCode !== 0) throw new ServerError("repository_unavailable", "The run's workspace is no longer available");
 }

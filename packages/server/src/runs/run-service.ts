@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { rm } from "node:fs/promises";
 import type { Ledger, PriceList, Principal, RunSlots } from "@keen/gateway-kit";
 import type { Kysely, Selectable } from "kysely";
 import type { ServerConfig } from "../config.js";
@@ -6,6 +7,8 @@ import type { RunAgentsTable, RunsTable, ServerTables } from "../db/tables.js";
 import { ServerError } from "../errors.js";
 import type { EventBus } from "../events/event-bus.js";
 import type { JobQueue } from "../queue/job-queue.js";
+import { findUpload } from "../uploads/routes.js";
+import { runFolders } from "./provision.js";
 import type { CreateRunBody } from "./run-input.js";
 
 export const RUN_QUEUE = "keen-runs";
@@ -154,6 +157,7 @@ export function createRunService(deps: RunServiceDeps) {
       if ("path" in body.repo && !config.localMode && !(await deps.isAdmin(principal))) {
         throw new ServerError("forbidden", "repo.path is for server admins (or local mode); send repo.url");
       }
+      if ("uploadId" in body.repo) await findUpload(db, principal.teamId, body.repo.uploadId);
       const model = body.options.model ?? config.model;
       deps.priceList.priceOf(model); // an unknown model is refused before anything is held
       const runId = `run_${randomUUID()}`;
@@ -224,6 +228,26 @@ export function createRunService(deps: RunServiceDeps) {
       const rows = await q.orderBy("created_at", "desc").orderBy("id", "desc").limit(query.limit + 1).execute();
       const page = rows.slice(0, query.limit);
       return { runs: page.map(runView), nextCursor: rows.length > query.limit ? encodeCursor(page.at(-1)!) : null };
+    },
+
+    /**
+     * Deletes a finished run: its row, agents and events, and its workspace unless the owner's
+     * preference keeps workspaces (then the folder stays and the response says where). A queued
+     * or running run is refused; cancel it first.
+     */
+    async remove(principal: Principal, runId: string): Promise<{ id: string; workspaceKept: boolean }> {
+      const row = await load(principal, runId);
+      const deleted = await db
+        .deleteFrom("runs")
+        .where("id", "=", row.id)
+        .where("status", "in", ["succeeded", "failed", "cancelled"])
+        .returning(["id", "user_id"])
+        .executeTakeFirst();
+      if (!deleted) throw new ServerError("run_not_finished", `Run ${row.id} is ${row.status}; cancel it before deleting`);
+      const preference = await db.selectFrom("user_preferences").select("keep_workspaces").where("user_id", "=", deleted.user_id).executeTakeFirst();
+      const keep = preference?.keep_workspaces === true;
+      if (!keep) await rm(runFolders(config.workspacesDir, deleted.user_id, deleted.id).root, { recursive: true, force: true });
+      return { id: deleted.id, workspaceKept: keep };
     },
 
     /**

@@ -10,6 +10,7 @@ import { RunEventLog, RunEventWriter } from "../events/event-log.js";
 import type { ServerMetrics } from "../http/metrics.js";
 import type { JobQueue } from "../queue/job-queue.js";
 import { executeRun, type AgentRecord, type ExecuteRunResult, type RunUsage } from "./execute-run.js";
+import { uploadFolder } from "../uploads/unpack.js";
 import { headCommit, provisionCheckout, runFolders } from "./provision.js";
 import { RUN_QUEUE, type RunJob, type RunRow } from "./run-service.js";
 
@@ -158,7 +159,14 @@ export function createRunWorker(deps: RunWorkerDeps) {
     }, config.heartbeatMs);
     heartbeat.unref();
     try {
-      const repo = json<{ url: string; ref?: string } | { path: string }>(run.repo);
+      const source = json<{ url: string; ref?: string } | { path: string } | { uploadId: string }>(run.repo);
+      let repo: { url: string; ref?: string } | { path: string };
+      if ("uploadId" in source) {
+        // The upload's own fresh repository (made by the server, never the uploaded .git).
+        const upload = await db.selectFrom("uploads").select(["user_id"]).where("id", "=", source.uploadId).where("team_id", "=", run.team_id).executeTakeFirst();
+        if (!upload) throw new ServerError("repository_unavailable", "The upload this run starts from is gone");
+        repo = { path: uploadFolder(config.workspacesDir, upload.user_id, source.uploadId) };
+      } else repo = source;
       const folders = runFolders(config.workspacesDir, run.user_id, run.id);
       const resuming = run.snapshot !== null;
       const head = await provisionCheckout(folders, repo, resuming);
