@@ -30,6 +30,7 @@ export const ServerConfig = z
     workspacesDir: z.string().min(1).optional(),
     modelBaseUrl: z.url({ protocol: /^https?$/ }).optional(),
     modelApiKey: z.string().min(1).optional(),
+    modelMaxRetries: z.coerce.number().int().min(0).max(50).optional(),
     model: z.string().min(1).max(100).default("claude-opus-4-5"),
     logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
     /** Accept `repo: { path }` from any signed-in user (a single-user machine). */
@@ -73,6 +74,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: "databaseSchema", env: "KEEN_DATABASE_SCHEMA", flag: "--database-schema", help: "PostgreSQL schema for the server's tables" },
   { key: "workspacesDir", env: "KEEN_WORKSPACES_DIR", flag: "--workspaces-dir", help: "root of <user>/<run> checkouts (default <data dir>/workspaces)" },
   { key: "modelBaseUrl", env: "ANTHROPIC_BASE_URL", flag: "--model-base-url", help: "Messages API base URL" },
+  { key: "modelMaxRetries", env: "KEEN_MODEL_MAX_RETRIES", flag: "--model-max-retries", help: "retries of an overloaded or failing model call before a run ends interrupted (default agent-core's)" },
   { key: "modelApiKey", env: "ANTHROPIC_API_KEY", flag: "--model-api-key", help: "Messages API key (never shown to runs)" },
   { key: "model", env: "KEEN_MODEL", flag: "--model", help: "default model (default claude-opus-4-5)" },
   { key: "logLevel", env: "LOG_LEVEL", flag: "--log-level", help: "fatal|error|warn|info|debug|trace|silent (default info)" },

@@ -19,7 +19,7 @@ describeEachDatabase("server foundation", (database) => {
   it("keeps its migrations in its own table beside gateway-kit's", async () => {
     const db = t.server.database.db;
     const own = await sql<{ name: string }>`select name from keen_server_migrations order by name`.execute(db);
-    expect(own.rows.map((r) => r.name)).toEqual(["server_0001_runs", "server_0002_uploads"]);
+    expect(own.rows.map((r) => r.name)).toEqual(["server_0001_runs", "server_0002_uploads", "server_0003_resume"]);
     const kit = await sql<{ name: string }>`select name from gateway_kit_migrations`.execute(db);
     expect(kit.rows.some((r) => r.name.startsWith("server_"))).toBe(false);
     expect(kit.rows.length).toBeGreaterThan(0);

@@ -101,6 +101,15 @@ export const serverMigrations = defineMigrations("keen_server", {
         .execute();
     },
   },
+  server_0003_resume: {
+    async up(db) {
+      // Additive: one more run state (the model stayed unavailable; the run can resume), and what
+      // earlier attempts of a resumed run were charged.
+      await sql`alter table runs drop constraint if exists runs_status_check`.execute(db);
+      await sql`alter table runs add constraint runs_status_check check (status in ('queued','running','succeeded','failed','cancelled','interrupted'))`.execute(db);
+      await db.schema.alterTable("runs").addColumn("prior_charged", "bigint", (c) => c.notNull().defaultTo(0)).execute();
+    },
+  },
 });
 
 /** The gateway-kit modules the server uses; they migrate through gateway-kit's own runner. */

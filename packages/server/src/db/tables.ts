@@ -3,7 +3,7 @@ import type { ColumnType, Generated } from "kysely";
 type Timestamp = ColumnType<Date, Date | string, Date | string>;
 type Json<T = unknown> = ColumnType<T, string, string>;
 
-export type RunState = "queued" | "running" | "succeeded" | "failed" | "cancelled";
+export type RunState = "queued" | "running" | "succeeded" | "failed" | "cancelled" | "interrupted";
 
 export interface RunsTable {
   id: string;
@@ -28,6 +28,8 @@ export interface RunsTable {
   head_commit: string | null;
   branch: string | null;
   worker_id: string | null;
+  /** Micro-credits earlier attempts settled before the run was resumed (`charged` includes them). */
+  prior_charged: ColumnType<string | number, number | undefined, number>;
   attempt: Generated<number>;
   heartbeat_at: Timestamp | null;
   cancel_requested: Generated<boolean>;

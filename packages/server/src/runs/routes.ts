@@ -56,6 +56,11 @@ export function mountRunRoutes(router: Router, deps: { runs: RunService; audit: 
     ctx.body = await runs.cancel(principalOf(ctx), ctx.params.id!);
   });
 
+  router.post("/runs/:id/resume", requireScope(RUN_SCOPES.write), async (ctx) => {
+    ctx.status = 202;
+    ctx.body = await runs.resume(principalOf(ctx), ctx.params.id!);
+  });
+
   router.get("/runs/:id/diff", requireScope(RUN_SCOPES.read), async (ctx) => {
     const run = await runs.load(principalOf(ctx), ctx.params.id!);
     if (!run.base_commit || !run.head_commit) throw new ServerError("run_not_finished", "The run has no result to diff yet");
@@ -66,7 +71,7 @@ export function mountRunRoutes(router: Router, deps: { runs: RunService; audit: 
 
   router.get("/runs/:id/archive", requireScope(RUN_SCOPES.read), async (ctx) => {
     const run = await runs.load(principalOf(ctx), ctx.params.id!);
-    if (!run.head_commit || !["succeeded", "failed", "cancelled"].includes(run.status)) throw new ServerError("run_not_finished", "The run has no result to archive yet");
+    if (!run.head_commit || !["succeeded", "failed", "cancelled", "interrupted"].includes(run.status)) throw new ServerError("run_not_finished", "The run has no result to archive yet");
     const folders = runFolders(deps.workspacesDir, run.user_id, run.id);
     const scratch = await mkdtemp(join(tmpdir(), "keen-bundle-"));
     try {

@@ -62,7 +62,8 @@ export function createRunWorker(deps: RunWorkerDeps) {
   }
 
   async function settle(run: RunRow, usage: RunUsage): Promise<number> {
-    const price = priceList.priceUsage(run.model, usage);
+    // After a resume the usage is the whole run's; earlier attempts' settlements already paid part.
+    const price = Math.max(0, priceList.priceUsage(run.model, usage) - Number(run.prior_charged ?? 0));
     if (!run.reservation_id) return 0;
     try {
       const settlement = await ledger.settle(run.reservation_id, price);
@@ -112,7 +113,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
       .updateTable("runs")
       .set({
         status: state,
-        charged: fields.charged,
+        charged: fields.charged + Number(run.prior_charged ?? 0),
         usage: fields.usage ? JSON.stringify(fields.usage) : null,
         summary: fields.summary ?? null,
         error: fields.error ? JSON.stringify(fields.error) : null,
@@ -180,7 +181,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
         checkout: folders.checkout,
         worktreesDir: folders.worktrees,
         vision: run.vision,
-        model: { id: run.model, baseUrl: config.modelBaseUrl, apiKey: config.modelApiKey },
+        model: { id: run.model, baseUrl: config.modelBaseUrl, apiKey: config.modelApiKey, maxRetries: config.modelMaxRetries },
         options,
         snapshot: run.snapshot === null ? undefined : json(run.snapshot),
         sandbox: config.sandbox,
@@ -210,7 +211,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
       const cancelled = result.status === "aborted";
       await finish(
         run,
-        result.status === "success" ? "succeeded" : cancelled ? "cancelled" : "failed",
+        result.status === "success" ? "succeeded" : cancelled ? "cancelled" : result.status === "interrupted" ? "interrupted" : "failed",
         { usage: result.usage, charged, summary: result.summary, error: result.error ?? null, headCommit: await headCommit(folders.checkout).catch(() => null) },
         writer.lastSeq,
       );
