@@ -30,6 +30,7 @@ export const ServerConfig = z
     workspacesDir: z.string().min(1).optional(),
     modelBaseUrl: z.url({ protocol: /^https?$/ }).optional(),
     modelApiKey: z.string().min(1).optional(),
+    modelMaxRetries: z.coerce.number().int().min(0).max(50).optional(),
     model: z.string().min(1).max(100).default("claude-opus-4-5"),
     logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
     /** Accept `repo: { path }` from any signed-in user (a single-user machine). */
@@ -45,6 +46,8 @@ export const ServerConfig = z
     runReserve: MicroCredits.default(5_000_000),
     /** Concurrent runs per user. */
     maxRunsPerUser: z.coerce.number().int().min(1).max(1000).default(2),
+    maxUploadBytes: z.coerce.number().int().min(1024).default(100 * 1024 * 1024),
+    maxWorkspaceBytes: z.coerce.number().int().min(1024).default(5 * 1024 * 1024 * 1024),
     heartbeatMs: Millis.default(5_000),
     /** A running run whose heartbeat is older than this is taken over by another worker. */
     staleAfterMs: Millis.default(30_000),
@@ -71,6 +74,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: "databaseSchema", env: "KEEN_DATABASE_SCHEMA", flag: "--database-schema", help: "PostgreSQL schema for the server's tables" },
   { key: "workspacesDir", env: "KEEN_WORKSPACES_DIR", flag: "--workspaces-dir", help: "root of <user>/<run> checkouts (default <data dir>/workspaces)" },
   { key: "modelBaseUrl", env: "ANTHROPIC_BASE_URL", flag: "--model-base-url", help: "Messages API base URL" },
+  { key: "modelMaxRetries", env: "KEEN_MODEL_MAX_RETRIES", flag: "--model-max-retries", help: "retries of an overloaded or failing model call before a run ends interrupted (default agent-core's)" },
   { key: "modelApiKey", env: "ANTHROPIC_API_KEY", flag: "--model-api-key", help: "Messages API key (never shown to runs)" },
   { key: "model", env: "KEEN_MODEL", flag: "--model", help: "default model (default claude-opus-4-5)" },
   { key: "logLevel", env: "LOG_LEVEL", flag: "--log-level", help: "fatal|error|warn|info|debug|trace|silent (default info)" },
@@ -79,6 +83,8 @@ export const SETTINGS: readonly Setting[] = [
   { key: "workers", env: "KEEN_WORKERS", flag: "--workers", help: "runs this process executes at once; 0 = API only (default 2)" },
   { key: "runReserve", env: "KEEN_RUN_RESERVE", flag: "--run-reserve", help: "micro-credits held per run until it settles (default 5000000)" },
   { key: "maxRunsPerUser", env: "KEEN_MAX_RUNS_PER_USER", flag: "--max-runs-per-user", help: "concurrent runs per user (default 2)" },
+  { key: "maxUploadBytes", env: "KEEN_MAX_UPLOAD_BYTES", flag: "--max-upload-bytes", help: "largest repository upload, as sent (default 100 MiB)" },
+  { key: "maxWorkspaceBytes", env: "KEEN_MAX_WORKSPACE_BYTES", flag: "--max-workspace-bytes", help: "disk a user's workspaces and uploads may use (default 5 GiB)" },
   { key: "heartbeatMs", env: "KEEN_HEARTBEAT_MS", flag: "--heartbeat-ms", help: "worker heartbeat interval (default 5000)" },
   { key: "staleAfterMs", env: "KEEN_STALE_AFTER_MS", flag: "--stale-after-ms", help: "heartbeat age after which a run is taken over (default 30000)" },
   { key: "sseHeartbeatMs", env: "KEEN_STREAM_HEARTBEAT_MS", flag: "--stream-heartbeat-ms", help: "idle stream keep-alive interval (default 15000)" },

@@ -5,6 +5,7 @@ export type ServerErrorCode =
   | "forbidden"
   | "run_not_cancellable"
   | "run_not_finished"
+  | "run_not_resumable"
   | "repository_unavailable"
   | "insufficient_credits"
   | "unavailable";
@@ -33,6 +34,7 @@ const STATUS: Record<ServerErrorCode, number> = {
   forbidden: 403,
   run_not_cancellable: 409,
   run_not_finished: 409,
+  run_not_resumable: 409,
   repository_unavailable: 422,
   insufficient_credits: 402,
   unavailable: 503,

@@ -1,4 +1,5 @@
 import { Writable } from "node:stream";
+import { authMigrations, migrationTableName } from "@keen/gateway-kit";
 import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
 import { api, describeEachDatabase, signup, startTestServer, useTestServer } from "./testing/harness.js";
@@ -19,8 +20,8 @@ describeEachDatabase("server foundation", (database) => {
   it("keeps its migrations in its own table beside gateway-kit's", async () => {
     const db = t.server.database.db;
     const own = await sql<{ name: string }>`select name from keen_server_migrations order by name`.execute(db);
-    expect(own.rows.map((r) => r.name)).toEqual(["server_0001_runs"]);
-    const kit = await sql<{ name: string }>`select name from gateway_kit_migrations`.execute(db);
+    expect(own.rows.map((r) => r.name)).toEqual(["server_0001_runs", "server_0002_uploads", "server_0003_resume"]);
+    const kit = await sql<{ name: string }>`select name from ${sql.table(migrationTableName(authMigrations.module))}`.execute(db);
     expect(kit.rows.some((r) => r.name.startsWith("server_"))).toBe(false);
     expect(kit.rows.length).toBeGreaterThan(0);
   });

@@ -20,6 +20,7 @@ import {
   JwtKeySet,
   openDatabase,
   rateLimit,
+  validate,
   type AuthService,
   type Database,
   type Ledger,
@@ -31,6 +32,7 @@ import type { Kysely } from "kysely";
 import { pino, type DestinationStream, type Logger } from "pino";
 import { z } from "zod";
 import { GrantCreditsBody } from "./admin-input.js";
+import { PreferencesBody } from "./preferences-input.js";
 import { parseConfig, type ServerConfig, type ServerConfigInput } from "./config.js";
 import { migrateServer } from "./db/migrations.js";
 import type { ServerTables } from "./db/tables.js";
@@ -45,6 +47,7 @@ import { inProcessQueue, pgBossQueue, type JobQueue } from "./queue/job-queue.js
 import { mountRunRoutes, RUN_SCOPES } from "./runs/routes.js";
 import { createRunService, RUN_QUEUE, type RunService } from "./runs/run-service.js";
 import { createRunWorker, type RunWorker } from "./runs/run-worker.js";
+import { mountUploadRoutes } from "./uploads/routes.js";
 
 export interface CreateServerOptions {
   /** Where log lines go (default stdout). */
@@ -212,6 +215,20 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       };
     });
 
+    api.get("/me/preferences", async (ctx) => {
+      const row = await db.selectFrom("user_preferences").select("keep_workspaces").where("user_id", "=", ctx.state.principal!.userId).executeTakeFirst();
+      ctx.body = { keepWorkspaces: row?.keep_workspaces === true };
+    });
+    api.put("/me/preferences", bodyParser({ enableTypes: ["json"], jsonLimit: "4kb" }), validate({ body: PreferencesBody }), async (ctx) => {
+      const { keepWorkspaces } = ctx.state.validated!.body as PreferencesBody;
+      await db
+        .insertInto("user_preferences")
+        .values({ user_id: ctx.state.principal!.userId, keep_workspaces: keepWorkspaces })
+        .onConflict((oc) => oc.column("user_id").doUpdateSet({ keep_workspaces: keepWorkspaces }))
+        .execute();
+      ctx.body = { keepWorkspaces };
+    });
+
     api.get("/credits", async (ctx) => {
       const principal = ctx.state.principal!;
       if (!principal.teamId) throw new ServerError("not_found", "No team selected");
@@ -232,6 +249,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     });
 
     mountRunRoutes(api, { runs, audit, stream, workspacesDir: config.workspacesDir });
+    mountUploadRoutes(api, { db, config });
     app.use(api.routes()).use(api.allowedMethods());
 
     const http = createHttpServer(app.callback());

@@ -79,6 +79,37 @@ export const serverMigrations = defineMigrations("keen_server", {
         .execute();
     },
   },
+  server_0002_uploads: {
+    async up(db) {
+      await db.schema
+        .createTable("uploads")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("team_id", "text", (c) => c.notNull())
+        .addColumn("user_id", "text", (c) => c.notNull())
+        .addColumn("format", "text", (c) => c.notNull())
+        .addColumn("compressed_bytes", "bigint", (c) => c.notNull())
+        .addColumn("uncompressed_bytes", "bigint", (c) => c.notNull())
+        .addColumn("files", "integer", (c) => c.notNull())
+        .addColumn("commit", "text", (c) => c.notNull())
+        .addColumn("created_at", "timestamptz", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("uploads_team").on("uploads").columns(["team_id", "created_at"]).execute();
+      await db.schema
+        .createTable("user_preferences")
+        .addColumn("user_id", "text", (c) => c.primaryKey())
+        .addColumn("keep_workspaces", "boolean", (c) => c.notNull().defaultTo(false))
+        .execute();
+    },
+  },
+  server_0003_resume: {
+    async up(db) {
+      // Additive: one more run state (the model stayed unavailable; the run can resume), and what
+      // earlier attempts of a resumed run were charged.
+      await sql`alter table runs drop constraint if exists runs_status_check`.execute(db);
+      await sql`alter table runs add constraint runs_status_check check (status in ('queued','running','succeeded','failed','cancelled','interrupted'))`.execute(db);
+      await db.schema.alterTable("runs").addColumn("prior_charged", "bigint", (c) => c.notNull().defaultTo(0)).execute();
+    },
+  },
 });
 
 /** The gateway-kit modules the server uses; they migrate through gateway-kit's own runner. */

@@ -3,7 +3,7 @@ import type { ColumnType, Generated } from "kysely";
 type Timestamp = ColumnType<Date, Date | string, Date | string>;
 type Json<T = unknown> = ColumnType<T, string, string>;
 
-export type RunState = "queued" | "running" | "succeeded" | "failed" | "cancelled";
+export type RunState = "queued" | "running" | "succeeded" | "failed" | "cancelled" | "interrupted";
 
 export interface RunsTable {
   id: string;
@@ -28,6 +28,8 @@ export interface RunsTable {
   head_commit: string | null;
   branch: string | null;
   worker_id: string | null;
+  /** Micro-credits earlier attempts settled before the run was resumed (`charged` includes them). */
+  prior_charged: ColumnType<string | number, number | undefined, number>;
   attempt: Generated<number>;
   heartbeat_at: Timestamp | null;
   cancel_requested: Generated<boolean>;
@@ -64,7 +66,29 @@ export interface ServerSettingsTable {
   value: Json<unknown>;
 }
 
+/** A screened repository upload, unpacked into a fresh repository a run can start from. */
+export interface UploadsTable {
+  id: string;
+  team_id: string;
+  user_id: string;
+  format: string;
+  compressed_bytes: ColumnType<string | number, number, number>;
+  uncompressed_bytes: ColumnType<string | number, number, number>;
+  files: number;
+  /** The commit of the fresh repository made from the upload's files. */
+  commit: string;
+  created_at: Timestamp;
+}
+
+/** Per-user choices, e.g. whether deleting a run keeps its workspace on disk. */
+export interface UserPreferencesTable {
+  user_id: string;
+  keep_workspaces: Generated<boolean>;
+}
+
 export interface ServerTables {
+  uploads: UploadsTable;
+  user_preferences: UserPreferencesTable;
   runs: RunsTable;
   run_agents: RunAgentsTable;
   run_events: RunEventsTable;

@@ -3,7 +3,7 @@ import type { Kysely } from "kysely";
 import type { ServerTables } from "../db/tables.js";
 import type { EventBus, StoredEvent } from "./event-bus.js";
 
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const TERMINAL = new Set(["succeeded", "failed", "cancelled", "interrupted"]);
 
 /** True for a run state nothing follows. */
 export function isTerminal(status: string): boolean {

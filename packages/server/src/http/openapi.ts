@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { GrantCreditsBody } from "../admin-input.js";
+import { PreferencesBody } from "../preferences-input.js";
 import { CreateRunBody, ListRunsQuery } from "../runs/run-input.js";
 
 const ErrorBody = z.object({
@@ -13,6 +14,8 @@ interface Operation {
   path: string;
   summary: string;
   body?: z.ZodType;
+  /** A raw (non-JSON) request body: its accepted content types. */
+  rawBody?: string[];
   query?: z.ZodObject;
   /** Status of success and its content type. */
   success: { status: number; type?: string };
@@ -22,13 +25,19 @@ interface Operation {
 /** Every documented operation; `openapi.test.ts` checks this list against the mounted routes. */
 export const OPERATIONS: readonly Operation[] = [
   { method: "get", path: "/v1/me", summary: "The caller, their team and scopes", success: { status: 200 } },
+  { method: "get", path: "/v1/me/preferences", summary: "The caller's preferences", success: { status: 200 } },
+  { method: "put", path: "/v1/me/preferences", summary: "Set the caller's preferences (keepWorkspaces)", body: PreferencesBody, success: { status: 200 } },
+  { method: "post", path: "/v1/uploads", summary: "Upload a repository (.tar, .tar.gz or .zip as the raw body); runs start from it with repo.uploadId", rawBody: ["application/gzip", "application/x-tar", "application/zip", "application/octet-stream"], success: { status: 201 } },
   { method: "get", path: "/v1/credits", summary: "The team wallet's balance in micro-credits", success: { status: 200 } },
   { method: "post", path: "/v1/admin/credits/grant", summary: "Grant credits to a team (admins)", body: GrantCreditsBody, success: { status: 201 } },
   { method: "post", path: "/v1/runs", summary: "Start a run: 202, then follow its events", body: CreateRunBody, success: { status: 202 } },
   { method: "get", path: "/v1/runs", summary: "The team's runs, newest first", query: ListRunsQuery, success: { status: 200 } },
   { method: "get", path: "/v1/runs/:id", summary: "A run with its agent tree", success: { status: 200 } },
   { method: "post", path: "/v1/runs/:id/cancel", summary: "Cancel a queued or running run", success: { status: 202 } },
+  { method: "post", path: "/v1/runs/:id/resume", summary: "Continue an interrupted run (or a failed one with a snapshot) from its snapshot", success: { status: 202 } },
   { method: "get", path: "/v1/runs/:id/diff", summary: "The run's unified diff", success: { status: 200, type: "text/x-diff" } },
+  { method: "get", path: "/v1/runs/:id/archive", summary: "The run's result as a git bundle of its branch", success: { status: 200, type: "application/x-git-bundle" } },
+  { method: "delete", path: "/v1/runs/:id", summary: "Delete a finished run (its workspace kept if the owner prefers)", success: { status: 200 } },
   { method: "get", path: "/v1/runs/:id/events", summary: "Server-Sent Events (Last-Event-ID or ?after=)", success: { status: 200, type: "text/event-stream" } },
 ];
 
@@ -57,6 +66,7 @@ export function openApiDocument(): Record<string, unknown> {
       summary: op.summary,
       security: [{ bearer: [] }, { apiKey: [] }],
       ...(parameters.length ? { parameters } : {}),
+      ...(op.rawBody ? { requestBody: { required: true, content: Object.fromEntries(op.rawBody.map((type) => [type, { schema: { type: "string", contentMediaType: type } }])) } } : {}),
       ...(op.body ? { requestBody: { required: true, content: { "application/json": { schema: schemaOf(op.body) } } } } : {}),
       responses: {
         [String(op.success.status)]: { description: "Success", content: { [op.success.type ?? "application/json"]: { schema: {} } } },

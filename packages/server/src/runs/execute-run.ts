@@ -30,7 +30,7 @@ export interface ExecuteRunInput {
   /** Where child worktrees go, inside the run's folder. */
   worktreesDir: string;
   vision: string;
-  model: { id: string; baseUrl?: string | undefined; apiKey?: string | undefined };
+  model: { id: string; baseUrl?: string | undefined; apiKey?: string | undefined; maxRetries?: number | undefined };
   options: { maxDepth?: number | undefined; maxChildren?: number | undefined; validate?: string | undefined; onConflict?: "resolve" | "rollback" | undefined };
   /** A snapshot from an earlier attempt: the run continues from it instead of starting over. */
   snapshot?: unknown;
@@ -77,6 +77,7 @@ export async function executeRun(input: ExecuteRunInput): Promise<ExecuteRunResu
     model: input.model.id,
     ...(input.model.apiKey ? { apiKey: input.model.apiKey } : {}),
     ...(input.model.baseUrl ? { baseURL: input.model.baseUrl } : {}),
+    ...(input.model.maxRetries !== undefined ? { retry: { maxRetries: input.model.maxRetries } } : {}),
   });
   const onSnapshot = (snapshot: TaskSnapshot) => input.onSnapshot({ value: snapshot, agents: snapshot.agents.map(agentRecord) });
   const common = { workspace, model, signal: input.signal, onSnapshot };

@@ -4,7 +4,7 @@ import { execa } from "execa";
 import { ServerError } from "../errors.js";
 
 /** Git with hooks, fsmonitor and external diff drivers off: nothing in the repository steers it. */
-const SAFE_GIT = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "protocol.ext.allow=never"];
+export const SAFE_GIT = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "protocol.ext.allow=never"];
 
 export interface RunFolders {
   root: string;
@@ -67,10 +67,25 @@ export async function provisionCheckout(
   return describeHead(folders.checkout);
 }
 
+/**
+ * How the server's own git calls on a run's checkout run: its repository named explicitly
+ * (`GIT_DIR`, never found by walking up or steered by the server's environment), no system or
+ * user config, no prompts.
+ */
+function checkoutGit(checkout: string) {
+  return {
+    cwd: checkout,
+    reject: false,
+    stdin: "ignore",
+    extendEnv: false,
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: checkout, GIT_DIR: join(checkout, ".git"), GIT_WORK_TREE: checkout, GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", GIT_TERMINAL_PROMPT: "0" },
+  } as const;
+}
+
 async function describeHead(checkout: string): Promise<{ baseCommit: string; branch: string }> {
-  const head = await execa("git", [...SAFE_GIT, "rev-parse", "HEAD"], { cwd: checkout, reject: false });
+  const head = await execa("git", [...SAFE_GIT, "rev-parse", "HEAD"], checkoutGit(checkout));
   if (head.exitCode !== 0) throw new ServerError("repository_unavailable", "The repository has no commits");
-  const branch = await execa("git", [...SAFE_GIT, "rev-parse", "--abbrev-ref", "HEAD"], { cwd: checkout, reject: false });
+  const branch = await execa("git", [...SAFE_GIT, "rev-parse", "--abbrev-ref", "HEAD"], checkoutGit(checkout));
   return { baseCommit: head.stdout.trim(), branch: branch.stdout.trim() };
 }
 
@@ -78,8 +93,7 @@ async function describeHead(checkout: string): Promise<{ baseCommit: string; bra
 export async function diffCommits(checkout: string, from: string, to: string): Promise<string> {
   for (const sha of [from, to]) if (!/^[0-9a-f]{40,64}$/.test(sha)) throw new ServerError("invalid_request", "not a commit id");
   const result = await execa("git", [...SAFE_GIT, "diff", "--no-ext-diff", "--no-textconv", "--no-color", from, to, "--"], {
-    cwd: checkout,
-    reject: false,
+    ...checkoutGit(checkout),
     maxBuffer: 50 * 1024 * 1024,
   });
   if (result.exitCode !== 0) throw new ServerError("repository_unavailable", "The run's workspace is no longer available");
@@ -89,4 +103,18 @@ export async function diffCommits(checkout: string, from: string, to: string): P
 /** The commit the checkout's HEAD points at. */
 export async function headCommit(checkout: string): Promise<string> {
   return (await describeHead(checkout)).baseCommit;
+}
+
+/**
+ * Writes a git bundle of `branch` from the checkout to `file` and checks that the bundle's tip is
+ * `head` (the run's recorded result); the checkout is only read.
+ */
+export async function bundleBranch(checkout: string, branch: string, head: string, file: string): Promise<void> {
+  if (!/^[0-9a-f]{40,64}$/.test(head)) throw new ServerError("invalid_request", "not a commit id");
+  if (branch !== "HEAD" && !/^(?!-)[A-Za-z0-9._\/-]{1,200}$/.test(branch)) throw new ServerError("repository_unavailable", "The run's branch has an unusable name");
+  const options = checkoutGit(checkout);
+  const tip = await execa("git", [...SAFE_GIT, "rev-parse", "--verify", "--end-of-options", `${branch}^{commit}`], options);
+  if (tip.exitCode !== 0 || tip.stdout.trim() !== head) throw new ServerError("repository_unavailable", "The run's workspace no longer holds its result");
+  const bundle = await execa("git", [...SAFE_GIT, "bundle", "create", "--quiet", file, branch], options);
+  if (bundle.exitCode !== 0) throw new ServerError("repository_unavailable", "The run's workspace is no longer available");
 }

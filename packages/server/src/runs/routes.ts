@@ -1,10 +1,13 @@
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { bodyParser } from "@koa/bodyparser";
 import type { Router } from "@koa/router";
 import { requireScope, screenInstructions, validate, type AuditSink, type Principal } from "@keen/gateway-kit";
 import type { ParameterizedContext } from "koa";
 import { ServerError } from "../errors.js";
 import { serveEventStream, type StreamDeps } from "../events/stream.js";
-import { diffCommits, runFolders } from "./provision.js";
+import { bundleBranch, diffCommits, runFolders } from "./provision.js";
 import { CreateRunBody, ListRunsQuery } from "./run-input.js";
 import type { RunService } from "./run-service.js";
 
@@ -53,12 +56,37 @@ export function mountRunRoutes(router: Router, deps: { runs: RunService; audit: 
     ctx.body = await runs.cancel(principalOf(ctx), ctx.params.id!);
   });
 
+  router.post("/runs/:id/resume", requireScope(RUN_SCOPES.write), async (ctx) => {
+    ctx.status = 202;
+    ctx.body = await runs.resume(principalOf(ctx), ctx.params.id!);
+  });
+
   router.get("/runs/:id/diff", requireScope(RUN_SCOPES.read), async (ctx) => {
     const run = await runs.load(principalOf(ctx), ctx.params.id!);
     if (!run.base_commit || !run.head_commit) throw new ServerError("run_not_finished", "The run has no result to diff yet");
     const folders = runFolders(deps.workspacesDir, run.user_id, run.id);
     ctx.type = "text/x-diff; charset=utf-8";
     ctx.body = await diffCommits(folders.checkout, run.base_commit, run.head_commit);
+  });
+
+  router.get("/runs/:id/archive", requireScope(RUN_SCOPES.read), async (ctx) => {
+    const run = await runs.load(principalOf(ctx), ctx.params.id!);
+    if (!run.head_commit || !["succeeded", "failed", "cancelled", "interrupted"].includes(run.status)) throw new ServerError("run_not_finished", "The run has no result to archive yet");
+    const folders = runFolders(deps.workspacesDir, run.user_id, run.id);
+    const scratch = await mkdtemp(join(tmpdir(), "keen-bundle-"));
+    try {
+      const file = join(scratch, "result.bundle");
+      await bundleBranch(folders.checkout, run.branch ?? "HEAD", run.head_commit, file);
+      ctx.type = "application/x-git-bundle";
+      ctx.attachment(`${run.id}.bundle`);
+      ctx.body = await readFile(file);
+    } finally {
+      await rm(scratch, { recursive: true, force: true });
+    }
+  });
+
+  router.delete("/runs/:id", requireScope(RUN_SCOPES.write), async (ctx) => {
+    ctx.body = await runs.remove(principalOf(ctx), ctx.params.id!);
   });
 
   router.get("/runs/:id/events", requireScope(RUN_SCOPES.read), async (ctx) => {

@@ -26,7 +26,10 @@ const LocalRepo = z
   .object({ path: z.string().min(1).max(4096).refine((p) => !p.includes("\0") && p.startsWith("/"), "must be an absolute path") })
   .strict();
 
-export const RepoInput = z.union([RemoteRepo, LocalRepo]);
+/** A repository sent earlier to `POST /v1/uploads`. */
+const UploadedRepo = z.object({ uploadId: z.string().regex(/^upl_[0-9a-f-]{36}$/, "must be an upload id") }).strict();
+
+export const RepoInput = z.union([RemoteRepo, LocalRepo, UploadedRepo]);
 export type RepoInput = z.infer<typeof RepoInput>;
 
 export const RunOptionsInput = z

@@ -1,11 +1,14 @@
 import { randomUUID } from "node:crypto";
+import { rm } from "node:fs/promises";
 import type { Ledger, PriceList, Principal, RunSlots } from "@keen/gateway-kit";
-import type { Kysely, Selectable } from "kysely";
+import { sql, type Kysely, type Selectable } from "kysely";
 import type { ServerConfig } from "../config.js";
 import type { RunAgentsTable, RunsTable, ServerTables } from "../db/tables.js";
 import { ServerError } from "../errors.js";
 import type { EventBus } from "../events/event-bus.js";
 import type { JobQueue } from "../queue/job-queue.js";
+import { findUpload } from "../uploads/routes.js";
+import { runFolders } from "./provision.js";
 import type { CreateRunBody } from "./run-input.js";
 
 export const RUN_QUEUE = "keen-runs";
@@ -154,6 +157,7 @@ export function createRunService(deps: RunServiceDeps) {
       if ("path" in body.repo && !config.localMode && !(await deps.isAdmin(principal))) {
         throw new ServerError("forbidden", "repo.path is for server admins (or local mode); send repo.url");
       }
+      if ("uploadId" in body.repo) await findUpload(db, principal.teamId, body.repo.uploadId);
       const model = body.options.model ?? config.model;
       deps.priceList.priceOf(model); // an unknown model is refused before anything is held
       const runId = `run_${randomUUID()}`;
@@ -227,6 +231,68 @@ export function createRunService(deps: RunServiceDeps) {
     },
 
     /**
+     * Continues an `interrupted` run, or a `failed` one that has a snapshot, from its snapshot:
+     * a concurrency slot and a fresh reservation are taken (undone if a later step fails), the
+     * run goes back to `queued` and a job is sent. What earlier attempts were charged stays
+     * charged; the resumed attempt pays only for the usage beyond it.
+     */
+    async resume(principal: Principal, runId: string): Promise<RunView> {
+      const row = await load(principal, runId);
+      if (!(row.status === "interrupted" || (row.status === "failed" && row.snapshot !== null))) {
+        throw new ServerError("run_not_resumable", `Run ${row.id} is ${row.status}${row.status === "failed" ? " with no snapshot" : ""}; only interrupted runs, or failed ones with a snapshot, resume`);
+      }
+      const slot = await slots.acquire({ runId: row.id, userId: row.user_id, teamId: row.team_id });
+      let reservationId: string | undefined;
+      try {
+        const wallet = await ledger.openWallet({ teamId: row.team_id });
+        const reservation = await ledger.reserve({
+          account: wallet.id,
+          amount: config.runReserve,
+          idempotencyKey: `run:${row.id}:resume:${row.attempt}`,
+          ttlMs: 7 * 24 * 3600_000,
+          reference: row.id,
+        });
+        reservationId = reservation.id;
+        // Only the caller that moves the run out of its finished state resumes it.
+        const resumed = await db
+          .updateTable("runs")
+          .set({ status: "queued", reservation_id: reservation.id, prior_charged: Number(row.charged ?? 0), charged: null, error: null, finished_at: null, worker_id: null, cancel_requested: false })
+          .where("id", "=", row.id)
+          .where("status", "=", row.status)
+          .where("attempt", "=", row.attempt)
+          .returningAll()
+          .executeTakeFirst();
+        if (!resumed) throw new ServerError("run_not_resumable", `Run ${row.id} is already being resumed`);
+        await queue.send<RunJob>(RUN_QUEUE, { runId: row.id }, { key: `${row.id}:${row.attempt}` }).catch(() => {});
+        return runView(resumed);
+      } catch (error) {
+        if (reservationId) await ledger.release(reservationId).catch(() => {});
+        await slot.release().catch(() => {});
+        throw error;
+      }
+    },
+
+    /**
+     * Deletes a finished run: its row, agents and events, and its workspace unless the owner's
+     * preference keeps workspaces (then the folder stays and the response says where). A queued
+     * or running run is refused; cancel it first.
+     */
+    async remove(principal: Principal, runId: string): Promise<{ id: string; workspaceKept: boolean }> {
+      const row = await load(principal, runId);
+      const deleted = await db
+        .deleteFrom("runs")
+        .where("id", "=", row.id)
+        .where("status", "in", ["succeeded", "failed", "cancelled", "interrupted"])
+        .returning(["id", "user_id"])
+        .executeTakeFirst();
+      if (!deleted) throw new ServerError("run_not_finished", `Run ${row.id} is ${row.status}; cancel it before deleting`);
+      const preference = await db.selectFrom("user_preferences").select("keep_workspaces").where("user_id", "=", deleted.user_id).executeTakeFirst();
+      const keep = preference?.keep_workspaces === true;
+      if (!keep) await rm(runFolders(config.workspacesDir, deleted.user_id, deleted.id).root, { recursive: true, force: true });
+      return { id: deleted.id, workspaceKept: keep };
+    },
+
+    /**
      * Cancels a queued run at once (its hold released, its slot freed) or asks the worker of a
      * running one to stop; the worker settles what was used.
      */
@@ -234,7 +300,7 @@ export function createRunService(deps: RunServiceDeps) {
       const row = await load(principal, runId);
       const queued = await db
         .updateTable("runs")
-        .set({ status: "cancelled", cancel_requested: true, finished_at: new Date(), charged: 0 })
+        .set(() => ({ status: "cancelled", cancel_requested: true, finished_at: new Date(), charged: sql<number>`prior_charged` }))
         .where("id", "=", row.id)
         .where("status", "=", "queued")
         .returningAll()

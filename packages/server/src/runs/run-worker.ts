@@ -10,6 +10,7 @@ import { RunEventLog, RunEventWriter } from "../events/event-log.js";
 import type { ServerMetrics } from "../http/metrics.js";
 import type { JobQueue } from "../queue/job-queue.js";
 import { executeRun, type AgentRecord, type ExecuteRunResult, type RunUsage } from "./execute-run.js";
+import { uploadFolder } from "../uploads/unpack.js";
 import { headCommit, provisionCheckout, runFolders } from "./provision.js";
 import { RUN_QUEUE, type RunJob, type RunRow } from "./run-service.js";
 
@@ -61,7 +62,8 @@ export function createRunWorker(deps: RunWorkerDeps) {
   }
 
   async function settle(run: RunRow, usage: RunUsage): Promise<number> {
-    const price = priceList.priceUsage(run.model, usage);
+    // After a resume the usage is the whole run's; earlier attempts' settlements already paid part.
+    const price = Math.max(0, priceList.priceUsage(run.model, usage) - Number(run.prior_charged ?? 0));
     if (!run.reservation_id) return 0;
     try {
       const settlement = await ledger.settle(run.reservation_id, price);
@@ -111,7 +113,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
       .updateTable("runs")
       .set({
         status: state,
-        charged: fields.charged,
+        charged: fields.charged + Number(run.prior_charged ?? 0),
         usage: fields.usage ? JSON.stringify(fields.usage) : null,
         summary: fields.summary ?? null,
         error: fields.error ? JSON.stringify(fields.error) : null,
@@ -158,7 +160,14 @@ export function createRunWorker(deps: RunWorkerDeps) {
     }, config.heartbeatMs);
     heartbeat.unref();
     try {
-      const repo = json<{ url: string; ref?: string } | { path: string }>(run.repo);
+      const source = json<{ url: string; ref?: string } | { path: string } | { uploadId: string }>(run.repo);
+      let repo: { url: string; ref?: string } | { path: string };
+      if ("uploadId" in source) {
+        // The upload's own fresh repository (made by the server, never the uploaded .git).
+        const upload = await db.selectFrom("uploads").select(["user_id"]).where("id", "=", source.uploadId).where("team_id", "=", run.team_id).executeTakeFirst();
+        if (!upload) throw new ServerError("repository_unavailable", "The upload this run starts from is gone");
+        repo = { path: uploadFolder(config.workspacesDir, upload.user_id, source.uploadId) };
+      } else repo = source;
       const folders = runFolders(config.workspacesDir, run.user_id, run.id);
       const resuming = run.snapshot !== null;
       const head = await provisionCheckout(folders, repo, resuming);
@@ -172,7 +181,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
         checkout: folders.checkout,
         worktreesDir: folders.worktrees,
         vision: run.vision,
-        model: { id: run.model, baseUrl: config.modelBaseUrl, apiKey: config.modelApiKey },
+        model: { id: run.model, baseUrl: config.modelBaseUrl, apiKey: config.modelApiKey, maxRetries: config.modelMaxRetries },
         options,
         snapshot: run.snapshot === null ? undefined : json(run.snapshot),
         sandbox: config.sandbox,
@@ -202,7 +211,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
       const cancelled = result.status === "aborted";
       await finish(
         run,
-        result.status === "success" ? "succeeded" : cancelled ? "cancelled" : "failed",
+        result.status === "success" ? "succeeded" : cancelled ? "cancelled" : result.status === "interrupted" ? "interrupted" : "failed",
         { usage: result.usage, charged, summary: result.summary, error: result.error ?? null, headCommit: await headCommit(folders.checkout).catch(() => null) },
         writer.lastSeq,
       );

@@ -94,12 +94,13 @@ export async function startTestServer(settings: Partial<ServerConfigInput> = {})
 /** `beforeAll`/`afterAll` around a test server. */
 export function useTestServer(settings: () => Partial<ServerConfigInput>): { readonly url: string; readonly server: KeenServer } {
   let started: Awaited<ReturnType<typeof startTestServer>> | undefined;
+  // Start-up (PGlite's initdb, migrations) can take long on a shared, loaded machine.
   beforeAll(async () => {
     started = await startTestServer(settings());
-  });
+  }, 180_000);
   afterAll(async () => {
     await started?.stop();
-  });
+  }, 60_000);
   return {
     get url() {
       return started!.url;
