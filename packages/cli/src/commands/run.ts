@@ -173,10 +173,8 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
   if (!vision) throw new UsageError('missing the vision: keen run "<what to do>" --repo DIR (or keen run - to read it from standard input)');
   const model = options.model ?? buildModel(modelId, io.env, settings.maxRetries);
   const repo = resolve(values.repo ?? process.cwd());
-  // The endpoint is checked before the repository is opened: opening takes keen's repository
-  // lock, and a refused key must leave nothing behind.
-  if (!options.model) await checkEndpoint(modelId, io.env);
   const workspace = await openRepo(repo, sandbox);
+  if (!options.model) await checkEndpoint(modelId, io.env);
   const runId = `run_${randomUUID()}`;
   const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : await defaultSnapshotPath(workspace.root, runId));
   const mode = outputMode(io, Boolean(values.json));
