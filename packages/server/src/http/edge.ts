@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { HttpError } from "@keen/gateway-kit";
+import { errorHeaders, errorStatus, GatewayError } from "@keen/gateway-kit";
 import type { Middleware } from "koa";
 import type { Logger } from "pino";
 import { ServerError, statusOf } from "../errors.js";
@@ -19,16 +19,13 @@ export interface ServerErrorBody {
   error: { code: string; message: string; details?: Record<string, unknown>; requestId: string };
 }
 
-/** koa and its body parsers attach a 4xx `status` to the errors they throw; anything else is a 500. */
-function errorStatus(error: unknown): number {
-  const status = (error as { status?: unknown } | null)?.status;
-  return typeof status === "number" && status >= 400 && status < 500 ? status : 500;
-}
-
 function toError(error: unknown): { status: number; code: string; message: string; details?: Record<string, unknown>; headers?: Record<string, string> } {
   if (error instanceof ServerError) return { status: statusOf(error.code), code: error.code, message: error.message, ...(error.details ? { details: error.details } : {}) };
-  if (error instanceof HttpError) return { status: error.status, code: error.code, message: error.message, ...(error.details ? { details: error.details } : {}), headers: error.headers };
+  // gateway-kit's errors (HttpError included) answer with the status its one table gives their code.
   const status = errorStatus(error);
+  if (error instanceof GatewayError && status < 500) {
+    return { status, code: error.code, message: error.message, ...(error.details ? { details: error.details } : {}), headers: errorHeaders(error) };
+  }
   if (status < 500) {
     const exposed = (error as { expose?: boolean }).expose;
     return { status, code: status === 413 ? "payload_too_large" : status === 415 ? "unsupported_media_type" : "bad_request", message: exposed ? String((error as Error).message) : "Bad request" };

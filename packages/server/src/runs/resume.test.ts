@@ -1,5 +1,5 @@
 import { priceUsage } from "@keen/gateway-kit";
-import { reply, startMessagesServer, type MessagesServer } from "@keen/agent-core/testing";
+import { reply, requestPosition, startMessagesServer, type MessagesServer } from "@keen/agent-core/testing";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { ADMIN_EMAIL, api, createTestRepo, describeEachDatabase, readSse, signup, useTestServer, type Account } from "../testing/harness.js";
 
@@ -11,8 +11,7 @@ describeEachDatabase("resume", (database) => {
     model = await startMessagesServer({
       policy: (request) => {
         if (overloaded) return reply.error(529);
-        const tools = new Set<string>((request.tools ?? []).map((t: { name: string }) => t.name));
-        if (tools.has("finish_explore")) return reply.toolUse("finish_explore", { summary: "Looked.", confidence: 0.9, next_phase: "COMPLETE" });
+        if (requestPosition(request).phase === "EXPLORE") return reply.toolUse("finish_explore", { summary: "Looked.", confidence: 0.9, next_phase: "COMPLETE" });
         const wrote = (request.messages as Array<{ role: string; content: unknown }>).some(
           (m) => m.role === "assistant" && Array.isArray(m.content) && m.content.some((b: { type: string; name?: string }) => b.type === "tool_use" && b.name === "write_file"),
         );

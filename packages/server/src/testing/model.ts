@@ -1,4 +1,4 @@
-import { reply, startMessagesServer, type MessagesServer, type ScriptedReply } from "@keen/agent-core/testing";
+import { reply, requestPosition, startMessagesServer, type MessagesServer, type ScriptedReply } from "@keen/agent-core/testing";
 
 /**
  * An offline model that explores, writes `path` with `content` (after `writeDelayMs`), and
@@ -10,8 +10,8 @@ export async function scriptedModel(options: { path?: string; content?: string; 
   const content = options.content ?? "# Notes\nwritten by the agent\n";
   return startMessagesServer({
     policy: (request) => {
-      const tools = new Set<string>((request.tools ?? []).map((t: { name: string }) => t.name));
-      if (tools.has("finish_explore")) return reply.toolUse("finish_explore", { summary: "Looked around.", confidence: 0.9, next_phase: "COMPLETE" });
+      // Every phase is offered the same tools; the agent's tag line says which phase asks.
+      if (requestPosition(request).phase === "EXPLORE") return reply.toolUse("finish_explore", { summary: "Looked around.", confidence: 0.9, next_phase: "COMPLETE" });
       const wrote = (request.messages as Array<{ role: string; content: unknown }>).some(
         (m) => m.role === "assistant" && Array.isArray(m.content) && m.content.some((b: { type: string; name?: string }) => b.type === "tool_use" && b.name === "write_file"),
       );
