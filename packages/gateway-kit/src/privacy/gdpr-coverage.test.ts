@@ -83,10 +83,13 @@ describeEachDatabase("data rights coverage", (fixture) => {
   };
 
   /** A user who signed up from one address and logged in (once wrongly) from another, with a wallet, a checkout and a budget. */
+  let subjects = 0;
   async function subject(tag: string) {
     const email = uniqueEmail(tag);
-    const signupIp = `203.0.113.${Math.floor(Math.random() * 200) + 20}`;
-    const loginIp = `198.51.100.${Math.floor(Math.random() * 200) + 20}`;
+    // Each subject its own addresses: two sharing one would share their lockout and bucket rows.
+    subjects += 1;
+    const signupIp = `203.0.113.${20 + subjects}`;
+    const loginIp = `198.51.100.${20 + subjects}`;
     const signed = await post("/auth/signup", { email, password: PASSWORD }, signupIp, `req-signup-${tag}`);
     expect(signed.status).toBe(201);
     const userId = signed.body.user.id as string;
