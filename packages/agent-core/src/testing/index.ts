@@ -14,3 +14,4 @@ export { reply, errorTypeFor, type Fault, type ReplyBlock, type ScriptedReply } 
 export { estimateTokens, minCacheableTokens, CACHE_LOOKBACK_BLOCKS, CACHE_TTL_MS, type CacheUsage } from "./prompt-cache.js";
 export { requestPosition, type RequestPosition } from "./request-position.js";
 export { runEventLogContract, sampleEvent, type ContractTestApi } from "./event-log-contract.js";
+export { createTestRepo, TEST_GIT_IDENTITY } from "../workspace/test-repo.js";

@@ -1,9 +1,9 @@
 /** Test fixtures for the server's suites: databases, repositories, a running server, clients. */
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { execa } from "execa";
+import { join } from "node:path";
+import { createTestRepo as createAgentTestRepo } from "@keen/agent-core/testing";
 import pg from "pg";
 import { afterAll, beforeAll, describe } from "vitest";
 import type { ServerConfigInput } from "../config.js";
@@ -50,24 +50,11 @@ export function describeEachDatabase(name: string, suite: (choice: DatabaseChoic
   }
 }
 
-export const TEST_GIT_IDENTITY = {
-  GIT_AUTHOR_NAME: "keen test",
-  GIT_AUTHOR_EMAIL: "test@keen.localhost",
-  GIT_COMMITTER_NAME: "keen test",
-  GIT_COMMITTER_EMAIL: "test@keen.localhost",
-};
+export { TEST_GIT_IDENTITY } from "@keen/agent-core/testing";
 
 /** A real git repository in a temporary folder with `files` committed on `main`. */
-export async function createTestRepo(files: Record<string, string> = { "README.md": "# app\n" }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), "keen-server-repo-"));
-  await execa("git", ["init", "-q", "-b", "main"], { cwd: dir });
-  for (const [path, content] of Object.entries(files)) {
-    await mkdir(dirname(join(dir, path)), { recursive: true });
-    await writeFile(join(dir, path), content);
-  }
-  await execa("git", ["add", "-A"], { cwd: dir });
-  await execa("git", ["commit", "-q", "-m", "initial"], { cwd: dir, env: TEST_GIT_IDENTITY });
-  return dir;
+export function createTestRepo(files: Record<string, string> = { "README.md": "# app\n" }): Promise<string> {
+  return createAgentTestRepo(files);
 }
 
 export const ADMIN_EMAIL = "admin@keen.test";
