@@ -470,6 +470,26 @@ describe("startTask", () => {
       expect(await git(base.dir, "rev-parse", "main")).toBe(moved);
     });
 
+    it("never commits a file an agent wrote that looks like a credential: it is left out and a git.skipped event names it", async () => {
+      const base = await setup({
+        root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])], complete_task: [write(".env.production", "STRIPE_KEY=sk_live_0123456789abcdefghijklmnop\n"), write("src/app.js", "export {};\n"), done()] },
+        A: { complete_task: [write("certs/server.pem", "-----BEGIN PRIVATE KEY-----\nMIIE\n"), write("a.txt", "a\n"), done()] },
+      });
+      const { result, events } = await runTask(base);
+      expect(result.status).toBe("success");
+      const skipped = ofType(events, "git.skipped").map((e) => [e.agentId, e.branch, e.files.map((f) => `${f.path}:${f.reason}`)]);
+      expect(skipped).toEqual([
+        ["A", child("A"), ["certs/server.pem:credential"]],
+        ["root", RUN, [".env.production:credential"]],
+      ]);
+      for (const ref of [RUN, child("A")]) {
+        expect(await has(base.dir, ref, "certs/server.pem")).toBe(false);
+        expect(await has(base.dir, ref, ".env.production")).toBe(false);
+      }
+      expect(await has(base.dir, RUN, "a.txt")).toBe(true);
+      expect(await has(base.dir, RUN, "src/app.js")).toBe(true);
+    });
+
     it("refuses a run branch that exists instead of reusing it, and leaves it alone", async () => {
       const base = await setup({ root: { finish_explore: [explore("COMPLETE")], complete_task: [write("x.txt", "x\n"), done()] } });
       await git(base.dir, "branch", RUN);
