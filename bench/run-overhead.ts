@@ -28,7 +28,8 @@ async function keenRound(): Promise<number> {
   const workspace = await LocalWorkspace.open(dir, { sandbox: false });
   const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "bench", baseURL: server.url });
   const started = performance.now();
-  const run = startRun({ vision: "Read the modules", workspace, model, tools: builtinTools(), maxTurns: turns + 1, commit: false });
+  // In the checkout itself (branch: false): the loop's own cost, without the run branch's fork.
+  const run = startRun({ vision: "Read the modules", workspace, model, tools: builtinTools(), maxTurns: turns + 1, commit: false, branch: false });
   const result = await run.result;
   const elapsed = performance.now() - started;
   await server.close();

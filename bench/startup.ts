@@ -84,7 +84,8 @@ async function gitBeforeFirstRequest(start: (options: Record<string, unknown>) =
   const workspace = await LocalWorkspace.open(repo, { sandbox: false });
   spawned.length = 0;
   counting = true;
-  const run = start({ vision: "Say done", workspace, model: anthropic({ model: "claude-sonnet-5-5", apiKey: "bench", baseURL: server.url }), tools: builtinTools(), commit: false });
+  // In the checkout itself (branch: false): the loop's own cost, without the run branch's fork.
+  const run = start({ vision: "Say done", workspace, model: anthropic({ model: "claude-sonnet-5-5", apiKey: "bench", baseURL: server.url }), tools: builtinTools(), commit: false, branch: false });
   await firstRequest;
   run.abort();
   await run.result.catch(() => {});

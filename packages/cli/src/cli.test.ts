@@ -396,6 +396,56 @@ describe("keen run: the run branch and taking its result", { timeout: 120_000 },
     expect(await readFile(join(dir, "hello.txt"), "utf8")).toBe("hello\n");
     expect(await git(dir, "status", "--porcelain")).toBe("");
   });
+
+  it("a second run after main moved forks every child from the new main, never from the first run's branches", async () => {
+    const pair: ScriptedTask = {
+      title: "Pair",
+      instructions: "Pair",
+      subtasks: [
+        { title: "One", instructions: "Write one.", work: [write("one.txt", "one\n")] },
+        { title: "Two", instructions: "Write two.", work: [write("two.txt", "two\n")] },
+      ],
+    };
+    server = await startMessagesServer({ policy: scriptedTreePolicy(pair) });
+    const dir = await gitRepo();
+    const env = { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url };
+    const firstRun = await keen(["run", "Pair", "--repo", dir, "--no-sandbox", "--json"], env);
+    expect(firstRun.exitCode, firstRun.stderr).toBe(0);
+    await writeFile(join(dir, "moved.txt"), "new on main\n");
+    await execa("git", ["add", "moved.txt"], { cwd: dir });
+    await execa("git", ["commit", "-qm", "main moved"], { cwd: dir, env: identity });
+    const moved = await git(dir, "rev-parse", "HEAD");
+    const secondRun = await keen(["run", "Pair", "--repo", dir, "--no-sandbox", "--json"], env);
+    expect(secondRun.exitCode, secondRun.stderr).toBe(0);
+
+    const spawnedIn = (stdout: string) => ofType(parseNdjson(stdout), "agent.spawned").map((e) => e.branch);
+    const [firstRoot, ...firstChildren] = spawnedIn(firstRun.stdout);
+    const [secondRoot, ...secondChildren] = spawnedIn(secondRun.stdout);
+    expect(secondRoot).not.toBe(firstRoot);
+    expect(secondChildren).toEqual([`${secondRoot}-agents/summon-A`, `${secondRoot}-agents/summon-B`]);
+    for (const branch of [secondRoot!, ...secondChildren]) {
+      expect((await execa("git", ["merge-base", "--is-ancestor", moved, branch], { cwd: dir, reject: false })).exitCode, branch).toBe(0);
+    }
+    // The first run's branches are as it left them.
+    for (const branch of firstChildren) expect(await git(dir, "ls-tree", "--name-only", branch)).not.toContain("moved.txt");
+    expect(await git(dir, "rev-parse", "main")).toBe(moved);
+    expect(await git(dir, "status", "--porcelain")).toBe("");
+  });
+
+  it("--max-budget-usd stops every agent once the run has cost that much", async () => {
+    const busy: ScriptedTask = { title: "Busy", instructions: "Busy", work: Array.from({ length: 30 }, () => reply.toolUse("list_files", {})) };
+    server = await startMessagesServer({ policy: scriptedTreePolicy(busy) });
+    const dir = await gitRepo();
+    const result = await keen(["run", "Busy", "--repo", dir, "--no-sandbox", "--max-depth", "0", "--max-budget-usd", "0.01", "--json"], { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url });
+    expect(result.exitCode).toBe(1);
+    expect(result.stderr).toContain("keen: task failed: The budget of $0.01 was spent");
+    const completed = ofType(parseNdjson(result.stdout), "run.completed")[0]!;
+    expect(completed.status).toBe("failed");
+    expect(completed.error?.code).toBe("cost_budget");
+    expect(completed.costUsd).toBeGreaterThan(0);
+    expect(completed.costUsd).toBeLessThanOrEqual(0.01 * 1.5);
+    expect(server.requests.filter((r) => r.path === "/v1/messages").length).toBeLessThan(31);
+  });
 });
 
 describe("keen run --max-retries", { timeout: 120_000 }, () => {

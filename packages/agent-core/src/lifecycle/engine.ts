@@ -45,8 +45,9 @@ export interface EngineConfig {
  */
 export function launchRun(config: EngineConfig): TaskRun {
   const { state, settings } = config;
-  // Invalid context settings fail here, before anything runs.
+  // Invalid context and branch settings fail here, before anything runs.
   contextTracker(settings);
+  checkBranchSettings(settings);
   const events = new EventStream(state.runId, {
     startSeq: state.nextSeq,
     ...(settings.eventLog ? { log: settings.eventLog } : {}),
@@ -87,11 +88,13 @@ async function execute(tree: AgentTree, config: EngineConfig): Promise<TaskResul
     // A resumed run's log may hold events numbered after its snapshot: never number one twice.
     await tree.events.continueAfterLog();
     if (fresh) {
-      const branch = settings.branch === undefined ? await workspace.currentBranch() : runBranchName(settings.branch, state.runId);
+      // The default: a run branch in its own worktree; the given checkout is only read.
+      const onRunBranch = settings.branch !== false;
+      const branch = onRunBranch ? runBranchName(typeof settings.branch === "string" ? settings.branch : true, state.runId) : await workspace.currentBranch();
       tree.emit({ type: "run.started", agentId: "root", vision: state.vision, model: settings.model.id, repo: workspace.root, branch });
       root = tree.createAgent({ id: "root", parentId: null, depth: 0, branch, title: config.root.title, instructions: state.vision, phase: config.root.phase });
       tree.emitSpawn(root);
-      if (settings.branch !== undefined) {
+      if (onRunBranch) {
         runWorktree = await openRunBranch(tree, root, { fresh: true });
         workspace = runWorktree;
       }
@@ -210,6 +213,20 @@ async function reopenWorkspaces(tree: AgentTree, root: Workspace): Promise<void>
   }
 }
 
+function checkBranchSettings(settings: EngineSettings): void {
+  const { branch } = settings;
+  if (branch !== undefined && typeof branch !== "boolean" && (typeof branch !== "string" || branch.trim() === "")) {
+    throw new ConfigError("`branch` must be true, false or a non-empty branch name");
+  }
+  if (branch === false && (settings.base !== undefined || settings.includeUncommitted)) {
+    throw new ConfigError("`base` and `includeUncommitted` choose how a run branch starts; they cannot be combined with `branch: false`");
+  }
+  if (branch !== false && settings.commit === false) {
+    // The run branch's worktree is removed when the run ends: uncommitted work would go with it.
+    throw new ConfigError("`commit: false` leaves the work uncommitted, which only `branch: false` keeps (in the given checkout)");
+  }
+}
+
 /** `keen/<8 hex chars of the run id>`, or the name the caller chose. */
 export function runBranchName(branch: string | true, runId: string): string {
   if (branch !== true) return branch;
@@ -224,7 +241,9 @@ export function runBranchName(branch: string | true, runId: string): string {
  */
 async function openRunBranch(tree: AgentTree, root: AgentState, { fresh }: { fresh: boolean }): Promise<ForkableWorkspace> {
   const checkout = tree.settings.workspace;
-  if (!isForkable(checkout)) throw new ConfigError("A run branch needs a workspace that can fork (such as LocalWorkspace)");
+  if (!isForkable(checkout)) {
+    throw new ConfigError("A run branch needs a workspace that can fork (such as LocalWorkspace); `branch: false` works in the given workspace instead, for one keen owns");
+  }
   const { state, settings } = tree;
   if (!fresh) return checkout.fork(root.branch, { reattach: true });
   const from = settings.base ?? (await checkout.head());

@@ -41,7 +41,8 @@ describe("resume after SIGKILL", () => {
     server = await startMessagesServer({ policy: scenarioPolicy(scenario) });
     const referenceRepo = await createTestRepo();
     const snapshots = await mkdtemp(join(tmpdir(), "keen-snap-"));
-    const reference = await taskProcess({ mode: "start", repo: referenceRepo, baseURL: server.url, snapshotPath: join(snapshots, "ref.json"), vision: "Build it" });
+    const runId = "run_5e5e5e5e-0000-4000-8000-000000000000";
+    const reference = await taskProcess({ mode: "start", repo: referenceRepo, baseURL: server.url, snapshotPath: join(snapshots, "ref.json"), vision: "Build it", runId });
     expect(reference.exitCode, String(reference.stderr)).toBe(0);
     await server.close();
 
@@ -63,7 +64,7 @@ describe("resume after SIGKILL", () => {
     });
     const repo = await createTestRepo();
     const snapshotPath = join(snapshots, "run.json");
-    child = taskProcess({ mode: "start", repo, baseURL: server.url, snapshotPath, vision: "Build it" });
+    child = taskProcess({ mode: "start", repo, baseURL: server.url, snapshotPath, vision: "Build it", runId });
     const first = await child;
     expect(first.signal).toBe("SIGKILL");
 
@@ -77,7 +78,12 @@ describe("resume after SIGKILL", () => {
     const { firstSeq } = JSON.parse(String(resumed.stdout)) as { firstSeq: number };
     expect(firstSeq).toBeGreaterThan(0);
 
-    expect(await branchTrees(repo)).toEqual(await branchTrees(referenceRepo));
+    // The run branch and its children's, with the same trees; main is untouched in both.
+    const trees = await branchTrees(repo);
+    expect(Object.keys(trees)).toEqual(["keen/5e5e5e5e", "keen/5e5e5e5e-agents/summon-A", "keen/5e5e5e5e-agents/summon-B", "main"]);
+    expect(trees).toEqual(await branchTrees(referenceRepo));
+    expect(trees.main).toBe((await execa("git", ["rev-parse", "HEAD^{tree}"], { cwd: repo })).stdout);
+    expect((await execa("git", ["status", "--porcelain"], { cwd: repo })).stdout).toBe("");
     const worktrees = (await execa("git", ["worktree", "list"], { cwd: repo })).stdout.split("\n");
     expect(worktrees).toHaveLength(1);
   }, 120_000); // three task processes; on a busy machine each start costs seconds

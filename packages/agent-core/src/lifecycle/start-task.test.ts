@@ -1,4 +1,4 @@
-import { readFile, writeFile } from "node:fs/promises";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
 import { afterEach, describe, expect, it } from "vitest";
@@ -25,8 +25,13 @@ async function setup(scenario: Scenario, files: Record<string, string> = { "READ
   return { dir, workspace, model, server };
 }
 
+/** Runs get this id unless a test gives another: the run branch is `RUN`, the root's children are `child("A")`, … */
+const RUN_ID = "run_1a2b3c4d-0000-4000-8000-000000000000";
+const RUN = "keen/1a2b3c4d";
+const child = (label: string) => `${RUN}-agents/summon-${label}`;
+
 async function runTask(base: Awaited<ReturnType<typeof setup>>, extra: Partial<TaskOptions> = {}) {
-  const run = startTask({ vision: "Build the feature", workspace: base.workspace, model: base.model, ...extra });
+  const run = startTask({ vision: "Build the feature", workspace: base.workspace, model: base.model, runId: RUN_ID, ...extra });
   const events: KeenEvent[] = [];
   for await (const event of run) events.push(event);
   return { run, events, result: await run.result };
@@ -35,6 +40,31 @@ async function runTask(base: Awaited<ReturnType<typeof setup>>, extra: Partial<T
 const ofType = <T extends KeenEvent["type"]>(events: KeenEvent[], type: T) => events.filter((e): e is KeenEventOf<T> => e.type === type);
 const base64 = async (dir: string, path: string) => (await readFile(join(dir, path))).toString("base64");
 const git = (dir: string, ...args: string[]) => execa("git", args, { cwd: dir }).then((r) => r.stdout.trim());
+/** Whether `ref` has `path` (the run's result lives on its branch, not in the checkout). */
+const has = (dir: string, ref: string, path: string) => execa("git", ["cat-file", "-e", `${ref}:${path}`], { cwd: dir, reject: false }).then((r) => r.exitCode === 0);
+
+/** Everything a run must leave alone in the user's checkout, byte for byte. */
+async function checkoutState(dir: string) {
+  const files: Record<string, string> = {};
+  const walk = async (rel: string) => {
+    for (const entry of await readdir(join(dir, rel), { withFileTypes: true })) {
+      const path = rel ? `${rel}/${entry.name}` : entry.name;
+      if (path === ".git") continue;
+      if (entry.isDirectory()) await walk(path);
+      else files[path] = (await readFile(join(dir, path))).toString("base64");
+    }
+  };
+  await walk("");
+  return {
+    files,
+    status: (await execa("git", ["status", "--porcelain", "--untracked-files=all"], { cwd: dir })).stdout,
+    index: await git(dir, "ls-files", "--stage"),
+    staged: await git(dir, "diff", "--cached"),
+    stash: await git(dir, "stash", "list", "--format=%H %gs"),
+    branch: await git(dir, "symbolic-ref", "HEAD"),
+    head: await git(dir, "rev-parse", "HEAD"),
+  };
+}
 
 describe("startTask", () => {
   it("runs a 3-level tree with parallel children, named branches and clean merges", async () => {
@@ -48,33 +78,41 @@ describe("startTask", () => {
       "A-A": { complete_task: [write("docs/guide.md", "# Guide\n"), done("Guide written.")] },
       B: { complete_task: [write("src/feature.js", "export const feature = 1;\n"), reply.toolUse("list_files", {}), reply.toolUse("list_files", {}), done("Feature added.")] },
     });
+    const start = await git(base.dir, "rev-parse", "HEAD");
     const { result, events } = await runTask(base);
     expect(result.status).toBe("success");
     expect(result.summary).toBe("All merged.");
+    expect(result.branch).toBe(RUN);
 
     const spawned = ofType(events, "agent.spawned").map((e) => [e.agentId, e.parentId, e.branch, e.depth]);
     expect(spawned).toEqual([
-      ["root", null, "main", 0],
-      ["A", "root", "summon-A", 1],
-      ["B", "root", "summon-B", 1],
-      ["A-A", "A", "summon-A-A", 2],
+      ["root", null, RUN, 0],
+      ["A", "root", child("A"), 1],
+      ["B", "root", child("B"), 1],
+      ["A-A", "A", child("A-A"), 2],
     ]);
     expect(ofType(events, "git.branch").map((e) => [e.branch, e.from])).toEqual([
-      ["summon-A", "main"],
-      ["summon-B", "main"],
-      ["summon-A-A", "summon-A"],
+      [RUN, start],
+      [child("A"), RUN],
+      [child("B"), RUN],
+      [child("A-A"), child("A")],
     ]);
     expect(ofType(events, "git.merge").map((e) => [e.branch, e.into, e.result])).toEqual([
-      ["summon-A-A", "summon-A", "merged"],
-      ["summon-A", "main", "merged"],
-      ["summon-B", "main", "merged"],
+      [child("A-A"), child("A"), "merged"],
+      [child("A"), RUN, "merged"],
+      [child("B"), RUN, "merged"],
     ]);
     // A and B ran at the same time: B asked the model before A finished.
     const requests = base.server.requests.map((r) => agentOf(r.body));
     expect(requests.indexOf("B")).toBeLessThan(requests.lastIndexOf("A"));
-    // Main holds everyone's work; the child branches are kept; no worktrees are left behind.
-    for (const file of ["docs/index.md", "docs/guide.md", "src/feature.js"]) expect(await base.workspace.exists(file)).toBe(true);
-    expect(await git(base.dir, "branch", "--format=%(refname:short)")).toBe("main\nsummon-A\nsummon-A-A\nsummon-B");
+    // The run branch holds everyone's work, main is where it was; the child branches are kept;
+    // no worktrees are left behind.
+    for (const file of ["docs/index.md", "docs/guide.md", "src/feature.js"]) {
+      expect(await has(base.dir, RUN, file)).toBe(true);
+      expect(await base.workspace.exists(file)).toBe(false);
+    }
+    expect(await git(base.dir, "rev-parse", "main")).toBe(start);
+    expect((await git(base.dir, "branch", "--format=%(refname:short)")).split("\n")).toEqual([RUN, child("A"), child("A-A"), child("B"), "main"]);
     expect((await git(base.dir, "worktree", "list")).split("\n")).toHaveLength(1);
     expect(await git(base.dir, "status", "--porcelain")).toBe("");
     // Phases in order for a planning agent.
@@ -110,8 +148,8 @@ describe("startTask", () => {
     expect(result.status).toBe("success");
     // Both merges succeed and leave HEAD where it was: there was nothing to bring in.
     expect(ofType(events, "git.merge").map((e) => [e.branch, e.result, e.sha])).toEqual([
-      ["summon-A", "merged", head],
-      ["summon-B", "merged", head],
+      [child("A"), "merged", head],
+      [child("B"), "merged", head],
     ]);
   });
 
@@ -133,10 +171,11 @@ describe("startTask", () => {
     expect(result.status).toBe("success");
     const merges = ofType(events, "git.merge");
     expect(merges.map((e) => [e.branch, e.result, e.conflictedFiles])).toEqual([
-      ["summon-A", "merged", []],
-      ["summon-B", "resolved", ["shared.txt"]],
+      [child("A"), "merged", []],
+      [child("B"), "resolved", ["shared.txt"]],
     ]);
-    expect(await readFile(join(base.dir, "shared.txt"), "utf8")).toBe("one and two\n");
+    expect(await git(base.dir, "show", `${RUN}:shared.txt`)).toBe("one and two");
+    expect(await readFile(join(base.dir, "shared.txt"), "utf8")).toBe("base\n");
     expect(await git(base.dir, "status", "--porcelain")).toBe("");
     expect((await git(base.dir, "log", "-1", "--format=%P", merges[1]!.sha!)).split(" ")).toHaveLength(2);
   });
@@ -153,11 +192,11 @@ describe("startTask", () => {
     const { result, events } = await runTask(base, { onConflict: "rollback" });
     expect(result.status).toBe("success");
     expect(ofType(events, "git.merge").map((e) => [e.branch, e.result])).toEqual([
-      ["summon-A", "merged"],
-      ["summon-B", "rolled_back"],
+      [child("A"), "merged"],
+      [child("B"), "rolled_back"],
     ]);
-    expect(await readFile(join(base.dir, "shared.txt"), "utf8")).toBe("one\n");
-    expect(await git(base.dir, "show", "summon-B:shared.txt")).toBe("two");
+    expect(await git(base.dir, "show", `${RUN}:shared.txt`)).toBe("one");
+    expect(await git(base.dir, "show", `${child("B")}:shared.txt`)).toBe("two");
     expect(await git(base.dir, "status", "--porcelain")).toBe("");
     // No merge was handed to the model to resolve.
     expect(base.server.requests.some((r) => requestPosition(r.body).phase === "SUMMON")).toBe(false);
@@ -173,10 +212,10 @@ describe("startTask", () => {
     expect(result.status).toBe("success");
     expect(ofType(events, "validation.result").map((e) => e.passed)).toEqual([true, false, true]);
     expect(ofType(events, "git.merge").map((e) => e.result)).toEqual(["merged", "rolled_back"]);
-    expect(await base.workspace.exists("good.txt")).toBe(true);
-    expect(await base.workspace.exists("bad.txt")).toBe(false);
+    expect(await has(base.dir, RUN, "good.txt")).toBe(true);
+    expect(await has(base.dir, RUN, "bad.txt")).toBe(false);
     const report = JSON.stringify(base.server.requests.at(-1)!.body.messages);
-    expect(report).toMatch(/B \\"Bad\\" on summon-B: success, rolled back \(branch kept\)/);
+    expect(report).toContain(`B \\"Bad\\" on ${child("B")}: success, rolled back (branch kept)`);
   });
 
   it("treats a failed child as data: not merged, reported, the run goes on", async () => {
@@ -187,11 +226,11 @@ describe("startTask", () => {
     });
     const { result, events } = await runTask(base);
     expect(result.status).toBe("success");
-    expect(ofType(events, "git.merge").map((e) => e.branch)).toEqual(["summon-A"]);
+    expect(ofType(events, "git.merge").map((e) => e.branch)).toEqual([child("A")]);
     expect(ofType(events, "agent.completed").find((e) => e.agentId === "B")!.status).toBe("failed");
-    expect(await git(base.dir, "show", "summon-B:b.txt")).toBe("half");
-    expect(await base.workspace.exists("b.txt")).toBe(false);
-    expect(JSON.stringify(base.server.requests.at(-1)!.body.messages)).toContain("B \\\"Fails\\\" on summon-B: failed, not merged. Could not finish");
+    expect(await git(base.dir, "show", `${child("B")}:b.txt`)).toBe("half");
+    expect(await has(base.dir, RUN, "b.txt")).toBe(false);
+    expect(JSON.stringify(base.server.requests.at(-1)!.body.messages)).toContain(`B \\"Fails\\" on ${child("B")}: failed, not merged. Could not finish`);
   });
 
   it("gives one reminder to a model that answers without a tool, then fails the phase", async () => {
@@ -199,7 +238,7 @@ describe("startTask", () => {
     expect((await runTask(recovering)).result.status).toBe("success");
     await server!.close();
     const stubborn = await setup({ root: { finish_explore: [reply.text("I looked."), reply.text("Still talking.")] } });
-    const { result } = await runTask(stubborn);
+    const { result } = await runTask(stubborn, { runId: "run_2b3c4d5e-0000-4000-8000-000000000000" });
     expect(result.status).toBe("failed");
     expect(result.error?.message).toMatch(/ended EXPLORE without calling finish_explore/);
   });
@@ -240,8 +279,8 @@ describe("startTask", () => {
       expect(ofType(events, "limit.reached").map((e) => e.limit)).toEqual(["tokenBudget"]);
       const statuses = Object.fromEntries(ofType(events, "agent.completed").map((e) => [e.agentId, e.status]));
       expect(statuses).toEqual({ A: "aborted", B: "aborted", root: "aborted" });
-      expect(await git(base.dir, "show", "summon-A:a.txt")).toBe("a");
-      expect(await git(base.dir, "show", "summon-B:b.txt")).toBe("b");
+      expect(await git(base.dir, "show", `${child("A")}:a.txt`)).toBe("a");
+      expect(await git(base.dir, "show", `${child("B")}:b.txt`)).toBe("b");
       const totals = ofType(events, "model.usage").map((e) => e.usage.inputTokens + e.usage.outputTokens + e.usage.cacheCreationInputTokens + e.usage.cacheReadInputTokens);
       const spent = totals.reduce((n, t) => n + t, 0);
       // Checked before sending: the run stops near the budget, over it by at most the requests already in flight (one per running child).
@@ -270,10 +309,11 @@ describe("startTask", () => {
       const ofB = ofType(events, "validation.result").filter((e) => e.agentId === "B");
       expect(ofB.map((e) => `${e.source}:${e.command}:${e.passed}`)).toContain("user:test ! -e bad.txt:false");
       expect(ofType(events, "agent.completed").find((e) => e.agentId === "B")!.status).toBe("failed");
-      expect(ofType(events, "git.merge").map((e) => [e.branch, e.result])).toEqual([["summon-A", "merged"]]);
+      expect(ofType(events, "git.merge").map((e) => [e.branch, e.result])).toEqual([[child("A"), "merged"]]);
       const ofRoot = ofType(events, "validation.result").filter((e) => e.agentId === "root");
       expect(ofRoot.map((e) => `${e.source}:${e.command}:${e.passed}`)).toEqual(expect.arrayContaining(["user:test ! -e bad.txt:true", "plan:true:true"]));
-      expect(await base.workspace.exists("bad.txt")).toBe(false);
+      expect(await has(base.dir, RUN, "good.txt")).toBe(true);
+      expect(await has(base.dir, RUN, "bad.txt")).toBe(false);
     });
   });
 
@@ -310,8 +350,8 @@ describe("startTask", () => {
     expect(result.status).toBe("success");
     const refused = ofType(events, "tool.completed").find((e) => e.name === "submit_plan" && e.isError);
     expect(refused?.output).toMatch(/control characters/);
-    expect(ofType(events, "git.merge").map((e) => [e.branch, e.result])).toEqual([["summon-A", "merged"]]);
-    expect(await git(base.dir, "show", "summon-A:a.txt")).toBe("a");
+    expect(ofType(events, "git.merge").map((e) => [e.branch, e.result])).toEqual([[child("A"), "merged"]]);
+    expect(await git(base.dir, "show", `${child("A")}:a.txt`)).toBe("a");
   });
 
   it("announces each child (agent.spawned) before its git.branch event", async () => {
@@ -346,69 +386,149 @@ describe("startTask", () => {
     expect(first.error?.code).toBe("model_unavailable");
     expect(saved!.agents.find((a) => a.id === "root")!.phase).not.toBe("DONE");
     expect(saved!.agents.find((a) => a.id === "A")!.phase).toBe("COMPLETE");
-    expect(await git(dir, "show", "summon-A:a.txt")).toBe("a");
+    expect(await git(dir, "show", `${first.branch}-agents/summon-A:a.txt`)).toBe("a");
     expect((await git(dir, "worktree", "list")).split("\n")).toHaveLength(1);
 
     overloaded = false;
     const second = await resumeTask(saved!, { workspace, model }).result;
     expect(second.status).toBe("success");
-    expect(await base64(dir, "a2.txt")).toBe(Buffer.from("a2\n").toString("base64"));
+    expect(second.branch).toBe(first.branch);
+    expect(await git(dir, "show", `${second.branch}:a2.txt`)).toBe("a2");
+    expect(await base64(dir, "README.md")).toBe(Buffer.from("# app\n").toString("base64"));
+    expect(await workspace.exists("a2.txt")).toBe(false);
   });
 
-  describe("on a run branch", () => {
-    it("never writes the user's checkout: a dirty repository keeps every byte and its status; the result is on keen/<id>", async () => {
-      const base = await setup({
-        root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])], complete_task: [write("root.txt", "root\n"), done()] },
-        A: { complete_task: [write("a.txt", "a\n"), done()] },
-      });
+  describe("on the run branch (the default)", () => {
+    it("never writes the user's checkout: a dirty repository keeps every byte, its index, stash and branch; the result is on keen/<id>", async () => {
+      const base = await setup(
+        {
+          root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])], complete_task: [write("root.txt", "root\n"), done()] },
+          A: { complete_task: [write("a.txt", "a\n"), write("README.md", "# app by A\n"), done()] },
+        },
+        { "README.md": "# app\n", "notes.txt": "notes\n", "parked.txt": "one\n" },
+      );
+      // A stash entry, a staged change, a modified tracked file and an untracked key.
+      await writeFile(join(base.dir, "parked.txt"), "two\n");
+      await git(base.dir, "stash", "push", "-q", "-m", "parked work");
+      await writeFile(join(base.dir, "notes.txt"), "notes\nstaged\n");
+      await git(base.dir, "add", "notes.txt");
       await writeFile(join(base.dir, "README.md"), "# app\nwork in progress\n");
-      await writeFile(join(base.dir, ".env.local"), "ANTHROPIC_API_KEY=sk-ant-secret\n");
-      const statusBefore = await git(base.dir, "status", "--porcelain");
-      const headBefore = await git(base.dir, "rev-parse", "HEAD");
-      const { result, events } = await runTask(base, { branch: true, runId: "run_1a2b3c4d-0000-4000-8000-000000000000" });
+      await writeFile(join(base.dir, ".env.local"), "ANTHROPIC_API_KEY=sk-ant-api03-0123456789abcdefghijklmnopqrstuvwxyz\n");
+      const before = await checkoutState(base.dir);
+      expect(before.status.split("\n").sort()).toEqual(["?? .env.local", "M  notes.txt", " M README.md"].sort());
+      expect(before.stash).toContain("parked work");
+
+      // No `branch` option: the library default.
+      const { result, events } = await runTask(base);
       expect(result.status).toBe("success");
-      expect(result.branch).toBe("keen/1a2b3c4d");
-      expect(await git(base.dir, "status", "--porcelain")).toBe(statusBefore);
-      expect(await git(base.dir, "rev-parse", "HEAD")).toBe(headBefore);
-      expect(await git(base.dir, "branch", "--show-current")).toBe("main");
-      expect(await readFile(join(base.dir, "README.md"), "utf8")).toBe("# app\nwork in progress\n");
-      expect(await readFile(join(base.dir, ".env.local"), "utf8")).toBe("ANTHROPIC_API_KEY=sk-ant-secret\n");
-      expect(await base.workspace.exists("a.txt")).toBe(false);
-      // The run branch holds the work, and none of the user's uncommitted files.
-      const files = (await git(base.dir, "ls-tree", "-r", "--name-only", "keen/1a2b3c4d")).split("\n");
-      expect(files).toEqual(["README.md", "a.txt", "root.txt"]);
-      expect(await git(base.dir, "show", "keen/1a2b3c4d:README.md")).toBe("# app");
+      expect(result.branch).toBe(RUN);
+      expect(await checkoutState(base.dir)).toEqual(before);
+      // The run branch holds the work on top of the committed HEAD, none of the user's
+      // uncommitted, staged, stashed or untracked files.
+      expect(await git(base.dir, "merge-base", before.head, RUN)).toBe(before.head);
+      expect((await git(base.dir, "ls-tree", "-r", "--name-only", RUN)).split("\n")).toEqual(["README.md", "a.txt", "notes.txt", "parked.txt", "root.txt"]);
+      expect(await git(base.dir, "show", `${RUN}:README.md`)).toBe("# app by A");
+      expect(await git(base.dir, "show", `${RUN}:notes.txt`)).toBe("notes");
+      expect(await git(base.dir, "show", `${RUN}:parked.txt`)).toBe("one");
       expect(ofType(events, "agent.spawned").map((e) => [e.agentId, e.branch])).toEqual([
-        ["root", "keen/1a2b3c4d"],
-        ["A", "keen/1a2b3c4d-agents/summon-A"],
+        ["root", RUN],
+        ["A", child("A")],
       ]);
+      expect(ofType(events, "run.started")[0]).toMatchObject({ branch: RUN });
       const completed = ofType(events, "run.completed")[0]!;
-      expect(completed).toMatchObject({ branch: "keen/1a2b3c4d", head: await git(base.dir, "rev-parse", "keen/1a2b3c4d") });
+      expect(completed).toMatchObject({ branch: RUN, head: await git(base.dir, "rev-parse", RUN) });
       expect(completed.costUsd).toBeGreaterThan(0);
       expect((await git(base.dir, "worktree", "list")).split("\n")).toHaveLength(1);
     });
 
-    it("a second run starts fresh from the moved HEAD: every child sees the new commits", async () => {
+    it("a second run after main moved starts fresh from the new HEAD: every child sees the new commits", async () => {
       const scenario = {
-        root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])] },
-        A: { complete_task: [write("a.txt", "a\n"), done()] },
+        root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }, { title: "Two" }])] },
+        A: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "Deeper" }])], complete_task: [done()] },
+        "A-A": { complete_task: [write("aa.txt", "aa\n"), done()] },
+        B: { complete_task: [write("b.txt", "b\n"), done()] },
       };
       const base = await setup(scenario);
-      const first = await runTask(base, { branch: true });
+      const first = await runTask(base, { runId: "run_aaaaaaaa-0000-4000-8000-000000000000" });
       expect(first.result.status).toBe("success");
       await writeFile(join(base.dir, "moved.txt"), "new on main\n");
       await git(base.dir, "add", "moved.txt");
       await git(base.dir, "commit", "-qm", "main moved");
-      const second = await runTask(base, { branch: true });
+      const moved = await git(base.dir, "rev-parse", "HEAD");
+      const second = await runTask(base, { runId: "run_bbbbbbbb-0000-4000-8000-000000000000" });
       expect(second.result.status).toBe("success");
-      expect(second.result.branch).not.toBe(first.result.branch);
-      const child = ofType(second.events, "agent.spawned").find((e) => e.agentId === "A")!.branch;
-      expect(child).toBe(`${second.result.branch}-agents/summon-A`);
-      expect(await git(base.dir, "show", `${child}:moved.txt`)).toBe("new on main");
-      expect(await git(base.dir, "show", `${second.result.branch}:moved.txt`)).toBe("new on main");
+      expect([first.result.branch, second.result.branch]).toEqual(["keen/aaaaaaaa", "keen/bbbbbbbb"]);
+      const children = ofType(second.events, "agent.spawned").filter((e) => e.agentId !== "root");
+      expect(children.map((e) => e.branch)).toEqual(["keen/bbbbbbbb-agents/summon-A", "keen/bbbbbbbb-agents/summon-B", "keen/bbbbbbbb-agents/summon-A-A"]);
+      // Every child branch (and the run branch) was forked after main moved.
+      for (const branch of [second.result.branch, ...children.map((e) => e.branch)]) {
+        expect((await execa("git", ["merge-base", "--is-ancestor", moved, branch], { cwd: base.dir, reject: false })).exitCode).toBe(0);
+        expect(await git(base.dir, "show", `${branch}:moved.txt`)).toBe("new on main");
+      }
+      // The first run's branches are left as they were, never reused.
+      expect(await has(base.dir, "keen/aaaaaaaa-agents/summon-B", "moved.txt")).toBe(false);
+      expect(await git(base.dir, "rev-parse", "main")).toBe(moved);
     });
 
-    it("starts from --base when given, and carries uncommitted work only when asked, never a credential", async () => {
+    it("never commits a file an agent wrote that looks like a credential: it is left out and a git.skipped event names it", async () => {
+      const base = await setup({
+        root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])], complete_task: [write(".env.production", "STRIPE_KEY=sk_live_0123456789abcdefghijklmnop\n"), write("src/app.js", "export {};\n"), done()] },
+        A: { complete_task: [write("certs/server.pem", "-----BEGIN PRIVATE KEY-----\nMIIE\n"), write("a.txt", "a\n"), done()] },
+      });
+      const { result, events } = await runTask(base);
+      expect(result.status).toBe("success");
+      const skipped = ofType(events, "git.skipped").map((e) => [e.agentId, e.branch, e.files.map((f) => `${f.path}:${f.reason}`)]);
+      expect(skipped).toEqual([
+        ["A", child("A"), ["certs/server.pem:credential"]],
+        ["root", RUN, [".env.production:credential"]],
+      ]);
+      for (const ref of [RUN, child("A")]) {
+        expect(await has(base.dir, ref, "certs/server.pem")).toBe(false);
+        expect(await has(base.dir, ref, ".env.production")).toBe(false);
+      }
+      expect(await has(base.dir, RUN, "a.txt")).toBe(true);
+      expect(await has(base.dir, RUN, "src/app.js")).toBe(true);
+    });
+
+    it("refuses a run branch that exists instead of reusing it, and leaves it alone", async () => {
+      const base = await setup({ root: { finish_explore: [explore("COMPLETE")], complete_task: [write("x.txt", "x\n"), done()] } });
+      await git(base.dir, "branch", RUN);
+      const before = await git(base.dir, "rev-parse", RUN);
+      const { result } = await runTask(base);
+      expect(result.status).toBe("error");
+      expect(result.error?.code).toBe("branch_exists");
+      expect(await git(base.dir, "rev-parse", RUN)).toBe(before);
+      expect(base.server.requests).toHaveLength(0);
+    });
+
+    it("takes a branch name of the caller's, and works in the given checkout only with branch: false", async () => {
+      const base = await setup({ root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])] }, A: { complete_task: [write("a.txt", "a\n"), done()] } });
+      const named = await runTask(base, { branch: "feature/dark-mode" });
+      expect(named.result.branch).toBe("feature/dark-mode");
+      expect(await has(base.dir, "feature/dark-mode", "a.txt")).toBe(true);
+      expect(await has(base.dir, "feature/dark-mode-agents/summon-A", "a.txt")).toBe(true);
+      expect(await base.workspace.exists("a.txt")).toBe(false);
+
+      // A checkout keen owns (such as a throwaway clone) may be worked in directly.
+      const owned = await createTestRepo({ "README.md": "# owned\n" });
+      const ownedWorkspace = await LocalWorkspace.open(owned);
+      const inPlace = await runTask({ ...base, dir: owned, workspace: ownedWorkspace }, { branch: false, runId: "run_cccccccc-0000-4000-8000-000000000000" });
+      expect(inPlace.result.status).toBe("success");
+      expect(inPlace.result.branch).toBe("main");
+      expect(ofType(inPlace.events, "agent.spawned").map((e) => e.branch)).toEqual(["main", "summon-A"]);
+      expect(await ownedWorkspace.readFile("a.txt")).toBe("a\n");
+      expect(await git(owned, "status", "--porcelain")).toBe("");
+    });
+
+    it("refuses branch settings that cannot work with a ConfigError, before anything runs", () => {
+      const options = { vision: "Build", workspace: {} as TaskOptions["workspace"], model: {} as TaskOptions["model"] };
+      expect(() => startTask({ ...options, branch: "" })).toThrow(expect.objectContaining({ code: "config_error" }));
+      expect(() => startTask({ ...options, branch: 1 as never })).toThrow(expect.objectContaining({ code: "config_error" }));
+      expect(() => startTask({ ...options, branch: false, base: "main" })).toThrow(expect.objectContaining({ code: "config_error" }));
+      expect(() => startTask({ ...options, branch: false, includeUncommitted: true })).toThrow(expect.objectContaining({ code: "config_error" }));
+    });
+
+    it("starts from base when given, and carries uncommitted work only when asked, never a credential", async () => {
       const scenario = {
         root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])] },
         A: { complete_task: [write("a.txt", "a\n"), done()] },
@@ -418,7 +538,7 @@ describe("startTask", () => {
       await writeFile(join(base.dir, "later.txt"), "after the base\n");
       await git(base.dir, "add", "later.txt");
       await git(base.dir, "commit", "-qm", "later");
-      const fromBase = await runTask(base, { branch: true, base: first });
+      const fromBase = await runTask(base, { base: first, runId: "run_dddddddd-0000-4000-8000-000000000000" });
       expect(fromBase.result.status).toBe("success");
       expect(ofType(fromBase.events, "git.branch").find((e) => e.agentId === "root")!.from).toBe(first);
       expect(await git(base.dir, "merge-base", first, fromBase.result.branch!)).toBe(first);
@@ -426,8 +546,8 @@ describe("startTask", () => {
 
       await writeFile(join(base.dir, "README.md"), "# app\nwork in progress\n");
       await writeFile(join(base.dir, ".env.local"), "ANTHROPIC_API_KEY=sk-ant-secret\n");
-      const statusBefore = await git(base.dir, "status", "--porcelain");
-      const carried = await runTask(base, { branch: true, includeUncommitted: true });
+      const before = await checkoutState(base.dir);
+      const carried = await runTask(base, { includeUncommitted: true, runId: "run_eeeeeeee-0000-4000-8000-000000000000" });
       expect(carried.result.error).toBeUndefined();
       expect(carried.result.status).toBe("success");
       const branch = carried.result.branch!;
@@ -435,7 +555,7 @@ describe("startTask", () => {
       expect(await git(base.dir, "ls-tree", "--name-only", branch)).not.toContain(".env.local");
       expect(ofType(carried.events, "git.skipped").flatMap((e) => e.files)).toEqual([expect.objectContaining({ path: ".env.local", reason: "credential" })]);
       // The user's checkout is as it was.
-      expect(await git(base.dir, "status", "--porcelain")).toBe(statusBefore);
+      expect(await checkoutState(base.dir)).toEqual(before);
     });
   });
 
@@ -467,7 +587,7 @@ describe("startTask", () => {
     expect(result.status).toBe("aborted");
     expect(result.error).toEqual({ code: "aborted", message: "stop now" });
     expect(result.agents.map((a) => a.status)).toEqual(["aborted", "aborted", "aborted"]);
-    expect(await git(base.dir, "show", "summon-B:b.txt")).toBe("b");
-    expect((await git(base.dir, "log", "-1", "--format=%B", "summon-B"))).toContain("Status: aborted");
+    expect(await git(base.dir, "show", `${result.branch}-agents/summon-B:b.txt`)).toBe("b");
+    expect((await git(base.dir, "log", "-1", "--format=%B", `${result.branch}-agents/summon-B`))).toContain("Status: aborted");
   });
 });

@@ -15,7 +15,10 @@ export type { TaskResult, TaskRun } from "./engine.js";
 
 export interface TaskOptions {
   vision: string;
-  /** The root checkout. Subtasks need a `ForkableWorkspace` (such as `LocalWorkspace`). */
+  /**
+   * The repository the run starts from. The run branch is forked from it, so it must be a
+   * `ForkableWorkspace` (such as `LocalWorkspace`) unless `branch: false`.
+   */
   workspace: Workspace;
   model: Model;
   /** Extra tools offered in the COMPLETE phase, next to the built-ins. */
@@ -52,11 +55,16 @@ export interface TaskOptions {
   /** Most events held in memory for fast reading. Default 1000. */
   eventWindow?: number;
   /**
-   * Work on a run branch in its own worktree, never in the given checkout: `true` for
-   * `keen/<short run id>` (children on `keen/<id>-agents/summon-A`, …), or a branch name. The
-   * checkout is only read. Without it the root works in the given checkout (as before).
+   * The run branch. By default (`true`) the root works on a new branch `keen/<short run id>`,
+   * created from the checkout's HEAD (or `base`) in its own worktree, and its children on
+   * `keen/<id>-agents/summon-A`, …; a string names the run branch instead. The given checkout is
+   * only read: its working tree, index, stash and current branch stay as they are, and the
+   * result is taken from the branch (`git diff <base>...keen/<id>`, `git merge keen/<id>`).
+   *
+   * `false` works in the given checkout and commits on its current branch. Only for checkouts
+   * keen owns (a throwaway clone), never a user's repository.
    */
-  branch?: string | true;
+  branch?: string | boolean;
   /** Commit-ish the run branch starts from. Default: the checkout's HEAD. */
   base?: string;
   /** Copy the checkout's uncommitted and untracked (non-ignored) files into the run branch as its first commit. */

@@ -36,10 +36,10 @@ export interface EngineSettings {
   /** Most events held in memory for fast reading. Default 1000. */
   eventWindow?: number;
   /**
-   * Work on a run branch in its own worktree instead of in the given checkout: `true` for
-   * `keen/<short run id>`, or a name. The checkout is only read (its HEAD, or `base`).
+   * The run branch, in its own worktree: `true` (the default) for `keen/<short run id>`, or a
+   * name; the checkout is only read (its HEAD, or `base`). `false` works in the given checkout.
    */
-  branch?: string | true;
+  branch?: string | boolean;
   /** Commit-ish the run branch starts from. Default: the checkout's HEAD. */
   base?: string;
   /** Copy the checkout's uncommitted and untracked (non-ignored) files into the run branch as its first commit. */

@@ -32,7 +32,7 @@ async function runWith(policy: ReplyPolicy, files: Record<string, string>, optio
   server = await startMessagesServer({ policy });
   const workspace = await LocalWorkspace.open(await createTestRepo({ "README.md": "# app\n", ...files }));
   const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url, retry: { maxRetries: 0 } });
-  const run = startRun({ vision: "Read the files", workspace, model, tools: builtinTools(), commit: false, ...options });
+  const run = startRun({ vision: "Read the files", workspace, model, tools: builtinTools(), ...options });
   const events: KeenEvent[] = [];
   for await (const event of run) events.push(event);
   const messages = server.requests.filter((r) => r.path === "/v1/messages");

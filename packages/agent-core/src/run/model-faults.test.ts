@@ -20,7 +20,7 @@ async function runThrough(policy: (now: number) => ReturnType<ReplyPolicy>) {
   server = await startMessagesServer({ policy: () => policy(clock.now()) });
   const workspace = await LocalWorkspace.open(await createTestRepo());
   const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url, retry: { now: clock.now, sleep: clock.sleep } });
-  const run = startRun({ vision: "List the files", workspace, model, tools: builtinTools(), commit: false });
+  const run = startRun({ vision: "List the files", workspace, model, tools: builtinTools() });
   const events: KeenEvent[] = [];
   for await (const event of run) events.push(event);
   return { result: await run.result, events, clock };

@@ -6,6 +6,7 @@ import { reply, startMessagesServer, type MessagesServer, type ReplyPolicy, type
 import { builtinTools } from "../tools/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo, hostPidsRunning } from "../workspace/test-repo.js";
+import { runBranchName } from "../lifecycle/engine.js";
 import { startRun, type RunOptions } from "./start-run.js";
 
 let server: MessagesServer | undefined;
@@ -36,13 +37,20 @@ describe("startRun", () => {
         reply.text("Added src/add.js; it prints 5."),
       ],
     });
+    const headBefore = await base.workspace.head();
     const run = go(base, "Add an add function");
     const seen: KeenEvent[] = [];
     for await (const event of run) seen.push(event);
     const result = await run.result;
 
-    expect(result).toMatchObject({ status: "success", summary: "Added src/add.js; it prints 5.", branch: "main" });
+    // The work is on the run's own branch; the checkout's branch and HEAD are where they were.
+    expect(result).toMatchObject({ status: "success", summary: "Added src/add.js; it prints 5.", branch: runBranchName(true, run.runId) });
+    expect(result.branch).toMatch(/^keen\/[0-9a-f]{8}$/);
     expect(result.commit).toMatch(/^[0-9a-f]{40}$/);
+    expect((await execa("git", ["rev-parse", result.branch], { cwd: base.dir })).stdout).toBe(result.commit);
+    expect((await execa("git", ["rev-parse", "HEAD"], { cwd: base.dir })).stdout).toBe(headBefore);
+    expect((await execa("git", ["branch", "--show-current"], { cwd: base.dir })).stdout).toBe("main");
+    expect(await base.workspace.exists("src/add.js")).toBe(false);
     expect(seen.map((e) => e.seq)).toEqual(seen.map((_, i) => i));
     for (const event of seen) expect(KeenEvent.parse(JSON.parse(JSON.stringify(event)))).toEqual(event);
     const types = seen.map((e) => e.type);
@@ -58,7 +66,7 @@ describe("startRun", () => {
     expect(completed[2]!.output).toContain("5\n");
     expect(completed.every((e) => !e.isError)).toBe(true);
     // The commit holds the work.
-    const show = await execa("git", ["show", "--stat", "--format=%s", "HEAD"], { cwd: base.dir });
+    const show = await execa("git", ["show", "--stat", "--format=%s", result.branch], { cwd: base.dir });
     expect(show.stdout).toContain("Add an add function");
     expect(show.stdout).toContain("src/add.js");
     // Usage in the final event is the sum of the per-request usage events.
@@ -146,7 +154,7 @@ describe("startRun", () => {
     expect(Date.now() - started).toBeLessThan(2_000);
     const events = run.events.history;
     expect(events.at(-1)).toMatchObject({ type: "run.completed", status: "aborted" });
-    const show = await execa("git", ["show", "--stat", "--format=%b", "HEAD"], { cwd: base.dir });
+    const show = await execa("git", ["show", "--stat", "--format=%b", result.branch], { cwd: base.dir });
     expect(show.stdout).toContain("partial.txt");
     expect(show.stdout).toContain("Status: aborted");
   });
@@ -155,7 +163,7 @@ describe("startRun", () => {
     // A unique sleep argument finds the background process on the host, sandboxed or not.
     const needle = `30.${process.pid}7`;
     const base = await setup({ script: [reply.toolUse("run_command", { command: `sleep ${needle} & wait` }), reply.text("never")] });
-    const run = go(base, "long command", { commit: false });
+    const run = go(base, "long command");
     let seen = false;
     run.on("tool.started", async () => {
       for (let i = 0; i < 250 && !seen; i++) {
@@ -207,5 +215,14 @@ describe("startRun", () => {
   it("refuses an empty vision", async () => {
     const base = await setup({ script: [] });
     expect(() => go(base, "  ")).toThrow(/vision/);
+  });
+
+  it("leaves work uncommitted only in a checkout it works in (branch: false); on a run branch commit: false is a config error", async () => {
+    const base = await setup({ script: [reply.toolUse("write_file", { path: "draft.txt", content: "draft\n" }), reply.text("drafted")] });
+    // The run branch's worktree goes away at the end: uncommitted work there would be lost.
+    expect(() => go(base, "draft", { commit: false })).toThrow(expect.objectContaining({ code: "config_error", message: expect.stringMatching(/branch: false/) }));
+    const result = await go(base, "draft", { commit: false, branch: false }).result;
+    expect(result).toMatchObject({ status: "success", branch: "main", commit: null });
+    expect(await base.workspace.readFile("draft.txt")).toBe("draft\n");
   });
 });

@@ -18,7 +18,7 @@ import type { EventReader } from "./event-stream.js";
 export interface RunOptions {
   /** What the agent should achieve. */
   vision: string;
-  /** The checkout to work in. */
+  /** The repository: the run branch starts from its HEAD (with `branch: false`, the checkout worked in). */
   workspace: Workspace;
   model: Model;
   /** Tools the model may call. */
@@ -38,7 +38,10 @@ export interface RunOptions {
    * cleared, then older turns compacted into a summary), or `false` to never prune.
    */
   context?: Omit<ContextSettings, "contextWindow"> | false;
-  /** Commit the agent's changes on the current branch when it ends. Default true. */
+  /**
+   * Commit the agent's changes on the run branch when it ends. Default true. `false` leaves
+   * them uncommitted, which needs `branch: false` (a run branch's worktree is removed at the end).
+   */
   commit?: boolean | { author: { name: string; email: string } };
   signal?: AbortSignal;
   runId?: string;
@@ -46,8 +49,12 @@ export interface RunOptions {
   eventLog?: EventLog;
   /** Most events held in memory for fast reading. Default 1000. */
   eventWindow?: number;
-  /** Work on a run branch in its own worktree (see `TaskOptions.branch`): `true` for `keen/<short run id>`, or a name. */
-  branch?: string | true;
+  /**
+   * The run branch (see `TaskOptions.branch`): by default `keen/<short run id>` from the
+   * checkout's HEAD in its own worktree, the checkout only read; a string names it. `false`
+   * works in the given checkout, for checkouts keen owns only.
+   */
+  branch?: string | boolean;
   /** Commit-ish the run branch starts from. Default: the checkout's HEAD. */
   base?: string;
   /** Copy the checkout's uncommitted and untracked files into the run branch as its first commit. */

@@ -66,7 +66,7 @@ describe("the sandbox in a task tree", () => {
     expect(resultOf("dns ")).not.toContain("resolved"); // and has no network
 
     expect(existsSync(escape)).toBe(false);
-    const files = (await execa("git", ["ls-tree", "-r", "--name-only", "main"], { cwd: dir })).stdout.split("\n");
+    const files = (await execa("git", ["ls-tree", "-r", "--name-only", result.branch], { cwd: dir })).stdout.split("\n");
     expect(files.sort()).toEqual(["README.md", "alpha.txt"]);
   });
 });

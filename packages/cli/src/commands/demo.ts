@@ -75,6 +75,9 @@ export async function demoCommand(argv: string[], io: CommandIo): Promise<number
           onConflict: "resolve",
           maxConcurrency: 2,
           commitAuthor: DEMO_AUTHOR,
+          // The sample repository is keen's own, made a moment ago: the demo works in it directly
+          // (a user's repository always gets a run branch), so its tests run on the result.
+          branch: false,
           onSnapshot: (s) => snapshot.write(s),
         }),
     });

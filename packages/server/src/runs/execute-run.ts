@@ -2,7 +2,7 @@
  * The one module that calls agent-core: everything the server needs from a run (start or
  * resume, its events, snapshots, the final tree and usage) passes through `executeRun`.
  */
-import { anthropic, LocalWorkspace, resumeTask, startTask, TaskSnapshot, type AgentState, type KeenEvent } from "@keen/agent-core";
+import { anthropic, LocalWorkspace, resumeTask, runBranchName, startTask, TaskSnapshot, type AgentState, type KeenEvent } from "@keen/agent-core";
 
 export interface RunUsage {
   inputTokens: number;
@@ -65,6 +65,14 @@ function agentRecord(agent: AgentState): AgentRecord {
 }
 
 /**
+ * The branch a run's result is on, `keen/<8 hex chars>` of the run id: the run works on it in its
+ * own worktree, forked from the checkout's HEAD (its base commit); the checkout is only read.
+ */
+export function runBranchOf(runId: string): string {
+  return runBranchName(true, runId);
+}
+
+/**
  * Runs (or resumes) the agent lifecycle on a checkout with the sandbox on, reporting every
  * event and snapshot as they happen.
  *
@@ -88,6 +96,7 @@ export async function executeRun(input: ExecuteRunInput): Promise<ExecuteRunResu
           ...common,
           runId: input.runId,
           vision: input.vision,
+          branch: runBranchOf(input.runId),
           limits: {
             ...(input.options.maxDepth !== undefined ? { maxDepth: input.options.maxDepth } : {}),
             ...(input.options.maxChildren !== undefined ? { maxChildren: input.options.maxChildren } : {}),

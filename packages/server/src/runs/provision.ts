@@ -100,9 +100,12 @@ export async function diffCommits(checkout: string, from: string, to: string): P
   return result.stdout;
 }
 
-/** The commit the checkout's HEAD points at. */
-export async function headCommit(checkout: string): Promise<string> {
-  return (await describeHead(checkout)).baseCommit;
+/** The commit `branch` of the checkout points at (a run's result is on its run branch). */
+export async function branchCommit(checkout: string, branch: string): Promise<string> {
+  if (branch !== "HEAD" && !/^(?!-)[A-Za-z0-9._\/-]{1,200}$/.test(branch)) throw new ServerError("repository_unavailable", "The run's branch has an unusable name");
+  const tip = await execa("git", [...SAFE_GIT, "rev-parse", "--verify", "--end-of-options", `${branch}^{commit}`], checkoutGit(checkout));
+  if (tip.exitCode !== 0) throw new ServerError("repository_unavailable", "The run's branch is not in its workspace");
+  return tip.stdout.trim();
 }
 
 /**

@@ -49,6 +49,7 @@ describeEachDatabase("run results: archive and delete", (database) => {
     const file = join(dir, "r.bundle");
     await writeFile(file, Buffer.from(await res.arrayBuffer()));
     const heads = (await execa("git", ["bundle", "list-heads", file], { cwd: dir })).stdout;
+    expect(run.body.branch).toMatch(/^keen\/[0-9a-f]{8}$/);
     expect(heads).toContain(`${run.body.headCommit} refs/heads/${run.body.branch}`);
     await execa("git", ["clone", "-q", "-b", run.body.branch, file, join(dir, "clone")]);
     expect((await execa("git", ["rev-parse", "HEAD"], { cwd: join(dir, "clone") })).stdout.trim()).toBe(run.body.headCommit);
@@ -77,8 +78,12 @@ describeEachDatabase("run results: archive and delete", (database) => {
     expect(bad.status).toBe(400);
     expect((await api(t.url, "/v1/me/preferences", { method: "PUT", headers: owner.headers, body: { keepWorkspaces: true } })).status).toBe(200);
     const kept = await finishedRun();
+    const keptBranch = (await api(t.url, `/v1/runs/${kept}`, { headers: owner.headers })).body.branch as string;
     const delKept = await api(t.url, `/v1/runs/${kept}`, { method: "DELETE", headers: owner.headers });
     expect(delKept.body).toEqual({ id: kept, workspaceKept: true });
-    expect((await stat(join(workspace(kept), "checkout", "NOTES.md"))).isFile()).toBe(true);
-  });
+    // The kept workspace still holds the result, on the run's branch in its clone.
+    const checkout = join(workspace(kept), "checkout");
+    expect((await execa("git", ["show", `${keptBranch}:NOTES.md`], { cwd: checkout })).stdout).toContain("written by the agent");
+    await expect(stat(join(checkout, "NOTES.md"))).rejects.toThrow();
+  }, 90_000); // two full runs; on a busy machine each costs seconds
 });

@@ -9,9 +9,9 @@ import type { EventBus } from "../events/event-bus.js";
 import { RunEventLog, RunEventWriter } from "../events/event-log.js";
 import type { ServerMetrics } from "../http/metrics.js";
 import type { JobQueue } from "../queue/job-queue.js";
-import { executeRun, type AgentRecord, type ExecuteRunResult, type RunUsage } from "./execute-run.js";
+import { executeRun, runBranchOf, type AgentRecord, type ExecuteRunResult, type RunUsage } from "./execute-run.js";
 import { uploadFolder } from "../uploads/unpack.js";
-import { headCommit, provisionCheckout, runFolders } from "./provision.js";
+import { branchCommit, provisionCheckout, runFolders } from "./provision.js";
 import { RUN_QUEUE, type RunJob, type RunRow } from "./run-service.js";
 
 export interface RunWorkerDeps {
@@ -171,8 +171,12 @@ export function createRunWorker(deps: RunWorkerDeps) {
       const folders = runFolders(config.workspacesDir, run.user_id, run.id);
       const resuming = run.snapshot !== null;
       const head = await provisionCheckout(folders, repo, resuming);
+      // The run works on its own branch from the checkout's HEAD (the base commit); its result
+      // (diff, archive) is that branch against the base. A run recorded before run branches
+      // resumes on the branch it recorded.
+      const resultBranch = resuming ? (run.branch ?? head.branch) : runBranchOf(run.id);
       if (!resuming) {
-        await db.updateTable("runs").set({ base_commit: head.baseCommit, branch: head.branch }).where("id", "=", run.id).execute();
+        await db.updateTable("runs").set({ base_commit: head.baseCommit, branch: resultBranch }).where("id", "=", run.id).execute();
       }
       const options = json<{ maxDepth?: number; maxChildren?: number; validate?: string; onConflict?: "resolve" | "rollback" }>(run.options);
       let result: ExecuteRunResult;
@@ -212,7 +216,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
       await finish(
         run,
         result.status === "success" ? "succeeded" : cancelled ? "cancelled" : result.status === "interrupted" ? "interrupted" : "failed",
-        { usage: result.usage, charged, summary: result.summary, error: result.error ?? null, headCommit: await headCommit(folders.checkout).catch(() => null) },
+        { usage: result.usage, charged, summary: result.summary, error: result.error ?? null, headCommit: await branchCommit(folders.checkout, resultBranch).catch(() => null) },
         writer.lastSeq,
       );
       runLog.info({ status: result.status, charged }, "run finished");

@@ -112,6 +112,13 @@ describeEachDatabase("runs end to end", (database) => {
     expect(price).toBeGreaterThan(0);
     expect(run.body.cost).toBe(price);
 
+    // The result is on the run's own branch, forked from the repository's HEAD; the diff is that
+    // branch against its base.
+    expect(run.body.branch).toMatch(/^keen\/[0-9a-f]{8}$/);
+    expect(run.body.baseCommit).toBe(headBefore);
+    expect(run.body.headCommit).toMatch(/^[0-9a-f]{40}$/);
+    expect(run.body.headCommit).not.toBe(headBefore);
+    expect(events.at(-1)).toMatchObject({ branch: run.body.branch, head: run.body.headCommit });
     const diff = await api<string>(t.url, `/v1/runs/${runId}/diff`, { headers: keyHeaders });
     expect(diff.status).toBe(200);
     expect(diff.body).toContain("+written by the agent");

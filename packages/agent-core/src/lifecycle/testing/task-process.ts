@@ -17,6 +17,8 @@ interface Config {
   snapshotPath: string;
   vision: string;
   maxConcurrency?: number;
+  /** The run's id (so two repositories get the same run branch names). */
+  runId?: string;
 }
 
 const config = JSON.parse(process.argv[2]!) as Config;
@@ -30,7 +32,7 @@ const onSnapshot = (snapshot: TaskSnapshot) => {
 const eventLog = await NdjsonEventLog.open(`${config.snapshotPath}.events.ndjson`);
 const run =
   config.mode === "start"
-    ? startTask({ vision: config.vision, workspace, model, onSnapshot, eventLog, maxConcurrency: config.maxConcurrency ?? 1 })
+    ? startTask({ vision: config.vision, workspace, model, onSnapshot, eventLog, maxConcurrency: config.maxConcurrency ?? 1, ...(config.runId ? { runId: config.runId } : {}) })
     : resumeTask(TaskSnapshot.parse(JSON.parse(readFileSync(config.snapshotPath, "utf8"))), { workspace, model, onSnapshot, eventLog });
 const result = await run.result;
 process.stdout.write(`${JSON.stringify({ status: result.status, error: result.error, lastSeq: run.events.seq - 1, firstSeq: run.events.history[0]?.seq })}\n`);
