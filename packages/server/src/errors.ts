@@ -8,7 +8,12 @@ export type ServerErrorCode =
   | "run_not_resumable"
   | "repository_unavailable"
   | "insufficient_credits"
-  | "unavailable";
+  | "unavailable"
+  | "already_member"
+  | "invite_unusable"
+  | "reauthentication_required"
+  | "billing_unavailable"
+  | "payment_provider_error";
 
 /**
  * A coded domain error. Routes and services throw it; the error edge answers with the status
@@ -38,6 +43,11 @@ const STATUS: Record<ServerErrorCode, number> = {
   repository_unavailable: 422,
   insufficient_credits: 402,
   unavailable: 503,
+  already_member: 409,
+  invite_unusable: 410,
+  reauthentication_required: 401,
+  billing_unavailable: 503,
+  payment_provider_error: 502,
 };
 
 /** The HTTP status of a domain error code. */
