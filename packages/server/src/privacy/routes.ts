@@ -59,7 +59,8 @@ function signedInUser(ctx: ParameterizedContext): Principal & { sessionId: strin
 export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTables>; auth: AuthService; config: ServerConfig }): void {
   const { auth, config } = deps;
   const db = deps.db as Kysely<any>;
-  const json = bodyParser({ enableTypes: ["json"], jsonLimit: "2kb", encoding: "utf-8" });
+  // The confirmation travels in the DELETE's body, which the parser skips unless told.
+  const json = bodyParser({ enableTypes: ["json"], jsonLimit: "2kb", encoding: "utf-8", parsedMethods: ["DELETE"] });
 
   router.post("/me/export", async (ctx) => {
     const principal = signedInUser(ctx);

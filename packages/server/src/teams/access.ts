@@ -1,6 +1,14 @@
 import { permissionsForRole, type AuthService, type Permission, type Principal, type Role } from "@keen/gateway-kit";
 import { ServerError } from "../errors.js";
 
+/**
+ * Whether an id from a path or query can name anything: ids here are UUIDs and similar tokens,
+ * so anything else (NUL bytes, which PostgreSQL refuses, long or odd strings) names nothing.
+ */
+export function isPlainId(value: unknown): value is string {
+  return typeof value === "string" && /^[A-Za-z0-9._:-]{1,200}$/.test(value);
+}
+
 /** What `teamAccess` found: the caller's role in the team and what they may do there. */
 export interface TeamAccess {
   teamId: string;
@@ -19,7 +27,7 @@ export interface TeamAccess {
  */
 export async function teamAccess(auth: AuthService, principal: Principal, teamId: string, permission?: Permission): Promise<TeamAccess> {
   const notFound = new ServerError("not_found", "Team not found");
-  if (typeof teamId !== "string" || teamId.length === 0 || teamId.length > 200) throw notFound;
+  if (!isPlainId(teamId)) throw notFound;
   if (principal.via === "api_key" && principal.teamId !== teamId) throw notFound;
   const role = await auth.stores.teams.roleOf(principal.userId, teamId);
   if (!role) throw notFound;

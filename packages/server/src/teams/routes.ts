@@ -7,7 +7,7 @@ import type { ParameterizedContext } from "koa";
 import { z } from "zod";
 import type { ServerTables } from "../db/tables.js";
 import { ServerError } from "../errors.js";
-import { teamAccess } from "./access.js";
+import { isPlainId, teamAccess } from "./access.js";
 import { AcceptInviteBody, CreateInviteBody, CreateTeamBody, SetRoleBody } from "./team-input.js";
 
 /** Lower is more powerful. */
@@ -77,6 +77,7 @@ export function mountTeamRoutes(router: Router, deps: { db: Kysely<ServerTables>
     const principal = principalOf(ctx);
     const access = await teamAccess(auth, principal, ctx.params.teamId!, "team:manage");
     const target = ctx.params.userId!;
+    if (!isPlainId(target)) throw new ServerError("not_found", "Member not found");
     const { role } = ctx.state.validated!.body as z.output<typeof SetRoleBody>;
     const current = await teams.roleOf(target, access.teamId);
     if (!current) throw new ServerError("not_found", "Member not found");
@@ -89,6 +90,7 @@ export function mountTeamRoutes(router: Router, deps: { db: Kysely<ServerTables>
   router.delete("/teams/:teamId/members/:userId", async (ctx) => {
     const principal = principalOf(ctx);
     const target = ctx.params.userId!;
+    if (!isPlainId(target)) throw new ServerError("not_found", "Member not found");
     const leaving = target === principal.userId;
     // Leaving needs only membership; removing someone else needs team:manage.
     const access = await teamAccess(auth, principal, ctx.params.teamId!, leaving ? undefined : "team:manage");
@@ -141,6 +143,7 @@ export function mountTeamRoutes(router: Router, deps: { db: Kysely<ServerTables>
 
   router.delete("/teams/:teamId/invites/:inviteId", async (ctx) => {
     const access = await teamAccess(auth, principalOf(ctx), ctx.params.teamId!, "team:manage");
+    if (!isPlainId(ctx.params.inviteId)) throw new ServerError("not_found", "Invite not found");
     const result = await db
       .updateTable("team_invites")
       .set({ revoked_at: new Date() })
