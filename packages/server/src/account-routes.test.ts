@@ -24,7 +24,8 @@ describeEachDatabase("account routes", (database) => {
   let model: MessagesServer;
   beforeAll(async () => {
     fake = await startFakeStripe();
-    model = await scriptedModel();
+    // The model takes a while to write, so a run just created is reliably still going.
+    model = await scriptedModel({ writeDelayMs: 1_500 });
   });
   afterAll(async () => {
     await fake?.close();
@@ -65,11 +66,12 @@ describeEachDatabase("account routes", (database) => {
     return { teamId: team.body.id as string, member };
   };
   /** Runs the scripted model on a fresh local repository and waits for the run to finish. */
-  const finishedRun = async (account: Account) => {
+  const finishedRun = async (account: Account, whileGoing?: (runId: string) => Promise<void>) => {
     await grant(account.teamId, 50_000_000);
     const repo = await createTestRepo();
     const created = await api(t.url, "/v1/runs", { headers: account.headers, body: { vision: "Write the notes file", repo: { path: repo } } });
     expect(created.status).toBe(202);
+    await whileGoing?.(created.body.id);
     await eventually(async () => {
       const run = await api(t.url, `/v1/runs/${created.body.id}`, { headers: account.headers });
       return ["succeeded", "failed"].includes(run.body.status);
@@ -295,7 +297,11 @@ describeEachDatabase("account routes", (database) => {
       const key = await api(t.url, "/v1/auth/api-keys", { headers: user.headers, body: { name: "ci", scopes: ["sessions:read"] } });
       const keyHeaders = { "x-api-key": key.body.key ?? key.body.secret };
       expect((await api(t.url, "/v1/me", { headers: keyHeaders })).status).toBe(200);
-      const runId = await finishedRun(user);
+      const runId = await finishedRun(user, async () => {
+        const refused = await api(t.url, "/v1/me", { method: "DELETE", headers: user.headers, body: { password: PASSWORD } });
+        expect(refused.status).toBe(409);
+        expect(refused.body.error.code).toBe("run_not_finished");
+      });
       await uploadRepo(user);
       const workspace = join(t.server.config.workspacesDir, user.userId);
       expect((await stat(workspace)).isDirectory()).toBe(true);

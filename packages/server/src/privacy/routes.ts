@@ -75,6 +75,17 @@ export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTabl
     const { password } = ctx.state.validated!.body as z.output<typeof EraseAccountBody>;
     const user = await auth.stores.users.findById(principal.userId);
     if (!user) throw new ServerError("not_found", "User not found");
+    // The refusals first, so a refused erasure has not also signed the user in again.
+    const owned = await db.selectFrom("memberships").select("team_id").where("user_id", "=", user.id).where("role", "=", "owner").execute();
+    for (const { team_id: teamId } of owned) {
+      const others = await db.selectFrom("memberships").select(["user_id", "role"]).where("team_id", "=", teamId).where("user_id", "!=", user.id).execute();
+      if (others.length > 0 && !others.some((m) => m.role === "owner")) {
+        throw new AuthError("last_owner", `You are the only owner of team ${teamId}: make another member an owner first`);
+      }
+    }
+    const active = await db.selectFrom("runs").select("id").where("user_id", "=", user.id).where("status", "in", ["queued", "running"]).limit(1).executeTakeFirst();
+    if (active) throw new ServerError("run_not_finished", `Run ${active.id} is still going: cancel it first`, { runId: active.id });
+
     if (user.passwordHash) {
       if (!password) throw new ServerError("reauthentication_required", "Confirm with your password to delete the account");
       try {
@@ -90,16 +101,6 @@ export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTabl
         throw new ServerError("reauthentication_required", "Sign in again, then delete the account within 10 minutes");
       }
     }
-
-    const owned = await db.selectFrom("memberships").select("team_id").where("user_id", "=", user.id).where("role", "=", "owner").execute();
-    for (const { team_id: teamId } of owned) {
-      const others = await db.selectFrom("memberships").select(["user_id", "role"]).where("team_id", "=", teamId).where("user_id", "!=", user.id).execute();
-      if (others.length > 0 && !others.some((m) => m.role === "owner")) {
-        throw new AuthError("last_owner", `You are the only owner of team ${teamId}: make another member an owner first`);
-      }
-    }
-    const active = await db.selectFrom("runs").select("id").where("user_id", "=", user.id).where("status", "in", ["queued", "running"]).limit(1).executeTakeFirst();
-    if (active) throw new ServerError("run_not_finished", `Run ${active.id} is still going: cancel it first`, { runId: active.id });
 
     const report = await eraseUserData(db, user.id, dataRightsContributors(), { recordIn: { tenantId: null, actorId: user.id, requestId: ctx.state.requestId ?? null } });
     auth.evictUser(user.id);

@@ -1,5 +1,6 @@
 import type { DataRightsContributor } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
+import { ServerError } from "../errors.js";
 
 /**
  * The server's own tables in a user's data rights.
@@ -8,7 +9,8 @@ import type { Kysely } from "kysely";
  * their event logs, which the run's page and stream serve), uploads, preferences, and the team
  * invites they sent or that were addressed to them (never token hashes).
  *
- * Erasure: the user's runs are deleted with their agents and events (what they cost stays in
+ * Erasure is refused (409 `run_not_finished`) while one of the user's runs is queued or running.
+ * Otherwise the user's runs are deleted with their agents and events (what they cost stays in
  * the credits ledger, which keeps its totals), so are their uploads, preferences and the invites
  * addressed to them; invites they sent stay with their team but no longer name them. Files under
  * `<workspaces>/<user>/` are removed by the route after the transaction commits.
@@ -34,6 +36,10 @@ export const serverDataRights: DataRightsContributor = {
     return { runs, uploads, preferences: preferences ?? null, invitesSent, invitesReceived };
   },
   async erase(db: Kysely<any>, userId: string) {
+    // A run still going would write into rows and folders being removed, and hold credits and a
+    // slot no one settles: refuse, and the whole erasure rolls back.
+    const active = await db.selectFrom("runs").select("id").where("user_id", "=", userId).where("status", "in", ["queued", "running"]).limit(1).forUpdate().executeTakeFirst();
+    if (active) throw new ServerError("run_not_finished", `Run ${active.id} is still going: cancel it first`, { runId: active.id });
     const user = await db.selectFrom("users").select("email").where("id", "=", userId).executeTakeFirst();
     // Agents and events go with their runs (on delete cascade).
     await db.deleteFrom("runs").where("user_id", "=", userId).execute();
