@@ -8,6 +8,8 @@ import type { MessagesServer } from "@keen/agent-core/testing";
 import { createStripeClient } from "@keen/gateway-kit";
 import { startFakeStripe, type FakeStripe } from "@keen/gateway-kit/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { WebSocket } from "ws";
+import { OPERATIONS } from "./http/openapi.js";
 import { ADMIN_EMAIL, api, createTestRepo, describeEachDatabase, eventually, signup, useTestServer, type Account } from "./testing/harness.js";
 import { scriptedModel } from "./testing/model.js";
 
@@ -348,6 +350,10 @@ describeEachDatabase("account routes", (database) => {
     let runId: string;
     let uploadId: string;
     let invite: { id: string; token: string };
+    let aKeyId: string;
+    let aKey: string;
+    let aSessionId: string;
+    let aFactorId: string;
     beforeAll(async () => {
       a = await signup(t.url);
       b = await signup(t.url);
@@ -357,6 +363,12 @@ describeEachDatabase("account routes", (database) => {
       const created = await api(t.url, `/v1/teams/${aTeam}/invites`, { headers: a.headers, body: { email: email("pending") } });
       invite = { id: created.body.id, token: created.body.token };
       await api(t.url, "/v1/budgets", { method: "PUT", headers: a.headers, body: { scope: "team", teamId: aTeam, period: "total", limit: 1_000 } });
+      const key = await api(t.url, "/v1/auth/api-keys", { headers: a.headers, body: { name: "a-key", scopes: ["sessions:read"] } });
+      aKeyId = key.body.id;
+      aKey = key.body.key ?? key.body.secret;
+      aSessionId = (await api(t.url, "/v1/auth/sessions", { headers: a.headers })).body.sessions[0].id;
+      aFactorId = (await api(t.url, "/v1/auth/mfa/totp", { headers: a.headers, body: {} })).body.factorId;
+      expect([aKeyId, aSessionId, aFactorId].every((id) => typeof id === "string" && id.length > 0)).toBe(true);
     }, 180_000);
 
     it("answers 404 to every route named with another tenant's ids, and changes nothing", async () => {
@@ -389,7 +401,17 @@ describeEachDatabase("account routes", (database) => {
         ["GET", `/v1/audit?teamId=${a.teamId}`],
         ["GET", `/v1/audit/verify?teamId=${aTeam}`],
         ["POST", "/v1/billing/checkout", { packId: "starter", teamId: aTeam }],
+        // gateway-kit's auth routes that take an id.
+        ["DELETE", `/v1/auth/sessions/${aSessionId}`],
+        ["DELETE", `/v1/auth/api-keys/${aKeyId}`],
+        ["DELETE", `/v1/auth/mfa/factors/${aFactorId}`, { password: PASSWORD }],
       ];
+      // Every documented route that takes an id in its path is in the list (OAuth's provider names no tenant's thing).
+      const templates = (path: string) => path.replace(/\?.*$/, "");
+      for (const op of OPERATIONS.filter((o) => o.path.includes(":") && !o.path.includes("/oauth/"))) {
+        const pattern = new RegExp(`^${op.path.replace(/:[A-Za-z_]+/g, "[^/]+")}$`);
+        expect(calls.some(([method, path]) => method === op.method.toUpperCase() && pattern.test(templates(path))), `${op.method} ${op.path} is called`).toBe(true);
+      }
       for (const [method, path, body] of calls) {
         const res = await api(t.url, path, { method, headers: b.headers, ...(body !== undefined ? { body } : {}) });
         expect(res.status, `${method} ${path}`).toBe(404);
@@ -398,10 +420,20 @@ describeEachDatabase("account routes", (database) => {
       // An API key of B's team is no key to A's team either, whatever its scopes.
       const key = await api(t.url, "/v1/auth/api-keys", { headers: b.headers, body: { name: "all", scopes: ["sessions:read", "sessions:write", "team:read", "team:manage", "audit:read", "billing:manage"] } });
       const keyHeaders = { "x-api-key": key.body.key ?? key.body.secret };
-      for (const [method, path, body] of calls.filter(([, p]) => !p.startsWith(`/v1/teams/${b.teamId}`) && p !== "/v1/invites/accept")) {
+      // (gateway-kit's account routes refuse API keys outright, whatever the id: left out here.)
+      for (const [method, path, body] of calls.filter(([, p]) => !p.startsWith(`/v1/teams/${b.teamId}`) && p !== "/v1/invites/accept" && !p.startsWith("/v1/auth/"))) {
         const res = await api(t.url, path, { method, headers: keyHeaders, ...(body !== undefined ? { body } : {}) });
         expect(res.status, `key: ${method} ${path}`).toBe(404);
       }
+
+      // The WebSocket stream refuses the upgrade the same way.
+      const ws = new WebSocket(`${t.url.replace("http", "ws")}/v1/runs/${runId}/stream`, { headers: b.headers });
+      const refused = await new Promise<number>((resolve, reject) => {
+        ws.once("unexpected-response", (_req, res) => resolve(res.statusCode ?? 0));
+        ws.once("open", () => reject(new Error("opened another tenant's stream")));
+        ws.once("error", () => {});
+      });
+      expect(refused).toBe(404);
 
       // A's things are as they were.
       expect((await api(t.url, `/v1/runs/${runId}`, { headers: a.headers })).status).toBe(200);
@@ -410,6 +442,10 @@ describeEachDatabase("account routes", (database) => {
       const invites = await api(t.url, `/v1/teams/${aTeam}/invites`, { headers: a.headers });
       expect(invites.body.invites.find((i: { id: string }) => i.id === invite.id).state).toBe("open");
       expect((await api(t.url, `/v1/budgets?teamId=${aTeam}`, { headers: a.headers })).body.team[0].limit).toBe(1_000);
+      // A's API key, session and second factor still work and exist.
+      expect((await api(t.url, "/v1/me", { headers: { "x-api-key": aKey } })).status).toBe(200);
+      expect(JSON.stringify((await api(t.url, "/v1/auth/mfa", { headers: a.headers })).body)).toContain(aFactorId);
+      expect((await api(t.url, "/v1/me", { headers: a.headers })).status).toBe(200);
     });
 
     it("answers malformed input with a typed 4xx, never a 500", async () => {
