@@ -71,14 +71,16 @@ export const ServerConfig = z
     stripeApiUrl: z.url({ protocol: /^https?$/ }).optional(),
     /** The packs on sale: JSON `[{ id, name, credits, unitAmount, currency }]`. */
     creditPacks: z
-      .union([z.array(CreditPack), z.string().transform((s, ctx) => {
+      .union([z.array(z.unknown()), z.string()])
+      .transform((value, ctx) => {
+        if (typeof value !== "string") return value;
         try {
-          return JSON.parse(s) as unknown;
+          return JSON.parse(value) as unknown;
         } catch {
           ctx.addIssue({ code: "custom", message: "must be a JSON array of packs" });
           return z.NEVER;
         }
-      })])
+      })
       .pipe(z.array(CreditPack).min(1).max(50))
       .default([{ id: "starter", name: "10 credits", credits: 10_000_000, unitAmount: 1_000, currency: "usd" }]),
     /** Where Stripe sends the buyer after paying, and after giving up. */
