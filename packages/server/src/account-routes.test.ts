@@ -195,6 +195,9 @@ describeEachDatabase("account routes", (database) => {
       const remove = (who: Account, userId: string) => api(t.url, `/v1/teams/${teamId}/members/${userId}`, { method: "DELETE", headers: who.headers });
 
       expect((await role(member, member.userId, "admin")).status).toBe(403);
+      // The refusal is in the member's own audit chain as a denial, with the status answered.
+      const own = await api(t.url, "/v1/audit?limit=500", { headers: member.headers });
+      expect(own.body.events.find((e: { action: string }) => e.action === "PUT /v1/teams/:teamId/members/:userId")).toMatchObject({ result: "denied", details: { status: 403 } });
       expect((await role(member, member.userId, "owner")).status).toBe(403);
       expect((await remove(member, owner.userId)).status).toBe(403);
       expect((await api(t.url, `/v1/teams/${teamId}/invites`, { headers: member.headers, body: { email: email("x") } })).status).toBe(403);
@@ -442,6 +445,11 @@ describeEachDatabase("account routes", (database) => {
       const invites = await api(t.url, `/v1/teams/${aTeam}/invites`, { headers: a.headers });
       expect(invites.body.invites.find((i: { id: string }) => i.id === invite.id).state).toBe("open");
       expect((await api(t.url, `/v1/budgets?teamId=${aTeam}`, { headers: a.headers })).body.team[0].limit).toBe(1_000);
+      // B's own audit chain records those calls with the status they were answered with.
+      const trail = await api(t.url, "/v1/audit?limit=500", { headers: b.headers });
+      const lookup = trail.body.events.find((e: { action: string }) => e.action === "GET /v1/runs/:id");
+      expect(lookup).toMatchObject({ result: "failure", target: `/v1/runs/${runId}`, details: { status: 404 } });
+
       // A's API key, session and second factor still work and exist.
       expect((await api(t.url, "/v1/me", { headers: { "x-api-key": aKey } })).status).toBe(200);
       expect(JSON.stringify((await api(t.url, "/v1/auth/mfa", { headers: a.headers })).body)).toContain(aFactorId);

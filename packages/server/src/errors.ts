@@ -1,3 +1,5 @@
+import { GatewayError } from "@keen/gateway-kit";
+
 /** Codes the server's domain code throws; only the HTTP edge (`statusOf`) knows their statuses. */
 export type ServerErrorCode =
   | "not_found"
@@ -22,13 +24,10 @@ export type ServerErrorCode =
  * @example
  * throw new ServerError("run_not_cancellable", "Run run_1 already finished");
  */
-export class ServerError extends Error {
-  constructor(
-    readonly code: ServerErrorCode,
-    message: string,
-    readonly details?: Record<string, unknown>,
-  ) {
-    super(message);
+export class ServerError extends GatewayError {
+  declare readonly code: ServerErrorCode;
+  constructor(code: ServerErrorCode, message: string, details?: Record<string, unknown>) {
+    super(code, message, { details });
     this.name = "ServerError";
   }
 }
@@ -49,6 +48,12 @@ const STATUS: Record<ServerErrorCode, number> = {
   billing_unavailable: 503,
   payment_provider_error: 502,
 };
+
+/**
+ * The server's codes as a gateway-kit status table, for gateway-kit middleware that maps errors
+ * itself (`auditRequests` records the status the edge will answer with).
+ */
+export const SERVER_ERROR_STATUSES: Readonly<Record<ServerErrorCode, number>> = Object.freeze({ ...STATUS });
 
 /** The HTTP status of a domain error code. */
 export function statusOf(code: ServerErrorCode): number {

@@ -37,7 +37,7 @@ import { PreferencesBody } from "./preferences-input.js";
 import { parseConfig, type ServerConfig, type ServerConfigInput } from "./config.js";
 import { migrateServer } from "./db/migrations.js";
 import type { ServerTables } from "./db/tables.js";
-import { ServerError } from "./errors.js";
+import { SERVER_ERROR_STATUSES, ServerError } from "./errors.js";
 import { localEventBus, postgresEventBus, type EventBus } from "./events/event-bus.js";
 import { RunEventLog } from "./events/event-log.js";
 import { attachWebSocketStreams, type StreamDeps } from "./events/stream.js";
@@ -213,7 +213,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     // slot and credit reservation (run create) → handler.
     const api = new Router({ prefix: "/v1" });
     api.use(authenticate({ service: auth }));
-    api.use(auditRequests(audit, { onError: (error) => logger.warn({ err: error }, "audit write failed") }));
+    api.use(auditRequests(audit, { statuses: SERVER_ERROR_STATUSES, onError: (error) => logger.warn({ err: error }, "audit write failed") }));
     api.use(rateLimit({ store: createKyselyRateLimitStore(db), limit: 600, windowMs: 60_000, by: "user" }));
 
     api.get("/me", async (ctx) => {
