@@ -101,6 +101,17 @@ describeEachDatabase("server foundation", (database) => {
     expect(res.body.paths["/v1/audit"].get.parameters.map((p: { name: string }) => p.name)).toEqual(expect.arrayContaining(["cursor", "limit", "teamId"]));
   });
 
+  it("keeps billing off without a Stripe key: 503 billing_unavailable, nothing else changes", async () => {
+    const account = await signup(t.url);
+    expect((await api(t.url, "/v1/billing/packs", { headers: account.headers })).body.enabled).toBe(false);
+    const checkout = await api(t.url, "/v1/billing/checkout", { headers: account.headers, body: { packId: "starter" } });
+    expect(checkout.status).toBe(503);
+    expect(checkout.body.error.code).toBe("billing_unavailable");
+    const webhook = await api(t.url, "/v1/billing/webhook", { headers: { "stripe-signature": "t=1,v1=00" }, body: { id: "evt_1" } });
+    expect(webhook.status).toBe(503);
+    expect((await api(t.url, "/v1/credits", { headers: account.headers })).body.balance).toBe(0);
+  });
+
   it("answers bad bodies with 4xx and the one error shape", async () => {
     const account = await signup(t.url);
     for (const body of ["{", "[]", JSON.stringify({ vision: 5 }), JSON.stringify({ vision: "x", repo: { url: "https://e.com/a" }, extra: 1 })]) {
