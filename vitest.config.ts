@@ -7,6 +7,7 @@ const src = (path: string) => fileURLToPath(new URL(path, import.meta.url));
 const alias = {
   "@keen/agent-core/testing": src("./packages/agent-core/src/testing/index.ts"),
   "@keen/agent-core": src("./packages/agent-core/src/index.ts"),
+  "@keen/gateway-kit/testing": src("./packages/gateway-kit/src/testing/index.ts"),
   "@keen/gateway-kit": src("./packages/gateway-kit/src/index.ts"),
   "@keen/server": src("./packages/server/src/index.ts"),
   "@keen/cli": src("./packages/cli/src/index.ts"),

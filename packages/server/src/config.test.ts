@@ -28,6 +28,13 @@ describe("loadConfig", () => {
     [{ KEEN_RUN_RESERVE: "9007199254740993" }, /--run-reserve/],
     [{ KEEN_SANDBOX: "maybe" }, /--sandbox/],
     [{ ANTHROPIC_BASE_URL: "file:///etc/passwd" }, /--model-base-url/],
+    [{ STRIPE_SECRET_KEY: "pk_test_publishable" }, /--stripe-secret-key \(STRIPE_SECRET_KEY\)/],
+    [{ STRIPE_SECRET_KEY: "sk_test_abc", STRIPE_WEBHOOK_SECRET: "whsec_a" }, /--billing-success-url \(KEEN_BILLING_SUCCESS_URL\): is needed when a Stripe key is set/],
+    [{ STRIPE_SECRET_KEY: "sk_test_abc", KEEN_BILLING_SUCCESS_URL: "https://a.test/ok", KEEN_BILLING_CANCEL_URL: "https://a.test/no" }, /--stripe-webhook-secret/],
+    [{ STRIPE_WEBHOOK_SECRET: "secret-without-prefix" }, /--stripe-webhook-secret/],
+    [{ KEEN_CREDIT_PACKS: "[{" }, /--credit-packs \(KEEN_CREDIT_PACKS\): must be a JSON array of packs/],
+    [{ KEEN_CREDIT_PACKS: '[{"id":"a","name":"A","credits":1.5,"unitAmount":100,"currency":"usd"}]' }, /--credit-packs/],
+    [{ KEEN_CREDIT_PACKS: "[]" }, /--credit-packs/],
   ])("refuses %j with one line naming the setting", (env, reason) => {
     let error: unknown;
     try {
@@ -38,6 +45,21 @@ describe("loadConfig", () => {
     expect(error).toBeInstanceOf(ConfigError);
     expect((error as Error).message).toMatch(reason);
     expect((error as Error).message).not.toContain("\n");
+  });
+
+  it("turns billing on with a key, its secrets, the return URLs and the packs", () => {
+    const config = loadConfig({
+      env: {
+        STRIPE_SECRET_KEY: "sk_test_abc",
+        STRIPE_WEBHOOK_SECRET: "whsec_new, whsec_old",
+        KEEN_BILLING_SUCCESS_URL: "https://a.test/ok",
+        KEEN_BILLING_CANCEL_URL: "https://a.test/no",
+        KEEN_CREDIT_PACKS: '[{"id":"big","name":"Big","credits":5000000,"unitAmount":500,"currency":"eur"}]',
+      },
+    });
+    expect(config.stripeWebhookSecrets).toEqual(["whsec_new", "whsec_old"]);
+    expect(config.creditPacks).toEqual([{ id: "big", name: "Big", credits: 5_000_000, unitAmount: 500, currency: "eur" }]);
+    expect(loadConfig({ env: {} }).stripeSecretKey).toBeUndefined();
   });
 
   it("refuses unknown flags", () => {

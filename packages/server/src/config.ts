@@ -1,4 +1,5 @@
 import { resolve } from "node:path";
+import { CreditPack } from "@keen/gateway-kit";
 import { z } from "zod";
 
 /** One setting: its env variable, its flag, and what it does (printed by `keen serve --help`). */
@@ -58,8 +59,43 @@ export const ServerConfig = z
     queue: z.enum(["in-process", "pg-boss"]).optional(),
     /** Run commands under bubblewrap. Only turn off on a machine without it, never in production. */
     sandbox: Bool.default(true),
+    // Billing (Stripe Checkout for credit packs). Off until a secret key is set.
+    /** Stripe secret key; with it, `POST /v1/billing/checkout` sells the credit packs. */
+    stripeSecretKey: z.string().regex(/^(sk|rk)_(test|live)_[A-Za-z0-9_]+$/, "must be a Stripe secret key (sk_test_…, sk_live_…)").optional(),
+    /** Webhook signing secrets (`whsec_…`), several while rotating. */
+    stripeWebhookSecrets: z
+      .union([z.array(z.string()), z.string().transform((s) => s.split(",").map((e) => e.trim()).filter(Boolean))])
+      .default([])
+      .pipe(z.array(z.string().regex(/^whsec_[A-Za-z0-9+/=_-]+$/, "must be a Stripe webhook secret (whsec_…)"))),
+    /** The Stripe API's base URL (a local stand-in in tests). Default Stripe's. */
+    stripeApiUrl: z.url({ protocol: /^https?$/ }).optional(),
+    /** The packs on sale: JSON `[{ id, name, credits, unitAmount, currency }]`. */
+    creditPacks: z
+      .union([z.array(z.unknown()), z.string()])
+      .transform((value, ctx) => {
+        if (typeof value !== "string") return value;
+        try {
+          return JSON.parse(value) as unknown;
+        } catch {
+          ctx.addIssue({ code: "custom", message: "must be a JSON array of packs" });
+          return z.NEVER;
+        }
+      })
+      .pipe(z.array(CreditPack).min(1).max(50))
+      .default([{ id: "starter", name: "10 credits", credits: 10_000_000, unitAmount: 1_000, currency: "usd" }]),
+    /** Where Stripe sends the buyer after paying, and after giving up. */
+    billingSuccessUrl: z.url({ protocol: /^https?$/ }).optional(),
+    billingCancelUrl: z.url({ protocol: /^https?$/ }).optional(),
   })
   .strict()
+  .superRefine((c, ctx) => {
+    if (!c.stripeSecretKey) return;
+    for (const key of ["billingSuccessUrl", "billingCancelUrl"] as const) {
+      if (!c[key]) ctx.addIssue({ code: "custom", path: [key], message: "is needed when a Stripe key is set" });
+    }
+    if (c.stripeWebhookSecrets.length === 0) ctx.addIssue({ code: "custom", path: ["stripeWebhookSecrets"], message: "is needed when a Stripe key is set" });
+    if (new Set(c.creditPacks.map((p) => p.id)).size !== c.creditPacks.length) ctx.addIssue({ code: "custom", path: ["creditPacks"], message: "pack ids must be unique" });
+  })
   .transform((c) => ({ ...c, workspacesDir: resolve(c.workspacesDir ?? `${c.dataDir}/workspaces`) }));
 
 export type ServerConfig = z.output<typeof ServerConfig>;
@@ -91,6 +127,12 @@ export const SETTINGS: readonly Setting[] = [
   { key: "streamBuffer", env: "KEEN_STREAM_BUFFER", flag: "--stream-buffer", help: "events buffered per stream connection (default 1000)" },
   { key: "queue", env: "KEEN_QUEUE", flag: "--queue", help: "in-process|pg-boss (default: pg-boss on PostgreSQL)" },
   { key: "sandbox", env: "KEEN_SANDBOX", flag: "--sandbox", help: "run agent commands under bubblewrap (default true)" },
+  { key: "stripeSecretKey", env: "STRIPE_SECRET_KEY", flag: "--stripe-secret-key", help: "Stripe secret key; turns on buying credit packs" },
+  { key: "stripeWebhookSecrets", env: "STRIPE_WEBHOOK_SECRET", flag: "--stripe-webhook-secret", help: "comma-separated webhook signing secrets (whsec_…)" },
+  { key: "stripeApiUrl", env: "KEEN_STRIPE_API_URL", flag: "--stripe-api-url", help: "Stripe API base URL (default Stripe's)" },
+  { key: "creditPacks", env: "KEEN_CREDIT_PACKS", flag: "--credit-packs", help: "JSON [{id,name,credits,unitAmount,currency}] of packs on sale" },
+  { key: "billingSuccessUrl", env: "KEEN_BILLING_SUCCESS_URL", flag: "--billing-success-url", help: "where Stripe sends a buyer after paying" },
+  { key: "billingCancelUrl", env: "KEEN_BILLING_CANCEL_URL", flag: "--billing-cancel-url", help: "where Stripe sends a buyer who gave up" },
 ];
 
 /** A setting that failed validation; `message` is one line naming the env variable or flag. */

@@ -1,3 +1,5 @@
+import { GatewayError } from "@keen/gateway-kit";
+
 /** Codes the server's domain code throws; only the HTTP edge (`statusOf`) knows their statuses. */
 export type ServerErrorCode =
   | "not_found"
@@ -8,7 +10,12 @@ export type ServerErrorCode =
   | "run_not_resumable"
   | "repository_unavailable"
   | "insufficient_credits"
-  | "unavailable";
+  | "unavailable"
+  | "already_member"
+  | "invite_unusable"
+  | "reauthentication_required"
+  | "billing_unavailable"
+  | "payment_provider_error";
 
 /**
  * A coded domain error. Routes and services throw it; the error edge answers with the status
@@ -17,13 +24,10 @@ export type ServerErrorCode =
  * @example
  * throw new ServerError("run_not_cancellable", "Run run_1 already finished");
  */
-export class ServerError extends Error {
-  constructor(
-    readonly code: ServerErrorCode,
-    message: string,
-    readonly details?: Record<string, unknown>,
-  ) {
-    super(message);
+export class ServerError extends GatewayError {
+  declare readonly code: ServerErrorCode;
+  constructor(code: ServerErrorCode, message: string, details?: Record<string, unknown>) {
+    super(code, message, { details });
     this.name = "ServerError";
   }
 }
@@ -38,7 +42,18 @@ const STATUS: Record<ServerErrorCode, number> = {
   repository_unavailable: 422,
   insufficient_credits: 402,
   unavailable: 503,
+  already_member: 409,
+  invite_unusable: 410,
+  reauthentication_required: 401,
+  billing_unavailable: 503,
+  payment_provider_error: 502,
 };
+
+/**
+ * The server's codes as a gateway-kit status table, for gateway-kit middleware that maps errors
+ * itself (`auditRequests` records the status the edge will answer with).
+ */
+export const SERVER_ERROR_STATUSES: Readonly<Record<ServerErrorCode, number>> = Object.freeze({ ...STATUS });
 
 /** The HTTP status of a domain error code. */
 export function statusOf(code: ServerErrorCode): number {

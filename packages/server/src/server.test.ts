@@ -1,5 +1,6 @@
 import { Writable } from "node:stream";
 import { authMigrations, migrationTableName } from "@keen/gateway-kit";
+import { Validator } from "@seriousme/openapi-schema-validator";
 import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
 import { api, describeEachDatabase, signup, startTestServer, useTestServer } from "./testing/harness.js";
@@ -20,7 +21,7 @@ describeEachDatabase("server foundation", (database) => {
   it("keeps its migrations in its own table beside gateway-kit's", async () => {
     const db = t.server.database.db;
     const own = await sql<{ name: string }>`select name from keen_server_migrations order by name`.execute(db);
-    expect(own.rows.map((r) => r.name)).toEqual(["server_0001_runs", "server_0002_uploads", "server_0003_resume"]);
+    expect(own.rows.map((r) => r.name)).toEqual(["server_0001_runs", "server_0002_uploads", "server_0003_resume", "server_0004_team_invites"]);
     const kit = await sql<{ name: string }>`select name from ${sql.table(migrationTableName(authMigrations.module))}`.execute(db);
     expect(kit.rows.some((r) => r.name.startsWith("server_"))).toBe(false);
     expect(kit.rows.length).toBeGreaterThan(0);
@@ -66,22 +67,49 @@ describeEachDatabase("server foundation", (database) => {
     expect((await api(t.url, "/v1/credits", { headers: account.headers })).body.balance).toBe(0);
   });
 
-  it("serves an OpenAPI 3.1 document that lists exactly the mounted /v1 routes", async () => {
+  it("serves a valid OpenAPI 3.1 document that lists exactly the mounted /v1 routes, gateway-kit's auth routes included", async () => {
     const res = await api(t.url, "/v1/openapi.json");
     expect(res.status).toBe(200);
     expect(res.body.openapi).toBe("3.1.0");
+    const validator = new Validator();
+    const verdict = await validator.validate(structuredClone(res.body));
+    expect(verdict.errors ?? []).toEqual([]);
+    expect(verdict.valid).toBe(true);
     const documented = new Set<string>();
-    for (const [path, ops] of Object.entries(res.body.paths as Record<string, Record<string, unknown>>)) {
-      for (const method of Object.keys(ops)) documented.add(`${method.toUpperCase()} ${path}`);
+    for (const [path, ops] of Object.entries(res.body.paths as Record<string, Record<string, { parameters?: Array<{ name: string; in: string }> }>>)) {
+      for (const [method, op] of Object.entries(ops)) {
+        documented.add(`${method.toUpperCase()} ${path}`);
+        // Every templated segment is declared as a path parameter (the schema alone does not check it).
+        const declared = (op.parameters ?? []).filter((p) => p.in === "path").map((p) => p.name).sort();
+        expect(declared, `${method} ${path}`).toEqual([...path.matchAll(/\{([^}]+)\}/g)].map((m) => m[1]).sort());
+      }
     }
     const mounted = new Set<string>();
-    for (const layer of t.server.api.stack) {
-      for (const method of layer.methods) if (method !== "HEAD") mounted.add(`${method} ${String(layer.path).replace(/:([A-Za-z_]+)/g, "{$1}")}`);
+    for (const router of [t.server.api, ...t.server.publicRouters]) {
+      for (const layer of router.stack) {
+        for (const method of layer.methods) if (method !== "HEAD") mounted.add(`${method} ${String(layer.path).replace(/:([A-Za-z_]+)/g, "{$1}")}`);
+      }
     }
     expect([...documented].sort()).toEqual([...mounted].sort());
+    expect(mounted).toContain("POST /v1/auth/signup");
+    expect(mounted).toContain("POST /v1/billing/webhook");
     const create = res.body.paths["/v1/runs"].post.requestBody.content["application/json"].schema;
     expect(create.required).toEqual(expect.arrayContaining(["vision", "repo"]));
     expect(create.additionalProperties).toBe(false);
+    expect(res.body.paths["/v1/auth/login"].post.security).toEqual([]);
+    expect(res.body.paths["/v1/billing/webhook"].post.security).toEqual([]);
+    expect(res.body.paths["/v1/audit"].get.parameters.map((p: { name: string }) => p.name)).toEqual(expect.arrayContaining(["cursor", "limit", "teamId"]));
+  });
+
+  it("keeps billing off without a Stripe key: 503 billing_unavailable, nothing else changes", async () => {
+    const account = await signup(t.url);
+    expect((await api(t.url, "/v1/billing/packs", { headers: account.headers })).body.enabled).toBe(false);
+    const checkout = await api(t.url, "/v1/billing/checkout", { headers: account.headers, body: { packId: "starter" } });
+    expect(checkout.status).toBe(503);
+    expect(checkout.body.error.code).toBe("billing_unavailable");
+    const webhook = await api(t.url, "/v1/billing/webhook", { headers: { "stripe-signature": "t=1,v1=00" }, body: { id: "evt_1" } });
+    expect(webhook.status).toBe(503);
+    expect((await api(t.url, "/v1/credits", { headers: account.headers })).body.balance).toBe(0);
   });
 
   it("answers bad bodies with 4xx and the one error shape", async () => {

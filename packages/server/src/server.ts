@@ -12,6 +12,7 @@ import {
   createAuditLog,
   createAuthService,
   createKyselyAuthStores,
+  createKyselyBudgets,
   createKyselyLedger,
   createKyselyRateLimitStore,
   createKyselyRunSlotStore,
@@ -36,7 +37,7 @@ import { PreferencesBody } from "./preferences-input.js";
 import { parseConfig, type ServerConfig, type ServerConfigInput } from "./config.js";
 import { migrateServer } from "./db/migrations.js";
 import type { ServerTables } from "./db/tables.js";
-import { ServerError } from "./errors.js";
+import { SERVER_ERROR_STATUSES, ServerError } from "./errors.js";
 import { localEventBus, postgresEventBus, type EventBus } from "./events/event-bus.js";
 import { RunEventLog } from "./events/event-log.js";
 import { attachWebSocketStreams, type StreamDeps } from "./events/stream.js";
@@ -48,6 +49,11 @@ import { mountRunRoutes, RUN_SCOPES } from "./runs/routes.js";
 import { createRunService, RUN_QUEUE, type RunService } from "./runs/run-service.js";
 import { createRunWorker, type RunWorker } from "./runs/run-worker.js";
 import { mountUploadRoutes } from "./uploads/routes.js";
+import { mountAuditRoutes } from "./audit/routes.js";
+import { billingWebhook, mountBillingRoutes } from "./billing/routes.js";
+import { mountBudgetRoutes } from "./budgets/routes.js";
+import { mountPrivacyRoutes } from "./privacy/routes.js";
+import { mountTeamRoutes } from "./teams/routes.js";
 
 export interface CreateServerOptions {
   /** Where log lines go (default stdout). */
@@ -71,6 +77,8 @@ export interface KeenServer {
   readonly logger: Logger;
   /** The authenticated `/v1` router (its routes are the API the OpenAPI document describes). */
   readonly api: Router;
+  /** gateway-kit's auth routes under `/v1/auth`, and the unauthenticated `/v1` routes (the Stripe webhook). */
+  readonly publicRouters: readonly Router[];
   /** Starts listening on the configured host and port; resolves to the base URL. */
   listen(): Promise<string>;
   /** Stops taking requests and work, checkpoints running runs, ends streams, closes the database. */
@@ -194,12 +202,18 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     const authRoutes = authRouter({ service: auth, prefix: "/v1/auth" });
     app.use(authRoutes.routes()).use(authRoutes.allowedMethods());
 
+    // Stripe signs its webhook instead of presenting a token: outside the authenticated router,
+    // and before any body parser (the signature covers the raw body).
+    const webhooks = new Router({ prefix: "/v1" });
+    webhooks.post("/billing/webhook", billingWebhook({ db, config, logger }));
+    app.use(webhooks.routes()).use(webhooks.allowedMethods());
+
     // The API pipeline, in this order for every request: request id (edge) → authenticate →
     // audit (records the outcome of everything below) → rate limit → validate → screen →
     // slot and credit reservation (run create) → handler.
     const api = new Router({ prefix: "/v1" });
     api.use(authenticate({ service: auth }));
-    api.use(auditRequests(audit, { onError: (error) => logger.warn({ err: error }, "audit write failed") }));
+    api.use(auditRequests(audit, { statuses: SERVER_ERROR_STATUSES, onError: (error) => logger.warn({ err: error }, "audit write failed") }));
     api.use(rateLimit({ store: createKyselyRateLimitStore(db), limit: 600, windowMs: 60_000, by: "user" }));
 
     api.get("/me", async (ctx) => {
@@ -250,6 +264,12 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
 
     mountRunRoutes(api, { runs, audit, stream, workspacesDir: config.workspacesDir });
     mountUploadRoutes(api, { db, config });
+    // Billing, budgets, teams, audit, data rights: team-scoped through teams/access.ts.
+    mountBillingRoutes(api, { db, auth, config });
+    mountBudgetRoutes(api, { auth, budgets: createKyselyBudgets(db) });
+    mountTeamRoutes(api, { db, auth });
+    mountAuditRoutes(api, { db, auth });
+    mountPrivacyRoutes(api, { db, auth, config });
     app.use(api.routes()).use(api.allowedMethods());
 
     const http = createHttpServer(app.callback());
@@ -271,6 +291,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       bus,
       logger,
       api,
+      publicRouters: [authRoutes, webhooks],
       listen: () =>
         new Promise((resolve, reject) => {
           http.once("error", reject);

@@ -64,6 +64,7 @@ export {
   PasswordChangeBody,
   PasswordConfirmBody,
   RefreshBody,
+  SignOutEverywhereBody,
   SignupBody,
   SmsEnrolBody,
   SmsLoginBody,

@@ -1,6 +1,8 @@
 import {
   auditMigrations,
   authMigrations,
+  billingMigrations,
+  budgetMigrations,
   creditMigrations,
   limitMigrations,
   defineMigrations,
@@ -110,10 +112,30 @@ export const serverMigrations = defineMigrations("keen_server", {
       await db.schema.alterTable("runs").addColumn("prior_charged", "bigint", (c) => c.notNull().defaultTo(0)).execute();
     },
   },
+  server_0004_team_invites: {
+    async up(db) {
+      await db.schema
+        .createTable("team_invites")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("team_id", "text", (c) => c.notNull().references("teams.id").onDelete("cascade"))
+        .addColumn("email", "text", (c) => c.notNull())
+        .addColumn("role", "text", (c) => c.notNull().check(sql`role in ('owner','admin','member','viewer')`))
+        .addColumn("token_hash", "text", (c) => c.notNull().unique())
+        .addColumn("invited_by", "text")
+        .addColumn("created_at", "timestamptz", (c) => c.notNull())
+        .addColumn("expires_at", "timestamptz", (c) => c.notNull())
+        .addColumn("accepted_at", "timestamptz")
+        .addColumn("accepted_by", "text")
+        .addColumn("revoked_at", "timestamptz")
+        .execute();
+      await db.schema.createIndex("team_invites_team").on("team_invites").columns(["team_id", "created_at"]).execute();
+      await db.schema.createIndex("team_invites_email").on("team_invites").column("email").execute();
+    },
+  },
 });
 
 /** The gateway-kit modules the server uses; they migrate through gateway-kit's own runner. */
-const GATEWAY_KIT_SETS: MigrationSet[] = [authMigrations, creditMigrations, limitMigrations, auditMigrations];
+const GATEWAY_KIT_SETS: MigrationSet[] = [authMigrations, creditMigrations, limitMigrations, auditMigrations, billingMigrations, budgetMigrations];
 
 export const SERVER_MIGRATION_TABLE = migrationTableName(serverMigrations.module);
 

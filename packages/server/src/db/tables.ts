@@ -86,7 +86,24 @@ export interface UserPreferencesTable {
   keep_workspaces: Generated<boolean>;
 }
 
+/** An invitation to join a team; only the SHA-256 of its token is kept. */
+export interface TeamInvitesTable {
+  id: string;
+  team_id: string;
+  /** Normalised (lower-case) address the invite is for; only that user can accept it. */
+  email: string;
+  role: string;
+  token_hash: string;
+  invited_by: string | null;
+  created_at: Timestamp;
+  expires_at: Timestamp;
+  accepted_at: Timestamp | null;
+  accepted_by: string | null;
+  revoked_at: Timestamp | null;
+}
+
 export interface ServerTables {
+  team_invites: TeamInvitesTable;
   uploads: UploadsTable;
   user_preferences: UserPreferencesTable;
   runs: RunsTable;

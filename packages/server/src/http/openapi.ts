@@ -1,5 +1,28 @@
+import {
+  ChallengeBody,
+  CreateApiKeyBody,
+  FactorCodeBody,
+  LoginBody,
+  LogoutBody,
+  MfaLoginBody,
+  OAuthCallbackQuery,
+  PasswordChangeBody,
+  PasswordConfirmBody,
+  RefreshBody,
+  SignOutEverywhereBody,
+  SignupBody,
+  SmsEnrolBody,
+  SmsLoginBody,
+  TotpEnrolBody,
+  WebAuthnRegisterBody,
+} from "@keen/gateway-kit";
 import { z } from "zod";
 import { GrantCreditsBody } from "../admin-input.js";
+import { AuditQuery, AuditVerifyQuery } from "../audit/audit-input.js";
+import { CheckoutBody } from "../billing/billing-input.js";
+import { BudgetsQuery, PutBudgetBody } from "../budgets/budget-input.js";
+import { EraseAccountBody } from "../privacy/privacy-input.js";
+import { AcceptInviteBody, CreateInviteBody, CreateTeamBody, SetRoleBody } from "../teams/team-input.js";
 import { PreferencesBody } from "../preferences-input.js";
 import { CreateRunBody, ListRunsQuery } from "../runs/run-input.js";
 
@@ -17,13 +40,71 @@ interface Operation {
   /** A raw (non-JSON) request body: its accepted content types. */
   rawBody?: string[];
   query?: z.ZodObject;
-  /** Status of success and its content type. */
+  /** Status of success and its content type (`none`: no body, e.g. 204 or a redirect). */
   success: { status: number; type?: string };
+  /** False for routes that take no bearer token or API key (sign-up, login, the Stripe webhook). */
   auth?: boolean;
+  /** Body optional (every field has a default). */
+  optionalBody?: boolean;
 }
+
+/** gateway-kit's auth router, mounted at `/v1/auth`. */
+const AUTH_OPERATIONS: readonly Operation[] = [
+  { method: "post", path: "/v1/auth/signup", summary: "Create an account (and its personal team); returns tokens", body: SignupBody, success: { status: 201 }, auth: false },
+  { method: "post", path: "/v1/auth/login", summary: "Log in with email and password; may ask for a second factor", body: LoginBody, success: { status: 200 }, auth: false },
+  { method: "post", path: "/v1/auth/login/mfa", summary: "Complete a login with a second factor", body: MfaLoginBody, success: { status: 200 }, auth: false },
+  { method: "post", path: "/v1/auth/login/mfa/webauthn/options", summary: "WebAuthn assertion options for a login challenge", body: ChallengeBody, success: { status: 200 }, auth: false },
+  { method: "post", path: "/v1/auth/login/mfa/sms", summary: "Send an SMS code for a login challenge", body: SmsLoginBody, success: { status: 202 }, auth: false },
+  { method: "post", path: "/v1/auth/token/refresh", summary: "Rotate a refresh token for new tokens", body: RefreshBody, success: { status: 200 }, auth: false },
+  { method: "post", path: "/v1/auth/logout", summary: "End the session of a refresh token (or of the caller)", body: LogoutBody, optionalBody: true, success: { status: 204, type: "none" }, auth: false },
+  { method: "get", path: "/v1/auth/me", summary: "The signed-in user and their memberships", success: { status: 200 } },
+  { method: "post", path: "/v1/auth/password", summary: "Change the password (ends other sessions)", body: PasswordChangeBody, success: { status: 200 } },
+  { method: "post", path: "/v1/auth/logout/everywhere", summary: "End every session, optionally revoking API keys", body: SignOutEverywhereBody, optionalBody: true, success: { status: 200 } },
+  { method: "get", path: "/v1/auth/sessions", summary: "The user's live sessions", success: { status: 200 } },
+  { method: "delete", path: "/v1/auth/sessions/:id", summary: "End one session", success: { status: 204, type: "none" } },
+  { method: "post", path: "/v1/auth/api-keys", summary: "Create an API key (the secret is shown once)", body: CreateApiKeyBody, success: { status: 201 } },
+  { method: "get", path: "/v1/auth/api-keys", summary: "The user's API keys (never their secrets)", success: { status: 200 } },
+  { method: "delete", path: "/v1/auth/api-keys/:id", summary: "Revoke an API key", success: { status: 204, type: "none" } },
+  { method: "get", path: "/v1/auth/mfa", summary: "The user's second factors", success: { status: 200 } },
+  { method: "post", path: "/v1/auth/mfa/totp", summary: "Start enrolling an authenticator app", body: TotpEnrolBody, optionalBody: true, success: { status: 201 } },
+  { method: "post", path: "/v1/auth/mfa/totp/verify", summary: "Confirm an authenticator app with a code", body: FactorCodeBody, success: { status: 200 } },
+  { method: "post", path: "/v1/auth/mfa/sms", summary: "Start enrolling a phone for SMS codes", body: SmsEnrolBody, success: { status: 201 } },
+  { method: "post", path: "/v1/auth/mfa/sms/verify", summary: "Confirm a phone with its code", body: FactorCodeBody, success: { status: 200 } },
+  { method: "post", path: "/v1/auth/mfa/webauthn/register/options", summary: "WebAuthn registration options", success: { status: 200 } },
+  { method: "post", path: "/v1/auth/mfa/webauthn/register/verify", summary: "Register a WebAuthn authenticator", body: WebAuthnRegisterBody, success: { status: 201 } },
+  { method: "delete", path: "/v1/auth/mfa/factors/:id", summary: "Remove a second factor (password confirms)", body: PasswordConfirmBody, optionalBody: true, success: { status: 204, type: "none" } },
+  { method: "post", path: "/v1/auth/mfa/recovery-codes", summary: "Replace the recovery codes (password confirms)", body: PasswordConfirmBody, optionalBody: true, success: { status: 200 } },
+  { method: "get", path: "/v1/auth/oauth/:provider/start", summary: "Start an OAuth sign-in: a redirect to the provider (or { url } for JSON clients)", success: { status: 302, type: "none" }, auth: false },
+  { method: "get", path: "/v1/auth/oauth/:provider/callback", summary: "Finish an OAuth sign-in; returns tokens", query: OAuthCallbackQuery, success: { status: 200 }, auth: false },
+  { method: "get", path: "/v1/auth/.well-known/jwks.json", summary: "The public keys that verify access tokens", success: { status: 200 }, auth: false },
+];
+
+/** Billing, budgets, teams and invites, audit, data rights. */
+const ACCOUNT_OPERATIONS: readonly Operation[] = [
+  { method: "get", path: "/v1/billing/packs", summary: "The credit packs on sale and whether billing is on", success: { status: 200 } },
+  { method: "post", path: "/v1/billing/checkout", summary: "Start a Stripe Checkout for a credit pack for the team wallet (owners)", body: CheckoutBody, success: { status: 201 } },
+  { method: "post", path: "/v1/billing/webhook", summary: "Stripe's signed webhook: grants paid credits once per session", rawBody: ["application/json"], success: { status: 200 }, auth: false },
+  { method: "get", path: "/v1/budgets", summary: "The team's budgets and the caller's own, with this period's spend", query: BudgetsQuery, success: { status: 200 } },
+  { method: "put", path: "/v1/budgets", summary: "Set (or with limit null remove) a team budget (owners, admins) or the caller's own", body: PutBudgetBody, success: { status: 200 } },
+  { method: "get", path: "/v1/teams", summary: "The caller's teams with role and permissions", success: { status: 200 } },
+  { method: "post", path: "/v1/teams", summary: "Create a team the caller owns", body: CreateTeamBody, success: { status: 201 } },
+  { method: "get", path: "/v1/teams/:teamId/members", summary: "The team's members and roles", success: { status: 200 } },
+  { method: "put", path: "/v1/teams/:teamId/members/:userId", summary: "Change a member's role (owners, admins; owners only for the owner role)", body: SetRoleBody, success: { status: 200 } },
+  { method: "delete", path: "/v1/teams/:teamId/members/:userId", summary: "Remove a member, or leave (the last owner stays)", success: { status: 200 } },
+  { method: "post", path: "/v1/teams/:teamId/invites", summary: "Invite an email address (the token is shown once)", body: CreateInviteBody, success: { status: 201 } },
+  { method: "get", path: "/v1/teams/:teamId/invites", summary: "The team's invites and their state", success: { status: 200 } },
+  { method: "delete", path: "/v1/teams/:teamId/invites/:inviteId", summary: "Revoke an open invite", success: { status: 200 } },
+  { method: "post", path: "/v1/invites/accept", summary: "Join a team with an invite addressed to the caller's email", body: AcceptInviteBody, success: { status: 200 } },
+  { method: "get", path: "/v1/audit", summary: "A page of the team's audit chain, oldest first (owners, admins)", query: AuditQuery, success: { status: 200 } },
+  { method: "get", path: "/v1/audit/verify", summary: "Verify the team's audit hash chain", query: AuditVerifyQuery, success: { status: 200 } },
+  { method: "post", path: "/v1/me/export", summary: "Download everything kept about the caller (JSON attachment)", success: { status: 200 } },
+  { method: "delete", path: "/v1/me", summary: "Erase the caller's account (password confirms)", body: EraseAccountBody, optionalBody: true, success: { status: 200 } },
+];
 
 /** Every documented operation; `openapi.test.ts` checks this list against the mounted routes. */
 export const OPERATIONS: readonly Operation[] = [
+  ...AUTH_OPERATIONS,
+  ...ACCOUNT_OPERATIONS,
   { method: "get", path: "/v1/me", summary: "The caller, their team and scopes", success: { status: 200 } },
   { method: "get", path: "/v1/me/preferences", summary: "The caller's preferences", success: { status: 200 } },
   { method: "put", path: "/v1/me/preferences", summary: "Set the caller's preferences (keepWorkspaces)", body: PreferencesBody, success: { status: 200 } },
@@ -64,12 +145,13 @@ export function openApiDocument(): Record<string, unknown> {
     paths[path] ??= {};
     paths[path]![op.method] = {
       summary: op.summary,
-      security: [{ bearer: [] }, { apiKey: [] }],
+      security: op.auth === false ? [] : [{ bearer: [] }, { apiKey: [] }],
       ...(parameters.length ? { parameters } : {}),
       ...(op.rawBody ? { requestBody: { required: true, content: Object.fromEntries(op.rawBody.map((type) => [type, { schema: { type: "string", contentMediaType: type } }])) } } : {}),
-      ...(op.body ? { requestBody: { required: true, content: { "application/json": { schema: schemaOf(op.body) } } } } : {}),
+      ...(op.body ? { requestBody: { required: !op.optionalBody, content: { "application/json": { schema: schemaOf(op.body) } } } } : {}),
       responses: {
-        [String(op.success.status)]: { description: "Success", content: { [op.success.type ?? "application/json"]: { schema: {} } } },
+        [String(op.success.status)]:
+          op.success.type === "none" ? { description: "Success" } : { description: "Success", content: { [op.success.type ?? "application/json"]: { schema: {} } } },
         default: { description: "An error", content: { "application/json": { schema: schemaOf(ErrorBody) } } },
       },
     };

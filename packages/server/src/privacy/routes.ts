@@ -1,0 +1,115 @@
+import { rm } from "node:fs/promises";
+import { resolve } from "node:path";
+import { bodyParser } from "@koa/bodyparser";
+import type { Router } from "@koa/router";
+import {
+  auditDataRights,
+  AuthError,
+  authDataRights,
+  billingDataRights,
+  budgetsDataRights,
+  creditsDataRights,
+  eraseUserData,
+  exportUserData,
+  GatewayError,
+  validate,
+  type AuthService,
+  type DataRightsContributor,
+  type Principal,
+} from "@keen/gateway-kit";
+import type { Kysely } from "kysely";
+import type { ParameterizedContext } from "koa";
+import type { z } from "zod";
+import type { ServerConfig } from "../config.js";
+import type { ServerTables } from "../db/tables.js";
+import { ServerError } from "../errors.js";
+import { EraseAccountBody } from "./privacy-input.js";
+import { serverDataRights } from "./server-data-rights.js";
+
+/** How recent a password-less account's sign-in must be to erase it. */
+const RECENT_SIGN_IN_MS = 10 * 60_000;
+
+/** Every module that holds personal data; the server's own first, while the user's email is still there. */
+export function dataRightsContributors(): DataRightsContributor[] {
+  return [serverDataRights, authDataRights(), auditDataRights(), creditsDataRights, billingDataRights, budgetsDataRights];
+}
+
+function signedInUser(ctx: ParameterizedContext): Principal & { sessionId: string } {
+  const principal = ctx.state.principal;
+  if (!principal) throw new ServerError("forbidden", "Authentication required");
+  if (principal.via !== "jwt" || !principal.sessionId) throw new ServerError("forbidden", "This needs a signed-in user, not an API key");
+  return principal as Principal & { sessionId: string };
+}
+
+/**
+ * Data rights through gateway-kit's privacy module.
+ *
+ * `POST /v1/me/export` answers at once with the archive as a JSON download
+ * (`Content-Disposition: attachment`), read in one repeatable-read transaction.
+ *
+ * `DELETE /v1/me` erases the account after re-authentication (the password, or a sign-in within
+ * 10 minutes for an account without one). It is refused while the caller is the only owner of a
+ * team others belong to (409 `last_owner`) or has a queued or running run (409
+ * `run_not_finished`). In ONE transaction every contributor erases or anonymises its part:
+ * sessions, refresh tokens and API keys are deleted (so every credential stops working at once;
+ * this process's key cache is dropped too), runs with their events, uploads and preferences are
+ * deleted, the ledger keeps its totals and the audit chain its hashes. The user's workspace
+ * folder is removed afterwards.
+ */
+export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTables>; auth: AuthService; config: ServerConfig }): void {
+  const { auth, config } = deps;
+  const db = deps.db as Kysely<any>;
+  // The confirmation travels in the DELETE's body, which the parser skips unless told.
+  const json = bodyParser({ enableTypes: ["json"], jsonLimit: "2kb", encoding: "utf-8", parsedMethods: ["DELETE"] });
+
+  router.post("/me/export", async (ctx) => {
+    const principal = signedInUser(ctx);
+    const archive = await exportUserData(db, principal.userId, dataRightsContributors());
+    ctx.set("Content-Disposition", `attachment; filename="keen-user-data-${principal.userId}.json"`);
+    ctx.set("Cache-Control", "no-store");
+    ctx.body = archive;
+  });
+
+  router.delete("/me", json, validate({ body: EraseAccountBody }), async (ctx) => {
+    const principal = signedInUser(ctx);
+    const { password } = ctx.state.validated!.body as z.output<typeof EraseAccountBody>;
+    const user = await auth.stores.users.findById(principal.userId);
+    if (!user) throw new ServerError("not_found", "User not found");
+    // The refusals first, so a refused erasure has not also signed the user in again.
+    const owned = await db.selectFrom("memberships").select("team_id").where("user_id", "=", user.id).where("role", "=", "owner").execute();
+    for (const { team_id: teamId } of owned) {
+      const others = await db.selectFrom("memberships").select(["user_id", "role"]).where("team_id", "=", teamId).where("user_id", "!=", user.id).execute();
+      if (others.length > 0 && !others.some((m) => m.role === "owner")) {
+        throw new AuthError("last_owner", `You are the only owner of team ${teamId}: make another member an owner first`);
+      }
+    }
+    const active = await db.selectFrom("runs").select("id").where("user_id", "=", user.id).where("status", "in", ["queued", "running"]).limit(1).executeTakeFirst();
+    if (active) throw new ServerError("run_not_finished", `Run ${active.id} is still going: cancel it first`, { runId: active.id });
+
+    if (user.passwordHash) {
+      if (!password) throw new ServerError("reauthentication_required", "Confirm with your password to delete the account");
+      try {
+        // Through login, so wrong guesses count against the account's brute-force limit.
+        await auth.login({ email: user.email, password }, { ip: ctx.ip, userAgent: ctx.get("user-agent") || undefined, requestId: ctx.state.requestId });
+      } catch (error) {
+        if (error instanceof GatewayError && error.code === "invalid_credentials") throw new ServerError("reauthentication_required", "The password is not correct");
+        throw error;
+      }
+    } else {
+      const session = await auth.stores.refreshTokens.findSession(principal.sessionId);
+      if (!session || Date.now() - session.createdAt.getTime() > RECENT_SIGN_IN_MS) {
+        throw new ServerError("reauthentication_required", "Sign in again, then delete the account within 10 minutes");
+      }
+    }
+
+    const report = await eraseUserData(db, user.id, dataRightsContributors(), { recordIn: { tenantId: null, actorId: user.id, requestId: ctx.state.requestId ?? null } });
+    auth.evictUser(user.id);
+    const folder = resolve(config.workspacesDir, user.id);
+    if (/^[A-Za-z0-9_-]{1,100}$/.test(user.id)) {
+      await rm(folder, { recursive: true, force: true }).catch((error) => ctx.state.log?.warn({ err: error }, "workspace removal after erasure failed"));
+    }
+    // The request's own audit line must not name the user it just erased.
+    delete ctx.state.principal;
+    ctx.body = { erased: true, userId: user.id, erasedAt: report.erasedAt, contributors: report.contributors };
+  });
+}
