@@ -12,11 +12,13 @@ import {
   createAuditLog,
   createAuthService,
   createKyselyAuthStores,
+  createKyselyBudgets,
   createKyselyLedger,
   createKyselyRateLimitStore,
   createKyselyRunSlotStore,
   createPriceList,
   createRunSlots,
+  createSpend,
   JwtKeySet,
   openDatabase,
   rateLimit,
@@ -26,6 +28,7 @@ import {
   type Ledger,
   type PasswordHashingOptions,
   type Principal,
+  type Spend,
 } from "@keen/gateway-kit";
 import Koa from "koa";
 import type { Kysely } from "kysely";
@@ -63,6 +66,8 @@ export interface KeenServer {
   readonly database: Database;
   readonly auth: AuthService;
   readonly ledger: Ledger;
+  /** Runs' holds: team wallet and budgets together, one handle per run attempt. */
+  readonly spend: Spend;
   readonly runs: RunService;
   readonly worker: RunWorker;
   readonly queue: JobQueue;
@@ -127,6 +132,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       ...(options.passwordHashing ? { passwordHashing: options.passwordHashing } : {}),
     });
     const ledger = createKyselyLedger(db);
+    const spend = createSpend({ db, ledger, budgets: createKyselyBudgets(db) });
     const slots = createRunSlots({ store: createKyselyRunSlotStore(db), limits: { user: config.maxRunsPerUser }, leaseMs: Math.max(config.staleAfterMs * 2, 60_000) });
     const priceList = createPriceList();
     const queueKind = config.queue ?? (database.kind === "postgres" ? "pg-boss" : "in-process");
@@ -149,8 +155,8 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       const user = await auth.stores.users.findById(principal.userId);
       return !!user && adminEmails.has(user.email.toLowerCase());
     };
-    const runs = createRunService({ db, config, ledger, slots, queue, bus, priceList, isAdmin });
-    const worker = createRunWorker({ db, config, ledger, slots, queue, bus, priceList, logger, metrics });
+    const runs = createRunService({ db, config, ledger, spend, slots, queue, bus, priceList, isAdmin });
+    const worker = createRunWorker({ db, config, ledger, spend, slots, queue, bus, priceList, logger, metrics });
     const eventLog = new RunEventLog(db);
     const streams = new Set<AbortController>();
     const stream: StreamDeps = {
@@ -265,6 +271,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       database,
       auth,
       ledger,
+      spend,
       runs,
       worker,
       queue,

@@ -1,11 +1,13 @@
 import {
   auditMigrations,
   authMigrations,
+  budgetMigrations,
   creditMigrations,
   limitMigrations,
   defineMigrations,
   migrateToLatest,
   migrationTableName,
+  spendMigrations,
   type MigrationSet,
 } from "@keen/gateway-kit";
 import { sql, type Kysely } from "kysely";
@@ -113,7 +115,7 @@ export const serverMigrations = defineMigrations("keen_server", {
 });
 
 /** The gateway-kit modules the server uses; they migrate through gateway-kit's own runner. */
-const GATEWAY_KIT_SETS: MigrationSet[] = [authMigrations, creditMigrations, limitMigrations, auditMigrations];
+const GATEWAY_KIT_SETS: MigrationSet[] = [authMigrations, creditMigrations, budgetMigrations, spendMigrations, limitMigrations, auditMigrations];
 
 export const SERVER_MIGRATION_TABLE = migrationTableName(serverMigrations.module);
 
