@@ -248,7 +248,11 @@ export function createRunWorker(deps: RunWorkerDeps) {
       if (config.workers === 0) return;
       await queue.work<RunJob>(RUN_QUEUE, config.workers, (job) => execute(job.runId));
       await recover();
-      sweeper = setInterval(() => void recover().catch((error) => logger.warn({ err: error }, "recovery sweep failed")), config.staleAfterMs);
+      sweeper = setInterval(() => {
+        void recover().catch((error) => logger.warn({ err: error }, "recovery sweep failed"));
+        // Holds nobody closed within their time (a run row lost mid-create, say): wallet and budgets back together.
+        void spend.sweepExpired().catch((error) => logger.warn({ err: error }, "spend sweep failed"));
+      }, config.staleAfterMs);
       sweeper.unref();
     },
     /** Stops taking runs; running ones are checkpointed and handed back for another worker. */
