@@ -17,6 +17,7 @@ import { ConfigError, GatewayError } from "../errors.js";
 import { errorStatus } from "../http-error.js";
 import { describeEachDatabase, separatePools } from "../testing/each-database.js";
 import { createSpend } from "./kysely-spend.js";
+import { spendDataRights } from "./data-rights.js";
 import { spendMigrations } from "./migrations.js";
 import { SpendClosedError, SpendInputError, SpendNotFoundError, type Spend, type SpendSettlement } from "./types.js";
 
@@ -279,6 +280,22 @@ describeEachDatabase("spend", (fixture) => {
     expect(await state()).toEqual({ wallet: 10_000, hold: 0, spent: { team: 0, user: 0 } });
     expect(await spend.sweepExpired()).toEqual([]);
     expect(await ledger.verify()).toMatchObject({ ok: true });
+  });
+
+  it("exports a user's spends, by their wallet or their budget scope, for data rights", async () => {
+    const u = user();
+    const own = await ledger.openWallet({ userId: u.id });
+    await ledger.grant({ account: own.id, amount: 5_000, idempotencyKey: `g:${own.id}` });
+    const { wallet, t } = await setup(5_000);
+    const mine = await spend.reserve({ wallet: own.id, estimate: 100, idempotencyKey: randomUUID() });
+    const counted = await spend.reserve({ wallet: wallet.id, estimate: 200, idempotencyKey: randomUUID(), scopes: [t, u], reference: "run_x" });
+    await spend.reserve({ wallet: wallet.id, estimate: 300, idempotencyKey: randomUUID(), scopes: [t] });
+    await spend.settle(counted.handle, 150);
+    const exported = (await spendDataRights.export(fixture.database.db, u.id)) as { spends: Array<Record<string, unknown>> };
+    expect(exported.spends.map((s) => s.handle)).toEqual([mine.handle, counted.handle]);
+    expect(exported.spends[1]).toMatchObject({ status: "settled", estimate: "200", charged: "150", reference: "run_x" });
+    // A user id with LIKE wildcards matches only itself.
+    expect(((await spendDataRights.export(fixture.database.db, "%")) as { spends: unknown[] }).spends).toEqual([]);
   });
 
   it("answers bad input and unknown handles with coded errors, and bad options with a config error", async () => {
