@@ -96,7 +96,6 @@ interface SpendRow {
   expires_at: Date | string;
   created_at: Date | string;
   closed_at: Date | string | null;
-  lapsed?: boolean;
 }
 
 interface LedgerHoldRow {
@@ -184,7 +183,7 @@ export function createSpend(options: SpendOptions): Spend {
   };
 
   async function lockSpend(trx: Trx, handle: string): Promise<SpendRow> {
-    const { rows } = await sql<SpendRow>`select s.*, s.expires_at <= now() as lapsed from spends s where s.id = ${handle} for update`.execute(trx);
+    const { rows } = await sql<SpendRow>`select * from spends where id = ${handle} for update`.execute(trx);
     if (!rows[0]) throw new SpendNotFoundError(handle);
     return rows[0];
   }
@@ -343,7 +342,7 @@ export function createSpend(options: SpendOptions): Spend {
         const row = rows[0];
         if (!row) return undefined;
         const hold = await lockLedgerHold(trx, row.reservation_id);
-        const closed = await closeFromLedger(trx, row, { ...hold, lapsed: true }, createKyselyLedger(trx));
+        const closed = await closeFromLedger(trx, row, hold, createKyselyLedger(trx));
         return settlementOf(closed.row, false, closed.budgets, closed.alerts);
       });
       if (settlement) {
