@@ -2,7 +2,7 @@ import { defineConfig } from "tsup";
 import { packageBuild } from "../../tsup.config.base.js";
 
 /** One entry per feature, so a host imports only what it uses; shared code goes to common chunks. */
-const features = ["auth", "credits", "billing", "budgets", "limits", "screening", "audit", "privacy", "db", "testing"];
+const features = ["auth", "credits", "billing", "budgets", "spend", "limits", "screening", "audit", "privacy", "db", "testing"];
 
 export default defineConfig(
   packageBuild(

@@ -49,7 +49,7 @@ describe("@keen/gateway-kit subpath exports", () => {
 
   it("covers each feature folder", () => {
     expect(subpaths).toEqual(
-      expect.arrayContaining([".", "./auth", "./credits", "./billing", "./budgets", "./limits", "./screening", "./audit", "./privacy", "./db", "./testing"]),
+      expect.arrayContaining([".", "./auth", "./credits", "./billing", "./budgets", "./spend", "./limits", "./screening", "./audit", "./privacy", "./db", "./testing"]),
     );
   });
 

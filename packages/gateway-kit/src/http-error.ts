@@ -97,6 +97,8 @@ export const errorStatuses = {
   budget_exceeded: 402,
   budget_reservation_not_found: 404,
   budget_webhook_failed: 502,
+  spend_not_found: 404,
+  spend_closed: 409,
   // Limits.
   too_many_concurrent_runs: 429,
   run_slot_lost: 409,

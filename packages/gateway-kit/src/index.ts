@@ -25,3 +25,4 @@ export * from "./limits/index.js";
 export * from "./screening/index.js";
 export * from "./privacy/index.js";
 export * from "./budgets/index.js";
+export * from "./spend/index.js";

@@ -18,6 +18,7 @@ import {
   createKyselyRunSlotStore,
   createPriceList,
   createRunSlots,
+  createSpend,
   JwtKeySet,
   openDatabase,
   rateLimit,
@@ -27,6 +28,7 @@ import {
   type Ledger,
   type PasswordHashingOptions,
   type Principal,
+  type Spend,
 } from "@keen/gateway-kit";
 import Koa from "koa";
 import type { Kysely } from "kysely";
@@ -69,6 +71,8 @@ export interface KeenServer {
   readonly database: Database;
   readonly auth: AuthService;
   readonly ledger: Ledger;
+  /** Runs' holds: team wallet and budgets together, one handle per run attempt. */
+  readonly spend: Spend;
   readonly runs: RunService;
   readonly worker: RunWorker;
   readonly queue: JobQueue;
@@ -135,6 +139,8 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       ...(options.passwordHashing ? { passwordHashing: options.passwordHashing } : {}),
     });
     const ledger = createKyselyLedger(db);
+    const budgets = createKyselyBudgets(db);
+    const spend = createSpend({ db, ledger, budgets });
     const slots = createRunSlots({ store: createKyselyRunSlotStore(db), limits: { user: config.maxRunsPerUser }, leaseMs: Math.max(config.staleAfterMs * 2, 60_000) });
     const priceList = createPriceList();
     const queueKind = config.queue ?? (database.kind === "postgres" ? "pg-boss" : "in-process");
@@ -157,8 +163,8 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       const user = await auth.stores.users.findById(principal.userId);
       return !!user && adminEmails.has(user.email.toLowerCase());
     };
-    const runs = createRunService({ db, config, ledger, slots, queue, bus, priceList, isAdmin });
-    const worker = createRunWorker({ db, config, ledger, slots, queue, bus, priceList, logger, metrics });
+    const runs = createRunService({ db, config, ledger, spend, slots, queue, bus, priceList, isAdmin });
+    const worker = createRunWorker({ db, config, ledger, spend, slots, queue, bus, priceList, logger, metrics });
     const eventLog = new RunEventLog(db);
     const streams = new Set<AbortController>();
     const stream: StreamDeps = {
@@ -266,7 +272,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     mountUploadRoutes(api, { db, config });
     // Billing, budgets, teams, audit, data rights: team-scoped through teams/access.ts.
     mountBillingRoutes(api, { db, auth, config });
-    mountBudgetRoutes(api, { auth, budgets: createKyselyBudgets(db) });
+    mountBudgetRoutes(api, { auth, budgets });
     mountTeamRoutes(api, { db, auth });
     mountAuditRoutes(api, { db, auth });
     mountPrivacyRoutes(api, { db, auth, config });
@@ -285,6 +291,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       database,
       auth,
       ledger,
+      spend,
       runs,
       worker,
       queue,

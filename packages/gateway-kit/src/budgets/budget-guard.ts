@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
@@ -13,8 +12,6 @@ export interface BudgetState {
   statuses: BudgetStatus[];
   /** The least any budget of the scopes has left; `undefined` when no budget applies. */
   remaining: number | undefined;
-  /** In `reserve` mode: the key to `settle` the reservation with once the run's cost is known. */
-  reservationKey?: string;
 }
 
 declare module "koa" {
@@ -46,14 +43,6 @@ const BudgetGuardOptions = z
     estimate: fn<(ctx: Ctx) => number | Promise<number>>(),
     /** Which budgets apply. Default: the principal's user and team (`budgetScopesOf`). */
     scopes: fn<(ctx: Ctx) => BudgetScope[] | Promise<BudgetScope[]>>().optional(),
-    /**
-     * `check` (default): refuse what does not fit, hold nothing. `reserve`: also reserve the
-     * estimate atomically, so concurrent requests cannot overspend; settle it later with
-     * `budgets.settle(ctx.state.budget.reservationKey, actual)`. A failed request releases it.
-     */
-    mode: z.enum(["check", "reserve"]).default("check"),
-    /** The reservation's idempotency key in `reserve` mode. Default a random UUID. */
-    reservationKey: fn<(ctx: Ctx) => string>().optional(),
   })
   .strict();
 export type BudgetGuardOptions = z.input<typeof BudgetGuardOptions>;
@@ -62,13 +51,14 @@ export type BudgetGuardOptions = z.input<typeof BudgetGuardOptions>;
  * Refuses a request with 402 `budget_exceeded` (details: scope, period, limit, spent,
  * remaining, requested, resetsAt) when its estimated cost does not fit in the caller's
  * budgets, and puts the budget state on `ctx.state.budget` for the route (e.g. for `routeByCost`).
- * With `mode: "reserve"` the estimate is also reserved, to be settled when the run is charged.
+ * It holds nothing (two concurrent requests can both pass): to hold the cost in the wallet and
+ * the budgets together until the work is settled, use `spendGuard`.
  *
  * @example
  * router.post("/v1/runs", authenticate({ service }), budgetGuard({ budgets, estimate: (ctx) => estimateRun(ctx.request.body) }), startRun);
  */
 export function budgetGuard(input: BudgetGuardOptions): Middleware {
-  const { budgets, estimate, scopes, mode, reservationKey } = parseOptions(BudgetGuardOptions, input, "budgetGuard");
+  const { budgets, estimate, scopes } = parseOptions(BudgetGuardOptions, input, "budgetGuard");
   return async (ctx, next) => {
     let applicable: BudgetScope[];
     if (scopes) applicable = await scopes(ctx);
@@ -82,22 +72,9 @@ export function budgetGuard(input: BudgetGuardOptions): Middleware {
     if (typeof amount !== "number" || !Number.isSafeInteger(amount) || amount < 0) {
       throw new HttpError(400, "invalid_estimate", "The request's estimated cost is not a non-negative whole number of micro-credits");
     }
-    if (mode === "check") {
-      const statuses = await budgets.check(applicable, amount);
-      const remaining = statuses.length ? Math.min(...statuses.map((s) => s.remaining)) : undefined;
-      ctx.state.budget = { scopes: applicable, estimate: amount, statuses, remaining };
-      return next();
-    }
-    const key = reservationKey ? reservationKey(ctx) : randomUUID();
-    const { statuses, replayed } = await budgets.reserve(applicable, amount, key);
+    const statuses = await budgets.check(applicable, amount);
     const remaining = statuses.length ? Math.min(...statuses.map((s) => s.remaining)) : undefined;
-    ctx.state.budget = { scopes: applicable, estimate: amount, statuses, remaining, reservationKey: key };
-    try {
-      await next();
-    } catch (error) {
-      // A request that reused another's reservation key did not make the reservation: it is not its to free.
-      if (!replayed) await budgets.settle(key, 0).catch(() => undefined);
-      throw error;
-    }
+    ctx.state.budget = { scopes: applicable, estimate: amount, statuses, remaining };
+    return next();
   };
 }

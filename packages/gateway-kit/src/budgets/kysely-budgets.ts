@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
 import { z } from "zod";
 import { clock, fn, parseOptions } from "../limits/options.js";
+import { MicroCredits } from "../money.js";
 import { periodWindow } from "./periods.js";
 import type { BudgetTables } from "./tables.js";
 import {
@@ -13,7 +14,6 @@ import {
   BudgetScope,
   DEFAULT_THRESHOLDS,
   BudgetKeyConflictError,
-  BudgetAmount,
   BudgetThresholds,
   type Budget,
   type BudgetAlert,
@@ -172,133 +172,138 @@ export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {})
     return fired.map(({ threshold }) => ({ id: `${budget.id}:${periodKey}:${threshold}`, budget, periodKey, threshold, spent, limit: budget.limit, firedAt: at }));
   }
 
-  async function charge(mode: "record" | "commit" | "reserve", scopesIn: BudgetScope[], amountIn: number, keyIn: string): Promise<BudgetChargeResult> {
-    const scopes = parse(Scopes, scopesIn, "budget scopes");
-    const amount = parse(BudgetAmount, amountIn, "amount (micro-credits)");
-    const key = parse(IdempotencyKey, keyIn, "idempotency key");
-    const at = now();
-    const canonical = canonicalScopes(scopes);
-
-    const result = await kdb.transaction().execute(async (trx) => {
-      const budgets = await budgetsOf(trx, scopes);
-      const parts = budgets.map((b) => ({ budgetId: b.id, periodKey: periodWindow(b.period, at).key }));
-      const inserted = await trx
-        .insertInto("budget_charges")
-        .values({ idempotency_key: key, amount_micros: amount, scopes: canonical, mode, created_at: at, parts: JSON.stringify(parts) })
-        .onConflict((oc) => oc.column("idempotency_key").doNothing())
-        .returning("idempotency_key")
-        .executeTakeFirst();
-      if (!inserted) {
-        const first = await trx.selectFrom("budget_charges").selectAll().where("idempotency_key", "=", key).executeTakeFirstOrThrow();
-        if (toNumber(first.amount_micros) !== amount || first.scopes !== canonical || first.mode !== mode) throw new BudgetKeyConflictError(key);
-        return { replayed: true, statuses: await statuses(trx, scopes, at), alerts: [] };
-      }
-
-      const out: BudgetStatus[] = [];
-      const alerts: BudgetAlert[] = [];
-      for (const [i, budget] of budgets.entries()) {
-        const periodKey = parts[i]!.periodKey;
-        await trx
-          .insertInto("budget_spend")
-          .values({ budget_id: budget.id, period_key: periodKey, spent_micros: 0 })
-          .onConflict((oc) => oc.columns(["budget_id", "period_key"]).doNothing())
-          .execute();
-        let update = trx
-          .updateTable("budget_spend")
-          .set({ spent_micros: sql`spent_micros + ${amount}` })
-          .where("budget_id", "=", budget.id)
-          .where("period_key", "=", periodKey);
-        if (mode !== "record") {
-          // Re-evaluated after any row lock wait, so a concurrent commit is always counted.
-          update = update.where(sql<boolean>`spent_micros + ${amount} <= (select limit_micros from budgets where id = ${budget.id})`);
-        }
-        const row = await update.returning("spent_micros").executeTakeFirst();
-        if (!row) {
-          const current = await trx
-            .selectFrom("budget_spend")
-            .select("spent_micros")
-            .where("budget_id", "=", budget.id)
-            .where("period_key", "=", periodKey)
-            .executeTakeFirstOrThrow();
-          throw new BudgetExceededError(statusOf(budget, toNumber(current.spent_micros), at), amount);
-        }
-        const spent = toNumber(row.spent_micros);
-        out.push(statusOf(budget, spent, at));
-        if (amount > 0) alerts.push(...(await fireAlerts(trx, budget, periodKey, spent, at)));
-      }
-      return { replayed: false, statuses: out, alerts };
-    });
+  async function charge(mode: "record" | "commit" | "reserve", scopes: BudgetScope[], amount: number, key: string): Promise<BudgetChargeResult> {
+    const result = await kdb.transaction().execute((trx) => chargeIn(trx, mode, scopes, amount, key));
     // Delivery happens after commit: the alert row is the record that it fired; a failed
     // delivery stays pending rather than undoing the charge.
     await deliver(result.alerts);
     return result;
   }
 
-  async function settle(keyIn: string, actualIn: number): Promise<BudgetSettlement> {
+  /** `charge` inside the caller's transaction; alerts are returned, not delivered (the caller delivers after commit). */
+  async function chargeIn(trx: Trx, mode: "record" | "commit" | "reserve", scopesIn: BudgetScope[], amountIn: number, keyIn: string): Promise<BudgetChargeResult> {
+    const scopes = parse(Scopes, scopesIn, "budget scopes");
+    const amount = parse(MicroCredits, amountIn, "amount (micro-credits)");
     const key = parse(IdempotencyKey, keyIn, "idempotency key");
-    const actual = parse(BudgetAmount, actualIn, "actual amount (micro-credits)");
     const at = now();
-    const result = await kdb.transaction().execute(async (trx) => {
-      const row = await trx
-        .selectFrom("budget_charges")
-        .selectAll()
-        .where("idempotency_key", "=", key)
-        .where("mode", "=", "reserve")
-        .forUpdate()
-        .executeTakeFirst();
-      if (!row) throw new BudgetReservationNotFoundError(key);
-      const reserved = toNumber(row.amount_micros);
-      const parts = JSON.parse(row.parts) as Array<{ budgetId: string; periodKey: string }>;
-      const budgets = new Map(
-        parts.length === 0
-          ? []
-          : (await trx.selectFrom("budgets").selectAll().where("id", "in", parts.map((p) => p.budgetId)).execute()).map((r) => [r.id, toBudget(r)] as const),
-      );
-      const current = async () => {
-        const out: BudgetStatus[] = [];
-        for (const part of parts) {
-          const budget = budgets.get(part.budgetId);
-          if (!budget) continue;
-          const spend = await trx
-            .selectFrom("budget_spend")
-            .select("spent_micros")
-            .where("budget_id", "=", part.budgetId)
-            .where("period_key", "=", part.periodKey)
-            .executeTakeFirst();
-          out.push(statusOf(budget, spend ? toNumber(spend.spent_micros) : 0, row.created_at));
-        }
-        return out;
-      };
-      if (row.settled_at) {
-        if (toNumber(row.settled_micros!) !== actual) throw new BudgetKeyConflictError(key);
-        return { replayed: true, reserved, settled: actual, statuses: await current(), alerts: [] };
+    const canonical = canonicalScopes(scopes);
+    const budgets = await budgetsOf(trx, scopes);
+    const parts = budgets.map((b) => ({ budgetId: b.id, periodKey: periodWindow(b.period, at).key }));
+    const inserted = await trx
+      .insertInto("budget_charges")
+      .values({ idempotency_key: key, amount_micros: amount, scopes: canonical, mode, created_at: at, parts: JSON.stringify(parts) })
+      .onConflict((oc) => oc.column("idempotency_key").doNothing())
+      .returning("idempotency_key")
+      .executeTakeFirst();
+    if (!inserted) {
+      const first = await trx.selectFrom("budget_charges").selectAll().where("idempotency_key", "=", key).executeTakeFirstOrThrow();
+      if (toNumber(first.amount_micros) !== amount || first.scopes !== canonical || first.mode !== mode) throw new BudgetKeyConflictError(key);
+      return { replayed: true, statuses: await statuses(trx, scopes, at), alerts: [] };
+    }
+
+    const out: BudgetStatus[] = [];
+    const alerts: BudgetAlert[] = [];
+    for (const [i, budget] of budgets.entries()) {
+      const periodKey = parts[i]!.periodKey;
+      await trx
+        .insertInto("budget_spend")
+        .values({ budget_id: budget.id, period_key: periodKey, spent_micros: 0 })
+        .onConflict((oc) => oc.columns(["budget_id", "period_key"]).doNothing())
+        .execute();
+      let update = trx
+        .updateTable("budget_spend")
+        .set({ spent_micros: sql`spent_micros + ${amount}` })
+        .where("budget_id", "=", budget.id)
+        .where("period_key", "=", periodKey);
+      if (mode !== "record") {
+        // Re-evaluated after any row lock wait, so a concurrent commit is always counted.
+        update = update.where(sql<boolean>`spent_micros + ${amount} <= (select limit_micros from budgets where id = ${budget.id})`);
       }
-      const delta = actual - reserved;
-      const out: BudgetStatus[] = [];
-      const alerts: BudgetAlert[] = [];
-      for (const part of [...parts].sort((a, b) => (a.budgetId < b.budgetId ? -1 : 1))) {
-        const budget = budgets.get(part.budgetId);
-        if (!budget) continue; // removed since: nothing to correct
-        const updated = await trx
-          .updateTable("budget_spend")
-          .set({ spent_micros: sql`greatest(0, spent_micros + ${delta})` })
-          .where("budget_id", "=", part.budgetId)
-          .where("period_key", "=", part.periodKey)
-          .returning("spent_micros")
-          .executeTakeFirst();
-        if (!updated) continue;
-        const spent = toNumber(updated.spent_micros);
-        out.push(statusOf(budget, spent, row.created_at));
-        if (delta > 0) alerts.push(...(await fireAlerts(trx, budget, part.periodKey, spent, at)));
+      const row = await update.returning("spent_micros").executeTakeFirst();
+      if (!row) {
+        const current = await trx
+          .selectFrom("budget_spend")
+          .select("spent_micros")
+          .where("budget_id", "=", budget.id)
+          .where("period_key", "=", periodKey)
+          .executeTakeFirstOrThrow();
+        throw new BudgetExceededError(statusOf(budget, toNumber(current.spent_micros), at), amount);
       }
-      await trx.updateTable("budget_charges").set({ settled_micros: actual, settled_at: at }).where("idempotency_key", "=", key).execute();
-      return { replayed: false, reserved, settled: actual, statuses: out, alerts };
-    });
+      const spent = toNumber(row.spent_micros);
+      out.push(statusOf(budget, spent, at));
+      if (amount > 0) alerts.push(...(await fireAlerts(trx, budget, periodKey, spent, at)));
+    }
+    return { replayed: false, statuses: out, alerts };
+  }
+
+  async function settle(key: string, actual: number): Promise<BudgetSettlement> {
+    const result = await kdb.transaction().execute((trx) => settleIn(trx, key, actual));
     await deliver(result.alerts);
     return result;
   }
 
-  return {
+  /** `settle` inside the caller's transaction; alerts are returned, not delivered. */
+  async function settleIn(trx: Trx, keyIn: string, actualIn: number): Promise<BudgetSettlement> {
+    const key = parse(IdempotencyKey, keyIn, "idempotency key");
+    const actual = parse(MicroCredits, actualIn, "actual amount (micro-credits)");
+    const at = now();
+    const row = await trx
+      .selectFrom("budget_charges")
+      .selectAll()
+      .where("idempotency_key", "=", key)
+      .where("mode", "=", "reserve")
+      .forUpdate()
+      .executeTakeFirst();
+    if (!row) throw new BudgetReservationNotFoundError(key);
+    const reserved = toNumber(row.amount_micros);
+    const parts = JSON.parse(row.parts) as Array<{ budgetId: string; periodKey: string }>;
+    const budgets = new Map(
+      parts.length === 0
+        ? []
+        : (await trx.selectFrom("budgets").selectAll().where("id", "in", parts.map((p) => p.budgetId)).execute()).map((r) => [r.id, toBudget(r)] as const),
+    );
+    const current = async () => {
+      const out: BudgetStatus[] = [];
+      for (const part of parts) {
+        const budget = budgets.get(part.budgetId);
+        if (!budget) continue;
+        const spend = await trx
+          .selectFrom("budget_spend")
+          .select("spent_micros")
+          .where("budget_id", "=", part.budgetId)
+          .where("period_key", "=", part.periodKey)
+          .executeTakeFirst();
+        out.push(statusOf(budget, spend ? toNumber(spend.spent_micros) : 0, row.created_at));
+      }
+      return out;
+    };
+    if (row.settled_at) {
+      if (toNumber(row.settled_micros!) !== actual) throw new BudgetKeyConflictError(key);
+      return { replayed: true, reserved, settled: actual, statuses: await current(), alerts: [] };
+    }
+    const delta = actual - reserved;
+    const out: BudgetStatus[] = [];
+    const alerts: BudgetAlert[] = [];
+    for (const part of [...parts].sort((a, b) => (a.budgetId < b.budgetId ? -1 : 1))) {
+      const budget = budgets.get(part.budgetId);
+      if (!budget) continue; // removed since: nothing to correct
+      const updated = await trx
+        .updateTable("budget_spend")
+        .set({ spent_micros: sql`greatest(0, spent_micros + ${delta})` })
+        .where("budget_id", "=", part.budgetId)
+        .where("period_key", "=", part.periodKey)
+        .returning("spent_micros")
+        .executeTakeFirst();
+      if (!updated) continue;
+      const spent = toNumber(updated.spent_micros);
+      out.push(statusOf(budget, spent, row.created_at));
+      if (delta > 0) alerts.push(...(await fireAlerts(trx, budget, part.periodKey, spent, at)));
+    }
+    await trx.updateTable("budget_charges").set({ settled_micros: actual, settled_at: at }).where("idempotency_key", "=", key).execute();
+    return { replayed: false, reserved, settled: actual, statuses: out, alerts };
+  }
+
+  const api: Budgets = {
     async setBudget(raw) {
       const input = parse(BudgetInput, raw, "budget");
       const at = now();
@@ -340,7 +345,7 @@ export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {})
     status: async (scopes) => statuses(kdb, parse(Scopes, scopes, "budget scopes"), now()),
     async check(scopesIn, estimateIn) {
       const scopes = parse(Scopes, scopesIn, "budget scopes");
-      const estimate = parse(BudgetAmount, estimateIn, "estimate (micro-credits)");
+      const estimate = parse(MicroCredits, estimateIn, "estimate (micro-credits)");
       const all = await statuses(kdb, scopes, now());
       const short = all.filter((s) => s.spent + estimate > s.budget.limit).sort((a, b) => a.remaining - b.remaining);
       if (short[0]) throw new BudgetExceededError(short[0], estimate);
@@ -410,4 +415,21 @@ export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {})
       return deliver(alerts);
     },
   };
+  budgetEngines.set(api, { db: kdb, chargeIn, settleIn, deliver });
+  return api;
+}
+
+/** What `createSpend` needs of a kysely `Budgets`: its charges inside a caller's transaction, and delivery after commit. */
+export interface BudgetEngine {
+  db: Kysely<any>;
+  chargeIn(trx: Transaction<any>, mode: "reserve", scopes: BudgetScope[], amount: number, key: string): Promise<BudgetChargeResult>;
+  settleIn(trx: Transaction<any>, key: string, actual: number): Promise<BudgetSettlement>;
+  deliver(alerts: BudgetAlert[]): Promise<number>;
+}
+
+const budgetEngines = new WeakMap<Budgets, BudgetEngine>();
+
+/** The transaction-joinable engine behind a `Budgets` made by `createKyselyBudgets`; undefined for any other implementation. */
+export function budgetEngineOf(budgets: Budgets): BudgetEngine | undefined {
+  return budgetEngines.get(budgets);
 }

@@ -1,7 +1,7 @@
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
 import { fn, parseOptions } from "../limits/options.js";
-import { BudgetAmount } from "./types.js";
+import { MicroCredits } from "../money.js";
 
 const Tokens = z.number().int().min(0).max(100_000_000);
 
@@ -14,8 +14,8 @@ export const ContextTier = z
     contextWindow: Tokens.min(1),
     /** The most output tokens a request on this tier may ask for. */
     maxOutputTokens: Tokens.min(1),
-    inputPrice: BudgetAmount,
-    outputPrice: BudgetAmount,
+    inputPrice: MicroCredits,
+    outputPrice: MicroCredits,
     /** Extra request parameters for this tier, e.g. `{ betas: [...] }` for an extended window. */
     params: z.record(z.string(), z.unknown()).optional(),
   })
@@ -46,7 +46,7 @@ export const CostRouteRequest = z
     /** Output the caller wants room for. Default 8,000, capped by the tier's `maxOutputTokens`. */
     estimatedOutputTokens: Tokens.optional(),
     /** What the caller's budget has left, in micro-credits; absent when no budget applies. */
-    remainingBudget: BudgetAmount.optional(),
+    remainingBudget: MicroCredits.optional(),
     /** A tier the caller asks for by name; honoured when it fits and is affordable. */
     preferredTier: z.string().optional(),
     /** The fewest output tokens worth running with; below this the request is refused. Default 1,024. */

@@ -1,8 +1,11 @@
 import { GatewayError } from "../errors.js";
 import { z } from "zod";
+import { MicroCredits } from "../money.js";
 
-/** An amount in micro-credits: a non-negative safe integer, never a float. */
-export const BudgetAmount = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+export { MicroCredits };
+
+/** @deprecated Use `MicroCredits`, the one amount schema of credits, budgets and spend. */
+export const BudgetAmount = MicroCredits;
 
 /** Who a budget applies to. */
 export const BudgetScope = z
@@ -30,7 +33,7 @@ export const BudgetInput = z
     scope: BudgetScope,
     period: BudgetPeriod,
     /** The most that may be spent in one period, in micro-credits. */
-    limit: BudgetAmount,
+    limit: MicroCredits,
     /** Percentages at which an alert fires; defaults to the service's thresholds (50, 80, 100). */
     thresholds: BudgetThresholds.optional(),
   })
@@ -41,7 +44,7 @@ export interface Budget {
   id: string;
   scope: BudgetScope;
   period: BudgetPeriod;
-  limit: number;
+  limit: MicroCredits;
   thresholds: number[];
   createdAt: Date;
   updatedAt: Date;
@@ -54,9 +57,9 @@ export interface BudgetStatus {
   periodStart: Date | null;
   /** When the period resets; `null` for `total`. */
   resetsAt: Date | null;
-  spent: number;
+  spent: MicroCredits;
   /** `limit - spent`, never below zero. */
-  remaining: number;
+  remaining: MicroCredits;
 }
 
 /** A threshold crossed for the first time in a period. */
@@ -66,8 +69,8 @@ export interface BudgetAlert {
   budget: Budget;
   periodKey: string;
   threshold: number;
-  spent: number;
-  limit: number;
+  spent: MicroCredits;
+  limit: MicroCredits;
   firedAt: Date;
 }
 
@@ -144,8 +147,8 @@ export interface BudgetChargeResult {
 /** What `settle` returns. */
 export interface BudgetSettlement {
   replayed: boolean;
-  reserved: number;
-  settled: number;
+  reserved: MicroCredits;
+  settled: MicroCredits;
   /** The budgets the reservation charged, in the periods it was made in, after settling. */
   statuses: BudgetStatus[];
   alerts: BudgetAlert[];

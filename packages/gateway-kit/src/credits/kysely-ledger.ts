@@ -17,7 +17,6 @@ import type {
   LedgerAccount,
   LedgerCheck,
   LedgerEntry,
-  MicroCredits,
   ReserveInput,
   Reservation,
   ReversalInput,
@@ -31,6 +30,7 @@ import type {
   WalletOwner,
   WalletTransferInput,
 } from "./ledger.js";
+import type { MicroCredits } from "../money.js";
 import { SYSTEM_ACCOUNTS } from "./migrations.js";
 import { retryTransaction } from "./retry-transaction.js";
 import type { CreditTables } from "./tables.js";
@@ -136,7 +136,16 @@ export interface KyselyLedgerOptions {
  * await ledger.settle(hold.id, 1_234_567);
  */
 export function createKyselyLedger(db: Kysely<any>, options: KyselyLedgerOptions = {}): Ledger {
-  return new KyselyLedger(db as Db, options.maxAttempts ?? 10);
+  const ledger = new KyselyLedger(db as Db, options.maxAttempts ?? 10);
+  ledgerDatabases.set(ledger, db);
+  return ledger;
+}
+
+const ledgerDatabases = new WeakMap<Ledger, Kysely<any>>();
+
+/** The database a ledger made by `createKyselyLedger` writes to; undefined for any other implementation. */
+export function ledgerDatabaseOf(ledger: Ledger): Kysely<any> | undefined {
+  return ledgerDatabases.get(ledger);
 }
 
 class KyselyLedger implements Ledger {

@@ -1,11 +1,10 @@
 /**
- * Amounts are integer micro-credits (1 credit = 1,000,000 micro-credits) carried as JavaScript
- * numbers. Every amount is checked to be a safe integer (|n| < 2^53, about 9 billion credits),
- * and so is every balance: a write that would take any account (wallet or system) past
- * ±(2^53 − 1) is refused with `LedgerInputError`. The database stores `bigint` and enforces the
- * same bound, so every value read back is exact.
+ * Amounts are `MicroCredits`: integer micro-credits carried as JavaScript numbers. Every amount is
+ * checked to be a safe integer, and so is every balance: a write that would take any account
+ * (wallet or system) past ±(2^53 − 1) is refused with `LedgerInputError`. The database stores
+ * `bigint` and enforces the same bound, so every value read back is exact.
  */
-export type MicroCredits = number;
+import type { MicroCredits } from "../money.js";
 
 /** Wallets belong to a user or a team; holds carry reserved credits; the rest are system accounts. */
 export type AccountKind = "user_wallet" | "team_wallet" | "hold" | "revenue" | "grants" | "purchases";

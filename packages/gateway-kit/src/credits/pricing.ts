@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { LedgerInputError, UnknownModelError } from "./errors.js";
-import type { MicroCredits } from "./ledger.js";
+import type { MicroCredits } from "../money.js";
 
 /**
  * Token counts of one model call or a whole run. The same shape as agent-core's `Usage`,

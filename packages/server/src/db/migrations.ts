@@ -8,6 +8,7 @@ import {
   defineMigrations,
   migrateToLatest,
   migrationTableName,
+  spendMigrations,
   type MigrationSet,
 } from "@keen/gateway-kit";
 import { sql, type Kysely } from "kysely";
@@ -135,7 +136,7 @@ export const serverMigrations = defineMigrations("keen_server", {
 });
 
 /** The gateway-kit modules the server uses; they migrate through gateway-kit's own runner. */
-const GATEWAY_KIT_SETS: MigrationSet[] = [authMigrations, creditMigrations, limitMigrations, auditMigrations, billingMigrations, budgetMigrations];
+const GATEWAY_KIT_SETS: MigrationSet[] = [authMigrations, creditMigrations, billingMigrations, budgetMigrations, spendMigrations, limitMigrations, auditMigrations];
 
 export const SERVER_MIGRATION_TABLE = migrationTableName(serverMigrations.module);
 

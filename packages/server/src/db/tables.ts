@@ -17,6 +17,7 @@ export interface RunsTable {
   status: RunState;
   /** agent-core's TaskSnapshot after the last turn, for resume. */
   snapshot: Json<unknown> | null;
+  /** The run attempt's spend handle (`spend_…`; a bare ledger reservation id on runs made before spends). */
   reservation_id: string | null;
   /** Micro-credits charged at settlement; null until settled. */
   charged: ColumnType<string | number | null, number | null, number | null>;

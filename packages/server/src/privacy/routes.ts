@@ -12,6 +12,7 @@ import {
   eraseUserData,
   exportUserData,
   GatewayError,
+  spendDataRights,
   validate,
   type AuthService,
   type DataRightsContributor,
@@ -31,7 +32,7 @@ const RECENT_SIGN_IN_MS = 10 * 60_000;
 
 /** Every module that holds personal data; the server's own first, while the user's email is still there. */
 export function dataRightsContributors(): DataRightsContributor[] {
-  return [serverDataRights, authDataRights(), auditDataRights(), creditsDataRights, billingDataRights, budgetsDataRights];
+  return [serverDataRights, authDataRights(), auditDataRights(), creditsDataRights, billingDataRights, budgetsDataRights, spendDataRights];
 }
 
 function signedInUser(ctx: ParameterizedContext): Principal & { sessionId: string } {

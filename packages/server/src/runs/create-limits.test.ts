@@ -1,3 +1,4 @@
+import { createKyselyBudgets } from "@keen/gateway-kit";
 import { expect, it } from "vitest";
 import { ADMIN_EMAIL, api, describeEachDatabase, signup, useTestServer, type Account } from "../testing/harness.js";
 
@@ -54,6 +55,28 @@ describeEachDatabase("run creation limits", (database) => {
     await api(t.url, "/v1/admin/credits/grant", { headers: admin.headers, body: { teamId: owner.teamId, amount: 1_000_000, idempotencyKey: `g2-${owner.teamId}` } });
     const third = await api(t.url, "/v1/runs", { headers: owner.headers, body: { vision: "Three", repo } });
     expect(third.status).toBe(202);
+  });
+
+  it("over the team's budget: 402 budget_exceeded naming it, the wallet holds nothing, and a cancel gives the budget back too", async () => {
+    const owner = await funded(10_000_000);
+    // Budgets straight from the service: the server has no budget routes in this suite.
+    const budgets = createKyselyBudgets(t.server.database.db);
+    const team = { kind: "team" as const, id: owner.teamId };
+    await budgets.setBudget({ scope: team, period: "monthly", limit: 1_500_000 });
+    const first = await api(t.url, "/v1/runs", { headers: owner.headers, body: { vision: "One", repo } });
+    expect(first.status).toBe(202);
+    expect((await budgets.status([team]))[0]!.spent).toBe(1_000_000);
+    const second = await api(t.url, "/v1/runs", { headers: owner.headers, body: { vision: "Two", repo } });
+    expect(second.status).toBe(402);
+    expect(second.body.error).toMatchObject({ code: "budget_exceeded", details: { scope: team, period: "monthly", remaining: 500_000 } });
+    // All or nothing: the refused run took no credits and no slot.
+    expect((await api(t.url, "/v1/credits", { headers: owner.headers })).body.balance).toBe(9_000_000);
+    expect((await api(t.url, "/v1/runs", { headers: owner.headers })).body.runs).toHaveLength(1);
+    // Cancelling the queued run releases wallet and budget together.
+    expect((await api(t.url, `/v1/runs/${first.body.id}/cancel`, { method: "POST", headers: owner.headers })).status).toBe(202);
+    expect((await api(t.url, "/v1/credits", { headers: owner.headers })).body.balance).toBe(10_000_000);
+    expect((await budgets.status([team]))[0]!.spent).toBe(0);
+    expect((await t.server.ledger.verify()).ok).toBe(true);
   });
 
   it("pages the run list with a cursor, newest first, and refuses a forged cursor", async () => {

@@ -101,7 +101,9 @@ describe("a worker killed mid-run", () => {
 
         // One settlement, for the price the run row records; the ledger still balances.
         const { rows } = await db.query("select reservation_id from runs where id = $1", [runId]);
-        const reservation = await b.server.ledger.getReservation(rows[0].reservation_id);
+        const hold = await b.server.spend.get(rows[0].reservation_id);
+        expect(hold.settlement).toMatchObject({ status: "settled", charged: final.cost });
+        const reservation = await b.server.ledger.getReservation(hold.reservationId);
         expect(reservation.status).toBe("settled");
         expect(reservation.charged).toBe(final.cost);
         expect((await api(b.url, "/v1/credits", { headers: owner.headers })).body.balance).toBe(granted - final.cost);
@@ -151,7 +153,9 @@ describe("a worker killed mid-run", () => {
       expect(final.status).toBe("succeeded");
       const row = await b.server.database.db.selectFrom("runs").select(["attempt", "reservation_id"]).where("id", "=", runId).executeTakeFirstOrThrow();
       expect(row.attempt).toBe(2);
-      const reservation = await b.server.ledger.getReservation(row.reservation_id!);
+      const hold = await b.server.spend.get(row.reservation_id!);
+      expect(hold.settlement).toMatchObject({ status: "settled", charged: final.cost });
+      const reservation = await b.server.ledger.getReservation(hold.reservationId);
       expect(reservation.charged).toBe(final.cost);
       expect((await api(b.url, "/v1/credits", { headers: owner.headers })).body.balance).toBe(20_000_000 - final.cost);
     } finally {

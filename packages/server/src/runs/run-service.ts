@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { rm } from "node:fs/promises";
-import type { Ledger, PriceList, Principal, RunSlots } from "@keen/gateway-kit";
+import type { Ledger, PriceList, Principal, RunSlots, Spend } from "@keen/gateway-kit";
 import { sql, type Kysely, type Selectable } from "kysely";
 import type { ServerConfig } from "../config.js";
 import type { RunAgentsTable, RunsTable, ServerTables } from "../db/tables.js";
@@ -10,6 +10,7 @@ import type { JobQueue } from "../queue/job-queue.js";
 import { findUpload } from "../uploads/routes.js";
 import { runFolders } from "./provision.js";
 import type { CreateRunBody } from "./run-input.js";
+import { releaseRunHold, RUN_HOLD_TTL_MS, runBudgetScopes } from "./run-spend.js";
 
 export const RUN_QUEUE = "keen-runs";
 
@@ -111,6 +112,8 @@ export interface RunServiceDeps {
   db: Kysely<ServerTables>;
   config: ServerConfig;
   ledger: Ledger;
+  /** Holds a run's credits in the team wallet and the user's and team's budgets, in one handle. */
+  spend: Spend;
   slots: RunSlots;
   queue: JobQueue;
   bus: EventBus;
@@ -139,7 +142,7 @@ function decodeCursor(cursor: string): { createdAt: Date; id: string } {
  * const run = await runs.create(principal, { vision: "Add a README", repo: { url: "https://git.example/app.git" }, options: {} });
  */
 export function createRunService(deps: RunServiceDeps) {
-  const { db, config, ledger, slots, queue } = deps;
+  const { db, config, ledger, spend, slots, queue } = deps;
 
   async function load(principal: Principal, runId: string): Promise<RunRow> {
     // Another tenant's run and a missing one look the same.
@@ -163,17 +166,18 @@ export function createRunService(deps: RunServiceDeps) {
       const runId = `run_${randomUUID()}`;
       // Concurrency slot, then credits, then the row: each step undone if a later one fails.
       const slot = await slots.acquire({ runId, userId: principal.userId, teamId: principal.teamId });
-      let reservationId: string | undefined;
+      let handle: string | undefined;
       try {
-        const wallet = await ledger.openWallet({ teamId: principal.teamId });
-        const reservation = await ledger.reserve({
-          account: wallet.id,
-          amount: config.runReserve,
+        // The team wallet and the user's and team's budgets, all held or none.
+        const hold = await spend.reserve({
+          wallet: { teamId: principal.teamId },
+          estimate: config.runReserve,
           idempotencyKey: `run:${runId}:reserve`,
-          ttlMs: 7 * 24 * 3600_000,
+          scopes: runBudgetScopes(principal.userId, principal.teamId),
+          ttlMs: RUN_HOLD_TTL_MS,
           reference: runId,
         });
-        reservationId = reservation.id;
+        handle = hold.handle;
         const row = await db
           .insertInto("runs")
           .values({
@@ -186,7 +190,7 @@ export function createRunService(deps: RunServiceDeps) {
             model,
             status: "queued",
             snapshot: null,
-            reservation_id: reservation.id,
+            reservation_id: hold.handle,
             charged: null,
             usage: null,
             error: null,
@@ -206,7 +210,7 @@ export function createRunService(deps: RunServiceDeps) {
         await queue.send<RunJob>(RUN_QUEUE, { runId }, { key: runId }).catch(() => {});
         return runView(row);
       } catch (error) {
-        if (reservationId) await ledger.release(reservationId).catch(() => {});
+        if (handle) await releaseRunHold(spend, ledger, handle).catch(() => {});
         await slot.release().catch(() => {});
         throw error;
       }
@@ -242,21 +246,21 @@ export function createRunService(deps: RunServiceDeps) {
         throw new ServerError("run_not_resumable", `Run ${row.id} is ${row.status}${row.status === "failed" ? " with no snapshot" : ""}; only interrupted runs, or failed ones with a snapshot, resume`);
       }
       const slot = await slots.acquire({ runId: row.id, userId: row.user_id, teamId: row.team_id });
-      let reservationId: string | undefined;
+      let handle: string | undefined;
       try {
-        const wallet = await ledger.openWallet({ teamId: row.team_id });
-        const reservation = await ledger.reserve({
-          account: wallet.id,
-          amount: config.runReserve,
+        const hold = await spend.reserve({
+          wallet: { teamId: row.team_id },
+          estimate: config.runReserve,
           idempotencyKey: `run:${row.id}:resume:${row.attempt}`,
-          ttlMs: 7 * 24 * 3600_000,
+          scopes: runBudgetScopes(row.user_id, row.team_id),
+          ttlMs: RUN_HOLD_TTL_MS,
           reference: row.id,
         });
-        reservationId = reservation.id;
+        handle = hold.handle;
         // Only the caller that moves the run out of its finished state resumes it.
         const resumed = await db
           .updateTable("runs")
-          .set({ status: "queued", reservation_id: reservation.id, prior_charged: Number(row.charged ?? 0), charged: null, error: null, finished_at: null, worker_id: null, cancel_requested: false })
+          .set({ status: "queued", reservation_id: hold.handle, prior_charged: Number(row.charged ?? 0), charged: null, error: null, finished_at: null, worker_id: null, cancel_requested: false })
           .where("id", "=", row.id)
           .where("status", "=", row.status)
           .where("attempt", "=", row.attempt)
@@ -266,7 +270,7 @@ export function createRunService(deps: RunServiceDeps) {
         await queue.send<RunJob>(RUN_QUEUE, { runId: row.id }, { key: `${row.id}:${row.attempt}` }).catch(() => {});
         return runView(resumed);
       } catch (error) {
-        if (reservationId) await ledger.release(reservationId).catch(() => {});
+        if (handle) await releaseRunHold(spend, ledger, handle).catch(() => {});
         await slot.release().catch(() => {});
         throw error;
       }
@@ -306,7 +310,7 @@ export function createRunService(deps: RunServiceDeps) {
         .returningAll()
         .executeTakeFirst();
       if (queued) {
-        if (queued.reservation_id) await ledger.release(queued.reservation_id);
+        await releaseRunHold(spend, ledger, queued.reservation_id);
         await slots.release(queued.id);
         await deps.bus.publish({ runId: queued.id, lastSeq: 0, ended: true });
         return runView(queued);

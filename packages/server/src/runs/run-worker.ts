@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { IdempotencyConflictError, ReservationClosedError, type Ledger, type PriceList, type RunSlots } from "@keen/gateway-kit";
+import type { Ledger, PriceList, RunSlots, Spend } from "@keen/gateway-kit";
 import { sql, type Kysely } from "kysely";
 import type { Logger } from "pino";
 import type { ServerConfig } from "../config.js";
@@ -13,11 +13,13 @@ import { executeRun, runBranchOf, type AgentRecord, type ExecuteRunResult, type 
 import { uploadFolder } from "../uploads/unpack.js";
 import { branchCommit, provisionCheckout, runFolders } from "./provision.js";
 import { RUN_QUEUE, type RunJob, type RunRow } from "./run-service.js";
+import { closeRunHold } from "./run-spend.js";
 
 export interface RunWorkerDeps {
   db: Kysely<ServerTables>;
   config: ServerConfig;
   ledger: Ledger;
+  spend: Spend;
   slots: RunSlots;
   queue: JobQueue;
   bus: EventBus;
@@ -40,7 +42,7 @@ const json = <T>(value: unknown): T => (typeof value === "string" ? JSON.parse(v
  * await worker.stop();
  */
 export function createRunWorker(deps: RunWorkerDeps) {
-  const { db, config, ledger, slots, queue, bus, priceList, logger, metrics } = deps;
+  const { db, config, ledger, spend, slots, queue, bus, priceList, logger, metrics } = deps;
   const workerId = `worker_${randomUUID()}`;
   const log = new RunEventLog(db);
   const active = new Map<string, { controller: AbortController; handingOver: boolean }>();
@@ -61,21 +63,15 @@ export function createRunWorker(deps: RunWorkerDeps) {
       .executeTakeFirst();
   }
 
-  async function settle(run: RunRow, usage: RunUsage): Promise<number> {
+  /**
+   * Closes the run's hold once: settled at the price of its usage, or released when it failed
+   * before reporting any (`usage` null). A repeat (an earlier attempt got this far) returns what
+   * that first close charged.
+   */
+  async function settle(run: RunRow, usage: RunUsage | null): Promise<number> {
     // After a resume the usage is the whole run's; earlier attempts' settlements already paid part.
-    const price = Math.max(0, priceList.priceUsage(run.model, usage) - Number(run.prior_charged ?? 0));
-    if (!run.reservation_id) return 0;
-    try {
-      const settlement = await ledger.settle(run.reservation_id, price);
-      return settlement.charged;
-    } catch (error) {
-      // Settled already (an earlier attempt got this far): that settlement stands.
-      if (error instanceof IdempotencyConflictError || error instanceof ReservationClosedError) {
-        const reservation = await ledger.getReservation(run.reservation_id);
-        return reservation.charged ?? 0;
-      }
-      throw error;
-    }
+    const price = usage === null ? null : Math.max(0, priceList.priceUsage(run.model, usage) - Number(run.prior_charged ?? 0));
+    return closeRunHold(spend, ledger, run.reservation_id, price);
   }
 
   async function saveAgents(runId: string, model: string, agents: AgentRecord[]): Promise<void> {
@@ -225,7 +221,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
       if (entry.handingOver) return;
       const reason = error instanceof ServerError ? { code: error.code, message: error.message } : { code: "internal_error", message: "The run stopped on a server error" };
       runLog.error({ err: error }, "run failed");
-      const charged = await settle(run, { inputTokens: 0, outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 }).catch(() => 0);
+      const charged = await settle(run, null).catch(() => 0);
       await finish(run, "failed", { charged, error: reason }, writer.lastSeq).catch((e) => runLog.error({ err: e }, "could not record the failure"));
     } finally {
       clearInterval(heartbeat);
@@ -256,7 +252,11 @@ export function createRunWorker(deps: RunWorkerDeps) {
       if (config.workers === 0) return;
       await queue.work<RunJob>(RUN_QUEUE, config.workers, (job) => execute(job.runId));
       await recover();
-      sweeper = setInterval(() => void recover().catch((error) => logger.warn({ err: error }, "recovery sweep failed")), config.staleAfterMs);
+      sweeper = setInterval(() => {
+        void recover().catch((error) => logger.warn({ err: error }, "recovery sweep failed"));
+        // Holds nobody closed within their time (a run row lost mid-create, say): wallet and budgets back together.
+        void spend.sweepExpired().catch((error) => logger.warn({ err: error }, "spend sweep failed"));
+      }, config.staleAfterMs);
       sweeper.unref();
     },
     /** Stops taking runs; running ones are checkpointed and handed back for another worker. */

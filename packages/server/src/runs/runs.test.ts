@@ -1,8 +1,8 @@
 import { execa } from "execa";
-import { priceUsage } from "@keen/gateway-kit";
+import { createKyselyBudgets, priceUsage } from "@keen/gateway-kit";
 import type { MessagesServer } from "@keen/agent-core/testing";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { ADMIN_EMAIL, api, createTestRepo, describeEachDatabase, readSse, signup, useTestServer, type Account, type SseFrame } from "../testing/harness.js";
+import { ADMIN_EMAIL, api, createTestRepo, describeEachDatabase, eventually, readSse, signup, useTestServer, type Account, type SseFrame } from "../testing/harness.js";
 import { scriptedModel } from "../testing/model.js";
 
 const git = (dir: string, ...args: string[]) => execa("git", args, { cwd: dir }).then((r) => r.stdout.trim());
@@ -68,6 +68,10 @@ describeEachDatabase("runs end to end", (database) => {
     const headBefore = await git(repo, "rev-parse", "HEAD");
     const branchesBefore = await git(repo, "branch", "--list");
     const keyHeaders = { "x-api-key": apiKey };
+    // The team's budget is held and settled with the wallet, through one handle.
+    const budgets = createKyselyBudgets(t.server.database.db);
+    const teamBudget = { kind: "team" as const, id: owner.teamId };
+    await budgets.setBudget({ scope: teamBudget, period: "total", limit: granted });
     const created = await api(t.url, "/v1/runs", { headers: keyHeaders, body: { vision: "Write the notes file", repo: { path: repo } } });
     expect(created.status).toBe(202);
     expect(created.body.status).toBe("queued");
@@ -126,6 +130,9 @@ describeEachDatabase("runs end to end", (database) => {
     // Credits: the hold is gone and exactly the price was taken.
     const credits = await api(t.url, "/v1/credits", { headers: owner.headers });
     expect(credits.body.balance).toBe(granted - price);
+    expect((await budgets.status([teamBudget]))[0]!.spent).toBe(price);
+    const row = await t.server.database.db.selectFrom("runs").select("reservation_id").where("id", "=", runId).executeTakeFirstOrThrow();
+    expect((await t.server.spend.get(row.reservation_id!)).settlement).toMatchObject({ status: "settled", charged: price, replayed: true });
 
     // Another tenant sees none of it.
     const stranger = await signup(t.url);
@@ -146,5 +153,25 @@ describeEachDatabase("runs end to end", (database) => {
     expect(await git(repo, "rev-parse", "HEAD")).toBe(headBefore);
     expect(await git(repo, "branch", "--list")).toBe(branchesBefore);
     expect(await git(repo, "status", "--porcelain")).toBe("");
+  });
+
+  it("a run that fails before it starts is released, not charged: wallet and budget both get the hold back", async () => {
+    const budgets = createKyselyBudgets(t.server.database.db);
+    const teamBudget = { kind: "team" as const, id: owner.teamId };
+    const before = (await api(t.url, "/v1/credits", { headers: owner.headers })).body.balance as number;
+    const spentBefore = (await budgets.status([teamBudget]))[0]?.spent ?? 0;
+    const created = await api(t.url, "/v1/runs", { headers: owner.headers, body: { vision: "Write notes", repo: { path: `/nonexistent/keen-${Date.now()}` } } });
+    expect(created.status).toBe(202);
+    const runId = created.body.id as string;
+    const final = await eventually(async () => {
+      const run = await api(t.url, `/v1/runs/${runId}`, { headers: owner.headers });
+      return run.body.status === "failed" ? run.body : undefined;
+    }, 60_000, "the run to fail");
+    expect(final.cost).toBe(0);
+    const row = await t.server.database.db.selectFrom("runs").select("reservation_id").where("id", "=", runId).executeTakeFirstOrThrow();
+    expect((await t.server.spend.get(row.reservation_id!)).settlement).toMatchObject({ status: "released", charged: 0 });
+    expect((await api(t.url, "/v1/credits", { headers: owner.headers })).body.balance).toBe(before);
+    expect((await budgets.status([teamBudget]))[0]?.spent ?? 0).toBe(spentBefore);
+    expect((await t.server.ledger.verify()).ok).toBe(true);
   });
 }, );
