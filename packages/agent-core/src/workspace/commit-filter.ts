@@ -61,6 +61,8 @@ export interface StageOptions {
   maxFileBytes: number;
   /** Extra environment for the git calls (for example a temporary `GIT_INDEX_FILE`). */
   env?: Record<string, string>;
+  /** Awaited after the changes are listed and before anything is staged; a rejection stages nothing. */
+  beforeStaging?: Promise<unknown>;
 }
 
 export interface StageReport {
@@ -141,6 +143,7 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
     staged.push(path);
   }
 
+  await options.beforeStaging;
   if (staged.length === 0) return { staged, skipped };
   const args = ["add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"];
   const all = await gitRaw(target, args, { env, input: staged.join("\0") });

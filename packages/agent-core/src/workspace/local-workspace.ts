@@ -7,10 +7,11 @@ import { KeenError, PathOutsideWorkspaceError } from "../errors.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
-import { git, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
+import { git, gitFailure, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
 import { readHeadFromFiles } from "./read-head.js";
+import { isLooseCommit, isValidBranchName, refsAroundFromFiles, type RefsAround } from "./refs.js";
 import { readRegularFile } from "./safe-read.js";
 import { assertSandboxAvailable, sandboxRunner, type SandboxOptions } from "./sandbox-runner.js";
 import {
@@ -98,6 +99,8 @@ export class LocalWorkspace implements ForkableWorkspace {
     private readonly options: LocalWorkspaceOptions,
     private readonly isFork: boolean,
     private readonly runner: CommandRunner,
+    /** State a workspace shares with its forks. */
+    private readonly shared: SharedState = {},
   ) {}
 
   /** For a workspace made by `fork` with `includeUncommitted`: what was carried over into its first commit. */
@@ -325,19 +328,34 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async commit(message: string, options: CommitOptions = {}): Promise<CommitResult> {
     return this.locked(async () => {
-      // Staging an unmerged path would record it with its conflict markers as resolved.
-      const unmerged = await this.conflictedFiles();
-      if (unmerged.length > 0) {
-        throw new KeenError("merge_unresolved", `A merge is in progress with conflicts in ${unmerged.join(", ")}; finish it with commitMerge or roll it back with abortMerge`);
+      // Staging an unmerged path would record it with its conflict markers as resolved: checked
+      // beside the listing of changes, before anything is staged.
+      const unmerged = this.conflictedFiles().then((files) => {
+        if (files.length > 0) {
+          throw new KeenError("merge_unresolved", `A merge is in progress with conflicts in ${files.join(", ")}; finish it with commitMerge or roll it back with abortMerge`);
+        }
+      });
+      unmerged.catch(() => {}); // Handled below; stageChanges may fail before it awaits this.
+      const identity = this.identityEnv(options.author);
+      identity.catch(() => {});
+      const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes, beforeStaging: unmerged });
+      await unmerged;
+      // Nothing staged now may still leave changes staged before; something staged is almost always a change.
+      if (staged.length === 0 && !options.allowEmpty) {
+        const pending = await gitRaw(this.target, ["diff", "--cached", "--quiet"]);
+        if (pending.exitCode === 0) return { sha: null, skipped };
       }
-      const { skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes });
-      const staged = await gitRaw(this.target, ["diff", "--cached", "--quiet"]);
-      if (staged.exitCode === 0 && !options.allowEmpty) return { sha: null, skipped };
-      const [before, env] = await Promise.all([this.headOrNull(), this.identityEnv(options.author)]);
-      await git(this.target, ["commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"], {
+      const [before, env] = await Promise.all([this.headOrNull(), identity]);
+      const committed = await gitRaw(this.target, ["commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"], {
         env,
         input: commitText(message),
       });
+      if (committed.exitCode !== 0) {
+        // Staged paths that put the index back where HEAD is (a change undone): nothing to commit.
+        const pending = await gitRaw(this.target, ["diff", "--cached", "--quiet"]);
+        if (pending.exitCode === 0 && !options.allowEmpty) return { sha: null, skipped };
+        throw gitFailure(["commit"], committed);
+      }
       return { sha: await this.verifiedHead(before), skipped };
     });
   }
@@ -358,6 +376,8 @@ export class LocalWorkspace implements ForkableWorkspace {
     // The id may come from the ref files; cat-file below checks that it names a commit of this repository.
     const sha = await this.headOrNull();
     if (!sha || sha === before) throw new KeenError("git_failed", "git commit reported success but HEAD did not move");
+    // A fresh commit is a loose object: its file answers; otherwise git is asked.
+    if (await isLooseCommit(this.commonDir, sha)) return sha;
     const inCommon = await gitRaw({ gitDir: this.commonDir, workTree: dirname(this.commonDir) }, ["cat-file", "-e", `${sha}^{commit}`]);
     if (inCommon.exitCode !== 0) throw new KeenError("git_failed", `Commit ${sha} is not in the repository at ${this.commonDir}`);
     return sha;
@@ -378,8 +398,7 @@ export class LocalWorkspace implements ForkableWorkspace {
    * The report of `includeUncommitted` is on the returned workspace as `lastForkReport`.
    */
   async fork(branch: string, options: ForkOptions = {}): Promise<LocalWorkspace> {
-    const valid = await gitRaw(this.target, ["check-ref-format", "--branch", branch]);
-    if (valid.exitCode !== 0 || branch.startsWith("-")) throw new KeenError("invalid_branch", `"${branch}" is not a valid branch name`);
+    if (!isValidBranchName(branch)) throw new KeenError("invalid_branch", `"${branch}" is not a valid branch name`);
     if (options.includeUncommitted && options.from !== undefined) {
       throw new KeenError("invalid_option", "includeUncommitted starts from this checkout's HEAD; it cannot be combined with from");
     }
@@ -389,7 +408,7 @@ export class LocalWorkspace implements ForkableWorkspace {
       const plainStart = options.includeUncommitted ? undefined : (options.from ?? "HEAD");
       const [nearby, plainStartCommit] = await Promise.all([
         this.refsAround(branch),
-        plainStart === undefined ? undefined : gitRaw(this.target, ["rev-parse", "--verify", "-q", `${plainStart}^{commit}`]),
+        plainStart === undefined ? undefined : this.startCommit(plainStart),
       ]);
       const branchExists = nearby.exists;
       if (!options.reattach) {
@@ -407,7 +426,7 @@ export class LocalWorkspace implements ForkableWorkspace {
       let start = options.from ?? "HEAD";
       let report: ForkReport | undefined;
       if (options.includeUncommitted) ({ start, report } = await this.snapshotUncommitted(branch));
-      const startCommit = plainStartCommit ?? (await gitRaw(this.target, ["rev-parse", "--verify", "-q", `${start}^{commit}`]));
+      const startCommit = plainStartCommit ?? (await this.startCommit(start));
       if (startCommit.exitCode !== 0) throw new KeenError("invalid_ref", `"${start}" does not name a commit`);
       await mkdir(dirname(dir), { recursive: true });
       // The lock's reason is the lease: it names this process, so a later recovery pass knows when the worktree is abandoned.
@@ -436,7 +455,9 @@ export class LocalWorkspace implements ForkableWorkspace {
    * matches the ref itself and every ref below it; `branch` passed check-ref-format, so it holds
    * no glob characters.
    */
-  private async refsAround(branch: string): Promise<{ exists: boolean; clash: string | null }> {
+  private async refsAround(branch: string): Promise<RefsAround> {
+    const fromFiles = await refsAroundFromFiles(this.commonDir, branch);
+    if (fromFiles) return fromFiles;
     const own = `refs/heads/${branch}`;
     const parts = branch.split("/");
     const prefixes = parts.slice(1).map((_, i) => `refs/heads/${parts.slice(0, i + 1).join("/")}`);
@@ -447,6 +468,20 @@ export class LocalWorkspace implements ForkableWorkspace {
     );
     const below = [...refs].filter((ref) => ref.startsWith(`${own}/`)).sort();
     return { exists: refs.has(own), clash: below[0] ?? prefixes.find((prefix) => refs.has(prefix)) ?? null };
+  }
+
+  /**
+   * `start` resolved to a commit, as `rev-parse --verify -q <start>^{commit}` answers. HEAD is
+   * read from the ref files when they answer plainly (a commit id there that is not a commit makes
+   * `worktree add` fail later, with git's own message).
+   */
+  private async startCommit(start: string): Promise<{ exitCode: number; stdout: string }> {
+    if (start === "HEAD") {
+      const sha = await readHeadFromFiles(this.gitDir, this.commonDir);
+      if (sha) return { exitCode: 0, stdout: sha };
+    }
+    const result = await gitRaw(this.target, ["rev-parse", "--verify", "-q", `${start}^{commit}`]);
+    return { exitCode: result.exitCode ?? 1, stdout: String(result.stdout) };
   }
 
   /** Resume: attach to the worktree already on `branch`, when it is keen's and no other live process holds it. */
@@ -512,7 +547,7 @@ export class LocalWorkspace implements ForkableWorkspace {
     const root = await realpath(dir);
     const gitDir = await worktreeGitDir(this.commonDir, root);
     if (!gitDir) throw new KeenError("git_failed", `git does not list ${root} as a worktree of ${this.commonDir}`);
-    return new LocalWorkspace(root, this.commonDir, gitDir, this.options, true, this.runner);
+    return new LocalWorkspace(root, this.commonDir, gitDir, this.options, true, this.runner, this.shared);
   }
 
   async merge(branch: string, message: string): Promise<MergeResult> {
@@ -607,14 +642,19 @@ export class LocalWorkspace implements ForkableWorkspace {
   }
 
   private async identityEnv(author?: { name: string; email: string }): Promise<Record<string, string>> {
-    let identity = author;
-    if (!identity) {
-      const configured = await gitRaw(this.target, ["config", "user.email"]);
-      if (configured.exitCode === 0 && String(configured.stdout).trim()) return {};
-      identity = this.options.defaultIdentity ?? DEFAULT_IDENTITY;
-    }
-    return gitIdentityEnv(identity);
+    if (author) return gitIdentityEnv(author);
+    // The repository's config sits in the common dir, which agents cannot write: read once per workspace and its forks.
+    this.shared.identity ??= gitRaw(this.target, ["config", "user.email"]).then((configured) =>
+      configured.exitCode === 0 && String(configured.stdout).trim() ? {} : gitIdentityEnv(this.options.defaultIdentity ?? DEFAULT_IDENTITY),
+    );
+    return this.shared.identity;
   }
+}
+
+/** What a workspace and its forks share. */
+interface SharedState {
+  /** The identity environment for commits without an explicit author, once known. */
+  identity?: Promise<Record<string, string>>;
 }
 
 /**
