@@ -11,7 +11,15 @@ export interface GitTarget {
   gitDir: string;
   /** The checkout's root. */
   workTree: string;
+  /**
+   * A sparse worktree (patterns in its git dir's `info/sparse-checkout`): every git call on it
+   * sets `core.sparseCheckout` itself, so the repository's shared config is never changed.
+   */
+  sparse?: boolean;
 }
+
+/** The settings of a git call on a sparse worktree: its own patterns, gitignore-style (not cone). */
+const SPARSE = ["-c", "core.sparseCheckout=true", "-c", "core.sparseCheckoutCone=false"];
 
 /**
  * Settings on every git call keen makes: no hooks, no fsmonitor command, no untracked cache
@@ -80,7 +88,7 @@ export interface GitCallOptions {
  * lists (`--pathspec-from-file=- --pathspec-file-nul`) need.
  */
 export function gitRaw(target: GitTarget, args: string[], options: GitCallOptions = {}): Promise<Result<{ reject: false; stripFinalNewline: false }>> {
-  return execa("git", [...HARDENING, ...args], {
+  return execa("git", [...HARDENING, ...(target.sparse ? SPARSE : []), ...args], {
     cwd: options.cwd ?? target.workTree,
     env: gitEnv(target, options.env),
     extendEnv: false,
@@ -96,7 +104,7 @@ export function gitRaw(target: GitTarget, args: string[], options: GitCallOption
  * need not be UTF-8.
  */
 export async function gitBytes(target: GitTarget, args: string[], options: GitCallOptions = {}): Promise<Buffer> {
-  const result = await execa("git", [...HARDENING, ...args], {
+  const result = await execa("git", [...HARDENING, ...(target.sparse ? SPARSE : []), ...args], {
     cwd: options.cwd ?? target.workTree,
     env: gitEnv(target, options.env),
     extendEnv: false,

@@ -90,6 +90,7 @@ const checkoutQueues = new Map<string, Promise<unknown>>();
 export class LocalWorkspace implements ForkableWorkspace {
   private recovery: RecoveryReport = { removedWorktrees: [], salvagedBranches: [], removedLocks: [] };
   private forkReport: ForkReport | undefined;
+  private sparsePaths: readonly string[] | undefined;
 
   private constructor(
     readonly root: string,
@@ -109,7 +110,28 @@ export class LocalWorkspace implements ForkableWorkspace {
   }
 
   private get target(): GitTarget {
-    return { gitDir: this.gitDir, workTree: this.root };
+    return { gitDir: this.gitDir, workTree: this.root, ...(this.sparsePaths ? { sparse: true } : {}) };
+  }
+
+  /** For a sparse worktree (`fork` with `paths`): the files and folders it holds. */
+  get paths(): readonly string[] | undefined {
+    return this.sparsePaths;
+  }
+
+  /**
+   * In a sparse worktree, refuses a path outside its paths (`path_not_checked_out`); folders on
+   * the way to one pass when `ancestors` is set. A full checkout takes every path.
+   */
+  private assertCheckedOut(path: string, full: string, ancestors: boolean): void {
+    if (!this.sparsePaths) return;
+    const rel = relative(this.root, full).split(sep).join("/");
+    const inside = this.sparsePaths.some((p) => rel === p || rel.startsWith(`${p}/`) || (ancestors && (rel === "" || p.startsWith(`${rel}/`))));
+    if (!inside) {
+      throw new KeenError(
+        "path_not_checked_out",
+        `${path} is outside this agent's paths (${this.sparsePaths.join(", ")}): its worktree holds only those, so it cannot read or write anything else. Report in your summary what needs changing there.`,
+      );
+    }
   }
 
   /** What the recovery pass of `open` cleaned up (empty for forks and when it was skipped). */
@@ -245,6 +267,7 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async readFile(path: string, options: ReadFileOptions = {}): Promise<string> {
     const full = await this.resolvePath(path);
+    this.assertCheckedOut(path, full, true);
     try {
       const bytes = await readRegularFile(full, { maxBytes: options.maxBytes ?? DEFAULT_READ_BYTES, ...(options.signal ? { signal: options.signal } : {}) });
       return bytes.toString("utf8");
@@ -257,6 +280,7 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async writeFile(path: string, content: string): Promise<void> {
     const full = await this.resolvePath(path);
+    this.assertCheckedOut(path, full, false);
     await mkdir(dirname(full), { recursive: true });
     // The parent may have been created through a path we already checked; check again after mkdir.
     await this.assertNoSymlinkEscape(path, dirname(full));
@@ -272,6 +296,7 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async exists(path: string): Promise<boolean> {
     const full = await this.resolvePath(path);
+    this.assertCheckedOut(path, full, true);
     try {
       await stat(full);
       return true;
@@ -285,8 +310,10 @@ export class LocalWorkspace implements ForkableWorkspace {
     const listed = await git(this.target, ["ls-files", "-z", "--cached", "--others", "--exclude-standard"]);
     const deleted = new Set((await git(this.target, ["ls-files", "-z", "--deleted"])).split("\0"));
     const match = options.pattern ? compileGlob(options.pattern) : undefined;
+    const sparse = this.sparsePaths;
     const files = [...new Set(listed.split("\0"))]
       .filter((file) => file && !deleted.has(file) && (!match || match(file)))
+      .filter((file) => !sparse || sparse.some((p) => file === p || file.startsWith(`${p}/`)))
       .sort();
     return files.slice(0, limit);
   }
@@ -402,6 +429,7 @@ export class LocalWorkspace implements ForkableWorkspace {
     if (options.includeUncommitted && options.from !== undefined) {
       throw new KeenError("invalid_option", "includeUncommitted starts from this checkout's HEAD; it cannot be combined with from");
     }
+    const paths = options.paths === undefined ? undefined : sparsePaths(options.paths);
     const dir = join(this.worktreesDir, branch);
     const created = await withRepoLock(this.commonDir, async (): Promise<{ child: LocalWorkspace; checkout: boolean }> => {
       // The refs around the name and the start commit are looked up at once; the start only counts for a new branch.
@@ -434,6 +462,12 @@ export class LocalWorkspace implements ForkableWorkspace {
       await git(this.target, ["worktree", "add", "-q", "--no-checkout", "--lock", "--reason", ownLease(), "-b", branch, dir, oneLine(String(startCommit.stdout))]);
       const child = await this.child(dir);
       child.forkReport = report;
+      if (paths) {
+        // The worktree's own patterns (info/ in its git dir is per worktree); the checkout below applies them.
+        await mkdir(join(child.gitDir, "info"), { recursive: true });
+        await writeFile(join(child.gitDir, "info", "sparse-checkout"), paths.map(sparsePattern).join(""), "utf8");
+        child.sparsePaths = paths;
+      }
       return { child, checkout: true };
     });
     if (created.checkout) {
@@ -649,6 +683,31 @@ export class LocalWorkspace implements ForkableWorkspace {
     );
     return this.shared.identity;
   }
+}
+
+/**
+ * The `paths` of a sparse fork, checked like any workspace path and normalised (`/`-separated, no
+ * trailing slash); undefined when one of them is the root, which asks for the whole checkout.
+ */
+function sparsePaths(paths: unknown): string[] | undefined {
+  if (!Array.isArray(paths) || paths.length === 0) throw new KeenError("invalid_option", "paths must list at least one file or folder");
+  const normalised = new Set<string>();
+  for (const path of paths) {
+    if (typeof path !== "string" || path.trim() === "" || /[\0\n\r]/.test(path)) throw new KeenError("invalid_option", `paths: ${JSON.stringify(path)} is not a path`);
+    if (isAbsolute(path)) throw new KeenError("invalid_option", `paths: ${path} must be relative to the root`);
+    const clean = normalize(path).split(sep).join("/").replace(/\/+$/, "");
+    if (clean === "" || clean === ".") return undefined;
+    if (clean === ".." || clean.startsWith("../")) throw new KeenError("invalid_option", `paths: ${path} climbs above the root`);
+    if (clean.split("/")[0] === ".git") throw new KeenError("invalid_option", `paths: ${path} is inside .git`);
+    normalised.add(clean);
+  }
+  return [...normalised].sort();
+}
+
+/** One line of a (non-cone) sparse-checkout file matching exactly `path` and what lies below it. */
+function sparsePattern(path: string): string {
+  const escaped = path.replace(/[\\*?[]/g, (c) => `\\${c}`).replace(/ +$/, (spaces) => spaces.replace(/ /g, "\\ "));
+  return `/${escaped}\n`;
 }
 
 /** What a workspace and its forks share. */
