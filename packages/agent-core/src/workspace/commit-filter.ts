@@ -61,8 +61,6 @@ export interface StageOptions {
   maxFileBytes: number;
   /** Extra environment for the git calls (for example a temporary `GIT_INDEX_FILE`). */
   env?: Record<string, string>;
-  /** Awaited after the changes are listed and before anything is staged; a rejection stages nothing. */
-  beforeStaging?: Promise<unknown>;
 }
 
 export interface StageReport {
@@ -143,7 +141,6 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
     staged.push(path);
   }
 
-  await options.beforeStaging;
   if (staged.length === 0) return { staged, skipped };
   // In a sparse worktree, files written outside its patterns (by a command) are committed too.
   const args = ["add", "-A", ...(target.sparse ? ["--sparse"] : []), "--pathspec-from-file=-", "--pathspec-file-nul"];

@@ -31,23 +31,44 @@ async function counted<T>(step: () => Promise<T>): Promise<{ value: T; calls: st
 }
 
 describe("git subprocesses of one fork + commit + merge + dispose", () => {
-  it("are nine: worktree add and checkout, four to commit, one merge, one removal", async () => {
+  it("are eight: worktree add and checkout, four to commit, one merge, one removal", async () => {
     const dir = await createTestRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
-    await ws.commit("warm the identity lookup"); // nothing to commit; reads the identity once
+    // A clean checkout (the parent before each merge) is found clean with one status.
+    const clean = await counted(() => ws.commit("nothing"));
+    expect(clean.value).toEqual({ sha: null, skipped: [] });
+    expect(clean.calls.sort()).toEqual(["config", "status"]); // the identity is looked up once per workspace and its forks
+    expect((await counted(() => ws.commit("nothing"))).calls).toEqual(["status"]);
     const fork = await counted(() => ws.fork("summon-A"));
     expect(fork.calls).toEqual(["worktree", "reset"]);
     const child = fork.value;
     await child.writeFile("notes/a.md", "a\n");
     const commit = await counted(() => child.commit("Add a"));
     expect(commit.value.sha).toBe(await git(dir, "rev-parse", "summon-A"));
-    expect(commit.calls.sort()).toEqual(["add", "commit", "diff", "ls-files"]);
+    expect(commit.calls).toEqual(["status", "ls-files", "add", "commit"]);
     const merge = await counted(() => ws.merge("summon-A", "Merge summon-A"));
     expect(merge.value).toEqual({ status: "merged", sha: await git(dir, "rev-parse", "HEAD") });
     expect(merge.calls).toEqual(["merge"]);
     const dispose = await counted(() => child.dispose());
     expect(dispose.calls).toEqual(["worktree"]);
+    // HEAD and "is a merge in progress" come from the git dir's files.
+    expect((await counted(() => Promise.all([ws.head(), ws.abortMerge()]))).calls).toEqual([]);
     expect(await git(dir, "show", "HEAD:notes/a.md")).toBe("a");
+  });
+
+  it("refuses to commit unmerged paths, found by the same status", async () => {
+    const dir = await createTestRepo({ "a.txt": "base\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("summon-C");
+    await child.writeFile("a.txt", "child\n");
+    await child.commit("child");
+    await ws.writeFile("a.txt", "parent\n");
+    await ws.commit("parent");
+    expect(await ws.merge("summon-C", "Merge")).toEqual({ status: "conflict", files: ["a.txt"] });
+    await expect(ws.commit("would record markers")).rejects.toMatchObject({ code: "merge_unresolved", message: expect.stringContaining("a.txt") });
+    await ws.abortMerge();
+    expect((await ws.commit("clean again")).sha).toBeNull();
+    await child.dispose();
   });
 
   it("still reports nothing to commit when the staged change undoes one staged before", async () => {

@@ -7,7 +7,7 @@ import { KeenError, PathOutsideWorkspaceError } from "../errors.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
-import { git, gitFailure, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
+import { git, gitBytes, gitFailure, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
 import { readHeadFromFiles } from "./read-head.js";
@@ -65,6 +65,8 @@ export interface LocalWorkspaceOptions {
   maxFileBytes?: number;
 }
 
+/** `git status --porcelain` codes of unmerged paths. */
+const UNMERGED = new Set(["DD", "AU", "UD", "UA", "DU", "AA", "UU"]);
 const CONFLICT_MARKER = /^(<{7}|>{7}|={7})( |$)/m;
 const DEFAULT_IDENTITY = { name: "keen", email: "keen@localhost" };
 const DEFAULT_TIMEOUT_MS = 120_000;
@@ -346,7 +348,7 @@ export class LocalWorkspace implements ForkableWorkspace {
   }
 
   async head(): Promise<string> {
-    return (await git(this.target, ["rev-parse", "HEAD"])).trim();
+    return (await readHeadFromFiles(this.gitDir, this.commonDir)) ?? (await git(this.target, ["rev-parse", "HEAD"])).trim();
   }
 
   private get maxFileBytes(): number {
@@ -355,23 +357,18 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async commit(message: string, options: CommitOptions = {}): Promise<CommitResult> {
     return this.locked(async () => {
-      // Staging an unmerged path would record it with its conflict markers as resolved: checked
-      // beside the listing of changes, before anything is staged.
-      const unmerged = this.conflictedFiles().then((files) => {
-        if (files.length > 0) {
-          throw new KeenError("merge_unresolved", `A merge is in progress with conflicts in ${files.join(", ")}; finish it with commitMerge or roll it back with abortMerge`);
-        }
-      });
-      unmerged.catch(() => {}); // Handled below; stageChanges may fail before it awaits this.
       const identity = this.identityEnv(options.author);
-      identity.catch(() => {});
-      const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes, beforeStaging: unmerged });
-      await unmerged;
-      // Nothing staged now may still leave changes staged before; something staged is almost always a change.
-      if (staged.length === 0 && !options.allowEmpty) {
-        const pending = await gitRaw(this.target, ["diff", "--cached", "--quiet"]);
-        if (pending.exitCode === 0) return { sha: null, skipped };
+      identity.catch(() => {}); // Awaited below when there is something to commit.
+      // One status answers three questions: unmerged paths (staging one would record its conflict
+      // markers as resolved), changes staged before, and whether anything changed at all.
+      const status = await this.status();
+      if (status.unmerged.length > 0) {
+        throw new KeenError("merge_unresolved", `A merge is in progress with conflicts in ${status.unmerged.join(", ")}; finish it with commitMerge or roll it back with abortMerge`);
       }
+      if (status.entries === 0 && !options.allowEmpty) return { sha: null, skipped: [] };
+      const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes });
+      // Nothing staged now and nothing staged before: nothing to commit.
+      if (staged.length === 0 && !status.stagedBefore && !options.allowEmpty) return { sha: null, skipped };
       const [before, env] = await Promise.all([this.headOrNull(), identity]);
       const committed = await gitRaw(this.target, ["commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"], {
         env,
@@ -385,6 +382,26 @@ export class LocalWorkspace implements ForkableWorkspace {
       }
       return { sha: await this.verifiedHead(before), skipped };
     });
+  }
+
+  /**
+   * `git status` in one call: how many paths differ from HEAD (staged, modified or untracked, not
+   * ignored), which are unmerged, and whether any change is staged. Submodules are not entered
+   * (a checkout's nested repository is the agent's to write, config and attributes included).
+   */
+  private async status(): Promise<{ entries: number; unmerged: string[]; stagedBefore: boolean }> {
+    const output = await gitBytes(this.target, ["status", "--porcelain", "-z", "--untracked-files=all", "--no-renames", "--ignore-submodules=all"]);
+    const unmerged: string[] = [];
+    let entries = 0;
+    let stagedBefore = false;
+    for (const entry of output.toString("utf8").split("\0")) {
+      if (entry.length < 4) continue;
+      entries++;
+      const code = entry.slice(0, 2);
+      if (UNMERGED.has(code)) unmerged.push(entry.slice(3));
+      else if (!" ?!".includes(code[0]!)) stagedBefore = true;
+    }
+    return { entries, unmerged, stagedBefore };
   }
 
   /** HEAD's commit, or null when HEAD names none. Read from the ref files when they answer plainly. */
@@ -646,8 +663,9 @@ export class LocalWorkspace implements ForkableWorkspace {
   }
 
   async abortMerge(): Promise<void> {
-    const inMerge = await gitRaw(this.target, ["rev-parse", "-q", "--verify", "MERGE_HEAD"]);
-    if (inMerge.exitCode === 0) await git(this.target, ["merge", "--abort"]);
+    // A merge in progress is MERGE_HEAD in this checkout's own git dir, which only git writes.
+    if ((await lstat(join(this.gitDir, "MERGE_HEAD")).catch(() => null)) === null) return;
+    await git(this.target, ["merge", "--abort"]);
   }
 
   async resetTo(sha: string): Promise<void> {
