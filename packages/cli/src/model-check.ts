@@ -1,18 +1,8 @@
 import Anthropic from "@anthropic-ai/sdk";
+import { ModelUnavailableError } from "./cli-error.js";
 
-/** Exit code when the model endpoint refuses the key or cannot be reached. */
-export const MODEL_UNAVAILABLE_EXIT_CODE = 3;
-
-/** The endpoint is unusable: the key is refused, or nothing answers at the URL. */
-export class ModelUnavailableError extends Error {
-  constructor(
-    message: string,
-    readonly url: string,
-  ) {
-    super(message);
-    this.name = "ModelUnavailableError";
-  }
-}
+// Defined beside the other CLI errors, so the entry point can tell them apart without loading the SDK.
+export { MODEL_UNAVAILABLE_EXIT_CODE, ModelUnavailableError } from "./cli-error.js";
 
 export interface ModelCheckOptions {
   apiKey: string;
