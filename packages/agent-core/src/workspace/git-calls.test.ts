@@ -1,11 +1,13 @@
 import childProcess from "node:child_process";
+import { mkdir, mkdtemp, realpath, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { syncBuiltinESMExports } from "node:module";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LocalWorkspace } from "./local-workspace.js";
 import { isLooseCommit, isValidBranchName, refsAroundFromFiles } from "./refs.js";
 import { createTestRepo, TEST_GIT_IDENTITY } from "./test-repo.js";
-import { join } from "node:path";
 
 // Every git process this file's workspaces start, by subcommand (keen's `-c` hardening left out).
 const spawned: string[] = [];
@@ -123,5 +125,36 @@ describe("ref and object reads from files", () => {
     expect(await isLooseCommit(common, await git(dir, "rev-parse", "HEAD^{tree}"))).toBe(false);
     await git(dir, "gc", "-q");
     expect(await isLooseCommit(common, head)).toBe(false); // packed now: the caller asks git
+  });
+});
+
+describe("git subprocesses before a run's first request", () => {
+  it("open asks rev-parse once; listFiles and currentBranch take one call and none", async () => {
+    const dir = await createTestRepo({ "README.md": "# r\n", "gone.txt": "x\n", "src/a.ts": "a\n" });
+    const opened = await counted(() => LocalWorkspace.open(dir, { sandbox: false }));
+    expect(opened.calls.filter((call) => call === "rev-parse")).toEqual(["rev-parse"]);
+    const ws = opened.value;
+    await rm(join(dir, "gone.txt"));
+    await writeFile(join(dir, "new.txt"), "n\n");
+    const listed = await counted(() => ws.listFiles());
+    expect(listed.value).toEqual(["README.md", "new.txt", "src/a.ts"]);
+    expect(listed.calls).toEqual(["ls-files"]);
+    const branch = await counted(() => ws.currentBranch());
+    expect(branch).toEqual({ value: "main", calls: [] });
+    await git(dir, "checkout", "-q", "--detach");
+    expect(await ws.currentBranch()).toBe("HEAD");
+  });
+
+  it("open still finds a repository whose path holds a newline", async () => {
+    const parent = await mkdtemp(join(tmpdir(), "keen-nl-"));
+    const dir = join(parent, "line\nbreak");
+    await mkdir(dir);
+    await execa("git", ["init", "-q", "-b", "main"], { cwd: dir });
+    await writeFile(join(dir, "a.txt"), "a\n");
+    await execa("git", ["add", "-A"], { cwd: dir });
+    await execa("git", ["commit", "-qm", "init"], { cwd: dir, env: TEST_GIT_IDENTITY });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    expect(ws.root).toBe(await realpath(dir));
+    expect(await ws.listFiles()).toEqual(["a.txt"]);
   });
 });

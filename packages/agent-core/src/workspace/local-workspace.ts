@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { lstat, mkdir, mkdtemp, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { execa } from "execa";
@@ -159,9 +159,17 @@ export class LocalWorkspace implements ForkableWorkspace {
       throw new KeenError("workspace_not_found", `Workspace folder ${absolute} does not exist`);
     }
     if (!info.isDirectory()) throw new KeenError("workspace_not_found", `${absolute} is not a folder`);
-    // One value per call, with only the final newline removed: a path may itself contain newlines.
-    const probe = async (flag: string) => {
-      const result = await execa("git", ["-c", "core.fsmonitor=false", "rev-parse", "--path-format=absolute", flag], {
+    let runner = options.commandRunner;
+    let sandboxCheck: Promise<void> | undefined;
+    if (!runner && options.sandbox !== false) {
+      const sandbox = typeof options.sandbox === "object" ? options.sandbox : {};
+      runner = sandboxRunner(sandbox);
+      // Checked while git answers below.
+      sandboxCheck = assertSandboxAvailable(sandbox.bwrapPath ? { bwrapPath: sandbox.bwrapPath } : {});
+      sandboxCheck.catch(() => {});
+    }
+    const probe = async (...flags: string[]) => {
+      const result = await execa("git", ["-c", "core.fsmonitor=false", "rev-parse", "--path-format=absolute", ...flags], {
         cwd: absolute,
         reject: false,
         stripFinalNewline: false,
@@ -169,19 +177,20 @@ export class LocalWorkspace implements ForkableWorkspace {
         extendEnv: false,
       });
       if (result.exitCode !== 0) throw new KeenError("not_a_git_repository", `${absolute} is not a git repository (run git init first)`);
-      return realpath(oneLine(result.stdout));
+      return result.stdout;
     };
-    const root = await probe("--show-toplevel");
-    const commonDir = await probe("--git-common-dir");
+    // The three paths in one call; a path holding a newline makes the lines ambiguous, and then
+    // each is asked for alone (one value per call, only the final newline removed).
+    const together = (await probe("--show-toplevel", "--git-common-dir", "--git-dir")).split("\n");
+    const paths: string[] =
+      together.length === 4 && together[3] === ""
+        ? together.slice(0, 3)
+        : await Promise.all(["--show-toplevel", "--git-common-dir", "--git-dir"].map(async (flag) => oneLine(await probe(flag))));
+    const [root, commonDir, probedGitDir] = (await Promise.all(paths.map((path) => realpath(path)))) as [string, string, string];
     // A linked worktree's own git dir is looked up in the common dir, which only git writes.
-    const gitDir = (await probe("--git-dir")) === commonDir ? commonDir : await worktreeGitDir(commonDir, root);
+    const gitDir = probedGitDir === commonDir ? commonDir : await worktreeGitDir(commonDir, root);
     if (!gitDir) throw new KeenError("not_a_git_repository", `${absolute} is not a worktree its repository (${commonDir}) knows`);
-    let runner = options.commandRunner;
-    if (!runner && options.sandbox !== false) {
-      const sandbox = typeof options.sandbox === "object" ? options.sandbox : {};
-      runner = sandboxRunner(sandbox);
-      await assertSandboxAvailable(sandbox.bwrapPath ? { bwrapPath: sandbox.bwrapPath } : {});
-    }
+    await sandboxCheck;
     const workspace = new LocalWorkspace(root, commonDir, gitDir, options, false, runner ?? localCommandRunner);
     const mainRoot = dirname(commonDir);
     if (options.recovery !== false && root === mainRoot) {
@@ -309,12 +318,21 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async listFiles(options: ListFilesOptions = {}): Promise<string[]> {
     const limit = options.limit ?? 1000;
-    const listed = await git(this.target, ["ls-files", "-z", "--cached", "--others", "--exclude-standard"]);
-    const deleted = new Set((await git(this.target, ["ls-files", "-z", "--deleted"])).split("\0"));
+    // One call: tracked (tag H, or S when git skips it in a sparse worktree), deleted (R, listed
+    // besides its H) and untracked (?) files.
+    const listed = await git(this.target, ["ls-files", "-z", "-t", "--cached", "--deleted", "--others", "--exclude-standard"]);
+    const present = new Set<string>();
+    const deleted = new Set<string>();
+    for (const entry of listed.split("\0")) {
+      if (entry.length < 3 || entry[1] !== " ") continue;
+      const file = entry.slice(2);
+      if (entry[0] === "R") deleted.add(file);
+      else present.add(file);
+    }
     const match = options.pattern ? compileGlob(options.pattern) : undefined;
     const sparse = this.sparsePaths;
-    const files = [...new Set(listed.split("\0"))]
-      .filter((file) => file && !deleted.has(file) && (!match || match(file)))
+    const files = [...present]
+      .filter((file) => !deleted.has(file) && (!match || match(file)))
       .filter((file) => !sparse || sparse.some((p) => file === p || file.startsWith(`${p}/`)))
       .sort();
     return files.slice(0, limit);
@@ -343,6 +361,11 @@ export class LocalWorkspace implements ForkableWorkspace {
   }
 
   async currentBranch(): Promise<string> {
+    // HEAD in this checkout's own git dir (written only by git) names the branch plainly.
+    const head = await readFile(join(this.gitDir, "HEAD"), "utf8").catch(() => "");
+    const branch = /^ref: refs\/heads\/([^\n]+)\n?$/.exec(head)?.[1];
+    if (branch) return branch;
+    if (/^[0-9a-f]{40,64}\n?$/.test(head)) return "HEAD";
     const result = await gitRaw(this.target, ["symbolic-ref", "--short", "-q", "HEAD"]);
     return result.exitCode === 0 ? oneLine(String(result.stdout)) : "HEAD";
   }
