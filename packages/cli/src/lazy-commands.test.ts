@@ -32,10 +32,10 @@ describe("what each command loads", () => {
   });
 
   it("keen run loads them when it runs", async () => {
-    // No key: a usage error after the run command's module (and with it the SDK) has loaded.
+    // A usage error (not a repository) after the run command's module has loaded, and with it agent-core.
     const { exitCode, urls } = await importsOf(["run", "do something", "--repo", tmpdir()]);
     expect(exitCode).toBe(2);
-    expect(urls.some(sdk)).toBe(true);
+    expect(urls.some(agentCore)).toBe(true);
     expect(urls.some((url) => url.includes("/commands/run.ts"))).toBe(true);
   });
 });

@@ -1,4 +1,3 @@
-import Anthropic from "@anthropic-ai/sdk";
 import { ModelUnavailableError } from "./cli-error.js";
 
 // Defined beside the other CLI errors, so the entry point can tell them apart without loading the SDK.
@@ -24,6 +23,9 @@ export interface ModelCheckOptions {
  * await checkModelEndpoint({ apiKey: process.env.ANTHROPIC_API_KEY!, model: "claude-sonnet-5-5" });
  */
 export async function checkModelEndpoint(options: ModelCheckOptions): Promise<void> {
+  // Loaded here, not on import: the model adapter starts loading the SDK when the model is made,
+  // so the load overlaps opening the repository instead of preceding the command's start.
+  const { default: Anthropic } = await import("@anthropic-ai/sdk");
   const client = new Anthropic({
     apiKey: options.apiKey,
     baseURL: options.baseURL ?? null,
