@@ -81,11 +81,14 @@ function sampleFiles(count: number): Record<string, string> {
   return files;
 }
 
+/** The model requests, without `keen run`'s endpoint check (one `count_tokens` before the run starts). */
+const modelRequests = (server: MessagesServer) => server.requests.filter((request) => request.path === "/v1/messages");
+
 function cacheFigures(server: MessagesServer): { cachedShare: number; uncached: number } {
   let cached = 0;
   let total = 0;
   let uncached = 0;
-  for (const request of server.requests.slice(1)) {
+  for (const request of modelRequests(server).slice(1)) {
     const usage = request.usage;
     if (!usage) continue;
     cached += usage.cache_read_input_tokens;
@@ -114,17 +117,18 @@ async function oneRound(side: "keen" | "bare"): Promise<Round> {
   const wall = performance.now() - started;
   await server.close();
   const expected = side === "keen" ? BARE_TURNS + 1 : BARE_TURNS;
-  if (code !== 0 || server.requests.length !== expected) {
-    throw new Error(`${side} round failed: exit ${code}, ${server.requests.length} requests (expected ${expected})\n${stderr}`);
+  if (code !== 0 || modelRequests(server).length !== expected) {
+    throw new Error(`${side} round failed: exit ${code}, ${modelRequests(server).length} requests (expected ${expected})\n${stderr}`);
   }
   const note = await readFile(join(repo, "notes/hello.md"), "utf8").catch(() => "");
   if (side === "bare" && note !== NOTE) throw new Error("the bare loop did not write the note");
-  const start = server.requests[0]!.receivedAt - startedAt;
+  // Up to the first model request; keen's endpoint check before it counts as start cost.
+  const start = modelRequests(server)[0]!.receivedAt - startedAt;
   const { maxRssKiB, cpuMs } = JSON.parse(await readFile(rssFile, "utf8")) as { maxRssKiB: number; cpuMs: number };
   const rssMiB = maxRssKiB / 1024;
   await rm(scratch, { recursive: true, force: true });
   await rm(repo, { recursive: true, force: true });
-  return { wall, start, loop: wall - start, requests: server.requests.length, rssMiB, cpuMs, ...cacheFigures(server) };
+  return { wall, start, loop: wall - start, requests: modelRequests(server).length, rssMiB, cpuMs, ...cacheFigures(server) };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;

@@ -117,7 +117,7 @@ async function forkMerge(): Promise<void> {
 
 /**
  * Part 1b: a worktree holding only the paths a subtask names. keen's side uses
- * `fork(branch, { paths })` when the workspace offers it; the plain git side builds the same
+ * `fork(branch, { paths })`; the plain git side builds the same
  * sparse worktree by hand; both against `clone --local`, which copies the whole checkout.
  */
 async function sparse(): Promise<void> {
@@ -125,12 +125,11 @@ async function sparse(): Promise<void> {
   const workspace = await LocalWorkspace.open(dir, { sandbox: false });
   const git = (cwd: string, ...args: string[]) => execa("git", args, { cwd, env: TEST_GIT_IDENTITY });
   const paths = ["src/dir-3/"];
-  const fork = workspace.fork.bind(workspace) as (branch: string, options?: Record<string, unknown>) => ReturnType<typeof workspace.fork>;
   let keenFiles = 0;
 
   const keenRound = async (i: number) => {
     const started = performance.now();
-    const child = await fork(`sparse-K${i}`, { paths });
+    const child = await workspace.fork(`sparse-K${i}`, { paths });
     const elapsed = performance.now() - started;
     keenFiles = (await git(child.root, "ls-files", "-t")).stdout.split("\n").filter((line) => line.startsWith("H ")).length;
     await child.dispose();

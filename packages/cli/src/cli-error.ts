@@ -56,3 +56,17 @@ export function humanIo(io: Io): CommandIo {
   if ("raw" in io) return io as CommandIo;
   return { ...io, stdout: (text) => io.stdout(terminalText(text)), stderr: (text) => io.stderr(terminalText(text)), raw: io.stdout };
 }
+
+/** Exit code when the model endpoint refuses the key or cannot be reached. */
+export const MODEL_UNAVAILABLE_EXIT_CODE = 3;
+
+/** The endpoint is unusable: the key is refused, or nothing answers at the URL. */
+export class ModelUnavailableError extends Error {
+  constructor(
+    message: string,
+    readonly url: string,
+  ) {
+    super(message);
+    this.name = "ModelUnavailableError";
+  }
+}

@@ -1,11 +1,7 @@
 import { createRequire } from "node:module";
 import { closestOption } from "./args.js";
-import { humanIo, UsageError, processIo, type Io } from "./cli-error.js";
-import { DEMO_HELP, demoCommand } from "./commands/demo.js";
-import { RUN_HELP, runCommand } from "./commands/run.js";
-import { RUNS_HELP, runsCommand } from "./commands/runs.js";
+import { humanIo, MODEL_UNAVAILABLE_EXIT_CODE, ModelUnavailableError, UsageError, processIo, type CommandIo, type Io } from "./cli-error.js";
 import { migrateCommand, serveCommand, workerCommand } from "./commands/server.js";
-import { MODEL_UNAVAILABLE_EXIT_CODE, ModelUnavailableError } from "./model-check.js";
 
 const HELP = `keen: autonomous coding agents on your git repositories
 
@@ -29,7 +25,24 @@ Examples:
 
 Run "keen help <command>" for a command's options.`;
 
-const COMMAND_HELP: Record<string, string> = { run: RUN_HELP, runs: RUNS_HELP, demo: DEMO_HELP };
+/**
+ * Each command's module, loaded when that command runs (or its help is asked for): `keen
+ * --version` and `keen help` load none of them, and with them neither agent-core nor the SDK.
+ */
+const COMMANDS: Record<string, () => Promise<{ help: string; command: (argv: string[], io: CommandIo) => Promise<number> }>> = {
+  run: async () => {
+    const { RUN_HELP, runCommand } = await import("./commands/run.js");
+    return { help: RUN_HELP, command: (argv, io) => runCommand(argv, io) };
+  },
+  runs: async () => {
+    const { RUNS_HELP, runsCommand } = await import("./commands/runs.js");
+    return { help: RUNS_HELP, command: runsCommand };
+  },
+  demo: async () => {
+    const { DEMO_HELP, demoCommand } = await import("./commands/demo.js");
+    return { help: DEMO_HELP, command: demoCommand };
+  },
+};
 /** The server's commands print their own help, built from the server's settings. */
 const SERVER_COMMANDS: Record<string, (argv: string[], io: Io) => Promise<number>> = {
   serve: serveCommand,
@@ -51,11 +64,9 @@ export async function main(argv: string[], output: Io = processIo): Promise<numb
   try {
     switch (command) {
       case "run":
-        return await runCommand(rest, io);
       case "demo":
-        return await demoCommand(rest, io);
       case "runs":
-        return await runsCommand(rest, io);
+        return await (await COMMANDS[command]!()).command(rest, io);
       case "serve":
       case "migrate":
       case "worker":
@@ -67,9 +78,8 @@ export async function main(argv: string[], output: Io = processIo): Promise<numb
           return 0;
         }
         if (Object.hasOwn(SERVER_COMMANDS, topic)) return await SERVER_COMMANDS[topic]!(["--help"], io);
-        const help = Object.hasOwn(COMMAND_HELP, topic) ? COMMAND_HELP[topic] : undefined;
-        if (!help) throw new UsageError(`no help for "${topic}": the commands are ${[...Object.keys(COMMAND_HELP), ...Object.keys(SERVER_COMMANDS)].join(", ")}`);
-        io.stdout(`${help}\n`);
+        if (!Object.hasOwn(COMMANDS, topic)) throw new UsageError(`no help for "${topic}": the commands are ${[...Object.keys(COMMANDS), ...Object.keys(SERVER_COMMANDS)].join(", ")}`);
+        io.stdout(`${(await COMMANDS[topic]!()).help}\n`);
         return 0;
       }
       case undefined:
@@ -82,7 +92,7 @@ export async function main(argv: string[], output: Io = processIo): Promise<numb
         io.stdout(`${version()}\n`);
         return 0;
       default: {
-        const commands = [...Object.keys(COMMAND_HELP), ...Object.keys(SERVER_COMMANDS)];
+        const commands = [...Object.keys(COMMANDS), ...Object.keys(SERVER_COMMANDS)];
         const near = closestOption(command, Object.fromEntries(commands.map((name) => [name, { type: "boolean" as const }])));
         throw new UsageError(`unknown command "${command}"${near ? ` (did you mean ${near.slice(2)}?)` : ""} (see keen help)`);
       }

@@ -1,18 +1,7 @@
-import Anthropic from "@anthropic-ai/sdk";
+import { ModelUnavailableError } from "./cli-error.js";
 
-/** Exit code when the model endpoint refuses the key or cannot be reached. */
-export const MODEL_UNAVAILABLE_EXIT_CODE = 3;
-
-/** The endpoint is unusable: the key is refused, or nothing answers at the URL. */
-export class ModelUnavailableError extends Error {
-  constructor(
-    message: string,
-    readonly url: string,
-  ) {
-    super(message);
-    this.name = "ModelUnavailableError";
-  }
-}
+// Defined beside the other CLI errors, so the entry point can tell them apart without loading the SDK.
+export { MODEL_UNAVAILABLE_EXIT_CODE, ModelUnavailableError } from "./cli-error.js";
 
 export interface ModelCheckOptions {
   apiKey: string;
@@ -34,6 +23,9 @@ export interface ModelCheckOptions {
  * await checkModelEndpoint({ apiKey: process.env.ANTHROPIC_API_KEY!, model: "claude-sonnet-5-5" });
  */
 export async function checkModelEndpoint(options: ModelCheckOptions): Promise<void> {
+  // Loaded here, not on import: the model adapter starts loading the SDK when the model is made,
+  // so the load overlaps opening the repository instead of preceding the command's start.
+  const { default: Anthropic } = await import("@anthropic-ai/sdk");
   const client = new Anthropic({
     apiKey: options.apiKey,
     baseURL: options.baseURL ?? null,

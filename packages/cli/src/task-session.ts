@@ -1,7 +1,6 @@
 import { execa } from "execa";
 import type { KeenEvent, KeenEventOf, TaskResult, TaskRun } from "@keen/agent-core";
-import type { CommandIo, Io } from "./cli-error.js";
-import { MODEL_UNAVAILABLE_EXIT_CODE } from "./model-check.js";
+import { MODEL_UNAVAILABLE_EXIT_CODE, type CommandIo, type Io } from "./cli-error.js";
 import { describeEvent } from "./render.js";
 import type { SnapshotFile } from "./snapshot-file.js";
 import { LiveTreeView } from "./tree/live-view.js";

@@ -13,7 +13,10 @@ export const Subtask = z.object({
   // eslint-disable-next-line no-control-regex
   title: z.string().trim().min(1).max(120).regex(/^[^\u0000-\u001f\u007f-\u009f]*$/, "must be one line without control characters"),
   instructions: z.string().min(1).describe("Everything a fresh engineer needs to do this subtask alone"),
-  paths: z.array(z.string()).optional().describe("Files or folders the subtask is expected to touch"),
+  paths: z
+    .array(z.string())
+    .optional()
+    .describe("Files or folders this subtask works in. Its worktree then holds only these (quicker to create) and it cannot read or write anything else; leave out when it needs the whole repository"),
 });
 export type Subtask = z.infer<typeof Subtask>;
 

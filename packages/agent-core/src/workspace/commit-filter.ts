@@ -142,7 +142,8 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
   }
 
   if (staged.length === 0) return { staged, skipped };
-  const args = ["add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"];
+  // In a sparse worktree, files written outside its patterns (by a command) are committed too.
+  const args = ["add", "-A", ...(target.sparse ? ["--sparse"] : []), "--pathspec-from-file=-", "--pathspec-file-nul"];
   const all = await gitRaw(target, args, { env, input: staged.join("\0") });
   if (all.exitCode === 0) return { staged, skipped };
   // Any other failure (a lock, a broken repository) is reported as such, with git's own wording.

@@ -11,7 +11,15 @@ export interface GitTarget {
   gitDir: string;
   /** The checkout's root. */
   workTree: string;
+  /**
+   * A sparse worktree (patterns in its git dir's `info/sparse-checkout`): every git call on it
+   * sets `core.sparseCheckout` itself, so the repository's shared config is never changed.
+   */
+  sparse?: boolean;
 }
+
+/** The settings of a git call on a sparse worktree: its own patterns, gitignore-style (not cone). */
+const SPARSE = ["-c", "core.sparseCheckout=true", "-c", "core.sparseCheckoutCone=false"];
 
 /**
  * Settings on every git call keen makes: no hooks, no fsmonitor command, no untracked cache
@@ -80,7 +88,7 @@ export interface GitCallOptions {
  * lists (`--pathspec-from-file=- --pathspec-file-nul`) need.
  */
 export function gitRaw(target: GitTarget, args: string[], options: GitCallOptions = {}): Promise<Result<{ reject: false; stripFinalNewline: false }>> {
-  return execa("git", [...HARDENING, ...args], {
+  return execa("git", [...HARDENING, ...(target.sparse ? SPARSE : []), ...args], {
     cwd: options.cwd ?? target.workTree,
     env: gitEnv(target, options.env),
     extendEnv: false,
@@ -96,7 +104,7 @@ export function gitRaw(target: GitTarget, args: string[], options: GitCallOption
  * need not be UTF-8.
  */
 export async function gitBytes(target: GitTarget, args: string[], options: GitCallOptions = {}): Promise<Buffer> {
-  const result = await execa("git", [...HARDENING, ...args], {
+  const result = await execa("git", [...HARDENING, ...(target.sparse ? SPARSE : []), ...args], {
     cwd: options.cwd ?? target.workTree,
     env: gitEnv(target, options.env),
     extendEnv: false,
@@ -137,18 +145,21 @@ export function nulSeparatedNames(output: Buffer): { names: string[]; invalid: s
 /** Runs one hardened git command; throws `KeenError` code `git_failed` for a non-zero exit. Returns stdout as is. */
 export async function git(target: GitTarget, args: string[], options: GitCallOptions = {}): Promise<string> {
   const result = await gitRaw(target, args, options);
-  if (result.exitCode !== 0) {
-    const output = String(result.stderr || result.stdout).trim();
-    const lock = /Unable to create '([^']+\.lock)': File exists/.exec(output);
-    if (lock) {
-      throw new KeenError(
-        "git_locked",
-        `git ${args[0]} could not run: ${lock[1]} exists, so a git process is working in this repository. keen removes such a lock on open once no git process is alive; wait for the other process to finish and try again.`,
-      );
-    }
-    throw new KeenError("git_failed", `git ${args[0]} failed: ${output}`);
-  }
+  if (result.exitCode !== 0) throw gitFailure(args, result);
   return String(result.stdout);
+}
+
+/** The error for a failed git call: `git_locked` when a lock file stopped it, otherwise `git_failed` with git's output. */
+export function gitFailure(args: string[], result: { stdout: unknown; stderr: unknown }): KeenError {
+  const output = String(result.stderr || result.stdout).trim();
+  const lock = /Unable to create '([^']+\.lock)': File exists/.exec(output);
+  if (lock) {
+    return new KeenError(
+      "git_locked",
+      `git ${args[0]} could not run: ${lock[1]} exists, so a git process is working in this repository. keen removes such a lock on open once no git process is alive; wait for the other process to finish and try again.`,
+    );
+  }
+  return new KeenError("git_failed", `git ${args[0]} failed: ${output}`);
 }
 
 /** Git's output for a single path or value: exactly one trailing newline removed, so a path may itself contain newlines. */

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { lstat, mkdir, mkdtemp, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { execa } from "execa";
@@ -7,10 +7,11 @@ import { KeenError, PathOutsideWorkspaceError } from "../errors.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
-import { git, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
+import { git, gitBytes, gitFailure, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
 import { readHeadFromFiles } from "./read-head.js";
+import { isLooseCommit, isValidBranchName, refsAroundFromFiles, type RefsAround } from "./refs.js";
 import { readRegularFile } from "./safe-read.js";
 import { assertSandboxAvailable, sandboxRunner, type SandboxOptions } from "./sandbox-runner.js";
 import {
@@ -64,6 +65,8 @@ export interface LocalWorkspaceOptions {
   maxFileBytes?: number;
 }
 
+/** `git status --porcelain` codes of unmerged paths. */
+const UNMERGED = new Set(["DD", "AU", "UD", "UA", "DU", "AA", "UU"]);
 const CONFLICT_MARKER = /^(<{7}|>{7}|={7})( |$)/m;
 const DEFAULT_IDENTITY = { name: "keen", email: "keen@localhost" };
 const DEFAULT_TIMEOUT_MS = 120_000;
@@ -89,6 +92,7 @@ const checkoutQueues = new Map<string, Promise<unknown>>();
 export class LocalWorkspace implements ForkableWorkspace {
   private recovery: RecoveryReport = { removedWorktrees: [], salvagedBranches: [], removedLocks: [] };
   private forkReport: ForkReport | undefined;
+  private sparsePaths: readonly string[] | undefined;
 
   private constructor(
     readonly root: string,
@@ -98,6 +102,8 @@ export class LocalWorkspace implements ForkableWorkspace {
     private readonly options: LocalWorkspaceOptions,
     private readonly isFork: boolean,
     private readonly runner: CommandRunner,
+    /** State a workspace shares with its forks. */
+    private readonly shared: SharedState = {},
   ) {}
 
   /** For a workspace made by `fork` with `includeUncommitted`: what was carried over into its first commit. */
@@ -106,7 +112,28 @@ export class LocalWorkspace implements ForkableWorkspace {
   }
 
   private get target(): GitTarget {
-    return { gitDir: this.gitDir, workTree: this.root };
+    return { gitDir: this.gitDir, workTree: this.root, ...(this.sparsePaths ? { sparse: true } : {}) };
+  }
+
+  /** For a sparse worktree (`fork` with `paths`): the files and folders it holds. */
+  get paths(): readonly string[] | undefined {
+    return this.sparsePaths;
+  }
+
+  /**
+   * In a sparse worktree, refuses a path outside its paths (`path_not_checked_out`); folders on
+   * the way to one pass when `ancestors` is set. A full checkout takes every path.
+   */
+  private assertCheckedOut(path: string, full: string, ancestors: boolean): void {
+    if (!this.sparsePaths) return;
+    const rel = relative(this.root, full).split(sep).join("/");
+    const inside = this.sparsePaths.some((p) => rel === p || rel.startsWith(`${p}/`) || (ancestors && (rel === "" || p.startsWith(`${rel}/`))));
+    if (!inside) {
+      throw new KeenError(
+        "path_not_checked_out",
+        `${path} is outside this agent's paths (${this.sparsePaths.join(", ")}): its worktree holds only those, so it cannot read or write anything else. Report in your summary what needs changing there.`,
+      );
+    }
   }
 
   /** What the recovery pass of `open` cleaned up (empty for forks and when it was skipped). */
@@ -132,9 +159,17 @@ export class LocalWorkspace implements ForkableWorkspace {
       throw new KeenError("workspace_not_found", `Workspace folder ${absolute} does not exist`);
     }
     if (!info.isDirectory()) throw new KeenError("workspace_not_found", `${absolute} is not a folder`);
-    // One value per call, with only the final newline removed: a path may itself contain newlines.
-    const probe = async (flag: string) => {
-      const result = await execa("git", ["-c", "core.fsmonitor=false", "rev-parse", "--path-format=absolute", flag], {
+    let runner = options.commandRunner;
+    let sandboxCheck: Promise<void> | undefined;
+    if (!runner && options.sandbox !== false) {
+      const sandbox = typeof options.sandbox === "object" ? options.sandbox : {};
+      runner = sandboxRunner(sandbox);
+      // Checked while git answers below.
+      sandboxCheck = assertSandboxAvailable(sandbox.bwrapPath ? { bwrapPath: sandbox.bwrapPath } : {});
+      sandboxCheck.catch(() => {});
+    }
+    const probe = async (...flags: string[]) => {
+      const result = await execa("git", ["-c", "core.fsmonitor=false", "rev-parse", "--path-format=absolute", ...flags], {
         cwd: absolute,
         reject: false,
         stripFinalNewline: false,
@@ -142,19 +177,20 @@ export class LocalWorkspace implements ForkableWorkspace {
         extendEnv: false,
       });
       if (result.exitCode !== 0) throw new KeenError("not_a_git_repository", `${absolute} is not a git repository (run git init first)`);
-      return realpath(oneLine(result.stdout));
+      return result.stdout;
     };
-    const root = await probe("--show-toplevel");
-    const commonDir = await probe("--git-common-dir");
+    // The three paths in one call; a path holding a newline makes the lines ambiguous, and then
+    // each is asked for alone (one value per call, only the final newline removed).
+    const together = (await probe("--show-toplevel", "--git-common-dir", "--git-dir")).split("\n");
+    const paths: string[] =
+      together.length === 4 && together[3] === ""
+        ? together.slice(0, 3)
+        : await Promise.all(["--show-toplevel", "--git-common-dir", "--git-dir"].map(async (flag) => oneLine(await probe(flag))));
+    const [root, commonDir, probedGitDir] = (await Promise.all(paths.map((path) => realpath(path)))) as [string, string, string];
     // A linked worktree's own git dir is looked up in the common dir, which only git writes.
-    const gitDir = (await probe("--git-dir")) === commonDir ? commonDir : await worktreeGitDir(commonDir, root);
+    const gitDir = probedGitDir === commonDir ? commonDir : await worktreeGitDir(commonDir, root);
     if (!gitDir) throw new KeenError("not_a_git_repository", `${absolute} is not a worktree its repository (${commonDir}) knows`);
-    let runner = options.commandRunner;
-    if (!runner && options.sandbox !== false) {
-      const sandbox = typeof options.sandbox === "object" ? options.sandbox : {};
-      runner = sandboxRunner(sandbox);
-      await assertSandboxAvailable(sandbox.bwrapPath ? { bwrapPath: sandbox.bwrapPath } : {});
-    }
+    await sandboxCheck;
     const workspace = new LocalWorkspace(root, commonDir, gitDir, options, false, runner ?? localCommandRunner);
     const mainRoot = dirname(commonDir);
     if (options.recovery !== false && root === mainRoot) {
@@ -242,6 +278,7 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async readFile(path: string, options: ReadFileOptions = {}): Promise<string> {
     const full = await this.resolvePath(path);
+    this.assertCheckedOut(path, full, true);
     try {
       const bytes = await readRegularFile(full, { maxBytes: options.maxBytes ?? DEFAULT_READ_BYTES, ...(options.signal ? { signal: options.signal } : {}) });
       return bytes.toString("utf8");
@@ -254,6 +291,7 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async writeFile(path: string, content: string): Promise<void> {
     const full = await this.resolvePath(path);
+    this.assertCheckedOut(path, full, false);
     await mkdir(dirname(full), { recursive: true });
     // The parent may have been created through a path we already checked; check again after mkdir.
     await this.assertNoSymlinkEscape(path, dirname(full));
@@ -269,6 +307,7 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async exists(path: string): Promise<boolean> {
     const full = await this.resolvePath(path);
+    this.assertCheckedOut(path, full, true);
     try {
       await stat(full);
       return true;
@@ -279,11 +318,22 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async listFiles(options: ListFilesOptions = {}): Promise<string[]> {
     const limit = options.limit ?? 1000;
-    const listed = await git(this.target, ["ls-files", "-z", "--cached", "--others", "--exclude-standard"]);
-    const deleted = new Set((await git(this.target, ["ls-files", "-z", "--deleted"])).split("\0"));
+    // One call: tracked (tag H, or S when git skips it in a sparse worktree), deleted (R, listed
+    // besides its H) and untracked (?) files.
+    const listed = await git(this.target, ["ls-files", "-z", "-t", "--cached", "--deleted", "--others", "--exclude-standard"]);
+    const present = new Set<string>();
+    const deleted = new Set<string>();
+    for (const entry of listed.split("\0")) {
+      if (entry.length < 3 || entry[1] !== " ") continue;
+      const file = entry.slice(2);
+      if (entry[0] === "R") deleted.add(file);
+      else present.add(file);
+    }
     const match = options.pattern ? compileGlob(options.pattern) : undefined;
-    const files = [...new Set(listed.split("\0"))]
-      .filter((file) => file && !deleted.has(file) && (!match || match(file)))
+    const sparse = this.sparsePaths;
+    const files = [...present]
+      .filter((file) => !deleted.has(file) && (!match || match(file)))
+      .filter((file) => !sparse || sparse.some((p) => file === p || file.startsWith(`${p}/`)))
       .sort();
     return files.slice(0, limit);
   }
@@ -311,12 +361,17 @@ export class LocalWorkspace implements ForkableWorkspace {
   }
 
   async currentBranch(): Promise<string> {
+    // HEAD in this checkout's own git dir (written only by git) names the branch plainly.
+    const head = await readFile(join(this.gitDir, "HEAD"), "utf8").catch(() => "");
+    const branch = /^ref: refs\/heads\/([^\n]+)\n?$/.exec(head)?.[1];
+    if (branch) return branch;
+    if (/^[0-9a-f]{40,64}\n?$/.test(head)) return "HEAD";
     const result = await gitRaw(this.target, ["symbolic-ref", "--short", "-q", "HEAD"]);
     return result.exitCode === 0 ? oneLine(String(result.stdout)) : "HEAD";
   }
 
   async head(): Promise<string> {
-    return (await git(this.target, ["rev-parse", "HEAD"])).trim();
+    return (await readHeadFromFiles(this.gitDir, this.commonDir)) ?? (await git(this.target, ["rev-parse", "HEAD"])).trim();
   }
 
   private get maxFileBytes(): number {
@@ -325,21 +380,51 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async commit(message: string, options: CommitOptions = {}): Promise<CommitResult> {
     return this.locked(async () => {
-      // Staging an unmerged path would record it with its conflict markers as resolved.
-      const unmerged = await this.conflictedFiles();
-      if (unmerged.length > 0) {
-        throw new KeenError("merge_unresolved", `A merge is in progress with conflicts in ${unmerged.join(", ")}; finish it with commitMerge or roll it back with abortMerge`);
+      const identity = this.identityEnv(options.author);
+      identity.catch(() => {}); // Awaited below when there is something to commit.
+      // One status answers three questions: unmerged paths (staging one would record its conflict
+      // markers as resolved), changes staged before, and whether anything changed at all.
+      const status = await this.status();
+      if (status.unmerged.length > 0) {
+        throw new KeenError("merge_unresolved", `A merge is in progress with conflicts in ${status.unmerged.join(", ")}; finish it with commitMerge or roll it back with abortMerge`);
       }
-      const { skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes });
-      const staged = await gitRaw(this.target, ["diff", "--cached", "--quiet"]);
-      if (staged.exitCode === 0 && !options.allowEmpty) return { sha: null, skipped };
-      const [before, env] = await Promise.all([this.headOrNull(), this.identityEnv(options.author)]);
-      await git(this.target, ["commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"], {
+      if (status.entries === 0 && !options.allowEmpty) return { sha: null, skipped: [] };
+      const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes });
+      // Nothing staged now and nothing staged before: nothing to commit.
+      if (staged.length === 0 && !status.stagedBefore && !options.allowEmpty) return { sha: null, skipped };
+      const [before, env] = await Promise.all([this.headOrNull(), identity]);
+      const committed = await gitRaw(this.target, ["commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"], {
         env,
         input: commitText(message),
       });
+      if (committed.exitCode !== 0) {
+        // Staged paths that put the index back where HEAD is (a change undone): nothing to commit.
+        const pending = await gitRaw(this.target, ["diff", "--cached", "--quiet"]);
+        if (pending.exitCode === 0 && !options.allowEmpty) return { sha: null, skipped };
+        throw gitFailure(["commit"], committed);
+      }
       return { sha: await this.verifiedHead(before), skipped };
     });
+  }
+
+  /**
+   * `git status` in one call: how many paths differ from HEAD (staged, modified or untracked, not
+   * ignored), which are unmerged, and whether any change is staged. Submodules are not entered
+   * (a checkout's nested repository is the agent's to write, config and attributes included).
+   */
+  private async status(): Promise<{ entries: number; unmerged: string[]; stagedBefore: boolean }> {
+    const output = await gitBytes(this.target, ["status", "--porcelain", "-z", "--untracked-files=all", "--no-renames", "--ignore-submodules=all"]);
+    const unmerged: string[] = [];
+    let entries = 0;
+    let stagedBefore = false;
+    for (const entry of output.toString("utf8").split("\0")) {
+      if (entry.length < 4) continue;
+      entries++;
+      const code = entry.slice(0, 2);
+      if (UNMERGED.has(code)) unmerged.push(entry.slice(3));
+      else if (!" ?!".includes(code[0]!)) stagedBefore = true;
+    }
+    return { entries, unmerged, stagedBefore };
   }
 
   /** HEAD's commit, or null when HEAD names none. Read from the ref files when they answer plainly. */
@@ -358,6 +443,8 @@ export class LocalWorkspace implements ForkableWorkspace {
     // The id may come from the ref files; cat-file below checks that it names a commit of this repository.
     const sha = await this.headOrNull();
     if (!sha || sha === before) throw new KeenError("git_failed", "git commit reported success but HEAD did not move");
+    // A fresh commit is a loose object: its file answers; otherwise git is asked.
+    if (await isLooseCommit(this.commonDir, sha)) return sha;
     const inCommon = await gitRaw({ gitDir: this.commonDir, workTree: dirname(this.commonDir) }, ["cat-file", "-e", `${sha}^{commit}`]);
     if (inCommon.exitCode !== 0) throw new KeenError("git_failed", `Commit ${sha} is not in the repository at ${this.commonDir}`);
     return sha;
@@ -378,18 +465,18 @@ export class LocalWorkspace implements ForkableWorkspace {
    * The report of `includeUncommitted` is on the returned workspace as `lastForkReport`.
    */
   async fork(branch: string, options: ForkOptions = {}): Promise<LocalWorkspace> {
-    const valid = await gitRaw(this.target, ["check-ref-format", "--branch", branch]);
-    if (valid.exitCode !== 0 || branch.startsWith("-")) throw new KeenError("invalid_branch", `"${branch}" is not a valid branch name`);
+    if (!isValidBranchName(branch)) throw new KeenError("invalid_branch", `"${branch}" is not a valid branch name`);
     if (options.includeUncommitted && options.from !== undefined) {
       throw new KeenError("invalid_option", "includeUncommitted starts from this checkout's HEAD; it cannot be combined with from");
     }
+    const paths = options.paths === undefined ? undefined : sparsePaths(options.paths);
     const dir = join(this.worktreesDir, branch);
     const created = await withRepoLock(this.commonDir, async (): Promise<{ child: LocalWorkspace; checkout: boolean }> => {
       // The refs around the name and the start commit are looked up at once; the start only counts for a new branch.
       const plainStart = options.includeUncommitted ? undefined : (options.from ?? "HEAD");
       const [nearby, plainStartCommit] = await Promise.all([
         this.refsAround(branch),
-        plainStart === undefined ? undefined : gitRaw(this.target, ["rev-parse", "--verify", "-q", `${plainStart}^{commit}`]),
+        plainStart === undefined ? undefined : this.startCommit(plainStart),
       ]);
       const branchExists = nearby.exists;
       if (!options.reattach) {
@@ -407,7 +494,7 @@ export class LocalWorkspace implements ForkableWorkspace {
       let start = options.from ?? "HEAD";
       let report: ForkReport | undefined;
       if (options.includeUncommitted) ({ start, report } = await this.snapshotUncommitted(branch));
-      const startCommit = plainStartCommit ?? (await gitRaw(this.target, ["rev-parse", "--verify", "-q", `${start}^{commit}`]));
+      const startCommit = plainStartCommit ?? (await this.startCommit(start));
       if (startCommit.exitCode !== 0) throw new KeenError("invalid_ref", `"${start}" does not name a commit`);
       await mkdir(dirname(dir), { recursive: true });
       // The lock's reason is the lease: it names this process, so a later recovery pass knows when the worktree is abandoned.
@@ -415,6 +502,12 @@ export class LocalWorkspace implements ForkableWorkspace {
       await git(this.target, ["worktree", "add", "-q", "--no-checkout", "--lock", "--reason", ownLease(), "-b", branch, dir, oneLine(String(startCommit.stdout))]);
       const child = await this.child(dir);
       child.forkReport = report;
+      if (paths) {
+        // The worktree's own patterns (info/ in its git dir is per worktree); the checkout below applies them.
+        await mkdir(join(child.gitDir, "info"), { recursive: true });
+        await writeFile(join(child.gitDir, "info", "sparse-checkout"), paths.map(sparsePattern).join(""), "utf8");
+        child.sparsePaths = paths;
+      }
       return { child, checkout: true };
     });
     if (created.checkout) {
@@ -436,7 +529,9 @@ export class LocalWorkspace implements ForkableWorkspace {
    * matches the ref itself and every ref below it; `branch` passed check-ref-format, so it holds
    * no glob characters.
    */
-  private async refsAround(branch: string): Promise<{ exists: boolean; clash: string | null }> {
+  private async refsAround(branch: string): Promise<RefsAround> {
+    const fromFiles = await refsAroundFromFiles(this.commonDir, branch);
+    if (fromFiles) return fromFiles;
     const own = `refs/heads/${branch}`;
     const parts = branch.split("/");
     const prefixes = parts.slice(1).map((_, i) => `refs/heads/${parts.slice(0, i + 1).join("/")}`);
@@ -447,6 +542,20 @@ export class LocalWorkspace implements ForkableWorkspace {
     );
     const below = [...refs].filter((ref) => ref.startsWith(`${own}/`)).sort();
     return { exists: refs.has(own), clash: below[0] ?? prefixes.find((prefix) => refs.has(prefix)) ?? null };
+  }
+
+  /**
+   * `start` resolved to a commit, as `rev-parse --verify -q <start>^{commit}` answers. HEAD is
+   * read from the ref files when they answer plainly (a commit id there that is not a commit makes
+   * `worktree add` fail later, with git's own message).
+   */
+  private async startCommit(start: string): Promise<{ exitCode: number; stdout: string }> {
+    if (start === "HEAD") {
+      const sha = await readHeadFromFiles(this.gitDir, this.commonDir);
+      if (sha) return { exitCode: 0, stdout: sha };
+    }
+    const result = await gitRaw(this.target, ["rev-parse", "--verify", "-q", `${start}^{commit}`]);
+    return { exitCode: result.exitCode ?? 1, stdout: String(result.stdout) };
   }
 
   /** Resume: attach to the worktree already on `branch`, when it is keen's and no other live process holds it. */
@@ -512,7 +621,7 @@ export class LocalWorkspace implements ForkableWorkspace {
     const root = await realpath(dir);
     const gitDir = await worktreeGitDir(this.commonDir, root);
     if (!gitDir) throw new KeenError("git_failed", `git does not list ${root} as a worktree of ${this.commonDir}`);
-    return new LocalWorkspace(root, this.commonDir, gitDir, this.options, true, this.runner);
+    return new LocalWorkspace(root, this.commonDir, gitDir, this.options, true, this.runner, this.shared);
   }
 
   async merge(branch: string, message: string): Promise<MergeResult> {
@@ -577,8 +686,9 @@ export class LocalWorkspace implements ForkableWorkspace {
   }
 
   async abortMerge(): Promise<void> {
-    const inMerge = await gitRaw(this.target, ["rev-parse", "-q", "--verify", "MERGE_HEAD"]);
-    if (inMerge.exitCode === 0) await git(this.target, ["merge", "--abort"]);
+    // A merge in progress is MERGE_HEAD in this checkout's own git dir, which only git writes.
+    if ((await lstat(join(this.gitDir, "MERGE_HEAD")).catch(() => null)) === null) return;
+    await git(this.target, ["merge", "--abort"]);
   }
 
   async resetTo(sha: string): Promise<void> {
@@ -607,14 +717,44 @@ export class LocalWorkspace implements ForkableWorkspace {
   }
 
   private async identityEnv(author?: { name: string; email: string }): Promise<Record<string, string>> {
-    let identity = author;
-    if (!identity) {
-      const configured = await gitRaw(this.target, ["config", "user.email"]);
-      if (configured.exitCode === 0 && String(configured.stdout).trim()) return {};
-      identity = this.options.defaultIdentity ?? DEFAULT_IDENTITY;
-    }
-    return gitIdentityEnv(identity);
+    if (author) return gitIdentityEnv(author);
+    // The repository's config sits in the common dir, which agents cannot write: read once per workspace and its forks.
+    this.shared.identity ??= gitRaw(this.target, ["config", "user.email"]).then((configured) =>
+      configured.exitCode === 0 && String(configured.stdout).trim() ? {} : gitIdentityEnv(this.options.defaultIdentity ?? DEFAULT_IDENTITY),
+    );
+    return this.shared.identity;
   }
+}
+
+/**
+ * The `paths` of a sparse fork, checked like any workspace path and normalised (`/`-separated, no
+ * trailing slash); undefined when one of them is the root, which asks for the whole checkout.
+ */
+function sparsePaths(paths: unknown): string[] | undefined {
+  if (!Array.isArray(paths) || paths.length === 0) throw new KeenError("invalid_option", "paths must list at least one file or folder");
+  const normalised = new Set<string>();
+  for (const path of paths) {
+    if (typeof path !== "string" || path.trim() === "" || /[\0\n\r]/.test(path)) throw new KeenError("invalid_option", `paths: ${JSON.stringify(path)} is not a path`);
+    if (isAbsolute(path)) throw new KeenError("invalid_option", `paths: ${path} must be relative to the root`);
+    const clean = normalize(path).split(sep).join("/").replace(/\/+$/, "");
+    if (clean === "" || clean === ".") return undefined;
+    if (clean === ".." || clean.startsWith("../")) throw new KeenError("invalid_option", `paths: ${path} climbs above the root`);
+    if (clean.split("/")[0] === ".git") throw new KeenError("invalid_option", `paths: ${path} is inside .git`);
+    normalised.add(clean);
+  }
+  return [...normalised].sort();
+}
+
+/** One line of a (non-cone) sparse-checkout file matching exactly `path` and what lies below it. */
+function sparsePattern(path: string): string {
+  const escaped = path.replace(/[\\*?[]/g, (c) => `\\${c}`).replace(/ +$/, (spaces) => spaces.replace(/ /g, "\\ "));
+  return `/${escaped}\n`;
+}
+
+/** What a workspace and its forks share. */
+interface SharedState {
+  /** The identity environment for commits without an explicit author, once known. */
+  identity?: Promise<Record<string, string>>;
 }
 
 /**

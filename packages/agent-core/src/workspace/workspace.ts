@@ -77,6 +77,12 @@ export interface CommitOptions {
 export interface Workspace {
   /** Absolute, real path of the checkout. */
   readonly root: string;
+  /**
+   * For a sparse worktree (`fork` with `paths`): the only files and folders it holds. Reading,
+   * writing or asking for anything else is refused with code `path_not_checked_out`, and
+   * `listFiles` lists only what lies inside them. Undefined for a full checkout.
+   */
+  readonly paths?: readonly string[];
   /** Absolute path for `path`, after checking it stays inside the root. */
   resolvePath(path: string): Promise<string>;
   /**
@@ -129,6 +135,13 @@ export interface ForkOptions {
    * are. Credential-looking files are left out. What was included is in `lastForkReport`.
    */
   includeUncommitted?: boolean;
+  /**
+   * Files or folders (relative to the root) the new worktree holds: only these are checked out,
+   * as a sparse checkout of the worktree alone (the repository's config is left as it is). The
+   * branch and every commit and merge still cover the whole tree. Ignored with `reattach` when
+   * the branch's worktree already exists.
+   */
+  paths?: string[];
 }
 
 /** What `fork` with `includeUncommitted` carried over, on the forked workspace as `lastForkReport`. */

@@ -1,5 +1,5 @@
 import { AbortedError, ConfigError } from "../../errors.js";
-import { isForkable, type ForkableWorkspace } from "../../workspace/workspace.js";
+import { isForkable, type ForkableWorkspace, type ForkOptions } from "../../workspace/workspace.js";
 import { childBranch, subtaskLabel } from "../branch-names.js";
 import { mergeChild } from "../merge.js";
 import type { PhaseDefinition } from "../phase.js";
@@ -26,8 +26,9 @@ export const summonPhase: PhaseDefinition = {
       const toFork = children.filter((child) => !(child.phase === "DONE" && tree.workspaces.has(child.id)));
       const fresh = new Set(toFork.filter((child) => child.messages.length === 0).map((child) => child.id));
       for (const child of toFork) if (fresh.has(child.id)) tree.emitSpawn(child);
-      // A new child's branch is created fresh from the parent's head; a resumed one is re-attached.
-      const forks = await Promise.allSettled(toFork.map((child) => workspace.fork(child.branch, fresh.has(child.id) ? {} : { reattach: true })));
+      // A new child's branch is created fresh from the parent's head (a sparse worktree when its
+      // subtask names its paths); a resumed one is re-attached.
+      const forks = await Promise.allSettled(toFork.map((child) => workspace.fork(child.branch, fresh.has(child.id) ? forkOptions(agent, child) : { reattach: true })));
       for (const [i, outcome] of forks.entries()) {
         if (outcome.status === "fulfilled") {
           forked.push(outcome.value);
@@ -100,13 +101,19 @@ async function createChildren(tree: AgentTree, agent: AgentState): Promise<void>
       depth: agent.depth + 1,
       branch: childBranch(agent.branch, index, agent.parentId === null, tree.state.runBranch !== undefined),
       title: subtask.title,
-      instructions: subtask.instructions + (subtask.paths?.length ? `\n\nExpected to touch: ${subtask.paths.join(", ")}` : ""),
+      instructions: subtask.instructions + (subtask.paths?.length ? `\n\nYour worktree holds only these paths: ${subtask.paths.join(", ")}` : ""),
       phase: "EXPLORE",
     });
     agent.children.push(child.id);
     agent.merges[child.id] = { status: "pending" };
   }
   await tree.snapshot();
+}
+
+/** `fork` options of a new child: the paths its subtask names, in the order children were created. */
+function forkOptions(parent: AgentState, child: AgentState): ForkOptions {
+  const paths = parent.plan?.subtasks[parent.children.indexOf(child.id)]?.paths;
+  return paths && paths.length > 0 ? { paths } : {};
 }
 
 /**

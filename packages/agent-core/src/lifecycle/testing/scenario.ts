@@ -43,10 +43,10 @@ export function scenarioPolicy(scenario: Scenario, hooks: { onRequest?: (agent: 
 }
 
 export const explore = (next: "PLAN" | "COMPLETE") => reply.toolUse("finish_explore", { summary: "Explored.", confidence: 0.8, next_phase: next });
-export const plan = (subtasks: Array<{ title: string; instructions?: string }>, validation?: string) =>
+export const plan = (subtasks: Array<{ title: string; instructions?: string; paths?: string[] }>, validation?: string) =>
   reply.toolUse("submit_plan", {
     approach: "Split the work.",
-    subtasks: subtasks.map((s) => ({ title: s.title, instructions: s.instructions ?? `Do: ${s.title}` })),
+    subtasks: subtasks.map((s) => ({ title: s.title, instructions: s.instructions ?? `Do: ${s.title}`, ...(s.paths ? { paths: s.paths } : {}) })),
     ...(validation ? { validation: { command: validation } } : {}),
   });
 export const write = (path: string, content: string) => reply.toolUse("write_file", { path, content });

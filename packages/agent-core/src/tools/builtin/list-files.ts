@@ -13,8 +13,10 @@ export const listFilesTool = defineTool({
   async execute({ pattern, limit }, { workspace }) {
     const max = limit ?? 500;
     const files = await workspace.listFiles({ ...(pattern ? { pattern } : {}), limit: max + 1 });
-    if (files.length === 0) return pattern ? `No files match ${pattern}` : "The repository has no files";
+    // A sparse worktree says what it holds, so an empty answer is not taken for an empty repository.
+    const only = workspace.paths ? `[This worktree holds only ${workspace.paths.join(", ")}; nothing else can be read or written]\n` : "";
+    if (files.length === 0) return `${only}${pattern ? `No files match ${pattern}` : "The repository has no files"}`;
     const shown = files.slice(0, max);
-    return `${shown.join("\n")}${files.length > max ? `\n[… more than ${max} files; narrow the pattern]` : ""}`;
+    return `${only}${shown.join("\n")}${files.length > max ? `\n[… more than ${max} files; narrow the pattern]` : ""}`;
   },
 });

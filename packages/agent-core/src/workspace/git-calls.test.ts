@@ -1,0 +1,160 @@
+import childProcess from "node:child_process";
+import { mkdir, mkdtemp, realpath, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { syncBuiltinESMExports } from "node:module";
+import { execa } from "execa";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { LocalWorkspace } from "./local-workspace.js";
+import { isLooseCommit, isValidBranchName, refsAroundFromFiles } from "./refs.js";
+import { createTestRepo, TEST_GIT_IDENTITY } from "./test-repo.js";
+
+// Every git process this file's workspaces start, by subcommand (keen's `-c` hardening left out).
+const spawned: string[] = [];
+const originalSpawn = childProcess.spawn;
+beforeAll(() => {
+  childProcess.spawn = ((command: string, args?: readonly string[], ...rest: unknown[]) => {
+    if (command === "git") spawned.push((args ?? []).filter((arg, i, all) => arg !== "-c" && all[i - 1] !== "-c")[0] ?? "");
+    return (originalSpawn as (...params: unknown[]) => ReturnType<typeof originalSpawn>)(command, args, ...rest);
+  }) as typeof childProcess.spawn;
+  syncBuiltinESMExports();
+});
+afterAll(() => {
+  childProcess.spawn = originalSpawn;
+  syncBuiltinESMExports();
+});
+
+const git = async (dir: string, ...args: string[]) => (await execa("git", args, { cwd: dir, env: TEST_GIT_IDENTITY })).stdout.trim();
+
+async function counted<T>(step: () => Promise<T>): Promise<{ value: T; calls: string[] }> {
+  spawned.length = 0;
+  const value = await step();
+  return { value, calls: [...spawned] };
+}
+
+describe("git subprocesses of one fork + commit + merge + dispose", () => {
+  it("are eight: worktree add and checkout, four to commit, one merge, one removal", async () => {
+    const dir = await createTestRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    // A clean checkout (the parent before each merge) is found clean with one status.
+    const clean = await counted(() => ws.commit("nothing"));
+    expect(clean.value).toEqual({ sha: null, skipped: [] });
+    expect(clean.calls.sort()).toEqual(["config", "status"]); // the identity is looked up once per workspace and its forks
+    expect((await counted(() => ws.commit("nothing"))).calls).toEqual(["status"]);
+    const fork = await counted(() => ws.fork("summon-A"));
+    expect(fork.calls).toEqual(["worktree", "reset"]);
+    const child = fork.value;
+    await child.writeFile("notes/a.md", "a\n");
+    const commit = await counted(() => child.commit("Add a"));
+    expect(commit.value.sha).toBe(await git(dir, "rev-parse", "summon-A"));
+    expect(commit.calls).toEqual(["status", "ls-files", "add", "commit"]);
+    const merge = await counted(() => ws.merge("summon-A", "Merge summon-A"));
+    expect(merge.value).toEqual({ status: "merged", sha: await git(dir, "rev-parse", "HEAD") });
+    expect(merge.calls).toEqual(["merge"]);
+    const dispose = await counted(() => child.dispose());
+    expect(dispose.calls).toEqual(["worktree"]);
+    // HEAD and "is a merge in progress" come from the git dir's files.
+    expect((await counted(() => Promise.all([ws.head(), ws.abortMerge()]))).calls).toEqual([]);
+    expect(await git(dir, "show", "HEAD:notes/a.md")).toBe("a");
+  });
+
+  it("refuses to commit unmerged paths, found by the same status", async () => {
+    const dir = await createTestRepo({ "a.txt": "base\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("summon-C");
+    await child.writeFile("a.txt", "child\n");
+    await child.commit("child");
+    await ws.writeFile("a.txt", "parent\n");
+    await ws.commit("parent");
+    expect(await ws.merge("summon-C", "Merge")).toEqual({ status: "conflict", files: ["a.txt"] });
+    await expect(ws.commit("would record markers")).rejects.toMatchObject({ code: "merge_unresolved", message: expect.stringContaining("a.txt") });
+    await ws.abortMerge();
+    expect((await ws.commit("clean again")).sha).toBeNull();
+    await child.dispose();
+  });
+
+  it("still reports nothing to commit when the staged change undoes one staged before", async () => {
+    const dir = await createTestRepo({ "a.txt": "one\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("summon-B");
+    await child.writeFile("a.txt", "two\n");
+    await execa("git", ["add", "a.txt"], { cwd: child.root });
+    await child.writeFile("a.txt", "one\n");
+    const head = await child.head();
+    expect((await child.commit("undo")).sha).toBeNull();
+    expect(await child.head()).toBe(head);
+    await child.dispose();
+  });
+});
+
+describe("branch names without check-ref-format", () => {
+  it("accepts no name git refuses, and the ordinary names git accepts", async () => {
+    const dir = await createTestRepo();
+    const names = [
+      "summon-A", "feature/x", "a/b/c", "ünï/cødé", "a.b", "a-b_c+d", "v1.2", "x@y",
+      "", "-x", "HEAD", "@", "a..b", ".a", "a/.b", "a.lock", "a/b.lock/c", "a/", "/a", "a//b", "a.", "a@{1}", "a b", "a~1", "a^", "a:b",
+      "a?", "a*", "a[", "a\\b", "a\u0001", "a\u007f", "@{-1}",
+    ];
+    for (const name of names) {
+      const byGit = (await execa("git", ["check-ref-format", "--branch", name], { cwd: dir, reject: false })).exitCode === 0 && !name.startsWith("-");
+      if (isValidBranchName(name)) expect(byGit, name).toBe(true);
+    }
+    // Names git itself expands (`@`, `@{-1}`) or refuses are all refused here.
+    expect(names.filter(isValidBranchName)).toEqual(names.slice(0, 8));
+  });
+});
+
+describe("ref and object reads from files", () => {
+  it("answer as for-each-ref and cat-file do, for loose and packed refs", async () => {
+    const dir = await createTestRepo();
+    const common = join(dir, ".git");
+    await git(dir, "branch", "loose/below");
+    await git(dir, "branch", "flat");
+    expect(await refsAroundFromFiles(common, "loose")).toEqual({ exists: false, clash: "refs/heads/loose/below" });
+    expect(await refsAroundFromFiles(common, "flat/child")).toEqual({ exists: false, clash: "refs/heads/flat" });
+    expect(await refsAroundFromFiles(common, "flat")).toEqual({ exists: true, clash: null });
+    expect(await refsAroundFromFiles(common, "loose-other/x")).toEqual({ exists: false, clash: null });
+    await git(dir, "pack-refs", "--all");
+    expect(await refsAroundFromFiles(common, "loose")).toEqual({ exists: false, clash: "refs/heads/loose/below" });
+    expect(await refsAroundFromFiles(common, "main")).toEqual({ exists: true, clash: null });
+    await git(dir, "branch", "-D", "loose/below");
+    expect(await refsAroundFromFiles(common, "loose")).toEqual({ exists: false, clash: null });
+
+    const head = await git(dir, "rev-parse", "HEAD");
+    expect(await isLooseCommit(common, head)).toBe(true);
+    expect(await isLooseCommit(common, await git(dir, "rev-parse", "HEAD^{tree}"))).toBe(false);
+    await git(dir, "gc", "-q");
+    expect(await isLooseCommit(common, head)).toBe(false); // packed now: the caller asks git
+  });
+});
+
+describe("git subprocesses before a run's first request", () => {
+  it("open asks rev-parse once; listFiles and currentBranch take one call and none", async () => {
+    const dir = await createTestRepo({ "README.md": "# r\n", "gone.txt": "x\n", "src/a.ts": "a\n" });
+    const opened = await counted(() => LocalWorkspace.open(dir, { sandbox: false }));
+    expect(opened.calls.filter((call) => call === "rev-parse")).toEqual(["rev-parse"]);
+    const ws = opened.value;
+    await rm(join(dir, "gone.txt"));
+    await writeFile(join(dir, "new.txt"), "n\n");
+    const listed = await counted(() => ws.listFiles());
+    expect(listed.value).toEqual(["README.md", "new.txt", "src/a.ts"]);
+    expect(listed.calls).toEqual(["ls-files"]);
+    const branch = await counted(() => ws.currentBranch());
+    expect(branch).toEqual({ value: "main", calls: [] });
+    await git(dir, "checkout", "-q", "--detach");
+    expect(await ws.currentBranch()).toBe("HEAD");
+  });
+
+  it("open still finds a repository whose path holds a newline", async () => {
+    const parent = await mkdtemp(join(tmpdir(), "keen-nl-"));
+    const dir = join(parent, "line\nbreak");
+    await mkdir(dir);
+    await execa("git", ["init", "-q", "-b", "main"], { cwd: dir });
+    await writeFile(join(dir, "a.txt"), "a\n");
+    await execa("git", ["add", "-A"], { cwd: dir });
+    await execa("git", ["commit", "-qm", "init"], { cwd: dir, env: TEST_GIT_IDENTITY });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    expect(ws.root).toBe(await realpath(dir));
+    expect(await ws.listFiles()).toEqual(["a.txt"]);
+  });
+});

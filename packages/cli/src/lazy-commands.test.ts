@@ -1,0 +1,41 @@
+import { mkdtemp, readFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+import { keen } from "./testing/keen-process.js";
+
+const preload = fileURLToPath(new URL("./testing/record-imports.mjs", import.meta.url));
+
+/** Runs keen in a fresh process and returns what it printed and every module URL it resolved. */
+async function importsOf(args: string[]): Promise<{ stdout: string; exitCode: number | undefined; urls: string[] }> {
+  const log = join(await mkdtemp(join(tmpdir(), "keen-imports-")), "urls.txt");
+  const result = await keen(args, { KEEN_IMPORT_LOG: log }, { preload });
+  const urls = (await readFile(log, "utf8").catch(() => "")).split("\n").filter(Boolean);
+  return { stdout: String(result.stdout), exitCode: result.exitCode, urls };
+}
+
+const sdk = (url: string) => url.includes("/@anthropic-ai/sdk/");
+const agentCore = (url: string) => url.includes("/packages/agent-core/") || url.includes("/@keen/agent-core/");
+
+describe("what each command loads", () => {
+  it("keen --version and keen help load neither the SDK nor agent-core", async () => {
+    for (const args of [["--version"], ["help"], []]) {
+      const { stdout, exitCode, urls } = await importsOf(args);
+      expect(exitCode, args.join(" ")).toBe(0);
+      expect(stdout.length).toBeGreaterThan(0);
+      expect(urls.some((url) => url.includes("/packages/cli/src/main.ts"))).toBe(true); // the log works
+      expect(urls.filter(sdk), args.join(" ")).toEqual([]);
+      expect(urls.filter(agentCore), args.join(" ")).toEqual([]);
+      expect(urls.filter((url) => url.includes("/commands/run.ts") || url.includes("/commands/demo.ts"))).toEqual([]);
+    }
+  });
+
+  it("keen run loads them when it runs", async () => {
+    // A usage error (not a repository) after the run command's module has loaded, and with it agent-core.
+    const { exitCode, urls } = await importsOf(["run", "do something", "--repo", tmpdir()]);
+    expect(exitCode).toBe(2);
+    expect(urls.some(agentCore)).toBe(true);
+    expect(urls.some((url) => url.includes("/commands/run.ts"))).toBe(true);
+  });
+});
