@@ -26,6 +26,7 @@ import { summonPhase } from "./phases/summon.js";
 import { Step, type NextPhase } from "./step.js";
 import type { AgentState } from "./task-state.js";
 import type { AgentTree } from "./tree.js";
+import { dropTurnCheckpoint, restoreInterruptedTurn } from "./turn-checkpoints.js";
 
 /** Where each phase may go next. */
 export const TRANSITIONS: Record<Phase, readonly NextPhase[]> = {
@@ -56,6 +57,8 @@ export async function driveAgent(
   firstMessage: (agent: AgentState, workspace: Workspace, instruction: string) => Promise<string>,
 ): Promise<void> {
   try {
+    // A resumed agent whose last turn was cut short repeats it from the files it started with.
+    await restoreInterruptedTurn(tree, agent, workspace);
     if (agent.messages.length === 0 && agent.phase !== "DONE") {
       agent.messages.push({ role: "user", content: await firstMessage(agent, workspace, PHASES[agent.phase].instruction()) });
       await tree.snapshot();
@@ -64,7 +67,9 @@ export async function driveAgent(
       if (tree.signal.aborted) throw tree.signal.reason ?? new AbortedError();
       const step = Step.parse(await PHASES[agent.phase].run(tree, agent, workspace));
       enter(tree, agent, step);
-      await tree.snapshot();
+      // A snapshot must not say DONE before the work is committed (below): a resume does not
+      // drive a DONE agent again, so uncommitted work would be lost.
+      if (step.next !== "DONE") await tree.snapshot();
     }
   } catch (caught) {
     if (isInterruption(tree, caught)) {
@@ -79,6 +84,7 @@ export async function driveAgent(
   await commitWork(tree, agent, workspace);
   tree.emit({ type: "agent.completed", agentId: agent.id, status: agent.status ?? "error", summary: agent.summary ?? "", usage: tree.treeUsage(agent) });
   await tree.snapshot();
+  await dropTurnCheckpoint(tree, agent, workspace);
 }
 
 /** Moves `agent` to the step's phase: the only place an agent's phase changes. */
