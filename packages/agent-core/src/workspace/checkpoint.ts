@@ -38,23 +38,29 @@ export interface CheckpointTarget extends GitTarget {
 
 /**
  * Runs `task` with a private temporary index file that starts as a copy of the checkout's own
- * index (its stat data spares rehashing unchanged files) or, while that holds a merge's
- * conflicts or cannot be read, as HEAD's tree. The checkout's own index is only read.
+ * index (its stat data spares rehashing unchanged files) or, when that cannot be read or the
+ * task fails on it (a merge's conflicts in it), as HEAD's tree. The checkout's own index is only read.
  */
 async function withWorktreeIndex<T>(target: GitTarget, task: (env: Record<string, string>) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), "keen-checkpoint-"));
   const env = { GIT_INDEX_FILE: join(dir, "index") };
+  const fromHead = async () => {
+    await rm(env.GIT_INDEX_FILE, { force: true });
+    const head = await gitRaw(target, ["rev-parse", "-q", "--verify", "HEAD^{tree}"]);
+    await git(target, head.exitCode === 0 ? ["read-tree", oneLine(String(head.stdout))] : ["read-tree", "--empty"], { env });
+    return task(env);
+  };
   try {
     const copied = await copyFile(join(target.gitDir, "index"), env.GIT_INDEX_FILE).then(
       () => true,
       () => false,
     );
-    const conflicted = copied && String((await gitRaw(target, ["ls-files", "-u", "-z"], { env })).stdout) !== "";
-    if (!copied || conflicted) {
-      const head = await gitRaw(target, ["rev-parse", "-q", "--verify", "HEAD^{tree}"]);
-      await git(target, head.exitCode === 0 ? ["read-tree", oneLine(String(head.stdout))] : ["read-tree", "--empty"], { env });
+    if (!copied) return await fromHead();
+    try {
+      return await task(env);
+    } catch {
+      return await fromHead();
     }
-    return await task(env);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
