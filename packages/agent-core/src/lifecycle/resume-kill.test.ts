@@ -32,7 +32,7 @@ const scenario: Scenario = {
   root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "Alpha" }, { title: "Beta" }, { title: "Gamma" }], "if [ -f check.sh ]; then sh check.sh; fi")] },
   A: {
     complete_task: [
-      reply.toolUses(["edit_file", { path: "lib.txt", old_string: "keep\n", new_string: "keep\nalpha()\n" }], ["run_command", { command: "echo ran >> ran.log && sleep 1" }]),
+      reply.toolUses(["edit_file", { path: "lib.txt", old_string: "keep\n", new_string: "keep\nalpha()\n" }], ["run_command", { command: "echo ran >> ran.log && sleep 0.5" }]),
       write("check.sh", "grep -qx end lib.txt\n"),
       done("Alpha done."),
     ],
@@ -132,7 +132,6 @@ describe("resume after SIGKILL at every point of a turn", () => {
   it("ends every resumed run with the uninterrupted run's branches, files and merge outcomes", async () => {
     const folder = await mkdtemp(join(tmpdir(), "keen-kill-"));
     const all = await Promise.all([chain(0, folder, []), ...Array.from({ length: REPEATS }, (_, i) => chain(i + 1, folder, KILL_POINTS))]);
-    console.log(all.map((c) => c.processes.map((p) => Math.round(p.durationMs)).join(" ")).join("\n"));
     const [reference, ...chains] = all;
 
     expect(reference!.last.exitCode, String(reference!.last.stderr)).toBe(0);

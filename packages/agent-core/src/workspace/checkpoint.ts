@@ -73,16 +73,14 @@ async function stageTree(target: CheckpointTarget, env: Record<string, string>):
 }
 
 /**
- * Saves the work tree's files as a commit under `refs/keen/checkpoints/<key>` (parent: HEAD,
+ * Saves the work tree's files as a commit under `refs/keen/checkpoints/<key>` (no parent,
  * message: `label`), through a temporary index: the checkout's files, index and HEAD stay as
  * they are.
  */
 export async function saveCheckpoint(target: CheckpointTarget, key: string, label: string): Promise<WorkspaceCheckpoint> {
   const ref = checkpointRef(key);
   const tree = await withWorktreeIndex(target, (env) => stageTree(target, env));
-  const head = await gitRaw(target, ["rev-parse", "-q", "--verify", "HEAD^{commit}"]);
-  const parent = head.exitCode === 0 ? ["-p", oneLine(String(head.stdout))] : [];
-  const id = oneLine(await git(target, ["commit-tree", tree, ...parent, "-F", "-"], { env: CHECKPOINT_IDENTITY, input: label }));
+  const id = oneLine(await git(target, ["commit-tree", tree, "-F", "-"], { env: CHECKPOINT_IDENTITY, input: label }));
   await git(target, ["update-ref", ref, id]);
   return { id, label };
 }
