@@ -74,15 +74,16 @@ function taskProcess(mode: "start" | "resume", repo: string, snapshotPath: strin
   return execa(process.execPath, ["--import", "tsx", entry, JSON.stringify(config)], { cwd: repoRoot, reject: false, timeout: 90_000 });
 }
 
+/** Each agent's branch tree (by agent id, so run branch names may differ), the root's lib.txt and merges. */
 async function outcome(repo: string, snapshotPath: string): Promise<Outcome> {
   const git = async (...args: string[]) => (await execa("git", args, { cwd: repo })).stdout;
-  const trees: Record<string, string> = {};
-  for (const branch of (await git("branch", "--format=%(refname:short)")).split("\n")) trees[branch] = await git("rev-parse", `${branch}^{tree}`);
   const snapshot = JSON.parse(await readFile(snapshotPath, "utf8")) as TaskSnapshot;
+  const trees: Record<string, string> = { checkout: await git("rev-parse", "HEAD^{tree}") };
+  for (const agent of snapshot.agents) trees[agent.id] = await git("rev-parse", `${agent.branch}^{tree}`);
   const root = snapshot.agents.find((agent) => agent.id === "root")!;
   return {
     trees,
-    lib: await git("show", "main:lib.txt"),
+    lib: await git("show", `${root.branch}:lib.txt`),
     merges: Object.fromEntries(Object.entries(root.merges).map(([id, merge]) => [id, merge.status])),
     checkpointRefs: await git("for-each-ref", "refs/keen/checkpoints"),
     worktrees: (await git("worktree", "list")).split("\n").length,
