@@ -213,6 +213,24 @@ export const ContextPrunedEvent = z.object({
 });
 export type ContextPrunedEvent = z.infer<typeof ContextPrunedEvent>;
 
+/**
+ * On resume, for an agent whose last turn was cut short after its checkpoint: the worktree was
+ * put back to the state the turn started from (`restored`, listing the files that changed), or
+ * left as it was (`skipped`, with the reason: e.g. the agent works in a checkout keen did not
+ * create, whose files keen never puts back).
+ */
+export const TurnRestoredEvent = z.object({
+  ...envelope,
+  type: z.literal("turn.restored"),
+  branch: z.string(),
+  /** The agent's turn (counted from 0) that is repeated. */
+  turn: z.number().int().nonnegative(),
+  result: z.enum(["restored", "skipped"]),
+  files: z.array(z.string()),
+  detail: z.string().optional(),
+});
+export type TurnRestoredEvent = z.infer<typeof TurnRestoredEvent>;
+
 /** Every event keen emits, discriminated by `type`. */
 export const KeenEvent = z.discriminatedUnion("type", [
   RunStartedEvent,
@@ -232,6 +250,7 @@ export const KeenEvent = z.discriminatedUnion("type", [
   ValidationResultEvent,
   LimitReachedEvent,
   ContextPrunedEvent,
+  TurnRestoredEvent,
 ]);
 export type KeenEvent = z.infer<typeof KeenEvent>;
 

@@ -6,12 +6,19 @@ import type { Workspace } from "../workspace/workspace.js";
 import { reminderMessage } from "./prompts.js";
 import type { AgentState } from "./task-state.js";
 import type { AgentTree } from "./tree.js";
+import { checkpointTurn, countTurn } from "./turn-checkpoints.js";
 
 export interface ConverseOptions {
   /** Tools the agent may call now; with a closing tool, every lifecycle tool is shown and the others are refused. */
   tools: Tool<any>[];
   /** The tool that ends this step. Without one, the conversation ends when the model stops calling tools. */
   closingTool?: string;
+  /**
+   * Save the agent's files before each turn whose tools may write, so a resume can put them back
+   * before repeating a turn a crash cut short. Default true; off while resolving a merge (a
+   * resume restarts an interrupted merge from its pre-merge commit instead).
+   */
+  checkpoint?: boolean;
 }
 
 export type ConverseResult = ConversationResult & { closingCall?: { name: string; input: unknown } };
@@ -20,7 +27,9 @@ export type ConverseResult = ConversationResult & { closingCall?: { name: string
  * Runs the agent's conversation for one step of a phase: until its closing tool is called (one
  * reminder when the model answers without it, then `phase_failed`), or, with no closing tool,
  * until the model stops calling tools. Running out of turns raises `max_turns` after a
- * `limit.reached` event. Snapshots after every turn.
+ * `limit.reached` event. Snapshots after every turn (a turn counts as done once its snapshot is
+ * handed over); before each turn whose tools may write, saves the agent's files
+ * (`turn-checkpoints.ts`).
  */
 export async function converse(tree: AgentTree, agent: AgentState, workspace: Workspace, options: ConverseOptions): Promise<ConverseResult> {
   const { limits } = tree.state;
@@ -28,6 +37,7 @@ export async function converse(tree: AgentTree, agent: AgentState, workspace: Wo
   let reminded = false;
   let turnsLeft = limits.maxTurnsPerPhase;
   const context = tree.contextFor(agent);
+  const writes = options.checkpoint !== false && options.tools.some((tool) => !tool.readOnly);
   while (true) {
     const result = await runConversation({
       agentId: agent.id,
@@ -47,7 +57,11 @@ export async function converse(tree: AgentTree, agent: AgentState, workspace: Wo
       ...(options.closingTool ? { closingTools: new Set([options.closingTool]) } : {}),
       ...(context ? { context } : {}),
       usageBefore: agent.usage,
-      onTurn: () => tree.snapshot(),
+      ...(writes ? { beforeModelRequest: () => checkpointTurn(tree, agent, workspace) } : {}),
+      onTurn: () => {
+        countTurn(agent);
+        return tree.snapshot();
+      },
       onUsage: (usage) => {
         agent.usage = addUsage(agent.usage, usage);
       },

@@ -10,6 +10,7 @@ import { contextTracker } from "./context-tracker.js";
 import { driveAgent } from "./machine.js";
 import type { AgentState, TaskSnapshot } from "./task-state.js";
 import { AgentTree, type EngineSettings } from "./tree.js";
+import { dropRunCheckpoints } from "./turn-checkpoints.js";
 
 export interface TaskResult extends RunResult {
   /** Final state of every agent in the tree. */
@@ -122,6 +123,8 @@ async function execute(tree: AgentTree, config: EngineConfig): Promise<TaskResul
   // The result lives on the run branch; its worktree is not needed any more.
   if (runWorktree) await runWorktree.dispose().catch(() => {});
   let { status, summary, error } = outcome(tree, root, failure);
+  // An interrupted run is resumed from its checkpoints; any other end needs them no more.
+  if (status !== "interrupted") await dropRunCheckpoints(tree, settings.workspace);
   const usage = root ? tree.treeUsage(root) : emptyUsage();
   const cost = costUsd(settings.model.id, usage);
   await tree.snapshot();

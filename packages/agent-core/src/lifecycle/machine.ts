@@ -26,6 +26,7 @@ import { summonPhase } from "./phases/summon.js";
 import { Step, type NextPhase } from "./step.js";
 import type { AgentState } from "./task-state.js";
 import type { AgentTree } from "./tree.js";
+import { dropTurnCheckpoint, restoreInterruptedTurn } from "./turn-checkpoints.js";
 
 /** Where each phase may go next. */
 export const TRANSITIONS: Record<Phase, readonly NextPhase[]> = {
@@ -55,7 +56,10 @@ export async function driveAgent(
   workspace: Workspace,
   firstMessage: (agent: AgentState, workspace: Workspace, instruction: string) => Promise<string>,
 ): Promise<void> {
+  let end: Extract<Step, { next: "DONE" }> | undefined;
   try {
+    // A resumed agent whose last turn was cut short repeats it from the files it started with.
+    await restoreInterruptedTurn(tree, agent, workspace);
     if (agent.messages.length === 0 && agent.phase !== "DONE") {
       agent.messages.push({ role: "user", content: await firstMessage(agent, workspace, PHASES[agent.phase].instruction()) });
       await tree.snapshot();
@@ -63,6 +67,11 @@ export async function driveAgent(
     while (agent.phase !== "DONE") {
       if (tree.signal.aborted) throw tree.signal.reason ?? new AbortedError();
       const step = Step.parse(await PHASES[agent.phase].run(tree, agent, workspace));
+      checkTransition(agent, step);
+      if (step.next === "DONE") {
+        end = step;
+        break;
+      }
       enter(tree, agent, step);
       await tree.snapshot();
     }
@@ -74,20 +83,36 @@ export async function driveAgent(
       await tree.snapshot();
       return;
     }
-    enter(tree, agent, failureStep(tree, caught), { force: true });
+    end = failureStep(tree, caught);
   }
-  await commitWork(tree, agent, workspace);
+  if (end) {
+    // The work is committed before the agent is DONE: any snapshot (other agents take them
+    // meanwhile) that shows it DONE finds its work on its branch, and a resume never drives a
+    // DONE agent again. The commit may still turn the outcome into an error.
+    agent.status = end.status;
+    agent.summary = end.summary;
+    if (end.error) agent.error = end.error;
+    await commitWork(tree, agent, workspace);
+    enter(tree, agent, { next: "DONE", status: agent.status, summary: agent.summary, ...(agent.error ? { error: agent.error } : {}) }, { force: true });
+  } else {
+    await commitWork(tree, agent, workspace);
+  }
   tree.emit({ type: "agent.completed", agentId: agent.id, status: agent.status ?? "error", summary: agent.summary ?? "", usage: tree.treeUsage(agent) });
   await tree.snapshot();
+  await dropTurnCheckpoint(tree, agent, workspace);
+}
+
+function checkTransition(agent: AgentState, step: Step): void {
+  if (agent.phase !== "DONE" && !TRANSITIONS[agent.phase].includes(step.next)) {
+    throw new KeenError("invalid_transition", `Agent ${agent.id} cannot go from ${agent.phase} to ${step.next}`);
+  }
 }
 
 /** Moves `agent` to the step's phase: the only place an agent's phase changes. */
 function enter(tree: AgentTree, agent: AgentState, step: Step, { force = false } = {}): void {
   const from = agent.phase;
   if (from === "DONE") return;
-  if (!force && !TRANSITIONS[from].includes(step.next)) {
-    throw new KeenError("invalid_transition", `Agent ${agent.id} cannot go from ${from} to ${step.next}`);
-  }
+  if (!force) checkTransition(agent, step);
   if (step.next === "DONE") {
     agent.status = step.status;
     agent.summary = step.summary;
@@ -108,7 +133,7 @@ function isInterruption(tree: AgentTree, caught: unknown): boolean {
 }
 
 /** How an agent ends when its phase throws: stopped (abort, budget), failed, or an error. */
-function failureStep(tree: AgentTree, caught: unknown): Step {
+function failureStep(tree: AgentTree, caught: unknown): Extract<Step, { next: "DONE" }> {
   if (tree.signal.aborted || isKeenError(caught, "aborted") || caught instanceof BudgetSpent) {
     const reason = tree.signal.reason ?? caught;
     const message = reason instanceof Error ? reason.message : typeof reason === "string" ? reason : "aborted";

@@ -113,7 +113,7 @@ async function resolveMerge(tree: AgentTree, parent: AgentState, workspace: Fork
     `${agentTag(parent.id, "SUMMON")}\n${problem}\nChild ${child.id} ("${child.title}") reported: ${child.summary ?? "(no summary)"}\nResolve it with the file tools (remove every conflict marker), then call complete_merge.`,
   );
   const tools = [...builtinTools(tree.toolOptions()), completeMergeTool];
-  const { closingCall } = await converse(tree, parent, workspace, { tools, closingTool: "complete_merge" });
+  const { closingCall } = await converse(tree, parent, workspace, { tools, closingTool: "complete_merge", checkpoint: false });
   const note = (closingCall!.input as { summary: string }).summary;
   const conflicted = await workspace.conflictedFiles();
   if (conflicted.length > 0) return workspace.commitMerge(commitMessage(`Merge ${child.branch}: ${child.title}`, note));

@@ -32,6 +32,11 @@ export const AgentState = z.object({
   /** This agent's own usage (children not included). */
   usage: Usage,
   commit: z.string().nullable().optional(),
+  /**
+   * Model turns this agent has completed (its tool results in `messages`). A checkpoint labelled
+   * with a turn equal to this one was taken before a turn that never completed.
+   */
+  turns: z.number().int().nonnegative().optional(),
   /** Why the agent ended as it did, when it did not succeed. */
   error: z.object({ code: z.string(), message: z.string() }).optional(),
 });

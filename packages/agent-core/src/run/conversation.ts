@@ -117,10 +117,11 @@ export async function runConversation(options: ConversationOptions): Promise<Con
     account(response);
     finalText = textOf(response.content);
     if (finalText) emit({ type: "model.text", agentId, text: finalText });
-    messages.push({ role: "assistant", content: response.content });
+    const assistant: Message = { role: "assistant", content: response.content };
 
     const calls = response.content.filter((block): block is ToolUseBlock => block.type === "tool_use");
     if (calls.length === 0) {
+      messages.push(assistant);
       if (response.stopReason === "pause_turn") {
         await options.onTurn?.(turn);
         continue;
@@ -139,6 +140,9 @@ export async function runConversation(options: ConversationOptions): Promise<Con
         closingCall = { name: call.name, input: call.input };
       }
     }
+    // The calls and their results join the conversation together, once every tool has run: a
+    // snapshot taken meanwhile (another agent's turn) never holds calls without their results.
+    messages.push(assistant);
     const budget = options.context?.toolOutputBudget({ system: options.system, tools: specs, messages, maxTokens: options.maxTokens });
     messages.push({ role: "user", content: budget === undefined ? results : capToolResults(results, calls, budget) });
     await options.onTurn?.(turn);

@@ -5,12 +5,18 @@ import { execa } from "execa";
 import { describe, expect, it } from "vitest";
 import { LocalWorkspace } from "./local-workspace.js";
 import { createTestRepo } from "./test-repo.js";
-import { runWorkspaceContract } from "./workspace.contract.js";
+import { runCheckpointContract, runWorkspaceContract } from "./workspace.contract.js";
 
 // The sandboxed variant runs the same contract in sandbox-runner.test.ts.
 runWorkspaceContract("LocalWorkspace without a sandbox", async () => {
   const dir = await createTestRepo();
   return { dir, workspace: await LocalWorkspace.open(dir, { sandbox: false }) };
+});
+
+runCheckpointContract("LocalWorkspace", async () => {
+  const dir = await createTestRepo();
+  const userCheckout = await LocalWorkspace.open(dir, { sandbox: false });
+  return { workspace: await userCheckout.fork("keen/work"), userCheckout };
 });
 
 describe("LocalWorkspace", () => {

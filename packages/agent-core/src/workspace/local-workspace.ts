@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { execa } from "execa";
 import { KeenError, PathOutsideWorkspaceError } from "../errors.js";
+import { dropCheckpoint, readCheckpoint, restoreCheckpoint, saveCheckpoint } from "./checkpoint.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
@@ -26,6 +27,7 @@ import {
   type RecoveryReport,
 } from "./worktree-recovery.js";
 import type {
+  CheckpointableWorkspace,
   CommitOptions,
   CommitResult,
   ExecOptions,
@@ -36,6 +38,8 @@ import type {
   ListFilesOptions,
   MergeResult,
   ReadFileOptions,
+  RestoreReport,
+  WorkspaceCheckpoint,
 } from "./workspace.js";
 
 export interface LocalWorkspaceOptions {
@@ -89,7 +93,7 @@ const checkoutQueues = new Map<string, Promise<unknown>>();
  * await child.commit("Add notes");
  * await ws.merge("summon-A", "Merge summon-A");
  */
-export class LocalWorkspace implements ForkableWorkspace {
+export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspace {
   private recovery: RecoveryReport = { removedWorktrees: [], salvagedBranches: [], removedLocks: [] };
   private forkReport: ForkReport | undefined;
   private sparsePaths: readonly string[] | undefined;
@@ -425,6 +429,34 @@ export class LocalWorkspace implements ForkableWorkspace {
       else if (!" ?!".includes(code[0]!)) stagedBefore = true;
     }
     return { entries, unmerged, stagedBefore };
+  }
+
+  /**
+   * Saves the worktree's files under `refs/keen/checkpoints/<key>` through a temporary index; the
+   * checkout's files, index, HEAD and branches are never written.
+   */
+  async checkpoint(key: string, label: string): Promise<WorkspaceCheckpoint> {
+    return this.locked(() => saveCheckpoint({ ...this.target, maxFileBytes: this.maxFileBytes }, key, label));
+  }
+
+  async readCheckpoint(key: string): Promise<WorkspaceCheckpoint | null> {
+    return readCheckpoint(this.target, key);
+  }
+
+  /** Only worktrees keen forked may be restored: a checkout opened with `open` may be a user's. */
+  get restorable(): boolean {
+    return this.isFork;
+  }
+
+  async restoreCheckpoint(key: string): Promise<RestoreReport> {
+    if (!this.isFork) {
+      throw new KeenError("restore_refused", `${this.root} is a checkout keen did not create; keen never puts back files in it`);
+    }
+    return this.locked(() => restoreCheckpoint({ ...this.target, maxFileBytes: this.maxFileBytes }, key));
+  }
+
+  async dropCheckpoint(key: string): Promise<void> {
+    await dropCheckpoint(this.target, key);
   }
 
   /** HEAD's commit, or null when HEAD names none. Read from the ref files when they answer plainly. */

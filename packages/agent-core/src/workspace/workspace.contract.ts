@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeEach, describe, expect, it } from "vitest";
 import { hostPidsRunning } from "./test-repo.js";
-import type { Workspace } from "./workspace.js";
+import type { CheckpointableWorkspace, Workspace } from "./workspace.js";
 
 /**
  * The behaviour every `Workspace` implementation must have. `create` gets a fresh git
@@ -173,6 +173,98 @@ export function runWorkspaceContract(name: string, setup: () => Promise<{ dir: s
         ]);
         expect(await ws.exists(".env")).toBe(true);
       });
+    });
+  });
+}
+
+/**
+ * The behaviour of a `CheckpointableWorkspace`. `setup` gets a fresh git repository folder (with
+ * README.md committed) and returns a workspace keen owns (`workspace`, restorable) and one over
+ * a checkout keen must never write (`userCheckout`, such as the repository's own checkout).
+ */
+export function runCheckpointContract(
+  name: string,
+  setup: () => Promise<{ workspace: CheckpointableWorkspace; userCheckout: CheckpointableWorkspace }>,
+): void {
+  describe(`CheckpointableWorkspace contract: ${name}`, () => {
+    let ws: CheckpointableWorkspace;
+    let user: CheckpointableWorkspace;
+    beforeEach(async () => {
+      ({ workspace: ws, userCheckout: user } = await setup());
+    });
+
+    it("puts the files back exactly: edits undone, added files and folders removed, deleted ones back", async () => {
+      await ws.writeFile("lib.txt", "keep\nend\n");
+      await ws.writeFile("notes/untracked.txt", "before\n");
+      await ws.commit("lib", { author: { name: "A", email: "a@x" } });
+      await ws.writeFile("notes/untracked.txt", "uncommitted before the turn\n");
+      const head = await ws.head();
+      const branch = await ws.currentBranch();
+      const saved = await ws.checkpoint("run-1/A", "turn 3");
+      expect(saved.label).toBe("turn 3");
+      // The checkpoint changed nothing: HEAD, branch, and the pending change is still uncommitted.
+      expect(await ws.head()).toBe(head);
+      expect(await ws.currentBranch()).toBe(branch);
+
+      // An interrupted turn: an insertion, a new file in a new folder, a deletion, a change.
+      await ws.writeFile("lib.txt", "keep\nalpha()\nend\n");
+      await ws.writeFile("src/deep/new.ts", "export {};\n");
+      await ws.exec("rm README.md");
+      await ws.writeFile("notes/untracked.txt", "changed by the turn\n");
+      const report = await ws.restoreCheckpoint("run-1/A");
+
+      expect(report.changed.sort()).toEqual(["README.md", "lib.txt", "notes/untracked.txt", "src/deep/new.ts"]);
+      expect(await ws.readFile("lib.txt")).toBe("keep\nend\n");
+      expect(await ws.readFile("README.md")).toBe("# test\n");
+      expect(await ws.readFile("notes/untracked.txt")).toBe("uncommitted before the turn\n");
+      expect(await ws.exists("src/deep/new.ts")).toBe(false);
+      expect(await ws.exists("src")).toBe(false);
+      expect(await ws.head()).toBe(head);
+      // Restoring again changes nothing; the restored state commits like any other.
+      expect((await ws.restoreCheckpoint("run-1/A")).changed).toEqual([]);
+      const { sha } = await ws.commit("after restore", { author: { name: "A", email: "a@x" } });
+      expect(sha).not.toBeNull();
+      expect(await ws.listFiles()).toEqual(["README.md", "lib.txt", "notes/untracked.txt"]);
+    });
+
+    it("never saves or restores keen's temp files or credentials, and leaves them in place", async () => {
+      await ws.writeFile(".env", "TOKEN=before\n");
+      await writeFile(join(ws.root, ".keen-0123456789ab.tmp"), "partial");
+      await ws.checkpoint("k", "t");
+      await ws.writeFile(".env", "TOKEN=after\n");
+      await ws.writeFile("added.txt", "x\n");
+      await ws.restoreCheckpoint("k");
+      expect(await ws.exists("added.txt")).toBe(false);
+      expect(await ws.readFile(".env")).toBe("TOKEN=after\n");
+      expect(await ws.readFile(".keen-0123456789ab.tmp")).toBe("partial");
+    });
+
+    it("reads, replaces and drops checkpoints by key; a missing one is a coded error", async () => {
+      expect(await ws.readCheckpoint("run/A")).toBeNull();
+      const first = await ws.checkpoint("run/A", "turn 1");
+      await ws.writeFile("x.txt", "x\n");
+      const second = await ws.checkpoint("run/A", "turn 2");
+      expect(second.id).not.toBe(first.id);
+      expect(await ws.readCheckpoint("run/A")).toEqual(second);
+      await ws.checkpoint("run/B", "other");
+      await ws.dropCheckpoint("run/A");
+      await ws.dropCheckpoint("run/A");
+      expect(await ws.readCheckpoint("run/A")).toBeNull();
+      expect(await ws.readCheckpoint("run/B")).toMatchObject({ label: "other" });
+      await expect(ws.restoreCheckpoint("run/A")).rejects.toMatchObject({ code: "checkpoint_not_found" });
+      for (const key of ["", "../x", "a b", ".hidden", "a/../b", "x.lock", "a//b"]) {
+        await expect(ws.checkpoint(key, "t"), key).rejects.toMatchObject({ code: "invalid_checkpoint_key" });
+      }
+    });
+
+    it("never puts back files in a checkout keen did not create", async () => {
+      expect(ws.restorable).toBe(true);
+      expect(user.restorable).toBe(false);
+      await user.writeFile("mine.txt", "the user's\n");
+      await user.checkpoint("user/root", "t");
+      await user.writeFile("mine.txt", "the user's, edited\n");
+      await expect(user.restoreCheckpoint("user/root")).rejects.toMatchObject({ code: "restore_refused" });
+      expect(await user.readFile("mine.txt")).toBe("the user's, edited\n");
     });
   });
 }

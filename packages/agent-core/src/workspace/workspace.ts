@@ -185,3 +185,49 @@ export function isForkable(workspace: Workspace): workspace is ForkableWorkspace
   const candidate = workspace as Partial<ForkableWorkspace>;
   return typeof candidate.fork === "function" && typeof candidate.merge === "function" && typeof candidate.resetTo === "function";
 }
+
+/** A saved state of a workspace's files: see `CheckpointableWorkspace`. */
+export interface WorkspaceCheckpoint {
+  /** Identifies the saved state (for `LocalWorkspace`, a commit id). */
+  id: string;
+  /** The text given to `checkpoint`. */
+  label: string;
+}
+
+/** What `restoreCheckpoint` changed: paths written back or removed, relative to the root. */
+export interface RestoreReport {
+  changed: string[];
+}
+
+/**
+ * A workspace that can save the state of its files and put them back exactly, so that a turn cut
+ * short by a crash can be repeated from where it started. Optional capability of a `Workspace`;
+ * resume uses it when it is there.
+ */
+export interface CheckpointableWorkspace extends Workspace {
+  /**
+   * Saves the content of every tracked and untracked, non-ignored file under `key` (replacing an
+   * earlier checkpoint of that key), with `label` kept beside it. Leaves out what `commit` would
+   * (credentials, oversized files, keen's `.keen-*.tmp` files, non-regular files), never changes
+   * the checkout's files, index, HEAD or branch, and makes no commit on any branch.
+   */
+  checkpoint(key: string, label: string): Promise<WorkspaceCheckpoint>;
+  /** The checkpoint saved under `key`, or null when there is none. */
+  readCheckpoint(key: string): Promise<WorkspaceCheckpoint | null>;
+  /**
+   * Makes the files exactly what they were at `checkpoint(key)`: files added since are removed,
+   * changed and deleted ones written back; files a checkpoint leaves out stay as they are. HEAD,
+   * branch and the commits are not changed. Refused with code `restore_refused` in a checkout
+   * keen did not create (a user's), and with `checkpoint_not_found` when `key` has none.
+   */
+  restoreCheckpoint(key: string): Promise<RestoreReport>;
+  /** True when `restoreCheckpoint` may change this checkout's files (it is one keen created). */
+  readonly restorable: boolean;
+  /** Deletes the checkpoint saved under `key`; no-op when there is none. */
+  dropCheckpoint(key: string): Promise<void>;
+}
+
+export function isCheckpointable(workspace: Workspace): workspace is CheckpointableWorkspace {
+  const candidate = workspace as Partial<CheckpointableWorkspace>;
+  return typeof candidate.checkpoint === "function" && typeof candidate.restoreCheckpoint === "function" && typeof candidate.dropCheckpoint === "function";
+}

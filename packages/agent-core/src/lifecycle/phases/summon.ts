@@ -17,14 +17,16 @@ export const summonPhase: PhaseDefinition = {
   instruction: (note) => `Phase SUMMON${note ? ` (${note})` : ""}: your subtasks are running.`,
   async run(tree, agent, workspace) {
     if (!isForkable(workspace)) throw new ConfigError("Subtasks need a workspace that can fork (such as LocalWorkspace)");
-    if (agent.children.length === 0) await createChildren(tree, agent);
+    // Children made now get new branches; children read from a snapshot may already have theirs
+    // (a crash can come between the fork and their first turn), so they are re-attached.
+    const created = new Set(agent.children.length === 0 ? await createChildren(tree, agent) : []);
     const children = agent.children.map((id) => tree.agents.get(id)!);
     const forked: ForkableWorkspace[] = [];
     try {
       // Fork every child first, all at once: fork holds the repository lock only to create the
       // branch and register the worktree, so the checkouts run in parallel. Events keep child order.
       const toFork = children.filter((child) => !(child.phase === "DONE" && tree.workspaces.has(child.id)));
-      const fresh = new Set(toFork.filter((child) => child.messages.length === 0).map((child) => child.id));
+      const fresh = new Set(toFork.filter((child) => created.has(child.id)).map((child) => child.id));
       for (const child of toFork) if (fresh.has(child.id)) tree.emitSpawn(child);
       // A new child's branch is created fresh from the parent's head (a sparse worktree when its
       // subtask names its paths); a resumed one is re-attached.
@@ -81,8 +83,8 @@ export const summonPhase: PhaseDefinition = {
   },
 };
 
-/** Turns the plan's subtasks into child agents, cut to the tree's limits (with events). */
-async function createChildren(tree: AgentTree, agent: AgentState): Promise<void> {
+/** Turns the plan's subtasks into child agents, cut to the tree's limits (with events); returns their ids. */
+async function createChildren(tree: AgentTree, agent: AgentState): Promise<string[]> {
   const { limits } = tree.state;
   let subtasks = agent.plan!.subtasks;
   if (subtasks.length > limits.maxChildren) {
@@ -108,6 +110,7 @@ async function createChildren(tree: AgentTree, agent: AgentState): Promise<void>
     agent.merges[child.id] = { status: "pending" };
   }
   await tree.snapshot();
+  return [...agent.children];
 }
 
 /** `fork` options of a new child: the paths its subtask names, in the order children were created. */

@@ -1,0 +1,136 @@
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { execa } from "execa";
+import { describe, expect, it } from "vitest";
+import type { KeenEvent } from "../events.js";
+import { anthropic } from "../model/anthropic.js";
+import { EventStream } from "../run/event-stream.js";
+import { LocalWorkspace } from "../workspace/local-workspace.js";
+import { createTestRepo } from "../workspace/test-repo.js";
+import type { Workspace } from "../workspace/workspace.js";
+import { SNAPSHOT_VERSION, type AgentState, type TaskSnapshot } from "./task-state.js";
+import { AgentTree } from "./tree.js";
+import { checkpointKey, checkpointTurn, countTurn, dropRunCheckpoints, restoreInterruptedTurn } from "./turn-checkpoints.js";
+
+/** A tree holding one agent in COMPLETE, and the events it emits. */
+function treeWith(workspace: Workspace, runId = "run_1"): { tree: AgentTree; agent: AgentState; events: KeenEvent[] } {
+  const agent: AgentState = {
+    id: "A",
+    parentId: "root",
+    depth: 1,
+    branch: "summon-A",
+    title: "Alpha",
+    instructions: "Do it",
+    phase: "COMPLETE",
+    messages: [],
+    children: [],
+    merges: {},
+    usage: { inputTokens: 0, outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 },
+  };
+  const state: TaskSnapshot = {
+    version: SNAPSHOT_VERSION,
+    runId,
+    vision: "v",
+    nextSeq: 0,
+    limits: { maxDepth: 2, maxChildren: 4, maxAgents: 10, maxTurnsPerPhase: 30 },
+    maxConcurrency: 1,
+    onConflict: "rollback",
+    tokensSpent: 0,
+    agents: [agent],
+  };
+  const stream = new EventStream(runId);
+  const events: KeenEvent[] = [];
+  stream.on("*", (event) => events.push(event));
+  const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: "http://127.0.0.1:9" });
+  const tree = new AgentTree(state, { workspace, model }, stream, new AbortController(), "");
+  return { tree, agent: tree.agents.get("A")!, events };
+}
+
+async function forked(): Promise<{ dir: string; checkout: LocalWorkspace; child: LocalWorkspace }> {
+  const dir = await createTestRepo({ "README.md": "# test\n", "lib.txt": "keep\nend\n" });
+  const checkout = await LocalWorkspace.open(dir, { sandbox: false });
+  return { dir, checkout, child: await checkout.fork("summon-A") };
+}
+
+describe("turn checkpoints", () => {
+  it("puts the files back before repeating a turn the snapshot never recorded, and only then", async () => {
+    const { child } = await forked();
+    const { tree, agent, events } = treeWith(child);
+    countTurn(agent); // one turn done (say, EXPLORE)
+    await checkpointTurn(tree, agent, child);
+    // The turn writes, then the process dies before its snapshot: agent.turns is still 1.
+    await child.writeFile("lib.txt", "keep\nalpha()\nend\n");
+    await child.writeFile("new.txt", "x\n");
+    await restoreInterruptedTurn(tree, agent, child);
+    expect(await child.readFile("lib.txt")).toBe("keep\nend\n");
+    expect(await child.exists("new.txt")).toBe(false);
+    expect(events.filter((e) => e.type === "turn.restored")).toEqual([
+      expect.objectContaining({ agentId: "A", branch: "summon-A", turn: 1, result: "restored", files: ["lib.txt", "new.txt"] }),
+    ]);
+
+    // Once the turn is recorded as done, its effects are the agent's work: nothing is put back.
+    await child.writeFile("lib.txt", "keep\nalpha()\nend\n");
+    countTurn(agent);
+    await restoreInterruptedTurn(tree, agent, child);
+    expect(await child.readFile("lib.txt")).toBe("keep\nalpha()\nend\n");
+    expect(events.filter((e) => e.type === "turn.restored")).toHaveLength(1);
+  });
+
+  it("never restores a checkout keen did not create: the user's files stay and an event says so", async () => {
+    const dir = await createTestRepo({ "README.md": "# test\n", "lib.txt": "keep\nend\n" });
+    const checkout = await LocalWorkspace.open(dir, { sandbox: false });
+    const { tree, agent, events } = treeWith(checkout);
+    await checkpointTurn(tree, agent, checkout);
+    await writeFile(join(dir, "lib.txt"), "the user's edit\n");
+    await restoreInterruptedTurn(tree, agent, checkout);
+    expect(await readFile(join(dir, "lib.txt"), "utf8")).toBe("the user's edit\n");
+    expect(events).toEqual([expect.objectContaining({ type: "turn.restored", result: "skipped", files: [], detail: expect.stringContaining("keen did not create") })]);
+    // The checkpoint never touched the user's index or HEAD.
+    expect((await execa("git", ["status", "--porcelain"], { cwd: dir })).stdout).toBe(" M lib.txt");
+  });
+
+  it("leaves the files alone when the snapshot is older than the checkpoint", async () => {
+    const { child } = await forked();
+    const { tree, agent, events } = treeWith(child);
+    countTurn(agent);
+    await checkpointTurn(tree, agent, child);
+    agent.turns = 0; // a snapshot that lags behind (the host failed to store the newer one)
+    await child.writeFile("lib.txt", "changed\n");
+    await restoreInterruptedTurn(tree, agent, child);
+    expect(await child.readFile("lib.txt")).toBe("changed\n");
+    expect(events).toEqual([expect.objectContaining({ type: "turn.restored", result: "skipped" })]);
+  });
+
+  it("keys checkpoints by run and agent as valid refs, and drops every one of a run", async () => {
+    expect(checkpointKey("run_1", "A-B")).toBe("run_1/A-B");
+    expect(checkpointKey("my run/..", "A")).toMatch(/^my_run___-[0-9a-f]{8}\/A$/);
+    const { dir, checkout, child } = await forked();
+    const { tree, agent } = treeWith(child, "run with spaces");
+    await checkpointTurn(tree, agent, child);
+    const refs = async () => (await execa("git", ["for-each-ref", "--format=%(refname)", "refs/keen/checkpoints"], { cwd: dir })).stdout;
+    expect(await refs()).toMatch(/^refs\/keen\/checkpoints\/run_with_spaces-[0-9a-f]{8}\/A$/);
+    // Never a branch, and the branch's own head did not move.
+    expect((await execa("git", ["branch", "--format=%(refname:short)"], { cwd: dir })).stdout.split("\n").sort()).toEqual(["main", "summon-A"]);
+    await dropRunCheckpoints(tree, checkout);
+    expect(await refs()).toBe("");
+  });
+
+  it("checkpoints and restores mid-merge, without writing the worktree's own index", async () => {
+    const { dir, child } = await forked();
+    await execa("git", ["checkout", "-q", "-b", "other"], { cwd: dir });
+    await writeFile(join(dir, "lib.txt"), "other\nend\n");
+    await execa("git", ["commit", "-qam", "other"], { cwd: dir, env: { GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@x", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@x" } });
+    await child.writeFile("lib.txt", "mine\nend\n");
+    await child.commit("mine", { author: { name: "t", email: "t@x" } });
+    expect(await child.merge("other", "merge other")).toMatchObject({ status: "conflict" });
+    const indexPath = (await execa("git", ["rev-parse", "--path-format=absolute", "--git-path", "index"], { cwd: child.root })).stdout;
+    const before = await readFile(indexPath);
+    const { tree, agent } = treeWith(child);
+    await checkpointTurn(tree, agent, child);
+    expect(await readFile(indexPath)).toEqual(before);
+    const conflicted = await child.readFile("lib.txt");
+    await child.writeFile("lib.txt", "resolved\n");
+    await restoreInterruptedTurn(tree, agent, child);
+    expect(await child.readFile("lib.txt")).toBe(conflicted);
+  });
+});

@@ -1,0 +1,122 @@
+import { copyFile, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { KeenError } from "../errors.js";
+import { stageChanges } from "./commit-filter.js";
+import { git, gitRaw, nulSeparated, oneLine, type GitTarget } from "./git.js";
+import type { RestoreReport, WorkspaceCheckpoint } from "./workspace.js";
+
+/** Where checkpoints live: private refs, never branches, shared by every worktree of a repository. */
+export const CHECKPOINT_REF_PREFIX = "refs/keen/checkpoints/";
+
+/** Author and committer of checkpoint commits (they are private and never on a branch). */
+const CHECKPOINT_IDENTITY = {
+  GIT_AUTHOR_NAME: "keen",
+  GIT_AUTHOR_EMAIL: "keen@localhost",
+  GIT_COMMITTER_NAME: "keen",
+  GIT_COMMITTER_EMAIL: "keen@localhost",
+};
+
+const KEY_PART = /^[A-Za-z0-9_-][A-Za-z0-9._-]*$/;
+
+/**
+ * The ref of a checkpoint key: one or more `/`-separated parts of letters, digits, `.`, `_` and
+ * `-` (no part starts with a dot, none ends with `.lock`, no `..`). Anything else is refused
+ * with code `invalid_checkpoint_key`.
+ */
+export function checkpointRef(key: string): string {
+  const parts = typeof key === "string" ? key.split("/") : [];
+  const valid = parts.length > 0 && parts.every((part) => KEY_PART.test(part) && !part.endsWith(".lock") && !part.includes(".."));
+  if (!valid) throw new KeenError("invalid_checkpoint_key", `"${String(key)}" is not a valid checkpoint key`);
+  return `${CHECKPOINT_REF_PREFIX}${key}`;
+}
+
+export interface CheckpointTarget extends GitTarget {
+  /** Files over this size are left out, as `commit` leaves them out. */
+  maxFileBytes: number;
+}
+
+/**
+ * Runs `task` with a private temporary index file that starts as a copy of the checkout's own
+ * index (its stat data spares rehashing unchanged files) or, when that cannot be read or the
+ * task fails on it (a merge's conflicts in it), as HEAD's tree. The checkout's own index is only read.
+ */
+async function withWorktreeIndex<T>(target: GitTarget, task: (env: Record<string, string>) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(join(tmpdir(), "keen-checkpoint-"));
+  const env = { GIT_INDEX_FILE: join(dir, "index") };
+  const fromHead = async () => {
+    await rm(env.GIT_INDEX_FILE, { force: true });
+    const head = await gitRaw(target, ["rev-parse", "-q", "--verify", "HEAD^{tree}"]);
+    await git(target, head.exitCode === 0 ? ["read-tree", oneLine(String(head.stdout))] : ["read-tree", "--empty"], { env });
+    return task(env);
+  };
+  try {
+    const copied = await copyFile(join(target.gitDir, "index"), env.GIT_INDEX_FILE).then(
+      () => true,
+      () => false,
+    );
+    if (!copied) return await fromHead();
+    try {
+      return await task(env);
+    } catch {
+      return await fromHead();
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Stages the work tree into the temporary index (what `commit` would take) and returns its tree. */
+async function stageTree(target: CheckpointTarget, env: Record<string, string>): Promise<string> {
+  await stageChanges(target, { maxFileBytes: target.maxFileBytes, env });
+  return oneLine(await git(target, ["write-tree"], { env }));
+}
+
+/**
+ * Saves the work tree's files as a commit under `refs/keen/checkpoints/<key>` (no parent,
+ * message: `label`), through a temporary index: the checkout's files, index and HEAD stay as
+ * they are.
+ */
+export async function saveCheckpoint(target: CheckpointTarget, key: string, label: string): Promise<WorkspaceCheckpoint> {
+  const ref = checkpointRef(key);
+  const tree = await withWorktreeIndex(target, (env) => stageTree(target, env));
+  const id = oneLine(await git(target, ["commit-tree", tree, "-F", "-"], { env: CHECKPOINT_IDENTITY, input: label }));
+  await git(target, ["update-ref", ref, id]);
+  return { id, label };
+}
+
+/** The checkpoint under `key`, or null. */
+export async function readCheckpoint(target: GitTarget, key: string): Promise<WorkspaceCheckpoint | null> {
+  const found = await gitRaw(target, ["rev-parse", "-q", "--verify", `${checkpointRef(key)}^{commit}`]);
+  if (found.exitCode !== 0) return null;
+  const id = oneLine(String(found.stdout));
+  const raw = await git(target, ["cat-file", "commit", id]);
+  const split = raw.indexOf("\n\n");
+  return { id, label: split === -1 ? "" : oneLine(raw.slice(split + 2)) };
+}
+
+/**
+ * Makes the work tree's files those of the checkpoint under `key`: a two-tree switch from the
+ * work tree as it is now (staged into a temporary index) to the checkpoint's tree, so files added
+ * since are removed (with folders left empty) and changed or deleted ones are written back.
+ * Files neither tree holds (credentials, temp files, ignored files) are not touched.
+ */
+export async function restoreCheckpoint(target: CheckpointTarget, key: string): Promise<RestoreReport> {
+  const saved = await readCheckpoint(target, key);
+  if (!saved) throw new KeenError("checkpoint_not_found", `There is no checkpoint "${key}"`);
+  const wanted = oneLine(await git(target, ["rev-parse", `${saved.id}^{tree}`]));
+  return withWorktreeIndex(target, async (env) => {
+    const now = await stageTree(target, env);
+    if (now === wanted) return { changed: [] };
+    const changed = nulSeparated(await git(target, ["diff-tree", "-r", "-z", "--name-only", "--no-renames", now, wanted]));
+    await git(target, ["read-tree", "--reset", "-u", now, wanted], { env });
+    return { changed };
+  });
+}
+
+/** Deletes the checkpoint under `key` (no-op when there is none). */
+export async function dropCheckpoint(target: GitTarget, key: string): Promise<void> {
+  const ref = checkpointRef(key);
+  const found = await gitRaw(target, ["rev-parse", "-q", "--verify", ref]);
+  if (found.exitCode === 0) await git(target, ["update-ref", "-d", ref]);
+}
