@@ -8,6 +8,7 @@ import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
 import { git, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
+import { sandboxGitConfig } from "./sandbox-git-config.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
 import { readHeadFromFiles } from "./read-head.js";
@@ -297,11 +298,14 @@ export class LocalWorkspace implements ForkableWorkspace {
         "Read-only commands need the sandbox, and this workspace runs commands without one (sandbox: false), so nothing would stop a command from changing files. Use read_file, list_files and search_files instead.",
       );
     }
+    const sandboxConfig = runner.enforcesReadOnly ? await sandboxGitConfig(this.commonDir) : null;
     return runner.run(command, {
       cwd,
       root: this.root,
-      // The main checkout (holding the common git dir) stays visible read-only from every fork.
-      readOnlyPaths: [...new Set([dirname(this.commonDir), this.commonDir])],
+      // The common git dir stays visible read-only from every fork, with its config's credentials
+      // removed; the rest of the main checkout (the user's untracked and ignored files, a `.env`) does not.
+      readOnlyPaths: [this.commonDir],
+      ...(sandboxConfig ? { replaceFiles: [{ path: join(this.commonDir, "config"), source: sandboxConfig }] } : {}),
       ...(options.readOnly ? { readOnly: true } : {}),
       timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
       maxOutputBytes: options.maxOutputBytes ?? DEFAULT_OUTPUT_BYTES,

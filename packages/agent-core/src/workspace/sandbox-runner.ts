@@ -301,6 +301,9 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
       // A main checkout holds its git dir inside the root; mount it read-only again on top.
       for (const path of readable) if (isInside(root, path)) args.push("--ro-bind", path, path);
       for (const path of writable) args.push("--bind", path, path);
+      for (const { path, source } of runOptions.replaceFiles ?? []) {
+        if (lstatOrNull(path)?.isFile() && lstatOrNull(source)?.isFile()) args.push("--ro-bind", source, path);
+      }
       for (const path of hidden) if (!hideFirst.includes(path)) args.push("--tmpfs", path);
       // The sandbox's own root (holding /etc, /var and the mount points) is read-only too.
       if (view.hostView === "minimal") args.push("--remount-ro", "/");

@@ -1,0 +1,50 @@
+import { randomBytes } from "node:crypto";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { execa } from "execa";
+import { describe, expect, it } from "vitest";
+import { LocalWorkspace } from "./local-workspace.js";
+import { createTestRepo } from "./test-repo.js";
+
+const marker = () => randomBytes(8).toString("hex");
+
+describe("what a fork's sandbox shows of the user's repository", () => {
+  it("hides the user's checkout: untracked and ignored files there (a .env) are not readable from a fork", async () => {
+    const dir = await createTestRepo({ "README.md": "# app\n", ".gitignore": ".env\n" });
+    const secret = `SECRET_${marker()}`;
+    await writeFile(join(dir, ".env"), `API_TOKEN=${secret}\n`);
+    await writeFile(join(dir, "notes-untracked.txt"), `draft ${secret}\n`);
+    const ws = await LocalWorkspace.open(dir);
+    const child = await ws.fork(`vis-${marker()}`);
+    const probe = await child.exec(`cat '${join(dir, ".env")}' '${join(dir, "notes-untracked.txt")}'; ls -a '${dir}'; git log --oneline -1`);
+    expect(probe.output).not.toContain(secret);
+    // git inside the fork still works: the common git dir stays readable.
+    expect(probe.output).toContain("initial");
+    await child.dispose?.();
+  });
+
+  it("does not show credentials kept in the repository's git config (remote URL tokens, http extra headers)", async () => {
+    const dir = await createTestRepo({ "README.md": "# app\n" });
+    const token = `ghp_${marker()}${marker()}${marker()}`.slice(0, 40);
+    const password = `pw${marker()}`; // no token shape: only its place in a URL marks it
+    await execa("git", ["remote", "add", "origin", `https://x-access-token:${token}@github.com/acme/app.git`], { cwd: dir });
+    await execa("git", ["config", "http.https://github.com/.extraheader", `AUTHORIZATION: basic ${token}`], { cwd: dir });
+    await execa("git", ["config", `url.https://ci:${password}@git.example.com/.insteadOf`, "https://git.example.com/"], { cwd: dir });
+    await execa("git", ["config", "credential.helper", `store --file=/tmp/${token}`], { cwd: dir });
+    const ws = await LocalWorkspace.open(dir);
+    const child = await ws.fork(`cfg-${marker()}`);
+    const probe = await child.exec(`cat '${join(dir, ".git", "config")}'; git config --list; git remote -v; git log --oneline -1`);
+    expect(probe.output).not.toContain(token);
+    expect(probe.output).not.toContain(password);
+    expect(probe.output).toContain("initial");
+    // The remote is still there, without its user name and password.
+    expect(probe.output).toContain("origin\thttps://github.com/acme/app.git (fetch)");
+    // Also for an agent working in the main checkout itself, where .git is a folder of the root.
+    const inMain = await ws.exec("cat .git/config; git config --get-regexp 'http.*'; git status --short; echo status=$?");
+    expect(inMain.output).not.toContain(token);
+    expect(inMain.output).toContain("status=0");
+    // keen's own git on the host still reads the real config.
+    expect((await execa("git", ["config", "remote.origin.url"], { cwd: dir })).stdout).toContain(token);
+    await child.dispose?.();
+  });
+});
