@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import { z } from "zod";
 import { ConfigError, KeenError } from "../errors.js";
@@ -201,6 +201,10 @@ function baseArgs(view: ViewSettings): string[] {
     // its files are, for uid 0, and most sysctls check nothing more: as root, `kernel/core_pattern`
     // alone would run a program of the agent's on the host. Read-only, for everyone.
     "--ro-bind", "/proc/sys", "/proc/sys",
+    // The same holds beyond /proc/sys: `sysrq-trigger` (reboot, crash), `irq/*/smp_affinity`,
+    // `mtrr`, `pressure` triggers and the driver folders are writable for uid 0 without any
+    // capability. Every such kernel-wide entry is read-only too, as container runtimes make them.
+    ...kernelProcEntries().flatMap((path) => ["--ro-bind", path, path]),
     "--size", String(view.tmpBytes), "--tmpfs", "/tmp",
     ...(existsSync("/run") ? ["--size", String(Math.min(view.tmpBytes, RUN_BYTES)), "--tmpfs", "/run"] : []),
     ...(view.network ? [] : ["--unshare-net"]),
@@ -212,6 +216,35 @@ function baseArgs(view: ViewSettings): string[] {
     "--new-session",
     "--cap-drop", "ALL",
   ];
+}
+
+/** Kernel-wide folders of /proc with files root may write (`sys` is mounted on its own). */
+const PROC_KERNEL_FOLDERS = ["irq", "bus", "fs", "acpi", "pressure", "driver", "scsi", "tty", "asound"];
+let procEntries: string[] | undefined;
+
+/**
+ * The entries of /proc to mount read-only: the folders above and every top-level file whose
+ * owner may write it (`sysrq-trigger`, `mtrr`, …), whatever this kernel has. Per-process entries
+ * (`1/`, `self`) and per-namespace ones (`net`) are left to the sandbox's own /proc.
+ */
+function kernelProcEntries(): string[] {
+  if (procEntries) return procEntries;
+  const found: string[] = [];
+  let names: string[] = [];
+  try {
+    names = readdirSync("/proc");
+  } catch {
+    names = [];
+  }
+  for (const name of names) {
+    if (/^\d+$/.test(name) || name === "self" || name === "thread-self" || name === "net" || name === "sys") continue;
+    const path = `/proc/${name}`;
+    const info = lstatOrNull(path);
+    if (!info) continue;
+    if (info.isDirectory() ? PROC_KERNEL_FOLDERS.includes(name) : info.isFile() && (Number(info.mode) & 0o200) !== 0) found.push(path);
+  }
+  procEntries = found;
+  return found;
 }
 
 /** What of the host file system is visible before the workspace is mounted. */

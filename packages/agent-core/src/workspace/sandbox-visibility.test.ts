@@ -48,3 +48,16 @@ describe("what a fork's sandbox shows of the user's repository", () => {
     await child.dispose?.();
   });
 });
+
+describe("what of the kernel's /proc a sandboxed command can change", () => {
+  it("writes no file of /proc outside its own processes, also as root (sysrq-trigger would reboot the host)", async () => {
+    const dir = await createTestRepo({ "README.md": "# app\n" });
+    const ws = await LocalWorkspace.open(dir);
+    // Every regular file below /proc (not per-process entries) that access(2) says this user may write.
+    const probe = await ws.exec(
+      'find /proc -maxdepth 4 \\( -path "/proc/[0-9]*" -o -path /proc/self -o -path /proc/thread-self \\) -prune -o -type f -perm -u+w -print 2>/dev/null | while read -r f; do [ -w "$f" ] && echo "writable $f"; done; echo probed',
+    );
+    expect(probe.output).toContain("probed");
+    expect(probe.output.split("\n").filter((line) => line.startsWith("writable"))).toEqual([]);
+  });
+});
