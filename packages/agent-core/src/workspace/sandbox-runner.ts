@@ -52,6 +52,12 @@ export interface SandboxOptions {
    * address-space limit breaks ordinary JavaScript tooling. Set it for commands known not to.
    */
   addressSpaceBytes?: number;
+  /**
+   * Largest file a process may write, in bytes (`RLIMIT_FSIZE`); a write past it fails and the
+   * process gets SIGXFSZ. Bounds what one runaway or hostile command (`fallocate -l 1T`, a log in a
+   * loop) can put on the worktree's disk in one file. Default 1 GiB; `Infinity` for none.
+   */
+  maxFileBytes?: number;
   /** Mount the workspace root read-only for every command this runner runs. Default `false`. */
   readOnly?: boolean;
   /** Absolute paths to make visible read-only (for example a toolchain under a hidden folder). */
@@ -79,6 +85,7 @@ const SandboxOptionsSchema = z.object({
   cpuSeconds: Limit.optional(),
   memoryBytes: Limit.optional(),
   addressSpaceBytes: Limit.optional(),
+  maxFileBytes: Limit.optional(),
   readOnly: z.boolean().optional(),
   extraReadOnlyPaths: z.array(AbsolutePath).optional(),
   extraWritablePaths: z.array(AbsolutePath).optional(),
@@ -89,6 +96,7 @@ const SandboxOptionsSchema = z.object({
 
 const DEFAULT_CPU_SECONDS = 600;
 const DEFAULT_MEMORY_BYTES = 8 * 1024 ** 3;
+const DEFAULT_MAX_FILE_BYTES = 1024 ** 3;
 const DEFAULT_TMP_BYTES = 512 * 1024 * 1024;
 /** Most of /run's tmpfs: it holds sockets and pid files, never bulk data. */
 const RUN_BYTES = 64 * 1024 * 1024;
@@ -97,6 +105,7 @@ const DEFAULT_PASS_ENV = ["PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TER
 /** Where HOME points inside the sandbox: a folder on the private /tmp, gone when the command ends. */
 export const SANDBOX_HOME = "/tmp/home";
 const SIGXCPU_EXIT = 128 + 24;
+const SIGXFSZ_EXIT = 128 + 25;
 const PROBE_TIMEOUT_MS = 10_000;
 
 /** bubblewrap is missing or cannot create namespaces on this machine. */
@@ -300,6 +309,7 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
     cpuSeconds,
     memoryBytes: settings.memoryBytes ?? DEFAULT_MEMORY_BYTES,
     addressSpaceBytes: settings.addressSpaceBytes ?? Infinity,
+    maxFileBytes: settings.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES,
     maxProcesses,
   };
   const view: ViewSettings = {
@@ -371,6 +381,9 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
       if (result.exitCode === SIGXCPU_EXIT && Number.isFinite(cpuSeconds)) {
         return { ...result, output: `${result.output}\n[stopped by the sandbox: CPU time limit of ${cpuSeconds} s reached]\n` };
       }
+      if (result.exitCode === SIGXFSZ_EXIT && Number.isFinite(limits.maxFileBytes)) {
+        return { ...result, output: `${result.output}\n[stopped by the sandbox: file size limit of ${limits.maxFileBytes} bytes reached]\n` };
+      }
       return result;
     },
   };
@@ -380,7 +393,7 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
  * The shell prologue that applies the limits before running the command. The hard CPU limit is
  * one second above the soft one, so a process first gets SIGXCPU (an exit status we can name).
  */
-function limitScript(limits: { cpuSeconds: number; memoryBytes: number; addressSpaceBytes: number; maxProcesses: number }): string {
+function limitScript(limits: { cpuSeconds: number; memoryBytes: number; addressSpaceBytes: number; maxFileBytes: number; maxProcesses: number }): string {
   const kib = (bytes: number) => Math.max(1, Math.floor(bytes / 1024));
   const steps: string[] = [];
   // RLIMIT_NPROC (dash spells it -p): counted per user namespace, so it bounds this sandbox
@@ -389,6 +402,8 @@ function limitScript(limits: { cpuSeconds: number; memoryBytes: number; addressS
   if (Number.isFinite(limits.cpuSeconds)) steps.push(`ulimit -t ${limits.cpuSeconds + 1}`, `ulimit -S -t ${limits.cpuSeconds}`);
   if (Number.isFinite(limits.memoryBytes)) steps.push(`ulimit -d ${kib(limits.memoryBytes)}`);
   if (Number.isFinite(limits.addressSpaceBytes)) steps.push(`ulimit -v ${kib(limits.addressSpaceBytes)}`);
+  // /bin/sh (dash, or bash in its POSIX mode) counts -f in 512-byte blocks.
+  if (Number.isFinite(limits.maxFileBytes)) steps.push(`ulimit -f ${Math.max(1, Math.floor(limits.maxFileBytes / 512))}`);
   steps.push('exec /bin/sh -c "$1"');
   return steps.join(" && ");
 }

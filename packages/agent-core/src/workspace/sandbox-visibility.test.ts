@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { writeFile } from "node:fs/promises";
+import { stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
 import { describe, expect, it } from "vitest";
@@ -59,5 +59,23 @@ describe("what of the kernel's /proc a sandboxed command can change", () => {
     );
     expect(probe.output).toContain("probed");
     expect(probe.output.split("\n").filter((line) => line.startsWith("writable"))).toEqual([]);
+  });
+});
+
+describe("how much a sandboxed command may write into one file", () => {
+  it("is bounded by default, and a command over maxFileBytes is stopped with the file cut at the limit", async () => {
+    const dir = await createTestRepo({ "README.md": "# app\n" });
+    const byDefault = await LocalWorkspace.open(dir);
+    // 512-byte blocks: 1 GiB.
+    expect((await byDefault.exec("ulimit -f")).output.trim()).toBe(String((1024 ** 3) / 512));
+    const ws = await LocalWorkspace.open(dir, { sandbox: { maxFileBytes: 1024 * 1024 } });
+    const stream = await ws.exec("head -c 3000000 /dev/zero > big.bin; echo after");
+    expect(stream.output).toContain("File size limit exceeded");
+    expect((await stat(join(dir, "big.bin"))).size).toBeLessThanOrEqual(1024 * 1024);
+    const one = await ws.exec("exec head -c 3000000 /dev/zero > big2.bin");
+    expect(one.output).toContain("[stopped by the sandbox: file size limit of 1048576 bytes reached]");
+    const reserve = await ws.exec("fallocate -l 100M huge.bin; echo rc=$?");
+    expect(reserve.output).not.toContain("rc=0");
+    expect((await stat(join(dir, "huge.bin")).catch(() => ({ size: 0 }))).size).toBeLessThanOrEqual(1024 * 1024);
   });
 });
