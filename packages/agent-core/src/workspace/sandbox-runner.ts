@@ -53,6 +53,14 @@ export interface SandboxOptions {
    */
   addressSpaceBytes?: number;
   /**
+   * Most memory the whole command may use at once, in bytes: every process together, plus what it
+   * puts on the private /tmp, /dev/shm and /run (tmpfs pages count as memory). `memoryBytes` bounds
+   * each process alone, so 256 processes could otherwise take 256 times that from the host. Enforced
+   * with a cgroup `memory` controller where keen may create one (as root on most hosts); the
+   * kernel's OOM killer then ends processes of this command only. Default 8 GiB; `Infinity` for none.
+   */
+  totalMemoryBytes?: number;
+  /**
    * Largest file a process may write, in bytes (`RLIMIT_FSIZE`); a write past it fails and the
    * process gets SIGXFSZ. Bounds what one runaway or hostile command (`fallocate -l 1T`, a log in a
    * loop) can put on the worktree's disk in one file. Default 1 GiB; `Infinity` for none.
@@ -86,6 +94,7 @@ const SandboxOptionsSchema = z.object({
   memoryBytes: Limit.optional(),
   addressSpaceBytes: Limit.optional(),
   maxFileBytes: Limit.optional(),
+  totalMemoryBytes: Limit.optional(),
   readOnly: z.boolean().optional(),
   extraReadOnlyPaths: z.array(AbsolutePath).optional(),
   extraWritablePaths: z.array(AbsolutePath).optional(),
@@ -97,6 +106,7 @@ const SandboxOptionsSchema = z.object({
 const DEFAULT_CPU_SECONDS = 600;
 const DEFAULT_MEMORY_BYTES = 8 * 1024 ** 3;
 const DEFAULT_MAX_FILE_BYTES = 1024 ** 3;
+const DEFAULT_TOTAL_MEMORY_BYTES = 8 * 1024 ** 3;
 const DEFAULT_TMP_BYTES = 512 * 1024 * 1024;
 /** Most of /run's tmpfs: it holds sockets and pid files, never bulk data. */
 const RUN_BYTES = 64 * 1024 * 1024;
@@ -305,6 +315,7 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
   const bwrapPath = settings.bwrapPath ?? "bwrap";
   const cpuSeconds = settings.cpuSeconds ?? DEFAULT_CPU_SECONDS;
   const maxProcesses = settings.maxProcesses ?? DEFAULT_MAX_PROCESSES;
+  const totalMemoryBytes = settings.totalMemoryBytes ?? DEFAULT_TOTAL_MEMORY_BYTES;
   const limits = {
     cpuSeconds,
     memoryBytes: settings.memoryBytes ?? DEFAULT_MEMORY_BYTES,
@@ -362,6 +373,8 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
 
       const { env: _env, ...rest } = runOptions;
       const cgroup = Number.isFinite(maxProcesses) ? createPidsCgroup(maxProcesses) : null;
+      const memoryCgroup = Number.isFinite(totalMemoryBytes) ? createMemoryCgroup(totalMemoryBytes, cgroup) : null;
+      const cgroupProcs = [cgroup, memoryCgroup === cgroup ? null : memoryCgroup].map((dir) => (dir ? join(dir, "cgroup.procs") : "-"));
       const seccomp = sandboxSeccompProgram();
       // bwrap reads the program from fd 3 and installs it last, just before the command runs.
       if (seccomp) args.unshift("--seccomp", "3");
@@ -370,14 +383,16 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
       // would be the host's file system). A shell closes them all before bwrap starts, and
       // moves itself into the cgroup first.
       const starter = starterShell();
-      const script = [cgroup ? 'echo $$ > "$1"' : "true", "shift", closeFdsScript(starter, seccomp ? [3] : []), 'exec "$@"'].join(" && ");
+      const enter = 'for procs in "$1" "$2"; do [ "$procs" = - ] || echo $$ > "$procs" || exit 125; done';
+      const script = [enter, "shift 2", closeFdsScript(starter, seccomp ? [3] : []), 'exec "$@"'].join(" && ");
       const result = await runInProcessGroup(
         starter.path,
-        ["-c", script, "keen-sandbox", cgroup ? join(cgroup, "cgroup.procs") : "-", bwrapPath, ...args],
+        ["-c", script, "keen-sandbox", ...cgroupProcs, bwrapPath, ...args],
         { ...rest, replaceEnv: bwrapEnv() },
         seccomp ?? undefined,
       );
       if (cgroup) await removeCgroup(cgroup);
+      if (memoryCgroup && memoryCgroup !== cgroup) await removeCgroup(memoryCgroup);
       if (result.exitCode === SIGXCPU_EXIT && Number.isFinite(cpuSeconds)) {
         return { ...result, output: `${result.output}\n[stopped by the sandbox: CPU time limit of ${cpuSeconds} s reached]\n` };
       }
@@ -460,6 +475,63 @@ function createPidsCgroup(max: number): string | null {
     }
   }
   return null;
+}
+
+/**
+ * A fresh cgroup whose `memory` controller caps the command's memory at `max` bytes, or null where
+ * keen may not make one. On cgroup v2 the pids cgroup (one hierarchy for every controller) gets the
+ * cap itself when it has the controller; on v1 the memory hierarchy gets a cgroup of its own.
+ */
+function createMemoryCgroup(max: number, pidsCgroup: string | null): string | null {
+  if (pidsCgroup && existsSync(join(pidsCgroup, "memory.max"))) {
+    try {
+      writeFileSync(join(pidsCgroup, "memory.max"), String(max));
+      writeFileSync(join(pidsCgroup, "memory.swap.max"), "0");
+    } catch {
+      // No swap accounting: the memory cap alone still holds.
+    }
+    return pidsCgroup;
+  }
+  for (const base of memoryCgroupBases()) {
+    const dir = join(base, `keen-${process.pid}-${++cgroupCounter}`);
+    try {
+      mkdirSync(dir);
+    } catch {
+      continue;
+    }
+    try {
+      writeFileSync(join(dir, "memory.limit_in_bytes"), String(max));
+      try {
+        writeFileSync(join(dir, "memory.memsw.limit_in_bytes"), String(max));
+      } catch {
+        // No swap accounting on this kernel.
+      }
+      return dir;
+    } catch {
+      try {
+        rmdirSync(dir);
+      } catch {
+        // Left for the system to clean up.
+      }
+    }
+  }
+  return null;
+}
+
+/** Where this process's cgroup v1 memory hierarchy lives. */
+function memoryCgroupBases(): string[] {
+  let lines: string[];
+  try {
+    lines = readFileSync("/proc/self/cgroup", "utf8").split("\n");
+  } catch {
+    return [];
+  }
+  const bases: string[] = [];
+  for (const line of lines) {
+    const [, controllers, path] = line.split(":", 3) as [string, string | undefined, string | undefined];
+    if (path !== undefined && controllers?.split(",").includes("memory")) bases.push(join("/sys/fs/cgroup/memory", path));
+  }
+  return bases.filter((base) => existsSync(join(base, "cgroup.procs")));
 }
 
 /** Where this process's cgroup with the pids controller lives (v1 first, then v2). */

@@ -79,3 +79,21 @@ describe("how much a sandboxed command may write into one file", () => {
     expect((await stat(join(dir, "huge.bin")).catch(() => ({ size: 0 }))).size).toBeLessThanOrEqual(1024 * 1024);
   });
 });
+
+describe("how much memory a sandboxed command may use in all", () => {
+  it("bounds the whole command, not only each process: many processes under the per-process limit cannot add up past it", async () => {
+    const dir = await createTestRepo({ "README.md": "# app\n" });
+    const mib = 1024 * 1024;
+    const ws = await LocalWorkspace.open(dir, { sandbox: { totalMemoryBytes: 256 * mib } });
+    // Four processes hold 120 MiB each at once (480 MiB in all), each well under the 8 GiB per-process limit.
+    const hog = `node -e "const b = Buffer.alloc(120 * 1024 * 1024, 1); setTimeout(() => console.log('held', b.length), 1500)"`;
+    const result = await ws.exec(`for i in 1 2 3 4; do ${hog} & done; wait; echo finished`, { timeoutMs: 60_000 });
+    expect(result.output).toContain("finished");
+    const held = result.output.split("\n").filter((line) => line.startsWith("held")).length;
+    expect(held, result.output).toBeLessThan(4);
+    // The same command fits under the default.
+    const roomy = await LocalWorkspace.open(dir);
+    const fits = await roomy.exec(`for i in 1 2 3 4; do ${hog} & done; wait; echo finished`, { timeoutMs: 60_000 });
+    expect(fits.output.split("\n").filter((line) => line.startsWith("held")).length, fits.output).toBe(4);
+  });
+});
