@@ -97,3 +97,30 @@ describe("how much memory a sandboxed command may use in all", () => {
     expect(fits.output.split("\n").filter((line) => line.startsWith("held")).length, fits.output).toBe(4);
   });
 });
+
+describe("kernel interfaces a sandboxed command cannot reach", () => {
+  it("refuses new user namespaces and io_uring (their kernel surface is where sandbox escapes live), while threads still work", async () => {
+    const dir = await createTestRepo({ "README.md": "# app\n" });
+    const ws = await LocalWorkspace.open(dir);
+    const script = `
+import ctypes, os, platform, threading
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWUSER = 0x10000000
+unshare = {"x86_64": 272, "aarch64": 97}[platform.machine()]
+print("unshare", libc.syscall(unshare, CLONE_NEWUSER), os.strerror(ctypes.get_errno()))
+params = ctypes.create_string_buffer(120)
+print("io_uring_setup", libc.syscall(425, 8, params), os.strerror(ctypes.get_errno()))
+box = []
+t = threading.Thread(target=lambda: box.append("thread ran"))
+t.start(); t.join()
+print(box[0])
+`;
+    await writeFile(join(dir, "probe.py"), script);
+    const result = await ws.exec("python3 probe.py; unshare -U true; echo unshare-rc=$?; node -e \"new (require('worker_threads').Worker)('console.log(42)', { eval: true })\"");
+    expect(result.output).toContain("unshare -1 Operation not permitted");
+    expect(result.output).toContain("io_uring_setup -1 Operation not permitted");
+    expect(result.output).toContain("thread ran");
+    expect(result.output).not.toContain("unshare-rc=0");
+    expect(result.output).toContain("42");
+  });
+});
