@@ -255,7 +255,13 @@ export class LocalWorkspace implements ForkableWorkspace {
 
   async writeFile(path: string, content: string): Promise<void> {
     const full = await this.resolvePath(path);
-    await mkdir(dirname(full), { recursive: true });
+    if (full === this.root) throw new KeenError("is_a_directory", `${path === "" ? "The empty path" : path} names the workspace root, a folder, not a file`);
+    try {
+      await mkdir(dirname(full), { recursive: true });
+    } catch (error) {
+      // A leading part that is a file (EEXIST, ENOTDIR) or a name the file system refuses (ENAMETOOLONG).
+      throw fileError(path, error);
+    }
     // The parent may have been created through a path we already checked; check again after mkdir.
     await this.assertNoSymlinkEscape(path, dirname(full));
     const temp = join(dirname(full), `.keen-${randomBytes(6).toString("hex")}.tmp`);
@@ -642,6 +648,8 @@ function fileError(path: string, error: unknown): KeenError {
   if (code === "EISDIR") return new KeenError("is_a_directory", `${path} is a folder, not a file`);
   if (code === "EACCES") return new KeenError("permission_denied", `Permission denied: ${path}`);
   if (code === "ELOOP") return new KeenError("not_regular_file", `${path} is a symbolic link; read the file it points to instead`);
+  if (code === "EEXIST" || code === "ENOTDIR") return new KeenError("not_a_directory", `${path}: a leading part of the path is a file, not a folder`);
+  if (code === "ENAMETOOLONG") return new KeenError("path_too_long", `${path.length > 200 ? `${path.slice(0, 200)}…` : path}: the path or one of its names is too long for the file system`);
   return new KeenError("file_error", `${path}: ${error instanceof Error ? error.message : String(error)}`);
 }
 
