@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
 import { lstat, mkdir, mkdtemp, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
@@ -309,8 +310,10 @@ export class LocalWorkspace implements ForkableWorkspace {
       cwd,
       root: this.root,
       // The common git dir stays visible read-only from every fork, with its config's credentials
-      // removed; the rest of the main checkout (the user's untracked and ignored files, a `.env`) does not.
-      readOnlyPaths: [this.commonDir],
+      // removed; the rest of the main checkout (the user's untracked and ignored files, a `.env`)
+      // does not, except its node_modules, which Node finds from a worktree inside the git dir
+      // by walking up the folders (tests and builds in a fork need it).
+      readOnlyPaths: [this.commonDir, ...mainDependencies(this.commonDir, this.root)],
       ...(sandboxConfig ? { replaceFiles: [{ path: join(this.commonDir, "config"), source: sandboxConfig }] } : {}),
       ...(options.readOnly ? { readOnly: true } : {}),
       timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
@@ -640,6 +643,17 @@ function commitText(message: string): string {
 /** A private folder for a temporary index file. */
 function mkdtempIndexDir(): Promise<string> {
   return mkdtemp(join(tmpdir(), "keen-index-"));
+}
+
+/**
+ * The main checkout's `node_modules`, when `root` (a fork's worktree) lies inside that checkout,
+ * so Node's upward search from the worktree reaches it.
+ */
+function mainDependencies(commonDir: string, root: string): string[] {
+  const main = dirname(commonDir);
+  if (root === main || !isInside(main, root)) return [];
+  const modules = join(main, "node_modules");
+  return existsSync(modules) ? [modules] : [];
 }
 
 function fileError(path: string, error: unknown): KeenError {

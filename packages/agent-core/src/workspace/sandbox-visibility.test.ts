@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { stat, writeFile } from "node:fs/promises";
+import { mkdir, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
 import { describe, expect, it } from "vitest";
@@ -20,6 +20,11 @@ describe("what a fork's sandbox shows of the user's repository", () => {
     expect(probe.output).not.toContain(secret);
     // git inside the fork still works: the common git dir stays readable.
     expect(probe.output).toContain("initial");
+    // And the checkout's node_modules stays reachable the way Node finds it, walking up from the worktree.
+    await mkdir(join(dir, "node_modules", "leftish"), { recursive: true });
+    await writeFile(join(dir, "node_modules", "leftish", "index.js"), "module.exports = 'found leftish';\n");
+    const resolved = await child.exec(`node -e "console.log(require('leftish'))"`);
+    expect(resolved.output).toContain("found leftish");
     await child.dispose?.();
   });
 
