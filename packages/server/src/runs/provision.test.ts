@@ -55,6 +55,11 @@ describe("cloning a run's repository by URL", () => {
     "http://169.254.169.254/latest/meta-data/",
     "http://10.0.0.1/a.git",
     "http://192.168.1.1/a.git",
+    "http://100.64.0.1/a.git",
+    "https://[fd00::1]/a.git",
+    "https://[fe80::1]/a.git",
+    "https://[64:ff9b::7f00:1]/a.git",
+    "https://[::]/a.git",
   ];
 
   it("refuses hosts on loopback, link-local and private addresses before git connects", async () => {

@@ -84,9 +84,14 @@ async function publicHostOptions(raw: string): Promise<{ url: string; options: s
   if (addresses.length === 0 || !addresses.every(isPublicAddress)) {
     throw new ServerError("repository_unavailable", `Could not clone the repository: ${url.hostname} has a loopback, private or reserved address`);
   }
-  const port = url.port || (url.protocol === "https:" ? "443" : "80");
-  const pinned = addresses.map((address) => (isIP(address) === 6 ? `[${address}]` : address)).join(",");
-  return { url: url.href, options: ["-c", "http.followRedirects=false", "-c", `http.curloptResolve=${url.hostname}:${port}:${pinned}`] };
+  const options = ["-c", "http.followRedirects=false"];
+  // An address literal is never looked up again; a name is pinned to the addresses checked here.
+  if (!isIP(host)) {
+    const port = url.port || (url.protocol === "https:" ? "443" : "80");
+    const pinned = addresses.map((address) => (isIP(address) === 6 ? `[${address}]` : address)).join(",");
+    options.push("-c", `http.curloptResolve=${url.hostname}:${port}:${pinned}`);
+  }
+  return { url: url.href, options };
 }
 
 /**
