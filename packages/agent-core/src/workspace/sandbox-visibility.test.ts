@@ -100,6 +100,9 @@ describe("how much memory a sandboxed command may use in all", () => {
     const roomy = await LocalWorkspace.open(dir);
     const fits = await roomy.exec(`for i in 1 2 3 4; do ${hog} & done; wait; echo finished`, { timeoutMs: 60_000 });
     expect(fits.output.split("\n").filter((line) => line.startsWith("held")).length, fits.output).toBe(4);
+    // No memory cgroup is left behind.
+    const leftovers = await execa("sh", ["-c", `find /sys/fs/cgroup -maxdepth 5 -type d -name 'keen-${process.pid}-*' 2>/dev/null | wc -l`]);
+    expect(leftovers.stdout.trim()).toBe("0");
   });
 });
 
