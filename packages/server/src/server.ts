@@ -173,6 +173,8 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       bus,
       runs,
       streams,
+      auth,
+      scopes: RUN_SCOPES,
       onOpen: () => {
         metrics.streamsOpen.inc();
         return () => metrics.streamsOpen.dec();

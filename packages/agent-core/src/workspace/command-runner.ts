@@ -18,6 +18,12 @@ export interface CommandRunOptions {
    * as a worktree's common git dir. A sandboxed runner mounts them read-only.
    */
   readOnlyPaths?: string[];
+  /**
+   * Files shown in place of others, read-only: `{ path, source }` makes the command see the
+   * content of host file `source` at `path` (the repository's git config with its credentials
+   * removed, say). Only a sandboxed runner can do this; others run with the real files.
+   */
+  replaceFiles?: Array<{ path: string; source: string }>;
   /** Mount `root` read-only too. Only runners with `enforcesReadOnly` may be asked for this. */
   readOnly?: boolean;
   /**

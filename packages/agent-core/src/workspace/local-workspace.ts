@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
 import { lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
@@ -9,6 +10,7 @@ import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
 import { git, gitBytes, gitFailure, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
+import { sandboxGitConfig } from "./sandbox-git-config.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
 import { readHeadFromFiles } from "./read-head.js";
@@ -295,8 +297,14 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
 
   async writeFile(path: string, content: string): Promise<void> {
     const full = await this.resolvePath(path);
+    if (full === this.root) throw new KeenError("is_a_directory", `${path === "" ? "The empty path" : path} names the workspace root, a folder, not a file`);
     this.assertCheckedOut(path, full, false);
-    await mkdir(dirname(full), { recursive: true });
+    try {
+      await mkdir(dirname(full), { recursive: true });
+    } catch (error) {
+      // A leading part that is a file (EEXIST, ENOTDIR) or a name the file system refuses (ENAMETOOLONG).
+      throw fileError(path, error);
+    }
     // The parent may have been created through a path we already checked; check again after mkdir.
     await this.assertNoSymlinkEscape(path, dirname(full));
     const temp = join(dirname(full), `.keen-${randomBytes(6).toString("hex")}.tmp`);
@@ -351,11 +359,16 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
         "Read-only commands need the sandbox, and this workspace runs commands without one (sandbox: false), so nothing would stop a command from changing files. Use read_file, list_files and search_files instead.",
       );
     }
+    const sandboxConfig = runner.enforcesReadOnly ? await sandboxGitConfig(this.commonDir) : null;
     return runner.run(command, {
       cwd,
       root: this.root,
-      // The main checkout (holding the common git dir) stays visible read-only from every fork.
-      readOnlyPaths: [...new Set([dirname(this.commonDir), this.commonDir])],
+      // The common git dir stays visible read-only from every fork, with its config's credentials
+      // removed; the rest of the main checkout (the user's untracked and ignored files, a `.env`)
+      // does not, except its node_modules, which Node finds from a worktree inside the git dir
+      // by walking up the folders (tests and builds in a fork need it).
+      readOnlyPaths: [this.commonDir, ...mainDependencies(this.commonDir, this.root)],
+      ...(sandboxConfig ? { replaceFiles: [{ path: join(this.commonDir, "config"), source: sandboxConfig }] } : {}),
       ...(options.readOnly ? { readOnly: true } : {}),
       timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
       maxOutputBytes: options.maxOutputBytes ?? DEFAULT_OUTPUT_BYTES,
@@ -804,12 +817,25 @@ function mkdtempIndexDir(): Promise<string> {
   return mkdtemp(join(tmpdir(), "keen-index-"));
 }
 
+/**
+ * The main checkout's `node_modules`, when `root` (a fork's worktree) lies inside that checkout,
+ * so Node's upward search from the worktree reaches it.
+ */
+function mainDependencies(commonDir: string, root: string): string[] {
+  const main = dirname(commonDir);
+  if (root === main || !isInside(main, root)) return [];
+  const modules = join(main, "node_modules");
+  return existsSync(modules) ? [modules] : [];
+}
+
 function fileError(path: string, error: unknown): KeenError {
   const code = (error as NodeJS.ErrnoException)?.code;
   if (code === "ENOENT") return new KeenError("file_not_found", `File not found: ${path}`);
   if (code === "EISDIR") return new KeenError("is_a_directory", `${path} is a folder, not a file`);
   if (code === "EACCES") return new KeenError("permission_denied", `Permission denied: ${path}`);
   if (code === "ELOOP") return new KeenError("not_regular_file", `${path} is a symbolic link; read the file it points to instead`);
+  if (code === "EEXIST" || code === "ENOTDIR") return new KeenError("not_a_directory", `${path}: a leading part of the path is a file, not a folder`);
+  if (code === "ENAMETOOLONG") return new KeenError("path_too_long", `${path.length > 200 ? `${path.slice(0, 200)}…` : path}: the path or one of its names is too long for the file system`);
   return new KeenError("file_error", `${path}: ${error instanceof Error ? error.message : String(error)}`);
 }
 

@@ -54,7 +54,6 @@ describe("sandboxRunner", () => {
     const name = `keen-escape-${marker()}`;
     const targets = [
       join(childB.root, name), // a sibling worktree
-      join(dir, name), // the main checkout
       join(dir, ".git", name), // the repository's git dir
       join(dir, ".git", "refs", "heads", name),
       join("/etc", name),
@@ -71,6 +70,10 @@ describe("sandboxRunner", () => {
       expect(result.output).toMatch(/Read-only file system|Permission denied|Directory nonexistent|No such file/);
       expect(existsSync(target), target).toBe(false);
     }
+    // The main checkout is not shown at all (only its git dir is): whatever a command writes at
+    // its path stays in the sandbox's own folders and never reaches the host.
+    await childA.exec(`mkdir -p '${dir}' && echo x > '${join(dir, name)}'`);
+    expect(existsSync(join(dir, name))).toBe(false);
     // The same command without the sandbox does escape: the checks above can fail.
     const open = await LocalWorkspace.open(childA.root, { sandbox: false });
     expect((await open.exec(`echo x > '${join(childB.root, name)}'`)).exitCode).toBe(0);

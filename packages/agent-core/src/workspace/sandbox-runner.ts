@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import { z } from "zod";
 import { ConfigError, KeenError } from "../errors.js";
@@ -52,6 +52,20 @@ export interface SandboxOptions {
    * address-space limit breaks ordinary JavaScript tooling. Set it for commands known not to.
    */
   addressSpaceBytes?: number;
+  /**
+   * Most memory the whole command may use at once, in bytes: every process together, plus what it
+   * puts on the private /tmp, /dev/shm and /run (tmpfs pages count as memory). `memoryBytes` bounds
+   * each process alone, so 256 processes could otherwise take 256 times that from the host. Enforced
+   * with a cgroup `memory` controller where keen may create one (as root on most hosts); the
+   * kernel's OOM killer then ends processes of this command only. Default 8 GiB; `Infinity` for none.
+   */
+  totalMemoryBytes?: number;
+  /**
+   * Largest file a process may write, in bytes (`RLIMIT_FSIZE`); a write past it fails and the
+   * process gets SIGXFSZ. Bounds what one runaway or hostile command (`fallocate -l 1T`, a log in a
+   * loop) can put on the worktree's disk in one file. Default 1 GiB; `Infinity` for none.
+   */
+  maxFileBytes?: number;
   /** Mount the workspace root read-only for every command this runner runs. Default `false`. */
   readOnly?: boolean;
   /** Absolute paths to make visible read-only (for example a toolchain under a hidden folder). */
@@ -79,6 +93,8 @@ const SandboxOptionsSchema = z.object({
   cpuSeconds: Limit.optional(),
   memoryBytes: Limit.optional(),
   addressSpaceBytes: Limit.optional(),
+  maxFileBytes: Limit.optional(),
+  totalMemoryBytes: Limit.optional(),
   readOnly: z.boolean().optional(),
   extraReadOnlyPaths: z.array(AbsolutePath).optional(),
   extraWritablePaths: z.array(AbsolutePath).optional(),
@@ -89,6 +105,8 @@ const SandboxOptionsSchema = z.object({
 
 const DEFAULT_CPU_SECONDS = 600;
 const DEFAULT_MEMORY_BYTES = 8 * 1024 ** 3;
+const DEFAULT_MAX_FILE_BYTES = 1024 ** 3;
+const DEFAULT_TOTAL_MEMORY_BYTES = 8 * 1024 ** 3;
 const DEFAULT_TMP_BYTES = 512 * 1024 * 1024;
 /** Most of /run's tmpfs: it holds sockets and pid files, never bulk data. */
 const RUN_BYTES = 64 * 1024 * 1024;
@@ -97,6 +115,7 @@ const DEFAULT_PASS_ENV = ["PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TER
 /** Where HOME points inside the sandbox: a folder on the private /tmp, gone when the command ends. */
 export const SANDBOX_HOME = "/tmp/home";
 const SIGXCPU_EXIT = 128 + 24;
+const SIGXFSZ_EXIT = 128 + 25;
 const PROBE_TIMEOUT_MS = 10_000;
 
 /** bubblewrap is missing or cannot create namespaces on this machine. */
@@ -201,6 +220,10 @@ function baseArgs(view: ViewSettings): string[] {
     // its files are, for uid 0, and most sysctls check nothing more: as root, `kernel/core_pattern`
     // alone would run a program of the agent's on the host. Read-only, for everyone.
     "--ro-bind", "/proc/sys", "/proc/sys",
+    // The same holds beyond /proc/sys: `sysrq-trigger` (reboot, crash), `irq/*/smp_affinity`,
+    // `mtrr`, `pressure` triggers and the driver folders are writable for uid 0 without any
+    // capability. Every such kernel-wide entry is read-only too, as container runtimes make them.
+    ...kernelProcEntries().flatMap((path) => ["--ro-bind", path, path]),
     "--size", String(view.tmpBytes), "--tmpfs", "/tmp",
     ...(existsSync("/run") ? ["--size", String(Math.min(view.tmpBytes, RUN_BYTES)), "--tmpfs", "/run"] : []),
     ...(view.network ? [] : ["--unshare-net"]),
@@ -212,6 +235,35 @@ function baseArgs(view: ViewSettings): string[] {
     "--new-session",
     "--cap-drop", "ALL",
   ];
+}
+
+/** Kernel-wide folders of /proc with files root may write (`sys` is mounted on its own). */
+const PROC_KERNEL_FOLDERS = ["irq", "bus", "fs", "acpi", "pressure", "driver", "scsi", "tty", "asound"];
+let procEntries: string[] | undefined;
+
+/**
+ * The entries of /proc to mount read-only: the folders above and every top-level file whose
+ * owner may write it (`sysrq-trigger`, `mtrr`, …), whatever this kernel has. Per-process entries
+ * (`1/`, `self`) and per-namespace ones (`net`) are left to the sandbox's own /proc.
+ */
+function kernelProcEntries(): string[] {
+  if (procEntries) return procEntries;
+  const found: string[] = [];
+  let names: string[] = [];
+  try {
+    names = readdirSync("/proc");
+  } catch {
+    names = [];
+  }
+  for (const name of names) {
+    if (/^\d+$/.test(name) || name === "self" || name === "thread-self" || name === "net" || name === "sys") continue;
+    const path = `/proc/${name}`;
+    const info = lstatOrNull(path);
+    if (!info) continue;
+    if (info.isDirectory() ? PROC_KERNEL_FOLDERS.includes(name) : info.isFile() && (Number(info.mode) & 0o200) !== 0) found.push(path);
+  }
+  procEntries = found;
+  return found;
 }
 
 /** What of the host file system is visible before the workspace is mounted. */
@@ -263,10 +315,12 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
   const bwrapPath = settings.bwrapPath ?? "bwrap";
   const cpuSeconds = settings.cpuSeconds ?? DEFAULT_CPU_SECONDS;
   const maxProcesses = settings.maxProcesses ?? DEFAULT_MAX_PROCESSES;
+  const totalMemoryBytes = settings.totalMemoryBytes ?? DEFAULT_TOTAL_MEMORY_BYTES;
   const limits = {
     cpuSeconds,
     memoryBytes: settings.memoryBytes ?? DEFAULT_MEMORY_BYTES,
     addressSpaceBytes: settings.addressSpaceBytes ?? Infinity,
+    maxFileBytes: settings.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES,
     maxProcesses,
   };
   const view: ViewSettings = {
@@ -301,6 +355,9 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
       // A main checkout holds its git dir inside the root; mount it read-only again on top.
       for (const path of readable) if (isInside(root, path)) args.push("--ro-bind", path, path);
       for (const path of writable) args.push("--bind", path, path);
+      for (const { path, source } of runOptions.replaceFiles ?? []) {
+        if (lstatOrNull(path)?.isFile() && lstatOrNull(source)?.isFile()) args.push("--ro-bind", source, path);
+      }
       for (const path of hidden) if (!hideFirst.includes(path)) args.push("--tmpfs", path);
       // The sandbox's own root (holding /etc, /var and the mount points) is read-only too.
       if (view.hostView === "minimal") args.push("--remount-ro", "/");
@@ -316,6 +373,8 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
 
       const { env: _env, ...rest } = runOptions;
       const cgroup = Number.isFinite(maxProcesses) ? createPidsCgroup(maxProcesses) : null;
+      const memoryCgroup = Number.isFinite(totalMemoryBytes) ? createMemoryCgroup(totalMemoryBytes, cgroup) : null;
+      const cgroupProcs = [cgroup, memoryCgroup === cgroup ? null : memoryCgroup].map((dir) => (dir ? join(dir, "cgroup.procs") : "-"));
       const seccomp = sandboxSeccompProgram();
       // bwrap reads the program from fd 3 and installs it last, just before the command runs.
       if (seccomp) args.unshift("--seccomp", "3");
@@ -324,16 +383,21 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
       // would be the host's file system). A shell closes them all before bwrap starts, and
       // moves itself into the cgroup first.
       const starter = starterShell();
-      const script = [cgroup ? 'echo $$ > "$1"' : "true", "shift", closeFdsScript(starter, seccomp ? [3] : []), 'exec "$@"'].join(" && ");
+      const enter = 'for procs in "$1" "$2"; do [ "$procs" = - ] || echo $$ > "$procs" || exit 125; done';
+      const script = [enter, "shift 2", closeFdsScript(starter, seccomp ? [3] : []), 'exec "$@"'].join(" && ");
       const result = await runInProcessGroup(
         starter.path,
-        ["-c", script, "keen-sandbox", cgroup ? join(cgroup, "cgroup.procs") : "-", bwrapPath, ...args],
+        ["-c", script, "keen-sandbox", ...cgroupProcs, bwrapPath, ...args],
         { ...rest, replaceEnv: bwrapEnv() },
         seccomp ?? undefined,
       );
       if (cgroup) await removeCgroup(cgroup);
+      if (memoryCgroup && memoryCgroup !== cgroup) await removeCgroup(memoryCgroup);
       if (result.exitCode === SIGXCPU_EXIT && Number.isFinite(cpuSeconds)) {
         return { ...result, output: `${result.output}\n[stopped by the sandbox: CPU time limit of ${cpuSeconds} s reached]\n` };
+      }
+      if (result.exitCode === SIGXFSZ_EXIT && Number.isFinite(limits.maxFileBytes)) {
+        return { ...result, output: `${result.output}\n[stopped by the sandbox: file size limit of ${limits.maxFileBytes} bytes reached]\n` };
       }
       return result;
     },
@@ -344,7 +408,7 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
  * The shell prologue that applies the limits before running the command. The hard CPU limit is
  * one second above the soft one, so a process first gets SIGXCPU (an exit status we can name).
  */
-function limitScript(limits: { cpuSeconds: number; memoryBytes: number; addressSpaceBytes: number; maxProcesses: number }): string {
+function limitScript(limits: { cpuSeconds: number; memoryBytes: number; addressSpaceBytes: number; maxFileBytes: number; maxProcesses: number }): string {
   const kib = (bytes: number) => Math.max(1, Math.floor(bytes / 1024));
   const steps: string[] = [];
   // RLIMIT_NPROC (dash spells it -p): counted per user namespace, so it bounds this sandbox
@@ -353,6 +417,8 @@ function limitScript(limits: { cpuSeconds: number; memoryBytes: number; addressS
   if (Number.isFinite(limits.cpuSeconds)) steps.push(`ulimit -t ${limits.cpuSeconds + 1}`, `ulimit -S -t ${limits.cpuSeconds}`);
   if (Number.isFinite(limits.memoryBytes)) steps.push(`ulimit -d ${kib(limits.memoryBytes)}`);
   if (Number.isFinite(limits.addressSpaceBytes)) steps.push(`ulimit -v ${kib(limits.addressSpaceBytes)}`);
+  // /bin/sh (dash, or bash in its POSIX mode) counts -f in 512-byte blocks.
+  if (Number.isFinite(limits.maxFileBytes)) steps.push(`ulimit -f ${Math.max(1, Math.floor(limits.maxFileBytes / 512))}`);
   steps.push('exec /bin/sh -c "$1"');
   return steps.join(" && ");
 }
@@ -409,6 +475,63 @@ function createPidsCgroup(max: number): string | null {
     }
   }
   return null;
+}
+
+/**
+ * A fresh cgroup whose `memory` controller caps the command's memory at `max` bytes, or null where
+ * keen may not make one. On cgroup v2 the pids cgroup (one hierarchy for every controller) gets the
+ * cap itself when it has the controller; on v1 the memory hierarchy gets a cgroup of its own.
+ */
+function createMemoryCgroup(max: number, pidsCgroup: string | null): string | null {
+  if (pidsCgroup && existsSync(join(pidsCgroup, "memory.max"))) {
+    try {
+      writeFileSync(join(pidsCgroup, "memory.max"), String(max));
+      writeFileSync(join(pidsCgroup, "memory.swap.max"), "0");
+    } catch {
+      // No swap accounting: the memory cap alone still holds.
+    }
+    return pidsCgroup;
+  }
+  for (const base of memoryCgroupBases()) {
+    const dir = join(base, `keen-${process.pid}-${++cgroupCounter}`);
+    try {
+      mkdirSync(dir);
+    } catch {
+      continue;
+    }
+    try {
+      writeFileSync(join(dir, "memory.limit_in_bytes"), String(max));
+      try {
+        writeFileSync(join(dir, "memory.memsw.limit_in_bytes"), String(max));
+      } catch {
+        // No swap accounting on this kernel.
+      }
+      return dir;
+    } catch {
+      try {
+        rmdirSync(dir);
+      } catch {
+        // Left for the system to clean up.
+      }
+    }
+  }
+  return null;
+}
+
+/** Where this process's cgroup v1 memory hierarchy lives. */
+function memoryCgroupBases(): string[] {
+  let lines: string[];
+  try {
+    lines = readFileSync("/proc/self/cgroup", "utf8").split("\n");
+  } catch {
+    return [];
+  }
+  const bases: string[] = [];
+  for (const line of lines) {
+    const [, controllers, path] = line.split(":", 3) as [string, string | undefined, string | undefined];
+    if (path !== undefined && controllers?.split(",").includes("memory")) bases.push(join("/sys/fs/cgroup/memory", path));
+  }
+  return bases.filter((base) => existsSync(join(base, "cgroup.procs")));
 }
 
 /** Where this process's cgroup with the pids controller lives (v1 first, then v2). */

@@ -1,5 +1,5 @@
 import type { IncomingMessage, Server } from "node:http";
-import { looksLikeApiKey, type AuthService, type Principal } from "@keen/gateway-kit";
+import { GatewayError, looksLikeApiKey, type AuthService, type Principal } from "@keen/gateway-kit";
 import type { Context } from "koa";
 import { WebSocketServer, type WebSocket } from "ws";
 import type { ServerConfig } from "../config.js";
@@ -17,6 +17,53 @@ export interface StreamDeps {
   /** The open streams of this server, ended together on shutdown. */
   streams: Set<AbortController>;
   onOpen(): () => void;
+  /**
+   * With these, an open stream checks its request's credentials again every `sseHeartbeatMs`
+   * and ends once they no longer give access to the run (a revoked key, a signed-out session,
+   * an expired token, a member removed from the team, a lost scope).
+   */
+  auth?: AuthService;
+  scopes?: { read: string };
+}
+
+/**
+ * Whether the credentials a stream was opened with still give access to its run. Only a verdict
+ * about the credentials or the run closes the stream; a passing failure (the database restarting)
+ * does not, and the next check decides.
+ */
+async function stillAuthorized(deps: StreamDeps, req: IncomingMessage, runId: string): Promise<boolean> {
+  if (!deps.auth) return true;
+  try {
+    const principal = await principalOf(deps.auth, req);
+    if (deps.scopes && !principal.scopes.includes(deps.scopes.read)) return false;
+    await deps.runs.load(principal, runId);
+    return true;
+  } catch (error) {
+    if (error instanceof GatewayError) return false;
+    if (error instanceof ServerError) return !["not_found", "forbidden", "invalid_request", "unauthenticated"].includes(error.code);
+    return (error as { status?: number }).status !== 401;
+  }
+}
+
+/** Runs `check` every `intervalMs` (never two at once) and calls `revoke` the first time it says no. */
+function watchCredentials(intervalMs: number, check: () => Promise<boolean>, revoke: () => void): () => void {
+  let busy = false;
+  const timer = setInterval(() => {
+    if (busy) return;
+    busy = true;
+    void check()
+      .then((ok) => {
+        if (!ok) {
+          clearInterval(timer);
+          revoke();
+        }
+      })
+      .finally(() => {
+        busy = false;
+      });
+  }, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
 }
 
 const serialised = new WeakMap<StoredEvent, string>();
@@ -71,6 +118,10 @@ export async function serveEventStream(ctx: Context, deps: StreamDeps, principal
     res.write(": keep-alive\n\n");
   }, deps.config.sseHeartbeatMs);
   heartbeat.unref();
+  const unwatch = watchCredentials(deps.config.sseHeartbeatMs, () => stillAuthorized(deps, ctx.req, run.id), () => {
+    res.write(`event: error\ndata: ${JSON.stringify({ error: { code: "unauthenticated", message: "The credentials of this stream no longer give access to the run" } })}\n\n`);
+    controller.abort();
+  });
   try {
     res.write("retry: 1000\n\n");
     for await (const event of followRun(deps.log, deps.bus, run.id, { after, buffer: deps.config.streamBuffer, signal: controller.signal })) {
@@ -83,6 +134,7 @@ export async function serveEventStream(ctx: Context, deps: StreamDeps, principal
     }
   } finally {
     clearInterval(heartbeat);
+    unwatch();
     unregister();
     done();
     res.end();
@@ -156,13 +208,13 @@ export function attachWebSocketStreams(server: Server, deps: StreamDeps & { auth
         if (error instanceof ServerError && error.code === "not_found") return refuse(socket, 404, "not_found", "Run not found");
         return refuse(socket, 400, "invalid_request", error instanceof Error ? error.message : "Bad request");
       }
-      wss.handleUpgrade(req, socket, head, (ws) => void pipeToSocket(ws, deps, runId, after));
+      wss.handleUpgrade(req, socket, head, (ws) => void pipeToSocket(ws, deps, runId, after, () => stillAuthorized(deps, req, runId)));
     })().catch(() => refuse(socket, 400, "bad_request", "Bad request"));
   });
   return wss;
 }
 
-async function pipeToSocket(ws: WebSocket, deps: StreamDeps, runId: string, after: number): Promise<void> {
+async function pipeToSocket(ws: WebSocket, deps: StreamDeps, runId: string, after: number, authorized: () => Promise<boolean>): Promise<void> {
   const controller = new AbortController();
   ws.on("close", () => controller.abort());
   ws.on("error", () => controller.abort());
@@ -170,6 +222,8 @@ async function pipeToSocket(ws: WebSocket, deps: StreamDeps, runId: string, afte
   const unregister = registerStream(deps.streams, controller);
   const heartbeat = setInterval(() => ws.ping(), deps.config.sseHeartbeatMs);
   heartbeat.unref();
+  // 1008: policy violation, the closest standard code for "no longer allowed".
+  const unwatch = watchCredentials(deps.config.sseHeartbeatMs, authorized, () => ws.close(1008, "credentials no longer valid"));
   try {
     for await (const event of followRun(deps.log, deps.bus, runId, { after, buffer: deps.config.streamBuffer, signal: controller.signal })) {
       await new Promise<void>((resolve, reject) => ws.send(eventJson(event), (error) => (error ? reject(error) : resolve())));
@@ -185,6 +239,7 @@ async function pipeToSocket(ws: WebSocket, deps: StreamDeps, runId: string, afte
     ws.terminate();
   } finally {
     clearInterval(heartbeat);
+    unwatch();
     unregister();
     done();
   }

@@ -1,4 +1,6 @@
+import { lookup } from "node:dns/promises";
 import { mkdir, rm, stat } from "node:fs/promises";
+import { BlockList, isIP } from "node:net";
 import { join, relative, resolve, sep } from "node:path";
 import { execa } from "execa";
 import { ServerError } from "../errors.js";
@@ -34,6 +36,65 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /**
+ * Addresses a run's repository URL may not lead to: the server's own machine, its networks and
+ * the cloud metadata service are no business of a tenant's. IPv4-mapped IPv6 addresses are
+ * checked by their IPv4 form (`BlockList` does that), NAT64 ones by the prefix.
+ */
+const NOT_PUBLIC = (() => {
+  const list = new BlockList();
+  const v4: Array<[string, number]> = [
+    ["0.0.0.0", 8], ["10.0.0.0", 8], ["100.64.0.0", 10], ["127.0.0.0", 8], ["169.254.0.0", 16], ["172.16.0.0", 12],
+    ["192.0.0.0", 24], ["192.0.2.0", 24], ["192.88.99.0", 24], ["192.168.0.0", 16], ["198.18.0.0", 15], ["198.51.100.0", 24],
+    ["203.0.113.0", 24], ["224.0.0.0", 4], ["240.0.0.0", 4],
+  ];
+  for (const [net, prefix] of v4) list.addSubnet(net, prefix, "ipv4");
+  const v6: Array<[string, number]> = [
+    ["::", 96], ["64:ff9b::", 96], ["64:ff9b:1::", 48], ["100::", 64], ["2001:db8::", 32], ["2002::", 16], ["fc00::", 7], ["fe80::", 10], ["fec0::", 10], ["ff00::", 8],
+  ];
+  for (const [net, prefix] of v6) list.addSubnet(net, prefix, "ipv6");
+  return list;
+})();
+
+function isPublicAddress(address: string): boolean {
+  const family = isIP(address);
+  if (family === 0) return false;
+  return !NOT_PUBLIC.check(address, family === 4 ? "ipv4" : "ipv6");
+}
+
+/**
+ * Resolves a repository URL's host once, refuses it unless every address is public, and returns
+ * git options that pin curl to exactly those addresses (a second lookup cannot rebind the name to
+ * a private one) and forbid redirects (a public host cannot send git on to a private one). The
+ * URL git gets is the one parsed here, so git and this check never read the host differently.
+ */
+async function publicHostOptions(raw: string): Promise<{ url: string; options: string[] }> {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ServerError("repository_unavailable", "Could not clone the repository: not a valid URL");
+  }
+  const host = url.hostname.startsWith("[") ? url.hostname.slice(1, -1) : url.hostname;
+  let addresses: string[];
+  try {
+    addresses = isIP(host) ? [host] : (await lookup(host, { all: true, verbatim: true })).map((entry) => entry.address);
+  } catch {
+    throw new ServerError("repository_unavailable", `Could not clone the repository: could not resolve host ${url.hostname}`);
+  }
+  if (addresses.length === 0 || !addresses.every(isPublicAddress)) {
+    throw new ServerError("repository_unavailable", `Could not clone the repository: ${url.hostname} has a loopback, private or reserved address`);
+  }
+  const options = ["-c", "http.followRedirects=false"];
+  // An address literal is never looked up again; a name is pinned to the addresses checked here.
+  if (!isIP(host)) {
+    const port = url.port || (url.protocol === "https:" ? "443" : "80");
+    const pinned = addresses.map((address) => (isIP(address) === 6 ? `[${address}]` : address)).join(",");
+    options.push("-c", `http.curloptResolve=${url.hostname}:${port}:${pinned}`);
+  }
+  return { url: url.href, options };
+}
+
+/**
  * Clones the run's repository into its checkout (never touching the source) and returns the
  * commit it starts from. A checkout left by an earlier attempt is reused when `reuse` is set
  * (resume), otherwise replaced.
@@ -46,8 +107,12 @@ export async function provisionCheckout(
   if (reuse && (await exists(join(folders.checkout, ".git")))) return describeHead(folders.checkout);
   await rm(folders.root, { recursive: true, force: true });
   await mkdir(folders.root, { recursive: true });
-  const source = "url" in repo ? repo.url : repo.path;
-  const protocols = "url" in repo ? ["-c", "protocol.allow=never", "-c", "protocol.http.allow=always", "-c", "protocol.https.allow=always"] : ["-c", "protocol.allow=never", "-c", "protocol.file.allow=always"];
+  const remote = "url" in repo ? await publicHostOptions(repo.url).catch(async (error: unknown) => {
+    await rm(folders.root, { recursive: true, force: true });
+    throw error;
+  }) : undefined;
+  const source = remote ? remote.url : (repo as { path: string }).path;
+  const protocols = remote ? ["-c", "protocol.allow=never", "-c", "protocol.http.allow=always", "-c", "protocol.https.allow=always", ...remote.options] : ["-c", "protocol.allow=never", "-c", "protocol.file.allow=always"];
   const args = [...SAFE_GIT, ...protocols, "clone", "--no-local", "--no-recurse-submodules"];
   if ("url" in repo && repo.ref) args.push("--branch", repo.ref);
   args.push("--", source, folders.checkout);
