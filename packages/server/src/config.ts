@@ -58,6 +58,14 @@ export const ServerConfig = z
     queue: z.enum(["in-process", "pg-boss"]).optional(),
     /** Run commands under bubblewrap. Only turn off on a machine without it, never in production. */
     sandbox: Bool.default(true),
+    /** Let webhooks reach loopback, private and link-local addresses (self-hosted setups, tests). */
+    webhookAllowPrivate: Bool.default(false),
+    /** Deadline of one webhook delivery attempt, connect to last byte read. */
+    webhookTimeoutMs: Millis.default(10_000),
+    /** Attempts per webhook event before it is marked failed. */
+    webhookMaxAttempts: z.coerce.number().int().min(1).max(20).default(8),
+    /** Wait before the second attempt; each later one waits four times longer (capped at 6 h). */
+    webhookRetryBaseMs: Millis.default(10_000),
   })
   .strict()
   .transform((c) => ({ ...c, workspacesDir: resolve(c.workspacesDir ?? `${c.dataDir}/workspaces`) }));
@@ -91,6 +99,10 @@ export const SETTINGS: readonly Setting[] = [
   { key: "streamBuffer", env: "KEEN_STREAM_BUFFER", flag: "--stream-buffer", help: "events buffered per stream connection (default 1000)" },
   { key: "queue", env: "KEEN_QUEUE", flag: "--queue", help: "in-process|pg-boss (default: pg-boss on PostgreSQL)" },
   { key: "sandbox", env: "KEEN_SANDBOX", flag: "--sandbox", help: "run agent commands under bubblewrap (default true)" },
+  { key: "webhookAllowPrivate", env: "KEEN_WEBHOOK_ALLOW_PRIVATE", flag: "--webhook-allow-private", help: "let webhooks reach loopback/private/link-local addresses (default false)" },
+  { key: "webhookTimeoutMs", env: "KEEN_WEBHOOK_TIMEOUT_MS", flag: "--webhook-timeout-ms", help: "deadline of one webhook delivery attempt (default 10000)" },
+  { key: "webhookMaxAttempts", env: "KEEN_WEBHOOK_MAX_ATTEMPTS", flag: "--webhook-max-attempts", help: "delivery attempts per webhook event before it is marked failed (default 8)" },
+  { key: "webhookRetryBaseMs", env: "KEEN_WEBHOOK_RETRY_BASE_MS", flag: "--webhook-retry-base-ms", help: "wait before the second attempt; x4 per attempt after, capped at 6 h (default 10000)" },
 ];
 
 /** A setting that failed validation; `message` is one line naming the env variable or flag. */

@@ -8,7 +8,9 @@ export type ServerErrorCode =
   | "run_not_resumable"
   | "repository_unavailable"
   | "insufficient_credits"
-  | "unavailable";
+  | "unavailable"
+  | "webhook_url_refused"
+  | "webhook_limit";
 
 /**
  * A coded domain error. Routes and services throw it; the error edge answers with the status
@@ -38,6 +40,8 @@ const STATUS: Record<ServerErrorCode, number> = {
   repository_unavailable: 422,
   insufficient_credits: 402,
   unavailable: 503,
+  webhook_url_refused: 422,
+  webhook_limit: 409,
 };
 
 /** The HTTP status of a domain error code. */

@@ -48,6 +48,8 @@ import { mountRunRoutes, RUN_SCOPES } from "./runs/routes.js";
 import { createRunService, RUN_QUEUE, type RunService } from "./runs/run-service.js";
 import { createRunWorker, type RunWorker } from "./runs/run-worker.js";
 import { mountUploadRoutes } from "./uploads/routes.js";
+import { mountWebhookRoutes } from "./webhooks/routes.js";
+import { createWebhookService, type WebhookService } from "./webhooks/webhook-service.js";
 
 export interface CreateServerOptions {
   /** Where log lines go (default stdout). */
@@ -65,6 +67,7 @@ export interface KeenServer {
   readonly ledger: Ledger;
   readonly runs: RunService;
   readonly worker: RunWorker;
+  readonly webhooks: WebhookService;
   readonly queue: JobQueue;
   /** Where run events are announced (in process, or LISTEN/NOTIFY on PostgreSQL). */
   readonly bus: EventBus;
@@ -149,8 +152,10 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       const user = await auth.stores.users.findById(principal.userId);
       return !!user && adminEmails.has(user.email.toLowerCase());
     };
-    const runs = createRunService({ db, config, ledger, slots, queue, bus, priceList, isAdmin });
-    const worker = createRunWorker({ db, config, ledger, slots, queue, bus, priceList, logger, metrics });
+    const webhooks = createWebhookService({ db, queue, config, logger });
+    const onRunEnded = (runId: string) => webhooks.runEnded(runId);
+    const runs = createRunService({ db, config, ledger, slots, queue, bus, priceList, isAdmin, onRunEnded });
+    const worker = createRunWorker({ db, config, ledger, slots, queue, bus, priceList, logger, metrics, onRunEnded });
     const eventLog = new RunEventLog(db);
     const streams = new Set<AbortController>();
     const stream: StreamDeps = {
@@ -250,11 +255,13 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
 
     mountRunRoutes(api, { runs, audit, stream, workspacesDir: config.workspacesDir });
     mountUploadRoutes(api, { db, config });
+    mountWebhookRoutes(api, { webhooks });
     app.use(api.routes()).use(api.allowedMethods());
 
     const http = createHttpServer(app.callback());
     attachWebSocketStreams(http, { ...stream, auth, scopes: RUN_SCOPES });
     await worker.start();
+    await webhooks.start();
     ready = true;
 
     let closing: Promise<void> | undefined;
@@ -267,6 +274,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       ledger,
       runs,
       worker,
+      webhooks,
       queue,
       bus,
       logger,
@@ -284,6 +292,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
           stopping = true;
           http.close();
           await worker.stop();
+          webhooks.stop();
           for (const controller of streams) controller.abort();
           await queue.stop(8_000);
           http.closeAllConnections();
