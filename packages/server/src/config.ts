@@ -58,6 +58,8 @@ export const ServerConfig = z
     queue: z.enum(["in-process", "pg-boss"]).optional(),
     /** Run commands under bubblewrap. Only turn off on a machine without it, never in production. */
     sandbox: Bool.default(true),
+    /** API requests per user per minute (shared by every process through the database). */
+    rateLimit: z.coerce.number().int().min(1).max(1_000_000).default(600),
     /** Let webhooks reach loopback, private and link-local addresses (self-hosted setups, tests). */
     webhookAllowPrivate: Bool.default(false),
     /** Deadline of one webhook delivery attempt, connect to last byte read. */
@@ -99,6 +101,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: "streamBuffer", env: "KEEN_STREAM_BUFFER", flag: "--stream-buffer", help: "events buffered per stream connection (default 1000)" },
   { key: "queue", env: "KEEN_QUEUE", flag: "--queue", help: "in-process|pg-boss (default: pg-boss on PostgreSQL)" },
   { key: "sandbox", env: "KEEN_SANDBOX", flag: "--sandbox", help: "run agent commands under bubblewrap (default true)" },
+  { key: "rateLimit", env: "KEEN_RATE_LIMIT", flag: "--rate-limit", help: "API requests per user per minute, across processes (default 600)" },
   { key: "webhookAllowPrivate", env: "KEEN_WEBHOOK_ALLOW_PRIVATE", flag: "--webhook-allow-private", help: "let webhooks reach loopback/private/link-local addresses (default false)" },
   { key: "webhookTimeoutMs", env: "KEEN_WEBHOOK_TIMEOUT_MS", flag: "--webhook-timeout-ms", help: "deadline of one webhook delivery attempt (default 10000)" },
   { key: "webhookMaxAttempts", env: "KEEN_WEBHOOK_MAX_ATTEMPTS", flag: "--webhook-max-attempts", help: "delivery attempts per webhook event before it is marked failed (default 8)" },

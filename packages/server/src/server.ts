@@ -205,7 +205,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     const api = new Router({ prefix: "/v1" });
     api.use(authenticate({ service: auth }));
     api.use(auditRequests(audit, { onError: (error) => logger.warn({ err: error }, "audit write failed") }));
-    api.use(rateLimit({ store: createKyselyRateLimitStore(db), limit: 600, windowMs: 60_000, by: "user" }));
+    api.use(rateLimit({ store: createKyselyRateLimitStore(db), limit: config.rateLimit, windowMs: 60_000, by: "user" }));
 
     api.get("/me", async (ctx) => {
       const principal = ctx.state.principal!;
