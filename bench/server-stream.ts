@@ -2,6 +2,7 @@
 // WebSocket clients (default 1000 each) follow one run while EVENTS events (default 2000) are
 // written through the server's event writer. Prints deliveries per second and p50/p99 latency
 // from write to receipt, then the time to ready on embedded defaults (first start and restart).
+// Subscribers connect in batches of 50 before the first event is written.
 // Run: npx tsx bench/server-stream.ts   (DATABASE_URL to use PostgreSQL instead of PGlite;
 // SUBSCRIBERS, EVENTS to resize). Clients run in the server's process, so latencies include
 // their parsing; compare runs on one machine, not absolute numbers.
@@ -46,6 +47,8 @@ async function main(): Promise<void> {
     logLevel: "silent",
     workers: 0,
     sseHeartbeatMs: 60_000,
+    // One user opens every SSE connection; the default 600 requests a minute would refuse most.
+    rateLimit: 100_000,
     ...(DATABASE_URL ? { databaseUrl: DATABASE_URL, databaseSchema: schema } : {}),
   });
   const url = await server.listen();
@@ -77,35 +80,65 @@ async function main(): Promise<void> {
         delivered += 1;
       }
     };
-    const sse = Array.from({ length: SUBSCRIBERS }, async () => {
+    // Subscribers connect in batches (a burst of 2 000 connects overflows the listen backlog on
+    // a loaded machine); each counts as connected once its response headers or upgrade arrived.
+    let failed = 0;
+    const connectSse = async (): Promise<{ done: Promise<void> }> => {
       const res = await fetch(`${url}/v1/runs/${runId}/events`, { headers });
-      const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) return;
-        buffer += value;
-        let end: number;
-        while ((end = buffer.indexOf("\n\n")) >= 0) {
-          const frame = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          const data = frame.split("\n").find((l) => l.startsWith("data: "));
-          if (frame.includes("event: end")) return;
-          if (data) receive(data.slice(6));
+      if (res.status !== 200 || !res.body) throw new Error(`SSE answered ${res.status}`);
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      const done = (async () => {
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) return;
+          buffer += value;
+          let end: number;
+          while ((end = buffer.indexOf("\n\n")) >= 0) {
+            const frame = buffer.slice(0, end);
+            buffer = buffer.slice(end + 2);
+            const data = frame.split("\n").find((l) => l.startsWith("data: "));
+            if (frame.includes("event: end")) return;
+            if (data) receive(data.slice(6));
+          }
+        }
+      })().catch(() => {
+        failed += 1;
+      });
+      return { done };
+    };
+    const connectWs = () =>
+      new Promise<{ done: Promise<void> }>((resolve, reject) => {
+        const socket = new WebSocket(`${url.replace("http", "ws")}/v1/runs/${runId}/stream`, { headers });
+        const closed = new Promise<void>((done) => socket.on("close", () => done()));
+        socket.on("message", (data) => receive(String(data)));
+        socket.once("open", () => resolve({ done: closed }));
+        socket.on("error", (error) => {
+          reject(error);
+          failed += 1;
+        });
+      });
+    const streams: Array<Promise<void>> = [];
+    const connect = async (open: () => Promise<{ done: Promise<void> }>) => {
+      for (let attempt = 0; attempt < 5; attempt++) {
+        try {
+          streams.push((await open()).done);
+          return;
+        } catch {
+          await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
         }
       }
-    });
-    const ws = Array.from(
-      { length: SUBSCRIBERS },
-      () =>
-        new Promise<void>((resolve, reject) => {
-          const socket = new WebSocket(`${url.replace("http", "ws")}/v1/runs/${runId}/stream`, { headers });
-          socket.on("message", (data) => receive(String(data)));
-          socket.on("close", () => resolve());
-          socket.on("error", reject);
-        }),
-    );
-    // Let every subscriber connect and finish its (empty) replay.
+      failed += 1;
+    };
+    const connectStarted = performance.now();
+    for (let i = 0; i < SUBSCRIBERS; i += 50) {
+      const batch = Math.min(50, SUBSCRIBERS - i);
+      await Promise.all(Array.from({ length: batch }, () => Promise.all([connect(connectSse), connect(connectWs)])));
+    }
+    console.log(`connected ${streams.length} subscribers in ${((performance.now() - connectStarted) / 1000).toFixed(1)} s`);
+    const sse: Array<Promise<void>> = streams;
+    const ws: Array<Promise<void>> = [];
+    // Let every subscriber finish its (empty) replay.
     await new Promise((r) => setTimeout(r, 3_000));
 
     // The server's own bus, so subscribers get events exactly as a worker in this process publishes them.
@@ -119,12 +152,13 @@ async function main(): Promise<void> {
     await writer.flush();
     await db.updateTable("runs").set({ status: "succeeded" }).where("id", "=", runId).execute();
     await bus.publish({ runId, lastSeq: writer.lastSeq, ended: true });
-    await Promise.race([Promise.all([...sse, ...ws]), new Promise((r) => setTimeout(r, 120_000))]);
+    await Promise.race([Promise.all([...sse, ...ws]), new Promise((r) => setTimeout(r, 600_000))]);
     const seconds = (performance.now() - started) / 1000;
     latencies.sort((a, b) => a - b);
     const expected = EVENTS * SUBSCRIBERS * 2;
     console.log(`subscribers: ${SUBSCRIBERS} SSE + ${SUBSCRIBERS} WebSocket, events: ${EVENTS}, database: ${server.database.kind}`);
     console.log(`events written: ${(EVENTS / seconds).toFixed(0)}/s; deliveries: ${delivered}/${expected} (${(delivered / seconds).toFixed(0)}/s)`);
+    if (failed > 0) console.log(`subscriber connections that failed or broke: ${failed}`);
     console.log(`delivery latency: p50 ${percentile(latencies, 50).toFixed(1)} ms, p99 ${percentile(latencies, 99).toFixed(1)} ms`);
   } finally {
     await server.close();

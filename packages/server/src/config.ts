@@ -86,6 +86,16 @@ export const ServerConfig = z
     /** Where Stripe sends the buyer after paying, and after giving up. */
     billingSuccessUrl: z.url({ protocol: /^https?$/ }).optional(),
     billingCancelUrl: z.url({ protocol: /^https?$/ }).optional(),
+    /** API requests per user per minute (shared by every process through the database). */
+    rateLimit: z.coerce.number().int().min(1).max(1_000_000).default(600),
+    /** Let webhooks reach loopback, private and link-local addresses (self-hosted setups, tests). */
+    webhookAllowPrivate: Bool.default(false),
+    /** Deadline of one webhook delivery attempt, connect to last byte read. */
+    webhookTimeoutMs: Millis.default(10_000),
+    /** Attempts per webhook event before it is marked failed. */
+    webhookMaxAttempts: z.coerce.number().int().min(1).max(20).default(8),
+    /** Wait before the second attempt; each later one waits four times longer (capped at 6 h). */
+    webhookRetryBaseMs: Millis.default(10_000),
   })
   .strict()
   .superRefine((c, ctx) => {
@@ -133,6 +143,11 @@ export const SETTINGS: readonly Setting[] = [
   { key: "creditPacks", env: "KEEN_CREDIT_PACKS", flag: "--credit-packs", help: "JSON [{id,name,credits,unitAmount,currency}] of packs on sale" },
   { key: "billingSuccessUrl", env: "KEEN_BILLING_SUCCESS_URL", flag: "--billing-success-url", help: "where Stripe sends a buyer after paying" },
   { key: "billingCancelUrl", env: "KEEN_BILLING_CANCEL_URL", flag: "--billing-cancel-url", help: "where Stripe sends a buyer who gave up" },
+  { key: "rateLimit", env: "KEEN_RATE_LIMIT", flag: "--rate-limit", help: "API requests per user per minute, across processes (default 600)" },
+  { key: "webhookAllowPrivate", env: "KEEN_WEBHOOK_ALLOW_PRIVATE", flag: "--webhook-allow-private", help: "let webhooks reach loopback/private/link-local addresses (default false)" },
+  { key: "webhookTimeoutMs", env: "KEEN_WEBHOOK_TIMEOUT_MS", flag: "--webhook-timeout-ms", help: "deadline of one webhook delivery attempt (default 10000)" },
+  { key: "webhookMaxAttempts", env: "KEEN_WEBHOOK_MAX_ATTEMPTS", flag: "--webhook-max-attempts", help: "delivery attempts per webhook event before it is marked failed (default 8)" },
+  { key: "webhookRetryBaseMs", env: "KEEN_WEBHOOK_RETRY_BASE_MS", flag: "--webhook-retry-base-ms", help: "wait before the second attempt; x4 per attempt after, capped at 6 h (default 10000)" },
 ];
 
 /** A setting that failed validation; `message` is one line naming the env variable or flag. */

@@ -15,7 +15,9 @@ export type ServerErrorCode =
   | "invite_unusable"
   | "reauthentication_required"
   | "billing_unavailable"
-  | "payment_provider_error";
+  | "payment_provider_error"
+  | "webhook_url_refused"
+  | "webhook_limit";
 
 /**
  * A coded domain error. Routes and services throw it; the error edge answers with the status
@@ -47,6 +49,8 @@ const STATUS: Record<ServerErrorCode, number> = {
   reauthentication_required: 401,
   billing_unavailable: 503,
   payment_provider_error: 502,
+  webhook_url_refused: 422,
+  webhook_limit: 409,
 };
 
 /**

@@ -9,3 +9,7 @@ export { followRun, type FollowOptions } from "./events/follow.js";
 export { RunEventLog, RunEventWriter } from "./events/event-log.js";
 export type { RunView, AgentView } from "./runs/run-service.js";
 export type { ServerErrorBody } from "./http/edge.js";
+export { WEBHOOK_EVENTS, type WebhookEvent } from "./webhooks/webhook-input.js";
+export { signWebhook, newWebhookSecret } from "./webhooks/signing.js";
+export { isPublicAddress } from "./webhooks/address-policy.js";
+export type { WebhookService, WebhookView } from "./webhooks/webhook-service.js";

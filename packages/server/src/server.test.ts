@@ -21,7 +21,7 @@ describeEachDatabase("server foundation", (database) => {
   it("keeps its migrations in its own table beside gateway-kit's", async () => {
     const db = t.server.database.db;
     const own = await sql<{ name: string }>`select name from keen_server_migrations order by name`.execute(db);
-    expect(own.rows.map((r) => r.name)).toEqual(["server_0001_runs", "server_0002_uploads", "server_0003_resume", "server_0004_team_invites"]);
+    expect(own.rows.map((r) => r.name)).toEqual(["server_0001_runs", "server_0002_uploads", "server_0003_resume", "server_0004_team_invites", "server_0005_webhooks"]);
     const kit = await sql<{ name: string }>`select name from ${sql.table(migrationTableName(authMigrations.module))}`.execute(db);
     expect(kit.rows.some((r) => r.name.startsWith("server_"))).toBe(false);
     expect(kit.rows.length).toBeGreaterThan(0);

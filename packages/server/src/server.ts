@@ -56,6 +56,8 @@ import { billingWebhook, mountBillingRoutes } from "./billing/routes.js";
 import { mountBudgetRoutes } from "./budgets/routes.js";
 import { mountPrivacyRoutes } from "./privacy/routes.js";
 import { mountTeamRoutes } from "./teams/routes.js";
+import { mountWebhookRoutes } from "./webhooks/routes.js";
+import { createWebhookService, type WebhookService } from "./webhooks/webhook-service.js";
 
 export interface CreateServerOptions {
   /** Where log lines go (default stdout). */
@@ -75,6 +77,7 @@ export interface KeenServer {
   readonly spend: Spend;
   readonly runs: RunService;
   readonly worker: RunWorker;
+  readonly webhooks: WebhookService;
   readonly queue: JobQueue;
   /** Where run events are announced (in process, or LISTEN/NOTIFY on PostgreSQL). */
   readonly bus: EventBus;
@@ -163,8 +166,10 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       const user = await auth.stores.users.findById(principal.userId);
       return !!user && adminEmails.has(user.email.toLowerCase());
     };
-    const runs = createRunService({ db, config, ledger, spend, slots, queue, bus, priceList, isAdmin });
-    const worker = createRunWorker({ db, config, ledger, spend, slots, queue, bus, priceList, logger, metrics });
+    const webhooks = createWebhookService({ db, queue, config, logger });
+    const onRunEnded = (runId: string) => webhooks.runEnded(runId);
+    const runs = createRunService({ db, config, ledger, spend, slots, queue, bus, priceList, isAdmin, onRunEnded });
+    const worker = createRunWorker({ db, config, ledger, spend, slots, queue, bus, priceList, logger, metrics, onRunEnded });
     const eventLog = new RunEventLog(db);
     const streams = new Set<AbortController>();
     const stream: StreamDeps = {
@@ -212,9 +217,9 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
 
     // Stripe signs its webhook instead of presenting a token: outside the authenticated router,
     // and before any body parser (the signature covers the raw body).
-    const webhooks = new Router({ prefix: "/v1" });
-    webhooks.post("/billing/webhook", billingWebhook({ db, config, logger }));
-    app.use(webhooks.routes()).use(webhooks.allowedMethods());
+    const stripeRoutes = new Router({ prefix: "/v1" });
+    stripeRoutes.post("/billing/webhook", billingWebhook({ db, config, logger }));
+    app.use(stripeRoutes.routes()).use(stripeRoutes.allowedMethods());
 
     // The API pipeline, in this order for every request: request id (edge) → authenticate →
     // audit (records the outcome of everything below) → rate limit → validate → screen →
@@ -222,7 +227,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     const api = new Router({ prefix: "/v1" });
     api.use(authenticate({ service: auth }));
     api.use(auditRequests(audit, { statuses: SERVER_ERROR_STATUSES, onError: (error) => logger.warn({ err: error }, "audit write failed") }));
-    api.use(rateLimit({ store: createKyselyRateLimitStore(db), limit: 600, windowMs: 60_000, by: "user" }));
+    api.use(rateLimit({ store: createKyselyRateLimitStore(db), limit: config.rateLimit, windowMs: 60_000, by: "user" }));
 
     api.get("/me", async (ctx) => {
       const principal = ctx.state.principal!;
@@ -278,11 +283,13 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     mountTeamRoutes(api, { db, auth });
     mountAuditRoutes(api, { db, auth });
     mountPrivacyRoutes(api, { db, auth, config });
+    mountWebhookRoutes(api, { webhooks });
     app.use(api.routes()).use(api.allowedMethods());
 
     const http = createHttpServer(app.callback());
     attachWebSocketStreams(http, { ...stream, auth, scopes: RUN_SCOPES });
     await worker.start();
+    await webhooks.start();
     ready = true;
 
     let closing: Promise<void> | undefined;
@@ -296,11 +303,12 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       spend,
       runs,
       worker,
+      webhooks,
       queue,
       bus,
       logger,
       api,
-      publicRouters: [authRoutes, webhooks],
+      publicRouters: [authRoutes, stripeRoutes],
       listen: () =>
         new Promise((resolve, reject) => {
           http.once("error", reject);
@@ -314,6 +322,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
           stopping = true;
           http.close();
           await worker.stop();
+          webhooks.stop();
           for (const controller of streams) controller.abort();
           await queue.stop(8_000);
           http.closeAllConnections();

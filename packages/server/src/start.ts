@@ -30,23 +30,29 @@ export async function startServer(options: StartOptions = {}): Promise<{ server:
   options.onReady?.(url);
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((resolve) => (resolveStopped = resolve));
-  if (options.signals !== false) {
-    const stop = (signal: string) => {
-      server.logger.info({ signal }, "stopping");
-      const deadline = setTimeout(() => {
-        server.logger.error("shutdown took longer than 10 s; exiting");
-        process.exit(1);
-      }, 10_000);
-      deadline.unref();
-      void server.close().then(resolveStopped, (error) => {
-        server.logger.error({ err: error }, "shutdown failed");
-        resolveStopped();
-      });
-    };
-    process.once("SIGTERM", () => stop("SIGTERM"));
-    process.once("SIGINT", () => stop("SIGINT"));
-  }
+  if (options.signals !== false) stopOnSignals(server, resolveStopped);
   return { server, url, stopped };
+}
+
+/**
+ * SIGTERM or SIGINT → a graceful stop: no new requests or jobs, running runs checkpointed and
+ * handed back, streams ended, connections closed. A stop that takes over 10 s exits 1.
+ */
+function stopOnSignals(server: KeenServer, onStopped: () => void): void {
+  const stop = (signal: string) => {
+    server.logger.info({ signal }, "stopping");
+    const deadline = setTimeout(() => {
+      server.logger.error("shutdown took longer than 10 s; exiting");
+      process.exit(1);
+    }, 10_000);
+    deadline.unref();
+    void server.close().then(onStopped, (error) => {
+      server.logger.error({ err: error }, "shutdown failed");
+      onStopped();
+    });
+  };
+  process.once("SIGTERM", () => stop("SIGTERM"));
+  process.once("SIGINT", () => stop("SIGINT"));
 }
 
 /**
@@ -83,10 +89,6 @@ export async function startWorker(options: Omit<StartOptions, "onReady"> = {}): 
   server.logger.info({ workerId: server.worker.workerId, queue: server.queue.kind }, "worker ready");
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((resolve) => (resolveStopped = resolve));
-  if (options.signals !== false) {
-    const stop = () => void server.close().finally(resolveStopped);
-    process.once("SIGTERM", stop);
-    process.once("SIGINT", stop);
-  }
+  if (options.signals !== false) stopOnSignals(server, resolveStopped);
   return { server, stopped };
 }

@@ -133,6 +133,50 @@ export const serverMigrations = defineMigrations("keen_server", {
       await db.schema.createIndex("team_invites_email").on("team_invites").column("email").execute();
     },
   },
+  server_0005_webhooks: {
+    async up(db) {
+      await db.schema
+        .createTable("webhooks")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("team_id", "text", (c) => c.notNull())
+        .addColumn("user_id", "text", (c) => c.notNull())
+        .addColumn("url", "text", (c) => c.notNull())
+        .addColumn("events", "jsonb", (c) => c.notNull())
+        .addColumn("secret", "text", (c) => c.notNull())
+        .addColumn("created_at", "timestamptz", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("webhooks_team").on("webhooks").columns(["team_id", "created_at"]).execute();
+      await db.schema
+        .createTable("webhook_messages")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("webhook_id", "text", (c) => c.notNull().references("webhooks.id").onDelete("cascade"))
+        .addColumn("team_id", "text", (c) => c.notNull())
+        .addColumn("event_type", "text", (c) => c.notNull())
+        .addColumn("subject", "text", (c) => c.notNull())
+        .addColumn("body", "text", (c) => c.notNull())
+        .addColumn("status", "text", (c) => c.notNull().check(sql`status in ('pending','delivered','failed')`))
+        .addColumn("attempts", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("next_attempt_at", "timestamptz")
+        .addColumn("created_at", "timestamptz", (c) => c.notNull())
+        // One message per endpoint per event, however often the run's end is reported.
+        .addUniqueConstraint("webhook_messages_once", ["webhook_id", "event_type", "subject"])
+        .execute();
+      await db.schema.createIndex("webhook_messages_pending").on("webhook_messages").columns(["status", "next_attempt_at"]).execute();
+      await db.schema
+        .createTable("webhook_deliveries")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("message_id", "text", (c) => c.notNull().references("webhook_messages.id").onDelete("cascade"))
+        .addColumn("webhook_id", "text", (c) => c.notNull().references("webhooks.id").onDelete("cascade"))
+        .addColumn("attempt", "integer", (c) => c.notNull())
+        .addColumn("status_code", "integer")
+        .addColumn("duration_ms", "integer", (c) => c.notNull())
+        .addColumn("error", "text")
+        .addColumn("response_body", "text")
+        .addColumn("at", "timestamptz", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("webhook_deliveries_webhook").on("webhook_deliveries").columns(["webhook_id", "at"]).execute();
+    },
+  },
 });
 
 /** The gateway-kit modules the server uses; they migrate through gateway-kit's own runner. */

@@ -103,8 +103,52 @@ export interface TeamInvitesTable {
   revoked_at: Timestamp | null;
 }
 
+/** An endpoint a team registered for run events. */
+export interface WebhooksTable {
+  id: string;
+  team_id: string;
+  user_id: string;
+  url: string;
+  /** Event types it receives, e.g. `["run.completed", "run.failed"]`. */
+  events: Json<string[]>;
+  /** The `whsec_` signing secret (shown once, kept to sign). */
+  secret: string;
+  created_at: Timestamp;
+}
+
+/** One event for one endpoint: its stable `webhook-id`, the body every attempt sends, its state. */
+export interface WebhookMessagesTable {
+  id: string;
+  webhook_id: string;
+  team_id: string;
+  event_type: string;
+  /** What the event is about (`run:<id>:<attempt>`); with the endpoint and type it makes one message. */
+  subject: string;
+  body: string;
+  status: "pending" | "delivered" | "failed";
+  attempts: Generated<number>;
+  next_attempt_at: Timestamp | null;
+  created_at: Timestamp;
+}
+
+/** Every delivery attempt: what the receiver answered (or why none came) and how long it took. */
+export interface WebhookDeliveriesTable {
+  id: string;
+  message_id: string;
+  webhook_id: string;
+  attempt: number;
+  status_code: number | null;
+  duration_ms: number;
+  error: string | null;
+  response_body: string | null;
+  at: Timestamp;
+}
+
 export interface ServerTables {
   team_invites: TeamInvitesTable;
+  webhooks: WebhooksTable;
+  webhook_messages: WebhookMessagesTable;
+  webhook_deliveries: WebhookDeliveriesTable;
   uploads: UploadsTable;
   user_preferences: UserPreferencesTable;
   runs: RunsTable;

@@ -25,6 +25,7 @@ import { EraseAccountBody } from "../privacy/privacy-input.js";
 import { AcceptInviteBody, CreateInviteBody, CreateTeamBody, SetRoleBody } from "../teams/team-input.js";
 import { PreferencesBody } from "../preferences-input.js";
 import { CreateRunBody, ListRunsQuery } from "../runs/run-input.js";
+import { CreateWebhookBody, ListDeliveriesQuery } from "../webhooks/webhook-input.js";
 
 const ErrorBody = z.object({
   error: z.object({ code: z.string(), message: z.string(), details: z.record(z.string(), z.unknown()).optional(), requestId: z.string() }),
@@ -120,6 +121,12 @@ export const OPERATIONS: readonly Operation[] = [
   { method: "get", path: "/v1/runs/:id/archive", summary: "The run's result as a git bundle of its branch", success: { status: 200, type: "application/x-git-bundle" } },
   { method: "delete", path: "/v1/runs/:id", summary: "Delete a finished run (its workspace kept if the owner prefers)", success: { status: 200 } },
   { method: "get", path: "/v1/runs/:id/events", summary: "Server-Sent Events (Last-Event-ID or ?after=)", success: { status: 200, type: "text/event-stream" } },
+
+  // Outbound webhooks.
+  { method: "post", path: "/v1/webhooks", summary: "Register an endpoint for run events; the answer carries its signing secret, once", body: CreateWebhookBody, success: { status: 201 } },
+  { method: "get", path: "/v1/webhooks", summary: "The team's webhook endpoints (no secrets)", success: { status: 200 } },
+  { method: "delete", path: "/v1/webhooks/:id", summary: "Delete an endpoint and its delivery log", success: { status: 200 } },
+  { method: "get", path: "/v1/webhooks/:id/deliveries", summary: "Delivery attempts to an endpoint, newest first", query: ListDeliveriesQuery, success: { status: 200 } },
 ];
 
 const toOpenApiPath = (path: string) => path.replace(/:([A-Za-z_]+)/g, "{$1}");

@@ -90,4 +90,20 @@ describe.each(adapters)("JobQueue contract [%s]", (_name, make) => {
     await queue.send("later", { n: 2 });
     expect(await queue.depth("later")).toBe(2);
   });
+
+  it("holds a delayed job back until its delay has passed", async () => {
+    queue = make();
+    await queue.start();
+    const seen: string[] = [];
+    await queue.work<{ name: string }>("timed", 2, async (job) => {
+      seen.push(job.name);
+    });
+    await queue.send("timed", { name: "later" }, { delayMs: 3_000 });
+    await queue.send("timed", { name: "now" });
+    await until(() => seen.includes("now"));
+    // Ordering, not wall time: the undelayed job sent after it ran first.
+    expect(seen).toEqual(["now"]);
+    await until(() => seen.length === 2, 30_000);
+    expect(seen).toEqual(["now", "later"]);
+  });
 });

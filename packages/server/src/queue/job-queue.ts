@@ -10,8 +10,11 @@ export type JobHandler<T> = (data: T) => Promise<void>;
 export interface JobQueue {
   readonly kind: "in-process" | "pg-boss";
   start(): Promise<void>;
-  /** Enqueues a job; a second send with the same `key` while the first waits is dropped. */
-  send<T extends object>(queue: string, data: T, options?: { key?: string }): Promise<void>;
+  /**
+   * Enqueues a job; a second send with the same `key` while the first waits is dropped. With
+   * `delayMs` the job is not handed to a worker before that much time has passed.
+   */
+  send<T extends object>(queue: string, data: T, options?: { key?: string; delayMs?: number }): Promise<void>;
   /** Runs `handler` for jobs of `queue`, at most `concurrency` at once in this process. */
   work<T extends object>(queue: string, concurrency: number, handler: JobHandler<T>): Promise<void>;
   /** Jobs waiting (not yet started) in `queue`. */
@@ -42,6 +45,8 @@ export function inProcessQueue(): JobQueue {
   const waiting = new Map<string, MemoryJob[]>();
   const workers = new Map<string, { concurrency: number; active: number; handler: JobHandler<any> }>();
   const running = new Set<Promise<void>>();
+  /** Keys of delayed jobs not yet waiting, so a keyed resend is dropped while they wait too. */
+  const delayed = new Set<string>();
   let stopped = false;
 
   const pump = (queue: string) => {
@@ -81,8 +86,20 @@ export function inProcessQueue(): JobQueue {
       if (stopped) throw new Error("The job queue is stopped");
       let jobs = waiting.get(queue);
       if (!jobs) waiting.set(queue, (jobs = []));
-      if (options.key !== undefined && jobs.some((j) => j.key === options.key)) return;
-      jobs.push({ data, key: options.key, attempt: 0 });
+      if (options.key !== undefined && (jobs.some((j) => j.key === options.key) || delayed.has(`${queue}\0${options.key}`))) return;
+      const job: MemoryJob = { data, key: options.key, attempt: 0 };
+      if (options.delayMs && options.delayMs > 0) {
+        const marker = options.key !== undefined ? `${queue}\0${options.key}` : undefined;
+        if (marker) delayed.add(marker);
+        setTimeout(() => {
+          if (marker) delayed.delete(marker);
+          if (stopped) return;
+          jobs!.push(job);
+          pump(queue);
+        }, options.delayMs).unref();
+        return;
+      }
+      jobs.push(job);
       queueMicrotask(() => pump(queue));
     },
     async work(queue, concurrency, handler) {
@@ -129,7 +146,10 @@ export function pgBossQueue(options: { url: string; schema: string; pollSeconds?
     },
     async send(queue, data, sendOptions = {}) {
       await ensure(queue);
-      await boss.send(queue, data, sendOptions.key ? { singletonKey: sendOptions.key } : {});
+      await boss.send(queue, data, {
+        ...(sendOptions.key ? { singletonKey: sendOptions.key } : {}),
+        ...(sendOptions.delayMs && sendOptions.delayMs > 0 ? { startAfter: new Date(Date.now() + sendOptions.delayMs) } : {}),
+      });
     },
     async work(queue, concurrency, handler) {
       await ensure(queue);

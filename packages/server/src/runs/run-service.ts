@@ -119,6 +119,8 @@ export interface RunServiceDeps {
   bus: EventBus;
   priceList: PriceList;
   isAdmin(principal: Principal): Promise<boolean>;
+  /** Told once a run reached a final state here (webhooks are enqueued from it). */
+  onRunEnded?: (runId: string) => Promise<void>;
 }
 
 function encodeCursor(row: { created_at: Date | string; id: string }): string {
@@ -313,6 +315,7 @@ export function createRunService(deps: RunServiceDeps) {
         await releaseRunHold(spend, ledger, queued.reservation_id);
         await slots.release(queued.id);
         await deps.bus.publish({ runId: queued.id, lastSeq: 0, ended: true });
+        await deps.onRunEnded?.(queued.id);
         return runView(queued);
       }
       const running = await db

@@ -26,6 +26,8 @@ export interface RunWorkerDeps {
   priceList: PriceList;
   logger: Logger;
   metrics: ServerMetrics;
+  /** Told once a run reached a final state here (webhooks are enqueued from it). */
+  onRunEnded?: (runId: string) => Promise<void>;
 }
 
 const json = <T>(value: unknown): T => (typeof value === "string" ? JSON.parse(value) : value) as T;
@@ -123,6 +125,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
     await slots.release(run.id).catch(() => {});
     await bus.publish({ runId: run.id, lastSeq, ended: true });
     metrics.creditsCharged.inc(fields.charged);
+    await deps.onRunEnded?.(run.id);
   }
 
   async function execute(runId: string): Promise<void> {

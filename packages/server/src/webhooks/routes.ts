@@ -1,0 +1,43 @@
+import { bodyParser } from "@koa/bodyparser";
+import type { Router } from "@koa/router";
+import { requireScope, validate, type Principal } from "@keen/gateway-kit";
+import type { ParameterizedContext } from "koa";
+import { ServerError } from "../errors.js";
+import { RUN_SCOPES } from "../runs/routes.js";
+import { CreateWebhookBody, ListDeliveriesQuery } from "./webhook-input.js";
+import type { WebhookService } from "./webhook-service.js";
+
+function principalOf(ctx: ParameterizedContext): Principal {
+  const principal = ctx.state.principal;
+  if (!principal) throw new ServerError("forbidden", "Authentication required");
+  return principal;
+}
+
+/**
+ * The webhook routes on the authenticated `/v1` router. Endpoints receive the team's run
+ * results, so they take the same scopes as runs: reading needs `sessions:read`, registering and
+ * deleting `sessions:write`.
+ */
+export function mountWebhookRoutes(router: Router, deps: { webhooks: WebhookService }): void {
+  const { webhooks } = deps;
+  const json = bodyParser({ enableTypes: ["json"], jsonLimit: "16kb", encoding: "utf-8" });
+
+  router.post("/webhooks", requireScope(RUN_SCOPES.write), json, validate({ body: CreateWebhookBody }), async (ctx) => {
+    const created = await webhooks.register(principalOf(ctx), ctx.state.validated!.body as CreateWebhookBody);
+    ctx.status = 201;
+    ctx.set("Location", `/v1/webhooks/${created.id}`);
+    ctx.body = created;
+  });
+
+  router.get("/webhooks", requireScope(RUN_SCOPES.read), async (ctx) => {
+    ctx.body = await webhooks.list(principalOf(ctx));
+  });
+
+  router.delete("/webhooks/:id", requireScope(RUN_SCOPES.write), async (ctx) => {
+    ctx.body = await webhooks.remove(principalOf(ctx), ctx.params.id!);
+  });
+
+  router.get("/webhooks/:id/deliveries", requireScope(RUN_SCOPES.read), validate({ query: ListDeliveriesQuery }), async (ctx) => {
+    ctx.body = await webhooks.deliveries(principalOf(ctx), ctx.params.id!, ctx.state.validated!.query as ListDeliveriesQuery);
+  });
+}
