@@ -1,8 +1,8 @@
-import { GatewayError } from "../errors.js";
+import { ConfigError, GatewayError } from "../errors.js";
 import { createHash, randomBytes } from "node:crypto";
 import { sql, type Kysely } from "kysely";
 import type { AuditEventInput, AuditSink } from "./audit-sink.js";
-import { redactSecrets, redactSecretsDeep } from "../screening/redact.js";
+import { redactSecrets, redactSecretsDeep } from "../redact-secrets.js";
 import { canonicalJson } from "./canonical-json.js";
 
 /** The hash a chain starts from (the `prev_hash` of sequence 1). */
@@ -143,13 +143,33 @@ export interface AuditLogOptions {
   redact?: boolean;
 }
 
-/** The kysely audit log: an `AuditSink` plus reading and verifying. */
+/** An event about one person, as a data export shows it (`AuditLog.subjectEvents`). */
+export type AuditSubjectEvent = Pick<AuditRecord, "tenantId" | "seq" | "at" | "action" | "result" | "actorId" | "target" | "ip" | "requestId" | "details">;
+
+/**
+ * The kysely audit log: an `AuditSink` plus reading, verifying and the data-rights operations
+ * (what the log holds about a person, and erasing it). Made on a transaction, every method runs
+ * in that transaction.
+ */
 export interface AuditLog extends AuditSink {
   /** Appends and returns the stored record. */
   append(event: AuditEventInput): Promise<AuditRecord>;
   /** A tenant's events in sequence order, `limit` at a time after `afterSeq`. */
   list(tenantId: string | null, options?: { afterSeq?: number; limit?: number }): Promise<AuditRecord[]>;
   verify(tenantId: string | null): Promise<AuditChainReport>;
+  /**
+   * Every event, across tenants, that a user performed or that targets `user:<id>`, plus the
+   * anonymous rows of their own requests (same request id and address as one of theirs, e.g. the
+   * request log's row of their signup), oldest first.
+   */
+  subjectEvents(userId: string): Promise<AuditSubjectEvent[]>;
+  /** The client addresses of the rows a user performed or that name them (signup, logins, failed logins). */
+  subjectAddresses(userId: string): Promise<string[]>;
+  /**
+   * Erases the personal fields of the rows matching `where`, keeping every hash, and records the
+   * scrub in each affected chain (see `scrubAuditPii`). Returns the number of rows scrubbed.
+   */
+  scrub(where: AuditScrubWhere): Promise<number>;
 }
 
 /**
@@ -178,7 +198,56 @@ export function createAuditLog(db: Kysely<any>, options: AuditLogOptions = {}): 
     record: async (event) => void (await append(event)),
     list: (tenantId, o = {}) => listAuditEvents(db, tenantId, o),
     verify: (tenantId) => verifyAuditChain(db, tenantId),
+    subjectEvents: (userId) => subjectEvents(db, userId),
+    subjectAddresses: (userId) => subjectAddresses(db, userId),
+    scrub: (where) => (db.isTransaction ? scrubAuditPii(db, where, now()) : db.transaction().execute((trx) => scrubAuditPii(trx, where, now()))),
   };
+}
+
+const ownRows = (userId: string) => (eb: any) => eb.or([eb("actor_id", "=", userId), eb("target", "=", `user:${userId}`)]);
+
+async function subjectEvents(db: Kysely<any>, userId: string): Promise<AuditSubjectEvent[]> {
+  const rows = await db
+    .selectFrom("audit_log as a")
+    .select(["a.tenant_key", "a.seq", "a.at", "a.action", "a.result", "a.actor_id", "a.target", "a.ip", "a.request_id", "a.details"])
+    .where((eb) =>
+      eb.or([
+        eb("a.actor_id", "=", userId),
+        eb("a.target", "=", `user:${userId}`),
+        eb.and([
+          eb("a.actor_id", "is", null),
+          eb.exists(
+            eb
+              .selectFrom("audit_log as o")
+              .select(sql`1`.as("one"))
+              .whereRef("o.request_id", "=", "a.request_id")
+              .whereRef("o.ip", "=", "a.ip")
+              .where((inner: any) => ownRows(userId)(inner)),
+          ),
+        ]),
+      ]),
+    )
+    .orderBy("a.at")
+    .orderBy("a.tenant_key")
+    .orderBy("a.seq")
+    .execute();
+  return rows.map((r) => ({
+    tenantId: r.tenant_key === "" ? null : r.tenant_key,
+    seq: Number(r.seq),
+    at: new Date(r.at),
+    action: r.action,
+    result: r.result,
+    actorId: r.actor_id,
+    target: r.target,
+    ip: r.ip,
+    requestId: r.request_id,
+    details: r.details === null ? null : JSON.parse(r.details),
+  }));
+}
+
+async function subjectAddresses(db: Kysely<any>, userId: string): Promise<string[]> {
+  const rows = await db.selectFrom("audit_log").select("ip").distinct().where("ip", "is not", null).where(ownRows(userId)).execute();
+  return rows.map((r) => r.ip as string).sort();
 }
 
 function toRecord(row: any): AuditRecord {
@@ -357,10 +426,10 @@ export interface AuditScrubWhere {
  * await db.transaction().execute((trx) => scrubAuditPii(trx, { actorId: userId }));
  */
 export async function scrubAuditPii(trx: Kysely<any>, where: AuditScrubWhere, at: Date = new Date()): Promise<number> {
-  if (!trx.isTransaction) throw new TypeError("scrubAuditPii must run inside a transaction");
+  if (!trx.isTransaction) throw new ConfigError("scrubAuditPii must run inside a transaction");
   const targets = where.targets?.length ? where.targets : null;
   const ips = where.ips?.length ? where.ips : null;
-  if (where.actorId === undefined && !targets && !ips && where.before === undefined) throw new TypeError("scrubAuditPii needs actorId, targets, ips or before");
+  if (where.actorId === undefined && !targets && !ips && where.before === undefined) throw new ConfigError("scrubAuditPii needs actorId, targets, ips or before");
   const when = new Date(Math.floor(at.getTime()));
   const { rows } = await sql<{ tenant_key: string; seq: string | number }>`
     select tenant_key, seq from gk_audit_scrub(${where.actorId ?? null}, ${targets}::text[], ${where.before ?? null}::timestamptz, ${when}::timestamptz, ${ips}::text[])`.execute(trx);

@@ -18,5 +18,6 @@ export {
   type AuditLogOptions,
   type AuditRecord,
   type AuditScrubWhere,
+  type AuditSubjectEvent,
 } from "./audit-log.js";
 export { auditRequests, type AuditRequestsOptions } from "./audit-requests.js";

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
-import { fn, parseOptions } from "../limits/options.js";
+import { functionOption, parseOptions } from "../options.js";
 import type { Principal } from "../principal.js";
 import type { Budgets, BudgetScope, BudgetStatus } from "./types.js";
 
@@ -43,9 +43,9 @@ const BudgetGuardOptions = z
   .object({
     budgets: z.custom<Budgets>((v) => typeof (v as Budgets)?.check === "function", "budgets must come from createKyselyBudgets"),
     /** The estimated cost of what the request starts, in micro-credits. */
-    estimate: fn<(ctx: Ctx) => number | Promise<number>>(),
+    estimate: functionOption<(ctx: Ctx) => number | Promise<number>>(),
     /** Which budgets apply. Default: the principal's user and team (`budgetScopesOf`). */
-    scopes: fn<(ctx: Ctx) => BudgetScope[] | Promise<BudgetScope[]>>().optional(),
+    scopes: functionOption<(ctx: Ctx) => BudgetScope[] | Promise<BudgetScope[]>>().optional(),
     /**
      * `check` (default): refuse what does not fit, hold nothing. `reserve`: also reserve the
      * estimate atomically, so concurrent requests cannot overspend; settle it later with
@@ -53,7 +53,7 @@ const BudgetGuardOptions = z
      */
     mode: z.enum(["check", "reserve"]).default("check"),
     /** The reservation's idempotency key in `reserve` mode. Default a random UUID. */
-    reservationKey: fn<(ctx: Ctx) => string>().optional(),
+    reservationKey: functionOption<(ctx: Ctx) => string>().optional(),
   })
   .strict();
 export type BudgetGuardOptions = z.input<typeof BudgetGuardOptions>;

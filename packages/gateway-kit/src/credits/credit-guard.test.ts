@@ -3,6 +3,7 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import Koa from "koa";
 import { afterAll, beforeAll, expect, it } from "vitest";
+import { ConfigError } from "../errors.js";
 import { migrateToLatest } from "../db/migrations.js";
 import { errorHandler, HttpError } from "../http-error.js";
 import { describeEachDatabase } from "../testing/each-database.js";
@@ -116,7 +117,7 @@ describeEachDatabase("creditGuard", (fixture) => {
   });
 
   it("validates its options when created", () => {
-    expect(() => creditGuard({ ledger, estimate: 5 as never })).toThrow(TypeError);
-    expect(() => creditGuard({ ledger: {} as never, estimate: () => 1 })).toThrow(TypeError);
+    expect(() => creditGuard({ ledger, estimate: 5 as never })).toThrow(ConfigError);
+    expect(() => creditGuard({ ledger: {} as never, estimate: () => 1 })).toThrow(ConfigError);
   });
 });

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
-import { fn, parseOptions } from "../limits/options.js";
+import { functionOption, parseOptions } from "../options.js";
 import { ReservationClosedError } from "./errors.js";
 import type { Ledger, Reservation } from "./ledger.js";
 
@@ -19,16 +19,16 @@ const CreditGuardOptions = z
   .object({
     ledger: z.custom<Ledger>((v) => typeof (v as Ledger)?.reserve === "function", "ledger must come from createKyselyLedger"),
     /** Most the request may spend, in micro-credits (e.g. `prices.maxCost(...)`). */
-    estimate: fn<(ctx: Ctx) => number | Promise<number>>(),
+    estimate: functionOption<(ctx: Ctx) => number | Promise<number>>(),
     /** The wallet to draw from. Default: the principal's team wallet when it has a team, else its user wallet. */
-    account: fn<(ctx: Ctx) => string | Promise<string>>().optional(),
+    account: functionOption<(ctx: Ctx) => string | Promise<string>>().optional(),
     /** How long the hold lasts if nobody settles or releases it. Default one hour. */
     ttlMs: z.number().int().positive().optional(),
     /**
      * The reservation's idempotency key. Default: the principal and the request's
      * `Idempotency-Key` header when present (so a retried request reuses its hold), else a fresh id.
      */
-    idempotencyKey: fn<(ctx: Ctx) => string>().optional(),
+    idempotencyKey: functionOption<(ctx: Ctx) => string>().optional(),
   })
   .strict();
 export type CreditGuardOptions = z.input<typeof CreditGuardOptions>;

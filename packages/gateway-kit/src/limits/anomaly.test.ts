@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
+import { ConfigError } from "../errors.js";
 import { migrateToLatest } from "../db/migrations.js";
 import { describeEachDatabase, separatePools } from "../testing/each-database.js";
 import { anomalyGuard, createAnomalyDetector, createKyselyAnomalyStateStore, type AnomalyEvent } from "./anomaly.js";
@@ -128,9 +129,9 @@ describe("anomaly detector", () => {
   });
 
   it("validates options and amounts", async () => {
-    expect(() => createAnomalyDetector({ alpha: 1 })).toThrow(TypeError);
-    expect(() => createAnomalyDetector({ bucketMs: 10 })).toThrow(TypeError);
-    expect(() => anomalyGuard({ detector: {} as never })).toThrow(TypeError);
+    expect(() => createAnomalyDetector({ alpha: 1 })).toThrow(ConfigError);
+    expect(() => createAnomalyDetector({ bucketMs: 10 })).toThrow(ConfigError);
+    expect(() => anomalyGuard({ detector: {} as never })).toThrow(ConfigError);
     expect(atEdge(await (createAnomalyDetector().observe("u", -1)).catch((e: unknown) => e))).toMatchObject({ name: "AnomalyInputError", status: 400 });
     expect(atEdge(await (createAnomalyDetector().observe("u", Number.NaN)).catch((e: unknown) => e))).toMatchObject({ status: 400 });
     expect(atEdge(await (createAnomalyDetector().observe("u\u0000", 1)).catch((e: unknown) => e))).toMatchObject({ status: 400 });

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
+import { ConfigError } from "../errors.js";
 import { migrateToLatest } from "../db/migrations.js";
 import { describeEachDatabase, separatePools } from "../testing/each-database.js";
 import { limitMigrations } from "./migrations.js";
@@ -146,12 +147,12 @@ describeEachDatabase("PostgreSQL rate-limit store", (fixture) => {
 });
 
 describe("rateLimit options", () => {
-  it("throws a TypeError for bad options at creation", () => {
+  it("throws a ConfigError for bad options at creation", () => {
     const store = createMemoryRateLimitStore();
-    expect(() => rateLimit({ store, limit: 0, windowMs: 60_000 })).toThrow(TypeError);
-    expect(() => rateLimit({ store, limit: 10, windowMs: 10 })).toThrow(TypeError);
-    expect(() => rateLimit({ store: {} as never, limit: 10, windowMs: 60_000 })).toThrow(TypeError);
-    expect(() => rateLimit({ store, limit: 10, windowMs: 60_000, by: "team" as never })).toThrow(TypeError);
-    expect(() => rateLimit({ store, limit: 10, windowMs: 60_000, extra: 1 } as never)).toThrow(TypeError);
+    expect(() => rateLimit({ store, limit: 0, windowMs: 60_000 })).toThrow(ConfigError);
+    expect(() => rateLimit({ store, limit: 10, windowMs: 10 })).toThrow(ConfigError);
+    expect(() => rateLimit({ store: {} as never, limit: 10, windowMs: 60_000 })).toThrow(ConfigError);
+    expect(() => rateLimit({ store, limit: 10, windowMs: 60_000, by: "team" as never })).toThrow(ConfigError);
+    expect(() => rateLimit({ store, limit: 10, windowMs: 60_000, extra: 1 } as never)).toThrow(ConfigError);
   });
 });

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
+import { ConfigError } from "../errors.js";
 import { migrateToLatest } from "../db/migrations.js";
 import { HttpError } from "../http-error.js";
 import { describeEachDatabase, separatePools } from "../testing/each-database.js";
@@ -65,13 +66,13 @@ function slotContract(newStore: () => RunSlotStore) {
 describe("memory run slots", () => slotContract(createMemoryRunSlotStore));
 
 describe("run slot options", () => {
-  it("throws a TypeError for bad options at creation", () => {
+  it("throws a ConfigError for bad options at creation", () => {
     const store = createMemoryRunSlotStore();
-    expect(() => createRunSlots({ store, limits: {} })).toThrow(TypeError);
-    expect(() => createRunSlots({ store, limits: { user: 0 } })).toThrow(TypeError);
-    expect(() => createRunSlots({ store, limits: { user: 1 }, leaseMs: 5 })).toThrow(TypeError);
-    expect(() => concurrencyLimit({ slots: {} as never })).toThrow(TypeError);
-    expect(() => concurrencyLimit({ slots: createRunSlots({ store, limits: { user: 1 } }), hold: "forever" as never })).toThrow(TypeError);
+    expect(() => createRunSlots({ store, limits: {} })).toThrow(ConfigError);
+    expect(() => createRunSlots({ store, limits: { user: 0 } })).toThrow(ConfigError);
+    expect(() => createRunSlots({ store, limits: { user: 1 }, leaseMs: 5 })).toThrow(ConfigError);
+    expect(() => concurrencyLimit({ slots: {} as never })).toThrow(ConfigError);
+    expect(() => concurrencyLimit({ slots: createRunSlots({ store, limits: { user: 1 } }), hold: "forever" as never })).toThrow(ConfigError);
   });
 
   it("keeps a live slot renewed with keepAlive and reports a lost one", async () => {
