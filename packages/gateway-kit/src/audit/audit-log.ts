@@ -184,6 +184,9 @@ export interface AuditLog extends AuditSink {
  * (await audit.verify(teamId)).ok; // true
  */
 export function createAuditLog(db: Kysely<any>, options: AuditLogOptions = {}): AuditLog {
+  if (typeof db?.selectFrom !== "function") throw new ConfigError("createAuditLog needs a Kysely database or transaction");
+  if (options.now !== undefined && typeof options.now !== "function") throw new ConfigError("createAuditLog: now must be a function returning a Date");
+  if (options.redact !== undefined && typeof options.redact !== "boolean") throw new ConfigError("createAuditLog: redact must be true or false");
   const now = options.now ?? (() => new Date());
   const redact = options.redact ?? true;
   const append = (input: AuditEventInput) => {
