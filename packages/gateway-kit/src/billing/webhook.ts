@@ -87,11 +87,11 @@ async function readRawBody(ctx: Parameters<Middleware>[0], limit: number): Promi
  * router.post("/billing/stripe/webhook", stripeWebhook({ stripe, db, ledger: createKyselyLedger, signingSecret: process.env.STRIPE_WEBHOOK_SECRET! }));
  */
 export function stripeWebhook(options: StripeWebhookOptions): Middleware {
-  const parsed = { data: parseOptions(StripeWebhookOptions, options, "stripeWebhook") };
-  const { stripe, db, ledger, toleranceSeconds = 300, maxBodyBytes = 1024 * 1024, onProcessed } = parsed.data;
-  const livemode = parsed.data.livemode ?? stripeLivemodeOf(stripe);
+  const o = parseOptions(StripeWebhookOptions, options, "stripeWebhook");
+  const { stripe, db, ledger, toleranceSeconds = 300, maxBodyBytes = 1024 * 1024, onProcessed } = o;
+  const livemode = o.livemode ?? stripeLivemodeOf(stripe);
   if (livemode === undefined) throw new ConfigError("Invalid stripeWebhook options: pass livemode (true for a live key) for a Stripe client not made by createStripeClient");
-  const secrets = Array.isArray(parsed.data.signingSecret) ? parsed.data.signingSecret : [parsed.data.signingSecret];
+  const secrets = Array.isArray(o.signingSecret) ? o.signingSecret : [o.signingSecret];
 
   return async (ctx) => {
     if (ctx.method !== "POST") throw new HttpError(405, "method_not_allowed", "Use POST", undefined, { Allow: "POST" });
