@@ -3,11 +3,13 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import Koa from "koa";
+import { DummyDriver, Kysely, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler } from "kysely";
 import { describe, expect, it } from "vitest";
 import { AUTH_ERROR_CODES, AuthError, ConfigError, GatewayError } from "./errors.js";
 import { errorHandler, errorHeaders, errorStatus, errorStatuses, HttpError } from "./http-error.js";
 import { MissingDependencyError } from "./optional-dependency.js";
 import { ARCHIVE_PROBLEMS } from "./screening/uploads.js";
+import * as gateway from "./index.js";
 
 const SRC = new URL(".", import.meta.url).pathname;
 
@@ -108,5 +110,60 @@ describe("error codes and the status table", () => {
     const config = await serve(build(), "/config");
     expect(config.status).toBe(500);
     expect(JSON.stringify(config.body)).not.toContain("secret key");
+  });
+
+  it("throws the coded ConfigError, outside any request, for every module's bad options", async () => {
+    // Each factory is called as a job worker or a start-up script would, with one option wrong.
+    // Nothing reaches a database: a kysely instance that never connects is enough.
+    const db = {
+      db: new Kysely<any>({
+        dialect: {
+          createAdapter: () => new PostgresAdapter(),
+          createDriver: () => new DummyDriver(),
+          createIntrospector: (k) => new PostgresIntrospector(k),
+          createQueryCompiler: () => new PostgresQueryCompiler(),
+        },
+      }),
+    };
+    {
+      const store = gateway.createMemoryRateLimitStore();
+      const stripe = { checkout: {}, webhooks: {} } as never;
+      const factories: Record<string, () => unknown> = {
+        "credits: createPriceList": () => gateway.createPriceList({ markupBps: -1 }),
+        "spend: createSpend": () => gateway.createSpend({ db: db.db, ledger: gateway.createKyselyLedger(db.db), ttlMs: -1 }),
+        "budgets: createKyselyBudgets": () => gateway.createKyselyBudgets(db.db, { thresholds: [0] }),
+        "budgets: budgetGuard": () => gateway.budgetGuard({ budgets: {} as never, estimate: () => 1 }),
+        "budgets: webhookNotifier": () => gateway.webhookNotifier({ url: "ftp://x", secret: "0123456789abcdef" }),
+        "budgets: createCostRouter": () => gateway.createCostRouter({ tiers: [] }),
+        "limits: rateLimit": () => gateway.rateLimit({ store, limit: 0, windowMs: 60_000 }),
+        "limits: createRunSlots": () => gateway.createRunSlots({ store: gateway.createMemoryRunSlotStore(), limits: { user: 0 } }),
+        "limits: quota": () => gateway.quota({ maxUploadBytes: -1 }),
+        "limits: createAnomalyDetector": () => gateway.createAnomalyDetector({ alpha: 1 }),
+        "screening: screenInstructions": () => gateway.screenInstructions({ rules: [{}] as never }),
+        "screening: validate": () => gateway.validate({}),
+        "screening: screenUploads": () => gateway.screenUploads({ maxEntries: -1 } as never),
+        "screening: redactResponses": () => gateway.redactResponses({ patterns: [{ kind: "x", pattern: /x/ }] }),
+        "privacy: gatewayRetentionRules": () => gateway.gatewayRetentionRules({ sessions: 0 }),
+        "audit: createAuditLog": () => gateway.createAuditLog(db.db, { now: "yesterday" as never }),
+        "audit: auditRequests": () => gateway.auditRequests({} as never),
+        "billing: createCreditCheckout": () => gateway.createCreditCheckout({ stripe, db: db.db, ledger: gateway.createKyselyLedger, packs: [], successUrl: "https://a.test", cancelUrl: "https://a.test" }),
+        "billing: stripeWebhook": () => gateway.stripeWebhook({ stripe, db: db.db, ledger: gateway.createKyselyLedger, signingSecret: "" }),
+        "billing: createStripeClient": () => gateway.createStripeClient({ apiKey: "" }),
+        "db: defineMigrations": () => gateway.defineMigrations("Not A Module", {}),
+      };
+      const outcomes = Object.fromEntries(
+        Object.entries(factories).map(([name, make]) => {
+          try {
+            make();
+            return [name, "no error"];
+          } catch (error) {
+            return [name, error instanceof ConfigError && error.code === "invalid_config" ? "ConfigError" : String(error)];
+          }
+        }),
+      );
+      expect(outcomes).toEqual(Object.fromEntries(Object.keys(factories).map((name) => [name, "ConfigError"])));
+      await expect(gateway.openDatabase({ schema: "bad schema" })).rejects.toBeInstanceOf(ConfigError);
+      await expect(gateway.eraseUserData(db.db, "u_1", [])).rejects.toBeInstanceOf(ConfigError);
+    }
   });
 });

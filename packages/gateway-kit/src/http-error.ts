@@ -99,6 +99,10 @@ export const errorStatuses = {
   budget_webhook_failed: 502,
   spend_not_found: 404,
   spend_closed: 409,
+  // Cost routing.
+  context_too_large: 413,
+  budget_insufficient: 402,
+  invalid_route_request: 400,
   // Limits.
   too_many_concurrent_runs: 429,
   run_slot_lost: 409,
@@ -120,6 +124,9 @@ export const errorStatuses = {
   // Store and audit invariants a caller hit.
   duplicate: 409,
   invalid_audit_event: 500,
+  // Billing.
+  invalid_meter_report: 400,
+  unknown_pack: 400,
 } satisfies ErrorStatuses;
 
 function mappingOf(error: GatewayError, statuses: ErrorStatuses): ErrorMapping | undefined {

@@ -1,7 +1,17 @@
-export { openDatabase, type Database, type DatabaseKind, type DatabaseOptions } from "./db/database.js";
-export { PGliteDialect } from "./db/pglite-dialect.js";
+export {
+  openDatabase,
+  PGliteDialect,
+  defineMigrations,
+  migrateToLatest,
+  migrationTableName,
+  type Database,
+  type DatabaseKind,
+  type DatabaseOptions,
+  type MigrationSet,
+  type MigrateOptions,
+  type MigrationReport,
+} from "./db/index.js";
 export { MissingDependencyError, OPTIONAL_DEPENDENCIES, type OptionalDependency } from "./optional-dependency.js";
-export { defineMigrations, migrateToLatest, migrationTableName, type MigrationSet, type MigrateOptions, type MigrationReport } from "./db/migrations.js";
 export { AUTH_ERROR_CODES, AuthError, ConfigError, GatewayError, type AuthErrorCode } from "./errors.js";
 export {
   HttpError,
@@ -17,7 +27,6 @@ export {
 export type { Principal } from "./principal.js";
 export * from "./http/index.js";
 export * from "./audit/index.js";
-export type { DataRightsContributor } from "./privacy/contributor.js";
 export * from "./auth/index.js";
 export * from "./credits/index.js";
 export * from "./billing/index.js";

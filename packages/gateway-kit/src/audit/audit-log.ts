@@ -1,8 +1,8 @@
-import { GatewayError } from "../errors.js";
-import { createHash, randomBytes } from "node:crypto";
+import { ConfigError, GatewayError } from "../errors.js";
+import { createHash, createHmac, createPrivateKey, createPublicKey, randomBytes, sign as signBytes, timingSafeEqual, verify as verifySignature, type KeyObject } from "node:crypto";
 import { sql, type Kysely } from "kysely";
 import type { AuditEventInput, AuditSink } from "./audit-sink.js";
-import { redactSecrets, redactSecretsDeep } from "../screening/redact.js";
+import { redactSecrets, redactSecretsDeep } from "../redact-secrets.js";
 import { canonicalJson } from "./canonical-json.js";
 
 /** The hash a chain starts from (the `prev_hash` of sequence 1). */
@@ -141,15 +141,40 @@ export interface AuditLogOptions {
    * caller passes a token along. Default true.
    */
   redact?: boolean;
+  /** Signs `checkpoint()`s and verifies them in `verify(tenant, checkpoint)`. */
+  checkpointKey?: AuditCheckpointKey;
 }
 
-/** The kysely audit log: an `AuditSink` plus reading and verifying. */
+/** An event about one person, as a data export shows it (`AuditLog.subjectEvents`). */
+export type AuditSubjectEvent = Pick<AuditRecord, "tenantId" | "seq" | "at" | "action" | "result" | "actorId" | "target" | "ip" | "requestId" | "details">;
+
+/**
+ * The kysely audit log: an `AuditSink` plus reading, verifying and the data-rights operations
+ * (what the log holds about a person, and erasing it). Made on a transaction, every method runs
+ * in that transaction.
+ */
 export interface AuditLog extends AuditSink {
   /** Appends and returns the stored record. */
   append(event: AuditEventInput): Promise<AuditRecord>;
   /** A tenant's events in sequence order, `limit` at a time after `afterSeq`. */
   list(tenantId: string | null, options?: { afterSeq?: number; limit?: number }): Promise<AuditRecord[]>;
-  verify(tenantId: string | null): Promise<AuditChainReport>;
+  /** Walks the chain; with a checkpoint, also checks the chain still holds the row it signed (`checkpointKey` needed). */
+  verify(tenantId: string | null, checkpoint?: AuditCheckpoint): Promise<AuditChainReport>;
+  /** The signed head of a tenant's chain (see `auditCheckpoint`); needs the `checkpointKey` option. */
+  checkpoint(tenantId: string | null): Promise<AuditCheckpoint>;
+  /**
+   * Every event, across tenants, that a user performed or that targets `user:<id>`, plus the
+   * anonymous rows of their own requests (same request id and address as one of theirs, e.g. the
+   * request log's row of their signup), oldest first.
+   */
+  subjectEvents(userId: string): Promise<AuditSubjectEvent[]>;
+  /** The client addresses of the rows a user performed or that name them (signup, logins, failed logins). */
+  subjectAddresses(userId: string): Promise<string[]>;
+  /**
+   * Erases the personal fields of the rows matching `where`, keeping every hash, and records the
+   * scrub in each affected chain (see `scrubAuditPii`). Returns the number of rows scrubbed.
+   */
+  scrub(where: AuditScrubWhere): Promise<number>;
 }
 
 /**
@@ -164,8 +189,16 @@ export interface AuditLog extends AuditSink {
  * (await audit.verify(teamId)).ok; // true
  */
 export function createAuditLog(db: Kysely<any>, options: AuditLogOptions = {}): AuditLog {
+  if (typeof db?.selectFrom !== "function") throw new ConfigError("createAuditLog needs a Kysely database or transaction");
+  if (options.now !== undefined && typeof options.now !== "function") throw new ConfigError("createAuditLog: now must be a function returning a Date");
+  if (options.redact !== undefined && typeof options.redact !== "boolean") throw new ConfigError("createAuditLog: redact must be true or false");
   const now = options.now ?? (() => new Date());
   const redact = options.redact ?? true;
+  if (options.checkpointKey !== undefined) checkKey(options.checkpointKey, false);
+  const requireKey = () => {
+    if (!options.checkpointKey) throw new ConfigError("createAuditLog: checkpoints need the checkpointKey option");
+    return options.checkpointKey;
+  };
   const append = (input: AuditEventInput) => {
     checkEvent(input);
     const event: AuditEventInput = redact
@@ -177,8 +210,58 @@ export function createAuditLog(db: Kysely<any>, options: AuditLogOptions = {}): 
     append,
     record: async (event) => void (await append(event)),
     list: (tenantId, o = {}) => listAuditEvents(db, tenantId, o),
-    verify: (tenantId) => verifyAuditChain(db, tenantId),
+    verify: async (tenantId, checkpoint) => verifyAuditChain(db, tenantId, checkpoint ? { checkpoint, keys: requireKey() } : {}),
+    checkpoint: async (tenantId) => auditCheckpoint(db, tenantId, requireKey(), { now }),
+    subjectEvents: (userId) => subjectEvents(db, userId),
+    subjectAddresses: (userId) => subjectAddresses(db, userId),
+    scrub: (where) => (db.isTransaction ? scrubAuditPii(db, where, now()) : db.transaction().execute((trx) => scrubAuditPii(trx, where, now()))),
   };
+}
+
+const ownRows = (userId: string) => (eb: any) => eb.or([eb("actor_id", "=", userId), eb("target", "=", `user:${userId}`)]);
+
+async function subjectEvents(db: Kysely<any>, userId: string): Promise<AuditSubjectEvent[]> {
+  const rows = await db
+    .selectFrom("audit_log as a")
+    .select(["a.tenant_key", "a.seq", "a.at", "a.action", "a.result", "a.actor_id", "a.target", "a.ip", "a.request_id", "a.details"])
+    .where((eb) =>
+      eb.or([
+        eb("a.actor_id", "=", userId),
+        eb("a.target", "=", `user:${userId}`),
+        eb.and([
+          eb("a.actor_id", "is", null),
+          eb.exists(
+            eb
+              .selectFrom("audit_log as o")
+              .select(sql`1`.as("one"))
+              .whereRef("o.request_id", "=", "a.request_id")
+              .whereRef("o.ip", "=", "a.ip")
+              .where((inner: any) => ownRows(userId)(inner)),
+          ),
+        ]),
+      ]),
+    )
+    .orderBy("a.at")
+    .orderBy("a.tenant_key")
+    .orderBy("a.seq")
+    .execute();
+  return rows.map((r) => ({
+    tenantId: r.tenant_key === "" ? null : r.tenant_key,
+    seq: Number(r.seq),
+    at: new Date(r.at),
+    action: r.action,
+    result: r.result,
+    actorId: r.actor_id,
+    target: r.target,
+    ip: r.ip,
+    requestId: r.request_id,
+    details: r.details === null ? null : JSON.parse(r.details),
+  }));
+}
+
+async function subjectAddresses(db: Kysely<any>, userId: string): Promise<string[]> {
+  const rows = await db.selectFrom("audit_log").select("ip").distinct().where("ip", "is not", null).where(ownRows(userId)).execute();
+  return rows.map((r) => r.ip as string).sort();
 }
 
 function toRecord(row: any): AuditRecord {
@@ -232,7 +315,13 @@ export type AuditChainProblem =
   /** The head row disagrees with the last row (rows removed from the end). */
   | "head_mismatch"
   /** A row's personal fields were blanked without the `audit.scrub` record every scrub appends. */
-  | "unrecorded_scrub";
+  | "unrecorded_scrub"
+  /** The chain ends before the checkpoint's head: rows were removed from the end (the head row moved back with them). */
+  | "checkpoint_truncated"
+  /** The row at the checkpoint's sequence number has another hash: the chain was rewritten up to or before it. */
+  | "checkpoint_mismatch"
+  /** The checkpoint's signature does not verify, its key id is unknown, or it is for another chain. */
+  | "checkpoint_invalid";
 
 export type AuditChainReport =
   | {
@@ -240,6 +329,8 @@ export type AuditChainReport =
       tenantId: string | null;
       rows: number;
       headHash: string;
+      /** The checkpoint the chain was checked against, when one was given. */
+      checkpoint?: { seq: number; keyId: string };
       /** The `audit.scrub` records in the chain and how many rows they account for. */
       scrubs: { records: number; rows: number };
     }
@@ -254,8 +345,13 @@ export type AuditChainReport =
  * const report = await verifyAuditChain(db, teamId);
  * if (!report.ok) console.error(`audit row ${report.seq}: ${report.problem}`);
  */
-export async function verifyAuditChain(db: Kysely<any>, tenantId: string | null): Promise<AuditChainReport> {
+export async function verifyAuditChain(db: Kysely<any>, tenantId: string | null, options: VerifyAuditChainOptions = {}): Promise<AuditChainReport> {
   const key = tenantKey(tenantId);
+  const checkpoint = options.checkpoint;
+  if (checkpoint !== undefined) {
+    const invalid = checkpointProblem(checkpoint, tenantId, options.keys);
+    if (invalid) return { ok: false, tenantId, rows: 0, seq: Number(checkpoint?.seq) || 0, problem: "checkpoint_invalid", message: invalid };
+  }
   let expectedSeq = 1;
   let prevHash = AUDIT_GENESIS_HASH;
   // Scrubbed rows not yet accounted for by a later audit.scrub record.
@@ -299,6 +395,9 @@ export async function verifyAuditChain(db: Kysely<any>, tenantId: string | null)
       }
       const hash = auditRowHash({ tenantKey: key, seq, at: new Date(row.at), action: row.action, result: row.result, piiDigest: row.pii_digest, prevHash: row.prev_hash });
       if (hash !== row.hash) return fail(seq, "hash_mismatch", `Row ${seq}'s time, action or result were changed`);
+      if (checkpoint && seq === checkpoint.seq && row.hash !== checkpoint.hash) {
+        return fail(seq, "checkpoint_mismatch", `Row ${seq} is not the row the checkpoint signed: the chain was rewritten`);
+      }
       prevHash = row.hash;
       expectedSeq++;
     }
@@ -309,11 +408,155 @@ export async function verifyAuditChain(db: Kysely<any>, tenantId: string | null)
   if (headSeq !== expectedSeq - 1 || (head && head.hash !== prevHash)) {
     return fail(Math.min(headSeq, expectedSeq), "head_mismatch", `The chain head is at ${headSeq} but rows end at ${expectedSeq - 1}`);
   }
+  if (checkpoint && expectedSeq - 1 < checkpoint.seq) {
+    return fail(expectedSeq, "checkpoint_truncated", `The chain ends at row ${expectedSeq - 1} but the checkpoint signed row ${checkpoint.seq}`);
+  }
   if (unaccounted.size > 0) {
     const first = Math.min(...unaccounted);
     return { ok: false, tenantId, rows: expectedSeq - 1, seq: first, problem: "unrecorded_scrub", message: `Row ${first}'s personal fields were erased without a scrub record` };
   }
-  return { ok: true, tenantId, rows: expectedSeq - 1, headHash: prevHash, scrubs: { records: scrubRecords, rows: scrubbedRows } };
+  return {
+    ok: true,
+    tenantId,
+    rows: expectedSeq - 1,
+    headHash: prevHash,
+    ...(checkpoint ? { checkpoint: { seq: checkpoint.seq, keyId: checkpoint.keyId } } : {}),
+    scrubs: { records: scrubRecords, rows: scrubbedRows },
+  };
+}
+
+/**
+ * A key that signs or verifies audit checkpoints. `hmac-sha256` uses a shared secret (at least 32
+ * bytes) for both; `ed25519` signs with the private key and verifies with the public one, so the
+ * verifier can hold only the public key. `id` is written into every checkpoint, so keys can be
+ * rotated: keep the old ones in the verifier's list.
+ */
+export type AuditCheckpointKey =
+  | { id: string; algorithm: "hmac-sha256"; secret: string | Uint8Array }
+  | { id: string; algorithm: "ed25519"; privateKey?: KeyObject | string; publicKey?: KeyObject | string };
+
+/**
+ * The signed head of one tenant's chain at a moment: its sequence number and hash. Store it where
+ * the database credentials cannot reach (object storage with retention, another account, a log
+ * shipper); `verifyAuditChain(db, tenant, { checkpoint, keys })` then detects rows removed from
+ * the end or a chain rewritten and re-hashed behind it, which the chain alone cannot show.
+ */
+export interface AuditCheckpoint {
+  v: 1;
+  tenantId: string | null;
+  /** The head's sequence number (0 for an empty chain). */
+  seq: number;
+  /** The head's hash (`AUDIT_GENESIS_HASH` for an empty chain). */
+  hash: string;
+  /** When the checkpoint was taken, ISO 8601. */
+  at: string;
+  algorithm: AuditCheckpointKey["algorithm"];
+  keyId: string;
+  /** Base64url signature over the canonical JSON of the other fields. */
+  signature: string;
+}
+
+export interface VerifyAuditChainOptions {
+  /** A checkpoint taken earlier: the chain must still hold its row, unchanged. */
+  checkpoint?: AuditCheckpoint;
+  /** The keys checkpoints may be signed with (by `id`); needed with `checkpoint`. */
+  keys?: AuditCheckpointKey | readonly AuditCheckpointKey[];
+}
+
+const ID = /^[A-Za-z0-9._:-]{1,100}$/;
+
+/** Throws `ConfigError` for a key that cannot sign (or verify, when `forSigning` is false). */
+function checkKey(key: AuditCheckpointKey, forSigning: boolean): void {
+  if (typeof key !== "object" || key === null || typeof key.id !== "string" || !ID.test(key.id)) {
+    throw new ConfigError("An audit checkpoint key needs an id (letters, digits, . _ : -)");
+  }
+  if (key.algorithm === "hmac-sha256") {
+    const length = typeof key.secret === "string" ? Buffer.byteLength(key.secret) : key.secret instanceof Uint8Array ? key.secret.length : 0;
+    if (length < 32) throw new ConfigError(`Audit checkpoint key ${key.id}: an hmac-sha256 secret needs at least 32 bytes`);
+  } else if (key.algorithm === "ed25519") {
+    if (forSigning && !key.privateKey) throw new ConfigError(`Audit checkpoint key ${key.id}: signing with ed25519 needs privateKey`);
+    if (!key.privateKey && !key.publicKey) throw new ConfigError(`Audit checkpoint key ${key.id}: ed25519 needs publicKey or privateKey`);
+  } else {
+    throw new ConfigError(`Audit checkpoint key ${(key as { id?: unknown }).id}: algorithm must be hmac-sha256 or ed25519`);
+  }
+}
+
+const signedText = (c: Omit<AuditCheckpoint, "signature">) =>
+  canonicalJson({ v: c.v, tenant: tenantKey(c.tenantId), seq: c.seq, hash: c.hash, at: c.at, algorithm: c.algorithm, keyId: c.keyId });
+
+function signCheckpoint(body: Omit<AuditCheckpoint, "signature">, key: AuditCheckpointKey): string {
+  const text = Buffer.from(signedText(body), "utf8");
+  if (key.algorithm === "hmac-sha256") return createHmac("sha256", key.secret).update(text).digest("base64url");
+  const privateKey = typeof key.privateKey === "string" ? createPrivateKey(key.privateKey) : key.privateKey!;
+  return signBytes(null, text, privateKey).toString("base64url");
+}
+
+/** Why a checkpoint cannot be trusted, or null when its signature holds and it is for this chain. */
+function checkpointProblem(checkpoint: AuditCheckpoint, tenantId: string | null, keys: VerifyAuditChainOptions["keys"]): string | null {
+  const list = keys === undefined ? [] : Array.isArray(keys) ? keys : [keys as AuditCheckpointKey];
+  if (list.length === 0) throw new ConfigError("verifyAuditChain: a checkpoint needs keys to verify it with");
+  for (const key of list) checkKey(key, false);
+  const c = checkpoint as Partial<AuditCheckpoint> | null;
+  if (
+    typeof c !== "object" ||
+    c === null ||
+    c.v !== 1 ||
+    !Number.isSafeInteger(c.seq) ||
+    (c.seq as number) < 0 ||
+    typeof c.hash !== "string" ||
+    !/^[0-9a-f]{64}$/.test(c.hash) ||
+    typeof c.at !== "string" ||
+    typeof c.keyId !== "string" ||
+    typeof c.signature !== "string"
+  ) {
+    return "The checkpoint is malformed";
+  }
+  if (tenantKey(c.tenantId ?? null) !== tenantKey(tenantId)) return "The checkpoint is for another chain";
+  const key = list.find((k) => k.id === c.keyId && k.algorithm === c.algorithm);
+  if (!key) return `No ${String(c.algorithm)} key has id ${c.keyId}`;
+  const text = Buffer.from(signedText(c as AuditCheckpoint), "utf8");
+  const signature = Buffer.from(c.signature, "base64url");
+  if (key.algorithm === "hmac-sha256") {
+    const expected = createHmac("sha256", key.secret).update(text).digest();
+    return expected.length === signature.length && timingSafeEqual(expected, signature) ? null : "The checkpoint's signature does not verify";
+  }
+  const publicKey = key.publicKey
+    ? typeof key.publicKey === "string"
+      ? createPublicKey(key.publicKey)
+      : key.publicKey
+    : createPublicKey(typeof key.privateKey === "string" ? createPrivateKey(key.privateKey) : key.privateKey!);
+  try {
+    return verifySignature(null, text, publicKey, signature) ? null : "The checkpoint's signature does not verify";
+  } catch {
+    return "The checkpoint's signature does not verify";
+  }
+}
+
+/**
+ * Signs the current head of a tenant's chain (its sequence number and hash) with a key from the
+ * host's configuration, for the host to store out of the database's reach. Pass the result and
+ * the key(s) to `verifyAuditChain` later.
+ *
+ * @example
+ * const key = { id: "audit-2026", algorithm: "hmac-sha256", secret: process.env.AUDIT_CHECKPOINT_KEY! } as const;
+ * const checkpoint = await auditCheckpoint(db, teamId, key);
+ * await bucket.put(`audit/${teamId}/${checkpoint.seq}.json`, JSON.stringify(checkpoint));
+ * // later
+ * const report = await verifyAuditChain(db, teamId, { checkpoint, keys: [key] });
+ */
+export async function auditCheckpoint(db: Kysely<any>, tenantId: string | null, key: AuditCheckpointKey, options: { now?: () => Date } = {}): Promise<AuditCheckpoint> {
+  checkKey(key, true);
+  const head = await db.selectFrom("audit_heads").select(["seq", "hash"]).where("tenant_key", "=", tenantKey(tenantId)).executeTakeFirst();
+  const body: Omit<AuditCheckpoint, "signature"> = {
+    v: 1,
+    tenantId,
+    seq: head ? Number(head.seq) : 0,
+    hash: head ? head.hash : AUDIT_GENESIS_HASH,
+    at: (options.now ?? (() => new Date()))().toISOString(),
+    algorithm: key.algorithm,
+    keyId: key.id,
+  };
+  return { ...body, signature: signCheckpoint(body, key) };
 }
 
 /** The action of the chain record every scrub leaves behind. */
@@ -357,10 +600,10 @@ export interface AuditScrubWhere {
  * await db.transaction().execute((trx) => scrubAuditPii(trx, { actorId: userId }));
  */
 export async function scrubAuditPii(trx: Kysely<any>, where: AuditScrubWhere, at: Date = new Date()): Promise<number> {
-  if (!trx.isTransaction) throw new TypeError("scrubAuditPii must run inside a transaction");
+  if (!trx.isTransaction) throw new ConfigError("scrubAuditPii must run inside a transaction");
   const targets = where.targets?.length ? where.targets : null;
   const ips = where.ips?.length ? where.ips : null;
-  if (where.actorId === undefined && !targets && !ips && where.before === undefined) throw new TypeError("scrubAuditPii needs actorId, targets, ips or before");
+  if (where.actorId === undefined && !targets && !ips && where.before === undefined) throw new ConfigError("scrubAuditPii needs actorId, targets, ips or before");
   const when = new Date(Math.floor(at.getTime()));
   const { rows } = await sql<{ tenant_key: string; seq: string | number }>`
     select tenant_key, seq from gk_audit_scrub(${where.actorId ?? null}, ${targets}::text[], ${where.before ?? null}::timestamptz, ${when}::timestamptz, ${ips}::text[])`.execute(trx);

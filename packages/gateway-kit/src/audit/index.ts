@@ -6,6 +6,7 @@ export {
   AUDIT_SCRUB_ACTION,
   AuditEventError,
   appendAuditEvent,
+  auditCheckpoint,
   auditPiiDigest,
   auditRowHash,
   createAuditLog,
@@ -13,10 +14,14 @@ export {
   scrubAuditPii,
   verifyAuditChain,
   type AuditChainProblem,
+  type AuditCheckpoint,
+  type AuditCheckpointKey,
+  type VerifyAuditChainOptions,
   type AuditChainReport,
   type AuditLog,
   type AuditLogOptions,
   type AuditRecord,
   type AuditScrubWhere,
+  type AuditSubjectEvent,
 } from "./audit-log.js";
 export { auditRequests, type AuditRequestsOptions } from "./audit-requests.js";

@@ -1,5 +1,5 @@
 import { sql, type Kysely } from "kysely";
-import { defineMigrations } from "../db/migrations.js";
+import { defineMigrations } from "../db/index.js";
 
 /**
  * The audit log tables: `audit_log` (one row per event, chained per tenant) and `audit_heads`

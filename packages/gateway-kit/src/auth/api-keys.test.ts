@@ -23,7 +23,7 @@ describe("API key format", () => {
 });
 
 describe("middleware options", () => {
-  it("throws a TypeError for bad options at creation", () => {
+  it("throws a ConfigError for bad options at creation", () => {
     expect(() => authenticate({ service: {} as never })).toThrow(ConfigError);
     expect(() => requireScope()).toThrow(ConfigError);
     expect(() => requireScope("Not A Scope!")).toThrow(ConfigError);

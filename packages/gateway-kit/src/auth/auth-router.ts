@@ -3,7 +3,7 @@ import { bodyParser } from "@koa/bodyparser";
 import { Router } from "@koa/router";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
-import { requestIp } from "../http/client-ip.js";
+import { requestIp } from "../http/index.js";
 import { errorHandler, errorStatus, HttpError } from "../http-error.js";
 import type { Principal } from "../principal.js";
 import { authenticate } from "./authenticate.js";

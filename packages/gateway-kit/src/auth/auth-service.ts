@@ -1,5 +1,5 @@
 import { z } from "zod";
-import type { AuditSink } from "../audit/audit-sink.js";
+import type { AuditSink } from "../audit/index.js";
 import { ConfigError } from "../errors.js";
 import type { AccessTokens } from "./jwt.js";
 import { JwtKeySet } from "./jwt.js";

@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import { AuthError, ConfigError } from "../errors.js";
 import { errorHeaders, errorStatus } from "../http-error.js";
 import { createAccessTokens, JwtKeySet } from "./jwt.js";
-import { TestClock } from "./test-app.js";
+import { TestClock } from "../testing/index.js";
 
 const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString("base64url");
 

@@ -1,6 +1,6 @@
 import { AuthError, ConfigError } from "../errors.js";
 import { z } from "zod";
-import { ipLimitKey } from "../http/client-ip.js";
+import { ipLimitKey } from "../http/index.js";
 import type { LoginAttemptStore } from "./stores.js";
 
 export const LoginLimiterOptions = z

@@ -5,10 +5,10 @@ import type { AddressInfo } from "node:net";
 import Koa from "koa";
 import { Router } from "@koa/router";
 import { sql } from "kysely";
-import type { AuditEventInput, AuditSink } from "../audit/audit-sink.js";
-import { defineMigrations, migrateToLatest } from "../db/migrations.js";
+import type { AuditEventInput, AuditSink } from "../audit/index.js";
+import { defineMigrations, migrateToLatest } from "../db/index.js";
 import { errorHandler } from "../http-error.js";
-import type { DatabaseFixture } from "../testing/each-database.js";
+import { TestClock, type DatabaseFixture } from "../testing/index.js";
 import { authRouter } from "./auth-router.js";
 import { createAuthService, type AuthService, type AuthServiceOptions } from "./auth-service.js";
 import { authenticate, loadInTenant, requirePermission, requireScope } from "./authenticate.js";
@@ -16,15 +16,6 @@ import { JwtKeySet } from "./jwt.js";
 import { createKyselyAuthStores } from "./kysely-stores.js";
 import { authMigrations } from "./migrations.js";
 import type { SmsSender } from "./sms.js";
-
-/** A clock the tests move by hand. */
-export class TestClock {
-  constructor(public ms = Date.now()) {}
-  now = (): Date => new Date(this.ms);
-  advance(ms: number): void {
-    this.ms += ms;
-  }
-}
 
 export interface TestResponse {
   status: number;

@@ -5,7 +5,8 @@ import { describeEachDatabase } from "../testing/each-database.js";
 import { createAuthService, type AuthService } from "./auth-service.js";
 import { JwtKeySet } from "./jwt.js";
 import { createKyselyAuthStores } from "./kysely-stores.js";
-import { migrateForTests, PASSWORD, TestClock, uniqueEmail } from "./test-app.js";
+import { TestClock } from "../testing/index.js";
+import { migrateForTests, PASSWORD, uniqueEmail } from "./test-app.js";
 import { totpCode } from "./totp.js";
 import { createTotpSecretBox, type TotpEncryptionOptions } from "./totp-secrets.js";
 

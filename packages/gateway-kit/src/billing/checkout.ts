@@ -1,9 +1,10 @@
 import type { Kysely } from "kysely";
 import type Stripe from "stripe";
 import { z } from "zod";
-import { createKyselyLedger } from "../credits/kysely-ledger.js";
-import { HttpError } from "../http-error.js";
 import type { BillingTables } from "./migrations.js";
+import { ConfigError, GatewayError } from "../errors.js";
+import { functionOption, parseOptions } from "../options.js";
+import type { BillingLedgerFactory } from "./ledger.js";
 
 /** Metadata keys the checkout session carries back to the webhook. */
 export const CHECKOUT_METADATA = {
@@ -31,6 +32,8 @@ export type CreditPack = z.infer<typeof CreditPack>;
 export const CreditCheckoutOptions = z.object({
   stripe: z.custom<Stripe>((value) => typeof value === "object" && value !== null && "checkout" in value, "a Stripe client"),
   db: z.custom<Kysely<any>>((value) => typeof value === "object" && value !== null, "a Kysely instance"),
+  /** The credits ledger the wallets are opened in, e.g. `createKyselyLedger`. */
+  ledger: functionOption<BillingLedgerFactory>(),
   packs: z.array(CreditPack).min(1),
   successUrl: z.url(),
   cancelUrl: z.url(),
@@ -67,7 +70,7 @@ export interface CreditCheckout {
  *
  * @example
  * const checkout = createCreditCheckout({
- *   stripe, db,
+ *   stripe, db, ledger: createKyselyLedger,
  *   packs: [{ id: "starter", name: "10 credits", credits: 10_000_000, unitAmount: 1000, currency: "usd" }],
  *   successUrl: "https://app.example.com/billing/done",
  *   cancelUrl: "https://app.example.com/billing",
@@ -75,18 +78,16 @@ export interface CreditCheckout {
  * const { url } = await checkout.start({ owner: { userId: principal.userId }, packId: "starter" });
  */
 export function createCreditCheckout(options: CreditCheckoutOptions): CreditCheckout {
-  const parsed = CreditCheckoutOptions.safeParse(options);
-  if (!parsed.success) throw new TypeError(`Invalid credit checkout options: ${parsed.error.message}`);
-  const { stripe, db, packs, successUrl, cancelUrl } = parsed.data;
-  if (new Set(packs.map((p) => p.id)).size !== packs.length) throw new TypeError("Credit pack ids must be unique");
-  const ledger = createKyselyLedger(db);
+  const { stripe, db, ledger: ledgerOn, packs, successUrl, cancelUrl } = parseOptions(CreditCheckoutOptions, options, "credit checkout");
+  if (new Set(packs.map((p) => p.id)).size !== packs.length) throw new ConfigError("Credit pack ids must be unique");
+  const ledger = ledgerOn(db);
   const billing = db as Kysely<BillingTables>;
 
   return {
     packs,
     async start(input) {
       const pack = packs.find((p) => p.id === input.packId);
-      if (!pack) throw new HttpError(400, "unknown_pack", `No credit pack "${input.packId}"`, { packId: input.packId });
+      if (!pack) throw new GatewayError("unknown_pack", `No credit pack "${input.packId}"`, { details: { packId: input.packId } });
       const wallet = await ledger.openWallet(input.owner);
       const owner = "userId" in input.owner ? `user:${input.owner.userId}` : `team:${input.owner.teamId}`;
       const metadata = {

@@ -1,5 +1,5 @@
 import type { Kysely } from "kysely";
-import type { DataRightsContributor } from "../privacy/contributor.js";
+import type { DataRightsContributor } from "../privacy/index.js";
 import type { BillingTables } from "./migrations.js";
 
 const text = (value: unknown) => (value == null ? null : String(value));

@@ -12,3 +12,4 @@ export {
 export { processStripeEvent, stripeWebhook, StripeWebhookOptions, type ProcessedEvent, type ProcessStripeEventOptions, type WebhookOutcome } from "./webhook.js";
 export { createUsageMeter, MeterReportInput, type UsageMeter } from "./meter.js";
 export { billingDataRights } from "./data-rights.js";
+export type { BillingLedger, BillingLedgerFactory } from "./ledger.js";

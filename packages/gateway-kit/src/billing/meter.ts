@@ -1,5 +1,6 @@
 import type Stripe from "stripe";
 import { z } from "zod";
+import { ConfigError, GatewayError } from "../errors.js";
 
 export const MeterReportInput = z.object({
   /** The Stripe customer billed for the usage. */
@@ -27,13 +28,13 @@ export interface UsageMeter {
  */
 export function createUsageMeter(options: { stripe: Stripe; eventName: string }): UsageMeter {
   if (!options?.stripe || typeof options.eventName !== "string" || options.eventName.length === 0) {
-    throw new TypeError("createUsageMeter needs a Stripe client and an eventName");
+    throw new ConfigError("createUsageMeter needs a Stripe client and an eventName");
   }
   const { stripe, eventName } = options;
   return {
     async report(input) {
       const parsed = MeterReportInput.safeParse(input);
-      if (!parsed.success) throw new TypeError(`Invalid meter report: ${parsed.error.message}`);
+      if (!parsed.success) throw new GatewayError("invalid_meter_report", `Invalid meter report: ${z.prettifyError(parsed.error)}`);
       const { customerId, value, identifier, timestamp } = parsed.data;
       await stripe.billing.meterEvents.create(
         {

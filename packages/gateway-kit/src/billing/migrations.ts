@@ -1,5 +1,5 @@
 import { sql, type ColumnType, type Generated, type Kysely } from "kysely";
-import { defineMigrations } from "../db/migrations.js";
+import { defineMigrations } from "../db/index.js";
 
 /**
  * Tables for Stripe billing: the checkout sessions this app started and every webhook event it

@@ -1,6 +1,7 @@
 import type Stripe from "stripe";
 import { z } from "zod";
 import { requireOptional } from "../optional-dependency.js";
+import { parseOptions } from "../options.js";
 
 export const StripeClientOptions = z.object({
   /** Secret API key, `sk_live_...` or `sk_test_...`. */
@@ -38,9 +39,7 @@ export function stripeLivemodeOf(client: Stripe): boolean | undefined {
  * const local = createStripeClient({ apiKey: "sk_test_x", host: "127.0.0.1", port: 12111, protocol: "http" });
  */
 export function createStripeClient(options: StripeClientOptions): Stripe {
-  const parsed = StripeClientOptions.safeParse(options);
-  if (!parsed.success) throw new TypeError(`Invalid Stripe client options: ${parsed.error.message}`);
-  const o = parsed.data;
+  const o = parseOptions(StripeClientOptions, options, "Stripe client");
   const StripeSdk = requireOptional<typeof import("stripe")>("stripe").default;
   const client = new StripeSdk(o.apiKey, {
     maxNetworkRetries: o.maxNetworkRetries ?? 2,

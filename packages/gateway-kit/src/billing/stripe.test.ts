@@ -5,11 +5,12 @@ import { bodyParser } from "@koa/bodyparser";
 import Koa from "koa";
 import Stripe from "stripe";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ConfigError } from "../errors.js";
 import { createKyselyLedger } from "../credits/kysely-ledger.js";
 import type { Ledger } from "../credits/ledger.js";
 import { creditMigrations } from "../credits/migrations.js";
 import { migrateToLatest } from "../db/migrations.js";
-import { errorHandler } from "../http-error.js";
+import { errorHandler, errorStatus } from "../http-error.js";
 import { describeEachDatabase } from "../testing/each-database.js";
 import { createCreditCheckout, type CreditCheckout } from "./checkout.js";
 import { startFakeStripe, type FakeStripe } from "./fake-stripe.js";
@@ -40,10 +41,10 @@ describeEachDatabase("stripe billing", (fixture) => {
     fake = await startFakeStripe();
     stripe = createStripeClient(fake.clientOptions);
     ledger = createKyselyLedger(db());
-    checkout = createCreditCheckout({ stripe, db: db(), packs: PACKS, successUrl: "https://app.test/ok", cancelUrl: "https://app.test/cancel" });
+    checkout = createCreditCheckout({ stripe, db: db(), ledger: createKyselyLedger, packs: PACKS, successUrl: "https://app.test/ok", cancelUrl: "https://app.test/cancel" });
     const app = new Koa();
     app.use(errorHandler());
-    const webhook = stripeWebhook({ stripe, db: db(), signingSecret: [SECRET, OLD_SECRET], onProcessed: (e) => processed.push(e) });
+    const webhook = stripeWebhook({ stripe, db: db(), ledger: createKyselyLedger, signingSecret: [SECRET, OLD_SECRET], onProcessed: (e) => processed.push(e) });
     app.use(async (ctx, next) => (ctx.path === "/stripe/webhook" ? webhook(ctx, next) : next()));
     server = createServer(app.callback());
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -96,17 +97,23 @@ describeEachDatabase("stripe billing", (fixture) => {
     });
 
     it("refuses unknown packs and bad options", async () => {
-      await expect(checkout.start({ owner: { userId: "u_x" }, packId: "gold" })).rejects.toMatchObject({ status: 400, code: "unknown_pack" });
-      expect(() => createCreditCheckout({ stripe, db: db(), packs: [], successUrl: "https://a.test", cancelUrl: "https://a.test" })).toThrow(TypeError);
+      const unknown = await checkout.start({ owner: { userId: "u_x" }, packId: "gold" }).catch((e: unknown) => e);
+      expect(unknown).toMatchObject({ code: "unknown_pack" });
+      expect(unknown).not.toHaveProperty("status");
+      expect(errorStatus(unknown)).toBe(400);
+      // Billing depends on the ledger interface it is handed, never on an implementation of its own.
+      expect(() => createCreditCheckout({ stripe, db: db(), packs: PACKS, successUrl: "https://a.test", cancelUrl: "https://a.test" } as never)).toThrow(ConfigError);
+      expect(() => stripeWebhook({ stripe, db: db(), signingSecret: SECRET } as never)).toThrow(ConfigError);
+      expect(() => createCreditCheckout({ stripe, db: db(), ledger: createKyselyLedger, packs: [], successUrl: "https://a.test", cancelUrl: "https://a.test" })).toThrow(ConfigError);
       expect(() =>
-        createCreditCheckout({ stripe, db: db(), packs: [PACKS[0]!, PACKS[0]!], successUrl: "https://a.test", cancelUrl: "https://a.test" }),
+        createCreditCheckout({ stripe, db: db(), ledger: createKyselyLedger, packs: [PACKS[0]!, PACKS[0]!], successUrl: "https://a.test", cancelUrl: "https://a.test" }),
       ).toThrow(/unique/);
-      expect(() => createCreditCheckout({ stripe, db: db(), packs: [{ ...PACKS[0]!, credits: 1.5 }], successUrl: "https://a.test", cancelUrl: "x" })).toThrow(TypeError);
+      expect(() => createCreditCheckout({ stripe, db: db(), ledger: createKyselyLedger, packs: [{ ...PACKS[0]!, credits: 1.5 }], successUrl: "https://a.test", cancelUrl: "x" })).toThrow(ConfigError);
     });
 
     it("fails with the SDK's typed error when Stripe rejects the key", async () => {
       const wrong = createStripeClient({ ...fake.clientOptions, apiKey: "sk_test_wrong" });
-      const other = createCreditCheckout({ stripe: wrong, db: db(), packs: PACKS, successUrl: "https://a.test", cancelUrl: "https://a.test" });
+      const other = createCreditCheckout({ stripe: wrong, db: db(), ledger: createKyselyLedger, packs: PACKS, successUrl: "https://a.test", cancelUrl: "https://a.test" });
       await expect(other.start({ owner: { userId: "u_y" }, packId: "starter" })).rejects.toMatchObject({ type: "StripeAuthenticationError", statusCode: 401 });
     });
   });
@@ -235,7 +242,7 @@ describeEachDatabase("stripe billing", (fixture) => {
       const foreign = await deliver(event("checkout.session.completed", { id: "cs_test_foreign", object: "checkout.session", payment_status: "paid", metadata: {} }));
       expect(foreign.body).toMatchObject({ received: true, outcome: "ignored" });
       expect((await deliver(event("customer.created", { id: "cus_1", object: "customer" }))).body.outcome).toBe("ignored");
-      expect(() => stripeWebhook({ stripe: new Stripe("sk_test_other"), db: db(), signingSecret: SECRET })).toThrow(/livemode/);
+      expect(() => stripeWebhook({ stripe: new Stripe("sk_test_other"), db: db(), ledger: createKyselyLedger, signingSecret: SECRET })).toThrow(/livemode/);
     });
 
     const paidAndGranted = async () => {
@@ -381,7 +388,7 @@ describeEachDatabase("stripe billing", (fixture) => {
       const app = new Koa();
       app.use(errorHandler());
       app.use(bodyParser());
-      app.use(stripeWebhook({ stripe, db: db(), signingSecret: SECRET }));
+      app.use(stripeWebhook({ stripe, db: db(), ledger: createKyselyLedger, signingSecret: SECRET }));
       const { srv, url } = await serve(app);
       try {
         const { started, session } = await startPaid();
@@ -397,7 +404,7 @@ describeEachDatabase("stripe billing", (fixture) => {
     it("refuses bodies over the limit with 413 and bad options at creation", async () => {
       const app = new Koa();
       app.use(errorHandler());
-      app.use(stripeWebhook({ stripe, db: db(), signingSecret: SECRET, maxBodyBytes: 1_000 }));
+      app.use(stripeWebhook({ stripe, db: db(), ledger: createKyselyLedger, signingSecret: SECRET, maxBodyBytes: 1_000 }));
       const { srv, url } = await serve(app);
       try {
         const payload = event("customer.created", { id: "cus_big", object: "customer", description: "x".repeat(5_000) });
@@ -406,8 +413,8 @@ describeEachDatabase("stripe billing", (fixture) => {
       } finally {
         await new Promise((resolve) => srv.close(resolve));
       }
-      expect(() => stripeWebhook({ stripe, db: db(), signingSecret: "" })).toThrow(TypeError);
-      expect(() => stripeWebhook({ stripe, db: db(), signingSecret: SECRET, toleranceSeconds: 0 })).toThrow(TypeError);
+      expect(() => stripeWebhook({ stripe, db: db(), ledger: createKyselyLedger, signingSecret: "" })).toThrow(ConfigError);
+      expect(() => stripeWebhook({ stripe, db: db(), ledger: createKyselyLedger, signingSecret: SECRET, toleranceSeconds: 0 })).toThrow(ConfigError);
     });
   });
 
@@ -423,7 +430,7 @@ describeEachDatabase("stripe billing", (fixture) => {
       const sent = fake.requests.filter((r) => r.path === "/v1/billing/meter_events" && r.body.identifier === identifier);
       expect(sent).toHaveLength(2);
       expect(new Set(sent.map((r) => r.idempotencyKey))).toEqual(new Set([`meter:keen_credits:${identifier}`]));
-      await expect(meter.report({ customerId: "cus_123", value: -1, identifier: "x" })).rejects.toThrow(TypeError);
+      await expect(meter.report({ customerId: "cus_123", value: -1, identifier: "x" })).rejects.toMatchObject({ code: "invalid_meter_report" });
     });
   });
 });

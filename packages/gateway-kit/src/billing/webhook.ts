@@ -2,12 +2,14 @@ import type { Middleware } from "koa";
 import { sql, type Kysely, type Transaction } from "kysely";
 import type Stripe from "stripe";
 import { z } from "zod";
-import { createKyselyLedger } from "../credits/kysely-ledger.js";
-import { retryTransaction } from "../credits/retry-transaction.js";
+import { retryTransaction } from "../db/index.js";
 import { HttpError } from "../http-error.js";
 import { CHECKOUT_METADATA } from "./checkout.js";
 import type { BillingTables } from "./migrations.js";
 import { stripeLivemodeOf } from "./stripe-client.js";
+import { ConfigError } from "../errors.js";
+import { functionOption, parseOptions } from "../options.js";
+import type { BillingLedger, BillingLedgerFactory } from "./ledger.js";
 
 /**
  * What the webhook did with an event: `granted` credits for a paid checkout, moved a checkout to
@@ -35,6 +37,8 @@ export interface ProcessedEvent {
 export const StripeWebhookOptions = z.object({
   stripe: z.custom<Stripe>((value) => typeof value === "object" && value !== null && "webhooks" in value, "a Stripe client"),
   db: z.custom<Kysely<any>>((value) => typeof value === "object" && value !== null, "a Kysely instance"),
+  /** The credits ledger purchases are granted in, on the event's transaction, e.g. `createKyselyLedger`. */
+  ledger: functionOption<BillingLedgerFactory>(),
   /** The endpoint's signing secret(s), `whsec_...`. Several while rotating. */
   signingSecret: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]),
   /** Largest accepted age of the signature timestamp, in seconds. Default 300. */
@@ -56,7 +60,7 @@ async function readRawBody(ctx: Parameters<Middleware>[0], limit: number): Promi
   if (req.readableEnded || (req as { _consumed?: boolean })._consumed) {
     // A body parser ran first; it keeps the text it read.
     const raw = (ctx.request as { rawBody?: unknown }).rawBody;
-    if (typeof raw !== "string") throw new Error("stripeWebhook needs the raw body: mount it before any body parser");
+    if (typeof raw !== "string") throw new ConfigError("stripeWebhook needs the raw body: mount it before any body parser");
     return Buffer.from(raw, "utf8");
   }
   const chunks: Buffer[] = [];
@@ -80,15 +84,14 @@ async function readRawBody(ctx: Parameters<Middleware>[0], limit: number): Promi
  * or body, and 500 when processing failed (nothing is recorded, so Stripe's retry runs it again).
  *
  * @example
- * router.post("/billing/stripe/webhook", stripeWebhook({ stripe, db, signingSecret: process.env.STRIPE_WEBHOOK_SECRET! }));
+ * router.post("/billing/stripe/webhook", stripeWebhook({ stripe, db, ledger: createKyselyLedger, signingSecret: process.env.STRIPE_WEBHOOK_SECRET! }));
  */
 export function stripeWebhook(options: StripeWebhookOptions): Middleware {
-  const parsed = StripeWebhookOptions.safeParse(options);
-  if (!parsed.success) throw new TypeError(`Invalid stripeWebhook options: ${parsed.error.message}`);
-  const { stripe, db, toleranceSeconds = 300, maxBodyBytes = 1024 * 1024, onProcessed } = parsed.data;
-  const livemode = parsed.data.livemode ?? stripeLivemodeOf(stripe);
-  if (livemode === undefined) throw new TypeError("Invalid stripeWebhook options: pass livemode (true for a live key) for a Stripe client not made by createStripeClient");
-  const secrets = Array.isArray(parsed.data.signingSecret) ? parsed.data.signingSecret : [parsed.data.signingSecret];
+  const o = parseOptions(StripeWebhookOptions, options, "stripeWebhook");
+  const { stripe, db, ledger, toleranceSeconds = 300, maxBodyBytes = 1024 * 1024, onProcessed } = o;
+  const livemode = o.livemode ?? stripeLivemodeOf(stripe);
+  if (livemode === undefined) throw new ConfigError("Invalid stripeWebhook options: pass livemode (true for a live key) for a Stripe client not made by createStripeClient");
+  const secrets = Array.isArray(o.signingSecret) ? o.signingSecret : [o.signingSecret];
 
   return async (ctx) => {
     if (ctx.method !== "POST") throw new HttpError(405, "method_not_allowed", "Use POST", undefined, { Allow: "POST" });
@@ -109,7 +112,7 @@ export function stripeWebhook(options: StripeWebhookOptions): Middleware {
       const message = failure instanceof Error ? failure.message : "signature verification failed";
       throw new HttpError(400, "invalid_signature", `Stripe signature rejected: ${message}`);
     }
-    const processed = await processStripeEvent(db, event, { livemode });
+    const processed = await processStripeEvent(db, event, { ledger, livemode });
     try {
       onProcessed?.(processed);
     } catch {
@@ -121,6 +124,8 @@ export function stripeWebhook(options: StripeWebhookOptions): Middleware {
 }
 
 export interface ProcessStripeEventOptions {
+  /** The credits ledger on the event's transaction, e.g. `createKyselyLedger`. */
+  ledger: BillingLedgerFactory;
   /** The mode of the configured key; an event of the other mode is refused. Unchecked when omitted. */
   livemode?: boolean;
 }
@@ -139,9 +144,10 @@ export interface ProcessStripeEventOptions {
  * describe it; `charge.dispute.funds_reinstated` (a won dispute) gives it back.
  *
  * @example
- * const result = await processStripeEvent(db, await stripe.webhooks.constructEventAsync(raw, sig, secret), { livemode: false });
+ * const result = await processStripeEvent(db, await stripe.webhooks.constructEventAsync(raw, sig, secret), { ledger: createKyselyLedger, livemode: false });
  */
-export async function processStripeEvent(db: Kysely<any>, event: Stripe.Event, options: ProcessStripeEventOptions = {}): Promise<ProcessedEvent> {
+export async function processStripeEvent(db: Kysely<any>, event: Stripe.Event, options: ProcessStripeEventOptions): Promise<ProcessedEvent> {
+  if (typeof options?.ledger !== "function") throw new ConfigError("processStripeEvent needs options.ledger, e.g. createKyselyLedger");
   return retryTransaction(db as Kysely<BillingTables>, (trx) => applyEvent(trx, event, options), 10);
 }
 
@@ -183,7 +189,7 @@ async function applyEvent(trx: Trx, event: Stripe.Event, options: ProcessStripeE
     }
     // Checkouts are created on this app's own Stripe account; a Connect event is about someone else's.
     if ((event as { account?: unknown }).account) throw new Refusal("an event of a connected account");
-    await dispatch(trx, event, result);
+    await dispatch(trx, options.ledger(trx), event, result);
   } catch (error) {
     if (!(error instanceof Refusal)) throw error;
     result.outcome = "refused";
@@ -195,7 +201,7 @@ async function applyEvent(trx: Trx, event: Stripe.Event, options: ProcessStripeE
   return result;
 }
 
-async function dispatch(trx: Trx, event: Stripe.Event, result: ProcessedEvent): Promise<void> {
+async function dispatch(trx: Trx, ledger: BillingLedger, event: Stripe.Event, result: ProcessedEvent): Promise<void> {
   switch (event.type) {
     case "checkout.session.completed":
     case "checkout.session.async_payment_succeeded": {
@@ -204,9 +210,9 @@ async function dispatch(trx: Trx, event: Stripe.Event, result: ProcessedEvent): 
       const checkout = await recordedCheckout(trx, session);
       const paid = session.payment_status === "paid" || session.payment_status === "no_payment_required";
       if (paid) {
-        result.grant = await grantCheckout(trx, checkout, session);
+        result.grant = await grantCheckout(trx, ledger, checkout, session);
         result.outcome = "granted";
-        const adjustment = await reconcile(trx, checkout.session_id);
+        const adjustment = await reconcile(trx, ledger, checkout.session_id);
         if (adjustment) result.adjustment = adjustment;
       } else {
         await setStatus(trx, session.id, "pending");
@@ -242,7 +248,7 @@ async function dispatch(trx: Trx, event: Stripe.Event, result: ProcessedEvent): 
         .set({ refunded_cents: sql`greatest(refunded_cents, ${charge.amount_refunded})` })
         .where("session_id", "=", checkout.session_id)
         .execute();
-      return finish(trx, checkout.session_id, result);
+      return finish(trx, ledger, checkout.session_id, result);
     }
     case "refund.created":
     case "refund.updated": {
@@ -269,7 +275,7 @@ async function dispatch(trx: Trx, event: Stripe.Event, result: ProcessedEvent): 
           }),
         )
         .execute();
-      if (checkout) await finish(trx, checkout.session_id, result);
+      if (checkout) await finish(trx, ledger, checkout.session_id, result);
       return;
     }
     case "charge.dispute.created":
@@ -283,7 +289,7 @@ async function dispatch(trx: Trx, event: Stripe.Event, result: ProcessedEvent): 
         .values({ id: dispute.id, ...owner(checkout, paymentIntentId, dispute.currency), kind: "dispute", amount_cents: dispute.amount })
         .onConflict((oc) => oc.column("id").doNothing())
         .execute();
-      if (checkout) await finish(trx, checkout.session_id, result);
+      if (checkout) await finish(trx, ledger, checkout.session_id, result);
       return;
     }
     case "charge.dispute.funds_reinstated": {
@@ -296,7 +302,7 @@ async function dispatch(trx: Trx, event: Stripe.Event, result: ProcessedEvent): 
         .values({ id: dispute.id, ...owner(checkout, paymentIntentId, dispute.currency), kind: "dispute", amount_cents: dispute.amount, reinstated_at: sql<Date>`now()` })
         .onConflict((oc) => oc.column("id").doUpdateSet({ reinstated_at: sql<Date>`coalesce(billing_reversals.reinstated_at, now())` }))
         .execute();
-      if (checkout) await finish(trx, checkout.session_id, result);
+      if (checkout) await finish(trx, ledger, checkout.session_id, result);
       return;
     }
     default:
@@ -304,8 +310,8 @@ async function dispatch(trx: Trx, event: Stripe.Event, result: ProcessedEvent): 
   }
 }
 
-async function finish(trx: Trx, sessionId: string, result: ProcessedEvent): Promise<void> {
-  const adjustment = await reconcile(trx, sessionId);
+async function finish(trx: Trx, ledger: BillingLedger, sessionId: string, result: ProcessedEvent): Promise<void> {
+  const adjustment = await reconcile(trx, ledger, sessionId);
   if (!adjustment) return;
   result.adjustment = adjustment;
   result.outcome = adjustment.credits < 0 ? "reinstated" : "reversed";
@@ -366,9 +372,8 @@ async function setStatus(trx: Trx, sessionId: string, status: "pending" | "faile
     .execute();
 }
 
-async function grantCheckout(trx: Trx, checkout: CheckoutRow, session: Stripe.Checkout.Session) {
+async function grantCheckout(trx: Trx, ledger: BillingLedger, checkout: CheckoutRow, session: Stripe.Checkout.Session) {
   const credits = Number(checkout.credits);
-  const ledger = createKyselyLedger(trx);
   const grant = await ledger.purchase({ account: checkout.account_id, amount: credits, idempotencyKey: `stripe:checkout:${session.id}` });
   const paymentIntentId = idOf(session.payment_intent);
   if (paymentIntentId) await lockPayment(trx, paymentIntentId);
@@ -420,7 +425,7 @@ async function claimEarlyReversals(trx: Trx, checkout: CheckoutRow, paymentInten
  * reversed in the ledger, a fall (a won dispute) given back; each adjustment has its own
  * idempotency key, numbered under the checkout's row lock. Nothing happens before the grant.
  */
-async function reconcile(trx: Trx, sessionId: string): Promise<ProcessedEvent["adjustment"]> {
+async function reconcile(trx: Trx, ledger: BillingLedger, sessionId: string): Promise<ProcessedEvent["adjustment"]> {
   const row = (await trx.selectFrom("billing_checkouts").selectAll().where("session_id", "=", sessionId).forUpdate().executeTakeFirstOrThrow()) as CheckoutRow;
   if (!row.grant_transaction_id) return undefined;
   const sums = await trx
@@ -446,7 +451,6 @@ async function reconcile(trx: Trx, sessionId: string): Promise<ProcessedEvent["a
     if (row.status !== status) await trx.updateTable("billing_checkouts").set({ status }).where("session_id", "=", sessionId).execute();
     return undefined;
   }
-  const ledger = createKyselyLedger(trx);
   const key = `stripe:adjust:${sessionId}:${row.adjustments + 1}`;
   let debt = 0;
   if (delta > 0) {

@@ -1,7 +1,7 @@
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
-import { fn, parseOptions } from "../limits/options.js";
+import { functionOption, parseOptions } from "../options.js";
 import type { Principal } from "../principal.js";
 import type { Budgets, BudgetScope, BudgetStatus } from "./types.js";
 
@@ -40,9 +40,9 @@ const BudgetGuardOptions = z
   .object({
     budgets: z.custom<Budgets>((v) => typeof (v as Budgets)?.check === "function", "budgets must come from createKyselyBudgets"),
     /** The estimated cost of what the request starts, in micro-credits. */
-    estimate: fn<(ctx: Ctx) => number | Promise<number>>(),
+    estimate: functionOption<(ctx: Ctx) => number | Promise<number>>(),
     /** Which budgets apply. Default: the principal's user and team (`budgetScopesOf`). */
-    scopes: fn<(ctx: Ctx) => BudgetScope[] | Promise<BudgetScope[]>>().optional(),
+    scopes: functionOption<(ctx: Ctx) => BudgetScope[] | Promise<BudgetScope[]>>().optional(),
   })
   .strict();
 export type BudgetGuardOptions = z.input<typeof BudgetGuardOptions>;

@@ -3,6 +3,7 @@ import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import Koa from "koa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ConfigError } from "../errors.js";
 import { migrateToLatest } from "../db/migrations.js";
 import { errorHandler } from "../http-error.js";
 import { describeEachDatabase, separatePools } from "../testing/each-database.js";
@@ -40,11 +41,11 @@ describe("periodWindow", () => {
 });
 
 describe("options", () => {
-  it("rejects bad options and inputs with TypeErrors", async () => {
-    expect(() => createKyselyBudgets({} as never, { thresholds: [0] })).toThrow(TypeError);
-    expect(() => webhookNotifier({ url: "ftp://x", secret: "0123456789abcdef" })).toThrow(TypeError);
-    expect(() => webhookNotifier({ url: "http://x", secret: "short" })).toThrow(TypeError);
-    expect(() => budgetGuard({ budgets: {} as never, estimate: () => 1 })).toThrow(TypeError);
+  it("rejects bad options with ConfigErrors", async () => {
+    expect(() => createKyselyBudgets({} as never, { thresholds: [0] })).toThrow(ConfigError);
+    expect(() => webhookNotifier({ url: "ftp://x", secret: "0123456789abcdef" })).toThrow(ConfigError);
+    expect(() => webhookNotifier({ url: "http://x", secret: "short" })).toThrow(ConfigError);
+    expect(() => budgetGuard({ budgets: {} as never, estimate: () => 1 })).toThrow(ConfigError);
   });
 });
 

@@ -21,12 +21,14 @@ export { budgetGuard, budgetScopesOf, type BudgetGuardOptions, type BudgetState 
 export {
   ContextTier,
   CostRouteRequest,
+  CostRouteError,
   createCostRouter,
   defaultCostPolicy,
   DEFAULT_CONTEXT_TIERS,
   routeByCost,
   tokenCost,
   type CostPolicy,
+  type CostRouteErrorCode,
   type CostRoute,
   type CostRouterOptions,
 } from "./route-by-cost.js";

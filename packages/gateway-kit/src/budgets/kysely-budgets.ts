@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
 import { z } from "zod";
-import { clock, fn, parseOptions } from "../limits/options.js";
+import { clockOption, functionOption, parseOptions } from "../options.js";
 import { MicroCredits } from "../money.js";
 import { periodWindow } from "./periods.js";
 import type { BudgetTables } from "./tables.js";
@@ -34,8 +34,8 @@ const BudgetsOptions = z
     /** Default alert thresholds in percent. Default 50, 80, 100. */
     thresholds: BudgetThresholds.default([...DEFAULT_THRESHOLDS]),
     /** Called when a notifier throws; the alert stays pending for `deliverPendingAlerts`. */
-    onNotifyError: fn<(error: unknown, alert: BudgetAlert) => void>().optional(),
-    now: clock(),
+    onNotifyError: functionOption<(error: unknown, alert: BudgetAlert) => void>().optional(),
+    now: clockOption(),
   })
   .strict();
 export type BudgetsOptions = z.input<typeof BudgetsOptions>;

@@ -1,5 +1,5 @@
 import { sql, type Kysely } from "kysely";
-import { defineMigrations } from "../db/migrations.js";
+import { defineMigrations } from "../db/index.js";
 
 /**
  * The tables behind `createKyselyBudgets`: budget definitions, spend per period, the

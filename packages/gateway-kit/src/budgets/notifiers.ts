@@ -1,7 +1,7 @@
 import { GatewayError } from "../errors.js";
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { z } from "zod";
-import { clock, fn, parseOptions } from "../limits/options.js";
+import { clockOption, functionOption, parseOptions } from "../options.js";
 import type { BudgetAlert, BudgetNotifier } from "./types.js";
 
 /** The JSON body of a budget alert, as the webhook sends it. */
@@ -85,8 +85,8 @@ const WebhookOptions = z
     timeoutMs: z.number().int().min(1).max(120_000).default(10_000),
     /** Extra headers, e.g. an authorization token of the receiver. */
     headers: z.record(z.string(), z.string()).default({}),
-    fetch: fn<typeof fetch>().optional(),
-    now: clock(),
+    fetch: functionOption<typeof fetch>().optional(),
+    now: clockOption(),
   })
   .strict();
 export type WebhookNotifierOptions = z.input<typeof WebhookOptions>;
@@ -145,7 +145,7 @@ const EmailOptions = z
   .object({
     sender: z.custom<EmailSender>((v) => typeof (v as EmailSender)?.send === "function", "sender must have send()"),
     /** Who is told about an alert, e.g. the team's owners. An empty list sends nothing. */
-    recipients: fn<(alert: BudgetAlert) => string[] | Promise<string[]>>(),
+    recipients: functionOption<(alert: BudgetAlert) => string[] | Promise<string[]>>(),
   })
   .strict();
 export type EmailNotifierOptions = z.input<typeof EmailOptions>;

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { HttpError } from "../http-error.js";
-import { createCostRouter, DEFAULT_CONTEXT_TIERS, routeByCost, tokenCost, type ContextTier, type CostPolicy } from "./route-by-cost.js";
+import { ConfigError } from "../errors.js";
+import { errorStatus } from "../http-error.js";
+import { CostRouteError, createCostRouter, DEFAULT_CONTEXT_TIERS, routeByCost, tokenCost, type ContextTier, type CostPolicy } from "./route-by-cost.js";
 
 describe("routeByCost (default policy)", () => {
   it("keeps requests that fit 200k on the standard tier and moves larger ones to the extended window", () => {
@@ -31,21 +32,33 @@ describe("routeByCost (default policy)", () => {
       try {
         routeByCost({ estimatedInputTokens: 100_000, remainingBudget: 310_000 });
       } catch (e) {
-        return e as HttpError;
+        return e;
       }
     })();
-    expect(refused).toBeInstanceOf(HttpError);
-    expect(refused).toMatchObject({ status: 402, code: "budget_insufficient", details: { remainingBudget: 310_000, minimumCost: 300_000 + tokenCost(1_024, 15_000_000) } });
+    // A domain error without HTTP: the edge maps its code.
+    expect(refused).toBeInstanceOf(CostRouteError);
+    expect(refused).not.toHaveProperty("status");
+    expect(errorStatus(refused)).toBe(402);
+    expect(refused).toMatchObject({ code: "budget_insufficient", details: { remainingBudget: 310_000, minimumCost: 300_000 + tokenCost(1_024, 15_000_000) } });
 
     // Needs the extended window, whose premium input price the budget cannot pay.
-    expect(() => routeByCost({ estimatedInputTokens: 400_000, remainingBudget: 2_000_000 })).toThrow(expect.objectContaining({ status: 402 }));
+    expect(() => routeByCost({ estimatedInputTokens: 400_000, remainingBudget: 2_000_000 })).toThrow(expect.objectContaining({ code: "budget_insufficient" }));
     expect(routeByCost({ estimatedInputTokens: 400_000, remainingBudget: 3_000_000 }).tier.name).toBe("extended");
   });
 
-  it("refuses with 413 when no window holds the request and 400 for a malformed request", () => {
-    expect(() => routeByCost({ estimatedInputTokens: 999_500 })).toThrow(expect.objectContaining({ status: 413, code: "context_too_large" }));
-    expect(() => routeByCost({ estimatedInputTokens: -1 })).toThrow(expect.objectContaining({ status: 400, code: "invalid_route_request" }));
-    expect(() => routeByCost({ estimatedInputTokens: 1.5 })).toThrow(expect.objectContaining({ status: 400 }));
+  it("refuses with context_too_large (413) when no window holds the request and invalid_route_request (400) when malformed", () => {
+    const codeOf = (request: Parameters<typeof routeByCost>[0]) => {
+      try {
+        routeByCost(request);
+      } catch (e) {
+        expect(e).toBeInstanceOf(CostRouteError);
+        return [(e as CostRouteError).code, errorStatus(e)];
+      }
+      return undefined;
+    };
+    expect(codeOf({ estimatedInputTokens: 999_500 })).toEqual(["context_too_large", 413]);
+    expect(codeOf({ estimatedInputTokens: -1 })).toEqual(["invalid_route_request", 400]);
+    expect(codeOf({ estimatedInputTokens: 1.5 })).toEqual(["invalid_route_request", 400]);
   });
 
   it("honours a preferred tier when it fits and is affordable", () => {
@@ -76,13 +89,14 @@ describe("createCostRouter", () => {
     expect(custom({ estimatedInputTokens: 1_000, remainingBudget: 10_000_000 }).model).toBe("claude-sonnet-4-5");
 
     const rogue = createCostRouter({ policy: (_r, all) => ({ tier: { ...all[0]! }, model: "x", maxOutputTokens: 1, estimatedCost: 0, reason: "" }) });
+    expect(() => rogue({ estimatedInputTokens: 1 })).toThrow(ConfigError);
     expect(() => rogue({ estimatedInputTokens: 1 })).toThrow(/unknown tier/);
   });
 
   it("validates its options at creation", () => {
-    expect(() => createCostRouter({ tiers: [] })).toThrow(TypeError);
+    expect(() => createCostRouter({ tiers: [] })).toThrow(ConfigError);
     expect(() => createCostRouter({ tiers: [tiers[0]!, tiers[0]!] })).toThrow(/unique/);
-    expect(() => createCostRouter({ tiers: [{ ...tiers[0]!, inputPrice: 0.5 }] })).toThrow(TypeError);
+    expect(() => createCostRouter({ tiers: [{ ...tiers[0]!, inputPrice: 0.5 }] })).toThrow(ConfigError);
   });
 
   it("rounds token costs up in integer micro-credits", () => {

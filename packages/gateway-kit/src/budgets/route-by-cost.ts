@@ -1,6 +1,6 @@
 import { z } from "zod";
-import { HttpError } from "../http-error.js";
-import { fn, parseOptions } from "../limits/options.js";
+import { ConfigError, GatewayError } from "../errors.js";
+import { functionOption, parseOptions } from "../options.js";
 import { MicroCredits } from "../money.js";
 
 const Tokens = z.number().int().min(0).max(100_000_000);
@@ -66,7 +66,26 @@ export interface CostRoute {
   reason: string;
 }
 
-/** A replaceable routing decision. Throw an `HttpError` to refuse. */
+/** Why a request cannot be routed. */
+export type CostRouteErrorCode = "context_too_large" | "budget_insufficient" | "invalid_route_request";
+
+/**
+ * A request the cost router refuses: no context window holds it (`context_too_large`, 413 at the
+ * edge), no tier fits the remaining budget (`budget_insufficient`, 402), or it is malformed
+ * (`invalid_route_request`, 400). Thrown outside any request too, e.g. in a job worker.
+ *
+ * @example
+ * try { routeByCost(request); } catch (e) { if (e instanceof CostRouteError && e.code === "budget_insufficient") offerTopUp(); }
+ */
+export class CostRouteError extends GatewayError {
+  declare readonly code: CostRouteErrorCode;
+  constructor(code: CostRouteErrorCode, message: string, details?: Record<string, unknown>) {
+    super(code, message, { details });
+    this.name = "CostRouteError";
+  }
+}
+
+/** A replaceable routing decision. Throw a `CostRouteError` (or another coded `GatewayError`) to refuse. */
 export type CostPolicy = (request: z.output<typeof CostRouteRequest>, tiers: readonly ContextTier[]) => CostRoute;
 
 /** Micro-credits for `tokens` at `pricePerMillion`, rounded up (never undercharged). */
@@ -80,8 +99,9 @@ export function tokenCost(tokens: number, pricePerMillion: number): number {
  * the preferred tier (when the budget covers it in full) or else the first in the list (cheapest
  * first) that the budget covers.
  * When the budget covers the input but not all of the output, the output allowance shrinks
- * down to `minOutputTokens` before the request is refused. Refusals: 413
- * `context_too_large` when no window fits, 402 `budget_insufficient` when no tier is affordable.
+ * down to `minOutputTokens` before the request is refused. Refusals:
+ * `CostRouteError`s `context_too_large` when no window fits (413 at the edge), `budget_insufficient`
+ * when no tier is affordable (402).
  *
  * @example
  * defaultCostPolicy({ estimatedInputTokens: 350_000, remainingBudget: 5_000_000 }, DEFAULT_CONTEXT_TIERS).tier.name; // "extended"
@@ -93,7 +113,7 @@ export const defaultCostPolicy: CostPolicy = (request, tiers) => {
   const fitting = tiers.filter((t) => input + Math.min(minOutput, t.maxOutputTokens) <= t.contextWindow);
   if (fitting.length === 0) {
     const largest = Math.max(...tiers.map((t) => t.contextWindow));
-    throw new HttpError(413, "context_too_large", `The request needs about ${input} input tokens; the largest context window is ${largest}`, {
+    throw new CostRouteError("context_too_large", `The request needs about ${input} input tokens; the largest context window is ${largest}`, {
       estimatedInputTokens: input,
       largestContextWindow: largest,
     });
@@ -124,8 +144,7 @@ export const defaultCostPolicy: CostPolicy = (request, tiers) => {
           : `${input} input tokens need the ${tier.name} context window (${tier.contextWindow})`;
     return { tier, model: tier.model, maxOutputTokens: output, estimatedCost, reason: output < room ? `${why}; output capped by budget` : why };
   }
-  throw new HttpError(
-    402,
+  throw new CostRouteError(
     "budget_insufficient",
     `The remaining budget (${request.remainingBudget} micro-credits) does not cover this request (at least ${cheapest})`,
     { remainingBudget: request.remainingBudget, minimumCost: cheapest },
@@ -135,7 +154,7 @@ export const defaultCostPolicy: CostPolicy = (request, tiers) => {
 const RouterOptions = z
   .object({
     tiers: z.array(ContextTier).min(1).default([...DEFAULT_CONTEXT_TIERS]),
-    policy: fn<CostPolicy>().default(() => defaultCostPolicy),
+    policy: functionOption<CostPolicy>().default(() => defaultCostPolicy),
   })
   .strict()
   .refine((o) => new Set(o.tiers.map((t) => t.name)).size === o.tiers.length, { message: "tier names must be unique" });
@@ -155,9 +174,9 @@ export function createCostRouter(input: CostRouterOptions = {}): (request: CostR
   const { tiers, policy } = parseOptions(RouterOptions, input, "cost router");
   return (raw) => {
     const request = CostRouteRequest.safeParse(raw);
-    if (!request.success) throw new HttpError(400, "invalid_route_request", z.prettifyError(request.error));
+    if (!request.success) throw new CostRouteError("invalid_route_request", z.prettifyError(request.error));
     const route = policy(request.data, tiers);
-    if (!tiers.includes(route.tier)) throw new Error(`Cost policy chose an unknown tier "${route.tier?.name}"`);
+    if (!tiers.includes(route.tier)) throw new ConfigError(`Cost policy chose an unknown tier "${route.tier?.name}"`);
     return route;
   };
 }

@@ -32,7 +32,7 @@ import type {
 } from "./ledger.js";
 import type { MicroCredits } from "../money.js";
 import { SYSTEM_ACCOUNTS } from "./migrations.js";
-import { retryTransaction } from "./retry-transaction.js";
+import { retryTransaction } from "../db/index.js";
 import type { CreditTables } from "./tables.js";
 
 type Db = Kysely<CreditTables>;

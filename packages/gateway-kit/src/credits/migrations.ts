@@ -1,5 +1,5 @@
 import { sql, type Kysely } from "kysely";
-import { defineMigrations } from "../db/migrations.js";
+import { defineMigrations } from "../db/index.js";
 
 /** Ids of the system accounts the first migration creates. */
 export const SYSTEM_ACCOUNTS = {

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { ConfigError } from "../errors.js";
 import { LedgerInputError, UnknownModelError } from "./errors.js";
 import { createPriceList, DEFAULT_MODEL_PRICES, priceUsage, type TokenUsage } from "./pricing.js";
 import { errorStatus } from "../http-error.js";
@@ -78,8 +79,8 @@ describe("pricing", () => {
     expect(list.priceUsage("claude-haiku-4-5", usage({ inputTokens: 1 }))).toBe(1);
     const only = createPriceList({ replaceDefaults: true, prices: { "local-llama": { input: 0, output: 0, cacheWrite: 0, cacheRead: 0 } } });
     expect(() => only.priceOf("claude-haiku-4-5")).toThrow(UnknownModelError);
-    expect(() => createPriceList({ prices: { x: { input: 0.5, output: 0, cacheWrite: 0, cacheRead: 0 } } })).toThrow(TypeError);
-    expect(() => createPriceList({ markupBps: -1 })).toThrow(TypeError);
+    expect(() => createPriceList({ prices: { x: { input: 0.5, output: 0, cacheWrite: 0, cacheRead: 0 } } })).toThrow(ConfigError);
+    expect(() => createPriceList({ markupBps: -1 })).toThrow(ConfigError);
   });
 
   it("refuses unknown models and malformed usage with typed errors", () => {

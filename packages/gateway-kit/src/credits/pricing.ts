@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { LedgerInputError, UnknownModelError } from "./errors.js";
 import type { MicroCredits } from "../money.js";
+import { parseOptions } from "../options.js";
 
 /**
  * Token counts of one model call or a whole run. The same shape as agent-core's `Usage`,
@@ -92,9 +93,7 @@ export interface PriceList {
  * // => 13_500 micro-credits: 3,600 input + 5,250 output + 2,400 cache read = 11,250, plus 20%
  */
 export function createPriceList(options: PriceListOptions = {}): PriceList {
-  const parsed = PriceListOptions.safeParse(options);
-  if (!parsed.success) throw new TypeError(`Invalid price list options: ${parsed.error.message}`);
-  const { prices = {}, replaceDefaults = false, markupBps = 0 } = parsed.data;
+  const { prices = {}, replaceDefaults = false, markupBps = 0 } = parseOptions(PriceListOptions, options, "price list");
   const table = new Map<string, ModelPrice>(Object.entries(replaceDefaults ? prices : { ...DEFAULT_MODEL_PRICES, ...prices }));
   // Longest first, so "claude-opus-4-1-2025..." finds "claude-opus-4-1" before "claude-opus-4".
   const keys = [...table.keys()].sort((a, b) => b.length - a.length);

@@ -1,6 +1,7 @@
 import { Kysely, PostgresDialect, type Dialect } from "kysely";
 import { loadOptional } from "../optional-dependency.js";
 import { PGliteDialect } from "./pglite-dialect.js";
+import { ConfigError } from "../errors.js";
 
 export type DatabaseKind = "postgres" | "pglite";
 
@@ -31,7 +32,7 @@ const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
  */
 export async function openDatabase<DB = any>(options: DatabaseOptions = {}): Promise<Database<DB>> {
   if (options.schema !== undefined && !SCHEMA_NAME.test(options.schema)) {
-    throw new TypeError(`Invalid schema name "${options.schema}"`);
+    throw new ConfigError(`Invalid schema name "${options.schema}"`);
   }
   let dialect: Dialect;
   let kind: DatabaseKind;

@@ -9,3 +9,4 @@ export {
   type MigrationReport,
 } from "./migrations.js";
 export { loadOptional, MissingDependencyError, OPTIONAL_DEPENDENCIES, type OptionalDependency } from "../optional-dependency.js";
+export { retryTransaction } from "./retry-transaction.js";

@@ -1,4 +1,5 @@
 import { Migrator, sql, type Kysely, type Migration, type MigrationProvider, type MigrationResult } from "kysely";
+import { ConfigError } from "../errors.js";
 
 /**
  * One module's migrations. Each module keeps its own kysely bookkeeping tables
@@ -41,7 +42,7 @@ const MODULE_NAME = /^[a-z][a-z0-9_]{0,40}$/;
  * await migrateToLatest(db, [authMigrations, appMigrations]);
  */
 export function defineMigrations(module: string, migrations: Record<string, Migration>): MigrationSet {
-  if (!MODULE_NAME.test(module)) throw new TypeError(`Invalid migration module name "${module}" (lower-case letters, digits and _)`);
+  if (!MODULE_NAME.test(module)) throw new ConfigError(`Invalid migration module name "${module}" (lower-case letters, digits and _)`);
   const frozen = Object.freeze({ ...migrations });
   return Object.freeze({ module, migrations: frozen, getMigrations: async () => frozen });
 }
@@ -64,10 +65,10 @@ export async function migrateToLatest(db: Kysely<any>, sets: MigrationSet[], opt
   const modules = new Set<string>();
   const names = new Set<string>();
   for (const set of sets) {
-    if (modules.has(set.module)) throw new Error(`Migration module "${set.module}" is listed twice`);
+    if (modules.has(set.module)) throw new ConfigError(`Migration module "${set.module}" is listed twice`);
     modules.add(set.module);
     for (const name of Object.keys(set.migrations)) {
-      if (names.has(name)) throw new Error(`Duplicate migration name "${name}"`);
+      if (names.has(name)) throw new ConfigError(`Duplicate migration name "${name}"`);
       names.add(name);
     }
   }

@@ -1,10 +1,12 @@
 import { randomUUID } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
+import { ConfigError } from "../errors.js";
 import { migrateToLatest } from "../db/migrations.js";
 import { describeEachDatabase, separatePools } from "../testing/each-database.js";
 import { anomalyGuard, createAnomalyDetector, createKyselyAnomalyStateStore, type AnomalyEvent } from "./anomaly.js";
 import { limitMigrations } from "./migrations.js";
-import { ManualClock, serve } from "./test-server.js";
+import { TestClock } from "../testing/index.js";
+import { serve } from "./test-server.js";
 import { errorStatus } from "../http-error.js";
 
 /** A domain error as the HTTP edge answers it: its fields plus the status from the code table. */
@@ -13,7 +15,7 @@ const atEdge = (error: unknown) => ({ ...(error as object), message: (error as E
 const MINUTE = 60_000;
 
 /** `perMinute[i]` requests in minute i, evenly spread. */
-async function feed(detector: ReturnType<typeof createAnomalyDetector>, clock: ManualClock, subject: string, perMinute: number[]) {
+async function feed(detector: ReturnType<typeof createAnomalyDetector>, clock: TestClock, subject: string, perMinute: number[]) {
   for (const n of perMinute) {
     const start = Math.floor(clock.ms / MINUTE) * MINUTE;
     for (let i = 0; i < n; i++) {
@@ -26,7 +28,7 @@ async function feed(detector: ReturnType<typeof createAnomalyDetector>, clock: M
 
 describe("anomaly detector", () => {
   it("learns a user's own baseline, then flags a burst far above it once per bucket", async () => {
-    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const clock = new TestClock(Date.UTC(2026, 10, 25, 9, 0, 0));
     const events: AnomalyEvent[] = [];
     const detector = createAnomalyDetector({ now: clock.now, onAnomaly: (e) => void events.push(e) });
     // A steady 10 ± 2 requests a minute for 30 minutes.
@@ -56,7 +58,7 @@ describe("anomaly detector", () => {
   });
 
   it("stays quiet while learning and ignores idle time in the baseline", async () => {
-    const clock = new ManualClock();
+    const clock = new TestClock(Date.UTC(2026, 10, 25, 12, 0, 0));
     const events: AnomalyEvent[] = [];
     const detector = createAnomalyDetector({ now: clock.now, minBuckets: 5, onAnomaly: (e) => void events.push(e) });
     await feed(detector, clock, "user:new", [5, 500, 5]);
@@ -70,7 +72,7 @@ describe("anomaly detector", () => {
   });
 
   it("blocks a flagged user through the middleware with 429 until the bucket ends", async () => {
-    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const clock = new TestClock(Date.UTC(2026, 10, 25, 9, 0, 0));
     const events: AnomalyEvent[] = [];
     const detector = createAnomalyDetector({ now: clock.now, block: true, minBuckets: 5, onAnomaly: (e) => void events.push(e) });
     await feed(detector, clock, "user:ann", [4, 4, 4, 4, 4]);
@@ -102,7 +104,7 @@ describe("anomaly detector", () => {
   });
 
   it("flags spend reported after runs and refuses the next request when blocking", async () => {
-    const clock = new ManualClock(Date.UTC(2026, 10, 25, 0, 0, 0));
+    const clock = new TestClock(Date.UTC(2026, 10, 25, 0, 0, 0));
     const HOUR = 3600_000;
     const events: AnomalyEvent[] = [];
     const spendAt = createAnomalyDetector({ metric: "spend", bucketMs: HOUR, minBuckets: 3, block: true, now: clock.now, onAnomaly: (e) => void events.push(e) });
@@ -128,9 +130,9 @@ describe("anomaly detector", () => {
   });
 
   it("validates options and amounts", async () => {
-    expect(() => createAnomalyDetector({ alpha: 1 })).toThrow(TypeError);
-    expect(() => createAnomalyDetector({ bucketMs: 10 })).toThrow(TypeError);
-    expect(() => anomalyGuard({ detector: {} as never })).toThrow(TypeError);
+    expect(() => createAnomalyDetector({ alpha: 1 })).toThrow(ConfigError);
+    expect(() => createAnomalyDetector({ bucketMs: 10 })).toThrow(ConfigError);
+    expect(() => anomalyGuard({ detector: {} as never })).toThrow(ConfigError);
     expect(atEdge(await (createAnomalyDetector().observe("u", -1)).catch((e: unknown) => e))).toMatchObject({ name: "AnomalyInputError", status: 400 });
     expect(atEdge(await (createAnomalyDetector().observe("u", Number.NaN)).catch((e: unknown) => e))).toMatchObject({ status: 400 });
     expect(atEdge(await (createAnomalyDetector().observe("u\u0000", 1)).catch((e: unknown) => e))).toMatchObject({ status: 400 });
@@ -138,7 +140,7 @@ describe("anomaly detector", () => {
 });
 
 /** Learns `base` a minute for `learn` minutes, then ramps by `growth` a minute; returns the per-minute rate at the first flag. */
-async function ramp(detector: ReturnType<typeof createAnomalyDetector>, clock: ManualClock, subject: string, base: number, growth: number, minutes: number, learn = 15) {
+async function ramp(detector: ReturnType<typeof createAnomalyDetector>, clock: TestClock, subject: string, base: number, growth: number, minutes: number, learn = 15) {
   for (let i = 0; i < learn; i++) {
     await detector.observe(subject, base + (i % 3) - 1);
     clock.advance(MINUTE);
@@ -159,7 +161,7 @@ async function ramp(detector: ReturnType<typeof createAnomalyDetector>, clock: M
 
 describe("anomaly detector against slow ramps", () => {
   it("flags +20% a minute from a learned 10/min long before it reaches 1,100/min", async () => {
-    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const clock = new TestClock(Date.UTC(2026, 10, 25, 9, 0, 0));
     const events: AnomalyEvent[] = [];
     const detector = createAnomalyDetector({ now: clock.now, onAnomaly: (e) => void events.push(e) });
     const { flaggedAt, minute } = await ramp(detector, clock, "user:ramp", 10, 0.2, 25);
@@ -170,7 +172,7 @@ describe("anomaly detector against slow ramps", () => {
 
   it("flags a slower ramp (+5% a minute, +2% a minute) too, once it outgrows the growth the host allows", async () => {
     for (const growth of [0.05, 0.02]) {
-      const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+      const clock = new TestClock(Date.UTC(2026, 10, 25, 9, 0, 0));
       const detector = createAnomalyDetector({ now: clock.now });
       const { flaggedAt } = await ramp(detector, clock, `user:slow-${growth}`, 10, growth, 300);
       expect(flaggedAt, `+${growth * 100}%/min`).toBeDefined();
@@ -180,7 +182,7 @@ describe("anomaly detector against slow ramps", () => {
   });
 
   it("lets growth within maxGrowthPerHour pass: 10/min growing 0.5% a minute for three hours is not flagged", async () => {
-    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const clock = new TestClock(Date.UTC(2026, 10, 25, 9, 0, 0));
     const events: AnomalyEvent[] = [];
     const detector = createAnomalyDetector({ now: clock.now, onAnomaly: (e) => void events.push(e) });
     const { flaggedAt } = await ramp(detector, clock, "user:growing", 10, 0.005, 180);
@@ -189,7 +191,7 @@ describe("anomaly detector against slow ramps", () => {
   });
 
   it("holds an absolute ceiling from the first request, even while learning", async () => {
-    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const clock = new TestClock(Date.UTC(2026, 10, 25, 9, 0, 0));
     const detector = createAnomalyDetector({ now: clock.now, maxAmount: 100, maxGrowthPerHour: Number.POSITIVE_INFINITY, block: true });
     const first = await detector.observe("user:new", 100);
     expect(first).toMatchObject({ learning: true, anomalous: false, threshold: 100 });
@@ -204,7 +206,7 @@ describeEachDatabase("anomaly baselines in PostgreSQL", (fixture) => {
   beforeAll(() => migrateToLatest(fixture.database.db, [limitMigrations]));
 
   it("keeps request and spend baselines apart for the same user and survives a new detector", async () => {
-    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const clock = new TestClock(Date.UTC(2026, 10, 25, 9, 0, 0));
     const store = createKyselyAnomalyStateStore(fixture.database.db);
     const user = `user:${randomUUID()}`;
     const requests = createAnomalyDetector({ store, now: clock.now, minBuckets: 3 });
@@ -218,7 +220,7 @@ describeEachDatabase("anomaly baselines in PostgreSQL", (fixture) => {
   });
 
   it("flags a +20%/min ramp with baselines kept in the database", async () => {
-    const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+    const clock = new TestClock(Date.UTC(2026, 10, 25, 9, 0, 0));
     const detector = createAnomalyDetector({ store: createKyselyAnomalyStateStore(fixture.database.db), now: clock.now });
     const { flaggedAt } = await ramp(detector, clock, `user:${randomUUID()}`, 10, 0.2, 25);
     expect(flaggedAt!).toBeLessThanOrEqual(60);
@@ -229,7 +231,7 @@ describeEachDatabase("anomaly baselines in PostgreSQL", (fixture) => {
       const pools = separatePools(fixture, 2, { maxConnections: 4 });
 
       it("sees a burst split over two processes whole, and reports it once", async () => {
-        const clock = new ManualClock(Date.UTC(2026, 10, 25, 9, 0, 0));
+        const clock = new TestClock(Date.UTC(2026, 10, 25, 9, 0, 0));
         const events: AnomalyEvent[] = [];
         const detectors = pools.map((p) =>
           createAnomalyDetector({ store: createKyselyAnomalyStateStore(p.db), now: clock.now, minBuckets: 5, onAnomaly: (e) => void events.push(e) }),

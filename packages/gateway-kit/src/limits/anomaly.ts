@@ -2,7 +2,7 @@ import { GatewayError } from "../errors.js";
 import { sql, type Kysely } from "kysely";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
-import { clock, fn, parseOptions } from "./options.js";
+import { clockOption, functionOption, parseOptions } from "../options.js";
 import type { LimitTables } from "./tables.js";
 
 /** Raised the first time in a bucket that a subject's usage passes its threshold. */
@@ -135,10 +135,10 @@ const AnomalyOptions = z
     growthFactor: z.number().gt(1).default(4),
     /** Refuse further usage in a flagged bucket. Default false (only report). */
     block: z.boolean().default(false),
-    onAnomaly: fn<(event: AnomalyEvent) => void | Promise<void>>().optional(),
+    onAnomaly: functionOption<(event: AnomalyEvent) => void | Promise<void>>().optional(),
     /** Where baselines live. Default in memory; `createKyselyAnomalyStateStore` shares them across processes. */
     store: z.custom<AnomalyStateStore>((v) => typeof (v as AnomalyStateStore)?.update === "function", "store must implement AnomalyStateStore").optional(),
-    now: clock(),
+    now: clockOption(),
   })
   .strict();
 export type AnomalyDetectorOptions = z.input<typeof AnomalyOptions>;
@@ -273,10 +273,10 @@ const GuardOptions = z
   .object({
     detector: z.custom<AnomalyDetector>((v) => typeof (v as AnomalyDetector)?.observe === "function", "detector must come from createAnomalyDetector"),
     /** Whose usage this is. Default the principal's user; requests without one pass. */
-    subject: fn<(ctx: Ctx) => string | undefined>().optional(),
+    subject: functionOption<(ctx: Ctx) => string | undefined>().optional(),
     /** Usage this request adds. Default 1 (request rate); 0 only checks a flag set elsewhere, e.g. by spend. */
-    amount: fn<(ctx: Ctx) => number>().optional(),
-    now: clock(),
+    amount: functionOption<(ctx: Ctx) => number>().optional(),
+    now: clockOption(),
   })
   .strict();
 export type AnomalyGuardOptions = z.input<typeof GuardOptions>;

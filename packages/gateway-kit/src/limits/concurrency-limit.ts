@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
-import { fn, parseOptions } from "./options.js";
+import { functionOption, parseOptions } from "../options.js";
 import type { RunSlot, RunSlots } from "./run-slots.js";
 
 declare module "koa" {
@@ -18,7 +18,7 @@ const ConcurrencyLimitOptions = z
   .object({
     slots: z.custom<RunSlots>((v) => typeof (v as RunSlots)?.acquire === "function", "slots must come from createRunSlots"),
     /** The run's id. Default a random UUID; the route finds it on `ctx.state.runSlot.runId`. */
-    runId: fn<(ctx: Ctx) => string>().optional(),
+    runId: functionOption<(ctx: Ctx) => string>().optional(),
     /**
      * `response`: the slot is held (and kept alive) while the response is being sent, e.g. a
      * run streamed over SSE, and released when it ends or the client goes away.

@@ -1,5 +1,5 @@
 import type { Kysely } from "kysely";
-import { defineMigrations } from "../db/migrations.js";
+import { defineMigrations } from "../db/index.js";
 
 /**
  * The tables behind the PostgreSQL rate-limit, run-slot and anomaly-baseline stores.

@@ -2,6 +2,7 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ConfigError } from "../errors.js";
 import { enforceDirectoryQuotas, measureDirectory, quota, QuotaExceededError } from "./quota.js";
 import { serve, type Served } from "./test-server.js";
 import { errorStatus } from "../http-error.js";
@@ -123,8 +124,8 @@ describe("quota middleware", () => {
   });
 
   it("validates its options at creation", () => {
-    expect(() => quota({ maxUploadBytes: -1 })).toThrow(TypeError);
+    expect(() => quota({ maxUploadBytes: -1 })).toThrow(ConfigError);
     expect(() => quota({ limits: { fileCount: 10 } })).toThrow(/usage/);
-    expect(() => quota({ limits: { inodes: 1 } as never, usage: () => ({}) })).toThrow(TypeError);
+    expect(() => quota({ limits: { inodes: 1 } as never, usage: () => ({}) })).toThrow(ConfigError);
   });
 });

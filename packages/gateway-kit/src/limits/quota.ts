@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { Transform, type Readable } from "node:stream";
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
-import { fn, parseOptions } from "./options.js";
+import { functionOption, parseOptions } from "../options.js";
 
 /** The quotas checked at the door. */
 export const QuotaName = z.enum(["uploadBytes", "repositoryBytes", "fileCount", "workspaceBytes"]);
@@ -157,7 +157,7 @@ const QuotaOptions = z
       .strict()
       .default({}),
     /** What the caller uses (plus what this request adds), e.g. from `measureDirectory` or a cache. */
-    usage: fn<(ctx: Ctx) => Usage | Promise<Usage>>().optional(),
+    usage: functionOption<(ctx: Ctx) => Usage | Promise<Usage>>().optional(),
   })
   .strict()
   .refine((o) => Object.keys(o.limits).length === 0 || o.usage !== undefined, { message: "limits need a usage function" });

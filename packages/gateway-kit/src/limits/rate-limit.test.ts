@@ -1,72 +1,20 @@
 import { randomUUID } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
+import { ConfigError } from "../errors.js";
 import { migrateToLatest } from "../db/migrations.js";
-import { describeEachDatabase, separatePools } from "../testing/each-database.js";
+import { describeEachDatabase, rateLimitStoreContract, separatePools, TestClock } from "../testing/index.js";
 import { limitMigrations } from "./migrations.js";
 import { rateLimit } from "./rate-limit.js";
 import { createKyselyRateLimitStore, createMemoryRateLimitStore, type RateLimitStore } from "./rate-limit-store.js";
-import { ManualClock, serve } from "./test-server.js";
+import { serve } from "./test-server.js";
 import { errorStatus } from "../http-error.js";
 
 /** A domain error as the HTTP edge answers it: its fields plus the status from the code table. */
 const atEdge = (error: unknown) => ({ ...(error as object), message: (error as Error).message, status: errorStatus(error) });
 
-/** One contract for every store. */
-function storeContract(newStore: () => RateLimitStore) {
-  const rule = { limit: 10, windowMs: 10_000 }; // one token per second
-
-  it("lets a burst of `limit` through, then refuses until tokens come back", async () => {
-    const store = newStore();
-    const key = randomUUID();
-    const t0 = 1_000_000;
-    const results = [];
-    for (let i = 0; i < 11; i++) results.push(await store.consume(key, rule, 1, t0));
-    expect(results.map((r) => r.allowed)).toEqual([...Array(10).fill(true), false]);
-    expect(results.map((r) => r.remaining)).toEqual([9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0]);
-    expect(results[10]).toMatchObject({ limit: 10, retryAfterMs: 1000, resetMs: 10_000 });
-
-    expect((await store.consume(key, rule, 1, t0 + 999)).allowed).toBe(false);
-    const back = await store.consume(key, rule, 1, t0 + 2_500); // 2.5 tokens back, one taken
-    expect(back).toMatchObject({ allowed: true, remaining: 1 });
-    // Refill stops at the limit, however long the bucket sits.
-    expect(await store.consume(key, rule, 1, t0 + 3_600_000)).toMatchObject({ allowed: true, remaining: 9 });
-  });
-
-  it("keeps buckets apart, charges costs, never refills on a clock that goes backwards, and prunes idle buckets", async () => {
-    const store = newStore();
-    const a = randomUUID();
-    const b = randomUUID();
-    expect(await store.consume(a, rule, 6, 5_000)).toMatchObject({ allowed: true, remaining: 4 });
-    expect(await store.consume(a, rule, 6, 5_000)).toMatchObject({ allowed: false, remaining: 4, retryAfterMs: 2000 });
-    expect(await store.consume(b, rule, 1, 5_000)).toMatchObject({ allowed: true, remaining: 9 });
-    expect(await store.consume(a, rule, 1, 1_000)).toMatchObject({ allowed: true, remaining: 3 });
-    // A cost above the limit can never pass.
-    expect((await store.consume(randomUUID(), rule, 11, 5_000)).allowed).toBe(false);
-    expect(await store.prune(4_000)).toBe(0);
-    expect(await store.prune(6_000)).toBeGreaterThanOrEqual(2);
-    expect(await store.consume(a, rule, 1, 5_000)).toMatchObject({ remaining: 9 });
-  });
-
-  it("refuses a cost that would refill the bucket (negative, zero, fractional, NaN) with a typed error, and the bucket stays drained", async () => {
-    const store = newStore();
-    const key = randomUUID();
-    for (let i = 0; i < 10; i++) await store.consume(key, rule, 1, 7_000);
-    expect((await store.consume(key, rule, 1, 7_000)).allowed).toBe(false);
-    for (const cost of [-1_000, -1, 0, 0.5, Number.NaN, Number.POSITIVE_INFINITY, "1" as never]) {
-      expect(atEdge(await store.consume(key, rule, cost, 7_000).catch((e: unknown) => e)), String(cost)).toMatchObject({ name: "RateLimitInputError", status: 400, code: "invalid_request" });
-    }
-    for (const bad of [{ limit: -10, windowMs: 10_000 }, { limit: 10, windowMs: 0 }, { limit: Number.NaN, windowMs: 10_000 }]) {
-      await expect(store.consume(key, bad, 1, 7_000)).rejects.toMatchObject({ name: "RateLimitInputError" });
-    }
-    await expect(store.consume(key, rule, 1, Number.NaN)).rejects.toMatchObject({ name: "RateLimitInputError" });
-    await expect(store.consume("", rule, 1, 7_000)).rejects.toMatchObject({ name: "RateLimitInputError" });
-    // Nothing was given back.
-    expect((await store.consume(key, rule, 1, 7_000)).allowed).toBe(false);
-  });
-}
+rateLimitStoreContract("memory", createMemoryRateLimitStore);
 
 describe("memory rate-limit store", () => {
-  storeContract(createMemoryRateLimitStore);
 
   it("forgets refilled buckets as it goes, which behave like fresh ones", async () => {
     const store = createMemoryRateLimitStore();
@@ -81,7 +29,7 @@ describe("memory rate-limit store", () => {
 
 describeEachDatabase("PostgreSQL rate-limit store", (fixture) => {
   beforeAll(() => migrateToLatest(fixture.database.db, [limitMigrations]));
-  describe("contract", () => storeContract(() => createKyselyRateLimitStore(fixture.database.db)));
+  rateLimitStoreContract("kysely", () => createKyselyRateLimitStore(fixture.database.db));
 
   if (fixture.kind === "postgres") {
     describe("across processes", () => {
@@ -100,7 +48,7 @@ describeEachDatabase("PostgreSQL rate-limit store", (fixture) => {
   }
 
   it("limits per user and per API key through the middleware, with RateLimit headers and 429 + Retry-After", async () => {
-    const clock = new ManualClock();
+    const clock = new TestClock(Date.UTC(2026, 10, 25, 12, 0, 0));
     const store = createKyselyRateLimitStore(fixture.database.db);
     const app = await serve((koa) => {
       koa.use(rateLimit({ store, limit: 5, windowMs: 60_000, by: "user", now: clock.now, name: `u${fixture.kind}` }));
@@ -146,12 +94,12 @@ describeEachDatabase("PostgreSQL rate-limit store", (fixture) => {
 });
 
 describe("rateLimit options", () => {
-  it("throws a TypeError for bad options at creation", () => {
+  it("throws a ConfigError for bad options at creation", () => {
     const store = createMemoryRateLimitStore();
-    expect(() => rateLimit({ store, limit: 0, windowMs: 60_000 })).toThrow(TypeError);
-    expect(() => rateLimit({ store, limit: 10, windowMs: 10 })).toThrow(TypeError);
-    expect(() => rateLimit({ store: {} as never, limit: 10, windowMs: 60_000 })).toThrow(TypeError);
-    expect(() => rateLimit({ store, limit: 10, windowMs: 60_000, by: "team" as never })).toThrow(TypeError);
-    expect(() => rateLimit({ store, limit: 10, windowMs: 60_000, extra: 1 } as never)).toThrow(TypeError);
+    expect(() => rateLimit({ store, limit: 0, windowMs: 60_000 })).toThrow(ConfigError);
+    expect(() => rateLimit({ store, limit: 10, windowMs: 10 })).toThrow(ConfigError);
+    expect(() => rateLimit({ store: {} as never, limit: 10, windowMs: 60_000 })).toThrow(ConfigError);
+    expect(() => rateLimit({ store, limit: 10, windowMs: 60_000, by: "team" as never })).toThrow(ConfigError);
+    expect(() => rateLimit({ store, limit: 10, windowMs: 60_000, extra: 1 } as never)).toThrow(ConfigError);
   });
 });

@@ -1,9 +1,10 @@
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
-import { ipLimitKey, requestIp } from "../http/client-ip.js";
+import { ipLimitKey, requestIp } from "../http/index.js";
 import { HttpError } from "../http-error.js";
-import { clock, fn, parseOptions } from "./options.js";
+import { clockOption, functionOption, parseOptions } from "../options.js";
 import type { RateLimitResult, RateLimitStore } from "./rate-limit-store.js";
+import { ConfigError } from "../errors.js";
 
 /** The tightest rate limit a request met, on `ctx.state.rateLimit`. */
 export interface RateLimitState extends RateLimitResult {
@@ -30,12 +31,12 @@ const RateLimitOptions = z
      * IP); `api_key`: the API key (requests without one pass untouched); `ip`; or a function
      * returning a key, or `undefined` to skip.
      */
-    by: z.union([z.enum(["user", "api_key", "ip"]), fn<(ctx: Ctx) => string | undefined>()]).default("user"),
+    by: z.union([z.enum(["user", "api_key", "ip"]), functionOption<(ctx: Ctx) => string | undefined>()]).default("user"),
     /** Tells limits apart in keys and in `RateLimit-Policy`. Default `by` (or `custom`). */
     name: z.string().regex(/^[a-z0-9_-]{1,40}$/).optional(),
     /** Tokens a request takes. Default 1. */
-    cost: fn<(ctx: Ctx) => number>().optional(),
-    now: clock(),
+    cost: functionOption<(ctx: Ctx) => number>().optional(),
+    now: clockOption(),
   })
   .strict();
 export type RateLimitOptions = z.input<typeof RateLimitOptions>;
@@ -76,7 +77,7 @@ export function rateLimit(input: RateLimitOptions): Middleware {
     const key = keyOf(options.by, ctx);
     if (key === undefined) return next();
     const cost = options.cost ? options.cost(ctx) : 1;
-    if (!Number.isFinite(cost) || cost < 0) throw new TypeError(`rateLimit cost must be a non-negative number, got ${cost}`);
+    if (!Number.isFinite(cost) || cost < 0) throw new ConfigError(`rateLimit cost must be a non-negative number, got ${cost}`);
     const result = await options.store.consume(`${name}:${key}`, rule, cost, options.now().getTime());
     const headers = {
       "RateLimit-Limit": String(result.limit),

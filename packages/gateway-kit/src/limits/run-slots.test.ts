@@ -1,77 +1,28 @@
 import { randomUUID } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
+import { ConfigError } from "../errors.js";
 import { migrateToLatest } from "../db/migrations.js";
 import { HttpError } from "../http-error.js";
-import { describeEachDatabase, separatePools } from "../testing/each-database.js";
+import { describeEachDatabase, runSlotStoreContract, separatePools, TestClock } from "../testing/index.js";
 import { concurrencyLimit } from "./concurrency-limit.js";
 import { limitMigrations } from "./migrations.js";
 import { ConcurrencyLimitError, createKyselyRunSlotStore, createMemoryRunSlotStore, createRunSlots, RunSlotLostError, type RunSlotStore } from "./run-slots.js";
-import { ManualClock, serve } from "./test-server.js";
+import { serve } from "./test-server.js";
 import { errorStatus } from "../http-error.js";
 
 /** A domain error as the HTTP edge answers it: its fields plus the status from the code table. */
 const atEdge = (error: unknown) => ({ ...(error as object), message: (error as Error).message, status: errorStatus(error) });
 
-function slotContract(newStore: () => RunSlotStore) {
-  it("holds at most `limit` runs per user and per team, and frees a slot on release", async () => {
-    const clock = new ManualClock();
-    const slots = createRunSlots({ store: newStore(), limits: { user: 2, team: 3 }, leaseMs: 10_000, now: clock.now });
-    const team = randomUUID();
-    const [ann, bob] = [randomUUID(), randomUUID()];
-    const a1 = await slots.acquire({ runId: randomUUID(), userId: ann, teamId: team });
-    await slots.acquire({ runId: randomUUID(), userId: ann, teamId: team });
-    const refused = await slots.acquire({ runId: randomUUID(), userId: ann, teamId: team }).catch((e) => e);
-    expect(refused).toBeInstanceOf(ConcurrencyLimitError);
-    expect(atEdge(refused)).toMatchObject({ status: 429, code: "too_many_concurrent_runs", details: { scope: "user", limit: 2, active: 2 } });
-    await slots.acquire({ runId: randomUUID(), userId: bob, teamId: team });
-    const teamFull = await slots.acquire({ runId: randomUUID(), userId: bob, teamId: team }).catch((e) => e);
-    expect(teamFull.details).toEqual({ scope: "team", limit: 3, active: 3 });
-    // Refused acquires took nothing: the counts are unchanged.
-    expect(await slots.active({ userId: bob })).toBe(1);
-    expect(await slots.active({ teamId: team })).toBe(3);
-
-    await a1.release();
-    expect(await slots.active({ userId: ann })).toBe(1);
-    await slots.acquire({ runId: randomUUID(), userId: bob, teamId: team });
-    // Without a team, only the user's limit applies; acquiring again for the same run is a renewal.
-    const solo = randomUUID();
-    const runId = randomUUID();
-    await slots.acquire({ runId, userId: solo });
-    await slots.acquire({ runId, userId: solo });
-    expect(await slots.active({ userId: solo })).toBe(1);
-  });
-
-  it("reclaims a crashed run's slot when its lease is not renewed, and the late renewal fails", async () => {
-    const clock = new ManualClock();
-    const slots = createRunSlots({ store: newStore(), limits: { user: 1 }, leaseMs: 5_000, now: clock.now });
-    const user = randomUUID();
-    const crashed = await slots.acquire({ runId: randomUUID(), userId: user });
-    clock.advance(3_000);
-    await crashed.renew(); // heartbeat: now lives until +8 s
-    expect(crashed.expiresAt.getTime()).toBe(clock.ms + 5_000);
-    clock.advance(4_999);
-    await expect(slots.acquire({ runId: randomUUID(), userId: user })).rejects.toBeInstanceOf(ConcurrencyLimitError);
-    clock.advance(1); // lease over: the process stopped renewing
-    expect(await slots.active({ userId: user })).toBe(0);
-    const next = await slots.acquire({ runId: randomUUID(), userId: user });
-    await expect(crashed.renew()).rejects.toBeInstanceOf(RunSlotLostError);
-    expect(await slots.active({ userId: user })).toBe(1);
-    clock.advance(60_000);
-    expect(await slots.reclaimExpired()).toBeGreaterThanOrEqual(1);
-    await expect(next.renew()).rejects.toBeInstanceOf(RunSlotLostError);
-  });
-}
-
-describe("memory run slots", () => slotContract(createMemoryRunSlotStore));
+runSlotStoreContract("memory", createMemoryRunSlotStore);
 
 describe("run slot options", () => {
-  it("throws a TypeError for bad options at creation", () => {
+  it("throws a ConfigError for bad options at creation", () => {
     const store = createMemoryRunSlotStore();
-    expect(() => createRunSlots({ store, limits: {} })).toThrow(TypeError);
-    expect(() => createRunSlots({ store, limits: { user: 0 } })).toThrow(TypeError);
-    expect(() => createRunSlots({ store, limits: { user: 1 }, leaseMs: 5 })).toThrow(TypeError);
-    expect(() => concurrencyLimit({ slots: {} as never })).toThrow(TypeError);
-    expect(() => concurrencyLimit({ slots: createRunSlots({ store, limits: { user: 1 } }), hold: "forever" as never })).toThrow(TypeError);
+    expect(() => createRunSlots({ store, limits: {} })).toThrow(ConfigError);
+    expect(() => createRunSlots({ store, limits: { user: 0 } })).toThrow(ConfigError);
+    expect(() => createRunSlots({ store, limits: { user: 1 }, leaseMs: 5 })).toThrow(ConfigError);
+    expect(() => concurrencyLimit({ slots: {} as never })).toThrow(ConfigError);
+    expect(() => concurrencyLimit({ slots: createRunSlots({ store, limits: { user: 1 } }), hold: "forever" as never })).toThrow(ConfigError);
   });
 
   it("keeps a live slot renewed with keepAlive and reports a lost one", async () => {
@@ -93,7 +44,7 @@ describe("run slot options", () => {
 
 describeEachDatabase("PostgreSQL run slots", (fixture) => {
   beforeAll(() => migrateToLatest(fixture.database.db, [limitMigrations]));
-  describe("contract", () => slotContract(() => createKyselyRunSlotStore(fixture.database.db)));
+  runSlotStoreContract("kysely", () => createKyselyRunSlotStore(fixture.database.db));
 
   if (fixture.kind === "postgres") {
     describe("across processes", () => {

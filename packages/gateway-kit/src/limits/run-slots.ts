@@ -1,7 +1,7 @@
 import { GatewayError } from "../errors.js";
 import { sql, type Kysely } from "kysely";
 import { z } from "zod";
-import { clock, parseOptions } from "./options.js";
+import { clockOption, parseOptions } from "../options.js";
 import type { LimitTables } from "./tables.js";
 
 /** One counter a run takes a slot from: `user:<id>` with at most `limit` concurrent runs. */
@@ -182,7 +182,7 @@ const RunSlotsOptions = z
       .refine((l) => l.user !== undefined || l.team !== undefined, { message: "set a user or a team limit" }),
     /** How long a slot lives without renewal. Default 60 s. */
     leaseMs: z.number().int().min(100).max(24 * 3600_000).default(60_000),
-    now: clock(),
+    now: clockOption(),
   })
   .strict();
 export type RunSlotsOptions = z.input<typeof RunSlotsOptions>;

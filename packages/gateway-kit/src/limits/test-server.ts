@@ -11,15 +11,6 @@ export interface Served {
   close(): Promise<void>;
 }
 
-/** A clock the tests move by hand. */
-export class ManualClock {
-  constructor(public ms = Date.UTC(2026, 10, 25, 12, 0, 0)) {}
-  now = (): Date => new Date(this.ms);
-  advance(ms: number): void {
-    this.ms += ms;
-  }
-}
-
 /**
  * Serves `app` (with errorHandler in front). A request can carry a test principal in the
  * `x-test-principal` header (JSON), which a tiny middleware puts on `ctx.state.principal`.

@@ -1,6 +1,6 @@
 import { ConfigError } from "../errors.js";
 import type { Kysely } from "kysely";
-import { appendAuditEvent } from "../audit/audit-log.js";
+import { createAuditLog } from "../audit/index.js";
 import type { DataRightsContributor } from "./contributor.js";
 
 /** The archive `exportUserData` returns; `JSON.stringify` it to hand it over. */
@@ -103,8 +103,8 @@ export async function eraseUserData(db: Kysely<any>, userId: string, contributor
     for (const contributor of contributors) await contributor.erase(trx, userId);
     const trail = options.recordIn;
     if (trail) {
-      await appendAuditEvent(
-        trx,
+      // Not redacted: the record holds only ids and contributor names, stored as given.
+      await createAuditLog(trx, { now: () => new Date(erasedAt), redact: false }).append(
         {
           tenantId: trail.tenantId ?? null,
           actorId: trail.actorId === userId ? null : trail.actorId,
@@ -114,7 +114,6 @@ export async function eraseUserData(db: Kysely<any>, userId: string, contributor
           requestId: trail.requestId ?? null,
           details: { contributors: names },
         },
-        new Date(erasedAt),
       );
     }
   });

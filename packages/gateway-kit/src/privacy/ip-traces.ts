@@ -1,6 +1,6 @@
 import { sql, type Kysely } from "kysely";
-import { scrubAuditPii } from "../audit/audit-log.js";
-import { ipLimitKey } from "../http/client-ip.js";
+import { createAuditLog } from "../audit/index.js";
+import { ipLimitKey } from "../http/index.js";
 
 /** Whether a table exists in the current search path (a host may not run every module's migrations). */
 export async function tableExists(db: Kysely<any>, table: string): Promise<boolean> {
@@ -19,14 +19,7 @@ export async function userIpAddresses(db: Kysely<any>, userId: string): Promise<
     for (const r of rows) ips.add(r.ip as string);
   }
   if (await tableExists(db, "audit_log")) {
-    const rows = await db
-      .selectFrom("audit_log")
-      .select("ip")
-      .distinct()
-      .where("ip", "is not", null)
-      .where((eb) => eb.or([eb("actor_id", "=", userId), eb("target", "=", `user:${userId}`)]))
-      .execute();
-    for (const r of rows) ips.add(r.ip as string);
+    for (const ip of await createAuditLog(db).subjectAddresses(userId)) ips.add(ip);
   }
   return [...ips].sort();
 }
@@ -52,7 +45,7 @@ export async function eraseIpTraces(db: Kysely<any>, userId: string, ips: readon
       .where((eb) => eb.or(patterns.map((p) => eb("key", "like", p))))
       .execute();
   }
-  if (ips.length > 0 && (await tableExists(db, "audit_log"))) await scrubAuditPii(db, { ips: [...ips] }, at);
+  if (ips.length > 0 && (await tableExists(db, "audit_log"))) await createAuditLog(db, { now: () => at }).scrub({ ips: [...ips] });
 }
 
 const escapeLike = (text: string) => text.replace(/[\\%_]/g, (c) => `\\${c}`);

@@ -1,7 +1,9 @@
 import { sql, type Kysely } from "kysely";
 import { z } from "zod";
-import { scrubAuditPii } from "../audit/audit-log.js";
+import { createAuditLog } from "../audit/index.js";
 import { tableExists } from "./ip-traces.js";
+import { ConfigError } from "../errors.js";
+import { parseOptions } from "../options.js";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
@@ -63,14 +65,12 @@ export type RetentionSettings = z.input<typeof RetentionSettings>;
  * await purgeExpired(db, rules);
  */
 export function gatewayRetentionRules(settings: RetentionSettings = {}): RetentionRule[] {
-  const parsed = RetentionSettings.safeParse(settings);
-  if (!parsed.success) throw new TypeError(`Invalid retention settings: ${z.prettifyError(parsed.error)}`);
-  const s = parsed.data;
+  const s = parseOptions(RetentionSettings, settings, "retention settings");
   return [
     {
       name: "audit_details",
       days: s.auditDetails,
-      purge: (trx, cutoff, now) => scrubAuditPii(trx, { before: cutoff }, now),
+      purge: (trx, cutoff, now) => createAuditLog(trx, { now: () => now }).scrub({ before: cutoff }),
     },
     {
       name: "auth_sessions",
@@ -208,8 +208,8 @@ function moduleRetentionRules(s: z.output<typeof RetentionSettings>): RetentionR
 export async function purgeExpired(db: Kysely<any>, rules: readonly RetentionRule[] = gatewayRetentionRules(), options: { now?: () => Date } = {}): Promise<Record<string, number>> {
   const names = new Set<string>();
   for (const rule of rules) {
-    if (names.has(rule.name)) throw new TypeError(`Two retention rules are named ${rule.name}`);
-    if (!Days.safeParse(rule.days).success) throw new TypeError(`Retention rule ${rule.name}: days must be a positive integer`);
+    if (names.has(rule.name)) throw new ConfigError(`Two retention rules are named ${rule.name}`);
+    if (!Days.safeParse(rule.days).success) throw new ConfigError(`Retention rule ${rule.name}: days must be a positive integer`);
     names.add(rule.name);
   }
   const now = (options.now ?? (() => new Date()))();

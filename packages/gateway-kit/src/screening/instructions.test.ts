@@ -5,6 +5,7 @@ import { Router } from "@koa/router";
 import Koa from "koa";
 import { z } from "zod";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ConfigError } from "../errors.js";
 import type { AuditEventInput } from "../audit/audit-sink.js";
 import { errorHandler } from "../http-error.js";
 import { benignCorpus, hostileCorpus } from "./instructions-corpus.js";
@@ -67,7 +68,7 @@ describe("findInstructionViolation", () => {
     const rule = patternRule("custom.prod_db", "Touches the production database", [/\bprod(uction)? (db|database)\b/, /\b(drop|truncate)\b/]);
     expect(findInstructionViolation("drop the production database", [rule])).toMatchObject({ ruleId: "custom.prod_db", excerpt: "production database" });
     expect(findInstructionViolation("describe the production database", [rule])).toBeUndefined();
-    expect(() => patternRule("Bad Id", "x", [/x/])).toThrow(TypeError);
+    expect(() => patternRule("Bad Id", "x", [/x/])).toThrow(ConfigError);
     expect(() => screenInstructions({ rules: [rule, rule] })).toThrow(/duplicate rule id/);
     expect(() => screenInstructions({ text: "vision" as never })).toThrow(/text must be a function/);
     expect(() => screenInstructions({ audit: {} as never })).toThrow(/AuditSink/);
@@ -176,7 +177,7 @@ describe("validate() and screenInstructions() in a Koa app", () => {
   });
 
   it("validates its own options", () => {
-    expect(() => validate({})).toThrow(TypeError);
+    expect(() => validate({})).toThrow(ConfigError);
     expect(() => validate({ body: {} as z.ZodType })).toThrow(/zod schema/);
     expect(() => validate({ headers: z.object({}) } as never)).toThrow(/unknown request part/);
   });

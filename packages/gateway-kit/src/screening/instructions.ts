@@ -1,6 +1,7 @@
 import type { Middleware, ParameterizedContext } from "koa";
-import { noAudit, type AuditSink } from "../audit/audit-sink.js";
+import { noAudit, type AuditSink } from "../audit/index.js";
 import { HttpError } from "../http-error.js";
+import { ConfigError } from "../errors.js";
 
 /**
  * One screening rule. `matches` gets the normalised instruction text (see
@@ -36,7 +37,7 @@ export interface InstructionViolation {
  */
 export function patternRule(id: string, description: string, all: RegExp[], unless?: RegExp): InstructionRule {
   checkId(id);
-  if (all.length === 0) throw new TypeError(`Rule ${id} needs at least one pattern`);
+  if (all.length === 0) throw new ConfigError(`Rule ${id} needs at least one pattern`);
   return {
     id,
     description,
@@ -59,7 +60,7 @@ export function patternRule(id: string, description: string, all: RegExp[], unle
 }
 
 function checkId(id: string): void {
-  if (!/^[a-z0-9_.-]+$/.test(id)) throw new TypeError(`Rule id "${id}" must be lower-case letters, digits, '.', '_' or '-'`);
+  if (!/^[a-z0-9_.-]+$/.test(id)) throw new ConfigError(`Rule id "${id}" must be lower-case letters, digits, '.', '_' or '-'`);
 }
 
 interface Span {
@@ -505,15 +506,15 @@ function bodyText(limits: BodyTextLimits) {
 export function screenInstructions(options: ScreenInstructionsOptions = {}): Middleware {
   const rules = options.rules ?? defaultInstructionRules;
   if (!Array.isArray(rules) || rules.some((r) => typeof r?.id !== "string" || typeof r?.matches !== "function")) {
-    throw new TypeError("screenInstructions: rules must be InstructionRule objects ({ id, description, matches })");
+    throw new ConfigError("screenInstructions: rules must be InstructionRule objects ({ id, description, matches })");
   }
   const ids = new Set<string>();
   for (const rule of rules) {
-    if (ids.has(rule.id)) throw new TypeError(`screenInstructions: duplicate rule id "${rule.id}"`);
+    if (ids.has(rule.id)) throw new ConfigError(`screenInstructions: duplicate rule id "${rule.id}"`);
     ids.add(rule.id);
   }
-  if (options.text !== undefined && typeof options.text !== "function") throw new TypeError("screenInstructions: text must be a function (ctx) => string | string[]");
-  if (options.audit !== undefined && typeof options.audit?.record !== "function") throw new TypeError("screenInstructions: audit must be an AuditSink");
+  if (options.text !== undefined && typeof options.text !== "function") throw new ConfigError("screenInstructions: text must be a function (ctx) => string | string[]");
+  if (options.audit !== undefined && typeof options.audit?.record !== "function") throw new ConfigError("screenInstructions: audit must be an AuditSink");
   const pick = options.text ?? bodyText(options.bodyLimits ?? {});
   const audit = options.audit ?? noAudit;
   return async (ctx, next) => {

@@ -9,6 +9,7 @@ import type * as Yauzl from "yauzl";
 import { loadOptional } from "../optional-dependency.js";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
+import { parseOptions } from "../options.js";
 
 /** Why an archive was refused. 413 codes are about size, 422 codes about content. */
 /** Every reason an archive upload is refused; each is the `code` of its `ArchiveRejectedError`. */
@@ -86,9 +87,7 @@ export interface ArchiveReport {
 }
 
 function parseLimits(input: ArchiveLimits): Limits {
-  const parsed = ArchiveLimits.safeParse(input);
-  if (!parsed.success) throw new TypeError(`Invalid archive limits: ${z.prettifyError(parsed.error)}`);
-  return parsed.data;
+  return parseOptions(ArchiveLimits, input, "archive limits");
 }
 
 /** Checks an entry name and returns it relative and normalised (no `./`, no trailing `/`). */

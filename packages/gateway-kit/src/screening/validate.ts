@@ -1,6 +1,7 @@
 import type { Middleware } from "koa";
 import { z } from "zod";
 import { HttpError } from "../http-error.js";
+import { ConfigError } from "../errors.js";
 
 /** Where in the request a field-level problem was found. */
 export type RequestPart = "body" | "params" | "query";
@@ -57,14 +58,14 @@ const PARTS: RequestPart[] = ["params", "query", "body"];
  * );
  */
 export function validate(schemas: RequestSchemas): Middleware {
-  if (typeof schemas !== "object" || schemas === null) throw new TypeError("validate() needs { body?, params?, query? }");
+  if (typeof schemas !== "object" || schemas === null) throw new ConfigError("validate() needs { body?, params?, query? }");
   for (const key of Object.keys(schemas)) {
-    if (!PARTS.includes(key as RequestPart)) throw new TypeError(`validate(): unknown request part "${key}" (use body, params or query)`);
+    if (!PARTS.includes(key as RequestPart)) throw new ConfigError(`validate(): unknown request part "${key}" (use body, params or query)`);
     const schema = schemas[key as RequestPart];
-    if (schema !== undefined && !(schema instanceof z.ZodType)) throw new TypeError(`validate(): ${key} must be a zod schema`);
+    if (schema !== undefined && !(schema instanceof z.ZodType)) throw new ConfigError(`validate(): ${key} must be a zod schema`);
   }
   const parts = PARTS.filter((part) => schemas[part] !== undefined);
-  if (parts.length === 0) throw new TypeError("validate() needs at least one of body, params or query");
+  if (parts.length === 0) throw new ConfigError("validate() needs at least one of body, params or query");
 
   return async (ctx, next) => {
     const issues: FieldIssue[] = [];

@@ -6,7 +6,7 @@ import { BudgetScope, type BudgetAlert, type Budgets, type BudgetStatus } from "
 import { IdempotencyConflictError } from "../credits/errors.js";
 import { createKyselyLedger, ledgerDatabaseOf } from "../credits/kysely-ledger.js";
 import type { Ledger, WalletOwner } from "../credits/ledger.js";
-import { retryTransaction } from "../credits/retry-transaction.js";
+import { retryTransaction } from "../db/index.js";
 import { ConfigError } from "../errors.js";
 import type { MicroCredits } from "../money.js";
 import {

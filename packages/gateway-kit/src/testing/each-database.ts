@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe } from "vitest";
-import { openDatabase, type Database } from "../db/database.js";
+import { openDatabase, type Database } from "../db/index.js";
 
 /** The PostgreSQL server the suites run against. */
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test";

@@ -1,6 +1,6 @@
 import { bodyParser } from "@koa/bodyparser";
 import type { Router } from "@koa/router";
-import { createCreditCheckout, createStripeClient, stripeWebhook, validate, type AuthService, type CreditCheckout } from "@keen/gateway-kit";
+import { createCreditCheckout, createKyselyLedger, createStripeClient, stripeWebhook, validate, type AuthService, type CreditCheckout } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
 import type { Middleware } from "koa";
 import type { Logger } from "pino";
@@ -35,7 +35,7 @@ const isStripeError = (error: unknown) => typeof (error as { type?: unknown })?.
 export function mountBillingRoutes(router: Router, deps: { db: Kysely<any>; auth: AuthService; config: ServerConfig }): void {
   const { config, auth } = deps;
   const checkout: CreditCheckout | undefined = config.stripeSecretKey
-    ? createCreditCheckout({ stripe: createStripeClient(stripeOptions(config)), db: deps.db, packs: config.creditPacks, successUrl: config.billingSuccessUrl!, cancelUrl: config.billingCancelUrl! })
+    ? createCreditCheckout({ stripe: createStripeClient(stripeOptions(config)), db: deps.db, ledger: (trx) => createKyselyLedger(trx), packs: config.creditPacks, successUrl: config.billingSuccessUrl!, cancelUrl: config.billingCancelUrl! })
     : undefined;
   const json = bodyParser({ enableTypes: ["json"], jsonLimit: "4kb", encoding: "utf-8" });
 
@@ -82,6 +82,7 @@ export function billingWebhook(deps: { db: Kysely<any>; config: ServerConfig; lo
   return stripeWebhook({
     stripe: createStripeClient(stripeOptions(config)),
     db: deps.db,
+    ledger: (trx) => createKyselyLedger(trx),
     signingSecret: config.stripeWebhookSecrets,
     onProcessed: (event) => deps.logger.info({ stripeEvent: event.eventId, type: event.type, outcome: event.outcome, duplicate: event.duplicate }, "stripe event"),
   });

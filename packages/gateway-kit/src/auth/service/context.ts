@@ -2,9 +2,9 @@
 // steps more than one concern takes (checking a password, starting a session, confirming a factor).
 import { randomUUID } from "node:crypto";
 import type { z } from "zod";
-import { noAudit, type AuditEventInput } from "../../audit/audit-sink.js";
+import { noAudit, type AuditEventInput } from "../../audit/index.js";
 import { AuthError } from "../../errors.js";
-import { normaliseIp } from "../../http/client-ip.js";
+import { normaliseIp } from "../../http/index.js";
 import type { Principal } from "../../principal.js";
 import { ApiKeyCache } from "../api-keys.js";
 import type { AuthServiceOptions } from "../auth-service.js";

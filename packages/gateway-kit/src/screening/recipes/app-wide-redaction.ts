@@ -5,9 +5,7 @@
 import { bodyParser } from "@koa/bodyparser";
 import type { Router } from "@koa/router";
 import Koa from "koa";
-import { authRouter } from "../../auth/auth-router.js";
-import type { AuthService } from "../../auth/auth-service.js";
-import { authenticate } from "../../auth/authenticate.js";
+import { authenticate, authRouter, type AuthService } from "../../auth/index.js";
 import { errorHandler } from "../../http-error.js";
 import { ownerSecrets, redactResponses } from "../redact.js";
 
