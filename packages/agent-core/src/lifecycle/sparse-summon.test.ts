@@ -52,7 +52,10 @@ describe("a subtask that names its paths", () => {
       expect(listedB).toContain("README.md");
       expect(listedB).not.toContain("holds only");
 
-      const files = (await git(dir, "ls-tree", "-r", "--name-only", "HEAD")).split("\n").sort();
+      // The result is on the run branch; the checkout itself is untouched.
+      expect(result.branch).toMatch(/^keen\/[0-9a-f]{8}$/);
+      const files = (await git(dir, "ls-tree", "-r", "--name-only", result.branch!)).split("\n").sort();
+      expect((await git(dir, "ls-tree", "-r", "--name-only", "HEAD")).split("\n").sort()).toEqual(["README.md", "src/a/one.ts", "src/b/two.ts"]);
       expect(files).toEqual(["README.md", "src/a/new.ts", "src/a/one.ts", "src/b/new.ts", "src/b/two.ts"]);
     } finally {
       await server.close();
