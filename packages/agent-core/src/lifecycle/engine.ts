@@ -10,6 +10,7 @@ import { contextTracker } from "./context-tracker.js";
 import { driveAgent } from "./machine.js";
 import type { AgentState, TaskSnapshot } from "./task-state.js";
 import { AgentTree, type EngineSettings } from "./tree.js";
+import { forkOptions } from "./phases/summon.js";
 import { dropRunCheckpoints } from "./turn-checkpoints.js";
 
 export interface TaskResult extends RunResult {
@@ -197,7 +198,9 @@ async function reopenWorkspaces(tree: AgentTree, root: Workspace): Promise<void>
   const reopen = async (agent: AgentState) => {
     let workspace = tree.workspaces.get(agent.id);
     if (!workspace) {
-      workspace = await root.fork(agent.branch, { reattach: true });
+      // With the paths it was forked with: a worktree a recovery pass removed comes back as sparse.
+      const parent = agent.parentId === null ? undefined : tree.agents.get(agent.parentId);
+      workspace = await root.fork(agent.branch, { reattach: true, ...(parent ? forkOptions(parent, agent) : {}) });
       tree.workspaces.set(agent.id, workspace);
     }
     return workspace as ForkableWorkspace;
