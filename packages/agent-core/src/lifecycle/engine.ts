@@ -47,7 +47,11 @@ export interface EngineConfig {
  */
 export function launchRun(config: EngineConfig): TaskRun {
   const { state, settings } = config;
-  // Invalid context and branch settings fail here, before anything runs.
+  // Invalid snapshot, context and branch settings fail here, before anything runs.
+  const location = settings.snapshotLocation;
+  if (location !== undefined && (typeof location !== "string" || location.trim() === "")) {
+    throw new ConfigError("`snapshotLocation` must be a non-empty string (where the host keeps the run's snapshot)");
+  }
   contextTracker(settings);
   checkBranchSettings(settings);
   const events = new EventStream(state.runId, {
@@ -138,6 +142,7 @@ async function execute(tree: AgentTree, config: EngineConfig): Promise<TaskResul
     ...(cost !== undefined ? { costUsd: cost } : {}),
     ...(root ? { branch: root.branch } : {}),
     ...(head ? { head } : {}),
+    ...(settings.snapshotLocation !== undefined ? { snapshot: settings.snapshotLocation } : {}),
     ...(error ? { error } : {}),
     durationMs: Math.round(performance.now() - started),
   });
