@@ -2,7 +2,7 @@ import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { KeenError } from "../errors.js";
-import { stageChanges } from "./commit-filter.js";
+import { isInsidePaths, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { git, gitRaw, nulSeparated, oneLine, type GitTarget } from "./git.js";
 import type { RestoreReport, WorkspaceCheckpoint } from "./workspace.js";
 
@@ -50,7 +50,7 @@ function parseMessage(message: string): { label: string; paths?: string[] } {
   return { label: lines.join("\n"), ...(paths.length > 0 ? { paths } : {}) };
 }
 
-const inScope = (file: string, paths: readonly string[]) => paths.some((p) => file === p || file.startsWith(`${p}/`));
+
 
 /**
  * Runs `task` with a private temporary index file that starts as a copy of the checkout's own
@@ -66,11 +66,7 @@ async function withWorktreeIndex<T>(target: CheckpointTarget, task: (env: Record
     await git(target, head.exitCode === 0 ? ["read-tree", oneLine(String(head.stdout))] : ["read-tree", "--empty"], { env });
     // In a sparse worktree, the files outside its paths are not checked out: marked as the
     // worktree's own index marks them, so their absence is not staged as deletions.
-    const paths = target.paths;
-    if (paths && paths.length > 0) {
-      const outside = nulSeparated(await git(target, ["ls-files", "-z"], { env })).filter((file) => file !== "" && !inScope(file, paths));
-      if (outside.length > 0) await git(target, ["update-index", "-z", "--skip-worktree", "--stdin"], { env, input: outside.map((file) => `${file}\0`).join("") });
-    }
+    if (target.paths && target.paths.length > 0) await skipOutsidePaths(target, env, target.paths);
     return task(env);
   };
   try {
@@ -154,7 +150,7 @@ export async function restoreCheckpoint(target: CheckpointTarget, key: string): 
  */
 async function keepOutsideScope(target: GitTarget, env: Record<string, string>, now: string, checkpointTree: string, paths: readonly string[]): Promise<string> {
   const missing = nulSeparated(await git(target, ["diff-tree", "-r", "-z", "--name-only", "--no-renames", "--diff-filter=D", now, checkpointTree])).filter(
-    (file) => file !== "" && !inScope(file, paths),
+    (file) => file !== "" && !isInsidePaths(file, paths),
   );
   if (missing.length === 0) return checkpointTree;
   const keep = new Set(missing);

@@ -7,7 +7,7 @@ import { execa } from "execa";
 import { KeenError, PathOutsideWorkspaceError } from "../errors.js";
 import { dropCheckpoint, readCheckpoint, restoreCheckpoint, saveCheckpoint } from "./checkpoint.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
-import { DEFAULT_MAX_FILE_BYTES, isCredentialName, stageChanges } from "./commit-filter.js";
+import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
 import { git, gitBytes, gitFailure, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
 import { sandboxGitConfig } from "./sandbox-git-config.js";
@@ -652,6 +652,8 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     const env = { GIT_INDEX_FILE: join(indexDir, "index") };
     try {
       await git(this.target, ["read-tree", "HEAD"], { env });
+      // From a sparse worktree: the files outside its paths are not missing, only not checked out.
+      if (this.sparsePaths) await skipOutsidePaths(this.target, env, this.sparsePaths);
       const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes, env });
       const head = await this.head();
       if (staged.length === 0) return { start: head, report: { included: [], skipped } };

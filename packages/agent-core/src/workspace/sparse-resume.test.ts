@@ -89,3 +89,17 @@ describe("the checkpoint of a sparse fork", () => {
     expect(await tree(dir, "summon-B")).toEqual([...Object.keys(repoFiles), "lib/extra.ts"].sort());
   });
 });
+
+describe("a fork of a sparse worktree with includeUncommitted", () => {
+  it("carries over the work inside its paths and deletes nothing outside them", async () => {
+    const dir = await createTestRepo(repoFiles);
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("summon-C", { paths: ["src"] });
+    await child.writeFile("src/a.ts", "a2\n");
+    await child.writeFile("src/new.ts", "n\n");
+    const grandchild = await child.fork("summon-C-A", { includeUncommitted: true });
+    expect(grandchild.lastForkReport?.included).toEqual(["src/a.ts", "src/new.ts"]);
+    expect(await tree(dir, "summon-C-A")).toEqual([...Object.keys(repoFiles), "src/new.ts"].sort());
+    expect(await git(dir, "show", "summon-C-A:src/a.ts")).toBe("a2");
+  });
+});
