@@ -50,8 +50,6 @@ function parseMessage(message: string): { label: string; paths?: string[] } {
   return { label: lines.join("\n"), ...(paths.length > 0 ? { paths } : {}) };
 }
 
-
-
 /**
  * Runs `task` with a private temporary index file that starts as a copy of the checkout's own
  * index (its stat data spares rehashing unchanged files) or, when that cannot be read or the
@@ -125,7 +123,8 @@ async function readScopedCheckpoint(target: GitTarget, key: string): Promise<(Wo
  * Makes the work tree's files those of the checkpoint under `key`: a two-tree switch from the
  * work tree as it is now (staged into a temporary index) to the checkpoint's tree, so files added
  * since are removed (with folders left empty) and changed or deleted ones are written back.
- * Files neither tree holds (credentials, temp files, ignored files) are not touched.
+ * Files neither tree holds (credentials, temp files, ignored files) are not touched. A
+ * checkpoint of a sparse worktree removes no file outside its recorded paths (`keepOutsideScope`).
  */
 export async function restoreCheckpoint(target: CheckpointTarget, key: string): Promise<RestoreReport> {
   const saved = await readScopedCheckpoint(target, key);
