@@ -53,6 +53,8 @@ export const RunCompletedEvent = z.object({
   branch: z.string().optional(),
   /** The commit at the head of `branch` when the run ended. */
   head: z.string().optional(),
+  /** Where the host keeps the run's snapshot (the `snapshotLocation` it passed), to resume or inspect it. */
+  snapshot: z.string().optional(),
   error: z.object({ code: z.string(), message: z.string() }).optional(),
   durationMs: z.number().nonnegative(),
 });

@@ -156,6 +156,10 @@ describe("keen run: the full lifecycle against the offline Messages API", { time
     expect(rb).toMatch(/^keen\/[0-9a-f]{8}$/);
     const kid = (name: string) => `${rb}-agents/${name}`;
     expect(events.at(-1)).toMatchObject({ type: "run.completed", status: "success", summary: "Everything merged." });
+    // run.completed names the snapshot file keen wrote: the finished run's state is there.
+    const snapshotFile = ofType(events, "run.completed")[0]!.snapshot!;
+    expect(snapshotFile).toContain(join(".git", "keen", "runs"));
+    expect(TaskSnapshot.parse(JSON.parse(await readFile(snapshotFile, "utf8"))).runId).toBe(events[0]!.runId);
     expect(ofType(events, "agent.spawned").map((e) => [e.agentId, e.parentId, e.branch, e.depth])).toEqual([
       ["root", null, rb, 0],
       ["A", "root", kid("summon-A"), 1],

@@ -93,7 +93,7 @@ describe("keen run --resume", { timeout: 120_000 }, () => {
     const lastKilled = killedEvents.at(-1)!.seq;
     expect(events[0]!.seq).toBeGreaterThan(lastKilled);
     expect(events.map((e) => e.seq)).toEqual(events.map((_, i) => events[0]!.seq + i));
-    expect(events.at(-1)).toMatchObject({ type: "run.completed", status: "success", summary: "Both merged." });
+    expect(events.at(-1)).toMatchObject({ type: "run.completed", status: "success", summary: "Both merged.", snapshot: snapshotPath });
     expect(events.filter((e) => e.type === "agent.spawned")).toEqual([]);
     // A finished child is merged while its siblings still run, so A's merge may have happened
     // before the kill; across both processes each child ends merged, A before B, and B after the resume.

@@ -10,6 +10,7 @@ import { contextTracker } from "./context-tracker.js";
 import { driveAgent } from "./machine.js";
 import type { AgentState, TaskSnapshot } from "./task-state.js";
 import { AgentTree, type EngineSettings } from "./tree.js";
+import { forkOptions } from "./phases/summon.js";
 import { dropRunCheckpoints } from "./turn-checkpoints.js";
 
 export interface TaskResult extends RunResult {
@@ -46,7 +47,11 @@ export interface EngineConfig {
  */
 export function launchRun(config: EngineConfig): TaskRun {
   const { state, settings } = config;
-  // Invalid context and branch settings fail here, before anything runs.
+  // Invalid snapshot, context and branch settings fail here, before anything runs.
+  const location = settings.snapshotLocation;
+  if (location !== undefined && (typeof location !== "string" || location.trim() === "")) {
+    throw new ConfigError("`snapshotLocation` must be a non-empty string (where the host keeps the run's snapshot)");
+  }
   contextTracker(settings);
   checkBranchSettings(settings);
   const events = new EventStream(state.runId, {
@@ -137,6 +142,7 @@ async function execute(tree: AgentTree, config: EngineConfig): Promise<TaskResul
     ...(cost !== undefined ? { costUsd: cost } : {}),
     ...(root ? { branch: root.branch } : {}),
     ...(head ? { head } : {}),
+    ...(settings.snapshotLocation !== undefined ? { snapshot: settings.snapshotLocation } : {}),
     ...(error ? { error } : {}),
     durationMs: Math.round(performance.now() - started),
   });
@@ -197,7 +203,9 @@ async function reopenWorkspaces(tree: AgentTree, root: Workspace): Promise<void>
   const reopen = async (agent: AgentState) => {
     let workspace = tree.workspaces.get(agent.id);
     if (!workspace) {
-      workspace = await root.fork(agent.branch, { reattach: true });
+      // With the paths it was forked with: a worktree a recovery pass removed comes back as sparse.
+      const parent = agent.parentId === null ? undefined : tree.agents.get(agent.parentId);
+      workspace = await root.fork(agent.branch, { reattach: true, ...(parent ? forkOptions(parent, agent) : {}) });
       tree.workspaces.set(agent.id, workspace);
     }
     return workspace as ForkableWorkspace;

@@ -39,7 +39,7 @@ describe("a subtask that names its paths", () => {
     try {
       const workspace = await LocalWorkspace.open(dir, { sandbox: false });
       const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
-      const result = await startTask({ vision: "Build both parts", workspace, model, limits: { maxDepth: 1 } }).result;
+      const result = await startTask({ vision: "Build both parts", workspace, model, limits: { maxDepth: 1 }, runId: "run_5b5b5b5b-0000-4000-8000-000000000000" }).result;
       expect(result.status).toBe("success");
 
       const [listedA, readmeA] = toolResults(server.requests, "A");
@@ -52,10 +52,9 @@ describe("a subtask that names its paths", () => {
       expect(listedB).toContain("README.md");
       expect(listedB).not.toContain("holds only");
 
-      // The result is on the run branch; the checkout itself is untouched.
-      expect(result.branch).toMatch(/^keen\/[0-9a-f]{8}$/);
-      const files = (await git(dir, "ls-tree", "-r", "--name-only", result.branch!)).split("\n").sort();
-      expect((await git(dir, "ls-tree", "-r", "--name-only", "HEAD")).split("\n").sort()).toEqual(["README.md", "src/a/one.ts", "src/b/two.ts"]);
+      // The result is on the run branch; the user's checkout stays as it was.
+      const files = (await git(dir, "ls-tree", "-r", "--name-only", "keen/5b5b5b5b")).split("\n").sort();
+      expect(await git(dir, "ls-tree", "-r", "--name-only", "HEAD")).toBe("README.md\nsrc/a/one.ts\nsrc/b/two.ts");
       expect(files).toEqual(["README.md", "src/a/new.ts", "src/a/one.ts", "src/b/new.ts", "src/b/two.ts"]);
     } finally {
       await server.close();

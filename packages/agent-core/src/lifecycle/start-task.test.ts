@@ -2,7 +2,7 @@ import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
 import { afterEach, describe, expect, it } from "vitest";
-import type { KeenEvent, KeenEventOf } from "../events.js";
+import { KeenEvent, type KeenEventOf } from "../events.js";
 import { anthropic } from "../model/anthropic.js";
 import { reply, requestPosition, startMessagesServer, type MessagesServer } from "../testing/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
@@ -124,6 +124,8 @@ describe("startTask", () => {
     const rootUsage = completed.at(-1)!.usage.outputTokens;
     expect(rootUsage).toBe(ofType(events, "model.usage").reduce((n, e) => n + e.usage.outputTokens, 0));
     expect(ofType(events, "run.completed")[0]!.usage.outputTokens).toBe(rootUsage);
+    // No snapshot location given: the event names none.
+    expect(ofType(events, "run.completed")[0]).not.toHaveProperty("snapshot");
   });
 
   it("shows every lifecycle tool in every phase, and runs only the phase's own", async () => {
@@ -419,7 +421,7 @@ describe("startTask", () => {
       expect(before.stash).toContain("parked work");
 
       // No `branch` option: the library default.
-      const { result, events } = await runTask(base);
+      const { result, events } = await runTask(base, { snapshotLocation: "/srv/keen/runs/run-1.json" });
       expect(result.status).toBe("success");
       expect(result.branch).toBe(RUN);
       expect(await checkoutState(base.dir)).toEqual(before);
@@ -436,7 +438,9 @@ describe("startTask", () => {
       ]);
       expect(ofType(events, "run.started")[0]).toMatchObject({ branch: RUN });
       const completed = ofType(events, "run.completed")[0]!;
-      expect(completed).toMatchObject({ branch: RUN, head: await git(base.dir, "rev-parse", RUN) });
+      expect(completed).toMatchObject({ branch: RUN, head: await git(base.dir, "rev-parse", RUN), snapshot: "/srv/keen/runs/run-1.json" });
+      // The event as read back from the wire (the protocol's schema) keeps it.
+      expect(KeenEvent.parse(JSON.parse(JSON.stringify(completed)))).toMatchObject({ snapshot: "/srv/keen/runs/run-1.json" });
       expect(completed.costUsd).toBeGreaterThan(0);
       expect((await git(base.dir, "worktree", "list")).split("\n")).toHaveLength(1);
     });
@@ -526,6 +530,8 @@ describe("startTask", () => {
       expect(() => startTask({ ...options, branch: 1 as never })).toThrow(expect.objectContaining({ code: "config_error" }));
       expect(() => startTask({ ...options, branch: false, base: "main" })).toThrow(expect.objectContaining({ code: "config_error" }));
       expect(() => startTask({ ...options, branch: false, includeUncommitted: true })).toThrow(expect.objectContaining({ code: "config_error" }));
+      expect(() => startTask({ ...options, snapshotLocation: " " })).toThrow(expect.objectContaining({ code: "config_error", message: expect.stringContaining("snapshotLocation") }));
+      expect(() => startTask({ ...options, snapshotLocation: 7 as never })).toThrow(expect.objectContaining({ code: "config_error" }));
     });
 
     it("starts from base when given, and carries uncommitted work only when asked, never a credential", async () => {

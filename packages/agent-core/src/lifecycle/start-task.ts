@@ -47,6 +47,11 @@ export interface TaskOptions {
   /** Called with the whole tree's state after every turn and step; persist it to resume later. */
   onSnapshot?: (snapshot: TaskSnapshot) => void | Promise<void>;
   /**
+   * Where the host keeps this run's snapshot (a file path, a URL, a key: keen never reads it),
+   * echoed as `snapshot` in `run.completed` so whoever reads the events can find it.
+   */
+  snapshotLocation?: string;
+  /**
    * Where the run's events are kept. Default: the last 10 000 in memory. Give a durable log
    * (e.g. `NdjsonEventLog` beside the snapshot) and the same log on resume, and a resumed run
    * numbers its events strictly after the last one emitted, even after a crash.

@@ -31,6 +31,8 @@ export interface EngineSettings {
   contextWindow?: number;
   context?: Omit<ContextSettings, "contextWindow"> | false;
   onSnapshot?: (snapshot: TaskSnapshot) => void | Promise<void>;
+  /** Where the host keeps the run's snapshot; echoed as `snapshot` in `run.completed`. */
+  snapshotLocation?: string;
   /** Where the run's events are kept. Default: the last 10 000 in memory. */
   eventLog?: EventLog;
   /** Most events held in memory for fast reading. Default 1000. */

@@ -2,7 +2,7 @@ import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { KeenError } from "../errors.js";
-import { stageChanges } from "./commit-filter.js";
+import { isInsidePaths, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { git, gitRaw, nulSeparated, oneLine, type GitTarget } from "./git.js";
 import type { RestoreReport, WorkspaceCheckpoint } from "./workspace.js";
 
@@ -34,6 +34,20 @@ export function checkpointRef(key: string): string {
 export interface CheckpointTarget extends GitTarget {
   /** Files over this size are left out, as `commit` leaves them out. */
   maxFileBytes: number;
+  /** A sparse worktree's paths: saved with the checkpoint as its scope (see `restoreCheckpoint`). */
+  paths?: readonly string[];
+}
+
+/** Trailer lines of a checkpoint's message naming its scope, one path a line. */
+const SCOPE_TRAILER = "keen-checkpoint-path: ";
+
+/** The label and scope written in a checkpoint commit's message. */
+function parseMessage(message: string): { label: string; paths?: string[] } {
+  const lines = message.replace(/\n$/, "").split("\n");
+  const paths: string[] = [];
+  while (lines.length > 0 && lines[lines.length - 1]!.startsWith(SCOPE_TRAILER)) paths.unshift(lines.pop()!.slice(SCOPE_TRAILER.length));
+  if (paths.length > 0 && lines[lines.length - 1] === "") lines.pop();
+  return { label: lines.join("\n"), ...(paths.length > 0 ? { paths } : {}) };
 }
 
 /**
@@ -41,13 +55,16 @@ export interface CheckpointTarget extends GitTarget {
  * index (its stat data spares rehashing unchanged files) or, when that cannot be read or the
  * task fails on it (a merge's conflicts in it), as HEAD's tree. The checkout's own index is only read.
  */
-async function withWorktreeIndex<T>(target: GitTarget, task: (env: Record<string, string>) => Promise<T>): Promise<T> {
+async function withWorktreeIndex<T>(target: CheckpointTarget, task: (env: Record<string, string>) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), "keen-checkpoint-"));
   const env = { GIT_INDEX_FILE: join(dir, "index") };
   const fromHead = async () => {
     await rm(env.GIT_INDEX_FILE, { force: true });
     const head = await gitRaw(target, ["rev-parse", "-q", "--verify", "HEAD^{tree}"]);
     await git(target, head.exitCode === 0 ? ["read-tree", oneLine(String(head.stdout))] : ["read-tree", "--empty"], { env });
+    // In a sparse worktree, the files outside its paths are not checked out: marked as the
+    // worktree's own index marks them, so their absence is not staged as deletions.
+    if (target.paths && target.paths.length > 0) await skipOutsidePaths(target, env, target.paths);
     return task(env);
   };
   try {
@@ -80,38 +97,73 @@ async function stageTree(target: CheckpointTarget, env: Record<string, string>):
 export async function saveCheckpoint(target: CheckpointTarget, key: string, label: string): Promise<WorkspaceCheckpoint> {
   const ref = checkpointRef(key);
   const tree = await withWorktreeIndex(target, (env) => stageTree(target, env));
-  const id = oneLine(await git(target, ["commit-tree", tree, "-F", "-"], { env: CHECKPOINT_IDENTITY, input: label }));
+  // Sparse paths hold no newline (fork refuses them), so each is one trailer line.
+  const scope = target.paths && target.paths.length > 0 ? `\n\n${target.paths.map((path) => `${SCOPE_TRAILER}${path}\n`).join("")}` : "";
+  const id = oneLine(await git(target, ["commit-tree", tree, "-F", "-"], { env: CHECKPOINT_IDENTITY, input: label + scope }));
   await git(target, ["update-ref", ref, id]);
   return { id, label };
 }
 
 /** The checkpoint under `key`, or null. */
 export async function readCheckpoint(target: GitTarget, key: string): Promise<WorkspaceCheckpoint | null> {
+  const saved = await readScopedCheckpoint(target, key);
+  return saved ? { id: saved.id, label: saved.label } : null;
+}
+
+async function readScopedCheckpoint(target: GitTarget, key: string): Promise<(WorkspaceCheckpoint & { paths?: string[] }) | null> {
   const found = await gitRaw(target, ["rev-parse", "-q", "--verify", `${checkpointRef(key)}^{commit}`]);
   if (found.exitCode !== 0) return null;
   const id = oneLine(String(found.stdout));
   const raw = await git(target, ["cat-file", "commit", id]);
   const split = raw.indexOf("\n\n");
-  return { id, label: split === -1 ? "" : oneLine(raw.slice(split + 2)) };
+  return { id, ...parseMessage(split === -1 ? "" : raw.slice(split + 2)) };
 }
 
 /**
  * Makes the work tree's files those of the checkpoint under `key`: a two-tree switch from the
  * work tree as it is now (staged into a temporary index) to the checkpoint's tree, so files added
  * since are removed (with folders left empty) and changed or deleted ones are written back.
- * Files neither tree holds (credentials, temp files, ignored files) are not touched.
+ * Files neither tree holds (credentials, temp files, ignored files) are not touched. A
+ * checkpoint of a sparse worktree removes no file outside its recorded paths (`keepOutsideScope`).
  */
 export async function restoreCheckpoint(target: CheckpointTarget, key: string): Promise<RestoreReport> {
-  const saved = await readCheckpoint(target, key);
+  const saved = await readScopedCheckpoint(target, key);
   if (!saved) throw new KeenError("checkpoint_not_found", `There is no checkpoint "${key}"`);
-  const wanted = oneLine(await git(target, ["rev-parse", `${saved.id}^{tree}`]));
+  const checkpointTree = oneLine(await git(target, ["rev-parse", `${saved.id}^{tree}`]));
   return withWorktreeIndex(target, async (env) => {
     const now = await stageTree(target, env);
+    if (now === checkpointTree) return { changed: [] };
+    const wanted = saved.paths ? await keepOutsideScope(target, env, now, checkpointTree, saved.paths) : checkpointTree;
     if (now === wanted) return { changed: [] };
     const changed = nulSeparated(await git(target, ["diff-tree", "-r", "-z", "--name-only", "--no-renames", now, wanted]));
     await git(target, ["read-tree", "--reset", "-u", now, wanted], { env });
     return { changed };
   });
+}
+
+/**
+ * A sparse worktree's checkpoint saw only the files inside its paths: a file outside them that it
+ * lacks may simply not have been checked out there (or not been in the index it was staged from).
+ * The tree to restore is then the checkpoint's plus every file outside the scope the work tree
+ * holds now and the checkpoint does not, so a restore never deletes a file outside the scope.
+ */
+async function keepOutsideScope(target: GitTarget, env: Record<string, string>, now: string, checkpointTree: string, paths: readonly string[]): Promise<string> {
+  const missing = nulSeparated(await git(target, ["diff-tree", "-r", "-z", "--name-only", "--no-renames", "--diff-filter=D", now, checkpointTree])).filter(
+    (file) => file !== "" && !isInsidePaths(file, paths),
+  );
+  if (missing.length === 0) return checkpointTree;
+  const keep = new Set(missing);
+  const entries = (await git(target, ["ls-tree", "-r", "-z", "--full-tree", now]))
+    .split("\0")
+    .filter((entry) => entry !== "" && keep.has(entry.slice(entry.indexOf("\t") + 1)));
+  const goalEnv = { GIT_INDEX_FILE: `${env.GIT_INDEX_FILE}.goal` };
+  try {
+    await git(target, ["read-tree", checkpointTree], { env: goalEnv });
+    await git(target, ["update-index", "-z", "--index-info"], { env: goalEnv, input: entries.map((entry) => `${entry}\0`).join("") });
+    return oneLine(await git(target, ["write-tree"], { env: goalEnv }));
+  } finally {
+    await rm(goalEnv.GIT_INDEX_FILE, { force: true });
+  }
 }
 
 /** Deletes the checkpoint under `key` (no-op when there is none). */

@@ -164,6 +164,21 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
   return { staged: added, skipped };
 }
 
+/** True when `file` is one of a sparse worktree's `paths` or lies below one. */
+export function isInsidePaths(file: string, paths: readonly string[]): boolean {
+  return paths.some((p) => file === p || file.startsWith(`${p}/`));
+}
+
+/**
+ * For a temporary index read from a tree (HEAD's) for a sparse worktree: marks every file outside
+ * its `paths` skip-worktree, as the worktree's own index marks them, so staging does not take
+ * their absence from the work tree for deletions (git would refuse them with --sparse anyway).
+ */
+export async function skipOutsidePaths(target: GitTarget, env: Record<string, string>, paths: readonly string[]): Promise<void> {
+  const outside = (await git(target, ["ls-files", "-z"], { env })).split("\0").filter((file) => file !== "" && !isInsidePaths(file, paths));
+  if (outside.length > 0) await git(target, ["update-index", "-z", "--skip-worktree", "--stdin"], { env, input: outside.map((file) => `${file}\0`).join("") });
+}
+
 /** Refuses an option combination early, with a coded error. */
 export function invalidOption(message: string): KeenError {
   return new KeenError("invalid_option", message);

@@ -7,7 +7,7 @@ import { execa } from "execa";
 import { KeenError, PathOutsideWorkspaceError } from "../errors.js";
 import { dropCheckpoint, readCheckpoint, restoreCheckpoint, saveCheckpoint } from "./checkpoint.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
-import { DEFAULT_MAX_FILE_BYTES, isCredentialName, stageChanges } from "./commit-filter.js";
+import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
 import { git, gitBytes, gitFailure, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
 import { sandboxGitConfig } from "./sandbox-git-config.js";
@@ -449,7 +449,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
    * checkout's files, index, HEAD and branches are never written.
    */
   async checkpoint(key: string, label: string): Promise<WorkspaceCheckpoint> {
-    return this.locked(() => saveCheckpoint({ ...this.target, maxFileBytes: this.maxFileBytes }, key, label));
+    return this.locked(() => saveCheckpoint({ ...this.target, maxFileBytes: this.maxFileBytes, ...(this.sparsePaths ? { paths: this.sparsePaths } : {}) }, key, label));
   }
 
   async readCheckpoint(key: string): Promise<WorkspaceCheckpoint | null> {
@@ -530,11 +530,24 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       }
       if (branchExists) {
         const existing = parseWorktreeList(await git(this.target, ["worktree", "list", "--porcelain", "-z"]), "\0").find((entry) => entry.branch === branch);
-        if (existing) return { child: await this.reattachWorktree(existing.path, existing.locked, branch), checkout: false };
+        if (existing) {
+          const child = await this.reattachWorktree(existing.path, existing.locked, branch);
+          if (paths) await child.makeSparse(paths);
+          return { child, checkout: false };
+        }
+        // The worktree is gone (a recovery pass removed it): made again, sparse again when the
+        // agent had paths, so a file outside them is never checked out (nor read as deleted).
         await mkdir(dirname(dir), { recursive: true });
-        await git(this.target, ["worktree", "add", "-q", "--lock", "--reason", ownLease(), dir, branch]);
-        await this.restoreSalvage(dir, branch);
-        return { child: await this.child(dir), checkout: false };
+        await git(this.target, ["worktree", "add", "-q", "--no-checkout", "--lock", "--reason", ownLease(), dir, branch]);
+        const child = await this.child(dir);
+        if (paths) await child.makeSparse(paths);
+        const checkedOut = await gitRaw(child.target, ["reset", "-q", "--hard"]);
+        if (checkedOut.exitCode !== 0) {
+          await child.dispose().catch(() => {});
+          throw new KeenError("git_failed", `git reset failed while checking out ${branch}: ${String(checkedOut.stderr || checkedOut.stdout).trim()}`);
+        }
+        await this.restoreSalvage(child.target, branch);
+        return { child, checkout: false };
       }
       let start = options.from ?? "HEAD";
       let report: ForkReport | undefined;
@@ -547,12 +560,8 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       await git(this.target, ["worktree", "add", "-q", "--no-checkout", "--lock", "--reason", ownLease(), "-b", branch, dir, oneLine(String(startCommit.stdout))]);
       const child = await this.child(dir);
       child.forkReport = report;
-      if (paths) {
-        // The worktree's own patterns (info/ in its git dir is per worktree); the checkout below applies them.
-        await mkdir(join(child.gitDir, "info"), { recursive: true });
-        await writeFile(join(child.gitDir, "info", "sparse-checkout"), paths.map(sparsePattern).join(""), "utf8");
-        child.sparsePaths = paths;
-      }
+      // The checkout below applies the patterns.
+      if (paths) await child.makeSparse(paths);
       return { child, checkout: true };
     });
     if (created.checkout) {
@@ -603,6 +612,13 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     return { exitCode: result.exitCode ?? 1, stdout: String(result.stdout) };
   }
 
+  /** Writes the worktree's own sparse patterns (info/ in its git dir is per worktree) and marks it sparse. */
+  private async makeSparse(paths: readonly string[]): Promise<void> {
+    await mkdir(join(this.gitDir, "info"), { recursive: true });
+    await writeFile(join(this.gitDir, "info", "sparse-checkout"), paths.map(sparsePattern).join(""), "utf8");
+    this.sparsePaths = paths;
+  }
+
   /** Resume: attach to the worktree already on `branch`, when it is keen's and no other live process holds it. */
   private async reattachWorktree(path: string, locked: string | null, branch: string): Promise<LocalWorkspace> {
     if (!isInside(this.worktreesDir, path)) {
@@ -636,6 +652,8 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     const env = { GIT_INDEX_FILE: join(indexDir, "index") };
     try {
       await git(this.target, ["read-tree", "HEAD"], { env });
+      // From a sparse worktree: the files outside its paths are not missing, only not checked out.
+      if (this.sparsePaths) await skipOutsidePaths(this.target, env, this.sparsePaths);
       const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes, env });
       const head = await this.head();
       if (staged.length === 0) return { start: head, report: { included: [], skipped } };
@@ -649,8 +667,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   }
 
   /** Puts back the uncommitted work a recovery pass saved for `branch`, when the branch has not moved since. */
-  private async restoreSalvage(dir: string, branch: string): Promise<void> {
-    const target = { gitDir: (await worktreeGitDir(this.commonDir, dir))!, workTree: await realpath(dir) };
+  private async restoreSalvage(target: GitTarget, branch: string): Promise<void> {
     const ref = salvageRef(branch);
     const saved = await gitRaw(target, ["rev-parse", "--verify", "-q", ref]);
     if (saved.exitCode !== 0) return;

@@ -1,7 +1,8 @@
-import { mkdir, rename, stat, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdir, mkdtemp, rename, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { basename, dirname, join } from "node:path";
 import { execa } from "execa";
-import { randomBytes } from "node:crypto";
 import { containsCredential } from "./commit-filter.js";
 
 /**
@@ -60,6 +61,48 @@ function parseList(output: string): Array<[string, string]> {
 
 const cache = new Map<string, { version: string; file: string }>();
 
+/** `git config --list -z` of one config file alone, or null when it cannot be read or parsed. */
+async function listConfigFile(config: string): Promise<Array<[string, string]> | null> {
+  const listed = await execa("git", ["config", "--file", config, "--list", "-z"], {
+    reject: false,
+    extendEnv: false,
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null" },
+    stdin: "ignore",
+  });
+  return listed.exitCode === 0 ? parseList(String(listed.stdout)) : null;
+}
+
+/** Writes `text` to `file` through a temp file beside it, so a reader never sees half of it. */
+async function writeAtomically(file: string, text: string): Promise<void> {
+  const temp = join(dirname(file), `.${basename(file)}-${randomBytes(6).toString("hex")}.tmp`);
+  await writeFile(temp, text, { mode: 0o644 });
+  await rename(temp, file);
+}
+
+let systemCopies: Promise<string> | undefined;
+
+/**
+ * The host's system-wide git config (`/etc/gitconfig`, or `source`) as the sandbox shows it:
+ * sanitized like the repository's config (credential helpers, `http.extraheader`, user names and
+ * passwords in URLs and `url.<base>.insteadOf` keys are gone). The copy is written (again only
+ * when the source changed) into a private folder of keen's own temp dir; a source that cannot
+ * be read or parsed is shown as an empty file. Returns null when there is no source file.
+ */
+export async function sandboxSystemGitConfig(source: string): Promise<string | null> {
+  const info = await stat(source).catch(() => null);
+  if (!info?.isFile()) return null;
+  const version = `${info.ino}:${info.size}:${info.mtimeMs}`;
+  const known = cache.get(`system:${source}`);
+  if (known?.version === version) return known.file;
+  systemCopies ??= mkdtemp(join(tmpdir(), "keen-sandbox-config-"));
+  const dir = await systemCopies;
+  const file = join(dir, `${createHash("sha256").update(source).digest("hex").slice(0, 16)}.gitconfig`);
+  const entries = await listConfigFile(source);
+  await writeAtomically(file, entries ? sanitizeGitConfig(entries) : "");
+  cache.set(`system:${source}`, { version, file });
+  return file;
+}
+
 /**
  * Writes the sanitized copy of `<commonDir>/config` to `<commonDir>/keen/sandbox-config` (again
  * only when the config changed) and returns its path, for the sandbox to mount over the real
@@ -72,19 +115,12 @@ export async function sandboxGitConfig(commonDir: string): Promise<string | null
   const version = `${info.ino}:${info.size}:${info.mtimeMs}`;
   const known = cache.get(config);
   if (known?.version === version) return known.file;
-  const listed = await execa("git", ["config", "--file", config, "--list", "-z"], {
-    reject: false,
-    extendEnv: false,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null" },
-    stdin: "ignore",
-  });
-  if (listed.exitCode !== 0) return null;
+  const entries = await listConfigFile(config);
+  if (!entries) return null;
   const dir = join(commonDir, "keen");
   await mkdir(dir, { recursive: true });
   const file = join(dir, "sandbox-config");
-  const temp = join(dir, `.sandbox-config-${randomBytes(6).toString("hex")}.tmp`);
-  await writeFile(temp, sanitizeGitConfig(parseList(String(listed.stdout))), { mode: 0o644 });
-  await rename(temp, file);
+  await writeAtomically(file, sanitizeGitConfig(entries));
   cache.set(config, { version, file });
   return file;
 }

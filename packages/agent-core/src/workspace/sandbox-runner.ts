@@ -5,6 +5,7 @@ import { z } from "zod";
 import { ConfigError, KeenError } from "../errors.js";
 import { runInProcessGroup, type CommandRunner, type CommandRunOptions } from "./command-runner.js";
 import { isInside } from "./is-inside.js";
+import { sandboxSystemGitConfig } from "./sandbox-git-config.js";
 import { sandboxSeccompProgram } from "./seccomp.js";
 import type { ExecResult } from "./workspace.js";
 
@@ -81,6 +82,12 @@ export interface SandboxOptions {
   passEnv?: string[];
   /** The bubblewrap binary. Default `bwrap` on PATH. */
   bwrapPath?: string;
+  /**
+   * The host's system-wide git config. Commands see at `/etc/gitconfig` only a sanitized copy
+   * of it (no credential helpers, HTTP headers, cookie files, includes or passwords in URLs),
+   * in both host views. Default `/etc/gitconfig`.
+   */
+  systemGitConfig?: string;
 }
 
 const AbsolutePath = z.string().refine((path) => isAbsolute(path), "must be an absolute path");
@@ -101,7 +108,11 @@ const SandboxOptionsSchema = z.object({
   hidePaths: z.array(AbsolutePath).optional(),
   passEnv: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/)).optional(),
   bwrapPath: z.string().min(1).optional(),
+  systemGitConfig: AbsolutePath.optional(),
 });
+
+/** Where git reads its system-wide config (the sandbox mounts the sanitized copy there). */
+const SYSTEM_GIT_CONFIG = "/etc/gitconfig";
 
 const DEFAULT_CPU_SECONDS = 600;
 const DEFAULT_MEMORY_BYTES = 8 * 1024 ** 3;
@@ -191,13 +202,14 @@ const TOOL_FOLDERS = ["/opt", "/sys", "/nix/store", "/snap"];
  * The entries of /etc that ordinary tools read: name service, TLS trust, dynamic linker, time
  * zone, shells and terminal data, Debian's `alternatives` links. Not `shadow`, `gshadow`, `ssh`,
  * `npmrc`, `pip.conf`, `sudoers` or anything else that holds secrets or site credentials.
+ * `gitconfig` is shown only as a sanitized copy (see `systemGitConfig`).
  */
 const ETC_ENTRIES = [
   "passwd", "group", "hosts", "hostname", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf", "services", "protocols",
   "networks", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "ssl", "ca-certificates",
   "ca-certificates.conf", "pki", "crypto-policies", "alternatives", "os-release", "debian_version", "lsb-release",
   "mime.types", "magic", "magic.mime", "inputrc", "bash.bashrc", "profile", "profile.d", "shells", "terminfo",
-  "locale.alias", "locale.conf", "default/locale", "fonts", "gitconfig", "java-17-openjdk", "python3",
+  "locale.alias", "locale.conf", "default/locale", "fonts", "java-17-openjdk", "python3",
 ];
 
 interface ViewSettings {
@@ -336,6 +348,12 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
       const root = resolve(runOptions.root ?? runOptions.cwd);
       const readOnly = settings.readOnly === true || runOptions.readOnly === true;
       const args = [...baseArgs(view), "--dir", SANDBOX_HOME];
+      // The system-wide git config may hold a site's tokens: only its sanitized copy is shown. In
+      // the full view the real file is there (under the read-only `/`) and the copy covers it.
+      const systemConfig = await sandboxSystemGitConfig(settings.systemGitConfig ?? SYSTEM_GIT_CONFIG);
+      const realConfig = existsSync(SYSTEM_GIT_CONFIG);
+      if (systemConfig && (view.hostView === "minimal" || realConfig)) args.push("--ro-bind", systemConfig, SYSTEM_GIT_CONFIG);
+      else if (view.hostView === "full" && realConfig) args.push("--ro-bind", "/dev/null", SYSTEM_GIT_CONFIG);
       // Git metadata outside the root (a worktree's common dir) stays readable but not writable,
       // also when it lives under /tmp, which the private /tmp would otherwise hide.
       const readable = [...(runOptions.readOnlyPaths ?? []), ...(settings.extraReadOnlyPaths ?? [])].filter((path) => existsSync(path));

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
-import { mkdir, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, stat, writeFile } from "node:fs/promises";
+import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
 import { describe, expect, it } from "vitest";
@@ -51,6 +52,43 @@ describe("what a fork's sandbox shows of the user's repository", () => {
     // keen's own git on the host still reads the real config.
     expect((await execa("git", ["config", "remote.origin.url"], { cwd: dir })).stdout).toContain(token);
     await child.dispose?.();
+  });
+
+  it("shows only a sanitized copy of the system git config, in both host views, and no user git config", async () => {
+    const dir = await createTestRepo({ "README.md": "# app\n" });
+    const token = `ghp_${marker()}${marker()}${marker()}`.slice(0, 40);
+    const password = `pw${marker()}`;
+    // Stands in for /etc/gitconfig (the real one is never written): the runner reads it as its source.
+    const source = join(await mkdtemp(join(tmpdir(), "keen-etc-")), "gitconfig");
+    await writeFile(
+      source,
+      [
+        "[core]\n\tautocrlf = input\n",
+        `[credential]\n\thelper = store --file=/srv/${token}\n`,
+        `[http "https://github.com/"]\n\textraheader = AUTHORIZATION: basic ${token}\n`,
+        `[url "https://ci:${password}@git.example.com/"]\n\tinsteadOf = https://git.example.com/\n`,
+        `[url "https://git.mirror.example/"]\n\tinsteadOf = https://ci:${password}@git.example.org/\n`,
+      ].join(""),
+    );
+    const probe = [
+      "cat /etc/gitconfig",
+      "git config --system --list",
+      "git config --global --list; echo global=$?",
+      'echo "home=$HOME xdg=${XDG_CONFIG_HOME:-unset} entries=$(ls -A "$HOME" | wc -l)"',
+      "cat ~/.gitconfig ~/.config/git/config /root/.gitconfig 2>/dev/null; echo user-configs=$?",
+    ].join("; ");
+    for (const hostView of ["minimal", "full"] as const) {
+      const ws = await LocalWorkspace.open(dir, { sandbox: { hostView, systemGitConfig: source, hidePaths: [homedir()] } });
+      const result = await ws.exec(probe);
+      expect(result.output, hostView).not.toContain(token);
+      expect(result.output, hostView).not.toContain(password);
+      expect(result.output, hostView).toContain("core.autocrlf=input");
+      expect(result.output, hostView).toContain("global=1");
+      expect(result.output, hostView).toMatch(/home=\/tmp\/home xdg=unset entries=0\n/);
+      expect(result.output, hostView).toContain("user-configs=1");
+    }
+    // The host's own git still reads the source as it is.
+    expect((await execa("git", ["config", "--file", source, "credential.helper"])).stdout).toContain(token);
   });
 });
 

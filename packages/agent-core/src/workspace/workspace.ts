@@ -138,8 +138,10 @@ export interface ForkOptions {
   /**
    * Files or folders (relative to the root) the new worktree holds: only these are checked out,
    * as a sparse checkout of the worktree alone (the repository's config is left as it is). The
-   * branch and every commit and merge still cover the whole tree. Ignored with `reattach` when
-   * the branch's worktree already exists.
+   * branch and every commit and merge still cover the whole tree. With `reattach`, pass the
+   * paths the agent was forked with: a worktree made again (a recovery pass removed it) is then
+   * sparse again, and an existing one keeps being treated as sparse; without them it comes back
+   * as a full checkout.
    */
   paths?: string[];
 }
@@ -216,7 +218,9 @@ export interface CheckpointableWorkspace extends Workspace {
   readCheckpoint(key: string): Promise<WorkspaceCheckpoint | null>;
   /**
    * Makes the files exactly what they were at `checkpoint(key)`: files added since are removed,
-   * changed and deleted ones written back; files a checkpoint leaves out stay as they are. HEAD,
+   * changed and deleted ones written back; files a checkpoint leaves out stay as they are. A
+   * checkpoint of a sparse worktree (`fork` with `paths`) never deletes a file outside those
+   * paths, whatever checkout it is restored into (one made again as a full checkout). HEAD,
    * branch and the commits are not changed. Refused with code `restore_refused` in a checkout
    * keen did not create (a user's), and with `checkpoint_not_found` when `key` has none.
    */

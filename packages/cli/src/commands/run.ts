@@ -157,7 +157,7 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
       repo,
       tree: treeFromSnapshot(saved),
       ...(record.base ? { base: record.base } : {}),
-      launch: () => resumeTask(saved, { workspace, model, eventLog, onSnapshot: (s) => snapshot.write(s) }),
+      launch: () => resumeTask(saved, { workspace, model, eventLog, onSnapshot: (s) => snapshot.write(s), snapshotLocation: snapshot.path }),
     }).finally(() => eventLog.close());
     await finishRecord(recordPath, record, session);
     await takeResult(io, mode, repo, record.base, session, Boolean(values.apply));
@@ -211,6 +211,8 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
       ...(values["include-uncommitted"] ? { includeUncommitted: true } : {}),
       eventLog,
       onSnapshot: (s) => snapshot.write(s),
+      // run.completed names the file, so whoever reads the events can resume or inspect it.
+      snapshotLocation: snapshot.path,
     });
   announce(io, mode, `run ${runId}`, snapshot.path, sandbox);
   const session = await runTaskSession({ io, mode, snapshot, repo: workspace.root, tree: emptyTree(), launch, ...(base ? { base } : {}) }).finally(() =>

@@ -29,8 +29,11 @@ export const summonPhase: PhaseDefinition = {
       const fresh = new Set(toFork.filter((child) => created.has(child.id)).map((child) => child.id));
       for (const child of toFork) if (fresh.has(child.id)) tree.emitSpawn(child);
       // A new child's branch is created fresh from the parent's head (a sparse worktree when its
-      // subtask names its paths); a resumed one is re-attached.
-      const forks = await Promise.allSettled(toFork.map((child) => workspace.fork(child.branch, fresh.has(child.id) ? forkOptions(agent, child) : { reattach: true })));
+      // subtask names its paths); a resumed one is re-attached, with the same paths, so a worktree
+      // made again is as sparse as the first.
+      const forks = await Promise.allSettled(
+        toFork.map((child) => workspace.fork(child.branch, fresh.has(child.id) ? forkOptions(agent, child) : { reattach: true, ...forkOptions(agent, child) })),
+      );
       for (const [i, outcome] of forks.entries()) {
         if (outcome.status === "fulfilled") {
           forked.push(outcome.value);
@@ -113,8 +116,8 @@ async function createChildren(tree: AgentTree, agent: AgentState): Promise<strin
   return [...agent.children];
 }
 
-/** `fork` options of a new child: the paths its subtask names, in the order children were created. */
-function forkOptions(parent: AgentState, child: AgentState): ForkOptions {
+/** `fork` options of a child (new or re-attached): the paths its subtask names, in the order children were created. */
+export function forkOptions(parent: AgentState, child: AgentState): ForkOptions {
   const paths = parent.plan?.subtasks[parent.children.indexOf(child.id)]?.paths;
   return paths && paths.length > 0 ? { paths } : {};
 }
