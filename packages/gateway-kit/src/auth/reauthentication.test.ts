@@ -72,7 +72,7 @@ describeEachDatabase("re-authentication before changing how an account signs in"
     const { factorId } = await enrolTotpFactor(app, user.accessToken);
     const noPassword = await app.request("DELETE", `/auth/mfa/factors/${factorId}`, { token: user.accessToken, body: {} });
     expect(noPassword.status).toBe(401);
-    expect(noPassword.body.error.code).toBe("reauthentication_required");
+    expect(noPassword.body.error).toMatchObject({ code: "reauthentication_required", details: { reason: "password_required" } });
     const codes = await app.request("POST", "/auth/mfa/recovery-codes", { token: user.accessToken });
     expect(codes.body.error.code).toBe("reauthentication_required");
     expect(await factorsOf(user.user.id)).toHaveLength(1);

@@ -108,7 +108,8 @@ export function createAuthContext(config: AuthConfig) {
     const user = await requireUser(principal);
     const refuse = async (reason: string, message: string) => {
       await audit(meta, { tenantId: principal.teamId ?? null, actorId: user.id, action: "auth.reauthenticate", target: `user:${user.id}`, result: "denied", details: { reason } });
-      return new AuthError("reauthentication_required", message, { details: { reason, maxAgeSeconds: config.reauthMaxAgeSeconds } });
+      const details = reason === "recent_sign_in_required" ? { reason, maxAgeSeconds: config.reauthMaxAgeSeconds } : { reason };
+      return new AuthError("reauthentication_required", message, { details });
     };
     if (user.passwordHash) {
       // No password is not a guess: refused without counting against the owner's lockout.
