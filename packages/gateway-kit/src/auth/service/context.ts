@@ -113,14 +113,14 @@ export function createAuthContext(config: AuthConfig) {
     };
     if (user.passwordHash) {
       // No password is not a guess: refused without counting against the owner's lockout.
-      if (!proof.password) throw await refuse("password_required", "Confirm your password to change how this account signs in");
+      if (!proof.password) throw await refuse("password_required", "Confirm your password to go on");
       await checkPassword(user, proof.password, meta);
       return user;
     }
     const session = await stores.refreshTokens.findSession(principal.sessionId);
     const ageMs = session ? now().getTime() - session.createdAt.getTime() : Number.POSITIVE_INFINITY;
     if (!session || session.userId !== user.id || session.revokedAt !== null || ageMs > config.reauthMaxAgeSeconds * 1000) {
-      throw await refuse("recent_sign_in_required", "Sign in again to change how this account signs in");
+      throw await refuse("recent_sign_in_required", "Sign in again to go on: this needs a recent sign-in");
     }
     return user;
   }
