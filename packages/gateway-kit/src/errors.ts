@@ -53,6 +53,7 @@ export const AUTH_ERROR_CODES = [
   "forbidden",
   "invalid_request",
   "invalid_password",
+  "reauthentication_required",
   "invalid_credentials",
   "email_taken",
   "not_a_member",

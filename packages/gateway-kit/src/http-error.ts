@@ -42,6 +42,13 @@ const invalidToken = (error: GatewayError) => ({
   "WWW-Authenticate": `Bearer error="invalid_token", error_description="${String(error.details?.reason ?? "invalid")}"`,
 });
 
+const stepUp = (error: GatewayError) => ({
+  "WWW-Authenticate":
+    error.details?.reason === "recent_sign_in_required" && typeof error.details.maxAgeSeconds === "number"
+      ? `Bearer error="insufficient_user_authentication", max_age=${error.details.maxAgeSeconds}`
+      : 'Bearer error="insufficient_user_authentication"',
+});
+
 /**
  * The status of every code a gateway-kit service throws (`GatewayError` and its subclasses).
  * `errorHandler({ statuses })`, `auditRequests(sink, { statuses })` and `errorStatus(error, statuses)`
@@ -62,6 +69,9 @@ export const errorStatuses = {
   unauthenticated: { status: 401, headers: bearer },
   // Auth.
   invalid_password: 403,
+  // A valid token whose sign-in is not proof enough for this operation: the step-up challenge of
+  // RFC 9470 (401, `insufficient_user_authentication`, `max_age` when a recent sign-in would do).
+  reauthentication_required: { status: 401, headers: stepUp },
   invalid_credentials: 401,
   email_taken: 409,
   not_a_member: 403,

@@ -370,7 +370,7 @@ describeEachDatabase("account routes", (database) => {
       aKeyId = key.body.id;
       aKey = key.body.key ?? key.body.secret;
       aSessionId = (await api(t.url, "/v1/auth/sessions", { headers: a.headers })).body.sessions[0].id;
-      aFactorId = (await api(t.url, "/v1/auth/mfa/totp", { headers: a.headers, body: {} })).body.factorId;
+      aFactorId = (await api(t.url, "/v1/auth/mfa/totp", { headers: a.headers, body: { password: PASSWORD } })).body.factorId;
       expect([aKeyId, aSessionId, aFactorId].every((id) => typeof id === "string" && id.length > 0)).toBe(true);
     }, 180_000);
 

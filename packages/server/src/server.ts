@@ -139,6 +139,8 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       issuer: "keen-server",
       audience: "keen-api",
       audit,
+      // A password-less account re-authenticates (new factors, erasure) within 10 minutes of signing in.
+      reauthMaxAgeSeconds: 600,
       ...(options.passwordHashing ? { passwordHashing: options.passwordHashing } : {}),
     });
     const ledger = createKyselyLedger(db);

@@ -45,13 +45,18 @@ export const CreateApiKeyBody = z.object({
   expiresAt: z.iso.datetime({ offset: true }).optional(),
 });
 export type CreateApiKeyBody = z.infer<typeof CreateApiKeyBody>;
-export const TotpEnrolBody = z.object({ label: Label.optional() });
+/**
+ * The re-authentication field of the routes that change how an account signs in: the password
+ * (required for accounts that have one; an account without one signs in again instead).
+ */
+const ReauthPassword = z.string().max(256).optional();
+export const TotpEnrolBody = z.object({ label: Label.optional(), password: ReauthPassword });
 export type TotpEnrolBody = z.infer<typeof TotpEnrolBody>;
 export const FactorCodeBody = z.object({ factorId: Id, code: z.string().min(1).max(16) });
 export type FactorCodeBody = z.infer<typeof FactorCodeBody>;
-export const SmsEnrolBody = z.object({ phone: z.string().min(1).max(20) });
+export const SmsEnrolBody = z.object({ phone: z.string().min(1).max(20), password: ReauthPassword });
 export type SmsEnrolBody = z.infer<typeof SmsEnrolBody>;
-export const PasswordConfirmBody = z.object({ password: z.string().max(256).default("") });
+export const PasswordConfirmBody = z.object({ password: ReauthPassword });
 export type PasswordConfirmBody = z.infer<typeof PasswordConfirmBody>;
 export const WebAuthnRegisterBody = z.object({ response: WebAuthnResponse, label: Label.optional() });
 export type WebAuthnRegisterBody = z.infer<typeof WebAuthnRegisterBody>;
@@ -277,7 +282,7 @@ export function authRouter(input: AuthRouterOptions): Router {
   router.post("/mfa/totp", signedIn, async (ctx) => {
     const body = parse(TotpEnrolBody, ctx.request.body);
     ctx.status = 201;
-    ctx.body = await service.enrolTotp(userSession(ctx), body.label);
+    ctx.body = await service.enrolTotp(userSession(ctx), body.label, { password: body.password }, metaOf(ctx));
   });
 
   router.post("/mfa/totp/verify", signedIn, async (ctx) => {
@@ -288,7 +293,7 @@ export function authRouter(input: AuthRouterOptions): Router {
   router.post("/mfa/sms", signedIn, async (ctx) => {
     const body = parse(SmsEnrolBody, ctx.request.body);
     ctx.status = 201;
-    ctx.body = await service.enrolSms(userSession(ctx), body.phone);
+    ctx.body = await service.enrolSms(userSession(ctx), body.phone, { password: body.password }, metaOf(ctx));
   });
 
   router.post("/mfa/sms/verify", signedIn, async (ctx) => {
@@ -297,7 +302,8 @@ export function authRouter(input: AuthRouterOptions): Router {
   });
 
   router.post("/mfa/webauthn/register/options", signedIn, async (ctx) => {
-    ctx.body = await service.webauthnRegistrationOptions(userSession(ctx));
+    const body = parse(PasswordConfirmBody, ctx.request.body);
+    ctx.body = await service.webauthnRegistrationOptions(userSession(ctx), { password: body.password }, metaOf(ctx));
   });
 
   router.post("/mfa/webauthn/register/verify", signedIn, async (ctx) => {
@@ -308,13 +314,13 @@ export function authRouter(input: AuthRouterOptions): Router {
 
   router.delete("/mfa/factors/:id", signedIn, async (ctx) => {
     const body = parse(PasswordConfirmBody, ctx.request.body);
-    await service.removeFactor(userSession(ctx), parse(Id, ctx.params.id), body.password, metaOf(ctx));
+    await service.removeFactor(userSession(ctx), parse(Id, ctx.params.id), body.password ?? "", metaOf(ctx));
     ctx.status = 204;
   });
 
   router.post("/mfa/recovery-codes", signedIn, async (ctx) => {
     const body = parse(PasswordConfirmBody, ctx.request.body);
-    ctx.body = { recoveryCodes: await service.regenerateRecoveryCodes(userSession(ctx), body.password, metaOf(ctx)) };
+    ctx.body = { recoveryCodes: await service.regenerateRecoveryCodes(userSession(ctx), body.password ?? "", metaOf(ctx)) };
   });
 
   router.get("/oauth/:provider/start", async (ctx) => {

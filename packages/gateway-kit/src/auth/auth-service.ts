@@ -1,6 +1,7 @@
 import { z } from "zod";
 import type { AuditSink } from "../audit/index.js";
 import { ConfigError } from "../errors.js";
+import type { Principal } from "../principal.js";
 import type { AccessTokens } from "./jwt.js";
 import { JwtKeySet } from "./jwt.js";
 import type { LoginLimiter, LoginLimiterOptions } from "./login-limiter.js";
@@ -15,11 +16,12 @@ import { createAuthContext } from "./service/context.js";
 import { createMfaService, type MfaService } from "./service/mfa.js";
 import { createOAuthService, type OAuthService } from "./service/oauth-service.js";
 import { createRecoveryService, type RecoveryService } from "./service/recovery.js";
+import type { Reauthentication, RequestMeta } from "./service/types.js";
 import { createPasswordSessionService, type PasswordSessionService } from "./service/sessions.js";
 import { createTeamService, type TeamService } from "./service/teams.js";
 
 export { MfaProof } from "./service/types.js";
-export type { ApiKeyView, FactorList, LoginResult, MembershipView, RequestMeta, SessionView, TokenPair } from "./service/types.js";
+export type { ApiKeyView, FactorList, LoginResult, MembershipView, Reauthentication, RequestMeta, SessionView, TokenPair } from "./service/types.js";
 export type { ApiKeyService, MfaService, OAuthService, PasswordSessionService, RecoveryService, TeamService };
 
 const Seconds = z.number().int().positive();
@@ -66,6 +68,12 @@ export const AuthServiceOptions = z.object({
   totpIssuer: z.string().min(1).default("keen"),
   /** Lifetime of the token between password and second factor. Default 300 s. */
   mfaChallengeTtlSeconds: Seconds.max(3600).default(300),
+  /**
+   * An account without a password (signed up through an OAuth provider) proves itself before a
+   * sensitive change (adding or removing a factor, new recovery codes) by a sign-in at most this
+   * old. Accounts with a password always give the password. Default 300 s.
+   */
+  reauthMaxAgeSeconds: Seconds.max(86_400).default(300),
   /** Wrong second factors allowed per challenge. Default 5. */
   mfaMaxAttempts: z.number().int().min(1).max(100).default(5),
   audit: z.custom<AuditSink>((v) => typeof (v as AuditSink)?.record === "function", "audit must be an AuditSink").optional(),
@@ -98,6 +106,17 @@ export interface AuthService extends PasswordSessionService, MfaService, Recover
   readonly keys: JwtKeySet;
   readonly stores: AuthStores;
   readonly limiter: LoginLimiter;
+  /**
+   * The check every operation that changes how an account signs in runs first (factors, recovery
+   * codes), for a host's own sensitive routes too: a user's session (never an API key) and the
+   * password, or for an account without one a sign-in at most `reauthMaxAgeSeconds` old.
+   * Throws `reauthentication_required` (401), `invalid_password` (403, counted by the login
+   * limiter), `too_many_attempts` or `forbidden`.
+   *
+   * @example
+   * await auth.reauthenticate(ctx.state.principal!, { password: body.password }, { ip: ctx.ip });
+   */
+  reauthenticate(principal: Principal, proof: Reauthentication, meta?: RequestMeta): Promise<void>;
   /**
    * Forgets what this process caches about a user's credentials, so an API key of a user just
    * erased (`eraseUserData`) or changed outside this service stops working now rather than
@@ -136,6 +155,7 @@ export function createAuthService(options: AuthServiceOptions): AuthService {
     stores: context.stores,
     limiter: context.limiter,
     evictUser: context.evictUser,
+    reauthenticate: async (principal, proof, meta = {}) => void (await context.reauthenticate(principal, proof, meta)),
     ...createPasswordSessionService(context),
     ...createMfaService(context),
     ...createRecoveryService(context),

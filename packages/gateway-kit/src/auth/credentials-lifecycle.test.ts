@@ -143,11 +143,11 @@ describeEachDatabase("credentials that must not survive", (fixture) => {
     // Enrolment: a fresh account spraying numbers stops at the per-account cap.
     const statuses: number[] = [];
     for (let i = 0; i < 40; i++) {
-      statuses.push((await app.request("POST", "/auth/mfa/sms", { token: user.accessToken, body: { phone: `+4477009${String(10_000 + i)}` } })).status);
+      statuses.push((await app.request("POST", "/auth/mfa/sms", { token: user.accessToken, body: { password: PASSWORD, phone: `+4477009${String(10_000 + i)}` } })).status);
     }
     expect(statuses.filter((s) => s === 201)).toHaveLength(5);
     expect(statuses.slice(5).every((s) => s === 429)).toBe(true);
-    const refused = await app.request("POST", "/auth/mfa/sms", { token: user.accessToken, body: { phone: "+447700900999" } });
+    const refused = await app.request("POST", "/auth/mfa/sms", { token: user.accessToken, body: { password: PASSWORD, phone: "+447700900999" } });
     expect(refused.body.error).toMatchObject({ code: "sms_limit", details: { scope: "user" } });
 
     // Login: one challenge cannot text one phone thirty times.
@@ -167,7 +167,7 @@ describeEachDatabase("credentials that must not survive", (fixture) => {
     let delivered = 0;
     for (let i = 0; i < 8; i++) {
       const someone = await signup(app);
-      if ((await app.request("POST", "/auth/mfa/sms", { token: someone.accessToken, body: { phone: target } })).status === 201) delivered += 1;
+      if ((await app.request("POST", "/auth/mfa/sms", { token: someone.accessToken, body: { password: PASSWORD, phone: target } })).status === 201) delivered += 1;
     }
     expect(delivered).toBe(5);
   });
@@ -178,7 +178,7 @@ describeEachDatabase("credentials that must not survive", (fixture) => {
       let sent = 0;
       for (let i = 0; i < 6; i++) {
         const res = await capped.request("POST", "/auth/signup", { body: { email: uniqueEmail("cap"), password: PASSWORD } });
-        const send = await capped.request("POST", "/auth/mfa/sms", { token: res.body.accessToken, body: { phone: `+44770096${String(1000 + i)}` } });
+        const send = await capped.request("POST", "/auth/mfa/sms", { token: res.body.accessToken, body: { password: PASSWORD, phone: `+44770096${String(1000 + i)}` } });
         if (send.status === 201) sent += 1;
         else expect(send.body.error.details.scope).toBe("all");
       }

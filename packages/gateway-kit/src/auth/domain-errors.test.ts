@@ -53,11 +53,12 @@ describeEachDatabase("auth service errors outside any request", (fixture) => {
     await refusal(service.setMemberRole(user.teamId!, user.user.id, "admin"), "last_owner", 409);
     await refusal(service.createApiKey(principal, { name: "k", scopes: ["nope:nothing"] }), "forbidden", 403);
     await refusal(service.confirmTotp(principal, "no-such-factor", "123456"), "not_found", 404);
-    const { factorId } = await service.enrolTotp(principal);
+    const { factorId } = await service.enrolTotp(principal, undefined, { password: PASSWORD });
     await refusal(service.confirmTotp(principal, factorId, "000000"), "invalid_enrolment_code", 400);
     await refusal(service.completeMfaLogin({ challengeToken: "mfa_nothing", method: "totp", code: "123456" }), "invalid_challenge", 401);
     await refusal(service.oauthStart("github"), "not_found", 404);
-    await refusal(service.enrolSms(principal, "+447700900123"), "not_found", 404);
+    await refusal(service.enrolSms(principal, "+447700900123", { password: PASSWORD }), "not_found", 404);
+    await refusal(service.enrolTotp(principal), "reauthentication_required", 401);
     await refusal(service.regenerateRecoveryCodes(principal, PASSWORD), "mfa_not_enrolled", 400);
   });
 

@@ -48,6 +48,7 @@ export {
   type ApiKeyView,
   type AuthService,
   type LoginResult,
+  type Reauthentication,
   type RequestMeta,
   type TokenPair,
 } from "./auth-service.js";

@@ -134,7 +134,7 @@ describeEachDatabase("second-factor brute force", (fixture) => {
   it("checks at most mfaMaxAttempts SMS enrolment codes under 100 concurrent guesses", async () => {
     const user = await signup(app);
     const phone = "+447700900203";
-    const enrol = await app.request("POST", "/auth/mfa/sms", { token: user.accessToken, body: { phone } });
+    const enrol = await app.request("POST", "/auth/mfa/sms", { token: user.accessToken, body: { phone, password: PASSWORD } });
     const code = lastSmsCode(app, phone);
     const wrong = code === "000000" ? "111111" : "000000";
     const results = await Promise.all(

@@ -12,7 +12,7 @@ describeEachDatabase("MFA and login limits", (fixture) => {
   afterAll(() => app?.close());
 
   async function enrolTotp(token: string) {
-    const enrol = await app.request("POST", "/auth/mfa/totp", { token, body: {} });
+    const enrol = await app.request("POST", "/auth/mfa/totp", { token, body: { password: PASSWORD } });
     expect(enrol.status).toBe(201);
     expect(enrol.body.otpauthUri).toMatch(/^otpauth:\/\/totp\//);
     const confirm = await app.request("POST", "/auth/mfa/totp/verify", { token, body: { factorId: enrol.body.factorId, code: totpCode(enrol.body.secret, app.clock.now()) } });
@@ -25,7 +25,7 @@ describeEachDatabase("MFA and login limits", (fixture) => {
 
   it("enrols TOTP, then logs in in two steps; a code is never accepted twice", async () => {
     const user = await signup(app);
-    const bad = await app.request("POST", "/auth/mfa/totp", { token: user.accessToken, body: {} });
+    const bad = await app.request("POST", "/auth/mfa/totp", { token: user.accessToken, body: { password: PASSWORD } });
     const wrongConfirm = await app.request("POST", "/auth/mfa/totp/verify", { token: user.accessToken, body: { factorId: bad.body.factorId, code: "000000" } });
     expect(wrongConfirm.status).toBe(400);
     const { secret, recoveryCodes } = await enrolTotp(user.accessToken);
@@ -118,9 +118,9 @@ describeEachDatabase("MFA and login limits", (fixture) => {
 
   it("enrols an SMS factor through the pluggable sender and uses it to log in", async () => {
     const user = await signup(app);
-    const bad = await app.request("POST", "/auth/mfa/sms", { token: user.accessToken, body: { phone: "07700 900123" } });
+    const bad = await app.request("POST", "/auth/mfa/sms", { token: user.accessToken, body: { phone: "07700 900123", password: PASSWORD } });
     expect(bad.status).toBe(400);
-    const enrol = await app.request("POST", "/auth/mfa/sms", { token: user.accessToken, body: { phone: "+447700900123" } });
+    const enrol = await app.request("POST", "/auth/mfa/sms", { token: user.accessToken, body: { phone: "+447700900123", password: PASSWORD } });
     expect(enrol.status).toBe(201);
     const sent = app.smsMessages.at(-1)!;
     expect(sent.phone).toBe("+447700900123");

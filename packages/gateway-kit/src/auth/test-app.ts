@@ -164,7 +164,7 @@ export { sql };
 /** Enrols and confirms a TOTP factor through the API. */
 export async function enrolTotpFactor(app: TestApp, token: string) {
   const { totpCode } = await import("./totp.js");
-  const enrol = await app.request("POST", "/auth/mfa/totp", { token, body: {} });
+  const enrol = await app.request("POST", "/auth/mfa/totp", { token, body: { password: PASSWORD } });
   if (enrol.status !== 201) throw new Error(`totp enrol failed: ${enrol.status}`);
   const confirm = await app.request("POST", "/auth/mfa/totp/verify", { token, body: { factorId: enrol.body.factorId, code: totpCode(enrol.body.secret, app.clock.now()) } });
   if (confirm.status !== 200) throw new Error(`totp confirm failed: ${confirm.status}`);
@@ -180,7 +180,7 @@ export function lastSmsCode(app: TestApp, phone: string): string {
 
 /** Enrols and confirms an SMS factor through the API. */
 export async function enrolSmsFactor(app: TestApp, token: string, phone: string) {
-  const enrol = await app.request("POST", "/auth/mfa/sms", { token, body: { phone } });
+  const enrol = await app.request("POST", "/auth/mfa/sms", { token, body: { phone, password: PASSWORD } });
   if (enrol.status !== 201) throw new Error(`sms enrol failed: ${enrol.status} ${JSON.stringify(enrol.body)}`);
   const confirm = await app.request("POST", "/auth/mfa/sms/verify", { token, body: { factorId: enrol.body.factorId, code: lastSmsCode(app, phone) } });
   if (confirm.status !== 200) throw new Error(`sms confirm failed: ${confirm.status}`);

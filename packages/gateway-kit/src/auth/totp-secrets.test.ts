@@ -39,7 +39,7 @@ describeEachDatabase("TOTP secrets at rest", (fixture) => {
     const email = uniqueEmail("totp");
     const user = await auth.signup({ email, password: PASSWORD });
     const principal = await auth.verifyAccessToken(user.accessToken);
-    const { factorId, secret } = await auth.enrolTotp(principal);
+    const { factorId, secret } = await auth.enrolTotp(principal, undefined, { password: PASSWORD });
     await auth.confirmTotp(principal, factorId, totpCode(secret, clock.now()));
     return { email, factorId, secret };
   }

@@ -99,14 +99,14 @@ describeEachDatabase("WebAuthn", (fixture) => {
   it("registers a security key and uses it as the second login step; replays are refused", async () => {
     const user = await signup(app);
     const key = new SoftwareAuthenticator();
-    const options = await app.request("POST", "/auth/mfa/webauthn/register/options", { token: user.accessToken, body: {} });
+    const options = await app.request("POST", "/auth/mfa/webauthn/register/options", { token: user.accessToken, body: { password: PASSWORD } });
     expect(options.status).toBe(200);
     expect(options.body).toMatchObject({ rp: { id: RP_ID }, attestation: "none" });
 
     const wrongOrigin = await app.request("POST", "/auth/mfa/webauthn/register/verify", { token: user.accessToken, body: { response: key.register(options.body.challenge, "https://evil.example") } });
     expect(wrongOrigin.status).toBe(400);
     // The challenge was consumed by that attempt; ask for a new one.
-    const options2 = await app.request("POST", "/auth/mfa/webauthn/register/options", { token: user.accessToken, body: {} });
+    const options2 = await app.request("POST", "/auth/mfa/webauthn/register/options", { token: user.accessToken, body: { password: PASSWORD } });
     const registered = await app.request("POST", "/auth/mfa/webauthn/register/verify", { token: user.accessToken, body: { response: key.register(options2.body.challenge), label: "YubiKey" } });
     expect(registered.status).toBe(201);
     expect(registered.body.recoveryCodes).toHaveLength(10);
@@ -135,7 +135,7 @@ describeEachDatabase("WebAuthn", (fixture) => {
 
     // A key registered to one user cannot be registered again by another.
     const other = await signup(app);
-    const otherOptions = await app.request("POST", "/auth/mfa/webauthn/register/options", { token: other.accessToken, body: {} });
+    const otherOptions = await app.request("POST", "/auth/mfa/webauthn/register/options", { token: other.accessToken, body: { password: PASSWORD } });
     const dup = await app.request("POST", "/auth/mfa/webauthn/register/verify", { token: other.accessToken, body: { response: key.register(otherOptions.body.challenge) } });
     expect(dup.status).toBe(409);
   });

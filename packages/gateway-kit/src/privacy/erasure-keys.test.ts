@@ -32,7 +32,7 @@ describeEachDatabase("erasure and retention of auth counters", (fixture) => {
     // A failed login from the same /64 leaves a lockout counter keyed by the limiter's /64 key.
     await app.request("POST", "/auth/login", { body: { email, password: "wrong password!" }, headers: { "x-forwarded-for": "2001:db8:77:1::9" } });
     const phone = "+447700900555";
-    expect((await app.request("POST", "/auth/mfa/sms", { token: signup.body.accessToken, body: { phone } })).status).toBeLessThan(300);
+    expect((await app.request("POST", "/auth/mfa/sms", { token: signup.body.accessToken, body: { password: PASSWORD, phone } })).status).toBeLessThan(300);
     expect(await keys("login_attempts")).toContain(`ip:${ipLimitKey(ip)}`);
     expect(await keys("auth_counters")).toEqual(expect.arrayContaining([`sms:user:${userId}`, `sms:phone:${sha256Hex(phone)}`]));
 

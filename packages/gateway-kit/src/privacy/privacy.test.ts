@@ -72,11 +72,11 @@ describeEachDatabase("privacy", (fixture) => {
     expect((await app.request("POST", "/auth/login", { body: { email, password: "wrong password" }, headers: { "x-forwarded-for": ip } })).status).toBe(401);
     const key = await app.request("POST", "/auth/api-keys", { token: accessToken, body: { name: "ci", scopes: ["sessions:read"] }, headers: { "x-forwarded-for": ip } });
     expect(key.status).toBe(201);
-    const totp = await app.request("POST", "/auth/mfa/totp", { token: accessToken, body: { label: "phone" } });
+    const totp = await app.request("POST", "/auth/mfa/totp", { token: accessToken, body: { label: "phone", password: PASSWORD } });
     const { factorId, secret } = totp.body as { factorId: string; secret: string };
     const confirmed = await app.request("POST", "/auth/mfa/totp/verify", { token: accessToken, body: { factorId, code: totpCode(secret, app.clock.now()) }, headers: { "x-forwarded-for": ip } });
     expect(confirmed.status).toBe(200);
-    expect((await app.request("POST", "/auth/mfa/sms", { token: accessToken, body: { phone: `+4477009001${ip.split(".").at(-1)}` } })).status).toBe(201);
+    expect((await app.request("POST", "/auth/mfa/sms", { token: accessToken, body: { password: PASSWORD, phone: `+4477009001${ip.split(".").at(-1)}` } })).status).toBe(201);
     const { db } = fixture.database;
     await db.insertInto("oauth_accounts").values({ provider: "github", subject: `gh-${user.id}`, user_id: user.id, email: `ada-${user.id}@users.noreply.example` }).execute();
     await db.insertInto("wallet_entries").values([{ user_id: user.id, amount: 5_000_000, memo: `top-up by ${email}` }, { user_id: user.id, amount: -1_250_000, memo: "run" }]).execute();

@@ -27,9 +27,6 @@ import { ServerError } from "../errors.js";
 import { EraseAccountBody } from "./privacy-input.js";
 import { serverDataRights } from "./server-data-rights.js";
 
-/** How recent a password-less account's sign-in must be to erase it. */
-const RECENT_SIGN_IN_MS = 10 * 60_000;
-
 /** Every module that holds personal data; the server's own first, while the user's email is still there. */
 export function dataRightsContributors(): DataRightsContributor[] {
   return [serverDataRights, authDataRights(), auditDataRights(), creditsDataRights, billingDataRights, budgetsDataRights, spendDataRights];
@@ -87,20 +84,13 @@ export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTabl
     const active = await db.selectFrom("runs").select("id").where("user_id", "=", user.id).where("status", "in", ["queued", "running"]).limit(1).executeTakeFirst();
     if (active) throw new ServerError("run_not_finished", `Run ${active.id} is still going: cancel it first`, { runId: active.id });
 
-    if (user.passwordHash) {
-      if (!password) throw new ServerError("reauthentication_required", "Confirm with your password to delete the account");
-      try {
-        // Through login, so wrong guesses count against the account's brute-force limit.
-        await auth.login({ email: user.email, password }, { ip: ctx.ip, userAgent: ctx.get("user-agent") || undefined, requestId: ctx.state.requestId });
-      } catch (error) {
-        if (error instanceof GatewayError && error.code === "invalid_credentials") throw new ServerError("reauthentication_required", "The password is not correct");
-        throw error;
-      }
-    } else {
-      const session = await auth.stores.refreshTokens.findSession(principal.sessionId);
-      if (!session || Date.now() - session.createdAt.getTime() > RECENT_SIGN_IN_MS) {
-        throw new ServerError("reauthentication_required", "Sign in again, then delete the account within 10 minutes");
-      }
+    // gateway-kit's one re-authentication check: the password through its login limiter, or for
+    // an account without one a sign-in at most `reauthMaxAgeSeconds` old.
+    try {
+      await auth.reauthenticate(principal, password ? { password } : {}, { ip: ctx.ip, userAgent: ctx.get("user-agent") || undefined, requestId: ctx.state.requestId });
+    } catch (error) {
+      if (error instanceof GatewayError && error.code === "invalid_password") throw new ServerError("reauthentication_required", "The password is not correct");
+      throw error;
     }
 
     const report = await eraseUserData(db, user.id, dataRightsContributors(), { recordIn: { tenantId: null, actorId: user.id, requestId: ctx.state.requestId ?? null } });

@@ -44,6 +44,8 @@ export function createApiKeyService(context: AuthContext): ApiKeyService {
       input: { name: string; scopes: string[]; expiresAt?: Date | undefined },
       meta: RequestMeta = {},
     ): Promise<ApiKeyView & { key: string }> {
+      // A key never mints keys: a leaked one must not be able to outlive its own revocation.
+      if (principal.via !== "jwt") throw new AuthError("forbidden", "This needs a signed-in user, not an API key");
       if (!principal.teamId) throw new AuthError("forbidden", "API keys belong to a team; sign in to one");
       const held = new Set(principal.scopes);
       // A key can only carry rights its creator holds right now: scopes narrow, never widen.

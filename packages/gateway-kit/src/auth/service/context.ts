@@ -19,7 +19,7 @@ import type { ApiKeyRecord, AuthStores, AuthFlowRecord, MfaFactorRecord, UserRec
 import { matchTotpStep } from "../totp.js";
 import { createTotpSecretBox, type TotpSecretBox } from "../totp-secrets.js";
 import type * as webauthn from "../webauthn.js";
-import type { LoginResult, RequestMeta, TokenPair } from "./types.js";
+import type { LoginResult, Reauthentication, RequestMeta, TokenPair } from "./types.js";
 
 export type AuthConfig = z.output<typeof AuthServiceOptions>;
 
@@ -92,6 +92,37 @@ export function createAuthContext(config: AuthConfig) {
       throw new AuthError("invalid_password", "Current password is incorrect");
     }
     await limiter.release(subject);
+  }
+
+  /**
+   * The one gate of every operation that changes how an account signs in (factors, recovery
+   * codes): a stolen access token must not be enough. Only a user's own session qualifies, never
+   * an API key. An account with a password gives it (checked through the login limiter, so
+   * guesses are counted); one without proves a sign-in at most `reauthMaxAgeSeconds` old, judged
+   * by when its session began (a refresh does not renew that).
+   */
+  async function reauthenticate(principal: Principal, proof: Reauthentication, meta: RequestMeta): Promise<UserRecord> {
+    if (principal.via !== "jwt" || !principal.sessionId) {
+      throw new AuthError("forbidden", "This needs a signed-in user, not an API key");
+    }
+    const user = await requireUser(principal);
+    const refuse = async (reason: string, message: string) => {
+      await audit(meta, { tenantId: principal.teamId ?? null, actorId: user.id, action: "auth.reauthenticate", target: `user:${user.id}`, result: "denied", details: { reason } });
+      const details = reason === "recent_sign_in_required" ? { reason, maxAgeSeconds: config.reauthMaxAgeSeconds } : { reason };
+      return new AuthError("reauthentication_required", message, { details });
+    };
+    if (user.passwordHash) {
+      // No password is not a guess: refused without counting against the owner's lockout.
+      if (!proof.password) throw await refuse("password_required", "Confirm your password to go on");
+      await checkPassword(user, proof.password, meta);
+      return user;
+    }
+    const session = await stores.refreshTokens.findSession(principal.sessionId);
+    const ageMs = session ? now().getTime() - session.createdAt.getTime() : Number.POSITIVE_INFINITY;
+    if (!session || session.userId !== user.id || session.revokedAt !== null || ageMs > config.reauthMaxAgeSeconds * 1000) {
+      throw await refuse("recent_sign_in_required", "Sign in again to go on: this needs a recent sign-in");
+    }
+    return user;
   }
 
   /** Counts one SMS send against each cap at once; refuses with `sms_limit` if any is full. */
@@ -264,6 +295,7 @@ export function createAuthContext(config: AuthConfig) {
     notFound,
     requireUser,
     checkPassword,
+    reauthenticate,
     claimSmsSend,
     evictUser,
     startSession,

@@ -8,19 +8,24 @@ import { newSmsCode, PHONE_NUMBER } from "../sms.js";
 import { DuplicateError } from "../stores.js";
 import { newTotpSecret } from "../totp.js";
 import * as webauthn from "../webauthn.js";
-import type { FactorList, MfaProof, RequestMeta, TokenPair } from "./types.js";
+import type { FactorList, MfaProof, Reauthentication, RequestMeta, TokenPair } from "./types.js";
 
-/** Second factors: enrolment (TOTP, SMS, passkeys), removal and the second login step. */
+/**
+ * Second factors: enrolment (TOTP, SMS, passkeys), removal and the second login step. Starting an
+ * enrolment and removing a factor re-authenticate the caller (see `Reauthentication`): the
+ * password, or for an account without one a recent sign-in. Confirming an enrolment needs what
+ * only its re-authenticated start handed out (the TOTP secret, the texted code, the challenge).
+ */
 export interface MfaService {
   completeMfaLogin(input: { challengeToken: string } & MfaProof, meta?: RequestMeta): Promise<TokenPair>;
   webauthnLoginOptions(challengeToken: string): Promise<Awaited<ReturnType<typeof webauthn.authenticationOptions>>>;
   sendLoginSms(challengeToken: string, factorId: string): Promise<void>;
   listFactors(principal: Principal): Promise<FactorList>;
-  enrolTotp(principal: Principal, label?: string): Promise<{ factorId: string; secret: string; otpauthUri: string }>;
+  enrolTotp(principal: Principal, label?: string, reauth?: Reauthentication, meta?: RequestMeta): Promise<{ factorId: string; secret: string; otpauthUri: string }>;
   confirmTotp(principal: Principal, factorId: string, code: string, meta?: RequestMeta): Promise<{ recoveryCodes?: string[] }>;
-  enrolSms(principal: Principal, phone: string): Promise<{ factorId: string }>;
+  enrolSms(principal: Principal, phone: string, reauth?: Reauthentication, meta?: RequestMeta): Promise<{ factorId: string }>;
   confirmSms(principal: Principal, factorId: string, code: string, meta?: RequestMeta): Promise<{ recoveryCodes?: string[] }>;
-  webauthnRegistrationOptions(principal: Principal): Promise<Awaited<ReturnType<typeof webauthn.registrationOptions>>>;
+  webauthnRegistrationOptions(principal: Principal, reauth?: Reauthentication, meta?: RequestMeta): Promise<Awaited<ReturnType<typeof webauthn.registrationOptions>>>;
   webauthnRegister(
     principal: Principal,
     response: webauthn.WebAuthnResponse,
@@ -32,7 +37,7 @@ export interface MfaService {
 
 
 export function createMfaService(context: AuthContext): MfaService {
-  const { config, stores, now, limiter, audit, notFound, requireUser, checkPassword, claimSmsSend, startSession, confirmedFactors, loadChallenge, normaliseRecoveryCode, confirmFactor, webauthnConfig, smsSender, acceptTotp, totpSecrets } = context;
+  const { config, stores, now, limiter, audit, notFound, reauthenticate, claimSmsSend, startSession, confirmedFactors, loadChallenge, normaliseRecoveryCode, confirmFactor, webauthnConfig, smsSender, acceptTotp, totpSecrets } = context;
 
   return {
     /**
@@ -122,8 +127,8 @@ export function createMfaService(context: AuthContext): MfaService {
       };
     },
 
-    async enrolTotp(principal: Principal, label?: string) {
-      const user = await requireUser(principal);
+    async enrolTotp(principal: Principal, label?: string, reauth: Reauthentication = {}, meta: RequestMeta = {}) {
+      const user = await reauthenticate(principal, reauth, meta);
       const { secret, uri } = newTotpSecret(user.email, config.totpIssuer);
       const id = randomUUID();
       // Sealed at rest (when keys are configured) and bound to this factor's id.
@@ -145,9 +150,10 @@ export function createMfaService(context: AuthContext): MfaService {
       return confirmFactor(principal, factor, meta);
     },
 
-    async enrolSms(principal: Principal, phone: string) {
+    async enrolSms(principal: Principal, phone: string, reauth: Reauthentication = {}, meta: RequestMeta = {}) {
       const sender = smsSender();
       if (!PHONE_NUMBER.test(phone)) throw new AuthError("invalid_request", "Phone number must be in E.164 form, e.g. +447700900123");
+      await reauthenticate(principal, reauth, meta);
       await claimSmsSend(principal.userId, phone);
       const id = randomUUID();
       const at = now();
@@ -175,9 +181,9 @@ export function createMfaService(context: AuthContext): MfaService {
       return confirmFactor(principal, factor, meta);
     },
 
-    async webauthnRegistrationOptions(principal: Principal) {
+    async webauthnRegistrationOptions(principal: Principal, reauth: Reauthentication = {}, meta: RequestMeta = {}) {
       const options = webauthnConfig();
-      const user = await requireUser(principal);
+      const user = await reauthenticate(principal, reauth, meta);
       const request = await webauthn.registrationOptions(options, user, await stores.mfa.factors(user.id));
       const at = now();
       await stores.flows.put({ id: sha256Hex(request.challenge), kind: "webauthn_register", userId: user.id, data: {}, attempts: 0, expiresAt: new Date(at.getTime() + config.mfaChallengeTtlSeconds * 1000) }, at);
@@ -207,10 +213,9 @@ export function createMfaService(context: AuthContext): MfaService {
     },
 
     async removeFactor(principal: Principal, factorId: string, password: string, meta: RequestMeta = {}) {
-      const user = await requireUser(principal);
       const factor = await stores.mfa.findFactor(factorId);
-      if (!factor || factor.userId !== user.id) throw notFound("Factor");
-      if (user.passwordHash) await checkPassword(user, password, meta);
+      if (!factor || factor.userId !== principal.userId) throw notFound("Factor");
+      const user = await reauthenticate(principal, { password }, meta);
       await stores.mfa.deleteFactor(factor.id);
       if ((await confirmedFactors(user.id)).length === 0) await stores.mfa.replaceRecoveryCodes(user.id, [], now());
       await audit(meta, { tenantId: principal.teamId ?? null, actorId: user.id, action: "mfa.disable", target: `mfa_factor:${factor.id}`, result: "success", details: { kind: factor.kind } });

@@ -16,6 +16,18 @@ export interface RequestMeta {
   requestId?: string | undefined;
 }
 
+/**
+ * What a signed-in caller gives to prove, again, that they are the account's owner before an
+ * operation that changes how the account signs in. A stolen access token alone is never enough.
+ *
+ * @example
+ * await auth.enrolTotp(principal, "Phone", { password: body.password }, meta);
+ */
+export interface Reauthentication {
+  /** The account's password; required for accounts that have one. */
+  password?: string | undefined;
+}
+
 /** Tokens returned by a completed login or refresh. */
 export interface TokenPair {
   tokenType: "Bearer";
