@@ -5,7 +5,8 @@ import { describe, expect, it } from "vitest";
 
 /**
  * gateway-kit's folders (auth, audit, credits, …) are its modules. A module may use another only
- * through that module's public `index.ts`, the folders may not import each other in a circle, and
+ * through that module's public `index.ts` (or its `internal.ts`, what siblings may use and no entry
+ * of the package publishes), the folders may not import each other in a circle, and
  * the shared files at the top of `src/` (errors, options, secret redaction, …) import no folder.
  * Imports are read from the sources, type-only ones included; tests are not part of the graph.
  */
@@ -98,10 +99,18 @@ describe("module boundaries", () => {
       const from = moduleOf(file.path);
       for (const target of file.imports) {
         const to = moduleOf(target);
-        if (to && to !== from && target !== `${to}/index.ts`) reaching.push(`${file.path} → ${target}`);
+        if (to && to !== from && target !== `${to}/index.ts` && target !== `${to}/internal.ts`) reaching.push(`${file.path} → ${target}`);
       }
     }
     expect(reaching).toEqual([]);
+  });
+
+  it("publishes no module's internal.ts from an entry of the package", () => {
+    const internals = files.filter((f) => f.path.endsWith("/internal.ts")).map((f) => f.path);
+    expect(internals.length).toBeGreaterThan(0);
+    const entries = files.filter((f) => f.path === "index.ts" || f.path.endsWith("/index.ts"));
+    const publishing = entries.flatMap((f) => f.imports.filter((target) => target.endsWith("/internal.ts") && moduleOf(target) !== moduleOf(f.path) && f.path !== "testing/index.ts").map((target) => `${f.path} → ${target}`));
+    expect(publishing).toEqual([]);
   });
 
   it("keeps the shared top-level files free of module imports", () => {

@@ -1,5 +1,5 @@
 import { sql, type Kysely } from "kysely";
-import type { DataRightsContributor } from "../privacy/contributor.js";
+import type { DataRightsContributor } from "../privacy/index.js";
 
 const text = (value: unknown) => (value == null ? null : String(value));
 const iso = (value: unknown) => (value == null ? null : new Date(value as string | Date).toISOString());

@@ -1,11 +1,12 @@
 import { createHash, randomUUID } from "node:crypto";
 import { sql, type Kysely, type Transaction } from "kysely";
 import { z } from "zod";
-import { budgetEngineOf, type BudgetEngine } from "../budgets/kysely-budgets.js";
-import { BudgetScope, type BudgetAlert, type Budgets, type BudgetStatus } from "../budgets/types.js";
-import { IdempotencyConflictError } from "../credits/errors.js";
-import { createKyselyLedger, ledgerDatabaseOf } from "../credits/kysely-ledger.js";
-import type { Ledger, WalletOwner } from "../credits/ledger.js";
+import { budgetEngineOf, type BudgetEngine } from "../budgets/internal.js";
+import { BudgetScope, type BudgetAlert, type Budgets, type BudgetStatus } from "../budgets/index.js";
+import { IdempotencyConflictError } from "../credits/index.js";
+import { createKyselyLedger } from "../credits/index.js";
+import { ledgerDatabaseOf } from "../credits/internal.js";
+import type { Ledger, WalletOwner } from "../credits/index.js";
 import { retryTransaction } from "../db/index.js";
 import { ConfigError } from "../errors.js";
 import type { MicroCredits } from "../money.js";

@@ -1,5 +1,5 @@
 import { sql, type Kysely } from "kysely";
-import { defineMigrations } from "../db/migrations.js";
+import { defineMigrations } from "../db/index.js";
 
 /**
  * The table behind `createSpend`: one row per spend, tying its wallet reservation and its budget

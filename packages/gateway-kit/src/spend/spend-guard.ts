@@ -1,8 +1,8 @@
 import { randomUUID } from "node:crypto";
 import type { Middleware, ParameterizedContext } from "koa";
-import { budgetScopesOf } from "../budgets/budget-guard.js";
-import type { BudgetScope } from "../budgets/types.js";
-import type { WalletOwner } from "../credits/ledger.js";
+import { budgetScopesOf } from "../budgets/index.js";
+import type { BudgetScope } from "../budgets/index.js";
+import type { WalletOwner } from "../credits/index.js";
 import { ConfigError } from "../errors.js";
 import { HttpError } from "../http-error.js";
 import { SpendClosedError, type Spend, type SpendHold } from "./types.js";

@@ -1,6 +1,6 @@
 import { GatewayError } from "../errors.js";
-import type { BudgetAlert, BudgetScope, BudgetStatus } from "../budgets/types.js";
-import type { WalletOwner } from "../credits/ledger.js";
+import type { BudgetAlert, BudgetScope, BudgetStatus } from "../budgets/index.js";
+import type { WalletOwner } from "../credits/index.js";
 import type { MicroCredits } from "../money.js";
 
 /**

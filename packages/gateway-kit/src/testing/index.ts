@@ -1,5 +1,5 @@
 export { describeEachDatabase, separatePools, TEST_DATABASE_URL, type DatabaseFixture } from "./each-database.js";
-export { decodeStripeForm, startFakeStripe, type FakeStripe } from "../billing/fake-stripe.js";
+export { decodeStripeForm, startFakeStripe, type FakeStripe } from "../billing/internal.js";
 export { TestClock } from "./clock.js";
 export { auditSinkContract, type AuditSinkUnderTest } from "./audit-sink.contract.js";
 export { ledgerContract } from "./ledger.contract.js";
