@@ -357,6 +357,7 @@ describeEachDatabase("account routes", (database) => {
     let aKey: string;
     let aSessionId: string;
     let aFactorId: string;
+    let aWebhookId: string;
     beforeAll(async () => {
       a = await signup(t.url);
       b = await signup(t.url);
@@ -371,7 +372,9 @@ describeEachDatabase("account routes", (database) => {
       aKey = key.body.key ?? key.body.secret;
       aSessionId = (await api(t.url, "/v1/auth/sessions", { headers: a.headers })).body.sessions[0].id;
       aFactorId = (await api(t.url, "/v1/auth/mfa/totp", { headers: a.headers, body: { password: PASSWORD } })).body.factorId;
-      expect([aKeyId, aSessionId, aFactorId].every((id) => typeof id === "string" && id.length > 0)).toBe(true);
+      // A public address literal: registration needs no DNS, and nothing is delivered to it here.
+      aWebhookId = (await api(t.url, "/v1/webhooks", { headers: a.headers, body: { url: "https://93.184.215.14/hooks", events: ["run.completed"] } })).body.id;
+      expect([aKeyId, aSessionId, aFactorId, aWebhookId].every((id) => typeof id === "string" && id.length > 0)).toBe(true);
     }, 180_000);
 
     it("answers 404 to every route named with another tenant's ids, and changes nothing", async () => {
@@ -404,6 +407,8 @@ describeEachDatabase("account routes", (database) => {
         ["GET", `/v1/audit?teamId=${a.teamId}`],
         ["GET", `/v1/audit/verify?teamId=${aTeam}`],
         ["POST", "/v1/billing/checkout", { packId: "starter", teamId: aTeam }],
+        ["GET", `/v1/webhooks/${aWebhookId}/deliveries`],
+        ["DELETE", `/v1/webhooks/${aWebhookId}`],
         // gateway-kit's auth routes that take an id.
         ["DELETE", `/v1/auth/sessions/${aSessionId}`],
         ["DELETE", `/v1/auth/api-keys/${aKeyId}`],
@@ -420,6 +425,8 @@ describeEachDatabase("account routes", (database) => {
         expect(res.status, `${method} ${path}`).toBe(404);
         expect(res.body.error.code, `${method} ${path}`).toBe("not_found");
       }
+      // A's webhook is still there.
+      expect((await api(t.url, "/v1/webhooks", { headers: a.headers })).body.webhooks.map((w: { id: string }) => w.id)).toContain(aWebhookId);
       // An API key of B's team is no key to A's team either, whatever its scopes.
       const key = await api(t.url, "/v1/auth/api-keys", { headers: b.headers, body: { name: "all", scopes: ["sessions:read", "sessions:write", "team:read", "team:manage", "audit:read", "billing:manage"] } });
       const keyHeaders = { "x-api-key": key.body.key ?? key.body.secret };
