@@ -152,7 +152,10 @@ async function main(): Promise<void> {
     await writer.flush();
     await db.updateTable("runs").set({ status: "succeeded" }).where("id", "=", runId).execute();
     await bus.publish({ runId, lastSeq: writer.lastSeq, ended: true });
-    await Promise.race([Promise.all([...sse, ...ws]), new Promise((r) => setTimeout(r, 600_000))]);
+    // A give-up timer that must not keep the process alive once every subscriber is done.
+    let giveUp: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all([...sse, ...ws]), new Promise((r) => (giveUp = setTimeout(r, 600_000)))]);
+    clearTimeout(giveUp);
     const seconds = (performance.now() - started) / 1000;
     latencies.sort((a, b) => a - b);
     const expected = EVENTS * SUBSCRIBERS * 2;

@@ -2,8 +2,9 @@ import { mkdtemp, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { execa } from "execa";
 import { describe, expect, it } from "vitest";
-import { keen } from "./testing/keen-process.js";
+import { keen, repoRoot } from "./testing/keen-process.js";
 
 const preload = fileURLToPath(new URL("./testing/record-imports.mjs", import.meta.url));
 
@@ -38,4 +39,35 @@ describe("what each command loads", () => {
     expect(urls.some(agentCore)).toBe(true);
     expect(urls.some((url) => url.includes("/commands/run.ts"))).toBe(true);
   });
+
+  it("keen serve on PGlite with billing off loads neither stripe, pg-boss nor pg", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "keen-imports-serve-"));
+    const log = join(dir, "urls.txt");
+    const env: Record<string, string> = { PATH: process.env.PATH!, KEEN_IMPORT_LOG: log };
+    const child = execa(process.execPath, ["--import", preload, "--import", "tsx", "packages/cli/src/bin.ts", "serve", "--port", "0", "--data-dir", join(dir, "data"), "--log-level", "silent"], {
+      cwd: repoRoot,
+      reject: false,
+      env,
+      extendEnv: false,
+    });
+    const url = await new Promise<string>((resolve, reject) => {
+      let text = "";
+      child.stderr!.on("data", (chunk) => {
+        text += String(chunk);
+        const match = /listening on (http:\/\/\S+)/.exec(text);
+        if (match) resolve(match[1]!);
+      });
+      void child.then((r) => reject(new Error(`exited early: ${r.stderr}`)));
+    });
+    expect((await fetch(`${url}/readyz`)).status).toBe(200);
+    child.kill("SIGTERM");
+    expect((await child).exitCode).toBe(0);
+    const urls = (await readFile(log, "utf8")).split("\n").filter(Boolean);
+    const loaded = (name: string) => urls.filter((u) => u.includes(`/node_modules/${name}/`));
+    expect(loaded("@electric-sql/pglite").length).toBeGreaterThan(0); // the log works, CommonJS included
+    expect(urls.some((u) => u.includes("/node_modules/koa/"))).toBe(true);
+    expect(loaded("stripe")).toEqual([]);
+    expect(loaded("pg-boss")).toEqual([]);
+    expect(loaded("pg")).toEqual([]);
+  }, 120_000);
 });

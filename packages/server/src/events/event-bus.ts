@@ -1,4 +1,4 @@
-import pg from "pg";
+import type pg from "pg";
 
 /** An event as stored: the server's own `seq` within the run, and the agent-core event. */
 export interface StoredEvent {
@@ -85,6 +85,8 @@ export const NOTIFY_CHANNEL = "keen_run_events";
  * const bus = await postgresEventBus({ url: process.env.DATABASE_URL!, schema: "public" });
  */
 export async function postgresEventBus(options: { url: string; schema?: string; onError?: (error: unknown) => void }): Promise<EventBus> {
+  // Loaded here, not at the top, so a PGlite server never loads the PostgreSQL driver.
+  const { default: pgDriver } = await import("pg");
   const listeners = new Listeners();
   // A channel per schema keeps servers sharing one PostgreSQL but not one schema apart.
   const channel = options.schema ? `${NOTIFY_CHANNEL}_${options.schema}` : NOTIFY_CHANNEL;
@@ -92,7 +94,7 @@ export async function postgresEventBus(options: { url: string; schema?: string; 
   let listener: pg.Client | undefined;
   let closed = false;
   const connect = async () => {
-    const client = new pg.Client({ connectionString: options.url });
+    const client = new pgDriver.Client({ connectionString: options.url });
     client.on("error", (error) => {
       options.onError?.(error);
       if (!closed) setTimeout(() => void connect().catch(options.onError), 500).unref();
@@ -112,7 +114,7 @@ export async function postgresEventBus(options: { url: string; schema?: string; 
     listener = client;
   };
   await connect();
-  const sender = new pg.Pool({ connectionString: options.url, max: 2 });
+  const sender = new pgDriver.Pool({ connectionString: options.url, max: 2 });
   return {
     async publish(notice) {
       listeners.deliver(notice);

@@ -1,5 +1,5 @@
 import { openDatabase, type Database } from "@keen/gateway-kit";
-import type { Kysely } from "kysely";
+import type { Kysely, KyselyPlugin } from "kysely";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { migrateServer } from "../db/migrations.js";
 import type { ServerTables } from "../db/tables.js";
@@ -76,6 +76,61 @@ describeEachDatabase("followRun", (choice) => {
     for (const seen of await Promise.all([fast, slow, remote])) {
       expect(seen.map((e) => e.seq)).toEqual(Array.from({ length: 1000 }, (_, i) => i + 1));
     }
+  });
+
+  it("shares one table reader among a run's followers: reads grow with batches, not with followers x batches", async () => {
+    const runId = "run_follow_shared";
+    await insertRun(db, runId);
+    await produce(runId, 10, false);
+    let selects = 0;
+    const counting: KyselyPlugin = {
+      transformQuery(args) {
+        if (args.node.kind === "SelectQueryNode") selects++;
+        return args.node;
+      },
+      transformResult: async (args) => args.result,
+    };
+    // One log for every follower, as a server has; on PostgreSQL they listen on another process's bus.
+    const log = new RunEventLog(db.withPlugin(counting));
+    const followersBus = remoteBus;
+    const followers = 40;
+    const batches = 15;
+    const perBatch = 20;
+    const total = 10 + batches * perBatch;
+    // A short safety poll, and an idle spell below: the poll too must be paid once per run, not per follower.
+    const pollMs = 25;
+    const started = Date.now();
+    const follow = async (buffer: number, delayMs = 0) => {
+      const seen: number[] = [];
+      for await (const e of followRun(log, followersBus, runId, { after: 0, buffer, pollMs })) {
+        seen.push(e.seq);
+        if (delayMs && seen.length % 10 === 0) await new Promise((r) => setTimeout(r, delayMs));
+      }
+      return seen;
+    };
+    const fast = Array.from({ length: followers }, () => follow(1000));
+    // A lagging follower: a buffer smaller than one batch, and slow to read.
+    const lagging = follow(5, 3);
+    const writeLog = new RunEventLog(db);
+    const writer = new RunEventWriter(runId, await writeLog.nextSeq(runId), writeLog, bus);
+    for (let b = 0; b < batches; b++) {
+      for (let i = 0; i < perBatch; i++) writer.write(event(i));
+      await writer.flush();
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await new Promise((r) => setTimeout(r, 10 * pollMs));
+    await db.updateTable("runs").set({ status: "succeeded" }).where("id", "=", runId).execute();
+    await bus.publish({ runId, lastSeq: writer.lastSeq, ended: true });
+    const expected = Array.from({ length: total }, (_, i) => i + 1);
+    for (const seen of await Promise.all(fast)) expect(seen).toEqual(expected);
+    expect(await lagging).toEqual(expected);
+    // Each poll is two reads (state and page); counted from the time that really passed.
+    const polls = Math.ceil((Date.now() - started) / pollMs) + 1;
+    // Replay costs each follower a read or two, and the lagging one its own catch-up pages
+    // (at most one per batch it fell behind on); the live events themselves cost O(1) reads per
+    // batch, and the poll O(1) per tick, for all of them together. One reader per follower would
+    // cost followers x (batches or polls).
+    expect(selects).toBeLessThanOrEqual(3 * (followers + 1) + 4 * batches + 2 * polls + 10);
   });
 
   it("starts after a cursor and ends at once for a finished run", async () => {

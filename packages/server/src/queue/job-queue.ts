@@ -1,4 +1,4 @@
-import PgBoss from "pg-boss";
+import type PgBoss from "pg-boss";
 
 export type JobHandler<T> = (data: T) => Promise<void>;
 
@@ -126,11 +126,18 @@ export function inProcessQueue(): JobQueue {
  * await queue.start();
  */
 export function pgBossQueue(options: { url: string; schema: string; pollSeconds?: number; onError?: (error: unknown) => void }): JobQueue {
-  const boss = new PgBoss({ connectionString: options.url, schema: options.schema, max: 4, supervise: true, migrate: true });
-  boss.on("error", (error) => options.onError?.(error));
+  // pg-boss is loaded the first time the queue is used, so a PGlite server never loads it.
+  let loading: Promise<PgBoss> | undefined;
+  const load = () =>
+    (loading ??= import("pg-boss").then(({ default: PgBossClass }) => {
+      const boss = new PgBossClass({ connectionString: options.url, schema: options.schema, max: 4, supervise: true, migrate: true });
+      boss.on("error", (error) => options.onError?.(error));
+      return boss;
+    }));
   const created = new Set<string>();
   const ensure = async (queue: string) => {
-    if (created.has(queue)) return;
+    const boss = await load();
+    if (created.has(queue)) return boss;
     if (!(await boss.getQueue(queue))) {
       await boss.createQueue(queue, { name: queue, retryLimit: RETRY_LIMIT, retryDelay: 1, retryBackoff: true }).catch(async (error) => {
         // Another process created it first.
@@ -138,21 +145,22 @@ export function pgBossQueue(options: { url: string; schema: string; pollSeconds?
       });
     }
     created.add(queue);
+    return boss;
   };
   return {
     kind: "pg-boss",
     async start() {
-      await boss.start();
+      await (await load()).start();
     },
     async send(queue, data, sendOptions = {}) {
-      await ensure(queue);
+      const boss = await ensure(queue);
       await boss.send(queue, data, {
         ...(sendOptions.key ? { singletonKey: sendOptions.key } : {}),
         ...(sendOptions.delayMs && sendOptions.delayMs > 0 ? { startAfter: new Date(Date.now() + sendOptions.delayMs) } : {}),
       });
     },
     async work(queue, concurrency, handler) {
-      await ensure(queue);
+      const boss = await ensure(queue);
       const pollingIntervalSeconds = options.pollSeconds ?? 0.5;
       for (let i = 0; i < concurrency; i++) {
         await boss.work<object>(queue, { batchSize: 1, pollingIntervalSeconds }, async (jobs) => {
@@ -161,11 +169,12 @@ export function pgBossQueue(options: { url: string; schema: string; pollSeconds?
       }
     },
     async depth(queue) {
-      await ensure(queue);
+      const boss = await ensure(queue);
       return boss.getQueueSize(queue);
     },
     async stop(timeoutMs = 10_000) {
-      await boss.stop({ graceful: true, timeout: timeoutMs, wait: true });
+      if (!loading) return;
+      await (await loading).stop({ graceful: true, timeout: timeoutMs, wait: true });
     },
   };
 }

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { Principal } from "@keen/gateway-kit";
-import type { Kysely, Selectable } from "kysely";
+import { sql, type Kysely, type Selectable } from "kysely";
 import type { Logger } from "pino";
 import type { ServerConfig } from "../config.js";
 import type { RunState, ServerTables, WebhooksTable } from "../db/tables.js";
@@ -33,6 +33,9 @@ const EVENT_OF_STATE: Partial<Record<RunState, WebhookEvent>> = {
   cancelled: "run.cancelled",
   interrupted: "run.interrupted",
 };
+
+/** How far back the sweep looks for ended runs whose webhook messages were never written. */
+const FINISHED_LOOKBACK_MS = 24 * 60 * 60 * 1000;
 
 const ID = /^wh_[0-9a-f-]{36}$/;
 const json = <T>(value: unknown): T => (typeof value === "string" ? JSON.parse(value) : value) as T;
@@ -145,8 +148,93 @@ export function createWebhookService(deps: WebhookServiceDeps) {
     await queue.send<WebhookJob>(WEBHOOK_QUEUE, { messageId: message.id, attempt: job.attempt + 1 }, { key: `${message.id}:${job.attempt + 1}`, delayMs }).catch((error) => logger.warn({ err: error }, "webhook retry not enqueued"));
   }
 
-  /** Sends jobs for pending messages whose next attempt is overdue (lost jobs, crashed attempts, a restart). */
+  /**
+   * Called once a run reached a final state: one message per subscribed endpoint of the run's
+   * team, then a job each. Reporting the same end twice adds nothing. Never throws (a run's
+   * end is not undone by a webhook problem); failures are logged.
+   */
+  async function runEnded(runId: string): Promise<void> {
+    try {
+      const run = await db.selectFrom("runs").selectAll().where("id", "=", runId).executeTakeFirst();
+      const event = run ? EVENT_OF_STATE[run.status] : undefined;
+      if (!run || !event) return;
+      const hooks = await db.selectFrom("webhooks").select(["id", "events", "created_at"]).where("team_id", "=", run.team_id).execute();
+      // An endpoint registered after the run ended is not owed its end.
+      const endedAt = run.finished_at ? new Date(run.finished_at).getTime() : Date.now();
+      const targets = hooks.filter((h) => json<string[]>(h.events).includes(event) && new Date(h.created_at).getTime() <= endedAt);
+      if (targets.length === 0) return;
+      const now = new Date();
+      const body = JSON.stringify({
+        type: event,
+        timestamp: now.toISOString(),
+        data: {
+          run: {
+            id: run.id,
+            status: run.status,
+            teamId: run.team_id,
+            userId: run.user_id,
+            model: run.model,
+            attempt: run.attempt,
+            branch: run.branch,
+            baseCommit: run.base_commit,
+            headCommit: run.head_commit,
+            summary: run.summary,
+            error: run.error === null ? null : json(run.error),
+            usage: run.usage === null ? null : json(run.usage),
+            cost: run.charged === null ? null : Number(run.charged),
+            createdAt: iso(run.created_at),
+            startedAt: iso(run.started_at),
+            finishedAt: iso(run.finished_at),
+          },
+        },
+      });
+      const subject = `run:${run.id}:${run.attempt}`;
+      const inserted = await db
+        .insertInto("webhook_messages")
+        .values(targets.map((t) => ({ id: `msg_${randomUUID()}`, webhook_id: t.id, team_id: run.team_id, event_type: event, subject, body, status: "pending" as const, next_attempt_at: now, created_at: now })))
+        .onConflict((oc) => oc.columns(["webhook_id", "event_type", "subject"]).doNothing())
+        .returning("id")
+        .execute();
+      for (const message of inserted) await queue.send<WebhookJob>(WEBHOOK_QUEUE, { messageId: message.id, attempt: 1 }, { key: `${message.id}:1` });
+    } catch (error) {
+      logger.error({ err: error, runId }, "webhooks for a finished run not enqueued");
+    }
+  }
+
+  /**
+   * Writes the messages of runs that ended without them: a process that died between marking
+   * its run final and `runEnded` would otherwise lose the event. Looks back `FINISHED_LOOKBACK_MS`;
+   * an endpoint registered after the run ended is not owed it.
+   */
+  async function enqueueMissed(graceMs: number): Promise<void> {
+    const until = new Date(Date.now() - graceMs);
+    const since = new Date(Date.now() - FINISHED_LOOKBACK_MS);
+    for (const [state, event] of Object.entries(EVENT_OF_STATE) as Array<[RunState, WebhookEvent]>) {
+      const rows = await db
+        .selectFrom("runs as r")
+        .innerJoin("webhooks as w", "w.team_id", "r.team_id")
+        .select("r.id")
+        .distinct()
+        .where("r.status", "=", state)
+        .where("r.finished_at", ">=", since)
+        .where("r.finished_at", "<=", until)
+        .whereRef("w.created_at", "<=", "r.finished_at")
+        .where(sql<boolean>`cast(w.events as text) like ${`%"${event}"%`}`)
+        .where(({ not, exists, selectFrom }) =>
+          not(exists(selectFrom("webhook_messages as m").select("m.id").whereRef("m.webhook_id", "=", "w.id").where("m.event_type", "=", event).where(sql<boolean>`m.subject = 'run:' || r.id || ':' || cast(r.attempt as text)`))),
+        )
+        .limit(200)
+        .execute();
+      for (const row of rows) await runEnded(row.id);
+    }
+  }
+
+  /**
+   * Sends jobs for pending messages whose next attempt is overdue (lost jobs, crashed attempts, a
+   * restart), after writing the messages of runs that ended without them.
+   */
   async function sweep(overdueMs: number): Promise<number> {
+    await enqueueMissed(overdueMs);
     const rows = await db
       .selectFrom("webhook_messages")
       .select(["id", "attempts"])
@@ -213,57 +301,7 @@ export function createWebhookService(deps: WebhookServiceDeps) {
       };
     },
 
-    /**
-     * Called once a run reached a final state: one message per subscribed endpoint of the run's
-     * team, then a job each. Reporting the same end twice adds nothing. Never throws (a run's
-     * end is not undone by a webhook problem); failures are logged.
-     */
-    async runEnded(runId: string): Promise<void> {
-      try {
-        const run = await db.selectFrom("runs").selectAll().where("id", "=", runId).executeTakeFirst();
-        const event = run ? EVENT_OF_STATE[run.status] : undefined;
-        if (!run || !event) return;
-        const hooks = await db.selectFrom("webhooks").select(["id", "events"]).where("team_id", "=", run.team_id).execute();
-        const targets = hooks.filter((h) => json<string[]>(h.events).includes(event));
-        if (targets.length === 0) return;
-        const now = new Date();
-        const body = JSON.stringify({
-          type: event,
-          timestamp: now.toISOString(),
-          data: {
-            run: {
-              id: run.id,
-              status: run.status,
-              teamId: run.team_id,
-              userId: run.user_id,
-              model: run.model,
-              attempt: run.attempt,
-              branch: run.branch,
-              baseCommit: run.base_commit,
-              headCommit: run.head_commit,
-              summary: run.summary,
-              error: run.error === null ? null : json(run.error),
-              usage: run.usage === null ? null : json(run.usage),
-              cost: run.charged === null ? null : Number(run.charged),
-              createdAt: iso(run.created_at),
-              startedAt: iso(run.started_at),
-              finishedAt: iso(run.finished_at),
-            },
-          },
-        });
-        const subject = `run:${run.id}:${run.attempt}`;
-        const inserted = await db
-          .insertInto("webhook_messages")
-          .values(targets.map((t) => ({ id: `msg_${randomUUID()}`, webhook_id: t.id, team_id: run.team_id, event_type: event, subject, body, status: "pending" as const, next_attempt_at: now, created_at: now })))
-          .onConflict((oc) => oc.columns(["webhook_id", "event_type", "subject"]).doNothing())
-          .returning("id")
-          .execute();
-        for (const message of inserted) await queue.send<WebhookJob>(WEBHOOK_QUEUE, { messageId: message.id, attempt: 1 }, { key: `${message.id}:1` });
-      } catch (error) {
-        logger.error({ err: error, runId }, "webhooks for a finished run not enqueued");
-      }
-    },
-
+    runEnded,
     attempt,
     sweep,
 

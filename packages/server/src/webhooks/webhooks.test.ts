@@ -1,9 +1,11 @@
-import { createHmac, timingSafeEqual } from "node:crypto";
+import { createHmac, randomUUID, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { MessagesServer } from "@keen/agent-core/testing";
+import type { Kysely } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ADMIN_EMAIL, api, createTestRepo, describeEachDatabase, eventually, signup, useTestServer, type Account } from "../testing/harness.js";
+import type { ServerTables } from "../db/tables.js";
 import { scriptedModel } from "../testing/model.js";
 import { isPublicAddress } from "./address-policy.js";
 
@@ -173,6 +175,44 @@ describeEachDatabase("webhooks", (database) => {
       await t.server.webhooks.runEnded(runId);
       await new Promise((r) => setTimeout(r, 500));
       expect(receiver.received.length).toBe(3);
+    } finally {
+      await receiver.close();
+      await api(t.url, "/v1/webhooks", { headers: owner.headers }).then(async (res) => {
+        for (const w of res.body.webhooks) await api(t.url, `/v1/webhooks/${w.id}`, { method: "DELETE", headers: owner.headers });
+      });
+    }
+  });
+
+  it("sends the end of a run whose process died before writing its messages, once, and not to an endpoint registered later", async () => {
+    const receiver = await startReceiver(() => ({ status: 204 }));
+    try {
+      const early = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: `${receiver.url}/early`, events: ["run.completed"] } });
+      expect(early.status).toBe(201);
+      await new Promise((r) => setTimeout(r, 20));
+      // A worker marked this run final, then its process died before `runEnded`: no message rows.
+      const db = t.server.database.db as Kysely<ServerTables>;
+      const runId = `run_${randomUUID()}`;
+      await db
+        .insertInto("runs")
+        .values({
+          id: runId, team_id: owner.teamId, user_id: owner.userId, vision: "v", repo: "{}", options: "{}", model: "m", status: "succeeded", snapshot: null, reservation_id: null,
+          charged: null, usage: null, error: null, summary: "done", base_commit: null, head_commit: null, branch: null, worker_id: null,
+          heartbeat_at: null, created_at: new Date(), started_at: new Date(), finished_at: new Date(),
+        })
+        .execute();
+      await new Promise((r) => setTimeout(r, 20));
+      const late = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: `${receiver.url}/late`, events: ["run.completed"] } });
+      expect(late.status).toBe(201);
+
+      await t.server.webhooks.sweep(0);
+      await eventually(async () => receiver.received.length >= 1, 30_000, "the missed end");
+      const payload = JSON.parse(receiver.received[0]!.body);
+      expect(payload.type).toBe("run.completed");
+      expect(payload.data.run.id).toBe(runId);
+      // Sweeping again finds the message written: nothing is sent twice; the later endpoint gets nothing.
+      await t.server.webhooks.sweep(0);
+      await new Promise((r) => setTimeout(r, 500));
+      expect(receiver.received.map((r) => r.path)).toEqual(["/early"]);
     } finally {
       await receiver.close();
       await api(t.url, "/v1/webhooks", { headers: owner.headers }).then(async (res) => {
