@@ -32,7 +32,7 @@ const scenario: Scenario = {
   root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "Alpha" }, { title: "Beta" }, { title: "Gamma" }], "if [ -f check.sh ]; then sh check.sh; fi")] },
   A: {
     complete_task: [
-      reply.toolUses(["edit_file", { path: "lib.txt", old_string: "keep\n", new_string: "keep\nalpha()\n" }], ["run_command", { command: "echo ran >> ran.log && sleep 0.5" }]),
+      reply.toolUses(["edit_file", { path: "lib.txt", old_string: "keep\n", new_string: "keep\nalpha()\n" }], ["run_command", { command: "echo ran >> ran.log && sleep 3" }]),
       write("check.sh", "grep -qx end lib.txt\n"),
       done("Alpha done."),
     ],
