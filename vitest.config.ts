@@ -23,6 +23,9 @@ export default defineConfig({
   test: {
     exclude: ["**/node_modules/**", "**/dist/**"],
     testTimeout: 30_000,
+    // Most tests wait on child processes (git, bwrap, PostgreSQL, servers) rather than compute:
+    // three files at a time keep two cores busy (the default, cores - 1, leaves one idle).
+    maxWorkers: 3,
     hookTimeout: 60_000,
     projects: [
       project("agent-core", "packages/agent-core/src"),
