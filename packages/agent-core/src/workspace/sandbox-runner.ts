@@ -468,13 +468,11 @@ function closeFdsScript(shell: StarterShell, keep: number[]): string {
 let cgroupCounter = 0;
 
 /**
- * A fresh cgroup with the `pids` controller capped at `max`, or null where keen may not make one
- * (no cgroup file system, no permission, cgroup v2 without a delegated `pids` controller). The
- * sandbox is started inside it, so every process in the sandbox counts against the cap, root
- * or not.
+ * A fresh cgroup under the first of `bases` where keen may make one and `configure` succeeds, or
+ * null. A cgroup whose settings could not be written is removed again.
  */
-function createPidsCgroup(max: number): string | null {
-  for (const base of pidsCgroupBases()) {
+function createCgroup(bases: string[], configure: (dir: string) => void): string | null {
+  for (const base of bases) {
     const dir = join(base, `keen-${process.pid}-${++cgroupCounter}`);
     try {
       mkdirSync(dir);
@@ -482,7 +480,7 @@ function createPidsCgroup(max: number): string | null {
       continue;
     }
     try {
-      writeFileSync(join(dir, "pids.max"), String(max));
+      configure(dir);
       return dir;
     } catch {
       try {
@@ -493,6 +491,25 @@ function createPidsCgroup(max: number): string | null {
     }
   }
   return null;
+}
+
+/** Writes an optional setting: kernels without swap accounting lack the file, and the cap alone still holds. */
+function writeIfSupported(file: string, value: string): void {
+  try {
+    writeFileSync(file, value);
+  } catch {
+    // Not on this kernel.
+  }
+}
+
+/**
+ * A fresh cgroup with the `pids` controller capped at `max`, or null where keen may not make one
+ * (no cgroup file system, no permission, cgroup v2 without a delegated `pids` controller). The
+ * sandbox is started inside it, so every process in the sandbox counts against the cap, root
+ * or not.
+ */
+function createPidsCgroup(max: number): string | null {
+  return createCgroup(cgroupBases("pids"), (dir) => writeFileSync(join(dir, "pids.max"), String(max)));
 }
 
 /**
@@ -504,56 +521,23 @@ function createMemoryCgroup(max: number, pidsCgroup: string | null): string | nu
   if (pidsCgroup && existsSync(join(pidsCgroup, "memory.max"))) {
     try {
       writeFileSync(join(pidsCgroup, "memory.max"), String(max));
-      writeFileSync(join(pidsCgroup, "memory.swap.max"), "0");
+      writeIfSupported(join(pidsCgroup, "memory.swap.max"), "0");
+      return pidsCgroup;
     } catch {
-      // No swap accounting: the memory cap alone still holds.
-    }
-    return pidsCgroup;
-  }
-  for (const base of memoryCgroupBases()) {
-    const dir = join(base, `keen-${process.pid}-${++cgroupCounter}`);
-    try {
-      mkdirSync(dir);
-    } catch {
-      continue;
-    }
-    try {
-      writeFileSync(join(dir, "memory.limit_in_bytes"), String(max));
-      try {
-        writeFileSync(join(dir, "memory.memsw.limit_in_bytes"), String(max));
-      } catch {
-        // No swap accounting on this kernel.
-      }
-      return dir;
-    } catch {
-      try {
-        rmdirSync(dir);
-      } catch {
-        // Left for the system to clean up.
-      }
+      // The controller is listed but not ours to set: try the v1 hierarchy below.
     }
   }
-  return null;
+  return createCgroup(cgroupBases("memory"), (dir) => {
+    writeFileSync(join(dir, "memory.limit_in_bytes"), String(max));
+    writeIfSupported(join(dir, "memory.memsw.limit_in_bytes"), String(max));
+  });
 }
 
-/** Where this process's cgroup v1 memory hierarchy lives. */
-function memoryCgroupBases(): string[] {
-  let lines: string[];
-  try {
-    lines = readFileSync("/proc/self/cgroup", "utf8").split("\n");
-  } catch {
-    return [];
-  }
-  const bases: string[] = [];
-  for (const line of lines) {
-    const [, controllers, path] = line.split(":", 3) as [string, string | undefined, string | undefined];
-    if (path !== undefined && controllers?.split(",").includes("memory")) bases.push(join("/sys/fs/cgroup/memory", path));
-  }
-  return bases.filter((base) => existsSync(join(base, "cgroup.procs")));
-}
-
-/** Where this process's cgroup with the pids controller lives (v1 first, then v2). */
-function pidsCgroupBases(): string[] {
+/**
+ * Where this process's cgroups with `controller` live, read from /proc/self/cgroup: the v1
+ * hierarchy of that controller, and for `pids` also the v2 unified hierarchy after it.
+ */
+function cgroupBases(controller: "pids" | "memory"): string[] {
   let lines: string[];
   try {
     lines = readFileSync("/proc/self/cgroup", "utf8").split("\n");
@@ -564,8 +548,8 @@ function pidsCgroupBases(): string[] {
   for (const line of lines) {
     const [, controllers, path] = line.split(":", 3) as [string, string | undefined, string | undefined];
     if (path === undefined) continue;
-    if (controllers?.split(",").includes("pids")) bases.push(join("/sys/fs/cgroup/pids", path));
-    else if (controllers === "") bases.push(join("/sys/fs/cgroup", path), join("/sys/fs/cgroup/unified", path));
+    if (controllers?.split(",").includes(controller)) bases.push(join(`/sys/fs/cgroup/${controller}`, path));
+    else if (controller === "pids" && controllers === "") bases.push(join("/sys/fs/cgroup", path), join("/sys/fs/cgroup/unified", path));
   }
   return bases.filter((base) => existsSync(join(base, "cgroup.procs")));
 }
