@@ -38,6 +38,25 @@ const { values } = parseArgs({
 const fileCount = Number(values.files);
 const rounds = Number(values.rounds);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/**
+ * Runs keen's round and its two references side by side: one warm-up each (file system caches,
+ * module loading), then `rounds` alternating rounds; the medians of each.
+ */
+async function sideBySide(keenRound: (i: number) => Promise<number>, gitRound: (i: number) => Promise<number>, cloneRound: (i: number) => Promise<number>) {
+  await keenRound(0);
+  await gitRound(0);
+  await cloneRound(0);
+  const keen: number[] = [];
+  const plain: number[] = [];
+  const cloned: number[] = [];
+  for (let i = 1; i <= rounds; i++) {
+    keen.push(await keenRound(i));
+    plain.push(await gitRound(i));
+    cloned.push(await cloneRound(i));
+  }
+  return { k: median(keen), p: median(plain), c: median(cloned) };
+}
 const peakRssMiB = () => process.resourceUsage().maxRSS / 1024;
 const row = (label: string, value: string) => console.log(`  ${label.padEnd(72)}${value}`);
 
@@ -91,21 +110,8 @@ async function forkMerge(): Promise<void> {
   };
 
   const files = (await git(dir, "ls-files")).stdout.split("\n").length;
-  await keenRound(0); // warm-up: file system caches, module loading
-  await gitRound(0);
-  await cloneRound(0);
-  const keen: number[] = [];
-  const plain: number[] = [];
-  const cloned: number[] = [];
-  for (let i = 1; i <= rounds; i++) {
-    keen.push(await keenRound(i));
-    plain.push(await gitRound(i));
-    cloned.push(await cloneRound(i));
-  }
+  const { k, p, c } = await sideBySide(keenRound, gitRound, cloneRound);
   await rm(dir, { recursive: true, force: true });
-  const k = median(keen);
-  const p = median(plain);
-  const c = median(cloned);
   console.log(`fork + merge of one child, repository of ${files} files, median of ${rounds} rounds`);
   row("keen         fork → write → commit → merge --no-ff → dispose", `${k.toFixed(1)} ms`);
   row("plain git    worktree add → commit → merge --no-ff → remove", `${p.toFixed(1)} ms`);
@@ -154,21 +160,8 @@ async function sparse(): Promise<void> {
     return elapsed;
   };
 
-  await keenRound(0);
-  await gitRound(0);
-  await cloneRound(0);
-  const keen: number[] = [];
-  const plain: number[] = [];
-  const cloned: number[] = [];
-  for (let i = 1; i <= rounds; i++) {
-    keen.push(await keenRound(i));
-    plain.push(await gitRound(i));
-    cloned.push(await cloneRound(i));
-  }
+  const { k, p, c } = await sideBySide(keenRound, gitRound, cloneRound);
   await rm(dir, { recursive: true, force: true });
-  const k = median(keen);
-  const p = median(plain);
-  const c = median(cloned);
   const total = fileCount;
   console.log(`worktree for a subtask naming ${paths.join(", ")} (${keenFiles} of ${total} files checked out by keen), median of ${rounds} rounds`);
   row("keen         fork(branch, { paths })", `${k.toFixed(1)} ms`);
