@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { execa } from "execa";
 import { describe, expect, it } from "vitest";
-import { keen, repoRoot } from "./testing/keen-process.js";
+import { keen, listeningUrl, repoRoot } from "./testing/keen-process.js";
 
 const preload = fileURLToPath(new URL("./testing/record-imports.mjs", import.meta.url));
 
@@ -50,15 +50,7 @@ describe("what each command loads", () => {
       env,
       extendEnv: false,
     });
-    const url = await new Promise<string>((resolve, reject) => {
-      let text = "";
-      child.stderr!.on("data", (chunk) => {
-        text += String(chunk);
-        const match = /listening on (http:\/\/\S+)/.exec(text);
-        if (match) resolve(match[1]!);
-      });
-      void child.then((r) => reject(new Error(`exited early: ${r.stderr}`)));
-    });
+    const url = await listeningUrl(child);
     expect((await fetch(`${url}/readyz`)).status).toBe(200);
     child.kill("SIGTERM");
     expect((await child).exitCode).toBe(0);

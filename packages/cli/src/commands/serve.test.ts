@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { listeningUrl } from "../testing/keen-process.js";
 
 const root = fileURLToPath(new URL("../../../../", import.meta.url));
 const keen = (args: string[], options: { env?: Record<string, string> } = {}) =>
@@ -58,15 +59,7 @@ describe("keen serve, migrate, worker", () => {
       env: { PATH: process.env.PATH! },
       extendEnv: false,
     });
-    const url = await new Promise<string>((resolve, reject) => {
-      let text = "";
-      child.stderr!.on("data", (chunk) => {
-        text += String(chunk);
-        const match = /listening on (http:\/\/\S+)/.exec(text);
-        if (match) resolve(match[1]!);
-      });
-      void child.then((r) => reject(new Error(`exited early: ${r.stderr}`)));
-    });
+    const url = await listeningUrl(child);
     const ready = await fetch(`${url}/readyz`);
     expect(ready.status).toBe(200);
     const stoppingAt = Date.now();

@@ -24,6 +24,19 @@ export function keen(args: string[], env: Record<string, string | undefined> = {
   }) as ResultPromise<{ reject: false }>;
 }
 
+/** The URL a `keen serve` child process prints once it listens; rejects if it exits first. */
+export function listeningUrl(child: ResultPromise): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    let text = "";
+    child.stderr!.on("data", (chunk) => {
+      text += String(chunk);
+      const match = /listening on (http:\/\/\S+)/.exec(text);
+      if (match) resolve(match[1]!);
+    });
+    void child.then((r) => reject(new Error(`exited early: ${String(r.stderr)}`)));
+  });
+}
+
 /** A git repository on `main` with the given files committed. */
 export async function gitRepo(files: Record<string, string> = { "README.md": "# sample\n" }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "keen-cli-"));
