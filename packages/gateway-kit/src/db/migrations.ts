@@ -88,7 +88,13 @@ export async function migrateToLatest(db: Kysely<any>, sets: MigrationSet[], opt
       migrationTableName: tableName,
       migrationLockTableName: `${tableName}_lock`,
     });
-    const result = await migrator.migrateToLatest();
+    let result = await migrator.migrateToLatest();
+    // kysely checks for its bookkeeping tables by reading the catalog of every schema; another
+    // session's DDL in another schema at that moment fails the read (a table or column gone
+    // between two catalog lookups). Nothing has run then, so the check is simply made again.
+    for (let attempt = 1; attempt < 4 && result.error && !result.results?.length && isCatalogRace(result.error); attempt++) {
+      result = await migrator.migrateToLatest();
+    }
     if (result.error) {
       const failed = result.results?.find((r) => r.status === "Error");
       const cause = result.error instanceof Error ? result.error.message : String(result.error);
@@ -122,4 +128,10 @@ async function adoptLegacyRows(db: Kysely<any>, schema: string, legacy: string, 
       select name, timestamp from ${sql.table(`${schema}.${legacy}`)} where name in (${sql.join(names)})
       on conflict (name) do nothing`.execute(trx);
   });
+}
+
+/** PostgreSQL's answers when a catalog read meets another session's DDL: undefined table or column, or a cache lookup that failed. */
+function isCatalogRace(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === "42P01" || code === "42703" || (code === "XX000" && /cache lookup failed/.test(String((error as Error).message)));
 }
