@@ -142,3 +142,36 @@ describeEachDatabase("migrations per module", (fixture) => {
     expect(ran).toEqual(["c_once"]);
   });
 });
+
+describeEachDatabase("migrations beside other sessions' DDL", (fixture) => {
+  // PGlite has one session, so there is no other session's DDL to meet.
+  it.skipIf(fixture.kind !== "postgres")("migrates while another session creates and drops schemas (tenants, other test files)", async () => {
+    const { default: pg } = await import("pg");
+    const churn = new pg.Client({ connectionString: fixture.url });
+    await churn.connect();
+    let stop = false;
+    let dropped = 0;
+    // Schemas with tables come and go as fast as one connection can make them.
+    const churning = (async () => {
+      for (let i = 0; !stop; i++) {
+        const name = `${fixture.schema}_churn_${i % 4}`;
+        await churn.query(`create schema if not exists "${name}"; create table if not exists "${name}".t (id int, v text)`);
+        await churn.query(`drop schema "${name}" cascade`);
+        dropped++;
+      }
+    })();
+    try {
+      const { db } = fixture.database;
+      for (let round = 0; round < 60; round++) {
+        const ran: string[] = [];
+        await migrateToLatest(db, [defineMigrations(`r_${round}`, { [`r_${round}_0001`]: table(`r_t_${round}`, ran) })]);
+        expect(ran).toEqual([`r_t_${round}`]);
+      }
+    } finally {
+      stop = true;
+      await churning;
+      await churn.end();
+    }
+    expect(dropped).toBeGreaterThan(10);
+  });
+});

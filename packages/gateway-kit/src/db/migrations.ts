@@ -1,4 +1,4 @@
-import { Migrator, sql, type Kysely, type Migration, type MigrationProvider, type MigrationResult } from "kysely";
+import { Migrator, sql, type DatabaseIntrospector, type Kysely, type Migration, type MigrationProvider, type MigrationResult } from "kysely";
 import { ConfigError } from "../errors.js";
 
 /**
@@ -82,19 +82,13 @@ export async function migrateToLatest(db: Kysely<any>, sets: MigrationSet[], opt
     const tableName = migrationTableName(set.module);
     if (legacy !== false) await adoptLegacyRows(db, schema, legacy, tableName, Object.keys(set.migrations));
     const migrator = new Migrator({
-      db,
+      db: withSchemaScopedCatalog(db, schema),
       provider: set,
       migrationTableSchema: schema,
       migrationTableName: tableName,
       migrationLockTableName: `${tableName}_lock`,
     });
-    let result = await migrator.migrateToLatest();
-    // kysely checks for its bookkeeping tables by reading the catalog of every schema; another
-    // session's DDL in another schema at that moment fails the read (a table or column gone
-    // between two catalog lookups). Nothing has run then, so the check is simply made again.
-    for (let attempt = 1; attempt < 4 && result.error && !result.results?.length && isCatalogRace(result.error); attempt++) {
-      result = await migrator.migrateToLatest();
-    }
+    const result = await migrator.migrateToLatest();
     if (result.error) {
       const failed = result.results?.find((r) => r.status === "Error");
       const cause = result.error instanceof Error ? result.error.message : String(result.error);
@@ -130,8 +124,35 @@ async function adoptLegacyRows(db: Kysely<any>, schema: string, legacy: string, 
   });
 }
 
-/** PostgreSQL's answers when a catalog read meets another session's DDL: undefined table or column, or a cache lookup that failed. */
-function isCatalogRace(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return code === "42P01" || code === "42703" || (code === "XX000" && /cache lookup failed/.test(String((error as Error).message)));
+/**
+ * The database handle given to kysely's Migrator, whose catalog reader looks at one schema only.
+ * kysely's own reader lists the tables of every schema and checks access to each; a schema that
+ * another session drops during that read (a test's or a tenant's) fails the whole migration with
+ * "schema does not exist". The Migrator only asks whether its two tables and its schema exist.
+ */
+function withSchemaScopedCatalog(db: Kysely<any>, schema: string): Kysely<any> {
+  const introspection: DatabaseIntrospector = {
+    async getSchemas() {
+      const { rows } = await sql<{ name: string }>`select nspname as name from pg_catalog.pg_namespace where nspname = ${schema}`.execute(db);
+      return rows.map((r) => ({ name: r.name }));
+    },
+    async getTables() {
+      const { rows } = await sql<{ name: string; kind: string }>`
+        select c.relname as name, c.relkind as kind from pg_catalog.pg_class c
+        join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+        where n.nspname = ${schema} and c.relkind in ('r', 'p', 'v', 'm', 'f')`.execute(db);
+      return rows.map((r) => ({ name: r.name, schema, isView: r.kind === "v" || r.kind === "m", columns: [] }));
+    },
+    async getMetadata() {
+      return { tables: await this.getTables() };
+    },
+  };
+  // Kysely's methods use private fields, so they are called on the real instance.
+  return new Proxy(db, {
+    get(target, property) {
+      if (property === "introspection") return introspection;
+      const value = Reflect.get(target, property, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
 }
