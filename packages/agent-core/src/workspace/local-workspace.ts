@@ -142,6 +142,11 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     }
   }
 
+  /** The repository's common git dir (real path): where its objects, refs and `keen/` folder are, shared by all its worktrees. */
+  get gitCommonDir(): string {
+    return this.commonDir;
+  }
+
   /** What the recovery pass of `open` cleaned up (empty for forks and when it was skipped). */
   get recovered(): RecoveryReport {
     return this.recovery;
@@ -410,7 +415,9 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       // Nothing staged now and nothing staged before: nothing to commit.
       if (staged.length === 0 && !status.stagedBefore && !options.allowEmpty) return { sha: null, skipped };
       const [before, env] = await Promise.all([this.headOrNull(), identity]);
-      const committed = await gitRaw(this.target, ["commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"], {
+      // No `git maintenance run --auto` after keen's commit (one more process, and a repack of the
+      // user's repository mid-run); the user's own git commands still run it.
+      const committed = await gitRaw(this.target, ["-c", "maintenance.auto=false", "commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"], {
         env,
         input: commitText(message),
       });
@@ -604,9 +611,10 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
    * `worktree add` fail later, with git's own message).
    */
   private async startCommit(start: string): Promise<{ exitCode: number; stdout: string }> {
-    if (start === "HEAD") {
+    // HEAD, or the commit id HEAD names (a run branch starts from the id its caller read).
+    if (start === "HEAD" || /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/.test(start)) {
       const sha = await readHeadFromFiles(this.gitDir, this.commonDir);
-      if (sha) return { exitCode: 0, stdout: sha };
+      if (sha && (start === "HEAD" || sha === start)) return { exitCode: 0, stdout: sha };
     }
     const result = await gitRaw(this.target, ["rev-parse", "--verify", "-q", `${start}^{commit}`]);
     return { exitCode: result.exitCode ?? 1, stdout: String(result.stdout) };
