@@ -29,10 +29,12 @@ describe("keen run before its first model request", () => {
     const head = await git(dir, "rev-parse", "HEAD");
     const result = await keen(["run", "Say done", "--repo", dir, "--no-sandbox", "--json", "--max-depth", "0", "--max-turns", "1"], { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url, KEEN_SPAWN_LOG: log }, { preload });
     expect(before, result.stderr).toBeDefined();
-    // Opening (one rev-parse; nothing to list or prune), the run branch's worktree (add, checkout),
-    // the repository overview; HEAD, the base and the snapshot folder are read from files.
+    // Opening (one rev-parse; nothing to list or prune), the run branch (update-ref) and its
+    // worktree's checkout, the repository overview; HEAD, the base, the snapshot folder and the
+    // worktree's registration are read or written as files.
     expect(before).toContain("git rev-parse");
-    expect(before).toContain("git worktree");
+    expect(before).toContain("git update-ref");
+    expect(before).not.toContain("git worktree");
     expect(before).toContain("git reset");
     expect(before).toContain("git ls-files");
     expect(before!.length).toBeLessThanOrEqual(5);

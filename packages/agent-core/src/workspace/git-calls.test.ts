@@ -42,7 +42,7 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     expect(clean.calls.sort()).toEqual(["config", "status"]); // the identity is looked up once per workspace and its forks
     expect((await counted(() => ws.commit("nothing"))).calls).toEqual(["status"]);
     const fork = await counted(() => ws.fork("summon-A"));
-    expect(fork.calls).toEqual(["worktree", "reset"]);
+    expect(fork.calls).toEqual(["update-ref", "reset"]);
     const child = fork.value;
     await child.writeFile("notes/a.md", "a\n");
     const commit = await counted(() => child.commit("Add a"));
