@@ -32,6 +32,25 @@ describe("what each command loads", () => {
     }
   });
 
+  it("keen run --help and keen help run load neither the SDK nor agent-core", async () => {
+    for (const args of [["run", "--help"], ["run", "-h"], ["help", "run"]]) {
+      const { stdout, exitCode, urls } = await importsOf(args);
+      expect(exitCode, args.join(" ")).toBe(0);
+      expect(stdout).toContain('Usage: keen run "<vision>"');
+      expect(urls.some((url) => url.includes("/commands/run-options.ts"))).toBe(true); // the log works
+      expect(urls.filter(sdk), args.join(" ")).toEqual([]);
+      expect(urls.filter(agentCore), args.join(" ")).toEqual([]);
+      expect(urls.filter((url) => url.includes("/commands/run.ts"))).toEqual([]);
+    }
+  });
+
+  it("keen --version and keen run --help do not load the terminal width tables", async () => {
+    for (const args of [["--version"], ["run", "--help"]]) {
+      const { urls } = await importsOf(args);
+      expect(urls.filter((url) => url.includes("/string-width/") || url.includes("/terminal-width.ts")), args.join(" ")).toEqual([]);
+    }
+  });
+
   it("keen run loads them when it runs", async () => {
     // A usage error (not a repository) after the run command's module has loaded, and with it agent-core.
     const { exitCode, urls } = await importsOf(["run", "do something", "--repo", tmpdir()]);

@@ -31,8 +31,13 @@ Run "keen help <command>" for a command's options.`;
  */
 const COMMANDS: Record<string, () => Promise<{ help: string; command: (argv: string[], io: CommandIo) => Promise<number> }>> = {
   run: async () => {
-    const { RUN_HELP, runCommand } = await import("./commands/run.js");
-    return { help: RUN_HELP, command: (argv, io) => runCommand(argv, io) };
+    const { RUN_HELP, wantsRunHelp } = await import("./commands/run-options.js");
+    const command = async (argv: string[], io: CommandIo) => {
+      if (!wantsRunHelp(argv)) return (await import("./commands/run.js")).runCommand(argv, io);
+      io.stdout(`${RUN_HELP}\n`);
+      return 0;
+    };
+    return { help: RUN_HELP, command };
   },
   runs: async () => {
     const { RUNS_HELP, runsCommand } = await import("./commands/runs.js");

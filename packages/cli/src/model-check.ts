@@ -10,6 +10,8 @@ export interface ModelCheckOptions {
   baseURL?: string;
   /** Default 15 s. */
   timeoutMs?: number;
+  /** Stops the check (it then resolves): the command failed for another reason meanwhile. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -34,8 +36,9 @@ export async function checkModelEndpoint(options: ModelCheckOptions): Promise<vo
   });
   const url = client.baseURL;
   try {
-    await client.messages.countTokens({ model: options.model, messages: [{ role: "user", content: "ping" }] });
+    await client.messages.countTokens({ model: options.model, messages: [{ role: "user", content: "ping" }] }, options.signal ? { signal: options.signal } : {});
   } catch (error) {
+    if (options.signal?.aborted) return;
     if (error instanceof Anthropic.AuthenticationError || error instanceof Anthropic.PermissionDeniedError) {
       const detail = (error.error as { error?: { message?: string } } | undefined)?.error?.message ?? error.message;
       throw new ModelUnavailableError(`the model endpoint ${url} refused the API key (${error.status}: ${detail})`, url);

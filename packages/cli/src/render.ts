@@ -1,5 +1,6 @@
 import type { KeenEvent, Usage } from "@keen/agent-core";
-import { fitWidth, terminalLine, terminalText } from "./terminal-text.js";
+import { terminalLine, terminalText } from "./terminal-text.js";
+import { fitWidth } from "./terminal-width.js";
 
 /**
  * One human-readable line per interesting event, or null to stay quiet. Text from the event

@@ -12,7 +12,12 @@ export async function defaultSnapshotPath(repo: string, runId: string): Promise<
   const result = await execa("git", ["rev-parse", "--git-common-dir"], { cwd: repo, reject: false });
   if (result.exitCode !== 0) throw new UsageError(`${repo} is not a git repository`);
   const gitDir = isAbsolute(result.stdout.trim()) ? result.stdout.trim() : resolve(repo, result.stdout.trim());
-  return join(gitDir, "keen", "runs", `${runId}.json`);
+  return snapshotPathIn(gitDir, runId);
+}
+
+/** {@link defaultSnapshotPath} for a repository whose common git dir is known (an opened workspace's `gitCommonDir`). */
+export function snapshotPathIn(commonGitDir: string, runId: string): string {
+  return join(commonGitDir, "keen", "runs", `${runId}.json`);
 }
 
 /** The repository a default snapshot path belongs to (`…/repo/.git/keen/runs/x.json` → `…/repo`). */

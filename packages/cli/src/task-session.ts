@@ -1,11 +1,8 @@
 import { execa } from "execa";
 import type { KeenEvent, KeenEventOf, TaskResult, TaskRun } from "@keen/agent-core";
 import { MODEL_UNAVAILABLE_EXIT_CODE, type CommandIo, type Io } from "./cli-error.js";
-import { describeEvent } from "./render.js";
 import type { SnapshotFile } from "./snapshot-file.js";
-import { LiveTreeView } from "./tree/live-view.js";
 import { agentsInOrder, reduceTree, type TreeState } from "./tree/tree-state.js";
-import { formatTokens } from "./tree/tree-view.js";
 
 /** `json`: NDJSON events on stdout; `live`: the agent tree redrawn in place; `lines`: a line per event. */
 export type OutputMode = "json" | "live" | "lines";
@@ -60,7 +57,8 @@ export const INTERRUPTED_EXIT_CODE = 130;
 export async function runTaskSession(options: TaskSessionOptions): Promise<TaskSessionResult> {
   const { io, mode, snapshot } = options;
   const columns = () => io.columns?.() || Number(io.env.COLUMNS) || 80;
-  const view = mode === "live" ? new LiveTreeView({ write: io.raw, columns, color: !io.env.NO_COLOR }) : undefined;
+  const views = mode === "json" ? undefined : await import("./session-views.js");
+  const view = views && mode === "live" ? new views.LiveTreeView({ write: io.raw, columns, color: !io.env.NO_COLOR }) : undefined;
   let tree = options.tree;
   let interrupted = false;
   let completed: KeenEventOf<"run.completed"> | undefined;
@@ -90,7 +88,7 @@ export async function runTaskSession(options: TaskSessionOptions): Promise<TaskS
       tree = reduceTree(tree, event);
       if (view) view.update(tree);
       else {
-        const line = describeEvent(event);
+        const line = views!.describeEvent(event);
         if (line) io.stdout(`${line}\n`);
       }
     }
@@ -102,9 +100,9 @@ export async function runTaskSession(options: TaskSessionOptions): Promise<TaskS
       io.stderr(`keen: interrupted; agents stopped, ${options.interruptedMessage ?? `snapshot saved at ${snapshot.path}; ${resumeHint}`}\n`);
       return { exitCode: INTERRUPTED_EXIT_CODE, result, tree, interrupted, ...(completed ? { completed } : {}) };
     }
-    if (mode !== "json") {
+    if (views) {
       const stat = options.base && result.commit ? await diffStat(options.repo, options.base, result.commit) : undefined;
-      io.stdout(closingSummary(tree, result, options.repo, snapshot.path, stat, completed?.costUsd));
+      io.stdout(closingSummary(tree, result, options.repo, snapshot.path, views.formatTokens, stat, completed?.costUsd));
     }
     const done = { result, tree, interrupted, ...(completed ? { completed } : {}) };
     if (result.status === "success") return { exitCode: 0, ...done };
@@ -145,7 +143,15 @@ function dieBy(signal: NodeJS.Signals): never {
 }
 
 /** What happened and where to look: status, the agent's summary, the changes, branches with their merge results, the snapshot. */
-function closingSummary(tree: TreeState, result: TaskResult, repo: string, snapshotPath: string, stat?: string, costUsd?: number): string {
+function closingSummary(
+  tree: TreeState,
+  result: TaskResult,
+  repo: string,
+  snapshotPath: string,
+  formatTokens: (usage: TaskResult["usage"]) => string,
+  stat?: string,
+  costUsd?: number,
+): string {
   const agents = agentsInOrder(tree);
   const seconds = tree.durationMs !== undefined ? ` in ${(tree.durationMs / 1000).toFixed(1)} s` : "";
   const branches = result.agents

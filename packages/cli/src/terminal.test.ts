@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { reply, startMessagesServer, type MessagesServer } from "@keen/agent-core/testing";
 import { scriptedTreePolicy, type ScriptedTask } from "./demo/scripted-tree.js";
-import { displayWidth, fitWidth, terminalLine, terminalText } from "./terminal-text.js";
+import { terminalLine, terminalText } from "./terminal-text.js";
+import { displayWidth, fitWidth } from "./terminal-width.js";
 import { gitRepo, keenOnTerminal, OWN_SEQUENCES } from "./testing/keen-process.js";
 import { visibleWidth } from "./tree/tree-view.js";
 

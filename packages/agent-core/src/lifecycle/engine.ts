@@ -125,11 +125,13 @@ async function execute(tree: AgentTree, config: EngineConfig): Promise<TaskResul
   } catch {
     head = undefined;
   }
-  // The result lives on the run branch; its worktree is not needed any more.
-  if (runWorktree) await runWorktree.dispose().catch(() => {});
+  // The result lives on the run branch; its worktree is not needed any more. Removed while the
+  // checkpoints are dropped: one touches the worktree registry, the other refs.
+  const disposed = runWorktree?.dispose().catch(() => {});
   let { status, summary, error } = outcome(tree, root, failure);
   // An interrupted run is resumed from its checkpoints; any other end needs them no more.
-  if (status !== "interrupted") await dropRunCheckpoints(tree, settings.workspace);
+  if (status !== "interrupted") await dropRunCheckpoints(tree, settings.workspace).finally(() => disposed);
+  await disposed;
   const usage = root ? tree.treeUsage(root) : emptyUsage();
   const cost = costUsd(settings.model.id, usage);
   await tree.snapshot();

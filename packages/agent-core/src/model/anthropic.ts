@@ -98,9 +98,9 @@ export class AnthropicModel implements Model {
       ...(options.headers ? { defaultHeaders: options.headers } : {}),
       ...(options.fetch ? { fetch: options.fetch } : {}),
     };
-    // Start loading the SDK now, so it overlaps the run's set-up (git, repository analysis)
-    // instead of delaying the first request. A failure to load surfaces on that request.
-    loadSdk().catch(() => {});
+    // Start loading the SDK and making the client now, so both overlap the run's set-up (git,
+    // repository analysis) instead of delaying the first request. A failure surfaces on that request.
+    this.sdk().catch(() => {});
   }
 
   private sdk(): Promise<Anthropic> {

@@ -33,7 +33,7 @@ async function counted<T>(step: () => Promise<T>): Promise<{ value: T; calls: st
 }
 
 describe("git subprocesses of one fork + commit + merge + dispose", () => {
-  it("are eight: worktree add and checkout, four to commit, one merge, one removal", async () => {
+  it("are eight: the branch (update-ref) and checkout, four to commit, one merge, one removal", async () => {
     const dir = await createTestRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
     // A clean checkout (the parent before each merge) is found clean with one status.
@@ -42,7 +42,7 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     expect(clean.calls.sort()).toEqual(["config", "status"]); // the identity is looked up once per workspace and its forks
     expect((await counted(() => ws.commit("nothing"))).calls).toEqual(["status"]);
     const fork = await counted(() => ws.fork("summon-A"));
-    expect(fork.calls).toEqual(["worktree", "reset"]);
+    expect(fork.calls).toEqual(["update-ref", "reset"]);
     const child = fork.value;
     await child.writeFile("notes/a.md", "a\n");
     const commit = await counted(() => child.commit("Add a"));

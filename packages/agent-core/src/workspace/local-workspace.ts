@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { execa } from "execa";
 import { KeenError, PathOutsideWorkspaceError } from "../errors.js";
+import { addWorktree } from "./add-worktree.js";
 import { dropCheckpoint, readCheckpoint, restoreCheckpoint, saveCheckpoint } from "./checkpoint.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
@@ -140,6 +141,11 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
         `${path} is outside this agent's paths (${this.sparsePaths.join(", ")}): its worktree holds only those, so it cannot read or write anything else. Report in your summary what needs changing there.`,
       );
     }
+  }
+
+  /** The repository's common git dir (real path): where its objects, refs and `keen/` folder are, shared by all its worktrees. */
+  get gitCommonDir(): string {
+    return this.commonDir;
   }
 
   /** What the recovery pass of `open` cleaned up (empty for forks and when it was skipped). */
@@ -410,7 +416,9 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       // Nothing staged now and nothing staged before: nothing to commit.
       if (staged.length === 0 && !status.stagedBefore && !options.allowEmpty) return { sha: null, skipped };
       const [before, env] = await Promise.all([this.headOrNull(), identity]);
-      const committed = await gitRaw(this.target, ["commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"], {
+      // No `git maintenance run --auto` after keen's commit (one more process, and a repack of the
+      // user's repository mid-run); the user's own git commands still run it.
+      const committed = await gitRaw(this.target, ["-c", "maintenance.auto=false", "commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"], {
         env,
         input: commitText(message),
       });
@@ -557,7 +565,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       await mkdir(dirname(dir), { recursive: true });
       // The lock's reason is the lease: it names this process, so a later recovery pass knows when the worktree is abandoned.
       // Only the branch and the registration need the repository lock; the files are checked out after it is released.
-      await git(this.target, ["worktree", "add", "-q", "--no-checkout", "--lock", "--reason", ownLease(), "-b", branch, dir, oneLine(String(startCommit.stdout))]);
+      await addWorktree({ commonDir: this.commonDir, main: this.target, dir, branch, commit: oneLine(String(startCommit.stdout)), lockReason: ownLease() });
       const child = await this.child(dir);
       child.forkReport = report;
       // The checkout below applies the patterns.
@@ -604,9 +612,10 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
    * `worktree add` fail later, with git's own message).
    */
   private async startCommit(start: string): Promise<{ exitCode: number; stdout: string }> {
-    if (start === "HEAD") {
+    // HEAD, or the commit id HEAD names (a run branch starts from the id its caller read).
+    if (start === "HEAD" || /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/.test(start)) {
       const sha = await readHeadFromFiles(this.gitDir, this.commonDir);
-      if (sha) return { exitCode: 0, stdout: sha };
+      if (sha && (start === "HEAD" || sha === start)) return { exitCode: 0, stdout: sha };
     }
     const result = await gitRaw(this.target, ["rev-parse", "--verify", "-q", `${start}^{commit}`]);
     return { exitCode: result.exitCode ?? 1, stdout: String(result.stdout) };

@@ -122,7 +122,10 @@ export async function recoverWorktrees(options: RecoveryOptions): Promise<Recove
   const report: RecoveryReport = { removedWorktrees: [], salvagedBranches: [], removedLocks: [] };
   const main: GitTarget = { gitDir: options.commonDir, workTree: options.root };
   const git = (args: string[]) => gitRaw(main, args);
-  const listed = parseWorktreeList(String((await git(["worktree", "list", "--porcelain", "-z"])).stdout), "\0");
+  // Git keeps one folder per linked worktree under <common dir>/worktrees (and removes the folder
+  // with the last one): without any, there is nothing to list or prune.
+  const registered = (await readdir(join(options.commonDir, "worktrees")).catch(() => [] as string[])).length > 0;
+  const listed = registered ? parseWorktreeList(String((await git(["worktree", "list", "--porcelain", "-z"])).stdout), "\0") : [];
   const keep = new Set<string>();
 
   for (const entry of listed) {
@@ -147,7 +150,7 @@ export async function recoverWorktrees(options: RecoveryOptions): Promise<Recove
 
   // Folders left behind by a worktree that never got registered, or whose registration was lost.
   await removeOrphanFolders(options.worktreesDir, keep, report);
-  await git(["worktree", "prune"]);
+  if (registered) await git(["worktree", "prune"]);
   report.removedLocks = await removeStaleLocks(options, [...keep]);
   return report;
 }

@@ -20,86 +20,12 @@ import { parseCommandArgs } from "../args.js";
 import { UsageError, type CommandIo } from "../cli-error.js";
 import { checkModelEndpoint } from "../model-check.js";
 import { findRun, recordPathOf, RunRecord, writeRecord } from "../run-records.js";
-import { defaultSnapshotPath, readSnapshotFile, repoOfSnapshotPath, SnapshotFile } from "../snapshot-file.js";
+import { defaultSnapshotPath, readSnapshotFile, repoOfSnapshotPath, SnapshotFile, snapshotPathIn } from "../snapshot-file.js";
 import { oneLine, outputMode, quote, runTaskSession, type OutputMode, type TaskSessionResult } from "../task-session.js";
 import { emptyTree, treeFromSnapshot } from "../tree/tree-state.js";
+import { DEFAULT_MODEL, RUN_HELP, RUN_OPTIONS, RUN_SHAPE_FLAGS } from "./run-options.js";
 
-export const RUN_HELP = `Usage: keen run "<vision>" [options]
-       keen run - [options]                 (the vision from standard input)
-       keen run --resume FILE|ID [--repo DIR]
-       keen run --last [--repo DIR]         (resume the newest interrupted run)
-
-Runs the full lifecycle on a git repository: the root agent explores, plans, hands subtasks
-to child agents on their own branches, merges their work back with validation, and commits.
-Everything happens on a new run branch (keen/<short run id>) in its own worktree: your working
-tree, index, stash and current branch are never touched. On a terminal the tree is shown live.
-
-Options:
-  --repo DIR             the git repository to work in (default: current directory)
-  --model ID             Claude model id (default: claude-sonnet-5-5, or KEEN_MODEL)
-  --max-depth N          deepest level of child agents; 0 means no children (default 2)
-  --max-children N       most children per agent (default 4)
-  --max-agents N         most agents in the whole tree, root included (default 10)
-  --max-turns N          most model turns per phase per agent (default 30)
-  --token-budget N       stop every agent once the run has used N tokens
-  --concurrency N        children of one agent that run at the same time (default 2)
-  --validate CMD         command run after every merge and before an agent completes
-  --on-conflict POLICY   resolve (the parent model fixes it) or rollback (default resolve)
-  --sandbox              run commands under bubblewrap: no network, only the worktree writable (default)
-  --no-sandbox           run commands without the sandbox
-  --sandbox-read PATH    also show PATH read-only inside the sandbox (repeatable; by default it shows
-                         only system tool folders and the worktree, no home folders)
-  --branch NAME          the run branch to create (default keen/<short run id>); must not exist
-  --base REF             the commit the run branch starts from (default HEAD)
-  --include-uncommitted  copy your uncommitted and untracked (non-ignored) files into the run
-                         branch as its first commit (otherwise the run sees only commits)
-  --apply                when the run succeeds, merge its branch into your current branch, only
-                         if that checkout is clean (otherwise say why and how to take it)
-  --max-budget-usd N     stop every agent once the run has cost N US dollars (keen's price table)
-  --max-retries N        retries of a failed model request (overload, rate limit, network) before
-                         the run stops (default 10, within two minutes; 0 disables them)
-  --snapshot FILE        where to keep the run's snapshot (default <repo>/.git/keen/runs/<run id>.json)
-  --resume FILE|ID       continue a saved run: its snapshot file, or its id (see keen runs)
-  --last                 continue the newest interrupted run of the repository
-  --json                 print every event as one JSON line on stdout, and nothing else
-  -h, --help             show this help
-
-Before anything is written, one count_tokens request checks the endpoint and the key.
-Exit codes: 0 success, 1 the task failed, 2 bad usage, 3 the model endpoint refused the key
-or cannot be reached, 130 interrupted (resumable).
-Environment: ANTHROPIC_API_KEY (required), ANTHROPIC_BASE_URL, KEEN_MODEL, KEEN_FORCE_TTY=1|0.`;
-
-export const DEFAULT_MODEL = "claude-sonnet-5-5";
-
-/** Flags that shape a run; a resumed run keeps the values in its snapshot. */
-const RUN_SHAPE_FLAGS = ["max-depth", "max-children", "max-agents", "max-turns", "token-budget", "max-budget-usd", "concurrency", "validate", "on-conflict", "branch", "base", "include-uncommitted"] as const;
-
-const RUN_OPTIONS = {
-  repo: { type: "string" },
-  model: { type: "string" },
-  "max-depth": { type: "string" },
-  "max-children": { type: "string" },
-  "max-agents": { type: "string" },
-  "max-turns": { type: "string" },
-  "token-budget": { type: "string" },
-  concurrency: { type: "string" },
-  validate: { type: "string" },
-  "on-conflict": { type: "string" },
-  sandbox: { type: "boolean" },
-  "no-sandbox": { type: "boolean" },
-  "sandbox-read": { type: "string", multiple: true },
-  "max-retries": { type: "string" },
-  "max-budget-usd": { type: "string" },
-  branch: { type: "string" },
-  base: { type: "string" },
-  "include-uncommitted": { type: "boolean" },
-  apply: { type: "boolean" },
-  snapshot: { type: "string" },
-  resume: { type: "string" },
-  last: { type: "boolean" },
-  json: { type: "boolean" },
-  help: { type: "boolean", short: "h" },
-} as const;
+export { DEFAULT_MODEL, RUN_HELP } from "./run-options.js";
 
 /** The longest vision read from standard input. */
 const MAX_STDIN_VISION = 1_000_000;
@@ -131,14 +57,16 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
     const saved = await readSnapshotFile(snapshotPath);
     const repo = resolve(values.repo ?? repoOfSnapshotPath(snapshotPath) ?? process.cwd());
     const model = options.model ?? buildModel(modelId, io.env, settings.maxRetries);
-    const workspace = await openRepo(repo, sandbox);
-    await checkResumable(saved, workspace, repo);
-    if (!options.model) await checkEndpoint(modelId, io.env);
+    const workspace = await beforeEndpointCheck(options.model ? undefined : modelId, io.env, async () => {
+      const opened = await openRepo(repo, sandbox);
+      await checkResumable(saved, opened, repo);
+      return opened;
+    });
     const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : snapshotPath);
     const mode = outputMode(io, Boolean(values.json));
     // The record lives in the runs folder, under a name that cannot leave it whatever the snapshot says.
     const recordName = /^[\w-]+$/.test(saved.runId) ? saved.runId : basename(snapshotPath, ".json");
-    const recordPath = recordPathOf(await defaultSnapshotPath(workspace.root, recordName));
+    const recordPath = recordPathOf(snapshotPathIn(workspace.gitCommonDir, recordName));
     const previous = await readRecord(recordPath);
     const record: RunRecord = {
       ...(previous ?? { runId: saved.runId, vision: saved.vision, repo: workspace.root, startedAt: new Date().toISOString(), snapshot: snapshot.path }),
@@ -173,15 +101,18 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
   if (!vision) throw new UsageError('missing the vision: keen run "<what to do>" --repo DIR (or keen run - to read it from standard input)');
   const model = options.model ?? buildModel(modelId, io.env, settings.maxRetries);
   const repo = resolve(values.repo ?? process.cwd());
-  const workspace = await openRepo(repo, sandbox);
-  if (!options.model) await checkEndpoint(modelId, io.env);
+  const { workspace, base } = await beforeEndpointCheck(options.model ? undefined : modelId, io.env, async () => {
+    const opened = await openRepo(repo, sandbox);
+    if (settings.branch !== undefined) await checkNewBranch(opened.root, settings.branch);
+    const commit = settings.base === undefined ? await headCommit(opened) : await resolveCommit(opened.root, settings.base);
+    if (settings.base !== undefined && !commit) throw new UsageError(`--base ${settings.base} is not a commit in ${opened.root}`);
+    return { workspace: opened, base: commit };
+  });
   const runId = `run_${randomUUID()}`;
-  const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : await defaultSnapshotPath(workspace.root, runId));
+  const defaultPath = snapshotPathIn(workspace.gitCommonDir, runId);
+  const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : defaultPath);
   const mode = outputMode(io, Boolean(values.json));
-  if (settings.branch !== undefined) await checkNewBranch(workspace.root, settings.branch);
-  const base = await resolveCommit(workspace.root, settings.base ?? "HEAD");
-  if (settings.base !== undefined && !base) throw new UsageError(`--base ${settings.base} is not a commit in ${workspace.root}`);
-  const recordPath = recordPathOf(values.snapshot ? await defaultSnapshotPath(workspace.root, runId) : snapshot.path);
+  const recordPath = recordPathOf(defaultPath);
   const record: RunRecord = {
     runId,
     vision,
@@ -295,6 +226,15 @@ async function checkNewBranch(repo: string, name: string): Promise<void> {
   if (exists.exitCode === 0) throw new UsageError(`branch ${name} already exists in ${repo}; a run never reuses a branch: pick another --branch, or delete that one`);
 }
 
+/** The commit HEAD names (read from the ref files where they answer), or undefined on an unborn branch. */
+async function headCommit(workspace: LocalWorkspace): Promise<string | undefined> {
+  try {
+    return await workspace.head();
+  } catch {
+    return undefined;
+  }
+}
+
 /** The commit `ref` names in `repo`, or undefined. `ref` is passed after `--end-of-options`, so it is never taken as an option. */
 async function resolveCommit(repo: string, ref: string): Promise<string | undefined> {
   const result = await execa("git", ["rev-parse", "--verify", "--quiet", "--end-of-options", `${ref}^{commit}`], { cwd: repo, reject: false });
@@ -328,9 +268,28 @@ async function finishRecord(path: string, record: RunRecord, session: TaskSessio
   });
 }
 
-/** One cheap request before anything is written: a refused key or a dead URL ends here, with exit code 3. */
-async function checkEndpoint(model: string, env: NodeJS.ProcessEnv): Promise<void> {
-  await checkModelEndpoint({ apiKey: env.ANTHROPIC_API_KEY ?? "", model, ...(env.ANTHROPIC_BASE_URL ? { baseURL: env.ANTHROPIC_BASE_URL } : {}) });
+/**
+ * Runs `prepare` (opening and reading the repository: nothing of the run is written yet) while one
+ * cheap request checks the model endpoint, unless `model` is undefined (a model given in code).
+ * An error of `prepare` comes first and stops the check; then a refused key or a dead URL ends the
+ * command with exit code 3, before anything is written.
+ */
+async function beforeEndpointCheck<T>(model: string | undefined, env: NodeJS.ProcessEnv, prepare: () => Promise<T>): Promise<T> {
+  const stop = new AbortController();
+  const checked =
+    model === undefined
+      ? undefined
+      : checkModelEndpoint({ apiKey: env.ANTHROPIC_API_KEY ?? "", model, signal: stop.signal, ...(env.ANTHROPIC_BASE_URL ? { baseURL: env.ANTHROPIC_BASE_URL } : {}) });
+  checked?.catch(() => {}); // Awaited below once `prepare` succeeded.
+  let prepared: T;
+  try {
+    prepared = await prepare();
+  } catch (error) {
+    stop.abort();
+    throw error;
+  }
+  await checked;
+  return prepared;
 }
 
 /** Says where the snapshot is and how to resume, before the run starts. */

@@ -4,7 +4,8 @@ import type { CommandIo } from "../cli-error.js";
 import { listRuns, pruneRuns, type RunListing } from "../run-records.js";
 import { defaultSnapshotPath } from "../snapshot-file.js";
 import { quote } from "../task-session.js";
-import { displayWidth, fitWidth, padWidth, terminalLine } from "../terminal-text.js";
+import { terminalLine } from "../terminal-text.js";
+import { displayWidth, fitWidth, padWidth } from "../terminal-width.js";
 
 export const RUNS_HELP = `Usage: keen runs [--repo DIR] [--prune] [--json]
 

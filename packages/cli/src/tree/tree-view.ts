@@ -1,5 +1,6 @@
 import { addUsage, emptyUsage, type Usage } from "@keen/agent-core";
-import { displayWidth, fitWidth, padWidth, takeWidth, terminalLine } from "../terminal-text.js";
+import { terminalLine } from "../terminal-text.js";
+import { displayWidth, fitWidth, padWidth, takeWidth } from "../terminal-width.js";
 import { agentsInOrder, displayStatus, type AgentDisplayStatus, type AgentNode, type TreeState } from "./tree-state.js";
 
 export interface RenderTreeOptions {
