@@ -207,9 +207,10 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       ctx.type = metrics.registry.contentType;
       ctx.body = await metrics.registry.metrics();
     });
-    const document = openApiDocument();
+    // Built on the first request that asks for it, not on every start.
+    let document: Record<string, unknown> | undefined;
     probes.get("/v1/openapi.json", (ctx) => {
-      ctx.body = document;
+      ctx.body = document ??= openApiDocument();
     });
     app.use(probes.routes());
 

@@ -1,4 +1,4 @@
-import { Migrator, sql, type Kysely } from "kysely";
+import { Migrator, sql, type Kysely, type KyselyPlugin, type RootOperationNode } from "kysely";
 import { beforeAll, expect, it } from "vitest";
 import { defineMigrations, migrateToLatest, migrationTableName } from "./migrations.js";
 import { describeEachDatabase } from "../testing/each-database.js";
@@ -64,6 +64,24 @@ describeEachDatabase("database", (fixture) => {
     expect(() => defineMigrations("x; drop table users", {})).toThrow(/Invalid migration module name/);
   });
 });
+
+/** A plugin that records the kind of every statement run through the handle it is added to. */
+function recordQueries(seen: string[]): KyselyPlugin {
+  return {
+    transformQuery: ({ node }: { node: RootOperationNode }) => {
+      seen.push(node.kind);
+      return node;
+    },
+    transformResult: async ({ result }) => result,
+  };
+}
+
+/** The migration lock tables in the current schema whose names match a LIKE pattern. */
+async function lockTables(db: Kysely<any>, pattern: string): Promise<string[]> {
+  const { rows } = await sql<{ name: string }>`select table_name as name from information_schema.tables
+    where table_schema = current_schema() and table_name like ${pattern} and table_name like '%\_lock' order by 1`.execute(db);
+  return rows.map((r) => r.name);
+}
 
 /** A migration that creates one table, and remembers that it ran. */
 function table(name: string, ran: string[]) {
@@ -132,6 +150,62 @@ describeEachDatabase("migrations per module", (fixture) => {
     expect(ran).toEqual(["u_app_runs", "u_auth_a", "u_budgets_a", "u_auth_b", "u_app_more"]);
     const adopted = await db.selectFrom(migrationTableName("u_budgets")).select("name").execute();
     expect(adopted).toEqual([{ name: "u_budgets_0001" }]);
+  });
+
+  it("reads an up-to-date database in two queries, with no Migrator, lock or DDL", async () => {
+    const { db } = fixture.database;
+    const ran: string[] = [];
+    const sets = [
+      defineMigrations("f_auth", { f_auth_0001: table("f_auth_a", ran) }),
+      defineMigrations("f_credits", { f_credits_0001: table("f_credits_a", ran), f_credits_0002: table("f_credits_b", ran) }),
+      defineMigrations("f_app", { f_app_0001: table("f_app_a", ran) }),
+    ];
+    await migrateToLatest(db, sets);
+    // Without their lock tables a Migrator would have to create them again; nothing may.
+    for (const module of ["f_auth", "f_credits", "f_app"]) await db.schema.dropTable(`${migrationTableName(module)}_lock`).execute();
+    const seen: string[] = [];
+    const reports = await migrateToLatest(db.withPlugin(recordQueries(seen)), sets);
+    expect(reports).toEqual([
+      { module: "f_auth", results: [] },
+      { module: "f_credits", results: [] },
+      { module: "f_app", results: [] },
+    ]);
+    expect(seen).toEqual(["RawNode", "RawNode"]);
+    expect(ran).toEqual(["f_auth_a", "f_credits_a", "f_credits_b", "f_app_a"]);
+    expect(await lockTables(db, "f\\_%")).toEqual([]);
+  });
+
+  it("still runs a pending migration of any module through its Migrator, under its lock", async () => {
+    const { db } = fixture.database;
+    const ran: string[] = [];
+    const auth = { p_auth_0001: table("p_auth_a", ran) };
+    const credits = { p_credits_0001: table("p_credits_a", ran) };
+    const app = { p_app_0001: table("p_app_a", ran) };
+    await migrateToLatest(db, [defineMigrations("p_auth", auth), defineMigrations("p_credits", credits), defineMigrations("p_app", app)]);
+    // A later release adds one migration, to the module in the middle; three processes start at once.
+    const next = [
+      defineMigrations("p_auth", auth),
+      defineMigrations("p_credits", { ...credits, p_credits_0002: table("p_credits_b", ran) }),
+      defineMigrations("p_app", app),
+    ];
+    const reports = await Promise.all([migrateToLatest(db, next), migrateToLatest(db, next), migrateToLatest(db, next)]);
+    expect(ran).toEqual(["p_auth_a", "p_credits_a", "p_app_a", "p_credits_b"]);
+    expect(reports.flatMap((r) => r.flatMap((m) => m.results.map((x) => `${m.module}/${x.migrationName}`)))).toEqual(["p_credits/p_credits_0002"]);
+    expect(await db.selectFrom(migrationTableName("p_credits")).select("name").orderBy("name").execute()).toEqual([
+      { name: "p_credits_0001" },
+      { name: "p_credits_0002" },
+    ]);
+    // Then the database is up to date again: the next start only looks.
+    const seen: string[] = [];
+    await migrateToLatest(db.withPlugin(recordQueries(seen)), next);
+    expect(seen).toEqual(["RawNode", "RawNode"]);
+  });
+
+  it("leaves a recorded migration that no module defines to the Migrator, which refuses it", async () => {
+    const { db } = fixture.database;
+    const ran: string[] = [];
+    await migrateToLatest(db, [defineMigrations("g_mod", { g_0001: table("g_a", ran), g_0002: table("g_b", ran) })]);
+    await expect(migrateToLatest(db, [defineMigrations("g_mod", { g_0001: table("g_a", ran) })])).rejects.toThrow(/g_mod/);
   });
 
   it("runs each module under its own lock, so concurrent starts migrate once", async () => {

@@ -56,7 +56,8 @@ export function migrationTableName(module: string): string {
  * Runs every pending migration of each module, module by module in the order given (a module
  * that builds on another's tables comes after it), each migration in its own transaction and
  * each module under its own lock. Throws with the failing module and migration when one fails;
- * the modules before it stay migrated.
+ * the modules before it stay migrated. On an up-to-date database this is one look at every
+ * module's bookkeeping table; no Migrator runs and no lock is taken.
  *
  * @example
  * await migrateToLatest(db, [authMigrations, creditMigrations, billingMigrations, appMigrations]);
@@ -74,8 +75,9 @@ export async function migrateToLatest(db: Kysely<any>, sets: MigrationSet[], opt
   }
   // kysely looks for its bookkeeping tables in every schema unless told which one; name the
   // current schema so a database with several schemas (one per tenant or test) is not confused.
-  const { rows } = await sql<{ schema: string }>`select current_schema() as schema`.execute(db);
-  const schema = rows[0]!.schema;
+  const { schema, upToDate } = await checkMigrated(db, sets);
+  // Nothing to run: no module's Migrator (its lock, its catalog reads, its own transaction) is needed.
+  if (upToDate) return sets.map((set) => ({ module: set.module, results: [] }));
   const legacy = options.legacyTableName ?? "gateway_kit_migrations";
   const reports: MigrationReport[] = [];
   for (const set of sets) {
@@ -97,6 +99,40 @@ export async function migrateToLatest(db: Kysely<any>, sets: MigrationSet[], opt
     reports.push({ module: set.module, results: result.results ?? [] });
   }
   return reports;
+}
+
+/**
+ * One cheap look, before any Migrator: the current schema, and whether every module's bookkeeping
+ * table exists and records exactly that module's migrations (two queries, whatever the number of
+ * modules). Anything else (a table missing, a migration pending, a recorded name no module defines)
+ * is left to the Migrators, which run pending migrations under each module's lock and report what
+ * does not match. A migration another process is running has not committed its row yet, so it
+ * counts as pending here and is waited for under its lock.
+ */
+async function checkMigrated(db: Kysely<any>, sets: MigrationSet[]): Promise<{ schema: string; upToDate: boolean }> {
+  const tables = sets.map((set) => migrationTableName(set.module));
+  const { rows } = await sql<{ schema: string; found: string | null }>`
+    select current_schema() as schema,
+      (select string_agg(c.relname, ',') from pg_catalog.pg_class c
+        join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+        where n.nspname = current_schema() and c.relkind in ('r', 'p')
+          and c.relname in (${sql.join(tables.length > 0 ? tables : [""])})) as found`.execute(db);
+  const schema = rows[0]!.schema;
+  const found = new Set(rows[0]!.found?.split(",") ?? []);
+  if (tables.some((table) => !found.has(table))) return { schema, upToDate: false };
+  if (sets.length === 0) return { schema, upToDate: true };
+  const recorded = await sql<{ module: string; name: string }>`${sql.join(
+    sets.map((set) => sql`select ${set.module}::text as module, name from ${sql.table(`${schema}.${migrationTableName(set.module)}`)}`),
+    sql` union all `,
+  )}`.execute(db);
+  const byModule = new Map<string, Set<string>>(sets.map((set) => [set.module, new Set()]));
+  for (const row of recorded.rows) byModule.get(row.module)!.add(row.name);
+  const upToDate = sets.every((set) => {
+    const done = byModule.get(set.module)!;
+    const defined = Object.keys(set.migrations);
+    return done.size === defined.length && defined.every((name) => done.has(name));
+  });
+  return { schema, upToDate };
 }
 
 /**
