@@ -1,19 +1,25 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
 import { execa } from "execa";
 import { describe, expect, it } from "vitest";
+import { z } from "zod";
 import type { KeenEvent } from "../events.js";
 import { anthropic } from "../model/anthropic.js";
 import { EventStream } from "../run/event-stream.js";
+import { reply, startMessagesServer, type ScriptedReply } from "../testing/index.js";
+import { defineTool } from "../tools/define-tool.js";
+import { readFileTool, writeFileTool } from "../tools/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
 import type { Workspace } from "../workspace/workspace.js";
 import { SNAPSHOT_VERSION, type AgentState, type TaskSnapshot } from "./task-state.js";
-import { AgentTree } from "./tree.js";
+import { converse } from "./converse.js";
+import { AgentTree, type EngineSettings } from "./tree.js";
 import { checkpointKey, checkpointTurn, countTurn, dropRunCheckpoints, restoreInterruptedTurn } from "./turn-checkpoints.js";
 
 /** A tree holding one agent in COMPLETE, and the events it emits. */
-function treeWith(workspace: Workspace, runId = "run_1"): { tree: AgentTree; agent: AgentState; events: KeenEvent[] } {
+function treeWith(workspace: Workspace, runId = "run_1", settings: Partial<EngineSettings> = {}): { tree: AgentTree; agent: AgentState; events: KeenEvent[] } {
   const agent: AgentState = {
     id: "A",
     parentId: "root",
@@ -38,11 +44,15 @@ function treeWith(workspace: Workspace, runId = "run_1"): { tree: AgentTree; age
     tokensSpent: 0,
     agents: [agent],
   };
-  const stream = new EventStream(runId);
+  return treeOf(state, workspace, settings);
+}
+
+function treeOf(state: TaskSnapshot, workspace: Workspace, settings: Partial<EngineSettings> = {}): { tree: AgentTree; agent: AgentState; events: KeenEvent[] } {
+  const stream = new EventStream(state.runId);
   const events: KeenEvent[] = [];
   stream.on("*", (event) => events.push(event));
   const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: "http://127.0.0.1:9" });
-  const tree = new AgentTree(state, { workspace, model }, stream, new AbortController(), "");
+  const tree = new AgentTree(state, { workspace, model, ...settings }, stream, new AbortController(), "");
   return { tree, agent: tree.agents.get("A")!, events };
 }
 
@@ -132,5 +142,81 @@ describe("turn checkpoints", () => {
     await child.writeFile("lib.txt", "resolved\n");
     await restoreInterruptedTurn(tree, agent, child);
     expect(await child.readFile("lib.txt")).toBe(conflicted);
+  });
+
+  it("saves a turn's checkpoint while its request is in flight and before its tools run; after a read-only turn, saves none and the snapshot names the one that still holds the files", async () => {
+    const { dir, child } = await forked();
+    const ref = `refs/keen/checkpoints/${checkpointKey("run_1", "A")}`;
+    const label = async () => (await execa("git", ["log", "-1", "--format=%s", ref], { cwd: dir, reject: false })).stdout;
+    const files = async () => (await execa("git", ["ls-tree", "-r", "--name-only", ref], { cwd: dir })).stdout.split("\n");
+    // The server answers turn N only once the checkpoint of turn N is saved: it is saved while
+    // the request is in flight, not after the response.
+    const notSavedInFlight: number[] = [];
+    const savedBy = async (turn: number) => {
+      for (let i = 0; i < 400; i++) {
+        if ((await label()) === `turn ${turn}`) return;
+        await delay(25);
+      }
+      notSavedInFlight.push(turn);
+    };
+    const script: Array<[turn: number | null, answer: ScriptedReply]> = [
+      [0, reply.toolUse("write_file", { path: "a.txt", content: "1\n" })],
+      [1, reply.toolUse("record", { name: "b.txt" })],
+      [2, reply.toolUse("read_file", { path: "a.txt" })],
+      [null, reply.toolUse("record", { name: "c.txt" })],
+      [null, reply.text("Done.")],
+    ];
+    const server = await startMessagesServer({
+      policy: async (_request, { index }) => {
+        const [turn, answer] = script[index]!;
+        if (turn !== null) await savedBy(turn);
+        return answer;
+      },
+    });
+    // What the checkpoint holds when a tool that writes starts.
+    const seen: Array<{ label: string; files: string[] }> = [];
+    const record = defineTool({
+      name: "record",
+      description: "Records the checkpoint, then writes a file",
+      input: z.object({ name: z.string() }),
+      execute: async ({ name }, { workspace }) => {
+        seen.push({ label: await label(), files: await files() });
+        await workspace.writeFile(name, "x\n");
+        return "recorded";
+      },
+    });
+    const snapshots: TaskSnapshot[] = [];
+    try {
+      const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+      const { tree, agent } = treeWith(child, "run_1", { model, onSnapshot: (snapshot) => void snapshots.push(structuredClone(snapshot)) });
+      agent.messages.push({ role: "user", content: "Do it" });
+      await converse(tree, agent, child, { tools: [writeFileTool, readFileTool, record] });
+      expect(agent.turns).toBe(5);
+    } finally {
+      await server.close();
+    }
+    expect(notSavedInFlight).toEqual([]);
+    expect(seen).toEqual([
+      // Turn 1 starts from turn 0's write.
+      { label: "turn 1", files: ["README.md", "a.txt", "lib.txt"] },
+      // Turn 2 only read: no checkpoint for turn 3; the one of turn 2 holds its files.
+      { label: "turn 2", files: ["README.md", "a.txt", "b.txt", "lib.txt"] },
+    ]);
+    const agentIn = (snapshot: TaskSnapshot) => snapshot.agents.find((a) => a.id === "A")!;
+    expect(snapshots.map((snapshot) => [agentIn(snapshot).turns, agentIn(snapshot).unchangedSince])).toEqual([
+      [1, undefined],
+      [2, undefined],
+      [3, 2],
+      [4, undefined],
+      [5, undefined],
+    ]);
+
+    // A crash in turn 3 after its write, before its snapshot: resumed from the snapshot before,
+    // the files go back to the checkpoint of turn 2.
+    const { tree, agent, events } = treeOf(snapshots[2]!, child);
+    await restoreInterruptedTurn(tree, agent, child);
+    expect(events).toEqual([expect.objectContaining({ type: "turn.restored", turn: 3, result: "restored", files: ["c.txt"] })]);
+    expect(await child.exists("c.txt")).toBe(false);
+    expect(await child.readFile("b.txt")).toBe("x\n");
   });
 });
