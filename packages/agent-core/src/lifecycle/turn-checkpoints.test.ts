@@ -1,4 +1,5 @@
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { execa } from "execa";
@@ -11,10 +12,12 @@ import { reply, startMessagesServer, type ScriptedReply } from "../testing/index
 import { defineTool } from "../tools/define-tool.js";
 import { readFileTool, writeFileTool } from "../tools/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
-import { createTestRepo } from "../workspace/test-repo.js";
+import { createTestRepo, TEST_GIT_IDENTITY } from "../workspace/test-repo.js";
 import type { Workspace } from "../workspace/workspace.js";
 import { SNAPSHOT_VERSION, type AgentState, type TaskSnapshot } from "./task-state.js";
 import { converse } from "./converse.js";
+import { startTask } from "./start-task.js";
+import { done, explore, plan, scenarioPolicy, write } from "./testing/scenario.js";
 import { AgentTree, type EngineSettings } from "./tree.js";
 import { checkpointKey, checkpointTurn, countTurn, dropRunCheckpoints, restoreInterruptedTurn } from "./turn-checkpoints.js";
 
@@ -218,5 +221,73 @@ describe("turn checkpoints", () => {
     expect(events).toEqual([expect.objectContaining({ type: "turn.restored", turn: 3, result: "restored", files: ["c.txt"] })]);
     expect(await child.exists("c.txt")).toBe(false);
     expect(await child.readFile("b.txt")).toBe("x\n");
+  });
+
+  it("in a tree with merges, every checkpoint saved during a request holds the agent's files as they were when the request was sent", async () => {
+    // The invariant the checkpoint relies on: nothing writes an agent's worktree while its model
+    // request is in flight, children's merges into their parent included. Each COMPLETE request is
+    // held until that agent's new checkpoint is saved, and the checkpoint is compared with the
+    // files as the request found them.
+    const dir = await createTestRepo({ "README.md": "# app\n", "lib.txt": "keep\n" });
+    const runId = "run_6c6c6c6c-0000-4000-8000-000000000000";
+    const git = async (cwd: string, args: string[], env: Record<string, string> = {}) =>
+      (await execa("git", args, { cwd, env: { ...TEST_GIT_IDENTITY, ...env }, reject: false })).stdout.trim();
+    const worktreeOf = async (agent: string) => {
+      const entries = (await git(dir, ["worktree", "list", "--porcelain"])).split("\n\n").map((entry) => entry.split("\n"));
+      const branch = (lines: string[]) => lines.find((line) => line.startsWith("branch "))?.slice("branch refs/heads/".length) ?? "";
+      const entry = entries.find((lines) => (agent === "root" ? branch(lines) === "keen/6c6c6c6c" : branch(lines).endsWith(`/summon-${agent}`)))!;
+      return entry[0]!.slice("worktree ".length);
+    };
+    // The tree of a worktree's files, staged into a scratch index.
+    const filesTree = async (worktree: string) => {
+      const env = { GIT_INDEX_FILE: join(tmpdir(), `keen-test-index-${Math.random().toString(16).slice(2)}`) };
+      await git(worktree, ["read-tree", "HEAD"], env);
+      await git(worktree, ["add", "-A"], env);
+      const tree = await git(worktree, ["write-tree"], env);
+      await rm(env.GIT_INDEX_FILE, { force: true });
+      return tree;
+    };
+    const checked: string[] = [];
+    const differing: string[] = [];
+    const server = await startMessagesServer({
+      policy: scenarioPolicy(
+        {
+          root: {
+            finish_explore: [explore("PLAN")],
+            submit_plan: [plan([{ title: "Alpha" }, { title: "Beta" }])],
+            complete_task: [write("root.txt", "r\n"), done("Merged.")],
+          },
+          A: { complete_task: [write("a.txt", "a\n"), write("lib.txt", "keep\nalpha\n"), done("A done.")] },
+          B: { complete_task: [write("b.txt", "b\n"), done("B done.")] },
+        },
+        {
+          onRequest: async (agent, phase, turn) => {
+            if (phase !== "complete_task") return;
+            const ref = `refs/keen/checkpoints/${checkpointKey(runId, agent)}`;
+            const sent = await filesTree(await worktreeOf(agent));
+            // The agent's turns before COMPLETE: root explored and planned, the children explored.
+            const label = `turn ${(agent === "root" ? 2 : 1) + turn}`;
+            let saved = false;
+            for (let i = 0; i < 400 && !saved; i++) {
+              saved = (await git(dir, ["log", "-1", "--format=%s", ref])) === label;
+              if (!saved) await delay(25);
+            }
+            checked.push(`${agent} ${turn}`);
+            if (!saved || (await git(dir, ["rev-parse", `${ref}^{tree}`])) !== sent) differing.push(`${agent} ${turn}`);
+          },
+        },
+      ),
+    });
+    try {
+      const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+      const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+      const result = await startTask({ vision: "Build both parts", workspace, model, limits: { maxDepth: 1 }, maxConcurrency: 2, runId }).result;
+      expect(result.status).toBe("success");
+    } finally {
+      await server.close();
+    }
+    expect(checked.sort()).toEqual(["A 0", "A 1", "A 2", "B 0", "B 1", "root 0", "root 1"]);
+    expect(differing).toEqual([]);
+    expect((await git(dir, ["ls-tree", "-r", "--name-only", "keen/6c6c6c6c"])).split("\n")).toEqual(["README.md", "a.txt", "b.txt", "lib.txt", "root.txt"]);
   });
 });
