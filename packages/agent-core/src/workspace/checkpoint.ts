@@ -104,14 +104,25 @@ function stopIfAborted(signal: AbortSignal | undefined): void {
 export async function saveCheckpoint(target: CheckpointTarget, key: string, label: string, signal?: AbortSignal): Promise<WorkspaceCheckpoint> {
   const ref = checkpointRef(key);
   stopIfAborted(signal);
-  const tree = await withWorktreeIndex(target, (env) => stageTree(target, env, signal), signal);
-  stopIfAborted(signal);
-  // Sparse paths hold no newline (fork refuses them), so each is one trailer line.
-  const scope = target.paths && target.paths.length > 0 ? `\n\n${target.paths.map((path) => `${SCOPE_TRAILER}${path}\n`).join("")}` : "";
-  const id = oneLine(await git(target, ["commit-tree", tree, "-F", "-"], { env: CHECKPOINT_IDENTITY, input: label + scope }));
-  stopIfAborted(signal);
-  await git(target, ["update-ref", ref, id]);
-  return { id, label };
+  // The ref update starts now and waits for its command on stdin, so the git process is up by
+  // the time the commit exists; with no command it ends without changing anything.
+  let command!: (text: string) => void;
+  const updating = git(target, ["update-ref", "--stdin"], { input: new Promise<string>((resolve) => (command = resolve)) });
+  updating.catch(() => {}); // Awaited below.
+  try {
+    const tree = await withWorktreeIndex(target, (env) => stageTree(target, env, signal), signal);
+    stopIfAborted(signal);
+    // Sparse paths hold no newline (fork refuses them), so each is one trailer line.
+    const scope = target.paths && target.paths.length > 0 ? `\n\n${target.paths.map((path) => `${SCOPE_TRAILER}${path}\n`).join("")}` : "";
+    const id = oneLine(await git(target, ["commit-tree", tree, "-F", "-"], { env: CHECKPOINT_IDENTITY, input: label + scope }));
+    stopIfAborted(signal);
+    command(`update ${ref} ${id}\n`);
+    await updating;
+    return { id, label };
+  } finally {
+    command("");
+    await updating.catch(() => {});
+  }
 }
 
 /** The checkpoint under `key`, or null. */
