@@ -16,7 +16,9 @@
  *
  *   npm run build -w @keen/agent-core -w @keen/cli && npx tsx bench/run-e2e.ts [--rounds 7] [--files 50]
  *
- * `--bin PATH` measures another build of the `keen` bin (e.g. a copy made before a change).
+ * `--bin PATH` measures another build of the `keen` bin (e.g. a copy made before a change);
+ * `--baseline PATH` adds a second build of it as a third side, in the same alternating rounds,
+ * with its per-turn cost beside keen's (for a before/after comparison under one load).
  */
 import { spawn } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
@@ -29,11 +31,17 @@ import { reply, startMessagesServer, type MessagesServer, type ReplyPolicy } fro
 import { createTestRepo } from "../packages/agent-core/src/workspace/test-repo.js";
 
 const { values } = parseArgs({
-  options: { rounds: { type: "string", default: "7" }, files: { type: "string", default: "50" }, bin: { type: "string", default: "packages/cli/bin/keen.js" } },
+  options: {
+    rounds: { type: "string", default: "7" },
+    files: { type: "string", default: "50" },
+    bin: { type: "string", default: "packages/cli/bin/keen.js" },
+    baseline: { type: "string" },
+  },
 });
 const rounds = Math.max(5, Number(values.rounds));
 const fileCount = Number(values.files);
 const keenBin = resolve(values.bin);
+const baselineBin = values.baseline ? resolve(values.baseline) : undefined;
 const bareLoop = resolve("bench/support/bare-loop.mjs");
 const rssPreload = resolve("bench/support/report-rss.mjs");
 for (const built of ["packages/cli/bundle/main.js", "packages/agent-core/dist/index.js"]) {
@@ -98,14 +106,14 @@ function cacheFigures(server: MessagesServer): { cachedShare: number; uncached: 
   return { cachedShare: total ? cached / total : 0, uncached };
 }
 
-async function oneRound(side: "keen" | "bare"): Promise<Round> {
+async function oneRound(side: "keen" | "bare", bin = keenBin): Promise<Round> {
   const server = await startMessagesServer({ policy: side === "keen" ? keenPolicy() : barePolicy() });
   const repo = await createTestRepo(sampleFiles(fileCount));
   const scratch = await mkdtemp(join(tmpdir(), "keen-bench-"));
   const rssFile = join(scratch, "rss");
   const args =
     side === "keen"
-      ? [keenBin, "run", TASK, "--repo", repo, "--no-sandbox", "--json", "--max-depth", "0"]
+      ? [bin, "run", TASK, "--repo", repo, "--no-sandbox", "--json", "--max-depth", "0"]
       : [bareLoop, repo, TASK];
   const env = { ...process.env, ANTHROPIC_API_KEY: "bench", ANTHROPIC_BASE_URL: server.url, KEEN_BENCH_RSS_FILE: rssFile, KEEN_FORCE_TTY: "0" };
   const startedAt = Date.now();
@@ -135,11 +143,14 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const pick = (rs: Round[], key: keyof Round) => median(rs.map((r) => r[key]));
 
 await oneRound("keen"); // warm-up: file system caches
+if (baselineBin) await oneRound("keen", baselineBin);
 await oneRound("bare");
 const keen: Round[] = [];
+const baseline: Round[] = [];
 const bare: Round[] = [];
 for (let i = 0; i < rounds; i++) {
   keen.push(await oneRound("keen"));
+  if (baselineBin) baseline.push(await oneRound("keen", baselineBin));
   bare.push(await oneRound("bare"));
 }
 
@@ -161,3 +172,7 @@ row("peak RSS", `${pick(keen, "rssMiB").toFixed(0)} MiB`, `${pick(bare, "rssMiB"
 row("cached share of input, requests 2..n", pick(keen, "cachedShare").toFixed(2), pick(bare, "cachedShare").toFixed(2), "");
 row("uncached input tokens, requests 2..n", pick(keen, "uncached").toFixed(0), pick(bare, "uncached").toFixed(0), "");
 console.log("  targets: wall ≤ 1.30×, start ≤ +80 ms, per turn ≤ +5 ms");
+if (baselineBin) {
+  const perTurn = (rs: Round[]) => (pick(rs, "loop") - pick(bare, "loop")) / BARE_TURNS;
+  console.log(`  baseline ${values.baseline}: loop ${ms(pick(baseline, "loop"))} (${(pick(baseline, "loop") / pick(bare, "loop")).toFixed(2)}× the bare loop), per turn +${perTurn(baseline).toFixed(1)} ms; keen above: +${perTurn(keen).toFixed(1)} ms`);
+}

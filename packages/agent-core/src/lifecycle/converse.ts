@@ -6,7 +6,7 @@ import type { Workspace } from "../workspace/workspace.js";
 import { reminderMessage } from "./prompts.js";
 import type { AgentState } from "./task-state.js";
 import type { AgentTree } from "./tree.js";
-import { checkpointTurn, countTurn } from "./turn-checkpoints.js";
+import { countTurn, forgetUnchangedFiles, turnCheckpoints } from "./turn-checkpoints.js";
 
 export interface ConverseOptions {
   /** Tools the agent may call now; with a closing tool, every lifecycle tool is shown and the others are refused. */
@@ -15,7 +15,8 @@ export interface ConverseOptions {
   closingTool?: string;
   /**
    * Save the agent's files before each turn whose tools may write, so a resume can put them back
-   * before repeating a turn a crash cut short. Default true; off while resolving a merge (a
+   * before repeating a turn a crash cut short (saved while the turn's model request is in
+   * flight; not again after a turn that only read). Default true; off while resolving a merge (a
    * resume restarts an interrupted merge from its pre-merge commit instead).
    */
   checkpoint?: boolean;
@@ -32,12 +33,22 @@ export type ConverseResult = ConversationResult & { closingCall?: { name: string
  * (`turn-checkpoints.ts`).
  */
 export async function converse(tree: AgentTree, agent: AgentState, workspace: Workspace, options: ConverseOptions): Promise<ConverseResult> {
+  const writes = options.checkpoint !== false && options.tools.some((tool) => !tool.readOnly);
+  forgetUnchangedFiles(agent);
+  try {
+    return await conversePhase(tree, agent, workspace, options, writes);
+  } finally {
+    forgetUnchangedFiles(agent);
+  }
+}
+
+async function conversePhase(tree: AgentTree, agent: AgentState, workspace: Workspace, options: ConverseOptions, writes: boolean): Promise<ConverseResult> {
   const { limits } = tree.state;
   const { settings } = tree;
   let reminded = false;
   let turnsLeft = limits.maxTurnsPerPhase;
   const context = tree.contextFor(agent);
-  const writes = options.checkpoint !== false && options.tools.some((tool) => !tool.readOnly);
+  const checkpoints = writes ? turnCheckpoints(tree, agent, workspace) : undefined;
   while (true) {
     const result = await runConversation({
       agentId: agent.id,
@@ -57,9 +68,11 @@ export async function converse(tree: AgentTree, agent: AgentState, workspace: Wo
       ...(options.closingTool ? { closingTools: new Set([options.closingTool]) } : {}),
       ...(context ? { context } : {}),
       usageBefore: agent.usage,
-      ...(writes ? { beforeModelRequest: () => checkpointTurn(tree, agent, workspace) } : {}),
-      onTurn: () => {
-        countTurn(agent);
+      // Saved while the request is in flight: nothing writes this agent's files until its tools run.
+      ...(checkpoints ? { checkpoint: (signal: AbortSignal) => checkpoints.save(signal) } : {}),
+      onTurn: (_turn, { readOnly }) => {
+        if (checkpoints) checkpoints.count(readOnly);
+        else countTurn(agent);
         return tree.snapshot();
       },
       onUsage: (usage) => {

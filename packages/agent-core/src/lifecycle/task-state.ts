@@ -37,6 +37,12 @@ export const AgentState = z.object({
    * with a turn equal to this one was taken before a turn that never completed.
    */
   turns: z.number().int().nonnegative().optional(),
+  /**
+   * Set while the agent's files are still those of its checkpoint of this turn: every turn since
+   * ran only read-only tools, so no new checkpoint was taken, and the one labelled with this turn
+   * is also the checkpoint of turn `turns`.
+   */
+  unchangedSince: z.number().int().nonnegative().optional(),
   /** Why the agent ended as it did, when it did not succeed. */
   error: z.object({ code: z.string(), message: z.string() }).optional(),
 });
@@ -59,9 +65,9 @@ export const TaskLimits = z.object({
 export type TaskLimits = z.infer<typeof TaskLimits>;
 
 /** The snapshot format this version of keen writes. */
-export const SNAPSHOT_VERSION = 2;
+export const SNAPSHOT_VERSION = 3;
 /** Snapshot formats this version of keen reads (older ones are upgraded by `readSnapshot`). */
-export const READABLE_SNAPSHOT_VERSIONS = [1, 2] as const;
+export const READABLE_SNAPSHOT_VERSIONS = [1, 2, 3] as const;
 
 const CurrentSnapshot = z.object({
   version: z.literal(SNAPSHOT_VERSION),
@@ -91,13 +97,16 @@ export type TaskSnapshot = z.infer<typeof CurrentSnapshot>;
 
 /**
  * The upgrade steps, one per version: version 2 added optional fields (`base`, an agent's
- * `error`), so a version-1 snapshot upgrades by its version number alone. Values of other
- * versions pass through unchanged (and fail validation, naming the version).
+ * `error`), so a version-1 snapshot upgrades by its version number alone; so does a version-2
+ * one to version 3 (an agent's `unchangedSince`, which an older keen would drop and then not
+ * restore a turn it must). Values of other versions pass through unchanged (and fail
+ * validation, naming the version).
  */
 function upgradeSnapshot(value: unknown): unknown {
   if (value === null || typeof value !== "object") return value;
   let current = value as Record<string, unknown>;
   if (current.version === 1) current = { ...current, version: 2 };
+  if (current.version === 2) current = { ...current, version: 3 };
   return current;
 }
 

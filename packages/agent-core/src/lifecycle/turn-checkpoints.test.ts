@@ -1,19 +1,28 @@
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
 import { execa } from "execa";
 import { describe, expect, it } from "vitest";
+import { z } from "zod";
 import type { KeenEvent } from "../events.js";
 import { anthropic } from "../model/anthropic.js";
 import { EventStream } from "../run/event-stream.js";
+import { reply, startMessagesServer, type ScriptedReply } from "../testing/index.js";
+import { defineTool } from "../tools/define-tool.js";
+import { readFileTool, writeFileTool } from "../tools/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
-import { createTestRepo } from "../workspace/test-repo.js";
+import { createTestRepo, TEST_GIT_IDENTITY } from "../workspace/test-repo.js";
 import type { Workspace } from "../workspace/workspace.js";
 import { SNAPSHOT_VERSION, type AgentState, type TaskSnapshot } from "./task-state.js";
-import { AgentTree } from "./tree.js";
+import { converse } from "./converse.js";
+import { startTask } from "./start-task.js";
+import { done, explore, plan, scenarioPolicy, write } from "./testing/scenario.js";
+import { AgentTree, type EngineSettings } from "./tree.js";
 import { checkpointKey, checkpointTurn, countTurn, dropRunCheckpoints, restoreInterruptedTurn } from "./turn-checkpoints.js";
 
 /** A tree holding one agent in COMPLETE, and the events it emits. */
-function treeWith(workspace: Workspace, runId = "run_1"): { tree: AgentTree; agent: AgentState; events: KeenEvent[] } {
+function treeWith(workspace: Workspace, runId = "run_1", settings: Partial<EngineSettings> = {}): { tree: AgentTree; agent: AgentState; events: KeenEvent[] } {
   const agent: AgentState = {
     id: "A",
     parentId: "root",
@@ -38,11 +47,15 @@ function treeWith(workspace: Workspace, runId = "run_1"): { tree: AgentTree; age
     tokensSpent: 0,
     agents: [agent],
   };
-  const stream = new EventStream(runId);
+  return treeOf(state, workspace, settings);
+}
+
+function treeOf(state: TaskSnapshot, workspace: Workspace, settings: Partial<EngineSettings> = {}): { tree: AgentTree; agent: AgentState; events: KeenEvent[] } {
+  const stream = new EventStream(state.runId);
   const events: KeenEvent[] = [];
   stream.on("*", (event) => events.push(event));
   const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: "http://127.0.0.1:9" });
-  const tree = new AgentTree(state, { workspace, model }, stream, new AbortController(), "");
+  const tree = new AgentTree(state, { workspace, model, ...settings }, stream, new AbortController(), "");
   return { tree, agent: tree.agents.get("A")!, events };
 }
 
@@ -132,5 +145,149 @@ describe("turn checkpoints", () => {
     await child.writeFile("lib.txt", "resolved\n");
     await restoreInterruptedTurn(tree, agent, child);
     expect(await child.readFile("lib.txt")).toBe(conflicted);
+  });
+
+  it("saves a turn's checkpoint while its request is in flight and before its tools run; after a read-only turn, saves none and the snapshot names the one that still holds the files", async () => {
+    const { dir, child } = await forked();
+    const ref = `refs/keen/checkpoints/${checkpointKey("run_1", "A")}`;
+    const label = async () => (await execa("git", ["log", "-1", "--format=%s", ref], { cwd: dir, reject: false })).stdout;
+    const files = async () => (await execa("git", ["ls-tree", "-r", "--name-only", ref], { cwd: dir })).stdout.split("\n");
+    // The server answers turn N only once the checkpoint of turn N is saved: it is saved while
+    // the request is in flight, not after the response.
+    const notSavedInFlight: number[] = [];
+    const savedBy = async (turn: number) => {
+      for (let i = 0; i < 400; i++) {
+        if ((await label()) === `turn ${turn}`) return;
+        await delay(25);
+      }
+      notSavedInFlight.push(turn);
+    };
+    const script: Array<[turn: number | null, answer: ScriptedReply]> = [
+      [0, reply.toolUse("write_file", { path: "a.txt", content: "1\n" })],
+      [1, reply.toolUse("record", { name: "b.txt" })],
+      [2, reply.toolUse("read_file", { path: "a.txt" })],
+      [null, reply.toolUse("record", { name: "c.txt" })],
+      [null, reply.text("Done.")],
+    ];
+    const server = await startMessagesServer({
+      policy: async (_request, { index }) => {
+        const [turn, answer] = script[index]!;
+        if (turn !== null) await savedBy(turn);
+        return answer;
+      },
+    });
+    // What the checkpoint holds when a tool that writes starts.
+    const seen: Array<{ label: string; files: string[] }> = [];
+    const record = defineTool({
+      name: "record",
+      description: "Records the checkpoint, then writes a file",
+      input: z.object({ name: z.string() }),
+      execute: async ({ name }, { workspace }) => {
+        seen.push({ label: await label(), files: await files() });
+        await workspace.writeFile(name, "x\n");
+        return "recorded";
+      },
+    });
+    const snapshots: TaskSnapshot[] = [];
+    try {
+      const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+      const { tree, agent } = treeWith(child, "run_1", { model, onSnapshot: (snapshot) => void snapshots.push(structuredClone(snapshot)) });
+      agent.messages.push({ role: "user", content: "Do it" });
+      await converse(tree, agent, child, { tools: [writeFileTool, readFileTool, record] });
+      expect(agent.turns).toBe(5);
+    } finally {
+      await server.close();
+    }
+    expect(notSavedInFlight).toEqual([]);
+    expect(seen).toEqual([
+      // Turn 1 starts from turn 0's write.
+      { label: "turn 1", files: ["README.md", "a.txt", "lib.txt"] },
+      // Turn 2 only read: no checkpoint for turn 3; the one of turn 2 holds its files.
+      { label: "turn 2", files: ["README.md", "a.txt", "b.txt", "lib.txt"] },
+    ]);
+    const agentIn = (snapshot: TaskSnapshot) => snapshot.agents.find((a) => a.id === "A")!;
+    expect(snapshots.map((snapshot) => [agentIn(snapshot).turns, agentIn(snapshot).unchangedSince])).toEqual([
+      [1, undefined],
+      [2, undefined],
+      [3, 2],
+      [4, undefined],
+      [5, undefined],
+    ]);
+
+    // A crash in turn 3 after its write, before its snapshot: resumed from the snapshot before,
+    // the files go back to the checkpoint of turn 2.
+    const { tree, agent, events } = treeOf(snapshots[2]!, child);
+    await restoreInterruptedTurn(tree, agent, child);
+    expect(events).toEqual([expect.objectContaining({ type: "turn.restored", turn: 3, result: "restored", files: ["c.txt"] })]);
+    expect(await child.exists("c.txt")).toBe(false);
+    expect(await child.readFile("b.txt")).toBe("x\n");
+  });
+
+  it("in a tree with merges, every checkpoint saved during a request holds the agent's files as they were when the request was sent", async () => {
+    // The invariant the checkpoint relies on: nothing writes an agent's worktree while its model
+    // request is in flight, children's merges into their parent included. Each COMPLETE request is
+    // held until that agent's new checkpoint is saved, and the checkpoint is compared with the
+    // files as the request found them.
+    const dir = await createTestRepo({ "README.md": "# app\n", "lib.txt": "keep\n" });
+    const runId = "run_6c6c6c6c-0000-4000-8000-000000000000";
+    const git = async (cwd: string, args: string[], env: Record<string, string> = {}) =>
+      (await execa("git", args, { cwd, env: { ...TEST_GIT_IDENTITY, ...env }, reject: false })).stdout.trim();
+    const worktreeOf = async (agent: string) => {
+      const entries = (await git(dir, ["worktree", "list", "--porcelain"])).split("\n\n").map((entry) => entry.split("\n"));
+      const branch = (lines: string[]) => lines.find((line) => line.startsWith("branch "))?.slice("branch refs/heads/".length) ?? "";
+      const entry = entries.find((lines) => (agent === "root" ? branch(lines) === "keen/6c6c6c6c" : branch(lines).endsWith(`/summon-${agent}`)))!;
+      return entry[0]!.slice("worktree ".length);
+    };
+    // The tree of a worktree's files, staged into a scratch index.
+    const filesTree = async (worktree: string) => {
+      const env = { GIT_INDEX_FILE: join(tmpdir(), `keen-test-index-${Math.random().toString(16).slice(2)}`) };
+      await git(worktree, ["read-tree", "HEAD"], env);
+      await git(worktree, ["add", "-A"], env);
+      const tree = await git(worktree, ["write-tree"], env);
+      await rm(env.GIT_INDEX_FILE, { force: true });
+      return tree;
+    };
+    const checked: string[] = [];
+    const differing: string[] = [];
+    const server = await startMessagesServer({
+      policy: scenarioPolicy(
+        {
+          root: {
+            finish_explore: [explore("PLAN")],
+            submit_plan: [plan([{ title: "Alpha" }, { title: "Beta" }])],
+            complete_task: [write("root.txt", "r\n"), done("Merged.")],
+          },
+          A: { complete_task: [write("a.txt", "a\n"), write("lib.txt", "keep\nalpha\n"), done("A done.")] },
+          B: { complete_task: [write("b.txt", "b\n"), done("B done.")] },
+        },
+        {
+          onRequest: async (agent, phase, turn) => {
+            if (phase !== "complete_task") return;
+            const ref = `refs/keen/checkpoints/${checkpointKey(runId, agent)}`;
+            const sent = await filesTree(await worktreeOf(agent));
+            // The agent's turns before COMPLETE: root explored and planned, the children explored.
+            const label = `turn ${(agent === "root" ? 2 : 1) + turn}`;
+            let saved = false;
+            for (let i = 0; i < 400 && !saved; i++) {
+              saved = (await git(dir, ["log", "-1", "--format=%s", ref])) === label;
+              if (!saved) await delay(25);
+            }
+            checked.push(`${agent} ${turn}`);
+            if (!saved || (await git(dir, ["rev-parse", `${ref}^{tree}`])) !== sent) differing.push(`${agent} ${turn}`);
+          },
+        },
+      ),
+    });
+    try {
+      const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+      const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+      const result = await startTask({ vision: "Build both parts", workspace, model, limits: { maxDepth: 1 }, maxConcurrency: 2, runId }).result;
+      expect(result.status).toBe("success");
+    } finally {
+      await server.close();
+    }
+    expect(checked.sort()).toEqual(["A 0", "A 1", "A 2", "B 0", "B 1", "root 0", "root 1"]);
+    expect(differing).toEqual([]);
+    expect((await git(dir, ["ls-tree", "-r", "--name-only", "keen/6c6c6c6c"])).split("\n")).toEqual(["README.md", "a.txt", "b.txt", "lib.txt", "root.txt"]);
   });
 });

@@ -5,6 +5,19 @@
  * turn it is about to repeat (the snapshot never recorded that turn as done) puts the files back
  * to the checkpoint first, so the repeated turn starts from exactly where the lost one did and
  * nothing it wrote is applied twice.
+ *
+ * Three things keep this off a turn's critical path:
+ * - The checkpoint is saved while the turn's model request is in flight (`runConversation`'s
+ *   `checkpoint`), and awaited only before the turn's tools run. That relies on an invariant of
+ *   the lifecycle: an agent's worktree is written only by its own driver, one step at a time
+ *   (its tools; its commits; in SUMMON, the merges of its children, when it is not conversing),
+ *   and a command cannot outlive its tool call (its process group is killed), so while the agent
+ *   waits for the model nothing changes its files.
+ * - A turn whose tools are all read-only cannot change the files: its checkpoint is called off
+ *   if it is still being saved (the last one, older, stays: a resume repeats such a turn as is).
+ * - After a read-only turn whose files a checkpoint holds, nothing is saved for the next turns
+ *   until one may have written: the agent's `unchangedSince` (in the snapshot) names that
+ *   checkpoint's turn, and a resume treats it as the checkpoint of the turn it repeats.
  */
 import { createHash } from "node:crypto";
 import { isCheckpointable, type Workspace } from "../workspace/workspace.js";
@@ -22,15 +35,52 @@ export function checkpointKey(runId: string, agentId: string): string {
   return `${part(runId)}/${part(agentId)}`;
 }
 
-/** Saves the agent's files before its next turn (number `agent.turns`). */
-export async function checkpointTurn(tree: AgentTree, agent: AgentState, workspace: Workspace): Promise<void> {
+/** Saves the agent's files before its next turn (number `agent.turns`); `signal` calls it off. */
+export async function checkpointTurn(tree: AgentTree, agent: AgentState, workspace: Workspace, signal?: AbortSignal): Promise<void> {
   if (!isCheckpointable(workspace)) return;
-  await workspace.checkpoint(checkpointKey(tree.state.runId, agent.id), `turn ${agent.turns ?? 0}`);
+  await workspace.checkpoint(checkpointKey(tree.state.runId, agent.id), `turn ${agent.turns ?? 0}`, signal ? { signal } : {});
 }
 
-/** Records a completed turn; the caller snapshots next. */
-export function countTurn(agent: AgentState): void {
-  agent.turns = (agent.turns ?? 0) + 1;
+/**
+ * Records a completed turn; the caller snapshots next. `checkpointed`: the turn ran under
+ * `turnCheckpoints`, with `readOnly` telling whether all its tools were read-only and `saved`
+ * whether its own checkpoint was saved. After a read-only turn whose files a checkpoint holds
+ * (its own, or the one `unchangedSince` already names), `unchangedSince` names that checkpoint;
+ * otherwise none is known to hold the files.
+ */
+export function countTurn(agent: AgentState, checkpointed?: { readOnly: boolean; saved: boolean }): void {
+  const done = agent.turns ?? 0;
+  if (!checkpointed?.readOnly) delete agent.unchangedSince;
+  else if (agent.unchangedSince === undefined && checkpointed.saved) agent.unchangedSince = done;
+  agent.turns = done + 1;
+}
+
+/**
+ * The checkpoints of one conversation that may write (`converse`): `save` runs as each turn
+ * starts (with its model request) and saves nothing while `unchangedSince` names a checkpoint
+ * that still holds the files; `count` records the turn once its tools have run.
+ */
+export function turnCheckpoints(tree: AgentTree, agent: AgentState, workspace: Workspace): { save(signal: AbortSignal): Promise<void>; count(readOnly: boolean): void } {
+  let savedTurn: number | undefined;
+  return {
+    async save(signal) {
+      if (agent.unchangedSince !== undefined) return;
+      const turn = agent.turns ?? 0;
+      await checkpointTurn(tree, agent, workspace, signal);
+      savedTurn = turn;
+    },
+    count(readOnly) {
+      countTurn(agent, { readOnly, saved: savedTurn === (agent.turns ?? 0) });
+    },
+  };
+}
+
+/**
+ * Ends what `countTurn` carried over between turns: the next conversation's first turn saves a
+ * checkpoint of its own (between conversations, merges and commits may change the files).
+ */
+export function forgetUnchangedFiles(agent: AgentState): void {
+  delete agent.unchangedSince;
 }
 
 /**
@@ -46,8 +96,10 @@ export async function restoreInterruptedTurn(tree: AgentTree, agent: AgentState,
   if (!match) return;
   const turn = Number(match[1]);
   const done = agent.turns ?? 0;
-  // The checkpointed turn was saved as done: the files hold its effects, and nothing ran since.
-  if (turn < done) return;
+  // The checkpointed turn was saved as done: the files hold its effects, and nothing that may
+  // write ran since, unless every turn since was read-only (then the checkpoint is also the
+  // one of the turn to repeat, which may have written).
+  if (turn < done && agent.unchangedSince !== turn) return;
   const skip = (detail: string) => tree.emit({ type: "turn.restored", agentId: agent.id, branch: agent.branch, turn: done, result: "skipped", files: [], detail });
   if (turn > done) {
     skip(`The snapshot is older than the agent's files (checkpoint of turn ${turn}, snapshot at turn ${done}); the files are left as they are`);

@@ -52,8 +52,21 @@ export interface ConversationOptions {
    * come near the window (a `context.pruned` event reports it). Omit to never prune.
    */
   context?: ContextTracker;
-  /** Called after every completed turn, e.g. to snapshot state. */
-  onTurn?: (turn: number) => void | Promise<void>;
+  /**
+   * Called after every completed turn, e.g. to snapshot state; `readOnly` is true when every tool
+   * the turn ran is a read-only one (or it ran none), so it left the workspace's files as they were.
+   */
+  onTurn?: (turn: number, info: { readOnly: boolean }) => void | Promise<void>;
+  /**
+   * Saves the files a turn starts from, before its tools can change them (a crash-safety
+   * checkpoint). Started as the turn begins, together with its model request: no tool runs
+   * while the request is in flight, and nothing else writes the files meanwhile (the caller's
+   * promise), so what it saves is what the turn's tools start from. Awaited before the turn's
+   * tools run when one of them may write (a failure then stops the conversation before any tool
+   * runs); when none may (or the request fails), `signal` calls it off, as the turn cannot change
+   * the files. Always settled before the turn ends.
+   */
+  checkpoint?: (signal: AbortSignal) => Promise<void>;
   /**
    * Called right before each model request is sent (after pruning) with its estimated size, so a
    * host can check a budget before spending it; throwing stops the conversation with that error.
@@ -113,40 +126,53 @@ export async function runConversation(options: ConversationOptions): Promise<Con
 
   for (let turn = 1; turn <= options.maxTurns; turn++) {
     if (signal.aborted) throw new AbortedError();
-    const response = await requestResponse(options, specs, account);
-    account(response);
-    finalText = textOf(response.content);
-    if (finalText) emit({ type: "model.text", agentId, text: finalText });
-    const assistant: Message = { role: "assistant", content: response.content };
+    const notNeeded = new AbortController();
+    const checkpoint = options.checkpoint?.(notNeeded.signal);
+    // Awaited below; a request that fails first must not leave its rejection unobserved.
+    checkpoint?.catch(() => {});
+    try {
+      const response = await requestResponse(options, specs, account);
+      account(response);
+      finalText = textOf(response.content);
+      if (finalText) emit({ type: "model.text", agentId, text: finalText });
+      const assistant: Message = { role: "assistant", content: response.content };
 
-    const calls = response.content.filter((block): block is ToolUseBlock => block.type === "tool_use");
-    if (calls.length === 0) {
+      const calls = response.content.filter((block): block is ToolUseBlock => block.type === "tool_use");
+      // Calls to tools not available now are answered without running anything.
+      const readOnly = calls.every((call) => toolsByName.get(call.name)?.readOnly !== false);
+      if (readOnly) notNeeded.abort();
+      else await checkpoint;
+      if (calls.length === 0) {
+        messages.push(assistant);
+        await options.onTurn?.(turn, { readOnly });
+        if (response.stopReason === "pause_turn") continue;
+        return { outcome: "done", finalText, turns: turn, usage };
+      }
+
+      const results: ToolResultBlock[] = [];
+      let closingCall: ConversationResult["closingCall"];
+      for (const call of calls) {
+        if (signal.aborted) throw new AbortedError();
+        const result = await runToolCall(options, toolsByName, call);
+        results.push(result);
+        if (!result.is_error && options.closingTools?.has(call.name) && !closingCall) {
+          closingCall = { name: call.name, input: call.input };
+        }
+      }
+      // The calls and their results join the conversation together, once every tool has run: a
+      // snapshot taken meanwhile (another agent's turn) never holds calls without their results.
       messages.push(assistant);
-      if (response.stopReason === "pause_turn") {
-        await options.onTurn?.(turn);
-        continue;
-      }
-      await options.onTurn?.(turn);
-      return { outcome: "done", finalText, turns: turn, usage };
-    }
-
-    const results: ToolResultBlock[] = [];
-    let closingCall: ConversationResult["closingCall"];
-    for (const call of calls) {
-      if (signal.aborted) throw new AbortedError();
-      const result = await runToolCall(options, toolsByName, call);
-      results.push(result);
-      if (!result.is_error && options.closingTools?.has(call.name) && !closingCall) {
-        closingCall = { name: call.name, input: call.input };
+      const budget = options.context?.toolOutputBudget({ system: options.system, tools: specs, messages, maxTokens: options.maxTokens });
+      messages.push({ role: "user", content: budget === undefined ? results : capToolResults(results, calls, budget) });
+      await options.onTurn?.(turn, { readOnly });
+      if (closingCall) return { outcome: "closed", closingCall, finalText, turns: turn, usage };
+    } finally {
+      // No checkpoint outlives its turn (a failed request or an abort calls it off, then waits).
+      if (checkpoint) {
+        notNeeded.abort();
+        await checkpoint.catch(() => {});
       }
     }
-    // The calls and their results join the conversation together, once every tool has run: a
-    // snapshot taken meanwhile (another agent's turn) never holds calls without their results.
-    messages.push(assistant);
-    const budget = options.context?.toolOutputBudget({ system: options.system, tools: specs, messages, maxTokens: options.maxTokens });
-    messages.push({ role: "user", content: budget === undefined ? results : capToolResults(results, calls, budget) });
-    await options.onTurn?.(turn);
-    if (closingCall) return { outcome: "closed", closingCall, finalText, turns: turn, usage };
   }
   return { outcome: "max_turns", finalText, turns: options.maxTurns, usage };
 }

@@ -1,7 +1,7 @@
 import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { KeenError } from "../errors.js";
+import { AbortedError, KeenError } from "../errors.js";
 import { isInsidePaths, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { git, gitRaw, nulSeparated, oneLine, type GitTarget } from "./git.js";
 import type { RestoreReport, WorkspaceCheckpoint } from "./workspace.js";
@@ -55,7 +55,7 @@ function parseMessage(message: string): { label: string; paths?: string[] } {
  * index (its stat data spares rehashing unchanged files) or, when that cannot be read or the
  * task fails on it (a merge's conflicts in it), as HEAD's tree. The checkout's own index is only read.
  */
-async function withWorktreeIndex<T>(target: CheckpointTarget, task: (env: Record<string, string>) => Promise<T>): Promise<T> {
+async function withWorktreeIndex<T>(target: CheckpointTarget, task: (env: Record<string, string>) => Promise<T>, signal?: AbortSignal): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), "keen-checkpoint-"));
   const env = { GIT_INDEX_FILE: join(dir, "index") };
   const fromHead = async () => {
@@ -75,7 +75,8 @@ async function withWorktreeIndex<T>(target: CheckpointTarget, task: (env: Record
     if (!copied) return await fromHead();
     try {
       return await task(env);
-    } catch {
+    } catch (caught) {
+      if (signal?.aborted) throw caught;
       return await fromHead();
     }
   } finally {
@@ -84,24 +85,44 @@ async function withWorktreeIndex<T>(target: CheckpointTarget, task: (env: Record
 }
 
 /** Stages the work tree into the temporary index (what `commit` would take) and returns its tree. */
-async function stageTree(target: CheckpointTarget, env: Record<string, string>): Promise<string> {
-  await stageChanges(target, { maxFileBytes: target.maxFileBytes, env });
+async function stageTree(target: CheckpointTarget, env: Record<string, string>, signal?: AbortSignal): Promise<string> {
+  await stageChanges(target, { maxFileBytes: target.maxFileBytes, env, ...(signal ? { signal } : {}) });
+  stopIfAborted(signal);
   return oneLine(await git(target, ["write-tree"], { env }));
+}
+
+function stopIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new AbortedError("The checkpoint was called off");
 }
 
 /**
  * Saves the work tree's files as a commit under `refs/keen/checkpoints/<key>` (no parent,
  * message: `label`), through a temporary index: the checkout's files, index and HEAD stay as
- * they are.
+ * they are. Once `signal` fires, stops before its next git step (never inside one) with code
+ * `aborted`, and the ref keeps the earlier checkpoint unless it was already moved.
  */
-export async function saveCheckpoint(target: CheckpointTarget, key: string, label: string): Promise<WorkspaceCheckpoint> {
+export async function saveCheckpoint(target: CheckpointTarget, key: string, label: string, signal?: AbortSignal): Promise<WorkspaceCheckpoint> {
   const ref = checkpointRef(key);
-  const tree = await withWorktreeIndex(target, (env) => stageTree(target, env));
-  // Sparse paths hold no newline (fork refuses them), so each is one trailer line.
-  const scope = target.paths && target.paths.length > 0 ? `\n\n${target.paths.map((path) => `${SCOPE_TRAILER}${path}\n`).join("")}` : "";
-  const id = oneLine(await git(target, ["commit-tree", tree, "-F", "-"], { env: CHECKPOINT_IDENTITY, input: label + scope }));
-  await git(target, ["update-ref", ref, id]);
-  return { id, label };
+  stopIfAborted(signal);
+  // The ref update starts now and waits for its command on stdin, so the git process is up by
+  // the time the commit exists; with no command it ends without changing anything.
+  let command!: (text: string) => void;
+  const updating = git(target, ["update-ref", "--stdin"], { input: new Promise<string>((resolve) => (command = resolve)) });
+  updating.catch(() => {}); // Awaited below.
+  try {
+    const tree = await withWorktreeIndex(target, (env) => stageTree(target, env, signal), signal);
+    stopIfAborted(signal);
+    // Sparse paths hold no newline (fork refuses them), so each is one trailer line.
+    const scope = target.paths && target.paths.length > 0 ? `\n\n${target.paths.map((path) => `${SCOPE_TRAILER}${path}\n`).join("")}` : "";
+    const id = oneLine(await git(target, ["commit-tree", tree, "-F", "-"], { env: CHECKPOINT_IDENTITY, input: label + scope }));
+    stopIfAborted(signal);
+    command(`update ${ref} ${id}\n`);
+    await updating;
+    return { id, label };
+  } finally {
+    command("");
+    await updating.catch(() => {});
+  }
 }
 
 /** The checkpoint under `key`, or null. */

@@ -1,6 +1,6 @@
 import { lstat, realpath } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { KeenError } from "../errors.js";
+import { AbortedError, KeenError } from "../errors.js";
 import { git, gitBytes, gitRaw, nulSeparatedNames, type GitTarget } from "./git.js";
 import { readRegularFile } from "./safe-read.js";
 import type { SkippedFile } from "./workspace.js";
@@ -61,6 +61,8 @@ export interface StageOptions {
   maxFileBytes: number;
   /** Extra environment for the git calls (for example a temporary `GIT_INDEX_FILE`). */
   env?: Record<string, string>;
+  /** Once it fires, nothing is staged (code `aborted`). */
+  signal?: AbortSignal;
 }
 
 export interface StageReport {
@@ -142,6 +144,7 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
   }
 
   if (staged.length === 0) return { staged, skipped };
+  if (options.signal?.aborted) throw new AbortedError("Staging was called off");
   // In a sparse worktree, files written outside its patterns (by a command) are committed too.
   const args = ["add", "-A", ...(target.sparse ? ["--sparse"] : []), "--pathspec-from-file=-", "--pathspec-file-nul"];
   const all = await gitRaw(target, args, { env, input: staged.join("\0") });

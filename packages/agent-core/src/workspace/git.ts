@@ -75,8 +75,11 @@ export function gitEnv(target: GitTarget, extra: Record<string, string> = {}): R
 
 export interface GitCallOptions {
   env?: Record<string, string>;
-  /** Written to git's stdin. */
-  input?: string;
+  /**
+   * Written to git's stdin. A promise lets git start before its input is known (its start-up
+   * then overlaps the work that produces the input); stdin closes once it resolves.
+   */
+  input?: string | Promise<string>;
   /** Working directory (inside the work tree). Default: the work tree root. */
   cwd?: string;
 }
@@ -134,7 +137,9 @@ function runGit(target: GitTarget, args: string[], options: GitCallOptions): Pro
     if (options.input !== undefined) {
       // git may exit before reading all of it (a failed command): that is its answer, not an error here.
       child.stdin!.on("error", () => {});
-      child.stdin!.end(options.input);
+      const stdin = child.stdin!;
+      if (typeof options.input === "string") stdin.end(options.input);
+      else options.input.then((text) => stdin.end(text), () => stdin.end());
     }
   });
 }

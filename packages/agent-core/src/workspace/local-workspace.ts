@@ -456,8 +456,9 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
    * Saves the worktree's files under `refs/keen/checkpoints/<key>` through a temporary index; the
    * checkout's files, index, HEAD and branches are never written.
    */
-  async checkpoint(key: string, label: string): Promise<WorkspaceCheckpoint> {
-    return this.locked(() => saveCheckpoint({ ...this.target, maxFileBytes: this.maxFileBytes, ...(this.sparsePaths ? { paths: this.sparsePaths } : {}) }, key, label));
+  async checkpoint(key: string, label: string, options: { signal?: AbortSignal } = {}): Promise<WorkspaceCheckpoint> {
+    const target = { ...this.target, maxFileBytes: this.maxFileBytes, ...(this.sparsePaths ? { paths: this.sparsePaths } : {}) };
+    return this.locked(() => saveCheckpoint(target, key, label, options.signal));
   }
 
   async readCheckpoint(key: string): Promise<WorkspaceCheckpoint | null> {

@@ -257,6 +257,17 @@ export function runCheckpointContract(
       }
     });
 
+    it("a checkpoint called off before it is saved leaves the earlier one under its key", async () => {
+      const first = await ws.checkpoint("run/A", "turn 1");
+      await ws.writeFile("x.txt", "x\n");
+      const off = new AbortController();
+      off.abort();
+      await expect(ws.checkpoint("run/A", "turn 2", { signal: off.signal })).rejects.toMatchObject({ code: "aborted" });
+      expect(await ws.readCheckpoint("run/A")).toEqual(first);
+      await ws.restoreCheckpoint("run/A");
+      expect(await ws.exists("x.txt")).toBe(false);
+    });
+
     it("never puts back files in a checkout keen did not create", async () => {
       expect(ws.restorable).toBe(true);
       expect(user.restorable).toBe(false);

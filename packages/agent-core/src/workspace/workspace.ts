@@ -211,9 +211,11 @@ export interface CheckpointableWorkspace extends Workspace {
    * Saves the content of every tracked and untracked, non-ignored file under `key` (replacing an
    * earlier checkpoint of that key), with `label` kept beside it. Leaves out what `commit` would
    * (credentials, oversized files, keen's `.keen-*.tmp` files, non-regular files), never changes
-   * the checkout's files, index, HEAD or branch, and makes no commit on any branch.
+   * the checkout's files, index, HEAD or branch, and makes no commit on any branch. Once
+   * `options.signal` fires it stops before its next step and rejects with code `aborted`; the
+   * checkpoint under `key` is then the earlier one, unless the new one was already saved.
    */
-  checkpoint(key: string, label: string): Promise<WorkspaceCheckpoint>;
+  checkpoint(key: string, label: string, options?: { signal?: AbortSignal }): Promise<WorkspaceCheckpoint>;
   /** The checkpoint saved under `key`, or null when there is none. */
   readCheckpoint(key: string): Promise<WorkspaceCheckpoint | null>;
   /**

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { KeenEvent, PROTOCOL_VERSION, type KeenEventInput, type TaskSnapshot, type Usage } from "@keen/agent-core";
+import { KeenEvent, PROTOCOL_VERSION, SNAPSHOT_VERSION, type KeenEventInput, type TaskSnapshot, type Usage } from "@keen/agent-core";
 import { agentsInOrder, displayStatus, emptyTree, reduceTree, treeFromSnapshot, type TreeState } from "./tree-state.js";
 
 const usage = (inputTokens: number, outputTokens: number, cacheCreationInputTokens = 0, cacheReadInputTokens = 0): Usage => ({
@@ -143,7 +143,7 @@ describe("treeFromSnapshot", () => {
       ...extra,
     });
     const snapshot: TaskSnapshot = {
-      version: 2,
+      version: SNAPSHOT_VERSION,
       runId: "run_9",
       vision: "Build it",
       nextSeq: 40,
