@@ -3,7 +3,6 @@ import { mkdir } from "node:fs/promises";
 import { createServer as createHttpServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
-import { bodyParser } from "@koa/bodyparser";
 import { Router } from "@koa/router";
 import {
   auditRequests,
@@ -44,6 +43,7 @@ import { localEventBus, postgresEventBus, type EventBus } from "./events/event-b
 import { RunEventLog } from "./events/event-log.js";
 import { attachWebSocketStreams, type StreamDeps } from "./events/stream.js";
 import { edge } from "./http/edge.js";
+import { jsonBody } from "./http/json-body.js";
 import { createMetrics } from "./http/metrics.js";
 import { openApiDocument } from "./http/openapi.js";
 import { inProcessQueue, pgBossQueue, type JobQueue } from "./queue/job-queue.js";
@@ -248,7 +248,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       const row = await db.selectFrom("user_preferences").select("keep_workspaces").where("user_id", "=", ctx.state.principal!.userId).executeTakeFirst();
       ctx.body = { keepWorkspaces: row?.keep_workspaces === true };
     });
-    api.put("/me/preferences", bodyParser({ enableTypes: ["json"], jsonLimit: "4kb" }), validate({ body: PreferencesBody }), async (ctx) => {
+    api.put("/me/preferences", jsonBody({ limit: 4 * 1024 }), validate({ body: PreferencesBody }), async (ctx) => {
       const { keepWorkspaces } = ctx.state.validated!.body as PreferencesBody;
       await db
         .insertInto("user_preferences")
@@ -265,7 +265,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       ctx.body = { teamId: principal.teamId, balance: wallet.balance };
     });
 
-    api.post("/admin/credits/grant", bodyParser({ enableTypes: ["json"], jsonLimit: "16kb" }), async (ctx) => {
+    api.post("/admin/credits/grant", jsonBody({ limit: 16 * 1024 }), async (ctx) => {
       if (!(await isAdmin(ctx.state.principal!))) throw new ServerError("not_found", "Not found");
       const parsed = GrantCreditsBody.safeParse(ctx.request.body);
       if (!parsed.success) throw new ServerError("invalid_request", z.prettifyError(parsed.error).split("\n").join(" "));
