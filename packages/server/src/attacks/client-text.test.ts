@@ -71,6 +71,24 @@ describeEachDatabase("attack: unstorable text in JSON bodies", (database) => {
     expect(text.status).toBe(400);
   });
 
+  it("a run-list cursor forged with a time the database cannot hold, or another spelling, is a 400", async () => {
+    const id = "run_00000000-0000-0000-0000-000000000000";
+    const forged = ["+275760-09-13T00:00:00.000Z", "-271821-04-20T00:00:00.000Z", "0000-01-01T00:00:00.000Z", "2020-01-01", "2020-01-01T00:00:00Z", " 2020-01-01T00:00:00.000Z", "0"];
+    for (const at of forged) {
+      const cursor = Buffer.from(`${at}|${id}`).toString("base64url");
+      const res = await api(t.url, `/v1/runs?cursor=${cursor}`, { headers: a.headers });
+      expect(res.status, at).toBe(400);
+      expect(res.body.error.code, at).toBe("invalid_request");
+    }
+    const trailing = Buffer.from(`2020-01-01T00:00:00.000Z|${id}|x`).toString("base64url");
+    expect((await api(t.url, `/v1/runs?cursor=${trailing}`, { headers: a.headers })).status).toBe(400);
+    // The cursors the API hands out still page.
+    const page = await api(t.url, "/v1/runs?limit=1", { headers: a.headers });
+    const cursor = Buffer.from(`${new Date().toISOString()}|${id}`).toString("base64url");
+    expect((await api(t.url, `/v1/runs?cursor=${cursor}`, { headers: a.headers })).status).toBe(200);
+    expect(page.status).toBe(200);
+  });
+
   function run400k(): string {
     return JSON.stringify({ vision: "x".repeat(400_000), repo });
   }
