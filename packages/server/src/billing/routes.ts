@@ -52,8 +52,10 @@ export function mountBillingRoutes(router: Router, deps: { db: Kysely<any>; auth
       const started = await checkout.start({
         owner: { teamId: access.teamId },
         packId: body.packId,
-        // Scoped to the team so two teams' keys never meet at Stripe.
-        ...(body.idempotencyKey ? { idempotencyKey: `keen-checkout:${access.teamId}:${body.idempotencyKey}` } : {}),
+        // Scoped to the team and the pack: two teams' keys never meet at Stripe, and a key sent
+        // again with another pack is another request (Stripe refuses a key reused with other
+        // parameters, and a replay would be the first pack's session under the second's name).
+        ...(body.idempotencyKey ? { idempotencyKey: `keen-checkout:${access.teamId}:${body.packId}:${body.idempotencyKey}` } : {}),
       });
       ctx.status = 201;
       ctx.body = { sessionId: started.sessionId, url: started.url, teamId: access.teamId, pack: { id: started.pack.id, credits: started.pack.credits, unitAmount: started.pack.unitAmount, currency: started.pack.currency } };
