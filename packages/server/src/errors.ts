@@ -18,7 +18,8 @@ export type ServerErrorCode =
   | "payment_provider_error"
   | "webhook_url_refused"
   | "webhook_limit"
-  | "uploads_busy";
+  | "uploads_busy"
+  | "quota_exceeded";
 
 /**
  * A coded domain error. Routes and services throw it; the error edge answers with the status
@@ -53,6 +54,7 @@ const STATUS: Record<ServerErrorCode, number> = {
   webhook_url_refused: 422,
   webhook_limit: 409,
   uploads_busy: 429,
+  quota_exceeded: 422,
 };
 
 /**
