@@ -279,8 +279,15 @@ export function createRunService(deps: RunServiceDeps) {
         await queue.send<RunJob>(RUN_QUEUE, { runId: row.id }, { key: `${row.id}:${row.attempt}` }).catch(() => {});
         return runView(resumed);
       } catch (error) {
-        if (handle) await releaseRunHold(spend, ledger, handle).catch(() => {});
-        await slot.release().catch(() => {});
+        // The slot (per run) and the hold (idempotent per attempt) are the same for every
+        // concurrent resume of this attempt: while the caller that won goes on with them, they
+        // are its and stay held. Otherwise (nobody won, or the winner already ended) they go back.
+        const current = await db.selectFrom("runs").select(["reservation_id", "status"]).where("id", "=", row.id).executeTakeFirst().catch(() => undefined);
+        const winnerHolds = handle !== undefined && current?.reservation_id === handle && (current.status === "queued" || current.status === "running");
+        if (!winnerHolds) {
+          if (handle) await releaseRunHold(spend, ledger, handle).catch(() => {});
+          await slot.release().catch(() => {});
+        }
         throw error;
       }
     },
