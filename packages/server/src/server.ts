@@ -173,6 +173,8 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     const runs = createRunService({ db, config, ledger, spend, slots, queue, bus, priceList, isAdmin, onRunEnded });
     const worker = createRunWorker({ db, config, ledger, spend, slots, queue, bus, priceList, logger, metrics, onRunEnded });
     const eventLog = new RunEventLog(db);
+    // One bucket per user for the API: the router's rate limit and WebSocket upgrades draw on it.
+    const rateLimits = createKyselyRateLimitStore(db);
     const streams = new Set<AbortController>();
     const stream: StreamDeps = {
       config,
@@ -182,6 +184,11 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       streams,
       auth,
       scopes: RUN_SCOPES,
+      admit: async (principal) => {
+        // The key rateLimit({ by: "user" }) uses: its name, then the user.
+        const result = await rateLimits.consume(`user:user:${principal.userId}`, { limit: config.rateLimit, windowMs: 60_000 }, 1, Date.now());
+        return { allowed: result.allowed, retryAfterSeconds: Math.max(1, Math.ceil(result.retryAfterMs / 1000)) };
+      },
       onOpen: () => {
         metrics.streamsOpen.inc();
         return () => metrics.streamsOpen.dec();
@@ -229,7 +236,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     const api = new Router({ prefix: "/v1" });
     api.use(authenticate({ service: auth }));
     api.use(auditRequests(audit, { statuses: SERVER_ERROR_STATUSES, onError: (error) => logger.warn({ err: error }, "audit write failed") }));
-    api.use(rateLimit({ store: createKyselyRateLimitStore(db), limit: config.rateLimit, windowMs: 60_000, by: "user" }));
+    api.use(rateLimit({ store: rateLimits, limit: config.rateLimit, windowMs: 60_000, by: "user" }));
 
     api.get("/me", async (ctx) => {
       const principal = ctx.state.principal!;

@@ -73,3 +73,21 @@ describeEachDatabase("attack: event streams", (database) => {
     expect((await fetch(events, { headers: mateHeaders })).status).toBe(401);
   });
 });
+
+describeEachDatabase("attack: WebSocket upgrades against the rate limit", (database) => {
+  const t = useTestServer(() => ({ ...database.settings, workers: 0, modelBaseUrl: "http://127.0.0.1:9", rateLimit: 8 }));
+
+  it("counts each upgrade as an API request: past the limit, 429 with Retry-After, and nothing is opened", async () => {
+    const owner = await signup(t.url);
+    const run = `${t.url.replace("http", "ws")}/v1/runs/run_00000000-0000-0000-0000-000000000000/stream`;
+    const answers: string[] = [];
+    for (let i = 0; i < 12; i++) answers.push(await upgrade(run, owner.headers));
+    // The bucket holds 8: the first upgrades get as far as the run lookup (404), the rest are refused.
+    expect(answers.slice(0, 8)).toEqual(Array(8).fill("http 404"));
+    expect(answers.slice(8)).toEqual(Array(4).fill("http 429"));
+    // The same bucket as the HTTP routes.
+    const res = await api(t.url, "/v1/me", { headers: owner.headers });
+    expect(res.status).toBe(429);
+    expect(Number(res.headers.get("retry-after"))).toBeGreaterThan(0);
+  });
+});
