@@ -17,7 +17,9 @@ export type ServerErrorCode =
   | "billing_unavailable"
   | "payment_provider_error"
   | "webhook_url_refused"
-  | "webhook_limit";
+  | "webhook_limit"
+  | "uploads_busy"
+  | "quota_exceeded";
 
 /**
  * A coded domain error. Routes and services throw it; the error edge answers with the status
@@ -51,6 +53,8 @@ const STATUS: Record<ServerErrorCode, number> = {
   payment_provider_error: 502,
   webhook_url_refused: 422,
   webhook_limit: 409,
+  uploads_busy: 429,
+  quota_exceeded: 422,
 };
 
 /**

@@ -3,7 +3,6 @@ import { mkdir } from "node:fs/promises";
 import { createServer as createHttpServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
-import { bodyParser } from "@koa/bodyparser";
 import { Router } from "@koa/router";
 import {
   auditRequests,
@@ -44,6 +43,7 @@ import { localEventBus, postgresEventBus, type EventBus } from "./events/event-b
 import { RunEventLog } from "./events/event-log.js";
 import { attachWebSocketStreams, type StreamDeps } from "./events/stream.js";
 import { edge } from "./http/edge.js";
+import { jsonBody } from "./http/json-body.js";
 import { createMetrics } from "./http/metrics.js";
 import { openApiDocument } from "./http/openapi.js";
 import { inProcessQueue, pgBossQueue, type JobQueue } from "./queue/job-queue.js";
@@ -173,6 +173,8 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     const runs = createRunService({ db, config, ledger, spend, slots, queue, bus, priceList, isAdmin, onRunEnded });
     const worker = createRunWorker({ db, config, ledger, spend, slots, queue, bus, priceList, logger, metrics, onRunEnded });
     const eventLog = new RunEventLog(db);
+    // One bucket per user for the API: the router's rate limit and WebSocket upgrades draw on it.
+    const rateLimits = createKyselyRateLimitStore(db);
     const streams = new Set<AbortController>();
     const stream: StreamDeps = {
       config,
@@ -182,6 +184,11 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       streams,
       auth,
       scopes: RUN_SCOPES,
+      admit: async (principal) => {
+        // The key rateLimit({ by: "user" }) uses: its name, then the user.
+        const result = await rateLimits.consume(`user:user:${principal.userId}`, { limit: config.rateLimit, windowMs: 60_000 }, 1, Date.now());
+        return { allowed: result.allowed, retryAfterSeconds: Math.max(1, Math.ceil(result.retryAfterMs / 1000)) };
+      },
       onOpen: () => {
         metrics.streamsOpen.inc();
         return () => metrics.streamsOpen.dec();
@@ -230,7 +237,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     const api = new Router({ prefix: "/v1" });
     api.use(authenticate({ service: auth }));
     api.use(auditRequests(audit, { statuses: SERVER_ERROR_STATUSES, onError: (error) => logger.warn({ err: error }, "audit write failed") }));
-    api.use(rateLimit({ store: createKyselyRateLimitStore(db), limit: config.rateLimit, windowMs: 60_000, by: "user" }));
+    api.use(rateLimit({ store: rateLimits, limit: config.rateLimit, windowMs: 60_000, by: "user" }));
 
     api.get("/me", async (ctx) => {
       const principal = ctx.state.principal!;
@@ -249,7 +256,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       const row = await db.selectFrom("user_preferences").select("keep_workspaces").where("user_id", "=", ctx.state.principal!.userId).executeTakeFirst();
       ctx.body = { keepWorkspaces: row?.keep_workspaces === true };
     });
-    api.put("/me/preferences", bodyParser({ enableTypes: ["json"], jsonLimit: "4kb" }), validate({ body: PreferencesBody }), async (ctx) => {
+    api.put("/me/preferences", jsonBody({ limit: 4 * 1024 }), validate({ body: PreferencesBody }), async (ctx) => {
       const { keepWorkspaces } = ctx.state.validated!.body as PreferencesBody;
       await db
         .insertInto("user_preferences")
@@ -266,7 +273,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       ctx.body = { teamId: principal.teamId, balance: wallet.balance };
     });
 
-    api.post("/admin/credits/grant", bodyParser({ enableTypes: ["json"], jsonLimit: "16kb" }), async (ctx) => {
+    api.post("/admin/credits/grant", jsonBody({ limit: 16 * 1024 }), async (ctx) => {
       if (!(await isAdmin(ctx.state.principal!))) throw new ServerError("not_found", "Not found");
       const parsed = GrantCreditsBody.safeParse(ctx.request.body);
       if (!parsed.success) throw new ServerError("invalid_request", z.prettifyError(parsed.error).split("\n").join(" "));

@@ -245,7 +245,19 @@ describe("screenArchive: zips", () => {
     const zip = makeZip([{ name: "z.bin", data: Buffer.alloc(1024 * 1024), deflate: true }], { centralCopies: 300 });
     expect(zip.length).toBeLessThan(30_000);
     const error = await rejection(zip);
-    expect(atEdge(error)).toMatchObject({ status: 422, code: "archive_bomb" });
+    // The second record already names z.bin again: refused before anything is inflated twice.
+    // (Records under other names fail the local header check, which names the entry there.)
+    expect(atEdge(error)).toMatchObject({ status: 422, code: "archive_unsafe_path", entry: "z.bin" });
+  });
+
+  it("refuses a name used twice, or a file's name then used as a directory", async () => {
+    const twice = makeZip([{ name: "a.txt", data: Buffer.from("first") }, { name: "a.txt", data: Buffer.from("second") }]);
+    expect(atEdge(await rejection(twice))).toMatchObject({ status: 422, code: "archive_unsafe_path", entry: "a.txt" });
+    const under = makeZip([{ name: "a", data: Buffer.from("file") }, { name: "a/b", data: Buffer.from("under") }]);
+    expect(atEdge(await rejection(under))).toMatchObject({ status: 422, code: "archive_unsafe_path", entry: "a/b" });
+    // A directory may be named again, and holds files.
+    const dirs = makeZip([{ name: "d/" }, { name: "d/" }, { name: "d/x", data: Buffer.from("x") }]);
+    expect((await screenArchive(dirs)).files).toBe(1);
   });
 
   it("does not trust declared sizes", async () => {

@@ -125,6 +125,8 @@ class EntryChecker {
   private readonly symlinks = new Map<string, string>();
   /** Folded paths of every entry and every directory above one. */
   private readonly used = new Set<string>();
+  /** Each path named so far (as named), and whether it is a directory. */
+  private readonly named = new Map<string, "directory" | "other">();
   /** Packed size of the whole archive, when known up front (zip), for a running whole-archive ratio. */
   archiveBytes: number | undefined;
   report: Omit<ArchiveReport, "format" | "compressedBytes">;
@@ -162,9 +164,29 @@ class EntryChecker {
     return path;
   }
 
-  /** Records a non-link entry once it is accepted. */
-  accept(path: string): void {
-    if (path !== "") this.markUsed(path);
+  /**
+   * Refuses a second entry under a name already used (a directory may repeat), and an entry
+   * under a name an earlier file or link holds as if it were a directory: extractors settle
+   * these differently (GNU tar with --keep-old-files fails, `unzip -n` keeps the first, others
+   * keep the last), so the tree screened would not be the tree unpacked.
+   */
+  private claim(path: string, kind: "directory" | "other"): void {
+    const parts = path.split("/");
+    for (let i = 1; i < parts.length; i++) {
+      const parent = parts.slice(0, i).join("/");
+      if (this.named.get(parent) === "other") throw new ArchiveRejectedError("archive_unsafe_path", `Entry ${path} is under ${parent}, which the archive already holds as a file or link`, path);
+      if (!this.named.has(parent)) this.named.set(parent, "directory");
+    }
+    const earlier = this.named.get(path);
+    if (earlier !== undefined && (earlier === "other" || kind === "other")) throw new ArchiveRejectedError("archive_unsafe_path", `Entry ${path} appears more than once in the archive`, path);
+    this.named.set(path, kind);
+  }
+
+  /** Records a file (or, with `directory`, a directory) entry once it is accepted. */
+  accept(path: string, kind: "directory" | "other" = "other"): void {
+    if (path === "") return;
+    this.claim(path, kind);
+    this.markUsed(path);
   }
 
   symlink(path: string, target: string): void {
@@ -183,6 +205,7 @@ class EntryChecker {
     const depth = path.split("/").length - 1;
     if (climbs > depth) throw new ArchiveRejectedError("archive_unsafe_link", `Symlink ${path} points outside the archive (${shown})`, path);
     if (this.used.has(fold(path))) throw new ArchiveRejectedError("archive_unsafe_link", `Symlink ${path} takes the place of an entry already in the archive`, path);
+    this.claim(path, "other");
     this.symlinks.set(fold(path), path);
     this.markUsed(path);
     this.report.symlinks++;
@@ -197,6 +220,7 @@ class EntryChecker {
     }
     const via = this.throughSymlink(resolved, true);
     if (via !== undefined) throw new ArchiveRejectedError("archive_unsafe_link", `Hard link ${path} points through the symlink ${via}`, path);
+    this.claim(path, "other");
     this.markUsed(path);
     this.report.hardlinks++;
   }
@@ -378,7 +402,7 @@ async function screenTar(head: Buffer, rest: AsyncIterator<Uint8Array>, gzipped:
           break;
         case "directory":
           checker.report.directories++;
-          checker.accept(path);
+          checker.accept(path, "directory");
           break;
         case "symlink":
           checker.symlink(path, header.linkname ?? "");
@@ -554,7 +578,7 @@ async function screenZip(head: Buffer, rest: AsyncIterator<Uint8Array>, limits: 
       if (fileType === S_IFLNK && namedAsDir) throw new ArchiveRejectedError("archive_unsafe_link", `Entry ${path} is both a directory and a symlink`, path);
       if (namedAsDir || fileType === S_IFDIR) {
         checker.report.directories++;
-        checker.accept(path);
+        checker.accept(path, "directory");
         continue;
       }
       const stream = await zip.openReadStreamPromise(entry);

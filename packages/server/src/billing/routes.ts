@@ -1,4 +1,3 @@
-import { bodyParser } from "@koa/bodyparser";
 import type { Router } from "@koa/router";
 import { createCreditCheckout, createKyselyLedger, createStripeClient, stripeWebhook, validate, type AuthService, type CreditCheckout } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
@@ -9,6 +8,7 @@ import type { ServerConfig } from "../config.js";
 import { ServerError } from "../errors.js";
 import { requestedTeam, teamAccess } from "../teams/access.js";
 import { CheckoutBody } from "./billing-input.js";
+import { jsonBody } from "../http/json-body.js";
 
 /** The Stripe client options a config names: Stripe's own API, or the URL of a local stand-in. */
 function stripeOptions(config: ServerConfig) {
@@ -37,7 +37,7 @@ export function mountBillingRoutes(router: Router, deps: { db: Kysely<any>; auth
   const checkout: CreditCheckout | undefined = config.stripeSecretKey
     ? createCreditCheckout({ stripe: createStripeClient(stripeOptions(config)), db: deps.db, ledger: (trx) => createKyselyLedger(trx), packs: config.creditPacks, successUrl: config.billingSuccessUrl!, cancelUrl: config.billingCancelUrl! })
     : undefined;
-  const json = bodyParser({ enableTypes: ["json"], jsonLimit: "4kb", encoding: "utf-8" });
+  const json = jsonBody({ limit: 4 * 1024 });
 
   router.get("/billing/packs", async (ctx) => {
     ctx.body = { enabled: !!checkout, packs: config.creditPacks.map(({ id, name, credits, unitAmount, currency }) => ({ id, name, credits, unitAmount, currency })) };
@@ -52,8 +52,10 @@ export function mountBillingRoutes(router: Router, deps: { db: Kysely<any>; auth
       const started = await checkout.start({
         owner: { teamId: access.teamId },
         packId: body.packId,
-        // Scoped to the team so two teams' keys never meet at Stripe.
-        ...(body.idempotencyKey ? { idempotencyKey: `keen-checkout:${access.teamId}:${body.idempotencyKey}` } : {}),
+        // Scoped to the team and the pack: two teams' keys never meet at Stripe, and a key sent
+        // again with another pack is another request (Stripe refuses a key reused with other
+        // parameters, and a replay would be the first pack's session under the second's name).
+        ...(body.idempotencyKey ? { idempotencyKey: `keen-checkout:${access.teamId}:${body.packId}:${body.idempotencyKey}` } : {}),
       });
       ctx.status = 201;
       ctx.body = { sessionId: started.sessionId, url: started.url, teamId: access.teamId, pack: { id: started.pack.id, credits: started.pack.credits, unitAmount: started.pack.unitAmount, currency: started.pack.currency } };

@@ -1,10 +1,10 @@
-import { bodyParser } from "@koa/bodyparser";
 import type { Router } from "@koa/router";
 import { validate, type AuthService, type BudgetScope, type Budgets, type BudgetStatus } from "@keen/gateway-kit";
 import type { z } from "zod";
 import { ServerError } from "../errors.js";
 import { requestedTeam, teamAccess } from "../teams/access.js";
 import { BudgetsQuery, PutBudgetBody } from "./budget-input.js";
+import { jsonBody } from "../http/json-body.js";
 
 const view = (s: BudgetStatus) => ({
   scope: s.budget.scope.kind,
@@ -25,7 +25,7 @@ const view = (s: BudgetStatus) => ({
  */
 export function mountBudgetRoutes(router: Router, deps: { auth: AuthService; budgets: Budgets }): void {
   const { auth, budgets } = deps;
-  const json = bodyParser({ enableTypes: ["json"], jsonLimit: "4kb", encoding: "utf-8" });
+  const json = jsonBody({ limit: 4 * 1024 });
 
   const show = async (teamId: string, userId: string) => {
     const team: BudgetScope = { kind: "team", id: teamId };

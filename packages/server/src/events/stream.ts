@@ -24,6 +24,11 @@ export interface StreamDeps {
    */
   auth?: AuthService;
   scopes?: { read: string };
+  /**
+   * Counts a WebSocket upgrade against the caller's API rate limit (the HTTP routes count in the
+   * router); a refusal is answered 429 with `Retry-After`.
+   */
+  admit?: (principal: Principal) => Promise<{ allowed: boolean; retryAfterSeconds: number }>;
 }
 
 /**
@@ -174,10 +179,11 @@ async function principalOf(auth: AuthService, req: IncomingMessage): Promise<Pri
   return looksLikeApiKey(credential) || credential.startsWith("keen_") ? auth.verifyApiKey(credential) : auth.verifyAccessToken(credential);
 }
 
-function refuse(socket: import("node:stream").Duplex, status: number, code: string, message: string): void {
+function refuse(socket: import("node:stream").Duplex, status: number, code: string, message: string, headers: Record<string, string> = {}): void {
   const body = JSON.stringify({ error: { code, message } });
-  const reason = status === 401 ? "Unauthorized" : status === 404 ? "Not Found" : status === 403 ? "Forbidden" : "Bad Request";
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  const reason = status === 401 ? "Unauthorized" : status === 404 ? "Not Found" : status === 403 ? "Forbidden" : status === 429 ? "Too Many Requests" : "Bad Request";
+  const extra = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join("");
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}Connection: close\r\n\r\n${body}`);
 }
 
 /**
@@ -197,6 +203,12 @@ export function attachWebSocketStreams(server: Server, deps: StreamDeps & { auth
         principal = await principalOf(deps.auth, req);
       } catch {
         return refuse(socket, 401, "unauthenticated", "Authentication required");
+      }
+      if (deps.admit) {
+        const admitted = await deps.admit(principal);
+        if (!admitted.allowed) {
+          return refuse(socket, 429, "rate_limited", "Too many requests; slow down", { "Retry-After": String(admitted.retryAfterSeconds) });
+        }
       }
       if (!principal.scopes.includes(deps.scopes.read)) return refuse(socket, 403, "insufficient_scope", `Missing scope ${deps.scopes.read}`);
       let runId: string;

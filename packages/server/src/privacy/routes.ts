@@ -1,6 +1,5 @@
 import { rm } from "node:fs/promises";
 import { resolve } from "node:path";
-import { bodyParser } from "@koa/bodyparser";
 import type { Router } from "@koa/router";
 import {
   auditDataRights,
@@ -26,6 +25,7 @@ import type { ServerTables } from "../db/tables.js";
 import { ServerError } from "../errors.js";
 import { EraseAccountBody } from "./privacy-input.js";
 import { serverDataRights } from "./server-data-rights.js";
+import { jsonBody } from "../http/json-body.js";
 
 /** Every module that holds personal data; the server's own first, while the user's email is still there. */
 export function dataRightsContributors(): DataRightsContributor[] {
@@ -58,7 +58,7 @@ export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTabl
   const { auth, config } = deps;
   const db = deps.db as Kysely<any>;
   // The confirmation travels in the DELETE's body, which the parser skips unless told.
-  const json = bodyParser({ enableTypes: ["json"], jsonLimit: "2kb", encoding: "utf-8", parsedMethods: ["DELETE"] });
+  const json = jsonBody({ limit: 2 * 1024, methods: ["DELETE"] });
 
   router.post("/me/export", async (ctx) => {
     const principal = signedInUser(ctx);

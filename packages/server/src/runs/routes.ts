@@ -1,7 +1,6 @@
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { bodyParser } from "@koa/bodyparser";
 import type { Router } from "@koa/router";
 import { requireScope, screenInstructions, validate, type AuditSink, type Principal } from "@keen/gateway-kit";
 import type { ParameterizedContext } from "koa";
@@ -10,6 +9,7 @@ import { serveEventStream, type StreamDeps } from "../events/stream.js";
 import { bundleBranch, diffCommits, runFolders } from "./provision.js";
 import { CreateRunBody, ListRunsQuery } from "./run-input.js";
 import type { RunService } from "./run-service.js";
+import { jsonBody } from "../http/json-body.js";
 
 /** API-key scopes and role permissions that guard runs (gateway-kit's names for agent work). */
 export const RUN_SCOPES = { read: "sessions:read", write: "sessions:write" } as const;
@@ -27,7 +27,7 @@ function principalOf(ctx: ParameterizedContext): Principal {
  */
 export function mountRunRoutes(router: Router, deps: { runs: RunService; audit: AuditSink; stream: StreamDeps; workspacesDir: string }): void {
   const { runs } = deps;
-  const json = bodyParser({ enableTypes: ["json"], jsonLimit: "256kb", encoding: "utf-8" });
+  const json = jsonBody({ limit: 256 * 1024 });
 
   router.post(
     "/runs",

@@ -127,11 +127,18 @@ function encodeCursor(row: { created_at: Date | string; id: string }): string {
   return Buffer.from(`${new Date(row.created_at).toISOString()}|${row.id}`).toString("base64url");
 }
 
+/**
+ * Reads a cursor back, accepting only what `encodeCursor` writes (a four-digit-year ISO time and
+ * a run id, re-encoding to the same text): a forged one with a time the database cannot hold
+ * (`+275760-…`), another spelling or trailing bytes is a 400, never a query.
+ */
 function decodeCursor(cursor: string): { createdAt: Date; id: string } {
-  const text = Buffer.from(cursor, "base64url").toString("utf8");
-  const [at, id] = text.split("|");
-  const createdAt = new Date(at ?? "");
-  if (!id || Number.isNaN(createdAt.getTime()) || !/^run_[0-9a-f-]{36}$/.test(id)) throw new ServerError("invalid_request", "cursor is not one this API returned");
+  const refused = new ServerError("invalid_request", "cursor is not one this API returned");
+  const match = /^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z)\|(run_[0-9a-f-]{36})$/.exec(Buffer.from(cursor, "base64url").toString("utf8"));
+  if (!match) throw refused;
+  const createdAt = new Date(match[1]!);
+  const id = match[2]!;
+  if (Number.isNaN(createdAt.getTime()) || createdAt.getUTCFullYear() < 1970 || encodeCursor({ created_at: createdAt, id }) !== cursor) throw refused;
   return { createdAt, id };
 }
 
@@ -272,8 +279,15 @@ export function createRunService(deps: RunServiceDeps) {
         await queue.send<RunJob>(RUN_QUEUE, { runId: row.id }, { key: `${row.id}:${row.attempt}` }).catch(() => {});
         return runView(resumed);
       } catch (error) {
-        if (handle) await releaseRunHold(spend, ledger, handle).catch(() => {});
-        await slot.release().catch(() => {});
+        // The slot (per run) and the hold (idempotent per attempt) are the same for every
+        // concurrent resume of this attempt: while the caller that won goes on with them, they
+        // are its and stay held. Otherwise (nobody won, or the winner already ended) they go back.
+        const current = await db.selectFrom("runs").select(["reservation_id", "status"]).where("id", "=", row.id).executeTakeFirst().catch(() => undefined);
+        const winnerHolds = handle !== undefined && current?.reservation_id === handle && (current.status === "queued" || current.status === "running");
+        if (!winnerHolds) {
+          if (handle) await releaseRunHold(spend, ledger, handle).catch(() => {});
+          await slot.release().catch(() => {});
+        }
         throw error;
       }
     },

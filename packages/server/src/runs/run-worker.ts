@@ -1,5 +1,7 @@
 import { randomUUID } from "node:crypto";
-import type { Ledger, PriceList, RunSlots, Spend } from "@keen/gateway-kit";
+import { rm } from "node:fs/promises";
+import { join } from "node:path";
+import { measureDirectory, type Ledger, type PriceList, type RunSlots, type Spend } from "@keen/gateway-kit";
 import { sql, type Kysely } from "kysely";
 import type { Logger } from "pino";
 import type { ServerConfig } from "../config.js";
@@ -128,6 +130,18 @@ export function createRunWorker(deps: RunWorkerDeps) {
     await deps.onRunEnded?.(run.id);
   }
 
+  /**
+   * A new checkout counts against the user's `maxWorkspaceBytes` like an upload: past it, the
+   * checkout is removed and the run fails `quota_exceeded` before the model is asked anything.
+   */
+  async function checkoutWithinQuota(userId: string, runRoot: string): Promise<void> {
+    const limit = config.maxWorkspaceBytes;
+    const used = await measureDirectory(join(config.workspacesDir, userId), { stopAbove: { bytes: limit } });
+    if (used.bytes <= limit) return;
+    await rm(runRoot, { recursive: true, force: true });
+    throw new ServerError("quota_exceeded", `The repository takes the user's workspaces past their quota of ${limit} bytes`, { quota: "workspaceBytes", limit });
+  }
+
   async function execute(runId: string): Promise<void> {
     if (stopping) throw new ServerError("unavailable", "worker is stopping");
     const run = await claim(runId);
@@ -170,6 +184,7 @@ export function createRunWorker(deps: RunWorkerDeps) {
       const folders = runFolders(config.workspacesDir, run.user_id, run.id);
       const resuming = run.snapshot !== null;
       const head = await provisionCheckout(folders, repo, resuming);
+      if (!resuming) await checkoutWithinQuota(run.user_id, folders.root);
       // The run works on its own branch from the checkout's HEAD (the base commit); its result
       // (diff, archive) is that branch against the base. A run recorded before run branches
       // resumes on the branch it recorded.

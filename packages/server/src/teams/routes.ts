@@ -1,5 +1,4 @@
 import { createHash, randomBytes, randomUUID } from "node:crypto";
-import { bodyParser } from "@koa/bodyparser";
 import type { Router } from "@koa/router";
 import { validate, type AuthService, type Principal, type Role } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
@@ -9,6 +8,7 @@ import type { ServerTables } from "../db/tables.js";
 import { ServerError } from "../errors.js";
 import { isPlainId, teamAccess } from "./access.js";
 import { AcceptInviteBody, CreateInviteBody, CreateTeamBody, SetRoleBody } from "./team-input.js";
+import { jsonBody } from "../http/json-body.js";
 
 /** Lower is more powerful. */
 const RANK: Record<Role, number> = { owner: 0, admin: 1, member: 2, viewer: 3 };
@@ -39,7 +39,7 @@ const metaOf = (ctx: ParameterizedContext) => ({ ip: ctx.ip, userAgent: ctx.get(
  */
 export function mountTeamRoutes(router: Router, deps: { db: Kysely<ServerTables>; auth: AuthService }): void {
   const { auth, db } = deps;
-  const json = bodyParser({ enableTypes: ["json"], jsonLimit: "8kb", encoding: "utf-8" });
+  const json = jsonBody({ limit: 8 * 1024 });
   const teams = auth.stores.teams;
 
   router.get("/teams", async (ctx) => {

@@ -1,4 +1,3 @@
-import { bodyParser } from "@koa/bodyparser";
 import type { Router } from "@koa/router";
 import { requireScope, validate, type Principal } from "@keen/gateway-kit";
 import type { ParameterizedContext } from "koa";
@@ -6,6 +5,7 @@ import { ServerError } from "../errors.js";
 import { RUN_SCOPES } from "../runs/routes.js";
 import { CreateWebhookBody, ListDeliveriesQuery } from "./webhook-input.js";
 import type { WebhookService } from "./webhook-service.js";
+import { jsonBody } from "../http/json-body.js";
 
 function principalOf(ctx: ParameterizedContext): Principal {
   const principal = ctx.state.principal;
@@ -20,7 +20,7 @@ function principalOf(ctx: ParameterizedContext): Principal {
  */
 export function mountWebhookRoutes(router: Router, deps: { webhooks: WebhookService }): void {
   const { webhooks } = deps;
-  const json = bodyParser({ enableTypes: ["json"], jsonLimit: "16kb", encoding: "utf-8" });
+  const json = jsonBody({ limit: 16 * 1024 });
 
   router.post("/webhooks", requireScope(RUN_SCOPES.write), json, validate({ body: CreateWebhookBody }), async (ctx) => {
     const created = await webhooks.register(principalOf(ctx), ctx.state.validated!.body as CreateWebhookBody);
