@@ -19,7 +19,7 @@ import { converse } from "./converse.js";
 import { startTask } from "./start-task.js";
 import { done, explore, plan, scenarioPolicy, write } from "./testing/scenario.js";
 import { AgentTree, type EngineSettings } from "./tree.js";
-import { checkpointKey, checkpointTurn, countTurn, dropRunCheckpoints, restoreInterruptedTurn } from "./turn-checkpoints.js";
+import { checkpointKey, checkpointTurn, countTurn, dropRunCheckpoints, dropTurnCheckpoint, restoreInterruptedTurn } from "./turn-checkpoints.js";
 
 /** A tree holding one agent in COMPLETE, and the events it emits. */
 function treeWith(workspace: Workspace, runId = "run_1", settings: Partial<EngineSettings> = {}): { tree: AgentTree; agent: AgentState; events: KeenEvent[] } {
@@ -31,7 +31,8 @@ function treeWith(workspace: Workspace, runId = "run_1", settings: Partial<Engin
     title: "Alpha",
     instructions: "Do it",
     phase: "COMPLETE",
-    messages: [],
+    // A checkpoint is only ever saved during a turn, so the conversation has begun.
+    messages: [{ role: "user", content: "Do it" }],
     children: [],
     merges: {},
     usage: { inputTokens: 0, outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 },
@@ -128,6 +129,35 @@ describe("turn checkpoints", () => {
     expect(await refs()).toBe("");
   });
 
+  it("asks git nothing for a conversation not begun, and drops each checkpoint once at the run's end", async () => {
+    const { dir, checkout, child } = await forked();
+    const { tree, agent } = treeWith(child);
+    const drops: string[] = [];
+    const reads: string[] = [];
+    // The real workspace, with its checkpoint calls noted.
+    const noted = Object.assign(Object.create(child) as LocalWorkspace, {
+      dropCheckpoint: (key: string) => (drops.push(key), child.dropCheckpoint(key)),
+      readCheckpoint: (key: string) => (reads.push(key), child.readCheckpoint(key)),
+    });
+    const fresh = treeWith(child).agent;
+    fresh.messages = [];
+    await restoreInterruptedTurn(tree, fresh, noted);
+    expect(reads).toEqual([]);
+
+    await checkpointTurn(tree, agent, child);
+    await dropTurnCheckpoint(tree, agent, noted); // the agent's work was committed
+    await dropRunCheckpoints(tree, noted); // the run ends: nothing left to drop for A
+    expect(drops).toEqual([checkpointKey(tree.state.runId, "A")]);
+    expect((await execa("git", ["for-each-ref", "refs/keen/checkpoints"], { cwd: dir })).stdout).toBe("");
+
+    // A resumed run (a new tree) drops what the stopped process left, even if it was dropped before.
+    await checkpointTurn(tree, agent, child);
+    const resumed = treeOf(structuredClone(tree.state), checkout);
+    await dropRunCheckpoints(resumed.tree, noted);
+    expect(drops).toHaveLength(2);
+    expect((await execa("git", ["for-each-ref", "refs/keen/checkpoints"], { cwd: dir })).stdout).toBe("");
+  });
+
   it("checkpoints and restores mid-merge, without writing the worktree's own index", async () => {
     const { dir, child } = await forked();
     await execa("git", ["checkout", "-q", "-b", "other"], { cwd: dir });
@@ -192,7 +222,6 @@ describe("turn checkpoints", () => {
     try {
       const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
       const { tree, agent } = treeWith(child, "run_1", { model, onSnapshot: (snapshot) => void snapshots.push(structuredClone(snapshot)) });
-      agent.messages.push({ role: "user", content: "Do it" });
       await converse(tree, agent, child, { tools: [writeFileTool, readFileTool, record] });
       expect(agent.turns).toBe(5);
     } finally {

@@ -89,7 +89,9 @@ export function forgetUnchangedFiles(agent: AgentState): void {
  * checkout nothing is touched and a `turn.restored` event says so).
  */
 export async function restoreInterruptedTurn(tree: AgentTree, agent: AgentState, workspace: Workspace): Promise<void> {
-  if (!isCheckpointable(workspace) || agent.phase === "DONE") return;
+  // No conversation yet, so no turn was sent that could have been cut short: a checkpoint is only
+  // saved during a turn, after a snapshot holding the conversation's first message.
+  if (!isCheckpointable(workspace) || agent.phase === "DONE" || agent.messages.length === 0) return;
   const key = checkpointKey(tree.state.runId, agent.id);
   const saved = await workspace.readCheckpoint(key);
   const match = saved ? LABEL.exec(saved.label) : null;
@@ -113,13 +115,30 @@ export async function restoreInterruptedTurn(tree: AgentTree, agent: AgentState,
   tree.emit({ type: "turn.restored", agentId: agent.id, branch: agent.branch, turn: done, result: "restored", files: changed });
 }
 
+/** The agents of a tree whose checkpoint this process has deleted (and that take no more turns). */
+const dropped = new WeakMap<AgentTree, Set<string>>();
+
 /** Deletes an agent's checkpoint once its work is committed. */
 export async function dropTurnCheckpoint(tree: AgentTree, agent: AgentState, workspace: Workspace): Promise<void> {
   if (!isCheckpointable(workspace)) return;
-  await workspace.dropCheckpoint(checkpointKey(tree.state.runId, agent.id)).catch(() => {});
+  try {
+    await workspace.dropCheckpoint(checkpointKey(tree.state.runId, agent.id));
+  } catch {
+    return; // Left for the run's end, or for the next run's recovery.
+  }
+  let agents = dropped.get(tree);
+  if (!agents) dropped.set(tree, (agents = new Set()));
+  agents.add(agent.id);
 }
 
-/** Deletes every agent's checkpoint of the run (when it has finished for good). */
+/**
+ * Deletes every agent's checkpoint of the run (when it has finished for good), except those this
+ * process already deleted when the agent's work was committed. After a resume that set is empty,
+ * so checkpoints left by the process that was stopped go too.
+ */
 export async function dropRunCheckpoints(tree: AgentTree, workspace: Workspace): Promise<void> {
-  for (const agent of tree.agents.values()) await dropTurnCheckpoint(tree, agent, workspace);
+  const done = dropped.get(tree);
+  for (const agent of tree.agents.values()) {
+    if (!done?.has(agent.id)) await dropTurnCheckpoint(tree, agent, workspace);
+  }
 }

@@ -58,6 +58,15 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     expect(await git(dir, "show", "HEAD:notes/a.md")).toBe("a");
   });
 
+  it("drops a checkpoint with one update-ref, whether or not it exists", async () => {
+    const dir = await createTestRepo({ "README.md": "# r\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    await ws.checkpoint("run_1/root", "turn 0");
+    expect((await counted(() => ws.dropCheckpoint("run_1/root"))).calls).toEqual(["update-ref"]);
+    expect(await ws.readCheckpoint("run_1/root")).toBeNull();
+    expect((await counted(() => ws.dropCheckpoint("run_1/root"))).calls).toEqual(["update-ref"]);
+  });
+
   it("refuses to commit unmerged paths, found by the same status", async () => {
     const dir = await createTestRepo({ "a.txt": "base\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
