@@ -33,7 +33,7 @@ async function counted<T>(step: () => Promise<T>): Promise<{ value: T; calls: st
 }
 
 describe("git subprocesses of one fork + commit + merge + dispose", () => {
-  it("are eight: worktree add and checkout, four to commit, one merge, one removal", async () => {
+  it("are seven: worktree add and checkout, three to commit, one merge, one removal", async () => {
     const dir = await createTestRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
     // A clean checkout (the parent before each merge) is found clean with one status.
@@ -47,7 +47,7 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     await child.writeFile("notes/a.md", "a\n");
     const commit = await counted(() => child.commit("Add a"));
     expect(commit.value.sha).toBe(await git(dir, "rev-parse", "summon-A"));
-    expect(commit.calls).toEqual(["status", "ls-files", "add", "commit"]);
+    expect(commit.calls).toEqual(["status", "add", "commit"]);
     const merge = await counted(() => ws.merge("summon-A", "Merge summon-A"));
     expect(merge.value).toEqual({ status: "merged", sha: await git(dir, "rev-parse", "HEAD") });
     expect(merge.calls).toEqual(["merge"]);

@@ -71,6 +71,7 @@ export interface LocalWorkspaceOptions {
   maxFileBytes?: number;
 }
 
+const NUL = Buffer.from([0]);
 /** `git status --porcelain` codes of unmerged paths. */
 const UNMERGED = new Set(["DD", "AU", "UD", "UA", "DU", "AA", "UU"]);
 const CONFLICT_MARKER = /^(<{7}|>{7}|={7})( |$)/m;
@@ -406,7 +407,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
         throw new KeenError("merge_unresolved", `A merge is in progress with conflicts in ${status.unmerged.join(", ")}; finish it with commitMerge or roll it back with abortMerge`);
       }
       if (status.entries === 0 && !options.allowEmpty) return { sha: null, skipped: [] };
-      const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes });
+      const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes, listed: status.changed });
       // Nothing staged now and nothing staged before: nothing to commit.
       if (staged.length === 0 && !status.stagedBefore && !options.allowEmpty) return { sha: null, skipped };
       const [before, env] = await Promise.all([this.headOrNull(), identity]);
@@ -426,22 +427,36 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
 
   /**
    * `git status` in one call: how many paths differ from HEAD (staged, modified or untracked, not
-   * ignored), which are unmerged, and whether any change is staged. Submodules are not entered
-   * (a checkout's nested repository is the agent's to write, config and attributes included).
+   * ignored), which are unmerged, whether any change is staged, and the paths whose work tree
+   * differs from the index or that are untracked (what `stageChanges` looks at, NUL-separated raw
+   * names). Submodules are not entered (a checkout's nested repository is the agent's to write,
+   * config and attributes included).
    */
-  private async status(): Promise<{ entries: number; unmerged: string[]; stagedBefore: boolean }> {
+  private async status(): Promise<{ entries: number; unmerged: string[]; stagedBefore: boolean; changed: Buffer }> {
     const output = await gitBytes(this.target, ["status", "--porcelain", "-z", "--untracked-files=all", "--no-renames", "--ignore-submodules=all"]);
     const unmerged: string[] = [];
+    const changed: Buffer[] = [];
     let entries = 0;
     let stagedBefore = false;
-    for (const entry of output.toString("utf8").split("\0")) {
+    let start = 0;
+    while (start < output.length) {
+      let end = output.indexOf(0, start);
+      if (end === -1) end = output.length;
+      const entry = output.subarray(start, end);
+      start = end + 1;
+      // "XY path": X the index against HEAD, Y the work tree against the index (no rename pairs with --no-renames).
       if (entry.length < 4) continue;
       entries++;
-      const code = entry.slice(0, 2);
-      if (UNMERGED.has(code)) unmerged.push(entry.slice(3));
-      else if (!" ?!".includes(code[0]!)) stagedBefore = true;
+      const code = entry.subarray(0, 2).toString("latin1");
+      const path = entry.subarray(3);
+      if (UNMERGED.has(code)) {
+        unmerged.push(path.toString("utf8"));
+        continue;
+      }
+      if (!" ?!".includes(code[0]!)) stagedBefore = true;
+      if (code === "??" || code[1] !== " ") changed.push(path, NUL);
     }
-    return { entries, unmerged, stagedBefore };
+    return { entries, unmerged, stagedBefore, changed: Buffer.concat(changed) };
   }
 
   /**
