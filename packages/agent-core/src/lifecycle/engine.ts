@@ -127,6 +127,8 @@ async function execute(tree: AgentTree, config: EngineConfig): Promise<TaskResul
   }
   // The result lives on the run branch; its worktree is not needed any more.
   if (runWorktree) await runWorktree.dispose().catch(() => {});
+  // Worktrees kept for reuse (`reuseWorktrees`) are not left behind by a finished run.
+  if (isForkable(settings.workspace)) await settings.workspace.releaseWorktrees?.().catch(() => {});
   let { status, summary, error } = outcome(tree, root, failure);
   // An interrupted run is resumed from its checkpoints; any other end needs them no more.
   if (status !== "interrupted") await dropRunCheckpoints(tree, settings.workspace);

@@ -58,6 +58,24 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     expect(await git(dir, "show", "HEAD:notes/a.md")).toBe("a");
   });
 
+  it("with reuseWorktrees, a fork from a kept worktree is one checkout and a dispose one clean", async () => {
+    const dir = await createTestRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false, reuseWorktrees: true });
+    const first = await ws.fork("summon-A");
+    await first.writeFile("notes/a.md", "a\n");
+    await first.commit("Add a"); // also looks the identity up, once per workspace and its forks
+    await first.dispose();
+    const fork = await counted(() => ws.fork("summon-B"));
+    expect(fork.calls).toEqual(["checkout"]);
+    const child = fork.value;
+    await child.writeFile("notes/b.md", "b\n");
+    expect((await counted(() => child.commit("Add b"))).calls).toEqual(["status", "add", "commit"]);
+    expect((await counted(() => ws.merge("summon-B", "Merge summon-B"))).calls).toEqual(["merge"]);
+    expect((await counted(() => child.dispose())).calls).toEqual(["clean"]);
+    expect((await counted(() => ws.releaseWorktrees())).calls).toEqual(["worktree"]);
+    expect(await git(dir, "show", "HEAD:notes/b.md")).toBe("b");
+  });
+
   it("refuses to commit unmerged paths, found by the same status", async () => {
     const dir = await createTestRepo({ "a.txt": "base\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
