@@ -18,7 +18,9 @@
  *   npx tsx bench/tree.ts [--files 2000] [--rounds 7] [--part fork-merge|sparse|tree|fan-out|memory]
  */
 import { execFileSync } from "node:child_process";
-import { rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { execa } from "execa";
 import { anthropic, LocalWorkspace, startTask } from "../packages/agent-core/src/index.js";
@@ -41,21 +43,46 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 /**
  * Runs keen's round and its two references side by side: one warm-up each (file system caches,
- * module loading), then `rounds` alternating rounds; the medians of each.
+ * module loading), then `rounds` alternating rounds; the medians of each. Further keen
+ * variants (`more`) alternate with them.
  */
-async function sideBySide(keenRound: (i: number) => Promise<number>, gitRound: (i: number) => Promise<number>, cloneRound: (i: number) => Promise<number>) {
-  await keenRound(0);
-  await gitRound(0);
-  await cloneRound(0);
-  const keen: number[] = [];
-  const plain: number[] = [];
-  const cloned: number[] = [];
+async function sideBySide(
+  keenRound: (i: number) => Promise<number>,
+  gitRound: (i: number) => Promise<number>,
+  cloneRound: (i: number) => Promise<number>,
+  ...more: Array<(i: number) => Promise<number>>
+) {
+  const sides = [keenRound, gitRound, cloneRound, ...more];
+  for (const side of sides) await side(0);
+  const times = sides.map(() => [] as number[]);
   for (let i = 1; i <= rounds; i++) {
-    keen.push(await keenRound(i));
-    plain.push(await gitRound(i));
-    cloned.push(await cloneRound(i));
+    for (const [s, side] of sides.entries()) times[s]!.push(await side(i));
   }
-  return { k: median(keen), p: median(plain), c: median(cloned) };
+  const [k, p, c, ...rest] = times.map(median) as [number, number, number, ...number[]];
+  return { k, p, c, more: rest };
+}
+
+/**
+ * Git processes one round starts itself (not those git starts in turn, such as the checkout that
+ * `worktree add` runs), counted through a `git` wrapper put first on PATH; run apart from the
+ * timed rounds, which it would slow.
+ */
+async function countGitProcesses(round: () => Promise<unknown>): Promise<number> {
+  const bin = await mkdtemp(join(tmpdir(), "keen-bench-git-"));
+  const log = join(bin, "calls");
+  const real = execFileSync("sh", ["-c", "command -v git"]).toString().trim();
+  await writeFile(join(bin, "git"), `#!/bin/sh\necho x >> '${log}'\nexec '${real}' "$@"\n`, { mode: 0o755 });
+  await writeFile(log, "");
+  const path = process.env.PATH;
+  process.env.PATH = `${bin}:${path}`;
+  try {
+    await round();
+  } finally {
+    process.env.PATH = path;
+  }
+  const count = (await readFile(log, "utf8")).split("\n").filter(Boolean).length;
+  await rm(bin, { recursive: true, force: true });
+  return count;
 }
 const peakRssMiB = () => process.resourceUsage().maxRSS / 1024;
 const row = (label: string, value: string) => console.log(`  ${label.padEnd(72)}${value}`);
@@ -72,20 +99,24 @@ function sampleFiles(count: number): Record<string, string> {
 async function forkMerge(): Promise<void> {
   const dir = await createTestRepo(sampleFiles(fileCount));
   const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+  // The same repository opened again with `reuseWorktrees`: its forks take over a disposed fork's worktree.
+  const reusing = await LocalWorkspace.open(dir, { sandbox: false, reuseWorktrees: true });
   const git = (cwd: string, ...args: string[]) => execa("git", args, { cwd, env: TEST_GIT_IDENTITY });
-  const writeNote = (cwd: string, name: string, i: number) => execa("sh", ["-c", `mkdir -p notes && echo "round ${i}" > notes/${name}-${i}.md`], { cwd });
+  const writeNote = (cwd: string, name: string, i: number | string) => execa("sh", ["-c", `mkdir -p notes && echo "round ${i}" > notes/${name}-${i}.md`], { cwd });
 
-  const keenRound = async (i: number) => {
+  const keenSide = (ws: LocalWorkspace, prefix: string) => async (i: number | string) => {
     const started = performance.now();
-    const child = await workspace.fork(`summon-K${i}`);
-    await child.writeFile(`notes/keen-${i}.md`, `round ${i}\n`);
+    const child = await ws.fork(`${prefix}${i}`);
+    await child.writeFile(`notes/${prefix}${i}.md`, `round ${i}\n`);
     await child.commit(`Round ${i}`);
-    const merge = await workspace.merge(`summon-K${i}`, `Merge summon-K${i}`);
+    const merge = await ws.merge(`${prefix}${i}`, `Merge ${prefix}${i}`);
     await child.dispose();
     if (merge.status !== "merged") throw new Error(`merge ${i} did not merge cleanly`);
     return performance.now() - started;
   };
-  const gitRound = async (i: number) => {
+  const keenRound = keenSide(workspace, "summon-K");
+  const reuseRound = keenSide(reusing, "summon-R");
+  const gitRound = async (i: number | string) => {
     const started = performance.now();
     const tree = `${dir}.wt-${i}`;
     await git(dir, "worktree", "add", "-q", "-b", `plain-${i}`, tree);
@@ -96,7 +127,7 @@ async function forkMerge(): Promise<void> {
     await git(dir, "worktree", "remove", "--force", tree);
     return performance.now() - started;
   };
-  const cloneRound = async (i: number) => {
+  const cloneRound = async (i: number | string) => {
     const started = performance.now();
     const clone = `${dir}.clone-${i}`;
     await git(dir, "clone", "-q", "--local", dir, clone);
@@ -110,14 +141,25 @@ async function forkMerge(): Promise<void> {
   };
 
   const files = (await git(dir, "ls-files")).stdout.split("\n").length;
-  const { k, p, c } = await sideBySide(keenRound, gitRound, cloneRound);
+  const { k, p, c, more } = await sideBySide(keenRound, gitRound, cloneRound, reuseRound);
+  const r = more[0]!;
+  const counts = {
+    keen: await countGitProcesses(() => keenRound("count")),
+    reuse: await countGitProcesses(() => reuseRound("count")),
+    plain: await countGitProcesses(() => gitRound("count")),
+    clone: await countGitProcesses(() => cloneRound("count")),
+  };
+  await reusing.releaseWorktrees();
   await rm(dir, { recursive: true, force: true });
   console.log(`fork + merge of one child, repository of ${files} files, median of ${rounds} rounds`);
-  row("keen         fork → write → commit → merge --no-ff → dispose", `${k.toFixed(1)} ms`);
-  row("plain git    worktree add → commit → merge --no-ff → remove", `${p.toFixed(1)} ms`);
-  row("clone        clone --local → commit → fetch → merge → rm", `${c.toFixed(1)} ms`);
+  row("keen         fork → write → commit → merge --no-ff → dispose", `${k.toFixed(1)} ms   ${counts.keen} git processes`);
+  row("keen reuse   the same with reuseWorktrees (fork takes a kept worktree)", `${r.toFixed(1)} ms   ${counts.reuse} git processes`);
+  row("plain git    worktree add → commit → merge --no-ff → remove", `${p.toFixed(1)} ms   ${counts.plain} git processes`);
+  row("clone        clone --local → commit → fetch → merge → rm", `${c.toFixed(1)} ms   ${counts.clone} git processes`);
   row("keen / plain git (target ≤ 1.00×)", `${(k / p).toFixed(2)}×`);
   row("keen / clone --local (target ≤ 0.60×)", `${(k / c).toFixed(2)}×`);
+  row("keen with reuseWorktrees / plain git (target ≤ 1.00×)", `${(r / p).toFixed(2)}×`);
+  row("keen with reuseWorktrees / clone --local (target ≤ 0.60×)", `${(r / c).toFixed(2)}×`);
   row("peak RSS of this part", `${peakRssMiB().toFixed(1)} MiB`);
 }
 
