@@ -43,23 +43,21 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 /**
  * Runs keen's round and its two references side by side: one warm-up each (file system caches,
- * module loading), then `rounds` alternating rounds; the medians of each. Further keen
- * variants (`more`) alternate with them.
+ * module loading), then `rounds` alternating rounds; the medians of each.
  */
-async function sideBySide(
-  keenRound: (i: number) => Promise<number>,
-  gitRound: (i: number) => Promise<number>,
-  cloneRound: (i: number) => Promise<number>,
-  ...more: Array<(i: number) => Promise<number>>
-) {
-  const sides = [keenRound, gitRound, cloneRound, ...more];
-  for (const side of sides) await side(0);
-  const times = sides.map(() => [] as number[]);
+async function sideBySide(keenRound: (i: number) => Promise<number>, gitRound: (i: number) => Promise<number>, cloneRound: (i: number) => Promise<number>) {
+  await keenRound(0);
+  await gitRound(0);
+  await cloneRound(0);
+  const keen: number[] = [];
+  const plain: number[] = [];
+  const cloned: number[] = [];
   for (let i = 1; i <= rounds; i++) {
-    for (const [s, side] of sides.entries()) times[s]!.push(await side(i));
+    keen.push(await keenRound(i));
+    plain.push(await gitRound(i));
+    cloned.push(await cloneRound(i));
   }
-  const [k, p, c, ...rest] = times.map(median) as [number, number, number, ...number[]];
-  return { k, p, c, more: rest };
+  return { k: median(keen), p: median(plain), c: median(cloned) };
 }
 
 /**
@@ -95,27 +93,45 @@ function sampleFiles(count: number): Record<string, string> {
   return files;
 }
 
-/** Part 1: keen's fork + merge against plain git and against `clone --local`, alternating, on the same repository. */
+/**
+ * Part 1: keen's fork + merge against plain git and against `clone --local`, alternating, on the
+ * same repository; then the same with `reuseWorktrees`, on a repository of its own.
+ */
 async function forkMerge(): Promise<void> {
+  const fresh = await forkMergeBlock(false);
+  const reused = await forkMergeBlock(true);
+  console.log(`fork + merge of one child, repository of ${fresh.files} files, median of ${rounds} rounds`);
+  const line = (label: string, ms: number, processes: number) => row(label, `${ms.toFixed(1).padStart(7)} ms   ${processes} git processes`);
+  line("keen         fork → write → commit → merge --no-ff → dispose", fresh.k, fresh.counts.keen);
+  line("plain git    worktree add → commit → merge --no-ff → remove", fresh.p, fresh.counts.plain);
+  line("clone        clone --local → commit → fetch → merge → rm", fresh.c, fresh.counts.clone);
+  row("keen / plain git (target ≤ 1.00×)", `${(fresh.k / fresh.p).toFixed(2)}×`);
+  row("keen / clone --local (target ≤ 0.60×)", `${(fresh.k / fresh.c).toFixed(2)}×`);
+  console.log(`the same with reuseWorktrees (each fork takes the worktree the previous round disposed), in a second run`);
+  line("keen reuse   fork → write → commit → merge --no-ff → dispose", reused.k, reused.counts.keen);
+  line("plain git    worktree add → commit → merge --no-ff → remove", reused.p, reused.counts.plain);
+  line("clone        clone --local → commit → fetch → merge → rm", reused.c, reused.counts.clone);
+  row("keen reuse / plain git (target ≤ 1.00×)", `${(reused.k / reused.p).toFixed(2)}×`);
+  row("keen reuse / clone --local (target ≤ 0.60×)", `${(reused.k / reused.c).toFixed(2)}×`);
+  row("peak RSS of this part", `${peakRssMiB().toFixed(1)} MiB`);
+}
+
+async function forkMergeBlock(reuseWorktrees: boolean) {
   const dir = await createTestRepo(sampleFiles(fileCount));
-  const workspace = await LocalWorkspace.open(dir, { sandbox: false });
-  // The same repository opened again with `reuseWorktrees`: its forks take over a disposed fork's worktree.
-  const reusing = await LocalWorkspace.open(dir, { sandbox: false, reuseWorktrees: true });
+  const workspace = await LocalWorkspace.open(dir, { sandbox: false, reuseWorktrees });
   const git = (cwd: string, ...args: string[]) => execa("git", args, { cwd, env: TEST_GIT_IDENTITY });
   const writeNote = (cwd: string, name: string, i: number | string) => execa("sh", ["-c", `mkdir -p notes && echo "round ${i}" > notes/${name}-${i}.md`], { cwd });
 
-  const keenSide = (ws: LocalWorkspace, prefix: string) => async (i: number | string) => {
+  const keenRound = async (i: number | string) => {
     const started = performance.now();
-    const child = await ws.fork(`${prefix}${i}`);
-    await child.writeFile(`notes/${prefix}${i}.md`, `round ${i}\n`);
+    const child = await workspace.fork(`summon-K${i}`);
+    await child.writeFile(`notes/keen-${i}.md`, `round ${i}\n`);
     await child.commit(`Round ${i}`);
-    const merge = await ws.merge(`${prefix}${i}`, `Merge ${prefix}${i}`);
+    const merge = await workspace.merge(`summon-K${i}`, `Merge summon-K${i}`);
     await child.dispose();
     if (merge.status !== "merged") throw new Error(`merge ${i} did not merge cleanly`);
     return performance.now() - started;
   };
-  const keenRound = keenSide(workspace, "summon-K");
-  const reuseRound = keenSide(reusing, "summon-R");
   const gitRound = async (i: number | string) => {
     const started = performance.now();
     const tree = `${dir}.wt-${i}`;
@@ -141,26 +157,15 @@ async function forkMerge(): Promise<void> {
   };
 
   const files = (await git(dir, "ls-files")).stdout.split("\n").length;
-  const { k, p, c, more } = await sideBySide(keenRound, gitRound, cloneRound, reuseRound);
-  const r = more[0]!;
+  const { k, p, c } = await sideBySide(keenRound, gitRound, cloneRound);
   const counts = {
     keen: await countGitProcesses(() => keenRound("count")),
-    reuse: await countGitProcesses(() => reuseRound("count")),
     plain: await countGitProcesses(() => gitRound("count")),
     clone: await countGitProcesses(() => cloneRound("count")),
   };
-  await reusing.releaseWorktrees();
+  await workspace.releaseWorktrees();
   await rm(dir, { recursive: true, force: true });
-  console.log(`fork + merge of one child, repository of ${files} files, median of ${rounds} rounds`);
-  row("keen         fork → write → commit → merge --no-ff → dispose", `${k.toFixed(1)} ms   ${counts.keen} git processes`);
-  row("keen reuse   the same with reuseWorktrees (fork takes a kept worktree)", `${r.toFixed(1)} ms   ${counts.reuse} git processes`);
-  row("plain git    worktree add → commit → merge --no-ff → remove", `${p.toFixed(1)} ms   ${counts.plain} git processes`);
-  row("clone        clone --local → commit → fetch → merge → rm", `${c.toFixed(1)} ms   ${counts.clone} git processes`);
-  row("keen / plain git (target ≤ 1.00×)", `${(k / p).toFixed(2)}×`);
-  row("keen / clone --local (target ≤ 0.60×)", `${(k / c).toFixed(2)}×`);
-  row("keen with reuseWorktrees / plain git (target ≤ 1.00×)", `${(r / p).toFixed(2)}×`);
-  row("keen with reuseWorktrees / clone --local (target ≤ 0.60×)", `${(r / c).toFixed(2)}×`);
-  row("peak RSS of this part", `${peakRssMiB().toFixed(1)} MiB`);
+  return { files, k, p, c, counts };
 }
 
 /**
