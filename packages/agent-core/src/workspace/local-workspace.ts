@@ -571,6 +571,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
    * The report of `includeUncommitted` is on the returned workspace as `lastForkReport`.
    */
   async fork(branch: string, options: ForkOptions = {}): Promise<LocalWorkspace> {
+    this.assertLive();
     if (!isValidBranchName(branch)) throw new KeenError("invalid_branch", `"${branch}" is not a valid branch name`);
     if (options.includeUncommitted && options.from !== undefined) {
       throw new KeenError("invalid_option", "includeUncommitted starts from this checkout's HEAD; it cannot be combined with from");

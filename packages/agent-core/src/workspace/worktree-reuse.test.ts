@@ -53,6 +53,7 @@ describe("reuseWorktrees", () => {
     for (const gone of ["scratch.txt", "dist", "nested"]) expect(existsSync(join(second.root, gone)), gone).toBe(false);
     // The old workspace cannot write into the branch that now owns the git dir.
     await expect(first.writeFile("x.txt", "x\n")).rejects.toMatchObject({ code: "workspace_disposed" });
+    await expect(first.fork("summon-A-A")).rejects.toMatchObject({ code: "workspace_disposed" });
     expect(await first.dispose()).toBeUndefined();
 
     await second.writeFile("notes/b.md", "b\n");
