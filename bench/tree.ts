@@ -18,7 +18,9 @@
  *   npx tsx bench/tree.ts [--files 2000] [--rounds 7] [--part fork-merge|sparse|tree|fan-out|memory]
  */
 import { execFileSync } from "node:child_process";
-import { rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { execa } from "execa";
 import { anthropic, LocalWorkspace, startTask } from "../packages/agent-core/src/index.js";
@@ -57,6 +59,29 @@ async function sideBySide(keenRound: (i: number) => Promise<number>, gitRound: (
   }
   return { k: median(keen), p: median(plain), c: median(cloned) };
 }
+
+/**
+ * Git processes one round starts itself (not those git starts in turn, such as the checkout that
+ * `worktree add` runs), counted through a `git` wrapper put first on PATH; run apart from the
+ * timed rounds, which it would slow.
+ */
+async function countGitProcesses(round: () => Promise<unknown>): Promise<number> {
+  const bin = await mkdtemp(join(tmpdir(), "keen-bench-git-"));
+  const log = join(bin, "calls");
+  const real = execFileSync("sh", ["-c", "command -v git"]).toString().trim();
+  await writeFile(join(bin, "git"), `#!/bin/sh\necho x >> '${log}'\nexec '${real}' "$@"\n`, { mode: 0o755 });
+  await writeFile(log, "");
+  const path = process.env.PATH;
+  process.env.PATH = `${bin}:${path}`;
+  try {
+    await round();
+  } finally {
+    process.env.PATH = path;
+  }
+  const count = (await readFile(log, "utf8")).split("\n").filter(Boolean).length;
+  await rm(bin, { recursive: true, force: true });
+  return count;
+}
 const peakRssMiB = () => process.resourceUsage().maxRSS / 1024;
 const row = (label: string, value: string) => console.log(`  ${label.padEnd(72)}${value}`);
 
@@ -68,14 +93,36 @@ function sampleFiles(count: number): Record<string, string> {
   return files;
 }
 
-/** Part 1: keen's fork + merge against plain git and against `clone --local`, alternating, on the same repository. */
+/**
+ * Part 1: keen's fork + merge against plain git and against `clone --local`, alternating, on the
+ * same repository; then the same with `reuseWorktrees`, on a repository of its own.
+ */
 async function forkMerge(): Promise<void> {
-  const dir = await createTestRepo(sampleFiles(fileCount));
-  const workspace = await LocalWorkspace.open(dir, { sandbox: false });
-  const git = (cwd: string, ...args: string[]) => execa("git", args, { cwd, env: TEST_GIT_IDENTITY });
-  const writeNote = (cwd: string, name: string, i: number) => execa("sh", ["-c", `mkdir -p notes && echo "round ${i}" > notes/${name}-${i}.md`], { cwd });
+  const fresh = await forkMergeBlock(false);
+  const reused = await forkMergeBlock(true);
+  console.log(`fork + merge of one child, repository of ${fresh.files} files, median of ${rounds} rounds`);
+  const line = (label: string, ms: number, processes: number) => row(label, `${ms.toFixed(1).padStart(7)} ms   ${processes} git processes`);
+  line("keen         fork → write → commit → merge --no-ff → dispose", fresh.k, fresh.counts.keen);
+  line("plain git    worktree add → commit → merge --no-ff → remove", fresh.p, fresh.counts.plain);
+  line("clone        clone --local → commit → fetch → merge → rm", fresh.c, fresh.counts.clone);
+  row("keen / plain git (target ≤ 1.00×)", `${(fresh.k / fresh.p).toFixed(2)}×`);
+  row("keen / clone --local (target ≤ 0.60×)", `${(fresh.k / fresh.c).toFixed(2)}×`);
+  console.log(`the same with reuseWorktrees (each fork takes the worktree the previous round disposed), in a second run`);
+  line("keen reuse   fork → write → commit → merge --no-ff → dispose", reused.k, reused.counts.keen);
+  line("plain git    worktree add → commit → merge --no-ff → remove", reused.p, reused.counts.plain);
+  line("clone        clone --local → commit → fetch → merge → rm", reused.c, reused.counts.clone);
+  row("keen reuse / plain git (target ≤ 1.00×)", `${(reused.k / reused.p).toFixed(2)}×`);
+  row("keen reuse / clone --local (target ≤ 0.60×)", `${(reused.k / reused.c).toFixed(2)}×`);
+  row("peak RSS of this part", `${peakRssMiB().toFixed(1)} MiB`);
+}
 
-  const keenRound = async (i: number) => {
+async function forkMergeBlock(reuseWorktrees: boolean) {
+  const dir = await createTestRepo(sampleFiles(fileCount));
+  const workspace = await LocalWorkspace.open(dir, { sandbox: false, reuseWorktrees });
+  const git = (cwd: string, ...args: string[]) => execa("git", args, { cwd, env: TEST_GIT_IDENTITY });
+  const writeNote = (cwd: string, name: string, i: number | string) => execa("sh", ["-c", `mkdir -p notes && echo "round ${i}" > notes/${name}-${i}.md`], { cwd });
+
+  const keenRound = async (i: number | string) => {
     const started = performance.now();
     const child = await workspace.fork(`summon-K${i}`);
     await child.writeFile(`notes/keen-${i}.md`, `round ${i}\n`);
@@ -85,7 +132,7 @@ async function forkMerge(): Promise<void> {
     if (merge.status !== "merged") throw new Error(`merge ${i} did not merge cleanly`);
     return performance.now() - started;
   };
-  const gitRound = async (i: number) => {
+  const gitRound = async (i: number | string) => {
     const started = performance.now();
     const tree = `${dir}.wt-${i}`;
     await git(dir, "worktree", "add", "-q", "-b", `plain-${i}`, tree);
@@ -96,7 +143,7 @@ async function forkMerge(): Promise<void> {
     await git(dir, "worktree", "remove", "--force", tree);
     return performance.now() - started;
   };
-  const cloneRound = async (i: number) => {
+  const cloneRound = async (i: number | string) => {
     const started = performance.now();
     const clone = `${dir}.clone-${i}`;
     await git(dir, "clone", "-q", "--local", dir, clone);
@@ -111,14 +158,14 @@ async function forkMerge(): Promise<void> {
 
   const files = (await git(dir, "ls-files")).stdout.split("\n").length;
   const { k, p, c } = await sideBySide(keenRound, gitRound, cloneRound);
+  const counts = {
+    keen: await countGitProcesses(() => keenRound("count")),
+    plain: await countGitProcesses(() => gitRound("count")),
+    clone: await countGitProcesses(() => cloneRound("count")),
+  };
+  await workspace.releaseWorktrees();
   await rm(dir, { recursive: true, force: true });
-  console.log(`fork + merge of one child, repository of ${files} files, median of ${rounds} rounds`);
-  row("keen         fork → write → commit → merge --no-ff → dispose", `${k.toFixed(1)} ms`);
-  row("plain git    worktree add → commit → merge --no-ff → remove", `${p.toFixed(1)} ms`);
-  row("clone        clone --local → commit → fetch → merge → rm", `${c.toFixed(1)} ms`);
-  row("keen / plain git (target ≤ 1.00×)", `${(k / p).toFixed(2)}×`);
-  row("keen / clone --local (target ≤ 0.60×)", `${(k / c).toFixed(2)}×`);
-  row("peak RSS of this part", `${peakRssMiB().toFixed(1)} MiB`);
+  return { files, k, p, c, counts };
 }
 
 /**

@@ -127,7 +127,12 @@ async function execute(tree: AgentTree, config: EngineConfig): Promise<TaskResul
   }
   // The result lives on the run branch; its worktree is not needed any more. Removed while the
   // checkpoints are dropped: one touches the worktree registry, the other refs.
-  const disposed = runWorktree?.dispose().catch(() => {});
+  // Worktrees kept for reuse (`reuseWorktrees`) are not left behind by a finished run; released
+  // after the run worktree's dispose, which may have kept it.
+  const disposed = (async () => {
+    await runWorktree?.dispose().catch(() => {});
+    if (isForkable(settings.workspace)) await settings.workspace.releaseWorktrees?.().catch(() => {});
+  })();
   let { status, summary, error } = outcome(tree, root, failure);
   // An interrupted run is resumed from its checkpoints; any other end needs them no more.
   if (status !== "interrupted") await dropRunCheckpoints(tree, settings.workspace).finally(() => disposed);

@@ -63,6 +63,12 @@ export interface StageOptions {
   env?: Record<string, string>;
   /** Once it fires, nothing is staged (code `aborted`). */
   signal?: AbortSignal;
+  /**
+   * The candidates already listed by the caller, as the NUL-separated raw names
+   * `ls-files -z --modified --others --exclude-standard` would print (from a `git status` it ran
+   * anyway); spares that call. Default: listed here.
+   */
+  listed?: Buffer;
 }
 
 export interface StageReport {
@@ -80,7 +86,7 @@ export interface StageReport {
  */
 export async function stageChanges(target: GitTarget, options: StageOptions): Promise<StageReport> {
   const env = options.env ?? {};
-  const listed = nulSeparatedNames(await gitBytes(target, ["ls-files", "-z", "--modified", "--others", "--exclude-standard"], { env }));
+  const listed = nulSeparatedNames(options.listed ?? (await gitBytes(target, ["ls-files", "-z", "--modified", "--others", "--exclude-standard"], { env })));
   const candidates = listed.names;
   const staged: string[] = [];
   const skipped: SkippedFile[] = [];

@@ -33,7 +33,7 @@ async function counted<T>(step: () => Promise<T>): Promise<{ value: T; calls: st
 }
 
 describe("git subprocesses of one fork + commit + merge + dispose", () => {
-  it("are eight: the branch (update-ref) and checkout, four to commit, one merge, one removal", async () => {
+  it("are seven: the branch (update-ref) and checkout, three to commit, one merge, one removal", async () => {
     const dir = await createTestRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
     // A clean checkout (the parent before each merge) is found clean with one status.
@@ -47,7 +47,7 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     await child.writeFile("notes/a.md", "a\n");
     const commit = await counted(() => child.commit("Add a"));
     expect(commit.value.sha).toBe(await git(dir, "rev-parse", "summon-A"));
-    expect(commit.calls).toEqual(["status", "ls-files", "add", "commit"]);
+    expect(commit.calls).toEqual(["status", "add", "commit"]);
     const merge = await counted(() => ws.merge("summon-A", "Merge summon-A"));
     expect(merge.value).toEqual({ status: "merged", sha: await git(dir, "rev-parse", "HEAD") });
     expect(merge.calls).toEqual(["merge"]);
@@ -65,6 +65,24 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     expect((await counted(() => ws.dropCheckpoint("run_1/root"))).calls).toEqual(["update-ref"]);
     expect(await ws.readCheckpoint("run_1/root")).toBeNull();
     expect((await counted(() => ws.dropCheckpoint("run_1/root"))).calls).toEqual(["update-ref"]);
+  });
+
+  it("with reuseWorktrees, a fork from a kept worktree is one checkout and a dispose one clean", async () => {
+    const dir = await createTestRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false, reuseWorktrees: true });
+    const first = await ws.fork("summon-A");
+    await first.writeFile("notes/a.md", "a\n");
+    await first.commit("Add a"); // also looks the identity up, once per workspace and its forks
+    await first.dispose();
+    const fork = await counted(() => ws.fork("summon-B"));
+    expect(fork.calls).toEqual(["checkout"]);
+    const child = fork.value;
+    await child.writeFile("notes/b.md", "b\n");
+    expect((await counted(() => child.commit("Add b"))).calls).toEqual(["status", "add", "commit"]);
+    expect((await counted(() => ws.merge("summon-B", "Merge summon-B"))).calls).toEqual(["merge"]);
+    expect((await counted(() => child.dispose())).calls).toEqual(["clean"]);
+    expect((await counted(() => ws.releaseWorktrees())).calls).toEqual(["worktree"]);
+    expect(await git(dir, "show", "HEAD:notes/b.md")).toBe("b");
   });
 
   it("refuses to commit unmerged paths, found by the same status", async () => {

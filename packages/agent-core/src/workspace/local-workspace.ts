@@ -70,8 +70,21 @@ export interface LocalWorkspaceOptions {
   worktreesDir?: string;
   /** `commit` leaves files larger than this out (reported in `skipped`). Default 5 MB. */
   maxFileBytes?: number;
+  /**
+   * Keep the worktree of a disposed fork for the next `fork` instead of deleting its files (off by
+   * default). `dispose` then removes its untracked and ignored files (`git clean -ffdx`), detaches
+   * its HEAD (the branch is kept and held by no worktree) and moves it aside under
+   * `<worktreesDir>/.parked/`; the next full fork renames it into place and switches it to the new
+   * branch with `git checkout -f`, which writes only the files that differ. At most four are
+   * kept per repository; they stay registered and locked with this process's lease, and are
+   * removed by `releaseWorktrees()`, after 30 s without reuse, or by the recovery pass of a later
+   * `open` once this process is gone. A worktree whose `.git` file changed, that is mid-merge or
+   * sparse is removed as before.
+   */
+  reuseWorktrees?: boolean;
 }
 
+const NUL = Buffer.from([0]);
 /** `git status --porcelain` codes of unmerged paths. */
 const UNMERGED = new Set(["DD", "AU", "UD", "UA", "DU", "AA", "UU"]);
 const CONFLICT_MARKER = /^(<{7}|>{7}|={7})( |$)/m;
@@ -85,6 +98,26 @@ const MAX_MERGE_FILE_BYTES = 50 * 1024 * 1024;
 
 /** Per checkout (git dir): git writes of this process, one at a time. */
 const checkoutQueues = new Map<string, Promise<unknown>>();
+
+/** Most disposed worktrees kept for reuse per repository (`reuseWorktrees`). */
+const MAX_PARKED = 4;
+/** A kept worktree not reused for this long is removed. */
+const PARKED_IDLE_MS = 30_000;
+/** Where kept worktrees wait, below the worktrees folder (no branch name starts with a dot). */
+const PARKED_DIR = ".parked";
+/** Files in a worktree's git dir that mean an operation is under way there: such a worktree is never kept. */
+const IN_PROGRESS = ["MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD", "BISECT_LOG", "rebase-merge", "rebase-apply", "index.lock", join("info", "sparse-checkout")];
+
+/** A disposed fork's worktree kept for reuse. */
+interface ParkedWorktree {
+  root: string;
+  gitDir: string;
+  /** Its `.git` file as git wrote it. */
+  dotGit: string;
+}
+
+/** Kept worktrees per repository and worktrees folder. */
+const parkedPools = new Map<string, { trees: ParkedWorktree[]; timer?: NodeJS.Timeout }>();
 
 /**
  * A workspace over a local git checkout, and the worktrees forked from it for child agents.
@@ -100,6 +133,10 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   private recovery: RecoveryReport = { removedWorktrees: [], salvagedBranches: [], removedLocks: [] };
   private forkReport: ForkReport | undefined;
   private sparsePaths: readonly string[] | undefined;
+  /** A fork's `.git` file as git wrote it when the worktree was made; only such a worktree is kept for reuse. */
+  private dotGit: string | undefined;
+  /** Set once `dispose` ran; a kept worktree may then belong to another fork, so this one refuses further use. */
+  private disposed = false;
 
   private constructor(
     readonly root: string,
@@ -119,7 +156,13 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   }
 
   private get target(): GitTarget {
+    this.assertLive();
     return { gitDir: this.gitDir, workTree: this.root, ...(this.sparsePaths ? { sparse: true } : {}) };
+  }
+
+  /** Refuses a fork used after `dispose` (`workspace_disposed`): its git dir may serve another fork by now. */
+  private assertLive(): void {
+    if (this.disposed) throw new KeenError("workspace_disposed", `The worktree of ${this.root} was disposed; fork again to work on its branch`);
   }
 
   /** For a sparse worktree (`fork` with `paths`): the files and folders it holds. */
@@ -227,6 +270,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   }
 
   async resolvePath(path: string): Promise<string> {
+    this.assertLive();
     if (typeof path !== "string") throw new PathOutsideWorkspaceError(String(path), "not a string");
     if (path.includes("\0")) throw new PathOutsideWorkspaceError(path, "contains a NUL byte");
     if (isAbsolute(path)) throw new PathOutsideWorkspaceError(path, "absolute paths are not allowed; use a path relative to the workspace root");
@@ -384,6 +428,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   }
 
   async currentBranch(): Promise<string> {
+    this.assertLive();
     // HEAD in this checkout's own git dir (written only by git) names the branch plainly.
     const head = await readFile(join(this.gitDir, "HEAD"), "utf8").catch(() => "");
     const branch = /^ref: refs\/heads\/([^\n]+)\n?$/.exec(head)?.[1];
@@ -394,6 +439,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   }
 
   async head(): Promise<string> {
+    this.assertLive();
     return (await readHeadFromFiles(this.gitDir, this.commonDir)) ?? (await git(this.target, ["rev-parse", "HEAD"])).trim();
   }
 
@@ -412,7 +458,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
         throw new KeenError("merge_unresolved", `A merge is in progress with conflicts in ${status.unmerged.join(", ")}; finish it with commitMerge or roll it back with abortMerge`);
       }
       if (status.entries === 0 && !options.allowEmpty) return { sha: null, skipped: [] };
-      const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes });
+      const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes, listed: status.changed });
       // Nothing staged now and nothing staged before: nothing to commit.
       if (staged.length === 0 && !status.stagedBefore && !options.allowEmpty) return { sha: null, skipped };
       const [before, env] = await Promise.all([this.headOrNull(), identity]);
@@ -434,22 +480,36 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
 
   /**
    * `git status` in one call: how many paths differ from HEAD (staged, modified or untracked, not
-   * ignored), which are unmerged, and whether any change is staged. Submodules are not entered
-   * (a checkout's nested repository is the agent's to write, config and attributes included).
+   * ignored), which are unmerged, whether any change is staged, and the paths whose work tree
+   * differs from the index or that are untracked (what `stageChanges` looks at, NUL-separated raw
+   * names). Submodules are not entered (a checkout's nested repository is the agent's to write,
+   * config and attributes included).
    */
-  private async status(): Promise<{ entries: number; unmerged: string[]; stagedBefore: boolean }> {
+  private async status(): Promise<{ entries: number; unmerged: string[]; stagedBefore: boolean; changed: Buffer }> {
     const output = await gitBytes(this.target, ["status", "--porcelain", "-z", "--untracked-files=all", "--no-renames", "--ignore-submodules=all"]);
     const unmerged: string[] = [];
+    const changed: Buffer[] = [];
     let entries = 0;
     let stagedBefore = false;
-    for (const entry of output.toString("utf8").split("\0")) {
+    let start = 0;
+    while (start < output.length) {
+      let end = output.indexOf(0, start);
+      if (end === -1) end = output.length;
+      const entry = output.subarray(start, end);
+      start = end + 1;
+      // "XY path": X the index against HEAD, Y the work tree against the index (no rename pairs with --no-renames).
       if (entry.length < 4) continue;
       entries++;
-      const code = entry.slice(0, 2);
-      if (UNMERGED.has(code)) unmerged.push(entry.slice(3));
-      else if (!" ?!".includes(code[0]!)) stagedBefore = true;
+      const code = entry.subarray(0, 2).toString("latin1");
+      const path = entry.subarray(3);
+      if (UNMERGED.has(code)) {
+        unmerged.push(path.toString("utf8"));
+        continue;
+      }
+      if (!" ?!".includes(code[0]!)) stagedBefore = true;
+      if (code === "??" || code[1] !== " ") changed.push(path, NUL);
     }
-    return { entries, unmerged, stagedBefore };
+    return { entries, unmerged, stagedBefore, changed: Buffer.concat(changed) };
   }
 
   /**
@@ -483,6 +543,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
 
   /** HEAD's commit, or null when HEAD names none. Read from the ref files when they answer plainly. */
   private async headOrNull(): Promise<string | null> {
+    this.assertLive();
     const fromFiles = await readHeadFromFiles(this.gitDir, this.commonDir);
     if (fromFiles) return fromFiles;
     const result = await gitRaw(this.target, ["rev-parse", "-q", "--verify", "HEAD^{commit}"]);
@@ -519,6 +580,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
    * The report of `includeUncommitted` is on the returned workspace as `lastForkReport`.
    */
   async fork(branch: string, options: ForkOptions = {}): Promise<LocalWorkspace> {
+    this.assertLive();
     if (!isValidBranchName(branch)) throw new KeenError("invalid_branch", `"${branch}" is not a valid branch name`);
     if (options.includeUncommitted && options.from !== undefined) {
       throw new KeenError("invalid_option", "includeUncommitted starts from this checkout's HEAD; it cannot be combined with from");
@@ -563,12 +625,20 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       if (options.includeUncommitted) ({ start, report } = await this.snapshotUncommitted(branch));
       const startCommit = plainStartCommit ?? (await this.startCommit(start));
       if (startCommit.exitCode !== 0) throw new KeenError("invalid_ref", `"${start}" does not name a commit`);
+      if (!paths && this.options.reuseWorktrees) {
+        const reused = await this.reuseParked(dir, branch, oneLine(String(startCommit.stdout)));
+        if (reused) {
+          reused.forkReport = report;
+          return { child: reused, checkout: false };
+        }
+      }
       await mkdir(dirname(dir), { recursive: true });
       // The lock's reason is the lease: it names this process, so a later recovery pass knows when the worktree is abandoned.
       // Only the branch and the registration need the repository lock; the files are checked out after it is released.
       await addWorktree({ commonDir: this.commonDir, main: this.target, dir, branch, commit: oneLine(String(startCommit.stdout)), lockReason: ownLease() });
       const child = await this.child(dir);
       child.forkReport = report;
+      child.dotGit = await readFile(join(child.root, ".git"), "utf8").catch(() => undefined);
       // The checkout below applies the patterns.
       if (paths) await child.makeSparse(paths);
       return { child, checkout: true };
@@ -758,6 +828,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   }
 
   async abortMerge(): Promise<void> {
+    this.assertLive();
     // A merge in progress is MERGE_HEAD in this checkout's own git dir, which only git writes.
     if ((await lstat(join(this.gitDir, "MERGE_HEAD")).catch(() => null)) === null) return;
     await git(this.target, ["merge", "--abort"]);
@@ -774,18 +845,93 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   }
 
   async dispose(): Promise<void> {
-    if (!this.isFork) return;
+    if (!this.isFork || this.disposed) return;
     const main: GitTarget = { gitDir: this.commonDir, workTree: dirname(this.commonDir) };
     await withRepoLock(this.commonDir, async () => {
-      // Doubly forced, remove takes a locked worktree and its registration in one step.
-      const removed = await gitRaw(main, ["worktree", "remove", "--force", "--force", this.root]);
-      if (removed.exitCode === 0 && (await lstat(this.root).catch(() => null)) === null) return;
-      // Removal failed (e.g. on a `.git` file the agent rewrote): unlock (the lease) so the
-      // registration is pruned, and remove the folder ourselves.
-      await gitRaw(main, ["worktree", "unlock", this.root]);
-      await rm(this.root, { recursive: true, force: true });
-      await gitRaw(main, ["worktree", "prune"]);
+      if (this.disposed) return;
+      this.disposed = true;
+      if (this.options.reuseWorktrees && (await this.park())) return;
+      await removeWorktree(main, this.root);
     });
+  }
+
+  /**
+   * Removes the worktrees kept for reuse (`reuseWorktrees`) of this repository: their folders and
+   * registrations. Branches are kept. No-op when none is kept.
+   */
+  async releaseWorktrees(): Promise<void> {
+    await releaseParked(this.commonDir, this.worktreesDir);
+  }
+
+  private get poolKey(): string {
+    return `${this.commonDir}\0${this.worktreesDir}`;
+  }
+
+  /**
+   * Keeps this fork's worktree for the next fork (under the repository lock): its untracked and
+   * ignored files removed, HEAD detached from the branch, the folder moved under `.parked/`.
+   * False, with nothing changed that matters, when it is not to be kept.
+   */
+  private async park(): Promise<boolean> {
+    const pool = parkedPool(this.poolKey);
+    if (this.sparsePaths || this.dotGit === undefined || pool.trees.length >= MAX_PARKED) return false;
+    if (!(await isReusable(this.root, this.gitDir, this.dotGit))) return false;
+    const target: GitTarget = { gitDir: this.gitDir, workTree: this.root };
+    const sha = await readHeadFromFiles(this.gitDir, this.commonDir);
+    if (!sha) return false;
+    // Nested repositories too (-ff): nothing the agent left outside its commits survives.
+    if ((await gitRaw(target, ["clean", "-q", "-ffdx"])).exitCode !== 0) return false;
+    // Detached, so the branch is held by no worktree (`git branch -d` works, `fork(branch, { reattach })` makes a new one).
+    await writeFileAtomically(join(this.gitDir, "HEAD"), `${sha}\n`);
+    const parked = join(this.worktreesDir, PARKED_DIR, randomBytes(6).toString("hex"));
+    await mkdir(dirname(parked), { recursive: true });
+    await rename(this.root, parked);
+    try {
+      // What `git worktree move` does: the registration names the new place; the `.git` file, naming the git dir, stays valid.
+      await writeFileAtomically(join(this.gitDir, "gitdir"), `${join(parked, ".git")}\n`);
+    } catch {
+      await rename(parked, this.root);
+      return false;
+    }
+    pool.trees.push({ root: parked, gitDir: this.gitDir, dotGit: this.dotGit });
+    clearTimeout(pool.timer);
+    const { commonDir, worktreesDir } = this;
+    pool.timer = setTimeout(() => void releaseParked(commonDir, worktreesDir).catch(() => {}), PARKED_IDLE_MS);
+    pool.timer.unref();
+    return true;
+  }
+
+  /**
+   * A kept worktree moved to `dir` and switched to a new `branch` at `start` (under the
+   * repository lock): `checkout -f` writes only the files that differ from what it holds, and its
+   * index's stat data spares rehashing the rest. Undefined when none is kept (or `dir` is taken).
+   */
+  private async reuseParked(dir: string, branch: string, start: string): Promise<LocalWorkspace | undefined> {
+    const pool = parkedPools.get(this.poolKey);
+    if (!pool || pool.trees.length === 0) return undefined;
+    if ((await lstat(dir).catch(() => null)) !== null) return undefined;
+    const main: GitTarget = { gitDir: this.commonDir, workTree: dirname(this.commonDir) };
+    while (pool.trees.length > 0) {
+      const parked = pool.trees.pop()!;
+      if (!(await isReusable(parked.root, parked.gitDir, parked.dotGit))) {
+        await removeWorktree(main, parked.root);
+        continue;
+      }
+      await mkdir(dirname(dir), { recursive: true });
+      await rename(parked.root, dir);
+      const root = await realpath(dir);
+      await writeFileAtomically(join(parked.gitDir, "gitdir"), `${join(root, ".git")}\n`);
+      const child = new LocalWorkspace(root, this.commonDir, parked.gitDir, this.options, true, this.runner, this.shared);
+      child.dotGit = parked.dotGit;
+      const switched = await gitRaw(child.target, ["checkout", "-q", "-f", "--no-track", "-b", branch, start]);
+      if (switched.exitCode !== 0) {
+        child.disposed = true;
+        await removeWorktree(main, root);
+        throw new KeenError("git_failed", `git checkout failed while making ${branch}: ${String(switched.stderr || switched.stdout).trim()}`);
+      }
+      return child;
+    }
+    return undefined;
   }
 
   private async identityEnv(author?: { name: string; email: string }): Promise<Record<string, string>> {
@@ -874,4 +1020,63 @@ function gitIdentityEnv(identity: { name: string; email: string }): Record<strin
     GIT_COMMITTER_NAME: identity.name,
     GIT_COMMITTER_EMAIL: identity.email,
   };
+}
+
+/** Removes a worktree's folder and registration, even a locked one or one whose `.git` file was rewritten. */
+async function removeWorktree(main: GitTarget, root: string): Promise<void> {
+  // Doubly forced, remove takes a locked worktree and its registration in one step.
+  const removed = await gitRaw(main, ["worktree", "remove", "--force", "--force", root]);
+  if (removed.exitCode === 0 && (await lstat(root).catch(() => null)) === null) return;
+  // Removal failed (e.g. on a `.git` file the agent rewrote): unlock (the lease) so the
+  // registration is pruned, and remove the folder ourselves.
+  await gitRaw(main, ["worktree", "unlock", root]);
+  await rm(root, { recursive: true, force: true });
+  await gitRaw(main, ["worktree", "prune"]);
+}
+
+function parkedPool(key: string): { trees: ParkedWorktree[]; timer?: NodeJS.Timeout } {
+  let pool = parkedPools.get(key);
+  if (!pool) parkedPools.set(key, (pool = { trees: [] }));
+  return pool;
+}
+
+/** Removes the kept worktrees of a repository's worktrees folder. */
+async function releaseParked(commonDir: string, worktreesDir: string): Promise<void> {
+  const pool = parkedPools.get(`${commonDir}\0${worktreesDir}`);
+  if (!pool) return;
+  clearTimeout(pool.timer);
+  const main: GitTarget = { gitDir: commonDir, workTree: dirname(commonDir) };
+  await withRepoLock(commonDir, async () => {
+    for (const parked of pool.trees.splice(0)) await removeWorktree(main, parked.root);
+  });
+}
+
+/**
+ * Whether a worktree may be kept or reused: its folder a real directory where it should be, its
+ * `.git` a regular file still as git wrote it, still locked with this process's lease, and no
+ * merge, rebase, sparse patterns or index lock in its git dir.
+ */
+async function isReusable(root: string, gitDir: string, dotGit: string): Promise<boolean> {
+  const info = await lstat(root).catch(() => null);
+  if (!info?.isDirectory() || (await realpath(root).catch(() => null)) !== root) return false;
+  const dot = await lstat(join(root, ".git")).catch(() => null);
+  if (!dot?.isFile() || (await readFile(join(root, ".git"), "utf8").catch(() => null)) !== dotGit) return false;
+  const lease = await readFile(join(gitDir, "locked"), "utf8").catch(() => null);
+  if (lease === null || lease.trim() !== ownLease()) return false;
+  for (const name of IN_PROGRESS) {
+    if ((await lstat(join(gitDir, name)).catch(() => null)) !== null) return false;
+  }
+  return true;
+}
+
+/** Replaces a file of a git dir by rename, as git replaces its own files. */
+async function writeFileAtomically(path: string, content: string): Promise<void> {
+  const temp = `${path}.keen-${randomBytes(4).toString("hex")}`;
+  try {
+    await writeFile(temp, content, { encoding: "utf8", flag: "wx" });
+    await rename(temp, path);
+  } catch (error) {
+    await rm(temp, { force: true });
+    throw error;
+  }
 }

@@ -181,6 +181,8 @@ export interface ForkableWorkspace extends Workspace {
   conflictedFiles(): Promise<string[]>;
   /** Removes this workspace's worktree (never the main checkout); branches are kept. */
   dispose(): Promise<void>;
+  /** Removes worktrees kept after `dispose` for reuse by later forks, when the workspace keeps any. */
+  releaseWorktrees?(): Promise<void>;
 }
 
 export function isForkable(workspace: Workspace): workspace is ForkableWorkspace {
