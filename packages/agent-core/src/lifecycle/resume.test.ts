@@ -90,6 +90,7 @@ describe("resume after SIGKILL", () => {
 
   it("never numbers an event twice: SIGKILL after a snapshot and a later event, then resume", async () => {
     let child: ResultPromise | undefined;
+    const snapshotPath = join(await mkdtemp(join(tmpdir(), "keen-snap-")), "run.json");
     let phase: "fault" | "kill" | "done" = "fault";
     const policy = scenarioPolicy(scenario);
     server = await startMessagesServer({
@@ -99,6 +100,11 @@ describe("resume after SIGKILL", () => {
           // First an overload: keen emits model.retry (an event after the last snapshot) and asks again.
           if (phase === "fault") {
             phase = "kill";
+            // The root merges A while B works; once that merge (and its snapshot) is written, the
+            // retry below is the last event and no snapshot follows it.
+            for (let waited = 0; waited < 30_000 && !(await readFile(`${snapshotPath}.events.ndjson`, "utf8").catch(() => "")).includes('"git.merge"'); waited += 20) {
+              await new Promise((resolve) => setTimeout(resolve, 20));
+            }
             return reply.error(529);
           }
           if (phase === "kill") {
@@ -111,7 +117,6 @@ describe("resume after SIGKILL", () => {
       },
     });
     const repo = await createTestRepo();
-    const snapshotPath = join(await mkdtemp(join(tmpdir(), "keen-snap-")), "run.json");
     child = taskProcess({ mode: "start", repo, baseURL: server.url, snapshotPath, vision: "Build it" });
     expect((await child).signal).toBe("SIGKILL");
 
