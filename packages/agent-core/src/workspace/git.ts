@@ -161,6 +161,19 @@ export async function gitBytes(target: GitTarget, args: string[], options: GitCa
   return result.stdout;
 }
 
+/** The non-empty NUL-separated entries of raw git output, as views of its bytes (`-z` output, before any decoding). */
+export function nulSeparatedBytes(output: Buffer): Buffer[] {
+  const entries: Buffer[] = [];
+  let start = 0;
+  while (start < output.length) {
+    let end = output.indexOf(0, start);
+    if (end === -1) end = output.length;
+    if (end > start) entries.push(output.subarray(start, end));
+    start = end + 1;
+  }
+  return entries;
+}
+
 /**
  * Splits NUL-separated raw output into names, setting aside those that are not valid UTF-8: such
  * a name cannot round-trip through a string (it would come back with U+FFFD in place of its
@@ -170,13 +183,7 @@ export function nulSeparatedNames(output: Buffer): { names: string[]; invalid: s
   const names: string[] = [];
   const invalid: string[] = [];
   const decoder = new TextDecoder("utf-8", { fatal: true });
-  let start = 0;
-  while (start < output.length) {
-    let end = output.indexOf(0, start);
-    if (end === -1) end = output.length;
-    const raw = output.subarray(start, end);
-    start = end + 1;
-    if (raw.length === 0) continue;
+  for (const raw of nulSeparatedBytes(output)) {
     try {
       names.push(decoder.decode(raw));
     } catch {

@@ -10,7 +10,7 @@ import { dropCheckpoint, readCheckpoint, restoreCheckpoint, saveCheckpoint } fro
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
-import { git, gitBytes, gitFailure, gitRaw, nulSeparated, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
+import { git, gitBytes, gitFailure, gitRaw, nulSeparated, nulSeparatedBytes, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
 import { sandboxGitConfig } from "./sandbox-git-config.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
@@ -491,12 +491,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     const changed: Buffer[] = [];
     let entries = 0;
     let stagedBefore = false;
-    let start = 0;
-    while (start < output.length) {
-      let end = output.indexOf(0, start);
-      if (end === -1) end = output.length;
-      const entry = output.subarray(start, end);
-      start = end + 1;
+    for (const entry of nulSeparatedBytes(output)) {
       // "XY path": X the index against HEAD, Y the work tree against the index (no rename pairs with --no-renames).
       if (entry.length < 4) continue;
       entries++;
