@@ -10,6 +10,7 @@ import { dropCheckpoint, readCheckpoint, restoreCheckpoint, saveCheckpoint } fro
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
+import { hasGitDirComponent } from "./git-dir-name.js";
 import { git, gitBytes, gitFailure, gitRaw, nulSeparated, nulSeparatedBytes, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
 import { sandboxGitConfig } from "./sandbox-git-config.js";
 import { isInside } from "./is-inside.js";
@@ -276,8 +277,9 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     if (isAbsolute(path)) throw new PathOutsideWorkspaceError(path, "absolute paths are not allowed; use a path relative to the workspace root");
     const normalized = normalize(path === "" ? "." : path);
     if (normalized === ".." || normalized.startsWith(`..${sep}`)) throw new PathOutsideWorkspaceError(path, "it climbs above the root with ..");
-    const first = normalized.split(sep)[0];
-    if (first === ".git") throw new PathOutsideWorkspaceError(path, "the .git folder is off limits");
+    // `.git` in any spelling some file system or git itself takes for it (`.GIT`, `.git.`,
+    // `.g\u200cit`, `git~1`), at any depth: keen's own git would read a nested one's config.
+    if (hasGitDirComponent(normalized)) throw new PathOutsideWorkspaceError(path, "the .git folder is off limits");
     const full = join(this.root, normalized);
     await this.assertNoSymlinkEscape(path, full);
     return full;
@@ -324,10 +326,9 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     return rel === "" || (!rel.startsWith(`..${sep}`) && rel !== ".." && !isAbsolute(rel));
   }
 
-  /** True for the root's `.git` (file or folder), anything below it, and this checkout's git dirs. */
+  /** True for a `.git` (in any spelling, at any depth), anything below one, and this checkout's git dirs. */
   private inGitDir(absolute: string): boolean {
-    const first = relative(this.root, absolute).split(sep)[0];
-    if (first === ".git") return true;
+    if (hasGitDirComponent(relative(this.root, absolute))) return true;
     // A git dir kept inside the checkout under another name (a fork's worktree lies inside the common dir, not the reverse).
     return [this.gitDir, this.commonDir].some((dir) => isInside(this.root, dir) && (absolute === dir || isInside(dir, absolute)));
   }
@@ -952,7 +953,7 @@ function sparsePaths(paths: unknown): string[] | undefined {
     const clean = normalize(path).split(sep).join("/").replace(/\/+$/, "");
     if (clean === "" || clean === ".") return undefined;
     if (clean === ".." || clean.startsWith("../")) throw new KeenError("invalid_option", `paths: ${path} climbs above the root`);
-    if (clean.split("/")[0] === ".git") throw new KeenError("invalid_option", `paths: ${path} is inside .git`);
+    if (hasGitDirComponent(clean)) throw new KeenError("invalid_option", `paths: ${path} is inside .git`);
     normalised.add(clean);
   }
   return [...normalised].sort();
