@@ -65,4 +65,20 @@ describe("file tools and .git in every spelling", () => {
     expect((await gitIn(dir, "ls-tree", "-r", "--name-only", sha!)).split("\n").sort()).toEqual(["README.md", "good.txt"]);
     expect(skipped).toEqual([expect.objectContaining({ path: ".g\u200cit/config", reason: "invalid_name" })]);
   });
+
+  it("names git could read as options or pathspec magic are committed as the files they name, and nothing else", async () => {
+    const dir = await createTestRepo({ "README.md": "# app\n", "keep.txt": "keep\n" });
+    const ws = await LocalWorkspace.open(dir);
+    const child = await ws.fork("keen/gitnames02");
+    // `:!README.md` as magic would stage everything but README; `*` every file; `--all` an option.
+    const names = [":!README.md", ":(glob)**", ":(attr:x)y", "*", "--all", "-n", "[k]eep.txt"];
+    const made = await child.exec(`${names.map((name) => `printf '%s' '${name}' > './${name}'`).join(" && ")} && rm keep.txt`);
+    expect(made.exitCode, made.output).toBe(0);
+    const { sha, skipped } = await child.commit("odd names");
+    expect(skipped).toEqual([]);
+    const tree = (await gitIn(dir, "ls-tree", "-r", "-z", "--name-only", sha!)).split("\0").filter(Boolean).sort();
+    expect(tree).toEqual([...names, "README.md"].sort());
+    for (const name of names) expect(await gitIn(dir, "cat-file", "-p", `${sha}:${name}`)).toBe(name);
+    expect(await child.readFile(":!README.md")).toBe(":!README.md");
+  });
 });
