@@ -79,8 +79,8 @@ export interface LocalWorkspaceOptions {
    * branch with `git checkout -f`, which writes only the files that differ. At most four are
    * kept per repository; they stay registered and locked with this process's lease, and are
    * removed by `releaseWorktrees()`, after 30 s without reuse, or by the recovery pass of a later
-   * `open` once this process is gone. A worktree whose `.git` file changed, that is mid-merge or
-   * sparse is removed as before.
+   * `open` once this process is gone. A worktree whose `.git` file changed, that is mid-merge,
+   * sparse or has submodules (clean never empties their folders) is removed as before.
    */
   reuseWorktrees?: boolean;
 }
@@ -875,8 +875,11 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     const target: GitTarget = { gitDir: this.gitDir, workTree: this.root };
     const sha = await readHeadFromFiles(this.gitDir, this.commonDir);
     if (!sha) return false;
-    // Nested repositories too (-ff): nothing the agent left outside its commits survives.
-    if ((await gitRaw(target, ["clean", "-q", "-ffdx"])).exitCode !== 0) return false;
+    // Nested repositories too (-ff): nothing the agent left outside its commits survives. clean
+    // never goes into a submodule's folder (a tracked gitlink), so whatever the agent put there
+    // would reach the next fork: a worktree with submodules is not kept.
+    const [cleaned, entries] = await Promise.all([gitRaw(target, ["clean", "-q", "-ffdx"]), gitBytes(target, ["ls-files", "-z", "--stage"]).catch(() => null)]);
+    if (cleaned.exitCode !== 0 || entries === null || nulSeparatedBytes(entries).some((entry) => entry.subarray(0, 7).toString("latin1") === "160000 ")) return false;
     // Detached, so the branch is held by no worktree (`git branch -d` works, `fork(branch, { reattach })` makes a new one).
     await writeFileAtomically(join(this.gitDir, "HEAD"), `${sha}\n`);
     const parked = join(this.worktreesDir, PARKED_DIR, randomBytes(6).toString("hex"));

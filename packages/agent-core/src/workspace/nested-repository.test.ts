@@ -89,4 +89,22 @@ describe("a repository the agent makes inside its worktree", () => {
     const other = await ws.fork("keen/nested0002");
     expect(await other.readFile("README.md")).toBe("# app\n");
   });
+
+  it("with reuseWorktrees, what an agent leaves in a submodule's folder never reaches the next fork", async () => {
+    const { dir } = await repoWithSubmodule();
+    const ws = await LocalWorkspace.open(dir, { reuseWorktrees: true });
+    const first = await ws.fork("keen/nested0003");
+    // git clean does not go into a submodule's folder: whatever is there would be kept.
+    const planted = await first.exec("git init -q sub && echo from-first > sub/planted.txt && echo planted");
+    expect(planted.output).toContain("planted");
+    await first.writeFile("work.txt", "work\n");
+    await first.commit("work");
+    await first.dispose();
+    const next = await ws.fork("keen/nested0004");
+    expect(existsSync(join(next.root, "sub", "planted.txt"))).toBe(false);
+    expect(existsSync(join(next.root, "sub", ".git"))).toBe(false);
+    expect((await next.exec("ls -A sub")).output).toBe("");
+    await next.dispose();
+    await ws.releaseWorktrees();
+  });
 });
