@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -103,6 +104,36 @@ describe("links to host secrets", () => {
       expect(await readFile(secretFile, "utf8")).toBe(`${token}\n`);
     } finally {
       await rm(secretDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("per-worktree git config", () => {
+  it("with extensions.worktreeConfig, a fork's config.worktree is as read-only as the shared config, so no filter of the agent's runs", async () => {
+    const dir = await createTestRepo();
+    await execa("git", ["config", "extensions.worktreeConfig", "true"], { cwd: dir });
+    const proofDir = await mkdtemp(join(tmpdir(), "keen-proof-"));
+    const proof = join(proofDir, "ran-on-host");
+    try {
+      const ws = await LocalWorkspace.open(dir);
+      const child = await ws.fork("keen/wtconfig01");
+      const gitDir = join(ws.gitCommonDir, "worktrees", "wtconfig01");
+      for (const command of [
+        `git config --worktree filter.evil.clean 'touch ${proof}; cat'`,
+        `printf '[filter "evil"]\\n\\tclean = touch ${proof}\\n' > '${gitDir}/config.worktree'`,
+        `printf '* filter=evil\\n' > '${gitDir}/info/attributes'`,
+        `git config --worktree core.attributesFile /dev/null`,
+      ]) {
+        const result = await child.exec(command);
+        expect(result.exitCode, `${command}: ${result.output}`).not.toBe(0);
+      }
+      await child.writeFile(".gitattributes", "* filter=evil\n");
+      await child.writeFile("a.txt", "a\n");
+      expect((await child.commit("work")).sha).toMatch(/^[0-9a-f]{40}$/);
+      await ws.merge(await child.currentBranch(), "merge");
+      expect(existsSync(proof)).toBe(false);
+    } finally {
+      await rm(proofDir, { recursive: true, force: true });
     }
   });
 });
