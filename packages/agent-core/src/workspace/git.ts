@@ -25,13 +25,21 @@ const SPARSE = ["-c", "core.sparseCheckout=true", "-c", "core.sparseCheckoutCone
  * Settings on every git call keen makes: no hooks, no fsmonitor command, no untracked cache
  * (it is written into the index), and nothing that reaches out to the network. The repository's
  * config lives in the common git dir, which the sandbox mounts read-only, so no agent can add a
- * filter or diff driver either.
+ * filter or diff driver either. A nested repository in the worktree is the agent's, config
+ * included, so git never enters one: no recursion into submodules (a user's
+ * `submodule.recurse=true` would make `reset`/`checkout` run git with the agent's filters there)
+ * and no look into them from `diff` or `status`. Paths that are `.git` on macOS or Windows
+ * (`.g\u200cit`, `GIT~1`) are refused whatever the host, so no commit of keen's carries one.
  */
 const HARDENING = [
   "-c", "core.hooksPath=/dev/null",
   "-c", "core.fsmonitor=false",
   "-c", "core.untrackedCache=false",
   "-c", "protocol.allow=never",
+  "-c", "submodule.recurse=false",
+  "-c", "diff.ignoreSubmodules=all",
+  "-c", "core.protectHFS=true",
+  "-c", "core.protectNTFS=true",
 ];
 
 /**

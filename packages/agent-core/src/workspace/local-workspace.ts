@@ -10,6 +10,7 @@ import { dropCheckpoint, readCheckpoint, restoreCheckpoint, saveCheckpoint } fro
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
+import { hasGitDirComponent } from "./git-dir-name.js";
 import { git, gitBytes, gitFailure, gitRaw, nulSeparated, nulSeparatedBytes, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
 import { sandboxGitConfig } from "./sandbox-git-config.js";
 import { isInside } from "./is-inside.js";
@@ -78,8 +79,8 @@ export interface LocalWorkspaceOptions {
    * branch with `git checkout -f`, which writes only the files that differ. At most four are
    * kept per repository; they stay registered and locked with this process's lease, and are
    * removed by `releaseWorktrees()`, after 30 s without reuse, or by the recovery pass of a later
-   * `open` once this process is gone. A worktree whose `.git` file changed, that is mid-merge or
-   * sparse is removed as before.
+   * `open` once this process is gone. A worktree whose `.git` file changed, that is mid-merge,
+   * sparse or has submodules (clean never empties their folders) is removed as before.
    */
   reuseWorktrees?: boolean;
 }
@@ -276,8 +277,9 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     if (isAbsolute(path)) throw new PathOutsideWorkspaceError(path, "absolute paths are not allowed; use a path relative to the workspace root");
     const normalized = normalize(path === "" ? "." : path);
     if (normalized === ".." || normalized.startsWith(`..${sep}`)) throw new PathOutsideWorkspaceError(path, "it climbs above the root with ..");
-    const first = normalized.split(sep)[0];
-    if (first === ".git") throw new PathOutsideWorkspaceError(path, "the .git folder is off limits");
+    // `.git` in any spelling some file system or git itself takes for it (`.GIT`, `.git.`,
+    // `.g\u200cit`, `git~1`), at any depth: keen's own git would read a nested one's config.
+    if (hasGitDirComponent(normalized)) throw new PathOutsideWorkspaceError(path, "the .git folder is off limits");
     const full = join(this.root, normalized);
     await this.assertNoSymlinkEscape(path, full);
     return full;
@@ -324,10 +326,9 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     return rel === "" || (!rel.startsWith(`..${sep}`) && rel !== ".." && !isAbsolute(rel));
   }
 
-  /** True for the root's `.git` (file or folder), anything below it, and this checkout's git dirs. */
+  /** True for a `.git` (in any spelling, at any depth), anything below one, and this checkout's git dirs. */
   private inGitDir(absolute: string): boolean {
-    const first = relative(this.root, absolute).split(sep)[0];
-    if (first === ".git") return true;
+    if (hasGitDirComponent(relative(this.root, absolute))) return true;
     // A git dir kept inside the checkout under another name (a fork's worktree lies inside the common dir, not the reverse).
     return [this.gitDir, this.commonDir].some((dir) => isInside(this.root, dir) && (absolute === dir || isInside(dir, absolute)));
   }
@@ -874,8 +875,11 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     const target: GitTarget = { gitDir: this.gitDir, workTree: this.root };
     const sha = await readHeadFromFiles(this.gitDir, this.commonDir);
     if (!sha) return false;
-    // Nested repositories too (-ff): nothing the agent left outside its commits survives.
-    if ((await gitRaw(target, ["clean", "-q", "-ffdx"])).exitCode !== 0) return false;
+    // Nested repositories too (-ff): nothing the agent left outside its commits survives. clean
+    // never goes into a submodule's folder (a tracked gitlink), so whatever the agent put there
+    // would reach the next fork: a worktree with submodules is not kept.
+    const [cleaned, entries] = await Promise.all([gitRaw(target, ["clean", "-q", "-ffdx"]), gitBytes(target, ["ls-files", "-z", "--stage"]).catch(() => null)]);
+    if (cleaned.exitCode !== 0 || entries === null || nulSeparatedBytes(entries).some((entry) => entry.subarray(0, 7).toString("latin1") === "160000 ")) return false;
     // Detached, so the branch is held by no worktree (`git branch -d` works, `fork(branch, { reattach })` makes a new one).
     await writeFileAtomically(join(this.gitDir, "HEAD"), `${sha}\n`);
     const parked = join(this.worktreesDir, PARKED_DIR, randomBytes(6).toString("hex"));
@@ -952,7 +956,7 @@ function sparsePaths(paths: unknown): string[] | undefined {
     const clean = normalize(path).split(sep).join("/").replace(/\/+$/, "");
     if (clean === "" || clean === ".") return undefined;
     if (clean === ".." || clean.startsWith("../")) throw new KeenError("invalid_option", `paths: ${path} climbs above the root`);
-    if (clean.split("/")[0] === ".git") throw new KeenError("invalid_option", `paths: ${path} is inside .git`);
+    if (hasGitDirComponent(clean)) throw new KeenError("invalid_option", `paths: ${path} is inside .git`);
     normalised.add(clean);
   }
   return [...normalised].sort();

@@ -1,4 +1,5 @@
 import { spawn } from "node:child_process";
+import { stat, statfs } from "node:fs/promises";
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import { z } from "zod";
@@ -67,6 +68,17 @@ export interface SandboxOptions {
    * loop) can put on the worktree's disk in one file. Default 1 GiB; `Infinity` for none.
    */
   maxFileBytes?: number;
+  /**
+   * Most disk one command may take on the file systems it can write (the worktree's, and those of
+   * `extraWritablePaths`), in bytes: measured as the drop in their free space, checked four times
+   * a second, and the command is stopped (reported as `[stopped by the sandbox: it took more than
+   * … bytes on the worktree's disk …]`) once it is past. `maxFileBytes` bounds one file; this bounds the many.
+   * Other writers on the same file system while the command runs count too. Default 10 GiB;
+   * `Infinity` for none.
+   */
+  maxDiskBytes?: number;
+  /** Most files and folders one command may create there, measured and enforced like `maxDiskBytes` (free inodes). Default 1,000,000; `Infinity` for none. */
+  maxDiskFiles?: number;
   /** Mount the workspace root read-only for every command this runner runs. Default `false`. */
   readOnly?: boolean;
   /** Absolute paths to make visible read-only (for example a toolchain under a hidden folder). */
@@ -102,6 +114,8 @@ const SandboxOptionsSchema = z.object({
   addressSpaceBytes: Limit.optional(),
   maxFileBytes: Limit.optional(),
   totalMemoryBytes: Limit.optional(),
+  maxDiskBytes: Limit.optional(),
+  maxDiskFiles: Limit.optional(),
   readOnly: z.boolean().optional(),
   extraReadOnlyPaths: z.array(AbsolutePath).optional(),
   extraWritablePaths: z.array(AbsolutePath).optional(),
@@ -118,6 +132,10 @@ const DEFAULT_CPU_SECONDS = 600;
 const DEFAULT_MEMORY_BYTES = 8 * 1024 ** 3;
 const DEFAULT_MAX_FILE_BYTES = 1024 ** 3;
 const DEFAULT_TOTAL_MEMORY_BYTES = 8 * 1024 ** 3;
+const DEFAULT_MAX_DISK_BYTES = 10 * 1024 ** 3;
+const DEFAULT_MAX_DISK_FILES = 1_000_000;
+/** How often a running command's disk use is checked. */
+const DISK_CHECK_MS = 250;
 const DEFAULT_TMP_BYTES = 512 * 1024 * 1024;
 /** Most of /run's tmpfs: it holds sockets and pid files, never bulk data. */
 const RUN_BYTES = 64 * 1024 * 1024;
@@ -328,6 +346,8 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
   const cpuSeconds = settings.cpuSeconds ?? DEFAULT_CPU_SECONDS;
   const maxProcesses = settings.maxProcesses ?? DEFAULT_MAX_PROCESSES;
   const totalMemoryBytes = settings.totalMemoryBytes ?? DEFAULT_TOTAL_MEMORY_BYTES;
+  const maxDiskBytes = settings.maxDiskBytes ?? DEFAULT_MAX_DISK_BYTES;
+  const maxDiskFiles = settings.maxDiskFiles ?? DEFAULT_MAX_DISK_FILES;
   const limits = {
     cpuSeconds,
     memoryBytes: settings.memoryBytes ?? DEFAULT_MEMORY_BYTES,
@@ -403,12 +423,21 @@ export function sandboxRunner(options: SandboxOptions = {}): CommandRunner {
       const starter = starterShell();
       const enter = 'for procs in "$1" "$2"; do [ "$procs" = - ] || echo $$ > "$procs" || exit 125; done';
       const script = [enter, "shift 2", closeFdsScript(starter, seccomp ? [3] : []), 'exec "$@"'].join(" && ");
-      const result = await runInProcessGroup(
-        starter.path,
-        ["-c", script, "keen-sandbox", ...cgroupProcs, bwrapPath, ...args],
-        { ...rest, replaceEnv: bwrapEnv() },
-        seccomp ?? undefined,
-      );
+      const disk = await watchDisk([root, ...writable], { bytes: maxDiskBytes, files: maxDiskFiles }, runOptions.signal);
+      let result: ExecResult;
+      try {
+        result = await runInProcessGroup(
+          starter.path,
+          ["-c", script, "keen-sandbox", ...cgroupProcs, bwrapPath, ...args],
+          { ...rest, replaceEnv: bwrapEnv(), ...(disk ? { signal: disk.signal } : {}) },
+          seccomp ?? undefined,
+        );
+      } finally {
+        disk?.stop();
+      }
+      if (disk?.exceeded) {
+        result = { ...result, aborted: runOptions.signal?.aborted === true, output: `${result.output}\n[stopped by the sandbox: it took more than ${disk.exceeded} on the worktree's disk (maxDiskBytes, maxDiskFiles)]\n` };
+      }
       if (cgroup) await removeCgroup(cgroup);
       if (memoryCgroup && memoryCgroup !== cgroup) await removeCgroup(memoryCgroup);
       if (result.exitCode === SIGXCPU_EXIT && Number.isFinite(cpuSeconds)) {
@@ -565,4 +594,62 @@ async function removeCgroup(dir: string): Promise<void> {
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   }
+}
+
+interface DiskWatch {
+  /** Fires when the command took more than allowed, or when `outer` fires. */
+  signal: AbortSignal;
+  /** What was exceeded (`33554432 bytes`, `2000 files`), once it was. */
+  exceeded: string | undefined;
+  stop(): void;
+}
+
+/**
+ * Watches the free space and free inodes of the file systems holding `paths` (each counted once)
+ * while a command runs, and fires the returned signal once either dropped by more than its limit
+ * since the start. No kernel limit bounds the total a process tree writes to a folder without
+ * quotas set up by an administrator; the free space of its file system is what a full disk
+ * exhausts, and `statfs` reads it in microseconds. Null when both limits are off or nothing can
+ * be measured.
+ */
+async function watchDisk(paths: string[], limits: { bytes: number; files: number }, outer: AbortSignal | undefined): Promise<DiskWatch | null> {
+  if (!Number.isFinite(limits.bytes) && !Number.isFinite(limits.files)) return null;
+  const devices = new Set<number>();
+  const measured: Array<{ path: string; free: number; files: number }> = [];
+  for (const path of paths) {
+    const [info, space] = await Promise.all([stat(path).catch(() => null), statfs(path).catch(() => null)]);
+    if (!info || !space || devices.has(info.dev)) continue;
+    devices.add(info.dev);
+    measured.push({ path, free: space.bavail * space.bsize, files: space.ffree });
+  }
+  if (measured.length === 0) return null;
+  const controller = new AbortController();
+  const onOuter = () => controller.abort();
+  if (outer?.aborted) controller.abort();
+  else outer?.addEventListener("abort", onOuter, { once: true });
+  const watch: DiskWatch = {
+    signal: controller.signal,
+    exceeded: undefined,
+    stop: () => {
+      clearInterval(timer);
+      outer?.removeEventListener("abort", onOuter);
+    },
+  };
+  let checking = false;
+  const timer = setInterval(() => {
+    if (checking || watch.exceeded) return;
+    checking = true;
+    void Promise.all(measured.map(async (start) => ({ start, now: await statfs(start.path).catch(() => null) })))
+      .then((readings) => {
+        for (const { start, now } of readings) {
+          if (!now || watch.exceeded) continue;
+          if (start.free - now.bavail * now.bsize > limits.bytes) watch.exceeded = `${limits.bytes} bytes`;
+          else if (start.files - now.ffree > limits.files) watch.exceeded = `${limits.files} files`;
+        }
+        if (watch.exceeded) controller.abort();
+      })
+      .finally(() => (checking = false));
+  }, DISK_CHECK_MS);
+  timer.unref();
+  return watch;
 }
