@@ -15,7 +15,9 @@ import {
   validate,
   type AuthService,
   type DataRightsContributor,
+  type EraseUserDataOptions,
   type Principal,
+  type UserErasureReport,
 } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
 import type { ParameterizedContext } from "koa";
@@ -30,6 +32,42 @@ import { jsonBody } from "../http/json-body.js";
 /** Every module that holds personal data; the server's own first, while the user's email is still there. */
 export function dataRightsContributors(): DataRightsContributor[] {
   return [serverDataRights, authDataRights(), auditDataRights(), creditsDataRights, billingDataRights, budgetsDataRights, spendDataRights];
+}
+
+/**
+ * Why an account may not be erased now: it is the only owner of a team others belong to (409
+ * `last_owner`), or one of its runs is queued or running (409 `run_not_finished`). Checked
+ * before anything else an erasure does; `serverDataRights` checks the runs again inside the
+ * erasure's transaction.
+ */
+export async function refuseErasure(db: Kysely<any>, userId: string): Promise<void> {
+  const owned = await db.selectFrom("memberships").select("team_id").where("user_id", "=", userId).where("role", "=", "owner").execute();
+  for (const { team_id: teamId } of owned) {
+    const others = await db.selectFrom("memberships").select(["user_id", "role"]).where("team_id", "=", teamId).where("user_id", "!=", userId).execute();
+    if (others.length > 0 && !others.some((m) => m.role === "owner")) {
+      throw new AuthError("last_owner", `You are the only owner of team ${teamId}: make another member an owner first`);
+    }
+  }
+  const active = await db.selectFrom("runs").select("id").where("user_id", "=", userId).where("status", "in", ["queued", "running"]).limit(1).executeTakeFirst();
+  if (active) throw new ServerError("run_not_finished", `Run ${active.id} is still going: cancel it first`, { runId: active.id });
+}
+
+/**
+ * The one account erasure, for `DELETE /v1/me` and `keen admin remove-user`: every contributor
+ * in one transaction (gateway-kit's `eraseUserData`, recorded in the audit log as
+ * `privacy.erase`), then the user's workspace folder. Call `refuseErasure` first.
+ */
+export async function eraseAccount(
+  db: Kysely<any>,
+  config: Pick<ServerConfig, "workspacesDir">,
+  userId: string,
+  options: { recordIn: EraseUserDataOptions["recordIn"]; onWorkspaceError?: (error: unknown) => void },
+): Promise<UserErasureReport> {
+  const report = await eraseUserData(db, userId, dataRightsContributors(), { recordIn: options.recordIn });
+  if (/^[A-Za-z0-9_-]{1,100}$/.test(userId)) {
+    await rm(resolve(config.workspacesDir, userId), { recursive: true, force: true }).catch((error) => options.onWorkspaceError?.(error));
+  }
+  return report;
 }
 
 function signedInUser(ctx: ParameterizedContext): Principal & { sessionId: string } {
@@ -74,15 +112,7 @@ export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTabl
     const user = await auth.stores.users.findById(principal.userId);
     if (!user) throw new ServerError("not_found", "User not found");
     // The refusals first, so a refused erasure has not also signed the user in again.
-    const owned = await db.selectFrom("memberships").select("team_id").where("user_id", "=", user.id).where("role", "=", "owner").execute();
-    for (const { team_id: teamId } of owned) {
-      const others = await db.selectFrom("memberships").select(["user_id", "role"]).where("team_id", "=", teamId).where("user_id", "!=", user.id).execute();
-      if (others.length > 0 && !others.some((m) => m.role === "owner")) {
-        throw new AuthError("last_owner", `You are the only owner of team ${teamId}: make another member an owner first`);
-      }
-    }
-    const active = await db.selectFrom("runs").select("id").where("user_id", "=", user.id).where("status", "in", ["queued", "running"]).limit(1).executeTakeFirst();
-    if (active) throw new ServerError("run_not_finished", `Run ${active.id} is still going: cancel it first`, { runId: active.id });
+    await refuseErasure(db, user.id);
 
     // gateway-kit's one re-authentication check: the password through its login limiter, or for
     // an account without one a sign-in at most `reauthMaxAgeSeconds` old.
@@ -93,12 +123,11 @@ export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTabl
       throw error;
     }
 
-    const report = await eraseUserData(db, user.id, dataRightsContributors(), { recordIn: { tenantId: null, actorId: user.id, requestId: ctx.state.requestId ?? null } });
+    const report = await eraseAccount(db, config, user.id, {
+      recordIn: { tenantId: null, actorId: user.id, requestId: ctx.state.requestId ?? null },
+      onWorkspaceError: (error) => ctx.state.log?.warn({ err: error }, "workspace removal after erasure failed"),
+    });
     auth.evictUser(user.id);
-    const folder = resolve(config.workspacesDir, user.id);
-    if (/^[A-Za-z0-9_-]{1,100}$/.test(user.id)) {
-      await rm(folder, { recursive: true, force: true }).catch((error) => ctx.state.log?.warn({ err: error }, "workspace removal after erasure failed"));
-    }
     // The request's own audit line must not name the user it just erased.
     delete ctx.state.principal;
     ctx.body = { erased: true, userId: user.id, erasedAt: report.erasedAt, contributors: report.contributors };
