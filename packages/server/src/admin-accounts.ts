@@ -12,11 +12,23 @@ import type { StartOptions } from "./start.js";
 /** How the operator's acts appear in the audit log: a system actor, named in `details.via`. */
 const OPERATOR = { tenantId: null, actorId: null, requestId: null } as const;
 
-async function userByEmail(db: Kysely<any>, email: string): Promise<UserRecord> {
+/**
+ * An account's address as the auth store keeps it (normalised); 400 `invalid_request` when it is
+ * no address at all.
+ *
+ * @example
+ * accountEmail("  Ops@Example.com "); // "ops@example.com"
+ */
+export function accountEmail(email: string): string {
   const parsed = Email.safeParse(email);
   if (!parsed.success) throw new ServerError("invalid_request", `"${email}" is not an email address`);
-  const user = await createKyselyAuthStores(db).users.findByEmail(parsed.data);
-  if (!user) throw new ServerError("not_found", `No account has the email ${parsed.data}`);
+  return parsed.data;
+}
+
+async function userByEmail(db: Kysely<any>, email: string): Promise<UserRecord> {
+  const address = accountEmail(email);
+  const user = await createKyselyAuthStores(db).users.findByEmail(address);
+  if (!user) throw new ServerError("not_found", `No account has the email ${address}`);
   return user;
 }
 

@@ -1,11 +1,11 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { PGlite } from "@electric-sql/pglite";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { listeningUrl } from "../testing/keen-process.js";
+import { keenInProcess, listeningUrl } from "../testing/keen-process.js";
 
 const root = fileURLToPath(new URL("../../../../", import.meta.url));
 const OPS = "ops@keen.test";
@@ -47,17 +47,19 @@ describe("keen admin on an embedded database", () => {
     await rm(join(dataDir, ".."), { recursive: true, force: true });
   });
 
-  it("refuses a missing or unknown action and a bad address as usage errors", async () => {
-    for (const args of [["admin"], ["admin", "promote", OPS], ["admin", "verify-email"], ["admin", "verify-email", "not-an-address", "--data-dir", dataDir], ["admin", "remove-user", OPS, "b@keen.test"]]) {
-      const result = await keen(args);
+  it("refuses a missing or unknown action and a bad address as usage errors, before opening any database", async () => {
+    const untouched = join(dataDir, "..", "never-opened");
+    for (const args of [["admin"], ["admin", "promote", OPS], ["admin", "verify-email"], ["admin", "verify-email", "not-an-address", "--data-dir", untouched], ["admin", "remove-user", OPS, "b@keen.test"], ["admin", "remove-user", OPS, "--bogus"]]) {
+      const result = await keenInProcess(args, env());
       expect(result.exitCode, `${args.join(" ")}: ${result.stderr}`).toBe(2);
       expect(result.stderr.trim().split("\n")).toHaveLength(1);
     }
-    const help = await keen(["admin", "--help"]);
+    await expect(stat(untouched)).rejects.toMatchObject({ code: "ENOENT" });
+    const help = await keenInProcess(["help", "admin"], env());
     expect(help.exitCode).toBe(0);
     expect(help.stdout).toContain("verify-email");
     expect(help.stdout).toContain("remove-user");
-  }, 120_000);
+  });
 
   it("erases a squatter of a listed address, then verifies its owner, who is then an admin", async () => {
     const squatter = await withServer(dataDir, async (url) => {
@@ -65,7 +67,7 @@ describe("keen admin on an embedded database", () => {
       expect(signup.status).toBe(201);
       const me = await call(url, "/v1/me", { token: signup.body.accessToken });
       expect(me.body.admin).toBe(false);
-      const grant = await call(url, "/v1/admin/credits/grant", { token: signup.body.accessToken, body: { teamId: signup.body.teamId, amount: 1_000_000, idempotencyKey: "squat" } });
+      const grant = await call(url, "/v1/admin/credits/grant", { token: signup.body.accessToken, body: { teamId: signup.body.teamId, amount: 1_000_000, idempotencyKey: "squat-grant" } });
       expect(grant.status).toBe(404);
       return { userId: signup.body.user.id as string, token: signup.body.accessToken as string };
     });
@@ -73,6 +75,7 @@ describe("keen admin on an embedded database", () => {
     const removed = await keen(["admin", "remove-user", OPS, "--data-dir", dataDir]);
     expect(removed.exitCode, removed.stderr).toBe(0);
     expect(removed.stdout).toContain(`erased user ${squatter.userId}`);
+    expect(removed.stdout).toContain(`${OPS} is free to sign up with again`);
     const again = await keen(["admin", "remove-user", OPS, "--data-dir", dataDir]);
     expect(again.exitCode).toBe(1);
     expect(again.stderr).toContain(`No account has the email ${OPS}`);
@@ -93,7 +96,7 @@ describe("keen admin on an embedded database", () => {
       const login = await call(url, "/v1/auth/login", { body: { email: OPS, password: PASSWORD } });
       expect(login.status).toBe(200);
       expect((await call(url, "/v1/me", { token: login.body.accessToken })).body.admin).toBe(true);
-      const grant = await call(url, "/v1/admin/credits/grant", { token: login.body.accessToken, body: { teamId: owner.teamId, amount: 1_000_000, idempotencyKey: "owner" } });
+      const grant = await call(url, "/v1/admin/credits/grant", { token: login.body.accessToken, body: { teamId: owner.teamId, amount: 1_000_000, idempotencyKey: "owner-grant" } });
       expect(grant.status).toBe(201);
     });
 
@@ -117,5 +120,5 @@ describe("keen admin on an embedded database", () => {
     } finally {
       await db.close();
     }
-  }, 300_000);
+  }, 600_000);
 });

@@ -1,4 +1,4 @@
-import { removeSquattingAccount, ServerError, verifyAccountEmail, withServerDatabase } from "@keen/server";
+import { accountEmail, removeSquattingAccount, ServerError, verifyAccountEmail, withServerDatabase } from "@keen/server";
 import { UsageError, type Io } from "../cli-error.js";
 import { asUsageError, parseServerFlags } from "./serve.js";
 
@@ -37,6 +37,12 @@ export async function adminCommand(argv: string[], io: Io): Promise<number> {
   }
   if (!email) throw new UsageError(`keen admin ${action} needs the account's email address`);
   if (extra.length > 0) throw new UsageError(`keen admin ${action} takes one email address, not ${extra.length + 1}`);
+  // A malformed address is refused before the database is opened.
+  try {
+    accountEmail(email);
+  } catch (error) {
+    asOperatorError(error);
+  }
 
   if (action === "verify-email") {
     const result = await withServerDatabase({ env: io.env, flags }, (db, config) => verifyAccountEmail(db, config, email)).catch(asOperatorError);
@@ -45,6 +51,6 @@ export async function adminCommand(argv: string[], io: Io): Promise<number> {
     return 0;
   }
   const report = await withServerDatabase({ env: io.env, flags }, (db, config) => removeSquattingAccount(db, config, email)).catch(asOperatorError);
-  io.stdout(`erased user ${report.userId} (${report.contributors.join(", ")}); its address is free to sign up with again\n`);
+  io.stdout(`erased user ${report.userId} (${report.contributors.join(", ")}); ${accountEmail(email)} is free to sign up with again\n`);
   return 0;
 }
