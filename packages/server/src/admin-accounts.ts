@@ -6,7 +6,7 @@ import { isAdminUser } from "./admins.js";
 import { loadConfig, type ServerConfig } from "./config.js";
 import { migrateServer } from "./db/migrations.js";
 import { ServerError } from "./errors.js";
-import { eraseAccount, refuseErasure } from "./privacy/routes.js";
+import { eraseAccount, refuseErasure } from "./privacy/erase-account.js";
 import type { StartOptions } from "./start.js";
 
 /** How the operator's acts appear in the audit log: a system actor, named in `details.via`. */
