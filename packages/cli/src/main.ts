@@ -1,7 +1,7 @@
 import { createRequire } from "node:module";
 import { closestOption } from "./args.js";
 import { humanIo, MODEL_UNAVAILABLE_EXIT_CODE, ModelUnavailableError, UsageError, processIo, type CommandIo, type Io } from "./cli-error.js";
-import { migrateCommand, serveCommand, workerCommand } from "./commands/server.js";
+import { adminCommand, migrateCommand, serveCommand, workerCommand } from "./commands/server.js";
 
 const HELP = `keen: autonomous coding agents on your git repositories
 
@@ -16,6 +16,7 @@ Commands:
   serve                start the keen server (REST API, event streams, run workers)
   migrate              bring the server's database up to date
   worker               execute server runs alone, against DATABASE_URL
+  admin                verify an account's email, or erase one squatting an address
   help [COMMAND]       show this help, or a command's
 
 Examples:
@@ -53,6 +54,7 @@ const SERVER_COMMANDS: Record<string, (argv: string[], io: Io) => Promise<number
   serve: serveCommand,
   migrate: migrateCommand,
   worker: workerCommand,
+  admin: adminCommand,
 };
 
 /**
@@ -75,6 +77,7 @@ export async function main(argv: string[], output: Io = processIo): Promise<numb
       case "serve":
       case "migrate":
       case "worker":
+      case "admin":
         return await SERVER_COMMANDS[command]!(rest, io);
       case "help": {
         const topic = rest[0];

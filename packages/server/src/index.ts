@@ -2,6 +2,8 @@ export { ServerConfig, ConfigError, loadConfig, parseConfig, settingsHelp, SETTI
 export { ServerError, statusOf, type ServerErrorCode } from "./errors.js";
 export { createServer, type CreateServerOptions, type KeenServer } from "./server.js";
 export { startServer, startWorker, migrateOnly, type StartOptions } from "./start.js";
+export { isAdminUser, adminCheck, type AdminCheck } from "./admins.js";
+export { accountEmail, verifyAccountEmail, removeSquattingAccount, withServerDatabase, type VerifiedEmail } from "./admin-accounts.js";
 export { migrateServer, serverMigrations, SERVER_MIGRATION_TABLE } from "./db/migrations.js";
 export { inProcessQueue, pgBossQueue, type JobQueue, type JobHandler } from "./queue/job-queue.js";
 export { localEventBus, postgresEventBus, type EventBus, type RunNotice, type StoredEvent } from "./events/event-bus.js";

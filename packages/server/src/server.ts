@@ -26,7 +26,6 @@ import {
   type Database,
   type Ledger,
   type PasswordHashingOptions,
-  type Principal,
   type Spend,
 } from "@keen/gateway-kit";
 import Koa from "koa";
@@ -34,6 +33,7 @@ import type { Kysely } from "kysely";
 import { pino, type DestinationStream, type Logger } from "pino";
 import { z } from "zod";
 import { GrantCreditsBody } from "./admin-input.js";
+import { adminCheck } from "./admins.js";
 import { PreferencesBody } from "./preferences-input.js";
 import { parseConfig, type ServerConfig, type ServerConfigInput } from "./config.js";
 import { migrateServer } from "./db/migrations.js";
@@ -162,12 +162,8 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
         : localEventBus();
     cleanups.unshift(() => bus.close());
     const metrics = createMetrics({ queueDepth: () => queue.depth(RUN_QUEUE) });
-    const adminEmails = new Set(config.adminEmails);
-    const isAdmin = async (principal: Principal) => {
-      if (adminEmails.size === 0) return false;
-      const user = await auth.stores.users.findById(principal.userId);
-      return !!user && adminEmails.has(user.email.toLowerCase());
-    };
+    // Listed in adminEmails AND verified: see admins.ts, the one rule for every admin decision.
+    const isAdmin = adminCheck(auth.stores.users, config.adminEmails);
     const webhooks = createWebhookService({ db, queue, config, logger });
     const onRunEnded = (runId: string) => webhooks.runEnded(runId);
     const runs = createRunService({ db, config, ledger, spend, slots, queue, bus, priceList, isAdmin, onRunEnded });

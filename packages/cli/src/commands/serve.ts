@@ -12,13 +12,21 @@ Options:
 ${settingsHelp()}
   -h, --help                show this help`;
 
-/** Flags named after the server's settings; `--local-mode` alone means true. */
-export function parseServerFlags(argv: string[], command: string): { flags: Partial<Record<keyof ServerConfigInput, unknown>>; help: boolean } {
-  const options: Record<string, { type: "string" | "boolean"; short?: string }> = { help: { type: "boolean", short: "h" } };
-  for (const setting of SETTINGS) options[setting.flag.slice(2)] = { type: setting.key === "localMode" ? "boolean" : "string" };
+/**
+ * Flags named after the server's settings; `--local-mode` alone means true. Positional
+ * arguments are refused unless `allowPositionals` (then returned in order).
+ */
+export function parseServerFlags(
+  argv: string[],
+  command: string,
+  options: { allowPositionals?: boolean } = {},
+): { flags: Partial<Record<keyof ServerConfigInput, unknown>>; help: boolean; positionals: string[] } {
+  const known: Record<string, { type: "string" | "boolean"; short?: string }> = { help: { type: "boolean", short: "h" } };
+  for (const setting of SETTINGS) known[setting.flag.slice(2)] = { type: setting.key === "localMode" ? "boolean" : "string" };
   let values: Record<string, string | boolean | undefined>;
+  let positionals: string[];
   try {
-    ({ values } = parseArgs({ args: argv, strict: true, allowPositionals: false, options }));
+    ({ values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: options.allowPositionals === true, options: known }));
   } catch (error) {
     throw new UsageError(`${(error as Error).message.split("\n")[0]} (see keen ${command} --help)`);
   }
@@ -27,7 +35,7 @@ export function parseServerFlags(argv: string[], command: string): { flags: Part
     const value = values[setting.flag.slice(2)];
     if (value !== undefined) flags[setting.key] = value;
   }
-  return { flags, help: Boolean(values.help) };
+  return { flags, help: Boolean(values.help), positionals };
 }
 
 /** A config problem is the user's: one line, exit code 2. */

@@ -17,3 +17,8 @@ export async function migrateCommand(argv: string[], io: Io): Promise<number> {
 export async function workerCommand(argv: string[], io: Io): Promise<number> {
   return (await import("./worker.js")).workerCommand(argv, io);
 }
+
+/** `keen admin`: see admin.ts. */
+export async function adminCommand(argv: string[], io: Io): Promise<number> {
+  return (await import("./admin.js")).adminCommand(argv, io);
+}

@@ -1,22 +1,5 @@
-import { rm } from "node:fs/promises";
-import { resolve } from "node:path";
 import type { Router } from "@koa/router";
-import {
-  auditDataRights,
-  AuthError,
-  authDataRights,
-  billingDataRights,
-  budgetsDataRights,
-  creditsDataRights,
-  eraseUserData,
-  exportUserData,
-  GatewayError,
-  spendDataRights,
-  validate,
-  type AuthService,
-  type DataRightsContributor,
-  type Principal,
-} from "@keen/gateway-kit";
+import { exportUserData, GatewayError, validate, type AuthService, type Principal } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
 import type { ParameterizedContext } from "koa";
 import type { z } from "zod";
@@ -24,13 +7,8 @@ import type { ServerConfig } from "../config.js";
 import type { ServerTables } from "../db/tables.js";
 import { ServerError } from "../errors.js";
 import { EraseAccountBody } from "./privacy-input.js";
-import { serverDataRights } from "./server-data-rights.js";
+import { dataRightsContributors, eraseAccount, refuseErasure } from "./erase-account.js";
 import { jsonBody } from "../http/json-body.js";
-
-/** Every module that holds personal data; the server's own first, while the user's email is still there. */
-export function dataRightsContributors(): DataRightsContributor[] {
-  return [serverDataRights, authDataRights(), auditDataRights(), creditsDataRights, billingDataRights, budgetsDataRights, spendDataRights];
-}
 
 function signedInUser(ctx: ParameterizedContext): Principal & { sessionId: string } {
   const principal = ctx.state.principal;
@@ -74,15 +52,7 @@ export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTabl
     const user = await auth.stores.users.findById(principal.userId);
     if (!user) throw new ServerError("not_found", "User not found");
     // The refusals first, so a refused erasure has not also signed the user in again.
-    const owned = await db.selectFrom("memberships").select("team_id").where("user_id", "=", user.id).where("role", "=", "owner").execute();
-    for (const { team_id: teamId } of owned) {
-      const others = await db.selectFrom("memberships").select(["user_id", "role"]).where("team_id", "=", teamId).where("user_id", "!=", user.id).execute();
-      if (others.length > 0 && !others.some((m) => m.role === "owner")) {
-        throw new AuthError("last_owner", `You are the only owner of team ${teamId}: make another member an owner first`);
-      }
-    }
-    const active = await db.selectFrom("runs").select("id").where("user_id", "=", user.id).where("status", "in", ["queued", "running"]).limit(1).executeTakeFirst();
-    if (active) throw new ServerError("run_not_finished", `Run ${active.id} is still going: cancel it first`, { runId: active.id });
+    await refuseErasure(db, user.id);
 
     // gateway-kit's one re-authentication check: the password through its login limiter, or for
     // an account without one a sign-in at most `reauthMaxAgeSeconds` old.
@@ -93,12 +63,11 @@ export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTabl
       throw error;
     }
 
-    const report = await eraseUserData(db, user.id, dataRightsContributors(), { recordIn: { tenantId: null, actorId: user.id, requestId: ctx.state.requestId ?? null } });
+    const report = await eraseAccount(db, config, user.id, {
+      recordIn: { tenantId: null, actorId: user.id, requestId: ctx.state.requestId ?? null },
+      onWorkspaceError: (error) => ctx.state.log?.warn({ err: error }, "workspace removal after erasure failed"),
+    });
     auth.evictUser(user.id);
-    const folder = resolve(config.workspacesDir, user.id);
-    if (/^[A-Za-z0-9_-]{1,100}$/.test(user.id)) {
-      await rm(folder, { recursive: true, force: true }).catch((error) => ctx.state.log?.warn({ err: error }, "workspace removal after erasure failed"));
-    }
     // The request's own audit line must not name the user it just erased.
     delete ctx.state.principal;
     ctx.body = { erased: true, userId: user.id, erasedAt: report.erasedAt, contributors: report.contributors };

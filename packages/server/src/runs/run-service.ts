@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { rm } from "node:fs/promises";
 import type { Ledger, PriceList, Principal, RunSlots, Spend } from "@keen/gateway-kit";
 import { sql, type Kysely, type Selectable } from "kysely";
+import type { AdminCheck } from "../admins.js";
 import type { ServerConfig } from "../config.js";
 import type { RunAgentsTable, RunsTable, ServerTables } from "../db/tables.js";
 import { ServerError } from "../errors.js";
@@ -118,7 +119,8 @@ export interface RunServiceDeps {
   queue: JobQueue;
   bus: EventBus;
   priceList: PriceList;
-  isAdmin(principal: Principal): Promise<boolean>;
+  /** Whether the principal is a server admin: `adminCheck` in admins.ts (listed and verified). */
+  isAdmin: AdminCheck;
   /** Told once a run reached a final state here (webhooks are enqueued from it). */
   onRunEnded?: (runId: string) => Promise<void>;
 }

@@ -6,6 +6,8 @@ import { join } from "node:path";
 import { createTestRepo as createAgentTestRepo } from "@keen/agent-core/testing";
 import pg from "pg";
 import { afterAll, beforeAll, describe } from "vitest";
+import { normaliseEmail } from "@keen/gateway-kit";
+import { verifyAccountEmail } from "../admin-accounts.js";
 import type { ServerConfigInput } from "../config.js";
 import { createServer, type KeenServer } from "../server.js";
 
@@ -59,6 +61,9 @@ export function createTestRepo(files: Record<string, string> = { "README.md": "#
 
 export const ADMIN_EMAIL = "admin@keen.test";
 
+/** The servers this process started, by URL: `signup` verifies their listed admins. */
+const servers = new Map<string, KeenServer>();
+
 /** A server on a free port with a temporary data dir; closed and removed by `stop()`. */
 export async function startTestServer(settings: Partial<ServerConfigInput> = {}): Promise<{ server: KeenServer; url: string; dataDir: string; stop(): Promise<void> }> {
   const dataDir = await mkdtemp(join(tmpdir(), "keen-server-data-"));
@@ -67,11 +72,13 @@ export async function startTestServer(settings: Partial<ServerConfigInput> = {})
     { passwordHashing: { memoryCost: 8, timeCost: 1 } },
   );
   const url = await server.listen();
+  servers.set(url, server);
   return {
     server,
     url,
     dataDir,
     async stop() {
+      servers.delete(url);
       await server.close();
       await rm(dataDir, { recursive: true, force: true });
     },
@@ -105,7 +112,13 @@ export interface Account {
   headers: Record<string, string>;
 }
 
-/** Signs a new user up and returns their token and team. */
+/**
+ * Signs a new user up and returns their token and team. An address the server lists as an admin
+ * is then verified, as its operator would with `keen admin verify-email`, so the account is an
+ * admin: directly for a server of this process, and for a server in its own process
+ * (serve-process.ts, which verifies listed admins itself) by waiting until `GET /v1/me` says so.
+ * A test of what an unverified listed address gets signs up through the API itself.
+ */
 export async function signup(url: string, email = `u${randomBytes(5).toString("hex")}@keen.test`): Promise<Account> {
   const res = await fetch(`${url}/v1/auth/signup`, {
     method: "POST",
@@ -114,7 +127,14 @@ export async function signup(url: string, email = `u${randomBytes(5).toString("h
   });
   if (res.status !== 201) throw new Error(`signup failed: ${res.status} ${await res.text()}`);
   const body = (await res.json()) as { user: { id: string }; accessToken: string; teamId: string };
-  return { userId: body.user.id, teamId: body.teamId, accessToken: body.accessToken, headers: { authorization: `Bearer ${body.accessToken}` } };
+  const account = { userId: body.user.id, teamId: body.teamId, accessToken: body.accessToken, headers: { authorization: `Bearer ${body.accessToken}` } };
+  const server = servers.get(url);
+  if (server) {
+    if (server.config.adminEmails.map(normaliseEmail).includes(normaliseEmail(email))) await verifyAccountEmail(server.database.db, server.config, email);
+  } else if (normaliseEmail(email) === ADMIN_EMAIL) {
+    await eventually(async () => (await api(url, "/v1/me", { headers: account.headers })).body?.admin === true, 20_000, `${email} to be verified`);
+  }
+  return account;
 }
 
 export async function api<T = any>(url: string, path: string, init: { method?: string; headers?: Record<string, string>; body?: unknown } = {}): Promise<{ status: number; body: T; headers: Headers }> {
