@@ -134,6 +134,28 @@ describeEachDatabase("OAuth", (fixture) => {
     expect((await app.request("POST", "/auth/login", { body: { email: existing.email, password: PASSWORD } })).status).toBe(200);
   });
 
+  it("never links a provider address that only Unicode folding makes equal to an account's (Kelvin sign, fullwidth, long s)", async () => {
+    const local = `kates${Math.random().toString(36).slice(2, 8)}`;
+    const victim = await signup(app, `${local}@example.com`);
+    await app.service.stores.users.markEmailVerified(victim.user.id);
+    const lookalikes = [
+      `\u212A${local.slice(1)}@example.com`, // KELVIN SIGN lower-cases to k
+      `${[...local].map((c) => String.fromCharCode(c.charCodeAt(0) + 0xfee0)).join("")}@example.com`, // fullwidth
+      `${local.replace("s", "\u017F")}@example.com`, // LATIN SMALL LETTER LONG S folds to s
+      `${local.replace("t", "\u1D57")}@example.com`, // MODIFIER LETTER SMALL T folds to t
+    ];
+    for (const [i, email] of lookalikes.entries()) {
+      const attempt = await signIn("google", { google: { sub: `g-lookalike-${local}-${i}`, email, email_verified: true } });
+      expect(attempt.callback.status, email).toBe(403);
+      expect(attempt.callback.body.error.code, email).toBe("email_not_verified");
+    }
+    const links = await fixture.database.db.selectFrom("oauth_accounts").select("user_id").where("user_id", "=", victim.user.id).execute();
+    expect(links).toEqual([]);
+    // Plain ASCII case is the same mailbox, and still links.
+    const owner = await signIn("google", { google: { sub: `g-owner-${local}`, email: ` ${local.toUpperCase()}@Example.COM`, email_verified: true } });
+    expect(owner.callback.status).toBe(200);
+  });
+
   it("binds the state to the browser that started the sign-in: a callback URL opened elsewhere signs nobody in (login CSRF)", async () => {
     // The attacker runs the flow with their own provider account and stops before the callback.
     provider.setProfile({ github: { user: { id: 9001, name: "Mallory", email: null }, emails: [{ email: uniqueEmail("mallory"), primary: true, verified: true }] } });

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import type { Kysely } from "kysely";
 import type Stripe from "stripe";
 import { z } from "zod";
@@ -46,7 +47,11 @@ export interface StartCheckoutInput {
   packId: string;
   /** An existing Stripe customer to attach the payment to. */
   customerId?: string;
-  /** Passed to Stripe so a retried request creates one session. */
+  /**
+   * Makes a retried request create one session. Scoped to the wallet and the pack before it is
+   * sent to Stripe (whose keys are global to your account), so another buyer's or another pack's
+   * use of the same key is another purchase.
+   */
   idempotencyKey?: string;
 }
 
@@ -77,6 +82,15 @@ export interface CreditCheckout {
  * });
  * const { url } = await checkout.start({ owner: { userId: principal.userId }, packId: "starter" });
  */
+/**
+ * The key Stripe sees for a checkout: Stripe's idempotency keys are global to the account, so a
+ * caller's key (often a client's `Idempotency-Key` header) is scoped to the wallet and the pack;
+ * hashed, so any key length fits Stripe's 255.
+ */
+function stripeIdempotencyKey(walletId: string, packId: string, key: string): string {
+  return `keen-checkout-${createHash("sha256").update(JSON.stringify([walletId, packId, key])).digest("hex")}`;
+}
+
 export function createCreditCheckout(options: CreditCheckoutOptions): CreditCheckout {
   const { stripe, db, ledger: ledgerOn, packs, successUrl, cancelUrl } = parseOptions(CreditCheckoutOptions, options, "credit checkout");
   if (new Set(packs.map((p) => p.id)).size !== packs.length) throw new ConfigError("Credit pack ids must be unique");
@@ -107,7 +121,7 @@ export function createCreditCheckout(options: CreditCheckoutOptions): CreditChec
           cancel_url: cancelUrl,
           ...(input.customerId ? { customer: input.customerId } : {}),
         },
-        input.idempotencyKey ? { idempotencyKey: input.idempotencyKey } : undefined,
+        input.idempotencyKey ? { idempotencyKey: stripeIdempotencyKey(wallet.id, pack.id, input.idempotencyKey) } : undefined,
       );
       await billing
         .insertInto("billing_checkouts")

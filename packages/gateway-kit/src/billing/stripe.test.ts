@@ -81,7 +81,8 @@ describeEachDatabase("stripe billing", (fixture) => {
       const started = await checkout.start({ owner: { userId }, packId: "team", idempotencyKey: `buy:${userId}` });
       const wallet = await ledger.openWallet({ userId });
       expect(started).toMatchObject({ accountId: wallet.id, url: expect.stringContaining(started.sessionId) });
-      const sent = fake.requests.find((r) => r.path === "/v1/checkout/sessions" && r.idempotencyKey === `buy:${userId}`)!;
+      const sent = fake.requests.filter((r) => r.path === "/v1/checkout/sessions").at(-1)!;
+      expect(sent.idempotencyKey).toMatch(/^keen-checkout-[0-9a-f]{64}$/);
       expect(sent.body).toMatchObject({
         mode: "payment",
         client_reference_id: wallet.id,
@@ -94,6 +95,19 @@ describeEachDatabase("stripe billing", (fixture) => {
       // The SDK's retry of the same request creates no second session.
       const again = await checkout.start({ owner: { userId }, packId: "team", idempotencyKey: `buy:${userId}` });
       expect(again.sessionId).toBe(started.sessionId);
+    });
+
+    it("keeps one buyer's idempotency key from handing another buyer the first one's session (and wallet)", async () => {
+      const [alice, bob] = [`u_${randomUUID()}`, `u_${randomUUID()}`];
+      const a = await checkout.start({ owner: { userId: alice }, packId: "starter", idempotencyKey: "checkout-1" });
+      const b = await checkout.start({ owner: { userId: bob }, packId: "starter", idempotencyKey: "checkout-1" });
+      expect(b.sessionId).not.toBe(a.sessionId);
+      expect(fake.sessions.get(b.sessionId)!.metadata).toMatchObject({ keen_account_id: b.accountId });
+      expect(b.accountId).toBe((await ledger.openWallet({ userId: bob })).id);
+      // Another pack under the same key is another purchase, not Stripe's idempotency error.
+      const team = await checkout.start({ owner: { userId: alice }, packId: "team", idempotencyKey: "checkout-1" });
+      expect(team.sessionId).not.toBe(a.sessionId);
+      expect(fake.sessions.get(team.sessionId)!.metadata).toMatchObject({ keen_pack_id: "team" });
     });
 
     it("refuses unknown packs and bad options", async () => {

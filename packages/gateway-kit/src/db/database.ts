@@ -14,6 +14,12 @@ export interface DatabaseOptions {
   schema?: string;
   /** Pool size for PostgreSQL. Default 10. */
   maxConnections?: number;
+  /**
+   * Told when PostgreSQL drops a connection (a restart, a failover, `pg_terminate_backend`), idle
+   * in the pool or in use, e.g. to log it. The pool discards the connection and the next query
+   * opens a fresh one; a query that was running on it fails on its own. Default: nothing.
+   */
+  onConnectionError?: (error: Error) => void;
 }
 
 export interface Database<DB = any> {
@@ -53,6 +59,17 @@ export async function openDatabase<DB = any>(options: DatabaseOptions = {}): Pro
       max: options.maxConnections ?? 10,
       ...(options.schema ? { options: `-c search_path=${options.schema}` } : {}),
     });
+    // A dropped connection emits "error" on its client and, when idle, on the pool: with no
+    // listener Node ends the process, so one database restart would take the whole server down.
+    const onConnectionError = (error: Error) => {
+      try {
+        options.onConnectionError?.(error);
+      } catch {
+        // An observer's failure must not become the crash this listener prevents.
+      }
+    };
+    pool.on("error", onConnectionError);
+    pool.on("connect", (client) => client.on("error", onConnectionError));
     dialect = new PostgresDialect({ pool });
   } else {
     kind = "pglite";

@@ -24,6 +24,8 @@ describeEachDatabase("spendGuard", (fixture) => {
   let spend: Spend;
   let server: Server;
   let base: string;
+  /** How often the route ran per spend handle: each run is work someone will settle. */
+  const runs = new Map<string, number>();
 
   beforeAll(async () => {
     const db = fixture.database.db;
@@ -41,6 +43,8 @@ describeEachDatabase("spendGuard", (fixture) => {
     app.use(spendGuard({ spend, estimate: (ctx) => (ctx.query.estimate === "junk" ? ("lots" as never) : Number(ctx.query.estimate ?? 1_000)) }));
     app.use(async (ctx) => {
       if (ctx.query.fail) throw new HttpError(503, "queue_full", "Try again");
+      const handle = ctx.state.spend!.handle;
+      runs.set(handle, (runs.get(handle) ?? 0) + 1);
       ctx.status = 202;
       ctx.body = { spend: ctx.state.spend };
     });
@@ -100,22 +104,67 @@ describeEachDatabase("spendGuard", (fixture) => {
     expect(await state()).toEqual({ wallet: 2_000, hold: 0, spent: [0] });
   });
 
-  it("reuses the hold of a retried request with the same Idempotency-Key, and never lets a failing retry release it", async () => {
+  it("runs the route once per Idempotency-Key: a retry gets 409 idempotency_replayed naming the first hold, and never releases it", async () => {
     const { call, state } = await funded(2_000, { team: 10_000 });
     const first = await call("?estimate=700", { "idempotency-key": "abc" });
+    expect(first.status).toBe(202);
+    const handle = first.body.spend.handle as string;
     const again = await call("?estimate=700", { "idempotency-key": "abc" });
-    expect(again.body.spend.handle).toBe(first.body.spend.handle);
+    expect(again.status).toBe(409);
+    expect(again.body.error).toMatchObject({ code: "idempotency_replayed", details: { handle, status: "open" } });
     // The attack: retries that reuse the key and make the route fail, all at once.
     const retries = await Promise.all(Array.from({ length: 10 }, () => call("?estimate=700&fail=1", { "idempotency-key": "abc" })));
-    expect(retries.every((r) => r.status === 503)).toBe(true);
+    expect(retries.map((r) => r.status)).toEqual(Array(10).fill(409));
     expect(await state()).toEqual({ wallet: 1_300, hold: 700, spent: [700] });
-    await spend.settle(first.body.spend.handle, 650);
+    expect(runs.get(handle)).toBe(1);
+    await spend.settle(handle, 650);
     const late = await call("?estimate=700", { "idempotency-key": "abc" });
     expect(late.status).toBe(409);
     expect(late.body.error.code).toBe("spend_closed");
     const different = await call("?estimate=900", { "idempotency-key": "abc" });
     expect(different.body.error.code).toBe("idempotency_conflict");
     expect(await state()).toEqual({ wallet: 1_350, hold: 0, spent: [650] });
+  });
+
+  it("gives 200 concurrent copies of one request one hold and one run of the route: the work is paid for once and done once", async () => {
+    const { call, state } = await funded(100_000, { team: 1_000_000 });
+    const answers = await Promise.all(Array.from({ length: 200 }, () => call("?estimate=1000", { "idempotency-key": "same-run" })));
+    const accepted = answers.filter((a) => a.status === 202);
+    expect(accepted).toHaveLength(1);
+    const handle = accepted[0]!.body.spend.handle as string;
+    expect(answers.filter((a) => a.status !== 202).every((a) => a.status === 409 && a.body.error.details?.handle === handle)).toBe(true);
+    expect(runs.get(handle)).toBe(1);
+    // Each run of the route is work a worker settles; only one exists, so one charge covers all.
+    await spend.settle(handle, 900);
+    expect(await state()).toEqual({ wallet: 99_100, hold: 0, spent: [900] });
+  });
+
+  it("runs the route again on a replay when the host opts in, marking the hold replayed", async () => {
+    const app = new Koa();
+    app.use(errorHandler());
+    const userId = `u_${randomUUID()}`;
+    const wallet = await ledger.openWallet({ userId });
+    await ledger.grant({ account: wallet.id, amount: 5_000, idempotencyKey: `g:${userId}` });
+    app.use(async (ctx, next) => {
+      ctx.state.principal = { userId, via: "api_key", scopes: [] };
+      await next();
+    });
+    app.use(spendGuard({ spend, estimate: () => 1_000, replays: "run" }));
+    app.use((ctx) => {
+      ctx.body = { replayed: ctx.state.spend!.replayed, handle: ctx.state.spend!.handle };
+    });
+    const local = createServer(app.callback());
+    await new Promise<void>((resolve) => local.listen(0, "127.0.0.1", resolve));
+    try {
+      const url = `http://127.0.0.1:${(local.address() as AddressInfo).port}/`;
+      const post = async () => (await fetch(url, { method: "POST", headers: { "idempotency-key": "k" } })).json() as Promise<{ replayed: boolean; handle: string }>;
+      const a = await post();
+      const b = await post();
+      expect([a.replayed, b.replayed, b.handle]).toEqual([false, true, a.handle]);
+      expect((await ledger.getAccount(wallet.id)).balance).toBe(4_000);
+    } finally {
+      await new Promise((resolve) => local.close(resolve));
+    }
   });
 
   it("answers 400 to an estimate that is not a positive whole number, and holds nothing", async () => {
@@ -133,5 +182,6 @@ describeEachDatabase("spendGuard", (fixture) => {
     expect(() => spendGuard({ spend: {} as never, estimate: () => 1 })).toThrow(ConfigError);
     expect(() => spendGuard({ spend, estimate: () => 1, ttlMs: -1 })).toThrow(ConfigError);
     expect(() => spendGuard({ spend, estimate: () => 1, scopes: [] as never })).toThrow(ConfigError);
+    expect(() => spendGuard({ spend, estimate: () => 1, replays: "sometimes" as never })).toThrow(ConfigError);
   });
 });

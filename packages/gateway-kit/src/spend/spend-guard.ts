@@ -34,6 +34,22 @@ export interface SpendGuardOptions {
   idempotencyKey?: (ctx: Ctx) => string;
   /** An opaque reference stored with the hold (e.g. the run id the route will use). */
   reference?: (ctx: Ctx) => string | undefined;
+  /**
+   * What a request whose idempotency key already holds an open spend gets. `"reject"` (default):
+   * 409 `idempotency_replayed` naming the first hold's handle, and the route does not run, so the
+   * work the hold pays for is started once however often the request is repeated. `"run"`: the
+   * route runs again with the same hold (`ctx.state.spend.replayed` is true); only for routes that
+   * start the work at most once per handle themselves, since a spend is settled once.
+   */
+  replays?: "reject" | "run";
+}
+
+/** A request repeated an idempotency key whose hold is still open: its work was already started. Renders as 409. */
+export class SpendReplayedError extends HttpError {
+  constructor(readonly handle: string) {
+    super(409, "idempotency_replayed", "A request with this Idempotency-Key already holds credits for its work; its handle names the hold", { handle, status: "open" });
+    this.name = "SpendReplayedError";
+  }
 }
 
 /**
@@ -42,7 +58,9 @@ export interface SpendGuardOptions {
  * hold on `ctx.state.spend`. A wallet that cannot cover it answers 402 `insufficient_credits`; a
  * budget that cannot, 402 `budget_exceeded` naming the budget; then nothing is held. If the route
  * throws, the hold is released. If it succeeds, the hold stays open for whoever runs the work to
- * `spend.settle(handle, actual)` (or `release`); `spend.sweepExpired()` frees it otherwise.
+ * `spend.settle(handle, actual)` (or `release`); `spend.sweepExpired()` frees it otherwise. A
+ * repeat of a request (same principal and `Idempotency-Key`) whose hold is open gets 409
+ * `idempotency_replayed` with the handle and does not run the route; once closed, 409 `spend_closed`.
  *
  * @example
  * router.post("/v1/runs", authenticate({ service }),
@@ -55,6 +73,7 @@ export function spendGuard(options: SpendGuardOptions): Middleware {
   for (const name of ["wallet", "scopes", "idempotencyKey", "reference"] as const) {
     if (options[name] !== undefined && typeof options[name] !== "function") throw new ConfigError(`spendGuard: ${name} must be a function of the request`);
   }
+  if (options.replays !== undefined && options.replays !== "reject" && options.replays !== "run") throw new ConfigError('spendGuard: replays must be "reject" or "run"');
   if (options.ttlMs !== undefined && (!Number.isSafeInteger(options.ttlMs) || options.ttlMs <= 0)) throw new ConfigError("spendGuard: ttlMs must be a positive whole number of milliseconds");
   const { spend, estimate } = options;
   const principalOf = (ctx: Ctx) => {
@@ -94,6 +113,9 @@ export function spendGuard(options: SpendGuardOptions): Middleware {
     });
     // A retried request whose first attempt already finished gets its closed spend back.
     if (hold.status !== "open") throw new SpendClosedError(hold.handle, hold.status);
+    // A spend is settled once, so a second run of the route on the same hold would be work nobody
+    // pays for: the same request sent 200 times at once must start one run, not 200.
+    if (hold.replayed && options.replays !== "run") throw new SpendReplayedError(hold.handle);
     ctx.state.spend = hold;
     try {
       await next();

@@ -4,6 +4,7 @@ import type { Principal } from "../../principal.js";
 import type { AuthContext } from "./context.js";
 import { authorizeUrl, fetchProfile, type OAuthProviderName } from "../oauth.js";
 import { digestsEqual, randomToken, sha256Hex } from "../secrets.js";
+import { normaliseEmail } from "../password.js";
 import type { LoginResult, RequestMeta } from "./types.js";
 
 /** Sign-in with an OAuth provider: authorization code + PKCE + state bound to the browser. */
@@ -16,6 +17,19 @@ export interface OAuthService {
   ): Promise<LoginResult>;
 }
 
+
+/**
+ * True when a character of `address` other than ASCII becomes ASCII under the folding emails are
+ * compared by (NFKC, lower-casing): a KELVIN SIGN becomes k, fullwidth letters their ASCII twins,
+ * `ſ` an s, `İ` an i. Such an address is a different mailbox that reads as another one.
+ */
+function foldsIntoAscii(address: string): boolean {
+  for (const char of address.trim()) {
+    if (char.charCodeAt(0) < 0x80) continue;
+    if (/[\x00-\x7f]/.test(char.normalize("NFKC").toLowerCase())) return true;
+  }
+  return false;
+}
 
 export function createOAuthService(context: AuthContext): OAuthService {
   const { config, stores, now, providers, fetchImpl, audit, notFound, chooseTeam, afterFirstFactor } = context;
@@ -73,7 +87,13 @@ export function createOAuthService(context: AuthContext): OAuthService {
         if (!profile.email || !profile.emailVerified) {
           throw new AuthError("email_not_verified", "The provider did not confirm a verified email address");
         }
-        const email = profile.email.normalize("NFKC").trim().toLowerCase();
+        // The provider verified one exact mailbox. Unicode folding makes distinct addresses equal:
+        // `\u212Aate@x.com` (KELVIN SIGN) would sign in as `kate@x.com` for whoever got that
+        // lookalike verified, and take over kate's account. Such an address is refused.
+        if (foldsIntoAscii(profile.email)) {
+          throw new AuthError("email_not_verified", "The provider's address reads as another one once folded; sign up with email and password instead");
+        }
+        const email = normaliseEmail(profile.email);
         const existing = await stores.users.findByEmail(email);
         if (existing && !existing.emailVerified) {
           // Account pre-hijacking: whoever signed up with this address never proved they own it,

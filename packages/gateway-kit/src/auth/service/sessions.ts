@@ -3,6 +3,7 @@ import { AuthError } from "../../errors.js";
 import type { Principal } from "../../principal.js";
 import type { AuthContext } from "./context.js";
 import type { LoginSubject } from "../login-limiter.js";
+import { Email } from "../password.js";
 import { permissionsForRole } from "../permissions.js";
 import { randomToken, sha256Hex } from "../secrets.js";
 import { DuplicateError, type SessionRecord } from "../stores.js";
@@ -33,6 +34,17 @@ export interface PasswordSessionService {
 }
 
 
+/**
+ * The one spelling of an email the service stores, looks up and counts lockouts under, whatever
+ * the caller passed (the router has normalised it already; a host calling the service directly
+ * may not have): otherwise `Ada@x.com` and `ada@x.com` would be two accounts and two lockouts.
+ */
+function canonicalEmail(email: string): string {
+  const parsed = Email.safeParse(email);
+  if (!parsed.success) throw new AuthError("invalid_request", "Invalid email address");
+  return parsed.data;
+}
+
 export function createPasswordSessionService(context: AuthContext): PasswordSessionService {
   const { config, stores, now, hasher, limiter, accessTokens, audit, notFound, requireUser, checkPassword, evictUser, startSession, chooseTeam, afterFirstFactor } = context;
 
@@ -55,6 +67,7 @@ export function createPasswordSessionService(context: AuthContext): PasswordSess
 
   return {
     async signup(input: { email: string; password: string; displayName?: string | undefined }, meta: RequestMeta = {}) {
+      const email = canonicalEmail(input.email);
       const passwordHash = await hasher.hash(input.password);
       const at = now();
       const userId = randomUUID();
@@ -62,7 +75,7 @@ export function createPasswordSessionService(context: AuthContext): PasswordSess
       try {
         await stores.transaction(async (tx) => {
           await tx.users.create(
-            { id: userId, email: input.email, emailVerified: false, passwordHash, displayName: input.displayName ?? null },
+            { id: userId, email, emailVerified: false, passwordHash, displayName: input.displayName ?? null },
             at,
           );
           // Everyone gets a personal team they own: the individual tier of the role model.
@@ -75,13 +88,15 @@ export function createPasswordSessionService(context: AuthContext): PasswordSess
       }
       await audit(meta, { tenantId: teamId, actorId: userId, action: "auth.signup", target: `user:${userId}`, result: "success" });
       const pair = await startSession(userId, teamId, meta);
-      return { user: { id: userId, email: input.email }, ...pair };
+      return { user: { id: userId, email }, ...pair };
     },
 
     async login(input: { email: string; password: string; teamId?: string | undefined }, meta: RequestMeta = {}): Promise<LoginResult> {
-      const subject: LoginSubject = { account: input.email, ip: meta.ip };
+      // An unparseable address is counted like a wrong one: no account has it.
+      const email = Email.safeParse(input.email).data ?? input.email;
+      const subject: LoginSubject = { account: email, ip: meta.ip };
       await limiter.begin(subject);
-      const user = await stores.users.findByEmail(input.email);
+      const user = await stores.users.findByEmail(email);
       let ok = false;
       if (user?.passwordHash) ok = await hasher.verify(user.passwordHash, input.password);
       else await hasher.verifyDummy(input.password);
