@@ -120,7 +120,7 @@ export const OPERATIONS: readonly Operation[] = [
   { method: "get", path: "/v1/runs/:id/diff", summary: "The run's unified diff", success: { status: 200, type: "text/x-diff" } },
   { method: "get", path: "/v1/runs/:id/archive", summary: "The run's result as a git bundle of its branch", success: { status: 200, type: "application/x-git-bundle" } },
   { method: "delete", path: "/v1/runs/:id", summary: "Delete a finished run (its workspace kept if the owner prefers)", success: { status: 200 } },
-  { method: "get", path: "/v1/runs/:id/events", summary: "Server-Sent Events (Last-Event-ID or ?after=)", success: { status: 200, type: "text/event-stream" } },
+  { method: "get", path: "/v1/runs/:id/events", summary: "Server-Sent Events (Last-Event-ID or ?after=); 429 too_many_streams past --max-streams-per-user / --max-streams", success: { status: 200, type: "text/event-stream" } },
 
   // Outbound webhooks.
   { method: "post", path: "/v1/webhooks", summary: "Register an endpoint for run events; the answer carries its signing secret, once", body: CreateWebhookBody, success: { status: 201 } },
