@@ -63,7 +63,7 @@ const AUTH_OPERATIONS: readonly Operation[] = [
   { method: "post", path: "/v1/auth/logout/everywhere", summary: "End every session, optionally revoking API keys", body: SignOutEverywhereBody, optionalBody: true, success: { status: 200 } },
   { method: "get", path: "/v1/auth/sessions", summary: "The user's live sessions", success: { status: 200 } },
   { method: "delete", path: "/v1/auth/sessions/:id", summary: "End one session", success: { status: 204, type: "none" } },
-  { method: "post", path: "/v1/auth/api-keys", summary: "Create an API key (the secret is shown once)", body: CreateApiKeyBody, success: { status: 201 } },
+  { method: "post", path: "/v1/auth/api-keys", summary: "Create an API key: re-authenticates (password, or a sign-in in the last 10 minutes), 401 reauthentication_required otherwise; the secret is shown once", body: CreateApiKeyBody, success: { status: 201 } },
   { method: "get", path: "/v1/auth/api-keys", summary: "The user's API keys (never their secrets)", success: { status: 200 } },
   { method: "delete", path: "/v1/auth/api-keys/:id", summary: "Revoke an API key", success: { status: 204, type: "none" } },
   { method: "get", path: "/v1/auth/mfa", summary: "The user's second factors", success: { status: 200 } },
