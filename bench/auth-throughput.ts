@@ -67,7 +67,7 @@ const auth = createAuthService({
 const email = `bench-${Date.now()}@example.com`;
 const user = await auth.signup({ email, password: "benchmark password" });
 const principal = await auth.verifyAccessToken(user.accessToken);
-const { key } = await auth.createApiKey(principal, { name: "bench", scopes: ["sessions:read"] });
+const { key } = await auth.createApiKey(principal, { name: "bench", scopes: ["sessions:read"] }, { password: "benchmark password" });
 
 const bareApp = new Koa();
 bareApp.use(errorHandler());

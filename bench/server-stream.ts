@@ -49,6 +49,8 @@ async function main(): Promise<void> {
     sseHeartbeatMs: 60_000,
     // One user opens every SSE connection; the default 600 requests a minute would refuse most.
     rateLimit: 100_000,
+    maxStreamsPerUser: 100_000,
+    maxStreams: 100_000,
     ...(DATABASE_URL ? { databaseUrl: DATABASE_URL, databaseSchema: schema } : {}),
   });
   const url = await server.listen();

@@ -43,7 +43,8 @@ describe("example: gateway-kit mounted in an existing Koa app", () => {
     const created = await call("POST", "/api/runs", ada.accessToken, { vision: "add a README" });
     expect(created.status).toBe(201);
 
-    const key = await call("POST", "/auth/api-keys", ada.accessToken, { name: "ci", scopes: ["sessions:read"] });
+    // Minting a key re-authenticates: a session token alone is not enough.
+    const key = await call("POST", "/auth/api-keys", ada.accessToken, { name: "ci", scopes: ["sessions:read"], password: "analytical engine" });
     expect(key.status).toBe(201);
     const listed = await call("GET", "/api/runs", key.body.key);
     expect(listed.body.runs.map((r: { vision: string }) => r.vision)).toEqual(["add a README"]);

@@ -244,7 +244,7 @@ describeEachDatabase("account routes", (database) => {
       const removed = await api(t.url, "/v1/budgets", { method: "PUT", headers: owner.headers, body: { scope: "team", teamId, period: "monthly", limit: null } });
       expect(removed.body.team).toEqual([]);
       // A user budget is not set through an API key.
-      const key = await api(t.url, "/v1/auth/api-keys", { headers: member.headers, body: { name: "ci", scopes: ["team:read"] } });
+      const key = await api(t.url, "/v1/auth/api-keys", { headers: member.headers, body: { name: "ci", scopes: ["team:read"], password: "correct horse battery staple" } });
       const viaKey = await api(t.url, "/v1/budgets", { method: "PUT", headers: { "x-api-key": key.body.key ?? key.body.secret }, body: { scope: "user", period: "daily", limit: 1_000_000 } });
       expect(viaKey.status).toBe(403);
     });
@@ -292,14 +292,14 @@ describeEachDatabase("account routes", (database) => {
       expect(archive.sections.auth.user.email).toBe(address);
       expect(archive.sections.server.uploads).toHaveLength(1);
       expect(Object.keys(archive.sections)).toEqual(expect.arrayContaining(["server", "auth", "audit", "credits", "billing", "budgets"]));
-      const key = await api(t.url, "/v1/auth/api-keys", { headers: user.headers, body: { name: "ci", scopes: ["sessions:read"] } });
+      const key = await api(t.url, "/v1/auth/api-keys", { headers: user.headers, body: { name: "ci", scopes: ["sessions:read"], password: "correct horse battery staple" } });
       expect((await api(t.url, "/v1/me/export", { method: "POST", headers: { "x-api-key": key.body.key ?? key.body.secret } })).status).toBe(403);
     });
 
     it("erases the account after the password confirms: credentials stop at once, runs, uploads and workspace go", async () => {
       const address = email("erase");
       const user = await signup(t.url, address);
-      const key = await api(t.url, "/v1/auth/api-keys", { headers: user.headers, body: { name: "ci", scopes: ["sessions:read"] } });
+      const key = await api(t.url, "/v1/auth/api-keys", { headers: user.headers, body: { name: "ci", scopes: ["sessions:read"], password: "correct horse battery staple" } });
       const keyHeaders = { "x-api-key": key.body.key ?? key.body.secret };
       expect((await api(t.url, "/v1/me", { headers: keyHeaders })).status).toBe(200);
       const runId = await finishedRun(user, async () => {
@@ -367,7 +367,7 @@ describeEachDatabase("account routes", (database) => {
       const created = await api(t.url, `/v1/teams/${aTeam}/invites`, { headers: a.headers, body: { email: email("pending") } });
       invite = { id: created.body.id, token: created.body.token };
       await api(t.url, "/v1/budgets", { method: "PUT", headers: a.headers, body: { scope: "team", teamId: aTeam, period: "total", limit: 1_000 } });
-      const key = await api(t.url, "/v1/auth/api-keys", { headers: a.headers, body: { name: "a-key", scopes: ["sessions:read"] } });
+      const key = await api(t.url, "/v1/auth/api-keys", { headers: a.headers, body: { name: "a-key", scopes: ["sessions:read"], password: "correct horse battery staple" } });
       aKeyId = key.body.id;
       aKey = key.body.key ?? key.body.secret;
       aSessionId = (await api(t.url, "/v1/auth/sessions", { headers: a.headers })).body.sessions[0].id;
@@ -428,7 +428,7 @@ describeEachDatabase("account routes", (database) => {
       // A's webhook is still there.
       expect((await api(t.url, "/v1/webhooks", { headers: a.headers })).body.webhooks.map((w: { id: string }) => w.id)).toContain(aWebhookId);
       // An API key of B's team is no key to A's team either, whatever its scopes.
-      const key = await api(t.url, "/v1/auth/api-keys", { headers: b.headers, body: { name: "all", scopes: ["sessions:read", "sessions:write", "team:read", "team:manage", "audit:read", "billing:manage"] } });
+      const key = await api(t.url, "/v1/auth/api-keys", { headers: b.headers, body: { name: "all", scopes: ["sessions:read", "sessions:write", "team:read", "team:manage", "audit:read", "billing:manage"], password: "correct horse battery staple" } });
       const keyHeaders = { "x-api-key": key.body.key ?? key.body.secret };
       // (gateway-kit's account routes refuse API keys outright, whatever the id: left out here.)
       for (const [method, path, body] of calls.filter(([, p]) => !p.startsWith(`/v1/teams/${b.teamId}`) && p !== "/v1/invites/accept" && !p.startsWith("/v1/auth/"))) {

@@ -9,6 +9,11 @@ describe("loadConfig", () => {
     expect(config.workspacesDir).toBe(`${config.dataDir}/workspaces`);
   });
 
+  it("caps open event streams at 20 per user and 2000 per process unless told otherwise", () => {
+    expect(loadConfig({ env: {} })).toMatchObject({ maxStreamsPerUser: 20, maxStreams: 2000 });
+    expect(loadConfig({ env: { KEEN_MAX_STREAMS_PER_USER: "5" }, flags: { maxStreams: "50" } })).toMatchObject({ maxStreamsPerUser: 5, maxStreams: 50 });
+  });
+
   it("takes env variables and lets flags win", () => {
     const config = loadConfig({ env: { PORT: "9000", KEEN_DATA_DIR: "/tmp/a", KEEN_ADMIN_EMAILS: "A@x.io, b@y.io" }, flags: { port: "9100" } });
     expect(config.port).toBe(9100);
@@ -35,6 +40,8 @@ describe("loadConfig", () => {
     [{ KEEN_CREDIT_PACKS: "[{" }, /--credit-packs \(KEEN_CREDIT_PACKS\): must be a JSON array of packs/],
     [{ KEEN_CREDIT_PACKS: '[{"id":"a","name":"A","credits":1.5,"unitAmount":100,"currency":"usd"}]' }, /--credit-packs/],
     [{ KEEN_CREDIT_PACKS: "[]" }, /--credit-packs/],
+    [{ KEEN_MAX_STREAMS_PER_USER: "0" }, /--max-streams-per-user \(KEEN_MAX_STREAMS_PER_USER\)/],
+    [{ KEEN_MAX_STREAMS: "-5" }, /--max-streams \(KEEN_MAX_STREAMS\)/],
   ])("refuses %j with one line naming the setting", (env, reason) => {
     let error: unknown;
     try {

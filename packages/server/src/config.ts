@@ -55,6 +55,10 @@ export const ServerConfig = z
     sseHeartbeatMs: Millis.default(15_000),
     /** Events a stream connection buffers before it falls back to paging from the table. */
     streamBuffer: z.coerce.number().int().min(1).max(100_000).default(1_000),
+    /** Event streams (SSE and WebSocket together) one user may have open on this process. */
+    maxStreamsPerUser: z.coerce.number().int().min(1).max(100_000).default(20),
+    /** Event streams this process keeps open in all, whoever opened them. */
+    maxStreams: z.coerce.number().int().min(1).max(1_000_000).default(2_000),
     /** Run jobs through `in-process` (PGlite) or `pg-boss` (PostgreSQL). Default: by database. */
     queue: z.enum(["in-process", "pg-boss"]).optional(),
     /** Run commands under bubblewrap. Only turn off on a machine without it, never in production. */
@@ -135,6 +139,8 @@ export const SETTINGS: readonly Setting[] = [
   { key: "staleAfterMs", env: "KEEN_STALE_AFTER_MS", flag: "--stale-after-ms", help: "heartbeat age after which a run is taken over (default 30000)" },
   { key: "sseHeartbeatMs", env: "KEEN_STREAM_HEARTBEAT_MS", flag: "--stream-heartbeat-ms", help: "idle stream keep-alive interval (default 15000)" },
   { key: "streamBuffer", env: "KEEN_STREAM_BUFFER", flag: "--stream-buffer", help: "events buffered per stream connection (default 1000)" },
+  { key: "maxStreamsPerUser", env: "KEEN_MAX_STREAMS_PER_USER", flag: "--max-streams-per-user", help: "SSE + WebSocket event streams one user may hold open on this process; 429 beyond (default 20)" },
+  { key: "maxStreams", env: "KEEN_MAX_STREAMS", flag: "--max-streams", help: "event streams this process holds open in all; 429 beyond (default 2000)" },
   { key: "queue", env: "KEEN_QUEUE", flag: "--queue", help: "in-process|pg-boss (default: pg-boss on PostgreSQL)" },
   { key: "sandbox", env: "KEEN_SANDBOX", flag: "--sandbox", help: "run agent commands under bubblewrap (default true)" },
   { key: "stripeSecretKey", env: "STRIPE_SECRET_KEY", flag: "--stripe-secret-key", help: "Stripe secret key; turns on buying credit packs" },

@@ -20,7 +20,8 @@ export type ServerErrorCode =
   | "webhook_limit"
   | "uploads_busy"
   | "quota_exceeded"
-  | "account_verified";
+  | "account_verified"
+  | "too_many_streams";
 
 /**
  * A coded domain error. Routes and services throw it; the error edge answers with the status
@@ -57,6 +58,7 @@ const STATUS: Record<ServerErrorCode, number> = {
   uploads_busy: 429,
   quota_exceeded: 422,
   account_verified: 409,
+  too_many_streams: 429,
 };
 
 /**

@@ -49,7 +49,7 @@ describeEachDatabase("server foundation", (database) => {
     expect(me.status).toBe(200);
     expect(me.body.user.id).toBe(account.userId);
     expect(me.body.teamId).toBe(account.teamId);
-    const key = await api(t.url, "/v1/auth/api-keys", { headers: account.headers, body: { name: "ci", scopes: ["sessions:read"] } });
+    const key = await api(t.url, "/v1/auth/api-keys", { headers: account.headers, body: { name: "ci", scopes: ["sessions:read"], password: "correct horse battery staple" } });
     expect(key.status).toBe(201);
     const viaKey = await api(t.url, "/v1/me", { headers: { "x-api-key": key.body.key ?? key.body.secret } });
     expect(viaKey.status).toBe(200);

@@ -42,6 +42,7 @@ import { SERVER_ERROR_STATUSES, ServerError } from "./errors.js";
 import { localEventBus, postgresEventBus, type EventBus } from "./events/event-bus.js";
 import { RunEventLog } from "./events/event-log.js";
 import { attachWebSocketStreams, type StreamDeps } from "./events/stream.js";
+import { createStreamSlots } from "./events/stream-slots.js";
 import { edge } from "./http/edge.js";
 import { jsonBody } from "./http/json-body.js";
 import { createMetrics } from "./http/metrics.js";
@@ -178,6 +179,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       bus,
       runs,
       streams,
+      slots: createStreamSlots({ perUser: config.maxStreamsPerUser, total: config.maxStreams }),
       auth,
       scopes: RUN_SCOPES,
       admit: async (principal) => {

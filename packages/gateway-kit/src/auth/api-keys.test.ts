@@ -39,7 +39,8 @@ describeEachDatabase("API keys and permissions", (fixture) => {
   });
   afterAll(() => app?.close());
 
-  const createKey = (token: string, body: unknown) => app.request("POST", "/auth/api-keys", { token, body });
+  // Minting re-authenticates; every account here signs up with PASSWORD.
+  const createKey = (token: string, body: Record<string, unknown>) => app.request("POST", "/auth/api-keys", { token, body: { password: PASSWORD, ...body } });
 
   it("shows a key once, stores only its hash, authenticates with it and tracks last use", async () => {
     const owner = await signup(app);

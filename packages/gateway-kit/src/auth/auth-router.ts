@@ -39,17 +39,19 @@ export const LogoutBody = z.object({ refreshToken: z.string().min(1).max(200).op
 export type LogoutBody = z.infer<typeof LogoutBody>;
 export const PasswordChangeBody = z.object({ currentPassword: Password, newPassword: NewPassword });
 export type PasswordChangeBody = z.infer<typeof PasswordChangeBody>;
+/**
+ * The re-authentication field of the routes that change how an account signs in or mint a
+ * credential that outlives the session: the password (required for accounts that have one; an
+ * account without one signs in again instead).
+ */
+const ReauthPassword = z.string().max(256).optional();
 export const CreateApiKeyBody = z.object({
   name: Label,
   scopes: z.array(z.string().regex(/^[a-z_]+:[a-z_]+$/, "Scopes look like `sessions:read`")).min(1).max(32),
   expiresAt: z.iso.datetime({ offset: true }).optional(),
+  password: ReauthPassword,
 });
 export type CreateApiKeyBody = z.infer<typeof CreateApiKeyBody>;
-/**
- * The re-authentication field of the routes that change how an account signs in: the password
- * (required for accounts that have one; an account without one signs in again instead).
- */
-const ReauthPassword = z.string().max(256).optional();
 export const TotpEnrolBody = z.object({ label: Label.optional(), password: ReauthPassword });
 export type TotpEnrolBody = z.infer<typeof TotpEnrolBody>;
 export const FactorCodeBody = z.object({ factorId: Id, code: z.string().min(1).max(16) });
@@ -262,6 +264,7 @@ export function authRouter(input: AuthRouterOptions): Router {
     ctx.body = await service.createApiKey(
       principal,
       { name: body.name, scopes: body.scopes, expiresAt: body.expiresAt ? new Date(body.expiresAt) : undefined },
+      { password: body.password },
       metaOf(ctx),
     );
   });

@@ -8,7 +8,7 @@ import { authRouter } from "./auth-router.js";
 import { createAuthService } from "./auth-service.js";
 import { JwtKeySet } from "./jwt.js";
 import { createKyselyAuthStores } from "./kysely-stores.js";
-import { migrateForTests, signup, startTestApp, type TestApp } from "./test-app.js";
+import { migrateForTests, PASSWORD, signup, startTestApp, type TestApp } from "./test-app.js";
 
 const NUL = "a\u0000b";
 
@@ -78,7 +78,7 @@ describeEachDatabase("auth routes and hostile client input", (fixture) => {
     expect(text.status).toBe(400);
     for (const expiresAt of ["NaN", "-1", "275760-09-13T00:00:00.001Z", 1e308]) {
       const user = await signup(app);
-      const res = await app.request("POST", "/auth/api-keys", { token: user.accessToken, body: { name: "ci", scopes: ["sessions:read"], expiresAt } });
+      const res = await app.request("POST", "/auth/api-keys", { token: user.accessToken, body: { name: "ci", scopes: ["sessions:read"], expiresAt, password: PASSWORD } });
       expect(res.status, String(expiresAt)).toBe(400);
     }
   });
@@ -87,7 +87,7 @@ describeEachDatabase("auth routes and hostile client input", (fixture) => {
     const user = await signup(app);
     const login = await app.request("POST", "/auth/login", { body: { email: user.email, password: "correct horse battery" } });
     const refresh = await app.request("POST", "/auth/token/refresh", { body: { refreshToken: login.body.refreshToken } });
-    const key = await app.request("POST", "/auth/api-keys", { token: user.accessToken, body: { name: "ci", scopes: ["sessions:read"] } });
+    const key = await app.request("POST", "/auth/api-keys", { token: user.accessToken, body: { name: "ci", scopes: ["sessions:read"], password: PASSWORD } });
     const signupRes = await app.request("POST", "/auth/signup", { body: { email: `cache-${Date.now()}@example.com`, password: "long enough password" } });
     for (const res of [login, refresh, key, signupRes]) {
       expect(res.status).toBeLessThan(300);

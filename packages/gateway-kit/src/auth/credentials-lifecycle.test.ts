@@ -16,7 +16,7 @@ describeEachDatabase("credentials that must not survive", (fixture) => {
   afterAll(() => app?.close());
 
   const newKey = async (token: string) => {
-    const res = await app.request("POST", "/auth/api-keys", { token, body: { name: "ci", scopes: ["sessions:read"] } });
+    const res = await app.request("POST", "/auth/api-keys", { token, body: { name: "ci", scopes: ["sessions:read"], password: PASSWORD } });
     expect(res.status).toBe(201);
     return res.body as { id: string; key: string };
   };
@@ -38,7 +38,7 @@ describeEachDatabase("credentials that must not survive", (fixture) => {
     const keeping = await startTestApp(fixture, { revokeApiKeysOnPasswordChange: false });
     try {
       const res = await keeping.request("POST", "/auth/signup", { body: { email: uniqueEmail(), password: PASSWORD } });
-      const key = (await keeping.request("POST", "/auth/api-keys", { token: res.body.accessToken, body: { name: "ci", scopes: ["sessions:read"] } })).body.key;
+      const key = (await keeping.request("POST", "/auth/api-keys", { token: res.body.accessToken, body: { name: "ci", scopes: ["sessions:read"], password: PASSWORD } })).body.key;
       const change = await keeping.request("POST", "/auth/password", { token: res.body.accessToken, body: { currentPassword: PASSWORD, newPassword: "a different passphrase" } });
       expect(change.body.revokedApiKeys).toBe(0);
       expect((await keeping.request("GET", "/v1/sessions", { token: key })).status).toBe(200);

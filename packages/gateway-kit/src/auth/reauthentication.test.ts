@@ -6,7 +6,7 @@ import { enrolTotpFactor, migrateForTests, PASSWORD, signup, startTestApp, type 
 import { totpCode } from "./totp.js";
 
 // The attacker holds a victim's access token (or refresh token), nothing else: not the password.
-describeEachDatabase("re-authentication before changing how an account signs in", (fixture) => {
+describeEachDatabase("re-authentication before changing how an account signs in or minting an API key", (fixture) => {
   let app: TestApp;
   let ipCounter = 0;
   const freshIp = () => {
@@ -67,6 +67,48 @@ describeEachDatabase("re-authentication before changing how an account signs in"
     expect(webauthn.status).toBe(200);
   });
 
+  it("refuses to mint an API key with a bare access token: a stolen session must not become a credential that outlives it", async () => {
+    const victim = await signup(app);
+    const keysOf = async (token: string) => (await app.request("GET", "/auth/api-keys", { token })).body.apiKeys as unknown[];
+    const bare = await app.request("POST", "/auth/api-keys", { token: victim.accessToken, body: { name: "ci", scopes: ["sessions:read"] } });
+    expect(bare.status).toBe(401);
+    expect(bare.body.error).toMatchObject({ code: "reauthentication_required", details: { reason: "password_required" } });
+    expect(bare.headers.get("www-authenticate")).toBe('Bearer error="insufficient_user_authentication"');
+    // Calling the service directly is no way round it.
+    const principal = await app.service.verifyAccessToken(victim.accessToken);
+    await expect(app.service.createApiKey(principal, { name: "direct", scopes: ["sessions:read"] })).rejects.toMatchObject({ code: "reauthentication_required" });
+    // Guessing is counted by the login limiter, like any password check.
+    const statuses: number[] = [];
+    for (let i = 0; i < 8; i++) {
+      statuses.push((await app.request("POST", "/auth/api-keys", { token: victim.accessToken, body: { name: "ci", scopes: ["sessions:read"], password: `guess ${i}` }, headers: { "x-forwarded-for": freshIp() } })).status);
+    }
+    expect(statuses.slice(0, 5)).toEqual([403, 403, 403, 403, 403]);
+    expect(statuses.slice(5)).toContain(429);
+    expect(await keysOf(victim.accessToken)).toEqual([]);
+
+    const owner = await signup(app);
+    const minted = await app.request("POST", "/auth/api-keys", { token: owner.accessToken, body: { name: "ci", scopes: ["sessions:read", "api_keys:manage"], password: PASSWORD } });
+    expect(minted.status).toBe(201);
+    // A key never mints a key, password or not, by either header.
+    for (const headers of [{ authorization: `Bearer ${minted.body.key}` }, { "x-api-key": minted.body.key as string }] as Array<Record<string, string>>) {
+      const child = await app.request("POST", "/auth/api-keys", { headers, body: { name: "child", scopes: ["sessions:read"], password: PASSWORD } });
+      expect(child.status).toBe(401);
+    }
+    expect(await keysOf(owner.accessToken)).toHaveLength(1);
+  });
+
+  it("lets an account without a password mint an API key only within minutes of signing in", async () => {
+    const user = await signup(app);
+    await fixture.database.db.updateTable("users").set({ password_hash: null }).where("id", "=", user.user.id).execute();
+    expect((await app.request("POST", "/auth/api-keys", { token: user.accessToken, body: { name: "fresh", scopes: ["sessions:read"] } })).status).toBe(201);
+    app.clock.advance(10 * 60_000);
+    const stale = (await app.request("POST", "/auth/token/refresh", { body: { refreshToken: user.refreshToken } })).body.accessToken as string;
+    const refused = await app.request("POST", "/auth/api-keys", { token: stale, body: { name: "later", scopes: ["sessions:read"], password: "anything at all" } });
+    expect(refused.status).toBe(401);
+    expect(refused.body.error).toMatchObject({ code: "reauthentication_required", details: { reason: "recent_sign_in_required" } });
+    expect((await app.request("GET", "/auth/api-keys", { token: stale })).body.apiKeys).toHaveLength(1);
+  });
+
   it("needs the password to remove a factor or replace recovery codes, whatever the session's age", async () => {
     const user = await signup(app);
     const { factorId } = await enrolTotpFactor(app, user.accessToken);
@@ -109,14 +151,14 @@ describeEachDatabase("re-authentication before changing how an account signs in"
 
   it("never lets an API key principal re-authenticate, even calling the service directly", async () => {
     const user = await signup(app);
-    const key = await app.request("POST", "/auth/api-keys", { token: user.accessToken, body: { name: "ci", scopes: ["sessions:read"] } });
+    const key = await app.request("POST", "/auth/api-keys", { token: user.accessToken, body: { name: "ci", scopes: ["sessions:read"], password: PASSWORD } });
     const principal = await app.service.verifyApiKey(key.body.key);
     for (const attempt of [
       () => app.service.enrolTotp(principal, undefined, { password: PASSWORD }),
       () => app.service.enrolSms(principal, "+447700900557", { password: PASSWORD }),
       () => app.service.webauthnRegistrationOptions(principal, { password: PASSWORD }),
       () => app.service.regenerateRecoveryCodes(principal, PASSWORD),
-      () => app.service.createApiKey(principal, { name: "wider", scopes: ["sessions:read"] }),
+      () => app.service.createApiKey(principal, { name: "wider", scopes: ["sessions:read"] }, { password: PASSWORD }),
     ]) {
       const error = await attempt().then(() => undefined, (e: unknown) => e);
       expect(error).toBeInstanceOf(AuthError);

@@ -70,7 +70,7 @@ describeEachDatabase("privacy", (fixture) => {
     const login = await app.request("POST", "/auth/login", { body: { email, password: PASSWORD }, headers: { "x-forwarded-for": ip, "user-agent": `${displayName}'s laptop` } });
     expect(login.status).toBe(200);
     expect((await app.request("POST", "/auth/login", { body: { email, password: "wrong password" }, headers: { "x-forwarded-for": ip } })).status).toBe(401);
-    const key = await app.request("POST", "/auth/api-keys", { token: accessToken, body: { name: "ci", scopes: ["sessions:read"] }, headers: { "x-forwarded-for": ip } });
+    const key = await app.request("POST", "/auth/api-keys", { token: accessToken, body: { name: "ci", scopes: ["sessions:read"], password: PASSWORD }, headers: { "x-forwarded-for": ip } });
     expect(key.status).toBe(201);
     const totp = await app.request("POST", "/auth/mfa/totp", { token: accessToken, body: { label: "phone", password: PASSWORD } });
     const { factorId, secret } = totp.body as { factorId: string; secret: string };

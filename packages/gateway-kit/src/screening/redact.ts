@@ -180,7 +180,7 @@ export const authOwnerSecretFields: readonly string[] = ["accessToken", "refresh
  *
  * @example
  * router.post("/auth/api-keys", async (ctx) => {
- *   ctx.body = await service.createApiKey(principal, body);
+ *   ctx.body = await service.createApiKey(principal, body, { password: body.password });
  *   markOwnerSecrets(ctx, ["key"]);
  * });
  */

@@ -22,7 +22,7 @@ import {
   verifyAuditChain,
   type AuditLog,
 } from "@keen/gateway-kit";
-import { signup, startTestApp, type TestApp } from "../auth/test-app.js";
+import { PASSWORD, signup, startTestApp, type TestApp } from "../auth/test-app.js";
 import { describeEachDatabase } from "../testing/each-database.js";
 
 const RunBody = z.object({ vision: z.string().min(1).max(10_000) });
@@ -42,7 +42,7 @@ describeEachDatabase("screening stack", (fixture) => {
     auth = await startTestApp(fixture, { audit });
     const owner = await signup(auth);
     teamId = owner.teamId;
-    const key = await auth.request("POST", "/auth/api-keys", { token: owner.accessToken, body: { name: "ci", scopes: ["sessions:write"] } });
+    const key = await auth.request("POST", "/auth/api-keys", { token: owner.accessToken, body: { name: "ci", scopes: ["sessions:write"], password: PASSWORD } });
     apiKey = (key.body as { key: string }).key;
 
     const app = new Koa();

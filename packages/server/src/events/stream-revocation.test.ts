@@ -37,7 +37,7 @@ describe("open event streams when their credentials end", () => {
     const admin = await signup(t.url, ADMIN_EMAIL).catch(() => undefined);
     const adminHeaders = admin?.headers ?? (await api(t.url, "/v1/auth/login", { body: { email: ADMIN_EMAIL, password: "correct horse battery staple" } }).then((r) => ({ authorization: `Bearer ${r.body.accessToken}` })));
     await api(t.url, "/v1/admin/credits/grant", { headers: adminHeaders, body: { teamId: owner.teamId, amount: 50_000_000, idempotencyKey: `g-${owner.teamId}` } });
-    const key = await api(t.url, "/v1/auth/api-keys", { headers: owner.headers, body: { name: "stream", scopes: ["sessions:read", "sessions:write"] } });
+    const key = await api(t.url, "/v1/auth/api-keys", { headers: owner.headers, body: { name: "stream", scopes: ["sessions:read", "sessions:write"], password: "correct horse battery staple" } });
     expect(key.status).toBe(201);
     return { owner, apiKey: key.body.key ?? key.body.secret, keyId: key.body.id };
   }

@@ -8,6 +8,7 @@ import type { RunService } from "../runs/run-service.js";
 import type { EventBus, StoredEvent } from "./event-bus.js";
 import { followRun } from "./follow.js";
 import type { RunEventLog } from "./event-log.js";
+import type { ReleaseSlot, StreamSlots } from "./stream-slots.js";
 
 export interface StreamDeps {
   config: ServerConfig;
@@ -16,6 +17,8 @@ export interface StreamDeps {
   runs: RunService;
   /** The open streams of this server, ended together on shutdown. */
   streams: Set<AbortController>;
+  /** Caps on open streams per user and in all (SSE and WebSocket counted together). */
+  slots: StreamSlots;
   onOpen(): () => void;
   /**
    * With these, an open stream checks its request's credentials again every `sseHeartbeatMs`
@@ -102,8 +105,14 @@ export function cursorOf(header: string | undefined, query: unknown): number {
 export async function serveEventStream(ctx: Context, deps: StreamDeps, principal: Principal, runId: string): Promise<void> {
   const run = await deps.runs.load(principal, runId);
   const after = cursorOf(ctx.get("last-event-id") || undefined, ctx.query.after);
+  // Taken before anything is written (a refusal is a plain 429) and given back the moment the
+  // connection closes, however it closes, not when the follower gets round to noticing.
+  const release = deps.slots.acquire(principal.userId);
   const res = ctx.res;
   ctx.respond = false;
+  // A client that hung up while the run was loading has no close event left to send.
+  if (res.destroyed) return release();
+  res.once("close", release);
   res.writeHead(200, {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-store",
@@ -142,6 +151,7 @@ export async function serveEventStream(ctx: Context, deps: StreamDeps, principal
     unwatch();
     unregister();
     done();
+    release();
     res.end();
   }
 }
@@ -220,7 +230,18 @@ export function attachWebSocketStreams(server: Server, deps: StreamDeps & { auth
         if (error instanceof ServerError && error.code === "not_found") return refuse(socket, 404, "not_found", "Run not found");
         return refuse(socket, 400, "invalid_request", error instanceof Error ? error.message : "Bad request");
       }
-      wss.handleUpgrade(req, socket, head, (ws) => void pipeToSocket(ws, deps, runId, after, () => stillAuthorized(deps, req, runId)));
+      // Refused before the upgrade completes: the client sees HTTP 429, never an open socket.
+      let release: ReleaseSlot;
+      try {
+        release = deps.slots.acquire(principal.userId);
+      } catch (error) {
+        if (error instanceof ServerError) return refuse(socket, 429, error.code, error.message);
+        throw error;
+      }
+      // The socket's close frees the slot, also when the handshake never finishes.
+      socket.once("close", release);
+      if (socket.destroyed) return release();
+      wss.handleUpgrade(req, socket, head, (ws) => void pipeToSocket(ws, deps, runId, after, () => stillAuthorized(deps, req, runId)).finally(release));
     })().catch(() => refuse(socket, 400, "bad_request", "Bad request"));
   });
   return wss;

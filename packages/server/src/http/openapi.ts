@@ -63,7 +63,7 @@ const AUTH_OPERATIONS: readonly Operation[] = [
   { method: "post", path: "/v1/auth/logout/everywhere", summary: "End every session, optionally revoking API keys", body: SignOutEverywhereBody, optionalBody: true, success: { status: 200 } },
   { method: "get", path: "/v1/auth/sessions", summary: "The user's live sessions", success: { status: 200 } },
   { method: "delete", path: "/v1/auth/sessions/:id", summary: "End one session", success: { status: 204, type: "none" } },
-  { method: "post", path: "/v1/auth/api-keys", summary: "Create an API key (the secret is shown once)", body: CreateApiKeyBody, success: { status: 201 } },
+  { method: "post", path: "/v1/auth/api-keys", summary: "Create an API key: re-authenticates (password, or a sign-in in the last 10 minutes), 401 reauthentication_required otherwise; the secret is shown once", body: CreateApiKeyBody, success: { status: 201 } },
   { method: "get", path: "/v1/auth/api-keys", summary: "The user's API keys (never their secrets)", success: { status: 200 } },
   { method: "delete", path: "/v1/auth/api-keys/:id", summary: "Revoke an API key", success: { status: 204, type: "none" } },
   { method: "get", path: "/v1/auth/mfa", summary: "The user's second factors", success: { status: 200 } },
@@ -120,7 +120,7 @@ export const OPERATIONS: readonly Operation[] = [
   { method: "get", path: "/v1/runs/:id/diff", summary: "The run's unified diff", success: { status: 200, type: "text/x-diff" } },
   { method: "get", path: "/v1/runs/:id/archive", summary: "The run's result as a git bundle of its branch", success: { status: 200, type: "application/x-git-bundle" } },
   { method: "delete", path: "/v1/runs/:id", summary: "Delete a finished run (its workspace kept if the owner prefers)", success: { status: 200 } },
-  { method: "get", path: "/v1/runs/:id/events", summary: "Server-Sent Events (Last-Event-ID or ?after=)", success: { status: 200, type: "text/event-stream" } },
+  { method: "get", path: "/v1/runs/:id/events", summary: "Server-Sent Events (Last-Event-ID or ?after=); 429 too_many_streams past --max-streams-per-user / --max-streams", success: { status: 200, type: "text/event-stream" } },
 
   // Outbound webhooks.
   { method: "post", path: "/v1/webhooks", summary: "Register an endpoint for run events; the answer carries its signing secret, once", body: CreateWebhookBody, success: { status: 201 } },

@@ -1,7 +1,9 @@
+import { spawn } from "node:child_process";
 import { lookup } from "node:dns/promises";
 import { mkdir, rm, stat } from "node:fs/promises";
 import { BlockList, isIP } from "node:net";
 import { join, relative, resolve, sep } from "node:path";
+import { Readable } from "node:stream";
 import { execa } from "execa";
 import { ServerError } from "../errors.js";
 
@@ -154,15 +156,14 @@ async function describeHead(checkout: string): Promise<{ baseCommit: string; bra
   return { baseCommit: head.stdout.trim(), branch: branch.stdout.trim() };
 }
 
-/** The unified diff between two commits of a checkout, with no external diff drivers or text filters. */
-export async function diffCommits(checkout: string, from: string, to: string): Promise<string> {
+/**
+ * The unified diff between two commits of a checkout, with no external diff drivers or text
+ * filters, streamed from git as the reader takes it (see `gitStream`).
+ */
+export async function diffStream(checkout: string, from: string, to: string): Promise<Readable> {
   for (const sha of [from, to]) if (!/^[0-9a-f]{40,64}$/.test(sha)) throw new ServerError("invalid_request", "not a commit id");
-  const result = await execa("git", [...SAFE_GIT, "diff", "--no-ext-diff", "--no-textconv", "--no-color", from, to, "--"], {
-    ...checkoutGit(checkout),
-    maxBuffer: 50 * 1024 * 1024,
-  });
-  if (result.exitCode !== 0) throw new ServerError("repository_unavailable", "The run's workspace is no longer available");
-  return result.stdout;
+  // An empty diff is a diff: no output is an answer of its own, not a failure.
+  return gitStream(checkout, ["diff", "--no-ext-diff", "--no-textconv", "--no-color", from, to, "--"], { allowEmpty: true });
 }
 
 /** The commit `branch` of the checkout points at (a run's result is on its run branch). */
@@ -174,15 +175,62 @@ export async function branchCommit(checkout: string, branch: string): Promise<st
 }
 
 /**
- * Writes a git bundle of `branch` from the checkout to `file` and checks that the bundle's tip is
- * `head` (the run's recorded result); the checkout is only read.
+ * A git bundle of `branch` as a stream (see `gitStream`), once its tip is checked to be `head`
+ * (the run's recorded result); the checkout is only read. git writes the bundle to a pipe
+ * (`bundle create -`), never to a temporary file.
  */
-export async function bundleBranch(checkout: string, branch: string, head: string, file: string): Promise<void> {
+export async function bundleStream(checkout: string, branch: string, head: string): Promise<Readable> {
   if (!/^[0-9a-f]{40,64}$/.test(head)) throw new ServerError("invalid_request", "not a commit id");
-  if (branch !== "HEAD" && !/^(?!-)[A-Za-z0-9._\/-]{1,200}$/.test(branch)) throw new ServerError("repository_unavailable", "The run's branch has an unusable name");
-  const options = checkoutGit(checkout);
-  const tip = await execa("git", [...SAFE_GIT, "rev-parse", "--verify", "--end-of-options", `${branch}^{commit}`], options);
-  if (tip.exitCode !== 0 || tip.stdout.trim() !== head) throw new ServerError("repository_unavailable", "The run's workspace no longer holds its result");
-  const bundle = await execa("git", [...SAFE_GIT, "bundle", "create", "--quiet", file, branch], options);
-  if (bundle.exitCode !== 0) throw new ServerError("repository_unavailable", "The run's workspace is no longer available");
+  if ((await branchCommit(checkout, branch)) !== head) throw new ServerError("repository_unavailable", "The run's workspace no longer holds its result");
+  return gitStream(checkout, ["bundle", "create", "--quiet", "-", branch]);
+}
+
+/**
+ * Runs one of the server's git calls on a checkout with its output as a stream: what the server
+ * holds stays bounded by the pipe and the reader's backpressure, whatever the repository's size,
+ * and nothing is written to disk. Resolves once git produced its first bytes (or ended, with
+ * `allowEmpty`), so a git that fails at once is a `repository_unavailable` answer rather than a
+ * cut-off download; a failure later errors the stream. Destroying the stream (a client that went
+ * away) kills git's whole process group, children included (`bundle create` runs `pack-objects`).
+ */
+async function gitStream(checkout: string, args: string[], options: { allowEmpty?: boolean } = {}): Promise<Readable> {
+  const unavailable = () => new ServerError("repository_unavailable", "The run's workspace is no longer available");
+  const { cwd, env } = checkoutGit(checkout);
+  const git = spawn("git", [...SAFE_GIT, ...args], { cwd, env, stdio: ["ignore", "pipe", "ignore"], detached: true });
+  let running = true;
+  const exited = new Promise<number | null>((resolve) => {
+    git.once("error", () => resolve(null));
+    git.once("close", (code) => resolve(code));
+  }).finally(() => (running = false));
+  const kill = () => {
+    if (!running || git.pid === undefined) return;
+    try {
+      process.kill(-git.pid, "SIGKILL");
+    } catch {
+      // Already gone.
+    }
+  };
+  async function* bytes(): AsyncGenerator<Buffer> {
+    for await (const chunk of git.stdout) yield chunk as Buffer;
+    if ((await exited) !== 0) throw unavailable();
+  }
+  const chunks = bytes();
+  let first: IteratorResult<Buffer>;
+  try {
+    first = await chunks.next();
+  } catch (error) {
+    kill();
+    throw error;
+  }
+  if (first.done && !options.allowEmpty) throw unavailable();
+  const head = first.done ? [] : [first.value];
+  const stream = Readable.from(
+    (async function* () {
+      yield* head;
+      yield* chunks;
+    })(),
+    { objectMode: false },
+  );
+  stream.once("close", kill);
+  return stream;
 }

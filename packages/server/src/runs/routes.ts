@@ -1,12 +1,9 @@
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import type { Router } from "@koa/router";
 import { requireScope, screenInstructions, validate, type AuditSink, type Principal } from "@keen/gateway-kit";
 import type { ParameterizedContext } from "koa";
 import { ServerError } from "../errors.js";
 import { serveEventStream, type StreamDeps } from "../events/stream.js";
-import { bundleBranch, diffCommits, runFolders } from "./provision.js";
+import { bundleStream, diffStream, runFolders } from "./provision.js";
 import { CreateRunBody, ListRunsQuery } from "./run-input.js";
 import type { RunService } from "./run-service.js";
 import { jsonBody } from "../http/json-body.js";
@@ -66,23 +63,18 @@ export function mountRunRoutes(router: Router, deps: { runs: RunService; audit: 
     if (!run.base_commit || !run.head_commit) throw new ServerError("run_not_finished", "The run has no result to diff yet");
     const folders = runFolders(deps.workspacesDir, run.user_id, run.id);
     ctx.type = "text/x-diff; charset=utf-8";
-    ctx.body = await diffCommits(folders.checkout, run.base_commit, run.head_commit);
+    ctx.body = await diffStream(folders.checkout, run.base_commit, run.head_commit);
   });
 
   router.get("/runs/:id/archive", requireScope(RUN_SCOPES.read), async (ctx) => {
     const run = await runs.load(principalOf(ctx), ctx.params.id!);
     if (!run.head_commit || !["succeeded", "failed", "cancelled", "interrupted"].includes(run.status)) throw new ServerError("run_not_finished", "The run has no result to archive yet");
     const folders = runFolders(deps.workspacesDir, run.user_id, run.id);
-    const scratch = await mkdtemp(join(tmpdir(), "keen-bundle-"));
-    try {
-      const file = join(scratch, "result.bundle");
-      await bundleBranch(folders.checkout, run.branch ?? "HEAD", run.head_commit, file);
-      ctx.type = "application/x-git-bundle";
-      ctx.attachment(`${run.id}.bundle`);
-      ctx.body = await readFile(file);
-    } finally {
-      await rm(scratch, { recursive: true, force: true });
-    }
+    // Streamed from git as the client reads it; a client that goes away ends git with it.
+    const bundle = await bundleStream(folders.checkout, run.branch ?? "HEAD", run.head_commit);
+    ctx.type = "application/x-git-bundle";
+    ctx.attachment(`${run.id}.bundle`);
+    ctx.body = bundle;
   });
 
   router.delete("/runs/:id", requireScope(RUN_SCOPES.write), async (ctx) => {

@@ -35,7 +35,7 @@ describeEachDatabase("runs end to end", (database) => {
     // The same grant again is the same grant, not a second one.
     const again = await api(t.url, "/v1/admin/credits/grant", { headers: admin.headers, body: { teamId: owner.teamId, amount: granted, idempotencyKey: `grant-${owner.teamId}` } });
     expect(again.body.balance).toBe(granted);
-    const key = await api(t.url, "/v1/auth/api-keys", { headers: owner.headers, body: { name: "runner", scopes: ["sessions:read", "sessions:write"] } });
+    const key = await api(t.url, "/v1/auth/api-keys", { headers: owner.headers, body: { name: "runner", scopes: ["sessions:read", "sessions:write"], password: "correct horse battery staple" } });
     apiKey = key.body.key ?? key.body.secret;
   });
 

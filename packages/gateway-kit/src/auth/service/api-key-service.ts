@@ -5,13 +5,24 @@ import type { AuthContext } from "./context.js";
 import { mintApiKey, parseApiKey, secretMatches } from "../api-keys.js";
 import { effectiveScopes } from "../permissions.js";
 import type { ApiKeyRecord } from "../stores.js";
-import type { ApiKeyView, RequestMeta } from "./types.js";
+import type { ApiKeyView, Reauthentication, RequestMeta } from "./types.js";
 
 /** API keys: minting (scopes narrow, never widen), listing, revoking and verifying. */
 export interface ApiKeyService {
+  /**
+   * Mints a key for the signed-in user's team. A key outlives the session that made it, so
+   * minting one re-authenticates like changing how the account signs in: the password (or, for
+   * an account without one, a sign-in at most `reauthMaxAgeSeconds` old), never an API key.
+   * Throws `reauthentication_required` (401), `invalid_password` (403, counted by the login
+   * limiter) or `forbidden` (403).
+   *
+   * @example
+   * const { key } = await auth.createApiKey(principal, { name: "ci", scopes: ["sessions:read"] }, { password });
+   */
   createApiKey(
     principal: Principal,
     input: { name: string; scopes: string[]; expiresAt?: Date | undefined },
+    reauth?: Reauthentication,
     meta?: RequestMeta,
   ): Promise<ApiKeyView & { key: string }>;
   listApiKeys(principal: Principal): Promise<ApiKeyView[]>;
@@ -21,7 +32,7 @@ export interface ApiKeyService {
 
 
 export function createApiKeyService(context: AuthContext): ApiKeyService {
-  const { config, stores, now, keyCache, audit, notFound } = context;
+  const { config, stores, now, keyCache, audit, notFound, reauthenticate } = context;
   const lastTouched = new Map<string, number>();
 
   function toKeyView(key: ApiKeyRecord): ApiKeyView {
@@ -42,6 +53,7 @@ export function createApiKeyService(context: AuthContext): ApiKeyService {
     async createApiKey(
       principal: Principal,
       input: { name: string; scopes: string[]; expiresAt?: Date | undefined },
+      reauth: Reauthentication = {},
       meta: RequestMeta = {},
     ): Promise<ApiKeyView & { key: string }> {
       // A key never mints keys: a leaked one must not be able to outlive its own revocation.
@@ -55,6 +67,8 @@ export function createApiKeyService(context: AuthContext): ApiKeyService {
       if (input.expiresAt && input.expiresAt.getTime() <= at.getTime()) {
         throw new AuthError("invalid_request", "expiresAt must be in the future");
       }
+      // Last, so a request refused for what it asks never spends a password guess.
+      await reauthenticate(principal, reauth, meta);
       const minted = mintApiKey();
       const record: ApiKeyRecord = {
         id: randomUUID(),

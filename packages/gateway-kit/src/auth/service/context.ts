@@ -96,10 +96,11 @@ export function createAuthContext(config: AuthConfig) {
 
   /**
    * The one gate of every operation that changes how an account signs in (factors, recovery
-   * codes): a stolen access token must not be enough. Only a user's own session qualifies, never
-   * an API key. An account with a password gives it (checked through the login limiter, so
-   * guesses are counted); one without proves a sign-in at most `reauthMaxAgeSeconds` old, judged
-   * by when its session began (a refresh does not renew that).
+   * codes) or mints a credential that outlives the session (API keys): a stolen access token
+   * must not be enough. Only a user's own session qualifies, never an API key. An account with
+   * a password gives it (checked through the login limiter, so guesses are counted); one without
+   * proves a sign-in at most `reauthMaxAgeSeconds` old, judged by when its session began (a
+   * refresh does not renew that).
    */
   async function reauthenticate(principal: Principal, proof: Reauthentication, meta: RequestMeta): Promise<UserRecord> {
     if (principal.via !== "jwt" || !principal.sessionId) {

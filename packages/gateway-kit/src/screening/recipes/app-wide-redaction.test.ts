@@ -72,7 +72,7 @@ describeEachDatabase("recipe: app-wide redaction with auth", (fixture) => {
     expect(refreshed.status).toBe(200);
     expect(refreshed.body.accessToken).toMatch(/^eyJ/);
 
-    const created = await call(app.url, "POST", "/auth/api-keys", { name: "ci", scopes: ["sessions:write"] }, { authorization: `Bearer ${refreshed.body.accessToken}` });
+    const created = await call(app.url, "POST", "/auth/api-keys", { name: "ci", scopes: ["sessions:write"], password: PASSWORD }, { authorization: `Bearer ${refreshed.body.accessToken}` });
     expect(created.status).toBe(201);
     expect(created.body.key).toMatch(/^keen_[a-z2-7]{12}_[A-Za-z0-9_-]{43}$/);
 
