@@ -49,7 +49,7 @@ describeEachDatabase("admin rights from an unverified listed email", (choice) =>
     expect({ status: squattedRun.status, code: squattedRun.body.error.code }).toEqual({ status: plainRun.status, code: plainRun.body.error.code });
 
     // An API key minted by the squatter carries no more than its session did.
-    const key = await api(t.url, "/v1/auth/api-keys", { headers: squatter.headers, body: { name: "squat", scopes: ["sessions:read", "sessions:write"] } });
+    const key = await api(t.url, "/v1/auth/api-keys", { headers: squatter.headers, body: { name: "squat", scopes: ["sessions:read", "sessions:write"], password: "correct horse battery staple" } });
     expect(key.status).toBe(201);
     const byKey = await api(t.url, "/v1/runs", { headers: { authorization: `Bearer ${key.body.key}` }, body: { vision: "Read the host", repo: { path: repo } } });
     expect(byKey.status).toBe(403);
