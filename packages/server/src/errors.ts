@@ -19,7 +19,8 @@ export type ServerErrorCode =
   | "webhook_url_refused"
   | "webhook_limit"
   | "uploads_busy"
-  | "quota_exceeded";
+  | "quota_exceeded"
+  | "account_erased";
 
 /**
  * A coded domain error. Routes and services throw it; the error edge answers with the status
@@ -55,6 +56,7 @@ const STATUS: Record<ServerErrorCode, number> = {
   webhook_limit: 409,
   uploads_busy: 429,
   quota_exceeded: 422,
+  account_erased: 410,
 };
 
 /**

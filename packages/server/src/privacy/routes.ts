@@ -22,6 +22,7 @@ import type { ParameterizedContext } from "koa";
 import type { z } from "zod";
 import type { ServerConfig } from "../config.js";
 import type { ServerTables } from "../db/tables.js";
+import type { OpenStream } from "../events/stream.js";
 import { ServerError } from "../errors.js";
 import { EraseAccountBody } from "./privacy-input.js";
 import { serverDataRights } from "./server-data-rights.js";
@@ -48,13 +49,17 @@ function signedInUser(ctx: ParameterizedContext): Principal & { sessionId: strin
  * `DELETE /v1/me` erases the account after re-authentication (the password, or a sign-in within
  * 10 minutes for an account without one). It is refused while the caller is the only owner of a
  * team others belong to (409 `last_owner`) or has a queued or running run (409
- * `run_not_finished`). In ONE transaction every contributor erases or anonymises its part:
- * sessions, refresh tokens and API keys are deleted (so every credential stops working at once;
- * this process's key cache is dropped too), runs with their events, uploads and preferences are
+ * `run_not_finished`); both are decided again under locks inside the erasure's transaction.
+ * In ONE transaction, which first takes the user's row `FOR UPDATE` (every request that creates
+ * something for the user takes it `FOR SHARE` and answers 410 `account_erased` once the user is
+ * erased), every contributor erases or anonymises its part: sessions, refresh tokens and API keys
+ * are deleted (so every credential stops working at once; this process's key cache is dropped
+ * and the user's open SSE and WebSocket streams are ended too), runs with their events, uploads,
+ * preferences, the user's webhook endpoints and the webhook messages about their runs are
  * deleted, the ledger keeps its totals and the audit chain its hashes. The user's workspace
  * folder is removed afterwards.
  */
-export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTables>; auth: AuthService; config: ServerConfig }): void {
+export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTables>; auth: AuthService; config: ServerConfig; streams?: Set<OpenStream> }): void {
   const { auth, config } = deps;
   const db = deps.db as Kysely<any>;
   // The confirmation travels in the DELETE's body, which the parser skips unless told.
@@ -95,6 +100,8 @@ export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTabl
 
     const report = await eraseUserData(db, user.id, dataRightsContributors(), { recordIn: { tenantId: null, actorId: user.id, requestId: ctx.state.requestId ?? null } });
     auth.evictUser(user.id);
+    // Streams the user opened end now, not at their next credential check.
+    for (const open of deps.streams ?? []) if (open.userId === user.id) open.revoke();
     const folder = resolve(config.workspacesDir, user.id);
     if (/^[A-Za-z0-9_-]{1,100}$/.test(user.id)) {
       await rm(folder, { recursive: true, force: true }).catch((error) => ctx.state.log?.warn({ err: error }, "workspace removal after erasure failed"));
