@@ -11,6 +11,8 @@ import { ADMIN_EMAIL, api, createTestRepo, describeEachDatabase, eventually, sig
 const PASSWORD = "correct horse battery staple";
 const GRANTED = 50_000_000;
 const ROUNDS = Number(process.env.KEEN_ERASURE_RACE_ROUNDS ?? 20);
+/** How far apart a round's creates are sent (the erasure, with its password check, takes tens of ms). */
+const SPREADS_MS = [0, 20, 50, 120, 250];
 
 /**
  * `DELETE /v1/me` while the same user's requests create things: a run, a resume, an upload, a
@@ -63,7 +65,7 @@ describeEachDatabase("attack: creating requests racing the account's erasure", (
     expect((await api(t.url, "/v1/admin/credits/grant", { headers: admin.headers, body: { teamId, amount: GRANTED, idempotencyKey: `g-${randomUUID()}` } })).status).toBe(201);
   };
   const runsEnded = (userId: string) =>
-    eventually(async () => (await db().selectFrom("runs").select("id").where("user_id", "=", userId).where("status", "in", ["queued", "running"]).execute()).length === 0, 60_000, "the user's runs to end");
+    eventually(async () => (await db().selectFrom("runs").select("id").where("user_id", "=", userId).where("status", "in", ["queued", "running"]).execute()).length === 0, 120_000, "the user's runs to end");
   const erase = (user: Account) => api(t.url, "/v1/me", { method: "DELETE", headers: user.headers, body: { password: PASSWORD } });
 
   /** What the user still owns, in every table a create writes to and on disk. */
@@ -90,21 +92,21 @@ describeEachDatabase("attack: creating requests racing the account's erasure", (
     expect(teamRes.status).toBe(201);
     const otherTeam = teamRes.body.id as string;
     const outcomes = new Map<string, Set<number>>();
-    // Each round's user, prepared together: a run that ended interrupted (to resume) and an
-    // invite to another team (to accept).
-    const prepared = await Promise.all(
-      Array.from({ length: ROUNDS }, async () => {
-        const email = `race-${randomBytes(5).toString("hex")}@keen.test`;
-        const user = await signup(t.url, email);
-        await grant(user.teamId);
-        const first = await api(t.url, "/v1/runs", { headers: user.headers, body: { vision: "Write the notes file", repo: { path: repo } } });
-        expect(first.status).toBe(202);
-        const invite = await api(t.url, `/v1/teams/${otherTeam}/invites`, { headers: owner.headers, body: { email, role: "member" } });
-        expect(invite.status).toBe(201);
-        await runsEnded(user.userId);
-        return { user, first, invite };
-      }),
-    );
+    // Each round's user, prepared a few at a time: a run that ended interrupted (to resume) and
+    // an invite to another team (to accept).
+    const prepare = async () => {
+      const email = `race-${randomBytes(5).toString("hex")}@keen.test`;
+      const user = await signup(t.url, email);
+      await grant(user.teamId);
+      const first = await api(t.url, "/v1/runs", { headers: user.headers, body: { vision: "Write the notes file", repo: { path: repo } } });
+      expect(first.status).toBe(202);
+      const invite = await api(t.url, `/v1/teams/${otherTeam}/invites`, { headers: owner.headers, body: { email, role: "member" } });
+      expect(invite.status).toBe(201);
+      await runsEnded(user.userId);
+      return { user, first, invite };
+    };
+    const prepared: Array<Awaited<ReturnType<typeof prepare>>> = [];
+    while (prepared.length < ROUNDS) prepared.push(...(await Promise.all(Array.from({ length: Math.min(4, ROUNDS - prepared.length) }, prepare))));
     for (let round = 0; round < ROUNDS; round++) {
       const { user, first, invite } = prepared[round]!;
 
@@ -121,10 +123,11 @@ describeEachDatabase("attack: creating requests racing the account's erasure", (
         invite: () => api(t.url, "/v1/invites/accept", { headers: user.headers, body: { token: invite.body.token } }),
         checkout: () => api(t.url, "/v1/billing/checkout", { headers: user.headers, body: { packId: "starter" } }),
       };
-      // Each create sent after its own random delay, so within a round some land before the
-      // erasure, some while it runs and some after it.
+      // Each create sent after its own random delay within the round's spread, so across rounds
+      // some land before the erasure, some while it runs and some after it.
+      const spread = SPREADS_MS[round % SPREADS_MS.length]!;
       const after = (ms: number) => new Promise((r) => setTimeout(r, ms));
-      const [erased, ...created] = await Promise.all([erase(user), ...Object.values(creates).map((create) => after(Math.floor(Math.random() * 12 * (round % 4))).then(create))]);
+      const [erased, ...created] = await Promise.all([erase(user), ...Object.values(creates).map((create) => after(Math.floor(Math.random() * spread)).then(create))]);
       const names = Object.keys(creates);
       created.forEach((res, i) => {
         const name = names[i]!;
