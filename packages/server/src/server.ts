@@ -280,11 +280,15 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     });
     api.put("/me/preferences", jsonBody({ limit: 4 * 1024 }), validate({ body: PreferencesBody }), async (ctx) => {
       const { keepWorkspaces } = ctx.state.validated!.body as PreferencesBody;
-      await db
-        .insertInto("user_preferences")
-        .values({ user_id: ctx.state.principal!.userId, keep_workspaces: keepWorkspaces })
-        .onConflict((oc) => oc.column("user_id").doUpdateSet({ keep_workspaces: keepWorkspaces }))
-        .execute();
+      const userId = ctx.state.principal!.userId;
+      await db.transaction().execute(async (trx) => {
+        await lockLiveUser(trx, userId);
+        await trx
+          .insertInto("user_preferences")
+          .values({ user_id: userId, keep_workspaces: keepWorkspaces })
+          .onConflict((oc) => oc.column("user_id").doUpdateSet({ keep_workspaces: keepWorkspaces }))
+          .execute();
+      });
       ctx.body = { keepWorkspaces };
     });
 

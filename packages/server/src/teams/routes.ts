@@ -114,10 +114,14 @@ export function mountTeamRoutes(router: Router, deps: { db: Kysely<ServerTables>
     const id = randomUUID();
     const createdAt = new Date();
     const expiresAt = new Date(createdAt.getTime() + body.expiresInHours * 3_600_000);
-    await db
-      .insertInto("team_invites")
-      .values({ id, team_id: access.teamId, email: body.email, role: body.role, token_hash: hashToken(token), invited_by: principal.userId, created_at: createdAt, expires_at: expiresAt })
-      .execute();
+    // The invite names its sender: written only while the sender is live.
+    await db.transaction().execute(async (trx) => {
+      await lockLiveUser(trx, principal.userId);
+      await trx
+        .insertInto("team_invites")
+        .values({ id, team_id: access.teamId, email: body.email, role: body.role, token_hash: hashToken(token), invited_by: principal.userId, created_at: createdAt, expires_at: expiresAt })
+        .execute();
+    });
     ctx.status = 201;
     // The token is shown once; the inviter passes it on (e.g. in a link). Only its hash is stored.
     ctx.body = { id, teamId: access.teamId, email: body.email, role: body.role, expiresAt: expiresAt.toISOString(), token };
