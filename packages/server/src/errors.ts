@@ -21,7 +21,8 @@ export type ServerErrorCode =
   | "uploads_busy"
   | "quota_exceeded"
   | "account_verified"
-  | "too_many_streams";
+  | "too_many_streams"
+  | "account_erased";
 
 /**
  * A coded domain error. Routes and services throw it; the error edge answers with the status
@@ -59,6 +60,7 @@ const STATUS: Record<ServerErrorCode, number> = {
   quota_exceeded: 422,
   account_verified: 409,
   too_many_streams: 429,
+  account_erased: 410,
 };
 
 /**

@@ -23,6 +23,7 @@ import {
   rateLimit,
   validate,
   type AuthService,
+  type AuthStores,
   type Database,
   type Ledger,
   type PasswordHashingOptions,
@@ -41,7 +42,7 @@ import type { ServerTables } from "./db/tables.js";
 import { SERVER_ERROR_STATUSES, ServerError } from "./errors.js";
 import { localEventBus, postgresEventBus, type EventBus } from "./events/event-bus.js";
 import { RunEventLog } from "./events/event-log.js";
-import { attachWebSocketStreams, type StreamDeps } from "./events/stream.js";
+import { attachWebSocketStreams, type OpenStream, type StreamDeps } from "./events/stream.js";
 import { createStreamSlots } from "./events/stream-slots.js";
 import { edge } from "./http/edge.js";
 import { jsonBody } from "./http/json-body.js";
@@ -55,6 +56,7 @@ import { mountUploadRoutes } from "./uploads/routes.js";
 import { mountAuditRoutes } from "./audit/routes.js";
 import { billingWebhook, mountBillingRoutes } from "./billing/routes.js";
 import { mountBudgetRoutes } from "./budgets/routes.js";
+import { lockLiveUser } from "./privacy/live-user.js";
 import { mountPrivacyRoutes } from "./privacy/routes.js";
 import { mountTeamRoutes } from "./teams/routes.js";
 import { mountWebhookRoutes } from "./webhooks/routes.js";
@@ -91,6 +93,26 @@ export interface KeenServer {
   listen(): Promise<string>;
   /** Stops taking requests and work, checkpoints running runs, ends streams, closes the database. */
   close(): Promise<void>;
+}
+
+/**
+ * gateway-kit's auth stores, with API keys written only for a live user: the key's row and the
+ * user's row lock the erasure takes (`lockLiveUser`) in one transaction, so a key minted while
+ * its owner is being erased is refused (410 `account_erased`) instead of outliving the erasure.
+ */
+function authStoresFor(db: Kysely<ServerTables>): AuthStores {
+  const stores = createKyselyAuthStores(db);
+  return {
+    ...stores,
+    apiKeys: {
+      ...stores.apiKeys,
+      create: (key) =>
+        (db as Kysely<any>).transaction().execute(async (trx) => {
+          await lockLiveUser(trx, key.userId);
+          await createKyselyAuthStores(trx).apiKeys.create(key);
+        }),
+    },
+  };
 }
 
 /** Loads the token-signing key every server process shares, creating it on first start. */
@@ -135,7 +157,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     await migrateServer(db);
     const audit = createAuditLog(db);
     const auth = createAuthService({
-      stores: createKyselyAuthStores(db),
+      stores: authStoresFor(db),
       keys: await signingKeys(db),
       issuer: "keen-server",
       audience: "keen-api",
@@ -172,7 +194,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     const eventLog = new RunEventLog(db);
     // One bucket per user for the API: the router's rate limit and WebSocket upgrades draw on it.
     const rateLimits = createKyselyRateLimitStore(db);
-    const streams = new Set<AbortController>();
+    const streams = new Set<OpenStream>();
     const stream: StreamDeps = {
       config,
       log: eventLog,
@@ -256,11 +278,15 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     });
     api.put("/me/preferences", jsonBody({ limit: 4 * 1024 }), validate({ body: PreferencesBody }), async (ctx) => {
       const { keepWorkspaces } = ctx.state.validated!.body as PreferencesBody;
-      await db
-        .insertInto("user_preferences")
-        .values({ user_id: ctx.state.principal!.userId, keep_workspaces: keepWorkspaces })
-        .onConflict((oc) => oc.column("user_id").doUpdateSet({ keep_workspaces: keepWorkspaces }))
-        .execute();
+      const userId = ctx.state.principal!.userId;
+      await db.transaction().execute(async (trx) => {
+        await lockLiveUser(trx, userId);
+        await trx
+          .insertInto("user_preferences")
+          .values({ user_id: userId, keep_workspaces: keepWorkspaces })
+          .onConflict((oc) => oc.column("user_id").doUpdateSet({ keep_workspaces: keepWorkspaces }))
+          .execute();
+      });
       ctx.body = { keepWorkspaces };
     });
 
@@ -290,7 +316,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     mountBudgetRoutes(api, { auth, budgets });
     mountTeamRoutes(api, { db, auth });
     mountAuditRoutes(api, { db, auth });
-    mountPrivacyRoutes(api, { db, auth, config });
+    mountPrivacyRoutes(api, { db, auth, config, streams });
     mountWebhookRoutes(api, { webhooks });
     app.use(api.routes()).use(api.allowedMethods());
 
@@ -331,7 +357,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
           http.close();
           await worker.stop();
           webhooks.stop();
-          for (const controller of streams) controller.abort();
+          for (const open of streams) open.controller.abort();
           await queue.stop(8_000);
           http.closeAllConnections();
           for (const cleanup of cleanups.splice(0)) await cleanup().catch((error) => logger.warn({ err: error }, "shutdown step failed"));

@@ -6,6 +6,7 @@ import type { Logger } from "pino";
 import type { z } from "zod";
 import type { ServerConfig } from "../config.js";
 import { ServerError } from "../errors.js";
+import { lockLiveUser } from "../privacy/live-user.js";
 import { requestedTeam, teamAccess } from "../teams/access.js";
 import { CheckoutBody } from "./billing-input.js";
 import { jsonBody } from "../http/json-body.js";
@@ -48,6 +49,10 @@ export function mountBillingRoutes(router: Router, deps: { db: Kysely<any>; auth
     const body = ctx.state.validated!.body as z.output<typeof CheckoutBody>;
     const access = await teamAccess(auth, principal, requestedTeam(principal, body.teamId), "billing:manage");
     if (!checkout) throw new ServerError("billing_unavailable", "Billing is not configured on this server");
+    // Not for an erased user. The check is not held across the call to Stripe (a database
+    // transaction open for a network round trip): what a checkout creates, a Stripe session and
+    // the team's checkout row, belongs to the team's wallet and names no user.
+    await (deps.db as Kysely<any>).transaction().execute((trx) => lockLiveUser(trx, principal.userId));
     try {
       const started = await checkout.start({
         owner: { teamId: access.teamId },

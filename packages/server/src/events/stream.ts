@@ -10,13 +10,22 @@ import { followRun } from "./follow.js";
 import type { RunEventLog } from "./event-log.js";
 import type { ReleaseSlot, StreamSlots } from "./stream-slots.js";
 
+/** One open SSE or WebSocket stream: whose credentials opened it, and how to end it. */
+export interface OpenStream {
+  userId: string;
+  /** Ends the stream as on shutdown. */
+  controller: AbortController;
+  /** Ends the stream because its credentials no longer hold (an `error` event, or close 1008). */
+  revoke(): void;
+}
+
 export interface StreamDeps {
   config: ServerConfig;
   log: RunEventLog;
   bus: EventBus;
   runs: RunService;
-  /** The open streams of this server, ended together on shutdown. */
-  streams: Set<AbortController>;
+  /** The open streams of this server: ended together on shutdown, a user's at once on erasure. */
+  streams: Set<OpenStream>;
   /** Caps on open streams per user and in all (SSE and WebSocket counted together). */
   slots: StreamSlots;
   onOpen(): () => void;
@@ -126,16 +135,18 @@ export async function serveEventStream(ctx: Context, deps: StreamDeps, principal
   ctx.req.on("close", closed);
   res.on("close", closed);
   const done = deps.onOpen();
-  const unregister = registerStream(deps.streams, controller);
+  const revoke = () => {
+    if (controller.signal.aborted) return;
+    res.write(`event: error\ndata: ${JSON.stringify({ error: { code: "unauthenticated", message: "The credentials of this stream no longer give access to the run" } })}\n\n`);
+    controller.abort();
+  };
+  const unregister = registerStream(deps.streams, { userId: principal.userId, controller, revoke });
   const heartbeat = setInterval(() => {
     if (res.writableNeedDrain) return;
     res.write(": keep-alive\n\n");
   }, deps.config.sseHeartbeatMs);
   heartbeat.unref();
-  const unwatch = watchCredentials(deps.config.sseHeartbeatMs, () => stillAuthorized(deps, ctx.req, run.id), () => {
-    res.write(`event: error\ndata: ${JSON.stringify({ error: { code: "unauthenticated", message: "The credentials of this stream no longer give access to the run" } })}\n\n`);
-    controller.abort();
-  });
+  const unwatch = watchCredentials(deps.config.sseHeartbeatMs, () => stillAuthorized(deps, ctx.req, run.id), revoke);
   try {
     res.write("retry: 1000\n\n");
     for await (const event of followRun(deps.log, deps.bus, run.id, { after, buffer: deps.config.streamBuffer, signal: controller.signal })) {
@@ -168,9 +179,9 @@ function waitForDrain(res: NodeJS.WritableStream, signal: AbortSignal): Promise<
   });
 }
 
-function registerStream(streams: Set<AbortController>, controller: AbortController): () => void {
-  streams.add(controller);
-  return () => streams.delete(controller);
+function registerStream(streams: Set<OpenStream>, stream: OpenStream): () => void {
+  streams.add(stream);
+  return () => streams.delete(stream);
 }
 
 const STREAM_PATH = /^\/v1\/runs\/([^/]+)\/stream$/;
@@ -241,22 +252,23 @@ export function attachWebSocketStreams(server: Server, deps: StreamDeps & { auth
       // The socket's close frees the slot, also when the handshake never finishes.
       socket.once("close", release);
       if (socket.destroyed) return release();
-      wss.handleUpgrade(req, socket, head, (ws) => void pipeToSocket(ws, deps, runId, after, () => stillAuthorized(deps, req, runId)).finally(release));
+      wss.handleUpgrade(req, socket, head, (ws) => void pipeToSocket(ws, deps, principal.userId, runId, after, () => stillAuthorized(deps, req, runId)).finally(release));
     })().catch(() => refuse(socket, 400, "bad_request", "Bad request"));
   });
   return wss;
 }
 
-async function pipeToSocket(ws: WebSocket, deps: StreamDeps, runId: string, after: number, authorized: () => Promise<boolean>): Promise<void> {
+async function pipeToSocket(ws: WebSocket, deps: StreamDeps, userId: string, runId: string, after: number, authorized: () => Promise<boolean>): Promise<void> {
   const controller = new AbortController();
   ws.on("close", () => controller.abort());
   ws.on("error", () => controller.abort());
   const done = deps.onOpen();
-  const unregister = registerStream(deps.streams, controller);
+  // 1008: policy violation, the closest standard code for "no longer allowed".
+  const revoke = () => ws.close(1008, "credentials no longer valid");
+  const unregister = registerStream(deps.streams, { userId, controller, revoke });
   const heartbeat = setInterval(() => ws.ping(), deps.config.sseHeartbeatMs);
   heartbeat.unref();
-  // 1008: policy violation, the closest standard code for "no longer allowed".
-  const unwatch = watchCredentials(deps.config.sseHeartbeatMs, authorized, () => ws.close(1008, "credentials no longer valid"));
+  const unwatch = watchCredentials(deps.config.sseHeartbeatMs, authorized, revoke);
   try {
     for await (const event of followRun(deps.log, deps.bus, runId, { after, buffer: deps.config.streamBuffer, signal: controller.signal })) {
       await new Promise<void>((resolve, reject) => ws.send(eventJson(event), (error) => (error ? reject(error) : resolve())));

@@ -5,6 +5,7 @@ import type { ParameterizedContext } from "koa";
 import type { z } from "zod";
 import type { ServerConfig } from "../config.js";
 import type { ServerTables } from "../db/tables.js";
+import type { OpenStream } from "../events/stream.js";
 import { ServerError } from "../errors.js";
 import { EraseAccountBody } from "./privacy-input.js";
 import { dataRightsContributors, eraseAccount, refuseErasure } from "./erase-account.js";
@@ -26,13 +27,17 @@ function signedInUser(ctx: ParameterizedContext): Principal & { sessionId: strin
  * `DELETE /v1/me` erases the account after re-authentication (the password, or a sign-in within
  * 10 minutes for an account without one). It is refused while the caller is the only owner of a
  * team others belong to (409 `last_owner`) or has a queued or running run (409
- * `run_not_finished`). In ONE transaction every contributor erases or anonymises its part:
- * sessions, refresh tokens and API keys are deleted (so every credential stops working at once;
- * this process's key cache is dropped too), runs with their events, uploads and preferences are
+ * `run_not_finished`); both are decided again under locks inside the erasure's transaction.
+ * In ONE transaction, which first takes the user's row `FOR UPDATE` (every request that creates
+ * something for the user takes it `FOR SHARE` and answers 410 `account_erased` once the user is
+ * erased), every contributor erases or anonymises its part: sessions, refresh tokens and API keys
+ * are deleted (so every credential stops working at once; this process's key cache is dropped
+ * and the user's open SSE and WebSocket streams are ended too), runs with their events, uploads,
+ * preferences, the user's webhook endpoints and the webhook messages about their runs are
  * deleted, the ledger keeps its totals and the audit chain its hashes. The user's workspace
  * folder is removed afterwards.
  */
-export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTables>; auth: AuthService; config: ServerConfig }): void {
+export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTables>; auth: AuthService; config: ServerConfig; streams?: Set<OpenStream> }): void {
   const { auth, config } = deps;
   const db = deps.db as Kysely<any>;
   // The confirmation travels in the DELETE's body, which the parser skips unless told.
@@ -68,6 +73,8 @@ export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTabl
       onWorkspaceError: (error) => ctx.state.log?.warn({ err: error }, "workspace removal after erasure failed"),
     });
     auth.evictUser(user.id);
+    // Streams the user opened end now, not at their next credential check.
+    for (const open of deps.streams ?? []) if (open.userId === user.id) open.revoke();
     // The request's own audit line must not name the user it just erased.
     delete ctx.state.principal;
     ctx.body = { erased: true, userId: user.id, erasedAt: report.erasedAt, contributors: report.contributors };

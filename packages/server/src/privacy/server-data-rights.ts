@@ -1,25 +1,34 @@
-import type { DataRightsContributor } from "@keen/gateway-kit";
-import type { Kysely } from "kysely";
+import { AuthError, type DataRightsContributor } from "@keen/gateway-kit";
+import { sql, type Kysely } from "kysely";
 import { ServerError } from "../errors.js";
+import { lockUserForErasure } from "./live-user.js";
 
 /**
  * The server's own tables in a user's data rights.
  *
  * Export: the user's runs (vision, repository, options, status, usage, what was charged; not
- * their event logs, which the run's page and stream serve), uploads, preferences, and the team
- * invites they sent or that were addressed to them (never token hashes).
+ * their event logs, which the run's page and stream serve), uploads, preferences, the team
+ * invites they sent or that were addressed to them (never token hashes), and the webhook
+ * endpoints they registered (never their secrets).
  *
- * Erasure is refused (409 `run_not_finished`) while one of the user's runs is queued or running.
+ * Erasure first takes the user's row `FOR UPDATE` (every path that creates something for the
+ * user takes it `FOR SHARE` in its writing transaction, see `lockLiveUser`), so nothing is
+ * created for the user while or after it runs. It is refused (409 `run_not_finished`) while one
+ * of the user's runs is queued or running, and (409 `last_owner`) while the user is the only
+ * owner of a team others belong to, both decided under locks in the erasure's transaction.
  * Otherwise the user's runs are deleted with their agents and events (what they cost stays in
- * the credits ledger, which keeps its totals), so are their uploads, preferences and the invites
- * addressed to them; invites they sent stay with their team but no longer name them. Files under
- * `<workspaces>/<user>/` are removed by the route after the transaction commits.
+ * the credits ledger, which keeps its totals), so are their uploads, preferences, the invites
+ * addressed to them, the webhook endpoints they registered (with their messages and delivery
+ * log) and every webhook message about one of their runs, delivered or pending, on any of the
+ * team's endpoints (the message bodies name the user); invites they sent stay with their team but
+ * no longer name them. Files under `<workspaces>/<user>/` are removed by the route after the
+ * transaction commits.
  */
 export const serverDataRights: DataRightsContributor = {
   name: "server",
   async export(db: Kysely<any>, userId: string) {
     const user = await db.selectFrom("users").select("email").where("id", "=", userId).executeTakeFirst();
-    const [runs, uploads, preferences, invitesSent, invitesReceived] = await Promise.all([
+    const [runs, uploads, preferences, invitesSent, invitesReceived, webhooks] = await Promise.all([
       db
         .selectFrom("runs")
         .select(["id", "team_id as teamId", "vision", "repo", "options", "model", "status", "usage", "charged", "summary", "branch", "created_at as createdAt", "finished_at as finishedAt"])
@@ -32,15 +41,40 @@ export const serverDataRights: DataRightsContributor = {
       user
         ? db.selectFrom("team_invites").select(["id", "team_id as teamId", "role", "created_at as createdAt", "accepted_at as acceptedAt", "revoked_at as revokedAt"]).where("email", "=", user.email.toLowerCase()).execute()
         : Promise.resolve([]),
+      // Endpoints the user registered (never their signing secrets).
+      db.selectFrom("webhooks").select(["id", "team_id as teamId", "url", "events", "created_at as createdAt"]).where("user_id", "=", userId).orderBy("created_at").execute(),
     ]);
-    return { runs, uploads, preferences: preferences ?? null, invitesSent, invitesReceived };
+    return { runs, uploads, preferences: preferences ?? null, invitesSent, invitesReceived, webhooks };
   },
   async erase(db: Kysely<any>, userId: string) {
+    // First, before reading anything: a create that already holds the row FOR SHARE commits
+    // before this goes on (and is then seen below), one that comes later waits and is refused.
+    if (!(await lockUserForErasure(db, userId))) return;
+    // The last owner of a team others belong to stays. Decided under the team's row lock (the
+    // one gateway-kit's role changes and removals take), so two owners erasing at once, or one
+    // erasing while the other is demoted, cannot leave the team without an owner.
+    const owned = await db.selectFrom("memberships").select("team_id").where("user_id", "=", userId).where("role", "=", "owner").orderBy("team_id").execute();
+    for (const { team_id: teamId } of owned) {
+      await db.selectFrom("teams").select("id").where("id", "=", teamId).forUpdate().executeTakeFirst();
+      const members = await db.selectFrom("memberships").select(["user_id", "role"]).where("team_id", "=", teamId).execute();
+      const others = members.filter((m) => m.user_id !== userId);
+      if (others.length > 0 && !others.some((m) => m.role === "owner")) {
+        throw new AuthError("last_owner", `You are the only owner of team ${teamId}: make another member an owner first`);
+      }
+    }
     // A run still going would write into rows and folders being removed, and hold credits and a
     // slot no one settles: refuse, and the whole erasure rolls back.
     const active = await db.selectFrom("runs").select("id").where("user_id", "=", userId).where("status", "in", ["queued", "running"]).limit(1).forUpdate().executeTakeFirst();
     if (active) throw new ServerError("run_not_finished", `Run ${active.id} is still going: cancel it first`, { runId: active.id });
     const user = await db.selectFrom("users").select("email").where("id", "=", userId).executeTakeFirst();
+    // Webhook messages about the user's runs (their bodies carry the run's user, vision summary
+    // and usage), on every endpoint of the team: pending ones are never sent, sent ones forgotten.
+    await db
+      .deleteFrom("webhook_messages")
+      .where(({ exists, selectFrom }) => exists(selectFrom("runs").select("runs.id").where("runs.user_id", "=", userId).where(sql<boolean>`webhook_messages.subject like 'run:' || runs.id || ':%'`)))
+      .execute();
+    // The endpoints the user registered, with their messages and delivery log (on delete cascade).
+    await db.deleteFrom("webhooks").where("user_id", "=", userId).execute();
     // Agents and events go with their runs (on delete cascade).
     await db.deleteFrom("runs").where("user_id", "=", userId).execute();
     await db.deleteFrom("uploads").where("user_id", "=", userId).execute();

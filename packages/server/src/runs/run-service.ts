@@ -8,6 +8,7 @@ import type { RunAgentsTable, RunsTable, ServerTables } from "../db/tables.js";
 import { ServerError } from "../errors.js";
 import type { EventBus } from "../events/event-bus.js";
 import type { JobQueue } from "../queue/job-queue.js";
+import { lockLiveUser } from "../privacy/live-user.js";
 import { findUpload } from "../uploads/routes.js";
 import { runFolders } from "./provision.js";
 import type { CreateRunBody } from "./run-input.js";
@@ -167,56 +168,61 @@ export function createRunService(deps: RunServiceDeps) {
     load,
 
     async create(principal: Principal, body: CreateRunBody): Promise<RunView> {
-      if (!principal.teamId) throw new ServerError("forbidden", "Choose a team before starting a run");
+      const teamId = principal.teamId;
+      if (!teamId) throw new ServerError("forbidden", "Choose a team before starting a run");
       if ("path" in body.repo && !config.localMode && !(await deps.isAdmin(principal))) {
         throw new ServerError("forbidden", "repo.path is for server admins (or local mode); send repo.url");
       }
-      if ("uploadId" in body.repo) await findUpload(db, principal.teamId, body.repo.uploadId);
+      if ("uploadId" in body.repo) await findUpload(db, teamId, body.repo.uploadId);
       const model = body.options.model ?? config.model;
       deps.priceList.priceOf(model); // an unknown model is refused before anything is held
       const runId = `run_${randomUUID()}`;
       // Concurrency slot, then credits, then the row: each step undone if a later one fails.
-      const slot = await slots.acquire({ runId, userId: principal.userId, teamId: principal.teamId });
+      const slot = await slots.acquire({ runId, userId: principal.userId, teamId });
       let handle: string | undefined;
       try {
         // The team wallet and the user's and team's budgets, all held or none.
         const hold = await spend.reserve({
-          wallet: { teamId: principal.teamId },
+          wallet: { teamId },
           estimate: config.runReserve,
           idempotencyKey: `run:${runId}:reserve`,
-          scopes: runBudgetScopes(principal.userId, principal.teamId),
+          scopes: runBudgetScopes(principal.userId, teamId),
           ttlMs: RUN_HOLD_TTL_MS,
           reference: runId,
         });
         handle = hold.handle;
-        const row = await db
-          .insertInto("runs")
-          .values({
-            id: runId,
-            team_id: principal.teamId,
-            user_id: principal.userId,
-            vision: body.vision,
-            repo: JSON.stringify(body.repo),
-            options: JSON.stringify(body.options),
-            model,
-            status: "queued",
-            snapshot: null,
-            reservation_id: hold.handle,
-            charged: null,
-            usage: null,
-            error: null,
-            summary: null,
-            base_commit: null,
-            head_commit: null,
-            branch: null,
-            worker_id: null,
-            heartbeat_at: null,
-            created_at: new Date(),
-            started_at: null,
-            finished_at: null,
-          })
-          .returningAll()
-          .executeTakeFirstOrThrow();
+        // The row only for a live user, decided under the user's row lock the erasure takes.
+        const row = await db.transaction().execute(async (trx) => {
+          await lockLiveUser(trx, principal.userId);
+          return trx
+            .insertInto("runs")
+            .values({
+              id: runId,
+              team_id: teamId,
+              user_id: principal.userId,
+              vision: body.vision,
+              repo: JSON.stringify(body.repo),
+              options: JSON.stringify(body.options),
+              model,
+              status: "queued",
+              snapshot: null,
+              reservation_id: hold.handle,
+              charged: null,
+              usage: null,
+              error: null,
+              summary: null,
+              base_commit: null,
+              head_commit: null,
+              branch: null,
+              worker_id: null,
+              heartbeat_at: null,
+              created_at: new Date(),
+              started_at: null,
+              finished_at: null,
+            })
+            .returningAll()
+            .executeTakeFirstOrThrow();
+        });
         // A failed enqueue leaves a queued row that the recovery sweep enqueues again.
         await queue.send<RunJob>(RUN_QUEUE, { runId }, { key: runId }).catch(() => {});
         return runView(row);
@@ -268,15 +274,19 @@ export function createRunService(deps: RunServiceDeps) {
           reference: row.id,
         });
         handle = hold.handle;
-        // Only the caller that moves the run out of its finished state resumes it.
-        const resumed = await db
-          .updateTable("runs")
-          .set({ status: "queued", reservation_id: hold.handle, prior_charged: Number(row.charged ?? 0), charged: null, error: null, finished_at: null, worker_id: null, cancel_requested: false })
-          .where("id", "=", row.id)
-          .where("status", "=", row.status)
-          .where("attempt", "=", row.attempt)
-          .returningAll()
-          .executeTakeFirst();
+        // Only the caller that moves the run out of its finished state resumes it, and only
+        // while the run's owner (who may not be the caller) is not being erased.
+        const resumed = await db.transaction().execute(async (trx) => {
+          await lockLiveUser(trx, row.user_id);
+          return trx
+            .updateTable("runs")
+            .set({ status: "queued", reservation_id: hold.handle, prior_charged: Number(row.charged ?? 0), charged: null, error: null, finished_at: null, worker_id: null, cancel_requested: false })
+            .where("id", "=", row.id)
+            .where("status", "=", row.status)
+            .where("attempt", "=", row.attempt)
+            .returningAll()
+            .executeTakeFirst();
+        });
         if (!resumed) throw new ServerError("run_not_resumable", `Run ${row.id} is already being resumed`);
         await queue.send<RunJob>(RUN_QUEUE, { runId: row.id }, { key: `${row.id}:${row.attempt}` }).catch(() => {});
         return runView(resumed);

@@ -1,11 +1,12 @@
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import type { Router } from "@koa/router";
-import { validate, type AuthService, type Principal, type Role } from "@keen/gateway-kit";
+import { createKyselyAuthStores, validate, type AuthService, type Principal, type Role } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
 import type { ParameterizedContext } from "koa";
 import { z } from "zod";
 import type { ServerTables } from "../db/tables.js";
 import { ServerError } from "../errors.js";
+import { lockLiveUser } from "../privacy/live-user.js";
 import { isPlainId, teamAccess } from "./access.js";
 import { AcceptInviteBody, CreateInviteBody, CreateTeamBody, SetRoleBody } from "./team-input.js";
 import { jsonBody } from "../http/json-body.js";
@@ -51,7 +52,10 @@ export function mountTeamRoutes(router: Router, deps: { db: Kysely<ServerTables>
     const { name } = ctx.state.validated!.body as z.output<typeof CreateTeamBody>;
     const id = randomUUID();
     const at = new Date();
-    await auth.stores.transaction(async (tx) => {
+    // The team and its owner land together, and only for a live user (the erasure's row lock).
+    await (db as Kysely<any>).transaction().execute(async (trx) => {
+      await lockLiveUser(trx, principal.userId);
+      const tx = createKyselyAuthStores(trx);
       await tx.teams.create({ id, name, personal: false }, at);
       await tx.teams.addMember(id, principal.userId, "owner", at);
     });
@@ -110,10 +114,14 @@ export function mountTeamRoutes(router: Router, deps: { db: Kysely<ServerTables>
     const id = randomUUID();
     const createdAt = new Date();
     const expiresAt = new Date(createdAt.getTime() + body.expiresInHours * 3_600_000);
-    await db
-      .insertInto("team_invites")
-      .values({ id, team_id: access.teamId, email: body.email, role: body.role, token_hash: hashToken(token), invited_by: principal.userId, created_at: createdAt, expires_at: expiresAt })
-      .execute();
+    // The invite names its sender: written only while the sender is live.
+    await db.transaction().execute(async (trx) => {
+      await lockLiveUser(trx, principal.userId);
+      await trx
+        .insertInto("team_invites")
+        .values({ id, team_id: access.teamId, email: body.email, role: body.role, token_hash: hashToken(token), invited_by: principal.userId, created_at: createdAt, expires_at: expiresAt })
+        .execute();
+    });
     ctx.status = 201;
     // The token is shown once; the inviter passes it on (e.g. in a link). Only its hash is stored.
     ctx.body = { id, teamId: access.teamId, email: body.email, role: body.role, expiresAt: expiresAt.toISOString(), token };
@@ -162,6 +170,9 @@ export function mountTeamRoutes(router: Router, deps: { db: Kysely<ServerTables>
     const user = await auth.stores.users.findById(principal.userId);
     if (!user) throw new ServerError("not_found", "Invite not found");
     const accepted = await db.transaction().execute(async (trx) => {
+      // Joining only as a live user: an erasure that began meanwhile has deleted the user's
+      // memberships and would not see this one.
+      await lockLiveUser(trx, principal.userId);
       const invite = await trx.selectFrom("team_invites").selectAll().where("token_hash", "=", hashToken(token)).forUpdate().executeTakeFirst();
       // Someone else's invite is as unknown as a made-up token.
       if (!invite || invite.email !== user.email.toLowerCase()) throw new ServerError("not_found", "Invite not found");

@@ -7,6 +7,7 @@ import type { Kysely } from "kysely";
 import type { ServerConfig } from "../config.js";
 import type { ServerTables } from "../db/tables.js";
 import { ServerError } from "../errors.js";
+import { isAccountErased, lockLiveUser } from "../privacy/live-user.js";
 import { RUN_SCOPES } from "../runs/routes.js";
 import { uploadFolder, unpackUpload } from "./unpack.js";
 
@@ -75,23 +76,30 @@ export function mountUploadRoutes(router: Router, deps: { db: Kysely<ServerTable
         try {
           const after = await usedBytes();
           if (after > config.maxWorkspaceBytes) throw new QuotaExceededError("workspaceBytes", config.maxWorkspaceBytes, after);
-          row = await db
-            .insertInto("uploads")
-            .values({
-              id,
-              team_id: principal.teamId,
-              user_id: principal.userId,
-              format: report.format,
-              compressed_bytes: report.compressedBytes,
-              uncompressed_bytes: report.uncompressedBytes,
-              files: report.files,
-              commit,
-              created_at: new Date(),
-            })
-            .returningAll()
-            .executeTakeFirstOrThrow();
+          const teamId = principal.teamId;
+          // Recorded only for a live user, under the user's row lock the erasure takes.
+          row = await db.transaction().execute(async (trx) => {
+            await lockLiveUser(trx, principal.userId);
+            return trx
+              .insertInto("uploads")
+              .values({
+                id,
+                team_id: teamId,
+                user_id: principal.userId,
+                format: report.format,
+                compressed_bytes: report.compressedBytes,
+                uncompressed_bytes: report.uncompressedBytes,
+                files: report.files,
+                commit,
+                created_at: new Date(),
+              })
+              .returningAll()
+              .executeTakeFirstOrThrow();
+          });
         } catch (error) {
-          await rm(folder, { recursive: true, force: true });
+          // The account was erased while this unpacked: the erasure may have removed the user's
+          // folder before the unpacking made it again, so all of it goes, not only this upload.
+          await rm(isAccountErased(error) ? userRoot : folder, { recursive: true, force: true });
           throw error;
         }
       } finally {

@@ -5,6 +5,7 @@ import type { Logger } from "pino";
 import type { ServerConfig } from "../config.js";
 import type { RunState, ServerTables, WebhooksTable } from "../db/tables.js";
 import { ServerError } from "../errors.js";
+import { isAccountErased, lockLiveUser } from "../privacy/live-user.js";
 import type { JobQueue } from "../queue/job-queue.js";
 import { parseWebhookUrl, resolveWebhookTarget } from "./address-policy.js";
 import { deliverWebhook } from "./deliver.js";
@@ -189,12 +190,21 @@ export function createWebhookService(deps: WebhookServiceDeps) {
         },
       });
       const subject = `run:${run.id}:${run.attempt}`;
-      const inserted = await db
-        .insertInto("webhook_messages")
-        .values(targets.map((t) => ({ id: `msg_${randomUUID()}`, webhook_id: t.id, team_id: run.team_id, event_type: event, subject, body, status: "pending" as const, next_attempt_at: now, created_at: now })))
-        .onConflict((oc) => oc.columns(["webhook_id", "event_type", "subject"]).doNothing())
-        .returning("id")
-        .execute();
+      // The body names the run's user: written only while that user is live and the run still
+      // there (an erasure that began after the run was read deletes both and would not see these).
+      const inserted = await db.transaction().execute(async (trx) => {
+        await lockLiveUser(trx, run.user_id);
+        if (!(await trx.selectFrom("runs").select("id").where("id", "=", run.id).executeTakeFirst())) return [];
+        return trx
+          .insertInto("webhook_messages")
+          .values(targets.map((t) => ({ id: `msg_${randomUUID()}`, webhook_id: t.id, team_id: run.team_id, event_type: event, subject, body, status: "pending" as const, next_attempt_at: now, created_at: now })))
+          .onConflict((oc) => oc.columns(["webhook_id", "event_type", "subject"]).doNothing())
+          .returning("id")
+          .execute();
+      }).catch((error) => {
+        if (isAccountErased(error)) return [];
+        throw error;
+      });
       for (const message of inserted) await queue.send<WebhookJob>(WEBHOOK_QUEUE, { messageId: message.id, attempt: 1 }, { key: `${message.id}:1` });
     } catch (error) {
       logger.error({ err: error, runId }, "webhooks for a finished run not enqueued");
@@ -251,14 +261,21 @@ export function createWebhookService(deps: WebhookServiceDeps) {
       if (!principal.teamId) throw new ServerError("forbidden", "Choose a team before registering webhooks");
       const url = parseWebhookUrl(body.url);
       await resolveWebhookTarget(url, policy);
-      const count = await db.selectFrom("webhooks").select((eb) => eb.fn.countAll<string>().as("n")).where("team_id", "=", principal.teamId).executeTakeFirstOrThrow();
-      if (Number(count.n) >= MAX_WEBHOOKS_PER_TEAM) throw new ServerError("webhook_limit", `A team has at most ${MAX_WEBHOOKS_PER_TEAM} webhooks`);
+      const teamId = principal.teamId;
       const secret = newWebhookSecret();
-      const row = await db
-        .insertInto("webhooks")
-        .values({ id: `wh_${randomUUID()}`, team_id: principal.teamId, user_id: principal.userId, url: url.href, events: JSON.stringify(body.events), secret, created_at: new Date() })
-        .returningAll()
-        .executeTakeFirstOrThrow();
+      const row = await db.transaction().execute(async (trx) => {
+        // Only for a live user (the erasure's row lock), and the team's count and the insert
+        // under the team's row lock, so endpoints registered at once cannot pass the cap together.
+        await lockLiveUser(trx, principal.userId);
+        await (trx as Kysely<any>).selectFrom("teams").select("id").where("id", "=", teamId).forUpdate().executeTakeFirst();
+        const count = await trx.selectFrom("webhooks").select((eb) => eb.fn.countAll<string>().as("n")).where("team_id", "=", teamId).executeTakeFirstOrThrow();
+        if (Number(count.n) >= MAX_WEBHOOKS_PER_TEAM) throw new ServerError("webhook_limit", `A team has at most ${MAX_WEBHOOKS_PER_TEAM} webhooks`);
+        return trx
+          .insertInto("webhooks")
+          .values({ id: `wh_${randomUUID()}`, team_id: teamId, user_id: principal.userId, url: url.href, events: JSON.stringify(body.events), secret, created_at: new Date() })
+          .returningAll()
+          .executeTakeFirstOrThrow();
+      });
       return { ...view(row), secret };
     },
 
