@@ -8,6 +8,7 @@ import {
   LocalWorkspace,
   NdjsonEventLog,
   resumeTask,
+  runBranchName,
   startTask,
   type KeenEventOf,
   type Model,
@@ -101,14 +102,15 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
   if (!vision) throw new UsageError('missing the vision: keen run "<what to do>" --repo DIR (or keen run - to read it from standard input)');
   const model = options.model ?? buildModel(modelId, io.env, settings.maxRetries);
   const repo = resolve(values.repo ?? process.cwd());
+  const runId = `run_${randomUUID()}`;
   const { workspace, base } = await beforeEndpointCheck(options.model ? undefined : modelId, io.env, async () => {
     const opened = await openRepo(repo, sandbox);
-    if (settings.branch !== undefined) await checkNewBranch(opened.root, settings.branch);
+    await checkNewBranch(opened.root, settings.branch ?? runBranchName(true, runId), settings.branch !== undefined);
     const commit = settings.base === undefined ? await headCommit(opened) : await resolveCommit(opened.root, settings.base);
     if (settings.base !== undefined && !commit) throw new UsageError(`--base ${settings.base} is not a commit in ${opened.root}`);
+    if (!commit) throw new UsageError(`${opened.root} has no commits yet (its branch is unborn); a run branch starts from a commit: commit first, or pass --base`);
     return { workspace: opened, base: commit };
   });
-  const runId = `run_${randomUUID()}`;
   const defaultPath = snapshotPathIn(workspace.gitCommonDir, runId);
   const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : defaultPath);
   const mode = outputMode(io, Boolean(values.json));
@@ -138,8 +140,8 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
       ...(settings.validate ? { validation: { command: settings.validate } } : {}),
       // The run works on its own branch and worktree; the user's checkout is only read.
       branch: settings.branch ?? true,
-      ...(base ? { base } : {}),
-      ...(values["include-uncommitted"] ? { includeUncommitted: true } : {}),
+      // Carried-over work sits on the checkout's HEAD as it is when the run branch is made.
+      ...(values["include-uncommitted"] ? { includeUncommitted: true } : base ? { base } : {}),
       eventLog,
       onSnapshot: (s) => snapshot.write(s),
       // run.completed names the file, so whoever reads the events can resume or inspect it.
@@ -173,7 +175,7 @@ async function takeResult(io: CommandIo, mode: OutputMode, repo: string, base: s
     say(`take it: git -C ${r} merge ${b}`);
     return;
   }
-  say((await applyRunBranch(repo, branch)).message);
+  say((await applyRunBranch(repo, branch, base)).message);
 }
 
 /**
@@ -219,11 +221,25 @@ async function readVisionFromStdin(io: CommandIo): Promise<string> {
 }
 
 /** `--branch NAME` must be a valid branch name that does not exist yet: a run never reuses a branch. */
-async function checkNewBranch(repo: string, name: string): Promise<void> {
+/**
+ * Refuses a run branch name that cannot be made cleanly: not a valid name, an existing branch, a
+ * branch it would clash with as file or folder (a user branch `keen` makes every `keen/<id>`
+ * impossible), or a tag of the same name (`git merge <name>` would then take the tag).
+ */
+async function checkNewBranch(repo: string, name: string, chosen: boolean): Promise<void> {
+  const flag = chosen ? `--branch "${name}"` : `the run branch "${name}"`;
   const valid = await execa("git", ["check-ref-format", "--branch", name], { cwd: repo, reject: false });
-  if (valid.exitCode !== 0 || name.startsWith("-")) throw new UsageError(`--branch "${name}" is not a valid branch name`);
-  const exists = await execa("git", ["rev-parse", "--verify", "--quiet", `refs/heads/${name}`], { cwd: repo, reject: false });
-  if (exists.exitCode === 0) throw new UsageError(`branch ${name} already exists in ${repo}; a run never reuses a branch: pick another --branch, or delete that one`);
+  if (valid.exitCode !== 0 || name.startsWith("-")) throw new UsageError(`${flag} is not a valid branch name`);
+  const parts = name.split("/");
+  const prefixes = parts.slice(0, -1).map((_, i) => `refs/heads/${parts.slice(0, i + 1).join("/")}`);
+  const listed = await execa("git", ["for-each-ref", "--format=%(refname)", `refs/heads/${name}`, `refs/tags/${name}`, ...prefixes], { cwd: repo, reject: false });
+  const refs = listed.stdout.split("\n").filter(Boolean);
+  const own = `refs/heads/${name}`;
+  const pick = chosen ? "pick another --branch, or delete that one" : "rename or delete that one, or pass --branch";
+  if (refs.includes(own)) throw new UsageError(`branch ${name} already exists in ${repo}; a run never reuses a branch: ${pick}`);
+  const clash = refs.find((ref) => ref.startsWith(`${own}/`) || prefixes.includes(ref));
+  if (clash) throw new UsageError(`${flag} cannot be created in ${repo}: ${clash} exists and git cannot hold both; ${pick}`);
+  if (refs.includes(`refs/tags/${name}`)) throw new UsageError(`${flag} would share its name with the tag ${name} in ${repo}; ${pick}`);
 }
 
 /** The commit HEAD names (read from the ref files where they answer), or undefined on an unborn branch. */

@@ -11,21 +11,22 @@ const run = (dir: string, args: string[]) =>
 /** Every file, folder and link below `root` (tracked, untracked and ignored), without the top `.git`. */
 function treeOf(root: string): Record<string, string> {
   const out: Record<string, string> = {};
-  const walk = (folder: string) => {
-    for (const entry of readdirSync(folder, { withFileTypes: true })) {
-      const path = join(folder, entry.name);
-      const rel = relative(root, path);
+  // Names as bytes: a name that is not UTF-8 is still a file of the user's.
+  const walk = (folder: Buffer) => {
+    for (const entry of readdirSync(folder, { withFileTypes: true, encoding: "buffer" })) {
+      const path = Buffer.concat([folder, Buffer.from("/"), entry.name]);
+      const rel = path.subarray(root.length + 1).toString("latin1");
       if (rel === ".git") continue;
       const info = lstatSync(path);
       const mode = (info.mode & 0o7777).toString(8);
-      if (info.isSymbolicLink()) out[rel] = `link ${readlinkSync(path)}`;
+      if (info.isSymbolicLink()) out[rel] = `link ${readlinkSync(path, "buffer").toString("latin1")}`;
       else if (info.isDirectory()) {
         out[rel] = `dir ${mode}`;
         walk(path);
       } else out[rel] = `file ${mode} ${sha(readFileSync(path))} ${info.mtimeMs}`;
     }
   };
-  walk(root);
+  walk(Buffer.from(root));
   return out;
 }
 
