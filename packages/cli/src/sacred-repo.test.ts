@@ -259,3 +259,70 @@ describe("two runs at once, and a run killed mid-way", { timeout: 180_000 }, () 
     expect(stateDiff(before, repoState(dir)).changed).toEqual([]);
   });
 });
+
+describe("keen run --apply", { timeout: 180_000 }, () => {
+  it("refuses a checkout dirty only in an untracked file the run also creates, leaving it byte-identical", async () => {
+    const dir = await gitRepo({ "README.md": "# r\n" });
+    await writeFile(join(dir, "keen-note.txt"), "the user's own note\n");
+    const { result } = await sacredRun(dir, ["--apply"]);
+    expect(result.exitCode, result.stderr).toBe(0);
+    expect(result.stderr).toMatch(/not applied: \S+ has uncommitted or untracked files \(keen-note\.txt\)/);
+    expect(await readFile(join(dir, "keen-note.txt"), "utf8")).toBe("the user's own note\n");
+  });
+
+  it("refuses a conflict with what the user committed meanwhile: no MERGE_HEAD, no markers, nothing written", async () => {
+    const dir = await gitRepo({ "README.md": "# r\n", "keen-note.txt": "base\n" });
+    let committed = false;
+    server = await startMessagesServer({
+      policy: scriptedTreePolicy(single, {
+        onRequest: async ({ phase }) => {
+          if (!committed && phase === "complete_task") {
+            committed = true;
+            await sh(dir, "echo 'the user was here' > keen-note.txt && git commit -qam mine");
+          }
+        },
+      }),
+    });
+    const before = { head: "", state: undefined as ReturnType<typeof repoState> | undefined };
+    const env = { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url };
+    const result = await keen(["run", single.instructions, "--repo", dir, "--json", "--no-sandbox", "--apply"], env);
+    expect(result.exitCode, result.stderr).toBe(0);
+    expect(result.stderr).toMatch(/not applied: it conflicts with main; nothing was changed/);
+    before.head = await git(dir, "rev-parse", "HEAD");
+    expect(await git(dir, "log", "-1", "--format=%s")).toBe("mine");
+    expect(await git(dir, "status", "--porcelain")).toBe("");
+    expect(existsSync(join(dir, ".git", "MERGE_HEAD"))).toBe(false);
+    expect(existsSync(join(dir, ".git", "ORIG_HEAD"))).toBe(false);
+  });
+
+  it("merges into main that moved on during the run, and refuses when another branch was checked out meanwhile", async () => {
+    const dir = await gitRepo({ "README.md": "# r\n" });
+    let step = "commit";
+    server = await startMessagesServer({
+      policy: scriptedTreePolicy(single, {
+        onRequest: async ({ phase }) => {
+          if (phase !== "complete_task") return;
+          if (step === "commit") await sh(dir, "echo later > later.txt && git add later.txt && git commit -qm later");
+          if (step === "switch") await sh(dir, "git switch -q --orphan elsewhere && git commit -q --allow-empty -m elsewhere");
+          step = "done";
+        },
+      }),
+    });
+    const env = { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url };
+    const first = await keen(["run", single.instructions, "--repo", dir, "--json", "--no-sandbox", "--apply"], env);
+    expect(first.stderr).toMatch(/applied: merged keen\/[0-9a-f]{8} into main \(merge commit/);
+    expect((await git(dir, "ls-tree", "-r", "--name-only", "HEAD")).split("\n")).toEqual(["README.md", "keen-note.txt", "later.txt"]);
+    // A second run starts from main as it is now.
+    await sh(dir, "git rm -q keen-note.txt && git commit -qm 'drop the note'");
+    step = "switch";
+    const before = repoState(dir);
+    const second = await keen(["run", single.instructions, "--repo", dir, "--json", "--no-sandbox", "--apply"], env);
+    const rb = (parseNdjson(second.stdout)[0] as KeenEventOf<"run.started">).branch;
+    expect(await git(dir, "rev-parse", `${rb}~1`)).toBe(await git(dir, "rev-parse", "main"));
+    expect(second.stderr).toMatch(/not applied: elsewhere in \S+ does not contain [0-9a-f]{12}, the commit the run started from/);
+    const changed = stateDiff(before, repoState(dir)).changed;
+    // Only what the user did meanwhile (the orphan branch) changed.
+    expect(changed.every((line) => /^(git (own|common):(HEAD|logs\/HEAD|index)|refs|status|worktrees|file README\.md|file later\.txt)/.test(line)), changed.join("\n")).toBe(true);
+    expect(existsSync(join(dir, ".git", "MERGE_HEAD"))).toBe(false);
+  });
+});
