@@ -525,11 +525,14 @@ describe("startTask", () => {
     });
 
     it("refuses branch settings that cannot work with a ConfigError, before anything runs", () => {
-      const options = { vision: "Build", workspace: {} as TaskOptions["workspace"], model: {} as TaskOptions["model"] };
+      // A model with a context window, so each refusal below is the branch settings' own.
+      const options = { vision: "Build", workspace: {} as TaskOptions["workspace"], model: { id: "m", contextWindow: 200_000 } as TaskOptions["model"] };
       expect(() => startTask({ ...options, branch: "" })).toThrow(expect.objectContaining({ code: "config_error" }));
       expect(() => startTask({ ...options, branch: 1 as never })).toThrow(expect.objectContaining({ code: "config_error" }));
       expect(() => startTask({ ...options, branch: false, base: "main" })).toThrow(expect.objectContaining({ code: "config_error" }));
       expect(() => startTask({ ...options, branch: false, includeUncommitted: true })).toThrow(expect.objectContaining({ code: "config_error" }));
+      // Carried-over work sits on the checkout's HEAD: it cannot start from another base.
+      expect(() => startTask({ ...options, base: "main", includeUncommitted: true })).toThrow(expect.objectContaining({ code: "config_error", message: expect.stringContaining("includeUncommitted") }));
       expect(() => startTask({ ...options, snapshotLocation: " " })).toThrow(expect.objectContaining({ code: "config_error", message: expect.stringContaining("snapshotLocation") }));
       expect(() => startTask({ ...options, snapshotLocation: 7 as never })).toThrow(expect.objectContaining({ code: "config_error" }));
     });
