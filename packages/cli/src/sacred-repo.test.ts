@@ -326,3 +326,37 @@ describe("keen run --apply", { timeout: 180_000 }, () => {
     expect(existsSync(join(dir, ".git", "MERGE_HEAD"))).toBe(false);
   });
 });
+
+describe("resume re-attaches only the run's own branches", { timeout: 180_000 }, () => {
+  it("refuses a snapshot whose branches name a user's branch, leaving that branch alone", async () => {
+    let child: ReturnType<typeof keen> | undefined;
+    const tree: ScriptedTask = { title: "Own", instructions: "Own", subtasks: [{ title: "A", instructions: "a", work: [write("a.txt", "a\n"), write("a2.txt", "a2\n")] }] };
+    server = await startMessagesServer({
+      policy: scriptedTreePolicy(tree, {
+        onRequest: async ({ agent, phase, turn }) => {
+          if (agent === "A" && phase === "complete_task" && turn === 1 && child) {
+            child.kill("SIGKILL");
+            child = undefined;
+            await new Promise((resolve) => setTimeout(resolve, 300));
+          }
+        },
+      }),
+    });
+    const dir = await gitRepo({ "README.md": "# r\n" });
+    await sh(dir, "git branch feature");
+    const env = { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url };
+    child = keen(["run", "Own", "--repo", dir, "--json", "--no-sandbox"], env);
+    const killed = await child;
+    const rb = (parseNdjson(String(killed.stdout))[0] as KeenEventOf<"run.started">).branch;
+    const snapshotPath = join(dir, ".git", "keen", "runs", `${(parseNdjson(String(killed.stdout))[0] as KeenEventOf<"run.started">).runId}.json`);
+    const snapshot = await readFile(snapshotPath, "utf8");
+    // The snapshot, edited to name the user's branch as the run's.
+    await writeFile(snapshotPath, snapshot.split(`"${rb}"`).join('"feature"').split(`"${rb}-agents/`).join('"feature-agents/'));
+    const before = repoState(dir);
+    const resumed = await keen(["run", "--last", "--repo", dir, "--json", "--no-sandbox"], env);
+    expect(resumed.exitCode).not.toBe(0);
+    expect(resumed.stderr).toMatch(/feature/);
+    expect(await git(dir, "rev-parse", "feature")).toBe(await git(dir, "rev-parse", "main"));
+    expect(stateDiff(before, repoState(dir)).changed.filter((line) => !line.startsWith("worktrees") && !line.startsWith("locks"))).toEqual([]);
+  });
+});

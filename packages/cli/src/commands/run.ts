@@ -86,7 +86,16 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
       repo,
       tree: treeFromSnapshot(saved),
       ...(record.base ? { base: record.base } : {}),
-      launch: () => resumeTask(saved, { workspace, model, eventLog, onSnapshot: (s) => snapshot.write(s), snapshotLocation: snapshot.path }),
+      launch: () =>
+        resumeTask(saved, {
+          workspace,
+          model,
+          eventLog,
+          onSnapshot: (s) => snapshot.write(s),
+          snapshotLocation: snapshot.path,
+          // Only the run branch recorded at its start vouches for a chosen --branch name.
+          ...(previous?.runId === saved.runId && previous.branch ? { runBranch: previous.branch } : {}),
+        }),
     }).finally(() => eventLog.close());
     await finishRecord(recordPath, record, session);
     await takeResult(io, mode, repo, record.base, session, Boolean(values.apply));
@@ -124,6 +133,8 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
     model: modelId,
     snapshot: snapshot.path,
     ...(base ? { base } : {}),
+    // Which branch is the run's own: a resume re-attaches to no other.
+    branch: settings.branch ?? runBranchName(true, runId),
   };
   await writeRecord(recordPath, record);
   const eventLog = await openEventLog(snapshot.path);
