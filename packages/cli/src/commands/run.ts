@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { access, mkdir, readFile } from "node:fs/promises";
+import { access, lstat, mkdir, readFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { execa } from "execa";
 import {
@@ -114,7 +114,7 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
   const runId = `run_${randomUUID()}`;
   const { workspace, base } = await beforeEndpointCheck(options.model ? undefined : modelId, io.env, async () => {
     const opened = await openRepo(repo, sandbox);
-    await checkNewBranch(opened.root, settings.branch ?? runBranchName(true, runId), settings.branch !== undefined);
+    await checkNewBranch(opened, settings.branch ?? runBranchName(true, runId), settings.branch !== undefined);
     const commit = settings.base === undefined ? await headCommit(opened) : await resolveCommit(opened.root, settings.base);
     if (settings.base !== undefined && !commit) throw new UsageError(`--base ${settings.base} is not a commit in ${opened.root}`);
     if (!commit) throw new UsageError(`${opened.root} has no commits yet (its branch is unborn); a run branch starts from a commit: commit first, or pass --base`);
@@ -237,20 +237,57 @@ async function readVisionFromStdin(io: CommandIo): Promise<string> {
  * branch it would clash with as file or folder (a user branch `keen` makes every `keen/<id>`
  * impossible), or a tag of the same name (`git merge <name>` would then take the tag).
  */
-async function checkNewBranch(repo: string, name: string, chosen: boolean): Promise<void> {
+async function checkNewBranch(workspace: LocalWorkspace, name: string, chosen: boolean): Promise<void> {
+  const repo = workspace.root;
   const flag = chosen ? `--branch "${name}"` : `the run branch "${name}"`;
-  const valid = await execa("git", ["check-ref-format", "--branch", name], { cwd: repo, reject: false });
-  if (valid.exitCode !== 0 || name.startsWith("-")) throw new UsageError(`${flag} is not a valid branch name`);
+  if (chosen) {
+    const valid = await execa("git", ["check-ref-format", "--branch", name], { cwd: repo, reject: false });
+    if (valid.exitCode !== 0 || name.startsWith("-")) throw new UsageError(`${flag} is not a valid branch name`);
+  }
   const parts = name.split("/");
   const prefixes = parts.slice(0, -1).map((_, i) => `refs/heads/${parts.slice(0, i + 1).join("/")}`);
-  const listed = await execa("git", ["for-each-ref", "--format=%(refname)", `refs/heads/${name}`, `refs/tags/${name}`, ...prefixes], { cwd: repo, reject: false });
-  const refs = listed.stdout.split("\n").filter(Boolean);
   const own = `refs/heads/${name}`;
+  const tag = `refs/tags/${name}`;
+  // Read from the ref files where they answer (no git process before the run starts), else asked of git.
+  const refs =
+    (await refsFromFiles(workspace.gitCommonDir, [own, tag, ...prefixes])) ??
+    (await execa("git", ["for-each-ref", "--format=%(refname)", own, tag, ...prefixes], { cwd: repo, reject: false })).stdout.split("\n").filter(Boolean);
   const pick = chosen ? "pick another --branch, or delete that one" : "rename or delete that one, or pass --branch";
   if (refs.includes(own)) throw new UsageError(`branch ${name} already exists in ${repo}; a run never reuses a branch: ${pick}`);
   const clash = refs.find((ref) => ref.startsWith(`${own}/`) || prefixes.includes(ref));
   if (clash) throw new UsageError(`${flag} cannot be created in ${repo}: ${clash} exists and git cannot hold both; ${pick}`);
-  if (refs.includes(`refs/tags/${name}`)) throw new UsageError(`${flag} would share its name with the tag ${name} in ${repo}; ${pick}`);
+  if (refs.includes(tag)) throw new UsageError(`${flag} would share its name with the tag ${name} in ${repo}; ${pick}`);
+}
+
+/**
+ * Which of `names` exist as refs, and refs below `names[0]`, read from the loose ref files and
+ * `packed-refs`; undefined when the files cannot answer (a reftable repository, an unreadable entry).
+ */
+async function refsFromFiles(commonDir: string, names: string[]): Promise<string[] | undefined> {
+  try {
+    if (await lstat(join(commonDir, "reftable")).then(() => true, () => false)) return undefined;
+    const packed = await readFile(join(commonDir, "packed-refs"), "utf8").catch((error: NodeJS.ErrnoException) => {
+      if (error.code === "ENOENT") return "";
+      throw error;
+    });
+    const found = new Set<string>();
+    for (const line of packed.split("\n")) {
+      const ref = line.startsWith("#") || line.startsWith("^") ? "" : line.slice(line.indexOf(" ") + 1).trimEnd();
+      if (names.includes(ref) || ref.startsWith(`${names[0]}/`)) found.add(ref);
+    }
+    for (const name of names) {
+      const info = await lstat(join(commonDir, name)).catch((error: NodeJS.ErrnoException) => {
+        if (error.code === "ENOENT" || error.code === "ENOTDIR") return null;
+        throw error;
+      });
+      if (info?.isFile()) found.add(name);
+      // A folder where the run branch would be (refs below it, or an empty leftover): git decides.
+      else if (info?.isDirectory() && name === names[0]) return undefined;
+    }
+    return [...found];
+  } catch {
+    return undefined;
+  }
 }
 
 /** The commit HEAD names (read from the ref files where they answer), or undefined on an unborn branch. */
