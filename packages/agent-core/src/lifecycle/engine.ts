@@ -239,6 +239,9 @@ function checkBranchSettings(settings: EngineSettings): void {
   if (branch === false && (settings.base !== undefined || settings.includeUncommitted)) {
     throw new ConfigError("`base` and `includeUncommitted` choose how a run branch starts; they cannot be combined with `branch: false`");
   }
+  if (settings.base !== undefined && settings.includeUncommitted) {
+    throw new ConfigError("`includeUncommitted` carries the checkout's work on top of its HEAD; it cannot start from another `base`");
+  }
   if (branch !== false && settings.commit === false) {
     // The run branch's worktree is removed when the run ends: uncommitted work would go with it.
     throw new ConfigError("`commit: false` leaves the work uncommitted, which only `branch: false` keeps (in the given checkout)");

@@ -356,6 +356,38 @@ describe("startTask", () => {
     expect(await git(base.dir, "show", `${child("A")}:a.txt`)).toBe("a");
   });
 
+  it("resumes only onto the run's own branches: a chosen name only when the caller vouches for it, never an edited snapshot's", async () => {
+    let overloaded = true;
+    const policy = scenarioPolicy({
+      root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }])] },
+      A: { complete_task: [write("a.txt", "a\n"), write("a2.txt", "a2\n"), done()] },
+    });
+    server = await startMessagesServer({
+      policy: (request, context) => {
+        const { agent, turn } = requestPosition(request);
+        if (overloaded && agent === "A" && turn === 1) return reply.error(529);
+        return policy(request, context);
+      },
+    });
+    const dir = await createTestRepo({ "README.md": "# app\n" });
+    await git(dir, "branch", "users-own");
+    const workspace = await LocalWorkspace.open(dir);
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url, retry: { baseDelayMs: 5, maxRetries: 1 } });
+    let saved: TaskSnapshot | undefined;
+    const first = await startTask({ vision: "Build", workspace, model, branch: "feature/x", onSnapshot: (s) => void (saved = s) }).result;
+    expect(first.status).toBe("interrupted");
+    overloaded = false;
+    expect(() => resumeTask(saved!, { workspace, model })).toThrow(expect.objectContaining({ code: "config_error", message: expect.stringContaining("feature/x") }));
+    const forged = JSON.parse(JSON.stringify(saved!).split('"feature/x').join('"users-own')) as TaskSnapshot;
+    expect(() => resumeTask(forged, { workspace, model, runBranch: "feature/x" })).toThrow(expect.objectContaining({ code: "config_error" }));
+    const child = JSON.parse(JSON.stringify(saved!).split('"feature/x-agents/summon-A"').join('"users-own"')) as TaskSnapshot;
+    expect(() => resumeTask(child, { workspace, model, runBranch: "feature/x" })).toThrow(expect.objectContaining({ code: "config_error", message: expect.stringContaining("users-own") }));
+    expect(await git(dir, "rev-parse", "users-own")).toBe(await git(dir, "rev-parse", "main"));
+    const second = await resumeTask(saved!, { workspace, model, runBranch: "feature/x" }).result;
+    expect(second.status).toBe("success");
+    expect(await git(dir, "show", "feature/x:a2.txt")).toBe("a2");
+  });
+
   it("announces each child (agent.spawned) before its git.branch event", async () => {
     const base = await setup({ root: { finish_explore: [explore("PLAN")], submit_plan: [plan([{ title: "One" }, { title: "Two" }])] } });
     const { events } = await runTask(base);
@@ -525,11 +557,14 @@ describe("startTask", () => {
     });
 
     it("refuses branch settings that cannot work with a ConfigError, before anything runs", () => {
-      const options = { vision: "Build", workspace: {} as TaskOptions["workspace"], model: {} as TaskOptions["model"] };
+      // A model with a context window, so each refusal below is the branch settings' own.
+      const options = { vision: "Build", workspace: {} as TaskOptions["workspace"], model: { id: "m", contextWindow: 200_000 } as TaskOptions["model"] };
       expect(() => startTask({ ...options, branch: "" })).toThrow(expect.objectContaining({ code: "config_error" }));
       expect(() => startTask({ ...options, branch: 1 as never })).toThrow(expect.objectContaining({ code: "config_error" }));
       expect(() => startTask({ ...options, branch: false, base: "main" })).toThrow(expect.objectContaining({ code: "config_error" }));
       expect(() => startTask({ ...options, branch: false, includeUncommitted: true })).toThrow(expect.objectContaining({ code: "config_error" }));
+      // Carried-over work sits on the checkout's HEAD: it cannot start from another base.
+      expect(() => startTask({ ...options, base: "main", includeUncommitted: true })).toThrow(expect.objectContaining({ code: "config_error", message: expect.stringContaining("includeUncommitted") }));
       expect(() => startTask({ ...options, snapshotLocation: " " })).toThrow(expect.objectContaining({ code: "config_error", message: expect.stringContaining("snapshotLocation") }));
       expect(() => startTask({ ...options, snapshotLocation: 7 as never })).toThrow(expect.objectContaining({ code: "config_error" }));
     });

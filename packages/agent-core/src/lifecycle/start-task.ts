@@ -6,7 +6,7 @@ import type { EventLog } from "../run/event-log.js";
 import type { Tool } from "../tools/define-tool.js";
 import type { RunCommandOptions } from "../tools/index.js";
 import type { Workspace } from "../workspace/workspace.js";
-import { launchRun, type TaskResult, type TaskRun } from "./engine.js";
+import { launchRun, runBranchName, type TaskResult, type TaskRun } from "./engine.js";
 import { analyzeProject, formatAnalysis } from "./project-analysis.js";
 import { firstMessage, lifecycleSystemPrompt } from "./prompts.js";
 import { readSnapshot, SNAPSHOT_VERSION, TaskLimits, type TaskSnapshot } from "./task-state.js";
@@ -113,7 +113,15 @@ export function startTask(options: TaskOptions): TaskRun {
   return launchLifecycle(state, options);
 }
 
-export interface ResumeOptions extends Omit<TaskOptions, "vision" | "limits" | "maxConcurrency" | "onConflict" | "validation" | "runId" | "branch" | "base" | "includeUncommitted"> {}
+export interface ResumeOptions extends Omit<TaskOptions, "vision" | "limits" | "maxConcurrency" | "onConflict" | "validation" | "runId" | "branch" | "base" | "includeUncommitted"> {
+  /**
+   * The run branch name the caller chose (`branch: "name"`) and recorded when it started the run.
+   * A snapshot is only a file: resume re-attaches to `keen/<8 hex of its run id>`, or to this
+   * name, and to children below `<run branch>-agents/`; a snapshot naming any other branch is
+   * refused with a `ConfigError`, so an edited snapshot cannot put the run on a user's branch.
+   */
+  runBranch?: string;
+}
 
 /**
  * Continues a run from a snapshot (of any readable version), in this or another process:
@@ -126,7 +134,9 @@ export interface ResumeOptions extends Omit<TaskOptions, "vision" | "limits" | "
  */
 export function resumeTask(snapshot: TaskSnapshot, options: ResumeOptions): TaskRun {
   const state = readSnapshot(structuredClone(snapshot));
-  return launchLifecycle(state, { ...options, vision: state.vision });
+  checkOwnBranches(state, options.runBranch);
+  const { runBranch: _vouched, ...rest } = options;
+  return launchLifecycle(state, { ...rest, vision: state.vision });
 }
 
 function launchLifecycle(state: TaskSnapshot, options: TaskOptions): TaskRun {
@@ -140,6 +150,19 @@ function launchLifecycle(state: TaskSnapshot, options: TaskOptions): TaskRun {
     root: { title: firstLine(state.vision), phase: "EXPLORE" },
     firstMessage: async (_tree, agent, _workspace, instruction) => firstMessage(agent, state.vision, instruction),
   });
+}
+
+/** Refuses a snapshot whose branches are not the run's own (see `ResumeOptions.runBranch`). */
+function checkOwnBranches(state: TaskSnapshot, vouched: string | undefined): void {
+  const runBranch = state.runBranch;
+  if (runBranch === undefined) return;
+  if (runBranch !== runBranchName(true, state.runId) && runBranch !== vouched) {
+    throw new ConfigError(`resumeTask(): the snapshot of ${state.runId} names ${runBranch} as its run branch, not keen/<its run id> nor the branch the run was started with; keen re-attaches only to its own branches`);
+  }
+  for (const agent of state.agents) {
+    const own = agent.parentId === null ? agent.branch === runBranch : agent.branch.startsWith(`${runBranch}-agents/`);
+    if (!own) throw new ConfigError(`resumeTask(): agent ${agent.id} of ${state.runId} names branch ${agent.branch}, which is not the run's own (${runBranch} and ${runBranch}-agents/…)`);
+  }
 }
 
 function checkConcurrency(value: number | undefined): number {

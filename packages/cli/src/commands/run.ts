@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { access, mkdir, readFile } from "node:fs/promises";
+import { access, lstat, mkdir, readFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { execa } from "execa";
 import {
@@ -8,6 +8,7 @@ import {
   LocalWorkspace,
   NdjsonEventLog,
   resumeTask,
+  runBranchName,
   startTask,
   type KeenEventOf,
   type Model,
@@ -85,7 +86,16 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
       repo,
       tree: treeFromSnapshot(saved),
       ...(record.base ? { base: record.base } : {}),
-      launch: () => resumeTask(saved, { workspace, model, eventLog, onSnapshot: (s) => snapshot.write(s), snapshotLocation: snapshot.path }),
+      launch: () =>
+        resumeTask(saved, {
+          workspace,
+          model,
+          eventLog,
+          onSnapshot: (s) => snapshot.write(s),
+          snapshotLocation: snapshot.path,
+          // Only the run branch recorded at its start vouches for a chosen --branch name.
+          ...(previous?.runId === saved.runId && previous.branch ? { runBranch: previous.branch } : {}),
+        }),
     }).finally(() => eventLog.close());
     await finishRecord(recordPath, record, session);
     await takeResult(io, mode, repo, record.base, session, Boolean(values.apply));
@@ -101,14 +111,15 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
   if (!vision) throw new UsageError('missing the vision: keen run "<what to do>" --repo DIR (or keen run - to read it from standard input)');
   const model = options.model ?? buildModel(modelId, io.env, settings.maxRetries);
   const repo = resolve(values.repo ?? process.cwd());
+  const runId = `run_${randomUUID()}`;
   const { workspace, base } = await beforeEndpointCheck(options.model ? undefined : modelId, io.env, async () => {
     const opened = await openRepo(repo, sandbox);
-    if (settings.branch !== undefined) await checkNewBranch(opened.root, settings.branch);
+    await checkNewBranch(opened, settings.branch ?? runBranchName(true, runId), settings.branch !== undefined);
     const commit = settings.base === undefined ? await headCommit(opened) : await resolveCommit(opened.root, settings.base);
     if (settings.base !== undefined && !commit) throw new UsageError(`--base ${settings.base} is not a commit in ${opened.root}`);
+    if (!commit) throw new UsageError(`${opened.root} has no commits yet (its branch is unborn); a run branch starts from a commit: commit first, or pass --base`);
     return { workspace: opened, base: commit };
   });
-  const runId = `run_${randomUUID()}`;
   const defaultPath = snapshotPathIn(workspace.gitCommonDir, runId);
   const snapshot = new SnapshotFile(values.snapshot ? resolve(values.snapshot) : defaultPath);
   const mode = outputMode(io, Boolean(values.json));
@@ -122,6 +133,8 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
     model: modelId,
     snapshot: snapshot.path,
     ...(base ? { base } : {}),
+    // Which branch is the run's own: a resume re-attaches to no other.
+    branch: settings.branch ?? runBranchName(true, runId),
   };
   await writeRecord(recordPath, record);
   const eventLog = await openEventLog(snapshot.path);
@@ -138,8 +151,8 @@ export async function runCommand(argv: string[], io: CommandIo, options: RunComm
       ...(settings.validate ? { validation: { command: settings.validate } } : {}),
       // The run works on its own branch and worktree; the user's checkout is only read.
       branch: settings.branch ?? true,
-      ...(base ? { base } : {}),
-      ...(values["include-uncommitted"] ? { includeUncommitted: true } : {}),
+      // Carried-over work sits on the checkout's HEAD as it is when the run branch is made.
+      ...(values["include-uncommitted"] ? { includeUncommitted: true } : base ? { base } : {}),
       eventLog,
       onSnapshot: (s) => snapshot.write(s),
       // run.completed names the file, so whoever reads the events can resume or inspect it.
@@ -173,7 +186,7 @@ async function takeResult(io: CommandIo, mode: OutputMode, repo: string, base: s
     say(`take it: git -C ${r} merge ${b}`);
     return;
   }
-  say((await applyRunBranch(repo, branch)).message);
+  say((await applyRunBranch(repo, branch, base)).message);
 }
 
 /**
@@ -219,11 +232,62 @@ async function readVisionFromStdin(io: CommandIo): Promise<string> {
 }
 
 /** `--branch NAME` must be a valid branch name that does not exist yet: a run never reuses a branch. */
-async function checkNewBranch(repo: string, name: string): Promise<void> {
-  const valid = await execa("git", ["check-ref-format", "--branch", name], { cwd: repo, reject: false });
-  if (valid.exitCode !== 0 || name.startsWith("-")) throw new UsageError(`--branch "${name}" is not a valid branch name`);
-  const exists = await execa("git", ["rev-parse", "--verify", "--quiet", `refs/heads/${name}`], { cwd: repo, reject: false });
-  if (exists.exitCode === 0) throw new UsageError(`branch ${name} already exists in ${repo}; a run never reuses a branch: pick another --branch, or delete that one`);
+/**
+ * Refuses a run branch name that cannot be made cleanly: not a valid name, an existing branch, a
+ * branch it would clash with as file or folder (a user branch `keen` makes every `keen/<id>`
+ * impossible), or a tag of the same name (`git merge <name>` would then take the tag).
+ */
+async function checkNewBranch(workspace: LocalWorkspace, name: string, chosen: boolean): Promise<void> {
+  const repo = workspace.root;
+  const flag = chosen ? `--branch "${name}"` : `the run branch "${name}"`;
+  if (chosen) {
+    const valid = await execa("git", ["check-ref-format", "--branch", name], { cwd: repo, reject: false });
+    if (valid.exitCode !== 0 || name.startsWith("-")) throw new UsageError(`${flag} is not a valid branch name`);
+  }
+  const parts = name.split("/");
+  const prefixes = parts.slice(0, -1).map((_, i) => `refs/heads/${parts.slice(0, i + 1).join("/")}`);
+  const own = `refs/heads/${name}`;
+  const tag = `refs/tags/${name}`;
+  // Read from the ref files where they answer (no git process before the run starts), else asked of git.
+  const refs =
+    (await refsFromFiles(workspace.gitCommonDir, [own, tag, ...prefixes])) ??
+    (await execa("git", ["for-each-ref", "--format=%(refname)", own, tag, ...prefixes], { cwd: repo, reject: false })).stdout.split("\n").filter(Boolean);
+  const pick = chosen ? "pick another --branch, or delete that one" : "rename or delete that one, or pass --branch";
+  if (refs.includes(own)) throw new UsageError(`branch ${name} already exists in ${repo}; a run never reuses a branch: ${pick}`);
+  const clash = refs.find((ref) => ref.startsWith(`${own}/`) || prefixes.includes(ref));
+  if (clash) throw new UsageError(`${flag} cannot be created in ${repo}: ${clash} exists and git cannot hold both; ${pick}`);
+  if (refs.includes(tag)) throw new UsageError(`${flag} would share its name with the tag ${name} in ${repo}; ${pick}`);
+}
+
+/**
+ * Which of `names` exist as refs, and refs below `names[0]`, read from the loose ref files and
+ * `packed-refs`; undefined when the files cannot answer (a reftable repository, an unreadable entry).
+ */
+async function refsFromFiles(commonDir: string, names: string[]): Promise<string[] | undefined> {
+  try {
+    if (await lstat(join(commonDir, "reftable")).then(() => true, () => false)) return undefined;
+    const packed = await readFile(join(commonDir, "packed-refs"), "utf8").catch((error: NodeJS.ErrnoException) => {
+      if (error.code === "ENOENT") return "";
+      throw error;
+    });
+    const found = new Set<string>();
+    for (const line of packed.split("\n")) {
+      const ref = line.startsWith("#") || line.startsWith("^") ? "" : line.slice(line.indexOf(" ") + 1).trimEnd();
+      if (names.includes(ref) || ref.startsWith(`${names[0]}/`)) found.add(ref);
+    }
+    for (const name of names) {
+      const info = await lstat(join(commonDir, name)).catch((error: NodeJS.ErrnoException) => {
+        if (error.code === "ENOENT" || error.code === "ENOTDIR") return null;
+        throw error;
+      });
+      if (info?.isFile()) found.add(name);
+      // A folder where the run branch would be (refs below it, or an empty leftover): git decides.
+      else if (info?.isDirectory() && name === names[0]) return undefined;
+    }
+    return [...found];
+  } catch {
+    return undefined;
+  }
 }
 
 /** The commit HEAD names (read from the ref files where they answer), or undefined on an unborn branch. */
