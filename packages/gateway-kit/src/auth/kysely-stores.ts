@@ -484,13 +484,16 @@ function build(db: Db, inTransaction: boolean): AuthStores {
       },
       async claim(key, at, policy) {
         return atomically(async (inner) => {
-          await inner
+          // One statement inserts the row or locks the one there: the row lock serialises
+          // concurrent claims of one key (each sees the others' counts), and a row deleted
+          // between a separate insert and select (a successful login clearing it, an erasure)
+          // cannot leave the claim without one.
+          const row = await inner
             .insertInto("login_attempts")
             .values({ key, failures: 0, last_failure_at: at })
-            .onConflict((oc) => oc.column("key").doNothing())
-            .execute();
-          // The row lock serialises concurrent claims of one key: each sees the others' counts.
-          const row = await inner.selectFrom("login_attempts").selectAll().where("key", "=", key).forUpdate().executeTakeFirstOrThrow();
+            .onConflict((oc) => oc.column("key").doUpdateSet({ key: (eb) => eb.ref("excluded.key") }))
+            .returningAll()
+            .executeTakeFirstOrThrow();
           if (row.locked_until && row.locked_until.getTime() > at.getTime()) return { allowed: false as const, lockedUntil: row.locked_until };
           const failures = row.last_failure_at.getTime() < policy.resetBefore.getTime() ? 1 : row.failures + 1;
           const lockout = policy.lockoutMs(failures);

@@ -177,4 +177,19 @@ describeEachDatabase("second-factor brute force", (fixture) => {
     expect(res.status).toBe(401);
     expect(res.body.error.code).toBe("invalid_mfa_code");
   });
+
+  it("counts an attempt while concurrent right logins and erasures delete the same key's row, without an error", async () => {
+    // A right password releases the count (deleting the row at one failure); an erasure
+    // deletes it too. A claim racing either must still find or make its row, never fail.
+    const store = app.service.stores.loginAttempts;
+    const policy = { resetBefore: new Date(0), lockoutMs: () => 0 };
+    for (let round = 0; round < 40; round++) {
+      const key = `account:race-${round}-${Math.random().toString(36).slice(2)}@example.com`;
+      await store.claim(key, new Date(), policy);
+      const outcomes = await Promise.allSettled(
+        Array.from({ length: 12 }, (_, i) => (i % 3 === 0 ? store.clear(key) : i % 3 === 1 ? store.release(key, 5) : store.claim(key, new Date(), policy))),
+      );
+      expect(outcomes.filter((o) => o.status === "rejected")).toEqual([]);
+    }
+  });
 });
