@@ -139,7 +139,7 @@ describeEachDatabase("attack: what survives an account's erasure", (database) =>
     const { member, ownerInTeam, memberInTeam } = await sharedTeam();
     // The owner's run in the shared team keeps going, so streams of it stay open.
     const runId = await runningRun(ownerInTeam);
-    const key = await api(t.url, "/v1/auth/api-keys", { headers: memberInTeam, body: { name: "ci", scopes: ["sessions:read"] } });
+    const key = await api(t.url, "/v1/auth/api-keys", { headers: memberInTeam, body: { name: "ci", scopes: ["sessions:read"], password: PASSWORD } });
     expect(key.status).toBe(201);
     const keyHeaders = { "x-api-key": key.body.key };
     // The key is verified (and cached by this process) before the erasure.

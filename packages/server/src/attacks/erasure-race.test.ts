@@ -118,7 +118,7 @@ describeEachDatabase("attack: creating requests racing the account's erasure", (
           return { status: res.status, body: await res.json() };
         },
         webhook: () => api(t.url, "/v1/webhooks", { headers: user.headers, body: { url: "http://127.0.0.1:9/hook", events: ["run.completed"] } }),
-        apiKey: () => api(t.url, "/v1/auth/api-keys", { headers: user.headers, body: { name: "ci", scopes: ["sessions:read"] } }),
+        apiKey: () => api(t.url, "/v1/auth/api-keys", { headers: user.headers, body: { name: "ci", scopes: ["sessions:read"], password: PASSWORD } }),
         team: () => api(t.url, "/v1/teams", { headers: user.headers, body: { name: "Mine" } }),
         invite: () => api(t.url, "/v1/invites/accept", { headers: user.headers, body: { token: invite.body.token } }),
         checkout: () => api(t.url, "/v1/billing/checkout", { headers: user.headers, body: { packId: "starter" } }),
