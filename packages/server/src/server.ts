@@ -291,7 +291,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     mountTeamRoutes(api, { db, auth });
     mountAuditRoutes(api, { db, auth });
     mountPrivacyRoutes(api, { db, auth, config });
-    mountWebhookRoutes(api, { webhooks });
+    mountWebhookRoutes(api, { webhooks, auth });
     app.use(api.routes()).use(api.allowedMethods());
 
     const http = createHttpServer(app.callback());
