@@ -60,7 +60,7 @@ describeEachDatabase("account routes", (database) => {
     const team = await api(t.url, "/v1/teams", { headers: owner.headers, body: { name: "Platform" } });
     expect(team.status).toBe(201);
     const address = email("member");
-    const invite = await api(t.url, `/v1/teams/${team.body.id}/invites`, { headers: owner.headers, body: { email: address, role } });
+    const invite = await api(t.url, `/v1/teams/${team.body.id}/invites`, { headers: owner.headers, body: { email: address, role, password: PASSWORD } });
     expect(invite.status).toBe(201);
     const member = await signup(t.url, address);
     const accepted = await api(t.url, "/v1/invites/accept", { headers: member.headers, body: { token: invite.body.token } });
@@ -164,7 +164,7 @@ describeEachDatabase("account routes", (database) => {
       const team = await api(t.url, "/v1/teams", { headers: owner.headers, body: { name: "Core" } });
       expect(team.status).toBe(201);
       const address = email("bob");
-      const invite = await api(t.url, `/v1/teams/${team.body.id}/invites`, { headers: owner.headers, body: { email: address.toUpperCase(), role: "viewer" } });
+      const invite = await api(t.url, `/v1/teams/${team.body.id}/invites`, { headers: owner.headers, body: { email: address.toUpperCase(), role: "viewer", password: PASSWORD } });
       expect(invite.status).toBe(201);
       expect(invite.body.email).toBe(address);
       const listed = await api(t.url, `/v1/teams/${team.body.id}/invites`, { headers: owner.headers });
@@ -183,7 +183,7 @@ describeEachDatabase("account routes", (database) => {
       expect(teams.body.teams.map((m: { teamId: string }) => m.teamId)).toContain(team.body.id);
 
       // A revoked invite cannot be used.
-      const second = await api(t.url, `/v1/teams/${team.body.id}/invites`, { headers: owner.headers, body: { email: carol.userId + "@nobody.test" } });
+      const second = await api(t.url, `/v1/teams/${team.body.id}/invites`, { headers: owner.headers, body: { email: carol.userId + "@nobody.test", password: PASSWORD } });
       expect((await api(t.url, `/v1/teams/${team.body.id}/invites/${second.body.id}`, { method: "DELETE", headers: owner.headers })).status).toBe(200);
       expect((await api(t.url, `/v1/teams/${team.body.id}/invites/${second.body.id}`, { method: "DELETE", headers: owner.headers })).status).toBe(404);
     });
@@ -191,7 +191,7 @@ describeEachDatabase("account routes", (database) => {
     it("enforces roles: nobody raises themselves, only owners touch owners, the last owner stays", async () => {
       const owner = await signup(t.url);
       const { teamId, member } = await teamWith(owner, "member");
-      const role = (who: Account, userId: string, value: string) => api(t.url, `/v1/teams/${teamId}/members/${userId}`, { method: "PUT", headers: who.headers, body: { role: value } });
+      const role = (who: Account, userId: string, value: string) => api(t.url, `/v1/teams/${teamId}/members/${userId}`, { method: "PUT", headers: who.headers, body: { role: value, password: PASSWORD } });
       const remove = (who: Account, userId: string) => api(t.url, `/v1/teams/${teamId}/members/${userId}`, { method: "DELETE", headers: who.headers });
 
       expect((await role(member, member.userId, "admin")).status).toBe(403);
@@ -200,15 +200,15 @@ describeEachDatabase("account routes", (database) => {
       expect(own.body.events.find((e: { action: string }) => e.action === "PUT /v1/teams/:teamId/members/:userId")).toMatchObject({ result: "denied", details: { status: 403 } });
       expect((await role(member, member.userId, "owner")).status).toBe(403);
       expect((await remove(member, owner.userId)).status).toBe(403);
-      expect((await api(t.url, `/v1/teams/${teamId}/invites`, { headers: member.headers, body: { email: email("x") } })).status).toBe(403);
+      expect((await api(t.url, `/v1/teams/${teamId}/invites`, { headers: member.headers, body: { email: email("x"), password: PASSWORD } })).status).toBe(403);
 
       expect((await role(owner, member.userId, "admin")).status).toBe(200);
       // An admin runs the team but cannot make owners, raise itself, or touch an owner.
       expect((await role(member, member.userId, "owner")).status).toBe(403);
       expect((await role(member, owner.userId, "member")).status).toBe(403);
       expect((await remove(member, owner.userId)).status).toBe(403);
-      expect((await api(t.url, `/v1/teams/${teamId}/invites`, { headers: member.headers, body: { email: email("o"), role: "owner" } })).status).toBe(403);
-      expect((await api(t.url, `/v1/teams/${teamId}/invites`, { headers: member.headers, body: { email: email("m"), role: "member" } })).status).toBe(201);
+      expect((await api(t.url, `/v1/teams/${teamId}/invites`, { headers: member.headers, body: { email: email("o"), role: "owner", password: PASSWORD } })).status).toBe(403);
+      expect((await api(t.url, `/v1/teams/${teamId}/invites`, { headers: member.headers, body: { email: email("m"), role: "member", password: PASSWORD } })).status).toBe(201);
 
       // The last owner can neither step down nor leave.
       const demote = await role(owner, owner.userId, "member");
@@ -364,7 +364,7 @@ describeEachDatabase("account routes", (database) => {
       ({ teamId: aTeam, member: aMember } = await teamWith(a, "member"));
       runId = await finishedRun(a);
       uploadId = await uploadRepo(a);
-      const created = await api(t.url, `/v1/teams/${aTeam}/invites`, { headers: a.headers, body: { email: email("pending") } });
+      const created = await api(t.url, `/v1/teams/${aTeam}/invites`, { headers: a.headers, body: { email: email("pending"), password: PASSWORD } });
       invite = { id: created.body.id, token: created.body.token };
       await api(t.url, "/v1/budgets", { method: "PUT", headers: a.headers, body: { scope: "team", teamId: aTeam, period: "total", limit: 1_000 } });
       const key = await api(t.url, "/v1/auth/api-keys", { headers: a.headers, body: { name: "a-key", scopes: ["sessions:read"], password: "correct horse battery staple" } });
@@ -373,7 +373,7 @@ describeEachDatabase("account routes", (database) => {
       aSessionId = (await api(t.url, "/v1/auth/sessions", { headers: a.headers })).body.sessions[0].id;
       aFactorId = (await api(t.url, "/v1/auth/mfa/totp", { headers: a.headers, body: { password: PASSWORD } })).body.factorId;
       // A public address literal: registration needs no DNS, and nothing is delivered to it here.
-      aWebhookId = (await api(t.url, "/v1/webhooks", { headers: a.headers, body: { url: "https://93.184.215.14/hooks", events: ["run.completed"] } })).body.id;
+      aWebhookId = (await api(t.url, "/v1/webhooks", { headers: a.headers, body: { url: "https://93.184.215.14/hooks", events: ["run.completed"], password: PASSWORD } })).body.id;
       expect([aKeyId, aSessionId, aFactorId, aWebhookId].every((id) => typeof id === "string" && id.length > 0)).toBe(true);
     }, 180_000);
 
@@ -388,16 +388,16 @@ describeEachDatabase("account routes", (database) => {
         ["DELETE", `/v1/runs/${runId}`],
         ["POST", "/v1/runs", { vision: "Add notes", repo: { uploadId } }],
         ["GET", `/v1/teams/${aTeam}/members`],
-        ["PUT", `/v1/teams/${aTeam}/members/${aMember.userId}`, { role: "admin" }],
-        ["PUT", `/v1/teams/${aTeam}/members/${b.userId}`, { role: "owner" }],
+        ["PUT", `/v1/teams/${aTeam}/members/${aMember.userId}`, { role: "admin", password: PASSWORD }],
+        ["PUT", `/v1/teams/${aTeam}/members/${b.userId}`, { role: "owner", password: PASSWORD }],
         ["DELETE", `/v1/teams/${aTeam}/members/${aMember.userId}`],
         ["DELETE", `/v1/teams/${aTeam}/members/${a.userId}`],
-        ["POST", `/v1/teams/${aTeam}/invites`, { email: email("intruder"), role: "owner" }],
+        ["POST", `/v1/teams/${aTeam}/invites`, { email: email("intruder"), role: "owner", password: PASSWORD }],
         ["GET", `/v1/teams/${aTeam}/invites`],
         ["DELETE", `/v1/teams/${aTeam}/invites/${invite.id}`],
         // A's invite under B's own team, A's member under B's own team.
         ["DELETE", `/v1/teams/${b.teamId}/invites/${invite.id}`],
-        ["PUT", `/v1/teams/${b.teamId}/members/${aMember.userId}`, { role: "viewer" }],
+        ["PUT", `/v1/teams/${b.teamId}/members/${aMember.userId}`, { role: "viewer", password: PASSWORD }],
         ["DELETE", `/v1/teams/${b.teamId}/members/${aMember.userId}`],
         ["POST", "/v1/invites/accept", { token: invite.token }],
         ["GET", `/v1/budgets?teamId=${aTeam}`],

@@ -317,7 +317,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     mountTeamRoutes(api, { db, auth });
     mountAuditRoutes(api, { db, auth });
     mountPrivacyRoutes(api, { db, auth, config, streams });
-    mountWebhookRoutes(api, { webhooks });
+    mountWebhookRoutes(api, { webhooks, auth });
     app.use(api.routes()).use(api.allowedMethods());
 
     const http = createHttpServer(app.callback());

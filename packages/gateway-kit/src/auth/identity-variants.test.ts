@@ -73,7 +73,7 @@ describeEachDatabase("one identity, many spellings", (fixture) => {
 
   it("refuses an API key with another case or stray characters with 401, and takes the exact key", async () => {
     const owner = await signup(app);
-    const created = await app.request("POST", "/auth/api-keys", { token: owner.accessToken, body: { name: "ci", scopes: ["sessions:read"] } });
+    const created = await app.request("POST", "/auth/api-keys", { token: owner.accessToken, body: { name: "ci", scopes: ["sessions:read"], password: PASSWORD } });
     const key = created.body.key as string;
     expect((await app.request("GET", "/v1/sessions", { headers: { "x-api-key": key } })).status).toBe(200);
     const variants = [key.toUpperCase(), key.toLowerCase(), `${key}x`, key.slice(0, -1), key.replace("keen_", "KEEN_"), `${key},${key}`];

@@ -29,7 +29,7 @@ describeEachDatabase("attack: unstorable text in JSON bodies", (database) => {
       ["/v1/runs", "POST", '{"vision":"Add a README \\ud800","repo":{"url":"https://git.example/app.git"}}'],
       ["/v1/runs", "POST", '{"vision":"Add a README \\udfff\\ud800","repo":{"url":"https://git.example/app.git"}}'],
       ["/v1/runs", "POST", Buffer.concat([Buffer.from('{"vision":"Add a README '), Buffer.from([0xc3, 0x28, 0xff]), Buffer.from('","repo":{"url":"https://git.example/app.git"}}')])],
-      ["/v1/webhooks", "POST", JSON.stringify({ url: "https://hooks.example.com/\u0000", events: ["run.completed"] })],
+      ["/v1/webhooks", "POST", JSON.stringify({ url: "https://hooks.example.com/\u0000", events: ["run.completed"], password: "correct horse battery staple" })],
       ["/v1/teams", "POST", Buffer.concat([Buffer.from('{"name":"team '), Buffer.from([0xed, 0xa0, 0x80]), Buffer.from('"}')])],
       ["/v1/me/preferences", "PUT", '{"keepWorkspaces":true,"\\u0000":1}'],
       ["/v1/budgets", "PUT", JSON.stringify({ scope: "team", teamId: `${a.teamId}\u0000`, period: "monthly", limit: 5 })],

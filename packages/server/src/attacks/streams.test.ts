@@ -56,7 +56,7 @@ describeEachDatabase("attack: event streams", (database) => {
     expect(await upgrade(stream, owner.headers)).toBe("open");
 
     // A teammate follows the team's run, then erases their account: the stream ends.
-    const invite = await api(t.url, `/v1/teams/${owner.teamId}/invites`, { headers: owner.headers, body: { email: "teammate-stream@keen.test", role: "member" } });
+    const invite = await api(t.url, `/v1/teams/${owner.teamId}/invites`, { headers: owner.headers, body: { email: "teammate-stream@keen.test", role: "member", password: "correct horse battery staple" } });
     expect(invite.status).toBe(201);
     const mate = await signup(t.url, "teammate-stream@keen.test");
     expect((await api(t.url, "/v1/invites/accept", { headers: mate.headers, body: { token: invite.body.token } })).status).toBe(200);

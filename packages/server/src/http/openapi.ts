@@ -90,9 +90,9 @@ const ACCOUNT_OPERATIONS: readonly Operation[] = [
   { method: "get", path: "/v1/teams", summary: "The caller's teams with role and permissions", success: { status: 200 } },
   { method: "post", path: "/v1/teams", summary: "Create a team the caller owns", body: CreateTeamBody, success: { status: 201 } },
   { method: "get", path: "/v1/teams/:teamId/members", summary: "The team's members and roles", success: { status: 200 } },
-  { method: "put", path: "/v1/teams/:teamId/members/:userId", summary: "Change a member's role (owners, admins; owners only for the owner role)", body: SetRoleBody, success: { status: 200 } },
+  { method: "put", path: "/v1/teams/:teamId/members/:userId", summary: "Change a member's role (owners, admins; owners only for the owner role): re-authenticates (password, or a sign-in in the last 10 minutes; never an API key), 401 reauthentication_required otherwise", body: SetRoleBody, success: { status: 200 } },
   { method: "delete", path: "/v1/teams/:teamId/members/:userId", summary: "Remove a member, or leave (the last owner stays)", success: { status: 200 } },
-  { method: "post", path: "/v1/teams/:teamId/invites", summary: "Invite an email address (the token is shown once)", body: CreateInviteBody, success: { status: 201 } },
+  { method: "post", path: "/v1/teams/:teamId/invites", summary: "Invite an email address: re-authenticates (password, or a sign-in in the last 10 minutes; never an API key), 401 reauthentication_required otherwise; the token is shown once", body: CreateInviteBody, success: { status: 201 } },
   { method: "get", path: "/v1/teams/:teamId/invites", summary: "The team's invites and their state", success: { status: 200 } },
   { method: "delete", path: "/v1/teams/:teamId/invites/:inviteId", summary: "Revoke an open invite", success: { status: 200 } },
   { method: "post", path: "/v1/invites/accept", summary: "Join a team with an invite addressed to the caller's email", body: AcceptInviteBody, success: { status: 200 } },
@@ -123,7 +123,7 @@ export const OPERATIONS: readonly Operation[] = [
   { method: "get", path: "/v1/runs/:id/events", summary: "Server-Sent Events (Last-Event-ID or ?after=); 429 too_many_streams past --max-streams-per-user / --max-streams", success: { status: 200, type: "text/event-stream" } },
 
   // Outbound webhooks.
-  { method: "post", path: "/v1/webhooks", summary: "Register an endpoint for run events; the answer carries its signing secret, once", body: CreateWebhookBody, success: { status: 201 } },
+  { method: "post", path: "/v1/webhooks", summary: "Register an endpoint for run events: re-authenticates (password, or a sign-in in the last 10 minutes; never an API key), 401 reauthentication_required otherwise; the answer carries its signing secret, once", body: CreateWebhookBody, success: { status: 201 } },
   { method: "get", path: "/v1/webhooks", summary: "The team's webhook endpoints (no secrets)", success: { status: 200 } },
   { method: "delete", path: "/v1/webhooks/:id", summary: "Delete an endpoint and its delivery log", success: { status: 200 } },
   { method: "get", path: "/v1/webhooks/:id/deliveries", summary: "Delivery attempts to an endpoint, newest first", query: ListDeliveriesQuery, success: { status: 200 } },

@@ -10,6 +10,7 @@ import { lockLiveUser } from "../privacy/live-user.js";
 import { isPlainId, teamAccess } from "./access.js";
 import { AcceptInviteBody, CreateInviteBody, CreateTeamBody, SetRoleBody } from "./team-input.js";
 import { jsonBody } from "../http/json-body.js";
+import { requireReauthentication } from "../http/reauth.js";
 
 /** Lower is more powerful. */
 const RANK: Record<Role, number> = { owner: 0, admin: 1, member: 2, viewer: 3 };
@@ -36,7 +37,9 @@ const metaOf = (ctx: ParameterizedContext) => ({ ip: ctx.ip, userAgent: ctx.get(
  * remove a member, invite by email and accept. Rules: a team the caller is not in is 404; only
  * holders of `team:manage` (owners, admins) change membership; only owners grant or take the
  * owner role or touch an owner; nobody raises their own role; the last owner stays (gateway-kit
- * answers 409 `last_owner`); any member may leave.
+ * answers 409 `last_owner`); any member may leave. Inviting and changing a role hand out access
+ * that outlives the caller's session, so they re-authenticate like minting an API key (see
+ * http/reauth.ts): a signed-in user with the password, never an API key, whatever its scopes.
  */
 export function mountTeamRoutes(router: Router, deps: { db: Kysely<ServerTables>; auth: AuthService }): void {
   const { auth, db } = deps;
@@ -82,11 +85,12 @@ export function mountTeamRoutes(router: Router, deps: { db: Kysely<ServerTables>
     const access = await teamAccess(auth, principal, ctx.params.teamId!, "team:manage");
     const target = ctx.params.userId!;
     if (!isPlainId(target)) throw new ServerError("not_found", "Member not found");
-    const { role } = ctx.state.validated!.body as z.output<typeof SetRoleBody>;
+    const { role, password } = ctx.state.validated!.body as z.output<typeof SetRoleBody>;
     const current = await teams.roleOf(target, access.teamId);
     if (!current) throw new ServerError("not_found", "Member not found");
     if (target === principal.userId && RANK[role] < RANK[current]) throw new ServerError("forbidden", "Nobody can raise their own role");
     if (access.role !== "owner" && (role === "owner" || current === "owner")) throw new ServerError("forbidden", "Only an owner grants or changes the owner role");
+    await requireReauthentication(auth, ctx, password);
     await auth.setMemberRole(access.teamId, target, role, metaOf(ctx));
     ctx.body = { teamId: access.teamId, userId: target, role };
   });
@@ -110,6 +114,7 @@ export function mountTeamRoutes(router: Router, deps: { db: Kysely<ServerTables>
     const access = await teamAccess(auth, principal, ctx.params.teamId!, "team:manage");
     const body = ctx.state.validated!.body as z.output<typeof CreateInviteBody>;
     if (body.role === "owner" && access.role !== "owner") throw new ServerError("forbidden", "Only an owner invites owners");
+    await requireReauthentication(auth, ctx, body.password);
     const token = `kti_${randomBytes(32).toString("base64url")}`;
     const id = randomUUID();
     const createdAt = new Date();

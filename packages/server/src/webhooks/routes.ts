@@ -1,11 +1,12 @@
 import type { Router } from "@koa/router";
-import { requireScope, validate, type Principal } from "@keen/gateway-kit";
+import { requireScope, validate, type AuthService, type Principal } from "@keen/gateway-kit";
 import type { ParameterizedContext } from "koa";
 import { ServerError } from "../errors.js";
 import { RUN_SCOPES } from "../runs/routes.js";
 import { CreateWebhookBody, ListDeliveriesQuery } from "./webhook-input.js";
 import type { WebhookService } from "./webhook-service.js";
 import { jsonBody } from "../http/json-body.js";
+import { requireReauthentication } from "../http/reauth.js";
 
 function principalOf(ctx: ParameterizedContext): Principal {
   const principal = ctx.state.principal;
@@ -16,14 +17,19 @@ function principalOf(ctx: ParameterizedContext): Principal {
 /**
  * The webhook routes on the authenticated `/v1` router. Endpoints receive the team's run
  * results, so they take the same scopes as runs: reading needs `sessions:read`, registering and
- * deleting `sessions:write`.
+ * deleting `sessions:write`. Registering sends every later run's results to a URL of the
+ * caller's choosing, which outlives the caller's session, so it also re-authenticates like
+ * minting an API key (see http/reauth.ts): a signed-in user with the password, never an API key.
  */
-export function mountWebhookRoutes(router: Router, deps: { webhooks: WebhookService }): void {
-  const { webhooks } = deps;
+export function mountWebhookRoutes(router: Router, deps: { webhooks: WebhookService; auth: AuthService }): void {
+  const { webhooks, auth } = deps;
   const json = jsonBody({ limit: 16 * 1024 });
 
   router.post("/webhooks", requireScope(RUN_SCOPES.write), json, validate({ body: CreateWebhookBody }), async (ctx) => {
-    const created = await webhooks.register(principalOf(ctx), ctx.state.validated!.body as CreateWebhookBody);
+    const { password, ...body } = ctx.state.validated!.body as CreateWebhookBody;
+    const principal = principalOf(ctx);
+    await requireReauthentication(auth, ctx, password);
+    const created = await webhooks.register(principal, body);
     ctx.status = 201;
     ctx.set("Location", `/v1/webhooks/${created.id}`);
     ctx.body = created;

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { ReauthPassword } from "../http/reauth.js";
 
 /** Run events a webhook can subscribe to: one per way a run ends. */
 export const WEBHOOK_EVENTS = ["run.completed", "run.failed", "run.cancelled", "run.interrupted"] as const;
@@ -12,6 +13,8 @@ export const CreateWebhookBody = z
       .min(1)
       .max(WEBHOOK_EVENTS.length * 2)
       .transform((events) => [...new Set(events)]),
+    /** Re-authentication (see http/reauth.ts); checked by the route, never stored. */
+    password: ReauthPassword,
   })
   .strict();
 export type CreateWebhookBody = z.output<typeof CreateWebhookBody>;

@@ -9,6 +9,9 @@ import type { ServerTables } from "../db/tables.js";
 import { scriptedModel } from "../testing/model.js";
 import { isPublicAddress } from "./address-policy.js";
 
+/** The harness's accounts' password: registering a webhook re-authenticates. */
+const PASSWORD = "correct horse battery staple";
+
 /**
  * A receiver's own Standard Webhooks check, written from the spec and not from the server's
  * signer: key = base64-decoded secret after `whsec_`; signed content `id.timestamp.body`;
@@ -124,7 +127,7 @@ describeEachDatabase("webhooks", (database) => {
   it("signs a run's end so an independent verifier accepts it, retries 500s with the same webhook-id, logs every attempt", async () => {
     const receiver = await startReceiver((_req, index) => (index < 2 ? { status: 500, body: "x".repeat(5000) } : { status: 204 }));
     try {
-      const created = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: `${receiver.url}/hooks`, events: ["run.completed", "run.failed"] } });
+      const created = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: `${receiver.url}/hooks`, events: ["run.completed", "run.failed"], password: PASSWORD } });
       expect(created.status).toBe(201);
       const secret = created.body.secret as string;
       expect(secret).toMatch(/^whsec_[A-Za-z0-9+/]+=*$/);
@@ -186,7 +189,7 @@ describeEachDatabase("webhooks", (database) => {
   it("sends the end of a run whose process died before writing its messages, once, and not to an endpoint registered later", async () => {
     const receiver = await startReceiver(() => ({ status: 204 }));
     try {
-      const early = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: `${receiver.url}/early`, events: ["run.completed"] } });
+      const early = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: `${receiver.url}/early`, events: ["run.completed"], password: PASSWORD } });
       expect(early.status).toBe(201);
       await new Promise((r) => setTimeout(r, 20));
       // A worker marked this run final, then its process died before `runEnded`: no message rows.
@@ -201,7 +204,7 @@ describeEachDatabase("webhooks", (database) => {
         })
         .execute();
       await new Promise((r) => setTimeout(r, 20));
-      const late = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: `${receiver.url}/late`, events: ["run.completed"] } });
+      const late = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: `${receiver.url}/late`, events: ["run.completed"], password: PASSWORD } });
       expect(late.status).toBe(201);
 
       await t.server.webhooks.sweep(0);
@@ -225,7 +228,7 @@ describeEachDatabase("webhooks", (database) => {
     const target = await startReceiver(() => ({ status: 200 }));
     const receiver = await startReceiver(() => ({ status: 307, location: `${target.url}/internal` }));
     try {
-      const created = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: receiver.url, events: ["run.completed"] } });
+      const created = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: receiver.url, events: ["run.completed"], password: PASSWORD } });
       expect(created.status).toBe(201);
       await runToEnd(owner);
       const log = await eventually(async () => {
@@ -251,7 +254,7 @@ describeEachDatabase("webhooks", (database) => {
     await new Promise<void>((resolve) => hanging.listen(0, "127.0.0.1", resolve));
     try {
       const url = `http://127.0.0.1:${(hanging.address() as AddressInfo).port}/slow`;
-      const created = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url, events: ["run.cancelled"] } });
+      const created = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url, events: ["run.cancelled"], password: PASSWORD } });
       const db = t.server.database.db as import("kysely").Kysely<import("../db/tables.js").ServerTables>;
       await db
         .insertInto("webhook_messages")
@@ -272,7 +275,7 @@ describeEachDatabase("webhooks", (database) => {
   it("keeps endpoints within their team: another team's ids are 404, its runs are not sent", async () => {
     const receiver = await startReceiver(() => ({ status: 200 }));
     try {
-      const mine = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: receiver.url, events: ["run.completed", "run.failed"] } });
+      const mine = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: receiver.url, events: ["run.completed", "run.failed"], password: PASSWORD } });
       expect(mine.status).toBe(201);
       const id = mine.body.id as string;
       expect((await api(t.url, `/v1/webhooks/${id}/deliveries`, { headers: other.headers })).status).toBe(404);
@@ -300,15 +303,15 @@ describeEachDatabase("webhooks", (database) => {
     ["https://user:pass@example.com/hook"],
     ["not a url"],
   ])("refuses %s with a 4xx", async (url) => {
-    const res = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url, events: ["run.completed"] } });
+    const res = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url, events: ["run.completed"], password: PASSWORD } });
     expect(res.status).toBe(422);
     expect(res.body.error.code).toBe("webhook_url_refused");
   });
 
   it("refuses unknown events and extra fields with a 400", async () => {
-    const bad = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: "https://example.com/h", events: ["run.exploded"] } });
+    const bad = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: "https://example.com/h", events: ["run.exploded"], password: PASSWORD } });
     expect(bad.status).toBe(400);
-    const extra = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: "https://example.com/h", events: ["run.completed"], secret: "mine" } });
+    const extra = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url: "https://example.com/h", events: ["run.completed"], secret: "mine", password: PASSWORD } });
     expect(extra.status).toBe(400);
   });
 });
@@ -332,7 +335,7 @@ describe("webhooks without private targets (the default)", () => {
     ["http://[::ffff:127.0.0.1]/hook"],
     ["http://0.0.0.0/hook"],
   ])("refuses %s at registration", async (url) => {
-    const res = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url, events: ["run.completed"] } });
+    const res = await api(t.url, "/v1/webhooks", { headers: owner.headers, body: { url, events: ["run.completed"], password: PASSWORD } });
     expect(res.status).toBe(422);
     expect(res.body.error.code).toBe("webhook_url_refused");
   });
