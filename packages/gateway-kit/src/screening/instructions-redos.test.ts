@@ -1,11 +1,14 @@
 // Instruction screening runs regular expressions on attacker text up to the 1 MB body limit:
 // every rule must stay linear. Each rule meets 1 MB inputs built from its own vocabulary (the
 // words and symbols in its patterns, repeated and mixed) and a set of known backtracking
-// triggers; it must finish each in under 50 ms.
+// triggers; it must finish each in under LIMIT_MS of CPU time. A linear rule takes a few ms on
+// 1 MB; a backtracking one takes seconds to minutes, so the limit leaves room for a busy machine
+// (caches and cores shared with other test processes) without letting backtracking through.
 import { describe, expect, it } from "vitest";
 import { defaultInstructionRules, findInstructionViolation, patternRule, type InstructionRule } from "./instructions.js";
 
 const MB = 1024 * 1024;
+const LIMIT_MS = 250;
 const fill = (unit: string) => unit.repeat(Math.ceil(MB / unit.length)).slice(0, MB);
 
 /**
@@ -89,7 +92,7 @@ function timeRule(rule: InstructionRule, text: string): number {
     rule.matches(text);
     const used = process.cpuUsage(started);
     best = Math.min(best, (used.user + used.system) / 1000);
-    if (best < 50) break;
+    if (best < LIMIT_MS) break;
   }
   return best;
 }
@@ -108,14 +111,14 @@ describe("instruction rules are linear on 1 MB of attacker text", () => {
     const slow: Array<[string, number]> = [];
     for (const text of [...inputs, ...crafted]) {
       const ms = timeRule(rule, text);
-      if (ms >= 50) slow.push([text.slice(0, 40), Math.round(ms)]);
+      if (ms >= LIMIT_MS) slow.push([text.slice(0, 40), Math.round(ms)]);
     }
     expect(slow).toEqual([]);
   }, 180_000);
 
-  it("the measurement catches a backtracking rule (the old email pattern, on only 12 kB)", () => {
+  it("the measurement catches a backtracking rule (the old email pattern, on only 40 kB)", () => {
     const quadratic = patternRule("old.email", "x", [/[a-z0-9._%+-]+@[a-z0-9-]+\.[a-z.]+/]);
-    expect(timeRule(quadratic, "a".repeat(12_000))).toBeGreaterThan(50);
+    expect(timeRule(quadratic, "a".repeat(40_000))).toBeGreaterThan(LIMIT_MS);
   });
 
   it("screens a whole 1 MB adversarial body, decoding included, in bounded time", () => {
@@ -124,7 +127,7 @@ describe("instruction rules are linear on 1 MB of attacker text", () => {
     const started = process.cpuUsage();
     findInstructionViolation(text);
     const used = process.cpuUsage(started);
-    // 14 rules at under 50 ms each, plus normalising and decoding a bounded number of blobs.
+    // 14 rules well under LIMIT_MS each, plus normalising and decoding a bounded number of blobs.
     expect((used.user + used.system) / 1000).toBeLessThan(1_000);
   });
 });
