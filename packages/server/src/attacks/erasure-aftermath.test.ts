@@ -76,7 +76,7 @@ describeEachDatabase("attack: what survives an account's erasure", (database) =>
     const email = `m-${randomBytes(5).toString("hex")}@keen.test`;
     const member = await signup(t.url, email);
     const team = await api(t.url, "/v1/teams", { headers: owner.headers, body: { name: "Shared" } });
-    const invite = await api(t.url, `/v1/teams/${team.body.id}/invites`, { headers: owner.headers, body: { email, role: "admin" } });
+    const invite = await api(t.url, `/v1/teams/${team.body.id}/invites`, { headers: owner.headers, body: { email, role: "admin", password: PASSWORD } });
     expect((await api(t.url, "/v1/invites/accept", { headers: member.headers, body: { token: invite.body.token } })).status).toBe(200);
     await grant(team.body.id);
     return { member, teamId: team.body.id, ownerInTeam: await signedInTo(ownerEmail, team.body.id), memberInTeam: await signedInTo(email, team.body.id) };
@@ -95,7 +95,7 @@ describeEachDatabase("attack: what survives an account's erasure", (database) =>
 
   it("erasure deletes the user's webhook endpoints and every message about their runs, on anyone's endpoint", async () => {
     const { member, teamId, ownerInTeam, memberInTeam } = await sharedTeam();
-    const hook = (headers: Record<string, string>) => api(t.url, "/v1/webhooks", { headers, body: { url: "http://127.0.0.1:9/hook", events: ["run.cancelled"] } });
+    const hook = (headers: Record<string, string>) => api(t.url, "/v1/webhooks", { headers, body: { url: "http://127.0.0.1:9/hook", events: ["run.cancelled"], password: PASSWORD } });
     const mine = await hook(memberInTeam);
     const theirs = await hook(ownerInTeam);
     expect(mine.status).toBe(201);

@@ -100,7 +100,7 @@ describeEachDatabase("attack: creating requests racing the account's erasure", (
       await grant(user.teamId);
       const first = await api(t.url, "/v1/runs", { headers: user.headers, body: { vision: "Write the notes file", repo: { path: repo } } });
       expect(first.status).toBe(202);
-      const invite = await api(t.url, `/v1/teams/${otherTeam}/invites`, { headers: owner.headers, body: { email, role: "member" } });
+      const invite = await api(t.url, `/v1/teams/${otherTeam}/invites`, { headers: owner.headers, body: { email, role: "member", password: PASSWORD } });
       expect(invite.status).toBe(201);
       await runsEnded(user.userId);
       return { user, first, invite };
@@ -117,7 +117,7 @@ describeEachDatabase("attack: creating requests racing the account's erasure", (
           const res = await fetch(`${t.url}/v1/uploads`, { method: "POST", headers: { ...user.headers, "content-type": "application/gzip" }, body: tarball });
           return { status: res.status, body: await res.json() };
         },
-        webhook: () => api(t.url, "/v1/webhooks", { headers: user.headers, body: { url: "http://127.0.0.1:9/hook", events: ["run.completed"] } }),
+        webhook: () => api(t.url, "/v1/webhooks", { headers: user.headers, body: { url: "http://127.0.0.1:9/hook", events: ["run.completed"], password: PASSWORD } }),
         apiKey: () => api(t.url, "/v1/auth/api-keys", { headers: user.headers, body: { name: "ci", scopes: ["sessions:read"], password: PASSWORD } }),
         team: () => api(t.url, "/v1/teams", { headers: user.headers, body: { name: "Mine" } }),
         invite: () => api(t.url, "/v1/invites/accept", { headers: user.headers, body: { token: invite.body.token } }),
