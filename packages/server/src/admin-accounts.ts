@@ -1,10 +1,9 @@
-import { mkdir } from "node:fs/promises";
-import { join } from "node:path";
-import { createAuditLog, createKyselyAuthStores, Email, openDatabase, type UserErasureReport, type UserRecord } from "@keen/gateway-kit";
+import { createAuditLog, createKyselyAuthStores, Email, type UserErasureReport, type UserRecord } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
 import { isAdminUser } from "./admins.js";
-import { loadConfig, type ServerConfig } from "./config.js";
+import type { ServerConfig } from "./config.js";
 import { migrateServer } from "./db/migrations.js";
+import { openServerDatabase } from "./db/open.js";
 import { ServerError } from "./errors.js";
 import { eraseAccount, refuseErasure } from "./privacy/erase-account.js";
 import type { StartOptions } from "./start.js";
@@ -90,11 +89,7 @@ export async function removeSquattingAccount(db: Kysely<any>, config: Pick<Serve
  * await withServerDatabase({ env: process.env }, (db, config) => verifyAccountEmail(db, config, "ops@example.com"));
  */
 export async function withServerDatabase<T>(options: Pick<StartOptions, "env" | "flags">, act: (db: Kysely<any>, config: ServerConfig) => Promise<T>): Promise<T> {
-  const config = loadConfig({ env: options.env ?? process.env, flags: options.flags ?? {} });
-  await mkdir(config.dataDir, { recursive: true });
-  const database = config.databaseUrl
-    ? await openDatabase({ url: config.databaseUrl, ...(config.databaseSchema ? { schema: config.databaseSchema } : {}) })
-    : await openDatabase({ dataDir: join(config.dataDir, "db") });
+  const { config, database } = await openServerDatabase(options);
   try {
     await migrateServer(database.db);
     return await act(database.db as Kysely<any>, config);

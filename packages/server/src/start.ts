@@ -1,8 +1,6 @@
 import { ConfigError, loadConfig, type ServerConfigInput } from "./config.js";
 import { migrateServer } from "./db/migrations.js";
-import { openDatabase } from "@keen/gateway-kit";
-import { join } from "node:path";
-import { mkdir } from "node:fs/promises";
+import { openServerDatabase } from "./db/open.js";
 import { createServer, type KeenServer } from "./server.js";
 
 export interface StartOptions {
@@ -62,11 +60,7 @@ function stopOnSignals(server: KeenServer, onStopped: () => void): void {
  * const { applied } = await migrateOnly({ env: process.env });
  */
 export async function migrateOnly(options: Pick<StartOptions, "env" | "flags"> = {}): Promise<{ applied: string[] }> {
-  const config = loadConfig({ env: options.env ?? process.env, flags: options.flags ?? {} });
-  await mkdir(config.dataDir, { recursive: true });
-  const database = config.databaseUrl
-    ? await openDatabase({ url: config.databaseUrl, ...(config.databaseSchema ? { schema: config.databaseSchema } : {}) })
-    : await openDatabase({ dataDir: join(config.dataDir, "db") });
+  const { database } = await openServerDatabase(options);
   try {
     return await migrateServer(database.db);
   } finally {
