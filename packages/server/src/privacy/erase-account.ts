@@ -2,7 +2,6 @@ import { rm } from "node:fs/promises";
 import { resolve } from "node:path";
 import {
   auditDataRights,
-  AuthError,
   authDataRights,
   billingDataRights,
   budgetsDataRights,
@@ -15,8 +14,7 @@ import {
 } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
 import type { ServerConfig } from "../config.js";
-import { ServerError } from "../errors.js";
-import { serverDataRights } from "./server-data-rights.js";
+import { erasureRefusal, serverDataRights } from "./server-data-rights.js";
 
 /** Every module that holds personal data; the server's own first, while the user's email is still there. */
 export function dataRightsContributors(): DataRightsContributor[] {
@@ -26,19 +24,12 @@ export function dataRightsContributors(): DataRightsContributor[] {
 /**
  * Why an account may not be erased now: it is the only owner of a team others belong to (409
  * `last_owner`), or one of its runs is queued or running (409 `run_not_finished`). Checked
- * before anything else an erasure does; `serverDataRights` checks the runs again inside the
- * erasure's transaction.
+ * before anything else an erasure does (before the password); `serverDataRights` decides both
+ * again under locks inside the erasure's transaction.
  */
 export async function refuseErasure(db: Kysely<any>, userId: string): Promise<void> {
-  const owned = await db.selectFrom("memberships").select("team_id").where("user_id", "=", userId).where("role", "=", "owner").execute();
-  for (const { team_id: teamId } of owned) {
-    const others = await db.selectFrom("memberships").select(["user_id", "role"]).where("team_id", "=", teamId).where("user_id", "!=", userId).execute();
-    if (others.length > 0 && !others.some((m) => m.role === "owner")) {
-      throw new AuthError("last_owner", `You are the only owner of team ${teamId}: make another member an owner first`);
-    }
-  }
-  const active = await db.selectFrom("runs").select("id").where("user_id", "=", userId).where("status", "in", ["queued", "running"]).limit(1).executeTakeFirst();
-  if (active) throw new ServerError("run_not_finished", `Run ${active.id} is still going: cancel it first`, { runId: active.id });
+  const refusal = await erasureRefusal(db, userId, { locked: false });
+  if (refusal) throw refusal;
 }
 
 /**

@@ -24,6 +24,27 @@ import { lockUserForErasure } from "./live-user.js";
  * no longer name them. Files under `<workspaces>/<user>/` are removed by the route after the
  * transaction commits.
  */
+/**
+ * Why the user may not be erased now, or `undefined`: the only owner of a team others belong to
+ * (409 `last_owner`), or a run of theirs queued or running (409 `run_not_finished`). With
+ * `locked`, decided under the team's and the runs' row locks, inside the erasure's transaction;
+ * without, as the check a route makes before it asks for the password.
+ */
+export async function erasureRefusal(db: Kysely<any>, userId: string, options: { locked: boolean }): Promise<Error | undefined> {
+  const owned = await db.selectFrom("memberships").select("team_id").where("user_id", "=", userId).where("role", "=", "owner").orderBy("team_id").execute();
+  for (const { team_id: teamId } of owned) {
+    if (options.locked) await db.selectFrom("teams").select("id").where("id", "=", teamId).forUpdate().executeTakeFirst();
+    const others = await db.selectFrom("memberships").select("role").where("team_id", "=", teamId).where("user_id", "!=", userId).execute();
+    if (others.length > 0 && !others.some((m) => m.role === "owner")) {
+      return new AuthError("last_owner", `You are the only owner of team ${teamId}: make another member an owner first`);
+    }
+  }
+  const running = db.selectFrom("runs").select("id").where("user_id", "=", userId).where("status", "in", ["queued", "running"]).limit(1);
+  const active = await (options.locked ? running.forUpdate() : running).executeTakeFirst();
+  if (active) return new ServerError("run_not_finished", `Run ${active.id} is still going: cancel it first`, { runId: active.id });
+  return undefined;
+}
+
 export const serverDataRights: DataRightsContributor = {
   name: "server",
   async export(db: Kysely<any>, userId: string) {
@@ -50,22 +71,12 @@ export const serverDataRights: DataRightsContributor = {
     // First, before reading anything: a create that already holds the row FOR SHARE commits
     // before this goes on (and is then seen below), one that comes later waits and is refused.
     if (!(await lockUserForErasure(db, userId))) return;
-    // The last owner of a team others belong to stays. Decided under the team's row lock (the
-    // one gateway-kit's role changes and removals take), so two owners erasing at once, or one
-    // erasing while the other is demoted, cannot leave the team without an owner.
-    const owned = await db.selectFrom("memberships").select("team_id").where("user_id", "=", userId).where("role", "=", "owner").orderBy("team_id").execute();
-    for (const { team_id: teamId } of owned) {
-      await db.selectFrom("teams").select("id").where("id", "=", teamId).forUpdate().executeTakeFirst();
-      const members = await db.selectFrom("memberships").select(["user_id", "role"]).where("team_id", "=", teamId).execute();
-      const others = members.filter((m) => m.user_id !== userId);
-      if (others.length > 0 && !others.some((m) => m.role === "owner")) {
-        throw new AuthError("last_owner", `You are the only owner of team ${teamId}: make another member an owner first`);
-      }
-    }
-    // A run still going would write into rows and folders being removed, and hold credits and a
-    // slot no one settles: refuse, and the whole erasure rolls back.
-    const active = await db.selectFrom("runs").select("id").where("user_id", "=", userId).where("status", "in", ["queued", "running"]).limit(1).forUpdate().executeTakeFirst();
-    if (active) throw new ServerError("run_not_finished", `Run ${active.id} is still going: cancel it first`, { runId: active.id });
+    // Refusals decided under locks: the team's row (the one gateway-kit's role changes and
+    // removals take), so two owners erasing at once, or one erasing while the other is demoted,
+    // cannot leave a team without an owner; and the runs' rows, as a run still going would write
+    // into rows and folders being removed and hold credits and a slot no one settles.
+    const refusal = await erasureRefusal(db, userId, { locked: true });
+    if (refusal) throw refusal;
     const user = await db.selectFrom("users").select("email").where("id", "=", userId).executeTakeFirst();
     // Webhook messages about the user's runs (their bodies carry the run's user, vision summary
     // and usage), on every endpoint of the team: pending ones are never sent, sent ones forgotten.
