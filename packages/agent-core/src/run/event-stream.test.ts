@@ -141,6 +141,30 @@ describe("EventStream", () => {
     expect(lines).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
   });
 
+  it("an iterator opened on a resumed stream before it continues after the log starts at this process's first event, replaying none of the dead process's", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "keen-log-"));
+    const path = join(dir, "events.ndjson");
+    const first = new EventStream("run_13", { log: await NdjsonEventLog.open(path) });
+    for (let i = 0; i < 7; i++) first.emit(phase("a"));
+    const resumed = new EventStream("run_13", { startSeq: 3, log: await NdjsonEventLog.open(path) });
+    // The engine starts continuing, and the host iterates as soon as it has the run, while the log is still being read.
+    const continuing = resumed.continueAfterLog();
+    const seen = (async () => {
+      const seqs: number[] = [];
+      for await (const event of resumed) seqs.push(event.seq);
+      return seqs;
+    })();
+    await continuing;
+    resumed.emit(phase("b"));
+    resumed.emit(phase("c"));
+    resumed.close();
+    expect(await seen).toEqual([7, 8]);
+    // Asked for explicitly, the earlier events are still there to replay.
+    const replayed: number[] = [];
+    for await (const event of resumed.iterate(3)) replayed.push(event.seq);
+    expect(replayed).toEqual([3, 4, 5, 6, 7, 8]);
+  });
+
   it("gives consumers a read-only view: no emit, no close", async () => {
     const stream = new EventStream("run_12");
     const reader = stream.reader() as unknown as Record<string, unknown>;

@@ -59,6 +59,8 @@ export class EventStream implements EventReader {
   private appending: Promise<void> = Promise.resolve();
   private appendFailure: unknown;
   private asyncLog = false;
+  /** Set while a resumed stream reads where its log ends; default iterators start after it. */
+  private continuing: Promise<void> | undefined;
   private readonly now: () => Date;
 
   constructor(runId: string, options: EventStreamOptions = {}) {
@@ -85,9 +87,12 @@ export class EventStream implements EventReader {
    * Continues numbering strictly after the log's last event, for a resumed run whose log
    * already holds events numbered after its snapshot. Call before the first `emit`.
    */
-  async continueAfterLog(): Promise<void> {
-    const last = await this.log.lastSeq();
-    if (last + 1 > this.nextSeq) this.nextSeq = this.firstSeq = last + 1;
+  continueAfterLog(): Promise<void> {
+    this.continuing ??= (async () => {
+      const last = await this.log.lastSeq();
+      if (last + 1 > this.nextSeq) this.nextSeq = this.firstSeq = last + 1;
+    })();
+    return this.continuing;
   }
 
   emit(input: KeenEventInput): KeenEvent {
@@ -128,8 +133,10 @@ export class EventStream implements EventReader {
     if (this.appendFailure !== undefined) throw this.appendFailure;
   }
 
-  async *iterate(fromSeq = this.firstSeq): AsyncGenerator<KeenEvent> {
-    let next = fromSeq;
+  async *iterate(fromSeq?: number): AsyncGenerator<KeenEvent> {
+    // "This process's first event" is known once a resumed stream has read where its log ends.
+    if (fromSeq === undefined) await this.continuing?.catch(() => {});
+    let next = fromSeq ?? this.firstSeq;
     while (true) {
       const windowStart = this.recent[0]?.seq ?? this.nextSeq;
       if (next < windowStart) {
