@@ -48,6 +48,12 @@ describe("run records", () => {
     await put(".keep", "x");
     await put("run_done.notes", "mine");
     await put("broken.json", "{");
+    // Half-written files of processes killed between writing and renaming (pid 2^22+1 is never alive).
+    await put(`run_done.json.${2 ** 22 + 1}.tmp`, "{");
+    await put(`run_done.info.json.${2 ** 22 + 1}.tmp`, "{");
+    await put(`run_open.json.${2 ** 22 + 1}.tmp`, "{");
+    // One of a live process (this one) is still being written.
+    await put(`run_done.json.${process.pid}.tmp`, "{");
 
     const runs = await listRuns(dir);
     expect(runs.map((r) => [r.runId, r.status, r.finished]).sort()).toEqual([
@@ -61,6 +67,8 @@ describe("run records", () => {
 
     const removed = await pruneRuns(dir);
     expect(removed.map((r) => r.runId).sort()).toEqual(["", "run_done"]);
-    expect((await readdir(dir)).sort()).toEqual([".keep", "broken.json", "run_done.notes", "run_open.info.json", "run_open.json"]);
+    expect((await readdir(dir)).sort()).toEqual(
+      [".keep", "broken.json", `run_done.json.${process.pid}.tmp`, "run_done.notes", "run_open.info.json", "run_open.json", `run_open.json.${2 ** 22 + 1}.tmp`].sort(),
+    );
   });
 });

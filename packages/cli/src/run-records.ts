@@ -137,12 +137,19 @@ export async function listRuns(runsDir: string): Promise<RunListing[]> {
  */
 export async function pruneRuns(runsDir: string): Promise<RunListing[]> {
   const finished = (await listRuns(runsDir)).filter((run) => run.finished);
+  const names = await readdir(runsDir).catch(() => [] as string[]);
   for (const run of finished) {
+    const own = [run.snapshotPath, run.recordPath].filter((path) => dirname(path) === runsDir).map((path) => basename(path));
     if (dirname(run.snapshotPath) === runsDir) {
       await rm(run.snapshotPath, { force: true });
       await rm(join(runsDir, `${basename(run.snapshotPath, ".json")}.events.ndjson`), { force: true });
     }
     if (dirname(run.recordPath) === runsDir) await rm(run.recordPath, { force: true });
+    // What a process killed between writing and renaming one of them left: `<file>.<pid>.tmp`.
+    for (const name of names) {
+      const temp = /^(.+)\.(\d+)\.tmp$/.exec(name);
+      if (temp && own.includes(temp[1]!) && !processAlive(Number(temp[2]))) await rm(join(runsDir, name), { force: true });
+    }
   }
   return finished;
 }
