@@ -10,6 +10,13 @@ export interface DatabaseOptions {
   url?: string;
   /** PGlite data folder; omitted means in memory. Ignored when `url` is set. */
   dataDir?: string;
+  /**
+   * PGlite only: a new embedded database starts as a copy of this dump (made with PGlite's
+   * `dumpDataDir()`, e.g. of a migrated database) instead of an empty one, which skips PGlite's
+   * initdb (seconds) and whatever the dump already holds. Ignored with `url`; with a `dataDir`,
+   * only for a folder that holds no database yet (PGlite refuses to load over one).
+   */
+  loadDataDir?: Blob;
   /** PostgreSQL schema to use as `search_path` (created if missing). */
   schema?: string;
   /** Pool size for PostgreSQL. Default 10. */
@@ -74,7 +81,7 @@ export async function openDatabase<DB = any>(options: DatabaseOptions = {}): Pro
   } else {
     kind = "pglite";
     const { PGlite } = await loadOptional<typeof import("@electric-sql/pglite")>("@electric-sql/pglite");
-    const pglite = await PGlite.create(options.dataDir);
+    const pglite = await PGlite.create({ ...(options.dataDir !== undefined ? { dataDir: options.dataDir } : {}), ...(options.loadDataDir ? { loadDataDir: options.loadDataDir } : {}) });
     if (options.schema) {
       await pglite.exec(`create schema if not exists "${options.schema}"; set search_path to "${options.schema}"`);
     }

@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe } from "vitest";
 import { openDatabase, type Database } from "../db/index.js";
 
@@ -41,7 +42,7 @@ export function describeEachDatabase(name: string, suite: (fixture: DatabaseFixt
           fixture.schema = `t_${randomBytes(6).toString("hex")}`;
           database = await openDatabase({ url: TEST_DATABASE_URL, schema: fixture.schema });
         } else {
-          database = await openDatabase();
+          database = await openDatabase(await emptyPGlite());
         }
       });
       afterAll(async () => {
@@ -57,6 +58,17 @@ export function describeEachDatabase(name: string, suite: (fixture: DatabaseFixt
       suite(fixture);
     });
   }
+}
+
+/**
+ * Where an in-memory PGlite starts: when `KEEN_TEST_PGLITE_DUMP` names a dump of a freshly
+ * initialised PGlite (`dumpDataDir()`; keen's own test run makes one in its global setup), a copy
+ * of it, which skips initdb; otherwise PGlite initialises a new one.
+ */
+async function emptyPGlite(): Promise<{ loadDataDir?: Blob }> {
+  const path = process.env.KEEN_TEST_PGLITE_DUMP;
+  if (!path) return {};
+  return { loadDataDir: new Blob([await readFile(path)]) };
 }
 
 /**
