@@ -27,6 +27,8 @@ export default defineConfig({
     // three files at a time keep two cores busy (the default, cores - 1, leaves one idle).
     maxWorkers: 3,
     hookTimeout: 60_000,
+    // Empty and migrated embedded databases, made once and copied by the suites.
+    globalSetup: ["./test/setup/database-templates.ts"],
     projects: [
       project("agent-core", "packages/agent-core/src"),
       project("gateway-kit", "packages/gateway-kit/src"),

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { execa } from "execa";
 import { describe, expect, it } from "vitest";
 import type { KeenEvent, KeenEventOf } from "@keen/agent-core";
-import { branches, git, keen, parseNdjson, repoRoot } from "./testing/keen-process.js";
+import { branches, git, keen, keenEntry, parseNdjson, repoRoot } from "./testing/keen-process.js";
 import { visibleWidth } from "./tree/tree-view.js";
 
 const ofType = <T extends KeenEvent["type"]>(events: KeenEvent[], type: T) => events.filter((e): e is KeenEventOf<T> => e.type === type);
@@ -73,7 +73,7 @@ describe("keen demo", { timeout: 120_000 }, () => {
   it("draws the live agent tree on a real terminal, redrawn in place and fitted to its width", async () => {
     const dir = await demoDir();
     // `script` gives the command a pseudo-terminal 70 columns wide.
-    const command = `stty cols 70; exec ${process.execPath} --import tsx packages/cli/src/bin.ts demo --dir ${dir} --pace 20`;
+    const command = `stty cols 70; exec ${process.execPath} ${keenEntry.join(" ")} demo --dir ${dir} --pace 20`;
     const result = await execa("script", ["-qfec", command, "/dev/null"], { cwd: repoRoot, reject: false, timeout: 110_000, stdin: "ignore" });
     expect(result.exitCode, result.stdout).toBe(0);
     const out = result.stdout;

@@ -11,7 +11,8 @@ const preload = fileURLToPath(new URL("./testing/record-imports.mjs", import.met
 /** Runs keen in a fresh process and returns what it printed and every module URL it resolved. */
 async function importsOf(args: string[]): Promise<{ stdout: string; exitCode: number | undefined; urls: string[] }> {
   const log = join(await mkdtemp(join(tmpdir(), "keen-imports-")), "urls.txt");
-  const result = await keen(args, { KEEN_IMPORT_LOG: log }, { preload });
+  // The sources, module by module: what each command imports is read from their paths.
+  const result = await keen(args, { KEEN_IMPORT_LOG: log }, { preload, fromSource: true });
   const urls = (await readFile(log, "utf8").catch(() => "")).split("\n").filter(Boolean);
   return { stdout: String(result.stdout), exitCode: result.exitCode, urls };
 }

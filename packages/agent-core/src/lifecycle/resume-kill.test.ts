@@ -18,7 +18,8 @@ import { done, explore, plan, scenarioPolicy, write, type Scenario } from "./tes
 
 const entry = fileURLToPath(new URL("./testing/task-process.ts", import.meta.url));
 const repoRoot = fileURLToPath(new URL("../../../..", import.meta.url));
-const REPEATS = 3;
+// Chains of kills, run side by side; `npm run test:chaos` runs more (KEEN_KILL_REPEATS).
+const REPEATS = Number(process.env.KEEN_KILL_REPEATS ?? 2);
 const FILES = { "README.md": "# test\n", "lib.txt": "keep\none\ntwo\nthree\nfour\nend\n" };
 
 const edit = (path: string, old_string: string, new_string: string) => reply.toolUse("edit_file", { path, old_string, new_string });

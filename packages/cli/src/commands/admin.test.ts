@@ -5,13 +5,13 @@ import { fileURLToPath } from "node:url";
 import { PGlite } from "@electric-sql/pglite";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { keenInProcess, listeningUrl } from "../testing/keen-process.js";
+import { keenEntry, keenInProcess, listeningUrl } from "../testing/keen-process.js";
 
 const root = fileURLToPath(new URL("../../../../", import.meta.url));
 const OPS = "ops@keen.test";
 const PASSWORD = "correct horse battery staple";
 const env = () => ({ PATH: process.env.PATH!, KEEN_ADMIN_EMAILS: OPS });
-const keen = (args: string[]) => execa("node", ["--import", "tsx", "packages/cli/src/bin.ts", ...args], { cwd: root, reject: false, env: env(), extendEnv: false });
+const keen = (args: string[]) => execa("node", [...keenEntry, ...args], { cwd: root, reject: false, env: env(), extendEnv: false });
 
 async function call(url: string, path: string, init: { token?: string; body?: unknown } = {}): Promise<{ status: number; body: any }> {
   const res = await fetch(`${url}${path}`, {
@@ -24,7 +24,7 @@ async function call(url: string, path: string, init: { token?: string; body?: un
 
 /** `keen serve` on the embedded database under `dataDir` while `act` runs, then SIGTERM (PGlite has one process at a time). */
 async function withServer<T>(dataDir: string, act: (url: string) => Promise<T>): Promise<T> {
-  const child = execa("node", ["--import", "tsx", "packages/cli/src/bin.ts", "serve", "--port", "0", "--data-dir", dataDir, "--log-level", "silent", "--workers", "0"], {
+  const child = execa("node", [...keenEntry, "serve", "--port", "0", "--data-dir", dataDir, "--log-level", "silent", "--workers", "0"], {
     cwd: root,
     reject: false,
     env: env(),

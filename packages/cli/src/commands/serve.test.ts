@@ -4,11 +4,11 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { listeningUrl } from "../testing/keen-process.js";
+import { keenEntry, listeningUrl } from "../testing/keen-process.js";
 
 const root = fileURLToPath(new URL("../../../../", import.meta.url));
 const keen = (args: string[], options: { env?: Record<string, string> } = {}) =>
-  execa("node", ["--import", "tsx", "packages/cli/src/bin.ts", ...args], { cwd: root, reject: false, env: { ...options.env }, extendEnv: false, all: false });
+  execa("node", [...keenEntry, ...args], { cwd: root, reject: false, env: { ...options.env }, extendEnv: false, all: false });
 
 describe("keen serve, migrate, worker", () => {
   let dataDir: string;
@@ -53,7 +53,7 @@ describe("keen serve, migrate, worker", () => {
   }, 120_000);
 
   it("serves on embedded defaults, becomes ready, and exits 0 on SIGTERM", async () => {
-    const child = execa("node", ["--import", "tsx", "packages/cli/src/bin.ts", "serve", "--port", "0", "--data-dir", join(dataDir, "serve"), "--log-level", "silent"], {
+    const child = execa("node", [...keenEntry, "serve", "--port", "0", "--data-dir", join(dataDir, "serve"), "--log-level", "silent"], {
       cwd: root,
       reject: false,
       env: { PATH: process.env.PATH! },

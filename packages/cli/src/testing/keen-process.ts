@@ -1,4 +1,5 @@
 /** Shared by the CLI's process tests: the `keen` command as a real child process, and sample repositories. */
+import { existsSync } from "node:fs";
 import { mkdtemp, readdir, writeFile, mkdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -6,15 +7,28 @@ import { fileURLToPath } from "node:url";
 import { execa, type ResultPromise } from "execa";
 import { KeenEvent } from "@keen/agent-core";
 
-/** The CLI runs from source through tsx (which honours the tsconfig paths), from the repo root. */
 export const repoRoot = fileURLToPath(new URL("../../../..", import.meta.url));
-const entry = fileURLToPath(new URL("../bin.ts", import.meta.url));
+
+/**
+ * The node arguments that start the `keen` command, from the repo root. After a build (`npm test`
+ * builds first and sets `KEEN_TEST_CLI=built`) the tests run the built command users install,
+ * `bin/keen.js`; otherwise the sources through tsx (which honours the tsconfig paths), so
+ * `vitest run` tests the code as it is now without a build.
+ */
+const sourceEntry = ["--import", "tsx", fileURLToPath(new URL("../bin.ts", import.meta.url))];
+export const keenEntry: readonly string[] = (() => {
+  if (process.env.KEEN_TEST_CLI !== "built") return sourceEntry;
+  const bin = fileURLToPath(new URL("../../bin/keen.js", import.meta.url));
+  const bundle = fileURLToPath(new URL("../../bundle/main.js", import.meta.url));
+  if (!existsSync(bundle)) throw new Error(`KEEN_TEST_CLI=built, but ${bundle} is missing: run npm run build first`);
+  return [bin];
+})();
 
 export const identity = { GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@t", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@t" };
 
-export function keen(args: string[], env: Record<string, string | undefined> = {}, options: { timeout?: number; preload?: string; input?: string } = {}): ResultPromise<{ reject: false }> {
+export function keen(args: string[], env: Record<string, string | undefined> = {}, options: { timeout?: number; preload?: string; input?: string; fromSource?: boolean } = {}): ResultPromise<{ reject: false }> {
   const preload = options.preload ? ["--import", options.preload] : [];
-  return execa(process.execPath, [...preload, "--import", "tsx", entry, ...args], {
+  return execa(process.execPath, [...preload, ...(options.fromSource ? sourceEntry : keenEntry), ...args], {
     ...(options.input !== undefined ? { input: options.input } : {}),
     cwd: repoRoot,
     reject: false,
@@ -78,7 +92,7 @@ export async function snapshotFiles(dir: string): Promise<string[]> {
  */
 export function keenOnTerminal(args: string[], env: Record<string, string | undefined> = {}, options: { columns?: number; timeout?: number } = {}) {
   const quoted = args.map((arg) => `'${arg.replace(/'/g, `'\\''`)}'`).join(" ");
-  const command = `stty cols ${options.columns ?? 80}; exec ${process.execPath} --import tsx packages/cli/src/bin.ts ${quoted}`;
+  const command = `stty cols ${options.columns ?? 80}; exec ${process.execPath} ${keenEntry.join(" ")} ${quoted}`;
   return execa("script", ["-qfec", command, "/dev/null"], {
     cwd: repoRoot,
     reject: false,

@@ -1,6 +1,6 @@
 /** Test fixtures for the server's suites: databases, repositories, a running server, clients. */
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
+import { cp, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createTestRepo as createAgentTestRepo } from "@keen/agent-core/testing";
@@ -67,6 +67,10 @@ const servers = new Map<string, KeenServer>();
 /** A server on a free port with a temporary data dir; closed and removed by `stop()`. */
 export async function startTestServer(settings: Partial<ServerConfigInput> = {}): Promise<{ server: KeenServer; url: string; dataDir: string; stop(): Promise<void> }> {
   const dataDir = await mkdtemp(join(tmpdir(), "keen-server-data-"));
+  // An embedded database starts as a copy of the run's migrated template (see test/setup),
+  // which saves PGlite's initdb and the migrations; the server still checks them on start.
+  const template = process.env.KEEN_TEST_SERVER_DB;
+  if (template && !settings.databaseUrl && settings.dataDir === undefined) await cp(template, join(dataDir, "db"), { recursive: true });
   const server = await createServer(
     { port: 0, dataDir, modelApiKey: "test", model: "claude-haiku-4-5", adminEmails: [ADMIN_EMAIL], logLevel: "silent", heartbeatMs: 200, ...settings },
     { passwordHashing: { memoryCost: 8, timeCost: 1 } },
