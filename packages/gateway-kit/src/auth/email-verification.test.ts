@@ -2,6 +2,8 @@ import { sql } from "kysely";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { describeEachDatabase } from "../testing/each-database.js";
 import { createMemoryMailer } from "../testing/memory-mailer.js";
+import { createAuthService } from "./auth-service.js";
+import { createKyselyAuthStores } from "./kysely-stores.js";
 import { sha256Hex } from "./secrets.js";
 import { migrateForTests, PASSWORD, signup, startTestApp, uniqueEmail, type TestApp } from "./test-app.js";
 
@@ -104,5 +106,20 @@ describeEachDatabase("email verification", (fixture) => {
     expect(mailer.to(user.email)).toHaveLength(3);
     const keys = await db().selectFrom("auth_counters").select("key").execute();
     expect(keys.map((k) => k.key).join(" ")).not.toContain(user.email);
+  });
+
+  it("withdraws the token when the mailer fails, with a coded error", async () => {
+    const user = await signup(app);
+    const failing = createAuthService({
+      stores: createKyselyAuthStores(db()),
+      keys: app.keys,
+      issuer: "https://keen.test",
+      audience: "keen-api",
+      now: app.clock.now,
+      emailVerification: { mailer: { send: async () => Promise.reject(new Error("relay down")) } },
+    });
+    const principal = await failing.verifyAccessToken(user.accessToken);
+    await expect(failing.requestEmailVerification(principal)).rejects.toMatchObject({ code: "email_delivery_failed" });
+    expect(await db().selectFrom("auth_flows").select("id").where("user_id", "=", user.user.id).execute()).toEqual([]);
   });
 });
