@@ -83,10 +83,10 @@ export function createEmailVerificationService(context: AuthContext): EmailVerif
     return [
       "Someone, hopefully you, asked to confirm that this address belongs to their keen account.",
       "",
-      ...(link ? ["Confirm it here:", link, ""] : []),
+      ...(link ? ["Confirm it here, signed in to that account:", link, "", "or give this token where you asked for it:"] : ["Give this token where you asked for it, signed in to that account:"]),
       `Verification token: ${token}`,
       "",
-      `It works once, for the account that asked, until ${expiresAt.toISOString()}.`,
+      `It works once, for that account only, until ${expiresAt.toISOString()}.`,
       "If you did not ask for this, ignore this message: nothing changes without the token.",
       "",
     ].join("\n");
