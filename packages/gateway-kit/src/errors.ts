@@ -78,6 +78,11 @@ export const AUTH_ERROR_CODES = [
   "email_not_verified",
   "account_email_unverified",
   "oauth_provider_error",
+  "invalid_verification_token",
+  "verification_token_expired",
+  "verification_token_used",
+  "verification_email_limit",
+  "email_delivery_failed",
 ] as const;
 export type AuthErrorCode = (typeof AUTH_ERROR_CODES)[number];
 

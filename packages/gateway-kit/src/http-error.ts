@@ -62,6 +62,7 @@ export const errorStatuses = {
   // Configuration and deployment mistakes: the host's fault, never the client's.
   invalid_config: 500,
   missing_dependency: 500,
+  invalid_mail_message: 500,
   // Shared.
   invalid_request: 400,
   not_found: 404,
@@ -96,6 +97,13 @@ export const errorStatuses = {
   email_not_verified: 403,
   account_email_unverified: 409,
   oauth_provider_error: 502,
+  // Email verification: an unknown token (or another account's) is bad input; a real one that
+  // expired, was used or names an address the account no longer has is gone for good.
+  invalid_verification_token: 400,
+  verification_token_expired: 410,
+  verification_token_used: 410,
+  verification_email_limit: 429,
+  email_delivery_failed: 502,
   // Credits and budgets.
   insufficient_credits: 402,
   wallet_in_debt: 402,

@@ -62,7 +62,7 @@ describeEachDatabase("account routes", (database) => {
     const address = email("member");
     const invite = await api(t.url, `/v1/teams/${team.body.id}/invites`, { headers: owner.headers, body: { email: address, role, password: PASSWORD } });
     expect(invite.status).toBe(201);
-    const member = await signup(t.url, address);
+    const member = await signup(t.url, address, { verifyEmail: true });
     const accepted = await api(t.url, "/v1/invites/accept", { headers: member.headers, body: { token: invite.body.token } });
     expect(accepted.status).toBe(200);
     return { teamId: team.body.id as string, member };
@@ -173,7 +173,7 @@ describeEachDatabase("account routes", (database) => {
 
       const carol = await signup(t.url);
       expect((await api(t.url, "/v1/invites/accept", { headers: carol.headers, body: { token: invite.body.token } })).status).toBe(404);
-      const bob = await signup(t.url, address);
+      const bob = await signup(t.url, address, { verifyEmail: true });
       const accepted = await api(t.url, "/v1/invites/accept", { headers: bob.headers, body: { token: invite.body.token } });
       expect(accepted.body).toEqual({ teamId: team.body.id, role: "viewer" });
       expect((await api(t.url, "/v1/invites/accept", { headers: bob.headers, body: { token: invite.body.token } })).status).toBe(410);

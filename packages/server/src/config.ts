@@ -29,6 +29,14 @@ export const ServerConfig = z
     /** PostgreSQL schema (search_path) to keep the server's tables in. */
     databaseSchema: z.string().regex(/^[a-z_][a-z0-9_]{0,62}$/, "must be a lower-case SQL identifier").optional(),
     workspacesDir: z.string().min(1).optional(),
+    /** Where the outbox mailer writes verification emails (default `<dataDir>/outbox`). */
+    mailOutboxDir: z.string().min(1).optional(),
+    /** Send email by POSTing `{ to, subject, text }` as JSON here instead of writing it to the outbox. */
+    mailWebhookUrl: z.url({ protocol: /^https?$/ }).optional(),
+    /** Sent to the mail webhook as `Authorization: Bearer <token>`. */
+    mailWebhookToken: z.string().min(16, "must be at least 16 characters").max(512).optional(),
+    /** Lifetime of an email verification token, in hours. */
+    emailVerificationTtlHours: z.coerce.number().int().min(1).max(24 * 30).default(24),
     modelBaseUrl: z.url({ protocol: /^https?$/ }).optional(),
     modelApiKey: z.string().min(1).optional(),
     modelMaxRetries: z.coerce.number().int().min(0).max(50).optional(),
@@ -103,6 +111,7 @@ export const ServerConfig = z
   })
   .strict()
   .superRefine((c, ctx) => {
+    if (c.mailWebhookToken && !c.mailWebhookUrl) ctx.addIssue({ code: "custom", path: ["mailWebhookToken"], message: "needs --mail-webhook-url" });
     if (!c.stripeSecretKey) return;
     for (const key of ["billingSuccessUrl", "billingCancelUrl"] as const) {
       if (!c[key]) ctx.addIssue({ code: "custom", path: [key], message: "is needed when a Stripe key is set" });
@@ -110,7 +119,7 @@ export const ServerConfig = z
     if (c.stripeWebhookSecrets.length === 0) ctx.addIssue({ code: "custom", path: ["stripeWebhookSecrets"], message: "is needed when a Stripe key is set" });
     if (new Set(c.creditPacks.map((p) => p.id)).size !== c.creditPacks.length) ctx.addIssue({ code: "custom", path: ["creditPacks"], message: "pack ids must be unique" });
   })
-  .transform((c) => ({ ...c, workspacesDir: resolve(c.workspacesDir ?? `${c.dataDir}/workspaces`) }));
+  .transform((c) => ({ ...c, workspacesDir: resolve(c.workspacesDir ?? `${c.dataDir}/workspaces`), mailOutboxDir: resolve(c.mailOutboxDir ?? `${c.dataDir}/outbox`) }));
 
 export type ServerConfig = z.output<typeof ServerConfig>;
 export type ServerConfigInput = z.input<typeof ServerConfig>;
@@ -123,6 +132,10 @@ export const SETTINGS: readonly Setting[] = [
   { key: "databaseUrl", env: "DATABASE_URL", flag: "--database-url", help: "PostgreSQL URL; without it PGlite runs under the data dir" },
   { key: "databaseSchema", env: "KEEN_DATABASE_SCHEMA", flag: "--database-schema", help: "PostgreSQL schema for the server's tables" },
   { key: "workspacesDir", env: "KEEN_WORKSPACES_DIR", flag: "--workspaces-dir", help: "root of <user>/<run> checkouts (default <data dir>/workspaces)" },
+  { key: "mailOutboxDir", env: "KEEN_MAIL_OUTBOX_DIR", flag: "--mail-outbox-dir", help: "folder the outbox mailer writes verification emails to, one .eml file each (default <data dir>/outbox)" },
+  { key: "mailWebhookUrl", env: "KEEN_MAIL_WEBHOOK_URL", flag: "--mail-webhook-url", help: "POST each email as JSON {to,subject,text} here instead of writing it to the outbox" },
+  { key: "mailWebhookToken", env: "KEEN_MAIL_WEBHOOK_TOKEN", flag: "--mail-webhook-token", help: "bearer token sent to the mail webhook" },
+  { key: "emailVerificationTtlHours", env: "KEEN_EMAIL_VERIFICATION_TTL_HOURS", flag: "--email-verification-ttl-hours", help: "hours an email verification token works (default 24)" },
   { key: "modelBaseUrl", env: "ANTHROPIC_BASE_URL", flag: "--model-base-url", help: "Messages API base URL" },
   { key: "modelMaxRetries", env: "KEEN_MODEL_MAX_RETRIES", flag: "--model-max-retries", help: "retries of an overloaded or failing model call before a run ends interrupted (default agent-core's)" },
   { key: "modelApiKey", env: "ANTHROPIC_API_KEY", flag: "--model-api-key", help: "Messages API key (never shown to runs)" },

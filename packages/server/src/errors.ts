@@ -21,6 +21,7 @@ export type ServerErrorCode =
   | "uploads_busy"
   | "quota_exceeded"
   | "account_verified"
+  | "email_unverified"
   | "too_many_streams"
   | "account_erased";
 
@@ -59,6 +60,7 @@ const STATUS: Record<ServerErrorCode, number> = {
   uploads_busy: 429,
   quota_exceeded: 422,
   account_verified: 409,
+  email_unverified: 403,
   too_many_streams: 429,
   account_erased: 410,
 };

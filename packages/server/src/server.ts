@@ -26,6 +26,7 @@ import {
   type AuthStores,
   type Database,
   type Ledger,
+  type Mailer,
   type PasswordHashingOptions,
   type Spend,
 } from "@keen/gateway-kit";
@@ -56,6 +57,8 @@ import { mountUploadRoutes } from "./uploads/routes.js";
 import { mountAuditRoutes } from "./audit/routes.js";
 import { billingWebhook, mountBillingRoutes } from "./billing/routes.js";
 import { mountBudgetRoutes } from "./budgets/routes.js";
+import { outboxMailer } from "./mail/outbox-mailer.js";
+import { webhookMailer } from "./mail/webhook-mailer.js";
 import { lockLiveUser } from "./privacy/live-user.js";
 import { mountPrivacyRoutes } from "./privacy/routes.js";
 import { mountTeamRoutes } from "./teams/routes.js";
@@ -67,6 +70,17 @@ export interface CreateServerOptions {
   logDestination?: DestinationStream;
   /** Lower password-hashing cost, for tests only. */
   passwordHashing?: PasswordHashingOptions;
+  /**
+   * Sends the server's email (verification links). Default: the webhook mailer when
+   * `mailWebhookUrl` is set, otherwise the outbox mailer writing files under `mailOutboxDir`.
+   */
+  mailer?: Mailer;
+}
+
+/** The mailer the config names: a webhook, or the outbox folder (development, self-hosting without SMTP). */
+function configuredMailer(config: ServerConfig): Mailer {
+  if (config.mailWebhookUrl) return webhookMailer({ url: config.mailWebhookUrl, token: config.mailWebhookToken });
+  return outboxMailer({ dir: config.mailOutboxDir });
 }
 
 export interface KeenServer {
@@ -164,6 +178,8 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       audit,
       // A password-less account re-authenticates (new factors, erasure) within 10 minutes of signing in.
       reauthMaxAgeSeconds: 600,
+      // Proving the account's address: what joining a team by invite, and admin rights, need.
+      emailVerification: { mailer: options.mailer ?? configuredMailer(config), ttlSeconds: config.emailVerificationTtlHours * 3600 },
       ...(options.passwordHashing ? { passwordHashing: options.passwordHashing } : {}),
     });
     const ledger = createKyselyLedger(db);
@@ -264,7 +280,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       const user = await auth.stores.users.findById(principal.userId);
       if (!user) throw new ServerError("not_found", "User not found");
       ctx.body = {
-        user: { id: user.id, email: user.email, displayName: user.displayName },
+        user: { id: user.id, email: user.email, emailVerified: user.emailVerified, displayName: user.displayName },
         teamId: principal.teamId ?? null,
         via: principal.via,
         scopes: principal.scopes,

@@ -24,7 +24,9 @@ export async function startServer(options: StartOptions = {}): Promise<{ server:
   const config = loadConfig({ env: options.env ?? process.env, flags: options.flags ?? {} });
   const server = await createServer(config);
   const url = await server.listen();
-  server.logger.info({ url, database: server.database.kind, queue: server.queue.kind }, "ready");
+  // Where verification emails go: an operator without a mail webhook reads them in the outbox.
+  const mail = server.config.mailWebhookUrl ? "webhook" : server.config.mailOutboxDir;
+  server.logger.info({ url, database: server.database.kind, queue: server.queue.kind, mail }, "ready");
   options.onReady?.(url);
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((resolve) => (resolveStopped = resolve));

@@ -64,6 +64,8 @@ export const WebAuthnRegisterBody = z.object({ response: WebAuthnResponse, label
 export type WebAuthnRegisterBody = z.infer<typeof WebAuthnRegisterBody>;
 export const OAuthCallbackQuery = z.object({ code: z.string().min(1).max(2000), state: z.string().min(1).max(200) });
 export type OAuthCallbackQuery = z.infer<typeof OAuthCallbackQuery>;
+export const EmailVerificationConfirmBody = z.object({ token: z.string().min(1).max(200) });
+export type EmailVerificationConfirmBody = z.infer<typeof EmailVerificationConfirmBody>;
 export const SignOutEverywhereBody = z.object({ includeApiKeys: z.boolean().default(false) });
 export type SignOutEverywhereBody = z.infer<typeof SignOutEverywhereBody>;
 
@@ -163,7 +165,7 @@ function userSession(ctx: ParameterizedContext): Principal & { sessionId: string
 
 /**
  * The auth endpoints as a router a host app mounts: sign-up, two-step login, refresh, logout,
- * password change, sessions, API keys, MFA (TOTP, SMS, WebAuthn, recovery codes), OAuth and
+ * email verification, password change, sessions, API keys, MFA (TOTP, SMS, WebAuthn, recovery codes), OAuth and
  * the JWKS. Errors use the one `{ error: { code, message } }` shape.
  *
  * @example
@@ -233,6 +235,19 @@ export function authRouter(input: AuthRouterOptions): Router {
       permissions: principal.scopes,
       teams: await service.memberships(principal),
     };
+  });
+
+  // Proving the account's address: a token mailed to it, confirmed by the same account. A POST
+  // with the token in the body, so a link scanner fetching a URL spends nothing.
+  router.post("/email/verification", signedIn, async (ctx) => {
+    const result = await service.requestEmailVerification(userSession(ctx), metaOf(ctx));
+    ctx.status = result.sent ? 202 : 200;
+    ctx.body = result;
+  });
+
+  router.post("/email/verification/confirm", signedIn, async (ctx) => {
+    const body = parse(EmailVerificationConfirmBody, ctx.request.body);
+    ctx.body = await service.confirmEmailVerification(userSession(ctx), body.token, metaOf(ctx));
   });
 
   router.post("/password", signedIn, async (ctx) => {

@@ -5,6 +5,7 @@ import type { Principal } from "../principal.js";
 import type { AccessTokens } from "./jwt.js";
 import { JwtKeySet } from "./jwt.js";
 import type { LoginLimiter, LoginLimiterOptions } from "./login-limiter.js";
+import type { Mailer } from "../mailer.js";
 import { OAuthProviderName, type OAuthProviderOptions } from "./oauth.js";
 import { PasswordHashingOptions } from "./password.js";
 import type { SmsSender } from "./sms.js";
@@ -16,13 +17,20 @@ import { createAuthContext } from "./service/context.js";
 import { createMfaService, type MfaService } from "./service/mfa.js";
 import { createOAuthService, type OAuthService } from "./service/oauth-service.js";
 import { createRecoveryService, type RecoveryService } from "./service/recovery.js";
+import {
+  createEmailVerificationService,
+  type EmailVerificationRequest,
+  type EmailVerificationResult,
+  type EmailVerificationService,
+} from "./service/email-verification.js";
 import type { Reauthentication, RequestMeta } from "./service/types.js";
 import { createPasswordSessionService, type PasswordSessionService } from "./service/sessions.js";
 import { createTeamService, type TeamService } from "./service/teams.js";
 
 export { MfaProof } from "./service/types.js";
 export type { ApiKeyView, FactorList, LoginResult, MembershipView, Reauthentication, RequestMeta, SessionView, TokenPair } from "./service/types.js";
-export type { ApiKeyService, MfaService, OAuthService, PasswordSessionService, RecoveryService, TeamService };
+export type { EmailVerificationRequest, EmailVerificationResult };
+export type { ApiKeyService, EmailVerificationService, MfaService, OAuthService, PasswordSessionService, RecoveryService, TeamService };
 
 const Seconds = z.number().int().positive();
 
@@ -42,6 +50,34 @@ export const SmsLimitsOptions = z
   })
   .strict();
 export type SmsLimitsOptions = z.input<typeof SmsLimitsOptions>;
+
+/**
+ * Email verification: who sends the messages, how long a token lives, what the message says and
+ * how many may be sent. Without it the verification routes answer 404 `not_found`.
+ */
+export const EmailVerificationOptions = z
+  .object({
+    mailer: z.custom<Mailer>((v) => typeof (v as Mailer)?.send === "function", "mailer must be a Mailer"),
+    /** How long a verification token can be used. Default 86400 (24 h). */
+    ttlSeconds: Seconds.max(30 * 86_400).default(86_400),
+    /** Subject of the message. Default `Confirm your email address`. */
+    subject: z.string().min(1).max(200).regex(/^[^\r\n]*$/, "subject must be one line").default("Confirm your email address"),
+    /** Builds the link the message offers for a token, e.g. to your web app's confirm page. Without it the message gives the token alone. */
+    link: z.custom<(token: string) => string>((v) => typeof v === "function", "link must be a function").optional(),
+    limits: z
+      .object({
+        /** Messages one account may ask for. Default 5 per hour. */
+        perAccount: SendWindow.default({ limit: 5, windowSeconds: 3600 }),
+        /** Messages one address may receive, whichever account asks. Default 5 per hour. */
+        perAddress: SendWindow.default({ limit: 5, windowSeconds: 3600 }),
+        /** Messages in all: the host's ceiling on what it sends. Default 1000 per hour. */
+        global: SendWindow.default({ limit: 1000, windowSeconds: 3600 }),
+      })
+      .strict()
+      .default({ perAccount: { limit: 5, windowSeconds: 3600 }, perAddress: { limit: 5, windowSeconds: 3600 }, global: { limit: 1000, windowSeconds: 3600 } }),
+  })
+  .strict();
+export type EmailVerificationOptions = z.input<typeof EmailVerificationOptions>;
 
 /** Options of `createAuthService`, checked when it is created. */
 export const AuthServiceOptions = z.object({
@@ -80,6 +116,8 @@ export const AuthServiceOptions = z.object({
   webauthn: webauthn.WebAuthnOptions.optional(),
   oauth: z.partialRecord(OAuthProviderName, z.custom<OAuthProviderOptions>((v) => typeof v === "object" && v !== null)).optional(),
   sms: z.custom<SmsSender>((v) => typeof (v as SmsSender)?.send === "function", "sms must be an SmsSender").optional(),
+  /** Verification emails; see `EmailVerificationOptions`. */
+  emailVerification: EmailVerificationOptions.optional(),
   /** Caps on SMS sends; see `SmsLimitsOptions`. */
   smsLimits: SmsLimitsOptions.default(SmsLimitsOptions.parse({})),
   /** A password change also revokes the user's API keys. Default true. */
@@ -100,7 +138,7 @@ export type AuthServiceOptions = z.input<typeof AuthServiceOptions>;
  * The auth service: every operation behind the auth routes and `authenticate()`, one object made
  * of one part per concern. A host that needs only part of it can depend on that part's interface.
  */
-export interface AuthService extends PasswordSessionService, MfaService, RecoveryService, ApiKeyService, OAuthService, TeamService {
+export interface AuthService extends PasswordSessionService, MfaService, RecoveryService, ApiKeyService, OAuthService, TeamService, EmailVerificationService {
   /** The access-token issuer, e.g. to publish `keys.jwks()` next to it. */
   readonly accessTokens: AccessTokens;
   readonly keys: JwtKeySet;
@@ -162,5 +200,6 @@ export function createAuthService(options: AuthServiceOptions): AuthService {
     ...createApiKeyService(context),
     ...createOAuthService(context),
     ...createTeamService(context),
+    ...createEmailVerificationService(context),
   };
 }

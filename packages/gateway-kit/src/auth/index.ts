@@ -40,10 +40,15 @@ export { createLoginLimiter, LoginLimiterOptions, type LoginLimiter, type LoginS
 export { matchTotpStep, newTotpSecret, totpCode } from "./totp.js";
 export { PHONE_NUMBER, newSmsCode, type SmsSender } from "./sms.js";
 export { WebAuthnOptions, WebAuthnResponse } from "./webauthn.js";
+export { MailMessage, parseMailMessage, type Mailer } from "../mailer.js";
 export { OAuthProviderName, OAuthProviderOptions, pkceChallenge, type OAuthProfile } from "./oauth.js";
 export {
   AuthServiceOptions,
   createAuthService,
+  EmailVerificationOptions,
+  type EmailVerificationRequest,
+  type EmailVerificationResult,
+  type EmailVerificationService,
   MfaProof,
   type ApiKeyView,
   type AuthService,
@@ -57,6 +62,7 @@ export {
   authRouter,
   ChallengeBody,
   CreateApiKeyBody,
+  EmailVerificationConfirmBody,
   FactorCodeBody,
   LoginBody,
   LogoutBody,

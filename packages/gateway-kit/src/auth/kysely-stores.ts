@@ -133,8 +133,11 @@ function build(db: Db, inTransaction: boolean): AuthStores {
       async setPassword(id, passwordHash, at) {
         await db.updateTable("users").set({ password_hash: passwordHash, password_changed_at: at }).where("id", "=", id).execute();
       },
-      async markEmailVerified(id) {
-        await db.updateTable("users").set({ email_verified: true }).where("id", "=", id).execute();
+      async markEmailVerified(id, email) {
+        let update = db.updateTable("users").set({ email_verified: true }).where("id", "=", id);
+        if (email !== undefined) update = update.where("email", "=", email);
+        const result = await update.executeTakeFirst();
+        return Number(result.numUpdatedRows) > 0;
       },
     },
     teams: {

@@ -23,7 +23,11 @@ export interface UserStore {
   findById(id: string): Promise<UserRecord | undefined>;
   findByEmail(email: string): Promise<UserRecord | undefined>;
   setPassword(id: string, passwordHash: string, at: Date): Promise<void>;
-  markEmailVerified(id: string): Promise<void>;
+  /**
+   * Marks the user's email verified; with `email`, only while the account still has exactly that
+   * (normalised) address, so a proof of an old address never verifies a new one. True when marked.
+   */
+  markEmailVerified(id: string, email?: string): Promise<boolean>;
 }
 
 export interface TeamRecord {

@@ -3,8 +3,11 @@ import type { Kysely } from "kysely";
 import type { DataRightsContributor } from "./contributor.js";
 import { eraseIpTraces, tableExists, userIpAddresses } from "./ip-traces.js";
 
+const sha256 = (value: string) => createHash("sha256").update(value, "utf8").digest("hex");
 /** How the auth service keys a phone number's SMS counter (a SHA-256 hex digest, never the number). */
-const phoneCounterKey = (phone: string) => `sms:phone:${createHash("sha256").update(phone, "utf8").digest("hex")}`;
+const phoneCounterKey = (phone: string) => `sms:phone:${sha256(phone)}`;
+/** How the auth service keys an address's verification-email counter (a digest, never the address). */
+const addressCounterKey = (email: string) => `email_verification:address:${sha256(email)}`;
 
 /** The address an erased user's `users.email` becomes: unique, undeliverable (RFC 2606 `.invalid`). */
 export const erasedEmail = (userId: string) => `erased-${userId}@erased.invalid`;
@@ -19,8 +22,9 @@ export const erasedEmail = (userId: string) => `erased-${userId}@erased.invalid`
  * Erasure: the `users` row stays, so ledger entries and memberships of others keep a valid
  * reference, but its email becomes `erased-<id>@erased.invalid` and its name and password hash are
  * cleared; sessions (and their refresh tokens), API keys, MFA factors, recovery codes, OAuth
- * links, pending auth flows and memberships are deleted, and so are the lockout counters for the
- * user's email and for every address recorded for them (sessions and audit rows), the rate-limit
+ * links, pending auth flows (verification tokens among them) and memberships are deleted, and so
+ * are the SMS and verification-email counters of the user, their phones and their address, the
+ * lockout counters for the user's email and for every address recorded for them (sessions and audit rows), the rate-limit
  * buckets keyed by those addresses or the user id, and the personal fields of audit rows recorded
  * from those addresses (see `eraseIpTraces`); personal teams named after the user are renamed
  * "Personal".
@@ -94,9 +98,15 @@ export function authDataRights(options: { now?: () => Date } = {}): DataRightsCo
       await db.deleteFrom("login_attempts").where("key", "in", lockoutKeys).execute();
       await eraseIpTraces(db, userId, ips, now());
       if (await tableExists(db, "auth_counters")) {
-        // SMS caps count per user and per (hashed) phone number: both are the user's.
+        // SMS and verification-email caps count per user and per (hashed) phone number or
+        // address: all of them are the user's.
         const phones = await db.selectFrom("mfa_factors").select("phone").where("user_id", "=", userId).where("phone", "is not", null).execute();
-        const counterKeys = [`sms:user:${userId}`, ...phones.map((r) => phoneCounterKey(r.phone as string))];
+        const counterKeys = [
+          `sms:user:${userId}`,
+          ...phones.map((r) => phoneCounterKey(r.phone as string)),
+          `email_verification:user:${userId}`,
+          addressCounterKey(user.email),
+        ];
         await db.deleteFrom("auth_counters").where("key", "in", counterKeys).execute();
       }
       await db.deleteFrom("auth_flows").where("user_id", "=", userId).execute();

@@ -7,6 +7,7 @@ import { migrateForTests, PASSWORD, startTestApp, uniqueEmail, type TestApp } fr
 import { migrateToLatest } from "../db/migrations.js";
 import { ipLimitKey } from "../http/client-ip.js";
 import { describeEachDatabase } from "../testing/each-database.js";
+import { createMemoryMailer } from "../testing/memory-mailer.js";
 import { auditDataRights } from "./audit-contributor.js";
 import { authDataRights } from "./auth-contributor.js";
 import { eraseUserData } from "./data-rights.js";
@@ -17,7 +18,7 @@ describeEachDatabase("erasure and retention of auth counters", (fixture) => {
   beforeAll(async () => {
     await migrateForTests(fixture);
     await migrateToLatest(fixture.database.db, [auditMigrations]);
-    app = await startTestApp(fixture);
+    app = await startTestApp(fixture, { emailVerification: { mailer: createMemoryMailer() } });
   });
 
   const keys = async (table: "login_attempts" | "auth_counters") =>
@@ -43,6 +44,22 @@ describeEachDatabase("erasure and retention of auth counters", (fixture) => {
     expect(left).not.toContain(`sms:user:${userId}`);
     expect(left).not.toContain(`sms:phone:${sha256Hex(phone)}`);
     expect(left).toContain("sms:all"); // the global count is nobody's personal data
+  });
+
+  it("erases the user's verification-email counters and pending tokens", async () => {
+    const email = uniqueEmail("erase-verify");
+    const signup = await app.request("POST", "/auth/signup", { body: { email, password: PASSWORD } });
+    const userId = signup.body.user.id as string;
+    expect((await app.request("POST", "/auth/email/verification", { token: signup.body.accessToken, body: {} })).status).toBe(202);
+    const counted = [`email_verification:user:${userId}`, `email_verification:address:${sha256Hex(email)}`];
+    expect(await keys("auth_counters")).toEqual(expect.arrayContaining(counted));
+
+    await eraseUserData(fixture.database.db, userId, [authDataRights(), auditDataRights()]);
+
+    const left = await keys("auth_counters");
+    for (const key of counted) expect(left).not.toContain(key);
+    expect(left).toContain("email_verification:all");
+    expect(await fixture.database.db.selectFrom("auth_flows").select("id").where("user_id", "=", userId).execute()).toEqual([]);
   });
 
   it("drops SMS counters whose window has passed and keeps live ones", async () => {

@@ -2,7 +2,7 @@ import { beforeAll } from "vitest";
 import { auditMigrations, createAuditLog, listAuditEvents } from "../audit/index.js";
 import { createKyselyLedger, creditMigrations } from "../credits/index.js";
 import { migrateToLatest } from "../db/index.js";
-import { auditSinkContract, describeEachDatabase, ledgerContract } from "./index.js";
+import { auditSinkContract, createMemoryMailer, describeEachDatabase, ledgerContract, mailerContract } from "./index.js";
 
 // gateway-kit's own stores pass the contracts it exports to hosts, on PostgreSQL and PGlite.
 // (The rate-limit store and run-slot contracts run in limits/, beside the memory stores.)
@@ -13,4 +13,9 @@ describeEachDatabase("kysely stores", (fixture) => {
     sink: createAuditLog(fixture.database.db),
     read: (tenantId) => listAuditEvents(fixture.database.db, tenantId, { limit: 1000 }),
   }));
+});
+
+mailerContract("memory", () => {
+  const mailer = createMemoryMailer();
+  return { mailer, read: async (to) => mailer.to(to) };
 });

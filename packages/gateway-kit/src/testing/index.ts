@@ -5,3 +5,5 @@ export { auditSinkContract, type AuditSinkUnderTest } from "./audit-sink.contrac
 export { ledgerContract } from "./ledger.contract.js";
 export { rateLimitStoreContract } from "./rate-limit-store.contract.js";
 export { runSlotStoreContract } from "./run-slot-store.contract.js";
+export { mailerContract, type MailerUnderTest } from "./mailer.contract.js";
+export { createMemoryMailer, type MemoryMailer } from "./memory-mailer.js";

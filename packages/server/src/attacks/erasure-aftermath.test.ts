@@ -74,7 +74,7 @@ describeEachDatabase("attack: what survives an account's erasure", (database) =>
     const ownerEmail = `o-${randomBytes(5).toString("hex")}@keen.test`;
     const owner = await signup(t.url, ownerEmail);
     const email = `m-${randomBytes(5).toString("hex")}@keen.test`;
-    const member = await signup(t.url, email);
+    const member = await signup(t.url, email, { verifyEmail: true });
     const team = await api(t.url, "/v1/teams", { headers: owner.headers, body: { name: "Shared" } });
     const invite = await api(t.url, `/v1/teams/${team.body.id}/invites`, { headers: owner.headers, body: { email, role: "admin", password: PASSWORD } });
     expect((await api(t.url, "/v1/invites/accept", { headers: member.headers, body: { token: invite.body.token } })).status).toBe(200);

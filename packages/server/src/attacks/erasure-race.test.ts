@@ -97,7 +97,7 @@ describeEachDatabase("attack: creating requests racing the account's erasure", (
     // an invite to another team (to accept).
     const prepare = async () => {
       const email = `race-${randomBytes(5).toString("hex")}@keen.test`;
-      const user = await signup(t.url, email);
+      const user = await signup(t.url, email, { verifyEmail: true });
       await grant(user.teamId);
       const first = await api(t.url, "/v1/runs", { headers: user.headers, body: { vision: "Write the notes file", repo: { path: repo } } });
       expect(first.status).toBe(202);

@@ -58,7 +58,7 @@ describeEachDatabase("attack: event streams", (database) => {
     // A teammate follows the team's run, then erases their account: the stream ends.
     const invite = await api(t.url, `/v1/teams/${owner.teamId}/invites`, { headers: owner.headers, body: { email: "teammate-stream@keen.test", role: "member", password: "correct horse battery staple" } });
     expect(invite.status).toBe(201);
-    const mate = await signup(t.url, "teammate-stream@keen.test");
+    const mate = await signup(t.url, "teammate-stream@keen.test", { verifyEmail: true });
     expect((await api(t.url, "/v1/invites/accept", { headers: mate.headers, body: { token: invite.body.token } })).status).toBe(200);
     const login = await api(t.url, "/v1/auth/login", { body: { email: "teammate-stream@keen.test", password: "correct horse battery staple", teamId: owner.teamId } });
     expect(login.body.teamId).toBe(owner.teamId);

@@ -19,7 +19,7 @@ describe("attack: turning a stolen session into lasting team access", () => {
     const address = `mate-${randomBytes(5).toString("hex")}@keen.test`;
     const invite = await api(t.url, `/v1/teams/${owner.teamId}/invites`, { headers: owner.headers, body: { email: address, role: "member", password: PASSWORD } });
     expect(invite.status).toBe(201);
-    const mate = await signup(t.url, address);
+    const mate = await signup(t.url, address, { verifyEmail: true });
     expect((await api(t.url, "/v1/invites/accept", { headers: mate.headers, body: { token: invite.body.token } })).status).toBe(200);
     return { owner, mate };
   };

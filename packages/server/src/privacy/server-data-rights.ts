@@ -8,8 +8,9 @@ import { lockUserForErasure } from "./live-user.js";
  *
  * Export: the user's runs (vision, repository, options, status, usage, what was charged; not
  * their event logs, which the run's page and stream serve), uploads, preferences, the team
- * invites they sent or that were addressed to them (never token hashes), and the webhook
- * endpoints they registered (never their secrets).
+ * invites they sent or that were addressed to them (never token hashes; those addressed to
+ * them only once their address is verified), and the webhook endpoints they registered (never
+ * their secrets).
  *
  * Erasure first takes the user's row `FOR UPDATE` (every path that creates something for the
  * user takes it `FOR SHARE` in its writing transaction, see `lockLiveUser`), so nothing is
@@ -18,10 +19,11 @@ import { lockUserForErasure } from "./live-user.js";
  * owner of a team others belong to, both decided under locks in the erasure's transaction.
  * Otherwise the user's runs are deleted with their agents and events (what they cost stays in
  * the credits ledger, which keeps its totals), so are their uploads, preferences, the invites
- * addressed to them, the webhook endpoints they registered (with their messages and delivery
+ * addressed to them (if their address is verified), the webhook endpoints they registered (with their messages and delivery
  * log) and every webhook message about one of their runs, delivered or pending, on any of the
  * team's endpoints (the message bodies name the user); invites they sent stay with their team but
- * no longer name them. Files under `<workspaces>/<user>/` are removed by the route after the
+ * no longer name them. Invites addressed to an address the account never proved are not the
+ * account's: they belong to whoever holds the address, and outlive a squatter's erasure. Files under `<workspaces>/<user>/` are removed by the route after the
  * transaction commits.
  */
 /**
@@ -48,7 +50,7 @@ export async function erasureRefusal(db: Kysely<any>, userId: string, options: {
 export const serverDataRights: DataRightsContributor = {
   name: "server",
   async export(db: Kysely<any>, userId: string) {
-    const user = await db.selectFrom("users").select("email").where("id", "=", userId).executeTakeFirst();
+    const user = await db.selectFrom("users").select(["email", "email_verified"]).where("id", "=", userId).executeTakeFirst();
     const [runs, uploads, preferences, invitesSent, invitesReceived, webhooks] = await Promise.all([
       db
         .selectFrom("runs")
@@ -59,7 +61,8 @@ export const serverDataRights: DataRightsContributor = {
       db.selectFrom("uploads").select(["id", "team_id as teamId", "format", "compressed_bytes as compressedBytes", "files", "created_at as createdAt"]).where("user_id", "=", userId).orderBy("created_at").execute(),
       db.selectFrom("user_preferences").select(["keep_workspaces as keepWorkspaces"]).where("user_id", "=", userId).executeTakeFirst(),
       db.selectFrom("team_invites").select(["id", "team_id as teamId", "email", "role", "created_at as createdAt", "accepted_at as acceptedAt", "revoked_at as revokedAt"]).where("invited_by", "=", userId).execute(),
-      user
+      // Only a proved address: anyone may sign up with any address, and would read who invited it where.
+      user?.email_verified === true
         ? db.selectFrom("team_invites").select(["id", "team_id as teamId", "role", "created_at as createdAt", "accepted_at as acceptedAt", "revoked_at as revokedAt"]).where("email", "=", user.email.toLowerCase()).execute()
         : Promise.resolve([]),
       // Endpoints the user registered (never their signing secrets).
@@ -77,7 +80,7 @@ export const serverDataRights: DataRightsContributor = {
     // into rows and folders being removed and hold credits and a slot no one settles.
     const refusal = await erasureRefusal(db, userId, { locked: true });
     if (refusal) throw refusal;
-    const user = await db.selectFrom("users").select("email").where("id", "=", userId).executeTakeFirst();
+    const user = await db.selectFrom("users").select(["email", "email_verified"]).where("id", "=", userId).executeTakeFirst();
     // Webhook messages about the user's runs (their bodies carry the run's user, vision summary
     // and usage), on every endpoint of the team: pending ones are never sent, sent ones forgotten.
     await db
@@ -90,7 +93,8 @@ export const serverDataRights: DataRightsContributor = {
     await db.deleteFrom("runs").where("user_id", "=", userId).execute();
     await db.deleteFrom("uploads").where("user_id", "=", userId).execute();
     await db.deleteFrom("user_preferences").where("user_id", "=", userId).execute();
-    if (user) await db.deleteFrom("team_invites").where("email", "=", user.email.toLowerCase()).execute();
+    // Only a proved address: a squatter erasing itself must not take the address owner's invites along.
+    if (user?.email_verified === true) await db.deleteFrom("team_invites").where("email", "=", user.email.toLowerCase()).execute();
     await db.updateTable("team_invites").set({ invited_by: null }).where("invited_by", "=", userId).execute();
     await db.updateTable("team_invites").set({ accepted_by: null }).where("accepted_by", "=", userId).execute();
   },

@@ -37,7 +37,8 @@ const metaOf = (ctx: ParameterizedContext) => ({ ip: ctx.ip, userAgent: ctx.get(
  * remove a member, invite by email and accept. Rules: a team the caller is not in is 404; only
  * holders of `team:manage` (owners, admins) change membership; only owners grant or take the
  * owner role or touch an owner; nobody raises their own role; the last owner stays (gateway-kit
- * answers 409 `last_owner`); any member may leave. Inviting and changing a role hand out access
+ * answers 409 `last_owner`); any member may leave; an invite is accepted only by the account
+ * that holds its address AND has verified it (403 `email_unverified` otherwise). Inviting and changing a role hand out access
  * that outlives the caller's session, so they re-authenticate like minting an API key (see
  * http/reauth.ts): a signed-in user with the password, never an API key, whatever its scopes.
  */
@@ -181,6 +182,11 @@ export function mountTeamRoutes(router: Router, deps: { db: Kysely<ServerTables>
       const invite = await trx.selectFrom("team_invites").selectAll().where("token_hash", "=", hashToken(token)).forUpdate().executeTakeFirst();
       // Someone else's invite is as unknown as a made-up token.
       if (!invite || invite.email !== user.email.toLowerCase()) throw new ServerError("not_found", "Invite not found");
+      // An invite is for whoever holds the address, and holding it is proved, never claimed:
+      // sign-up takes any address, so an unverified account may be squatting the invitee's.
+      if (!user.emailVerified) {
+        throw new ServerError("email_unverified", "Verify your email address before accepting this invite (POST /v1/auth/email/verification)", { email: user.email });
+      }
       if (invite.revoked_at || invite.accepted_at || new Date(invite.expires_at).getTime() <= Date.now()) {
         throw new ServerError("invite_unusable", "This invite was revoked, already used or has expired");
       }

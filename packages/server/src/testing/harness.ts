@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe } from "vitest";
 import { normaliseEmail } from "@keen/gateway-kit";
 import { verifyAccountEmail } from "../admin-accounts.js";
 import type { ServerConfigInput } from "../config.js";
+import { readOutbox } from "../mail/outbox-mailer.js";
 import { createServer, type KeenServer } from "../server.js";
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -111,6 +112,8 @@ export function useTestServer(settings: () => Partial<ServerConfigInput>): { rea
 
 export interface Account {
   userId: string;
+  /** The address it signed up with, normalised (set by `signup`). */
+  email?: string;
   teamId: string;
   accessToken: string;
   headers: Record<string, string>;
@@ -121,9 +124,10 @@ export interface Account {
  * is then verified, as its operator would with `keen admin verify-email`, so the account is an
  * admin: directly for a server of this process, and for a server in its own process
  * (serve-process.ts, which verifies listed admins itself) by waiting until `GET /v1/me` says so.
- * A test of what an unverified listed address gets signs up through the API itself.
+ * A test of what an unverified listed address gets signs up through the API itself. With
+ * `verifyEmail`, the account then proves its address through the real flow (`verifyEmail`).
  */
-export async function signup(url: string, email = `u${randomBytes(5).toString("hex")}@keen.test`): Promise<Account> {
+export async function signup(url: string, email = `u${randomBytes(5).toString("hex")}@keen.test`, options: { verifyEmail?: boolean } = {}): Promise<Account> {
   const res = await fetch(`${url}/v1/auth/signup`, {
     method: "POST",
     headers: { "content-type": "application/json" },
@@ -131,14 +135,37 @@ export async function signup(url: string, email = `u${randomBytes(5).toString("h
   });
   if (res.status !== 201) throw new Error(`signup failed: ${res.status} ${await res.text()}`);
   const body = (await res.json()) as { user: { id: string }; accessToken: string; teamId: string };
-  const account = { userId: body.user.id, teamId: body.teamId, accessToken: body.accessToken, headers: { authorization: `Bearer ${body.accessToken}` } };
+  const account = { userId: body.user.id, email: normaliseEmail(email), teamId: body.teamId, accessToken: body.accessToken, headers: { authorization: `Bearer ${body.accessToken}` } };
   const server = servers.get(url);
   if (server) {
     if (server.config.adminEmails.map(normaliseEmail).includes(normaliseEmail(email))) await verifyAccountEmail(server.database.db, server.config, email);
   } else if (normaliseEmail(email) === ADMIN_EMAIL) {
     await eventually(async () => (await api(url, "/v1/me", { headers: account.headers })).body?.admin === true, 20_000, `${email} to be verified`);
   }
+  if (options.verifyEmail) await verifyEmail(url, account);
   return account;
+}
+
+/** The newest verification token the outbox of a server of this process holds for `email`. */
+export async function outboxToken(url: string, email: string): Promise<string> {
+  const server = servers.get(url);
+  if (!server) throw new Error(`no server of this process at ${url}`);
+  const message = (await readOutbox(server.config.mailOutboxDir)).filter((m) => m.to === normaliseEmail(email)).at(-1);
+  const token = message && /evt_[A-Za-z0-9_-]{43}/.exec(message.text)?.[0];
+  if (!token) throw new Error(`no verification email for ${email} in ${server.config.mailOutboxDir}`);
+  return token;
+}
+
+/**
+ * Proves the account's address the way its holder would: asks for a verification email, reads
+ * the token from the server's outbox and confirms it.
+ */
+export async function verifyEmail(url: string, account: Account): Promise<void> {
+  if (!account.email) throw new Error("verifyEmail needs an account from signup()");
+  const asked = await api(url, "/v1/auth/email/verification", { headers: account.headers, body: {} });
+  if (asked.status !== 202) throw new Error(`verification request failed: ${asked.status} ${JSON.stringify(asked.body)}`);
+  const confirmed = await api(url, "/v1/auth/email/verification/confirm", { headers: account.headers, body: { token: await outboxToken(url, account.email) } });
+  if (confirmed.status !== 200) throw new Error(`verification failed: ${confirmed.status} ${JSON.stringify(confirmed.body)}`);
 }
 
 export async function api<T = any>(url: string, path: string, init: { method?: string; headers?: Record<string, string>; body?: unknown } = {}): Promise<{ status: number; body: T; headers: Headers }> {

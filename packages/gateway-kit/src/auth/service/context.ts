@@ -33,8 +33,8 @@ export interface CachedKey {
 
 const RECOVERY_CODE_COUNT = 10;
 
-/** Internal: one SMS cap is full (rolls the send's other counts back). */
-class SmsCapReached extends Error {
+/** Internal: one send cap is full (rolls the send's other counts back). */
+class CapReached extends Error {
   constructor(readonly key: string) {
     super(key);
   }
@@ -126,30 +126,41 @@ export function createAuthContext(config: AuthConfig) {
     return user;
   }
 
-  /** Counts one SMS send against each cap at once; refuses with `sms_limit` if any is full. */
-  async function claimSmsSend(userId: string, phone: string, challengeId?: string): Promise<void> {
-    const limits = config.smsLimits;
+  /** A fixed window (`SendWindow`) as the start of the window `now` falls in. */
+  function windowStart(window: { windowSeconds: number }): Date {
     const atMs = now().getTime();
-    const windowOf = (w: { windowSeconds: number }) => new Date(Math.floor(atMs / (w.windowSeconds * 1000)) * w.windowSeconds * 1000);
-    const rules: Array<{ key: string; limit: number; windowStart: Date }> = [
-      { key: "sms:all", limit: limits.global.limit, windowStart: windowOf(limits.global) },
-      // Hashed: the counter table need not hold phone numbers.
-      { key: `sms:phone:${sha256Hex(phone)}`, limit: limits.perNumber.limit, windowStart: windowOf(limits.perNumber) },
-      { key: `sms:user:${userId}`, limit: limits.perAccount.limit, windowStart: windowOf(limits.perAccount) },
-      ...(challengeId ? [{ key: `sms:challenge:${challengeId}`, limit: limits.perChallenge, windowStart: new Date(0) }] : []),
-    ];
-    const refusedBy = await stores
+    return new Date(Math.floor(atMs / (window.windowSeconds * 1000)) * window.windowSeconds * 1000);
+  }
+
+  /**
+   * Counts one send against every rule at once, in one transaction; the key of the first full
+   * one when refused (and then none of the rules is counted).
+   */
+  async function claimCounts(rules: Array<{ key: string; limit: number; windowStart: Date }>): Promise<string | undefined> {
+    return stores
       .transaction(async (tx) => {
         for (const rule of rules) {
           // Throwing rolls the other counts of this send back.
-          if (!(await tx.counters.hit(rule.key, rule.windowStart, rule.limit))) throw new SmsCapReached(rule.key);
+          if (!(await tx.counters.hit(rule.key, rule.windowStart, rule.limit))) throw new CapReached(rule.key);
         }
         return undefined;
       })
       .catch((error: unknown) => {
-        if (error instanceof SmsCapReached) return error.key;
+        if (error instanceof CapReached) return error.key;
         throw error;
       });
+  }
+
+  /** Counts one SMS send against each cap at once; refuses with `sms_limit` if any is full. */
+  async function claimSmsSend(userId: string, phone: string, challengeId?: string): Promise<void> {
+    const limits = config.smsLimits;
+    const refusedBy = await claimCounts([
+      { key: "sms:all", limit: limits.global.limit, windowStart: windowStart(limits.global) },
+      // Hashed: the counter table need not hold phone numbers.
+      { key: `sms:phone:${sha256Hex(phone)}`, limit: limits.perNumber.limit, windowStart: windowStart(limits.perNumber) },
+      { key: `sms:user:${userId}`, limit: limits.perAccount.limit, windowStart: windowStart(limits.perAccount) },
+      ...(challengeId ? [{ key: `sms:challenge:${challengeId}`, limit: limits.perChallenge, windowStart: new Date(0) }] : []),
+    ]);
     if (refusedBy) {
       const scope = refusedBy.split(":")[1];
       throw new AuthError("sms_limit", "Too many text messages; try again later or use another factor", { details: { scope } });
@@ -298,6 +309,8 @@ export function createAuthContext(config: AuthConfig) {
     checkPassword,
     reauthenticate,
     claimSmsSend,
+    claimCounts,
+    windowStart,
     evictUser,
     startSession,
     chooseTeam,
