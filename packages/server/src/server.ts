@@ -313,7 +313,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     mountUploadRoutes(api, { db, config });
     // Billing, budgets, teams, audit, data rights: team-scoped through teams/access.ts.
     mountBillingRoutes(api, { db, auth, config });
-    mountBudgetRoutes(api, { auth, budgets });
+    mountBudgetRoutes(api, { db, auth, budgets });
     mountTeamRoutes(api, { db, auth });
     mountAuditRoutes(api, { db, auth });
     mountPrivacyRoutes(api, { db, auth, config, streams });
