@@ -164,6 +164,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       audit,
       // A password-less account re-authenticates (new factors, erasure) within 10 minutes of signing in.
       reauthMaxAgeSeconds: 600,
+      loginLimiter: { ipv6PrefixLength: config.ipv6LimitPrefix },
       ...(options.passwordHashing ? { passwordHashing: options.passwordHashing } : {}),
     });
     const ledger = createKyselyLedger(db);
@@ -257,7 +258,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     const api = new Router({ prefix: "/v1" });
     api.use(authenticate({ service: auth }));
     api.use(auditRequests(audit, { statuses: SERVER_ERROR_STATUSES, onError: (error) => logger.warn({ err: error }, "audit write failed") }));
-    api.use(rateLimit({ store: rateLimits, limit: config.rateLimit, windowMs: 60_000, by: "user" }));
+    api.use(rateLimit({ store: rateLimits, limit: config.rateLimit, windowMs: 60_000, by: "user", ipv6PrefixLength: config.ipv6LimitPrefix }));
 
     api.get("/me", async (ctx) => {
       const principal = ctx.state.principal!;

@@ -1,6 +1,7 @@
 import { AuthError, ConfigError } from "../errors.js";
 import { z } from "zod";
-import { ipLimitKey, Ipv6PrefixLength } from "../http/client-ip.js";
+import { ipLimitKey } from "../http/index.js";
+import { Ipv6PrefixLength } from "../http/internal.js";
 import type { LoginAttemptStore } from "./stores.js";
 
 export const LoginLimiterOptions = z

@@ -1,6 +1,7 @@
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
-import { ipLimitKey, Ipv6PrefixLength, requestIp } from "../http/client-ip.js";
+import { ipLimitKey, requestIp } from "../http/index.js";
+import { Ipv6PrefixLength } from "../http/internal.js";
 import { HttpError } from "../http-error.js";
 import { clockOption, functionOption, parseOptions } from "../options.js";
 import type { RateLimitResult, RateLimitStore } from "./rate-limit-store.js";

@@ -1,6 +1,7 @@
 import { sql, type Kysely } from "kysely";
 import { createAuditLog } from "../audit/index.js";
-import { IPV6_PREFIX_LENGTHS, ipLimitKey, normaliseIp } from "../http/client-ip.js";
+import { ipLimitKey, normaliseIp } from "../http/index.js";
+import { IPV6_PREFIX_LENGTHS } from "../http/internal.js";
 
 /** Whether a table exists in the current search path (a host may not run every module's migrations). */
 export async function tableExists(db: Kysely<any>, table: string): Promise<boolean> {
