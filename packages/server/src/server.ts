@@ -96,21 +96,28 @@ export interface KeenServer {
 }
 
 /**
- * gateway-kit's auth stores, with API keys written only for a live user: the key's row and the
- * user's row lock the erasure takes (`lockLiveUser`) in one transaction, so a key minted while
- * its owner is being erased is refused (410 `account_erased`) instead of outliving the erasure.
+ * gateway-kit's auth stores, with the credentials a signed-in user adds (API keys, second
+ * factors, recovery codes) written only for a live user: the new rows and the user's row lock the
+ * erasure takes (`lockLiveUser`) in one transaction, so one added while its owner is being erased
+ * is refused (410 `account_erased`) instead of outliving the erasure.
  */
 function authStoresFor(db: Kysely<ServerTables>): AuthStores {
   const stores = createKyselyAuthStores(db);
+  const forLiveUser = <T>(userId: string, write: (stores: AuthStores) => Promise<T>) =>
+    (db as Kysely<any>).transaction().execute(async (trx) => {
+      await lockLiveUser(trx, userId);
+      return write(createKyselyAuthStores(trx));
+    });
   return {
     ...stores,
     apiKeys: {
       ...stores.apiKeys,
-      create: (key) =>
-        (db as Kysely<any>).transaction().execute(async (trx) => {
-          await lockLiveUser(trx, key.userId);
-          await createKyselyAuthStores(trx).apiKeys.create(key);
-        }),
+      create: (key) => forLiveUser(key.userId, (tx) => tx.apiKeys.create(key)),
+    },
+    mfa: {
+      ...stores.mfa,
+      addFactor: (factor, at) => forLiveUser(factor.userId, (tx) => tx.mfa.addFactor(factor, at)),
+      replaceRecoveryCodes: (userId, codeHashes, at) => forLiveUser(userId, (tx) => tx.mfa.replaceRecoveryCodes(userId, codeHashes, at)),
     },
   };
 }
