@@ -311,10 +311,12 @@ describeEachDatabase("account routes", (database) => {
       const workspace = join(t.server.config.workspacesDir, user.userId);
       expect((await stat(workspace)).isDirectory()).toBe(true);
 
-      expect((await api(t.url, "/v1/me", { method: "DELETE", headers: user.headers, body: {} })).body.error.code).toBe("reauthentication_required");
+      const missing = await api(t.url, "/v1/me", { method: "DELETE", headers: user.headers, body: {} });
+      expect(missing.status).toBe(401);
+      expect(missing.body.error.code).toBe("reauthentication_required");
       const wrong = await api(t.url, "/v1/me", { method: "DELETE", headers: user.headers, body: { password: "not the password at all" } });
-      expect(wrong.status).toBe(401);
-      expect(wrong.body.error.code).toBe("reauthentication_required");
+      expect(wrong.status).toBe(403);
+      expect(wrong.body.error.code).toBe("invalid_password");
       expect((await api(t.url, "/v1/me", { method: "DELETE", headers: keyHeaders, body: { password: PASSWORD } })).status).toBe(403);
 
       const erased = await api(t.url, "/v1/me", { method: "DELETE", headers: user.headers, body: { password: PASSWORD } });

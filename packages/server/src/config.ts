@@ -100,6 +100,12 @@ export const ServerConfig = z
     billingCancelUrl: z.url({ protocol: /^https?$/ }).optional(),
     /** API requests per user per minute (shared by every process through the database). */
     rateLimit: z.coerce.number().int().min(1).max(1_000_000).default(600),
+    /**
+     * How many leading bits of an IPv6 address name one client for the login limiter and the
+     * rate limit (32–128). One subscriber holds at least a /64; set 56 or 48 where providers hand
+     * out those, so rotating through them does not buy fresh attempts.
+     */
+    ipv6LimitPrefix: z.coerce.number().int().min(32).max(128).default(64),
     /** Let webhooks reach loopback, private and link-local addresses (self-hosted setups, tests). */
     webhookAllowPrivate: Bool.default(false),
     /** Deadline of one webhook delivery attempt, connect to last byte read. */
@@ -163,6 +169,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: "billingSuccessUrl", env: "KEEN_BILLING_SUCCESS_URL", flag: "--billing-success-url", help: "where Stripe sends a buyer after paying" },
   { key: "billingCancelUrl", env: "KEEN_BILLING_CANCEL_URL", flag: "--billing-cancel-url", help: "where Stripe sends a buyer who gave up" },
   { key: "rateLimit", env: "KEEN_RATE_LIMIT", flag: "--rate-limit", help: "API requests per user per minute, across processes (default 600)" },
+  { key: "ipv6LimitPrefix", env: "KEEN_IPV6_LIMIT_PREFIX", flag: "--ipv6-limit-prefix", help: "IPv6 prefix length (32-128) that counts as one client for login lockouts and rate limits (default 64)" },
   { key: "webhookAllowPrivate", env: "KEEN_WEBHOOK_ALLOW_PRIVATE", flag: "--webhook-allow-private", help: "let webhooks reach loopback/private/link-local addresses (default false)" },
   { key: "webhookTimeoutMs", env: "KEEN_WEBHOOK_TIMEOUT_MS", flag: "--webhook-timeout-ms", help: "deadline of one webhook delivery attempt (default 10000)" },
   { key: "webhookMaxAttempts", env: "KEEN_WEBHOOK_MAX_ATTEMPTS", flag: "--webhook-max-attempts", help: "delivery attempts per webhook event before it is marked failed (default 8)" },

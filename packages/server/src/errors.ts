@@ -13,7 +13,6 @@ export type ServerErrorCode =
   | "unavailable"
   | "already_member"
   | "invite_unusable"
-  | "reauthentication_required"
   | "billing_unavailable"
   | "payment_provider_error"
   | "webhook_url_refused"
@@ -52,7 +51,6 @@ const STATUS: Record<ServerErrorCode, number> = {
   unavailable: 503,
   already_member: 409,
   invite_unusable: 410,
-  reauthentication_required: 401,
   billing_unavailable: 503,
   payment_provider_error: 502,
   webhook_url_refused: 422,

@@ -110,21 +110,28 @@ export interface KeenServer {
 }
 
 /**
- * gateway-kit's auth stores, with API keys written only for a live user: the key's row and the
- * user's row lock the erasure takes (`lockLiveUser`) in one transaction, so a key minted while
- * its owner is being erased is refused (410 `account_erased`) instead of outliving the erasure.
+ * gateway-kit's auth stores, with the credentials a signed-in user adds (API keys, second
+ * factors, recovery codes) written only for a live user: the new rows and the user's row lock the
+ * erasure takes (`lockLiveUser`) in one transaction, so one added while its owner is being erased
+ * is refused (410 `account_erased`) instead of outliving the erasure.
  */
 function authStoresFor(db: Kysely<ServerTables>): AuthStores {
   const stores = createKyselyAuthStores(db);
+  const forLiveUser = <T>(userId: string, write: (stores: AuthStores) => Promise<T>) =>
+    (db as Kysely<any>).transaction().execute(async (trx) => {
+      await lockLiveUser(trx, userId);
+      return write(createKyselyAuthStores(trx));
+    });
   return {
     ...stores,
     apiKeys: {
       ...stores.apiKeys,
-      create: (key) =>
-        (db as Kysely<any>).transaction().execute(async (trx) => {
-          await lockLiveUser(trx, key.userId);
-          await createKyselyAuthStores(trx).apiKeys.create(key);
-        }),
+      create: (key) => forLiveUser(key.userId, (tx) => tx.apiKeys.create(key)),
+    },
+    mfa: {
+      ...stores.mfa,
+      addFactor: (factor, at) => forLiveUser(factor.userId, (tx) => tx.mfa.addFactor(factor, at)),
+      replaceRecoveryCodes: (userId, codeHashes, at) => forLiveUser(userId, (tx) => tx.mfa.replaceRecoveryCodes(userId, codeHashes, at)),
     },
   };
 }
@@ -180,6 +187,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       reauthMaxAgeSeconds: 600,
       // Proving the account's address: what joining a team by invite, and admin rights, need.
       emailVerification: { mailer: options.mailer ?? configuredMailer(config), ttlSeconds: config.emailVerificationTtlHours * 3600 },
+      loginLimiter: { ipv6PrefixLength: config.ipv6LimitPrefix },
       ...(options.passwordHashing ? { passwordHashing: options.passwordHashing } : {}),
     });
     const ledger = createKyselyLedger(db);
@@ -273,7 +281,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     const api = new Router({ prefix: "/v1" });
     api.use(authenticate({ service: auth }));
     api.use(auditRequests(audit, { statuses: SERVER_ERROR_STATUSES, onError: (error) => logger.warn({ err: error }, "audit write failed") }));
-    api.use(rateLimit({ store: rateLimits, limit: config.rateLimit, windowMs: 60_000, by: "user" }));
+    api.use(rateLimit({ store: rateLimits, limit: config.rateLimit, windowMs: 60_000, by: "user", ipv6PrefixLength: config.ipv6LimitPrefix }));
 
     api.get("/me", async (ctx) => {
       const principal = ctx.state.principal!;
@@ -329,7 +337,7 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
     mountUploadRoutes(api, { db, config });
     // Billing, budgets, teams, audit, data rights: team-scoped through teams/access.ts.
     mountBillingRoutes(api, { db, auth, config });
-    mountBudgetRoutes(api, { auth, budgets });
+    mountBudgetRoutes(api, { db, auth, budgets });
     mountTeamRoutes(api, { db, auth });
     mountAuditRoutes(api, { db, auth });
     mountPrivacyRoutes(api, { db, auth, config, streams });

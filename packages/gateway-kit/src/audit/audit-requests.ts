@@ -2,6 +2,7 @@ import type { Middleware, ParameterizedContext } from "koa";
 import type { AuditEventInput, AuditSink } from "./audit-sink.js";
 import { ConfigError } from "../errors.js";
 import { errorStatus, errorStatuses, type ErrorStatuses } from "../http-error.js";
+import { requestIp } from "../http/index.js";
 
 export interface AuditRequestsOptions {
   /** Requests not to record, e.g. health checks. */
@@ -53,7 +54,7 @@ export function auditRequests(sink: AuditSink, options: AuditRequestsOptions = {
         action: `${ctx.method} ${typeof route === "string" ? route : "(unmatched)"}`,
         target: ctx.path,
         result: resultOf(status),
-        ip: ctx.ip || null,
+        ip: requestIp(ctx) ?? null,
         requestId: ctx.state.requestId ?? (ctx.get("x-request-id") || null),
         details: { status, ms: Math.round(performance.now() - started), ...(principal?.apiKeyId ? { apiKeyId: principal.apiKeyId } : {}) },
       };

@@ -58,9 +58,20 @@ export function secretMatches(secret: string, storedHash: string | undefined): b
  * A small bounded cache of verified key records, so hot keys skip the database for a few
  * seconds. Revocations made through the same process evict immediately; others take effect
  * within `ttlMs`.
+ *
+ * Every eviction starts a new generation. A lookup takes the generation before it reads the
+ * database and hands it to `set`, which stores nothing when an eviction happened since: a read
+ * that began before a revocation finished after it would otherwise put the revoked key back for
+ * a whole `ttlMs`.
+ *
+ * @example
+ * const generation = cache.generation();
+ * const record = await store.findForVerification(prefix);
+ * if (record) cache.set(prefix, record, generation); // dropped if evicted meanwhile
  */
 export class ApiKeyCache<T> {
   private readonly entries = new Map<string, { value: T; expiresAt: number }>();
+  private current = 0;
   constructor(
     private readonly ttlMs: number,
     private readonly maxEntries: number,
@@ -78,8 +89,14 @@ export class ApiKeyCache<T> {
     return entry.value;
   }
 
-  set(prefix: string, value: T): void {
-    if (this.ttlMs <= 0) return;
+  /** The generation to pass to `set` for a record about to be read. */
+  generation(): number {
+    return this.current;
+  }
+
+  /** Stores `value` unless an eviction happened after `generation` was taken. */
+  set(prefix: string, value: T, generation: number): void {
+    if (this.ttlMs <= 0 || generation !== this.current) return;
     if (this.entries.size >= this.maxEntries) {
       // Maps iterate in insertion order: drop the oldest entry.
       const oldest = this.entries.keys().next().value;
@@ -89,15 +106,21 @@ export class ApiKeyCache<T> {
   }
 
   delete(prefix: string): void {
+    this.current += 1;
     this.entries.delete(prefix);
   }
 
-  /** Drops every entry `matches` selects, e.g. all keys of one user. */
+  /**
+   * Drops every entry `matches` selects, e.g. all keys of one user. Lookups in flight are
+   * not stored either, whether or not anything cached matched (theirs is not cached yet).
+   */
   evict(matches: (value: T) => boolean): void {
+    this.current += 1;
     for (const [prefix, entry] of this.entries) if (matches(entry.value)) this.entries.delete(prefix);
   }
 
   clear(): void {
+    this.current += 1;
     this.entries.clear();
   }
 }

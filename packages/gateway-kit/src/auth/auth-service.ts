@@ -152,7 +152,7 @@ export interface AuthService extends PasswordSessionService, MfaService, Recover
    * limiter), `too_many_attempts` or `forbidden`.
    *
    * @example
-   * await auth.reauthenticate(ctx.state.principal!, { password: body.password }, { ip: ctx.ip });
+   * await auth.reauthenticate(ctx.state.principal!, { password: body.password }, { ip: requestIp(ctx) });
    */
   reauthenticate(principal: Principal, proof: Reauthentication, meta?: RequestMeta): Promise<void>;
   /**

@@ -1,6 +1,7 @@
 import { AuthError, ConfigError } from "../errors.js";
 import { z } from "zod";
 import { ipLimitKey } from "../http/index.js";
+import { Ipv6PrefixLength } from "../http/internal.js";
 import type { LoginAttemptStore } from "./stores.js";
 
 export const LoginLimiterOptions = z
@@ -15,6 +16,11 @@ export const LoginLimiterOptions = z
     maxLockoutMs: z.number().int().min(1).default(15 * 60_000),
     /** Failures older than this are forgotten. Default 1 h. */
     resetAfterMs: z.number().int().min(1).default(60 * 60_000),
+    /**
+     * How many leading bits of an IPv6 address name one client (32–128). Default 64: one
+     * subscriber holds at least a /64; set 56 or 48 where providers hand out those.
+     */
+    ipv6PrefixLength: Ipv6PrefixLength,
   })
   .strict()
   .refine((o) => o.maxLockoutMs >= o.baseLockoutMs, { message: "maxLockoutMs must be at least baseLockoutMs" });
@@ -24,7 +30,7 @@ export type LoginLimiterOptions = z.input<typeof LoginLimiterOptions>;
 export interface LoginSubject {
   /** The normalised account identifier (email). */
   account: string;
-  /** The client's address; IPv6 addresses are counted by their /64 (see `ipLimitKey`). */
+  /** The client's address; IPv6 addresses are counted by their prefix, /64 by default (see `ipLimitKey`). */
   ip: string | undefined;
 }
 
@@ -74,7 +80,7 @@ export function createLoginLimiter(store: LoginAttemptStore, options: LoginLimit
   const config = parsed.data;
   const keysOf = (subject: LoginSubject) => [
     { key: `account:${subject.account}`, threshold: config.accountFailures },
-    ...(subject.ip ? [{ key: `ip:${ipLimitKey(subject.ip)}`, threshold: config.ipFailures }] : []),
+    ...(subject.ip ? [{ key: `ip:${ipLimitKey(subject.ip, config.ipv6PrefixLength)}`, threshold: config.ipFailures }] : []),
   ];
   const lockoutFor = (threshold: number) => (failures: number) =>
     failures < threshold ? 0 : Math.min(config.baseLockoutMs * 2 ** Math.min(failures - threshold, 30), config.maxLockoutMs);

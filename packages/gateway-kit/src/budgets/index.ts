@@ -2,7 +2,7 @@ export * from "./types.js";
 export { budgetMigrations } from "./migrations.js";
 export type { BudgetTables } from "./tables.js";
 export { periodWindow, type PeriodWindow } from "./periods.js";
-export { createKyselyBudgets, type BudgetsOptions } from "./kysely-budgets.js";
+export { createKyselyBudgets, type BudgetsOptions, type KyselyBudgets } from "./kysely-budgets.js";
 export {
   budgetAlertPayload,
   emailNotifier,

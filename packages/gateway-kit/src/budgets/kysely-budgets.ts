@@ -88,6 +88,24 @@ function reached(thresholds: number[], spent: number, limit: number): number[] {
 }
 
 /**
+ * The kysely `Budgets`, whose writes can also join a transaction of the caller's: a host that
+ * must order a budget change against its own locks (say, the row of the user it belongs to,
+ * which an account erasure takes first) writes inside the transaction that holds them.
+ *
+ * @example
+ * await db.transaction().execute(async (trx) => {
+ *   await lockUser(trx, userId); // the host's lock
+ *   await budgets.setBudgetIn(trx, { scope: { kind: "user", id: userId }, period: "monthly", limit: 5_000_000 });
+ * });
+ */
+export interface KyselyBudgets extends Budgets {
+  /** `setBudget` inside the caller's transaction `trx`. */
+  setBudgetIn(trx: Transaction<any>, input: BudgetInput): Promise<Budget>;
+  /** `removeBudget` inside the caller's transaction `trx`. */
+  removeBudgetIn(trx: Transaction<any>, scope: BudgetScope, period: BudgetPeriod): Promise<boolean>;
+}
+
+/**
  * The kysely (PostgreSQL or PGlite) implementation of `Budgets`. Run `budgetMigrations` first.
  * Charges lock the spend rows of their budgets in id order, so concurrent charges serialise per
  * budget without deadlocks; `commit` adds only where `spent + amount <= limit` holds at update time.
@@ -98,7 +116,7 @@ function reached(thresholds: number[], spent: number, limit: number): number[] {
  * await budgets.check(scopes, estimate);              // 402 before the run when it cannot fit
  * await budgets.record(scopes, actualCost, `run:${runId}`); // after the run is charged
  */
-export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {}): Budgets {
+export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {}): KyselyBudgets {
   const options = parseOptions(BudgetsOptions, input, "budgets");
   const kdb = db as Db;
   const now = options.now;
@@ -303,44 +321,50 @@ export function createKyselyBudgets(db: Kysely<any>, input: BudgetsOptions = {})
     return { replayed: false, reserved, settled: actual, statuses: out, alerts };
   }
 
-  const api: Budgets = {
-    async setBudget(raw) {
-      const input = parse(BudgetInput, raw, "budget");
-      const at = now();
-      const row = await kdb
-        .insertInto("budgets")
-        .values({
-          id: randomUUID(),
-          scope_kind: input.scope.kind,
-          scope_id: input.scope.id,
-          period: input.period,
-          limit_micros: input.limit,
-          thresholds: JSON.stringify(input.thresholds ?? options.thresholds),
-          created_at: at,
-          updated_at: at,
-        })
-        .onConflict((oc) =>
-          oc.columns(["scope_kind", "scope_id", "period"]).doUpdateSet((eb) => ({
-            limit_micros: eb.ref("excluded.limit_micros"),
-            thresholds: eb.ref("excluded.thresholds"),
-            updated_at: eb.ref("excluded.updated_at"),
-          })),
-        )
-        .returningAll()
-        .executeTakeFirstOrThrow();
-      return toBudget(row);
-    },
-    async removeBudget(scopeIn, periodIn) {
-      const scope = parse(BudgetScope, scopeIn, "budget scope");
-      const period = parse(BudgetPeriod, periodIn, "budget period");
-      const result = await kdb
-        .deleteFrom("budgets")
-        .where("scope_kind", "=", scope.kind)
-        .where("scope_id", "=", scope.id)
-        .where("period", "=", period)
-        .executeTakeFirst();
-      return Number(result.numDeletedRows) > 0;
-    },
+  async function setBudgetIn(q: Db | Trx, raw: BudgetInput): Promise<Budget> {
+    const input = parse(BudgetInput, raw, "budget");
+    const at = now();
+    const row = await q
+      .insertInto("budgets")
+      .values({
+        id: randomUUID(),
+        scope_kind: input.scope.kind,
+        scope_id: input.scope.id,
+        period: input.period,
+        limit_micros: input.limit,
+        thresholds: JSON.stringify(input.thresholds ?? options.thresholds),
+        created_at: at,
+        updated_at: at,
+      })
+      .onConflict((oc) =>
+        oc.columns(["scope_kind", "scope_id", "period"]).doUpdateSet((eb) => ({
+          limit_micros: eb.ref("excluded.limit_micros"),
+          thresholds: eb.ref("excluded.thresholds"),
+          updated_at: eb.ref("excluded.updated_at"),
+        })),
+      )
+      .returningAll()
+      .executeTakeFirstOrThrow();
+    return toBudget(row);
+  }
+
+  async function removeBudgetIn(q: Db | Trx, scopeIn: BudgetScope, periodIn: BudgetPeriod): Promise<boolean> {
+    const scope = parse(BudgetScope, scopeIn, "budget scope");
+    const period = parse(BudgetPeriod, periodIn, "budget period");
+    const result = await q
+      .deleteFrom("budgets")
+      .where("scope_kind", "=", scope.kind)
+      .where("scope_id", "=", scope.id)
+      .where("period", "=", period)
+      .executeTakeFirst();
+    return Number(result.numDeletedRows) > 0;
+  }
+
+  const api: KyselyBudgets = {
+    setBudget: (input) => setBudgetIn(kdb, input),
+    removeBudget: (scope, period) => removeBudgetIn(kdb, scope, period),
+    setBudgetIn: (trx, input) => setBudgetIn(trx as Trx, input),
+    removeBudgetIn: (trx, scope, period) => removeBudgetIn(trx as Trx, scope, period),
     listBudgets: async (scopes) => budgetsOf(kdb, parse(Scopes, scopes, "budget scopes")),
     status: async (scopes) => statuses(kdb, parse(Scopes, scopes, "budget scopes"), now()),
     async check(scopesIn, estimateIn) {

@@ -51,6 +51,23 @@ describe("client IP addresses", () => {
     expect(ipLimitKey(undefined)).toBe("unknown");
   });
 
+  it("keys IPv6 by a configurable prefix: a provider handing out /48s is counted by its /48", () => {
+    // Rotating through the /64s of one /48 stays on one key.
+    expect(ipLimitKey("2001:db8:1:2::1", 48)).toBe("2001:db8:1::/48");
+    expect(ipLimitKey("2001:db8:1:ffff:1::1", 48)).toBe("2001:db8:1::/48");
+    expect(ipLimitKey("2001:db8:2::1", 48)).not.toBe(ipLimitKey("2001:db8:1::1", 48));
+    // Lengths between group boundaries mask the bits beyond the prefix.
+    expect(ipLimitKey("2001:db8:1:2abc::1", 56)).toBe("2001:db8:1:2a00::/56");
+    expect(ipLimitKey("2001:db8:1:2abf::1", 60)).toBe(ipLimitKey("2001:db8:1:2ab0::1", 60));
+    expect(ipLimitKey("2001:db8:1:2abf::1", 60)).not.toBe(ipLimitKey("2001:db8:1:2ac0::1", 60));
+    // /64 is the default and keeps its key; /128 is the address itself.
+    expect(ipLimitKey("2001:db8:1:2:aaaa::1", 64)).toBe(ipLimitKey("2001:db8:1:2:aaaa::1"));
+    expect(ipLimitKey("2001:db8::1", 128)).toBe("2001:db8:0:0:0:0:0:1");
+    // IPv4, IPv4-mapped IPv6 included, is never cut.
+    expect(ipLimitKey("::ffff:198.51.100.7", 48)).toBe("198.51.100.7");
+    for (const bad of [31, 129, 47.5, Number.NaN]) expect(() => ipLimitKey("2001:db8::1", bad)).toThrow(ConfigError);
+  });
+
   it("believes only trusted hops, by count or by proxy address", async () => {
     const check = async (options: ClientIpOptions | undefined, proxy: boolean, xff: string | undefined) => {
       const served = await serve((app) => {
@@ -110,6 +127,35 @@ describeEachDatabase("client IPs in limits and lockouts", (fixture) => {
       expect(await run((i) => (i % 2 ? "::ffff:198.51.100.77" : "198.51.100.77"))).toBe(5);
     } finally {
       await served.close();
+    }
+  });
+
+  it("counts logins and requests rotating through a /48 as one client when told IPv6 clients hold /48s", async () => {
+    const wide = await startTestApp(fixture, { loginLimiter: { ipv6PrefixLength: 48 } });
+    const store = createKyselyRateLimitStore(fixture.database.db);
+    const served = await serve((koa) => {
+      koa.proxy = true;
+      koa.use(rateLimit({ store, limit: 5, windowMs: 60_000, by: "ip", ipv6PrefixLength: 48, name: `ip${Math.random().toString(36).slice(2, 8)}` }));
+      koa.use((ctx) => {
+        ctx.body = "ok";
+      });
+    });
+    try {
+      // Every attempt from another /64 of the same /48.
+      const from = (i: number) => `2001:db8:ab:${(i + 1).toString(16)}::1`;
+      let refused = 0;
+      for (let i = 0; i < 40; i++) {
+        const res = await wide.request("POST", "/auth/login", { body: { email: `wide-${i}@example.com`, password: "password123456" }, headers: { "x-forwarded-for": from(i) } });
+        if (res.status === 429) refused += 1;
+        else expect(res.status).toBe(401);
+      }
+      expect(refused).toBeGreaterThanOrEqual(19);
+      let passed = 0;
+      for (let i = 0; i < 20; i++) if ((await served.get("/", from(i))).status === 200) passed += 1;
+      expect(passed).toBe(5);
+    } finally {
+      await served.close();
+      await wide.close();
     }
   });
 

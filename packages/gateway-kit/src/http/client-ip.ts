@@ -55,20 +55,34 @@ export function normaliseIp(value: string | undefined | null): string | undefine
   return groups.map((g) => g.toString(16)).join(":");
 }
 
+/** The shortest and longest IPv6 prefix limits may count a client by (a /32 is a whole provider). */
+export const IPV6_PREFIX_LENGTHS = { min: 32, max: 128, default: 64 } as const;
+
+/** The option every limiter takes for how it counts IPv6 clients: a prefix length, default 64. */
+export const Ipv6PrefixLength = z.number().int().min(IPV6_PREFIX_LENGTHS.min).max(IPV6_PREFIX_LENGTHS.max).default(IPV6_PREFIX_LENGTHS.default);
+
 /**
  * The key that limits and lockouts count an address under: an IPv4 address (IPv4-mapped IPv6
- * included) as itself, an IPv6 address by its /64, since one subscriber routinely holds a
- * whole /64 and can rotate through it; `unknown` when there is no valid address.
+ * included) as itself, an IPv6 address by its first `ipv6PrefixLength` bits (default 64), since
+ * one subscriber routinely holds a whole /64, often a /56 or /48, and can rotate through it;
+ * `unknown` when there is no valid address. Throws `ConfigError` for a length outside 32–128.
  *
  * @example
- * ipLimitKey("2001:db8:1:2:aaaa::1"); // "2001:db8:1:2::/64"
- * ipLimitKey("::ffff:198.51.100.7");  // "198.51.100.7"
+ * ipLimitKey("2001:db8:1:2:aaaa::1");     // "2001:db8:1:2::/64"
+ * ipLimitKey("2001:db8:1:2:aaaa::1", 48); // "2001:db8:1::/48"
+ * ipLimitKey("::ffff:198.51.100.7");      // "198.51.100.7"
  */
-export function ipLimitKey(ip: string | undefined): string {
+export function ipLimitKey(ip: string | undefined, ipv6PrefixLength: number = IPV6_PREFIX_LENGTHS.default): string {
+  const length = Ipv6PrefixLength.safeParse(ipv6PrefixLength);
+  if (!length.success) throw new ConfigError(`ipv6PrefixLength must be a whole number from ${IPV6_PREFIX_LENGTHS.min} to ${IPV6_PREFIX_LENGTHS.max}, not ${ipv6PrefixLength}`);
+  const bits = length.data;
   const normal = normaliseIp(ip);
   if (!normal) return "unknown";
-  if (isIP(normal) === 4) return normal;
-  return `${ipv6Groups(normal).slice(0, 4).map((g) => g.toString(16)).join(":")}::/64`;
+  if (isIP(normal) === 4 || bits === 128) return normal;
+  const groups = ipv6Groups(normal).slice(0, Math.ceil(bits / 16));
+  const spare = groups.length * 16 - bits;
+  groups[groups.length - 1] = (groups[groups.length - 1]! >> spare) << spare;
+  return `${groups.map((g) => g.toString(16)).join(":")}::/${bits}`;
 }
 
 /** Options of `clientIp()`. */

@@ -1,6 +1,7 @@
 import type { Middleware, ParameterizedContext } from "koa";
 import { z } from "zod";
 import { ipLimitKey, requestIp } from "../http/index.js";
+import { Ipv6PrefixLength } from "../http/internal.js";
 import { HttpError } from "../http-error.js";
 import { clockOption, functionOption, parseOptions } from "../options.js";
 import type { RateLimitResult, RateLimitStore } from "./rate-limit-store.js";
@@ -32,6 +33,8 @@ const RateLimitOptions = z
      * returning a key, or `undefined` to skip.
      */
     by: z.union([z.enum(["user", "api_key", "ip"]), functionOption<(ctx: Ctx) => string | undefined>()]).default("user"),
+    /** How many leading bits of an IPv6 address name one client for `ip` keys (32–128). Default 64. */
+    ipv6PrefixLength: Ipv6PrefixLength,
     /** Tells limits apart in keys and in `RateLimit-Policy`. Default `by` (or `custom`). */
     name: z.string().regex(/^[a-z0-9_-]{1,40}$/).optional(),
     /** Tokens a request takes. Default 1. */
@@ -41,17 +44,19 @@ const RateLimitOptions = z
   .strict();
 export type RateLimitOptions = z.input<typeof RateLimitOptions>;
 
-function keyOf(by: z.output<typeof RateLimitOptions>["by"], ctx: Ctx): string | undefined {
+function keyOf(options: Pick<z.output<typeof RateLimitOptions>, "by" | "ipv6PrefixLength">, ctx: Ctx): string | undefined {
+  const { by } = options;
   const principal = ctx.state.principal;
   if (typeof by === "function") return by(ctx);
+  // Addresses come from requestIp() (trusted hops only, validated) and count IPv6 by its prefix.
+  const ip = () => `ip:${ipLimitKey(requestIp(ctx), options.ipv6PrefixLength)}`;
   switch (by) {
     case "api_key":
       return principal?.apiKeyId ? `key:${principal.apiKeyId}` : undefined;
-    // Addresses come from requestIp() (trusted hops only, validated) and count IPv6 by its /64.
     case "user":
-      return principal ? `user:${principal.userId}` : `ip:${ipLimitKey(requestIp(ctx))}`;
+      return principal ? `user:${principal.userId}` : ip();
     case "ip":
-      return `ip:${ipLimitKey(requestIp(ctx))}`;
+      return ip();
   }
 }
 
@@ -74,7 +79,7 @@ export function rateLimit(input: RateLimitOptions): Middleware {
   const rule = { limit: options.limit, windowMs: options.windowMs };
   const windowSeconds = Math.ceil(options.windowMs / 1000);
   return async (ctx, next) => {
-    const key = keyOf(options.by, ctx);
+    const key = keyOf(options, ctx);
     if (key === undefined) return next();
     const cost = options.cost ? options.cost(ctx) : 1;
     if (!Number.isFinite(cost) || cost < 0) throw new ConfigError(`rateLimit cost must be a non-negative number, got ${cost}`);

@@ -6,6 +6,7 @@ import { sha256Hex } from "../auth/secrets.js";
 import { migrateForTests, PASSWORD, startTestApp, uniqueEmail, type TestApp } from "../auth/test-app.js";
 import { migrateToLatest } from "../db/migrations.js";
 import { ipLimitKey } from "../http/client-ip.js";
+import { limitMigrations } from "../limits/migrations.js";
 import { describeEachDatabase } from "../testing/each-database.js";
 import { createMemoryMailer } from "../testing/memory-mailer.js";
 import { auditDataRights } from "./audit-contributor.js";
@@ -60,6 +61,31 @@ describeEachDatabase("erasure and retention of auth counters", (fixture) => {
     for (const key of counted) expect(left).not.toContain(key);
     expect(left).toContain("email_verification:all");
     expect(await fixture.database.db.selectFrom("auth_flows").select("id").where("user_id", "=", userId).execute()).toEqual([]);
+  });
+
+  it("erases lockout counters and rate-limit buckets keyed by whatever IPv6 prefix the limiters were set to", async () => {
+    const db = fixture.database.db;
+    await migrateToLatest(db, [limitMigrations]);
+    const wide = await startTestApp(fixture, { loginLimiter: { ipv6PrefixLength: 48 } });
+    try {
+      const ip = "2001:db8:48:1:aaaa:bbbb:cccc:dddd";
+      const email = uniqueEmail("erase48");
+      const signup = await wide.request("POST", "/auth/signup", { body: { email, password: PASSWORD }, headers: { "x-forwarded-for": ip } });
+      expect(signup.status).toBe(201);
+      await wide.request("POST", "/auth/login", { body: { email, password: "wrong password!" }, headers: { "x-forwarded-for": "2001:db8:48:2::9" } });
+      expect(await keys("login_attempts")).toContain(`ip:${ipLimitKey(ip, 48)}`);
+      // A rate limit counting IPv6 by /56, and a bucket of someone else's /56 next to it.
+      const buckets = [`api:ip:${ipLimitKey(ip, 56)}`, `api:ip:${ipLimitKey("2001:db8:48:100::1", 56)}`];
+      await db.insertInto("rate_limit_buckets").values(buckets.map((key) => ({ key, tokens: 1, updated_ms: Date.now(), allowed: true }))).execute();
+
+      await eraseUserData(db, signup.body.user.id as string, [authDataRights(), auditDataRights()]);
+
+      expect(await keys("login_attempts")).not.toContain(`ip:${ipLimitKey(ip, 48)}`);
+      const left = (await db.selectFrom("rate_limit_buckets").select("key").where("key", "in", buckets).execute()).map((r) => r.key);
+      expect(left).toEqual([buckets[1]]);
+    } finally {
+      await wide.close();
+    }
   });
 
   it("drops SMS counters whose window has passed and keeps live ones", async () => {

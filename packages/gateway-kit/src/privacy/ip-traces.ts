@@ -1,6 +1,7 @@
 import { sql, type Kysely } from "kysely";
 import { createAuditLog } from "../audit/index.js";
-import { ipLimitKey } from "../http/index.js";
+import { ipLimitKey, normaliseIp } from "../http/index.js";
+import { IPV6_PREFIX_LENGTHS } from "../http/internal.js";
 
 /** Whether a table exists in the current search path (a host may not run every module's migrations). */
 export async function tableExists(db: Kysely<any>, table: string): Promise<boolean> {
@@ -25,25 +26,41 @@ export async function userIpAddresses(db: Kysely<any>, userId: string): Promise<
 }
 
 /**
+ * Every key a limiter may have counted `ip` under: the raw address (as older versions keyed it)
+ * and `ipLimitKey` at each prefix length a limiter can be set to, since the erasure cannot know
+ * what each limiter was configured with when it counted.
+ */
+function limitKeysOf(ip: string): string[] {
+  const normal = normaliseIp(ip);
+  if (!normal) return [ip];
+  const keys = new Set([ip, ipLimitKey(normal)]);
+  if (normal.includes(":")) for (let bits = IPV6_PREFIX_LENGTHS.min; bits <= IPV6_PREFIX_LENGTHS.max; bits++) keys.add(ipLimitKey(normal, bits));
+  return [...keys];
+}
+
+/** Splits `items` into chunks of `size`, so a statement's parameter list stays bounded. */
+const chunks = <T>(items: readonly T[], size: number): T[][] => Array.from({ length: Math.ceil(items.length / size) }, (_, i) => items.slice(i * size, (i + 1) * size));
+
+/**
  * Removes what the gateway keeps keyed by a user's addresses and id: login lockout counters and
- * rate-limit buckets (keyed as the limiters key them, by `ipLimitKey`: an IPv6 client by its /64;
- * `…:user:<id>`; the raw address too, as older versions keyed it) and the personal fields
- * of audit rows recorded from those addresses (the unauthenticated signup and login requests
- * included; rows of other people from the same address are scrubbed too, their action and time
- * stay). Tables a host did not migrate are skipped.
+ * rate-limit buckets (keyed as the limiters key them, by `ipLimitKey`: an IPv6 client by its
+ * prefix, at whatever length the limiter was set to; `…:user:<id>`; the raw address too, as older
+ * versions keyed it) and the personal fields of audit rows recorded from those addresses (the
+ * unauthenticated signup and login requests included; rows of other people from the same address
+ * are scrubbed too, their action and time stay). Tables a host did not migrate are skipped.
  */
 export async function eraseIpTraces(db: Kysely<any>, userId: string, ips: readonly string[], at: Date): Promise<void> {
-  // The key the limiters use (see `ipLimitKey`) and the raw address, which earlier versions used.
-  const ipKeys = [...new Set(ips.flatMap((ip) => [ip, ipLimitKey(ip)]))].filter((key) => key !== "unknown");
+  const ipKeys = [...new Set(ips.flatMap(limitKeysOf))].filter((key) => key !== "unknown");
   if (ipKeys.length > 0 && (await tableExists(db, "login_attempts"))) {
-    await db.deleteFrom("login_attempts").where("key", "in", ipKeys.map((key) => `ip:${key}`)).execute();
+    for (const part of chunks(ipKeys, 1000)) await db.deleteFrom("login_attempts").where("key", "in", part.map((key) => `ip:${key}`)).execute();
   }
   if (await tableExists(db, "rate_limit_buckets")) {
-    const patterns = [`%:user:${escapeLike(userId)}`, ...ipKeys.map((key) => `%:ip:${escapeLike(key)}`)];
-    await db
-      .deleteFrom("rate_limit_buckets")
-      .where((eb) => eb.or(patterns.map((p) => eb("key", "like", p))))
-      .execute();
+    await db.deleteFrom("rate_limit_buckets").where("key", "like", `%:user:${escapeLike(userId)}`).execute();
+    // A bucket's key is `<limit name>:ip:<ipLimitKey>`; names hold no colon.
+    const addressOf = sql<string>`substring(key from position(':ip:' in key) + 4)`;
+    for (const part of chunks(ipKeys, 1000)) {
+      await db.deleteFrom("rate_limit_buckets").where("key", "like", "%:ip:%").where(addressOf, "in", part).execute();
+    }
   }
   if (ips.length > 0 && (await tableExists(db, "audit_log"))) await createAuditLog(db, { now: () => at }).scrub({ ips: [...ips] });
 }

@@ -1,6 +1,7 @@
 import type { Middleware, ParameterizedContext } from "koa";
 import { noAudit, type AuditSink } from "../audit/index.js";
 import { HttpError } from "../http-error.js";
+import { requestIp } from "../http/index.js";
 import { ConfigError } from "../errors.js";
 
 /**
@@ -531,7 +532,7 @@ export function screenInstructions(options: ScreenInstructionsOptions = {}): Mid
           action: "screening.instruction_rejected",
           target: `${ctx.method} ${ctx.path}`,
           result: "denied",
-          ip: ctx.ip || null,
+          ip: requestIp(ctx) ?? null,
           requestId: ctx.state.requestId ?? null,
           details: { rule: violation.ruleId, excerpt: violation.excerpt, ...(violation.encoding ? { encoding: violation.encoding } : {}) },
         });

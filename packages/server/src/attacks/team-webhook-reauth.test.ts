@@ -62,6 +62,27 @@ describe("attack: turning a stolen session into lasting team access", () => {
     expect(await state(owner)).toEqual(before);
   });
 
+  it("answers an account erasure without the password, or with a wrong one, the same way, and counts the guesses", async () => {
+    const user = await signup(t.url);
+    const erase = (body: Record<string, unknown>) => api(t.url, "/v1/me", { method: "DELETE", headers: user.headers, body });
+    for (const body of [{}, { password: "" }]) {
+      const missing = await erase(body);
+      expect(missing.status).toBe(401);
+      expect(missing.body.error).toMatchObject({ code: "reauthentication_required", details: { reason: "password_required" } });
+      expect(missing.headers.get("www-authenticate")).toBe('Bearer error="insufficient_user_authentication"');
+    }
+    const statuses: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      const res = await erase({ password: `guess ${i}` });
+      statuses.push(res.status);
+      if (res.status === 403) expect(res.body.error.code).toBe("invalid_password");
+    }
+    expect(statuses).toEqual([403, 403, 403, 403, 403, 429]);
+    // Locked out: the right password waits too, and the account is still there.
+    expect((await erase({ password: PASSWORD })).status).toBe(429);
+    expect((await api(t.url, "/v1/me", { headers: user.headers })).status).toBe(200);
+  });
+
   it("lets the owner who gives the password invite, promote and register a webhook", async () => {
     const { owner, mate } = await teamWithMate();
     const [invite, promote, webhook] = acts(owner, mate.userId, { password: PASSWORD });

@@ -102,7 +102,7 @@ const ACCOUNT_OPERATIONS: readonly Operation[] = [
   { method: "get", path: "/v1/audit", summary: "A page of the team's audit chain, oldest first (owners, admins)", query: AuditQuery, success: { status: 200 } },
   { method: "get", path: "/v1/audit/verify", summary: "Verify the team's audit hash chain", query: AuditVerifyQuery, success: { status: 200 } },
   { method: "post", path: "/v1/me/export", summary: "Download everything kept about the caller (JSON attachment)", success: { status: 200 } },
-  { method: "delete", path: "/v1/me", summary: "Erase the caller's account (password confirms)", body: EraseAccountBody, optionalBody: true, success: { status: 200 } },
+  { method: "delete", path: "/v1/me", summary: "Erase the caller's account: re-authenticates (password, or a sign-in in the last 10 minutes; never an API key), 401 reauthentication_required when missing, 403 invalid_password when wrong", body: EraseAccountBody, optionalBody: true, success: { status: 200 } },
 ];
 
 /** Every documented operation; `openapi.test.ts` checks this list against the mounted routes. */

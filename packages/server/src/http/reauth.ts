@@ -1,4 +1,4 @@
-import type { AuthService } from "@keen/gateway-kit";
+import { requestIp, type AuthService } from "@keen/gateway-kit";
 import type { ParameterizedContext } from "koa";
 import { z } from "zod";
 import { ServerError } from "../errors.js";
@@ -23,5 +23,5 @@ export const ReauthPassword = z.string().max(256).optional();
 export async function requireReauthentication(auth: AuthService, ctx: ParameterizedContext, password: string | undefined): Promise<void> {
   const principal = ctx.state.principal;
   if (!principal) throw new ServerError("forbidden", "Authentication required");
-  await auth.reauthenticate(principal, { password }, { ip: ctx.ip, userAgent: ctx.get("user-agent") || undefined, requestId: ctx.state.requestId });
+  await auth.reauthenticate(principal, { password }, { ip: requestIp(ctx), userAgent: ctx.get("user-agent") || undefined, requestId: ctx.state.requestId });
 }

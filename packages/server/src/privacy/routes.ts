@@ -1,5 +1,5 @@
 import type { Router } from "@koa/router";
-import { exportUserData, GatewayError, validate, type AuthService, type Principal } from "@keen/gateway-kit";
+import { exportUserData, validate, type AuthService, type Principal } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
 import type { ParameterizedContext } from "koa";
 import type { z } from "zod";
@@ -10,6 +10,7 @@ import { ServerError } from "../errors.js";
 import { EraseAccountBody } from "./privacy-input.js";
 import { dataRightsContributors, eraseAccount, refuseErasure } from "./erase-account.js";
 import { jsonBody } from "../http/json-body.js";
+import { requireReauthentication } from "../http/reauth.js";
 
 function signedInUser(ctx: ParameterizedContext): Principal & { sessionId: string } {
   const principal = ctx.state.principal;
@@ -24,8 +25,10 @@ function signedInUser(ctx: ParameterizedContext): Principal & { sessionId: strin
  * `POST /v1/me/export` answers at once with the archive as a JSON download
  * (`Content-Disposition: attachment`), read in one repeatable-read transaction.
  *
- * `DELETE /v1/me` erases the account after re-authentication (the password, or a sign-in within
- * 10 minutes for an account without one). It is refused while the caller is the only owner of a
+ * `DELETE /v1/me` erases the account after re-authentication, the same `requireReauthentication`
+ * as every other step-up route (the password, or a sign-in within 10 minutes for an account
+ * without one; missing: 401 `reauthentication_required`, wrong: 403 `invalid_password`, counted
+ * by the login limiter). It is refused while the caller is the only owner of a
  * team others belong to (409 `last_owner`) or has a queued or running run (409
  * `run_not_finished`); both are decided again under locks inside the erasure's transaction.
  * In ONE transaction, which first takes the user's row `FOR UPDATE` (every request that creates
@@ -59,14 +62,9 @@ export function mountPrivacyRoutes(router: Router, deps: { db: Kysely<ServerTabl
     // The refusals first, so a refused erasure has not also signed the user in again.
     await refuseErasure(db, user.id);
 
-    // gateway-kit's one re-authentication check: the password through its login limiter, or for
+    // The one step-up check of every such route: the password through the login limiter, or for
     // an account without one a sign-in at most `reauthMaxAgeSeconds` old.
-    try {
-      await auth.reauthenticate(principal, password ? { password } : {}, { ip: ctx.ip, userAgent: ctx.get("user-agent") || undefined, requestId: ctx.state.requestId });
-    } catch (error) {
-      if (error instanceof GatewayError && error.code === "invalid_password") throw new ServerError("reauthentication_required", "The password is not correct");
-      throw error;
-    }
+    await requireReauthentication(auth, ctx, password);
 
     const report = await eraseAccount(db, config, user.id, {
       recordIn: { tenantId: null, actorId: user.id, requestId: ctx.state.requestId ?? null },

@@ -1,6 +1,6 @@
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import type { Router } from "@koa/router";
-import { createKyselyAuthStores, validate, type AuthService, type Principal, type Role } from "@keen/gateway-kit";
+import { createKyselyAuthStores, requestIp, validate, type AuthService, type Principal, type Role } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
 import type { ParameterizedContext } from "koa";
 import { z } from "zod";
@@ -30,7 +30,7 @@ function signedInUser(ctx: ParameterizedContext): Principal {
   return principal;
 }
 
-const metaOf = (ctx: ParameterizedContext) => ({ ip: ctx.ip, userAgent: ctx.get("user-agent") || undefined, requestId: ctx.state.requestId, actorId: ctx.state.principal?.userId });
+const metaOf = (ctx: ParameterizedContext) => ({ ip: requestIp(ctx), userAgent: ctx.get("user-agent") || undefined, requestId: ctx.state.requestId, actorId: ctx.state.principal?.userId });
 
 /**
  * Teams through gateway-kit's team store and service: create, list members, change a role,

@@ -117,8 +117,10 @@ export function createApiKeyService(context: AuthContext): ApiKeyService {
       if (!parsedKey) throw invalid();
       let found = keyCache.get(parsedKey.prefix);
       if (!found) {
+        // Taken before the read: a revocation or eviction while it runs keeps it out of the cache.
+        const generation = keyCache.generation();
         found = await stores.apiKeys.findForVerification(parsedKey.prefix);
-        if (found && found.key.revokedAt === null) keyCache.set(parsedKey.prefix, found);
+        if (found && found.key.revokedAt === null) keyCache.set(parsedKey.prefix, found, generation);
       }
       // Unknown prefixes compare against a dummy hash, so both paths do the same work.
       if (!secretMatches(parsedKey.secret, found?.key.secretHash) || !found) throw invalid();

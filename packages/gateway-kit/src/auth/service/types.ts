@@ -7,7 +7,7 @@ import * as webauthn from "../webauthn.js";
  * once and hands to every operation.
  *
  * @example
- * const meta: RequestMeta = { ip: ctx.ip, userAgent: ctx.get("user-agent"), requestId: ctx.state.requestId };
+ * const meta: RequestMeta = { ip: requestIp(ctx), userAgent: ctx.get("user-agent"), requestId: ctx.state.requestId };
  * await auth.login({ email, password }, meta);
  */
 export interface RequestMeta {
