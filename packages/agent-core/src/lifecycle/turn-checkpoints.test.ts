@@ -177,7 +177,7 @@ describe("turn checkpoints", () => {
     expect(await child.readFile("lib.txt")).toBe(conflicted);
   });
 
-  it("saves a turn's checkpoint while its request is in flight and before its tools run; after a read-only turn, saves none and the snapshot names the one that still holds the files", async () => {
+  it("saves a turn's checkpoint while its request is in flight and before its tools run; after a read-only or journaled turn, saves none and the snapshot names the one that, with the journal, holds the files", async () => {
     const { dir, child } = await forked();
     const ref = `refs/keen/checkpoints/${checkpointKey("run_1", "A")}`;
     const label = async () => (await execa("git", ["log", "-1", "--format=%s", ref], { cwd: dir, reject: false })).stdout;
@@ -194,7 +194,8 @@ describe("turn checkpoints", () => {
     };
     const script: Array<[turn: number | null, answer: ScriptedReply]> = [
       [0, reply.toolUse("write_file", { path: "a.txt", content: "1\n" })],
-      [1, reply.toolUse("record", { name: "b.txt" })],
+      // Turn 0 wrote only through write_file: its file is in the journal, and no checkpoint is saved.
+      [null, reply.toolUse("record", { name: "b.txt" })],
       [2, reply.toolUse("read_file", { path: "a.txt" })],
       [null, reply.toolUse("record", { name: "c.txt" })],
       [null, reply.text("Done.")],
@@ -229,19 +230,21 @@ describe("turn checkpoints", () => {
     }
     expect(notSavedInFlight).toEqual([]);
     expect(seen).toEqual([
-      // Turn 1 starts from turn 0's write.
-      { label: "turn 1", files: ["README.md", "a.txt", "lib.txt"] },
-      // Turn 2 only read: no checkpoint for turn 3; the one of turn 2 holds its files.
+      // Turn 1 starts from turn 0's write, which the journal holds over the checkpoint of turn 0.
+      { label: "turn 0", files: ["README.md", "lib.txt"] },
+      // Turn 1's tool wrote outside the journal: turn 2 saved a checkpoint. It only read: no
+      // checkpoint for turn 3; the one of turn 2 holds its files.
       { label: "turn 2", files: ["README.md", "a.txt", "b.txt", "lib.txt"] },
     ]);
     const agentIn = (snapshot: TaskSnapshot) => snapshot.agents.find((a) => a.id === "A")!;
-    expect(snapshots.map((snapshot) => [agentIn(snapshot).turns, agentIn(snapshot).unchangedSince])).toEqual([
-      [1, undefined],
-      [2, undefined],
-      [3, 2],
-      [4, undefined],
-      [5, undefined],
+    expect(snapshots.map((snapshot) => [agentIn(snapshot).turns, agentIn(snapshot).unchangedSince, agentIn(snapshot).journal?.map((file) => file.path)])).toEqual([
+      [1, 0, ["a.txt"]],
+      [2, undefined, undefined],
+      [3, 2, undefined],
+      [4, undefined, undefined],
+      [5, undefined, undefined],
     ]);
+    expect(agentIn(snapshots[0]!).journal).toEqual([{ path: "a.txt", mode: expect.any(Number), text: "1\n" }]);
 
     // A crash in turn 3 after its write, before its snapshot: resumed from the snapshot before,
     // the files go back to the checkpoint of turn 2.
@@ -286,7 +289,7 @@ describe("turn checkpoints", () => {
             submit_plan: [plan([{ title: "Alpha" }, { title: "Beta" }])],
             complete_task: [write("root.txt", "r\n"), done("Merged.")],
           },
-          A: { complete_task: [write("a.txt", "a\n"), write("lib.txt", "keep\nalpha\n"), done("A done.")] },
+          A: { complete_task: [write("a.txt", "a\n"), reply.toolUse("run_command", { command: "printf 'keep\\nalpha\\n' > lib.txt" }), write("a.txt", "a2\n"), done("A done.")] },
           B: { complete_task: [write("b.txt", "b\n"), done("B done.")] },
         },
         {
@@ -294,15 +297,19 @@ describe("turn checkpoints", () => {
             if (phase !== "complete_task") return;
             const ref = `refs/keen/checkpoints/${checkpointKey(runId, agent)}`;
             const sent = await filesTree(await worktreeOf(agent));
+            // Checkpoints are saved by a conversation's first turn and the turn after a command;
+            // after a write_file or a read-only turn, the last one stays (the journal holds the rest).
+            const saving = turn === 0 || (agent === "A" && turn === 2);
+            const savedAt = agent === "A" && turn >= 2 ? 2 : 0;
             // The agent's turns before COMPLETE: root explored and planned, the children explored.
-            const label = `turn ${(agent === "root" ? 2 : 1) + turn}`;
+            const label = `turn ${(agent === "root" ? 2 : 1) + savedAt}`;
             let saved = false;
             for (let i = 0; i < 400 && !saved; i++) {
               saved = (await git(dir, ["log", "-1", "--format=%s", ref])) === label;
               if (!saved) await delay(25);
             }
             checked.push(`${agent} ${turn}`);
-            if (!saved || (await git(dir, ["rev-parse", `${ref}^{tree}`])) !== sent) differing.push(`${agent} ${turn}`);
+            if (!saved || (saving && (await git(dir, ["rev-parse", `${ref}^{tree}`])) !== sent)) differing.push(`${agent} ${turn}`);
           },
         },
       ),
@@ -315,7 +322,7 @@ describe("turn checkpoints", () => {
     } finally {
       await server.close();
     }
-    expect(checked.sort()).toEqual(["A 0", "A 1", "A 2", "B 0", "B 1", "root 0", "root 1"]);
+    expect(checked.sort()).toEqual(["A 0", "A 1", "A 2", "A 3", "B 0", "B 1", "root 0", "root 1"]);
     expect(differing).toEqual([]);
     expect((await git(dir, ["ls-tree", "-r", "--name-only", "keen/6c6c6c6c"])).split("\n")).toEqual(["README.md", "a.txt", "b.txt", "lib.txt", "root.txt"]);
   });
