@@ -1,4 +1,4 @@
-import { readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
@@ -10,7 +10,7 @@ import { anthropic } from "../model/anthropic.js";
 import { EventStream } from "../run/event-stream.js";
 import { reply, startMessagesServer, type ScriptedReply } from "../testing/index.js";
 import { defineTool } from "../tools/define-tool.js";
-import { readFileTool, writeFileTool } from "../tools/index.js";
+import { editFileTool, readFileTool, writeFileTool } from "../tools/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo, TEST_GIT_IDENTITY } from "../workspace/test-repo.js";
 import type { Workspace } from "../workspace/workspace.js";
@@ -19,7 +19,7 @@ import { converse } from "./converse.js";
 import { startTask } from "./start-task.js";
 import { done, explore, plan, scenarioPolicy, write } from "./testing/scenario.js";
 import { AgentTree, type EngineSettings } from "./tree.js";
-import { checkpointKey, checkpointTurn, countTurn, dropRunCheckpoints, dropTurnCheckpoint, restoreInterruptedTurn } from "./turn-checkpoints.js";
+import { checkpointKey, checkpointTurn, countTurn, dropRunCheckpoints, dropTurnCheckpoint, JOURNAL_MAX_FILES, restoreInterruptedTurn } from "./turn-checkpoints.js";
 
 /** A tree holding one agent in COMPLETE, and the events it emits. */
 function treeWith(workspace: Workspace, runId = "run_1", settings: Partial<EngineSettings> = {}): { tree: AgentTree; agent: AgentState; events: KeenEvent[] } {
@@ -253,6 +253,38 @@ describe("turn checkpoints", () => {
     expect(events).toEqual([expect.objectContaining({ type: "turn.restored", turn: 3, result: "restored", files: ["c.txt"] })]);
     expect(await child.exists("c.txt")).toBe(false);
     expect(await child.readFile("b.txt")).toBe("x\n");
+  });
+
+  it("journals the files of turns that wrote only through keen's file tools, one entry per path, and ends the journal at a write through a symbolic link or past its bounds", async () => {
+    const { child } = await forked();
+    await mkdir(join(child.root, "real"));
+    await symlink("real", join(child.root, "link"));
+    const many = Array.from({ length: JOURNAL_MAX_FILES + 1 }, (_, i): [string, unknown] => ["write_file", { path: `many/${i}.txt`, content: `${i}\n` }]);
+    const script: ScriptedReply[] = [
+      reply.toolUse("write_file", { path: "a.txt", content: "1\n" }),
+      reply.toolUses(["write_file", { path: "b.txt", content: "b\n" }], ["edit_file", { path: "a.txt", old_string: "1\n", new_string: "2\n" }]),
+      reply.toolUse("write_file", { path: "link/c.txt", content: "c\n" }),
+      reply.toolUses(...many),
+      reply.text("Done."),
+    ];
+    const server = await startMessagesServer({ policy: (_request, { index }) => script[index]! });
+    const snapshots: TaskSnapshot[] = [];
+    try {
+      const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+      const { tree, agent } = treeWith(child, "run_1", { model, onSnapshot: (snapshot) => void snapshots.push(structuredClone(snapshot)) });
+      await converse(tree, agent, child, { tools: [writeFileTool, editFileTool, readFileTool] });
+    } finally {
+      await server.close();
+    }
+    const agentIn = (snapshot: TaskSnapshot) => snapshot.agents.find((a) => a.id === "A")!;
+    expect(snapshots.slice(0, 4).map((snapshot) => [agentIn(snapshot).turns, agentIn(snapshot).unchangedSince, agentIn(snapshot).journal?.map((file) => [file.path, file.text])])).toEqual([
+      [1, 0, [["a.txt", "1\n"]]],
+      [2, 0, [["b.txt", "b\n"], ["a.txt", "2\n"]]],
+      // Through a symbolic link: the next turn saves a checkpoint (of turn 3), and the journal starts again.
+      [3, undefined, undefined],
+      // Past JOURNAL_MAX_FILES: the same.
+      [4, undefined, undefined],
+    ]);
   });
 
   it("in a tree with merges, every checkpoint saved during a request holds the agent's files as they were when the request was sent", async () => {
