@@ -79,7 +79,8 @@ export function countTurn(agent: AgentState, checkpointed?: { readOnly: boolean;
 export async function countJournaledTurn(agent: AgentState, workspace: Workspace, written: readonly string[], saved: boolean): Promise<void> {
   const done = agent.turns ?? 0;
   const base = agent.unchangedSince ?? (saved ? done : undefined);
-  const states = base === undefined ? null : await readFileStates(workspace, written);
+  // A file that cannot be read back (its permissions changed under keen) is one the journal cannot hold.
+  const states = base === undefined ? null : await readFileStates(workspace, written).catch(() => null);
   const journal = states && joinJournal(agent.journal ?? [], states);
   if (base === undefined || !journal) {
     countTurn(agent, { readOnly: false, saved });
