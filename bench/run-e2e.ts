@@ -19,9 +19,14 @@
  * `--bin PATH` measures another build of the `keen` bin (e.g. a copy made before a change);
  * `--baseline PATH` adds a second build of it as a third side, in the same alternating rounds,
  * with its per-turn cost beside keen's (for a before/after comparison under one load).
+ *
+ * After the timed rounds, one more untimed round of each keen build runs with a `git` wrapper
+ * first on PATH that logs each call, and the git processes keen started are printed: before the
+ * first model request, between the first and the last, and after the last (processes git starts
+ * itself are not counted).
  */
-import { spawn } from "node:child_process";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { execFileSync, spawn } from "node:child_process";
+import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -106,7 +111,15 @@ function cacheFigures(server: MessagesServer): { cachedShare: number; uncached: 
   return { cachedShare: total ? cached / total : 0, uncached };
 }
 
-async function oneRound(side: "keen" | "bare", bin = keenBin): Promise<Round> {
+/** The git calls of one run, by when they started against its model requests. */
+interface GitCount {
+  before: number;
+  during: number;
+  after: number;
+  calls: string[];
+}
+
+async function oneRound(side: "keen" | "bare", bin = keenBin, gitLog?: { dir: string; file: string }): Promise<Round & { requestTimes: number[] }> {
   const server = await startMessagesServer({ policy: side === "keen" ? keenPolicy() : barePolicy() });
   const repo = await createTestRepo(sampleFiles(fileCount));
   const scratch = await mkdtemp(join(tmpdir(), "keen-bench-"));
@@ -115,7 +128,14 @@ async function oneRound(side: "keen" | "bare", bin = keenBin): Promise<Round> {
     side === "keen"
       ? [bin, "run", TASK, "--repo", repo, "--no-sandbox", "--json", "--max-depth", "0"]
       : [bareLoop, repo, TASK];
-  const env = { ...process.env, ANTHROPIC_API_KEY: "bench", ANTHROPIC_BASE_URL: server.url, KEEN_BENCH_RSS_FILE: rssFile, KEEN_FORCE_TTY: "0" };
+  const env = {
+    ...process.env,
+    ANTHROPIC_API_KEY: "bench",
+    ANTHROPIC_BASE_URL: server.url,
+    KEEN_BENCH_RSS_FILE: rssFile,
+    KEEN_FORCE_TTY: "0",
+    ...(gitLog ? { PATH: `${gitLog.dir}:${process.env.PATH ?? ""}`, KEEN_BENCH_GIT_LOG: gitLog.file } : {}),
+  };
   const startedAt = Date.now();
   const started = performance.now();
   const child = spawn(process.execPath, ["--import", rssPreload, ...args], { env, stdio: ["ignore", "ignore", "pipe"] });
@@ -136,7 +156,32 @@ async function oneRound(side: "keen" | "bare", bin = keenBin): Promise<Round> {
   const rssMiB = maxRssKiB / 1024;
   await rm(scratch, { recursive: true, force: true });
   await rm(repo, { recursive: true, force: true });
-  return { wall, start, loop: wall - start, requests: modelRequests(server).length, rssMiB, cpuMs, ...cacheFigures(server) };
+  const requestTimes = modelRequests(server).map((request) => request.receivedAt);
+  return { wall, start, loop: wall - start, requests: modelRequests(server).length, rssMiB, cpuMs, ...cacheFigures(server), requestTimes };
+}
+
+/** One untimed run of `bin` with a git wrapper first on PATH; its git calls, split by the model requests. */
+async function countGit(bin: string): Promise<GitCount> {
+  const dir = await mkdtemp(join(tmpdir(), "keen-bench-git-"));
+  const file = join(dir, "calls.log");
+  const realGit = execFileSync("sh", ["-c", "command -v git"], { encoding: "utf8" }).trim();
+  await writeFile(join(dir, "git"), `#!/bin/sh\nprintf '%s %s\\n' "$(date +%s%3N)" "$*" >> "$KEEN_BENCH_GIT_LOG"\nexec ${realGit} "$@"\n`);
+  await chmod(join(dir, "git"), 0o755);
+  try {
+    const round = await oneRound("keen", bin, { dir, file });
+    const first = round.requestTimes[0]!;
+    const last = round.requestTimes.at(-1)!;
+    const calls = (await readFile(file, "utf8")).trim().split("\n").filter(Boolean);
+    const at = (line: string) => Number(line.slice(0, line.indexOf(" ")));
+    return {
+      before: calls.filter((line) => at(line) < first).length,
+      during: calls.filter((line) => at(line) >= first && at(line) < last).length,
+      after: calls.filter((line) => at(line) >= last).length,
+      calls: calls.map((line) => line.slice(line.indexOf(" ") + 1)),
+    };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -172,6 +217,16 @@ row("peak RSS", `${pick(keen, "rssMiB").toFixed(0)} MiB`, `${pick(bare, "rssMiB"
 row("cached share of input, requests 2..n", pick(keen, "cachedShare").toFixed(2), pick(bare, "cachedShare").toFixed(2), "");
 row("uncached input tokens, requests 2..n", pick(keen, "uncached").toFixed(0), pick(bare, "uncached").toFixed(0), "");
 console.log("  targets: wall ≤ 1.30×, start ≤ +80 ms, per turn ≤ +5 ms");
+const gitRow = (label: string, count: GitCount) =>
+  console.log(`  git processes, ${label}: ${count.before + count.during + count.after} (${count.before} before the first request, ${count.during} until the last, ${count.after} after it)`);
+const keenGit = await countGit(keenBin);
+gitRow("keen run", keenGit);
+if (process.env.KEEN_BENCH_GIT_CALLS) console.log(keenGit.calls.map((call) => `    git ${call}`).join("\n"));
+if (baselineBin) {
+  const baselineGit = await countGit(baselineBin);
+  gitRow("baseline", baselineGit);
+  if (process.env.KEEN_BENCH_GIT_CALLS) console.log(baselineGit.calls.map((call) => `    git ${call}`).join("\n"));
+}
 if (baselineBin) {
   const perTurn = (rs: Round[]) => (pick(rs, "loop") - pick(bare, "loop")) / BARE_TURNS;
   console.log(`  baseline ${values.baseline}: loop ${ms(pick(baseline, "loop"))} (${(pick(baseline, "loop") / pick(bare, "loop")).toFixed(2)}× the bare loop), per turn +${perTurn(baseline).toFixed(1)} ms; keen above: +${perTurn(keen).toFixed(1)} ms`);

@@ -16,7 +16,8 @@ export interface ConverseOptions {
   /**
    * Save the agent's files before each turn whose tools may write, so a resume can put them back
    * before repeating a turn a crash cut short (saved while the turn's model request is in
-   * flight; not again after a turn that only read). Default true; off while resolving a merge (a
+   * flight; not again after a turn that only read or wrote only through keen's file tools, whose
+   * writes the snapshot records instead). Default true; off while resolving a merge (a
    * resume restarts an interrupted merge from its pre-merge commit instead).
    */
   checkpoint?: boolean;
@@ -59,7 +60,8 @@ async function conversePhase(tree: AgentTree, agent: AgentState, workspace: Work
       // A lifecycle step shows every lifecycle tool, always in one order, so the cached prefix
       // survives phase changes; the tools of this step are the ones that run.
       ...(options.closingTool ? { offeredTools: tree.allLifecycleTools() } : {}),
-      workspace,
+      // Notes the paths keen's file tools write, for the journal.
+      workspace: checkpoints?.workspace ?? workspace,
       emit: (event) => tree.emit(event),
       signal: tree.signal,
       maxTurns: turnsLeft,
@@ -70,8 +72,8 @@ async function conversePhase(tree: AgentTree, agent: AgentState, workspace: Work
       usageBefore: agent.usage,
       // Saved while the request is in flight: nothing writes this agent's files until its tools run.
       ...(checkpoints ? { checkpoint: (signal: AbortSignal) => checkpoints.save(signal) } : {}),
-      onTurn: (_turn, { readOnly }) => {
-        if (checkpoints) checkpoints.count(readOnly);
+      onTurn: async (_turn, info) => {
+        if (checkpoints) await checkpoints.count(info);
         else countTurn(agent);
         return tree.snapshot();
       },

@@ -99,7 +99,8 @@ export async function driveAgent(
   }
   tree.emit({ type: "agent.completed", agentId: agent.id, status: agent.status ?? "error", summary: agent.summary ?? "", usage: tree.treeUsage(agent) });
   await tree.snapshot();
-  await dropTurnCheckpoint(tree, agent, workspace);
+  // The root's goes at the run's end with any left over, while the run's worktree is removed.
+  if (agent.parentId !== null) await dropTurnCheckpoint(tree, agent, workspace);
 }
 
 function checkTransition(agent: AgentState, step: Step): void {

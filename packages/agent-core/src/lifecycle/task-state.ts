@@ -11,6 +11,18 @@ export const MergeState = z.object({
 });
 export type MergeState = z.infer<typeof MergeState>;
 
+/** A file as a turn left it: its bytes and permission bits, or (no `mode`) its absence. */
+export const FileState = z
+  .object({
+    path: z.string().min(1),
+    mode: z.number().int().min(0).max(0o7777).optional(),
+    text: z.string().optional(),
+    base64: z.string().optional(),
+  })
+  .refine((state) => (state.mode === undefined ? state.text === undefined && state.base64 === undefined : (state.text === undefined) !== (state.base64 === undefined)), {
+    message: "a file state holds text or base64 with a mode, or neither for an absent file",
+  });
+
 /** Everything needed to continue one agent in another process. */
 export const AgentState = z.object({
   id: z.string(),
@@ -38,11 +50,17 @@ export const AgentState = z.object({
    */
   turns: z.number().int().nonnegative().optional(),
   /**
-   * Set while the agent's files are still those of its checkpoint of this turn: every turn since
-   * ran only read-only tools, so no new checkpoint was taken, and the one labelled with this turn
-   * is also the checkpoint of turn `turns`.
+   * Set while the agent's files are those of its checkpoint of this turn plus `journal`: every
+   * turn since ran only read-only tools and keen's own file tools, so no new checkpoint was
+   * taken, and the one labelled with this turn, with the journal written over it, is also the
+   * checkpoint of turn `turns`.
    */
   unchangedSince: z.number().int().nonnegative().optional(),
+  /**
+   * With `unchangedSince`: each file keen's file tools wrote since that checkpoint, as the last
+   * completed turn left it (see `turn-checkpoints.ts`). Absent or empty: none was written.
+   */
+  journal: z.array(FileState).optional(),
   /** Why the agent ended as it did, when it did not succeed. */
   error: z.object({ code: z.string(), message: z.string() }).optional(),
 });
@@ -65,9 +83,9 @@ export const TaskLimits = z.object({
 export type TaskLimits = z.infer<typeof TaskLimits>;
 
 /** The snapshot format this version of keen writes. */
-export const SNAPSHOT_VERSION = 3;
+export const SNAPSHOT_VERSION = 4;
 /** Snapshot formats this version of keen reads (older ones are upgraded by `readSnapshot`). */
-export const READABLE_SNAPSHOT_VERSIONS = [1, 2, 3] as const;
+export const READABLE_SNAPSHOT_VERSIONS = [1, 2, 3, 4] as const;
 
 const CurrentSnapshot = z.object({
   version: z.literal(SNAPSHOT_VERSION),
@@ -99,14 +117,16 @@ export type TaskSnapshot = z.infer<typeof CurrentSnapshot>;
  * The upgrade steps, one per version: version 2 added optional fields (`base`, an agent's
  * `error`), so a version-1 snapshot upgrades by its version number alone; so does a version-2
  * one to version 3 (an agent's `unchangedSince`, which an older keen would drop and then not
- * restore a turn it must). Values of other versions pass through unchanged (and fail
- * validation, naming the version).
+ * restore a turn it must), and a version-3 one to version 4 (an agent's `journal`, which an
+ * older keen would drop and then put back files without what keen's file tools wrote). Values
+ * of other versions pass through unchanged (and fail validation, naming the version).
  */
 function upgradeSnapshot(value: unknown): unknown {
   if (value === null || typeof value !== "object") return value;
   let current = value as Record<string, unknown>;
   if (current.version === 1) current = { ...current, version: 2 };
   if (current.version === 2) current = { ...current, version: 3 };
+  if (current.version === 3) current = { ...current, version: 4 };
   return current;
 }
 

@@ -1,4 +1,4 @@
-import { readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
@@ -10,7 +10,7 @@ import { anthropic } from "../model/anthropic.js";
 import { EventStream } from "../run/event-stream.js";
 import { reply, startMessagesServer, type ScriptedReply } from "../testing/index.js";
 import { defineTool } from "../tools/define-tool.js";
-import { readFileTool, writeFileTool } from "../tools/index.js";
+import { editFileTool, readFileTool, writeFileTool } from "../tools/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo, TEST_GIT_IDENTITY } from "../workspace/test-repo.js";
 import type { Workspace } from "../workspace/workspace.js";
@@ -19,7 +19,7 @@ import { converse } from "./converse.js";
 import { startTask } from "./start-task.js";
 import { done, explore, plan, scenarioPolicy, write } from "./testing/scenario.js";
 import { AgentTree, type EngineSettings } from "./tree.js";
-import { checkpointKey, checkpointTurn, countTurn, dropRunCheckpoints, dropTurnCheckpoint, restoreInterruptedTurn } from "./turn-checkpoints.js";
+import { checkpointKey, checkpointTurn, countTurn, dropRunCheckpoints, dropTurnCheckpoint, JOURNAL_MAX_FILES, restoreInterruptedTurn } from "./turn-checkpoints.js";
 
 /** A tree holding one agent in COMPLETE, and the events it emits. */
 function treeWith(workspace: Workspace, runId = "run_1", settings: Partial<EngineSettings> = {}): { tree: AgentTree; agent: AgentState; events: KeenEvent[] } {
@@ -177,7 +177,7 @@ describe("turn checkpoints", () => {
     expect(await child.readFile("lib.txt")).toBe(conflicted);
   });
 
-  it("saves a turn's checkpoint while its request is in flight and before its tools run; after a read-only turn, saves none and the snapshot names the one that still holds the files", async () => {
+  it("saves a turn's checkpoint while its request is in flight and before its tools run; after a read-only or journaled turn, saves none and the snapshot names the one that, with the journal, holds the files", async () => {
     const { dir, child } = await forked();
     const ref = `refs/keen/checkpoints/${checkpointKey("run_1", "A")}`;
     const label = async () => (await execa("git", ["log", "-1", "--format=%s", ref], { cwd: dir, reject: false })).stdout;
@@ -194,7 +194,8 @@ describe("turn checkpoints", () => {
     };
     const script: Array<[turn: number | null, answer: ScriptedReply]> = [
       [0, reply.toolUse("write_file", { path: "a.txt", content: "1\n" })],
-      [1, reply.toolUse("record", { name: "b.txt" })],
+      // Turn 0 wrote only through write_file: its file is in the journal, and no checkpoint is saved.
+      [null, reply.toolUse("record", { name: "b.txt" })],
       [2, reply.toolUse("read_file", { path: "a.txt" })],
       [null, reply.toolUse("record", { name: "c.txt" })],
       [null, reply.text("Done.")],
@@ -229,19 +230,21 @@ describe("turn checkpoints", () => {
     }
     expect(notSavedInFlight).toEqual([]);
     expect(seen).toEqual([
-      // Turn 1 starts from turn 0's write.
-      { label: "turn 1", files: ["README.md", "a.txt", "lib.txt"] },
-      // Turn 2 only read: no checkpoint for turn 3; the one of turn 2 holds its files.
+      // Turn 1 starts from turn 0's write, which the journal holds over the checkpoint of turn 0.
+      { label: "turn 0", files: ["README.md", "lib.txt"] },
+      // Turn 1's tool wrote outside the journal: turn 2 saved a checkpoint. It only read: no
+      // checkpoint for turn 3; the one of turn 2 holds its files.
       { label: "turn 2", files: ["README.md", "a.txt", "b.txt", "lib.txt"] },
     ]);
     const agentIn = (snapshot: TaskSnapshot) => snapshot.agents.find((a) => a.id === "A")!;
-    expect(snapshots.map((snapshot) => [agentIn(snapshot).turns, agentIn(snapshot).unchangedSince])).toEqual([
-      [1, undefined],
-      [2, undefined],
-      [3, 2],
-      [4, undefined],
-      [5, undefined],
+    expect(snapshots.map((snapshot) => [agentIn(snapshot).turns, agentIn(snapshot).unchangedSince, agentIn(snapshot).journal?.map((file) => file.path)])).toEqual([
+      [1, 0, ["a.txt"]],
+      [2, undefined, undefined],
+      [3, 2, undefined],
+      [4, undefined, undefined],
+      [5, undefined, undefined],
     ]);
+    expect(agentIn(snapshots[0]!).journal).toEqual([{ path: "a.txt", mode: expect.any(Number), text: "1\n" }]);
 
     // A crash in turn 3 after its write, before its snapshot: resumed from the snapshot before,
     // the files go back to the checkpoint of turn 2.
@@ -250,6 +253,38 @@ describe("turn checkpoints", () => {
     expect(events).toEqual([expect.objectContaining({ type: "turn.restored", turn: 3, result: "restored", files: ["c.txt"] })]);
     expect(await child.exists("c.txt")).toBe(false);
     expect(await child.readFile("b.txt")).toBe("x\n");
+  });
+
+  it("journals the files of turns that wrote only through keen's file tools, one entry per path, and ends the journal at a write through a symbolic link or past its bounds", async () => {
+    const { child } = await forked();
+    await mkdir(join(child.root, "real"));
+    await symlink("real", join(child.root, "link"));
+    const many = Array.from({ length: JOURNAL_MAX_FILES + 1 }, (_, i): [string, unknown] => ["write_file", { path: `many/${i}.txt`, content: `${i}\n` }]);
+    const script: ScriptedReply[] = [
+      reply.toolUse("write_file", { path: "a.txt", content: "1\n" }),
+      reply.toolUses(["write_file", { path: "b.txt", content: "b\n" }], ["edit_file", { path: "a.txt", old_string: "1\n", new_string: "2\n" }]),
+      reply.toolUse("write_file", { path: "link/c.txt", content: "c\n" }),
+      reply.toolUses(...many),
+      reply.text("Done."),
+    ];
+    const server = await startMessagesServer({ policy: (_request, { index }) => script[index]! });
+    const snapshots: TaskSnapshot[] = [];
+    try {
+      const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+      const { tree, agent } = treeWith(child, "run_1", { model, onSnapshot: (snapshot) => void snapshots.push(structuredClone(snapshot)) });
+      await converse(tree, agent, child, { tools: [writeFileTool, editFileTool, readFileTool] });
+    } finally {
+      await server.close();
+    }
+    const agentIn = (snapshot: TaskSnapshot) => snapshot.agents.find((a) => a.id === "A")!;
+    expect(snapshots.slice(0, 4).map((snapshot) => [agentIn(snapshot).turns, agentIn(snapshot).unchangedSince, agentIn(snapshot).journal?.map((file) => [file.path, file.text])])).toEqual([
+      [1, 0, [["a.txt", "1\n"]]],
+      [2, 0, [["b.txt", "b\n"], ["a.txt", "2\n"]]],
+      // Through a symbolic link: the next turn saves a checkpoint (of turn 3), and the journal starts again.
+      [3, undefined, undefined],
+      // Past JOURNAL_MAX_FILES: the same.
+      [4, undefined, undefined],
+    ]);
   });
 
   it("in a tree with merges, every checkpoint saved during a request holds the agent's files as they were when the request was sent", async () => {
@@ -286,7 +321,7 @@ describe("turn checkpoints", () => {
             submit_plan: [plan([{ title: "Alpha" }, { title: "Beta" }])],
             complete_task: [write("root.txt", "r\n"), done("Merged.")],
           },
-          A: { complete_task: [write("a.txt", "a\n"), write("lib.txt", "keep\nalpha\n"), done("A done.")] },
+          A: { complete_task: [write("a.txt", "a\n"), reply.toolUse("run_command", { command: "printf 'keep\\nalpha\\n' > lib.txt" }), write("a.txt", "a2\n"), done("A done.")] },
           B: { complete_task: [write("b.txt", "b\n"), done("B done.")] },
         },
         {
@@ -294,15 +329,19 @@ describe("turn checkpoints", () => {
             if (phase !== "complete_task") return;
             const ref = `refs/keen/checkpoints/${checkpointKey(runId, agent)}`;
             const sent = await filesTree(await worktreeOf(agent));
+            // Checkpoints are saved by a conversation's first turn and the turn after a command;
+            // after a write_file or a read-only turn, the last one stays (the journal holds the rest).
+            const saving = turn === 0 || (agent === "A" && turn === 2);
+            const savedAt = agent === "A" && turn >= 2 ? 2 : 0;
             // The agent's turns before COMPLETE: root explored and planned, the children explored.
-            const label = `turn ${(agent === "root" ? 2 : 1) + turn}`;
+            const label = `turn ${(agent === "root" ? 2 : 1) + savedAt}`;
             let saved = false;
             for (let i = 0; i < 400 && !saved; i++) {
               saved = (await git(dir, ["log", "-1", "--format=%s", ref])) === label;
               if (!saved) await delay(25);
             }
             checked.push(`${agent} ${turn}`);
-            if (!saved || (await git(dir, ["rev-parse", `${ref}^{tree}`])) !== sent) differing.push(`${agent} ${turn}`);
+            if (!saved || (saving && (await git(dir, ["rev-parse", `${ref}^{tree}`])) !== sent)) differing.push(`${agent} ${turn}`);
           },
         },
       ),
@@ -315,7 +354,7 @@ describe("turn checkpoints", () => {
     } finally {
       await server.close();
     }
-    expect(checked.sort()).toEqual(["A 0", "A 1", "A 2", "B 0", "B 1", "root 0", "root 1"]);
+    expect(checked.sort()).toEqual(["A 0", "A 1", "A 2", "A 3", "B 0", "B 1", "root 0", "root 1"]);
     expect(differing).toEqual([]);
     expect((await git(dir, ["ls-tree", "-r", "--name-only", "keen/6c6c6c6c"])).split("\n")).toEqual(["README.md", "a.txt", "b.txt", "lib.txt", "root.txt"]);
   });

@@ -18,13 +18,28 @@
  * - After a read-only turn whose files a checkpoint holds, nothing is saved for the next turns
  *   until one may have written: the agent's `unchangedSince` (in the snapshot) names that
  *   checkpoint's turn, and a resume treats it as the checkpoint of the turn it repeats.
+ * - A turn whose tools wrote only through keen's own file tools (`journaled`: known paths) saves
+ *   no checkpoint for the next turn either: the files it wrote, as it left them (bytes and
+ *   permission bits, or absence), join the agent's `journal` in the snapshot that records the
+ *   turn, beside `unchangedSince`. A resume puts back that checkpoint and then writes the
+ *   journal over it, which is exactly the files as the last recorded turn left them. A turn
+ *   that ran anything else that may write (`run_command`, a tool of the host's) ends the
+ *   journal, and so does one that would take it past `JOURNAL_MAX_FILES` files or
+ *   `JOURNAL_MAX_BYTES` of content, or that wrote a file the journal cannot replay exactly (a
+ *   path through a symbolic link): the next turn saves a checkpoint of its own.
  */
 import { createHash } from "node:crypto";
-import { isCheckpointable, type Workspace } from "../workspace/workspace.js";
+import { fileStateBytes, readFileStates } from "../workspace/write-journal.js";
+import { isCheckpointable, type FileState, type Workspace } from "../workspace/workspace.js";
 import type { AgentState } from "./task-state.js";
 import type { AgentTree } from "./tree.js";
 
 const LABEL = /^turn (\d+)$/;
+
+/** Most files an agent's journal holds; a turn that would take it past ends it. */
+export const JOURNAL_MAX_FILES = 200;
+/** Most bytes of content an agent's journal holds; a turn that would take it past ends it. */
+export const JOURNAL_MAX_BYTES = 1024 * 1024;
 
 /** The checkpoint key of an agent: `<run id>/<agent id>`, each made safe for a ref name. */
 export function checkpointKey(runId: string, agentId: string): string {
@@ -50,27 +65,90 @@ export async function checkpointTurn(tree: AgentTree, agent: AgentState, workspa
  */
 export function countTurn(agent: AgentState, checkpointed?: { readOnly: boolean; saved: boolean }): void {
   const done = agent.turns ?? 0;
-  if (!checkpointed?.readOnly) delete agent.unchangedSince;
+  if (!checkpointed?.readOnly) forgetUnchangedFiles(agent);
   else if (agent.unchangedSince === undefined && checkpointed.saved) agent.unchangedSince = done;
   agent.turns = done + 1;
 }
 
 /**
+ * Records a completed turn that wrote only through keen's file tools (`written`: the paths they
+ * wrote), when a checkpoint holds the files it started from (`saved`: its own). The files join
+ * the agent's journal as they are now; when they cannot (see the module's notes), the turn is
+ * counted as one that may have written anything. The caller snapshots next.
+ */
+export async function countJournaledTurn(agent: AgentState, workspace: Workspace, written: readonly string[], saved: boolean): Promise<void> {
+  const done = agent.turns ?? 0;
+  const base = agent.unchangedSince ?? (saved ? done : undefined);
+  // A file that cannot be read back (its permissions changed under keen) is one the journal cannot hold.
+  const states = base === undefined ? null : await readFileStates(workspace, written).catch(() => null);
+  const journal = states && joinJournal(agent.journal ?? [], states);
+  if (base === undefined || !journal) {
+    countTurn(agent, { readOnly: false, saved });
+    return;
+  }
+  agent.unchangedSince = base;
+  if (journal.length > 0) agent.journal = journal;
+  agent.turns = done + 1;
+}
+
+/** `journal` with `states` written over it (one entry per path, the latest), or null past the bounds. */
+function joinJournal(journal: readonly FileState[], states: readonly FileState[]): FileState[] | null {
+  const byPath = new Map(journal.map((state) => [state.path, state]));
+  for (const state of states) {
+    byPath.delete(state.path); // The latest write goes last.
+    byPath.set(state.path, state);
+  }
+  const joined = [...byPath.values()];
+  const bytes = joined.reduce((sum, state) => sum + fileStateBytes(state), 0);
+  return joined.length > JOURNAL_MAX_FILES || bytes > JOURNAL_MAX_BYTES ? null : joined;
+}
+
+/**
+ * `workspace` with the paths given to its `writeFile` passed to `onWrite` (before the write, so a
+ * write that fails half-way is still recorded); every other member is the workspace's own.
+ */
+function recordingWrites(workspace: Workspace, onWrite: (path: string) => void): Workspace {
+  return new Proxy(workspace, {
+    get(target, property) {
+      if (property === "writeFile") {
+        return (path: string, content: string) => {
+          onWrite(path);
+          return target.writeFile(path, content);
+        };
+      }
+      const value: unknown = Reflect.get(target, property, target);
+      return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
+
+/**
  * The checkpoints of one conversation that may write (`converse`): `save` runs as each turn
  * starts (with its model request) and saves nothing while `unchangedSince` names a checkpoint
- * that still holds the files; `count` records the turn once its tools have run.
+ * that, with the journal, holds the files; `count` records the turn once its tools have run.
+ * The conversation's tools get `workspace`, which notes the paths written through it.
  */
-export function turnCheckpoints(tree: AgentTree, agent: AgentState, workspace: Workspace): { save(signal: AbortSignal): Promise<void>; count(readOnly: boolean): void } {
+export function turnCheckpoints(
+  tree: AgentTree,
+  agent: AgentState,
+  workspace: Workspace,
+): { workspace: Workspace; save(signal: AbortSignal): Promise<void>; count(info: { readOnly: boolean; journaled: boolean }): Promise<void> } {
   let savedTurn: number | undefined;
+  const written = new Set<string>();
   return {
+    workspace: isCheckpointable(workspace) ? recordingWrites(workspace, (path) => written.add(path)) : workspace,
     async save(signal) {
       if (agent.unchangedSince !== undefined) return;
       const turn = agent.turns ?? 0;
       await checkpointTurn(tree, agent, workspace, signal);
       savedTurn = turn;
     },
-    count(readOnly) {
-      countTurn(agent, { readOnly, saved: savedTurn === (agent.turns ?? 0) });
+    async count({ readOnly, journaled }) {
+      const paths = [...written];
+      written.clear();
+      const saved = savedTurn === (agent.turns ?? 0);
+      if (readOnly || !journaled || !isCheckpointable(workspace)) countTurn(agent, { readOnly, saved });
+      else await countJournaledTurn(agent, workspace, paths, saved);
     },
   };
 }
@@ -81,6 +159,7 @@ export function turnCheckpoints(tree: AgentTree, agent: AgentState, workspace: W
  */
 export function forgetUnchangedFiles(agent: AgentState): void {
   delete agent.unchangedSince;
+  delete agent.journal;
 }
 
 /**
@@ -99,8 +178,8 @@ export async function restoreInterruptedTurn(tree: AgentTree, agent: AgentState,
   const turn = Number(match[1]);
   const done = agent.turns ?? 0;
   // The checkpointed turn was saved as done: the files hold its effects, and nothing that may
-  // write ran since, unless every turn since was read-only (then the checkpoint is also the
-  // one of the turn to repeat, which may have written).
+  // write ran since, unless every turn since was read-only or journaled (then the checkpoint,
+  // with the journal, is also the one of the turn to repeat, which may have written).
   if (turn < done && agent.unchangedSince !== turn) return;
   const skip = (detail: string) => tree.emit({ type: "turn.restored", agentId: agent.id, branch: agent.branch, turn: done, result: "skipped", files: [], detail });
   if (turn > done) {
@@ -111,7 +190,9 @@ export async function restoreInterruptedTurn(tree: AgentTree, agent: AgentState,
     skip(`${agent.id} works in ${workspace.root}, a checkout keen did not create: keen never puts back files there, so what the interrupted turn wrote stays`);
     return;
   }
-  const { changed } = await workspace.restoreCheckpoint(key);
+  // The checkpoint of the turn to repeat is the saved one plus the journal written since.
+  const journal = turn < done ? (agent.journal ?? []) : [];
+  const { changed } = await workspace.restoreCheckpoint(key, journal.length > 0 ? { journal } : undefined);
   tree.emit({ type: "turn.restored", agentId: agent.id, branch: agent.branch, turn: done, result: "restored", files: changed });
 }
 

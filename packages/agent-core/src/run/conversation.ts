@@ -54,9 +54,11 @@ export interface ConversationOptions {
   context?: ContextTracker;
   /**
    * Called after every completed turn, e.g. to snapshot state; `readOnly` is true when every tool
-   * the turn ran is a read-only one (or it ran none), so it left the workspace's files as they were.
+   * the turn ran is a read-only one (or it ran none), so it left the workspace's files as they were;
+   * `journaled` is true when every tool it ran is read-only or `journaled` (it wrote files only
+   * through `workspace.writeFile`).
    */
-  onTurn?: (turn: number, info: { readOnly: boolean }) => void | Promise<void>;
+  onTurn?: (turn: number, info: { readOnly: boolean; journaled: boolean }) => void | Promise<void>;
   /**
    * Saves the files a turn starts from, before its tools can change them (a crash-safety
    * checkpoint). Started as the turn begins, together with its model request: no tool runs
@@ -140,11 +142,15 @@ export async function runConversation(options: ConversationOptions): Promise<Con
       const calls = response.content.filter((block): block is ToolUseBlock => block.type === "tool_use");
       // Calls to tools not available now are answered without running anything.
       const readOnly = calls.every((call) => toolsByName.get(call.name)?.readOnly !== false);
+      const journaled = calls.every((call) => {
+        const tool = toolsByName.get(call.name);
+        return !tool || tool.readOnly || tool.journaled === true;
+      });
       if (readOnly) notNeeded.abort();
       else await checkpoint;
       if (calls.length === 0) {
         messages.push(assistant);
-        await options.onTurn?.(turn, { readOnly });
+        await options.onTurn?.(turn, { readOnly, journaled });
         if (response.stopReason === "pause_turn") continue;
         return { outcome: "done", finalText, turns: turn, usage };
       }
@@ -164,7 +170,7 @@ export async function runConversation(options: ConversationOptions): Promise<Con
       messages.push(assistant);
       const budget = options.context?.toolOutputBudget({ system: options.system, tools: specs, messages, maxTokens: options.maxTokens });
       messages.push({ role: "user", content: budget === undefined ? results : capToolResults(results, calls, budget) });
-      await options.onTurn?.(turn, { readOnly });
+      await options.onTurn?.(turn, { readOnly, journaled });
       if (closingCall) return { outcome: "closed", closingCall, finalText, turns: turn, usage };
     } finally {
       // No checkpoint outlives its turn (a failed request or an abort calls it off, then waits).

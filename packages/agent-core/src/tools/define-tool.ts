@@ -22,6 +22,12 @@ export interface Tool<Input = unknown> {
   readonly input: z.ZodType<Input>;
   /** True when the tool never changes the workspace; read-only phases offer only these. */
   readonly readOnly: boolean;
+  /**
+   * True when the tool changes the workspace only through `workspace.writeFile` (keen's
+   * `write_file` and `edit_file`): after a turn whose tools are all such or read-only, keen
+   * records the files written in the run's snapshot instead of saving a git checkpoint of them.
+   */
+  readonly journaled?: boolean;
   execute(input: Input, context: ToolContext): Promise<ToolOutput> | ToolOutput;
 }
 
@@ -30,6 +36,7 @@ export interface ToolDefinition<Schema extends z.ZodType> {
   description: string;
   input: Schema;
   readOnly?: boolean;
+  journaled?: boolean;
   execute(input: z.infer<Schema>, context: ToolContext): Promise<ToolOutput> | ToolOutput;
 }
 
@@ -57,6 +64,7 @@ export function defineTool<Schema extends z.ZodType>(definition: ToolDefinition<
     description: definition.description,
     input: definition.input as z.ZodType<z.infer<Schema>>,
     readOnly: definition.readOnly ?? false,
+    ...(definition.journaled && !definition.readOnly ? { journaled: true } : {}),
     execute: definition.execute,
   };
 }

@@ -30,12 +30,14 @@ import {
   worktreeGitDir,
   type RecoveryReport,
 } from "./worktree-recovery.js";
+import { readFileStates, sameFileState, writeFileStates } from "./write-journal.js";
 import type {
   CheckpointableWorkspace,
   CommitOptions,
   CommitResult,
   ExecOptions,
   ExecResult,
+  FileState,
   ForkableWorkspace,
   ForkOptions,
   ForkReport,
@@ -526,11 +528,24 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     return this.isFork;
   }
 
-  async restoreCheckpoint(key: string): Promise<RestoreReport> {
+  async restoreCheckpoint(key: string, options: { journal?: readonly FileState[] } = {}): Promise<RestoreReport> {
     if (!this.isFork) {
       throw new KeenError("restore_refused", `${this.root} is a checkout keen did not create; keen never puts back files in it`);
     }
-    return this.locked(() => restoreCheckpoint({ ...this.target, maxFileBytes: this.maxFileBytes }, key));
+    const journal = options.journal ?? [];
+    return this.locked(async () => {
+      // What the journal's paths hold before: one that ends as it was is not reported as changed.
+      const before = journal.length > 0 ? await readFileStates(this, journal.map((state) => state.path)) : null;
+      const report = await restoreCheckpoint({ ...this.target, maxFileBytes: this.maxFileBytes }, key);
+      if (journal.length === 0) return report;
+      await writeFileStates(this, journal);
+      const changed = new Set(report.changed);
+      for (const state of journal) {
+        if (sameFileState(before?.find((old) => old.path === state.path), state)) changed.delete(state.path);
+        else changed.add(state.path);
+      }
+      return { changed: [...changed].sort() };
+    });
   }
 
   async dropCheckpoint(key: string): Promise<void> {

@@ -198,6 +198,17 @@ export interface WorkspaceCheckpoint {
   label: string;
 }
 
+/**
+ * One file as a turn left it: its bytes (`text` when they are valid UTF-8, else `base64`) and
+ * permission bits, or, with no `mode`, its absence. `path` is relative to the root.
+ */
+export interface FileState {
+  path: string;
+  mode?: number;
+  text?: string;
+  base64?: string;
+}
+
 /** What `restoreCheckpoint` changed: paths written back or removed, relative to the root. */
 export interface RestoreReport {
   changed: string[];
@@ -226,9 +237,11 @@ export interface CheckpointableWorkspace extends Workspace {
    * checkpoint of a sparse worktree (`fork` with `paths`) never deletes a file outside those
    * paths, whatever checkout it is restored into (one made again as a full checkout). HEAD,
    * branch and the commits are not changed. Refused with code `restore_refused` in a checkout
-   * keen did not create (a user's), and with `checkpoint_not_found` when `key` has none.
+   * keen did not create (a user's), and with `checkpoint_not_found` when `key` has none. With
+   * `journal`, then makes each of its paths hold what its state says (written after the
+   * checkpoint by keen's own file tools), so the files are those of the checkpoint plus the journal.
    */
-  restoreCheckpoint(key: string): Promise<RestoreReport>;
+  restoreCheckpoint(key: string, options?: { journal?: readonly FileState[] }): Promise<RestoreReport>;
   /** True when `restoreCheckpoint` may change this checkout's files (it is one keen created). */
   readonly restorable: boolean;
   /** Deletes the checkpoint saved under `key`; no-op when there is none. */

@@ -5,6 +5,7 @@ export const editFileTool = defineTool({
   name: "edit_file",
   description:
     "Replace an exact string in a file. `old_string` must match the file exactly (whitespace included) and be unique unless `replace_all` is true; include enough surrounding lines to make it unique.",
+  journaled: true,
   input: z.object({
     path: z.string().min(1),
     old_string: z.string().min(1).describe("Exact text to replace"),

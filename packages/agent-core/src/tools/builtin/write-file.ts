@@ -5,6 +5,7 @@ export const writeFileTool = defineTool({
   name: "write_file",
   description:
     "Create a file or replace its whole content. Parent folders are created. Prefer edit_file for changing part of an existing file.",
+  journaled: true,
   input: z.object({
     path: z.string().min(1).describe("Path relative to the repository root"),
     content: z.string().describe("The complete new content"),
