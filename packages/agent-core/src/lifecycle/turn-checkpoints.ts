@@ -38,8 +38,8 @@ const LABEL = /^turn (\d+)$/;
 
 /** Most files an agent's journal holds; a turn that would take it past ends it. */
 export const JOURNAL_MAX_FILES = 200;
-/** Most bytes of content an agent's journal holds; a turn that would take it past ends it. */
-export const JOURNAL_MAX_BYTES = 1024 * 1024;
+/** Most bytes of content an agent's journal holds; a turn that would take it past ends it (every snapshot carries it, base64 where not text). */
+export const JOURNAL_MAX_BYTES = 256 * 1024;
 
 /** The checkpoint key of an agent: `<run id>/<agent id>`, each made safe for a ref name. */
 export function checkpointKey(runId: string, agentId: string): string {
