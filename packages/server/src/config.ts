@@ -67,6 +67,12 @@ export const ServerConfig = z
     maxStreamsPerUser: z.coerce.number().int().min(1).max(100_000).default(20),
     /** Event streams this process keeps open in all, whoever opened them. */
     maxStreams: z.coerce.number().int().min(1).max(1_000_000).default(2_000),
+    /** Result downloads (`/diff`, `/archive`) one user may have in progress on this process: each holds a git process. */
+    maxDownloadsPerUser: z.coerce.number().int().min(1).max(10_000).default(4),
+    /** Result downloads this process serves at once, whoever asked. */
+    maxDownloads: z.coerce.number().int().min(1).max(100_000).default(64),
+    /** A download whose client takes no bytes for this long is ended, and its git with it. */
+    downloadStallSeconds: z.coerce.number().int().min(1).max(86_400).default(60),
     /** Run jobs through `in-process` (PGlite) or `pg-boss` (PostgreSQL). Default: by database. */
     queue: z.enum(["in-process", "pg-boss"]).optional(),
     /** Run commands under bubblewrap. Only turn off on a machine without it, never in production. */
@@ -160,6 +166,9 @@ export const SETTINGS: readonly Setting[] = [
   { key: "streamBuffer", env: "KEEN_STREAM_BUFFER", flag: "--stream-buffer", help: "events buffered per stream connection (default 1000)" },
   { key: "maxStreamsPerUser", env: "KEEN_MAX_STREAMS_PER_USER", flag: "--max-streams-per-user", help: "SSE + WebSocket event streams one user may hold open on this process; 429 beyond (default 20)" },
   { key: "maxStreams", env: "KEEN_MAX_STREAMS", flag: "--max-streams", help: "event streams this process holds open in all; 429 beyond (default 2000)" },
+  { key: "maxDownloadsPerUser", env: "KEEN_MAX_DOWNLOADS_PER_USER", flag: "--max-downloads-per-user", help: "/diff and /archive downloads one user may have in progress on this process; 429 beyond (default 4)" },
+  { key: "maxDownloads", env: "KEEN_MAX_DOWNLOADS", flag: "--max-downloads", help: "/diff and /archive downloads this process serves at once; 429 beyond (default 64)" },
+  { key: "downloadStallSeconds", env: "KEEN_DOWNLOAD_STALL_SECONDS", flag: "--download-stall-seconds", help: "end a download whose client takes no bytes for this long (default 60)" },
   { key: "queue", env: "KEEN_QUEUE", flag: "--queue", help: "in-process|pg-boss (default: pg-boss on PostgreSQL)" },
   { key: "sandbox", env: "KEEN_SANDBOX", flag: "--sandbox", help: "run agent commands under bubblewrap (default true)" },
   { key: "stripeSecretKey", env: "STRIPE_SECRET_KEY", flag: "--stripe-secret-key", help: "Stripe secret key; turns on buying credit packs" },

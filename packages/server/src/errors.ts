@@ -22,6 +22,7 @@ export type ServerErrorCode =
   | "account_verified"
   | "email_unverified"
   | "too_many_streams"
+  | "too_many_downloads"
   | "account_erased";
 
 /**
@@ -60,6 +61,7 @@ const STATUS: Record<ServerErrorCode, number> = {
   account_verified: 409,
   email_unverified: 403,
   too_many_streams: 429,
+  too_many_downloads: 429,
   account_erased: 410,
 };
 

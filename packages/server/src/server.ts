@@ -333,7 +333,16 @@ export async function createServer(input: ServerConfigInput | ServerConfig, opti
       ctx.body = { transactionId: grant.transactionId, teamId: parsed.data.teamId, amount: grant.amount, balance: (await ledger.getAccount(wallet.id)).balance };
     });
 
-    mountRunRoutes(api, { runs, audit, stream, workspacesDir: config.workspacesDir });
+    mountRunRoutes(api, {
+      runs,
+      audit,
+      stream,
+      workspacesDir: config.workspacesDir,
+      downloads: {
+        slots: createStreamSlots({ perUser: config.maxDownloadsPerUser, total: config.maxDownloads, code: "too_many_downloads", noun: "downloads" }),
+        stallMs: config.downloadStallSeconds * 1000,
+      },
+    });
     mountUploadRoutes(api, { db, config });
     // Billing, budgets, teams, audit, data rights: team-scoped through teams/access.ts.
     mountBillingRoutes(api, { db, auth, config });

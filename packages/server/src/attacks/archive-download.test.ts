@@ -44,7 +44,7 @@ describe("attack: archive downloads", () => {
     else process.env.TMPDIR = tmpBefore;
     await rm(scratch, { recursive: true, force: true });
   });
-  const t = useTestServer(() => ({ modelBaseUrl: model.url, localMode: true }));
+  const t = useTestServer(() => ({ modelBaseUrl: model.url, localMode: true, maxDownloadsPerUser: 2, downloadStallSeconds: 2 }));
   let owner: Account;
   let runId: string;
   let checkout: string;
@@ -89,6 +89,50 @@ describe("attack: archive downloads", () => {
     expect((await readdir(scratch)).sort()).toEqual(tmpListing);
     // The server is none the worse: the next request is answered.
     expect((await api(t.url, `/v1/runs/${runId}`, { headers: owner.headers })).status).toBe(200);
+  });
+
+  /** Starts a download, reads its first chunk and stops reading: the client stalls. */
+  const stalledDownload = (path: string) =>
+    new Promise<IncomingMessage>((resolve, reject) => {
+      const req = request(`${t.url}${path}`, { headers: owner.headers }, (res) => {
+        if (res.statusCode !== 200) return resolve(res);
+        res.once("data", () => {
+          res.pause();
+          resolve(res);
+        });
+      });
+      req.on("error", reject);
+      req.end();
+    });
+
+  it("a client that stops reading but stays connected is cut off after --download-stall-seconds, and git ends with it", async () => {
+    const res = await stalledDownload(`/v1/runs/${runId}/archive`);
+    expect(res.statusCode).toBe(200);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect((await processesIn(checkout)).length).toBeGreaterThan(0);
+    // The client never hangs up: the server ends the download itself.
+    await eventually(async () => (await processesIn(checkout)).length === 0, 15_000, "git to end with the stalled download");
+    // Reading again, the client finds the connection cut: an incomplete response, not one that never ends.
+    const closed = new Promise<void>((resolve) => res.once("close", () => resolve()));
+    res.on("error", () => {});
+    res.resume();
+    await closed;
+    expect(res.complete).toBe(false);
+  });
+
+  it("one user holds at most --max-downloads-per-user downloads at once: the next is 429 too_many_downloads, and a slot comes back when a download ends", async () => {
+    const held = [await stalledDownload(`/v1/runs/${runId}/archive`), await stalledDownload(`/v1/runs/${runId}/archive`)];
+    expect(held.map((res) => res.statusCode)).toEqual([200, 200]);
+    const refused = await api(t.url, `/v1/runs/${runId}/diff`, { headers: owner.headers });
+    expect(refused.status).toBe(429);
+    expect(refused.body.error).toMatchObject({ code: "too_many_downloads", details: { limit: 2, scope: "user" } });
+    // One hangs up, the other stalls out: both slots come back.
+    held[0]!.socket.destroy();
+    await eventually(async () => (await processesIn(checkout)).length === 0, 15_000, "both downloads to end");
+    await eventually(async () => (await api(t.url, `/v1/runs/${runId}/diff`, { headers: owner.headers })).status === 200, 10_000, "a slot to come back");
+    const again = await fetch(`${t.url}/v1/runs/${runId}/archive`, { headers: owner.headers });
+    expect(again.status).toBe(200);
+    expect((await again.arrayBuffer()).byteLength).toBeGreaterThan(18 * 1024 * 1024);
   });
 
   it("a complete download is a bundle git verifies, holding the run's branch with every file", async () => {

@@ -6,7 +6,8 @@ export type ReleaseSlot = () => void;
 /**
  * The open event streams (SSE and WebSocket together) of one server process, per user and in
  * all: each connection holds a file descriptor, a socket's buffers and a follower's event buffer
- * until it ends, so one credential must not be able to open them without bound.
+ * until it ends, so one credential must not be able to open them without bound. The same
+ * counting caps result downloads (`code: "too_many_downloads"`), each of which holds a git process.
  */
 export interface StreamSlots {
   /**
@@ -24,16 +25,18 @@ export interface StreamSlots {
  * const release = slots.acquire(principal.userId);
  * socket.once("close", release);
  */
-export function createStreamSlots(limits: { perUser: number; total: number }): StreamSlots {
+export function createStreamSlots(limits: { perUser: number; total: number; code?: "too_many_streams" | "too_many_downloads"; noun?: string }): StreamSlots {
+  const code = limits.code ?? "too_many_streams";
+  const noun = limits.noun ?? "event streams";
   const byUser = new Map<string, number>();
   let total = 0;
   return {
     acquire(userId) {
       const mine = byUser.get(userId) ?? 0;
       if (mine >= limits.perUser) {
-        throw new ServerError("too_many_streams", `At most ${limits.perUser} event streams may be open at once per user; close one first`, { limit: limits.perUser, scope: "user" });
+        throw new ServerError(code, `At most ${limits.perUser} ${noun} may be open at once per user; close one first`, { limit: limits.perUser, scope: "user" });
       }
-      if (total >= limits.total) throw new ServerError("too_many_streams", "The server has as many event streams open as it takes; try again later", { scope: "server" });
+      if (total >= limits.total) throw new ServerError(code, `The server has as many ${noun} open as it takes; try again later`, { scope: "server" });
       byUser.set(userId, mine + 1);
       total += 1;
       let held = true;

@@ -120,8 +120,8 @@ export const OPERATIONS: readonly Operation[] = [
   { method: "get", path: "/v1/runs/:id", summary: "A run with its agent tree", success: { status: 200 } },
   { method: "post", path: "/v1/runs/:id/cancel", summary: "Cancel a queued or running run", success: { status: 202 } },
   { method: "post", path: "/v1/runs/:id/resume", summary: "Continue an interrupted run (or a failed one with a snapshot) from its snapshot", success: { status: 202 } },
-  { method: "get", path: "/v1/runs/:id/diff", summary: "The run's unified diff", success: { status: 200, type: "text/x-diff" } },
-  { method: "get", path: "/v1/runs/:id/archive", summary: "The run's result as a git bundle of its branch", success: { status: 200, type: "application/x-git-bundle" } },
+  { method: "get", path: "/v1/runs/:id/diff", summary: "The run's unified diff; 429 too_many_downloads past --max-downloads-per-user / --max-downloads", success: { status: 200, type: "text/x-diff" } },
+  { method: "get", path: "/v1/runs/:id/archive", summary: "The run's result as a git bundle of its branch; 429 too_many_downloads past --max-downloads-per-user / --max-downloads", success: { status: 200, type: "application/x-git-bundle" } },
   { method: "delete", path: "/v1/runs/:id", summary: "Delete a finished run (its workspace kept if the owner prefers)", success: { status: 200 } },
   { method: "get", path: "/v1/runs/:id/events", summary: "Server-Sent Events (Last-Event-ID or ?after=); 429 too_many_streams past --max-streams-per-user / --max-streams", success: { status: 200, type: "text/event-stream" } },
 

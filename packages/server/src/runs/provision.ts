@@ -160,10 +160,10 @@ async function describeHead(checkout: string): Promise<{ baseCommit: string; bra
  * The unified diff between two commits of a checkout, with no external diff drivers or text
  * filters, streamed from git as the reader takes it (see `gitStream`).
  */
-export async function diffStream(checkout: string, from: string, to: string): Promise<Readable> {
+export async function diffStream(checkout: string, from: string, to: string, options: DownloadOptions = {}): Promise<Readable> {
   for (const sha of [from, to]) if (!/^[0-9a-f]{40,64}$/.test(sha)) throw new ServerError("invalid_request", "not a commit id");
   // An empty diff is a diff: no output is an answer of its own, not a failure.
-  return gitStream(checkout, ["diff", "--no-ext-diff", "--no-textconv", "--no-color", from, to, "--"], { allowEmpty: true });
+  return gitStream(checkout, ["diff", "--no-ext-diff", "--no-textconv", "--no-color", from, to, "--"], { ...options, allowEmpty: true });
 }
 
 /** The commit `branch` of the checkout points at (a run's result is on its run branch). */
@@ -179,10 +179,19 @@ export async function branchCommit(checkout: string, branch: string): Promise<st
  * (the run's recorded result); the checkout is only read. git writes the bundle to a pipe
  * (`bundle create -`), never to a temporary file.
  */
-export async function bundleStream(checkout: string, branch: string, head: string): Promise<Readable> {
+export async function bundleStream(checkout: string, branch: string, head: string, options: DownloadOptions = {}): Promise<Readable> {
   if (!/^[0-9a-f]{40,64}$/.test(head)) throw new ServerError("invalid_request", "not a commit id");
   if ((await branchCommit(checkout, branch)) !== head) throw new ServerError("repository_unavailable", "The run's workspace no longer holds its result");
-  return gitStream(checkout, ["bundle", "create", "--quiet", "-", branch]);
+  return gitStream(checkout, ["bundle", "create", "--quiet", "-", branch], options);
+}
+
+export interface DownloadOptions {
+  /**
+   * Ends the download (and git) when its reader has taken no bytes for this long while git had
+   * some ready: a client that stops reading must not hold a git process. Time git spends
+   * producing bytes does not count. Default: no limit.
+   */
+  stallMs?: number;
 }
 
 /**
@@ -193,7 +202,7 @@ export async function bundleStream(checkout: string, branch: string, head: strin
  * cut-off download; a failure later errors the stream. Destroying the stream (a client that went
  * away) kills git's whole process group, children included (`bundle create` runs `pack-objects`).
  */
-async function gitStream(checkout: string, args: string[], options: { allowEmpty?: boolean } = {}): Promise<Readable> {
+async function gitStream(checkout: string, args: string[], options: DownloadOptions & { allowEmpty?: boolean } = {}): Promise<Readable> {
   const unavailable = () => new ServerError("repository_unavailable", "The run's workspace is no longer available");
   const { cwd, env } = checkoutGit(checkout);
   const git = spawn("git", [...SAFE_GIT, ...args], { cwd, env, stdio: ["ignore", "pipe", "ignore"], detached: true });
@@ -224,13 +233,31 @@ async function gitStream(checkout: string, args: string[], options: { allowEmpty
   }
   if (first.done && !options.allowEmpty) throw unavailable();
   const head = first.done ? [] : [first.value];
+  // When the reader last left bytes untaken: set while a chunk waits for it, cleared once taken.
+  let waitingSince: number | undefined;
   const stream = Readable.from(
     (async function* () {
-      yield* head;
-      yield* chunks;
+      for (const source of [head, chunks]) {
+        for await (const chunk of source) {
+          waitingSince = Date.now();
+          yield chunk;
+          waitingSince = undefined;
+        }
+      }
     })(),
     { objectMode: false },
   );
-  stream.once("close", kill);
+  const stallMs = options.stallMs;
+  const watch =
+    stallMs === undefined
+      ? undefined
+      : setInterval(() => {
+          if (waitingSince !== undefined && Date.now() - waitingSince > stallMs) stream.destroy(new ServerError("unavailable", "The download stalled: its reader took no bytes"));
+        }, Math.max(50, Math.min(1_000, stallMs / 4)));
+  watch?.unref();
+  stream.once("close", () => {
+    if (watch) clearInterval(watch);
+    kill();
+  });
   return stream;
 }
