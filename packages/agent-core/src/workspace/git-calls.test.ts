@@ -26,6 +26,14 @@ afterAll(() => {
 
 const git = async (dir: string, ...args: string[]) => (await execa("git", args, { cwd: dir, env: TEST_GIT_IDENTITY })).stdout.trim();
 
+/** A test repository with an identity of its own, so commits count the same on any machine. */
+async function createRepo(files: Record<string, string>): Promise<string> {
+  const dir = await createTestRepo(files);
+  await git(dir, "config", "user.name", TEST_GIT_IDENTITY.GIT_AUTHOR_NAME);
+  await git(dir, "config", "user.email", TEST_GIT_IDENTITY.GIT_AUTHOR_EMAIL);
+  return dir;
+}
+
 async function counted<T>(step: () => Promise<T>): Promise<{ value: T; calls: string[] }> {
   spawned.length = 0;
   const value = await step();
@@ -34,12 +42,13 @@ async function counted<T>(step: () => Promise<T>): Promise<{ value: T; calls: st
 
 describe("git subprocesses of one fork + commit + merge + dispose", () => {
   it("are seven: the branch (update-ref) and checkout, three to commit, one merge, one removal", async () => {
-    const dir = await createTestRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
     // A clean checkout (the parent before each merge) is found clean with one status.
     const clean = await counted(() => ws.commit("nothing"));
     expect(clean.value).toEqual({ sha: null, skipped: [] });
-    expect(clean.calls.sort()).toEqual(["config", "status"]); // the identity is looked up once per workspace and its forks
+    // No identity lookup: git is asked to commit with its configured identity and refuses when it has none.
+    expect(clean.calls).toEqual(["status"]);
     expect((await counted(() => ws.commit("nothing"))).calls).toEqual(["status"]);
     const fork = await counted(() => ws.fork("summon-A"));
     expect(fork.calls).toEqual(["update-ref", "reset"]);
@@ -68,11 +77,11 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
   });
 
   it("with reuseWorktrees, a fork from a kept worktree is one checkout and a dispose a clean and a look for submodules", async () => {
-    const dir = await createTestRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false, reuseWorktrees: true });
     const first = await ws.fork("summon-A");
     await first.writeFile("notes/a.md", "a\n");
-    await first.commit("Add a"); // also looks the identity up, once per workspace and its forks
+    await first.commit("Add a");
     await first.dispose();
     const fork = await counted(() => ws.fork("summon-B"));
     expect(fork.calls).toEqual(["checkout"]);
@@ -111,6 +120,45 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     expect((await child.commit("undo")).sha).toBeNull();
     expect(await child.head()).toBe(head);
     await child.dispose();
+  });
+});
+
+describe("git subprocesses of a fork known to hold its HEAD's files", () => {
+  it("commit nothing and checkpoint HEAD's tree until something may have written", async () => {
+    const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("summon-clean");
+    expect(await counted(() => child.commit("nothing"))).toEqual({ value: { sha: null, skipped: [] }, calls: [] });
+    const clean = await counted(() => child.checkpoint("run_c/A", "turn 0"));
+    expect(clean.calls.sort()).toEqual(["commit-tree", "update-ref"]);
+    expect(await git(dir, "rev-parse", `${clean.value.id}^{tree}`)).toBe(await git(dir, "rev-parse", "summon-clean^{tree}"));
+    // Called off before it starts: no process.
+    const off = new AbortController();
+    off.abort();
+    const calledOff = await counted(() => child.checkpoint("run_c/A", "turn 1", { signal: off.signal }).catch((error: { code?: string }) => error.code));
+    expect(calledOff).toEqual({ value: "aborted", calls: [] });
+
+    // A write: staged through a temporary index again, and the commit asks status.
+    await child.writeFile("notes/a.md", "a\n");
+    const dirty = await counted(() => child.checkpoint("run_c/A", "turn 1"));
+    expect(dirty.calls).toEqual(["ls-files", "add", "write-tree", "update-ref", "commit-tree"]);
+    expect((await counted(() => child.commit("Add a"))).calls).toEqual(["status", "add", "commit"]);
+    // That commit took every change: clean again.
+    expect((await counted(() => child.commit("nothing"))).calls).toEqual([]);
+
+    // A command may write anything; a commit that leaves a file out leaves the files unclean.
+    await child.exec("echo x > b.txt && echo 'k' > .env");
+    const partial = await counted(() => child.commit("Add b"));
+    expect(partial.value.skipped.map((file) => file.path)).toEqual([".env"]);
+    expect((await counted(() => child.commit("again"))).calls).toEqual(["status"]);
+    expect(await git(dir, "show", "summon-clean:b.txt")).toBe("x");
+    await child.dispose();
+
+    // The user's checkout is never taken for clean: anyone may write it.
+    await writeFile(join(dir, "c.txt"), "c\n");
+    const user = await counted(() => ws.commit("Add c"));
+    expect(user.calls).toEqual(["status", "add", "commit"]);
+    expect((await counted(() => ws.commit("nothing"))).calls).toEqual(["status"]);
   });
 });
 
