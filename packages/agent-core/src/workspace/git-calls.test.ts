@@ -123,42 +123,30 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
   });
 });
 
-describe("git subprocesses of a fork known to hold its HEAD's files", () => {
-  it("commit nothing and checkpoint HEAD's tree until something may have written", async () => {
+describe("git subprocesses of a checkpoint", () => {
+  it("start the ref update only once the tree is written: called off before, none is started for it", async () => {
     const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
-    const child = await ws.fork("summon-clean");
-    expect(await counted(() => child.commit("nothing"))).toEqual({ value: { sha: null, skipped: [] }, calls: [] });
-    const clean = await counted(() => child.checkpoint("run_c/A", "turn 0"));
-    expect(clean.calls.sort()).toEqual(["commit-tree", "update-ref"]);
-    expect(await git(dir, "rev-parse", `${clean.value.id}^{tree}`)).toBe(await git(dir, "rev-parse", "summon-clean^{tree}"));
-    // Called off before it starts: no process.
+    const child = await ws.fork("summon-cp");
     const off = new AbortController();
     off.abort();
-    const calledOff = await counted(() => child.checkpoint("run_c/A", "turn 1", { signal: off.signal }).catch((error: { code?: string }) => error.code));
+    const calledOff = await counted(() => child.checkpoint("run_c/A", "turn 0", { signal: off.signal }).catch((error: { code?: string }) => error.code));
     expect(calledOff).toEqual({ value: "aborted", calls: [] });
-
-    // A write: staged through a temporary index again, and the commit asks status.
     await child.writeFile("notes/a.md", "a\n");
-    const dirty = await counted(() => child.checkpoint("run_c/A", "turn 1"));
-    expect(dirty.calls).toEqual(["ls-files", "add", "write-tree", "update-ref", "commit-tree"]);
-    expect((await counted(() => child.commit("Add a"))).calls).toEqual(["status", "add", "commit"]);
-    // That commit took every change: clean again.
-    expect((await counted(() => child.commit("nothing"))).calls).toEqual([]);
-
-    // A command may write anything; a commit that leaves a file out leaves the files unclean.
-    await child.exec("echo x > b.txt && echo 'k' > .env");
-    const partial = await counted(() => child.commit("Add b"));
-    expect(partial.value.skipped.map((file) => file.path)).toEqual([".env"]);
-    expect((await counted(() => child.commit("again"))).calls).toEqual(["status"]);
-    expect(await git(dir, "show", "summon-clean:b.txt")).toBe("x");
+    const saved = await counted(() => child.checkpoint("run_c/A", "turn 1"));
+    expect(saved.calls).toEqual(["ls-files", "add", "write-tree", "update-ref", "commit-tree"]);
+    expect(await child.readCheckpoint("run_c/A")).toEqual(saved.value);
     await child.dispose();
+  });
 
-    // The user's checkout is never taken for clean: anyone may write it.
-    await writeFile(join(dir, "c.txt"), "c\n");
-    const user = await counted(() => ws.commit("Add c"));
-    expect(user.calls).toEqual(["status", "add", "commit"]);
-    expect((await counted(() => ws.commit("nothing"))).calls).toEqual(["status"]);
+  it("a file written behind the workspace's back is still committed", async () => {
+    const dir = await createRepo({ "a.txt": "a\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("summon-direct");
+    await writeFile(join(child.root, "b.txt"), "b\n");
+    expect((await child.commit("b")).sha).not.toBeNull();
+    expect(await git(dir, "show", "summon-direct:b.txt")).toBe("b");
+    await child.dispose();
   });
 });
 

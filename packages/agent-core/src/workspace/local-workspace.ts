@@ -102,18 +102,6 @@ const MAX_MERGE_FILE_BYTES = 50 * 1024 * 1024;
 /** Per checkout (git dir): git writes of this process, one at a time. */
 const checkoutQueues = new Map<string, Promise<unknown>>();
 
-/**
- * The git dirs of this process's full (not sparse) forks whose files are known to be exactly
- * their HEAD's (no untracked file either): nothing written since keen checked them out fresh or
- * made a commit that took every change. Any write through the workspace (a file, a command that
- * may write, a merge that did not go through cleanly, a reset or restore) takes the checkout out.
- * A fork's worktree is written only through its workspace (its agent's tools, its commits and
- * merges); a checkout opened with `open` may be written by anyone and is never in the set.
- */
-const cleanCheckouts = new Set<string>();
-/** Per git dir: how many writes through a workspace began or ended (a commit that overlapped one does not count the files clean). */
-const writeCounts = new Map<string, number>();
-
 /** Most disposed worktrees kept for reuse per repository (`reuseWorktrees`). */
 const MAX_PARKED = 4;
 /** A kept worktree not reused for this long is removed. */
@@ -364,7 +352,6 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     const full = await this.resolvePath(path);
     if (full === this.root) throw new KeenError("is_a_directory", `${path === "" ? "The empty path" : path} names the workspace root, a folder, not a file`);
     this.assertCheckedOut(path, full, false);
-    this.markWritten();
     try {
       await mkdir(dirname(full), { recursive: true });
     } catch (error) {
@@ -380,8 +367,6 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     } catch (error) {
       await rm(temp, { force: true });
       throw fileError(path, error);
-    } finally {
-      this.markWritten();
     }
   }
 
@@ -427,11 +412,8 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
         "Read-only commands need the sandbox, and this workspace runs commands without one (sandbox: false), so nothing would stop a command from changing files. Use read_file, list_files and search_files instead.",
       );
     }
-    // A command the sandbox keeps from writing leaves the files as they are; any other may write.
-    const writes = !(options.readOnly && runner.enforcesReadOnly);
-    if (writes) this.markWritten();
     const sandboxConfig = runner.enforcesReadOnly ? await sandboxGitConfig(this.commonDir) : null;
-    const running = runner.run(command, {
+    return runner.run(command, {
       cwd,
       root: this.root,
       // The common git dir stays visible read-only from every fork, with its config's credentials
@@ -446,7 +428,6 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       ...(options.env ? { env: options.env } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
     });
-    return writes ? running.finally(() => this.markWritten()) : running;
   }
 
   async currentBranch(): Promise<string> {
@@ -471,19 +452,13 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
 
   async commit(message: string, options: CommitOptions = {}): Promise<CommitResult> {
     return this.locked(async () => {
-      // A fork known to hold its HEAD's files has nothing to commit: no git process at all.
-      if (this.knownClean && !options.allowEmpty) return { sha: null, skipped: [] };
-      const since = this.writeCount;
       // One status answers three questions: unmerged paths (staging one would record its conflict
       // markers as resolved), changes staged before, and whether anything changed at all.
       const status = await this.status();
       if (status.unmerged.length > 0) {
         throw new KeenError("merge_unresolved", `A merge is in progress with conflicts in ${status.unmerged.join(", ")}; finish it with commitMerge or roll it back with abortMerge`);
       }
-      if (status.entries === 0 && !options.allowEmpty) {
-        this.markClean(since);
-        return { sha: null, skipped: [] };
-      }
+      if (status.entries === 0 && !options.allowEmpty) return { sha: null, skipped: [] };
       const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes, listed: status.changed });
       // Nothing staged now and nothing staged before: nothing to commit.
       if (staged.length === 0 && !status.stagedBefore && !options.allowEmpty) return { sha: null, skipped };
@@ -498,10 +473,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
         if (pending.exitCode === 0 && !options.allowEmpty) return { sha: null, skipped };
         throw gitFailure(["commit"], committed);
       }
-      const sha = await this.verifiedHead(before);
-      // Every change the status listed is in the commit: the files are HEAD's.
-      if (skipped.length === 0) this.markClean(since);
-      return { sha, skipped };
+      return { sha: await this.verifiedHead(before), skipped };
     });
   }
 
@@ -523,30 +495,6 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     }
     // Any other failure fails again below, as it did before; the lookup is cached either way.
     return gitRaw(this.target, args, { env: await this.identityEnv(), input });
-  }
-
-  /** True for a fork known to hold exactly its HEAD's files (see `cleanCheckouts`). */
-  private get knownClean(): boolean {
-    return this.isFork && !this.sparsePaths && !this.disposed && cleanCheckouts.has(this.gitDir);
-  }
-
-  /**
-   * Records that this checkout's files are exactly its HEAD's (kept only for full forks), as
-   * found by work that began when the write count was `since`: a write since then may have
-   * changed them after they were looked at.
-   */
-  private markClean(since: number): void {
-    if (this.isFork && !this.sparsePaths && !this.disposed && this.writeCount === since) cleanCheckouts.add(this.gitDir);
-  }
-
-  /** Records that this checkout's files may differ from its HEAD's: called as a write begins and again as it ends. */
-  private markWritten(): void {
-    cleanCheckouts.delete(this.gitDir);
-    writeCounts.set(this.gitDir, this.writeCount + 1);
-  }
-
-  private get writeCount(): number {
-    return writeCounts.get(this.gitDir) ?? 0;
   }
 
   /**
@@ -584,11 +532,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
    */
   async checkpoint(key: string, label: string, options: { signal?: AbortSignal } = {}): Promise<WorkspaceCheckpoint> {
     const target = { ...this.target, maxFileBytes: this.maxFileBytes, ...(this.sparsePaths ? { paths: this.sparsePaths } : {}) };
-    return this.locked(async () => {
-      // Files known to be HEAD's are saved as HEAD's tree, without staging them again.
-      const cleanHead = this.knownClean ? ((await readHeadFromFiles(this.gitDir, this.commonDir)) ?? undefined) : undefined;
-      return saveCheckpoint(target, key, label, options.signal, cleanHead);
-    });
+    return this.locked(() => saveCheckpoint(target, key, label, options.signal));
   }
 
   async readCheckpoint(key: string): Promise<WorkspaceCheckpoint | null> {
@@ -605,7 +549,6 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       throw new KeenError("restore_refused", `${this.root} is a checkout keen did not create; keen never puts back files in it`);
     }
     const journal = options.journal ?? [];
-    this.markWritten();
     return this.locked(async () => {
       // What the journal's paths hold before: one that ends as it was is not reported as changed.
       const before = journal.length > 0 ? await readFileStates(this, journal.map((state) => state.path)) : null;
@@ -731,14 +674,11 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       // What `worktree add` does itself after registering, here outside the lock, so forks of one
       // repository check out their files in parallel. The worktree is new, locked with this
       // process's lease and not yet handed out: nothing else writes its index or files.
-      const since = created.child.writeCount;
       const checkedOut = await gitRaw(created.child.target, ["reset", "-q", "--hard"]);
       if (checkedOut.exitCode !== 0) {
         await created.child.dispose().catch(() => {});
         throw new KeenError("git_failed", `git reset failed while checking out ${branch}: ${String(checkedOut.stderr || checkedOut.stdout).trim()}`);
       }
-      // A new, empty folder with HEAD's files checked out: nothing else in it.
-      created.child.markClean(since);
     }
     return created.child;
   }
@@ -855,14 +795,9 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
 
   async merge(branch: string, message: string): Promise<MergeResult> {
     return this.locked(async () => {
-      // A merge that goes through into files that were HEAD's leaves them the new HEAD's.
-      const wasClean = this.knownClean;
-      this.markWritten();
-      const since = this.writeCount;
       const [before, env] = await Promise.all([this.headOrNull(), this.identityEnv()]);
       const result = await gitRaw(this.target, ["merge", "--no-ff", "--no-verify", "-m", commitText(message), "--end-of-options", branch], { env });
       if (result.exitCode === 0) {
-        if (wasClean) this.markClean(since);
         // A branch with nothing new ("Already up to date") merges as a no-op: HEAD stays where it was.
         const after = await this.headOrNull();
         if (after !== null && after === before) {
@@ -879,7 +814,6 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   }
 
   async commitMerge(message: string): Promise<string> {
-    this.markWritten();
     return this.locked(async () => {
       const conflicted = await this.conflictedFiles();
       const left: string[] = [];
@@ -924,12 +858,10 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     this.assertLive();
     // A merge in progress is MERGE_HEAD in this checkout's own git dir, which only git writes.
     if ((await lstat(join(this.gitDir, "MERGE_HEAD")).catch(() => null)) === null) return;
-    this.markWritten();
     await git(this.target, ["merge", "--abort"]);
   }
 
   async resetTo(sha: string): Promise<void> {
-    this.markWritten();
     await this.abortMerge();
     await git(this.target, ["reset", "-q", "--hard", sha]);
     await git(this.target, ["clean", "-q", "-fd"]);
@@ -945,9 +877,6 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     await withRepoLock(this.commonDir, async () => {
       if (this.disposed) return;
       this.disposed = true;
-      // The worktree goes (or is kept for another fork): nothing is known of its files any more.
-      cleanCheckouts.delete(this.gitDir);
-      writeCounts.delete(this.gitDir);
       if (this.options.reuseWorktrees && (await this.park())) return;
       await removeWorktree(main, this.root);
     });
