@@ -139,6 +139,20 @@ describe("git subprocesses of a checkpoint", () => {
     await child.dispose();
   });
 
+  it("with filesOf, save that commit's tree in two processes; a sparse worktree's files are staged anyway", async () => {
+    const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("summon-fresh");
+    const head = await child.head();
+    const saved = await counted(() => child.checkpoint("run_f/A", "turn 0", { filesOf: head }));
+    expect(saved.calls).toEqual(["update-ref", "commit-tree"]);
+    expect(await git(dir, "rev-parse", `${saved.value.id}^{tree}`)).toBe(await git(dir, "rev-parse", `${head}^{tree}`));
+    await expect(child.checkpoint("run_f/A", "turn 1", { filesOf: "HEAD" })).rejects.toMatchObject({ code: "invalid_option" });
+    const sparse = await ws.fork("summon-sparse", { paths: ["src"] });
+    expect((await counted(() => sparse.checkpoint("run_f/B", "turn 0", { filesOf: head }))).calls).toEqual(["ls-files", "write-tree", "update-ref", "commit-tree"]);
+    await Promise.all([child.dispose(), sparse.dispose()]);
+  });
+
   it("a file written behind the workspace's back is still committed", async () => {
     const dir = await createRepo({ "a.txt": "a\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });

@@ -33,6 +33,7 @@ import {
 import { readFileStates, sameFileState, writeFileStates } from "./write-journal.js";
 import type {
   CheckpointableWorkspace,
+  CheckpointOptions,
   CommitOptions,
   CommitResult,
   ExecOptions,
@@ -530,9 +531,12 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
    * Saves the worktree's files under `refs/keen/checkpoints/<key>` through a temporary index; the
    * checkout's files, index, HEAD and branches are never written.
    */
-  async checkpoint(key: string, label: string, options: { signal?: AbortSignal } = {}): Promise<WorkspaceCheckpoint> {
+  async checkpoint(key: string, label: string, options: CheckpointOptions = {}): Promise<WorkspaceCheckpoint> {
     const target = { ...this.target, maxFileBytes: this.maxFileBytes, ...(this.sparsePaths ? { paths: this.sparsePaths } : {}) };
-    return this.locked(() => saveCheckpoint(target, key, label, options.signal));
+    const { filesOf } = options;
+    if (filesOf !== undefined && !/^(?:[0-9a-f]{40}|[0-9a-f]{64})$/.test(filesOf)) throw new KeenError("invalid_option", `filesOf must be a full commit id, not ${JSON.stringify(filesOf)}`);
+    // A sparse worktree's files are always staged: its checkpoint records what it holds.
+    return this.locked(() => saveCheckpoint(target, key, label, options.signal, this.sparsePaths ? undefined : filesOf));
   }
 
   async readCheckpoint(key: string): Promise<WorkspaceCheckpoint | null> {
