@@ -73,6 +73,7 @@ async function conversePhase(tree: AgentTree, agent: AgentState, workspace: Work
       // Saved while the request is in flight: nothing writes this agent's files until its tools run.
       ...(checkpoints ? { checkpoint: (signal: AbortSignal) => checkpoints.save(signal) } : {}),
       onTurn: async (_turn, info) => {
+        if (!info.readOnly) tree.pristine.delete(agent.id);
         if (checkpoints) await checkpoints.count(info);
         else countTurn(agent);
         return tree.snapshot();

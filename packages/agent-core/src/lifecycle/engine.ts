@@ -275,7 +275,9 @@ async function openRunBranch(tree: AgentTree, root: AgentState, { fresh }: { fre
   });
   // The commit the run starts from, as a sha where it can be read: with carried-over work the
   // worktree's head is the commit holding that work, one above the base.
-  state.base = settings.includeUncommitted ? from : await worktree.head();
+  const checkedOut = await worktree.head();
+  state.base = settings.includeUncommitted ? from : checkedOut;
+  tree.pristine.set(root.id, checkedOut);
   state.runBranch = root.branch;
   tree.emit({ type: "git.branch", agentId: root.id, branch: root.branch, from: state.base, worktree: worktree.root });
   const report = worktree.lastForkReport;

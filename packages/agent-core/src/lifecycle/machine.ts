@@ -123,6 +123,8 @@ function enter(tree: AgentTree, agent: AgentState, step: Step, { force = false }
   }
   const text = [step.report, agentTag(agent.id, step.next), PHASES[step.next].instruction(step.note)].filter(Boolean).join("\n");
   appendUserText(agent.messages, text);
+  // SUMMON merges children into the worktree: its files are no longer the fork's.
+  if (step.next === "SUMMON") tree.pristine.delete(agent.id);
   agent.phase = step.next;
   tree.emit({ type: "agent.phase", agentId: agent.id, phase: step.next, previous: from });
 }

@@ -36,6 +36,7 @@ export function validationChecks(tree: AgentTree, agent: AgentState): Validation
 export async function validate(tree: AgentTree, agent: AgentState, workspace: Workspace): Promise<boolean | undefined> {
   const checks = validationChecks(tree, agent);
   if (checks.length === 0) return undefined;
+  tree.pristine.delete(agent.id); // A check may write (build output).
   let passedAll = true;
   for (const check of checks) {
     const result = await workspace.exec(check.command, { timeoutMs: tree.state.validation?.timeoutMs ?? 600_000, signal: tree.signal });

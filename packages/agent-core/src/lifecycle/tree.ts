@@ -56,6 +56,13 @@ export interface EngineSettings {
 export class AgentTree {
   readonly agents = new Map<string, AgentState>();
   readonly workspaces = new Map<string, Workspace>();
+  /**
+   * Agents whose worktree this process checked out fresh and that nothing has written since
+   * (only read-only turns ran; no validation, no SUMMON), with the commit checked out: their
+   * first checkpoint is that commit's tree, saved without looking at the files (in memory only:
+   * a resumed run looks at them).
+   */
+  readonly pristine = new Map<string, string>();
   readonly budget: TokenBudget;
   /** The model, with the token budget checked before every request. */
   readonly model: Model;

@@ -17,7 +17,7 @@ import type { Workspace } from "../workspace/workspace.js";
 import { SNAPSHOT_VERSION, type AgentState, type TaskSnapshot } from "./task-state.js";
 import { converse } from "./converse.js";
 import { startTask } from "./start-task.js";
-import { done, explore, plan, scenarioPolicy, write } from "./testing/scenario.js";
+import { done, explore, phaseOf, plan, scenarioPolicy, write } from "./testing/scenario.js";
 import { AgentTree, type EngineSettings } from "./tree.js";
 import { checkpointKey, checkpointTurn, countTurn, dropRunCheckpoints, dropTurnCheckpoint, JOURNAL_MAX_FILES, restoreInterruptedTurn } from "./turn-checkpoints.js";
 
@@ -357,5 +357,37 @@ describe("turn checkpoints", () => {
     expect(checked.sort()).toEqual(["A 0", "A 1", "A 2", "A 3", "B 0", "B 1", "root 0", "root 1"]);
     expect(differing).toEqual([]);
     expect((await git(dir, ["ls-tree", "-r", "--name-only", "keen/6c6c6c6c"])).split("\n")).toEqual(["README.md", "a.txt", "b.txt", "lib.txt", "root.txt"]);
+  });
+});
+
+describe("the first checkpoint of a worktree the run checked out", () => {
+  it("looks at the files once a validation ran: what the check wrote is in the next checkpoint", async () => {
+    const dir = await createTestRepo({ "README.md": "# r\n" });
+    const runId = "run_7a7a7a7a-0000-4000-8000-000000000000";
+    const ref = `refs/keen/checkpoints/${checkpointKey(runId, "root")}`;
+    let seen: string | undefined;
+    // COMPLETE: a read-only finish (the check fails and writes built.txt), then a write and a finish.
+    const complete = [done("first"), write("notes.md", "n\n"), done("second")];
+    let completeRequests = 0;
+    const others = scenarioPolicy({});
+    const server = await startMessagesServer({
+      policy: async (request, context) => {
+        if (phaseOf(request) !== "complete_task") return others(request, context);
+        const index = completeRequests++;
+        if (index === 2) seen = (await execa("git", ["ls-tree", "-r", "--name-only", ref], { cwd: dir })).stdout;
+        return complete[index] ?? done();
+      },
+    });
+    try {
+      const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+      const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+      const validation = { command: "test -e notes.md; found=$?; echo built > built.txt; exit $found" };
+      const result = await startTask({ vision: "Write notes", workspace, model, runId, validation }).result;
+      expect(result.status, result.summary).toBe("success");
+    } finally {
+      await server.close();
+    }
+    // The write turn's checkpoint holds the files it started from, built.txt included (not the fork's commit).
+    expect(seen?.split("\n")).toEqual(["README.md", "built.txt"]);
   });
 });

@@ -53,7 +53,12 @@ export function checkpointKey(runId: string, agentId: string): string {
 /** Saves the agent's files before its next turn (number `agent.turns`); `signal` calls it off. */
 export async function checkpointTurn(tree: AgentTree, agent: AgentState, workspace: Workspace, signal?: AbortSignal): Promise<void> {
   if (!isCheckpointable(workspace)) return;
-  await workspace.checkpoint(checkpointKey(tree.state.runId, agent.id), `turn ${agent.turns ?? 0}`, signal ? { signal } : {});
+  // A worktree checked out fresh and not written since holds its commit's files (HEAD still there).
+  const pristine = tree.pristine.get(agent.id);
+  const filesOf = pristine !== undefined && (await workspace.head()) === pristine ? pristine : undefined;
+  await workspace.checkpoint(checkpointKey(tree.state.runId, agent.id), `turn ${agent.turns ?? 0}`, { ...(signal ? { signal } : {}), ...(filesOf ? { filesOf } : {}) });
+  // Once saved, the turn's tools may write (and may fail half-way): the next checkpoint looks.
+  tree.pristine.delete(agent.id);
 }
 
 /**

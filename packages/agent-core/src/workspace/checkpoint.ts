@@ -99,19 +99,21 @@ function stopIfAborted(signal: AbortSignal | undefined): void {
  * Saves the work tree's files as a commit under `refs/keen/checkpoints/<key>` (no parent,
  * message: `label`), through a temporary index: the checkout's files, index and HEAD stay as
  * they are. Once `signal` fires, stops before its next git step (never inside one) with code
- * `aborted`, and the ref keeps the earlier checkpoint unless it was already moved.
+ * `aborted`, and the ref keeps the earlier checkpoint unless it was already moved. `filesOf`: a
+ * commit whose files the work tree is known to hold exactly; its tree is saved without staging.
  */
-export async function saveCheckpoint(target: CheckpointTarget, key: string, label: string, signal?: AbortSignal): Promise<WorkspaceCheckpoint> {
+export async function saveCheckpoint(target: CheckpointTarget, key: string, label: string, signal?: AbortSignal, filesOf?: string): Promise<WorkspaceCheckpoint> {
   const ref = checkpointRef(key);
   stopIfAborted(signal);
-  // The ref update starts now and waits for its command on stdin, so the git process is up by
-  // the time the commit exists; with no command it ends without changing anything.
+  const tree = filesOf !== undefined ? `${filesOf}^{tree}` : await withWorktreeIndex(target, (env) => stageTree(target, env, signal), signal);
+  stopIfAborted(signal);
+  // The ref update starts with the commit and waits for its command on stdin, so its git process
+  // is up by the time the commit exists; a checkpoint called off before this point (a read-only
+  // turn) has started no process for it. With no command it ends without changing anything.
   let command!: (text: string) => void;
   const updating = git(target, ["update-ref", "--stdin"], { input: new Promise<string>((resolve) => (command = resolve)) });
   updating.catch(() => {}); // Awaited below.
   try {
-    const tree = await withWorktreeIndex(target, (env) => stageTree(target, env, signal), signal);
-    stopIfAborted(signal);
     // Sparse paths hold no newline (fork refuses them), so each is one trailer line.
     const scope = target.paths && target.paths.length > 0 ? `\n\n${target.paths.map((path) => `${SCOPE_TRAILER}${path}\n`).join("")}` : "";
     const id = oneLine(await git(target, ["commit-tree", tree, "-F", "-"], { env: CHECKPOINT_IDENTITY, input: label + scope }));

@@ -86,6 +86,7 @@ export interface StageReport {
  */
 export async function stageChanges(target: GitTarget, options: StageOptions): Promise<StageReport> {
   const env = options.env ?? {};
+  if (options.signal?.aborted) throw new AbortedError("Staging was called off");
   const listed = nulSeparatedNames(options.listed ?? (await gitBytes(target, ["ls-files", "-z", "--modified", "--others", "--exclude-standard"], { env })));
   const candidates = listed.names;
   const staged: string[] = [];

@@ -26,6 +26,14 @@ afterAll(() => {
 
 const git = async (dir: string, ...args: string[]) => (await execa("git", args, { cwd: dir, env: TEST_GIT_IDENTITY })).stdout.trim();
 
+/** A test repository with an identity of its own, so commits count the same on any machine. */
+async function createRepo(files: Record<string, string>): Promise<string> {
+  const dir = await createTestRepo(files);
+  await git(dir, "config", "user.name", TEST_GIT_IDENTITY.GIT_AUTHOR_NAME);
+  await git(dir, "config", "user.email", TEST_GIT_IDENTITY.GIT_AUTHOR_EMAIL);
+  return dir;
+}
+
 async function counted<T>(step: () => Promise<T>): Promise<{ value: T; calls: string[] }> {
   spawned.length = 0;
   const value = await step();
@@ -34,12 +42,13 @@ async function counted<T>(step: () => Promise<T>): Promise<{ value: T; calls: st
 
 describe("git subprocesses of one fork + commit + merge + dispose", () => {
   it("are seven: the branch (update-ref) and checkout, three to commit, one merge, one removal", async () => {
-    const dir = await createTestRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
     // A clean checkout (the parent before each merge) is found clean with one status.
     const clean = await counted(() => ws.commit("nothing"));
     expect(clean.value).toEqual({ sha: null, skipped: [] });
-    expect(clean.calls.sort()).toEqual(["config", "status"]); // the identity is looked up once per workspace and its forks
+    // No identity lookup: git is asked to commit with its configured identity and refuses when it has none.
+    expect(clean.calls).toEqual(["status"]);
     expect((await counted(() => ws.commit("nothing"))).calls).toEqual(["status"]);
     const fork = await counted(() => ws.fork("summon-A"));
     expect(fork.calls).toEqual(["update-ref", "reset"]);
@@ -68,11 +77,11 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
   });
 
   it("with reuseWorktrees, a fork from a kept worktree is one checkout and a dispose a clean and a look for submodules", async () => {
-    const dir = await createTestRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false, reuseWorktrees: true });
     const first = await ws.fork("summon-A");
     await first.writeFile("notes/a.md", "a\n");
-    await first.commit("Add a"); // also looks the identity up, once per workspace and its forks
+    await first.commit("Add a");
     await first.dispose();
     const fork = await counted(() => ws.fork("summon-B"));
     expect(fork.calls).toEqual(["checkout"]);
@@ -110,6 +119,47 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     const head = await child.head();
     expect((await child.commit("undo")).sha).toBeNull();
     expect(await child.head()).toBe(head);
+    await child.dispose();
+  });
+});
+
+describe("git subprocesses of a checkpoint", () => {
+  it("start the ref update only once the tree is written: called off before, none is started for it", async () => {
+    const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("summon-cp");
+    const off = new AbortController();
+    off.abort();
+    const calledOff = await counted(() => child.checkpoint("run_c/A", "turn 0", { signal: off.signal }).catch((error: { code?: string }) => error.code));
+    expect(calledOff).toEqual({ value: "aborted", calls: [] });
+    await child.writeFile("notes/a.md", "a\n");
+    const saved = await counted(() => child.checkpoint("run_c/A", "turn 1"));
+    expect(saved.calls).toEqual(["ls-files", "add", "write-tree", "update-ref", "commit-tree"]);
+    expect(await child.readCheckpoint("run_c/A")).toEqual(saved.value);
+    await child.dispose();
+  });
+
+  it("with filesOf, save that commit's tree in two processes; a sparse worktree's files are staged anyway", async () => {
+    const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("summon-fresh");
+    const head = await child.head();
+    const saved = await counted(() => child.checkpoint("run_f/A", "turn 0", { filesOf: head }));
+    expect(saved.calls).toEqual(["update-ref", "commit-tree"]);
+    expect(await git(dir, "rev-parse", `${saved.value.id}^{tree}`)).toBe(await git(dir, "rev-parse", `${head}^{tree}`));
+    await expect(child.checkpoint("run_f/A", "turn 1", { filesOf: "HEAD" })).rejects.toMatchObject({ code: "invalid_option" });
+    const sparse = await ws.fork("summon-sparse", { paths: ["src"] });
+    expect((await counted(() => sparse.checkpoint("run_f/B", "turn 0", { filesOf: head }))).calls).toEqual(["ls-files", "write-tree", "update-ref", "commit-tree"]);
+    await Promise.all([child.dispose(), sparse.dispose()]);
+  });
+
+  it("a file written behind the workspace's back is still committed", async () => {
+    const dir = await createRepo({ "a.txt": "a\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("summon-direct");
+    await writeFile(join(child.root, "b.txt"), "b\n");
+    expect((await child.commit("b")).sha).not.toBeNull();
+    expect(await git(dir, "show", "summon-direct:b.txt")).toBe("b");
     await child.dispose();
   });
 });

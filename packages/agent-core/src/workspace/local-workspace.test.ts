@@ -45,6 +45,27 @@ describe("LocalWorkspace", () => {
     }
   });
 
+  it("commits as git's own identity when only an email is configured, as before", async () => {
+    const dir = await createTestRepo();
+    await execa("git", ["config", "user.email", "only@example.test"], { cwd: dir });
+    const saved = { global: process.env.GIT_CONFIG_GLOBAL, system: process.env.GIT_CONFIG_NOSYSTEM };
+    process.env.GIT_CONFIG_GLOBAL = "/dev/null";
+    process.env.GIT_CONFIG_NOSYSTEM = "1";
+    try {
+      const ws = await LocalWorkspace.open(dir, { sandbox: false });
+      await ws.writeFile("x.txt", "x");
+      expect((await ws.commit("x")).sha).not.toBeNull();
+      // git refuses the commit with user.useConfigOnly (no name), then commits as it always did: the email configured, the name git finds.
+      const author = await execa("git", ["log", "-1", "--format=%ae|%ce"], { cwd: dir });
+      expect(author.stdout).toBe("only@example.test|only@example.test");
+    } finally {
+      if (saved.global === undefined) delete process.env.GIT_CONFIG_GLOBAL;
+      else process.env.GIT_CONFIG_GLOBAL = saved.global;
+      if (saved.system === undefined) delete process.env.GIT_CONFIG_NOSYSTEM;
+      else process.env.GIT_CONFIG_NOSYSTEM = saved.system;
+    }
+  });
+
   it("forks a worktree on a new branch, merges it back with --no-ff, and reattaches to it only when asked", async () => {
     const dir = await createTestRepo();
     const ws = await LocalWorkspace.open(dir);

@@ -33,6 +33,7 @@ import {
 import { readFileStates, sameFileState, writeFileStates } from "./write-journal.js";
 import type {
   CheckpointableWorkspace,
+  CheckpointOptions,
   CommitOptions,
   CommitResult,
   ExecOptions,
@@ -452,8 +453,6 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
 
   async commit(message: string, options: CommitOptions = {}): Promise<CommitResult> {
     return this.locked(async () => {
-      const identity = this.identityEnv(options.author);
-      identity.catch(() => {}); // Awaited below when there is something to commit.
       // One status answers three questions: unmerged paths (staging one would record its conflict
       // markers as resolved), changes staged before, and whether anything changed at all.
       const status = await this.status();
@@ -464,13 +463,11 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes, listed: status.changed });
       // Nothing staged now and nothing staged before: nothing to commit.
       if (staged.length === 0 && !status.stagedBefore && !options.allowEmpty) return { sha: null, skipped };
-      const [before, env] = await Promise.all([this.headOrNull(), identity]);
+      const before = await this.headOrNull();
       // No `git maintenance run --auto` after keen's commit (one more process, and a repack of the
       // user's repository mid-run); the user's own git commands still run it.
-      const committed = await gitRaw(this.target, ["-c", "maintenance.auto=false", "commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"], {
-        env,
-        input: commitText(message),
-      });
+      const args = ["-c", "maintenance.auto=false", "commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"];
+      const committed = await this.commitAs(args, commitText(message), options.author);
       if (committed.exitCode !== 0) {
         // Staged paths that put the index back where HEAD is (a change undone): nothing to commit.
         const pending = await gitRaw(this.target, ["diff", "--cached", "--quiet"]);
@@ -479,6 +476,26 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       }
       return { sha: await this.verifiedHead(before), skipped };
     });
+  }
+
+  /**
+   * Runs `git commit` (`args`) as `author`, or else as git's own identity when the repository
+   * has one configured, or else as the default identity. Without a known identity the commit is
+   * first tried with `user.useConfigOnly` (git then refuses rather than make up an identity from
+   * the host's user and machine names), which spares looking the identity up when one is
+   * configured; when git refuses, the identity is looked up and the commit tried once more.
+   */
+  private async commitAs(args: string[], input: string, author?: { name: string; email: string }) {
+    if (author) return gitRaw(this.target, args, { env: gitIdentityEnv(author), input });
+    if (this.shared.identity) return gitRaw(this.target, args, { env: await this.shared.identity, input });
+    const configured = await gitRaw(this.target, ["-c", "user.useConfigOnly=true", ...args], { input });
+    if (configured.exitCode === 0) {
+      // git found a name and an email in its configuration (or GIT_AUTHOR_*/GIT_COMMITTER_*).
+      this.shared.identity ??= Promise.resolve({});
+      return configured;
+    }
+    // Any other failure fails again below, as it did before; the lookup is cached either way.
+    return gitRaw(this.target, args, { env: await this.identityEnv(), input });
   }
 
   /**
@@ -514,9 +531,12 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
    * Saves the worktree's files under `refs/keen/checkpoints/<key>` through a temporary index; the
    * checkout's files, index, HEAD and branches are never written.
    */
-  async checkpoint(key: string, label: string, options: { signal?: AbortSignal } = {}): Promise<WorkspaceCheckpoint> {
+  async checkpoint(key: string, label: string, options: CheckpointOptions = {}): Promise<WorkspaceCheckpoint> {
     const target = { ...this.target, maxFileBytes: this.maxFileBytes, ...(this.sparsePaths ? { paths: this.sparsePaths } : {}) };
-    return this.locked(() => saveCheckpoint(target, key, label, options.signal));
+    const { filesOf } = options;
+    if (filesOf !== undefined && !/^(?:[0-9a-f]{40}|[0-9a-f]{64})$/.test(filesOf)) throw new KeenError("invalid_option", `filesOf must be a full commit id, not ${JSON.stringify(filesOf)}`);
+    // A sparse worktree's files are always staged: its checkpoint records what it holds.
+    return this.locked(() => saveCheckpoint(target, key, label, options.signal, this.sparsePaths ? undefined : filesOf));
   }
 
   async readCheckpoint(key: string): Promise<WorkspaceCheckpoint | null> {

@@ -214,6 +214,17 @@ export interface RestoreReport {
   changed: string[];
 }
 
+export interface CheckpointOptions {
+  /** Once it fires, the checkpoint stops before its next step (code `aborted`). */
+  signal?: AbortSignal;
+  /**
+   * A commit (full id) whose files the caller knows the work tree holds exactly: checked out
+   * fresh, and nothing written since. The checkpoint is then that commit's tree, saved without
+   * looking at the files. An implementation may ignore it and save the files as usual.
+   */
+  filesOf?: string;
+}
+
 /**
  * A workspace that can save the state of its files and put them back exactly, so that a turn cut
  * short by a crash can be repeated from where it started. Optional capability of a `Workspace`;
@@ -228,7 +239,7 @@ export interface CheckpointableWorkspace extends Workspace {
    * `options.signal` fires it stops before its next step and rejects with code `aborted`; the
    * checkpoint under `key` is then the earlier one, unless the new one was already saved.
    */
-  checkpoint(key: string, label: string, options?: { signal?: AbortSignal }): Promise<WorkspaceCheckpoint>;
+  checkpoint(key: string, label: string, options?: CheckpointOptions): Promise<WorkspaceCheckpoint>;
   /** The checkpoint saved under `key`, or null when there is none. */
   readCheckpoint(key: string): Promise<WorkspaceCheckpoint | null>;
   /**

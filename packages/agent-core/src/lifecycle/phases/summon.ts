@@ -38,6 +38,7 @@ export const summonPhase: PhaseDefinition = {
         if (outcome.status === "fulfilled") {
           forked.push(outcome.value);
           tree.workspaces.set(toFork[i]!.id, outcome.value);
+          if (fresh.has(toFork[i]!.id)) tree.pristine.set(toFork[i]!.id, await outcome.value.head());
         }
       }
       const failed = forks.find((outcome): outcome is PromiseRejectedResult => outcome.status === "rejected");
