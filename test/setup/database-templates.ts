@@ -10,7 +10,7 @@
  *
  * Both are made by the code under test in this run, so a changed migration is in them.
  */
-import { cp, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
@@ -34,7 +34,7 @@ export default async function setup(): Promise<() => Promise<void>> {
     await database.close();
   }
   // Complete before it is named, so no suite copies a half-made folder.
-  await cp(scratch, serverDb, { recursive: true });
+  await rename(scratch, serverDb);
 
   process.env.KEEN_TEST_PGLITE_DUMP = dumpPath;
   process.env.KEEN_TEST_SERVER_DB = serverDb;
