@@ -13,6 +13,8 @@ declare module "koa" {
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+/** Statuses of a coded gateway-kit error that reach the client as they are: another service failed, not this one. */
+const DEPENDENCY_FAILURES = new Set([502, 503, 504]);
 
 /** The one error body: `{ error: { code, message, details?, requestId } }`. */
 export interface ServerErrorBody {
@@ -21,9 +23,11 @@ export interface ServerErrorBody {
 
 function toError(error: unknown): { status: number; code: string; message: string; details?: Record<string, unknown>; headers?: Record<string, string> } {
   if (error instanceof ServerError) return { status: statusOf(error.code), code: error.code, message: error.message, ...(error.details ? { details: error.details } : {}) };
-  // gateway-kit's errors (HttpError included) answer with the status its one table gives their code.
+  // gateway-kit's errors (HttpError included) answer with the status its one table gives their code:
+  // a 4xx, or a failed dependency (502 a mail relay or a provider refused, 503/504 one is out of
+  // reach), whose code and message gateway-kit wrote for the client. Any other 5xx is masked.
   const status = errorStatus(error);
-  if (error instanceof GatewayError && status < 500) {
+  if (error instanceof GatewayError && (status < 500 || DEPENDENCY_FAILURES.has(status))) {
     return { status, code: error.code, message: error.message, ...(error.details ? { details: error.details } : {}), headers: errorHeaders(error) };
   }
   if (status < 500) {

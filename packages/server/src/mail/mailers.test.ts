@@ -5,7 +5,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { MailMessage } from "@keen/gateway-kit";
 import { mailerContract } from "@keen/gateway-kit/testing";
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { api, signup, useTestServer } from "../testing/harness.js";
 import { outboxMailer, readOutbox } from "./outbox-mailer.js";
 import { webhookMailer } from "./webhook-mailer.js";
 
@@ -61,4 +62,17 @@ mailerContract("webhook", () => ({
 
 it("fails the send when the webhook refuses it", async () => {
   await expect(webhookMailer({ url: relayUrl, token: "wrong-token-0123456789" }).send({ to: "ada@example.test", subject: "s", text: "t" })).rejects.toThrow(/401/);
+});
+
+describe("a server whose mail relay fails", () => {
+  const started = useTestServer(() => ({ mailWebhookUrl: relayUrl, mailWebhookToken: "wrong-token-0123456789" }));
+
+  it("answers 502 email_delivery_failed, not a 500, and a later request can still send", async () => {
+    const account = await signup(started.url);
+    const asked = await api(started.url, "/v1/auth/email/verification", { headers: account.headers, body: {} });
+    expect(asked.status).toBe(502);
+    expect(asked.body.error).toMatchObject({ code: "email_delivery_failed" });
+    expect(typeof asked.body.error.requestId).toBe("string");
+    expect(JSON.stringify(asked.body)).not.toMatch(/401|relay-token|127\.0\.0\.1/);
+  });
 });
