@@ -30,6 +30,10 @@ const SPARSE = ["-c", "core.sparseCheckout=true", "-c", "core.sparseCheckoutCone
  * `submodule.recurse=true` would make `reset`/`checkout` run git with the agent's filters there)
  * and no look into them from `diff` or `status`. Paths that are `.git` on macOS or Windows
  * (`.g\u200cit`, `GIT~1`) are refused whatever the host, so no commit of keen's carries one.
+ * A file counts as unchanged only when all of its stat data matches, ctime included, which no
+ * process can set back: a user's `core.checkStat=minimal`, `core.trustctime=false` or
+ * `core.ignoreStat=true` would let an agent hide a rewrite (same size, modification time put back)
+ * from keen's commits and checkpoints, and from the checkout that hands a kept worktree to the next fork.
  */
 const HARDENING = [
   "-c", "core.hooksPath=/dev/null",
@@ -40,6 +44,9 @@ const HARDENING = [
   "-c", "diff.ignoreSubmodules=all",
   "-c", "core.protectHFS=true",
   "-c", "core.protectNTFS=true",
+  "-c", "core.checkStat=default",
+  "-c", "core.trustctime=true",
+  "-c", "core.ignoreStat=false",
 ];
 
 /**

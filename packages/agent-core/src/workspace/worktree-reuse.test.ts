@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
 import { describe, expect, it } from "vitest";
@@ -119,4 +119,35 @@ describe("reuseWorktrees", () => {
     expect(await worktreePaths(repo)).toEqual([repo]);
     expect(await git(repo, "rev-parse", "--verify", "summon-A")).toMatch(/^[0-9a-f]{40}$/);
   });
+});
+
+describe("reuseWorktrees against a planted file", () => {
+  // An agent rewrites a committed file with the same size and puts its modification time back, once
+  // the index holds that time and is newer (so git does not treat the entry as racy). With a user's
+  // `core.checkStat=minimal` (or `core.trustctime=false`) git compares only what the agent controls,
+  // takes the file as unchanged and would leave the planted bytes in the worktree the next fork gets.
+  for (const config of [["core.checkStat", "minimal"], ["core.trustctime", "false"]] as const) {
+    it(`gives the next fork its commit's bytes even with ${config[0]}=${config[1]} in the repository's config`, async () => {
+      const repo = await repoWithIgnores();
+      await git(repo, "config", config[0], config[1]);
+      const ws = await LocalWorkspace.open(repo, { sandbox: false, reuseWorktrees: true });
+      const first = await ws.fork("plant-A");
+      await first.writeFile("src/a.ts", "export const a = 7;\n");
+      await first.commit("A sets a");
+      const file = join(first.root, "src", "a.ts");
+      const { atime, mtime } = await stat(file);
+      await new Promise((resolve) => setTimeout(resolve, 1100));
+      await first.writeFile("src/b.ts", "export const b = 3;\n");
+      await first.commit("A sets b"); // The index is written again, a second later.
+      await writeFile(file, "export const a = 9;\n"); // Same length, never committed.
+      await utimes(file, atime, mtime);
+      await first.dispose();
+      expect((await ws.merge("plant-A", "Merge plant-A")).status).toBe("merged");
+      const second = await ws.fork("plant-B");
+      expect(second.root).toBe(join(repo, ".git", "keen", "worktrees", "plant-B"));
+      expect(await readFile(join(second.root, "src", "a.ts"), "utf8")).toBe("export const a = 7;\n");
+      await second.dispose();
+      await ws.releaseWorktrees();
+    });
+  }
 });
