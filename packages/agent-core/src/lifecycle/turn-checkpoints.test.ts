@@ -313,6 +313,7 @@ describe("turn checkpoints", () => {
     };
     const checked: string[] = [];
     const differing: string[] = [];
+    let latest: TaskSnapshot | undefined;
     const server = await startMessagesServer({
       policy: scenarioPolicy(
         {
@@ -334,14 +335,22 @@ describe("turn checkpoints", () => {
             const saving = turn === 0 || (agent === "A" && turn === 2);
             const savedAt = agent === "A" && turn >= 2 ? 2 : 0;
             // The agent's turns before COMPLETE: root explored and planned, the children explored.
-            const label = `turn ${(agent === "root" ? 2 : 1) + savedAt}`;
-            let saved = false;
-            for (let i = 0; i < 400 && !saved; i++) {
-              saved = (await git(dir, ["log", "-1", "--format=%s", ref])) === label;
-              if (!saved) await delay(25);
+            const checkpointTurn = (agent === "root" ? 2 : 1) + savedAt;
+            // A child's first checkpoint is its fork's commit, named in a snapshot instead of a ref.
+            const kept = () => latest?.agents.find((state) => state.id === agent)?.checkpointCommit;
+            const savedTree = async () => {
+              if ((await git(dir, ["log", "-1", "--format=%s", ref])) === `turn ${checkpointTurn}`) return git(dir, ["rev-parse", `${ref}^{tree}`]);
+              const commit = kept();
+              return commit?.turn === checkpointTurn ? git(dir, ["rev-parse", `${commit.commit}^{tree}`]) : undefined;
+            };
+            let saved: string | undefined;
+            for (let i = 0; i < 400 && saved === undefined; i++) {
+              saved = await savedTree();
+              if (saved === undefined) await delay(25);
             }
             checked.push(`${agent} ${turn}`);
-            if (!saved || (saving && (await git(dir, ["rev-parse", `${ref}^{tree}`])) !== sent)) differing.push(`${agent} ${turn}`);
+            if (saved === undefined || (saving && saved !== sent)) differing.push(`${agent} ${turn}`);
+            if (agent !== "root" && savedAt === 0 && kept()?.turn !== checkpointTurn) differing.push(`${agent} ${turn}: no commit kept`);
           },
         },
       ),
@@ -349,7 +358,8 @@ describe("turn checkpoints", () => {
     try {
       const workspace = await LocalWorkspace.open(dir, { sandbox: false });
       const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
-      const result = await startTask({ vision: "Build both parts", workspace, model, limits: { maxDepth: 1 }, maxConcurrency: 2, runId }).result;
+      const onSnapshot = (snapshot: TaskSnapshot) => void (latest = snapshot);
+      const result = await startTask({ vision: "Build both parts", workspace, model, limits: { maxDepth: 1 }, maxConcurrency: 2, runId, onSnapshot }).result;
       expect(result.status).toBe("success");
     } finally {
       await server.close();

@@ -67,13 +67,23 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     expect(await git(dir, "show", "HEAD:notes/a.md")).toBe("a");
   });
 
-  it("drops a checkpoint with one update-ref, whether or not it exists", async () => {
+  it("drops a checkpoint with one update-ref, loose or packed, and starts nothing when there is none", async () => {
     const dir = await createTestRepo({ "README.md": "# r\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
     await ws.checkpoint("run_1/root", "turn 0");
     expect((await counted(() => ws.dropCheckpoint("run_1/root"))).calls).toEqual(["update-ref"]);
     expect(await ws.readCheckpoint("run_1/root")).toBeNull();
-    expect((await counted(() => ws.dropCheckpoint("run_1/root"))).calls).toEqual(["update-ref"]);
+    expect((await counted(() => ws.dropCheckpoint("run_1/root"))).calls).toEqual([]);
+    expect((await counted(() => ws.dropCheckpoint("run_never/A"))).calls).toEqual([]);
+    // Packed (no loose file left): still found, and deleted.
+    await ws.checkpoint("run_1/A", "turn 0");
+    await git(dir, "pack-refs", "--all");
+    expect((await counted(() => ws.dropCheckpoint("run_1/B"))).calls).toEqual([]);
+    expect((await counted(() => ws.dropCheckpoint("run_1/A"))).calls).toEqual(["update-ref"]);
+    expect(await git(dir, "for-each-ref", "refs/keen")).toBe("");
+    // Refs that are not plain files (reftable): git is asked.
+    await mkdir(join(dir, ".git", "reftable"));
+    expect((await counted(() => ws.dropCheckpoint("run_1/A"))).calls).toEqual(["update-ref"]);
   });
 
   it("with reuseWorktrees, a fork from a kept worktree is one checkout and a dispose a clean and a look for submodules", async () => {
@@ -150,6 +160,21 @@ describe("git subprocesses of a checkpoint", () => {
     await expect(child.checkpoint("run_f/A", "turn 1", { filesOf: "HEAD" })).rejects.toMatchObject({ code: "invalid_option" });
     const sparse = await ws.fork("summon-sparse", { paths: ["src"] });
     expect((await counted(() => sparse.checkpoint("run_f/B", "turn 0", { filesOf: head }))).calls).toEqual(["ls-files", "write-tree", "update-ref", "commit-tree"]);
+    await Promise.all([child.dispose(), sparse.dispose()]);
+  });
+
+  it("with filesOf kept by the caller, save nothing and start no process; a sparse worktree still saves its files", async () => {
+    const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("summon-kept");
+    const head = await child.head();
+    const kept = await counted(() => child.checkpoint("run_k/A", "turn 0", { filesOf: head, callerKeeps: true }));
+    expect(kept).toEqual({ value: { id: head, label: "turn 0", unsaved: true }, calls: [] });
+    expect(await child.readCheckpoint("run_k/A")).toBeNull();
+    const sparse = await ws.fork("summon-kept-sparse", { paths: ["src"] });
+    const staged = await counted(() => sparse.checkpoint("run_k/B", "turn 0", { filesOf: head, callerKeeps: true }));
+    expect(staged.value.unsaved).toBeUndefined();
+    expect(staged.calls).toEqual(["ls-files", "write-tree", "update-ref", "commit-tree"]);
     await Promise.all([child.dispose(), sparse.dispose()]);
   });
 
