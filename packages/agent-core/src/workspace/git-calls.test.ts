@@ -5,6 +5,10 @@ import { join } from "node:path";
 import { syncBuiltinESMExports } from "node:module";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTask } from "../lifecycle/start-task.js";
+import { done, explore, scenarioPolicy, write } from "../lifecycle/testing/scenario.js";
+import { anthropic } from "../model/anthropic.js";
+import { reply, startMessagesServer } from "../testing/index.js";
 import { LocalWorkspace } from "./local-workspace.js";
 import { isLooseCommit, isValidBranchName, refsAroundFromFiles } from "./refs.js";
 import { createTestRepo, TEST_GIT_IDENTITY } from "./test-repo.js";
@@ -258,5 +262,32 @@ describe("git subprocesses before a run's first request", () => {
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
     expect(ws.root).toBe(await realpath(dir));
     expect(await ws.listFiles()).toEqual(["a.txt"]);
+  });
+});
+
+describe("git subprocesses of a run", () => {
+  it("save no checkpoint and drop none when the only writing turns start from the fresh worktree's commit", async () => {
+    const dir = await createRepo({ "README.md": "# r\n" });
+    // As `keen run` on the benchmark task: list files, then write a file, run a command, finish.
+    const server = await startMessagesServer({
+      policy: scenarioPolicy({
+        root: {
+          finish_explore: [reply.toolUse("list_files", {}), explore("COMPLETE")],
+          complete_task: [write("notes/hello.md", "# Hello\n"), reply.toolUse("run_command", { command: "cat notes/hello.md" }), done("Wrote it.")],
+        },
+      }),
+    });
+    try {
+      const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+      const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+      const run = await counted(() => startTask({ vision: "Write a note", workspace, model, onSnapshot: () => {} }).result);
+      expect(run.value.status, run.value.summary).toBe("success");
+      // The checkpoint of the first writing turn is the worktree's commit, kept in the snapshot:
+      // no commit-tree, and the only ref update creates the run branch.
+      expect(run.calls.filter((call) => call === "commit-tree" || call === "update-ref")).toEqual(["update-ref"]);
+    } finally {
+      await server.close();
+    }
+    expect(await git(dir, "for-each-ref", "refs/keen")).toBe("");
   });
 });
