@@ -158,10 +158,10 @@ export async function restoreCheckpoint(target: CheckpointTarget, key: string): 
 
 /**
  * `restoreCheckpoint` to the files of `commit`, as a checkpoint saved with `filesOf: commit`
- * (of a worktree that is not sparse) would hold them.
+ * would hold them. In a sparse worktree (`target.paths`), no file outside its paths is removed.
  */
 export async function restoreFilesOf(target: CheckpointTarget, commit: string): Promise<RestoreReport> {
-  return restoreTree(target, commit);
+  return restoreTree(target, commit, target.paths && target.paths.length > 0 ? target.paths : undefined);
 }
 
 /** Switches the work tree's files to the tree of commit `id` (see `restoreCheckpoint`); `paths`: a sparse checkpoint's scope. */

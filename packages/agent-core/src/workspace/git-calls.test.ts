@@ -1,5 +1,5 @@
 import childProcess from "node:child_process";
-import { mkdir, mkdtemp, realpath, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, realpath, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { syncBuiltinESMExports } from "node:module";
@@ -179,6 +179,14 @@ describe("git subprocesses of a checkpoint", () => {
     const staged = await counted(() => sparse.checkpoint("run_k/B", "turn 0", { filesOf: head, callerKeeps: true }));
     expect(staged.value.unsaved).toBeUndefined();
     expect(staged.calls).toEqual(["ls-files", "write-tree", "update-ref", "commit-tree"]);
+    // Put back from the commit alone, in a sparse worktree too (the files outside its paths stay unchecked-out).
+    await child.writeFile("src/b.ts", "b\n");
+    expect((await child.restoreFilesOf(head)).changed).toEqual(["src/b.ts"]);
+    await sparse.writeFile("src/b.ts", "b\n");
+    await sparse.writeFile("src/a.ts", "changed\n");
+    expect((await sparse.restoreFilesOf(head)).changed).toEqual(["src/a.ts", "src/b.ts"]);
+    expect(await sparse.readFile("src/a.ts")).toBe("export const a = 1;\n");
+    await expect(readFile(join(sparse.root, "README.md"))).rejects.toMatchObject({ code: "ENOENT" });
     await Promise.all([child.dispose(), sparse.dispose()]);
   });
 

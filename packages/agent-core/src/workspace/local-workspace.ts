@@ -560,7 +560,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
 
   async restoreFilesOf(commit: string, options: { journal?: readonly FileState[] } = {}): Promise<RestoreReport> {
     if (!/^(?:[0-9a-f]{40}|[0-9a-f]{64})$/.test(commit)) throw new KeenError("invalid_option", `restoreFilesOf takes a full commit id, not ${JSON.stringify(commit)}`);
-    return this.restoreFiles((target) => restoreFilesOf(target, commit), options.journal ?? []);
+    return this.restoreFiles((target) => restoreFilesOf(this.sparsePaths ? { ...target, paths: this.sparsePaths } : target, commit), options.journal ?? []);
   }
 
   /** Puts back the files `restore` switches to, then writes `journal` over them (see `restoreCheckpoint`). */
