@@ -61,6 +61,13 @@ export const AgentState = z.object({
    * completed turn left it (see `turn-checkpoints.ts`). Absent or empty: none was written.
    */
   journal: z.array(FileState).optional(),
+  /**
+   * The agent's checkpoint of turn `turn`, when it is the files of commit `commit` and was kept
+   * here instead of under a ref (its worktree had been checked out at that commit, unchanged, when
+   * the turn began; see `turn-checkpoints.ts`). A checkpoint ref of the agent, when there is one,
+   * supersedes it: it was saved later.
+   */
+  checkpointCommit: z.object({ turn: z.number().int().nonnegative(), commit: z.string().regex(/^(?:[0-9a-f]{40}|[0-9a-f]{64})$/) }).optional(),
   /** Why the agent ended as it did, when it did not succeed. */
   error: z.object({ code: z.string(), message: z.string() }).optional(),
 });
@@ -83,9 +90,9 @@ export const TaskLimits = z.object({
 export type TaskLimits = z.infer<typeof TaskLimits>;
 
 /** The snapshot format this version of keen writes. */
-export const SNAPSHOT_VERSION = 4;
+export const SNAPSHOT_VERSION = 5;
 /** Snapshot formats this version of keen reads (older ones are upgraded by `readSnapshot`). */
-export const READABLE_SNAPSHOT_VERSIONS = [1, 2, 3, 4] as const;
+export const READABLE_SNAPSHOT_VERSIONS = [1, 2, 3, 4, 5] as const;
 
 const CurrentSnapshot = z.object({
   version: z.literal(SNAPSHOT_VERSION),
@@ -117,8 +124,10 @@ export type TaskSnapshot = z.infer<typeof CurrentSnapshot>;
  * The upgrade steps, one per version: version 2 added optional fields (`base`, an agent's
  * `error`), so a version-1 snapshot upgrades by its version number alone; so does a version-2
  * one to version 3 (an agent's `unchangedSince`, which an older keen would drop and then not
- * restore a turn it must), and a version-3 one to version 4 (an agent's `journal`, which an
- * older keen would drop and then put back files without what keen's file tools wrote). Values
+ * restore a turn it must), a version-3 one to version 4 (an agent's `journal`, which an
+ * older keen would drop and then put back files without what keen's file tools wrote), and a
+ * version-4 one to version 5 (an agent's `checkpointCommit`, which an older keen would drop and
+ * then not restore a turn it must, or restore an older checkpoint). Values
  * of other versions pass through unchanged (and fail validation, naming the version).
  */
 function upgradeSnapshot(value: unknown): unknown {
@@ -127,6 +136,7 @@ function upgradeSnapshot(value: unknown): unknown {
   if (current.version === 1) current = { ...current, version: 2 };
   if (current.version === 2) current = { ...current, version: 3 };
   if (current.version === 3) current = { ...current, version: 4 };
+  if (current.version === 4) current = { ...current, version: 5 };
   return current;
 }
 

@@ -313,6 +313,7 @@ describe("turn checkpoints", () => {
     };
     const checked: string[] = [];
     const differing: string[] = [];
+    let latest: TaskSnapshot | undefined;
     const server = await startMessagesServer({
       policy: scenarioPolicy(
         {
@@ -334,14 +335,22 @@ describe("turn checkpoints", () => {
             const saving = turn === 0 || (agent === "A" && turn === 2);
             const savedAt = agent === "A" && turn >= 2 ? 2 : 0;
             // The agent's turns before COMPLETE: root explored and planned, the children explored.
-            const label = `turn ${(agent === "root" ? 2 : 1) + savedAt}`;
-            let saved = false;
-            for (let i = 0; i < 400 && !saved; i++) {
-              saved = (await git(dir, ["log", "-1", "--format=%s", ref])) === label;
-              if (!saved) await delay(25);
+            const checkpointTurn = (agent === "root" ? 2 : 1) + savedAt;
+            // A child's first checkpoint is its fork's commit, named in a snapshot instead of a ref.
+            const kept = () => latest?.agents.find((state) => state.id === agent)?.checkpointCommit;
+            const savedTree = async () => {
+              if ((await git(dir, ["log", "-1", "--format=%s", ref])) === `turn ${checkpointTurn}`) return git(dir, ["rev-parse", `${ref}^{tree}`]);
+              const commit = kept();
+              return commit?.turn === checkpointTurn ? git(dir, ["rev-parse", `${commit.commit}^{tree}`]) : undefined;
+            };
+            let saved: string | undefined;
+            for (let i = 0; i < 400 && saved === undefined; i++) {
+              saved = await savedTree();
+              if (saved === undefined) await delay(25);
             }
             checked.push(`${agent} ${turn}`);
-            if (!saved || (saving && (await git(dir, ["rev-parse", `${ref}^{tree}`])) !== sent)) differing.push(`${agent} ${turn}`);
+            if (saved === undefined || (saving && saved !== sent)) differing.push(`${agent} ${turn}`);
+            if (agent !== "root" && savedAt === 0 && kept()?.turn !== checkpointTurn) differing.push(`${agent} ${turn}: no commit kept`);
           },
         },
       ),
@@ -349,7 +358,8 @@ describe("turn checkpoints", () => {
     try {
       const workspace = await LocalWorkspace.open(dir, { sandbox: false });
       const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
-      const result = await startTask({ vision: "Build both parts", workspace, model, limits: { maxDepth: 1 }, maxConcurrency: 2, runId }).result;
+      const onSnapshot = (snapshot: TaskSnapshot) => void (latest = snapshot);
+      const result = await startTask({ vision: "Build both parts", workspace, model, limits: { maxDepth: 1 }, maxConcurrency: 2, runId, onSnapshot }).result;
       expect(result.status).toBe("success");
     } finally {
       await server.close();
@@ -389,5 +399,78 @@ describe("the first checkpoint of a worktree the run checked out", () => {
     }
     // The write turn's checkpoint holds the files it started from, built.txt included (not the fork's commit).
     expect(seen?.split("\n")).toEqual(["README.md", "built.txt"]);
+  });
+});
+
+describe("the first checkpoint kept as the fresh worktree's commit", () => {
+  const refsIn = async (dir: string) => (await execa("git", ["for-each-ref", "--format=%(refname) %(subject)", "refs/keen/checkpoints"], { cwd: dir })).stdout;
+
+  it("saves no ref, names the commit in a snapshot handed over before the turn goes on, and a resume puts its files back", async () => {
+    const { dir, child } = await forked();
+    const head = await child.head();
+    const snapshots: TaskSnapshot[] = [];
+    const { tree, agent } = treeWith(child, "run_1", { onSnapshot: (snapshot) => void snapshots.push(structuredClone(snapshot)) });
+    // A ref left under the key by an earlier run with the same id: it must not win over the commit.
+    await child.writeFile("stale.txt", "x\n");
+    await child.checkpoint(checkpointKey("run_1", "A"), "turn 1");
+    await rm(join(child.root, "stale.txt"));
+    countTurn(agent); // one read-only turn done (EXPLORE)
+    tree.pristine.set("A", head);
+    await checkpointTurn(tree, agent, child);
+    expect(await refsIn(dir)).toBe("");
+    expect(agent.checkpointCommit).toEqual({ turn: 1, commit: head });
+    const beforeTools = snapshots.at(-1)!;
+    expect(beforeTools.agents[0]!.checkpointCommit).toEqual({ turn: 1, commit: head });
+    expect(beforeTools.agents[0]!.turns).toBe(1);
+
+    // The turn's tools write half-way, then the process dies: the resume starts from that snapshot.
+    await child.writeFile("lib.txt", "keep\nhalf\n");
+    await child.writeFile("src/new.ts", "export {};\n");
+    await rm(join(child.root, "README.md"));
+    const resumed = treeOf(structuredClone(beforeTools), child);
+    await restoreInterruptedTurn(resumed.tree, resumed.agent, child);
+    expect(resumed.events).toEqual([expect.objectContaining({ type: "turn.restored", turn: 1, result: "restored", files: ["README.md", "lib.txt", "src/new.ts"] })]);
+    expect(await child.readFile("lib.txt")).toBe("keep\nend\n");
+    expect(await child.readFile("README.md")).toBe("# test\n");
+    expect(await child.exists("src")).toBe(false);
+    expect(await child.head()).toBe(head);
+  });
+
+  it("is superseded by a ref saved later, even when the last snapshot still names it", async () => {
+    const { dir, child } = await forked();
+    const head = await child.head();
+    const snapshots: TaskSnapshot[] = [];
+    const { tree, agent } = treeWith(child, "run_1", { onSnapshot: (snapshot) => void snapshots.push(structuredClone(snapshot)) });
+    tree.pristine.set("A", head);
+    await checkpointTurn(tree, agent, child);
+    // Turn 0 ran a command that wrote; its snapshot still names the commit as turn 0's checkpoint.
+    await child.writeFile("lib.txt", "turn 0 wrote\n");
+    countTurn(agent);
+    await tree.snapshot();
+    const afterTurn0 = snapshots.at(-1)!;
+    expect(afterTurn0.agents[0]!.checkpointCommit).toEqual({ turn: 0, commit: head });
+    // Turn 1 saves a ref (the files are no longer the commit's), then dies half-way.
+    await checkpointTurn(tree, agent, child);
+    expect(await refsIn(dir)).toMatch(/ turn 1$/);
+    expect(agent.checkpointCommit).toBeUndefined();
+    await child.writeFile("lib.txt", "turn 1 wrote\n");
+    const resumed = treeOf(structuredClone(afterTurn0), child);
+    await restoreInterruptedTurn(resumed.tree, resumed.agent, child);
+    expect(await child.readFile("lib.txt")).toBe("turn 0 wrote\n");
+    expect(resumed.events).toEqual([expect.objectContaining({ type: "turn.restored", turn: 1, result: "restored", files: ["lib.txt"] })]);
+  });
+
+  it("never puts back the commit's files in a checkout keen did not create", async () => {
+    const dir = await createTestRepo({ "README.md": "# test\n", "lib.txt": "keep\nend\n" });
+    const checkout = await LocalWorkspace.open(dir, { sandbox: false });
+    const { tree, agent, events } = treeWith(checkout);
+    agent.checkpointCommit = { turn: 0, commit: await checkout.head() };
+    await writeFile(join(dir, "lib.txt"), "the user's edit\n");
+    await writeFile(join(dir, "mine.txt"), "the user's file\n");
+    await restoreInterruptedTurn(tree, agent, checkout);
+    expect(await readFile(join(dir, "lib.txt"), "utf8")).toBe("the user's edit\n");
+    expect(await readFile(join(dir, "mine.txt"), "utf8")).toBe("the user's file\n");
+    expect(events).toEqual([expect.objectContaining({ type: "turn.restored", result: "skipped", files: [], detail: expect.stringContaining("keen did not create") })]);
+    expect((await execa("git", ["status", "--porcelain"], { cwd: dir })).stdout).toBe(" M lib.txt\n?? mine.txt");
   });
 });

@@ -6,7 +6,7 @@
  * to the checkpoint first, so the repeated turn starts from exactly where the lost one did and
  * nothing it wrote is applied twice.
  *
- * Three things keep this off a turn's critical path:
+ * What keeps this off a turn's critical path:
  * - The checkpoint is saved while the turn's model request is in flight (`runConversation`'s
  *   `checkpoint`), and awaited only before the turn's tools run. That relies on an invariant of
  *   the lifecycle: an agent's worktree is written only by its own driver, one step at a time
@@ -27,6 +27,10 @@
  *   journal, and so does one that would take it past `JOURNAL_MAX_FILES` files or
  *   `JOURNAL_MAX_BYTES` of content, or that wrote a file the journal cannot replay exactly (a
  *   path through a symbolic link): the next turn saves a checkpoint of its own.
+ * - The first checkpoint of a worktree the run checked out, with only read-only turns since, is
+ *   the files of its commit: no ref is saved and no git process started; the agent's
+ *   `checkpointCommit` in the snapshot names the turn and the commit instead, and a resume puts
+ *   back that commit's files as it would a saved checkpoint's (`checkpointTurn`).
  */
 import { createHash } from "node:crypto";
 import { fileStateBytes, readFileStates } from "../workspace/write-journal.js";
@@ -50,13 +54,34 @@ export function checkpointKey(runId: string, agentId: string): string {
   return `${part(runId)}/${part(agentId)}`;
 }
 
-/** Saves the agent's files before its next turn (number `agent.turns`); `signal` calls it off. */
+/**
+ * Saves the agent's files before its next turn (number `agent.turns`); `signal` calls it off.
+ * When they are still the files of the commit its worktree was checked out at, and the workspace
+ * can put them back from the commit's id alone (`restoreFilesOf`), nothing is saved under a ref:
+ * the agent's `checkpointCommit` names the turn and the commit, in a snapshot handed over before
+ * this returns, so before the turn's tools run. No ref keeps that commit from git's garbage
+ * collection, and none is needed: it is the commit the agent's branch was created at, so the
+ * branch reaches it (commits only ever go on top of it).
+ */
 export async function checkpointTurn(tree: AgentTree, agent: AgentState, workspace: Workspace, signal?: AbortSignal): Promise<void> {
   if (!isCheckpointable(workspace)) return;
+  const turn = agent.turns ?? 0;
+  const key = checkpointKey(tree.state.runId, agent.id);
   // A worktree checked out fresh and not written since holds its commit's files (HEAD still there).
   const pristine = tree.pristine.get(agent.id);
   const filesOf = pristine !== undefined && (await workspace.head()) === pristine ? pristine : undefined;
-  await workspace.checkpoint(checkpointKey(tree.state.runId, agent.id), `turn ${agent.turns ?? 0}`, { ...(signal ? { signal } : {}), ...(filesOf ? { filesOf } : {}) });
+  const callerKeeps = filesOf !== undefined && typeof workspace.restoreFilesOf === "function";
+  const saved = await workspace.checkpoint(key, `turn ${turn}`, { ...(signal ? { signal } : {}), ...(filesOf ? { filesOf } : {}), ...(callerKeeps ? { callerKeeps } : {}) });
+  if (callerKeeps && saved.unsaved) {
+    // A ref left under the key (a run with the same id) would supersede the commit: gone first.
+    await workspace.dropCheckpoint(key);
+    agent.checkpointCommit = { turn, commit: saved.id };
+    await tree.snapshot();
+  } else {
+    // A ref saved after the commit supersedes it (see `restoreInterruptedTurn`); the commit goes
+    // from the next snapshot.
+    delete agent.checkpointCommit;
+  }
   // Once saved, the turn's tools may write (and may fail half-way): the next checkpoint looks.
   tree.pristine.delete(agent.id);
 }
@@ -177,10 +202,13 @@ export async function restoreInterruptedTurn(tree: AgentTree, agent: AgentState,
   // saved during a turn, after a snapshot holding the conversation's first message.
   if (!isCheckpointable(workspace) || agent.phase === "DONE" || agent.messages.length === 0) return;
   const key = checkpointKey(tree.state.runId, agent.id);
+  // The agent's last checkpoint: its ref, saved after any commit the snapshot names (a ref left
+  // from before is dropped as the commit is recorded), else that commit.
   const saved = await workspace.readCheckpoint(key);
+  const kept = saved ? undefined : agent.checkpointCommit;
   const match = saved ? LABEL.exec(saved.label) : null;
-  if (!match) return;
-  const turn = Number(match[1]);
+  if (!match && !kept) return;
+  const turn = kept ? kept.turn : Number(match![1]);
   const done = agent.turns ?? 0;
   // The checkpointed turn was saved as done: the files hold its effects, and nothing that may
   // write ran since, unless every turn since was read-only or journaled (then the checkpoint,
@@ -195,9 +223,14 @@ export async function restoreInterruptedTurn(tree: AgentTree, agent: AgentState,
     skip(`${agent.id} works in ${workspace.root}, a checkout keen did not create: keen never puts back files there, so what the interrupted turn wrote stays`);
     return;
   }
+  if (kept && !workspace.restoreFilesOf) {
+    skip(`The checkpoint of turn ${turn} is the files of commit ${kept.commit}, which this workspace cannot put back; the files are left as they are`);
+    return;
+  }
   // The checkpoint of the turn to repeat is the saved one plus the journal written since.
   const journal = turn < done ? (agent.journal ?? []) : [];
-  const { changed } = await workspace.restoreCheckpoint(key, journal.length > 0 ? { journal } : undefined);
+  const options = journal.length > 0 ? { journal } : undefined;
+  const { changed } = kept ? await workspace.restoreFilesOf!(kept.commit, options) : await workspace.restoreCheckpoint(key, options);
   tree.emit({ type: "turn.restored", agentId: agent.id, branch: agent.branch, turn: done, result: "restored", files: changed });
 }
 
@@ -207,6 +240,7 @@ const dropped = new WeakMap<AgentTree, Set<string>>();
 /** Deletes an agent's checkpoint once its work is committed. */
 export async function dropTurnCheckpoint(tree: AgentTree, agent: AgentState, workspace: Workspace): Promise<void> {
   if (!isCheckpointable(workspace)) return;
+  delete agent.checkpointCommit;
   try {
     await workspace.dropCheckpoint(checkpointKey(tree.state.runId, agent.id));
   } catch {

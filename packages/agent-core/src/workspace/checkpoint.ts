@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { AbortedError, KeenError } from "../errors.js";
 import { isInsidePaths, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { git, gitRaw, nulSeparated, oneLine, type GitTarget } from "./git.js";
+import { refExistsInFiles } from "./refs.js";
 import type { RestoreReport, WorkspaceCheckpoint } from "./workspace.js";
 
 /** Where checkpoints live: private refs, never branches, shared by every worktree of a repository. */
@@ -152,11 +153,24 @@ async function readScopedCheckpoint(target: GitTarget, key: string): Promise<(Wo
 export async function restoreCheckpoint(target: CheckpointTarget, key: string): Promise<RestoreReport> {
   const saved = await readScopedCheckpoint(target, key);
   if (!saved) throw new KeenError("checkpoint_not_found", `There is no checkpoint "${key}"`);
-  const checkpointTree = oneLine(await git(target, ["rev-parse", `${saved.id}^{tree}`]));
+  return restoreTree(target, saved.id, saved.paths);
+}
+
+/**
+ * `restoreCheckpoint` to the files of `commit`, as a checkpoint saved with `filesOf: commit`
+ * would hold them. In a sparse worktree (`target.paths`), no file outside its paths is removed.
+ */
+export async function restoreFilesOf(target: CheckpointTarget, commit: string): Promise<RestoreReport> {
+  return restoreTree(target, commit, target.paths && target.paths.length > 0 ? target.paths : undefined);
+}
+
+/** Switches the work tree's files to the tree of commit `id` (see `restoreCheckpoint`); `paths`: a sparse checkpoint's scope. */
+async function restoreTree(target: CheckpointTarget, id: string, paths?: readonly string[]): Promise<RestoreReport> {
+  const checkpointTree = oneLine(await git(target, ["rev-parse", `${id}^{tree}`]));
   return withWorktreeIndex(target, async (env) => {
     const now = await stageTree(target, env);
     if (now === checkpointTree) return { changed: [] };
-    const wanted = saved.paths ? await keepOutsideScope(target, env, now, checkpointTree, saved.paths) : checkpointTree;
+    const wanted = paths ? await keepOutsideScope(target, env, now, checkpointTree, paths) : checkpointTree;
     if (now === wanted) return { changed: [] };
     const changed = nulSeparated(await git(target, ["diff-tree", "-r", "-z", "--name-only", "--no-renames", now, wanted]));
     await git(target, ["read-tree", "--reset", "-u", now, wanted], { env });
@@ -189,9 +203,13 @@ async function keepOutsideScope(target: GitTarget, env: Record<string, string>, 
   }
 }
 
-/** Deletes the checkpoint under `key` (no-op when there is none). */
-export async function dropCheckpoint(target: GitTarget, key: string): Promise<void> {
+/**
+ * Deletes the checkpoint under `key` (no-op when there is none). With `commonDir`, a ref its
+ * files show does not exist (no loose ref, no line in `packed-refs`) is left to nothing: no git
+ * process is started for it.
+ */
+export async function dropCheckpoint(target: GitTarget, key: string, commonDir?: string): Promise<void> {
   const ref = checkpointRef(key);
-  // Deleting a ref that does not exist succeeds: one git process either way.
+  if (commonDir !== undefined && (await refExistsInFiles(commonDir, ref)) === false) return;
   await git(target, ["update-ref", "-d", ref]);
 }

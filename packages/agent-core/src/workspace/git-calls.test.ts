@@ -1,10 +1,14 @@
 import childProcess from "node:child_process";
-import { mkdir, mkdtemp, realpath, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, realpath, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { syncBuiltinESMExports } from "node:module";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTask } from "../lifecycle/start-task.js";
+import { done, explore, scenarioPolicy, write } from "../lifecycle/testing/scenario.js";
+import { anthropic } from "../model/anthropic.js";
+import { reply, startMessagesServer } from "../testing/index.js";
 import { LocalWorkspace } from "./local-workspace.js";
 import { isLooseCommit, isValidBranchName, refsAroundFromFiles } from "./refs.js";
 import { createTestRepo, TEST_GIT_IDENTITY } from "./test-repo.js";
@@ -67,13 +71,23 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     expect(await git(dir, "show", "HEAD:notes/a.md")).toBe("a");
   });
 
-  it("drops a checkpoint with one update-ref, whether or not it exists", async () => {
+  it("drops a checkpoint with one update-ref, loose or packed, and starts nothing when there is none", async () => {
     const dir = await createTestRepo({ "README.md": "# r\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
     await ws.checkpoint("run_1/root", "turn 0");
     expect((await counted(() => ws.dropCheckpoint("run_1/root"))).calls).toEqual(["update-ref"]);
     expect(await ws.readCheckpoint("run_1/root")).toBeNull();
-    expect((await counted(() => ws.dropCheckpoint("run_1/root"))).calls).toEqual(["update-ref"]);
+    expect((await counted(() => ws.dropCheckpoint("run_1/root"))).calls).toEqual([]);
+    expect((await counted(() => ws.dropCheckpoint("run_never/A"))).calls).toEqual([]);
+    // Packed (no loose file left): still found, and deleted.
+    await ws.checkpoint("run_1/A", "turn 0");
+    await git(dir, "pack-refs", "--all");
+    expect((await counted(() => ws.dropCheckpoint("run_1/B"))).calls).toEqual([]);
+    expect((await counted(() => ws.dropCheckpoint("run_1/A"))).calls).toEqual(["update-ref"]);
+    expect(await git(dir, "for-each-ref", "refs/keen")).toBe("");
+    // Refs that are not plain files (reftable): git is asked.
+    await mkdir(join(dir, ".git", "reftable"));
+    expect((await counted(() => ws.dropCheckpoint("run_1/A"))).calls).toEqual(["update-ref"]);
   });
 
   it("with reuseWorktrees, a fork from a kept worktree is one checkout and a dispose a clean and a look for submodules", async () => {
@@ -150,6 +164,29 @@ describe("git subprocesses of a checkpoint", () => {
     await expect(child.checkpoint("run_f/A", "turn 1", { filesOf: "HEAD" })).rejects.toMatchObject({ code: "invalid_option" });
     const sparse = await ws.fork("summon-sparse", { paths: ["src"] });
     expect((await counted(() => sparse.checkpoint("run_f/B", "turn 0", { filesOf: head }))).calls).toEqual(["ls-files", "write-tree", "update-ref", "commit-tree"]);
+    await Promise.all([child.dispose(), sparse.dispose()]);
+  });
+
+  it("with filesOf kept by the caller, save nothing and start no process; a sparse worktree still saves its files", async () => {
+    const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("summon-kept");
+    const head = await child.head();
+    const kept = await counted(() => child.checkpoint("run_k/A", "turn 0", { filesOf: head, callerKeeps: true }));
+    expect(kept).toEqual({ value: { id: head, label: "turn 0", unsaved: true }, calls: [] });
+    expect(await child.readCheckpoint("run_k/A")).toBeNull();
+    const sparse = await ws.fork("summon-kept-sparse", { paths: ["src"] });
+    const staged = await counted(() => sparse.checkpoint("run_k/B", "turn 0", { filesOf: head, callerKeeps: true }));
+    expect(staged.value.unsaved).toBeUndefined();
+    expect(staged.calls).toEqual(["ls-files", "write-tree", "update-ref", "commit-tree"]);
+    // Put back from the commit alone, in a sparse worktree too (the files outside its paths stay unchecked-out).
+    await child.writeFile("src/b.ts", "b\n");
+    expect((await child.restoreFilesOf(head)).changed).toEqual(["src/b.ts"]);
+    await sparse.writeFile("src/b.ts", "b\n");
+    await sparse.writeFile("src/a.ts", "changed\n");
+    expect((await sparse.restoreFilesOf(head)).changed).toEqual(["src/a.ts", "src/b.ts"]);
+    expect(await sparse.readFile("src/a.ts")).toBe("export const a = 1;\n");
+    await expect(readFile(join(sparse.root, "README.md"))).rejects.toMatchObject({ code: "ENOENT" });
     await Promise.all([child.dispose(), sparse.dispose()]);
   });
 
@@ -233,5 +270,32 @@ describe("git subprocesses before a run's first request", () => {
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
     expect(ws.root).toBe(await realpath(dir));
     expect(await ws.listFiles()).toEqual(["a.txt"]);
+  });
+});
+
+describe("git subprocesses of a run", () => {
+  it("save no checkpoint and drop none when the only writing turns start from the fresh worktree's commit", async () => {
+    const dir = await createRepo({ "README.md": "# r\n" });
+    // As `keen run` on the benchmark task: list files, then write a file, run a command, finish.
+    const server = await startMessagesServer({
+      policy: scenarioPolicy({
+        root: {
+          finish_explore: [reply.toolUse("list_files", {}), explore("COMPLETE")],
+          complete_task: [write("notes/hello.md", "# Hello\n"), reply.toolUse("run_command", { command: "cat notes/hello.md" }), done("Wrote it.")],
+        },
+      }),
+    });
+    try {
+      const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+      const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+      const run = await counted(() => startTask({ vision: "Write a note", workspace, model, onSnapshot: () => {} }).result);
+      expect(run.value.status, run.value.summary).toBe("success");
+      // The checkpoint of the first writing turn is the worktree's commit, kept in the snapshot:
+      // no commit-tree, and the only ref update creates the run branch.
+      expect(run.calls.filter((call) => call === "commit-tree" || call === "update-ref")).toEqual(["update-ref"]);
+    } finally {
+      await server.close();
+    }
+    expect(await git(dir, "for-each-ref", "refs/keen")).toBe("");
   });
 });

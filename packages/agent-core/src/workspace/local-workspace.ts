@@ -4,9 +4,9 @@ import { lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, stat, 
 import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { execa } from "execa";
-import { KeenError, PathOutsideWorkspaceError } from "../errors.js";
+import { AbortedError, KeenError, PathOutsideWorkspaceError } from "../errors.js";
 import { addWorktree } from "./add-worktree.js";
-import { dropCheckpoint, readCheckpoint, restoreCheckpoint, saveCheckpoint } from "./checkpoint.js";
+import { checkpointRef, dropCheckpoint, readCheckpoint, restoreCheckpoint, restoreFilesOf, saveCheckpoint, type CheckpointTarget } from "./checkpoint.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
@@ -529,13 +529,19 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
 
   /**
    * Saves the worktree's files under `refs/keen/checkpoints/<key>` through a temporary index; the
-   * checkout's files, index, HEAD and branches are never written.
+   * checkout's files, index, HEAD and branches are never written. With `filesOf` and
+   * `callerKeeps`, saves nothing and starts no git process (`unsaved`): the caller keeps the commit.
    */
   async checkpoint(key: string, label: string, options: CheckpointOptions = {}): Promise<WorkspaceCheckpoint> {
     const target = { ...this.target, maxFileBytes: this.maxFileBytes, ...(this.sparsePaths ? { paths: this.sparsePaths } : {}) };
     const { filesOf } = options;
     if (filesOf !== undefined && !/^(?:[0-9a-f]{40}|[0-9a-f]{64})$/.test(filesOf)) throw new KeenError("invalid_option", `filesOf must be a full commit id, not ${JSON.stringify(filesOf)}`);
+    checkpointRef(key); // A key that could never be saved is refused either way.
     // A sparse worktree's files are always staged: its checkpoint records what it holds.
+    if (filesOf !== undefined && options.callerKeeps && !this.sparsePaths) {
+      if (options.signal?.aborted) throw new AbortedError("The checkpoint was called off");
+      return { id: filesOf, label, unsaved: true };
+    }
     return this.locked(() => saveCheckpoint(target, key, label, options.signal, this.sparsePaths ? undefined : filesOf));
   }
 
@@ -549,14 +555,23 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   }
 
   async restoreCheckpoint(key: string, options: { journal?: readonly FileState[] } = {}): Promise<RestoreReport> {
+    return this.restoreFiles((target) => restoreCheckpoint(target, key), options.journal ?? []);
+  }
+
+  async restoreFilesOf(commit: string, options: { journal?: readonly FileState[] } = {}): Promise<RestoreReport> {
+    if (!/^(?:[0-9a-f]{40}|[0-9a-f]{64})$/.test(commit)) throw new KeenError("invalid_option", `restoreFilesOf takes a full commit id, not ${JSON.stringify(commit)}`);
+    return this.restoreFiles((target) => restoreFilesOf(this.sparsePaths ? { ...target, paths: this.sparsePaths } : target, commit), options.journal ?? []);
+  }
+
+  /** Puts back the files `restore` switches to, then writes `journal` over them (see `restoreCheckpoint`). */
+  private async restoreFiles(restore: (target: CheckpointTarget) => Promise<RestoreReport>, journal: readonly FileState[]): Promise<RestoreReport> {
     if (!this.isFork) {
       throw new KeenError("restore_refused", `${this.root} is a checkout keen did not create; keen never puts back files in it`);
     }
-    const journal = options.journal ?? [];
     return this.locked(async () => {
       // What the journal's paths hold before: one that ends as it was is not reported as changed.
       const before = journal.length > 0 ? await readFileStates(this, journal.map((state) => state.path)) : null;
-      const report = await restoreCheckpoint({ ...this.target, maxFileBytes: this.maxFileBytes }, key);
+      const report = await restore({ ...this.target, maxFileBytes: this.maxFileBytes });
       if (journal.length === 0) return report;
       await writeFileStates(this, journal);
       const changed = new Set(report.changed);
@@ -569,7 +584,8 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   }
 
   async dropCheckpoint(key: string): Promise<void> {
-    await dropCheckpoint(this.target, key);
+    // A ref the common dir's files show is absent costs no git process (the run's end drops every agent's key).
+    await dropCheckpoint(this.target, key, this.commonDir);
   }
 
   /** HEAD's commit, or null when HEAD names none. Read from the ref files when they answer plainly. */

@@ -51,6 +51,31 @@ export async function refsAroundFromFiles(commonDir: string, branch: string): Pr
   }
 }
 
+/** A `packed-refs` larger than this is left to git (which binary-searches it) rather than read here. */
+const PACKED_REFS_READ_MAX = 1024 * 1024;
+
+/**
+ * Whether the ref `ref` (a full name such as `refs/keen/checkpoints/x`) exists, answered from the
+ * common dir's files: its loose file, then `packed-refs`. The loose file is looked at first: git
+ * packs a ref by writing `packed-refs` before it deletes the loose file, so a ref being packed is
+ * seen in one or the other. Returns undefined when the files cannot answer plainly (a reftable
+ * repository, a folder or other non-file where the loose ref would be, an unreadable or large
+ * `packed-refs`), and the caller asks git.
+ */
+export async function refExistsInFiles(commonDir: string, ref: string): Promise<boolean | undefined> {
+  if ((await lstat(join(commonDir, "reftable")).catch(() => null)) !== null) return undefined;
+  try {
+    const loose = await lstat(join(commonDir, ref)).catch(nullWhenMissing);
+    if (loose) return loose.isFile() ? true : undefined;
+    const packed = await lstat(join(commonDir, "packed-refs")).catch(nullWhenMissing);
+    if (!packed) return false;
+    if (!packed.isFile() || packed.size > PACKED_REFS_READ_MAX) return undefined;
+    return (await packedRefs(commonDir)).has(ref);
+  } catch {
+    return undefined;
+  }
+}
+
 function nullWhenMissing(error: NodeJS.ErrnoException): null {
   if (error.code === "ENOENT" || error.code === "ENOTDIR") return null;
   throw error;

@@ -268,6 +268,31 @@ export function runCheckpointContract(
       expect(await ws.exists("x.txt")).toBe(false);
     });
 
+    it("puts back the files of a commit the caller keeps as its checkpoint (restoreFilesOf, when there is one)", async () => {
+      if (!ws.restoreFilesOf) return; // Optional: without it, `callerKeeps` is never answered `unsaved`.
+      const head = await ws.head();
+      await ws.writeFile(".env", "TOKEN=before\n");
+      const kept = await ws.checkpoint("run/A", "turn 0", { filesOf: head, callerKeeps: true });
+      expect(kept.label).toBe("turn 0");
+      if (kept.unsaved) expect(kept.id).toBe(head);
+      // The interrupted turn: a change, a new file in a new folder, a deletion.
+      await ws.writeFile("README.md", "# changed\n");
+      await ws.writeFile("src/deep/new.ts", "export {};\n");
+      await ws.writeFile(".env", "TOKEN=after\n");
+      const report = await ws.restoreFilesOf(head);
+      expect(report.changed.sort()).toEqual(["README.md", "src/deep/new.ts"]);
+      expect(await ws.readFile("README.md")).toBe("# test\n");
+      expect(await ws.exists("src")).toBe(false);
+      expect(await ws.readFile(".env")).toBe("TOKEN=after\n");
+      expect(await ws.head()).toBe(head);
+      // With a journal: the commit's files, then what keen's file tools wrote since.
+      await ws.exec("rm README.md");
+      const journaled = await ws.restoreFilesOf(head, { journal: [{ path: "notes.md", mode: 0o644, text: "journaled\n" }] });
+      expect(journaled.changed).toEqual(["README.md", "notes.md"]);
+      expect(await ws.readFile("README.md")).toBe("# test\n");
+      expect(await ws.readFile("notes.md")).toBe("journaled\n");
+    });
+
     it("never puts back files in a checkout keen did not create", async () => {
       expect(ws.restorable).toBe(true);
       expect(user.restorable).toBe(false);
@@ -276,6 +301,10 @@ export function runCheckpointContract(
       await user.writeFile("mine.txt", "the user's, edited\n");
       await expect(user.restoreCheckpoint("user/root")).rejects.toMatchObject({ code: "restore_refused" });
       expect(await user.readFile("mine.txt")).toBe("the user's, edited\n");
+      if (user.restoreFilesOf) {
+        await expect(user.restoreFilesOf(await user.head())).rejects.toMatchObject({ code: "restore_refused" });
+        expect(await user.readFile("mine.txt")).toBe("the user's, edited\n");
+      }
     });
   });
 }

@@ -196,6 +196,12 @@ export interface WorkspaceCheckpoint {
   id: string;
   /** The text given to `checkpoint`. */
   label: string;
+  /**
+   * True when nothing was saved under the key (`checkpoint` with `filesOf` and `callerKeeps`):
+   * the checkpoint is the files of commit `id`, which the caller keeps and restores with
+   * `restoreFilesOf`. `readCheckpoint` does not know it.
+   */
+  unsaved?: boolean;
 }
 
 /**
@@ -223,6 +229,13 @@ export interface CheckpointOptions {
    * looking at the files. An implementation may ignore it and save the files as usual.
    */
   filesOf?: string;
+  /**
+   * With `filesOf`: the caller keeps the commit id itself and, to put the files back, calls
+   * `restoreFilesOf` with it. An implementation that has `restoreFilesOf` and can restore this
+   * checkout's files from the commit alone may then save nothing (no key is written, any earlier
+   * checkpoint under it stays) and answer `unsaved: true`; otherwise it saves as usual.
+   */
+  callerKeeps?: boolean;
 }
 
 /**
@@ -253,6 +266,12 @@ export interface CheckpointableWorkspace extends Workspace {
    * checkpoint by keen's own file tools), so the files are those of the checkpoint plus the journal.
    */
   restoreCheckpoint(key: string, options?: { journal?: readonly FileState[] }): Promise<RestoreReport>;
+  /**
+   * `restoreCheckpoint` for a checkpoint that `checkpoint` answered `unsaved` (the files of
+   * `commit`): the same result, the same refusal (`restore_refused`) in a checkout keen did not
+   * create. Optional: an implementation without it never answers `unsaved`.
+   */
+  restoreFilesOf?(commit: string, options?: { journal?: readonly FileState[] }): Promise<RestoreReport>;
   /** True when `restoreCheckpoint` may change this checkout's files (it is one keen created). */
   readonly restorable: boolean;
   /** Deletes the checkpoint saved under `key`; no-op when there is none. */
