@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { accessSync, constants as fsConstants, existsSync, mkdtempSync, rmSync } from "node:fs";
-import { readFile, rm, stat, unlink, writeFile } from "node:fs/promises";
+import { accessSync, closeSync, constants as fsConstants, existsSync, fstatSync, mkdtempSync, openSync, readSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { rm, stat } from "node:fs/promises";
 import { constants as osConstants, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -136,12 +136,17 @@ class Launcher {
         // The inner subshell execs git, so the reported pid is git's; the outer one waits and reports.
         this.send(`{ ( ${script} ) <${stdin} >${quote(files.stdout)} 2>${quote(files.stderr)} & echo "${id} p $!"; wait "$!"; echo "${id} $?"; } &\n`);
       };
-      if (files.input === undefined) launch();
-      else {
-        writeFile(files.input, call.input!, { mode: 0o600 }).then(launch, (error: Error) =>
-          this.finish(entry, undefined, `git could not start: its input could not be written (${error.message})`),
-        );
+      if (files.input !== undefined) {
+        // Written at once, as the outputs are read: a few small calls on a memory file system
+        // cost the main thread less than the rounds through the thread pool of their async forms.
+        try {
+          writeFileSync(files.input, call.input!, { mode: 0o600 });
+        } catch (error) {
+          this.finish(entry, undefined, `git could not start: its input could not be written (${(error as Error).message})`);
+          return;
+        }
       }
+      launch();
     });
   }
 
@@ -188,21 +193,22 @@ class Launcher {
       const entry = this.pending.get(Number(id));
       if (!entry) continue;
       if (kind === "p") entry.pid = Number(pid);
-      else void this.collect(entry, Number(kind));
+      else this.collect(entry, Number(kind));
     }
   }
 
   /** Reads a finished job's files and settles its call. */
-  private async collect(entry: Pending, status: number): Promise<void> {
+  private collect(entry: Pending, status: number): void {
     entry.pid = undefined;
-    const [stdout, stderr] = await Promise.all([readFile(entry.files.stdout).catch(() => undefined), readFile(entry.files.stderr).catch(() => undefined)]);
+    const stdout = readBounded(entry.files.stdout, entry.maxOutput);
+    const stderr = readBounded(entry.files.stderr, entry.maxOutput);
     if (stdout === undefined || stderr === undefined) {
       this.finish(entry, undefined, `git could not start: the launcher's output files are missing (status ${status})`, stderr);
       return;
     }
-    if (stdout.length + stderr.length > entry.maxOutput) entry.failure ??= overBound(entry);
+    if (stdout === OVER || stderr === OVER || stdout.length + stderr.length > entry.maxOutput) entry.failure ??= overBound(entry);
     if (entry.failure !== undefined) {
-      this.finish(entry, undefined, entry.failure, stderr.subarray(0, Math.min(stderr.length, entry.maxOutput)));
+      this.finish(entry, undefined, entry.failure, stderr === OVER ? undefined : stderr);
       return;
     }
     if (status === 253 || status === 254) {
@@ -223,7 +229,14 @@ class Launcher {
     this.idle();
     const text = stderr ? stderr.toString("utf8") : "";
     entry.settle({ exitCode, stdout: stdout ?? Buffer.alloc(0), stderr: failure === undefined ? text : `${text}${text && !text.endsWith("\n") ? "\n" : ""}${failure}` });
-    for (const file of Object.values(entry.files)) if (file !== undefined) unlink(file).catch(() => {});
+    for (const file of Object.values(entry.files)) {
+      if (file === undefined) continue;
+      try {
+        unlinkSync(file);
+      } catch {
+        // Never written (a job that did not start).
+      }
+    }
   }
 
   /** Ends the launcher: every call in flight settles with an error, and the next call starts a new shell. */
@@ -277,6 +290,33 @@ class Launcher {
         () => {},
       );
     }
+  }
+}
+
+/** A file's bytes; OVER when it holds more than `max` (it is then not read); undefined when it cannot be read. */
+const OVER = Buffer.alloc(0);
+function readBounded(path: string, max: number): Buffer | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch {
+    return undefined;
+  }
+  try {
+    const size = fstatSync(fd).size;
+    if (size > max) return OVER;
+    const bytes = Buffer.allocUnsafe(size);
+    let read = 0;
+    while (read < size) {
+      const n = readSync(fd, bytes, read, size - read, read);
+      if (n === 0) break;
+      read += n;
+    }
+    return read === size ? bytes : bytes.subarray(0, read);
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
   }
 }
 
