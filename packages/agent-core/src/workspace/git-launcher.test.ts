@@ -141,9 +141,9 @@ describe("git calls through the launcher", () => {
     } finally {
       process.env.PATH = path;
     }
-    const nowhere = await gitRaw(target, ["rev-parse", "HEAD"], { cwd: join(dir, "no such folder") });
+    const nowhere = await gitRaw(target, ["rev-parse", "HEAD"], { cwd: join(dir, "no such \\t folder") });
     expect(nowhere).toMatchObject({ exitCode: undefined, stdout: "" });
-    expect(nowhere.stderr).toContain(`cannot enter ${join(dir, "no such folder")}`);
+    expect(nowhere.stderr).toContain(`cannot enter ${join(dir, "no such \\t folder")}`);
     expect(spawnedGit).toBe(0);
   });
 

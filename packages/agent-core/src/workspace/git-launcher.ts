@@ -156,24 +156,24 @@ class Launcher {
     const assignments: string[] = [];
     const removed: string[] = [];
     for (const [name, value] of Object.entries(call.env)) {
-      if (this.baseEnv[name] === value) continue;
+      if (Object.hasOwn(this.baseEnv, name) && this.baseEnv[name] === value) continue;
       if (!ENV_NAME.test(name) || SHELL_OWNED.has(name)) return undefined;
       words.push(value);
       assignments.push(`${name}=${quote(value)}`);
     }
     for (const name of Object.keys(this.baseEnv)) {
-      if (name in call.env) continue;
+      if (Object.hasOwn(call.env, name)) continue;
       if (!ENV_NAME.test(name) || SHELL_OWNED.has(name)) return undefined;
       removed.push(name);
     }
     // A NUL cannot be passed to a process at all: spawn reports that case.
     if (words.some((word) => word.includes("\0"))) return undefined;
     const steps = [
-      `cd -P -- ${quote(call.cwd)} 2>/dev/null || { echo ${quote(`git could not start: cannot enter ${call.cwd}`)} >&2; exit 254; }`,
+      `cd -P -- ${quote(call.cwd)} 2>/dev/null || { printf '%s\\n' ${quote(`git could not start: cannot enter ${call.cwd}`)} >&2; exit 254; }`,
     ];
     if (removed.length > 0) steps.push(`unset -v ${removed.join(" ")}`);
     if (assignments.length > 0) steps.push(`export ${assignments.join(" ")}`);
-    steps.push(`command -v git >/dev/null 2>&1 || { echo 'git could not start: no git on PATH' >&2; exit 253; }`);
+    steps.push(`command -v git >/dev/null 2>&1 || { printf '%s\\n' 'git could not start: no git on PATH' >&2; exit 253; }`);
     steps.push(`exec git ${call.args.map(quote).join(" ")}`);
     return steps.join("; ");
   }
