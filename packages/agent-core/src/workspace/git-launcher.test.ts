@@ -130,6 +130,20 @@ describe("git calls through the launcher", () => {
     expect(result.stderr).toContain("git cat-file wrote more than 104857600 bytes");
   });
 
+  it("leave no finished job behind in the shell (no zombie per call)", async () => {
+    for (let i = 0; i < 40; i++) await gitRaw(target, ["rev-parse", "HEAD"]);
+    const [shell] = launcherShells();
+    const children = readdirSync("/proc").filter((pid) => {
+      try {
+        const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+        return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1] === String(shell);
+      } catch {
+        return false;
+      }
+    });
+    expect(children.length).toBeLessThan(5);
+  });
+
   it("report a missing git and a missing directory with no exit code and a clear message", async () => {
     spawnedGit = 0;
     const path = process.env.PATH;

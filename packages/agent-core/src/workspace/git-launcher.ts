@@ -134,7 +134,9 @@ class Launcher {
         if (!this.pending.has(id)) return;
         const stdin = files.input !== undefined ? quote(files.input) : "/dev/null";
         // The inner subshell execs git, so the reported pid is git's; the outer one waits and reports.
-        this.send(`{ ( ${script} ) <${stdin} >${quote(files.stdout)} 2>${quote(files.stderr)} & echo "${id} p $!"; wait "$!"; echo "${id} $?"; } &\n`);
+        // `jobs` first: a non-interactive dash reaps its finished background jobs only when asked,
+        // so without it every call would leave a zombie process behind.
+        this.send(`jobs >/dev/null; { ( ${script} ) <${stdin} >${quote(files.stdout)} 2>${quote(files.stderr)} & echo "${id} p $!"; wait "$!"; echo "${id} $?"; } &\n`);
       };
       if (files.input !== undefined) {
         // Written at once, as the outputs are read: a few small calls on a memory file system
