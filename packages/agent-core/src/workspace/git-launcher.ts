@@ -219,8 +219,10 @@ class Launcher {
       return;
     }
     if (status > 128) {
+      // A shell reports a signal as 128 + its number; git's own statuses above 128 (129 for a
+      // usage error, 255) look the same from here.
       const signal = Object.entries(osConstants.signals).find(([, number]) => number === status - 128)?.[0];
-      this.finish(entry, undefined, `git ended with status ${status}${signal ? ` (${signal})` : ""}`, stderr);
+      this.finish(entry, undefined, `git ended with status ${status}${signal ? ` (stopped by ${signal}, or git's own status)` : ""}`, stderr);
       return;
     }
     this.finish(entry, status, undefined, stderr, stdout);
