@@ -230,4 +230,8 @@ if (baselineBin) {
 if (baselineBin) {
   const perTurn = (rs: Round[]) => (pick(rs, "loop") - pick(bare, "loop")) / BARE_TURNS;
   console.log(`  baseline ${values.baseline}: loop ${ms(pick(baseline, "loop"))} (${(pick(baseline, "loop") / pick(bare, "loop")).toFixed(2)}× the bare loop), per turn +${perTurn(baseline).toFixed(1)} ms; keen above: +${perTurn(keen).toFixed(1)} ms`);
+  const start = (rs: Round[]) => pick(rs, "start") - pick(bare, "start");
+  console.log(
+    `  baseline: start +${start(baseline).toFixed(0)} ms above the bare loop (keen above: +${start(keen).toFixed(0)} ms), wall ${ms(pick(baseline, "wall"))} (keen above: ${ms(pick(keen, "wall"))}), CPU ${ms(pick(baseline, "cpuMs"))} (keen above: ${ms(pick(keen, "cpuMs"))})`,
+  );
 }

@@ -56,7 +56,9 @@ for (const name of Object.keys(subjects)) {
   );
 }
 
-// Git subprocesses before the first request: count spawns until the server sees a request.
+// Git subprocesses before the first request: count spawns until the server sees a request
+// (keen spawns each git itself here, not from its launcher's shell, so each one is seen).
+process.env.KEEN_GIT_LAUNCHER = "0";
 const spawned: string[] = [];
 let counting = true;
 const originalSpawn = childProcess.spawn;

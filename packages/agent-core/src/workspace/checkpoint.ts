@@ -108,9 +108,11 @@ export async function saveCheckpoint(target: CheckpointTarget, key: string, labe
   stopIfAborted(signal);
   const tree = filesOf !== undefined ? `${filesOf}^{tree}` : await withWorktreeIndex(target, (env) => stageTree(target, env, signal), signal);
   stopIfAborted(signal);
-  // The ref update starts with the commit and waits for its command on stdin, so its git process
-  // is up by the time the commit exists; a checkpoint called off before this point (a read-only
-  // turn) has started no process for it. With no command it ends without changing anything.
+  // The ref update is asked for with the commit and gets its command once the commit exists.
+  // Started by `spawn`, its git process waits for that command on stdin, so it is up by then;
+  // through the git launcher (see git.ts) it starts once the command is known, which costs less.
+  // A checkpoint called off before this point (a read-only turn) has started no process for it;
+  // with no command the update ends without changing anything.
   let command!: (text: string) => void;
   const updating = git(target, ["update-ref", "--stdin"], { input: new Promise<string>((resolve) => (command = resolve)) });
   updating.catch(() => {}); // Awaited below.

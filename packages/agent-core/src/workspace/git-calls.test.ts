@@ -14,9 +14,11 @@ import { isLooseCommit, isValidBranchName, refsAroundFromFiles } from "./refs.js
 import { createTestRepo, TEST_GIT_IDENTITY } from "./test-repo.js";
 
 // Every git process this file's workspaces start, by subcommand (keen's `-c` hardening left out).
+// Counted at spawn, so keen spawns each here rather than starting it from its launcher's shell.
 const spawned: string[] = [];
 const originalSpawn = childProcess.spawn;
 beforeAll(() => {
+  process.env.KEEN_GIT_LAUNCHER = "0";
   childProcess.spawn = ((command: string, args?: readonly string[], ...rest: unknown[]) => {
     if (command === "git") spawned.push((args ?? []).filter((arg, i, all) => arg !== "-c" && all[i - 1] !== "-c")[0] ?? "");
     return (originalSpawn as (...params: unknown[]) => ReturnType<typeof originalSpawn>)(command, args, ...rest);
@@ -24,6 +26,7 @@ beforeAll(() => {
   syncBuiltinESMExports();
 });
 afterAll(() => {
+  delete process.env.KEEN_GIT_LAUNCHER;
   childProcess.spawn = originalSpawn;
   syncBuiltinESMExports();
 });
