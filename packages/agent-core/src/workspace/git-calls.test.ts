@@ -1,4 +1,5 @@
 import childProcess from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, realpath, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -41,7 +42,7 @@ async function counted<T>(step: () => Promise<T>): Promise<{ value: T; calls: st
 }
 
 describe("git subprocesses of one fork + commit + merge + dispose", () => {
-  it("are seven: the branch (update-ref) and checkout, three to commit, one merge, one removal", async () => {
+  it("are six: the branch (update-ref) and checkout, three to commit, one merge; the removal starts none", async () => {
     const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
     // A clean checkout (the parent before each merge) is found clean with one status.
@@ -61,7 +62,10 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     expect(merge.value).toEqual({ status: "merged", sha: await git(dir, "rev-parse", "HEAD") });
     expect(merge.calls).toEqual(["merge"]);
     const dispose = await counted(() => child.dispose());
-    expect(dispose.calls).toEqual(["worktree"]);
+    // No `git worktree remove`: the folder and the registration are deleted in this process.
+    expect(dispose.calls).toEqual([]);
+    expect(existsSync(child.root)).toBe(false);
+    expect(await git(dir, "worktree", "list", "--porcelain")).not.toContain("summon-A");
     // HEAD and "is a merge in progress" come from the git dir's files.
     expect((await counted(() => Promise.all([ws.head(), ws.abortMerge()]))).calls).toEqual([]);
     expect(await git(dir, "show", "HEAD:notes/a.md")).toBe("a");
@@ -90,7 +94,8 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     expect((await counted(() => child.commit("Add b"))).calls).toEqual(["status", "add", "commit"]);
     expect((await counted(() => ws.merge("summon-B", "Merge summon-B"))).calls).toEqual(["merge"]);
     expect((await counted(() => child.dispose())).calls).toEqual(["clean", "ls-files"]);
-    expect((await counted(() => ws.releaseWorktrees())).calls).toEqual(["worktree"]);
+    expect((await counted(() => ws.releaseWorktrees())).calls).toEqual([]);
+    expect(await git(dir, "worktree", "list", "--porcelain")).not.toContain(".parked");
     expect(await git(dir, "show", "HEAD:notes/b.md")).toBe("b");
   });
 

@@ -16,6 +16,7 @@ import { sandboxGitConfig } from "./sandbox-git-config.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
 import { readHeadFromFiles } from "./read-head.js";
+import { removeWorktreeInProcess, type KeenWorktree } from "./remove-worktree.js";
 import { isLooseCommit, isValidBranchName, refsAroundFromFiles, type RefsAround } from "./refs.js";
 import { readRegularFile } from "./safe-read.js";
 import { assertSandboxAvailable, sandboxRunner, type SandboxOptions } from "./sandbox-runner.js";
@@ -882,7 +883,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       if (this.disposed) return;
       this.disposed = true;
       if (this.options.reuseWorktrees && (await this.park())) return;
-      await removeWorktree(main, this.root);
+      await removeWorktree(main, { commonDir: this.commonDir, worktreesDir: this.worktreesDir, root: this.root, gitDir: this.gitDir });
     });
   }
 
@@ -948,7 +949,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     while (pool.trees.length > 0) {
       const parked = pool.trees.pop()!;
       if (!(await isReusable(parked.root, parked.gitDir, parked.dotGit))) {
-        await removeWorktree(main, parked.root);
+        await removeWorktree(main, { commonDir: this.commonDir, worktreesDir: this.worktreesDir, root: parked.root, gitDir: parked.gitDir });
         continue;
       }
       await mkdir(dirname(dir), { recursive: true });
@@ -960,7 +961,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       const switched = await gitRaw(child.target, ["checkout", "-q", "-f", "--no-track", "-b", branch, start]);
       if (switched.exitCode !== 0) {
         child.disposed = true;
-        await removeWorktree(main, root);
+        await removeWorktree(main, { commonDir: this.commonDir, worktreesDir: this.worktreesDir, root, gitDir: parked.gitDir });
         throw new KeenError("git_failed", `git checkout failed while making ${branch}: ${String(switched.stderr || switched.stdout).trim()}`);
       }
       return child;
@@ -1056,12 +1057,17 @@ function gitIdentityEnv(identity: { name: string; email: string }): Record<strin
   };
 }
 
-/** Removes a worktree's folder and registration, even a locked one or one whose `.git` file was rewritten. */
-async function removeWorktree(main: GitTarget, root: string): Promise<void> {
+/**
+ * Removes a worktree's folder and registration, even a locked one or one whose `.git` file was
+ * rewritten: in this process when the registration is the one keen knows, through git otherwise.
+ */
+async function removeWorktree(main: GitTarget, worktree: KeenWorktree): Promise<void> {
+  if (await removeWorktreeInProcess(worktree)) return;
+  const { root } = worktree;
   // Doubly forced, remove takes a locked worktree and its registration in one step.
   const removed = await gitRaw(main, ["worktree", "remove", "--force", "--force", root]);
   if (removed.exitCode === 0 && (await lstat(root).catch(() => null)) === null) return;
-  // Removal failed (e.g. on a `.git` file the agent rewrote): unlock (the lease) so the
+  // Removal failed (e.g. on a folder that cannot be deleted): unlock (the lease) so the
   // registration is pruned, and remove the folder ourselves.
   await gitRaw(main, ["worktree", "unlock", root]);
   await rm(root, { recursive: true, force: true });
@@ -1081,7 +1087,7 @@ async function releaseParked(commonDir: string, worktreesDir: string): Promise<v
   clearTimeout(pool.timer);
   const main: GitTarget = { gitDir: commonDir, workTree: dirname(commonDir) };
   await withRepoLock(commonDir, async () => {
-    for (const parked of pool.trees.splice(0)) await removeWorktree(main, parked.root);
+    for (const parked of pool.trees.splice(0)) await removeWorktree(main, { commonDir, worktreesDir, root: parked.root, gitDir: parked.gitDir });
   });
 }
 
