@@ -11,6 +11,7 @@ import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
 import { hasGitDirComponent } from "./git-dir-name.js";
+import { indexHasGitlink } from "./index-file.js";
 import { git, gitBytes, gitFailure, gitRaw, nulSeparated, nulSeparatedBytes, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
 import { sandboxGitConfig } from "./sandbox-git-config.js";
 import { isInside } from "./is-inside.js";
@@ -914,8 +915,8 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     // Nested repositories too (-ff): nothing the agent left outside its commits survives. clean
     // never goes into a submodule's folder (a tracked gitlink), so whatever the agent put there
     // would reach the next fork: a worktree with submodules is not kept.
-    const [cleaned, entries] = await Promise.all([gitRaw(target, ["clean", "-q", "-ffdx"]), gitBytes(target, ["ls-files", "-z", "--stage"]).catch(() => null)]);
-    if (cleaned.exitCode !== 0 || entries === null || nulSeparatedBytes(entries).some((entry) => entry.subarray(0, 7).toString("latin1") === "160000 ")) return false;
+    const [cleaned, gitlinks] = await Promise.all([gitRaw(target, ["clean", "-q", "-ffdx"]), hasGitlinks(target, sha.length / 2)]);
+    if (cleaned.exitCode !== 0 || gitlinks !== false) return false;
     // Detached, so the branch is held by no worktree (`git branch -d` works, `fork(branch, { reattach })` makes a new one).
     await writeFileAtomically(join(this.gitDir, "HEAD"), `${sha}\n`);
     const parked = join(this.worktreesDir, PARKED_DIR, randomBytes(6).toString("hex"));
@@ -1107,6 +1108,17 @@ async function isReusable(root: string, gitDir: string, dotGit: string): Promise
     if ((await lstat(join(gitDir, name)).catch(() => null)) !== null) return false;
   }
   return true;
+}
+
+/**
+ * Whether the checkout's index records a submodule (a gitlink): read from the index file, or
+ * from `git ls-files --stage` where the file does not answer plainly; null when neither can tell.
+ */
+async function hasGitlinks(target: GitTarget, hashBytes: number): Promise<boolean | null> {
+  const fromFile = await indexHasGitlink(target.gitDir, hashBytes);
+  if (fromFile !== undefined) return fromFile;
+  const entries = await gitBytes(target, ["ls-files", "-z", "--stage"]).catch(() => null);
+  return entries === null ? null : nulSeparatedBytes(entries).some((entry) => entry.subarray(0, 7).toString("latin1") === "160000 ");
 }
 
 /** Replaces a file of a git dir by rename, as git replaces its own files. */
