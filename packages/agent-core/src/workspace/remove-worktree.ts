@@ -38,10 +38,10 @@ export async function removeWorktreeInProcess(worktree: KeenWorktree): Promise<b
   if (registered === null || oneLine(registered) !== join(root, ".git")) return false;
   if (!(await lstat(gitDir).catch(() => null))?.isDirectory()) return false;
 
-  const folder = await lstat(root).catch((error: NodeJS.ErrnoException) => (error.code === "ENOENT" ? null : Promise.reject(error)));
+  const folder = await lstat(root).catch((error: NodeJS.ErrnoException) => (error.code === "ENOENT" ? null : undefined));
+  if (folder === undefined) return false;
   try {
-    // fs.rm never follows a link it meets (it unlinks it), the top one included; a link where the
-    // folder was is unlinked here all the same, so that nothing but the link itself is touched.
+    // A link where the folder was is unlinked, not followed; inside the folder, fs.rm unlinks every link it meets.
     if (folder?.isDirectory()) await rm(root, { recursive: true, force: true });
     else if (folder) await unlink(root);
   } catch {
