@@ -120,6 +120,8 @@ describe("an agent cannot steer the removal elsewhere", () => {
     await symlink(await realpath(repo), join(child.root, "deep", "to-main"));
     await symlink("../../../../../..", join(child.root, "deep", "er", "up"));
     await symlink(join(user, "notes.txt"), join(child.root, "file-link"));
+    // Enough files that the folder is deleted off the main thread.
+    for (let i = 0; i < 200; i++) await writeFile(join(child.root, "deep", `f${i}.txt`), "x\n");
     await child.dispose();
 
     expect(existsSync(child.root)).toBe(false);

@@ -2,6 +2,7 @@ import { lstat, readFile, realpath, rm, rmdir, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { KeenError } from "../errors.js";
 import { oneLine } from "./git.js";
+import { removeFolder } from "./remove-folder.js";
 import { isInside } from "./is-inside.js";
 
 export interface KeenWorktree {
@@ -41,8 +42,8 @@ export async function removeWorktreeInProcess(worktree: KeenWorktree): Promise<b
   const folder = await lstat(root).catch((error: NodeJS.ErrnoException) => (error.code === "ENOENT" ? null : undefined));
   if (folder === undefined) return false;
   try {
-    // A link where the folder was is unlinked, not followed; inside the folder, fs.rm unlinks every link it meets.
-    if (folder?.isDirectory()) await rm(root, { recursive: true, force: true });
+    // A link where the folder was is unlinked, not followed; inside the folder, every link met is unlinked.
+    if (folder?.isDirectory()) await removeFolder(root);
     else if (folder) await unlink(root);
   } catch {
     return false;
