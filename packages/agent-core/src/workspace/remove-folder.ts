@@ -6,15 +6,35 @@ import { Worker } from "node:worker_threads";
 const MAIN_THREAD_ENTRIES = 128;
 
 /**
- * The worker's code: deletes the folders it is sent, one at a time. `rmSync` never follows a
- * symbolic link (it unlinks it), whether the link is the folder itself or anything inside.
+ * The worker's code: deletes the folders it is sent, one at a time. The folder itself is looked
+ * at with lstat (a link there is unlinked); below it, each entry's type comes from the directory
+ * listing itself (lstat where the file system does not say), so only real folders are entered
+ * and every link, to a folder or not, is unlinked. Something already gone is no error.
  */
 const WORKER_CODE = `
 const { parentPort } = require("node:worker_threads");
-const { rmSync } = require("node:fs");
+const { lstatSync, readdirSync, rmdirSync, unlinkSync } = require("node:fs");
+const gone = (error) => { if (error.code !== "ENOENT") throw error; };
+function removeTree(path) {
+  let entries;
+  try {
+    entries = readdirSync(path, { withFileTypes: true });
+  } catch (error) {
+    return gone(error);
+  }
+  for (const entry of entries) {
+    const child = path + "/" + entry.name;
+    if (entry.isDirectory()) removeTree(child);
+    else try { unlinkSync(child); } catch (error) { gone(error); }
+  }
+  try { rmdirSync(path); } catch (error) { gone(error); }
+}
 parentPort.on("message", ({ id, path }) => {
   try {
-    rmSync(path, { recursive: true, force: true });
+    let info;
+    try { info = lstatSync(path); } catch (error) { gone(error); }
+    if (info && info.isDirectory()) removeTree(path);
+    else if (info) unlinkSync(path);
     parentPort.postMessage({ id });
   } catch (error) {
     parentPort.postMessage({ id, error: String((error && error.message) || error) });
