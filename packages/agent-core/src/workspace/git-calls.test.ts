@@ -1,4 +1,5 @@
 import childProcess from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, realpath, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -48,7 +49,7 @@ async function counted<T>(step: () => Promise<T>): Promise<{ value: T; calls: st
 }
 
 describe("git subprocesses of one fork + commit + merge + dispose", () => {
-  it("are seven: the branch (update-ref) and checkout, three to commit, one merge, one removal", async () => {
+  it("are six: the branch (update-ref) and checkout, three to commit, one merge; the removal starts none", async () => {
     const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
     // A clean checkout (the parent before each merge) is found clean with one status.
@@ -68,7 +69,10 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     expect(merge.value).toEqual({ status: "merged", sha: await git(dir, "rev-parse", "HEAD") });
     expect(merge.calls).toEqual(["merge"]);
     const dispose = await counted(() => child.dispose());
-    expect(dispose.calls).toEqual(["worktree"]);
+    // No `git worktree remove`: the folder and the registration are deleted in this process.
+    expect(dispose.calls).toEqual([]);
+    expect(existsSync(child.root)).toBe(false);
+    expect(await git(dir, "worktree", "list", "--porcelain")).not.toContain("summon-A");
     // HEAD and "is a merge in progress" come from the git dir's files.
     expect((await counted(() => Promise.all([ws.head(), ws.abortMerge()]))).calls).toEqual([]);
     expect(await git(dir, "show", "HEAD:notes/a.md")).toBe("a");
@@ -93,7 +97,7 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     expect((await counted(() => ws.dropCheckpoint("run_1/A"))).calls).toEqual(["update-ref"]);
   });
 
-  it("with reuseWorktrees, a fork from a kept worktree is one checkout and a dispose a clean and a look for submodules", async () => {
+  it("with reuseWorktrees, a fork from a kept worktree is one checkout and a dispose one clean", async () => {
     const dir = await createRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
     const ws = await LocalWorkspace.open(dir, { sandbox: false, reuseWorktrees: true });
     const first = await ws.fork("summon-A");
@@ -106,8 +110,10 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     await child.writeFile("notes/b.md", "b\n");
     expect((await counted(() => child.commit("Add b"))).calls).toEqual(["status", "add", "commit"]);
     expect((await counted(() => ws.merge("summon-B", "Merge summon-B"))).calls).toEqual(["merge"]);
-    expect((await counted(() => child.dispose())).calls).toEqual(["clean", "ls-files"]);
-    expect((await counted(() => ws.releaseWorktrees())).calls).toEqual(["worktree"]);
+    // Whether the index holds a submodule is read from the index file.
+    expect((await counted(() => child.dispose())).calls).toEqual(["clean"]);
+    expect((await counted(() => ws.releaseWorktrees())).calls).toEqual([]);
+    expect(await git(dir, "worktree", "list", "--porcelain")).not.toContain(".parked");
     expect(await git(dir, "show", "HEAD:notes/b.md")).toBe("b");
   });
 

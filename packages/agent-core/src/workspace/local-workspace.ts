@@ -11,11 +11,13 @@ import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
 import { hasGitDirComponent } from "./git-dir-name.js";
+import { indexHasGitlink } from "./index-file.js";
 import { git, gitBytes, gitFailure, gitRaw, nulSeparated, nulSeparatedBytes, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
 import { sandboxGitConfig } from "./sandbox-git-config.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
 import { readHeadFromFiles } from "./read-head.js";
+import { removeWorktreeInProcess, type KeenWorktree } from "./remove-worktree.js";
 import { isLooseCommit, isValidBranchName, refsAroundFromFiles, type RefsAround } from "./refs.js";
 import { readRegularFile } from "./safe-read.js";
 import { assertSandboxAvailable, sandboxRunner, type SandboxOptions } from "./sandbox-runner.js";
@@ -898,7 +900,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       if (this.disposed) return;
       this.disposed = true;
       if (this.options.reuseWorktrees && (await this.park())) return;
-      await removeWorktree(main, this.root);
+      await removeWorktree(main, { commonDir: this.commonDir, worktreesDir: this.worktreesDir, root: this.root, gitDir: this.gitDir });
     });
   }
 
@@ -929,8 +931,8 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     // Nested repositories too (-ff): nothing the agent left outside its commits survives. clean
     // never goes into a submodule's folder (a tracked gitlink), so whatever the agent put there
     // would reach the next fork: a worktree with submodules is not kept.
-    const [cleaned, entries] = await Promise.all([gitRaw(target, ["clean", "-q", "-ffdx"]), gitBytes(target, ["ls-files", "-z", "--stage"]).catch(() => null)]);
-    if (cleaned.exitCode !== 0 || entries === null || nulSeparatedBytes(entries).some((entry) => entry.subarray(0, 7).toString("latin1") === "160000 ")) return false;
+    const [cleaned, gitlinks] = await Promise.all([gitRaw(target, ["clean", "-q", "-ffdx"]), hasGitlinks(target, sha.length / 2)]);
+    if (cleaned.exitCode !== 0 || gitlinks !== false) return false;
     // Detached, so the branch is held by no worktree (`git branch -d` works, `fork(branch, { reattach })` makes a new one).
     await writeFileAtomically(join(this.gitDir, "HEAD"), `${sha}\n`);
     const parked = join(this.worktreesDir, PARKED_DIR, randomBytes(6).toString("hex"));
@@ -964,7 +966,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     while (pool.trees.length > 0) {
       const parked = pool.trees.pop()!;
       if (!(await isReusable(parked.root, parked.gitDir, parked.dotGit))) {
-        await removeWorktree(main, parked.root);
+        await removeWorktree(main, { commonDir: this.commonDir, worktreesDir: this.worktreesDir, root: parked.root, gitDir: parked.gitDir });
         continue;
       }
       await mkdir(dirname(dir), { recursive: true });
@@ -976,7 +978,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       const switched = await gitRaw(child.target, ["checkout", "-q", "-f", "--no-track", "-b", branch, start]);
       if (switched.exitCode !== 0) {
         child.disposed = true;
-        await removeWorktree(main, root);
+        await removeWorktree(main, { commonDir: this.commonDir, worktreesDir: this.worktreesDir, root, gitDir: parked.gitDir });
         throw new KeenError("git_failed", `git checkout failed while making ${branch}: ${String(switched.stderr || switched.stdout).trim()}`);
       }
       return child;
@@ -1072,12 +1074,17 @@ function gitIdentityEnv(identity: { name: string; email: string }): Record<strin
   };
 }
 
-/** Removes a worktree's folder and registration, even a locked one or one whose `.git` file was rewritten. */
-async function removeWorktree(main: GitTarget, root: string): Promise<void> {
+/**
+ * Removes a worktree's folder and registration, even a locked one or one whose `.git` file was
+ * rewritten: in this process when the registration is the one keen knows, through git otherwise.
+ */
+async function removeWorktree(main: GitTarget, worktree: KeenWorktree): Promise<void> {
+  if (await removeWorktreeInProcess(worktree)) return;
+  const { root } = worktree;
   // Doubly forced, remove takes a locked worktree and its registration in one step.
   const removed = await gitRaw(main, ["worktree", "remove", "--force", "--force", root]);
   if (removed.exitCode === 0 && (await lstat(root).catch(() => null)) === null) return;
-  // Removal failed (e.g. on a `.git` file the agent rewrote): unlock (the lease) so the
+  // Removal failed (e.g. on a folder that cannot be deleted): unlock (the lease) so the
   // registration is pruned, and remove the folder ourselves.
   await gitRaw(main, ["worktree", "unlock", root]);
   await rm(root, { recursive: true, force: true });
@@ -1097,7 +1104,7 @@ async function releaseParked(commonDir: string, worktreesDir: string): Promise<v
   clearTimeout(pool.timer);
   const main: GitTarget = { gitDir: commonDir, workTree: dirname(commonDir) };
   await withRepoLock(commonDir, async () => {
-    for (const parked of pool.trees.splice(0)) await removeWorktree(main, parked.root);
+    for (const parked of pool.trees.splice(0)) await removeWorktree(main, { commonDir, worktreesDir, root: parked.root, gitDir: parked.gitDir });
   });
 }
 
@@ -1117,6 +1124,17 @@ async function isReusable(root: string, gitDir: string, dotGit: string): Promise
     if ((await lstat(join(gitDir, name)).catch(() => null)) !== null) return false;
   }
   return true;
+}
+
+/**
+ * Whether the checkout's index records a submodule (a gitlink): read from the index file, or
+ * from `git ls-files --stage` where the file does not answer plainly; null when neither can tell.
+ */
+async function hasGitlinks(target: GitTarget, hashBytes: number): Promise<boolean | null> {
+  const fromFile = await indexHasGitlink(target.gitDir, hashBytes);
+  if (fromFile !== undefined) return fromFile;
+  const entries = await gitBytes(target, ["ls-files", "-z", "--stage"]).catch(() => null);
+  return entries === null ? null : nulSeparatedBytes(entries).some((entry) => entry.subarray(0, 7).toString("latin1") === "160000 ");
 }
 
 /** Replaces a file of a git dir by rename, as git replaces its own files. */

@@ -1,6 +1,6 @@
 import { existsSync } from "node:fs";
-import { readdir, readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { readdir, readFile, realpath, rm } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { execa, type ResultPromise } from "execa";
 import { afterEach, describe, expect, it } from "vitest";
@@ -141,6 +141,31 @@ describe("worktree recovery after a crash", () => {
     await Promise.all(forks.map((fork) => fork.dispose()));
     expect(await entries(join(repo, ".git", "worktrees"))).toEqual([]);
     expect(await entries(join(repo, ".git", "keen", "worktrees"))).toEqual([]);
+    expect(await worktreeCount(repo)).toBe(1);
+  });
+
+  it("removes the registration of a process killed between a removal's two steps (folder gone, registration left)", async () => {
+    const repo = await createTestRepo();
+    const holderProcess = await holdWorktrees(repo, ["summon-A", "summon-B"]);
+    await killed(holderProcess);
+    // A dispose deletes the folder first, then the registration: killed in between, this is what is left.
+    const folder = join(await realpath(join(repo, ".git")), "keen", "worktrees", "summon-B");
+    await rm(folder, { recursive: true });
+    expect(await readFile(join(repo, ".git", "worktrees", "summon-B", "locked"), "utf8")).toMatch(/^keen lease /);
+    // Locked with the dead process's lease: git's own prune leaves it.
+    expect((await execa("git", ["worktree", "prune", "--dry-run", "--verbose"], { cwd: repo })).stdout).toBe("");
+    expect(await worktreeCount(repo)).toBe(3);
+
+    const ws = await LocalWorkspace.open(repo, { sandbox: false });
+    expect(ws.recovered.removedWorktrees.sort()).toEqual([join(dirname(folder), "summon-A"), folder]);
+    expect(await worktreeCount(repo)).toBe(1);
+    expect(await entries(join(repo, ".git", "worktrees"))).toEqual([]);
+    expect((await execa("git", ["worktree", "prune", "--dry-run", "--verbose"], { cwd: repo })).stdout).toBe("");
+    const branches = (await execa("git", ["branch", "--format=%(refname:short)"], { cwd: repo })).stdout.split("\n");
+    expect(branches.sort()).toEqual(["main", "summon-A", "summon-B"]);
+    const again = await ws.fork("summon-B", { reattach: true });
+    expect(await again.readFile("README.md")).toBe("# test\n");
+    await again.dispose();
     expect(await worktreeCount(repo)).toBe(1);
   });
 
