@@ -136,6 +136,20 @@ function runGit(target: GitTarget, args: string[], options: GitCallOptions): Pro
 }
 
 /**
+ * A git call that finds its repository from `cwd` as a person's git would (no `GIT_DIR`, no
+ * hardening beyond a disabled fsmonitor command): how `LocalWorkspace.open` asks where a
+ * checkout's root and git dirs are. Through the launcher like every other call, so a workspace's
+ * first git call also starts the launcher's shell, while keen's process is still small.
+ */
+export async function gitDiscover(cwd: string, args: string[]): Promise<GitResult> {
+  const fullArgs = ["-c", "core.fsmonitor=false", ...args];
+  const env = withoutRepositoryVariables();
+  const result = await (launchGit({ args: fullArgs, cwd, env, maxOutput: MAX_OUTPUT_BYTES, command: args[0] ?? "" }, withoutRepositoryVariables) ??
+    spawnGit(fullArgs, cwd, env, undefined, args[0] ?? ""));
+  return { ...result, stdout: result.stdout.toString("utf8") };
+}
+
+/**
  * Starts one git process with `child_process.spawn` and collects its output: the way when the
  * launcher cannot take a call. `spawn` directly: execa's stream machinery cost about 2 ms of the
  * main thread per call (`git rev-parse HEAD`: 3 ms of CPU with execa, 1 ms without).

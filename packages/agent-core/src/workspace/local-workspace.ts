@@ -3,7 +3,6 @@ import { existsSync } from "node:fs";
 import { lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
-import { execa } from "execa";
 import { AbortedError, KeenError, PathOutsideWorkspaceError } from "../errors.js";
 import { addWorktree } from "./add-worktree.js";
 import { checkpointRef, dropCheckpoint, readCheckpoint, restoreCheckpoint, restoreFilesOf, saveCheckpoint, type CheckpointTarget } from "./checkpoint.js";
@@ -12,7 +11,7 @@ import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, stageChange
 import { compileGlob } from "./glob.js";
 import { hasGitDirComponent } from "./git-dir-name.js";
 import { indexHasGitlink } from "./index-file.js";
-import { git, gitBytes, gitFailure, gitRaw, nulSeparated, nulSeparatedBytes, oneLine, withoutRepositoryVariables, type GitTarget } from "./git.js";
+import { git, gitBytes, gitDiscover, gitFailure, gitRaw, nulSeparated, nulSeparatedBytes, oneLine, type GitTarget } from "./git.js";
 import { sandboxGitConfig } from "./sandbox-git-config.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
@@ -230,13 +229,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       sandboxCheck.catch(() => {});
     }
     const probe = async (...flags: string[]) => {
-      const result = await execa("git", ["-c", "core.fsmonitor=false", "rev-parse", "--path-format=absolute", ...flags], {
-        cwd: absolute,
-        reject: false,
-        stripFinalNewline: false,
-        env: withoutRepositoryVariables(),
-        extendEnv: false,
-      });
+      const result = await gitDiscover(absolute, ["rev-parse", "--path-format=absolute", ...flags]);
       if (result.exitCode !== 0) throw new KeenError("not_a_git_repository", `${absolute} is not a git repository (run git init first)`);
       return result.stdout;
     };
