@@ -1,9 +1,8 @@
-import { stat, utimes, writeFile } from "node:fs/promises";
-import { join } from "node:path";
 import { execa } from "execa";
 import { describe, expect, it } from "vitest";
 import { LocalWorkspace } from "./local-workspace.js";
 import { createTestRepo, TEST_GIT_IDENTITY } from "./test-repo.js";
+import { plantHiddenRewrite } from "./testing/hidden-rewrite.js";
 
 const git = async (cwd: string, ...args: string[]) => (await execa("git", args, { cwd, env: TEST_GIT_IDENTITY })).stdout;
 
@@ -19,15 +18,7 @@ describe("a rewrite hidden from git's stat check", () => {
       await git(repo, "config", config[0], config[1]);
       const ws = await LocalWorkspace.open(repo, { sandbox: false });
       const child = await ws.fork("hidden-rewrite");
-      await child.writeFile("src/a.ts", "export const a = 7;\n");
-      await child.commit("sets a");
-      const file = join(child.root, "src", "a.ts");
-      const { atime, mtime } = await stat(file);
-      await new Promise((resolve) => setTimeout(resolve, 1100));
-      await child.writeFile("src/b.ts", "export const b = 3;\n");
-      await child.commit("sets b"); // The index is written again, a second later.
-      await writeFile(file, "export const a = 9;\n"); // Same length as what the index holds.
-      await utimes(file, atime, mtime);
+      await plantHiddenRewrite(child, "src/a.ts", { committed: "export const a = 7;\n", planted: "export const a = 9;\n", other: ["src/b.ts", "export const b = 3;\n"] });
 
       const saved = await child.checkpoint("stat/hidden", "turn 1");
       expect(await git(repo, "show", `${saved.id}:src/a.ts`)).toBe("export const a = 9;");

@@ -1,10 +1,11 @@
 import { existsSync } from "node:fs";
-import { mkdir, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
 import { describe, expect, it } from "vitest";
 import { LocalWorkspace } from "./local-workspace.js";
 import { createTestRepo, TEST_GIT_IDENTITY } from "./test-repo.js";
+import { plantHiddenRewrite } from "./testing/hidden-rewrite.js";
 
 const git = async (cwd: string, ...args: string[]) => (await execa("git", args, { cwd, env: TEST_GIT_IDENTITY })).stdout.trim();
 const worktreePaths = async (repo: string) =>
@@ -132,15 +133,7 @@ describe("reuseWorktrees against a planted file", () => {
       await git(repo, "config", config[0], config[1]);
       const ws = await LocalWorkspace.open(repo, { sandbox: false, reuseWorktrees: true });
       const first = await ws.fork("plant-A");
-      await first.writeFile("src/a.ts", "export const a = 7;\n");
-      await first.commit("A sets a");
-      const file = join(first.root, "src", "a.ts");
-      const { atime, mtime } = await stat(file);
-      await new Promise((resolve) => setTimeout(resolve, 1100));
-      await first.writeFile("src/b.ts", "export const b = 3;\n");
-      await first.commit("A sets b"); // The index is written again, a second later.
-      await writeFile(file, "export const a = 9;\n"); // Same length, never committed.
-      await utimes(file, atime, mtime);
+      await plantHiddenRewrite(first, "src/a.ts", { committed: "export const a = 7;\n", planted: "export const a = 9;\n", other: ["src/b.ts", "export const b = 3;\n"] });
       await first.dispose();
       expect((await ws.merge("plant-A", "Merge plant-A")).status).toBe("merged");
       const second = await ws.fork("plant-B");
