@@ -27,8 +27,9 @@ describe("keen run before its first model request", () => {
     });
     const dir = await gitRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
     const head = await git(dir, "rev-parse", "HEAD");
-    const result = await keen(["run", "Say done", "--repo", dir, "--no-sandbox", "--json", "--max-depth", "0", "--max-turns", "1"], { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url, KEEN_SPAWN_LOG: log }, { preload });
+    const result = await keen(["run", "Say done", "--repo", dir, "--no-sandbox", "--json", "--max-depth", "0", "--max-turns", "1"], { ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: server.url, KEEN_SPAWN_LOG: log, KEEN_GIT_LAUNCHER: "0" }, { preload });
     expect(before, result.stderr).toBeDefined();
+    // The log records spawns, so git's launcher (its resident shell) is off here: every git call is one.
     // Opening (one rev-parse; nothing to list or prune), the run branch (update-ref) and its
     // worktree's checkout, the repository overview; HEAD, the base, the snapshot folder and the
     // worktree's registration are read or written as files.
