@@ -90,6 +90,8 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
   const listed = nulSeparatedNames(options.listed ?? (await gitBytes(target, ["ls-files", "-z", "--modified", "--others", "--exclude-standard"], { env })));
   const candidates = listed.names;
   const staged: string[] = [];
+  /** The paths of `staged` that are gone from the work tree: their entries leave the index. */
+  const removed: string[] = [];
   const skipped: SkippedFile[] = [];
   // Named here as a string could only be misnamed: git would not find it, and the whole add would fail.
   for (const path of new Set(listed.invalid)) skipped.push({ path, reason: "invalid_name", detail: "its name is not valid UTF-8" });
@@ -110,11 +112,13 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
     // A leading folder replaced by a symlink: git records the path as deleted without reading through the link.
     if (!(await dirIsReal(dirname(path) === "." ? "" : dirname(path)))) {
       staged.push(path);
+      removed.push(path);
       continue;
     }
     const info = await lstat(full).catch(() => null);
     if (!info || info.isSymbolicLink()) {
       staged.push(path); // A deletion, or a link stored as its target text.
+      if (!info) removed.push(path);
       continue;
     }
     if (isTempFile(path)) {
@@ -139,7 +143,10 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
     } catch (error) {
       const code = (error as { code?: string }).code;
       if (code === "file_too_large") skipped.push({ path, reason: "too_large", detail: `over the limit of ${options.maxFileBytes} bytes` });
-      else if (code === "ENOENT") staged.push(path);
+      else if (code === "ENOENT") {
+        staged.push(path);
+        removed.push(path);
+      }
       else skipped.push({ path, reason: "not_regular", detail: error instanceof Error ? error.message : String(error) });
       continue;
     }
@@ -152,16 +159,26 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
 
   if (staged.length === 0) return { staged, skipped };
   if (options.signal?.aborted) throw new AbortedError("Staging was called off");
-  // In a sparse worktree, files written outside its patterns (by a command) are committed too.
+  // In a sparse worktree, files written outside its patterns (by a command) are committed too,
+  // and so is their removal. `add --sparse` finds no match for a file gone from outside the
+  // patterns (git matches the index only inside them) and then stages nothing: gone files leave
+  // the index by name instead, which neither the patterns nor the work tree can refuse.
+  let adding = staged;
+  if (target.sparse && removed.length > 0) {
+    await git(target, ["update-index", "-z", "--force-remove", "--stdin"], { env, input: removed.map((path) => `${path}\0`).join("") });
+    const gone = new Set(removed);
+    adding = staged.filter((path) => !gone.has(path));
+    if (adding.length === 0) return { staged, skipped };
+  }
   const args = ["add", "-A", ...(target.sparse ? ["--sparse"] : []), "--pathspec-from-file=-", "--pathspec-file-nul"];
-  const all = await gitRaw(target, args, { env, input: staged.join("\0") });
+  const all = await gitRaw(target, args, { env, input: adding.join("\0") });
   if (all.exitCode === 0) return { staged, skipped };
   // Any other failure (a lock, a broken repository) is reported as such, with git's own wording.
-  if (!REFUSED_PATH.test(String(all.stderr))) await git(target, args, { env, input: staged.join("\0") });
+  if (!REFUSED_PATH.test(String(all.stderr))) await git(target, args, { env, input: adding.join("\0") });
   // git refuses some names outright (`.GIT/…`, `.git.`, `GIT~1/…`, a `.gitmodules` link) and then
   // adds nothing. One at a time, so a refused name costs only itself, never the whole commit.
-  const added: string[] = [];
-  for (const path of staged) {
+  const added: string[] = adding === staged ? [] : [...removed];
+  for (const path of adding) {
     const one = await gitRaw(target, args, { env, input: path });
     if (one.exitCode === 0) {
       added.push(path);

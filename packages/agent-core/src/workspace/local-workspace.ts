@@ -555,7 +555,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
 
   async restoreFilesOf(commit: string, options: { journal?: readonly FileState[] } = {}): Promise<RestoreReport> {
     if (!/^(?:[0-9a-f]{40}|[0-9a-f]{64})$/.test(commit)) throw new KeenError("invalid_option", `restoreFilesOf takes a full commit id, not ${JSON.stringify(commit)}`);
-    return this.restoreFiles((target) => restoreFilesOf(this.sparsePaths ? { ...target, paths: this.sparsePaths } : target, commit), options.journal ?? []);
+    return this.restoreFiles((target) => restoreFilesOf(target, commit), options.journal ?? []);
   }
 
   /** Puts back the files `restore` switches to, then writes `journal` over them (see `restoreCheckpoint`). */
@@ -566,7 +566,8 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     return this.locked(async () => {
       // What the journal's paths hold before: one that ends as it was is not reported as changed.
       const before = journal.length > 0 ? await readFileStates(this, journal.map((state) => state.path)) : null;
-      const report = await restore({ ...this.target, maxFileBytes: this.maxFileBytes });
+      // A sparse worktree's paths: what its files are staged against when its index cannot be read.
+      const report = await restore({ ...this.target, maxFileBytes: this.maxFileBytes, ...(this.sparsePaths ? { paths: this.sparsePaths } : {}) });
       if (journal.length === 0) return report;
       await writeFileStates(this, journal);
       const changed = new Set(report.changed);
