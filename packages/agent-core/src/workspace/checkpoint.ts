@@ -2,7 +2,7 @@ import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AbortedError, KeenError } from "../errors.js";
-import { isInsidePaths, skipOutsidePaths, stageChanges } from "./commit-filter.js";
+import { isInsidePaths, skipOutsidePaths, filesBySkipWorktree, stageChanges } from "./commit-filter.js";
 import { git, gitRaw, nulSeparated, oneLine, type GitTarget } from "./git.js";
 import { refExistsInFiles } from "./refs.js";
 import type { RestoreReport, WorkspaceCheckpoint } from "./workspace.js";
@@ -199,7 +199,7 @@ async function restoreTree(target: CheckpointTarget, id: string, paths?: readonl
  */
 async function goalTree(target: CheckpointTarget, env: Record<string, string>, now: string, checkpointTree: string, paths: readonly string[] | undefined): Promise<string> {
   const status = nulSeparated(await git(target, ["diff-tree", "-r", "-z", "--name-status", "--no-renames", now, checkpointTree]));
-  const notHeld = target.sparse ? skipWorktree(await git(target, ["ls-files", "-t", "-z"], { env })) : new Set<string>();
+  const notHeld = target.sparse ? filesBySkipWorktree(await git(target, ["ls-files", "-t", "-z"], { env }), true) : new Set<string>();
   const keep = new Set<string>();
   for (let i = 0; i + 1 < status.length; i += 2) {
     const [letter, file] = [status[i]!, status[i + 1]!];
@@ -217,16 +217,6 @@ async function goalTree(target: CheckpointTarget, env: Record<string, string>, n
   } finally {
     await rm(goalEnv.GIT_INDEX_FILE, { force: true });
   }
-}
-
-/** The files `ls-files -t -z` tags `S` (skip-worktree: not checked out). */
-function skipWorktree(listing: string): Set<string> {
-  return new Set(
-    listing
-      .split("\0")
-      .filter((line) => line.startsWith("S "))
-      .map((line) => line.slice(2)),
-  );
 }
 
 /**

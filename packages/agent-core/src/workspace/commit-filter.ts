@@ -197,13 +197,26 @@ export function isInsidePaths(file: string, paths: readonly string[]): boolean {
 }
 
 /**
- * For a temporary index read from a tree (HEAD's) for a sparse worktree: marks every file outside
+ * For a temporary index read from a tree (HEAD's) for a sparse worktree: marks the files outside
  * its `paths` skip-worktree, as the worktree's own index marks them, so staging does not take
- * their absence from the work tree for deletions (git would refuse them with --sparse anyway).
+ * their absence from the work tree for deletions.
+ * `held`: the files the worktree's own index holds checked out, when it could be read; those are
+ * not marked, so the removal of a file outside the paths that the worktree held (one a command
+ * wrote and a commit took) is staged like any other.
  */
-export async function skipOutsidePaths(target: GitTarget, env: Record<string, string>, paths: readonly string[]): Promise<void> {
-  const outside = (await git(target, ["ls-files", "-z"], { env })).split("\0").filter((file) => file !== "" && !isInsidePaths(file, paths));
+export async function skipOutsidePaths(target: GitTarget, env: Record<string, string>, paths: readonly string[], held?: ReadonlySet<string>): Promise<void> {
+  const outside = (await git(target, ["ls-files", "-z"], { env })).split("\0").filter((file) => file !== "" && !isInsidePaths(file, paths) && !held?.has(file));
   if (outside.length > 0) await git(target, ["update-index", "-z", "--skip-worktree", "--stdin"], { env, input: outside.map((file) => `${file}\0`).join("") });
+}
+
+/** From a `ls-files -t -z` listing of an index: the files it marks skip-worktree (tag `S`, not checked out) or not. */
+export function filesBySkipWorktree(listing: string, skipped: boolean): Set<string> {
+  return new Set(
+    listing
+      .split("\0")
+      .filter((line) => line.length > 2 && line.startsWith("S ") === skipped)
+      .map((line) => line.slice(2)),
+  );
 }
 
 /** Refuses an option combination early, with a coded error. */

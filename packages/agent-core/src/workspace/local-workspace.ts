@@ -7,7 +7,7 @@ import { AbortedError, KeenError, PathOutsideWorkspaceError } from "../errors.js
 import { addWorktree } from "./add-worktree.js";
 import { checkpointRef, dropCheckpoint, readCheckpoint, restoreCheckpoint, restoreFilesOf, saveCheckpoint, type CheckpointTarget } from "./checkpoint.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
-import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
+import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, filesBySkipWorktree, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
 import { hasGitDirComponent } from "./git-dir-name.js";
 import { indexHasGitlink } from "./index-file.js";
@@ -775,8 +775,12 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     const env = { GIT_INDEX_FILE: join(indexDir, "index") };
     try {
       await git(this.target, ["read-tree", "HEAD"], { env });
-      // From a sparse worktree: the files outside its paths are not missing, only not checked out.
-      if (this.sparsePaths) await skipOutsidePaths(this.target, env, this.sparsePaths);
+      // From a sparse worktree: the files outside its paths it does not hold are not missing, only
+      // not checked out; one it held (a command wrote it, a commit took it) and lost is a deletion.
+      if (this.sparsePaths) {
+        const held = filesBySkipWorktree(await git(this.target, ["ls-files", "-t", "-z"]), false);
+        await skipOutsidePaths(this.target, env, this.sparsePaths, held);
+      }
       const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes, env });
       const head = await this.head();
       if (staged.length === 0) return { start: head, report: { included: [], skipped } };

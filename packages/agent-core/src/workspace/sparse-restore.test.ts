@@ -129,4 +129,17 @@ describe("restoring a sparse fork whose commands wrote outside its paths", () =>
     }
     expect(await filesOnDisk(child.root)).toEqual(["dist/out.txt", "src/a.ts"]);
   });
+
+  it("carries into a fork with includeUncommitted what commands wrote and deleted outside the paths", async () => {
+    const dir = await createTestRepo(repoFiles);
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const child = await ws.fork("summon-U", { paths: ["src"] });
+    await child.exec("mkdir -p dist && echo built > dist/out.txt && echo keep > dist/keep.txt");
+    await child.commit("Build output");
+    await child.exec("rm dist/out.txt && echo k2 > dist/keep.txt && mkdir -p lib && echo c2 > lib/c.ts && echo n > dist/new.txt");
+    const grandchild = await child.fork("summon-U-A", { includeUncommitted: true });
+    expect(grandchild.lastForkReport?.included).toEqual(["dist/keep.txt", "dist/new.txt", "dist/out.txt", "lib/c.ts"]);
+    expect(await tree(dir, "summon-U-A")).toEqual(["README.md", "dist/keep.txt", "dist/new.txt", "lib/c.ts", "src/a.ts"]);
+    expect(await git(dir, "show", "summon-U-A:lib/c.ts")).toBe("c2");
+  });
 });
