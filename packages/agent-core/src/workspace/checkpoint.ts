@@ -2,7 +2,7 @@ import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AbortedError, KeenError } from "../errors.js";
-import { isInsidePaths, skipOutsidePaths, filesBySkipWorktree, stageChanges } from "./commit-filter.js";
+import { filesBySkipWorktree, isInsidePaths, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { git, gitRaw, nulSeparated, oneLine, type GitTarget } from "./git.js";
 import { refExistsInFiles } from "./refs.js";
 import type { RestoreReport, WorkspaceCheckpoint } from "./workspace.js";

@@ -92,6 +92,10 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
   const staged: string[] = [];
   /** The paths of `staged` that are gone from the work tree: their entries leave the index. */
   const removed: string[] = [];
+  const stageRemoval = (path: string) => {
+    staged.push(path);
+    removed.push(path);
+  };
   const skipped: SkippedFile[] = [];
   // Named here as a string could only be misnamed: git would not find it, and the whole add would fail.
   for (const path of new Set(listed.invalid)) skipped.push({ path, reason: "invalid_name", detail: "its name is not valid UTF-8" });
@@ -111,14 +115,16 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
     const full = join(target.workTree, path);
     // A leading folder replaced by a symlink: git records the path as deleted without reading through the link.
     if (!(await dirIsReal(dirname(path) === "." ? "" : dirname(path)))) {
-      staged.push(path);
-      removed.push(path);
+      stageRemoval(path);
       continue;
     }
     const info = await lstat(full).catch(() => null);
-    if (!info || info.isSymbolicLink()) {
-      staged.push(path); // A deletion, or a link stored as its target text.
-      if (!info) removed.push(path);
+    if (!info) {
+      stageRemoval(path);
+      continue;
+    }
+    if (info.isSymbolicLink()) {
+      staged.push(path); // Stored as its target text.
       continue;
     }
     if (isTempFile(path)) {
@@ -143,10 +149,7 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
     } catch (error) {
       const code = (error as { code?: string }).code;
       if (code === "file_too_large") skipped.push({ path, reason: "too_large", detail: `over the limit of ${options.maxFileBytes} bytes` });
-      else if (code === "ENOENT") {
-        staged.push(path);
-        removed.push(path);
-      }
+      else if (code === "ENOENT") stageRemoval(path);
       else skipped.push({ path, reason: "not_regular", detail: error instanceof Error ? error.message : String(error) });
       continue;
     }

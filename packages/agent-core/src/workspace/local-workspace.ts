@@ -7,7 +7,7 @@ import { AbortedError, KeenError, PathOutsideWorkspaceError } from "../errors.js
 import { addWorktree } from "./add-worktree.js";
 import { checkpointRef, dropCheckpoint, readCheckpoint, restoreCheckpoint, restoreFilesOf, saveCheckpoint, type CheckpointTarget } from "./checkpoint.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
-import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, filesBySkipWorktree, stageChanges } from "./commit-filter.js";
+import { DEFAULT_MAX_FILE_BYTES, filesBySkipWorktree, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
 import { hasGitDirComponent } from "./git-dir-name.js";
 import { indexHasGitlink } from "./index-file.js";
