@@ -2,7 +2,7 @@ import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AbortedError, KeenError } from "../errors.js";
-import { isInsidePaths, skipOutsidePaths, stageChanges } from "./commit-filter.js";
+import { filesBySkipWorktree, isInsidePaths, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { git, gitRaw, nulSeparated, oneLine, type GitTarget } from "./git.js";
 import { refExistsInFiles } from "./refs.js";
 import type { RestoreReport, WorkspaceCheckpoint } from "./workspace.js";
@@ -166,32 +166,46 @@ export async function restoreFilesOf(target: CheckpointTarget, commit: string): 
   return restoreTree(target, commit, target.paths && target.paths.length > 0 ? target.paths : undefined);
 }
 
-/** Switches the work tree's files to the tree of commit `id` (see `restoreCheckpoint`); `paths`: a sparse checkpoint's scope. */
+/**
+ * Switches the work tree's files to the tree of commit `id` (see `restoreCheckpoint`); `paths`: a
+ * sparse checkpoint's scope. In a sparse worktree (`target.sparse`) the switch is made without its
+ * patterns: applied to the temporary index, they would take every file outside them that the work
+ * tree holds (one a command wrote there) for one not to check out, and delete it. The files it does
+ * not hold stay as they are instead (see `goalTree`), so none is written out either.
+ */
 async function restoreTree(target: CheckpointTarget, id: string, paths?: readonly string[]): Promise<RestoreReport> {
   const checkpointTree = oneLine(await git(target, ["rev-parse", `${id}^{tree}`]));
+  const sparse = target.sparse === true;
   return withWorktreeIndex(target, async (env) => {
     const now = await stageTree(target, env);
     if (now === checkpointTree) return { changed: [] };
-    const wanted = paths ? await keepOutsideScope(target, env, now, checkpointTree, paths) : checkpointTree;
+    const wanted = paths || sparse ? await goalTree(target, env, now, checkpointTree, paths) : checkpointTree;
     if (now === wanted) return { changed: [] };
     const changed = nulSeparated(await git(target, ["diff-tree", "-r", "-z", "--name-only", "--no-renames", now, wanted]));
-    await git(target, ["read-tree", "--reset", "-u", now, wanted], { env });
+    await git(sparse ? { gitDir: target.gitDir, workTree: target.workTree } : target, ["read-tree", "--reset", "-u", now, wanted], { env });
     return { changed };
   });
 }
 
 /**
- * A sparse worktree's checkpoint saw only the files inside its paths: a file outside them that it
- * lacks may simply not have been checked out there (or not been in the index it was staged from).
- * The tree to restore is then the checkpoint's plus every file outside the scope the work tree
- * holds now and the checkpoint does not, so a restore never deletes a file outside the scope.
+ * The tree to switch to from `now` (the work tree staged): the checkpoint's, except for two kinds
+ * of file, which keep the entry they have in `now` so the switch leaves them as they are.
+ * - Outside a sparse checkpoint's `paths`, a file the work tree holds and the checkpoint lacks: the
+ *   checkpoint saw only the files inside its paths, and a file outside them may simply not have
+ *   been checked out there (or not been in the index it was staged from). So a restore never
+ *   deletes a file outside the scope.
+ * - In a sparse worktree, a file outside its patterns that it does not hold (skip-worktree in the
+ *   index): not checked out, it is neither written out nor taken for a deletion.
  */
-async function keepOutsideScope(target: GitTarget, env: Record<string, string>, now: string, checkpointTree: string, paths: readonly string[]): Promise<string> {
-  const missing = nulSeparated(await git(target, ["diff-tree", "-r", "-z", "--name-only", "--no-renames", "--diff-filter=D", now, checkpointTree])).filter(
-    (file) => file !== "" && !isInsidePaths(file, paths),
-  );
-  if (missing.length === 0) return checkpointTree;
-  const keep = new Set(missing);
+async function goalTree(target: CheckpointTarget, env: Record<string, string>, now: string, checkpointTree: string, paths: readonly string[] | undefined): Promise<string> {
+  const status = nulSeparated(await git(target, ["diff-tree", "-r", "-z", "--name-status", "--no-renames", now, checkpointTree]));
+  const notHeld = target.sparse ? filesBySkipWorktree(await git(target, ["ls-files", "-t", "-z"], { env }), true) : new Set<string>();
+  const keep = new Set<string>();
+  for (let i = 0; i + 1 < status.length; i += 2) {
+    const [letter, file] = [status[i]!, status[i + 1]!];
+    if (notHeld.has(file) || (letter === "D" && paths && !isInsidePaths(file, paths))) keep.add(file);
+  }
+  if (keep.size === 0) return checkpointTree;
   const entries = (await git(target, ["ls-tree", "-r", "-z", "--full-tree", now]))
     .split("\0")
     .filter((entry) => entry !== "" && keep.has(entry.slice(entry.indexOf("\t") + 1)));

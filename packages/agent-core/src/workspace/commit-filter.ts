@@ -90,6 +90,12 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
   const listed = nulSeparatedNames(options.listed ?? (await gitBytes(target, ["ls-files", "-z", "--modified", "--others", "--exclude-standard"], { env })));
   const candidates = listed.names;
   const staged: string[] = [];
+  /** The paths of `staged` that are gone from the work tree: their entries leave the index. */
+  const removed: string[] = [];
+  const stageRemoval = (path: string) => {
+    staged.push(path);
+    removed.push(path);
+  };
   const skipped: SkippedFile[] = [];
   // Named here as a string could only be misnamed: git would not find it, and the whole add would fail.
   for (const path of new Set(listed.invalid)) skipped.push({ path, reason: "invalid_name", detail: "its name is not valid UTF-8" });
@@ -109,12 +115,16 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
     const full = join(target.workTree, path);
     // A leading folder replaced by a symlink: git records the path as deleted without reading through the link.
     if (!(await dirIsReal(dirname(path) === "." ? "" : dirname(path)))) {
-      staged.push(path);
+      stageRemoval(path);
       continue;
     }
     const info = await lstat(full).catch(() => null);
-    if (!info || info.isSymbolicLink()) {
-      staged.push(path); // A deletion, or a link stored as its target text.
+    if (!info) {
+      stageRemoval(path);
+      continue;
+    }
+    if (info.isSymbolicLink()) {
+      staged.push(path); // Stored as its target text.
       continue;
     }
     if (isTempFile(path)) {
@@ -139,7 +149,7 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
     } catch (error) {
       const code = (error as { code?: string }).code;
       if (code === "file_too_large") skipped.push({ path, reason: "too_large", detail: `over the limit of ${options.maxFileBytes} bytes` });
-      else if (code === "ENOENT") staged.push(path);
+      else if (code === "ENOENT") stageRemoval(path);
       else skipped.push({ path, reason: "not_regular", detail: error instanceof Error ? error.message : String(error) });
       continue;
     }
@@ -152,16 +162,26 @@ export async function stageChanges(target: GitTarget, options: StageOptions): Pr
 
   if (staged.length === 0) return { staged, skipped };
   if (options.signal?.aborted) throw new AbortedError("Staging was called off");
-  // In a sparse worktree, files written outside its patterns (by a command) are committed too.
+  // In a sparse worktree, files written outside its patterns (by a command) are committed too,
+  // and so is their removal. `add --sparse` finds no match for a file gone from outside the
+  // patterns (git matches the index only inside them) and then stages nothing: gone files leave
+  // the index by name instead, which neither the patterns nor the work tree can refuse.
+  let adding = staged;
+  if (target.sparse && removed.length > 0) {
+    await git(target, ["update-index", "-z", "--force-remove", "--stdin"], { env, input: removed.map((path) => `${path}\0`).join("") });
+    const gone = new Set(removed);
+    adding = staged.filter((path) => !gone.has(path));
+    if (adding.length === 0) return { staged, skipped };
+  }
   const args = ["add", "-A", ...(target.sparse ? ["--sparse"] : []), "--pathspec-from-file=-", "--pathspec-file-nul"];
-  const all = await gitRaw(target, args, { env, input: staged.join("\0") });
+  const all = await gitRaw(target, args, { env, input: adding.join("\0") });
   if (all.exitCode === 0) return { staged, skipped };
   // Any other failure (a lock, a broken repository) is reported as such, with git's own wording.
-  if (!REFUSED_PATH.test(String(all.stderr))) await git(target, args, { env, input: staged.join("\0") });
+  if (!REFUSED_PATH.test(String(all.stderr))) await git(target, args, { env, input: adding.join("\0") });
   // git refuses some names outright (`.GIT/…`, `.git.`, `GIT~1/…`, a `.gitmodules` link) and then
   // adds nothing. One at a time, so a refused name costs only itself, never the whole commit.
-  const added: string[] = [];
-  for (const path of staged) {
+  const added: string[] = adding === staged ? [] : [...removed];
+  for (const path of adding) {
     const one = await gitRaw(target, args, { env, input: path });
     if (one.exitCode === 0) {
       added.push(path);
@@ -180,13 +200,26 @@ export function isInsidePaths(file: string, paths: readonly string[]): boolean {
 }
 
 /**
- * For a temporary index read from a tree (HEAD's) for a sparse worktree: marks every file outside
+ * For a temporary index read from a tree (HEAD's) for a sparse worktree: marks the files outside
  * its `paths` skip-worktree, as the worktree's own index marks them, so staging does not take
- * their absence from the work tree for deletions (git would refuse them with --sparse anyway).
+ * their absence from the work tree for deletions.
+ * `held`: the files the worktree's own index holds checked out, when it could be read; those are
+ * not marked, so the removal of a file outside the paths that the worktree held (one a command
+ * wrote and a commit took) is staged like any other.
  */
-export async function skipOutsidePaths(target: GitTarget, env: Record<string, string>, paths: readonly string[]): Promise<void> {
-  const outside = (await git(target, ["ls-files", "-z"], { env })).split("\0").filter((file) => file !== "" && !isInsidePaths(file, paths));
+export async function skipOutsidePaths(target: GitTarget, env: Record<string, string>, paths: readonly string[], held?: ReadonlySet<string>): Promise<void> {
+  const outside = (await git(target, ["ls-files", "-z"], { env })).split("\0").filter((file) => file !== "" && !isInsidePaths(file, paths) && !held?.has(file));
   if (outside.length > 0) await git(target, ["update-index", "-z", "--skip-worktree", "--stdin"], { env, input: outside.map((file) => `${file}\0`).join("") });
+}
+
+/** From a `ls-files -t -z` listing of an index: the files it marks skip-worktree (tag `S`, not checked out) or not. */
+export function filesBySkipWorktree(listing: string, skipped: boolean): Set<string> {
+  return new Set(
+    listing
+      .split("\0")
+      .filter((line) => line.length > 2 && line.startsWith("S ") === skipped)
+      .map((line) => line.slice(2)),
+  );
 }
 
 /** Refuses an option combination early, with a coded error. */

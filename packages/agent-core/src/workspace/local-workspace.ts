@@ -7,7 +7,7 @@ import { AbortedError, KeenError, PathOutsideWorkspaceError } from "../errors.js
 import { addWorktree } from "./add-worktree.js";
 import { checkpointRef, dropCheckpoint, readCheckpoint, restoreCheckpoint, restoreFilesOf, saveCheckpoint, type CheckpointTarget } from "./checkpoint.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
-import { DEFAULT_MAX_FILE_BYTES, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
+import { DEFAULT_MAX_FILE_BYTES, filesBySkipWorktree, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
 import { hasGitDirComponent } from "./git-dir-name.js";
 import { indexHasGitlink } from "./index-file.js";
@@ -555,7 +555,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
 
   async restoreFilesOf(commit: string, options: { journal?: readonly FileState[] } = {}): Promise<RestoreReport> {
     if (!/^(?:[0-9a-f]{40}|[0-9a-f]{64})$/.test(commit)) throw new KeenError("invalid_option", `restoreFilesOf takes a full commit id, not ${JSON.stringify(commit)}`);
-    return this.restoreFiles((target) => restoreFilesOf(this.sparsePaths ? { ...target, paths: this.sparsePaths } : target, commit), options.journal ?? []);
+    return this.restoreFiles((target) => restoreFilesOf(target, commit), options.journal ?? []);
   }
 
   /** Puts back the files `restore` switches to, then writes `journal` over them (see `restoreCheckpoint`). */
@@ -566,7 +566,8 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     return this.locked(async () => {
       // What the journal's paths hold before: one that ends as it was is not reported as changed.
       const before = journal.length > 0 ? await readFileStates(this, journal.map((state) => state.path)) : null;
-      const report = await restore({ ...this.target, maxFileBytes: this.maxFileBytes });
+      // A sparse worktree's paths: what its files are staged against when its index cannot be read.
+      const report = await restore({ ...this.target, maxFileBytes: this.maxFileBytes, ...(this.sparsePaths ? { paths: this.sparsePaths } : {}) });
       if (journal.length === 0) return report;
       await writeFileStates(this, journal);
       const changed = new Set(report.changed);
@@ -774,8 +775,12 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     const env = { GIT_INDEX_FILE: join(indexDir, "index") };
     try {
       await git(this.target, ["read-tree", "HEAD"], { env });
-      // From a sparse worktree: the files outside its paths are not missing, only not checked out.
-      if (this.sparsePaths) await skipOutsidePaths(this.target, env, this.sparsePaths);
+      // From a sparse worktree: the files outside its paths it does not hold are not missing, only
+      // not checked out; one it held (a command wrote it, a commit took it) and lost is a deletion.
+      if (this.sparsePaths) {
+        const held = filesBySkipWorktree(await git(this.target, ["ls-files", "-t", "-z"]), false);
+        await skipOutsidePaths(this.target, env, this.sparsePaths, held);
+      }
       const { staged, skipped } = await stageChanges(this.target, { maxFileBytes: this.maxFileBytes, env });
       const head = await this.head();
       if (staged.length === 0) return { start: head, report: { included: [], skipped } };
