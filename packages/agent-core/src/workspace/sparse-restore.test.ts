@@ -1,21 +1,12 @@
-import { readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { join, relative } from "node:path";
-import { execa } from "execa";
+import { readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { LocalWorkspace } from "./local-workspace.js";
-import { createTestRepo, TEST_GIT_IDENTITY } from "./test-repo.js";
+import { createTestRepo } from "./test-repo.js";
+import { filesOnDisk, gitOutput, treeFiles } from "./testing/repo-files.js";
 
-const git = async (dir: string, ...args: string[]) => (await execa("git", args, { cwd: dir, env: TEST_GIT_IDENTITY, reject: false })).stdout.trim();
-const tree = async (dir: string, ref: string) => (await git(dir, "ls-tree", "-r", "--name-only", ref)).split("\n").filter(Boolean).sort();
-
-async function filesOnDisk(root: string): Promise<string[]> {
-  const entries = await readdir(root, { recursive: true, withFileTypes: true });
-  return entries
-    .filter((entry) => entry.isFile())
-    .map((entry) => relative(root, join(entry.parentPath, entry.name)))
-    .filter((path) => path !== ".git" && !path.startsWith(".git/"))
-    .sort();
-}
+const git = gitOutput;
+const tree = treeFiles;
 
 const read = (root: string, path: string) => readFile(join(root, path), "utf8");
 
