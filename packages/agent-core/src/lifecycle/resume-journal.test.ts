@@ -7,17 +7,15 @@
 import { mkdtemp, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { reply, startMessagesServer, type MessagesServer } from "../testing/index.js";
 import { createTestRepo } from "../workspace/test-repo.js";
 import type { TaskSnapshot } from "./task-state.js";
+import { startTaskProcess } from "./testing/start-task-process.js";
 import type { KillPoint } from "./testing/task-process.js";
 import { done, explore, plan, scenarioPolicy, write, type Scenario } from "./testing/scenario.js";
 
-const entry = fileURLToPath(new URL("./testing/task-process.ts", import.meta.url));
-const repoRoot = fileURLToPath(new URL("../../../..", import.meta.url));
 const FILES = { "README.md": "# test\n", "old.txt": "old\n", "tool.sh": "echo hi\n" };
 
 /**
@@ -56,8 +54,7 @@ afterAll(async () => {
 });
 
 function taskProcess(mode: "start" | "resume", repo: string, snapshotPath: string, killAt: KillPoint[]) {
-  const config = { mode, repo, baseURL: server.url, snapshotPath, vision: "Build it", killAt };
-  return execa(process.execPath, ["--import", "tsx", entry, JSON.stringify(config)], { cwd: repoRoot, reject: false, timeout: 90_000 });
+  return startTaskProcess({ mode, repo, baseURL: server.url, snapshotPath, vision: "Build it", killAt });
 }
 
 async function eventsOf(snapshotPath: string): Promise<Array<Record<string, any>>> {

@@ -13,7 +13,7 @@ import { LocalWorkspace } from "../../workspace/local-workspace.js";
 import { resumeTask, startTask } from "../start-task.js";
 import { TaskSnapshot } from "../task-state.js";
 
-interface Config {
+export interface TaskProcessConfig {
   mode: "start" | "resume";
   repo: string;
   baseURL: string;
@@ -37,7 +37,7 @@ export type KillPoint = { name: string } & (
   | { on: "snapshot"; agent: string; phase: string }
 );
 
-const config = JSON.parse(process.argv[2]!) as Config;
+const config = JSON.parse(process.argv[2]!) as TaskProcessConfig;
 const killPoints = config.killAt ?? [];
 
 function die(point: KillPoint): void {
