@@ -1,6 +1,6 @@
 import childProcess from "node:child_process";
 import { createHash } from "node:crypto";
-import { readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readFile, realpath, writeFile } from "node:fs/promises";
 import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
@@ -201,6 +201,31 @@ describe("git calls through the launcher", () => {
     const shells = launcherShells();
     expect(shells).toHaveLength(1);
     expect(shells[0]).not.toBe(shell);
+  });
+
+  it("leaves no shell and no files behind when keen is killed with SIGKILL", async () => {
+    const script = join(await mkdtemp(join(tmpdir(), "keen-launcher-kill-")), "killed.mts");
+    const gitModule = new URL("./git.ts", import.meta.url).pathname;
+    await writeFile(
+      script,
+      `import { readdirSync, readFileSync, readlinkSync } from "node:fs";\n` +
+        `import { gitRaw } from ${JSON.stringify(gitModule)};\n` +
+        `await gitRaw(${JSON.stringify(target)}, ["rev-parse", "HEAD"]);\n` +
+        // The launcher's shell is this process's child running `/bin/sh -s`; its folder is its working directory.
+        `const shell = readdirSync("/proc").filter((p) => /^\\d+$/.test(p)).find((p) => { try { const st = readFileSync("/proc/" + p + "/stat", "utf8"); return Number(st.slice(st.lastIndexOf(")") + 2).split(" ")[1]) === process.pid && readFileSync("/proc/" + p + "/cmdline", "utf8") === "/bin/sh\\0-s\\0"; } catch { return false; } });\n` +
+        `process.stdout.write(JSON.stringify({ shell: Number(shell), folder: readlinkSync("/proc/" + shell + "/cwd") }) + "\\n");\n` +
+        `setInterval(() => {}, 1000);\n`,
+    );
+    const child = execa(process.execPath, ["--import", "tsx", script], { cwd: process.cwd(), timeout: 30_000, reject: false });
+    const line = await new Promise<string>((resolve) => child.stdout!.once("data", (chunk: Buffer) => resolve(chunk.toString())));
+    const { shell, folder } = JSON.parse(line) as { shell: number; folder: string };
+    expect(existsSync(folder)).toBe(true);
+    child.kill("SIGKILL");
+    await child;
+    const deadline = Date.now() + 5000;
+    while ((existsSync(`/proc/${shell}`) || existsSync(folder)) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(existsSync(`/proc/${shell}`)).toBe(false);
+    expect(existsSync(folder)).toBe(false);
   });
 
   it("keep no process alive: a script that makes one git call exits as soon as its work is done", async () => {
