@@ -1,4 +1,4 @@
-import { permissionsForRole, type AuthService, type Permission, type Principal, type Role } from "@keen/gateway-kit";
+import { erasedEmail, permissionsForRole, type AuthService, type Permission, type Principal, type Role } from "@keen/gateway-kit";
 import { ServerError } from "../errors.js";
 
 /**
@@ -20,7 +20,8 @@ export interface TeamAccess {
  * The caller's standing in a team named by a request (a path or query id). A team the caller
  * does not belong to is 404, never 403, so other tenants' teams are not revealed to exist; an
  * API key acts only in the team it was made for. Inside their own team a caller without the
- * permission gets 403 `forbidden`.
+ * permission gets 403 `forbidden`. A caller whose account was erased while its request was on
+ * the way gets 410 `account_erased`.
  *
  * @example
  * const { role } = await teamAccess(auth, ctx.state.principal!, ctx.params.teamId!, "team:manage");
@@ -30,7 +31,13 @@ export async function teamAccess(auth: AuthService, principal: Principal, teamId
   if (!isPlainId(teamId)) throw notFound;
   if (principal.via === "api_key" && principal.teamId !== teamId) throw notFound;
   const role = await auth.stores.teams.roleOf(principal.userId, teamId);
-  if (!role) throw notFound;
+  if (!role) {
+    // A caller erased after it was authenticated lost its memberships with its account: the
+    // answer is the erasure's 410, as from every route that writes for it, not "no such team".
+    const user = await auth.stores.users.findById(principal.userId);
+    if (!user || user.email === erasedEmail(principal.userId)) throw new ServerError("account_erased", "This account has been erased");
+    throw notFound;
+  }
   // An API key carries its scopes narrowed to its owner's role; a signed-in user has the role's permissions.
   const permissions = new Set<string>(principal.via === "api_key" ? principal.scopes : permissionsForRole(role));
   if (permission && !permissions.has(permission)) throw new ServerError("forbidden", `Missing permission ${permission} in this team`, { missing: permission });
