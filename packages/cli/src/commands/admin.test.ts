@@ -1,4 +1,4 @@
-import { mkdtemp, rm, stat } from "node:fs/promises";
+import { cp, mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -42,6 +42,10 @@ describe("keen admin on an embedded database", () => {
   let dataDir: string;
   beforeAll(async () => {
     dataDir = join(await mkdtemp(join(tmpdir(), "keen-cli-admin-")), "data");
+    // The run's migrated template (test/setup) spares the first server its initdb and migrations;
+    // `keen serve`'s own first start is serve.test.ts's subject.
+    const template = process.env.KEEN_TEST_SERVER_DB;
+    if (template) await cp(template, join(dataDir, "db"), { recursive: true });
   });
   afterAll(async () => {
     await rm(join(dataDir, ".."), { recursive: true, force: true });

@@ -1,9 +1,9 @@
-import { openDatabase, type Database } from "@keen/gateway-kit";
+import type { Database } from "@keen/gateway-kit";
 import type { Kysely, KyselyPlugin } from "kysely";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { migrateServer } from "../db/migrations.js";
 import type { ServerTables } from "../db/tables.js";
-import { describeEachDatabase } from "../testing/harness.js";
+import { describeEachDatabase, openTestDatabase } from "../testing/harness.js";
 import { localEventBus, postgresEventBus, type EventBus, type StoredEvent } from "./event-bus.js";
 import { RunEventLog, RunEventWriter } from "./event-log.js";
 import { followRun } from "./follow.js";
@@ -28,7 +28,7 @@ describeEachDatabase("followRun", (choice) => {
   let remoteBus: EventBus;
   beforeAll(async () => {
     const settings = choice.settings;
-    database = settings.databaseUrl ? await openDatabase({ url: settings.databaseUrl, schema: settings.databaseSchema! }) : await openDatabase();
+    database = await openTestDatabase(choice);
     db = database.db as Kysely<ServerTables>;
     await migrateServer(db);
     bus = settings.databaseUrl ? await postgresEventBus({ url: settings.databaseUrl, schema: settings.databaseSchema! }) : localEventBus();

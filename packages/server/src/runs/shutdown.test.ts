@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { cp, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -50,6 +50,9 @@ describe("SIGTERM to a server process mid-run (embedded PGlite)", () => {
   beforeAll(async () => {
     model = await scriptedModel({ writeDelayMs: 3_000 });
     dataDir = await mkdtemp(join(tmpdir(), "keen-shutdown-"));
+    // The run's migrated template (test/setup) spares the first process initdb and the migrations.
+    const template = process.env.KEEN_TEST_SERVER_DB;
+    if (template) await cp(template, join(dataDir, "db"), { recursive: true });
   });
   afterAll(async () => {
     for (const child of children) child.kill("SIGKILL");

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { createTestRepo as createAgentTestRepo } from "@keen/agent-core/testing";
 import pg from "pg";
 import { afterAll, beforeAll, describe } from "vitest";
-import { normaliseEmail } from "@keen/gateway-kit";
+import { normaliseEmail, openDatabase, type Database } from "@keen/gateway-kit";
 import { verifyAccountEmail } from "../admin-accounts.js";
 import type { ServerConfigInput } from "../config.js";
 import { readOutbox } from "../mail/outbox-mailer.js";
@@ -51,6 +51,28 @@ export function describeEachDatabase(name: string, suite: (choice: DatabaseChoic
       suite(choice);
     });
   }
+}
+
+/**
+ * The database a suite's choice names, with the server's tables: a fresh schema on PostgreSQL
+ * (migrated by the caller), or on PGlite a copy of the run's migrated template (test/setup), which
+ * spares initdb and the migrations. Closing it removes the copy.
+ */
+export async function openTestDatabase(choice: DatabaseChoice): Promise<Database> {
+  const { databaseUrl, databaseSchema } = choice.settings;
+  if (databaseUrl) return openDatabase({ url: databaseUrl, schema: databaseSchema! });
+  const template = process.env.KEEN_TEST_SERVER_DB;
+  if (!template) return openDatabase();
+  const dir = await mkdtemp(join(tmpdir(), "keen-test-db-"));
+  await cp(template, dir, { recursive: true });
+  const database = await openDatabase({ dataDir: dir });
+  const close = database.close.bind(database);
+  return Object.assign(database, {
+    async close() {
+      await close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  });
 }
 
 export { TEST_GIT_IDENTITY } from "@keen/agent-core/testing";
