@@ -67,12 +67,20 @@ export function describeChecks(tree: AgentTree, agent: AgentState): string {
  * Merges a finished child into its parent: a conflict or a failing validation is resolved by the
  * parent's model (policy `resolve`) or rolled back to the pre-merge commit. Safe to repeat after
  * a resume: an interrupted merge restarts from its recorded pre-merge commit.
+ *
+ * `cleanAt` is what the previous call returned: the commit a clean merge left the worktree at,
+ * with nothing run in it since (no resolution, no validation command). While HEAD is still there,
+ * the parent has nothing of its own to commit first, and no `status` is asked. Returns the
+ * commit when this merge leaves the worktree the same way.
  */
-export async function mergeChild(tree: AgentTree, parent: AgentState, workspace: ForkableWorkspace, child: AgentState): Promise<void> {
+export async function mergeChild(tree: AgentTree, parent: AgentState, workspace: ForkableWorkspace, child: AgentState, cleanAt?: string): Promise<string | undefined> {
   const merge = parent.merges[child.id]!;
-  if (merge.status === "in_progress" && merge.preMergeSha) await workspace.resetTo(merge.preMergeSha);
+  const interrupted = merge.status === "in_progress" && merge.preMergeSha;
+  if (interrupted) await workspace.resetTo(merge.preMergeSha!);
   // The parent's own uncommitted edits (there should be none in SUMMON) must not mix into the merge.
-  await commitAndReport(tree, parent, workspace, commitMessage(`keen: ${parent.id} work before merging ${child.branch}`));
+  if (interrupted || cleanAt === undefined || (await workspace.head()) !== cleanAt) {
+    await commitAndReport(tree, parent, workspace, commitMessage(`keen: ${parent.id} work before merging ${child.branch}`));
+  }
   merge.preMergeSha = await workspace.head();
   merge.status = "in_progress";
   await tree.snapshot();
@@ -95,7 +103,9 @@ export async function mergeChild(tree: AgentTree, parent: AgentState, workspace:
 
   if (result.status === "conflict") {
     outcome = (await resolve(`Merging ${child.branch} into ${parent.branch} conflicted in: ${conflicted.join(", ")}.`)) ? "resolved" : "rolled_back";
-  } else if ((await validate(tree, parent, workspace)) === false) {
+  }
+  const validated = result.status === "conflict" ? undefined : await validate(tree, parent, workspace);
+  if (validated === false) {
     const problem = `After merging ${child.branch} into ${parent.branch}, the validation (${describeChecks(tree, parent)}) fails. Fix the code so it passes.`;
     outcome = (await resolve(problem)) ? "resolved" : "rolled_back";
   }
@@ -105,6 +115,7 @@ export async function mergeChild(tree: AgentTree, parent: AgentState, workspace:
   }
   merge.status = outcome;
   tree.emit({ type: "git.merge", agentId: parent.id, branch: child.branch, into: parent.branch, result: outcome, conflictedFiles: conflicted, sha });
+  return outcome === "merged" && validated === undefined && sha !== null ? sha : undefined;
 }
 
 /** The parent model fixes a conflicted or failing merge with file tools, ending with complete_merge. */

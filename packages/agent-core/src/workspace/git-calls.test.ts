@@ -6,8 +6,9 @@ import { join } from "node:path";
 import { syncBuiltinESMExports } from "node:module";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { subtaskLabel } from "../lifecycle/branch-names.js";
 import { startTask } from "../lifecycle/start-task.js";
-import { done, explore, scenarioPolicy, write } from "../lifecycle/testing/scenario.js";
+import { done, explore, plan, scenarioPolicy, write, type Scenario } from "../lifecycle/testing/scenario.js";
 import { anthropic } from "../model/anthropic.js";
 import { reply, startMessagesServer } from "../testing/index.js";
 import { LocalWorkspace } from "./local-workspace.js";
@@ -306,5 +307,38 @@ describe("git subprocesses of a run", () => {
       await server.close();
     }
     expect(await git(dir, "for-each-ref", "refs/keen")).toBe("");
+  });
+
+  it("a parent asks status before its first merge only: a clean merge leaves nothing of its own to commit", async () => {
+    const dir = await createRepo({ "README.md": "# r\n" });
+    const children = 4;
+    const scenario: Scenario = {
+      root: {
+        finish_explore: [explore("PLAN")],
+        submit_plan: [plan(Array.from({ length: children }, (_, i) => ({ title: `Part ${subtaskLabel(i)}` })))],
+        complete_task: [done("All merged.")],
+      },
+    };
+    for (let i = 0; i < children; i++) {
+      const label = subtaskLabel(i);
+      scenario[label] = { complete_task: [write(`src/part-${label}.ts`, `export const part = ${i};\n`), done(`Part ${label} written.`)] };
+    }
+    const server = await startMessagesServer({ policy: scenarioPolicy(scenario) });
+    try {
+      const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+      const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+      const run = await counted(() => startTask({ vision: "Build the parts", workspace, model, limits: { maxDepth: 1, maxChildren: children } }).result);
+      expect(run.value.status, run.value.summary).toBe("success");
+      expect(run.calls.filter((call) => call === "merge")).toHaveLength(children);
+      // One status per child (its final commit), one for the parent before its first merge, and
+      // one for the root's own final commit.
+      expect(run.calls.filter((call) => call === "status")).toHaveLength(children + 2);
+    } finally {
+      await server.close();
+    }
+    // Every child's file reached the run's branch, each through its own merge commit.
+    const branch = (await git(dir, "for-each-ref", "--format=%(refname:short)", "refs/heads/keen")).split("\n")[0]!;
+    for (let i = 0; i < children; i++) expect(await git(dir, "show", `${branch}:src/part-${subtaskLabel(i)}.ts`)).toBe(`export const part = ${i};`);
+    expect((await git(dir, "rev-list", "--merges", branch)).split("\n")).toHaveLength(children);
   });
 });

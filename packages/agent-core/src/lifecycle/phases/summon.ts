@@ -57,6 +57,8 @@ export const summonPhase: PhaseDefinition = {
         (child, done) => finished.set(child.id, done),
       );
       try {
+        // The commit the last clean merge left the parent's worktree at (see mergeChild).
+        let cleanAt: string | undefined;
         for (const child of children) {
           await finished.get(child.id);
           if (tree.signal.aborted) throw tree.signal.reason ?? new AbortedError();
@@ -66,7 +68,7 @@ export const summonPhase: PhaseDefinition = {
             merge.status = "skipped";
             continue;
           }
-          await mergeChild(tree, agent, workspace, child);
+          cleanAt = await mergeChild(tree, agent, workspace, child, cleanAt);
           await tree.snapshot();
         }
       } finally {
