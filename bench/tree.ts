@@ -24,8 +24,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { execa } from "execa";
 import { anthropic, LocalWorkspace, startTask } from "../packages/agent-core/src/index.js";
-import { subtaskLabel } from "../packages/agent-core/src/lifecycle/branch-names.js";
-import { done, explore, plan, scenarioPolicy, write, type Scenario } from "../packages/agent-core/src/lifecycle/testing/scenario.js";
+import { done, explore, fanOutScenario, plan, scenarioPolicy, write } from "../packages/agent-core/src/lifecycle/testing/scenario.js";
 import { startMessagesServer } from "../packages/agent-core/src/testing/index.js";
 import { createTestRepo, TEST_GIT_IDENTITY } from "../packages/agent-core/src/workspace/test-repo.js";
 
@@ -253,22 +252,6 @@ async function tree(): Promise<void> {
   row(`wall time, median of ${rounds} runs`, `${median(timings).toFixed(0)} ms`);
   row(`merges per run`, `${merges / (rounds + 1)}`);
   row("peak RSS of this part", `${peakRssMiB().toFixed(1)} MiB`);
-}
-
-/** A root that plans `count` children, each writing one file; or the same leaf work as single runs. */
-function fanOutScenario(count: number): Scenario {
-  const scenario: Scenario = {
-    root: {
-      finish_explore: [explore("PLAN")],
-      submit_plan: [plan(Array.from({ length: count }, (_, i) => ({ title: `Part ${subtaskLabel(i)}` })))],
-      complete_task: [done("All merged.")],
-    },
-  };
-  for (let i = 0; i < count; i++) {
-    const label = subtaskLabel(i);
-    scenario[label] = { complete_task: [write(`src/part-${label}.ts`, `export const part${label} = true;\n`), done(`Part ${label} written.`)] };
-  }
-  return scenario;
 }
 
 /** Part 3: a root with 10 children against 10 concurrent single-agent runs in this process. */

@@ -8,7 +8,7 @@ import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { subtaskLabel } from "../lifecycle/branch-names.js";
 import { startTask } from "../lifecycle/start-task.js";
-import { done, explore, plan, scenarioPolicy, write, type Scenario } from "../lifecycle/testing/scenario.js";
+import { done, explore, fanOutScenario, scenarioPolicy, write } from "../lifecycle/testing/scenario.js";
 import { anthropic } from "../model/anthropic.js";
 import { reply, startMessagesServer } from "../testing/index.js";
 import { LocalWorkspace } from "./local-workspace.js";
@@ -312,18 +312,7 @@ describe("git subprocesses of a run", () => {
   it("a parent asks status before its first merge only: a clean merge leaves nothing of its own to commit", async () => {
     const dir = await createRepo({ "README.md": "# r\n" });
     const children = 4;
-    const scenario: Scenario = {
-      root: {
-        finish_explore: [explore("PLAN")],
-        submit_plan: [plan(Array.from({ length: children }, (_, i) => ({ title: `Part ${subtaskLabel(i)}` })))],
-        complete_task: [done("All merged.")],
-      },
-    };
-    for (let i = 0; i < children; i++) {
-      const label = subtaskLabel(i);
-      scenario[label] = { complete_task: [write(`src/part-${label}.ts`, `export const part = ${i};\n`), done(`Part ${label} written.`)] };
-    }
-    const server = await startMessagesServer({ policy: scenarioPolicy(scenario) });
+    const server = await startMessagesServer({ policy: scenarioPolicy(fanOutScenario(children)) });
     try {
       const workspace = await LocalWorkspace.open(dir, { sandbox: false });
       const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
@@ -338,7 +327,7 @@ describe("git subprocesses of a run", () => {
     }
     // Every child's file reached the run's branch, each through its own merge commit.
     const branch = (await git(dir, "for-each-ref", "--format=%(refname:short)", "refs/heads/keen")).split("\n")[0]!;
-    for (let i = 0; i < children; i++) expect(await git(dir, "show", `${branch}:src/part-${subtaskLabel(i)}.ts`)).toBe(`export const part = ${i};`);
+    for (let i = 0; i < children; i++) expect(await git(dir, "show", `${branch}:src/part-${subtaskLabel(i)}.ts`)).toBe(`export const part${subtaskLabel(i)} = true;`);
     expect((await git(dir, "rev-list", "--merges", branch)).split("\n")).toHaveLength(children);
   });
 });

@@ -1,4 +1,5 @@
 import { reply, requestPosition, type ReplyPolicy, type ScriptedReply } from "../../testing/index.js";
+import { subtaskLabel } from "../branch-names.js";
 
 /** The closing tools, one per kind of step a scripted agent answers. */
 export type PhaseKey = "finish_explore" | "submit_plan" | "complete_task" | "complete_merge";
@@ -51,3 +52,22 @@ export const plan = (subtasks: Array<{ title: string; instructions?: string; pat
   });
 export const write = (path: string, content: string) => reply.toolUse("write_file", { path, content });
 export const done = (summary = "Done.", status: "success" | "failed" = "success") => reply.toolUse("complete_task", { summary, status });
+
+/**
+ * A root that explores, plans `count` children and completes once they are merged; child `A`,
+ * `B`, … each writes `src/part-<label>.ts` (`export const part<label> = true;`) and finishes.
+ */
+export function fanOutScenario(count: number): Scenario {
+  const scenario: Scenario = {
+    root: {
+      finish_explore: [explore("PLAN")],
+      submit_plan: [plan(Array.from({ length: count }, (_, i) => ({ title: `Part ${subtaskLabel(i)}` })))],
+      complete_task: [done("All merged.")],
+    },
+  };
+  for (let i = 0; i < count; i++) {
+    const label = subtaskLabel(i);
+    scenario[label] = { complete_task: [write(`src/part-${label}.ts`, `export const part${label} = true;\n`), done(`Part ${label} written.`)] };
+  }
+  return scenario;
+}
