@@ -19,6 +19,11 @@ import { ServerError } from "../errors.js";
  */
 export async function lockLiveUser(trx: Kysely<any>, userId: string): Promise<void> {
   const user = await trx.selectFrom("users").select(["id", "email"]).where("id", "=", userId).forShare().executeTakeFirst();
+  assertNotErased(userId, user);
+}
+
+/** Throws 410 `account_erased` when the user row read for `userId` is gone or holds an erased account. */
+export function assertNotErased(userId: string, user: { email: string } | undefined): void {
   if (!user || user.email === erasedEmail(userId)) throw new ServerError("account_erased", "This account has been erased");
 }
 

@@ -1,5 +1,6 @@
-import { erasedEmail, permissionsForRole, type AuthService, type Permission, type Principal, type Role } from "@keen/gateway-kit";
+import { permissionsForRole, type AuthService, type Permission, type Principal, type Role } from "@keen/gateway-kit";
 import { ServerError } from "../errors.js";
+import { assertNotErased } from "../privacy/live-user.js";
 
 /**
  * Whether an id from a path or query can name anything: ids here are UUIDs and similar tokens,
@@ -34,8 +35,7 @@ export async function teamAccess(auth: AuthService, principal: Principal, teamId
   if (!role) {
     // A caller erased after it was authenticated lost its memberships with its account: the
     // answer is the erasure's 410, as from every route that writes for it, not "no such team".
-    const user = await auth.stores.users.findById(principal.userId);
-    if (!user || user.email === erasedEmail(principal.userId)) throw new ServerError("account_erased", "This account has been erased");
+    assertNotErased(principal.userId, await auth.stores.users.findById(principal.userId));
     throw notFound;
   }
   // An API key carries its scopes narrowed to its owner's role; a signed-in user has the role's permissions.
