@@ -27,10 +27,10 @@ export default defineConfig({
     // three files at a time keep two cores busy (the default, cores - 1, leaves one idle).
     maxWorkers: 3,
     // A worker runs its files one after another in one process, instead of a new process and a
-    // fresh import of every dependency per file (gateway-kit's files took 222 CPU-seconds instead of
-    // 420; the whole run 853 s instead of 1,077 s on two cores). Files therefore leave the process as they found
-    // it: each test restores the environment variables, working directory and globals it changes,
-    // and closes the servers, databases and processes it starts.
+    // fresh import of every dependency per file (gateway-kit's files took 222 CPU-seconds instead
+    // of 420; the whole run 853 s instead of 1,077 s on two cores). Files therefore leave the
+    // process as they found it: each test restores the environment variables and globals it
+    // changes, and closes the servers, databases and processes it starts.
     isolate: false,
     hookTimeout: 60_000,
     // Empty and migrated embedded databases, made once and copied by the suites.

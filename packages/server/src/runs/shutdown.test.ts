@@ -1,11 +1,11 @@
-import { cp, mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { MessagesServer } from "@keen/agent-core/testing";
 import { execa, type ResultPromise } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ADMIN_EMAIL, api, createTestRepo, eventually, readSse, signup } from "../testing/harness.js";
+import { ADMIN_EMAIL, api, copyServerTemplate, createTestRepo, eventually, readSse, signup } from "../testing/harness.js";
 import { scriptedModel } from "../testing/model.js";
 
 const root = fileURLToPath(new URL("../../../../", import.meta.url));
@@ -51,8 +51,7 @@ describe("SIGTERM to a server process mid-run (embedded PGlite)", () => {
     model = await scriptedModel({ writeDelayMs: 3_000 });
     dataDir = await mkdtemp(join(tmpdir(), "keen-shutdown-"));
     // The run's migrated template (test/setup) spares the first process initdb and the migrations.
-    const template = process.env.KEEN_TEST_SERVER_DB;
-    if (template) await cp(template, join(dataDir, "db"), { recursive: true });
+    await copyServerTemplate(join(dataDir, "db"));
   });
   afterAll(async () => {
     for (const child of children) child.kill("SIGKILL");

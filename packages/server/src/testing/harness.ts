@@ -54,6 +54,18 @@ export function describeEachDatabase(name: string, suite: (choice: DatabaseChoic
 }
 
 /**
+ * Copies the run's migrated embedded database (made once by test/setup, `KEEN_TEST_SERVER_DB`)
+ * to `dbDir`, the folder PGlite opens (`<data dir>/db` for a server); false when there is none
+ * (a file run outside the project's vitest config), and the caller starts from an empty one.
+ */
+export async function copyServerTemplate(dbDir: string): Promise<boolean> {
+  const template = process.env.KEEN_TEST_SERVER_DB;
+  if (!template) return false;
+  await cp(template, dbDir, { recursive: true });
+  return true;
+}
+
+/**
  * The database a suite's choice names, with the server's tables: a fresh schema on PostgreSQL
  * (migrated by the caller), or on PGlite a copy of the run's migrated template (test/setup), which
  * spares initdb and the migrations. Closing it removes the copy.
@@ -61,10 +73,11 @@ export function describeEachDatabase(name: string, suite: (choice: DatabaseChoic
 export async function openTestDatabase(choice: DatabaseChoice): Promise<Database> {
   const { databaseUrl, databaseSchema } = choice.settings;
   if (databaseUrl) return openDatabase({ url: databaseUrl, schema: databaseSchema! });
-  const template = process.env.KEEN_TEST_SERVER_DB;
-  if (!template) return openDatabase();
   const dir = await mkdtemp(join(tmpdir(), "keen-test-db-"));
-  await cp(template, dir, { recursive: true });
+  if (!(await copyServerTemplate(dir))) {
+    await rm(dir, { recursive: true, force: true });
+    return openDatabase();
+  }
   const database = await openDatabase({ dataDir: dir });
   const close = database.close.bind(database);
   return Object.assign(database, {
@@ -92,8 +105,7 @@ export async function startTestServer(settings: Partial<ServerConfigInput> = {})
   const dataDir = await mkdtemp(join(tmpdir(), "keen-server-data-"));
   // An embedded database starts as a copy of the run's migrated template (see test/setup),
   // which saves PGlite's initdb and the migrations; the server still checks them on start.
-  const template = process.env.KEEN_TEST_SERVER_DB;
-  if (template && !settings.databaseUrl && settings.dataDir === undefined) await cp(template, join(dataDir, "db"), { recursive: true });
+  if (!settings.databaseUrl && settings.dataDir === undefined) await copyServerTemplate(join(dataDir, "db"));
   const server = await createServer(
     { port: 0, dataDir, modelApiKey: "test", model: "claude-haiku-4-5", adminEmails: [ADMIN_EMAIL], logLevel: "silent", heartbeatMs: 200, ...settings },
     { passwordHashing: { memoryCost: 8, timeCost: 1 } },
