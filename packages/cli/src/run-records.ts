@@ -1,6 +1,6 @@
 import { readdir, readFile, rename, rm, stat, writeFile, mkdir } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join } from "node:path";
-import { z } from "zod";
+import * as z from "zod";
 import { addUsage, emptyUsage, TaskSnapshot, Usage } from "@keen/agent-core";
 import { UsageError } from "./cli-error.js";
 

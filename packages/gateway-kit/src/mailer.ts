@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import { GatewayError } from "./errors.js";
 
 /** No line breaks: a recipient or subject that holds one could add headers to the message. */

@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 
 /**
  * An amount of credits in integer micro-credits (1 credit = 1,000,000 micro-credits), carried as a

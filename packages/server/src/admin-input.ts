@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 
 /** `POST /v1/admin/credits/grant`: the idempotency key makes a repeated grant the same grant. */
 export const GrantCreditsBody = z

@@ -1,6 +1,6 @@
 import { resolve } from "node:path";
 import { CreditPack } from "@keen/gateway-kit";
-import { z } from "zod";
+import * as z from "zod";
 
 /** One setting: its env variable, its flag, and what it does (printed by `keen serve --help`). */
 interface Setting {

@@ -33,7 +33,7 @@ import {
 import Koa from "koa";
 import type { Kysely } from "kysely";
 import { pino, type DestinationStream, type Logger } from "pino";
-import { z } from "zod";
+import * as z from "zod";
 import { GrantCreditsBody } from "./admin-input.js";
 import { adminCheck } from "./admins.js";
 import { PreferencesBody } from "./preferences-input.js";

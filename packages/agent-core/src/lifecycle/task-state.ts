@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import { KeenError } from "../errors.js";
 import { Phase, RunStatus } from "../events.js";
 import { Message, Usage } from "../model/model.js";

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { execa } from "execa";
 import { describe, expect, it } from "vitest";
-import { z } from "zod";
+import * as z from "zod";
 import type { KeenEvent } from "../events.js";
 import { anthropic } from "../model/anthropic.js";
 import { EventStream } from "../run/event-stream.js";

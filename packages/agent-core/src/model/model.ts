@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 
 /**
  * Provider-neutral conversation types. They mirror the Messages API shapes so that

@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import { ConfigError, isKeenError, KeenError } from "../errors.js";
 import type { ContextPrunedEvent } from "../events.js";
 import {

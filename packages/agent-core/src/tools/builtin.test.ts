@@ -1,7 +1,7 @@
 import { execFileSync } from "node:child_process";
 import { symlink, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { z } from "zod";
+import * as z from "zod";
 import { beforeEach, describe, expect, it } from "vitest";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";

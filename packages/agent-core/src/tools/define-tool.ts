@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import type { ToolSpec } from "../model/model.js";
 import type { Workspace } from "../workspace/workspace.js";
 

@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { stat, statfs } from "node:fs/promises";
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
-import { z } from "zod";
+import * as z from "zod";
 import { ConfigError, KeenError } from "../errors.js";
 import { runInProcessGroup, type CommandRunner, type CommandRunOptions } from "./command-runner.js";
 import { isInside } from "./is-inside.js";

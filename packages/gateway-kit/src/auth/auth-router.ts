@@ -2,7 +2,7 @@ import { ConfigError } from "../errors.js";
 import { bodyParser } from "@koa/bodyparser";
 import { Router } from "@koa/router";
 import type { Middleware, ParameterizedContext } from "koa";
-import { z } from "zod";
+import * as z from "zod";
 import { requestIp } from "../http/index.js";
 import { errorHandler, errorStatus, HttpError } from "../http-error.js";
 import type { Principal } from "../principal.js";

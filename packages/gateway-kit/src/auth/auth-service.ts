@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import type { AuditSink } from "../audit/index.js";
 import { ConfigError } from "../errors.js";
 import type { Principal } from "../principal.js";

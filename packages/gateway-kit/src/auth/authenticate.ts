@@ -1,6 +1,6 @@
 import { ConfigError } from "../errors.js";
 import type { Middleware, ParameterizedContext } from "koa";
-import { z } from "zod";
+import * as z from "zod";
 import { HttpError } from "../http-error.js";
 import type { Principal } from "../principal.js";
 import { looksLikeApiKey } from "./api-keys.js";

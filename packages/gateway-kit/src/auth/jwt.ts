@@ -1,7 +1,7 @@
 import { AuthError, ConfigError } from "../errors.js";
 import { randomUUID } from "node:crypto";
 import { errors, exportJWK, generateKeyPair, importJWK, jwtVerify, SignJWT, type CryptoKey, type JWK, type KeyObject } from "jose";
-import { z } from "zod";
+import * as z from "zod";
 
 /** Asymmetric algorithms an access token may be signed with. Symmetric ones are refused on purpose. */
 export const JwtAlgorithm = z.enum(["EdDSA", "ES256", "ES384", "RS256", "PS256"]);

@@ -1,5 +1,5 @@
 import { AuthError, ConfigError } from "../errors.js";
-import { z } from "zod";
+import * as z from "zod";
 import { ipLimitKey } from "../http/index.js";
 import { Ipv6PrefixLength } from "../http/internal.js";
 import type { LoginAttemptStore } from "./stores.js";

@@ -1,6 +1,6 @@
 import { AuthError, ConfigError } from "../errors.js";
 import { createHash } from "node:crypto";
-import { z } from "zod";
+import * as z from "zod";
 
 /** Providers with built-in profile mapping. */
 export const OAuthProviderName = z.enum(["github", "google"]);

@@ -1,7 +1,7 @@
 import { ConfigError } from "../errors.js";
 import type { Algorithm } from "@node-rs/argon2";
 import { loadOptional } from "../optional-dependency.js";
-import { z } from "zod";
+import * as z from "zod";
 
 /** Argon2id cost parameters. */
 export const PasswordHashingOptions = z

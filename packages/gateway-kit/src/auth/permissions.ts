@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 
 /** The roles a user can hold in a team, from most to least powerful. */
 export const Role = z.enum(["owner", "admin", "member", "viewer"]);

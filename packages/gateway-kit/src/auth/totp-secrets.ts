@@ -1,5 +1,5 @@
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
-import { z } from "zod";
+import * as z from "zod";
 import { ConfigError } from "../errors.js";
 
 const KEY_BYTES = 32;

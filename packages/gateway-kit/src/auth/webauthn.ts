@@ -5,7 +5,7 @@ import type {
   PublicKeyCredentialRequestOptionsJSON,
   RegistrationResponseJSON,
 } from "@simplewebauthn/server";
-import { z } from "zod";
+import * as z from "zod";
 import { loadOptional } from "../optional-dependency.js";
 import type { MfaFactorRecord } from "./stores.js";
 

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import type { Kysely } from "kysely";
 import type Stripe from "stripe";
-import { z } from "zod";
+import * as z from "zod";
 import type { BillingTables } from "./migrations.js";
 import { ConfigError, GatewayError } from "../errors.js";
 import { functionOption, parseOptions } from "../options.js";

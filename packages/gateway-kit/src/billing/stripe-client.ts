@@ -1,5 +1,5 @@
 import type Stripe from "stripe";
-import { z } from "zod";
+import * as z from "zod";
 import { requireOptional } from "../optional-dependency.js";
 import { parseOptions } from "../options.js";
 

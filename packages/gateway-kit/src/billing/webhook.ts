@@ -1,7 +1,7 @@
 import type { Middleware } from "koa";
 import { sql, type Kysely, type Transaction } from "kysely";
 import type Stripe from "stripe";
-import { z } from "zod";
+import * as z from "zod";
 import { retryTransaction } from "../db/index.js";
 import { HttpError } from "../http-error.js";
 import { CHECKOUT_METADATA } from "./checkout.js";

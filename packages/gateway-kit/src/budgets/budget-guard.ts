@@ -1,5 +1,5 @@
 import type { Middleware, ParameterizedContext } from "koa";
-import { z } from "zod";
+import * as z from "zod";
 import { HttpError } from "../http-error.js";
 import { functionOption, parseOptions } from "../options.js";
 import type { Principal } from "../principal.js";

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
-import { z } from "zod";
+import * as z from "zod";
 import { clockOption, functionOption, parseOptions } from "../options.js";
 import { MicroCredits } from "../money.js";
 import { periodWindow } from "./periods.js";

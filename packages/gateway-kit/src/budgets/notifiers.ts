@@ -1,6 +1,6 @@
 import { GatewayError } from "../errors.js";
 import { createHmac, timingSafeEqual } from "node:crypto";
-import { z } from "zod";
+import * as z from "zod";
 import { clockOption, functionOption, parseOptions } from "../options.js";
 import type { BudgetAlert, BudgetNotifier } from "./types.js";
 

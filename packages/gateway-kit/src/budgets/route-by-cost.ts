@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import { ConfigError, GatewayError } from "../errors.js";
 import { functionOption, parseOptions } from "../options.js";
 import { MicroCredits } from "../money.js";

@@ -1,5 +1,5 @@
 import { GatewayError } from "../errors.js";
-import { z } from "zod";
+import * as z from "zod";
 import { MicroCredits } from "../money.js";
 
 export { MicroCredits };

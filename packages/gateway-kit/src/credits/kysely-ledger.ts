@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from "node:crypto";
 import { sql, type Kysely, type RawBuilder, type Selectable, type Transaction } from "kysely";
-import { z } from "zod";
+import * as z from "zod";
 import {
   AccountNotFoundError,
   IdempotencyConflictError,

@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import { LedgerInputError, UnknownModelError } from "./errors.js";
 import type { MicroCredits } from "../money.js";
 import { parseOptions } from "../options.js";

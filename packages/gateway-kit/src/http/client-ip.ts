@@ -1,7 +1,7 @@
 import { ConfigError } from "../errors.js";
 import { BlockList, isIP } from "node:net";
 import type { Middleware, ParameterizedContext } from "koa";
-import { z } from "zod";
+import * as z from "zod";
 
 declare module "koa" {
   interface DefaultState {

@@ -1,6 +1,6 @@
 import { ConfigError } from "../errors.js";
 import type { Middleware } from "koa";
-import { z } from "zod";
+import * as z from "zod";
 import { HttpError } from "../http-error.js";
 
 /** Options of `securityHeaders()`. */

@@ -1,7 +1,7 @@
 import { GatewayError } from "../errors.js";
 import { sql, type Kysely } from "kysely";
 import type { Middleware, ParameterizedContext } from "koa";
-import { z } from "zod";
+import * as z from "zod";
 import { clockOption, functionOption, parseOptions } from "../options.js";
 import type { LimitTables } from "./tables.js";
 

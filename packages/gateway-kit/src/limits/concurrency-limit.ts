@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { Middleware, ParameterizedContext } from "koa";
-import { z } from "zod";
+import * as z from "zod";
 import { HttpError } from "../http-error.js";
 import { functionOption, parseOptions } from "../options.js";
 import type { RunSlot, RunSlots } from "./run-slots.js";

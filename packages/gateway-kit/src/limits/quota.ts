@@ -3,7 +3,7 @@ import { lstat, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { Transform, type Readable } from "node:stream";
 import type { Middleware, ParameterizedContext } from "koa";
-import { z } from "zod";
+import * as z from "zod";
 import { functionOption, parseOptions } from "../options.js";
 
 /** The quotas checked at the door. */

@@ -1,5 +1,5 @@
 import type { Middleware, ParameterizedContext } from "koa";
-import { z } from "zod";
+import * as z from "zod";
 import { ipLimitKey, requestIp } from "../http/index.js";
 import { Ipv6PrefixLength } from "../http/internal.js";
 import { HttpError } from "../http-error.js";

@@ -1,6 +1,6 @@
 import { GatewayError } from "../errors.js";
 import { sql, type Kysely } from "kysely";
-import { z } from "zod";
+import * as z from "zod";
 import { clockOption, parseOptions } from "../options.js";
 import type { LimitTables } from "./tables.js";
 

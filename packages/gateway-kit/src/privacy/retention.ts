@@ -1,5 +1,5 @@
 import { sql, type Kysely } from "kysely";
-import { z } from "zod";
+import * as z from "zod";
 import { createAuditLog } from "../audit/index.js";
 import { tableExists } from "./ip-traces.js";
 import { ConfigError } from "../errors.js";

@@ -3,7 +3,7 @@ import type { AddressInfo } from "node:net";
 import { bodyParser } from "@koa/bodyparser";
 import { Router } from "@koa/router";
 import Koa from "koa";
-import { z } from "zod";
+import * as z from "zod";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ConfigError } from "../errors.js";
 import type { AuditEventInput } from "../audit/audit-sink.js";

@@ -6,7 +6,7 @@ import { PassThrough } from "node:stream";
 import { bodyParser } from "@koa/bodyparser";
 import { Router } from "@koa/router";
 import Koa from "koa";
-import { z } from "zod";
+import * as z from "zod";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import {
   auditMigrations,

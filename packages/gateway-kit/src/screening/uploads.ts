@@ -7,7 +7,7 @@ import type { Middleware } from "koa";
 import type * as TarStream from "tar-stream";
 import type * as Yauzl from "yauzl";
 import { loadOptional } from "../optional-dependency.js";
-import { z } from "zod";
+import * as z from "zod";
 import { HttpError } from "../http-error.js";
 import { parseOptions } from "../options.js";
 

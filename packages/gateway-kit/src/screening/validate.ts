@@ -1,5 +1,5 @@
 import type { Middleware } from "koa";
-import { z } from "zod";
+import * as z from "zod";
 import { HttpError } from "../http-error.js";
 import { ConfigError } from "../errors.js";
 

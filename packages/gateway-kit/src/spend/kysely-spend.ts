@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from "node:crypto";
 import { sql, type Kysely, type Transaction } from "kysely";
-import { z } from "zod";
+import * as z from "zod";
 import { budgetEngineOf, type BudgetEngine } from "../budgets/internal.js";
 import { BudgetScope, type BudgetAlert, type Budgets, type BudgetStatus } from "../budgets/index.js";
 import { IdempotencyConflictError } from "../credits/index.js";

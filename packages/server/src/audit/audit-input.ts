@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 
 /** `GET /v1/audit`: a page of the team's audit chain, oldest first, after a cursor. */
 export const AuditQuery = z

@@ -1,7 +1,7 @@
 import type { Router } from "@koa/router";
 import { listAuditEvents, validate, verifyAuditChain, type AuditRecord, type AuthService } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
-import type { z } from "zod";
+import type * as z from "zod";
 import { requestedTeam, teamAccess } from "../teams/access.js";
 import { AuditQuery, AuditVerifyQuery } from "./audit-input.js";
 

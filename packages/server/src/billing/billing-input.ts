@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 
 /** `POST /v1/billing/checkout`: which pack, for which team (default the caller's current one). */
 export const CheckoutBody = z

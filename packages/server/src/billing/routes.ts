@@ -3,7 +3,7 @@ import { createCreditCheckout, createKyselyLedger, createStripeClient, stripeWeb
 import type { Kysely } from "kysely";
 import type { Middleware } from "koa";
 import type { Logger } from "pino";
-import type { z } from "zod";
+import type * as z from "zod";
 import type { ServerConfig } from "../config.js";
 import { ServerError } from "../errors.js";
 import { lockLiveUser } from "../privacy/live-user.js";

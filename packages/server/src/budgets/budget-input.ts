@@ -1,5 +1,5 @@
 import { BudgetAmount, BudgetPeriod } from "@keen/gateway-kit";
-import { z } from "zod";
+import * as z from "zod";
 
 /** `GET /v1/budgets`: the team whose budgets to show (default the caller's current one). */
 export const BudgetsQuery = z.object({ teamId: z.string().min(1).max(100).optional() }).strict();

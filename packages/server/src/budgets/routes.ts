@@ -1,7 +1,7 @@
 import type { Router } from "@koa/router";
 import { validate, type AuthService, type BudgetScope, type BudgetStatus, type KyselyBudgets } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
-import type { z } from "zod";
+import type * as z from "zod";
 import { ServerError } from "../errors.js";
 import { requestedTeam, teamAccess } from "../teams/access.js";
 import { BudgetsQuery, PutBudgetBody } from "./budget-input.js";

@@ -17,7 +17,7 @@ import {
   TotpEnrolBody,
   WebAuthnRegisterBody,
 } from "@keen/gateway-kit";
-import { z } from "zod";
+import * as z from "zod";
 import { GrantCreditsBody } from "../admin-input.js";
 import { AuditQuery, AuditVerifyQuery } from "../audit/audit-input.js";
 import { CheckoutBody } from "../billing/billing-input.js";

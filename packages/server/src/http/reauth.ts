@@ -1,6 +1,6 @@
 import { requestIp, type AuthService } from "@keen/gateway-kit";
 import type { ParameterizedContext } from "koa";
-import { z } from "zod";
+import * as z from "zod";
 import { ServerError } from "../errors.js";
 
 /**

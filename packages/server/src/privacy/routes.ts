@@ -2,7 +2,7 @@ import type { Router } from "@koa/router";
 import { exportUserData, validate, type AuthService, type Principal } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
 import type { ParameterizedContext } from "koa";
-import type { z } from "zod";
+import type * as z from "zod";
 import type { ServerConfig } from "../config.js";
 import type { ServerTables } from "../db/tables.js";
 import type { OpenStream } from "../events/stream.js";

@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 
 /** A git ref a client may name: no option-like or path-climbing spellings. */
 const Ref = z

@@ -3,7 +3,7 @@ import type { Router } from "@koa/router";
 import { createKyselyAuthStores, requestIp, validate, type AuthService, type Principal, type Role } from "@keen/gateway-kit";
 import type { Kysely } from "kysely";
 import type { ParameterizedContext } from "koa";
-import { z } from "zod";
+import * as z from "zod";
 import type { ServerTables } from "../db/tables.js";
 import { ServerError } from "../errors.js";
 import { lockLiveUser } from "../privacy/live-user.js";

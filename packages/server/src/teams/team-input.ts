@@ -1,5 +1,5 @@
 import { Email, Role } from "@keen/gateway-kit";
-import { z } from "zod";
+import * as z from "zod";
 import { ReauthPassword } from "../http/reauth.js";
 
 const TeamName = z.string().trim().min(1).max(100).regex(/^[^\u0000-\u001f\u007f]*$/, "must not contain control characters");

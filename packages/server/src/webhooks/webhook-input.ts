@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import { ReauthPassword } from "../http/reauth.js";
 
 /** Run events a webhook can subscribe to: one per way a run ends. */

@@ -1,5 +1,5 @@
 import { Worker } from "node:worker_threads";
-import { z } from "zod";
+import * as z from "zod";
 import { defineTool } from "../define-tool.js";
 
 /** Files larger than this are skipped by search. */

@@ -1,7 +1,7 @@
 // What every part of the auth service shares: options, stores, the clock, the audit sink and the
 // steps more than one concern takes (checking a password, starting a session, confirming a factor).
 import { randomUUID } from "node:crypto";
-import type { z } from "zod";
+import type * as z from "zod";
 import { noAudit, type AuditEventInput } from "../../audit/index.js";
 import { AuthError } from "../../errors.js";
 import { normaliseIp } from "../../http/index.js";

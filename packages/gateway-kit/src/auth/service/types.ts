@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import type { Permission, Role } from "../permissions.js";
 import * as webauthn from "../webauthn.js";
 
