@@ -42,6 +42,17 @@ describe("defineTool and executeTool", () => {
     expect(readOnlyTools().every((t) => t.readOnly)).toBe(true);
     expect(builtinTools().filter((t) => !t.readOnly).map((t) => t.name)).toEqual(["write_file", "edit_file", "run_command"]);
   });
+
+  it("gives each call a spec of its own, made again when the tool's schema or words change", () => {
+    const echo = { ...defineTool({ name: "echo", description: "Echoes", input: z.object({ text: z.string() }), execute: ({ text }) => text }) };
+    const first = toolSpec(echo);
+    (first.inputSchema.properties as Record<string, unknown>).text = { type: "number" };
+    first.description = "changed by a caller";
+    expect(toolSpec(echo)).toEqual({ name: "echo", description: "Echoes", inputSchema: expect.objectContaining({ properties: { text: { type: "string" } } }) });
+    echo.input = z.object({ text: z.string(), loud: z.boolean() });
+    echo.description = "Echoes, maybe loudly";
+    expect(toolSpec(echo)).toMatchObject({ description: "Echoes, maybe loudly", inputSchema: { required: ["text", "loud"] } });
+  });
 });
 
 describe("built-in tools", () => {

@@ -69,11 +69,18 @@ export function defineTool<Schema extends z.ZodType>(definition: ToolDefinition<
   };
 }
 
+/** Specs already made, by tool and input schema: every phase and agent of a run offers the same tools. */
+const specs = new WeakMap<Tool<any>, { input: unknown; spec: ToolSpec }>();
+
 /** The JSON-schema form of a tool that is sent to the model. */
 export function toolSpec(tool: Tool<any>): ToolSpec {
+  const known = specs.get(tool);
+  if (known && known.input === tool.input && known.spec.name === tool.name && known.spec.description === tool.description) return structuredClone(known.spec);
   const schema = z.toJSONSchema(tool.input, { target: "draft-7", io: "input" }) as Record<string, unknown>;
   delete schema.$schema;
-  return { name: tool.name, description: tool.description, inputSchema: schema };
+  const spec = { name: tool.name, description: tool.description, inputSchema: schema };
+  specs.set(tool, { input: tool.input, spec: structuredClone(spec) });
+  return spec;
 }
 
 export interface ToolResult {
