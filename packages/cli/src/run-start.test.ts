@@ -31,13 +31,15 @@ describe("keen run before its first model request", () => {
     expect(before, result.stderr).toBeDefined();
     // The log records spawns, so git's launcher (its resident shell) is off here: every git call is one.
     // Opening (one rev-parse; nothing to list or prune), the run branch (update-ref) and its
-    // worktree's checkout, the repository overview; HEAD, the base, the snapshot folder and the
+    // worktree's checkout, the repository overview (the start commit's files, listed from the
+    // object store while the worktree is made); HEAD, the base, the snapshot folder and the
     // worktree's registration are read or written as files.
     expect(before).toContain("git rev-parse");
     expect(before).toContain("git update-ref");
     expect(before).not.toContain("git worktree");
     expect(before).toContain("git reset");
-    expect(before).toContain("git ls-files");
+    expect(before).toContain("git ls-tree");
+    expect(before).not.toContain("git ls-files");
     expect(before!.length).toBeLessThanOrEqual(5);
     // The user's checkout: still on main at the same commit.
     expect(await git(dir, "rev-parse", "HEAD")).toBe(head);

@@ -30,9 +30,11 @@ export interface EngineConfig {
   signal?: AbortSignal;
   /**
    * The system prompt of every agent, or how to build it from the root's workspace once the run
-   * has one (before any request, also on resume): one text for the whole run.
+   * has one (before any request, also on resume): one text for the whole run. `files`, when
+   * given, are the workspace's files (sorted, all of them), listed from the start commit while
+   * the worktree was made; without them the workspace lists its own.
    */
-  system: string | ((tree: AgentTree, workspace: Workspace) => Promise<string>);
+  system: string | ((tree: AgentTree, workspace: Workspace, files?: readonly string[]) => Promise<string>);
   /** The root agent of a new run: its title and the phase it starts in. */
   root: { title: string; phase: Phase };
   /** The first user message of an agent, ending with its first phase's `instruction`. */
@@ -88,6 +90,7 @@ async function execute(tree: AgentTree, config: EngineConfig): Promise<TaskResul
   const fresh = state.agents.length === 0;
   let workspace = settings.workspace;
   let runWorktree: ForkableWorkspace | undefined;
+  let startFiles: Promise<string[] | undefined> | undefined;
   let root: AgentState | undefined;
   let failure: RunResult["error"];
   try {
@@ -101,20 +104,20 @@ async function execute(tree: AgentTree, config: EngineConfig): Promise<TaskResul
       root = tree.createAgent({ id: "root", parentId: null, depth: 0, branch, title: config.root.title, instructions: state.vision, phase: config.root.phase });
       tree.emitSpawn(root);
       if (onRunBranch) {
-        runWorktree = await openRunBranch(tree, root, { fresh: true });
+        ({ worktree: runWorktree, files: startFiles } = await openFreshRunBranch(tree, root));
         workspace = runWorktree;
       }
     } else {
       root = tree.agents.get("root");
       if (!root) throw new ConfigError("resumeTask(): the snapshot has no root agent");
       if (state.runBranch) {
-        runWorktree = await openRunBranch(tree, root, { fresh: false });
+        runWorktree = await reattachRunBranch(tree, root);
         workspace = runWorktree;
       }
       await reopenWorkspaces(tree, workspace);
     }
     tree.workspaces.set("root", workspace);
-    if (typeof config.system === "function") tree.system = await config.system(tree, workspace);
+    if (typeof config.system === "function") tree.system = await config.system(tree, workspace, await startFiles);
     await tree.drive(root, workspace);
   } catch (caught) {
     failure = { code: isKeenError(caught) ? caught.code : "internal_error", message: caught instanceof Error ? caught.message : String(caught) };
@@ -256,18 +259,33 @@ export function runBranchName(branch: string | true, runId: string): string {
   return `keen/${short}`;
 }
 
-/**
- * Opens the root's worktree on its run branch: created fresh from the checkout's HEAD (or
- * `base`) for a new run, re-attached on resume. The user's checkout is only read.
- */
-async function openRunBranch(tree: AgentTree, root: AgentState, { fresh }: { fresh: boolean }): Promise<ForkableWorkspace> {
+/** The user's checkout, as a workspace that can make the run's worktree. */
+function forkableCheckout(tree: AgentTree): ForkableWorkspace {
   const checkout = tree.settings.workspace;
   if (!isForkable(checkout)) {
     throw new ConfigError("A run branch needs a workspace that can fork (such as LocalWorkspace); `branch: false` works in the given workspace instead, for one keen owns");
   }
+  return checkout;
+}
+
+/** Resume: the root's worktree on its run branch, re-attached. */
+async function reattachRunBranch(tree: AgentTree, root: AgentState): Promise<ForkableWorkspace> {
+  return forkableCheckout(tree).fork(root.branch, { reattach: true });
+}
+
+/**
+ * A new run: the root's worktree on a new run branch from the checkout's HEAD (or `base`); the
+ * user's checkout is only read. Where the checkout can list a commit's files, the start commit's
+ * files are listed meanwhile (for the repository overview), so the first request does not wait
+ * for a listing of the new worktree. With carried-over work the worktree holds more than the
+ * start commit, and lists its own.
+ */
+async function openFreshRunBranch(tree: AgentTree, root: AgentState): Promise<{ worktree: ForkableWorkspace; files?: Promise<string[] | undefined> }> {
+  const checkout = forkableCheckout(tree);
   const { state, settings } = tree;
-  if (!fresh) return checkout.fork(root.branch, { reattach: true });
   const from = settings.base ?? (await checkout.head());
+  // A listing that fails leaves the overview to the worktree's own listing.
+  const files = !settings.includeUncommitted && checkout.listCommitFiles ? checkout.listCommitFiles(from).catch(() => undefined) : undefined;
   // Carried-over work sits on the checkout's HEAD, so the workspace refuses it with another base.
   const worktree = await checkout.fork(root.branch, {
     ...(settings.base ? { from: settings.base } : {}),
@@ -285,5 +303,7 @@ async function openRunBranch(tree: AgentTree, root: AgentState, { fresh }: { fre
     tree.emit({ type: "git.skipped", agentId: root.id, branch: root.branch, files: report.skipped.map((file) => ({ ...file })) });
   }
   await tree.snapshot();
-  return worktree;
+  // Only a listing of the very commit checked out stands for the worktree (HEAD may have moved
+  // since it was read; a named base is resolved by the fork).
+  return { worktree, ...(files && from === checkedOut ? { files } : {}) };
 }

@@ -38,9 +38,13 @@ const MANIFEST_MAX_BYTES = 1024 * 1024;
  * const analysis = await analyzeProject(await LocalWorkspace.open("."));
  * console.log(formatAnalysis(analysis));
  */
-export async function analyzeProject(workspace: Workspace, options: { maxFiles?: number; readmeChars?: number } = {}): Promise<ProjectAnalysis> {
+export async function analyzeProject(
+  workspace: Pick<Workspace, "listFiles" | "readFile">,
+  options: { maxFiles?: number; readmeChars?: number; files?: readonly string[] } = {},
+): Promise<ProjectAnalysis> {
   const maxFiles = options.maxFiles ?? 300;
-  const listed = await workspace.listFiles({ limit: maxFiles + 1 });
+  // `files`: the workspace's files as `listFiles` lists them, already at hand.
+  const listed = options.files ? options.files.slice(0, maxFiles + 1) : await workspace.listFiles({ limit: maxFiles + 1 });
   const files = listed.slice(0, maxFiles);
   const present = new Set(listed);
 

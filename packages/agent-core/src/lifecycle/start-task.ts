@@ -146,7 +146,7 @@ function launchLifecycle(state: TaskSnapshot, options: TaskOptions): TaskRun {
     ...(options.signal ? { signal: options.signal } : {}),
     // One system prompt for the whole run, repository overview included, taken from the root's
     // checkout: every agent's requests share tools + system as their cached prefix.
-    system: async (_tree, workspace) => lifecycleSystemPrompt(formatAnalysis(await analyzeProject(workspace))),
+    system: async (_tree, workspace, files) => lifecycleSystemPrompt(formatAnalysis(await analyzeProject(workspace, files ? { files } : {}))),
     root: { title: firstLine(state.vision), phase: "EXPLORE" },
     firstMessage: async (_tree, agent, _workspace, instruction) => firstMessage(agent, state.vision, instruction),
   });

@@ -151,7 +151,8 @@ export function startRun(options: RunOptions): Run {
     ...(options.signal ? { signal: options.signal } : {}),
     // The repository overview is part of the system prompt, as in the lifecycle: the cached
     // prefix (tools + system) is the same for every turn and the agent need not list files first.
-    system: async (_tree, workspace) => `${runSystemPrompt(options.workspace.root, options.instructions)}\n\n${OVERVIEW_HEADING}\n${formatAnalysis(await analyzeProject(workspace))}`,
+    system: async (_tree, workspace, files) =>
+      `${runSystemPrompt(options.workspace.root, options.instructions)}\n\n${OVERVIEW_HEADING}\n${formatAnalysis(await analyzeProject(workspace, files ? { files } : {}))}`,
     root: { title: firstLine(options.vision), phase: "RUN" },
     firstMessage: async (_tree, agent, _workspace) => `${options.vision}\n\n${agentTag(agent.id, "RUN")}`,
   });

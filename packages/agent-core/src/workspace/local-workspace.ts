@@ -399,6 +399,18 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     return files.slice(0, limit);
   }
 
+  /**
+   * The files of `commit`, sorted, as `listFiles` lists a fresh fork from it (its tree: no
+   * untracked files, no sparse patterns), read from the object store with one `ls-tree`.
+   */
+  async listCommitFiles(commit: string): Promise<string[]> {
+    this.assertLive();
+    if (commit.includes("\0")) throw new KeenError("invalid_ref", `"${commit}" does not name a commit`);
+    const listed = await gitRaw(this.target, ["ls-tree", "-r", "-z", "--name-only", "--full-tree", "--end-of-options", `${commit}^{commit}`]);
+    if (listed.exitCode !== 0) throw new KeenError("invalid_ref", `"${commit}" does not name a commit`);
+    return listed.stdout.split("\0").filter(Boolean).sort();
+  }
+
   async exec(command: string, options: ExecOptions = {}): Promise<ExecResult> {
     const cwd = await this.resolvePath(options.cwd ?? ".");
     const runner = this.runner;

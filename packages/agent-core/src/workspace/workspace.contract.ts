@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeEach, describe, expect, it } from "vitest";
 import { hostPidsRunning } from "./test-repo.js";
-import type { CheckpointableWorkspace, Workspace } from "./workspace.js";
+import { isForkable, type CheckpointableWorkspace, type Workspace } from "./workspace.js";
 
 /**
  * The behaviour every `Workspace` implementation must have. `create` gets a fresh git
@@ -172,6 +172,34 @@ export function runWorkspaceContract(name: string, setup: () => Promise<{ dir: s
           "src/key.ts:credential",
         ]);
         expect(await ws.exists(".env")).toBe(true);
+      });
+
+      it("lists a commit's files as a fresh fork from it lists its own (listCommitFiles, when there is one)", async () => {
+        if (!isForkable(ws) || !ws.listCommitFiles) return;
+        const author = { author: { name: "A", email: "a@x" } };
+        await ws.writeFile(".gitignore", "build/\n");
+        for (const path of ["src/a b.ts", "src/ünï/c.txt", "src/z.ts", "a.b", "a/b", "-dash.txt"]) await ws.writeFile(path, `${path}\n`);
+        await symlink("README.md", join(dir, "readme-link"));
+        const { sha } = await ws.commit("files", author);
+        // What the checkout holds besides the commit is not the commit's.
+        await ws.writeFile("untracked.txt", "x\n");
+        await ws.writeFile("build/out.js", "x\n");
+        execFileSync("git", ["rm", "-q", "--cached", "src/z.ts"], { cwd: dir });
+        const fork = await ws.fork("keen/listing", { from: sha! });
+        try {
+          const listed = await ws.listCommitFiles(sha!);
+          expect(listed).toEqual(await fork.listFiles({ limit: 1_000_000 }));
+          expect(listed).toEqual(["-dash.txt", ".gitignore", "README.md", "a.b", "a/b", "readme-link", "src/a b.ts", "src/z.ts", "src/ünï/c.txt"]);
+          expect(await ws.listCommitFiles("main")).toEqual(listed);
+          // An earlier commit, by a name git resolves.
+          expect(await ws.listCommitFiles(`${sha}~1`)).toEqual(["README.md"]);
+        } finally {
+          await fork.dispose();
+        }
+        for (const bad of ["no-such-branch", "--output=listing.txt", "", `${sha}:README.md`]) {
+          await expect(ws.listCommitFiles(bad), bad).rejects.toMatchObject({ code: "invalid_ref" });
+        }
+        await expect(ws.exists("listing.txt")).resolves.toBe(false);
       });
     });
   });

@@ -183,6 +183,12 @@ export interface ForkableWorkspace extends Workspace {
   dispose(): Promise<void>;
   /** Removes worktrees kept after `dispose` for reuse by later forks, when the workspace keeps any. */
   releaseWorktrees?(): Promise<void>;
+  /**
+   * The files of `commit` (an id or a name of one), sorted, as `listFiles` lists a fresh fork
+   * from it, read without a checkout. Optional: with it, a run lists its start commit while its
+   * worktree is being made instead of after. An unknown commit is `invalid_ref`.
+   */
+  listCommitFiles?(commit: string): Promise<string[]>;
 }
 
 export function isForkable(workspace: Workspace): workspace is ForkableWorkspace {
