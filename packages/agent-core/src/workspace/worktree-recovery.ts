@@ -264,17 +264,24 @@ const TOP_LEVEL_LOCKS = [...WORKTREE_LOCKS, "config.lock", "packed-refs.lock", "
  * look and the removal (another inode or time) is left alone.
  */
 async function removeStaleLocks(options: RecoveryOptions, worktrees: string[]): Promise<string[]> {
+  // Looked up all at once: every open of a repository runs this, before its run can start.
+  const [worktreeNames, refLocks, logLocks] = await Promise.all([
+    readdir(join(options.commonDir, "worktrees")).catch(() => [] as string[]),
+    findLocks(join(options.commonDir, "refs")),
+    findLocks(join(options.commonDir, "logs")),
+  ]);
   const candidates: string[] = TOP_LEVEL_LOCKS.map((name) => join(options.commonDir, name));
-  for (const name of await readdir(join(options.commonDir, "worktrees")).catch(() => [] as string[])) {
+  for (const name of worktreeNames) {
     for (const lock of WORKTREE_LOCKS) candidates.push(join(options.commonDir, "worktrees", name, lock));
   }
-  candidates.push(...(await findLocks(join(options.commonDir, "refs"))), ...(await findLocks(join(options.commonDir, "logs"))));
+  candidates.push(...refLocks, ...logLocks);
+  const infos = await Promise.all(candidates.map((path) => stat(path).catch(() => null)));
   const now = Date.now();
   const old: Array<{ path: string; ino: number; mtimeMs: number }> = [];
-  for (const path of candidates) {
-    const info = await stat(path).catch(() => null);
+  candidates.forEach((path, i) => {
+    const info = infos[i];
     if (info && now - info.mtimeMs >= options.staleLockMs) old.push({ path, ino: info.ino, mtimeMs: info.mtimeMs });
-  }
+  });
   if (old.length === 0) return [];
   const places = [options.root, options.commonDir, options.worktreesDir, ...worktrees];
   if (liveGitProcessIn(places)) return [];
@@ -288,14 +295,12 @@ async function removeStaleLocks(options: RecoveryOptions, worktrees: string[]): 
   return removed;
 }
 
+/** Lock files anywhere below `dir`; its folders are read in parallel. */
 async function findLocks(dir: string): Promise<string[]> {
-  const found: string[] = [];
-  for (const entry of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
-    const path = join(dir, entry.name);
-    if (entry.isDirectory()) found.push(...(await findLocks(path)));
-    else if (entry.name.endsWith(".lock")) found.push(path);
-  }
-  return found;
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  const nested = await Promise.all(entries.filter((entry) => entry.isDirectory()).map((entry) => findLocks(join(dir, entry.name))));
+  const own = entries.filter((entry) => !entry.isDirectory() && entry.name.endsWith(".lock")).map((entry) => join(dir, entry.name));
+  return [...own, ...nested.flat()];
 }
 
 /**
