@@ -145,6 +145,42 @@ describe("git subprocesses of one fork + commit + merge + dispose", () => {
     expect(await child.head()).toBe(head);
     await child.dispose();
   });
+
+  it("commits and merges start no `git maintenance run --auto` in the user's repository", async () => {
+    const dir = await createRepo({ "a.txt": "base\n" });
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const clean = await ws.fork("summon-M");
+    await clean.writeFile("notes/m.md", "m\n");
+    const conflicting = await ws.fork("summon-N");
+    await conflicting.writeFile("a.txt", "child\n");
+    // git's own record of the processes it starts (trace2 event stream), kept for the steps under test.
+    const traceDir = await mkdtemp(join(tmpdir(), "keen-trace-"));
+    const trace = join(traceDir, "events.json");
+    process.env.GIT_TRACE2_EVENT = trace;
+    try {
+      await clean.commit("m");
+      await conflicting.commit("child");
+      expect((await ws.merge("summon-M", "Merge M")).status).toBe("merged");
+      await ws.writeFile("a.txt", "parent\n");
+      await ws.commit("parent");
+      expect(await ws.merge("summon-N", "Merge N")).toEqual({ status: "conflict", files: ["a.txt"] });
+      await ws.writeFile("a.txt", "both\n");
+      await ws.commitMerge("Merge N");
+    } finally {
+      delete process.env.GIT_TRACE2_EVENT;
+    }
+    const events = (await readFile(trace, "utf8")).trim().split("\n").map((line) => JSON.parse(line) as { event: string; name?: string; argv?: string[] });
+    // The trace saw the steps: three commits, two merges and the conflicted merge's commit.
+    const names = events.filter((event) => event.event === "cmd_name").map((event) => event.name);
+    expect(names.filter((name) => name === "merge")).toHaveLength(2);
+    expect(names.filter((name) => name === "commit")).toHaveLength(4);
+    const children = events.filter((event) => event.event === "child_start").map((event) => (event.argv ?? []).join(" "));
+    expect(children.filter((argv) => argv.includes("maintenance"))).toEqual([]);
+    expect(await git(dir, "show", "HEAD:a.txt")).toBe("both");
+    await clean.dispose();
+    await conflicting.dispose();
+    await rm(traceDir, { recursive: true, force: true });
+  });
 });
 
 describe("git subprocesses of a checkpoint", () => {

@@ -35,6 +35,8 @@ const SPARSE = ["-c", "core.sparseCheckout=true", "-c", "core.sparseCheckoutCone
  * process can set back: a user's `core.checkStat=minimal`, `core.trustctime=false` or
  * `core.ignoreStat=true` would let an agent hide a rewrite (same size, modification time put back)
  * from keen's commits and checkpoints, and from the checkout that hands a kept worktree to the next fork.
+ * No `git maintenance run --auto` after keen's commits and merges: one more process each time, and
+ * a repack of the user's repository in the middle of a run (the user's own git commands still run it).
  */
 const HARDENING = [
   "-c", "core.hooksPath=/dev/null",
@@ -48,6 +50,7 @@ const HARDENING = [
   "-c", "core.checkStat=default",
   "-c", "core.trustctime=true",
   "-c", "core.ignoreStat=false",
+  "-c", "maintenance.auto=false",
 ];
 
 /**

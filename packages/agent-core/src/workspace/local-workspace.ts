@@ -471,9 +471,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       // Nothing staged now and nothing staged before: nothing to commit.
       if (staged.length === 0 && !status.stagedBefore && !options.allowEmpty) return { sha: null, skipped };
       const before = await this.headOrNull();
-      // No `git maintenance run --auto` after keen's commit (one more process, and a repack of the
-      // user's repository mid-run); the user's own git commands still run it.
-      const args = ["-c", "maintenance.auto=false", "commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"];
+      const args = ["commit", "-q", "--no-verify", ...(options.allowEmpty ? ["--allow-empty"] : []), "-F", "-"];
       const committed = await this.commitAs(args, commitText(message), options.author);
       if (committed.exitCode !== 0) {
         // Staged paths that put the index back where HEAD is (a change undone): nothing to commit.
