@@ -1,5 +1,5 @@
-import { AbortedError } from "../errors.js";
-import type { Workspace, ForkableWorkspace } from "../workspace/workspace.js";
+import { AbortedError, KeenError } from "../errors.js";
+import type { Workspace, ForkableWorkspace, MergeResult } from "../workspace/workspace.js";
 import { builtinTools } from "../tools/index.js";
 import { agentTag } from "./agent-tag.js";
 import { appendUserText, converse } from "./converse.js";
@@ -70,22 +70,37 @@ export function describeChecks(tree: AgentTree, agent: AgentState): string {
  *
  * `cleanAt` is what the previous call returned: the commit a clean merge left the worktree at,
  * with nothing run in it since (no resolution, no validation command). While HEAD is still there,
- * the parent has nothing of its own to commit first, and no `status` is asked. Returns the
- * commit when this merge leaves the worktree the same way.
+ * the parent has nothing of its own to commit first, and no `status` is asked. Either way, when
+ * git refuses the merge over a file written there since, that file is committed as the parent's
+ * work and the merge tried again. Returns the commit when this merge leaves the worktree the same way.
  */
 export async function mergeChild(tree: AgentTree, parent: AgentState, workspace: ForkableWorkspace, child: AgentState, cleanAt?: string): Promise<string | undefined> {
   const merge = parent.merges[child.id]!;
   const interrupted = merge.status === "in_progress" && merge.preMergeSha;
   if (interrupted) await workspace.resetTo(merge.preMergeSha!);
   // The parent's own uncommitted edits (there should be none in SUMMON) must not mix into the merge.
-  if (interrupted || cleanAt === undefined || (await workspace.head()) !== cleanAt) {
-    await commitAndReport(tree, parent, workspace, commitMessage(`keen: ${parent.id} work before merging ${child.branch}`));
-  }
-  merge.preMergeSha = await workspace.head();
-  merge.status = "in_progress";
-  await tree.snapshot();
+  const beforeMerge = async (commitOwnWork: boolean) => {
+    if (commitOwnWork) await commitAndReport(tree, parent, workspace, commitMessage(`keen: ${parent.id} work before merging ${child.branch}`));
+    merge.preMergeSha = await workspace.head();
+    merge.status = "in_progress";
+    await tree.snapshot();
+  };
+  const statusSkipped = !interrupted && cleanAt !== undefined && (await workspace.head()) === cleanAt;
+  await beforeMerge(!statusSkipped);
 
-  const result = await workspace.merge(child.branch, commitMessage(`Merge ${child.branch}: ${child.title}`));
+  const message = commitMessage(`Merge ${child.branch}: ${child.title}`);
+  let result: MergeResult;
+  try {
+    result = await workspace.merge(child.branch, message);
+  } catch (error) {
+    // Git refused before changing anything (a file in the parent's worktree the merge would
+    // overwrite): something wrote there since the parent's work was last committed, a process the
+    // parent started or a child without the sandbox. That is committed as the parent's work too,
+    // and the merge is tried once more.
+    if (!(error instanceof KeenError) || error.code !== "merge_failed") throw error;
+    await beforeMerge(true);
+    result = await workspace.merge(child.branch, message);
+  }
   const conflicted = result.status === "conflict" ? result.files : [];
   let outcome: "merged" | "resolved" | "rolled_back" = "merged";
   let sha: string | null = result.status === "merged" ? result.sha : null;
@@ -110,7 +125,7 @@ export async function mergeChild(tree: AgentTree, parent: AgentState, workspace:
     outcome = (await resolve(problem)) ? "resolved" : "rolled_back";
   }
   if (outcome === "rolled_back") {
-    await workspace.resetTo(merge.preMergeSha);
+    await workspace.resetTo(merge.preMergeSha!);
     sha = null;
   }
   merge.status = outcome;
