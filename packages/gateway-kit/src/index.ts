@@ -7,6 +7,7 @@ export {
   type Database,
   type DatabaseKind,
   type DatabaseOptions,
+  type PGliteDialectOptions,
   type MigrationSet,
   type MigrateOptions,
   type MigrationReport,

@@ -1,5 +1,5 @@
 export { openDatabase, type Database, type DatabaseKind, type DatabaseOptions } from "./database.js";
-export { PGliteDialect } from "./pglite-dialect.js";
+export { PGliteDialect, type PGliteDialectOptions } from "./pglite-dialect.js";
 export {
   defineMigrations,
   migrateToLatest,

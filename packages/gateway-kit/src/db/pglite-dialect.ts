@@ -12,6 +12,14 @@ import {
   type TransactionSettings,
 } from "kysely";
 
+export interface PGliteDialectOptions {
+  /**
+   * Close the PGlite instance when the Kysely instance is destroyed (`db.destroy()`). Default
+   * true; false when the caller owns the instance and keeps using it, e.g. with another Kysely.
+   */
+  closeOnDestroy?: boolean;
+}
+
 /**
  * A kysely dialect for PGlite (PostgreSQL compiled to WebAssembly, in process).
  * PGlite has one connection, so connections are handed out one at a time: a transaction
@@ -21,12 +29,15 @@ import {
  * const db = new Kysely<DB>({ dialect: new PGliteDialect(await PGlite.create("./data")) });
  */
 export class PGliteDialect implements Dialect {
-  constructor(private readonly pglite: PGlite) {}
+  constructor(
+    private readonly pglite: PGlite,
+    private readonly options: PGliteDialectOptions = {},
+  ) {}
   createAdapter() {
     return new PostgresAdapter();
   }
   createDriver(): Driver {
-    return new PGliteDriver(this.pglite);
+    return new PGliteDriver(this.pglite, this.options.closeOnDestroy ?? true);
   }
   createIntrospector(db: Kysely<any>) {
     return new PostgresIntrospector(db);
@@ -40,7 +51,10 @@ class PGliteDriver implements Driver {
   private queue: Promise<void> = Promise.resolve();
   private readonly connection: PGliteConnection;
 
-  constructor(private readonly pglite: PGlite) {
+  constructor(
+    private readonly pglite: PGlite,
+    private readonly closeOnDestroy: boolean,
+  ) {
     this.connection = new PGliteConnection(pglite);
   }
 
@@ -76,7 +90,7 @@ class PGliteDriver implements Driver {
   }
 
   async destroy(): Promise<void> {
-    if (!this.pglite.closed) await this.pglite.close();
+    if (this.closeOnDestroy && !this.pglite.closed) await this.pglite.close();
   }
 }
 
