@@ -1,7 +1,7 @@
 import { access, lstat } from "node:fs/promises";
 import { join } from "node:path";
-import { execa } from "execa";
 import { quote } from "./task-session.js";
+import { loadExeca } from "./lazy-execa.js";
 
 /** What `--apply` did: merged the run branch, or why it left the user's checkout alone. */
 export interface ApplyOutcome {
@@ -11,7 +11,7 @@ export interface ApplyOutcome {
 }
 
 // Optional locks off: keen's `git status` never rewrites the index of the user's checkout.
-const git = (repo: string, args: string[]) => execa("git", ["-c", "core.fsmonitor=false", ...args], { cwd: repo, reject: false, env: { GIT_OPTIONAL_LOCKS: "0" } });
+const git = async (repo: string, args: string[]) => (await loadExeca())("git", ["-c", "core.fsmonitor=false", ...args], { cwd: repo, reject: false, env: { GIT_OPTIONAL_LOCKS: "0" } });
 
 /**
  * Merges a finished run's branch into the branch checked out in `repo`, only when that is safe:

@@ -1,14 +1,15 @@
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { dirname, isAbsolute, join, resolve, sep } from "node:path";
-import { execa } from "execa";
 import { TaskSnapshot } from "@keen/agent-core";
 import { UsageError } from "./cli-error.js";
+import { loadExeca } from "./lazy-execa.js";
 
 /**
  * Where a run's snapshot goes by default: inside the repository's git directory, so it is
  * never committed and survives worktree clean-ups. `<repo>/.git/keen/runs/<runId>.json`.
  */
 export async function defaultSnapshotPath(repo: string, runId: string): Promise<string> {
+  const execa = await loadExeca();
   const result = await execa("git", ["rev-parse", "--git-common-dir"], { cwd: repo, reject: false });
   if (result.exitCode !== 0) throw new UsageError(`${repo} is not a git repository`);
   const gitDir = isAbsolute(result.stdout.trim()) ? result.stdout.trim() : resolve(repo, result.stdout.trim());

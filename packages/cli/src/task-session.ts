@@ -1,8 +1,8 @@
-import { execa } from "execa";
 import type { KeenEvent, KeenEventOf, TaskResult, TaskRun } from "@keen/agent-core";
 import { MODEL_UNAVAILABLE_EXIT_CODE, type CommandIo, type Io } from "./cli-error.js";
 import type { SnapshotFile } from "./snapshot-file.js";
 import { agentsInOrder, reduceTree, type TreeState } from "./tree/tree-state.js";
+import { loadExeca } from "./lazy-execa.js";
 
 /** `json`: NDJSON events on stdout; `live`: the agent tree redrawn in place; `lines`: a line per event. */
 export type OutputMode = "json" | "live" | "lines";
@@ -126,6 +126,7 @@ export async function runTaskSession(options: TaskSessionOptions): Promise<TaskS
  */
 async function diffStat(repo: string, base: string, head: string): Promise<string | undefined> {
   if (base === head) return undefined;
+  const execa = await loadExeca();
   const result = await execa("git", ["-c", "core.fsmonitor=false", "diff", "--no-ext-diff", "--no-textconv", "--stat=100", base, head, "--"], { cwd: repo, reject: false });
   return result.exitCode === 0 && result.stdout.trim() ? result.stdout.replace(/^\s+/gm, "  ").trimEnd() : undefined;
 }

@@ -2,7 +2,6 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, rename, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
-import { execa } from "execa";
 import { containsCredential } from "./commit-filter.js";
 
 /**
@@ -63,6 +62,8 @@ const cache = new Map<string, { version: string; file: string }>();
 
 /** `git config --list -z` of one config file alone, or null when it cannot be read or parsed. */
 async function listConfigFile(config: string): Promise<Array<[string, string]> | null> {
+  // Loaded here, not at the top: a run without the sandbox never needs execa.
+  const { execa } = await import("execa");
   const listed = await execa("git", ["config", "--file", config, "--list", "-z"], {
     reject: false,
     extendEnv: false,

@@ -1,7 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { access, lstat, mkdir, readFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
-import { execa } from "execa";
 import {
   anthropic,
   isKeenError,
@@ -25,6 +24,7 @@ import { defaultSnapshotPath, readSnapshotFile, repoOfSnapshotPath, SnapshotFile
 import { oneLine, outputMode, quote, runTaskSession, type OutputMode, type TaskSessionResult } from "../task-session.js";
 import { emptyTree, treeFromSnapshot } from "../tree/tree-state.js";
 import { DEFAULT_MODEL, RUN_HELP, RUN_OPTIONS, RUN_SHAPE_FLAGS } from "./run-options.js";
+import { loadExeca } from "../lazy-execa.js";
 
 export { DEFAULT_MODEL, RUN_HELP } from "./run-options.js";
 
@@ -241,6 +241,7 @@ async function checkNewBranch(workspace: LocalWorkspace, name: string, chosen: b
   const repo = workspace.root;
   const flag = chosen ? `--branch "${name}"` : `the run branch "${name}"`;
   if (chosen) {
+    const execa = await loadExeca();
     const valid = await execa("git", ["check-ref-format", "--branch", name], { cwd: repo, reject: false });
     if (valid.exitCode !== 0 || name.startsWith("-")) throw new UsageError(`${flag} is not a valid branch name`);
   }
@@ -251,7 +252,7 @@ async function checkNewBranch(workspace: LocalWorkspace, name: string, chosen: b
   // Read from the ref files where they answer (no git process before the run starts), else asked of git.
   const refs =
     (await refsFromFiles(workspace.gitCommonDir, [own, tag, ...prefixes])) ??
-    (await execa("git", ["for-each-ref", "--format=%(refname)", own, tag, ...prefixes], { cwd: repo, reject: false })).stdout.split("\n").filter(Boolean);
+    (await (await loadExeca())("git", ["for-each-ref", "--format=%(refname)", own, tag, ...prefixes], { cwd: repo, reject: false })).stdout.split("\n").filter(Boolean);
   const pick = chosen ? "pick another --branch, or delete that one" : "rename or delete that one, or pass --branch";
   if (refs.includes(own)) throw new UsageError(`branch ${name} already exists in ${repo}; a run never reuses a branch: ${pick}`);
   const clash = refs.find((ref) => ref.startsWith(`${own}/`) || prefixes.includes(ref));
@@ -301,6 +302,7 @@ async function headCommit(workspace: LocalWorkspace): Promise<string | undefined
 
 /** The commit `ref` names in `repo`, or undefined. `ref` is passed after `--end-of-options`, so it is never taken as an option. */
 async function resolveCommit(repo: string, ref: string): Promise<string | undefined> {
+  const execa = await loadExeca();
   const result = await execa("git", ["rev-parse", "--verify", "--quiet", "--end-of-options", `${ref}^{commit}`], { cwd: repo, reject: false });
   return result.exitCode === 0 ? result.stdout.trim() : undefined;
 }
