@@ -41,22 +41,17 @@ const rounds = Number(values.rounds);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 /**
- * Runs keen's round and its two references side by side: one warm-up each (file system caches,
- * module loading), then `rounds` alternating rounds; the medians of each.
+ * Runs keen's round and its references side by side: one warm-up each (file system caches,
+ * module loading), then `rounds` alternating rounds; the median of each side, by name.
  */
-async function sideBySide(keenRound: (i: number) => Promise<number>, gitRound: (i: number) => Promise<number>, cloneRound: (i: number) => Promise<number>) {
-  await keenRound(0);
-  await gitRound(0);
-  await cloneRound(0);
-  const keen: number[] = [];
-  const plain: number[] = [];
-  const cloned: number[] = [];
+async function sideBySide<Side extends string>(sides: Record<Side, (i: number) => Promise<number>>): Promise<Record<Side, number>> {
+  const names = Object.keys(sides) as Side[];
+  for (const name of names) await sides[name](0);
+  const times = Object.fromEntries(names.map((name) => [name, [] as number[]])) as Record<Side, number[]>;
   for (let i = 1; i <= rounds; i++) {
-    keen.push(await keenRound(i));
-    plain.push(await gitRound(i));
-    cloned.push(await cloneRound(i));
+    for (const name of names) times[name].push(await sides[name](i));
   }
-  return { k: median(keen), p: median(plain), c: median(cloned) };
+  return Object.fromEntries(names.map((name) => [name, median(times[name])])) as Record<Side, number>;
 }
 
 /**
@@ -104,8 +99,11 @@ async function forkMerge(): Promise<void> {
   line("keen         fork → write → commit → merge --no-ff → dispose", fresh.k, fresh.counts.keen);
   line("plain git    worktree add → commit → merge --no-ff → remove", fresh.p, fresh.counts.plain);
   line("clone        clone --local → commit → fetch → merge → rm", fresh.c, fresh.counts.clone);
+  line("checkout     worktree add → remove, nothing else", fresh.floor, 2);
   row("keen / plain git (target ≤ 1.00×)", `${(fresh.k / fresh.p).toFixed(2)}×`);
   row("keen / clone --local (target ≤ 0.60×)", `${(fresh.k / fresh.c).toFixed(2)}×`);
+  // What any fork that writes every file costs at least: above 0.60× here, no fresh full worktree meets that target.
+  row("checkout alone / clone --local (the floor of a fresh full fork)", `${(fresh.floor / fresh.c).toFixed(2)}×`);
   console.log(`the same with reuseWorktrees (each fork takes the worktree the previous round disposed), in a second run`);
   line("keen reuse   fork → write → commit → merge --no-ff → dispose", reused.k, reused.counts.keen);
   line("plain git    worktree add → commit → merge --no-ff → remove", reused.p, reused.counts.plain);
@@ -154,9 +152,17 @@ async function forkMergeBlock(reuseWorktrees: boolean) {
     await rm(clone, { recursive: true, force: true });
     return performance.now() - started;
   };
+  // The checkout alone: a new worktree of every file, then its removal, with no commit or merge.
+  const floorRound = async (i: number | string) => {
+    const started = performance.now();
+    const tree = `${dir}.floor-${i}`;
+    await git(dir, "worktree", "add", "-q", "--detach", tree);
+    await git(dir, "worktree", "remove", "--force", tree);
+    return performance.now() - started;
+  };
 
   const files = (await git(dir, "ls-files")).stdout.split("\n").length;
-  const { k, p, c } = await sideBySide(keenRound, gitRound, cloneRound);
+  const { k, p, c, floor } = await sideBySide({ k: keenRound, p: gitRound, c: cloneRound, floor: floorRound });
   const counts = {
     keen: await countGitProcesses(() => keenRound("count")),
     plain: await countGitProcesses(() => gitRound("count")),
@@ -164,7 +170,7 @@ async function forkMergeBlock(reuseWorktrees: boolean) {
   };
   await workspace.releaseWorktrees();
   await rm(dir, { recursive: true, force: true });
-  return { files, k, p, c, counts };
+  return { files, k, p, c, floor, counts };
 }
 
 /**
@@ -206,7 +212,7 @@ async function sparse(): Promise<void> {
     return elapsed;
   };
 
-  const { k, p, c } = await sideBySide(keenRound, gitRound, cloneRound);
+  const { k, p, c } = await sideBySide({ k: keenRound, p: gitRound, c: cloneRound });
   await rm(dir, { recursive: true, force: true });
   const total = fileCount;
   console.log(`worktree for a subtask naming ${paths.join(", ")} (${keenFiles} of ${total} files checked out by keen), median of ${rounds} rounds`);
