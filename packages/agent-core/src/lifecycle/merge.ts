@@ -133,6 +133,58 @@ export async function mergeChild(tree: AgentTree, parent: AgentState, workspace:
   return outcome === "merged" && validated === undefined && sha !== null ? sha : undefined;
 }
 
+/**
+ * Merges children that finished together, in order, each with its own merge commit as
+ * `mergeChild` makes it, but without a checkout each: the workspace's `mergeMany` makes the
+ * commits from git's objects and moves the parent's worktree once. Only for merges that need
+ * nothing of the worktree in between (no validation command; the caller checks). Stops before a
+ * child whose merge would conflict, or when something in the worktree is in the way; that child
+ * is left pending for `mergeChild`. Returns how many were merged (the first ones of `children`)
+ * and the commit the worktree was left at, clean (`cleanAt` of `mergeChild`).
+ */
+export async function mergeChildren(
+  tree: AgentTree,
+  parent: AgentState,
+  workspace: ForkableWorkspace & Required<Pick<ForkableWorkspace, "mergeMany">>,
+  children: readonly AgentState[],
+  cleanAt?: string,
+): Promise<{ merged: number; cleanAt: string }> {
+  const first = parent.merges[children[0]!.id]!;
+  if (cleanAt === undefined || (await workspace.head()) !== cleanAt) {
+    await commitAndReport(tree, parent, workspace, commitMessage(`keen: ${parent.id} work before merging ${children[0]!.branch}`));
+  }
+  const start = await workspace.head();
+  // Only the first is marked as in progress: a resume from here puts the worktree back at `start`
+  // and merges it alone; the others are still pending.
+  first.preMergeSha = start;
+  first.status = "in_progress";
+  await tree.snapshot();
+  let merged: Array<{ branch: string; sha: string }> = [];
+  try {
+    merged = await workspace.mergeMany(children.map((child) => ({ branch: child.branch, message: commitMessage(`Merge ${child.branch}: ${child.title}`) })));
+  } catch (error) {
+    // Something in the parent's worktree is in the way: `mergeChild` commits it and merges.
+    if (!(error instanceof KeenError) || error.code !== "merge_failed") throw error;
+  }
+  if (merged.length === 0) {
+    first.status = "pending";
+    delete first.preMergeSha;
+    await tree.snapshot();
+    return { merged: 0, cleanAt: start };
+  }
+  let previous = start;
+  for (const [i, { sha }] of merged.entries()) {
+    const child = children[i]!;
+    const record = parent.merges[child.id]!;
+    record.preMergeSha = previous;
+    record.status = "merged";
+    previous = sha;
+    tree.emit({ type: "git.merge", agentId: parent.id, branch: child.branch, into: parent.branch, result: "merged", conflictedFiles: [], sha });
+  }
+  await tree.snapshot();
+  return { merged: merged.length, cleanAt: previous };
+}
+
 /** The parent model fixes a conflicted or failing merge with file tools, ending with complete_merge. */
 async function resolveMerge(tree: AgentTree, parent: AgentState, workspace: ForkableWorkspace, child: AgentState, problem: string): Promise<string> {
   appendUserText(

@@ -354,7 +354,12 @@ describe("git subprocesses of a run", () => {
       const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
       const run = await counted(() => startTask({ vision: "Build the parts", workspace, model, limits: { maxDepth: 1, maxChildren: children } }).result);
       expect(run.value.status, run.value.summary).toBe("success");
-      expect(run.calls.filter((call) => call === "merge")).toHaveLength(children);
+      // Each child is merged in the worktree (merge) or, with others that finished together, from
+      // git's objects (merge-tree) with one worktree update (merge --ff-only) for them all.
+      const merges = run.calls.filter((call) => call === "merge").length;
+      const fromObjects = run.calls.filter((call) => call === "merge-tree").length;
+      expect(merges).toBeLessThanOrEqual(children);
+      expect(merges + fromObjects).toBeGreaterThanOrEqual(children);
       // One status per child (its final commit), one for the parent before its first merge, and
       // one for the root's own final commit.
       expect(run.calls.filter((call) => call === "status")).toHaveLength(children + 2);

@@ -843,6 +843,54 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     });
   }
 
+  async mergeMany(merges: ReadonlyArray<{ branch: string; message: string }>): Promise<Array<{ branch: string; sha: string }>> {
+    if (merges.length === 0) return [];
+    return this.locked(async () => {
+      const before = await this.headOrNull();
+      if (before === null) throw new KeenError("merge_failed", "Nothing to merge into: the current branch has no commit yet");
+      const names = merges.map(({ branch }) => branch);
+      // Read as revisions, never as options (rev-parse of git before 2.43 has no --end-of-options).
+      const bad = names.find((name) => name.startsWith("-") || name.includes("\0") || name === "");
+      if (bad !== undefined) throw new KeenError("merge_failed", `Merging "${bad}" failed: not a branch name`);
+      const [resolved, env] = await Promise.all([
+        gitRaw(this.target, ["rev-parse", `${before}^{tree}`, ...names.map((name) => `${name}^{commit}`)]),
+        this.identityEnv(),
+      ]);
+      const ids = String(resolved.stdout).split("\n").filter(Boolean);
+      if (resolved.exitCode !== 0 || ids.length !== names.length + 1 || !ids.every((id) => /^[0-9a-f]{40,64}$/.test(id))) {
+        throw new KeenError("merge_failed", `Merging ${names.join(", ")} failed: ${String(resolved.stderr).trim() || "not every branch names a commit"}`);
+      }
+      // Each merge is made from the objects alone (merge-tree, commit-tree); the worktree moves once.
+      let head = before;
+      let headTree = ids[0]!;
+      const merged: Array<{ branch: string; sha: string }> = [];
+      for (const [i, { branch, message }] of merges.entries()) {
+        const theirs = ids[i + 1]!;
+        const result = await gitRaw(this.target, ["merge-tree", "--write-tree", "--no-messages", head, theirs]);
+        if (result.exitCode === 1) break; // Would conflict: left to `merge`.
+        const tree = oneLine(String(result.stdout)).split("\n")[0]!;
+        if (result.exitCode !== 0 || !/^[0-9a-f]{40,64}$/.test(tree)) {
+          throw new KeenError("merge_failed", `Merging ${branch} failed: ${String(result.stderr || result.stdout).trim()}`);
+        }
+        // A branch already merged changes nothing, as `git merge` says "Already up to date".
+        if (tree === headTree && (await gitRaw(this.target, ["merge-base", "--is-ancestor", theirs, head])).exitCode === 0) {
+          merged.push({ branch, sha: head });
+          continue;
+        }
+        head = oneLine(await git(this.target, ["commit-tree", tree, "-p", head, "-p", theirs, "-F", "-"], { env, input: mergeMessage(message) }));
+        headTree = tree;
+        merged.push({ branch, sha: head });
+      }
+      if (head === before) return merged;
+      // Index and worktree follow in one step; a file in the way stops it before anything changes.
+      const moved = await gitRaw(this.target, ["merge", "-q", "--ff-only", "--no-verify", "--end-of-options", head]);
+      if (moved.exitCode !== 0) throw new KeenError("merge_failed", `Merging ${names.join(", ")} failed: ${String(moved.stderr || moved.stdout).trim()}`);
+      const now = await this.verifiedHead(before);
+      if (now !== head) throw new KeenError("git_failed", `After merging, HEAD is ${now}, not the merge ${head}`);
+      return merged;
+    });
+  }
+
   async commitMerge(message: string): Promise<string> {
     return this.locked(async () => {
       const conflicted = await this.conflictedFiles();
@@ -1043,6 +1091,18 @@ function commitText(message: string): string {
   // eslint-disable-next-line no-control-regex
   const clean = message.replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, " ");
   return clean.trim() === "" ? "keen commit" : clean;
+}
+
+/**
+ * A merge commit's message as `git merge -m` records it: trailing spaces of each line, blank lines
+ * at either end and runs of blank lines removed, one newline at the end.
+ */
+function mergeMessage(message: string): string {
+  const lines = commitText(message).split("\n").map((line) => line.trimEnd());
+  const kept = lines.filter((line, i) => line !== "" || (i > 0 && lines[i - 1] !== ""));
+  while (kept[0] === "") kept.shift();
+  while (kept.at(-1) === "") kept.pop();
+  return `${kept.join("\n")}\n`;
 }
 
 /** A private folder for a temporary index file. */

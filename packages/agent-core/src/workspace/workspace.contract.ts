@@ -201,6 +201,70 @@ export function runWorkspaceContract(name: string, setup: () => Promise<{ dir: s
         }
         await expect(ws.exists("listing.txt")).resolves.toBe(false);
       });
+
+      it("merges several branches in order as merge would, moving the worktree once, and stops before a conflict (mergeMany, when there is one)", async () => {
+        if (!isForkable(ws) || !ws.mergeMany) return;
+        const forkable = ws;
+        const author = { author: { name: "A", email: "a@x" } };
+        const sh = (...args: string[]) => execFileSync("git", args, { cwd: dir, encoding: "utf8" }).trim();
+        await ws.writeFile("a.txt", "base\n");
+        await ws.commit("base", author);
+        const branch = async (name: string, files: Record<string, string>) => {
+          const fork = await forkable.fork(name);
+          for (const [path, content] of Object.entries(files)) await fork.writeFile(path, content);
+          if (Object.keys(files).length > 0) await fork.commit(name, author);
+          await fork.dispose();
+        };
+        await branch("keen/contained", {});
+        await branch("keen/one", { "one.txt": "1\n" });
+        await branch("keen/two", { "a.txt": "two\n", "dir/two.txt": "2\n" });
+        await branch("keen/three", { "a.txt": "three\n" });
+        await branch("keen/four", { "four.txt": "4\n" });
+        const before = await ws.head();
+
+        const merged = await ws.mergeMany([
+          { branch: "keen/contained", message: "Merge contained" },
+          { branch: "keen/one", message: "Merge one  \n\n\n  body, indented \n\n" },
+          { branch: "keen/two", message: "Merge two" },
+          { branch: "keen/three", message: "Merge three" },
+          { branch: "keen/four", message: "Merge four" },
+        ]);
+        // Stopped before three (it conflicts with two); four was not tried.
+        expect(merged.map((m) => m.branch)).toEqual(["keen/contained", "keen/one", "keen/two"]);
+        expect(merged[0]!.sha).toBe(before);
+        expect(await ws.head()).toBe(merged[2]!.sha);
+        for (const [i, name] of [[1, "keen/one"], [2, "keen/two"]] as const) {
+          expect(sh("rev-parse", `${merged[i]!.sha}^1`)).toBe(merged[i - 1]!.sha);
+          expect(sh("rev-parse", `${merged[i]!.sha}^2`)).toBe(sh("rev-parse", name));
+        }
+        expect(execFileSync("git", ["log", "-1", "--format=%B", merged[1]!.sha], { cwd: dir, encoding: "utf8" })).toBe("Merge one\n\n  body, indented\n\n");
+        // The worktree and index hold the last merge, with nothing left to commit.
+        expect(await ws.readFile("a.txt")).toBe("two\n");
+        expect(await ws.readFile("dir/two.txt")).toBe("2\n");
+        expect(await ws.exists("four.txt")).toBe(false);
+        expect(sh("status", "--porcelain")).toBe("");
+        expect(await ws.currentBranch()).toBe("main");
+        // The conflicting branch, through merge, conflicts as it would have.
+        expect(await ws.merge("keen/three", "Merge three")).toEqual({ status: "conflict", files: ["a.txt"] });
+        await ws.abortMerge();
+        expect(sh("status", "--porcelain")).toBe("");
+
+        // A file written since the last commit in the way of a merge: nothing changes.
+        await branch("keen/five", { "five.txt": "5\n" });
+        await ws.writeFile("five.txt", "mine\n");
+        const at = await ws.head();
+        await expect(ws.mergeMany([{ branch: "keen/four", message: "Merge four" }, { branch: "keen/five", message: "Merge five" }])).rejects.toMatchObject({ code: "merge_failed" });
+        expect(await ws.head()).toBe(at);
+        expect(await ws.readFile("five.txt")).toBe("mine\n");
+        expect(await ws.exists("four.txt")).toBe(false);
+        // Names that are not branches, or read as options.
+        for (const bad of ["no-such-branch", "--output=merged.txt", ""]) {
+          await expect(ws.mergeMany([{ branch: "keen/four", message: "m" }, { branch: bad, message: "m" }]), bad).rejects.toMatchObject({ code: "merge_failed" });
+        }
+        expect(await ws.head()).toBe(at);
+        expect(await ws.exists("merged.txt")).toBe(false);
+        expect(await ws.mergeMany([])).toEqual([]);
+      });
     });
   });
 }

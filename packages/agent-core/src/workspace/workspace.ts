@@ -168,6 +168,16 @@ export interface ForkableWorkspace extends Workspace {
   /** Merges `branch` into the current branch with `--no-ff` and `message`. */
   merge(branch: string, message: string): Promise<MergeResult>;
   /**
+   * Merges several branches in order, each as `merge` would (a `--no-ff` commit with its message;
+   * a branch already contained changes nothing), with the working tree and index brought up to
+   * date once, at the end. Stops before the first branch that would conflict and returns the
+   * merges made before it, in order: the caller merges that one with `merge`, which leaves the
+   * conflict in the worktree. Optional: with it, children that finish together are merged
+   * without a checkout each. When the worktree cannot take the result (a file written there since
+   * the last commit is in the way), nothing changes and it throws `merge_failed`.
+   */
+  mergeMany?(merges: ReadonlyArray<{ branch: string; message: string }>): Promise<Array<{ branch: string; sha: string }>>;
+  /**
    * Concludes a merge whose conflicts were resolved; returns the merge commit. Resolutions are
    * read without following symlinks or opening non-regular files; a conflicted path that is
    * neither a regular file nor a symlink, or still has markers, is refused (`merge_unresolved`).

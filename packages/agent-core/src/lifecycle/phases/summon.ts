@@ -1,7 +1,7 @@
 import { AbortedError, ConfigError } from "../../errors.js";
 import { isForkable, type ForkableWorkspace, type ForkOptions } from "../../workspace/workspace.js";
 import { childBranch, subtaskLabel } from "../branch-names.js";
-import { mergeChild } from "../merge.js";
+import { mergeChild, mergeChildren, validationChecks } from "../merge.js";
 import type { PhaseDefinition } from "../phase.js";
 import { childrenReport } from "../prompts.js";
 import type { AgentState } from "../task-state.js";
@@ -50,16 +50,24 @@ export const summonPhase: PhaseDefinition = {
       // Merge in child order, each as soon as it and every child before it have finished, while
       // later children still run.
       const finished = new Map<string, Promise<void>>();
+      const settled = new Set<string>();
       const pool = runPool(
         children.filter((child) => child.phase !== "DONE"),
         tree.state.maxConcurrency,
         (child) => tree.drive(child, tree.workspaces.get(child.id)!),
-        (child, done) => finished.set(child.id, done),
+        (child, done) => {
+          finished.set(child.id, done);
+          void done.then(() => settled.add(child.id));
+        },
       );
+      const hasFinished = (child: AgentState) => !finished.has(child.id) || settled.has(child.id);
+      // Without a validation command, merges need nothing of the worktree in between.
+      const batchable = workspace.mergeMany !== undefined && validationChecks(tree, agent).length === 0;
       try {
         // The commit the last clean merge left the parent's worktree at (see mergeChild).
         let cleanAt: string | undefined;
-        for (const child of children) {
+        for (let i = 0; i < children.length; i++) {
+          const child = children[i]!;
           await finished.get(child.id);
           if (tree.signal.aborted) throw tree.signal.reason ?? new AbortedError();
           const merge = agent.merges[child.id]!;
@@ -68,7 +76,26 @@ export const summonPhase: PhaseDefinition = {
             merge.status = "skipped";
             continue;
           }
-          cleanAt = await mergeChild(tree, agent, workspace, child, cleanAt);
+          // This child and the successful ones right after it that have finished too are merged
+          // together, without a checkout each (see mergeChildren).
+          const together = [child];
+          if (batchable && merge.status === "pending") {
+            for (const next of children.slice(i + 1)) {
+              if (!hasFinished(next) || next.status !== "success" || agent.merges[next.id]!.status !== "pending") break;
+              together.push(next);
+            }
+          }
+          if (together.length > 1) {
+            const done = await mergeChildren(tree, agent, workspace as Parameters<typeof mergeChildren>[2], together, cleanAt);
+            cleanAt = done.cleanAt;
+            i += done.merged;
+            if (done.merged === together.length) {
+              i--;
+              continue;
+            }
+            // The next one would conflict, or something in the worktree was in the way: it is merged there.
+          }
+          cleanAt = await mergeChild(tree, agent, workspace, children[i]!, cleanAt);
           await tree.snapshot();
         }
       } finally {

@@ -1,0 +1,133 @@
+// Children that finish together are merged with one update of the parent's worktree: each still
+// gets its own merge commit, in child order, and a conflict still goes through the worktree.
+import { readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { execa } from "execa";
+import { afterEach, describe, expect, it } from "vitest";
+import type { KeenEvent } from "../events.js";
+import { anthropic } from "../model/anthropic.js";
+import { reply, startMessagesServer } from "../testing/index.js";
+import { LocalWorkspace } from "../workspace/local-workspace.js";
+import { createTestRepo } from "../workspace/test-repo.js";
+import { startTask } from "./start-task.js";
+import { done, explore, plan, scenarioPolicy, write, type Scenario } from "./testing/scenario.js";
+
+const git = (dir: string, ...args: string[]) => execa("git", args, { cwd: dir }).then((r) => r.stdout.trim());
+const trace = join(tmpdir(), `keen-merge-together-${process.pid}.jsonl`);
+
+afterEach(async () => {
+  delete process.env.GIT_TRACE2_EVENT;
+  await rm(trace, { force: true });
+});
+
+/** How many git processes of each command ran since the trace began. */
+async function gitCommands(): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {};
+  for (const line of (await readFile(trace, "utf8")).trim().split("\n")) {
+    const event = JSON.parse(line) as { event: string; name?: string };
+    if (event.event === "cmd_name" && event.name) counts[event.name] = (counts[event.name] ?? 0) + 1;
+  }
+  return counts;
+}
+
+/**
+ * Runs `scenario` (a root planning children A–D) with child A's last answer held back until B, C
+ * and D have completed: when A is done, the three after it are done too.
+ */
+async function runWithALast(scenario: Scenario) {
+  const dir = await createTestRepo({ "README.md": "# r\n", "shared.txt": "base\n" });
+  const head = await git(dir, "rev-parse", "HEAD");
+  let othersDone!: () => void;
+  const others = new Promise<void>((resolve) => (othersDone = resolve));
+  const server = await startMessagesServer({
+    policy: scenarioPolicy(scenario, {
+      onRequest: async (agent, phase, turn) => {
+        if (agent === "A" && phase === "complete_task" && turn === 1) await others;
+      },
+    }),
+  });
+  const events: KeenEvent[] = [];
+  try {
+    const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+    const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
+    process.env.GIT_TRACE2_EVENT = trace;
+    const run = startTask({ vision: "Build the parts", workspace, model, maxConcurrency: 4, limits: { maxDepth: 1, maxChildren: 4 } });
+    const completed = new Set<string>();
+    run.on("agent.completed", (event) => {
+      completed.add(event.agentId);
+      if (["B", "C", "D"].every((id) => completed.has(id))) othersDone();
+    });
+    for await (const event of run) events.push(event);
+    const result = await run.result;
+    expect(result.status, result.summary).toBe("success");
+  } finally {
+    delete process.env.GIT_TRACE2_EVENT;
+    await server.close();
+  }
+  // The user's checkout is where it was.
+  expect(await git(dir, "rev-parse", "HEAD")).toBe(head);
+  expect(await git(dir, "status", "--porcelain")).toBe("");
+  const merges = events.filter((event): event is Extract<KeenEvent, { type: "git.merge" }> => event.type === "git.merge");
+  const branch = merges[0]!.into;
+  return { dir, merges, branch, commands: await gitCommands() };
+}
+
+const parts = (extra: Scenario = {}): Scenario => ({
+  root: { finish_explore: [explore("PLAN")], submit_plan: [plan(["A", "B", "C", "D"].map((label) => ({ title: `Part ${label}` })))], complete_task: [done("All merged.")] },
+  A: { complete_task: [write("src/a.ts", "export const a = 1;\n"), done("A written.")] },
+  B: { complete_task: [write("src/b.ts", "export const b = 1;\n"), done("B written.")] },
+  C: { complete_task: [write("src/c.ts", "export const c = 1;\n"), done("C written.")] },
+  D: { complete_task: [write("src/d.ts", "export const d = 1;\n"), done("D written.")] },
+  ...extra,
+});
+
+describe("children that finished together", () => {
+  it("are merged with one update of the parent's worktree, each with its own merge commit in child order", async () => {
+    const { dir, merges, branch, commands } = await runWithALast(parts());
+    expect(merges.map((merge) => [merge.branch.split("/").pop(), merge.result])).toEqual([
+      [expect.stringMatching(/A$/), "merged"],
+      [expect.stringMatching(/B$/), "merged"],
+      [expect.stringMatching(/C$/), "merged"],
+      [expect.stringMatching(/D$/), "merged"],
+    ]);
+    // One worktree update (merge --ff-only) for the four; each merge made from git's objects.
+    expect(commands.merge).toBe(1);
+    expect(commands["merge-tree"]).toBe(4);
+    // The run branch's first-parent history: the four merges, newest first, each of its child's tip.
+    const firstParent = (await git(dir, "rev-list", "--first-parent", "--merges", branch)).split("\n");
+    expect(firstParent).toEqual(merges.map((merge) => merge.sha).reverse());
+    for (const merge of merges) {
+      expect(await git(dir, "rev-parse", `${merge.sha}^2`)).toBe(await git(dir, "rev-parse", merge.branch));
+      expect(await git(dir, "log", "-1", "--format=%s", merge.sha!)).toMatch(new RegExp(`^Merge ${merge.branch}: Part [A-D]$`));
+    }
+    for (const label of ["a", "b", "c", "d"]) expect(await git(dir, "show", `${branch}:src/${label}.ts`)).toBe(`export const ${label} = 1;`);
+  });
+
+  it("stop at a child that conflicts with one merged before it; that one is merged in the worktree and resolved, and the rest follow", async () => {
+    const { dir, merges, branch, commands } = await runWithALast(
+      parts({
+        root: {
+          finish_explore: [explore("PLAN")],
+          submit_plan: [plan(["A", "B", "C", "D"].map((label) => ({ title: `Part ${label}` })))],
+          complete_merge: [write("shared.txt", "B and C\n"), reply.toolUse("complete_merge", { summary: "Kept both." })],
+          complete_task: [done("All merged.")],
+        },
+        B: { complete_task: [write("shared.txt", "B\n"), done("B written.")] },
+        C: { complete_task: [write("shared.txt", "C\n"), done("C written.")] },
+      }),
+    );
+    expect(merges.map((merge) => [merge.branch.split("/").pop(), merge.result, merge.conflictedFiles])).toEqual([
+      [expect.stringMatching(/A$/), "merged", []],
+      [expect.stringMatching(/B$/), "merged", []],
+      [expect.stringMatching(/C$/), "resolved", ["shared.txt"]],
+      [expect.stringMatching(/D$/), "merged", []],
+    ]);
+    // A and B together (one update), C's merge in the worktree, D's alone after it.
+    expect(commands["merge-tree"]).toBe(3);
+    expect(commands.merge).toBe(3);
+    expect(await git(dir, "show", `${branch}:shared.txt`)).toBe("B and C");
+    expect(await git(dir, "show", `${branch}:src/d.ts`)).toBe("export const d = 1;");
+    expect((await git(dir, "rev-list", "--first-parent", "--merges", branch)).split("\n")).toHaveLength(4);
+  });
+});
