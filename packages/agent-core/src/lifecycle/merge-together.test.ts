@@ -1,6 +1,6 @@
 // Children that finish together are merged with one update of the parent's worktree: each still
 // gets its own merge commit, in child order, and a conflict still goes through the worktree.
-import { readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
@@ -11,6 +11,9 @@ import { reply, startMessagesServer } from "../testing/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
 import { startTask } from "./start-task.js";
+import type { TaskSnapshot } from "./task-state.js";
+import { startTaskProcess } from "./testing/start-task-process.js";
+import type { KillPoint } from "./testing/task-process.js";
 import { done, explore, plan, scenarioPolicy, write, type Scenario } from "./testing/scenario.js";
 
 const git = (dir: string, ...args: string[]) => execa("git", args, { cwd: dir }).then((r) => r.stdout.trim());
@@ -130,4 +133,66 @@ describe("children that finished together", () => {
     expect(await git(dir, "show", `${branch}:src/d.ts`)).toBe("export const d = 1;");
     expect((await git(dir, "rev-list", "--first-parent", "--merges", branch)).split("\n")).toHaveLength(4);
   });
+});
+
+describe("a run killed after a merge of children that finished together, before its snapshot", () => {
+  /** Starts the fan-out in a process of its own, holding child A back as above, and resumes it after each kill. */
+  async function killChain(killAt: KillPoint[]) {
+    const repo = await createTestRepo({ "README.md": "# r\n" });
+    const snapshotPath = join(await mkdtemp(join(tmpdir(), "keen-merge-kill-")), "run.json");
+    const finals = new Set<string>();
+    let othersDone!: () => void;
+    const others = new Promise<void>((resolve) => (othersDone = resolve));
+    const server = await startMessagesServer({
+      policy: scenarioPolicy(parts(), {
+        onRequest: async (agent, phase, turn) => {
+          if (phase !== "complete_task" || turn !== 1) return;
+          if (agent === "A") {
+            // B, C and D have asked for their last answer: each then commits and completes.
+            await others;
+            await new Promise((resolve) => setTimeout(resolve, 1_000));
+          } else if (["B", "C", "D"].includes(agent) && finals.add(agent).size === 3) othersDone();
+        },
+      }),
+    });
+    try {
+      const config = { repo, baseURL: server.url, snapshotPath, vision: "Build the parts", maxConcurrency: 4 };
+      const first = await startTaskProcess({ ...config, mode: "start", killAt });
+      // What the kill left: the run branch's merges against what the snapshot records.
+      const left = JSON.parse(await readFile(snapshotPath, "utf8")) as TaskSnapshot;
+      const leftRoot = left.agents.find((agent) => agent.id === "root")!;
+      const mergedInGit = (await git(repo, "rev-list", "--first-parent", "--merges", leftRoot.branch)).split("\n").filter(Boolean).length;
+      const last = first.signal === "SIGKILL" ? await startTaskProcess({ ...config, mode: "resume", killAt: [] }) : first;
+      const snapshot = JSON.parse(await readFile(snapshotPath, "utf8")) as TaskSnapshot;
+      const root = snapshot.agents.find((agent) => agent.id === "root")!;
+      const trees: Record<string, string> = {};
+      for (const agent of snapshot.agents) trees[agent.id] = await git(repo, "rev-parse", `${agent.branch}^{tree}`);
+      return {
+        signals: [first.signal ?? first.exitCode, ...(last === first ? [] : [last.signal ?? last.exitCode])],
+        left: { mergedInGit, recorded: Object.fromEntries(Object.entries(leftRoot.merges).map(([id, merge]) => [id, merge.status])) },
+        outcome: {
+          trees,
+          merges: Object.fromEntries(Object.entries(root.merges).map(([id, merge]) => [id, merge.status])),
+          mergeCommits: (await git(repo, "rev-list", "--first-parent", "--merges", root.branch)).split("\n").length,
+          worktrees: (await git(repo, "worktree", "list")).split("\n").length,
+          checkout: await git(repo, "status", "--porcelain"),
+        },
+        stderr: String(last.stderr),
+      };
+    } finally {
+      await server.close();
+    }
+  }
+
+  it("resumes from the commit before that merge and ends as the uninterrupted run", async () => {
+    const [reference, killed] = await Promise.all([killChain([]), killChain([{ name: "as A's merge is reported", on: "git.merge", agent: "A" }])]);
+    expect(reference.signals, reference.stderr).toEqual([0]);
+    expect(reference.outcome.merges).toEqual({ A: "merged", B: "merged", C: "merged", D: "merged" });
+    expect(killed.signals, killed.stderr).toEqual(["SIGKILL", 0]);
+    // The kill came after the run branch had moved past the merges, before the snapshot said so.
+    expect(killed.left.mergedInGit).toBeGreaterThanOrEqual(2);
+    expect(killed.left.recorded).toEqual({ A: "in_progress", B: "pending", C: "pending", D: "pending" });
+    expect(killed.outcome).toEqual(reference.outcome);
+    expect(killed.outcome.mergeCommits).toBe(4);
+  }, 120_000);
 });

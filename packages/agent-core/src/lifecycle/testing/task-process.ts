@@ -28,13 +28,15 @@ export interface TaskProcessConfig {
 
 /**
  * Where the process kills itself: as `agent` emits a `tool.started`/`tool.completed` event for
- * `tool`; once `file` appears in the agent's worktree after it started `tool`; or right after
- * the first snapshot that shows `agent` in `phase`.
+ * `tool`; once `file` appears in the agent's worktree after it started `tool`; right after
+ * the first snapshot that shows `agent` in `phase`; or as the merge of child `agent` into its
+ * parent is reported (`git.merge`), before the snapshot that records it.
  */
 export type KillPoint = { name: string } & (
   | { on: "tool.started" | "tool.completed"; agent: string; tool: string }
   | { on: "file"; agent: string; tool: string; file: string }
   | { on: "snapshot"; agent: string; phase: string }
+  | { on: "git.merge"; agent: string }
 );
 
 const config = JSON.parse(process.argv[2]!) as TaskProcessConfig;
@@ -78,7 +80,7 @@ const run =
 for (const on of ["tool.started", "tool.completed"] as const) {
   run.on(on, (event) => {
     for (const point of killPoints) {
-      if (point.on === "snapshot" || event.agentId !== point.agent || event.name !== point.tool) continue;
+      if (point.on === "snapshot" || point.on === "git.merge" || event.agentId !== point.agent || event.name !== point.tool) continue;
       if (point.on === on) die(point);
       if (point.on === "file" && on === "tool.started") {
         // keen's default place for a child's worktree: <repo>/.git/keen/worktrees/<branch>.
@@ -89,6 +91,11 @@ for (const on of ["tool.started", "tool.completed"] as const) {
     }
   });
 }
+run.on("git.merge", (event) => {
+  for (const point of killPoints) {
+    if (point.on === "git.merge" && event.branch === latest?.agents.find((agent) => agent.id === point.agent)?.branch) die(point);
+  }
+});
 const result = await run.result;
 process.stdout.write(`${JSON.stringify({ status: result.status, error: result.error, lastSeq: run.events.seq - 1, firstSeq: run.events.history[0]?.seq })}\n`);
 process.exitCode = result.status === "success" ? 0 : 1;
