@@ -62,6 +62,35 @@ describe("fork with paths", () => {
     await child.dispose();
   });
 
+  it("merges children into a sparse parent together (mergeMany) as one by one: the paths only on disk, the whole tree committed", async () => {
+    const dir = await createTestRepo(repoFiles);
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const parent = await ws.fork("summon-P", { paths: ["src/dir-1"] });
+    // Children of the sparse parent: one writes inside the parent's paths, one outside them too.
+    const inside = await parent.fork("summon-P-A", { paths: ["src/dir-1"] });
+    await inside.writeFile("src/dir-1/b.ts", "b2\n");
+    await inside.commit("Inside");
+    const outside = await parent.fork("summon-P-B", { paths: ["src/dir-1"] });
+    await outside.writeFile("src/dir-1/new.ts", "n\n");
+    await outside.exec("mkdir -p out && echo made > out/by-command.txt");
+    await outside.commit("Outside too");
+
+    const merged = await parent.mergeMany([
+      { branch: "summon-P-A", message: "Merge A" },
+      { branch: "summon-P-B", message: "Merge B" },
+    ]);
+    expect(merged.map((m) => m.branch)).toEqual(["summon-P-A", "summon-P-B"]);
+    expect(await parent.head()).toBe(merged[1]!.sha);
+    // On disk: the parent's paths only, as after `merge`; in the commit: every file.
+    expect(await filesOnDisk(parent.root)).toEqual(["src/dir-1/b.ts", "src/dir-1/deep/c.ts", "src/dir-1/new.ts"]);
+    expect(await parent.readFile("src/dir-1/b.ts")).toBe("b2\n");
+    const tree = (await git(dir, "ls-tree", "-r", "--name-only", "summon-P")).split("\n").sort();
+    expect(tree).toEqual([...Object.keys(repoFiles), "out/by-command.txt", "src/dir-1/new.ts"].sort());
+    // Nothing left to commit, and nothing outside the paths read as deleted.
+    expect((await parent.commit("nothing")).sha).toBeNull();
+    for (const fork of [inside, outside, parent]) await fork.dispose();
+  });
+
   it("refuses paths that are not inside the checkout, and takes the root as the whole checkout", async () => {
     const dir = await createTestRepo(repoFiles);
     const ws = await LocalWorkspace.open(dir, { sandbox: false });
