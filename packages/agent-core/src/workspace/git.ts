@@ -37,6 +37,8 @@ const SPARSE = ["-c", "core.sparseCheckout=true", "-c", "core.sparseCheckoutCone
  * from keen's commits and checkpoints, and from the checkout that hands a kept worktree to the next fork.
  * No `git maintenance run --auto` after keen's commits and merges: one more process each time, and
  * a repack of the user's repository in the middle of a run (the user's own git commands still run it).
+ * No auto-stash around a merge (a user's `merge.autoStash=true`): a merge that local changes are in
+ * the way of fails and changes nothing, instead of stashing them and putting them back with conflicts.
  */
 const HARDENING = [
   "-c", "core.hooksPath=/dev/null",
@@ -51,6 +53,7 @@ const HARDENING = [
   "-c", "core.trustctime=true",
   "-c", "core.ignoreStat=false",
   "-c", "maintenance.auto=false",
+  "-c", "merge.autoStash=false",
 ];
 
 /**

@@ -11,7 +11,7 @@ import { DEFAULT_MAX_FILE_BYTES, filesBySkipWorktree, isCredentialName, skipOuts
 import { compileGlob } from "./glob.js";
 import { hasGitDirComponent } from "./git-dir-name.js";
 import { indexHasGitlink } from "./index-file.js";
-import { git, gitBytes, gitDiscover, gitFailure, gitRaw, nulSeparated, nulSeparatedBytes, oneLine, type GitTarget } from "./git.js";
+import { git, gitBytes, gitDiscover, gitFailure, gitRaw, nulSeparated, nulSeparatedBytes, nulSeparatedNames, oneLine, type GitTarget } from "./git.js";
 import { sandboxGitConfig } from "./sandbox-git-config.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
@@ -380,11 +380,12 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   async listFiles(options: ListFilesOptions = {}): Promise<string[]> {
     const limit = options.limit ?? 1000;
     // One call: tracked (tag H, or S when git skips it in a sparse worktree), deleted (R, listed
-    // besides its H) and untracked (?) files.
-    const listed = await git(this.target, ["ls-files", "-z", "-t", "--cached", "--deleted", "--others", "--exclude-standard"]);
+    // besides its H) and untracked (?) files. A name that is not UTF-8 is left out: it cannot be
+    // given back as the path it is (see nulSeparatedNames).
+    const listed = await gitBytes(this.target, ["ls-files", "-z", "-t", "--cached", "--deleted", "--others", "--exclude-standard"]);
     const present = new Set<string>();
     const deleted = new Set<string>();
-    for (const entry of listed.split("\0")) {
+    for (const entry of nulSeparatedNames(listed).names) {
       if (entry.length < 3 || entry[1] !== " ") continue;
       const file = entry.slice(2);
       if (entry[0] === "R") deleted.add(file);
@@ -401,14 +402,17 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
 
   /**
    * The files of `commit`, sorted, as `listFiles` lists a fresh fork from it (its tree: no
-   * untracked files, no sparse patterns), read from the object store with one `ls-tree`.
+   * untracked files, no sparse patterns), read from the object store with one `ls-tree`. Names
+   * that are not UTF-8 are left out, as `listFiles` leaves them out.
    */
   async listCommitFiles(commit: string): Promise<string[]> {
     this.assertLive();
-    if (commit.includes("\0")) throw new KeenError("invalid_ref", `"${commit}" does not name a commit`);
-    const listed = await gitRaw(this.target, ["ls-tree", "-r", "-z", "--name-only", "--full-tree", "--end-of-options", `${commit}^{commit}`]);
-    if (listed.exitCode !== 0) throw new KeenError("invalid_ref", `"${commit}" does not name a commit`);
-    return listed.stdout.split("\0").filter(Boolean).sort();
+    const unknown = () => new KeenError("invalid_ref", `"${commit.slice(0, 200)}" does not name a commit`);
+    if (commit.includes("\0")) throw unknown();
+    const listed = await gitBytes(this.target, ["ls-tree", "-r", "-z", "--name-only", "--full-tree", "--end-of-options", `${commit}^{commit}`]).catch(() => {
+      throw unknown();
+    });
+    return nulSeparatedNames(listed).names.sort();
   }
 
   async exec(command: string, options: ExecOptions = {}): Promise<ExecResult> {
@@ -825,13 +829,14 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
 
   async merge(branch: string, message: string): Promise<MergeResult> {
     return this.locked(async () => {
+      const ref = branchRef(branch);
       const [before, env] = await Promise.all([this.headOrNull(), this.identityEnv()]);
-      const result = await gitRaw(this.target, ["merge", "--no-ff", "--no-verify", "-m", commitText(message), "--end-of-options", branch], { env });
+      const result = await gitRaw(this.target, ["merge", "--no-ff", "--no-verify", "-m", commitText(message), "--end-of-options", ref], { env });
       if (result.exitCode === 0) {
         // A branch with nothing new ("Already up to date") merges as a no-op: HEAD stays where it was.
         const after = await this.headOrNull();
         if (after !== null && after === before) {
-          const contained = await gitRaw(this.target, ["merge-base", "--is-ancestor", "--end-of-options", branch, after]);
+          const contained = await gitRaw(this.target, ["merge-base", "--is-ancestor", "--end-of-options", ref, after]);
           if (contained.exitCode === 0) return { status: "merged", sha: after };
         }
         return { status: "merged", sha: await this.verifiedHead(before) };
@@ -849,21 +854,23 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       const before = await this.headOrNull();
       if (before === null) throw new KeenError("merge_failed", "Nothing to merge into: the current branch has no commit yet");
       const names = merges.map(({ branch }) => branch);
-      // Read as revisions, never as options (rev-parse of git before 2.43 has no --end-of-options).
-      const bad = names.find((name) => name.startsWith("-") || name.includes("\0") || name === "");
-      if (bad !== undefined) throw new KeenError("merge_failed", `Merging "${bad}" failed: not a branch name`);
-      const [resolved, env] = await Promise.all([
-        gitRaw(this.target, ["rev-parse", `${before}^{tree}`, ...names.map((name) => `${name}^{commit}`)]),
+      const refs = names.map(branchRef);
+      const [resolved, staged, env] = await Promise.all([
+        gitRaw(this.target, ["rev-parse", `${before}^{tree}`, ...refs.map((ref) => `${ref}^{commit}`)]),
+        // `git merge` refuses to start over staged changes; so does this.
+        gitRaw(this.target, ["diff-index", "--cached", "--quiet", before, "--"]),
         this.identityEnv(),
       ]);
       const ids = String(resolved.stdout).split("\n").filter(Boolean);
       if (resolved.exitCode !== 0 || ids.length !== names.length + 1 || !ids.every((id) => /^[0-9a-f]{40,64}$/.test(id))) {
         throw new KeenError("merge_failed", `Merging ${names.join(", ")} failed: ${String(resolved.stderr).trim() || "not every branch names a commit"}`);
       }
+      if (staged.exitCode !== 0) throw new KeenError("merge_failed", `Merging ${names.join(", ")} failed: the index holds staged changes`);
       // Each merge is made from the objects alone (merge-tree, commit-tree); the worktree moves once.
+      const startTree = ids[0]!;
       let head = before;
-      let headTree = ids[0]!;
-      const merged: Array<{ branch: string; sha: string }> = [];
+      let headTree = startTree;
+      const merged: Array<{ branch: string; sha: string; tree: string }> = [];
       for (const [i, { branch, message }] of merges.entries()) {
         const theirs = ids[i + 1]!;
         const result = await gitRaw(this.target, ["merge-tree", "--write-tree", "--no-messages", head, theirs]);
@@ -873,22 +880,51 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
           throw new KeenError("merge_failed", `Merging ${branch} failed: ${String(result.stderr || result.stdout).trim()}`);
         }
         // A branch already merged changes nothing, as `git merge` says "Already up to date".
-        if (tree === headTree && (await gitRaw(this.target, ["merge-base", "--is-ancestor", theirs, head])).exitCode === 0) {
-          merged.push({ branch, sha: head });
-          continue;
+        if (!(tree === headTree && (await gitRaw(this.target, ["merge-base", "--is-ancestor", theirs, head])).exitCode === 0)) {
+          head = oneLine(await git(this.target, ["commit-tree", tree, "-p", head, "-p", theirs, "-F", "-"], { env, input: mergeMessage(message) }));
+          headTree = tree;
         }
-        head = oneLine(await git(this.target, ["commit-tree", tree, "-p", head, "-p", theirs, "-F", "-"], { env, input: mergeMessage(message) }));
-        headTree = tree;
-        merged.push({ branch, sha: head });
+        merged.push({ branch, sha: head, tree });
       }
-      if (head === before) return merged;
+      // git reads a merge's attributes (merge drivers, binary) from the worktree, which stays at
+      // `before` until the end: once a merge changes a .gitattributes file, the next one would
+      // be made under the old rules. The list stops there, and the rest go through `merge`.
+      const kept = merged.slice(0, (await this.firstAttributesChange(startTree, merged.slice(0, -1).map((m) => m.tree))) + 1);
+      const last = kept.at(-1);
+      if (!last || last.sha === before) return kept.map(({ branch, sha }) => ({ branch, sha }));
       // Index and worktree follow in one step; a file in the way stops it before anything changes.
-      const moved = await gitRaw(this.target, ["merge", "-q", "--ff-only", "--no-verify", "--end-of-options", head]);
+      const moved = await gitRaw(this.target, ["merge", "-q", "--ff-only", "--no-verify", "--end-of-options", last.sha]);
       if (moved.exitCode !== 0) throw new KeenError("merge_failed", `Merging ${names.join(", ")} failed: ${String(moved.stderr || moved.stdout).trim()}`);
       const now = await this.verifiedHead(before);
-      if (now !== head) throw new KeenError("git_failed", `After merging, HEAD is ${now}, not the merge ${head}`);
-      return merged;
+      if (now !== last.sha) throw new KeenError("git_failed", `After merging, HEAD is ${now}, not the merge ${last.sha}`);
+      return kept.map(({ branch, sha }) => ({ branch, sha }));
     });
+  }
+
+  /**
+   * The index of the first of `trees` whose .gitattributes files differ from `base`'s, or
+   * `trees.length` when none do; one `diff-tree` for all of them.
+   */
+  private async firstAttributesChange(base: string, trees: string[]): Promise<number> {
+    if (trees.length === 0) return 0;
+    const listed = await gitRaw(this.target, ["diff-tree", "--stdin", "-r", "--name-only", "-z"], { input: trees.map((tree) => `${base} ${tree}\n`).join("") });
+    // Unreadable output counts as a change at the first: only that merge is kept.
+    if (listed.exitCode !== 0) return 0;
+    const out = String(listed.stdout);
+    let at = 0;
+    for (const [i, tree] of trees.entries()) {
+      const header = `${base} ${tree}\n`;
+      if (!out.startsWith(header, at)) return 0;
+      at += header.length;
+      const next = i + 1 < trees.length ? `${base} ${trees[i + 1]}\n` : undefined;
+      while (at < out.length && !(next !== undefined && out.startsWith(next, at))) {
+        const end = out.indexOf("\0", at);
+        const name = out.slice(at, end === -1 ? out.length : end);
+        at = end === -1 ? out.length : end + 1;
+        if (name === ".gitattributes" || name.endsWith("/.gitattributes")) return i;
+      }
+    }
+    return trees.length;
   }
 
   async commitMerge(message: string): Promise<string> {
@@ -1094,11 +1130,21 @@ function commitText(message: string): string {
 }
 
 /**
+ * The full ref of a branch to merge: a name is always read as `refs/heads/<name>`, never as a tag
+ * or another ref of that name, an option or a revision expression.
+ */
+function branchRef(branch: string): string {
+  if (!isValidBranchName(branch)) throw new KeenError("merge_failed", `Cannot merge "${branch.slice(0, 200)}": not a branch name`);
+  return `refs/heads/${branch}`;
+}
+
+/**
  * A merge commit's message as `git merge -m` records it: trailing spaces of each line, blank lines
  * at either end and runs of blank lines removed, one newline at the end.
  */
 function mergeMessage(message: string): string {
-  const lines = commitText(message).split("\n").map((line) => line.trimEnd());
+  // Only ASCII white space, as git strips it (a no-break space at the end of a line stays).
+  const lines = commitText(message).split("\n").map((line) => line.replace(/[ \t\v\f\r]+$/, ""));
   const kept = lines.filter((line, i) => line !== "" || (i > 0 && lines[i - 1] !== ""));
   while (kept[0] === "") kept.shift();
   while (kept.at(-1) === "") kept.pop();
