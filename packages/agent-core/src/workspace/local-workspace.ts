@@ -17,7 +17,7 @@ import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
 import { readHeadFromFiles } from "./read-head.js";
 import { removeWorktreeInProcess, type KeenWorktree } from "./remove-worktree.js";
-import { isLooseCommit, isValidBranchName, refsAroundFromFiles, type RefsAround } from "./refs.js";
+import { isLooseCommit, isValidBranchName, OBJECT_ID, refsAroundFromFiles, type RefsAround } from "./refs.js";
 import { readRegularFile } from "./safe-read.js";
 import { assertSandboxAvailable, sandboxRunner, type SandboxOptions } from "./sandbox-runner.js";
 import {
@@ -862,7 +862,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
         this.identityEnv(),
       ]);
       const ids = String(resolved.stdout).split("\n").filter(Boolean);
-      if (resolved.exitCode !== 0 || ids.length !== names.length + 1 || !ids.every((id) => /^[0-9a-f]{40,64}$/.test(id))) {
+      if (resolved.exitCode !== 0 || ids.length !== names.length + 1 || !ids.every((id) => OBJECT_ID.test(id))) {
         throw new KeenError("merge_failed", `Merging ${names.join(", ")} failed: ${String(resolved.stderr).trim() || "not every branch names a commit"}`);
       }
       if (staged.exitCode !== 0) throw new KeenError("merge_failed", `Merging ${names.join(", ")} failed: the index holds staged changes`);
@@ -876,7 +876,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
         const result = await gitRaw(this.target, ["merge-tree", "--write-tree", "--no-messages", head, theirs]);
         if (result.exitCode === 1) break; // Would conflict: left to `merge`.
         const tree = oneLine(String(result.stdout)).split("\n")[0]!;
-        if (result.exitCode !== 0 || !/^[0-9a-f]{40,64}$/.test(tree)) {
+        if (result.exitCode !== 0 || !OBJECT_ID.test(tree)) {
           throw new KeenError("merge_failed", `Merging ${branch} failed: ${String(result.stderr || result.stdout).trim()}`);
         }
         // A branch already merged changes nothing, as `git merge` says "Already up to date".

@@ -1,7 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { OBJECT_ID } from "./refs.js";
 
-const OBJECT_ID = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
 const BRANCH_REF = /^ref: (refs\/heads\/[^\n]+)\n?$/;
 
 /**

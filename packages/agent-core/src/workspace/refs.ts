@@ -110,7 +110,8 @@ async function looseRefsBelow(commonDir: string, ref: string): Promise<string[]>
   return found;
 }
 
-const OBJECT_ID = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
+/** A full object id: SHA-1 or SHA-256, lower-case hex. */
+export const OBJECT_ID = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
 
 /**
  * True when `sha` is a loose commit object of the repository at `commonDir` (its file read and
