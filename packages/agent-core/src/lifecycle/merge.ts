@@ -5,7 +5,7 @@ import { agentTag } from "./agent-tag.js";
 import { appendUserText, converse } from "./converse.js";
 import { completeMergeTool } from "./phase-tools.js";
 import { commitAndReport, commitMessage } from "./commits.js";
-import type { AgentState } from "./task-state.js";
+import type { AgentState, MergeState } from "./task-state.js";
 import type { AgentTree } from "./tree.js";
 
 const VALIDATION_OUTPUT_LIMIT = 4_000;
@@ -78,15 +78,8 @@ export async function mergeChild(tree: AgentTree, parent: AgentState, workspace:
   const merge = parent.merges[child.id]!;
   const interrupted = merge.status === "in_progress" && merge.preMergeSha;
   if (interrupted) await workspace.resetTo(merge.preMergeSha!);
-  // The parent's own uncommitted edits (there should be none in SUMMON) must not mix into the merge.
-  const beforeMerge = async (commitOwnWork: boolean) => {
-    if (commitOwnWork) await commitAndReport(tree, parent, workspace, commitMessage(`keen: ${parent.id} work before merging ${child.branch}`));
-    merge.preMergeSha = await workspace.head();
-    merge.status = "in_progress";
-    await tree.snapshot();
-  };
   const statusSkipped = !interrupted && cleanAt !== undefined && (await workspace.head()) === cleanAt;
-  await beforeMerge(!statusSkipped);
+  await startMerge(tree, parent, workspace, merge, child.branch, !statusSkipped);
 
   const message = commitMessage(`Merge ${child.branch}: ${child.title}`);
   let result: MergeResult;
@@ -98,7 +91,7 @@ export async function mergeChild(tree: AgentTree, parent: AgentState, workspace:
     // parent started or a child without the sandbox. That is committed as the parent's work too,
     // and the merge is tried once more.
     if (!(error instanceof KeenError) || error.code !== "merge_failed") throw error;
-    await beforeMerge(true);
+    await startMerge(tree, parent, workspace, merge, child.branch, true);
     result = await workspace.merge(child.branch, message);
   }
   const conflicted = result.status === "conflict" ? result.files : [];
@@ -138,8 +131,8 @@ export async function mergeChild(tree: AgentTree, parent: AgentState, workspace:
  * `mergeChild` makes it, but without a checkout each: the workspace's `mergeMany` makes the
  * commits from git's objects and moves the parent's worktree once. Only for merges that need
  * nothing of the worktree in between (no validation command; the caller checks). Stops before a
- * child whose merge would conflict, or when something in the worktree is in the way; that child
- * is left pending for `mergeChild`. Returns how many were merged (the first ones of `children`)
+ * child whose merge would conflict or needs the attributes an earlier one brought, or when
+ * something in the worktree is in the way; that child is left pending for `mergeChild`. Returns how many were merged (the first ones of `children`)
  * and the commit the worktree was left at, clean (`cleanAt` of `mergeChild`).
  */
 export async function mergeChildren(
@@ -150,15 +143,9 @@ export async function mergeChildren(
   cleanAt?: string,
 ): Promise<{ merged: number; cleanAt: string }> {
   const first = parent.merges[children[0]!.id]!;
-  if (cleanAt === undefined || (await workspace.head()) !== cleanAt) {
-    await commitAndReport(tree, parent, workspace, commitMessage(`keen: ${parent.id} work before merging ${children[0]!.branch}`));
-  }
-  const start = await workspace.head();
   // Only the first is marked as in progress: a resume from here puts the worktree back at `start`
   // and merges it alone; the others are still pending.
-  first.preMergeSha = start;
-  first.status = "in_progress";
-  await tree.snapshot();
+  const start = await startMerge(tree, parent, workspace, first, children[0]!.branch, cleanAt === undefined || (await workspace.head()) !== cleanAt);
   let merged: Array<{ branch: string; sha: string }> = [];
   try {
     merged = await workspace.mergeMany(children.map((child) => ({ branch: child.branch, message: commitMessage(`Merge ${child.branch}: ${child.title}`) })));
@@ -183,6 +170,20 @@ export async function mergeChildren(
   }
   await tree.snapshot();
   return { merged: merged.length, cleanAt: previous };
+}
+
+/**
+ * The step before a merge into `parent`: its own uncommitted work committed first when
+ * `commitOwnWork` (the parent's edits must not mix into the merge), then `record` marked in
+ * progress from the commit the worktree is at, and saved. Returns that commit.
+ */
+async function startMerge(tree: AgentTree, parent: AgentState, workspace: ForkableWorkspace, record: MergeState, branch: string, commitOwnWork: boolean): Promise<string> {
+  if (commitOwnWork) await commitAndReport(tree, parent, workspace, commitMessage(`keen: ${parent.id} work before merging ${branch}`));
+  const head = await workspace.head();
+  record.preMergeSha = head;
+  record.status = "in_progress";
+  await tree.snapshot();
+  return head;
 }
 
 /** The parent model fixes a conflicted or failing merge with file tools, ending with complete_merge. */
