@@ -170,11 +170,12 @@ export interface ForkableWorkspace extends Workspace {
   /**
    * Merges several branches in order, each as `merge` would (a `--no-ff` commit with its message;
    * a branch already contained changes nothing), with the working tree and index brought up to
-   * date once, at the end. Stops before the first branch that would conflict and returns the
-   * merges made before it, in order: the caller merges that one with `merge`, which leaves the
-   * conflict in the worktree. Optional: with it, children that finish together are merged
+   * date once, at the end. Stops before the first branch that would conflict, and after a merge
+   * that changes a `.gitattributes` file (git takes a merge's attributes from the worktree), and
+   * returns the merges made, in order: the caller merges the next one with `merge`, which leaves
+   * a conflict in the worktree. Optional: with it, children that finish together are merged
    * without a checkout each. When the worktree cannot take the result (a file written there since
-   * the last commit is in the way), nothing changes and it throws `merge_failed`.
+   * the last commit is in the way, staged changes), nothing changes and it throws `merge_failed`.
    */
   mergeMany?(merges: ReadonlyArray<{ branch: string; message: string }>): Promise<Array<{ branch: string; sha: string }>>;
   /**
