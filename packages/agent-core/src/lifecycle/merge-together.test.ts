@@ -1,13 +1,14 @@
 // Children that finish together are merged with one update of the parent's worktree: each still
 // gets its own merge commit, in child order, and a conflict still goes through the worktree.
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { KeenEvent } from "../events.js";
 import { anthropic } from "../model/anthropic.js";
 import { reply, startMessagesServer } from "../testing/index.js";
+import { countGitCommands, withGitTrace } from "../workspace/git-trace.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
 import { startTask } from "./start-task.js";
@@ -17,22 +18,6 @@ import type { KillPoint } from "./testing/task-process.js";
 import { done, explore, plan, scenarioPolicy, write, type Scenario } from "./testing/scenario.js";
 
 const git = (dir: string, ...args: string[]) => execa("git", args, { cwd: dir }).then((r) => r.stdout.trim());
-const trace = join(tmpdir(), `keen-merge-together-${process.pid}.jsonl`);
-
-afterEach(async () => {
-  delete process.env.GIT_TRACE2_EVENT;
-  await rm(trace, { force: true });
-});
-
-/** How many git processes of each command ran since the trace began. */
-async function gitCommands(): Promise<Record<string, number>> {
-  const counts: Record<string, number> = {};
-  for (const line of (await readFile(trace, "utf8")).trim().split("\n")) {
-    const event = JSON.parse(line) as { event: string; name?: string };
-    if (event.event === "cmd_name" && event.name) counts[event.name] = (counts[event.name] ?? 0) + 1;
-  }
-  return counts;
-}
 
 /**
  * Runs `scenario` (a root planning children A–D) with child A's last answer held back until B, C
@@ -51,21 +36,23 @@ async function runWithALast(scenario: Scenario) {
     }),
   });
   const events: KeenEvent[] = [];
+  let commands: Record<string, number> = {};
   try {
     const workspace = await LocalWorkspace.open(dir, { sandbox: false });
     const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
-    process.env.GIT_TRACE2_EVENT = trace;
-    const run = startTask({ vision: "Build the parts", workspace, model, maxConcurrency: 4, limits: { maxDepth: 1, maxChildren: 4 } });
-    const completed = new Set<string>();
-    run.on("agent.completed", (event) => {
-      completed.add(event.agentId);
-      if (["B", "C", "D"].every((id) => completed.has(id))) othersDone();
+    const traced = await withGitTrace(async () => {
+      const run = startTask({ vision: "Build the parts", workspace, model, maxConcurrency: 4, limits: { maxDepth: 1, maxChildren: 4 } });
+      const completed = new Set<string>();
+      run.on("agent.completed", (event) => {
+        completed.add(event.agentId);
+        if (["B", "C", "D"].every((id) => completed.has(id))) othersDone();
+      });
+      for await (const event of run) events.push(event);
+      return run.result;
     });
-    for await (const event of run) events.push(event);
-    const result = await run.result;
-    expect(result.status, result.summary).toBe("success");
+    expect(traced.value.status, traced.value.summary).toBe("success");
+    commands = countGitCommands(traced.events);
   } finally {
-    delete process.env.GIT_TRACE2_EVENT;
     await server.close();
   }
   // The user's checkout is where it was.
@@ -73,7 +60,7 @@ async function runWithALast(scenario: Scenario) {
   expect(await git(dir, "status", "--porcelain")).toBe("");
   const merges = events.filter((event): event is Extract<KeenEvent, { type: "git.merge" }> => event.type === "git.merge");
   const branch = merges[0]!.into;
-  return { dir, merges, branch, commands: await gitCommands() };
+  return { dir, merges, branch, commands };
 }
 
 const parts = (extra: Scenario = {}): Scenario => ({

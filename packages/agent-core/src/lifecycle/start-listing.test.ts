@@ -1,12 +1,12 @@
 // A new run lists its start commit's files for the repository overview while its worktree is
 // being made: the first request then waits for no listing of the new worktree.
-import { readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { anthropic } from "../model/anthropic.js";
 import { reply, startMessagesServer } from "../testing/index.js";
+import { withGitTrace, type GitTraceEvent } from "../workspace/git-trace.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
 import { startTask } from "./start-task.js";
@@ -14,18 +14,9 @@ import { done, explore, scenarioPolicy } from "./testing/scenario.js";
 import { OVERVIEW_HEADING } from "./prompts.js";
 
 const git = (dir: string, ...args: string[]) => execa("git", args, { cwd: dir }).then((r) => r.stdout.trim());
-const trace = join(tmpdir(), `keen-start-listing-${process.pid}.jsonl`);
-
-afterEach(async () => {
-  delete process.env.GIT_TRACE2_EVENT;
-  await rm(trace, { force: true });
-});
-
-/** The git commands started since the trace began, in order, with the time each started. */
-async function gitStarts(): Promise<Array<{ command: string; at: number }>> {
-  const lines = (await readFile(trace, "utf8")).trim().split("\n");
-  return lines
-    .map((line) => JSON.parse(line) as { event: string; time?: string; argv?: string[] })
+/** The git commands the trace saw start, in order, with the time each started. */
+function gitStarts(events: GitTraceEvent[]): Array<{ command: string; at: number }> {
+  return events
     .filter((event) => event.event === "start" && event.argv)
     .map((event) => ({ command: event.argv!.filter((arg, i, all) => arg !== "-c" && all[i - 1] !== "-c")[1] ?? "", at: Date.parse(event.time!) }));
 }
@@ -40,9 +31,7 @@ describe("the repository overview of a new run", () => {
     try {
       const workspace = await LocalWorkspace.open(dir, { sandbox: false });
       const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url });
-      process.env.GIT_TRACE2_EVENT = trace;
-      const run = startTask({ vision: "Look around", workspace, model });
-      const result = await run.result;
+      const { value: result, events } = await withGitTrace(() => startTask({ vision: "Look around", workspace, model }).result);
       expect(result.status, result.summary).toBe("success");
       const first = server.requests.find((request) => request.path === "/v1/messages")!;
       const system = (first.body.system as Array<{ text: string }>).map((block) => block.text).join("\n");
@@ -51,7 +40,7 @@ describe("the repository overview of a new run", () => {
       expect(overview).toContain("src/app.ts");
       expect(overview).not.toContain("scratch.txt");
       // Listed from the commit (ls-tree, beside the checkout) before the first request; the new worktree was not listed.
-      const before = (await gitStarts()).filter((start) => start.at <= first.receivedAt).map((start) => start.command);
+      const before = gitStarts(events).filter((start) => start.at <= first.receivedAt).map((start) => start.command);
       expect(before).toContain("ls-tree");
       expect(before).not.toContain("ls-files");
     } finally {
