@@ -95,11 +95,14 @@ async function conversePhase(tree: AgentTree, agent: AgentState, workspace: Work
   }
 }
 
-/** Adds text to the conversation as (or appended to) the last user message. */
+/**
+ * Adds text to the conversation as (or appended to) the last user message. A recorded message
+ * is never changed (snapshots share it): the last one is replaced by a longer copy.
+ */
 export function appendUserText(messages: Message[], text: string): void {
   const last = messages.at(-1);
   if (last?.role === "user") {
-    last.content = typeof last.content === "string" ? `${last.content}\n\n${text}` : [...last.content, { type: "text", text }];
+    messages[messages.length - 1] = { ...last, content: typeof last.content === "string" ? `${last.content}\n\n${text}` : [...last.content, { type: "text", text }] };
   } else {
     messages.push({ role: "user", content: text });
   }

@@ -1,4 +1,5 @@
 import type { ContentBlock, Message, ModelRequest, ToolSpec } from "./model.js";
+import { perSealedEntry } from "./sealed.js";
 
 /** Rough tokens of a text: one per four characters, at least one per block. */
 export function estimateTextTokens(text: string): number {
@@ -21,11 +22,15 @@ export function blockText(block: ContentBlock): string {
   }
 }
 
-/** Estimated tokens of one message (the same rule for every provider; calibrated against real usage). */
-export function estimateMessageTokens(message: Message): number {
+/**
+ * Estimated tokens of one message (the same rule for every provider; calibrated against real
+ * usage). Worked out once for a recorded message of a run (see `sealed.ts`), so estimating a
+ * long conversation before each request costs per message, not per character.
+ */
+export const estimateMessageTokens: (message: Message) => number = perSealedEntry((message: Message) => {
   if (typeof message.content === "string") return estimateTextTokens(message.content);
   return message.content.reduce((sum, block) => sum + estimateTextTokens(blockText(block)), 0);
-}
+});
 
 /**
  * Estimated input tokens of a request before it is sent: tools, system prompt and messages, one

@@ -1,0 +1,174 @@
+import { afterEach, describe, expect, it } from "vitest";
+import { anthropic } from "../model/anthropic.js";
+import type { Message } from "../model/model.js";
+import { reply, startMessagesServer, type MessagesServer } from "../testing/index.js";
+import { LocalWorkspace } from "../workspace/local-workspace.js";
+import { createTestRepo } from "../workspace/test-repo.js";
+import { serializeSnapshot, shareSnapshot } from "./snapshots.js";
+import { resumeTask, startTask } from "./start-task.js";
+import { readSnapshot, SNAPSHOT_VERSION, type AgentState, type TaskSnapshot } from "./task-state.js";
+import { done, explore, scenarioPolicy, write } from "./testing/scenario.js";
+
+let server: MessagesServer | undefined;
+afterEach(async () => {
+  await server?.close();
+  server = undefined;
+});
+
+/** Explore with two reads, then complete with writes (a journal), a read and a reminder (a text-only reply). */
+const SCENARIO = {
+  root: {
+    finish_explore: [reply.toolUse("read_file", { path: "README.md" }), reply.toolUse("list_files", {}), explore("COMPLETE")],
+    complete_task: [write("notes/a.md", "first\n"), write("notes/b.md", "second\n"), reply.text("Thinking it over."), reply.toolUse("read_file", { path: "notes/a.md" }), done("Wrote the notes.")],
+  },
+};
+
+async function setup() {
+  server = await startMessagesServer({ policy: scenarioPolicy(SCENARIO) });
+  const dir = await createTestRepo({ "README.md": "# app\n", "src/index.ts": "export {};\n" });
+  const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+  const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "test", baseURL: server.url, retry: { baseDelayMs: 5, maxRetries: 1 } });
+  return { dir, workspace, model };
+}
+
+describe("snapshots handed to onSnapshot", () => {
+  it("read as they did when handed over while the run goes on, and serializeSnapshot writes each as its JSON", async () => {
+    const { workspace, model } = await setup();
+    const received: Array<{ snapshot: TaskSnapshot; json: string }> = [];
+    const result = await startTask({
+      vision: "Write two notes",
+      workspace,
+      model,
+      limits: { maxDepth: 0 },
+      onSnapshot: (snapshot) => void received.push({ snapshot, json: JSON.stringify(snapshot) }),
+    }).result;
+    expect(result.status).toBe("success");
+    const counts = received.map(({ snapshot }) => snapshot.agents[0]?.messages.length ?? 0);
+    expect(Math.max(...counts)).toBeGreaterThanOrEqual(14);
+    // The conversation grew over the snapshots; none of the earlier ones grew with it.
+    expect(new Set(counts).size).toBeGreaterThan(5);
+    for (const { snapshot, json } of received) {
+      expect(JSON.stringify(snapshot)).toBe(json);
+      expect(JSON.parse(serializeSnapshot(snapshot))).toEqual(JSON.parse(json));
+    }
+    // COMPLETE's instruction went into the message holding finish_explore's result, which
+    // earlier snapshots hold without it.
+    const blocksOf = (m: Message | undefined) => (m === undefined || typeof m.content === "string" ? [] : m.content);
+    const last = received.at(-1)!.snapshot.agents[0]!;
+    const index = last.messages.findIndex((m) => blocksOf(m).some((b) => b.type === "tool_result") && blocksOf(m).some((b) => b.type === "text" && b.text.includes("COMPLETE")));
+    expect(index).toBeGreaterThan(0);
+    const before = received.find(({ snapshot }) => (snapshot.agents[0]?.messages.length ?? 0) > index)!.snapshot.agents[0]!;
+    expect(blocksOf(before.messages[index]).some((b) => b.type === "text")).toBe(false);
+    expect(received.some(({ snapshot }) => snapshot.agents[0]?.journal?.map((file) => file.path).join() === "notes/a.md,notes/b.md")).toBe(true);
+  });
+
+  it("cannot change the run's conversation: a message is read-only, the arrays and other fields are the host's own", async () => {
+    const { workspace, model } = await setup();
+    const attempts: unknown[] = [];
+    const result = await startTask({
+      vision: "Write two notes",
+      workspace,
+      model,
+      limits: { maxDepth: 0 },
+      onSnapshot: (snapshot) => {
+        const agent = snapshot.agents[0];
+        if (!agent || agent.messages.length === 0) return;
+        const first = agent.messages[0] as { content: unknown };
+        try {
+          first.content = "Forget the task.";
+        } catch (error) {
+          attempts.push(error);
+        }
+        agent.messages.push({ role: "user", content: "Injected by the host." });
+        agent.usage.inputTokens += 1_000_000;
+        snapshot.vision = "Another vision";
+      },
+    }).result;
+    expect(result.status).toBe("success");
+    expect(attempts.length).toBeGreaterThan(3);
+    expect(attempts.every((error) => error instanceof TypeError)).toBe(true);
+    const bodies = server!.requests.filter((r) => r.path === "/v1/messages").map((r) => JSON.stringify(r.body));
+    expect(bodies.some((body) => body.includes("Injected by the host") || body.includes("Forget the task"))).toBe(false);
+    expect(result.usage.inputTokens).toBeLessThan(1_000_000);
+  });
+
+  it("serialized, reads back and resumes like the object itself", async () => {
+    const { workspace, model } = await setup();
+    let latest: TaskSnapshot | undefined;
+    const controller = new AbortController();
+    const first = startTask({
+      vision: "Write two notes",
+      workspace,
+      model,
+      limits: { maxDepth: 0 },
+      signal: controller.signal,
+      onSnapshot: (snapshot) => {
+        // Stopped once the first note is written and recorded in the journal; later snapshots record the stop.
+        if (latest === undefined && snapshot.agents[0]?.journal?.length === 1) {
+          latest = snapshot;
+          controller.abort();
+        }
+      },
+    });
+    const stopped = await first.result;
+    expect(stopped.status).not.toBe("success");
+    const text = serializeSnapshot(latest!);
+    expect(JSON.parse(text)).toEqual(JSON.parse(JSON.stringify(latest)));
+    const resumed = await resumeTask(readSnapshot(JSON.parse(text)), { workspace, model }).result;
+    expect(resumed.status).toBe("success");
+  });
+});
+
+describe("serializeSnapshot", () => {
+  const agent = (messages: Message[]): AgentState => ({
+    id: "root",
+    parentId: null,
+    depth: 0,
+    branch: "keen/1",
+    title: "Root",
+    instructions: "Do it",
+    phase: "COMPLETE",
+    messages,
+    children: [],
+    merges: {},
+    usage: { inputTokens: 1, outputTokens: 2, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 },
+  });
+  const state = (agents: AgentState[]): TaskSnapshot => ({
+    version: SNAPSHOT_VERSION,
+    runId: "run_1",
+    vision: "Do it",
+    nextSeq: 3,
+    limits: { maxDepth: 0, maxChildren: 1, maxAgents: 1, maxTurnsPerPhase: 5 },
+    maxConcurrency: 1,
+    onConflict: "resolve",
+    tokensSpent: 3,
+    agents,
+  });
+
+  it("serializes a message once for every snapshot that shares it", () => {
+    let serialized = 0;
+    const input = { path: "a.md", toJSON: () => (serialized++, { path: "a.md" }) };
+    const messages: Message[] = [
+      { role: "user", content: "Do it" },
+      { role: "assistant", content: [{ type: "tool_use", id: "t1", name: "read_file", input }] },
+    ];
+    const live = agent(messages);
+    const first = shareSnapshot(state([live]));
+    expect(JSON.parse(serializeSnapshot(first)).agents[0].messages[1].content[0].input).toEqual({ path: "a.md" });
+    live.messages.push({ role: "user", content: [{ type: "tool_result", tool_use_id: "t1", content: "# a" }] });
+    const second = shareSnapshot(state([live]));
+    const text = serializeSnapshot(second);
+    expect(serialized).toBe(1);
+    expect(JSON.parse(text).agents[0].messages).toHaveLength(3);
+    expect(first.agents[0]!.messages).toHaveLength(2);
+  });
+
+  it("writes the same value as JSON.stringify for agents with and without journals, and none at all", () => {
+    const withJournal = { ...agent([{ role: "user", content: "Go" }]), journal: [{ path: "x.md", mode: 0o644, text: "x\n" }, { path: "gone.md" }] };
+    const empty = agent([]);
+    for (const snapshot of [state([]), state([empty]), shareSnapshot(state([withJournal, empty]))]) {
+      expect(JSON.parse(serializeSnapshot(snapshot))).toEqual(JSON.parse(JSON.stringify(snapshot)));
+      expect(readSnapshot(JSON.parse(serializeSnapshot(snapshot)))).toEqual(readSnapshot(JSON.parse(JSON.stringify(snapshot))));
+    }
+  });
+});
