@@ -1,6 +1,6 @@
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { dirname, isAbsolute, join, resolve, sep } from "node:path";
-import { TaskSnapshot } from "@keen/agent-core";
+import { serializeSnapshot, TaskSnapshot } from "@keen/agent-core";
 import { UsageError } from "./cli-error.js";
 import { loadExeca } from "./lazy-execa.js";
 
@@ -54,7 +54,7 @@ export class SnapshotFile {
       this.dirReady ??= mkdir(dirname(this.path), { recursive: true });
       await this.dirReady;
       const temp = `${this.path}.${process.pid}.tmp`;
-      await writeFile(temp, `${JSON.stringify(snapshot)}\n`);
+      await writeFile(temp, `${serializeSnapshot(snapshot)}\n`);
       await rename(temp, this.path);
       this.writes += 1;
     } catch (error) {

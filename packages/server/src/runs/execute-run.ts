@@ -2,7 +2,7 @@
  * The one module that calls agent-core: everything the server needs from a run (start or
  * resume, its events, snapshots, the final tree and usage) passes through `executeRun`.
  */
-import { anthropic, LocalWorkspace, resumeTask, runBranchName, startTask, TaskSnapshot, type AgentState, type KeenEvent } from "@keen/agent-core";
+import { anthropic, LocalWorkspace, resumeTask, runBranchName, serializeSnapshot, startTask, TaskSnapshot, type AgentState, type KeenEvent } from "@keen/agent-core";
 
 export interface RunUsage {
   inputTokens: number;
@@ -37,7 +37,8 @@ export interface ExecuteRunInput {
   sandbox: boolean;
   signal: AbortSignal;
   onEvent(event: KeenEvent): void;
-  onSnapshot(snapshot: { value: unknown; agents: AgentRecord[] }): void;
+  /** Each snapshot of the run, as JSON text (`serializeSnapshot`), with its agents. */
+  onSnapshot(snapshot: { json: string; agents: AgentRecord[] }): void;
 }
 
 export interface ExecuteRunResult {
@@ -87,7 +88,7 @@ export async function executeRun(input: ExecuteRunInput): Promise<ExecuteRunResu
     ...(input.model.baseUrl ? { baseURL: input.model.baseUrl } : {}),
     ...(input.model.maxRetries !== undefined ? { retry: { maxRetries: input.model.maxRetries } } : {}),
   });
-  const onSnapshot = (snapshot: TaskSnapshot) => input.onSnapshot({ value: snapshot, agents: snapshot.agents.map(agentRecord) });
+  const onSnapshot = (snapshot: TaskSnapshot) => input.onSnapshot({ json: serializeSnapshot(snapshot), agents: snapshot.agents.map(agentRecord) });
   const common = { workspace, model, signal: input.signal, onSnapshot };
   const task =
     input.snapshot !== undefined && input.snapshot !== null

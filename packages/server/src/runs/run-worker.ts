@@ -208,12 +208,12 @@ export function createRunWorker(deps: RunWorkerDeps) {
           writer.write(event as never);
           if (event.type === "model.usage") metrics.tokens.inc(event.usage.inputTokens + event.usage.outputTokens + event.usage.cacheCreationInputTokens + event.usage.cacheReadInputTokens);
         },
-        onSnapshot: ({ value, agents }) => {
+        onSnapshot: ({ json: snapshot, agents }) => {
           // A snapshot taken after a shutdown abort records agents as aborted; the next worker
           // must resume from the last one before it.
           if (entry.handingOver) return;
           writer.after(async () => {
-            await db.updateTable("runs").set({ snapshot: JSON.stringify(value), heartbeat_at: new Date() }).where("id", "=", run.id).where("worker_id", "=", workerId).execute();
+            await db.updateTable("runs").set({ snapshot, heartbeat_at: new Date() }).where("id", "=", run.id).where("worker_id", "=", workerId).execute();
             await saveAgents(run.id, run.model, agents);
           });
         },
