@@ -1,0 +1,104 @@
+/**
+ * keen's cost per turn as a conversation grows: a scripted lifecycle run of `--turns` turns
+ * (reads of 4 kB files, every third turn a note written) at zero model latency, with each
+ * snapshot written to a file as `keen run` writes it, next to the bare SDK sending the very same
+ * request bodies (recorded from the keen run) to the same kind of offline server.
+ *
+ * Per round and side, the time between consecutive model requests is taken over the first and
+ * the last fifth of the turns; the medians of those over the rounds are printed with keen's
+ * cost above the bare loop, so a cost that grows with the conversation shows as a larger figure
+ * at the end than at the start. Rounds alternate the sides after a warm-up of each.
+ *
+ *   npx tsx bench/long-run.ts [--turns 150] [--rounds 5]
+ */
+import { mkdtemp, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import Anthropic from "@anthropic-ai/sdk";
+import { anthropic, LocalWorkspace, startTask } from "../packages/agent-core/src/index.js";
+import { done, explore, scenarioPolicy, write } from "../packages/agent-core/src/lifecycle/testing/scenario.js";
+import { reply, startMessagesServer } from "../packages/agent-core/src/testing/index.js";
+import { createTestRepo } from "../packages/agent-core/src/workspace/test-repo.js";
+import { SnapshotFile } from "../packages/cli/src/snapshot-file.js";
+
+const { values } = parseArgs({ options: { turns: { type: "string", default: "150" }, rounds: { type: "string", default: "5" } } });
+const turns = Number(values.turns);
+const rounds = Math.max(5, Number(values.rounds));
+
+const files = Object.fromEntries(
+  Array.from({ length: 20 }, (_, i) => [`src/module-${i}.ts`, `export const value${i} = ${i}; // a line of about fifty characters\n`.repeat(64)]),
+);
+const steps = Array.from({ length: turns }, (_, i) =>
+  i % 3 === 2 ? write(`notes/note-${i}.md`, `note ${i}\n`.repeat(40)) : reply.toolUse("read_file", { path: `src/module-${i % 20}.ts` }),
+);
+const policy = scenarioPolicy({ root: { finish_explore: [explore("COMPLETE")], complete_task: [...steps, done("Read and noted.")] } });
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+/** Median gap between consecutive requests over the first and the last fifth of them. */
+function turnTimes(receivedAt: number[]): { early: number; late: number } {
+  const gaps = receivedAt.slice(1).map((t, i) => t - receivedAt[i]!);
+  const fifth = Math.max(3, Math.floor(gaps.length / 5));
+  // The first two gaps hold the run's start (explore, the phase change): left out.
+  return { early: median(gaps.slice(2, 2 + fifth)), late: median(gaps.slice(-fifth)) };
+}
+
+let recorded: Array<Record<string, unknown>> = [];
+let snapshotBytes = 0;
+
+async function keenRound(): Promise<{ early: number; late: number; total: number }> {
+  const server = await startMessagesServer({ policy });
+  const dir = await createTestRepo(files);
+  const scratch = await mkdtemp(join(tmpdir(), "keen-long-"));
+  const snapshot = new SnapshotFile(join(scratch, "run.json"));
+  const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+  const model = anthropic({ model: "claude-sonnet-5-5", apiKey: "bench", baseURL: server.url });
+  const started = performance.now();
+  const result = await startTask({
+    vision: "Read the modules and take notes",
+    workspace,
+    model,
+    limits: { maxDepth: 0, maxTurnsPerPhase: turns + 5 },
+    onSnapshot: (s) => snapshot.write(s),
+  }).result;
+  const total = performance.now() - started;
+  await server.close();
+  if (result.status !== "success" || snapshot.error) throw new Error(`keen round failed: ${result.status} ${snapshot.error?.message ?? ""}`);
+  const requests = server.requests.filter((r) => r.path === "/v1/messages");
+  recorded = requests.map((r) => r.body);
+  snapshotBytes = (await stat(snapshot.path)).size;
+  await rm(scratch, { recursive: true, force: true });
+  await rm(dir, { recursive: true, force: true });
+  return { ...turnTimes(requests.map((r) => r.receivedAt)), total };
+}
+
+async function bareRound(): Promise<{ early: number; late: number; total: number }> {
+  const server = await startMessagesServer({ policy });
+  const client = new Anthropic({ apiKey: "bench", baseURL: server.url, maxRetries: 0 });
+  const started = performance.now();
+  for (const body of recorded) {
+    const { stream: _stream, ...params } = body;
+    await client.messages.stream(params as unknown as Anthropic.MessageStreamParams).finalMessage();
+  }
+  const total = performance.now() - started;
+  await server.close();
+  return { ...turnTimes(server.requests.map((r) => r.receivedAt)), total };
+}
+
+await keenRound(); // warm-up: module loading and JIT
+await bareRound();
+const keen: Array<{ early: number; late: number; total: number }> = [];
+const bare: Array<{ early: number; late: number; total: number }> = [];
+for (let i = 0; i < rounds; i++) {
+  keen.push(await keenRound());
+  bare.push(await bareRound());
+}
+const pick = (side: typeof keen, key: "early" | "late" | "total") => median(side.map((r) => r[key]));
+const last = recorded.at(-1)!;
+const row = (label: string, k: number, b: number, unit = "ms") => console.log(`  ${label.padEnd(40)}${`${k.toFixed(1)} ${unit}`.padStart(11)}${`${b.toFixed(1)} ${unit}`.padStart(11)}${`+${(k - b).toFixed(1)} ${unit}`.padStart(12)}`);
+console.log(`long conversation: ${recorded.length} requests, the last one ${(JSON.stringify(last).length / 1024).toFixed(0)} kB, snapshot ${(snapshotBytes / 1024).toFixed(0)} kB; median of ${rounds} rounds after a warm-up, Node ${process.version}`);
+console.log(`  ${"".padEnd(40)}${"keen".padStart(11)}${"bare SDK".padStart(11)}${"keen − bare".padStart(12)}`);
+row(`per turn, first fifth of the turns`, pick(keen, "early"), pick(bare, "early"));
+row(`per turn, last fifth of the turns`, pick(keen, "late"), pick(bare, "late"));
+row(`whole run`, pick(keen, "total"), pick(bare, "total"));
+console.log(`  target: keen's cost per turn ≤ +5 ms, at the end of a long conversation as at its start`);
