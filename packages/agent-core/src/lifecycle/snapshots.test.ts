@@ -166,9 +166,13 @@ describe("serializeSnapshot", () => {
   it("writes the same value as JSON.stringify for agents with and without journals, and none at all", () => {
     const withJournal = { ...agent([{ role: "user", content: "Go" }]), journal: [{ path: "x.md", mode: 0o644, text: "x\n" }, { path: "gone.md" }] };
     const empty = agent([]);
-    for (const snapshot of [state([]), state([empty]), shareSnapshot(state([withJournal, empty]))]) {
+    // Not what a run hands over, but what JSON.stringify would write all the same.
+    const odd = agent([{ role: "user", content: "Go" }]);
+    odd.messages = [odd.messages[0]!, undefined as unknown as Message, null as unknown as Message, { role: "user", content: [{ type: "text", text: "x", extra: () => 1 } as never] }];
+    odd.messages.length = 5;
+    for (const snapshot of [state([]), state([empty]), state([odd]), shareSnapshot(state([withJournal, empty]))]) {
       expect(JSON.parse(serializeSnapshot(snapshot))).toEqual(JSON.parse(JSON.stringify(snapshot)));
-      expect(readSnapshot(JSON.parse(serializeSnapshot(snapshot)))).toEqual(readSnapshot(JSON.parse(JSON.stringify(snapshot))));
+      if (!snapshot.agents.includes(odd)) expect(readSnapshot(JSON.parse(serializeSnapshot(snapshot)))).toEqual(readSnapshot(JSON.parse(JSON.stringify(snapshot))));
     }
   });
 });

@@ -70,8 +70,14 @@ export function serializeSnapshot(snapshot: TaskSnapshot): string {
   return withFields(JSON.stringify(rest), { agents: `[${agentTexts.join(",")}]` });
 }
 
+/** A list's JSON; like JSON.stringify, a hole or an entry with no JSON form is written as null. */
 function listJson(entries: readonly object[]): string {
-  return `[${entries.map(entryJson).join(",")}]`;
+  const texts: string[] = [];
+  for (let i = 0; i < entries.length; i++) {
+    const entry = entries[i];
+    texts.push((entry !== null && typeof entry === "object" ? entryJson(entry) : JSON.stringify(entry)) ?? "null");
+  }
+  return `[${texts.join(",")}]`;
 }
 
 /** The JSON of an object (`objectJson`) with more fields, each given as JSON text, at its end. */
