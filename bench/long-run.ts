@@ -9,20 +9,25 @@
  * cost above the bare loop, so a cost that grows with the conversation shows as a larger figure
  * at the end than at the start. Rounds alternate the sides after a warm-up of each.
  *
- *   npx tsx bench/long-run.ts [--turns 150] [--rounds 5]
+ * `--baseline DIR` adds a third side: the same run by the agent-core and snapshot file of another
+ * checkout of keen (e.g. a worktree of an earlier commit, with its own `npm ci`), in the same
+ * alternating rounds, for a before/after comparison under one load.
+ *
+ *   npx tsx bench/long-run.ts [--turns 150] [--rounds 5] [--baseline DIR]
  */
 import { mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import Anthropic from "@anthropic-ai/sdk";
-import { anthropic, LocalWorkspace, startTask } from "../packages/agent-core/src/index.js";
+import * as agentCore from "../packages/agent-core/src/index.js";
 import { done, explore, scenarioPolicy, write } from "../packages/agent-core/src/lifecycle/testing/scenario.js";
 import { reply, startMessagesServer } from "../packages/agent-core/src/testing/index.js";
 import { createTestRepo } from "../packages/agent-core/src/workspace/test-repo.js";
-import { SnapshotFile } from "../packages/cli/src/snapshot-file.js";
+import * as snapshotFile from "../packages/cli/src/snapshot-file.js";
 
-const { values } = parseArgs({ options: { turns: { type: "string", default: "150" }, rounds: { type: "string", default: "5" } } });
+const { values } = parseArgs({ options: { turns: { type: "string", default: "150" }, rounds: { type: "string", default: "5" }, baseline: { type: "string" } } });
 const turns = Number(values.turns);
 const rounds = Math.max(5, Number(values.rounds));
 
@@ -43,10 +48,25 @@ function turnTimes(receivedAt: number[]): { early: number; late: number } {
   return { early: median(gaps.slice(2, 2 + fifth)), late: median(gaps.slice(-fifth)) };
 }
 
+/** The modules one side runs: this checkout's, or the baseline's. */
+interface Build {
+  core: typeof agentCore;
+  files: typeof snapshotFile;
+}
+const own: Build = { core: agentCore, files: snapshotFile };
+const baselineBuild: Build | undefined = values.baseline
+  ? {
+      core: (await import(pathToFileURL(resolve(values.baseline, "packages/agent-core/src/index.ts")).href)) as typeof agentCore,
+      files: (await import(pathToFileURL(resolve(values.baseline, "packages/cli/src/snapshot-file.ts")).href)) as typeof snapshotFile,
+    }
+  : undefined;
+
 let recorded: Array<Record<string, unknown>> = [];
 let snapshotBytes = 0;
 
-async function keenRound(): Promise<{ early: number; late: number; total: number }> {
+async function keenRound(build: Build = own): Promise<{ early: number; late: number; total: number }> {
+  const { anthropic, LocalWorkspace, startTask } = build.core;
+  const { SnapshotFile } = build.files;
   const server = await startMessagesServer({ policy });
   const dir = await createTestRepo(files);
   const scratch = await mkdtemp(join(tmpdir(), "keen-long-"));
@@ -86,11 +106,14 @@ async function bareRound(): Promise<{ early: number; late: number; total: number
 }
 
 await keenRound(); // warm-up: module loading and JIT
+if (baselineBuild) await keenRound(baselineBuild);
 await bareRound();
 const keen: Array<{ early: number; late: number; total: number }> = [];
-const bare: Array<{ early: number; late: number; total: number }> = [];
+const baseline: typeof keen = [];
+const bare: typeof keen = [];
 for (let i = 0; i < rounds; i++) {
   keen.push(await keenRound());
+  if (baselineBuild) baseline.push(await keenRound(baselineBuild));
   bare.push(await bareRound());
 }
 const pick = (side: typeof keen, key: "early" | "late" | "total") => median(side.map((r) => r[key]));
@@ -101,4 +124,10 @@ console.log(`  ${"".padEnd(40)}${"keen".padStart(11)}${"bare SDK".padStart(11)}$
 row(`per turn, first fifth of the turns`, pick(keen, "early"), pick(bare, "early"));
 row(`per turn, last fifth of the turns`, pick(keen, "late"), pick(bare, "late"));
 row(`whole run`, pick(keen, "total"), pick(bare, "total"));
+if (baselineBuild) {
+  console.log(`  baseline ${values.baseline}:`);
+  row(`per turn, first fifth of the turns`, pick(baseline, "early"), pick(bare, "early"));
+  row(`per turn, last fifth of the turns`, pick(baseline, "late"), pick(bare, "late"));
+  row(`whole run`, pick(baseline, "total"), pick(bare, "total"));
+}
 console.log(`  target: keen's cost per turn ≤ +5 ms, at the end of a long conversation as at its start`);
