@@ -10,7 +10,7 @@
  *
  * Adding a phase: its name in `Phase` (events.ts), its module under phases/, and its row here.
  */
-import { AbortedError, isKeenError, KeenError, ModelError } from "../errors.js";
+import { AbortedError, isKeenError, KeenError } from "../errors.js";
 import type { Phase } from "../events.js";
 import type { Workspace } from "../workspace/workspace.js";
 import { agentTag } from "./agent-tag.js";
@@ -26,6 +26,7 @@ import { summonPhase } from "./phases/summon.js";
 import { Step, type NextPhase } from "./step.js";
 import type { AgentState } from "./task-state.js";
 import type { AgentTree } from "./tree.js";
+import { isInterruption } from "./interruption.js";
 import { dropTurnCheckpoint, restoreInterruptedTurn } from "./turn-checkpoints.js";
 
 /** Where each phase may go next. */
@@ -130,11 +131,6 @@ function enter(tree: AgentTree, agent: AgentState, step: Step, { force = false }
 }
 
 /** A model failure that retries could not ride out (overload, network), or the stop it caused in other agents. */
-function isInterruption(tree: AgentTree, caught: unknown): boolean {
-  if (tree.interruption) return true;
-  return caught instanceof ModelError && caught.retryable && !tree.signal.aborted;
-}
-
 /** How an agent ends when its phase throws: stopped (abort, budget), failed, or an error. */
 function failureStep(tree: AgentTree, caught: unknown): Extract<Step, { next: "DONE" }> {
   if (tree.signal.aborted || isKeenError(caught, "aborted") || caught instanceof BudgetSpent) {

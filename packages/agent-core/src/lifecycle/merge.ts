@@ -3,6 +3,7 @@ import type { Workspace, ForkableWorkspace, MergeResult } from "../workspace/wor
 import { builtinTools } from "../tools/index.js";
 import { agentTag } from "./agent-tag.js";
 import { appendUserText, converse } from "./converse.js";
+import { stopsTheRun } from "./interruption.js";
 import { completeMergeTool } from "./phase-tools.js";
 import { commitAndReport, commitMessage } from "./commits.js";
 import type { AgentState, MergeState } from "./task-state.js";
@@ -104,7 +105,10 @@ export async function mergeChild(tree: AgentTree, parent: AgentState, workspace:
       sha = await resolveMerge(tree, parent, workspace, child, problem);
       return (await validate(tree, parent, workspace)) !== false;
     } catch (caught) {
-      if (tree.signal.aborted) throw caught;
+      // A resolution that failed is rolled back; one that the run's stop cut short is not a
+      // failure of the merge: an outage must leave the run interrupted, resumable, with this
+      // merge redone, not go on without the child's work.
+      if (stopsTheRun(tree, caught)) throw caught;
       return false;
     }
   };
