@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { anthropic } from "../model/anthropic.js";
 import type { Message } from "../model/model.js";
 import { reply, startMessagesServer, type MessagesServer } from "../testing/index.js";
@@ -146,21 +146,33 @@ describe("serializeSnapshot", () => {
   });
 
   it("serializes a message once for every snapshot that shares it", () => {
-    let serialized = 0;
-    const input = { path: "a.md", toJSON: () => (serialized++, { path: "a.md" }) };
-    const messages: Message[] = [
-      { role: "user", content: "Do it" },
-      { role: "assistant", content: [{ type: "tool_use", id: "t1", name: "read_file", input }] },
-    ];
-    const live = agent(messages);
+    const call: Message = { role: "assistant", content: [{ type: "tool_use", id: "t1", name: "read_file", input: { path: "a.md" } }] };
+    const live = agent([{ role: "user", content: "Do it" }, call]);
+    const stringify = vi.spyOn(JSON, "stringify");
+    try {
+      const first = shareSnapshot(state([live]));
+      expect(JSON.parse(serializeSnapshot(first)).agents[0].messages[1].content[0].input).toEqual({ path: "a.md" });
+      live.messages.push({ role: "user", content: [{ type: "tool_result", tool_use_id: "t1", content: "# a" }] });
+      const second = shareSnapshot(state([live]));
+      const text = serializeSnapshot(second);
+      expect(stringify.mock.calls.filter(([value]) => value === call)).toHaveLength(1);
+      expect(JSON.parse(text).agents[0].messages).toHaveLength(3);
+      expect(first.agents[0]!.messages).toHaveLength(2);
+    } finally {
+      stringify.mockRestore();
+    }
+  });
+
+  it("copies a message that is not JSON data only instead of sharing it, and serializes it afresh", () => {
+    const when = new Date(0);
+    const call: Message = { role: "assistant", content: [{ type: "tool_use", id: "t1", name: "read_file", input: { path: "a.md", when } }] };
+    const live = agent([{ role: "user", content: "Do it" }, call]);
     const first = shareSnapshot(state([live]));
-    expect(JSON.parse(serializeSnapshot(first)).agents[0].messages[1].content[0].input).toEqual({ path: "a.md" });
-    live.messages.push({ role: "user", content: [{ type: "tool_result", tool_use_id: "t1", content: "# a" }] });
-    const second = shareSnapshot(state([live]));
-    const text = serializeSnapshot(second);
-    expect(serialized).toBe(1);
-    expect(JSON.parse(text).agents[0].messages).toHaveLength(3);
-    expect(first.agents[0]!.messages).toHaveLength(2);
+    expect(first.agents[0]!.messages[1]).not.toBe(call);
+    expect(Object.isFrozen(call)).toBe(false);
+    when.setTime(Date.UTC(2030, 0, 1));
+    expect(JSON.stringify(first)).toContain("1970-01-01");
+    expect(serializeSnapshot(shareSnapshot(state([live])))).toContain("2030-01-01");
   });
 
   it("writes the same value as JSON.stringify for agents with and without journals, and none at all", () => {

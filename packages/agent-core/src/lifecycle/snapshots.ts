@@ -1,4 +1,4 @@
-import { perSealedEntry, seal } from "../model/sealed.js";
+import { isSealed, perSealedEntry, seal } from "../model/sealed.js";
 import type { AgentState, TaskSnapshot } from "./task-state.js";
 
 /**
@@ -41,48 +41,71 @@ function shareAgent(agent: AgentState): AgentState {
   const { messages, journal, ...rest } = agent;
   return {
     ...(JSON.parse(JSON.stringify(rest)) as Omit<AgentState, "messages" | "journal">),
-    messages: messages.map(seal),
-    ...(journal ? { journal: journal.map(seal) } : {}),
+    messages: messages.map(shared),
+    ...(journal ? { journal: journal.map(shared) } : {}),
   };
 }
 
-const entryJson = perSealedEntry((entry: object) => JSON.stringify(entry));
+/** The entry itself once sealed; a copy of one that is not JSON data only (see `sealed.ts`). */
+function shared<T extends object>(entry: T): T {
+  return isSealed(seal(entry)) ? entry : (JSON.parse(JSON.stringify(entry)) as T);
+}
 
 /**
  * A snapshot as JSON text, for a host that stores it: `readSnapshot(JSON.parse(text))` reads it
  * back. It is the JSON of `snapshot` (fields may come in another order); a message or journal
  * entry that an earlier snapshot of the run already held is not serialized again, so a host
  * storing every snapshot of a long conversation spends time on each new message, not on all of
- * them each time.
+ * them each time. A snapshot the host changed is written as `JSON.stringify` would write it.
  *
  * @example
  * startTask({ ..., onSnapshot: (snapshot) => writeFile("run.json", serializeSnapshot(snapshot)) });
  */
 export function serializeSnapshot(snapshot: TaskSnapshot): string {
-  const { agents, ...rest } = snapshot;
-  const agentTexts = agents.map((agent) => {
-    const { messages, journal, ...fields } = agent;
-    return withFields(JSON.stringify(fields), {
-      messages: listJson(messages),
-      ...(journal !== undefined ? { journal: listJson(journal) } : {}),
-    });
-  });
-  return withFields(JSON.stringify(rest), { agents: `[${agentTexts.join(",")}]` });
+  return objectJson(snapshot, { agents: (agents) => listJson(agents, (agent) => objectJson(agent, AGENT_LISTS)) }) ?? "null";
+}
+
+/** The lists of an agent whose entries may be sealed, with their kept JSON. */
+const AGENT_LISTS = { messages: (entries: unknown[]) => listJson(entries, entryJson), journal: (entries: unknown[]) => listJson(entries, entryJson) };
+
+const entryJson = perSealedEntry((entry: object) => JSON.stringify(entry));
+
+/**
+ * `JSON.stringify(value)`, with the fields named in `lists` that hold plain arrays written by
+ * their own function. Anything `JSON.stringify` treats its own way (not a plain object, a
+ * `toJSON`) is left to it whole.
+ */
+function objectJson(value: unknown, lists: Record<string, (entries: unknown[]) => string>): string | undefined {
+  if (!isPlainObject(value)) return JSON.stringify(value) as string | undefined;
+  const fields: Record<string, unknown> = {};
+  const texts: Array<[string, string]> = [];
+  for (const name of Object.keys(value)) {
+    const field = (value as Record<string, unknown>)[name];
+    const write = Object.hasOwn(lists, name) ? lists[name] : undefined;
+    if (write && isPlainArray(field)) texts.push([name, write(field)]);
+    else fields[name] = field;
+  }
+  let text = JSON.stringify(fields).slice(0, -1);
+  for (const [name, json] of texts) text += `${text.length > 1 ? "," : ""}${JSON.stringify(name)}:${json}`;
+  return `${text}}`;
 }
 
 /** A list's JSON; like JSON.stringify, a hole or an entry with no JSON form is written as null. */
-function listJson(entries: readonly object[]): string {
+function listJson(entries: unknown[], write: (entry: object) => string | undefined): string {
   const texts: string[] = [];
   for (let i = 0; i < entries.length; i++) {
     const entry = entries[i];
-    texts.push((entry !== null && typeof entry === "object" ? entryJson(entry) : JSON.stringify(entry)) ?? "null");
+    texts.push((entry !== null && typeof entry === "object" ? write(entry) : (JSON.stringify(entry) as string | undefined)) ?? "null");
   }
   return `[${texts.join(",")}]`;
 }
 
-/** The JSON of an object (`objectJson`) with more fields, each given as JSON text, at its end. */
-function withFields(objectJson: string, fields: Record<string, string>): string {
-  let text = objectJson.slice(0, -1);
-  for (const [name, json] of Object.entries(fields)) text += `${text.length > 1 ? "," : ""}${JSON.stringify(name)}:${json}`;
-  return `${text}}`;
+function isPlainObject(value: unknown): value is object {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return false;
+  const prototype = Object.getPrototypeOf(value);
+  return (prototype === Object.prototype || prototype === null) && !("toJSON" in value);
+}
+
+function isPlainArray(value: unknown): value is unknown[] {
+  return Array.isArray(value) && Object.getPrototypeOf(value) === Array.prototype && !("toJSON" in value);
 }

@@ -28,6 +28,20 @@ describe("seal", () => {
     expect(isSealed(seal(top))).toBe(true);
     expect(Object.isFrozen(deep)).toBe(true);
   });
+
+  it("leaves an entry holding anything but JSON data as it is: not sealed, not frozen", () => {
+    class Point {
+      x = 1;
+    }
+    const getter = {};
+    Object.defineProperty(getter, "size", { get: () => 1, enumerable: true });
+    for (const inner of [new Date(0), new Uint8Array([1]), getter, { toJSON: () => "x" }, new Point(), new Map(), 1n]) {
+      const entry = { role: "user", content: [{ type: "text", text: "x", inner }] };
+      expect(isSealed(seal(entry))).toBe(false);
+      expect(Object.isFrozen(entry)).toBe(false);
+      expect(Object.isFrozen(entry.content[0])).toBe(false);
+    }
+  });
 });
 
 describe("perSealedEntry", () => {
