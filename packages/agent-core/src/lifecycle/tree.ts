@@ -114,9 +114,11 @@ export class AgentTree {
   }
 
   emit(event: KeenEventInput): void {
+    // Counted as it was before any listener saw the event (and could change it), after the event.
+    const usage = event.type === "model.usage" ? { ...event.usage } : undefined;
     this.events.emit(event);
-    if (event.type === "model.usage") {
-      this.budget.count(event.usage);
+    if (usage) {
+      this.budget.count(usage);
       this.state.tokensSpent = this.budget.spent;
     }
   }
@@ -142,7 +144,8 @@ export class AgentTree {
 
   /** Usage of `agent` and all its descendants. */
   treeUsage(agent: AgentState): Usage {
-    return agent.children.reduce((sum, id) => addUsage(sum, this.treeUsage(this.agents.get(id)!)), agent.usage);
+    // A new object even without children: events carry it, and the agent's own must not change through them.
+    return agent.children.reduce((sum, id) => addUsage(sum, this.treeUsage(this.agents.get(id)!)), { ...agent.usage });
   }
 
   /** The agent's context tracker, followed across its phases (undefined when pruning is off). */

@@ -120,8 +120,9 @@ export async function runConversation(options: ConversationOptions): Promise<Con
       agentId,
       model: response.model,
       requestId: response.id,
-      usage: response.usage,
-      agentTotal,
+      // The event's own copies: a listener that changes them changes no count of the run.
+      usage: { ...response.usage },
+      agentTotal: { ...agentTotal },
       stopReason: response.stopReason,
     });
   };
@@ -234,7 +235,9 @@ async function requestResponse(
 
 async function runToolCall(options: ConversationOptions, tools: Map<string, Tool<any>>, call: ToolUseBlock): Promise<ToolResultBlock> {
   const started = performance.now();
-  options.emit({ type: "tool.started", agentId: options.agentId, toolUseId: call.id, name: call.name, input: call.input });
+  // The event gets its own copy of the input: a listener that changes it (to redact it for
+  // display, say) changes neither what the tool does nor the conversation.
+  options.emit({ type: "tool.started", agentId: options.agentId, toolUseId: call.id, name: call.name, input: copyForEvent(call.input) });
   const tool = tools.get(call.name);
   const result = tool
     ? await executeTool(tool, call.input, {
@@ -331,4 +334,13 @@ export function textOf(content: ContentBlock[]): string {
     .map((block) => block.text)
     .join("\n")
     .trim();
+}
+
+/** A deep copy of `value` for an event; `value` itself when it cannot be copied (a function a host's model put there). */
+function copyForEvent<T>(value: T): T {
+  try {
+    return structuredClone(value);
+  } catch {
+    return value;
+  }
 }
