@@ -26,8 +26,9 @@ import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
 import { serializeSnapshot, shareSnapshot } from "./snapshots.js";
 import { resumeTask, startTask, type TaskOptions } from "./start-task.js";
-import { readSnapshot, SNAPSHOT_VERSION, type AgentState, type TaskSnapshot } from "./task-state.js";
+import { readSnapshot, type AgentState, type TaskSnapshot } from "./task-state.js";
 import { done, explore, phaseOf, plan, write, type PhaseKey } from "./testing/scenario.js";
+import { agentFixture, snapshotFixture } from "./testing/snapshot-fixture.js";
 
 const servers: MessagesServer[] = [];
 afterEach(async () => {
@@ -729,35 +730,9 @@ describe("content JSON handles in its own ways", () => {
 // serializeSnapshot of snapshots a host changed, and sealed entries whose values can still change.
 // ---------------------------------------------------------------------------------------------
 
-const usage = { inputTokens: 1, outputTokens: 2, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 };
-const agentOf = (id: string, messages: Message[] = [{ role: "user", content: `Task of ${id}` }]): AgentState => ({
-  id,
-  parentId: id === "root" ? null : "root",
-  depth: id === "root" ? 0 : 1,
-  branch: `keen/1${id === "root" ? "" : `-agents/summon-${id}`}`,
-  title: id,
-  instructions: "Do it",
-  phase: "COMPLETE",
-  messages,
-  children: [],
-  merges: {},
-  usage: { ...usage },
-  journal: [{ path: `${id}.md`, mode: 0o644, text: `${id}\n` }],
-});
-const stateOf = (agents: AgentState[]): TaskSnapshot => ({
-  version: SNAPSHOT_VERSION,
-  runId: "run_1",
-  vision: "Do it",
-  nextSeq: 3,
-  limits: { maxDepth: 1, maxChildren: 2, maxAgents: 3, maxTurnsPerPhase: 5 },
-  maxConcurrency: 1,
-  onConflict: "resolve",
-  tokensSpent: 3,
-  agents,
-});
 /** A snapshot as a run hands it over: shared, sealed entries, their JSON already cached. */
 function handedOver(): TaskSnapshot {
-  const snapshot = shareSnapshot(stateOf([agentOf("root"), agentOf("A"), agentOf("B")]));
+  const snapshot = shareSnapshot(snapshotFixture([agentFixture("root"), agentFixture("A"), agentFixture("B")]));
   serializeSnapshot(snapshot);
   return snapshot;
 }
@@ -815,6 +790,8 @@ describe("serializeSnapshot of a snapshot the host changed (its own copy, as the
 });
 
 /** A Model of the host's own: answers by agent step, and may put values in tool inputs that JSON writes its own way. */
+const usage = { inputTokens: 1, outputTokens: 2, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 };
+
 function hostModel(input: () => unknown) {
   let n = 0;
   return {

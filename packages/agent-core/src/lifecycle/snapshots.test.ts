@@ -6,8 +6,9 @@ import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
 import { serializeSnapshot, shareSnapshot } from "./snapshots.js";
 import { resumeTask, startTask } from "./start-task.js";
-import { readSnapshot, SNAPSHOT_VERSION, type AgentState, type TaskSnapshot } from "./task-state.js";
+import { readSnapshot, type AgentState, type TaskSnapshot } from "./task-state.js";
 import { done, explore, scenarioPolicy, write } from "./testing/scenario.js";
+import { agentFixture, snapshotFixture } from "./testing/snapshot-fixture.js";
 
 let server: MessagesServer | undefined;
 afterEach(async () => {
@@ -120,30 +121,8 @@ describe("snapshots handed to onSnapshot", () => {
 });
 
 describe("serializeSnapshot", () => {
-  const agent = (messages: Message[]): AgentState => ({
-    id: "root",
-    parentId: null,
-    depth: 0,
-    branch: "keen/1",
-    title: "Root",
-    instructions: "Do it",
-    phase: "COMPLETE",
-    messages,
-    children: [],
-    merges: {},
-    usage: { inputTokens: 1, outputTokens: 2, cacheCreationInputTokens: 0, cacheReadInputTokens: 0 },
-  });
-  const state = (agents: AgentState[]): TaskSnapshot => ({
-    version: SNAPSHOT_VERSION,
-    runId: "run_1",
-    vision: "Do it",
-    nextSeq: 3,
-    limits: { maxDepth: 0, maxChildren: 1, maxAgents: 1, maxTurnsPerPhase: 5 },
-    maxConcurrency: 1,
-    onConflict: "resolve",
-    tokensSpent: 3,
-    agents,
-  });
+  const agent = (messages: Message[]): AgentState => agentFixture("root", messages, false);
+  const state = snapshotFixture;
 
   it("serializes a message once for every snapshot that shares it", () => {
     const call: Message = { role: "assistant", content: [{ type: "tool_use", id: "t1", name: "read_file", input: { path: "a.md" } }] };
