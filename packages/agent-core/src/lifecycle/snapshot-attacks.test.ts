@@ -75,7 +75,10 @@ function position(request: Record<string, any>): { agent: string; key: Key; turn
  * with an error instead (an overload, so the run ends `interrupted`, resumable). Requests for a
  * model-written summary of compacted turns are answered with a short summary.
  */
-function policy(script: Script, fault?: { current?: (at: { agent: string; key: Key; turn: number }) => ScriptedReply | undefined }): ReplyPolicy {
+/** Where a test may answer a request with an error instead (see `faultOnce`). */
+type Fault = { current?: (at: { agent: string; key: Key; turn: number }) => ScriptedReply | undefined };
+
+function policy(script: Script, fault?: Fault): ReplyPolicy {
   return (request) => {
     if (typeof request.system?.[0]?.text === "string" && request.system[0].text.startsWith("You condense")) return reply.text("Summary: the parts were read.");
     const at = position(request);
@@ -90,7 +93,7 @@ function policy(script: Script, fault?: { current?: (at: { agent: string; key: K
  * folds turns away, so the conversation no longer tells). `reset` starts a new run's count; a
  * resumed run goes on with the count of the run it continues (a faulted request is not counted).
  */
-function countingPolicy(script: Script, fault: { current?: (at: { agent: string; key: Key; turn: number }) => ScriptedReply | undefined }) {
+function countingPolicy(script: Script, fault: Fault) {
   const turns = new Map<string, number>();
   const p: ReplyPolicy = (request) => {
     if (typeof request.system?.[0]?.text === "string" && request.system[0].text.startsWith("You condense")) return reply.text("Summary: the parts were read.");
@@ -118,6 +121,13 @@ async function serverFor(p: ReplyPolicy): Promise<MessagesServer> {
   const server = await startMessagesServer({ policy: p });
   servers.push(server);
   return server;
+}
+
+/** A server answering `script` (with `fault` to break it) and a model that talks to it. */
+async function scriptedServer(script: Script) {
+  const fault: Fault = {};
+  const server = await serverFor(policy(script, fault));
+  return { fault, server, model: modelFor(server) };
 }
 
 function modelFor(server: MessagesServer) {
@@ -149,6 +159,23 @@ async function runTask(options: TaskOptions) {
   const events: KeenEvent[] = [];
   for await (const event of run) events.push(event);
   return { events, result: await run.result };
+}
+
+/**
+ * A run of `options` on a new repository of `files`, expected to end interrupted: its snapshots
+ * checked, the last one serialized.
+ */
+async function interruptedRun(files: Record<string, string>, options: (workspace: LocalWorkspace, onSnapshot: TaskOptions["onSnapshot"]) => TaskOptions) {
+  const dir = await createTestRepo(files);
+  const workspace = await LocalWorkspace.open(dir, { sandbox: false });
+  const first = recorder();
+  const stopped = await runTask(options(workspace, first.onSnapshot));
+  expect(stopped.result.status).toBe("interrupted");
+  checkCaptured(first.captured);
+  const last = first.captured.at(-1)!.snapshot;
+  const text = serializeSnapshot(last);
+  expect(JSON.parse(text)).toEqual(JSON.parse(JSON.stringify(last)));
+  return { dir, workspace, text };
 }
 
 async function resume(snapshot: TaskSnapshot, options: Parameters<typeof resumeTask>[1]) {
@@ -253,9 +280,7 @@ function treeOptions(workspace: LocalWorkspace, model: ReturnType<typeof modelFo
 
 describe("a tree run: reminders, thinking, a resolved conflict, a failed validation", () => {
   it("hands over snapshots that never change, serialize as their JSON, and resume (serialized) to the uninterrupted end", async () => {
-    const fault: { current?: (at: { agent: string; key: Key; turn: number }) => ScriptedReply | undefined } = {};
-    const server = await serverFor(policy(TREE, fault));
-    const model = modelFor(server);
+    const { fault, server, model } = await scriptedServer(TREE);
 
     // The uninterrupted run.
     const referenceDir = await createTestRepo(TREE_FILES);
@@ -315,9 +340,7 @@ describe("a tree run: reminders, thinking, a resolved conflict, a failed validat
 
 describe("an overload while the parent resolves a conflict", () => {
   it("interrupts the run (resumable, as for any other turn), and the resume merges the child as the uninterrupted run does", async () => {
-    const fault: { current?: (at: { agent: string; key: Key; turn: number }) => ScriptedReply | undefined } = {};
-    const server = await serverFor(policy(TREE, fault));
-    const model = modelFor(server);
+    const { fault, server, model } = await scriptedServer(TREE);
     const referenceDir = await createTestRepo(TREE_FILES);
     const reference = await runTask(treeOptions(await LocalWorkspace.open(referenceDir, { sandbox: false }), model, undefined));
     expect(reference.result.status).toBe("success");
@@ -367,7 +390,7 @@ const PRUNED: Script = {
 
 describe("a run whose context is pruned and compacted (thinking on, model-written summary)", () => {
   it("hands over snapshots that keep the conversation as it was, serialize as their JSON, and resume (serialized)", async () => {
-    const fault: { current?: (at: { agent: string; key: Key; turn: number }) => ScriptedReply | undefined } = {};
+    const fault: Fault = {};
     const counting = countingPolicy(PRUNED, fault);
     const server = await serverFor(counting.policy);
     const model = modelFor(server);
@@ -414,13 +437,7 @@ describe("a run whose context is pruned and compacted (thinking on, model-writte
     // Interrupted after the compaction, in COMPLETE; the serialized snapshot resumes to the same files.
     counting.reset();
     fault.current = faultOnce({ agent: "root", key: "complete_task", turn: 3 });
-    const dir = await createTestRepo(partFiles(6));
-    const workspace = await LocalWorkspace.open(dir, { sandbox: false });
-    const first = recorder();
-    const stopped = await runTask(options(workspace, first.onSnapshot));
-    expect(stopped.result.status).toBe("interrupted");
-    checkCaptured(first.captured);
-    const text = serializeSnapshot(first.captured.at(-1)!.snapshot);
+    const { dir, workspace, text } = await interruptedRun(partFiles(6), options);
     expect(text).toContain("Earlier conversation compacted");
     const again = recorder();
     const resumed = await resume(readSnapshot(JSON.parse(text)), { workspace, model, contextWindow: 12_000, context: { summary: "model" }, thinking: { budgetTokens: 1024 }, maxTokens: 2048, onSnapshot: again.onSnapshot });
@@ -676,9 +693,7 @@ const CONTENT_FILES = { "README.md": `# app ${ODD}\n`, "big.txt": Array.from({ l
 
 describe("content JSON handles in its own ways", () => {
   it("serializes as JSON.stringify does and resumes (serialized) to the uninterrupted end", async () => {
-    const fault: { current?: (at: { agent: string; key: Key; turn: number }) => ScriptedReply | undefined } = {};
-    const server = await serverFor(policy(CONTENT, fault));
-    const model = modelFor(server);
+    const { fault, server, model } = await scriptedServer(CONTENT);
     const options = (workspace: LocalWorkspace, onSnapshot: TaskOptions["onSnapshot"]): TaskOptions => ({
       vision: `Handle odd text ${ODD}`,
       workspace,
@@ -707,14 +722,7 @@ describe("content JSON handles in its own ways", () => {
 
     for (const point of [{ agent: "root", key: "complete_task" as Key, turn: 4 }, { agent: "root", key: "complete_task" as Key, turn: 5 }]) {
       fault.current = faultOnce(point);
-      const dir = await createTestRepo(CONTENT_FILES);
-      const workspace = await LocalWorkspace.open(dir, { sandbox: false });
-      const first = recorder();
-      const stopped = await runTask(options(workspace, first.onSnapshot));
-      expect(stopped.result.status).toBe("interrupted");
-      checkCaptured(first.captured);
-      const text = serializeSnapshot(first.captured.at(-1)!.snapshot);
-      expect(JSON.parse(text)).toEqual(JSON.parse(JSON.stringify(first.captured.at(-1)!.snapshot)));
+      const { dir, workspace, text } = await interruptedRun(CONTENT_FILES, options);
       const again = recorder();
       const resumed = await resume(readSnapshot(JSON.parse(text)), { workspace, model, onSnapshot: again.onSnapshot });
       expect(resumed.result.error).toBeUndefined();
