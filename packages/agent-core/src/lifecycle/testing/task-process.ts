@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { anthropic } from "../../model/anthropic.js";
 import { NdjsonEventLog } from "../../run/event-log.js";
 import { LocalWorkspace } from "../../workspace/local-workspace.js";
+import { serializeSnapshot } from "../snapshots.js";
 import { resumeTask, startTask } from "../start-task.js";
 import { TaskSnapshot } from "../task-state.js";
 
@@ -54,7 +55,8 @@ let latest = saved;
 const phaseOf = (snapshot: TaskSnapshot | undefined, id: string) => snapshot?.agents.find((agent) => agent.id === id)?.phase;
 const onSnapshot = (snapshot: TaskSnapshot) => {
   const temp = `${config.snapshotPath}.tmp`;
-  writeFileSync(temp, JSON.stringify(snapshot));
+  // As a host stores it: every SIGKILL-and-resume test reads back what serializeSnapshot wrote.
+  writeFileSync(temp, serializeSnapshot(snapshot));
   renameSync(temp, config.snapshotPath);
   const previous = latest;
   latest = snapshot;
