@@ -130,7 +130,6 @@ function enter(tree: AgentTree, agent: AgentState, step: Step, { force = false }
   tree.emit({ type: "agent.phase", agentId: agent.id, phase: step.next, previous: from });
 }
 
-/** A model failure that retries could not ride out (overload, network), or the stop it caused in other agents. */
 /** How an agent ends when its phase throws: stopped (abort, budget), failed, or an error. */
 function failureStep(tree: AgentTree, caught: unknown): Extract<Step, { next: "DONE" }> {
   if (tree.signal.aborted || isKeenError(caught, "aborted") || caught instanceof BudgetSpent) {

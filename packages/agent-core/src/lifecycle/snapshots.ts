@@ -15,10 +15,12 @@ export class SnapshotQueue {
 
   /** Queues a snapshot of `state` as it is now; resolves once it (and every earlier one) is handed over. */
   push(state: TaskSnapshot): Promise<void> {
-    // Sealed whether or not a host takes snapshots: what is worked out per message is then kept.
-    for (const agent of state.agents) for (const message of agent.messages) seal(message);
     const onSnapshot = this.onSnapshot;
-    if (!onSnapshot) return Promise.resolve();
+    if (!onSnapshot) {
+      // Sealed all the same (shareSnapshot seals them otherwise): what is worked out per message is then kept.
+      for (const agent of state.agents) for (const message of agent.messages) seal(message);
+      return Promise.resolve();
+    }
     const snapshot = shareSnapshot(state);
     this.queue = this.queue.then(() => onSnapshot(snapshot)).catch(() => {});
     return this.queue;
@@ -46,7 +48,7 @@ function shareAgent(agent: AgentState): AgentState {
   };
 }
 
-/** The entry itself once sealed; a copy of one that is not JSON data only (see `sealed.ts`). */
+/** The entry itself, sealed; a copy of one that cannot be (not JSON data only, see `sealed.ts`). */
 function shared<T extends object>(entry: T): T {
   return isSealed(seal(entry)) ? entry : (JSON.parse(JSON.stringify(entry)) as T);
 }
