@@ -1,6 +1,6 @@
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, rename } from "node:fs/promises";
 import { dirname, isAbsolute, join, resolve, sep } from "node:path";
-import { serializeSnapshot, TaskSnapshot } from "@keen/agent-core";
+import { encodeSnapshot, TaskSnapshot } from "@keen/agent-core";
 import { UsageError } from "./cli-error.js";
 import { loadExeca } from "./lazy-execa.js";
 
@@ -28,6 +28,8 @@ export function repoOfSnapshotPath(path: string): string | undefined {
   return at > 0 ? resolve(path).slice(0, at) : undefined;
 }
 
+const NEWLINE = Buffer.from("\n");
+
 /**
  * Writes snapshots to one file, each atomically (a temporary file renamed over the old one),
  * so a reader, or a process killed mid-write, never sees half a snapshot. `freeze()` keeps the
@@ -54,7 +56,13 @@ export class SnapshotFile {
       this.dirReady ??= mkdir(dirname(this.path), { recursive: true });
       await this.dirReady;
       const temp = `${this.path}.${process.pid}.tmp`;
-      await writeFile(temp, `${serializeSnapshot(snapshot)}\n`);
+      // The bytes of each message are kept from the snapshot before: a turn copies them, it does not encode them again.
+      const file = await open(temp, "w");
+      try {
+        await file.writev([encodeSnapshot(snapshot), NEWLINE]);
+      } finally {
+        await file.close();
+      }
       await rename(temp, this.path);
       this.writes += 1;
     } catch (error) {

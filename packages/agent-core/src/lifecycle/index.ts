@@ -1,7 +1,7 @@
 export { startTask, resumeTask, type TaskOptions, type ResumeOptions, type TaskResult, type TaskRun } from "./start-task.js";
 export { TaskSnapshot, TaskLimits, AgentState, MergeState, readSnapshot, SNAPSHOT_VERSION, READABLE_SNAPSHOT_VERSIONS } from "./task-state.js";
 export { Step } from "./step.js";
-export { serializeSnapshot } from "./snapshots.js";
+export { encodeSnapshot, serializeSnapshot } from "./snapshots.js";
 export { TRANSITIONS } from "./machine.js";
 export { agentTag } from "./agent-tag.js";
 export { commitMessage } from "./commits.js";

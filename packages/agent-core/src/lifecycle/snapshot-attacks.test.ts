@@ -24,7 +24,7 @@ import { COMPACTED_SUMMARY_HEADER, conversationProblem } from "../run/context.js
 import { reply, requestPosition, startMessagesServer, type MessagesServer, type ReplyPolicy, type ScriptedReply } from "../testing/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
-import { serializeSnapshot, shareSnapshot } from "./snapshots.js";
+import { encodeSnapshot, serializeSnapshot, shareSnapshot } from "./snapshots.js";
 import { resumeTask, startTask, type TaskOptions } from "./start-task.js";
 import { readSnapshot, type AgentState, type TaskSnapshot } from "./task-state.js";
 import { done, explore, phaseOf, plan, write, type PhaseKey } from "./testing/scenario.js";
@@ -201,6 +201,7 @@ function checkCaptured(captured: Captured[]): void {
     // 3. serializeSnapshot wrote its JSON, then and now.
     expect(JSON.parse(text), `serializeSnapshot(snapshot ${i}) at handover`).toEqual(JSON.parse(json));
     expect(serializeSnapshot(snapshot) === text, `serializeSnapshot(snapshot ${i}) after the run`).toBe(true);
+    expect(Buffer.from(encodeSnapshot(snapshot)).toString("utf8") === text, `encodeSnapshot(snapshot ${i}) after the run`).toBe(true);
     for (const agent of snapshot.agents) {
       for (const [j, message] of agent.messages.entries()) {
         expect(isSealed(message) && deepFrozen(message), `snapshot ${i} agent ${agent.id} message ${j} sealed`).toBe(true);

@@ -4,7 +4,7 @@ import type { Message } from "../model/model.js";
 import { reply, startMessagesServer, type MessagesServer } from "../testing/index.js";
 import { LocalWorkspace } from "../workspace/local-workspace.js";
 import { createTestRepo } from "../workspace/test-repo.js";
-import { serializeSnapshot, shareSnapshot } from "./snapshots.js";
+import { encodeSnapshot, serializeSnapshot, shareSnapshot } from "./snapshots.js";
 import { resumeTask, startTask } from "./start-task.js";
 import { readSnapshot, type AgentState, type TaskSnapshot } from "./task-state.js";
 import { done, explore, scenarioPolicy, write } from "./testing/scenario.js";
@@ -51,6 +51,7 @@ describe("snapshots handed to onSnapshot", () => {
     for (const { snapshot, json } of received) {
       expect(JSON.stringify(snapshot)).toBe(json);
       expect(JSON.parse(serializeSnapshot(snapshot))).toEqual(JSON.parse(json));
+      expect(Buffer.from(encodeSnapshot(snapshot)).toString("utf8")).toBe(serializeSnapshot(snapshot));
     }
     // COMPLETE's instruction went into the message holding finish_explore's result, which
     // earlier snapshots hold without it.
@@ -120,7 +121,7 @@ describe("snapshots handed to onSnapshot", () => {
   });
 });
 
-describe("serializeSnapshot", () => {
+describe("serializeSnapshot and encodeSnapshot", () => {
   const agent = (messages: Message[]): AgentState => agentFixture("root", messages, false);
   const state = snapshotFixture;
 
@@ -137,9 +138,26 @@ describe("serializeSnapshot", () => {
       expect(stringify.mock.calls.filter(([value]) => value === call)).toHaveLength(1);
       expect(JSON.parse(text).agents[0].messages).toHaveLength(3);
       expect(first.agents[0]!.messages).toHaveLength(2);
+      // Encoding keeps each message's bytes the same way: once over the run.
+      stringify.mockClear();
+      expect(Buffer.from(encodeSnapshot(first)).toString()).toBe(serializeSnapshot(first));
+      expect(Buffer.from(encodeSnapshot(second)).toString()).toBe(text);
+      expect(stringify.mock.calls.filter(([value]) => value === call)).toHaveLength(1);
     } finally {
       stringify.mockRestore();
     }
+  });
+
+  it("encodes text beyond ASCII as the UTF-8 of the JSON, and a message changed in a copy afresh", () => {
+    const awkward = "caf\u00e9 \u{1F600} \u2028 \ud800 lone \udfff \"quoted\" \\ back";
+    const live = agent([{ role: "user", content: awkward }, { role: "assistant", content: [{ type: "text", text: `é${awkward}` }] }]);
+    const first = shareSnapshot(state([live]));
+    const bytes = Buffer.from(encodeSnapshot(first));
+    expect(bytes.toString("utf8")).toBe(serializeSnapshot(first));
+    expect(JSON.parse(bytes.toString("utf8"))).toEqual(JSON.parse(JSON.stringify(first)));
+    // A host's own edited copy of a snapshot: the changed message is not a sealed one, so nothing kept is reused for it.
+    const edited = { ...first, agents: [{ ...first.agents[0]!, messages: [first.agents[0]!.messages[0]!, { role: "user" as const, content: "changed ✓" }] }] };
+    expect(Buffer.from(encodeSnapshot(edited)).toString("utf8")).toBe(JSON.stringify(edited));
   });
 
   it("copies a message that is not JSON data only instead of sharing it, and serializes it afresh", () => {
@@ -163,6 +181,7 @@ describe("serializeSnapshot", () => {
     odd.messages.length = 5;
     for (const snapshot of [state([]), state([empty]), state([odd]), shareSnapshot(state([withJournal, empty]))]) {
       expect(JSON.parse(serializeSnapshot(snapshot))).toEqual(JSON.parse(JSON.stringify(snapshot)));
+      expect(Buffer.from(encodeSnapshot(snapshot)).toString("utf8")).toBe(serializeSnapshot(snapshot));
       if (!snapshot.agents.includes(odd)) expect(readSnapshot(JSON.parse(serializeSnapshot(snapshot)))).toEqual(readSnapshot(JSON.parse(JSON.stringify(snapshot))));
     }
   });

@@ -64,42 +64,106 @@ function shared<T extends object>(entry: T): T {
  * startTask({ ..., onSnapshot: (snapshot) => writeFile("run.json", serializeSnapshot(snapshot)) });
  */
 export function serializeSnapshot(snapshot: TaskSnapshot): string {
-  return objectJson(snapshot, { agents: (agents) => listJson(agents, (agent) => objectJson(agent, AGENT_LISTS)) }) ?? "null";
+  const parts = snapshotParts(snapshot, entryJson);
+  return parts === undefined ? "null" : (parts as string[]).join("");
 }
-
-/** The lists of an agent whose entries may be sealed, with their kept JSON. */
-const AGENT_LISTS = { messages: (entries: unknown[]) => listJson(entries, entryJson), journal: (entries: unknown[]) => listJson(entries, entryJson) };
-
-const entryJson = perSealedEntry((entry: object) => JSON.stringify(entry));
 
 /**
- * `JSON.stringify(value)`, with the fields named in `lists` that hold plain arrays written by
- * their own function. Anything `JSON.stringify` treats its own way (not a plain object, a
- * `toJSON`) is left to it whole.
+ * The bytes of {@link serializeSnapshot}'s text in UTF-8, for a host that writes snapshots to a
+ * file or a socket. Each message and journal entry is encoded once over the run, like its JSON
+ * in `serializeSnapshot`, so a long conversation's snapshot costs a copy of its bytes, not a
+ * serialization and an encoding of its whole text.
+ *
+ * @example
+ * startTask({ ..., onSnapshot: (snapshot) => writeFile("run.json", encodeSnapshot(snapshot)) });
  */
-function objectJson(value: unknown, lists: Record<string, (entries: unknown[]) => string>): string | undefined {
-  if (!isPlainObject(value)) return JSON.stringify(value) as string | undefined;
-  const fields: Record<string, unknown> = {};
-  const texts: Array<[string, string]> = [];
-  for (const name of Object.keys(value)) {
-    const field = (value as Record<string, unknown>)[name];
-    const write = Object.hasOwn(lists, name) ? lists[name] : undefined;
-    if (write && isPlainArray(field)) texts.push([name, write(field)]);
-    else fields[name] = field;
+export function encodeSnapshot(snapshot: TaskSnapshot): Uint8Array {
+  const parts = snapshotParts(snapshot, entryBytes);
+  if (parts === undefined) return Buffer.from("null");
+  // Adjacent text is encoded together: a list's brackets and commas are not a buffer each.
+  const buffers: Uint8Array[] = [];
+  let text = "";
+  for (const part of parts) {
+    if (typeof part === "string") {
+      text += part;
+      continue;
+    }
+    if (text) buffers.push(Buffer.from(text));
+    text = "";
+    buffers.push(part);
   }
-  let text = JSON.stringify(fields).slice(0, -1);
-  for (const [name, json] of texts) text += `${text.length > 1 ? "," : ""}${JSON.stringify(name)}:${json}`;
-  return `${text}}`;
+  if (text) buffers.push(Buffer.from(text));
+  return Buffer.concat(buffers);
 }
 
-/** A list's JSON; like JSON.stringify, a hole or an entry with no JSON form is written as null. */
-function listJson(entries: unknown[], write: (entry: object) => string | undefined): string {
-  const texts: string[] = [];
-  for (let i = 0; i < entries.length; i++) {
-    const entry = entries[i];
-    texts.push((entry !== null && typeof entry === "object" ? write(entry) : (JSON.stringify(entry) as string | undefined)) ?? "null");
+/** Text and the kept form of entries, in order; `snapshotParts(s, entryJson)` joined is `serializeSnapshot(s)`. */
+type Part = string | Uint8Array;
+
+/** A snapshot's JSON as parts, each sealed entry as `entry` keeps it; undefined where JSON.stringify gives undefined. */
+function snapshotParts<E extends Part>(snapshot: TaskSnapshot, entry: (value: object) => E | undefined): Array<string | E> | undefined {
+  const out: Array<string | E> = [];
+  const entries = (list: unknown[]) => listParts(list, entry, out);
+  const agents = (list: unknown[]) => listParts(list, (agent) => (objectParts(agent, { messages: entries, journal: entries }, out) ? "" : undefined), out);
+  return objectParts(snapshot, { agents }, out) ? out : undefined;
+}
+
+const entryJson = perSealedEntry((entry: object) => JSON.stringify(entry) as string | undefined);
+const entryBytes = perSealedEntry((entry: object) => {
+  const json = JSON.stringify(entry) as string | undefined;
+  return json === undefined ? undefined : Buffer.from(json);
+});
+
+/**
+ * Pushes `JSON.stringify(value)` onto `out`, with the fields named in `lists` that hold plain
+ * arrays written by their own function. Anything `JSON.stringify` treats its own way (not a
+ * plain object, a `toJSON`) is left to it whole. False, with nothing pushed, where
+ * JSON.stringify would give undefined.
+ */
+function objectParts<E extends Part>(value: unknown, lists: Record<string, (entries: unknown[]) => void>, out: Array<string | E>): boolean {
+  if (!isPlainObject(value)) {
+    const json = JSON.stringify(value) as string | undefined;
+    if (json === undefined) return false;
+    out.push(json);
+    return true;
   }
-  return `[${texts.join(",")}]`;
+  const fields: Record<string, unknown> = {};
+  const listed: Array<[string, unknown[]]> = [];
+  for (const name of Object.keys(value)) {
+    const field = (value as Record<string, unknown>)[name];
+    if (Object.hasOwn(lists, name) && isPlainArray(field)) listed.push([name, field]);
+    else fields[name] = field;
+  }
+  const head = JSON.stringify(fields).slice(0, -1);
+  out.push(head);
+  let first = head.length === 1;
+  for (const [name, list] of listed) {
+    out.push(`${first ? "" : ","}${JSON.stringify(name)}:`);
+    first = false;
+    lists[name]!(list);
+  }
+  out.push("}");
+  return true;
+}
+
+/**
+ * Pushes a list's JSON onto `out`; like JSON.stringify, a hole or an entry with no JSON form is
+ * written as null. `write` pushes an entry's parts itself when it gives "", or gives them.
+ */
+function listParts<E extends Part>(entries: unknown[], write: (entry: object) => E | "" | undefined, out: Array<string | E>): void {
+  out.push("[");
+  for (let i = 0; i < entries.length; i++) {
+    if (i > 0) out.push(",");
+    const entry = entries[i];
+    if (entry !== null && typeof entry === "object") {
+      const at = out.length;
+      const written = write(entry);
+      if (written === undefined) {
+        out.length = at;
+        out.push("null");
+      } else if (written !== "") out.push(written);
+    } else out.push((JSON.stringify(entry) as string | undefined) ?? "null");
+  }
+  out.push("]");
 }
 
 function isPlainObject(value: unknown): value is object {
