@@ -32,6 +32,11 @@ export const estimateMessageTokens: (message: Message) => number = perSealedEntr
   return message.content.reduce((sum, block) => sum + estimateTextTokens(blockText(block)), 0);
 });
 
+/** Estimated tokens of a tool's definition; worked out once for a sealed one (a run seals the specs it offers). */
+const estimateToolTokens: (tool: ToolSpec) => number = perSealedEntry((tool: ToolSpec) =>
+  estimateTextTokens(tool.name + tool.description + JSON.stringify(tool.inputSchema)),
+);
+
 /**
  * Estimated input tokens of a request before it is sent: tools, system prompt and messages, one
  * token per four characters. Use it to check a budget before sending; a `ContextTracker`'s
@@ -42,7 +47,7 @@ export const estimateMessageTokens: (message: Message) => number = perSealedEntr
  */
 export function estimateRequestTokens(request: Pick<ModelRequest, "system" | "messages"> & { tools: readonly ToolSpec[] }): number {
   let sum = estimateTextTokens(request.system);
-  for (const tool of request.tools) sum += estimateTextTokens(tool.name + tool.description + JSON.stringify(tool.inputSchema));
+  for (const tool of request.tools) sum += estimateToolTokens(tool);
   for (const message of request.messages) sum += estimateMessageTokens(message);
   return sum;
 }

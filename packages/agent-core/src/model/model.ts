@@ -82,6 +82,10 @@ export interface ModelRequest {
   /** System prompt; kept first and stable so it can be cached. */
   system: string;
   messages: Message[];
+  /**
+   * The tools offered. A run hands the same specs to every request of a conversation, frozen
+   * like its recorded messages: an adapter that needs another shape makes its own objects.
+   */
   tools: ToolSpec[];
   maxTokens: number;
   /** Extended thinking budget in tokens; omitted means no thinking. */

@@ -104,6 +104,7 @@ export interface ConversationResult {
 export async function runConversation(options: ConversationOptions): Promise<ConversationResult> {
   const { agentId, model, messages, emit, signal } = options;
   const toolsByName = new Map(options.tools.map((tool) => [tool.name, tool]));
+  // Sealed like the recorded messages (see toolSpec): every request of the conversation offers the same specs.
   const specs = (options.offeredTools ?? options.tools).map(toolSpec);
   let usage = emptyUsage();
   let agentTotal = options.usageBefore ?? emptyUsage();

@@ -43,11 +43,16 @@ describe("defineTool and executeTool", () => {
     expect(builtinTools().filter((t) => !t.readOnly).map((t) => t.name)).toEqual(["write_file", "edit_file", "run_command"]);
   });
 
-  it("gives each call a spec of its own, made again when the tool's schema or words change", () => {
+  it("gives one read-only spec while the tool stays the same, made again when the tool's schema or words change", () => {
     const echo = { ...defineTool({ name: "echo", description: "Echoes", input: z.object({ text: z.string() }), execute: ({ text }) => text }) };
     const first = toolSpec(echo);
-    (first.inputSchema.properties as Record<string, unknown>).text = { type: "number" };
-    first.description = "changed by a caller";
+    expect(toolSpec(echo)).toBe(first);
+    expect(() => {
+      (first.inputSchema.properties as Record<string, unknown>).text = { type: "number" };
+    }).toThrow(TypeError);
+    expect(() => {
+      first.description = "changed by a caller";
+    }).toThrow(TypeError);
     expect(toolSpec(echo)).toEqual({ name: "echo", description: "Echoes", inputSchema: expect.objectContaining({ properties: { text: { type: "string" } } }) });
     echo.input = z.object({ text: z.string(), loud: z.boolean() });
     echo.description = "Echoes, maybe loudly";

@@ -1,5 +1,6 @@
 import * as z from "zod";
 import type { ToolSpec } from "../model/model.js";
+import { seal } from "../model/sealed.js";
 import type { Workspace } from "../workspace/workspace.js";
 
 /** What a tool's `execute` receives besides its input. */
@@ -72,14 +73,18 @@ export function defineTool<Schema extends z.ZodType>(definition: ToolDefinition<
 /** Specs already made, by tool and input schema: every phase and agent of a run offers the same tools. */
 const specs = new WeakMap<Tool<any>, { input: unknown; spec: ToolSpec }>();
 
-/** The JSON-schema form of a tool that is sent to the model. */
+/**
+ * The JSON-schema form of a tool that is sent to the model: JSON data only, sealed (frozen, see
+ * `model/sealed.ts`), and the same object for as long as the tool's name, words and input schema
+ * stay the same, so what is worked out from it (its estimated tokens) is kept.
+ */
 export function toolSpec(tool: Tool<any>): ToolSpec {
   const known = specs.get(tool);
-  if (known && known.input === tool.input && known.spec.name === tool.name && known.spec.description === tool.description) return structuredClone(known.spec);
-  const schema = z.toJSONSchema(tool.input, { target: "draft-7", io: "input" }) as Record<string, unknown>;
-  delete schema.$schema;
-  const spec = { name: tool.name, description: tool.description, inputSchema: schema };
-  specs.set(tool, { input: tool.input, spec: structuredClone(spec) });
+  if (known && known.input === tool.input && known.spec.name === tool.name && known.spec.description === tool.description) return known.spec;
+  // Through JSON: zod adds properties no JSON form has (`~standard`, with functions), which would keep the spec from being sealed.
+  const { $schema: _, ...schema } = JSON.parse(JSON.stringify(z.toJSONSchema(tool.input, { target: "draft-7", io: "input" }))) as Record<string, unknown>;
+  const spec = seal({ name: tool.name, description: tool.description, inputSchema: schema });
+  specs.set(tool, { input: tool.input, spec });
   return spec;
 }
 
