@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, type Stats } from "node:fs";
 import { lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
@@ -123,6 +123,12 @@ interface ParkedWorktree {
 
 /** Kept worktrees per repository and worktrees folder. */
 const parkedPools = new Map<string, { trees: ParkedWorktree[]; timer?: NodeJS.Timeout }>();
+
+/** The deepest existing part of a checked path, with its `lstat`. */
+interface Found {
+  path: string;
+  info: Stats;
+}
 
 /**
  * A workspace over a local git checkout, and the worktrees forked from it for child agents.
@@ -269,6 +275,15 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   }
 
   async resolvePath(path: string): Promise<string> {
+    return (await this.locate(path)).full;
+  }
+
+  /**
+   * {@link resolvePath}, with what the check found on disk: the deepest part of the path that
+   * exists (the path itself, or the folder the missing rest goes in) and its `lstat`, so a caller
+   * need not look again.
+   */
+  private async locate(path: string): Promise<{ full: string; found: Found | undefined }> {
     this.assertLive();
     if (typeof path !== "string") throw new PathOutsideWorkspaceError(String(path), "not a string");
     if (path.includes("\0")) throw new PathOutsideWorkspaceError(path, "contains a NUL byte");
@@ -279,43 +294,37 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     // `.g\u200cit`, `git~1`), at any depth: keen's own git would read a nested one's config.
     if (hasGitDirComponent(normalized)) throw new PathOutsideWorkspaceError(path, "the .git folder is off limits");
     const full = join(this.root, normalized);
-    await this.assertNoSymlinkEscape(path, full);
-    return full;
+    return { full, found: await this.assertNoSymlinkEscape(path, full) };
   }
 
   /**
    * Resolves symlinks along the existing part of `full` and checks where the path really lands:
    * inside the root, and not in its `.git` (a link the agent made, `d -> .`, must not let keen's
    * own file writes on the host reach the `.git` file the sandbox mounts read-only, or a main
-   * checkout's git dir with its config and hooks).
+   * checkout's git dir with its config and hooks). Returns the existing part it judged, or
+   * undefined when not even the root could be read.
    */
-  private async assertNoSymlinkEscape(original: string, full: string): Promise<void> {
+  private async assertNoSymlinkEscape(original: string, full: string): Promise<Found | undefined> {
     let current = full;
     while (true) {
-      let info;
-      try {
-        info = await lstat(current);
-      } catch {
-        if (current === this.root) return;
+      // Both at once: the path is there far more often than not, and then both are needed.
+      const [looked, resolved] = await Promise.allSettled([lstat(current), realpath(current)]);
+      if (looked.status === "rejected") {
+        if (current === this.root) return undefined;
         current = dirname(current);
         continue;
       }
+      const info = looked.value;
       let real: string;
-      if (info.isSymbolicLink()) {
-        try {
-          real = await realpath(current);
-        } catch {
-          // A dangling link: judge where it would point.
-          real = resolve(dirname(current), await readlink(current));
-        }
-      } else {
-        real = await realpath(current);
-      }
+      if (resolved.status === "fulfilled") real = resolved.value;
+      // A dangling link: judge where it would point.
+      else if (info.isSymbolicLink()) real = resolve(dirname(current), await readlink(current));
+      else throw resolved.reason;
       if (!this.contains(real)) throw new PathOutsideWorkspaceError(original, "a symbolic link leads outside the workspace");
       // The part that does not exist yet is created below the resolved part.
       const landing = join(real, relative(current, full));
       if (this.inGitDir(landing)) throw new PathOutsideWorkspaceError(original, "it leads into the .git folder, which is off limits");
-      return;
+      return { path: current, info };
     }
   }
 
@@ -345,18 +354,23 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   }
 
   async writeFile(path: string, content: string): Promise<void> {
-    const full = await this.resolvePath(path);
+    const { full, found } = await this.locate(path);
     if (full === this.root) throw new KeenError("is_a_directory", `${path === "" ? "The empty path" : path} names the workspace root, a folder, not a file`);
     this.assertCheckedOut(path, full, false);
-    try {
-      await mkdir(dirname(full), { recursive: true });
-    } catch (error) {
-      // A leading part that is a file (EEXIST, ENOTDIR) or a name the file system refuses (ENAMETOOLONG).
-      throw fileError(path, error);
+    // A folder to make first: anything missing above the file, or a parent that is not a plain
+    // folder (a link, or a file, for mkdir to refuse with its own error).
+    const parent = dirname(full);
+    if (found?.path !== full && !(found?.path === parent && found.info.isDirectory())) {
+      try {
+        await mkdir(parent, { recursive: true });
+      } catch (error) {
+        // A leading part that is a file (EEXIST, ENOTDIR) or a name the file system refuses (ENAMETOOLONG).
+        throw fileError(path, error);
+      }
+      // The parent may have been created through a path we already checked; check again after mkdir.
+      await this.assertNoSymlinkEscape(path, parent);
     }
-    // The parent may have been created through a path we already checked; check again after mkdir.
-    await this.assertNoSymlinkEscape(path, dirname(full));
-    const temp = join(dirname(full), `.keen-${randomBytes(6).toString("hex")}.tmp`);
+    const temp = join(parent, `.keen-${randomBytes(6).toString("hex")}.tmp`);
     try {
       await writeFile(temp, content, "utf8");
       await rename(temp, full);
@@ -367,8 +381,11 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
   }
 
   async exists(path: string): Promise<boolean> {
-    const full = await this.resolvePath(path);
+    const { full, found } = await this.locate(path);
     this.assertCheckedOut(path, full, true);
+    // The check above looked at the path itself when it is there; only a link needs following.
+    if (found?.path !== full) return false;
+    if (!found.info.isSymbolicLink()) return true;
     try {
       await stat(full);
       return true;
