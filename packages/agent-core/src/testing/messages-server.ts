@@ -10,6 +10,11 @@ export interface RecordedRequest {
   path: string;
   headers: Record<string, string>;
   body: Record<string, any>;
+  /**
+   * When the request was received, in milliseconds since the epoch with fractions: read from
+   * the monotonic clock (`performance.timeOrigin + performance.now()`), so the time between two
+   * requests is measured to the microsecond.
+   */
   receivedAt: number;
   status: number;
   /** Usage reported for a successful reply. */
@@ -107,7 +112,7 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
     if (req.method !== "POST" || (path !== "/v1/messages" && path !== "/v1/messages/count_tokens")) {
       return sendError(res, 404, "not_found_error", `No route for ${req.method} ${path}`);
     }
-    const record: RecordedRequest = { index: requests.length, path, headers, body, receivedAt: Date.now(), status: 0 };
+    const record: RecordedRequest = { index: requests.length, path, headers, body, receivedAt: performance.timeOrigin + performance.now(), status: 0 };
     requests.push(record);
     const fail = (status: number, type: string, message: string, extra: Record<string, string> = {}) => {
       record.status = status;
