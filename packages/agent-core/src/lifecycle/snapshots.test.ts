@@ -160,6 +160,15 @@ describe("serializeSnapshot and encodeSnapshot", () => {
     expect(Buffer.from(encodeSnapshot(edited)).toString("utf8")).toBe(JSON.stringify(edited));
   });
 
+  it("gives the host bytes of its own: changing them changes no later snapshot's bytes", () => {
+    const live = agent([{ role: "user", content: "Keep this text" }]);
+    const first = shareSnapshot(state([live]));
+    const bytes = encodeSnapshot(first);
+    bytes.fill(0x20);
+    expect(Buffer.from(encodeSnapshot(first)).toString("utf8")).toBe(serializeSnapshot(first));
+    expect(JSON.parse(Buffer.from(encodeSnapshot(shareSnapshot(state([live])))).toString("utf8")).agents[0].messages[0].content).toBe("Keep this text");
+  });
+
   it("copies a message that is not JSON data only instead of sharing it, and serializes it afresh", () => {
     const when = new Date(0);
     const call: Message = { role: "assistant", content: [{ type: "tool_use", id: "t1", name: "read_file", input: { path: "a.md", when } }] };
