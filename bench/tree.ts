@@ -100,10 +100,12 @@ async function forkMerge(): Promise<void> {
   line("plain git    worktree add → commit → merge --no-ff → remove", fresh.p, fresh.counts.plain);
   line("clone        clone --local → commit → fetch → merge → rm", fresh.c, fresh.counts.clone);
   line("checkout     worktree add → remove, nothing else", fresh.floor, 2);
+  line("checkout     the same with checkout.workers=0, as keen sets it", fresh.parallelFloor, 2);
   row("keen / plain git (target ≤ 1.00×)", `${(fresh.k / fresh.p).toFixed(2)}×`);
   row("keen / clone --local (target ≤ 0.60×)", `${(fresh.k / fresh.c).toFixed(2)}×`);
-  // What any fork that writes every file costs at least: above 0.60× here, no fresh full worktree meets that target.
+  // What writing every file of a fresh worktree costs at least, with one git process and with one per core.
   row("checkout alone / clone --local (the floor of a fresh full fork)", `${(fresh.floor / fresh.c).toFixed(2)}×`);
+  row("parallel checkout alone / clone --local (keen's floor)", `${(fresh.parallelFloor / fresh.c).toFixed(2)}×`);
   console.log(`the same with reuseWorktrees (each fork takes the worktree the previous round disposed), in a second run`);
   line("keen reuse   fork → write → commit → merge --no-ff → dispose", reused.k, reused.counts.keen);
   line("plain git    worktree add → commit → merge --no-ff → remove", reused.p, reused.counts.plain);
@@ -161,8 +163,17 @@ async function forkMergeBlock(reuseWorktrees: boolean) {
     return performance.now() - started;
   };
 
+  // The same with git's parallel checkout, as keen's own git calls set it (checkout.workers=0: one worker per core).
+  const parallelFloorRound = async (i: number | string) => {
+    const started = performance.now();
+    const tree = `${dir}.pfloor-${i}`;
+    await git(dir, "-c", "checkout.workers=0", "worktree", "add", "-q", "--detach", tree);
+    await git(dir, "worktree", "remove", "--force", tree);
+    return performance.now() - started;
+  };
+
   const files = (await git(dir, "ls-files")).stdout.split("\n").length;
-  const { k, p, c, floor } = await sideBySide({ k: keenRound, p: gitRound, c: cloneRound, floor: floorRound });
+  const { k, p, c, floor, parallelFloor } = await sideBySide({ k: keenRound, p: gitRound, c: cloneRound, floor: floorRound, parallelFloor: parallelFloorRound });
   const counts = {
     keen: await countGitProcesses(() => keenRound("count")),
     plain: await countGitProcesses(() => gitRound("count")),
@@ -170,7 +181,7 @@ async function forkMergeBlock(reuseWorktrees: boolean) {
   };
   await workspace.releaseWorktrees();
   await rm(dir, { recursive: true, force: true });
-  return { files, k, p, c, floor, counts };
+  return { files, k, p, c, floor, parallelFloor, counts };
 }
 
 /**
