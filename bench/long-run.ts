@@ -82,6 +82,7 @@ async function keenRound(build: Build = own): Promise<{ early: number; late: num
     onSnapshot: (s) => snapshot.write(s),
   }).result;
   const total = performance.now() - started;
+  await (snapshot as { close?: () => Promise<void> }).close?.();
   await server.close();
   if (result.status !== "success" || snapshot.error) throw new Error(`keen round failed: ${result.status} ${snapshot.error?.message ?? ""}`);
   const requests = server.requests.filter((r) => r.path === "/v1/messages");

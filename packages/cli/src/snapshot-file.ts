@@ -1,4 +1,4 @@
-import { mkdir, open, readFile, rename } from "node:fs/promises";
+import { mkdir, open, readFile, rename, rm, type FileHandle } from "node:fs/promises";
 import { dirname, isAbsolute, join, resolve, sep } from "node:path";
 import { encodeSnapshot, TaskSnapshot } from "@keen/agent-core";
 import { UsageError } from "./cli-error.js";
@@ -32,17 +32,27 @@ const NEWLINE = Buffer.from("\n");
 
 /**
  * Writes snapshots to one file, each atomically (a temporary file renamed over the old one),
- * so a reader, or a process killed mid-write, never sees half a snapshot. `freeze()` keeps the
- * file at the last state written: after an interrupt the agents are stopped and marked
- * aborted, and that state must not replace the last resumable one.
+ * so a reader, or a process killed mid-write, never sees half a snapshot. Writes go one at a
+ * time, in the order they were asked for. The temporary file of the next write is created as
+ * soon as a write ends, while the run goes on: a turn's snapshot then waits for its bytes and
+ * the rename only. `close()` removes that file when no more snapshots come; one left by a
+ * process that was killed is named `<file>.<pid>.tmp`, and `keen runs --prune` removes it.
+ *
+ * `freeze()` keeps the file at the last state written: after an interrupt the agents are
+ * stopped and marked aborted, and that state must not replace the last resumable one.
  *
  * @example
  * const file = new SnapshotFile(".git/keen/runs/run_1.json");
  * startTask({ ..., onSnapshot: (snapshot) => file.write(snapshot) });
+ * // when the run has ended:
+ * await file.close();
  */
 export class SnapshotFile {
   private frozen = false;
   private dirReady: Promise<unknown> | undefined;
+  /** The temporary file of the next write, created ahead. */
+  private ahead: Promise<FileHandle | undefined> | undefined;
+  private queue: Promise<void> = Promise.resolve();
   /** The first write that failed, if any (the run goes on; the caller reports it). */
   error: Error | undefined;
   /** Snapshots written so far. */
@@ -50,28 +60,70 @@ export class SnapshotFile {
 
   constructor(readonly path: string) {}
 
-  async write(snapshot: TaskSnapshot): Promise<void> {
+  private get temp(): string {
+    return `${this.path}.${process.pid}.tmp`;
+  }
+
+  write(snapshot: TaskSnapshot): Promise<void> {
+    const written = this.queue.then(() => this.writeNow(snapshot));
+    this.queue = written;
+    return written;
+  }
+
+  private async writeNow(snapshot: TaskSnapshot): Promise<void> {
     if (this.frozen) return;
     try {
       this.dirReady ??= mkdir(dirname(this.path), { recursive: true });
       await this.dirReady;
-      const temp = `${this.path}.${process.pid}.tmp`;
-      // The bytes of each message are kept from the snapshot before: a turn copies them, it does not encode them again.
-      const file = await open(temp, "w");
+      const bytes = encodeSnapshot(snapshot);
+      const early = await this.takeAhead();
       try {
-        await file.writev([encodeSnapshot(snapshot), NEWLINE]);
-      } finally {
-        await file.close();
+        await this.replace(early ?? (await open(this.temp, "w")), bytes);
+      } catch (error) {
+        // The file made ahead is gone (removed by hand meanwhile): once more, made now.
+        if (!early || (error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+        await this.replace(await open(this.temp, "w"), bytes);
       }
-      await rename(temp, this.path);
       this.writes += 1;
+      if (!this.frozen) this.ahead = open(this.temp, "w").catch(() => undefined);
     } catch (error) {
       this.error ??= error instanceof Error ? error : new Error(String(error));
     }
   }
 
+  private async replace(file: FileHandle, bytes: Uint8Array): Promise<void> {
+    try {
+      await file.writev([bytes, NEWLINE]);
+    } finally {
+      await file.close();
+    }
+    await rename(this.temp, this.path);
+  }
+
+  private takeAhead(): Promise<FileHandle | undefined> {
+    const ahead = this.ahead ?? Promise.resolve(undefined);
+    this.ahead = undefined;
+    return ahead;
+  }
+
+  /** Removes the file made ahead for a next write, if any. */
+  private async discardAhead(): Promise<void> {
+    const file = await this.takeAhead();
+    if (!file) return;
+    await file.close().catch(() => {});
+    await rm(this.temp, { force: true });
+  }
+
   freeze(): void {
     this.frozen = true;
+    void this.queue.then(() => this.discardAhead()).catch(() => {});
+  }
+
+  /** No more snapshots: waits for the writes asked for, then removes the file made ahead. Writes after it are ignored. */
+  async close(): Promise<void> {
+    this.frozen = true;
+    await this.queue;
+    await this.discardAhead();
   }
 }
 

@@ -93,6 +93,7 @@ export async function runTaskSession(options: TaskSessionOptions): Promise<TaskS
       }
     }
     const result = await run.result;
+    await snapshot.close();
     view?.finish(tree);
 
     if (snapshot.error) io.stderr(`keen: could not save the snapshot to ${snapshot.path}: ${snapshot.error.message}\n`);
@@ -117,6 +118,7 @@ export async function runTaskSession(options: TaskSessionOptions): Promise<TaskS
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     view?.release();
+    await snapshot.close();
   }
 }
 
