@@ -1,4 +1,5 @@
-import { mkdir, open, readFile, rename, rm, type FileHandle } from "node:fs/promises";
+import { constants } from "node:fs";
+import { lstat, mkdir, open, readFile, rename, rm, type FileHandle } from "node:fs/promises";
 import { dirname, isAbsolute, join, resolve, sep } from "node:path";
 import { encodeSnapshot, TaskSnapshot } from "@keen/agent-core";
 import { UsageError } from "./cli-error.js";
@@ -64,40 +65,65 @@ export class SnapshotFile {
     return `${this.path}.${process.pid}.tmp`;
   }
 
+  /** Writes `snapshot` after every write asked before it; ignored once frozen or closed. Never rejects: a failure sets `error`. */
   write(snapshot: TaskSnapshot): Promise<void> {
+    if (this.frozen) return this.queue;
     const written = this.queue.then(() => this.writeNow(snapshot));
     this.queue = written;
     return written;
   }
 
   private async writeNow(snapshot: TaskSnapshot): Promise<void> {
-    if (this.frozen) return;
     try {
       this.dirReady ??= mkdir(dirname(this.path), { recursive: true });
       await this.dirReady;
       const bytes = encodeSnapshot(snapshot);
       const early = await this.takeAhead();
-      try {
-        await this.replace(early ?? (await open(this.temp, "w")), bytes);
-      } catch (error) {
-        // The file made ahead is gone (removed by hand meanwhile): once more, made now.
-        if (!early || (error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
-        await this.replace(await open(this.temp, "w"), bytes);
+      // The file made ahead may have been removed or replaced meanwhile: then once more, made now.
+      if (!(early && (await this.replace(early, bytes)))) {
+        if (!(await this.replace(await this.createTemp(), bytes))) throw new Error(`${this.temp} was replaced while the snapshot was written to it`);
       }
       this.writes += 1;
-      if (!this.frozen) this.ahead = open(this.temp, "w").catch(() => undefined);
+      if (!this.frozen) this.ahead = this.createTemp().catch(() => undefined);
     } catch (error) {
       this.error ??= error instanceof Error ? error : new Error(String(error));
+      await rm(this.temp, { force: true }).catch(() => {});
     }
   }
 
-  private async replace(file: FileHandle, bytes: Uint8Array): Promise<void> {
+  /**
+   * A new temporary file, never through a link: whatever holds its name (a file left by a killed
+   * process of the same id, a link someone put there) is removed first, never written through.
+   */
+  private async createTemp(): Promise<FileHandle> {
+    const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
     try {
-      await file.writev([bytes, NEWLINE]);
+      return await open(this.temp, flags, 0o666);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+      await rm(this.temp, { force: true });
+      return open(this.temp, flags, 0o666);
+    }
+  }
+
+  /**
+   * Writes the snapshot's bytes to `file` and renames it over the snapshot, if `file` is still
+   * what the temporary name holds (false, and nothing renamed, if not). A write the file system
+   * cuts short goes on where it stopped, or fails: a part of a snapshot never replaces a whole one.
+   */
+  private async replace(file: FileHandle, bytes: Uint8Array): Promise<boolean> {
+    let own;
+    try {
+      const { bytesWritten } = await file.writev([bytes, NEWLINE]);
+      if (bytesWritten < bytes.length + NEWLINE.length) await writeRest(file, Buffer.concat([bytes, NEWLINE]), bytesWritten);
+      own = await file.stat();
     } finally {
       await file.close();
     }
+    const named = await lstat(this.temp).catch(() => undefined);
+    if (!named || named.ino !== own.ino || named.dev !== own.dev) return false;
     await rename(this.temp, this.path);
+    return true;
   }
 
   private takeAhead(): Promise<FileHandle | undefined> {
@@ -106,24 +132,34 @@ export class SnapshotFile {
     return ahead;
   }
 
-  /** Removes the file made ahead for a next write, if any. */
+  /** Removes the file made ahead for a next write, and anything left under its name. */
   private async discardAhead(): Promise<void> {
     const file = await this.takeAhead();
-    if (!file) return;
-    await file.close().catch(() => {});
-    await rm(this.temp, { force: true });
+    await file?.close().catch(() => {});
+    await rm(this.temp, { force: true }).catch(() => {});
   }
 
+  /** Keeps the file at the last state written: writes asked from now on are ignored; those asked before still land. */
   freeze(): void {
+    if (this.frozen) return;
     this.frozen = true;
-    void this.queue.then(() => this.discardAhead()).catch(() => {});
+    this.queue = this.queue.then(() => this.discardAhead());
   }
 
-  /** No more snapshots: waits for the writes asked for, then removes the file made ahead. Writes after it are ignored. */
+  /** No more snapshots: waits for the writes asked for, then removes the temporary file. Writes asked later are ignored. */
   async close(): Promise<void> {
     this.frozen = true;
     await this.queue;
     await this.discardAhead();
+  }
+}
+
+/** Writes `bytes` from `offset` on, until all are written or the file system refuses. */
+async function writeRest(file: FileHandle, bytes: Buffer, offset: number): Promise<void> {
+  while (offset < bytes.length) {
+    const { bytesWritten } = await file.write(bytes, offset, bytes.length - offset);
+    if (bytesWritten === 0) throw new Error("the file system wrote nothing of the snapshot");
+    offset += bytesWritten;
   }
 }
 

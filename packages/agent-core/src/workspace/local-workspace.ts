@@ -98,6 +98,8 @@ const DEFAULT_TIMEOUT_MS = 120_000;
 const DEFAULT_OUTPUT_BYTES = 100_000;
 const DEFAULT_STALE_LOCK_MS = 0;
 const DEFAULT_READ_BYTES = 10 * 1024 * 1024;
+/** Dangling links followed one after another when judging a path (the kernel's own limit is 40). */
+const MAX_LINKS = 40;
 /** Longest conflicted file `commitMerge` inspects for markers. */
 const MAX_MERGE_FILE_BYTES = 50 * 1024 * 1024;
 
@@ -304,12 +306,14 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
    * checkout's git dir with its config and hooks). Returns the existing part it judged, or
    * undefined when not even the root could be read.
    */
-  private async assertNoSymlinkEscape(original: string, full: string): Promise<Found | undefined> {
+  private async assertNoSymlinkEscape(original: string, full: string, links = 0): Promise<Found | undefined> {
     let current = full;
     while (true) {
       // Both at once: the path is there far more often than not, and then both are needed.
       const [looked, resolved] = await Promise.allSettled([lstat(current), realpath(current)]);
-      if (looked.status === "rejected") {
+      const unresolved = resolved.status === "rejected" ? ((resolved.reason as NodeJS.ErrnoException).code ?? "error") : undefined;
+      // Not there, or gone between the two looks: judged by the part above it.
+      if (looked.status === "rejected" || (unresolved === "ENOENT" && !looked.value.isSymbolicLink())) {
         if (current === this.root) return undefined;
         current = dirname(current);
         continue;
@@ -317,9 +321,18 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       const info = looked.value;
       let real: string;
       if (resolved.status === "fulfilled") real = resolved.value;
-      // A dangling link: judge where it would point.
-      else if (info.isSymbolicLink()) real = resolve(dirname(current), await readlink(current));
-      else throw resolved.reason;
+      else if (unresolved === "ENOENT") {
+        // A dangling link: what it would point to is judged as a path of its own, links in it
+        // included (its text alone says nothing of the links it leads through).
+        if (links >= MAX_LINKS) throw new PathOutsideWorkspaceError(original, "it leads through too many symbolic links");
+        const target = resolve(dirname(current), await readlink(current));
+        await this.assertNoSymlinkEscape(original, join(target, relative(current, full)), links + 1);
+        return { path: current, info };
+      } else {
+        // ENAMETOOLONG (a detour longer than the system's limit, which the kernel still
+        // follows), ELOOP, EACCES: where it leads cannot be told, so it is not taken.
+        throw new PathOutsideWorkspaceError(original, `keen cannot tell where its links lead (${unresolved})`);
+      }
       if (!this.contains(real)) throw new PathOutsideWorkspaceError(original, "a symbolic link leads outside the workspace");
       // The part that does not exist yet is created below the resolved part.
       const landing = join(real, relative(current, full));
