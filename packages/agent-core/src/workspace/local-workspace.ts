@@ -985,7 +985,9 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
    */
   private async unresolved(file: string): Promise<string | null> {
     const full = join(this.root, file);
-    const parent = await realpath(dirname(full)).catch(() => null);
+    // Gone (null), or there but not resolvable (undefined: a detour of links too long to resolve, a loop), which is not followed.
+    const parent = await realpath(dirname(full)).catch((error: NodeJS.ErrnoException) => (error.code === "ENOENT" ? null : undefined));
+    if (parent === undefined) return "a folder on its path leads where keen cannot tell";
     if (parent !== null && parent !== dirname(full)) return "a folder on its path is a symbolic link";
     const info = await lstat(full).catch(() => null);
     if (!info || info.isSymbolicLink()) return null; // Deleted, or a link git records as its target text.
