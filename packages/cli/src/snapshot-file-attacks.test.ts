@@ -3,9 +3,9 @@ import { lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { readSnapshot, type TaskSnapshot } from "@keen/agent-core";
 import { afterEach, describe, expect, it } from "vitest";
 import { readSnapshotFile, SnapshotFile } from "./snapshot-file.js";
+import { namedSnapshot } from "./testing/named-snapshot.js";
 
 /**
  * Attacks on SnapshotFile's invariants: the file always holds a whole snapshot (the newest one
@@ -14,19 +14,7 @@ import { readSnapshotFile, SnapshotFile } from "./snapshot-file.js";
  * nothing outside the snapshot's own file is written.
  */
 
-function snapshot(vision: string): TaskSnapshot {
-  return readSnapshot({
-    version: 5,
-    runId: "run_attack",
-    vision,
-    nextSeq: 0,
-    limits: { maxDepth: 1, maxChildren: 2, maxAgents: 3, maxTurnsPerPhase: 5 },
-    maxConcurrency: 2,
-    onConflict: "resolve",
-    tokensSpent: 0,
-    agents: [],
-  });
-}
+const snapshot = (vision: string) => namedSnapshot(vision, "run_attack");
 
 const repoRoot = resolve(fileURLToPath(new URL(".", import.meta.url)), "../../..");
 const cleanups: string[] = [];
@@ -231,12 +219,10 @@ describe("SnapshotFile under attack", () => {
     // Another process, its file-size limit (RLIMIT_FSIZE) at 1 MiB: a longer write is cut short
     // there, as ENOSPC does mid-write. The limit is that process's own, not the test runner's.
     const script = `
-      import { readSnapshot } from "@keen/agent-core";
       import { SnapshotFile } from ${JSON.stringify(fileURLToPath(new URL("./snapshot-file.ts", import.meta.url)))};
+      import { namedSnapshot } from ${JSON.stringify(fileURLToPath(new URL("./testing/named-snapshot.ts", import.meta.url)))};
       const file = new SnapshotFile(process.argv[1]);
-      const big = { version: 5, runId: "run_attack", vision: "y".repeat(4 * 1024 * 1024), nextSeq: 0,
-        limits: { maxDepth: 1, maxChildren: 2, maxAgents: 3, maxTurnsPerPhase: 5 }, maxConcurrency: 2, onConflict: "resolve", tokensSpent: 0, agents: [] };
-      await file.write(readSnapshot(big));
+      await file.write(namedSnapshot("y".repeat(4 * 1024 * 1024), "run_attack"));
       await file.close();
       console.log(JSON.stringify({ writes: file.writes, error: file.error?.message ?? null }));
     `;

@@ -1,24 +1,11 @@
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { readSnapshot, type TaskSnapshot } from "@keen/agent-core";
 import { describe, expect, it } from "vitest";
 import { readSnapshotFile, SnapshotFile } from "./snapshot-file.js";
+import { namedSnapshot } from "./testing/named-snapshot.js";
 
-/** A snapshot as a run hands it over, told apart by its vision. */
-function snapshot(vision: string): TaskSnapshot {
-  return readSnapshot({
-    version: 5,
-    runId: "run_file_test",
-    vision,
-    nextSeq: 0,
-    limits: { maxDepth: 1, maxChildren: 2, maxAgents: 3, maxTurnsPerPhase: 5 },
-    maxConcurrency: 2,
-    onConflict: "resolve",
-    tokensSpent: 0,
-    agents: [],
-  });
-}
+const snapshot = (vision: string) => namedSnapshot(vision);
 
 async function folder() {
   const dir = await mkdtemp(join(tmpdir(), "keen-snapshot-file-"));
