@@ -31,6 +31,13 @@ export function repoOfSnapshotPath(path: string): string | undefined {
 
 const NEWLINE = Buffer.from("\n");
 
+/** A temporary snapshot file, open, with the inode it was created as. */
+interface TempFile {
+  file: FileHandle;
+  ino: number;
+  dev: number;
+}
+
 /**
  * Writes snapshots to one file, each atomically (a temporary file renamed over the old one),
  * so a reader, or a process killed mid-write, never sees half a snapshot. Writes go one at a
@@ -52,7 +59,7 @@ export class SnapshotFile {
   private frozen = false;
   private dirReady: Promise<unknown> | undefined;
   /** The temporary file of the next write, created ahead. */
-  private ahead: Promise<FileHandle | undefined> | undefined;
+  private ahead: Promise<TempFile | undefined> | undefined;
   private queue: Promise<void> = Promise.resolve();
   /** The first write that failed, if any (the run goes on; the caller reports it). */
   error: Error | undefined;
@@ -95,15 +102,19 @@ export class SnapshotFile {
    * A new temporary file, never through a link: whatever holds its name (a file left by a killed
    * process of the same id, a link someone put there) is removed first, never written through.
    */
-  private async createTemp(): Promise<FileHandle> {
+  private async createTemp(): Promise<TempFile> {
     const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+    let file: FileHandle;
     try {
-      return await open(this.temp, flags, 0o666);
+      file = await open(this.temp, flags, 0o666);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
       await rm(this.temp, { force: true });
-      return open(this.temp, flags, 0o666);
+      file = await open(this.temp, flags, 0o666);
     }
+    // Which file it is, read once here (ahead of the write it serves), not on the turn's path.
+    const { ino, dev } = await file.stat();
+    return { file, ino, dev };
   }
 
   /**
@@ -111,22 +122,20 @@ export class SnapshotFile {
    * what the temporary name holds (false, and nothing renamed, if not). A write the file system
    * cuts short goes on where it stopped, or fails: a part of a snapshot never replaces a whole one.
    */
-  private async replace(file: FileHandle, bytes: Uint8Array): Promise<boolean> {
-    let own;
+  private async replace({ file, ino, dev }: TempFile, bytes: Uint8Array): Promise<boolean> {
     try {
       const { bytesWritten } = await file.writev([bytes, NEWLINE]);
       if (bytesWritten < bytes.length + NEWLINE.length) await writeRest(file, Buffer.concat([bytes, NEWLINE]), bytesWritten);
-      own = await file.stat();
     } finally {
       await file.close();
     }
     const named = await lstat(this.temp).catch(() => undefined);
-    if (!named || named.ino !== own.ino || named.dev !== own.dev) return false;
+    if (!named || named.ino !== ino || named.dev !== dev) return false;
     await rename(this.temp, this.path);
     return true;
   }
 
-  private takeAhead(): Promise<FileHandle | undefined> {
+  private takeAhead(): Promise<TempFile | undefined> {
     const ahead = this.ahead ?? Promise.resolve(undefined);
     this.ahead = undefined;
     return ahead;
@@ -134,8 +143,8 @@ export class SnapshotFile {
 
   /** Removes the file made ahead for a next write, and anything left under its name. */
   private async discardAhead(): Promise<void> {
-    const file = await this.takeAhead();
-    await file?.close().catch(() => {});
+    const temp = await this.takeAhead();
+    await temp?.file.close().catch(() => {});
     await rm(this.temp, { force: true }).catch(() => {});
   }
 
