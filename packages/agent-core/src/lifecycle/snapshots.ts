@@ -155,12 +155,10 @@ function listParts<E extends Part>(entries: unknown[], write: (entry: object) =>
     if (i > 0) out.push(",");
     const entry = entries[i];
     if (entry !== null && typeof entry === "object") {
-      const at = out.length;
+      // Nothing was pushed for an entry with no JSON form.
       const written = write(entry);
-      if (written === undefined) {
-        out.length = at;
-        out.push("null");
-      } else if (written !== "") out.push(written);
+      if (written === undefined) out.push("null");
+      else if (written !== "") out.push(written);
     } else out.push((JSON.stringify(entry) as string | undefined) ?? "null");
   }
   out.push("]");
