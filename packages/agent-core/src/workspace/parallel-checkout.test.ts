@@ -8,13 +8,18 @@ import { createTestRepo } from "./test-repo.js";
 
 const files = (count: number) => Object.fromEntries(Array.from({ length: count }, (_, i) => [`src/dir-${i % 7}/file-${i}.ts`, `export const v${i} = ${i};\n`]));
 
+/** A fork of a new repository of `count` files, with how many parallel checkout workers git started for it. */
+async function tracedFork(count: number, branch: string) {
+  const workspace = await LocalWorkspace.open(await createTestRepo(files(count)), { sandbox: false });
+  const { value: child, events } = await withGitTrace(() => workspace.fork(branch));
+  return { child, workers: countGitCommands(events)["checkout--worker"] ?? 0 };
+}
+
 describe("a fork's checkout", () => {
   it("writes a large worktree's files with git's parallel checkout workers, every file as committed", async () => {
-    const dir = await createTestRepo(files(300));
-    const workspace = await LocalWorkspace.open(dir, { sandbox: false });
-    const { value: child, events } = await withGitTrace(() => workspace.fork("wide"));
+    const { child, workers } = await tracedFork(300, "wide");
     try {
-      expect(countGitCommands(events)["checkout--worker"] ?? 0).toBeGreaterThanOrEqual(1);
+      expect(workers).toBeGreaterThanOrEqual(1);
       for (const i of [0, 1, 150, 299]) expect(await readFile(join(child.root, `src/dir-${i % 7}/file-${i}.ts`), "utf8")).toBe(`export const v${i} = ${i};\n`);
       expect((await child.listFiles({ limit: 1000 })).length).toBe(300);
       expect((await execa("git", ["status", "--porcelain"], { cwd: child.root })).stdout).toBe("");
@@ -24,11 +29,9 @@ describe("a fork's checkout", () => {
   });
 
   it("starts no workers for a worktree below git's threshold of 100 files", async () => {
-    const dir = await createTestRepo(files(20));
-    const workspace = await LocalWorkspace.open(dir, { sandbox: false });
-    const { value: child, events } = await withGitTrace(() => workspace.fork("narrow"));
+    const { child, workers } = await tracedFork(20, "narrow");
     try {
-      expect(countGitCommands(events)["checkout--worker"] ?? 0).toBe(0);
+      expect(workers).toBe(0);
       expect((await child.listFiles()).length).toBe(20);
     } finally {
       await child.dispose();
