@@ -4,6 +4,7 @@ import { ModelError } from "../errors.js";
 import { anthropic } from "./anthropic.js";
 import { collectResponse, type AttemptUsagePart, type ModelRequest, type ModelStreamEvent } from "./model.js";
 import { defaultRetryPolicy, simulatedClock } from "./retry.js";
+import { seal } from "./sealed.js";
 
 let server: MessagesServer | undefined;
 afterEach(async () => {
@@ -273,6 +274,31 @@ describe("anthropic model", () => {
     expect(lost.usage.inputTokens + lost.usage.cacheCreationInputTokens).toBe(server!.requests[0]!.usage!.input_tokens + server!.requests[0]!.usage!.cache_creation_input_tokens);
   });
 
+  it("marks breakpoints per request: a recorded conversation sent again and again carries only each request's own marks", async () => {
+    const model = await modelFor([reply.text("one"), reply.text("two"), reply.text("three")]);
+    const conversation: ModelRequest["messages"] = [seal({ role: "user", content: "task" })];
+    const turn = (i: number) => {
+      conversation.push(seal({ role: "assistant", content: [{ type: "tool_use", id: `t${i}`, name: "read_file", input: { path: `f${i}` } }] }));
+      conversation.push(seal({ role: "user", content: [{ type: "tool_result", tool_use_id: `t${i}`, content: `file ${i}` }] }));
+    };
+    const recorded = () => JSON.stringify(conversation);
+    for (let i = 1; i <= 3; i++) {
+      turn(i);
+      const before = recorded();
+      // The third request names a block of its own, which covers the task's prefix: the task's mark goes.
+      await collectResponse(model.stream({ ...request, messages: conversation, ...(i === 3 ? { cacheBreakpoints: [{ message: 1, block: 0 }] } : {}) }));
+      expect(recorded()).toBe(before);
+    }
+    const marks = server!.requests.map((r) => r.body.messages.flatMap((m: any, i: number) => m.content.flatMap((b: any, j: number) => (b.cache_control ? [`${i}.${j}`] : []))));
+    expect(marks).toEqual([
+      ["0.0", "2.0"],
+      ["0.0", "2.0", "4.0"],
+      ["1.0", "4.0", "6.0"],
+    ]);
+    // The marked blocks went out whole.
+    expect(server!.requests[2]!.body.messages[6].content[0]).toEqual({ type: "tool_result", tool_use_id: "t3", content: "file 3", cache_control: { type: "ephemeral" } });
+  });
+
   it("puts named cache breakpoints before the task and the second-newest turn, never more than four", async () => {
     const model = await modelFor([reply.text("ok")]);
     const messages: ModelRequest["messages"] = [
@@ -296,5 +322,7 @@ describe("anthropic model", () => {
     const plainMarks = plain.messages.flatMap((m: any, i: number) => m.content.flatMap((b: any, j: number) => (b.cache_control ? [`${i}.${j}`] : [])));
     // message 1 block 0 is thinking: the task block before it is named; then the second-newest user turn.
     expect(plainMarks).toEqual(["0.0", "4.0", "6.0"]);
+    // The marks are the requests' own: the caller's messages are left as they were.
+    expect(JSON.stringify(messages)).not.toContain("cache_control");
   });
 });

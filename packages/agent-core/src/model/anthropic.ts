@@ -12,8 +12,10 @@ import {
   type ModelRequest,
   type ModelResponse,
   type ModelStreamEvent,
+  type ToolSpec,
   type Usage,
 } from "./model.js";
+import { perSealedEntry } from "./sealed.js";
 import { mayRetry, parseRetryAfter, resolveRetryPolicy, retryDelay, type RetryPolicy } from "./retry.js";
 
 type AnthropicModule = typeof import("@anthropic-ai/sdk");
@@ -236,12 +238,8 @@ export class AnthropicModel implements Model {
    */
   toParams(request: ModelRequest): Anthropic.MessageCreateParamsNonStreaming {
     const cache = this.caching ? { cache_control: { type: "ephemeral" as const } } : {};
-    const tools: Anthropic.Tool[] = request.tools.map((tool) => ({
-      name: tool.name,
-      description: tool.description,
-      input_schema: tool.inputSchema as Anthropic.Tool.InputSchema,
-    }));
-    const messages = request.messages.map(toApiMessage);
+    const tools = request.tools.map(apiTool);
+    const messages = request.messages.map(apiMessage);
     if (this.caching) placeBreakpoints(messages, request.cacheBreakpoints ?? []);
     return {
       model: this.modelName,
@@ -258,12 +256,20 @@ export class AnthropicModel implements Model {
 /** Breakpoints in messages: the system prompt holds one of the API's four. */
 const MESSAGE_BREAKPOINTS = 3;
 
-function placeBreakpoints(messages: Anthropic.MessageParam[], hints: readonly CacheBreakpoint[]): void {
-  const marked = new Set<Anthropic.ContentBlockParam>();
-  const mark = (block: Anthropic.ContentBlockParam | undefined) => {
-    if (!block || marked.size >= MESSAGE_BREAKPOINTS || marked.has(block)) return;
-    (block as { cache_control?: unknown }).cache_control = { type: "ephemeral" };
-    marked.add(block);
+/**
+ * Marks up to three blocks of `messages` with `cache_control`. A marked block is a copy in a copy
+ * of its message: the messages themselves may be a conversation's recorded ones, shared by every
+ * request of the run, and a mark belongs to this request alone.
+ */
+function placeBreakpoints(messages: ApiMessage[], hints: readonly CacheBreakpoint[]): void {
+  const marked = new Set<string>();
+  const mark = (at: BlockPosition | undefined) => {
+    if (!at || marked.size >= MESSAGE_BREAKPOINTS || marked.has(`${at.message}.${at.block}`)) return;
+    marked.add(`${at.message}.${at.block}`);
+    const message = messages[at.message]!;
+    const content = [...message.content];
+    content[at.block] = { ...(content[at.block] as object), cache_control: { type: "ephemeral" } } as Anthropic.ContentBlockParam;
+    messages[at.message] = { role: message.role, content };
   };
   const userTurns = messages.flatMap((m, i) => (m.role === "user" ? [i] : [])).slice(-2);
   const newest = userTurns.at(-1);
@@ -273,18 +279,23 @@ function placeBreakpoints(messages: Anthropic.MessageParam[], hints: readonly Ca
       mark(lastCacheable(messages, hint.message, hint.block));
     }
   }
-  const task = messages[0] && typeof messages[0].content !== "string" ? messages[0].content.find(cacheable) : undefined;
+  const taskBlock = messages[0] ? messages[0].content.findIndex(cacheable) : -1;
+  const task = taskBlock >= 0 ? { message: 0, block: taskBlock } : undefined;
   const previous = userTurns.length > 1 ? lastCacheable(messages, userTurns[0]!, Number.POSITIVE_INFINITY) : undefined;
   // Named breakpoints already cover the task's prefix; the lookback helper matters more then.
-  for (const block of hints.length ? [previous, task] : [task, previous]) mark(block);
+  for (const at of hints.length ? [previous, task] : [task, previous]) mark(at);
+}
+
+interface BlockPosition {
+  message: number;
+  block: number;
 }
 
 /** The last block that can carry cache_control at or before `messages[message].content[block]`. */
-function lastCacheable(messages: Anthropic.MessageParam[], message: number, block: number): Anthropic.ContentBlockParam | undefined {
+function lastCacheable(messages: readonly ApiMessage[], message: number, block: number): BlockPosition | undefined {
   for (let m = message; m >= 0; m--) {
     const content = messages[m]!.content;
-    if (typeof content === "string") continue;
-    for (let b = Math.min(block, content.length - 1); b >= 0; b--) if (cacheable(content[b]!)) return content[b];
+    for (let b = Math.min(block, content.length - 1); b >= 0; b--) if (cacheable(content[b]!)) return { message: m, block: b };
     block = Number.POSITIVE_INFINITY;
   }
   return undefined;
@@ -295,13 +306,26 @@ function defaultContextWindow(headers: Record<string, string> | undefined): numb
   return beta.split(",").some((value) => value.trim().startsWith("context-1m")) ? 1_000_000 : 200_000;
 }
 
-function toApiMessage(message: Message): Anthropic.MessageParam {
-  if (typeof message.content === "string") {
-    return { role: message.role, content: [{ type: "text", text: message.content }] };
-  }
-  // Blocks are copied as they are: thinking signatures must reach the API byte for byte.
-  return { role: message.role, content: message.content.map((block) => ({ ...block })) as Anthropic.ContentBlockParam[] };
-}
+/** A message as the API takes it: always a list of blocks. */
+type ApiMessage = { role: "user" | "assistant"; content: Anthropic.ContentBlockParam[] };
+
+/**
+ * A message's API form. Its blocks are the message's own, passed on as they are (thinking
+ * signatures must reach the API byte for byte) and never changed here. Worked out once for a
+ * recorded (sealed) message, so a request costs per message, not per block, however long the
+ * conversation grows.
+ */
+const apiMessage: (message: Message) => ApiMessage = perSealedEntry((message: Message): ApiMessage => {
+  const content = typeof message.content === "string" ? [{ type: "text" as const, text: message.content }] : message.content;
+  return { role: message.role, content: content as Anthropic.ContentBlockParam[] };
+});
+
+/** A tool as the API takes it; worked out once for a sealed spec (a run seals the specs it offers). */
+const apiTool: (tool: ToolSpec) => Anthropic.Tool = perSealedEntry((tool: ToolSpec) => ({
+  name: tool.name,
+  description: tool.description,
+  input_schema: tool.inputSchema as Anthropic.Tool.InputSchema,
+}));
 
 /** Thinking blocks cannot carry cache_control, and empty text blocks are rejected. */
 function cacheable(block: Anthropic.ContentBlockParam): boolean {
