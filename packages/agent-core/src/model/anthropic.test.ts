@@ -299,6 +299,29 @@ describe("anthropic model", () => {
     expect(server!.requests[2]!.body.messages[6].content[0]).toEqual({ type: "tool_result", tool_use_id: "t3", content: "file 3", cache_control: { type: "ephemeral" } });
   });
 
+  it("sends a recorded message as it was recorded, thinking signatures and unusual text included", async () => {
+    const odd = "lone \ud800 surrogate, \u2028 line separator, \"quotes\", tab\t, emoji 🐝";
+    const input = { path: "a.txt", content: odd, nested: { list: [1, -0, 1e21, 0.1, null, true], deep: { x: "y" } } };
+    const model = await modelFor([reply.blocks(reply.thinking(`thinking ${odd}`), reply.toolUseBlock("write_file", input)), reply.text("ok"), reply.text("ok")]);
+    const thinking = { budgetTokens: 1024 };
+    const first = await collectResponse(model.stream({ ...request, maxTokens: 2048, thinking, messages: [{ role: "user", content: odd }] }));
+    const call = first.content.find((b) => b.type === "tool_use")!;
+    const messages: ModelRequest["messages"] = [
+      seal({ role: "user", content: odd }),
+      seal({ role: "assistant", content: first.content }),
+      seal({ role: "user", content: [{ type: "tool_result", tool_use_id: call.id, content: odd, is_error: true }] }),
+    ];
+    // Sent twice: the second request is built from the forms the first one made. The server
+    // refuses a thinking turn that is not byte for byte as it issued it.
+    for (let i = 0; i < 2; i++) await collectResponse(model.stream({ ...request, maxTokens: 2048, thinking, messages }));
+    for (const sent of server!.requests.slice(1)) {
+      const bodies = sent.body.messages.map((m: any) => ({ ...m, content: m.content.map(({ cache_control: _, ...block }: any) => block) }));
+      expect(bodies[0]).toEqual({ role: "user", content: [{ type: "text", text: odd }] });
+      expect(bodies.slice(1)).toEqual(JSON.parse(JSON.stringify(messages.slice(1))));
+      expect(bodies[1].content[1].input.content).toBe(odd);
+    }
+  });
+
   it("puts named cache breakpoints before the task and the second-newest turn, never more than four", async () => {
     const model = await modelFor([reply.text("ok")]);
     const messages: ModelRequest["messages"] = [

@@ -15,7 +15,7 @@ import {
   type ToolSpec,
   type Usage,
 } from "./model.js";
-import { perSealedEntry } from "./sealed.js";
+import { isSealed, perSealedEntry } from "./sealed.js";
 import { mayRetry, parseRetryAfter, resolveRetryPolicy, retryDelay, type RetryPolicy } from "./retry.js";
 
 type AnthropicModule = typeof import("@anthropic-ai/sdk");
@@ -310,22 +310,25 @@ function defaultContextWindow(headers: Record<string, string> | undefined): numb
 type ApiMessage = { role: "user" | "assistant"; content: Anthropic.ContentBlockParam[] };
 
 /**
- * A message's API form. Its blocks are the message's own, passed on as they are (thinking
- * signatures must reach the API byte for byte) and never changed here. Worked out once for a
- * recorded (sealed) message, so a request costs per message, not per block, however long the
- * conversation grows.
+ * A message's API form. Its blocks hold what the message's blocks hold, passed on as they are
+ * (thinking signatures must reach the API byte for byte) and never changed here. Worked out once
+ * for a recorded (sealed) message, so a request costs per message, not per block, however long
+ * the conversation grows. That form is a plain copy of the sealed message, made once: the SDK
+ * serializes the whole conversation on every request, and V8 serializes frozen objects markedly
+ * slower than plain ones.
  */
 const apiMessage: (message: Message) => ApiMessage = perSealedEntry((message: Message): ApiMessage => {
   const content = typeof message.content === "string" ? [{ type: "text" as const, text: message.content }] : message.content;
-  return { role: message.role, content: content as Anthropic.ContentBlockParam[] };
+  const form: ApiMessage = { role: message.role, content: content as Anthropic.ContentBlockParam[] };
+  // A sealed message is JSON data only (see sealed.ts): its JSON copy sends the same bytes.
+  return isSealed(message) ? (JSON.parse(JSON.stringify(form)) as ApiMessage) : form;
 });
 
-/** A tool as the API takes it; worked out once for a sealed spec (a run seals the specs it offers). */
-const apiTool: (tool: ToolSpec) => Anthropic.Tool = perSealedEntry((tool: ToolSpec) => ({
-  name: tool.name,
-  description: tool.description,
-  input_schema: tool.inputSchema as Anthropic.Tool.InputSchema,
-}));
+/** A tool as the API takes it; worked out once, as a plain copy, for a sealed spec (a run seals the specs it offers). */
+const apiTool: (tool: ToolSpec) => Anthropic.Tool = perSealedEntry((tool: ToolSpec) => {
+  const form: Anthropic.Tool = { name: tool.name, description: tool.description, input_schema: tool.inputSchema as Anthropic.Tool.InputSchema };
+  return isSealed(tool) ? (JSON.parse(JSON.stringify(form)) as Anthropic.Tool) : form;
+});
 
 /** Thinking blocks cannot carry cache_control, and empty text blocks are rejected. */
 function cacheable(block: Anthropic.ContentBlockParam): boolean {
