@@ -2,22 +2,24 @@
  * keen's cost per turn as a conversation grows: a scripted lifecycle run of `--turns` turns
  * (reads of 4 kB files, every third turn a note written) at zero model latency, with each
  * snapshot written to a file as `keen run` writes it, next to the bare SDK sending the very same
- * request bodies (recorded from the keen run) to the same kind of offline server.
+ * request bodies (recorded from the keen run) to the same kind of offline server and doing the
+ * same file work between them (reading the file, writing the note), as a loop on the bare SDK would,
+ * and beside the same bodies replayed without that work (the SDK and the server alone).
  *
  * Per round and side, the time between consecutive model requests is taken over the first and
  * the last fifth of the turns; the medians of those over the rounds are printed with keen's
  * cost above the bare loop, so a cost that grows with the conversation shows as a larger figure
  * at the end than at the start. Rounds alternate the sides after a warm-up of each.
  *
- * `--baseline DIR` adds a third side: the same run by the agent-core and snapshot file of another
+ * `--baseline DIR` adds a side: the same run by the agent-core and snapshot file of another
  * checkout of keen (e.g. a worktree of an earlier commit, with its own `npm ci`), in the same
  * alternating rounds, for a before/after comparison under one load.
  *
  *   npx tsx bench/long-run.ts [--turns 150] [--rounds 5] [--baseline DIR]
  */
-import { mkdtemp, rm, stat } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import Anthropic from "@anthropic-ai/sdk";
@@ -93,42 +95,71 @@ async function keenRound(build: Build = own): Promise<{ early: number; late: num
   return { ...turnTimes(requests.map((r) => r.receivedAt)), total };
 }
 
-async function bareRound(): Promise<{ early: number; late: number; total: number }> {
+/** The file work of the tool calls in `content`, done as an application on the bare SDK would do it. */
+async function bareTools(dir: string, content: Anthropic.ContentBlock[]): Promise<void> {
+  for (const block of content) {
+    if (block.type !== "tool_use") continue;
+    const input = block.input as { path: string; content: string };
+    if (block.name === "read_file") await readFile(join(dir, input.path), "utf8");
+    else if (block.name === "write_file") {
+      await mkdir(dirname(join(dir, input.path)), { recursive: true });
+      await writeFile(join(dir, input.path), input.content);
+    }
+  }
+}
+
+/**
+ * The bare SDK sending the recorded bodies: with the file work of each response's tool calls
+ * done before the next request (`withTools`, a loop as an application would write it), or
+ * without it (a replay: the SDK and the server alone).
+ */
+async function bareRound(withTools: boolean): Promise<{ early: number; late: number; total: number }> {
   const server = await startMessagesServer({ policy });
+  const dir = await createTestRepo(files);
   const client = new Anthropic({ apiKey: "bench", baseURL: server.url, maxRetries: 0 });
   const started = performance.now();
   for (const body of recorded) {
     const { stream: _stream, ...params } = body;
-    await client.messages.stream(params as unknown as Anthropic.MessageStreamParams).finalMessage();
+    const message = await client.messages.stream(params as unknown as Anthropic.MessageStreamParams).finalMessage();
+    if (withTools) await bareTools(dir, message.content);
   }
   const total = performance.now() - started;
   await server.close();
+  await rm(dir, { recursive: true, force: true });
   return { ...turnTimes(server.requests.map((r) => r.receivedAt)), total };
 }
 
+type Times = { early: number; late: number; total: number };
 await keenRound(); // warm-up: module loading and JIT
 if (baselineBuild) await keenRound(baselineBuild);
-await bareRound();
-const keen: Array<{ early: number; late: number; total: number }> = [];
-const baseline: typeof keen = [];
-const bare: typeof keen = [];
+await bareRound(true);
+await bareRound(false);
+const keen: Times[] = [];
+const baseline: Times[] = [];
+const loop: Times[] = [];
+const replay: Times[] = [];
 for (let i = 0; i < rounds; i++) {
   keen.push(await keenRound());
   if (baselineBuild) baseline.push(await keenRound(baselineBuild));
-  bare.push(await bareRound());
+  loop.push(await bareRound(true));
+  replay.push(await bareRound(false));
 }
-const pick = (side: typeof keen, key: "early" | "late" | "total") => median(side.map((r) => r[key]));
+const pick = (side: Times[], key: keyof Times) => median(side.map((r) => r[key]));
 const last = recorded.at(-1)!;
-const row = (label: string, k: number, b: number, unit = "ms") => console.log(`  ${label.padEnd(40)}${`${k.toFixed(1)} ${unit}`.padStart(11)}${`${b.toFixed(1)} ${unit}`.padStart(11)}${`+${(k - b).toFixed(1)} ${unit}`.padStart(12)}`);
+const ms = (x: number) => `${x.toFixed(1)} ms`;
+const above = (x: number) => `${x >= 0 ? "+" : "−"}${Math.abs(x).toFixed(1)} ms`;
+const line = (cells: string[]) => console.log(`  ${cells[0]!.padEnd(36)}${cells.slice(1).map((c) => c.padStart(12)).join("")}`);
 console.log(`long conversation: ${recorded.length} requests, the last one ${(JSON.stringify(last).length / 1024).toFixed(0)} kB, snapshot ${(snapshotBytes / 1024).toFixed(0)} kB; median of ${rounds} rounds after a warm-up, Node ${process.version}`);
-console.log(`  ${"".padEnd(40)}${"keen".padStart(11)}${"bare SDK".padStart(11)}${"keen − bare".padStart(12)}`);
-row(`per turn, first fifth of the turns`, pick(keen, "early"), pick(bare, "early"));
-row(`per turn, last fifth of the turns`, pick(keen, "late"), pick(bare, "late"));
-row(`whole run`, pick(keen, "total"), pick(bare, "total"));
+line(["", "keen", "bare loop", "keen − loop", "bare replay", "keen − rep."]);
+const rows = (side: Times[]) => {
+  for (const [label, key] of [["per turn, first fifth of the turns", "early"], ["per turn, last fifth of the turns", "late"], ["whole run", "total"]] as const) {
+    line([label, ms(pick(side, key)), ms(pick(loop, key)), above(pick(side, key) - pick(loop, key)), ms(pick(replay, key)), above(pick(side, key) - pick(replay, key))]);
+  }
+};
+rows(keen);
 if (baselineBuild) {
   console.log(`  baseline ${values.baseline}:`);
-  row(`per turn, first fifth of the turns`, pick(baseline, "early"), pick(bare, "early"));
-  row(`per turn, last fifth of the turns`, pick(baseline, "late"), pick(bare, "late"));
-  row(`whole run`, pick(baseline, "total"), pick(bare, "total"));
+  rows(baseline);
 }
-console.log(`  target: keen's cost per turn ≤ +5 ms, at the end of a long conversation as at its start`);
+console.log(`  bare loop: the bare SDK doing the tool calls' file work between requests; bare replay: the SDK and the server alone`);
+console.log(`  target: keen's cost per turn ≤ +5 ms above the bare loop, at the end of a long conversation as at its start`);
