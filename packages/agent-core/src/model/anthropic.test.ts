@@ -299,6 +299,27 @@ describe("anthropic model", () => {
     expect(server!.requests[2]!.body.messages[6].content[0]).toEqual({ type: "tool_result", tool_use_id: "t3", content: "file 3", cache_control: { type: "ephemeral" } });
   });
 
+  it("gives toParams' caller parameters of its own: changing them changes no later request", async () => {
+    const model = await modelFor([reply.text("ok")]);
+    const messages: ModelRequest["messages"] = [
+      seal({ role: "user", content: [{ type: "text", text: "task" }] }),
+      seal({ role: "assistant", content: [{ type: "tool_use", id: "a", name: "read_file", input: { path: "x" } }] }),
+      seal({ role: "user", content: [{ type: "tool_result", tool_use_id: "a", content: "one" }] }),
+    ];
+    const tools = [seal({ ...request.tools[0]! })];
+    const params = (model as unknown as { toParams(r: ModelRequest): any }).toParams({ ...request, tools, messages });
+    for (const message of params.messages) {
+      for (const block of message.content) Object.assign(block, { text: "changed", content: "changed", input: { path: "changed" } });
+      message.content.push({ type: "text", text: "added" });
+    }
+    params.tools.forEach((tool: any) => Object.assign(tool, { description: "changed", input_schema: { type: "object", properties: { changed: {} } } }));
+    await collectResponse(model.stream({ ...request, tools, messages }));
+    const sent = JSON.stringify(server!.requests[0]!.body);
+    expect(sent).not.toContain("changed");
+    expect(sent).not.toContain("added");
+    expect(server!.requests[0]!.body.messages[2].content[0]).toMatchObject({ type: "tool_result", tool_use_id: "a", content: "one" });
+  });
+
   it("sends a recorded message as it was recorded, thinking signatures and unusual text included", async () => {
     const odd = "lone \ud800 surrogate, \u2028 line separator, \"quotes\", tab\t, emoji 🐝";
     const input = { path: "a.txt", content: odd, nested: { list: [1, -0, 1e21, 0.1, null, true], deep: { x: "y" } } };

@@ -110,7 +110,7 @@ export class AnthropicModel implements Model {
   }
 
   async *stream(request: ModelRequest, options: ModelCallOptions = {}): AsyncGenerator<ModelStreamEvent> {
-    const params = this.toParams(request);
+    const params = this.params(request);
     const signal = options.signal;
     const { APIError, APIUserAbortError } = await loadSdk();
     const client = await this.sdk();
@@ -151,7 +151,7 @@ export class AnthropicModel implements Model {
    */
   async countTokens(request: ModelRequest, options: ModelCallOptions = {}): Promise<number> {
     // The request as `stream` sends it, less the output limit, which counting does not take.
-    const { max_tokens: _, ...params } = this.toParams(request);
+    const { max_tokens: _, ...params } = this.params(request);
     const { APIError, APIUserAbortError } = await loadSdk();
     const client = await this.sdk();
     const startedAt = this.retry.now();
@@ -234,9 +234,14 @@ export class AnthropicModel implements Model {
    * the request names in `cacheBreakpoints`; then, while slots are left, the first block of the
    * first message (the task, which survives when later turns are pruned) and the last block of
    * the second-newest user turn (a cache hit within the API's 20-block lookback when a turn adds
-   * many blocks).
+   * many blocks). The result is the caller's own: nothing in it is shared with later requests.
    */
   toParams(request: ModelRequest): Anthropic.MessageCreateParamsNonStreaming {
+    return structuredClone(this.params(request));
+  }
+
+  /** {@link toParams} for this adapter's own requests: the messages' API forms in it are shared (see `apiMessage`) and never changed. */
+  private params(request: ModelRequest): Anthropic.MessageCreateParamsNonStreaming {
     const cache = this.caching ? { cache_control: { type: "ephemeral" as const } } : {};
     const tools = request.tools.map(apiTool);
     const messages = request.messages.map(apiMessage);
