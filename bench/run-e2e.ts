@@ -136,7 +136,7 @@ async function oneRound(side: "keen" | "bare", bin = keenBin, gitLog?: { dir: st
     KEEN_FORCE_TTY: "0",
     ...(gitLog ? { PATH: `${gitLog.dir}:${process.env.PATH ?? ""}`, KEEN_BENCH_GIT_LOG: gitLog.file } : {}),
   };
-  const startedAt = performance.timeOrigin + performance.now(); // the clock of the server's receivedAt
+  const startedAt = server.clock(); // the clock of the server's receivedAt
   const started = performance.now();
   const child = spawn(process.execPath, ["--import", rssPreload, ...args], { env, stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";

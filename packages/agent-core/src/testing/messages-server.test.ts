@@ -1,5 +1,5 @@
 import Anthropic from "@anthropic-ai/sdk";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, onTestFinished, vi } from "vitest";
 import { startMessagesServer, type MessagesServer, type MessagesServerOptions } from "./messages-server.js";
 import { minCacheableTokens } from "./prompt-cache.js";
 import { reply } from "./replies.js";
@@ -105,6 +105,25 @@ describe("offline Messages API server, through the real SDK", () => {
     const bad = await call().catch((e) => e);
     expect(bad).toBeInstanceOf(Anthropic.BadRequestError);
     expect(bad.message).toContain("bad thing");
+  });
+
+  it("stamps each request with the wall-clock time, to fractions of a millisecond, however far the process's monotonic clock drifted", async () => {
+    // A long-lived process: its monotonic time origin is 250 ms off the wall clock by now.
+    const monotonic = performance.now.bind(performance);
+    const drifted = vi.spyOn(performance, "now").mockImplementation(() => monotonic() + 250);
+    onTestFinished(() => drifted.mockRestore());
+    const { client, server } = await start({ script: [reply.text("one"), reply.text("two")] });
+    const before = Date.now();
+    await client.messages.create({ model: MODEL, max_tokens: 100, messages: [user("hi")] });
+    await client.messages.create({ model: MODEL, max_tokens: 100, messages: [user("hi")] });
+    const after = Date.now();
+    const [first, second] = server.requests.map((request) => request.receivedAt);
+    // Date.now() drops the fraction: a stamp may sit up to a millisecond off either bound.
+    expect(first!).toBeGreaterThanOrEqual(before - 1);
+    expect(second!).toBeLessThanOrEqual(after + 1);
+    expect(second!).toBeGreaterThan(first!);
+    expect(server.requests.some((request) => !Number.isInteger(request.receivedAt))).toBe(true);
+    expect(Math.abs(server.clock() - Date.now())).toBeLessThanOrEqual(1);
   });
 
   it("cuts a stream mid-way so the SDK sees a dropped connection", async () => {

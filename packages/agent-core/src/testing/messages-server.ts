@@ -11,9 +11,11 @@ export interface RecordedRequest {
   headers: Record<string, string>;
   body: Record<string, any>;
   /**
-   * When the request was received, in milliseconds since the epoch with fractions: read from
-   * the monotonic clock (`performance.timeOrigin + performance.now()`), so the time between two
-   * requests is measured to the microsecond.
+   * When the request was received, in milliseconds since the epoch with fractions, read from the
+   * server's `clock`: the wall clock as the server started, plus the monotonic time since. The
+   * time between two requests is measured to the microsecond, and the time itself agrees with
+   * `Date.now()` and other wall-clock timestamps (a log's, git's trace) as long as the wall clock
+   * is not set while the server runs.
    */
   receivedAt: number;
   status: number;
@@ -56,6 +58,8 @@ export interface MessagesServer {
   readonly requests: RecordedRequest[];
   /** Scripted replies not used yet. */
   readonly remaining: number;
+  /** The clock `receivedAt` is read from (see there), e.g. to time a request from a moment of the test's. */
+  readonly clock: () => number;
   close(): Promise<void>;
 }
 
@@ -84,6 +88,10 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
   const thinkingToolUses = new Set<string>();
   const requests: RecordedRequest[] = [];
   const sockets = new Set<Socket>();
+  // Read together once: a process's monotonic time origin drifts from the wall clock the longer it lives.
+  const wallAtStart = Date.now();
+  const monotonicAtStart = performance.now();
+  const clock = () => wallAtStart + (performance.now() - monotonicAtStart);
   let messageIndex = 0;
 
   const sign = (thinking: string) => createHmac("sha256", secret).update(thinking).digest("base64");
@@ -112,7 +120,7 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
     if (req.method !== "POST" || (path !== "/v1/messages" && path !== "/v1/messages/count_tokens")) {
       return sendError(res, 404, "not_found_error", `No route for ${req.method} ${path}`);
     }
-    const record: RecordedRequest = { index: requests.length, path, headers, body, receivedAt: performance.timeOrigin + performance.now(), status: 0 };
+    const record: RecordedRequest = { index: requests.length, path, headers, body, receivedAt: clock(), status: 0 };
     requests.push(record);
     const fail = (status: number, type: string, message: string, extra: Record<string, string> = {}) => {
       record.status = status;
@@ -280,6 +288,7 @@ export async function startMessagesServer(options: MessagesServerOptions = {}): 
     get remaining() {
       return script.length;
     },
+    clock,
     close: () =>
       new Promise<void>((resolve) => {
         for (const socket of sockets) socket.destroy();
