@@ -201,16 +201,18 @@ for (let i = 0; i < rounds; i++) {
 
 const row = (label: string, k: string, b: string, ratio: string) => console.log(`  ${label.padEnd(40)}${k.padStart(12)}${b.padStart(12)}${ratio.padStart(12)}`);
 const ms = (x: number) => `${x.toFixed(0)} ms`;
+/** A difference with its sign: `+18 ms`, `−3.7 ms`. */
+const signed = (ms: number, digits: number) => `${ms < 0 ? "−" : "+"}${Math.abs(ms).toFixed(digits)} ms`;
 console.log(`keen run, scripted task (${BARE_TURNS} turns; keen sends ${keen[0]!.requests} requests), ${fileCount + 1}-file repository, median of ${rounds} rounds after a warm-up, Node ${process.version}`);
 row("", "keen run", "bare SDK", "keen/bare");
 row("wall time, spawn → exit", ms(pick(keen, "wall")), ms(pick(bare, "wall")), `${(pick(keen, "wall") / pick(bare, "wall")).toFixed(2)}×`);
-row("fixed start cost, spawn → first request", ms(pick(keen, "start")), ms(pick(bare, "start")), `+${(pick(keen, "start") - pick(bare, "start")).toFixed(0)} ms`);
+row("fixed start cost, spawn → first request", ms(pick(keen, "start")), ms(pick(bare, "start")), signed(pick(keen, "start") - pick(bare, "start"), 0));
 row("loop, first request → exit", ms(pick(keen, "loop")), ms(pick(bare, "loop")), `${(pick(keen, "loop") / pick(bare, "loop")).toFixed(2)}×`);
 row(
   `per turn (loop ÷ ${BARE_TURNS})`,
   `${(pick(keen, "loop") / BARE_TURNS).toFixed(1)} ms`,
   `${(pick(bare, "loop") / BARE_TURNS).toFixed(1)} ms`,
-  `+${((pick(keen, "loop") - pick(bare, "loop")) / BARE_TURNS).toFixed(1)} ms`,
+  signed((pick(keen, "loop") - pick(bare, "loop")) / BARE_TURNS, 1),
 );
 row("CPU time of the process (user + system)", ms(pick(keen, "cpuMs")), ms(pick(bare, "cpuMs")), `${(pick(keen, "cpuMs") / pick(bare, "cpuMs")).toFixed(2)}×`);
 row("peak RSS", `${pick(keen, "rssMiB").toFixed(0)} MiB`, `${pick(bare, "rssMiB").toFixed(0)} MiB`, `${(pick(keen, "rssMiB") / pick(bare, "rssMiB")).toFixed(2)}×`);
@@ -229,9 +231,9 @@ if (baselineBin) {
 }
 if (baselineBin) {
   const perTurn = (rs: Round[]) => (pick(rs, "loop") - pick(bare, "loop")) / BARE_TURNS;
-  console.log(`  baseline ${values.baseline}: loop ${ms(pick(baseline, "loop"))} (${(pick(baseline, "loop") / pick(bare, "loop")).toFixed(2)}× the bare loop), per turn +${perTurn(baseline).toFixed(1)} ms; keen above: +${perTurn(keen).toFixed(1)} ms`);
+  console.log(`  baseline ${values.baseline}: loop ${ms(pick(baseline, "loop"))} (${(pick(baseline, "loop") / pick(bare, "loop")).toFixed(2)}× the bare loop), per turn ${signed(perTurn(baseline), 1)}; keen above: ${signed(perTurn(keen), 1)}`);
   const start = (rs: Round[]) => pick(rs, "start") - pick(bare, "start");
   console.log(
-    `  baseline: start +${start(baseline).toFixed(0)} ms above the bare loop (keen above: +${start(keen).toFixed(0)} ms), wall ${ms(pick(baseline, "wall"))} (keen above: ${ms(pick(keen, "wall"))}), CPU ${ms(pick(baseline, "cpuMs"))} (keen above: ${ms(pick(keen, "cpuMs"))})`,
+    `  baseline: start ${signed(start(baseline), 0)} above the bare loop (keen above: ${signed(start(keen), 0)}), wall ${ms(pick(baseline, "wall"))} (keen above: ${ms(pick(keen, "wall"))}), CPU ${ms(pick(baseline, "cpuMs"))} (keen above: ${ms(pick(keen, "cpuMs"))})`,
   );
 }
