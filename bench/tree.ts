@@ -154,23 +154,17 @@ async function forkMergeBlock(reuseWorktrees: boolean) {
     await rm(clone, { recursive: true, force: true });
     return performance.now() - started;
   };
-  // The checkout alone: a new worktree of every file, then its removal, with no commit or merge.
-  const floorRound = async (i: number | string) => {
+  // The checkout alone: a new worktree of every file, then its removal, with no commit or merge;
+  // with `config`, as keen's own git calls set it (checkout.workers=0: one worker per core).
+  const checkoutRound = (name: string, config: string[]) => async (i: number | string) => {
     const started = performance.now();
-    const tree = `${dir}.floor-${i}`;
-    await git(dir, "worktree", "add", "-q", "--detach", tree);
+    const tree = `${dir}.${name}-${i}`;
+    await git(dir, ...config, "worktree", "add", "-q", "--detach", tree);
     await git(dir, "worktree", "remove", "--force", tree);
     return performance.now() - started;
   };
-
-  // The same with git's parallel checkout, as keen's own git calls set it (checkout.workers=0: one worker per core).
-  const parallelFloorRound = async (i: number | string) => {
-    const started = performance.now();
-    const tree = `${dir}.pfloor-${i}`;
-    await git(dir, "-c", "checkout.workers=0", "worktree", "add", "-q", "--detach", tree);
-    await git(dir, "worktree", "remove", "--force", tree);
-    return performance.now() - started;
-  };
+  const floorRound = checkoutRound("floor", []);
+  const parallelFloorRound = checkoutRound("pfloor", ["-c", "checkout.workers=0"]);
 
   const files = (await git(dir, "ls-files")).stdout.split("\n").length;
   const { k, p, c, floor, parallelFloor } = await sideBySide({ k: keenRound, p: gitRound, c: cloneRound, floor: floorRound, parallelFloor: parallelFloorRound });
