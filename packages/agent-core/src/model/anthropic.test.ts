@@ -315,6 +315,10 @@ describe("anthropic model", () => {
     params.tools.forEach((tool: any) => Object.assign(tool, { description: "changed", input_schema: { type: "object", properties: { changed: {} } } }));
     await collectResponse(model.stream({ ...request, tools, messages }));
     const sent = JSON.stringify(server!.requests[0]!.body);
+    // A host's own message holding what JSON has no form for: the parameters hold what is sent, and nothing throws.
+    const at = new Date(0);
+    const hosts = [{ role: "user" as const, content: [{ type: "tool_result" as const, tool_use_id: "a", content: "x", extra: { at, format: () => "x" } } as never] }];
+    expect((model as unknown as { toParams(r: ModelRequest): any }).toParams({ ...request, messages: hosts }).messages[0].content[0].extra).toEqual({ at: at.toJSON() });
     expect(sent).not.toContain("changed");
     expect(sent).not.toContain("added");
     expect(server!.requests[0]!.body.messages[2].content[0]).toMatchObject({ type: "tool_result", tool_use_id: "a", content: "one" });

@@ -234,10 +234,12 @@ export class AnthropicModel implements Model {
    * the request names in `cacheBreakpoints`; then, while slots are left, the first block of the
    * first message (the task, which survives when later turns are pruned) and the last block of
    * the second-newest user turn (a cache hit within the API's 20-block lookback when a turn adds
-   * many blocks). The result is the caller's own: nothing in it is shared with later requests.
+   * many blocks). The result is the caller's own copy of the parameters as they are sent (their
+   * JSON form: a Date in a tool input is its text, a function is left out), so nothing in it is
+   * shared with later requests.
    */
   toParams(request: ModelRequest): Anthropic.MessageCreateParamsNonStreaming {
-    return structuredClone(this.params(request));
+    return JSON.parse(JSON.stringify(this.params(request))) as Anthropic.MessageCreateParamsNonStreaming;
   }
 
   /** {@link toParams} for this adapter's own requests: the messages' API forms in it are shared (see `apiMessage`) and never changed. */
