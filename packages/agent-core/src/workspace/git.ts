@@ -57,13 +57,6 @@ const HARDENING = [
 ];
 
 /**
- * Files written by as many git processes as the machine has cores when a checkout, reset or
- * merge writes at least 100 of them (git's parallel checkout): a new fork's worktree is mostly
- * the creation of every file, which waits on the file system more than on a core.
- */
-const PARALLEL_CHECKOUT = ["-c", "checkout.workers=0"];
-
-/**
  * The variables that tie a git process to one repository (`git rev-parse --local-env-vars`). An
  * inherited one (keen started from a git hook, say) must not redirect keen's git calls.
  */
@@ -138,7 +131,7 @@ function runGit(target: GitTarget, args: string[], options: GitCallOptions): Pro
       () => runGit(target, args, { ...options, input: "" }),
     );
   }
-  const fullArgs = [...HARDENING, ...PARALLEL_CHECKOUT, ...(target.sparse ? SPARSE : []), ...args];
+  const fullArgs = [...HARDENING, ...(target.sparse ? SPARSE : []), ...args];
   const cwd = options.cwd ?? target.workTree;
   const env = gitEnv(target, options.env);
   const launched =
