@@ -3,7 +3,9 @@
  *
  *  1. fork + merge of one child on a repository of 2,000 files (worktree on a new branch, one
  *     file written and committed in it, `--no-ff` merge back, worktree removed), next to the
- *     same steps done with plain git commands and with a `git clone --local` in their place;
+ *     same steps done with plain git commands and with a `git clone --local` in their place
+ *     (plain git also with its worktrees in a folder marked as keen marks its own, `chattr +T`,
+ *     so keen's steps can be compared with the file system's share equal);
  *     and a sparse worktree holding only the paths a subtask names, next to `clone --local`;
  *  2. wall time and peak RSS of a scripted 7-agent tree (root → 2 children → 4 grandchildren)
  *     at zero model latency against the offline Messages API server;
@@ -18,7 +20,7 @@
  *   npx tsx bench/tree.ts [--files 2000] [--rounds 7] [--part fork-merge|sparse|tree|fan-out|memory]
  */
 import { execFileSync } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -99,13 +101,19 @@ async function forkMerge(): Promise<void> {
   line("keen         fork → write → commit → merge --no-ff → dispose", fresh.k, fresh.counts.keen);
   line("plain git    worktree add → commit → merge --no-ff → remove", fresh.p, fresh.counts.plain);
   line("clone        clone --local → commit → fetch → merge → rm", fresh.c, fresh.counts.clone);
+  const marked = fresh.spreadMarked ? "" : " (chattr +T failed here)";
+  line(`plain git    the same in a folder marked +T as keen's${marked}`, fresh.ps, fresh.counts.plain);
+  line(`clone        the same in the marked folder`, fresh.cs, fresh.counts.clone);
   line("checkout     worktree add → remove, nothing else", fresh.floor, 2);
-  line("checkout     the same with checkout.workers=0, as keen sets it", fresh.parallelFloor, 2);
+  line("checkout     the same in the marked folder", fresh.spreadFloor, 2);
   row("keen / plain git (target ≤ 1.00×)", `${(fresh.k / fresh.p).toFixed(2)}×`);
   row("keen / clone --local (target ≤ 0.60×)", `${(fresh.k / fresh.c).toFixed(2)}×`);
-  // What writing every file of a fresh worktree costs at least, with one git process and with one per core.
-  row("checkout alone / clone --local (the floor of a fresh full fork)", `${(fresh.floor / fresh.c).toFixed(2)}×`);
-  row("parallel checkout alone / clone --local (keen's floor)", `${(fresh.parallelFloor / fresh.c).toFixed(2)}×`);
+  // keen's own steps against the references with their folders placed alike: the file system's share equal.
+  row("keen / plain git, both in marked folders", `${(fresh.k / fresh.ps).toFixed(2)}×`);
+  row("keen / clone --local, both in marked folders", `${(fresh.k / fresh.cs).toFixed(2)}×`);
+  // What writing every file of a fresh worktree costs at least, placed as a person would and as keen does.
+  row("checkout alone / clone --local", `${(fresh.floor / fresh.c).toFixed(2)}×`);
+  row("checkout alone / clone --local, both in marked folders (keen's floor)", `${(fresh.spreadFloor / fresh.cs).toFixed(2)}×`);
   console.log(`the same with reuseWorktrees (each fork takes the worktree the previous round disposed), in a second run`);
   line("keen reuse   fork → write → commit → merge --no-ff → dispose", reused.k, reused.counts.keen);
   line("plain git    worktree add → commit → merge --no-ff → remove", reused.p, reused.counts.plain);
@@ -131,43 +139,58 @@ async function forkMergeBlock(reuseWorktrees: boolean) {
     if (merge.status !== "merged") throw new Error(`merge ${i} did not merge cleanly`);
     return performance.now() - started;
   };
-  const gitRound = async (i: number | string) => {
+  // The plain git steps, with the worktree made next to the repository (as a person would) or,
+  // as keen makes its own, in a folder marked as the top of a hierarchy (`chattr +T`).
+  const gitSteps = (label: string, tree: (i: number | string) => string) => async (i: number | string) => {
     const started = performance.now();
-    const tree = `${dir}.wt-${i}`;
-    await git(dir, "worktree", "add", "-q", "-b", `plain-${i}`, tree);
-    await writeNote(tree, "git", i);
-    await git(tree, "add", "-A");
-    await git(tree, "commit", "-q", "-m", `Round ${i}`);
-    await git(dir, "merge", "--no-ff", "-q", "-m", `Merge plain-${i}`, `plain-${i}`);
-    await git(dir, "worktree", "remove", "--force", tree);
+    await git(dir, "worktree", "add", "-q", "-b", `${label}-${i}`, tree(i));
+    await writeNote(tree(i), label, i);
+    await git(tree(i), "add", "-A");
+    await git(tree(i), "commit", "-q", "-m", `Round ${i}`);
+    await git(dir, "merge", "--no-ff", "-q", "-m", `Merge ${label}-${i}`, `${label}-${i}`);
+    await git(dir, "worktree", "remove", "--force", tree(i));
     return performance.now() - started;
   };
-  const cloneRound = async (i: number | string) => {
+  const spreadDir = `${dir}.spread`;
+  await mkdir(spreadDir);
+  const spreadMarked = await execa("chattr", ["+T", spreadDir], { reject: false }).then((result) => result.exitCode === 0, () => false);
+  const gitRound = gitSteps("plain", (i) => `${dir}.wt-${i}`);
+  const spreadGitRound = gitSteps("spread", (i) => join(spreadDir, `wt-${i}`));
+  const cloneSteps = (label: string, place: (i: number | string) => string) => async (i: number | string) => {
     const started = performance.now();
-    const clone = `${dir}.clone-${i}`;
+    const clone = place(i);
     await git(dir, "clone", "-q", "--local", dir, clone);
-    await writeNote(clone, "clone", i);
+    await writeNote(clone, label, i);
     await git(clone, "add", "-A");
     await git(clone, "commit", "-q", "-m", `Round ${i}`);
     await git(dir, "fetch", "-q", clone, "HEAD");
-    await git(dir, "merge", "--no-ff", "-q", "-m", `Merge clone-${i}`, "FETCH_HEAD");
+    await git(dir, "merge", "--no-ff", "-q", "-m", `Merge ${label}-${i}`, "FETCH_HEAD");
     await rm(clone, { recursive: true, force: true });
     return performance.now() - started;
   };
+  const cloneRound = cloneSteps("clone", (i) => `${dir}.clone-${i}`);
+  const spreadCloneRound = cloneSteps("spread-clone", (i) => join(spreadDir, `clone-${i}`));
   // The checkout alone: a new worktree of every file, then its removal, with no commit or merge;
-  // with `config`, as keen's own git calls set it (checkout.workers=0: one worker per core).
-  const checkoutRound = (name: string, config: string[]) => async (i: number | string) => {
+  // next to the repository, and in the marked folder.
+  const checkoutRound = (tree: (i: number | string) => string) => async (i: number | string) => {
     const started = performance.now();
-    const tree = `${dir}.${name}-${i}`;
-    await git(dir, ...config, "worktree", "add", "-q", "--detach", tree);
-    await git(dir, "worktree", "remove", "--force", tree);
+    await git(dir, "worktree", "add", "-q", "--detach", tree(i));
+    await git(dir, "worktree", "remove", "--force", tree(i));
     return performance.now() - started;
   };
-  const floorRound = checkoutRound("floor", []);
-  const parallelFloorRound = checkoutRound("pfloor", ["-c", "checkout.workers=0"]);
+  const floorRound = checkoutRound((i) => `${dir}.floor-${i}`);
+  const spreadFloorRound = checkoutRound((i) => join(spreadDir, `floor-${i}`));
 
   const files = (await git(dir, "ls-files")).stdout.split("\n").length;
-  const { k, p, c, floor, parallelFloor } = await sideBySide({ k: keenRound, p: gitRound, c: cloneRound, floor: floorRound, parallelFloor: parallelFloorRound });
+  const { k, p, ps, c, cs, floor, spreadFloor } = await sideBySide({
+    k: keenRound,
+    p: gitRound,
+    ps: spreadGitRound,
+    c: cloneRound,
+    cs: spreadCloneRound,
+    floor: floorRound,
+    spreadFloor: spreadFloorRound,
+  });
   const counts = {
     keen: await countGitProcesses(() => keenRound("count")),
     plain: await countGitProcesses(() => gitRound("count")),
@@ -175,7 +198,8 @@ async function forkMergeBlock(reuseWorktrees: boolean) {
   };
   await workspace.releaseWorktrees();
   await rm(dir, { recursive: true, force: true });
-  return { files, k, p, c, floor, parallelFloor, counts };
+  await rm(spreadDir, { recursive: true, force: true });
+  return { files, k, p, ps, c, cs, floor, spreadFloor, spreadMarked, counts };
 }
 
 /**

@@ -13,6 +13,7 @@ import { hasGitDirComponent } from "./git-dir-name.js";
 import { indexHasGitlink } from "./index-file.js";
 import { git, gitBytes, gitDiscover, gitFailure, gitRaw, nulSeparated, nulSeparatedBytes, nulSeparatedNames, oneLine, type GitTarget } from "./git.js";
 import { sandboxGitConfig } from "./sandbox-git-config.js";
+import { spreadSubfolders } from "./spread-folders.js";
 import { isInside } from "./is-inside.js";
 import { withRepoLock } from "./repo-lock.js";
 import { readHeadFromFiles } from "./read-head.js";
@@ -696,6 +697,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
         // The worktree is gone (a recovery pass removed it): made again, sparse again when the
         // agent had paths, so a file outside them is never checked out (nor read as deleted).
         await mkdir(dirname(dir), { recursive: true });
+        await spreadSubfolders(dirname(dir));
         await git(this.target, ["worktree", "add", "-q", "--no-checkout", "--lock", "--reason", ownLease(), dir, branch]);
         const child = await this.child(dir);
         if (paths) await child.makeSparse(paths);
@@ -720,6 +722,8 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
         }
       }
       await mkdir(dirname(dir), { recursive: true });
+      // Each worktree's files in a block group of their own, away from those deleted with earlier worktrees.
+      await spreadSubfolders(dirname(dir));
       // The lock's reason is the lease: it names this process, so a later recovery pass knows when the worktree is abandoned.
       // Only the branch and the registration need the repository lock; the files are checked out after it is released.
       await addWorktree({ commonDir: this.commonDir, main: this.target, dir, branch, commit: oneLine(String(startCommit.stdout)), lockReason: ownLease() });

@@ -1,0 +1,69 @@
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtemp, readFile, rm, symlink } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { LocalWorkspace } from "./local-workspace.js";
+import { createTestRepo } from "./test-repo.js";
+
+/** The ext2/3/4 flags of a folder as `lsattr -d` prints them; null where it cannot tell. */
+function folderFlags(dir: string): string | null {
+  try {
+    return execFileSync("lsattr", ["-d", dir], { stdio: ["ignore", "pipe", "ignore"] }).toString().split(" ")[0]!;
+  } catch {
+    return null;
+  }
+}
+
+/** Whether the folder flag can be set where the test repositories are made. */
+const flagSupported = (() => {
+  const probe = mkdtempSync(join(tmpdir(), "keen-topdir-probe-"));
+  try {
+    execFileSync("chattr", ["+T", probe], { stdio: "ignore" });
+    return folderFlags(probe)?.includes("T") === true;
+  } catch {
+    return false;
+  } finally {
+    rmSync(probe, { recursive: true, force: true });
+  }
+})();
+
+describe("where a fork's worktree folder is made", () => {
+  it.runIf(flagSupported)("its parent is marked as the top of a folder hierarchy, so each worktree starts in a block group of its own", async () => {
+    const repo = await createTestRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const ws = await LocalWorkspace.open(repo, { sandbox: false });
+    const run = await ws.fork("keen/1a2b3c4d");
+    const child = await ws.fork("keen/1a2b3c4d-agents/summon-A");
+    try {
+      // The run's worktree and the child's, each under its own parent (a branch name's folders).
+      expect(folderFlags(dirname(run.root))).toContain("T");
+      expect(folderFlags(dirname(child.root))).toContain("T");
+      // Not the worktree itself: the mark is not inherited, and the agent's folders keep the allocator's usual placement.
+      expect(folderFlags(child.root)).not.toContain("T");
+      expect(await readFile(join(child.root, "src/a.ts"), "utf8")).toBe("export const a = 1;\n");
+    } finally {
+      await child.dispose();
+      await run.dispose();
+    }
+  });
+
+  it("a fork still works, unmarked, where chattr cannot be found", async () => {
+    const repo = await createTestRepo({ "README.md": "# r\n" });
+    const bin = await mkdtemp(join(tmpdir(), "keen-bin-"));
+    await symlink(execFileSync("sh", ["-c", "command -v git"]).toString().trim(), join(bin, "git"));
+    const path = process.env.PATH;
+    process.env.PATH = bin;
+    try {
+      const ws = await LocalWorkspace.open(repo, { sandbox: false });
+      const child = await ws.fork("summon-A");
+      expect(await readFile(join(child.root, "README.md"), "utf8")).toBe("# r\n");
+      const flags = folderFlags(dirname(child.root));
+      if (flags !== null) expect(flags).not.toContain("T");
+      await child.dispose();
+    } finally {
+      process.env.PATH = path;
+      await rm(bin, { recursive: true, force: true });
+    }
+  });
+});
