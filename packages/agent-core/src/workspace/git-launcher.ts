@@ -31,6 +31,12 @@ export interface LaunchedGit {
 
 /** One call as keen makes it: the arguments after `git`, where and with what environment, and stdin. */
 export interface GitLaunch {
+  /**
+   * The program to run instead of git, found on PATH as git is: keen's own helpers that run
+   * where a git call would (`chattr` for the worktrees' folder), so they cost no fork of keen's
+   * process either.
+   */
+  program?: "chattr";
   args: string[];
   cwd: string;
   env: Record<string, string>;
@@ -175,8 +181,9 @@ class Launcher {
     ];
     if (removed.length > 0) steps.push(`unset -v ${removed.join(" ")}`);
     if (assignments.length > 0) steps.push(`export ${assignments.join(" ")}`);
-    steps.push(`command -v git >/dev/null 2>&1 || { printf '%s\\n' 'git could not start: no git on PATH' >&2; exit 253; }`);
-    steps.push(`exec git ${call.args.map(quote).join(" ")}`);
+    const program = call.program ?? "git";
+    steps.push(`command -v ${program} >/dev/null 2>&1 || { printf '%s\\n' '${program} could not start: no ${program} on PATH' >&2; exit 253; }`);
+    steps.push(`exec ${program} ${call.args.map(quote).join(" ")}`);
     return steps.join("; ");
   }
 

@@ -48,22 +48,32 @@ describe("where a fork's worktree folder is made", () => {
     }
   });
 
-  it("a fork still works, unmarked, where chattr cannot be found", async () => {
-    const repo = await createTestRepo({ "README.md": "# r\n" });
-    const bin = await mkdtemp(join(tmpdir(), "keen-bin-"));
-    await symlink(execFileSync("sh", ["-c", "command -v git"]).toString().trim(), join(bin, "git"));
-    const path = process.env.PATH;
-    process.env.PATH = bin;
-    try {
-      const ws = await LocalWorkspace.open(repo, { sandbox: false });
-      const child = await ws.fork("summon-A");
-      expect(await readFile(join(child.root, "README.md"), "utf8")).toBe("# r\n");
-      const flags = folderFlags(dirname(child.root));
-      if (flags !== null) expect(flags).not.toContain("T");
-      await child.dispose();
-    } finally {
-      process.env.PATH = path;
-      await rm(bin, { recursive: true, force: true });
-    }
-  });
+  // keen starts chattr from its git launcher's shell, or spawns it itself with KEEN_GIT_LAUNCHER=0.
+  for (const launcher of ["1", "0"]) {
+    it.runIf(flagSupported)(`marks the folder with the git launcher ${launcher === "1" ? "on" : "off"}, and a fork still works, unmarked, where chattr cannot be found`, async () => {
+      const saved = { path: process.env.PATH, launcher: process.env.KEEN_GIT_LAUNCHER };
+      process.env.KEEN_GIT_LAUNCHER = launcher;
+      const bin = await mkdtemp(join(tmpdir(), "keen-bin-"));
+      try {
+        const marked = await LocalWorkspace.open(await createTestRepo({ "README.md": "# r\n" }), { sandbox: false });
+        const first = await marked.fork("summon-A");
+        expect(folderFlags(dirname(first.root))).toContain("T");
+        await first.dispose();
+
+        await symlink(execFileSync("sh", ["-c", "command -v git"]).toString().trim(), join(bin, "git"));
+        process.env.PATH = bin;
+        const unmarked = await LocalWorkspace.open(await createTestRepo({ "README.md": "# r\n" }), { sandbox: false });
+        const child = await unmarked.fork("summon-A");
+        expect(await readFile(join(child.root, "README.md"), "utf8")).toBe("# r\n");
+        process.env.PATH = saved.path;
+        expect(folderFlags(dirname(child.root))).not.toContain("T");
+        await child.dispose();
+      } finally {
+        process.env.PATH = saved.path;
+        if (saved.launcher === undefined) delete process.env.KEEN_GIT_LAUNCHER;
+        else process.env.KEEN_GIT_LAUNCHER = saved.launcher;
+        await rm(bin, { recursive: true, force: true });
+      }
+    });
+  }
 });

@@ -1,10 +1,12 @@
 import { execFile } from "node:child_process";
 import { lstat } from "node:fs/promises";
+import { withoutRepositoryVariables } from "./git.js";
+import { launchGit } from "./git-launcher.js";
 
 /** The folders marked in this process, by path, with the inode that was marked. */
 const marked = new Map<string, { ino: number; done: Promise<void> }>();
 
-/** Longest wait for `chattr`; on a file system that hangs on it the fork goes on unmarked. */
+/** Longest wait for `chattr` when it is spawned directly; on a file system that hangs on it the fork goes on unmarked. */
 const CHATTR_TIMEOUT_MS = 5_000;
 
 /**
@@ -27,10 +29,19 @@ export async function spreadSubfolders(dir: string): Promise<void> {
   if (!info?.isDirectory()) return;
   const known = marked.get(dir);
   if (known && known.ino === info.ino) return known.done;
-  const done = new Promise<void>((settle) => {
-    // An absolute path never reads as chattr's own `-`/`+`/`=` arguments; no shell is involved.
-    execFile("chattr", ["+T", dir], { timeout: CHATTR_TIMEOUT_MS, windowsHide: true }, () => settle());
-  });
+  // An absolute path never reads as chattr's own `-`/`+`/`=` arguments. Started as keen's git
+  // calls are (a fork of keen's own process costs its main thread 10-30 ms), or else directly.
+  const args = ["+T", dir];
+  const env = withoutRepositoryVariables();
+  const launched = launchGit({ program: "chattr", args, cwd: dir, env, maxOutput: 64 * 1024, command: "chattr" }, withoutRepositoryVariables);
+  const done = launched
+    ? launched.then(
+        () => {},
+        () => {},
+      )
+    : new Promise<void>((settle) => {
+        execFile("chattr", args, { env, timeout: CHATTR_TIMEOUT_MS, windowsHide: true }, () => settle());
+      });
   marked.set(dir, { ino: info.ino, done });
   return done;
 }
