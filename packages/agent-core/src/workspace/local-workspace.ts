@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { AbortedError, KeenError, PathOutsideWorkspaceError } from "../errors.js";
 import { addWorktree } from "./add-worktree.js";
+import { commitWriter } from "./commit-object.js";
 import { checkpointRef, dropCheckpoint, readCheckpoint, restoreCheckpoint, restoreFilesOf, saveCheckpoint, type CheckpointTarget } from "./checkpoint.js";
 import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, filesBySkipWorktree, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
@@ -889,18 +890,21 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
       if (before === null) throw new KeenError("merge_failed", "Nothing to merge into: the current branch has no commit yet");
       const names = merges.map(({ branch }) => branch);
       const refs = names.map(branchRef);
-      const [resolved, staged, env] = await Promise.all([
+      const identity = this.identityEnv();
+      const [resolved, staged, env, writeCommit] = await Promise.all([
         gitRaw(this.target, ["rev-parse", `${before}^{tree}`, ...refs.map((ref) => `${ref}^{commit}`)]),
         // `git merge` refuses to start over staged changes; so does this.
         gitRaw(this.target, ["diff-index", "--cached", "--quiet", before, "--"]),
-        this.identityEnv(),
+        identity,
+        // The merge commits are written here, as `commit-tree` would write them, where git would write plain ones.
+        identity.then((env) => commitWriter(this.target, this.commonDir, env, before.length)),
       ]);
       const ids = String(resolved.stdout).split("\n").filter(Boolean);
       if (resolved.exitCode !== 0 || ids.length !== names.length + 1 || !ids.every((id) => OBJECT_ID.test(id))) {
         throw new KeenError("merge_failed", `Merging ${names.join(", ")} failed: ${String(resolved.stderr).trim() || "not every branch names a commit"}`);
       }
       if (staged.exitCode !== 0) throw new KeenError("merge_failed", `Merging ${names.join(", ")} failed: the index holds staged changes`);
-      // Each merge is made from the objects alone (merge-tree, commit-tree); the worktree moves once.
+      // Each merge is made from the objects alone (merge-tree, then its commit); the worktree moves once.
       const startTree = ids[0]!;
       let head = before;
       let headTree = startTree;
@@ -915,7 +919,9 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
         }
         // A branch already merged changes nothing, as `git merge` says "Already up to date".
         if (!(tree === headTree && (await gitRaw(this.target, ["merge-base", "--is-ancestor", theirs, head])).exitCode === 0)) {
-          head = oneLine(await git(this.target, ["commit-tree", tree, "-p", head, "-p", theirs, "-F", "-"], { env, input: mergeMessage(message) }));
+          head = writeCommit
+            ? await writeCommit(tree, [head, theirs], mergeMessage(message))
+            : oneLine(await git(this.target, ["commit-tree", tree, "-p", head, "-p", theirs, "-F", "-"], { env, input: mergeMessage(message) }));
           headTree = tree;
         }
         merged.push({ branch, sha: head, tree });
