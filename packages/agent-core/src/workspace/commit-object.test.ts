@@ -118,4 +118,31 @@ describe("merge commits written without commit-tree", () => {
       expect(writtenByGit(dir, sha)).toBe(sha);
     }
   });
+
+  it("are left to commit-tree where git's identity is not whole: an empty configured name stops the merge, as it did, with nothing moved", async () => {
+    const dir = await createTestRepo({ "README.md": "# r\n" });
+    const forker = await LocalWorkspace.open(dir, { sandbox: false });
+    for (const name of ["summon-A", "summon-B"]) {
+      const child = await forker.fork(name);
+      await child.writeFile(`${name}.ts`, "export {};\n");
+      await child.commit(`Write ${name}`);
+      await child.dispose();
+    }
+    git(dir, ["config", "user.name", ""]);
+    git(dir, ["config", "user.email", "someone@example.com"]);
+    const before = git(dir, ["rev-parse", "HEAD"]);
+    // A workspace opened now reads the configured (empty) name as git's identity.
+    const ws = await LocalWorkspace.open(dir, { sandbox: false });
+    const saved = { name: process.env.GIT_AUTHOR_NAME, committer: process.env.GIT_COMMITTER_NAME };
+    delete process.env.GIT_AUTHOR_NAME;
+    delete process.env.GIT_COMMITTER_NAME;
+    try {
+      await expect(ws.mergeMany([{ branch: "summon-A", message: "Merge A" }, { branch: "summon-B", message: "Merge B" }])).rejects.toThrow(/empty ident name/);
+    } finally {
+      if (saved.name !== undefined) process.env.GIT_AUTHOR_NAME = saved.name;
+      if (saved.committer !== undefined) process.env.GIT_COMMITTER_NAME = saved.committer;
+    }
+    expect(git(dir, ["rev-parse", "HEAD"])).toBe(before);
+    expect(git(dir, ["status", "--porcelain"])).toBe("");
+  });
 });

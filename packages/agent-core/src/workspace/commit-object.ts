@@ -19,7 +19,7 @@ const COMMIT_TREE_OWN = new Set(["i18n.commitencoding", "core.sharedrepository",
 /**
  * A writer of merge commits without a git process each: the bytes `git commit-tree` would write
  * for the same tree, parents and message, with the author and committer lines git itself gives
- * for `env` (`git var -l`, read once here: same name, email and time for every commit written).
+ * for `env` (`git var`, read once here: same name, email and time for every commit written).
  * Undefined where git would write something else (see `COMMIT_TREE_OWN`) or the identity cannot
  * be read: the caller then runs `git commit-tree`.
  *
@@ -30,21 +30,22 @@ const COMMIT_TREE_OWN = new Set(["i18n.commitencoding", "core.sharedrepository",
 export async function commitWriter(target: GitTarget, commonDir: string, env: Record<string, string>, idLength: number): Promise<CommitWriter | undefined> {
   const hash = idLength === 40 ? "sha1" : idLength === 64 ? "sha256" : undefined;
   if (!hash) return undefined;
-  const listed = await gitRaw(target, ["var", "-l"], { env });
-  if (listed.exitCode !== 0) return undefined;
-  let author: string | undefined;
-  let committer: string | undefined;
+  // The identities as commit-tree takes them (`git var NAME` is as strict: no guessed name or
+  // email); `var -l` for the configuration, whose own identities are guesses where git has none.
+  const [listed, authorIdent, committerIdent] = await Promise.all([
+    gitRaw(target, ["var", "-l"], { env }),
+    gitRaw(target, ["var", "GIT_AUTHOR_IDENT"], { env }),
+    gitRaw(target, ["var", "GIT_COMMITTER_IDENT"], { env }),
+  ]);
+  if (listed.exitCode !== 0 || authorIdent.exitCode !== 0 || committerIdent.exitCode !== 0) return undefined;
   for (const line of String(listed.stdout).split("\n")) {
     const equals = line.indexOf("=");
-    if (equals === -1) continue;
-    const name = line.slice(0, equals);
-    // git lists the configuration first and its own variables last: the last of each name is git's.
-    if (name === "GIT_AUTHOR_IDENT") author = line.slice(equals + 1);
-    else if (name === "GIT_COMMITTER_IDENT") committer = line.slice(equals + 1);
-    else if (COMMIT_TREE_OWN.has(name.toLowerCase())) return undefined;
+    if (equals !== -1 && COMMIT_TREE_OWN.has(line.slice(0, equals).toLowerCase())) return undefined;
   }
-  const ident = /^[^<>\n]*<[^<>\n]*> \d+ [+-]\d{4}$/;
-  if (!author || !committer || !ident.test(author) || !ident.test(committer)) return undefined;
+  const author = String(authorIdent.stdout).replace(/\n$/, "");
+  const committer = String(committerIdent.stdout).replace(/\n$/, "");
+  const ident = /^[^<>\n]*[^<>\n\s][^<>\n]* <[^<>\n\s]+> \d+ [+-]\d{4}$/;
+  if (!ident.test(author) || !ident.test(committer)) return undefined;
   const objects = join(commonDir, "objects");
   const id = new RegExp(`^[0-9a-f]{${idLength}}$`);
   return async (tree, parents, message) => {
