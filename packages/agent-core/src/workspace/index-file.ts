@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { open, readFile } from "node:fs/promises";
 import { join } from "node:path";
 
 /** Entry modes' object type (the top four of the 32-bit mode): a gitlink, i.e. a submodule's commit. */
@@ -73,4 +73,24 @@ export async function indexHasGitlink(gitDir: string, hashBytes: number): Promis
     offset += 8 + data.readUInt32BE(offset + 4);
   }
   return offset === end ? gitlink : undefined;
+}
+
+/**
+ * How many entries the index of the checkout whose git dir is `gitDir` holds, from its header
+ * alone (gitformat-index(5), versions 2 to 4); undefined where the file does not say plainly.
+ */
+export async function indexEntryCount(gitDir: string): Promise<number | undefined> {
+  const header = Buffer.alloc(12);
+  try {
+    const file = await open(join(gitDir, "index"), "r");
+    try {
+      if ((await file.read(header, 0, 12, 0)).bytesRead < 12) return undefined;
+    } finally {
+      await file.close();
+    }
+  } catch {
+    return undefined;
+  }
+  const version = header.readUInt32BE(4);
+  return header.toString("latin1", 0, 4) === "DIRC" && version >= 2 && version <= 4 ? header.readUInt32BE(8) : undefined;
 }

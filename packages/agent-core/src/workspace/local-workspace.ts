@@ -11,7 +11,7 @@ import { localCommandRunner, type CommandRunner } from "./command-runner.js";
 import { DEFAULT_MAX_FILE_BYTES, filesBySkipWorktree, isCredentialName, skipOutsidePaths, stageChanges } from "./commit-filter.js";
 import { compileGlob } from "./glob.js";
 import { hasGitDirComponent } from "./git-dir-name.js";
-import { indexHasGitlink } from "./index-file.js";
+import { indexEntryCount, indexHasGitlink } from "./index-file.js";
 import { git, gitBytes, gitDiscover, gitFailure, gitRaw, nulSeparated, nulSeparatedBytes, nulSeparatedNames, oneLine, type GitTarget } from "./git.js";
 import { sandboxGitConfig } from "./sandbox-git-config.js";
 import { spreadSubfolders } from "./spread-folders.js";
@@ -107,6 +107,13 @@ const MAX_MERGE_FILE_BYTES = 50 * 1024 * 1024;
 
 /** Per checkout (git dir): git writes of this process, one at a time. */
 const checkoutQueues = new Map<string, Promise<unknown>>();
+
+/**
+ * Files a checkout holds (by its index) from which a fork's worktree folder is spread to a block
+ * group of its own (`spreadSubfolders`): below it, the `chattr` process costs more than the
+ * file system's lookups it spares.
+ */
+const SPREAD_MIN_FILES = 100;
 
 /** Most disposed worktrees kept for reuse per repository (`reuseWorktrees`). */
 const MAX_PARKED = 4;
@@ -697,8 +704,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
         }
         // The worktree is gone (a recovery pass removed it): made again, sparse again when the
         // agent had paths, so a file outside them is never checked out (nor read as deleted).
-        await mkdir(dirname(dir), { recursive: true });
-        await spreadSubfolders(dirname(dir));
+        await this.makeWorktreeParent(dir);
         await git(this.target, ["worktree", "add", "-q", "--no-checkout", "--lock", "--reason", ownLease(), dir, branch]);
         const child = await this.child(dir);
         if (paths) await child.makeSparse(paths);
@@ -722,9 +728,7 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
           return { child: reused, checkout: false };
         }
       }
-      await mkdir(dirname(dir), { recursive: true });
-      // Each worktree's files in a block group of their own, away from those deleted with earlier worktrees.
-      await spreadSubfolders(dirname(dir));
+      await this.makeWorktreeParent(dir);
       // The lock's reason is the lease: it names this process, so a later recovery pass knows when the worktree is abandoned.
       // Only the branch and the registration need the repository lock; the files are checked out after it is released.
       await addWorktree({ commonDir: this.commonDir, main: this.target, dir, branch, commit: oneLine(String(startCommit.stdout)), lockReason: ownLease() });
@@ -782,6 +786,16 @@ export class LocalWorkspace implements ForkableWorkspace, CheckpointableWorkspac
     }
     const result = await gitRaw(this.target, ["rev-parse", "--verify", "-q", `${start}^{commit}`]);
     return { exitCode: result.exitCode ?? 1, stdout: String(result.stdout) };
+  }
+
+  /**
+   * Makes the folder a new worktree `dir` goes in. Where this checkout holds enough files for it
+   * to pay, that folder is spread (`spreadSubfolders`): each worktree made in it starts in a block
+   * group of its own, away from the inodes earlier worktrees freed.
+   */
+  private async makeWorktreeParent(dir: string): Promise<void> {
+    await mkdir(dirname(dir), { recursive: true });
+    if (((await indexEntryCount(this.gitDir)) ?? SPREAD_MIN_FILES) >= SPREAD_MIN_FILES) await spreadSubfolders(dirname(dir));
   }
 
   /** Writes the worktree's own sparse patterns (info/ in its git dir is per worktree) and marks it sparse. */

@@ -29,9 +29,12 @@ const flagSupported = (() => {
   }
 })();
 
+/** A repository large enough (by its index) for keen to spread its worktrees. */
+const large = () => createTestRepo(Object.fromEntries(Array.from({ length: 120 }, (_, i) => [`src/dir-${i % 6}/file-${i}.ts`, `export const v${i} = ${i};\n`])));
+
 describe("where a fork's worktree folder is made", () => {
   it.runIf(flagSupported)("its parent is marked as the top of a folder hierarchy, so each worktree starts in a block group of its own", async () => {
-    const repo = await createTestRepo({ "README.md": "# r\n", "src/a.ts": "export const a = 1;\n" });
+    const repo = await large();
     const ws = await LocalWorkspace.open(repo, { sandbox: false });
     const run = await ws.fork("keen/1a2b3c4d");
     const child = await ws.fork("keen/1a2b3c4d-agents/summon-A");
@@ -41,10 +44,20 @@ describe("where a fork's worktree folder is made", () => {
       expect(folderFlags(dirname(child.root))).toContain("T");
       // Not the worktree itself: the mark is not inherited, and the agent's folders keep the allocator's usual placement.
       expect(folderFlags(child.root)).not.toContain("T");
-      expect(await readFile(join(child.root, "src/a.ts"), "utf8")).toBe("export const a = 1;\n");
+      expect(await readFile(join(child.root, "src/dir-1/file-7.ts"), "utf8")).toBe("export const v7 = 7;\n");
     } finally {
       await child.dispose();
       await run.dispose();
+    }
+  });
+
+  it.runIf(flagSupported)("a checkout of a few files is left unmarked: the chattr process would cost more than it spares", async () => {
+    const ws = await LocalWorkspace.open(await createTestRepo({ "README.md": "# r\n" }), { sandbox: false });
+    const child = await ws.fork("summon-A");
+    try {
+      expect(folderFlags(dirname(child.root))).not.toContain("T");
+    } finally {
+      await child.dispose();
     }
   });
 
@@ -55,16 +68,16 @@ describe("where a fork's worktree folder is made", () => {
       process.env.KEEN_GIT_LAUNCHER = launcher;
       const bin = await mkdtemp(join(tmpdir(), "keen-bin-"));
       try {
-        const marked = await LocalWorkspace.open(await createTestRepo({ "README.md": "# r\n" }), { sandbox: false });
+        const marked = await LocalWorkspace.open(await large(), { sandbox: false });
         const first = await marked.fork("summon-A");
         expect(folderFlags(dirname(first.root))).toContain("T");
         await first.dispose();
 
         await symlink(execFileSync("sh", ["-c", "command -v git"]).toString().trim(), join(bin, "git"));
         process.env.PATH = bin;
-        const unmarked = await LocalWorkspace.open(await createTestRepo({ "README.md": "# r\n" }), { sandbox: false });
+        const unmarked = await LocalWorkspace.open(await large(), { sandbox: false });
         const child = await unmarked.fork("summon-A");
-        expect(await readFile(join(child.root, "README.md"), "utf8")).toBe("# r\n");
+        expect(await readFile(join(child.root, "src/dir-0/file-0.ts"), "utf8")).toBe("export const v0 = 0;\n");
         process.env.PATH = saved.path;
         expect(folderFlags(dirname(child.root))).not.toContain("T");
         await child.dispose();
