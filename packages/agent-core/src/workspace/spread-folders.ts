@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
 import { lstat } from "node:fs/promises";
+import { isAbsolute } from "node:path";
 import { withoutRepositoryVariables } from "./git.js";
 import { launchGit } from "./git-launcher.js";
 
@@ -24,7 +25,7 @@ const CHATTR_TIMEOUT_MS = 5_000;
  * this user's) nothing is marked and nothing fails.
  */
 export async function spreadSubfolders(dir: string): Promise<void> {
-  if (process.platform !== "linux") return;
+  if (process.platform !== "linux" || !isAbsolute(dir)) return;
   const info = await lstat(dir).catch(() => null);
   if (!info?.isDirectory()) return;
   const known = marked.get(dir);
