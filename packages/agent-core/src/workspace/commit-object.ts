@@ -44,8 +44,11 @@ export async function commitWriter(target: GitTarget, commonDir: string, env: Re
   }
   const author = String(authorIdent.stdout).replace(/\n$/, "");
   const committer = String(committerIdent.stdout).replace(/\n$/, "");
-  const ident = /^[^<>\n]*[^<>\n\s][^<>\n]* <[^<>\n\s]+> \d+ [+-]\d{4}$/;
-  if (!ident.test(author) || !ident.test(committer)) return undefined;
+  const whole = (line: string) => {
+    const parts = /^([^<>\n]+) <([^<>\n]+)> \d+ [+-]\d{4}$/.exec(line);
+    return parts !== null && parts[1]!.trim() !== "" && !/\s/.test(parts[2]!);
+  };
+  if (!whole(author) || !whole(committer)) return undefined;
   const objects = join(commonDir, "objects");
   const id = new RegExp(`^[0-9a-f]{${idLength}}$`);
   return async (tree, parents, message) => {
