@@ -25,14 +25,13 @@ export async function indexHasGitlink(gitDir: string, hashBytes: number): Promis
   } catch {
     return undefined;
   }
-  if ((hashBytes !== 20 && hashBytes !== 32) || data.length < 12 + hashBytes || data.toString("latin1", 0, 4) !== "DIRC") return undefined;
+  const header = indexHeader(data);
+  if ((hashBytes !== 20 && hashBytes !== 32) || data.length < 12 + hashBytes || !header) return undefined;
   // A file whose checksum does not match (or that index.skipHash wrote without one) is left to git.
   const end = data.length - hashBytes;
   const checksum = createHash(hashBytes === 32 ? "sha256" : "sha1").update(data.subarray(0, end)).digest();
   if (!checksum.equals(data.subarray(end))) return undefined;
-  const version = data.readUInt32BE(4);
-  if (version < 2 || version > 4) return undefined;
-  const count = data.readUInt32BE(8);
+  const { version, count } = header;
   let offset = 12;
   let gitlink = false;
   for (let i = 0; i < count; i++) {
@@ -91,6 +90,12 @@ export async function indexEntryCount(gitDir: string): Promise<number | undefine
   } catch {
     return undefined;
   }
-  const version = header.readUInt32BE(4);
-  return header.toString("latin1", 0, 4) === "DIRC" && version >= 2 && version <= 4 ? header.readUInt32BE(8) : undefined;
+  return indexHeader(header)?.count;
+}
+
+/** An index file's header (its first 12 bytes): the signature, a version this module reads (2 to 4), and how many entries follow. */
+function indexHeader(data: Buffer): { version: number; count: number } | undefined {
+  if (data.length < 12 || data.toString("latin1", 0, 4) !== "DIRC") return undefined;
+  const version = data.readUInt32BE(4);
+  return version >= 2 && version <= 4 ? { version, count: data.readUInt32BE(8) } : undefined;
 }
