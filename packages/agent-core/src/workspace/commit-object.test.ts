@@ -3,6 +3,7 @@ import { mkdtemp, readdir, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { commitWriter } from "./commit-object.js";
 import { countGitCommands, withGitTrace } from "./git-trace.js";
 import { LocalWorkspace } from "./local-workspace.js";
 import { createTestRepo, TEST_GIT_IDENTITY } from "./test-repo.js";
@@ -144,5 +145,25 @@ describe("merge commits written without commit-tree", () => {
     }
     expect(git(dir, ["rev-parse", "HEAD"])).toBe(before);
     expect(git(dir, ["status", "--porcelain"])).toBe("");
+  });
+
+  it("write a commit already in the repository (the same batch made again after a kill) as one object, kept as it was", async () => {
+    const dir = await createTestRepo({ "README.md": "# r\n" });
+    const head = git(dir, ["rev-parse", "HEAD"]);
+    const tree = git(dir, ["rev-parse", "HEAD^{tree}"]);
+    const write = await commitWriter({ gitDir: join(dir, ".git"), workTree: dir }, join(dir, ".git"), TEST_GIT_IDENTITY, head.length);
+    expect(write).toBeDefined();
+    const first = await write!(tree, [head], "Again\n");
+    const file = join(dir, ".git", "objects", first.slice(0, 2), first.slice(2));
+    const before = await stat(file);
+    expect(await write!(tree, [head], "Again\n")).toBe(first);
+    const after = await stat(file);
+    expect([after.ino, after.mtimeMs]).toEqual([before.ino, before.mtimeMs]);
+    expect(await readdir(join(dir, ".git", "objects", first.slice(0, 2)))).toEqual([first.slice(2)]);
+    expect(writtenByGit(dir, first)).toBe(first);
+    // What commit-tree could not have been given is refused, and nothing is written.
+    await expect(write!(tree, [head], "a NUL \0 here\n")).rejects.toMatchObject({ code: "git_failed" });
+    await expect(write!("not-an-id", [head], "x\n")).rejects.toMatchObject({ code: "git_failed" });
+    await expect(write!(tree, [head.slice(0, 20)], "x\n")).rejects.toMatchObject({ code: "git_failed" });
   });
 });

@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { mkdtemp, readFile, rm, symlink } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -58,6 +58,22 @@ describe("where a fork's worktree folder is made", () => {
       expect(folderFlags(dirname(child.root))).not.toContain("T");
     } finally {
       await child.dispose();
+    }
+  });
+
+  it.runIf(flagSupported)("a worktrees folder that is a link to a folder elsewhere is not followed: the folder it names is left unmarked", async () => {
+    const repo = await large();
+    const elsewhere = await mkdtemp(join(tmpdir(), "keen-elsewhere-"));
+    await mkdir(join(repo, ".git", "keen", "worktrees"), { recursive: true });
+    await symlink(elsewhere, join(repo, ".git", "keen", "worktrees", "keen"));
+    const ws = await LocalWorkspace.open(repo, { sandbox: false });
+    const run = await ws.fork("keen/1a2b3c4d");
+    try {
+      expect(folderFlags(elsewhere)).not.toContain("T");
+    } finally {
+      // The worktree was made through the link, so it is not in keen's worktrees folder: dispose refuses to delete it.
+      await expect(run.dispose()).rejects.toMatchObject({ code: "not_a_keen_worktree" });
+      await rm(elsewhere, { recursive: true, force: true });
     }
   });
 
