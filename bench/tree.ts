@@ -182,15 +182,11 @@ async function forkMergeBlock(reuseWorktrees: boolean) {
   const spreadFloorRound = checkoutRound((i) => join(spreadDir, `floor-${i}`));
 
   const files = (await git(dir, "ls-files")).stdout.split("\n").length;
-  const { k, p, ps, c, cs, floor, spreadFloor } = await sideBySide({
-    k: keenRound,
-    p: gitRound,
-    ps: spreadGitRound,
-    c: cloneRound,
-    cs: spreadCloneRound,
-    floor: floorRound,
-    spreadFloor: spreadFloorRound,
-  });
+  // The placed-alike and checkout-alone sides are printed for the fresh forks only.
+  const references = { k: keenRound, p: gitRound, c: cloneRound };
+  const { k, p, ps, c, cs, floor, spreadFloor } = reuseWorktrees
+    ? { ...(await sideBySide(references)), ps: NaN, cs: NaN, floor: NaN, spreadFloor: NaN }
+    : await sideBySide({ ...references, ps: spreadGitRound, cs: spreadCloneRound, floor: floorRound, spreadFloor: spreadFloorRound });
   const counts = {
     keen: await countGitProcesses(() => keenRound("count")),
     plain: await countGitProcesses(() => gitRound("count")),
